@@ -1,0 +1,161 @@
+# shardtune: build, test, run.
+#
+#   make            build build/shardtune (and the test binaries)
+#   make run        install missing packages, build, run the embedded default job, print its table
+#   make test       install missing packages, build, run the whole CPU test suite
+#   make test-gpu   GPU tests (on a machine with an NVIDIA GPU; skipped cleanly without one)
+#   make deps       install missing Debian/Ubuntu packages (a no-op when all are present)
+#
+# Variables: CUDA=0|1 (default: 1 when nvcc is found), DEBUG=1 (-O0 -g, sanitizers),
+# MARCH=<gcc -march> (default x86-64-v3 where the CPU has AVX2+FMA, else x86-64-v2),
+# CUDA_ARCHS (default "80 90"), BUILD=<dir> (default build), NP=<ranks for make run>.
+
+SHELL := /bin/bash
+BUILD ?= build
+PYTHON ?= /usr/bin/python3
+
+# ---------------------------------------------------------------- toolchain detection
+NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
+ifeq ($(origin CUDA), undefined)
+  CUDA := $(if $(NVCC),1,0)
+endif
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
+CUDA_ARCHS ?= 80 90
+
+ifeq ($(origin MARCH), undefined)
+  MARCH := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && echo x86-64-v3 || echo x86-64-v2)
+endif
+
+MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null) -DOMPI_SKIP_MPICXX=1 -DMPICH_SKIP_MPICXX=1
+MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null)
+HDF5_CFLAGS := $(shell pkg-config --cflags hdf5-serial 2>/dev/null || echo -I/usr/include/hdf5/serial)
+HDF5_LIBS := $(shell pkg-config --libs hdf5-serial 2>/dev/null || echo -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5) -lhdf5_hl
+SPM_LIBS := -lsentencepiece -lsentencepiece_train
+
+CXX := g++
+CXXFLAGS := -std=c++20 -Wall -Wextra -fopenmp -MMD -MP -Isrc -I. $(MPI_CFLAGS) $(HDF5_CFLAGS)
+ifeq ($(DEBUG),1)
+  CXXFLAGS += -O0 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=address,undefined
+else
+  CXXFLAGS += -O3 -march=$(MARCH) -mtune=generic -g1
+endif
+LDLIBS := $(HDF5_LIBS) $(SPM_LIBS) -lboost_program_options $(MPI_LIBS) -fopenmp -lpthread
+
+ifeq ($(CUDA),1)
+  CXXFLAGS += -DSHARDTUNE_CUDA -I$(CUDA_HOME)/include
+  NVCCFLAGS := -std=c++20 -O3 -Isrc -I. -DSHARDTUNE_CUDA $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a)) \
+               -Xcompiler -fopenmp,-Wall,-Wextra $(MPI_CFLAGS) $(HDF5_CFLAGS) -MMD -MP
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl
+endif
+
+# ---------------------------------------------------------------- sources
+SRC_CPP := $(shell find src -name '*.cpp' ! -name main.cpp | sort)
+SRC_CU := $(if $(filter 1,$(CUDA)),$(shell find cuda -name '*.cu' 2>/dev/null | sort),)
+LIB_OBJ := $(SRC_CPP:%.cpp=$(BUILD)/obj/%.o) $(SRC_CU:%.cu=$(BUILD)/obj/%.cu.o)
+LIB := $(BUILD)/libshardtune.a
+BIN := $(BUILD)/shardtune
+
+UNIT_SRC := $(sort $(wildcard tests/unit/*.cpp))
+MPI_SRC := $(sort $(wildcard tests/mpi/*.cpp))
+E2E_SRC := $(sort $(wildcard tests/e2e/*.cpp))
+TESTLIB_SRC := $(sort $(wildcard tests/common/*.cpp))
+GPU_SRC := $(sort $(wildcard tests/gpu/*.cpp))
+TESTLIB_OBJ := $(TESTLIB_SRC:%.cpp=$(BUILD)/obj/%.o)
+UNIT_BIN := $(BUILD)/tests/unit_tests
+MPI_BIN := $(BUILD)/tests/mpi_tests
+E2E_BIN := $(BUILD)/tests/e2e_tests
+GPU_BIN := $(BUILD)/tests/gpu_tests
+TEST_LIBS := -lgtest -lpthread
+
+# mpirun flags for tests and the default job: root in containers needs these.
+MPIRUN ?= mpirun
+MPIRUN_FLAGS ?= --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none \
+                $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+
+.PHONY: all build tests deps run test test-unit test-mpi test-e2e test-python test-gpu clean bench report
+all: build tests
+build: $(BIN)
+tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN)
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(BUILD)/obj/src/main.o $(LIB)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(UNIT_BIN): $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ -lgtest_main $(TEST_LIBS) $(LDLIBS)
+
+$(MPI_BIN): $(MPI_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS)
+
+$(E2E_BIN): $(E2E_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB) | $(BIN)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $(filter-out $(BIN),$^) -o $@ -lgtest_main $(TEST_LIBS) $(LDLIBS)
+
+$(GPU_BIN): $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ -lgtest_main $(TEST_LIBS) $(LDLIBS)
+
+# ---------------------------------------------------------------- packages
+# Debian/Ubuntu package names; only the missing ones are installed.
+DEB_PACKAGES := g++ make pkg-config openmpi-bin libopenmpi-dev libhdf5-dev libboost-program-options-dev \
+                libsentencepiece-dev nlohmann-json3-dev libgtest-dev python3 python3-h5py python3-numpy \
+                python3-matplotlib
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make deps: all packages present"; fi
+
+# ---------------------------------------------------------------- running
+NP ?= 1
+run: deps
+	@$(MAKE) --no-print-directory build
+	@MPIRUN="$(MPIRUN) $(MPIRUN_FLAGS)" NP=$(NP) PYTHON=$(PYTHON) BIN=$(BIN) jobs/default_run.sh
+
+report:
+	$(PYTHON) analysis/report.py runs/*
+
+# ---------------------------------------------------------------- tests
+test: deps
+	@$(MAKE) --no-print-directory build tests
+	@$(MAKE) --no-print-directory test-unit test-mpi test-e2e test-python
+
+test-unit: $(UNIT_BIN)
+	OMP_NUM_THREADS=2 $(UNIT_BIN) --gtest_brief=1
+
+test-mpi: $(MPI_BIN)
+	$(MPIRUN) $(MPIRUN_FLAGS) -np 2 -x OMP_NUM_THREADS=1 $(MPI_BIN) --gtest_brief=1
+	$(MPIRUN) $(MPIRUN_FLAGS) -np 4 -x OMP_NUM_THREADS=1 $(MPI_BIN) --gtest_brief=1
+
+test-e2e: $(E2E_BIN) $(BIN)
+	SHARDTUNE_BIN=$(abspath $(BIN)) SHARDTUNE_MPIRUN="$(MPIRUN) $(MPIRUN_FLAGS)" PYTHON=$(PYTHON) \
+	  OMP_NUM_THREADS=2 $(E2E_BIN) --gtest_brief=1
+
+test-python:
+	$(PYTHON) -m unittest discover -s tests/python -p 'test_*.py'
+
+test-gpu: $(GPU_BIN)
+	$(GPU_BIN) --gtest_brief=1
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,75 @@
+#include "cuda/device.cuh"
+
+#include "core/allocator.hpp"
+#include "core/log.hpp"
+#include "core/tensor.hpp"
+
+namespace st {
+
+namespace {
+
+class CudaAllocator final : public Allocator {
+ public:
+  CudaAllocator() : Allocator(Device::cuda) {}
+
+ protected:
+  void* raw_allocate(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();  // clear the sticky error: out of memory is a result here
+      return nullptr;
+    }
+    ST_CUDA_CHECK(e);
+    return p;
+  }
+  void raw_release(void* ptr) override { ST_CUDA_CHECK(cudaFree(ptr)); }
+};
+
+}  // namespace
+
+Allocator* cuda_allocator() {
+  static CudaAllocator a;
+  return &a;
+}
+
+void device_memset_zero(void* ptr, size_t bytes, Device d) {
+  if (d == Device::cpu) {
+    std::memset(ptr, 0, bytes);
+    return;
+  }
+  ST_CUDA_CHECK(cudaMemset(ptr, 0, bytes));
+}
+
+void device_memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
+  if (dst_dev == Device::cpu && src_dev == Device::cpu) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  ST_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+}
+
+namespace cuda {
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+void select_device(int local_rank) {
+  const int n = device_count();
+  if (n == 0) ST_THROW_INPUT("device = cuda but no CUDA device is visible");
+  const int dev = local_rank % n;
+  ST_CUDA_CHECK(cudaSetDevice(dev));
+  cudaDeviceProp prop;
+  ST_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  ST_LOG("cuda: device ", dev, " of ", n, ": ", prop.name, ", ", prop.multiProcessorCount, " SMs, ",
+         format_bytes(static_cast<double>(prop.totalGlobalMem)), ", compute capability ", prop.major, ".", prop.minor);
+}
+
+}  // namespace cuda
+}  // namespace st

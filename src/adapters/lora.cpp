@@ -1,0 +1,107 @@
+#include "adapters/lora.hpp"
+
+#include <cmath>
+
+#include "core/rng.hpp"
+#include "ops/activation.hpp"
+#include "ops/matmul.hpp"
+
+namespace st {
+
+namespace {
+uint64_t hash_name(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+DType master_dtype(DType base) { return base == DType::f64 ? DType::f64 : DType::f32; }
+}  // namespace
+
+LoraAdapter::LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed)
+    : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(hash_name(base.name)) {
+  if (cfg.r <= 0) ST_THROW_INPUT("lora_r must be positive (got ", cfg.r, ")");
+  const DType dt = master_dtype(base.weight.dtype());
+  const Device dev = base.weight.device();
+  A = Tensor::empty({r, base.in}, dt, dev, MemCategory::weights);
+  B = Tensor::zeros({base.out, r}, dt, dev, MemCategory::weights);
+  dA = Tensor::zeros(A.shape(), dt, dev, MemCategory::gradients);
+  dB = Tensor::zeros(B.shape(), dt, dev, MemCategory::gradients);
+  xa = Tensor::zeros({max_rows, r}, dt, dev, MemCategory::activations);
+  dxa = Tensor::zeros({max_rows, r}, dt, dev, MemCategory::workspace);
+  // Kaiming-uniform with a = sqrt(5): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
+  Tensor host = Tensor::empty(A.shape(), DType::f64, Device::cpu, MemCategory::other);
+  Rng rng(splitmix64(seed) ^ stream);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(base.in));
+  double* p = host.ptr<double>();
+  for (int64_t i = 0; i < host.numel(); ++i) p[i] = rng.uniform(-bound, bound);
+  A.copy_from(host.to_cpu(dt));
+}
+
+Tensor LoraAdapter::dropped_input(const Tensor& x, const LayerContext& ctx) const {
+  if (dropout <= 0 || !ctx.training) return x;
+  if (!ctx.scratch || ctx.scratch->numel() < x.numel())
+    ST_THROW("LoRA dropout needs a scratch buffer of ", x.numel(), " elements");
+  Tensor xd = ctx.scratch->view({ctx.scratch->numel()}).slice(0, x.numel()).view(x.shape());
+  dropout_apply(x, xd, dropout, ctx.dropout_seed, stream, false);
+  return xd;
+}
+
+void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
+  const int64_t M = x.numel() / x.dim(-1);
+  if (M > xa.dim(0)) ST_THROW("LoRA ", name, ": ", M, " rows exceed the buffer of ", xa.dim(0));
+  Tensor xa_m = xa.slice(0, M);
+  if (x.dtype() != A.dtype()) ST_THROW("LoRA ", name, ": mixed precision adapters arrive with the CUDA backend");
+  const Tensor xd = dropped_input(x, ctx);
+  matmul(xa_m, xd, false, A, true);              // xa = dropout(x) A^T     [M, r]
+  matmul(y, xa_m, false, B, true, scale, 1.0);   // y += scale * xa B^T     [M, out]
+}
+
+void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) {
+  const int64_t M = x.numel() / x.dim(-1);
+  Tensor xa_m = xa.slice(0, M), dxa_m = dxa.slice(0, M);
+  matmul(dB, dy, true, xa_m, false, scale, 1.0);   // dB += scale * dy^T xa        [out, r]
+  matmul(dxa_m, dy, false, B, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
+  const Tensor xd = dropped_input(x, ctx);         // regenerated from the same seed
+  matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);    // dA += dxa^T dropout(x)       [r, in]
+  if (!dx || !dx->defined()) return;
+  if (dropout <= 0 || !ctx.training) {
+    matmul(*dx, dxa_m, false, A, false, 1.0, 1.0);  // dx += dxa A
+    return;
+  }
+  // dx += dropout'(dxa A): the same mask and scale applied to the gradient.
+  Tensor tmp = ctx.scratch->view({ctx.scratch->numel()}).slice(0, dx->numel()).view(dx->shape());
+  matmul(tmp, dxa_m, false, A, false, 1.0, 0.0);
+  dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, true);
+}
+
+void LoraAdapter::collect_params(std::vector<ParamRef>& out) {
+  out.push_back({name + ".lora_A.weight", &A, &dA, true});
+  out.push_back({name + ".lora_B.weight", &B, &dB, true});
+}
+
+void LoraAdapter::add_delta_to(Tensor& W) const {
+  // W [out, in] += scale * B A, computed in the adapter precision on the CPU.
+  Tensor a = A.to_cpu(DType::f64), b = B.to_cpu(DType::f64);
+  Tensor w = W.to_cpu(DType::f64);
+  matmul(w, b, false, a, false, scale, 1.0);
+  W.copy_from(w.to_cpu(W.dtype()));
+}
+
+const std::vector<std::string>& lora_target_names() {
+  static const std::vector<std::string> names{"q", "k", "v", "o", "gate", "up", "down"};
+  return names;
+}
+
+std::string llama_module_short_name(const std::string& module) {
+  static const std::pair<const char*, const char*> map[] = {
+      {"self_attn.q_proj", "q"}, {"self_attn.k_proj", "k"}, {"self_attn.v_proj", "v"},
+      {"self_attn.o_proj", "o"}, {"mlp.gate_proj", "gate"}, {"mlp.up_proj", "up"},
+      {"mlp.down_proj", "down"}};
+  for (const auto& [suffix, shortname] : map) {
+    const std::string s = suffix;
+    if (module.size() >= s.size() && module.compare(module.size() - s.size(), s.size(), s) == 0) return shortname;
+  }
+  return "";
+}
+
+}  // namespace st

@@ -1,0 +1,53 @@
+// LoRA (Hu et al. 2021), as PEFT implements it:  y = x W^T + (alpha / r) * dropout(x) A^T B^T
+// with A [r, in] Kaiming-uniform (bound 1/sqrt(in), PEFT's kaiming_uniform_(a=sqrt(5))) and
+// B [out, r] zero at start, so training starts from the base model exactly.
+// Adapters keep master copies in f32 (f64 in reference checks) whatever the base dtype.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/linear.hpp"
+
+namespace st {
+
+struct LoraConfig {
+  int64_t r = 8;
+  double alpha = 16;
+  double dropout = 0;
+  std::vector<std::string> targets{"q", "k", "v", "o", "gate", "up", "down"};
+  double scale() const { return alpha / static_cast<double>(r); }
+};
+
+class LoraAdapter final : public LinearAdapter {
+ public:
+  // max_rows: the most rows (B*T) one forward will see; sizes the saved x A^T buffer.
+  LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed);
+
+  void forward(const Tensor& x, Tensor& y, const LayerContext& ctx) override;
+  void backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) override;
+  void collect_params(std::vector<ParamRef>& out) override;
+  int64_t num_parameters() const override { return A.numel() + B.numel(); }
+  void add_delta_to(Tensor& W) const override;
+
+  std::string name;  // base module name
+  int64_t r = 0;
+  double scale = 0, dropout = 0;
+  uint64_t stream = 0;  // dropout stream id (hash of the module name)
+  Tensor A, B;          // [r, in], [out, r]
+  Tensor dA, dB;
+  Tensor xa;            // [max_rows, r] saved dropout(x) A^T
+  Tensor dxa;           // [max_rows, r] workspace
+
+ private:
+  // dropout(x) for this call: x itself without dropout, else written into ctx.scratch.
+  Tensor dropped_input(const Tensor& x, const LayerContext& ctx) const;
+};
+
+// The short target names ("q", "k", "v", "o", "gate", "up", "down") accepted in lora_targets,
+// and the name of a Llama module ("model.layers.3.mlp.up_proj" -> "up"; "" when none).
+const std::vector<std::string>& lora_target_names();
+std::string llama_module_short_name(const std::string& module);
+
+}  // namespace st

@@ -1,0 +1,344 @@
+#include "config/run_config.hpp"
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "core/allocator.hpp"
+#include "core/error.hpp"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace st {
+
+namespace {
+
+// One table of every option: the single place a key, its type, default and help live.
+struct OptionTable {
+  po::options_description all{"Options (deck keys; each also settable as --key value)"};
+  std::vector<std::string> order;
+  std::vector<std::pair<std::string, po::options_description>> groups;
+};
+
+template <typename T>
+void add(po::options_description& g, OptionTable& t, const char* key, T* field, const char* help) {
+  g.add_options()(key, po::value<T>(field)->default_value(*field), help);
+  t.order.push_back(key);
+}
+
+void add_string(po::options_description& g, OptionTable& t, const char* key, std::string* field, const char* help) {
+  g.add_options()(key, po::value<std::string>(field)->default_value(*field, '"' + *field + '"'), help);
+  t.order.push_back(key);
+}
+
+void build_table(RunConfig& c, OptionTable& t) {
+  po::options_description run("Run");
+  add_string(run, t, "run_id", &c.run_id, "run name; output goes to <output_dir>/<run_id>/ (default: the deck's file name)");
+  add_string(run, t, "output_dir", &c.output_dir, "directory holding the run directories");
+  add(run, t, "seed", &c.seed, "seed of every random choice (init, shuffling, dropout)");
+  add_string(run, t, "device", &c.device, "cpu | cuda");
+  add_string(run, t, "dtype", &c.dtype, "compute dtype: auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16");
+  add(run, t, "threads", &c.threads, "OpenMP threads per rank (0: the node's cores divided among its ranks)");
+  add(run, t, "log_every", &c.log_every, "print a progress line every N optimizer steps");
+
+  po::options_description model("Model");
+  add_string(model, t, "model", &c.model, "Hugging Face checkpoint directory (config.json + model.safetensors); empty: random init from the keys below");
+  add_string(model, t, "arch", &c.arch, "model family for random init: llama");
+  add(model, t, "vocab_size", &c.vocab_size, "random init: vocabulary size (0: the shards' tokenizer size)");
+  add(model, t, "hidden_size", &c.hidden_size, "random init: hidden size C");
+  add(model, t, "intermediate_size", &c.intermediate_size, "random init: MLP size I");
+  add(model, t, "num_layers", &c.num_layers, "random init: number of blocks");
+  add(model, t, "num_heads", &c.num_heads, "random init: query heads");
+  add(model, t, "num_kv_heads", &c.num_kv_heads, "random init: key/value heads (0: num_heads)");
+  add(model, t, "head_dim", &c.head_dim, "random init: head dimension (0: hidden_size / num_heads)");
+  add(model, t, "max_position_embeddings", &c.max_position_embeddings, "random init: longest sequence");
+  add(model, t, "rms_norm_eps", &c.rms_norm_eps, "random init: RMSNorm epsilon");
+  add(model, t, "rope_theta", &c.rope_theta, "random init: rotary base");
+  add(model, t, "tie_embeddings", &c.tie_embeddings, "random init: LM head shares the embedding matrix");
+  add(model, t, "init_std", &c.init_std, "random init: standard deviation of weights");
+  add(model, t, "save_model", &c.save_model, "write <run dir>/model in Hugging Face layout at the end (LoRA merged into the weights)");
+
+  po::options_description data("Data");
+  add_string(data, t, "data", &c.data, "directory of HDF5 shards written by `shardtune prepare` (or one .h5 file)");
+  add_string(data, t, "train_split", &c.train_split, "training split (files <data>/<split>-*.h5)");
+  add_string(data, t, "val_split", &c.val_split, "validation split (empty: no validation)");
+  add_string(data, t, "tokenizer", &c.tokenizer, "SentencePiece model; if set, must be the one the shards were written with");
+  add(data, t, "max_train_rows", &c.max_train_rows, "use only the first N training rows (0: all)");
+  add(data, t, "max_val_rows", &c.max_val_rows, "use only the first N validation rows (0: all)");
+
+  po::options_description train("Training");
+  add_string(train, t, "method", &c.method, "full | lora");
+  add(train, t, "epochs", &c.epochs, "passes over the training split");
+  add(train, t, "max_steps", &c.max_steps, "stop after N optimizer steps (0: run all epochs)");
+  add(train, t, "micro_batch_size", &c.micro_batch_size, "rows per forward/backward on one rank");
+  add(train, t, "grad_accum", &c.grad_accum, "micro-batches per optimizer step");
+  add(train, t, "lr", &c.lr, "peak learning rate");
+  add(train, t, "min_lr_ratio", &c.min_lr_ratio, "final learning rate as a fraction of lr (cosine, linear)");
+  add(train, t, "warmup_steps", &c.warmup_steps, "linear warm-up steps from 0 to lr");
+  add_string(train, t, "lr_schedule", &c.lr_schedule, "cosine | linear | constant (after warm-up)");
+  add(train, t, "weight_decay", &c.weight_decay, "AdamW decoupled weight decay (not applied to norms)");
+  add(train, t, "adam_beta1", &c.adam_beta1, "AdamW beta1");
+  add(train, t, "adam_beta2", &c.adam_beta2, "AdamW beta2");
+  add(train, t, "adam_eps", &c.adam_eps, "AdamW epsilon");
+  add(train, t, "grad_clip", &c.grad_clip, "clip the global gradient norm to this (0: off)");
+  add(train, t, "activation_checkpointing", &c.activation_checkpointing, "keep only block inputs; recompute each block in backward");
+  add(train, t, "shuffle", &c.shuffle, "shuffle training rows each epoch (seeded)");
+  add(train, t, "eval_every", &c.eval_every, "also evaluate every N steps (0: at the end of each epoch only)");
+  add(train, t, "eval_at_start", &c.eval_at_start, "evaluate before the first step (the untrained baseline)");
+
+  po::options_description lora("LoRA");
+  add(lora, t, "lora_r", &c.lora_r, "adapter rank r");
+  add(lora, t, "lora_alpha", &c.lora_alpha, "adapter scale numerator: scale = alpha / r");
+  add(lora, t, "lora_dropout", &c.lora_dropout, "dropout on the adapter input");
+  add_string(lora, t, "lora_targets", &c.lora_targets, "comma-separated modules: q,k,v,o,gate,up,down");
+
+  po::options_description par("Parallelism and memory");
+  add_string(par, t, "parallel", &c.parallel, "strategy: none (this version runs one rank)");
+  add(par, t, "tp_size", &c.tp_size, "tensor-parallel group size");
+  add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
+
+  for (auto* g : {&run, &model, &data, &train, &lora, &par}) t.all.add(*g);
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string suggestion(const std::string& key, const std::vector<std::string>& known) {
+  std::string best;
+  size_t best_d = 4;
+  for (const auto& k : known) {
+    const size_t d = edit_distance(key, k);
+    if (d < best_d) { best_d = d; best = k; }
+  }
+  return best.empty() ? "" : str(" (did you mean '", best, "'?)");
+}
+
+std::string strip_dashes(std::string s) {
+  while (!s.empty() && s[0] == '-') s.erase(0, 1);
+  return s;
+}
+
+// Store one layer's options, recording their origin; errors name the source.
+void store_layer(const po::parsed_options& parsed, po::variables_map& vm, const std::string& source,
+                 RunConfig& cfg, const OptionTable& table) {
+  try {
+    po::store(parsed, vm);
+  } catch (const po::error& e) {
+    ST_THROW_INPUT(source, ": ", e.what());
+  }
+  (void)table;
+  for (const auto& o : parsed.options)
+    if (!cfg.origin.count(o.string_key)) cfg.origin[o.string_key] = source;
+}
+
+// Parse a deck and the chain of decks it includes (each deck's keys override its base's).
+void load_deck(const std::string& path, po::variables_map& vm, RunConfig& cfg, const OptionTable& table,
+               std::set<std::string>& seen) {
+  std::error_code ec;
+  const fs::path canon = fs::weakly_canonical(path, ec);
+  if (!fs::exists(path)) ST_THROW_INPUT(path, ": deck not found");
+  if (!seen.insert(canon.string()).second) ST_THROW_INPUT(path, ": include cycle");
+  std::ifstream in(path);
+  if (!in) ST_THROW_INPUT(path, ": cannot read deck");
+  po::options_description file_desc;
+  file_desc.add(table.all);
+  file_desc.add_options()("include", po::value<std::vector<std::string>>(), "base deck");
+  po::parsed_options parsed(&file_desc);
+  try {
+    parsed = po::parse_config_file(in, file_desc, false);
+  } catch (const po::unknown_option& e) {
+    const std::string key = e.get_option_name();
+    ST_THROW_INPUT(path, ": unknown key '", key, "'", suggestion(key, table.order));
+  } catch (const po::error& e) {
+    ST_THROW_INPUT(path, ": ", e.what());
+  }
+  std::vector<std::string> includes;
+  po::parsed_options own(&file_desc);
+  for (const auto& o : parsed.options) {
+    if (o.string_key == "include") includes.insert(includes.end(), o.value.begin(), o.value.end());
+    else own.options.push_back(o);
+  }
+  if (includes.size() > 1) ST_THROW_INPUT(path, ": more than one 'include' (a deck layers on one base deck)");
+  store_layer(own, vm, path, cfg, table);
+  if (!includes.empty()) {
+    fs::path base = fs::path(includes[0]);
+    if (base.is_relative()) base = fs::path(path).parent_path() / base;
+    load_deck(base.string(), vm, cfg, table, seen);
+  }
+}
+
+}  // namespace
+
+bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunConfig& cfg) {
+  OptionTable table;
+  build_table(cfg, table);
+  po::options_description cli_only("Command line");
+  std::string deck;
+  bool help = false;
+  cli_only.add_options()("help,h", po::bool_switch(&help), "print this help")(
+      "deck,d", po::value<std::string>(&deck), "input deck (.cfg) to read options from");
+  po::options_description cli;
+  cli.add(cli_only).add(table.all);
+
+  std::ostringstream cmd;
+  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+  cfg.command_line = cmd.str();
+
+  po::variables_map vm;
+  po::parsed_options parsed(&cli);
+  try {
+    parsed = po::command_line_parser(argc, argv).options(cli).run();
+  } catch (const po::unknown_option& e) {
+    const std::string key = strip_dashes(e.get_option_name());
+    ST_THROW_INPUT("command line: unknown option '--", key, "'", suggestion(key, table.order));
+  } catch (const po::error& e) {
+    ST_THROW_INPUT("command line: ", e.what());
+  }
+  store_layer(parsed, vm, "command line", cfg, table);
+  if (vm.count("help") && vm["help"].as<bool>()) {
+    std::cout << "Usage: shardtune " << subcommand << " [--deck FILE] [--key value ...]\n\n"
+              << "Options are read from built-in defaults, then the deck's base decks (include = ...),\n"
+              << "then the deck, then the command line; later sources win. Unknown keys are errors.\n\n"
+              << cli_only << "\n" << table.all << "\n";
+    return false;
+  }
+  if (vm.count("deck")) {
+    deck = vm["deck"].as<std::string>();
+    std::set<std::string> seen;
+    load_deck(deck, vm, cfg, table, seen);
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    ST_THROW_INPUT("options: ", e.what());
+  }
+  cfg.deck = deck;
+  for (const auto& k : table.order)
+    if (!cfg.origin.count(k)) cfg.origin[k] = "default";
+  if (cfg.run_id.empty()) cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+  validate_run_config(cfg);
+  return true;
+}
+
+std::vector<std::string> RunConfig::lora_target_list() const {
+  std::vector<std::string> out;
+  std::stringstream ss(lora_targets);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item.erase(std::remove_if(item.begin(), item.end(), ::isspace), item.end());
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> RunConfig::resolved() const {
+  RunConfig copy = *this;
+  OptionTable table;
+  build_table(copy, table);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& key : table.order) {
+    const po::option_description& d = table.all.find(key, false);
+    // The semantic's default is bound to the field's current value (copied above), so its
+    // textual default is the resolved value.
+    boost::any v;
+    d.semantic()->apply_default(v);
+    std::string s;
+    if (auto p = boost::any_cast<std::string>(&v)) s = *p;
+    else if (auto p = boost::any_cast<int64_t>(&v)) s = std::to_string(*p);
+    else if (auto p = boost::any_cast<uint64_t>(&v)) s = std::to_string(*p);
+    else if (auto p = boost::any_cast<int>(&v)) s = std::to_string(*p);
+    else if (auto p = boost::any_cast<bool>(&v)) s = *p ? "true" : "false";
+    else if (auto p = boost::any_cast<double>(&v)) { std::ostringstream os; os << *p; s = os.str(); }
+    out.emplace_back(key, s);
+  }
+  return out;
+}
+
+void validate_run_config(const RunConfig& c) {
+  auto src = [&](const std::string& key) {
+    auto it = c.origin.find(key);
+    return it == c.origin.end() ? std::string("options") : it->second;
+  };
+  auto fail = [&](const std::string& key, const std::string& why) {
+    ST_THROW_INPUT(src(key), ": ", key, " ", why);
+  };
+  auto one_of = [&](const std::string& key, const std::string& v, std::initializer_list<const char*> allowed) {
+    for (const char* a : allowed)
+      if (v == a) return;
+    std::string list;
+    for (const char* a : allowed) list += (list.empty() ? "" : " | ") + std::string(a);
+    fail(key, str("= '", v, "' is not one of: ", list));
+  };
+  one_of("device", c.device, {"cpu", "cuda"});
+  one_of("dtype", c.dtype, {"auto", "f32", "f64", "bf16"});
+  one_of("arch", c.arch, {"llama"});
+  one_of("method", c.method, {"full", "lora"});
+  one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
+  one_of("parallel", c.parallel, {"none"});
+  if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
+    fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
+  if (c.threads < 0) fail("threads", "must be >= 0");
+  if (c.log_every < 1) fail("log_every", "must be >= 1");
+  if (c.model.empty()) {
+    if (c.vocab_size < 0) fail("vocab_size", "must be >= 0");
+    for (auto [k, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
+                        {"intermediate_size", c.intermediate_size}, {"num_layers", c.num_layers},
+                        {"num_heads", c.num_heads}, {"max_position_embeddings", c.max_position_embeddings}})
+      if (v < 1) fail(k, "must be >= 1");
+    if (c.num_kv_heads < 0) fail("num_kv_heads", "must be >= 0");
+    if (c.head_dim < 0) fail("head_dim", "must be >= 0");
+    if (c.head_dim == 0 && c.hidden_size % c.num_heads != 0) fail("hidden_size", "must be a multiple of num_heads (or set head_dim)");
+    if (!(c.init_std > 0)) fail("init_std", "must be positive");
+    if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
+    if (!(c.rope_theta > 0)) fail("rope_theta", "must be positive");
+  }
+  if (c.data.empty()) fail("data", "is required (a directory of shards from `shardtune prepare`)");
+  if (c.train_split.empty()) fail("train_split", "must not be empty");
+  if (c.max_train_rows < 0) fail("max_train_rows", "must be >= 0");
+  if (c.max_val_rows < 0) fail("max_val_rows", "must be >= 0");
+  if (c.epochs < 1) fail("epochs", "must be >= 1");
+  if (c.max_steps < 0) fail("max_steps", "must be >= 0");
+  if (c.micro_batch_size < 1) fail("micro_batch_size", "must be >= 1");
+  if (c.grad_accum < 1) fail("grad_accum", "must be >= 1");
+  if (!(c.lr > 0) || c.lr > 10) fail("lr", "must be in (0, 10]");
+  if (c.min_lr_ratio < 0 || c.min_lr_ratio > 1) fail("min_lr_ratio", "must be in [0, 1]");
+  if (c.warmup_steps < 0) fail("warmup_steps", "must be >= 0");
+  if (c.weight_decay < 0) fail("weight_decay", "must be >= 0");
+  if (c.adam_beta1 < 0 || c.adam_beta1 >= 1) fail("adam_beta1", "must be in [0, 1)");
+  if (c.adam_beta2 < 0 || c.adam_beta2 >= 1) fail("adam_beta2", "must be in [0, 1)");
+  if (!(c.adam_eps > 0)) fail("adam_eps", "must be positive");
+  if (c.grad_clip < 0) fail("grad_clip", "must be >= 0");
+  if (c.eval_every < 0) fail("eval_every", "must be >= 0");
+  if (c.lora_r < 1) fail("lora_r", "must be >= 1");
+  if (!(c.lora_alpha > 0)) fail("lora_alpha", "must be positive");
+  if (c.lora_dropout < 0 || c.lora_dropout >= 1) fail("lora_dropout", "must be in [0, 1)");
+  {
+    const auto targets = c.lora_target_list();
+    if (targets.empty()) fail("lora_targets", "must name at least one module");
+    for (const auto& t : targets)
+      if (t != "q" && t != "k" && t != "v" && t != "o" && t != "gate" && t != "up" && t != "down")
+        fail("lora_targets", str("names unknown module '", t, "' (use q, k, v, o, gate, up, down)"));
+  }
+  if (c.tp_size != 1) fail("tp_size", "must be 1 in this version (tensor parallelism is not available yet)");
+  try {
+    (void)parse_bytes(c.memory_limit, "memory_limit");
+  } catch (const InputError& e) {
+    fail("memory_limit", str("= '", c.memory_limit, "' is not a byte size (examples: 40GiB, 512MiB, 0)"));
+  }
+}
+
+}  // namespace st

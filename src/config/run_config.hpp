@@ -1,0 +1,82 @@
+// RunConfig: every option of `shardtune train` / `eval`, resolved from
+//   built-in defaults  <  base decks (include = ...)  <  the deck  <  the command line.
+// Unknown keys, wrong types and out-of-range values are InputErrors naming the key and the
+// file (or "command line") it came from. The resolved options are printed at start and stored
+// in metrics.h5 (/config).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace st {
+
+struct RunConfig {
+  // run
+  std::string run_id;           // names runs/<run_id>/; default: the deck's file name
+  std::string output_dir = "runs";
+  uint64_t seed = 1234;
+  std::string device = "cpu";   // cpu | cuda
+  std::string dtype = "auto";   // auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16
+  int threads = 0;              // OpenMP threads per rank; 0 = cores / ranks on the node
+  int log_every = 10;
+  // model
+  std::string model;            // Hugging Face checkpoint dir; empty = random init from below
+  std::string arch = "llama";
+  int64_t vocab_size = 0;       // 0: take it from the dataset's tokenizer
+  int64_t hidden_size = 256, intermediate_size = 688, num_layers = 4, num_heads = 4;
+  int64_t num_kv_heads = 0;     // 0 = num_heads
+  int64_t head_dim = 0;         // 0 = hidden_size / num_heads
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-5, rope_theta = 10000.0;
+  bool tie_embeddings = false;
+  double init_std = 0.02;
+  bool save_model = false;      // write runs/<id>/model (HF layout; LoRA merged) at the end
+  // data
+  std::string data;             // shard directory (or one .h5 file)
+  std::string train_split = "train";
+  std::string val_split = "validation";  // "" = no validation
+  std::string tokenizer;        // optional: must match the shards' tokenizer checksum
+  int64_t max_train_rows = 0, max_val_rows = 0;  // 0 = all
+  // training
+  std::string method = "full";  // full | lora
+  int64_t epochs = 1, max_steps = 0;
+  int64_t micro_batch_size = 8, grad_accum = 1;
+  double lr = 3e-4, min_lr_ratio = 0.1;
+  int64_t warmup_steps = 0;
+  std::string lr_schedule = "cosine";  // cosine | linear | constant
+  double weight_decay = 0.0, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  double grad_clip = 1.0;       // 0 = off
+  bool activation_checkpointing = false;
+  bool shuffle = true;
+  int64_t eval_every = 0;       // steps; 0 = once per epoch
+  bool eval_at_start = true;
+  // lora
+  int64_t lora_r = 8;
+  double lora_alpha = 16, lora_dropout = 0.0;
+  std::string lora_targets = "q,k,v,o,gate,up,down";
+  // parallel
+  std::string parallel = "none";
+  int64_t tp_size = 1;
+  // memory
+  std::string memory_limit = "0";  // cap on the device allocator: "40GiB", "0" = none
+
+  // Where each key's value came from: "default", "command line" or a deck path.
+  std::map<std::string, std::string> origin;
+  std::string deck;                // the deck given with --deck (may be empty)
+  std::string command_line;
+
+  // All options as key -> value strings in declaration order (for printing and metrics).
+  std::vector<std::pair<std::string, std::string>> resolved() const;
+  std::vector<std::string> lora_target_list() const;
+};
+
+// Parse `shardtune <subcommand> [--deck FILE] [--key value ...]`. Prints help and returns false
+// when --help was given. Throws InputError on any bad key or value.
+bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunConfig& cfg);
+
+// Range and consistency checks (called by parse_run_config; exposed for tests).
+void validate_run_config(const RunConfig& cfg);
+
+}  // namespace st

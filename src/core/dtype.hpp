@@ -1,0 +1,41 @@
+// Element types and devices.
+//
+// f32 is the CPU compute type; f64 is the test-only reference precision (finite-difference
+// gradient checks run the same kernels in double); bf16 is the GPU compute type; f16 and bf16
+// also appear in checkpoints; i32 holds token ids; u8 holds masks and packed NF4 codes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace st {
+
+enum class DType : uint8_t { f32, f64, bf16, f16, i32, i64, u8 };
+enum class Device : uint8_t { cpu, cuda };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+const char* device_name(Device d);
+bool is_float(DType t);
+
+// bf16 <-> f32: round to nearest even; NaN stays NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// IEEE half -> f32 (all cases, subnormals included) and f32 -> half (round to nearest even).
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+}  // namespace st

@@ -1,0 +1,45 @@
+// Deterministic random numbers.
+//
+// Rng is xoshiro256** seeded through splitmix64: the same seed gives the same stream on every
+// machine. counter_uniform() is a stateless, counter-based draw (a hash of seed, stream and
+// index) used where values must be reproducible without storing them, e.g. LoRA dropout masks
+// regenerated in the backward pass, on any device and in any thread order.
+#pragma once
+
+#include <cstdint>
+
+namespace st {
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Uniform in [0, 1) from (seed, stream, index); 24 bits of resolution (exact in float).
+inline float counter_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
+  const uint64_t h = splitmix64(seed ^ splitmix64(stream ^ splitmix64(index)));
+  return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+}
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed = 0) { reseed(seed); }
+  void reseed(uint64_t seed);
+  uint64_t next_u64();
+  double uniform();                        // [0, 1)
+  double uniform(double lo, double hi);    // [lo, hi)
+  double normal();                         // mean 0, std 1 (Box-Muller)
+  uint64_t below(uint64_t n);              // [0, n), unbiased
+  // State, for checkpoints.
+  void get_state(uint64_t out[4]) const;
+  void set_state(const uint64_t in[4]);
+
+ private:
+  uint64_t s_[4];
+  bool has_spare_ = false;
+  double spare_ = 0;
+};
+
+}  // namespace st

@@ -1,0 +1,326 @@
+#include "data/prepare.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <optional>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/timer.hpp"
+#include "data/tokenizer.hpp"
+
+namespace st {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int64_t kMaxSeqLenLimit = 1 << 20;
+constexpr size_t kKeepDroppedLines = 5;
+
+std::string lower_extension(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return ext;
+}
+
+bool valid_split_name(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
+  return true;
+}
+
+std::string absolute_path(const std::string& p) {
+  std::error_code ec;
+  fs::path a = fs::absolute(p, ec);
+  return ec ? p : a.lexically_normal().string();
+}
+
+// One source row to fit: its content fields (in cutting order), how to build the prompt,
+// the answer ids and the label.
+struct RowSpec {
+  int64_t line = 0;
+  std::vector<std::string_view> content;
+  PromptBuilder build;
+  std::vector<int32_t> answer_ids;
+  int32_t label = -1;
+};
+
+// Runs fn(i) for i in [0, n) on OpenMP threads; the first exception is rethrown afterwards
+// (exceptions must not leave a parallel region).
+template <typename Fn>
+void parallel_for(int64_t n, const Fn& fn) {
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      fn(static_cast<size_t>(i));
+    } catch (...) {
+#pragma omp critical(prepare_parallel_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+FitOptions fit_options(const PrepareOptions& o, const Tokenizer& tok) {
+  FitOptions f;
+  f.max_seq_len = o.max_seq_len;
+  f.add_bos = o.add_bos;
+  f.add_eos = o.add_eos;
+  f.bos_id = tok.bos_id();
+  f.eos_id = tok.eos_id();
+  if (o.add_bos && f.bos_id < 0)
+    ST_THROW_INPUT(tok.path(), ": tokenizer has no BOS token (use --add-bos false)");
+  if (o.add_eos && f.eos_id < 0)
+    ST_THROW_INPUT(tok.path(), ": tokenizer has no EOS token (use --add-eos false)");
+  return f;
+}
+
+// Fits every row (in parallel: SentencePiece encoding is const and thread-safe), then lays the
+// survivors out as padded [N, L] arrays in input order.
+PreparedRows fit_and_pack(const std::vector<RowSpec>& specs, const Tokenizer& tok, const PrepareOptions& o,
+                          const FitOptions& fopt) {
+  const LossOn loss_on = parse_loss_on(o.loss_on);
+  const int64_t n = static_cast<int64_t>(specs.size());
+  std::vector<std::optional<FittedRow>> fitted(specs.size());
+  parallel_for(n, [&](size_t i) {
+    const auto& s = specs[i];
+    fitted[i] = fit_row(tok, s.content, s.build, s.answer_ids, fopt);
+  });
+
+  PreparedRows out;
+  auto& rows = out.rows;
+  auto& st = out.stats;
+  const int64_t L = o.max_seq_len;
+  rows.seq_len = L;
+  st.seq_len = L;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!fitted[i]) {
+      ++st.rows_dropped;
+      if (st.dropped_lines.size() < kKeepDroppedLines) st.dropped_lines.push_back(specs[i].line);
+      continue;
+    }
+    const FittedRow& f = *fitted[i];
+    const auto len = static_cast<int64_t>(f.ids.size());
+    const size_t base = rows.ids.size();
+    rows.ids.resize(base + static_cast<size_t>(L), tok.pad_id());
+    std::copy(f.ids.begin(), f.ids.end(), rows.ids.begin() + static_cast<std::ptrdiff_t>(base));
+    rows.loss_mask.resize(base + static_cast<size_t>(L));
+    fill_loss_mask(loss_on, len, f.answer_start, L, rows.loss_mask.data() + base);
+    rows.lengths.push_back(static_cast<int32_t>(len));
+    rows.answer_start.push_back(f.answer_start);
+    rows.labels.push_back(specs[i].label);
+
+    ++st.rows_written;
+    st.rows_truncated += f.truncated();
+    st.rows_prompt_cut += f.prompt_cut;
+    st.rows_answer_cut += f.answer_cut;
+    st.tokens += len;
+    st.max_length = std::max(st.max_length, len);
+    for (int64_t t = 1; t < L; ++t) st.loss_tokens += rows.loss_mask[base + static_cast<size_t>(t)];
+  }
+  st.mean_length = st.rows_written ? static_cast<double>(st.tokens) / static_cast<double>(st.rows_written) : 0.0;
+
+  ShardInfo& info = out.info;
+  info.format_version = kShardFormatVersion;
+  info.arch = "causal";
+  info.split = o.split;
+  info.tokenizer_sha256 = tok.sha256();
+  info.tokenizer_vocab_size = tok.vocab_size();
+  info.bos_id = tok.bos_id();
+  info.eos_id = tok.eos_id();
+  info.pad_id = tok.pad_id();
+  info.seq_len = L;
+  info.loss_on = loss_on_name(loss_on);
+  info.add_bos = o.add_bos;
+  info.add_eos = o.add_eos;
+  info.rows_written = st.rows_written;
+  info.rows_truncated = st.rows_truncated;
+  info.rows_dropped = st.rows_dropped;
+
+  st.split = o.split;
+  st.tokenizer = tok.path();
+  st.tokenizer_sha256 = tok.sha256();
+  st.tokenizer_vocab_size = tok.vocab_size();
+  return out;
+}
+
+template <typename Source>
+void finish_source_stats(PreparedRows& p, const Source& src) {
+  p.stats.input = src.path;
+  p.stats.rows_read = src.rows_read;
+  p.stats.bad = src.bad;
+  p.info.rows_read = src.rows_read;
+  p.info.source_file = absolute_path(src.path);
+  p.info.source_sha256 = src.sha256;
+}
+
+}  // namespace
+
+void validate_prepare_options(const PrepareOptions& o) {
+  ST_CHECK_INPUT(!o.input.empty(), "missing required option --input");
+  ST_CHECK_INPUT(!o.tokenizer.empty(), "missing required option --tokenizer");
+  ST_CHECK_INPUT(!o.output_dir.empty(), "missing required option --output");
+  ST_CHECK_INPUT(!o.split.empty(), "missing required option --split");
+  ST_CHECK_INPUT(valid_split_name(o.split), "--split '", o.split,
+                 "' must use only letters, digits, '_', '-' and '.'");
+  ST_CHECK_INPUT(o.format == "auto" || o.format == "sst2" || o.format == "alpaca",
+                 "--format must be auto, sst2 or alpaca (got '", o.format, "')");
+  ST_CHECK_INPUT(o.max_seq_len >= 2 && o.max_seq_len <= kMaxSeqLenLimit, "--max-seq-len must be in [2, ",
+                 kMaxSeqLenLimit, "] (got ", o.max_seq_len, ")");
+  ST_CHECK_INPUT(o.loss_on == "answer" || o.loss_on == "all", "--loss-on must be answer or all (got '",
+                 o.loss_on, "')");
+  ST_CHECK_INPUT(o.prompt_template == "alpaca" || o.prompt_template == "plain",
+                 "--template must be alpaca or plain (got '", o.prompt_template, "')");
+  ST_CHECK_INPUT(o.shard_rows >= 0, "--shard-rows must be >= 0 (got ", o.shard_rows, ")");
+  ST_CHECK_INPUT(o.limit >= 0, "--limit must be >= 0 (got ", o.limit, ")");
+}
+
+std::string resolve_input_format(const std::string& format, const std::string& input_path) {
+  if (format == "sst2" || format == "alpaca") return format;
+  ST_CHECK_INPUT(format == "auto", "--format must be auto, sst2 or alpaca (got '", format, "')");
+  const std::string ext = lower_extension(input_path);
+  if (ext == ".tsv") return "sst2";
+  if (ext == ".json" || ext == ".jsonl") return "alpaca";
+  ST_THROW_INPUT(input_path, ": cannot tell the format from the extension '", ext,
+                 "' (--format auto knows .tsv, .json, .jsonl); pass --format sst2 or --format alpaca");
+}
+
+PreparedRows prepare_sst2_rows(const Sst2Source& src, const Tokenizer& tok, const PrepareOptions& o) {
+  const FitOptions fopt = fit_options(o, tok);
+  // The answer word's ids; their first tokens must differ for first-token accuracy to mean
+  // anything.
+  std::vector<int32_t> word_ids[2];
+  std::vector<int32_t> label_token_ids;
+  for (int32_t label = 0; label < 2; ++label) {
+    word_ids[label] = tok.encode(sst2_label_word(label));
+    if (word_ids[label].empty())
+      ST_THROW_INPUT(tok.path(), ": tokenizer encodes '", sst2_label_word(label), "' to no tokens");
+    label_token_ids.push_back(word_ids[label][0]);
+  }
+  if (label_token_ids[0] == label_token_ids[1])
+    ST_THROW_INPUT(tok.path(), ": 'negative' and 'positive' begin with the same token ", label_token_ids[0],
+                   " ('", tok.piece(label_token_ids[0]), "'), so the label cannot be read from the first "
+                   "answer token; use another tokenizer");
+
+  std::vector<RowSpec> specs;
+  specs.reserve(src.rows.size());
+  const PromptBuilder build = [](const std::vector<std::string_view>& c) { return sst2_prompt(c[0]); };
+  for (const auto& r : src.rows) {
+    RowSpec s;
+    s.line = r.line;
+    s.content = {r.sentence};
+    s.build = build;
+    s.answer_ids = word_ids[r.label];
+    s.label = r.label;
+    specs.push_back(std::move(s));
+  }
+  PreparedRows p = fit_and_pack(specs, tok, o, fopt);
+  p.info.task = "sst2";
+  p.info.prompt_template = kSst2TemplateName;
+  p.info.label_names = {"negative", "positive"};
+  p.info.label_token_ids = label_token_ids;
+  p.stats.task = "sst2";
+  p.stats.label_names = p.info.label_names;
+  p.stats.label_token_ids = label_token_ids;
+  for (int32_t id : label_token_ids) p.stats.label_pieces.push_back(tok.piece(id));
+  finish_source_stats(p, src);
+  return p;
+}
+
+PreparedRows prepare_instruct_rows(const InstructSource& src, const Tokenizer& tok, const PrepareOptions& o) {
+  const FitOptions fopt = fit_options(o, tok);
+  const InstructTemplate tmpl = parse_instruct_template(o.prompt_template);
+  std::vector<RowSpec> specs(src.rows.size());
+  parallel_for(static_cast<int64_t>(src.rows.size()), [&](size_t i) {
+    const auto& r = src.rows[i];
+    RowSpec& s = specs[i];
+    s.line = r.line;
+    // Cut the input first, then the instruction; the layout follows the untruncated input.
+    s.content = {r.input, r.instruction};
+    const bool has_input = !r.input.empty();
+    s.build = [tmpl, has_input](const std::vector<std::string_view>& c) {
+      return instruct_prompt(tmpl, c[1], c[0], has_input);
+    };
+    s.answer_ids = tok.encode(r.output);
+    s.label = -1;
+  });
+  PreparedRows p = fit_and_pack(specs, tok, o, fopt);
+  p.info.task = "instruct";
+  p.info.prompt_template = instruct_template_name(tmpl);
+  p.stats.task = "instruct";
+  finish_source_stats(p, src);
+  return p;
+}
+
+PrepareStats prepare_dataset(const PrepareOptions& o) {
+  validate_prepare_options(o);
+  const std::string format = resolve_input_format(o.format, o.input);
+  Stopwatch sw;
+  const Tokenizer tok = Tokenizer::load(o.tokenizer);
+
+  PreparedRows p;
+  if (format == "sst2") {
+    p = prepare_sst2_rows(read_sst2_tsv(o.input, o.limit), tok, o);
+  } else {
+    p = prepare_instruct_rows(read_alpaca(o.input, o.limit), tok, o);
+  }
+  PrepareStats& st = p.stats;
+  st.output_dir = o.output_dir;
+  if (st.rows_written == 0)
+    ST_THROW_INPUT(o.input, ": no rows to write (", st.rows_read, " read; bad: ", st.bad.summary(),
+                   "; dropped as too long for --max-seq-len ", o.max_seq_len, ": ", st.rows_dropped, ")");
+
+  p.info.tokenizer_path = absolute_path(o.tokenizer);
+  p.info.created_by = o.created_by;
+  st.shard_files = write_shards(o.output_dir, p.info, p.rows, o.shard_rows);
+  st.seconds = sw.seconds();
+  return st;
+}
+
+std::string format_prepare_report(const PrepareStats& s) {
+  std::ostringstream os;
+  char buf[64];
+  os << "prepare " << s.task << ": " << s.input << " -> " << s.output_dir << " (split " << s.split << ")\n";
+  os << "  rows       read " << s.rows_read << ", written " << s.rows_written << ", truncated " << s.rows_truncated
+     << " (prompt cut " << s.rows_prompt_cut << ", answer cut " << s.rows_answer_cut << "), dropped "
+     << s.rows_dropped;
+  if (!s.dropped_lines.empty()) {
+    os << " (" << s.bad.unit << (s.dropped_lines.size() > 1 ? "s " : " ");
+    for (size_t i = 0; i < s.dropped_lines.size(); ++i) os << (i ? ", " : "") << s.dropped_lines[i];
+    if (s.rows_dropped > static_cast<int64_t>(s.dropped_lines.size())) os << ", ...";
+    os << ")";
+  }
+  os << ", bad " << s.bad.total() << "\n";
+  os << "  bad rows   " << s.bad.summary() << "\n";
+  const double fill = s.rows_written && s.seq_len
+                          ? 100.0 * static_cast<double>(s.tokens) / static_cast<double>(s.rows_written * s.seq_len)
+                          : 0.0;
+  std::snprintf(buf, sizeof(buf), "%.1f", s.mean_length);
+  os << "  tokens     " << s.tokens << " (" << s.loss_tokens << " loss targets); length mean " << buf << ", max "
+     << s.max_length << " of seq_len " << s.seq_len;
+  std::snprintf(buf, sizeof(buf), "%.1f", fill);
+  os << " (" << buf << "% filled)\n";
+  if (!s.label_token_ids.empty()) {
+    os << "  labels    ";
+    for (size_t i = 0; i < s.label_token_ids.size(); ++i)
+      os << (i ? ", " : " ") << (i < s.label_names.size() ? s.label_names[i] : "?") << " -> " << s.label_token_ids[i] << " '"
+         << (i < s.label_pieces.size() ? s.label_pieces[i] : "") << "'";
+    os << "\n";
+  }
+  os << "  tokenizer  " << s.tokenizer << " (vocab " << s.tokenizer_vocab_size << ", sha256 "
+     << s.tokenizer_sha256.substr(0, 16) << "...)\n";
+  std::snprintf(buf, sizeof(buf), "%.2f", s.seconds);
+  os << "  shards     " << s.shard_files.size() << " written in " << buf << " s:";
+  const size_t show = std::min<size_t>(s.shard_files.size(), 4);
+  for (size_t i = 0; i < show; ++i) os << " " << fs::path(s.shard_files[i]).filename().string();
+  if (s.shard_files.size() > show) os << " ... " << fs::path(s.shard_files.back()).filename().string();
+  return os.str();
+}
+
+}  // namespace st

@@ -1,0 +1,80 @@
+// `shardtune prepare`: text -> prompt template -> SentencePiece ids -> fit to max_seq_len ->
+// HDF5 shards (src/io/shards.hpp), with statistics of everything read, cut, dropped and skipped.
+//
+//   sst2      SST-2 TSV as a causal LM: [bos] "Review: {sentence}\nSentiment:" "positive"|"negative"
+//             [eos]; labels 0/1, label_token_ids = first token of each label word.
+//   instruct  Alpaca JSON/JSONL: [bos] template(instruction, input) output [eos]; labels -1.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/templates.hpp"
+#include "data/text_sources.hpp"
+#include "io/shards.hpp"
+
+namespace st {
+
+class Tokenizer;
+
+struct PrepareOptions {
+  std::string input;                 // .tsv (SST-2) or .json/.jsonl (Alpaca)
+  std::string tokenizer;             // SentencePiece .model
+  std::string output_dir;
+  std::string split;                 // shard file prefix: "<split>-00000.h5"
+  std::string format = "auto";       // auto | sst2 | alpaca (auto: by the input's extension)
+  int64_t max_seq_len = 128;         // L, >= 2
+  std::string loss_on = "answer";    // answer | all
+  std::string prompt_template = "alpaca";  // alpaca | plain (instruction data only)
+  int64_t shard_rows = 0;            // rows per shard, 0 = one shard
+  bool add_bos = true;
+  bool add_eos = true;
+  int64_t limit = 0;                 // read at most this many rows (good or bad), 0 = all
+  std::string created_by = "shardtune prepare";
+};
+
+// Throws InputError naming the option (as --flag) for a bad value.
+void validate_prepare_options(const PrepareOptions& options);
+// "sst2" or "alpaca" from --format and the file name; InputError when auto cannot tell.
+std::string resolve_input_format(const std::string& format, const std::string& input_path);
+
+struct PrepareStats {
+  std::string task;        // "sst2" | "instruct"
+  std::string input, output_dir, split, tokenizer, tokenizer_sha256;
+  int64_t tokenizer_vocab_size = 0;
+  int64_t seq_len = 0;
+  int64_t rows_read = 0, rows_written = 0, rows_dropped = 0;
+  int64_t rows_truncated = 0, rows_prompt_cut = 0, rows_answer_cut = 0;
+  BadRows bad;
+  std::vector<int64_t> dropped_lines;  // first few line (record) numbers of dropped rows
+  int64_t tokens = 0;        // sum of row lengths
+  int64_t loss_tokens = 0;   // sum of loss-mask ones
+  int64_t max_length = 0;
+  double mean_length = 0;
+  std::vector<std::string> label_names;   // sst2: negative, positive
+  std::vector<int32_t> label_token_ids;   // first token of each label word
+  std::vector<std::string> label_pieces;  // those tokens as pieces, for the report
+  std::vector<std::string> shard_files;
+  double seconds = 0;
+};
+
+// Tokenized rows and their statistics, before anything is written (the pipeline without I/O,
+// for tests and for callers that keep data in memory).
+struct PreparedRows {
+  ShardRows rows;
+  ShardInfo info;  // everything but the provenance of the run (paths, created_by)
+  PrepareStats stats;
+};
+PreparedRows prepare_sst2_rows(const Sst2Source& src, const Tokenizer& tok, const PrepareOptions& options);
+PreparedRows prepare_instruct_rows(const InstructSource& src, const Tokenizer& tok,
+                                   const PrepareOptions& options);
+
+// The whole pipeline: read, tokenize, fit, write the shards of options.split.
+// InputError when the input or tokenizer cannot be used or no row survives.
+PrepareStats prepare_dataset(const PrepareOptions& options);
+
+// The end-of-run report (several lines, no trailing newline).
+std::string format_prepare_report(const PrepareStats& stats);
+
+}  // namespace st

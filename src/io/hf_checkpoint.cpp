@@ -1,0 +1,121 @@
+#include "io/hf_checkpoint.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace st {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) ST_THROW_INPUT(path, ": cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    ST_THROW_INPUT(path, ": not valid JSON: ", e.what());
+  }
+}
+
+void write_text_file_atomic(const std::string& path, const std::string& text) {
+  AtomicFile out(path);
+  out.write(text.data(), text.size());
+  out.commit();
+}
+
+namespace {
+
+// A shard name from the index must stay inside the checkpoint directory.
+void check_shard_name(const std::string& shard, const std::string& index_path, const std::string& tensor) {
+  const fs::path p(shard);
+  bool escapes = shard.empty() || p.is_absolute();
+  for (const auto& part : p) escapes |= (part == "..");
+  if (escapes)
+    ST_THROW_INPUT(index_path, ": weight_map entry for tensor '", tensor, "' names shard '", shard,
+                   "', which is not a file inside the checkpoint directory");
+}
+
+}  // namespace
+
+CheckpointReader CheckpointReader::open(const std::string& dir) {
+  CheckpointReader r;
+  r.dir_ = dir;
+  const fs::path index_path = fs::path(dir) / "model.safetensors.index.json";
+  const fs::path single_path = fs::path(dir) / "model.safetensors";
+
+  if (fs::exists(index_path)) {
+    const std::string index = index_path.string();
+    const json j = read_json_file(index);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      ST_THROW_INPUT(index, ": field 'weight_map' missing or not an object");
+    std::map<std::string, size_t> shard_index;  // shard file -> index into files_
+    for (const auto& [tensor, shard_json] : j["weight_map"].items()) {
+      if (!shard_json.is_string())
+        ST_THROW_INPUT(index, ": weight_map entry for tensor '", tensor, "' must be a string");
+      const std::string shard = shard_json.get<std::string>();
+      check_shard_name(shard, index, tensor);
+      auto it = shard_index.find(shard);
+      if (it == shard_index.end()) {
+        const fs::path shard_path = fs::path(dir) / shard;
+        if (!fs::is_regular_file(shard_path))
+          ST_THROW_INPUT(index, ": shard file '", shard, "' (for tensor '", tensor, "') does not exist in ", dir);
+        r.files_.push_back(SafetensorsFile::open(shard_path.string()));
+        it = shard_index.emplace(shard, r.files_.size() - 1).first;
+      }
+      if (!r.files_[it->second].find(tensor))
+        ST_THROW_INPUT(index, ": tensor '", tensor, "' is listed in shard '", shard, "' but not stored there");
+      r.file_of_[tensor] = it->second;
+    }
+    // Tensors a shard holds beyond the index are not part of the checkpoint (as in transformers).
+  } else if (fs::exists(single_path)) {
+    r.files_.push_back(SafetensorsFile::open(single_path.string()));
+    for (const auto& e : r.files_[0].entries()) r.file_of_[e.name] = 0;
+  } else {
+    ST_THROW_INPUT(dir, ": no model.safetensors or model.safetensors.index.json");
+  }
+  return r;
+}
+
+std::vector<std::string> CheckpointReader::names() const {
+  std::vector<std::string> out;
+  out.reserve(file_of_.size());
+  for (const auto& kv : file_of_) out.push_back(kv.first);
+  return out;
+}
+
+const SafetensorsFile& CheckpointReader::file_or_throw(const std::string& name) const {
+  const auto it = file_of_.find(name);
+  if (it == file_of_.end()) ST_THROW_INPUT(dir_, ": checkpoint has no tensor '", name, "'");
+  return files_[it->second];
+}
+
+const SafetensorsEntry& CheckpointReader::entry(const std::string& name) const {
+  return *file_or_throw(name).find(name);  // present: checked when the index was opened
+}
+
+const std::string& CheckpointReader::file_of(const std::string& name) const { return file_or_throw(name).path(); }
+
+Tensor CheckpointReader::read(const std::string& name, const Shape& expected, DType dtype, Device device,
+                              MemCategory cat) {
+  const SafetensorsFile& f = file_or_throw(name);
+  const SafetensorsEntry& e = *f.find(name);
+  const bool same = e.shape.size() == static_cast<size_t>(expected.ndim) &&
+                    std::equal(e.shape.begin(), e.shape.end(), expected.d.begin());
+  if (!same)
+    ST_THROW_INPUT(f.path(), ": tensor '", name, "' has shape ", shape_str(e.shape), ", expected ", expected.str());
+  Tensor t = f.read_float(name, dtype, device, cat);  // refuses non-float dtypes, naming the file
+  used_.insert(name);
+  return t;
+}
+
+std::vector<std::string> CheckpointReader::unused_names() const {
+  std::vector<std::string> out;
+  for (const auto& kv : file_of_)
+    if (!used_.count(kv.first)) out.push_back(kv.first);
+  return out;
+}
+
+}  // namespace st

@@ -1,0 +1,51 @@
+// A Hugging Face checkpoint directory: model.safetensors, or shards listed by
+// model.safetensors.index.json ({"weight_map": {tensor name: shard file}}), read tensor by tensor
+// with shape and dtype checks. Also the small JSON file helpers the HF readers and writers share.
+#pragma once
+
+#include <map>
+#include <nlohmann/json_fwd.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.hpp"
+
+namespace st {
+
+// Parses a JSON file; InputError naming `path` if it cannot be read or is not valid JSON.
+nlohmann::json read_json_file(const std::string& path);
+// Writes `text` to `path` through AtomicFile (temp file, fsync, rename).
+void write_text_file_atomic(const std::string& path, const std::string& text);
+
+class CheckpointReader {
+ public:
+  // Opens every safetensors file of the checkpoint once and validates their headers (and the
+  // index against them). InputError naming the directory or the index on any defect.
+  static CheckpointReader open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  bool has(const std::string& name) const { return file_of_.count(name) != 0; }
+  std::vector<std::string> names() const;  // sorted
+  // The stored entry (dtype, shape) of a tensor; InputError if absent.
+  const SafetensorsEntry& entry(const std::string& name) const;
+  // The file holding a tensor (for messages); InputError if absent.
+  const std::string& file_of(const std::string& name) const;
+
+  // Reads a float tensor whose stored shape must equal `expected`, converted to `dtype` on
+  // `device`, and marks it used. InputError naming the file and the tensor on a missing tensor,
+  // a shape mismatch or a non-float dtype.
+  Tensor read(const std::string& name, const Shape& expected, DType dtype, Device device, MemCategory cat);
+  // Tensors never read (sorted): the caller warns or refuses.
+  std::vector<std::string> unused_names() const;
+
+ private:
+  const SafetensorsFile& file_or_throw(const std::string& name) const;
+
+  std::string dir_;
+  std::vector<SafetensorsFile> files_;
+  std::map<std::string, size_t> file_of_;  // tensor name -> index into files_
+  std::set<std::string> used_;
+};
+
+}  // namespace st

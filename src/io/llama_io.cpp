@@ -1,0 +1,49 @@
+#include "io/llama_io.hpp"
+
+#include <filesystem>
+
+#include "core/log.hpp"
+#include "io/hf_checkpoint.hpp"
+#include "io/hf_llama.hpp"
+#include "io/safetensors.hpp"
+
+namespace fs = std::filesystem;
+
+namespace st {
+
+LlamaModel load_llama(const std::string& dir, DType dtype, Device device) {
+  const LlamaConfig cfg = read_llama_config(dir);
+  LlamaModel m = llama_build(cfg, dtype, device);
+  CheckpointReader ckpt = CheckpointReader::open(dir);
+  for (auto& [name, tensor] : llama_named_weights(m)) {
+    Tensor t = ckpt.read(name, tensor->shape(), dtype, device, MemCategory::other);
+    tensor->copy_from(t);
+  }
+  for (const std::string& extra : ckpt.unused_names()) {
+    if (extra.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (extra == "lm_head.weight" && cfg.tie_word_embeddings) {
+      ST_WARN(dir, ": ignoring lm_head.weight (config ties it to the embedding)");
+      continue;
+    }
+    ST_THROW_INPUT(dir, ": unexpected tensor '", extra, "' in the checkpoint (not part of a Llama with this config)");
+  }
+  return m;
+}
+
+void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path) {
+  for (Linear* lin : llama_linears(m))
+    if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, t] : llama_named_weights(m)) tensors.emplace_back(name, t->to_cpu(DType::f32));
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_llama_config(dir, m.cfg);
+  if (!tokenizer_path.empty()) {
+    fs::copy_file(tokenizer_path, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing, ec);
+    if (ec) ST_THROW_INPUT(tokenizer_path, ": cannot copy tokenizer into ", dir, ": ", ec.message());
+  }
+}
+
+}  // namespace st

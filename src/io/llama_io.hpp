@@ -1,0 +1,18 @@
+// Llama weights <-> Hugging Face checkpoint directories.
+#pragma once
+
+#include <string>
+
+#include "model/llama.hpp"
+
+namespace st {
+
+// Read config.json of a checkpoint directory and load every weight, validating names, shapes
+// and dtypes (f32/bf16/f16 on disk, converted to the model's dtype). Unexpected tensors in the
+// checkpoint are refused, except the known-harmless rotary inv_freq buffers.
+LlamaModel load_llama(const std::string& dir, DType dtype, Device device);
+// Write config.json + model.safetensors (f32) into dir (created). The model must carry no
+// adapters (merge them first). tokenizer_path, if non-empty, is copied as tokenizer.model.
+void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path);
+
+}  // namespace st

@@ -1,0 +1,97 @@
+// metrics.h5: every figure a run produces, written by rank 0 and flushed as the run goes.
+//
+//   /config    attributes: every resolved option as a string (key -> value), plus
+//              attribute "deck" (the deck path) and "command_line"
+//   /steps     1-D extendible datasets, one row per optimizer step:
+//              step (i64), epoch (i32), loss (f64), lr (f64), grad_norm (f64), tokens (i64),
+//              step_time (f64, s), tokens_per_s (f64), mfu (f64, NaN where no peak is known),
+//              mem_current (i64, bytes), mem_peak (i64, bytes)
+//   /evals     one row per evaluation: step (i64), epoch (f64, fractional), val_loss (f64),
+//              val_accuracy (f64, NaN without labels), val_tokens (i64), eval_time (f64)
+//   /epochs    one row per completed epoch: epoch (i32), epoch_time (f64), train_loss (f64,
+//              token-weighted mean over the epoch), val_loss (f64), val_accuracy (f64),
+//              steps (i64)
+//   /ranks     one row per rank: rank (i32), host (string), peak_memory (i64) and
+//              peak_<category> (i64) for weights, gradients, optimizer, activations, workspace,
+//              comm_time (f64, s)
+//   /summary   attributes: outcome ("running" | "ok" | "oom" | "error"), error (string),
+//              oom_bytes (i64), oom_phase (string), oom_category (string), total_time (f64),
+//              mean_epoch_time (f64), epochs_completed (i64), steps_completed (i64),
+//              peak_memory (i64), tokens_per_s (f64), train_tokens (i64), initial_val_loss,
+//              final_val_loss, initial_val_accuracy, final_val_accuracy (f64),
+//              world_size, tp, dp (i64), strategy, method, device, run_id (string),
+//              num_parameters, trainable_parameters (i64), memory_limit (i64, 0 = none)
+// The file is created as "<path>" directly (it is a log, readable up to its last flush);
+// outcome "running" marks a run that has not finished (or was killed).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace st {
+
+struct StepRecord {
+  int64_t step = 0;
+  int32_t epoch = 0;
+  double loss = 0, lr = 0, grad_norm = 0;
+  int64_t tokens = 0;
+  double step_time = 0, tokens_per_s = 0, mfu = 0;
+  int64_t mem_current = 0, mem_peak = 0;
+};
+
+struct EvalRecord {
+  int64_t step = 0;
+  double epoch = 0;
+  double val_loss = 0, val_accuracy = 0;
+  int64_t val_tokens = 0;
+  double eval_time = 0;
+};
+
+struct EpochRecord {
+  int32_t epoch = 0;
+  double epoch_time = 0, train_loss = 0, val_loss = 0, val_accuracy = 0;
+  int64_t steps = 0;
+};
+
+struct RankRecord {
+  int32_t rank = 0;
+  std::string host;
+  int64_t peak_memory = 0;
+  std::map<std::string, int64_t> peak_by_category;  // "weights", "gradients", ...
+  double comm_time = 0;
+};
+
+// Summary attributes: typed maps so new fields need no new API.
+struct SummaryRecord {
+  std::map<std::string, std::string> strings;
+  std::map<std::string, int64_t> ints;
+  std::map<std::string, double> reals;
+};
+
+class MetricsWriter {
+ public:
+  // Creates the file (and parent directories), writes /config and /summary outcome=running.
+  MetricsWriter(const std::string& path, const std::map<std::string, std::string>& config);
+  ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+
+  void append_step(const StepRecord& r);
+  void append_eval(const EvalRecord& r);
+  void append_epoch(const EpochRecord& r);
+  void write_ranks(const std::vector<RankRecord>& ranks);
+  // Merges into /summary's attributes (later calls overwrite keys).
+  void write_summary(const SummaryRecord& s);
+  void flush();
+  const std::string& path() const { return path_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string path_;
+};
+
+}  // namespace st

@@ -1,0 +1,448 @@
+#include "io/shards.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "io/h5util.hpp"
+
+namespace st {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// HDF5 (serial build) is not thread-safe: every call from this file holds this lock.
+std::mutex& h5_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+// Chunk cache for the [N, L] datasets. Training reads rows in random order, so every chunk
+// of 64 rows is visited 64 times an epoch: caching whole shards avoids decompressing it again
+// each time. The budget is shared by all open shards (ids get 4/5, loss_mask 1/5, by element
+// size), each dataset gets at most its own uncompressed size and at least a few chunks.
+constexpr size_t kChunkCacheBudgetBytes = size_t{320} << 20;
+
+// Hash slots: HDF5 advises a prime about 100 times the number of chunks that fit.
+size_t chunk_cache_slots(size_t cache_bytes, size_t chunk_bytes) {
+  size_t n = std::clamp<size_t>(100 * (cache_bytes / std::max<size_t>(chunk_bytes, 1)), 521, 100003);
+  auto is_prime = [](size_t v) {
+    for (size_t d = 2; d * d <= v; ++d)
+      if (v % d == 0) return false;
+    return true;
+  };
+  while (!is_prime(n)) ++n;
+  return n;
+}
+
+bool valid_split_name(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
+  return true;
+}
+
+// "<split>-NNNNN.h5" (or with ".tmp" when `tmp`): returns the shard index, or -1.
+int64_t shard_index(const std::string& filename, const std::string& split, bool tmp) {
+  const std::string prefix = split + "-";
+  const std::string suffix = tmp ? ".h5.tmp" : ".h5";
+  if (filename.size() <= prefix.size() + suffix.size()) return -1;
+  if (filename.compare(0, prefix.size(), prefix) != 0) return -1;
+  if (filename.compare(filename.size() - suffix.size(), suffix.size(), suffix) != 0) return -1;
+  const std::string digits = filename.substr(prefix.size(), filename.size() - prefix.size() - suffix.size());
+  if (digits.empty() || digits.size() > 12) return -1;
+  for (char c : digits)
+    if (c < '0' || c > '9') return -1;
+  return std::stoll(digits);
+}
+
+std::string shard_name(const std::string& split, int64_t index) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "-%05lld.h5", static_cast<long long>(index));
+  return split + buf;
+}
+
+std::string join(const std::vector<std::string>& v, char sep) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += sep;
+    s += v[i];
+  }
+  return s;
+}
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  size_t pos = 0;
+  while (true) {
+    const size_t c = s.find(',', pos);
+    out.push_back(s.substr(pos, c == std::string::npos ? std::string::npos : c - pos));
+    if (c == std::string::npos) return out;
+    pos = c + 1;
+  }
+}
+
+void write_shard_file(const std::string& path, const ShardInfo& info, const ShardRows& rows,
+                      int64_t begin, int64_t end) {
+  const int64_t n = end - begin;
+  const hsize_t N = static_cast<hsize_t>(n), L = static_cast<hsize_t>(rows.seq_len);
+  const auto b = static_cast<size_t>(begin);
+  h5::Handle f = h5::create_file(path);
+  const std::vector<hsize_t> chunk2 = {std::min<hsize_t>(64, std::max<hsize_t>(1, N)), L};
+  const std::vector<hsize_t> chunk1 = {std::min<hsize_t>(65536, std::max<hsize_t>(1, N))};
+  h5::write_dataset(f, "ids", H5T_NATIVE_INT32, rows.ids.data() + b * L, {N, L}, chunk2, 4);
+  h5::write_dataset(f, "loss_mask", H5T_NATIVE_UINT8, rows.loss_mask.data() + b * L, {N, L}, chunk2, 4);
+  h5::write_dataset(f, "lengths", H5T_NATIVE_INT32, rows.lengths.data() + b, {N}, chunk1, 4);
+  h5::write_dataset(f, "answer_start", H5T_NATIVE_INT32, rows.answer_start.data() + b, {N}, chunk1, 4);
+  h5::write_dataset(f, "labels", H5T_NATIVE_INT32, rows.labels.data() + b, {N}, chunk1, 4);
+
+  h5::write_attr(f, "format_version", int64_t{kShardFormatVersion});
+  h5::write_attr(f, "task", info.task);
+  h5::write_attr(f, "arch", info.arch);
+  h5::write_attr(f, "split", info.split);
+  h5::write_attr(f, "source_file", info.source_file);
+  h5::write_attr(f, "source_sha256", info.source_sha256);
+  h5::write_attr(f, "tokenizer_path", info.tokenizer_path);
+  h5::write_attr(f, "tokenizer_sha256", info.tokenizer_sha256);
+  h5::write_attr(f, "tokenizer_vocab_size", info.tokenizer_vocab_size);
+  h5::write_attr(f, "bos_id", int64_t{info.bos_id});
+  h5::write_attr(f, "eos_id", int64_t{info.eos_id});
+  h5::write_attr(f, "pad_id", int64_t{info.pad_id});
+  h5::write_attr(f, "max_seq_len", info.seq_len);
+  h5::write_attr(f, "loss_on", info.loss_on);
+  h5::write_attr(f, "prompt_template", info.prompt_template);
+  h5::write_attr(f, "num_rows", n);
+  h5::write_attr(f, "label_names", join(info.label_names, ','));
+  h5::write_attr(f, "label_token_ids", info.label_token_ids);
+  h5::write_attr(f, "add_bos", int64_t{info.add_bos ? 1 : 0});
+  h5::write_attr(f, "add_eos", int64_t{info.add_eos ? 1 : 0});
+  h5::write_attr(f, "rows_read", info.rows_read);
+  h5::write_attr(f, "rows_written", info.rows_written);
+  h5::write_attr(f, "rows_truncated", info.rows_truncated);
+  h5::write_attr(f, "rows_dropped", info.rows_dropped);
+  h5::write_attr(f, "created_by", info.created_by);
+  if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) ST_THROW(path, ": flush failed");
+}
+
+}  // namespace
+
+std::vector<std::string> list_shard_files(const std::string& dir, const std::string& split) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const int64_t idx = shard_index(name, split, false);
+    if (idx >= 0 && entry.is_regular_file(ec)) found.emplace_back(idx, entry.path().string());
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> paths;
+  for (auto& [idx, path] : found) paths.push_back(std::move(path));
+  return paths;
+}
+
+std::vector<std::string> write_shards(const std::string& out_dir, const ShardInfo& info,
+                                      const ShardRows& rows, int64_t shard_rows) {
+  ST_CHECK_INPUT(valid_split_name(info.split), "split name '", info.split,
+                 "' must be non-empty and use only letters, digits, '_', '-' and '.'");
+  ST_CHECK(info.seq_len == rows.seq_len && rows.seq_len > 0, "seq_len mismatch: info ", info.seq_len,
+           ", rows ", rows.seq_len);
+  const int64_t n = rows.size();
+  const auto L = static_cast<size_t>(rows.seq_len);
+  ST_CHECK(rows.ids.size() == static_cast<size_t>(n) * L && rows.loss_mask.size() == rows.ids.size() &&
+               rows.answer_start.size() == static_cast<size_t>(n) && rows.labels.size() == static_cast<size_t>(n),
+           "ShardRows arrays disagree with ", n, " rows of length ", L);
+  ST_CHECK(shard_rows >= 0, "shard_rows must be >= 0");
+
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec || !fs::is_directory(out_dir)) ST_THROW_INPUT(out_dir, ": cannot create the output directory (", ec.message(), ")");
+
+  std::lock_guard<std::mutex> lock(h5_mutex());
+  // Old shards of this split (and leftovers of an interrupted run) must not mix in.
+  for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (shard_index(name, info.split, false) >= 0 || shard_index(name, info.split, true) >= 0) {
+      fs::remove(entry.path(), ec);
+      if (ec) ST_THROW_INPUT(entry.path().string(), ": cannot delete stale shard: ", ec.message());
+    }
+  }
+
+  const int64_t per = shard_rows > 0 ? shard_rows : std::max<int64_t>(n, 1);
+  const int64_t num_shards = std::max<int64_t>(1, (n + per - 1) / per);
+  std::vector<std::string> finals, tmps;
+  try {
+    for (int64_t s = 0; s < num_shards; ++s) {
+      const std::string final_path = (fs::path(out_dir) / shard_name(info.split, s)).string();
+      const std::string tmp_path = final_path + ".tmp";
+      tmps.push_back(tmp_path);
+      finals.push_back(final_path);
+      write_shard_file(tmp_path, info, rows, s * per, std::min(n, (s + 1) * per));
+    }
+    for (size_t i = 0; i < finals.size(); ++i) {
+      fs::rename(tmps[i], finals[i], ec);
+      if (ec) ST_THROW_INPUT(finals[i], ": cannot rename from ", tmps[i], ": ", ec.message());
+    }
+  } catch (...) {
+    for (const auto& t : tmps) fs::remove(t, ec);
+    throw;
+  }
+  return finals;
+}
+
+// ------------------------------------------------------------------------------------ reading
+
+struct ShardDataset::OpenFiles {
+  struct File {
+    h5::Handle file, ids, loss_mask;
+  };
+  std::vector<File> files;
+};
+
+int64_t Batch::max_length() const {
+  int64_t m = 0;
+  for (int32_t len : lengths) m = std::max<int64_t>(m, len);
+  return m;
+}
+
+int64_t Batch::loss_tokens() const {
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 1; t < seq_len; ++t) n += loss_mask[static_cast<size_t>(r * seq_len + t)] != 0;
+  return n;
+}
+
+namespace {
+
+ShardInfo read_shard_info(hid_t f, const std::string& where) {
+  ShardInfo info;
+  // The version first: a file of another format may lack the other attributes.
+  const int64_t version = h5::read_attr_int(f, "format_version", where);
+  if (version != kShardFormatVersion)
+    ST_THROW_INPUT(where, ": attribute 'format_version' is ", version, " but this build reads version ",
+                   kShardFormatVersion, " (re-run shardtune prepare)");
+  info.format_version = static_cast<int>(version);
+  info.task = h5::read_attr_string(f, "task", where);
+  info.arch = h5::read_attr_string(f, "arch", where);
+  info.split = h5::read_attr_string(f, "split", where);
+  info.source_file = h5::read_attr_string(f, "source_file", where);
+  info.tokenizer_sha256 = h5::read_attr_string(f, "tokenizer_sha256", where);
+  info.tokenizer_vocab_size = h5::read_attr_int(f, "tokenizer_vocab_size", where);
+  info.bos_id = static_cast<int32_t>(h5::read_attr_int(f, "bos_id", where));
+  info.eos_id = static_cast<int32_t>(h5::read_attr_int(f, "eos_id", where));
+  info.pad_id = static_cast<int32_t>(h5::read_attr_int(f, "pad_id", where));
+  info.seq_len = h5::read_attr_int(f, "max_seq_len", where);
+  info.loss_on = h5::read_attr_string(f, "loss_on", where);
+  info.prompt_template = h5::read_attr_string(f, "prompt_template", where);
+  info.label_names = split_commas(h5::read_attr_string(f, "label_names", where));
+  info.label_token_ids = h5::read_attr_i32_vector(f, "label_token_ids", where);
+  info.rows_read = h5::read_attr_int(f, "rows_read", where);
+  info.rows_written = h5::read_attr_int(f, "rows_written", where);
+  info.rows_truncated = h5::read_attr_int(f, "rows_truncated", where);
+  info.rows_dropped = h5::read_attr_int(f, "rows_dropped", where);
+  info.created_by = h5::read_attr_string(f, "created_by", where);
+  // Optional (provenance only).
+  if (h5::has_attr(f, "source_sha256")) info.source_sha256 = h5::read_attr_string(f, "source_sha256", where);
+  if (h5::has_attr(f, "tokenizer_path")) info.tokenizer_path = h5::read_attr_string(f, "tokenizer_path", where);
+  if (h5::has_attr(f, "add_bos")) info.add_bos = h5::read_attr_int(f, "add_bos", where) != 0;
+  if (h5::has_attr(f, "add_eos")) info.add_eos = h5::read_attr_int(f, "add_eos", where) != 0;
+  if (info.label_names.size() != info.label_token_ids.size())
+    ST_THROW_INPUT(where, ": attribute 'label_token_ids' has ", info.label_token_ids.size(),
+                   " entries but 'label_names' names ", info.label_names.size());
+  return info;
+}
+
+h5::Handle open_cached_dataset(hid_t f, const char* name, size_t dataset_bytes, size_t chunk_bytes,
+                               size_t budget_bytes, const std::string& where) {
+  const size_t bytes = std::max(4 * chunk_bytes, std::min(dataset_bytes, budget_bytes));
+  h5::Handle dapl(H5Pcreate(H5P_DATASET_ACCESS), h5::Handle::Kind::plist);
+  H5Pset_chunk_cache(dapl, chunk_cache_slots(bytes, chunk_bytes), bytes, H5D_CHUNK_CACHE_W0_DEFAULT);
+  h5::Handle ds(H5Dopen2(f, name, dapl), h5::Handle::Kind::dataset);
+  if (!ds.valid()) ST_THROW_INPUT(where, ": cannot open dataset '", name, "'");
+  return ds;
+}
+
+void require_dims(hid_t f, const char* name, const std::vector<hsize_t>& want, const std::string& where) {
+  const auto dims = h5::dataset_dims(f, name, where);
+  if (dims != want) {
+    std::string got, exp;
+    for (auto d : dims) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    for (auto d : want) exp += (exp.empty() ? "" : ", ") + std::to_string(d);
+    ST_THROW_INPUT(where, ": dataset '", name, "' has shape [", got, "], expected [", exp, "]");
+  }
+}
+
+}  // namespace
+
+ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::string& split) {
+  std::error_code ec;
+  ShardDataset ds;
+  if (fs::is_regular_file(dir_or_file, ec)) {
+    ds.files_ = {dir_or_file};
+  } else if (fs::is_directory(dir_or_file, ec)) {
+    ds.files_ = list_shard_files(dir_or_file, split);
+    if (ds.files_.empty())
+      ST_THROW_INPUT(dir_or_file, ": no shards of split '", split, "' (expected ",
+                     (fs::path(dir_or_file) / shard_name(split, 0)).string(), ", ...; run shardtune prepare)");
+  } else {
+    ST_THROW_INPUT(dir_or_file, ": no such shard file or directory (split '", split, "')");
+  }
+
+  std::lock_guard<std::mutex> lock(h5_mutex());
+  auto open_files = std::make_shared<OpenFiles>();
+  ds.file_row_begin_ = {0};
+  for (const auto& path : ds.files_) {
+    OpenFiles::File of;
+    of.file = h5::open_file_read(path);
+    const ShardInfo info = read_shard_info(of.file, path);
+    if (ds.file_row_begin_.size() == 1) {
+      ds.info_ = info;
+    } else {
+      const std::string& first = ds.files_.front();
+      auto differ = [&](const char* attr, const auto& a, const auto& b) {
+        if (a != b)
+          ST_THROW_INPUT(path, ": attribute '", attr, "' is '", a, "' but '", b, "' in ", first,
+                         " (shards of one split must come from one prepare run)");
+      };
+      differ("tokenizer_sha256", info.tokenizer_sha256, ds.info_.tokenizer_sha256);
+      differ("task", info.task, ds.info_.task);
+      differ("arch", info.arch, ds.info_.arch);
+      differ("max_seq_len", info.seq_len, ds.info_.seq_len);
+    }
+    const int64_t n = h5::read_attr_int(of.file, "num_rows", path);
+    const int64_t L = info.seq_len;
+    if (n < 0 || L <= 0) ST_THROW_INPUT(path, ": bad num_rows ", n, " or max_seq_len ", L);
+    const hsize_t N = static_cast<hsize_t>(n), HL = static_cast<hsize_t>(L);
+    require_dims(of.file, "ids", {N, HL}, path);
+    require_dims(of.file, "loss_mask", {N, HL}, path);
+    require_dims(of.file, "lengths", {N}, path);
+    require_dims(of.file, "answer_start", {N}, path);
+    require_dims(of.file, "labels", {N}, path);
+
+    const size_t begin = ds.lengths_.size();
+    ds.lengths_.resize(begin + N);
+    ds.answer_start_.resize(begin + N);
+    ds.labels_.resize(begin + N);
+    ds.loss_tokens_.resize(begin + N, 0);
+    if (n > 0) {
+      h5::read_dataset(of.file, "lengths", H5T_NATIVE_INT32, ds.lengths_.data() + begin, path);
+      h5::read_dataset(of.file, "answer_start", H5T_NATIVE_INT32, ds.answer_start_.data() + begin, path);
+      h5::read_dataset(of.file, "labels", H5T_NATIVE_INT32, ds.labels_.data() + begin, path);
+    }
+    for (size_t r = begin; r < begin + N; ++r)
+      if (ds.lengths_[r] < 0 || ds.lengths_[r] > L || ds.answer_start_[r] < 0 || ds.answer_start_[r] > ds.lengths_[r])
+        ST_THROW_INPUT(path, ": row ", r - begin, " has length ", ds.lengths_[r], " and answer_start ",
+                       ds.answer_start_[r], " (max_seq_len ", L, ")");
+
+    // Whole chunks (the last one is stored full size too), plus one chunk of slack.
+    const size_t per_file = kChunkCacheBudgetBytes / ds.files_.size();
+    const size_t chunk_rows = std::clamp<size_t>(static_cast<size_t>(N), 1, 64);
+    const size_t chunk_cells = chunk_rows * static_cast<size_t>(HL);
+    const size_t cells = ((static_cast<size_t>(N) + chunk_rows - 1) / chunk_rows + 1) * chunk_cells;
+    of.ids = open_cached_dataset(of.file, "ids", cells * 4, chunk_cells * 4, per_file / 5 * 4, path);
+    of.loss_mask = open_cached_dataset(of.file, "loss_mask", cells, chunk_cells, per_file / 5, path);
+    // Loss targets per row, streamed in blocks so memory stays small for large shards.
+    const hsize_t block = std::max<hsize_t>(1, (8u << 20) / HL);
+    std::vector<uint8_t> buf;
+    h5::Handle fspace(H5Dget_space(of.loss_mask), h5::Handle::Kind::dataspace);
+    for (hsize_t r0 = 0; r0 < N; r0 += block) {
+      const hsize_t cnt[2] = {std::min(block, N - r0), HL};
+      const hsize_t start[2] = {r0, 0};
+      buf.resize(cnt[0] * cnt[1]);
+      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
+      h5::Handle mspace(H5Screate_simple(2, cnt, nullptr), h5::Handle::Kind::dataspace);
+      if (H5Dread(of.loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, buf.data()) < 0)
+        ST_THROW_INPUT(path, ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
+      for (hsize_t i = 0; i < cnt[0]; ++i) {
+        int32_t c = 0;
+        for (hsize_t t = 1; t < HL; ++t) c += buf[i * HL + t] != 0;
+        ds.loss_tokens_[begin + r0 + i] = c;
+      }
+    }
+    ds.file_row_begin_.push_back(ds.file_row_begin_.back() + n);
+    open_files->files.push_back(std::move(of));
+  }
+  ds.num_rows_ = ds.file_row_begin_.back();
+  ds.open_files_ = std::move(open_files);
+  return ds;
+}
+
+void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const {
+  ST_CHECK(open_files_, "ShardDataset not opened");
+  const int64_t L = info_.seq_len;
+  const size_t n = rows.size();
+  out.rows = static_cast<int64_t>(n);
+  out.seq_len = L;
+  out.ids.assign(n * static_cast<size_t>(L), info_.pad_id);
+  out.loss_mask.assign(n * static_cast<size_t>(L), 0);
+  out.lengths.resize(n);
+  out.answer_start.resize(n);
+  out.labels.resize(n);
+
+  // Group the requests by file: (local row, position in the output).
+  const size_t nfiles = files_.size();
+  std::vector<std::vector<std::pair<int64_t, size_t>>> per_file(nfiles);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t g = rows[i];
+    if (g < 0 || g >= num_rows_)
+      ST_THROW("ShardDataset::read_rows: row ", g, " outside [0, ", num_rows_, ") of ", files_.front(),
+               files_.size() > 1 ? " ..." : "");
+    const size_t f = static_cast<size_t>(
+        std::upper_bound(file_row_begin_.begin(), file_row_begin_.end(), g) - file_row_begin_.begin() - 1);
+    per_file[f].emplace_back(g - file_row_begin_[f], i);
+    out.lengths[i] = lengths_[static_cast<size_t>(g)];
+    out.answer_start[i] = answer_start_[static_cast<size_t>(g)];
+    out.labels[i] = labels_[static_cast<size_t>(g)];
+  }
+
+  std::lock_guard<std::mutex> lock(h5_mutex());
+  std::vector<int64_t> unique;
+  std::vector<int32_t> ids_buf;
+  std::vector<uint8_t> mask_buf;
+  const hsize_t HL = static_cast<hsize_t>(L);
+  for (size_t f = 0; f < nfiles; ++f) {
+    const auto& req = per_file[f];
+    if (req.empty()) continue;
+    const auto& of = open_files_->files[f];
+    unique.clear();
+    for (const auto& r : req) unique.push_back(r.first);
+    std::sort(unique.begin(), unique.end());
+    unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+
+    // The union of the requested rows (runs of consecutive rows as one block). HDF5 transfers
+    // a selection in file order, so the buffer holds the rows sorted by index.
+    h5::Handle fspace(H5Dget_space(of.ids), h5::Handle::Kind::dataspace);
+    H5Sselect_none(fspace);
+    for (size_t i = 0; i < unique.size();) {
+      size_t j = i + 1;
+      while (j < unique.size() && unique[j] == unique[j - 1] + 1) ++j;
+      const hsize_t start[2] = {static_cast<hsize_t>(unique[i]), 0};
+      const hsize_t count[2] = {static_cast<hsize_t>(j - i), HL};
+      if (H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, nullptr, count, nullptr) < 0)
+        ST_THROW(files_[f], ": hyperslab selection failed");
+      i = j;
+    }
+    const hsize_t mdims[2] = {static_cast<hsize_t>(unique.size()), HL};
+    h5::Handle mspace(H5Screate_simple(2, mdims, nullptr), h5::Handle::Kind::dataspace);
+    ids_buf.resize(unique.size() * HL);
+    mask_buf.resize(unique.size() * HL);
+    if (H5Dread(of.ids, H5T_NATIVE_INT32, mspace, fspace, H5P_DEFAULT, ids_buf.data()) < 0)
+      ST_THROW_INPUT(files_[f], ": cannot read dataset 'ids' (truncated or corrupt file?)");
+    if (H5Dread(of.loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, mask_buf.data()) < 0)
+      ST_THROW_INPUT(files_[f], ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
+
+    for (const auto& [local, pos] : req) {
+      const size_t u = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), local) - unique.begin());
+      std::memcpy(out.ids.data() + pos * HL, ids_buf.data() + u * HL, HL * sizeof(int32_t));
+      std::memcpy(out.loss_mask.data() + pos * HL, mask_buf.data() + u * HL, HL);
+    }
+  }
+}
+
+}  // namespace st

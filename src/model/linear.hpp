@@ -1,0 +1,56 @@
+// A linear layer y = x W^T with an extension point for adapters.
+//
+// The model code calls linear_layer_forward/backward and never knows whether an adapter (LoRA,
+// QLoRA) is attached: adapters implement LinearAdapter (src/adapters/) and are attached from
+// outside, after the model is built. The same holds for the parallel wrappers later.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace st {
+
+// A trainable parameter as the optimizer sees it.
+struct ParamRef {
+  std::string name;
+  Tensor* value = nullptr;
+  Tensor* grad = nullptr;
+  bool weight_decay = true;  // false for norms (1-D weights)
+};
+
+// Per-call context: what changes from step to step.
+struct LayerContext {
+  bool training = false;       // dropout on, saved activations kept for backward
+  uint64_t dropout_seed = 0;   // the same seed in forward, recompute and backward of one micro-batch
+  Tensor* scratch = nullptr;   // workspace of at least rows * max(in, out) elements
+};
+
+class LinearAdapter {
+ public:
+  virtual ~LinearAdapter() = default;
+  // y [M, out] += adapter's contribution for x [M, in]; saves what backward needs.
+  virtual void forward(const Tensor& x, Tensor& y, const LayerContext& ctx) = 0;
+  // dx [M, in] += its input gradient (dx may be null); accumulates its own parameter gradients.
+  virtual void backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) = 0;
+  virtual void collect_params(std::vector<ParamRef>& out) = 0;
+  virtual int64_t num_parameters() const = 0;
+  // The dense update this adapter represents (for merging into W): W += delta. f32/f64 CPU.
+  virtual void add_delta_to(Tensor& W) const = 0;
+};
+
+struct Linear {
+  std::string name;  // Hugging Face module name, e.g. "model.layers.0.self_attn.q_proj"
+  int64_t in = 0, out = 0;
+  Tensor weight;     // [out, in]
+  Tensor grad;       // [out, in]; defined only when the base weight trains
+  std::unique_ptr<LinearAdapter> adapter;
+};
+
+void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx);
+// dx may be null (no input gradient wanted); dx accumulates.
+void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx);
+
+}  // namespace st

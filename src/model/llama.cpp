@@ -1,0 +1,384 @@
+#include "model/llama.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/rng.hpp"
+#include "ops/activation.hpp"
+#include "ops/attention.hpp"
+#include "ops/embedding.hpp"
+#include "ops/loss.hpp"
+#include "ops/matmul.hpp"
+#include "ops/norm.hpp"
+
+namespace st {
+
+namespace {
+
+Tensor alloc(const Shape& s, const LlamaModel& m, MemCategory cat) {
+  return Tensor::zeros(s, m.dtype, m.device, cat);
+}
+
+Linear make_linear(const std::string& name, int64_t in, int64_t out, const LlamaModel& m) {
+  Linear l;
+  l.name = name;
+  l.in = in;
+  l.out = out;
+  l.weight = alloc({out, in}, m, MemCategory::weights);
+  return l;
+}
+
+std::string layer_prefix(int64_t l) { return str("model.layers.", l, "."); }
+
+uint64_t name_hash(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// First `rows` rows of a [max_rows, cols] buffer.
+Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
+
+}  // namespace
+
+LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device) {
+  cfg.validate("model config");
+  LlamaModel m;
+  m.cfg = cfg;
+  m.dtype = dtype;
+  m.device = device;
+  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+  m.embed = alloc({V, C}, m, MemCategory::weights);
+  m.blocks.resize(static_cast<size_t>(cfg.num_layers));
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
+    const std::string p = layer_prefix(l);
+    b.attn_norm = alloc({C}, m, MemCategory::weights);
+    b.q = make_linear(p + "self_attn.q_proj", C, cfg.q_dim(), m);
+    b.k = make_linear(p + "self_attn.k_proj", C, cfg.kv_dim(), m);
+    b.v = make_linear(p + "self_attn.v_proj", C, cfg.kv_dim(), m);
+    b.o = make_linear(p + "self_attn.o_proj", cfg.q_dim(), C, m);
+    b.mlp_norm = alloc({C}, m, MemCategory::weights);
+    b.gate = make_linear(p + "mlp.gate_proj", C, I, m);
+    b.up = make_linear(p + "mlp.up_proj", C, I, m);
+    b.down = make_linear(p + "mlp.down_proj", I, C, m);
+  }
+  m.final_norm = alloc({C}, m, MemCategory::weights);
+  if (cfg.tie_word_embeddings) {
+    m.lm_head.name = "lm_head";
+    m.lm_head.in = C;
+    m.lm_head.out = V;
+    m.lm_head.weight = m.embed;  // shared buffer
+  } else {
+    m.lm_head = make_linear("lm_head", C, V, m);
+  }
+  m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device);
+  return m;
+}
+
+std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m) {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  out.emplace_back("model.embed_tokens.weight", &m.embed);
+  for (size_t l = 0; l < m.blocks.size(); ++l) {
+    LlamaBlock& b = m.blocks[l];
+    const std::string p = layer_prefix(static_cast<int64_t>(l));
+    out.emplace_back(p + "input_layernorm.weight", &b.attn_norm);
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) out.emplace_back(lin->name + ".weight", &lin->weight);
+    out.emplace_back(p + "post_attention_layernorm.weight", &b.mlp_norm);
+    for (Linear* lin : {&b.gate, &b.up, &b.down}) out.emplace_back(lin->name + ".weight", &lin->weight);
+  }
+  out.emplace_back("model.norm.weight", &m.final_norm);
+  if (!m.cfg.tie_word_embeddings) out.emplace_back("lm_head.weight", &m.lm_head.weight);
+  return out;
+}
+
+void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
+  for (auto& [name, t] : llama_named_weights(m)) {
+    Tensor host = Tensor::empty(t->shape(), DType::f64, Device::cpu, MemCategory::other);
+    double* p = host.ptr<double>();
+    const bool is_norm = t->ndim() == 1;
+    Rng rng(splitmix64(seed) ^ name_hash(name));
+    for (int64_t i = 0; i < host.numel(); ++i) p[i] = is_norm ? 1.0 : std * rng.normal();
+    t->copy_from(host.to_cpu(t->dtype()));
+  }
+}
+
+void llama_enable_base_training(LlamaModel& m) {
+  if (m.base_trainable) return;
+  m.base_trainable = true;
+  m.embed_grad = alloc(m.embed.shape(), m, MemCategory::gradients);
+  for (auto& b : m.blocks) {
+    b.attn_norm_grad = alloc(b.attn_norm.shape(), m, MemCategory::gradients);
+    b.mlp_norm_grad = alloc(b.mlp_norm.shape(), m, MemCategory::gradients);
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
+      lin->grad = alloc(lin->weight.shape(), m, MemCategory::gradients);
+  }
+  m.final_norm_grad = alloc(m.final_norm.shape(), m, MemCategory::gradients);
+  if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.embed_grad;  // both paths add into one buffer
+  else m.lm_head.grad = alloc(m.lm_head.weight.shape(), m, MemCategory::gradients);
+}
+
+std::vector<Linear*> llama_linears(LlamaModel& m) {
+  std::vector<Linear*> out;
+  for (auto& b : m.blocks)
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) out.push_back(lin);
+  out.push_back(&m.lm_head);
+  return out;
+}
+
+std::vector<ParamRef> llama_trainable_params(LlamaModel& m) {
+  std::vector<ParamRef> out;
+  if (m.base_trainable) {
+    out.push_back({"model.embed_tokens.weight", &m.embed, &m.embed_grad, true});
+    for (size_t l = 0; l < m.blocks.size(); ++l) {
+      LlamaBlock& b = m.blocks[l];
+      const std::string p = layer_prefix(static_cast<int64_t>(l));
+      out.push_back({p + "input_layernorm.weight", &b.attn_norm, &b.attn_norm_grad, false});
+      for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true});
+      out.push_back({p + "post_attention_layernorm.weight", &b.mlp_norm, &b.mlp_norm_grad, false});
+      for (Linear* lin : {&b.gate, &b.up, &b.down}) out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true});
+    }
+    out.push_back({"model.norm.weight", &m.final_norm, &m.final_norm_grad, false});
+    if (!m.cfg.tie_word_embeddings) out.push_back({"lm_head.weight", &m.lm_head.weight, &m.lm_head.grad, true});
+  }
+  for (Linear* lin : llama_linears(m))
+    if (lin->adapter) lin->adapter->collect_params(out);
+  return out;
+}
+
+int64_t llama_num_trainable(LlamaModel& m) {
+  int64_t n = 0;
+  for (const ParamRef& p : llama_trainable_params(m)) n += p.value->numel();
+  return n;
+}
+
+LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
+                                   bool checkpointing, bool trainable) {
+  const LlamaConfig& c = m.cfg;
+  const int64_t BT = B_max * T_max, C = c.hidden_size, I = c.intermediate_size;
+  LlamaActivations a;
+  a.B_max = B_max;
+  a.T_max = T_max;
+  a.checkpointing = checkpointing;
+  a.trainable = trainable;
+  auto act = [&](const Shape& s) { return alloc(s, m, MemCategory::activations); };
+  a.resid = act({c.num_layers + 1, BT, C});
+  const size_t nsets = (trainable && !checkpointing) ? static_cast<size_t>(c.num_layers) : 1;
+  a.blocks.resize(nsets);
+  for (auto& b : a.blocks) {
+    b.xn1 = act({BT, C});
+    b.rstd1 = act({BT});
+    b.q = act({BT, c.q_dim()});
+    b.k = act({BT, c.kv_dim()});
+    b.v = act({BT, c.kv_dim()});
+    b.att = act({BT, c.q_dim()});
+    b.lse = act({BT, c.num_heads});
+    b.x_mid = act({BT, C});
+    b.xn2 = act({BT, C});
+    b.rstd2 = act({BT});
+    b.gate = act({BT, I});
+    b.up = act({BT, I});
+    b.h = act({BT, I});
+  }
+  a.xnf = act({BT, C});
+  a.rstdf = act({BT});
+  a.logits = act({BT, c.vocab_size});
+  a.losses = act({BT});
+  if (trainable) {
+    auto ws = [&](const Shape& s) { return alloc(s, m, MemCategory::workspace); };
+    a.dresid = ws({BT, C});
+    a.dxn = ws({BT, C});
+    a.datt = ws({BT, c.q_dim()});
+    a.dq = ws({BT, c.q_dim()});
+    a.dk = ws({BT, c.kv_dim()});
+    a.dv = ws({BT, c.kv_dim()});
+    a.dh = ws({BT, I});
+    a.dgate = ws({BT, I});
+    a.dup = ws({BT, I});
+    a.scratch = ws({BT, std::max({C, I, c.q_dim()})});
+  }
+  return a;
+}
+
+namespace {
+
+// Views of one activation set for the current batch (BT rows).
+struct BlockView {
+  Tensor xn1, rstd1, q, k, v, att, lse, x_mid, xn2, rstd2, gate, up, h;
+};
+
+BlockView view_block(const LlamaBlockActs& s, int64_t BT) {
+  return {rows_of(s.xn1, BT), rows_of(s.rstd1, BT), rows_of(s.q, BT),   rows_of(s.k, BT),
+          rows_of(s.v, BT),   rows_of(s.att, BT),   rows_of(s.lse, BT), rows_of(s.x_mid, BT),
+          rows_of(s.xn2, BT), rows_of(s.rstd2, BT), rows_of(s.gate, BT), rows_of(s.up, BT),
+          rows_of(s.h, BT)};
+}
+
+Tensor resid_at(const LlamaActivations& a, int64_t l, int64_t BT) {
+  const int64_t max_rows = a.B_max * a.T_max;
+  Tensor layer = a.resid.slice(l, l + 1);  // [1, max_rows, C]
+  return layer.view({max_rows, layer.dim(-1)}).slice(0, BT);
+}
+
+AttentionShape attention_shape(const LlamaConfig& c, const LlamaBatch& batch) {
+  AttentionShape s;
+  s.B = batch.B;
+  s.T = batch.T;
+  s.Hq = c.num_heads;
+  s.Hkv = c.num_kv_heads;
+  s.D = c.head_dim;
+  s.causal = true;
+  s.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  return s;
+}
+
+LayerContext with_scratch(const LayerContext& ctx, LlamaActivations& a) {
+  LayerContext c = ctx;
+  if (a.scratch.defined()) c.scratch = &a.scratch;
+  return c;
+}
+
+// s holds views (handles) of this block's activation buffers; they are written through.
+void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_in,
+                   Tensor& x_out, const LlamaBatch& batch, const LayerContext& ctx) {
+  const LlamaConfig& c = m.cfg;
+  rmsnorm_forward(x_in, blk.attn_norm, c.rms_norm_eps, s.xn1, s.rstd1);
+  linear_layer_forward(blk.q, s.xn1, s.q, false, ctx);
+  linear_layer_forward(blk.k, s.xn1, s.k, false, ctx);
+  linear_layer_forward(blk.v, s.xn1, s.v, false, ctx);
+  rope_forward(s.q, batch.B, batch.T, m.rope);
+  rope_forward(s.k, batch.B, batch.T, m.rope);
+  attention_forward(attention_shape(c, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
+  s.x_mid.copy_from(x_in);
+  linear_layer_forward(blk.o, s.att, s.x_mid, true, ctx);  // residual add folded into the GEMM
+  rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
+  linear_layer_forward(blk.gate, s.xn2, s.gate, false, ctx);
+  linear_layer_forward(blk.up, s.xn2, s.up, false, ctx);
+  swiglu_forward(s.gate, s.up, s.h);
+  x_out.copy_from(s.x_mid);
+  linear_layer_forward(blk.down, s.h, x_out, true, ctx);
+}
+
+// On entry dresid = dL/dx_out; on exit dL/dx_in.
+void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Tensor& x_in,
+                    LlamaActivations& a, const LlamaBatch& batch, const LayerContext& ctx) {
+  const int64_t BT = batch.B * batch.T;
+  Tensor dresid = rows_of(a.dresid, BT), dxn = rows_of(a.dxn, BT), datt = rows_of(a.datt, BT);
+  Tensor dq = rows_of(a.dq, BT), dk = rows_of(a.dk, BT), dv = rows_of(a.dv, BT);
+  Tensor dh = rows_of(a.dh, BT), dgate = rows_of(a.dgate, BT), dup = rows_of(a.dup, BT);
+  auto grad_or_null = [](Tensor& g) { return g.defined() ? &g : nullptr; };
+
+  // MLP branch: x_out = x_mid + down(h)
+  dh.zero_();
+  linear_layer_backward(blk.down, s.h, dresid, &dh, ctx);
+  dgate.zero_();
+  dup.zero_();
+  swiglu_backward(dh, s.gate, s.up, dgate, dup);
+  dxn.zero_();
+  linear_layer_backward(blk.gate, s.xn2, dgate, &dxn, ctx);
+  linear_layer_backward(blk.up, s.xn2, dup, &dxn, ctx);
+  rmsnorm_backward(dxn, s.x_mid, blk.mlp_norm, s.rstd2, dresid, grad_or_null(blk.mlp_norm_grad));
+
+  // Attention branch: x_mid = x_in + o(att)
+  datt.zero_();
+  linear_layer_backward(blk.o, s.att, dresid, &datt, ctx);
+  dq.zero_();
+  dk.zero_();
+  dv.zero_();
+  attention_backward(attention_shape(m.cfg, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv);
+  rope_backward(dq, batch.B, batch.T, m.rope);
+  rope_backward(dk, batch.B, batch.T, m.rope);
+  dxn.zero_();
+  linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx);
+  linear_layer_backward(blk.k, s.xn1, dk, &dxn, ctx);
+  linear_layer_backward(blk.v, s.xn1, dv, &dxn, ctx);
+  rmsnorm_backward(dxn, x_in, blk.attn_norm, s.rstd1, dresid, grad_or_null(blk.attn_norm_grad));
+}
+
+void check_batch(const LlamaModel& m, const LlamaActivations& a, const LlamaBatch& batch) {
+  if (batch.B <= 0 || batch.T <= 0 || batch.B > a.B_max || batch.T > a.T_max)
+    ST_THROW("batch [", batch.B, ", ", batch.T, "] exceeds the activation buffers [", a.B_max, ", ", a.T_max, "]");
+  if (batch.T > m.cfg.max_position_embeddings)
+    ST_THROW_INPUT("sequence length ", batch.T, " exceeds the model's max_position_embeddings ",
+                   m.cfg.max_position_embeddings);
+  const int64_t BT = batch.B * batch.T;
+  if (batch.ids.numel() != BT || batch.targets.numel() != BT || batch.weight.numel() != BT ||
+      batch.lengths.numel() != batch.B)
+    ST_THROW("batch tensors do not match B=", batch.B, " T=", batch.T);
+}
+
+}  // namespace
+
+double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
+                     const LayerContext& ctx_in, bool grad) {
+  check_batch(m, a, batch);
+  if (grad && !a.trainable) ST_THROW("llama_forward: gradient requested on eval-only activations");
+  const int64_t BT = batch.B * batch.T, L = m.cfg.num_layers;
+  const LayerContext ctx = with_scratch(ctx_in, a);
+  Tensor x0 = resid_at(a, 0, BT);
+  embedding_forward(batch.ids, m.embed, x0);
+  const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
+  for (int64_t l = 0; l < L; ++l) {
+    const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
+    Tensor x_out = resid_at(a, l + 1, BT);
+    block_forward(m, m.blocks[static_cast<size_t>(l)], s, resid_at(a, l, BT), x_out, batch, ctx);
+  }
+  Tensor xnf = rows_of(a.xnf, BT), rstdf = rows_of(a.rstdf, BT), logits = rows_of(a.logits, BT);
+  rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
+  linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
+  Tensor losses = rows_of(a.losses, BT);
+  cross_entropy(logits, batch.targets, batch.weight, losses, grad);
+  // Objective = sum_n weight_n * loss_n, reduced on the host in double.
+  const Tensor lh = losses.to_cpu(DType::f64);
+  const Tensor wh = batch.weight.device() == Device::cpu ? batch.weight : batch.weight.to_cpu(DType::f32);
+  const double* lp = lh.ptr<double>();
+  const float* wp = wh.ptr<float>();
+  double total = 0;
+  for (int64_t i = 0; i < BT; ++i) total += static_cast<double>(wp[i]) * lp[i];
+  return total;
+}
+
+void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch, const LayerContext& ctx_in) {
+  check_batch(m, a, batch);
+  if (!a.trainable) ST_THROW("llama_backward on eval-only activations");
+  const int64_t BT = batch.B * batch.T, L = m.cfg.num_layers;
+  const LayerContext ctx = with_scratch(ctx_in, a);
+  Tensor dlogits = rows_of(a.logits, BT), xnf = rows_of(a.xnf, BT);
+  Tensor dxn = rows_of(a.dxn, BT), dresid = rows_of(a.dresid, BT);
+  dxn.zero_();
+  linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx);
+  dresid.zero_();
+  rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
+                   m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
+  const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    LlamaBlock& blk = m.blocks[static_cast<size_t>(l)];
+    const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
+    const Tensor x_in = resid_at(a, l, BT);
+    if (!per_block && L > 1) {
+      // Activation checkpointing: recompute this block's forward from its saved input. The
+      // output lands in a scratch copy so the saved block outputs stay intact.
+      Tensor x_out = rows_of(a.dxn, BT);
+      block_forward(m, blk, s, x_in, x_out, batch, ctx);
+    }
+    block_backward(m, blk, s, x_in, a, batch, ctx);
+  }
+  if (m.embed_grad.defined()) embedding_backward(batch.ids, dresid, m.embed_grad);
+}
+
+double llama_flops_per_token(const LlamaModel& m, int64_t seq_len) {
+  const LlamaConfig& c = m.cfg;
+  double base = 0, adapter = 0;
+  for (const Linear* lin : llama_linears(const_cast<LlamaModel&>(m))) {
+    base += static_cast<double>(lin->in) * static_cast<double>(lin->out);
+    if (lin->adapter) adapter += static_cast<double>(lin->adapter->num_parameters());
+  }
+  const double matmul = (m.base_trainable ? 6.0 : 4.0) * base + 6.0 * adapter;
+  // QK^T and PV: 4*T*Hq*D forward per token per layer non-causal, halved by the causal mask,
+  // and the backward costs twice the forward.
+  const double attn = 3.0 * 2.0 * static_cast<double>(seq_len) * static_cast<double>(c.q_dim()) *
+                      static_cast<double>(c.num_layers);
+  return matmul + attn;
+}
+
+}  // namespace st

@@ -1,0 +1,114 @@
+// Llama-family decoder: parameters as plain structs, hand-written forward and backward.
+//
+// Per block (pre-norm):  x_mid = x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))
+//                        x_out = x_mid + down(silu(gate(n2(x_mid))) * up(n2(x_mid)))
+// then logits = lm_head(norm(x_L)). Shapes: C hidden, I intermediate, Hq/Hkv heads, D head dim,
+// V vocabulary, B batch rows, T sequence length (the batch's longest row), BT = B*T.
+//
+// No parallel code here: the same model runs on one rank or many (parallel/ attaches hooks).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.hpp"
+#include "model/linear.hpp"
+#include "model/llama_config.hpp"
+#include "ops/rope.hpp"
+
+namespace st {
+
+struct LlamaBlock {
+  Tensor attn_norm;       // [C]   input_layernorm
+  Tensor attn_norm_grad;  // [C]   defined when the base trains
+  Linear q;               // [Hq*D, C]
+  Linear k;               // [Hkv*D, C]
+  Linear v;               // [Hkv*D, C]
+  Linear o;               // [C, Hq*D]
+  Tensor mlp_norm;        // [C]   post_attention_layernorm
+  Tensor mlp_norm_grad;   // [C]
+  Linear gate;            // [I, C]
+  Linear up;              // [I, C]
+  Linear down;            // [C, I]
+};
+
+struct LlamaModel {
+  LlamaConfig cfg;
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+  Tensor embed;            // [V, C]  model.embed_tokens
+  Tensor embed_grad;       // [V, C]
+  std::vector<LlamaBlock> blocks;
+  Tensor final_norm;       // [C]     model.norm
+  Tensor final_norm_grad;  // [C]
+  Linear lm_head;          // [V, C]; weight and grad share embed's buffers when tied
+  RopeTables rope;
+  bool base_trainable = false;
+};
+
+// Allocates every weight (zero-filled) in `dtype` on `device`.
+LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device);
+// Normal(0, std) for embeddings and projections, ones for norms; each tensor seeded from
+// (seed, its name), so the result does not depend on the order of initialisation.
+void llama_init_random(LlamaModel& m, uint64_t seed, double std);
+// Allocate gradients for every base parameter (full fine-tuning).
+void llama_enable_base_training(LlamaModel& m);
+// Every base weight with its Hugging Face name (lm_head omitted when tied).
+std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m);
+// Every linear layer (adapters attach here), in block order then lm_head.
+std::vector<Linear*> llama_linears(LlamaModel& m);
+// Trainable parameters (base when trainable, then adapters), in a fixed order.
+std::vector<ParamRef> llama_trainable_params(LlamaModel& m);
+int64_t llama_num_trainable(LlamaModel& m);
+
+// One micro-batch on the model's device. ids/targets/weight hold B*T entries (row-major [B, T]);
+// targets[b,t] is the token predicted at position t (-1: none), weight[b,t] its factor in the
+// objective; lengths[b] is the row's real length (keys beyond it are masked).
+struct LlamaBatch {
+  int64_t B = 0, T = 0;
+  Tensor ids;      // i32 [B*T]
+  Tensor targets;  // i32 [B*T]
+  Tensor weight;   // f32 [B*T]
+  Tensor lengths;  // i32 [B]
+};
+
+struct LlamaBlockActs {
+  Tensor xn1, rstd1;     // [BT, C], [BT]
+  Tensor q, k, v;        // [BT, Hq*D], [BT, Hkv*D], [BT, Hkv*D]  (q, k after RoPE)
+  Tensor att, lse;       // [BT, Hq*D], [BT, Hq]
+  Tensor x_mid;          // [BT, C]
+  Tensor xn2, rstd2;     // [BT, C], [BT]
+  Tensor gate, up, h;    // [BT, I]
+};
+
+struct LlamaActivations {
+  int64_t B_max = 0, T_max = 0;
+  bool checkpointing = false;
+  bool trainable = false;          // backward buffers allocated
+  Tensor resid;                    // [L+1, B_max*T_max, C]: input of each block, then the output
+  std::vector<LlamaBlockActs> blocks;  // L sets, or 1 shared set (checkpointing, eval)
+  Tensor xnf, rstdf;               // [BT, C], [BT]
+  Tensor logits;                   // [BT, V] (holds dlogits after a training forward)
+  Tensor losses;                   // [BT]  per-position loss
+  Tensor dresid, dxn, datt, dq, dk, dv, dh, dgate, dup;  // backward scratch
+  Tensor scratch;                  // adapters' workspace: [BT, max(C, I, Hq*D)]
+};
+
+LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
+                                   bool checkpointing, bool trainable);
+
+// Forward pass. Returns sum over positions of weight * loss. With grad, acts.logits is replaced
+// by d(objective)/d(logits), ready for llama_backward. ctx.training enables dropout.
+double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
+                     const LayerContext& ctx, bool grad);
+// Backward pass after llama_forward(..., grad=true): accumulates into every trainable gradient.
+void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch, const LayerContext& ctx);
+
+// Training FLOPs per token for throughput figures: the matmul FLOPs of forward + backward
+// (6 N for full fine-tuning; 4 N when base weights get no gradient, plus adapter terms) and the
+// attention score/value products (causal: about half of T per token).
+double llama_flops_per_token(const LlamaModel& m, int64_t seq_len);
+
+}  // namespace st

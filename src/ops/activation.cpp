@@ -1,0 +1,37 @@
+#include "ops/activation.hpp"
+
+#include "ops/cpu/cpu_kernels.hpp"
+#include "ops/dispatch.hpp"
+
+namespace st {
+
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {
+  check_float_args("swiglu_forward", {&gate, &up, &h});
+  const int64_t n = h.numel();
+  if (gate.numel() != n || up.numel() != n) ST_THROW("swiglu_forward: sizes differ");
+  if (h.device() == Device::cuda) no_cuda_kernel("swiglu_forward");
+  ST_DISPATCH_CPU_FLOAT(h.dtype(), T, cpu::swiglu_forward<T>(n, gate.ptr<T>(), up.ptr<T>(), h.ptr<T>()));
+}
+
+void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup) {
+  check_float_args("swiglu_backward", {&dh, &gate, &up, &dgate, &dup});
+  const int64_t n = dh.numel();
+  if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
+    ST_THROW("swiglu_backward: sizes differ");
+  if (dh.device() == Device::cuda) no_cuda_kernel("swiglu_backward");
+  ST_DISPATCH_CPU_FLOAT(dh.dtype(), T,
+                        cpu::swiglu_backward<T>(n, dh.ptr<T>(), gate.ptr<T>(), up.ptr<T>(),
+                                                dgate.ptr<T>(), dup.ptr<T>()));
+}
+
+}  // namespace st
+
+namespace st {
+void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t seed, uint64_t stream, bool accumulate) {
+  check_float_args("dropout_apply", {&x, &out});
+  if (x.numel() != out.numel()) ST_THROW("dropout_apply: sizes differ");
+  if (x.device() == Device::cuda) no_cuda_kernel("dropout_apply");
+  ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
+                        cpu::dropout_apply<T>(x.numel(), x.ptr<T>(), out.ptr<T>(), p, seed, stream, accumulate));
+}
+}  // namespace st

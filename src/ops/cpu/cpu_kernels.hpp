@@ -1,0 +1,88 @@
+// CPU reference kernels: the clean, minimal definition of every op. They run in f32 for training
+// on CPU and in f64 for the finite-difference gradient checks (explicitly instantiated for both).
+// Every CUDA kernel is tested against these. Raw pointers and sizes; shapes in the comments.
+//
+// Convention for backward kernels: gradients are ACCUMULATED (+=) into every output, so callers
+// zero a buffer once and several contributions (residual branches, tied weights) simply add up.
+#pragma once
+
+#include <cstdint>
+
+namespace st::cpu {
+
+// C[M,N] = alpha * op(A) op(B) + beta * C (row-major). op(A) is [M,K]: A is [M,K] (lda = K)
+// or, with trans_a, [K,M] (lda = M). op(B) is [K,N]: B is [K,N] or, with trans_b, [N,K].
+// beta == 0 overwrites C without reading it.
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, bool trans_a, const T* B,
+          bool trans_b, T beta, T* C);
+
+// y[n,:] = x[n,:] * rstd[n] * w, rstd[n] = 1/sqrt(mean(x[n,:]^2) + eps).  x,y: [N,C]  w: [C]
+template <typename T>
+void rmsnorm_forward(int64_t N, int64_t C, const T* x, const T* w, T eps, T* y, T* rstd);
+// dx += d/dx, dw += d/dw (dw may be null when the weight is frozen).
+template <typename T>
+void rmsnorm_backward(int64_t N, int64_t C, const T* dy, const T* x, const T* w, const T* rstd,
+                      T* dx, T* dw);
+
+// Rotary embedding, Hugging Face rotate-half layout, in place on x: [B, T, H, D]; position of
+// row t is t. cos/sin: [T_max, D/2] tables. inverse=true applies the transpose (backward).
+template <typename T>
+void rope_apply(int64_t B, int64_t T_, int64_t H, int64_t D, T* x, const float* cos_table,
+                const float* sin_table, bool inverse);
+
+// Attention with causal and key-padding masks and grouped-query heads.
+// q: [B,T,Hq,D], k,v: [B,T,Hkv,D], out: [B,T,Hq,D], lse: [B,Hq,T] (log-sum-exp of the scaled
+// masked scores of each query row, saved for backward). lengths[b]: keys j >= lengths[b] are
+// masked (null: none). causal: keys j > i masked. scale multiplies q.k.
+template <typename T>
+void attention_forward(int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
+                       const T* k, const T* v, const int32_t* lengths, bool causal, T scale,
+                       T* out, T* lse);
+// dq, dk, dv accumulate (+=).
+template <typename T>
+void attention_backward(int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
+                        const T* k, const T* v, const T* out, const T* lse, const T* dout,
+                        const int32_t* lengths, bool causal, T scale, T* dq, T* dk, T* dv);
+
+// h = silu(g) * u.  g,u,h: [N]
+template <typename T>
+void swiglu_forward(int64_t N, const T* g, const T* u, T* h);
+template <typename T>
+void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du);
+
+// out[n,:] = table[ids[n],:].  table: [V,C]; ids outside [0,V) throw.
+template <typename T>
+void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out);
+template <typename T>
+void embedding_backward(int64_t N, int64_t C, const int32_t* ids, const T* dout, T* dtable);
+
+// Fused softmax cross-entropy over rows of logits [N,V]. losses[n] = logsumexp - logit[target].
+// Rows with weight[n] == 0 or target < 0 get loss 0. When grad is true, logits is overwritten
+// with dlogits = weight[n] * (softmax - onehot(target)) (rows with weight 0 become zeros).
+template <typename T>
+void cross_entropy(int64_t N, int64_t V, T* logits, const int32_t* targets, const float* weight,
+                   T* losses, bool grad);
+
+// PyTorch AdamW semantics (decoupled decay, bias correction). All arrays [n].
+template <typename T>
+void adamw_update(int64_t n, T* param, const T* grad, T* m, T* v, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, int64_t step);
+
+// Sum of squares, accumulated in double.
+template <typename T>
+double sum_squares(int64_t n, const T* x);
+template <typename T>
+void scale_inplace(int64_t n, T* x, T s);
+// y += a * x
+template <typename T>
+void axpy(int64_t n, T a, const T* x, T* y);
+
+}  // namespace st::cpu
+
+namespace st::cpu {
+// Inverted dropout with a counter-based mask: keep element i when
+// counter_uniform(seed, stream, i) >= p, scaled by 1/(1-p). accumulate adds into out.
+template <typename T>
+void dropout_apply(int64_t n, const T* x, T* out, double p, uint64_t seed, uint64_t stream, bool accumulate);
+}  // namespace st::cpu

@@ -1,0 +1,133 @@
+// SwiGLU, embedding lookup, AdamW and small reductions.
+#include <cmath>
+
+#include "core/error.hpp"
+#include "ops/cpu/cpu_kernels.hpp"
+
+namespace st::cpu {
+
+template <typename T>
+static inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+void swiglu_forward(int64_t N, const T* g, const T* u, T* h) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t i = 0; i < N; ++i) h[i] = g[i] * sigmoid(g[i]) * u[i];
+}
+
+// d silu(g)/dg = s + g s (1 - s) with s = sigmoid(g).
+template <typename T>
+void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t i = 0; i < N; ++i) {
+    const T s = sigmoid(g[i]);
+    dg[i] += dh[i] * u[i] * (s + g[i] * s * (T(1) - s));
+    du[i] += dh[i] * g[i] * s;
+  }
+}
+
+template <typename T>
+void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out) {
+  for (int64_t n = 0; n < N; ++n)
+    if (ids[n] < 0 || ids[n] >= V) ST_THROW("token id ", ids[n], " at position ", n, " is outside the vocabulary [0, ", V, ")");
+#pragma omp parallel for schedule(static) if (N * C > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* src = table + static_cast<int64_t>(ids[n]) * C;
+    T* dst = out + n * C;
+    for (int64_t c = 0; c < C; ++c) dst[c] = src[c];
+  }
+}
+
+// Scatter-add; parallel over column blocks so threads never touch the same element.
+template <typename T>
+void embedding_backward(int64_t N, int64_t C, const int32_t* ids, const T* dout, T* dtable) {
+  const int64_t block = 64;
+  const int64_t nblocks = (C + block - 1) / block;
+#pragma omp parallel for schedule(static) if (N * C > 65536)
+  for (int64_t cb = 0; cb < nblocks; ++cb) {
+    const int64_t c0 = cb * block, c1 = c0 + block < C ? c0 + block : C;
+    for (int64_t n = 0; n < N; ++n) {
+      T* dst = dtable + static_cast<int64_t>(ids[n]) * C;
+      const T* src = dout + n * C;
+      for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+    }
+  }
+}
+
+template <typename T>
+void adamw_update(int64_t n, T* param, const T* grad, T* m, T* v, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, int64_t step) {
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
+  const T decay = static_cast<T>(1.0 - lr * weight_decay);
+  const T step_size = static_cast<T>(lr / bc1);
+  const T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2);
+  const T inv_bc2_sqrt = static_cast<T>(1.0 / bc2_sqrt), e = static_cast<T>(eps);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = grad[i];
+    param[i] *= decay;
+    m[i] = b1 * m[i] + (T(1) - b1) * g;
+    v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+    const T denom = std::sqrt(v[i]) * inv_bc2_sqrt + e;
+    param[i] -= step_size * m[i] / denom;
+  }
+}
+
+template <typename T>
+double sum_squares(int64_t n, const T* x) {
+  double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return s;
+}
+
+template <typename T>
+void scale_inplace(int64_t n, T* x, T s) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+template <typename T>
+void axpy(int64_t n, T a, const T* x, T* y) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+#define ST_INSTANTIATE(T)                                                                        \
+  template void swiglu_forward<T>(int64_t, const T*, const T*, T*);                              \
+  template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*);               \
+  template void embedding_forward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*);   \
+  template void embedding_backward<T>(int64_t, int64_t, const int32_t*, const T*, T*);           \
+  template void adamw_update<T>(int64_t, T*, const T*, T*, T*, double, double, double, double,   \
+                                double, int64_t);                                                \
+  template double sum_squares<T>(int64_t, const T*);                                             \
+  template void scale_inplace<T>(int64_t, T*, T);                                                \
+  template void axpy<T>(int64_t, T, const T*, T*);
+ST_INSTANTIATE(float)
+ST_INSTANTIATE(double)
+#undef ST_INSTANTIATE
+
+}  // namespace st::cpu
+
+#include "core/rng.hpp"
+
+namespace st::cpu {
+
+template <typename T>
+void dropout_apply(int64_t n, const T* x, T* out, double p, uint64_t seed, uint64_t stream, bool accumulate) {
+  const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
+  const float pf = static_cast<float>(p);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = counter_uniform(seed, stream, static_cast<uint64_t>(i)) >= pf ? x[i] * keep_scale : T(0);
+    out[i] = accumulate ? out[i] + v : v;
+  }
+}
+
+template void dropout_apply<float>(int64_t, const float*, float*, double, uint64_t, uint64_t, bool);
+template void dropout_apply<double>(int64_t, const double*, double*, double, uint64_t, uint64_t, bool);
+
+}  // namespace st::cpu

@@ -1,0 +1,32 @@
+// Dispatch helpers for the op interface: pick the kernel by device and element type.
+// CPU kernels exist for f32 (training) and f64 (reference checks); CUDA kernels for bf16/f32
+// are added in cuda/ and selected where SHARDTUNE_CUDA is defined.
+#pragma once
+
+#include "core/tensor.hpp"
+
+#define ST_DISPATCH_CPU_FLOAT(dtype, T, ...)                                              \
+  switch (dtype) {                                                                        \
+    case ::st::DType::f32: { using T = float; __VA_ARGS__; break; }                       \
+    case ::st::DType::f64: { using T = double; __VA_ARGS__; break; }                      \
+    default: ST_THROW("no CPU kernel for dtype ", ::st::dtype_name(dtype), " in ", __func__); \
+  }
+
+namespace st {
+
+// All tensors on one device with one float dtype; throws naming the op otherwise.
+inline void check_float_args(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : ts) {
+    if (!t || !t->defined()) continue;
+    if (!first) { first = t; continue; }
+    if (t->device() != first->device() || t->dtype() != first->dtype())
+      ST_THROW(op, ": mixed tensors ", first->str(), " and ", t->str());
+  }
+}
+
+[[noreturn]] inline void no_cuda_kernel(const char* op) {
+  ST_THROW(op, ": tensors on CUDA but no CUDA kernel is available in this build");
+}
+
+}  // namespace st

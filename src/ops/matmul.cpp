@@ -1,0 +1,38 @@
+#include "ops/matmul.hpp"
+
+#include "ops/cpu/cpu_kernels.hpp"
+#include "ops/dispatch.hpp"
+
+namespace st {
+
+namespace {
+int64_t rows_of(const Tensor& t) { return t.numel() / t.dim(-1); }
+}  // namespace
+
+void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+            double beta) {
+  check_float_args("matmul", {&C, &A, &B});
+  // A viewed as [rows_of(A), cols]; op(A) is [M, K].
+  const int64_t a_rows = rows_of(A), a_cols = A.dim(-1);
+  const int64_t b_rows = rows_of(B), b_cols = B.dim(-1);
+  const int64_t M = trans_a ? a_cols : a_rows, K = trans_a ? a_rows : a_cols;
+  const int64_t Kb = trans_b ? b_cols : b_rows, N = trans_b ? b_rows : b_cols;
+  if (K != Kb || rows_of(C) != M || C.dim(-1) != N)
+    ST_THROW("matmul: shapes ", A.shape().str(), (trans_a ? "^T" : ""), " x ", B.shape().str(),
+             (trans_b ? "^T" : ""), " -> ", C.shape().str(), " do not agree");
+  if (C.device() == Device::cuda) no_cuda_kernel("matmul");
+  ST_DISPATCH_CPU_FLOAT(C.dtype(), T,
+                        cpu::gemm<T>(M, N, K, static_cast<T>(alpha), A.ptr<T>(), trans_a, B.ptr<T>(),
+                                     trans_b, static_cast<T>(beta), C.ptr<T>()));
+}
+
+void linear_forward(const Tensor& x, const Tensor& W, Tensor& y, bool accumulate) {
+  matmul(y, x, false, W, true, 1.0, accumulate ? 1.0 : 0.0);
+}
+
+void linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, Tensor* dx, Tensor* dW) {
+  if (dx && dx->defined()) matmul(*dx, dy, false, W, false, 1.0, 1.0);
+  if (dW && dW->defined()) matmul(*dW, dy, true, x, false, 1.0, 1.0);
+}
+
+}  // namespace st

@@ -1,0 +1,32 @@
+#include "ops/norm.hpp"
+
+#include "ops/cpu/cpu_kernels.hpp"
+#include "ops/dispatch.hpp"
+
+namespace st {
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  check_float_args("rmsnorm_forward", {&x, &w, &y, &rstd});
+  const int64_t C = w.numel(), N = x.numel() / C;
+  if (x.dim(-1) != C || y.numel() != x.numel() || rstd.numel() < N)
+    ST_THROW("rmsnorm_forward: x ", x.str(), " w ", w.str(), " y ", y.str(), " rstd ", rstd.str());
+  if (x.device() == Device::cuda) no_cuda_kernel("rmsnorm_forward");
+  ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
+                        cpu::rmsnorm_forward<T>(N, C, x.ptr<T>(), w.ptr<T>(), static_cast<T>(eps),
+                                                y.ptr<T>(), rstd.ptr<T>()));
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor* dw) {
+  const Tensor* dwp = (dw && dw->defined()) ? dw : nullptr;
+  check_float_args("rmsnorm_backward", {&dy, &x, &w, &rstd, &dx, dwp});
+  const int64_t C = w.numel(), N = x.numel() / C;
+  if (dy.numel() != x.numel() || dx.numel() != x.numel() || (dwp && dwp->numel() != C))
+    ST_THROW("rmsnorm_backward: shapes disagree (x ", x.str(), ", dy ", dy.str(), ", dx ", dx.str(), ")");
+  if (x.device() == Device::cuda) no_cuda_kernel("rmsnorm_backward");
+  ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
+                        cpu::rmsnorm_backward<T>(N, C, dy.ptr<T>(), x.ptr<T>(), w.ptr<T>(), rstd.ptr<T>(),
+                                                 dx.ptr<T>(), dwp ? dwp->ptr<T>() : nullptr));
+}
+
+}  // namespace st

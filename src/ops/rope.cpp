@@ -1,0 +1,61 @@
+#include "ops/rope.hpp"
+
+#include <cmath>
+
+#include "ops/cpu/cpu_kernels.hpp"
+#include "ops/dispatch.hpp"
+
+namespace st {
+
+RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, Device device) {
+  const int64_t half = head_dim / 2;
+  Tensor c = Tensor::empty({max_positions, half}, DType::f32, Device::cpu, MemCategory::workspace);
+  Tensor s = Tensor::empty({max_positions, half}, DType::f32, Device::cpu, MemCategory::workspace);
+  float* cp = c.ptr<float>();
+  float* sp = s.ptr<float>();
+  for (int64_t i = 0; i < half; ++i) {
+    // Same arithmetic as transformers: exponent in f32, power, reciprocal, f32 product.
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    const float inv_freq = 1.0f / std::pow(static_cast<float>(theta), expo);
+    for (int64_t p = 0; p < max_positions; ++p) {
+      const float angle = static_cast<float>(p) * inv_freq;
+      cp[p * half + i] = std::cos(angle);
+      sp[p * half + i] = std::sin(angle);
+    }
+  }
+  RopeTables t;
+  t.max_positions = max_positions;
+  t.head_dim = head_dim;
+  if (device == Device::cpu) {
+    t.cos = c;
+    t.sin = s;
+  } else {
+    t.cos = Tensor::empty(c.shape(), DType::f32, device, MemCategory::workspace);
+    t.sin = Tensor::empty(s.shape(), DType::f32, device, MemCategory::workspace);
+    t.cos.copy_from(c);
+    t.sin.copy_from(s);
+  }
+  return t;
+}
+
+static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, bool inverse) {
+  const int64_t D = tables.head_dim;
+  if (T_ > tables.max_positions)
+    ST_THROW("rope: sequence length ", T_, " exceeds max_position_embeddings ", tables.max_positions);
+  const int64_t H = x.numel() / (B * T_ * D);
+  if (H * B * T_ * D != x.numel() || x.dim(-1) % D != 0)
+    ST_THROW("rope: tensor ", x.str(), " is not [B=", B, ", T=", T_, ", H, D=", D, "]");
+  if (x.device() == Device::cuda) no_cuda_kernel("rope");
+  ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
+                        cpu::rope_apply<T>(B, T_, H, D, x.ptr<T>(), tables.cos.ptr<float>(),
+                                           tables.sin.ptr<float>(), inverse));
+}
+
+void rope_forward(Tensor& x, int64_t B, int64_t T, const RopeTables& tables) {
+  rope_apply(x, B, T, tables, false);
+}
+void rope_backward(Tensor& dx, int64_t B, int64_t T, const RopeTables& tables) {
+  rope_apply(dx, B, T, tables, true);
+}
+
+}  // namespace st

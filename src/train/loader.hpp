@@ -1,0 +1,33 @@
+// From shard rows to model batches: the epoch order (a seeded shuffle that depends only on the
+// seed and the epoch, so every layout sees the same samples in the same order), the global
+// batches of each step, and the device tensors of one micro-batch with its loss weights.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "io/shards.hpp"
+#include "model/llama.hpp"
+
+namespace st {
+
+// Row order of one epoch over the first n rows: identity, or a Fisher-Yates shuffle seeded by
+// (seed, epoch).
+std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
+
+// Device buffers for micro-batches of up to B_max rows of up to T_max tokens.
+class BatchBuffers {
+ public:
+  BatchBuffers(int64_t B_max, int64_t T_max, Device device);
+  // Fill from host rows. Every target token gets weight `token_weight` (e.g. 1 / number of
+  // targets in the global batch); T is the longest row, at least 2.
+  LlamaBatch make(const Batch& host, double token_weight);
+
+ private:
+  int64_t B_max_, T_max_;
+  Device device_;
+  Tensor ids_, targets_, weight_, lengths_;                 // device
+  Tensor h_ids_, h_targets_, h_weight_, h_lengths_;         // host staging
+};
+
+}  // namespace st

@@ -1,0 +1,562 @@
+#include "train/trainer.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <thread>
+
+#include "adapters/apply.hpp"
+#include "core/log.hpp"
+#include "core/rng.hpp"
+#include "core/sha256.hpp"
+#include "core/timer.hpp"
+#include "io/llama_io.hpp"
+#include "io/metrics.hpp"
+#include "io/shards.hpp"
+#include "parallel/runtime.hpp"
+#include "train/evaluate.hpp"
+#include "train/loader.hpp"
+#include "train/optimizer.hpp"
+#include "train/schedule.hpp"
+
+namespace fs = std::filesystem;
+
+namespace st {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+Device resolve_device(const RunConfig& c) { return c.device == "cuda" ? Device::cuda : Device::cpu; }
+
+DType resolve_dtype(const RunConfig& c, Device d) {
+  if (c.dtype == "auto") return d == Device::cuda ? DType::bf16 : DType::f32;
+  if (c.dtype == "f32") return DType::f32;
+  if (c.dtype == "f64") return DType::f64;
+  if (d == Device::cpu) ST_THROW_INPUT(c.origin.at("dtype"), ": dtype bf16 needs device = cuda (the CPU path computes in f32)");
+  return DType::bf16;
+}
+
+void setup_threads(const RunConfig& c) {
+  int n = c.threads;
+  if (n <= 0) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int local = runtime_active() ? runtime().local_size : 1;
+    n = std::max(1, cores / std::max(1, local));
+  }
+  omp_set_num_threads(n);
+}
+
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const int64_t t = static_cast<int64_t>(std::llround(s));
+  if (t < 60) return str(t, "s");
+  if (t < 3600) return str(t / 60, "m ", t % 60, "s");
+  return str(t / 3600, "h ", (t % 3600) / 60, "m");
+}
+
+std::string fmt_fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+std::string fmt_sci(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.2e", v);
+  return buf;
+}
+
+std::map<std::string, std::string> config_map(const RunConfig& c) {
+  std::map<std::string, std::string> m;
+  for (const auto& [k, v] : c.resolved()) m[k] = v;
+  m["deck"] = c.deck;
+  m["command_line"] = c.command_line;
+  return m;
+}
+
+void print_config(const RunConfig& c) {
+  ST_LOG("shardtune: resolved options (source in brackets)");
+  for (const auto& [k, v] : c.resolved()) {
+    const auto it = c.origin.find(k);
+    const std::string src = it == c.origin.end() ? "default" : it->second;
+    ST_LOG(str("  ", k, " = ", v, src == "default" ? "" : str("   [", src, "]")));
+  }
+}
+
+// Shards of one split, with the checks that tie them to the tokenizer and to each other.
+ShardDataset open_split(const RunConfig& c, const std::string& split) {
+  ShardDataset d = ShardDataset::open(c.data, split);
+  if (d.size() == 0) ST_THROW_INPUT(c.data, ": split '", split, "' has no rows");
+  return d;
+}
+
+void check_tokenizers(const RunConfig& c, const ShardDataset& train, const ShardDataset* val) {
+  if (val && val->info().tokenizer_sha256 != train.info().tokenizer_sha256)
+    ST_THROW_INPUT(val->files().front(), ": tokenizer_sha256 ", val->info().tokenizer_sha256,
+                   " differs from the training shards' ", train.info().tokenizer_sha256,
+                   " (the splits were written with different tokenizers)");
+  if (!c.tokenizer.empty()) {
+    const std::string sha = sha256_file_hex(c.tokenizer);
+    if (sha != train.info().tokenizer_sha256)
+      ST_THROW_INPUT(train.files().front(), ": shards were written with a tokenizer of sha256 ",
+                     train.info().tokenizer_sha256, ", but tokenizer = ", c.tokenizer, " has sha256 ", sha);
+  }
+}
+
+LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
+  LlamaConfig m;
+  m.vocab_size = c.vocab_size > 0 ? c.vocab_size : info.tokenizer_vocab_size;
+  m.hidden_size = c.hidden_size;
+  m.intermediate_size = c.intermediate_size;
+  m.num_layers = c.num_layers;
+  m.num_heads = c.num_heads;
+  m.num_kv_heads = c.num_kv_heads > 0 ? c.num_kv_heads : c.num_heads;
+  m.head_dim = c.head_dim > 0 ? c.head_dim : c.hidden_size / c.num_heads;
+  m.max_position_embeddings = c.max_position_embeddings;
+  m.rms_norm_eps = c.rms_norm_eps;
+  m.rope_theta = c.rope_theta;
+  m.tie_word_embeddings = c.tie_embeddings;
+  m.bos_token_id = info.bos_id;
+  m.eos_token_id = info.eos_id;
+  m.validate(str("options of ", c.deck.empty() ? std::string("the command line") : c.deck));
+  return m;
+}
+
+LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device) {
+  MemoryPhase phase("load");
+  LlamaModel m;
+  if (!c.model.empty()) {
+    m = load_llama(c.model, dtype, device);
+    ST_LOG("model: loaded ", c.model, " (", m.cfg.summary(), ")");
+  } else {
+    m = llama_build(config_from_options(c, info), dtype, device);
+    llama_init_random(m, c.seed, c.init_std);
+    ST_LOG("model: random init, seed ", c.seed, " (", m.cfg.summary(), ")");
+  }
+  if (info.tokenizer_vocab_size > m.cfg.vocab_size)
+    ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", info.tokenizer_vocab_size,
+                   " pieces but the model's vocabulary has only ", m.cfg.vocab_size);
+  if (info.seq_len > m.cfg.max_position_embeddings)
+    ST_WARN("shards hold rows of up to ", info.seq_len, " tokens but the model's max_position_embeddings is ",
+            m.cfg.max_position_embeddings, "; longer batches will be refused");
+  return m;
+}
+
+struct RankMemory {
+  MemoryStats stats;
+  double comm_time = 0;
+};
+
+// Every rank's peak memory and communication time, gathered to all ranks.
+std::vector<RankRecord> gather_rank_records(const RankMemory& mine) {
+  constexpr int kFields = 2 + kNumMemCategories;
+  constexpr int kHost = 64;
+  Runtime& rt = runtime();
+  Tensor local = Tensor::empty({kFields}, DType::f64, Device::cpu, MemCategory::other);
+  double* p = local.ptr<double>();
+  p[0] = static_cast<double>(mine.stats.total_peak);
+  p[1] = mine.comm_time;
+  for (int i = 0; i < kNumMemCategories; ++i) p[2 + i] = static_cast<double>(mine.stats.peak[static_cast<size_t>(i)]);
+  Tensor all = Tensor::empty({kFields * rt.world_size}, DType::f64, Device::cpu, MemCategory::other);
+  rt.world->all_gather(local, all);
+  Tensor host = Tensor::zeros({kHost}, DType::u8, Device::cpu, MemCategory::other);
+  std::memcpy(host.data(), rt.host.c_str(), std::min<size_t>(kHost - 1, rt.host.size()));
+  Tensor hosts = Tensor::empty({kHost * rt.world_size}, DType::u8, Device::cpu, MemCategory::other);
+  rt.world->all_gather(host, hosts);
+  std::vector<RankRecord> out;
+  for (int r = 0; r < rt.world_size; ++r) {
+    const double* q = all.ptr<double>() + r * kFields;
+    RankRecord rec;
+    rec.rank = r;
+    rec.host = std::string(reinterpret_cast<const char*>(hosts.ptr<uint8_t>() + r * kHost));
+    rec.peak_memory = static_cast<int64_t>(q[0]);
+    rec.comm_time = q[1];
+    for (int i = 0; i < kNumMemCategories; ++i)
+      rec.peak_by_category[mem_category_name(static_cast<MemCategory>(i))] = static_cast<int64_t>(q[2 + i]);
+    out.push_back(rec);
+  }
+  return out;
+}
+
+class Run {
+ public:
+  explicit Run(const RunConfig& c) : cfg_(c) {}
+  int train();
+  int evaluate_only();
+
+ private:
+  void begin(const char* what);
+  void open_data(bool need_train);
+  void build_model(bool training);
+  EvalResult run_eval(int64_t step, double epoch);
+  void log_step(const StepRecord& r, int64_t total_steps, double mean_step_time);
+  void finish_summary(const char* outcome);
+  std::string tokenizer_for_export() const;
+
+  RunConfig cfg_;
+  Device device_ = Device::cpu;
+  DType dtype_ = DType::f32;
+  std::string run_dir_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  Stopwatch total_;
+  std::unique_ptr<ShardDataset> train_, val_;
+  LlamaModel model_;
+  std::unique_ptr<LlamaActivations> acts_;
+  std::unique_ptr<BatchBuffers> buffers_;
+  std::unique_ptr<AdamW> opt_;
+  SummaryRecord summary_;
+  std::vector<double> epoch_times_;
+  bool have_initial_eval_ = false;
+  int64_t last_eval_step_ = -1;
+  EvalResult last_eval_;
+
+ public:
+  // Record a failed run's outcome with everything gathered so far (the error then propagates).
+  void record_failure(const std::string& outcome, const std::string& message, const OutOfMemory* oom);
+};
+
+void Run::begin(const char* what) {
+  device_ = resolve_device(cfg_);
+  dtype_ = resolve_dtype(cfg_, device_);
+  setup_threads(cfg_);
+  allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
+  run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();
+  if (process_rank() == 0) {
+    print_config(cfg_);
+    metrics_ = std::make_unique<MetricsWriter>((fs::path(run_dir_) / "metrics.h5").string(), config_map(cfg_));
+    ST_LOG("shardtune ", what, ": run ", cfg_.run_id, " -> ", metrics_->path(), " (", omp_get_max_threads(),
+           " threads, ", device_name(device_), ", ", dtype_name(dtype_), ")");
+  }
+  Runtime& rt = runtime();
+  summary_.strings["run_id"] = cfg_.run_id;
+  summary_.strings["method"] = cfg_.method;
+  summary_.strings["strategy"] = rt.world_size == 1 ? "single" : cfg_.parallel;
+  summary_.strings["device"] = device_name(device_);
+  summary_.strings["dtype"] = dtype_name(dtype_);
+  summary_.ints["world_size"] = rt.world_size;
+  summary_.ints["tp"] = rt.tp;
+  summary_.ints["dp"] = rt.dp;
+  summary_.ints["memory_limit"] = static_cast<int64_t>(allocator_for(device_).limit());
+}
+
+void Run::open_data(bool need_train) {
+  MemoryPhase phase("load");
+  if (need_train) {
+    train_ = std::make_unique<ShardDataset>(open_split(cfg_, cfg_.train_split));
+    ST_LOG("data: ", cfg_.train_split, " ", train_->size(), " rows of up to ", train_->seq_len(), " tokens (",
+           train_->files().size(), " shard", train_->files().size() == 1 ? "" : "s", ", task ", train_->info().task, ")");
+  }
+  if (!cfg_.val_split.empty()) {
+    val_ = std::make_unique<ShardDataset>(open_split(cfg_, cfg_.val_split));
+    ST_LOG("data: ", cfg_.val_split, " ", val_->size(), " rows");
+  }
+  if (!train_ && !val_) ST_THROW_INPUT(cfg_.origin.at("val_split"), ": val_split is empty: nothing to evaluate");
+  const ShardDataset& ref = train_ ? *train_ : *val_;
+  check_tokenizers(cfg_, ref, val_.get());
+  if (train_ && val_ && val_->info().task != train_->info().task)
+    ST_THROW_INPUT(val_->files().front(), ": task '", val_->info().task, "' differs from the training split's '",
+                   train_->info().task, "'");
+}
+
+void Run::build_model(bool training) {
+  const ShardDataset& ref = train_ ? *train_ : *val_;
+  model_ = make_model(cfg_, ref.info(), dtype_, device_);
+  const int64_t T_max = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
+  const int64_t B = cfg_.micro_batch_size;
+  MemoryPhase phase("setup");
+  if (training) {
+    if (cfg_.method == "full") {
+      llama_enable_base_training(model_);
+    } else {
+      LoraConfig lc;
+      lc.r = cfg_.lora_r;
+      lc.alpha = cfg_.lora_alpha;
+      lc.dropout = cfg_.lora_dropout;
+      lc.targets = cfg_.lora_target_list();
+      const int64_t n = attach_lora(model_, lc, B * T_max, cfg_.seed);
+      ST_LOG("lora: ", n, " adapters, r=", lc.r, " alpha=", lc.alpha, " dropout=", lc.dropout, " on ", cfg_.lora_targets);
+    }
+    opt_ = std::make_unique<AdamW>(llama_trainable_params(model_), cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps,
+                                   cfg_.weight_decay);
+  }
+  acts_ = std::make_unique<LlamaActivations>(
+      llama_activations(model_, B, T_max, cfg_.activation_checkpointing, training));
+  buffers_ = std::make_unique<BatchBuffers>(B, T_max, device_);
+  const int64_t total = model_.cfg.num_parameters();
+  const int64_t trainable = training ? opt_->num_parameters() : 0;
+  summary_.ints["num_parameters"] = total;
+  summary_.ints["trainable_parameters"] = trainable;
+  ST_LOG("params: ", total, " total, ", trainable, " trainable (", fmt_fixed(100.0 * trainable / std::max<int64_t>(1, total), 2),
+         "%); memory after setup ", format_bytes(static_cast<double>(allocator_for(device_).stats().total_current)));
+}
+
+EvalResult Run::run_eval(int64_t step, double epoch) {
+  if (step == last_eval_step_) return last_eval_;  // already evaluated at this step
+  EvalResult r = evaluate(model_, *acts_, *buffers_, *val_, cfg_.max_val_rows, cfg_.micro_batch_size);
+  ST_LOG("eval  step ", step, " | val loss ", fmt_fixed(r.loss, 4),
+         std::isnan(r.accuracy) ? std::string() : str(" | val acc ", fmt_fixed(100 * r.accuracy, 2), "%"), " | ",
+         r.rows, " rows, ", r.tokens, " targets, ", fmt_fixed(r.seconds, 2), "s");
+  if (metrics_) metrics_->append_eval({step, epoch, r.loss, r.accuracy, r.tokens, r.seconds});
+  if (!have_initial_eval_) {
+    summary_.reals["initial_val_loss"] = r.loss;
+    summary_.reals["initial_val_accuracy"] = r.accuracy;
+    have_initial_eval_ = true;
+  }
+  summary_.reals["final_val_loss"] = r.loss;
+  summary_.reals["final_val_accuracy"] = r.accuracy;
+  last_eval_step_ = step;
+  last_eval_ = r;
+  return r;
+}
+
+void Run::log_step(const StepRecord& r, int64_t total_steps, double mean_step_time) {
+  const bool tty_line = r.step % cfg_.log_every == 0 || r.step == total_steps || r.step == 1;
+  if (!tty_line) return;
+  ST_LOG("step ", r.step, "/", total_steps, " | epoch ", r.epoch, " | loss ", fmt_fixed(r.loss, 4), " | lr ",
+         fmt_sci(r.lr), " | gnorm ", fmt_fixed(r.grad_norm, 3), " | ", static_cast<int64_t>(r.tokens_per_s),
+         " tok/s | ", fmt_fixed(r.step_time, 3), " s/step | ETA ",
+         fmt_duration(mean_step_time * static_cast<double>(total_steps - r.step)));
+}
+
+std::string Run::tokenizer_for_export() const {
+  if (!cfg_.tokenizer.empty()) return cfg_.tokenizer;
+  if (!cfg_.model.empty() && fs::exists(fs::path(cfg_.model) / "tokenizer.model"))
+    return (fs::path(cfg_.model) / "tokenizer.model").string();
+  return "";
+}
+
+void Run::finish_summary(const char* outcome) {
+  const MemoryStats& ms = allocator_for(device_).stats();
+  summary_.strings["outcome"] = outcome;
+  summary_.reals["total_time"] = total_.seconds();
+  summary_.ints["peak_memory"] = static_cast<int64_t>(ms.total_peak);
+  for (int i = 0; i < kNumMemCategories; ++i)
+    summary_.ints[str("peak_", mem_category_name(static_cast<MemCategory>(i)))] =
+        static_cast<int64_t>(ms.at_total_peak[static_cast<size_t>(i)]);
+  double mean_epoch = kNaN;
+  if (!epoch_times_.empty()) {
+    mean_epoch = 0;
+    for (double t : epoch_times_) mean_epoch += t;
+    mean_epoch /= static_cast<double>(epoch_times_.size());
+  }
+  summary_.reals["mean_epoch_time"] = mean_epoch;
+  summary_.ints["epochs_completed"] = static_cast<int64_t>(epoch_times_.size());
+  RankMemory mine{ms, runtime().world->comm_time()};
+  const std::vector<RankRecord> ranks = gather_rank_records(mine);
+  if (metrics_) {
+    metrics_->write_ranks(ranks);
+    metrics_->write_summary(summary_);
+    metrics_->flush();
+  }
+}
+
+int Run::train() {
+  begin("train");
+  open_data(true);
+  build_model(true);
+  Runtime& rt = runtime();
+  const int64_t micro = cfg_.micro_batch_size, accum = cfg_.grad_accum;
+  const int64_t global_batch = micro * accum * rt.dp;
+  const int64_t n_train = cfg_.max_train_rows > 0 ? std::min(cfg_.max_train_rows, train_->size()) : train_->size();
+  const int64_t steps_per_epoch = n_train / global_batch;
+  if (steps_per_epoch == 0)
+    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows, fewer than one global batch of ",
+                   global_batch, " (micro_batch_size x grad_accum x data-parallel ranks)");
+  int64_t total_steps = steps_per_epoch * cfg_.epochs;
+  if (cfg_.max_steps > 0) total_steps = std::min(total_steps, cfg_.max_steps);
+  const LrSchedule sched{cfg_.lr, cfg_.min_lr_ratio, cfg_.warmup_steps, total_steps, cfg_.lr_schedule};
+  const double flops_per_token = llama_flops_per_token(model_, train_->seq_len());
+  summary_.reals["flops_per_token"] = flops_per_token;
+  summary_.ints["global_batch"] = global_batch;
+  summary_.ints["steps_per_epoch"] = steps_per_epoch;
+  ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch, " rows = ",
+         micro, " x ", accum, " accumulation x ", rt.dp, " ranks), ", cfg_.epochs, " epoch", cfg_.epochs == 1 ? "" : "s");
+
+  if (val_ && cfg_.eval_at_start) run_eval(0, 0.0);
+  allocator_for(device_).reset_peak();  // peak of training itself (setup and eval are below it anyway)
+
+  const std::vector<int32_t>& row_targets = train_->loss_tokens();
+  const std::vector<int32_t>& row_lengths = train_->lengths();
+  Batch host;
+  int64_t step = 0, train_tokens = 0;
+  double step_time_sum = 0;
+  bool done = false;
+  for (int64_t epoch = 1; epoch <= cfg_.epochs && !done; ++epoch) {
+    const std::vector<int64_t> order = epoch_order(n_train, cfg_.seed, epoch, cfg_.shuffle);
+    Stopwatch epoch_clock;
+    double eval_time_in_epoch = 0, epoch_loss_sum = 0;
+    int64_t epoch_targets = 0, epoch_steps = 0;
+    for (int64_t s = 0; s < steps_per_epoch; ++s) {
+      if (cfg_.max_steps > 0 && step >= cfg_.max_steps) { done = true; break; }
+      Stopwatch step_clock;
+      ++step;
+      // This step's rows for this data-parallel rank.
+      const int64_t first = s * global_batch + rt.dp_rank * micro * accum;
+      int64_t step_targets = 0, step_tokens = 0;
+      for (int64_t i = 0; i < global_batch; ++i) {
+        const int64_t row = order[static_cast<size_t>(s * global_batch + i)];
+        step_targets += row_targets[static_cast<size_t>(row)];
+        step_tokens += row_lengths[static_cast<size_t>(row)];
+      }
+      const double token_weight = step_targets > 0 ? 1.0 / static_cast<double>(step_targets) : 0.0;
+      opt_->zero_grad();
+      double loss = 0;
+      for (int64_t a = 0; a < accum; ++a) {
+        std::vector<int64_t> rows(static_cast<size_t>(micro));
+        for (int64_t i = 0; i < micro; ++i) rows[static_cast<size_t>(i)] = order[static_cast<size_t>(first + a * micro + i)];
+        train_->read_rows(rows, host);
+        LlamaBatch batch = buffers_->make(host, token_weight);
+        LayerContext ctx;
+        ctx.training = true;
+        ctx.dropout_seed = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ull + static_cast<uint64_t>(a)));
+        {
+          MemoryPhase phase("forward");
+          loss += llama_forward(model_, *acts_, batch, ctx, true);
+        }
+        MemoryPhase phase("backward");
+        llama_backward(model_, *acts_, batch, ctx);
+      }
+      loss = rt.world->all_reduce_sum(loss);
+      double gnorm, lr;
+      {
+        MemoryPhase phase("optimizer");
+        gnorm = opt_->clip_grad_norm(cfg_.grad_clip);
+        lr = sched.at(step);
+        opt_->step(lr);
+      }
+      const double dt = step_clock.seconds();
+      step_time_sum += dt;
+      train_tokens += step_tokens;
+      epoch_loss_sum += loss * static_cast<double>(step_targets);
+      epoch_targets += step_targets;
+      ++epoch_steps;
+      const MemoryStats& ms = allocator_for(device_).stats();
+      StepRecord rec;
+      rec.step = step;
+      rec.epoch = static_cast<int32_t>(epoch);
+      rec.loss = loss;
+      rec.lr = lr;
+      rec.grad_norm = gnorm;
+      rec.tokens = step_tokens;
+      rec.step_time = dt;
+      rec.tokens_per_s = static_cast<double>(step_tokens) / dt;
+      rec.mfu = kNaN;  // no peak-FLOP table entry for CPUs
+      rec.mem_current = static_cast<int64_t>(ms.total_current);
+      rec.mem_peak = static_cast<int64_t>(ms.total_peak);
+      if (metrics_) metrics_->append_step(rec);
+      log_step(rec, total_steps, step_time_sum / static_cast<double>(step));
+      if (!std::isfinite(loss)) ST_THROW("loss is ", loss, " at step ", step, " (diverged: lower lr or enable grad_clip)");
+      if (val_ && cfg_.eval_every > 0 && step % cfg_.eval_every == 0 && s + 1 < steps_per_epoch) {
+        const EvalResult r = run_eval(step, static_cast<double>(epoch - 1) + static_cast<double>(s + 1) / steps_per_epoch);
+        eval_time_in_epoch += r.seconds;
+      }
+    }
+    if (epoch_steps == 0) break;
+    const double epoch_time = epoch_clock.seconds() - eval_time_in_epoch;
+    const bool full_epoch = epoch_steps == steps_per_epoch;
+    EpochRecord er;
+    er.epoch = static_cast<int32_t>(epoch);
+    er.epoch_time = epoch_time;
+    er.train_loss = epoch_targets > 0 ? epoch_loss_sum / static_cast<double>(epoch_targets) : kNaN;
+    er.steps = epoch_steps;
+    er.val_loss = kNaN;
+    er.val_accuracy = kNaN;
+    if (val_) {
+      const EvalResult r = run_eval(step, static_cast<double>(epoch - 1) + static_cast<double>(epoch_steps) / steps_per_epoch);
+      er.val_loss = r.loss;
+      er.val_accuracy = r.accuracy;
+    }
+    if (full_epoch) {
+      epoch_times_.push_back(epoch_time);
+      if (metrics_) metrics_->append_epoch(er);
+    }
+    ST_LOG("epoch ", epoch, (full_epoch ? "" : " (partial)"), " | ", epoch_steps, " steps in ", fmt_duration(epoch_time),
+           " | train loss ", fmt_fixed(er.train_loss, 4));
+  }
+  summary_.ints["steps_completed"] = step;
+  summary_.ints["train_tokens"] = train_tokens;
+  summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;
+  summary_.reals["model_tflops"] =
+      step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
+  if (cfg_.save_model && rt.world_rank == 0) {
+    MemoryPhase phase("save");
+    merge_adapters(model_);
+    const std::string dir = (fs::path(run_dir_) / "model").string();
+    save_llama(model_, dir, tokenizer_for_export());
+    ST_LOG("saved model (adapters merged) to ", dir);
+  }
+  finish_summary("ok");
+  ST_LOG("done: ", step, " steps in ", fmt_duration(total_.seconds()), " | peak memory ",
+         format_bytes(static_cast<double>(allocator_for(device_).stats().total_peak)), " | ",
+         run_dir_, "/metrics.h5");
+  return kExitOk;
+}
+
+int Run::evaluate_only() {
+  begin("eval");
+  if (cfg_.val_split.empty()) ST_THROW_INPUT(cfg_.origin.at("val_split"), ": val_split is empty: nothing to evaluate");
+  open_data(false);
+  build_model(false);
+  const EvalResult r = run_eval(0, 0.0);
+  summary_.ints["steps_completed"] = 0;
+  finish_summary("ok");
+  return std::isfinite(r.loss) ? kExitOk : kExitError;
+}
+
+void Run::record_failure(const std::string& outcome, const std::string& message, const OutOfMemory* oom) {
+  if (!metrics_) return;
+  SummaryRecord s = summary_;
+  s.strings["outcome"] = outcome;
+  s.strings["error"] = message;
+  s.reals["total_time"] = total_.seconds();
+  s.ints["peak_memory"] = static_cast<int64_t>(allocator_for(device_).stats().total_peak);
+  if (oom) {
+    s.ints["oom_bytes"] = static_cast<int64_t>(oom->requested());
+    s.strings["oom_phase"] = oom->phase();
+    s.strings["oom_category"] = oom->category();
+  }
+  try {
+    metrics_->write_summary(s);
+    metrics_->flush();
+  } catch (const std::exception& e) {
+    ST_WARN("could not record outcome '", outcome, "' in metrics.h5: ", e.what());
+  }
+}
+
+}  // namespace
+
+// Every run ends with an outcome in metrics.h5: ok, oom (a result, exit status 3) or error (the
+// error then propagates to the fatal path).
+template <typename F>
+static int run_guarded(Run& run, F body) {
+  try {
+    return body();
+  } catch (const OutOfMemory& e) {
+    run.record_failure("oom", e.what(), &e);
+    std::fprintf(stderr, "shardtune: out of memory on rank %d (outcome 'oom' recorded): %s\n", process_rank(), e.what());
+    return kExitOom;
+  } catch (const Error& e) {
+    run.record_failure("error", e.what(), nullptr);
+    throw;
+  } catch (const std::exception& e) {
+    run.record_failure("error", e.what(), nullptr);
+    throw Error(e.what(), __FILE__, __LINE__);
+  }
+}
+
+int run_training(const RunConfig& cfg) {
+  Run run(cfg);
+  return run_guarded(run, [&] { return run.train(); });
+}
+
+int run_evaluation(const RunConfig& cfg) {
+  Run run(cfg);
+  return run_guarded(run, [&] { return run.evaluate_only(); });
+}
+
+}  // namespace st

@@ -1,0 +1,17 @@
+// The training run: data, model, method, optimizer, the step loop, evaluation, metrics.
+#pragma once
+
+#include "config/run_config.hpp"
+
+namespace st {
+
+// Runs `shardtune train` with a validated configuration on the current runtime. Returns the
+// process exit status: 0 ok, 3 out of memory (recorded as outcome "oom"). Other errors are
+// recorded as outcome "error" in metrics.h5 and rethrown.
+int run_training(const RunConfig& cfg);
+
+// Runs `shardtune eval`: validation loss and accuracy of the configured model (no training),
+// printed and written to <run dir>/metrics.h5.
+int run_evaluation(const RunConfig& cfg);
+
+}  // namespace st

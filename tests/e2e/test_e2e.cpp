@@ -1,0 +1,216 @@
+// End to end through the real binary: synthetic data -> shards -> full training (saved in HF
+// layout) -> LoRA training on the saved model -> eval -> metrics.h5 contents -> report.py; and
+// the failure paths: bad decks, bad files, out of memory as a result, mpirun launches.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include "io/h5util.hpp"
+#include "tests/common/paths.hpp"
+
+namespace fs = std::filesystem;
+
+namespace st {
+namespace {
+
+std::string bin() {
+  if (const char* b = std::getenv("SHARDTUNE_BIN")) return b;
+  return test::repo_root() + "/build/shardtune";
+}
+std::string mpirun() {
+  if (const char* m = std::getenv("SHARDTUNE_MPIRUN")) return m;
+  return "mpirun --oversubscribe";
+}
+std::string python() {
+  if (const char* p = std::getenv("PYTHON")) return p;
+  return "/usr/bin/python3";
+}
+
+// One prepared workspace shared by the tests of this file (built once: ~10 s).
+class E2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir = new std::string(test::make_temp_dir("e2e"));
+    const std::string d = *dir;
+    std::string out;
+    auto run = [&](const std::string& cmd) {
+      const int rc = test::run_command(cmd, &out);
+      if (rc != 0) {
+        setup_error = new std::string("`" + cmd + "` exited " + std::to_string(rc) + ":\n" + out);
+        return false;
+      }
+      return true;
+    };
+    const std::string tok = d + "/synth/tokenizer.model";
+    run(bin() + " prepare --synthetic " + d + "/synth --sentiment-rows 600 --instruct-rows 400") &&
+        run(bin() + " prepare --input " + d + "/synth/instruct_train.jsonl --tokenizer " + tok + " --output " + d +
+            "/instruct --split train --loss-on all --template plain --max-seq-len 96") &&
+        run(bin() + " prepare --input " + d + "/synth/instruct_val.jsonl --tokenizer " + tok + " --output " + d +
+            "/instruct --split validation --loss-on all --template plain --max-seq-len 96") &&
+        run(bin() + " prepare --input " + d + "/synth/sentiment_train.tsv --tokenizer " + tok + " --output " + d +
+            "/sentiment --split train --loss-on answer --max-seq-len 48") &&
+        run(bin() + " prepare --input " + d + "/synth/sentiment_dev.tsv --tokenizer " + tok + " --output " + d +
+            "/sentiment --split validation --loss-on answer --max-seq-len 48");
+    // A small deck on the shipped base deck.
+    test::write_file(d + "/full.cfg", "# e2e: full training\ninclude = " + test::repo_root() +
+                                          "/inputs/base/tiny_llama.cfg\ndata = " + d + "/instruct\ntokenizer = " +
+                                          tok + "\noutput_dir = " + d + "/runs\nhidden_size = 64\nintermediate_size = 160\n"
+                                          "num_layers = 2\nmicro_batch_size = 8\nlr = 3e-3\nwarmup_steps = 5\n"
+                                          "max_steps = 40\nlog_every = 10\nsave_model = true\neval_every = 20\n");
+  }
+  static void TearDownTestSuite() {
+    if (dir && !std::getenv("SHARDTUNE_KEEP_TMP")) fs::remove_all(*dir);
+  }
+  void SetUp() override {
+    if (setup_error) FAIL() << *setup_error;
+  }
+  static std::string* dir;
+  static std::string* setup_error;
+};
+std::string* E2E::dir = nullptr;
+std::string* E2E::setup_error = nullptr;
+
+double summary_real(hid_t f, const std::string& key, const std::string& where) {
+  h5::Handle s = h5::open_group(f, "summary");
+  return h5::read_attr_double(s, key, where);
+}
+std::string summary_string(hid_t f, const std::string& key, const std::string& where) {
+  h5::Handle s = h5::open_group(f, "summary");
+  return h5::read_attr_string(s, key, where);
+}
+int64_t table_length(hid_t f, const std::string& table, const std::string& column, const std::string& where) {
+  h5::Handle g = h5::open_group(f, table);
+  return static_cast<int64_t>(h5::dataset_dims(g, column, where).at(0));
+}
+
+TEST_F(E2E, FullThenLoraThenEvalThenReport) {
+  const std::string d = *dir;
+  std::string out;
+  // 1. full training from random init under mpirun -np 1, model saved in HF layout
+  int rc = test::run_command(mpirun() + " -np 1 " + bin() + " train --deck " + d + "/full.cfg --run_id full", &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("resolved options"), std::string::npos);
+  EXPECT_NE(out.find("step 40/40"), std::string::npos) << out;
+  const std::string m1 = d + "/runs/full/metrics.h5";
+  {
+    h5::Handle f = h5::open_file_read(m1);
+    EXPECT_EQ(summary_string(f, "outcome", m1), "ok");
+    EXPECT_EQ(table_length(f, "steps", "loss", m1), 40);
+    EXPECT_EQ(table_length(f, "evals", "val_loss", m1), 3);  // at start, step 20, end of the (partial) epoch
+    const double v0 = summary_real(f, "initial_val_loss", m1), v1 = summary_real(f, "final_val_loss", m1);
+    EXPECT_LT(v1, v0 - 1.0) << "validation loss should fall well below its start (" << v0 << " -> " << v1 << ")";
+    EXPECT_GT(summary_real(f, "total_time", m1), 0);
+    h5::Handle cfg = h5::open_group(f, "config");
+    EXPECT_EQ(h5::read_attr_string(cfg, "method", m1), "full");
+    EXPECT_EQ(h5::read_attr_string(cfg, "lr", m1), "0.003");
+    h5::Handle s = h5::open_group(f, "summary");
+    EXPECT_GT(h5::read_attr_int(s, "peak_memory", m1), 0);
+    EXPECT_EQ(h5::read_attr_int(s, "world_size", m1), 1);
+    h5::Handle ranks = h5::open_group(f, "ranks");
+    EXPECT_EQ(h5::dataset_dims(ranks, "peak_memory", m1).at(0), 1u);
+  }
+  ASSERT_TRUE(fs::exists(d + "/runs/full/model/model.safetensors"));
+  ASSERT_TRUE(fs::exists(d + "/runs/full/model/config.json"));
+  ASSERT_TRUE(fs::exists(d + "/runs/full/model/tokenizer.model"));
+
+  // 2. LoRA on the saved model, sentiment task with accuracy
+  rc = test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id lora --method lora --model " + d +
+                             "/runs/full/model --data " + d + "/sentiment --max_steps 30 --save_model false --eval_every 0",
+                         &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("adapters"), std::string::npos);
+  const std::string m2 = d + "/runs/lora/metrics.h5";
+  {
+    h5::Handle f = h5::open_file_read(m2);
+    EXPECT_EQ(summary_string(f, "outcome", m2), "ok");
+    const double a0 = summary_real(f, "initial_val_accuracy", m2);
+    EXPECT_TRUE(std::isfinite(a0)) << "SST-2 style shards must give an accuracy";
+    EXPECT_LT(summary_real(f, "final_val_loss", m2), summary_real(f, "initial_val_loss", m2));
+    h5::Handle s = h5::open_group(f, "summary");
+    EXPECT_LT(h5::read_attr_int(s, "trainable_parameters", m2), h5::read_attr_int(s, "num_parameters", m2) / 5);
+  }
+
+  // 3. eval of the saved model
+  rc = test::run_command(bin() + " eval --deck " + d + "/full.cfg --run_id evalrun --model " + d + "/runs/full/model", &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("val loss"), std::string::npos) << out;
+
+  // 4. the report over all three runs
+  rc = test::run_command(python() + " " + test::repo_root() + "/analysis/report.py " + d + "/runs/full " + d +
+                             "/runs/lora --plots " + d + "/plots",
+                         &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("| config | ranks |"), std::string::npos) << out;
+  EXPECT_NE(out.find("full"), std::string::npos) << out;
+  EXPECT_NE(out.find("lora"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(d + "/plots/loss.png"));
+}
+
+TEST_F(E2E, OutOfMemoryIsAResult) {
+  const std::string d = *dir;
+  std::string out;
+  const int rc = test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id oom --memory_limit 2MiB", &out);
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_NE(out.find("out of memory"), std::string::npos) << out;
+  const std::string m = d + "/runs/oom/metrics.h5";
+  h5::Handle f = h5::open_file_read(m);
+  EXPECT_EQ(summary_string(f, "outcome", m), "oom");
+  h5::Handle s = h5::open_group(f, "summary");
+  EXPECT_GT(h5::read_attr_int(s, "oom_bytes", m), 0);
+  EXPECT_FALSE(h5::read_attr_string(s, "oom_phase", m).empty());
+  EXPECT_EQ(h5::read_attr_int(s, "memory_limit", m), 2 * 1024 * 1024);
+}
+
+TEST_F(E2E, BadInputsAreRefusedWithClearMessages) {
+  const std::string d = *dir;
+  std::string out;
+  struct Case {
+    std::string args, expect;
+    int status;
+  };
+  test::write_file(d + "/typo.cfg", "include = full.cfg\nlearnig_rate = 1\n");
+  fs::create_directories(d + "/badmodel");
+  test::write_file(d + "/badmodel/config.json", "{\"model_type\": \"llama\", \"vocab_size\": 512}");
+  const std::vector<Case> cases = {
+      {"train --deck " + d + "/typo.cfg", "unknown key 'learnig_rate'", 2},
+      {"train --deck " + d + "/full.cfg --epochs zero", "epochs", 2},
+      {"train --deck " + d + "/full.cfg --data " + d + "/nothing-here", "nothing-here", 2},
+      {"train --deck " + d + "/full.cfg --model " + d + "/badmodel", "hidden_size", 2},
+      {"train --deck " + d + "/full.cfg --tokenizer " + d + "/typo.cfg", "sha256", 2},
+      {"train --deck " + d + "/full.cfg --device cuda", "CUDA", 2},
+      {"prepare --input " + d + "/missing.tsv --tokenizer " + d + "/synth/tokenizer.model --output " + d + "/x --split train",
+       "missing.tsv", 2},
+      {"frobnicate", "unknown subcommand", 2},
+  };
+  for (const Case& c : cases) {
+    const int rc = test::run_command(bin() + " " + c.args, &out);
+    EXPECT_EQ(rc, c.status) << c.args << "\n" << out;
+    EXPECT_NE(out.find(c.expect), std::string::npos) << c.args << "\n" << out;
+    if (c.args.rfind("frobnicate", 0) != 0) {
+      EXPECT_NE(out.find("fatal on rank 0"), std::string::npos) << out;
+    }
+  }
+}
+
+TEST_F(E2E, SeveralRanksAreRefusedWithoutHanging) {
+  const std::string d = *dir;
+  std::string out;
+  const int rc = test::run_command("timeout 120 " + mpirun() + " -np 2 " + bin() + " train --deck " + d + "/full.cfg --run_id two", &out);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "timed out: a refused multi-rank launch must not hang\n" << out;
+  EXPECT_NE(out.find("one rank"), std::string::npos) << out;
+}
+
+TEST_F(E2E, HelpDocumentsEveryOption) {
+  std::string out;
+  ASSERT_EQ(test::run_command(bin() + " train --help", &out), 0) << out;
+  for (const char* key : {"--lr", "--method", "--lora_r", "--activation_checkpointing", "--memory_limit", "--deck"})
+    EXPECT_NE(out.find(key), std::string::npos) << key;
+  ASSERT_EQ(test::run_command(bin() + " prepare --help", &out), 0) << out;
+  EXPECT_NE(out.find("--max-seq-len"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace st

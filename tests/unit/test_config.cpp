@@ -1,0 +1,129 @@
+// Input decks and command-line options: layering (base deck < deck < command line), origins,
+// and every kind of bad input refused with the key and the file named.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <vector>
+
+#include "config/run_config.hpp"
+#include "core/error.hpp"
+#include "tests/common/paths.hpp"
+
+namespace st {
+namespace {
+
+struct Args {
+  std::vector<std::string> v;
+  std::vector<char*> ptrs;
+  explicit Args(std::vector<std::string> a) : v(std::move(a)) {
+    v.insert(v.begin(), "train");
+    for (auto& s : v) ptrs.push_back(s.data());
+  }
+  int argc() { return static_cast<int>(ptrs.size()); }
+  char** argv() { return ptrs.data(); }
+};
+
+RunConfig parse(std::vector<std::string> a) {
+  Args args(std::move(a));
+  RunConfig c;
+  EXPECT_TRUE(parse_run_config(args.argc(), args.argv(), "train", c));
+  return c;
+}
+
+std::string error_of(std::vector<std::string> a) {
+  Args args(std::move(a));
+  RunConfig c;
+  try {
+    parse_run_config(args.argc(), args.argv(), "train", c);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir = test::make_temp_dir("cfg");
+    std::filesystem::create_directories(dir + "/base");
+    test::write_file(dir + "/base/base.cfg", "# base deck\ndata = data/x\nlr = 0.001\nepochs = 3\nlora_r = 4\n");
+    test::write_file(dir + "/run.cfg", "# run deck\ninclude = base/base.cfg\nlr = 0.002 # comment\nmethod = lora\n");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir); }
+  std::string dir;
+};
+
+TEST_F(ConfigTest, LayeringAndOrigins) {
+  RunConfig c = parse({"--deck", dir + "/run.cfg", "--epochs", "5"});
+  EXPECT_EQ(c.data, "data/x");           // from the base deck
+  EXPECT_DOUBLE_EQ(c.lr, 0.002);         // the deck overrides its base
+  EXPECT_EQ(c.epochs, 5);                // the command line overrides both
+  EXPECT_EQ(c.method, "lora");
+  EXPECT_EQ(c.lora_r, 4);
+  EXPECT_EQ(c.micro_batch_size, 8);      // built-in default
+  EXPECT_EQ(c.origin.at("data"), dir + "/base/base.cfg");
+  EXPECT_EQ(c.origin.at("lr"), dir + "/run.cfg");
+  EXPECT_EQ(c.origin.at("epochs"), "command line");
+  EXPECT_EQ(c.origin.at("seed"), "default");
+  EXPECT_EQ(c.run_id, "run");            // from the deck's file name
+  bool found = false;
+  for (const auto& [k, v] : c.resolved())
+    if (k == "lr") { EXPECT_EQ(v, "0.002"); found = true; }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(ConfigTest, UnknownKeyInDeckNamesFileAndSuggests) {
+  test::write_file(dir + "/bad.cfg", "data = d\nlearning_rate = 0.1\n");
+  const std::string e = error_of({"--deck", dir + "/bad.cfg"});
+  EXPECT_NE(e.find(dir + "/bad.cfg"), std::string::npos) << e;
+  EXPECT_NE(e.find("learning_rate"), std::string::npos) << e;
+  test::write_file(dir + "/typo.cfg", "data = d\nmicro_batch_sise = 2\n");
+  const std::string t = error_of({"--deck", dir + "/typo.cfg"});
+  EXPECT_NE(t.find("did you mean 'micro_batch_size'"), std::string::npos) << t;
+}
+
+TEST_F(ConfigTest, UnknownOptionOnCommandLine) {
+  const std::string e = error_of({"--data", "d", "--bogus", "1"});
+  EXPECT_NE(e.find("command line"), std::string::npos) << e;
+  EXPECT_NE(e.find("bogus"), std::string::npos) << e;
+}
+
+TEST_F(ConfigTest, WrongTypeNamesKeyAndFile) {
+  test::write_file(dir + "/type.cfg", "data = d\nepochs = three\n");
+  const std::string e = error_of({"--deck", dir + "/type.cfg"});
+  EXPECT_NE(e.find(dir + "/type.cfg"), std::string::npos) << e;
+  EXPECT_NE(e.find("epochs"), std::string::npos) << e;
+  const std::string c = error_of({"--data", "d", "--lr", "fast"});
+  EXPECT_NE(c.find("lr"), std::string::npos) << c;
+}
+
+TEST_F(ConfigTest, OutOfRangeNamesKeyAndOrigin) {
+  test::write_file(dir + "/range.cfg", "include = base/base.cfg\nlora_dropout = 1.5\n");
+  std::string e = error_of({"--deck", dir + "/range.cfg"});
+  EXPECT_NE(e.find("lora_dropout"), std::string::npos) << e;
+  EXPECT_NE(e.find(dir + "/range.cfg"), std::string::npos) << e;
+  e = error_of({"--deck", dir + "/run.cfg", "--micro_batch_size", "0"});
+  EXPECT_NE(e.find("micro_batch_size"), std::string::npos) << e;
+  EXPECT_NE(e.find("command line"), std::string::npos) << e;
+  e = error_of({"--data", "d", "--method", "sgd"});
+  EXPECT_NE(e.find("method"), std::string::npos) << e;
+  EXPECT_NE(e.find("full | lora"), std::string::npos) << e;
+  e = error_of({"--data", "d", "--lora_targets", "q,ffn"});
+  EXPECT_NE(e.find("ffn"), std::string::npos) << e;
+  e = error_of({"--data", "d", "--memory_limit", "lots"});
+  EXPECT_NE(e.find("memory_limit"), std::string::npos) << e;
+  e = error_of({"--lr", "0.1"});
+  EXPECT_NE(e.find("data"), std::string::npos) << e;  // required
+}
+
+TEST_F(ConfigTest, MissingDeckAndIncludeCycle) {
+  std::string e = error_of({"--deck", dir + "/nope.cfg"});
+  EXPECT_NE(e.find("nope.cfg"), std::string::npos) << e;
+  test::write_file(dir + "/a.cfg", "include = b.cfg\n");
+  test::write_file(dir + "/b.cfg", "include = a.cfg\n");
+  e = error_of({"--deck", dir + "/a.cfg"});
+  EXPECT_NE(e.find("cycle"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace st
