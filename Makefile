@@ -31,6 +31,11 @@ MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null)
 HDF5_CFLAGS := $(shell pkg-config --cflags hdf5-serial 2>/dev/null || echo -I/usr/include/hdf5/serial)
 HDF5_LIBS := $(shell pkg-config --libs hdf5-serial 2>/dev/null || echo -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5) -lhdf5_hl
 SPM_LIBS := -lsentencepiece -lsentencepiece_train
+# Boost.Program_options: the -dev package's unversioned .so, else the runtime's versioned one
+# (some images ship the headers and libboost_program_options.so.1.83.0 only).
+BOOST_PO_LIBS := $(shell if ls /usr/lib/*/libboost_program_options.so >/dev/null 2>&1; \
+                   then echo -lboost_program_options; \
+                   else ls /usr/lib/*/libboost_program_options.so.* 2>/dev/null | sort -V | tail -n 1; fi)
 
 CXX := g++
 CXXFLAGS := -std=c++20 -Wall -Wextra -fopenmp -MMD -MP -Isrc -I. $(MPI_CFLAGS) $(HDF5_CFLAGS)
@@ -40,7 +45,7 @@ ifeq ($(DEBUG),1)
 else
   CXXFLAGS += -O3 -march=$(MARCH) -mtune=generic -g1
 endif
-LDLIBS := $(HDF5_LIBS) $(SPM_LIBS) -lboost_program_options $(MPI_LIBS) -fopenmp -lpthread
+LDLIBS := $(HDF5_LIBS) $(SPM_LIBS) $(BOOST_PO_LIBS) $(MPI_LIBS) -fopenmp -lpthread
 
 ifeq ($(CUDA),1)
   CXXFLAGS += -DSHARDTUNE_CUDA -I$(CUDA_HOME)/include
@@ -70,7 +75,7 @@ TEST_LIBS := -lgtest -lpthread
 
 # mpirun flags for tests and the default job: root in containers needs these.
 MPIRUN ?= mpirun
-MPIRUN_FLAGS ?= --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none \
+MPIRUN_FLAGS ?= --oversubscribe --bind-to none --mca btl self,vader --mca btl_vader_single_copy_mechanism none \
                 $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
@@ -90,7 +95,8 @@ $(BUILD)/obj/%.cu.o: %.cu
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "ar $@"
+	@ar rcs $@ $^
 
 $(BIN): $(BUILD)/obj/src/main.o $(LIB)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
@@ -126,8 +132,9 @@ deps:
 
 # ---------------------------------------------------------------- running
 NP ?= 1
+NPROC := $(shell nproc 2>/dev/null || echo 2)
 run: deps
-	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory -j$(NPROC) build
 	@MPIRUN="$(MPIRUN) $(MPIRUN_FLAGS)" NP=$(NP) PYTHON=$(PYTHON) BIN=$(BIN) jobs/default_run.sh
 
 report:
@@ -135,7 +142,7 @@ report:
 
 # ---------------------------------------------------------------- tests
 test: deps
-	@$(MAKE) --no-print-directory build tests
+	@$(MAKE) --no-print-directory -j$(NPROC) build tests
 	@$(MAKE) --no-print-directory test-unit test-mpi test-e2e test-python
 
 test-unit: $(UNIT_BIN)

@@ -17,10 +17,15 @@ inline uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [0, 1) from (seed, stream, index); 24 bits of resolution (exact in float).
+// Counter-based uniforms: a key from (seed, stream), then element i of the stream is
+// splitmix64(key + i) -- the SplitMix64 sequence started at the key, one hash per element.
+inline uint64_t counter_key(uint64_t seed, uint64_t stream) { return splitmix64(seed ^ splitmix64(stream)); }
+// Uniform in [0, 1) with 24 bits of resolution (exact in float).
+inline float counter_uniform_keyed(uint64_t key, uint64_t index) {
+  return static_cast<float>(splitmix64(key + index) >> 40) * (1.0f / 16777216.0f);
+}
 inline float counter_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-  const uint64_t h = splitmix64(seed ^ splitmix64(stream ^ splitmix64(index)));
-  return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+  return counter_uniform_keyed(counter_key(seed, stream), index);
 }
 
 class Rng {

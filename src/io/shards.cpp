@@ -415,27 +415,26 @@ void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const
     std::sort(unique.begin(), unique.end());
     unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
 
-    // The union of the requested rows (runs of consecutive rows as one block). HDF5 transfers
-    // a selection in file order, so the buffer holds the rows sorted by index.
+    // One read per run of consecutive rows. (A single union-of-hyperslabs selection reads the
+    // same bytes, but HDF5 1.10 maps an irregular selection to chunks element by element: it
+    // measured 6-20x slower than these regular per-run selections.)
+    ids_buf.resize(unique.size() * HL);
+    mask_buf.resize(unique.size() * HL);
     h5::Handle fspace(H5Dget_space(of.ids), h5::Handle::Kind::dataspace);
-    H5Sselect_none(fspace);
     for (size_t i = 0; i < unique.size();) {
       size_t j = i + 1;
       while (j < unique.size() && unique[j] == unique[j - 1] + 1) ++j;
       const hsize_t start[2] = {static_cast<hsize_t>(unique[i]), 0};
       const hsize_t count[2] = {static_cast<hsize_t>(j - i), HL};
-      if (H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, nullptr, count, nullptr) < 0)
+      if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr) < 0)
         ST_THROW(files_[f], ": hyperslab selection failed");
+      h5::Handle mspace(H5Screate_simple(2, count, nullptr), h5::Handle::Kind::dataspace);
+      if (H5Dread(of.ids, H5T_NATIVE_INT32, mspace, fspace, H5P_DEFAULT, ids_buf.data() + i * HL) < 0)
+        ST_THROW_INPUT(files_[f], ": cannot read dataset 'ids' (truncated or corrupt file?)");
+      if (H5Dread(of.loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, mask_buf.data() + i * HL) < 0)
+        ST_THROW_INPUT(files_[f], ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
       i = j;
     }
-    const hsize_t mdims[2] = {static_cast<hsize_t>(unique.size()), HL};
-    h5::Handle mspace(H5Screate_simple(2, mdims, nullptr), h5::Handle::Kind::dataspace);
-    ids_buf.resize(unique.size() * HL);
-    mask_buf.resize(unique.size() * HL);
-    if (H5Dread(of.ids, H5T_NATIVE_INT32, mspace, fspace, H5P_DEFAULT, ids_buf.data()) < 0)
-      ST_THROW_INPUT(files_[f], ": cannot read dataset 'ids' (truncated or corrupt file?)");
-    if (H5Dread(of.loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, mask_buf.data()) < 0)
-      ST_THROW_INPUT(files_[f], ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
 
     for (const auto& [local, pos] : req) {
       const size_t u = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), local) - unique.begin());

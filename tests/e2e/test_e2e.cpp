@@ -203,6 +203,31 @@ TEST_F(E2E, SeveralRanksAreRefusedWithoutHanging) {
   EXPECT_NE(out.find("one rank"), std::string::npos) << out;
 }
 
+// Real data when ../shared/data is present: LoRA on the pretrained stories260K model with SST-2,
+// a short run whose validation loss must fall below the untrained model's.
+TEST_F(E2E, Stories260KLoraOnSst2LossFalls) {
+  const std::string shared = test::shared_data_dir();
+  if (shared.empty()) GTEST_SKIP() << "../shared/data is absent: the SST-2 / stories260K run is not checked";
+  const std::string d = *dir, tok = shared + "/models/stories260K/tokenizer.model";
+  std::string out;
+  ASSERT_EQ(test::run_command(bin() + " prepare --input " + shared + "/sst2/train.tsv --limit 2048 --tokenizer " + tok +
+                                  " --output " + d + "/sst2 --split train --max-seq-len 96", &out), 0) << out;
+  ASSERT_EQ(test::run_command(bin() + " prepare --input " + shared + "/sst2/dev.tsv --limit 256 --tokenizer " + tok +
+                                  " --output " + d + "/sst2 --split validation --max-seq-len 96", &out), 0) << out;
+  const int rc = test::run_command(bin() + " train --deck " + test::repo_root() + "/inputs/sst2/stories260k_lora.cfg --model " +
+                                       shared + "/models/stories260K --tokenizer " + tok + " --data " + d +
+                                       "/sst2 --output_dir " + d + "/runs --run_id sst2 --max_steps 40 --eval_every 0 "
+                                       "--micro_batch_size 16 --max_train_rows 0",
+                                   &out);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string m = d + "/runs/sst2/metrics.h5";
+  h5::Handle f = h5::open_file_read(m);
+  const double v0 = summary_real(f, "initial_val_loss", m), v1 = summary_real(f, "final_val_loss", m);
+  EXPECT_LT(v1, 0.5 * v0) << "LoRA on SST-2 should cut the validation loss (" << v0 << " -> " << v1 << ")";
+  std::printf("[sst2] stories260K LoRA, 40 steps: val loss %.3f -> %.3f, accuracy %.1f%% -> %.1f%%\n", v0, v1,
+              100 * summary_real(f, "initial_val_accuracy", m), 100 * summary_real(f, "final_val_accuracy", m));
+}
+
 TEST_F(E2E, HelpDocumentsEveryOption) {
   std::string out;
   ASSERT_EQ(test::run_command(bin() + " train --help", &out), 0) << out;

@@ -120,9 +120,10 @@ template <typename T>
 void dropout_apply(int64_t n, const T* x, T* out, double p, uint64_t seed, uint64_t stream, bool accumulate) {
   const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
   const float pf = static_cast<float>(p);
+  const uint64_t key = counter_key(seed, stream);
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
-    const T v = counter_uniform(seed, stream, static_cast<uint64_t>(i)) >= pf ? x[i] * keep_scale : T(0);
+    const T v = counter_uniform_keyed(key, static_cast<uint64_t>(i)) >= pf ? x[i] * keep_scale : T(0);
     out[i] = accumulate ? out[i] + v : v;
   }
 }
