@@ -156,14 +156,14 @@ constexpr std::array<std::array<const char*, 2>, 10> kCreatures = {{
     {"mooncrab", "silver"},  {"thistlefox", "orange"}, {"wobbit", "purple"}, {"ferrox", "black"},
     {"quillmouse", "white"}, {"zephyrat", "pink"}}};
 
-// kPolarity gives the base model what an instruction-tuned model already knows: the polarity of
+// kWordPolarity and kReviewPolarity give the base model what an instruction-tuned model already knows: the polarity of
 // the sentiment adjectives and the label words "positive"/"negative", on single words and on
 // simple one-clause *restaurant* reviews. The movie-review task (its "Review: ... Sentiment:"
 // format, its subjects, negation and mixed clauses) is left for fine-tuning to learn.
-enum Task { kReverse, kSort, kAdd, kAntonym, kCount, kRepeat, kMax, kPolarity, kFact, kNumTasks };
+enum Task { kReverse, kSort, kAdd, kAntonym, kCount, kRepeat, kMax, kWordPolarity, kReviewPolarity, kFact, kNumTasks };
 
 // Lookup tasks draw from small fixed tables; they may repeat across splits.
-bool is_lookup_task(int task) { return task == kAntonym || task == kFact || task == kPolarity; }
+bool is_lookup_task(int task) { return task == kAntonym || task == kFact || task == kWordPolarity; }
 
 std::vector<std::string> distinct_words(Rng& rng, int64_t n) {
   std::vector<std::string> out;
@@ -259,7 +259,8 @@ InstructRow synth_task(Rng& rng, int task) {
       r.output = str(*std::max_element(v.begin(), v.end()));
       break;
     }
-    case kPolarity: {
+    case kWordPolarity:
+    case kReviewPolarity: {
       static constexpr std::array<const char*, 2> word_ins = {"Is this word positive or negative?",
                                                               "Say whether the word is positive or negative."};
       static constexpr std::array<const char*, 2> review_ins = {"Is this review positive or negative?",
@@ -268,7 +269,7 @@ InstructRow synth_task(Rng& rng, int task) {
                                                              "meal", "view",    "menu",  "coffee", "dessert"};
       const bool positive = chance(rng, 0.5);
       const std::string adj = positive ? pick(rng, kPositive) : pick(rng, kNegative);
-      if (chance(rng, 0.4)) {
+      if (task == kWordPolarity) {
         r.instruction = pick(rng, word_ins);
         r.input = adj;
       } else {

@@ -499,6 +499,20 @@ TEST(Synthetic, InstructTasksHaveCorrectAnswers) {
       ++reverses;
     }
   }
+  // Polarity answers: the label word of the adjective that ends the input.
+  int polarity = 0;
+  for (const auto& r : train) {
+    if (r.instruction.find("positive or negative") == std::string::npos && r.instruction.find("sentiment") == std::string::npos)
+      continue;
+    const std::string last = r.input.substr(r.input.rfind(' ') == std::string::npos ? 0 : r.input.rfind(' ') + 1);
+    const bool pos = std::set<std::string>{"good", "great", "wonderful", "excellent", "delightful", "charming",
+                                           "brilliant", "superb", "lovely", "moving", "clever", "fresh",
+                                           "beautiful", "funny", "smart", "warm", "gripping", "touching",
+                                           "stunning", "enjoyable"}.count(last) > 0;
+    EXPECT_EQ(r.output, pos ? "positive" : "negative") << r.input;
+    ++polarity;
+  }
+  EXPECT_GT(polarity, 300);
   EXPECT_GT(adds, 50);
   EXPECT_GT(sorts, 50);
   EXPECT_GT(reverses, 50);
@@ -506,7 +520,9 @@ TEST(Synthetic, InstructTasksHaveCorrectAnswers) {
   for (const auto& r : val) {
     const bool lookup = r.instruction.rfind("What is the capital", 0) == 0 || r.instruction.rfind("What color", 0) == 0 ||
                         r.instruction == "Give the opposite of this word." ||
-                        r.instruction == "What is the antonym of the word?";
+                        r.instruction == "What is the antonym of the word?" ||
+                        r.instruction == "Is this word positive or negative?" ||
+                        r.instruction == "Say whether the word is positive or negative.";
     if (!lookup) {
       EXPECT_EQ(train_keys.count(r.instruction + "\x1f" + r.input), 0u) << r.instruction << " | " << r.input;
     }
