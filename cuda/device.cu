@@ -61,8 +61,12 @@ int device_count() {
 }
 
 void select_device(int local_rank) {
-  const int n = device_count();
-  if (n == 0) ST_THROW_INPUT("device = cuda but no CUDA device is visible");
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    (void)cudaGetLastError();
+    ST_THROW_INPUT("device = cuda but no usable CUDA device is visible (", e == cudaSuccess ? "0 devices" : cudaGetErrorString(e), ")");
+  }
   const int dev = local_rank % n;
   ST_CUDA_CHECK(cudaSetDevice(dev));
   cudaDeviceProp prop;
@@ -72,4 +76,7 @@ void select_device(int local_rank) {
 }
 
 }  // namespace cuda
+
+void select_cuda_device(int local_rank) { cuda::select_device(local_rank); }
+
 }  // namespace st

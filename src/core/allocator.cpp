@@ -92,6 +92,9 @@ Allocator& allocator_for(Device d) {
 
 #ifndef SHARDTUNE_CUDA
 Allocator* cuda_allocator() { return nullptr; }
+void select_cuda_device(int) {
+  ST_THROW_INPUT("device = cuda but this shardtune was built without CUDA (rebuild with CUDA=1 where nvcc exists)");
+}
 #endif
 
 namespace {

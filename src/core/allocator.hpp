@@ -56,6 +56,9 @@ class Allocator {
 
 // The process-wide allocator for a device (the CUDA one exists only in CUDA builds).
 Allocator& allocator_for(Device d);
+// Bind this process to a GPU (local rank modulo the visible devices) before any CUDA memory is
+// used. InputError when the build has no CUDA or no usable GPU is visible.
+void select_cuda_device(int local_rank);
 
 // The phase recorded with an OutOfMemory. Set by the trainer with a scoped guard.
 const char* memory_phase();

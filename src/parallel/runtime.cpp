@@ -32,10 +32,15 @@ Runtime& runtime_init(int* argc, char*** argv) {
   set_process_identity(rt.world_rank, rt.host);
   // From here on, a fatal error on any rank aborts the whole job.
   add_abort_hook([](int status) {
-    int init = 0, fin = 0;
+    int init = 0, fin = 0, size = 1;
     MPI_Initialized(&init);
     MPI_Finalized(&fin);
-    if (init && !fin) MPI_Abort(MPI_COMM_WORLD, status);
+    if (!init || fin) return;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    // Alone, finalizing and exiting is the same as aborting, without the launcher's banner;
+    // with peers, only MPI_Abort ends them (they may be blocked in a collective).
+    if (size == 1) MPI_Finalize();
+    else MPI_Abort(MPI_COMM_WORLD, status);
   });
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rt.world_rank, MPI_INFO_NULL, &node);

@@ -223,6 +223,7 @@ class Run {
 void Run::begin(const char* what) {
   device_ = resolve_device(cfg_);
   dtype_ = resolve_dtype(cfg_, device_);
+  if (device_ == Device::cuda) select_cuda_device(runtime().local_rank);
   setup_threads(cfg_);
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
   run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();

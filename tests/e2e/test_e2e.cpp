@@ -148,6 +148,25 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
   EXPECT_TRUE(fs::exists(d + "/plots/loss.png"));
 }
 
+TEST_F(E2E, SameSeedGivesIdenticalLosses) {
+  const std::string d = *dir;
+  std::string out;
+  std::vector<std::vector<double>> losses;
+  for (const char* id : {"det_a", "det_b"}) {
+    ASSERT_EQ(test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id " + id +
+                                    " --method lora --lora_dropout 0.1 --max_steps 12 --val_split '' --save_model false",
+                                &out), 0) << out;
+    const std::string m = d + "/runs/" + id + "/metrics.h5";
+    h5::Handle f = h5::open_file_read(m);
+    h5::Handle steps = h5::open_group(f, "steps");
+    std::vector<double> v(static_cast<size_t>(h5::dataset_dims(steps, "loss", m).at(0)));
+    h5::read_dataset(steps, "loss", H5T_NATIVE_DOUBLE, v.data(), m);
+    losses.push_back(v);
+  }
+  ASSERT_EQ(losses[0].size(), 12u);
+  EXPECT_EQ(losses[0], losses[1]) << "two runs with the same seed, deck and thread count must match bit for bit";
+}
+
 TEST_F(E2E, OutOfMemoryIsAResult) {
   const std::string d = *dir;
   std::string out;
@@ -173,11 +192,20 @@ TEST_F(E2E, BadInputsAreRefusedWithClearMessages) {
   test::write_file(d + "/typo.cfg", "include = full.cfg\nlearnig_rate = 1\n");
   fs::create_directories(d + "/badmodel");
   test::write_file(d + "/badmodel/config.json", "{\"model_type\": \"llama\", \"vocab_size\": 512}");
+  // A checkpoint cut short: a valid config, a safetensors file truncated mid-data.
+  fs::create_directories(d + "/truncated");
+  fs::copy_file(test::repo_root() + "/tests/golden/llama_tiny/config.json", d + "/truncated/config.json",
+                fs::copy_options::overwrite_existing);
+  {
+    const std::string st = test::read_file(test::repo_root() + "/tests/golden/llama_tiny/model.safetensors");
+    test::write_file(d + "/truncated/model.safetensors", st.substr(0, st.size() / 2));
+  }
   const std::vector<Case> cases = {
       {"train --deck " + d + "/typo.cfg", "unknown key 'learnig_rate'", 2},
       {"train --deck " + d + "/full.cfg --epochs zero", "epochs", 2},
       {"train --deck " + d + "/full.cfg --data " + d + "/nothing-here", "nothing-here", 2},
       {"train --deck " + d + "/full.cfg --model " + d + "/badmodel", "hidden_size", 2},
+      {"train --deck " + d + "/full.cfg --model " + d + "/truncated", "truncated", 2},
       {"train --deck " + d + "/full.cfg --tokenizer " + d + "/typo.cfg", "sha256", 2},
       {"train --deck " + d + "/full.cfg --device cuda", "CUDA", 2},
       {"prepare --input " + d + "/missing.tsv --tokenizer " + d + "/synth/tokenizer.model --output " + d + "/x --split train",

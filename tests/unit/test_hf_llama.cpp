@@ -9,6 +9,7 @@
 #include "io/hf_checkpoint.hpp"
 #include "io/hf_llama.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/test_util.hpp"
 
 namespace fs = std::filesystem;
 using st::DType;
@@ -17,16 +18,7 @@ using st::MemCategory;
 
 namespace {
 
-void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const st::InputError& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected an st::InputError";
-}
+using st::test::expect_input_error;
 
 // The required fields of a small Llama; tests append or override fields after it.
 const std::string kBase = R"("model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 172,

@@ -24,20 +24,13 @@
 #include "io/h5util.hpp"
 #include "io/shards.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/test_util.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-// A temporary directory removed at the end of the test program.
-struct TempDir {
-  std::string path;
-  explicit TempDir(const std::string& tag) : path(st::test::make_temp_dir(tag)) {}
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using st::test::TempDir;
 
 // One small synthetic dataset + tokenizer per test program (about 0.1 s).
 const std::string& synth_dir() {

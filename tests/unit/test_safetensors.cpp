@@ -14,6 +14,7 @@
 #include "io/hf_checkpoint.hpp"
 #include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/test_util.hpp"
 
 namespace fs = std::filesystem;
 using st::DType;
@@ -31,17 +32,7 @@ std::string le64(uint64_t n) {
 // A safetensors file: length prefix, header text, data bytes.
 std::string st_bytes(const std::string& header, const std::string& data) { return le64(header.size()) + header + data; }
 
-// Runs fn and expects an st::InputError whose message contains every one of `parts`.
-void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const st::InputError& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    return;
-  }
-  ADD_FAILURE() << "expected an st::InputError";
-}
+using st::test::expect_input_error;
 
 Tensor u16_tensor(const st::Shape& shape, DType dtype, const std::vector<uint16_t>& bits) {
   Tensor t = Tensor::empty(shape, dtype);

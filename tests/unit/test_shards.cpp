@@ -18,19 +18,13 @@
 #include "io/h5util.hpp"
 #include "io/shards.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/test_util.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  explicit TempDir(const std::string& tag) : path(st::test::make_temp_dir(tag)) {}
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using st::test::TempDir;
 
 // A synthetic tokenizer and its sentiment data, made once per test program.
 const std::string& synth_dir() {

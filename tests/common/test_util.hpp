@@ -1,0 +1,22 @@
+// Small helpers shared by the GoogleTest files.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace st::test {
+
+// A temporary directory removed when the object goes out of scope.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& tag);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+// Runs fn and expects an st::InputError whose message contains every one of `parts`.
+void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts);
+
+}  // namespace st::test
