@@ -123,7 +123,20 @@ def make_tiny(out_dir):
         n_base = sum(1 for n, p in pmodel.named_parameters() if "lora_" not in n and p.grad is not None)
         assert n_base == 0, "the base must be frozen under LoRA"
     os.replace(path + ".tmp", path)
-    pmodel.save_pretrained(os.path.join(out_dir, "llama_tiny_lora_adapter"))
+    adapter_dir = os.path.join(out_dir, "llama_tiny_lora_adapter")
+    pmodel.save_pretrained(adapter_dir)
+    # Keep the committed files free of this machine's paths: the base model is named relative to
+    # the repository root, and PEFT's generated model card is dropped.
+    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(cfg_path) as f:
+        acfg = json.load(f)
+    acfg["base_model_name_or_path"] = "tests/golden/llama_tiny"
+    with open(cfg_path, "w") as f:
+        json.dump(acfg, f, indent=2)
+        f.write("\n")
+    readme = os.path.join(adapter_dir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
     print(f"wrote {model_dir}, {path} (full loss {float(f_loss(path, 'full')):.6f}, "
           f"lora loss {float(f_loss(path, 'lora')):.6f})")
 
