@@ -5,10 +5,13 @@
 #   make test       install missing packages, build, run the whole CPU test suite
 #   make test-gpu   GPU tests (on a machine with an NVIDIA GPU; skipped cleanly without one)
 #   make deps       install missing Debian/Ubuntu packages (a no-op when all are present)
+#   make bench      GPU benchmark: shardtune vs PyTorch + PEFT side by side (analysis/bench.py)
 #
 # Variables: CUDA=0|1 (default: 1 when nvcc is found), DEBUG=1 (-O0 -g, sanitizers),
 # MARCH=<gcc -march> (default x86-64-v3 where the CPU has AVX2+FMA, else x86-64-v2),
-# CUDA_ARCHS (default "80 90"), BUILD=<dir> (default build), NP=<ranks for make run>.
+# CUDA_ARCHS (default "80 90"), BUILD=<dir> (default build), NP=<ranks for make run>,
+# PYTHON_BENCH (python with torch, transformers and peft for make bench; default python3),
+# BENCH_ARGS (more analysis/bench.py options, e.g. --configs 7b_lora,13b_lora or --skip-reference).
 
 SHELL := /bin/bash
 BUILD ?= build
@@ -36,6 +39,13 @@ SPM_LIBS := -lsentencepiece -lsentencepiece_train
 BOOST_PO_LIBS := $(shell if ls /usr/lib/*/libboost_program_options.so >/dev/null 2>&1; \
                    then echo -lboost_program_options; \
                    else ls /usr/lib/*/libboost_program_options.so.* 2>/dev/null | sort -V | tail -n 1; fi)
+# Images with Boost headers but no compiled library: build the library's own sources (matching
+# the installed headers' version), e.g. BOOST_PO_SRC=<boost-1.83>/libs/program_options/src.
+BOOST_PO_SRC ?=
+BOOST_PO_OBJ := $(if $(BOOST_PO_LIBS),,$(if $(BOOST_PO_SRC),$(patsubst $(BOOST_PO_SRC)/%.cpp,$(BUILD)/boost_po/%.o,$(filter-out %/winmain.cpp,$(wildcard $(BOOST_PO_SRC)/*.cpp))),))
+ifeq ($(BOOST_PO_LIBS)$(BOOST_PO_OBJ),)
+  $(warning Boost.Program_options library not found: run 'make deps' (libboost-program-options-dev) or set BOOST_PO_SRC)
+endif
 
 CXX := g++
 CXXFLAGS := -std=c++20 -Wall -Wextra -fopenmp -MMD -MP -Isrc -I. $(MPI_CFLAGS) $(HDF5_CFLAGS)
@@ -57,7 +67,7 @@ endif
 # ---------------------------------------------------------------- sources
 SRC_CPP := $(shell find src -name '*.cpp' ! -name main.cpp | sort)
 SRC_CU := $(if $(filter 1,$(CUDA)),$(shell find cuda -name '*.cu' 2>/dev/null | sort),)
-LIB_OBJ := $(SRC_CPP:%.cpp=$(BUILD)/obj/%.o) $(SRC_CU:%.cu=$(BUILD)/obj/%.cu.o)
+LIB_OBJ := $(SRC_CPP:%.cpp=$(BUILD)/obj/%.o) $(SRC_CU:%.cu=$(BUILD)/obj/%.cu.o) $(BOOST_PO_OBJ)
 LIB := $(BUILD)/libshardtune.a
 BIN := $(BUILD)/shardtune
 
@@ -87,6 +97,10 @@ tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN)
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/boost_po/%.o: $(BOOST_PO_SRC)/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++20 -O2 -fPIC -w -DBOOST_PROGRAM_OPTIONS_NO_LIB -c $< -o $@
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
@@ -139,6 +153,15 @@ run: deps
 
 report:
 	$(PYTHON) analysis/report.py runs/*
+
+# The benchmark (issue #3): random-token shards, each inputs/bench deck under mpirun, the
+# PyTorch reference of each in its own process, one table (runs/bench/bench.{txt,md,json}).
+# PYTHON_BENCH is python3 from PATH: on the GPU host that is the torch environment, while
+# PYTHON (Debian's /usr/bin/python3) has no torch.
+PYTHON_BENCH ?= python3
+BENCH_ARGS ?=
+bench: build
+	$(PYTHON_BENCH) analysis/bench.py --bin $(BIN) --mpirun "$(MPIRUN) $(MPIRUN_FLAGS)" $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- tests
 test: deps

@@ -2,6 +2,7 @@
 
 #include "core/allocator.hpp"
 #include "core/log.hpp"
+#include "core/profile.hpp"
 #include "core/tensor.hpp"
 
 namespace st {
@@ -61,6 +62,7 @@ int device_count() {
 }
 
 void select_device(int local_rank) {
+  set_profile_sync_hook([] { cudaDeviceSynchronize(); });
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0) {
@@ -80,3 +82,25 @@ void select_device(int local_rank) {
 void select_cuda_device(int local_rank) { cuda::select_device(local_rank); }
 
 }  // namespace st
+
+// ---------------------------------------------------------------------------- launch checks
+#include <cstdlib>
+
+namespace st::cuda {
+
+bool debug_sync() {
+  static const bool on = [] {
+    const char* e = std::getenv("SHARDTUNE_CUDA_SYNC");
+    return e && e[0] == '1';
+  }();
+  return on;
+}
+
+void check_launch(const char* kernel, const char* file, int line) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && debug_sync()) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess)
+    throw Error(str("CUDA kernel ", kernel, " failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"), file, line);
+}
+
+}  // namespace st::cuda

@@ -2,8 +2,10 @@
 
 #include <cmath>
 
+#include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
+#include "ops/init.hpp"
 #include "ops/matmul.hpp"
 
 namespace st {
@@ -14,27 +16,35 @@ uint64_t hash_name(const std::string& s) {
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   return h;
 }
-DType master_dtype(DType base) { return base == DType::f64 ? DType::f64 : DType::f32; }
 }  // namespace
 
 LoraAdapter::LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed)
     : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(hash_name(base.name)) {
   if (cfg.r <= 0) ST_THROW_INPUT("lora_r must be positive (got ", cfg.r, ")");
-  const DType dt = master_dtype(base.weight.dtype());
+  const DType compute = base.weight.dtype(), dt = master_dtype(compute);
   const Device dev = base.weight.device();
   A = Tensor::empty({r, base.in}, dt, dev, MemCategory::weights);
   B = Tensor::zeros({base.out, r}, dt, dev, MemCategory::weights);
   dA = Tensor::zeros(A.shape(), dt, dev, MemCategory::gradients);
   dB = Tensor::zeros(B.shape(), dt, dev, MemCategory::gradients);
-  xa = Tensor::zeros({max_rows, r}, dt, dev, MemCategory::activations);
-  dxa = Tensor::zeros({max_rows, r}, dt, dev, MemCategory::workspace);
+  xa = Tensor::zeros({max_rows, r}, compute, dev, MemCategory::activations);
+  dxa = Tensor::zeros({max_rows, r}, compute, dev, MemCategory::workspace);
   // Kaiming-uniform with a = sqrt(5): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
-  Tensor host = Tensor::empty(A.shape(), DType::f64, Device::cpu, MemCategory::other);
-  Rng rng(splitmix64(seed) ^ stream);
   const double bound = 1.0 / std::sqrt(static_cast<double>(base.in));
-  double* p = host.ptr<double>();
-  for (int64_t i = 0; i < host.numel(); ++i) p[i] = rng.uniform(-bound, bound);
-  A.copy_from(host.to_cpu(dt));
+  fill_uniform(A, counter_key(seed, stream), -bound, bound);
+  if (compute == dt) {
+    A_work = A;
+    B_work = B;
+  } else {
+    A_work = Tensor::empty(A.shape(), compute, dev, MemCategory::weights);
+    B_work = Tensor::zeros(B.shape(), compute, dev, MemCategory::weights);
+    convert_copy(A_work, A);
+  }
+}
+
+void LoraAdapter::sync_working() {
+  if (A_work.data() != A.data()) convert_copy(A_work, A);
+  if (B_work.data() != B.data()) convert_copy(B_work, B);
 }
 
 Tensor LoraAdapter::dropped_input(const Tensor& x, const LayerContext& ctx) const {
@@ -47,36 +57,38 @@ Tensor LoraAdapter::dropped_input(const Tensor& x, const LayerContext& ctx) cons
 }
 
 void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
+  ProfileScope prof("lora adapters (forward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
   if (M > xa.dim(0)) ST_THROW("LoRA ", name, ": ", M, " rows exceed the buffer of ", xa.dim(0));
   Tensor xa_m = xa.slice(0, M);
-  if (x.dtype() != A.dtype()) ST_THROW("LoRA ", name, ": mixed precision adapters arrive with the CUDA backend");
   const Tensor xd = dropped_input(x, ctx);
-  matmul(xa_m, xd, false, A, true);              // xa = dropout(x) A^T     [M, r]
-  matmul(y, xa_m, false, B, true, scale, 1.0);   // y += scale * xa B^T     [M, out]
+  matmul(xa_m, xd, false, A_work, true);              // xa = dropout(x) A^T     [M, r]
+  matmul(y, xa_m, false, B_work, true, scale, 1.0);   // y += scale * xa B^T     [M, out]
 }
 
 void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) {
+  ProfileScope prof("lora adapters (backward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
   Tensor xa_m = xa.slice(0, M), dxa_m = dxa.slice(0, M);
-  matmul(dB, dy, true, xa_m, false, scale, 1.0);   // dB += scale * dy^T xa        [out, r]
-  matmul(dxa_m, dy, false, B, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
-  const Tensor xd = dropped_input(x, ctx);         // regenerated from the same seed
-  matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);    // dA += dxa^T dropout(x)       [r, in]
+  matmul(dB, dy, true, xa_m, false, scale, 1.0);        // dB += scale * dy^T xa        [out, r]
+  matmul(dxa_m, dy, false, B_work, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
+  const Tensor xd = dropped_input(x, ctx);              // regenerated from the same seed
+  matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);         // dA += dxa^T dropout(x)       [r, in]
   if (!dx || !dx->defined()) return;
   if (dropout <= 0 || !ctx.training) {
-    matmul(*dx, dxa_m, false, A, false, 1.0, 1.0);  // dx += dxa A
+    matmul(*dx, dxa_m, false, A_work, false, 1.0, 1.0);  // dx += dxa A
     return;
   }
   // dx += dropout'(dxa A): the same mask and scale applied to the gradient.
   Tensor tmp = ctx.scratch->view({ctx.scratch->numel()}).slice(0, dx->numel()).view(dx->shape());
-  matmul(tmp, dxa_m, false, A, false, 1.0, 0.0);
+  matmul(tmp, dxa_m, false, A_work, false, 1.0, 0.0);
   dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, true);
 }
 
 void LoraAdapter::collect_params(std::vector<ParamRef>& out) {
-  out.push_back({name + ".lora_A.weight", &A, &dA, true});
-  out.push_back({name + ".lora_B.weight", &B, &dB, true});
+  const bool separate = A_work.data() != A.data();
+  out.push_back({name + ".lora_A.weight", &A, &dA, true, separate ? &A_work : nullptr});
+  out.push_back({name + ".lora_B.weight", &B, &dB, true, separate ? &B_work : nullptr});
 }
 
 void LoraAdapter::add_delta_to(Tensor& W) const {

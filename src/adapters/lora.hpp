@@ -1,7 +1,9 @@
 // LoRA (Hu et al. 2021), as PEFT implements it:  y = x W^T + (alpha / r) * dropout(x) A^T B^T
 // with A [r, in] Kaiming-uniform (bound 1/sqrt(in), PEFT's kaiming_uniform_(a=sqrt(5))) and
 // B [out, r] zero at start, so training starts from the base model exactly.
-// Adapters keep master copies in f32 (f64 in reference checks) whatever the base dtype.
+// Adapters keep master copies in f32 (f64 in reference checks) whatever the base dtype; with a
+// bf16 base the GEMMs read bf16 working copies (A_work, B_work), refreshed after each update,
+// and the gradients accumulate in f32.
 #pragma once
 
 #include <cstdint>
@@ -30,15 +32,18 @@ class LoraAdapter final : public LinearAdapter {
   void collect_params(std::vector<ParamRef>& out) override;
   int64_t num_parameters() const override { return A.numel() + B.numel(); }
   void add_delta_to(Tensor& W) const override;
+  // Refresh A_work and B_work from the masters (after loading weights into A and B).
+  void sync_working();
 
   std::string name;  // base module name
   int64_t r = 0;
   double scale = 0, dropout = 0;
   uint64_t stream = 0;  // dropout stream id (hash of the module name)
-  Tensor A, B;          // [r, in], [out, r]
-  Tensor dA, dB;
-  Tensor xa;            // [max_rows, r] saved dropout(x) A^T
-  Tensor dxa;           // [max_rows, r] workspace
+  Tensor A, B;          // [r, in], [out, r]  masters (f32, or f64 in reference checks)
+  Tensor A_work, B_work;  // the same in the base's dtype (alias A, B when the dtypes agree)
+  Tensor dA, dB;        // gradients, master dtype
+  Tensor xa;            // [max_rows, r] saved dropout(x) A^T, base dtype
+  Tensor dxa;           // [max_rows, r] workspace, base dtype
 
  private:
   // dropout(x) for this call: x itself without dropout, else written into ctx.scratch.

@@ -1,4 +1,5 @@
-// `shardtune prepare`: text to HDF5 shards, or the embedded synthetic dataset and tokenizer.
+// `shardtune prepare`: text to HDF5 shards, the embedded synthetic dataset and tokenizer, or
+// random-token shards for benchmarks.
 #include <boost/program_options.hpp>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +24,7 @@ constexpr const char* kUsage =
     "usage: shardtune prepare --input FILE --tokenizer MODEL --output DIR --split NAME [options]\n"
     "       shardtune prepare --synthetic DIR [--seed 1234] [--sentiment-rows 4000] [--instruct-rows 3000]\n"
     "                                         [--vocab-size 512]\n"
+    "       shardtune prepare --random DIR --rows N --seq-len L --vocab V [--seed 1234] [--val-rows M]\n"
     "\n"
     "Tokenizes SST-2 (TSV: header 'sentence<TAB>label', label 0/1) or Alpaca (JSON list or JSONL of\n"
     "{instruction, input, output}) text with a SentencePiece model and writes padded HDF5 shards\n"
@@ -30,7 +32,11 @@ constexpr const char* kUsage =
     "--max-seq-len are truncated (answer from its end, then prompt content word by word) or dropped;\n"
     "bad rows are skipped; all of it is counted in the report.\n"
     "With --synthetic, writes the embedded synthetic dataset (sentiment_{train,dev}.tsv,\n"
-    "instruct_{train,val}.jsonl) and a SentencePiece tokenizer (tokenizer.model/.vocab) trained on it.\n";
+    "instruct_{train,val}.jsonl) and a SentencePiece tokenizer (tokenizer.model/.vocab) trained on it.\n"
+    "With --random (benchmarks), writes DIR/train-00000.h5 (N rows) and DIR/validation-00000.h5 (M rows,\n"
+    "default max(1, N/16)) of full-length rows: BOS (id 1), then L-1 ids drawn uniformly from [3, V), loss\n"
+    "on every one of them; task 'random', tokenizer_sha256 'random-vocab-V', uncompressed. The same\n"
+    "options give the same files.\n";
 
 bool parse_bool(const std::string& option, const std::string& v) {
   if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
@@ -40,11 +46,20 @@ bool parse_bool(const std::string& option, const std::string& v) {
 
 bool given(const po::variables_map& vm, const char* name) { return vm.count(name) && !vm[name].defaulted(); }
 
+// The shards' created_by attribute.
+std::string command_line(int argc, char** argv) {
+  std::string s = "shardtune";
+  for (int i = 0; i < argc; ++i) s += std::string(" ") + argv[i];
+  return s;
+}
+
 int run_prepare(int argc, char** argv) {
   PrepareOptions o;
   std::string add_bos = "true", add_eos = "true";
   std::string synthetic_dir;
   int64_t seed = 1234, sentiment_rows = 4000, instruct_rows = 3000, vocab_size = 512;
+  std::string random_dir;
+  int64_t random_rows = 0, random_seq_len = 0, random_vocab = 0, random_val_rows = -1;
   std::vector<std::string> positional;
 
   po::options_description text("Text to shards");
@@ -69,7 +84,6 @@ int run_prepare(int argc, char** argv) {
   po::options_description synth("Synthetic dataset");
   synth.add_options()
       ("synthetic", po::value(&synthetic_dir)->value_name("DIR"), "write the synthetic dataset and its tokenizer into DIR")
-      ("seed", po::value(&seed)->default_value(1234)->value_name("S"), "random seed (>= 0); the same seed gives the same files")
       ("sentiment-rows", po::value(&sentiment_rows)->default_value(4000)->value_name("N"),
        "sentiment train rows (the dev split gets N/10)")
       ("instruct-rows", po::value(&instruct_rows)->default_value(3000)->value_name("N"),
@@ -77,8 +91,20 @@ int run_prepare(int argc, char** argv) {
       ("vocab-size", po::value(&vocab_size)->default_value(512)->value_name("V"),
        "SentencePiece vocabulary size, including 256 byte-fallback pieces (>= 300)");
 
+  po::options_description random("Random tokens (benchmarks)");
+  random.add_options()
+      ("random", po::value(&random_dir)->value_name("DIR"),
+       "write random-token shards DIR/train-00000.h5 and DIR/validation-00000.h5")
+      ("rows", po::value(&random_rows)->value_name("N"), "training rows (required, >= 1)")
+      ("seq-len", po::value(&random_seq_len)->value_name("L"), "tokens per row, BOS included (required, >= 2)")
+      ("vocab", po::value(&random_vocab)->value_name("V"), "vocabulary size: ids are drawn from [3, V) (required, >= 4)")
+      ("val-rows", po::value(&random_val_rows)->value_name("M"), "validation rows (default: max(1, N/16))");
+
   po::options_description general("General");
-  general.add_options()("help,h", "print this help and exit");
+  general.add_options()
+      ("seed", po::value(&seed)->default_value(1234)->value_name("S"),
+       "random seed for --synthetic and --random (>= 0); the same seed gives the same files")
+      ("help,h", "print this help and exit");
 
   po::options_description hidden;
   hidden.add_options()("positional", po::value(&positional)->composing());
@@ -86,7 +112,7 @@ int run_prepare(int argc, char** argv) {
   pos.add("positional", -1);
 
   po::options_description visible;
-  visible.add(text).add(synth).add(general);
+  visible.add(text).add(synth).add(random).add(general);
   po::options_description all;
   all.add(visible).add(hidden);
 
@@ -108,7 +134,30 @@ int run_prepare(int argc, char** argv) {
 
   static const char* const kTextOptions[] = {"input", "tokenizer", "output", "split", "format", "max-seq-len",
                                              "loss-on", "template", "shard-rows", "add-bos", "add-eos", "limit"};
-  static const char* const kSynthOptions[] = {"seed", "sentiment-rows", "instruct-rows", "vocab-size"};
+  static const char* const kSynthOptions[] = {"synthetic", "sentiment-rows", "instruct-rows", "vocab-size"};
+  static const char* const kRandomOptions[] = {"random", "rows", "seq-len", "vocab", "val-rows"};
+
+  if (given(vm, "random")) {
+    for (const char* name : kTextOptions)
+      if (given(vm, name)) ST_THROW_INPUT("prepare: --", name, " cannot be combined with --random");
+    for (const char* name : kSynthOptions)
+      if (given(vm, name)) ST_THROW_INPUT("prepare: --", name, " cannot be combined with --random");
+    for (const char* name : {"rows", "seq-len", "vocab"})
+      if (!given(vm, name)) ST_THROW_INPUT("prepare: --random needs --", name);
+    ST_CHECK_INPUT(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
+    RandomShardOptions ro;
+    ro.output_dir = random_dir;
+    ro.rows = random_rows;
+    ro.seq_len = random_seq_len;
+    ro.vocab = random_vocab;
+    ro.seed = static_cast<uint64_t>(seed);
+    ro.val_rows = random_val_rows;
+    ro.created_by = command_line(argc, argv);
+    ST_LOG(format_random_shard_report(write_random_shards(ro)));
+    return kExitOk;
+  }
+  for (const char* name : kRandomOptions)
+    if (given(vm, name)) ST_THROW_INPUT("prepare: --", name, " only applies with --random");
 
   if (given(vm, "synthetic")) {
     for (const char* name : kTextOptions)
@@ -135,13 +184,12 @@ int run_prepare(int argc, char** argv) {
 
   for (const char* name : kSynthOptions)
     if (given(vm, name)) ST_THROW_INPUT("prepare: --", name, " only applies with --synthetic");
+  if (given(vm, "seed")) ST_THROW_INPUT("prepare: --seed only applies with --synthetic or --random");
   if (given(vm, "template") && !o.input.empty() && resolve_input_format(o.format, o.input) == "sst2")
     ST_THROW_INPUT("prepare: --template applies to instruction (alpaca) data only; SST-2 uses its own prompt");
   o.add_bos = parse_bool("add-bos", add_bos);
   o.add_eos = parse_bool("add-eos", add_eos);
-  std::string cmdline = "shardtune";
-  for (int i = 0; i < argc; ++i) cmdline += std::string(" ") + argv[i];
-  o.created_by = cmdline;
+  o.created_by = command_line(argc, argv);
   const PrepareStats stats = prepare_dataset(o);
   ST_LOG(format_prepare_report(stats));
   return kExitOk;

@@ -16,6 +16,11 @@ enum class DType : uint8_t { f32, f64, bf16, f16, i32, i64, u8 };
 enum class Device : uint8_t { cpu, cuda };
 
 size_t dtype_size(DType t);
+// The precision of what must not be rounded to a 16-bit type: norm statistics, log-sum-exp,
+// losses, gradients of trainable parameters, master weights and optimizer state.
+inline DType master_dtype(DType compute) {
+  return compute == DType::bf16 || compute == DType::f16 ? DType::f32 : compute;
+}
 const char* dtype_name(DType t);
 const char* device_name(Device d);
 bool is_float(DType t);

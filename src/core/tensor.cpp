@@ -1,5 +1,7 @@
 #include "core/tensor.hpp"
 
+#include "core/profile.hpp"
+
 #include <cstring>
 #include <sstream>
 
@@ -88,6 +90,7 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
 
 void Tensor::zero_() {
   if (numel() == 0) return;
+  ProfileScope prof("zero (memset)", device_);
   device_memset_zero(data(), nbytes(), device_);
 }
 
@@ -105,6 +108,7 @@ void Tensor::copy_from(const Tensor& src) {
   if (src.dtype_ != dtype_ || src.numel() != numel())
     ST_THROW("copy from ", src.str(), " into ", str(), ": dtype or size differs");
   if (numel() == 0) return;
+  ProfileScope prof(device_ == src.device_ ? "copy (same device)" : "copy (host<->device)", device_ == Device::cuda ? device_ : src.device_);
   device_memcpy(data(), device_, src.data(), src.device_, nbytes());
 }
 

@@ -5,10 +5,12 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/rng.hpp"
 #include "core/timer.hpp"
 #include "data/tokenizer.hpp"
 
@@ -320,6 +322,127 @@ std::string format_prepare_report(const PrepareStats& s) {
   const size_t show = std::min<size_t>(s.shard_files.size(), 4);
   for (size_t i = 0; i < show; ++i) os << " " << fs::path(s.shard_files[i]).filename().string();
   if (s.shard_files.size() > show) os << " ... " << fs::path(s.shard_files.back()).filename().string();
+  return os.str();
+}
+
+// ------------------------------------------------------------ random-token shards (benchmarks)
+
+namespace {
+
+// Cap on the ids of both splits together (16 GiB of int32): a typo, not a benchmark, beyond it.
+constexpr int64_t kMaxRandomTokens = int64_t{1} << 32;
+
+// Uniform in [0, range) from 64 random bits: the high half of the 128-bit product (Lemire). The
+// bias is at most range / 2^64 per value, far below anything a benchmark could see.
+inline uint64_t scale_to_range(uint64_t bits, uint64_t range) {
+  __extension__ using u128 = unsigned __int128;
+  return static_cast<uint64_t>((static_cast<u128>(bits) * range) >> 64);
+}
+
+}  // namespace
+
+void validate_random_shard_options(const RandomShardOptions& o) {
+  ST_CHECK_INPUT(!o.output_dir.empty(), "--random needs a directory (--random DIR)");
+  ST_CHECK_INPUT(o.rows >= 1 && o.rows <= kMaxRandomTokens, "--rows must be in [1, ", kMaxRandomTokens, "] (got ",
+                 o.rows, ")");
+  ST_CHECK_INPUT(o.seq_len >= 2 && o.seq_len <= kMaxSeqLenLimit, "--seq-len must be in [2, ", kMaxSeqLenLimit,
+                 "] (got ", o.seq_len, "; a row is BOS plus at least one target)");
+  ST_CHECK_INPUT(o.vocab >= kRandomFirstId + 1 && o.vocab <= std::numeric_limits<int32_t>::max(),
+                 "--vocab must be in [", kRandomFirstId + 1, ", ", std::numeric_limits<int32_t>::max(), "] (got ",
+                 o.vocab, "; ids 0-2 are pad, BOS and EOS, random ids are drawn from [3, vocab))");
+  ST_CHECK_INPUT(o.val_rows == -1 || (o.val_rows >= 1 && o.val_rows <= kMaxRandomTokens), "--val-rows must be in [1, ",
+                 kMaxRandomTokens, "] (got ", o.val_rows, ")");
+  const int64_t rows = o.rows + random_val_rows(o);
+  ST_CHECK_INPUT(rows <= kMaxRandomTokens / o.seq_len, "--rows and --val-rows (", rows, ") times --seq-len (",
+                 o.seq_len, ") exceed ", kMaxRandomTokens, " tokens");
+}
+
+int64_t random_val_rows(const RandomShardOptions& o) {
+  return o.val_rows == -1 ? std::max<int64_t>(1, o.rows / 16) : o.val_rows;
+}
+
+PreparedRows make_random_rows(const RandomShardOptions& o, const std::string& split, int64_t n) {
+  ST_CHECK(n >= 0 && o.seq_len >= 2 && o.vocab > kRandomFirstId, "make_random_rows: bad shape ", n, " x ",
+           o.seq_len, " or vocab ", o.vocab);
+  const int64_t L = o.seq_len;
+  const auto NL = static_cast<size_t>(n * L);
+  PreparedRows p;
+  ShardRows& r = p.rows;
+  r.seq_len = L;
+  r.ids.resize(NL);
+  r.loss_mask.resize(NL);
+  r.lengths.assign(static_cast<size_t>(n), static_cast<int32_t>(L));
+  r.answer_start.assign(static_cast<size_t>(n), static_cast<int32_t>(L));  // no answer: loss on all
+  r.labels.assign(static_cast<size_t>(n), -1);
+  // Element (row, t) is hash(key + row * L + t): independent of the thread count.
+  uint64_t stream = 0;
+  for (char c : split) stream = stream * 131 + static_cast<unsigned char>(c);
+  const uint64_t key = counter_key(o.seed, stream);
+  const auto range = static_cast<uint64_t>(o.vocab - kRandomFirstId);
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n; ++row) {
+    int32_t* ids = r.ids.data() + row * L;
+    uint8_t* mask = r.loss_mask.data() + row * L;
+    const uint64_t base = key + static_cast<uint64_t>(row) * static_cast<uint64_t>(L);
+    ids[0] = kRandomBosId;
+    mask[0] = 0;
+    for (int64_t t = 1; t < L; ++t) {
+      ids[t] = kRandomFirstId + static_cast<int32_t>(scale_to_range(splitmix64(base + static_cast<uint64_t>(t)), range));
+      mask[t] = 1;
+    }
+  }
+
+  ShardInfo& info = p.info;
+  info.format_version = kShardFormatVersion;
+  info.task = "random";
+  info.arch = "causal";
+  info.split = split;
+  info.source_file = str("random tokens (seed ", o.seed, ", vocab ", o.vocab, ")");
+  info.tokenizer_sha256 = str("random-vocab-", o.vocab);
+  info.tokenizer_vocab_size = o.vocab;
+  info.bos_id = kRandomBosId;
+  info.eos_id = kRandomEosId;
+  info.pad_id = kRandomPadId;
+  info.seq_len = L;
+  info.loss_on = "all";
+  info.prompt_template = "none";
+  info.add_bos = true;
+  info.add_eos = false;
+  info.rows_read = n;
+  info.rows_written = n;
+  info.created_by = o.created_by;
+  return p;
+}
+
+RandomShardStats write_random_shards(const RandomShardOptions& o) {
+  validate_random_shard_options(o);
+  Stopwatch sw;
+  RandomShardStats st;
+  st.output_dir = o.output_dir;
+  st.train_rows = o.rows;
+  st.val_rows = random_val_rows(o);
+  st.seq_len = o.seq_len;
+  st.vocab = o.vocab;
+  st.seed = o.seed;
+  for (const auto& [split, n] : {std::pair<std::string, int64_t>{"train", st.train_rows}, {"validation", st.val_rows}}) {
+    const PreparedRows p = make_random_rows(o, split, n);
+    for (auto& f : write_shards(o.output_dir, p.info, p.rows, 0, /*deflate_level=*/0)) st.shard_files.push_back(f);
+  }
+  st.seconds = sw.seconds();
+  return st;
+}
+
+std::string format_random_shard_report(const RandomShardStats& s) {
+  std::ostringstream os;
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f", s.seconds);
+  os << "prepare random: " << s.output_dir << " (seed " << s.seed << ")\n";
+  os << "  rows       train " << s.train_rows << ", validation " << s.val_rows << ", each " << s.seq_len
+     << " tokens: BOS then uniform ids in [" << kRandomFirstId << ", " << s.vocab << "), loss on all "
+     << s.seq_len - 1 << " targets\n";
+  os << "  tokenizer  none (tokenizer_sha256 random-vocab-" << s.vocab << ", vocab " << s.vocab << ")\n";
+  os << "  shards     " << s.shard_files.size() << " written in " << buf << " s:";
+  for (const auto& f : s.shard_files) os << " " << fs::path(f).filename().string();
   return os.str();
 }
 

@@ -4,6 +4,7 @@
 //   sst2      SST-2 TSV as a causal LM: [bos] "Review: {sentence}\nSentiment:" "positive"|"negative"
 //             [eos]; labels 0/1, label_token_ids = first token of each label word.
 //   instruct  Alpaca JSON/JSONL: [bos] template(instruction, input) output [eos]; labels -1.
+//   random    no text: uniform random ids for benchmarks (write_random_shards below).
 #pragma once
 
 #include <cstdint>
@@ -76,5 +77,42 @@ PrepareStats prepare_dataset(const PrepareOptions& options);
 
 // The end-of-run report (several lines, no trailing newline).
 std::string format_prepare_report(const PrepareStats& stats);
+
+// ------------------------------------------------------------ random-token shards (benchmarks)
+// `shardtune prepare --random DIR`: DIR/train-00000.h5 (rows) and DIR/validation-00000.h5
+// (val_rows) of full-length rows [bos=1, u_1, ..., u_{L-1}] with u uniform in [3, vocab), loss on
+// every position from 1, labels -1, task "random", tokenizer_sha256 "random-vocab-<V>" (no
+// tokenizer file: the pseudo-checksum keeps the two splits, and runs on other vocabularies,
+// apart), eos 2, pad 0. Ids are a pure function of (seed, split, row, position), so the same
+// options give byte-identical datasets. Not compressed (random ids do not deflate).
+constexpr int32_t kRandomPadId = 0, kRandomBosId = 1, kRandomEosId = 2, kRandomFirstId = 3;
+
+struct RandomShardOptions {
+  std::string output_dir;   // --random DIR
+  int64_t rows = 0;         // --rows N: training rows, >= 1
+  int64_t seq_len = 0;      // --seq-len L, >= 2
+  int64_t vocab = 0;        // --vocab V, >= 4 (ids in [3, V))
+  uint64_t seed = 1234;     // --seed
+  int64_t val_rows = -1;    // --val-rows M, >= 1; -1: max(1, N / 16)
+  std::string created_by = "shardtune prepare --random";
+};
+
+struct RandomShardStats {
+  std::string output_dir;
+  int64_t train_rows = 0, val_rows = 0, seq_len = 0, vocab = 0;
+  uint64_t seed = 0;
+  std::vector<std::string> shard_files;  // train, validation
+  double seconds = 0;
+};
+
+// Throws InputError naming the option (as --flag) for a bad value.
+void validate_random_shard_options(const RandomShardOptions& options);
+// The validation rows: options.val_rows, or max(1, rows / 16) when it is -1.
+int64_t random_val_rows(const RandomShardOptions& options);
+// One split's rows and metadata, in memory ("train" and "validation" draw different ids).
+PreparedRows make_random_rows(const RandomShardOptions& options, const std::string& split, int64_t rows);
+// Validates, then writes both splits (replacing their old shards).
+RandomShardStats write_random_shards(const RandomShardOptions& options);
+std::string format_random_shard_report(const RandomShardStats& stats);
 
 }  // namespace st

@@ -90,18 +90,18 @@ std::vector<std::string> split_commas(const std::string& s) {
 }
 
 void write_shard_file(const std::string& path, const ShardInfo& info, const ShardRows& rows,
-                      int64_t begin, int64_t end) {
+                      int64_t begin, int64_t end, int deflate) {
   const int64_t n = end - begin;
   const hsize_t N = static_cast<hsize_t>(n), L = static_cast<hsize_t>(rows.seq_len);
   const auto b = static_cast<size_t>(begin);
   h5::Handle f = h5::create_file(path);
   const std::vector<hsize_t> chunk2 = {std::min<hsize_t>(64, std::max<hsize_t>(1, N)), L};
   const std::vector<hsize_t> chunk1 = {std::min<hsize_t>(65536, std::max<hsize_t>(1, N))};
-  h5::write_dataset(f, "ids", H5T_NATIVE_INT32, rows.ids.data() + b * L, {N, L}, chunk2, 4);
-  h5::write_dataset(f, "loss_mask", H5T_NATIVE_UINT8, rows.loss_mask.data() + b * L, {N, L}, chunk2, 4);
-  h5::write_dataset(f, "lengths", H5T_NATIVE_INT32, rows.lengths.data() + b, {N}, chunk1, 4);
-  h5::write_dataset(f, "answer_start", H5T_NATIVE_INT32, rows.answer_start.data() + b, {N}, chunk1, 4);
-  h5::write_dataset(f, "labels", H5T_NATIVE_INT32, rows.labels.data() + b, {N}, chunk1, 4);
+  h5::write_dataset(f, "ids", H5T_NATIVE_INT32, rows.ids.data() + b * L, {N, L}, chunk2, deflate);
+  h5::write_dataset(f, "loss_mask", H5T_NATIVE_UINT8, rows.loss_mask.data() + b * L, {N, L}, chunk2, deflate);
+  h5::write_dataset(f, "lengths", H5T_NATIVE_INT32, rows.lengths.data() + b, {N}, chunk1, deflate);
+  h5::write_dataset(f, "answer_start", H5T_NATIVE_INT32, rows.answer_start.data() + b, {N}, chunk1, deflate);
+  h5::write_dataset(f, "labels", H5T_NATIVE_INT32, rows.labels.data() + b, {N}, chunk1, deflate);
 
   h5::write_attr(f, "format_version", int64_t{kShardFormatVersion});
   h5::write_attr(f, "task", info.task);
@@ -148,7 +148,7 @@ std::vector<std::string> list_shard_files(const std::string& dir, const std::str
 }
 
 std::vector<std::string> write_shards(const std::string& out_dir, const ShardInfo& info,
-                                      const ShardRows& rows, int64_t shard_rows) {
+                                      const ShardRows& rows, int64_t shard_rows, int deflate_level) {
   ST_CHECK_INPUT(valid_split_name(info.split), "split name '", info.split,
                  "' must be non-empty and use only letters, digits, '_', '-' and '.'");
   ST_CHECK(info.seq_len == rows.seq_len && rows.seq_len > 0, "seq_len mismatch: info ", info.seq_len,
@@ -159,6 +159,7 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
                rows.answer_start.size() == static_cast<size_t>(n) && rows.labels.size() == static_cast<size_t>(n),
            "ShardRows arrays disagree with ", n, " rows of length ", L);
   ST_CHECK(shard_rows >= 0, "shard_rows must be >= 0");
+  ST_CHECK(deflate_level >= 0 && deflate_level <= 9, "deflate_level must be in [0, 9] (got ", deflate_level, ")");
 
   std::error_code ec;
   fs::create_directories(out_dir, ec);
@@ -183,7 +184,7 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
       const std::string tmp_path = final_path + ".tmp";
       tmps.push_back(tmp_path);
       finals.push_back(final_path);
-      write_shard_file(tmp_path, info, rows, s * per, std::min(n, (s + 1) * per));
+      write_shard_file(tmp_path, info, rows, s * per, std::min(n, (s + 1) * per), deflate_level);
     }
     for (size_t i = 0; i < finals.size(); ++i) {
       fs::rename(tmps[i], finals[i], ec);

@@ -7,8 +7,10 @@
 //   /lengths       int32 [N]     number of real tokens in the row (<= L)
 //   /answer_start  int32 [N]     index of the first answer token (== length when no answer)
 //   /labels        int32 [N]     class label (SST-2: 0 negative, 1 positive); -1 when absent
-// Datasets are chunked and compressed (deflate). File attributes:
-//   format_version (int), task ("sst2" | "instruct"), arch ("causal"), split, source_file,
+// Datasets are chunked ([min(64, N), L] and [min(65536, N)]) and compressed (shuffle + deflate
+// level kShardDeflateLevel; write_shards can be told to skip compression: random-token shards,
+// whose ids do not compress). File attributes:
+//   format_version (int), task ("sst2" | "instruct" | "random"), arch ("causal"), split, source_file,
 //   source_sha256, tokenizer_path, tokenizer_sha256, tokenizer_vocab_size, bos_id, eos_id,
 //   pad_id, max_seq_len, loss_on ("answer" | "all"), prompt_template, num_rows,
 //   label_names (SST-2: "negative,positive"), label_token_ids (int32[num_labels]: the first
@@ -18,7 +20,7 @@
 // is always whole. source_sha256 and tokenizer_sha256 are SHA-256 hex digests of the files'
 // bytes. Two attributes beyond the list: add_bos, add_eos (0|1), how the rows were built.
 // The rows_* counts are those of the whole split (the same in every shard of it); num_rows is
-// the shard's own N; label_names is "" and label_token_ids empty for "instruct".
+// the shard's own N; label_names is "" and label_token_ids empty for "instruct" and "random".
 //
 // Shard names: "<dir>/<split>-NNNNN.h5" (the glob "<split>-*.h5" restricted to a numeric
 // suffix, so split "train" never picks up "train-extra-00000.h5").
@@ -32,10 +34,11 @@
 namespace st {
 
 constexpr int kShardFormatVersion = 1;
+constexpr int kShardDeflateLevel = 4;  // write_shards' default; 0 = chunked, not compressed
 
 struct ShardInfo {
   int format_version = 0;
-  std::string task;   // "sst2" | "instruct"
+  std::string task;   // "sst2" | "instruct" | "random"
   std::string arch;   // "causal"
   std::string split;
   std::string source_file;
@@ -71,8 +74,11 @@ struct ShardRows {
 // out_dir if needed and first deletes that split's existing shards (and stale .tmp files), so
 // old shards never mix in. Every shard is written as "<name>.tmp"; all are renamed at the end,
 // so an interrupted run leaves no file with a final name. Returns the final paths in order.
+// deflate_level: 1-9 compresses every dataset (with the shuffle filter), 0 leaves them chunked
+// but uncompressed.
 std::vector<std::string> write_shards(const std::string& out_dir, const ShardInfo& info,
-                                      const ShardRows& rows, int64_t shard_rows);
+                                      const ShardRows& rows, int64_t shard_rows,
+                                      int deflate_level = kShardDeflateLevel);
 
 // Paths of "<dir>/<split>-NNNNN.h5" in shard order (empty when none).
 std::vector<std::string> list_shard_files(const std::string& dir, const std::string& split);

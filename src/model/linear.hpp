@@ -14,11 +14,16 @@
 namespace st {
 
 // A trainable parameter as the optimizer sees it.
+// `value` is what the optimizer updates and `grad` its gradient (same dtype, or f32 for a bf16
+// value: the optimizer then keeps an f32 master copy and writes the rounded result back).
+// `working`, when set, is a lower-precision copy the kernels read (e.g. bf16 LoRA weights next to
+// their f32 masters), refreshed after every update.
 struct ParamRef {
   std::string name;
   Tensor* value = nullptr;
   Tensor* grad = nullptr;
   bool weight_decay = true;  // false for norms (1-D weights)
+  Tensor* working = nullptr;
 };
 
 // Per-call context: what changes from step to step.

@@ -5,6 +5,7 @@
 
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
+#include "ops/init.hpp"
 #include "ops/attention.hpp"
 #include "ops/embedding.hpp"
 #include "ops/loss.hpp"
@@ -93,29 +94,29 @@ std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m) 
 }
 
 void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
+  // Counter-based: the same values on any device, generated where the weights live.
   for (auto& [name, t] : llama_named_weights(m)) {
-    Tensor host = Tensor::empty(t->shape(), DType::f64, Device::cpu, MemCategory::other);
-    double* p = host.ptr<double>();
-    const bool is_norm = t->ndim() == 1;
-    Rng rng(splitmix64(seed) ^ name_hash(name));
-    for (int64_t i = 0; i < host.numel(); ++i) p[i] = is_norm ? 1.0 : std * rng.normal();
-    t->copy_from(host.to_cpu(t->dtype()));
+    if (t->ndim() == 1) fill_constant(*t, 1.0);
+    else fill_normal(*t, counter_key(seed, name_hash(name)), 0.0, std);
   }
 }
 
 void llama_enable_base_training(LlamaModel& m) {
   if (m.base_trainable) return;
   m.base_trainable = true;
-  m.embed_grad = alloc(m.embed.shape(), m, MemCategory::gradients);
+  // Gradients in the master precision (f32 when the weights are bf16).
+  auto grad = [&](const Tensor& w) {
+    return Tensor::zeros(w.shape(), master_dtype(m.dtype), m.device, MemCategory::gradients);
+  };
+  m.embed_grad = grad(m.embed);
   for (auto& b : m.blocks) {
-    b.attn_norm_grad = alloc(b.attn_norm.shape(), m, MemCategory::gradients);
-    b.mlp_norm_grad = alloc(b.mlp_norm.shape(), m, MemCategory::gradients);
-    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
-      lin->grad = alloc(lin->weight.shape(), m, MemCategory::gradients);
+    b.attn_norm_grad = grad(b.attn_norm);
+    b.mlp_norm_grad = grad(b.mlp_norm);
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) lin->grad = grad(lin->weight);
   }
-  m.final_norm_grad = alloc(m.final_norm.shape(), m, MemCategory::gradients);
+  m.final_norm_grad = grad(m.final_norm);
   if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.embed_grad;  // both paths add into one buffer
-  else m.lm_head.grad = alloc(m.lm_head.weight.shape(), m, MemCategory::gradients);
+  else m.lm_head.grad = grad(m.lm_head.weight);
 }
 
 std::vector<Linear*> llama_linears(LlamaModel& m) {
@@ -162,28 +163,32 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
   a.checkpointing = checkpointing;
   a.trainable = trainable;
   auto act = [&](const Shape& s) { return alloc(s, m, MemCategory::activations); };
+  // Statistics (norm rstd, attention lse, losses) in the master precision.
+  auto stat = [&](const Shape& s) {
+    return Tensor::zeros(s, master_dtype(m.dtype), m.device, MemCategory::activations);
+  };
   a.resid = act({c.num_layers + 1, BT, C});
   const size_t nsets = (trainable && !checkpointing) ? static_cast<size_t>(c.num_layers) : 1;
   a.blocks.resize(nsets);
   for (auto& b : a.blocks) {
     b.xn1 = act({BT, C});
-    b.rstd1 = act({BT});
+    b.rstd1 = stat({BT});
     b.q = act({BT, c.q_dim()});
     b.k = act({BT, c.kv_dim()});
     b.v = act({BT, c.kv_dim()});
     b.att = act({BT, c.q_dim()});
-    b.lse = act({BT, c.num_heads});
+    b.lse = stat({BT, c.num_heads});
     b.x_mid = act({BT, C});
     b.xn2 = act({BT, C});
-    b.rstd2 = act({BT});
+    b.rstd2 = stat({BT});
     b.gate = act({BT, I});
     b.up = act({BT, I});
     b.h = act({BT, I});
   }
   a.xnf = act({BT, C});
-  a.rstdf = act({BT});
+  a.rstdf = stat({BT});
   a.logits = act({BT, c.vocab_size});
-  a.losses = act({BT});
+  a.losses = stat({BT});
   if (trainable) {
     auto ws = [&](const Shape& s) { return alloc(s, m, MemCategory::workspace); };
     a.dresid = ws({BT, C});

@@ -1,24 +1,45 @@
 #include "ops/activation.hpp"
 
 #include "ops/cpu/cpu_kernels.hpp"
+#include "core/rng.hpp"
+#include "core/profile.hpp"
 #include "ops/dispatch.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/kernels.cuh"
+#endif
 
 namespace st {
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {
+  ProfileScope prof("swiglu_forward", h.device());
   check_float_args("swiglu_forward", {&gate, &up, &h});
   const int64_t n = h.numel();
   if (gate.numel() != n || up.numel() != n) ST_THROW("swiglu_forward: sizes differ");
-  if (h.device() == Device::cuda) no_cuda_kernel("swiglu_forward");
+  if (h.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::swiglu_forward(gate, up, h);
+    return;
+#else
+    no_cuda_kernel("swiglu_forward");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(h.dtype(), T, cpu::swiglu_forward<T>(n, gate.ptr<T>(), up.ptr<T>(), h.ptr<T>()));
 }
 
 void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup) {
+  ProfileScope prof("swiglu_backward", dh.device());
   check_float_args("swiglu_backward", {&dh, &gate, &up, &dgate, &dup});
   const int64_t n = dh.numel();
   if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
     ST_THROW("swiglu_backward: sizes differ");
-  if (dh.device() == Device::cuda) no_cuda_kernel("swiglu_backward");
+  if (dh.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::swiglu_backward(dh, gate, up, dgate, dup);
+    return;
+#else
+    no_cuda_kernel("swiglu_backward");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(dh.dtype(), T,
                         cpu::swiglu_backward<T>(n, dh.ptr<T>(), gate.ptr<T>(), up.ptr<T>(),
                                                 dgate.ptr<T>(), dup.ptr<T>()));
@@ -28,9 +49,17 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
 
 namespace st {
 void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t seed, uint64_t stream, bool accumulate) {
+  ProfileScope prof("dropout", x.device());
   check_float_args("dropout_apply", {&x, &out});
   if (x.numel() != out.numel()) ST_THROW("dropout_apply: sizes differ");
-  if (x.device() == Device::cuda) no_cuda_kernel("dropout_apply");
+  if (x.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::dropout_apply(x, out, p, counter_key(seed, stream), accumulate);
+    return;
+#else
+    no_cuda_kernel("dropout_apply");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
                         cpu::dropout_apply<T>(x.numel(), x.ptr<T>(), out.ptr<T>(), p, seed, stream, accumulate));
 }

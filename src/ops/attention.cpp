@@ -1,9 +1,35 @@
 #include "ops/attention.hpp"
 
 #include "ops/cpu/cpu_kernels.hpp"
+#include "core/profile.hpp"
 #include "ops/dispatch.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/attention.cuh"
+#endif
 
 namespace st {
+
+#ifdef SHARDTUNE_CUDA
+static cuda::AttentionArgs cuda_args(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& lengths, const Tensor& out, const Tensor& lse) {
+  if (q.dtype() != DType::bf16) ST_THROW("attention on CUDA takes bf16 q, k, v (got ", q.str(), ")");
+  cuda::AttentionArgs a;
+  a.B = s.B;
+  a.T = s.T;
+  a.Hq = s.Hq;
+  a.Hkv = s.Hkv;
+  a.D = s.D;
+  a.causal = s.causal;
+  a.scale = static_cast<float>(s.scale);
+  a.q = q.data();
+  a.k = k.data();
+  a.v = v.data();
+  a.lengths = lengths.defined() ? lengths.ptr<int32_t>() : nullptr;
+  a.out = out.data();
+  a.lse = lse.ptr<float>();
+  return a;
+}
+#endif
 
 static void check_attention(const char* op, const AttentionShape& s, const Tensor& q,
                             const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -19,9 +45,18 @@ static void check_attention(const char* op, const AttentionShape& s, const Tenso
 
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& lengths, Tensor& out, Tensor& lse) {
-  check_float_args("attention_forward", {&q, &k, &v, &out, &lse});
+  ProfileScope prof("attention_forward", q.device());
+  check_float_args("attention_forward", {&q, &k, &v, &out});
+  check_stat_dtype("attention_forward", q, lse);
   check_attention("attention_forward", s, q, k, v, out, lse, lengths);
-  if (q.device() == Device::cuda) no_cuda_kernel("attention_forward");
+  if (q.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::attention_forward(cuda_args(s, q, k, v, lengths, out, lse));
+    return;
+#else
+    no_cuda_kernel("attention_forward");
+#endif
+  }
   const int32_t* len = lengths.defined() ? lengths.ptr<int32_t>() : nullptr;
   ST_DISPATCH_CPU_FLOAT(q.dtype(), T,
                         cpu::attention_forward<T>(s.B, s.T, s.Hq, s.Hkv, s.D, q.ptr<T>(), k.ptr<T>(),
@@ -32,9 +67,18 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
 void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Tensor& dout,
                         const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv) {
-  check_float_args("attention_backward", {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv});
+  ProfileScope prof("attention_backward", q.device());
+  check_float_args("attention_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
+  check_stat_dtype("attention_backward", q, lse);
   check_attention("attention_backward", s, q, k, v, out, lse, lengths);
-  if (q.device() == Device::cuda) no_cuda_kernel("attention_backward");
+  if (q.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::attention_backward(cuda_args(s, q, k, v, lengths, out, lse), dout.data(), dq.data(), dk.data(), dv.data());
+    return;
+#else
+    no_cuda_kernel("attention_backward");
+#endif
+  }
   const int32_t* len = lengths.defined() ? lengths.ptr<int32_t>() : nullptr;
   ST_DISPATCH_CPU_FLOAT(q.dtype(), T,
                         cpu::attention_backward<T>(s.B, s.T, s.Hq, s.Hkv, s.D, q.ptr<T>(), k.ptr<T>(),

@@ -25,6 +25,15 @@ inline void check_float_args(const char* op, std::initializer_list<const Tensor*
   }
 }
 
+// Precision rules of the op layer. CPU: every float tensor of a call has one dtype (f32, or f64
+// in reference checks). CUDA: activations and weights are bf16 (f32 accepted), while norm
+// statistics, attention log-sum-exp, losses and the gradients of trainable parameters are f32.
+inline void check_stat_dtype(const char* op, const Tensor& main, const Tensor& stat) {
+  const DType want = main.device() == Device::cuda ? DType::f32 : main.dtype();
+  if (stat.dtype() != want || stat.device() != main.device())
+    ST_THROW(op, ": ", stat.str(), " must be ", dtype_name(want), " on ", device_name(main.device()), " (with ", main.str(), ")");
+}
+
 [[noreturn]] inline void no_cuda_kernel(const char* op) {
   ST_THROW(op, ": tensors on CUDA but no CUDA kernel is available in this build");
 }

@@ -1,7 +1,13 @@
 #include "ops/matmul.hpp"
 
+#include <algorithm>
+
 #include "ops/cpu/cpu_kernels.hpp"
+#include "core/profile.hpp"
 #include "ops/dispatch.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/matmul.cuh"
+#endif
 
 namespace st {
 
@@ -11,7 +17,12 @@ int64_t rows_of(const Tensor& t) { return t.numel() / t.dim(-1); }
 
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
             double beta) {
-  check_float_args("matmul", {&C, &A, &B});
+  ProfileScope prof(std::min({A.dim(-1), B.dim(-1), C.dim(-1)}) <= 64 ? "matmul (skinny: LoRA)" : "matmul", C.device());
+  // CUDA: A and B share a dtype; C may be f32 (gradients accumulate in f32 from bf16 inputs).
+  if (C.device() == Device::cuda) check_float_args("matmul", {&A, &B});
+  else check_float_args("matmul", {&C, &A, &B});
+  check_same_device(A, C, "matmul");
+  check_same_device(B, C, "matmul");
   // A viewed as [rows_of(A), cols]; op(A) is [M, K].
   const int64_t a_rows = rows_of(A), a_cols = A.dim(-1);
   const int64_t b_rows = rows_of(B), b_cols = B.dim(-1);
@@ -20,7 +31,14 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
   if (K != Kb || rows_of(C) != M || C.dim(-1) != N)
     ST_THROW("matmul: shapes ", A.shape().str(), (trans_a ? "^T" : ""), " x ", B.shape().str(),
              (trans_b ? "^T" : ""), " -> ", C.shape().str(), " do not agree");
-  if (C.device() == Device::cuda) no_cuda_kernel("matmul");
+  if (C.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::matmul(C, A, trans_a, B, trans_b, alpha, beta, M, N, K);
+    return;
+#else
+    no_cuda_kernel("matmul");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(C.dtype(), T,
                         cpu::gemm<T>(M, N, K, static_cast<T>(alpha), A.ptr<T>(), trans_a, B.ptr<T>(),
                                      trans_b, static_cast<T>(beta), C.ptr<T>()));

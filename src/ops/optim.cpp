@@ -1,36 +1,88 @@
 #include "ops/optim.hpp"
 
 #include "ops/cpu/cpu_kernels.hpp"
+#include "core/profile.hpp"
 #include "ops/dispatch.hpp"
+#include "ops/init.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/kernels.cuh"
+#endif
 
 namespace st {
 
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h) {
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
+  ProfileScope prof("adamw", param.device());
   check_float_args("adamw_update", {&param, &grad, &m, &v});
   const int64_t n = param.numel();
-  if (grad.numel() != n || m.numel() != n || v.numel() != n) ST_THROW("adamw_update: sizes differ");
-  if (param.device() == Device::cuda) no_cuda_kernel("adamw_update");
+  if (grad.numel() != n || m.numel() != n || v.numel() != n || (working && working->numel() != n))
+    ST_THROW("adamw_update: sizes differ");
+  if (param.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::adamw_update(param, grad, m, v, working, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale);
+    return;
+#else
+    no_cuda_kernel("adamw_update");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(param.dtype(), T,
                         cpu::adamw_update<T>(n, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), h.lr,
-                                             h.beta1, h.beta2, h.eps, h.weight_decay, h.step));
+                                             h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale));
+  if (working && working->defined() && working->data() != param.data()) convert_copy(*working, param);
 }
 
 double sum_squares(const Tensor& x) {
-  if (x.device() == Device::cuda) no_cuda_kernel("sum_squares");
+  ProfileScope prof("grad_norm", x.device());
+  if (x.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    return cuda::sum_squares(x);
+#else
+    no_cuda_kernel("sum_squares");
+#endif
+  }
   double r = 0;
   ST_DISPATCH_CPU_FLOAT(x.dtype(), T, r = cpu::sum_squares<T>(x.numel(), x.ptr<T>()));
   return r;
 }
 
+double sum_squares_total(const std::vector<const Tensor*>& xs) {
+  if (xs.empty()) return 0.0;
+  ProfileScope prof("grad_norm", xs.front()->device());
+  if (xs.front()->device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    return cuda::sum_squares_total(xs);
+#else
+    no_cuda_kernel("sum_squares_total");
+#endif
+  }
+  double r = 0;
+  for (const Tensor* x : xs) r += sum_squares(*x);
+  return r;
+}
+
 void scale_inplace(Tensor& x, double s) {
-  if (x.device() == Device::cuda) no_cuda_kernel("scale_inplace");
+  ProfileScope prof("grad_clip_scale", x.device());
+  if (x.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::scale_inplace(x, s);
+    return;
+#else
+    no_cuda_kernel("scale_inplace");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(x.dtype(), T, cpu::scale_inplace<T>(x.numel(), x.ptr<T>(), static_cast<T>(s)));
 }
 
 void axpy(double a, const Tensor& x, Tensor& y) {
   check_float_args("axpy", {&x, &y});
   if (x.numel() != y.numel()) ST_THROW("axpy: sizes differ");
-  if (y.device() == Device::cuda) no_cuda_kernel("axpy");
+  if (y.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::axpy(a, x, y);
+    return;
+#else
+    no_cuda_kernel("axpy");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(y.dtype(), T, cpu::axpy<T>(x.numel(), static_cast<T>(a), x.ptr<T>(), y.ptr<T>()));
 }
 

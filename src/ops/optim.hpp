@@ -1,18 +1,26 @@
 // Optimizer and gradient-norm primitives over flat parameter tensors.
 #pragma once
 
+#include <vector>
+
 #include "core/tensor.hpp"
 
 namespace st {
 
 struct AdamWHyper {
   double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
-  int64_t step = 1;  // 1-based, for bias correction
+  int64_t step = 1;         // 1-based, for bias correction
+  double grad_scale = 1.0;  // the gradient is used as grad_scale * grad (clipping folded in)
 };
 
-// PyTorch torch.optim.AdamW semantics. param, grad, m, v: same element count.
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h);
-double sum_squares(const Tensor& x);      // accumulated in double
+// PyTorch torch.optim.AdamW semantics on the master copy `param` (f32 on CUDA; f32/f64 on CPU).
+// working, if given, receives the updated value in its own dtype (e.g. the bf16 weights the
+// kernels read) in the same pass.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h,
+                  Tensor* working = nullptr);
+double sum_squares(const Tensor& x);      // accumulated in double (f32 partial sums on CUDA)
+// Sum of squares over many tensors with one device synchronisation (the global gradient norm).
+double sum_squares_total(const std::vector<const Tensor*>& xs);
 void scale_inplace(Tensor& x, double s);
 void axpy(double a, const Tensor& x, Tensor& y);  // y += a x
 

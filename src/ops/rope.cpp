@@ -3,7 +3,11 @@
 #include <cmath>
 
 #include "ops/cpu/cpu_kernels.hpp"
+#include "core/profile.hpp"
 #include "ops/dispatch.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/kernels.cuh"
+#endif
 
 namespace st {
 
@@ -39,13 +43,21 @@ RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, De
 }
 
 static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, bool inverse) {
+  ProfileScope prof("rope", x.device());
   const int64_t D = tables.head_dim;
   if (T_ > tables.max_positions)
     ST_THROW("rope: sequence length ", T_, " exceeds max_position_embeddings ", tables.max_positions);
   const int64_t H = x.numel() / (B * T_ * D);
   if (H * B * T_ * D != x.numel() || x.dim(-1) % D != 0)
     ST_THROW("rope: tensor ", x.str(), " is not [B=", B, ", T=", T_, ", H, D=", D, "]");
-  if (x.device() == Device::cuda) no_cuda_kernel("rope");
+  if (x.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::rope_apply(B, T_, H, D, x, tables.cos, tables.sin, inverse);
+    return;
+#else
+    no_cuda_kernel("rope");
+#endif
+  }
   ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
                         cpu::rope_apply<T>(B, T_, H, D, x.ptr<T>(), tables.cos.ptr<float>(),
                                            tables.sin.ptr<float>(), inverse));

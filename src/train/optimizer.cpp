@@ -2,28 +2,37 @@
 
 #include <cmath>
 
+#include "ops/init.hpp"
+
 namespace st {
 
 AdamW::AdamW(std::vector<ParamRef> params, double beta1, double beta2, double eps, double weight_decay)
     : params_(std::move(params)), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay) {
   for (const ParamRef& p : params_) {
-    m_.push_back(Tensor::zeros(p.value->shape(), p.value->dtype(), p.value->device(), MemCategory::optimizer));
-    v_.push_back(Tensor::zeros(p.value->shape(), p.value->dtype(), p.value->device(), MemCategory::optimizer));
+    const DType md = master_dtype(p.value->dtype());
+    if (p.grad->dtype() != md) ST_THROW("AdamW: ", p.name, " has gradient ", p.grad->str(), " for value ", p.value->str());
+    Tensor master;
+    if (md != p.value->dtype()) {
+      master = Tensor::empty(p.value->shape(), md, p.value->device(), MemCategory::optimizer);
+      convert_copy(master, *p.value);
+    }
+    master_.push_back(master);
+    m_.push_back(Tensor::zeros(p.value->shape(), md, p.value->device(), MemCategory::optimizer));
+    v_.push_back(Tensor::zeros(p.value->shape(), md, p.value->device(), MemCategory::optimizer));
   }
 }
 
 void AdamW::zero_grad() {
+  grad_scale_ = 1.0;
   for (ParamRef& p : params_) p.grad->zero_();
 }
 
 double AdamW::clip_grad_norm(double max_norm) {
-  double ss = 0;
-  for (const ParamRef& p : params_) ss += sum_squares(*p.grad);
-  const double norm = std::sqrt(ss);
-  if (max_norm > 0 && norm > max_norm) {
-    const double s = max_norm / (norm + 1e-6);  // torch adds 1e-6 to the norm
-    for (ParamRef& p : params_) scale_inplace(*p.grad, s);
-  }
+  std::vector<const Tensor*> grads;
+  for (const ParamRef& p : params_) grads.push_back(p.grad);
+  const double norm = std::sqrt(sum_squares_total(grads));
+  // The clip factor is applied inside the next update (no separate pass over the gradients).
+  grad_scale_ = (max_norm > 0 && norm > max_norm) ? max_norm / (norm + 1e-6) : 1.0;  // torch adds 1e-6
   return norm;
 }
 
@@ -37,7 +46,10 @@ void AdamW::step(double lr) {
     h.eps = eps_;
     h.weight_decay = params_[i].weight_decay ? weight_decay_ : 0.0;
     h.step = step_;
-    adamw_update(*params_[i].value, *params_[i].grad, m_[i], v_[i], h);
+    h.grad_scale = grad_scale_;
+    ParamRef& p = params_[i];
+    if (master_[i].defined()) adamw_update(master_[i], *p.grad, m_[i], v_[i], h, p.value);
+    else adamw_update(*p.value, *p.grad, m_[i], v_[i], h, p.working);
   }
 }
 

@@ -1,5 +1,7 @@
-// AdamW over a list of trainable parameters: moments in the parameter's precision (f32 master
-// copies on the CPU path), decoupled weight decay on matrices only, global-norm clipping.
+// AdamW over a list of trainable parameters: moments and master weights in f32 (f64 in reference
+// checks). A bf16 parameter gets an f32 master copy here, updated in place of it, with the bf16
+// value rewritten in the same kernel; adapters bring their own masters (ParamRef::working).
+// Decoupled weight decay on matrices only; global-norm clipping.
 #pragma once
 
 #include <vector>
@@ -13,8 +15,9 @@ class AdamW {
  public:
   AdamW(std::vector<ParamRef> params, double beta1, double beta2, double eps, double weight_decay);
   void zero_grad();
-  // Global L2 norm of all gradients; if max_norm > 0 and the norm exceeds it, gradients are
-  // scaled by max_norm / norm (as torch.nn.utils.clip_grad_norm_). Returns the norm before.
+  // Global L2 norm of all gradients; if max_norm > 0 and the norm exceeds it, the next step()
+  // uses the gradients scaled by max_norm / norm (as torch.nn.utils.clip_grad_norm_ followed by
+  // the update; the scaling is fused into the update). Returns the norm before clipping.
   double clip_grad_norm(double max_norm);
   void step(double lr);
   int64_t steps_taken() const { return step_; }
@@ -23,9 +26,11 @@ class AdamW {
 
  private:
   std::vector<ParamRef> params_;
+  std::vector<Tensor> master_;  // f32 copy of a bf16 value (undefined when the value is the master)
   std::vector<Tensor> m_, v_;
   double beta1_, beta2_, eps_, weight_decay_;
   int64_t step_ = 0;
+  double grad_scale_ = 1.0;
 };
 
 }  // namespace st

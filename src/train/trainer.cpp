@@ -11,6 +11,7 @@
 
 #include "adapters/apply.hpp"
 #include "core/log.hpp"
+#include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/sha256.hpp"
 #include "core/timer.hpp"
@@ -30,6 +31,7 @@ namespace st {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr int64_t kProfileWarmupSteps = 2;
 
 Device resolve_device(const RunConfig& c) { return c.device == "cuda" ? Device::cuda : Device::cpu; }
 
@@ -450,6 +452,7 @@ int Run::train() {
       rec.mem_current = static_cast<int64_t>(ms.total_current);
       rec.mem_peak = static_cast<int64_t>(ms.total_peak);
       if (metrics_) metrics_->append_step(rec);
+      if (step == kProfileWarmupSteps) profile_reset();  // the profile covers steady-state steps
       log_step(rec, total_steps, step_time_sum / static_cast<double>(step));
       if (!std::isfinite(loss)) ST_THROW("loss is ", loss, " at step ", step, " (diverged: lower lr or enable grad_clip)");
       if (val_ && cfg_.eval_every > 0 && step % cfg_.eval_every == 0 && s + 1 < steps_per_epoch) {
@@ -479,6 +482,7 @@ int Run::train() {
     ST_LOG("epoch ", epoch, (full_epoch ? "" : " (partial)"), " | ", epoch_steps, " steps in ", fmt_duration(epoch_time),
            " | train loss ", fmt_fixed(er.train_loss, 4));
   }
+  profile_report(step - std::min<int64_t>(step, kProfileWarmupSteps));
   summary_.ints["steps_completed"] = step;
   summary_.ints["train_tokens"] = train_tokens;
   summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;

@@ -67,7 +67,7 @@ void cross_entropy(int64_t N, int64_t V, T* logits, const int32_t* targets, cons
 // PyTorch AdamW semantics (decoupled decay, bias correction). All arrays [n].
 template <typename T>
 void adamw_update(int64_t n, T* param, const T* grad, T* m, T* v, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, int64_t step);
+                  double beta2, double eps, double weight_decay, int64_t step, double grad_scale = 1.0);
 
 // Sum of squares, accumulated in double.
 template <typename T>

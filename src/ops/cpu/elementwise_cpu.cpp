@@ -58,16 +58,17 @@ void embedding_backward(int64_t N, int64_t C, const int32_t* ids, const T* dout,
 
 template <typename T>
 void adamw_update(int64_t n, T* param, const T* grad, T* m, T* v, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, int64_t step) {
+                  double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
   const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
   const T decay = static_cast<T>(1.0 - lr * weight_decay);
   const T step_size = static_cast<T>(lr / bc1);
   const T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2);
   const T inv_bc2_sqrt = static_cast<T>(1.0 / bc2_sqrt), e = static_cast<T>(eps);
+  const T gs = static_cast<T>(grad_scale);
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
-    const T g = grad[i];
+    const T g = grad[i] * gs;
     param[i] *= decay;
     m[i] = b1 * m[i] + (T(1) - b1) * g;
     v[i] = b2 * v[i] + (T(1) - b2) * g * g;
@@ -102,7 +103,7 @@ void axpy(int64_t n, T a, const T* x, T* y) {
   template void embedding_forward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*);   \
   template void embedding_backward<T>(int64_t, int64_t, const int32_t*, const T*, T*);           \
   template void adamw_update<T>(int64_t, T*, const T*, T*, T*, double, double, double, double,   \
-                                double, int64_t);                                                \
+                                double, int64_t, double);                                        \
   template double sum_squares<T>(int64_t, const T*);                                             \
   template void scale_inplace<T>(int64_t, T*, T);                                                \
   template void axpy<T>(int64_t, T, const T*, T*);

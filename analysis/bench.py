@@ -1,0 +1,727 @@
+#!/usr/bin/env python3
+"""shardtune's GPU benchmark against PyTorch + transformers + PEFT, side by side in one run
+(`make bench`; issue #3 item 7).
+
+For each configuration (default: 1b_full 1b_lora 7b_lora 13b_lora) it
+  1. makes the random-token shards once (shardtune prepare --random ...; remade when their
+     rows, length or vocabulary do not match),
+  2. runs  mpirun -np 1 --bind-to none <bin> train --deck inputs/bench/<deck>.cfg  and reads
+     <output_dir>/<run_id>/metrics.h5: median step_time over the steps after the first 2,
+     tokens per step (the `tokens` column), tokens/s, peak memory (/summary peak_memory),
+     outcome (ok / oom / error),
+  3. runs analysis/peers/hf_llama_reference.py with the same shape in its own process (an OOM
+     or crash there does not stop the rest, and its GPU memory is freed),
+then prints a fixed-width table (shardtune vs reference tokens/s, ratio, peak memory, MFU,
+issue #3's reference figures and targets marked met / NOT met) and writes it as JSON and
+Markdown under runs/bench/ (and into $OUT when that variable is set).
+
+MFU uses one bf16 GEMM peak for every row: measured once at the start by the reference script
+(--gemm-peak-only: 8192^3 torch.matmul, median of 10), or --gemm-peak. FLOPs per token: see
+analysis/peers/hf_llama_reference.py FLOPS_FORMULA (the same as shardtune's
+llama_flops_per_token; the driver checks shardtune's own figure against it).
+
+    python3 analysis/bench.py --bin build/shardtune [--configs 7b_lora,13b_lora] [--skip-reference]
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "peers"))
+
+import hf_llama_reference as ref  # noqa: E402  (pure functions only; torch is imported in its main)
+
+GIB = 2.0 ** 30
+WARMUP_STEPS = 2  # steps left out of the median, for shardtune and the reference alike
+ISSUE_GEMM_PEAK_TFLOPS = 797.0  # issue #3: bf16 GEMM peak measured on its H100
+
+# Configurations: deck, and issue #3's reference figures (transformers 5.17, PEFT 0.21, SDPA,
+# bf16, plain PyTorch loop, random init, AdamW; H100 80 GB) for context.
+CONFIGS = {
+    "1b_full": {"deck": "inputs/bench/llama1b_full.cfg", "issue": {"tokens_per_s": 50000, "peak_gib": 24.4}},
+    "1b_lora": {"deck": "inputs/bench/llama1b_lora.cfg", "issue": {"tokens_per_s": 31000, "peak_gib": 27.8}},
+    "7b_lora": {"deck": "inputs/bench/llama7b_lora.cfg", "issue": {"tokens_per_s": 6300, "peak_gib": 18.6}},
+    "13b_lora": {"deck": "inputs/bench/llama13b_lora.cfg", "issue": {"tokens_per_s": 3710, "peak_gib": 32.3}},
+}
+DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora")
+
+# Issue #3's targets.
+TARGETS = {
+    "1b_full": [{"kind": "speedup", "min_ratio": 1.2}],
+    "7b_lora": [{"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0},
+                {"kind": "mfu", "min_mfu": 0.5}],
+    "13b_lora": [{"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0}],
+}
+
+MET, NOT_MET, NA = "met", "NOT met", "n/a"
+
+
+# ------------------------------------------------------------------------------ decks
+
+
+def read_deck(path, _seen=None):
+    """The keys of a shardtune deck (key = value, '#' comments, include = base relative to the
+    deck; the including deck's keys win), as strings."""
+    seen = set() if _seen is None else _seen
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ValueError(f"{path}: include cycle")
+    seen.add(real)
+    own, include = {}, None
+    with open(path) as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if "=" not in line:
+                raise ValueError(f"{path}:{number}: expected 'key = value', got {raw.strip()!r}")
+            key, value = (part.strip() for part in line.split("=", 1))
+            if key == "include":
+                include = value
+            else:
+                own[key] = value
+    keys = {}
+    if include:
+        base = include if os.path.isabs(include) else os.path.join(os.path.dirname(path), include)
+        keys.update(read_deck(base, seen))
+    keys.update(own)
+    return keys
+
+
+def deck_bool(value):
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def deck_shape(keys, deck_path):
+    """Model and run shape of a bench deck, with shardtune's defaults for absent keys."""
+    heads = int(keys.get("num_heads", 4))
+    kv = int(keys.get("num_kv_heads", 0)) or heads
+    head_dim = int(keys.get("head_dim", 0)) or None
+    return {
+        "hidden": int(keys.get("hidden_size", 256)),
+        "layers": int(keys.get("num_layers", 4)),
+        "intermediate": int(keys.get("intermediate_size", 688)),
+        "heads": heads,
+        "kv_heads": kv,
+        "head_dim": head_dim,
+        "vocab": int(keys.get("vocab_size", 0)),
+        "method": keys.get("method", "full"),
+        "lora_r": int(keys.get("lora_r", 8)),
+        "lora_alpha": float(keys.get("lora_alpha", 16)),
+        "lora_targets": keys.get("lora_targets", "q,k,v,o,gate,up,down"),
+        "batch": int(keys.get("micro_batch_size", 8)) * int(keys.get("grad_accum", 1)),
+        "checkpointing": deck_bool(keys.get("activation_checkpointing", "false")),
+        "steps": int(keys.get("max_steps", 0)),
+        "lr": float(keys.get("lr", 3e-4)),
+        "grad_clip": float(keys.get("grad_clip", 1.0)),
+        "tied": deck_bool(keys.get("tie_embeddings", "false")),
+        "output_dir": keys.get("output_dir", "runs"),
+        "run_id": keys.get("run_id") or os.path.splitext(os.path.basename(deck_path))[0],
+        "data": keys.get("data", ""),
+    }
+
+
+def shape_flops(shape, seq):
+    """FLOPs per token of a deck's shape (the reference's formula)."""
+    lora_modules = tuple(f"{t.strip()}_proj" for t in shape["lora_targets"].split(",") if t.strip())
+    return ref.flops_per_token(shape["hidden"], shape["layers"], shape["intermediate"], shape["heads"],
+                               shape["kv_heads"], shape["vocab"], seq, shape["method"], shape["lora_r"],
+                               shape["head_dim"], lora_modules)
+
+
+def reference_args(shape, seq, warmup=WARMUP_STEPS, gemm_peak=None):
+    """Command-line arguments of hf_llama_reference.py for a deck's shape."""
+    args = ["--hidden", shape["hidden"], "--layers", shape["layers"], "--intermediate", shape["intermediate"],
+            "--heads", shape["heads"], "--kv-heads", shape["kv_heads"], "--vocab", shape["vocab"],
+            "--method", shape["method"], "--batch", shape["batch"], "--seq", seq,
+            "--steps", shape["steps"], "--warmup", warmup, "--lr", repr(shape["lr"]),
+            "--grad-clip", repr(shape["grad_clip"])]
+    if shape["head_dim"]:
+        args += ["--head-dim", shape["head_dim"]]
+    if shape["method"] == "lora":
+        args += ["--lora-r", shape["lora_r"], "--lora-alpha", repr(shape["lora_alpha"])]
+    if shape["checkpointing"]:
+        args += ["--checkpointing"]
+    if gemm_peak is not None:
+        args += ["--gemm-peak", repr(float(gemm_peak))]
+    return [str(a) for a in args]
+
+
+def mpirun_command(mpirun, binary, deck, is_root, extra=()):
+    """mpirun -np 1 --bind-to none [--allow-run-as-root] BIN train --deck DECK [extra...]; flags
+    already in `mpirun` (a command line, e.g. the Makefile's $(MPIRUN) $(MPIRUN_FLAGS)) are not
+    repeated."""
+    cmd = shlex.split(mpirun)
+    if "-np" not in cmd and "-n" not in cmd:
+        cmd += ["-np", "1"]
+    if not any(a.startswith("--bind-to") for a in cmd):
+        cmd += ["--bind-to", "none"]
+    if is_root and "--allow-run-as-root" not in cmd:
+        cmd += ["--allow-run-as-root"]
+    return cmd + [binary, "train", "--deck", deck] + list(extra)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def mfu(flops_per_token, tokens_per_s, peak_tflops):
+    if not (flops_per_token and tokens_per_s and peak_tflops):
+        return None
+    return flops_per_token * tokens_per_s / (peak_tflops * 1e12)
+
+
+def _finite(x):
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def summarize_shardtune(run, warmup=WARMUP_STEPS):
+    """From st_read.read_run(): outcome, median step time over steps > warmup, tokens per step,
+    tokens/s, peak memory, shardtune's flops_per_token."""
+    summary, steps = run.get("summary", {}), run.get("steps", {})
+    out = {"outcome": summary.get("outcome", "error"), "steps_completed": summary.get("steps_completed")}
+    if summary.get("error"):
+        out["error"] = summary["error"]
+    if out["outcome"] == "oom":
+        out["oom_bytes"] = summary.get("oom_bytes")
+        out["oom_phase"] = summary.get("oom_phase")
+    if _finite(summary.get("peak_memory")) and summary.get("peak_memory", 0) > 0:
+        out["peak_memory_bytes"] = int(summary["peak_memory"])
+    if _finite(summary.get("flops_per_token")):
+        out["flops_per_token"] = float(summary["flops_per_token"])
+    step_no = list(steps.get("step", []))
+    times = list(steps.get("step_time", []))
+    tokens = list(steps.get("tokens", []))
+    keep = [i for i, s in enumerate(step_no) if s > warmup] or list(range(len(step_no)))
+    out["step_times"] = [float(t) for t in times]
+    out["losses"] = [float(x) for x in steps.get("loss", [])]
+    if keep and times:
+        med = statistics.median(float(times[i]) for i in keep)
+        tok = statistics.median(float(tokens[i]) for i in keep)
+        out["median_step_time"] = med
+        out["tokens_per_step"] = int(tok)
+        out["tokens_per_s"] = tok / med if med > 0 else None
+        out["median_over_steps"] = [int(step_no[i]) for i in keep]
+    if out["outcome"] == "ok" and "tokens_per_s" not in out:
+        out["outcome"] = "error"
+        out["error"] = "no training steps recorded"
+    return out
+
+
+def ratio(a, b):
+    return a / b if _finite(a) and _finite(b) and b > 0 else None
+
+
+def row_figures(st, rf, peak_tflops, flops):
+    """Tokens/s, peak GiB, MFU of both sides, and their ratios (None where unknown)."""
+    st_ok, rf_ok = st.get("outcome") == "ok", rf.get("outcome") == "ok"
+    st_tps = st.get("tokens_per_s") if st_ok else None
+    rf_tps = rf.get("tokens_per_s") if rf_ok else None
+    st_mem = st.get("peak_memory_bytes") if st_ok else None
+    rf_mem = rf.get("peak_memory_bytes") if rf_ok else None
+    return {
+        "st_tokens_per_s": st_tps, "ref_tokens_per_s": rf_tps, "ratio": ratio(st_tps, rf_tps),
+        "st_step_time": st.get("median_step_time") if st_ok else None,
+        "ref_step_time": rf.get("median_step_time") if rf_ok else None,
+        "st_peak_gib": st_mem / GIB if st_mem else None, "ref_peak_gib": rf_mem / GIB if rf_mem else None,
+        "mem_ratio": ratio(st_mem, rf_mem),
+        "st_mfu": mfu(flops, st_tps, peak_tflops), "ref_mfu": mfu(flops, rf_tps, peak_tflops),
+    }
+
+
+def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source):
+    """Issue #3's targets for one configuration: a list of {target, value, status, basis}.
+
+    Ratios are against the reference of the same run; where it did not run (skipped, error,
+    timeout) against the issue's reference figures (basis says so); a reference that ran out
+    of memory while shardtune did not counts as met."""
+    out = []
+    st_ok = st.get("outcome") == "ok"
+    rf_outcome = rf.get("outcome", "skipped")
+    for t in TARGETS.get(name, []):
+        entry = {"kind": t["kind"]}
+        if t["kind"] in ("speedup", "speedup_at_memory"):
+            entry["target"] = f"tokens/s >= {t['min_ratio']:.1f}x reference"
+            if t["kind"] == "speedup_at_memory":
+                entry["target"] += f" at <= {t['max_mem_ratio']:.1f}x its peak memory"
+            entry["same_run"] = rf_outcome in ("ok", "oom")
+            if st.get("outcome") == "skipped":
+                entry.update(status=NA, value="shardtune skipped", basis="this run")
+            elif not st_ok:
+                entry.update(status=NOT_MET, value=f"shardtune {st.get('outcome', 'not run')}", basis="this run")
+            elif rf_outcome == "oom":
+                entry.update(status=MET, value="reference out of memory", basis="this run")
+            else:
+                if rf_outcome == "ok":
+                    r, m, basis = figures["ratio"], figures["mem_ratio"], "this run"
+                else:
+                    r = ratio(figures["st_tokens_per_s"], issue["tokens_per_s"])
+                    m = ratio(figures["st_peak_gib"], issue["peak_gib"])
+                    basis = f"issue #3 figures (reference {rf_outcome})"
+                ok = r is not None and r >= t["min_ratio"]
+                value = f"{r:.2f}x tokens/s" if r is not None else "?"
+                if t["kind"] == "speedup_at_memory":
+                    ok = ok and m is not None and m <= t["max_mem_ratio"]
+                    value += f", {m:.2f}x memory" if m is not None else ", memory ?"
+                entry.update(status=MET if ok else NOT_MET, value=value, basis=basis)
+        elif t["kind"] == "mfu":
+            entry["target"] = f"MFU >= {100 * t['min_mfu']:.0f}% of the bf16 GEMM peak"
+            entry["same_run"] = not peak_source.startswith("issue")
+            value = figures["st_mfu"]
+            if st.get("outcome") == "skipped":
+                entry.update(status=NA, value="shardtune skipped", basis=peak_source)
+            elif not st_ok or value is None:
+                entry.update(status=NOT_MET if not st_ok else NA,
+                             value=f"shardtune {st.get('outcome')}" if not st_ok else "no MFU", basis=peak_source)
+            else:
+                entry.update(status=MET if value >= t["min_mfu"] else NOT_MET,
+                             value=f"{100 * value:.1f}% of {peak_tflops:.0f} TFLOP/s", basis=peak_source)
+        out.append(entry)
+    return out
+
+
+def overall_status(targets):
+    """met / NOT met / n/a over a configuration's targets ('-' without any); '*' marks a
+    verdict that rests on issue #3's figures instead of this run's."""
+    if not targets:
+        return "-"
+    if any(t["status"] == NOT_MET for t in targets):
+        status = NOT_MET
+    elif all(t["status"] == MET for t in targets):
+        status = MET
+    else:
+        status = NA
+    return status + ("*" if not all(t.get("same_run", True) for t in targets) else "")
+
+
+FOOTNOTE = "* judged against issue #3's figures: no reference result or measured GEMM peak in this run"
+
+
+# ------------------------------------------------------------------------------ formatting
+
+COLUMNS = [
+    # (key, header, width)
+    ("config", "config", 9),
+    ("st_step", "st ms/step", 10),
+    ("st_tps", "st tok/s", 9),
+    ("ref_step", "ref ms/step", 11),
+    ("ref_tps", "ref tok/s", 9),
+    ("ratio", "ratio", 6),
+    ("st_gib", "st GiB", 7),
+    ("ref_gib", "ref GiB", 7),
+    ("mem_ratio", "mem ratio", 9),
+    ("st_mfu", "st MFU", 6),
+    ("ref_mfu", "ref MFU", 7),
+    ("issue_tps", "issue tok/s", 11),
+    ("issue_gib", "issue GiB", 9),
+    ("target", "target", 8),
+]
+
+
+def _num(x, fmt):
+    return fmt.format(x) if _finite(x) else None
+
+
+def row_cells(row):
+    """Text of every column for one configuration's result."""
+    f, st, rf, issue = row["figures"], row["shardtune"], row["reference"], row["issue"]
+
+    def outcome_or(value, side):
+        if value is not None:
+            return value
+        o = side.get("outcome", "skipped")
+        return {"oom": "OOM", "ok": "-"}.get(o, o)
+
+    return {
+        "config": row["name"],
+        "st_step": outcome_or(_num(f["st_step_time"] and f["st_step_time"] * 1e3, "{:.1f}"), st),
+        "st_tps": outcome_or(_num(f["st_tokens_per_s"], "{:,.0f}"), st),
+        "ref_step": outcome_or(_num(f["ref_step_time"] and f["ref_step_time"] * 1e3, "{:.1f}"), rf),
+        "ref_tps": outcome_or(_num(f["ref_tokens_per_s"], "{:,.0f}"), rf),
+        "ratio": _num(f["ratio"], "{:.2f}x") or "-",
+        "st_gib": outcome_or(_num(f["st_peak_gib"], "{:.1f}"), st),
+        "ref_gib": outcome_or(_num(f["ref_peak_gib"], "{:.1f}"), rf),
+        "mem_ratio": _num(f["mem_ratio"], "{:.2f}x") or "-",
+        "st_mfu": _num(f["st_mfu"] and 100 * f["st_mfu"], "{:.1f}%") or "-",
+        "ref_mfu": _num(f["ref_mfu"] and 100 * f["ref_mfu"], "{:.1f}%") or "-",
+        "issue_tps": _num(issue.get("tokens_per_s"), "{:,.0f}") or "-",
+        "issue_gib": _num(issue.get("peak_gib"), "{:.1f}") or "-",
+        "target": row["status"],
+    }
+
+
+def target_lines(results):
+    lines = []
+    for row in results:
+        for t in row["targets"]:
+            lines.append(f"{row['name']}: {t['target']}: {t['value']} -> {t['status']} ({t['basis']})")
+    return lines
+
+
+def format_text(report):
+    """nccl-tests-style fixed-width table with '#' comment lines around it."""
+    rows = [row_cells(row) for row in report["results"]]
+    widths = [max([w, len(h)] + [len(str(cells[k])) for cells in rows]) for k, h, w in COLUMNS]
+    lines = [f"# shardtune benchmark vs PyTorch reference ({report['meta'].get('device') or 'unknown device'})",
+             f"# bf16 GEMM peak: {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']})"
+             if _finite(report.get("gemm_peak_tflops")) else "# bf16 GEMM peak: unknown (MFU not computed)",
+             f"# tokens/s = batch x seq / median step time over steps {WARMUP_STEPS + 1} and later; "
+             "peak = training peak incl. weights; st = shardtune, ref = transformers + PEFT",
+             "#"]
+    lines.append("# " + "  ".join(h.rjust(w) for (_, h, _), w in zip(COLUMNS, widths)))
+    for cells in rows:
+        lines.append("  " + "  ".join(str(cells[k]).rjust(w) for (k, _, _), w in zip(COLUMNS, widths)))
+    lines.append("#")
+    lines += ["# target  " + line for line in target_lines(report["results"])] or ["# no targets evaluated"]
+    if any(r["status"].endswith("*") for r in report["results"]):
+        lines.append("# " + FOOTNOTE)
+    lines.append(f"# FLOPs per token: {ref.FLOPS_FORMULA}")
+    for note in report.get("notes", []):
+        lines.append(f"# note: {note}")
+    return "\n".join(lines)
+
+
+def format_markdown(report):
+    meta = report["meta"]
+    out = [f"# shardtune benchmark vs PyTorch reference", "",
+           f"{meta.get('date', '')}, {meta.get('host', '')}, {meta.get('device') or 'unknown device'}, "
+           f"commit {meta.get('commit', '?')}", ""]
+    if _finite(report.get("gemm_peak_tflops")):
+        out.append(f"bf16 GEMM peak {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']}).")
+    out += ["", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in report["results"]:
+        cells = row_cells(row)
+        out.append("| " + " | ".join(str(cells[k]) for k, _, _ in COLUMNS) + " |")
+    out += ["", "Targets (issue #3):", ""]
+    out += [f"- {line}" for line in target_lines(report["results"])] or ["- none evaluated"]
+    if any(r["status"].endswith("*") for r in report["results"]):
+        out += ["", FOOTNOTE.replace("*", "\\*", 1)]
+    out += ["", f"FLOPs per token: {ref.FLOPS_FORMULA}.", "",
+            f"tokens/s = batch x seq / median step time over steps {WARMUP_STEPS + 1} and later; peak memory is "
+            "the training peak including the resident weights (shardtune: its allocator's peak after setup; "
+            "reference: torch.cuda.max_memory_allocated() reset after model and optimizer creation). "
+            "Issue columns: issue #3's reference figures, measured earlier on the same kind of H100."]
+    for note in report.get("notes", []):
+        out.append(f"\nNote: {note}")
+    commands = ([meta["bench_command"]] if meta.get("bench_command") else []) + list(meta.get("commands", []))
+    if commands:
+        out += ["", "Commands (the driver, then what it ran):", "", "```"] + commands + ["```"]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def run_logged(cmd, log_path, timeout, prefix, echo=True, cwd=None):
+    """Run cmd in its own session, output to log_path (and echoed with a prefix); kill the whole
+    process group after `timeout` seconds. Returns (exit status or None, timed_out)."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
+                                start_new_session=True, text=True, errors="replace", bufsize=1)
+
+        def pump():
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if echo:
+                    sys.stdout.write(f"[{prefix}] {line}")
+                    sys.stdout.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        reader.join(timeout=10)
+        if timed_out:
+            log.write(f"\n[bench] killed after {timeout} s\n")
+    return proc.returncode, timed_out
+
+
+def last_fatal_line(log_path):
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "fatal" in line or "Error" in line or "error" in line:
+            return line
+    return lines[-1] if lines else None
+
+
+def shards_match(data_dir, rows, seq_len, vocab):
+    """True when data_dir holds random-token train/validation shards of these dimensions."""
+    import h5py
+
+    try:
+        with h5py.File(os.path.join(data_dir, "train-00000.h5"), "r") as f:
+            a = f.attrs
+            ok = (a["task"] in (b"random", "random") and int(a["num_rows"]) == rows
+                  and int(a["max_seq_len"]) == seq_len and int(a["tokenizer_vocab_size"]) == vocab)
+        return ok and os.path.isfile(os.path.join(data_dir, "validation-00000.h5"))
+    except (OSError, KeyError):
+        return False
+
+
+def git_commit(repo):
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "") if head else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def gpu_name():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip()
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def select_configs(text):
+    names = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key = item[len("llama"):] if item.startswith("llama") and item[len("llama"):] in CONFIGS else item
+        if key not in CONFIGS:
+            raise ValueError(f"unknown config '{item}' (known: {', '.join(CONFIGS)})")
+        names.append(key)
+    if not names:
+        raise ValueError("--configs names no configuration")
+    return names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="shardtune vs PyTorch + PEFT on one GPU, side by side.")
+    p.add_argument("--bin", default="build/shardtune", help="shardtune binary (default build/shardtune)")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help=f"comma-separated configurations (default {','.join(DEFAULT_CONFIGS)})")
+    p.add_argument("--skip-reference", action="store_true", help="do not run the PyTorch reference")
+    p.add_argument("--skip-shardtune", action="store_true", help="do not run shardtune (reference only)")
+    p.add_argument("--mpirun", default="mpirun", help="launcher command line (default mpirun)")
+    p.add_argument("--python", default=sys.executable, help="python with torch for the reference")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per run (default 900)")
+    p.add_argument("--data-dir", default="data/bench/random-1024", help="random-token shards directory")
+    p.add_argument("--rows", type=int, default=256, help="training rows of the shards (default 256)")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per row (default 1024)")
+    p.add_argument("--vocab", type=int, default=32000, help="vocabulary of the shards (default 32000)")
+    p.add_argument("--gemm-peak", type=float, default=None, metavar="TFLOPS",
+                   help="bf16 GEMM peak for MFU (default: measured by the reference script)")
+    p.add_argument("--train-args", default="", help="extra options for shardtune train (e.g. '--threads 8')")
+    p.add_argument("--out-dir", default="runs/bench", help="where results and logs go (default runs/bench)")
+    p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
+    p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is not met")
+    args = p.parse_args(argv)
+    try:
+        args.config_names = select_configs(args.configs)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # --bin and --python are relative to where bench.py was started; decks, shards and outputs
+    # to the repository root (where the decks' relative paths point).
+    args.bin = os.path.abspath(args.bin)
+    if os.sep in args.python:
+        args.python = os.path.abspath(args.python)
+    repo = os.path.dirname(HERE)
+    os.chdir(repo)
+    logs = os.path.join(args.out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    commands, notes = [], []
+    echo = not args.quiet
+
+    if not args.skip_shardtune and not os.access(args.bin, os.X_OK):
+        print(f"bench: {args.bin}: no such executable (build it with make)", file=sys.stderr)
+        return 1
+
+    # 1. Shards.
+    if not args.skip_shardtune:
+        if shards_match(args.data_dir, args.rows, args.seq_len, args.vocab):
+            print(f"bench: using the shards in {args.data_dir}")
+        else:
+            cmd = [args.bin, "prepare", "--random", args.data_dir, "--rows", str(args.rows), "--seq-len",
+                   str(args.seq_len), "--vocab", str(args.vocab)]
+            commands.append(" ".join(cmd))
+            status, _ = run_logged(cmd, os.path.join(logs, "prepare.log"), 600, "prepare", echo)
+            if status != 0:
+                print(f"bench: making the shards failed (exit {status}); see {logs}/prepare.log", file=sys.stderr)
+                return 1
+
+    # 2. The GEMM peak every MFU is computed against.
+    peak, peak_source = args.gemm_peak, "given (--gemm-peak)"
+    ref_script = os.path.join(HERE, "peers", "hf_llama_reference.py")
+    if peak is None:
+        peak_json = os.path.join(args.out_dir, "gemm_peak.json")
+        if os.path.exists(peak_json):
+            os.remove(peak_json)
+        cmd = [args.python, ref_script, "--gemm-peak-only", "--json", peak_json]
+        commands.append(" ".join(cmd))
+        run_logged(cmd, os.path.join(logs, "gemm_peak.log"), 300, "gemm peak", echo)
+        try:
+            with open(peak_json) as f:
+                measured = json.load(f)
+            if measured.get("outcome") == "ok":
+                peak = float(measured["gemm_peak_tflops"])
+                peak_source = (f"measured: {ref.GEMM_N}^3 bf16 torch.matmul, median of {ref.GEMM_REPEATS}")
+                sustained = measured.get("gemm_sustained_tflops")
+                if _finite(sustained):
+                    peak_source += f"; {sustained:.0f} TFLOP/s sustained over {ref.GEMM_SUSTAINED_S:.0f} s"
+        except (OSError, ValueError, KeyError):
+            pass
+        if peak is None:
+            peak, peak_source = ISSUE_GEMM_PEAK_TFLOPS, "issue #3's figure (could not measure here)"
+            notes.append("the bf16 GEMM peak could not be measured (no torch/GPU?); MFU uses issue #3's 797 TFLOP/s")
+
+    results = []
+    for name in args.config_names:
+        spec = CONFIGS[name]
+        keys = read_deck(spec["deck"])
+        shape = deck_shape(keys, spec["deck"])
+        flops = shape_flops(shape, args.seq_len)
+        row = {"name": name, "deck": spec["deck"], "shape": shape, "seq": args.seq_len, "issue": spec["issue"],
+               "flops_per_token": flops["total"], "flops": flops}
+        print(f"bench: {name}: {spec['deck']}")
+
+        # 3. shardtune.
+        st = {"outcome": "skipped"}
+        if not args.skip_shardtune:
+            extra = shlex.split(args.train_args)
+            if os.path.normpath(shape["data"]) != os.path.normpath(args.data_dir):
+                extra += ["--data", args.data_dir]
+            run_dir = os.path.join(shape["output_dir"], shape["run_id"])
+            metrics = os.path.join(run_dir, "metrics.h5")
+            if os.path.exists(metrics):
+                os.remove(metrics)
+            cmd = mpirun_command(args.mpirun, args.bin, spec["deck"], os.geteuid() == 0, extra)
+            commands.append(" ".join(shlex.quote(c) for c in cmd))
+            log_path = os.path.join(logs, f"{name}-shardtune.log")
+            status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} shardtune", echo)
+            st = {"outcome": "error"}
+            if os.path.exists(metrics):
+                import st_read
+
+                try:
+                    st = summarize_shardtune(st_read.read_run(metrics))
+                except st_read.MetricsFileError as e:
+                    st = {"outcome": "error", "error": str(e)}
+            if timed_out:
+                st["outcome"] = "timeout"
+            elif st["outcome"] in ("running", "error") and "error" not in st:
+                st["error"] = last_fatal_line(log_path)
+            if st["outcome"] == "running":
+                st["outcome"] = "error"
+            st["exit_status"] = status
+            st["log"] = log_path
+            st_flops = st.get("flops_per_token")
+            if _finite(st_flops) and abs(st_flops - flops["total"]) > 1e-9 * flops["total"]:
+                notes.append(f"{name}: shardtune's flops_per_token {st_flops:.6g} differs from the formula's "
+                             f"{flops['total']:.6g}; MFU uses the formula for both")
+        row["shardtune"] = st
+
+        # 4. The reference, in its own process.
+        rf = {"outcome": "skipped"}
+        if not args.skip_reference:
+            out_json = os.path.join(args.out_dir, f"reference-{name}.json")
+            if os.path.exists(out_json):
+                os.remove(out_json)
+            cmd = [args.python, ref_script] + reference_args(shape, args.seq_len, gemm_peak=peak) + ["--json", out_json]
+            commands.append(" ".join(shlex.quote(c) for c in cmd))
+            log_path = os.path.join(logs, f"{name}-reference.log")
+            status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} reference", echo)
+            try:
+                with open(out_json) as f:
+                    rf = json.load(f)
+            except (OSError, ValueError):
+                rf = {"outcome": "error", "error": last_fatal_line(log_path)}
+            if timed_out:
+                rf["outcome"] = "timeout"
+            rf["exit_status"] = status
+            rf["log"] = log_path
+        row["reference"] = rf
+
+        row["figures"] = row_figures(st, rf, peak, flops["total"])
+        row["targets"] = evaluate_targets(name, st, rf, row["figures"], spec["issue"], peak, peak_source)
+        row["status"] = overall_status(row["targets"])
+        results.append(row)
+
+    device = next((r["reference"].get("device") for r in results if r["reference"].get("device")), None) or gpu_name()
+    report = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": socket.gethostname(), "device": device, "commit": git_commit(repo),
+            "bench_command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+            "commands": commands, "warmup_steps": WARMUP_STEPS,
+        },
+        "gemm_peak_tflops": peak, "gemm_peak_source": peak_source,
+        "flops_formula": ref.FLOPS_FORMULA, "issue_gemm_peak_tflops": ISSUE_GEMM_PEAK_TFLOPS,
+        "results": results, "notes": notes,
+    }
+    text = format_text(report)
+    print()
+    print(text)
+    written = write_outputs(report, text, args.out_dir, logs)
+    print(f"\nbench: wrote {', '.join(written)}")
+    if args.require_targets and any(r["status"].startswith(NOT_MET) for r in results):
+        return 1
+    return 0
+
+
+def write_outputs(report, text, out_dir, logs):
+    os.makedirs(out_dir, exist_ok=True)
+    files = {"bench.json": json.dumps(report, indent=1, sort_keys=True, default=str) + "\n",
+             "bench.md": format_markdown(report), "bench.txt": text + "\n"}
+    written = []
+    for name, content in files.items():
+        path = os.path.join(out_dir, name)
+        with open(path, "w") as f:
+            f.write(content)
+        written.append(path)
+    extra = os.environ.get("OUT")
+    if extra:
+        os.makedirs(extra, exist_ok=True)
+        for name in files:
+            shutil.copy(os.path.join(out_dir, name), os.path.join(extra, name))
+        if os.path.isdir(logs):
+            shutil.copytree(logs, os.path.join(extra, "bench-logs"), dirs_exist_ok=True)
+        written.append(f"$OUT ({extra})")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(main())

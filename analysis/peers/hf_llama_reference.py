@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""PyTorch reference for shardtune's benchmark (`make bench`, issue #3 item 7).
+
+Trains a randomly initialised Hugging Face Llama (transformers.LlamaForCausalLM, SDPA attention,
+bf16) with full fine-tuning or PEFT LoRA, in a plain PyTorch loop (forward, loss.backward(),
+gradient clipping, AdamW step, zero_grad) on uniform random tokens, and prints one JSON object:
+median step time, tokens/s, peak GPU memory and MFU against a measured bf16 GEMM peak.
+
+    python3 analysis/peers/hf_llama_reference.py --hidden 4096 --layers 32 --intermediate 11008 \\
+        --heads 32 --kv-heads 32 --vocab 32000 --method lora --lora-r 16 --lora-alpha 32 \\
+        --batch 8 --seq 1024 --checkpointing --steps 12 --warmup 2 --json ref.json
+    python3 analysis/peers/hf_llama_reference.py --gemm-peak-only
+
+What it does, precisely (so that shardtune is compared with what people actually run):
+- Model: LlamaConfig(...) with attn_implementation="sdpa", untied head, use_cache off, built
+  directly on the GPU in bf16 (default device cuda and default dtype bf16 while the module is
+  constructed, which is what `torch_dtype=torch.bfloat16` does inside transformers); nothing of
+  the model is ever materialised on the CPU. Random init (transformers' normal, std 0.02).
+- Full fine-tuning: every parameter trains in bf16 (pure bf16: no fp32 master copy; AdamW
+  moments in bf16, as torch.optim.AdamW keeps them in the parameter's dtype).
+- LoRA: peft.get_peft_model(LoraConfig(r, lora_alpha, target_modules = q,k,v,o,gate,up,down
+  _proj, lora_dropout=0, bias="none")) with PEFT's defaults. PEFT first gives the adapters the
+  base layer's dtype (bf16), then, because get_peft_model's autocast_adapter_dtype defaults to
+  True, upcasts them to fp32; in forward PEFT casts the layer input to fp32 for the adapter path
+  and the result back to bf16. So adapters, their gradients and AdamW moments are fp32 (the
+  JSON field adapter_dtype reports what the run actually had).
+- Activation checkpointing: model.gradient_checkpointing_enable() (transformers' defaults), plus
+  enable_input_require_grads() for LoRA (the frozen embedding would otherwise cut the graph).
+- Optimizer: torch.optim.AdamW(trainable parameters, lr, betas (0.9, 0.999), eps 1e-8,
+  weight_decay 0) with PyTorch's default implementation choice (foreach on CUDA, fused=False);
+  torch.nn.utils.clip_grad_norm_ to --grad-clip (1.0, as shardtune's bench decks; 0 = off).
+- Data: uniform random ids in [3, vocab) with BOS (1) first, labels = ids (transformers shifts
+  them: seq-1 targets per row, as shardtune's loss mask), a new batch every step, all generated
+  on the GPU before the first step.
+- Timing: torch.cuda.synchronize() and time.perf_counter() around each whole step; the median
+  over the steps after --warmup. tokens/s = batch * seq / median.
+- Peak memory ("training"): torch.cuda.max_memory_allocated() over the training steps, with the
+  counter reset after the model, adapters, optimizer and batches exist and before step 1. It
+  includes the resident weights and everything the steps allocate (gradients, AdamW state,
+  which PyTorch creates at the first step, activations, the fp32 logits of the loss). The same
+  scope as shardtune's peak_memory (its allocator's peak is reset after setup). Reserved bytes
+  (the caching allocator's pool) are reported too.
+- MFU: model FLOPs per token (flops_per_token below, the same formula as shardtune's
+  llama_flops_per_token) x tokens/s / the bf16 GEMM peak measured here: a 8192^3
+  torch.matmul in bf16, the median of 10 after 5 warm-ups, timed with CUDA events (770-780
+  TFLOP/s on the H100 tried, near issue #3's 797). The rate sustained over 1 s of back-to-back matmuls (lower: the H100 clocks
+  down at its power limit) is reported as gemm_sustained_tflops, for context.
+
+Exit status: 0 ok, 3 out of memory (JSON outcome "oom"), 1 any other failure (outcome "error"),
+2 bad arguments. torch, transformers and peft are imported only in main(), so --help and the
+pure functions work without them.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GEMM_N = 8192
+GEMM_REPEATS = 10
+GEMM_WARMUP = 5
+GEMM_SUSTAINED_S = 1.0
+BOS_ID = 1
+FIRST_RANDOM_ID = 3  # as `shardtune prepare --random`: 0 pad, 1 BOS, 2 EOS
+
+FLOPS_FORMULA = (
+    "full: 6*N_matmul + attention; lora: 4*N_matmul + 6*N_adapter + attention; "
+    "N_matmul = weights of every linear layer (q, k, v, o, gate, up, down of each block, and lm_head; "
+    "not the embedding lookup); N_adapter = r*(in+out) per adapted layer; "
+    "attention = 6*seq*num_heads*head_dim*layers (QK^T and PV: 4*seq*H*D per token per layer forward "
+    "without a mask, halved by the causal mask, backward twice the forward); "
+    "the activation-checkpointing recompute is not counted (model FLOPs)"
+)
+
+
+# ------------------------------------------------------------------------------ pure functions
+
+
+def linear_layers(hidden, layers, intermediate, heads, kv_heads, vocab, head_dim=None):
+    """(name, in_features, out_features) of every linear layer of one block, and the lm_head.
+
+    Returns (block_layers, lm_head): block_layers is the list for one block (the same in every
+    block), lm_head is ("lm_head", hidden, vocab).
+    """
+    d = head_dim or hidden // heads
+    block = [
+        ("q_proj", hidden, heads * d),
+        ("k_proj", hidden, kv_heads * d),
+        ("v_proj", hidden, kv_heads * d),
+        ("o_proj", heads * d, hidden),
+        ("gate_proj", hidden, intermediate),
+        ("up_proj", hidden, intermediate),
+        ("down_proj", intermediate, hidden),
+    ]
+    return block, ("lm_head", hidden, vocab)
+
+
+def flops_per_token(hidden, layers, intermediate, heads, kv_heads, vocab, seq, method, lora_r=16,
+                    head_dim=None, lora_modules=LORA_MODULES):
+    """Training FLOPs per token (model FLOPs; see FLOPS_FORMULA), with its parts."""
+    if method not in ("full", "lora"):
+        raise ValueError(f"method must be full or lora, not {method!r}")
+    d = head_dim or hidden // heads
+    block, head = linear_layers(hidden, layers, intermediate, heads, kv_heads, vocab, head_dim)
+    n_matmul = layers * sum(i * o for _, i, o in block) + head[1] * head[2]
+    n_adapter = 0
+    if method == "lora":
+        n_adapter = layers * sum(lora_r * (i + o) for name, i, o in block if name in lora_modules)
+    matmul = (6.0 if method == "full" else 4.0) * n_matmul + 6.0 * n_adapter
+    attention = 6.0 * seq * heads * d * layers
+    return {
+        "n_matmul": n_matmul,
+        "n_adapter": n_adapter,
+        "matmul": matmul,
+        "attention": attention,
+        "total": matmul + attention,
+        "formula": FLOPS_FORMULA,
+    }
+
+
+def num_parameters(hidden, layers, intermediate, heads, kv_heads, vocab, head_dim=None, tied=False):
+    """All parameters of the Llama (embedding, blocks with their two norms, final norm, head)."""
+    block, head = linear_layers(hidden, layers, intermediate, heads, kv_heads, vocab, head_dim)
+    n = vocab * hidden + layers * (sum(i * o for _, i, o in block) + 2 * hidden) + hidden
+    return n if tied else n + head[1] * head[2]
+
+
+def median_after_warmup(step_times, warmup):
+    """Median of the step times after the first `warmup` steps (all of them if none is left)."""
+    rest = list(step_times[warmup:]) or list(step_times)
+    return statistics.median(rest) if rest else float("nan")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="PyTorch + transformers (+ PEFT) reference step time, tokens/s, peak memory and MFU "
+        "for a randomly initialised Llama; prints one JSON object.",
+        epilog="See the module docstring for exactly what is measured.")
+    p.add_argument("--hidden", type=int, default=2048, help="hidden size (default 2048)")
+    p.add_argument("--layers", type=int, default=22, help="decoder blocks (default 22)")
+    p.add_argument("--intermediate", type=int, default=5632, help="MLP size (default 5632)")
+    p.add_argument("--heads", type=int, default=32, help="query heads (default 32)")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
+    p.add_argument("--head-dim", type=int, default=None, help="head dimension (default hidden/heads)")
+    p.add_argument("--vocab", type=int, default=32000, help="vocabulary (default 32000)")
+    p.add_argument("--max-position-embeddings", type=int, default=2048)
+    p.add_argument("--method", choices=("full", "lora"), default="full")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--batch", type=int, default=8, help="rows per step (default 8)")
+    p.add_argument("--seq", type=int, default=1024, help="tokens per row (default 1024)")
+    p.add_argument("--checkpointing", action="store_true", help="activation (gradient) checkpointing")
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the median (default 2)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--gemm-peak", type=float, default=None, metavar="TFLOPS",
+                   help="use this bf16 GEMM peak for MFU instead of measuring it")
+    p.add_argument("--gemm-peak-only", action="store_true", help="only measure the bf16 GEMM peak")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the JSON object to OUT")
+    args = p.parse_args(argv)
+    if args.kv_heads is None:
+        args.kv_heads = args.heads
+    for name in ("hidden", "layers", "intermediate", "heads", "kv_heads", "vocab", "batch", "steps", "lora_r"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.seq < 2:
+        p.error("--seq must be >= 2")
+    if args.vocab <= FIRST_RANDOM_ID:
+        p.error(f"--vocab must be > {FIRST_RANDOM_ID}")
+    if args.warmup < 0 or args.warmup >= args.steps:
+        p.error("--warmup must be in [0, --steps)")
+    if args.head_dim is None and args.hidden % args.heads:
+        p.error("--hidden must be a multiple of --heads (or give --head-dim)")
+    if args.heads % args.kv_heads:
+        p.error("--heads must be a multiple of --kv-heads")
+    return args
+
+
+def config_of(args):
+    return {
+        "hidden": args.hidden, "layers": args.layers, "intermediate": args.intermediate,
+        "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim or args.hidden // args.heads,
+        "vocab": args.vocab, "method": args.method,
+        "lora_r": args.lora_r if args.method == "lora" else None,
+        "lora_alpha": args.lora_alpha if args.method == "lora" else None,
+        "batch": args.batch, "seq": args.seq, "checkpointing": args.checkpointing, "steps": args.steps,
+        "warmup": args.warmup, "lr": args.lr, "grad_clip": args.grad_clip, "seed": args.seed,
+    }
+
+
+def is_out_of_memory(torch, error):
+    """torch.cuda.OutOfMemoryError, or an allocation failure PyTorch reports as RuntimeError
+    (cuBLAS workspace, for example)."""
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
+def log(*parts):
+    print("[hf_llama_reference]", *parts, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ GPU parts
+
+
+def measure_gemm_peak(torch, n=GEMM_N, repeats=GEMM_REPEATS, warmup=GEMM_WARMUP, sustained_s=GEMM_SUSTAINED_S):
+    """bf16 GEMM throughput of an n^3 torch.matmul, in TFLOP/s.
+
+    peak: the median of `repeats` single matmuls, each timed with CUDA events, after `warmup`
+    untimed ones (770-780 TFLOP/s on an H100 80GB HBM3, near issue #3's 797). sustained: the median
+    per-matmul rate over `sustained_s` seconds of back-to-back matmuls, where an H100 at its
+    700 W limit clocks down (measured ~660 vs ~770 TFLOP/s); reported for context, MFU uses
+    the peak. Returns (peak, single times in ms, sustained)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(warmup):
+        torch.matmul(a, b, out=c)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.matmul(a, b, out=c)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))  # ms
+    groups, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < sustained_s:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            torch.matmul(a, b, out=c)
+        end.record()
+        end.synchronize()
+        groups.append(start.elapsed_time(end) / 10)
+    del a, b, c
+    torch.cuda.empty_cache()
+    flop = 2.0 * n ** 3
+    return flop / (statistics.median(times) / 1e3) / 1e12, times, flop / (statistics.median(groups) / 1e3) / 1e12
+
+
+def build_model(torch, args, result):
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim or args.hidden // args.heads,
+        max_position_embeddings=args.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, attention_dropout=0.0, use_cache=False, bos_token_id=BOS_ID, eos_token_id=2,
+        pad_token_id=0, initializer_range=0.02, attn_implementation="sdpa")
+    # Built in place on the GPU in bf16: the default device and dtype apply to every parameter
+    # the constructor creates (what torch_dtype=torch.bfloat16 does inside transformers).
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    model.train()
+    result["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    devices = sorted({p.device.type for p in model.parameters()})
+    result["base_dtypes"] = dtypes
+    if devices != ["cuda"]:
+        raise RuntimeError(f"model parameters on {devices}, expected cuda only")
+    result["versions"]["transformers"] = transformers.__version__
+
+    if args.checkpointing:
+        model.gradient_checkpointing_enable()
+        if args.method == "lora":
+            model.enable_input_require_grads()
+    if args.method == "lora":
+        import peft
+        from peft import LoraConfig, get_peft_model
+
+        result["versions"]["peft"] = peft.__version__
+        lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(LORA_MODULES),
+                          lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)  # PEFT defaults: autocast_adapter_dtype=True
+        model.train()
+    return model
+
+
+def train(torch, args, result):
+    model = build_model(torch, args, result)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    result["num_parameters"] = sum(p.numel() for p in model.parameters())
+    result["trainable_parameters"] = sum(p.numel() for p in trainable)
+    result["trainable_dtypes"] = sorted({str(p.dtype).replace("torch.", "") for p in trainable})
+    if args.method == "lora":
+        result["adapter_dtype"] = ",".join(result["trainable_dtypes"])
+    # Cross-check the analytic counts that the FLOPs use against the model.
+    expected = num_parameters(args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab,
+                              args.head_dim)
+    flops = result["flops_per_token"]
+    result["parameter_check"] = {
+        "base_expected": expected,
+        "base_actual": result["num_parameters"] - (result["trainable_parameters"] if args.method == "lora" else 0),
+        "adapter_expected": flops["n_adapter"],
+        "adapter_actual": result["trainable_parameters"] if args.method == "lora" else 0,
+    }
+
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(args.seed)
+    batches = []
+    for _ in range(args.steps):
+        ids = torch.randint(FIRST_RANDOM_ID, args.vocab, (args.batch, args.seq), device="cuda", generator=gen)
+        ids[:, 0] = BOS_ID
+        batches.append(ids)
+    torch.cuda.synchronize()
+    result["memory_after_setup_bytes"] = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+
+    result["phase"] = "train"
+    step_times, losses = [], []
+    for step, ids in enumerate(batches, 1):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        step_times.append(dt)
+        losses.append(float(loss.item()))
+        log(f"step {step}/{args.steps} loss {losses[-1]:.4f} {dt * 1e3:.1f} ms "
+            f"{args.batch * args.seq / dt:,.0f} tok/s peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    result["step_times"] = step_times
+    result["losses"] = losses
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = {
+        "tool": "hf_llama_reference",
+        "outcome": "error",
+        "config": config_of(args),
+        "versions": {"python": sys.version.split()[0]},
+        "phase": "import",
+    }
+    status = 1
+    torch = None
+    try:
+        import torch  # noqa: F811  (imported here so --help works without it)
+
+        result["versions"]["torch"] = torch.__version__
+        result["versions"]["cuda"] = torch.version.cuda
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device visible to PyTorch")
+        torch.manual_seed(args.seed)
+        result["device"] = torch.cuda.get_device_name(0)
+        result["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+
+        result["phase"] = "gemm_peak"
+        if args.gemm_peak is not None:
+            result["gemm_peak_tflops"], result["gemm_peak_source"] = args.gemm_peak, "given"
+        else:
+            peak, times, sustained = measure_gemm_peak(torch)
+            result["gemm_peak_tflops"], result["gemm_peak_source"] = peak, "measured"
+            result["gemm_times_ms"] = times
+            result["gemm_sustained_tflops"] = sustained
+            result["gemm_shape"] = [GEMM_N, GEMM_N, GEMM_N]
+            log(f"bf16 GEMM {GEMM_N}^3: median {statistics.median(times):.3f} ms = {peak:.1f} TFLOP/s; "
+                f"sustained over {GEMM_SUSTAINED_S:.0f} s: {sustained:.1f} TFLOP/s")
+        if args.gemm_peak_only:
+            result["outcome"], status = "ok", 0
+            result.pop("config")
+            return status
+        result["flops_per_token"] = flops_per_token(args.hidden, args.layers, args.intermediate, args.heads,
+                                                    args.kv_heads, args.vocab, args.seq, args.method, args.lora_r,
+                                                    args.head_dim)
+        result["phase"] = "model"
+        train(torch, args, result)
+        med = median_after_warmup(result["step_times"], args.warmup)
+        tokens = args.batch * args.seq
+        result["median_step_time"] = med
+        result["tokens_per_step"] = tokens
+        result["tokens_per_s"] = tokens / med
+        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        result["peak_memory_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        result["peak_memory_scope"] = ("torch.cuda.max_memory_allocated() over the training steps; counter reset "
+                                       "after model, adapters, optimizer and batches were created (weights "
+                                       "included, AdamW state created at step 1 included)")
+        tflops = result["flops_per_token"]["total"] * result["tokens_per_s"] / 1e12
+        result["model_tflops"] = tflops
+        result["mfu"] = tflops / result["gemm_peak_tflops"] if result["gemm_peak_tflops"] else None
+        result["outcome"], status = "ok", 0
+        result.pop("phase", None)
+    except Exception as e:  # noqa: BLE001  (every failure becomes a JSON outcome)
+        if is_out_of_memory(torch, e):
+            result["outcome"], status = "oom", 3
+            result["error"] = str(e).splitlines()[0] if str(e) else "CUDA out of memory"
+            try:
+                result["peak_memory_bytes_at_oom"] = torch.cuda.max_memory_allocated()
+            except Exception:  # noqa: BLE001
+                pass
+        else:
+            result["outcome"], status = "error", 1
+            result["error"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc(file=sys.stderr)
+    finally:
+        text = json.dumps(result, sort_keys=True)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+        print(text, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

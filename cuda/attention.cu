@@ -1,0 +1,518 @@
+// Flash attention (FlashAttention-2 scheme) on tensor cores with mma.sync.m16n8k16 (bf16 in,
+// f32 accumulate): the [T, T] score matrix never exists in device memory.
+//
+// Fragment layout of mma.m16n8k16 (g = lane / 4, t = lane % 4), which the kernels rely on:
+//   A 16x16 (row-major): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..], reg3 = A[g+8][2t+8..]
+//   B 16x8 given as Bt[n][k] (k contiguous): reg0 = Bt[g][2t..2t+1], reg1 = Bt[g][2t+8..]
+//   C 16x8: c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
+// so a thread's C values of two adjacent n-tiles are exactly its A values of one k-step: the
+// probabilities P go from the S accumulators to the A operand of P V without shared memory.
+//
+// Forward: block = 4 warps x 16 query rows; key/value tiles of 64 stream through shared memory,
+// double-buffered with cp.async (the next tile loads while this one is computed); V is read as
+// the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
+// Writes O / l (bf16) and lse = m + log l (f32).
+// Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
+// tiles that see those keys; each warp owns 16 keys and accumulates their dK, dV in registers
+// (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which is added to an
+// f32 buffer with atomics and folded into the bf16 dq at the end. D = rowsum(dO * O) first.
+// Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
+// padded with zeros to DP in {16, 32, 64, 128} in shared memory.
+#include "cuda/attention.cuh"
+#include "cuda/common.cuh"
+#include "core/tensor.hpp"
+
+namespace st::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kTile = 64, kWarps = 4, kThreads = kWarps * 32;
+constexpr int kLdT = kTile + 8;  // row stride (bf16) of transposed tiles [d][64]
+
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// B fragments of two adjacent n-tiles (n0 and n0 + 8) from a row-major tile X[k][n] (k = the
+// contraction index, rows 16-byte aligned): ldmatrix.trans hands every thread X[2t..2t+1][g]
+// of each 8x8 block, which is the col-operand layout of mma.m16n8k16.
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const bf16* tile,
+                                              int ld, int k0, int n0, int lane) {
+  const bf16* p = tile + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8;
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+               : "r"(addr));
+}
+
+// 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// A fragment of the 16x16 block at (r0, c0) of a row-major bf16 tile with row stride ld.
+__device__ __forceinline__ void load_a(uint32_t a[4], const bf16* tile, int ld, int r0, int c0, int g, int t) {
+  a[0] = lds32(tile + (r0 + g) * ld + c0 + 2 * t);
+  a[1] = lds32(tile + (r0 + g + 8) * ld + c0 + 2 * t);
+  a[2] = lds32(tile + (r0 + g) * ld + c0 + 2 * t + 8);
+  a[3] = lds32(tile + (r0 + g + 8) * ld + c0 + 2 * t + 8);
+}
+
+// Rows [r0, r0 + 64) of one head of a [B, T, H, D] tensor into a row-major tile [64][DP + 8],
+// zero-filled past T and past D.
+template <int DP>
+__device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t b, int64_t r0, int64_t T,
+                          int64_t H, int64_t h, int64_t D) {
+  constexpr int ld = DP + 8;
+  if (D == DP) {  // 16-byte vectors (DP is a multiple of 8)
+    constexpr int vpr = DP / 8;
+    for (int idx = threadIdx.x; idx < kTile * vpr; idx += blockDim.x) {
+      const int r = idx / vpr, v = idx % vpr;
+      const int64_t tt = r0 + r;
+      uint4 val = make_uint4(0, 0, 0, 0);
+      if (tt < T) val = *reinterpret_cast<const uint4*>(src + ((b * T + tt) * H + h) * D + v * 8);
+      *reinterpret_cast<uint4*>(tile + r * ld + v * 8) = val;
+    }
+    return;
+  }
+  for (int idx = threadIdx.x; idx < kTile * DP; idx += blockDim.x) {
+    const int r = idx / DP, c = idx % DP;
+    const int64_t tt = r0 + r;
+    tile[r * ld + c] = (tt < T && c < D) ? src[((b * T + tt) * H + h) * D + c] : __float2bfloat16(0.0f);
+  }
+}
+
+// load_rows with cp.async when the head dimension needs no padding (D == DP); otherwise the
+// synchronous, zero-padding load. The caller commits, waits and synchronises.
+template <int DP>
+__device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t b, int64_t r0, int64_t T,
+                                int64_t H, int64_t h, int64_t D) {
+  if (D != DP) {
+    load_rows<DP>(tile, src, b, r0, T, H, h, D);
+    return;
+  }
+  constexpr int ld = DP + 8, vpr = DP / 8;
+  for (int idx = threadIdx.x; idx < kTile * vpr; idx += blockDim.x) {
+    const int r = idx / vpr, v = idx % vpr;
+    const int64_t tt = r0 + r;
+    const bf16* gp = tt < T ? src + ((b * T + tt) * H + h) * D + v * 8 : src;
+    cp_async16(tile + r * ld + v * 8, gp, tt < T ? 16 : 0);
+  }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads) attention_forward_kernel(
+    const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
+    bf16* __restrict__ out, float* __restrict__ lse, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale,
+    bool causal) {
+  constexpr int LDH = DP + 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // Two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
+  bf16* const base = reinterpret_cast<bf16*>(smem_raw);
+  auto k_stage = [&](int st) { return base + st * 2 * kTile * LDH; };
+  auto v_stage = [&](int st) { return base + st * 2 * kTile * LDH + kTile * LDH; };
+
+  const int64_t b = blockIdx.z, h = blockIdx.y, q0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t hk = h / (Hq / Hkv);
+  const int64_t len = lengths ? lengths[b] : T;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int r0 = warp * 16;
+  const int64_t i0 = q0 + r0 + g, i1 = i0 + 8;
+
+  load_rows<DP>(k_stage(0), q, b, q0, T, Hq, h, D);
+  __syncthreads();
+  uint32_t qa[DP / 16][4];
+#pragma unroll
+  for (int kt = 0; kt < DP / 16; ++kt) load_a(qa[kt], k_stage(0), LDH, r0, kt * 16, g, t);
+  __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
+
+  float o[DP / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < DP / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  int64_t kv_end = len < T ? len : T;
+  if (causal) kv_end = min(kv_end, q0 + kTile);
+
+  if (kv_end > 0) {
+    load_rows_async<DP>(k_stage(0), k, b, 0, T, Hkv, hk, D);
+    load_rows_async<DP>(v_stage(0), v, b, 0, T, Hkv, hk, D);
+    cp_async_commit();
+  }
+  int stage = 0;
+  for (int64_t j0 = 0; j0 < kv_end; j0 += kTile, stage ^= 1) {
+    cp_async_wait_all();
+    __syncthreads();  // tile j0 is in this stage; everyone is done with the other stage
+    if (j0 + kTile < kv_end) {  // prefetch the next tile while this one is computed
+      load_rows_async<DP>(k_stage(stage ^ 1), k, b, j0 + kTile, T, Hkv, hk, D);
+      load_rows_async<DP>(v_stage(stage ^ 1), v, b, j0 + kTile, T, Hkv, hk, D);
+      cp_async_commit();
+    }
+    const bf16* Ks = k_stage(stage);
+    const bf16* Vs = v_stage(stage);
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int kt = 0; kt < DP / 16; ++kt) {
+        const bf16* kr = Ks + (nt * 8 + g) * LDH + kt * 16 + 2 * t;
+        mma16816(s[nt], qa[kt], lds32(kr), lds32(kr + 8));
+      }
+    }
+    // Scale, mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t j = j0 + nt * 8 + 2 * t + e;
+        const bool key_ok = j < kv_end;
+        s[nt][e] = (key_ok && !(causal && j > i0)) ? s[nt][e] * scale : -INFINITY;
+        s[nt][2 + e] = (key_ok && !(causal && j > i1)) ? s[nt][2 + e] * scale : -INFINITY;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    mx0 = quad_max(mx0);
+    mx1 = quad_max(mx1);
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float a0 = m0 == -INFINITY ? 0.0f : __expf(m0 - mn0), a1 = m1 == -INFINITY ? 0.0f : __expf(m1 - mn1);
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[nt][e] - mn0);
+        s[nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[nt][2 + e] - mn1);
+        sum0 += s[nt][e];
+        sum1 += s[nt][2 + e];
+      }
+    l0 = l0 * a0 + quad_sum(sum0);
+    l1 = l1 * a1 + quad_sum(sum1);
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int nd = 0; nd < DP / 8; ++nd) {
+      o[nd][0] *= a0;
+      o[nd][1] *= a0;
+      o[nd][2] *= a1;
+      o[nd][3] *= a1;
+    }
+    // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
+    // col operand read transposed from its row-major tile.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int nd = 0; nd < DP / 8; nd += 2) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
+        mma16816(o[nd], pa, b0, b1);
+        mma16816(o[nd + 1], pa, b2, b3);
+      }
+    }
+  }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+  for (int nd = 0; nd < DP / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t c = nd * 8 + 2 * t + e;
+      if (c >= D) continue;
+      if (i0 < T) out[((b * T + i0) * Hq + h) * D + c] = __float2bfloat16(o[nd][e] * inv0);
+      if (i1 < T) out[((b * T + i1) * Hq + h) * D + c] = __float2bfloat16(o[nd][2 + e] * inv1);
+    }
+  if (t == 0) {
+    if (i0 < T) lse[(b * Hq + h) * T + i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
+    if (i1 < T) lse[(b * Hq + h) * T + i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
+  }
+}
+
+// D[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]: one warp per row.
+__global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                                       float* __restrict__ delta, int64_t B, int64_t T, int64_t Hq, int64_t D) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // (b*T + i)*Hq + h
+  const int lane = threadIdx.x % 32;
+  if (row >= B * T * Hq) return;
+  float s = 0.0f;
+  for (int64_t d = lane; d < D; d += 32) s += __bfloat162float(dout[row * D + d]) * __bfloat162float(out[row * D + d]);
+  s = dev::warp_sum(s);
+  if (lane == 0) {
+    const int64_t hh = row % Hq, bt = row / Hq, i = bt % T, bb = bt / T;
+    delta[(bb * Hq + hh) * T + i] = s;
+  }
+}
+
+template <int DP>
+__global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
+    const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
+    const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
+    float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int64_t T, int64_t Hq, int64_t Hkv,
+    int64_t D, float scale, bool causal) {
+  constexpr int LDH = DP + 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [64 keys][LDH]
+  bf16* Vs = Ks + kTile * LDH;                    // [64 keys][LDH]
+  bf16* Qs = Vs + kTile * LDH;                    // [64 queries][LDH]
+  bf16* dOs = Qs + kTile * LDH;                   // [64 queries][LDH]
+  bf16* dSs = dOs + kTile * LDH;                  // [64 queries][kLdT] keys contiguous
+  float* lse_s = reinterpret_cast<float*>(dSs + kTile * kLdT);
+  float* dl_s = lse_s + kTile;
+
+  const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t group = Hq / Hkv;
+  const int64_t len = lengths ? lengths[b] : T;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  if (j0 >= len || j0 >= T) return;  // no query sees these keys: their gradients stay as they are
+  const int kr0 = warp * 16;                    // this warp's keys within the tile
+  const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
+
+  load_rows<DP>(Ks, k, b, j0, T, Hkv, hk, D);
+  load_rows<DP>(Vs, v, b, j0, T, Hkv, hk, D);
+  float dkr[DP / 8][4], dvr[DP / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < DP / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dkr[nd][e] = dvr[nd][e] = 0.0f;
+  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;
+
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+    for (int64_t q0 = i_start; q0 < T; q0 += kTile) {
+      __syncthreads();  // the previous tile's shared data is consumed
+      load_rows_async<DP>(Qs, q, b, q0, T, Hq, h, D);
+      load_rows_async<DP>(dOs, dout, b, q0, T, Hq, h, D);
+      cp_async_commit();
+      for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
+        const int64_t i = q0 + r;
+        lse_s[r] = i < T ? lse[(b * Hq + h) * T + i] : -INFINITY;
+        dl_s[r] = i < T ? delta[(b * Hq + h) * T + i] : 0.0f;
+      }
+      cp_async_wait_all();
+      __syncthreads();
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // queries [32 half, 32 half + 32) of the tile
+        float st[4][4], dpt[4][4];  // S^T and dP^T: this warp's 16 keys x 32 queries
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t ka[4], va[4];
+          load_a(ka, Ks, LDH, kr0, kt * 16, g, t);
+          load_a(va, Vs, LDH, kr0, kt * 16, g, t);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            const int qn = half * 32 + nt * 8 + g;
+            const bf16* qr = Qs + qn * LDH + kt * 16 + 2 * t;
+            const bf16* dr = dOs + qn * LDH + kt * 16 + 2 * t;
+            mma16816(st[nt], ka, lds32(qr), lds32(qr + 8));
+            mma16816(dpt[nt], va, lds32(dr), lds32(dr + 8));
+          }
+        }
+        // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int qi = half * 32 + nt * 8 + 2 * t + e;
+            const int64_t i = q0 + qi;
+            const float l = lse_s[qi], dl = dl_s[qi];
+            const bool row_ok = i < T && l != -INFINITY;
+            const bool ok0 = row_ok && kj0 < T && kj0 < len && !(causal && kj0 > i);
+            const bool ok1 = row_ok && kj1 < T && kj1 < len && !(causal && kj1 > i);
+            const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
+            const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
+            st[nt][e] = p0;
+            st[nt][2 + e] = p1;
+            dpt[nt][e] = p0 * (dpt[nt][e] - dl);
+            dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
+            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
+            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
+          }
+        // dV += P^T dO and dK += dS^T Q over these 32 queries (2 k-steps of 16).
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                  pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                  pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+          const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                  pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                  pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+          const int qk0 = half * 32 + kk * 16;  // k-step: these 16 queries
+#pragma unroll
+          for (int nd = 0; nd < DP / 8; nd += 2) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_trans(b0, b1, b2, b3, dOs, LDH, qk0, nd * 8, lane);
+            mma16816(dvr[nd], pa, b0, b1);
+            mma16816(dvr[nd + 1], pa, b2, b3);
+            ldsm_x4_trans(b0, b1, b2, b3, Qs, LDH, qk0, nd * 8, lane);
+            mma16816(dkr[nd], da, b0, b1);
+            mma16816(dkr[nd + 1], da, b2, b3);
+          }
+        }
+      }
+      __syncthreads();  // dS of all 64 keys is in shared memory
+      // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
+      // (two passes of DP/2 columns for DP >= 32, to bound the registers; one for DP = 16).
+      const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
+      constexpr int kPasses = DP >= 32 ? 2 : 1, kCols = DP / kPasses;
+#pragma unroll
+      for (int dh = 0; dh < kPasses; ++dh) {
+        float acc[kCols / 8][4];
+#pragma unroll
+        for (int nd = 0; nd < kCols / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          uint32_t sa[4];
+          load_a(sa, dSs, kLdT, warp * 16, kk * 16, g, t);
+#pragma unroll
+          for (int nd = 0; nd < kCols / 8; nd += 2) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4_trans(b0, b1, b2, b3, Ks, LDH, kk * 16, dh * kCols + nd * 8, lane);
+            mma16816(acc[nd], sa, b0, b1);
+            mma16816(acc[nd + 1], sa, b2, b3);
+          }
+        }
+#pragma unroll
+        for (int nd = 0; nd < kCols / 8; ++nd)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
+            if (c >= D) continue;
+            if (qi0 < T) atomicAdd(dq_acc + ((b * T + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
+            if (qi1 < T) atomicAdd(dq_acc + ((b * T + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+          }
+      }
+    }
+  }
+  // dK (scaled) and dV of this warp's keys, added to the bf16 outputs.
+#pragma unroll
+  for (int nd = 0; nd < DP / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t c = nd * 8 + 2 * t + e;
+      if (c >= D) continue;
+      if (kj0 < T) {
+        const int64_t off = ((b * T + kj0) * Hkv + hk) * D + c;
+        dk[off] = __float2bfloat16(__bfloat162float(dk[off]) + scale * dkr[nd][e]);
+        dv[off] = __float2bfloat16(__bfloat162float(dv[off]) + dvr[nd][e]);
+      }
+      if (kj1 < T) {
+        const int64_t off = ((b * T + kj1) * Hkv + hk) * D + c;
+        dk[off] = __float2bfloat16(__bfloat162float(dk[off]) + scale * dkr[nd][2 + e]);
+        dv[off] = __float2bfloat16(__bfloat162float(dv[off]) + dvr[nd][2 + e]);
+      }
+    }
+}
+
+__global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16(__bfloat162float(dst[i]) + src[i]);
+}
+
+template <int DP> constexpr size_t forward_smem() {
+  return sizeof(bf16) * 4 * kTile * (DP + 8);  // two stages of K and V
+}
+template <int DP> constexpr size_t backward_smem() {
+  return sizeof(bf16) * (4 * kTile * (DP + 8) + kTile * kLdT) + sizeof(float) * 2 * kTile;
+}
+
+// Scratch kept between calls (D and the f32 dQ accumulator), grown on demand, counted as workspace.
+Tensor& scratch(int which, int64_t n) {
+  static Tensor bufs[2];
+  if (!bufs[which].defined() || bufs[which].numel() < n)
+    bufs[which] = Tensor::empty({n}, DType::f32, Device::cuda, MemCategory::workspace);
+  return bufs[which];
+}
+
+template <int DP>
+void launch_forward(const AttentionArgs& a) {
+  const size_t smem = forward_smem<DP>();
+  static bool configured = false;
+  if (!configured) {
+    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+    configured = true;
+  }
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
+  attention_forward_kernel<DP><<<grid, kThreads, smem, stream()>>>(
+      static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths,
+      static_cast<bf16*>(a.out), a.lse, a.T, a.Hq, a.Hkv, a.D, a.scale, a.causal);
+  ST_CUDA_LAUNCH_CHECK("attention_forward");
+}
+
+template <int DP>
+void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv) {
+  const int64_t rows = a.B * a.T * a.Hq;
+  float* delta = scratch(0, rows).ptr<float>();
+  float* dq_acc = scratch(1, rows * a.D).ptr<float>();
+  ST_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(rows * a.D) * sizeof(float), stream()));
+  attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
+      static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
+  ST_CUDA_LAUNCH_CHECK("attention_delta");
+  const size_t smem = backward_smem<DP>();
+  static bool configured = false;
+  if (!configured) {
+    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+    configured = true;
+  }
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
+  attention_backward_kernel<DP><<<grid, kThreads, smem, stream()>>>(
+      static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
+      static_cast<const bf16*>(dout), a.lse, delta, a.lengths, dq_acc, static_cast<bf16*>(dk), static_cast<bf16*>(dv),
+      a.T, a.Hq, a.Hkv, a.D, a.scale, a.causal);
+  ST_CUDA_LAUNCH_CHECK("attention_backward");
+  const int64_t n = rows * a.D;
+  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n);
+  ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
+}
+
+}  // namespace
+
+void attention_forward(const AttentionArgs& a) {
+  if (a.B == 0 || a.T == 0) return;
+  if (a.D <= 16) launch_forward<16>(a);
+  else if (a.D <= 32) launch_forward<32>(a);
+  else if (a.D <= 64) launch_forward<64>(a);
+  else if (a.D <= 128) launch_forward<128>(a);
+  else ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
+}
+
+void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv) {
+  if (a.B == 0 || a.T == 0) return;
+  if (a.D <= 16) launch_backward<16>(a, dout, dq, dk, dv);
+  else if (a.D <= 32) launch_backward<32>(a, dout, dq, dk, dv);
+  else if (a.D <= 64) launch_backward<64>(a, dout, dq, dk, dv);
+  else if (a.D <= 128) launch_backward<128>(a, dout, dq, dk, dv);
+  else ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
+}
+
+}  // namespace st::cuda

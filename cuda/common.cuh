@@ -1,0 +1,101 @@
+// Shared pieces of the CUDA kernels: bf16 conversion, launch checks, the stream, small math.
+//
+// Numerics (DESIGN.md): bf16 weights and activations, fp32 accumulation everywhere, fp32 norm
+// statistics, log-sum-exp, losses, gradients of trainable parameters and optimizer state.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/device.cuh"
+
+namespace st::cuda {
+
+// All of shardtune's device work goes to one stream (the legacy default stream for now, so
+// host copies synchronise with it implicitly).
+inline cudaStream_t stream() { return 0; }
+
+// After a launch: the launch error always; with SHARDTUNE_CUDA_SYNC=1 in the environment, also
+// a device synchronisation, so an asynchronous fault is reported at the kernel that caused it.
+void check_launch(const char* kernel, const char* file, int line);
+bool debug_sync();
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline unsigned grid_1d(int64_t n, int threads) {
+  const int64_t blocks = ceil_div(n, threads);
+  return static_cast<unsigned>(blocks < 65535 * 32 ? blocks : 65535 * 32);
+}
+
+}  // namespace st::cuda
+
+#define ST_CUDA_LAUNCH_CHECK(name) ::st::cuda::check_launch(name, __FILE__, __LINE__)
+
+// Device helpers.
+namespace st::cuda::dev {
+
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(float x) { return x; }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0f;
+    s = warp_sum(s);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : -INFINITY;
+    s = warp_max(s);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+// SplitMix64 and the counter-based uniform of core/rng.hpp, bit-identical on the device.
+__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ float counter_uniform_keyed(uint64_t key, uint64_t index) {
+  return static_cast<float>(splitmix64(key + index) >> 40) * (1.0f / 16777216.0f);
+}
+
+}  // namespace st::cuda::dev

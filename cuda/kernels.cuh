@@ -1,0 +1,37 @@
+// Launchers of the CUDA kernel families behind the op interface (src/ops/*.cpp). Tensors are
+// validated by the op layer; these take the shapes as arguments. Element types: activations and
+// weights bf16, statistics, losses and trainable gradients f32 (see common.cuh).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace st::cuda {
+
+// rmsnorm.cu
+void rmsnorm_forward(int64_t N, int64_t C, const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(int64_t N, int64_t C, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor* dw);
+// rope.cu
+void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
+// activation.cu
+void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
+void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t key, bool accumulate);
+// embedding.cu
+void embedding_forward(int64_t N, int64_t C, const Tensor& ids, const Tensor& table, Tensor& out);
+void embedding_backward(int64_t N, int64_t C, const Tensor& ids, const Tensor& dout, Tensor& dtable);
+// loss.cu
+void cross_entropy(int64_t N, int64_t V, Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses,
+                   bool grad);
+// optim.cu
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tensor* working, double lr, double beta1,
+                  double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
+double sum_squares(const Tensor& x);
+double sum_squares_total(const std::vector<const Tensor*>& xs);
+void scale_inplace(Tensor& x, double s);
+void axpy(double a, const Tensor& x, Tensor& y);
+
+}  // namespace st::cuda

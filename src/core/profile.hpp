@@ -1,0 +1,35 @@
+// Op-level profile: with SHARDTUNE_PROFILE=1 in the environment, every op of the op layer is
+// timed (the device is synchronised before and after it, so the time is the op's own) and the
+// totals per op are printed at the end of the run. Off, a scope costs one branch.
+#pragma once
+
+#include <string>
+
+#include "core/dtype.hpp"
+
+namespace st {
+
+bool profiling_enabled();
+// Hook set by the CUDA build: synchronise the device (the timing of asynchronous kernels).
+void set_profile_sync_hook(void (*sync)());
+
+class ProfileScope {
+ public:
+  ProfileScope(const char* name, Device device);
+  ~ProfileScope();
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  const char* name_;
+  Device device_;
+  double start_ = 0;
+  bool active_ = false;
+};
+
+// Reset the totals (e.g. after warm-up steps) and print them as a table (rank 0), with the
+// number of steps they cover.
+void profile_reset();
+void profile_report(int64_t steps);
+
+}  // namespace st

@@ -1,0 +1,102 @@
+#include "ops/init.hpp"
+
+#include <cmath>
+
+#include "core/rng.hpp"
+#include "core/profile.hpp"
+#include "ops/dispatch.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/init.cuh"
+#endif
+
+namespace st {
+
+namespace {
+
+// 53-bit uniform in (0, 1): never 0, so log() is finite.
+inline double open_uniform(uint64_t key, uint64_t i) {
+  return (static_cast<double>(splitmix64(key + i) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+template <typename F>
+void fill_cpu(Tensor& t, F value_of) {
+  const int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DType::f32: { float* p = t.ptr<float>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(value_of(i));
+      break; }
+    case DType::f64: { double* p = t.ptr<double>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) p[i] = value_of(i);
+      break; }
+    case DType::bf16: { uint16_t* p = static_cast<uint16_t*>(t.data());
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(static_cast<float>(value_of(i)));
+      break; }
+    default: ST_THROW("fill: unsupported dtype ", dtype_name(t.dtype()));
+  }
+}
+
+}  // namespace
+
+void fill_normal(Tensor& t, uint64_t key, double mean, double std) {
+  if (t.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::fill_normal(t, key, mean, std);
+    return;
+#else
+    no_cuda_kernel("fill_normal");
+#endif
+  }
+  fill_cpu(t, [&](int64_t i) {
+    const double u1 = open_uniform(key, 2 * static_cast<uint64_t>(i));
+    const double u2 = open_uniform(key, 2 * static_cast<uint64_t>(i) + 1);
+    return mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  });
+}
+
+void fill_uniform(Tensor& t, uint64_t key, double lo, double hi) {
+  if (t.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::fill_uniform(t, key, lo, hi);
+    return;
+#else
+    no_cuda_kernel("fill_uniform");
+#endif
+  }
+  fill_cpu(t, [&](int64_t i) { return lo + (hi - lo) * open_uniform(key, static_cast<uint64_t>(i)); });
+}
+
+void fill_constant(Tensor& t, double value) {
+  if (t.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::fill_constant(t, value);
+    return;
+#else
+    no_cuda_kernel("fill_constant");
+#endif
+  }
+  fill_cpu(t, [&](int64_t) { return value; });
+}
+
+void convert_copy(Tensor& dst, const Tensor& src) {
+  ProfileScope prof("convert_copy", dst.device());
+  if (dst.numel() != src.numel() || dst.device() != src.device())
+    ST_THROW("convert_copy: ", src.str(), " -> ", dst.str(), " needs equal sizes on one device");
+  if (dst.dtype() == src.dtype()) {
+    dst.copy_from(src);
+    return;
+  }
+  if (dst.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::convert_copy(dst, src);
+    return;
+#else
+    no_cuda_kernel("convert_copy");
+#endif
+  }
+  dst.copy_from(src.to_cpu(dst.dtype()));
+}
+
+}  // namespace st

@@ -1,0 +1,51 @@
+#include "tests/gpu/gpu_util.hpp"
+
+#include <cmath>
+
+#include "core/allocator.hpp"
+#include "core/error.hpp"
+
+namespace st::test {
+
+bool gpu_available() {
+  static const bool ok = [] {
+    try {
+      select_cuda_device(0);
+      Tensor probe = Tensor::zeros({16}, DType::f32, Device::cuda);
+      return true;
+    } catch (const Error& e) {
+      std::printf("[gpu] %s\n", e.what());
+      return false;
+    }
+  }();
+  return ok;
+}
+
+Tensor random_bf16_values(const Shape& shape, Rng& rng, double scale) {
+  Tensor t = Tensor::empty(shape, DType::f64);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.ptr<double>()[i] = bf16_to_f32(f32_to_bf16(static_cast<float>(rng.uniform(-scale, scale))));
+  return t;
+}
+
+Tensor to_device(const Tensor& cpu, DType dt) {
+  Tensor host = cpu.to_cpu(dt);
+  Tensor d = Tensor::empty(cpu.shape(), dt, Device::cuda);
+  d.copy_from(host);
+  return d;
+}
+
+double rel_l2(const Tensor& a, const Tensor& ref) {
+  const Tensor x = a.to_cpu(DType::f64), y = ref.to_cpu(DType::f64);
+  if (x.numel() != y.numel()) return INFINITY;
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double d = x.ptr<double>()[i] - y.ptr<double>()[i];
+    if (std::isnan(d)) return INFINITY;
+    num += d * d;
+    den += y.ptr<double>()[i] * y.ptr<double>()[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+}  // namespace st::test

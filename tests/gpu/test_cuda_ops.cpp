@@ -1,0 +1,259 @@
+// Every CUDA kernel against the CPU reference (f64 on the same bf16-representable inputs), on
+// random shapes including awkward ones (odd sizes, T not a multiple of the 64-row tiles, head
+// dims that need padding). Tolerance: kBf16Tol (gpu_util.hpp) unless the result is exact.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "ops/activation.hpp"
+#include "ops/attention.hpp"
+#include "ops/embedding.hpp"
+#include "ops/init.hpp"
+#include "ops/loss.hpp"
+#include "ops/matmul.hpp"
+#include "ops/norm.hpp"
+#include "ops/optim.hpp"
+#include "ops/rope.hpp"
+#include "tests/gpu/gpu_util.hpp"
+
+namespace st {
+namespace {
+
+using test::kBf16Tol;
+using test::random_bf16_values;
+using test::rel_l2;
+using test::to_device;
+
+TEST(CudaOps, MatmulAllTransposesAndShapes) {
+  ST_REQUIRE_GPU();
+  Rng rng(1);
+  struct Case { int64_t M, N, K; };
+  for (const Case c : {Case{37, 53, 29}, Case{128, 64, 256}, Case{1000, 3, 17}, Case{8, 4096, 64}, Case{513, 257, 130}})
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        Tensor A = random_bf16_values(ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, rng);
+        Tensor B = random_bf16_values(tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, rng);
+        Tensor C0 = random_bf16_values({c.M, c.N}, rng);
+        Tensor ref = C0.clone(MemCategory::other);
+        matmul(ref, A, ta, B, tb, 0.5, 1.0);  // f64 reference, accumulating
+        Tensor dA = to_device(A, DType::bf16), dB = to_device(B, DType::bf16);
+        // bf16 output, accumulating into C (beta = 1)
+        Tensor dC = to_device(C0, DType::bf16);
+        matmul(dC, dA, ta, dB, tb, 0.5, 1.0);
+        EXPECT_LT(rel_l2(dC, ref), kBf16Tol) << c.M << "x" << c.N << "x" << c.K << " ta=" << ta << " tb=" << tb;
+        // f32 output from bf16 inputs (gradient accumulation): only f32 rounding of the sums
+        Tensor dCf = to_device(C0, DType::f32);
+        matmul(dCf, dA, ta, dB, tb, 0.5, 1.0);
+        EXPECT_LT(rel_l2(dCf, ref), 1e-5) << "f32 output " << c.M << "x" << c.N << "x" << c.K;
+      }
+}
+
+TEST(CudaOps, RmsNormForwardBackward) {
+  ST_REQUIRE_GPU();
+  Rng rng(2);
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{37, 200}, {64, 4096}, {5, 7}}) {
+    Tensor x = random_bf16_values({N, C}, rng, 2.0), w = random_bf16_values({C}, rng), dy = random_bf16_values({N, C}, rng);
+    Tensor y = Tensor::empty({N, C}, DType::f64), rstd = Tensor::empty({N}, DType::f64);
+    rmsnorm_forward(x, w, 1e-5, y, rstd);
+    Tensor dx = Tensor::zeros({N, C}, DType::f64), dw = Tensor::zeros({C}, DType::f64);
+    rmsnorm_backward(dy, x, w, rstd, dx, &dw);
+
+    Tensor gx = to_device(x, DType::bf16), gw = to_device(w, DType::bf16), gdy = to_device(dy, DType::bf16);
+    Tensor gy = Tensor::empty({N, C}, DType::bf16, Device::cuda), grstd = Tensor::empty({N}, DType::f32, Device::cuda);
+    rmsnorm_forward(gx, gw, 1e-5, gy, grstd);
+    Tensor gdx = Tensor::zeros({N, C}, DType::bf16, Device::cuda), gdw = Tensor::zeros({C}, DType::f32, Device::cuda);
+    rmsnorm_backward(gdy, gx, gw, grstd, gdx, &gdw);
+    EXPECT_LT(rel_l2(gy, y), kBf16Tol) << N << "x" << C;
+    EXPECT_LT(rel_l2(grstd, rstd), 1e-5) << N << "x" << C;
+    EXPECT_LT(rel_l2(gdx, dx), kBf16Tol) << N << "x" << C;
+    EXPECT_LT(rel_l2(gdw, dw), 1e-4) << N << "x" << C;  // f32 accumulation of exact products
+  }
+}
+
+TEST(CudaOps, RopeForwardAndInverse) {
+  ST_REQUIRE_GPU();
+  Rng rng(3);
+  const int64_t B = 2, T = 37, H = 3, D = 64;
+  RopeTables cpu_tab = rope_tables(128, D, 10000.0, Device::cpu);
+  RopeTables gpu_tab = rope_tables(128, D, 10000.0, Device::cuda);
+  Tensor x = random_bf16_values({B * T, H * D}, rng);
+  Tensor ref = x.clone(MemCategory::other);
+  rope_forward(ref, B, T, cpu_tab);
+  Tensor g = to_device(x, DType::bf16);
+  rope_forward(g, B, T, gpu_tab);
+  EXPECT_LT(rel_l2(g, ref), kBf16Tol);
+  rope_backward(g, B, T, gpu_tab);  // back to x, up to two bf16 roundings
+  EXPECT_LT(rel_l2(g, x), kBf16Tol);
+}
+
+struct AttnCase {
+  int64_t B, T, Hq, Hkv, D;
+  bool causal, padded;
+};
+
+void attention_case(const AttnCase& c, uint64_t seed) {
+  Rng rng(seed);
+  AttentionShape s{c.B, c.T, c.Hq, c.Hkv, c.D, c.causal, 1.0 / std::sqrt(static_cast<double>(c.D))};
+  const int64_t BT = c.B * c.T;
+  Tensor q = random_bf16_values({BT, c.Hq * c.D}, rng, 2.0), k = random_bf16_values({BT, c.Hkv * c.D}, rng, 2.0);
+  Tensor v = random_bf16_values({BT, c.Hkv * c.D}, rng), dout = random_bf16_values({BT, c.Hq * c.D}, rng);
+  Tensor lengths, glengths;
+  if (c.padded) {
+    lengths = Tensor::empty({c.B}, DType::i32);
+    for (int64_t b = 0; b < c.B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(std::max<int64_t>(1, c.T - 13 * b));
+    glengths = Tensor::empty({c.B}, DType::i32, Device::cuda);
+    glengths.copy_from(lengths);
+  }
+  Tensor out = Tensor::empty({BT, c.Hq * c.D}, DType::f64), lse = Tensor::empty({BT, c.Hq}, DType::f64);
+  attention_forward(s, q, k, v, lengths, out, lse);
+  Tensor dq = Tensor::zeros(q.shape(), DType::f64), dk = Tensor::zeros(k.shape(), DType::f64), dv = Tensor::zeros(v.shape(), DType::f64);
+  attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv);
+
+  Tensor gq = to_device(q, DType::bf16), gk = to_device(k, DType::bf16), gv = to_device(v, DType::bf16);
+  Tensor gdout = to_device(dout, DType::bf16);
+  Tensor gout = Tensor::empty(out.shape(), DType::bf16, Device::cuda), glse = Tensor::empty(lse.shape(), DType::f32, Device::cuda);
+  attention_forward(s, gq, gk, gv, glengths, gout, glse);
+  Tensor gdq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), gdk = Tensor::zeros(k.shape(), DType::bf16, Device::cuda);
+  Tensor gdv = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
+  attention_backward(s, gq, gk, gv, gout, glse, gdout, glengths, gdq, gdk, gdv);
+  const std::string tag = str("B=", c.B, " T=", c.T, " Hq=", c.Hq, " Hkv=", c.Hkv, " D=", c.D, c.causal ? " causal" : "",
+                              c.padded ? " padded" : "");
+  EXPECT_LT(rel_l2(gout, out), kBf16Tol) << "out " << tag;
+  EXPECT_LT(rel_l2(glse, lse), 1e-3) << "lse " << tag;  // f32 from bf16-rounded inputs
+  // The backward re-rounds P and dS to bf16 for the tensor cores: twice the forward's error.
+  EXPECT_LT(rel_l2(gdq, dq), 2 * kBf16Tol) << "dq " << tag;
+  EXPECT_LT(rel_l2(gdk, dk), 2 * kBf16Tol) << "dk " << tag;
+  EXPECT_LT(rel_l2(gdv, dv), 2 * kBf16Tol) << "dv " << tag;
+}
+
+TEST(CudaOps, AttentionCausalGqaPaddedHead64) {
+  ST_REQUIRE_GPU();
+  attention_case({2, 77, 4, 2, 64, true, true}, 4);
+}
+TEST(CudaOps, AttentionHead128TwoTiles) {
+  ST_REQUIRE_GPU();
+  attention_case({1, 130, 8, 8, 128, true, false}, 5);
+}
+TEST(CudaOps, AttentionTinyHeadsNeedPadding) {
+  ST_REQUIRE_GPU();
+  attention_case({3, 5, 2, 1, 8, true, true}, 6);
+  attention_case({2, 70, 4, 4, 24, true, true}, 7);
+}
+TEST(CudaOps, AttentionBidirectionalPadded) {
+  ST_REQUIRE_GPU();
+  attention_case({2, 100, 4, 1, 32, false, true}, 8);
+}
+
+TEST(CudaOps, SwiGLUAndDropout) {
+  ST_REQUIRE_GPU();
+  Rng rng(9);
+  const int64_t n = 10007;
+  Tensor g = random_bf16_values({n}, rng, 4.0), u = random_bf16_values({n}, rng, 2.0), dh = random_bf16_values({n}, rng);
+  Tensor h = Tensor::empty({n}, DType::f64), dg = Tensor::zeros({n}, DType::f64), du = Tensor::zeros({n}, DType::f64);
+  swiglu_forward(g, u, h);
+  swiglu_backward(dh, g, u, dg, du);
+  Tensor gg = to_device(g, DType::bf16), gu = to_device(u, DType::bf16), gdh = to_device(dh, DType::bf16);
+  Tensor gh = Tensor::empty({n}, DType::bf16, Device::cuda);
+  Tensor gdg = Tensor::zeros({n}, DType::bf16, Device::cuda), gdu = Tensor::zeros({n}, DType::bf16, Device::cuda);
+  swiglu_forward(gg, gu, gh);
+  swiglu_backward(gdh, gg, gu, gdg, gdu);
+  EXPECT_LT(rel_l2(gh, h), kBf16Tol);
+  EXPECT_LT(rel_l2(gdg, dg), kBf16Tol);
+  EXPECT_LT(rel_l2(gdu, du), kBf16Tol);
+  // Dropout: the mask is the same counter-based function on both devices.
+  Tensor x = random_bf16_values({n}, rng), ref = Tensor::empty({n}, DType::f64);
+  dropout_apply(x, ref, 0.25, 1234, 77, false);
+  Tensor gx = to_device(x, DType::f32), gout = Tensor::empty({n}, DType::f32, Device::cuda);
+  dropout_apply(gx, gout, 0.25, 1234, 77, false);
+  const Tensor back = gout.to_cpu(DType::f64);
+  int64_t same_zero = 0;
+  for (int64_t i = 0; i < n; ++i) same_zero += (back.ptr<double>()[i] == 0) == (ref.ptr<double>()[i] == 0);
+  EXPECT_EQ(same_zero, n) << "dropout masks differ between CPU and GPU";
+  EXPECT_LT(rel_l2(gout, ref), 1e-6);
+}
+
+TEST(CudaOps, EmbeddingGatherAndScatter) {
+  ST_REQUIRE_GPU();
+  Rng rng(10);
+  const int64_t V = 301, C = 77, N = 513;
+  Tensor table = random_bf16_values({V, C}, rng), dout = random_bf16_values({N, C}, rng);
+  Tensor ids = Tensor::empty({N}, DType::i32);
+  for (int64_t i = 0; i < N; ++i) ids.ptr<int32_t>()[i] = static_cast<int32_t>(rng.below(50));  // many repeats
+  Tensor out = Tensor::empty({N, C}, DType::f64), dt = Tensor::zeros({V, C}, DType::f64);
+  embedding_forward(ids, table, out);
+  embedding_backward(ids, dout, dt);
+  Tensor gids = Tensor::empty({N}, DType::i32, Device::cuda);
+  gids.copy_from(ids);
+  Tensor gtable = to_device(table, DType::bf16), gdout = to_device(dout, DType::bf16);
+  Tensor gout = Tensor::empty({N, C}, DType::bf16, Device::cuda), gdt = Tensor::zeros({V, C}, DType::f32, Device::cuda);
+  embedding_forward(gids, gtable, gout);
+  embedding_backward(gids, gdout, gdt);
+  EXPECT_EQ(rel_l2(gout, out), 0.0);  // a gather is exact
+  EXPECT_LT(rel_l2(gdt, dt), 1e-6);   // f32 sums of bf16 values
+}
+
+TEST(CudaOps, CrossEntropyFused) {
+  ST_REQUIRE_GPU();
+  Rng rng(11);
+  for (int64_t V : {17, 32000}) {
+    const int64_t N = 67;
+    Tensor logits = random_bf16_values({N, V}, rng, 6.0);
+    Tensor targets = Tensor::empty({N}, DType::i32), weight = Tensor::empty({N}, DType::f32);
+    for (int64_t n = 0; n < N; ++n) {
+      targets.ptr<int32_t>()[n] = n % 9 == 4 ? -1 : static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+      weight.ptr<float>()[n] = n % 7 == 3 ? 0.0f : 1.0f / 50;
+    }
+    Tensor losses = Tensor::empty({N}, DType::f64), grad = logits.clone(MemCategory::other);
+    cross_entropy(grad, targets, weight, losses, true);
+    Tensor gl = to_device(logits, DType::bf16), gt = Tensor::empty({N}, DType::i32, Device::cuda);
+    Tensor gw = Tensor::empty({N}, DType::f32, Device::cuda), glosses = Tensor::empty({N}, DType::f32, Device::cuda);
+    gt.copy_from(targets);
+    gw.copy_from(weight);
+    cross_entropy(gl, gt, gw, glosses, true);
+    EXPECT_LT(rel_l2(glosses, losses), 1e-5) << "V=" << V;  // f32 from exact bf16 logits
+    EXPECT_LT(rel_l2(gl, grad), kBf16Tol) << "V=" << V;
+  }
+}
+
+TEST(CudaOps, AdamWWithWorkingCopyAndNorms) {
+  ST_REQUIRE_GPU();
+  Rng rng(12);
+  const int64_t n = 4099;
+  Tensor p = random_bf16_values({n}, rng), g = random_bf16_values({n}, rng, 0.1);
+  Tensor m = Tensor::zeros({n}, DType::f64), v = Tensor::zeros({n}, DType::f64);
+  Tensor gp = to_device(p, DType::f32), gg = to_device(g, DType::f32);
+  Tensor gm = Tensor::zeros({n}, DType::f32, Device::cuda), gv = Tensor::zeros({n}, DType::f32, Device::cuda);
+  Tensor work = Tensor::empty({n}, DType::bf16, Device::cuda);
+  for (int64_t step = 1; step <= 3; ++step) {
+    AdamWHyper h{1e-3, 0.9, 0.999, 1e-8, 0.01, step};
+    adamw_update(p, g, m, v, h);
+    adamw_update(gp, gg, gm, gv, h, &work);
+  }
+  EXPECT_LT(rel_l2(gp, p), 1e-6);
+  EXPECT_LT(rel_l2(work, p), 4e-3);  // the bf16 copy is the f32 master rounded
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += g.ptr<double>()[i] * g.ptr<double>()[i];
+  EXPECT_NEAR(sum_squares(gg), ss, 1e-5 * ss);
+  scale_inplace(gg, 0.5);
+  EXPECT_NEAR(sum_squares(gg), 0.25 * ss, 1e-5 * ss);
+}
+
+TEST(CudaOps, CounterBasedInitMatchesCpu) {
+  ST_REQUIRE_GPU();
+  Tensor c = Tensor::empty({3, 1001}, DType::f32), u = Tensor::empty({777}, DType::f32);
+  fill_normal(c, 42, 0.0, 0.02);
+  fill_uniform(u, 43, -0.5, 0.5);
+  Tensor gc = Tensor::empty({3, 1001}, DType::f32, Device::cuda), gu = Tensor::empty({777}, DType::f32, Device::cuda);
+  fill_normal(gc, 42, 0.0, 0.02);
+  fill_uniform(gu, 43, -0.5, 0.5);
+  EXPECT_LT(rel_l2(gc, c), 1e-6);
+  EXPECT_LT(rel_l2(gu, u), 1e-6);
+  // f32 -> bf16 conversion rounds to nearest even exactly as the CPU does.
+  Tensor gb = Tensor::empty({3, 1001}, DType::bf16, Device::cuda);
+  convert_copy(gb, gc);
+  const Tensor back = gb.to_cpu(DType::bf16), cpu_b = gc.to_cpu(DType::bf16);
+  EXPECT_EQ(std::memcmp(back.data(), cpu_b.data(), back.nbytes()), 0);
+}
+
+}  // namespace
+}  // namespace st
