@@ -20,12 +20,12 @@ __global__ void swiglu_forward_kernel(const T* g, const T* u, T* h, int64_t n) {
 }
 
 template <typename T>
-__global__ void swiglu_backward_kernel(const T* dh, const T* g, const T* u, T* dg, T* du, int64_t n) {
+__global__ void swiglu_backward_kernel(const T* dh, const T* g, const T* u, T* dg, T* du, int64_t n, bool accumulate) {
   ST_GRID_STRIDE(i, n) {
     const float gv = dev::to_f(g[i]), uv = dev::to_f(u[i]), d = dev::to_f(dh[i]);
     const float s = 1.0f / (1.0f + __expf(-gv));
-    dg[i] = dev::from_f<T>(dev::to_f(dg[i]) + d * uv * (s + gv * s * (1.0f - s)));
-    du[i] = dev::from_f<T>(dev::to_f(du[i]) + d * gv * s);
+    dg[i] = dev::from_f<T>((accumulate ? dev::to_f(dg[i]) : 0.0f) + d * uv * (s + gv * s * (1.0f - s)));
+    du[i] = dev::from_f<T>((accumulate ? dev::to_f(du[i]) : 0.0f) + d * gv * s);
   }
 }
 
@@ -49,14 +49,15 @@ __global__ void swiglu_forward_vec8(const uint4* g, const uint4* u, uint4* h, in
   }
 }
 
-__global__ void swiglu_backward_vec8(const uint4* dh, const uint4* g, const uint4* u, uint4* dg, uint4* du, int64_t n8) {
+__global__ void swiglu_backward_vec8(const uint4* dh, const uint4* g, const uint4* u, uint4* dg, uint4* du, int64_t n8,
+                                     bool accumulate) {
   ST_GRID_STRIDE(i, n8) {
     Vec8 dhv, gv, uv, dgv, duv;
     dhv.u = dh[i];
     gv.u = g[i];
     uv.u = u[i];
-    dgv.u = dg[i];
-    duv.u = du[i];
+    dgv.u = accumulate ? dg[i] : make_uint4(0, 0, 0, 0);
+    duv.u = accumulate ? du[i] : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const float2 d = __bfloat1622float2(dhv.h[k]), gf = __bfloat1622float2(gv.h[k]), uf = __bfloat1622float2(uv.h[k]);
@@ -103,20 +104,20 @@ void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h) {
   ST_CUDA_LAUNCH_CHECK("swiglu_forward");
 }
 
-void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
+void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate) {
   const int64_t n = dh.numel();
   if (n == 0) return;
   if (dh.dtype() == DType::bf16 && vec8_ok(n, {dh.data(), g.data(), u.data(), dg.data(), du.data()}))
     swiglu_backward_vec8<<<grid_1d(n / 8, 256), 256, 0, stream()>>>(
         static_cast<const uint4*>(dh.data()), static_cast<const uint4*>(g.data()), static_cast<const uint4*>(u.data()),
-        static_cast<uint4*>(dg.data()), static_cast<uint4*>(du.data()), n / 8);
+        static_cast<uint4*>(dg.data()), static_cast<uint4*>(du.data()), n / 8, accumulate);
   else if (dh.dtype() == DType::bf16)
     swiglu_backward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(
         static_cast<const bf16*>(dh.data()), static_cast<const bf16*>(g.data()), static_cast<const bf16*>(u.data()),
-        static_cast<bf16*>(dg.data()), static_cast<bf16*>(du.data()), n);
+        static_cast<bf16*>(dg.data()), static_cast<bf16*>(du.data()), n, accumulate);
   else
     swiglu_backward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(dh.ptr<float>(), g.ptr<float>(), u.ptr<float>(),
-                                                                    dg.ptr<float>(), du.ptr<float>(), n);
+                                                                    dg.ptr<float>(), du.ptr<float>(), n, accumulate);
   ST_CUDA_LAUNCH_CHECK("swiglu_backward");
 }
 

@@ -39,8 +39,6 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
 // B fragments of two adjacent n-tiles (n0 and n0 + 8) from a row-major tile X[k][n] (k = the
 // contraction index, rows 16-byte aligned): ldmatrix.trans hands every thread X[2t..2t+1][g]
 // of each 8x8 block, which is the col-operand layout of mma.m16n8k16.
@@ -51,6 +49,25 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t& b0, uint32_t& b1, uint32
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
                : "r"(addr));
+}
+
+// Non-transposed ldmatrix.x4: four 8x8 blocks, lane l addressing row (l % 8) of block l / 8.
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// A fragment of the 16x16 block at (r0, c0) of a row-major tile (blocks: rows +0/+8 x cols +0/+8).
+__device__ __forceinline__ void ldsm_a(uint32_t a[4], const bf16* tile, int ld, int r0, int c0, int lane) {
+  const int blk = lane >> 3;
+  ldsm_x4(a, tile + (r0 + (lane & 7) + (blk & 1) * 8) * ld + c0 + (blk >> 1) * 8);
+}
+// B fragments (col operand) of n-tiles n0 and n0 + 8 at k-step k0 from Bt[n][k] row-major:
+// b[0], b[1] for n0; b[2], b[3] for n0 + 8.
+__device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld, int n0, int k0, int lane) {
+  const int blk = lane >> 3;
+  ldsm_x4(b, tile + (n0 + (lane & 7) + (blk >> 1) * 8) * ld + k0 + (blk & 1) * 8);
 }
 
 // 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.
@@ -64,14 +81,6 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// A fragment of the 16x16 block at (r0, c0) of a row-major bf16 tile with row stride ld.
-__device__ __forceinline__ void load_a(uint32_t a[4], const bf16* tile, int ld, int r0, int c0, int g, int t) {
-  a[0] = lds32(tile + (r0 + g) * ld + c0 + 2 * t);
-  a[1] = lds32(tile + (r0 + g + 8) * ld + c0 + 2 * t);
-  a[2] = lds32(tile + (r0 + g) * ld + c0 + 2 * t + 8);
-  a[3] = lds32(tile + (r0 + g + 8) * ld + c0 + 2 * t + 8);
 }
 
 // Rows [r0, r0 + 64) of one head of a [B, T, H, D] tensor into a row-major tile [64][DP + 8],
@@ -126,7 +135,7 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 template <int DP>
-__global__ void __launch_bounds__(kThreads) attention_forward_kernel(
+__global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     bf16* __restrict__ out, float* __restrict__ lse, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale,
     bool causal) {
@@ -148,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(
   __syncthreads();
   uint32_t qa[DP / 16][4];
 #pragma unroll
-  for (int kt = 0; kt < DP / 16; ++kt) load_a(qa[kt], k_stage(0), LDH, r0, kt * 16, g, t);
+  for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], k_stage(0), LDH, r0, kt * 16, lane);
   __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
 
   float o[DP / 8][4];
@@ -176,14 +185,16 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(
     const bf16* Vs = v_stage(stage);
     float s[8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt += 2)
 #pragma unroll
       for (int kt = 0; kt < DP / 16; ++kt) {
-        const bf16* kr = Ks + (nt * 8 + g) * LDH + kt * 16 + 2 * t;
-        mma16816(s[nt], qa[kt], lds32(kr), lds32(kr + 8));
+        uint32_t kb[4];
+        ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
+        mma16816(s[nt], qa[kt], kb[0], kb[1]);
+        mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
       }
-    }
     // Scale, mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -273,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int64_t T, int64_t Hq, int64_t Hkv,
-    int64_t D, float scale, bool causal) {
+    int64_t D, float scale, bool causal, bool accumulate) {
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [64 keys][LDH]
@@ -288,7 +299,18 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
   const int64_t group = Hq / Hkv;
   const int64_t len = lengths ? lengths[b] : T;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  if (j0 >= len || j0 >= T) return;  // no query sees these keys: their gradients stay as they are
+  if (j0 >= len || j0 >= T) {  // no query sees these keys: zero gradient
+    if (!accumulate)
+      for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+        const int64_t j = j0 + idx / D;
+        if (j < T) {
+          const int64_t off = ((b * T + j) * Hkv + hk) * D + idx % D;
+          dk[off] = __float2bfloat16(0.0f);
+          dv[off] = __float2bfloat16(0.0f);
+        }
+      }
+    return;
+  }
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
 
@@ -314,33 +336,32 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
       }
       cp_async_wait_all();
       __syncthreads();
+#pragma unroll 1
+      for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
+        float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {  // queries [32 half, 32 half + 32) of the tile
-        float st[4][4], dpt[4][4];  // S^T and dP^T: this warp's 16 keys x 32 queries
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
 #pragma unroll
         for (int kt = 0; kt < DP / 16; ++kt) {
           uint32_t ka[4], va[4];
-          load_a(ka, Ks, LDH, kr0, kt * 16, g, t);
-          load_a(va, Vs, LDH, kr0, kt * 16, g, t);
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            const int qn = half * 32 + nt * 8 + g;
-            const bf16* qr = Qs + qn * LDH + kt * 16 + 2 * t;
-            const bf16* dr = dOs + qn * LDH + kt * 16 + 2 * t;
-            mma16816(st[nt], ka, lds32(qr), lds32(qr + 8));
-            mma16816(dpt[nt], va, lds32(dr), lds32(dr + 8));
-          }
+          ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
+          ldsm_a(va, Vs, LDH, kr0, kt * 16, lane);
+          uint32_t fb[4];
+          ldsm_b2(fb, Qs, LDH, part * 16, kt * 16, lane);
+          mma16816(st[0], ka, fb[0], fb[1]);
+          mma16816(st[1], ka, fb[2], fb[3]);
+          ldsm_b2(fb, dOs, LDH, part * 16, kt * 16, lane);
+          mma16816(dpt[0], va, fb[0], fb[1]);
+          mma16816(dpt[1], va, fb[2], fb[3]);
         }
         // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int qi = half * 32 + nt * 8 + 2 * t + e;
+            const int qi = part * 16 + nt * 8 + 2 * t + e;
             const int64_t i = q0 + qi;
             const float l = lse_s[qi], dl = dl_s[qi];
             const bool row_ok = i < T && l != -INFINITY;
@@ -355,16 +376,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
             dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
             dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
           }
-        // dV += P^T dO and dK += dS^T Q over these 32 queries (2 k-steps of 16).
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                                  pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                  pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-          const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
-                                  pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                                  pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-          const int qk0 = half * 32 + kk * 16;  // k-step: these 16 queries
+        // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
+        {
+          const uint32_t pa[4] = {pack_bf16(st[0][0], st[0][1]), pack_bf16(st[0][2], st[0][3]),
+                                  pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
+          const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
+                                  pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
+          const int qk0 = part * 16;  // k-step: these 16 queries
 #pragma unroll
           for (int nd = 0; nd < DP / 8; nd += 2) {
             uint32_t b0, b1, b2, b3;
@@ -379,9 +397,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
       }
       __syncthreads();  // dS of all 64 keys is in shared memory
       // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
-      // (two passes of DP/2 columns for DP >= 32, to bound the registers; one for DP = 16).
+      // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
       const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
-      constexpr int kPasses = DP >= 32 ? 2 : 1, kCols = DP / kPasses;
+      constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
 #pragma unroll
       for (int dh = 0; dh < kPasses; ++dh) {
         float acc[kCols / 8][4];
@@ -390,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           uint32_t sa[4];
-          load_a(sa, dSs, kLdT, warp * 16, kk * 16, g, t);
+          ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
 #pragma unroll
           for (int nd = 0; nd < kCols / 8; nd += 2) {
             uint32_t b0, b1, b2, b3;
@@ -420,21 +438,21 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
       if (c >= D) continue;
       if (kj0 < T) {
         const int64_t off = ((b * T + kj0) * Hkv + hk) * D + c;
-        dk[off] = __float2bfloat16(__bfloat162float(dk[off]) + scale * dkr[nd][e]);
-        dv[off] = __float2bfloat16(__bfloat162float(dv[off]) + dvr[nd][e]);
+        dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][e]);
+        dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][e]);
       }
       if (kj1 < T) {
         const int64_t off = ((b * T + kj1) * Hkv + hk) * D + c;
-        dk[off] = __float2bfloat16(__bfloat162float(dk[off]) + scale * dkr[nd][2 + e]);
-        dv[off] = __float2bfloat16(__bfloat162float(dv[off]) + dvr[nd][2 + e]);
+        dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][2 + e]);
+        dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][2 + e]);
       }
     }
 }
 
-__global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n) {
+__global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n, bool accumulate) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    dst[i] = __float2bfloat16(__bfloat162float(dst[i]) + src[i]);
+    dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + src[i]);
 }
 
 template <int DP> constexpr size_t forward_smem() {
@@ -469,7 +487,7 @@ void launch_forward(const AttentionArgs& a) {
 }
 
 template <int DP>
-void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv) {
+void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate) {
   const int64_t rows = a.B * a.T * a.Hq;
   float* delta = scratch(0, rows).ptr<float>();
   float* dq_acc = scratch(1, rows * a.D).ptr<float>();
@@ -488,10 +506,10 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   attention_backward_kernel<DP><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, dq_acc, static_cast<bf16*>(dk), static_cast<bf16*>(dv),
-      a.T, a.Hq, a.Hkv, a.D, a.scale, a.causal);
+      a.T, a.Hq, a.Hkv, a.D, a.scale, a.causal, accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
   const int64_t n = rows * a.D;
-  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n);
+  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
 }
 
@@ -506,12 +524,12 @@ void attention_forward(const AttentionArgs& a) {
   else ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
 }
 
-void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv) {
+void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate) {
   if (a.B == 0 || a.T == 0) return;
-  if (a.D <= 16) launch_backward<16>(a, dout, dq, dk, dv);
-  else if (a.D <= 32) launch_backward<32>(a, dout, dq, dk, dv);
-  else if (a.D <= 64) launch_backward<64>(a, dout, dq, dk, dv);
-  else if (a.D <= 128) launch_backward<128>(a, dout, dq, dk, dv);
+  if (a.D <= 16) launch_backward<16>(a, dout, dq, dk, dv, accumulate);
+  else if (a.D <= 32) launch_backward<32>(a, dout, dq, dk, dv, accumulate);
+  else if (a.D <= 64) launch_backward<64>(a, dout, dq, dk, dv, accumulate);
+  else if (a.D <= 128) launch_backward<128>(a, dout, dq, dk, dv, accumulate);
   else ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
 }
 

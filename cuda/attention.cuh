@@ -19,7 +19,7 @@ struct AttentionArgs {
 };
 
 void attention_forward(const AttentionArgs& a);
-// dq, dk, dv (bf16) are accumulated into (+=).
-void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv);
+// dq, dk, dv (bf16) are accumulated into (+=), or overwritten when accumulate is false.
+void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate);
 
 }  // namespace st::cuda

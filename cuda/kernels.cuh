@@ -18,7 +18,7 @@ void rmsnorm_backward(int64_t N, int64_t C, const Tensor& dy, const Tensor& x, c
 void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
 // activation.cu
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
-void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate);
 void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t key, bool accumulate);
 // embedding.cu
 void embedding_forward(int64_t N, int64_t C, const Tensor& ids, const Tensor& table, Tensor& out);

@@ -1,5 +1,6 @@
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <unordered_map>
 
 #include "cuda/common.cuh"
@@ -108,24 +109,26 @@ Plan make_plan(const Key& key) {
 }  // namespace
 
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
-            int64_t M, int64_t N, int64_t K) {
+            int64_t M, int64_t N, int64_t K, const Tensor* C_in) {
   if (M == 0 || N == 0) return;
   if (A.dtype() != B.dtype()) ST_THROW("matmul on CUDA: A and B must share a dtype (", A.str(), ", ", B.str(), ")");
-  if (K == 0) {  // C = beta C
+  if (K == 0) {  // C = beta C_in
     if (beta == 0.0) C.zero_();
     else if (beta != 1.0) ST_THROW("matmul on CUDA with K=0 and beta ", beta, " is not supported");
+    else if (C_in) C.copy_from(*C_in);
     return;
   }
+  const void* c_in = C_in ? C_in->data() : C.data();
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS "A" is our B.
   Key key{N, M, K, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
           static_cast<int>(cuda_type(A.dtype())), static_cast<int>(cuda_type(C.dtype())),
-          alignment(B.data()), alignment(A.data()), alignment(C.data())};
+          alignment(B.data()), alignment(A.data()), std::min(alignment(C.data()), alignment(c_in))};
   Context& c = ctx();
   auto it = c.plans.find(key);
   if (it == c.plans.end()) it = c.plans.emplace(key, make_plan(key)).first;
   const Plan& p = it->second;
   const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
-  ST_CUBLAS_CHECK(cublasLtMatmul(c.handle, p.desc, &a, B.data(), p.a, A.data(), p.b, &b, C.data(), p.c, C.data(), p.c,
+  ST_CUBLAS_CHECK(cublasLtMatmul(c.handle, p.desc, &a, B.data(), p.a, A.data(), p.b, &b, c_in, p.c, C.data(), p.c,
                                  &p.algo, c.workspace.data(), kWorkspaceBytes, stream()));
   if (debug_sync()) ST_CUDA_CHECK(cudaDeviceSynchronize());
 }

@@ -9,8 +9,9 @@
 
 namespace st::cuda {
 
-// C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C; beta == 0 does not read C.
+// C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C_in (C_in = C when null); beta == 0 does not
+// read it.
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
-            int64_t M, int64_t N, int64_t K);
+            int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr);
 
 }  // namespace st::cuda

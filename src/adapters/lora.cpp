@@ -61,8 +61,12 @@ void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
   const int64_t M = x.numel() / x.dim(-1);
   if (M > xa.dim(0)) ST_THROW("LoRA ", name, ": ", M, " rows exceed the buffer of ", xa.dim(0));
   Tensor xa_m = xa.slice(0, M);
-  const Tensor xd = dropped_input(x, ctx);
-  matmul(xa_m, xd, false, A_work, true);              // xa = dropout(x) A^T     [M, r]
+  // In a checkpoint recompute xa still holds dropout(x) A^T of this very micro-batch: the input
+  // and the dropout mask are the same, so only the output update needs redoing.
+  if (!ctx.recompute) {
+    const Tensor xd = dropped_input(x, ctx);
+    matmul(xa_m, xd, false, A_work, true);            // xa = dropout(x) A^T     [M, r]
+  }
   matmul(y, xa_m, false, B_work, true, scale, 1.0);   // y += scale * xa B^T     [M, out]
 }
 

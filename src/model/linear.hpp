@@ -29,6 +29,7 @@ struct ParamRef {
 // Per-call context: what changes from step to step.
 struct LayerContext {
   bool training = false;       // dropout on, saved activations kept for backward
+  bool recompute = false;      // activation-checkpointing recompute: saved adapter state is still valid
   uint64_t dropout_seed = 0;   // the same seed in forward, recompute and backward of one micro-batch
   Tensor* scratch = nullptr;   // workspace of at least rows * max(in, out) elements
 };
@@ -54,8 +55,12 @@ struct Linear {
   std::unique_ptr<LinearAdapter> adapter;
 };
 
-void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx);
-// dx may be null (no input gradient wanted); dx accumulates.
-void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx);
+// y (+)= x W^T + adapter; with residual, y = residual + x W^T + adapter.
+void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
+                          const Tensor* residual = nullptr);
+// dx may be null (no input gradient wanted); dx accumulates, or is overwritten when
+// dx_accumulate is false (the first contribution, saving the zeroing of dx).
+void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
+                           bool dx_accumulate = true);
 
 }  // namespace st

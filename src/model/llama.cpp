@@ -254,14 +254,12 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   rope_forward(s.q, batch.B, batch.T, m.rope);
   rope_forward(s.k, batch.B, batch.T, m.rope);
   attention_forward(attention_shape(c, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
-  s.x_mid.copy_from(x_in);
-  linear_layer_forward(blk.o, s.att, s.x_mid, true, ctx);  // residual add folded into the GEMM
+  linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, &x_in);  // x_mid = x_in + o(att): residual in the GEMM
   rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
   linear_layer_forward(blk.gate, s.xn2, s.gate, false, ctx);
   linear_layer_forward(blk.up, s.xn2, s.up, false, ctx);
   swiglu_forward(s.gate, s.up, s.h);
-  x_out.copy_from(s.x_mid);
-  linear_layer_forward(blk.down, s.h, x_out, true, ctx);
+  linear_layer_forward(blk.down, s.h, x_out, false, ctx, &s.x_mid);  // x_out = x_mid + down(h)
 }
 
 // On entry dresid = dL/dx_out; on exit dL/dx_in.
@@ -273,28 +271,21 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   Tensor dh = rows_of(a.dh, BT), dgate = rows_of(a.dgate, BT), dup = rows_of(a.dup, BT);
   auto grad_or_null = [](Tensor& g) { return g.defined() ? &g : nullptr; };
 
+  // The first contribution to each scratch gradient overwrites it (no zeroing pass).
   // MLP branch: x_out = x_mid + down(h)
-  dh.zero_();
-  linear_layer_backward(blk.down, s.h, dresid, &dh, ctx);
-  dgate.zero_();
-  dup.zero_();
-  swiglu_backward(dh, s.gate, s.up, dgate, dup);
-  dxn.zero_();
-  linear_layer_backward(blk.gate, s.xn2, dgate, &dxn, ctx);
+  linear_layer_backward(blk.down, s.h, dresid, &dh, ctx, false);
+  swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
+  linear_layer_backward(blk.gate, s.xn2, dgate, &dxn, ctx, false);
   linear_layer_backward(blk.up, s.xn2, dup, &dxn, ctx);
   rmsnorm_backward(dxn, s.x_mid, blk.mlp_norm, s.rstd2, dresid, grad_or_null(blk.mlp_norm_grad));
 
   // Attention branch: x_mid = x_in + o(att)
-  datt.zero_();
-  linear_layer_backward(blk.o, s.att, dresid, &datt, ctx);
-  dq.zero_();
-  dk.zero_();
-  dv.zero_();
-  attention_backward(attention_shape(m.cfg, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv);
+  linear_layer_backward(blk.o, s.att, dresid, &datt, ctx, false);
+  attention_backward(attention_shape(m.cfg, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv,
+                     false);
   rope_backward(dq, batch.B, batch.T, m.rope);
   rope_backward(dk, batch.B, batch.T, m.rope);
-  dxn.zero_();
-  linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx);
+  linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx, false);
   linear_layer_backward(blk.k, s.xn1, dk, &dxn, ctx);
   linear_layer_backward(blk.v, s.xn1, dv, &dxn, ctx);
   rmsnorm_backward(dxn, x_in, blk.attn_norm, s.rstd1, dresid, grad_or_null(blk.attn_norm_grad));
@@ -350,8 +341,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   const LayerContext ctx = with_scratch(ctx_in, a);
   Tensor dlogits = rows_of(a.logits, BT), xnf = rows_of(a.xnf, BT);
   Tensor dxn = rows_of(a.dxn, BT), dresid = rows_of(a.dresid, BT);
-  dxn.zero_();
-  linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx);
+  linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
   dresid.zero_();
   rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
                    m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
@@ -364,7 +354,9 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
       // Activation checkpointing: recompute this block's forward from its saved input. The
       // output lands in a scratch copy so the saved block outputs stay intact.
       Tensor x_out = rows_of(a.dxn, BT);
-      block_forward(m, blk, s, x_in, x_out, batch, ctx);
+      LayerContext rctx = ctx;
+      rctx.recompute = true;
+      block_forward(m, blk, s, x_in, x_out, batch, rctx);
     }
     block_backward(m, blk, s, x_in, a, batch, ctx);
   }

@@ -26,7 +26,8 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {
   ST_DISPATCH_CPU_FLOAT(h.dtype(), T, cpu::swiglu_forward<T>(n, gate.ptr<T>(), up.ptr<T>(), h.ptr<T>()));
 }
 
-void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup) {
+void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup,
+                     bool accumulate) {
   ProfileScope prof("swiglu_backward", dh.device());
   check_float_args("swiglu_backward", {&dh, &gate, &up, &dgate, &dup});
   const int64_t n = dh.numel();
@@ -34,7 +35,7 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
     ST_THROW("swiglu_backward: sizes differ");
   if (dh.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::swiglu_backward(dh, gate, up, dgate, dup);
+    cuda::swiglu_backward(dh, gate, up, dgate, dup, accumulate);
     return;
 #else
     no_cuda_kernel("swiglu_backward");
@@ -42,7 +43,7 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
   }
   ST_DISPATCH_CPU_FLOAT(dh.dtype(), T,
                         cpu::swiglu_backward<T>(n, dh.ptr<T>(), gate.ptr<T>(), up.ptr<T>(),
-                                                dgate.ptr<T>(), dup.ptr<T>()));
+                                                dgate.ptr<T>(), dup.ptr<T>(), accumulate));
 }
 
 }  // namespace st

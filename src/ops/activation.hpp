@@ -6,8 +6,9 @@
 namespace st {
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& h);
-// dgate += ..., dup += ...
-void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup);
+// dgate += ..., dup += ... (or = with accumulate false)
+void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup,
+                     bool accumulate = true);
 
 }  // namespace st
 

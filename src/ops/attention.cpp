@@ -66,20 +66,26 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
 
 void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Tensor& dout,
-                        const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv) {
+                        const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate) {
   ProfileScope prof("attention_backward", q.device());
   check_float_args("attention_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
   check_stat_dtype("attention_backward", q, lse);
   check_attention("attention_backward", s, q, k, v, out, lse, lengths);
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::attention_backward(cuda_args(s, q, k, v, lengths, out, lse), dout.data(), dq.data(), dk.data(), dv.data());
+    cuda::attention_backward(cuda_args(s, q, k, v, lengths, out, lse), dout.data(), dq.data(), dk.data(), dv.data(),
+                             accumulate);
     return;
 #else
     no_cuda_kernel("attention_backward");
 #endif
   }
   const int32_t* len = lengths.defined() ? lengths.ptr<int32_t>() : nullptr;
+  if (!accumulate) {
+    dq.zero_();
+    dk.zero_();
+    dv.zero_();
+  }
   ST_DISPATCH_CPU_FLOAT(q.dtype(), T,
                         cpu::attention_backward<T>(s.B, s.T, s.Hq, s.Hkv, s.D, q.ptr<T>(), k.ptr<T>(),
                                                    v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(), dout.ptr<T>(),

@@ -16,9 +16,9 @@ struct AttentionShape {
 // lengths: i32 [B] (keys at j >= lengths[b] are masked) or undefined for no padding mask.
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& lengths, Tensor& out, Tensor& lse);
-// dq, dk, dv accumulate (+=).
+// dq, dk, dv accumulate (+=); with accumulate = false they are overwritten (no zeroing needed).
 void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Tensor& dout,
-                        const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv);
+                        const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate = true);
 
 }  // namespace st

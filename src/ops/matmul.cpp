@@ -16,7 +16,7 @@ int64_t rows_of(const Tensor& t) { return t.numel() / t.dim(-1); }
 }  // namespace
 
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
-            double beta) {
+            double beta, const Tensor* C_in) {
   ProfileScope prof(std::min({A.dim(-1), B.dim(-1), C.dim(-1)}) <= 64 ? "matmul (skinny: LoRA)" : "matmul", C.device());
   // CUDA: A and B share a dtype; C may be f32 (gradients accumulate in f32 from bf16 inputs).
   if (C.device() == Device::cuda) check_float_args("matmul", {&A, &B});
@@ -31,25 +31,29 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
   if (K != Kb || rows_of(C) != M || C.dim(-1) != N)
     ST_THROW("matmul: shapes ", A.shape().str(), (trans_a ? "^T" : ""), " x ", B.shape().str(),
              (trans_b ? "^T" : ""), " -> ", C.shape().str(), " do not agree");
+  if (C_in && (C_in->numel() != C.numel() || C_in->dtype() != C.dtype() || C_in->device() != C.device()))
+    ST_THROW("matmul: residual input ", C_in->str(), " does not match ", C.str());
+  if (C_in && C_in->data() == C.data()) C_in = nullptr;
   if (C.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::matmul(C, A, trans_a, B, trans_b, alpha, beta, M, N, K);
+    cuda::matmul(C, A, trans_a, B, trans_b, alpha, beta, M, N, K, C_in);
     return;
 #else
     no_cuda_kernel("matmul");
 #endif
   }
+  if (C_in) C.copy_from(*C_in);  // the CPU reference: copy, then accumulate
   ST_DISPATCH_CPU_FLOAT(C.dtype(), T,
                         cpu::gemm<T>(M, N, K, static_cast<T>(alpha), A.ptr<T>(), trans_a, B.ptr<T>(),
                                      trans_b, static_cast<T>(beta), C.ptr<T>()));
 }
 
-void linear_forward(const Tensor& x, const Tensor& W, Tensor& y, bool accumulate) {
-  matmul(y, x, false, W, true, 1.0, accumulate ? 1.0 : 0.0);
+void linear_forward(const Tensor& x, const Tensor& W, Tensor& y, bool accumulate, const Tensor* residual) {
+  matmul(y, x, false, W, true, 1.0, (accumulate || residual) ? 1.0 : 0.0, residual);
 }
 
-void linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, Tensor* dx, Tensor* dW) {
-  if (dx && dx->defined()) matmul(*dx, dy, false, W, false, 1.0, 1.0);
+void linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, Tensor* dx, Tensor* dW, bool dx_accumulate) {
+  if (dx && dx->defined()) matmul(*dx, dy, false, W, false, 1.0, dx_accumulate ? 1.0 : 0.0);
   if (dW && dW->defined()) matmul(*dW, dy, true, x, false, 1.0, 1.0);
 }
 

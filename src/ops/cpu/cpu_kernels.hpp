@@ -49,7 +49,7 @@ void attention_backward(int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t 
 template <typename T>
 void swiglu_forward(int64_t N, const T* g, const T* u, T* h);
 template <typename T>
-void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du);
+void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du, bool accumulate = true);
 
 // out[n,:] = table[ids[n],:].  table: [V,C]; ids outside [0,V) throw.
 template <typename T>

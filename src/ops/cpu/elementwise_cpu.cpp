@@ -19,12 +19,13 @@ void swiglu_forward(int64_t N, const T* g, const T* u, T* h) {
 
 // d silu(g)/dg = s + g s (1 - s) with s = sigmoid(g).
 template <typename T>
-void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du) {
+void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du, bool accumulate) {
 #pragma omp parallel for schedule(static) if (N > 65536)
   for (int64_t i = 0; i < N; ++i) {
     const T s = sigmoid(g[i]);
-    dg[i] += dh[i] * u[i] * (s + g[i] * s * (T(1) - s));
-    du[i] += dh[i] * g[i] * s;
+    const T dgi = dh[i] * u[i] * (s + g[i] * s * (T(1) - s)), dui = dh[i] * g[i] * s;
+    dg[i] = accumulate ? dg[i] + dgi : dgi;
+    du[i] = accumulate ? du[i] + dui : dui;
   }
 }
 
@@ -99,7 +100,7 @@ void axpy(int64_t n, T a, const T* x, T* y) {
 
 #define ST_INSTANTIATE(T)                                                                        \
   template void swiglu_forward<T>(int64_t, const T*, const T*, T*);                              \
-  template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*);               \
+  template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*, bool);         \
   template void embedding_forward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*);   \
   template void embedding_backward<T>(int64_t, int64_t, const int32_t*, const T*, T*);           \
   template void adamw_update<T>(int64_t, T*, const T*, T*, T*, double, double, double, double,   \
