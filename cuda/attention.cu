@@ -18,6 +18,14 @@
 // f32 buffer with atomics and folded into the bf16 dq at the end. D = rowsum(dO * O) first.
 // Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
 // padded with zeros to DP in {16, 32, 64, 128} in shared memory.
+// Cross-attention (kCross): queries (q, out, lse, dq) have T positions per batch row, keys and
+// values (k, v, dk, dv) Tk; the forward's grid runs over query tiles, the backward's over key
+// tiles. Additive bias (kBias, T5's relative position bias) bias[h, i, j] (f32 [Hq, T, Tk]): the
+// S accumulators start at bias / scale instead of 0, so that scale * S = scale q.k + bias comes
+// out of the same scaling with no extra registers (hence scale != 0); the backward adds
+// dS = P (dP - D) of every unmasked (i, j) to dbias[h, i, j] with f32 atomics (the batch rows are
+// different blocks, so the sum order is not deterministic). With kBias = kCross = false the
+// kernels are the plain self-attention ones: their PTX is the same as before both features.
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "core/tensor.hpp"
@@ -134,11 +142,12 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <int DP>
+template <int DP, bool kBias, bool kCross>
 __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
-    bf16* __restrict__ out, float* __restrict__ lse, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale,
-    bool causal) {
+    const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, int64_t T, int64_t Tk_arg, int64_t Hq,
+    int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
+  const int64_t Tk = kCross ? Tk_arg : T;  // key/value positions
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
@@ -148,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
 
   const int64_t b = blockIdx.z, h = blockIdx.y, q0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t hk = h / (Hq / Hkv);
-  const int64_t len = lengths ? lengths[b] : T;
+  const int64_t len = lengths ? lengths[b] : Tk;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int r0 = warp * 16;
   const int64_t i0 = q0 + r0 + g, i1 = i0 + 8;
@@ -164,12 +173,12 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  int64_t kv_end = len < T ? len : T;
-  if (causal) kv_end = min(kv_end, q0 + kTile);
+  int64_t kv_end = len < Tk ? len : Tk;
+  if (causal) kv_end = min(kv_end, q0 + kTile);  // causal implies Tk == T
 
   if (kv_end > 0) {
-    load_rows_async<DP>(k_stage(0), k, b, 0, T, Hkv, hk, D);
-    load_rows_async<DP>(v_stage(0), v, b, 0, T, Hkv, hk, D);
+    load_rows_async<DP>(k_stage(0), k, b, 0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(v_stage(0), v, b, 0, Tk, Hkv, hk, D);
     cp_async_commit();
   }
   int stage = 0;
@@ -177,15 +186,29 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     cp_async_wait_all();
     __syncthreads();  // tile j0 is in this stage; everyone is done with the other stage
     if (j0 + kTile < kv_end) {  // prefetch the next tile while this one is computed
-      load_rows_async<DP>(k_stage(stage ^ 1), k, b, j0 + kTile, T, Hkv, hk, D);
-      load_rows_async<DP>(v_stage(stage ^ 1), v, b, j0 + kTile, T, Hkv, hk, D);
+      load_rows_async<DP>(k_stage(stage ^ 1), k, b, j0 + kTile, Tk, Hkv, hk, D);
+      load_rows_async<DP>(v_stage(stage ^ 1), v, b, j0 + kTile, Tk, Hkv, hk, D);
       cp_async_commit();
     }
     const bf16* Ks = k_stage(stage);
     const bf16* Vs = v_stage(stage);
     float s[8][4];
+    if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
+      // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
+      const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
+      const float* b1 = b0 + 8 * Tk;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t j = j0 + nt * 8 + 2 * t + e;
+          s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
+          s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+        }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    }
 #pragma unroll
     for (int nt = 0; nt < 8; nt += 2)
 #pragma unroll
@@ -195,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
         mma16816(s[nt], qa[kt], kb[0], kb[1]);
         mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
       }
-    // Scale, mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
+    // Scale (+ bias), mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -279,12 +302,15 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
   }
 }
 
-template <int DP>
+// kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
+template <int DP, bool kBias, bool kCross>
 __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
-    float* __restrict__ dq_acc, bf16* __restrict__ dk, bf16* __restrict__ dv, int64_t T, int64_t Hq, int64_t Hkv,
-    int64_t D, float scale, bool causal, bool accumulate) {
+    const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
+    bf16* __restrict__ dv, int64_t T, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale,
+    bool causal, bool accumulate) {
+  const int64_t Tk = kCross ? Tk_arg : T;  // key/value positions
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [64 keys][LDH]
@@ -297,14 +323,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
 
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t group = Hq / Hkv;
-  const int64_t len = lengths ? lengths[b] : T;
+  const int64_t len = lengths ? lengths[b] : Tk;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  if (j0 >= len || j0 >= T) {  // no query sees these keys: zero gradient
+  if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
     if (!accumulate)
       for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
         const int64_t j = j0 + idx / D;
-        if (j < T) {
-          const int64_t off = ((b * T + j) * Hkv + hk) * D + idx % D;
+        if (j < Tk) {
+          const int64_t off = ((b * Tk + j) * Hkv + hk) * D + idx % D;
           dk[off] = __float2bfloat16(0.0f);
           dv[off] = __float2bfloat16(0.0f);
         }
@@ -314,14 +340,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
 
-  load_rows<DP>(Ks, k, b, j0, T, Hkv, hk, D);
-  load_rows<DP>(Vs, v, b, j0, T, Hkv, hk, D);
+  load_rows<DP>(Ks, k, b, j0, Tk, Hkv, hk, D);
+  load_rows<DP>(Vs, v, b, j0, Tk, Hkv, hk, D);
   float dkr[DP / 8][4], dvr[DP / 8][4];
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dkr[nd][e] = dvr[nd][e] = 0.0f;
-  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;
+  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T
 
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
     for (int64_t q0 = i_start; q0 < T; q0 += kTile) {
@@ -343,6 +369,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+        if constexpr (kBias) {  // S^T starts at bias / scale, as in the forward
+          if (bias != nullptr)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int64_t i = q0 + part * 16 + nt * 8 + 2 * t + e;
+                if (i >= T) continue;
+                const int64_t row = (h * T + i) * Tk;
+                if (kj0 < Tk && kj0 < len && !(causal && kj0 > i)) st[nt][e] = __ldg(bias + row + kj0) * inv_scale;
+                if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
+              }
+        }
 #pragma unroll
         for (int kt = 0; kt < DP / 16; ++kt) {
           uint32_t ka[4], va[4];
@@ -365,8 +404,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
             const int64_t i = q0 + qi;
             const float l = lse_s[qi], dl = dl_s[qi];
             const bool row_ok = i < T && l != -INFINITY;
-            const bool ok0 = row_ok && kj0 < T && kj0 < len && !(causal && kj0 > i);
-            const bool ok1 = row_ok && kj1 < T && kj1 < len && !(causal && kj1 > i);
+            const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
+            const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
             const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
             const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
             st[nt][e] = p0;
@@ -375,6 +414,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
             dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
             dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
             dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
+            if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
+              if (dbias != nullptr) {
+                if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
+                if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
+              }
+            }
           }
         // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
         {
@@ -436,13 +481,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
     for (int e = 0; e < 2; ++e) {
       const int64_t c = nd * 8 + 2 * t + e;
       if (c >= D) continue;
-      if (kj0 < T) {
-        const int64_t off = ((b * T + kj0) * Hkv + hk) * D + c;
+      if (kj0 < Tk) {
+        const int64_t off = ((b * Tk + kj0) * Hkv + hk) * D + c;
         dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][e]);
         dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][e]);
       }
-      if (kj1 < T) {
-        const int64_t off = ((b * T + kj1) * Hkv + hk) * D + c;
+      if (kj1 < Tk) {
+        const int64_t off = ((b * Tk + kj1) * Hkv + hk) * D + c;
         dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][2 + e]);
         dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][2 + e]);
       }
@@ -470,24 +515,25 @@ Tensor& scratch(int which, int64_t n) {
   return bufs[which];
 }
 
-template <int DP>
+template <int DP, bool kBias, bool kCross>
 void launch_forward(const AttentionArgs& a) {
   const size_t smem = forward_smem<DP>();
   static bool configured = false;
   if (!configured) {
-    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DP, kBias, kCross>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
     configured = true;
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
-  attention_forward_kernel<DP><<<grid, kThreads, smem, stream()>>>(
-      static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths,
-      static_cast<bf16*>(a.out), a.lse, a.T, a.Hq, a.Hkv, a.D, a.scale, a.causal);
+  attention_forward_kernel<DP, kBias, kCross><<<grid, kThreads, smem, stream()>>>(
+      static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
+      static_cast<bf16*>(a.out), a.lse, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal);
   ST_CUDA_LAUNCH_CHECK("attention_forward");
 }
 
-template <int DP>
-void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate) {
+template <int DP, bool kBias, bool kCross>
+void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
+                     float* dbias) {
   const int64_t rows = a.B * a.T * a.Hq;
   float* delta = scratch(0, rows).ptr<float>();
   float* dq_acc = scratch(1, rows * a.D).ptr<float>();
@@ -498,39 +544,81 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   const size_t smem = backward_smem<DP>();
   static bool configured = false;
   if (!configured) {
-    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<DP, kBias, kCross>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
     configured = true;
   }
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
-  attention_backward_kernel<DP><<<grid, kThreads, smem, stream()>>>(
+  // One block per 64 keys (Tk positions) of one KV head and batch row.
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
+  attention_backward_kernel<DP, kBias, kCross><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
-      static_cast<const bf16*>(dout), a.lse, delta, a.lengths, dq_acc, static_cast<bf16*>(dk), static_cast<bf16*>(dv),
-      a.T, a.Hq, a.Hkv, a.D, a.scale, a.causal, accumulate);
+      static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
+      static_cast<bf16*>(dv), a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
+      accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
   const int64_t n = rows * a.D;
   accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
 }
 
-}  // namespace
-
-void attention_forward(const AttentionArgs& a) {
-  if (a.B == 0 || a.T == 0) return;
-  if (a.D <= 16) launch_forward<16>(a);
-  else if (a.D <= 32) launch_forward<32>(a);
-  else if (a.D <= 64) launch_forward<64>(a);
-  else if (a.D <= 128) launch_forward<128>(a);
-  else ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
+// Tk resolved (0 means T).
+AttentionArgs resolved(const AttentionArgs& in) {
+  AttentionArgs a = in;
+  if (a.Tk <= 0) a.Tk = a.T;
+  return a;
+}
+void check_args(const AttentionArgs& a, bool has_bias) {
+  if (a.causal && a.Tk != a.T) ST_THROW("causal attention on CUDA needs Tk == T (T=", a.T, ", Tk=", a.Tk, ")");
+  if (a.D > 128) ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
+  if (has_bias && a.scale == 0.0f) ST_THROW("attention with a bias on CUDA needs a nonzero scale");
 }
 
-void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate) {
+// variant = 2 * bias + cross (Tk != T): the kernels without either are the self-attention ones
+// of before, compiled without a trace of the bias or of a separate key count.
+template <int DP>
+void forward_variant(const AttentionArgs& a, int variant) {
+  switch (variant) {
+    case 0: launch_forward<DP, false, false>(a); break;
+    case 1: launch_forward<DP, false, true>(a); break;
+    case 2: launch_forward<DP, true, false>(a); break;
+    default: launch_forward<DP, true, true>(a); break;
+  }
+}
+template <int DP>
+void backward_variant(const AttentionArgs& a, int variant, const void* dout, void* dq, void* dk, void* dv,
+                      bool accumulate, float* dbias) {
+  switch (variant) {
+    case 0: launch_backward<DP, false, false>(a, dout, dq, dk, dv, accumulate, dbias); break;
+    case 1: launch_backward<DP, false, true>(a, dout, dq, dk, dv, accumulate, dbias); break;
+    case 2: launch_backward<DP, true, false>(a, dout, dq, dk, dv, accumulate, dbias); break;
+    default: launch_backward<DP, true, true>(a, dout, dq, dk, dv, accumulate, dbias); break;
+  }
+}
+
+}  // namespace
+
+void attention_forward(const AttentionArgs& args) {
+  const AttentionArgs a = resolved(args);
   if (a.B == 0 || a.T == 0) return;
-  if (a.D <= 16) launch_backward<16>(a, dout, dq, dk, dv, accumulate);
-  else if (a.D <= 32) launch_backward<32>(a, dout, dq, dk, dv, accumulate);
-  else if (a.D <= 64) launch_backward<64>(a, dout, dq, dk, dv, accumulate);
-  else if (a.D <= 128) launch_backward<128>(a, dout, dq, dk, dv, accumulate);
-  else ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
+  check_args(a, a.bias != nullptr);
+  const int variant = (a.bias != nullptr ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
+  if (a.D <= 16) forward_variant<16>(a, variant);
+  else if (a.D <= 32) forward_variant<32>(a, variant);
+  else if (a.D <= 64) forward_variant<64>(a, variant);
+  else forward_variant<128>(a, variant);
+}
+
+void attention_backward(const AttentionArgs& args, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
+                        float* dbias) {
+  const AttentionArgs a = resolved(args);
+  if (a.B == 0 || a.T == 0) return;
+  const bool bias = a.bias != nullptr || dbias != nullptr;
+  check_args(a, bias);
+  const int variant = (bias ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
+  if (a.D <= 16) backward_variant<16>(a, variant, dout, dq, dk, dv, accumulate, dbias);
+  else if (a.D <= 32) backward_variant<32>(a, variant, dout, dq, dk, dv, accumulate, dbias);
+  else if (a.D <= 64) backward_variant<64>(a, variant, dout, dq, dk, dv, accumulate, dbias);
+  else backward_variant<128>(a, variant, dout, dq, dk, dv, accumulate, dbias);
 }
 
 }  // namespace st::cuda

@@ -1,5 +1,6 @@
-// Flash-style attention kernels (see attention.cu). bf16 q, k, v, out in [B, T, H, D] layout,
-// f32 lse [B, Hq, T]; lengths (i32 [B]) may be null.
+// Flash-style attention kernels (see attention.cu). bf16 q, out in [B, T, Hq, D] layout, bf16 k, v
+// in [B, Tk, Hkv, D], f32 lse [B, Hq, T]; lengths (i32 [B], keys j >= lengths[b] masked, values
+// clamped to Tk) may be null; bias (f32 [Hq, T, Tk], added to the scaled scores) may be null.
 #pragma once
 
 #include <cstdint>
@@ -8,18 +9,23 @@ namespace st::cuda {
 
 struct AttentionArgs {
   int64_t B = 0, T = 0, Hq = 0, Hkv = 0, D = 0;
-  bool causal = true;
-  float scale = 1.0f;
+  int64_t Tk = 0;  // key/value positions per batch row; 0 means Tk = T
+  bool causal = true;  // needs Tk == T
+  float scale = 1.0f;  // nonzero when there is a bias (the kernels fold bias / scale into q.k)
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
   const int32_t* lengths = nullptr;
+  const float* bias = nullptr;
   void* out = nullptr;  // written by the forward, read by the backward
   float* lse = nullptr;
 };
 
 void attention_forward(const AttentionArgs& a);
 // dq, dk, dv (bf16) are accumulated into (+=), or overwritten when accumulate is false.
-void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate);
+// dbias (f32 [Hq, T, Tk], may be null) is always accumulated into (+=) with the batch sum of
+// dL/d(score) (atomics: the summation order is not deterministic).
+void attention_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
+                        float* dbias = nullptr);
 
 }  // namespace st::cuda

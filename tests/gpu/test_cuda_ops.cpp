@@ -89,41 +89,63 @@ TEST(CudaOps, RopeForwardAndInverse) {
 struct AttnCase {
   int64_t B, T, Hq, Hkv, D;
   bool causal, padded;
+  int64_t Tk = 0;     // key/value positions (0: self-attention, Tk = T)
+  bool bias = false;      // additive [Hq, T, Tk] score bias, and its gradient
+  bool dbias_only = false;  // with bias: no bias tensor (a zero bias) but its gradient wanted
 };
 
 void attention_case(const AttnCase& c, uint64_t seed) {
   Rng rng(seed);
-  AttentionShape s{c.B, c.T, c.Hq, c.Hkv, c.D, c.causal, 1.0 / std::sqrt(static_cast<double>(c.D))};
-  const int64_t BT = c.B * c.T;
-  Tensor q = random_bf16_values({BT, c.Hq * c.D}, rng, 2.0), k = random_bf16_values({BT, c.Hkv * c.D}, rng, 2.0);
-  Tensor v = random_bf16_values({BT, c.Hkv * c.D}, rng), dout = random_bf16_values({BT, c.Hq * c.D}, rng);
+  AttentionShape s{c.B, c.T, c.Hq, c.Hkv, c.D, c.causal, 1.0 / std::sqrt(static_cast<double>(c.D)), c.Tk};
+  const int64_t Tk = s.kv_len();
+  const int64_t BT = c.B * c.T, BTk = c.B * Tk;
+  Tensor q = random_bf16_values({BT, c.Hq * c.D}, rng, 2.0), k = random_bf16_values({BTk, c.Hkv * c.D}, rng, 2.0);
+  Tensor v = random_bf16_values({BTk, c.Hkv * c.D}, rng), dout = random_bf16_values({BT, c.Hq * c.D}, rng);
   Tensor lengths, glengths;
   if (c.padded) {
     lengths = Tensor::empty({c.B}, DType::i32);
-    for (int64_t b = 0; b < c.B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(std::max<int64_t>(1, c.T - 13 * b));
+    for (int64_t b = 0; b < c.B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(std::max<int64_t>(1, Tk - 13 * b));
     glengths = Tensor::empty({c.B}, DType::i32, Device::cuda);
     glengths.copy_from(lengths);
   }
+  // The bias (f64 on the CPU, f32 on the GPU, same bf16-representable values); dbias starts at a
+  // random value on both sides (it accumulates) and the increment is compared.
+  Tensor bias, gbias, dbias0, dbias, gdbias;
+  if (c.bias) {
+    if (!c.dbias_only) {
+      bias = random_bf16_values({c.Hq, c.T, Tk}, rng, 3.0);
+      gbias = to_device(bias, DType::f32);
+    }
+    dbias0 = random_bf16_values({c.Hq, c.T, Tk}, rng);
+    dbias = Tensor::zeros({c.Hq, c.T, Tk}, DType::f64);
+    gdbias = to_device(dbias0, DType::f32);
+  }
   Tensor out = Tensor::empty({BT, c.Hq * c.D}, DType::f64), lse = Tensor::empty({BT, c.Hq}, DType::f64);
-  attention_forward(s, q, k, v, lengths, out, lse);
+  attention_forward(s, q, k, v, lengths, out, lse, bias);
   Tensor dq = Tensor::zeros(q.shape(), DType::f64), dk = Tensor::zeros(k.shape(), DType::f64), dv = Tensor::zeros(v.shape(), DType::f64);
-  attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv);
+  attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, true, bias, c.bias ? &dbias : nullptr);
 
   Tensor gq = to_device(q, DType::bf16), gk = to_device(k, DType::bf16), gv = to_device(v, DType::bf16);
   Tensor gdout = to_device(dout, DType::bf16);
   Tensor gout = Tensor::empty(out.shape(), DType::bf16, Device::cuda), glse = Tensor::empty(lse.shape(), DType::f32, Device::cuda);
-  attention_forward(s, gq, gk, gv, glengths, gout, glse);
+  attention_forward(s, gq, gk, gv, glengths, gout, glse, gbias);
   Tensor gdq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), gdk = Tensor::zeros(k.shape(), DType::bf16, Device::cuda);
   Tensor gdv = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
-  attention_backward(s, gq, gk, gv, gout, glse, gdout, glengths, gdq, gdk, gdv);
-  const std::string tag = str("B=", c.B, " T=", c.T, " Hq=", c.Hq, " Hkv=", c.Hkv, " D=", c.D, c.causal ? " causal" : "",
-                              c.padded ? " padded" : "");
+  attention_backward(s, gq, gk, gv, gout, glse, gdout, glengths, gdq, gdk, gdv, true, gbias, c.bias ? &gdbias : nullptr);
+  const std::string tag = str("B=", c.B, " T=", c.T, " Tk=", Tk, " Hq=", c.Hq, " Hkv=", c.Hkv, " D=", c.D,
+                              c.causal ? " causal" : "", c.padded ? " padded" : "", c.bias ? (c.dbias_only ? " dbias-only" : " bias") : "");
   EXPECT_LT(rel_l2(gout, out), kBf16Tol) << "out " << tag;
   EXPECT_LT(rel_l2(glse, lse), 1e-3) << "lse " << tag;  // f32 from bf16-rounded inputs
   // The backward re-rounds P and dS to bf16 for the tensor cores: twice the forward's error.
   EXPECT_LT(rel_l2(gdq, dq), 2 * kBf16Tol) << "dq " << tag;
   EXPECT_LT(rel_l2(gdk, dk), 2 * kBf16Tol) << "dk " << tag;
   EXPECT_LT(rel_l2(gdv, dv), 2 * kBf16Tol) << "dv " << tag;
+  if (c.bias) {
+    // dS in f32 (from the bf16 O in D = rowsum(dO O)), summed over the batch with f32 atomics.
+    Tensor inc = gdbias.to_cpu(DType::f64);
+    for (int64_t i = 0; i < inc.numel(); ++i) inc.ptr<double>()[i] -= dbias0.ptr<double>()[i];
+    EXPECT_LT(rel_l2(inc, dbias), 2 * kBf16Tol) << "dbias " << tag;
+  }
 }
 
 TEST(CudaOps, AttentionCausalGqaPaddedHead64) {
@@ -142,6 +164,35 @@ TEST(CudaOps, AttentionTinyHeadsNeedPadding) {
 TEST(CudaOps, AttentionBidirectionalPadded) {
   ST_REQUIRE_GPU();
   attention_case({2, 100, 4, 1, 32, false, true}, 8);
+}
+TEST(CudaOps, AttentionBiasCausalGqaPadded) {
+  ST_REQUIRE_GPU();
+  attention_case({2, 77, 4, 2, 64, true, true, 0, true}, 13);
+  attention_case({3, 5, 2, 1, 8, true, true, 0, true}, 14);
+}
+TEST(CudaOps, AttentionBiasBidirectional) {
+  ST_REQUIRE_GPU();
+  attention_case({1, 70, 3, 3, 32, false, false, 0, true}, 15);
+  attention_case({2, 130, 4, 2, 128, false, true, 0, true}, 16);
+}
+TEST(CudaOps, AttentionCrossMoreKeys) {
+  ST_REQUIRE_GPU();
+  // Tk over two key tiles, T under one; GQA; padding; with and without the bias.
+  attention_case({2, 45, 4, 2, 64, false, true, 131, true}, 17);
+  attention_case({2, 33, 8, 8, 128, false, false, 97, false}, 18);
+}
+TEST(CudaOps, AttentionCrossFewerKeys) {
+  ST_REQUIRE_GPU();
+  // Tk under one tile, T over two; head dims that need padding; padding down to one key; Tk = 3.
+  attention_case({3, 130, 2, 1, 24, false, true, 19, true}, 19);
+  attention_case({3, 5, 2, 1, 8, false, true, 9, true}, 20);
+  attention_case({2, 67, 6, 3, 16, false, false, 3, true}, 21);
+}
+TEST(CudaOps, AttentionBiasGradientWithoutBias) {
+  ST_REQUIRE_GPU();
+  // dbias wanted, no bias given (the gradient of a zero bias), self- and cross-attention.
+  attention_case({2, 77, 4, 2, 64, true, true, 0, true, true}, 22);
+  attention_case({2, 50, 2, 2, 32, false, true, 70, true, true}, 23);
 }
 
 TEST(CudaOps, SwiGLUAndDropout) {

@@ -2,7 +2,9 @@
 // (odd sizes included). Objective: sum(out * W) for a random W, so dout = W.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
@@ -102,26 +104,48 @@ TEST(OpsGrad, RopeIsOrthogonalAndMatchesFormula) {
 }
 
 struct AttentionGrads {
-  test::GradCheckResult dq, dk, dv;
+  test::GradCheckResult dq, dk, dv, dbias;  // dbias: only with a bias
 };
 
+// Tk = 0: self-attention (Tk = T). with_bias: a [Hq, T, Tk] additive score bias, whose gradient
+// is accumulated into a dbias that starts non-zero (the check is on the increment).
 AttentionGrads attention_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool causal, bool padded,
-                              uint64_t seed) {
+                              uint64_t seed, int64_t Tk = 0, bool with_bias = false) {
   Rng rng(seed);
-  AttentionShape s{B, T, Hq, Hkv, D, causal, 1.0 / std::sqrt(static_cast<double>(D))};
-  Tensor q = random_f64({B * T, Hq * D}, rng), k = random_f64({B * T, Hkv * D}, rng), v = random_f64({B * T, Hkv * D}, rng);
+  AttentionShape s{B, T, Hq, Hkv, D, causal, 1.0 / std::sqrt(static_cast<double>(D)), Tk};
+  const int64_t Tkv = s.kv_len();
+  Tensor q = random_f64({B * T, Hq * D}, rng), k = random_f64({B * Tkv, Hkv * D}, rng), v = random_f64({B * Tkv, Hkv * D}, rng);
   Tensor W = random_f64({B * T, Hq * D}, rng);
   Tensor lengths;
   if (padded) {
     lengths = Tensor::empty({B}, DType::i32);
-    for (int64_t b = 0; b < B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(T - (b % 3));
+    for (int64_t b = 0; b < B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(std::max<int64_t>(0, Tkv - (b % 3)));
+  }
+  Tensor bias, dbias0, dbias;
+  if (with_bias) {
+    bias = random_f64({Hq, T, Tkv}, rng, 2.0);
+    dbias0 = random_f64({Hq, T, Tkv}, rng);
+    dbias = dbias0.clone(MemCategory::other);
   }
   Tensor out = Tensor::empty({B * T, Hq * D}, DType::f64), lse = Tensor::empty({B * T, Hq}, DType::f64);
-  auto f = [&] { attention_forward(s, q, k, v, lengths, out, lse); return weighted_sum(out, W); };
+  auto f = [&] { attention_forward(s, q, k, v, lengths, out, lse, bias); return weighted_sum(out, W); };
   f();
   Tensor dq = Tensor::zeros(q.shape(), DType::f64), dk = Tensor::zeros(k.shape(), DType::f64), dv = Tensor::zeros(v.shape(), DType::f64);
-  attention_backward(s, q, k, v, out, lse, W, lengths, dq, dk, dv);
-  return {check_gradient(f, q, dq, 96), check_gradient(f, k, dk, 96), check_gradient(f, v, dv, 96)};
+  attention_backward(s, q, k, v, out, lse, W, lengths, dq, dk, dv, true, bias, with_bias ? &dbias : nullptr);
+  AttentionGrads g{check_gradient(f, q, dq, 96), check_gradient(f, k, dk, 96), check_gradient(f, v, dv, 96), {}};
+  if (with_bias) {
+    Tensor inc = dbias.clone(MemCategory::other);
+    for (int64_t i = 0; i < inc.numel(); ++i) inc.ptr<double>()[i] -= dbias0.ptr<double>()[i];
+    g.dbias = check_gradient(f, bias, inc, 200);
+    if (causal) {  // masked scores get no gradient: dbias untouched above the diagonal
+      for (int64_t h = 0; h < Hq; ++h)
+        for (int64_t i = 0; i < T; ++i)
+          for (int64_t j = i + 1; j < Tkv; ++j) {
+            EXPECT_EQ(inc.ptr<double>()[(h * T + i) * Tkv + j], 0.0) << "dbias at masked (" << h << ", " << i << ", " << j << ")";
+          }
+    }
+  }
+  return g;
 }
 
 TEST(OpsGrad, AttentionCausalGqaPadded) {
@@ -143,6 +167,170 @@ TEST(OpsGrad, AttentionBidirectionalPadded) {
   EXPECT_GRAD_OK(g.dq, "dq");
   EXPECT_GRAD_OK(g.dk, "dk");
   EXPECT_GRAD_OK(g.dv, "dv");
+}
+
+TEST(OpsGrad, AttentionCrossGqaBias) {
+  // Cross-attention (more keys than queries), no padding, GQA, additive bias.
+  const AttentionGrads g = attention_case(2, 5, 4, 2, 6, false, false, 21, 7, true);
+  EXPECT_GRAD_OK(g.dq, "dq");
+  EXPECT_GRAD_OK(g.dk, "dk");
+  EXPECT_GRAD_OK(g.dv, "dv");
+  EXPECT_GRAD_OK(g.dbias, "dbias");
+}
+
+TEST(OpsGrad, AttentionCrossPaddedBias) {
+  // Fewer keys than queries, key padding (lengths 4, 3, 2), bias.
+  const AttentionGrads g = attention_case(3, 6, 2, 1, 5, false, true, 22, 4, true);
+  EXPECT_GRAD_OK(g.dq, "dq");
+  EXPECT_GRAD_OK(g.dk, "dk");
+  EXPECT_GRAD_OK(g.dv, "dv");
+  EXPECT_GRAD_OK(g.dbias, "dbias");
+}
+
+TEST(OpsGrad, AttentionCausalPaddedBias) {
+  const AttentionGrads g = attention_case(3, 7, 4, 2, 6, true, true, 23, 0, true);
+  EXPECT_GRAD_OK(g.dq, "dq");
+  EXPECT_GRAD_OK(g.dk, "dk");
+  EXPECT_GRAD_OK(g.dv, "dv");
+  EXPECT_GRAD_OK(g.dbias, "dbias");
+}
+
+TEST(OpsGrad, AttentionCrossPaddedNoBias) {
+  const AttentionGrads g = attention_case(2, 3, 2, 2, 4, false, true, 24, 8, false);
+  EXPECT_GRAD_OK(g.dq, "dq");
+  EXPECT_GRAD_OK(g.dk, "dk");
+  EXPECT_GRAD_OK(g.dv, "dv");
+}
+
+// softmax(scale q k^T + bias + mask) v and its log-sum-exp written out for one (b, h, i).
+void naive_attention_row(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& bias, int64_t len, int64_t b, int64_t h, int64_t i, std::vector<double>& o,
+                         double& lse) {
+  const int64_t Tk = s.kv_len(), hk = h / (s.Hq / s.Hkv);
+  std::vector<double> sc;
+  for (int64_t j = 0; j < Tk; ++j) {
+    if (j >= len || (s.causal && j > i)) continue;
+    double dot = 0;
+    for (int64_t d = 0; d < s.D; ++d)
+      dot += q.ptr<double>()[((b * s.T + i) * s.Hq + h) * s.D + d] * k.ptr<double>()[((b * Tk + j) * s.Hkv + hk) * s.D + d];
+    sc.push_back(s.scale * dot + (bias.defined() ? bias.ptr<double>()[(h * s.T + i) * Tk + j] : 0.0));
+  }
+  o.assign(static_cast<size_t>(s.D), 0.0);
+  if (sc.empty()) {
+    lse = -INFINITY;
+    return;
+  }
+  double z = 0;
+  for (double x : sc) z += std::exp(x);
+  lse = std::log(z);
+  size_t n = 0;
+  for (int64_t j = 0; j < Tk; ++j) {
+    if (j >= len || (s.causal && j > i)) continue;
+    const double p = std::exp(sc[n++]) / z;
+    for (int64_t d = 0; d < s.D; ++d) o[static_cast<size_t>(d)] += p * v.ptr<double>()[((b * Tk + j) * s.Hkv + hk) * s.D + d];
+  }
+}
+
+TEST(OpsGrad, AttentionBiasForwardMatchesNaive) {
+  Rng rng(25);
+  struct Case { int64_t B, T, Tk, Hq, Hkv, D; bool causal; std::vector<int32_t> lens; };
+  // Cross-attention with a fully padded row (lengths 0), and causal self-attention.
+  for (const Case& c : {Case{3, 3, 5, 2, 1, 4, false, {5, 3, 0}}, Case{2, 4, 4, 2, 2, 3, true, {4, 2}}}) {
+    AttentionShape s{c.B, c.T, c.Hq, c.Hkv, c.D, c.causal, 0.7, c.Tk};
+    Tensor q = random_f64({c.B * c.T, c.Hq * c.D}, rng), k = random_f64({c.B * c.Tk, c.Hkv * c.D}, rng);
+    Tensor v = random_f64({c.B * c.Tk, c.Hkv * c.D}, rng), bias = random_f64({c.Hq, c.T, c.Tk}, rng, 3.0);
+    Tensor lengths = Tensor::empty({c.B}, DType::i32);
+    for (int64_t b = 0; b < c.B; ++b) lengths.ptr<int32_t>()[b] = c.lens[static_cast<size_t>(b)];
+    Tensor out = Tensor::empty({c.B * c.T, c.Hq * c.D}, DType::f64), lse = Tensor::empty({c.B * c.T, c.Hq}, DType::f64);
+    attention_forward(s, q, k, v, lengths, out, lse, bias);
+    std::vector<double> o;
+    double l = 0;
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.Hq; ++h)
+        for (int64_t i = 0; i < c.T; ++i) {
+          naive_attention_row(s, q, k, v, bias, lengths.ptr<int32_t>()[b], b, h, i, o, l);
+          const double got_lse = lse.ptr<double>()[(b * c.Hq + h) * c.T + i];
+          if (std::isinf(l)) EXPECT_TRUE(std::isinf(got_lse) && got_lse < 0) << "empty row b=" << b;
+          else EXPECT_NEAR(got_lse, l, 1e-12) << "lse b=" << b << " h=" << h << " i=" << i;
+          for (int64_t d = 0; d < c.D; ++d)
+            EXPECT_NEAR(out.ptr<double>()[((b * c.T + i) * c.Hq + h) * c.D + d], o[static_cast<size_t>(d)], 1e-12)
+                << "out b=" << b << " h=" << h << " i=" << i << " d=" << d;
+        }
+    // The bias matters (the same call without it differs).
+    Tensor out2 = Tensor::empty(out.shape(), DType::f64);
+    attention_forward(s, q, k, v, lengths, out2, lse);
+    EXPECT_GT(test::rel_error(out2, out), 1e-2);
+  }
+}
+
+TEST(OpsGrad, AttentionBiasGradientRules) {
+  // dbias accumulates whatever `accumulate` says, is the batch sum of dS (so a key masked in
+  // every row gets nothing), equals the gradient of a zero bias when no bias is given, and an
+  // empty query row (lengths 0) gets no gradient at all.
+  Rng rng(26);
+  const int64_t B = 3, T = 4, Tk = 5, H = 2, D = 3;
+  AttentionShape s{B, T, H, H, D, false, 0.5, Tk};
+  Tensor q = random_f64({B * T, H * D}, rng), k = random_f64({B * Tk, H * D}, rng), v = random_f64({B * Tk, H * D}, rng);
+  Tensor dout = random_f64({B * T, H * D}, rng);
+  Tensor lengths = Tensor::empty({B}, DType::i32);
+  const int32_t lens[] = {3, 2, 0};  // keys 3, 4 masked in every row; batch row 2 sees nothing
+  for (int64_t b = 0; b < B; ++b) lengths.ptr<int32_t>()[b] = lens[b];
+  Tensor zero_bias = Tensor::zeros({H, T, Tk}, DType::f64);
+  Tensor out = Tensor::empty({B * T, H * D}, DType::f64), lse = Tensor::empty({B * T, H}, DType::f64);
+  attention_forward(s, q, k, v, lengths, out, lse, zero_bias);
+  Tensor dq = random_f64(q.shape(), rng), dk = random_f64(k.shape(), rng), dv = random_f64(v.shape(), rng);
+  Tensor db1 = Tensor::zeros({H, T, Tk}, DType::f64), db2 = Tensor::zeros({H, T, Tk}, DType::f64);
+  attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, false, zero_bias, &db1);
+  attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, false, Tensor(), &db2);
+  EXPECT_EQ(test::rel_error(db2, db1), 0.0) << "no bias = zero bias";
+  double norm = 0;
+  for (int64_t i = 0; i < db1.numel(); ++i) norm += std::fabs(db1.ptr<double>()[i]);
+  EXPECT_GT(norm, 1e-3);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t j = 3; j < Tk; ++j) EXPECT_EQ(db1.ptr<double>()[(h * T + i) * Tk + j], 0.0) << "masked key " << j;
+  for (int64_t i = 2 * T * H * D; i < 3 * T * H * D; ++i) {
+    EXPECT_EQ(out.ptr<double>()[i], 0.0) << "empty row output";
+    EXPECT_EQ(dq.ptr<double>()[i], 0.0) << "empty row dq";
+  }
+  for (int64_t i = 2 * Tk * H * D; i < 3 * Tk * H * D; ++i) EXPECT_EQ(dk.ptr<double>()[i], 0.0) << "dk of an empty row";
+  // Accumulation: a second call adds the same again (dq, dk, dv overwritten: accumulate = false).
+  Tensor dq1 = dq.clone(MemCategory::other);
+  attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, false, zero_bias, &db1);
+  EXPECT_EQ(test::rel_error(dq, dq1), 0.0);
+  Tensor twice = db2.clone(MemCategory::other);
+  for (int64_t i = 0; i < twice.numel(); ++i) twice.ptr<double>()[i] *= 2;
+  EXPECT_LT(test::rel_error(db1, twice), 1e-15);
+  // f32: the same gradient in the compute dtype.
+  Tensor qf = q.to_cpu(DType::f32), kf = k.to_cpu(DType::f32), vf = v.to_cpu(DType::f32), doutf = dout.to_cpu(DType::f32);
+  Tensor outf = Tensor::empty(out.shape(), DType::f32), lsef = Tensor::empty(lse.shape(), DType::f32);
+  Tensor biasf = zero_bias.to_cpu(DType::f32), dbf = Tensor::zeros({H, T, Tk}, DType::f32);
+  attention_forward(s, qf, kf, vf, lengths, outf, lsef, biasf);
+  Tensor dqf = Tensor::empty(q.shape(), DType::f32), dkf = Tensor::empty(k.shape(), DType::f32), dvf = Tensor::empty(v.shape(), DType::f32);
+  attention_backward(s, qf, kf, vf, outf, lsef, doutf, lengths, dqf, dkf, dvf, false, biasf, &dbf);
+  EXPECT_LT(test::rel_error(dbf, db2), 1e-5);
+}
+
+TEST(OpsGrad, AttentionInputErrors) {
+  Rng rng(27);
+  const int64_t B = 1, T = 3, Tk = 4, H = 1, D = 2;
+  Tensor q = random_f64({B * T, H * D}, rng), k = random_f64({B * Tk, H * D}, rng), v = random_f64({B * Tk, H * D}, rng);
+  Tensor out = Tensor::empty({B * T, H * D}, DType::f64), lse = Tensor::empty({B * T, H}, DType::f64);
+  Tensor lengths = Tensor::empty({B}, DType::i32);
+  lengths.ptr<int32_t>()[0] = 4;
+  AttentionShape cross{B, T, H, H, D, false, 1.0, Tk};
+  EXPECT_NO_THROW(attention_forward(cross, q, k, v, lengths, out, lse, Tensor::zeros({H, T, Tk}, DType::f64)));
+  AttentionShape causal_cross = cross;
+  causal_cross.causal = true;
+  EXPECT_THROW(attention_forward(causal_cross, q, k, v, lengths, out, lse), Error);
+  lengths.ptr<int32_t>()[0] = 5;  // more than Tk
+  EXPECT_THROW(attention_forward(cross, q, k, v, lengths, out, lse), Error);
+  lengths.ptr<int32_t>()[0] = 4;
+  EXPECT_THROW(attention_forward(cross, q, k, v, lengths, out, lse, Tensor::zeros({H, T, Tk - 1}, DType::f64)), Error);
+  EXPECT_THROW(attention_forward(cross, q, k, v, lengths, out, lse, Tensor::zeros({H, T, Tk}, DType::f32)), Error);
+  AttentionShape too_long = cross;
+  too_long.Tk = 5;  // k, v hold 4 positions
+  EXPECT_THROW(attention_forward(too_long, q, k, v, lengths, out, lse), Error);
 }
 
 TEST(OpsGrad, AttentionMasksAreExact) {

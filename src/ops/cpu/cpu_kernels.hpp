@@ -31,19 +31,21 @@ template <typename T>
 void rope_apply(int64_t B, int64_t T_, int64_t H, int64_t D, T* x, const float* cos_table,
                 const float* sin_table, bool inverse);
 
-// Attention with causal and key-padding masks and grouped-query heads.
-// q: [B,T,Hq,D], k,v: [B,T,Hkv,D], out: [B,T,Hq,D], lse: [B,Hq,T] (log-sum-exp of the scaled
-// masked scores of each query row, saved for backward). lengths[b]: keys j >= lengths[b] are
-// masked (null: none). causal: keys j > i masked. scale multiplies q.k.
+// Attention with causal and key-padding masks, grouped-query heads and an additive score bias.
+// q: [B,Tq,Hq,D], k,v: [B,Tk,Hkv,D], out: [B,Tq,Hq,D], lse: [B,Hq,Tq] (log-sum-exp of the
+// scaled, biased, masked scores of each query row, saved for backward). lengths[b]: keys
+// j >= lengths[b] are masked (null: none). causal (needs Tk == Tq): keys j > i masked.
+// scale multiplies q.k; bias: [Hq,Tq,Tk] added after the scaling (null: none).
 template <typename T>
-void attention_forward(int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
-                       const T* k, const T* v, const int32_t* lengths, bool causal, T scale,
+void attention_forward(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
+                       const T* k, const T* v, const T* bias, const int32_t* lengths, bool causal, T scale,
                        T* out, T* lse);
-// dq, dk, dv accumulate (+=).
+// dq, dk, dv accumulate (+=); dbias [Hq,Tq,Tk] (null: not wanted) accumulates the sum over the
+// batch of dL/d(score).
 template <typename T>
-void attention_backward(int64_t B, int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
-                        const T* k, const T* v, const T* out, const T* lse, const T* dout,
-                        const int32_t* lengths, bool causal, T scale, T* dq, T* dk, T* dv);
+void attention_backward(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
+                        const T* k, const T* v, const T* out, const T* lse, const T* dout, const T* bias,
+                        const int32_t* lengths, bool causal, T scale, T* dq, T* dk, T* dv, T* dbias);
 
 // h = silu(g) * u.  g,u,h: [N]
 template <typename T>
