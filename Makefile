@@ -98,6 +98,9 @@ $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+# NF4 quantization must round every product and sum on its own, as the CUDA kernels do (bit-equal codes).
+$(BUILD)/obj/src/quant/nf4.o: CXXFLAGS += -ffp-contract=off
+
 $(BUILD)/boost_po/%.o: $(BOOST_PO_SRC)/%.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++20 -O2 -fPIC -w -DBOOST_PROGRAM_OPTIONS_NO_LIB -c $< -o $@

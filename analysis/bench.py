@@ -2,7 +2,7 @@
 """shardtune's GPU benchmark against PyTorch + transformers + PEFT, side by side in one run
 (`make bench`; issue #3 item 7).
 
-For each configuration (default: 1b_full 1b_lora 7b_lora 13b_lora) it
+For each configuration (default: 1b_full 1b_lora 7b_lora 13b_lora 7b_qlora 13b_qlora) it
   1. makes the random-token shards once (shardtune prepare --random ...; remade when their
      rows, length or vocabulary do not match),
   2. runs  mpirun -np 1 --bind-to none <bin> train --deck inputs/bench/<deck>.cfg  and reads
@@ -11,6 +11,9 @@ For each configuration (default: 1b_full 1b_lora 7b_lora 13b_lora) it
      outcome (ok / oom / error),
   3. runs analysis/peers/hf_llama_reference.py with the same shape in its own process (an OOM
      or crash there does not stop the rest, and its GPU memory is freed),
+     -- except for QLoRA rows: the reference would need bitsandbytes, which the GPU host does
+     not have, so those rows are judged against issue #4's figures (measured there with
+     transformers 5.17 + PEFT 0.21 + bitsandbytes 0.50, same shapes) and marked as such,
 then prints a fixed-width table (shardtune vs reference tokens/s, ratio, peak memory, MFU,
 issue #3's reference figures and targets marked met / NOT met) and writes it as JSON and
 Markdown under runs/bench/ (and into $OUT when that variable is set).
@@ -54,8 +57,14 @@ CONFIGS = {
     "1b_lora": {"deck": "inputs/bench/llama1b_lora.cfg", "issue": {"tokens_per_s": 31000, "peak_gib": 27.8}},
     "7b_lora": {"deck": "inputs/bench/llama7b_lora.cfg", "issue": {"tokens_per_s": 6300, "peak_gib": 18.6}},
     "13b_lora": {"deck": "inputs/bench/llama13b_lora.cfg", "issue": {"tokens_per_s": 3710, "peak_gib": 32.3}},
+    # Issue #4's reference (bitsandbytes 0.50 NF4 + double quantization, bf16 compute,
+    # checkpointing, r=16 all-linear, batch 8, seq 1024; same H100). No same-run reference.
+    "7b_qlora": {"deck": "inputs/bench/llama7b_qlora.cfg", "issue": {"tokens_per_s": 4620, "peak_gib": 12.6},
+                 "issue_no": 4, "reference": "bitsandbytes"},
+    "13b_qlora": {"deck": "inputs/bench/llama13b_qlora.cfg", "issue": {"tokens_per_s": 2800, "peak_gib": 19.1},
+                  "issue_no": 4, "reference": "bitsandbytes"},
 }
-DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora")
+DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora")
 
 # Issue #3's targets.
 TARGETS = {
@@ -63,6 +72,11 @@ TARGETS = {
     "7b_lora": [{"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0},
                 {"kind": "mfu", "min_mfu": 0.5}],
     "13b_lora": [{"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0}],
+    # Issue #4: against shardtune's own LoRA row of the same run, and against bitsandbytes.
+    "7b_qlora": [{"kind": "vs_row", "row": "7b_lora", "max_mem_ratio": 0.6},
+                 {"kind": "vs_row", "row": "7b_lora", "min_speed_ratio": 0.85},
+                 {"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0}],
+    "13b_qlora": [{"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0}],
 }
 
 MET, NOT_MET, NA = "met", "NOT met", "n/a"
@@ -134,10 +148,12 @@ def deck_shape(keys, deck_path):
 
 
 def shape_flops(shape, seq):
-    """FLOPs per token of a deck's shape (the reference's formula)."""
+    """FLOPs per token of a deck's shape (the reference's formula; QLoRA does LoRA's arithmetic,
+    the dequantization is memory traffic, not FLOPs)."""
     lora_modules = tuple(f"{t.strip()}_proj" for t in shape["lora_targets"].split(",") if t.strip())
     return ref.flops_per_token(shape["hidden"], shape["layers"], shape["intermediate"], shape["heads"],
-                               shape["kv_heads"], shape["vocab"], seq, shape["method"], shape["lora_r"],
+                               shape["kv_heads"], shape["vocab"], seq,
+                               "lora" if shape["method"] == "qlora" else shape["method"], shape["lora_r"],
                                shape["head_dim"], lora_modules)
 
 
@@ -240,8 +256,10 @@ def row_figures(st, rf, peak_tflops, flops):
     }
 
 
-def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source):
-    """Issue #3's targets for one configuration: a list of {target, value, status, basis}.
+def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, others=None, issue_no=3):
+    """The issues' targets for one configuration: a list of {target, value, status, basis}.
+    `others` maps the names of rows already measured in this run to their figures (for
+    targets relative to another row, e.g. QLoRA against LoRA).
 
     Ratios are against the reference of the same run; where it did not run (skipped, error,
     timeout) against the issue's reference figures (basis says so); a reference that ran out
@@ -268,13 +286,33 @@ def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source):
                 else:
                     r = ratio(figures["st_tokens_per_s"], issue["tokens_per_s"])
                     m = ratio(figures["st_peak_gib"], issue["peak_gib"])
-                    basis = f"issue #3 figures (reference {rf_outcome})"
+                    basis = f"issue #{issue_no} figures (reference {rf_outcome})"
                 ok = r is not None and r >= t["min_ratio"]
                 value = f"{r:.2f}x tokens/s" if r is not None else "?"
                 if t["kind"] == "speedup_at_memory":
                     ok = ok and m is not None and m <= t["max_mem_ratio"]
                     value += f", {m:.2f}x memory" if m is not None else ", memory ?"
                 entry.update(status=MET if ok else NOT_MET, value=value, basis=basis)
+        elif t["kind"] == "vs_row":
+            other = (others or {}).get(t["row"])
+            entry["same_run"] = True
+            if "max_mem_ratio" in t:
+                entry["target"] = f"peak memory <= {t['max_mem_ratio']:.2f}x shardtune's {t['row']}"
+                mine, theirs, fmt = figures["st_peak_gib"], other and other["st_peak_gib"], "{:.2f}x memory"
+                passes = lambda r: r <= t["max_mem_ratio"]  # noqa: E731
+            else:
+                entry["target"] = f"tokens/s >= {t['min_speed_ratio']:.2f}x shardtune's {t['row']}"
+                mine, theirs, fmt = figures["st_tokens_per_s"], other and other["st_tokens_per_s"], "{:.2f}x tokens/s"
+                passes = lambda r: r >= t["min_speed_ratio"]  # noqa: E731
+            r = ratio(mine, theirs)
+            if st.get("outcome") == "skipped":
+                entry.update(status=NA, value="shardtune skipped", basis="this run")
+            elif not st_ok:
+                entry.update(status=NOT_MET, value=f"shardtune {st.get('outcome', 'not run')}", basis="this run")
+            elif r is None:
+                entry.update(status=NA, value=f"no {t['row']} result in this run", basis="this run")
+            else:
+                entry.update(status=MET if passes(r) else NOT_MET, value=fmt.format(r), basis="this run")
         elif t["kind"] == "mfu":
             entry["target"] = f"MFU >= {100 * t['min_mfu']:.0f}% of the bf16 GEMM peak"
             entry["same_run"] = not peak_source.startswith("issue")
@@ -305,7 +343,7 @@ def overall_status(targets):
     return status + ("*" if not all(t.get("same_run", True) for t in targets) else "")
 
 
-FOOTNOTE = "* judged against issue #3's figures: no reference result or measured GEMM peak in this run"
+FOOTNOTE = "* judged against the issue's figures: no reference result or measured GEMM peak in this run"
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -403,7 +441,7 @@ def format_markdown(report):
     for row in report["results"]:
         cells = row_cells(row)
         out.append("| " + " | ".join(str(cells[k]) for k, _, _ in COLUMNS) + " |")
-    out += ["", "Targets (issue #3):", ""]
+    out += ["", "Targets (issues #3 and #4):", ""]
     out += [f"- {line}" for line in target_lines(report["results"])] or ["- none evaluated"]
     if any(r["status"].endswith("*") for r in report["results"]):
         out += ["", FOOTNOTE.replace("*", "\\*", 1)]
@@ -411,7 +449,8 @@ def format_markdown(report):
             f"tokens/s = batch x seq / median step time over steps {WARMUP_STEPS + 1} and later; peak memory is "
             "the training peak including the resident weights (shardtune: its allocator's peak after setup; "
             "reference: torch.cuda.max_memory_allocated() reset after model and optimizer creation). "
-            "Issue columns: issue #3's reference figures, measured earlier on the same kind of H100."]
+            "Issue columns: the issues' reference figures (#3: transformers + PEFT; #4 QLoRA rows: + bitsandbytes "
+            "0.50, which cannot run on the GPU host), measured earlier on the same kind of H100."]
     for note in report.get("notes", []):
         out.append(f"\nNote: {note}")
     commands = ([meta["bench_command"]] if meta.get("bench_command") else []) + list(meta.get("commands", []))
@@ -608,7 +647,7 @@ def main(argv=None):
             peak, peak_source = ISSUE_GEMM_PEAK_TFLOPS, "issue #3's figure (could not measure here)"
             notes.append("the bf16 GEMM peak could not be measured (no torch/GPU?); MFU uses issue #3's 797 TFLOP/s")
 
-    results = []
+    results, measured = [], {}
     for name in args.config_names:
         spec = CONFIGS[name]
         keys = read_deck(spec["deck"])
@@ -656,7 +695,13 @@ def main(argv=None):
 
         # 4. The reference, in its own process.
         rf = {"outcome": "skipped"}
-        if not args.skip_reference:
+        if spec.get("reference") == "bitsandbytes":
+            rf = {"outcome": "n/a (bnb)", "error": "the reference needs bitsandbytes, which this host does not have"}
+            note = (f"{name}: no same-run reference (bitsandbytes is not installed here); judged against issue "
+                    f"#{spec['issue_no']}'s figures measured on this H100 with bitsandbytes 0.50")
+            if note not in notes:
+                notes.append(note)
+        elif not args.skip_reference:
             out_json = os.path.join(args.out_dir, f"reference-{name}.json")
             if os.path.exists(out_json):
                 os.remove(out_json)
@@ -676,9 +721,11 @@ def main(argv=None):
         row["reference"] = rf
 
         row["figures"] = row_figures(st, rf, peak, flops["total"])
-        row["targets"] = evaluate_targets(name, st, rf, row["figures"], spec["issue"], peak, peak_source)
+        row["targets"] = evaluate_targets(name, st, rf, row["figures"], spec["issue"], peak, peak_source,
+                                          measured, spec.get("issue_no", 3))
         row["status"] = overall_status(row["targets"])
         results.append(row)
+        measured[name] = row["figures"]
 
     device = next((r["reference"].get("device") for r in results if r["reference"].get("device")), None) or gpu_name()
     report = {

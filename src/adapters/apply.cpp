@@ -21,6 +21,7 @@ int64_t attach_lora(LlamaModel& m, const LoraConfig& cfg, int64_t max_rows, uint
 void merge_adapters(LlamaModel& m) {
   for (Linear* lin : llama_linears(m)) {
     if (!lin->adapter) continue;
+    if (lin->quantized()) ST_THROW("merge_adapters: ", lin->name, " is stored in NF4; call llama_dequantize first");
     lin->adapter->add_delta_to(lin->weight);
     lin->adapter.reset();
   }

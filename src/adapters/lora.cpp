@@ -21,8 +21,8 @@ uint64_t hash_name(const std::string& s) {
 LoraAdapter::LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed)
     : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(hash_name(base.name)) {
   if (cfg.r <= 0) ST_THROW_INPUT("lora_r must be positive (got ", cfg.r, ")");
-  const DType compute = base.weight.dtype(), dt = master_dtype(compute);
-  const Device dev = base.weight.device();
+  const DType compute = base.dtype(), dt = master_dtype(compute);
+  const Device dev = base.device();
   A = Tensor::empty({r, base.in}, dt, dev, MemCategory::weights);
   B = Tensor::zeros({base.out, r}, dt, dev, MemCategory::weights);
   dA = Tensor::zeros(A.shape(), dt, dev, MemCategory::gradients);
@@ -101,23 +101,6 @@ void LoraAdapter::add_delta_to(Tensor& W) const {
   Tensor w = W.to_cpu(DType::f64);
   matmul(w, b, false, a, false, scale, 1.0);
   W.copy_from(w.to_cpu(W.dtype()));
-}
-
-const std::vector<std::string>& lora_target_names() {
-  static const std::vector<std::string> names{"q", "k", "v", "o", "gate", "up", "down"};
-  return names;
-}
-
-std::string llama_module_short_name(const std::string& module) {
-  static const std::pair<const char*, const char*> map[] = {
-      {"self_attn.q_proj", "q"}, {"self_attn.k_proj", "k"}, {"self_attn.v_proj", "v"},
-      {"self_attn.o_proj", "o"}, {"mlp.gate_proj", "gate"}, {"mlp.up_proj", "up"},
-      {"mlp.down_proj", "down"}};
-  for (const auto& [suffix, shortname] : map) {
-    const std::string s = suffix;
-    if (module.size() >= s.size() && module.compare(module.size() - s.size(), s.size(), s) == 0) return shortname;
-  }
-  return "";
 }
 
 }  // namespace st

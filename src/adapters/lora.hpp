@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/linear.hpp"
+#include "model/llama.hpp"
 
 namespace st {
 
@@ -50,9 +51,7 @@ class LoraAdapter final : public LinearAdapter {
   Tensor dropped_input(const Tensor& x, const LayerContext& ctx) const;
 };
 
-// The short target names ("q", "k", "v", "o", "gate", "up", "down") accepted in lora_targets,
-// and the name of a Llama module ("model.layers.3.mlp.up_proj" -> "up"; "" when none).
-const std::vector<std::string>& lora_target_names();
-std::string llama_module_short_name(const std::string& module);
+// The short target names accepted in lora_targets: llama_module_names() (model/llama.hpp).
+inline const std::vector<std::string>& lora_target_names() { return llama_module_names(); }
 
 }  // namespace st

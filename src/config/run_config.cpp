@@ -72,7 +72,7 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(data, t, "max_val_rows", &c.max_val_rows, "use only the first N validation rows (0: all)");
 
   po::options_description train("Training");
-  add_string(train, t, "method", &c.method, "full | lora");
+  add_string(train, t, "method", &c.method, "full | lora | qlora (LoRA on a frozen NF4 base)");
   add(train, t, "epochs", &c.epochs, "passes over the training split");
   add(train, t, "max_steps", &c.max_steps, "stop after N optimizer steps (0: run all epochs)");
   add(train, t, "micro_batch_size", &c.micro_batch_size, "rows per forward/backward on one rank");
@@ -97,12 +97,18 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(lora, t, "lora_dropout", &c.lora_dropout, "dropout on the adapter input");
   add_string(lora, t, "lora_targets", &c.lora_targets, "comma-separated modules: q,k,v,o,gate,up,down");
 
+  po::options_description qlora("QLoRA (method = qlora; the LoRA keys above apply too)");
+  add_string(qlora, t, "qlora_quantize", &c.qlora_quantize,
+             "which linear layers store their frozen base in NF4: adapted (those in lora_targets) | all (every block projection)");
+  add(qlora, t, "qlora_block_size", &c.qlora_block_size, "NF4 values per absmax: 64, 128 or 256");
+  add(qlora, t, "qlora_double_quant", &c.qlora_double_quant, "8-bit absmax values around their mean (block 256)");
+
   po::options_description par("Parallelism and memory");
   add_string(par, t, "parallel", &c.parallel, "strategy: none (this version runs one rank)");
   add(par, t, "tp_size", &c.tp_size, "tensor-parallel group size");
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
 
-  for (auto* g : {&run, &model, &data, &train, &lora, &par}) t.all.add(*g);
+  for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par}) t.all.add(*g);
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -286,7 +292,10 @@ void validate_run_config(const RunConfig& c) {
   one_of("device", c.device, {"cpu", "cuda"});
   one_of("dtype", c.dtype, {"auto", "f32", "f64", "bf16"});
   one_of("arch", c.arch, {"llama"});
-  one_of("method", c.method, {"full", "lora"});
+  one_of("method", c.method, {"full", "lora", "qlora"});
+  one_of("qlora_quantize", c.qlora_quantize, {"adapted", "all"});
+  if (c.qlora_block_size != 64 && c.qlora_block_size != 128 && c.qlora_block_size != 256)
+    fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
   one_of("parallel", c.parallel, {"none"});
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")

@@ -40,7 +40,7 @@ struct RunConfig {
   std::string tokenizer;        // optional: must match the shards' tokenizer checksum
   int64_t max_train_rows = 0, max_val_rows = 0;  // 0 = all
   // training
-  std::string method = "full";  // full | lora
+  std::string method = "full";  // full | lora | qlora
   int64_t epochs = 1, max_steps = 0;
   int64_t micro_batch_size = 8, grad_accum = 1;
   double lr = 3e-4, min_lr_ratio = 0.1;
@@ -56,6 +56,10 @@ struct RunConfig {
   int64_t lora_r = 8;
   double lora_alpha = 16, lora_dropout = 0.0;
   std::string lora_targets = "q,k,v,o,gate,up,down";
+  // qlora
+  std::string qlora_quantize = "adapted";  // adapted | all
+  int64_t qlora_block_size = 64;
+  bool qlora_double_quant = true;
   // parallel
   std::string parallel = "none";
   int64_t tp_size = 1;

@@ -11,13 +11,15 @@ namespace fs = std::filesystem;
 
 namespace st {
 
-LlamaModel load_llama(const std::string& dir, DType dtype, Device device) {
+LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant) {
   const LlamaConfig cfg = read_llama_config(dir);
-  LlamaModel m = llama_build(cfg, dtype, device);
+  LlamaModel m = llama_build(cfg, dtype, device, quant);
   CheckpointReader ckpt = CheckpointReader::open(dir);
-  for (auto& [name, tensor] : llama_named_weights(m)) {
-    Tensor t = ckpt.read(name, tensor->shape(), dtype, device, MemCategory::other);
-    tensor->copy_from(t);
+  // One tensor at a time: NF4 layers are quantized as they arrive, so the dense model never
+  // exists in device memory as a whole.
+  for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
+    Tensor t = ckpt.read(slot.name, slot.shape, dtype, device, MemCategory::workspace);
+    llama_set_weight(slot, t);
   }
   for (const std::string& extra : ckpt.unused_names()) {
     if (extra.find("rotary_emb.inv_freq") != std::string::npos) continue;

@@ -9,8 +9,9 @@ namespace st {
 
 // Read config.json of a checkpoint directory and load every weight, validating names, shapes
 // and dtypes (f32/bf16/f16 on disk, converted to the model's dtype). Unexpected tensors in the
-// checkpoint are refused, except the known-harmless rotary inv_freq buffers.
-LlamaModel load_llama(const std::string& dir, DType dtype, Device device);
+// checkpoint are refused, except the known-harmless rotary inv_freq buffers. Linears named in
+// `quant` are quantized to NF4 as they are read (QLoRA).
+LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant = {});
 // Write config.json + model.safetensors (f32) into dir (created). The model must carry no
 // adapters (merge them first). tokenizer_path, if non-empty, is copied as tokenizer.model.
 void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path);

@@ -1,18 +1,30 @@
 #include "model/linear.hpp"
 
 #include "ops/matmul.hpp"
+#include "quant/nf4.hpp"
 
 namespace st {
 
+DType Linear::dtype() const { return quantized() ? dequant->dtype() : weight.dtype(); }
+Device Linear::device() const { return quantized() ? dequant->device() : weight.device(); }
+
+Tensor Linear::dense_weight() const {
+  if (!quantized()) return weight;
+  Tensor w = dequant->view({dequant->numel()}).slice(0, out * in).view({out, in});
+  nf4_dequantize(*nf4, w);
+  return w;
+}
+
 void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
                           const Tensor* residual) {
-  linear_forward(x, l.weight, y, accumulate, residual);
+  linear_forward(x, l.dense_weight(), y, accumulate, residual);
   if (l.adapter) l.adapter->forward(x, y, ctx);
 }
 
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate) {
-  linear_backward(x, l.weight, dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
+  if (dx || l.grad.defined())
+    linear_backward(x, l.dense_weight(), dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
   if (l.adapter) l.adapter->backward(x, dy, dx, ctx);
 }
 

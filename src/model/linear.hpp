@@ -13,6 +13,8 @@
 
 namespace st {
 
+struct Nf4Tensor;
+
 // A trainable parameter as the optimizer sees it.
 // `value` is what the optimizer updates and `grad` its gradient (same dtype, or f32 for a bf16
 // value: the optimizer then keeps an f32 master copy and writes the rounded result back).
@@ -50,9 +52,20 @@ class LinearAdapter {
 struct Linear {
   std::string name;  // Hugging Face module name, e.g. "model.layers.0.self_attn.q_proj"
   int64_t in = 0, out = 0;
-  Tensor weight;     // [out, in]
+  Tensor weight;     // [out, in]; undefined when the base is stored quantized (nf4)
   Tensor grad;       // [out, in]; defined only when the base weight trains
   std::unique_ptr<LinearAdapter> adapter;
+  // QLoRA: the frozen base in NF4. Every forward and backward dequantizes it into `dequant`, a
+  // buffer of one layer's worth shared by all quantized layers of the model, right before the GEMM.
+  std::shared_ptr<Nf4Tensor> nf4;
+  std::shared_ptr<Tensor> dequant;
+
+  bool quantized() const { return nf4 != nullptr; }
+  DType dtype() const;    // the compute dtype (of weight, or of the dequantized weight)
+  Device device() const;
+  // The dense [out, in] weight: `weight` itself, or the NF4 base dequantized into the shared
+  // buffer (valid until the next quantized layer dequantizes).
+  Tensor dense_weight() const;
 };
 
 // y (+)= x W^T + adapter; with residual, y = residual + x W^T + adapter.

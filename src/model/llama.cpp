@@ -20,12 +20,16 @@ Tensor alloc(const Shape& s, const LlamaModel& m, MemCategory cat) {
   return Tensor::zeros(s, m.dtype, m.device, cat);
 }
 
-Linear make_linear(const std::string& name, int64_t in, int64_t out, const LlamaModel& m) {
+Linear make_linear(const std::string& name, int64_t in, int64_t out, const LlamaModel& m, const LlamaQuant& quant) {
   Linear l;
   l.name = name;
   l.in = in;
   l.out = out;
-  l.weight = alloc({out, in}, m, MemCategory::weights);
+  const std::string s = llama_module_short_name(name);
+  if (!s.empty() && std::find(quant.modules.begin(), quant.modules.end(), s) != quant.modules.end())
+    l.nf4 = std::make_shared<Nf4Tensor>(nf4_allocate(out, in, quant.nf4, m.device));  // no dense weight
+  else
+    l.weight = alloc({out, in}, m, MemCategory::weights);
   return l;
 }
 
@@ -42,8 +46,14 @@ Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
 
 }  // namespace
 
-LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device) {
+LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant) {
   cfg.validate("model config");
+  if (quant.any()) {
+    quant.nf4.validate("qlora");
+    for (const std::string& t : quant.modules)
+      if (std::find(llama_module_names().begin(), llama_module_names().end(), t) == llama_module_names().end())
+        ST_THROW_INPUT("qlora: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
+  }
   LlamaModel m;
   m.cfg = cfg;
   m.dtype = dtype;
@@ -55,14 +65,14 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device) {
     LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
     const std::string p = layer_prefix(l);
     b.attn_norm = alloc({C}, m, MemCategory::weights);
-    b.q = make_linear(p + "self_attn.q_proj", C, cfg.q_dim(), m);
-    b.k = make_linear(p + "self_attn.k_proj", C, cfg.kv_dim(), m);
-    b.v = make_linear(p + "self_attn.v_proj", C, cfg.kv_dim(), m);
-    b.o = make_linear(p + "self_attn.o_proj", cfg.q_dim(), C, m);
+    b.q = make_linear(p + "self_attn.q_proj", C, cfg.q_dim(), m, quant);
+    b.k = make_linear(p + "self_attn.k_proj", C, cfg.kv_dim(), m, quant);
+    b.v = make_linear(p + "self_attn.v_proj", C, cfg.kv_dim(), m, quant);
+    b.o = make_linear(p + "self_attn.o_proj", cfg.q_dim(), C, m, quant);
     b.mlp_norm = alloc({C}, m, MemCategory::weights);
-    b.gate = make_linear(p + "mlp.gate_proj", C, I, m);
-    b.up = make_linear(p + "mlp.up_proj", C, I, m);
-    b.down = make_linear(p + "mlp.down_proj", I, C, m);
+    b.gate = make_linear(p + "mlp.gate_proj", C, I, m, quant);
+    b.up = make_linear(p + "mlp.up_proj", C, I, m, quant);
+    b.down = make_linear(p + "mlp.down_proj", I, C, m, quant);
   }
   m.final_norm = alloc({C}, m, MemCategory::weights);
   if (cfg.tie_word_embeddings) {
@@ -71,38 +81,104 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device) {
     m.lm_head.out = V;
     m.lm_head.weight = m.embed;  // shared buffer
   } else {
-    m.lm_head = make_linear("lm_head", C, V, m);
+    m.lm_head = make_linear("lm_head", C, V, m, quant);
   }
   m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device);
+  if (quant.any()) {
+    int64_t largest = 0;
+    for (Linear* lin : llama_linears(m))
+      if (lin->quantized()) largest = std::max(largest, lin->out * lin->in);
+    m.dequant = std::make_shared<Tensor>(Tensor::empty({largest}, dtype, device, MemCategory::workspace));
+    for (Linear* lin : llama_linears(m))
+      if (lin->quantized()) lin->dequant = m.dequant;
+  }
   return m;
+}
+
+std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m) {
+  std::vector<LlamaWeightSlot> out;
+  auto dense = [&](const std::string& name, Tensor* t) { out.push_back({name, t, nullptr, t->shape()}); };
+  auto linear = [&](Linear* lin) {
+    out.push_back({lin->name + ".weight", &lin->weight, lin->quantized() ? lin : nullptr, Shape{lin->out, lin->in}});
+  };
+  dense("model.embed_tokens.weight", &m.embed);
+  for (size_t l = 0; l < m.blocks.size(); ++l) {
+    LlamaBlock& b = m.blocks[l];
+    const std::string p = layer_prefix(static_cast<int64_t>(l));
+    dense(p + "input_layernorm.weight", &b.attn_norm);
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) linear(lin);
+    dense(p + "post_attention_layernorm.weight", &b.mlp_norm);
+    for (Linear* lin : {&b.gate, &b.up, &b.down}) linear(lin);
+  }
+  dense("model.norm.weight", &m.final_norm);
+  if (!m.cfg.tie_word_embeddings) linear(&m.lm_head);
+  return out;
 }
 
 std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m) {
   std::vector<std::pair<std::string, Tensor*>> out;
-  out.emplace_back("model.embed_tokens.weight", &m.embed);
-  for (size_t l = 0; l < m.blocks.size(); ++l) {
-    LlamaBlock& b = m.blocks[l];
-    const std::string p = layer_prefix(static_cast<int64_t>(l));
-    out.emplace_back(p + "input_layernorm.weight", &b.attn_norm);
-    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) out.emplace_back(lin->name + ".weight", &lin->weight);
-    out.emplace_back(p + "post_attention_layernorm.weight", &b.mlp_norm);
-    for (Linear* lin : {&b.gate, &b.up, &b.down}) out.emplace_back(lin->name + ".weight", &lin->weight);
+  for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
+    if (s.linear) ST_THROW(s.name, " is stored in NF4: dequantize the model first");
+    out.emplace_back(s.name, s.tensor);
   }
-  out.emplace_back("model.norm.weight", &m.final_norm);
-  if (!m.cfg.tie_word_embeddings) out.emplace_back("lm_head.weight", &m.lm_head.weight);
   return out;
 }
 
+void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value) {
+  if (value.shape() != slot.shape) ST_THROW(slot.name, ": value ", value.str(), " does not match ", slot.shape.str());
+  if (slot.linear) nf4_quantize(value, *slot.linear->nf4);
+  else if (value.dtype() == slot.tensor->dtype()) slot.tensor->copy_from(value);
+  else convert_copy(*slot.tensor, value);
+}
+
+LlamaWeightBytes llama_weight_bytes(LlamaModel& m) {
+  LlamaWeightBytes r;
+  const size_t es = dtype_size(m.dtype);
+  for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
+    const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
+    r.dense += dense;
+    if (s.linear) {
+      r.stored += s.linear->nf4->nbytes();
+      ++r.quantized_layers;
+    } else {
+      r.stored += dense;
+    }
+  }
+  return r;
+}
+
+void llama_dequantize(LlamaModel& m) {
+  for (Linear* lin : llama_linears(m)) {
+    if (!lin->quantized()) continue;
+    lin->weight = Tensor::empty({lin->out, lin->in}, m.dtype, m.device, MemCategory::weights);
+    nf4_dequantize(*lin->nf4, lin->weight);
+    lin->nf4.reset();
+    lin->dequant.reset();
+  }
+  m.dequant.reset();
+}
+
 void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
-  // Counter-based: the same values on any device, generated where the weights live.
-  for (auto& [name, t] : llama_named_weights(m)) {
-    if (t->ndim() == 1) fill_constant(*t, 1.0);
-    else fill_normal(*t, counter_key(seed, name_hash(name)), 0.0, std);
+  // Counter-based: the same values on any device, generated where the weights live. An NF4
+  // layer is generated densely (one layer at a time, in a workspace) and then quantized, so a
+  // quantized model starts from the quantized version of the dense model of the same seed.
+  for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
+    if (s.shape.ndim == 1) {
+      fill_constant(*s.tensor, 1.0);
+    } else if (s.linear) {
+      Tensor w = Tensor::empty(s.shape, m.dtype, m.device, MemCategory::workspace);
+      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
+      llama_set_weight(s, w);
+    } else {
+      fill_normal(*s.tensor, counter_key(seed, name_hash(s.name)), 0.0, std);
+    }
   }
 }
 
 void llama_enable_base_training(LlamaModel& m) {
   if (m.base_trainable) return;
+  for (Linear* lin : llama_linears(m))
+    if (lin->quantized()) ST_THROW_INPUT(lin->name, " is stored in NF4 and cannot train (NF4 bases are frozen)");
   m.base_trainable = true;
   // Gradients in the master precision (f32 when the weights are bf16).
   auto grad = [&](const Tensor& w) {
@@ -376,6 +452,23 @@ double llama_flops_per_token(const LlamaModel& m, int64_t seq_len) {
   const double attn = 3.0 * 2.0 * static_cast<double>(seq_len) * static_cast<double>(c.q_dim()) *
                       static_cast<double>(c.num_layers);
   return matmul + attn;
+}
+
+const std::vector<std::string>& llama_module_names() {
+  static const std::vector<std::string> names{"q", "k", "v", "o", "gate", "up", "down"};
+  return names;
+}
+
+std::string llama_module_short_name(const std::string& module) {
+  static const std::pair<const char*, const char*> map[] = {
+      {"self_attn.q_proj", "q"}, {"self_attn.k_proj", "k"}, {"self_attn.v_proj", "v"},
+      {"self_attn.o_proj", "o"}, {"mlp.gate_proj", "gate"}, {"mlp.up_proj", "up"},
+      {"mlp.down_proj", "down"}};
+  for (const auto& [suffix, shortname] : map) {
+    const std::string s = suffix;
+    if (module.size() >= s.size() && module.compare(module.size() - s.size(), s.size(), s) == 0) return shortname;
+  }
+  return "";
 }
 
 }  // namespace st

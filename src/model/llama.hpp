@@ -17,6 +17,7 @@
 #include "model/linear.hpp"
 #include "model/llama_config.hpp"
 #include "ops/rope.hpp"
+#include "quant/nf4.hpp"
 
 namespace st {
 
@@ -34,6 +35,19 @@ struct LlamaBlock {
   Linear down;            // [C, I]
 };
 
+// The short names of a block's linear layers ("q", "k", "v", "o", "gate", "up", "down"), and the
+// short name of a Llama module ("model.layers.3.mlp.up_proj" -> "up"; "" when none).
+const std::vector<std::string>& llama_module_names();
+std::string llama_module_short_name(const std::string& module);
+
+// Which linear layers keep their frozen base in NF4 (QLoRA): short names (q, k, v, o, gate,
+// up, down; lm_head and the embedding stay in the compute dtype).
+struct LlamaQuant {
+  std::vector<std::string> modules;
+  Nf4Config nf4;
+  bool any() const { return !modules.empty(); }
+};
+
 struct LlamaModel {
   LlamaConfig cfg;
   DType dtype = DType::f32;
@@ -46,17 +60,38 @@ struct LlamaModel {
   Linear lm_head;          // [V, C]; weight and grad share embed's buffers when tied
   RopeTables rope;
   bool base_trainable = false;
+  std::shared_ptr<Tensor> dequant;  // one layer's dequantized weight, shared by NF4 layers
 };
 
-// Allocates every weight (zero-filled) in `dtype` on `device`.
-LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device);
+// Allocates every weight (zero-filled) in `dtype` on `device`; linears named in `quant` get NF4
+// storage instead (filled by llama_init_random, load_llama or llama_set_weight).
+LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant = {});
 // Normal(0, std) for embeddings and projections, ones for norms; each tensor seeded from
 // (seed, its name), so the result does not depend on the order of initialisation.
 void llama_init_random(LlamaModel& m, uint64_t seed, double std);
 // Allocate gradients for every base parameter (full fine-tuning).
 void llama_enable_base_training(LlamaModel& m);
-// Every base weight with its Hugging Face name (lm_head omitted when tied).
+// Every base weight with its Hugging Face name (lm_head omitted when tied). Refused for a model
+// with NF4 layers (their dense weights do not exist): use llama_weight_slots.
 std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m);
+// The same list for any model: `linear` is set (and `tensor` undefined) for NF4-stored weights.
+struct LlamaWeightSlot {
+  std::string name;
+  Tensor* tensor = nullptr;
+  Linear* linear = nullptr;
+  Shape shape;
+};
+std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m);
+// Store `value` (same shape; any float dtype on the model's device) into the slot: a copy, or
+// NF4 quantization for a quantized linear.
+void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value);
+// Bytes of the base weights as stored, and as they would be in the compute dtype.
+struct LlamaWeightBytes {
+  size_t stored = 0, dense = 0, quantized_layers = 0;
+};
+LlamaWeightBytes llama_weight_bytes(LlamaModel& m);
+// Replace every NF4 base by its dequantized dense weight (before merging or saving).
+void llama_dequantize(LlamaModel& m);
 // Every linear layer (adapters attach here), in block order then lm_head.
 std::vector<Linear*> llama_linears(LlamaModel& m);
 // Trainable parameters (base when trainable, then adapters), in a fixed order.

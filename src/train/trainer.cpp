@@ -129,16 +129,34 @@ LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
   return m;
 }
 
-LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device) {
+// The NF4 layers of a QLoRA run (none for other methods, and none when only evaluating).
+LlamaQuant quant_from_options(const RunConfig& c, bool training) {
+  LlamaQuant q;
+  if (!training || c.method != "qlora") return q;
+  q.modules = c.qlora_quantize == "all" ? llama_module_names() : c.lora_target_list();
+  q.nf4.block = c.qlora_block_size;
+  q.nf4.double_quant = c.qlora_double_quant;
+  return q;
+}
+
+LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device, bool training) {
   MemoryPhase phase("load");
+  const LlamaQuant quant = quant_from_options(c, training);
   LlamaModel m;
   if (!c.model.empty()) {
-    m = load_llama(c.model, dtype, device);
+    m = load_llama(c.model, dtype, device, quant);
     ST_LOG("model: loaded ", c.model, " (", m.cfg.summary(), ")");
   } else {
-    m = llama_build(config_from_options(c, info), dtype, device);
+    m = llama_build(config_from_options(c, info), dtype, device, quant);
     llama_init_random(m, c.seed, c.init_std);
     ST_LOG("model: random init, seed ", c.seed, " (", m.cfg.summary(), ")");
+  }
+  if (quant.any()) {
+    const LlamaWeightBytes wb = llama_weight_bytes(m);
+    ST_LOG("qlora: ", wb.quantized_layers, " linear layers in NF4 (block ", quant.nf4.block,
+           quant.nf4.double_quant ? ", double quantization" : "", "): base weights ", format_bytes(static_cast<double>(wb.stored)),
+           " instead of ", format_bytes(static_cast<double>(wb.dense)), " in ", dtype_name(dtype), " (",
+           format_bytes(static_cast<double>(wb.dense - wb.stored)), " saved)");
   }
   if (info.tokenizer_vocab_size > m.cfg.vocab_size)
     ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", info.tokenizer_vocab_size,
@@ -268,7 +286,7 @@ void Run::open_data(bool need_train) {
 
 void Run::build_model(bool training) {
   const ShardDataset& ref = train_ ? *train_ : *val_;
-  model_ = make_model(cfg_, ref.info(), dtype_, device_);
+  model_ = make_model(cfg_, ref.info(), dtype_, device_, training);
   const int64_t T_max = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
   const int64_t B = cfg_.micro_batch_size;
   MemoryPhase phase("setup");
@@ -293,6 +311,10 @@ void Run::build_model(bool training) {
   const int64_t total = model_.cfg.num_parameters();
   const int64_t trainable = training ? opt_->num_parameters() : 0;
   summary_.ints["num_parameters"] = total;
+  const LlamaWeightBytes wb = llama_weight_bytes(model_);
+  summary_.ints["base_weight_bytes"] = static_cast<int64_t>(wb.stored);
+  summary_.ints["base_weight_bytes_dense"] = static_cast<int64_t>(wb.dense);
+  summary_.ints["nf4_layers"] = static_cast<int64_t>(wb.quantized_layers);
   summary_.ints["trainable_parameters"] = trainable;
   ST_LOG("params: ", total, " total, ", trainable, " trainable (", fmt_fixed(100.0 * trainable / std::max<int64_t>(1, total), 2),
          "%); memory after setup ", format_bytes(static_cast<double>(allocator_for(device_).stats().total_current)));
@@ -490,6 +512,7 @@ int Run::train() {
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
   if (cfg_.save_model && rt.world_rank == 0) {
     MemoryPhase phase("save");
+    llama_dequantize(model_);  // a QLoRA base merges in its dequantized form
     merge_adapters(model_);
     const std::string dir = (fs::path(run_dir_) / "model").string();
     save_llama(model_, dir, tokenizer_for_export());

@@ -132,6 +132,27 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
     EXPECT_LT(h5::read_attr_int(s, "trainable_parameters", m2), h5::read_attr_int(s, "num_parameters", m2) / 5);
   }
 
+  // 2b. QLoRA on the same saved model: every projection in NF4, loss falls, the merged model is
+  // written (dequantized base + adapters) and evaluates.
+  rc = test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id qlora --method qlora --qlora_quantize all --model " +
+                             d + "/runs/full/model --data " + d + "/sentiment --max_steps 30 --save_model true --eval_every 0",
+                         &out);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("linear layers in NF4"), std::string::npos) << out;
+  const std::string m3 = d + "/runs/qlora/metrics.h5";
+  {
+    h5::Handle f = h5::open_file_read(m3);
+    EXPECT_EQ(summary_string(f, "outcome", m3), "ok");
+    EXPECT_LT(summary_real(f, "final_val_loss", m3), summary_real(f, "initial_val_loss", m3));
+    h5::Handle s = h5::open_group(f, "summary");
+    EXPECT_EQ(h5::read_attr_int(s, "nf4_layers", m3), 2 * 7);
+    EXPECT_LT(h5::read_attr_int(s, "base_weight_bytes", m3), h5::read_attr_int(s, "base_weight_bytes_dense", m3));
+  }
+  rc = test::run_command(bin() + " eval --deck " + d + "/full.cfg --run_id qlora_eval --model " + d + "/runs/qlora/model --data " +
+                             d + "/sentiment",
+                         &out);
+  ASSERT_EQ(rc, 0) << out;
+
   // 3. eval of the saved model
   rc = test::run_command(bin() + " eval --deck " + d + "/full.cfg --run_id evalrun --model " + d + "/runs/full/model", &out);
   ASSERT_EQ(rc, 0) << out;

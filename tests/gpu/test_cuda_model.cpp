@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "adapters/apply.hpp"
@@ -94,11 +95,36 @@ void copy_weights(LlamaModel& from, LlamaModel& to) {
   for (size_t i = 0; i < a.size(); ++i) b[i].second->copy_from(a[i].second->to_cpu(b[i].second->dtype()));
 }
 
-void compare_step(bool lora) {
+// The same model with every block projection in NF4, quantized from `dense`'s weights (the GPU
+// quantizes the bf16 weights, the CPU their exact f64 copies: the same codes).
+LlamaModel quantized_copy(LlamaModel& dense) {
+  LlamaQuant quant;
+  quant.modules = llama_module_names();
+  LlamaModel q = llama_build(dense.cfg, dense.dtype, dense.device, quant);
+  auto from = llama_weight_slots(dense), to = llama_weight_slots(q);
+  for (size_t i = 0; i < to.size(); ++i) llama_set_weight(to[i], *from[i].tensor);
+  return q;
+}
+
+void compare_step(bool lora, bool qlora = false) {
   LlamaModel gpu = llama_build(small_config(), DType::bf16, Device::cuda);
   llama_init_random(gpu, 5, 0.2);
   LlamaModel cpu = llama_build(small_config(), DType::f64, Device::cpu);
   copy_weights(gpu, cpu);  // the CPU reference runs on exactly the bf16 weights
+  if (qlora) {
+    gpu = quantized_copy(gpu);
+    cpu = quantized_copy(cpu);
+    for (size_t i = 0; i < llama_linears(gpu).size(); ++i) {
+      Linear* g = llama_linears(gpu)[i];
+      Linear* c = llama_linears(cpu)[i];
+      ASSERT_EQ(g->quantized(), c->quantized());
+      if (!g->quantized()) continue;
+      ASSERT_EQ(g->nf4->codes.to_cpu(DType::u8).nbytes(), c->nf4->codes.nbytes());
+      ASSERT_EQ(std::memcmp(g->nf4->codes.to_cpu(DType::u8).data(), c->nf4->codes.data(), c->nf4->codes.nbytes()), 0)
+          << g->name << ": GPU and CPU NF4 codes differ";
+      ASSERT_EQ(g->nf4->offset, c->nf4->offset) << g->name;
+    }
+  }
   if (lora) {
     LoraConfig lc;
     lc.r = 4;
@@ -139,7 +165,7 @@ void compare_step(bool lora) {
     EXPECT_LT(e, kGradTol) << gp[i].name;
   }
   std::printf("[gpu-vs-cpu] %s step: loss %.6f vs %.6f, worst gradient rel error %.2e over %zu tensors\n",
-              lora ? "lora" : "full", gl0, cl0, worst, gp.size());
+              qlora ? "qlora" : lora ? "lora" : "full", gl0, cl0, worst, gp.size());
 }
 
 TEST(CudaModel, FullTrainingStepMatchesCpu) {
@@ -150,6 +176,11 @@ TEST(CudaModel, FullTrainingStepMatchesCpu) {
 TEST(CudaModel, LoraTrainingStepMatchesCpu) {
   ST_REQUIRE_GPU();
   compare_step(true);
+}
+
+TEST(CudaModel, QloraTrainingStepMatchesCpu) {
+  ST_REQUIRE_GPU();
+  compare_step(true, true);
 }
 
 TEST(CudaModel, GoldenTransformersInBf16) {
@@ -206,31 +237,44 @@ TEST(CudaModel, GoldenTransformersInBf16) {
   std::printf("[golden bf16] logits %.2e  loss %.6f vs %.6f  gradients (max) %.2e\n", le, loss_fwd, ref_loss, worst);
 }
 
-TEST(CudaModel, TrainBinaryOnGpuLossFalls) {
-  ST_REQUIRE_GPU();
+// The real binary on the GPU for 40 steps; returns (initial, final) validation loss.
+std::pair<double, double> train_binary_on_gpu(const std::string& extra, const std::string& tag) {
   const std::string bin = std::getenv("SHARDTUNE_BIN") ? std::getenv("SHARDTUNE_BIN") : test::repo_root() + "/build/shardtune";
   const std::string d = test::make_temp_dir("gpu-e2e");
   std::string out;
-  ASSERT_EQ(test::run_command(bin + " prepare --synthetic " + d + "/synth --sentiment-rows 400 --instruct-rows 800", &out), 0) << out;
+  EXPECT_EQ(test::run_command(bin + " prepare --synthetic " + d + "/synth --sentiment-rows 400 --instruct-rows 800", &out), 0) << out;
   for (const char* split : {"train", "validation"}) {
     const std::string in = std::string(split) == "train" ? "instruct_train.jsonl" : "instruct_val.jsonl";
-    ASSERT_EQ(test::run_command(bin + " prepare --input " + d + "/synth/" + in + " --tokenizer " + d +
+    EXPECT_EQ(test::run_command(bin + " prepare --input " + d + "/synth/" + in + " --tokenizer " + d +
                                     "/synth/tokenizer.model --output " + d + "/instruct --split " + split +
                                     " --loss-on all --template plain --max-seq-len 96", &out), 0) << out;
   }
   const int rc = test::run_command(bin + " train --deck " + test::repo_root() + "/inputs/base/tiny_llama.cfg --device cuda --data " + d +
-                                       "/instruct --output_dir " + d + "/runs --run_id gpu --lr 3e-3 --max_steps 40 --eval_every 20",
+                                       "/instruct --output_dir " + d + "/runs --run_id " + tag + " --max_steps 40 --eval_every 20 " + extra,
                                    &out);
-  ASSERT_EQ(rc, 0) << out;
-  h5::Handle f = h5::open_file_read(d + "/runs/gpu/metrics.h5");
+  EXPECT_EQ(rc, 0) << out;
+  const std::string where = d + "/runs/" + tag + "/metrics.h5";
+  h5::Handle f = h5::open_file_read(where);
   h5::Handle s = h5::open_group(f, "summary");
-  const std::string where = d + "/runs/gpu/metrics.h5";
   EXPECT_EQ(h5::read_attr_string(s, "outcome", where), "ok");
   EXPECT_EQ(h5::read_attr_string(s, "device", where), "cuda");
   const double v0 = h5::read_attr_double(s, "initial_val_loss", where), v1 = h5::read_attr_double(s, "final_val_loss", where);
+  fs::remove_all(d);
+  return {v0, v1};
+}
+
+TEST(CudaModel, TrainBinaryOnGpuLossFalls) {
+  ST_REQUIRE_GPU();
+  const auto [v0, v1] = train_binary_on_gpu("--lr 3e-3", "gpu");
   EXPECT_LT(v1, v0 - 1.0) << v0 << " -> " << v1;
   std::printf("[gpu-train] 40 steps on the GPU: val loss %.3f -> %.3f\n", v0, v1);
-  fs::remove_all(d);
+}
+
+TEST(CudaModel, TrainBinaryQloraOnGpuLossFalls) {
+  ST_REQUIRE_GPU();
+  const auto [v0, v1] = train_binary_on_gpu("--method qlora --qlora_quantize all --lora_r 16 --lora_alpha 32 --lr 3e-3", "gpu-qlora");
+  EXPECT_LT(v1, v0 - 0.5) << v0 << " -> " << v1;
+  std::printf("[gpu-train] 40 QLoRA steps on the GPU: val loss %.3f -> %.3f\n", v0, v1);
 }
 
 }  // namespace

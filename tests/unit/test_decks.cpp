@@ -80,7 +80,7 @@ TEST(Decks, EveryShippedDeckParses) {
   }
 }
 
-// The benchmark decks: the shapes and settings issue #3 compares against the PyTorch reference
+// The benchmark decks: the shapes and settings issues #3 and #4 compare against the references
 // (a changed shape would silently compare different models).
 TEST(Decks, BenchmarkDecksHoldTheIssueShapes) {
   struct Want {
@@ -94,6 +94,8 @@ TEST(Decks, BenchmarkDecksHoldTheIssueShapes) {
       {"llama1b_lora", 2048, 22, 5632, 32, 4, "lora", false},
       {"llama7b_lora", 4096, 32, 11008, 32, 32, "lora", true},
       {"llama13b_lora", 5120, 40, 13824, 40, 40, "lora", true},
+      {"llama7b_qlora", 4096, 32, 11008, 32, 32, "qlora", true},
+      {"llama13b_qlora", 5120, 40, 13824, 40, 40, "qlora", true},
   };
   const fs::path dir = fs::path(st::test::repo_root()) / "inputs" / "bench";
   for (const Want& w : wants) {
@@ -127,7 +129,12 @@ TEST(Decks, BenchmarkDecksHoldTheIssueShapes) {
     EXPECT_DOUBLE_EQ(c.grad_clip, 1.0);
     EXPECT_EQ(c.log_every, 1);
     EXPECT_EQ(c.output_dir, "runs/bench");
-    if (std::string(w.method) == "lora") {
+    if (std::string(w.method) == "qlora") {  // issue #4: NF4, block 64, double quant, every projection
+      EXPECT_EQ(c.qlora_quantize, "all");
+      EXPECT_EQ(c.qlora_block_size, 64);
+      EXPECT_TRUE(c.qlora_double_quant);
+    }
+    if (std::string(w.method) != "full") {
       EXPECT_EQ(c.lora_r, 16);
       EXPECT_DOUBLE_EQ(c.lora_alpha, 32.0);
       EXPECT_DOUBLE_EQ(c.lora_dropout, 0.0);
