@@ -18,9 +18,9 @@ int run_subcommand(int argc, char** argv, const char* name, int (*body)(const Ru
       return kExitOk;
     }
     runtime_make_grid(rt, static_cast<int>(cfg.tp_size));
-    if (rt.world_size > 1)
-      ST_THROW_INPUT("launched with ", rt.world_size, " ranks, but this version of shardtune trains on one rank "
-                     "(parallel = none); run with mpirun -np 1");
+    if (rt.world_size > 1 && cfg.parallel == "none")
+      ST_THROW_INPUT("launched with ", rt.world_size, " ranks, but parallel = none trains on one rank: "
+                     "run with mpirun -np 1, or set parallel = ddp");
     const int status = body(cfg);
     if (status == kExitOom && rt.world_size > 1) rt.world->abort(kExitOom);  // no rank may wait on a lost peer
     runtime_finalize();

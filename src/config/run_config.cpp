@@ -104,7 +104,9 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(qlora, t, "qlora_double_quant", &c.qlora_double_quant, "8-bit absmax values around their mean (block 256)");
 
   po::options_description par("Parallelism and memory");
-  add_string(par, t, "parallel", &c.parallel, "strategy: none (this version runs one rank)");
+  add_string(par, t, "parallel", &c.parallel,
+             "strategy: none (one rank) | ddp (data parallel: replicated model, gradients summed over ranks); "
+             "tp, zero3, tp+zero3 are not available yet");
   add(par, t, "tp_size", &c.tp_size, "tensor-parallel group size");
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
 
@@ -297,7 +299,9 @@ void validate_run_config(const RunConfig& c) {
   if (c.qlora_block_size != 64 && c.qlora_block_size != 128 && c.qlora_block_size != 256)
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
-  one_of("parallel", c.parallel, {"none"});
+  one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3"});
+  if (c.parallel == "tp" || c.parallel == "zero3" || c.parallel == "tp+zero3")
+    fail("parallel", str("= ", c.parallel, " is not available in this version (use none or ddp)"));
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
     fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
   if (c.threads < 0) fail("threads", "must be >= 0");

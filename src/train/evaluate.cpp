@@ -11,7 +11,7 @@
 namespace st {
 
 EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers, const ShardDataset& data,
-                    int64_t max_rows, int64_t batch_size) {
+                    int64_t max_rows, int64_t batch_size, Comm* dp) {
   MemoryPhase phase("eval");
   Stopwatch sw;
   const int64_t n = max_rows > 0 ? std::min(max_rows, data.size()) : data.size();
@@ -21,7 +21,8 @@ EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers
   double loss_sum = 0;
   int64_t correct = 0, labelled = 0;
   Batch host;
-  for (int64_t start = 0; start < n; start += batch_size) {
+  const int64_t stride = dp ? dp->size() : 1, first = dp ? dp->rank() : 0;
+  for (int64_t start = first * batch_size; start < n; start += stride * batch_size) {
     const int64_t rows = std::min(batch_size, n - start);
     std::vector<int64_t> idx(static_cast<size_t>(rows));
     std::iota(idx.begin(), idx.end(), start);
@@ -45,6 +46,13 @@ EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers
       correct += best == label;
       ++labelled;
     }
+  }
+  if (dp) {
+    loss_sum = dp->all_reduce_sum(loss_sum);
+    r.tokens = static_cast<int64_t>(dp->all_reduce_sum(static_cast<double>(r.tokens)));
+    r.rows = static_cast<int64_t>(dp->all_reduce_sum(static_cast<double>(r.rows)));
+    correct = static_cast<int64_t>(dp->all_reduce_sum(static_cast<double>(correct)));
+    labelled = static_cast<int64_t>(dp->all_reduce_sum(static_cast<double>(labelled)));
   }
   r.loss = r.tokens > 0 ? loss_sum / static_cast<double>(r.tokens) : std::numeric_limits<double>::quiet_NaN();
   r.accuracy = labelled > 0 ? static_cast<double>(correct) / static_cast<double>(labelled)

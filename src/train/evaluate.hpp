@@ -6,6 +6,7 @@
 
 #include "io/shards.hpp"
 #include "model/llama.hpp"
+#include "parallel/comm.hpp"
 #include "train/loader.hpp"
 
 namespace st {
@@ -17,7 +18,9 @@ struct EvalResult {
   double seconds = 0;
 };
 
+// With a data-parallel group `dp`, rank r evaluates batches r, r + dp, ... and the sums are
+// added over the group (every rank gets the same result).
 EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers, const ShardDataset& data,
-                    int64_t max_rows, int64_t batch_size);
+                    int64_t max_rows, int64_t batch_size, Comm* dp = nullptr);
 
 }  // namespace st

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -18,6 +20,7 @@
 #include "io/llama_io.hpp"
 #include "io/metrics.hpp"
 #include "io/shards.hpp"
+#include "parallel/ddp.hpp"
 #include "parallel/runtime.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
@@ -139,6 +142,18 @@ LlamaQuant quant_from_options(const RunConfig& c, bool training) {
   return q;
 }
 
+// Test hook: SHARDTUNE_FAULT="<rank>:<step>" makes that rank fail at that step (before the
+// gradient all-reduce), so the tests can check that one failing rank ends the whole job.
+void maybe_inject_fault(int64_t step) {
+  static const char* spec = std::getenv("SHARDTUNE_FAULT");
+  if (!spec) return;
+  int rank = -1;
+  long long at = -1;
+  if (std::sscanf(spec, "%d:%lld", &rank, &at) != 2) return;
+  if (rank == runtime().world_rank && at == step)
+    ST_THROW("injected fault (SHARDTUNE_FAULT=", spec, ") at step ", step);
+}
+
 LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device, bool training) {
   MemoryPhase phase("load");
   const LlamaQuant quant = quant_from_options(c, training);
@@ -229,6 +244,7 @@ class Run {
   std::unique_ptr<LlamaActivations> acts_;
   std::unique_ptr<BatchBuffers> buffers_;
   std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<GradAllReduce> grad_sync_;  // DDP: gradients summed over the data-parallel group
   SummaryRecord summary_;
   std::vector<double> epoch_times_;
   bool have_initial_eval_ = false;
@@ -304,6 +320,12 @@ void Run::build_model(bool training) {
     }
     opt_ = std::make_unique<AdamW>(llama_trainable_params(model_), cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps,
                                    cfg_.weight_decay);
+    Runtime& rt = runtime();
+    if (rt.dp > 1) {
+      grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), *rt.dp_comm);
+      ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
+             grad_sync_->num_buckets() == 1 ? "" : "s");
+    }
   }
   acts_ = std::make_unique<LlamaActivations>(
       llama_activations(model_, B, T_max, cfg_.activation_checkpointing, training));
@@ -322,7 +344,8 @@ void Run::build_model(bool training) {
 
 EvalResult Run::run_eval(int64_t step, double epoch) {
   if (step == last_eval_step_) return last_eval_;  // already evaluated at this step
-  EvalResult r = evaluate(model_, *acts_, *buffers_, *val_, cfg_.max_val_rows, cfg_.micro_batch_size);
+  EvalResult r = evaluate(model_, *acts_, *buffers_, *val_, cfg_.max_val_rows, cfg_.micro_batch_size,
+                          runtime().dp > 1 ? runtime().dp_comm.get() : nullptr);
   ST_LOG("eval  step ", step, " | val loss ", fmt_fixed(r.loss, 4),
          std::isnan(r.accuracy) ? std::string() : str(" | val acc ", fmt_fixed(100 * r.accuracy, 2), "%"), " | ",
          r.rows, " rows, ", r.tokens, " targets, ", fmt_fixed(r.seconds, 2), "s");
@@ -371,7 +394,9 @@ void Run::finish_summary(const char* outcome) {
   }
   summary_.reals["mean_epoch_time"] = mean_epoch;
   summary_.ints["epochs_completed"] = static_cast<int64_t>(epoch_times_.size());
-  RankMemory mine{ms, runtime().world->comm_time()};
+  Runtime& rtc = runtime();
+  RankMemory mine{ms, rtc.world->comm_time() + (rtc.dp_comm ? rtc.dp_comm->comm_time() : 0.0) +
+                          (rtc.tp_comm ? rtc.tp_comm->comm_time() : 0.0)};
   const std::vector<RankRecord> ranks = gather_rank_records(mine);
   if (metrics_) {
     metrics_->write_ranks(ranks);
@@ -445,6 +470,11 @@ int Run::train() {
         }
         MemoryPhase phase("backward");
         llama_backward(model_, *acts_, batch, ctx);
+      }
+      maybe_inject_fault(step);
+      if (grad_sync_) {
+        MemoryPhase phase("gradient all-reduce");
+        grad_sync_->sync();
       }
       loss = rt.world->all_reduce_sum(loss);
       double gnorm, lr;

@@ -3,11 +3,13 @@
 // the failure paths: bad decks, bad files, out of memory as a result, mpirun launches.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 
 #include "io/h5util.hpp"
+#include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
 
 namespace fs = std::filesystem;
@@ -241,6 +243,96 @@ TEST_F(E2E, BadInputsAreRefusedWithClearMessages) {
       EXPECT_NE(out.find("fatal on rank 0"), std::string::npos) << out;
     }
   }
+}
+
+// DDP: the same 10 steps (global batch 16 = micro 4 x accumulation x ranks) on 1, 2 and 4 ranks
+// see the same rows in the same order and must give the same losses and final weights, for full
+// fine-tuning, LoRA and QLoRA (f32; only the order of the gradient sums differs, so 1e-5).
+std::vector<double> step_losses(const std::string& metrics) {
+  h5::Handle f = h5::open_file_read(metrics);
+  h5::Handle g = h5::open_group(f, "steps");
+  const auto dims = h5::dataset_dims(g, "loss", metrics);
+  std::vector<double> v(dims.at(0));
+  h5::read_dataset(g, "loss", H5T_NATIVE_DOUBLE, v.data(), metrics);
+  return v;
+}
+
+double max_weight_rel_diff(const std::string& a, const std::string& b, std::string* worst) {
+  SafetensorsFile fa = SafetensorsFile::open(a), fb = SafetensorsFile::open(b);
+  double w = 0;
+  for (const auto& e : fa.entries()) {
+    Tensor x = fa.read_float(e.name, DType::f64, Device::cpu, MemCategory::other);
+    Tensor y = fb.read_float(e.name, DType::f64, Device::cpu, MemCategory::other);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double d = x.ptr<double>()[i] - y.ptr<double>()[i];
+      num += d * d;
+      den += x.ptr<double>()[i] * x.ptr<double>()[i];
+    }
+    const double r = std::sqrt(num / std::max(den, 1e-300));
+    if (r >= w) {
+      w = r;
+      *worst = e.name;
+    }
+  }
+  return w;
+}
+
+TEST_F(E2E, DdpOnTwoAndFourRanksEqualsOneRank) {
+  const std::string d = *dir;
+  std::string out;
+  for (const char* method : {"full", "lora", "qlora"}) {
+    SCOPED_TRACE(method);
+    std::vector<double> ref_losses;
+    double ref_val = 0;
+    for (int np : {1, 2, 4}) {
+      const std::string id = std::string("ddp_") + method + "_" + std::to_string(np);
+      const std::string cmd = mpirun() + " -np " + std::to_string(np) + " " + bin() + " train --deck " + d +
+                              "/full.cfg --run_id " + id + " --method " + method +
+                              " --qlora_quantize all --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4"
+                              " --grad_accum " + std::to_string(4 / np) + (np > 1 ? " --parallel ddp" : "") +
+                              " --max_steps 10 --eval_every 0 --eval_at_start false --save_model true --log_every 5";
+      ASSERT_EQ(test::run_command(cmd, &out), 0) << cmd << "\n" << out;
+      const std::string m = d + "/runs/" + id + "/metrics.h5";
+      const std::vector<double> losses = step_losses(m);
+      ASSERT_EQ(losses.size(), 10u);
+      h5::Handle f = h5::open_file_read(m);
+      const double val = summary_real(f, "final_val_loss", m);
+      EXPECT_EQ(h5::read_attr_int(h5::open_group(f, "summary"), "world_size", m), np);
+      if (np == 1) {
+        ref_losses = losses;
+        ref_val = val;
+        continue;
+      }
+      EXPECT_EQ(summary_string(f, "strategy", m), "ddp");
+      for (size_t i = 0; i < losses.size(); ++i)
+        EXPECT_NEAR(losses[i], ref_losses[i], 1e-5 * std::fabs(ref_losses[i])) << "np " << np << " step " << i + 1;
+      EXPECT_NEAR(val, ref_val, 1e-5 * std::fabs(ref_val)) << "np " << np << " (validation split across ranks)";
+      std::string worst;
+      const double w = max_weight_rel_diff(d + "/runs/ddp_" + method + "_1/model/model.safetensors",
+                                           d + "/runs/" + id + "/model/model.safetensors", &worst);
+      EXPECT_LT(w, 1e-5) << "np " << np << ": final weights differ, worst " << worst;
+      std::printf("[ddp] %s np=%d: last loss %.7f vs %.7f, val %.7f vs %.7f, max weight rel diff %.1e (%s)\n", method,
+                  np, losses.back(), ref_losses.back(), val, ref_val, w, worst.c_str());
+    }
+  }
+}
+
+TEST_F(E2E, OneFailingRankEndsTheWholeDdpJob) {
+  // Rank 1 fails at step 3 while rank 0 waits in the gradient all-reduce: the fatal path's
+  // MPI_Abort must end both within seconds, with a non-zero status and the failing rank named.
+  const std::string d = *dir;
+  std::string out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = test::run_command("SHARDTUNE_FAULT=1:3 timeout 120 " + mpirun() + " -x SHARDTUNE_FAULT -np 2 " + bin() +
+                                       " train --deck " + d + "/full.cfg --run_id fault --parallel ddp --threads 1 --max_steps 6",
+                                   &out);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "timed out: the surviving rank hung\n" << out;
+  EXPECT_NE(out.find("fatal on rank 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("injected fault"), std::string::npos) << out;
+  EXPECT_LT(secs, 60.0) << out;
 }
 
 TEST_F(E2E, SeveralRanksAreRefusedWithoutHanging) {
