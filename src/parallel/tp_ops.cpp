@@ -1,0 +1,183 @@
+#include "parallel/tp_ops.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/profile.hpp"
+#include "ops/dispatch.hpp"
+#include "ops/matmul.hpp"
+
+namespace st {
+
+// ---------------------------------------------------------------- shards of full tensors
+
+namespace {
+
+// p, i and the divisibility of dimension `dim` (size n) of W by p; throws InputError naming them.
+int64_t shard_extent(const char* fn, const Tensor& W, int dim, int p, int i) {
+  if (!W.defined()) ST_THROW_INPUT(fn, ": undefined tensor");
+  if (W.device() != Device::cpu) ST_THROW_INPUT(fn, ": CPU tensors only (got ", W.str(), ")");
+  if (W.ndim() < 1) ST_THROW_INPUT(fn, ": ", W.str(), " has no dimension to shard");
+  if (p < 1) ST_THROW_INPUT(fn, ": number of shards p = ", p, " must be at least 1");
+  if (i < 0 || i >= p) ST_THROW_INPUT(fn, ": shard index ", i, " outside [0, ", p, ")");
+  const int64_t n = W.dim(dim);
+  if (n % p != 0)
+    ST_THROW_INPUT(fn, ": dimension ", dim < 0 ? W.ndim() + dim : dim, " (size ", n, ") of ", W.str(),
+                   " is not divisible by p = ", p);
+  return n / p;
+}
+
+}  // namespace
+
+Tensor shard_rows(const Tensor& W, int p, int i) {
+  const int64_t r = shard_extent("shard_rows", W, 0, p, i);
+  return W.slice(i * r, (i + 1) * r).clone(W.category());
+}
+
+Tensor shard_cols(const Tensor& W, int p, int i) {
+  const int64_t c = shard_extent("shard_cols", W, -1, p, i);
+  const int64_t n = W.dim(-1), rows = n == 0 ? 0 : W.numel() / n;
+  Shape s = W.shape();
+  s.d[static_cast<size_t>(s.ndim - 1)] = c;
+  Tensor out = Tensor::empty(s, W.dtype(), Device::cpu, W.category());
+  const size_t es = dtype_size(W.dtype());
+  const auto* src = static_cast<const unsigned char*>(W.data());
+  auto* dst = static_cast<unsigned char*>(out.data());
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + static_cast<size_t>(r * c) * es, src + static_cast<size_t>(r * n + i * c) * es,
+                static_cast<size_t>(c) * es);
+  return out;
+}
+
+// ---------------------------------------------------------------- column-parallel linear
+
+void column_parallel_forward(const Tensor& x, const Tensor& W_i, Tensor& y_i, bool accumulate) {
+  linear_forward(x, W_i, y_i, accumulate);
+}
+
+void column_parallel_backward(const Tensor& x, const Tensor& W_i, const Tensor& dy_i, Tensor* dx, Tensor* dW_i,
+                              Comm& comm, bool dx_accumulate) {
+  const bool want_dx = dx && dx->defined();
+  // Rank 0 keeps dx's (replicated) prior content when accumulating; the others contribute
+  // only their partial product, so the sum holds the prior exactly once.
+  linear_backward(x, W_i, dy_i, want_dx ? dx : nullptr, dW_i, dx_accumulate && comm.rank() == 0);
+  if (want_dx) comm.all_reduce_sum(*dx);
+}
+
+// ---------------------------------------------------------------- row-parallel linear
+
+void row_parallel_forward(const Tensor& x_i, const Tensor& W_i, Tensor& y, Comm& comm, const Tensor* residual) {
+  if (residual && !residual->defined()) residual = nullptr;
+  if (residual && (residual->numel() != y.numel() || residual->dtype() != y.dtype() || residual->device() != y.device()))
+    ST_THROW("row_parallel_forward: residual ", residual->str(), " does not match y ", y.str());
+  // The residual enters once: on rank 0, inside its GEMM (y = residual + x_0 W_0^T).
+  linear_forward(x_i, W_i, y, false, comm.rank() == 0 ? residual : nullptr);
+  comm.all_reduce_sum(y);
+}
+
+void row_parallel_backward(const Tensor& x_i, const Tensor& W_i, const Tensor& dy, Tensor* dx_i, Tensor* dW_i,
+                           bool dx_accumulate) {
+  linear_backward(x_i, W_i, dy, dx_i, dW_i, dx_accumulate);
+}
+
+// ---------------------------------------------------------------- vocab-parallel cross-entropy
+
+namespace {
+
+// The CPU cross_entropy kernel (ops/cpu/cross_entropy_cpu.cpp) with its three row reductions
+// (max, sum of exp, target logit) completed across the group.
+template <typename T>
+double vocab_parallel_ce(int64_t N, int64_t Vl, T* logits, const int32_t* targets, const float* weight, T* losses,
+                         bool grad, Comm& comm) {
+  const int64_t V = Vl * comm.size(), off = Vl * comm.rank();
+  for (int64_t n = 0; n < N; ++n)
+    if (targets[n] >= V) ST_THROW("target id ", targets[n], " at row ", n, " is outside the vocabulary [0, ", V, ")");
+  auto active = [&](int64_t n) { return targets[n] >= 0 && weight[n] != 0.0f; };
+
+  Tensor mx = Tensor::empty({N}, DType::f64, Device::cpu, MemCategory::workspace);
+  double* m = mx.ptr<double>();
+#pragma omp parallel for schedule(static) if (N * Vl > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    m[n] = 0;
+    if (!active(n)) continue;
+    const T* row = logits + n * Vl;
+    double v = row[0];
+    for (int64_t j = 1; j < Vl; ++j) v = row[j] > v ? row[j] : v;
+    m[n] = v;
+  }
+  comm.all_reduce_max(mx);
+
+  // [0, N): sum of exp(logit - global max) over this rank's columns; [N, 2N): the target logit
+  // (non-zero only on the rank owning the target's column, so the sum is exact).
+  Tensor st = Tensor::empty({2, N}, DType::f64, Device::cpu, MemCategory::workspace);
+  double* s = st.ptr<double>();
+  double* tl = s + N;
+#pragma omp parallel for schedule(static) if (N * Vl > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    s[n] = 0;
+    tl[n] = 0;
+    if (!active(n)) continue;
+    const T* row = logits + n * Vl;
+    double sum = 0;
+    for (int64_t j = 0; j < Vl; ++j) sum += std::exp(static_cast<double>(row[j]) - m[n]);
+    s[n] = sum;
+    const int64_t t = targets[n] - off;
+    if (t >= 0 && t < Vl) tl[n] = static_cast<double>(row[t]);
+  }
+  comm.all_reduce_sum(st);
+
+  std::vector<T> loss(static_cast<size_t>(N));
+#pragma omp parallel for schedule(static) if (N * Vl > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    T* row = logits + n * Vl;
+    if (!active(n)) {
+      loss[static_cast<size_t>(n)] = T(0);
+      if (grad)
+        for (int64_t j = 0; j < Vl; ++j) row[j] = T(0);
+      continue;
+    }
+    const double lse = m[n] + std::log(s[n]);
+    loss[static_cast<size_t>(n)] = static_cast<T>(lse - tl[n]);
+    if (grad) {
+      const double w = weight[n];
+      for (int64_t j = 0; j < Vl; ++j) row[j] = static_cast<T>(w * std::exp(static_cast<double>(row[j]) - lse));
+      const int64_t t = targets[n] - off;
+      if (t >= 0 && t < Vl) row[t] -= static_cast<T>(w);
+    }
+  }
+  // The objective in double, in row order, from the rounded losses (as llama_forward sums them).
+  double total = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const T l = loss[static_cast<size_t>(n)];
+    if (losses) losses[n] = l;
+    total += static_cast<double>(weight[n]) * static_cast<double>(l);
+  }
+  return total;
+}
+
+}  // namespace
+
+double vocab_parallel_cross_entropy(Tensor& logits_shard, const Tensor& targets, const Tensor& weight,
+                                    Tensor* losses, bool grad, Comm& comm) {
+  ProfileScope prof("vocab_parallel_cross_entropy", logits_shard.device());
+  if (losses && !losses->defined()) losses = nullptr;
+  if (logits_shard.device() != Device::cpu || targets.device() != Device::cpu || weight.device() != Device::cpu)
+    ST_THROW("vocab_parallel_cross_entropy: CPU tensors only (logits ", logits_shard.str(), ")");
+  if (losses) check_stat_dtype("vocab_parallel_cross_entropy (losses)", logits_shard, *losses);
+  const int64_t Vl = logits_shard.ndim() >= 1 ? logits_shard.dim(-1) : 0;
+  if (Vl < 1) ST_THROW("vocab_parallel_cross_entropy: logits shard ", logits_shard.str(), " has no vocabulary columns");
+  const int64_t N = logits_shard.numel() / Vl;
+  if (targets.dtype() != DType::i32 || targets.numel() < N || weight.dtype() != DType::f32 || weight.numel() < N ||
+      (losses && losses->numel() < N))
+    ST_THROW("vocab_parallel_cross_entropy: logits ", logits_shard.str(), " targets ", targets.str(), " weight ",
+             weight.str(), " losses ", losses ? losses->str() : std::string("(none)"));
+  double total = 0;
+  ST_DISPATCH_CPU_FLOAT(logits_shard.dtype(), T,
+                        total = vocab_parallel_ce<T>(N, Vl, logits_shard.ptr<T>(), targets.ptr<int32_t>(),
+                                                     weight.ptr<float>(), losses ? losses->ptr<T>() : nullptr, grad,
+                                                     comm));
+  return total;
+}
+
+}  // namespace st
