@@ -3,6 +3,8 @@
 // produce the same bits.
 #include "quant/nf4.hpp"
 
+#include "quant/nf4_codec.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -107,44 +109,9 @@ const std::array<float, 256>& dynamic_map_signed() {
   return map;
 }
 
-uint8_t nf4_encode(float x) {
-  // Binary search over the midpoints: a value above midpoint i belongs to code i + 1 or higher.
-  // NaN (a block of zeros: 0 * (1/0)) compares false everywhere and gives code 0, as in
-  // bitsandbytes; it dequantizes to -1 * 0 = 0.
-  const auto& m = nf4_midpoints();
-  int lo = 0;  // code >= lo
-  for (int step = 8; step > 0; step >>= 1)
-    if (x > m[static_cast<size_t>(lo + step - 1)]) lo += step;
-  return static_cast<uint8_t>(lo);
-}
+uint8_t nf4_encode(float x) { return nf4::encode(nf4_midpoints().data(), x); }
 
-uint8_t dynamic_encode(const float* code, float x) {
-  // bitsandbytes' dQuantize<STOCHASTIC = 0>: a 7-step binary search from the middle of the map,
-  // then round to the nearer neighbour by the midpoint.
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f;
-  float val = code[pivot];
-  for (int i = 64; i > 0; i >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += i;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= i;
-    }
-    val = code[pivot];
-  }
-  if (upper_pivot == 255) upper = code[upper_pivot];
-  if (lower_pivot == 0) lower = code[lower_pivot];
-  if (x > val) {
-    const float mid = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(x > mid ? upper_pivot : pivot);
-  }
-  const float mid = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(x < mid ? lower_pivot : pivot);
-}
+uint8_t dynamic_encode(const float* code, float x) { return nf4::dynamic_encode(code, x); }
 
 float nf4_fixed_order_mean(const float* x, int64_t n) {
   // Lane t sums x[t], x[t + L], x[t + 2L], ... in order; then the lanes are added as a binary
