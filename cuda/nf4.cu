@@ -6,6 +6,7 @@
 // two 16-byte bf16 stores out), the block's absmax rebuilt from its 8-bit code on the fly.
 #include "cuda/common.cuh"
 #include "cuda/nf4.cuh"
+#include "quant/nf4_codec.hpp"
 
 #include <vector>
 
@@ -33,39 +34,8 @@ void upload_tables() {
   done = true;
 }
 
-__device__ __forceinline__ uint8_t nf4_encode(const float* mid, float x) {
-  int lo = 0;
-#pragma unroll
-  for (int step = 8; step > 0; step >>= 1)
-    if (x > mid[lo + step - 1]) lo += step;
-  return static_cast<uint8_t>(lo);
-}
-
-__device__ __forceinline__ uint8_t dynamic_encode(const float* code, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f;
-  float val = code[pivot];
-  for (int i = 64; i > 0; i >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += i;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= i;
-    }
-    val = code[pivot];
-  }
-  if (upper_pivot == 255) upper = code[upper_pivot];
-  if (lower_pivot == 0) lower = code[lower_pivot];
-  if (x > val) {
-    const float mid = __fmul_rn(__fadd_rn(upper, val), 0.5f);
-    return static_cast<uint8_t>(x > mid ? upper_pivot : pivot);
-  }
-  const float mid = __fmul_rn(__fadd_rn(lower, val), 0.5f);
-  return static_cast<uint8_t>(x < mid ? lower_pivot : pivot);
-}
+using nf4::dynamic_encode;
+__device__ __forceinline__ uint8_t nf4_encode(const float* mid, float x) { return nf4::encode(mid, x); }
 
 template <typename T>
 __global__ void nf4_quantize_kernel(const T* __restrict__ w, int64_t n, int blk, uint8_t* __restrict__ codes,
