@@ -529,6 +529,14 @@ def shards_match(data_dir, rows, seq_len, vocab):
         return False
 
 
+def portable(command, repo, python=None):
+    """A recorded command without this machine's paths: the repository prefix dropped (commands
+    then read as run from the repository root) and the Python interpreter named python3."""
+    if python:
+        command = command.replace(shlex.quote(python) + " ", "python3 ").replace(python + " ", "python3 ")
+    return command.replace(repo.rstrip(os.sep) + os.sep, "")
+
+
 def git_commit(repo):
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -732,8 +740,9 @@ def main(argv=None):
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": socket.gethostname(), "device": device, "commit": git_commit(repo),
-            "bench_command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
-            "commands": commands, "warmup_steps": WARMUP_STEPS,
+            "bench_command": portable(" ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), repo,
+                                      sys.executable),
+            "commands": [portable(c, repo, args.python if os.sep in args.python else None) for c in commands], "warmup_steps": WARMUP_STEPS,
         },
         "gemm_peak_tflops": peak, "gemm_peak_source": peak_source,
         "flops_formula": ref.FLOPS_FORMULA, "issue_gemm_peak_tflops": ISSUE_GEMM_PEAK_TFLOPS,

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "adapters/apply.hpp"
 #include "io/h5util.hpp"
@@ -106,7 +107,8 @@ LlamaModel quantized_copy(LlamaModel& dense) {
   return q;
 }
 
-void compare_step(bool lora, bool qlora = false) {
+// Sets *worst_out to the worst relative gradient error (left at infinity if a check aborts).
+void compare_step(bool lora, bool qlora, double* worst_out) {
   LlamaModel gpu = llama_build(small_config(), DType::bf16, Device::cuda);
   llama_init_random(gpu, 5, 0.2);
   LlamaModel cpu = llama_build(small_config(), DType::f64, Device::cpu);
@@ -166,21 +168,28 @@ void compare_step(bool lora, bool qlora = false) {
   }
   std::printf("[gpu-vs-cpu] %s step: loss %.6f vs %.6f, worst gradient rel error %.2e over %zu tensors\n",
               qlora ? "qlora" : lora ? "lora" : "full", gl0, cl0, worst, gp.size());
+  *worst_out = worst;
 }
 
 TEST(CudaModel, FullTrainingStepMatchesCpu) {
   ST_REQUIRE_GPU();
-  compare_step(false);
+  double worst = std::numeric_limits<double>::infinity();
+  compare_step(false, false, &worst);
+  EXPECT_LT(worst, kGradTol);
 }
 
 TEST(CudaModel, LoraTrainingStepMatchesCpu) {
   ST_REQUIRE_GPU();
-  compare_step(true);
+  double worst = std::numeric_limits<double>::infinity();
+  compare_step(true, false, &worst);
+  EXPECT_LT(worst, kGradTol);
 }
 
 TEST(CudaModel, QloraTrainingStepMatchesCpu) {
   ST_REQUIRE_GPU();
-  compare_step(true, true);
+  double worst = std::numeric_limits<double>::infinity();
+  compare_step(true, true, &worst);
+  EXPECT_LT(worst, kGradTol);
 }
 
 TEST(CudaModel, GoldenTransformersInBf16) {

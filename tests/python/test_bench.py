@@ -320,6 +320,14 @@ class Targets(unittest.TestCase):
         self.assertEqual(r["status"], "met*")
 
 
+class Portable(unittest.TestCase):
+    def test_machine_paths_are_dropped(self):
+        self.assertEqual(bench.portable("/x/repo/build/shardtune train --deck inputs/a.cfg", "/x/repo"),
+                         "build/shardtune train --deck inputs/a.cfg")
+        self.assertEqual(bench.portable("/opt/v/bin/python3 /x/repo/analysis/peers/r.py --json o", "/x/repo/",
+                                        "/opt/v/bin/python3"), "python3 analysis/peers/r.py --json o")
+
+
 class QloraTargets(unittest.TestCase):
     NO_REF = {"outcome": "n/a (bnb)"}
 
