@@ -515,15 +515,19 @@ Tensor& scratch(int which, int64_t n) {
   return bufs[which];
 }
 
+// Kernels with more than 48 KiB of dynamic shared memory must opt in, once per instantiation.
+template <typename Kernel>
+void allow_dynamic_smem(Kernel kernel, size_t smem, bool& configured) {
+  if (configured) return;
+  ST_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  configured = true;
+}
+
 template <int DP, bool kBias, bool kCross>
 void launch_forward(const AttentionArgs& a) {
   const size_t smem = forward_smem<DP>();
   static bool configured = false;
-  if (!configured) {
-    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DP, kBias, kCross>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
-    configured = true;
-  }
+  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross>, smem, configured);
   const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
   attention_forward_kernel<DP, kBias, kCross><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
@@ -543,11 +547,7 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   ST_CUDA_LAUNCH_CHECK("attention_delta");
   const size_t smem = backward_smem<DP>();
   static bool configured = false;
-  if (!configured) {
-    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kernel<DP, kBias, kCross>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)));
-    configured = true;
-  }
+  allow_dynamic_smem(attention_backward_kernel<DP, kBias, kCross>, smem, configured);
   // One block per 64 keys (Tk positions) of one KV head and batch row.
   const dim3 grid(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
   attention_backward_kernel<DP, kBias, kCross><<<grid, kThreads, smem, stream()>>>(
