@@ -21,8 +21,10 @@ void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate);
 void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t key, bool accumulate);
 // embedding.cu
-void embedding_forward(int64_t N, int64_t C, const Tensor& ids, const Tensor& table, Tensor& out);
-void embedding_backward(int64_t N, int64_t C, const Tensor& ids, const Tensor& dout, Tensor& dtable);
+// The table holds vocabulary rows [offset, offset + V); other ids give zero rows / are skipped.
+void embedding_forward(int64_t N, int64_t C, int64_t V, const Tensor& ids, const Tensor& table, Tensor& out, int64_t offset);
+void embedding_backward(int64_t N, int64_t C, int64_t V, const Tensor& ids, const Tensor& dout, Tensor& dtable,
+                        int64_t offset);
 // loss.cu
 void cross_entropy(int64_t N, int64_t V, Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses,
                    bool grad);

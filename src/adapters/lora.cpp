@@ -7,6 +7,8 @@
 #include "ops/activation.hpp"
 #include "ops/init.hpp"
 #include "ops/matmul.hpp"
+#include "parallel/comm.hpp"
+#include "parallel/tp_ops.hpp"
 
 namespace st {
 
@@ -19,7 +21,8 @@ uint64_t hash_name(const std::string& s) {
 }  // namespace
 
 LoraAdapter::LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed)
-    : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(hash_name(base.name)) {
+    : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(hash_name(base.name)),
+      tp_mode(base.tp.active() ? base.tp_mode : TpMode::none), tp(base.tp) {
   if (cfg.r <= 0) ST_THROW_INPUT("lora_r must be positive (got ", cfg.r, ")");
   const DType compute = base.dtype(), dt = master_dtype(compute);
   const Device dev = base.device();
@@ -30,8 +33,16 @@ LoraAdapter::LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_
   xa = Tensor::zeros({max_rows, r}, compute, dev, MemCategory::activations);
   dxa = Tensor::zeros({max_rows, r}, compute, dev, MemCategory::workspace);
   // Kaiming-uniform with a = sqrt(5): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
-  const double bound = 1.0 / std::sqrt(static_cast<double>(base.in));
-  fill_uniform(A, counter_key(seed, stream), -bound, bound);
+  // Under TP the full A of the unsharded layer is drawn, and a row-parallel layer keeps its
+  // columns, so every layout starts from the same adapter.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(base.full_in()));
+  if (base.tp_mode == TpMode::row && base.tp.size > 1) {
+    Tensor full = Tensor::empty({r, base.full_in()}, dt, Device::cpu, MemCategory::workspace);
+    fill_uniform(full, counter_key(seed, stream), -bound, bound);
+    A.copy_from(shard_cols(full, base.tp.size, base.tp.rank));
+  } else {
+    fill_uniform(A, counter_key(seed, stream), -bound, bound);
+  }
   if (compute == dt) {
     A_work = A;
     B_work = B;
@@ -66,7 +77,11 @@ void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
   if (!ctx.recompute) {
     const Tensor xd = dropped_input(x, ctx);
     matmul(xa_m, xd, false, A_work, true);            // xa = dropout(x) A^T     [M, r]
+    // Row-parallel: x and A hold this rank's input columns, so xa is a partial sum.
+    if (tp_mode == TpMode::row) tp.comm->all_reduce_sum(xa_m);
   }
+  // Row-parallel: y is a partial sum the caller all-reduces; the replicated B adds once.
+  if (tp_mode == TpMode::row && tp.rank != 0) return;
   matmul(y, xa_m, false, B_work, true, scale, 1.0);   // y += scale * xa B^T     [M, out]
 }
 
@@ -77,22 +92,27 @@ void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const 
   matmul(dB, dy, true, xa_m, false, scale, 1.0);        // dB += scale * dy^T xa        [out, r]
   matmul(dxa_m, dy, false, B_work, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
   const Tensor xd = dropped_input(x, ctx);              // regenerated from the same seed
-  matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);         // dA += dxa^T dropout(x)       [r, in]
-  if (!dx || !dx->defined()) return;
-  if (dropout <= 0 || !ctx.training) {
-    matmul(*dx, dxa_m, false, A_work, false, 1.0, 1.0);  // dx += dxa A
-    return;
+  if (dx && dx->defined()) {
+    // Column-parallel: dxa is this rank's partial sum, and so is dx (the caller all-reduces it).
+    if (dropout <= 0 || !ctx.training) {
+      matmul(*dx, dxa_m, false, A_work, false, 1.0, 1.0);  // dx += dxa A
+    } else {
+      // dx += dropout'(dxa A): the same mask and scale applied to the gradient.
+      Tensor tmp = ctx.scratch->view({ctx.scratch->numel()}).slice(0, dx->numel()).view(dx->shape());
+      matmul(tmp, dxa_m, false, A_work, false, 1.0, 0.0);
+      dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, true);
+    }
   }
-  // dx += dropout'(dxa A): the same mask and scale applied to the gradient.
-  Tensor tmp = ctx.scratch->view({ctx.scratch->numel()}).slice(0, dx->numel()).view(dx->shape());
-  matmul(tmp, dxa_m, false, A_work, false, 1.0, 0.0);
-  dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, true);
+  // Column-parallel: the replicated A needs the full dxa = sum over ranks of dy_i B_i, which
+  // also keeps dA identical on every rank.
+  if (tp_mode == TpMode::column) tp.comm->all_reduce_sum(dxa_m);
+  matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);         // dA += dxa^T dropout(x)       [r, in]
 }
 
 void LoraAdapter::collect_params(std::vector<ParamRef>& out) {
   const bool separate = A_work.data() != A.data();
-  out.push_back({name + ".lora_A.weight", &A, &dA, true, separate ? &A_work : nullptr});
-  out.push_back({name + ".lora_B.weight", &B, &dB, true, separate ? &B_work : nullptr});
+  out.push_back({name + ".lora_A.weight", &A, &dA, true, separate ? &A_work : nullptr, tp_mode == TpMode::row});
+  out.push_back({name + ".lora_B.weight", &B, &dB, true, separate ? &B_work : nullptr, tp_mode == TpMode::column});
 }
 
 void LoraAdapter::add_delta_to(Tensor& W) const {

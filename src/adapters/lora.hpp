@@ -40,6 +40,14 @@ class LoraAdapter final : public LinearAdapter {
   int64_t r = 0;
   double scale = 0, dropout = 0;
   uint64_t stream = 0;  // dropout stream id (hash of the module name)
+  // Under tensor parallelism (Megatron + LoRA): a column-parallel base keeps A [r, in]
+  // replicated and B [out/p, r] sharded by output; a row-parallel base keeps A [r, in/p] sharded
+  // by input and B [out, r] replicated. Forward all-reduces x A^T of a row-parallel layer;
+  // backward all-reduces dy B of a column-parallel layer; so replicated factors get identical
+  // gradients on every rank. (With lora_dropout > 0 a row-parallel layer draws its mask over its
+  // own input columns: same distribution as one rank, not the same mask.)
+  TpMode tp_mode = TpMode::none;
+  TpGroup tp;
   Tensor A, B;          // [r, in], [out, r]  masters (f32, or f64 in reference checks)
   Tensor A_work, B_work;  // the same in the base's dtype (alias A, B when the dtypes agree)
   Tensor dA, dB;        // gradients, master dtype

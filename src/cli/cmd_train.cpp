@@ -20,7 +20,7 @@ int run_subcommand(int argc, char** argv, const char* name, int (*body)(const Ru
     runtime_make_grid(rt, static_cast<int>(cfg.tp_size));
     if (rt.world_size > 1 && cfg.parallel == "none")
       ST_THROW_INPUT("launched with ", rt.world_size, " ranks, but parallel = none trains on one rank: "
-                     "run with mpirun -np 1, or set parallel = ddp");
+                     "run with mpirun -np 1, or set parallel = ddp, tp, zero3 or tp+zero3");
     const int status = body(cfg);
     if (status == kExitOom && rt.world_size > 1) rt.world->abort(kExitOom);  // no rank may wait on a lost peer
     runtime_finalize();

@@ -105,9 +105,12 @@ void build_table(RunConfig& c, OptionTable& t) {
 
   po::options_description par("Parallelism and memory");
   add_string(par, t, "parallel", &c.parallel,
-             "strategy: none (one rank) | ddp (data parallel: replicated model, gradients summed over ranks); "
-             "tp, zero3, tp+zero3 are not available yet");
-  add(par, t, "tp_size", &c.tp_size, "tensor-parallel group size");
+             "strategy: none (one rank) | ddp (data parallel: replicated model, gradients summed over ranks) | "
+             "tp (Megatron tensor parallelism over tp_size ranks; data parallel across groups) | "
+             "zero3 (parameters, gradients and optimizer state sharded over the data-parallel ranks) | "
+             "tp+zero3 (both: TP inside groups of tp_size, ZeRO-3 across them)");
+  add(par, t, "tp_size", &c.tp_size,
+      "tensor-parallel group size (parallel = tp or tp+zero3); must divide the world size; the data-parallel size is world / tp_size");
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
 
   for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par}) t.all.add(*g);
@@ -300,8 +303,8 @@ void validate_run_config(const RunConfig& c) {
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
   one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3"});
-  if (c.parallel == "tp" || c.parallel == "zero3" || c.parallel == "tp+zero3")
-    fail("parallel", str("= ", c.parallel, " is not available in this version (use none or ddp)"));
+  if (c.parallel == "zero3" || c.parallel == "tp+zero3")
+    fail("parallel", str("= ", c.parallel, " is not available in this version (use none, ddp or tp)"));
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
     fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
   if (c.threads < 0) fail("threads", "must be >= 0");
@@ -346,7 +349,9 @@ void validate_run_config(const RunConfig& c) {
       if (t != "q" && t != "k" && t != "v" && t != "o" && t != "gate" && t != "up" && t != "down")
         fail("lora_targets", str("names unknown module '", t, "' (use q, k, v, o, gate, up, down)"));
   }
-  if (c.tp_size != 1) fail("tp_size", "must be 1 in this version (tensor parallelism is not available yet)");
+  if (c.tp_size < 1) fail("tp_size", "must be >= 1");
+  if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3")
+    fail("tp_size", str("= ", c.tp_size, " needs parallel = tp or tp+zero3 (parallel is ", c.parallel, ")"));
   try {
     (void)parse_bytes(c.memory_limit, "memory_limit");
   } catch (const InputError& e) {

@@ -1,25 +1,28 @@
 #include "io/llama_io.hpp"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
 #include "io/hf_llama.hpp"
 #include "io/safetensors.hpp"
+#include "parallel/comm.hpp"
 
 namespace fs = std::filesystem;
 
 namespace st {
 
-LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant) {
+LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant,
+                      const TpGroup& tp) {
   const LlamaConfig cfg = read_llama_config(dir);
-  LlamaModel m = llama_build(cfg, dtype, device, quant);
+  LlamaModel m = llama_build(cfg, dtype, device, quant, tp);
   CheckpointReader ckpt = CheckpointReader::open(dir);
   // One tensor at a time: NF4 layers are quantized as they arrive, so the dense model never
   // exists in device memory as a whole.
   for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
-    Tensor t = ckpt.read(slot.name, slot.shape, dtype, device, MemCategory::workspace);
-    llama_set_weight(slot, t);
+    Tensor t = ckpt.read(slot.name, slot.full_shape, dtype, device, MemCategory::workspace);
+    llama_set_weight(slot, slot.split == TpMode::none ? t : llama_shard_of(m, slot, t));
   }
   for (const std::string& extra : ckpt.unused_names()) {
     if (extra.find("rotary_emb.inv_freq") != std::string::npos) continue;
@@ -36,16 +39,39 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
   for (Linear* lin : llama_linears(m))
     if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
   std::error_code ec;
-  fs::create_directories(dir, ec);
+  if (m.tp.size == 1 || m.tp.rank == 0) fs::create_directories(dir, ec);
   if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (auto& [name, t] : llama_named_weights(m)) tensors.emplace_back(name, t->to_cpu(DType::f32));
+  for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
+    if (slot.linear) ST_THROW(slot.name, " is stored in NF4: dequantize the model first");
+    tensors.emplace_back(slot.name, llama_gather_full(m, slot));
+  }
+  if (m.tp.size > 1 && m.tp.rank != 0) return;
   write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   write_llama_config(dir, m.cfg);
   if (!tokenizer_path.empty()) {
     fs::copy_file(tokenizer_path, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing, ec);
     if (ec) ST_THROW_INPUT(tokenizer_path, ": cannot copy tokenizer into ", dir, ": ", ec.message());
   }
+}
+
+Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {
+  if (!slot.tensor || !slot.tensor->defined()) ST_THROW(slot.name, ": no dense tensor to gather");
+  const Tensor local = slot.tensor->to_cpu(DType::f32);
+  if (slot.split == TpMode::none || m.tp.size == 1) return local;
+  const int p = m.tp.size;
+  Tensor all = Tensor::empty({p * local.numel()}, DType::f32, Device::cpu, MemCategory::workspace);
+  m.tp.comm->all_gather(local.view({local.numel()}), all);
+  if (slot.split == TpMode::column) return all.view(slot.full_shape);  // row blocks in rank order
+  // Column blocks: rank r holds columns [r c, (r+1) c) of every row.
+  Tensor full = Tensor::empty(slot.full_shape, DType::f32, Device::cpu, MemCategory::workspace);
+  const int64_t c = local.dim(-1), rows = local.numel() / c, n = c * p;
+  const float* src = all.ptr<float>();
+  float* dst = full.ptr<float>();
+  for (int r = 0; r < p; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy(src + (r * rows + i) * c, src + (r * rows + i + 1) * c, dst + i * n + r * c);
+  return full;
 }
 
 }  // namespace st

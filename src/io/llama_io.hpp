@@ -11,9 +11,16 @@ namespace st {
 // and dtypes (f32/bf16/f16 on disk, converted to the model's dtype). Unexpected tensors in the
 // checkpoint are refused, except the known-harmless rotary inv_freq buffers. Linears named in
 // `quant` are quantized to NF4 as they are read (QLoRA).
-LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant = {});
+// With tp.size > 1 every rank reads each full tensor and keeps its shard (see llama_build).
+LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant = {},
+                      const TpGroup& tp = {});
 // Write config.json + model.safetensors (f32) into dir (created). The model must carry no
 // adapters (merge them first). tokenizer_path, if non-empty, is copied as tokenizer.model.
+// Under tensor parallelism this is collective over the TP group: the shards are gathered and
+// the group's rank 0 writes.
 void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path);
+// The full (unsharded) tensor of a slot as an f32 CPU tensor, gathered over the TP group when
+// the slot is split (collective then); every rank gets it.
+Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot);
 
 }  // namespace st

@@ -14,6 +14,21 @@
 namespace st {
 
 struct Nf4Tensor;
+class Comm;
+
+// Tensor parallelism (Megatron): the group a sharded layer belongs to (size 1: not sharded).
+struct TpGroup {
+  Comm* comm = nullptr;
+  int size = 1, rank = 0;
+  bool active() const { return comm != nullptr && size > 1; }
+};
+
+// How a linear layer's weight is split across its TP group:
+//   column: W [out, in] by output rows, rank i holds W_i [out/p, in]; x is replicated, y is this
+//           rank's columns of the output (q, k, v, gate, up, lm_head).
+//   row:    by input columns, rank i holds W_i [out, in/p]; x is this rank's columns of the
+//           input, y is a partial sum the caller all-reduces (o, down).
+enum class TpMode { none, column, row };
 
 // A trainable parameter as the optimizer sees it.
 // `value` is what the optimizer updates and `grad` its gradient (same dtype, or f32 for a bf16
@@ -26,6 +41,9 @@ struct ParamRef {
   Tensor* grad = nullptr;
   bool weight_decay = true;  // false for norms (1-D weights)
   Tensor* working = nullptr;
+  // Tensor parallelism: true when each TP rank holds its own part of the parameter (its squared
+  // norm is summed over the group); false when every TP rank holds the same values.
+  bool tp_sharded = false;
 };
 
 // Per-call context: what changes from step to step.
@@ -51,7 +69,11 @@ class LinearAdapter {
 
 struct Linear {
   std::string name;  // Hugging Face module name, e.g. "model.layers.0.self_attn.q_proj"
-  int64_t in = 0, out = 0;
+  int64_t in = 0, out = 0;  // this rank's shape (the full one divided by the TP size along the split)
+  TpMode tp_mode = TpMode::none;
+  TpGroup tp;
+  int64_t full_in() const { return tp_mode == TpMode::row ? in * tp.size : in; }
+  int64_t full_out() const { return tp_mode == TpMode::column ? out * tp.size : out; }
   Tensor weight;     // [out, in]; undefined when the base is stored quantized (nf4)
   Tensor grad;       // [out, in]; defined only when the base weight trains
   std::unique_ptr<LinearAdapter> adapter;

@@ -11,6 +11,8 @@
 #include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
+#include "parallel/comm.hpp"
+#include "parallel/tp_ops.hpp"
 
 namespace st {
 
@@ -20,11 +22,17 @@ Tensor alloc(const Shape& s, const LlamaModel& m, MemCategory cat) {
   return Tensor::zeros(s, m.dtype, m.device, cat);
 }
 
-Linear make_linear(const std::string& name, int64_t in, int64_t out, const LlamaModel& m, const LlamaQuant& quant) {
+// in/out are the full layer's; the layer holds this rank's part under `mode`.
+Linear make_linear(const std::string& name, int64_t in, int64_t out, const LlamaModel& m, const LlamaQuant& quant,
+                   TpMode mode) {
   Linear l;
   l.name = name;
-  l.in = in;
-  l.out = out;
+  l.tp = m.tp;
+  l.tp_mode = m.tp.size > 1 ? mode : TpMode::none;
+  l.in = l.tp_mode == TpMode::row ? in / m.tp.size : in;
+  l.out = l.tp_mode == TpMode::column ? out / m.tp.size : out;
+  in = l.in;
+  out = l.out;
   const std::string s = llama_module_short_name(name);
   if (!s.empty() && std::find(quant.modules.begin(), quant.modules.end(), s) != quant.modules.end())
     l.nf4 = std::make_shared<Nf4Tensor>(nf4_allocate(out, in, quant.nf4, m.device));  // no dense weight
@@ -44,10 +52,67 @@ uint64_t name_hash(const std::string& s) {
 // First `rows` rows of a [max_rows, cols] buffer.
 Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
 
+// Sum of a partial result over the TP group (no-op without tensor parallelism).
+void tp_all_reduce(const LlamaModel& m, Tensor& t) {
+  if (m.tp.active()) m.tp.comm->all_reduce_sum(t);
+}
+
 }  // namespace
 
-LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant) {
+void llama_check_tp(const LlamaConfig& cfg, int p) {
+  if (p < 1) ST_THROW_INPUT("tp_size must be at least 1 (got ", p, ")");
+  if (p == 1) return;
+  auto need = [&](int64_t n, const char* what, const char* key) {
+    if (n % p != 0)
+      ST_THROW_INPUT("tensor parallelism: ", what, " (", key, " = ", n, ") is not divisible by tp_size = ", p,
+                     ": choose a tp_size that divides it");
+  };
+  need(cfg.num_heads, "the number of attention heads", "num_attention_heads");
+  need(cfg.num_kv_heads, "the number of key/value heads", "num_key_value_heads");
+  need(cfg.intermediate_size, "the FFN width", "intermediate_size");
+  need(cfg.vocab_size, "the vocabulary", "vocab_size");
+}
+
+LlamaLocalDims llama_local_dims(const LlamaModel& m) {
+  const int64_t p = m.tp.size;
+  LlamaLocalDims d;
+  d.heads = m.cfg.num_heads / p;
+  d.kv_heads = m.cfg.num_kv_heads / p;
+  d.q_dim = d.heads * m.cfg.head_dim;
+  d.kv_dim = d.kv_heads * m.cfg.head_dim;
+  d.intermediate = m.cfg.intermediate_size / p;
+  d.vocab = m.cfg.vocab_size / p;
+  d.vocab_offset = d.vocab * m.tp.rank;
+  return d;
+}
+
+Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full) {
+  if (full.shape() != slot.full_shape)
+    ST_THROW(slot.name, ": value ", full.str(), " does not match the full shape ", slot.full_shape.str());
+  if (slot.split == TpMode::none || m.tp.size == 1) return full.clone(MemCategory::workspace);
+  if (slot.split == TpMode::column) {
+    const int64_t rows = full.dim(0) / m.tp.size;
+    return full.slice(rows * m.tp.rank, rows * (m.tp.rank + 1)).clone(MemCategory::workspace);
+  }
+  // Columns: a strided copy, done on the host.
+  const Tensor host = full.device() == Device::cpu ? full : full.to_cpu(full.dtype() == DType::f64 ? DType::f64 : DType::f32);
+  const Tensor part = shard_cols(host, m.tp.size, m.tp.rank);
+  if (full.device() == Device::cpu) return part;
+  Tensor out = Tensor::empty(part.shape(), full.dtype(), full.device(), MemCategory::workspace);
+  if (part.dtype() == out.dtype()) out.copy_from(part);
+  else convert_copy(out, part.device() == out.device() ? part : [&] {
+    Tensor d = Tensor::empty(part.shape(), part.dtype(), out.device(), MemCategory::workspace);
+    d.copy_from(part);
+    return d;
+  }());
+  return out;
+}
+
+LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant,
+                       const TpGroup& tp) {
   cfg.validate("model config");
+  llama_check_tp(cfg, tp.size);
+  if (tp.size > 1 && !tp.comm) ST_THROW("llama_build: tp.size ", tp.size, " without a communicator");
   if (quant.any()) {
     quant.nf4.validate("qlora");
     for (const std::string& t : quant.modules)
@@ -58,30 +123,33 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
   m.cfg = cfg;
   m.dtype = dtype;
   m.device = device;
+  m.tp = tp.size > 1 ? tp : TpGroup{};
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
-  m.embed = alloc({V, C}, m, MemCategory::weights);
+  m.embed = alloc({V / m.tp.size, C}, m, MemCategory::weights);
   m.blocks.resize(static_cast<size_t>(cfg.num_layers));
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
     const std::string p = layer_prefix(l);
     b.attn_norm = alloc({C}, m, MemCategory::weights);
-    b.q = make_linear(p + "self_attn.q_proj", C, cfg.q_dim(), m, quant);
-    b.k = make_linear(p + "self_attn.k_proj", C, cfg.kv_dim(), m, quant);
-    b.v = make_linear(p + "self_attn.v_proj", C, cfg.kv_dim(), m, quant);
-    b.o = make_linear(p + "self_attn.o_proj", cfg.q_dim(), C, m, quant);
+    b.q = make_linear(p + "self_attn.q_proj", C, cfg.q_dim(), m, quant, TpMode::column);
+    b.k = make_linear(p + "self_attn.k_proj", C, cfg.kv_dim(), m, quant, TpMode::column);
+    b.v = make_linear(p + "self_attn.v_proj", C, cfg.kv_dim(), m, quant, TpMode::column);
+    b.o = make_linear(p + "self_attn.o_proj", cfg.q_dim(), C, m, quant, TpMode::row);
     b.mlp_norm = alloc({C}, m, MemCategory::weights);
-    b.gate = make_linear(p + "mlp.gate_proj", C, I, m, quant);
-    b.up = make_linear(p + "mlp.up_proj", C, I, m, quant);
-    b.down = make_linear(p + "mlp.down_proj", I, C, m, quant);
+    b.gate = make_linear(p + "mlp.gate_proj", C, I, m, quant, TpMode::column);
+    b.up = make_linear(p + "mlp.up_proj", C, I, m, quant, TpMode::column);
+    b.down = make_linear(p + "mlp.down_proj", I, C, m, quant, TpMode::row);
   }
   m.final_norm = alloc({C}, m, MemCategory::weights);
   if (cfg.tie_word_embeddings) {
     m.lm_head.name = "lm_head";
     m.lm_head.in = C;
-    m.lm_head.out = V;
-    m.lm_head.weight = m.embed;  // shared buffer
+    m.lm_head.out = V / m.tp.size;
+    m.lm_head.tp = m.tp;
+    m.lm_head.tp_mode = m.tp.size > 1 ? TpMode::column : TpMode::none;
+    m.lm_head.weight = m.embed;  // shared buffer (the same vocabulary rows under TP)
   } else {
-    m.lm_head = make_linear("lm_head", C, V, m, quant);
+    m.lm_head = make_linear("lm_head", C, V, m, quant, TpMode::column);
   }
   m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device);
   if (quant.any()) {
@@ -97,11 +165,15 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
 
 std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m) {
   std::vector<LlamaWeightSlot> out;
-  auto dense = [&](const std::string& name, Tensor* t) { out.push_back({name, t, nullptr, t->shape()}); };
-  auto linear = [&](Linear* lin) {
-    out.push_back({lin->name + ".weight", &lin->weight, lin->quantized() ? lin : nullptr, Shape{lin->out, lin->in}});
+  auto dense = [&](const std::string& name, Tensor* t) {
+    out.push_back({name, t, nullptr, t->shape(), t->shape(), TpMode::none});
   };
-  dense("model.embed_tokens.weight", &m.embed);
+  auto linear = [&](Linear* lin) {
+    out.push_back({lin->name + ".weight", &lin->weight, lin->quantized() ? lin : nullptr, Shape{lin->out, lin->in},
+                   Shape{lin->full_out(), lin->full_in()}, lin->tp_mode});
+  };
+  out.push_back({"model.embed_tokens.weight", &m.embed, nullptr, m.embed.shape(), Shape{m.cfg.vocab_size, m.cfg.hidden_size},
+                 m.tp.size > 1 ? TpMode::column : TpMode::none});
   for (size_t l = 0; l < m.blocks.size(); ++l) {
     LlamaBlock& b = m.blocks[l];
     const std::string p = layer_prefix(static_cast<int64_t>(l));
@@ -162,9 +234,15 @@ void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
   // Counter-based: the same values on any device, generated where the weights live. An NF4
   // layer is generated densely (one layer at a time, in a workspace) and then quantized, so a
   // quantized model starts from the quantized version of the dense model of the same seed.
+  // Under TP each rank draws the full tensor and keeps its part, so every layout starts from the
+  // same model.
   for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
     if (s.shape.ndim == 1) {
       fill_constant(*s.tensor, 1.0);
+    } else if (s.split != TpMode::none) {
+      Tensor w = Tensor::empty(s.full_shape, m.dtype, m.device, MemCategory::workspace);
+      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
+      llama_set_weight(s, llama_shard_of(m, s, w));
     } else if (s.linear) {
       Tensor w = Tensor::empty(s.shape, m.dtype, m.device, MemCategory::workspace);
       fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
@@ -206,17 +284,21 @@ std::vector<Linear*> llama_linears(LlamaModel& m) {
 std::vector<ParamRef> llama_trainable_params(LlamaModel& m) {
   std::vector<ParamRef> out;
   if (m.base_trainable) {
-    out.push_back({"model.embed_tokens.weight", &m.embed, &m.embed_grad, true});
+    const bool tp = m.tp.size > 1;  // under TP every matrix is sharded, the norms replicated
+    out.push_back({"model.embed_tokens.weight", &m.embed, &m.embed_grad, true, nullptr, tp});
     for (size_t l = 0; l < m.blocks.size(); ++l) {
       LlamaBlock& b = m.blocks[l];
       const std::string p = layer_prefix(static_cast<int64_t>(l));
       out.push_back({p + "input_layernorm.weight", &b.attn_norm, &b.attn_norm_grad, false});
-      for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true});
+      for (Linear* lin : {&b.q, &b.k, &b.v, &b.o})
+        out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true, nullptr, tp});
       out.push_back({p + "post_attention_layernorm.weight", &b.mlp_norm, &b.mlp_norm_grad, false});
-      for (Linear* lin : {&b.gate, &b.up, &b.down}) out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true});
+      for (Linear* lin : {&b.gate, &b.up, &b.down})
+        out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true, nullptr, tp});
     }
     out.push_back({"model.norm.weight", &m.final_norm, &m.final_norm_grad, false});
-    if (!m.cfg.tie_word_embeddings) out.push_back({"lm_head.weight", &m.lm_head.weight, &m.lm_head.grad, true});
+    if (!m.cfg.tie_word_embeddings)
+      out.push_back({"lm_head.weight", &m.lm_head.weight, &m.lm_head.grad, true, nullptr, tp});
   }
   for (Linear* lin : llama_linears(m))
     if (lin->adapter) lin->adapter->collect_params(out);
@@ -232,7 +314,8 @@ int64_t llama_num_trainable(LlamaModel& m) {
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    bool checkpointing, bool trainable) {
   const LlamaConfig& c = m.cfg;
-  const int64_t BT = B_max * T_max, C = c.hidden_size, I = c.intermediate_size;
+  const LlamaLocalDims ld = llama_local_dims(m);
+  const int64_t BT = B_max * T_max, C = c.hidden_size, I = ld.intermediate;
   LlamaActivations a;
   a.B_max = B_max;
   a.T_max = T_max;
@@ -249,11 +332,11 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
   for (auto& b : a.blocks) {
     b.xn1 = act({BT, C});
     b.rstd1 = stat({BT});
-    b.q = act({BT, c.q_dim()});
-    b.k = act({BT, c.kv_dim()});
-    b.v = act({BT, c.kv_dim()});
-    b.att = act({BT, c.q_dim()});
-    b.lse = stat({BT, c.num_heads});
+    b.q = act({BT, ld.q_dim});
+    b.k = act({BT, ld.kv_dim});
+    b.v = act({BT, ld.kv_dim});
+    b.att = act({BT, ld.q_dim});
+    b.lse = stat({BT, ld.heads});
     b.x_mid = act({BT, C});
     b.xn2 = act({BT, C});
     b.rstd2 = stat({BT});
@@ -263,20 +346,20 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
   }
   a.xnf = act({BT, C});
   a.rstdf = stat({BT});
-  a.logits = act({BT, c.vocab_size});
+  a.logits = act({BT, ld.vocab});
   a.losses = stat({BT});
   if (trainable) {
     auto ws = [&](const Shape& s) { return alloc(s, m, MemCategory::workspace); };
     a.dresid = ws({BT, C});
     a.dxn = ws({BT, C});
-    a.datt = ws({BT, c.q_dim()});
-    a.dq = ws({BT, c.q_dim()});
-    a.dk = ws({BT, c.kv_dim()});
-    a.dv = ws({BT, c.kv_dim()});
+    a.datt = ws({BT, ld.q_dim});
+    a.dq = ws({BT, ld.q_dim});
+    a.dk = ws({BT, ld.kv_dim});
+    a.dv = ws({BT, ld.kv_dim});
     a.dh = ws({BT, I});
     a.dgate = ws({BT, I});
     a.dup = ws({BT, I});
-    a.scratch = ws({BT, std::max({C, I, c.q_dim()})});
+    a.scratch = ws({BT, std::max({C, I, ld.q_dim})});
   }
   return a;
 }
@@ -301,12 +384,14 @@ Tensor resid_at(const LlamaActivations& a, int64_t l, int64_t BT) {
   return layer.view({max_rows, layer.dim(-1)}).slice(0, BT);
 }
 
-AttentionShape attention_shape(const LlamaConfig& c, const LlamaBatch& batch) {
+AttentionShape attention_shape(const LlamaModel& m, const LlamaBatch& batch) {
+  const LlamaConfig& c = m.cfg;
+  const LlamaLocalDims ld = llama_local_dims(m);  // this rank's heads under TP
   AttentionShape s;
   s.B = batch.B;
   s.T = batch.T;
-  s.Hq = c.num_heads;
-  s.Hkv = c.num_kv_heads;
+  s.Hq = ld.heads;
+  s.Hkv = ld.kv_heads;
   s.D = c.head_dim;
   s.causal = true;
   s.scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
@@ -329,13 +414,19 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   linear_layer_forward(blk.v, s.xn1, s.v, false, ctx);
   rope_forward(s.q, batch.B, batch.T, m.rope);
   rope_forward(s.k, batch.B, batch.T, m.rope);
-  attention_forward(attention_shape(c, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
-  linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, &x_in);  // x_mid = x_in + o(att): residual in the GEMM
+  attention_forward(attention_shape(m, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
+  // x_mid = x_in + o(att): residual in the GEMM. Under TP o is row-parallel: each rank has a
+  // partial sum, the residual is added on rank 0 only, and one all-reduce completes it
+  // (Megatron's "g"); q, k, v, gate and up need no communication (x is replicated).
+  const bool resid_here = m.tp.rank == 0;
+  linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, resid_here ? &x_in : nullptr);
+  tp_all_reduce(m, s.x_mid);
   rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
   linear_layer_forward(blk.gate, s.xn2, s.gate, false, ctx);
   linear_layer_forward(blk.up, s.xn2, s.up, false, ctx);
   swiglu_forward(s.gate, s.up, s.h);
-  linear_layer_forward(blk.down, s.h, x_out, false, ctx, &s.x_mid);  // x_out = x_mid + down(h)
+  linear_layer_forward(blk.down, s.h, x_out, false, ctx, resid_here ? &s.x_mid : nullptr);  // x_out = x_mid + down(h)
+  tp_all_reduce(m, x_out);
 }
 
 // On entry dresid = dL/dx_out; on exit dL/dx_in.
@@ -353,17 +444,19 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
   linear_layer_backward(blk.gate, s.xn2, dgate, &dxn, ctx, false);
   linear_layer_backward(blk.up, s.xn2, dup, &dxn, ctx);
+  tp_all_reduce(m, dxn);  // column-parallel gate/up: partial input gradients (Megatron's "f")
   rmsnorm_backward(dxn, s.x_mid, blk.mlp_norm, s.rstd2, dresid, grad_or_null(blk.mlp_norm_grad));
 
   // Attention branch: x_mid = x_in + o(att)
   linear_layer_backward(blk.o, s.att, dresid, &datt, ctx, false);
-  attention_backward(attention_shape(m.cfg, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv,
+  attention_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv,
                      false);
   rope_backward(dq, batch.B, batch.T, m.rope);
   rope_backward(dk, batch.B, batch.T, m.rope);
   linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx, false);
   linear_layer_backward(blk.k, s.xn1, dk, &dxn, ctx);
   linear_layer_backward(blk.v, s.xn1, dv, &dxn, ctx);
+  tp_all_reduce(m, dxn);
   rmsnorm_backward(dxn, x_in, blk.attn_norm, s.rstd1, dresid, grad_or_null(blk.attn_norm_grad));
 }
 
@@ -388,7 +481,12 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   const int64_t BT = batch.B * batch.T, L = m.cfg.num_layers;
   const LayerContext ctx = with_scratch(ctx_in, a);
   Tensor x0 = resid_at(a, 0, BT);
-  embedding_forward(batch.ids, m.embed, x0);
+  if (m.tp.active()) {  // vocabulary-parallel: each rank looks up its own rows, zeros elsewhere
+    embedding_forward_shard(batch.ids, m.embed, llama_local_dims(m).vocab_offset, x0);
+    tp_all_reduce(m, x0);
+  } else {
+    embedding_forward(batch.ids, m.embed, x0);
+  }
   const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = 0; l < L; ++l) {
     const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
@@ -399,6 +497,8 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
   linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
   Tensor losses = rows_of(a.losses, BT);
+  if (m.tp.active())  // no rank holds the [BT, V] logits: each has its vocabulary columns
+    return vocab_parallel_cross_entropy(logits, batch.targets, batch.weight, &losses, grad, *m.tp.comm);
   cross_entropy(logits, batch.targets, batch.weight, losses, grad);
   // Objective = sum_n weight_n * loss_n, reduced on the host in double.
   const Tensor lh = losses.to_cpu(DType::f64);
@@ -418,6 +518,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   Tensor dlogits = rows_of(a.logits, BT), xnf = rows_of(a.xnf, BT);
   Tensor dxn = rows_of(a.dxn, BT), dresid = rows_of(a.dresid, BT);
   linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
+  tp_all_reduce(m, dxn);  // vocabulary-parallel lm_head: partial input gradients
   dresid.zero_();
   rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
                    m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
@@ -436,15 +537,19 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
     }
     block_backward(m, blk, s, x_in, a, batch, ctx);
   }
-  if (m.embed_grad.defined()) embedding_backward(batch.ids, dresid, m.embed_grad);
+  if (m.embed_grad.defined()) {
+    if (m.tp.active()) embedding_backward_shard(batch.ids, dresid, llama_local_dims(m).vocab_offset, m.embed_grad);
+    else embedding_backward(batch.ids, dresid, m.embed_grad);
+  }
 }
 
 double llama_flops_per_token(const LlamaModel& m, int64_t seq_len) {
   const LlamaConfig& c = m.cfg;
   double base = 0, adapter = 0;
+  // The whole model's FLOPs (under TP each rank does about 1/tp of them).
   for (const Linear* lin : llama_linears(const_cast<LlamaModel&>(m))) {
-    base += static_cast<double>(lin->in) * static_cast<double>(lin->out);
-    if (lin->adapter) adapter += static_cast<double>(lin->adapter->num_parameters());
+    base += static_cast<double>(lin->full_in()) * static_cast<double>(lin->full_out());
+    if (lin->adapter) adapter += static_cast<double>(lin->adapter->num_parameters()) * (lin->tp_mode == TpMode::none ? 1 : lin->tp.size);
   }
   const double matmul = (m.base_trainable ? 6.0 : 4.0) * base + 6.0 * adapter;
   // QK^T and PV: 4*T*Hq*D forward per token per layer non-causal, halved by the causal mask,

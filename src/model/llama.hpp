@@ -48,8 +48,15 @@ struct LlamaQuant {
   bool any() const { return !modules.empty(); }
 };
 
+// This rank's share of the model's dimensions: under tensor parallelism (tp.size = p) the heads,
+// KV heads, FFN width and vocabulary are split p ways; otherwise the full ones.
+struct LlamaLocalDims {
+  int64_t heads = 0, kv_heads = 0, q_dim = 0, kv_dim = 0, intermediate = 0, vocab = 0, vocab_offset = 0;
+};
+
 struct LlamaModel {
-  LlamaConfig cfg;
+  LlamaConfig cfg;  // the full model's configuration, whatever the sharding
+  TpGroup tp;       // tensor parallelism (size 1: every tensor whole)
   DType dtype = DType::f32;
   Device device = Device::cpu;
   Tensor embed;            // [V, C]  model.embed_tokens
@@ -63,9 +70,17 @@ struct LlamaModel {
   std::shared_ptr<Tensor> dequant;  // one layer's dequantized weight, shared by NF4 layers
 };
 
+LlamaLocalDims llama_local_dims(const LlamaModel& m);
+// Throws InputError unless heads, KV heads, FFN size and vocabulary divide by tp_size.
+void llama_check_tp(const LlamaConfig& cfg, int tp_size);
+
 // Allocates every weight (zero-filled) in `dtype` on `device`; linears named in `quant` get NF4
 // storage instead (filled by llama_init_random, load_llama or llama_set_weight).
-LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant = {});
+// With tp.size = p > 1 (Megatron): q, k, v, gate, up and lm_head are column-parallel (rank i
+// holds rows [i out/p, (i+1) out/p) of W), o and down row-parallel (columns of W), the embedding
+// vocabulary-parallel (rows [i V/p, (i+1) V/p)), norms replicated; NF4 layers quantize their shard.
+LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant = {},
+                       const TpGroup& tp = {});
 // Normal(0, std) for embeddings and projections, ones for norms; each tensor seeded from
 // (seed, its name), so the result does not depend on the order of initialisation.
 void llama_init_random(LlamaModel& m, uint64_t seed, double std);
@@ -79,11 +94,17 @@ struct LlamaWeightSlot {
   std::string name;
   Tensor* tensor = nullptr;
   Linear* linear = nullptr;
-  Shape shape;
+  Shape shape;       // this rank's part
+  Shape full_shape;  // the unsharded tensor
+  // How the full tensor is split over the TP group: column = by rows (leading dimension), row =
+  // by columns (last dimension), none = replicated.
+  TpMode split = TpMode::none;
 };
+// This rank's part of a full tensor of `slot` (any device; a copy).
+Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full);
 std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m);
-// Store `value` (same shape; any float dtype on the model's device) into the slot: a copy, or
-// NF4 quantization for a quantized linear.
+// Store `value` (this rank's shape; any float dtype on the model's device) into the slot: a copy,
+// or NF4 quantization for a quantized linear.
 void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value);
 // Bytes of the base weights as stored, and as they would be in the compute dtype.
 struct LlamaWeightBytes {

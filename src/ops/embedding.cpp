@@ -9,38 +9,51 @@
 
 namespace st {
 
-void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) {
+namespace {
+
+void forward_impl(const Tensor& ids, const Tensor& table, Tensor& out, int64_t offset, bool shard) {
   ProfileScope prof("embedding_forward", table.device());
   check_float_args("embedding_forward", {&table, &out});
   const int64_t V = table.dim(0), C = table.dim(-1), N = ids.numel();
   if (ids.dtype() != DType::i32 || out.numel() < N * C) ST_THROW("embedding_forward: ids ", ids.str(), " out ", out.str());
   if (table.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::embedding_forward(N, C, ids, table, out);
+    cuda::embedding_forward(N, C, V, ids, table, out, offset);
     return;
 #else
     no_cuda_kernel("embedding_forward");
 #endif
   }
   ST_DISPATCH_CPU_FLOAT(table.dtype(), T,
-                        cpu::embedding_forward<T>(N, C, V, ids.ptr<int32_t>(), table.ptr<T>(), out.ptr<T>()));
+                        cpu::embedding_forward<T>(N, C, V, ids.ptr<int32_t>(), table.ptr<T>(), out.ptr<T>(), offset, shard));
 }
 
-void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) {
+void backward_impl(const Tensor& ids, const Tensor& dout, Tensor& dtable, int64_t offset) {
   ProfileScope prof("embedding_backward", dtable.device());
   check_stat_dtype("embedding_backward (table gradient)", dout, dtable);
-  const int64_t C = dtable.dim(-1), N = ids.numel();
+  const int64_t V = dtable.dim(0), C = dtable.dim(-1), N = ids.numel();
   if (ids.dtype() != DType::i32 || dout.numel() < N * C) ST_THROW("embedding_backward: ids ", ids.str(), " dout ", dout.str());
   if (dtable.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::embedding_backward(N, C, ids, dout, dtable);
+    cuda::embedding_backward(N, C, V, ids, dout, dtable, offset);
     return;
 #else
     no_cuda_kernel("embedding_backward");
 #endif
   }
   ST_DISPATCH_CPU_FLOAT(dtable.dtype(), T,
-                        cpu::embedding_backward<T>(N, C, ids.ptr<int32_t>(), dout.ptr<T>(), dtable.ptr<T>()));
+                        cpu::embedding_backward<T>(N, C, V, ids.ptr<int32_t>(), dout.ptr<T>(), dtable.ptr<T>(), offset));
+}
+
+}  // namespace
+
+void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) { forward_impl(ids, table, out, 0, false); }
+void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) { backward_impl(ids, dout, dtable, 0); }
+void embedding_forward_shard(const Tensor& ids, const Tensor& table, int64_t offset, Tensor& out) {
+  forward_impl(ids, table, out, offset, true);
+}
+void embedding_backward_shard(const Tensor& ids, const Tensor& dout, int64_t offset, Tensor& dtable) {
+  backward_impl(ids, dout, dtable, offset);
 }
 
 }  // namespace st

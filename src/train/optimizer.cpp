@@ -27,10 +27,13 @@ void AdamW::zero_grad() {
   for (ParamRef& p : params_) p.grad->zero_();
 }
 
-double AdamW::clip_grad_norm(double max_norm) {
+double AdamW::clip_grad_norm(double max_norm, Comm* group, bool count_replicated) {
   std::vector<const Tensor*> grads;
-  for (const ParamRef& p : params_) grads.push_back(p.grad);
-  const double norm = std::sqrt(sum_squares_total(grads));
+  for (const ParamRef& p : params_)
+    if (!group || count_replicated || p.tp_sharded) grads.push_back(p.grad);
+  double sq = grads.empty() ? 0.0 : sum_squares_total(grads);
+  if (group) sq = group->all_reduce_sum(sq);
+  const double norm = std::sqrt(sq);
   // The clip factor is applied inside the next update (no separate pass over the gradients).
   grad_scale_ = (max_norm > 0 && norm > max_norm) ? max_norm / (norm + 1e-6) : 1.0;  // torch adds 1e-6
   return norm;

@@ -8,6 +8,7 @@
 
 #include "model/linear.hpp"
 #include "ops/optim.hpp"
+#include "parallel/comm.hpp"
 
 namespace st {
 
@@ -18,7 +19,10 @@ class AdamW {
   // Global L2 norm of all gradients; if max_norm > 0 and the norm exceeds it, the next step()
   // uses the gradients scaled by max_norm / norm (as torch.nn.utils.clip_grad_norm_ followed by
   // the update; the scaling is fused into the update). Returns the norm before clipping.
-  double clip_grad_norm(double max_norm);
+  // With `group`, the parameters are parts of a larger set spread over the group's ranks (tensor
+  // parallelism, ZeRO-3): the squared norms of the parameters counted here (ParamRef::tp_sharded,
+  // or every parameter on a rank where count_replicated is true) are summed over the group.
+  double clip_grad_norm(double max_norm, Comm* group = nullptr, bool count_replicated = true);
   void step(double lr);
   int64_t steps_taken() const { return step_; }
   const std::vector<ParamRef>& params() const { return params_; }

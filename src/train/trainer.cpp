@@ -154,17 +154,31 @@ void maybe_inject_fault(int64_t step) {
     ST_THROW("injected fault (SHARDTUNE_FAULT=", spec, ") at step ", step);
 }
 
+// The TP group of this rank (size 1 unless parallel = tp or tp+zero3).
+TpGroup tp_group(const RunConfig& c) {
+  Runtime& rt = runtime();
+  if ((c.parallel != "tp" && c.parallel != "tp+zero3") || rt.tp == 1) return {};
+  return TpGroup{rt.tp_comm.get(), rt.tp, rt.tp_rank};
+}
+
 LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device, bool training) {
   MemoryPhase phase("load");
   const LlamaQuant quant = quant_from_options(c, training);
+  const TpGroup tp = tp_group(c);
   LlamaModel m;
   if (!c.model.empty()) {
-    m = load_llama(c.model, dtype, device, quant);
+    m = load_llama(c.model, dtype, device, quant, tp);
     ST_LOG("model: loaded ", c.model, " (", m.cfg.summary(), ")");
   } else {
-    m = llama_build(config_from_options(c, info), dtype, device, quant);
+    m = llama_build(config_from_options(c, info), dtype, device, quant, tp);
     llama_init_random(m, c.seed, c.init_std);
     ST_LOG("model: random init, seed ", c.seed, " (", m.cfg.summary(), ")");
+  }
+  if (tp.size > 1) {
+    const LlamaLocalDims d = llama_local_dims(m);
+    ST_LOG("tp: ", tp.size, " ranks per tensor-parallel group; this rank holds ", d.heads, " of ", m.cfg.num_heads,
+           " heads, ", d.kv_heads, " of ", m.cfg.num_kv_heads, " KV heads, ", d.intermediate, " of ",
+           m.cfg.intermediate_size, " FFN columns, vocabulary rows [", d.vocab_offset, ", ", d.vocab_offset + d.vocab, ")");
   }
   if (quant.any()) {
     const LlamaWeightBytes wb = llama_weight_bytes(m);
@@ -272,7 +286,7 @@ void Run::begin(const char* what) {
   Runtime& rt = runtime();
   summary_.strings["run_id"] = cfg_.run_id;
   summary_.strings["method"] = cfg_.method;
-  summary_.strings["strategy"] = rt.world_size == 1 ? "single" : cfg_.parallel;
+  summary_.strings["strategy"] = cfg_.parallel == "none" ? "single" : cfg_.parallel;
   summary_.strings["device"] = device_name(device_);
   summary_.strings["dtype"] = dtype_name(dtype_);
   summary_.ints["world_size"] = rt.world_size;
@@ -321,7 +335,7 @@ void Run::build_model(bool training) {
     opt_ = std::make_unique<AdamW>(llama_trainable_params(model_), cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps,
                                    cfg_.weight_decay);
     Runtime& rt = runtime();
-    if (rt.dp > 1) {
+    if (rt.dp > 1 && (cfg_.parallel == "ddp" || cfg_.parallel == "tp")) {
       grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), *rt.dp_comm);
       ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
              grad_sync_->num_buckets() == 1 ? "" : "s");
@@ -476,11 +490,15 @@ int Run::train() {
         MemoryPhase phase("gradient all-reduce");
         grad_sync_->sync();
       }
-      loss = rt.world->all_reduce_sum(loss);
+      // Each data-parallel group's objective (the same on every rank of a TP group), summed.
+      if (rt.dp > 1) loss = rt.dp_comm->all_reduce_sum(loss);
       double gnorm, lr;
       {
         MemoryPhase phase("optimizer");
-        gnorm = opt_->clip_grad_norm(cfg_.grad_clip);
+        // Under TP the sharded gradients' squared norms are summed over the group; replicated
+        // ones (norms, one LoRA factor) are counted once, on TP rank 0.
+        gnorm = model_.tp.size > 1 ? opt_->clip_grad_norm(cfg_.grad_clip, rt.tp_comm.get(), rt.tp_rank == 0)
+                                   : opt_->clip_grad_norm(cfg_.grad_clip);
         lr = sched.at(step);
         opt_->step(lr);
       }
@@ -540,7 +558,7 @@ int Run::train() {
   summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
-  if (cfg_.save_model && rt.world_rank == 0) {
+  if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
     llama_dequantize(model_);  // a QLoRA base merges in its dequantized form
     merge_adapters(model_);

@@ -55,9 +55,11 @@ void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* d
 
 // out[n,:] = table[ids[n],:].  table: [V,C]; ids outside [0,V) throw.
 template <typename T>
-void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out);
+// shard: the table holds rows [offset, offset + V) of a larger vocabulary; other ids give zero rows.
+void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out, int64_t offset = 0,
+                       bool shard = false);
 template <typename T>
-void embedding_backward(int64_t N, int64_t C, const int32_t* ids, const T* dout, T* dtable);
+void embedding_backward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* dout, T* dtable, int64_t offset = 0);
 
 // Fused softmax cross-entropy over rows of logits [N,V]. losses[n] = logsumexp - logit[target].
 // Rows with weight[n] == 0 or target < 0 get loss 0. When grad is true, logits is overwritten

@@ -30,27 +30,36 @@ void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* d
 }
 
 template <typename T>
-void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out) {
-  for (int64_t n = 0; n < N; ++n)
-    if (ids[n] < 0 || ids[n] >= V) ST_THROW("token id ", ids[n], " at position ", n, " is outside the vocabulary [0, ", V, ")");
+void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out, int64_t offset,
+                       bool shard) {
+  if (!shard)
+    for (int64_t n = 0; n < N; ++n)
+      if (ids[n] < 0 || ids[n] >= V) ST_THROW("token id ", ids[n], " at position ", n, " is outside the vocabulary [0, ", V, ")");
 #pragma omp parallel for schedule(static) if (N * C > 65536)
   for (int64_t n = 0; n < N; ++n) {
-    const T* src = table + static_cast<int64_t>(ids[n]) * C;
+    const int64_t row = static_cast<int64_t>(ids[n]) - offset;
     T* dst = out + n * C;
+    if (row < 0 || row >= V) {  // another rank's vocabulary shard holds this id
+      for (int64_t c = 0; c < C; ++c) dst[c] = T(0);
+      continue;
+    }
+    const T* src = table + row * C;
     for (int64_t c = 0; c < C; ++c) dst[c] = src[c];
   }
 }
 
 // Scatter-add; parallel over column blocks so threads never touch the same element.
 template <typename T>
-void embedding_backward(int64_t N, int64_t C, const int32_t* ids, const T* dout, T* dtable) {
+void embedding_backward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* dout, T* dtable, int64_t offset) {
   const int64_t block = 64;
   const int64_t nblocks = (C + block - 1) / block;
 #pragma omp parallel for schedule(static) if (N * C > 65536)
   for (int64_t cb = 0; cb < nblocks; ++cb) {
     const int64_t c0 = cb * block, c1 = c0 + block < C ? c0 + block : C;
     for (int64_t n = 0; n < N; ++n) {
-      T* dst = dtable + static_cast<int64_t>(ids[n]) * C;
+      const int64_t row = static_cast<int64_t>(ids[n]) - offset;
+      if (row < 0 || row >= V) continue;  // not in this rank's shard
+      T* dst = dtable + row * C;
       const T* src = dout + n * C;
       for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
     }
@@ -101,8 +110,8 @@ void axpy(int64_t n, T a, const T* x, T* y) {
 #define ST_INSTANTIATE(T)                                                                        \
   template void swiglu_forward<T>(int64_t, const T*, const T*, T*);                              \
   template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*, bool);         \
-  template void embedding_forward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*);   \
-  template void embedding_backward<T>(int64_t, int64_t, const int32_t*, const T*, T*);           \
+  template void embedding_forward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*, int64_t, bool); \
+  template void embedding_backward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*, int64_t);     \
   template void adamw_update<T>(int64_t, T*, const T*, T*, T*, double, double, double, double,   \
                                 double, int64_t, double);                                        \
   template double sum_squares<T>(int64_t, const T*);                                             \
