@@ -91,7 +91,6 @@ void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const 
   Tensor xa_m = xa.slice(0, M), dxa_m = dxa.slice(0, M);
   matmul(dB, dy, true, xa_m, false, scale, 1.0);        // dB += scale * dy^T xa        [out, r]
   matmul(dxa_m, dy, false, B_work, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
-  const Tensor xd = dropped_input(x, ctx);              // regenerated from the same seed
   if (dx && dx->defined()) {
     // Column-parallel: dxa is this rank's partial sum, and so is dx (the caller all-reduces it).
     if (dropout <= 0 || !ctx.training) {
@@ -106,6 +105,8 @@ void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const 
   // Column-parallel: the replicated A needs the full dxa = sum over ranks of dy_i B_i, which
   // also keeps dA identical on every rank.
   if (tp_mode == TpMode::column) tp.comm->all_reduce_sum(dxa_m);
+  // dropout(x) regenerated from the same seed (after dx: both use ctx.scratch).
+  const Tensor xd = dropped_input(x, ctx);
   matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);         // dA += dxa^T dropout(x)       [r, in]
 }
 
