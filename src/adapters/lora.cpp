@@ -112,8 +112,10 @@ void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const 
 
 void LoraAdapter::collect_params(std::vector<ParamRef>& out) {
   const bool separate = A_work.data() != A.data();
-  out.push_back({name + ".lora_A.weight", &A, &dA, true, separate ? &A_work : nullptr, tp_mode == TpMode::row});
-  out.push_back({name + ".lora_B.weight", &B, &dB, true, separate ? &B_work : nullptr, tp_mode == TpMode::column});
+  out.push_back({name + ".lora_A.weight", &A, &dA, true, separate ? &A_work : nullptr, tp_mode == TpMode::row,
+                 separate ? nullptr : &A_work});
+  out.push_back({name + ".lora_B.weight", &B, &dB, true, separate ? &B_work : nullptr, tp_mode == TpMode::column,
+                 separate ? nullptr : &B_work});
 }
 
 void LoraAdapter::add_delta_to(Tensor& W) const {

@@ -303,8 +303,6 @@ void validate_run_config(const RunConfig& c) {
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
   one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3"});
-  if (c.parallel == "zero3" || c.parallel == "tp+zero3")
-    fail("parallel", str("= ", c.parallel, " is not available in this version (use none, ddp or tp)"));
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
     fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
   if (c.threads < 0) fail("threads", "must be >= 0");

@@ -88,6 +88,19 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
   return t;
 }
 
+Tensor Tensor::view_as(DType dtype, size_t byte_offset, const Shape& shape) const {
+  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  if (!defined() || byte_offset + bytes > nbytes())
+    ST_THROW("view_as: ", bytes, " bytes at offset ", byte_offset, " exceed ", str());
+  if ((offset_ + byte_offset) % dtype_size(dtype) != 0)
+    ST_THROW("view_as: offset ", byte_offset, " is not aligned for ", dtype_name(dtype));
+  Tensor t = *this;
+  t.offset_ += byte_offset;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
 void Tensor::zero_() {
   if (numel() == 0) return;
   ProfileScope prof("zero (memset)", device_);

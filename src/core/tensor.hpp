@@ -81,6 +81,10 @@ class Tensor {
   Tensor view(const Shape& shape) const;
   // Rows [begin, end) of the leading dimension (a view).
   Tensor slice(int64_t begin, int64_t end) const;
+  // The bytes [byte_offset, byte_offset + shape.numel() * size(dtype)) of this tensor's buffer
+  // reinterpreted as a `dtype` tensor of `shape` (a view; e.g. typed tensors inside a flat byte
+  // buffer). The range must lie inside this tensor and be aligned for `dtype`.
+  Tensor view_as(DType dtype, size_t byte_offset, const Shape& shape) const;
 
   void zero_();
   void fill_(double value);            // CPU float tensors only

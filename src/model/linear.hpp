@@ -44,6 +44,9 @@ struct ParamRef {
   // Tensor parallelism: true when each TP rank holds its own part of the parameter (its squared
   // norm is summed over the group); false when every TP rank holds the same values.
   bool tp_sharded = false;
+  // Another handle of value's own buffer that kernels read (e.g. LoRA's A_work when it aliases
+  // A): whoever moves the parameter's storage (ZeRO-3) must repoint it too.
+  Tensor* alias = nullptr;
 };
 
 // Per-call context: what changes from step to step.

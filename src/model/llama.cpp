@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
@@ -51,6 +52,28 @@ uint64_t name_hash(const std::string& s) {
 
 // First `rows` rows of a [max_rows, cols] buffer.
 Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
+
+// Scope of one unit's forward or backward for the model's hooks (none: no-op).
+class UnitScope {
+ public:
+  UnitScope(LlamaModel& m, int unit, bool backward) : m_(m), unit_(unit), backward_(backward) {
+    if (!m_.hooks) return;
+    if (backward_) m_.hooks->before_backward(unit_);
+    else m_.hooks->before_forward(unit_);
+  }
+  ~UnitScope() noexcept(false) {
+    if (!m_.hooks || std::uncaught_exceptions() > 0) return;  // an error propagates: no collectives
+    if (backward_) m_.hooks->after_backward(unit_);
+    else m_.hooks->after_forward(unit_);
+  }
+  UnitScope(const UnitScope&) = delete;
+  UnitScope& operator=(const UnitScope&) = delete;
+
+ private:
+  LlamaModel& m_;
+  int unit_;
+  bool backward_;
+};
 
 // Sum of a partial result over the TP group (no-op without tensor parallelism).
 void tp_all_reduce(const LlamaModel& m, Tensor& t) {
@@ -481,18 +504,23 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   const int64_t BT = batch.B * batch.T, L = m.cfg.num_layers;
   const LayerContext ctx = with_scratch(ctx_in, a);
   Tensor x0 = resid_at(a, 0, BT);
-  if (m.tp.active()) {  // vocabulary-parallel: each rank looks up its own rows, zeros elsewhere
-    embedding_forward_shard(batch.ids, m.embed, llama_local_dims(m).vocab_offset, x0);
-    tp_all_reduce(m, x0);
-  } else {
-    embedding_forward(batch.ids, m.embed, x0);
+  {
+    UnitScope unit(m, 0, false);
+    if (m.tp.active()) {  // vocabulary-parallel: each rank looks up its own rows, zeros elsewhere
+      embedding_forward_shard(batch.ids, m.embed, llama_local_dims(m).vocab_offset, x0);
+      tp_all_reduce(m, x0);
+    } else {
+      embedding_forward(batch.ids, m.embed, x0);
+    }
   }
   const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = 0; l < L; ++l) {
+    UnitScope unit(m, static_cast<int>(l) + 1, false);
     const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
     Tensor x_out = resid_at(a, l + 1, BT);
     block_forward(m, m.blocks[static_cast<size_t>(l)], s, resid_at(a, l, BT), x_out, batch, ctx);
   }
+  UnitScope head(m, static_cast<int>(L) + 1, false);
   Tensor xnf = rows_of(a.xnf, BT), rstdf = rows_of(a.rstdf, BT), logits = rows_of(a.logits, BT);
   rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
   linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
@@ -517,13 +545,17 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   const LayerContext ctx = with_scratch(ctx_in, a);
   Tensor dlogits = rows_of(a.logits, BT), xnf = rows_of(a.xnf, BT);
   Tensor dxn = rows_of(a.dxn, BT), dresid = rows_of(a.dresid, BT);
-  linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
-  tp_all_reduce(m, dxn);  // vocabulary-parallel lm_head: partial input gradients
-  dresid.zero_();
-  rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
-                   m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
+  {
+    UnitScope head(m, static_cast<int>(L) + 1, true);
+    linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
+    tp_all_reduce(m, dxn);  // vocabulary-parallel lm_head: partial input gradients
+    dresid.zero_();
+    rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
+                     m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
+  }
   const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = L - 1; l >= 0; --l) {
+    UnitScope unit(m, static_cast<int>(l) + 1, true);
     LlamaBlock& blk = m.blocks[static_cast<size_t>(l)];
     const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
     const Tensor x_in = resid_at(a, l, BT);
@@ -537,6 +569,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
     }
     block_backward(m, blk, s, x_in, a, batch, ctx);
   }
+  UnitScope embed(m, 0, true);
   if (m.embed_grad.defined()) {
     if (m.tp.active()) embedding_backward_shard(batch.ids, dresid, llama_local_dims(m).vocab_offset, m.embed_grad);
     else embedding_backward(batch.ids, dresid, m.embed_grad);

@@ -54,8 +54,23 @@ struct LlamaLocalDims {
   int64_t heads = 0, kv_heads = 0, q_dim = 0, kv_dim = 0, intermediate = 0, vocab = 0, vocab_offset = 0;
 };
 
+// Called around each unit of the computation, on every rank in the same order (ZeRO-3 gathers a
+// unit's parameters before it runs and releases them after). Units: 0 = the embedding, 1..L =
+// block l-1, L+1 = the head (final norm and lm_head). Forward calls before/after_forward for
+// 0, 1, ..., L+1; backward calls before/after_backward for L+1, L, ..., 0. A unit's parameter
+// tensors (and gradients in backward) must be usable between before_* and after_*.
+class LlamaHooks {
+ public:
+  virtual ~LlamaHooks() = default;
+  virtual void before_forward(int unit) = 0;
+  virtual void after_forward(int unit) = 0;
+  virtual void before_backward(int unit) = 0;
+  virtual void after_backward(int unit) = 0;
+};
+
 struct LlamaModel {
   LlamaConfig cfg;  // the full model's configuration, whatever the sharding
+  LlamaHooks* hooks = nullptr;  // not owned
   TpGroup tp;       // tensor parallelism (size 1: every tensor whole)
   DType dtype = DType::f32;
   Device device = Device::cpu;

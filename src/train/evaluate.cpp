@@ -22,27 +22,50 @@ EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers
   int64_t correct = 0, labelled = 0;
   Batch host;
   const int64_t stride = dp ? dp->size() : 1, first = dp ? dp->rank() : 0;
-  for (int64_t start = first * batch_size; start < n; start += stride * batch_size) {
-    const int64_t rows = std::min(batch_size, n - start);
+  // Batches are dealt round-robin. When the forward itself communicates (ZeRO-3 gathers, which
+  // every rank of the group must join), every rank runs the same number of forwards: a rank
+  // without rows in the last round runs one on row 0 and discards it.
+  const int64_t rounds = (n + stride * batch_size - 1) / (stride * batch_size);
+  const LlamaLocalDims ld = llama_local_dims(m);
+  const int64_t nlabels = static_cast<int64_t>(label_ids.size());
+  for (int64_t k = 0; k < rounds; ++k) {
+    const int64_t start = (k * stride + first) * batch_size;
+    const bool idle = start >= n;
+    if (idle && !m.hooks) break;
+    const int64_t rows = idle ? 1 : std::min(batch_size, n - start);
     std::vector<int64_t> idx(static_cast<size_t>(rows));
-    std::iota(idx.begin(), idx.end(), start);
+    std::iota(idx.begin(), idx.end(), idle ? 0 : start);
     data.read_rows(idx, host);
     const int64_t tokens = host.loss_tokens();
     // Weight 1 per target: the forward returns the plain sum of token losses.
     LlamaBatch batch = buffers.make(host, 1.0);
-    loss_sum += llama_forward(m, acts, batch, LayerContext{}, false);
+    const double loss = llama_forward(m, acts, batch, LayerContext{}, false);
+    if (idle) continue;
+    loss_sum += loss;
     r.tokens += tokens;
     r.rows += rows;
     if (!classify) continue;
+    // The label tokens' logits [rows, labels]; under TP each rank holds a vocabulary range, so
+    // the owner of each label token contributes it and a sum over the TP group completes them.
+    Tensor lab = Tensor::zeros({rows * nlabels}, DType::f32, Device::cpu, MemCategory::other);
+    float* lv = lab.ptr<float>();
+    for (int64_t b = 0; b < rows; ++b) {
+      const int64_t pos = host.answer_start[static_cast<size_t>(b)] - 1;  // predicts the first answer token
+      if (pos < 0 || pos >= batch.T) continue;
+      const Tensor row = acts.logits.slice(b * batch.T + pos, b * batch.T + pos + 1).to_cpu(DType::f32);
+      for (int64_t c = 0; c < nlabels; ++c) {
+        const int64_t col = label_ids[static_cast<size_t>(c)] - ld.vocab_offset;
+        if (col >= 0 && col < ld.vocab) lv[b * nlabels + c] = row.ptr<float>()[col];
+      }
+    }
+    if (m.tp.active()) m.tp.comm->all_reduce_sum(lab);
     for (int64_t b = 0; b < rows; ++b) {
       const int32_t label = host.labels[static_cast<size_t>(b)];
-      const int64_t pos = host.answer_start[static_cast<size_t>(b)] - 1;  // predicts the first answer token
-      if (label < 0 || label >= static_cast<int32_t>(label_ids.size()) || pos < 0 || pos >= batch.T) continue;
-      const Tensor row = acts.logits.slice(b * batch.T + pos, b * batch.T + pos + 1).to_cpu(DType::f32);
-      const float* lp = row.ptr<float>();
+      const int64_t pos = host.answer_start[static_cast<size_t>(b)] - 1;
+      if (label < 0 || label >= static_cast<int32_t>(nlabels) || pos < 0 || pos >= batch.T) continue;
       int best = 0;
-      for (size_t c = 1; c < label_ids.size(); ++c)
-        if (lp[label_ids[c]] > lp[label_ids[static_cast<size_t>(best)]]) best = static_cast<int>(c);
+      for (int64_t c = 1; c < nlabels; ++c)
+        if (lv[b * nlabels + c] > lv[b * nlabels + best]) best = static_cast<int>(c);
       correct += best == label;
       ++labelled;
     }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <thread>
 
 #include "adapters/apply.hpp"
@@ -22,6 +23,7 @@
 #include "io/shards.hpp"
 #include "parallel/ddp.hpp"
 #include "parallel/runtime.hpp"
+#include "parallel/zero3.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
 #include "train/optimizer.hpp"
@@ -259,6 +261,9 @@ class Run {
   std::unique_ptr<BatchBuffers> buffers_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<GradAllReduce> grad_sync_;  // DDP: gradients summed over the data-parallel group
+  std::unique_ptr<Zero3> zero_;               // ZeRO-3: parameters sharded over the data-parallel group
+  double flops_per_token_ = 0;
+  std::optional<MemoryStats> train_stats_;  // memory statistics at the end of training
   SummaryRecord summary_;
   std::vector<double> epoch_times_;
   bool have_initial_eval_ = false;
@@ -332,9 +337,28 @@ void Run::build_model(bool training) {
       const int64_t n = attach_lora(model_, lc, B * T_max, cfg_.seed);
       ST_LOG("lora: ", n, " adapters, r=", lc.r, " alpha=", lc.alpha, " dropout=", lc.dropout, " on ", cfg_.lora_targets);
     }
-    opt_ = std::make_unique<AdamW>(llama_trainable_params(model_), cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_eps,
-                                   cfg_.weight_decay);
-    Runtime& rt = runtime();
+  }
+  // Figures of the whole (local TP part of the) model, before ZeRO-3 takes the tensors over.
+  const int64_t total = model_.cfg.num_parameters();
+  const int64_t trainable = training ? llama_num_trainable(model_) : 0;
+  const LlamaWeightBytes wb = llama_weight_bytes(model_);
+  if (train_) flops_per_token_ = llama_flops_per_token(model_, train_->seq_len());
+  Runtime& rt = runtime();
+  if (cfg_.parallel == "zero3" || cfg_.parallel == "tp+zero3") {
+    zero_ = std::make_unique<Zero3>(model_, *rt.dp_comm);
+    const Zero3::Bytes zb = zero_->bytes();
+    ST_LOG("zero3: ", zero_->num_units(), " units sharded over ", rt.dp, " data-parallel rank", rt.dp == 1 ? "" : "s",
+           "; this rank keeps ", format_bytes(static_cast<double>(zb.frozen)), " frozen + ",
+           format_bytes(static_cast<double>(zb.working)), " trainable weights, ",
+           format_bytes(static_cast<double>(zb.master)), " masters, ", format_bytes(static_cast<double>(zb.grads)),
+           " gradients; largest gathered unit ", format_bytes(static_cast<double>(zb.largest_unit_gathered)));
+    summary_.ints["zero3_frozen_shard_bytes"] = static_cast<int64_t>(zb.frozen);
+    summary_.ints["zero3_trainable_shard_bytes"] = static_cast<int64_t>(zb.working);
+    summary_.ints["zero3_largest_unit_bytes"] = static_cast<int64_t>(zb.largest_unit_gathered);
+  }
+  if (training) {
+    opt_ = std::make_unique<AdamW>(zero_ ? zero_->params() : llama_trainable_params(model_), cfg_.adam_beta1,
+                                   cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay);
     if (rt.dp > 1 && (cfg_.parallel == "ddp" || cfg_.parallel == "tp")) {
       grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), *rt.dp_comm);
       ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
@@ -344,10 +368,7 @@ void Run::build_model(bool training) {
   acts_ = std::make_unique<LlamaActivations>(
       llama_activations(model_, B, T_max, cfg_.activation_checkpointing, training));
   buffers_ = std::make_unique<BatchBuffers>(B, T_max, device_);
-  const int64_t total = model_.cfg.num_parameters();
-  const int64_t trainable = training ? opt_->num_parameters() : 0;
   summary_.ints["num_parameters"] = total;
-  const LlamaWeightBytes wb = llama_weight_bytes(model_);
   summary_.ints["base_weight_bytes"] = static_cast<int64_t>(wb.stored);
   summary_.ints["base_weight_bytes_dense"] = static_cast<int64_t>(wb.dense);
   summary_.ints["nf4_layers"] = static_cast<int64_t>(wb.quantized_layers);
@@ -393,7 +414,9 @@ std::string Run::tokenizer_for_export() const {
 }
 
 void Run::finish_summary(const char* outcome) {
-  const MemoryStats& ms = allocator_for(device_).stats();
+  // Peaks of the run itself: taken before saving the model when it was saved (merging and
+  // gathering for the save is not training).
+  const MemoryStats ms = train_stats_ ? *train_stats_ : allocator_for(device_).stats();
   summary_.strings["outcome"] = outcome;
   summary_.reals["total_time"] = total_.seconds();
   summary_.ints["peak_memory"] = static_cast<int64_t>(ms.total_peak);
@@ -434,7 +457,7 @@ int Run::train() {
   int64_t total_steps = steps_per_epoch * cfg_.epochs;
   if (cfg_.max_steps > 0) total_steps = std::min(total_steps, cfg_.max_steps);
   const LrSchedule sched{cfg_.lr, cfg_.min_lr_ratio, cfg_.warmup_steps, total_steps, cfg_.lr_schedule};
-  const double flops_per_token = llama_flops_per_token(model_, train_->seq_len());
+  const double flops_per_token = flops_per_token_;
   summary_.reals["flops_per_token"] = flops_per_token;
   summary_.ints["global_batch"] = global_batch;
   summary_.ints["steps_per_epoch"] = steps_per_epoch;
@@ -497,8 +520,10 @@ int Run::train() {
         MemoryPhase phase("optimizer");
         // Under TP the sharded gradients' squared norms are summed over the group; replicated
         // ones (norms, one LoRA factor) are counted once, on TP rank 0.
-        gnorm = model_.tp.size > 1 ? opt_->clip_grad_norm(cfg_.grad_clip, rt.tp_comm.get(), rt.tp_rank == 0)
-                                   : opt_->clip_grad_norm(cfg_.grad_clip);
+        // Under ZeRO-3 every rank holds its own shard: summed over the whole world.
+        gnorm = zero_                  ? opt_->clip_grad_norm(cfg_.grad_clip, rt.world.get(), rt.tp_rank == 0)
+                : model_.tp.size > 1 ? opt_->clip_grad_norm(cfg_.grad_clip, rt.tp_comm.get(), rt.tp_rank == 0)
+                                     : opt_->clip_grad_norm(cfg_.grad_clip);
         lr = sched.at(step);
         opt_->step(lr);
       }
@@ -558,6 +583,8 @@ int Run::train() {
   summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
+  train_stats_ = allocator_for(device_).stats();
+  if (cfg_.save_model && zero_) zero_->gather_all_for_save();  // collective over the data-parallel group
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
     llama_dequantize(model_);  // a QLoRA base merges in its dequantized form

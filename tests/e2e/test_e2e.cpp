@@ -330,6 +330,19 @@ struct Layout {
   int np, tp;
 };
 
+// Peak bytes of rank 0 in the categories ZeRO-3 shards (metrics.h5 /ranks).
+double rank0_persistent_bytes(const std::string& metrics) {
+  h5::Handle f = h5::open_file_read(metrics);
+  h5::Handle g = h5::open_group(f, "ranks");
+  double sum = 0;
+  for (const char* c : {"peak_weights", "peak_gradients", "peak_optimizer"}) {
+    std::vector<int64_t> v(h5::dataset_dims(g, c, metrics).at(0));
+    h5::read_dataset(g, c, H5T_NATIVE_INT64, v.data(), metrics);
+    sum += static_cast<double>(v.at(0));
+  }
+  return sum;
+}
+
 void expect_layouts_equal_one_rank(const std::string& d, const std::vector<Layout>& layouts, const char* tag) {
   std::string out;
   for (const char* method : {"full", "lora", "qlora"}) {
@@ -370,6 +383,16 @@ void expect_layouts_equal_one_rank(const std::string& d, const std::vector<Layou
       const double w = max_weight_rel_diff(d + "/runs/" + ref_id + "/model/model.safetensors",
                                            d + "/runs/" + id + "/model/model.safetensors", &worst);
       EXPECT_LT(w, 1e-5) << id << ": final weights differ, worst " << worst;
+      // ZeRO-3: the persistent parts (weights, gradients, optimizer state) of each rank fall as
+      // 1 / (tp x dp) of the one-rank run's (up to padding and the replicated norms).
+      if (std::string(L.parallel).find("zero3") != std::string::npos) {
+        const double ref_sharded = rank0_persistent_bytes(d + "/runs/" + ref_id + "/metrics.h5");
+        const double z = rank0_persistent_bytes(m);
+        EXPECT_LT(z, ref_sharded / L.np * 1.1 + 256 * 1024) << id << ": " << z << " vs " << ref_sharded << " bytes";
+        EXPECT_GT(z, ref_sharded / L.np * 0.9) << id;
+        std::printf("[%s] %s %s np=%d: weights + gradients + optimizer state per rank %.0f KiB (one rank: %.0f KiB, ratio %.3f)\n",
+                    tag, method, L.parallel, L.np, z / 1024, ref_sharded / 1024, z / ref_sharded);
+      }
       std::printf("[%s] %s %s np=%d tp=%d dp=%d: last loss %.7f vs %.7f, val %.7f vs %.7f, max weight rel diff %.1e (%s)\n",
                   tag, method, L.parallel, L.np, L.tp, dp, losses.back(), ref_losses.back(), val, ref_val, w, worst.c_str());
     }
@@ -378,6 +401,10 @@ void expect_layouts_equal_one_rank(const std::string& d, const std::vector<Layou
 
 TEST_F(E2E, TensorParallelOnTwoAndFourRanksEqualsOneRank) {
   expect_layouts_equal_one_rank(*dir, {{"tp", 2, 2}, {"tp", 4, 4}, {"tp", 4, 2}}, "tp");
+}
+
+TEST_F(E2E, ZeroThreeAndTpTimesZeroThreeEqualOneRank) {
+  expect_layouts_equal_one_rank(*dir, {{"zero3", 2, 1}, {"zero3", 4, 1}, {"tp+zero3", 4, 2}}, "zero3");
 }
 
 TEST_F(E2E, TensorParallelRefusesIndivisibleShapes) {

@@ -1,0 +1,340 @@
+#include "parallel/zero3.hpp"
+
+#include <algorithm>
+
+#include "core/profile.hpp"
+#include "ops/init.hpp"
+#include "ops/optim.hpp"
+#include "quant/nf4.hpp"
+
+namespace st {
+
+namespace {
+constexpr size_t kFrozenAlign = 256;  // bytes: every tensor in a frozen buffer starts aligned
+constexpr int64_t kElemAlign = 64;    // elements: the same for trainable buffers (128 B in bf16)
+
+int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+}  // namespace
+
+struct Zero3::Entry {
+  std::string name;
+  Shape shape;
+  DType dtype = DType::f32;          // of the working tensor
+  std::vector<Tensor*> slots;        // the model's handles, pointed at the gathered view
+  std::vector<Tensor*> grad_slots;   // trainable: pointed at the gathered gradient
+  Tensor* master = nullptr;          // trainable with a separate master copy (LoRA over bf16)
+  int64_t offset = 0;                // bytes (frozen group) or elements (trainable groups)
+};
+
+struct Zero3::Group {
+  bool trainable = false, decay = false, tp_sharded = false;
+  DType dtype = DType::u8;   // u8 (frozen bytes) or the compute dtype
+  DType master_dtype = DType::f32;
+  std::vector<Entry> entries;
+  int64_t numel = 0, shard = 0;  // used elements; this rank's share (padded total = shard * dp)
+  Tensor work_shard, master_shard, grad_shard;  // persistent, this rank's share
+  Tensor work_full, grad_full;                  // while gathered
+  bool separate_master() const { return trainable && master_dtype != dtype; }
+};
+
+struct Zero3::Unit {
+  std::string name;
+  std::vector<Group> groups;
+  bool gathered = false, grads_bound = false;
+  size_t full_bytes() const {
+    size_t b = 0;
+    for (const Group& g : groups) b += static_cast<size_t>(g.shard) * dtype_size(g.dtype);
+    return b;
+  }
+};
+
+Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_(prefetch) {
+  if (m.hooks) ST_THROW("Zero3: the model already has hooks");
+  const int P = dp.size(), R = dp.rank();
+  const DType compute = m.dtype, master = master_dtype(m.dtype);
+  const int L = static_cast<int>(m.blocks.size());
+  embed_unit_ = 0;
+  head_unit_ = L + 1;
+  tied_ = m.cfg.tie_word_embeddings;
+
+  // ---- collect each unit's tensors
+  for (int u = 0; u <= L + 1; ++u) {
+    units_.push_back(std::make_unique<Unit>());
+    units_.back()->name = u == 0 ? "embed" : u == L + 1 ? "head" : str("layers.", u - 1);
+  }
+  auto group_for = [&](Unit& unit, bool trainable, bool decay, bool tp_sharded) -> Group& {
+    for (Group& g : unit.groups)
+      if (g.trainable == trainable && (!trainable || (g.decay == decay && g.tp_sharded == tp_sharded))) return g;
+    Group g;
+    g.trainable = trainable;
+    g.decay = trainable && decay;
+    g.tp_sharded = trainable && tp_sharded;
+    g.dtype = trainable ? compute : DType::u8;
+    g.master_dtype = master;
+    unit.groups.push_back(std::move(g));
+    return unit.groups.back();
+  };
+  auto add_frozen = [&](Unit& unit, const std::string& name, std::vector<Tensor*> slots) {
+    if (!slots.front()->defined()) return;  // absent (e.g. absmax with double quantization)
+    Entry e;
+    e.name = name;
+    e.shape = slots.front()->shape();
+    e.dtype = slots.front()->dtype();
+    e.slots = std::move(slots);
+    group_for(unit, false, false, false).entries.push_back(std::move(e));
+  };
+  // A trainable tensor: `value` is what the kernels read; `grad` its gradient; `master` a
+  // separate master copy when there is one.
+  auto add_trainable = [&](Unit& unit, const std::string& name, std::vector<Tensor*> slots,
+                           std::vector<Tensor*> grads, Tensor* master_copy, bool decay, bool tp_sharded) {
+    Entry e;
+    e.name = name;
+    e.shape = slots.front()->shape();
+    e.dtype = slots.front()->dtype();
+    if (e.dtype != compute) ST_THROW("Zero3: ", name, " is ", dtype_name(e.dtype), ", the model computes in ", dtype_name(compute));
+    e.slots = std::move(slots);
+    e.grad_slots = std::move(grads);
+    e.master = master_copy;
+    group_for(unit, true, decay, tp_sharded).entries.push_back(std::move(e));
+  };
+  const bool base = m.base_trainable, tp = m.tp.size > 1;
+  auto add_linear = [&](Unit& unit, Linear& lin) {
+    if (lin.quantized()) {
+      Nf4Tensor& q = *lin.nf4;
+      add_frozen(unit, lin.name + ".nf4.codes", {&q.codes});
+      add_frozen(unit, lin.name + ".nf4.absmax", {&q.absmax});
+      add_frozen(unit, lin.name + ".nf4.qabsmax", {&q.qabsmax});
+      add_frozen(unit, lin.name + ".nf4.absmax2", {&q.absmax2});
+    } else if (base) {
+      add_trainable(unit, lin.name + ".weight", {&lin.weight}, {&lin.grad}, nullptr, true, tp);
+    } else {
+      add_frozen(unit, lin.name + ".weight", {&lin.weight});
+    }
+    if (lin.adapter) {
+      std::vector<ParamRef> ps;
+      lin.adapter->collect_params(ps);
+      for (ParamRef& p : ps) {
+        if (p.working) add_trainable(unit, p.name, {p.working}, {p.grad}, p.value, p.weight_decay, p.tp_sharded);
+        else if (p.alias) add_trainable(unit, p.name, {p.value, p.alias}, {p.grad}, nullptr, p.weight_decay, p.tp_sharded);
+        else add_trainable(unit, p.name, {p.value}, {p.grad}, nullptr, p.weight_decay, p.tp_sharded);
+      }
+    }
+  };
+  auto add_norm = [&](Unit& unit, const std::string& name, Tensor& w, Tensor& g) {
+    if (base) add_trainable(unit, name, {&w}, {&g}, nullptr, false, false);
+    else add_frozen(unit, name, {&w});
+  };
+
+  Unit& ue = *units_[0];
+  if (base) {
+    std::vector<Tensor*> vs{&m.embed}, gs{&m.embed_grad};
+    if (tied_) {
+      vs.push_back(&m.lm_head.weight);
+      gs.push_back(&m.lm_head.grad);
+    }
+    add_trainable(ue, "model.embed_tokens.weight", vs, gs, nullptr, true, tp);
+  } else {
+    std::vector<Tensor*> vs{&m.embed};
+    if (tied_) vs.push_back(&m.lm_head.weight);
+    add_frozen(ue, "model.embed_tokens.weight", vs);
+  }
+  for (int l = 0; l < L; ++l) {
+    Unit& ub = *units_[static_cast<size_t>(l + 1)];
+    LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
+    const std::string p = str("model.layers.", l, ".");
+    add_norm(ub, p + "input_layernorm.weight", b.attn_norm, b.attn_norm_grad);
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) add_linear(ub, *lin);
+    add_norm(ub, p + "post_attention_layernorm.weight", b.mlp_norm, b.mlp_norm_grad);
+    for (Linear* lin : {&b.gate, &b.up, &b.down}) add_linear(ub, *lin);
+  }
+  Unit& uh = *units_[static_cast<size_t>(L + 1)];
+  add_norm(uh, "model.norm.weight", m.final_norm, m.final_norm_grad);
+  if (!tied_) add_linear(uh, m.lm_head);
+  else if (m.lm_head.adapter) ST_THROW("Zero3: an adapter on a tied lm_head is not supported");
+
+  // ---- lay out, shard, and drop the full tensors
+  for (auto& up : units_) {
+    for (Group& g : up->groups) {
+      int64_t off = 0;
+      for (Entry& e : g.entries) {
+        if (g.trainable) {
+          e.offset = round_up(off, kElemAlign);
+          off = e.offset + e.shape.numel();
+        } else {
+          e.offset = round_up(off, static_cast<int64_t>(kFrozenAlign));
+          off = e.offset + static_cast<int64_t>(static_cast<size_t>(e.shape.numel()) * dtype_size(e.dtype));
+        }
+      }
+      g.numel = off;
+      g.shard = round_up((off + P - 1) / P, g.trainable ? kElemAlign : static_cast<int64_t>(kFrozenAlign));
+      const Device dev = m.device;
+      // The full flat buffer, filled from the model's tensors, then this rank's slice kept.
+      Tensor full = Tensor::zeros({g.shard * P}, g.dtype, dev, MemCategory::workspace);
+      const size_t es = dtype_size(g.dtype);
+      for (Entry& e : g.entries) {
+        const Tensor& src = *e.slots.front();
+        device_memcpy(static_cast<char*>(full.data()) + static_cast<size_t>(e.offset) * (g.trainable ? es : 1), dev,
+                      src.data(), src.device(), src.nbytes());
+      }
+      g.work_shard = Tensor::empty({g.shard}, g.dtype, dev, MemCategory::weights);
+      g.work_shard.copy_from(full.slice(g.shard * R, g.shard * (R + 1)));
+      if (g.trainable) {
+        if (g.separate_master()) {
+          Tensor mfull = Tensor::zeros({g.shard * P}, g.master_dtype, dev, MemCategory::workspace);
+          for (Entry& e : g.entries) {
+            Tensor dst = mfull.slice(e.offset, e.offset + e.shape.numel()).view(e.shape);
+            if (e.master) dst.copy_from(*e.master);  // the adapter's own f32 master
+            else convert_copy(dst, *e.slots.front());
+          }
+          g.master_shard = Tensor::empty({g.shard}, g.master_dtype, dev, MemCategory::optimizer);
+          g.master_shard.copy_from(mfull.slice(g.shard * R, g.shard * (R + 1)));
+        } else {
+          g.master_shard = g.work_shard;
+        }
+        g.grad_shard = Tensor::zeros({g.shard}, g.master_dtype, dev, MemCategory::gradients);
+      }
+      for (Entry& e : g.entries) {
+        for (Tensor* t : e.slots) *t = Tensor();
+        for (Tensor* t : e.grad_slots) *t = Tensor();
+        if (e.master) *e.master = Tensor();
+      }
+    }
+  }
+  m.hooks = this;
+}
+
+Zero3::~Zero3() {
+  if (m_.hooks == this) m_.hooks = nullptr;
+}
+
+Zero3::Unit& Zero3::unit(int u) {
+  if (u < 0 || u >= static_cast<int>(units_.size())) ST_THROW("Zero3: unit ", u, " out of range");
+  return *units_[static_cast<size_t>(u)];
+}
+
+void Zero3::gather(Unit& u) {
+  if (u.gathered) ST_THROW("Zero3: unit ", u.name, " gathered twice");
+  ProfileScope prof("zero3 all-gather", m_.device);
+  for (Group& g : u.groups) {
+    g.work_full = Tensor::empty({g.shard * dp_.size()}, g.dtype, m_.device, MemCategory::workspace);
+    dp_.all_gather(g.work_shard, g.work_full);
+    for (Entry& e : g.entries) {
+      const Tensor view = g.trainable ? g.work_full.slice(e.offset, e.offset + e.shape.numel()).view(e.shape)
+                                      : g.work_full.view_as(e.dtype, static_cast<size_t>(e.offset), e.shape);
+      for (Tensor* t : e.slots) *t = view;
+    }
+  }
+  u.gathered = true;
+}
+
+void Zero3::release(Unit& u) {
+  for (Group& g : u.groups) {
+    for (Entry& e : g.entries)
+      for (Tensor* t : e.slots) *t = Tensor();
+    g.work_full = Tensor();
+  }
+  u.gathered = false;
+}
+
+void Zero3::start_prefetch(int) {}
+
+void Zero3::before_forward(int u) {
+  gather(unit(u));
+  if (u == head_unit_ && tied_) gather(unit(embed_unit_));
+}
+
+void Zero3::after_forward(int u) {
+  release(unit(u));
+  if (u == head_unit_ && tied_) release(unit(embed_unit_));
+}
+
+void Zero3::before_backward(int u) {
+  std::vector<Unit*> us{&unit(u)};
+  if (u == head_unit_ && tied_) us.push_back(&unit(embed_unit_));
+  for (Unit* x : us) {
+    // The embedding's backward only scatters gradients: its table is not needed.
+    if (!(u == embed_unit_ && x == &unit(embed_unit_))) gather(*x);
+    for (Group& g : x->groups) {
+      if (!g.trainable) continue;
+      g.grad_full = Tensor::zeros({g.shard * dp_.size()}, g.master_dtype, m_.device, MemCategory::workspace);
+      for (Entry& e : g.entries)
+        for (Tensor* t : e.grad_slots) *t = g.grad_full.slice(e.offset, e.offset + e.shape.numel()).view(e.shape);
+    }
+    x->grads_bound = true;
+  }
+}
+
+void Zero3::after_backward(int u) {
+  std::vector<Unit*> us{&unit(u)};
+  if (u == head_unit_ && tied_) us.push_back(&unit(embed_unit_));
+  for (Unit* x : us) {
+    {
+      ProfileScope prof("zero3 reduce-scatter", m_.device);
+      for (Group& g : x->groups) {
+        if (!g.trainable) continue;
+        // Sum over the data-parallel ranks of this micro-batch's gradient, into the owned shard.
+        Tensor part = Tensor::empty({g.shard}, g.master_dtype, m_.device, MemCategory::workspace);
+        dp_.reduce_scatter_sum(g.grad_full, part);
+        axpy(1.0, part, g.grad_shard);
+        for (Entry& e : g.entries)
+          for (Tensor* t : e.grad_slots) *t = Tensor();
+        g.grad_full = Tensor();
+      }
+    }
+    x->grads_bound = false;
+    if (x->gathered) release(*x);
+  }
+}
+
+std::vector<ParamRef> Zero3::params() {
+  std::vector<ParamRef> out;
+  for (auto& up : units_)
+    for (Group& g : up->groups) {
+      if (!g.trainable) continue;
+      ParamRef p;
+      p.name = str(up->name, ".zero3", g.decay ? ".decay" : ".no_decay", g.tp_sharded ? ".tp_sharded" : "");
+      p.value = &g.master_shard;
+      p.grad = &g.grad_shard;
+      p.weight_decay = g.decay;
+      p.working = g.separate_master() ? &g.work_shard : nullptr;
+      p.tp_sharded = g.tp_sharded;
+      out.push_back(p);
+    }
+  return out;
+}
+
+void Zero3::gather_all_for_save() {
+  m_.hooks = nullptr;
+  for (auto& up : units_) {
+    if (!up->gathered) gather(*up);
+    for (Group& g : up->groups) {
+      if (!g.separate_master()) continue;
+      Tensor mfull = Tensor::empty({g.shard * dp_.size()}, g.master_dtype, m_.device, MemCategory::workspace);
+      dp_.all_gather(g.master_shard, mfull);
+      for (Entry& e : g.entries)
+        if (e.master) *e.master = mfull.slice(e.offset, e.offset + e.shape.numel()).view(e.shape);
+    }
+  }
+}
+
+Zero3::Bytes Zero3::bytes() const {
+  Bytes b;
+  for (const auto& up : units_) {
+    b.largest_unit_gathered = std::max(b.largest_unit_gathered, up->full_bytes() * static_cast<size_t>(dp_.size()));
+    for (const Group& g : up->groups) {
+      const size_t es = dtype_size(g.dtype), shard_bytes = static_cast<size_t>(g.shard) * es;
+      if (!g.trainable) {
+        b.frozen += shard_bytes;
+        b.padding += static_cast<size_t>(g.shard * dp_.size() - g.numel);
+        continue;
+      }
+      b.working += shard_bytes;
+      if (g.separate_master()) b.master += static_cast<size_t>(g.shard) * dtype_size(g.master_dtype);
+      b.grads += static_cast<size_t>(g.shard) * dtype_size(g.master_dtype);
+      b.padding += static_cast<size_t>(g.shard * dp_.size() - g.numel) * es;
+    }
+  }
+  return b;
+}
+
+}  // namespace st
