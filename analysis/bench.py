@@ -64,6 +64,15 @@ CONFIGS = {
     "13b_qlora": {"deck": "inputs/bench/llama13b_qlora.cfg", "issue": {"tokens_per_s": 2800, "peak_gib": 19.1},
                   "issue_no": 4, "reference": "bitsandbytes"},
 }
+# Issue #5: each parallel strategy on one GPU (world size 1): the same deck with `parallel` set,
+# so the rows show what each strategy's machinery costs when there is nothing to split (ZeRO-3
+# still gathers every unit before it runs and reduce-scatters its gradients, through NCCL).
+# No same-run reference: compare with the plain row of the same deck.
+for _base, _deck in (("7b_lora", "inputs/bench/llama7b_lora.cfg"), ("1b_full", "inputs/bench/llama1b_full.cfg")):
+    for _strategy in ("ddp", "tp", "zero3", "tp+zero3"):
+        CONFIGS[f"{_base}_{_strategy.replace('+', '')}"] = {
+            "deck": _deck, "issue": CONFIGS[_base]["issue"], "issue_no": 5, "reference": "none",
+            "args": ["--parallel", _strategy], "vs": _base}
 DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora")
 
 # Issue #3's targets.
@@ -660,6 +669,8 @@ def main(argv=None):
         spec = CONFIGS[name]
         keys = read_deck(spec["deck"])
         shape = deck_shape(keys, spec["deck"])
+        if spec.get("args"):
+            shape["run_id"] = name  # its own metrics file next to the plain row's
         flops = shape_flops(shape, args.seq_len)
         row = {"name": name, "deck": spec["deck"], "shape": shape, "seq": args.seq_len, "issue": spec["issue"],
                "flops_per_token": flops["total"], "flops": flops}
@@ -668,7 +679,9 @@ def main(argv=None):
         # 3. shardtune.
         st = {"outcome": "skipped"}
         if not args.skip_shardtune:
-            extra = shlex.split(args.train_args)
+            extra = shlex.split(args.train_args) + list(spec.get("args", []))
+            if spec.get("args"):
+                extra += ["--run_id", name]
             if os.path.normpath(shape["data"]) != os.path.normpath(args.data_dir):
                 extra += ["--data", args.data_dir]
             run_dir = os.path.join(shape["output_dir"], shape["run_id"])
@@ -703,7 +716,9 @@ def main(argv=None):
 
         # 4. The reference, in its own process.
         rf = {"outcome": "skipped"}
-        if spec.get("reference") == "bitsandbytes":
+        if spec.get("reference") == "none":
+            rf = {"outcome": "n/a", "error": f"strategy row: compare with the {spec['vs']} row"}
+        elif spec.get("reference") == "bitsandbytes":
             rf = {"outcome": "n/a (bnb)", "error": "the reference needs bitsandbytes, which this host does not have"}
             note = (f"{name}: no same-run reference (bitsandbytes is not installed here); judged against issue "
                     f"#{spec['issue_no']}'s figures measured on this H100 with bitsandbytes 0.50")
