@@ -206,5 +206,41 @@ TEST(MpiComm, GridSplitsTpInnermost) {
   EXPECT_THROW(runtime_make_grid(probe, 3 * rt.world_size + 1), InputError);
 }
 
+TEST(MpiComm, GridRefusesATpThatDoesNotDivideTheWorld) {
+  Runtime& rt = runtime();
+  Runtime probe;
+  probe.world_rank = rt.world_rank;
+  probe.world_size = rt.world_size;
+  try {
+    runtime_make_grid(probe, rt.world_size + 1);
+    ADD_FAILURE() << "tp_size " << rt.world_size + 1 << " accepted on " << rt.world_size << " ranks";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("world = tp x dp"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(runtime_make_grid(probe, 0), InputError);
+  runtime_make_grid(probe, 1);
+  EXPECT_EQ(probe.tp * probe.dp, rt.world_size);
+}
+
+TEST(MpiComm, RuntimeCommFallsBackToMpiWithoutDeviceCommunicators) {
+  Runtime& rt = runtime();
+  Runtime probe;
+  probe.world_rank = rt.world_rank;
+  probe.world_size = rt.world_size;
+  probe.world = make_mpi_comm(MPI_COMM_WORLD, "world");
+  runtime_make_grid(probe, 1);
+  for (CommGroup g : {CommGroup::world, CommGroup::tp, CommGroup::dp})
+    for (Device d : {Device::cpu, Device::cuda}) {
+      Comm& c = runtime_comm(probe, g, d);
+      EXPECT_STREQ(c.backend(), "mpi");
+      EXPECT_EQ(c.size(), g == CommGroup::tp ? 1 : rt.world_size);
+    }
+  EXPECT_EQ(&runtime_comm(probe, CommGroup::dp, Device::cuda), probe.dp_comm.get());
+#ifndef SHARDTUNE_CUDA
+  EXPECT_THROW(runtime_enable_device_comms(probe), Error);
+#endif
+  EXPECT_GE(runtime_comm_time(probe), 0.0);
+}
+
 }  // namespace
 }  // namespace st
