@@ -108,6 +108,8 @@ void build_table(RunConfig& c, OptionTable& t) {
              "strategy: none (one rank) | ddp (data parallel: replicated model, gradients summed over ranks); "
              "tp, zero3, tp+zero3 are not available yet");
   add(par, t, "tp_size", &c.tp_size, "tensor-parallel group size");
+  add(par, t, "watchdog_timeout", &c.watchdog_timeout,
+      "abort the whole job when a rank makes no progress (a step, a collective) for this many seconds (0: off)");
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
 
   for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par}) t.all.add(*g);
@@ -346,6 +348,7 @@ void validate_run_config(const RunConfig& c) {
       if (t != "q" && t != "k" && t != "v" && t != "o" && t != "gate" && t != "up" && t != "down")
         fail("lora_targets", str("names unknown module '", t, "' (use q, k, v, o, gate, up, down)"));
   }
+  if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
   if (c.tp_size != 1) fail("tp_size", "must be 1 in this version (tensor parallelism is not available yet)");
   try {
     (void)parse_bytes(c.memory_limit, "memory_limit");

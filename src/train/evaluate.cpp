@@ -7,6 +7,7 @@
 
 #include "core/allocator.hpp"
 #include "core/timer.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace st {
 
@@ -24,6 +25,7 @@ EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers
   const int64_t stride = dp ? dp->size() : 1, first = dp ? dp->rank() : 0;
   for (int64_t start = first * batch_size; start < n; start += stride * batch_size) {
     const int64_t rows = std::min(batch_size, n - start);
+    watchdog_beat("eval batch");
     std::vector<int64_t> idx(static_cast<size_t>(rows));
     std::iota(idx.begin(), idx.end(), start);
     data.read_rows(idx, host);

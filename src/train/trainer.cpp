@@ -22,6 +22,7 @@
 #include "io/shards.hpp"
 #include "parallel/ddp.hpp"
 #include "parallel/runtime.hpp"
+#include "parallel/watchdog.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
 #include "train/optimizer.hpp"
@@ -143,13 +144,17 @@ LlamaQuant quant_from_options(const RunConfig& c, bool training) {
 }
 
 // Test hook: SHARDTUNE_FAULT="<rank>:<step>" makes that rank fail at that step (before the
-// gradient all-reduce), so the tests can check that one failing rank ends the whole job.
+// gradient all-reduce), so the tests can check that one failing rank ends the whole job;
+// "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job).
 void maybe_inject_fault(int64_t step) {
   static const char* spec = std::getenv("SHARDTUNE_FAULT");
   if (!spec) return;
   int rank = -1;
   long long at = -1;
-  if (std::sscanf(spec, "%d:%lld", &rank, &at) != 2) return;
+  char mode[8] = "";
+  if (std::sscanf(spec, "%d:%lld:%7s", &rank, &at, mode) < 2) return;
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "hang") == 0)
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
   if (rank == runtime().world_rank && at == step)
     ST_THROW("injected fault (SHARDTUNE_FAULT=", spec, ") at step ", step);
 }
@@ -260,6 +265,7 @@ void Run::begin(const char* what) {
   device_ = resolve_device(cfg_);
   dtype_ = resolve_dtype(cfg_, device_);
   if (device_ == Device::cuda) select_cuda_device(runtime().local_rank);
+  if (device_ == Device::cuda && runtime().world_size > 1) runtime_enable_device_comms(runtime());  // NCCL
   setup_threads(cfg_);
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
   run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();
@@ -322,7 +328,7 @@ void Run::build_model(bool training) {
                                    cfg_.weight_decay);
     Runtime& rt = runtime();
     if (rt.dp > 1) {
-      grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), *rt.dp_comm);
+      grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), runtime_comm(rt, CommGroup::dp, device_));
       ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
              grad_sync_->num_buckets() == 1 ? "" : "s");
     }
@@ -395,8 +401,7 @@ void Run::finish_summary(const char* outcome) {
   summary_.reals["mean_epoch_time"] = mean_epoch;
   summary_.ints["epochs_completed"] = static_cast<int64_t>(epoch_times_.size());
   Runtime& rtc = runtime();
-  RankMemory mine{ms, rtc.world->comm_time() + (rtc.dp_comm ? rtc.dp_comm->comm_time() : 0.0) +
-                          (rtc.tp_comm ? rtc.tp_comm->comm_time() : 0.0)};
+  RankMemory mine{ms, runtime_comm_time(rtc)};
   const std::vector<RankRecord> ranks = gather_rank_records(mine);
   if (metrics_) {
     metrics_->write_ranks(ranks);
@@ -445,6 +450,7 @@ int Run::train() {
       if (cfg_.max_steps > 0 && step >= cfg_.max_steps) { done = true; break; }
       Stopwatch step_clock;
       ++step;
+      watchdog_beat(str("train step ", step));
       // This step's rows for this data-parallel rank.
       const int64_t first = s * global_batch + rt.dp_rank * micro * accum;
       int64_t step_targets = 0, step_tokens = 0;

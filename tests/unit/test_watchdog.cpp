@@ -1,11 +1,12 @@
 // The watchdog on its own (one process, no MPI): labels, beats that keep it quiet, and the abort
-// with its one-line message when nothing beats. The job-level
+// with its one-line message when nothing beats; the deck key that sets its timeout. The job-level
 // behaviour (a hung rank of an mpirun job) is the e2e test HungRankIsEndedByTheWatchdog.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <thread>
 
+#include "config/run_config.hpp"
 #include "core/error.hpp"
 #include "parallel/watchdog.hpp"
 
@@ -65,6 +66,32 @@ TEST(WatchdogDeathTest, NoProgressAbortsWithOneLineNamingWhat) {
         std::exit(0);
       },
       ::testing::ExitedWithCode(kExitError), "no progress for [0-9.]+ s in barrier on world \\(mpi\\); aborting");
+}
+
+TEST(Watchdog, DeckKeyWatchdogTimeout) {
+  auto parse = [](std::vector<std::string> a, RunConfig& c) {
+    a.insert(a.begin(), "train");
+    std::vector<char*> argv;
+    for (auto& s : a) argv.push_back(s.data());
+    return parse_run_config(static_cast<int>(argv.size()), argv.data(), "train", c);
+  };
+  RunConfig defaults;
+  ASSERT_TRUE(parse({"--data", "x", "--run_id", "w"}, defaults));
+  EXPECT_DOUBLE_EQ(defaults.watchdog_timeout, 600.0);
+  RunConfig c;
+  ASSERT_TRUE(parse({"--data", "x", "--run_id", "w", "--watchdog_timeout", "5"}, c));
+  EXPECT_DOUBLE_EQ(c.watchdog_timeout, 5.0);
+  EXPECT_EQ(c.origin.at("watchdog_timeout"), "command line");
+  RunConfig off;
+  ASSERT_TRUE(parse({"--data", "x", "--run_id", "w", "--watchdog_timeout", "0"}, off));
+  EXPECT_DOUBLE_EQ(off.watchdog_timeout, 0.0);
+  RunConfig bad;
+  try {
+    parse({"--data", "x", "--run_id", "w", "--watchdog_timeout", "-1"}, bad);
+    ADD_FAILURE() << "watchdog_timeout = -1 was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("watchdog_timeout"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
