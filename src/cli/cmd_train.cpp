@@ -3,6 +3,7 @@
 #include "config/run_config.hpp"
 #include "core/error.hpp"
 #include "parallel/runtime.hpp"
+#include "parallel/watchdog.hpp"
 #include "train/trainer.hpp"
 
 namespace st {
@@ -21,8 +22,12 @@ int run_subcommand(int argc, char** argv, const char* name, int (*body)(const Ru
     if (rt.world_size > 1 && cfg.parallel == "none")
       ST_THROW_INPUT("launched with ", rt.world_size, " ranks, but parallel = none trains on one rank: "
                      "run with mpirun -np 1, or set parallel = ddp, tp, zero3 or tp+zero3");
+    // From here on a rank without progress for watchdog_timeout seconds ends the job.
+    watchdog_start(cfg.watchdog_timeout);
+    watchdog_beat(str(name, " set-up"));
     const int status = body(cfg);
     if (status == kExitOom && rt.world_size > 1) rt.world->abort(kExitOom);  // no rank may wait on a lost peer
+    watchdog_stop();
     runtime_finalize();
     return status;
   } catch (const Error& e) {

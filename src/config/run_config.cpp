@@ -111,6 +111,10 @@ void build_table(RunConfig& c, OptionTable& t) {
              "tp+zero3 (both: TP inside groups of tp_size, ZeRO-3 across them)");
   add(par, t, "tp_size", &c.tp_size,
       "tensor-parallel group size (parallel = tp or tp+zero3); must divide the world size; the data-parallel size is world / tp_size");
+  add(par, t, "zero3_prefetch", &c.zero3_prefetch,
+      "ZeRO-3: all-gather the next unit's parameters (asynchronously) while the current unit computes");
+  add(par, t, "watchdog_timeout", &c.watchdog_timeout,
+      "abort the whole job when a rank makes no progress (a step, a collective) for this many seconds (0: off)");
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
 
   for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par}) t.all.add(*g);
@@ -347,6 +351,7 @@ void validate_run_config(const RunConfig& c) {
       if (t != "q" && t != "k" && t != "v" && t != "o" && t != "gate" && t != "up" && t != "down")
         fail("lora_targets", str("names unknown module '", t, "' (use q, k, v, o, gate, up, down)"));
   }
+  if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
   if (c.tp_size < 1) fail("tp_size", "must be >= 1");
   if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3")
     fail("tp_size", str("= ", c.tp_size, " needs parallel = tp or tp+zero3 (parallel is ", c.parallel, ")"));

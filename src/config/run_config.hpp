@@ -63,6 +63,8 @@ struct RunConfig {
   // parallel
   std::string parallel = "none";
   int64_t tp_size = 1;
+  bool zero3_prefetch = true;  // ZeRO-3: start the next unit's all-gather before the current unit runs
+  double watchdog_timeout = 600;  // seconds without progress before the job is aborted; 0 = off
   // memory
   std::string memory_limit = "0";  // cap on the device allocator: "40GiB", "0" = none
 

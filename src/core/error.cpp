@@ -17,6 +17,10 @@ std::vector<std::function<void(int)>>& hooks() {
   static std::vector<std::function<void(int)>> h;
   return h;
 }
+std::mutex& hooks_mutex() {  // hooks may be added while another thread (the watchdog) aborts
+  static std::mutex m;
+  return m;
+}
 std::mutex& fatal_mutex() {
   static std::mutex m;
   return m;
@@ -44,8 +48,14 @@ const std::string& process_host() {
   return g_host;
 }
 
-void add_abort_hook(std::function<void(int)> hook) { hooks().push_back(std::move(hook)); }
-void clear_abort_hooks() { hooks().clear(); }
+void add_abort_hook(std::function<void(int)> hook) {
+  std::lock_guard<std::mutex> lock(hooks_mutex());
+  hooks().push_back(std::move(hook));
+}
+void clear_abort_hooks() {
+  std::lock_guard<std::mutex> lock(hooks_mutex());
+  hooks().clear();
+}
 
 static std::string format_fatal(const char* file, int line, const std::string& msg) {
   return str("shardtune: fatal on rank ", g_rank, " (", process_host(), ") at ", basename_of(file),
@@ -55,12 +65,20 @@ static std::string format_fatal(const char* file, int line, const std::string& m
 std::string describe(const Error& e) { return format_fatal(e.file(), e.line(), e.what()); }
 
 void fatal(const char* file, int line, const std::string& msg, int exit_status) {
+  abort_job(format_fatal(file, line, msg), exit_status);
+}
+
+void abort_job(const std::string& line, int exit_status) {
   // Only one thread reports; others block here until the process ends.
   fatal_mutex().lock();
-  std::fprintf(stderr, "%s\n", format_fatal(file, line, msg).c_str());
+  std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
   std::fflush(stdout);
-  auto& h = hooks();
+  std::vector<std::function<void(int)>> h;
+  {
+    std::lock_guard<std::mutex> lock(hooks_mutex());
+    h = hooks();
+  }
   for (auto it = h.rbegin(); it != h.rend(); ++it) (*it)(exit_status);
   std::_Exit(exit_status == 0 ? kExitError : exit_status);
 }

@@ -77,6 +77,9 @@ void clear_abort_hooks();
                         int exit_status = kExitError);
 // Same for a caught exception (keeps the thrower's file:line and exit status).
 [[noreturn]] void fatal(const Error& e);
+// The abort path without the fatal line's format: print `line` as it is, run the hooks, exit
+// (the watchdog reports its own line). Safe to call from any thread: only one caller proceeds.
+[[noreturn]] void abort_job(const std::string& line, int exit_status);
 // One-line description used by fatal() and by tests that check messages.
 std::string describe(const Error& e);
 

@@ -20,7 +20,10 @@ GradAllReduce::GradAllReduce(const std::vector<ParamRef>& params, Comm& dp, size
   for (Bucket& b : buckets_) {
     const Tensor& g0 = *b.grads.front();
     b.flat = Tensor::empty({b.numel}, g0.dtype(), g0.device(), MemCategory::workspace);
-    if (g0.device() != Device::cpu) b.host = Tensor::empty({b.numel}, g0.dtype(), Device::cpu, MemCategory::workspace);
+    // The MPI backend would stage device buckets itself; a persistent host buffer saves the
+    // allocation at every step. NCCL reduces device buckets where they are.
+    if (g0.device() != dp_.native_device())
+      b.host = Tensor::empty({b.numel}, g0.dtype(), Device::cpu, MemCategory::workspace);
   }
 }
 

@@ -5,9 +5,10 @@
 //
 // Gradients are packed into flat buckets of at most `bucket_bytes` (parameters in their fixed
 // order, each bucket one dtype) and reduced one bucket at a time: few large messages instead of
-// one per tensor. On the GPU the MPI backend stages each bucket through host memory (NCCL comes
-// with the multi-GPU issue). The reduction runs after the last micro-batch's backward; overlapping
-// it with the backward is not done yet.
+// one per tensor. On the GPU, with an NCCL communicator the buckets are reduced on the device (on
+// the compute stream); with an MPI one they are staged through a persistent host buffer. The
+// reduction runs after the last micro-batch's backward; overlapping it with the backward is not
+// done yet.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +31,7 @@ class GradAllReduce {
     std::vector<Tensor*> grads;
     int64_t numel = 0;
     Tensor flat;   // on the gradients' device
-    Tensor host;   // staging for device gradients (MPI works on host memory)
+    Tensor host;   // staging for device gradients when the communicator works on host memory
   };
   Comm& dp_;
   std::vector<Bucket> buckets_;

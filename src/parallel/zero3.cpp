@@ -41,6 +41,7 @@ struct Zero3::Unit {
   std::string name;
   std::vector<Group> groups;
   bool gathered = false, grads_bound = false;
+  std::vector<std::unique_ptr<CommRequest>> pending;  // a prefetch in flight (all-gathers)
   size_t full_bytes() const {
     size_t b = 0;
     for (const Group& g : groups) b += static_cast<size_t>(g.shard) * dtype_size(g.dtype);
@@ -212,12 +213,27 @@ Zero3::Unit& Zero3::unit(int u) {
   return *units_[static_cast<size_t>(u)];
 }
 
-void Zero3::gather(Unit& u) {
-  if (u.gathered) ST_THROW("Zero3: unit ", u.name, " gathered twice");
-  ProfileScope prof("zero3 all-gather", m_.device);
+void Zero3::issue(Unit& u) {
+  if (u.gathered || !u.pending.empty()) ST_THROW("Zero3: unit ", u.name, " gathered twice");
   for (Group& g : u.groups) {
     g.work_full = Tensor::empty({g.shard * dp_.size()}, g.dtype, m_.device, MemCategory::workspace);
-    dp_.all_gather(g.work_shard, g.work_full);
+    u.pending.push_back(dp_.all_gather_async(g.work_shard, g.work_full));
+  }
+}
+
+void Zero3::start_prefetch(int next) {
+  if (!prefetch_ || next < 0 || next >= static_cast<int>(units_.size())) return;
+  Unit& u = unit(next);
+  if (u.gathered || !u.pending.empty()) return;
+  issue(u);
+}
+
+void Zero3::gather(Unit& u) {
+  ProfileScope prof("zero3 all-gather (wait)", m_.device);
+  if (u.pending.empty()) issue(u);  // not prefetched
+  for (auto& r : u.pending) r->wait();
+  u.pending.clear();
+  for (Group& g : u.groups) {
     for (Entry& e : g.entries) {
       const Tensor view = g.trainable ? g.work_full.slice(e.offset, e.offset + e.shape.numel()).view(e.shape)
                                       : g.work_full.view_as(e.dtype, static_cast<size_t>(e.offset), e.shape);
@@ -236,11 +252,11 @@ void Zero3::release(Unit& u) {
   u.gathered = false;
 }
 
-void Zero3::start_prefetch(int) {}
-
 void Zero3::before_forward(int u) {
   gather(unit(u));
   if (u == head_unit_ && tied_) gather(unit(embed_unit_));
+  // The next unit's parameters travel while this one computes.
+  if (u + 1 <= head_unit_) start_prefetch(u + 1);
 }
 
 void Zero3::after_forward(int u) {
@@ -262,6 +278,8 @@ void Zero3::before_backward(int u) {
     }
     x->grads_bound = true;
   }
+  // The next unit of the backward (the embedding's backward needs no parameters).
+  if (u - 1 > embed_unit_) start_prefetch(u - 1);
 }
 
 void Zero3::after_backward(int u) {

@@ -37,6 +37,7 @@ class Zero3 final : public LlamaHooks {
  public:
   // Takes over the parameters of `m` (already carrying its adapters and base gradients as the
   // method needs) and installs itself as m.hooks. `dp` is the data-parallel group.
+  // prefetch: start the next unit's all-gather (all_gather_async) before the current one runs.
   Zero3(LlamaModel& m, Comm& dp, bool prefetch = true);
   ~Zero3() override;
 
@@ -63,7 +64,8 @@ class Zero3 final : public LlamaHooks {
   struct Entry;
   struct Group;
   struct Unit;
-  void gather(Unit& u);
+  void issue(Unit& u);    // allocate the unit's full buffers and start their all-gathers
+  void gather(Unit& u);   // complete them (issuing first if no prefetch did) and bind the views
   void release(Unit& u);
   void start_prefetch(int unit);
   Unit& unit(int u);

@@ -7,6 +7,7 @@
 
 #include "core/allocator.hpp"
 #include "core/timer.hpp"
+#include "parallel/watchdog.hpp"
 
 namespace st {
 
@@ -33,6 +34,7 @@ EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers
     const bool idle = start >= n;
     if (idle && !m.hooks) break;
     const int64_t rows = idle ? 1 : std::min(batch_size, n - start);
+    watchdog_beat("eval batch");
     std::vector<int64_t> idx(static_cast<size_t>(rows));
     std::iota(idx.begin(), idx.end(), idle ? 0 : start);
     data.read_rows(idx, host);

@@ -24,6 +24,7 @@
 #include "parallel/ddp.hpp"
 #include "parallel/runtime.hpp"
 #include "parallel/zero3.hpp"
+#include "parallel/watchdog.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
 #include "train/optimizer.hpp"
@@ -145,28 +146,32 @@ LlamaQuant quant_from_options(const RunConfig& c, bool training) {
 }
 
 // Test hook: SHARDTUNE_FAULT="<rank>:<step>" makes that rank fail at that step (before the
-// gradient all-reduce), so the tests can check that one failing rank ends the whole job.
+// gradient all-reduce), so the tests can check that one failing rank ends the whole job;
+// "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job).
 void maybe_inject_fault(int64_t step) {
   static const char* spec = std::getenv("SHARDTUNE_FAULT");
   if (!spec) return;
   int rank = -1;
   long long at = -1;
-  if (std::sscanf(spec, "%d:%lld", &rank, &at) != 2) return;
+  char mode[8] = "";
+  if (std::sscanf(spec, "%d:%lld:%7s", &rank, &at, mode) < 2) return;
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "hang") == 0)
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
   if (rank == runtime().world_rank && at == step)
     ST_THROW("injected fault (SHARDTUNE_FAULT=", spec, ") at step ", step);
 }
 
 // The TP group of this rank (size 1 unless parallel = tp or tp+zero3).
-TpGroup tp_group(const RunConfig& c) {
+TpGroup tp_group(const RunConfig& c, Device device) {
   Runtime& rt = runtime();
   if ((c.parallel != "tp" && c.parallel != "tp+zero3") || rt.tp == 1) return {};
-  return TpGroup{rt.tp_comm.get(), rt.tp, rt.tp_rank};
+  return TpGroup{&runtime_comm(rt, CommGroup::tp, device), rt.tp, rt.tp_rank};
 }
 
 LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device, bool training) {
   MemoryPhase phase("load");
   const LlamaQuant quant = quant_from_options(c, training);
-  const TpGroup tp = tp_group(c);
+  const TpGroup tp = tp_group(c, device);
   LlamaModel m;
   if (!c.model.empty()) {
     m = load_llama(c.model, dtype, device, quant, tp);
@@ -279,6 +284,10 @@ void Run::begin(const char* what) {
   device_ = resolve_device(cfg_);
   dtype_ = resolve_dtype(cfg_, device_);
   if (device_ == Device::cuda) select_cuda_device(runtime().local_rank);
+  // NCCL communicators for GPU runs with several ranks, and for a strategy's one-rank run (whose
+  // collectives then go through NCCL too).
+  if (device_ == Device::cuda && (runtime().world_size > 1 || cfg_.parallel != "none"))
+    runtime_enable_device_comms(runtime());  // NCCL
   setup_threads(cfg_);
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
   run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();
@@ -345,7 +354,7 @@ void Run::build_model(bool training) {
   if (train_) flops_per_token_ = llama_flops_per_token(model_, train_->seq_len());
   Runtime& rt = runtime();
   if (cfg_.parallel == "zero3" || cfg_.parallel == "tp+zero3") {
-    zero_ = std::make_unique<Zero3>(model_, *rt.dp_comm);
+    zero_ = std::make_unique<Zero3>(model_, runtime_comm(rt, CommGroup::dp, device_), cfg_.zero3_prefetch);
     const Zero3::Bytes zb = zero_->bytes();
     ST_LOG("zero3: ", zero_->num_units(), " units sharded over ", rt.dp, " data-parallel rank", rt.dp == 1 ? "" : "s",
            "; this rank keeps ", format_bytes(static_cast<double>(zb.frozen)), " frozen + ",
@@ -360,7 +369,7 @@ void Run::build_model(bool training) {
     opt_ = std::make_unique<AdamW>(zero_ ? zero_->params() : llama_trainable_params(model_), cfg_.adam_beta1,
                                    cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay);
     if (rt.dp > 1 && (cfg_.parallel == "ddp" || cfg_.parallel == "tp")) {
-      grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), *rt.dp_comm);
+      grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), runtime_comm(rt, CommGroup::dp, device_));
       ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
              grad_sync_->num_buckets() == 1 ? "" : "s");
     }
@@ -432,8 +441,7 @@ void Run::finish_summary(const char* outcome) {
   summary_.reals["mean_epoch_time"] = mean_epoch;
   summary_.ints["epochs_completed"] = static_cast<int64_t>(epoch_times_.size());
   Runtime& rtc = runtime();
-  RankMemory mine{ms, rtc.world->comm_time() + (rtc.dp_comm ? rtc.dp_comm->comm_time() : 0.0) +
-                          (rtc.tp_comm ? rtc.tp_comm->comm_time() : 0.0)};
+  RankMemory mine{ms, runtime_comm_time(rtc)};
   const std::vector<RankRecord> ranks = gather_rank_records(mine);
   if (metrics_) {
     metrics_->write_ranks(ranks);
@@ -482,6 +490,7 @@ int Run::train() {
       if (cfg_.max_steps > 0 && step >= cfg_.max_steps) { done = true; break; }
       Stopwatch step_clock;
       ++step;
+      watchdog_beat(str("train step ", step));
       // This step's rows for this data-parallel rank.
       const int64_t first = s * global_batch + rt.dp_rank * micro * accum;
       int64_t step_targets = 0, step_tokens = 0;

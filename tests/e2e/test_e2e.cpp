@@ -436,6 +436,32 @@ TEST_F(E2E, OneFailingRankEndsTheWholeDdpJob) {
   EXPECT_LT(secs, 60.0) << out;
 }
 
+TEST_F(E2E, HungRankIsEndedByTheWatchdog) {
+  // Rank 1 hangs (sleeps) at step 3 before the gradient all-reduce while rank 0 waits in it. No
+  // error is raised anywhere: only the watchdog (5 s without progress) can end the job, through
+  // the abort path, with a non-zero status and its own line naming what made no progress.
+  const std::string d = *dir;
+  std::string out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = test::run_command("SHARDTUNE_FAULT=1:3:hang timeout 120 " + mpirun() + " -x SHARDTUNE_FAULT -np 2 " +
+                                       bin() + " train --deck " + d + "/full.cfg --run_id hang --parallel ddp --threads 1"
+                                       " --max_steps 6 --log_every 1 --watchdog_timeout 5",
+                                   &out);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "timed out: the watchdog did not end the hung job\n" << out;
+  EXPECT_NE(out.find("shardtune: watchdog on rank "), std::string::npos) << out;
+  EXPECT_NE(out.find("no progress for "), std::string::npos) << out;
+  // Rank 1 hangs inside step 3; rank 0 waits in the gradient all-reduce of the DP group.
+  EXPECT_TRUE(out.find("s in train step 3; aborting the job") != std::string::npos ||
+              out.find("s in all_reduce_sum on dp (mpi); aborting the job") != std::string::npos)
+      << out;
+  // Steps 1 and 2 complete; step 3 cannot (rank 1 never joins its all-reduce).
+  EXPECT_NE(out.find("step 2/6 "), std::string::npos) << out;
+  EXPECT_EQ(out.find("step 3/6 "), std::string::npos) << "step 3 completed despite the hung rank\n" << out;
+  EXPECT_LT(secs, 30.0) << out;
+}
+
 TEST_F(E2E, SeveralRanksAreRefusedWithoutHanging) {
   const std::string d = *dir;
   std::string out;

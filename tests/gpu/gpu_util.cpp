@@ -1,16 +1,27 @@
 #include "tests/gpu/gpu_util.hpp"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/allocator.hpp"
 #include "core/error.hpp"
 
 namespace st::test {
 
+namespace {
+// Under a launcher (mpirun, srun: the NCCL tests on several GPUs) each rank takes its own GPU,
+// as the trainer does: the local rank modulo the visible devices. Alone: device 0.
+int launcher_local_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"})
+    if (const char* s = std::getenv(v)) return std::atoi(s);
+  return 0;
+}
+}  // namespace
+
 bool gpu_available() {
   static const bool ok = [] {
     try {
-      select_cuda_device(0);
+      select_cuda_device(launcher_local_rank());
       Tensor probe = Tensor::zeros({16}, DType::f32, Device::cuda);
       return true;
     } catch (const Error& e) {
