@@ -248,6 +248,15 @@ class NcclComm final : public Comm {
     return std::make_unique<NcclRequest>(label, record_done(), in, out);
   }
 
+  std::unique_ptr<CommRequest> all_reduce_sum_async_impl(Tensor& t, const std::string& label) override {
+    const ncclDataType_t type = nccl_type(t);
+    follow_compute_stream();
+    timed(comm_stream_, [&] {
+      check_nccl(ncclAllReduce(t.data(), t.data(), count_of(t), type, ncclSum, comm_, comm_stream_), "AllReduce", comm_);
+    });
+    return std::make_unique<NcclRequest>(label, record_done(), t, t);
+  }
+
   void barrier_impl() override {
     // NCCL has no barrier: a one-element all-reduce, then wait for it on the host.
     if (!barrier_.defined()) barrier_ = Tensor::zeros({1}, DType::f32, Device::cuda, MemCategory::workspace);

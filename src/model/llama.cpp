@@ -328,6 +328,23 @@ std::vector<ParamRef> llama_trainable_params(LlamaModel& m) {
   return out;
 }
 
+std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m) {
+  const size_t L = m.blocks.size();
+  std::vector<std::vector<ParamRef>> out(L + 2);
+  const std::string layers = "model.layers.";
+  for (ParamRef& p : llama_trainable_params(m)) {
+    size_t u = L + 1;  // model.norm, lm_head (and its adapter)
+    if (p.name.rfind("model.embed_tokens.", 0) == 0) {
+      u = 0;
+    } else if (p.name.rfind(layers, 0) == 0) {
+      u = std::stoul(p.name.substr(layers.size())) + 1;
+      if (u > L) ST_THROW("llama_params_by_unit: ", p.name, " names a layer beyond ", L);
+    }
+    out[u].push_back(p);
+  }
+  return out;
+}
+
 int64_t llama_num_trainable(LlamaModel& m) {
   int64_t n = 0;
   for (const ParamRef& p : llama_trainable_params(m)) n += p.value->numel();

@@ -133,6 +133,9 @@ std::vector<Linear*> llama_linears(LlamaModel& m);
 // Trainable parameters (base when trainable, then adapters), in a fixed order.
 std::vector<ParamRef> llama_trainable_params(LlamaModel& m);
 int64_t llama_num_trainable(LlamaModel& m);
+// The same parameters grouped by unit (index as in LlamaHooks: 0 the embedding, l+1 block l,
+// L+1 the head), in the order above within each unit.
+std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m);
 
 // One micro-batch on the model's device. ids/targets/weight hold B*T entries (row-major [B, T]);
 // targets[b,t] is the token predicted at position t (-1: none), weight[b,t] its factor in the

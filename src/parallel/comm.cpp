@@ -120,6 +120,13 @@ std::unique_ptr<CommRequest> Comm::reduce_scatter_sum_async(const Tensor& in, Te
   return reduce_scatter_sum_async_impl(in, out, l);
 }
 
+std::unique_ptr<CommRequest> Comm::all_reduce_sum_async(Tensor& t) {
+  const std::string l = label("all_reduce_sum_async");
+  check_tensor(t, l);
+  WatchdogScope wd(l);
+  return all_reduce_sum_async_impl(t, l);
+}
+
 void Comm::barrier() {
   WatchdogScope wd(label("barrier"));
   barrier_impl();
@@ -127,6 +134,11 @@ void Comm::barrier() {
 
 std::unique_ptr<CommRequest> Comm::all_gather_async_impl(const Tensor& in, Tensor& out, const std::string& label) {
   all_gather_impl(in, out);
+  return std::make_unique<CompletedRequest>(label);
+}
+
+std::unique_ptr<CommRequest> Comm::all_reduce_sum_async_impl(Tensor& t, const std::string& label) {
+  all_reduce_impl(t, ReduceOp::sum);
   return std::make_unique<CompletedRequest>(label);
 }
 

@@ -70,6 +70,8 @@ class Comm {
   // version completes them before returning.
   std::unique_ptr<CommRequest> all_gather_async(const Tensor& in, Tensor& out);
   std::unique_ptr<CommRequest> reduce_scatter_sum_async(const Tensor& in, Tensor& out);
+  // In-place sum, started now (DDP: a gradient bucket reduced while the backward continues).
+  std::unique_ptr<CommRequest> all_reduce_sum_async(Tensor& t);
   void barrier();
   // Abort every rank of the job (used by the fatal path; does not return).
   [[noreturn]] virtual void abort(int exit_status) = 0;
@@ -90,6 +92,7 @@ class Comm {
   virtual std::unique_ptr<CommRequest> all_gather_async_impl(const Tensor& in, Tensor& out, const std::string& label);
   virtual std::unique_ptr<CommRequest> reduce_scatter_sum_async_impl(const Tensor& in, Tensor& out,
                                                                      const std::string& label);
+  virtual std::unique_ptr<CommRequest> all_reduce_sum_async_impl(Tensor& t, const std::string& label);
   virtual void barrier_impl() = 0;
 
   // "<op> on <name> (<backend>)": the watchdog's label and the prefix of argument errors.

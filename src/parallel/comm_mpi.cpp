@@ -183,6 +183,17 @@ class MpiComm final : public Comm {
     return std::make_unique<MpiRequest>(label, req, std::move(hin), std::move(hout), in, out, &comm_time_);
   }
 
+  std::unique_ptr<CommRequest> all_reduce_sum_async_impl(Tensor& t, const std::string& label) override {
+    Timed timed(this);
+    Staged s = stage(t, true, true);
+    MPI_Request req;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, s.host.data(), count_of(t.numel()), mpi_type(s.host, true), MPI_SUM, comm_,
+                             &req),
+              "Iallreduce");
+    Staged none{Tensor(), true};
+    return std::make_unique<MpiRequest>(label, req, std::move(none), std::move(s), t, t, &comm_time_);
+  }
+
   void barrier_impl() override {
     Timed timed(this);
     check_mpi(MPI_Barrier(comm_), "Barrier");

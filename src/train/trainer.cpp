@@ -369,7 +369,8 @@ void Run::build_model(bool training) {
     opt_ = std::make_unique<AdamW>(zero_ ? zero_->params() : llama_trainable_params(model_), cfg_.adam_beta1,
                                    cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay);
     if (rt.dp > 1 && (cfg_.parallel == "ddp" || cfg_.parallel == "tp")) {
-      grad_sync_ = std::make_unique<GradAllReduce>(opt_->params(), runtime_comm(rt, CommGroup::dp, device_));
+      grad_sync_ = std::make_unique<GradAllReduce>(llama_params_by_unit(model_), runtime_comm(rt, CommGroup::dp, device_));
+      model_.hooks = grad_sync_.get();  // buckets reduced as the last micro-batch's backward finishes them
       ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
              grad_sync_->num_buckets() == 1 ? "" : "s");
     }
@@ -515,6 +516,7 @@ int Run::train() {
           loss += llama_forward(model_, *acts_, batch, ctx, true);
         }
         MemoryPhase phase("backward");
+        if (grad_sync_ && a + 1 == accum) grad_sync_->arm();
         llama_backward(model_, *acts_, batch, ctx);
       }
       maybe_inject_fault(step);

@@ -107,6 +107,10 @@ void check_every_collective(Comm& c, DType dt) {
   r1->wait();
   EXPECT_EQ(test::rel_l2(g1, gathered), 0.0) << what << " all_gather_async differs from all_gather";
   EXPECT_EQ(test::rel_l2(p1, part), 0.0) << what << " reduce_scatter_sum_async differs from reduce_scatter_sum";
+  Tensor s1 = device_values(n, dt, me);
+  auto r3 = c.all_reduce_sum_async(s1);
+  r3->wait();
+  EXPECT_EQ(test::rel_l2(s1, sum), 0.0) << what << " all_reduce_sum_async differs from all_reduce_sum";
 
   c.barrier();
 }
@@ -163,10 +167,11 @@ TEST(Nccl, AsyncAllGatherIsOrderedWithTheComputeStream) {
   const int P = c->size(), me = c->rank();
   const int64_t M = 4096, K = 4096;
   for (DType dt : {DType::bf16, DType::f32}) {
-    Tensor A = device_values(M * K, DType::bf16, me).view({M, K});
+    // Operands in the tensors' dtype (the GEMM takes one dtype); small integers are exact in both.
+    Tensor A = device_values(M * K, dt, me).view({M, K});
     Tensor eye_h = Tensor::zeros({K, K}, DType::f64);
     for (int64_t k = 0; k < K; ++k) eye_h.ptr<double>()[k * K + k] = 1.0;
-    const Tensor eye = test::to_device(eye_h, DType::bf16);
+    const Tensor eye = test::to_device(eye_h, dt);
     Tensor in = device_poison(M * K, dt).view({M, K});
     Tensor out = device_poison(P * M * K, dt).view({P * M, K});
     for (int rep = 0; rep < 20; ++rep) matmul(in, A, false, eye, false);  // in = A, exactly
