@@ -42,6 +42,7 @@ struct Zero3::Unit {
   std::vector<Group> groups;
   bool gathered = false, grads_bound = false;
   std::vector<std::unique_ptr<CommRequest>> pending;  // a prefetch in flight (all-gathers)
+  int value_slot = -1, grad_slot = -1;                 // pool buffers held while gathered
   size_t full_bytes() const {
     size_t b = 0;
     for (const Group& g : groups) b += static_cast<size_t>(g.shard) * dtype_size(g.dtype);
@@ -201,6 +202,22 @@ Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_
       }
     }
   }
+  // The pools: sized for the largest unit.
+  size_t vmax = 0, gmax = 0;
+  int64_t smax = 0;
+  for (auto& up : units_) {
+    vmax = std::max(vmax, unit_value_bytes(*up));
+    gmax = std::max(gmax, unit_grad_bytes(*up));
+    for (Group& g : up->groups)
+      if (g.trainable) smax = std::max(smax, g.shard);
+  }
+  for (int k = 0; k < 3; ++k) value_pool_.push_back(Tensor::empty({static_cast<int64_t>(vmax)}, DType::u8, m.device, MemCategory::workspace));
+  value_owner_.assign(value_pool_.size(), -1);
+  if (gmax > 0) {
+    for (int k = 0; k < 2; ++k) grad_pool_.push_back(Tensor::empty({static_cast<int64_t>(gmax)}, DType::u8, m.device, MemCategory::workspace));
+    part_ = Tensor::empty({smax}, master, m.device, MemCategory::workspace);
+  }
+  grad_owner_.assign(grad_pool_.size(), -1);
   m.hooks = this;
 }
 
@@ -213,10 +230,44 @@ Zero3::Unit& Zero3::unit(int u) {
   return *units_[static_cast<size_t>(u)];
 }
 
-void Zero3::issue(Unit& u) {
+size_t Zero3::unit_value_bytes(const Unit& u) const {
+  size_t b = 0;
+  for (const Group& g : u.groups)
+    b += static_cast<size_t>(round_up(static_cast<int64_t>(static_cast<size_t>(g.shard * dp_.size()) * dtype_size(g.dtype)),
+                                      static_cast<int64_t>(kFrozenAlign)));
+  return b;
+}
+
+size_t Zero3::unit_grad_bytes(const Unit& u) const {
+  size_t b = 0;
+  for (const Group& g : u.groups)
+    if (g.trainable)
+      b += static_cast<size_t>(round_up(static_cast<int64_t>(static_cast<size_t>(g.shard * dp_.size()) * dtype_size(g.master_dtype)),
+                                        static_cast<int64_t>(kFrozenAlign)));
+  return b;
+}
+
+Tensor Zero3::take(std::vector<Tensor>& pool, std::vector<int>& owner, int unit, size_t bytes, int& slot) {
+  for (size_t k = 0; k < pool.size(); ++k)
+    if (owner[k] < 0) {
+      if (pool[k].nbytes() < bytes) ST_THROW("Zero3: pool buffer of ", pool[k].nbytes(), " bytes for ", bytes);
+      owner[k] = unit;
+      slot = static_cast<int>(k);
+      return pool[k];
+    }
+  ST_THROW("Zero3: every pool buffer is in use (unit ", unit, ")");
+}
+
+void Zero3::issue(Unit& u, bool own_buffer) {
   if (u.gathered || !u.pending.empty()) ST_THROW("Zero3: unit ", u.name, " gathered twice");
+  const size_t need = unit_value_bytes(u);
+  Tensor buf = own_buffer ? Tensor::empty({static_cast<int64_t>(need)}, DType::u8, m_.device, MemCategory::workspace)
+                          : take(value_pool_, value_owner_, 0, need, u.value_slot);
+  size_t off = 0;
   for (Group& g : u.groups) {
-    g.work_full = Tensor::empty({g.shard * dp_.size()}, g.dtype, m_.device, MemCategory::workspace);
+    const size_t bytes = static_cast<size_t>(g.shard * dp_.size()) * dtype_size(g.dtype);
+    g.work_full = buf.view_as(g.dtype, off, {g.shard * dp_.size()});
+    off += static_cast<size_t>(round_up(static_cast<int64_t>(bytes), static_cast<int64_t>(kFrozenAlign)));
     u.pending.push_back(dp_.all_gather_async(g.work_shard, g.work_full));
   }
 }
@@ -228,9 +279,9 @@ void Zero3::start_prefetch(int next) {
   issue(u);
 }
 
-void Zero3::gather(Unit& u) {
+void Zero3::gather(Unit& u, bool own_buffer) {
   ProfileScope prof("zero3 all-gather (wait)", m_.device);
-  if (u.pending.empty()) issue(u);  // not prefetched
+  if (u.pending.empty()) issue(u, own_buffer);  // not prefetched
   for (auto& r : u.pending) r->wait();
   u.pending.clear();
   for (Group& g : u.groups) {
@@ -249,6 +300,8 @@ void Zero3::release(Unit& u) {
       for (Tensor* t : e.slots) *t = Tensor();
     g.work_full = Tensor();
   }
+  if (u.value_slot >= 0) value_owner_[static_cast<size_t>(u.value_slot)] = -1;
+  u.value_slot = -1;
   u.gathered = false;
 }
 
@@ -270,9 +323,19 @@ void Zero3::before_backward(int u) {
   for (Unit* x : us) {
     // The embedding's backward only scatters gradients: its table is not needed.
     if (!(u == embed_unit_ && x == &unit(embed_unit_))) gather(*x);
+    const size_t gbytes = unit_grad_bytes(*x);
+    if (gbytes == 0) {
+      x->grads_bound = true;
+      continue;
+    }
+    Tensor buf = take(grad_pool_, grad_owner_, u, gbytes, x->grad_slot);
+    buf.slice(0, static_cast<int64_t>(gbytes)).zero_();
+    size_t off = 0;
     for (Group& g : x->groups) {
       if (!g.trainable) continue;
-      g.grad_full = Tensor::zeros({g.shard * dp_.size()}, g.master_dtype, m_.device, MemCategory::workspace);
+      const size_t bytes = static_cast<size_t>(g.shard * dp_.size()) * dtype_size(g.master_dtype);
+      g.grad_full = buf.view_as(g.master_dtype, off, {g.shard * dp_.size()});
+      off += static_cast<size_t>(round_up(static_cast<int64_t>(bytes), static_cast<int64_t>(kFrozenAlign)));
       for (Entry& e : g.entries)
         for (Tensor* t : e.grad_slots) *t = g.grad_full.slice(e.offset, e.offset + e.shape.numel()).view(e.shape);
     }
@@ -291,7 +354,7 @@ void Zero3::after_backward(int u) {
       for (Group& g : x->groups) {
         if (!g.trainable) continue;
         // Sum over the data-parallel ranks of this micro-batch's gradient, into the owned shard.
-        Tensor part = Tensor::empty({g.shard}, g.master_dtype, m_.device, MemCategory::workspace);
+        Tensor part = part_.slice(0, g.shard);
         dp_.reduce_scatter_sum(g.grad_full, part);
         axpy(1.0, part, g.grad_shard);
         for (Entry& e : g.entries)
@@ -299,6 +362,8 @@ void Zero3::after_backward(int u) {
         g.grad_full = Tensor();
       }
     }
+    if (x->grad_slot >= 0) grad_owner_[static_cast<size_t>(x->grad_slot)] = -1;
+    x->grad_slot = -1;
     x->grads_bound = false;
     if (x->gathered) release(*x);
   }
@@ -324,7 +389,7 @@ std::vector<ParamRef> Zero3::params() {
 void Zero3::gather_all_for_save() {
   m_.hooks = nullptr;
   for (auto& up : units_) {
-    if (!up->gathered) gather(*up);
+    if (!up->gathered) gather(*up, true);  // buffers of its own: every unit stays gathered
     for (Group& g : up->groups) {
       if (!g.separate_master()) continue;
       Tensor mfull = Tensor::empty({g.shard * dp_.size()}, g.master_dtype, m_.device, MemCategory::workspace);

@@ -64,15 +64,28 @@ class Zero3 final : public LlamaHooks {
   struct Entry;
   struct Group;
   struct Unit;
-  void issue(Unit& u);    // allocate the unit's full buffers and start their all-gathers
-  void gather(Unit& u);   // complete them (issuing first if no prefetch did) and bind the views
+  // Take the unit's full buffers (from the pool, or allocated when own_buffer) and start the
+  // all-gathers into them; gather completes them (issuing first if no prefetch did) and binds
+  // the model's tensors to views.
+  void issue(Unit& u, bool own_buffer = false);
+  void gather(Unit& u, bool own_buffer = false);
   void release(Unit& u);
   void start_prefetch(int unit);
   Unit& unit(int u);
 
+  // Gathered buffers come from small pools allocated once (no device allocation, and so no
+  // cudaFree synchronisation, per unit): values for up to 3 units at a time (the current one,
+  // the prefetched next one, and the tied embedding at the head), gradients for 2.
+  Tensor take(std::vector<Tensor>& pool, std::vector<int>& owner, int unit, size_t bytes, int& slot);
+  size_t unit_value_bytes(const Unit& u) const;
+  size_t unit_grad_bytes(const Unit& u) const;
+
   LlamaModel& m_;
   Comm& dp_;
   bool prefetch_;
+  std::vector<Tensor> value_pool_, grad_pool_;
+  std::vector<int> value_owner_, grad_owner_;
+  Tensor part_;  // one reduce-scatter result (the largest trainable shard), reused
   std::vector<std::unique_ptr<Unit>> units_;
   int embed_unit_ = 0, head_unit_ = 0;
   bool tied_ = false;
