@@ -26,6 +26,11 @@ void embedding_forward(int64_t N, int64_t C, int64_t V, const Tensor& ids, const
 void embedding_backward(int64_t N, int64_t C, int64_t V, const Tensor& ids, const Tensor& dout, Tensor& dtable,
                         int64_t offset);
 // loss.cu
+// Pass 0: mx[n] = max of the row's local logits; 1: st[n] = sum exp(x - mx[n]), st[N+n] = the
+// target logit where owned; 2: losses[n] (f32) and, with grad, dlogits in place. mx/st are f32
+// device buffers [N], [2N], all-reduced (max, sum) by the caller between the passes.
+void vocab_parallel_ce_pass(int pass, int64_t N, int64_t Vl, int64_t off, Tensor& logits, const Tensor& targets,
+                            const Tensor& weight, Tensor& mx, Tensor& st, Tensor* losses, bool grad);
 void cross_entropy(int64_t N, int64_t V, Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses,
                    bool grad);
 // optim.cu

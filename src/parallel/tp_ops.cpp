@@ -7,6 +7,9 @@
 #include "core/profile.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/matmul.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/kernels.cuh"
+#endif
 
 namespace st {
 
@@ -162,8 +165,36 @@ double vocab_parallel_cross_entropy(Tensor& logits_shard, const Tensor& targets,
                                     Tensor* losses, bool grad, Comm& comm) {
   ProfileScope prof("vocab_parallel_cross_entropy", logits_shard.device());
   if (losses && !losses->defined()) losses = nullptr;
+  if (logits_shard.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    // f32 statistics on the device, the same two all-reduces; the objective from the f32
+    // losses, summed on the host in double in row order.
+    const int64_t Vl = logits_shard.dim(-1), N = logits_shard.numel() / Vl;
+    if (targets.device() != Device::cuda || weight.device() != Device::cuda || targets.dtype() != DType::i32 ||
+        weight.dtype() != DType::f32 || targets.numel() < N || weight.numel() < N)
+      ST_THROW("vocab_parallel_cross_entropy: targets ", targets.str(), " weight ", weight.str(), " for logits ",
+               logits_shard.str());
+    Tensor mx = Tensor::empty({N}, DType::f32, Device::cuda, MemCategory::workspace);
+    Tensor st = Tensor::empty({2 * N}, DType::f32, Device::cuda, MemCategory::workspace);
+    Tensor own = losses ? Tensor() : Tensor::empty({N}, DType::f32, Device::cuda, MemCategory::workspace);
+    Tensor& out = losses ? *losses : own;
+    if (out.dtype() != DType::f32 || out.numel() < N) ST_THROW("vocab_parallel_cross_entropy: losses ", out.str());
+    const int64_t off = Vl * comm.rank();
+    cuda::vocab_parallel_ce_pass(0, N, Vl, off, logits_shard, targets, weight, mx, st, &out, grad);
+    comm.all_reduce_max(mx);
+    cuda::vocab_parallel_ce_pass(1, N, Vl, off, logits_shard, targets, weight, mx, st, &out, grad);
+    comm.all_reduce_sum(st);
+    cuda::vocab_parallel_ce_pass(2, N, Vl, off, logits_shard, targets, weight, mx, st, &out, grad);
+    const Tensor lh = out.slice(0, N).to_cpu(DType::f64), wh = weight.slice(0, N).to_cpu(DType::f64);
+    double total = 0;
+    for (int64_t n = 0; n < N; ++n) total += wh.ptr<double>()[n] * lh.ptr<double>()[n];
+    return total;
+#else
+    no_cuda_kernel("vocab_parallel_cross_entropy");
+#endif
+  }
   if (logits_shard.device() != Device::cpu || targets.device() != Device::cpu || weight.device() != Device::cpu)
-    ST_THROW("vocab_parallel_cross_entropy: CPU tensors only (logits ", logits_shard.str(), ")");
+    ST_THROW("vocab_parallel_cross_entropy: logits, targets and weights on one device (logits ", logits_shard.str(), ")");
   if (losses) check_stat_dtype("vocab_parallel_cross_entropy (losses)", logits_shard, *losses);
   const int64_t Vl = logits_shard.ndim() >= 1 ? logits_shard.dim(-1) : 0;
   if (Vl < 1) ST_THROW("vocab_parallel_cross_entropy: logits shard ", logits_shard.str(), " has no vocabulary columns");

@@ -63,7 +63,8 @@ void row_parallel_backward(const Tensor& x_i, const Tensor& W_i, const Tensor& d
                            bool dx_accumulate = true);
 
 // ---------------------------------------------------------------- vocab-parallel cross-entropy
-// The cross_entropy op (ops/loss.hpp) over logits whose vocabulary is split across the group:
+// The cross_entropy op (ops/loss.hpp) over logits whose vocabulary is split across the group
+// (CPU f32/f64 in double; CUDA f32/bf16 logits with f32 statistics and f32 losses):
 // logits_shard [N, V/p] holds vocabulary columns [i*V/p, (i+1)*V/p) with V = p * V/p; targets
 // i32 [N] are global ids (-1 = ignore; ids >= V throw); weight f32 [N]. No rank holds [N, V].
 // Same definitions as cross_entropy: a row is active when target >= 0 and weight != 0;

@@ -15,7 +15,10 @@
 #include <cstdlib>
 
 #include "core/error.hpp"
+#include "ops/init.hpp"
+#include "ops/loss.hpp"
 #include "ops/matmul.hpp"
+#include "parallel/tp_ops.hpp"
 #include "parallel/runtime.hpp"
 #include "tests/gpu/gpu_util.hpp"
 
@@ -187,6 +190,51 @@ TEST(Nccl, AsyncAllGatherIsOrderedWithTheComputeStream) {
     EXPECT_TRUE(req->done());
   }
   (void)rt;
+}
+
+// The CUDA vocabulary-parallel cross-entropy against the fused one on the full logits: every
+// rank draws the same [N, V] logits, keeps its V/P columns, and must get the full rows' losses
+// and its columns of the gradient (f32; with one rank the all-reduces are identities but the
+// three kernels and the objective are still checked).
+TEST(Nccl, VocabParallelCrossEntropyEqualsTheFusedOne) {
+  ST_REQUIRE_GPU();
+  mpi_runtime();
+  std::unique_ptr<Comm> c = make_nccl_comm(MPI_COMM_WORLD, "world");
+  const int P = c->size(), me = c->rank();
+  const int64_t N = 37, Vl = 300, V = Vl * P;
+  Tensor full = Tensor::empty({N, V}, DType::f32, Device::cuda);
+  fill_normal(full, 99, 0.0, 3.0);
+  Tensor th = Tensor::empty({N}, DType::i32), wh = Tensor::empty({N}, DType::f32);
+  for (int64_t n = 0; n < N; ++n) {
+    th.ptr<int32_t>()[n] = n % 7 == 3 ? -1 : static_cast<int32_t>((n * 7919) % V);  // some ignored rows
+    wh.ptr<float>()[n] = n % 11 == 5 ? 0.0f : 0.5f + 0.01f * static_cast<float>(n);
+  }
+  Tensor targets = Tensor::empty({N}, DType::i32, Device::cuda), weight = Tensor::empty({N}, DType::f32, Device::cuda);
+  targets.copy_from(th);
+  weight.copy_from(wh);
+  // This rank's columns, then the fused op on the full matrix (which overwrites it).
+  const Tensor fh = full.to_cpu(DType::f32);
+  Tensor shard_h = Tensor::empty({N, Vl}, DType::f32);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < Vl; ++j) shard_h.ptr<float>()[n * Vl + j] = fh.ptr<float>()[n * V + me * Vl + j];
+  Tensor shard = Tensor::empty({N, Vl}, DType::f32, Device::cuda);
+  shard.copy_from(shard_h);
+  Tensor ref_losses = Tensor::zeros({N}, DType::f32, Device::cuda), losses = Tensor::zeros({N}, DType::f32, Device::cuda);
+  cross_entropy(full, targets, weight, ref_losses, true);
+  const double obj = vocab_parallel_cross_entropy(shard, targets, weight, &losses, true, *c);
+  const Tensor rl = ref_losses.to_cpu(DType::f64), l = losses.to_cpu(DType::f64);
+  double ref_obj = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    EXPECT_NEAR(l.ptr<double>()[n], rl.ptr<double>()[n], 1e-5 * std::max(1.0, std::abs(rl.ptr<double>()[n]))) << "row " << n;
+    ref_obj += static_cast<double>(wh.ptr<float>()[n]) * rl.ptr<double>()[n];
+  }
+  EXPECT_NEAR(obj, ref_obj, 1e-5 * std::abs(ref_obj));
+  const Tensor g = full.to_cpu(DType::f64), gs = shard.to_cpu(DType::f64);
+  double worst = 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < Vl; ++j)
+      worst = std::max(worst, std::abs(gs.ptr<double>()[n * Vl + j] - g.ptr<double>()[n * V + me * Vl + j]));
+  EXPECT_LT(worst, 1e-6) << "gradient columns differ from the fused op's";
 }
 
 TEST(Nccl, RuntimeDeviceCommunicatorsAndSelection) {
