@@ -1,4 +1,6 @@
-// SwiGLU and counter-based dropout, elementwise.
+// SwiGLU, gated GELU (T5), ReLU and counter-based dropout, elementwise.
+#include <type_traits>
+
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
 
@@ -119,6 +121,99 @@ void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor&
     swiglu_backward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(dh.ptr<float>(), g.ptr<float>(), u.ptr<float>(),
                                                                     dg.ptr<float>(), du.ptr<float>(), n, accumulate);
   ST_CUDA_LAUNCH_CHECK("swiglu_backward");
+}
+
+namespace {
+__device__ __forceinline__ void gelu_tanh(float x, float* v, float* d) {
+  const float k = 0.7978845608028654f, c = 0.044715f;
+  const float t = tanhf(k * (x + c * x * x * x));
+  *v = 0.5f * x * (1.0f + t);
+  *d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+}
+
+template <typename T>
+__global__ void geglu_forward_kernel(const T* g, const T* u, T* h, int64_t n) {
+  ST_GRID_STRIDE(i, n) {
+    float v, d;
+    gelu_tanh(dev::to_f(g[i]), &v, &d);
+    h[i] = dev::from_f<T>(v * dev::to_f(u[i]));
+  }
+}
+
+template <typename T>
+__global__ void geglu_backward_kernel(const T* dh, const T* g, const T* u, T* dg, T* du, int64_t n, bool accumulate) {
+  ST_GRID_STRIDE(i, n) {
+    float v, d;
+    gelu_tanh(dev::to_f(g[i]), &v, &d);
+    const float dhv = dev::to_f(dh[i]);
+    dg[i] = dev::from_f<T>((accumulate ? dev::to_f(dg[i]) : 0.0f) + dhv * dev::to_f(u[i]) * d);
+    du[i] = dev::from_f<T>((accumulate ? dev::to_f(du[i]) : 0.0f) + dhv * v);
+  }
+}
+
+template <typename T>
+__global__ void relu_forward_kernel(const T* x, T* h, int64_t n) {
+  ST_GRID_STRIDE(i, n) h[i] = dev::from_f<T>(fmaxf(dev::to_f(x[i]), 0.0f));
+}
+
+template <typename T>
+__global__ void relu_backward_kernel(const T* dh, const T* x, T* dx, int64_t n, bool accumulate) {
+  ST_GRID_STRIDE(i, n) {
+    const float d = dev::to_f(x[i]) > 0.0f ? dev::to_f(dh[i]) : 0.0f;
+    dx[i] = dev::from_f<T>((accumulate ? dev::to_f(dx[i]) : 0.0f) + d);
+  }
+}
+
+// Runs f with the tensors' element pointers typed as bf16 or float.
+template <typename F>
+void typed(DType dt, F f) {
+  if (dt == DType::bf16) f(static_cast<bf16*>(nullptr));
+  else if (dt == DType::f32) f(static_cast<float*>(nullptr));
+  else ST_THROW("CUDA activation: unsupported dtype ", dtype_name(dt));
+}
+template <typename T>
+T* as(const Tensor& t) { return static_cast<T*>(t.data()); }
+}  // namespace
+
+void geglu_forward(const Tensor& g, const Tensor& u, Tensor& h) {
+  const int64_t n = h.numel();
+  if (n == 0) return;
+  typed(h.dtype(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    geglu_forward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(as<T>(g), as<T>(u), as<T>(h), n);
+  });
+  ST_CUDA_LAUNCH_CHECK("geglu_forward");
+}
+
+void geglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate) {
+  const int64_t n = dh.numel();
+  if (n == 0) return;
+  typed(dh.dtype(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    geglu_backward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(as<T>(dh), as<T>(g), as<T>(u), as<T>(dg), as<T>(du), n,
+                                                                   accumulate);
+  });
+  ST_CUDA_LAUNCH_CHECK("geglu_backward");
+}
+
+void relu_forward(const Tensor& x, Tensor& h) {
+  const int64_t n = h.numel();
+  if (n == 0) return;
+  typed(h.dtype(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    relu_forward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(as<T>(x), as<T>(h), n);
+  });
+  ST_CUDA_LAUNCH_CHECK("relu_forward");
+}
+
+void relu_backward(const Tensor& dh, const Tensor& x, Tensor& dx, bool accumulate) {
+  const int64_t n = dh.numel();
+  if (n == 0) return;
+  typed(dh.dtype(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    relu_backward_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(as<T>(dh), as<T>(x), as<T>(dx), n, accumulate);
+  });
+  ST_CUDA_LAUNCH_CHECK("relu_backward");
 }
 
 void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t key, bool accumulate) {

@@ -19,6 +19,12 @@ void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, Tensor& x, const Ten
 // activation.cu
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate);
+void relative_bias_forward(const Tensor& table, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& bias);
+void relative_bias_backward(const Tensor& dbias, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& dtable);
+void geglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
+void geglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate);
+void relu_forward(const Tensor& x, Tensor& h);
+void relu_backward(const Tensor& dh, const Tensor& x, Tensor& dx, bool accumulate);
 void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t key, bool accumulate);
 // embedding.cu
 // The table holds vocabulary rows [offset, offset + V); other ids give zero rows / are skipped.

@@ -46,6 +46,72 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
                                                 dgate.ptr<T>(), dup.ptr<T>(), accumulate));
 }
 
+void geglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {
+  ProfileScope prof("geglu_forward", h.device());
+  check_float_args("geglu_forward", {&gate, &up, &h});
+  const int64_t n = h.numel();
+  if (gate.numel() != n || up.numel() != n) ST_THROW("geglu_forward: sizes differ");
+  if (h.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::geglu_forward(gate, up, h);
+    return;
+#else
+    no_cuda_kernel("geglu_forward");
+#endif
+  }
+  ST_DISPATCH_CPU_FLOAT(h.dtype(), T, cpu::geglu_forward<T>(n, gate.ptr<T>(), up.ptr<T>(), h.ptr<T>()));
+}
+
+void geglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup,
+                    bool accumulate) {
+  ProfileScope prof("geglu_backward", dh.device());
+  check_float_args("geglu_backward", {&dh, &gate, &up, &dgate, &dup});
+  const int64_t n = dh.numel();
+  if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
+    ST_THROW("geglu_backward: sizes differ");
+  if (dh.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::geglu_backward(dh, gate, up, dgate, dup, accumulate);
+    return;
+#else
+    no_cuda_kernel("geglu_backward");
+#endif
+  }
+  ST_DISPATCH_CPU_FLOAT(dh.dtype(), T,
+                        cpu::geglu_backward<T>(n, dh.ptr<T>(), gate.ptr<T>(), up.ptr<T>(), dgate.ptr<T>(),
+                                               dup.ptr<T>(), accumulate));
+}
+
+void relu_forward(const Tensor& x, Tensor& h) {
+  ProfileScope prof("relu_forward", h.device());
+  check_float_args("relu_forward", {&x, &h});
+  if (x.numel() != h.numel()) ST_THROW("relu_forward: sizes differ");
+  if (h.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::relu_forward(x, h);
+    return;
+#else
+    no_cuda_kernel("relu_forward");
+#endif
+  }
+  ST_DISPATCH_CPU_FLOAT(h.dtype(), T, cpu::relu_forward<T>(h.numel(), x.ptr<T>(), h.ptr<T>()));
+}
+
+void relu_backward(const Tensor& dh, const Tensor& x, Tensor& dx, bool accumulate) {
+  ProfileScope prof("relu_backward", dh.device());
+  check_float_args("relu_backward", {&dh, &x, &dx});
+  if (x.numel() != dh.numel() || dx.numel() != dh.numel()) ST_THROW("relu_backward: sizes differ");
+  if (dh.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::relu_backward(dh, x, dx, accumulate);
+    return;
+#else
+    no_cuda_kernel("relu_backward");
+#endif
+  }
+  ST_DISPATCH_CPU_FLOAT(dh.dtype(), T, cpu::relu_backward<T>(dh.numel(), dh.ptr<T>(), x.ptr<T>(), dx.ptr<T>(), accumulate));
+}
+
 }  // namespace st
 
 namespace st {

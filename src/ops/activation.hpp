@@ -10,6 +10,15 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup,
                      bool accumulate = true);
 
+// T5 v1.1 / FlanT5 gated-GELU feed-forward: h = gelu_tanh(gate) * up, with the tanh
+// approximation of transformers' "gelu_new": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void geglu_forward(const Tensor& gate, const Tensor& up, Tensor& h);
+void geglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup,
+                    bool accumulate = true);
+// Original T5's ReLU feed-forward: h = max(x, 0); dx (+)= dh where x > 0.
+void relu_forward(const Tensor& x, Tensor& h);
+void relu_backward(const Tensor& dh, const Tensor& x, Tensor& dx, bool accumulate = true);
+
 }  // namespace st
 
 namespace st {

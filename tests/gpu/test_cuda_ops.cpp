@@ -13,6 +13,7 @@
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
 #include "ops/optim.hpp"
+#include "ops/relbias.hpp"
 #include "ops/rope.hpp"
 #include "tests/gpu/gpu_util.hpp"
 
@@ -228,6 +229,50 @@ TEST(CudaOps, SwiGLUAndDropout) {
   for (int64_t i = 0; i < n; ++i) same_zero += (back.ptr<double>()[i] == 0) == (ref.ptr<double>()[i] == 0);
   EXPECT_EQ(same_zero, n) << "dropout masks differ between CPU and GPU";
   EXPECT_LT(rel_l2(gout, ref), 1e-6);
+}
+
+// T5: gated GELU and ReLU (bf16 against the f64 CPU reference), and the relative-position
+// bias lookup (exact) and its atomic scatter (f32).
+TEST(CudaOps, T5GatedGeluReluAndRelativeBias) {
+  ST_REQUIRE_GPU();
+  Rng rng(31);
+  const int64_t n = 10007;
+  Tensor g = random_bf16_values({n}, rng, 4.0), u = random_bf16_values({n}, rng, 2.0), dh = random_bf16_values({n}, rng);
+  Tensor h = Tensor::empty({n}, DType::f64), dg = Tensor::zeros({n}, DType::f64), du = Tensor::zeros({n}, DType::f64);
+  geglu_forward(g, u, h);
+  geglu_backward(dh, g, u, dg, du);
+  Tensor gg = to_device(g, DType::bf16), gu = to_device(u, DType::bf16), gdh = to_device(dh, DType::bf16);
+  Tensor gh = Tensor::empty({n}, DType::bf16, Device::cuda);
+  Tensor gdg = Tensor::zeros({n}, DType::bf16, Device::cuda), gdu = Tensor::zeros({n}, DType::bf16, Device::cuda);
+  geglu_forward(gg, gu, gh);
+  geglu_backward(gdh, gg, gu, gdg, gdu);
+  EXPECT_LT(rel_l2(gh, h), kBf16Tol);
+  EXPECT_LT(rel_l2(gdg, dg), kBf16Tol);
+  EXPECT_LT(rel_l2(gdu, du), kBf16Tol);
+  Tensor r = Tensor::empty({n}, DType::f64), dr = Tensor::zeros({n}, DType::f64);
+  relu_forward(g, r);
+  relu_backward(dh, g, dr, false);
+  Tensor gr = Tensor::empty({n}, DType::bf16, Device::cuda), gdr = Tensor::zeros({n}, DType::bf16, Device::cuda);
+  relu_forward(gg, gr);
+  relu_backward(gdh, gg, gdr, false);
+  EXPECT_EQ(rel_l2(gr, r), 0.0);
+  EXPECT_EQ(rel_l2(gdr, dr), 0.0);
+
+  const int64_t NB = 32, H = 6, Tq = 45, Tk = 131;
+  for (bool bidirectional : {true, false}) {
+    Tensor table = random_bf16_values({NB, H}, rng), dbias = random_bf16_values({H, Tq, Tk}, rng);
+    const Tensor cb = t5_relative_buckets(Tq, Tk, bidirectional, NB, 128, Device::cpu);
+    const Tensor gb = t5_relative_buckets(Tq, Tk, bidirectional, NB, 128, Device::cuda);
+    Tensor bias = Tensor::empty({H, Tq, Tk}, DType::f64), dt = Tensor::zeros({NB, H}, DType::f64);
+    relative_bias_forward(table, cb, Tq, Tk, bias);
+    relative_bias_backward(dbias, cb, Tq, Tk, dt);
+    Tensor gt = to_device(table, DType::bf16), gbias = Tensor::empty({H, Tq, Tk}, DType::bf16, Device::cuda);
+    Tensor gdt = Tensor::zeros({NB, H}, DType::f32, Device::cuda);
+    relative_bias_forward(gt, gb, Tq, Tk, gbias);
+    relative_bias_backward(to_device(dbias, DType::bf16), gb, Tq, Tk, gdt);
+    EXPECT_EQ(rel_l2(gbias, bias), 0.0) << "bidirectional " << bidirectional;
+    EXPECT_LT(rel_l2(gdt, dt), 1e-6) << "bidirectional " << bidirectional;
+  }
 }
 
 TEST(CudaOps, EmbeddingGatherAndScatter) {

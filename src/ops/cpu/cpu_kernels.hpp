@@ -52,6 +52,14 @@ template <typename T>
 void swiglu_forward(int64_t N, const T* g, const T* u, T* h);
 template <typename T>
 void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du, bool accumulate = true);
+template <typename T>
+void geglu_forward(int64_t N, const T* g, const T* u, T* h);
+template <typename T>
+void geglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du, bool accumulate = true);
+template <typename T>
+void relu_forward(int64_t N, const T* x, T* h);
+template <typename T>
+void relu_backward(int64_t N, const T* dh, const T* x, T* dx, bool accumulate = true);
 
 // out[n,:] = table[ids[n],:].  table: [V,C]; ids outside [0,V) throw.
 template <typename T>

@@ -29,6 +29,52 @@ void swiglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* d
   }
 }
 
+// gelu_new (tanh approximation) and its derivative, in T.
+template <typename T>
+inline void gelu_tanh(T x, T* value, T* deriv) {
+  const T k = T(0.7978845608028654), c = T(0.044715);  // sqrt(2/pi)
+  const T t = std::tanh(k * (x + c * x * x * x));
+  *value = T(0.5) * x * (T(1) + t);
+  if (deriv) *deriv = T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x);
+}
+
+template <typename T>
+void geglu_forward(int64_t N, const T* g, const T* u, T* h) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t i = 0; i < N; ++i) {
+    T v;
+    gelu_tanh(g[i], &v, static_cast<T*>(nullptr));
+    h[i] = v * u[i];
+  }
+}
+
+template <typename T>
+void geglu_backward(int64_t N, const T* dh, const T* g, const T* u, T* dg, T* du, bool accumulate) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t i = 0; i < N; ++i) {
+    T v, dv;
+    gelu_tanh(g[i], &v, &dv);
+    const T dgi = dh[i] * u[i] * dv, dui = dh[i] * v;
+    dg[i] = accumulate ? dg[i] + dgi : dgi;
+    du[i] = accumulate ? du[i] + dui : dui;
+  }
+}
+
+template <typename T>
+void relu_forward(int64_t N, const T* x, T* h) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t i = 0; i < N; ++i) h[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <typename T>
+void relu_backward(int64_t N, const T* dh, const T* x, T* dx, bool accumulate) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t i = 0; i < N; ++i) {
+    const T d = x[i] > T(0) ? dh[i] : T(0);
+    dx[i] = accumulate ? dx[i] + d : d;
+  }
+}
+
 template <typename T>
 void embedding_forward(int64_t N, int64_t C, int64_t V, const int32_t* ids, const T* table, T* out, int64_t offset,
                        bool shard) {
@@ -110,6 +156,10 @@ void axpy(int64_t n, T a, const T* x, T* y) {
 #define ST_INSTANTIATE(T)                                                                        \
   template void swiglu_forward<T>(int64_t, const T*, const T*, T*);                              \
   template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*, bool);         \
+  template void geglu_forward<T>(int64_t, const T*, const T*, T*);                                  \
+  template void geglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*, bool);              \
+  template void relu_forward<T>(int64_t, const T*, T*);                                              \
+  template void relu_backward<T>(int64_t, const T*, const T*, T*, bool);                             \
   template void embedding_forward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*, int64_t, bool); \
   template void embedding_backward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, T*, int64_t);     \
   template void adamw_update<T>(int64_t, T*, const T*, T*, T*, double, double, double, double,   \
