@@ -5,9 +5,14 @@
 
 #include <cmath>
 
+#include <filesystem>
+
+#include "core/error.hpp"
+#include "model/t5_config.hpp"
 #include "ops/activation.hpp"
 #include "ops/relbias.hpp"
 #include "tests/common/gradcheck.hpp"
+#include "tests/common/paths.hpp"
 
 namespace st {
 namespace {
@@ -103,6 +108,68 @@ TEST(T5Ops, GatedGeluAndRelu) {
   Tensor dx = Tensor::zeros({N}, DType::f64);
   relu_backward(W, x, dx, false);
   EXPECT_GRAD_OK_T5(check_gradient(fr, x, dx), "relu dx");
+}
+
+// google/flan-t5-base's config.json (the fields T5Config reads): its published parameter count
+// is 247,577,856.
+const char* kFlanT5Base = R"({"model_type": "t5", "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 2048,
+  "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12, "relative_attention_num_buckets": 32,
+  "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-06, "feed_forward_proj": "gated-gelu",
+  "is_encoder_decoder": true, "tie_word_embeddings": false, "decoder_start_token_id": 0, "pad_token_id": 0,
+  "eos_token_id": 1})";
+
+TEST(T5Config, ReadsFlanT5BaseAndNamesEveryWeight) {
+  const std::string dir = test::make_temp_dir("t5cfg");
+  test::write_file(dir + "/config.json", kFlanT5Base);
+  const T5Config c = read_t5_config(dir);
+  EXPECT_EQ(c.d_model, 768);
+  EXPECT_EQ(c.inner_dim(), 768);
+  EXPECT_TRUE(c.gated);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_EQ(c.num_parameters(), 247577856);
+  const std::vector<T5WeightName> names = t5_weight_names(c);
+  int64_t total = 0;
+  for (const auto& w : names) {
+    int64_t n = 1;
+    for (int64_t d : w.shape) n *= d;
+    total += n;
+  }
+  EXPECT_EQ(total, c.num_parameters());
+  EXPECT_EQ(names.size(), 282u);  // 1 + 12 x 9 + 1 + 1 + 12 x 14 + 1 + 1 + 1
+  EXPECT_EQ(names.front().name, "shared.weight");
+  EXPECT_EQ(names[5].name, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+  EXPECT_EQ(names[5].shape, (std::vector<int64_t>{32, 12}));
+  EXPECT_EQ(names.back().name, "lm_head.weight");
+  bool cross = false;
+  for (const auto& w : names) cross |= w.name == "decoder.block.11.layer.1.EncDecAttention.o.weight";
+  EXPECT_TRUE(cross);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(T5Config, RefusesWhatIsNotImplemented) {
+  const std::string dir = test::make_temp_dir("t5bad");
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = kFlanT5Base;
+    s.replace(s.find(from), from.size(), to);
+    test::write_file(dir + "/config.json", s);
+  };
+  auto message = [&]() -> std::string {
+    try {
+      read_t5_config(dir);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  with("\"gated-gelu\"", "\"gated-silu\"");
+  EXPECT_NE(message().find("feed_forward_proj"), std::string::npos);
+  with("\"model_type\": \"t5\"", "\"model_type\": \"mt5\"");
+  EXPECT_NE(message().find("expected \"t5\""), std::string::npos);
+  with("\"d_kv\": 64, ", "");
+  EXPECT_NE(message().find("'d_kv' is missing"), std::string::npos);
+  with("\"decoder_start_token_id\": 0", "\"decoder_start_token_id\": 40000");
+  EXPECT_NE(message().find("decoder_start_token_id"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
