@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/error.hpp"
+#include "io/h5util.hpp"
 #include "model/t5_config.hpp"
 #include "ops/activation.hpp"
 #include "ops/relbias.hpp"
@@ -60,6 +61,30 @@ TEST(T5Ops, CausalBuckets) {
   const Tensor t = t5_relative_buckets(3, 4, false, 32, 128, Device::cpu);
   const int32_t want[] = {0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0};
   for (int i = 0; i < 12; ++i) EXPECT_EQ(t.ptr<int32_t>()[i], want[i]) << i;
+}
+
+// transformers' own T5Attention._relative_position_bucket (tests/golden/make_t5_golden.py,
+// torch 2.11 / transformers 5.17) for relative positions -400..400: every value must agree,
+// including the log-spaced boundaries where f32 rounding decides.
+TEST(T5Ops, BucketsEqualTransformers) {
+  const std::string path = test::repo_root() + "/tests/golden/t5_golden.h5";
+  h5::Handle f = h5::open_file_read(path);
+  h5::Handle g = h5::open_group(f, "buckets");
+  int cases = 0;
+  for (const char* name : {"bidirectional_32_128", "causal_32_128", "bidirectional_8_20", "causal_8_20"}) {
+    const std::vector<hsize_t> dims = h5::dataset_dims(g, name, path);
+    std::vector<int32_t> want(dims.at(0));
+    h5::read_dataset(g, name, H5T_NATIVE_INT32, want.data(), path);
+    h5::Handle d(H5Dopen2(g, name, H5P_DEFAULT), h5::Handle::Kind::dataset);
+    const bool bidirectional = h5::read_attr_int(d, "bidirectional", path) != 0;
+    const int64_t nb = h5::read_attr_int(d, "num_buckets", path), md = h5::read_attr_int(d, "max_distance", path);
+    const int64_t first = h5::read_attr_int(d, "first_relative_position", path);
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_EQ(t5_relative_bucket(first + static_cast<int64_t>(i), bidirectional, nb, md), want[i])
+          << name << " relative position " << first + static_cast<int64_t>(i);
+    ++cases;
+  }
+  EXPECT_EQ(cases, 4);
 }
 
 TEST(T5Ops, RelativeBiasLookupAndGradient) {
