@@ -396,8 +396,8 @@ double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad)
     ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2);
   }
   rmsnorm_forward(layer(a.y, c.num_decoder_layers, ND), m.dec_final, eps, a.yf, a.yrstd);
-  // A head tied to the embedding sees the decoder output scaled by d_model^-0.5.
-  if (c.tie_word_embeddings) scale_inplace(a.yf, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
+  // The head sees the decoder output scaled by d_model^-0.5 (T5's tied head).
+  if (c.scale_decoder_outputs) scale_inplace(a.yf, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
   linear_layer_forward(m.lm_head, a.yf, a.logits, false, kCtx);
   cross_entropy(a.logits, batch.dec_targets, batch.dec_weight, a.losses, grad);
   const Tensor lh = a.losses.to_cpu(DType::f64), wh = batch.dec_weight.to_cpu(DType::f64);
@@ -414,7 +414,7 @@ void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch) {
   Tensor dn = rows(a.dn, ND), dy = rows(a.dy, ND);
   // Head.
   linear_layer_backward(m.lm_head, a.yf, a.logits, &dn, kCtx, false);
-  if (c.tie_word_embeddings) scale_inplace(dn, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
+  if (c.scale_decoder_outputs) scale_inplace(dn, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
   dy.zero_();
   // rmsnorm_backward needs the normalised-and-unscaled input: recompute nothing, it takes x.
   rmsnorm_backward(dn, layer(a.y, c.num_decoder_layers, ND), m.dec_final, a.yrstd, dy, g(m.dec_final_grad));

@@ -11,7 +11,7 @@
 //   per block: y += o(attn(self; bias b_dec, causal))
 //              y += o'(attn(q'(n1 y), k'(e), v'(e); encoder key padding, no bias))
 //              y += ffn(n2 y)
-//   logits = lm_head(final_norm(y) [* d_model^-0.5 when the head is tied to `shared`])
+//   logits = lm_head(final_norm(y) [* d_model^-0.5 with scale_decoder_outputs])
 // The relative bias tables live in block 0 of each stack and serve every block of it.
 // Decoder inputs are the labels shifted right with decoder_start_token_id (t5_shift_right).
 #pragma once

@@ -41,7 +41,8 @@ int64_t T5Config::num_parameters() const {
 
 std::string T5Config::summary() const {
   return str("enc ", num_layers, " dec ", num_decoder_layers, " C=", d_model, " D=", d_kv, " H=", num_heads, " F=", d_ff,
-             " V=", vocab_size, gated ? " gated-gelu" : " relu", tie_word_embeddings ? " tied" : " untied");
+             " V=", vocab_size, gated ? " gated-gelu" : " relu", tie_word_embeddings ? " tied" : " untied",
+             scale_decoder_outputs ? " scaled" : "");
 }
 
 std::vector<T5WeightName> t5_weight_names(const T5Config& c) {
@@ -109,6 +110,7 @@ T5Config read_t5_config(const std::string& dir) {
   if (f.optional_bool("is_encoder_decoder", true) == false)
     ST_THROW_INPUT(path, ": field 'is_encoder_decoder' is false; only the encoder-decoder model is implemented");
   c.tie_word_embeddings = f.optional_bool("tie_word_embeddings", true);  // transformers' T5Config default
+  c.scale_decoder_outputs = f.optional_bool("scale_decoder_outputs", c.tie_word_embeddings);
   c.pad_token_id = read_token_id(j, f, "pad_token_id", 0);
   c.eos_token_id = read_token_id(j, f, "eos_token_id", 1);
   c.decoder_start_token_id = read_token_id(j, f, "decoder_start_token_id", c.pad_token_id);

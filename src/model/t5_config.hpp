@@ -19,7 +19,10 @@ struct T5Config {
   int64_t relative_attention_max_distance = 128;
   double layer_norm_epsilon = 1e-6;
   bool gated = true;                      // feed_forward_proj "gated-gelu" (wi_0, wi_1, wo) vs "relu" (wi, wo)
-  bool tie_word_embeddings = false;       // tied: lm_head = shared, decoder output scaled by d_model^-0.5
+  bool tie_word_embeddings = false;       // lm_head shares `shared`
+  // The decoder output is multiplied by d_model^-0.5 before the head (transformers 5's
+  // scale_decoder_outputs; in older configs it follows tie_word_embeddings).
+  bool scale_decoder_outputs = false;
   int64_t decoder_start_token_id = 0;
   int64_t pad_token_id = 0;
   int64_t eos_token_id = 1;
