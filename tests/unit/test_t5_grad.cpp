@@ -3,6 +3,7 @@
 // encoder rows, ignored targets, and tied and untied heads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/t5.hpp"
@@ -30,35 +31,39 @@ T5Config tiny(bool gated, bool tied) {
   return c;
 }
 
-T5Batch make_batch(int64_t B, int64_t Te, int64_t Td, int64_t V) {
+// A batch from encoder ids [B, Te], encoder lengths [B] and labels [B, Td] (-1: ignored): the
+// decoder inputs shifted right, the loss weights 1 / (number of targets).
+T5Batch batch_of(int64_t B, int64_t Te, int64_t Td, const std::vector<int32_t>& ids, const std::vector<int32_t>& lengths,
+                 const std::vector<int32_t>& labels, int64_t start, int64_t pad) {
   T5Batch b;
   b.B = B;
   b.Te = Te;
   b.Td = Td;
-  b.enc_ids = Tensor::empty({B * Te}, DType::i32);
-  b.enc_lengths = Tensor::empty({B}, DType::i32);
-  b.dec_lengths = Tensor::empty({B}, DType::i32);
-  b.dec_targets = Tensor::empty({B * Td}, DType::i32);
-  b.dec_weight = Tensor::empty({B * Td}, DType::f32);
-  std::vector<int32_t> labels(static_cast<size_t>(B * Td));
-  for (int64_t i = 0; i < B * Te; ++i) b.enc_ids.ptr<int32_t>()[i] = static_cast<int32_t>((i * 7 + 3) % V);
-  for (int64_t r = 0; r < B; ++r) {
-    b.enc_lengths.ptr<int32_t>()[r] = static_cast<int32_t>(r == 1 ? Te - 2 : Te);  // a padded row
-    b.dec_lengths.ptr<int32_t>()[r] = static_cast<int32_t>(Td);
-  }
+  auto i32 = [](const std::vector<int32_t>& v) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::i32);
+    std::copy(v.begin(), v.end(), t.ptr<int32_t>());
+    return t;
+  };
+  b.enc_ids = i32(ids);
+  b.enc_lengths = i32(lengths);
+  b.dec_lengths = i32(std::vector<int32_t>(static_cast<size_t>(B), static_cast<int32_t>(Td)));
+  b.dec_targets = i32(labels);
+  b.dec_ids = i32(t5_shift_right(labels, B, Td, start, pad));
   int64_t count = 0;
-  for (int64_t i = 0; i < B * Td; ++i) {
-    labels[static_cast<size_t>(i)] = i % 5 == 4 ? -1 : static_cast<int32_t>((i * 11 + 1) % V);
-    count += labels[static_cast<size_t>(i)] >= 0;
-  }
-  for (int64_t i = 0; i < B * Td; ++i) {
-    b.dec_targets.ptr<int32_t>()[i] = labels[static_cast<size_t>(i)];
+  for (int32_t l : labels) count += l >= 0;
+  b.dec_weight = Tensor::empty({B * Td}, DType::f32);
+  for (int64_t i = 0; i < B * Td; ++i)
     b.dec_weight.ptr<float>()[i] = labels[static_cast<size_t>(i)] >= 0 ? 1.0f / static_cast<float>(count) : 0.0f;
-  }
-  const std::vector<int32_t> dec = t5_shift_right(labels, B, Td, 0, 0);
-  b.dec_ids = Tensor::empty({B * Td}, DType::i32);
-  for (int64_t i = 0; i < B * Td; ++i) b.dec_ids.ptr<int32_t>()[i] = dec[static_cast<size_t>(i)];
   return b;
+}
+
+T5Batch make_batch(int64_t B, int64_t Te, int64_t Td, int64_t V) {
+  std::vector<int32_t> ids(static_cast<size_t>(B * Te)), lengths(static_cast<size_t>(B)), labels(static_cast<size_t>(B * Td));
+  for (int64_t i = 0; i < B * Te; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7 + 3) % V);
+  for (int64_t r = 0; r < B; ++r) lengths[static_cast<size_t>(r)] = static_cast<int32_t>(r == 1 ? Te - 2 : Te);  // a padded row
+  for (int64_t i = 0; i < B * Td; ++i)
+    labels[static_cast<size_t>(i)] = i % 5 == 4 ? -1 : static_cast<int32_t>((i * 11 + 1) % V);
+  return batch_of(B, Te, Td, ids, lengths, labels, 0, 0);
 }
 
 void check_model(bool gated, bool tied) {
@@ -130,35 +135,11 @@ void check_golden(const std::string& name) {
   const std::vector<int32_t> ids = read_i32(g, "input_ids", path), mask = read_i32(g, "attention_mask", path),
                              labels = read_i32(g, "labels", path);
   const int64_t B = 2, Te = static_cast<int64_t>(ids.size()) / B, Td = static_cast<int64_t>(labels.size()) / B;
-  T5Batch b;
-  b.B = B;
-  b.Te = Te;
-  b.Td = Td;
-  b.enc_ids = Tensor::empty({B * Te}, DType::i32);
-  b.enc_lengths = Tensor::empty({B}, DType::i32);
-  b.dec_lengths = Tensor::empty({B}, DType::i32);
-  b.dec_targets = Tensor::empty({B * Td}, DType::i32);
-  b.dec_weight = Tensor::empty({B * Td}, DType::f32);
-  for (int64_t i = 0; i < B * Te; ++i) b.enc_ids.ptr<int32_t>()[i] = ids[static_cast<size_t>(i)];
-  for (int64_t r = 0; r < B; ++r) {
-    int32_t len = 0;
-    for (int64_t t = 0; t < Te; ++t) len += mask[static_cast<size_t>(r * Te + t)];
-    b.enc_lengths.ptr<int32_t>()[r] = len;
-    b.dec_lengths.ptr<int32_t>()[r] = static_cast<int32_t>(Td);
-  }
-  std::vector<int32_t> lab(labels.size());
-  int64_t count = 0;
-  for (size_t i = 0; i < labels.size(); ++i) {
-    lab[i] = labels[i] < 0 ? -1 : labels[i];
-    count += lab[i] >= 0;
-  }
-  for (int64_t i = 0; i < B * Td; ++i) {
-    b.dec_targets.ptr<int32_t>()[i] = lab[static_cast<size_t>(i)];
-    b.dec_weight.ptr<float>()[i] = lab[static_cast<size_t>(i)] >= 0 ? 1.0f / static_cast<float>(count) : 0.0f;
-  }
-  const std::vector<int32_t> dec = t5_shift_right(lab, B, Td, m.cfg.decoder_start_token_id, m.cfg.pad_token_id);
-  b.dec_ids = Tensor::empty({B * Td}, DType::i32);
-  for (int64_t i = 0; i < B * Td; ++i) b.dec_ids.ptr<int32_t>()[i] = dec[static_cast<size_t>(i)];
+  std::vector<int32_t> lengths(static_cast<size_t>(B), 0), lab(labels.size());
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t t = 0; t < Te; ++t) lengths[static_cast<size_t>(r)] += mask[static_cast<size_t>(r * Te + t)];
+  for (size_t i = 0; i < labels.size(); ++i) lab[i] = labels[i] < 0 ? -1 : labels[i];  // transformers' -100
+  const T5Batch b = batch_of(B, Te, Td, ids, lengths, lab, m.cfg.decoder_start_token_id, m.cfg.pad_token_id);
 
   T5Activations a = t5_activations(m, B, Te, Td, false);
   t5_forward(m, a, b, false);
