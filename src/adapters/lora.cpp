@@ -12,16 +12,8 @@
 
 namespace st {
 
-namespace {
-uint64_t hash_name(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-}  // namespace
-
 LoraAdapter::LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed)
-    : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(hash_name(base.name)),
+    : name(base.name), r(cfg.r), scale(cfg.scale()), dropout(cfg.dropout), stream(name_hash(base.name)),
       tp_mode(base.tp.active() ? base.tp_mode : TpMode::none), tp(base.tp) {
   if (cfg.r <= 0) ST_THROW_INPUT("lora_r must be positive (got ", cfg.r, ")");
   const DType compute = base.dtype(), dt = master_dtype(compute);

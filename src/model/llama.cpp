@@ -44,12 +44,6 @@ Linear make_linear(const std::string& name, int64_t in, int64_t out, const Llama
 
 std::string layer_prefix(int64_t l) { return str("model.layers.", l, "."); }
 
-uint64_t name_hash(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 // First `rows` rows of a [max_rows, cols] buffer.
 Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
 
@@ -117,17 +111,14 @@ Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Te
     const int64_t rows = full.dim(0) / m.tp.size;
     return full.slice(rows * m.tp.rank, rows * (m.tp.rank + 1)).clone(MemCategory::workspace);
   }
-  // Columns: a strided copy, done on the host.
-  const Tensor host = full.device() == Device::cpu ? full : full.to_cpu(full.dtype() == DType::f64 ? DType::f64 : DType::f32);
-  const Tensor part = shard_cols(host, m.tp.size, m.tp.rank);
-  if (full.device() == Device::cpu) return part;
+  // Columns: a strided copy, done on the host (in f32/f64), then back to the device.
+  if (full.device() == Device::cpu) return shard_cols(full, m.tp.size, m.tp.rank);
+  const Tensor part = shard_cols(full.to_cpu(full.dtype() == DType::f64 ? DType::f64 : DType::f32), m.tp.size, m.tp.rank);
+  Tensor staged = Tensor::empty(part.shape(), part.dtype(), full.device(), MemCategory::workspace);
+  staged.copy_from(part);
+  if (staged.dtype() == full.dtype()) return staged;
   Tensor out = Tensor::empty(part.shape(), full.dtype(), full.device(), MemCategory::workspace);
-  if (part.dtype() == out.dtype()) out.copy_from(part);
-  else convert_copy(out, part.device() == out.device() ? part : [&] {
-    Tensor d = Tensor::empty(part.shape(), part.dtype(), out.device(), MemCategory::workspace);
-    d.copy_from(part);
-    return d;
-  }());
+  convert_copy(out, staged);
   return out;
 }
 

@@ -19,12 +19,6 @@ namespace st {
 
 namespace {
 
-uint64_t name_hash(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 Linear make_linear(const std::string& name, int64_t in, int64_t out, const T5Model& m) {
   Linear l;
   l.name = name;
@@ -122,39 +116,58 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device) {
   return m;
 }
 
-std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m) {
-  std::vector<std::pair<std::string, Tensor*>> out;
-  out.emplace_back("shared.weight", &m.shared);
-  auto attn = [&](T5Attn& a, Tensor* rel) {
-    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) out.emplace_back(l->name + ".weight", &l->weight);
-    if (rel) out.emplace_back(a.q.name.substr(0, a.q.name.size() - 1) + "relative_attention_bias.weight", rel);
+namespace {
+
+// Every weight with its transformers name and its gradient slot (undefined until base training
+// is enabled), in t5_weight_names' order (lm_head omitted when tied).
+struct T5Slot {
+  std::string name;
+  Tensor* weight;
+  Tensor* grad;
+};
+
+std::vector<T5Slot> t5_slots(T5Model& m) {
+  std::vector<T5Slot> out;
+  out.push_back({"shared.weight", &m.shared, &m.shared_grad});
+  auto lin = [&](Linear& l) { out.push_back({l.name + ".weight", &l.weight, &l.grad}); };
+  auto attn = [&](T5Attn& a, Tensor* rel, Tensor* rel_grad) {
+    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) lin(*l);
+    if (rel) out.push_back({a.q.name.substr(0, a.q.name.size() - 1) + "relative_attention_bias.weight", rel, rel_grad});
   };
   auto ffn = [&](T5Ffn& f) {
-    out.emplace_back(f.wi_0.name + ".weight", &f.wi_0.weight);
-    if (m.cfg.gated) out.emplace_back(f.wi_1.name + ".weight", &f.wi_1.weight);
-    out.emplace_back(f.wo.name + ".weight", &f.wo.weight);
+    lin(f.wi_0);
+    if (m.cfg.gated) lin(f.wi_1);
+    lin(f.wo);
   };
   for (size_t l = 0; l < m.enc.size(); ++l) {
     T5EncBlock& e = m.enc[l];
     const std::string b = str("encoder.block.", l, ".");
-    attn(e.self, l == 0 ? &m.enc_rel : nullptr);
-    out.emplace_back(b + "layer.0.layer_norm.weight", &e.ln0);
+    attn(e.self, l == 0 ? &m.enc_rel : nullptr, &m.enc_rel_grad);
+    out.push_back({b + "layer.0.layer_norm.weight", &e.ln0, &e.ln0_grad});
     ffn(e.ffn);
-    out.emplace_back(b + "layer.1.layer_norm.weight", &e.ln1);
+    out.push_back({b + "layer.1.layer_norm.weight", &e.ln1, &e.ln1_grad});
   }
-  out.emplace_back("encoder.final_layer_norm.weight", &m.enc_final);
+  out.push_back({"encoder.final_layer_norm.weight", &m.enc_final, &m.enc_final_grad});
   for (size_t l = 0; l < m.dec.size(); ++l) {
     T5DecBlock& d = m.dec[l];
     const std::string b = str("decoder.block.", l, ".");
-    attn(d.self, l == 0 ? &m.dec_rel : nullptr);
-    out.emplace_back(b + "layer.0.layer_norm.weight", &d.ln0);
-    attn(d.cross, nullptr);
-    out.emplace_back(b + "layer.1.layer_norm.weight", &d.ln1);
+    attn(d.self, l == 0 ? &m.dec_rel : nullptr, &m.dec_rel_grad);
+    out.push_back({b + "layer.0.layer_norm.weight", &d.ln0, &d.ln0_grad});
+    attn(d.cross, nullptr, nullptr);
+    out.push_back({b + "layer.1.layer_norm.weight", &d.ln1, &d.ln1_grad});
     ffn(d.ffn);
-    out.emplace_back(b + "layer.2.layer_norm.weight", &d.ln2);
+    out.push_back({b + "layer.2.layer_norm.weight", &d.ln2, &d.ln2_grad});
   }
-  out.emplace_back("decoder.final_layer_norm.weight", &m.dec_final);
-  if (!m.cfg.tie_word_embeddings) out.emplace_back("lm_head.weight", &m.lm_head.weight);
+  out.push_back({"decoder.final_layer_norm.weight", &m.dec_final, &m.dec_final_grad});
+  if (!m.cfg.tie_word_embeddings) lin(m.lm_head);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m) {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  for (const T5Slot& s : t5_slots(m)) out.emplace_back(s.name, s.weight);
   return out;
 }
 
@@ -168,66 +181,17 @@ void t5_init_random(T5Model& m, uint64_t seed, double std) {
 void t5_enable_base_training(T5Model& m) {
   if (m.base_trainable) return;
   m.base_trainable = true;
-  auto grad = [&](const Tensor& w) { return Tensor::zeros(w.shape(), master_dtype(m.dtype), m.device, MemCategory::gradients); };
-  m.shared_grad = grad(m.shared);
-  m.enc_rel_grad = grad(m.enc_rel);
-  m.dec_rel_grad = grad(m.dec_rel);
-  auto attn = [&](T5Attn& a) {
-    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) l->grad = grad(l->weight);
-  };
-  auto ffn = [&](T5Ffn& f) {
-    for (Linear* l : {&f.wi_0, &f.wi_1, &f.wo})
-      if (l->weight.defined()) l->grad = grad(l->weight);
-  };
-  for (T5EncBlock& e : m.enc) {
-    e.ln0_grad = grad(e.ln0);
-    e.ln1_grad = grad(e.ln1);
-    attn(e.self);
-    ffn(e.ffn);
-  }
-  for (T5DecBlock& d : m.dec) {
-    d.ln0_grad = grad(d.ln0);
-    d.ln1_grad = grad(d.ln1);
-    d.ln2_grad = grad(d.ln2);
-    attn(d.self);
-    attn(d.cross);
-    ffn(d.ffn);
-  }
-  m.enc_final_grad = grad(m.enc_final);
-  m.dec_final_grad = grad(m.dec_final);
-  if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.shared_grad;
-  else m.lm_head.grad = grad(m.lm_head.weight);
+  // Gradients in the master precision (f32 when the weights are bf16).
+  for (const T5Slot& s : t5_slots(m))
+    *s.grad = Tensor::zeros(s.weight->shape(), master_dtype(m.dtype), m.device, MemCategory::gradients);
+  if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.shared_grad;  // both paths add into one buffer
 }
 
 std::vector<ParamRef> t5_trainable_params(T5Model& m) {
   std::vector<ParamRef> out;
   if (!m.base_trainable) return out;
-  // The gradient of each named weight, found by walking the same structure.
-  auto grad_of = [&](Tensor* w) -> Tensor* {
-    if (w == &m.shared) return &m.shared_grad;
-    if (w == &m.enc_rel) return &m.enc_rel_grad;
-    if (w == &m.dec_rel) return &m.dec_rel_grad;
-    if (w == &m.enc_final) return &m.enc_final_grad;
-    if (w == &m.dec_final) return &m.dec_final_grad;
-    if (w == &m.lm_head.weight) return &m.lm_head.grad;
-    for (T5EncBlock& e : m.enc) {
-      if (w == &e.ln0) return &e.ln0_grad;
-      if (w == &e.ln1) return &e.ln1_grad;
-      for (Linear* l : {&e.self.q, &e.self.k, &e.self.v, &e.self.o, &e.ffn.wi_0, &e.ffn.wi_1, &e.ffn.wo})
-        if (w == &l->weight) return &l->grad;
-    }
-    for (T5DecBlock& d : m.dec) {
-      if (w == &d.ln0) return &d.ln0_grad;
-      if (w == &d.ln1) return &d.ln1_grad;
-      if (w == &d.ln2) return &d.ln2_grad;
-      for (Linear* l : {&d.self.q, &d.self.k, &d.self.v, &d.self.o, &d.cross.q, &d.cross.k, &d.cross.v, &d.cross.o,
-                        &d.ffn.wi_0, &d.ffn.wi_1, &d.ffn.wo})
-        if (w == &l->weight) return &l->grad;
-    }
-    ST_THROW("t5_trainable_params: no gradient for a weight");
-  };
-  for (auto& [name, t] : t5_named_weights(m))
-    out.push_back({name, t, grad_of(t), t->ndim() == 2 && name.find("relative_attention_bias") == std::string::npos});
+  for (const T5Slot& s : t5_slots(m))  // weight decay on the projection matrices only
+    out.push_back({s.name, s.weight, s.grad, s.weight->ndim() == 2 && s.name.find("relative_attention_bias") == std::string::npos});
   return out;
 }
 
@@ -314,6 +278,32 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
 
 namespace {
 
+// out = resid + o(attn(q(n), k(kv), v(kv))): self-attention with kv = n, cross-attention with
+// kv = the encoder output.
+void attn_forward(const T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape, const Tensor& lengths,
+                  const Tensor& bias, Tensor q, Tensor k, Tensor v, Tensor att, Tensor lse, Tensor& out,
+                  const Tensor& resid) {
+  linear_layer_forward(w.q, n, q, false, kCtx);
+  linear_layer_forward(w.k, kv, k, false, kCtx);
+  linear_layer_forward(w.v, kv, v, false, kCtx);
+  attention_forward(shape, q, k, v, lengths, att, lse, bias);
+  linear_layer_forward(w.o, att, out, false, kCtx, &resid);
+}
+
+// dout: gradient of the block output. dn (overwritten) gets d(n); d(kv) goes into dkv (+=) for
+// cross-attention, or into dn with it for self-attention (dkv null). dbias (+=) when wanted.
+void attn_backward(T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape, const Tensor& lengths,
+                   const Tensor& bias, Tensor* dbias, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& att, const Tensor& lse, const Tensor& dout, Tensor datt, Tensor dq, Tensor dk, Tensor dv,
+                   Tensor& dn, Tensor* dkv) {
+  linear_layer_backward(w.o, att, dout, &datt, kCtx, false);
+  attention_backward(shape, q, k, v, att, lse, datt, lengths, dq, dk, dv, false, bias, dbias);
+  linear_layer_backward(w.q, n, dq, &dn, kCtx, false);
+  Tensor& dkv_into = dkv ? *dkv : dn;
+  linear_layer_backward(w.k, kv, dk, &dkv_into, kCtx);
+  linear_layer_backward(w.v, kv, dv, &dkv_into, kCtx);
+}
+
 // ffn(n) into out (overwritten) with the residual added: out = resid + wo(act(n)).
 void ffn_forward(const T5Model& m, const T5Ffn& f, const Tensor& n, Tensor g, Tensor u, Tensor h, Tensor& out,
                  const Tensor& resid) {
@@ -362,11 +352,7 @@ double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad)
     const Tensor xin = layer(a.x, static_cast<int64_t>(l), NE);
     Tensor xout = layer(a.x, static_cast<int64_t>(l) + 1, NE);
     rmsnorm_forward(xin, w.ln0, eps, s.n0, s.r0);
-    linear_layer_forward(w.self.q, s.n0, s.q, false, kCtx);
-    linear_layer_forward(w.self.k, s.n0, s.k, false, kCtx);
-    linear_layer_forward(w.self.v, s.n0, s.v, false, kCtx);
-    attention_forward(es, s.q, s.k, s.v, batch.enc_lengths, s.att, s.lse, a.enc_bias);
-    linear_layer_forward(w.self.o, s.att, s.mid, false, kCtx, &xin);
+    attn_forward(w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin);
     rmsnorm_forward(s.mid, w.ln1, eps, s.n1, s.r1);
     ffn_forward(m, w.ffn, s.n1, s.g, s.u, s.h, xout, s.mid);
   }
@@ -381,17 +367,9 @@ double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad)
     const Tensor yin = layer(a.y, static_cast<int64_t>(l), ND);
     Tensor yout = layer(a.y, static_cast<int64_t>(l) + 1, ND);
     rmsnorm_forward(yin, w.ln0, eps, s.n0, s.r0);
-    linear_layer_forward(w.self.q, s.n0, s.q, false, kCtx);
-    linear_layer_forward(w.self.k, s.n0, s.k, false, kCtx);
-    linear_layer_forward(w.self.v, s.n0, s.v, false, kCtx);
-    attention_forward(ds, s.q, s.k, s.v, batch.dec_lengths, s.att, s.lse, a.dec_bias);
-    linear_layer_forward(w.self.o, s.att, s.mid1, false, kCtx, &yin);
+    attn_forward(w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin);
     rmsnorm_forward(s.mid1, w.ln1, eps, s.n1, s.r1);
-    linear_layer_forward(w.cross.q, s.n1, s.cq, false, kCtx);
-    linear_layer_forward(w.cross.k, a.e, s.ck, false, kCtx);
-    linear_layer_forward(w.cross.v, a.e, s.cv, false, kCtx);
-    attention_forward(cs, s.cq, s.ck, s.cv, batch.enc_lengths, s.catt, s.clse);
-    linear_layer_forward(w.cross.o, s.catt, s.mid2, false, kCtx, &s.mid1);
+    attn_forward(w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1);
     rmsnorm_forward(s.mid2, w.ln2, eps, s.n2, s.r2);
     ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2);
   }
@@ -435,20 +413,13 @@ void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch) {
     // FFN: y_out = mid2 + ffn(n2 mid2)
     ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, dgt, du);
     rmsnorm_backward(dn, s.mid2, w.ln2, s.r2, dy, g(w.ln2_grad));
-    // Cross-attention: mid2 = mid1 + o'(attn(q'(n1), k'(e), v'(e)))
-    linear_layer_backward(w.cross.o, s.catt, dy, &datt, kCtx, false);
-    attention_backward(cs, s.cq, s.ck, s.cv, s.catt, s.clse, datt, batch.enc_lengths, dq, dck, dcv, false);
-    linear_layer_backward(w.cross.q, s.n1, dq, &dn, kCtx, false);
-    linear_layer_backward(w.cross.k, a.e, dck, &de, kCtx);
-    linear_layer_backward(w.cross.v, a.e, dcv, &de, kCtx);
+    // Cross-attention: mid2 = mid1 + o'(attn(q'(n1), k'(e), v'(e))); k', v' feed the encoder.
+    attn_backward(w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), nullptr, s.cq, s.ck, s.cv, s.catt, s.clse, dy, datt,
+                  dq, dck, dcv, dn, &de);
     rmsnorm_backward(dn, s.mid1, w.ln1, s.r1, dy, g(w.ln1_grad));
     // Self-attention with the causal relative bias.
-    linear_layer_backward(w.self.o, s.att, dy, &datt, kCtx, false);
-    attention_backward(ds, s.q, s.k, s.v, s.att, s.lse, datt, batch.dec_lengths, dq, dk, dv, false, a.dec_bias,
-                       a.dec_dbias.defined() ? &a.dec_dbias : nullptr);
-    linear_layer_backward(w.self.q, s.n0, dq, &dn, kCtx, false);
-    linear_layer_backward(w.self.k, s.n0, dk, &dn, kCtx);
-    linear_layer_backward(w.self.v, s.n0, dv, &dn, kCtx);
+    attn_backward(w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, g(a.dec_dbias), s.q, s.k, s.v, s.att, s.lse, dy,
+                  datt, dq, dk, dv, dn, nullptr);
     rmsnorm_backward(dn, yin, w.ln0, s.r0, dy, g(w.ln0_grad));
   }
   if (m.shared_grad.defined()) embedding_backward(batch.dec_ids, dy, m.shared_grad);
@@ -466,12 +437,8 @@ void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch) {
     const Tensor xin = layer(a.x, l, NE);
     ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, edg, edu);
     rmsnorm_backward(dne, s.mid, w.ln1, s.r1, dx, g(w.ln1_grad));
-    linear_layer_backward(w.self.o, s.att, dx, &edatt, kCtx, false);
-    attention_backward(es, s.q, s.k, s.v, s.att, s.lse, edatt, batch.enc_lengths, edq, edk, edv, false, a.enc_bias,
-                       a.enc_dbias.defined() ? &a.enc_dbias : nullptr);
-    linear_layer_backward(w.self.q, s.n0, edq, &dne, kCtx, false);
-    linear_layer_backward(w.self.k, s.n0, edk, &dne, kCtx);
-    linear_layer_backward(w.self.v, s.n0, edv, &dne, kCtx);
+    attn_backward(w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, g(a.enc_dbias), s.q, s.k, s.v, s.att, s.lse, dx,
+                  edatt, edq, edk, edv, dne, nullptr);
     rmsnorm_backward(dne, xin, w.ln0, s.r0, dx, g(w.ln0_grad));
   }
   if (m.shared_grad.defined()) embedding_backward(batch.enc_ids, dx, m.shared_grad);
