@@ -4,27 +4,53 @@
 
 namespace st {
 
-int64_t attach_lora(LlamaModel& m, const LoraConfig& cfg, int64_t max_rows, uint64_t seed) {
+namespace {
+
+bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+
+std::string listed(const std::vector<std::string>& v) {
+  std::string out;
+  for (const std::string& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+template <typename ShortName>
+int64_t attach_to(const std::vector<Linear*>& linears, const std::vector<std::string>& known, const char* family,
+                  const LoraConfig& cfg, int64_t max_rows, uint64_t seed, ShortName short_name) {
   for (const std::string& t : cfg.targets)
-    if (std::find(lora_target_names().begin(), lora_target_names().end(), t) == lora_target_names().end())
-      ST_THROW_INPUT("lora_targets: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
+    if (!contains(known, t))
+      ST_THROW_INPUT("lora_targets: a ", family, " model has no module '", t, "' (use ", listed(known), ")");
   int64_t n = 0;
-  for (Linear* lin : llama_linears(m)) {
-    const std::string s = llama_module_short_name(lin->name);
-    if (s.empty() || std::find(cfg.targets.begin(), cfg.targets.end(), s) == cfg.targets.end()) continue;
+  for (Linear* lin : linears) {
+    const std::string s = short_name(lin->name);
+    if (s.empty() || !contains(cfg.targets, s)) continue;
     lin->adapter = std::make_unique<LoraAdapter>(*lin, cfg, max_rows, seed);
     ++n;
   }
+  if (n == 0) ST_THROW_INPUT("lora_targets: none of ", listed(cfg.targets), " exists in this ", family, " model");
   return n;
 }
 
-void merge_adapters(LlamaModel& m) {
-  for (Linear* lin : llama_linears(m)) {
+void merge_all(const std::vector<Linear*>& linears, const char* dequantize) {
+  for (Linear* lin : linears) {
     if (!lin->adapter) continue;
-    if (lin->quantized()) ST_THROW("merge_adapters: ", lin->name, " is stored in NF4; call llama_dequantize first");
+    if (lin->quantized()) ST_THROW("merge_adapters: ", lin->name, " is stored in NF4; call ", dequantize, " first");
     lin->adapter->add_delta_to(lin->weight);
     lin->adapter.reset();
   }
 }
+
+}  // namespace
+
+int64_t attach_lora(LlamaModel& m, const LoraConfig& cfg, int64_t max_rows, uint64_t seed) {
+  return attach_to(llama_linears(m), llama_module_names(), "llama", cfg, max_rows, seed, llama_module_short_name);
+}
+
+int64_t attach_lora(T5Model& m, const LoraConfig& cfg, int64_t max_rows, uint64_t seed) {
+  return attach_to(t5_linears(m), t5_module_names(), "t5", cfg, max_rows, seed, t5_module_short_name);
+}
+
+void merge_adapters(LlamaModel& m) { merge_all(llama_linears(m), "llama_dequantize"); }
+void merge_adapters(T5Model& m) { merge_all(t5_linears(m), "t5_dequantize"); }
 
 }  // namespace st

@@ -59,7 +59,4 @@ class LoraAdapter final : public LinearAdapter {
   Tensor dropped_input(const Tensor& x, const LayerContext& ctx) const;
 };
 
-// The short target names accepted in lora_targets: llama_module_names() (model/llama.hpp).
-inline const std::vector<std::string>& lora_target_names() { return llama_module_names(); }
-
 }  // namespace st

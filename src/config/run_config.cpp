@@ -48,7 +48,7 @@ void build_table(RunConfig& c, OptionTable& t) {
 
   po::options_description model("Model");
   add_string(model, t, "model", &c.model, "Hugging Face checkpoint directory (config.json + model.safetensors); empty: random init from the keys below");
-  add_string(model, t, "arch", &c.arch, "model family for random init: llama");
+  add_string(model, t, "arch", &c.arch, "model family for random init: llama | t5 (with model set, the checkpoint's model_type decides)");
   add(model, t, "vocab_size", &c.vocab_size, "random init: vocabulary size (0: the shards' tokenizer size)");
   add(model, t, "hidden_size", &c.hidden_size, "random init: hidden size C");
   add(model, t, "intermediate_size", &c.intermediate_size, "random init: MLP size I");
@@ -59,6 +59,10 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(model, t, "max_position_embeddings", &c.max_position_embeddings, "random init: longest sequence");
   add(model, t, "rms_norm_eps", &c.rms_norm_eps, "random init: RMSNorm epsilon");
   add(model, t, "rope_theta", &c.rope_theta, "random init: rotary base");
+  add(model, t, "num_decoder_layers", &c.num_decoder_layers, "random init, t5: decoder blocks (0: num_layers; num_layers counts encoder blocks)");
+  add(model, t, "relative_attention_num_buckets", &c.relative_attention_num_buckets, "random init, t5: relative position buckets");
+  add(model, t, "relative_attention_max_distance", &c.relative_attention_max_distance, "random init, t5: distance of the last (logarithmic) bucket");
+  add_string(model, t, "feed_forward_proj", &c.feed_forward_proj, "random init, t5: gated-gelu (wi_0, wi_1, wo: T5 v1.1 / FlanT5) | relu (wi, wo: original T5)");
   add(model, t, "tie_embeddings", &c.tie_embeddings, "random init: LM head shares the embedding matrix");
   add(model, t, "init_std", &c.init_std, "random init: standard deviation of weights");
   add(model, t, "save_model", &c.save_model, "write <run dir>/model in Hugging Face layout at the end (LoRA merged into the weights)");
@@ -249,8 +253,10 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   return true;
 }
 
-std::vector<std::string> RunConfig::lora_target_list() const {
+std::vector<std::string> RunConfig::lora_target_list(const std::string& for_arch) const {
   std::vector<std::string> out;
+  const auto it = origin.find("lora_targets");
+  if (for_arch == "t5" && (it == origin.end() || it->second == "default")) return {"q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"};
   std::stringstream ss(lora_targets);
   std::string item;
   while (std::getline(ss, item, ',')) {
@@ -300,7 +306,8 @@ void validate_run_config(const RunConfig& c) {
   };
   one_of("device", c.device, {"cpu", "cuda"});
   one_of("dtype", c.dtype, {"auto", "f32", "f64", "bf16"});
-  one_of("arch", c.arch, {"llama"});
+  one_of("arch", c.arch, {"llama", "t5"});
+  one_of("feed_forward_proj", c.feed_forward_proj, {"gated-gelu", "relu"});
   one_of("method", c.method, {"full", "lora", "qlora"});
   one_of("qlora_quantize", c.qlora_quantize, {"adapted", "all"});
   if (c.qlora_block_size != 64 && c.qlora_block_size != 128 && c.qlora_block_size != 256)
@@ -323,6 +330,9 @@ void validate_run_config(const RunConfig& c) {
     if (!(c.init_std > 0)) fail("init_std", "must be positive");
     if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
     if (!(c.rope_theta > 0)) fail("rope_theta", "must be positive");
+    if (c.num_decoder_layers < 0) fail("num_decoder_layers", "must be >= 0");
+    if (c.relative_attention_num_buckets < 2) fail("relative_attention_num_buckets", "must be >= 2");
+    if (c.relative_attention_max_distance < 1) fail("relative_attention_max_distance", "must be >= 1");
   }
   if (c.data.empty()) fail("data", "is required (a directory of shards from `shardtune prepare`)");
   if (c.train_split.empty()) fail("train_split", "must not be empty");
@@ -348,8 +358,9 @@ void validate_run_config(const RunConfig& c) {
     const auto targets = c.lora_target_list();
     if (targets.empty()) fail("lora_targets", "must name at least one module");
     for (const auto& t : targets)
-      if (t != "q" && t != "k" && t != "v" && t != "o" && t != "gate" && t != "up" && t != "down")
-        fail("lora_targets", str("names unknown module '", t, "' (use q, k, v, o, gate, up, down)"));
+      if (t != "q" && t != "k" && t != "v" && t != "o" && t != "gate" && t != "up" && t != "down" && t != "wi_0" &&
+          t != "wi_1" && t != "wi" && t != "wo")
+        fail("lora_targets", str("names unknown module '", t, "' (llama: q, k, v, o, gate, up, down; t5: q, k, v, o, wi_0, wi_1, wi, wo)"));
   }
   if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
   if (c.tp_size < 1) fail("tp_size", "must be >= 1");

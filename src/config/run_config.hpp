@@ -23,13 +23,17 @@ struct RunConfig {
   int log_every = 10;
   // model
   std::string model;            // Hugging Face checkpoint dir; empty = random init from below
-  std::string arch = "llama";
+  std::string arch = "llama";   // llama | t5 (random init; a checkpoint's model_type decides otherwise)
   int64_t vocab_size = 0;       // 0: take it from the dataset's tokenizer
   int64_t hidden_size = 256, intermediate_size = 688, num_layers = 4, num_heads = 4;
   int64_t num_kv_heads = 0;     // 0 = num_heads
   int64_t head_dim = 0;         // 0 = hidden_size / num_heads
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-5, rope_theta = 10000.0;
+  // T5 random init (hidden_size = d_model, intermediate_size = d_ff, head_dim = d_kv)
+  int64_t num_decoder_layers = 0;  // 0 = num_layers
+  int64_t relative_attention_num_buckets = 32, relative_attention_max_distance = 128;
+  std::string feed_forward_proj = "gated-gelu";  // gated-gelu | relu
   bool tie_embeddings = false;
   double init_std = 0.02;
   bool save_model = false;      // write runs/<id>/model (HF layout; LoRA merged) at the end
@@ -75,7 +79,9 @@ struct RunConfig {
 
   // All options as key -> value strings in declaration order (for printing and metrics).
   std::vector<std::pair<std::string, std::string>> resolved() const;
-  std::vector<std::string> lora_target_list() const;
+  // The modules named by lora_targets; for arch "t5" the default (not set by the user) is every
+  // T5 projection: q, k, v, o, wi_0, wi_1, wi, wo.
+  std::vector<std::string> lora_target_list(const std::string& for_arch = "llama") const;
 };
 
 // Parse `shardtune <subcommand> [--deck FILE] [--key value ...]`. Prints help and returns false

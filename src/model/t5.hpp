@@ -109,4 +109,10 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
 double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad);
 void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch);
 
+// Every linear layer (adapters attach here): encoder blocks, decoder blocks, then lm_head when
+// untied. Short names are the last part of the module name: q, k, v, o, wi_0, wi_1, wi, wo.
+std::vector<Linear*> t5_linears(T5Model& m);
+const std::vector<std::string>& t5_module_names();
+std::string t5_module_short_name(const std::string& module);
+
 }  // namespace st

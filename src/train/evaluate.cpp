@@ -8,16 +8,44 @@
 #include "core/allocator.hpp"
 #include "core/timer.hpp"
 #include "parallel/watchdog.hpp"
+#include "train/model_runner.hpp"
 
 namespace st {
 
-EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers, const ShardDataset& data,
-                    int64_t max_rows, int64_t batch_size, Comm* dp) {
+namespace {
+constexpr float kNoScore = std::numeric_limits<float>::quiet_NaN();
+}
+
+std::vector<float> label_scores_at(const Tensor& logits, int64_t T, const std::vector<int64_t>& pos,
+                                   const std::vector<int32_t>& label_ids, int64_t vocab_offset, int64_t vocab_local,
+                                   const TpGroup& tp) {
+  const int64_t rows = static_cast<int64_t>(pos.size()), nlabels = static_cast<int64_t>(label_ids.size());
+  Tensor lab = Tensor::zeros({rows * nlabels}, DType::f32, Device::cpu, MemCategory::other);
+  float* lv = lab.ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t p = pos[static_cast<size_t>(b)];
+    if (p < 0 || p >= T) continue;
+    const Tensor row = logits.slice(b * T + p, b * T + p + 1).to_cpu(DType::f32);
+    for (int64_t c = 0; c < nlabels; ++c) {
+      const int64_t col = label_ids[static_cast<size_t>(c)] - vocab_offset;
+      if (col >= 0 && col < vocab_local) lv[b * nlabels + c] = row.ptr<float>()[col];
+    }
+  }
+  if (tp.active()) tp.comm->all_reduce_sum(lab);
+  std::vector<float> out(lv, lv + rows * nlabels);
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t p = pos[static_cast<size_t>(b)];
+    if (p < 0 || p >= T) std::fill_n(out.begin() + b * nlabels, nlabels, kNoScore);
+  }
+  return out;
+}
+
+EvalResult evaluate(ModelRunner& model, const ShardDataset& data, int64_t max_rows, int64_t batch_size, Comm* dp) {
   MemoryPhase phase("eval");
   Stopwatch sw;
   const int64_t n = max_rows > 0 ? std::min(max_rows, data.size()) : data.size();
   const std::vector<int32_t>& label_ids = data.info().label_token_ids;
-  const bool classify = !label_ids.empty();
+  const int64_t nlabels = static_cast<int64_t>(label_ids.size());
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0, labelled = 0;
@@ -27,47 +55,28 @@ EvalResult evaluate(LlamaModel& m, LlamaActivations& acts, BatchBuffers& buffers
   // every rank of the group must join), every rank runs the same number of forwards: a rank
   // without rows in the last round runs one on row 0 and discards it.
   const int64_t rounds = (n + stride * batch_size - 1) / (stride * batch_size);
-  const LlamaLocalDims ld = llama_local_dims(m);
-  const int64_t nlabels = static_cast<int64_t>(label_ids.size());
   for (int64_t k = 0; k < rounds; ++k) {
     const int64_t start = (k * stride + first) * batch_size;
     const bool idle = start >= n;
-    if (idle && !m.hooks) break;
+    if (idle && !model.has_hooks()) break;
     const int64_t rows = idle ? 1 : std::min(batch_size, n - start);
     watchdog_beat("eval batch");
     std::vector<int64_t> idx(static_cast<size_t>(rows));
     std::iota(idx.begin(), idx.end(), idle ? 0 : start);
     data.read_rows(idx, host);
-    const int64_t tokens = host.loss_tokens();
-    // Weight 1 per target: the forward returns the plain sum of token losses.
-    LlamaBatch batch = buffers.make(host, 1.0);
-    const double loss = llama_forward(m, acts, batch, LayerContext{}, false);
+    const EvalScores s = model.eval_batch(host, label_ids);
     if (idle) continue;
-    loss_sum += loss;
-    r.tokens += tokens;
+    loss_sum += s.loss_sum;
+    r.tokens += host.loss_tokens();
     r.rows += rows;
-    if (!classify) continue;
-    // The label tokens' logits [rows, labels]; under TP each rank holds a vocabulary range, so
-    // the owner of each label token contributes it and a sum over the TP group completes them.
-    Tensor lab = Tensor::zeros({rows * nlabels}, DType::f32, Device::cpu, MemCategory::other);
-    float* lv = lab.ptr<float>();
-    for (int64_t b = 0; b < rows; ++b) {
-      const int64_t pos = host.answer_start[static_cast<size_t>(b)] - 1;  // predicts the first answer token
-      if (pos < 0 || pos >= batch.T) continue;
-      const Tensor row = acts.logits.slice(b * batch.T + pos, b * batch.T + pos + 1).to_cpu(DType::f32);
-      for (int64_t c = 0; c < nlabels; ++c) {
-        const int64_t col = label_ids[static_cast<size_t>(c)] - ld.vocab_offset;
-        if (col >= 0 && col < ld.vocab) lv[b * nlabels + c] = row.ptr<float>()[col];
-      }
-    }
-    if (m.tp.active()) m.tp.comm->all_reduce_sum(lab);
+    if (s.label_scores.empty()) continue;
     for (int64_t b = 0; b < rows; ++b) {
       const int32_t label = host.labels[static_cast<size_t>(b)];
-      const int64_t pos = host.answer_start[static_cast<size_t>(b)] - 1;
-      if (label < 0 || label >= static_cast<int32_t>(nlabels) || pos < 0 || pos >= batch.T) continue;
+      const float* sc = s.label_scores.data() + b * nlabels;
+      if (label < 0 || label >= static_cast<int32_t>(nlabels) || std::isnan(sc[0])) continue;
       int best = 0;
       for (int64_t c = 1; c < nlabels; ++c)
-        if (lv[b * nlabels + c] > lv[b * nlabels + best]) best = static_cast<int>(c);
+        if (sc[c] > sc[best]) best = static_cast<int>(c);
       correct += best == label;
       ++labelled;
     }

@@ -12,13 +12,11 @@
 #include <optional>
 #include <thread>
 
-#include "adapters/apply.hpp"
 #include "core/log.hpp"
 #include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "core/sha256.hpp"
 #include "core/timer.hpp"
-#include "io/llama_io.hpp"
 #include "io/metrics.hpp"
 #include "io/shards.hpp"
 #include "parallel/ddp.hpp"
@@ -27,6 +25,7 @@
 #include "parallel/watchdog.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
+#include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
 #include "train/schedule.hpp"
 
@@ -79,6 +78,12 @@ std::string fmt_sci(double v) {
   return buf;
 }
 
+std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string out;
+  for (const std::string& x : v) out += (out.empty() ? "" : sep) + x;
+  return out;
+}
+
 std::map<std::string, std::string> config_map(const RunConfig& c) {
   std::map<std::string, std::string> m;
   for (const auto& [k, v] : c.resolved()) m[k] = v;
@@ -116,35 +121,6 @@ void check_tokenizers(const RunConfig& c, const ShardDataset& train, const Shard
   }
 }
 
-LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
-  LlamaConfig m;
-  m.vocab_size = c.vocab_size > 0 ? c.vocab_size : info.tokenizer_vocab_size;
-  m.hidden_size = c.hidden_size;
-  m.intermediate_size = c.intermediate_size;
-  m.num_layers = c.num_layers;
-  m.num_heads = c.num_heads;
-  m.num_kv_heads = c.num_kv_heads > 0 ? c.num_kv_heads : c.num_heads;
-  m.head_dim = c.head_dim > 0 ? c.head_dim : c.hidden_size / c.num_heads;
-  m.max_position_embeddings = c.max_position_embeddings;
-  m.rms_norm_eps = c.rms_norm_eps;
-  m.rope_theta = c.rope_theta;
-  m.tie_word_embeddings = c.tie_embeddings;
-  m.bos_token_id = info.bos_id;
-  m.eos_token_id = info.eos_id;
-  m.validate(str("options of ", c.deck.empty() ? std::string("the command line") : c.deck));
-  return m;
-}
-
-// The NF4 layers of a QLoRA run (none for other methods, and none when only evaluating).
-LlamaQuant quant_from_options(const RunConfig& c, bool training) {
-  LlamaQuant q;
-  if (!training || c.method != "qlora") return q;
-  q.modules = c.qlora_quantize == "all" ? llama_module_names() : c.lora_target_list();
-  q.nf4.block = c.qlora_block_size;
-  q.nf4.double_quant = c.qlora_double_quant;
-  return q;
-}
-
 // Test hook: SHARDTUNE_FAULT="<rank>:<step>" makes that rank fail at that step (before the
 // gradient all-reduce), so the tests can check that one failing rank ends the whole job;
 // "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job).
@@ -166,41 +142,6 @@ TpGroup tp_group(const RunConfig& c, Device device) {
   Runtime& rt = runtime();
   if ((c.parallel != "tp" && c.parallel != "tp+zero3") || rt.tp == 1) return {};
   return TpGroup{&runtime_comm(rt, CommGroup::tp, device), rt.tp, rt.tp_rank};
-}
-
-LlamaModel make_model(const RunConfig& c, const ShardInfo& info, DType dtype, Device device, bool training) {
-  MemoryPhase phase("load");
-  const LlamaQuant quant = quant_from_options(c, training);
-  const TpGroup tp = tp_group(c, device);
-  LlamaModel m;
-  if (!c.model.empty()) {
-    m = load_llama(c.model, dtype, device, quant, tp);
-    ST_LOG("model: loaded ", c.model, " (", m.cfg.summary(), ")");
-  } else {
-    m = llama_build(config_from_options(c, info), dtype, device, quant, tp);
-    llama_init_random(m, c.seed, c.init_std);
-    ST_LOG("model: random init, seed ", c.seed, " (", m.cfg.summary(), ")");
-  }
-  if (tp.size > 1) {
-    const LlamaLocalDims d = llama_local_dims(m);
-    ST_LOG("tp: ", tp.size, " ranks per tensor-parallel group; this rank holds ", d.heads, " of ", m.cfg.num_heads,
-           " heads, ", d.kv_heads, " of ", m.cfg.num_kv_heads, " KV heads, ", d.intermediate, " of ",
-           m.cfg.intermediate_size, " FFN columns, vocabulary rows [", d.vocab_offset, ", ", d.vocab_offset + d.vocab, ")");
-  }
-  if (quant.any()) {
-    const LlamaWeightBytes wb = llama_weight_bytes(m);
-    ST_LOG("qlora: ", wb.quantized_layers, " linear layers in NF4 (block ", quant.nf4.block,
-           quant.nf4.double_quant ? ", double quantization" : "", "): base weights ", format_bytes(static_cast<double>(wb.stored)),
-           " instead of ", format_bytes(static_cast<double>(wb.dense)), " in ", dtype_name(dtype), " (",
-           format_bytes(static_cast<double>(wb.dense - wb.stored)), " saved)");
-  }
-  if (info.tokenizer_vocab_size > m.cfg.vocab_size)
-    ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", info.tokenizer_vocab_size,
-                   " pieces but the model's vocabulary has only ", m.cfg.vocab_size);
-  if (info.seq_len > m.cfg.max_position_embeddings)
-    ST_WARN("shards hold rows of up to ", info.seq_len, " tokens but the model's max_position_embeddings is ",
-            m.cfg.max_position_embeddings, "; longer batches will be refused");
-  return m;
 }
 
 struct RankMemory {
@@ -261,9 +202,7 @@ class Run {
   std::unique_ptr<MetricsWriter> metrics_;
   Stopwatch total_;
   std::unique_ptr<ShardDataset> train_, val_;
-  LlamaModel model_;
-  std::unique_ptr<LlamaActivations> acts_;
-  std::unique_ptr<BatchBuffers> buffers_;
+  std::unique_ptr<ModelRunner> model_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<GradAllReduce> grad_sync_;  // DDP: gradients summed over the data-parallel group
   std::unique_ptr<Zero3> zero_;               // ZeRO-3: parameters sharded over the data-parallel group
@@ -330,31 +269,39 @@ void Run::open_data(bool need_train) {
 
 void Run::build_model(bool training) {
   const ShardDataset& ref = train_ ? *train_ : *val_;
-  model_ = make_model(cfg_, ref.info(), dtype_, device_, training);
-  const int64_t T_max = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
+  DataShape shape;
+  shape.seq_len = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
+  shape.target_len = std::max(train_ ? train_->target_len() : 0, val_ ? val_->target_len() : 0);
+  shape.label_token_ids = ref.info().label_token_ids;
+  const std::string arch = resolve_arch(cfg_, ref.info());
+  summary_.strings["arch"] = arch;
+  const TpGroup tp = tp_group(cfg_, device_);
+  model_ = arch == "t5" ? make_t5_runner(cfg_, ref.info(), shape, dtype_, device_, tp, training)
+                        : make_llama_runner(cfg_, ref.info(), shape, dtype_, device_, tp, training);
   const int64_t B = cfg_.micro_batch_size;
   MemoryPhase phase("setup");
   if (training) {
     if (cfg_.method == "full") {
-      llama_enable_base_training(model_);
+      model_->enable_base_training();
     } else {
       LoraConfig lc;
       lc.r = cfg_.lora_r;
       lc.alpha = cfg_.lora_alpha;
       lc.dropout = cfg_.lora_dropout;
-      lc.targets = cfg_.lora_target_list();
-      const int64_t n = attach_lora(model_, lc, B * T_max, cfg_.seed);
-      ST_LOG("lora: ", n, " adapters, r=", lc.r, " alpha=", lc.alpha, " dropout=", lc.dropout, " on ", cfg_.lora_targets);
+      lc.targets = cfg_.lora_target_list(arch);
+      const int64_t n = model_->attach_lora(lc, cfg_.seed);
+      ST_LOG("lora: ", n, " adapters, r=", lc.r, " alpha=", lc.alpha, " dropout=", lc.dropout, " on ",
+             join(lc.targets, ","));
     }
   }
   // Figures of the whole (local TP part of the) model, before ZeRO-3 takes the tensors over.
-  const int64_t total = model_.cfg.num_parameters();
-  const int64_t trainable = training ? llama_num_trainable(model_) : 0;
-  const LlamaWeightBytes wb = llama_weight_bytes(model_);
-  if (train_) flops_per_token_ = llama_flops_per_token(model_, train_->seq_len());
+  const int64_t total = model_->num_parameters();
+  const int64_t trainable = training ? model_->num_trainable() : 0;
+  const ModelRunner::WeightBytes wb = model_->weight_bytes();
+  if (train_) flops_per_token_ = model_->flops_per_token();
   Runtime& rt = runtime();
   if (cfg_.parallel == "zero3" || cfg_.parallel == "tp+zero3") {
-    zero_ = std::make_unique<Zero3>(model_, runtime_comm(rt, CommGroup::dp, device_), cfg_.zero3_prefetch);
+    zero_ = model_->make_zero3(runtime_comm(rt, CommGroup::dp, device_), cfg_.zero3_prefetch);
     const Zero3::Bytes zb = zero_->bytes();
     ST_LOG("zero3: ", zero_->num_units(), " units sharded over ", rt.dp, " data-parallel rank", rt.dp == 1 ? "" : "s",
            "; this rank keeps ", format_bytes(static_cast<double>(zb.frozen)), " frozen + ",
@@ -366,18 +313,16 @@ void Run::build_model(bool training) {
     summary_.ints["zero3_largest_unit_bytes"] = static_cast<int64_t>(zb.largest_unit_gathered);
   }
   if (training) {
-    opt_ = std::make_unique<AdamW>(zero_ ? zero_->params() : llama_trainable_params(model_), cfg_.adam_beta1,
+    opt_ = std::make_unique<AdamW>(zero_ ? zero_->params() : model_->trainable_params(), cfg_.adam_beta1,
                                    cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay);
     if (rt.dp > 1 && (cfg_.parallel == "ddp" || cfg_.parallel == "tp")) {
-      grad_sync_ = std::make_unique<GradAllReduce>(llama_params_by_unit(model_), runtime_comm(rt, CommGroup::dp, device_));
-      model_.hooks = grad_sync_.get();  // buckets reduced as the last micro-batch's backward finishes them
+      grad_sync_ = std::make_unique<GradAllReduce>(model_->params_by_unit(), runtime_comm(rt, CommGroup::dp, device_));
+      model_->set_hooks(grad_sync_.get());  // buckets reduced as the last micro-batch's backward finishes them
       ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
              grad_sync_->num_buckets() == 1 ? "" : "s");
     }
   }
-  acts_ = std::make_unique<LlamaActivations>(
-      llama_activations(model_, B, T_max, cfg_.activation_checkpointing, training));
-  buffers_ = std::make_unique<BatchBuffers>(B, T_max, device_);
+  model_->allocate(B, cfg_.activation_checkpointing, training);
   summary_.ints["num_parameters"] = total;
   summary_.ints["base_weight_bytes"] = static_cast<int64_t>(wb.stored);
   summary_.ints["base_weight_bytes_dense"] = static_cast<int64_t>(wb.dense);
@@ -389,7 +334,7 @@ void Run::build_model(bool training) {
 
 EvalResult Run::run_eval(int64_t step, double epoch) {
   if (step == last_eval_step_) return last_eval_;  // already evaluated at this step
-  EvalResult r = evaluate(model_, *acts_, *buffers_, *val_, cfg_.max_val_rows, cfg_.micro_batch_size,
+  EvalResult r = evaluate(*model_, *val_, cfg_.max_val_rows, cfg_.micro_batch_size,
                           runtime().dp > 1 ? runtime().dp_comm.get() : nullptr);
   ST_LOG("eval  step ", step, " | val loss ", fmt_fixed(r.loss, 4),
          std::isnan(r.accuracy) ? std::string() : str(" | val acc ", fmt_fixed(100 * r.accuracy, 2), "%"), " | ",
@@ -477,7 +422,7 @@ int Run::train() {
   allocator_for(device_).reset_peak();  // peak of training itself (setup and eval are below it anyway)
 
   const std::vector<int32_t>& row_targets = train_->loss_tokens();
-  const std::vector<int32_t>& row_lengths = train_->lengths();
+  const std::vector<int32_t> row_lengths = model_->row_tokens(*train_);
   Batch host;
   int64_t step = 0, train_tokens = 0;
   double step_time_sum = 0;
@@ -507,17 +452,16 @@ int Run::train() {
         std::vector<int64_t> rows(static_cast<size_t>(micro));
         for (int64_t i = 0; i < micro; ++i) rows[static_cast<size_t>(i)] = order[static_cast<size_t>(first + a * micro + i)];
         train_->read_rows(rows, host);
-        LlamaBatch batch = buffers_->make(host, token_weight);
         LayerContext ctx;
         ctx.training = true;
         ctx.dropout_seed = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ull + static_cast<uint64_t>(a)));
         {
           MemoryPhase phase("forward");
-          loss += llama_forward(model_, *acts_, batch, ctx, true);
+          loss += model_->forward(host, token_weight, ctx, true);
         }
         MemoryPhase phase("backward");
         if (grad_sync_ && a + 1 == accum) grad_sync_->arm();
-        llama_backward(model_, *acts_, batch, ctx);
+        model_->backward(ctx);
       }
       maybe_inject_fault(step);
       if (grad_sync_) {
@@ -533,7 +477,7 @@ int Run::train() {
         // ones (norms, one LoRA factor) are counted once, on TP rank 0.
         // Under ZeRO-3 every rank holds its own shard: summed over the whole world.
         gnorm = zero_                  ? opt_->clip_grad_norm(cfg_.grad_clip, rt.world.get(), rt.tp_rank == 0)
-                : model_.tp.size > 1 ? opt_->clip_grad_norm(cfg_.grad_clip, rt.tp_comm.get(), rt.tp_rank == 0)
+                : model_->tp_size() > 1 ? opt_->clip_grad_norm(cfg_.grad_clip, rt.tp_comm.get(), rt.tp_rank == 0)
                                      : opt_->clip_grad_norm(cfg_.grad_clip);
         lr = sched.at(step);
         opt_->step(lr);
@@ -598,10 +542,8 @@ int Run::train() {
   if (cfg_.save_model && zero_) zero_->gather_all_for_save();  // collective over the data-parallel group
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
-    llama_dequantize(model_);  // a QLoRA base merges in its dequantized form
-    merge_adapters(model_);
     const std::string dir = (fs::path(run_dir_) / "model").string();
-    save_llama(model_, dir, tokenizer_for_export());
+    model_->save(dir, tokenizer_for_export());
     ST_LOG("saved model (adapters merged) to ", dir);
   }
   finish_summary("ok");

@@ -54,13 +54,21 @@ class E2E : public ::testing::Test {
         run(bin() + " prepare --input " + d + "/synth/sentiment_train.tsv --tokenizer " + tok + " --output " + d +
             "/sentiment --split train --loss-on answer --max-seq-len 48") &&
         run(bin() + " prepare --input " + d + "/synth/sentiment_dev.tsv --tokenizer " + tok + " --output " + d +
-            "/sentiment --split validation --loss-on answer --max-seq-len 48");
+            "/sentiment --split validation --loss-on answer --max-seq-len 48") &&
+        run(bin() + " prepare --input " + d + "/synth/sentiment_train.tsv --tokenizer " + tok + " --output " + d +
+            "/sentiment_t5 --split train --arch seq2seq --max-seq-len 48 --max-target-len 4") &&
+        run(bin() + " prepare --input " + d + "/synth/sentiment_dev.tsv --tokenizer " + tok + " --output " + d +
+            "/sentiment_t5 --split validation --arch seq2seq --max-seq-len 48 --max-target-len 4");
     // A small deck on the shipped base deck.
     test::write_file(d + "/full.cfg", "# e2e: full training\ninclude = " + test::repo_root() +
                                           "/inputs/base/tiny_llama.cfg\ndata = " + d + "/instruct\ntokenizer = " +
                                           tok + "\noutput_dir = " + d + "/runs\nhidden_size = 64\nintermediate_size = 160\n"
                                           "num_layers = 2\nmicro_batch_size = 8\nlr = 3e-3\nwarmup_steps = 5\n"
                                           "max_steps = 40\nlog_every = 10\nsave_model = true\neval_every = 20\n");
+    test::write_file(d + "/t5.cfg", "# e2e: a tiny T5 on text-to-text sentiment\ninclude = " + test::repo_root() +
+                                        "/inputs/base/tiny_t5.cfg\ndata = " + d + "/sentiment_t5\ntokenizer = " + tok +
+                                        "\noutput_dir = " + d + "/runs\nmicro_batch_size = 8\nlr = 3e-3\nwarmup_steps = 5\n"
+                                        "max_steps = 40\nlog_every = 10\nsave_model = true\neval_every = 20\n");
   }
   static void TearDownTestSuite() {
     if (dir && !std::getenv("SHARDTUNE_KEEP_TMP")) fs::remove_all(*dir);
@@ -343,12 +351,13 @@ double rank0_persistent_bytes(const std::string& metrics) {
   return sum;
 }
 
-void expect_layouts_equal_one_rank(const std::string& d, const std::vector<Layout>& layouts, const char* tag) {
+// `model` holds the deck and the model-shape options of the runs.
+void expect_layouts_equal_one_rank(const std::string& d, const std::string& model, const std::vector<Layout>& layouts,
+                                   const char* tag) {
   std::string out;
   for (const char* method : {"full", "lora", "qlora"}) {
     SCOPED_TRACE(method);
-    const std::string common = std::string(" train --deck ") + d + "/full.cfg --method " + method +
-                               " --hidden_size 256 --intermediate_size 512 --num_heads 4 --num_kv_heads 4"
+    const std::string common = std::string(" train ") + model + " --method " + method +
                                " --qlora_quantize all --qlora_double_quant false --qlora_block_size 64"
                                " --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4 --max_steps 10"
                                " --eval_every 0 --eval_at_start false --save_model true --log_every 5";
@@ -399,12 +408,34 @@ void expect_layouts_equal_one_rank(const std::string& d, const std::vector<Layou
   }
 }
 
+// 4 heads and 4 KV heads of 64, FFN 512, vocabulary 512 (see above).
+std::string llama_splittable(const std::string& d) {
+  return "--deck " + d + "/full.cfg --hidden_size 256 --intermediate_size 512 --num_heads 4 --num_kv_heads 4";
+}
+
 TEST_F(E2E, TensorParallelOnTwoAndFourRanksEqualsOneRank) {
-  expect_layouts_equal_one_rank(*dir, {{"tp", 2, 2}, {"tp", 4, 4}, {"tp", 4, 2}}, "tp");
+  expect_layouts_equal_one_rank(*dir, llama_splittable(*dir), {{"tp", 2, 2}, {"tp", 4, 4}, {"tp", 4, 2}}, "tp");
 }
 
 TEST_F(E2E, ZeroThreeAndTpTimesZeroThreeEqualOneRank) {
-  expect_layouts_equal_one_rank(*dir, {{"zero3", 2, 1}, {"zero3", 4, 1}, {"tp+zero3", 4, 2}}, "zero3");
+  expect_layouts_equal_one_rank(*dir, llama_splittable(*dir), {{"zero3", 2, 1}, {"zero3", 4, 1}, {"tp+zero3", 4, 2}},
+                                "zero3");
+}
+
+// T5 (encoder-decoder) on the text-to-text sentiment shards: 4 heads of 64 (d_model 256), FFN
+// 512, vocabulary 512, 2 + 2 blocks, gated-GELU, untied head. Every strategy against one rank,
+// for full fine-tuning, LoRA on every projection (self-, cross-attention, FFN) and QLoRA.
+std::string t5_splittable(const std::string& d) {
+  return "--deck " + d + "/t5.cfg --hidden_size 256 --head_dim 64 --intermediate_size 512 --num_heads 4"
+         " --vocab_size 512";
+}
+
+TEST_F(E2E, T5TensorParallelAndDdpEqualOneRank) {
+  expect_layouts_equal_one_rank(*dir, t5_splittable(*dir), {{"tp", 2, 2}, {"tp", 4, 4}, {"ddp", 2, 1}}, "t5tp");
+}
+
+TEST_F(E2E, T5ZeroThreeAndTpTimesZeroThreeEqualOneRank) {
+  expect_layouts_equal_one_rank(*dir, t5_splittable(*dir), {{"zero3", 2, 1}, {"tp+zero3", 4, 2}}, "t5zero3");
 }
 
 TEST_F(E2E, TensorParallelRefusesIndivisibleShapes) {
@@ -494,6 +525,52 @@ TEST_F(E2E, Stories260KLoraOnSst2LossFalls) {
   EXPECT_LT(v1, 0.5 * v0) << "LoRA on SST-2 should cut the validation loss (" << v0 << " -> " << v1 << ")";
   std::printf("[sst2] stories260K LoRA, 40 steps: val loss %.3f -> %.3f, accuracy %.1f%% -> %.1f%%\n", v0, v1,
               100 * summary_real(f, "initial_val_accuracy", m), 100 * summary_real(f, "final_val_accuracy", m));
+}
+
+// T5 end to end: full training from random init on text-to-text sentiment (the validation loss
+// falls and the first-token accuracy of "positive" vs "negative" is measured), the model saved
+// in transformers' layout, then LoRA on that checkpoint (loaded by `model`, arch from its
+// config.json) and eval of it; a T5 deck on causal shards is refused with a clear message.
+TEST_F(E2E, T5FullThenLoraOnTheSavedCheckpointThenEval) {
+  const std::string d = *dir;
+  std::string out;
+  const std::string full = bin() + " train --deck " + d + "/t5.cfg --run_id t5_full --max_steps 60 --eval_every 0";
+  ASSERT_EQ(test::run_command(full, &out), 0) << full << "\n" << out;
+  const std::string m = d + "/runs/t5_full/metrics.h5";
+  h5::Handle f = h5::open_file_read(m);
+  const double v0 = summary_real(f, "initial_val_loss", m), v1 = summary_real(f, "final_val_loss", m);
+  const double a1 = summary_real(f, "final_val_accuracy", m);
+  EXPECT_EQ(summary_string(f, "arch", m), "t5");
+  EXPECT_LT(v1, 0.5 * v0) << "full T5 training should cut the validation loss (" << v0 << " -> " << v1 << ")";
+  EXPECT_TRUE(std::isfinite(a1) && a1 >= 0 && a1 <= 1) << a1;
+  ASSERT_TRUE(fs::exists(d + "/runs/t5_full/model/model.safetensors"));
+  ASSERT_TRUE(fs::exists(d + "/runs/t5_full/model/config.json"));
+  std::printf("[t5] full, 60 steps: val loss %.3f -> %.3f, accuracy %.1f%% -> %.1f%%\n", v0, v1,
+              100 * summary_real(f, "initial_val_accuracy", m), 100 * a1);
+
+  // LoRA on the saved model: arch comes from the checkpoint; its starting loss is the full run's end.
+  const std::string lora = bin() + " train --deck " + d + "/t5.cfg --run_id t5_lora --model " + d +
+                           "/runs/t5_full/model --method lora --lora_r 4 --max_steps 20 --eval_every 0 --save_model false";
+  ASSERT_EQ(test::run_command(lora, &out), 0) << lora << "\n" << out;
+  const std::string ml = d + "/runs/t5_lora/metrics.h5";
+  h5::Handle fl = h5::open_file_read(ml);
+  EXPECT_NEAR(summary_real(fl, "initial_val_loss", ml), v1, 1e-4 * v1) << "the loaded checkpoint is the saved one";
+  const int64_t n_lora = h5::read_attr_int(h5::open_group(fl, "summary"), "trainable_parameters", ml);
+  const int64_t n_all = h5::read_attr_int(h5::open_group(fl, "summary"), "num_parameters", ml);
+  EXPECT_GT(n_lora, 0);
+  EXPECT_LT(n_lora, n_all / 10) << "LoRA trains a small fraction of the model";
+
+  const std::string ev = bin() + " eval --deck " + d + "/t5.cfg --run_id t5_eval --model " + d + "/runs/t5_full/model";
+  ASSERT_EQ(test::run_command(ev, &out), 0) << ev << "\n" << out;
+  const std::string me = d + "/runs/t5_eval/metrics.h5";
+  EXPECT_NEAR(summary_real(h5::open_file_read(me), "final_val_loss", me), v1, 1e-4 * v1);
+
+  // A T5 on causal shards, and a Llama on seq2seq shards: refused, naming the fix.
+  EXPECT_NE(test::run_command(bin() + " train --deck " + d + "/t5.cfg --run_id t5_bad --data " + d + "/sentiment", &out), 0);
+  EXPECT_NE(out.find("needs seq2seq shards"), std::string::npos) << out;
+  EXPECT_NE(test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id llama_bad --data " + d + "/sentiment_t5",
+                              &out), 0);
+  EXPECT_NE(out.find("these are seq2seq shards"), std::string::npos) << out;
 }
 
 TEST_F(E2E, HelpDocumentsEveryOption) {

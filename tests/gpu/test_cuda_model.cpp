@@ -20,6 +20,7 @@
 #include "io/llama_io.hpp"
 #include "ops/init.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/t5_golden.hpp"
 #include "tests/gpu/gpu_util.hpp"
 
 namespace fs = std::filesystem;
@@ -246,20 +247,48 @@ TEST(CudaModel, GoldenTransformersInBf16) {
   std::printf("[golden bf16] logits %.2e  loss %.6f vs %.6f  gradients (max) %.2e\n", le, loss_fwd, ref_loss, worst);
 }
 
-// The real binary on the GPU for 40 steps; returns (initial, final) validation loss.
-std::pair<double, double> train_binary_on_gpu(const std::string& extra, const std::string& tag) {
+// T5 (encoder-decoder) against transformers in bf16 on the GPU: the same fixture as the f32
+// CPU test (tests/unit/test_t5_grad.cpp), with the bf16 bounds above. T5 has no 1/sqrt(d) in
+// attention and 2 + 2 blocks plus cross-attention, so the same per-site argument applies.
+void check_t5_golden_bf16(const std::string& name) {
+  const test::T5GoldenRun r = test::run_t5_golden(name, DType::bf16, Device::cuda);
+  EXPECT_LT(r.logits_rel, kLogitTol);
+  EXPECT_NEAR(r.loss, r.ref_loss, kLogitTol * r.ref_loss);
+  for (const auto& [p, e] : r.grad_rel) EXPECT_LT(e, kGradTol) << p;
+  EXPECT_TRUE(r.same_parameter_set);
+  std::printf("[golden t5 %s bf16] logits %.2e  loss %.6f vs %.6f  gradients of %zu tensors, worst %.2e (%s)\n",
+              name.c_str(), r.logits_rel, r.loss, r.ref_loss, r.grad_rel.size(), r.worst_grad(), r.worst_grad_name().c_str());
+}
+
+TEST(CudaModel, T5FlanStyleGoldenTransformersInBf16) {
+  ST_REQUIRE_GPU();
+  check_t5_golden_bf16("flan");
+}
+
+TEST(CudaModel, T5OriginalStyleGoldenTransformersInBf16) {
+  ST_REQUIRE_GPU();
+  check_t5_golden_bf16("t5");
+}
+
+// The real binary on the GPU for 40 steps; returns (initial, final) validation loss. Llama on
+// the synthetic instruction set, or (t5) a tiny T5 on the synthetic sentiment set as text to text.
+std::pair<double, double> train_binary_on_gpu(const std::string& extra, const std::string& tag, bool t5 = false) {
   const std::string bin = std::getenv("SHARDTUNE_BIN") ? std::getenv("SHARDTUNE_BIN") : test::repo_root() + "/build/shardtune";
   const std::string d = test::make_temp_dir("gpu-e2e");
   std::string out;
   EXPECT_EQ(test::run_command(bin + " prepare --synthetic " + d + "/synth --sentiment-rows 400 --instruct-rows 800", &out), 0) << out;
   for (const char* split : {"train", "validation"}) {
-    const std::string in = std::string(split) == "train" ? "instruct_train.jsonl" : "instruct_val.jsonl";
+    const bool train = std::string(split) == "train";
+    const std::string in = t5 ? (train ? "sentiment_train.tsv" : "sentiment_dev.tsv")
+                              : (train ? "instruct_train.jsonl" : "instruct_val.jsonl");
+    const std::string how = t5 ? " --arch seq2seq --max-seq-len 48 --max-target-len 4"
+                               : " --loss-on all --template plain --max-seq-len 96";
     EXPECT_EQ(test::run_command(bin + " prepare --input " + d + "/synth/" + in + " --tokenizer " + d +
-                                    "/synth/tokenizer.model --output " + d + "/instruct --split " + split +
-                                    " --loss-on all --template plain --max-seq-len 96", &out), 0) << out;
+                                    "/synth/tokenizer.model --output " + d + "/data --split " + split + how, &out), 0) << out;
   }
-  const int rc = test::run_command(bin + " train --deck " + test::repo_root() + "/inputs/base/tiny_llama.cfg --device cuda --data " + d +
-                                       "/instruct --output_dir " + d + "/runs --run_id " + tag + " --max_steps 40 --eval_every 20 " + extra,
+  const std::string deck = test::repo_root() + (t5 ? "/inputs/base/tiny_t5.cfg" : "/inputs/base/tiny_llama.cfg");
+  const int rc = test::run_command(bin + " train --deck " + deck + " --device cuda --data " + d +
+                                       "/data --output_dir " + d + "/runs --run_id " + tag + " --max_steps 40 --eval_every 20 " + extra,
                                    &out);
   EXPECT_EQ(rc, 0) << out;
   const std::string where = d + "/runs/" + tag + "/metrics.h5";
@@ -284,6 +313,17 @@ TEST(CudaModel, TrainBinaryQloraOnGpuLossFalls) {
   const auto [v0, v1] = train_binary_on_gpu("--method qlora --qlora_quantize all --lora_r 16 --lora_alpha 32 --lr 3e-3", "gpu-qlora");
   EXPECT_LT(v1, v0 - 0.5) << v0 << " -> " << v1;
   std::printf("[gpu-train] 40 QLoRA steps on the GPU: val loss %.3f -> %.3f\n", v0, v1);
+}
+
+TEST(CudaModel, TrainBinaryT5OnGpuEveryMethodLossFalls) {
+  ST_REQUIRE_GPU();
+  for (const char* method : {"full", "lora", "qlora"}) {
+    const auto [v0, v1] = train_binary_on_gpu(std::string("--method ") + method +
+                                                  " --qlora_quantize all --lora_r 16 --lora_alpha 32 --lr 3e-3",
+                                              std::string("gpu-t5-") + method, true);
+    EXPECT_LT(v1, 0.5 * v0) << method << ": " << v0 << " -> " << v1;
+    std::printf("[gpu-train] T5 %s, 40 steps on the GPU: val loss %.3f -> %.3f\n", method, v0, v1);
+  }
 }
 
 }  // namespace

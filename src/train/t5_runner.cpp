@@ -1,0 +1,216 @@
+// The T5 / FlanT5 encoder-decoder behind ModelRunner: seq2seq shards (encoder ids, decoder
+// targets), T5Model with its adapters, activations and the micro-batch tensors.
+#include <algorithm>
+#include <cmath>
+
+#include "adapters/apply.hpp"
+#include "core/allocator.hpp"
+#include "core/log.hpp"
+#include "model/t5.hpp"
+#include "parallel/zero3.hpp"
+#include "train/evaluate.hpp"
+#include "train/model_runner.hpp"
+
+namespace st {
+
+namespace {
+
+T5Config t5_config_from_options(const RunConfig& c, const ShardInfo& info) {
+  T5Config m;
+  m.vocab_size = c.vocab_size > 0 ? c.vocab_size : info.tokenizer_vocab_size;
+  m.d_model = c.hidden_size;
+  m.d_ff = c.intermediate_size;
+  m.num_layers = c.num_layers;
+  m.num_decoder_layers = c.num_decoder_layers > 0 ? c.num_decoder_layers : c.num_layers;
+  m.num_heads = c.num_heads;
+  m.d_kv = c.head_dim > 0 ? c.head_dim : c.hidden_size / c.num_heads;
+  m.relative_attention_num_buckets = c.relative_attention_num_buckets;
+  m.relative_attention_max_distance = c.relative_attention_max_distance;
+  m.layer_norm_epsilon = c.rms_norm_eps;
+  m.gated = c.feed_forward_proj != "relu";
+  m.tie_word_embeddings = c.tie_embeddings;
+  m.scale_decoder_outputs = c.tie_embeddings;  // T5's tied head sees the scaled decoder output
+  m.pad_token_id = std::max<int32_t>(0, info.pad_id);
+  m.decoder_start_token_id = std::max<int32_t>(0, info.decoder_start_id);
+  m.eos_token_id = info.eos_id;
+  m.validate(str("options of ", c.deck.empty() ? std::string("the command line") : c.deck));
+  return m;
+}
+
+class T5Runner final : public ModelRunner {
+ public:
+  T5Runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
+           const TpGroup& tp, bool training)
+      : shape_(shape), device_(device), micro_batch_(c.micro_batch_size) {
+    MemoryPhase phase("load");
+    if (shape.target_len < 1) ST_THROW_INPUT(c.data, ": the shards have no decoder targets (target_len 0)");
+    const T5Quant quant = quant_from_options(c, training);
+    if (!c.model.empty()) {
+      m_ = load_t5(c.model, dtype, device, quant, tp);
+      ST_LOG("model: loaded ", c.model, " (t5 ", m_.cfg.summary(), ")");
+    } else {
+      m_ = t5_build(t5_config_from_options(c, info), dtype, device, quant, tp);
+      t5_init_random(m_, c.seed, c.init_std);
+      ST_LOG("model: random init, seed ", c.seed, " (t5 ", m_.cfg.summary(), ")");
+    }
+    if (tp.size > 1) {
+      const T5LocalDims d = t5_local_dims(m_);
+      ST_LOG("tp: ", tp.size, " ranks per tensor-parallel group; this rank holds ", d.heads, " of ", m_.cfg.num_heads,
+             " heads, ", d.d_ff, " of ", m_.cfg.d_ff, " FFN columns, vocabulary rows [", d.vocab_offset, ", ",
+             d.vocab_offset + d.vocab, ")");
+    }
+    if (quant.any()) {
+      const T5WeightBytes wb = t5_weight_bytes(m_);
+      ST_LOG("qlora: ", wb.quantized_layers, " linear layers in NF4 (block ", quant.nf4.block,
+             quant.nf4.double_quant ? ", double quantization" : "", "): base weights ",
+             format_bytes(static_cast<double>(wb.stored)), " instead of ", format_bytes(static_cast<double>(wb.dense)));
+    }
+    if (info.tokenizer_vocab_size > m_.cfg.vocab_size)
+      ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", info.tokenizer_vocab_size,
+                     " pieces but the model's vocabulary has only ", m_.cfg.vocab_size);
+    if (info.decoder_start_id != m_.cfg.decoder_start_token_id)
+      ST_WARN("shards were written with decoder_start_id ", info.decoder_start_id, " but the model's is ",
+              m_.cfg.decoder_start_token_id, "; the model's is used");
+  }
+
+  std::string describe() const override { return "t5 " + m_.cfg.summary(); }
+  int64_t num_parameters() const override { return m_.cfg.num_parameters(); }
+  int tp_size() const override { return m_.tp.size; }
+
+  void enable_base_training() override { t5_enable_base_training(m_); }
+  int64_t attach_lora(const LoraConfig& lc, uint64_t seed) override {
+    return st::attach_lora(m_, lc, micro_batch_ * std::max(shape_.seq_len, shape_.target_len), seed);
+  }
+  int64_t num_trainable() override { return t5_num_trainable(m_); }
+  WeightBytes weight_bytes() override {
+    const T5WeightBytes b = t5_weight_bytes(m_);
+    return {b.stored, b.dense, b.quantized_layers};
+  }
+  double flops_per_token() const override { return t5_flops_per_token(m_, shape_.seq_len, shape_.target_len); }
+  std::vector<int32_t> row_tokens(const ShardDataset& data) const override {
+    std::vector<int32_t> out = data.lengths();
+    const std::vector<int32_t>& t = data.target_lengths();
+    for (size_t i = 0; i < out.size(); ++i) out[i] += t[i];
+    return out;
+  }
+
+  std::vector<ParamRef> trainable_params() override { return t5_trainable_params(m_); }
+  std::vector<std::vector<ParamRef>> params_by_unit() override { return t5_params_by_unit(m_); }
+  void set_hooks(ModelHooks* hooks) override { m_.hooks = hooks; }
+  bool has_hooks() const override { return m_.hooks != nullptr; }
+  std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) override {
+    return std::make_unique<Zero3>(t5_zero3_units(m_), dp, prefetch);
+  }
+
+  void allocate(int64_t B, bool /*checkpointing*/, bool training) override {
+    B_ = B;
+    acts_ = std::make_unique<T5Activations>(t5_activations(m_, B, shape_.seq_len, shape_.target_len, training));
+    const int64_t NE = B * shape_.seq_len, ND = B * shape_.target_len;
+    auto both = [&](Tensor& dev, Tensor& host, int64_t n, DType dt) {
+      host = Tensor::empty({n}, dt, Device::cpu, MemCategory::workspace);
+      dev = device_ == Device::cpu ? host : Tensor::empty({n}, dt, device_, MemCategory::workspace);
+    };
+    both(batch_.enc_ids, h_enc_ids_, NE, DType::i32);
+    both(batch_.enc_lengths, h_enc_lengths_, B, DType::i32);
+    both(batch_.dec_ids, h_dec_ids_, ND, DType::i32);
+    both(batch_.dec_targets, h_dec_targets_, ND, DType::i32);
+    both(batch_.dec_weight, h_dec_weight_, ND, DType::f32);
+    both(batch_.dec_lengths, h_dec_lengths_, B, DType::i32);
+    batch_.B = B;
+    batch_.Te = shape_.seq_len;
+    batch_.Td = shape_.target_len;
+  }
+
+  double forward(const Batch& host, double token_weight, const LayerContext& /*ctx*/, bool grad) override {
+    fill_batch(host, token_weight);
+    return t5_forward(m_, *acts_, batch_, grad);
+  }
+  void backward(const LayerContext& /*ctx*/) override { t5_backward(m_, *acts_, batch_); }
+
+  EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
+    EvalScores s;
+    s.loss_sum = forward(host, 1.0, LayerContext{}, false);
+    if (label_ids.empty()) return s;
+    // The decoder's first position (after decoder_start) predicts the label word's first token.
+    const std::vector<int64_t> pos(static_cast<size_t>(host.rows), 0);
+    const T5LocalDims d = t5_local_dims(m_);
+    s.label_scores = label_scores_at(acts_->logits, batch_.Td, pos, label_ids, d.vocab_offset, d.vocab, m_.tp);
+    return s;
+  }
+
+  void save(const std::string& dir, const std::string& tokenizer_path) override {
+    t5_dequantize(m_);
+    merge_adapters(m_);
+    save_t5(m_, dir, tokenizer_path);
+  }
+
+ private:
+  static T5Quant quant_from_options(const RunConfig& c, bool training) {
+    T5Quant q;
+    if (!training || c.method != "qlora") return q;
+    q.modules = c.qlora_quantize == "all" ? t5_module_names() : c.lora_target_list(/*arch=*/"t5");
+    q.nf4.block = c.qlora_block_size;
+    q.nf4.double_quant = c.qlora_double_quant;
+    return q;
+  }
+
+  // Host rows into the fixed [B, Te] / [B, Td] micro-batch: encoder ids padded (keys beyond the
+  // row's length are masked), decoder inputs shifted right from the targets, targets beyond the
+  // row's target length ignored. Rows beyond host.rows repeat row 0 with zero loss weight.
+  void fill_batch(const Batch& host, double token_weight) {
+    const int64_t B = B_, Te = batch_.Te, Td = batch_.Td, L = host.seq_len, Lt = host.target_len;
+    if (host.rows < 1 || host.rows > B) ST_THROW("t5 batch of ", host.rows, " rows for buffers of ", B);
+    if (L > Te || Lt > Td) ST_THROW("t5 batch [", L, ", ", Lt, "] exceeds buffers [", Te, ", ", Td, "]");
+    int32_t* ei = h_enc_ids_.ptr<int32_t>();
+    int32_t* el = h_enc_lengths_.ptr<int32_t>();
+    int32_t* di = h_dec_ids_.ptr<int32_t>();
+    int32_t* dt = h_dec_targets_.ptr<int32_t>();
+    float* dw = h_dec_weight_.ptr<float>();
+    int32_t* dl = h_dec_lengths_.ptr<int32_t>();
+    const int32_t pad = static_cast<int32_t>(m_.cfg.pad_token_id), start = static_cast<int32_t>(m_.cfg.decoder_start_token_id);
+    for (int64_t b = 0; b < B; ++b) {
+      const bool real = b < host.rows;
+      const size_t r = static_cast<size_t>(real ? b : 0);
+      const int64_t len = std::max<int32_t>(1, host.lengths[r]);
+      const int64_t tlen = host.target_lengths[r];
+      el[b] = static_cast<int32_t>(len);
+      dl[b] = static_cast<int32_t>(std::max<int64_t>(1, tlen));
+      for (int64_t t = 0; t < Te; ++t) ei[b * Te + t] = t < len ? host.ids[r * static_cast<size_t>(L) + static_cast<size_t>(t)] : pad;
+      for (int64_t t = 0; t < Td; ++t) {
+        const bool target = t < tlen;
+        const int32_t label = target ? host.targets[r * static_cast<size_t>(Lt) + static_cast<size_t>(t)] : -1;
+        dt[b * Td + t] = label;
+        dw[b * Td + t] = target && real ? static_cast<float>(token_weight) : 0.0f;
+        // decoder_input_ids = [start, labels[0..Td-2]] with ignored labels read as pad.
+        const int32_t prev = t == 0 ? start
+                                    : (t - 1 < tlen ? host.targets[r * static_cast<size_t>(Lt) + static_cast<size_t>(t - 1)] : pad);
+        di[b * Td + t] = prev;
+      }
+    }
+    if (device_ != Device::cpu) {
+      batch_.enc_ids.copy_from(h_enc_ids_);
+      batch_.enc_lengths.copy_from(h_enc_lengths_);
+      batch_.dec_ids.copy_from(h_dec_ids_);
+      batch_.dec_targets.copy_from(h_dec_targets_);
+      batch_.dec_weight.copy_from(h_dec_weight_);
+      batch_.dec_lengths.copy_from(h_dec_lengths_);
+    }
+  }
+
+  T5Model m_;
+  DataShape shape_;
+  Device device_;
+  int64_t micro_batch_ = 1, B_ = 0;
+  std::unique_ptr<T5Activations> acts_;
+  T5Batch batch_;
+  Tensor h_enc_ids_, h_enc_lengths_, h_dec_ids_, h_dec_targets_, h_dec_weight_, h_dec_lengths_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelRunner> make_t5_runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape,
+                                            DType dtype, Device device, const TpGroup& tp, bool training) {
+  return std::make_unique<T5Runner>(c, info, shape, dtype, device, tp, training);
+}
+
+}  // namespace st

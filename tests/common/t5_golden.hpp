@@ -1,0 +1,35 @@
+// The T5 golden fixture (tests/golden/t5_golden.h5 and the checkpoints t5_flan/, t5_t5/, written
+// by tests/golden/make_t5_golden.py with transformers' T5ForConditionalGeneration) and one check
+// run: load the checkpoint in a dtype on a device, forward and backward the fixture's batch,
+// and compare logits, loss and every gradient with transformers'. The CPU tests run it in f32,
+// the GPU tests in bf16; each asserts its own tolerances.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+#include "model/t5.hpp"
+
+namespace st::test {
+
+// A batch from encoder ids [B, Te], encoder lengths [B] and labels [B, Td] (-1: ignored): the
+// decoder inputs shifted right, the loss weights 1 / (number of targets), on `device`.
+T5Batch t5_batch_of(int64_t B, int64_t Te, int64_t Td, const std::vector<int32_t>& ids,
+                    const std::vector<int32_t>& lengths, const std::vector<int32_t>& labels, int64_t start, int64_t pad,
+                    Device device = Device::cpu);
+
+struct T5GoldenRun {
+  double logits_rel = 0;         // relative L2 of the logits (eval forward)
+  double loss = 0, ref_loss = 0;
+  std::vector<std::pair<std::string, double>> grad_rel;  // per parameter, relative L2
+  bool same_parameter_set = false;  // every parameter transformers has, and no other
+  double worst_grad() const;
+  std::string worst_grad_name() const;
+};
+
+// name: "flan" (gated-gelu) or "t5" (relu).
+T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device);
+
+}  // namespace st::test
