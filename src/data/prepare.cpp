@@ -69,24 +69,66 @@ void parallel_for(int64_t n, const Fn& fn) {
   if (error) std::rethrow_exception(error);
 }
 
+void validate_arch_options(const PrepareOptions& o) {
+  ST_CHECK_INPUT(o.arch == "causal" || o.arch == "seq2seq", "--arch must be causal or seq2seq (got '", o.arch, "')");
+  if (o.arch == "seq2seq")
+    ST_CHECK_INPUT(o.max_target_len >= 2 && o.max_target_len <= kMaxSeqLenLimit, "--max-target-len must be in [2, ",
+                   kMaxSeqLenLimit, "] (got ", o.max_target_len, "; a target is at least one token and the eos)");
+}
+
+bool is_seq2seq(const PrepareOptions& o) { return o.arch == "seq2seq"; }
+
+// seq2seq: no BOS (T5 tokenizers have none), whatever add_bos says.
 FitOptions fit_options(const PrepareOptions& o, const Tokenizer& tok) {
+  validate_arch_options(o);
   FitOptions f;
   f.max_seq_len = o.max_seq_len;
-  f.add_bos = o.add_bos;
+  f.add_bos = o.add_bos && !is_seq2seq(o);
   f.add_eos = o.add_eos;
   f.bos_id = tok.bos_id();
   f.eos_id = tok.eos_id();
-  if (o.add_bos && f.bos_id < 0)
+  if (f.add_bos && f.bos_id < 0)
     ST_THROW_INPUT(tok.path(), ": tokenizer has no BOS token (use --add-bos false)");
-  if (o.add_eos && f.eos_id < 0)
+  if (f.add_eos && f.eos_id < 0)
     ST_THROW_INPUT(tok.path(), ": tokenizer has no EOS token (use --add-eos false)");
   return f;
 }
 
-// Fits every row (in parallel: SentencePiece encoding is const and thread-safe), then lays the
-// survivors out as padded [N, L] arrays in input order.
-PreparedRows fit_and_pack(const std::vector<RowSpec>& specs, const Tokenizer& tok, const PrepareOptions& o,
-                          const FitOptions& fopt) {
+// What causal and seq2seq shards share: the tokenizer, the options and the counts.
+void fill_common_info(PreparedRows& out, const Tokenizer& tok, const PrepareOptions& o, const FitOptions& fopt) {
+  PrepareStats& st = out.stats;
+  st.mean_length = st.rows_written ? static_cast<double>(st.tokens) / static_cast<double>(st.rows_written) : 0.0;
+  st.arch = o.arch;
+  st.split = o.split;
+  st.tokenizer = tok.path();
+  st.tokenizer_sha256 = tok.sha256();
+  st.tokenizer_vocab_size = tok.vocab_size();
+
+  ShardInfo& info = out.info;
+  info.format_version = kShardFormatVersion;
+  info.arch = o.arch;
+  info.split = o.split;
+  info.tokenizer_sha256 = tok.sha256();
+  info.tokenizer_vocab_size = tok.vocab_size();
+  info.bos_id = tok.bos_id();
+  info.eos_id = tok.eos_id();
+  info.pad_id = tok.pad_id();
+  info.seq_len = o.max_seq_len;
+  info.add_bos = fopt.add_bos;
+  info.add_eos = fopt.add_eos;
+  info.rows_written = st.rows_written;
+  info.rows_truncated = st.rows_truncated;
+  info.rows_dropped = st.rows_dropped;
+}
+
+void count_dropped(PrepareStats& st, int64_t line) {
+  ++st.rows_dropped;
+  if (st.dropped_lines.size() < kKeepDroppedLines) st.dropped_lines.push_back(line);
+}
+
+// causal: prompt + answer in one row of L tokens, with the loss mask of options.loss_on.
+PreparedRows fit_and_pack_causal(const std::vector<RowSpec>& specs, const Tokenizer& tok, const PrepareOptions& o,
+                                 const FitOptions& fopt) {
   const LossOn loss_on = parse_loss_on(o.loss_on);
   const int64_t n = static_cast<int64_t>(specs.size());
   std::vector<std::optional<FittedRow>> fitted(specs.size());
@@ -103,8 +145,7 @@ PreparedRows fit_and_pack(const std::vector<RowSpec>& specs, const Tokenizer& to
   st.seq_len = L;
   for (size_t i = 0; i < specs.size(); ++i) {
     if (!fitted[i]) {
-      ++st.rows_dropped;
-      if (st.dropped_lines.size() < kKeepDroppedLines) st.dropped_lines.push_back(specs[i].line);
+      count_dropped(st, specs[i].line);
       continue;
     }
     const FittedRow& f = *fitted[i];
@@ -126,30 +167,78 @@ PreparedRows fit_and_pack(const std::vector<RowSpec>& specs, const Tokenizer& to
     st.max_length = std::max(st.max_length, len);
     for (int64_t t = 1; t < L; ++t) st.loss_tokens += rows.loss_mask[base + static_cast<size_t>(t)];
   }
-  st.mean_length = st.rows_written ? static_cast<double>(st.tokens) / static_cast<double>(st.rows_written) : 0.0;
-
-  ShardInfo& info = out.info;
-  info.format_version = kShardFormatVersion;
-  info.arch = "causal";
-  info.split = o.split;
-  info.tokenizer_sha256 = tok.sha256();
-  info.tokenizer_vocab_size = tok.vocab_size();
-  info.bos_id = tok.bos_id();
-  info.eos_id = tok.eos_id();
-  info.pad_id = tok.pad_id();
-  info.seq_len = L;
-  info.loss_on = loss_on_name(loss_on);
-  info.add_bos = o.add_bos;
-  info.add_eos = o.add_eos;
-  info.rows_written = st.rows_written;
-  info.rows_truncated = st.rows_truncated;
-  info.rows_dropped = st.rows_dropped;
-
-  st.split = o.split;
-  st.tokenizer = tok.path();
-  st.tokenizer_sha256 = tok.sha256();
-  st.tokenizer_vocab_size = tok.vocab_size();
+  fill_common_info(out, tok, o, fopt);
+  out.info.loss_on = loss_on_name(loss_on);
   return out;
+}
+
+// seq2seq: the prompt is the encoder input (fit_row with no answer: content cut, eos kept), the
+// answer ids the decoder target (fit_target).
+PreparedRows fit_and_pack_seq2seq(const std::vector<RowSpec>& specs, const Tokenizer& tok, const PrepareOptions& o,
+                                  const FitOptions& fopt) {
+  struct Fitted {
+    FittedRow input;
+    FittedTarget target;
+  };
+  const int64_t n = static_cast<int64_t>(specs.size());
+  std::vector<std::optional<Fitted>> fitted(specs.size());
+  parallel_for(n, [&](size_t i) {
+    const auto& s = specs[i];
+    FittedTarget target = fit_target(s.answer_ids, o.max_target_len, fopt.add_eos, fopt.eos_id);
+    if (target.ids.empty()) return;  // nothing to learn: dropped
+    std::optional<FittedRow> input = fit_row(tok, s.content, s.build, {}, fopt);
+    if (input) fitted[i] = Fitted{std::move(*input), std::move(target)};
+  });
+
+  PreparedRows out;
+  auto& rows = out.rows;
+  auto& st = out.stats;
+  const int64_t L = o.max_seq_len, Lt = o.max_target_len;
+  rows.seq_len = L;
+  rows.target_len = Lt;
+  st.seq_len = L;
+  st.target_len = Lt;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!fitted[i]) {
+      count_dropped(st, specs[i].line);
+      continue;
+    }
+    const FittedRow& in = fitted[i]->input;
+    const FittedTarget& tg = fitted[i]->target;
+    const auto len = static_cast<int64_t>(in.ids.size()), tlen = static_cast<int64_t>(tg.ids.size());
+    rows.ids.resize(rows.ids.size() + static_cast<size_t>(L), tok.pad_id());
+    std::copy(in.ids.begin(), in.ids.end(), rows.ids.end() - L);
+    rows.targets.resize(rows.targets.size() + static_cast<size_t>(Lt), tok.pad_id());
+    std::copy(tg.ids.begin(), tg.ids.end(), rows.targets.end() - Lt);
+    rows.lengths.push_back(static_cast<int32_t>(len));
+    rows.target_lengths.push_back(static_cast<int32_t>(tlen));
+    rows.answer_start.push_back(0);
+    rows.labels.push_back(specs[i].label);
+
+    ++st.rows_written;
+    st.rows_truncated += in.prompt_cut || tg.cut;
+    st.rows_prompt_cut += in.prompt_cut;
+    st.rows_answer_cut += tg.cut;
+    st.tokens += len;
+    st.max_length = std::max(st.max_length, len);
+    st.target_tokens += tlen;
+    st.max_target_length = std::max(st.max_target_length, tlen);
+  }
+  st.loss_tokens = st.target_tokens;
+  st.mean_target_length =
+      st.rows_written ? static_cast<double>(st.target_tokens) / static_cast<double>(st.rows_written) : 0.0;
+  fill_common_info(out, tok, o, fopt);
+  out.info.loss_on = "target";
+  out.info.target_len = Lt;
+  out.info.decoder_start_id = tok.pad_id();
+  return out;
+}
+
+// Fits every row (in parallel: SentencePiece encoding is const and thread-safe), then lays the
+// survivors out as padded arrays in input order.
+PreparedRows fit_and_pack(const std::vector<RowSpec>& specs, const Tokenizer& tok, const PrepareOptions& o,
+                          const FitOptions& fopt) {
+  return is_seq2seq(o) ? fit_and_pack_seq2seq(specs, tok, o, fopt) : fit_and_pack_causal(specs, tok, o, fopt);
 }
 
 template <typename Source>
@@ -181,6 +270,7 @@ void validate_prepare_options(const PrepareOptions& o) {
                  "--template must be alpaca or plain (got '", o.prompt_template, "')");
   ST_CHECK_INPUT(o.shard_rows >= 0, "--shard-rows must be >= 0 (got ", o.shard_rows, ")");
   ST_CHECK_INPUT(o.limit >= 0, "--limit must be >= 0 (got ", o.limit, ")");
+  validate_arch_options(o);
 }
 
 std::string resolve_input_format(const std::string& format, const std::string& input_path) {
@@ -195,8 +285,8 @@ std::string resolve_input_format(const std::string& format, const std::string& i
 
 PreparedRows prepare_sst2_rows(const Sst2Source& src, const Tokenizer& tok, const PrepareOptions& o) {
   const FitOptions fopt = fit_options(o, tok);
-  // The answer word's ids; their first tokens must differ for first-token accuracy to mean
-  // anything.
+  // The answer word's ids (seq2seq: the whole target, so its first token is the decoder's first
+  // prediction); their first tokens must differ for first-token accuracy to mean anything.
   std::vector<int32_t> word_ids[2];
   std::vector<int32_t> label_token_ids;
   for (int32_t label = 0; label < 2; ++label) {
@@ -212,7 +302,9 @@ PreparedRows prepare_sst2_rows(const Sst2Source& src, const Tokenizer& tok, cons
 
   std::vector<RowSpec> specs;
   specs.reserve(src.rows.size());
-  const PromptBuilder build = [](const std::vector<std::string_view>& c) { return sst2_prompt(c[0]); };
+  const PromptBuilder build = is_seq2seq(o)
+                                  ? PromptBuilder([](const std::vector<std::string_view>& c) { return sst2_seq2seq_prompt(c[0]); })
+                                  : PromptBuilder([](const std::vector<std::string_view>& c) { return sst2_prompt(c[0]); });
   for (const auto& r : src.rows) {
     RowSpec s;
     s.line = r.line;
@@ -224,7 +316,7 @@ PreparedRows prepare_sst2_rows(const Sst2Source& src, const Tokenizer& tok, cons
   }
   PreparedRows p = fit_and_pack(specs, tok, o, fopt);
   p.info.task = "sst2";
-  p.info.prompt_template = kSst2TemplateName;
+  p.info.prompt_template = is_seq2seq(o) ? kSst2Seq2SeqTemplateName : kSst2TemplateName;
   p.info.label_names = {"negative", "positive"};
   p.info.label_token_ids = label_token_ids;
   p.stats.task = "sst2";
@@ -276,7 +368,8 @@ PrepareStats prepare_dataset(const PrepareOptions& o) {
   st.output_dir = o.output_dir;
   if (st.rows_written == 0)
     ST_THROW_INPUT(o.input, ": no rows to write (", st.rows_read, " read; bad: ", st.bad.summary(),
-                   "; dropped as too long for --max-seq-len ", o.max_seq_len, ": ", st.rows_dropped, ")");
+                   "; dropped as too long for --max-seq-len ", o.max_seq_len,
+                   is_seq2seq(o) ? " or with an empty target" : "", ": ", st.rows_dropped, ")");
 
   p.info.tokenizer_path = absolute_path(o.tokenizer);
   p.info.created_by = o.created_by;
@@ -288,10 +381,14 @@ PrepareStats prepare_dataset(const PrepareOptions& o) {
 std::string format_prepare_report(const PrepareStats& s) {
   std::ostringstream os;
   char buf[64];
+  const bool seq2seq = s.arch == "seq2seq";
   os << "prepare " << s.task << ": " << s.input << " -> " << s.output_dir << " (split " << s.split << ")\n";
+  os << "  arch       " << s.arch
+     << (seq2seq ? " (encoder input + decoder target per row, loss on every target token)" : " (decoder-only rows)")
+     << "\n";
   os << "  rows       read " << s.rows_read << ", written " << s.rows_written << ", truncated " << s.rows_truncated
-     << " (prompt cut " << s.rows_prompt_cut << ", answer cut " << s.rows_answer_cut << "), dropped "
-     << s.rows_dropped;
+     << (seq2seq ? " (input cut " : " (prompt cut ") << s.rows_prompt_cut
+     << (seq2seq ? ", target cut " : ", answer cut ") << s.rows_answer_cut << "), dropped " << s.rows_dropped;
   if (!s.dropped_lines.empty()) {
     os << " (" << s.bad.unit << (s.dropped_lines.size() > 1 ? "s " : " ");
     for (size_t i = 0; i < s.dropped_lines.size(); ++i) os << (i ? ", " : "") << s.dropped_lines[i];
@@ -304,10 +401,25 @@ std::string format_prepare_report(const PrepareStats& s) {
                           ? 100.0 * static_cast<double>(s.tokens) / static_cast<double>(s.rows_written * s.seq_len)
                           : 0.0;
   std::snprintf(buf, sizeof(buf), "%.1f", s.mean_length);
-  os << "  tokens     " << s.tokens << " (" << s.loss_tokens << " loss targets); length mean " << buf << ", max "
-     << s.max_length << " of seq_len " << s.seq_len;
+  if (seq2seq) {
+    os << "  inputs     " << s.tokens << " tokens; length mean " << buf << ", max " << s.max_length << " of seq_len "
+       << s.seq_len;
+  } else {
+    os << "  tokens     " << s.tokens << " (" << s.loss_tokens << " loss targets); length mean " << buf << ", max "
+       << s.max_length << " of seq_len " << s.seq_len;
+  }
   std::snprintf(buf, sizeof(buf), "%.1f", fill);
   os << " (" << buf << "% filled)\n";
+  if (seq2seq) {
+    const double tfill = s.rows_written && s.target_len ? 100.0 * static_cast<double>(s.target_tokens) /
+                                                              static_cast<double>(s.rows_written * s.target_len)
+                                                        : 0.0;
+    std::snprintf(buf, sizeof(buf), "%.1f", s.mean_target_length);
+    os << "  targets    " << s.target_tokens << " tokens (all loss targets); length mean " << buf << ", max "
+       << s.max_target_length << " of target_len " << s.target_len;
+    std::snprintf(buf, sizeof(buf), "%.1f", tfill);
+    os << " (" << buf << "% filled)\n";
+  }
   if (!s.label_token_ids.empty()) {
     os << "  labels    ";
     for (size_t i = 0; i < s.label_token_ids.size(); ++i)
@@ -339,6 +451,45 @@ inline uint64_t scale_to_range(uint64_t bits, uint64_t range) {
   return static_cast<uint64_t>((static_cast<u128>(bits) * range) >> 64);
 }
 
+// The random stream of a split's ids (and, with the suffix ":targets", of its seq2seq targets:
+// ':' cannot occur in a split name, so no split's ids share it).
+uint64_t random_stream(const std::string& name) {
+  uint64_t stream = 0;
+  for (char c : name) stream = stream * 131 + static_cast<unsigned char>(c);
+  return stream;
+}
+
+// Random ids for `len` tokens: ids[t] = first + hash(base + offset + t) scaled to [first, vocab).
+void fill_random_ids(int32_t* ids, int64_t len, uint64_t base, uint64_t offset, uint64_t range) {
+  for (int64_t t = 0; t < len; ++t)
+    ids[t] = kRandomFirstId +
+             static_cast<int32_t>(scale_to_range(splitmix64(base + offset + static_cast<uint64_t>(t)), range));
+}
+
+// seq2seq: turns the causal rows of `p` ([bos, u_1, ..., u_{L-1}] with a loss mask) into encoder
+// rows [u_1, ..., u_{L-1}, eos] and adds full-length targets [u'_1, ..., u'_{Lt-1}, eos].
+void make_random_seq2seq_targets(const RandomShardOptions& o, const std::string& split, PreparedRows& p) {
+  ShardRows& r = p.rows;
+  const int64_t n = r.size(), L = r.seq_len, Lt = o.target_len;
+  const uint64_t key = counter_key(o.seed, random_stream(split + ":targets"));
+  const auto range = static_cast<uint64_t>(o.vocab - kRandomFirstId);
+  r.loss_mask.clear();
+  r.loss_mask.shrink_to_fit();
+  r.answer_start.assign(static_cast<size_t>(n), 0);
+  r.target_len = Lt;
+  r.targets.resize(static_cast<size_t>(n * Lt));
+  r.target_lengths.assign(static_cast<size_t>(n), static_cast<int32_t>(Lt));
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n; ++row) {
+    int32_t* ids = r.ids.data() + row * L;
+    std::copy(ids + 1, ids + L, ids);
+    ids[L - 1] = kRandomEosId;
+    int32_t* tg = r.targets.data() + row * Lt;
+    fill_random_ids(tg, Lt - 1, key + static_cast<uint64_t>(row) * static_cast<uint64_t>(Lt), 0, range);
+    tg[Lt - 1] = kRandomEosId;
+  }
+}
+
 }  // namespace
 
 void validate_random_shard_options(const RandomShardOptions& o) {
@@ -352,9 +503,17 @@ void validate_random_shard_options(const RandomShardOptions& o) {
                  o.vocab, "; ids 0-2 are pad, BOS and EOS, random ids are drawn from [3, vocab))");
   ST_CHECK_INPUT(o.val_rows == -1 || (o.val_rows >= 1 && o.val_rows <= kMaxRandomTokens), "--val-rows must be in [1, ",
                  kMaxRandomTokens, "] (got ", o.val_rows, ")");
+  ST_CHECK_INPUT(o.arch == "causal" || o.arch == "seq2seq", "--arch must be causal or seq2seq (got '", o.arch, "')");
+  if (o.arch == "seq2seq") {
+    ST_CHECK_INPUT(o.target_len >= 2 && o.target_len <= kMaxSeqLenLimit, "--target-len must be in [2, ",
+                   kMaxSeqLenLimit, "] (got ", o.target_len, "; a target is at least one token and the eos)");
+  } else {
+    ST_CHECK_INPUT(o.target_len == 0, "--target-len only applies with --arch seq2seq");
+  }
   const int64_t rows = o.rows + random_val_rows(o);
-  ST_CHECK_INPUT(rows <= kMaxRandomTokens / o.seq_len, "--rows and --val-rows (", rows, ") times --seq-len (",
-                 o.seq_len, ") exceed ", kMaxRandomTokens, " tokens");
+  const int64_t row_tokens = o.seq_len + o.target_len;
+  ST_CHECK_INPUT(rows <= kMaxRandomTokens / row_tokens, "--rows and --val-rows (", rows, ") times --seq-len (",
+                 o.seq_len, ")", o.target_len ? " plus --target-len" : "", " exceed ", kMaxRandomTokens, " tokens");
 }
 
 int64_t random_val_rows(const RandomShardOptions& o) {
@@ -364,6 +523,7 @@ int64_t random_val_rows(const RandomShardOptions& o) {
 PreparedRows make_random_rows(const RandomShardOptions& o, const std::string& split, int64_t n) {
   ST_CHECK(n >= 0 && o.seq_len >= 2 && o.vocab > kRandomFirstId, "make_random_rows: bad shape ", n, " x ",
            o.seq_len, " or vocab ", o.vocab);
+  ST_CHECK(o.arch != "seq2seq" || o.target_len >= 2, "make_random_rows: seq2seq target_len ", o.target_len, " < 2");
   const int64_t L = o.seq_len;
   const auto NL = static_cast<size_t>(n * L);
   PreparedRows p;
@@ -375,27 +535,24 @@ PreparedRows make_random_rows(const RandomShardOptions& o, const std::string& sp
   r.answer_start.assign(static_cast<size_t>(n), static_cast<int32_t>(L));  // no answer: loss on all
   r.labels.assign(static_cast<size_t>(n), -1);
   // Element (row, t) is hash(key + row * L + t): independent of the thread count.
-  uint64_t stream = 0;
-  for (char c : split) stream = stream * 131 + static_cast<unsigned char>(c);
-  const uint64_t key = counter_key(o.seed, stream);
+  const uint64_t key = counter_key(o.seed, random_stream(split));
   const auto range = static_cast<uint64_t>(o.vocab - kRandomFirstId);
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n; ++row) {
     int32_t* ids = r.ids.data() + row * L;
     uint8_t* mask = r.loss_mask.data() + row * L;
-    const uint64_t base = key + static_cast<uint64_t>(row) * static_cast<uint64_t>(L);
     ids[0] = kRandomBosId;
     mask[0] = 0;
-    for (int64_t t = 1; t < L; ++t) {
-      ids[t] = kRandomFirstId + static_cast<int32_t>(scale_to_range(splitmix64(base + static_cast<uint64_t>(t)), range));
-      mask[t] = 1;
-    }
+    fill_random_ids(ids + 1, L - 1, key + static_cast<uint64_t>(row) * static_cast<uint64_t>(L), 1, range);
+    std::fill(mask + 1, mask + L, uint8_t{1});
   }
+
+  if (o.arch == "seq2seq") make_random_seq2seq_targets(o, split, p);
 
   ShardInfo& info = p.info;
   info.format_version = kShardFormatVersion;
   info.task = "random";
-  info.arch = "causal";
+  info.arch = o.arch;
   info.split = split;
   info.source_file = str("random tokens (seed ", o.seed, ", vocab ", o.vocab, ")");
   info.tokenizer_sha256 = str("random-vocab-", o.vocab);
@@ -406,8 +563,13 @@ PreparedRows make_random_rows(const RandomShardOptions& o, const std::string& sp
   info.seq_len = L;
   info.loss_on = "all";
   info.prompt_template = "none";
-  info.add_bos = true;
-  info.add_eos = false;
+  info.add_bos = o.arch != "seq2seq";
+  info.add_eos = o.arch == "seq2seq";
+  if (o.arch == "seq2seq") {
+    info.loss_on = "target";
+    info.target_len = o.target_len;
+    info.decoder_start_id = kRandomPadId;
+  }
   info.rows_read = n;
   info.rows_written = n;
   info.created_by = o.created_by;
@@ -423,6 +585,8 @@ RandomShardStats write_random_shards(const RandomShardOptions& o) {
   st.val_rows = random_val_rows(o);
   st.seq_len = o.seq_len;
   st.vocab = o.vocab;
+  st.arch = o.arch;
+  st.target_len = o.target_len;
   st.seed = o.seed;
   for (const auto& [split, n] : {std::pair<std::string, int64_t>{"train", st.train_rows}, {"validation", st.val_rows}}) {
     const PreparedRows p = make_random_rows(o, split, n);
@@ -437,9 +601,16 @@ std::string format_random_shard_report(const RandomShardStats& s) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.2f", s.seconds);
   os << "prepare random: " << s.output_dir << " (seed " << s.seed << ")\n";
-  os << "  rows       train " << s.train_rows << ", validation " << s.val_rows << ", each " << s.seq_len
-     << " tokens: BOS then uniform ids in [" << kRandomFirstId << ", " << s.vocab << "), loss on all "
-     << s.seq_len - 1 << " targets\n";
+  if (s.arch == "seq2seq") {
+    os << "  rows       train " << s.train_rows << ", validation " << s.val_rows << " (seq2seq): encoder input "
+       << s.seq_len << " and target " << s.target_len << " tokens, uniform ids in [" << kRandomFirstId << ", "
+       << s.vocab << ") then EOS (id " << kRandomEosId << "); loss on all " << s.target_len
+       << " target tokens; decoder start id " << kRandomPadId << "\n";
+  } else {
+    os << "  rows       train " << s.train_rows << ", validation " << s.val_rows << ", each " << s.seq_len
+       << " tokens: BOS then uniform ids in [" << kRandomFirstId << ", " << s.vocab << "), loss on all "
+       << s.seq_len - 1 << " targets\n";
+  }
   os << "  tokenizer  none (tokenizer_sha256 random-vocab-" << s.vocab << ", vocab " << s.vocab << ")\n";
   os << "  shards     " << s.shard_files.size() << " written in " << buf << " s:";
   for (const auto& f : s.shard_files) os << " " << fs::path(f).filename().string();

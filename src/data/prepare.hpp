@@ -5,6 +5,16 @@
 //             [eos]; labels 0/1, label_token_ids = first token of each label word.
 //   instruct  Alpaca JSON/JSONL: [bos] template(instruction, input) output [eos]; labels -1.
 //   random    no text: uniform random ids for benchmarks (write_random_shards below).
+//
+// --arch seq2seq (encoder-decoder models, T5/FlanT5) writes the seq2seq shard layout instead: an
+// encoder input and a decoder target per row, no BOS on either side, EOS (add_eos) ending both:
+//   sst2      input "sst2 sentence: {sentence}" [eos], target "negative"|"positive" [eos]; labels
+//             0/1, label_token_ids = first token of each label word at the start of the target.
+//   instruct  input = the template's prompt (what precedes the response) [eos], target = output
+//             [eos]; labels -1.
+// Inputs are cut to max_seq_len (content word by word, as for causal prompts), targets to
+// max_target_len (from their end), the eos kept last in both; rows with an empty target or whose
+// template alone does not fit are dropped.
 #pragma once
 
 #include <cstdint>
@@ -29,8 +39,10 @@ struct PrepareOptions {
   std::string loss_on = "answer";    // answer | all
   std::string prompt_template = "alpaca";  // alpaca | plain (instruction data only)
   int64_t shard_rows = 0;            // rows per shard, 0 = one shard
-  bool add_bos = true;
-  bool add_eos = true;
+  bool add_bos = true;               // causal only: seq2seq rows never start with BOS
+  bool add_eos = true;               // seq2seq: ends both the input and the target
+  std::string arch = "causal";       // causal | seq2seq (shard layout, src/io/shards.hpp)
+  int64_t max_target_len = 64;       // seq2seq: Lt, >= 2
   int64_t limit = 0;                 // read at most this many rows (good or bad), 0 = all
   std::string created_by = "shardtune prepare";
 };
@@ -42,17 +54,22 @@ std::string resolve_input_format(const std::string& format, const std::string& i
 
 struct PrepareStats {
   std::string task;        // "sst2" | "instruct"
+  std::string arch = "causal";  // "causal" | "seq2seq"
   std::string input, output_dir, split, tokenizer, tokenizer_sha256;
   int64_t tokenizer_vocab_size = 0;
   int64_t seq_len = 0;
+  int64_t target_len = 0;  // seq2seq: Lt
   int64_t rows_read = 0, rows_written = 0, rows_dropped = 0;
+  // seq2seq: prompt cut = encoder input cut, answer cut = target cut.
   int64_t rows_truncated = 0, rows_prompt_cut = 0, rows_answer_cut = 0;
   BadRows bad;
   std::vector<int64_t> dropped_lines;  // first few line (record) numbers of dropped rows
-  int64_t tokens = 0;        // sum of row lengths
-  int64_t loss_tokens = 0;   // sum of loss-mask ones
+  int64_t tokens = 0;        // sum of row (seq2seq: encoder input) lengths
+  int64_t loss_tokens = 0;   // sum of loss-mask ones (seq2seq: of target lengths)
   int64_t max_length = 0;
   double mean_length = 0;
+  int64_t target_tokens = 0, max_target_length = 0;  // seq2seq targets
+  double mean_target_length = 0;
   std::vector<std::string> label_names;   // sst2: negative, positive
   std::vector<int32_t> label_token_ids;   // first token of each label word
   std::vector<std::string> label_pieces;  // those tokens as pieces, for the report
@@ -85,6 +102,9 @@ std::string format_prepare_report(const PrepareStats& stats);
 // tokenizer file: the pseudo-checksum keeps the two splits, and runs on other vocabularies,
 // apart), eos 2, pad 0. Ids are a pure function of (seed, split, row, position), so the same
 // options give byte-identical datasets. Not compressed (random ids do not deflate).
+// With arch "seq2seq" (and target_len Lt): encoder rows [u_1, ..., u_{L-1}, eos] and targets
+// [u'_1, ..., u'_{Lt-1}, eos], all full length, decoder_start_id = pad (0), add_bos 0; encoder
+// ids are the causal rows' draws (same key and positions), targets a separate stream.
 constexpr int32_t kRandomPadId = 0, kRandomBosId = 1, kRandomEosId = 2, kRandomFirstId = 3;
 
 struct RandomShardOptions {
@@ -94,12 +114,16 @@ struct RandomShardOptions {
   int64_t vocab = 0;        // --vocab V, >= 4 (ids in [3, V))
   uint64_t seed = 1234;     // --seed
   int64_t val_rows = -1;    // --val-rows M, >= 1; -1: max(1, N / 16)
+  std::string arch = "causal";  // --arch causal | seq2seq
+  int64_t target_len = 0;   // --target-len Lt: seq2seq only (>= 2), 0 for causal
   std::string created_by = "shardtune prepare --random";
 };
 
 struct RandomShardStats {
   std::string output_dir;
   int64_t train_rows = 0, val_rows = 0, seq_len = 0, vocab = 0;
+  std::string arch = "causal";
+  int64_t target_len = 0;
   uint64_t seed = 0;
   std::vector<std::string> shard_files;  // train, validation
   double seconds = 0;

@@ -22,6 +22,12 @@ std::string sst2_prompt(std::string_view sentence) {
   return s;
 }
 
+std::string sst2_seq2seq_prompt(std::string_view sentence) {
+  std::string s = "sst2 sentence: ";
+  s.append(sentence);
+  return s;
+}
+
 const char* sst2_label_word(int32_t label) {
   ST_CHECK(label == 0 || label == 1, "SST-2 label must be 0 or 1, got ", label);
   return label == 1 ? "positive" : "negative";
@@ -141,6 +147,19 @@ std::optional<FittedRow> fit_row(const Tokenizer& tok, const std::vector<std::st
   row.answer_start = static_cast<int32_t>(row.ids.size());
   row.ids.insert(row.ids.end(), span.begin(), span.begin() + keep);
   return row;
+}
+
+FittedTarget fit_target(const std::vector<int32_t>& answer_ids, int64_t max_target_len, bool add_eos,
+                        int32_t eos_id) {
+  ST_CHECK(max_target_len >= 2, "max_target_len must be >= 2, got ", max_target_len);
+  FittedTarget t;
+  if (answer_ids.empty()) return t;
+  const int64_t eos = add_eos ? 1 : 0;
+  const int64_t keep = std::min<int64_t>(static_cast<int64_t>(answer_ids.size()), max_target_len - eos);
+  t.cut = keep < static_cast<int64_t>(answer_ids.size());
+  t.ids.assign(answer_ids.begin(), answer_ids.begin() + keep);
+  if (add_eos) t.ids.push_back(eos_id);
+  return t;
 }
 
 void fill_loss_mask(LossOn loss_on, int64_t length, int64_t answer_start, int64_t seq_len, uint8_t* mask) {

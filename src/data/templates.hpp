@@ -27,6 +27,11 @@ const char* sst2_label_word(int32_t label);  // 0 "negative", 1 "positive"
 inline constexpr const char* kSst2LabelNames = "negative,positive";
 inline constexpr const char* kSst2TemplateName = "sst2";
 
+// --- SST-2 text-to-text (T5 / FlanT5 convention), for encoder-decoder models: the encoder reads
+// "sst2 sentence: {sentence}", the decoder writes "negative" / "positive" (sst2_label_word).
+std::string sst2_seq2seq_prompt(std::string_view sentence);
+inline constexpr const char* kSst2Seq2SeqTemplateName = "sst2-t5";
+
 // --- Instruction following (Alpaca records).
 //   "alpaca": the Stanford Alpaca prompt, with the no-input variant when the input is empty.
 //   "plain":  "### Instruction:\n{instruction}\n### Input:\n{input}\n### Response:\n" (the
@@ -76,6 +81,18 @@ using PromptBuilder = std::function<std::string(const std::vector<std::string_vi
 std::optional<FittedRow> fit_row(const Tokenizer& tok, const std::vector<std::string_view>& content,
                                  const PromptBuilder& build, const std::vector<int32_t>& answer_ids,
                                  const FitOptions& options);
+
+// seq2seq encoder inputs are fitted by fit_row with no answer ids (and add_bos false): the
+// prompt's content is cut word by word so that it and the eos fit in max_seq_len.
+//
+// seq2seq decoder target: answer_ids + [eos] (when add_eos), cut from its end to max_target_len
+// tokens with the eos kept last. Empty when answer_ids is empty (the caller drops the row).
+struct FittedTarget {
+  std::vector<int32_t> ids;  // length <= max_target_len
+  bool cut = false;          // answer tokens were removed
+};
+FittedTarget fit_target(const std::vector<int32_t>& answer_ids, int64_t max_target_len, bool add_eos,
+                        int32_t eos_id);
 
 // Writes the loss mask of one row into mask[0, L): ones on [answer_start, length) for
 // LossOn::answer, on [1, length) for LossOn::all, zeros elsewhere (position 0 is never a target).

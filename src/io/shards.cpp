@@ -97,8 +97,16 @@ void write_shard_file(const std::string& path, const ShardInfo& info, const Shar
   h5::Handle f = h5::create_file(path);
   const std::vector<hsize_t> chunk2 = {std::min<hsize_t>(64, std::max<hsize_t>(1, N)), L};
   const std::vector<hsize_t> chunk1 = {std::min<hsize_t>(65536, std::max<hsize_t>(1, N))};
+  const bool seq2seq = info.arch == "seq2seq";
   h5::write_dataset(f, "ids", H5T_NATIVE_INT32, rows.ids.data() + b * L, {N, L}, chunk2, deflate);
-  h5::write_dataset(f, "loss_mask", H5T_NATIVE_UINT8, rows.loss_mask.data() + b * L, {N, L}, chunk2, deflate);
+  if (seq2seq) {
+    const hsize_t Lt = static_cast<hsize_t>(rows.target_len);
+    h5::write_dataset(f, "targets", H5T_NATIVE_INT32, rows.targets.data() + b * Lt, {N, Lt}, {chunk2[0], Lt},
+                      deflate);
+    h5::write_dataset(f, "target_lengths", H5T_NATIVE_INT32, rows.target_lengths.data() + b, {N}, chunk1, deflate);
+  } else {
+    h5::write_dataset(f, "loss_mask", H5T_NATIVE_UINT8, rows.loss_mask.data() + b * L, {N, L}, chunk2, deflate);
+  }
   h5::write_dataset(f, "lengths", H5T_NATIVE_INT32, rows.lengths.data() + b, {N}, chunk1, deflate);
   h5::write_dataset(f, "answer_start", H5T_NATIVE_INT32, rows.answer_start.data() + b, {N}, chunk1, deflate);
   h5::write_dataset(f, "labels", H5T_NATIVE_INT32, rows.labels.data() + b, {N}, chunk1, deflate);
@@ -128,6 +136,10 @@ void write_shard_file(const std::string& path, const ShardInfo& info, const Shar
   h5::write_attr(f, "rows_truncated", info.rows_truncated);
   h5::write_attr(f, "rows_dropped", info.rows_dropped);
   h5::write_attr(f, "created_by", info.created_by);
+  if (seq2seq) {
+    h5::write_attr(f, "target_len", info.target_len);
+    h5::write_attr(f, "decoder_start_id", int64_t{info.decoder_start_id});
+  }
   if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) ST_THROW(path, ": flush failed");
 }
 
@@ -153,11 +165,30 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
                  "' must be non-empty and use only letters, digits, '_', '-' and '.'");
   ST_CHECK(info.seq_len == rows.seq_len && rows.seq_len > 0, "seq_len mismatch: info ", info.seq_len,
            ", rows ", rows.seq_len);
+  ST_CHECK(info.arch == "causal" || info.arch == "seq2seq", "ShardInfo.arch must be causal or seq2seq (got '",
+           info.arch, "')");
   const int64_t n = rows.size();
+  const auto N = static_cast<size_t>(n);
   const auto L = static_cast<size_t>(rows.seq_len);
-  ST_CHECK(rows.ids.size() == static_cast<size_t>(n) * L && rows.loss_mask.size() == rows.ids.size() &&
-               rows.answer_start.size() == static_cast<size_t>(n) && rows.labels.size() == static_cast<size_t>(n),
+  ST_CHECK(rows.ids.size() == N * L && rows.answer_start.size() == N && rows.labels.size() == N,
            "ShardRows arrays disagree with ", n, " rows of length ", L);
+  if (info.arch == "seq2seq") {
+    ST_CHECK(info.target_len == rows.target_len && rows.target_len > 0, "seq2seq target_len mismatch: info ",
+             info.target_len, ", rows ", rows.target_len);
+    const auto Lt = static_cast<size_t>(rows.target_len);
+    ST_CHECK(rows.targets.size() == N * Lt && rows.target_lengths.size() == N,
+             "seq2seq ShardRows: targets has ", rows.targets.size(), " and target_lengths ", rows.target_lengths.size(),
+             " elements for ", n, " rows of target length ", Lt);
+    ST_CHECK(rows.loss_mask.empty(), "seq2seq ShardRows must not have a loss_mask (every target token is a target)");
+    for (size_t r = 0; r < N; ++r)
+      ST_CHECK(rows.target_lengths[r] >= 0 && static_cast<size_t>(rows.target_lengths[r]) <= Lt, "seq2seq row ", r,
+               " has target length ", rows.target_lengths[r], " (target_len ", Lt, ")");
+  } else {
+    ST_CHECK(rows.loss_mask.size() == rows.ids.size(), "ShardRows loss_mask has ", rows.loss_mask.size(),
+             " elements for ", n, " rows of length ", L);
+    ST_CHECK(info.target_len == 0 && rows.target_len == 0 && rows.targets.empty() && rows.target_lengths.empty(),
+             "causal shards have no targets (target_len info ", info.target_len, ", rows ", rows.target_len, ")");
+  }
   ST_CHECK(shard_rows >= 0, "shard_rows must be >= 0");
   ST_CHECK(deflate_level >= 0 && deflate_level <= 9, "deflate_level must be in [0, 9] (got ", deflate_level, ")");
 
@@ -201,7 +232,7 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
 
 struct ShardDataset::OpenFiles {
   struct File {
-    h5::Handle file, ids, loss_mask;
+    h5::Handle file, ids, loss_mask, targets;  // loss_mask for causal, targets for seq2seq
   };
   std::vector<File> files;
 };
@@ -212,7 +243,14 @@ int64_t Batch::max_length() const {
   return m;
 }
 
+int64_t Batch::max_target_length() const {
+  int64_t m = 0;
+  for (int32_t len : target_lengths) m = std::max<int64_t>(m, len);
+  return m;
+}
+
 int64_t Batch::loss_tokens() const {
+  if (target_len > 0) return std::accumulate(target_lengths.begin(), target_lengths.end(), int64_t{0});
   int64_t n = 0;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t t = 1; t < seq_len; ++t) n += loss_mask[static_cast<size_t>(r * seq_len + t)] != 0;
@@ -230,7 +268,9 @@ ShardInfo read_shard_info(hid_t f, const std::string& where) {
                    kShardFormatVersion, " (re-run shardtune prepare)");
   info.format_version = static_cast<int>(version);
   info.task = h5::read_attr_string(f, "task", where);
-  info.arch = h5::read_attr_string(f, "arch", where);
+  if (h5::has_attr(f, "arch")) info.arch = h5::read_attr_string(f, "arch", where);
+  if (info.arch != "causal" && info.arch != "seq2seq")
+    ST_THROW_INPUT(where, ": attribute 'arch' is '", info.arch, "' but this build reads 'causal' or 'seq2seq'");
   info.split = h5::read_attr_string(f, "split", where);
   info.source_file = h5::read_attr_string(f, "source_file", where);
   info.tokenizer_sha256 = h5::read_attr_string(f, "tokenizer_sha256", where);
@@ -253,6 +293,13 @@ ShardInfo read_shard_info(hid_t f, const std::string& where) {
   if (h5::has_attr(f, "tokenizer_path")) info.tokenizer_path = h5::read_attr_string(f, "tokenizer_path", where);
   if (h5::has_attr(f, "add_bos")) info.add_bos = h5::read_attr_int(f, "add_bos", where) != 0;
   if (h5::has_attr(f, "add_eos")) info.add_eos = h5::read_attr_int(f, "add_eos", where) != 0;
+  if (h5::has_attr(f, "target_len")) info.target_len = h5::read_attr_int(f, "target_len", where);
+  if (h5::has_attr(f, "decoder_start_id"))
+    info.decoder_start_id = static_cast<int32_t>(h5::read_attr_int(f, "decoder_start_id", where));
+  if (info.arch == "seq2seq" && info.target_len <= 0)
+    ST_THROW_INPUT(where, ": seq2seq shard needs attribute 'target_len' > 0 (got ", info.target_len, ")");
+  if (info.arch == "causal" && info.target_len != 0)
+    ST_THROW_INPUT(where, ": causal shard has attribute 'target_len' ", info.target_len, " (expected none or 0)");
   if (info.label_names.size() != info.label_token_ids.size())
     ST_THROW_INPUT(where, ": attribute 'label_token_ids' has ", info.label_token_ids.size(),
                    " entries but 'label_names' names ", info.label_names.size());
@@ -276,6 +323,28 @@ void require_dims(hid_t f, const char* name, const std::vector<hsize_t>& want, c
     for (auto d : dims) got += (got.empty() ? "" : ", ") + std::to_string(d);
     for (auto d : want) exp += (exp.empty() ? "" : ", ") + std::to_string(d);
     ST_THROW_INPUT(where, ": dataset '", name, "' has shape [", got, "], expected [", exp, "]");
+  }
+}
+
+// Loss targets per row of a causal shard (mask ones at positions >= 1), streamed in blocks so
+// memory stays small for large shards.
+void count_mask_targets(hid_t loss_mask, hsize_t N, hsize_t L, int32_t* out, const std::string& where) {
+  const hsize_t block = std::max<hsize_t>(1, (8u << 20) / L);
+  std::vector<uint8_t> buf;
+  h5::Handle fspace(H5Dget_space(loss_mask), h5::Handle::Kind::dataspace);
+  for (hsize_t r0 = 0; r0 < N; r0 += block) {
+    const hsize_t cnt[2] = {std::min(block, N - r0), L};
+    const hsize_t start[2] = {r0, 0};
+    buf.resize(cnt[0] * cnt[1]);
+    H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
+    h5::Handle mspace(H5Screate_simple(2, cnt, nullptr), h5::Handle::Kind::dataspace);
+    if (H5Dread(loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, buf.data()) < 0)
+      ST_THROW_INPUT(where, ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
+    for (hsize_t i = 0; i < cnt[0]; ++i) {
+      int32_t c = 0;
+      for (hsize_t t = 1; t < L; ++t) c += buf[i * L + t] != 0;
+      out[r0 + i] = c;
+    }
   }
 }
 
@@ -315,13 +384,20 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
       differ("task", info.task, ds.info_.task);
       differ("arch", info.arch, ds.info_.arch);
       differ("max_seq_len", info.seq_len, ds.info_.seq_len);
+      differ("target_len", info.target_len, ds.info_.target_len);
     }
+    const bool seq2seq = info.arch == "seq2seq";
     const int64_t n = h5::read_attr_int(of.file, "num_rows", path);
-    const int64_t L = info.seq_len;
+    const int64_t L = info.seq_len, Lt = info.target_len;
     if (n < 0 || L <= 0) ST_THROW_INPUT(path, ": bad num_rows ", n, " or max_seq_len ", L);
-    const hsize_t N = static_cast<hsize_t>(n), HL = static_cast<hsize_t>(L);
+    const hsize_t N = static_cast<hsize_t>(n), HL = static_cast<hsize_t>(L), HLt = static_cast<hsize_t>(Lt);
     require_dims(of.file, "ids", {N, HL}, path);
-    require_dims(of.file, "loss_mask", {N, HL}, path);
+    if (seq2seq) {
+      require_dims(of.file, "targets", {N, HLt}, path);
+      require_dims(of.file, "target_lengths", {N}, path);
+    } else {
+      require_dims(of.file, "loss_mask", {N, HL}, path);
+    }
     require_dims(of.file, "lengths", {N}, path);
     require_dims(of.file, "answer_start", {N}, path);
     require_dims(of.file, "labels", {N}, path);
@@ -331,40 +407,41 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
     ds.answer_start_.resize(begin + N);
     ds.labels_.resize(begin + N);
     ds.loss_tokens_.resize(begin + N, 0);
+    if (seq2seq) ds.target_lengths_.resize(begin + N);
     if (n > 0) {
       h5::read_dataset(of.file, "lengths", H5T_NATIVE_INT32, ds.lengths_.data() + begin, path);
       h5::read_dataset(of.file, "answer_start", H5T_NATIVE_INT32, ds.answer_start_.data() + begin, path);
       h5::read_dataset(of.file, "labels", H5T_NATIVE_INT32, ds.labels_.data() + begin, path);
+      if (seq2seq)
+        h5::read_dataset(of.file, "target_lengths", H5T_NATIVE_INT32, ds.target_lengths_.data() + begin, path);
     }
-    for (size_t r = begin; r < begin + N; ++r)
+    for (size_t r = begin; r < begin + N; ++r) {
       if (ds.lengths_[r] < 0 || ds.lengths_[r] > L || ds.answer_start_[r] < 0 || ds.answer_start_[r] > ds.lengths_[r])
         ST_THROW_INPUT(path, ": row ", r - begin, " has length ", ds.lengths_[r], " and answer_start ",
                        ds.answer_start_[r], " (max_seq_len ", L, ")");
+      if (seq2seq && (ds.target_lengths_[r] < 0 || ds.target_lengths_[r] > Lt))
+        ST_THROW_INPUT(path, ": row ", r - begin, " has target length ", ds.target_lengths_[r], " (target_len ", Lt,
+                       ")");
+    }
 
-    // Whole chunks (the last one is stored full size too), plus one chunk of slack.
+    // Whole chunks (the last one is stored full size too), plus one chunk of slack. The file's
+    // share of the budget is split by element bytes per row: causal ids 4L : loss_mask L,
+    // seq2seq ids 4L : targets 4Lt.
     const size_t per_file = kChunkCacheBudgetBytes / ds.files_.size();
     const size_t chunk_rows = std::clamp<size_t>(static_cast<size_t>(N), 1, 64);
-    const size_t chunk_cells = chunk_rows * static_cast<size_t>(HL);
-    const size_t cells = ((static_cast<size_t>(N) + chunk_rows - 1) / chunk_rows + 1) * chunk_cells;
-    of.ids = open_cached_dataset(of.file, "ids", cells * 4, chunk_cells * 4, per_file / 5 * 4, path);
-    of.loss_mask = open_cached_dataset(of.file, "loss_mask", cells, chunk_cells, per_file / 5, path);
-    // Loss targets per row, streamed in blocks so memory stays small for large shards.
-    const hsize_t block = std::max<hsize_t>(1, (8u << 20) / HL);
-    std::vector<uint8_t> buf;
-    h5::Handle fspace(H5Dget_space(of.loss_mask), h5::Handle::Kind::dataspace);
-    for (hsize_t r0 = 0; r0 < N; r0 += block) {
-      const hsize_t cnt[2] = {std::min(block, N - r0), HL};
-      const hsize_t start[2] = {r0, 0};
-      buf.resize(cnt[0] * cnt[1]);
-      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
-      h5::Handle mspace(H5Screate_simple(2, cnt, nullptr), h5::Handle::Kind::dataspace);
-      if (H5Dread(of.loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, buf.data()) < 0)
-        ST_THROW_INPUT(path, ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
-      for (hsize_t i = 0; i < cnt[0]; ++i) {
-        int32_t c = 0;
-        for (hsize_t t = 1; t < HL; ++t) c += buf[i * HL + t] != 0;
-        ds.loss_tokens_[begin + r0 + i] = c;
-      }
+    const size_t stored_rows = ((static_cast<size_t>(N) + chunk_rows - 1) / chunk_rows + 1) * chunk_rows;
+    const size_t ids_row = 4 * static_cast<size_t>(HL);
+    const size_t other_row = seq2seq ? 4 * static_cast<size_t>(HLt) : static_cast<size_t>(HL);
+    const size_t ids_budget = per_file / (ids_row + other_row) * ids_row;
+    of.ids = open_cached_dataset(of.file, "ids", stored_rows * ids_row, chunk_rows * ids_row, ids_budget, path);
+    h5::Handle& other = seq2seq ? of.targets : of.loss_mask;
+    other = open_cached_dataset(of.file, seq2seq ? "targets" : "loss_mask", stored_rows * other_row,
+                                chunk_rows * other_row, per_file - ids_budget, path);
+    if (seq2seq) {
+      std::copy(ds.target_lengths_.begin() + static_cast<std::ptrdiff_t>(begin), ds.target_lengths_.end(),
+                ds.loss_tokens_.begin() + static_cast<std::ptrdiff_t>(begin));
+    } else {
+      count_mask_targets(of.loss_mask, N, HL, ds.loss_tokens_.data() + begin, path);
     }
     ds.file_row_begin_.push_back(ds.file_row_begin_.back() + n);
     open_files->files.push_back(std::move(of));
@@ -374,14 +451,44 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
   return ds;
 }
 
+namespace {
+
+// Reads the sorted, distinct rows `unique` of a [*, width] dataset into buf ([unique.size(),
+// width] elements of elem_bytes): one read per run of consecutive rows. (A single
+// union-of-hyperslabs selection reads the same bytes, but HDF5 1.10 maps an irregular selection
+// to chunks element by element: it measured 6-20x slower than these regular per-run selections.)
+void read_row_runs(hid_t dataset, hid_t type, const std::vector<int64_t>& unique, hsize_t width, size_t elem_bytes,
+                   void* buf, const char* name, const std::string& where) {
+  h5::Handle fspace(H5Dget_space(dataset), h5::Handle::Kind::dataspace);
+  auto* bytes = static_cast<unsigned char*>(buf);
+  for (size_t i = 0; i < unique.size();) {
+    size_t j = i + 1;
+    while (j < unique.size() && unique[j] == unique[j - 1] + 1) ++j;
+    const hsize_t start[2] = {static_cast<hsize_t>(unique[i]), 0};
+    const hsize_t count[2] = {static_cast<hsize_t>(j - i), width};
+    if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr) < 0)
+      ST_THROW(where, ": hyperslab selection failed");
+    h5::Handle mspace(H5Screate_simple(2, count, nullptr), h5::Handle::Kind::dataspace);
+    if (H5Dread(dataset, type, mspace, fspace, H5P_DEFAULT, bytes + i * width * elem_bytes) < 0)
+      ST_THROW_INPUT(where, ": cannot read dataset '", name, "' (truncated or corrupt file?)");
+    i = j;
+  }
+}
+
+}  // namespace
+
 void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const {
   ST_CHECK(open_files_, "ShardDataset not opened");
-  const int64_t L = info_.seq_len;
+  const bool s2s = seq2seq();
+  const int64_t L = info_.seq_len, Lt = s2s ? info_.target_len : 0;
   const size_t n = rows.size();
   out.rows = static_cast<int64_t>(n);
   out.seq_len = L;
+  out.target_len = Lt;
   out.ids.assign(n * static_cast<size_t>(L), info_.pad_id);
-  out.loss_mask.assign(n * static_cast<size_t>(L), 0);
+  out.loss_mask.assign(s2s ? 0 : n * static_cast<size_t>(L), 0);
+  out.targets.assign(n * static_cast<size_t>(Lt), info_.pad_id);
+  out.target_lengths.resize(s2s ? n : 0);
   out.lengths.resize(n);
   out.answer_start.resize(n);
   out.labels.resize(n);
@@ -400,13 +507,14 @@ void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const
     out.lengths[i] = lengths_[static_cast<size_t>(g)];
     out.answer_start[i] = answer_start_[static_cast<size_t>(g)];
     out.labels[i] = labels_[static_cast<size_t>(g)];
+    if (s2s) out.target_lengths[i] = target_lengths_[static_cast<size_t>(g)];
   }
 
   std::lock_guard<std::mutex> lock(h5_mutex());
   std::vector<int64_t> unique;
-  std::vector<int32_t> ids_buf;
+  std::vector<int32_t> ids_buf, targets_buf;
   std::vector<uint8_t> mask_buf;
-  const hsize_t HL = static_cast<hsize_t>(L);
+  const hsize_t HL = static_cast<hsize_t>(L), HLt = static_cast<hsize_t>(Lt);
   for (size_t f = 0; f < nfiles; ++f) {
     const auto& req = per_file[f];
     if (req.empty()) continue;
@@ -416,31 +524,25 @@ void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const
     std::sort(unique.begin(), unique.end());
     unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
 
-    // One read per run of consecutive rows. (A single union-of-hyperslabs selection reads the
-    // same bytes, but HDF5 1.10 maps an irregular selection to chunks element by element: it
-    // measured 6-20x slower than these regular per-run selections.)
     ids_buf.resize(unique.size() * HL);
-    mask_buf.resize(unique.size() * HL);
-    h5::Handle fspace(H5Dget_space(of.ids), h5::Handle::Kind::dataspace);
-    for (size_t i = 0; i < unique.size();) {
-      size_t j = i + 1;
-      while (j < unique.size() && unique[j] == unique[j - 1] + 1) ++j;
-      const hsize_t start[2] = {static_cast<hsize_t>(unique[i]), 0};
-      const hsize_t count[2] = {static_cast<hsize_t>(j - i), HL};
-      if (H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, count, nullptr) < 0)
-        ST_THROW(files_[f], ": hyperslab selection failed");
-      h5::Handle mspace(H5Screate_simple(2, count, nullptr), h5::Handle::Kind::dataspace);
-      if (H5Dread(of.ids, H5T_NATIVE_INT32, mspace, fspace, H5P_DEFAULT, ids_buf.data() + i * HL) < 0)
-        ST_THROW_INPUT(files_[f], ": cannot read dataset 'ids' (truncated or corrupt file?)");
-      if (H5Dread(of.loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, mask_buf.data() + i * HL) < 0)
-        ST_THROW_INPUT(files_[f], ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
-      i = j;
+    read_row_runs(of.ids, H5T_NATIVE_INT32, unique, HL, sizeof(int32_t), ids_buf.data(), "ids", files_[f]);
+    if (s2s) {
+      targets_buf.resize(unique.size() * HLt);
+      read_row_runs(of.targets, H5T_NATIVE_INT32, unique, HLt, sizeof(int32_t), targets_buf.data(), "targets",
+                    files_[f]);
+    } else {
+      mask_buf.resize(unique.size() * HL);
+      read_row_runs(of.loss_mask, H5T_NATIVE_UINT8, unique, HL, 1, mask_buf.data(), "loss_mask", files_[f]);
     }
 
     for (const auto& [local, pos] : req) {
       const size_t u = static_cast<size_t>(std::lower_bound(unique.begin(), unique.end(), local) - unique.begin());
       std::memcpy(out.ids.data() + pos * HL, ids_buf.data() + u * HL, HL * sizeof(int32_t));
-      std::memcpy(out.loss_mask.data() + pos * HL, mask_buf.data() + u * HL, HL);
+      if (s2s) {
+        std::memcpy(out.targets.data() + pos * HLt, targets_buf.data() + u * HLt, HLt * sizeof(int32_t));
+      } else {
+        std::memcpy(out.loss_mask.data() + pos * HL, mask_buf.data() + u * HL, HL);
+      }
     }
   }
 }

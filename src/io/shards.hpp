@@ -1,26 +1,43 @@
 // HDF5 dataset shards: the tokenized training data.
 //
-// One shard file holds N padded rows of length L (the "sequence length" of the shard):
+// Two layouts, told apart by the file attribute `arch`.
+//
+// arch "causal" (decoder-only LMs): N padded rows of length L (the shard's "sequence length"):
 //   /ids           int32 [N, L]  token ids, right-padded with pad_id
 //   /loss_mask     uint8 [N, L]  1 where the token is a training target (it is predicted from
 //                                the previous position; position 0 is never a target)
 //   /lengths       int32 [N]     number of real tokens in the row (<= L)
 //   /answer_start  int32 [N]     index of the first answer token (== length when no answer)
 //   /labels        int32 [N]     class label (SST-2: 0 negative, 1 positive); -1 when absent
-// Datasets are chunked ([min(64, N), L] and [min(65536, N)]) and compressed (shuffle + deflate
-// level kShardDeflateLevel; write_shards can be told to skip compression: random-token shards,
-// whose ids do not compress). File attributes:
-//   format_version (int), task ("sst2" | "instruct" | "random"), arch ("causal"), split, source_file,
-//   source_sha256, tokenizer_path, tokenizer_sha256, tokenizer_vocab_size, bos_id, eos_id,
-//   pad_id, max_seq_len, loss_on ("answer" | "all"), prompt_template, num_rows,
-//   label_names (SST-2: "negative,positive"), label_token_ids (int32[num_labels]: the first
-//   token of each label word, whose scores give the classification accuracy),
-//   rows_read, rows_written, rows_truncated, rows_dropped, created_by.
+//
+// arch "seq2seq" (encoder-decoder LMs, T5): an encoder input and a decoder target per row:
+//   /ids            int32 [N, L]   encoder input ids, right-padded with pad_id
+//   /lengths        int32 [N]      encoder input lengths (<= L)
+//   /targets        int32 [N, Lt]  decoder labels, right-padded with pad_id; the decoder input
+//                                  is [decoder_start_id, targets[0 .. len-2]] (shifted right)
+//   /target_lengths int32 [N]      target lengths (<= Lt); every target token is a loss target
+//   /answer_start   int32 [N]      0 (kept so per-row metadata reads alike)
+//   /labels         int32 [N]      class label or -1
+// There is no /loss_mask: a row's loss targets are its target_lengths[r] target tokens.
+//
+// Datasets are chunked ([min(64, N), L] or [.., Lt], and [min(65536, N)]) and compressed
+// (shuffle + deflate level kShardDeflateLevel; write_shards can be told to skip compression:
+// random-token shards, whose ids do not compress). File attributes:
+//   format_version (int), task ("sst2" | "instruct" | "random"), arch ("causal" | "seq2seq"), split,
+//   source_file, source_sha256, tokenizer_path, tokenizer_sha256, tokenizer_vocab_size, bos_id,
+//   eos_id, pad_id, max_seq_len (L), loss_on ("answer" | "all"; "target" for seq2seq),
+//   prompt_template, num_rows, label_names (SST-2: "negative,positive"), label_token_ids
+//   (int32[num_labels]: the first token of each label word, whose scores give the classification
+//   accuracy; seq2seq: the word's first token at the start of the target, scored at the
+//   decoder's first position), rows_read, rows_written, rows_truncated, rows_dropped, created_by,
+//   and for seq2seq: target_len (Lt) and decoder_start_id (T5: the pad id, 0).
 // A shard is written to "<name>.tmp" and renamed when complete, so a file with the final name
 // is always whole. source_sha256 and tokenizer_sha256 are SHA-256 hex digests of the files'
 // bytes. Two attributes beyond the list: add_bos, add_eos (0|1), how the rows were built.
 // The rows_* counts are those of the whole split (the same in every shard of it); num_rows is
 // the shard's own N; label_names is "" and label_token_ids empty for "instruct" and "random".
+// Causal files written before seq2seq existed read unchanged: a missing arch means "causal",
+// missing target_len / decoder_start_id mean 0 (seq2seq files must have target_len).
 //
 // Shard names: "<dir>/<split>-NNNNN.h5" (the glob "<split>-*.h5" restricted to a numeric
 // suffix, so split "train" never picks up "train-extra-00000.h5").
@@ -39,13 +56,15 @@ constexpr int kShardDeflateLevel = 4;  // write_shards' default; 0 = chunked, no
 struct ShardInfo {
   int format_version = 0;
   std::string task;   // "sst2" | "instruct" | "random"
-  std::string arch;   // "causal"
+  std::string arch = "causal";  // "causal" | "seq2seq"
   std::string split;
   std::string source_file;
   std::string tokenizer_sha256;
   int64_t tokenizer_vocab_size = 0;
   int32_t bos_id = -1, eos_id = -1, pad_id = 0;
-  int64_t seq_len = 0;  // L
+  int64_t seq_len = 0;  // L (seq2seq: of the encoder input)
+  int64_t target_len = 0;        // Lt: seq2seq target length; 0 for causal
+  int32_t decoder_start_id = 0;  // seq2seq: first decoder input token (T5: pad, 0)
   std::string loss_on;
   std::string prompt_template;
   std::vector<std::string> label_names;
@@ -59,18 +78,24 @@ struct ShardInfo {
 };
 
 // Rows to write, in memory: the datasets of one split before it is cut into shards.
+// Causal rows fill loss_mask and leave the target fields empty; seq2seq rows fill targets and
+// target_lengths and leave loss_mask empty.
 struct ShardRows {
   int64_t seq_len = 0;               // L
   std::vector<int32_t> ids;          // [N, L], padded
-  std::vector<uint8_t> loss_mask;    // [N, L]
+  std::vector<uint8_t> loss_mask;    // [N, L] (causal)
   std::vector<int32_t> lengths;      // [N]
   std::vector<int32_t> answer_start; // [N]
   std::vector<int32_t> labels;       // [N]
+  int64_t target_len = 0;               // Lt (seq2seq)
+  std::vector<int32_t> targets;         // [N, Lt], padded (seq2seq)
+  std::vector<int32_t> target_lengths;  // [N] (seq2seq)
   int64_t size() const { return static_cast<int64_t>(lengths.size()); }
 };
 
 // Writes `rows` as "<out_dir>/<split>-00000.h5", ... with at most `shard_rows` rows each
-// (0 = one shard); info.split names the files and info.seq_len must equal rows.seq_len. Creates
+// (0 = one shard); info.split names the files and info.seq_len must equal rows.seq_len (and,
+// for info.arch "seq2seq", info.target_len rows.target_len: the seq2seq layout). Creates
 // out_dir if needed and first deletes that split's existing shards (and stale .tmp files), so
 // old shards never mix in. Every shard is written as "<name>.tmp"; all are renamed at the end,
 // so an interrupted run leaves no file with a final name. Returns the final paths in order.
@@ -83,21 +108,30 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
 // Paths of "<dir>/<split>-NNNNN.h5" in shard order (empty when none).
 std::vector<std::string> list_shard_files(const std::string& dir, const std::string& split);
 
-// Host-side batch of rows, filled by ShardDataset::read_rows.
+// Host-side batch of rows, filled by ShardDataset::read_rows. Causal shards fill loss_mask
+// (target fields empty, target_len 0); seq2seq shards fill targets and target_lengths (loss_mask
+// empty).
 struct Batch {
   int64_t rows = 0;
   int64_t seq_len = 0;               // L of the shard (rows are padded to it)
-  std::vector<int32_t> ids;          // [rows, seq_len]
-  std::vector<uint8_t> loss_mask;    // [rows, seq_len]
+  std::vector<int32_t> ids;          // [rows, seq_len] (seq2seq: encoder input)
+  std::vector<uint8_t> loss_mask;    // [rows, seq_len] (causal)
   std::vector<int32_t> lengths;      // [rows]
   std::vector<int32_t> answer_start; // [rows]
   std::vector<int32_t> labels;       // [rows], -1 when absent
-  int64_t max_length() const;        // longest row in the batch
-  int64_t loss_tokens() const;       // number of targets (mask ones at positions >= 1)
+  int64_t target_len = 0;               // Lt of a seq2seq shard, 0 for causal
+  std::vector<int32_t> targets;         // [rows, target_len]
+  std::vector<int32_t> target_lengths;  // [rows]
+  int64_t max_length() const;        // longest row (encoder input) in the batch
+  int64_t max_target_length() const; // longest target in the batch (0 for causal)
+  // Number of loss targets: causal, mask ones at positions >= 1; seq2seq, the sum of
+  // target_lengths.
+  int64_t loss_tokens() const;
 };
 
 // All shards of one split: "<dir>/<split>-NNNNN.h5" in shard order, or a single .h5 file path.
-// Every shard must agree on format version, tokenizer checksum, task, arch and sequence length;
+// Every shard must agree on format version, tokenizer checksum, task, arch, sequence length and
+// target length;
 // a shard that disagrees is refused naming the file and the field. The metadata of the split
 // (info()) is that of its first shard.
 class ShardDataset {
@@ -108,6 +142,8 @@ class ShardDataset {
 
   int64_t size() const { return num_rows_; }
   int64_t seq_len() const { return info_.seq_len; }
+  int64_t target_len() const { return info_.target_len; }  // 0 for causal
+  bool seq2seq() const { return info_.arch == "seq2seq"; }
   const ShardInfo& info() const { return info_; }
   const std::vector<std::string>& files() const { return files_; }
 
@@ -117,8 +153,10 @@ class ShardDataset {
 
   // Per-row metadata, loaded at open (small).
   const std::vector<int32_t>& lengths() const { return lengths_; }
-  // Number of loss targets in each row (mask ones at positions >= 1).
+  // Number of loss targets in each row: mask ones at positions >= 1 (causal), the target length
+  // (seq2seq).
   const std::vector<int32_t>& loss_tokens() const { return loss_tokens_; }
+  const std::vector<int32_t>& target_lengths() const { return target_lengths_; }  // empty for causal
   const std::vector<int32_t>& labels() const { return labels_; }
   const std::vector<int32_t>& answer_start() const { return answer_start_; }
 
@@ -129,7 +167,7 @@ class ShardDataset {
   std::vector<std::string> files_;
   std::vector<int64_t> file_row_begin_;  // global index of each file's first row; size files+1
   int64_t num_rows_ = 0;
-  std::vector<int32_t> lengths_, loss_tokens_, labels_, answer_start_;
+  std::vector<int32_t> lengths_, loss_tokens_, labels_, answer_start_, target_lengths_;
 };
 
 }  // namespace st
