@@ -14,6 +14,13 @@ For each configuration (default: 1b_full 1b_lora 7b_lora 13b_lora 7b_qlora 13b_q
      -- except for QLoRA rows: the reference would need bitsandbytes, which the GPU host does
      not have, so those rows are judged against issue #4's figures (measured there with
      transformers 5.17 + PEFT 0.21 + bitsandbytes 0.50, same shapes) and marked as such,
+and, for the T5/FlanT5 rows (issue #6; --configs t5large_full,t5large_lora,t5xl_full,t5xl_lora,
+t5xl_full_40g,t5xl_lora_40g; decks with arch = t5), the same with seq2seq random shards
+(prepare --random --arch seq2seq, --t5-seq-len 512 / --t5-target-len 128 / --t5-vocab 32128),
+analysis/peers/hf_t5_reference.py as the reference, tokens/s counting batch x (input + target)
+and the T5 FLOPs; the _40g rows run the XL decks as on a 40 GB GPU (shardtune --memory_limit
+40GiB, the reference --memory-cap-gib 40), where an OOM is a result shown as OOM, and a check
+that shardtune's LoRA fits where its full fine-tuning runs out of memory;
 then prints a fixed-width table (shardtune vs reference tokens/s, ratio, peak memory, MFU,
 issue #3's reference figures and targets marked met / NOT met) and writes it as JSON and
 Markdown under runs/bench/ (and into $OUT when that variable is set).
@@ -21,9 +28,11 @@ Markdown under runs/bench/ (and into $OUT when that variable is set).
 MFU uses one bf16 GEMM peak for every row: measured once at the start by the reference script
 (--gemm-peak-only: 8192^3 torch.matmul, median of 10), or --gemm-peak. FLOPs per token: see
 analysis/peers/hf_llama_reference.py FLOPS_FORMULA (the same as shardtune's
-llama_flops_per_token; the driver checks shardtune's own figure against it).
+llama_flops_per_token) and hf_t5_reference.py T5_FLOPS_FORMULA (t5_flops_per_token); the driver
+checks shardtune's own figure against them.
 
     python3 analysis/bench.py --bin build/shardtune [--configs 7b_lora,13b_lora] [--skip-reference]
+    python3 analysis/bench.py --bin build/shardtune --configs t5xl_full_40g,t5xl_lora_40g
 """
 
 import argparse
@@ -45,6 +54,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
 import hf_llama_reference as ref  # noqa: E402  (pure functions only; torch is imported in its main)
+import hf_t5_reference as t5ref  # noqa: E402  (the same, for the T5 rows)
 
 GIB = 2.0 ** 30
 WARMUP_STEPS = 2  # steps left out of the median, for shardtune and the reference alike
@@ -73,7 +83,19 @@ for _base, _deck in (("7b_lora", "inputs/bench/llama7b_lora.cfg"), ("1b_full", "
         CONFIGS[f"{_base}_{_strategy.replace('+', '')}"] = {
             "deck": _deck, "issue": CONFIGS[_base]["issue"], "issue_no": 5, "reference": "none",
             "args": ["--parallel", _strategy], "vs": _base}
+# Issue #6: FlanT5-Large/XL shapes (decks with arch = t5: seq2seq shards, hf_t5_reference.py, T5
+# FLOPs). No issue figures: each row is judged against the same-run reference. The _40g rows run
+# the XL decks as on a 40 GB GPU (shardtune --memory_limit 40GiB, the reference
+# --memory-cap-gib 40): "plain fine-tuning runs out of memory where LoRA fits"; OOM is a result.
+for _size in ("large", "xl"):
+    for _method in ("full", "lora"):
+        CONFIGS[f"t5{_size}_{_method}"] = {"deck": f"inputs/bench/flant5_{_size}_{_method}.cfg", "issue": {},
+                                           "issue_no": 6}
+for _method in ("full", "lora"):
+    CONFIGS[f"t5xl_{_method}_40g"] = dict(CONFIGS[f"t5xl_{_method}"], args=["--memory_limit", "40GiB"],
+                                          ref_args=["--memory-cap-gib", "40"], vs=f"t5xl_{_method}")
 DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora")
+T5_CONFIGS = ("t5large_full", "t5large_lora", "t5xl_full", "t5xl_lora", "t5xl_full_40g", "t5xl_lora_40g")
 
 # Issue #3's targets.
 TARGETS = {
@@ -86,6 +108,8 @@ TARGETS = {
                  {"kind": "vs_row", "row": "7b_lora", "min_speed_ratio": 0.85},
                  {"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0}],
     "13b_qlora": [{"kind": "speedup_at_memory", "min_ratio": 2.0, "max_mem_ratio": 1.0}],
+    # Issue #6 on a 40 GB GPU: shardtune's LoRA fits where its full fine-tuning runs out of memory.
+    "t5xl_lora_40g": [{"kind": "fits_where_oom", "row": "t5xl_full_40g"}],
 }
 
 MET, NOT_MET, NA = "met", "NOT met", "n/a"
@@ -128,13 +152,16 @@ def deck_bool(value):
 
 
 def deck_shape(keys, deck_path):
-    """Model and run shape of a bench deck, with shardtune's defaults for absent keys."""
+    """Model and run shape of a bench deck, with shardtune's defaults for absent keys. T5 decks
+    (arch = t5) add decoder_layers, feed_forward_proj and the relative-attention settings."""
     heads = int(keys.get("num_heads", 4))
     kv = int(keys.get("num_kv_heads", 0)) or heads
     head_dim = int(keys.get("head_dim", 0)) or None
-    return {
+    layers = int(keys.get("num_layers", 4))
+    shape = {
+        "arch": keys.get("arch", "llama"),
         "hidden": int(keys.get("hidden_size", 256)),
-        "layers": int(keys.get("num_layers", 4)),
+        "layers": layers,
         "intermediate": int(keys.get("intermediate_size", 688)),
         "heads": heads,
         "kv_heads": kv,
@@ -154,34 +181,77 @@ def deck_shape(keys, deck_path):
         "run_id": keys.get("run_id") or os.path.splitext(os.path.basename(deck_path))[0],
         "data": keys.get("data", ""),
     }
+    if shape["arch"] == "t5":
+        shape.update({
+            "decoder_layers": int(keys.get("num_decoder_layers", 0)) or layers,
+            "feed_forward_proj": keys.get("feed_forward_proj", "gated-gelu"),
+            "relative_attention_num_buckets": int(keys.get("relative_attention_num_buckets", 32)),
+            "relative_attention_max_distance": int(keys.get("relative_attention_max_distance", 128)),
+        })
+    return shape
 
 
-def shape_flops(shape, seq):
+def is_t5(shape):
+    return shape.get("arch") == "t5"
+
+
+def lora_modules(shape):
+    """The deck's lora_targets in the reference's module names (Llama: q -> q_proj; T5 as is)."""
+    targets = [t.strip() for t in shape["lora_targets"].split(",") if t.strip()]
+    return tuple(targets) if is_t5(shape) else tuple(f"{t}_proj" for t in targets)
+
+
+def t5_shape_args(shape):
+    """hf_t5_reference's shape keywords (d_model, ...) of a T5 deck's shape."""
+    return dict(d_model=shape["hidden"], d_kv=shape["head_dim"] or shape["hidden"] // shape["heads"],
+                heads=shape["heads"], d_ff=shape["intermediate"], layers=shape["layers"],
+                decoder_layers=shape["decoder_layers"], gated=shape["feed_forward_proj"].startswith("gated"))
+
+
+def shape_flops(shape, seq, target_len=None):
     """FLOPs per token of a deck's shape (the reference's formula; QLoRA does LoRA's arithmetic,
-    the dequantization is memory traffic, not FLOPs)."""
-    lora_modules = tuple(f"{t.strip()}_proj" for t in shape["lora_targets"].split(",") if t.strip())
+    the dequantization is memory traffic, not FLOPs). T5: seq encoder and target_len decoder
+    tokens per row, FLOPs per encoder + decoder token."""
+    method = "lora" if shape["method"] == "qlora" else shape["method"]
+    if is_t5(shape):
+        return t5ref.flops_per_token(vocab=shape["vocab"], seq=seq, target_len=target_len, method=method,
+                                     lora_r=shape["lora_r"], lora_modules=lora_modules(shape), **t5_shape_args(shape))
     return ref.flops_per_token(shape["hidden"], shape["layers"], shape["intermediate"], shape["heads"],
-                               shape["kv_heads"], shape["vocab"], seq,
-                               "lora" if shape["method"] == "qlora" else shape["method"], shape["lora_r"],
-                               shape["head_dim"], lora_modules)
+                               shape["kv_heads"], shape["vocab"], seq, method, shape["lora_r"],
+                               shape["head_dim"], lora_modules(shape))
 
 
-def reference_args(shape, seq, warmup=WARMUP_STEPS, gemm_peak=None):
-    """Command-line arguments of hf_llama_reference.py for a deck's shape."""
-    args = ["--hidden", shape["hidden"], "--layers", shape["layers"], "--intermediate", shape["intermediate"],
-            "--heads", shape["heads"], "--kv-heads", shape["kv_heads"], "--vocab", shape["vocab"],
-            "--method", shape["method"], "--batch", shape["batch"], "--seq", seq,
-            "--steps", shape["steps"], "--warmup", warmup, "--lr", repr(shape["lr"]),
-            "--grad-clip", repr(shape["grad_clip"])]
-    if shape["head_dim"]:
-        args += ["--head-dim", shape["head_dim"]]
+def reference_script(shape):
+    """The PyTorch reference that runs a deck's shape."""
+    return os.path.join(HERE, "peers", "hf_t5_reference.py" if is_t5(shape) else "hf_llama_reference.py")
+
+
+def reference_args(shape, seq, warmup=WARMUP_STEPS, gemm_peak=None, target_len=None, extra=()):
+    """Command-line arguments of the deck's reference script (reference_script) for its shape
+    (T5: seq encoder and target_len target tokens per row); `extra` is appended (e.g.
+    --memory-cap-gib 40)."""
+    if is_t5(shape):
+        t5 = t5_shape_args(shape)
+        args = ["--d-model", t5["d_model"], "--d-kv", t5["d_kv"], "--d-ff", t5["d_ff"], "--layers", t5["layers"],
+                "--decoder-layers", t5["decoder_layers"], "--heads", t5["heads"],
+                "--relative-attention-num-buckets", shape["relative_attention_num_buckets"],
+                "--relative-attention-max-distance", shape["relative_attention_max_distance"],
+                "--feed-forward-proj", shape["feed_forward_proj"], "--target-len", target_len]
+    else:
+        args = ["--hidden", shape["hidden"], "--layers", shape["layers"], "--intermediate", shape["intermediate"],
+                "--heads", shape["heads"], "--kv-heads", shape["kv_heads"]]
+        if shape["head_dim"]:
+            args += ["--head-dim", shape["head_dim"]]
+    args += ["--vocab", shape["vocab"], "--method", shape["method"], "--batch", shape["batch"], "--seq", seq,
+             "--steps", shape["steps"], "--warmup", warmup, "--lr", repr(shape["lr"]),
+             "--grad-clip", repr(shape["grad_clip"])]
     if shape["method"] == "lora":
         args += ["--lora-r", shape["lora_r"], "--lora-alpha", repr(shape["lora_alpha"])]
     if shape["checkpointing"]:
         args += ["--checkpointing"]
     if gemm_peak is not None:
         args += ["--gemm-peak", repr(float(gemm_peak))]
-    return [str(a) for a in args]
+    return [str(a) for a in list(args) + list(extra)]
 
 
 def mpirun_command(mpirun, binary, deck, is_root, extra=()):
@@ -211,9 +281,11 @@ def _finite(x):
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def summarize_shardtune(run, warmup=WARMUP_STEPS):
+def summarize_shardtune(run, warmup=WARMUP_STEPS, tokens_per_step=None):
     """From st_read.read_run(): outcome, median step time over steps > warmup, tokens per step,
-    tokens/s, peak memory, shardtune's flops_per_token."""
+    tokens/s, peak memory, shardtune's flops_per_token. tokens_per_step, where given (T5 rows:
+    batch x (input + target), the reference's count), is what tokens/s counts; the `tokens`
+    column's own median is kept as metrics_tokens_per_step."""
     summary, steps = run.get("summary", {}), run.get("steps", {})
     out = {"outcome": summary.get("outcome", "error"), "steps_completed": summary.get("steps_completed")}
     if summary.get("error"):
@@ -235,6 +307,9 @@ def summarize_shardtune(run, warmup=WARMUP_STEPS):
         med = statistics.median(float(times[i]) for i in keep)
         tok = statistics.median(float(tokens[i]) for i in keep)
         out["median_step_time"] = med
+        if tokens_per_step is not None:
+            out["metrics_tokens_per_step"] = int(tok)
+            tok = tokens_per_step
         out["tokens_per_step"] = int(tok)
         out["tokens_per_s"] = tok / med if med > 0 else None
         out["median_over_steps"] = [int(step_no[i]) for i in keep]
@@ -262,13 +337,14 @@ def row_figures(st, rf, peak_tflops, flops):
         "st_peak_gib": st_mem / GIB if st_mem else None, "ref_peak_gib": rf_mem / GIB if rf_mem else None,
         "mem_ratio": ratio(st_mem, rf_mem),
         "st_mfu": mfu(flops, st_tps, peak_tflops), "ref_mfu": mfu(flops, rf_tps, peak_tflops),
+        "st_outcome": st.get("outcome", "skipped"), "ref_outcome": rf.get("outcome", "skipped"),
     }
 
 
 def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, others=None, issue_no=3):
     """The issues' targets for one configuration: a list of {target, value, status, basis}.
-    `others` maps the names of rows already measured in this run to their figures (for
-    targets relative to another row, e.g. QLoRA against LoRA).
+    `others` maps the names of the rows measured in this run to their figures (for targets
+    relative to another row: QLoRA against LoRA, T5 LoRA fitting where full runs out of memory).
 
     Ratios are against the reference of the same run; where it did not run (skipped, error,
     timeout) against the issue's reference figures (basis says so); a reference that ran out
@@ -322,6 +398,8 @@ def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, oth
                 entry.update(status=NA, value=f"no {t['row']} result in this run", basis="this run")
             else:
                 entry.update(status=MET if passes(r) else NOT_MET, value=fmt.format(r), basis="this run")
+        elif t["kind"] == "fits_where_oom":
+            entry.update(fits_where_oom(st, figures, (others or {}).get(t["row"]), t["row"]))
         elif t["kind"] == "mfu":
             entry["target"] = f"MFU >= {100 * t['min_mfu']:.0f}% of the bf16 GEMM peak"
             entry["same_run"] = not peak_source.startswith("issue")
@@ -336,6 +414,38 @@ def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, oth
                              value=f"{100 * value:.1f}% of {peak_tflops:.0f} TFLOP/s", basis=peak_source)
         out.append(entry)
     return out
+
+
+def _outcome_text(outcome, gib):
+    if outcome == "ok":
+        return f"ok ({gib:.1f} GiB)" if _finite(gib) else "ok"
+    return {"oom": "OOM"}.get(outcome, outcome)
+
+
+def fits_where_oom(st, figures, other, other_name):
+    """Check that shardtune's run of this row fits where its run of `other_name` (the same model,
+    full fine-tuning, same memory cap) runs out of memory: met when that one is OOM and this one
+    ok. The reference's outcomes of both rows are added to the value, for context."""
+    entry = {"target": f"shardtune fits where {other_name} runs out of memory", "same_run": True,
+             "basis": "this run"}
+    mine = st.get("outcome", "skipped")
+    theirs = other["st_outcome"] if other else None
+    if other:
+        value = (f"shardtune {other_name} {_outcome_text(theirs, other['st_peak_gib'])}, "
+                 f"this row {_outcome_text(mine, figures['st_peak_gib'])}; "
+                 f"reference {other_name} {_outcome_text(other['ref_outcome'], other['ref_peak_gib'])}, "
+                 f"this row {_outcome_text(figures['ref_outcome'], figures['ref_peak_gib'])}")
+    else:
+        value = f"no {other_name} result in this run"
+    if mine == "skipped":
+        status = NA
+    elif mine != "ok":
+        status = NOT_MET
+    elif theirs not in ("ok", "oom"):
+        status = NA
+    else:
+        status = MET if theirs == "oom" else NOT_MET
+    return dict(entry, status=status, value=value)
 
 
 def overall_status(targets):
@@ -416,6 +526,19 @@ def target_lines(results):
     return lines
 
 
+def flops_formulas(results):
+    """(label, formula) of the FLOPs per token of the model families in the results."""
+    archs = {row.get("arch", "llama") for row in results}
+    out = [("FLOPs per token", ref.FLOPS_FORMULA)] if archs - {"t5"} or not archs else []
+    if "t5" in archs:
+        out.append(("T5 FLOPs per token", t5ref.T5_FLOPS_FORMULA))
+    return out
+
+
+TOKENS_LINE = ("tokens/s = batch x tokens per row (T5: input + target) / median step time over steps "
+               f"{WARMUP_STEPS + 1} and later")
+
+
 def format_text(report):
     """nccl-tests-style fixed-width table with '#' comment lines around it."""
     rows = [row_cells(row) for row in report["results"]]
@@ -423,8 +546,7 @@ def format_text(report):
     lines = [f"# shardtune benchmark vs PyTorch reference ({report['meta'].get('device') or 'unknown device'})",
              f"# bf16 GEMM peak: {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']})"
              if _finite(report.get("gemm_peak_tflops")) else "# bf16 GEMM peak: unknown (MFU not computed)",
-             f"# tokens/s = batch x seq / median step time over steps {WARMUP_STEPS + 1} and later; "
-             "peak = training peak incl. weights; st = shardtune, ref = transformers + PEFT",
+             f"# {TOKENS_LINE}; peak = training peak incl. weights; st = shardtune, ref = transformers + PEFT",
              "#"]
     lines.append("# " + "  ".join(h.rjust(w) for (_, h, _), w in zip(COLUMNS, widths)))
     for cells in rows:
@@ -433,7 +555,7 @@ def format_text(report):
     lines += ["# target  " + line for line in target_lines(report["results"])] or ["# no targets evaluated"]
     if any(r["status"].endswith("*") for r in report["results"]):
         lines.append("# " + FOOTNOTE)
-    lines.append(f"# FLOPs per token: {ref.FLOPS_FORMULA}")
+    lines += [f"# {label}: {formula}" for label, formula in flops_formulas(report["results"])]
     for note in report.get("notes", []):
         lines.append(f"# note: {note}")
     return "\n".join(lines)
@@ -450,16 +572,18 @@ def format_markdown(report):
     for row in report["results"]:
         cells = row_cells(row)
         out.append("| " + " | ".join(str(cells[k]) for k, _, _ in COLUMNS) + " |")
-    out += ["", "Targets (issues #3 and #4):", ""]
+    out += ["", "Targets and checks (issues #3, #4 and #6):", ""]
     out += [f"- {line}" for line in target_lines(report["results"])] or ["- none evaluated"]
     if any(r["status"].endswith("*") for r in report["results"]):
         out += ["", FOOTNOTE.replace("*", "\\*", 1)]
-    out += ["", f"FLOPs per token: {ref.FLOPS_FORMULA}.", "",
-            f"tokens/s = batch x seq / median step time over steps {WARMUP_STEPS + 1} and later; peak memory is "
-            "the training peak including the resident weights (shardtune: its allocator's peak after setup; "
-            "reference: torch.cuda.max_memory_allocated() reset after model and optimizer creation). "
-            "Issue columns: the issues' reference figures (#3: transformers + PEFT; #4 QLoRA rows: + bitsandbytes "
-            "0.50, which cannot run on the GPU host), measured earlier on the same kind of H100."]
+    out += [""] + [f"{label}: {formula}.\n" for label, formula in flops_formulas(report["results"])]
+    out += [f"{TOKENS_LINE}; peak memory is the training peak including the resident weights (shardtune: its "
+            "allocator's peak after setup; reference: torch.cuda.max_memory_allocated() reset after model and "
+            "optimizer creation). Issue columns: the issues' reference figures (#3: transformers + PEFT; #4 QLoRA "
+            "rows: + bitsandbytes 0.50, which cannot run on the GPU host), measured earlier on the same kind of H100."]
+    if any(r["name"].endswith("_40g") for r in report["results"]):
+        out += ["", "_40g rows: as on a 40 GB GPU (shardtune `--memory_limit 40GiB`, the reference "
+                "`--memory-cap-gib 40`, i.e. torch.cuda.set_per_process_memory_fraction); OOM there is a result."]
     for note in report.get("notes", []):
         out.append(f"\nNote: {note}")
     commands = ([meta["bench_command"]] if meta.get("bench_command") else []) + list(meta.get("commands", []))
@@ -524,18 +648,49 @@ def last_fatal_line(log_path):
     return lines[-1] if lines else None
 
 
-def shards_match(data_dir, rows, seq_len, vocab):
-    """True when data_dir holds random-token train/validation shards of these dimensions."""
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def shards_match(data_dir, rows, seq_len, vocab, target_len=None):
+    """True when data_dir holds random-token train/validation shards of these dimensions: causal
+    ones (no `arch` attribute means causal), or with target_len seq2seq ones of that target length."""
     import h5py
 
     try:
         with h5py.File(os.path.join(data_dir, "train-00000.h5"), "r") as f:
             a = f.attrs
-            ok = (a["task"] in (b"random", "random") and int(a["num_rows"]) == rows
+            arch = _text(a["arch"]) if "arch" in a else "causal"
+            ok = (_text(a["task"]) == "random" and int(a["num_rows"]) == rows
                   and int(a["max_seq_len"]) == seq_len and int(a["tokenizer_vocab_size"]) == vocab)
+            if target_len is None:
+                ok = ok and arch == "causal"
+            else:
+                ok = ok and arch == "seq2seq" and int(a["target_len"]) == target_len
         return ok and os.path.isfile(os.path.join(data_dir, "validation-00000.h5"))
-    except (OSError, KeyError):
+    except (OSError, KeyError, ValueError):
         return False
+
+
+def data_spec(shape, args):
+    """The random-token shards a deck's rows train on: the driver's --data-dir/--seq-len/--vocab
+    (causal) or, for T5 decks, --t5-data-dir/--t5-seq-len/--t5-target-len/--t5-vocab (seq2seq)."""
+    if is_t5(shape):
+        return {"dir": args.t5_data_dir, "rows": args.rows, "seq_len": args.t5_seq_len,
+                "target_len": args.t5_target_len, "vocab": args.t5_vocab}
+    return {"dir": args.data_dir, "rows": args.rows, "seq_len": args.seq_len, "target_len": None,
+            "vocab": args.vocab}
+
+
+def prepare_command(binary, spec):
+    """shardtune prepare --random DIR ... for a data_spec (seq2seq: --arch seq2seq --target-len)."""
+    cmd = [binary, "prepare", "--random", spec["dir"]]
+    if spec["target_len"] is not None:
+        cmd += ["--arch", "seq2seq"]
+    cmd += ["--rows", str(spec["rows"]), "--seq-len", str(spec["seq_len"])]
+    if spec["target_len"] is not None:
+        cmd += ["--target-len", str(spec["target_len"])]
+    return cmd + ["--vocab", str(spec["vocab"])]
 
 
 def portable(command, repo, python=None):
@@ -594,6 +749,11 @@ def parse_args(argv=None):
     p.add_argument("--rows", type=int, default=256, help="training rows of the shards (default 256)")
     p.add_argument("--seq-len", type=int, default=1024, help="tokens per row (default 1024)")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary of the shards (default 32000)")
+    p.add_argument("--t5-data-dir", default=None,
+                   help="seq2seq shards of the T5 rows (default data/bench/random-t5-<seq>-<target>)")
+    p.add_argument("--t5-seq-len", type=int, default=512, help="T5 rows: encoder tokens per row (default 512)")
+    p.add_argument("--t5-target-len", type=int, default=128, help="T5 rows: target tokens per row (default 128)")
+    p.add_argument("--t5-vocab", type=int, default=32128, help="T5 rows: vocabulary of the shards (default 32128)")
     p.add_argument("--gemm-peak", type=float, default=None, metavar="TFLOPS",
                    help="bf16 GEMM peak for MFU (default: measured by the reference script)")
     p.add_argument("--train-args", default="", help="extra options for shardtune train (e.g. '--threads 8')")
@@ -605,7 +765,101 @@ def parse_args(argv=None):
         args.config_names = select_configs(args.configs)
     except ValueError as e:
         p.error(str(e))
+    if args.t5_data_dir is None:
+        args.t5_data_dir = f"data/bench/random-t5-{args.t5_seq_len}-{args.t5_target_len}"
     return args
+
+
+def ensure_shards(binary, data, logs, commands, echo):
+    """Make the random-token shards of a data_spec unless they already exist; False on failure."""
+    if shards_match(data["dir"], data["rows"], data["seq_len"], data["vocab"], data["target_len"]):
+        print(f"bench: using the shards in {data['dir']}")
+        return True
+    cmd = prepare_command(binary, data)
+    commands.append(" ".join(cmd))
+    log_name = "prepare.log" if data["target_len"] is None else "prepare-seq2seq.log"
+    status, _ = run_logged(cmd, os.path.join(logs, log_name), 600, "prepare", echo)
+    if status != 0:
+        print(f"bench: making the shards failed (exit {status}); see {logs}/{log_name}", file=sys.stderr)
+        return False
+    return True
+
+
+def run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, notes, echo):
+    """One row's shardtune run (mpirun ... train --deck) and its summary from metrics.h5."""
+    extra = shlex.split(args.train_args) + list(spec.get("args", []))
+    if spec.get("args"):
+        extra += ["--run_id", name]
+    if os.path.normpath(shape["data"]) != os.path.normpath(data["dir"]):
+        extra += ["--data", data["dir"]]
+    run_dir = os.path.join(shape["output_dir"], shape["run_id"])
+    metrics = os.path.join(run_dir, "metrics.h5")
+    if os.path.exists(metrics):
+        os.remove(metrics)
+    cmd = mpirun_command(args.mpirun, args.bin, spec["deck"], os.geteuid() == 0, extra)
+    commands.append(" ".join(shlex.quote(c) for c in cmd))
+    log_path = os.path.join(logs, f"{name}-shardtune.log")
+    status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} shardtune", echo)
+    # T5: tokens/s counts batch x (input + target), as the reference does, whatever the column says.
+    tokens = shape["batch"] * (data["seq_len"] + data["target_len"]) if data["target_len"] is not None else None
+    st = {"outcome": "error"}
+    if os.path.exists(metrics):
+        import st_read
+
+        try:
+            st = summarize_shardtune(st_read.read_run(metrics), tokens_per_step=tokens)
+        except st_read.MetricsFileError as e:
+            st = {"outcome": "error", "error": str(e)}
+    if timed_out:
+        st["outcome"] = "timeout"
+    elif st["outcome"] in ("running", "error") and "error" not in st:
+        st["error"] = last_fatal_line(log_path)
+    if st["outcome"] == "running":
+        st["outcome"] = "error"
+    st["exit_status"] = status
+    st["log"] = log_path
+    st_flops = st.get("flops_per_token")
+    if _finite(st_flops) and abs(st_flops - flops) > 1e-9 * flops:
+        notes.append(f"{name}: shardtune's flops_per_token {st_flops:.6g} differs from the formula's "
+                     f"{flops:.6g}; MFU uses the formula for both")
+    if tokens is not None and st.get("metrics_tokens_per_step") not in (None, tokens):
+        notes.append(f"{name}: shardtune's tokens column gives {st['metrics_tokens_per_step']} tokens a step; "
+                     f"tokens/s counts batch x (input + target) = {tokens}, as the reference")
+    return st
+
+
+def run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo):
+    """One row's PyTorch reference in its own process (or why there is none)."""
+    if spec.get("reference") == "none":
+        return {"outcome": "n/a", "error": f"strategy row: compare with the {spec['vs']} row"}
+    if spec.get("reference") == "bitsandbytes":
+        note = (f"{name}: no same-run reference (bitsandbytes is not installed here); judged against issue "
+                f"#{spec['issue_no']}'s figures measured on this H100 with bitsandbytes 0.50")
+        if note not in notes:
+            notes.append(note)
+        return {"outcome": "n/a (bnb)", "error": "the reference needs bitsandbytes, which this host does not have"}
+    if args.skip_reference:
+        return {"outcome": "skipped"}
+    out_json = os.path.join(args.out_dir, f"reference-{name}.json")
+    if os.path.exists(out_json):
+        os.remove(out_json)
+    cmd = ([args.python, reference_script(shape)]
+           + reference_args(shape, data["seq_len"], gemm_peak=peak, target_len=data["target_len"],
+                            extra=spec.get("ref_args", ()))
+           + ["--json", out_json])
+    commands.append(" ".join(shlex.quote(c) for c in cmd))
+    log_path = os.path.join(logs, f"{name}-reference.log")
+    status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} reference", echo)
+    try:
+        with open(out_json) as f:
+            rf = json.load(f)
+    except (OSError, ValueError):
+        rf = {"outcome": "error", "error": last_fatal_line(log_path)}
+    if timed_out:
+        rf["outcome"] = "timeout"
+    rf["exit_status"] = status
+    rf["log"] = log_path
+    return rf
 
 
 def main(argv=None):
@@ -626,22 +880,26 @@ def main(argv=None):
         print(f"bench: {args.bin}: no such executable (build it with make)", file=sys.stderr)
         return 1
 
-    # 1. Shards.
+    # The decks' shapes and the shards each needs (the T5 decks: seq2seq shards of their own).
+    plans = []
+    for name in args.config_names:
+        spec = CONFIGS[name]
+        shape = deck_shape(read_deck(spec["deck"]), spec["deck"])
+        if spec.get("args"):
+            shape["run_id"] = name  # its own metrics file next to the plain row's
+        plans.append((name, spec, shape, data_spec(shape, args)))
+
+    # 1. Shards, once per directory.
     if not args.skip_shardtune:
-        if shards_match(args.data_dir, args.rows, args.seq_len, args.vocab):
-            print(f"bench: using the shards in {args.data_dir}")
-        else:
-            cmd = [args.bin, "prepare", "--random", args.data_dir, "--rows", str(args.rows), "--seq-len",
-                   str(args.seq_len), "--vocab", str(args.vocab)]
-            commands.append(" ".join(cmd))
-            status, _ = run_logged(cmd, os.path.join(logs, "prepare.log"), 600, "prepare", echo)
-            if status != 0:
-                print(f"bench: making the shards failed (exit {status}); see {logs}/prepare.log", file=sys.stderr)
+        made = set()
+        for *_, data in plans:
+            if data["dir"] not in made and not ensure_shards(args.bin, data, logs, commands, echo):
                 return 1
+            made.add(data["dir"])
 
     # 2. The GEMM peak every MFU is computed against.
     peak, peak_source = args.gemm_peak, "given (--gemm-peak)"
-    ref_script = os.path.join(HERE, "peers", "hf_llama_reference.py")
+    ref_script = os.path.join(HERE, "peers", "hf_llama_reference.py")  # measures it for every row
     if peak is None:
         peak_json = os.path.join(args.out_dir, "gemm_peak.json")
         if os.path.exists(peak_json):
@@ -665,90 +923,27 @@ def main(argv=None):
             notes.append("the bf16 GEMM peak could not be measured (no torch/GPU?); MFU uses issue #3's 797 TFLOP/s")
 
     results, measured = [], {}
-    for name in args.config_names:
-        spec = CONFIGS[name]
-        keys = read_deck(spec["deck"])
-        shape = deck_shape(keys, spec["deck"])
-        if spec.get("args"):
-            shape["run_id"] = name  # its own metrics file next to the plain row's
-        flops = shape_flops(shape, args.seq_len)
-        row = {"name": name, "deck": spec["deck"], "shape": shape, "seq": args.seq_len, "issue": spec["issue"],
-               "flops_per_token": flops["total"], "flops": flops}
+    for name, spec, shape, data in plans:
+        flops = shape_flops(shape, data["seq_len"], data["target_len"])
+        row = {"name": name, "deck": spec["deck"], "arch": shape["arch"], "shape": shape, "seq": data["seq_len"],
+               "issue": spec["issue"], "flops_per_token": flops["total"], "flops": flops}
+        if data["target_len"] is not None:
+            row["target_len"] = data["target_len"]
         print(f"bench: {name}: {spec['deck']}")
-
-        # 3. shardtune.
         st = {"outcome": "skipped"}
         if not args.skip_shardtune:
-            extra = shlex.split(args.train_args) + list(spec.get("args", []))
-            if spec.get("args"):
-                extra += ["--run_id", name]
-            if os.path.normpath(shape["data"]) != os.path.normpath(args.data_dir):
-                extra += ["--data", args.data_dir]
-            run_dir = os.path.join(shape["output_dir"], shape["run_id"])
-            metrics = os.path.join(run_dir, "metrics.h5")
-            if os.path.exists(metrics):
-                os.remove(metrics)
-            cmd = mpirun_command(args.mpirun, args.bin, spec["deck"], os.geteuid() == 0, extra)
-            commands.append(" ".join(shlex.quote(c) for c in cmd))
-            log_path = os.path.join(logs, f"{name}-shardtune.log")
-            status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} shardtune", echo)
-            st = {"outcome": "error"}
-            if os.path.exists(metrics):
-                import st_read
-
-                try:
-                    st = summarize_shardtune(st_read.read_run(metrics))
-                except st_read.MetricsFileError as e:
-                    st = {"outcome": "error", "error": str(e)}
-            if timed_out:
-                st["outcome"] = "timeout"
-            elif st["outcome"] in ("running", "error") and "error" not in st:
-                st["error"] = last_fatal_line(log_path)
-            if st["outcome"] == "running":
-                st["outcome"] = "error"
-            st["exit_status"] = status
-            st["log"] = log_path
-            st_flops = st.get("flops_per_token")
-            if _finite(st_flops) and abs(st_flops - flops["total"]) > 1e-9 * flops["total"]:
-                notes.append(f"{name}: shardtune's flops_per_token {st_flops:.6g} differs from the formula's "
-                             f"{flops['total']:.6g}; MFU uses the formula for both")
+            st = run_shardtune_row(args, name, spec, shape, data, flops["total"], logs, commands, notes, echo)
         row["shardtune"] = st
-
-        # 4. The reference, in its own process.
-        rf = {"outcome": "skipped"}
-        if spec.get("reference") == "none":
-            rf = {"outcome": "n/a", "error": f"strategy row: compare with the {spec['vs']} row"}
-        elif spec.get("reference") == "bitsandbytes":
-            rf = {"outcome": "n/a (bnb)", "error": "the reference needs bitsandbytes, which this host does not have"}
-            note = (f"{name}: no same-run reference (bitsandbytes is not installed here); judged against issue "
-                    f"#{spec['issue_no']}'s figures measured on this H100 with bitsandbytes 0.50")
-            if note not in notes:
-                notes.append(note)
-        elif not args.skip_reference:
-            out_json = os.path.join(args.out_dir, f"reference-{name}.json")
-            if os.path.exists(out_json):
-                os.remove(out_json)
-            cmd = [args.python, ref_script] + reference_args(shape, args.seq_len, gemm_peak=peak) + ["--json", out_json]
-            commands.append(" ".join(shlex.quote(c) for c in cmd))
-            log_path = os.path.join(logs, f"{name}-reference.log")
-            status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} reference", echo)
-            try:
-                with open(out_json) as f:
-                    rf = json.load(f)
-            except (OSError, ValueError):
-                rf = {"outcome": "error", "error": last_fatal_line(log_path)}
-            if timed_out:
-                rf["outcome"] = "timeout"
-            rf["exit_status"] = status
-            rf["log"] = log_path
-        row["reference"] = rf
-
-        row["figures"] = row_figures(st, rf, peak, flops["total"])
-        row["targets"] = evaluate_targets(name, st, rf, row["figures"], spec["issue"], peak, peak_source,
-                                          measured, spec.get("issue_no", 3))
-        row["status"] = overall_status(row["targets"])
+        row["reference"] = run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo)
+        row["figures"] = row_figures(st, row["reference"], peak, flops["total"])
         results.append(row)
         measured[name] = row["figures"]
+    # Targets once every row is measured: some compare two rows of the run.
+    for row in results:
+        spec = CONFIGS[row["name"]]
+        row["targets"] = evaluate_targets(row["name"], row["shardtune"], row["reference"], row["figures"],
+                                          spec["issue"], peak, peak_source, measured, spec.get("issue_no", 3))
+        row["status"] = overall_status(row["targets"])
 
     device = next((r["reference"].get("device") for r in results if r["reference"].get("device")), None) or gpu_name()
     report = {
@@ -760,7 +955,8 @@ def main(argv=None):
             "commands": [portable(c, repo, args.python if os.sep in args.python else None) for c in commands], "warmup_steps": WARMUP_STEPS,
         },
         "gemm_peak_tflops": peak, "gemm_peak_source": peak_source,
-        "flops_formula": ref.FLOPS_FORMULA, "issue_gemm_peak_tflops": ISSUE_GEMM_PEAK_TFLOPS,
+        "flops_formula": ref.FLOPS_FORMULA, "t5_flops_formula": t5ref.T5_FLOPS_FORMULA,
+        "issue_gemm_peak_tflops": ISSUE_GEMM_PEAK_TFLOPS,
         "results": results, "notes": notes,
     }
     text = format_text(report)

@@ -45,6 +45,14 @@ What it does, precisely (so that shardtune is compared with what people actually
   torch.matmul in bf16, the median of 10 after 5 warm-ups, timed with CUDA events (770-780
   TFLOP/s on the H100 tried, near issue #3's 797). The rate sustained over 1 s of back-to-back matmuls (lower: the H100 clocks
   down at its power limit) is reported as gemm_sustained_tflops, for context.
+- Memory cap (--memory-cap-gib X, optional): torch.cuda.set_per_process_memory_fraction(X GiB /
+  the device's total) before anything is allocated, so a run can reproduce a smaller GPU (a 40 GB
+  one on an 80 GB H100): the caching allocator then raises OutOfMemoryError where that GPU would
+  (its reserved bytes count, as on the real device; the CUDA context does not).
+
+The GPU parts other references share (build in bf16 on the GPU, checkpointing + PEFT LoRA, the
+timed AdamW loop, the memory cap, the GEMM peak, the JSON and exit statuses) are the functions
+build_on_gpu, finish_model, train_model, run_reference (analysis/peers/hf_t5_reference.py uses them).
 
 Exit status: 0 ok, 3 out of memory (JSON outcome "oom"), 1 any other failure (outcome "error"),
 2 bad arguments. torch, transformers and peft are imported only in main(), so --help and the
@@ -135,6 +143,54 @@ def median_after_warmup(step_times, warmup):
     return statistics.median(rest) if rest else float("nan")
 
 
+def add_training_arguments(p, vocab_default):
+    """Options every reference script shares (what is trained and how, not the model's shape):
+    vocabulary, method, LoRA, batch, checkpointing, steps, optimizer, GEMM peak, memory cap, output."""
+    p.add_argument("--vocab", type=int, default=vocab_default, help=f"vocabulary (default {vocab_default})")
+    p.add_argument("--method", choices=("full", "lora"), default="full")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--batch", type=int, default=8, help="rows per step (default 8)")
+    p.add_argument("--checkpointing", action="store_true", help="activation (gradient) checkpointing")
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the median (default 2)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--memory-cap-gib", type=float, default=None, metavar="GIB",
+                   help="cap this process's GPU memory at GIB GiB (torch.cuda.set_per_process_memory_fraction "
+                   "of GIB / the device's total), to reproduce a smaller GPU; going over it is an OOM")
+    p.add_argument("--gemm-peak", type=float, default=None, metavar="TFLOPS",
+                   help="use this bf16 GEMM peak for MFU instead of measuring it")
+    p.add_argument("--gemm-peak-only", action="store_true", help="only measure the bf16 GEMM peak")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the JSON object to OUT")
+
+
+def check_training_arguments(p, args, positive):
+    """p.error (exit 2) unless the `positive` options (dest names) are >= 1 and the shared ones
+    are consistent."""
+    for name in tuple(positive) + ("vocab", "batch", "steps", "lora_r"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.vocab <= FIRST_RANDOM_ID:
+        p.error(f"--vocab must be > {FIRST_RANDOM_ID}")
+    if args.warmup < 0 or args.warmup >= args.steps:
+        p.error("--warmup must be in [0, --steps)")
+    if args.memory_cap_gib is not None and not args.memory_cap_gib > 0:
+        p.error("--memory-cap-gib must be > 0")
+
+
+def training_config_of(args):
+    """The JSON config fields of the shared options."""
+    return {
+        "method": args.method,
+        "lora_r": args.lora_r if args.method == "lora" else None,
+        "lora_alpha": args.lora_alpha if args.method == "lora" else None,
+        "batch": args.batch, "checkpointing": args.checkpointing, "steps": args.steps, "warmup": args.warmup,
+        "lr": args.lr, "grad_clip": args.grad_clip, "seed": args.seed, "memory_cap_gib": args.memory_cap_gib,
+    }
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="PyTorch + transformers (+ PEFT) reference step time, tokens/s, peak memory and MFU "
@@ -146,35 +202,15 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=32, help="query heads (default 32)")
     p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
     p.add_argument("--head-dim", type=int, default=None, help="head dimension (default hidden/heads)")
-    p.add_argument("--vocab", type=int, default=32000, help="vocabulary (default 32000)")
     p.add_argument("--max-position-embeddings", type=int, default=2048)
-    p.add_argument("--method", choices=("full", "lora"), default="full")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--batch", type=int, default=8, help="rows per step (default 8)")
     p.add_argument("--seq", type=int, default=1024, help="tokens per row (default 1024)")
-    p.add_argument("--checkpointing", action="store_true", help="activation (gradient) checkpointing")
-    p.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
-    p.add_argument("--warmup", type=int, default=2, help="steps left out of the median (default 2)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--gemm-peak", type=float, default=None, metavar="TFLOPS",
-                   help="use this bf16 GEMM peak for MFU instead of measuring it")
-    p.add_argument("--gemm-peak-only", action="store_true", help="only measure the bf16 GEMM peak")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write the JSON object to OUT")
+    add_training_arguments(p, vocab_default=32000)
     args = p.parse_args(argv)
     if args.kv_heads is None:
         args.kv_heads = args.heads
-    for name in ("hidden", "layers", "intermediate", "heads", "kv_heads", "vocab", "batch", "steps", "lora_r"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    check_training_arguments(p, args, ("hidden", "layers", "intermediate", "heads", "kv_heads"))
     if args.seq < 2:
         p.error("--seq must be >= 2")
-    if args.vocab <= FIRST_RANDOM_ID:
-        p.error(f"--vocab must be > {FIRST_RANDOM_ID}")
-    if args.warmup < 0 or args.warmup >= args.steps:
-        p.error("--warmup must be in [0, --steps)")
     if args.head_dim is None and args.hidden % args.heads:
         p.error("--hidden must be a multiple of --heads (or give --head-dim)")
     if args.heads % args.kv_heads:
@@ -183,15 +219,11 @@ def parse_args(argv=None):
 
 
 def config_of(args):
-    return {
+    return dict({
         "hidden": args.hidden, "layers": args.layers, "intermediate": args.intermediate,
         "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim or args.hidden // args.heads,
-        "vocab": args.vocab, "method": args.method,
-        "lora_r": args.lora_r if args.method == "lora" else None,
-        "lora_alpha": args.lora_alpha if args.method == "lora" else None,
-        "batch": args.batch, "seq": args.seq, "checkpointing": args.checkpointing, "steps": args.steps,
-        "warmup": args.warmup, "lr": args.lr, "grad_clip": args.grad_clip, "seed": args.seed,
-    }
+        "vocab": args.vocab, "seq": args.seq,
+    }, **training_config_of(args))
 
 
 def is_out_of_memory(torch, error):
@@ -204,8 +236,8 @@ def is_out_of_memory(torch, error):
     return isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
 
 
-def log(*parts):
-    print("[hf_llama_reference]", *parts, file=sys.stderr, flush=True)
+def log(*parts, tool="hf_llama_reference"):
+    print(f"[{tool}]", *parts, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ GPU parts
@@ -248,35 +280,33 @@ def measure_gemm_peak(torch, n=GEMM_N, repeats=GEMM_REPEATS, warmup=GEMM_WARMUP,
     return flop / (statistics.median(times) / 1e3) / 1e12, times, flop / (statistics.median(groups) / 1e3) / 1e12
 
 
-def build_model(torch, args, result):
+def build_on_gpu(torch, model_class, cfg, result):
+    """model_class(cfg) built in place on the GPU in bf16: the default device and dtype apply to
+    every parameter the constructor creates (what torch_dtype=torch.bfloat16 does inside
+    transformers); nothing is materialised on the CPU. Records the dtypes in result."""
     import transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        head_dim=args.head_dim or args.hidden // args.heads,
-        max_position_embeddings=args.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False, attention_dropout=0.0, use_cache=False, bos_token_id=BOS_ID, eos_token_id=2,
-        pad_token_id=0, initializer_range=0.02, attn_implementation="sdpa")
-    # Built in place on the GPU in bf16: the default device and dtype apply to every parameter
-    # the constructor creates (what torch_dtype=torch.bfloat16 does inside transformers).
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda"):
-            model = LlamaForCausalLM(cfg)
+            model = model_class(cfg)
     finally:
         torch.set_default_dtype(previous)
     model.train()
     result["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    result["base_dtypes"] = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     devices = sorted({p.device.type for p in model.parameters()})
-    result["base_dtypes"] = dtypes
     if devices != ["cuda"]:
         raise RuntimeError(f"model parameters on {devices}, expected cuda only")
     result["versions"]["transformers"] = transformers.__version__
+    return model
 
+
+def finish_model(model, args, result, target_modules, task_type):
+    """Activation checkpointing (transformers' defaults; enable_input_require_grads for LoRA, as
+    the frozen embedding would otherwise cut the graph), then PEFT LoRA on target_modules
+    (dropout 0, no bias, PEFT's defaults: autocast_adapter_dtype=True)."""
     if args.checkpointing:
         model.gradient_checkpointing_enable()
         if args.method == "lora":
@@ -286,15 +316,32 @@ def build_model(torch, args, result):
         from peft import LoraConfig, get_peft_model
 
         result["versions"]["peft"] = peft.__version__
-        lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(LORA_MODULES),
-                          lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg)  # PEFT defaults: autocast_adapter_dtype=True
+        lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(target_modules),
+                          lora_dropout=0.0, bias="none", task_type=task_type)
+        model = get_peft_model(model, lcfg)
         model.train()
     return model
 
 
-def train(torch, args, result):
-    model = build_model(torch, args, result)
+def build_model(torch, args, result):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim or args.hidden // args.heads,
+        max_position_embeddings=args.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, attention_dropout=0.0, use_cache=False, bos_token_id=BOS_ID, eos_token_id=2,
+        pad_token_id=0, initializer_range=0.02, attn_implementation="sdpa")
+    model = build_on_gpu(torch, LlamaForCausalLM, cfg, result)
+    return finish_model(model, args, result, LORA_MODULES, "CAUSAL_LM")
+
+
+def train_model(torch, model, args, result, make_batches, base_expected, adapter_expected, tokens_per_step):
+    """The timed loop every reference shares: AdamW over the trainable parameters, batches from
+    make_batches(generator) (a list of keyword dicts for model(...), all on the GPU before step 1),
+    the peak-memory counter reset after setup, then per step forward (.loss), backward, clipping,
+    AdamW step, zero_grad, each step timed whole between two synchronizations."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     result["num_parameters"] = sum(p.numel() for p in model.parameters())
     result["trainable_parameters"] = sum(p.numel() for p in trainable)
@@ -302,34 +349,27 @@ def train(torch, args, result):
     if args.method == "lora":
         result["adapter_dtype"] = ",".join(result["trainable_dtypes"])
     # Cross-check the analytic counts that the FLOPs use against the model.
-    expected = num_parameters(args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab,
-                              args.head_dim)
-    flops = result["flops_per_token"]
     result["parameter_check"] = {
-        "base_expected": expected,
+        "base_expected": base_expected,
         "base_actual": result["num_parameters"] - (result["trainable_parameters"] if args.method == "lora" else 0),
-        "adapter_expected": flops["n_adapter"],
+        "adapter_expected": adapter_expected if args.method == "lora" else 0,
         "adapter_actual": result["trainable_parameters"] if args.method == "lora" else 0,
     }
 
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     gen = torch.Generator(device="cuda")
     gen.manual_seed(args.seed)
-    batches = []
-    for _ in range(args.steps):
-        ids = torch.randint(FIRST_RANDOM_ID, args.vocab, (args.batch, args.seq), device="cuda", generator=gen)
-        ids[:, 0] = BOS_ID
-        batches.append(ids)
+    batches = make_batches(gen)
     torch.cuda.synchronize()
     result["memory_after_setup_bytes"] = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
 
     result["phase"] = "train"
     step_times, losses = [], []
-    for step, ids in enumerate(batches, 1):
+    for step, batch in enumerate(batches, 1):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(**batch).loss
         loss.backward()
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
@@ -340,17 +380,52 @@ def train(torch, args, result):
         step_times.append(dt)
         losses.append(float(loss.item()))
         log(f"step {step}/{args.steps} loss {losses[-1]:.4f} {dt * 1e3:.1f} ms "
-            f"{args.batch * args.seq / dt:,.0f} tok/s peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+            f"{tokens_per_step / dt:,.0f} tok/s peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB",
+            tool=result["tool"])
     result["step_times"] = step_times
     result["losses"] = losses
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def train(torch, args, result):
+    model = build_model(torch, args, result)
+
+    def make_batches(gen):
+        batches = []
+        for _ in range(args.steps):
+            ids = torch.randint(FIRST_RANDOM_ID, args.vocab, (args.batch, args.seq), device="cuda", generator=gen)
+            ids[:, 0] = BOS_ID
+            batches.append({"input_ids": ids, "labels": ids})
+        return batches
+
+    expected = num_parameters(args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab,
+                              args.head_dim)
+    train_model(torch, model, args, result, make_batches, expected, result["flops_per_token"]["n_adapter"],
+                args.batch * args.seq)
+
+
+def apply_memory_cap(torch, args, result):
+    """--memory-cap-gib: torch.cuda.set_per_process_memory_fraction(cap / total) before anything
+    is allocated, so the caching allocator raises OutOfMemoryError where a GPU of that size would."""
+    if args.memory_cap_gib is None:
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = int(args.memory_cap_gib * 2 ** 30)
+    fraction = min(1.0, cap / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    result["memory_cap_bytes"] = min(cap, total)
+    result["memory_cap_fraction"] = fraction
+    log(f"memory capped at {args.memory_cap_gib:g} GiB ({100 * fraction:.1f}% of {total / 2**30:.1f} GiB)",
+        tool=result["tool"])
+
+
+def run_reference(args, tool, config, flops_of, train_fn, tokens_per_step):
+    """main() of every reference script: import torch, measure (or take) the GEMM peak, apply the
+    memory cap, compute the FLOPs (flops_of()), train (train_fn(torch, args, result)) and print
+    one JSON object (also to --json). Returns the exit status: 0 ok, 3 out of memory, 1 error."""
     result = {
-        "tool": "hf_llama_reference",
+        "tool": tool,
         "outcome": "error",
-        "config": config_of(args),
+        "config": config,
         "versions": {"python": sys.version.split()[0]},
         "phase": "import",
     }
@@ -366,6 +441,7 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         result["device"] = torch.cuda.get_device_name(0)
         result["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        apply_memory_cap(torch, args, result)
 
         result["phase"] = "gemm_peak"
         if args.gemm_peak is not None:
@@ -377,21 +453,18 @@ def main(argv=None):
             result["gemm_sustained_tflops"] = sustained
             result["gemm_shape"] = [GEMM_N, GEMM_N, GEMM_N]
             log(f"bf16 GEMM {GEMM_N}^3: median {statistics.median(times):.3f} ms = {peak:.1f} TFLOP/s; "
-                f"sustained over {GEMM_SUSTAINED_S:.0f} s: {sustained:.1f} TFLOP/s")
+                f"sustained over {GEMM_SUSTAINED_S:.0f} s: {sustained:.1f} TFLOP/s", tool=tool)
         if args.gemm_peak_only:
             result["outcome"], status = "ok", 0
             result.pop("config")
             return status
-        result["flops_per_token"] = flops_per_token(args.hidden, args.layers, args.intermediate, args.heads,
-                                                    args.kv_heads, args.vocab, args.seq, args.method, args.lora_r,
-                                                    args.head_dim)
+        result["flops_per_token"] = flops_of()
         result["phase"] = "model"
-        train(torch, args, result)
+        train_fn(torch, args, result)
         med = median_after_warmup(result["step_times"], args.warmup)
-        tokens = args.batch * args.seq
         result["median_step_time"] = med
-        result["tokens_per_step"] = tokens
-        result["tokens_per_s"] = tokens / med
+        result["tokens_per_step"] = tokens_per_step
+        result["tokens_per_s"] = tokens_per_step / med
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
         result["peak_memory_reserved_bytes"] = torch.cuda.max_memory_reserved()
         result["peak_memory_scope"] = ("torch.cuda.max_memory_allocated() over the training steps; counter reset "
@@ -422,6 +495,16 @@ def main(argv=None):
                 f.write(text + "\n")
         print(text, flush=True)
     return status
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    def flops_of():
+        return flops_per_token(args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab,
+                               args.seq, args.method, args.lora_r, args.head_dim)
+
+    return run_reference(args, "hf_llama_reference", config_of(args), flops_of, train, args.batch * args.seq)
 
 
 if __name__ == "__main__":
