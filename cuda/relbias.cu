@@ -6,13 +6,14 @@
 namespace st::cuda {
 
 namespace {
+// The bias is f32 (an attention statistic) whatever the table's dtype.
 template <typename T>
 __global__ void relbias_forward_kernel(const T* __restrict__ table, const int32_t* __restrict__ buckets,
-                                       T* __restrict__ bias, int64_t H, int64_t QK) {
+                                       float* __restrict__ bias, int64_t H, int64_t QK) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < H * QK;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t h = i / QK, qk = i % QK;
-    bias[i] = table[static_cast<int64_t>(buckets[qk]) * H + h];
+    bias[i] = dev::to_f(table[static_cast<int64_t>(buckets[qk]) * H + h]);
   }
 }
 
@@ -30,9 +31,10 @@ __global__ void relbias_backward_kernel(const T* __restrict__ dbias, const int32
 void relative_bias_forward(const Tensor& table, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& bias) {
   const int64_t H = table.dim(1), QK = Tq * Tk;
   if (H * QK == 0) return;
+  if (bias.dtype() != DType::f32) ST_THROW("relative_bias_forward on CUDA writes an f32 bias");
   if (table.dtype() == DType::bf16)
     relbias_forward_kernel<<<grid_1d(H * QK, 256), 256, 0, stream()>>>(
-        static_cast<const __nv_bfloat16*>(table.data()), buckets.ptr<int32_t>(), static_cast<__nv_bfloat16*>(bias.data()), H, QK);
+        static_cast<const __nv_bfloat16*>(table.data()), buckets.ptr<int32_t>(), bias.ptr<float>(), H, QK);
   else
     relbias_forward_kernel<<<grid_1d(H * QK, 256), 256, 0, stream()>>>(table.ptr<float>(), buckets.ptr<int32_t>(),
                                                                          bias.ptr<float>(), H, QK);

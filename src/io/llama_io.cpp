@@ -8,6 +8,7 @@
 #include "io/hf_llama.hpp"
 #include "io/safetensors.hpp"
 #include "parallel/comm.hpp"
+#include "parallel/tp_ops.hpp"
 
 namespace fs = std::filesystem;
 
@@ -57,21 +58,7 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
 
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {
   if (!slot.tensor || !slot.tensor->defined()) ST_THROW(slot.name, ": no dense tensor to gather");
-  const Tensor local = slot.tensor->to_cpu(DType::f32);
-  if (slot.split == TpMode::none || m.tp.size == 1) return local;
-  const int p = m.tp.size;
-  Tensor all = Tensor::empty({p * local.numel()}, DType::f32, Device::cpu, MemCategory::workspace);
-  m.tp.comm->all_gather(local.view({local.numel()}), all);
-  if (slot.split == TpMode::column) return all.view(slot.full_shape);  // row blocks in rank order
-  // Column blocks: rank r holds columns [r c, (r+1) c) of every row.
-  Tensor full = Tensor::empty(slot.full_shape, DType::f32, Device::cpu, MemCategory::workspace);
-  const int64_t c = local.dim(-1), rows = local.numel() / c, n = c * p;
-  const float* src = all.ptr<float>();
-  float* dst = full.ptr<float>();
-  for (int r = 0; r < p; ++r)
-    for (int64_t i = 0; i < rows; ++i)
-      std::copy(src + (r * rows + i) * c, src + (r * rows + i + 1) * c, dst + i * n + r * c);
-  return full;
+  return tp_gather_full(*slot.tensor, slot.split, m.tp, DType::f32);
 }
 
 }  // namespace st

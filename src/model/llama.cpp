@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <exception>
 
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
@@ -47,28 +46,6 @@ std::string layer_prefix(int64_t l) { return str("model.layers.", l, "."); }
 // First `rows` rows of a [max_rows, cols] buffer.
 Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
 
-// Scope of one unit's forward or backward for the model's hooks (none: no-op).
-class UnitScope {
- public:
-  UnitScope(LlamaModel& m, int unit, bool backward) : m_(m), unit_(unit), backward_(backward) {
-    if (!m_.hooks) return;
-    if (backward_) m_.hooks->before_backward(unit_);
-    else m_.hooks->before_forward(unit_);
-  }
-  ~UnitScope() noexcept(false) {
-    if (!m_.hooks || std::uncaught_exceptions() > 0) return;  // an error propagates: no collectives
-    if (backward_) m_.hooks->after_backward(unit_);
-    else m_.hooks->after_forward(unit_);
-  }
-  UnitScope(const UnitScope&) = delete;
-  UnitScope& operator=(const UnitScope&) = delete;
-
- private:
-  LlamaModel& m_;
-  int unit_;
-  bool backward_;
-};
-
 // Sum of a partial result over the TP group (no-op without tensor parallelism).
 void tp_all_reduce(const LlamaModel& m, Tensor& t) {
   if (m.tp.active()) m.tp.comm->all_reduce_sum(t);
@@ -106,20 +83,7 @@ LlamaLocalDims llama_local_dims(const LlamaModel& m) {
 Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full) {
   if (full.shape() != slot.full_shape)
     ST_THROW(slot.name, ": value ", full.str(), " does not match the full shape ", slot.full_shape.str());
-  if (slot.split == TpMode::none || m.tp.size == 1) return full.clone(MemCategory::workspace);
-  if (slot.split == TpMode::column) {
-    const int64_t rows = full.dim(0) / m.tp.size;
-    return full.slice(rows * m.tp.rank, rows * (m.tp.rank + 1)).clone(MemCategory::workspace);
-  }
-  // Columns: a strided copy, done on the host (in f32/f64), then back to the device.
-  if (full.device() == Device::cpu) return shard_cols(full, m.tp.size, m.tp.rank);
-  const Tensor part = shard_cols(full.to_cpu(full.dtype() == DType::f64 ? DType::f64 : DType::f32), m.tp.size, m.tp.rank);
-  Tensor staged = Tensor::empty(part.shape(), part.dtype(), full.device(), MemCategory::workspace);
-  staged.copy_from(part);
-  if (staged.dtype() == full.dtype()) return staged;
-  Tensor out = Tensor::empty(part.shape(), full.dtype(), full.device(), MemCategory::workspace);
-  convert_copy(out, staged);
-  return out;
+  return tp_shard_of(full, slot.split, m.tp);
 }
 
 LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant,
@@ -513,7 +477,7 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   const LayerContext ctx = with_scratch(ctx_in, a);
   Tensor x0 = resid_at(a, 0, BT);
   {
-    UnitScope unit(m, 0, false);
+    UnitScope unit(m.hooks, 0, false);
     if (m.tp.active()) {  // vocabulary-parallel: each rank looks up its own rows, zeros elsewhere
       embedding_forward_shard(batch.ids, m.embed, llama_local_dims(m).vocab_offset, x0);
       tp_all_reduce(m, x0);
@@ -523,12 +487,12 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   }
   const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = 0; l < L; ++l) {
-    UnitScope unit(m, static_cast<int>(l) + 1, false);
+    UnitScope unit(m.hooks, static_cast<int>(l) + 1, false);
     const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
     Tensor x_out = resid_at(a, l + 1, BT);
     block_forward(m, m.blocks[static_cast<size_t>(l)], s, resid_at(a, l, BT), x_out, batch, ctx);
   }
-  UnitScope head(m, static_cast<int>(L) + 1, false);
+  UnitScope head(m.hooks, static_cast<int>(L) + 1, false);
   Tensor xnf = rows_of(a.xnf, BT), rstdf = rows_of(a.rstdf, BT), logits = rows_of(a.logits, BT);
   rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
   linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
@@ -554,7 +518,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   Tensor dlogits = rows_of(a.logits, BT), xnf = rows_of(a.xnf, BT);
   Tensor dxn = rows_of(a.dxn, BT), dresid = rows_of(a.dresid, BT);
   {
-    UnitScope head(m, static_cast<int>(L) + 1, true);
+    UnitScope head(m.hooks, static_cast<int>(L) + 1, true);
     linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
     tp_all_reduce(m, dxn);  // vocabulary-parallel lm_head: partial input gradients
     dresid.zero_();
@@ -563,7 +527,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   }
   const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = L - 1; l >= 0; --l) {
-    UnitScope unit(m, static_cast<int>(l) + 1, true);
+    UnitScope unit(m.hooks, static_cast<int>(l) + 1, true);
     LlamaBlock& blk = m.blocks[static_cast<size_t>(l)];
     const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
     const Tensor x_in = resid_at(a, l, BT);
@@ -577,7 +541,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
     }
     block_backward(m, blk, s, x_in, a, batch, ctx);
   }
-  UnitScope embed(m, 0, true);
+  UnitScope embed(m.hooks, 0, true);
   if (m.embed_grad.defined()) {
     if (m.tp.active()) embedding_backward_shard(batch.ids, dresid, llama_local_dims(m).vocab_offset, m.embed_grad);
     else embedding_backward(batch.ids, dresid, m.embed_grad);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "model/hooks.hpp"
 #include "model/linear.hpp"
 #include "model/llama_config.hpp"
 #include "ops/rope.hpp"
@@ -54,23 +55,13 @@ struct LlamaLocalDims {
   int64_t heads = 0, kv_heads = 0, q_dim = 0, kv_dim = 0, intermediate = 0, vocab = 0, vocab_offset = 0;
 };
 
-// Called around each unit of the computation, on every rank in the same order (ZeRO-3 gathers a
-// unit's parameters before it runs and releases them after). Units: 0 = the embedding, 1..L =
-// block l-1, L+1 = the head (final norm and lm_head). Forward calls before/after_forward for
-// 0, 1, ..., L+1; backward calls before/after_backward for L+1, L, ..., 0. A unit's parameter
-// tensors (and gradients in backward) must be usable between before_* and after_*.
-class LlamaHooks {
- public:
-  virtual ~LlamaHooks() = default;
-  virtual void before_forward(int unit) = 0;
-  virtual void after_forward(int unit) = 0;
-  virtual void before_backward(int unit) = 0;
-  virtual void after_backward(int unit) = 0;
-};
+// Units for ModelHooks (model/hooks.hpp): 0 = the embedding, 1..L = block l-1, L+1 = the head
+// (final norm and lm_head).
+using LlamaHooks = ModelHooks;
 
 struct LlamaModel {
   LlamaConfig cfg;  // the full model's configuration, whatever the sharding
-  LlamaHooks* hooks = nullptr;  // not owned
+  ModelHooks* hooks = nullptr;  // not owned
   TpGroup tp;       // tensor parallelism (size 1: every tensor whole)
   DType dtype = DType::f32;
   Device device = Device::cpu;
@@ -133,7 +124,7 @@ std::vector<Linear*> llama_linears(LlamaModel& m);
 // Trainable parameters (base when trainable, then adapters), in a fixed order.
 std::vector<ParamRef> llama_trainable_params(LlamaModel& m);
 int64_t llama_num_trainable(LlamaModel& m);
-// The same parameters grouped by unit (index as in LlamaHooks: 0 the embedding, l+1 block l,
+// The same parameters grouped by unit (index as in ModelHooks: 0 the embedding, l+1 block l,
 // L+1 the head), in the order above within each unit.
 std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m);
 

@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "core/rng.hpp"
-#include "io/hf_checkpoint.hpp"
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
 #include "ops/embedding.hpp"
@@ -14,40 +13,12 @@
 #include "ops/norm.hpp"
 #include "ops/optim.hpp"
 #include "ops/relbias.hpp"
+#include "parallel/comm.hpp"
+#include "parallel/tp_ops.hpp"
 
 namespace st {
 
 namespace {
-
-Linear make_linear(const std::string& name, int64_t in, int64_t out, const T5Model& m) {
-  Linear l;
-  l.name = name;
-  l.in = in;
-  l.out = out;
-  l.weight = Tensor::zeros({out, in}, m.dtype, m.device, MemCategory::weights);
-  return l;
-}
-
-T5Attn make_attn(const std::string& p, const T5Model& m) {
-  const int64_t C = m.cfg.d_model, HD = m.cfg.inner_dim();
-  return {make_linear(p + "q", C, HD, m), make_linear(p + "k", C, HD, m), make_linear(p + "v", C, HD, m),
-          make_linear(p + "o", HD, C, m)};
-}
-
-T5Ffn make_ffn(const std::string& p, const T5Model& m) {
-  const int64_t C = m.cfg.d_model, F = m.cfg.d_ff;
-  T5Ffn f;
-  if (m.cfg.gated) {
-    f.wi_0 = make_linear(p + "wi_0", C, F, m);
-    f.wi_1 = make_linear(p + "wi_1", C, F, m);
-  } else {
-    f.wi_0 = make_linear(p + "wi", C, F, m);
-  }
-  f.wo = make_linear(p + "wo", F, C, m);
-  return f;
-}
-
-Tensor norm_weight(const T5Model& m) { return Tensor::zeros({m.cfg.d_model}, m.dtype, m.device, MemCategory::weights); }
 
 Tensor rows(const Tensor& t, int64_t n) { return t.slice(0, n); }
 
@@ -57,39 +28,139 @@ Tensor layer(const Tensor& stream, int64_t l, int64_t n) {
   return s.view({stream.dim(1), stream.dim(2)}).slice(0, n);
 }
 
-AttentionShape shape_of(const T5Config& c, int64_t B, int64_t T, int64_t Tk, bool causal) {
+// Sum of a partial result over the TP group (no-op without tensor parallelism).
+void tp_all_reduce(const T5Model& m, Tensor& t) {
+  if (m.tp.active()) m.tp.comm->all_reduce_sum(t);
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+
+// in/out are the full layer's; the layer holds this rank's part under `mode`.
+Linear make_linear(const std::string& name, int64_t in, int64_t out, const T5Model& m, const T5Quant& quant, TpMode mode) {
+  Linear l;
+  l.name = name;
+  l.tp = m.tp;
+  l.tp_mode = m.tp.size > 1 ? mode : TpMode::none;
+  l.in = l.tp_mode == TpMode::row ? in / m.tp.size : in;
+  l.out = l.tp_mode == TpMode::column ? out / m.tp.size : out;
+  const std::string s = t5_module_short_name(name);
+  if (!s.empty() && contains(quant.modules, s))
+    l.nf4 = std::make_shared<Nf4Tensor>(nf4_allocate(l.out, l.in, quant.nf4, m.device));  // no dense weight
+  else
+    l.weight = Tensor::zeros({l.out, l.in}, m.dtype, m.device, MemCategory::weights);
+  return l;
+}
+
+T5Attn make_attn(const std::string& p, const T5Model& m, const T5Quant& q) {
+  const int64_t C = m.cfg.d_model, HD = m.cfg.inner_dim();
+  return {make_linear(p + "q", C, HD, m, q, TpMode::column), make_linear(p + "k", C, HD, m, q, TpMode::column),
+          make_linear(p + "v", C, HD, m, q, TpMode::column), make_linear(p + "o", HD, C, m, q, TpMode::row)};
+}
+
+T5Ffn make_ffn(const std::string& p, const T5Model& m, const T5Quant& q) {
+  const int64_t C = m.cfg.d_model, F = m.cfg.d_ff;
+  T5Ffn f;
+  if (m.cfg.gated) {
+    f.wi_0 = make_linear(p + "wi_0", C, F, m, q, TpMode::column);
+    f.wi_1 = make_linear(p + "wi_1", C, F, m, q, TpMode::column);
+  } else {
+    f.wi_0 = make_linear(p + "wi", C, F, m, q, TpMode::column);
+  }
+  f.wo = make_linear(p + "wo", F, C, m, q, TpMode::row);
+  return f;
+}
+
+Tensor norm_weight(const T5Model& m) { return Tensor::zeros({m.cfg.d_model}, m.dtype, m.device, MemCategory::weights); }
+
+AttentionShape shape_of(const T5Model& m, int64_t B, int64_t T, int64_t Tk, bool causal) {
   AttentionShape s;
   s.B = B;
   s.T = T;
   s.Tk = Tk == T ? 0 : Tk;
-  s.Hq = s.Hkv = c.num_heads;
-  s.D = c.d_kv;
+  s.Hq = s.Hkv = t5_local_dims(m).heads;
+  s.D = m.cfg.d_kv;
   s.causal = causal;
   s.scale = 1.0;  // T5 folds the 1/sqrt(d) into the initialisation of q
   return s;
 }
 
-const LayerContext kCtx{};
-
 }  // namespace
 
-T5Model t5_build(const T5Config& cfg, DType dtype, Device device) {
+const std::vector<std::string>& t5_module_names() {
+  static const std::vector<std::string> names{"q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"};
+  return names;
+}
+
+std::string t5_module_short_name(const std::string& module) {
+  const size_t dot = module.rfind('.');
+  if (dot == std::string::npos) return "";
+  const std::string last = module.substr(dot + 1), parent = module.substr(0, dot);
+  auto ends_with = [&](const char* suffix) {
+    const std::string x = suffix;
+    return parent.size() >= x.size() && parent.compare(parent.size() - x.size(), x.size(), x) == 0;
+  };
+  const bool attn = ends_with("SelfAttention") || ends_with("EncDecAttention"), ffn = ends_with("DenseReluDense");
+  if (attn && (last == "q" || last == "k" || last == "v" || last == "o")) return last;
+  if (ffn && (last == "wi_0" || last == "wi_1" || last == "wi" || last == "wo")) return last;
+  return "";
+}
+
+int t5_num_units(const T5Model& m) { return static_cast<int>(m.enc.size() + m.dec.size()) + 3; }
+
+T5LocalDims t5_local_dims(const T5Model& m) {
+  const int64_t p = m.tp.size;
+  T5LocalDims d;
+  d.heads = m.cfg.num_heads / p;
+  d.inner = d.heads * m.cfg.d_kv;
+  d.d_ff = m.cfg.d_ff / p;
+  d.vocab = m.cfg.vocab_size / p;
+  d.vocab_offset = d.vocab * m.tp.rank;
+  return d;
+}
+
+void t5_check_tp(const T5Config& cfg, int p) {
+  if (p < 1) ST_THROW_INPUT("tp_size must be at least 1 (got ", p, ")");
+  if (p == 1) return;
+  auto need = [&](int64_t n, const char* what, const char* key) {
+    if (n % p != 0)
+      ST_THROW_INPUT("tensor parallelism: ", what, " (", key, " = ", n, ") is not divisible by tp_size = ", p,
+                     ": choose a tp_size that divides it");
+  };
+  need(cfg.num_heads, "the number of attention heads", "num_heads");
+  need(cfg.d_ff, "the FFN width", "d_ff");
+  need(cfg.vocab_size, "the vocabulary", "vocab_size");
+}
+
+T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant& quant, const TpGroup& tp) {
   cfg.validate("T5 config");
+  t5_check_tp(cfg, tp.size);
+  if (tp.size > 1 && !tp.comm) ST_THROW("t5_build: tp.size ", tp.size, " without a communicator");
+  if (quant.any()) {
+    quant.nf4.validate("qlora");
+    for (const std::string& t : quant.modules) {
+      if (!contains(t5_module_names(), t))
+        ST_THROW_INPUT("qlora: unknown T5 module '", t, "' (use q, k, v, o, wi_0, wi_1, wi, wo)");
+      if (cfg.gated && t == "wi") ST_THROW_INPUT("qlora: module 'wi' does not exist in a gated-gelu T5 (use wi_0, wi_1)");
+      if (!cfg.gated && (t == "wi_0" || t == "wi_1")) ST_THROW_INPUT("qlora: module '", t, "' does not exist in a relu T5 (use wi)");
+    }
+  }
   T5Model m;
   m.cfg = cfg;
   m.dtype = dtype;
   m.device = device;
+  m.tp = tp.size > 1 ? tp : TpGroup{};
   const int64_t V = cfg.vocab_size, C = cfg.d_model, NB = cfg.relative_attention_num_buckets, H = cfg.num_heads;
-  m.shared = Tensor::zeros({V, C}, dtype, device, MemCategory::weights);
-  m.enc_rel = Tensor::zeros({NB, H}, dtype, device, MemCategory::weights);
-  m.dec_rel = Tensor::zeros({NB, H}, dtype, device, MemCategory::weights);
+  const int64_t p = m.tp.size;
+  m.shared = Tensor::zeros({V / p, C}, dtype, device, MemCategory::weights);
+  m.enc_rel = Tensor::zeros({NB, H / p}, dtype, device, MemCategory::weights);
+  m.dec_rel = Tensor::zeros({NB, H / p}, dtype, device, MemCategory::weights);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     const std::string b = str("encoder.block.", l, ".");
     T5EncBlock e;
     e.ln0 = norm_weight(m);
-    e.self = make_attn(b + "layer.0.SelfAttention.", m);
+    e.self = make_attn(b + "layer.0.SelfAttention.", m, quant);
     e.ln1 = norm_weight(m);
-    e.ffn = make_ffn(b + "layer.1.DenseReluDense.", m);
+    e.ffn = make_ffn(b + "layer.1.DenseReluDense.", m, quant);
     m.enc.push_back(std::move(e));
   }
   m.enc_final = norm_weight(m);
@@ -97,42 +168,54 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device) {
     const std::string b = str("decoder.block.", l, ".");
     T5DecBlock d;
     d.ln0 = norm_weight(m);
-    d.self = make_attn(b + "layer.0.SelfAttention.", m);
+    d.self = make_attn(b + "layer.0.SelfAttention.", m, quant);
     d.ln1 = norm_weight(m);
-    d.cross = make_attn(b + "layer.1.EncDecAttention.", m);
+    d.cross = make_attn(b + "layer.1.EncDecAttention.", m, quant);
     d.ln2 = norm_weight(m);
-    d.ffn = make_ffn(b + "layer.2.DenseReluDense.", m);
+    d.ffn = make_ffn(b + "layer.2.DenseReluDense.", m, quant);
     m.dec.push_back(std::move(d));
   }
   m.dec_final = norm_weight(m);
   if (cfg.tie_word_embeddings) {
     m.lm_head.name = "lm_head";
     m.lm_head.in = C;
-    m.lm_head.out = V;
-    m.lm_head.weight = m.shared;
+    m.lm_head.out = V / p;
+    m.lm_head.tp = m.tp;
+    m.lm_head.tp_mode = p > 1 ? TpMode::column : TpMode::none;
+    m.lm_head.weight = m.shared;  // shared buffer (the same vocabulary rows under TP)
   } else {
-    m.lm_head = make_linear("lm_head", C, V, m);
+    m.lm_head = make_linear("lm_head", C, V, m, quant, TpMode::column);
+  }
+  if (quant.any()) {
+    int64_t largest = 0;
+    for (Linear* lin : t5_linears(m))
+      if (lin->quantized()) largest = std::max(largest, lin->out * lin->in);
+    m.dequant = std::make_shared<Tensor>(Tensor::empty({largest}, dtype, device, MemCategory::workspace));
+    for (Linear* lin : t5_linears(m))
+      if (lin->quantized()) lin->dequant = m.dequant;
   }
   return m;
 }
 
-namespace {
-
-// Every weight with its transformers name and its gradient slot (undefined until base training
-// is enabled), in t5_weight_names' order (lm_head omitted when tied).
-struct T5Slot {
-  std::string name;
-  Tensor* weight;
-  Tensor* grad;
-};
-
-std::vector<T5Slot> t5_slots(T5Model& m) {
-  std::vector<T5Slot> out;
-  out.push_back({"shared.weight", &m.shared, &m.shared_grad});
-  auto lin = [&](Linear& l) { out.push_back({l.name + ".weight", &l.weight, &l.grad}); };
+std::vector<T5WeightSlot> t5_weight_slots(T5Model& m) {
+  std::vector<T5WeightSlot> out;
+  const int64_t p = m.tp.size;
+  const TpMode split = p > 1 ? TpMode::column : TpMode::none, heads = p > 1 ? TpMode::row : TpMode::none;
+  auto dense = [&](const std::string& name, Tensor* t, Tensor* g) {
+    out.push_back({name, t, g, nullptr, t->shape(), t->shape(), TpMode::none});
+  };
+  out.push_back({"shared.weight", &m.shared, &m.shared_grad, nullptr, Shape{m.cfg.vocab_size / p, m.cfg.d_model},
+                 Shape{m.cfg.vocab_size, m.cfg.d_model}, split});
+  auto lin = [&](Linear& l) {
+    out.push_back({l.name + ".weight", &l.weight, &l.grad, l.quantized() ? &l : nullptr, Shape{l.out, l.in},
+                   Shape{l.full_out(), l.full_in()}, l.tp_mode});
+  };
+  const int64_t NB = m.cfg.relative_attention_num_buckets, H = m.cfg.num_heads;
   auto attn = [&](T5Attn& a, Tensor* rel, Tensor* rel_grad) {
     for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) lin(*l);
-    if (rel) out.push_back({a.q.name.substr(0, a.q.name.size() - 1) + "relative_attention_bias.weight", rel, rel_grad});
+    if (rel)
+      out.push_back({a.q.name.substr(0, a.q.name.size() - 1) + "relative_attention_bias.weight", rel, rel_grad, nullptr,
+                     Shape{NB, H / p}, Shape{NB, H}, heads});
   };
   auto ffn = [&](T5Ffn& f) {
     lin(f.wi_0);
@@ -143,69 +226,208 @@ std::vector<T5Slot> t5_slots(T5Model& m) {
     T5EncBlock& e = m.enc[l];
     const std::string b = str("encoder.block.", l, ".");
     attn(e.self, l == 0 ? &m.enc_rel : nullptr, &m.enc_rel_grad);
-    out.push_back({b + "layer.0.layer_norm.weight", &e.ln0, &e.ln0_grad});
+    dense(b + "layer.0.layer_norm.weight", &e.ln0, &e.ln0_grad);
     ffn(e.ffn);
-    out.push_back({b + "layer.1.layer_norm.weight", &e.ln1, &e.ln1_grad});
+    dense(b + "layer.1.layer_norm.weight", &e.ln1, &e.ln1_grad);
   }
-  out.push_back({"encoder.final_layer_norm.weight", &m.enc_final, &m.enc_final_grad});
+  dense("encoder.final_layer_norm.weight", &m.enc_final, &m.enc_final_grad);
   for (size_t l = 0; l < m.dec.size(); ++l) {
     T5DecBlock& d = m.dec[l];
     const std::string b = str("decoder.block.", l, ".");
     attn(d.self, l == 0 ? &m.dec_rel : nullptr, &m.dec_rel_grad);
-    out.push_back({b + "layer.0.layer_norm.weight", &d.ln0, &d.ln0_grad});
+    dense(b + "layer.0.layer_norm.weight", &d.ln0, &d.ln0_grad);
     attn(d.cross, nullptr, nullptr);
-    out.push_back({b + "layer.1.layer_norm.weight", &d.ln1, &d.ln1_grad});
+    dense(b + "layer.1.layer_norm.weight", &d.ln1, &d.ln1_grad);
     ffn(d.ffn);
-    out.push_back({b + "layer.2.layer_norm.weight", &d.ln2, &d.ln2_grad});
+    dense(b + "layer.2.layer_norm.weight", &d.ln2, &d.ln2_grad);
   }
-  out.push_back({"decoder.final_layer_norm.weight", &m.dec_final, &m.dec_final_grad});
+  dense("decoder.final_layer_norm.weight", &m.dec_final, &m.dec_final_grad);
   if (!m.cfg.tie_word_embeddings) lin(m.lm_head);
   return out;
 }
 
-}  // namespace
+Tensor t5_shard_of(const T5Model& m, const T5WeightSlot& slot, const Tensor& full) {
+  if (full.shape() != slot.full_shape)
+    ST_THROW(slot.name, ": value ", full.str(), " does not match the full shape ", slot.full_shape.str());
+  return tp_shard_of(full, slot.split, m.tp);
+}
+
+void t5_set_weight(const T5WeightSlot& slot, const Tensor& value) {
+  if (value.shape() != slot.shape) ST_THROW(slot.name, ": value ", value.str(), " does not match ", slot.shape.str());
+  if (slot.linear) nf4_quantize(value, *slot.linear->nf4);
+  else if (value.dtype() == slot.tensor->dtype()) slot.tensor->copy_from(value);
+  else convert_copy(*slot.tensor, value);
+}
+
+Tensor t5_gather_full(const T5Model& m, const T5WeightSlot& slot, DType dtype) {
+  if (!slot.tensor || !slot.tensor->defined()) ST_THROW(slot.name, ": no dense tensor to gather");
+  return tp_gather_full(*slot.tensor, slot.split, m.tp, dtype);
+}
 
 std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m) {
   std::vector<std::pair<std::string, Tensor*>> out;
-  for (const T5Slot& s : t5_slots(m)) out.emplace_back(s.name, s.weight);
+  for (const T5WeightSlot& s : t5_weight_slots(m)) {
+    if (s.linear) ST_THROW(s.name, " is stored in NF4: dequantize the model first");
+    out.emplace_back(s.name, s.tensor);
+  }
   return out;
 }
 
 void t5_init_random(T5Model& m, uint64_t seed, double std) {
-  for (auto& [name, t] : t5_named_weights(m)) {
-    if (t->ndim() == 1) fill_constant(*t, 1.0);
-    else fill_normal(*t, counter_key(seed, name_hash(name)), 0.0, std);
+  // As llama_init_random: each full tensor drawn from (seed, its name), then this rank's part
+  // kept; NF4 layers drawn densely (one at a time, in a workspace) and quantized.
+  for (const T5WeightSlot& s : t5_weight_slots(m)) {
+    if (s.shape.ndim == 1) {
+      fill_constant(*s.tensor, 1.0);
+    } else if (s.split != TpMode::none) {
+      Tensor w = Tensor::empty(s.full_shape, m.dtype, m.device, MemCategory::workspace);
+      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
+      t5_set_weight(s, t5_shard_of(m, s, w));
+    } else if (s.linear) {
+      Tensor w = Tensor::empty(s.shape, m.dtype, m.device, MemCategory::workspace);
+      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
+      t5_set_weight(s, w);
+    } else {
+      fill_normal(*s.tensor, counter_key(seed, name_hash(s.name)), 0.0, std);
+    }
   }
 }
 
 void t5_enable_base_training(T5Model& m) {
   if (m.base_trainable) return;
+  for (Linear* lin : t5_linears(m))
+    if (lin->quantized()) ST_THROW_INPUT(lin->name, " is stored in NF4 and cannot train (NF4 bases are frozen)");
   m.base_trainable = true;
   // Gradients in the master precision (f32 when the weights are bf16).
-  for (const T5Slot& s : t5_slots(m))
-    *s.grad = Tensor::zeros(s.weight->shape(), master_dtype(m.dtype), m.device, MemCategory::gradients);
+  for (const T5WeightSlot& s : t5_weight_slots(m))
+    *s.grad = Tensor::zeros(s.shape, master_dtype(m.dtype), m.device, MemCategory::gradients);
   if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.shared_grad;  // both paths add into one buffer
+}
+
+T5WeightBytes t5_weight_bytes(T5Model& m) {
+  T5WeightBytes r;
+  const size_t es = dtype_size(m.dtype);
+  for (const T5WeightSlot& s : t5_weight_slots(m)) {
+    const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
+    r.dense += dense;
+    if (s.linear) {
+      r.stored += s.linear->nf4->nbytes();
+      ++r.quantized_layers;
+    } else {
+      r.stored += dense;
+    }
+  }
+  return r;
+}
+
+void t5_dequantize(T5Model& m) {
+  for (Linear* lin : t5_linears(m)) {
+    if (!lin->quantized()) continue;
+    lin->weight = Tensor::empty({lin->out, lin->in}, m.dtype, m.device, MemCategory::weights);
+    nf4_dequantize(*lin->nf4, lin->weight);
+    lin->nf4.reset();
+    lin->dequant.reset();
+  }
+  m.dequant.reset();
+}
+
+std::vector<Linear*> t5_linears(T5Model& m) {
+  std::vector<Linear*> out;
+  auto attn = [&](T5Attn& a) {
+    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) out.push_back(l);
+  };
+  auto ffn = [&](T5Ffn& f) {
+    out.push_back(&f.wi_0);
+    if (m.cfg.gated) out.push_back(&f.wi_1);
+    out.push_back(&f.wo);
+  };
+  for (T5EncBlock& e : m.enc) {
+    attn(e.self);
+    ffn(e.ffn);
+  }
+  for (T5DecBlock& d : m.dec) {
+    attn(d.self);
+    attn(d.cross);
+    ffn(d.ffn);
+  }
+  out.push_back(&m.lm_head);
+  return out;
 }
 
 std::vector<ParamRef> t5_trainable_params(T5Model& m) {
   std::vector<ParamRef> out;
-  if (!m.base_trainable) return out;
-  for (const T5Slot& s : t5_slots(m))  // weight decay on the projection matrices only
-    out.push_back({s.name, s.weight, s.grad, s.weight->ndim() == 2 && s.name.find("relative_attention_bias") == std::string::npos});
+  if (m.base_trainable)
+    for (const T5WeightSlot& s : t5_weight_slots(m))  // weight decay on the projection matrices only
+      out.push_back({s.name, s.tensor, s.grad,
+                     s.shape.ndim == 2 && s.name.find("relative_attention_bias") == std::string::npos, nullptr,
+                     s.split != TpMode::none && m.tp.size > 1});
+  for (Linear* lin : t5_linears(m))
+    if (lin->adapter) lin->adapter->collect_params(out);
   return out;
 }
 
-T5Model load_t5(const std::string& dir, DType dtype, Device device) {
-  T5Model m = t5_build(read_t5_config(dir), dtype, device);
-  CheckpointReader ckpt = CheckpointReader::open(dir);
-  for (auto& [name, t] : t5_named_weights(m)) t->copy_from(ckpt.read(name, t->shape(), dtype, device, MemCategory::workspace));
-  for (const std::string& extra : ckpt.unused_names()) {
-    // transformers writes the shared table under these names too when it saves a T5.
-    if (extra == "encoder.embed_tokens.weight" || extra == "decoder.embed_tokens.weight") continue;
-    if (extra == "lm_head.weight" && m.cfg.tie_word_embeddings) continue;
-    ST_THROW_INPUT(dir, ": unexpected tensor '", extra, "' in the checkpoint (not part of a T5 with this config)");
+int64_t t5_num_trainable(T5Model& m) {
+  int64_t n = 0;
+  for (const ParamRef& p : t5_trainable_params(m)) n += p.value->numel();
+  return n;
+}
+
+namespace {
+// The unit of a parameter, from its (transformers or adapter) name.
+size_t t5_unit_of(const T5Model& m, const std::string& name) {
+  const size_t Le = m.enc.size(), Ld = m.dec.size();
+  auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
+  if (starts("shared.") || name.find("relative_attention_bias") != std::string::npos) return 0;
+  auto block = [&](const char* prefix, size_t n) {
+    const size_t l = std::stoul(name.substr(std::string(prefix).size()));
+    if (l >= n) ST_THROW("t5_params_by_unit: ", name, " names a block beyond ", n);
+    return l;
+  };
+  if (starts("encoder.block.")) return 1 + block("encoder.block.", Le);
+  if (starts("encoder.")) return Le + 1;  // the final norm
+  if (starts("decoder.block.")) return Le + 2 + block("decoder.block.", Ld);
+  return Le + Ld + 2;  // decoder final norm, lm_head (and its adapter)
+}
+}  // namespace
+
+std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m) {
+  std::vector<std::vector<ParamRef>> out(static_cast<size_t>(t5_num_units(m)));
+  for (ParamRef& p : t5_trainable_params(m)) out[t5_unit_of(m, p.name)].push_back(p);
+  return out;
+}
+
+void t5_merge_adapters(T5Model& m) {
+  for (Linear* lin : t5_linears(m)) {
+    if (!lin->adapter) continue;
+    if (lin->quantized()) ST_THROW("t5_merge_adapters: ", lin->name, " is stored in NF4; call t5_dequantize first");
+    lin->adapter->add_delta_to(lin->weight);
+    lin->adapter.reset();
   }
-  return m;
+}
+
+double t5_flops_per_token(const T5Model& m_in, int64_t Te, int64_t Td) {
+  T5Model& m = const_cast<T5Model&>(m_in);
+  const T5Config& c = m.cfg;
+  const double te = static_cast<double>(Te), td = static_cast<double>(Td);
+  double total = 0;
+  const double per_mac = m.base_trainable ? 6.0 : 4.0;
+  for (const Linear* lin : t5_linears(m)) {
+    // Rows it sees: encoder linears and the cross-attention's k, v read the encoder's positions.
+    const std::string& n = lin->name;
+    const bool enc_rows = n.rfind("encoder.", 0) == 0 || (n.find("EncDecAttention.") != std::string::npos &&
+                                                            (t5_module_short_name(n) == "k" || t5_module_short_name(n) == "v"));
+    const double rows = enc_rows ? te : td;
+    total += rows * per_mac * static_cast<double>(lin->full_in()) * static_cast<double>(lin->full_out());
+    if (lin->adapter)
+      total += rows * 6.0 * static_cast<double>(lin->adapter->num_parameters()) *
+               (lin->tp_mode == TpMode::none ? 1 : lin->tp.size);
+  }
+  // QK^T and PV: 4 Tq Tk H D forward per layer (causal: half), backward twice the forward.
+  const double hd = static_cast<double>(c.inner_dim());
+  const double attn = 4.0 * hd * (te * te * static_cast<double>(c.num_layers) +
+                                  static_cast<double>(c.num_decoder_layers) * (td * td / 2.0 + td * te));
+  total += 3.0 * attn;
+  return Te + Td > 0 ? total / (te + td) : 0.0;
 }
 
 std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t B, int64_t Td, int64_t start,
@@ -224,7 +446,8 @@ std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t 
 
 T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable) {
   const T5Config& c = m.cfg;
-  const int64_t C = c.d_model, HD = c.inner_dim(), F = c.d_ff, H = c.num_heads, V = c.vocab_size;
+  const T5LocalDims ld = t5_local_dims(m);
+  const int64_t C = c.d_model, HD = ld.inner, F = ld.d_ff, H = ld.heads, V = ld.vocab;
   const int64_t NE = B * Te, ND = B * Td;
   const DType sd = master_dtype(m.dtype);
   auto act = [&](const Shape& s) { return Tensor::zeros(s, m.dtype, m.device, MemCategory::activations); };
@@ -272,6 +495,7 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
     a.dy = ws({ND, C});
     a.dck = ws({NE, HD});
     a.dcv = ws({NE, HD});
+    a.scratch = ws({N, std::max({C, HD, F})});
   }
   return a;
 }
@@ -279,104 +503,146 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
 namespace {
 
 // out = resid + o(attn(q(n), k(kv), v(kv))): self-attention with kv = n, cross-attention with
-// kv = the encoder output.
-void attn_forward(const T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape, const Tensor& lengths,
-                  const Tensor& bias, Tensor q, Tensor k, Tensor v, Tensor att, Tensor lse, Tensor& out,
-                  const Tensor& resid) {
-  linear_layer_forward(w.q, n, q, false, kCtx);
-  linear_layer_forward(w.k, kv, k, false, kCtx);
-  linear_layer_forward(w.v, kv, v, false, kCtx);
+// kv = the encoder output. Under TP q, k, v hold this rank's heads and o is row-parallel: each
+// rank has a partial sum, rank 0 adds the residual, one all-reduce completes it.
+void attn_forward(const T5Model& m, const T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape,
+                  const Tensor& lengths, const Tensor& bias, Tensor q, Tensor k, Tensor v, Tensor att, Tensor lse,
+                  Tensor& out, const Tensor& resid, const LayerContext& ctx) {
+  linear_layer_forward(w.q, n, q, false, ctx);
+  linear_layer_forward(w.k, kv, k, false, ctx);
+  linear_layer_forward(w.v, kv, v, false, ctx);
   attention_forward(shape, q, k, v, lengths, att, lse, bias);
-  linear_layer_forward(w.o, att, out, false, kCtx, &resid);
+  linear_layer_forward(w.o, att, out, false, ctx, m.tp.rank == 0 ? &resid : nullptr);
+  tp_all_reduce(m, out);
 }
 
-// dout: gradient of the block output. dn (overwritten) gets d(n); d(kv) goes into dkv (+=) for
-// cross-attention, or into dn with it for self-attention (dkv null). dbias (+=) when wanted.
-void attn_backward(T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape, const Tensor& lengths,
-                   const Tensor& bias, Tensor* dbias, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const Tensor& att, const Tensor& lse, const Tensor& dout, Tensor datt, Tensor dq, Tensor dk, Tensor dv,
-                   Tensor& dn, Tensor* dkv) {
-  linear_layer_backward(w.o, att, dout, &datt, kCtx, false);
+// dout: gradient of the block output (replicated). dn (overwritten) gets d(n), all-reduced over
+// the TP group; d(kv) goes into dkv (+=, this rank's partial sum, the caller all-reduces) for
+// cross-attention, or into dn with d(n) for self-attention (dkv null). dbias (+=) when wanted.
+void attn_backward(const T5Model& m, T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape,
+                   const Tensor& lengths, const Tensor& bias, Tensor* dbias, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& att, const Tensor& lse, const Tensor& dout, Tensor datt, Tensor dq,
+                   Tensor dk, Tensor dv, Tensor& dn, Tensor* dkv, const LayerContext& ctx) {
+  linear_layer_backward(w.o, att, dout, &datt, ctx, false);
   attention_backward(shape, q, k, v, att, lse, datt, lengths, dq, dk, dv, false, bias, dbias);
-  linear_layer_backward(w.q, n, dq, &dn, kCtx, false);
+  linear_layer_backward(w.q, n, dq, &dn, ctx, false);
   Tensor& dkv_into = dkv ? *dkv : dn;
-  linear_layer_backward(w.k, kv, dk, &dkv_into, kCtx);
-  linear_layer_backward(w.v, kv, dv, &dkv_into, kCtx);
+  linear_layer_backward(w.k, kv, dk, &dkv_into, ctx);
+  linear_layer_backward(w.v, kv, dv, &dkv_into, ctx);
+  tp_all_reduce(m, dn);  // column-parallel q (k, v): partial input gradients (Megatron's "f")
 }
 
-// ffn(n) into out (overwritten) with the residual added: out = resid + wo(act(n)).
+// ffn(n) into out (overwritten) with the residual added: out = resid + wo(act(n)); wi column-
+// and wo row-parallel under TP.
 void ffn_forward(const T5Model& m, const T5Ffn& f, const Tensor& n, Tensor g, Tensor u, Tensor h, Tensor& out,
-                 const Tensor& resid) {
-  linear_layer_forward(f.wi_0, n, g, false, kCtx);
+                 const Tensor& resid, const LayerContext& ctx) {
+  linear_layer_forward(f.wi_0, n, g, false, ctx);
   if (m.cfg.gated) {
-    linear_layer_forward(f.wi_1, n, u, false, kCtx);
+    linear_layer_forward(f.wi_1, n, u, false, ctx);
     geglu_forward(g, u, h);
   } else {
     relu_forward(g, h);
   }
-  linear_layer_forward(f.wo, h, out, false, kCtx, &resid);
+  linear_layer_forward(f.wo, h, out, false, ctx, m.tp.rank == 0 ? &resid : nullptr);
+  tp_all_reduce(m, out);
 }
 
 // dout: gradient of the FFN output; dn (overwritten) gets the gradient of its input n.
 void ffn_backward(const T5Model& m, T5Ffn& f, const Tensor& n, const Tensor& g, const Tensor& u, const Tensor& h,
-                  const Tensor& dout, Tensor& dn, Tensor dh, Tensor dg, Tensor du) {
-  linear_layer_backward(f.wo, h, dout, &dh, kCtx, false);
+                  const Tensor& dout, Tensor& dn, Tensor dh, Tensor dg, Tensor du, const LayerContext& ctx) {
+  linear_layer_backward(f.wo, h, dout, &dh, ctx, false);
   if (m.cfg.gated) {
     geglu_backward(dh, g, u, dg, du, false);
-    linear_layer_backward(f.wi_0, n, dg, &dn, kCtx, false);
-    linear_layer_backward(f.wi_1, n, du, &dn, kCtx);
+    linear_layer_backward(f.wi_0, n, dg, &dn, ctx, false);
+    linear_layer_backward(f.wi_1, n, du, &dn, ctx);
   } else {
     relu_backward(dh, g, dg, false);
-    linear_layer_backward(f.wi_0, n, dg, &dn, kCtx, false);
+    linear_layer_backward(f.wi_0, n, dg, &dn, ctx, false);
   }
+  tp_all_reduce(m, dn);
+}
+
+// out = shared[ids]; vocabulary-parallel under TP (each rank its rows, zeros elsewhere, summed).
+void embed(const T5Model& m, const Tensor& ids, Tensor& out) {
+  if (m.tp.active()) {
+    embedding_forward_shard(ids, m.shared, t5_local_dims(m).vocab_offset, out);
+    tp_all_reduce(m, out);
+  } else {
+    embedding_forward(ids, m.shared, out);
+  }
+}
+
+void embed_backward(T5Model& m, const Tensor& ids, const Tensor& dout) {
+  if (!m.shared_grad.defined()) return;
+  if (m.tp.active()) embedding_backward_shard(ids, dout, t5_local_dims(m).vocab_offset, m.shared_grad);
+  else embedding_backward(ids, dout, m.shared_grad);
+}
+
+LayerContext with_scratch(const LayerContext& ctx, T5Activations& a) {
+  LayerContext c = ctx;
+  if (a.scratch.defined()) c.scratch = &a.scratch;
+  return c;
 }
 
 }  // namespace
 
-double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad) {
+double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad, const LayerContext& ctx_in) {
   const T5Config& c = m.cfg;
   const int64_t B = batch.B, Te = batch.Te, Td = batch.Td, NE = B * Te, ND = B * Td;
   if (B != a.B || Te != a.Te || Td != a.Td) ST_THROW("t5_forward: batch [", B, ", ", Te, ", ", Td, "] does not match the activations");
   if (grad && !a.trainable) ST_THROW("t5_forward: gradient requested on eval-only activations");
+  const LayerContext ctx = with_scratch(ctx_in, a);
   const double eps = c.layer_norm_epsilon;
-  // Relative position biases (one per stack, shared by its blocks).
-  relative_bias_forward(m.enc_rel, a.enc_buckets, Te, Te, a.enc_bias);
-  relative_bias_forward(m.dec_rel, a.dec_buckets, Td, Td, a.dec_bias);
+  const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
+  {
+    // Unit 0: relative position biases (one per stack, shared by its blocks) and both embeddings.
+    UnitScope unit(m.hooks, 0, false);
+    relative_bias_forward(m.enc_rel, a.enc_buckets, Te, Te, a.enc_bias);
+    relative_bias_forward(m.dec_rel, a.dec_buckets, Td, Td, a.dec_bias);
+    Tensor x0 = layer(a.x, 0, NE), y0 = layer(a.y, 0, ND);
+    embed(m, batch.enc_ids, x0);
+    embed(m, batch.dec_ids, y0);
+  }
   // Encoder.
-  Tensor x0 = layer(a.x, 0, NE);
-  embedding_forward(batch.enc_ids, m.shared, x0);
-  const AttentionShape es = shape_of(c, B, Te, Te, false);
-  for (size_t l = 0; l < m.enc.size(); ++l) {
-    T5EncBlock& w = m.enc[l];
-    T5Activations::Enc& s = a.enc[l];
-    const Tensor xin = layer(a.x, static_cast<int64_t>(l), NE);
-    Tensor xout = layer(a.x, static_cast<int64_t>(l) + 1, NE);
+  const AttentionShape es = shape_of(m, B, Te, Te, false);
+  for (int l = 0; l < Le; ++l) {
+    UnitScope unit(m.hooks, 1 + l, false);
+    T5EncBlock& w = m.enc[static_cast<size_t>(l)];
+    T5Activations::Enc& s = a.enc[static_cast<size_t>(l)];
+    const Tensor xin = layer(a.x, l, NE);
+    Tensor xout = layer(a.x, l + 1, NE);
     rmsnorm_forward(xin, w.ln0, eps, s.n0, s.r0);
-    attn_forward(w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin);
+    attn_forward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin, ctx);
     rmsnorm_forward(s.mid, w.ln1, eps, s.n1, s.r1);
-    ffn_forward(m, w.ffn, s.n1, s.g, s.u, s.h, xout, s.mid);
+    ffn_forward(m, w.ffn, s.n1, s.g, s.u, s.h, xout, s.mid, ctx);
   }
-  rmsnorm_forward(layer(a.x, c.num_layers, NE), m.enc_final, eps, a.e, a.erstd);
+  {
+    UnitScope unit(m.hooks, Le + 1, false);
+    rmsnorm_forward(layer(a.x, Le, NE), m.enc_final, eps, a.e, a.erstd);
+  }
   // Decoder.
-  Tensor y0 = layer(a.y, 0, ND);
-  embedding_forward(batch.dec_ids, m.shared, y0);
-  const AttentionShape ds = shape_of(c, B, Td, Td, true), cs = shape_of(c, B, Td, Te, false);
-  for (size_t l = 0; l < m.dec.size(); ++l) {
-    T5DecBlock& w = m.dec[l];
-    T5Activations::Dec& s = a.dec[l];
-    const Tensor yin = layer(a.y, static_cast<int64_t>(l), ND);
-    Tensor yout = layer(a.y, static_cast<int64_t>(l) + 1, ND);
+  const AttentionShape ds = shape_of(m, B, Td, Td, true), cs = shape_of(m, B, Td, Te, false);
+  for (int l = 0; l < Ld; ++l) {
+    UnitScope unit(m.hooks, Le + 2 + l, false);
+    T5DecBlock& w = m.dec[static_cast<size_t>(l)];
+    T5Activations::Dec& s = a.dec[static_cast<size_t>(l)];
+    const Tensor yin = layer(a.y, l, ND);
+    Tensor yout = layer(a.y, l + 1, ND);
     rmsnorm_forward(yin, w.ln0, eps, s.n0, s.r0);
-    attn_forward(w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin);
+    attn_forward(m, w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin, ctx);
     rmsnorm_forward(s.mid1, w.ln1, eps, s.n1, s.r1);
-    attn_forward(w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1);
+    attn_forward(m, w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1,
+                 ctx);
     rmsnorm_forward(s.mid2, w.ln2, eps, s.n2, s.r2);
-    ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2);
+    ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2, ctx);
   }
-  rmsnorm_forward(layer(a.y, c.num_decoder_layers, ND), m.dec_final, eps, a.yf, a.yrstd);
+  UnitScope head(m.hooks, Le + Ld + 2, false);
+  rmsnorm_forward(layer(a.y, Ld, ND), m.dec_final, eps, a.yf, a.yrstd);
   // The head sees the decoder output scaled by d_model^-0.5 (T5's tied head).
   if (c.scale_decoder_outputs) scale_inplace(a.yf, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
-  linear_layer_forward(m.lm_head, a.yf, a.logits, false, kCtx);
+  linear_layer_forward(m.lm_head, a.yf, a.logits, false, ctx);
+  if (m.tp.active())  // no rank holds the [B*Td, V] logits: each has its vocabulary columns
+    return vocab_parallel_cross_entropy(a.logits, batch.dec_targets, batch.dec_weight, &a.losses, grad, *m.tp.comm);
   cross_entropy(a.logits, batch.dec_targets, batch.dec_weight, a.losses, grad);
   const Tensor lh = a.losses.to_cpu(DType::f64), wh = batch.dec_weight.to_cpu(DType::f64);
   double total = 0;
@@ -384,64 +650,77 @@ double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad)
   return total;
 }
 
-void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch) {
+void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch, const LayerContext& ctx_in) {
   const T5Config& c = m.cfg;
   const int64_t B = batch.B, Te = batch.Te, Td = batch.Td, NE = B * Te, ND = B * Td;
   if (!a.trainable) ST_THROW("t5_backward on eval-only activations");
+  if (B != a.B || Te != a.Te || Td != a.Td) ST_THROW("t5_backward: batch [", B, ", ", Te, ", ", Td, "] does not match the activations");
+  const LayerContext ctx = with_scratch(ctx_in, a);
+  const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
   auto g = [](Tensor& t) { return t.defined() ? &t : nullptr; };
-  Tensor dn = rows(a.dn, ND), dy = rows(a.dy, ND);
-  // Head.
-  linear_layer_backward(m.lm_head, a.yf, a.logits, &dn, kCtx, false);
-  if (c.scale_decoder_outputs) scale_inplace(dn, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
-  dy.zero_();
-  // rmsnorm_backward needs the normalised-and-unscaled input: recompute nothing, it takes x.
-  rmsnorm_backward(dn, layer(a.y, c.num_decoder_layers, ND), m.dec_final, a.yrstd, dy, g(m.dec_final_grad));
-  Tensor de = rows(a.de, NE);
+  // dy (decoder stream) and de (encoder output) are kept until the encoder and unit 0 use them.
+  Tensor dn = rows(a.dn, ND), dy = rows(a.dy, ND), de = rows(a.de, NE);
+  {
+    UnitScope head(m.hooks, Le + Ld + 2, true);
+    linear_layer_backward(m.lm_head, a.yf, a.logits, &dn, ctx, false);
+    tp_all_reduce(m, dn);  // vocabulary-parallel lm_head: partial input gradients
+    if (c.scale_decoder_outputs) scale_inplace(dn, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
+    dy.zero_();
+    rmsnorm_backward(dn, layer(a.y, Ld, ND), m.dec_final, a.yrstd, dy, g(m.dec_final_grad));
+  }
   de.zero_();
   if (a.dec_dbias.defined()) {
     a.dec_dbias.zero_();
     a.enc_dbias.zero_();
   }
-  const AttentionShape ds = shape_of(c, B, Td, Td, true), cs = shape_of(c, B, Td, Te, false);
+  const AttentionShape ds = shape_of(m, B, Td, Td, true), cs = shape_of(m, B, Td, Te, false);
   Tensor datt = rows(a.datt, ND), dq = rows(a.dq, ND), dk = rows(a.dk, ND), dv = rows(a.dv, ND);
   Tensor dh = rows(a.dh, ND), dgt = rows(a.dg, ND), du = rows(a.du, ND);
   Tensor dck = rows(a.dck, NE), dcv = rows(a.dcv, NE);
-  for (int64_t l = static_cast<int64_t>(m.dec.size()) - 1; l >= 0; --l) {
+  for (int l = Ld - 1; l >= 0; --l) {
+    UnitScope unit(m.hooks, Le + 2 + l, true);
     T5DecBlock& w = m.dec[static_cast<size_t>(l)];
     T5Activations::Dec& s = a.dec[static_cast<size_t>(l)];
     const Tensor yin = layer(a.y, l, ND);
     // FFN: y_out = mid2 + ffn(n2 mid2)
-    ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, dgt, du);
+    ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, dgt, du, ctx);
     rmsnorm_backward(dn, s.mid2, w.ln2, s.r2, dy, g(w.ln2_grad));
-    // Cross-attention: mid2 = mid1 + o'(attn(q'(n1), k'(e), v'(e))); k', v' feed the encoder.
-    attn_backward(w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), nullptr, s.cq, s.ck, s.cv, s.catt, s.clse, dy, datt,
-                  dq, dck, dcv, dn, &de);
+    // Cross-attention: mid2 = mid1 + o'(attn(q'(n1), k'(e), v'(e))); k', v' feed the encoder
+    // (under TP, de collects this rank's partial sums over every decoder block).
+    attn_backward(m, w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), nullptr, s.cq, s.ck, s.cv, s.catt, s.clse, dy,
+                  datt, dq, dck, dcv, dn, &de, ctx);
     rmsnorm_backward(dn, s.mid1, w.ln1, s.r1, dy, g(w.ln1_grad));
     // Self-attention with the causal relative bias.
-    attn_backward(w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, g(a.dec_dbias), s.q, s.k, s.v, s.att, s.lse, dy,
-                  datt, dq, dk, dv, dn, nullptr);
+    attn_backward(m, w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, g(a.dec_dbias), s.q, s.k, s.v, s.att, s.lse,
+                  dy, datt, dq, dk, dv, dn, nullptr, ctx);
     rmsnorm_backward(dn, yin, w.ln0, s.r0, dy, g(w.ln0_grad));
   }
-  if (m.shared_grad.defined()) embedding_backward(batch.dec_ids, dy, m.shared_grad);
-  if (m.dec_rel_grad.defined()) relative_bias_backward(a.dec_dbias, a.dec_buckets, Td, Td, m.dec_rel_grad);
   // Encoder: dx starts as d(final norm input) of the encoder output's gradient.
   Tensor dx = rows(a.dx, NE), dne = rows(a.dn, NE);
-  dx.zero_();
-  rmsnorm_backward(de, layer(a.x, c.num_layers, NE), m.enc_final, a.erstd, dx, g(m.enc_final_grad));
-  const AttentionShape es = shape_of(c, B, Te, Te, false);
+  {
+    UnitScope unit(m.hooks, Le + 1, true);
+    tp_all_reduce(m, de);  // the cross-attention k', v' of every decoder block, summed once
+    dx.zero_();
+    rmsnorm_backward(de, layer(a.x, Le, NE), m.enc_final, a.erstd, dx, g(m.enc_final_grad));
+  }
+  const AttentionShape es = shape_of(m, B, Te, Te, false);
   Tensor edatt = rows(a.datt, NE), edq = rows(a.dq, NE), edk = rows(a.dk, NE), edv = rows(a.dv, NE);
   Tensor edh = rows(a.dh, NE), edg = rows(a.dg, NE), edu = rows(a.du, NE);
-  for (int64_t l = static_cast<int64_t>(m.enc.size()) - 1; l >= 0; --l) {
+  for (int l = Le - 1; l >= 0; --l) {
+    UnitScope unit(m.hooks, 1 + l, true);
     T5EncBlock& w = m.enc[static_cast<size_t>(l)];
     T5Activations::Enc& s = a.enc[static_cast<size_t>(l)];
     const Tensor xin = layer(a.x, l, NE);
-    ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, edg, edu);
+    ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, edg, edu, ctx);
     rmsnorm_backward(dne, s.mid, w.ln1, s.r1, dx, g(w.ln1_grad));
-    attn_backward(w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, g(a.enc_dbias), s.q, s.k, s.v, s.att, s.lse, dx,
-                  edatt, edq, edk, edv, dne, nullptr);
+    attn_backward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, g(a.enc_dbias), s.q, s.k, s.v, s.att, s.lse,
+                  dx, edatt, edq, edk, edv, dne, nullptr, ctx);
     rmsnorm_backward(dne, xin, w.ln0, s.r0, dx, g(w.ln0_grad));
   }
-  if (m.shared_grad.defined()) embedding_backward(batch.enc_ids, dx, m.shared_grad);
+  UnitScope unit(m.hooks, 0, true);
+  embed_backward(m, batch.dec_ids, dy);
+  embed_backward(m, batch.enc_ids, dx);
+  if (m.dec_rel_grad.defined()) relative_bias_backward(a.dec_dbias, a.dec_buckets, Td, Td, m.dec_rel_grad);
   if (m.enc_rel_grad.defined()) relative_bias_backward(a.enc_dbias, a.enc_buckets, Te, Te, m.enc_rel_grad);
 }
 

@@ -13,16 +13,21 @@
 //              y += ffn(n2 y)
 //   logits = lm_head(final_norm(y) [* d_model^-0.5 with scale_decoder_outputs])
 // The relative bias tables live in block 0 of each stack and serve every block of it.
+// No parallel code beyond Megatron's all-reduces (a no-op on one rank): ZeRO-3 and DDP attach
+// through `hooks` (see the units below).
 // Decoder inputs are the labels shifted right with decoder_start_token_id (t5_shift_right).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "model/hooks.hpp"
 #include "model/linear.hpp"
 #include "model/t5_config.hpp"
+#include "quant/nf4.hpp"
 
 namespace st {
 
@@ -46,30 +51,114 @@ struct T5DecBlock {
   T5Ffn ffn;
 };
 
+// Which linear layers keep their frozen base in NF4 (QLoRA): short names (t5_module_names: q, k,
+// v, o (self- and cross-attention alike), wi_0, wi_1 (gated FFN), wi (ReLU FFN), wo); `shared`,
+// the relative-bias tables and lm_head stay in the compute dtype.
+struct T5Quant {
+  std::vector<std::string> modules;
+  Nf4Config nf4;
+  bool any() const { return !modules.empty(); }
+};
+const std::vector<std::string>& t5_module_names();
+// "decoder.block.1.layer.1.EncDecAttention.k" -> "k", "...DenseReluDense.wi" -> "wi"; "" for
+// anything else (lm_head).
+std::string t5_module_short_name(const std::string& module);
+
+// Units for ModelHooks (model/hooks.hpp), Le encoder and Ld decoder blocks:
+//   0                 `shared` + both relative-bias tables: computes both bias tensors and embeds
+//                     the encoder and the decoder ids (backward: both embedding scatters and both
+//                     table gradients)
+//   1 .. Le           encoder block l-1
+//   Le+1              encoder final norm
+//   Le+2 .. Le+Ld+1   decoder block l-Le-2
+//   Le+Ld+2           head: decoder final norm + lm_head (reads unit 0's `shared` when tied)
+// Forward runs them in increasing order, backward in decreasing order.
 struct T5Model {
-  T5Config cfg;
+  T5Config cfg;  // the full model's configuration, whatever the sharding
   DType dtype = DType::f32;
   Device device = Device::cpu;
-  Tensor shared, shared_grad;              // [V, C]
-  Tensor enc_rel, enc_rel_grad;            // [num_buckets, H]  encoder.block.0...relative_attention_bias
+  ModelHooks* hooks = nullptr;             // not owned
+  TpGroup tp;                              // tensor parallelism (size 1: every tensor whole)
+  Tensor shared, shared_grad;              // [V/p, C]  vocabulary rows of this rank
+  Tensor enc_rel, enc_rel_grad;            // [num_buckets, H/p]  encoder.block.0...relative_attention_bias (heads of this rank)
   Tensor dec_rel, dec_rel_grad;            // decoder.block.0...relative_attention_bias
   std::vector<T5EncBlock> enc;
   std::vector<T5DecBlock> dec;
-  Tensor enc_final, enc_final_grad, dec_final, dec_final_grad;  // [C]
-  Linear lm_head;                          // [V, C]; shares `shared` when tied
+  Tensor enc_final, enc_final_grad, dec_final, dec_final_grad;  // [C] (replicated)
+  Linear lm_head;                          // [V/p, C]; shares `shared` when tied
   bool base_trainable = false;
+  std::shared_ptr<Tensor> dequant;         // one layer's dequantized weight, shared by NF4 layers
 };
 
-T5Model t5_build(const T5Config& cfg, DType dtype, Device device);
-// Normal(0, std) for matrices and tables, ones for norms, seeded per tensor name.
+int t5_num_units(const T5Model& m);  // Le + Ld + 3
+
+// This rank's share of the dimensions: under TP (tp.size = p) heads, FFN width and vocabulary
+// are split p ways (inner = heads * d_kv).
+struct T5LocalDims {
+  int64_t heads = 0, inner = 0, d_ff = 0, vocab = 0, vocab_offset = 0;
+};
+T5LocalDims t5_local_dims(const T5Model& m);
+// Throws InputError naming the config key unless num_heads, d_ff and vocab_size divide by p.
+void t5_check_tp(const T5Config& cfg, int p);
+
+// Allocates every weight (zero-filled); linears named in `quant` get NF4 storage instead.
+// With tp.size = p > 1 (Megatron): q, k, v, wi_0, wi_1 (wi) column-parallel and o, wo
+// row-parallel in self-attention, cross-attention and FFN; the relative-bias tables split by
+// heads (columns: rank i holds heads [i H/p, (i+1) H/p)); `shared` vocabulary-parallel (rows);
+// lm_head column-parallel over the vocabulary; norms replicated. NF4 layers quantize their shard.
+T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant& quant = {}, const TpGroup& tp = {});
+// Normal(0, std) for matrices and tables, ones for norms, seeded per full tensor name; under TP
+// each rank draws the full tensor and keeps its part (the same model for any p); NF4 layers are
+// drawn densely and quantized.
 void t5_init_random(T5Model& m, uint64_t seed, double std);
+// Allocate gradients for every base parameter (refused with NF4 layers).
 void t5_enable_base_training(T5Model& m);
+
 // Every weight with its transformers name, in t5_weight_names' order (lm_head omitted when tied).
+struct T5WeightSlot {
+  std::string name;
+  Tensor* tensor = nullptr;  // the dense tensor (undefined for an NF4 linear)
+  Tensor* grad = nullptr;    // its gradient slot (undefined until base training)
+  Linear* linear = nullptr;  // set for an NF4-stored linear
+  Shape shape;               // this rank's part
+  Shape full_shape;          // the unsharded tensor
+  TpMode split = TpMode::none;  // column: by rows (leading dim), row: by columns (last dim)
+};
+std::vector<T5WeightSlot> t5_weight_slots(T5Model& m);
+// This rank's part of a full tensor of `slot` (any device; a copy).
+Tensor t5_shard_of(const T5Model& m, const T5WeightSlot& slot, const Tensor& full);
+// Store `value` (this rank's shape) into the slot: a copy (converted), or NF4 quantization.
+void t5_set_weight(const T5WeightSlot& slot, const Tensor& value);
+// The full tensor of a slot as a CPU tensor of `dtype` (f32 or f64), gathered over the TP group
+// when the slot is split (collective then); every rank gets it. Dense slots only.
+Tensor t5_gather_full(const T5Model& m, const T5WeightSlot& slot, DType dtype = DType::f32);
+// The dense slots as (name, tensor); refused when a layer is stored in NF4.
 std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m);
-// Trainable parameters (the base when trainable), each with its gradient.
+// Bytes of the base weights as stored, and as they would be in the compute dtype (this rank).
+struct T5WeightBytes {
+  size_t stored = 0, dense = 0, quantized_layers = 0;
+};
+T5WeightBytes t5_weight_bytes(T5Model& m);
+// Replace every NF4 base by its dequantized dense weight (before merging or saving).
+void t5_dequantize(T5Model& m);
+// Every linear layer (adapters attach here): encoder blocks (q, k, v, o, wi_0, [wi_1], wo),
+// decoder blocks (self q, k, v, o, cross q, k, v, o, FFN), then lm_head.
+std::vector<Linear*> t5_linears(T5Model& m);
+// Trainable parameters: the base (when trainable, in t5_weight_slots' order; TP-split tensors
+// flagged tp_sharded), then the adapters of t5_linears in order.
 std::vector<ParamRef> t5_trainable_params(T5Model& m);
-// Loads <dir>/config.json and model.safetensors (or shards), validating names and shapes.
-T5Model load_t5(const std::string& dir, DType dtype, Device device);
+int64_t t5_num_trainable(T5Model& m);
+// The same grouped by unit (as above; an adapter belongs to its linear's unit).
+std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m);
+// Fold every adapter into its (dense) base weight and detach it; refused on NF4 layers.
+void t5_merge_adapters(T5Model& m);
+// Training FLOPs of one example (Te encoder and Td decoder positions) divided by Te + Td: the
+// exact matmul count of every linear on the rows it sees (encoder linears and the cross-attention
+// k, v on Te rows, the other decoder linears and lm_head on Td rows; 6 per MAC with base
+// gradients, 4 without, 6 per adapter parameter), plus the attention products (QK^T and PV:
+// encoder Te x Te, decoder causal Td x Td / 2, cross Td x Te; backward twice the forward).
+// The whole model's count (under TP each rank does about 1/p of it).
+double t5_flops_per_token(const T5Model& m, int64_t Te, int64_t Td);
 
 // One micro-batch: encoder ids [B, Te] with lengths, decoder inputs/targets/weights [B, Td].
 struct T5Batch {
@@ -85,13 +174,13 @@ std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t 
 struct T5Activations {
   int64_t B = 0, Te = 0, Td = 0;
   bool trainable = false;
-  Tensor enc_bias, dec_bias, enc_dbias, dec_dbias;  // [H, T, T] (master dtype)
+  Tensor enc_bias, dec_bias, enc_dbias, dec_dbias;  // [H/p, T, T] (master dtype)
   Tensor enc_buckets, dec_buckets;                  // i32
   Tensor x;            // [Le+1, B*Te, C] encoder residual stream
   Tensor e, erstd;     // encoder output (final norm) [B*Te, C]
   Tensor y;            // [Ld+1, B*Td, C] decoder residual stream
   Tensor yf, yrstd;    // final-normed decoder output (scaled when tied)
-  Tensor logits, losses;
+  Tensor logits, losses;  // [B*Td, V/p] (dlogits after a training forward), [B*Td]
   struct Enc {
     Tensor n0, r0, q, k, v, att, lse, mid, n1, r1, g, u, h;
   };
@@ -102,12 +191,14 @@ struct T5Activations {
   std::vector<Dec> dec;
   // Backward scratch.
   Tensor dx, dn, datt, dq, dk, dv, dh, dg, du, de, dy, dck, dcv;
+  Tensor scratch;  // adapters' workspace (LoRA dropout): [max(B*Te, B*Td), max(C, inner/p, F/p)]
 };
 
 T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable);
-// Returns sum over decoder positions of weight * loss; with grad, acts.logits becomes dlogits.
-double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad);
-void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch);
+// Returns sum over decoder positions of weight * loss (the same on every TP rank); with grad,
+// acts.logits becomes dlogits. ctx.training enables adapter dropout (same seed in backward).
+double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad, const LayerContext& ctx = {});
+void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch, const LayerContext& ctx = {});
 
 // Every linear layer (adapters attach here): encoder blocks, decoder blocks, then lm_head when
 // untied. Short names are the last part of the module name: q, k, v, o, wi_0, wi_1, wi, wo.

@@ -72,7 +72,9 @@ void check(const char* what, const Tensor& table_like, const Tensor& buckets, in
 void relative_bias_forward(const Tensor& table, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& bias) {
   ProfileScope prof("relative_bias_forward", table.device());
   check("relative_bias_forward", table, buckets, Tq, Tk, bias);
-  check_float_args("relative_bias_forward", {&table, &bias});
+  // The bias is an attention statistic: f32 on CUDA whatever the table's dtype (bf16 or f32),
+  // the table's dtype on the CPU.
+  check_stat_dtype("relative_bias_forward (bias)", table, bias);
   if (table.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::relative_bias_forward(table, buckets, Tq, Tk, bias);

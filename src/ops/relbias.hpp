@@ -18,7 +18,10 @@ int32_t t5_relative_bucket(int64_t relative_position, bool bidirectional, int64_
 Tensor t5_relative_buckets(int64_t Tq, int64_t Tk, bool bidirectional, int64_t num_buckets, int64_t max_distance,
                            Device device);
 
-// bias [H, Tq, Tk] = table[buckets[q, k], h]   (table [num_buckets, H], buckets i32 [Tq * Tk])
+// bias [H, Tq, Tk] = table[buckets[q, k], h]   (table [num_buckets, H], buckets i32 [Tq * Tk]).
+// H is the table's own width: under tensor parallelism a [num_buckets, H/p] slice of heads gives
+// this rank's [H/p, Tq, Tk]. bias is in the master dtype: f32 on CUDA (table bf16 or f32), the
+// table's dtype on the CPU.
 void relative_bias_forward(const Tensor& table, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& bias);
 // dtable [num_buckets, H] += scatter of dbias [H, Tq, Tk] (dtable in the master dtype).
 void relative_bias_backward(const Tensor& dbias, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& dtable);

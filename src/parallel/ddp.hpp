@@ -16,14 +16,15 @@
 #include <memory>
 #include <vector>
 
-#include "model/llama.hpp"
+#include "model/hooks.hpp"
+#include "model/linear.hpp"
 #include "parallel/comm.hpp"
 
 namespace st {
 
-class GradAllReduce final : public LlamaHooks {
+class GradAllReduce final : public ModelHooks {
  public:
-  // params_by_unit[u]: the trainable parameters of unit u (llama_params_by_unit).
+  // params_by_unit[u]: the trainable parameters of unit u (llama_params_by_unit, t5_params_by_unit).
   GradAllReduce(const std::vector<std::vector<ParamRef>>& params_by_unit, Comm& dp,
                 size_t bucket_bytes = size_t{25} << 20);
   // The next backward is the step's last: reduce buckets as their units finish.

@@ -6,6 +6,7 @@
 
 #include "core/profile.hpp"
 #include "ops/dispatch.hpp"
+#include "ops/init.hpp"
 #include "ops/matmul.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -51,6 +52,50 @@ Tensor shard_cols(const Tensor& W, int p, int i) {
     std::memcpy(dst + static_cast<size_t>(r * c) * es, src + static_cast<size_t>(r * n + i * c) * es,
                 static_cast<size_t>(c) * es);
   return out;
+}
+
+Tensor tp_shard_of(const Tensor& full, TpMode split, const TpGroup& tp) {
+  if (split == TpMode::none || tp.size == 1) return full.clone(MemCategory::workspace);
+  if (split == TpMode::column) {
+    const int64_t rows = full.dim(0) / tp.size;
+    if (rows * tp.size != full.dim(0))
+      ST_THROW_INPUT("tp_shard_of: ", full.str(), " has ", full.dim(0), " rows, not divisible by tp_size ", tp.size);
+    return full.slice(rows * tp.rank, rows * (tp.rank + 1)).clone(MemCategory::workspace);
+  }
+  // Columns: a strided copy, done on the host (in f32/f64), then back to the device.
+  if (full.device() == Device::cpu) return shard_cols(full, tp.size, tp.rank);
+  const Tensor part = shard_cols(full.to_cpu(full.dtype() == DType::f64 ? DType::f64 : DType::f32), tp.size, tp.rank);
+  Tensor staged = Tensor::empty(part.shape(), part.dtype(), full.device(), MemCategory::workspace);
+  staged.copy_from(part);
+  if (staged.dtype() == full.dtype()) return staged;
+  Tensor out = Tensor::empty(part.shape(), full.dtype(), full.device(), MemCategory::workspace);
+  convert_copy(out, staged);
+  return out;
+}
+
+Tensor tp_gather_full(const Tensor& local_in, TpMode split, const TpGroup& tp, DType dtype) {
+  if (dtype != DType::f32 && dtype != DType::f64) ST_THROW("tp_gather_full: f32 or f64 output, not ", dtype_name(dtype));
+  const Tensor local = local_in.to_cpu(dtype);
+  if (split == TpMode::none || tp.size == 1) return local;
+  if (!tp.comm) ST_THROW("tp_gather_full: TP size ", tp.size, " without a communicator");
+  const int p = tp.size;
+  Shape full_shape = local.shape();
+  const size_t d = split == TpMode::column ? 0 : static_cast<size_t>(full_shape.ndim - 1);
+  full_shape.d[d] *= p;
+  Tensor all = Tensor::empty({p * local.numel()}, dtype, Device::cpu, MemCategory::workspace);
+  tp.comm->all_gather(local.view({local.numel()}), all);
+  if (split == TpMode::column) return all.view(full_shape);  // row blocks in rank order
+  // Column blocks: rank r holds columns [r c, (r+1) c) of every row.
+  Tensor full = Tensor::empty(full_shape, dtype, Device::cpu, MemCategory::workspace);
+  const int64_t c = local.dim(-1), rows = c == 0 ? 0 : local.numel() / c, n = c * p;
+  const size_t es = dtype_size(dtype);
+  const auto* src = static_cast<const unsigned char*>(all.data());
+  auto* dst = static_cast<unsigned char*>(full.data());
+  for (int r = 0; r < p; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(dst + static_cast<size_t>(i * n + r * c) * es, src + static_cast<size_t>((r * rows + i) * c) * es,
+                  static_cast<size_t>(c) * es);
+  return full;
 }
 
 // ---------------------------------------------------------------- column-parallel linear

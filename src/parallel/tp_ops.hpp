@@ -17,6 +17,7 @@
 #pragma once
 
 #include "core/tensor.hpp"
+#include "model/linear.hpp"
 #include "parallel/comm.hpp"
 
 namespace st {
@@ -28,6 +29,15 @@ Tensor shard_rows(const Tensor& W, int p, int i);
 // Columns [i*n/p, (i+1)*n/p) of the last dimension n = W.dim(-1), as a new contiguous tensor
 // [..., n/p]. Throws InputError when n is not divisible by p (or p < 1, i outside [0, p)).
 Tensor shard_cols(const Tensor& W, int p, int i);
+
+// A model tensor split over a TP group by `split` (model/linear.hpp's TpMode): column = rows of
+// the leading dimension, row = columns of the last dimension, none = replicated.
+// This rank's part of `full` (any device, a copy on it; the whole tensor when split is none or
+// the group has one rank).
+Tensor tp_shard_of(const Tensor& full, TpMode split, const TpGroup& tp);
+// The full tensor from every rank's `local` part, as a CPU tensor of `dtype` (f32 or f64):
+// collective over tp.comm when the tensor is split and the group has more than one rank.
+Tensor tp_gather_full(const Tensor& local, TpMode split, const TpGroup& tp, DType dtype = DType::f32);
 
 // ---------------------------------------------------------------- column-parallel linear
 // Megatron's "f" operator: identity in forward, all-reduce in backward.

@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "core/profile.hpp"
+#include "model/llama.hpp"
+#include "model/t5.hpp"
 #include "ops/init.hpp"
 #include "ops/optim.hpp"
 #include "quant/nf4.hpp"
@@ -50,19 +52,146 @@ struct Zero3::Unit {
   }
 };
 
-Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_(prefetch) {
-  if (m.hooks) ST_THROW("Zero3: the model already has hooks");
-  const int P = dp.size(), R = dp.rank();
-  const DType compute = m.dtype, master = master_dtype(m.dtype);
+namespace {
+Zero3Item plain_item(const std::string& name, std::vector<Tensor*> values, std::vector<Tensor*> grads, bool decay,
+                     bool tp_sharded) {
+  Zero3Item it;
+  it.name = name;
+  it.values = std::move(values);
+  it.grads = std::move(grads);
+  it.decay = decay;
+  it.tp_sharded = tp_sharded;
+  return it;
+}
+Zero3Item linear_item(Linear* l) {
+  Zero3Item it;
+  it.linear = l;
+  return it;
+}
+}  // namespace
+
+Zero3Units llama_zero3_units(LlamaModel& m) {
+  Zero3Units z;
   const int L = static_cast<int>(m.blocks.size());
-  embed_unit_ = 0;
-  head_unit_ = L + 1;
-  tied_ = m.cfg.tie_word_embeddings;
+  z.embed_unit = 0;
+  z.head_unit = L + 1;
+  z.tied = m.cfg.tie_word_embeddings;
+  z.base_trainable = m.base_trainable;
+  z.tp = m.tp;
+  z.dtype = m.dtype;
+  z.device = m.device;
+  z.hooks = &m.hooks;
+  const bool tp = m.tp.size > 1;
+  const auto plain = plain_item;
+  const auto lin = linear_item;
+  Zero3UnitSpec ue{"embed", {}};
+  if (z.tied) {
+    ue.items.push_back(plain("model.embed_tokens.weight", {&m.embed, &m.lm_head.weight}, {&m.embed_grad, &m.lm_head.grad},
+                             true, tp));
+  } else {
+    ue.items.push_back(plain("model.embed_tokens.weight", {&m.embed}, {&m.embed_grad}, true, tp));
+  }
+  z.units.push_back(std::move(ue));
+  for (int l = 0; l < L; ++l) {
+    LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
+    const std::string p = str("model.layers.", l, ".");
+    Zero3UnitSpec ub{str("layers.", l), {}};
+    ub.items.push_back(plain(p + "input_layernorm.weight", {&b.attn_norm}, {&b.attn_norm_grad}, false, false));
+    for (Linear* x : {&b.q, &b.k, &b.v, &b.o}) ub.items.push_back(lin(x));
+    ub.items.push_back(plain(p + "post_attention_layernorm.weight", {&b.mlp_norm}, {&b.mlp_norm_grad}, false, false));
+    for (Linear* x : {&b.gate, &b.up, &b.down}) ub.items.push_back(lin(x));
+    z.units.push_back(std::move(ub));
+  }
+  Zero3UnitSpec uh{"head", {}};
+  uh.items.push_back(plain("model.norm.weight", {&m.final_norm}, {&m.final_norm_grad}, false, false));
+  if (!z.tied) uh.items.push_back(lin(&m.lm_head));
+  else if (m.lm_head.adapter) ST_THROW("Zero3: an adapter on a tied lm_head is not supported");
+  z.units.push_back(std::move(uh));
+  return z;
+}
+
+Zero3Units t5_zero3_units(T5Model& m) {
+  Zero3Units z;
+  const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
+  z.embed_unit = 0;
+  z.head_unit = Le + Ld + 2;
+  z.tied = m.cfg.tie_word_embeddings;
+  z.base_trainable = m.base_trainable;
+  z.tp = m.tp;
+  z.dtype = m.dtype;
+  z.device = m.device;
+  z.hooks = &m.hooks;
+  const bool tp = m.tp.size > 1;
+  // Unit 0: `shared` (with the tied head's handles) and both relative-bias tables (split by heads).
+  Zero3UnitSpec u0{"embed", {}};
+  if (z.tied)
+    u0.items.push_back(plain_item("shared.weight", {&m.shared, &m.lm_head.weight}, {&m.shared_grad, &m.lm_head.grad}, true, tp));
+  else
+    u0.items.push_back(plain_item("shared.weight", {&m.shared}, {&m.shared_grad}, true, tp));
+  u0.items.push_back(plain_item("encoder.relative_attention_bias.weight", {&m.enc_rel}, {&m.enc_rel_grad}, false, tp));
+  u0.items.push_back(plain_item("decoder.relative_attention_bias.weight", {&m.dec_rel}, {&m.dec_rel_grad}, false, tp));
+  z.units.push_back(std::move(u0));
+  auto attn = [](Zero3UnitSpec& u, T5Attn& a) {
+    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) u.items.push_back(linear_item(l));
+  };
+  auto ffn = [&](Zero3UnitSpec& u, T5Ffn& f) {
+    u.items.push_back(linear_item(&f.wi_0));
+    if (m.cfg.gated) u.items.push_back(linear_item(&f.wi_1));
+    u.items.push_back(linear_item(&f.wo));
+  };
+  for (int l = 0; l < Le; ++l) {
+    T5EncBlock& b = m.enc[static_cast<size_t>(l)];
+    const std::string p = str("encoder.block.", l, ".");
+    Zero3UnitSpec u{str("encoder.block.", l), {}};
+    attn(u, b.self);
+    u.items.push_back(plain_item(p + "layer.0.layer_norm.weight", {&b.ln0}, {&b.ln0_grad}, false, false));
+    ffn(u, b.ffn);
+    u.items.push_back(plain_item(p + "layer.1.layer_norm.weight", {&b.ln1}, {&b.ln1_grad}, false, false));
+    z.units.push_back(std::move(u));
+  }
+  z.units.push_back({"encoder.final", {plain_item("encoder.final_layer_norm.weight", {&m.enc_final}, {&m.enc_final_grad}, false, false)}});
+  for (int l = 0; l < Ld; ++l) {
+    T5DecBlock& b = m.dec[static_cast<size_t>(l)];
+    const std::string p = str("decoder.block.", l, ".");
+    Zero3UnitSpec u{str("decoder.block.", l), {}};
+    attn(u, b.self);
+    u.items.push_back(plain_item(p + "layer.0.layer_norm.weight", {&b.ln0}, {&b.ln0_grad}, false, false));
+    attn(u, b.cross);
+    u.items.push_back(plain_item(p + "layer.1.layer_norm.weight", {&b.ln1}, {&b.ln1_grad}, false, false));
+    ffn(u, b.ffn);
+    u.items.push_back(plain_item(p + "layer.2.layer_norm.weight", {&b.ln2}, {&b.ln2_grad}, false, false));
+    z.units.push_back(std::move(u));
+  }
+  Zero3UnitSpec uh{"head", {}};
+  uh.items.push_back(plain_item("decoder.final_layer_norm.weight", {&m.dec_final}, {&m.dec_final_grad}, false, false));
+  if (!z.tied) uh.items.push_back(linear_item(&m.lm_head));
+  else if (m.lm_head.adapter) ST_THROW("Zero3: an adapter on a tied lm_head is not supported");
+  z.units.push_back(std::move(uh));
+  if (static_cast<int>(z.units.size()) != t5_num_units(m)) ST_THROW("t5_zero3_units: ", z.units.size(), " units");
+  return z;
+}
+
+Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : Zero3(llama_zero3_units(m), dp, prefetch) {}
+Zero3::Zero3(T5Model& m, Comm& dp, bool prefetch) : Zero3(t5_zero3_units(m), dp, prefetch) {}
+
+Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
+    : hooks_(spec.hooks), device_(spec.device), dp_(dp), prefetch_(prefetch) {
+  if (!hooks_) ST_THROW("Zero3: no hook slot to install into");
+  if (*hooks_) ST_THROW("Zero3: the model already has hooks");
+  if (spec.units.empty() || spec.head_unit != static_cast<int>(spec.units.size()) - 1 || spec.embed_unit < 0 ||
+      spec.embed_unit >= spec.head_unit)
+    ST_THROW("Zero3: bad unit description (", spec.units.size(), " units, embed ", spec.embed_unit, ", head ",
+             spec.head_unit, ")");
+  const int P = dp.size(), R = dp.rank();
+  const DType compute = spec.dtype, master = master_dtype(spec.dtype);
+  embed_unit_ = spec.embed_unit;
+  head_unit_ = spec.head_unit;
+  tied_ = spec.tied;
 
   // ---- collect each unit's tensors
-  for (int u = 0; u <= L + 1; ++u) {
+  for (const Zero3UnitSpec& us : spec.units) {
     units_.push_back(std::make_unique<Unit>());
-    units_.back()->name = u == 0 ? "embed" : u == L + 1 ? "head" : str("layers.", u - 1);
+    units_.back()->name = us.name;
   }
   auto group_for = [&](Unit& unit, bool trainable, bool decay, bool tp_sharded) -> Group& {
     for (Group& g : unit.groups)
@@ -99,7 +228,7 @@ Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_
     e.master = master_copy;
     group_for(unit, true, decay, tp_sharded).entries.push_back(std::move(e));
   };
-  const bool base = m.base_trainable, tp = m.tp.size > 1;
+  const bool base = spec.base_trainable, tp = spec.tp.size > 1;
   auto add_linear = [&](Unit& unit, Linear& lin) {
     if (lin.quantized()) {
       Nf4Tensor& q = *lin.nf4;
@@ -122,37 +251,14 @@ Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_
       }
     }
   };
-  auto add_norm = [&](Unit& unit, const std::string& name, Tensor& w, Tensor& g) {
-    if (base) add_trainable(unit, name, {&w}, {&g}, nullptr, false, false);
-    else add_frozen(unit, name, {&w});
-  };
-
-  Unit& ue = *units_[0];
-  if (base) {
-    std::vector<Tensor*> vs{&m.embed}, gs{&m.embed_grad};
-    if (tied_) {
-      vs.push_back(&m.lm_head.weight);
-      gs.push_back(&m.lm_head.grad);
+  for (size_t u = 0; u < spec.units.size(); ++u) {
+    Unit& unit = *units_[u];
+    for (const Zero3Item& it : spec.units[u].items) {
+      if (it.linear) add_linear(unit, *it.linear);
+      else if (base) add_trainable(unit, it.name, it.values, it.grads, nullptr, it.decay, it.tp_sharded);
+      else add_frozen(unit, it.name, it.values);
     }
-    add_trainable(ue, "model.embed_tokens.weight", vs, gs, nullptr, true, tp);
-  } else {
-    std::vector<Tensor*> vs{&m.embed};
-    if (tied_) vs.push_back(&m.lm_head.weight);
-    add_frozen(ue, "model.embed_tokens.weight", vs);
   }
-  for (int l = 0; l < L; ++l) {
-    Unit& ub = *units_[static_cast<size_t>(l + 1)];
-    LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
-    const std::string p = str("model.layers.", l, ".");
-    add_norm(ub, p + "input_layernorm.weight", b.attn_norm, b.attn_norm_grad);
-    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) add_linear(ub, *lin);
-    add_norm(ub, p + "post_attention_layernorm.weight", b.mlp_norm, b.mlp_norm_grad);
-    for (Linear* lin : {&b.gate, &b.up, &b.down}) add_linear(ub, *lin);
-  }
-  Unit& uh = *units_[static_cast<size_t>(L + 1)];
-  add_norm(uh, "model.norm.weight", m.final_norm, m.final_norm_grad);
-  if (!tied_) add_linear(uh, m.lm_head);
-  else if (m.lm_head.adapter) ST_THROW("Zero3: an adapter on a tied lm_head is not supported");
 
   // ---- lay out, shard, and drop the full tensors
   for (auto& up : units_) {
@@ -169,7 +275,7 @@ Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_
       }
       g.numel = off;
       g.shard = round_up((off + P - 1) / P, g.trainable ? kElemAlign : static_cast<int64_t>(kFrozenAlign));
-      const Device dev = m.device;
+      const Device dev = device_;
       // The full flat buffer, filled from the model's tensors, then this rank's slice kept.
       Tensor full = Tensor::zeros({g.shard * P}, g.dtype, dev, MemCategory::workspace);
       const size_t es = dtype_size(g.dtype);
@@ -211,18 +317,18 @@ Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : m_(m), dp_(dp), prefetch_
     for (Group& g : up->groups)
       if (g.trainable) smax = std::max(smax, g.shard);
   }
-  for (int k = 0; k < 3; ++k) value_pool_.push_back(Tensor::empty({static_cast<int64_t>(vmax)}, DType::u8, m.device, MemCategory::workspace));
+  for (int k = 0; k < 3; ++k) value_pool_.push_back(Tensor::empty({static_cast<int64_t>(vmax)}, DType::u8, device_, MemCategory::workspace));
   value_owner_.assign(value_pool_.size(), -1);
   if (gmax > 0) {
-    for (int k = 0; k < 2; ++k) grad_pool_.push_back(Tensor::empty({static_cast<int64_t>(gmax)}, DType::u8, m.device, MemCategory::workspace));
-    part_ = Tensor::empty({smax}, master, m.device, MemCategory::workspace);
+    for (int k = 0; k < 2; ++k) grad_pool_.push_back(Tensor::empty({static_cast<int64_t>(gmax)}, DType::u8, device_, MemCategory::workspace));
+    part_ = Tensor::empty({smax}, master, device_, MemCategory::workspace);
   }
   grad_owner_.assign(grad_pool_.size(), -1);
-  m.hooks = this;
+  *hooks_ = this;
 }
 
 Zero3::~Zero3() {
-  if (m_.hooks == this) m_.hooks = nullptr;
+  if (*hooks_ == this) *hooks_ = nullptr;
 }
 
 Zero3::Unit& Zero3::unit(int u) {
@@ -261,7 +367,7 @@ Tensor Zero3::take(std::vector<Tensor>& pool, std::vector<int>& owner, int unit,
 void Zero3::issue(Unit& u, bool own_buffer) {
   if (u.gathered || !u.pending.empty()) ST_THROW("Zero3: unit ", u.name, " gathered twice");
   const size_t need = unit_value_bytes(u);
-  Tensor buf = own_buffer ? Tensor::empty({static_cast<int64_t>(need)}, DType::u8, m_.device, MemCategory::workspace)
+  Tensor buf = own_buffer ? Tensor::empty({static_cast<int64_t>(need)}, DType::u8, device_, MemCategory::workspace)
                           : take(value_pool_, value_owner_, 0, need, u.value_slot);
   size_t off = 0;
   for (Group& g : u.groups) {
@@ -280,7 +386,7 @@ void Zero3::start_prefetch(int next) {
 }
 
 void Zero3::gather(Unit& u, bool own_buffer) {
-  ProfileScope prof("zero3 all-gather (wait)", m_.device);
+  ProfileScope prof("zero3 all-gather (wait)", device_);
   if (u.pending.empty()) issue(u, own_buffer);  // not prefetched
   for (auto& r : u.pending) r->wait();
   u.pending.clear();
@@ -350,7 +456,7 @@ void Zero3::after_backward(int u) {
   if (u == head_unit_ && tied_) us.push_back(&unit(embed_unit_));
   for (Unit* x : us) {
     {
-      ProfileScope prof("zero3 reduce-scatter", m_.device);
+      ProfileScope prof("zero3 reduce-scatter", device_);
       for (Group& g : x->groups) {
         if (!g.trainable) continue;
         // Sum over the data-parallel ranks of this micro-batch's gradient, into the owned shard.
@@ -387,12 +493,12 @@ std::vector<ParamRef> Zero3::params() {
 }
 
 void Zero3::gather_all_for_save() {
-  m_.hooks = nullptr;
+  *hooks_ = nullptr;
   for (auto& up : units_) {
     if (!up->gathered) gather(*up, true);  // buffers of its own: every unit stays gathered
     for (Group& g : up->groups) {
       if (!g.separate_master()) continue;
-      Tensor mfull = Tensor::empty({g.shard * dp_.size()}, g.master_dtype, m_.device, MemCategory::workspace);
+      Tensor mfull = Tensor::empty({g.shard * dp_.size()}, g.master_dtype, device_, MemCategory::workspace);
       dp_.all_gather(g.master_shard, mfull);
       for (Entry& e : g.entries)
         if (e.master) *e.master = mfull.slice(e.offset, e.offset + e.shape.numel()).view(e.shape);

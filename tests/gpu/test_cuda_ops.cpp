@@ -15,6 +15,7 @@
 #include "ops/optim.hpp"
 #include "ops/relbias.hpp"
 #include "ops/rope.hpp"
+#include "parallel/tp_ops.hpp"
 #include "tests/gpu/gpu_util.hpp"
 
 namespace st {
@@ -266,12 +267,18 @@ TEST(CudaOps, T5GatedGeluReluAndRelativeBias) {
     Tensor bias = Tensor::empty({H, Tq, Tk}, DType::f64), dt = Tensor::zeros({NB, H}, DType::f64);
     relative_bias_forward(table, cb, Tq, Tk, bias);
     relative_bias_backward(dbias, cb, Tq, Tk, dt);
-    Tensor gt = to_device(table, DType::bf16), gbias = Tensor::empty({H, Tq, Tk}, DType::bf16, Device::cuda);
+    // bf16 table, f32 bias (the attention's bias dtype on CUDA).
+    Tensor gt = to_device(table, DType::bf16), gbias = Tensor::empty({H, Tq, Tk}, DType::f32, Device::cuda);
     Tensor gdt = Tensor::zeros({NB, H}, DType::f32, Device::cuda);
     relative_bias_forward(gt, gb, Tq, Tk, gbias);
     relative_bias_backward(to_device(dbias, DType::bf16), gb, Tq, Tk, gdt);
     EXPECT_EQ(rel_l2(gbias, bias), 0.0) << "bidirectional " << bidirectional;
     EXPECT_LT(rel_l2(gdt, dt), 1e-6) << "bidirectional " << bidirectional;
+    // Tensor parallelism: a [NB, H/2] slice of heads gives those heads' rows of the bias.
+    const Tensor half = shard_cols(table, 2, 1);
+    Tensor ghalf = to_device(half, DType::bf16), gbh = Tensor::empty({H / 2, Tq, Tk}, DType::f32, Device::cuda);
+    relative_bias_forward(ghalf, gb, Tq, Tk, gbh);
+    EXPECT_EQ(rel_l2(gbh, bias.slice(H / 2, H).clone(MemCategory::other)), 0.0) << "bidirectional " << bidirectional;
   }
 }
 

@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
+#include "io/t5_io.hpp"
 #include "model/t5.hpp"
 #include "io/h5util.hpp"
 #include "tests/common/gradcheck.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/test_util.hpp"
 
 namespace st {
 namespace {
@@ -177,6 +180,145 @@ void check_golden(const std::string& name) {
 
 TEST(T5Golden, FlanStyleEqualsTransformers) { check_golden("flan"); }
 TEST(T5Golden, OriginalT5StyleEqualsTransformers) { check_golden("t5"); }
+
+}  // namespace
+}  // namespace st
+
+// The unit hooks (model/hooks.hpp) that ZeRO-3 and DDP rely on: forward runs units 0..N-1 and
+// backward N-1..0, each once, and a unit's backward changes only the gradients of its own
+// parameters (t5_params_by_unit), plus `shared` in the tied head's backward.
+namespace st {
+namespace {
+
+class Recorder final : public ModelHooks {
+ public:
+  explicit Recorder(T5Model& m) : by_unit_(t5_params_by_unit(m)), tied_(m.cfg.tie_word_embeddings) {
+    for (const ParamRef& p : t5_trainable_params(m)) all_.push_back(p);
+  }
+  std::vector<int> forward, backward;
+  int foreign_changes = 0;
+  void before_forward(int u) override { forward.push_back(u); }
+  void after_forward(int) override {}
+  void before_backward(int u) override {
+    backward.push_back(u);
+    snapshot_.clear();
+    for (const ParamRef& p : all_) snapshot_.push_back(p.grad->clone(MemCategory::other));
+  }
+  void after_backward(int u) override {
+    const int head = static_cast<int>(by_unit_.size()) - 1;
+    for (size_t i = 0; i < all_.size(); ++i) {
+      bool mine = false;
+      for (const ParamRef& q : by_unit_[static_cast<size_t>(u)]) mine = mine || q.grad == all_[i].grad;
+      if (u == head && tied_ && all_[i].name == "shared.weight") mine = true;
+      const Tensor& before = snapshot_[i];
+      bool changed = false;
+      for (int64_t k = 0; k < before.numel() && !changed; ++k) changed = before.ptr<double>()[k] != all_[i].grad->ptr<double>()[k];
+      if (changed && !mine) {
+        ++foreign_changes;
+        ADD_FAILURE() << "unit " << u << " changed the gradient of " << all_[i].name;
+      }
+    }
+  }
+
+ private:
+  std::vector<std::vector<ParamRef>> by_unit_;
+  bool tied_;
+  std::vector<ParamRef> all_;
+  std::vector<Tensor> snapshot_;
+};
+
+TEST(T5Units, HooksRunInOrderAndEachBackwardTouchesOnlyItsUnit) {
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    T5Model m = t5_build(tiny(!tied, tied), DType::f64, Device::cpu);
+    t5_init_random(m, 5, 0.5);
+    t5_enable_base_training(m);
+    const int N = t5_num_units(m);
+    EXPECT_EQ(N, 2 + 2 + 3);
+    Recorder rec(m);
+    m.hooks = &rec;
+    const T5Batch batch = make_batch(2, 5, 4, m.cfg.vocab_size);
+    T5Activations a = t5_activations(m, 2, 5, 4, true);
+    t5_forward(m, a, batch, true);
+    t5_backward(m, a, batch);
+    m.hooks = nullptr;
+    std::vector<int> up(static_cast<size_t>(N)), down(static_cast<size_t>(N));
+    for (int u = 0; u < N; ++u) {
+      up[static_cast<size_t>(u)] = u;
+      down[static_cast<size_t>(u)] = N - 1 - u;
+    }
+    EXPECT_EQ(rec.forward, up);
+    EXPECT_EQ(rec.backward, down);
+    EXPECT_EQ(rec.foreign_changes, 0);
+    // Every parameter in exactly one unit: the relative-bias tables with `shared` in unit 0.
+    const auto by_unit = t5_params_by_unit(m);
+    size_t n = 0;
+    for (const auto& u : by_unit) n += u.size();
+    EXPECT_EQ(n, t5_trainable_params(m).size());
+    EXPECT_EQ(by_unit[0].size(), 3u);
+    EXPECT_EQ(by_unit[3].size(), 1u);  // encoder final norm
+    EXPECT_EQ(by_unit.back().size(), tied ? 1u : 2u);
+  }
+}
+
+TEST(T5Io, SaveThenLoadGivesTheSameModel) {
+  for (bool tied : {false, true}) {
+    T5Model m = t5_build(tiny(tied, tied), DType::f32, Device::cpu);
+    t5_init_random(m, 8, 0.3);
+    const test::TempDir tmp("t5_save");
+    const std::string dir = tmp.path + "/model";
+    save_t5(m, dir);
+    T5Model back = load_t5(dir, DType::f32, Device::cpu);
+    EXPECT_EQ(back.cfg.summary(), m.cfg.summary());
+    const auto a = t5_named_weights(m), b = t5_named_weights(back);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].first, b[i].first);
+      EXPECT_EQ(std::memcmp(a[i].second->data(), b[i].second->data(), a[i].second->nbytes()), 0) << a[i].first;
+    }
+  }
+}
+
+TEST(T5Quant, Nf4LayersStoreCodesAndRefuseBaseTraining) {
+  T5Quant q;
+  q.modules = {"q", "v", "wi_0", "wo"};
+  T5Model m = t5_build(tiny(true, false), DType::f32, Device::cpu, q);
+  t5_init_random(m, 3, 0.5);
+  const T5WeightBytes b = t5_weight_bytes(m);
+  EXPECT_EQ(b.quantized_layers, 2u * (2 + 2) + 2u * (4 + 2));  // encoder: q v wi_0 wo; decoder: also cross q v
+  EXPECT_LT(b.stored, b.dense);
+  EXPECT_THROW(t5_named_weights(m), Error);
+  EXPECT_THROW(t5_enable_base_training(m), InputError);
+  const T5Batch batch = make_batch(2, 5, 4, m.cfg.vocab_size);
+  T5Activations a = t5_activations(m, 2, 5, 4, false);
+  const double loss = t5_forward(m, a, batch, false);
+  t5_dequantize(m);
+  EXPECT_EQ(t5_weight_bytes(m).quantized_layers, 0u);
+  T5Activations a2 = t5_activations(m, 2, 5, 4, false);
+  EXPECT_EQ(t5_forward(m, a2, batch, false), loss);  // the dequantized weights are what NF4 computed with
+  T5Quant bad;
+  bad.modules = {"wi"};
+  EXPECT_THROW(t5_build(tiny(true, false), DType::f32, Device::cpu, bad), InputError);
+  bad.modules = {"gate"};
+  EXPECT_THROW(t5_build(tiny(true, false), DType::f32, Device::cpu, bad), InputError);
+  EXPECT_EQ(t5_module_short_name("decoder.block.1.layer.1.EncDecAttention.k"), "k");
+  EXPECT_EQ(t5_module_short_name("encoder.block.0.layer.1.DenseReluDense.wi"), "wi");
+  EXPECT_EQ(t5_module_short_name("lm_head"), "");
+}
+
+TEST(T5Flops, CountsEveryMatmulOnItsRows) {
+  T5Model m = t5_build(tiny(true, false), DType::f32, Device::cpu);
+  const T5Config& c = m.cfg;
+  const double C = 8, HD = 8, F = 12, V = 23, Te = 6, Td = 3;
+  const double enc = 2 * (4 * C * HD + 3 * C * F), dec_td = 2 * (6 * C * HD + 3 * C * F) + V * C;  // self 4, cross q o
+  const double cross_kv = 2 * 2 * C * HD;
+  const double macs = Te * (enc + cross_kv) + Td * dec_td;
+  const double attn = 3 * 4 * HD * (Te * Te * 2 + 2 * (Td * Td / 2 + Td * Te));
+  EXPECT_DOUBLE_EQ(t5_flops_per_token(m, 6, 3), (4 * macs + attn) / (Te + Td));
+  t5_enable_base_training(m);
+  EXPECT_DOUBLE_EQ(t5_flops_per_token(m, 6, 3), (6 * macs + attn) / (Te + Td));
+  EXPECT_EQ(t5_num_trainable(m), c.num_parameters());
+}
 
 }  // namespace
 }  // namespace st
