@@ -118,4 +118,10 @@ std::vector<std::string> CheckpointReader::unused_names() const {
   return out;
 }
 
+void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {
+  std::error_code ec;
+  fs::copy_file(tokenizer_path, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing, ec);
+  if (ec) ST_THROW_INPUT(tokenizer_path, ": cannot copy tokenizer into ", dir, ": ", ec.message());
+}
+
 }  // namespace st

@@ -48,4 +48,7 @@ class CheckpointReader {
   std::set<std::string> used_;
 };
 
+// Copy a SentencePiece model into a saved checkpoint directory as <dir>/tokenizer.model.
+void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir);
+
 }  // namespace st

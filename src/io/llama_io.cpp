@@ -50,10 +50,7 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
   if (m.tp.size > 1 && m.tp.rank != 0) return;
   write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   write_llama_config(dir, m.cfg);
-  if (!tokenizer_path.empty()) {
-    fs::copy_file(tokenizer_path, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing, ec);
-    if (ec) ST_THROW_INPUT(tokenizer_path, ": cannot copy tokenizer into ", dir, ": ", ec.message());
-  }
+  if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, dir);
 }
 
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {

@@ -14,7 +14,7 @@ namespace st {
 // accepted; any other unexpected tensor is refused.
 T5Model load_t5(const std::string& dir, DType dtype, Device device, const T5Quant& quant = {}, const TpGroup& tp = {});
 // Write config.json + model.safetensors (f32, transformers' names) into dir (created). The model
-// must carry no adapters (t5_merge_adapters) and no NF4 layers (t5_dequantize). Under tensor
+// must carry no adapters (merge_adapters in adapters/apply.hpp) and no NF4 layers (t5_dequantize). Under tensor
 // parallelism this is collective over the TP group: the shards are gathered and rank 0 writes.
 void save_t5(T5Model& m, const std::string& dir);
 // config.json for `cfg` (read back by read_t5_config into the same fields).

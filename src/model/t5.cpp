@@ -396,15 +396,6 @@ std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m) {
   return out;
 }
 
-void t5_merge_adapters(T5Model& m) {
-  for (Linear* lin : t5_linears(m)) {
-    if (!lin->adapter) continue;
-    if (lin->quantized()) ST_THROW("t5_merge_adapters: ", lin->name, " is stored in NF4; call t5_dequantize first");
-    lin->adapter->add_delta_to(lin->weight);
-    lin->adapter.reset();
-  }
-}
-
 double t5_flops_per_token(const T5Model& m_in, int64_t Te, int64_t Td) {
   T5Model& m = const_cast<T5Model&>(m_in);
   const T5Config& c = m.cfg;
@@ -722,42 +713,6 @@ void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch, const Layer
   embed_backward(m, batch.enc_ids, dx);
   if (m.dec_rel_grad.defined()) relative_bias_backward(a.dec_dbias, a.dec_buckets, Td, Td, m.dec_rel_grad);
   if (m.enc_rel_grad.defined()) relative_bias_backward(a.enc_dbias, a.enc_buckets, Te, Te, m.enc_rel_grad);
-}
-
-std::vector<Linear*> t5_linears(T5Model& m) {
-  std::vector<Linear*> out;
-  auto attn = [&](T5Attn& a) {
-    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) out.push_back(l);
-  };
-  auto ffn = [&](T5Ffn& f) {
-    out.push_back(&f.wi_0);
-    if (m.cfg.gated) out.push_back(&f.wi_1);
-    out.push_back(&f.wo);
-  };
-  for (T5EncBlock& e : m.enc) {
-    attn(e.self);
-    ffn(e.ffn);
-  }
-  for (T5DecBlock& d : m.dec) {
-    attn(d.self);
-    attn(d.cross);
-    ffn(d.ffn);
-  }
-  if (!m.cfg.tie_word_embeddings) out.push_back(&m.lm_head);
-  return out;
-}
-
-const std::vector<std::string>& t5_module_names() {
-  static const std::vector<std::string> names{"q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"};
-  return names;
-}
-
-std::string t5_module_short_name(const std::string& module) {
-  const size_t dot = module.rfind('.');
-  const std::string last = dot == std::string::npos ? module : module.substr(dot + 1);
-  for (const std::string& n : t5_module_names())
-    if (n == last) return n;
-  return "";
 }
 
 }  // namespace st

@@ -150,8 +150,6 @@ std::vector<ParamRef> t5_trainable_params(T5Model& m);
 int64_t t5_num_trainable(T5Model& m);
 // The same grouped by unit (as above; an adapter belongs to its linear's unit).
 std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m);
-// Fold every adapter into its (dense) base weight and detach it; refused on NF4 layers.
-void t5_merge_adapters(T5Model& m);
 // Training FLOPs of one example (Te encoder and Td decoder positions) divided by Te + Td: the
 // exact matmul count of every linear on the rows it sees (encoder linears and the cross-attention
 // k, v on Te rows, the other decoder linears and lm_head on Td rows; 6 per MAC with base
@@ -199,11 +197,5 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
 // acts.logits becomes dlogits. ctx.training enables adapter dropout (same seed in backward).
 double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad, const LayerContext& ctx = {});
 void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch, const LayerContext& ctx = {});
-
-// Every linear layer (adapters attach here): encoder blocks, decoder blocks, then lm_head when
-// untied. Short names are the last part of the module name: q, k, v, o, wi_0, wi_1, wi, wo.
-std::vector<Linear*> t5_linears(T5Model& m);
-const std::vector<std::string>& t5_module_names();
-std::string t5_module_short_name(const std::string& module);
 
 }  // namespace st

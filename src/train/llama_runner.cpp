@@ -105,7 +105,7 @@ class LlamaRunner final : public ModelRunner {
 
   std::vector<ParamRef> trainable_params() override { return llama_trainable_params(m_); }
   std::vector<std::vector<ParamRef>> params_by_unit() override { return llama_params_by_unit(m_); }
-  void set_hooks(LlamaHooks* hooks) override { m_.hooks = hooks; }
+  void set_hooks(ModelHooks* hooks) override { m_.hooks = hooks; }
   bool has_hooks() const override { return m_.hooks != nullptr; }
   std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) override {
     return std::make_unique<Zero3>(m_, dp, prefetch);

@@ -60,7 +60,7 @@ class ModelRunner {
   // unit in forward order (DDP buckets).
   virtual std::vector<ParamRef> trainable_params() = 0;
   virtual std::vector<std::vector<ParamRef>> params_by_unit() = 0;
-  virtual void set_hooks(LlamaHooks* hooks) = 0;
+  virtual void set_hooks(ModelHooks* hooks) = 0;
   virtual bool has_hooks() const = 0;
   virtual std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) = 0;
 

@@ -6,6 +6,8 @@
 #include "adapters/apply.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
+#include "io/hf_checkpoint.hpp"
+#include "io/t5_io.hpp"
 #include "model/t5.hpp"
 #include "parallel/zero3.hpp"
 #include "train/evaluate.hpp"
@@ -44,6 +46,9 @@ class T5Runner final : public ModelRunner {
       : shape_(shape), device_(device), micro_batch_(c.micro_batch_size) {
     MemoryPhase phase("load");
     if (shape.target_len < 1) ST_THROW_INPUT(c.data, ": the shards have no decoder targets (target_len 0)");
+    const auto origin = c.origin.find("lora_targets");
+    default_targets_ = origin == c.origin.end() || origin->second == "default";
+    gated_ = c.model.empty() ? c.feed_forward_proj != "relu" : read_t5_config(c.model).gated;
     const T5Quant quant = quant_from_options(c, training);
     if (!c.model.empty()) {
       m_ = load_t5(c.model, dtype, device, quant, tp);
@@ -78,7 +83,13 @@ class T5Runner final : public ModelRunner {
   int tp_size() const override { return m_.tp.size; }
 
   void enable_base_training() override { t5_enable_base_training(m_); }
-  int64_t attach_lora(const LoraConfig& lc, uint64_t seed) override {
+  int64_t attach_lora(const LoraConfig& lc_in, uint64_t seed) override {
+    LoraConfig lc = lc_in;
+    if (default_targets_) lc.targets = present(lc.targets);
+    for (const std::string& t : lc.targets)
+      if (present({t}).empty())
+        ST_THROW_INPUT("lora_targets: '", t, "' does not exist in a ", gated_ ? "gated-gelu" : "relu", " T5 (its feed-forward is ",
+                       gated_ ? "wi_0, wi_1, wo" : "wi, wo", ")");
     return st::attach_lora(m_, lc, micro_batch_ * std::max(shape_.seq_len, shape_.target_len), seed);
   }
   int64_t num_trainable() override { return t5_num_trainable(m_); }
@@ -99,7 +110,7 @@ class T5Runner final : public ModelRunner {
   void set_hooks(ModelHooks* hooks) override { m_.hooks = hooks; }
   bool has_hooks() const override { return m_.hooks != nullptr; }
   std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) override {
-    return std::make_unique<Zero3>(t5_zero3_units(m_), dp, prefetch);
+    return std::make_unique<Zero3>(m_, dp, prefetch);
   }
 
   void allocate(int64_t B, bool /*checkpointing*/, bool training) override {
@@ -121,11 +132,11 @@ class T5Runner final : public ModelRunner {
     batch_.Td = shape_.target_len;
   }
 
-  double forward(const Batch& host, double token_weight, const LayerContext& /*ctx*/, bool grad) override {
+  double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) override {
     fill_batch(host, token_weight);
-    return t5_forward(m_, *acts_, batch_, grad);
+    return t5_forward(m_, *acts_, batch_, grad, ctx);
   }
-  void backward(const LayerContext& /*ctx*/) override { t5_backward(m_, *acts_, batch_); }
+  void backward(const LayerContext& ctx) override { t5_backward(m_, *acts_, batch_, ctx); }
 
   EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
     EvalScores s;
@@ -141,14 +152,27 @@ class T5Runner final : public ModelRunner {
   void save(const std::string& dir, const std::string& tokenizer_path) override {
     t5_dequantize(m_);
     merge_adapters(m_);
-    save_t5(m_, dir, tokenizer_path);
+    save_t5(m_, dir);
+    if (!tokenizer_path.empty() && m_.tp.rank == 0) copy_tokenizer(tokenizer_path, dir);
   }
 
  private:
-  static T5Quant quant_from_options(const RunConfig& c, bool training) {
+  // The feed-forward names this variant has out of `names` (gated: wi_0, wi_1; ReLU: wi).
+  std::vector<std::string> present(const std::vector<std::string>& names) const {
+    std::vector<std::string> out;
+    for (const std::string& n : names)
+      if (gated_ ? n != "wi" : (n != "wi_0" && n != "wi_1")) out.push_back(n);
+    return out;
+  }
+
+  // The NF4 layers: every projection of this variant (all), or the LoRA targets (the default
+  // targets filtered to the variant; names given in the deck are taken as they are).
+  T5Quant quant_from_options(const RunConfig& c, bool training) const {
     T5Quant q;
     if (!training || c.method != "qlora") return q;
-    q.modules = c.qlora_quantize == "all" ? t5_module_names() : c.lora_target_list(/*arch=*/"t5");
+    q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
+                : default_targets_        ? present(c.lora_target_list("t5"))
+                                          : c.lora_target_list("t5");
     q.nf4.block = c.qlora_block_size;
     q.nf4.double_quant = c.qlora_double_quant;
     return q;
@@ -201,6 +225,7 @@ class T5Runner final : public ModelRunner {
   DataShape shape_;
   Device device_;
   int64_t micro_batch_ = 1, B_ = 0;
+  bool default_targets_ = true, gated_ = true;
   std::unique_ptr<T5Activations> acts_;
   T5Batch batch_;
   Tensor h_enc_ids_, h_enc_lengths_, h_dec_ids_, h_dec_targets_, h_dec_weight_, h_dec_lengths_;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "io/t5_io.hpp"
 #include "model/t5.hpp"
 
 namespace st::test {
