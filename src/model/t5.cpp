@@ -448,8 +448,8 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
   a.Te = Te;
   a.Td = Td;
   a.trainable = trainable;
-  a.enc_buckets = t5_relative_buckets(Te, Te, true, c.relative_attention_num_buckets, c.relative_attention_max_distance, m.device);
-  a.dec_buckets = t5_relative_buckets(Td, Td, false, c.relative_attention_num_buckets, c.relative_attention_max_distance, m.device);
+  a.enc_buckets = Tensor::zeros({Te * Te}, DType::i32, m.device, MemCategory::activations);
+  a.dec_buckets = Tensor::zeros({Td * Td}, DType::i32, m.device, MemCategory::activations);
   a.enc_bias = stat({H, Te, Te});
   a.dec_bias = stat({H, Td, Td});
   a.x = act({c.num_layers + 1, NE, C});
@@ -577,11 +577,69 @@ LayerContext with_scratch(const LayerContext& ctx, T5Activations& a) {
 
 }  // namespace
 
-double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad, const LayerContext& ctx_in) {
+namespace {
+
+// The activations of a batch of B <= a.B rows of Te <= a.Te encoder and Td <= a.Td decoder
+// positions: views of the first B*Te (B*Td) rows of every buffer (a micro-batch is laid out
+// compactly at its own length), the bias tensors [H, T, T] over the start of their buffers, and
+// the bucket tables for these lengths (recomputed only when a length changes).
+T5Activations shaped(const T5Model& m, T5Activations& a, int64_t B, int64_t Te, int64_t Td, const char* who) {
+  if (B < 1 || Te < 1 || Td < 1 || B > a.B || Te > a.Te || Td > a.Td)
+    ST_THROW(who, ": batch [", B, ", ", Te, ", ", Td, "] does not fit the activations [", a.B, ", ", a.Te, ", ", a.Td, "]");
+  const T5Config& c = m.cfg;
+  auto fill_buckets = [&](Tensor& buf, int64_t T, bool bidirectional, int64_t& cached) {
+    if (cached == T) return;
+    const Tensor host = t5_relative_buckets(T, T, bidirectional, c.relative_attention_num_buckets,
+                                            c.relative_attention_max_distance, Device::cpu);
+    buf.slice(0, T * T).copy_from(host);
+    cached = T;
+  };
+  fill_buckets(a.enc_buckets, Te, true, a.enc_buckets_T);
+  fill_buckets(a.dec_buckets, Td, false, a.dec_buckets_T);
+  if (B == a.B && Te == a.Te && Td == a.Td) return a;
+  const int64_t NE = B * Te, ND = B * Td;
+  auto r = [](const Tensor& t, int64_t n) { return t.defined() ? t.slice(0, n) : t; };
+  auto square = [](const Tensor& t, int64_t T) {
+    if (!t.defined()) return t;
+    const int64_t H = t.dim(0);
+    return t.view({t.numel()}).slice(0, H * T * T).view({H, T, T});
+  };
+  T5Activations v = a;
+  v.B = B;
+  v.Te = Te;
+  v.Td = Td;
+  v.enc_buckets = a.enc_buckets.slice(0, Te * Te);
+  v.dec_buckets = a.dec_buckets.slice(0, Td * Td);
+  v.enc_bias = square(a.enc_bias, Te);
+  v.dec_bias = square(a.dec_bias, Td);
+  v.enc_dbias = square(a.enc_dbias, Te);
+  v.dec_dbias = square(a.dec_dbias, Td);
+  // The residual streams [L+1, rows, C] keep their layout: layer() takes the first rows of each.
+  v.e = r(a.e, NE);
+  v.erstd = r(a.erstd, NE);
+  v.yf = r(a.yf, ND);
+  v.yrstd = r(a.yrstd, ND);
+  v.logits = r(a.logits, ND);
+  v.losses = r(a.losses, ND);
+  for (T5Activations::Enc& s : v.enc)
+    for (Tensor* t : {&s.n0, &s.r0, &s.q, &s.k, &s.v, &s.att, &s.lse, &s.mid, &s.n1, &s.r1, &s.g, &s.u, &s.h}) *t = r(*t, NE);
+  for (T5Activations::Dec& s : v.dec) {
+    for (Tensor* t : {&s.n0, &s.r0, &s.q, &s.k, &s.v, &s.att, &s.lse, &s.mid1, &s.n1, &s.r1, &s.cq, &s.catt, &s.clse, &s.mid2,
+                      &s.n2, &s.r2, &s.g, &s.u, &s.h})
+      *t = r(*t, ND);
+    s.ck = r(s.ck, NE);
+    s.cv = r(s.cv, NE);
+  }
+  return v;
+}
+
+}  // namespace
+
+double t5_forward(T5Model& m, T5Activations& full, const T5Batch& batch, bool grad, const LayerContext& ctx_in) {
   const T5Config& c = m.cfg;
   const int64_t B = batch.B, Te = batch.Te, Td = batch.Td, NE = B * Te, ND = B * Td;
-  if (B != a.B || Te != a.Te || Td != a.Td) ST_THROW("t5_forward: batch [", B, ", ", Te, ", ", Td, "] does not match the activations");
-  if (grad && !a.trainable) ST_THROW("t5_forward: gradient requested on eval-only activations");
+  if (grad && !full.trainable) ST_THROW("t5_forward: gradient requested on eval-only activations");
+  T5Activations a = shaped(m, full, B, Te, Td, "t5_forward");
   const LayerContext ctx = with_scratch(ctx_in, a);
   const double eps = c.layer_norm_epsilon;
   const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
@@ -641,11 +699,11 @@ double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad,
   return total;
 }
 
-void t5_backward(T5Model& m, T5Activations& a, const T5Batch& batch, const LayerContext& ctx_in) {
+void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const LayerContext& ctx_in) {
   const T5Config& c = m.cfg;
   const int64_t B = batch.B, Te = batch.Te, Td = batch.Td, NE = B * Te, ND = B * Td;
-  if (!a.trainable) ST_THROW("t5_backward on eval-only activations");
-  if (B != a.B || Te != a.Te || Td != a.Td) ST_THROW("t5_backward: batch [", B, ", ", Te, ", ", Td, "] does not match the activations");
+  if (!full.trainable) ST_THROW("t5_backward on eval-only activations");
+  T5Activations a = shaped(m, full, B, Te, Td, "t5_backward");
   const LayerContext ctx = with_scratch(ctx_in, a);
   const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
   auto g = [](Tensor& t) { return t.defined() ? &t : nullptr; };

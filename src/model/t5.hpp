@@ -173,7 +173,8 @@ struct T5Activations {
   int64_t B = 0, Te = 0, Td = 0;
   bool trainable = false;
   Tensor enc_bias, dec_bias, enc_dbias, dec_dbias;  // [H/p, T, T] (master dtype)
-  Tensor enc_buckets, dec_buckets;                  // i32
+  Tensor enc_buckets, dec_buckets;                  // i32 [T * T] of the current lengths
+  int64_t enc_buckets_T = -1, dec_buckets_T = -1;   // the lengths the bucket tables hold
   Tensor x;            // [Le+1, B*Te, C] encoder residual stream
   Tensor e, erstd;     // encoder output (final norm) [B*Te, C]
   Tensor y;            // [Ld+1, B*Td, C] decoder residual stream
@@ -192,6 +193,8 @@ struct T5Activations {
   Tensor scratch;  // adapters' workspace (LoRA dropout): [max(B*Te, B*Td), max(C, inner/p, F/p)]
 };
 
+// Buffers for micro-batches of up to B rows of up to Te encoder and Td decoder positions; a
+// smaller batch is laid out compactly at its own [B, Te] / [B, Td] and uses the first rows.
 T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable);
 // Returns sum over decoder positions of weight * loss (the same on every TP rank); with grad,
 // acts.logits becomes dlogits. ctx.training enables adapter dropout (same seed in backward).

@@ -121,15 +121,12 @@ class T5Runner final : public ModelRunner {
       host = Tensor::empty({n}, dt, Device::cpu, MemCategory::workspace);
       dev = device_ == Device::cpu ? host : Tensor::empty({n}, dt, device_, MemCategory::workspace);
     };
-    both(batch_.enc_ids, h_enc_ids_, NE, DType::i32);
-    both(batch_.enc_lengths, h_enc_lengths_, B, DType::i32);
-    both(batch_.dec_ids, h_dec_ids_, ND, DType::i32);
-    both(batch_.dec_targets, h_dec_targets_, ND, DType::i32);
-    both(batch_.dec_weight, h_dec_weight_, ND, DType::f32);
-    both(batch_.dec_lengths, h_dec_lengths_, B, DType::i32);
-    batch_.B = B;
-    batch_.Te = shape_.seq_len;
-    batch_.Td = shape_.target_len;
+    both(d_enc_ids_, h_enc_ids_, NE, DType::i32);
+    both(d_enc_lengths_, h_enc_lengths_, B, DType::i32);
+    both(d_dec_ids_, h_dec_ids_, ND, DType::i32);
+    both(d_dec_targets_, h_dec_targets_, ND, DType::i32);
+    both(d_dec_weight_, h_dec_weight_, ND, DType::f32);
+    both(d_dec_lengths_, h_dec_lengths_, B, DType::i32);
   }
 
   double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) override {
@@ -178,13 +175,18 @@ class T5Runner final : public ModelRunner {
     return q;
   }
 
-  // Host rows into the fixed [B, Te] / [B, Td] micro-batch: encoder ids padded (keys beyond the
-  // row's length are masked), decoder inputs shifted right from the targets, targets beyond the
-  // row's target length ignored. Rows beyond host.rows repeat row 0 with zero loss weight.
+  // Host rows into a compact micro-batch of [B, Te] encoder and [B, Td] decoder positions, Te
+  // and Td the longest row's lengths rounded up to a multiple of 8 (aligned GEMM rows; fewer
+  // distinct shapes), at most the shards' lengths. Encoder ids padded (keys beyond a row's
+  // length are masked), decoder inputs shifted right from the targets, targets beyond a row's
+  // target length ignored.
   void fill_batch(const Batch& host, double token_weight) {
-    const int64_t B = B_, Te = batch_.Te, Td = batch_.Td, L = host.seq_len, Lt = host.target_len;
-    if (host.rows < 1 || host.rows > B) ST_THROW("t5 batch of ", host.rows, " rows for buffers of ", B);
-    if (L > Te || Lt > Td) ST_THROW("t5 batch [", L, ", ", Lt, "] exceeds buffers [", Te, ", ", Td, "]");
+    const int64_t B = host.rows, L = host.seq_len, Lt = host.target_len;
+    if (B < 1 || B > B_) ST_THROW("t5 batch of ", B, " rows for buffers of ", B_);
+    if (L > shape_.seq_len || Lt > shape_.target_len)
+      ST_THROW("t5 batch [", L, ", ", Lt, "] exceeds buffers [", shape_.seq_len, ", ", shape_.target_len, "]");
+    auto fit = [](int64_t longest, int64_t cap) { return std::min(cap, std::max<int64_t>(8, (longest + 7) / 8 * 8)); };
+    const int64_t Te = fit(host.max_length(), L), Td = fit(host.max_target_length(), Lt);
     int32_t* ei = h_enc_ids_.ptr<int32_t>();
     int32_t* el = h_enc_lengths_.ptr<int32_t>();
     int32_t* di = h_dec_ids_.ptr<int32_t>();
@@ -193,31 +195,38 @@ class T5Runner final : public ModelRunner {
     int32_t* dl = h_dec_lengths_.ptr<int32_t>();
     const int32_t pad = static_cast<int32_t>(m_.cfg.pad_token_id), start = static_cast<int32_t>(m_.cfg.decoder_start_token_id);
     for (int64_t b = 0; b < B; ++b) {
-      const bool real = b < host.rows;
-      const size_t r = static_cast<size_t>(real ? b : 0);
-      const int64_t len = std::max<int32_t>(1, host.lengths[r]);
-      const int64_t tlen = host.target_lengths[r];
+      const size_t r = static_cast<size_t>(b);
+      const int64_t len = std::clamp<int64_t>(host.lengths[r], 1, Te);
+      const int64_t tlen = std::min<int64_t>(host.target_lengths[r], Td);
+      const int32_t* ids = host.ids.data() + r * static_cast<size_t>(L);
+      const int32_t* tg = host.targets.data() + r * static_cast<size_t>(Lt);
       el[b] = static_cast<int32_t>(len);
       dl[b] = static_cast<int32_t>(std::max<int64_t>(1, tlen));
-      for (int64_t t = 0; t < Te; ++t) ei[b * Te + t] = t < len ? host.ids[r * static_cast<size_t>(L) + static_cast<size_t>(t)] : pad;
+      for (int64_t t = 0; t < Te; ++t) ei[b * Te + t] = t < len ? ids[t] : pad;
       for (int64_t t = 0; t < Td; ++t) {
         const bool target = t < tlen;
-        const int32_t label = target ? host.targets[r * static_cast<size_t>(Lt) + static_cast<size_t>(t)] : -1;
-        dt[b * Td + t] = label;
-        dw[b * Td + t] = target && real ? static_cast<float>(token_weight) : 0.0f;
+        dt[b * Td + t] = target ? tg[t] : -1;
+        dw[b * Td + t] = target ? static_cast<float>(token_weight) : 0.0f;
         // decoder_input_ids = [start, labels[0..Td-2]] with ignored labels read as pad.
-        const int32_t prev = t == 0 ? start
-                                    : (t - 1 < tlen ? host.targets[r * static_cast<size_t>(Lt) + static_cast<size_t>(t - 1)] : pad);
-        di[b * Td + t] = prev;
+        di[b * Td + t] = t == 0 ? start : (t - 1 < tlen ? tg[t - 1] : pad);
       }
     }
+    batch_.B = B;
+    batch_.Te = Te;
+    batch_.Td = Td;
+    batch_.enc_ids = d_enc_ids_.slice(0, B * Te);
+    batch_.enc_lengths = d_enc_lengths_.slice(0, B);
+    batch_.dec_ids = d_dec_ids_.slice(0, B * Td);
+    batch_.dec_targets = d_dec_targets_.slice(0, B * Td);
+    batch_.dec_weight = d_dec_weight_.slice(0, B * Td);
+    batch_.dec_lengths = d_dec_lengths_.slice(0, B);
     if (device_ != Device::cpu) {
-      batch_.enc_ids.copy_from(h_enc_ids_);
-      batch_.enc_lengths.copy_from(h_enc_lengths_);
-      batch_.dec_ids.copy_from(h_dec_ids_);
-      batch_.dec_targets.copy_from(h_dec_targets_);
-      batch_.dec_weight.copy_from(h_dec_weight_);
-      batch_.dec_lengths.copy_from(h_dec_lengths_);
+      batch_.enc_ids.copy_from(h_enc_ids_.slice(0, B * Te));
+      batch_.enc_lengths.copy_from(h_enc_lengths_.slice(0, B));
+      batch_.dec_ids.copy_from(h_dec_ids_.slice(0, B * Td));
+      batch_.dec_targets.copy_from(h_dec_targets_.slice(0, B * Td));
+      batch_.dec_weight.copy_from(h_dec_weight_.slice(0, B * Td));
+      batch_.dec_lengths.copy_from(h_dec_lengths_.slice(0, B));
     }
   }
 
@@ -228,7 +237,8 @@ class T5Runner final : public ModelRunner {
   bool default_targets_ = true, gated_ = true;
   std::unique_ptr<T5Activations> acts_;
   T5Batch batch_;
-  Tensor h_enc_ids_, h_enc_lengths_, h_dec_ids_, h_dec_targets_, h_dec_weight_, h_dec_lengths_;
+  Tensor h_enc_ids_, h_enc_lengths_, h_dec_ids_, h_dec_targets_, h_dec_weight_, h_dec_lengths_;  // host staging
+  Tensor d_enc_ids_, d_enc_lengths_, d_dec_ids_, d_dec_targets_, d_dec_weight_, d_dec_lengths_;  // device
 };
 
 }  // namespace

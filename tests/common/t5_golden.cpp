@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "io/h5util.hpp"
+#include "ops/init.hpp"
 #include "tests/common/paths.hpp"
 
 namespace st::test {
@@ -80,10 +81,16 @@ std::string T5GoldenRun::worst_grad_name() const {
   return name;
 }
 
-T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device) {
+T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device, bool round_weights_to_bf16) {
   const std::string root = repo_root() + "/tests/golden";
   const std::string path = root + "/t5_golden.h5";
   T5Model m = load_t5(root + "/t5_" + name, dtype, device);
+  if (round_weights_to_bf16)
+    for (auto& [n, w] : t5_named_weights(m)) {
+      Tensor r = Tensor::empty(w->shape(), DType::bf16, w->device());
+      convert_copy(r, *w);
+      convert_copy(*w, r);
+    }
   t5_enable_base_training(m);
   h5::Handle f = h5::open_file_read(path);
   h5::Handle g = h5::open_group(f, name);
@@ -102,6 +109,7 @@ T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device) {
   std::vector<float> ref_logits(static_cast<size_t>(B * Td * m.cfg.vocab_size));
   h5::read_dataset(g, "logits", H5T_NATIVE_FLOAT, ref_logits.data(), path);
   r.logits_rel = rel_to(a.logits, ref_logits);
+  r.logits = a.logits.to_cpu(DType::f64);
   T5Activations t = t5_activations(m, B, Te, Td, true);
   r.loss = t5_forward(m, t, b, true);
   h5::read_dataset(g, "loss", H5T_NATIVE_DOUBLE, &r.ref_loss, path);
@@ -111,6 +119,7 @@ T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device) {
     std::vector<float> ref(static_cast<size_t>(p.grad->numel()));
     h5::read_dataset(gg, p.name, H5T_NATIVE_FLOAT, ref.data(), path);
     r.grad_rel.emplace_back(p.name, rel_to(*p.grad, ref));
+    r.grads.push_back(p.grad->to_cpu(DType::f64));
   }
   H5G_info_t info;
   H5Gget_info(gg, &info);

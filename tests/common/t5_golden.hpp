@@ -26,11 +26,15 @@ struct T5GoldenRun {
   double loss = 0, ref_loss = 0;
   std::vector<std::pair<std::string, double>> grad_rel;  // per parameter, relative L2
   bool same_parameter_set = false;  // every parameter transformers has, and no other
+  Tensor logits;                    // this run's logits and gradients (f64, CPU), for comparing
+  std::vector<Tensor> grads;        // two runs with each other; grads in grad_rel's order
   double worst_grad() const;
   std::string worst_grad_name() const;
 };
 
-// name: "flan" (gated-gelu) or "t5" (relu).
-T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device);
+// name: "flan" (gated-gelu) or "t5" (relu). round_weights_to_bf16: round every weight to bf16
+// after loading (and compute in `dtype`): how much of a bf16 run's difference from the f32
+// fixture comes from the weights' rounding alone.
+T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device, bool round_weights_to_bf16 = false);
 
 }  // namespace st::test

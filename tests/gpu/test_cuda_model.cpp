@@ -247,17 +247,33 @@ TEST(CudaModel, GoldenTransformersInBf16) {
   std::printf("[golden bf16] logits %.2e  loss %.6f vs %.6f  gradients (max) %.2e\n", le, loss_fwd, ref_loss, worst);
 }
 
-// T5 (encoder-decoder) against transformers in bf16 on the GPU: the same fixture as the f32
-// CPU test (tests/unit/test_t5_grad.cpp), with the bf16 bounds above. T5 has no 1/sqrt(d) in
-// attention and 2 + 2 blocks plus cross-attention, so the same per-site argument applies.
+// T5 (encoder-decoder) in bf16 on the GPU against the CPU in f32 on the same bf16-rounded
+// weights (the kernels' own error, bounded as above: T5 has 2 + 2 blocks plus cross-attention
+// and no 1/sqrt(d) in attention, the same per-site argument), and against the transformers
+// fixture. The tiny fixture models are very sensitive to their weights: rounding the weights to
+// bf16 alone, computing in f32, moves the logits by 5.7e-2 (flan) / 4.1e-2 (t5) and some
+// gradients by up to 0.63 relative to the f32 fixture (measured on the CPU). So against the
+// fixture the bound is that rounding floor (the CPU run's distance) plus the kernel bound.
 void check_t5_golden_bf16(const std::string& name) {
+  const test::T5GoldenRun cpu = test::run_t5_golden(name, DType::f32, Device::cpu, true);
   const test::T5GoldenRun r = test::run_t5_golden(name, DType::bf16, Device::cuda);
-  EXPECT_LT(r.logits_rel, kLogitTol);
-  EXPECT_NEAR(r.loss, r.ref_loss, kLogitTol * r.ref_loss);
-  for (const auto& [p, e] : r.grad_rel) EXPECT_LT(e, kGradTol) << p;
+  ASSERT_EQ(r.grads.size(), cpu.grads.size());
+  const double le = rel_l2(r.logits, cpu.logits);
+  EXPECT_LT(le, kLogitTol) << "logits against the CPU on the same weights";
+  EXPECT_NEAR(r.loss, cpu.loss, kLogitTol * cpu.loss);
+  double worst = 0;
+  for (size_t i = 0; i < r.grads.size(); ++i) {
+    const double e = rel_l2(r.grads[i], cpu.grads[i]);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, kGradTol) << r.grad_rel[i].first << " against the CPU on the same weights";
+    EXPECT_LT(r.grad_rel[i].second, cpu.grad_rel[i].second + kGradTol) << r.grad_rel[i].first << " against transformers";
+  }
+  EXPECT_LT(r.logits_rel, cpu.logits_rel + kLogitTol) << "logits against transformers";
   EXPECT_TRUE(r.same_parameter_set);
-  std::printf("[golden t5 %s bf16] logits %.2e  loss %.6f vs %.6f  gradients of %zu tensors, worst %.2e (%s)\n",
-              name.c_str(), r.logits_rel, r.loss, r.ref_loss, r.grad_rel.size(), r.worst_grad(), r.worst_grad_name().c_str());
+  std::printf("[golden t5 %s bf16] vs CPU f32 on bf16 weights: logits %.2e, loss %.6f vs %.6f, gradients of %zu tensors, "
+              "worst %.2e; vs transformers f32: logits %.2e (rounding floor %.2e), worst gradient %.2e (floor %.2e)\n",
+              name.c_str(), le, r.loss, cpu.loss, r.grads.size(), worst, r.logits_rel, cpu.logits_rel, r.worst_grad(),
+              cpu.worst_grad());
 }
 
 TEST(CudaModel, T5FlanStyleGoldenTransformersInBf16) {
