@@ -435,7 +435,7 @@ std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t 
   return out;
 }
 
-T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable) {
+T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable, bool checkpointing) {
   const T5Config& c = m.cfg;
   const T5LocalDims ld = t5_local_dims(m);
   const int64_t C = c.d_model, HD = ld.inner, F = ld.d_ff, H = ld.heads, V = ld.vocab;
@@ -448,6 +448,11 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
   a.Te = Te;
   a.Td = Td;
   a.trainable = trainable;
+  a.checkpointing = trainable && checkpointing;
+  // Every block's internals for training; one shared set with checkpointing (block inputs are
+  // the residual stream; each block is recomputed before its backward) and for evaluation.
+  const int64_t enc_sets = trainable && !checkpointing ? c.num_layers : 1;
+  const int64_t dec_sets = trainable && !checkpointing ? c.num_decoder_layers : 1;
   a.enc_buckets = Tensor::zeros({Te * Te}, DType::i32, m.device, MemCategory::activations);
   a.dec_buckets = Tensor::zeros({Td * Td}, DType::i32, m.device, MemCategory::activations);
   a.enc_bias = stat({H, Te, Te});
@@ -460,10 +465,10 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
   a.yrstd = stat({ND});
   a.logits = act({ND, V});
   a.losses = stat({ND});
-  for (int64_t l = 0; l < c.num_layers; ++l)
+  for (int64_t l = 0; l < enc_sets; ++l)
     a.enc.push_back({act({NE, C}), stat({NE}), act({NE, HD}), act({NE, HD}), act({NE, HD}), act({NE, HD}), stat({NE, H}),
                      act({NE, C}), act({NE, C}), stat({NE}), act({NE, F}), c.gated ? act({NE, F}) : Tensor(), act({NE, F})});
-  for (int64_t l = 0; l < c.num_decoder_layers; ++l)
+  for (int64_t l = 0; l < dec_sets; ++l)
     a.dec.push_back({act({ND, C}), stat({ND}), act({ND, HD}), act({ND, HD}), act({ND, HD}), act({ND, HD}), stat({ND, H}),
                      act({ND, C}), act({ND, C}), stat({ND}), act({ND, HD}), act({NE, HD}), act({NE, HD}), act({ND, HD}),
                      stat({ND, H}), act({ND, C}), act({ND, C}), stat({ND}), act({ND, F}), c.gated ? act({ND, F}) : Tensor(),
@@ -635,6 +640,50 @@ T5Activations shaped(const T5Model& m, T5Activations& a, int64_t B, int64_t Te, 
 
 }  // namespace
 
+namespace {
+
+// One encoder block: xout = xin + attn(n0 xin) + ffn(n1 mid), its internals into s.
+void enc_block_forward(const T5Model& m, const T5EncBlock& w, T5Activations::Enc& s, const Tensor& xin, Tensor& xout,
+                       const T5Activations& a, const T5Batch& batch, const LayerContext& ctx) {
+  const double eps = m.cfg.layer_norm_epsilon;
+  const AttentionShape es = shape_of(m, batch.B, batch.Te, batch.Te, false);
+  rmsnorm_forward(xin, w.ln0, eps, s.n0, s.r0);
+  attn_forward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin, ctx);
+  rmsnorm_forward(s.mid, w.ln1, eps, s.n1, s.r1);
+  ffn_forward(m, w.ffn, s.n1, s.g, s.u, s.h, xout, s.mid, ctx);
+}
+
+// One decoder block: self-attention (causal, relative bias), cross-attention on the encoder
+// output a.e, feed-forward.
+void dec_block_forward(const T5Model& m, const T5DecBlock& w, T5Activations::Dec& s, const Tensor& yin, Tensor& yout,
+                       const T5Activations& a, const T5Batch& batch, const LayerContext& ctx) {
+  const double eps = m.cfg.layer_norm_epsilon;
+  const AttentionShape ds = shape_of(m, batch.B, batch.Td, batch.Td, true), cs = shape_of(m, batch.B, batch.Td, batch.Te, false);
+  rmsnorm_forward(yin, w.ln0, eps, s.n0, s.r0);
+  attn_forward(m, w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin, ctx);
+  rmsnorm_forward(s.mid1, w.ln1, eps, s.n1, s.r1);
+  attn_forward(m, w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1, ctx);
+  rmsnorm_forward(s.mid2, w.ln2, eps, s.n2, s.r2);
+  ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2, ctx);
+}
+
+// The activation set of block l: its own, or the one shared set (checkpointing, eval).
+template <typename Set>
+Set& set_of(std::vector<Set>& sets, int l) {
+  return sets[sets.size() == 1 ? 0 : static_cast<size_t>(l)];
+}
+
+// Activation checkpointing: recompute block l's forward from its saved input before its
+// backward (adapters keep their saved state: ctx.recompute). The output goes to `scratch`, so
+// the saved stream stays as the forward left it.
+LayerContext recompute_ctx(const LayerContext& ctx) {
+  LayerContext r = ctx;
+  r.recompute = true;
+  return r;
+}
+
+}  // namespace
+
 double t5_forward(T5Model& m, T5Activations& full, const T5Batch& batch, bool grad, const LayerContext& ctx_in) {
   const T5Config& c = m.cfg;
   const int64_t B = batch.B, Te = batch.Te, Td = batch.Td, NE = B * Te, ND = B * Td;
@@ -653,37 +702,20 @@ double t5_forward(T5Model& m, T5Activations& full, const T5Batch& batch, bool gr
     embed(m, batch.dec_ids, y0);
   }
   // Encoder.
-  const AttentionShape es = shape_of(m, B, Te, Te, false);
   for (int l = 0; l < Le; ++l) {
     UnitScope unit(m.hooks, 1 + l, false);
-    T5EncBlock& w = m.enc[static_cast<size_t>(l)];
-    T5Activations::Enc& s = a.enc[static_cast<size_t>(l)];
-    const Tensor xin = layer(a.x, l, NE);
     Tensor xout = layer(a.x, l + 1, NE);
-    rmsnorm_forward(xin, w.ln0, eps, s.n0, s.r0);
-    attn_forward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin, ctx);
-    rmsnorm_forward(s.mid, w.ln1, eps, s.n1, s.r1);
-    ffn_forward(m, w.ffn, s.n1, s.g, s.u, s.h, xout, s.mid, ctx);
+    enc_block_forward(m, m.enc[static_cast<size_t>(l)], set_of(a.enc, l), layer(a.x, l, NE), xout, a, batch, ctx);
   }
   {
     UnitScope unit(m.hooks, Le + 1, false);
     rmsnorm_forward(layer(a.x, Le, NE), m.enc_final, eps, a.e, a.erstd);
   }
   // Decoder.
-  const AttentionShape ds = shape_of(m, B, Td, Td, true), cs = shape_of(m, B, Td, Te, false);
   for (int l = 0; l < Ld; ++l) {
     UnitScope unit(m.hooks, Le + 2 + l, false);
-    T5DecBlock& w = m.dec[static_cast<size_t>(l)];
-    T5Activations::Dec& s = a.dec[static_cast<size_t>(l)];
-    const Tensor yin = layer(a.y, l, ND);
     Tensor yout = layer(a.y, l + 1, ND);
-    rmsnorm_forward(yin, w.ln0, eps, s.n0, s.r0);
-    attn_forward(m, w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin, ctx);
-    rmsnorm_forward(s.mid1, w.ln1, eps, s.n1, s.r1);
-    attn_forward(m, w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1,
-                 ctx);
-    rmsnorm_forward(s.mid2, w.ln2, eps, s.n2, s.r2);
-    ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2, ctx);
+    dec_block_forward(m, m.dec[static_cast<size_t>(l)], set_of(a.dec, l), layer(a.y, l, ND), yout, a, batch, ctx);
   }
   UnitScope head(m.hooks, Le + Ld + 2, false);
   rmsnorm_forward(layer(a.y, Ld, ND), m.dec_final, eps, a.yf, a.yrstd);
@@ -729,8 +761,9 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   for (int l = Ld - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, Le + 2 + l, true);
     T5DecBlock& w = m.dec[static_cast<size_t>(l)];
-    T5Activations::Dec& s = a.dec[static_cast<size_t>(l)];
+    T5Activations::Dec& s = set_of(a.dec, l);
     const Tensor yin = layer(a.y, l, ND);
+    if (a.checkpointing) dec_block_forward(m, w, s, yin, dn, a, batch, recompute_ctx(ctx));
     // FFN: y_out = mid2 + ffn(n2 mid2)
     ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, dgt, du, ctx);
     rmsnorm_backward(dn, s.mid2, w.ln2, s.r2, dy, g(w.ln2_grad));
@@ -758,8 +791,9 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   for (int l = Le - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, 1 + l, true);
     T5EncBlock& w = m.enc[static_cast<size_t>(l)];
-    T5Activations::Enc& s = a.enc[static_cast<size_t>(l)];
+    T5Activations::Enc& s = set_of(a.enc, l);
     const Tensor xin = layer(a.x, l, NE);
+    if (a.checkpointing) enc_block_forward(m, w, s, xin, dne, a, batch, recompute_ctx(ctx));
     ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, edg, edu, ctx);
     rmsnorm_backward(dne, s.mid, w.ln1, s.r1, dx, g(w.ln1_grad));
     attn_backward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, g(a.enc_dbias), s.q, s.k, s.v, s.att, s.lse,

@@ -172,6 +172,7 @@ std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t 
 struct T5Activations {
   int64_t B = 0, Te = 0, Td = 0;
   bool trainable = false;
+  bool checkpointing = false;  // one shared set of block internals, recomputed in backward
   Tensor enc_bias, dec_bias, enc_dbias, dec_dbias;  // [H/p, T, T] (master dtype)
   Tensor enc_buckets, dec_buckets;                  // i32 [T * T] of the current lengths
   int64_t enc_buckets_T = -1, dec_buckets_T = -1;   // the lengths the bucket tables hold
@@ -195,7 +196,10 @@ struct T5Activations {
 
 // Buffers for micro-batches of up to B rows of up to Te encoder and Td decoder positions; a
 // smaller batch is laid out compactly at its own [B, Te] / [B, Td] and uses the first rows.
-T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable);
+// checkpointing: keep only the block inputs (the residual streams) and recompute each block's
+// forward before its backward (one set of block internals instead of Le + Ld).
+T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable,
+                             bool checkpointing = false);
 // Returns sum over decoder positions of weight * loss (the same on every TP rank); with grad,
 // acts.logits becomes dlogits. ctx.training enables adapter dropout (same seed in backward).
 double t5_forward(T5Model& m, T5Activations& a, const T5Batch& batch, bool grad, const LayerContext& ctx = {});

@@ -113,9 +113,9 @@ class T5Runner final : public ModelRunner {
     return std::make_unique<Zero3>(m_, dp, prefetch);
   }
 
-  void allocate(int64_t B, bool /*checkpointing*/, bool training) override {
+  void allocate(int64_t B, bool checkpointing, bool training) override {
     B_ = B;
-    acts_ = std::make_unique<T5Activations>(t5_activations(m_, B, shape_.seq_len, shape_.target_len, training));
+    acts_ = std::make_unique<T5Activations>(t5_activations(m_, B, shape_.seq_len, shape_.target_len, training, checkpointing));
     const int64_t NE = B * shape_.seq_len, ND = B * shape_.target_len;
     auto both = [&](Tensor& dev, Tensor& host, int64_t n, DType dt) {
       host = Tensor::empty({n}, dt, Device::cpu, MemCategory::workspace);

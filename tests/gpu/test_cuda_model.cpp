@@ -247,33 +247,93 @@ TEST(CudaModel, GoldenTransformersInBf16) {
   std::printf("[golden bf16] logits %.2e  loss %.6f vs %.6f  gradients (max) %.2e\n", le, loss_fwd, ref_loss, worst);
 }
 
-// T5 (encoder-decoder) in bf16 on the GPU against the CPU in f32 on the same bf16-rounded
-// weights (the kernels' own error, bounded as above: T5 has 2 + 2 blocks plus cross-attention
-// and no 1/sqrt(d) in attention, the same per-site argument), and against the transformers
-// fixture. The tiny fixture models are very sensitive to their weights: rounding the weights to
-// bf16 alone, computing in f32, moves the logits by 5.7e-2 (flan) / 4.1e-2 (t5) and some
-// gradients by up to 0.63 relative to the f32 fixture (measured on the CPU). So against the
-// fixture the bound is that rounding floor (the CPU run's distance) plus the kernel bound.
+// T5 in bf16 on the GPU against the CPU in f64 on identical (bf16) weights: a small,
+// well-conditioned random model (init std 0.05), 2 + 2 blocks, one padded encoder row and
+// ignored targets. The same bounds as the Llama model test above: T5 blocks have the same kinds
+// of rounding sites (plus cross-attention, whose dS cancellation is the attention's own).
+void check_t5_step_against_cpu(bool gated) {
+  SCOPED_TRACE(gated ? "gated-gelu" : "relu");
+  T5Config c;
+  c.vocab_size = 96;
+  c.d_model = 64;
+  c.d_kv = 16;
+  c.num_heads = 4;
+  c.d_ff = 160;
+  c.num_layers = 2;
+  c.num_decoder_layers = 2;
+  c.gated = gated;
+  T5Model gpu = t5_build(c, DType::bf16, Device::cuda), cpu = t5_build(c, DType::f64, Device::cpu);
+  t5_init_random(gpu, 7, 0.05);
+  t5_enable_base_training(gpu);
+  t5_enable_base_training(cpu);
+  const auto gw = t5_named_weights(gpu), cw = t5_named_weights(cpu);
+  for (size_t i = 0; i < gw.size(); ++i) cw[i].second->copy_from(gw[i].second->to_cpu(DType::f64));
+  const int64_t B = 3, Te = 40, Td = 24;
+  std::vector<int32_t> ids(B * Te), lengths{40, 23, 40}, labels(B * Td);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 37 + 5) % 96);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = i % 7 == 6 ? -1 : static_cast<int32_t>((i * 53 + 11) % 96);
+  const T5Batch gb = test::t5_batch_of(B, Te, Td, ids, lengths, labels, 0, 0, Device::cuda);
+  const T5Batch cb = test::t5_batch_of(B, Te, Td, ids, lengths, labels, 0, 0, Device::cpu);
+  T5Activations ga = t5_activations(gpu, B, Te, Td, true), ca = t5_activations(cpu, B, Te, Td, true);
+  const double gl = t5_forward(gpu, ga, gb, false), cl = t5_forward(cpu, ca, cb, false);
+  const double le = rel_l2(ga.logits, ca.logits);
+  EXPECT_LT(le, kLogitTol);
+  EXPECT_NEAR(gl, cl, kLogitTol * std::fabs(cl));
+  t5_forward(gpu, ga, gb, true);
+  t5_backward(gpu, ga, gb);
+  t5_forward(cpu, ca, cb, true);
+  t5_backward(cpu, ca, cb);
+  const auto gp = t5_trainable_params(gpu), cp = t5_trainable_params(cpu);
+  ASSERT_EQ(gp.size(), cp.size());
+  double worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < gp.size(); ++i) {
+    const double e = rel_l2(*gp[i].grad, *cp[i].grad);
+    EXPECT_LT(e, kGradTol) << gp[i].name;
+    if (e > worst) {
+      worst = e;
+      worst_name = gp[i].name;
+    }
+  }
+  std::printf("[t5 bf16 vs f64] %s: logits %.2e, loss %.6f vs %.6f, gradients of %zu tensors, worst %.2e (%s)\n",
+              gated ? "gated-gelu" : "relu", le, gl, cl, gp.size(), worst, worst_name.c_str());
+}
+
+TEST(CudaModel, T5TrainingStepMatchesCpu) {
+  ST_REQUIRE_GPU();
+  check_t5_step_against_cpu(true);
+  check_t5_step_against_cpu(false);
+}
+
+// The transformers fixture in bf16. Its tiny random models are very sensitive to rounding:
+// rounding their weights to bf16 alone, computing in f32 on the CPU, moves the logits by
+// 5.7e-2 (flan) / 4.1e-2 (t5) and single gradients by up to 0.63 / 0.39 (the "floor", measured
+// here at run time). The GPU's bf16 activations add roundings of the same relative size at a
+// comparable number of sites, which the model amplifies alike; so against the CPU on the same
+// weights the GPU is bounded by 1.5x the floor, and against transformers by the floor plus
+// that (2.5x). Measured (H100): GPU vs CPU logits 5.0e-2 / 2.9e-2, worst gradient 0.28 / 0.24.
+// The well-conditioned test above holds the kernels to the tight bounds.
 void check_t5_golden_bf16(const std::string& name) {
   const test::T5GoldenRun cpu = test::run_t5_golden(name, DType::f32, Device::cpu, true);
   const test::T5GoldenRun r = test::run_t5_golden(name, DType::bf16, Device::cuda);
   ASSERT_EQ(r.grads.size(), cpu.grads.size());
+  const double floor_logits = cpu.logits_rel, floor_grad = cpu.worst_grad();
   const double le = rel_l2(r.logits, cpu.logits);
-  EXPECT_LT(le, kLogitTol) << "logits against the CPU on the same weights";
-  EXPECT_NEAR(r.loss, cpu.loss, kLogitTol * cpu.loss);
+  EXPECT_LT(le, 1.5 * floor_logits) << "logits against the CPU on the same weights";
+  EXPECT_NEAR(r.loss, cpu.loss, 1.5 * floor_logits * cpu.loss);
   double worst = 0;
   for (size_t i = 0; i < r.grads.size(); ++i) {
     const double e = rel_l2(r.grads[i], cpu.grads[i]);
     worst = std::max(worst, e);
-    EXPECT_LT(e, kGradTol) << r.grad_rel[i].first << " against the CPU on the same weights";
-    EXPECT_LT(r.grad_rel[i].second, cpu.grad_rel[i].second + kGradTol) << r.grad_rel[i].first << " against transformers";
+    EXPECT_LT(e, 1.5 * floor_grad) << r.grad_rel[i].first << " against the CPU on the same weights";
+    EXPECT_LT(r.grad_rel[i].second, 2.5 * floor_grad) << r.grad_rel[i].first << " against transformers";
   }
-  EXPECT_LT(r.logits_rel, cpu.logits_rel + kLogitTol) << "logits against transformers";
+  EXPECT_LT(r.logits_rel, 2.5 * floor_logits) << "logits against transformers";
   EXPECT_TRUE(r.same_parameter_set);
   std::printf("[golden t5 %s bf16] vs CPU f32 on bf16 weights: logits %.2e, loss %.6f vs %.6f, gradients of %zu tensors, "
               "worst %.2e; vs transformers f32: logits %.2e (rounding floor %.2e), worst gradient %.2e (floor %.2e)\n",
-              name.c_str(), le, r.loss, cpu.loss, r.grads.size(), worst, r.logits_rel, cpu.logits_rel, r.worst_grad(),
-              cpu.worst_grad());
+              name.c_str(), le, r.loss, cpu.loss, r.grads.size(), worst, r.logits_rel, floor_logits, r.worst_grad(),
+              floor_grad);
 }
 
 TEST(CudaModel, T5FlanStyleGoldenTransformersInBf16) {
