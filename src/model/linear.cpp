@@ -15,6 +15,18 @@ Tensor Linear::dense_weight() const {
   return w;
 }
 
+size_t nf4_stored_bytes(const Linear& l) { return l.nf4->nbytes(); }
+
+void dequantize_linears(const std::vector<Linear*>& linears, DType dtype) {
+  for (Linear* lin : linears) {
+    if (!lin->quantized()) continue;
+    lin->weight = Tensor::empty({lin->out, lin->in}, dtype, lin->dequant->device(), MemCategory::weights);
+    nf4_dequantize(*lin->nf4, lin->weight);
+    lin->nf4.reset();
+    lin->dequant.reset();
+  }
+}
+
 void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
                           const Tensor* residual) {
   linear_forward(x, l.dense_weight(), y, accumulate, residual);

@@ -93,6 +93,17 @@ struct Linear {
   Tensor dense_weight() const;
 };
 
+// Bytes of a model's base weights as stored (NF4 layers at their packed size) and as they would
+// be dense in the compute dtype, from its weight slots (anything with `shape` and, for NF4
+// layers, `linear`).
+struct WeightBytes {
+  size_t stored = 0, dense = 0, quantized_layers = 0;
+};
+template <typename Slots>
+WeightBytes weight_bytes_of(const Slots& slots, DType dtype);
+// Replace every NF4 base among `linears` by its dequantized dense weight in `dtype`.
+void dequantize_linears(const std::vector<Linear*>& linears, DType dtype);
+
 // y (+)= x W^T + adapter; with residual, y = residual + x W^T + adapter.
 void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
                           const Tensor* residual = nullptr);
@@ -100,5 +111,24 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
 // dx_accumulate is false (the first contribution, saving the zeroing of dx).
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate = true);
+
+size_t nf4_stored_bytes(const Linear& l);  // the NF4 base's packed bytes
+
+template <typename Slots>
+WeightBytes weight_bytes_of(const Slots& slots, DType dtype) {
+  WeightBytes r;
+  const size_t es = dtype_size(dtype);
+  for (const auto& s : slots) {
+    const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
+    r.dense += dense;
+    if (s.linear) {
+      r.stored += nf4_stored_bytes(*s.linear);
+      ++r.quantized_layers;
+    } else {
+      r.stored += dense;
+    }
+  }
+  return r;
+}
 
 }  // namespace st

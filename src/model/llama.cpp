@@ -1,8 +1,10 @@
 #include "model/llama.hpp"
 
+
 #include <algorithm>
 #include <cmath>
 
+#include "model/init_slots.hpp"
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
 #include "ops/init.hpp"
@@ -181,54 +183,16 @@ void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value) {
   else convert_copy(*slot.tensor, value);
 }
 
-LlamaWeightBytes llama_weight_bytes(LlamaModel& m) {
-  LlamaWeightBytes r;
-  const size_t es = dtype_size(m.dtype);
-  for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
-    const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
-    r.dense += dense;
-    if (s.linear) {
-      r.stored += s.linear->nf4->nbytes();
-      ++r.quantized_layers;
-    } else {
-      r.stored += dense;
-    }
-  }
-  return r;
-}
+LlamaWeightBytes llama_weight_bytes(LlamaModel& m) { return weight_bytes_of(llama_weight_slots(m), m.dtype); }
 
 void llama_dequantize(LlamaModel& m) {
-  for (Linear* lin : llama_linears(m)) {
-    if (!lin->quantized()) continue;
-    lin->weight = Tensor::empty({lin->out, lin->in}, m.dtype, m.device, MemCategory::weights);
-    nf4_dequantize(*lin->nf4, lin->weight);
-    lin->nf4.reset();
-    lin->dequant.reset();
-  }
+  dequantize_linears(llama_linears(m), m.dtype);
   m.dequant.reset();
 }
 
 void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
-  // Counter-based: the same values on any device, generated where the weights live. An NF4
-  // layer is generated densely (one layer at a time, in a workspace) and then quantized, so a
-  // quantized model starts from the quantized version of the dense model of the same seed.
-  // Under TP each rank draws the full tensor and keeps its part, so every layout starts from the
-  // same model.
-  for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
-    if (s.shape.ndim == 1) {
-      fill_constant(*s.tensor, 1.0);
-    } else if (s.split != TpMode::none) {
-      Tensor w = Tensor::empty(s.full_shape, m.dtype, m.device, MemCategory::workspace);
-      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
-      llama_set_weight(s, llama_shard_of(m, s, w));
-    } else if (s.linear) {
-      Tensor w = Tensor::empty(s.shape, m.dtype, m.device, MemCategory::workspace);
-      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
-      llama_set_weight(s, w);
-    } else {
-      fill_normal(*s.tensor, counter_key(seed, name_hash(s.name)), 0.0, std);
-    }
-  }
+  init_slots_random(llama_weight_slots(m), seed, std, m.dtype, m.device, llama_set_weight,
+                    [&](const auto& s, const Tensor& full) { return llama_shard_of(m, s, full); });
 }
 
 void llama_enable_base_training(LlamaModel& m) {

@@ -113,9 +113,7 @@ std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m);
 // or NF4 quantization for a quantized linear.
 void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value);
 // Bytes of the base weights as stored, and as they would be in the compute dtype.
-struct LlamaWeightBytes {
-  size_t stored = 0, dense = 0, quantized_layers = 0;
-};
+using LlamaWeightBytes = WeightBytes;
 LlamaWeightBytes llama_weight_bytes(LlamaModel& m);
 // Replace every NF4 base by its dequantized dense weight (before merging or saving).
 void llama_dequantize(LlamaModel& m);

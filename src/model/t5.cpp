@@ -1,8 +1,10 @@
 #include "model/t5.hpp"
 
+
 #include <algorithm>
 #include <cmath>
 
+#include "model/init_slots.hpp"
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
@@ -274,23 +276,8 @@ std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m) {
 }
 
 void t5_init_random(T5Model& m, uint64_t seed, double std) {
-  // As llama_init_random: each full tensor drawn from (seed, its name), then this rank's part
-  // kept; NF4 layers drawn densely (one at a time, in a workspace) and quantized.
-  for (const T5WeightSlot& s : t5_weight_slots(m)) {
-    if (s.shape.ndim == 1) {
-      fill_constant(*s.tensor, 1.0);
-    } else if (s.split != TpMode::none) {
-      Tensor w = Tensor::empty(s.full_shape, m.dtype, m.device, MemCategory::workspace);
-      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
-      t5_set_weight(s, t5_shard_of(m, s, w));
-    } else if (s.linear) {
-      Tensor w = Tensor::empty(s.shape, m.dtype, m.device, MemCategory::workspace);
-      fill_normal(w, counter_key(seed, name_hash(s.name)), 0.0, std);
-      t5_set_weight(s, w);
-    } else {
-      fill_normal(*s.tensor, counter_key(seed, name_hash(s.name)), 0.0, std);
-    }
-  }
+  init_slots_random(t5_weight_slots(m), seed, std, m.dtype, m.device, t5_set_weight,
+                    [&](const auto& s, const Tensor& full) { return t5_shard_of(m, s, full); });
 }
 
 void t5_enable_base_training(T5Model& m) {
@@ -304,30 +291,10 @@ void t5_enable_base_training(T5Model& m) {
   if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.shared_grad;  // both paths add into one buffer
 }
 
-T5WeightBytes t5_weight_bytes(T5Model& m) {
-  T5WeightBytes r;
-  const size_t es = dtype_size(m.dtype);
-  for (const T5WeightSlot& s : t5_weight_slots(m)) {
-    const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
-    r.dense += dense;
-    if (s.linear) {
-      r.stored += s.linear->nf4->nbytes();
-      ++r.quantized_layers;
-    } else {
-      r.stored += dense;
-    }
-  }
-  return r;
-}
+T5WeightBytes t5_weight_bytes(T5Model& m) { return weight_bytes_of(t5_weight_slots(m), m.dtype); }
 
 void t5_dequantize(T5Model& m) {
-  for (Linear* lin : t5_linears(m)) {
-    if (!lin->quantized()) continue;
-    lin->weight = Tensor::empty({lin->out, lin->in}, m.dtype, m.device, MemCategory::weights);
-    nf4_dequantize(*lin->nf4, lin->weight);
-    lin->nf4.reset();
-    lin->dequant.reset();
-  }
+  dequantize_linears(t5_linears(m), m.dtype);
   m.dequant.reset();
 }
 

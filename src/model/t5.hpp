@@ -135,9 +135,7 @@ Tensor t5_gather_full(const T5Model& m, const T5WeightSlot& slot, DType dtype = 
 // The dense slots as (name, tensor); refused when a layer is stored in NF4.
 std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m);
 // Bytes of the base weights as stored, and as they would be in the compute dtype (this rank).
-struct T5WeightBytes {
-  size_t stored = 0, dense = 0, quantized_layers = 0;
-};
+using T5WeightBytes = WeightBytes;
 T5WeightBytes t5_weight_bytes(T5Model& m);
 // Replace every NF4 base by its dequantized dense weight (before merging or saving).
 void t5_dequantize(T5Model& m);

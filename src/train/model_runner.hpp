@@ -47,10 +47,7 @@ class ModelRunner {
   virtual void enable_base_training() = 0;
   virtual int64_t attach_lora(const LoraConfig& lc, uint64_t seed) = 0;
   virtual int64_t num_trainable() = 0;
-  struct WeightBytes {
-    size_t stored = 0, dense = 0, quantized_layers = 0;
-  };
-  virtual WeightBytes weight_bytes() = 0;
+  virtual WeightBytes weight_bytes() = 0;  // base weights as stored and dense
   // Model FLOPs per training token (forward + backward) at the training shape.
   virtual double flops_per_token() const = 0;
   // Tokens a row contributes to throughput figures (encoder + decoder for seq2seq).

@@ -93,10 +93,7 @@ class T5Runner final : public ModelRunner {
     return st::attach_lora(m_, lc, micro_batch_ * std::max(shape_.seq_len, shape_.target_len), seed);
   }
   int64_t num_trainable() override { return t5_num_trainable(m_); }
-  WeightBytes weight_bytes() override {
-    const T5WeightBytes b = t5_weight_bytes(m_);
-    return {b.stored, b.dense, b.quantized_layers};
-  }
+  WeightBytes weight_bytes() override { return t5_weight_bytes(m_); }
   double flops_per_token() const override { return t5_flops_per_token(m_, shape_.seq_len, shape_.target_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override {
     std::vector<int32_t> out = data.lengths();

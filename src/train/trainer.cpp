@@ -297,7 +297,7 @@ void Run::build_model(bool training) {
   // Figures of the whole (local TP part of the) model, before ZeRO-3 takes the tensors over.
   const int64_t total = model_->num_parameters();
   const int64_t trainable = training ? model_->num_trainable() : 0;
-  const ModelRunner::WeightBytes wb = model_->weight_bytes();
+  const WeightBytes wb = model_->weight_bytes();
   if (train_) flops_per_token_ = model_->flops_per_token();
   Runtime& rt = runtime();
   if (cfg_.parallel == "zero3" || cfg_.parallel == "tp+zero3") {
