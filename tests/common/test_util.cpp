@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
+#include <memory>
 
 #include "core/error.hpp"
+#include "data/synthetic.hpp"
 #include "tests/common/paths.hpp"
 
 namespace st::test {
@@ -25,6 +28,23 @@ void expect_input_error(const std::function<void()>& fn, const std::vector<std::
     return;
   }
   ADD_FAILURE() << "expected an st::InputError";
+}
+
+const std::string& synthetic_data_dir(const std::string& tag, uint64_t seed, int64_t sentiment_rows,
+                                      int64_t instruct_rows) {
+  static std::map<std::string, std::unique_ptr<TempDir>> dirs;
+  auto it = dirs.find(tag);
+  if (it == dirs.end()) {
+    auto dir = std::make_unique<TempDir>(tag);
+    SyntheticOptions o;
+    o.dir = dir->path;
+    o.seed = seed;
+    o.sentiment_rows = sentiment_rows;
+    o.instruct_rows = instruct_rows;
+    write_synthetic_dataset(o);
+    it = dirs.emplace(tag, std::move(dir)).first;
+  }
+  return it->second->path;
 }
 
 }  // namespace st::test

@@ -1,6 +1,7 @@
 // Small helpers shared by the GoogleTest files.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -15,6 +16,11 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 };
+
+// The embedded synthetic dataset and tokenizer (data/synthetic.hpp) written once per test program
+// for each `tag`, into a temporary directory removed at exit.
+const std::string& synthetic_data_dir(const std::string& tag, uint64_t seed, int64_t sentiment_rows,
+                                      int64_t instruct_rows);
 
 // Runs fn and expects an st::InputError whose message contains every one of `parts`.
 void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts);

@@ -33,20 +33,7 @@ namespace {
 using st::test::TempDir;
 
 // One small synthetic dataset + tokenizer per test program (about 0.1 s).
-const std::string& synth_dir() {
-  static TempDir dir("prepare-synth");
-  static bool made = false;
-  if (!made) {
-    st::SyntheticOptions o;
-    o.dir = dir.path;
-    o.seed = 7;
-    o.sentiment_rows = 400;
-    o.instruct_rows = 300;
-    st::write_synthetic_dataset(o);
-    made = true;
-  }
-  return dir.path;
-}
+const std::string& synth_dir() { return st::test::synthetic_data_dir("prepare-synth", 7, 400, 300); }
 std::string synth_tokenizer() { return synth_dir() + "/tokenizer.model"; }
 
 std::vector<int32_t> concat(std::initializer_list<std::vector<int32_t>> parts) {

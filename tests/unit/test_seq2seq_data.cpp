@@ -57,20 +57,7 @@ std::vector<int32_t> row_of(const std::vector<int32_t>& a, int64_t width, size_t
 }
 
 // One small synthetic dataset + tokenizer per test program.
-const std::string& synth_dir() {
-  static TempDir dir("seq2seq-synth");
-  static bool made = false;
-  if (!made) {
-    st::SyntheticOptions o;
-    o.dir = dir.path;
-    o.seed = 17;
-    o.sentiment_rows = 100;
-    o.instruct_rows = 100;
-    st::write_synthetic_dataset(o);
-    made = true;
-  }
-  return dir.path;
-}
+const std::string& synth_dir() { return st::test::synthetic_data_dir("seq2seq-synth", 17, 100, 100); }
 std::string synth_tokenizer() { return synth_dir() + "/tokenizer.model"; }
 
 // ---------------------------------------------------------------------------------- shards

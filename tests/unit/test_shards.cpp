@@ -27,20 +27,7 @@ namespace {
 using st::test::TempDir;
 
 // A synthetic tokenizer and its sentiment data, made once per test program.
-const std::string& synth_dir() {
-  static TempDir dir("shards-synth");
-  static bool made = false;
-  if (!made) {
-    st::SyntheticOptions o;
-    o.dir = dir.path;
-    o.seed = 11;
-    o.sentiment_rows = 200;
-    o.instruct_rows = 50;
-    st::write_synthetic_dataset(o);
-    made = true;
-  }
-  return dir.path;
-}
+const std::string& synth_dir() { return st::test::synthetic_data_dir("shards-synth", 11, 200, 50); }
 
 std::string error_of(const std::function<void()>& fn) {
   try {
