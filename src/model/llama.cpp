@@ -56,17 +56,10 @@ void tp_all_reduce(const LlamaModel& m, Tensor& t) {
 }  // namespace
 
 void llama_check_tp(const LlamaConfig& cfg, int p) {
-  if (p < 1) ST_THROW_INPUT("tp_size must be at least 1 (got ", p, ")");
-  if (p == 1) return;
-  auto need = [&](int64_t n, const char* what, const char* key) {
-    if (n % p != 0)
-      ST_THROW_INPUT("tensor parallelism: ", what, " (", key, " = ", n, ") is not divisible by tp_size = ", p,
-                     ": choose a tp_size that divides it");
-  };
-  need(cfg.num_heads, "the number of attention heads", "num_attention_heads");
-  need(cfg.num_kv_heads, "the number of key/value heads", "num_key_value_heads");
-  need(cfg.intermediate_size, "the FFN width", "intermediate_size");
-  need(cfg.vocab_size, "the vocabulary", "vocab_size");
+  check_tp_divisible(p, {{cfg.num_heads, "the number of attention heads", "num_attention_heads"},
+                         {cfg.num_kv_heads, "the number of key/value heads", "num_key_value_heads"},
+                         {cfg.intermediate_size, "the FFN width", "intermediate_size"},
+                         {cfg.vocab_size, "the vocabulary", "vocab_size"}});
 }
 
 LlamaLocalDims llama_local_dims(const LlamaModel& m) {

@@ -121,16 +121,9 @@ T5LocalDims t5_local_dims(const T5Model& m) {
 }
 
 void t5_check_tp(const T5Config& cfg, int p) {
-  if (p < 1) ST_THROW_INPUT("tp_size must be at least 1 (got ", p, ")");
-  if (p == 1) return;
-  auto need = [&](int64_t n, const char* what, const char* key) {
-    if (n % p != 0)
-      ST_THROW_INPUT("tensor parallelism: ", what, " (", key, " = ", n, ") is not divisible by tp_size = ", p,
-                     ": choose a tp_size that divides it");
-  };
-  need(cfg.num_heads, "the number of attention heads", "num_heads");
-  need(cfg.d_ff, "the FFN width", "d_ff");
-  need(cfg.vocab_size, "the vocabulary", "vocab_size");
+  check_tp_divisible(p, {{cfg.num_heads, "the number of attention heads", "num_heads"},
+                         {cfg.d_ff, "the FFN width", "d_ff"},
+                         {cfg.vocab_size, "the vocabulary", "vocab_size"}});
 }
 
 T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant& quant, const TpGroup& tp) {

@@ -54,6 +54,14 @@ Tensor shard_cols(const Tensor& W, int p, int i) {
   return out;
 }
 
+void check_tp_divisible(int p, std::initializer_list<TpDimension> dims) {
+  if (p < 1) ST_THROW_INPUT("tp_size must be at least 1 (got ", p, ")");
+  for (const TpDimension& d : dims)
+    if (d.size % p != 0)
+      ST_THROW_INPUT("tensor parallelism: ", d.what, " (", d.key, " = ", d.size, ") is not divisible by tp_size = ", p,
+                     ": choose a tp_size that divides it");
+}
+
 Tensor tp_shard_of(const Tensor& full, TpMode split, const TpGroup& tp) {
   if (split == TpMode::none || tp.size == 1) return full.clone(MemCategory::workspace);
   if (split == TpMode::column) {

@@ -16,6 +16,8 @@
 // [out, in/p] (contiguous).
 #pragma once
 
+#include <initializer_list>
+
 #include "core/tensor.hpp"
 #include "model/linear.hpp"
 #include "parallel/comm.hpp"
@@ -32,6 +34,15 @@ Tensor shard_cols(const Tensor& W, int p, int i);
 
 // A model tensor split over a TP group by `split` (model/linear.hpp's TpMode): column = rows of
 // the leading dimension, row = columns of the last dimension, none = replicated.
+// Up-front check of a model's dimensions for tensor parallelism over p ranks: InputError naming
+// the first dimension (and its config key) that p does not divide.
+struct TpDimension {
+  int64_t size;
+  const char* what;  // "the number of attention heads"
+  const char* key;   // "num_attention_heads"
+};
+void check_tp_divisible(int p, std::initializer_list<TpDimension> dims);
+
 // This rank's part of `full` (any device, a copy on it; the whole tensor when split is none or
 // the group has one rank).
 Tensor tp_shard_of(const Tensor& full, TpMode split, const TpGroup& tp);
