@@ -47,4 +47,15 @@ const std::string& synthetic_data_dir(const std::string& tag, uint64_t seed, int
   return it->second->path;
 }
 
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
+  }
+  return "NO EXCEPTION";
+}
+
 }  // namespace st::test

@@ -22,6 +22,11 @@ struct TempDir {
 const std::string& synthetic_data_dir(const std::string& tag, uint64_t seed, int64_t sentiment_rows,
                                       int64_t instruct_rows);
 
+// The message of the st::InputError fn throws; "NO EXCEPTION" or "WRONG EXCEPTION TYPE: ..."
+// otherwise (so a test's EXPECT on the text fails with what happened).
+std::string error_of(const std::function<void()>& fn);
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
 // Runs fn and expects an st::InputError whose message contains every one of `parts`.
 void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts);
 

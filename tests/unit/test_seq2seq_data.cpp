@@ -31,18 +31,9 @@ namespace {
 
 using st::test::TempDir;
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const st::InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
+using st::test::error_of;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using st::test::contains;
 
 std::vector<int32_t> concat(std::initializer_list<std::vector<int32_t>> parts) {
   std::vector<int32_t> out;

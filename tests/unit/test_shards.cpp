@@ -29,18 +29,9 @@ using st::test::TempDir;
 // A synthetic tokenizer and its sentiment data, made once per test program.
 const std::string& synth_dir() { return st::test::synthetic_data_dir("shards-synth", 11, 200, 50); }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const st::InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG EXCEPTION TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
+using st::test::error_of;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using st::test::contains;
 
 // 200 synthetic sentiment rows prepared in memory (the expected values), L = 32.
 const st::PreparedRows& prepared() {
