@@ -1,5 +1,7 @@
 #include "model/linear.hpp"
 
+#include <algorithm>
+
 #include "ops/matmul.hpp"
 #include "quant/nf4.hpp"
 
@@ -16,6 +18,17 @@ Tensor Linear::dense_weight() const {
 }
 
 size_t nf4_stored_bytes(const Linear& l) { return l.nf4->nbytes(); }
+
+std::shared_ptr<Tensor> share_dequant_buffer(const std::vector<Linear*>& linears, DType dtype, Device device) {
+  int64_t largest = 0;
+  for (Linear* lin : linears)
+    if (lin->quantized()) largest = std::max(largest, lin->out * lin->in);
+  if (largest == 0) return nullptr;
+  auto buf = std::make_shared<Tensor>(Tensor::empty({largest}, dtype, device, MemCategory::workspace));
+  for (Linear* lin : linears)
+    if (lin->quantized()) lin->dequant = buf;
+  return buf;
+}
 
 void dequantize_linears(const std::vector<Linear*>& linears, DType dtype) {
   for (Linear* lin : linears) {

@@ -101,6 +101,9 @@ struct WeightBytes {
 };
 template <typename Slots>
 WeightBytes weight_bytes_of(const Slots& slots, DType dtype);
+// One dequantize buffer (of the largest NF4 layer) shared by every NF4 layer among `linears`;
+// null when none is quantized.
+std::shared_ptr<Tensor> share_dequant_buffer(const std::vector<Linear*>& linears, DType dtype, Device device);
 // Replace every NF4 base among `linears` by its dequantized dense weight in `dtype`.
 void dequantize_linears(const std::vector<Linear*>& linears, DType dtype);
 

@@ -125,14 +125,7 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
     m.lm_head = make_linear("lm_head", C, V, m, quant, TpMode::column);
   }
   m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device);
-  if (quant.any()) {
-    int64_t largest = 0;
-    for (Linear* lin : llama_linears(m))
-      if (lin->quantized()) largest = std::max(largest, lin->out * lin->in);
-    m.dequant = std::make_shared<Tensor>(Tensor::empty({largest}, dtype, device, MemCategory::workspace));
-    for (Linear* lin : llama_linears(m))
-      if (lin->quantized()) lin->dequant = m.dequant;
-  }
+  if (quant.any()) m.dequant = share_dequant_buffer(llama_linears(m), dtype, device);
   return m;
 }
 

@@ -181,14 +181,7 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
   } else {
     m.lm_head = make_linear("lm_head", C, V, m, quant, TpMode::column);
   }
-  if (quant.any()) {
-    int64_t largest = 0;
-    for (Linear* lin : t5_linears(m))
-      if (lin->quantized()) largest = std::max(largest, lin->out * lin->in);
-    m.dequant = std::make_shared<Tensor>(Tensor::empty({largest}, dtype, device, MemCategory::workspace));
-    for (Linear* lin : t5_linears(m))
-      if (lin->quantized()) lin->dequant = m.dequant;
-  }
+  if (quant.any()) m.dequant = share_dequant_buffer(t5_linears(m), dtype, device);
   return m;
 }
 
