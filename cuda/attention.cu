@@ -508,6 +508,7 @@ template <int DP> constexpr size_t backward_smem() {
 }
 
 // Scratch kept between calls (D and the f32 dQ accumulator), grown on demand, counted as workspace.
+// The planner reserves the same sizes (attention_scratch_bytes in ops/attention.hpp).
 Tensor& scratch(int which, int64_t n) {
   static Tensor bufs[2];
   if (!bufs[which].defined() || bufs[which].numel() < n)

@@ -191,7 +191,7 @@ class NcclComm final : public Comm {
   }
 
   double all_reduce_scalar_impl(double v, ReduceOp op) override {
-    if (!scalar_.defined()) scalar_ = Tensor::empty({1}, DType::f64, Device::cuda, MemCategory::workspace);
+    if (!scalar_.defined()) scalar_ = Tensor::empty({1}, DType::f64, Device::cuda, MemCategory::communication);
     ST_CUDA_CHECK(cudaMemcpy(scalar_.data(), &v, sizeof(double), cudaMemcpyHostToDevice));
     timed(cuda::stream(), [&] {
       check_nccl(ncclAllReduce(scalar_.data(), scalar_.data(), 1, ncclFloat64, nccl_op(op), comm_, cuda::stream()),
@@ -259,7 +259,7 @@ class NcclComm final : public Comm {
 
   void barrier_impl() override {
     // NCCL has no barrier: a one-element all-reduce, then wait for it on the host.
-    if (!barrier_.defined()) barrier_ = Tensor::zeros({1}, DType::f32, Device::cuda, MemCategory::workspace);
+    if (!barrier_.defined()) barrier_ = Tensor::zeros({1}, DType::f32, Device::cuda, MemCategory::communication);
     timed(cuda::stream(), [&] {
       check_nccl(ncclAllReduce(barrier_.data(), barrier_.data(), 1, ncclFloat32, ncclSum, comm_, cuda::stream()),
                  "AllReduce (barrier)", comm_);

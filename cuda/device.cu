@@ -29,6 +29,20 @@ class CudaAllocator final : public Allocator {
 
 }  // namespace
 
+size_t cuda_total_memory() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return p.totalGlobalMem;
+}
+
 Allocator* cuda_allocator() {
   static CudaAllocator a;
   return &a;

@@ -5,6 +5,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/matmul.cuh"
+#include "ops/matmul.hpp"
 
 namespace st::cuda {
 
@@ -17,7 +18,7 @@ namespace {
       ST_THROW("cuBLASLt error ", cublasGetStatusName(st_s_), " (", cublasGetStatusString(st_s_), ") in ", #call); \
   } while (0)
 
-constexpr size_t kWorkspaceBytes = 32u << 20;
+constexpr size_t kWorkspaceBytes = kCublasLtWorkspaceBytes;  // shared with the planner (ops/matmul.hpp)
 
 struct Key {
   int64_t m, n, k;

@@ -1,14 +1,40 @@
 // `shardtune train` and `shardtune eval`: MPI start-up, options, the run, the exit status.
 #include "cli/commands.hpp"
 #include "config/run_config.hpp"
+#include "core/allocator.hpp"
 #include "core/error.hpp"
+#include "core/log.hpp"
 #include "parallel/runtime.hpp"
 #include "parallel/watchdog.hpp"
+#include "train/plan.hpp"
 #include "train/trainer.hpp"
 
 namespace st {
 
 namespace {
+
+// parallel = auto: the planner's fastest strategy (and tp_size) that fits for this method on
+// this many ranks. Every rank computes the same answer from the same inputs.
+void choose_strategy(RunConfig& cfg, int world_size) {
+  PlanRequest req;
+  req.ranks = world_size;
+  req.methods = {cfg.method};
+  req.device_memory = parse_bytes(cfg.memory_limit, "memory_limit");
+  if (req.device_memory == 0 && cfg.device == "cuda") req.device_memory = cuda_total_memory();
+  req.reserve = default_runtime_reserve(cfg.device, world_size);
+  req.speed = default_speed_model(cfg.device);
+  const std::vector<LayoutEstimate> all = plan_layouts(cfg, plan_data_from_shards(cfg), req);
+  const LayoutEstimate* best = recommend(all, cfg.method);
+  if (!best)
+    ST_THROW_INPUT(cfg.origin.at("parallel"), ": parallel = auto: no strategy fits ", cfg.method, " on ", world_size,
+                   " rank", world_size == 1 ? "" : "s", " in ", format_bytes(static_cast<double>(req.device_memory)),
+                   " per device (see `shardtune plan --deck ... --ranks ", world_size, "`)");
+  cfg.parallel = best->layout.parallel;
+  cfg.tp_size = (cfg.parallel == "tp" || cfg.parallel == "tp+zero3") ? best->layout.tp_size : 1;
+  cfg.origin["parallel"] = cfg.origin["tp_size"] = "planner (parallel = auto)";
+  ST_LOG("plan: parallel = auto chose ", cfg.parallel, cfg.tp_size > 1 ? str(", tp_size = ", cfg.tp_size) : std::string(),
+         " (predicted peak ", format_bytes(static_cast<double>(best->memory.max_peak())), " per rank)");
+}
 
 int run_subcommand(int argc, char** argv, const char* name, int (*body)(const RunConfig&)) {
   try {
@@ -18,6 +44,7 @@ int run_subcommand(int argc, char** argv, const char* name, int (*body)(const Ru
       runtime_finalize();
       return kExitOk;
     }
+    if (cfg.parallel == "auto") choose_strategy(cfg, rt.world_size);
     runtime_make_grid(rt, static_cast<int>(cfg.tp_size));
     if (rt.world_size > 1 && cfg.parallel == "none")
       ST_THROW_INPUT("launched with ", rt.world_size, " ranks, but parallel = none trains on one rank: "

@@ -112,7 +112,8 @@ void build_table(RunConfig& c, OptionTable& t) {
              "strategy: none (one rank) | ddp (data parallel: replicated model, gradients summed over ranks) | "
              "tp (Megatron tensor parallelism over tp_size ranks; data parallel across groups) | "
              "zero3 (parameters, gradients and optimizer state sharded over the data-parallel ranks) | "
-             "tp+zero3 (both: TP inside groups of tp_size, ZeRO-3 across them)");
+             "tp+zero3 (both: TP inside groups of tp_size, ZeRO-3 across them) | "
+             "auto (the planner's fastest strategy and tp_size that fits in memory_limit, or the GPU's memory)");
   add(par, t, "tp_size", &c.tp_size,
       "tensor-parallel group size (parallel = tp or tp+zero3); must divide the world size; the data-parallel size is world / tp_size");
   add(par, t, "zero3_prefetch", &c.zero3_prefetch,
@@ -313,7 +314,7 @@ void validate_run_config(const RunConfig& c) {
   if (c.qlora_block_size != 64 && c.qlora_block_size != 128 && c.qlora_block_size != 256)
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
-  one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3"});
+  one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3", "auto"});
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
     fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
   if (c.threads < 0) fail("threads", "must be >= 0");
@@ -364,7 +365,7 @@ void validate_run_config(const RunConfig& c) {
   }
   if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
   if (c.tp_size < 1) fail("tp_size", "must be >= 1");
-  if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3")
+  if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3" && c.parallel != "auto")
     fail("tp_size", str("= ", c.tp_size, " needs parallel = tp or tp+zero3 (parallel is ", c.parallel, ")"));
   try {
     (void)parse_bytes(c.memory_limit, "memory_limit");

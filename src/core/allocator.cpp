@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "core/dryrun.hpp"
 #include "core/error.hpp"
 
 namespace st {
@@ -15,6 +16,7 @@ const char* mem_category_name(MemCategory c) {
     case MemCategory::gradients: return "gradients";
     case MemCategory::optimizer: return "optimizer";
     case MemCategory::activations: return "activations";
+    case MemCategory::communication: return "communication";
     case MemCategory::workspace: return "workspace";
     case MemCategory::other: return "other";
   }
@@ -81,6 +83,7 @@ class CpuAllocator final : public Allocator {
 Allocator* cuda_allocator();  // defined in cuda builds (cuda/device.cu); nullptr otherwise
 
 Allocator& allocator_for(Device d) {
+  if (Allocator* dry = dry_run_allocator(d)) return *dry;
   if (d == Device::cpu) {
     static CpuAllocator cpu;
     return cpu;
@@ -92,6 +95,7 @@ Allocator& allocator_for(Device d) {
 
 #ifndef SHARDTUNE_CUDA
 Allocator* cuda_allocator() { return nullptr; }
+size_t cuda_total_memory() { return 0; }
 void select_cuda_device(int) {
   ST_THROW_INPUT("device = cuda but this shardtune was built without CUDA (rebuild with CUDA=1 where nvcc exists)");
 }

@@ -15,8 +15,10 @@
 
 namespace st {
 
-enum class MemCategory : uint8_t { weights, gradients, optimizer, activations, workspace, other };
-constexpr int kNumMemCategories = 6;
+// communication: buffers that exist for collectives (DDP buckets, ZeRO-3 gather and
+// reduce-scatter pools, TP staging).
+enum class MemCategory : uint8_t { weights, gradients, optimizer, activations, communication, workspace, other };
+constexpr int kNumMemCategories = 7;
 const char* mem_category_name(MemCategory c);
 
 struct MemoryStats {
@@ -56,6 +58,8 @@ class Allocator {
 
 // The process-wide allocator for a device (the CUDA one exists only in CUDA builds).
 Allocator& allocator_for(Device d);
+// Memory of the first visible GPU in bytes; 0 without CUDA or a GPU.
+size_t cuda_total_memory();
 // Bind this process to a GPU (local rank modulo the visible devices) before any CUDA memory is
 // used. InputError when the build has no CUDA or no usable GPU is visible.
 void select_cuda_device(int local_rank);

@@ -1,5 +1,6 @@
 #include "core/tensor.hpp"
 
+#include "core/dryrun.hpp"
 #include "core/profile.hpp"
 
 #include <cstring>
@@ -37,11 +38,11 @@ std::string Shape::str() const {
 }
 
 Storage::Storage(size_t nbytes, Device dev, MemCategory cat)
-    : bytes(nbytes), device(dev), category(cat) {
-  ptr = allocator_for(dev).allocate(nbytes, cat);
+    : allocator(&allocator_for(dev)), bytes(nbytes), device(dev), category(cat) {
+  ptr = allocator->allocate(nbytes, cat);
 }
 
-Storage::~Storage() { allocator_for(device).release(ptr, bytes, category); }
+Storage::~Storage() { allocator->release(ptr, bytes, category); }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, MemCategory cat) {
   Tensor t;
@@ -102,13 +103,14 @@ Tensor Tensor::view_as(DType dtype, size_t byte_offset, const Shape& shape) cons
 }
 
 void Tensor::zero_() {
-  if (numel() == 0) return;
+  if (numel() == 0 || dry_run_active()) return;
   ProfileScope prof("zero (memset)", device_);
   device_memset_zero(data(), nbytes(), device_);
 }
 
 void Tensor::fill_(double value) {
   if (device_ != Device::cpu) ST_THROW("fill_ on a non-CPU tensor");
+  if (dry_run_active()) return;
   const int64_t n = numel();
   switch (dtype_) {
     case DType::f32: { float* p = ptr<float>(); for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(value); break; }
@@ -120,7 +122,7 @@ void Tensor::fill_(double value) {
 void Tensor::copy_from(const Tensor& src) {
   if (src.dtype_ != dtype_ || src.numel() != numel())
     ST_THROW("copy from ", src.str(), " into ", str(), ": dtype or size differs");
-  if (numel() == 0) return;
+  if (numel() == 0 || dry_run_active()) return;
   ProfileScope prof(device_ == src.device_ ? "copy (same device)" : "copy (host<->device)", device_ == Device::cuda ? device_ : src.device_);
   device_memcpy(data(), device_, src.data(), src.device_, nbytes());
 }

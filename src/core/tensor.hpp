@@ -40,6 +40,7 @@ template <> struct dtype_of<int64_t> { static constexpr DType value = DType::i64
 template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::u8; };
 
 struct Storage {
+  Allocator* allocator = nullptr;  // the one that made it (a dry run's, or the device's)
   void* ptr = nullptr;
   size_t bytes = 0;
   Device device = Device::cpu;

@@ -23,7 +23,7 @@ namespace st {
 namespace {
 
 // Categories every /ranks table has (zero where a rank reported none), in this order.
-const char* const kRankCategories[] = {"weights", "gradients", "optimizer", "activations", "workspace"};
+const char* const kRankCategories[] = {"weights", "gradients", "optimizer", "activations", "communication", "workspace"};
 
 h5::Handle create_unlocked_file(const std::string& path) {
   h5::quiet_errors();
@@ -161,7 +161,7 @@ void MetricsWriter::write_ranks(const std::vector<RankRecord>& ranks) {
   const size_t n = ranks.size();
   std::vector<int32_t> rank(n);
   std::vector<std::string> host(n);
-  std::vector<int64_t> peak(n);
+  std::vector<int64_t> peak(n), predicted(n);
   std::vector<double> comm(n);
   std::vector<std::string> categories(std::begin(kRankCategories), std::end(kRankCategories));
   std::set<std::string> seen(categories.begin(), categories.end());
@@ -169,6 +169,7 @@ void MetricsWriter::write_ranks(const std::vector<RankRecord>& ranks) {
     rank[i] = ranks[i].rank;
     host[i] = ranks[i].host;
     peak[i] = ranks[i].peak_memory;
+    predicted[i] = ranks[i].predicted_peak;
     comm[i] = ranks[i].comm_time;
     for (const auto& [cat, bytes] : ranks[i].peak_by_category) {
       (void)bytes;
@@ -179,6 +180,7 @@ void MetricsWriter::write_ranks(const std::vector<RankRecord>& ranks) {
   h5::write_dataset(g, "rank", H5T_NATIVE_INT32, rank.data(), {n});
   write_string_column(g, "host", host);
   h5::write_dataset(g, "peak_memory", H5T_NATIVE_INT64, peak.data(), {n});
+  h5::write_dataset(g, "predicted_peak", H5T_NATIVE_INT64, predicted.data(), {n});
   for (const std::string& cat : categories) {
     std::vector<int64_t> column(n, 0);
     for (size_t i = 0; i < n; ++i) {

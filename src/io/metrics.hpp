@@ -60,6 +60,7 @@ struct RankRecord {
   int32_t rank = 0;
   std::string host;
   int64_t peak_memory = 0;
+  int64_t predicted_peak = 0;  // the planner's prediction of peak_memory (0: none made)
   std::map<std::string, int64_t> peak_by_category;  // "weights", "gradients", ...
   double comm_time = 0;
 };

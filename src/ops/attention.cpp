@@ -2,6 +2,7 @@
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
+#include "core/dryrun.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/attention.cuh"
@@ -76,6 +77,13 @@ void check_attention(const char* op, const AttentionShape& s, const Tensor& q, c
     ST_THROW(op, ": attention with a bias on CUDA needs a nonzero scale");
 }
 
+// QK^T and PV: 4 B T Tk Hq D, halved when causal (the masked half is skipped).
+double attention_flops(const AttentionShape& s) {
+  const double f = 4.0 * static_cast<double>(s.B) * static_cast<double>(s.T) * static_cast<double>(s.kv_len()) *
+                   static_cast<double>(s.Hq) * static_cast<double>(s.D);
+  return s.causal ? f / 2 : f;
+}
+
 }  // namespace
 
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -84,6 +92,10 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
   check_float_args("attention_forward", {&q, &k, &v, &out});
   check_stat_dtype("attention_forward", q, lse);
   check_attention("attention_forward", s, q, k, v, out, lse, lengths, bias, nullptr);
+  if (dry_run_active()) {  // the planner: no compute
+    dry_run_add_flops(attention_flops(s));
+    return;
+  }
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::attention_forward(cuda_args(s, q, k, v, lengths, out, lse, bias));
@@ -112,6 +124,14 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
     if (dout.numel() < nq || dq.numel() < nq || dk.numel() < nkv || dv.numel() < nkv)
       ST_THROW("attention_backward: gradient buffers too small (dout ", dout.str(), ", dq ", dq.str(), ", dk ",
                dk.str(), ", dv ", dv.str(), ")");
+  }
+  if (dry_run_active()) {  // the planner: the backend's scratch (delta and the f32 dQ accumulator)
+    dry_run_add_flops(2.5 * attention_flops(s));  // dQ, dK, dV and the recomputed scores
+    if (q.device() == Device::cuda) {
+      dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
+      dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
+    }
+    return;
   }
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

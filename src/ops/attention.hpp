@@ -23,6 +23,13 @@ struct AttentionShape {
   int64_t kv_len() const { return Tk > 0 ? Tk : T; }
 };
 
+// The f32 scratch the CUDA backward keeps between calls (grown on demand): delta [B*T*Hq] and,
+// with dq_accumulator, the dQ accumulator [B*T*Hq*D]. In bytes.
+inline size_t attention_scratch_bytes(const AttentionShape& s, bool dq_accumulator) {
+  const int64_t rows = s.B * s.T * s.Hq;
+  return static_cast<size_t>(dq_accumulator ? rows * s.D : rows) * sizeof(float);
+}
+
 // q: [B*T, Hq*D], k, v: [B*Tk, Hkv*D], out: [B*T, Hq*D], lse: [B*Hq*T] (f32 on CUDA, else the
 // compute dtype). lengths: i32 [B] (keys at j >= lengths[b] are masked; 0 <= lengths[b] <= Tk,
 // checked on CPU, clamped to Tk on CUDA) or undefined for no padding mask.

@@ -4,6 +4,7 @@
 
 #include "core/rng.hpp"
 #include "core/profile.hpp"
+#include "core/dryrun.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/init.cuh"
@@ -41,6 +42,7 @@ void fill_cpu(Tensor& t, F value_of) {
 }  // namespace
 
 void fill_normal(Tensor& t, uint64_t key, double mean, double std) {
+  if (dry_run_active()) return;  // the planner: no compute
   if (t.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::fill_normal(t, key, mean, std);
@@ -57,6 +59,7 @@ void fill_normal(Tensor& t, uint64_t key, double mean, double std) {
 }
 
 void fill_uniform(Tensor& t, uint64_t key, double lo, double hi) {
+  if (dry_run_active()) return;  // the planner: no compute
   if (t.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::fill_uniform(t, key, lo, hi);
@@ -69,6 +72,7 @@ void fill_uniform(Tensor& t, uint64_t key, double lo, double hi) {
 }
 
 void fill_constant(Tensor& t, double value) {
+  if (dry_run_active()) return;  // the planner: no compute
   if (t.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::fill_constant(t, value);
@@ -88,6 +92,7 @@ void convert_copy(Tensor& dst, const Tensor& src) {
     dst.copy_from(src);
     return;
   }
+  if (dry_run_active()) return;  // the planner: no compute
   if (dst.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::convert_copy(dst, src);

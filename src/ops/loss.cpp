@@ -2,6 +2,7 @@
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
+#include "core/dryrun.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -17,6 +18,7 @@ void cross_entropy(Tensor& logits, const Tensor& targets, const Tensor& weight, 
       weight.numel() < N || losses.numel() < N)
     ST_THROW("cross_entropy: logits ", logits.str(), " targets ", targets.str(), " weight ", weight.str(),
              " losses ", losses.str());
+  if (dry_run_active()) return;  // the planner: no compute
   if (logits.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::cross_entropy(N, V, logits, targets, weight, losses, grad);

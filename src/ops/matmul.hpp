@@ -6,6 +6,9 @@
 
 namespace st {
 
+// The cuBLASLt workspace the CUDA backend keeps for all GEMMs (one buffer, made on first use).
+constexpr size_t kCublasLtWorkspaceBytes = size_t{32} << 20;
+
 // C = alpha * op(A) op(B) + beta * C_in with op = transpose when trans_* is set; C_in is C
 // itself unless given (a residual input: C = x + A B without a copy of x into C first).
 // op(A) is [M, K], op(B) is [K, N], C is [M, N] (as 2-D views with the given last dims).

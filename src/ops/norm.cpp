@@ -2,6 +2,7 @@
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
+#include "core/dryrun.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -16,6 +17,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   const int64_t C = w.numel(), N = x.numel() / C;
   if (x.dim(-1) != C || y.numel() != x.numel() || rstd.numel() < N)
     ST_THROW("rmsnorm_forward: x ", x.str(), " w ", w.str(), " y ", y.str(), " rstd ", rstd.str());
+  if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::rmsnorm_forward(N, C, x, w, static_cast<float>(eps), y, rstd);
@@ -39,6 +41,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const int64_t C = w.numel(), N = x.numel() / C;
   if (dy.numel() != x.numel() || dx.numel() != x.numel() || (dwp && dwp->numel() != C))
     ST_THROW("rmsnorm_backward: shapes disagree (x ", x.str(), ", dy ", dy.str(), ", dx ", dx.str(), ")");
+  if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::rmsnorm_backward(N, C, dy, x, w, rstd, dx, dw);

@@ -2,6 +2,7 @@
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
+#include "core/dryrun.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/init.hpp"
 #ifdef SHARDTUNE_CUDA
@@ -16,6 +17,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   const int64_t n = param.numel();
   if (grad.numel() != n || m.numel() != n || v.numel() != n || (working && working->numel() != n))
     ST_THROW("adamw_update: sizes differ");
+  if (dry_run_active()) return;  // the planner: no compute
   if (param.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::adamw_update(param, grad, m, v, working, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale);
@@ -32,6 +34,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
 
 double sum_squares(const Tensor& x) {
   ProfileScope prof("grad_norm", x.device());
+  if (dry_run_active()) return 0.0;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     return cuda::sum_squares(x);
@@ -47,6 +50,7 @@ double sum_squares(const Tensor& x) {
 double sum_squares_total(const std::vector<const Tensor*>& xs) {
   if (xs.empty()) return 0.0;
   ProfileScope prof("grad_norm", xs.front()->device());
+  if (dry_run_active()) return 0.0;  // the planner: no compute
   if (xs.front()->device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     return cuda::sum_squares_total(xs);
@@ -61,6 +65,7 @@ double sum_squares_total(const std::vector<const Tensor*>& xs) {
 
 void scale_inplace(Tensor& x, double s) {
   ProfileScope prof("grad_clip_scale", x.device());
+  if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::scale_inplace(x, s);
@@ -75,6 +80,7 @@ void scale_inplace(Tensor& x, double s) {
 void axpy(double a, const Tensor& x, Tensor& y) {
   check_float_args("axpy", {&x, &y});
   if (x.numel() != y.numel()) ST_THROW("axpy: sizes differ");
+  if (dry_run_active()) return;  // the planner: no compute
   if (y.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::axpy(a, x, y);

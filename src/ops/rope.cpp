@@ -4,6 +4,7 @@
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
+#include "core/dryrun.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -50,6 +51,7 @@ static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& table
   const int64_t H = x.numel() / (B * T_ * D);
   if (H * B * T_ * D != x.numel() || x.dim(-1) % D != 0)
     ST_THROW("rope: tensor ", x.str(), " is not [B=", B, ", T=", T_, ", H, D=", D, "]");
+  if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::rope_apply(B, T_, H, D, x, tables.cos, tables.sin, inverse);

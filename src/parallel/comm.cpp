@@ -2,6 +2,10 @@
 // fallback of the asynchronous collectives.
 #include "parallel/comm.hpp"
 
+#include <algorithm>
+#include <cstdlib>
+
+#include "core/dryrun.hpp"
 #include "parallel/watchdog.hpp"
 
 namespace st {
@@ -146,6 +150,50 @@ std::unique_ptr<CommRequest> Comm::reduce_scatter_sum_async_impl(const Tensor& i
                                                                  const std::string& label) {
   reduce_scatter_sum_impl(in, out);
   return std::make_unique<CompletedRequest>(label);
+}
+
+}  // namespace st
+
+namespace st {
+
+namespace {
+
+// The planner's communicator: one rank's view of a group of `size`, whose collectives check
+// their arguments and move no data (a dry run computes nothing).
+class DryComm final : public Comm {
+ public:
+  DryComm(int size, int rank, Device native, std::string name)
+      : size_(size), rank_(rank), native_(native), name_(std::move(name)) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+  const char* backend() const override { return "dry"; }
+  Device native_device() const override { return native_; }
+  [[noreturn]] void abort(int exit_status) override { std::exit(exit_status); }
+
+ protected:
+  // Bus bytes per rank of ring algorithms (as nccl-tests reports them).
+  void all_reduce_impl(Tensor& t, ReduceOp) override { count(2.0 * static_cast<double>(t.nbytes())); }
+  double all_reduce_scalar_impl(double v, ReduceOp) override { return v; }
+  void broadcast_impl(Tensor& t, int) override { count(static_cast<double>(t.nbytes()) * size_ / std::max(1, size_ - 1)); }
+  void all_gather_impl(const Tensor&, Tensor& out) override { count(static_cast<double>(out.nbytes())); }
+  void reduce_scatter_sum_impl(const Tensor& in, Tensor&) override { count(static_cast<double>(in.nbytes())); }
+  void barrier_impl() override {}
+  void count(double bytes) const {
+    if (size_ > 1) dry_run_add_comm_bytes(bytes * (size_ - 1) / size_);
+  }
+
+ private:
+  int size_, rank_;
+  Device native_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<Comm> make_dry_comm(int size, int rank, Device native_device, const std::string& name) {
+  if (size < 1 || rank < 0 || rank >= size) ST_THROW("dry communicator: rank ", rank, " of ", size);
+  return std::make_unique<DryComm>(size, rank, native_device, name);
 }
 
 }  // namespace st

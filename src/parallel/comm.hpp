@@ -104,6 +104,10 @@ class Comm {
 // An MPI communicator (duplicated, so shardtune's traffic never mixes with anyone else's).
 std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, const std::string& name);
 
+// The memory planner's stand-in for rank `rank` of a group of `size` (core/dryrun.hpp): checks
+// arguments like every backend and moves no data.
+std::unique_ptr<Comm> make_dry_comm(int size, int rank, Device native_device, const std::string& name);
+
 #ifdef SHARDTUNE_CUDA
 // An NCCL communicator over the ranks of `comm` (collective over it): rank 0 makes the unique
 // id and broadcasts it over MPI, then ncclCommInitRank. Needs the CUDA device selected first.

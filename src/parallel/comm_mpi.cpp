@@ -56,11 +56,11 @@ Staged stage(const Tensor& t, bool widen, bool copy_in) {
   if (t.device() == Device::cpu && !convert) return {t, true};
   if (copy_in) {
     if (convert) return {t.to_cpu(DType::f32), false};  // device copy and conversion
-    Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu, MemCategory::workspace);
+    Tensor h = Tensor::empty(t.shape(), t.dtype(), Device::cpu, MemCategory::communication);
     h.copy_from(t);
     return {h, false};
   }
-  return {Tensor::empty(t.shape(), convert ? DType::f32 : t.dtype(), Device::cpu, MemCategory::workspace), false};
+  return {Tensor::empty(t.shape(), convert ? DType::f32 : t.dtype(), Device::cpu, MemCategory::communication), false};
 }
 
 // Copy a staged result back into t (rounding to t's 16-bit type when it was widened).

@@ -24,11 +24,11 @@ GradAllReduce::GradAllReduce(const std::vector<std::vector<ParamRef>>& params_by
   }
   for (Bucket& b : buckets_) {
     const Tensor& g0 = *b.grads.front();
-    b.flat = Tensor::empty({b.numel}, g0.dtype(), g0.device(), MemCategory::workspace);
+    b.flat = Tensor::empty({b.numel}, g0.dtype(), g0.device(), MemCategory::communication);
     // The MPI backend would stage device buckets itself; a persistent host buffer saves the
     // allocation at every step. NCCL reduces device buckets where they are.
     if (g0.device() != dp_.native_device())
-      b.host = Tensor::empty({b.numel}, g0.dtype(), Device::cpu, MemCategory::workspace);
+      b.host = Tensor::empty({b.numel}, g0.dtype(), Device::cpu, MemCategory::communication);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/dryrun.hpp"
 #include "core/profile.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/init.hpp"
@@ -218,6 +219,15 @@ double vocab_parallel_cross_entropy(Tensor& logits_shard, const Tensor& targets,
                                     Tensor* losses, bool grad, Comm& comm) {
   ProfileScope prof("vocab_parallel_cross_entropy", logits_shard.device());
   if (losses && !losses->defined()) losses = nullptr;
+  if (dry_run_active()) {  // the planner: the row statistics both paths allocate, no compute
+    const bool cuda = logits_shard.device() == Device::cuda;
+    const int64_t Vl = logits_shard.dim(-1), N = logits_shard.numel() / Vl;
+    const DType stat = cuda ? DType::f32 : DType::f64;
+    Tensor mx = Tensor::empty({N}, stat, logits_shard.device(), MemCategory::workspace);
+    Tensor st = Tensor::empty({2 * N}, stat, logits_shard.device(), MemCategory::workspace);
+    Tensor own = cuda && !losses ? Tensor::empty({N}, DType::f32, Device::cuda, MemCategory::workspace) : Tensor();
+    return 0.0;
+  }
   if (logits_shard.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     // f32 statistics on the device, the same two all-reduces; the objective from the f32

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/dryrun.hpp"
 #include "core/profile.hpp"
 #include "model/llama.hpp"
 #include "model/t5.hpp"
@@ -281,6 +282,7 @@ Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
       const size_t es = dtype_size(g.dtype);
       for (Entry& e : g.entries) {
         const Tensor& src = *e.slots.front();
+        if (dry_run_active()) break;  // the planner: sizes only
         device_memcpy(static_cast<char*>(full.data()) + static_cast<size_t>(e.offset) * (g.trainable ? es : 1), dev,
                       src.data(), src.device(), src.nbytes());
       }
@@ -317,11 +319,11 @@ Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
     for (Group& g : up->groups)
       if (g.trainable) smax = std::max(smax, g.shard);
   }
-  for (int k = 0; k < 3; ++k) value_pool_.push_back(Tensor::empty({static_cast<int64_t>(vmax)}, DType::u8, device_, MemCategory::workspace));
+  for (int k = 0; k < 3; ++k) value_pool_.push_back(Tensor::empty({static_cast<int64_t>(vmax)}, DType::u8, device_, MemCategory::communication));
   value_owner_.assign(value_pool_.size(), -1);
   if (gmax > 0) {
-    for (int k = 0; k < 2; ++k) grad_pool_.push_back(Tensor::empty({static_cast<int64_t>(gmax)}, DType::u8, device_, MemCategory::workspace));
-    part_ = Tensor::empty({smax}, master, device_, MemCategory::workspace);
+    for (int k = 0; k < 2; ++k) grad_pool_.push_back(Tensor::empty({static_cast<int64_t>(gmax)}, DType::u8, device_, MemCategory::communication));
+    part_ = Tensor::empty({smax}, master, device_, MemCategory::communication);
   }
   grad_owner_.assign(grad_pool_.size(), -1);
   *hooks_ = this;
@@ -367,7 +369,7 @@ Tensor Zero3::take(std::vector<Tensor>& pool, std::vector<int>& owner, int unit,
 void Zero3::issue(Unit& u, bool own_buffer) {
   if (u.gathered || !u.pending.empty()) ST_THROW("Zero3: unit ", u.name, " gathered twice");
   const size_t need = unit_value_bytes(u);
-  Tensor buf = own_buffer ? Tensor::empty({static_cast<int64_t>(need)}, DType::u8, device_, MemCategory::workspace)
+  Tensor buf = own_buffer ? Tensor::empty({static_cast<int64_t>(need)}, DType::u8, device_, MemCategory::communication)
                           : take(value_pool_, value_owner_, 0, need, u.value_slot);
   size_t off = 0;
   for (Group& g : u.groups) {

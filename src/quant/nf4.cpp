@@ -12,6 +12,7 @@
 
 #include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "core/dryrun.hpp"
 #include "core/profile.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/nf4.cuh"
@@ -249,6 +250,7 @@ void check_pair(const char* op, const Tensor& w, const Nf4Tensor& q) {
 void nf4_quantize(const Tensor& w, Nf4Tensor& q) {
   ProfileScope prof("nf4 quantize", w.device());
   check_pair("nf4_quantize", w, q);
+  if (dry_run_active()) return;  // the planner: no compute
   if (w.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::nf4_quantize(w, q);
@@ -267,6 +269,7 @@ void nf4_quantize(const Tensor& w, Nf4Tensor& q) {
 void nf4_dequantize(const Nf4Tensor& q, Tensor& out) {
   ProfileScope prof("nf4 dequantize", out.device());
   check_pair("nf4_dequantize", out, q);
+  if (dry_run_active()) return;  // the planner: no compute
   if (out.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::nf4_dequantize(q, out);

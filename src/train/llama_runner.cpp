@@ -154,27 +154,29 @@ std::unique_ptr<ModelRunner> make_llama_runner(const RunConfig& c, const ShardIn
   return std::make_unique<LlamaRunner>(c, info, shape, dtype, device, tp, training);
 }
 
-std::string resolve_arch(const RunConfig& c, const ShardInfo& info) {
-  std::string arch = c.arch;
-  if (!c.model.empty()) {
-    const fs::path p = fs::path(c.model) / "config.json";
-    std::ifstream f(p);
-    if (!f) ST_THROW_INPUT(c.origin.count("model") ? c.origin.at("model") : std::string("options"), ": model = ",
-                           c.model, ": cannot read ", p.string());
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(f);
-    } catch (const std::exception& e) {
-      ST_THROW_INPUT(p.string(), ": not valid JSON: ", e.what());
-    }
-    const std::string type = j.value("model_type", std::string());
-    if (type != "llama" && type != "t5")
-      ST_THROW_INPUT(p.string(), ": model_type \"", type, "\" is not supported (llama or t5)");
-    const auto it = c.origin.find("arch");
-    if (it != c.origin.end() && it->second != "default" && c.arch != type)
-      ST_THROW_INPUT(it->second, ": arch = ", c.arch, " but the checkpoint ", c.model, " is a ", type);
-    arch = type;
+std::string model_arch(const RunConfig& c) {
+  if (c.model.empty()) return c.arch;
+  const fs::path p = fs::path(c.model) / "config.json";
+  std::ifstream f(p);
+  if (!f) ST_THROW_INPUT(c.origin.count("model") ? c.origin.at("model") : std::string("options"), ": model = ",
+                         c.model, ": cannot read ", p.string());
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    ST_THROW_INPUT(p.string(), ": not valid JSON: ", e.what());
   }
+  const std::string type = j.value("model_type", std::string());
+  if (type != "llama" && type != "t5")
+    ST_THROW_INPUT(p.string(), ": model_type \"", type, "\" is not supported (llama or t5)");
+  const auto it = c.origin.find("arch");
+  if (it != c.origin.end() && it->second != "default" && c.arch != type)
+    ST_THROW_INPUT(it->second, ": arch = ", c.arch, " but the checkpoint ", c.model, " is a ", type);
+  return type;
+}
+
+std::string resolve_arch(const RunConfig& c, const ShardInfo& info) {
+  const std::string arch = model_arch(c);
   const bool seq2seq = info.arch == "seq2seq";
   if (arch == "t5" && !seq2seq)
     ST_THROW_INPUT(c.data, ": a T5 (encoder-decoder) model needs seq2seq shards, but these are '", info.arch,

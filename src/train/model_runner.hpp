@@ -73,7 +73,10 @@ class ModelRunner {
   virtual void save(const std::string& dir, const std::string& tokenizer_path) = 0;
 };
 
-// The model family of a run: the checkpoint's model_type when `model` is set, else `arch`.
+// The model family the options name: the checkpoint's model_type when `model` is set (InputError
+// when it contradicts an explicit `arch`), else `arch`.
+std::string model_arch(const RunConfig& c);
+// The model family of a run: model_arch(c), checked against the shards.
 // InputError when they disagree or the shards are of the other kind (causal vs seq2seq).
 std::string resolve_arch(const RunConfig& c, const ShardInfo& info);
 

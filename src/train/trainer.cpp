@@ -8,9 +8,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <optional>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "core/log.hpp"
 #include "core/profile.hpp"
@@ -27,7 +30,9 @@
 #include "train/loader.hpp"
 #include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
+#include "train/plan.hpp"
 #include "train/schedule.hpp"
+#include "train/setup.hpp"
 
 namespace fs = std::filesystem;
 
@@ -37,16 +42,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int64_t kProfileWarmupSteps = 2;
-
-Device resolve_device(const RunConfig& c) { return c.device == "cuda" ? Device::cuda : Device::cpu; }
-
-DType resolve_dtype(const RunConfig& c, Device d) {
-  if (c.dtype == "auto") return d == Device::cuda ? DType::bf16 : DType::f32;
-  if (c.dtype == "f32") return DType::f32;
-  if (c.dtype == "f64") return DType::f64;
-  if (d == Device::cpu) ST_THROW_INPUT(c.origin.at("dtype"), ": dtype bf16 needs device = cuda (the CPU path computes in f32)");
-  return DType::bf16;
-}
 
 void setup_threads(const RunConfig& c) {
   int n = c.threads;
@@ -147,18 +142,20 @@ TpGroup tp_group(const RunConfig& c, Device device) {
 struct RankMemory {
   MemoryStats stats;
   double comm_time = 0;
+  size_t predicted_peak = 0;
 };
 
 // Every rank's peak memory and communication time, gathered to all ranks.
 std::vector<RankRecord> gather_rank_records(const RankMemory& mine) {
-  constexpr int kFields = 2 + kNumMemCategories;
+  constexpr int kFields = 3 + kNumMemCategories;
   constexpr int kHost = 64;
   Runtime& rt = runtime();
   Tensor local = Tensor::empty({kFields}, DType::f64, Device::cpu, MemCategory::other);
   double* p = local.ptr<double>();
   p[0] = static_cast<double>(mine.stats.total_peak);
   p[1] = mine.comm_time;
-  for (int i = 0; i < kNumMemCategories; ++i) p[2 + i] = static_cast<double>(mine.stats.peak[static_cast<size_t>(i)]);
+  p[2] = static_cast<double>(mine.predicted_peak);
+  for (int i = 0; i < kNumMemCategories; ++i) p[3 + i] = static_cast<double>(mine.stats.peak[static_cast<size_t>(i)]);
   Tensor all = Tensor::empty({kFields * rt.world_size}, DType::f64, Device::cpu, MemCategory::other);
   rt.world->all_gather(local, all);
   Tensor host = Tensor::zeros({kHost}, DType::u8, Device::cpu, MemCategory::other);
@@ -173,8 +170,9 @@ std::vector<RankRecord> gather_rank_records(const RankMemory& mine) {
     rec.host = std::string(reinterpret_cast<const char*>(hosts.ptr<uint8_t>() + r * kHost));
     rec.peak_memory = static_cast<int64_t>(q[0]);
     rec.comm_time = q[1];
+    rec.predicted_peak = static_cast<int64_t>(q[2]);
     for (int i = 0; i < kNumMemCategories; ++i)
-      rec.peak_by_category[mem_category_name(static_cast<MemCategory>(i))] = static_cast<int64_t>(q[2 + i]);
+      rec.peak_by_category[mem_category_name(static_cast<MemCategory>(i))] = static_cast<int64_t>(q[3 + i]);
     out.push_back(rec);
   }
   return out;
@@ -189,6 +187,7 @@ class Run {
  private:
   void begin(const char* what);
   void open_data(bool need_train);
+  RankComms comms() const;
   void build_model(bool training);
   EvalResult run_eval(int64_t step, double epoch);
   void log_step(const StepRecord& r, int64_t total_steps, double mean_step_time);
@@ -202,11 +201,10 @@ class Run {
   std::unique_ptr<MetricsWriter> metrics_;
   Stopwatch total_;
   std::unique_ptr<ShardDataset> train_, val_;
-  std::unique_ptr<ModelRunner> model_;
-  std::unique_ptr<AdamW> opt_;
-  std::unique_ptr<GradAllReduce> grad_sync_;  // DDP: gradients summed over the data-parallel group
-  std::unique_ptr<Zero3> zero_;               // ZeRO-3: parameters sharded over the data-parallel group
+  TrainingState state_;          // model, ZeRO-3, optimizer, DDP
+  ModelRunner* model_ = nullptr;  // state_.model
   double flops_per_token_ = 0;
+  size_t predicted_peak_ = 0;  // the planner's dry run of this rank (training runs)
   std::optional<MemoryStats> train_stats_;  // memory statistics at the end of training
   SummaryRecord summary_;
   std::vector<double> epoch_times_;
@@ -220,8 +218,8 @@ class Run {
 };
 
 void Run::begin(const char* what) {
-  device_ = resolve_device(cfg_);
-  dtype_ = resolve_dtype(cfg_, device_);
+  device_ = run_device(cfg_);
+  dtype_ = run_dtype(cfg_, device_);
   if (device_ == Device::cuda) select_cuda_device(runtime().local_rank);
   // NCCL communicators for GPU runs with several ranks, and for a strategy's one-rank run (whose
   // collectives then go through NCCL too).
@@ -231,6 +229,10 @@ void Run::begin(const char* what) {
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
   run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();
   if (process_rank() == 0) {
+    // Outcomes other ranks left here in an earlier run of this run_id (record_failure).
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(run_dir_, ec))
+      if (e.path().filename().string().rfind("outcome-rank", 0) == 0) fs::remove(e.path(), ec);
     print_config(cfg_);
     metrics_ = std::make_unique<MetricsWriter>((fs::path(run_dir_) / "metrics.h5").string(), config_map(cfg_));
     ST_LOG("shardtune ", what, ": run ", cfg_.run_id, " -> ", metrics_->path(), " (", omp_get_max_threads(),
@@ -267,43 +269,51 @@ void Run::open_data(bool need_train) {
                    train_->info().task, "'");
 }
 
+RankComms Run::comms() const {
+  Runtime& rt = runtime();
+  RankComms c;
+  c.tp = tp_group(cfg_, device_);
+  c.dp = &runtime_comm(rt, CommGroup::dp, device_);
+  c.dp_host = rt.dp_comm.get();
+  c.tp_host = rt.tp_comm.get();
+  c.world = rt.world.get();
+  return c;
+}
+
 void Run::build_model(bool training) {
   const ShardDataset& ref = train_ ? *train_ : *val_;
   DataShape shape;
   shape.seq_len = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
   shape.target_len = std::max(train_ ? train_->target_len() : 0, val_ ? val_->target_len() : 0);
   shape.label_token_ids = ref.info().label_token_ids;
-  const std::string arch = resolve_arch(cfg_, ref.info());
-  summary_.strings["arch"] = arch;
-  const TpGroup tp = tp_group(cfg_, device_);
-  model_ = arch == "t5" ? make_t5_runner(cfg_, ref.info(), shape, dtype_, device_, tp, training)
-                        : make_llama_runner(cfg_, ref.info(), shape, dtype_, device_, tp, training);
-  const int64_t B = cfg_.micro_batch_size;
-  MemoryPhase phase("setup");
+  Runtime& rt0 = runtime();
   if (training) {
-    if (cfg_.method == "full") {
-      model_->enable_base_training();
-    } else {
-      LoraConfig lc;
-      lc.r = cfg_.lora_r;
-      lc.alpha = cfg_.lora_alpha;
-      lc.dropout = cfg_.lora_dropout;
-      lc.targets = cfg_.lora_target_list(arch);
-      const int64_t n = model_->attach_lora(lc, cfg_.seed);
-      ST_LOG("lora: ", n, " adapters, r=", lc.r, " alpha=", lc.alpha, " dropout=", lc.dropout, " on ",
-             join(lc.targets, ","));
-    }
+    // The planner's prediction of this rank's peak: a dry run of what follows (train/plan.hpp).
+    PlanLayout layout;
+    layout.parallel = cfg_.parallel;
+    layout.method = cfg_.method;
+    layout.world_size = rt0.world_size;
+    layout.tp_size = rt0.tp;
+    layout.checkpointing = cfg_.activation_checkpointing;
+    predicted_peak_ = predict_rank_memory(cfg_, PlanData{ref.info(), shape}, layout, rt0.world_rank).peak;
+    ST_LOG("plan: predicted peak ", format_bytes(static_cast<double>(predicted_peak_)), " on this rank");
   }
-  // Figures of the whole (local TP part of the) model, before ZeRO-3 takes the tensors over.
-  const int64_t total = model_->num_parameters();
-  const int64_t trainable = training ? model_->num_trainable() : 0;
-  const WeightBytes wb = model_->weight_bytes();
+  state_ = build_training_state(cfg_, ref.info(), shape, dtype_, device_, comms(), training);
+  model_ = state_.model.get();
+  summary_.strings["arch"] = state_.arch;
+  if (state_.lora_adapters > 0) {
+    const std::vector<std::string> targets = cfg_.lora_target_list(state_.arch);
+    ST_LOG("lora: ", state_.lora_adapters, " adapters, r=", cfg_.lora_r, " alpha=", cfg_.lora_alpha,
+           " dropout=", cfg_.lora_dropout, " on ", join(targets, ","));
+  }
+  const int64_t total = state_.num_parameters;
+  const int64_t trainable = state_.num_trainable;
+  const WeightBytes wb = state_.weight_bytes;
   if (train_) flops_per_token_ = model_->flops_per_token();
   Runtime& rt = runtime();
-  if (cfg_.parallel == "zero3" || cfg_.parallel == "tp+zero3") {
-    zero_ = model_->make_zero3(runtime_comm(rt, CommGroup::dp, device_), cfg_.zero3_prefetch);
-    const Zero3::Bytes zb = zero_->bytes();
-    ST_LOG("zero3: ", zero_->num_units(), " units sharded over ", rt.dp, " data-parallel rank", rt.dp == 1 ? "" : "s",
+  if (state_.zero) {
+    const Zero3::Bytes zb = state_.zero->bytes();
+    ST_LOG("zero3: ", state_.zero->num_units(), " units sharded over ", rt.dp, " data-parallel rank", rt.dp == 1 ? "" : "s",
            "; this rank keeps ", format_bytes(static_cast<double>(zb.frozen)), " frozen + ",
            format_bytes(static_cast<double>(zb.working)), " trainable weights, ",
            format_bytes(static_cast<double>(zb.master)), " masters, ", format_bytes(static_cast<double>(zb.grads)),
@@ -312,17 +322,9 @@ void Run::build_model(bool training) {
     summary_.ints["zero3_trainable_shard_bytes"] = static_cast<int64_t>(zb.working);
     summary_.ints["zero3_largest_unit_bytes"] = static_cast<int64_t>(zb.largest_unit_gathered);
   }
-  if (training) {
-    opt_ = std::make_unique<AdamW>(zero_ ? zero_->params() : model_->trainable_params(), cfg_.adam_beta1,
-                                   cfg_.adam_beta2, cfg_.adam_eps, cfg_.weight_decay);
-    if (rt.dp > 1 && (cfg_.parallel == "ddp" || cfg_.parallel == "tp")) {
-      grad_sync_ = std::make_unique<GradAllReduce>(model_->params_by_unit(), runtime_comm(rt, CommGroup::dp, device_));
-      model_->set_hooks(grad_sync_.get());  // buckets reduced as the last micro-batch's backward finishes them
-      ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", grad_sync_->num_buckets(), " bucket",
-             grad_sync_->num_buckets() == 1 ? "" : "s");
-    }
-  }
-  model_->allocate(B, cfg_.activation_checkpointing, training);
+  if (state_.grad_sync)
+    ST_LOG("ddp: ", rt.dp, " data-parallel ranks, gradients summed in ", state_.grad_sync->num_buckets(), " bucket",
+           state_.grad_sync->num_buckets() == 1 ? "" : "s");
   summary_.ints["num_parameters"] = total;
   summary_.ints["base_weight_bytes"] = static_cast<int64_t>(wb.stored);
   summary_.ints["base_weight_bytes_dense"] = static_cast<int64_t>(wb.dense);
@@ -387,8 +389,11 @@ void Run::finish_summary(const char* outcome) {
   summary_.reals["mean_epoch_time"] = mean_epoch;
   summary_.ints["epochs_completed"] = static_cast<int64_t>(epoch_times_.size());
   Runtime& rtc = runtime();
-  RankMemory mine{ms, runtime_comm_time(rtc)};
+  RankMemory mine{ms, runtime_comm_time(rtc), predicted_peak_};
   const std::vector<RankRecord> ranks = gather_rank_records(mine);
+  int64_t predicted = 0;
+  for (const RankRecord& r : ranks) predicted = std::max(predicted, r.predicted_peak);
+  if (predicted > 0) summary_.ints["predicted_peak"] = predicted;
   if (metrics_) {
     metrics_->write_ranks(ranks);
     metrics_->write_summary(summary_);
@@ -423,7 +428,7 @@ int Run::train() {
 
   const std::vector<int32_t>& row_targets = train_->loss_tokens();
   const std::vector<int32_t> row_lengths = model_->row_tokens(*train_);
-  Batch host;
+  const RankComms step_comms = comms();
   int64_t step = 0, train_tokens = 0;
   double step_time_sum = 0;
   bool done = false;
@@ -446,42 +451,17 @@ int Run::train() {
         step_tokens += row_lengths[static_cast<size_t>(row)];
       }
       const double token_weight = step_targets > 0 ? 1.0 / static_cast<double>(step_targets) : 0.0;
-      opt_->zero_grad();
-      double loss = 0;
-      for (int64_t a = 0; a < accum; ++a) {
-        std::vector<int64_t> rows(static_cast<size_t>(micro));
-        for (int64_t i = 0; i < micro; ++i) rows[static_cast<size_t>(i)] = order[static_cast<size_t>(first + a * micro + i)];
-        train_->read_rows(rows, host);
-        LayerContext ctx;
-        ctx.training = true;
-        ctx.dropout_seed = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ull + static_cast<uint64_t>(a)));
-        {
-          MemoryPhase phase("forward");
-          loss += model_->forward(host, token_weight, ctx, true);
-        }
-        MemoryPhase phase("backward");
-        if (grad_sync_ && a + 1 == accum) grad_sync_->arm();
-        model_->backward(ctx);
-      }
-      maybe_inject_fault(step);
-      if (grad_sync_) {
-        MemoryPhase phase("gradient all-reduce");
-        grad_sync_->sync();
-      }
-      // Each data-parallel group's objective (the same on every rank of a TP group), summed.
-      if (rt.dp > 1) loss = rt.dp_comm->all_reduce_sum(loss);
-      double gnorm, lr;
-      {
-        MemoryPhase phase("optimizer");
-        // Under TP the sharded gradients' squared norms are summed over the group; replicated
-        // ones (norms, one LoRA factor) are counted once, on TP rank 0.
-        // Under ZeRO-3 every rank holds its own shard: summed over the whole world.
-        gnorm = zero_                  ? opt_->clip_grad_norm(cfg_.grad_clip, rt.world.get(), rt.tp_rank == 0)
-                : model_->tp_size() > 1 ? opt_->clip_grad_norm(cfg_.grad_clip, rt.tp_comm.get(), rt.tp_rank == 0)
-                                     : opt_->clip_grad_norm(cfg_.grad_clip);
-        lr = sched.at(step);
-        opt_->step(lr);
-      }
+      const double lr = sched.at(step);
+      const StepOutcome out = training_step(
+          state_, cfg_, step_comms, accum, token_weight, lr,
+          [&](int64_t a, Batch& host, LayerContext& ctx) {
+            std::vector<int64_t> rows(static_cast<size_t>(micro));
+            for (int64_t i = 0; i < micro; ++i) rows[static_cast<size_t>(i)] = order[static_cast<size_t>(first + a * micro + i)];
+            train_->read_rows(rows, host);
+            ctx.dropout_seed = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ull + static_cast<uint64_t>(a)));
+          },
+          [&] { maybe_inject_fault(step); });
+      const double loss = out.loss, gnorm = out.grad_norm;
       const double dt = step_clock.seconds();
       step_time_sum += dt;
       train_tokens += step_tokens;
@@ -539,7 +519,7 @@ int Run::train() {
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
   train_stats_ = allocator_for(device_).stats();
-  if (cfg_.save_model && zero_) zero_->gather_all_for_save();  // collective over the data-parallel group
+  if (cfg_.save_model && state_.zero) state_.zero->gather_all_for_save();  // collective over the data-parallel group
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
     const std::string dir = (fs::path(run_dir_) / "model").string();
@@ -565,7 +545,32 @@ int Run::evaluate_only() {
 }
 
 void Run::record_failure(const std::string& outcome, const std::string& message, const OutOfMemory* oom) {
-  if (!metrics_) return;
+  if (!metrics_) {
+    // Another rank: rank 0 owns metrics.h5 and is ended with the job, so this rank leaves its
+    // outcome beside it (<run dir>/outcome-rank<r>.json), which analysis/st_read.py merges.
+    if (run_dir_.empty() || outcome != "oom") return;
+    try {
+      nlohmann::json j = {{"rank", process_rank()}, {"outcome", outcome}, {"error", message},
+                          {"peak_memory", allocator_for(device_).stats().total_peak}};
+      if (oom) {
+        j["oom_bytes"] = oom->requested();
+        j["oom_phase"] = oom->phase();
+        j["oom_category"] = oom->category();
+      }
+      fs::create_directories(run_dir_);
+      const fs::path final_path = fs::path(run_dir_) / str("outcome-rank", process_rank(), ".json");
+      const fs::path tmp = final_path.string() + ".tmp";
+      {
+        std::ofstream o(tmp);
+        o << j.dump(1) << "\n";
+        if (!o) throw std::runtime_error(str(tmp.string(), ": write failed"));
+      }
+      fs::rename(tmp, final_path);
+    } catch (const std::exception& e) {
+      ST_WARN("could not record outcome '", outcome, "' of rank ", process_rank(), ": ", e.what());
+    }
+    return;
+  }
   SummaryRecord s = summary_;
   s.strings["outcome"] = outcome;
   s.strings["error"] = message;

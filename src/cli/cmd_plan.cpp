@@ -1,0 +1,230 @@
+// `shardtune plan`: per-rank memory of every strategy and method for N ranks, which fit in the
+// GPU memory, and the fastest that fits (train/plan.hpp). Runs on any machine, GPU or not: the
+// prediction is a dry run of the training code.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "config/run_config.hpp"
+#include "core/allocator.hpp"
+#include "core/error.hpp"
+#include "train/plan.hpp"
+
+namespace fs = std::filesystem;
+
+namespace st {
+
+namespace {
+
+struct PlanFlags {
+  int ranks = 1;
+  std::string gpu_memory, reserve, json_path;
+  std::vector<std::string> methods, strategies;
+  int64_t seq_len = 0, target_len = 0;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+int64_t parse_int(const std::string& flag, const std::string& v) {
+  try {
+    size_t used = 0;
+    const long long x = std::stoll(v, &used);
+    if (used != v.size()) throw std::invalid_argument(v);
+    return x;
+  } catch (const std::exception&) {
+    ST_THROW_INPUT("command line: ", flag, " '", v, "' is not an integer");
+  }
+}
+
+// Take the planner's own flags out of argv; the rest are run options (deck and --key value).
+std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& help) {
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      const size_t eq = a.find('=');
+      if (eq != std::string::npos) return a.substr(eq + 1);
+      if (i + 1 >= argc) ST_THROW_INPUT("command line: ", a, " needs a value");
+      return argv[++i];
+    };
+    auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
+    if (is("--ranks")) f.ranks = static_cast<int>(parse_int("--ranks", value()));
+    else if (is("--gpu-memory")) f.gpu_memory = value();
+    else if (is("--reserve")) f.reserve = value();
+    else if (is("--methods")) f.methods = split_list(value());
+    else if (is("--strategies")) f.strategies = split_list(value());
+    else if (is("--seq-len")) f.seq_len = parse_int("--seq-len", value());
+    else if (is("--target-len")) f.target_len = parse_int("--target-len", value());
+    else if (is("--json")) f.json_path = value();
+    else {
+      if (a == "--help" || a == "-h") help = true;
+      rest.push_back(argv[i]);
+    }
+  }
+  if (f.ranks < 1) ST_THROW_INPUT("command line: --ranks must be >= 1");
+  for (const std::string& m : f.methods)
+    if (m != "full" && m != "lora" && m != "qlora") ST_THROW_INPUT("command line: --methods: unknown method '", m, "' (full, lora, qlora)");
+  for (const std::string& s : f.strategies)
+    if (s != "none" && s != "ddp" && s != "tp" && s != "zero3" && s != "tp+zero3")
+      ST_THROW_INPUT("command line: --strategies: unknown strategy '", s, "' (none, ddp, tp, zero3, tp+zero3)");
+  return rest;
+}
+
+const char* kPlanHelp =
+    "Usage: shardtune plan --deck FILE [--ranks N] [--gpu-memory SIZE] [planner flags] [--key value ...]\n\n"
+    "Predicts each rank's memory for every strategy (none/ddp/zero3/tp/tp+zero3 with every tp that\n"
+    "divides N) and method (full/lora/qlora), by a dry run of the training code, says which fit in\n"
+    "SIZE per GPU and recommends the fastest that fits for each method.\n\n"
+    "Planner flags:\n"
+    "  --ranks N            ranks (GPUs) of the run (default 1)\n"
+    "  --gpu-memory SIZE    memory per GPU, e.g. 80GiB, 40GB (default: memory_limit of the deck; 0 = no limit)\n"
+    "  --reserve SIZE       bytes a rank uses outside shardtune's allocator: CUDA context, cuBLAS, NCCL\n"
+    "                       (default 0.5 GiB on cuda, 1 GiB with several ranks; 0 on cpu)\n"
+    "  --methods LIST       methods to plan, comma-separated (default full,lora,qlora)\n"
+    "  --strategies LIST    strategies to plan (default all that apply)\n"
+    "  --seq-len L          row length when the deck's shards do not exist (and --target-len for T5)\n"
+    "  --json FILE          also write the plan as JSON\n\n"
+    "Run options (the deck's keys, see `shardtune train --help`) set the model, data and batch.\n";
+
+std::string gib(size_t b) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f", static_cast<double>(b) / (1024.0 * 1024 * 1024));
+  return buf;
+}
+std::string mib(size_t b) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f", static_cast<double>(b) / (1024.0 * 1024));
+  return buf;
+}
+
+}  // namespace
+
+int cmd_plan(int argc, char** argv) {
+  try {
+    PlanFlags f;
+    bool help = false;
+    std::vector<char*> rest = take_plan_flags(argc, argv, f, help);
+    if (help) {
+      std::cout << kPlanHelp;
+      return kExitOk;
+    }
+    RunConfig cfg;
+    if (!parse_run_config(static_cast<int>(rest.size()), rest.data(), "plan", cfg)) return kExitOk;
+    PlanData data;
+    if (f.seq_len > 0) {
+      data = plan_data_synthetic(cfg, f.seq_len, f.target_len);
+    } else {
+      try {
+        data = plan_data_from_shards(cfg);
+      } catch (const InputError& e) {
+        ST_THROW_INPUT(e.what(), "\n(plan sizes the buffers from the shards; without them give --seq-len, and "
+                                 "--target-len for T5)");
+      }
+    }
+    PlanRequest req;
+    req.ranks = f.ranks;
+    req.device_memory = parse_bytes(f.gpu_memory.empty() ? cfg.memory_limit : f.gpu_memory, "--gpu-memory");
+    req.reserve = f.reserve.empty() ? default_runtime_reserve(cfg.device, f.ranks) : parse_bytes(f.reserve, "--reserve");
+    req.methods = f.methods;
+    req.strategies = f.strategies;
+    req.speed = default_speed_model(cfg.device);
+    const std::vector<LayoutEstimate> all = plan_layouts(cfg, data, req);
+
+    const bool big = cfg.device == "cuda";
+    auto fmt = [&](size_t b) { return big ? gib(b) : mib(b); };
+    const char* unit = big ? "GiB" : "MiB";
+    std::cout << "shardtune plan: " << cfg.run_id << " on " << f.ranks << " rank" << (f.ranks == 1 ? "" : "s") << " ("
+              << cfg.device << "), micro-batch " << cfg.micro_batch_size << " x " << data.shape.seq_len
+              << (data.shape.target_len ? " + " + std::to_string(data.shape.target_len) : std::string()) << " tokens"
+              << ", activation checkpointing " << (cfg.activation_checkpointing ? "on" : "off") << "\n";
+    std::cout << "memory per GPU: "
+              << (req.device_memory ? format_bytes(static_cast<double>(req.device_memory)) : std::string("no limit"))
+              << "; reserve outside the allocator " << format_bytes(static_cast<double>(req.reserve)) << "\n";
+    std::cout << "per-rank " << unit << " at the training peak (largest rank); activations with / without checkpointing\n\n";
+    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | est. step |\n";
+    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    nlohmann::json js = nlohmann::json::array();
+    for (const LayoutEstimate& e : all) {
+      const PlanLayout& l = e.layout;
+      const int tp = (l.parallel == "tp" || l.parallel == "tp+zero3") ? l.tp_size : 1;
+      const int dp = l.world_size / tp;
+      std::cout << "| " << l.parallel << " | " << tp << " | " << dp << " | " << l.method << " | ";
+      nlohmann::json j = {{"strategy", l.parallel}, {"tp", tp}, {"dp", dp}, {"method", l.method}, {"applies", e.applies}};
+      if (!e.applies) {
+        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | - |\n";
+        j["reason"] = e.reason;
+        js.push_back(j);
+        continue;
+      }
+      auto cat = [&](MemCategory c) { return e.memory.at_peak[static_cast<size_t>(c)]; };
+      std::cout << fmt(cat(MemCategory::weights)) << " | " << fmt(cat(MemCategory::gradients)) << " | "
+                << fmt(cat(MemCategory::optimizer)) << " | " << fmt(e.activations_ckpt) << " / " << fmt(e.activations_full)
+                << " | " << fmt(cat(MemCategory::communication)) << " | "
+                << fmt(cat(MemCategory::workspace) + cat(MemCategory::other)) << " | " << fmt(e.memory.peak) << " | "
+                << fmt(e.memory.setup_peak) << " | " << (e.fits ? "yes" : "OOM") << " | ";
+      char t[32];
+      std::snprintf(t, sizeof(t), "%.3g s", e.step_seconds);
+      std::cout << t << " |\n";
+      for (int c = 0; c < kNumMemCategories; ++c)
+        j[mem_category_name(static_cast<MemCategory>(c))] = e.memory.at_peak[static_cast<size_t>(c)];
+      j["activations_checkpointing"] = e.activations_ckpt;
+      j["activations_no_checkpointing"] = e.activations_full;
+      j["peak"] = e.memory.peak;
+      j["load_peak"] = e.memory.setup_peak;
+      j["fits"] = e.fits;
+      j["step_seconds"] = e.step_seconds;
+      j["compute_seconds"] = e.compute_seconds;
+      j["comm_seconds"] = e.comm_seconds;
+      js.push_back(j);
+    }
+    std::cout << "\n";
+    std::vector<std::string> methods = f.methods.empty() ? std::vector<std::string>{"full", "lora", "qlora"} : f.methods;
+    nlohmann::json rec = nlohmann::json::object();
+    for (const std::string& m : methods) {
+      const LayoutEstimate* best = recommend(all, m);
+      std::cout << "recommended for " << m << ": ";
+      if (!best) {
+        std::cout << "none fits" << (req.device_memory ? " in " + format_bytes(static_cast<double>(req.device_memory)) : "") << "\n";
+        rec[m] = nullptr;
+        continue;
+      }
+      const int tp = (best->layout.parallel == "tp" || best->layout.parallel == "tp+zero3") ? best->layout.tp_size : 1;
+      std::cout << "parallel = " << best->layout.parallel << (tp > 1 ? ", tp_size = " + std::to_string(tp) : std::string())
+                << " (peak " << format_bytes(static_cast<double>(best->memory.max_peak())) << " per rank)"
+                << (m == cfg.method ? "   <- the deck's method" : "") << "\n";
+      rec[m] = {{"strategy", best->layout.parallel}, {"tp", tp}};
+    }
+    std::cout << "\nest. step: counted GEMM/attention FLOPs at " << static_cast<int>(req.speed.efficiency * 100)
+              << "% of the device peak + collective bytes over the link; for ranking, not a promise.\n";
+    if (!f.json_path.empty()) {
+      nlohmann::json out = {{"run_id", cfg.run_id}, {"ranks", f.ranks}, {"device", cfg.device},
+                            {"device_memory", req.device_memory}, {"reserve", req.reserve},
+                            {"layouts", js}, {"recommended", rec}};
+      std::ofstream o(f.json_path);
+      if (!o) ST_THROW_INPUT(f.json_path, ": cannot write the plan");
+      o << out.dump(1) << "\n";
+      if (!o) ST_THROW_INPUT(f.json_path, ": write failed");
+    }
+    return kExitOk;
+  } catch (const Error& e) {
+    fatal(e);
+  } catch (const std::exception& e) {
+    fatal(__FILE__, __LINE__, e.what());
+  }
+}
+
+}  // namespace st

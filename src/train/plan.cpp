@@ -1,0 +1,239 @@
+#include "train/plan.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include "core/dryrun.hpp"
+#include "core/log.hpp"
+#include "io/shards.hpp"
+#include "train/setup.hpp"
+
+namespace st {
+
+namespace {
+
+bool is_tp(const std::string& parallel) { return parallel == "tp" || parallel == "tp+zero3"; }
+
+// B rows at the full lengths of the data: the largest micro-batch a run can meet.
+Batch full_batch(int64_t B, const PlanData& d) {
+  Batch b;
+  const int64_t L = d.shape.seq_len, Lt = d.shape.target_len;
+  b.rows = B;
+  b.seq_len = L;
+  b.ids.assign(static_cast<size_t>(B * L), 0);
+  b.lengths.assign(static_cast<size_t>(B), static_cast<int32_t>(L));
+  b.answer_start.assign(static_cast<size_t>(B), static_cast<int32_t>(std::max<int64_t>(1, L - 1)));
+  b.labels.assign(static_cast<size_t>(B), -1);
+  if (Lt > 0) {
+    b.target_len = Lt;
+    b.targets.assign(static_cast<size_t>(B * Lt), 0);
+    b.target_lengths.assign(static_cast<size_t>(B), static_cast<int32_t>(Lt));
+  } else {
+    b.loss_mask.assign(static_cast<size_t>(B * L), 1);
+  }
+  return b;
+}
+
+struct DryOutcome {
+  RankPlan memory;
+  double step_flops = 0, step_comm_bytes = 0;  // of one training step on this rank
+  double flops_per_token = 0;
+  int64_t trainable = 0, num_parameters = 0;
+  WeightBytes weight_bytes;
+};
+
+DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& L, int rank) {
+  RunConfig c = c0;
+  c.parallel = L.parallel;
+  c.tp_size = is_tp(L.parallel) ? L.tp_size : 1;
+  c.method = L.method;
+  c.activation_checkpointing = L.checkpointing;
+  if (L.world_size < 1 || L.tp_size < 1 || L.world_size % L.tp_size != 0)
+    ST_THROW_INPUT("tp_size ", L.tp_size, " does not divide the world size ", L.world_size);
+  if (L.world_size > 1 && L.parallel == "none") ST_THROW_INPUT("parallel = none runs on one rank");
+  const Device device = run_device(c);
+  const DType dtype = run_dtype(c, device);
+  const int tp = static_cast<int>(c.tp_size), dp = L.world_size / tp;
+  const int tp_rank = rank % tp, dp_rank = rank / tp;
+
+  DryRun dry;
+  const std::unique_ptr<Comm> world = make_dry_comm(L.world_size, rank, device, "world");
+  const std::unique_ptr<Comm> tpc = make_dry_comm(tp, tp_rank, device, "tp");
+  const std::unique_ptr<Comm> dpc = make_dry_comm(dp, dp_rank, device, "dp");
+  RankComms comms;
+  if (tp > 1) comms.tp = TpGroup{tpc.get(), tp, tp_rank};
+  comms.dp = dpc.get();
+  comms.dp_host = dpc.get();
+  comms.tp_host = tpc.get();
+  comms.world = world.get();
+
+  Allocator& a = allocator_for(device);
+  DryOutcome out;
+  out.memory.rank = rank;
+  TrainingState s = build_training_state(c, data.info, data.shape, dtype, device, comms, true);
+  out.memory.setup_peak = a.stats().total_peak;
+  out.memory.persistent = a.stats().total_current;
+  out.flops_per_token = s.model->flops_per_token();
+  out.trainable = s.num_trainable;
+  out.num_parameters = s.num_parameters;
+  out.weight_bytes = s.weight_bytes;
+  a.reset_peak();  // as the trainer does before its first step
+  const Batch batch = full_batch(c.micro_batch_size, data);
+  const auto read = [&](int64_t, Batch& host, LayerContext&) { host = batch; };
+  // Two steps: whatever the first step creates lazily is held during the second.
+  training_step(s, c, comms, c.grad_accum, 1.0, c.lr, read);
+  const DryRunCounters before = dry_run_counters();
+  training_step(s, c, comms, c.grad_accum, 1.0, c.lr, read);
+  const DryRunCounters after = dry_run_counters();
+  out.step_flops = after.flops - before.flops;
+  out.step_comm_bytes = after.comm_bus_bytes - before.comm_bus_bytes;
+  if (!c.val_split.empty()) (void)s.model->eval_batch(batch, data.shape.label_token_ids);
+  out.memory.peak = a.stats().total_peak;
+  out.memory.at_peak = a.stats().at_total_peak;
+  return out;
+}
+
+RankPlan max_of(const RankPlan& a, const RankPlan& b) { return b.max_peak() > a.max_peak() ? b : a; }
+
+}  // namespace
+
+PlanData plan_data_from_shards(const RunConfig& c) {
+  PlanData d;
+  const ShardDataset train = ShardDataset::open(c.data, c.train_split);
+  d.info = train.info();
+  d.shape.seq_len = train.seq_len();
+  d.shape.target_len = train.target_len();
+  d.shape.label_token_ids = train.info().label_token_ids;
+  if (!c.val_split.empty()) {
+    const ShardDataset val = ShardDataset::open(c.data, c.val_split);
+    d.shape.seq_len = std::max(d.shape.seq_len, val.seq_len());
+    d.shape.target_len = std::max(d.shape.target_len, val.target_len());
+  }
+  return d;
+}
+
+PlanData plan_data_synthetic(const RunConfig& c, int64_t seq_len, int64_t target_len) {
+  PlanData d;
+  const std::string arch = model_arch(c);
+  if (seq_len < 2) ST_THROW_INPUT("plan: --seq-len must be at least 2 (got ", seq_len, ")");
+  if (arch == "t5" && target_len < 1) ST_THROW_INPUT("plan: a T5 model needs --target-len (the decoder length)");
+  if (c.model.empty() && c.vocab_size < 1)
+    ST_THROW_INPUT("plan: without shards, set vocab_size (there is no tokenizer to take it from)");
+  d.info.arch = arch == "t5" ? "seq2seq" : "causal";
+  d.info.task = "random";
+  d.info.tokenizer_vocab_size = c.vocab_size;
+  d.info.bos_id = 1;
+  d.info.eos_id = 2;
+  d.info.pad_id = 0;
+  d.info.seq_len = seq_len;
+  d.info.target_len = arch == "t5" ? target_len : 0;
+  d.shape.seq_len = seq_len;
+  d.shape.target_len = d.info.target_len;
+  return d;
+}
+
+RankPlan predict_rank_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout, int rank) {
+  return dry_run(c, data, layout, rank).memory;
+}
+
+RankPlan predict_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout) {
+  RankPlan p = predict_rank_memory(c, data, layout, 0);
+  if (layout.world_size > 1) p = max_of(p, predict_rank_memory(c, data, layout, layout.world_size - 1));
+  return p;
+}
+
+SpeedModel default_speed_model(const std::string& device) {
+  SpeedModel m;
+  if (device == "cuda") {
+    m.device_flops = 989e12;       // H100 SXM dense bf16
+    m.efficiency = 0.40;           // the MFU our 7B rows reach (docs/NOTES.md, CUDA backend)
+    m.link_bytes_per_s = 300e9;    // NVLink bus bandwidth of NCCL ring collectives, per GPU
+    m.memory_bytes_per_s = 3.0e12; // HBM3
+  } else {
+    m.device_flops = 100e9;        // a few AVX-512 cores in f32
+    m.efficiency = 0.3;
+    m.link_bytes_per_s = 5e9;      // shared-memory MPI
+    m.memory_bytes_per_s = 20e9;
+  }
+  return m;
+}
+
+size_t default_runtime_reserve(const std::string& device, int ranks) {
+  if (device != "cuda") return 0;
+  // CUDA context + cuBLASLt handle (~0.5 GiB) and NCCL's buffers when communicators exist.
+  return (size_t{512} << 20) + (ranks > 1 ? (size_t{512} << 20) : 0);
+}
+
+std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req) {
+  std::vector<std::string> methods = req.methods.empty() ? std::vector<std::string>{"full", "lora", "qlora"} : req.methods;
+  std::vector<PlanLayout> layouts;
+  const int n = req.ranks;
+  auto wanted = [&](const std::string& s) {
+    return req.strategies.empty() || std::find(req.strategies.begin(), req.strategies.end(), s) != req.strategies.end();
+  };
+  for (const std::string& m : methods) {
+    auto add = [&](const std::string& par, int tp) {
+      if (!wanted(par)) return;
+      PlanLayout l;
+      l.parallel = par;
+      l.method = m;
+      l.world_size = n;
+      l.tp_size = tp;
+      l.checkpointing = c.activation_checkpointing;
+      layouts.push_back(l);
+    };
+    if (n == 1) add("none", 1);
+    if (n > 1) add("ddp", 1);
+    add("zero3", 1);
+    for (int tp = 2; tp <= n; ++tp) {
+      if (n % tp != 0) continue;
+      add("tp", tp);
+      if (tp < n) add("tp+zero3", tp);
+    }
+  }
+  std::vector<LayoutEstimate> out;
+  for (const PlanLayout& l : layouts) {
+    LayoutEstimate e;
+    e.layout = l;
+    try {
+      PlanLayout other = l;
+      other.checkpointing = !l.checkpointing;
+      DryOutcome main0 = dry_run(c, data, l, 0);
+      RankPlan mem = main0.memory;
+      if (n > 1) mem = max_of(mem, dry_run(c, data, l, n - 1).memory);
+      const RankPlan alt = dry_run(c, data, other, 0).memory;
+      e.memory = mem;
+      const size_t act = mem.at_peak[static_cast<size_t>(MemCategory::activations)];
+      const size_t act_other = alt.at_peak[static_cast<size_t>(MemCategory::activations)];
+      e.activations_ckpt = l.checkpointing ? act : act_other;
+      e.activations_full = l.checkpointing ? act_other : act;
+      e.fits = req.device_memory == 0 || mem.max_peak() + req.reserve <= req.device_memory;
+      // Time: this rank's counted FLOPs at the achieved rate, its collectives over the link,
+      // and the optimizer's and NF4 dequantization's memory traffic.
+      const SpeedModel& sm = req.speed;
+      e.compute_seconds = main0.step_flops / std::max(1.0, sm.device_flops * sm.efficiency);
+      e.comm_seconds = main0.step_comm_bytes / std::max(1.0, sm.link_bytes_per_s);
+      const double dp = l.parallel == "zero3" || l.parallel == "tp+zero3" ? n / (is_tp(l.parallel) ? l.tp_size : 1) : 1;
+      const double opt_bytes = 16.0 * 3 * static_cast<double>(main0.trainable) / dp;
+      const double nf4_bytes = static_cast<double>(main0.weight_bytes.dense) * (l.checkpointing ? 3 : 2) *
+                               (main0.weight_bytes.quantized_layers > 0 ? 1 : 0);
+      e.step_seconds = e.compute_seconds + e.comm_seconds + (opt_bytes + nf4_bytes) / std::max(1.0, sm.memory_bytes_per_s);
+    } catch (const InputError& err) {
+      e.applies = false;
+      e.reason = err.what();
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
+const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, const std::string& method) {
+  const LayoutEstimate* best = nullptr;
+  for (const LayoutEstimate& e : all) {
+    if (!e.applies || !e.fits || e.layout.method != method) continue;
+    if (!best || e.step_seconds < best->step_seconds) best = &e;
+  }
+  return best;
+}
+
+}  // namespace st

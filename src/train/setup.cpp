@@ -1,0 +1,93 @@
+#include "train/setup.hpp"
+
+#include "core/allocator.hpp"
+
+namespace st {
+
+Device run_device(const RunConfig& c) { return c.device == "cuda" ? Device::cuda : Device::cpu; }
+
+DType run_dtype(const RunConfig& c, Device d) {
+  if (c.dtype == "auto") return d == Device::cuda ? DType::bf16 : DType::f32;
+  if (c.dtype == "f32") return DType::f32;
+  if (c.dtype == "f64") return DType::f64;
+  if (d == Device::cpu) ST_THROW_INPUT(c.origin.at("dtype"), ": dtype bf16 needs device = cuda (the CPU path computes in f32)");
+  return DType::bf16;
+}
+
+TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype,
+                                   Device device, const RankComms& comms, bool training) {
+  TrainingState s;
+  s.arch = resolve_arch(c, info);
+  s.model = s.arch == "t5" ? make_t5_runner(c, info, shape, dtype, device, comms.tp, training)
+                           : make_llama_runner(c, info, shape, dtype, device, comms.tp, training);
+  MemoryPhase phase("setup");
+  if (training) {
+    if (c.method == "full") {
+      s.model->enable_base_training();
+    } else {
+      LoraConfig lc;
+      lc.r = c.lora_r;
+      lc.alpha = c.lora_alpha;
+      lc.dropout = c.lora_dropout;
+      lc.targets = c.lora_target_list(s.arch);
+      s.lora_adapters = s.model->attach_lora(lc, c.seed);
+    }
+  }
+  s.num_parameters = s.model->num_parameters();
+  s.num_trainable = training ? s.model->num_trainable() : 0;
+  s.weight_bytes = s.model->weight_bytes();
+  if (c.parallel == "zero3" || c.parallel == "tp+zero3") {
+    if (!comms.dp) ST_THROW("parallel = ", c.parallel, " without a data-parallel communicator");
+    s.zero = s.model->make_zero3(*comms.dp, c.zero3_prefetch);
+  }
+  if (training) {
+    s.opt = std::make_unique<AdamW>(s.zero ? s.zero->params() : s.model->trainable_params(), c.adam_beta1,
+                                    c.adam_beta2, c.adam_eps, c.weight_decay);
+    if (comms.dp_size() > 1 && (c.parallel == "ddp" || c.parallel == "tp")) {
+      s.grad_sync = std::make_unique<GradAllReduce>(s.model->params_by_unit(), *comms.dp);
+      s.model->set_hooks(s.grad_sync.get());  // buckets reduced as the last micro-batch's backward finishes them
+    }
+  }
+  s.model->allocate(c.micro_batch_size, c.activation_checkpointing, training);
+  return s;
+}
+
+StepOutcome training_step(TrainingState& s, const RunConfig& c, const RankComms& comms, int64_t accum,
+                          double token_weight, double lr,
+                          const std::function<void(int64_t, Batch&, LayerContext&)>& read,
+                          const std::function<void()>& before_sync) {
+  StepOutcome out;
+  s.opt->zero_grad();
+  Batch host;
+  for (int64_t a = 0; a < accum; ++a) {
+    LayerContext ctx;
+    ctx.training = true;
+    read(a, host, ctx);
+    {
+      MemoryPhase phase("forward");
+      out.loss += s.model->forward(host, token_weight, ctx, true);
+    }
+    MemoryPhase phase("backward");
+    if (s.grad_sync && a + 1 == accum) s.grad_sync->arm();
+    s.model->backward(ctx);
+  }
+  if (before_sync) before_sync();
+  if (s.grad_sync) {
+    MemoryPhase phase("gradient all-reduce");
+    s.grad_sync->sync();
+  }
+  // Each data-parallel group's objective (the same on every rank of a TP group), summed.
+  if (comms.dp_size() > 1) out.loss = comms.dp_host->all_reduce_sum(out.loss);
+  MemoryPhase phase("optimizer");
+  // Under TP the sharded gradients' squared norms are summed over the group; replicated ones
+  // (norms, one LoRA factor) are counted once, on TP rank 0. Under ZeRO-3 every rank holds its
+  // own shard: summed over the whole world.
+  const bool tp_rank0 = comms.tp.rank == 0;
+  out.grad_norm = s.zero                   ? s.opt->clip_grad_norm(c.grad_clip, comms.world, tp_rank0)
+                  : s.model->tp_size() > 1 ? s.opt->clip_grad_norm(c.grad_clip, comms.tp_host, tp_rank0)
+                                           : s.opt->clip_grad_norm(c.grad_clip);
+  s.opt->step(lr);
+  return out;
+}
+
+}  // namespace st
