@@ -1,25 +1,59 @@
 #!/usr/bin/env python3
-"""Tables and plots from shardtune runs, in the form of the reference experiments.
+"""Tables and plots from shardtune runs, in the form of the reference experiments (issue 7).
 
-    python3 analysis/report.py runs/* [--plots DIR] [--title T] [--no-plots]
+    python3 analysis/report.py runs/* [--plots DIR] [--title T] [--no-plots] [--strict]
+    make report                       # the same over runs/*
 
-Each argument is a run directory (holding metrics.h5) or a metrics file. Prints a Markdown
-table, one row per run:
+Each argument is a run directory (holding metrics.h5), a metrics file, or a jobs/run_matrix.sh
+table (runs/matrix_<exp>[_cpu].tsv). Anything else (runs/plots, runs/bench, stray files) is
+skipped with a message on stderr; --strict makes such a path an error instead. Exit status 0,
+or 2 when no readable run was given (or, with --strict, any path is not one).
 
-    | config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |
+Output (Markdown, on stdout), one section per experiment, then the other runs, then the
+prediction check:
 
-config is the run_id with a trailing rank-count token dropped ("llama7b-tp-np4" -> "llama7b-tp",
-so the same configuration at 2, 4 and 8 ranks forms one group) plus (strategy, method).
-Runs that ran out of memory show OOM (phase and bytes in a footnote), failed runs "error",
-unfinished or killed runs "incomplete". Below the table, one speedup line per configuration
-run at several rank counts (mean epoch time at the fewest ranks / at the most).
+1. Experiments. A run belongs to experiment exp<N> by its run_id, exp<N>_<model>_<method>_
+   <strategy>_<ranks> (jobs/matrix.sh: exp3_llama7b_qlora_zero3_4, exp1_cpu_full_tp_2); these
+   tokens name its row (other exp<N>_... run_ids: model from the run_id, the rest from /summary).
+   Per experiment a table in the reference form, one row per model, method, strategy and GPU
+   count (matrix order: qlora, lora, full):
 
-Plots (PNG, into --plots DIR; default: "plots" beside the first run's directory, e.g.
-runs/plots, which report.py skips when runs/* names it): loss.png (train loss per step, val loss
+     | model | method | strategy | GPUs | per-epoch time | total run time | val loss | peak memory
+     | predicted peak | predicted/measured |
+
+   val loss is the final one; peak memory is per rank, the highest rank (/ranks/peak_memory;
+   the summary's peak_memory is rank 0's); predicted peak is /summary predicted_peak (the
+   planner's, max over ranks; else the max of /ranks/predicted_peak; "-" in files older than the
+   planner). Out-of-memory rows read "OOM (phase)" with the memory limit, failed rows "error",
+   unfinished ones "incomplete", each with a footnote. A run whose metrics.h5 still says
+   "running" but which run_matrix.sh's table lists as OOM or FAILED (a rank other than 0 ran out
+   of memory) is shown as such. Below the table:
+   - "Speedup, <model> <method> <strategy>: S x from A to B GPUs (...; ideal B/A x), scaling
+     efficiency E%", S = mean epoch time at A / at B over the fewest (A) and most (B) GPU counts
+     that completed, E = S / (B/A); plus the per-rank peak memory at A and B. n/a, with the GPU
+     counts that did not complete, when fewer than two did.
+   - Where QLoRA and LoRA of one model and strategy both completed at a GPU count: a table of
+     both peaks and QLoRA's reduction, 100 * (1 - QLoRA peak / LoRA peak) percent, with the
+     mean per model (the reference: about 40% less).
+2. Other runs (run_ids outside the experiments): the generic table, one row per run:
+     | config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |
+   config is the run_id with a trailing rank-count token dropped ("llama7b-tp-np4" ->
+   "llama7b-tp") plus (strategy, method); OOM / error / incomplete as above; one speedup line per
+   configuration run at several rank counts. (With no experiment runs this is the whole table,
+   without a heading.)
+3. Predicted vs measured peak memory (when any run has predicted_peak): every completed run with
+   both, the ratio predicted/measured, the deviation in percent and the worst rank's own
+   deviation (/ranks/predicted_peak against /ranks/peak_memory); the worst absolute deviation,
+   the runs over 5%, OOM runs' predictions against their memory limit, and the completed runs
+   without a prediction.
+
+Plots (PNG, into --plots DIR; default: "plots" beside the first run's directory, e.g. runs/plots,
+which report.py skips when runs/* names it): over all runs, loss.png (train loss per step, val loss
 per eval), epoch_time.png (mean epoch time per run), memory.png (peak memory per run, by
-category, from the rank with the highest peak).
-
-Exit status: 0, or 2 when a path is not a readable run (the message names it).
+category, from the rank with the highest peak); per experiment, <exp>_epoch_time.png (per-epoch
+time against GPUs per model/method/strategy, with ideal scaling), <exp>_memory.png (peak memory
+by method, bars per GPU count, a panel per model, predicted peaks and OOMs marked) and
+<exp>_loss.png (train and val loss, a panel per model).
 """
 
 import argparse
@@ -720,17 +754,20 @@ def write_experiment_plots(runs, out_dir):
             ax.plot(xs, ys, marker="o", color=color, label=name)
             if len(xs) > 1:
                 ax.plot(xs, [ys[0] * xs[0] / x for x in xs], color=color, ls=":", lw=1)
-            for r in group:
+            for r in group:  # a GPU count that did not complete: an x at the last completed time
                 if r.config_name() == name and r.outcome != "ok" and r.gpus:
+                    ax.plot([r.gpus], [ys[-1]], marker="x", ms=8, color=color, ls="none")
                     ax.annotate("OOM" if r.outcome == "oom" else r.outcome, (r.gpus, ys[-1]), color=color,
-                                fontsize="small", ha="center", va="bottom")
+                                fontsize="small", ha="center", va="bottom", xytext=(0, 5),
+                                textcoords="offset points")
         if gpu_counts:
             ax.set_xscale("log", base=2)
             ax.set_xticks(gpu_counts)
             ax.set_xticklabels([str(g) for g in gpu_counts])
+        ax.margins(y=0.12)
         ax.set_xlabel("GPUs (ranks)")
         ax.set_ylabel("per-epoch training time (s)")
-        ax.set_title(f"{exp}: per-epoch time (dotted: ideal scaling)")
+        ax.set_title(f"{exp}: per-epoch time (dotted: ideal scaling; x: not completed)")
         if ax.lines:
             ax.legend(fontsize="small")
         else:
@@ -770,6 +807,7 @@ def write_experiment_plots(runs, out_dir):
                     top = max(top, h)
             ax.set_xticks(x)
             ax.set_xticklabels([str(g) for g in gpu_counts])
+            ax.set_xlim(-0.5, len(gpu_counts) - 0.5)
             ax.set_xlabel("GPUs")
             ax.set_ylabel(f"peak memory per rank ({unit})")
             ax.set_ylim(0, 1.15 * top if top else 1)
