@@ -285,6 +285,18 @@ class ExperimentReportTest(unittest.TestCase):
         self.assertAlmostEqual(run.prediction_ratio(), 1.1)
         self.assertEqual(run.worst_rank_deviation(), (11 / 8 - 1, 1))
 
+    def test_run_id_schemes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cpu = exp_run(tmp, "exp1_cpu_full_tp_2", world=2, epoch_time=10, peaks=[GIB, GIB])
+            # A hand-named run (inputs/exp1/llama7b_tp.cfg's example): model from the run_id, rest from /summary.
+            hand = write_run(tmp, "exp1_llama7b_tp4", {"outcome": "ok", "method": "full", "strategy": "tp",
+                                                       "world_size": 4, "tp": 4, "dp": 1, "mean_epoch_time": 5.0})
+            other = write_run(tmp, "experiment-7", {"outcome": "ok", "world_size": 1})
+            got = [report.Run(st_read.read_run(d), d) for d in (cpu, hand, other)]
+        self.assertEqual([(r.experiment, r.model, r.method, r.strategy, r.gpus) for r in got],
+                         [("exp1", "cpu", "full", "tp", 2), ("exp1", "llama7b", "full", "tp", 4),
+                          (None, None, None, None, 1)])
+
     def test_plots(self):
         plots = os.path.join(self.root, "plots")  # the default: plots/ beside the runs
         self.assertIn("Plots: ", self.out)
