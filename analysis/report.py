@@ -1,25 +1,59 @@
 #!/usr/bin/env python3
-"""Tables and plots from shardtune runs, in the form of the reference experiments.
+"""Tables and plots from shardtune runs, in the form of the reference experiments (issue 7).
 
-    python3 analysis/report.py runs/* [--plots DIR] [--title T] [--no-plots]
+    python3 analysis/report.py runs/* [--plots DIR] [--title T] [--no-plots] [--strict]
+    make report                       # the same over runs/*
 
-Each argument is a run directory (holding metrics.h5) or a metrics file. Prints a Markdown
-table, one row per run:
+Each argument is a run directory (holding metrics.h5), a metrics file, or a jobs/run_matrix.sh
+table (runs/matrix_<exp>[_cpu].tsv). Anything else (runs/plots, runs/bench, stray files) is
+skipped with a message on stderr; --strict makes such a path an error instead. Exit status 0,
+or 2 when no readable run was given (or, with --strict, any path is not one).
 
-    | config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |
+Output (Markdown, on stdout), one section per experiment, then the other runs, then the
+prediction check:
 
-config is the run_id with a trailing rank-count token dropped ("llama7b-tp-np4" -> "llama7b-tp",
-so the same configuration at 2, 4 and 8 ranks forms one group) plus (strategy, method).
-Runs that ran out of memory show OOM (phase and bytes in a footnote), failed runs "error",
-unfinished or killed runs "incomplete". Below the table, one speedup line per configuration
-run at several rank counts (mean epoch time at the fewest ranks / at the most).
+1. Experiments. A run belongs to experiment exp<N> by its run_id, exp<N>_<model>_<method>_
+   <strategy>_<ranks> (jobs/matrix.sh: exp3_llama7b_qlora_zero3_4, exp1_cpu_full_tp_2); these
+   tokens name its row (other exp<N>_... run_ids: model from the run_id, the rest from /summary).
+   Per experiment a table in the reference form, one row per model, method, strategy and GPU
+   count (matrix order: qlora, lora, full):
 
-Plots (PNG, into --plots DIR; default: "plots" beside the first run's directory, e.g.
-runs/plots, which report.py skips when runs/* names it): loss.png (train loss per step, val loss
+     | model | method | strategy | GPUs | per-epoch time | total run time | val loss | peak memory
+     | predicted peak | predicted/measured |
+
+   val loss is the final one; peak memory is per rank, the highest rank (/ranks/peak_memory;
+   the summary's peak_memory is rank 0's); predicted peak is /summary predicted_peak (the
+   planner's, max over ranks; else the max of /ranks/predicted_peak; "-" in files older than the
+   planner). Out-of-memory rows read "OOM (phase)" with the memory limit, failed rows "error",
+   unfinished ones "incomplete", each with a footnote. A run whose metrics.h5 still says
+   "running" but which run_matrix.sh's table lists as OOM or FAILED (a rank other than 0 ran out
+   of memory) is shown as such. Below the table:
+   - "Speedup, <model> <method> <strategy>: S x from A to B GPUs (...; ideal B/A x), scaling
+     efficiency E%", S = mean epoch time at A / at B over the fewest (A) and most (B) GPU counts
+     that completed, E = S / (B/A); plus the per-rank peak memory at A and B. n/a, with the GPU
+     counts that did not complete, when fewer than two did.
+   - Where QLoRA and LoRA of one model and strategy both completed at a GPU count: a table of
+     both peaks and QLoRA's reduction, 100 * (1 - QLoRA peak / LoRA peak) percent, with the
+     mean per model (the reference: about 40% less).
+2. Other runs (run_ids outside the experiments): the generic table, one row per run:
+     | config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |
+   config is the run_id with a trailing rank-count token dropped ("llama7b-tp-np4" ->
+   "llama7b-tp") plus (strategy, method); OOM / error / incomplete as above; one speedup line per
+   configuration run at several rank counts. (With no experiment runs this is the whole table,
+   without a heading.)
+3. Predicted vs measured peak memory (when any run has predicted_peak): every completed run with
+   both, the ratio predicted/measured, the deviation in percent and the worst rank's own
+   deviation (/ranks/predicted_peak against /ranks/peak_memory); the worst absolute deviation,
+   the runs over 5%, OOM runs' predictions against their memory limit, and the completed runs
+   without a prediction.
+
+Plots (PNG, into --plots DIR; default: "plots" beside the first run's directory, e.g. runs/plots,
+which report.py skips when runs/* names it): over all runs, loss.png (train loss per step, val loss
 per eval), epoch_time.png (mean epoch time per run), memory.png (peak memory per run, by
-category, from the rank with the highest peak).
-
-Exit status: 0, or 2 when a path is not a readable run (the message names it).
+category, from the rank with the highest peak); per experiment, <exp>_epoch_time.png (per-epoch
+time against GPUs per model/method/strategy, with ideal scaling), <exp>_memory.png (peak memory
+by method, bars per GPU count, a panel per model, predicted peaks and OOMs marked) and
+<exp>_loss.png (train and val loss, a panel per model).
 """
 
 import argparse
@@ -35,6 +69,20 @@ PLOT_NAMES = ("loss.png", "epoch_time.png", "memory.png")
 # Rank-count tokens at the end of a run_id: "-np4", "_4gpus", "-w8", "-ranks2", "-tp2", "-dp4".
 _RANK_TOKEN = re.compile(r"^(?P<base>.+?)[-_.](?P<word>[a-z]*?)(?P<n>\d+)(?P<unit>gpus?|g|ranks?|r)?$", re.I)
 _WORLD_WORDS = {"", "np", "n", "rank", "ranks", "gpu", "gpus", "g", "w", "world", "x"}
+# Experiment runs (jobs/matrix.sh): exp<N>_<model>_<method>_<strategy>_<ranks>, e.g.
+# exp3_llama7b_qlora_zero3_4; other exp<N>_... run_ids still belong to experiment <N>.
+_EXP_RUN_ID = re.compile(r"^(?P<exp>exp\d+)_(?P<model>.+)_(?P<method>[^_]+)_(?P<strategy>[^_]+)_(?P<ranks>\d+)$", re.I)
+_EXP_PREFIX = re.compile(r"^(?P<exp>exp\d+)[-_](?P<rest>.+)$", re.I)
+EXPERIMENTS = {
+    "exp1": "Experiment 1: full fine-tuning, Megatron tensor parallelism (tp = GPUs)",
+    "exp2": "Experiment 2: FlanT5, ZeRO-3 + LoRA against full fine-tuning (ZeRO-3 and unsharded DDP), "
+            "40 GiB per GPU",
+    "exp3": "Experiment 3: Llama, ZeRO-3 with QLoRA, LoRA and full fine-tuning",
+}
+METHOD_ORDER = {"qlora": 0, "lora": 1, "full": 2}
+STRATEGY_ORDER = {"tp": 0, "zero3": 1, "ddp": 2}
+QLORA_REFERENCE = 40.0   # QLoRA's peak-memory reduction against LoRA in the reference, percent
+PREDICTION_TOLERANCE = 5.0  # predicted vs measured peak, percent
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -96,6 +144,11 @@ def _config_value(config, key):
     return None
 
 
+def _positive_column(table, column):
+    """The positive finite values of a /ranks column, or [] (column absent)."""
+    return [v for v in (_num(x) for x in table.get(column, [])) if v is not None and v > 0]
+
+
 def _int(value):
     v = _num(value)
     return int(v) if v is not None else None
@@ -141,13 +194,87 @@ class Run:
         if (self.epoch_time is None or self.epoch_time <= 0) and epoch_times:
             self.epoch_time = sum(epoch_times) / len(epoch_times)
         self.total_time = _num(s.get("total_time"))
-        self.peak = _num(s.get("peak_memory"))
+        # Peak memory per rank, the highest rank: /ranks when written (the summary's is rank 0's),
+        # else the summary, else the step log (a run that never finished).
+        self.rank_peaks = _positive_column(data["ranks"], "peak_memory")
+        self.peak = max(self.rank_peaks) if self.rank_peaks else None
         if not self.peak:
-            for table, column in (("ranks", "peak_memory"), ("steps", "mem_peak")):
-                values = [v for v in (_num(x) for x in data[table].get(column, [])) if v is not None]
-                if values:
-                    self.peak = max(values)
-                    break
+            self.peak = _num(s.get("peak_memory")) or None
+        if not self.peak:
+            values = [v for v in (_num(x) for x in data["steps"].get("mem_peak", [])) if v is not None]
+            self.peak = max(values) if values else None
+        # The planner's prediction (absent from files older than the planner): summary
+        # predicted_peak (max over ranks) and /ranks/predicted_peak (per rank).
+        self.rank_predicted = _positive_column(data["ranks"], "predicted_peak")
+        self.predicted = _num(s.get("predicted_peak"))
+        if not self.predicted or self.predicted <= 0:
+            self.predicted = max(self.rank_predicted) if self.rank_predicted else None
+        self.matrix_note = None
+        self._parse_experiment(c)
+
+    def _parse_experiment(self, config):
+        """experiment, model, method, strategy and GPU count from an experiment run_id."""
+        self.experiment = self.model = None
+        self.gpus = self.world
+        m = _EXP_RUN_ID.match(str(self.run_id))
+        if m:  # the matrix scheme, exp<N>_<model>_<method>_<strategy>_<ranks>: the row it stands for
+            self.experiment, self.model = m.group("exp").lower(), m.group("model")
+            self.method, self.strategy = m.group("method"), m.group("strategy")
+            self.gpus = self.world or int(m.group("ranks"))
+            return
+        m = _EXP_PREFIX.match(str(self.run_id))
+        if m:  # a hand-named experiment run ("exp1_llama7b_tp4"): the summary says what ran
+            self.experiment = m.group("exp").lower()
+            self.model = config_label(m.group("rest"), self.world, self.tp, self.dp)
+            self.method = self.method or _config_value(config, "method") or "?"
+            self.strategy = self.strategy or "?"
+
+    def apply_matrix_result(self, result):
+        """A jobs/run_matrix.sh result for a run metrics.h5 still calls "running": when one rank
+        of a multi-rank run ran out of memory, rank 0's file can stay at "running"."""
+        if self.outcome != "running" or not result:
+            return
+        if result == "OOM":
+            self.outcome = "oom"
+            self.matrix_note = ("metrics.h5 still says 'running'; jobs/run_matrix.sh recorded exit 3 "
+                                "(out of memory, on a rank other than 0)")
+        elif result.startswith("FAILED"):
+            self.outcome = "error"
+            self.matrix_note = f"metrics.h5 still says 'running'; jobs/run_matrix.sh recorded {result}"
+
+    def config_name(self):
+        return " ".join(str(x) for x in (self.model, self.method, self.strategy))
+
+    def final_val_loss(self):
+        v = _num(self.summary.get("final_val_loss"))
+        if v is None:
+            evals, epochs = self.data["evals"], self.data["epochs"]
+            series = evals.get("val_loss", []) if len(evals.get("val_loss", [])) else epochs.get("val_loss", [])
+            finite = [x for x in (_num(y) for y in series) if x is not None]
+            v = finite[-1] if finite else None
+        return v
+
+    def prediction_ratio(self):
+        """predicted / measured peak (max over ranks), for a completed run with both."""
+        if self.outcome != "ok" or not self.predicted or not self.peak:
+            return None
+        return self.predicted / self.peak
+
+    def worst_rank_deviation(self):
+        """(|predicted/measured - 1|, rank) of the rank that deviates most, from /ranks."""
+        if self.outcome != "ok" or not self.rank_predicted or not self.rank_peaks:
+            return None
+        pred = self.data["ranks"]["predicted_peak"]
+        meas = self.data["ranks"]["peak_memory"]
+        ranks = self.data["ranks"].get("rank", range(len(meas)))
+        worst = None
+        for r, p, m in zip(ranks, pred, meas):
+            p, m = _num(p), _num(m)
+            if p and m and p > 0 and m > 0:
+                dev = p / m - 1
+                if worst is None or abs(dev) > abs(worst[0]):
+                    worst = (dev, int(r))
+        return worst
 
     def sort_key(self):
         return (self.label, self.world if self.world is not None else 1 << 30, str(self.run_id))
@@ -171,6 +298,8 @@ class Run:
 
     def footnote(self):
         s = self.summary
+        if self.matrix_note:
+            return self.matrix_note
         if self.outcome == "oom":
             text = f"out of memory in phase '{s.get('oom_phase') or '?'}' asking for {format_bytes(s.get('oom_bytes'))}"
             if s.get("oom_category"):
@@ -189,21 +318,58 @@ class Run:
 
 # ----------------------------------------------------------------------------- table
 
+class Notes:
+    """Markdown footnotes numbered across the whole report."""
+
+    def __init__(self):
+        self.count = 0
+        self.pending = []
+
+    def mark(self, run):
+        text = run.footnote()
+        if not text:
+            return ""
+        self.count += 1
+        self.pending.append(f"[^{self.count}]: {run.run_id}: {text}")
+        return f"[^{self.count}]"
+
+    def flush(self):
+        """The footnotes since the last flush, preceded by a blank line (or nothing)."""
+        lines, self.pending = ([""] + self.pending if self.pending else []), []
+        return lines
+
+
 def build_report(runs, title=None):
-    """The Markdown report (table, speedup lines, footnotes) as a list of lines."""
+    """The Markdown report as a list of lines: one section per experiment (table, speedup and
+    scaling efficiency, QLoRA vs LoRA memory), the generic table of the other runs, and the
+    predicted vs measured peak memory."""
     runs = sorted(runs, key=Run.sort_key)
+    experiment_runs = [r for r in runs if r.experiment]
+    other = [r for r in runs if not r.experiment]
+    notes = Notes()
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines.append("| config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |")
-    lines.append("|---|---|---|---|---|---|---|")
-    notes = []
+    for exp in sorted({r.experiment for r in experiment_runs}, key=_natural_key):
+        lines += experiment_section(exp, [r for r in experiment_runs if r.experiment == exp], notes) + [""]
+    if other:
+        if experiment_runs:
+            lines += ["### Other runs", ""]
+        lines += generic_table(other, notes) + [""]
+    prediction = prediction_section(runs)
+    if prediction:
+        lines += prediction + [""]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def generic_table(runs, notes):
+    """One row per run: config, ranks, times, val loss and accuracy, peak memory."""
+    lines = ["| config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |",
+             "|---|---|---|---|---|---|---|"]
     for run in runs:
-        note = run.footnote()
-        mark = ""
-        if note:
-            notes.append(f"[^{len(notes) + 1}]: {run.run_id}: {note}")
-            mark = f"[^{len(notes)}]"
+        mark = notes.mark(run)
         if run.outcome == "ok":
             cells = [format_seconds(run.epoch_time), format_seconds(run.total_time), run.val_loss_cell(),
                      run.val_acc_cell()]
@@ -214,9 +380,7 @@ def build_report(runs, title=None):
     speedups = speedup_lines(runs)
     if speedups:
         lines += [""] + speedups
-    if notes:
-        lines += [""] + notes
-    return lines
+    return lines + notes.flush()
 
 
 def speedup_lines(runs):
@@ -243,6 +407,215 @@ def speedup_lines(runs):
         lines.append(f"Speedup, {label}: {speedup:.2f}x from {lo} to {hi} ranks (per-epoch time "
                      f"{format_seconds(t_lo)} -> {format_seconds(t_hi)}; ideal {hi / lo:.2f}x, "
                      f"efficiency {100 * speedup * lo / hi:.0f}%{failed_text})")
+    return lines
+
+
+# ----------------------------------------------------------------------------- experiments
+
+def _natural_key(text):
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", str(text)) if t]
+
+
+def experiment_key(run):
+    """Matrix order: model, method (qlora, lora, full), strategy, GPU count."""
+    return (_natural_key(run.model), METHOD_ORDER.get(str(run.method).lower(), 9), str(run.method),
+            STRATEGY_ORDER.get(str(run.strategy).lower(), 9), str(run.strategy),
+            run.gpus if run.gpus is not None else 1 << 30, str(run.run_id))
+
+
+EXPERIMENT_HEADER = ("| model | method | strategy | GPUs | per-epoch time | total run time | val loss "
+                     "| peak memory | predicted peak | predicted/measured |")
+
+
+def experiment_row(run, notes):
+    mark = notes.mark(run)
+    gpus = str(run.gpus) if run.gpus is not None else "?"
+    predicted = format_bytes(run.predicted)
+    if run.outcome == "ok":
+        val = run.final_val_loss()
+        ratio = run.prediction_ratio()
+        cells = [format_seconds(run.epoch_time) + mark, format_seconds(run.total_time),
+                 f"{val:.3f}" if val is not None else "-", format_bytes(run.peak), predicted,
+                 f"{ratio:.3f}" if ratio is not None else "-"]
+    elif run.outcome == "oom":
+        phase = run.summary.get("oom_phase")
+        limit = _num(run.summary.get("memory_limit"))
+        cells = [(f"OOM ({phase})" if phase else "OOM") + mark, "OOM", "-",
+                 f"OOM (limit {format_bytes(limit)})" if limit else "OOM", predicted, "-"]
+    else:
+        word = "error" if run.outcome == "error" else "incomplete"
+        cells = [word + mark, word, "-", "-", predicted, "-"]
+    return "| " + " | ".join([str(run.model), str(run.method), str(run.strategy), gpus] + cells) + " |"
+
+
+def experiment_section(exp, runs, notes):
+    runs = sorted(runs, key=experiment_key)
+    heading = EXPERIMENTS.get(exp, f"Experiment {exp[3:]}")
+    lines = [f"### {heading} ({exp})", "", EXPERIMENT_HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [experiment_row(run, notes) for run in runs]
+    lines.append("")
+    lines.append("Peak memory: per rank, the highest rank; predicted peak: the planner's, where metrics.h5 "
+                 "has it.")
+    scaling = scaling_lines(runs)
+    if scaling:
+        lines += [""] + scaling
+    qlora = qlora_lines(runs)
+    if qlora:
+        lines += [""] + qlora
+    return lines + notes.flush()
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def scaling(runs):
+    """Per configuration (model, method, strategy) run at several GPU counts: a dict with the
+    speedup of the per-epoch time from the fewest to the most GPUs that completed, the ideal
+    speedup, the scaling efficiency (speedup / ideal) and the peak memory at both ends.
+    None values where fewer than two GPU counts completed."""
+    groups = {}
+    for run in runs:
+        if run.gpus is not None:
+            groups.setdefault(run.config_name(), []).append(run)
+    result = []
+    for name, group in groups.items():
+        if len({r.gpus for r in group}) < 2:
+            continue
+        times, peaks = {}, {}
+        for r in group:
+            if r.outcome == "ok" and r.epoch_time:
+                times.setdefault(r.gpus, []).append(r.epoch_time)
+                if r.peak:
+                    peaks.setdefault(r.gpus, []).append(r.peak)
+        entry = {"config": name, "speedup": None, "efficiency": None,
+                 "not_completed": {r.gpus: r.outcome for r in sorted(group, key=lambda r: r.gpus)
+                                   if r.gpus not in times}}
+        if len(times) >= 2:
+            lo, hi = min(times), max(times)
+            t_lo, t_hi = _mean(times[lo]), _mean(times[hi])
+            entry.update(lo=lo, hi=hi, time_lo=t_lo, time_hi=t_hi, speedup=t_lo / t_hi, ideal=hi / lo,
+                         efficiency=(t_lo / t_hi) / (hi / lo),
+                         peak_lo=_mean(peaks[lo]) if lo in peaks else None,
+                         peak_hi=_mean(peaks[hi]) if hi in peaks else None)
+        result.append(entry)
+    return result
+
+
+def scaling_lines(runs):
+    lines = []
+    for e in scaling(runs):
+        missing = e["not_completed"]
+        missing_text = ("; not completed at " + ", ".join(
+            f"{g} GPUs ({'OOM' if o == 'oom' else o if o == 'error' else 'incomplete'})"
+            for g, o in missing.items())) if missing else ""
+        if e["speedup"] is None:
+            lines.append(f"Speedup, {e['config']}: n/a (completed at fewer than two GPU counts{missing_text})")
+            continue
+        text = (f"Speedup, {e['config']}: {e['speedup']:.2f}x from {e['lo']} to {e['hi']} GPUs (per-epoch time "
+                f"{format_seconds(e['time_lo'])} -> {format_seconds(e['time_hi'])}; ideal {e['ideal']:.2f}x), "
+                f"scaling efficiency {100 * e['efficiency']:.1f}%")
+        if e["peak_lo"] and e["peak_hi"]:
+            text += (f"; peak memory per rank {format_bytes(e['peak_lo'])} -> {format_bytes(e['peak_hi'])} "
+                     f"({e['peak_hi'] / e['peak_lo']:.2f}x)")
+        lines.append(text + missing_text)
+    return lines
+
+
+def qlora_pairs(runs):
+    """(model, strategy, GPUs, LoRA run, QLoRA run) where both finished with a peak."""
+    done = {}
+    for r in runs:
+        if r.outcome == "ok" and r.peak and str(r.method).lower() in ("lora", "qlora"):
+            done.setdefault((str(r.method).lower(), r.model, r.strategy, r.gpus), r)
+    pairs = []
+    for (method, model, strategy, gpus), lora in done.items():
+        qlora = done.get(("qlora", model, strategy, gpus))
+        if method == "lora" and qlora:
+            pairs.append((model, strategy, gpus, lora, qlora))
+    return sorted(pairs, key=lambda p: (_natural_key(p[0]), str(p[1]), p[2] if p[2] is not None else 1 << 30))
+
+
+def qlora_reduction(lora, qlora):
+    """QLoRA's peak-memory reduction against LoRA, percent (positive: QLoRA needs less)."""
+    return 100.0 * (1.0 - qlora.peak / lora.peak)
+
+
+def qlora_lines(runs):
+    methods = {str(r.method).lower() for r in runs}
+    if not {"lora", "qlora"} <= methods:
+        return []
+    lines = [f"QLoRA vs LoRA peak memory (reference: about {QLORA_REFERENCE:.0f}% less with QLoRA):"]
+    pairs = qlora_pairs(runs)
+    if not pairs:
+        return lines + ["", "n/a: no model and GPU count where both QLoRA and LoRA finished"]
+    lines += ["", "| model | strategy | GPUs | LoRA peak | QLoRA peak | QLoRA reduction | LoRA val loss "
+                  "| QLoRA val loss |", "|---|---|---|---|---|---|---|---|"]
+    by_model = {}
+    for model, strategy, gpus, lora, qlora in pairs:
+        red = qlora_reduction(lora, qlora)
+        by_model.setdefault((model, strategy), []).append(red)
+        vl, vq = lora.final_val_loss(), qlora.final_val_loss()
+        lines.append(f"| {model} | {strategy} | {gpus} | {format_bytes(lora.peak)} | {format_bytes(qlora.peak)} "
+                     f"| {red:.1f}% | {f'{vl:.3f}' if vl is not None else '-'} "
+                     f"| {f'{vq:.3f}' if vq is not None else '-'} |")
+    lines.append("")
+    for (model, strategy), reds in by_model.items():
+        lines.append(f"QLoRA reduction, {model} {strategy}: {_mean(reds):.1f}% mean over {len(reds)} GPU "
+                     f"count{'s' if len(reds) != 1 else ''} (reference about {QLORA_REFERENCE:.0f}%)")
+    return lines
+
+
+# ----------------------------------------------------------------------------- predicted vs measured
+
+def prediction_section(runs):
+    """Predicted (planner) against measured peak memory per rank, for every completed run with
+    both; [] when no run has a prediction."""
+    if not any(r.predicted for r in runs):
+        return []
+    lines = ["### Predicted vs measured peak memory", "",
+             "Completed runs with both figures (per rank, the highest rank; worst rank: the rank whose "
+             "own prediction deviates most, from /ranks/predicted_peak).", "",
+             "| run | GPUs | predicted | measured | predicted/measured | deviation | worst rank "
+             f"| over {PREDICTION_TOLERANCE:.0f}% |", "|---|---|---|---|---|---|---|---|"]
+    worst, over = None, []
+    compared = [r for r in sorted(runs, key=lambda r: (r.experiment or "~", experiment_key(r)))
+                if r.prediction_ratio() is not None]
+    for run in compared:
+        ratio = run.prediction_ratio()
+        dev = 100.0 * (ratio - 1.0)
+        rank_dev = run.worst_rank_deviation()
+        candidates = [(abs(dev), f"{run.run_id}")]
+        rank_cell = "-"
+        if rank_dev:
+            rank_cell = f"{100 * rank_dev[0]:+.1f}% (rank {rank_dev[1]})"
+            candidates.append((abs(100 * rank_dev[0]), f"{run.run_id}, rank {rank_dev[1]}"))
+        top = max(candidates, key=lambda c: c[0])
+        exceeded = round(top[0], 9) > PREDICTION_TOLERANCE
+        if exceeded:
+            over.append(run.run_id)
+        if worst is None or top[0] > worst[0]:
+            worst = top
+        lines.append(f"| {run.run_id} | {run.gpus if run.gpus is not None else '?'} | {format_bytes(run.predicted)} "
+                     f"| {format_bytes(run.peak)} | {ratio:.3f} | {dev:+.1f}% | {rank_cell} "
+                     f"| {'yes' if exceeded else 'no'} |")
+    lines.append("")
+    if worst:
+        lines.append(f"Worst absolute deviation: {worst[0]:.1f}% ({worst[1]}).")
+        lines.append(f"Over {PREDICTION_TOLERANCE:.0f}%: " + (", ".join(over) if over else "none") + ".")
+    else:
+        lines.append("No completed run has both a predicted and a measured peak.")
+    ooms = [r for r in runs if r.outcome == "oom" and r.predicted]
+    for r in ooms:
+        limit = _num(r.summary.get("memory_limit"))
+        if limit:
+            verdict = "the prediction is over the limit" if r.predicted > limit else \
+                "the prediction is within the limit: the planner missed this OOM"
+            lines.append(f"OOM {r.run_id}: predicted {format_bytes(r.predicted)} against the limit "
+                         f"{format_bytes(limit)} ({verdict}).")
+    missing = [str(r.run_id) for r in runs if r.outcome == "ok" and r.peak and not r.predicted]
+    if missing:
+        lines.append(f"No predicted_peak (older metrics.h5): {', '.join(missing)}.")
     return lines
 
 
@@ -338,11 +711,174 @@ def write_plots(runs, out_dir, title=None):
     return paths
 
 
+def write_experiment_plots(runs, out_dir):
+    """Per experiment: <exp>_epoch_time.png (per-epoch time against GPUs, one line per model,
+    method and strategy, dotted: ideal scaling from the fewest GPUs), <exp>_memory.png (peak
+    memory per rank by method, bars per GPU count, one panel per model; OOM bars hatched at the
+    memory limit, black ticks: predicted peaks) and <exp>_loss.png (train loss per step, val
+    loss per eval, one panel per model). Returns the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(out_dir, exist_ok=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    gib = float(1 << 30)
+    paths = []
+
+    def save(fig, name):
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+
+    experiments = sorted({r.experiment for r in runs if r.experiment}, key=_natural_key)
+    for exp in experiments:
+        group = sorted([r for r in runs if r.experiment == exp], key=experiment_key)
+        configs = list(dict.fromkeys(r.config_name() for r in group))
+        models = list(dict.fromkeys(str(r.model) for r in group))
+        gpu_counts = sorted({r.gpus for r in group if r.gpus is not None})
+        title = EXPERIMENTS.get(exp, f"Experiment {exp[3:]}")
+        unit, scale = ("GiB", gib) if max([r.peak or 0 for r in group] + [0]) >= gib else ("MiB", float(1 << 20))
+
+        # per-epoch time against GPUs
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for k, name in enumerate(configs):
+            done = sorted((r.gpus, r.epoch_time) for r in group
+                          if r.config_name() == name and r.outcome == "ok" and r.epoch_time and r.gpus)
+            if not done:
+                continue
+            color = colors[k % len(colors)]
+            xs, ys = zip(*done)
+            ax.plot(xs, ys, marker="o", color=color, label=name)
+            if len(xs) > 1:
+                ax.plot(xs, [ys[0] * xs[0] / x for x in xs], color=color, ls=":", lw=1)
+            for r in group:  # a GPU count that did not complete: an x at the last completed time
+                if r.config_name() == name and r.outcome != "ok" and r.gpus:
+                    ax.plot([r.gpus], [ys[-1]], marker="x", ms=8, color=color, ls="none")
+                    ax.annotate("OOM" if r.outcome == "oom" else r.outcome, (r.gpus, ys[-1]), color=color,
+                                fontsize="small", ha="center", va="bottom", xytext=(0, 5),
+                                textcoords="offset points")
+        if gpu_counts:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(gpu_counts)
+            ax.set_xticklabels([str(g) for g in gpu_counts])
+        ax.margins(y=0.12)
+        ax.set_xlabel("GPUs (ranks)")
+        ax.set_ylabel("per-epoch training time (s)")
+        ax.set_title(f"{exp}: per-epoch time (dotted: ideal scaling; x: not completed)")
+        if ax.lines:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no completed run", ha="center", transform=ax.transAxes)
+        fig.suptitle(title, fontsize="medium")
+        save(fig, f"{exp}_epoch_time.png")
+
+        # peak memory by method, bars per GPU count, one panel per model
+        fig, axes = plt.subplots(1, len(models), figsize=(max(6, 5 * len(models)), 5), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            mruns = [r for r in group if str(r.model) == model]
+            mconfigs = list(dict.fromkeys(f"{r.method} {r.strategy}" for r in mruns))
+            width = 0.8 / max(1, len(mconfigs))
+            x = np.arange(len(gpu_counts))
+            top = 0.0
+            for k, cfg in enumerate(mconfigs):
+                for r in mruns:
+                    if f"{r.method} {r.strategy}" != cfg or r.gpus not in gpu_counts:
+                        continue
+                    xi = gpu_counts.index(r.gpus) - 0.4 + width * (k + 0.5)
+                    color = colors[k % len(colors)]
+                    label = cfg if cfg not in ax.get_legend_handles_labels()[1] else None
+                    limit = _num(r.summary.get("memory_limit"))
+                    if r.outcome == "ok" and r.peak:
+                        h = r.peak / scale
+                        ax.bar(xi, h, width, color=color, label=label)
+                    elif r.outcome == "oom":
+                        h = limit / scale if limit else 0.0
+                        ax.bar(xi, h, width, color="white", edgecolor=color, hatch="//", label=label)
+                        ax.text(xi, h, "OOM", ha="center", va="bottom", fontsize="x-small")
+                    else:
+                        h = 0.0
+                        ax.text(xi, 0, r.outcome, ha="center", va="bottom", fontsize="x-small", rotation=90)
+                    if r.predicted:
+                        ax.plot([xi - width / 2, xi + width / 2], [r.predicted / scale] * 2, color="black", lw=2)
+                        h = max(h, r.predicted / scale)
+                    top = max(top, h)
+            ax.set_xticks(x)
+            ax.set_xticklabels([str(g) for g in gpu_counts])
+            ax.set_xlim(-0.5, len(gpu_counts) - 0.5)
+            ax.set_xlabel("GPUs")
+            ax.set_ylabel(f"peak memory per rank ({unit})")
+            ax.set_ylim(0, 1.15 * top if top else 1)
+            ax.set_title(model)
+            if ax.patches:
+                ax.legend(fontsize="small")
+        fig.suptitle(f"{title}\npeak memory by method (black: predicted; hatched: OOM at the limit)",
+                     fontsize="medium")
+        save(fig, f"{exp}_memory.png")
+
+        # loss curves, one panel per model
+        fig, axes = plt.subplots(1, len(models), figsize=(max(6, 6 * len(models)), 5), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            k = 0
+            for r in group:
+                if str(r.model) != model:
+                    continue
+                steps, evals = r.data["steps"], r.data["evals"]
+                color = colors[k % len(colors)]
+                name = f"{r.method} {r.strategy} @{r.gpus}"
+                drew = False
+                if len(steps.get("loss", [])):
+                    ax.plot(steps["step"], steps["loss"], color=color, lw=1, label=f"{name} train")
+                    drew = True
+                if len(evals.get("val_loss", [])):
+                    ax.plot(evals["step"], evals["val_loss"], color=color, ls="--", marker="o", ms=3,
+                            label=f"{name} val")
+                    drew = True
+                k += drew
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss")
+            ax.set_title(model)
+            if ax.lines:
+                ax.legend(fontsize="x-small", ncol=2)
+            else:
+                ax.text(0.5, 0.5, "no steps logged", ha="center", transform=ax.transAxes)
+        fig.suptitle(f"{title}\ntrain loss per step (solid), val loss per eval (dashed)", fontsize="medium")
+        save(fig, f"{exp}_loss.png")
+    return paths
+
+
 # ----------------------------------------------------------------------------- main
 
 def default_plot_dir(metrics_path):
     run_dir = os.path.dirname(os.path.abspath(metrics_path))
     return os.path.join(os.path.dirname(run_dir), "plots")
+
+
+def read_matrix_results(paths):
+    """{run_id: result} from jobs/run_matrix.sh tables (runs/matrix_<exp>[_cpu].tsv: run_id, ranks,
+    parallel, deck, result, seconds), the newest file last so that it wins."""
+    results = {}
+    for path in sorted(set(paths), key=lambda p: (os.path.getmtime(p), p)):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                header = f.readline().rstrip("\n").split("\t")
+                if "run_id" not in header or "result" not in header:
+                    continue
+                i, j = header.index("run_id"), header.index("result")
+                for line in f:
+                    cells = line.rstrip("\n").split("\t")
+                    if len(cells) > max(i, j) and cells[i]:
+                        results[cells[i]] = cells[j]
+        except OSError:
+            continue
+    return results
+
+
+def _is_matrix_table(path):
+    name = os.path.basename(path)
+    return os.path.isfile(path) and name.startswith("matrix_") and name.endswith(".tsv")
 
 
 def main(argv=None):
@@ -351,35 +887,49 @@ def main(argv=None):
     parser.add_argument("--plots", metavar="DIR", help="directory for the PNGs (default: plots/ beside the first run)")
     parser.add_argument("--title", help="heading for the table and the plots")
     parser.add_argument("--no-plots", action="store_true", help="print the table only")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 2 when any path is not a readable run (default: skip it with a message)")
     args = parser.parse_args(argv)
 
-    found, bad = [], []
+    runs, bad, tables = [], [], []
     for arg in args.runs:
+        if _is_matrix_table(arg):  # runs/matrix_exp1_cpu.tsv: jobs/run_matrix.sh's results
+            tables.append(arg)
+            continue
         try:
-            found.append((arg, st_read.find_metrics_file(arg)))
+            runs.append(Run(st_read.read_run(arg), arg))
         except st_read.MetricsFileError as e:
             bad.append((arg, str(e)))
-    plot_dir = args.plots or (default_plot_dir(found[0][1]) if found else None)
+        except (OSError, KeyError, ValueError, TypeError, IndexError) as e:  # an HDF5 file of another layout
+            bad.append((arg, f"{arg}: not a readable shardtune metrics file ({type(e).__name__}: {e})"))
+    plot_dir = args.plots or (default_plot_dir(runs[0].data["path"]) if runs else None)
     if plot_dir and not args.plots:
-        # "report.py runs/*" also names runs/plots, our own output: skip it.
+        # "report.py runs/*" also names runs/plots, our own output: skip it without a word.
         bad = [(arg, e) for arg, e in bad if os.path.realpath(arg) != os.path.realpath(plot_dir)]
-    if not found and not bad:
-        bad.append(("report.py", "no run directories given"))
-    if bad:
+    if not runs or (bad and args.strict):
         for _, e in bad:
             print(f"report.py: error: {e}", file=sys.stderr)
+        if not runs:
+            print(f"report.py: error: no readable run among the {len(args.runs)} path(s) given (a run is a "
+                  "directory holding metrics.h5, written by shardtune train or jobs/run_matrix.sh)", file=sys.stderr)
         return 2
+    for _, e in bad:
+        print(f"report.py: skipping {e}", file=sys.stderr)
 
-    runs = []
-    for arg, path in found:
+    # The run_matrix.sh tables named, and those beside the runs (runs/matrix_*.tsv).
+    for run in runs:
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(run.data["path"])))
         try:
-            runs.append(Run(st_read.read_run(path), arg))
-        except st_read.MetricsFileError as e:
-            print(f"report.py: error: {e}", file=sys.stderr)
-            return 2
+            tables += [os.path.join(parent, n) for n in os.listdir(parent) if _is_matrix_table(os.path.join(parent, n))]
+        except OSError:
+            pass
+    matrix = read_matrix_results(os.path.abspath(t) for t in tables)
+    for run in runs:
+        run.apply_matrix_result(matrix.get(str(run.run_id)))
+
     print("\n".join(build_report(runs, args.title)))
     if not args.no_plots:
-        paths = write_plots(runs, plot_dir, args.title)
+        paths = write_plots(runs, plot_dir, args.title) + write_experiment_plots(runs, plot_dir)
         print()
         print("Plots: " + ", ".join(paths))
     return 0

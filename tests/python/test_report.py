@@ -246,11 +246,22 @@ class ReportTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             empty = os.path.join(tmp, "not-a-run")
             os.makedirs(empty)
+            # Default: a path that is not a run is skipped with a message (runs/* names other things).
             r = run_report(self.dirs["tiny-llama-full"], empty, "--no-plots")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"report.py: skipping {empty}: no metrics.h5", r.stderr)
+            self.assertEqual(len(table_rows(r.stdout)), 1)
+            # --strict: any such path fails the report.
+            r = run_report(self.dirs["tiny-llama-full"], empty, "--no-plots", "--strict")
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(empty, r.stderr)
             self.assertIn("no metrics.h5", r.stderr)
             self.assertEqual(r.stdout, "")  # no half table
+            # Nothing readable at all: an error without --strict too.
+            r = run_report(empty, "--no-plots")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("no readable run", r.stderr)
+            self.assertEqual(r.stdout, "")
             missing = os.path.join(tmp, "nowhere")
             r = run_report(missing, "--no-plots")
             self.assertNotEqual(r.returncode, 0)
