@@ -14,6 +14,7 @@ A live or killed run is readable up to its last flush; a row the writer was in t
 when it died is dropped, so every column of a table has the same length.
 """
 
+import json
 import os
 
 import h5py
@@ -95,4 +96,28 @@ def read_run(path_or_dir):
         raise MetricsFileError(f"{path}: cannot read as HDF5 ({e})") from e
     if "outcome" not in run["summary"]:
         raise MetricsFileError(f"{path}: not a shardtune metrics file (no /summary outcome)")
+    _merge_rank_outcomes(run, os.path.dirname(path))
     return run
+
+
+def _merge_rank_outcomes(run, run_dir):
+    """A rank other than 0 that ran out of memory ends the job before rank 0 can record it, and
+    leaves outcome-rank<r>.json beside metrics.h5: a run still 'running' takes that outcome."""
+    if run["summary"].get("outcome") != "running":
+        return
+    for name in sorted(os.listdir(run_dir or ".")):
+        if not (name.startswith("outcome-rank") and name.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(run_dir, name)) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        summary = run["summary"]
+        summary["outcome"] = rec.get("outcome", "error")
+        summary["error"] = f"rank {rec.get('rank', '?')}: {rec.get('error', '')}"
+        for key in ("oom_bytes", "oom_phase", "oom_category"):
+            if key in rec:
+                summary[key] = rec[key]
+        summary["failed_rank"] = rec.get("rank", -1)
+        return

@@ -43,6 +43,15 @@ size_t cuda_total_memory() {
   return p.totalGlobalMem;
 }
 
+size_t cuda_used_memory() {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return total_b - free_b;
+}
+
 Allocator* cuda_allocator() {
   static CudaAllocator a;
   return &a;

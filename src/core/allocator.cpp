@@ -96,6 +96,7 @@ Allocator& allocator_for(Device d) {
 #ifndef SHARDTUNE_CUDA
 Allocator* cuda_allocator() { return nullptr; }
 size_t cuda_total_memory() { return 0; }
+size_t cuda_used_memory() { return 0; }
 void select_cuda_device(int) {
   ST_THROW_INPUT("device = cuda but this shardtune was built without CUDA (rebuild with CUDA=1 where nvcc exists)");
 }

@@ -60,6 +60,8 @@ class Allocator {
 Allocator& allocator_for(Device d);
 // Memory of the first visible GPU in bytes; 0 without CUDA or a GPU.
 size_t cuda_total_memory();
+// Memory in use on this process's GPU by every process (total - free); 0 without CUDA.
+size_t cuda_used_memory();
 // Bind this process to a GPU (local rank modulo the visible devices) before any CUDA memory is
 // used. InputError when the build has no CUDA or no usable GPU is visible.
 void select_cuda_device(int local_rank);

@@ -519,6 +519,11 @@ int Run::train() {
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
   train_stats_ = allocator_for(device_).stats();
+  if (device_ == Device::cuda) {
+    // What the GPU holds beyond our allocator (CUDA context, cuBLAS, NCCL): the planner's reserve.
+    summary_.ints["device_used_memory"] = static_cast<int64_t>(cuda_used_memory());
+    summary_.ints["allocator_current_memory"] = static_cast<int64_t>(train_stats_->total_current);
+  }
   if (cfg_.save_model && state_.zero) state_.zero->gather_all_for_save();  // collective over the data-parallel group
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
