@@ -155,8 +155,8 @@ int cmd_plan(int argc, char** argv) {
               << (req.device_memory ? format_bytes(static_cast<double>(req.device_memory)) : std::string("no limit"))
               << "; reserve outside the allocator " << format_bytes(static_cast<double>(req.reserve)) << "\n";
     std::cout << "per-rank " << unit << " at the training peak (largest rank); activations with / without checkpointing\n\n";
-    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | est. step |\n";
-    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | est. step | est. rows/s |\n";
+    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     nlohmann::json js = nlohmann::json::array();
     for (const LayoutEstimate& e : all) {
       const PlanLayout& l = e.layout;
@@ -165,7 +165,7 @@ int cmd_plan(int argc, char** argv) {
       std::cout << "| " << l.parallel << " | " << tp << " | " << dp << " | " << l.method << " | ";
       nlohmann::json j = {{"strategy", l.parallel}, {"tp", tp}, {"dp", dp}, {"method", l.method}, {"applies", e.applies}};
       if (!e.applies) {
-        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | - |\n";
+        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | - | - |\n";
         j["reason"] = e.reason;
         js.push_back(j);
         continue;
@@ -176,8 +176,8 @@ int cmd_plan(int argc, char** argv) {
                 << " | " << fmt(cat(MemCategory::communication)) << " | "
                 << fmt(cat(MemCategory::workspace) + cat(MemCategory::other)) << " | " << fmt(e.memory.peak) << " | "
                 << fmt(e.memory.setup_peak) << " | " << (e.fits ? "yes" : "OOM") << " | ";
-      char t[32];
-      std::snprintf(t, sizeof(t), "%.3g s", e.step_seconds);
+      char t[64];
+      std::snprintf(t, sizeof(t), "%.3g s | %.3g", e.step_seconds, e.rows_per_second);
       std::cout << t << " |\n";
       for (int c = 0; c < kNumMemCategories; ++c)
         j[mem_category_name(static_cast<MemCategory>(c))] = e.memory.at_peak[static_cast<size_t>(c)];
@@ -187,6 +187,7 @@ int cmd_plan(int argc, char** argv) {
       j["load_peak"] = e.memory.setup_peak;
       j["fits"] = e.fits;
       j["step_seconds"] = e.step_seconds;
+      j["rows_per_second"] = e.rows_per_second;
       j["compute_seconds"] = e.compute_seconds;
       j["comm_seconds"] = e.comm_seconds;
       js.push_back(j);
@@ -208,8 +209,10 @@ int cmd_plan(int argc, char** argv) {
                 << (m == cfg.method ? "   <- the deck's method" : "") << "\n";
       rec[m] = {{"strategy", best->layout.parallel}, {"tp", tp}};
     }
-    std::cout << "\nest. step: counted GEMM/attention FLOPs at " << static_cast<int>(req.speed.efficiency * 100)
-              << "% of the device peak + collective bytes over the link; for ranking, not a promise.\n";
+    std::cout << "\nest. step: this rank's counted GEMM/attention FLOPs at " << static_cast<int>(req.speed.efficiency * 100)
+              << "% of the device peak + its collective bytes over the link + optimizer and NF4 memory traffic;\n"
+              << "est. rows/s = global batch rows per step / est. step, the figure the recommendation ranks by (an\n"
+              << "estimate for ranking, not a promise).\n";
     if (!f.json_path.empty()) {
       nlohmann::json out = {{"run_id", cfg.run_id}, {"ranks", f.ranks}, {"device", cfg.device},
                             {"device_memory", req.device_memory}, {"reserve", req.reserve},

@@ -134,6 +134,7 @@ Tensor Tensor::clone(MemCategory cat) const {
 }
 
 Tensor Tensor::to_cpu(DType dtype) const {
+  if (dry_run_active()) return empty(shape_, dtype, Device::cpu, MemCategory::other);  // the planner: sizes only
   Tensor host = *this;
   if (device_ != Device::cpu) {
     host = empty(shape_, dtype_, Device::cpu, MemCategory::other);

@@ -218,6 +218,8 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       const double nf4_bytes = static_cast<double>(main0.weight_bytes.dense) * (l.checkpointing ? 3 : 2) *
                                (main0.weight_bytes.quantized_layers > 0 ? 1 : 0);
       e.step_seconds = e.compute_seconds + e.comm_seconds + (opt_bytes + nf4_bytes) / std::max(1.0, sm.memory_bytes_per_s);
+      const int dp_ranks = n / (is_tp(l.parallel) ? l.tp_size : 1);
+      e.rows_per_second = static_cast<double>(c.micro_batch_size * c.grad_accum * dp_ranks) / e.step_seconds;
     } catch (const InputError& err) {
       e.applies = false;
       e.reason = err.what();
@@ -231,7 +233,7 @@ const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, const st
   const LayoutEstimate* best = nullptr;
   for (const LayoutEstimate& e : all) {
     if (!e.applies || !e.fits || e.layout.method != method) continue;
-    if (!best || e.step_seconds < best->step_seconds) best = &e;
+    if (!best || e.rows_per_second > best->rows_per_second) best = &e;
   }
   return best;
 }

@@ -74,7 +74,8 @@ struct LayoutEstimate {
   size_t activations_ckpt = 0;  // activations at the peak with checkpointing
   size_t activations_full = 0;  // and without
   bool fits = false;            // max_peak + reserve <= device memory (always true without a limit)
-  double step_seconds = 0;      // SpeedModel estimate
+  double step_seconds = 0;      // SpeedModel estimate of one optimizer step
+  double rows_per_second = 0;   // global batch rows / step_seconds: what the ranking compares
   double compute_seconds = 0, comm_seconds = 0;
 };
 
@@ -90,7 +91,7 @@ struct PlanRequest {
 // Every (strategy, tp, method) for the request, each with both checkpointing settings'
 // activations and the deck's checkpointing setting for its totals.
 std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req);
-// The fastest estimate that fits for `method`, or nullptr.
+// The estimate with the most rows per second that fits for `method`, or nullptr.
 const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, const std::string& method);
 
 // CUDA context + cuBLAS + NCCL bytes outside our allocator, measured on the H100 host (docs/NOTES.md).
