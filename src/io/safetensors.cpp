@@ -421,60 +421,19 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   const uint64_t n = text.size();
   std::memcpy(len_bytes, &n, 8);
 
-  AtomicFile out(path);
-  out.write(len_bytes, 8);
-  out.write(text.data(), text.size());
-  for (const auto& [name, t] : tensors) {
-    if (t.device() == Device::cpu) {
-      out.write(t.data(), t.nbytes());
-    } else {
-      Tensor host = Tensor::empty(t.shape(), t.dtype(), Device::cpu, MemCategory::workspace);
-      host.copy_from(t);
-      out.write(host.data(), host.nbytes());
+  atomic_write_file(path, [&](AtomicFile& out) {
+    out.write(len_bytes, 8);
+    out.write(text);
+    for (const auto& [name, t] : tensors) {
+      if (t.device() == Device::cpu) {
+        out.write(t.data(), t.nbytes());
+      } else {
+        Tensor host = Tensor::empty(t.shape(), t.dtype(), Device::cpu, MemCategory::workspace);
+        host.copy_from(t);
+        out.write(host.data(), host.nbytes());
+      }
     }
-  }
-  out.commit();
-}
-
-AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_path_(path + ".tmp") {
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) ST_THROW("cannot create ", tmp_path_, ": ", errno_str());
-}
-
-AtomicFile::~AtomicFile() {
-  if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(tmp_path_.c_str());
-}
-
-void AtomicFile::write(const void* data, size_t bytes) {
-  ST_CHECK(fd_ >= 0, "write to ", tmp_path_, " after commit");
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (bytes > 0) {
-    const ssize_t w = ::write(fd_, p, std::min(bytes, kMaxIoChunk));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      ST_THROW("write to ", tmp_path_, " failed: ", errno_str());
-    }
-    p += w;
-    bytes -= static_cast<size_t>(w);
-  }
-}
-
-void AtomicFile::commit() {
-  ST_CHECK(fd_ >= 0, "commit of ", tmp_path_, " twice");
-  if (::fsync(fd_) != 0) ST_THROW("fsync of ", tmp_path_, " failed: ", errno_str());
-  const int fd = std::exchange(fd_, -1);
-  if (::close(fd) != 0) ST_THROW("close of ", tmp_path_, " failed: ", errno_str());
-  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-    ST_THROW("rename of ", tmp_path_, " to ", path_, " failed: ", errno_str());
-  committed_ = true;
-  // Make the rename itself durable; some file systems refuse fsync on a directory, which is harmless.
-  std::string dir = std::filesystem::path(path_).parent_path().string();
-  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  });
 }
 
 }  // namespace st
