@@ -4,10 +4,14 @@
 // tensor names to {"dtype", "shape", "data_offsets": [begin, end]}, plus an optional
 // "__metadata__" object of strings), then the data buffer; offsets are relative to the buffer.
 //
-// The reader validates the whole header when the file is opened (dtypes, shapes, offsets inside
-// the buffer and not overlapping, sizes equal to numel * element size, all with overflow-checked
-// arithmetic) and refuses a bad or hostile file with an InputError naming the file and the
-// tensor or field. Tensor data is read with pread at the entry's offset, never the whole file.
+// The reader validates the whole header when the file is opened, as the reference implementation
+// does: header length <= 100 MiB and within the file; valid JSON, an object, nested at most 16
+// deep (checked while parsing); no repeated names; each entry exactly dtype, shape and
+// data_offsets; __metadata__ strings only; known dtypes; non-negative 63-bit dimensions; sizes
+// equal to numel * element size (overflow-checked); offsets that tile the data buffer from 0 to
+// its last byte without gaps or overlaps. A bad or hostile file is refused with an InputError
+// naming the file and the tensor or field (tests/unit/test_safetensors_fuzz.cpp fuzzes this).
+// Tensor data is read with pread at the entry's offset, never the whole file.
 #pragma once
 
 #include <cstdint>
