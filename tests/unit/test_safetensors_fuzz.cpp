@@ -81,8 +81,10 @@ Valid make_valid(Rng& r) {
       numel *= static_cast<uint64_t>(d);
     }
     const uint64_t nbytes = numel * dtype_bytes(dtype);
-    ts.push_back({"t" + std::to_string(i) + (r.chance(20) ? ".weight" : ""),
-                  ojson{{"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}}});
+    std::string name = "t";  // appended step by step: GCC 12 warns (-Wrestrict) on "t" + a + b
+    name += std::to_string(i);
+    if (r.chance(20)) name += ".weight";
+    ts.push_back({name, ojson{{"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}}});
     for (uint64_t b = 0; b < nbytes; ++b) v.data.push_back(static_cast<char>(r.next()));
     offset += nbytes;
   }
