@@ -3,6 +3,7 @@
 #   make            build build/shardtune (and the test binaries)
 #   make run        install missing packages, build, run the embedded default job, print its table
 #   make test       install missing packages, build, run the whole CPU test suite
+#   make test-fuzz  safetensors reader fuzz test under AddressSanitizer+UBSan (part of make test)
 #   make test-gpu   GPU tests (on a machine with an NVIDIA GPU; skipped cleanly without one)
 #   make deps       install missing Debian/Ubuntu packages (a no-op when all are present)
 #   make bench      GPU benchmark: shardtune vs PyTorch + PEFT side by side (analysis/bench.py)
@@ -89,7 +90,7 @@ MPIRUN_FLAGS ?= --oversubscribe --bind-to none --mca btl self,vader --mca btl_va
                 $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
-.PHONY: all build tests deps run test test-unit test-mpi test-e2e test-python test-gpu clean bench report
+.PHONY: all build tests deps run test test-unit test-mpi test-e2e test-python test-fuzz test-gpu clean bench report
 all: build tests
 build: $(BIN)
 tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN)
@@ -134,6 +135,28 @@ $(GPU_BIN): $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ -o $@ -lgtest_main $(TEST_LIBS) $(LDLIBS)
 
+# The safetensors fuzz test under AddressSanitizer + UBSan, in its own build directory: only the
+# reader and the core files it needs (no MPI, HDF5 or CUDA), so it adds ~10 small compiles.
+FUZZ_BUILD := $(BUILD)/fuzz-asan
+FUZZ_SRC := src/io/safetensors.cpp src/core/atomic_file.cpp src/core/tensor.cpp src/core/allocator.cpp \
+            src/core/dtype.cpp src/core/error.cpp src/core/profile.cpp src/core/log.cpp \
+            tests/common/paths.cpp tests/unit/test_safetensors_fuzz.cpp
+FUZZ_OBJ := $(FUZZ_SRC:%.cpp=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_BIN := $(FUZZ_BUILD)/safetensors_fuzz
+FUZZ_CXXFLAGS := -std=c++20 -Wall -Wextra -fopenmp -MMD -MP -Isrc -I. -O1 -g \
+                 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+
+$(FUZZ_BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(FUZZ_CXXFLAGS) -c $< -o $@
+
+$(FUZZ_BIN): $(FUZZ_OBJ)
+	$(CXX) -fsanitize=address,undefined $^ -o $@ -lgtest_main -lgtest -lpthread -fopenmp
+
+test-fuzz: $(FUZZ_BIN)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  OMP_NUM_THREADS=1 $(FUZZ_BIN) --gtest_brief=1
+
 # ---------------------------------------------------------------- packages
 # Debian/Ubuntu package names; only the missing ones are installed.
 DEB_PACKAGES := g++ make pkg-config openmpi-bin libopenmpi-dev libhdf5-dev libboost-program-options-dev \
@@ -169,7 +192,8 @@ bench: build
 # ---------------------------------------------------------------- tests
 test: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) build tests
-	@$(MAKE) --no-print-directory test-unit test-mpi test-e2e test-python
+	@$(MAKE) --no-print-directory -j$(NPROC) $(FUZZ_BIN)
+	@$(MAKE) --no-print-directory test-unit test-fuzz test-mpi test-e2e test-python
 
 test-unit: $(UNIT_BIN)
 	OMP_NUM_THREADS=2 $(UNIT_BIN) --gtest_brief=1
@@ -191,4 +215,4 @@ test-gpu: $(GPU_BIN)
 clean:
 	rm -rf $(BUILD)
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <unordered_set>
 
+#include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "core/timer.hpp"
 #include "data/templates.hpp"
@@ -361,20 +362,6 @@ void synth_instruct_splits(uint64_t seed, int64_t train_rows, std::vector<Instru
 
 namespace {
 
-void write_text_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) ST_THROW_INPUT(tmp, ": cannot create (check the directory is writable)");
-    f << text;
-    f.close();
-    if (!f) ST_THROW_INPUT(tmp, ": write failed");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) ST_THROW_INPUT(path, ": cannot rename from ", tmp, ": ", ec.message());
-}
-
 std::string sentiment_tsv(const std::vector<Sst2Row>& rows) {
   std::string s = "sentence\tlabel\n";
   for (const auto& r : rows) s += str(r.sentence, '\t', r.label, '\n');
@@ -425,7 +412,7 @@ SyntheticResult write_synthetic_dataset(const SyntheticOptions& opt) {
   };
   for (const auto& [name, text] : texts) {
     const std::string path = (dir / name).string();
-    write_text_atomically(path, text);
+    atomic_write_file(path, text);
     res.files.push_back(path);
   }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "core/sha256.hpp"
 
@@ -100,20 +101,6 @@ class VectorSentenceIterator : public sentencepiece::SentenceIterator {
   size_t i_ = 0;
 };
 
-void write_file_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) ST_THROW_INPUT(tmp, ": cannot create (check the directory exists and is writable)");
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.close();
-    if (!f) ST_THROW_INPUT(tmp, ": write failed");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) ST_THROW_INPUT(path, ": cannot rename from ", tmp, ": ", ec.message());
-}
-
 }  // namespace
 
 void train_tokenizer(const std::vector<std::string>& sentences, const TokenizerTrainOptions& opt) {
@@ -162,8 +149,8 @@ void train_tokenizer(const std::vector<std::string>& sentences, const TokenizerT
     vocab << '\t' << sp.GetScore(i) << '\n';
   }
 
-  write_file_atomically(opt.model_prefix + ".model", proto);
-  write_file_atomically(opt.model_prefix + ".vocab", vocab.str());
+  atomic_write_file(opt.model_prefix + ".model", proto);
+  atomic_write_file(opt.model_prefix + ".vocab", vocab.str());
 }
 
 }  // namespace st

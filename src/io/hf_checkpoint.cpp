@@ -22,11 +22,7 @@ json read_json_file(const std::string& path) {
   }
 }
 
-void write_text_file_atomic(const std::string& path, const std::string& text) {
-  AtomicFile out(path);
-  out.write(text.data(), text.size());
-  out.commit();
-}
+void write_text_file_atomic(const std::string& path, const std::string& text) { atomic_write_file(path, text); }
 
 namespace {
 
@@ -125,9 +121,7 @@ std::vector<std::string> CheckpointReader::unused_names() const {
 }
 
 void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {
-  std::error_code ec;
-  fs::copy_file(tokenizer_path, fs::path(dir) / "tokenizer.model", fs::copy_options::overwrite_existing, ec);
-  if (ec) ST_THROW_INPUT(tokenizer_path, ": cannot copy tokenizer into ", dir, ": ", ec.message());
+  atomic_copy_file(tokenizer_path, (fs::path(dir) / "tokenizer.model").string());
 }
 
 }  // namespace st

@@ -15,7 +15,8 @@ namespace st {
 
 // Parses a JSON file; InputError naming `path` if it cannot be read or is not valid JSON.
 nlohmann::json read_json_file(const std::string& path);
-// Writes `text` to `path` through AtomicFile (temp file, fsync, rename).
+// Writes `text` to `path` through atomic_write_file (temp file, fsync, rename); Error naming the
+// path on failure.
 void write_text_file_atomic(const std::string& path, const std::string& text);
 
 class CheckpointReader {
@@ -48,7 +49,9 @@ class CheckpointReader {
   std::set<std::string> used_;
 };
 
-// Copy a SentencePiece model into a saved checkpoint directory as <dir>/tokenizer.model.
+// Copy a SentencePiece model into a saved checkpoint directory as <dir>/tokenizer.model, atomically
+// (InputError naming the source if it cannot be read, Error naming the destination if it cannot be
+// written).
 void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir);
 
 }  // namespace st

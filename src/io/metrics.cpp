@@ -1,7 +1,8 @@
 // MetricsWriter: rank 0's metrics.h5 (layout in metrics.hpp).
 //
 // The file is a log: every append flushes, so a killed run leaves a readable file whose
-// /summary outcome is still "running". HDF5 file locking is turned off for this file so that
+// /summary outcome is still "running" (tests/e2e: KilledRunLeavesMetricsReadableUpToTheLastFlush
+// SIGKILLs a run and reads it back). HDF5 file locking is turned off for this file so that
 // analysis/report.py, h5py or h5dump can read a live run while the trainer holds it open
 // (the run directory belongs to one run_id, so there is no second writer to lock out).
 // HDF5 refuses to reopen a file in the process holding it with a different locking setting,

@@ -23,6 +23,9 @@ namespace {
 using json = nlohmann::json;
 
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // same cap as the reference implementation
+// A valid header nests 3 deep (object > entry > shape array); anything far deeper is hostile and
+// is refused while parsing, before it can cost memory.
+constexpr int kMaxJsonDepth = 16;
 constexpr size_t kMaxIoChunk = 1ull << 30;          // Linux moves at most ~2 GiB per read/write call
 constexpr size_t kConvertChunkBytes = 16ull << 20;  // staging buffer for dtype conversion
 
@@ -116,6 +119,15 @@ void convert_floats(const uint8_t* src, DType from, void* dst, DType to, size_t 
   }
 }
 
+// A JSON value for a message: short scalars as they are, containers and long text by type only
+// (a hostile value can be 100 MB or nested millions deep; dump() recurses).
+std::string brief(const json& v) {
+  if (v.is_structured()) return str("a JSON ", v.type_name());
+  std::string s = v.dump();
+  if (s.size() > 40) s = str(s.substr(0, 40), "... (", s.size(), " characters)");
+  return s;
+}
+
 // A non-negative JSON integer that fits int64 (shape dims and offsets), or false.
 bool get_u63(const json& v, uint64_t* out) {
   if (!v.is_number_unsigned()) return false;  // negative, float or huge literals are not unsigned
@@ -139,6 +151,12 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v, const std::
   const std::string where = str(path, ": tensor '", name, "'");
   if (name.empty()) ST_THROW_INPUT(path, ": a tensor has an empty name");
   if (!v.is_object()) ST_THROW_INPUT(where, ": entry must be an object, got ", v.type_name());
+  for (const auto& [key, value] : v.items()) {
+    (void)value;
+    if (key != "dtype" && key != "shape" && key != "data_offsets")
+      ST_THROW_INPUT(where, ": unknown field '", key.size() > 40 ? key.substr(0, 40) + "..." : key,
+                     "' (an entry has exactly dtype, shape and data_offsets)");
+  }
   SafetensorsEntry e;
   e.name = name;
 
@@ -146,7 +164,8 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v, const std::
   if (dt == v.end() || !dt->is_string()) ST_THROW_INPUT(where, ": field 'dtype' missing or not a string");
   e.dtype = dt->get<std::string>();
   const size_t elem = safetensors_dtype_size(e.dtype);
-  if (elem == 0) ST_THROW_INPUT(where, ": unsupported dtype '", e.dtype, "'");
+  if (elem == 0)
+    ST_THROW_INPUT(where, ": unsupported dtype '", e.dtype.size() > 40 ? e.dtype.substr(0, 40) + "..." : e.dtype, "'");
 
   const auto sh = v.find("shape");
   if (sh == v.end() || !sh->is_array())
@@ -155,7 +174,7 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v, const std::
   bool overflow = false, has_zero = false;
   for (const json& d : *sh) {
     uint64_t u;
-    if (!get_u63(d, &u)) ST_THROW_INPUT(where, ": field 'shape' must hold non-negative integers, got ", d.dump());
+    if (!get_u63(d, &u)) ST_THROW_INPUT(where, ": field 'shape' must hold non-negative integers, got ", brief(d));
     e.shape.push_back(static_cast<int64_t>(u));
     has_zero |= (u == 0);
     overflow |= __builtin_mul_overflow(numel, u, &numel);
@@ -183,21 +202,32 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v, const std::
   return e;
 }
 
-// Byte ranges must not overlap. Empty tensors hold no bytes and may sit anywhere.
-void check_no_overlap(const std::vector<SafetensorsEntry>& sorted, const std::string& path) {
+// As the reference implementation: sorted by offset, the byte ranges tile the data buffer
+// exactly, from 0 to its last byte, without gaps or overlaps (an empty tensor sits at the
+// running offset), so no byte of the file is unaccounted for.
+void check_contiguous(const std::vector<SafetensorsEntry>& sorted, uint64_t data_size, const std::string& path) {
+  uint64_t offset = 0;
   const SafetensorsEntry* prev = nullptr;
   for (const auto& e : sorted) {
-    if (e.begin == e.end) continue;
-    if (prev && e.begin < prev->end)
+    if (e.begin < offset)
       ST_THROW_INPUT(path, ": tensors '", prev->name, "' and '", e.name, "' overlap (data_offsets [", prev->begin,
                      ", ", prev->end, "] and [", e.begin, ", ", e.end, "])");
-    if (!prev || e.end > prev->end) prev = &e;
+    if (e.begin > offset)
+      ST_THROW_INPUT(path, ": gap in the data buffer: tensor '", e.name, "' starts at ", e.begin, " but ",
+                     prev ? str("tensor '", prev->name, "' ends at ", offset) : std::string("the buffer starts at 0"));
+    offset = e.end;
+    prev = &e;
   }
+  if (offset != data_size)
+    ST_THROW_INPUT(path, ": the data buffer holds ", data_size, " bytes but the tensors cover ", offset,
+                   " (trailing bytes after the last tensor)");
 }
 
 }  // namespace
 
 int64_t SafetensorsEntry::numel() const {
+  // A zero dimension first: [huge, huge, 0] is empty, and multiplying the huge ones would overflow.
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
@@ -269,6 +299,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   std::set<std::string> seen;
   std::string duplicate;
   auto on_event = [&](int depth, json::parse_event_t ev, json& parsed) {
+    if ((ev == json::parse_event_t::object_start || ev == json::parse_event_t::array_start) && depth >= kMaxJsonDepth)
+      ST_THROW_INPUT(path, ": header nests JSON deeper than ", kMaxJsonDepth, " levels");
     if (ev == json::parse_event_t::key && depth == 1 && !seen.insert(parsed.get<std::string>()).second)
       duplicate = parsed.get<std::string>();
     return true;
@@ -289,7 +321,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   std::sort(f.entries_.begin(), f.entries_.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end != b.end ? a.end < b.end : a.name < b.name;
   });
-  check_no_overlap(f.entries_, path);
+  check_contiguous(f.entries_, data_size, path);
   for (size_t i = 0; i < f.entries_.size(); ++i) f.index_[f.entries_[i].name] = i;
   return f;
 }
@@ -322,7 +354,13 @@ Tensor SafetensorsFile::read_float(const std::string& name, DType dtype, Device 
     ST_THROW_INPUT(path_, ": tensor '", name, "' has ", e.shape.size(), " dimensions, at most ", Shape::kMaxDims,
                    " are supported");
   Shape shape;
-  for (int64_t d : e.shape) shape.d[static_cast<size_t>(shape.ndim++)] = d;
+  int64_t prefix = 1;  // Shape::numel multiplies in order: every partial product must fit
+  for (int64_t d : e.shape) {
+    if (__builtin_mul_overflow(prefix, d, &prefix))
+      ST_THROW_INPUT(path_, ": tensor '", name, "' has shape ", shape_str(e.shape),
+                     ", whose dimensions overflow a 64-bit element count");
+    shape.d[static_cast<size_t>(shape.ndim++)] = d;
+  }
 
   Tensor host = Tensor::empty(shape, dtype, Device::cpu, device == Device::cpu ? cat : MemCategory::workspace);
   const DType from = float_dtype_of(e.dtype);
@@ -383,60 +421,19 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   const uint64_t n = text.size();
   std::memcpy(len_bytes, &n, 8);
 
-  AtomicFile out(path);
-  out.write(len_bytes, 8);
-  out.write(text.data(), text.size());
-  for (const auto& [name, t] : tensors) {
-    if (t.device() == Device::cpu) {
-      out.write(t.data(), t.nbytes());
-    } else {
-      Tensor host = Tensor::empty(t.shape(), t.dtype(), Device::cpu, MemCategory::workspace);
-      host.copy_from(t);
-      out.write(host.data(), host.nbytes());
+  atomic_write_file(path, [&](AtomicFile& out) {
+    out.write(len_bytes, 8);
+    out.write(text);
+    for (const auto& [name, t] : tensors) {
+      if (t.device() == Device::cpu) {
+        out.write(t.data(), t.nbytes());
+      } else {
+        Tensor host = Tensor::empty(t.shape(), t.dtype(), Device::cpu, MemCategory::workspace);
+        host.copy_from(t);
+        out.write(host.data(), host.nbytes());
+      }
     }
-  }
-  out.commit();
-}
-
-AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_path_(path + ".tmp") {
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) ST_THROW("cannot create ", tmp_path_, ": ", errno_str());
-}
-
-AtomicFile::~AtomicFile() {
-  if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(tmp_path_.c_str());
-}
-
-void AtomicFile::write(const void* data, size_t bytes) {
-  ST_CHECK(fd_ >= 0, "write to ", tmp_path_, " after commit");
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (bytes > 0) {
-    const ssize_t w = ::write(fd_, p, std::min(bytes, kMaxIoChunk));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      ST_THROW("write to ", tmp_path_, " failed: ", errno_str());
-    }
-    p += w;
-    bytes -= static_cast<size_t>(w);
-  }
-}
-
-void AtomicFile::commit() {
-  ST_CHECK(fd_ >= 0, "commit of ", tmp_path_, " twice");
-  if (::fsync(fd_) != 0) ST_THROW("fsync of ", tmp_path_, " failed: ", errno_str());
-  const int fd = std::exchange(fd_, -1);
-  if (::close(fd) != 0) ST_THROW("close of ", tmp_path_, " failed: ", errno_str());
-  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-    ST_THROW("rename of ", tmp_path_, " to ", path_, " failed: ", errno_str());
-  committed_ = true;
-  // Make the rename itself durable; some file systems refuse fsync on a directory, which is harmless.
-  std::string dir = std::filesystem::path(path_).parent_path().string();
-  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  });
 }
 
 }  // namespace st

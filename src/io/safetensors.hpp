@@ -1,13 +1,17 @@
-// safetensors files: a strict reader and an atomic writer.
+// safetensors files: a strict reader and an atomic writer (core/atomic_file.hpp).
 //
 // Format: an 8-byte little-endian u64 header length N, N bytes of UTF-8 JSON (an object mapping
 // tensor names to {"dtype", "shape", "data_offsets": [begin, end]}, plus an optional
 // "__metadata__" object of strings), then the data buffer; offsets are relative to the buffer.
 //
-// The reader validates the whole header when the file is opened (dtypes, shapes, offsets inside
-// the buffer and not overlapping, sizes equal to numel * element size, all with overflow-checked
-// arithmetic) and refuses a bad or hostile file with an InputError naming the file and the
-// tensor or field. Tensor data is read with pread at the entry's offset, never the whole file.
+// The reader validates the whole header when the file is opened, as the reference implementation
+// does: header length <= 100 MiB and within the file; valid JSON, an object, nested at most 16
+// deep (checked while parsing); no repeated names; each entry exactly dtype, shape and
+// data_offsets; __metadata__ strings only; known dtypes; non-negative 63-bit dimensions; sizes
+// equal to numel * element size (overflow-checked); offsets that tile the data buffer from 0 to
+// its last byte without gaps or overlaps. A bad or hostile file is refused with an InputError
+// naming the file and the tensor or field (tests/unit/test_safetensors_fuzz.cpp fuzzes this).
+// Tensor data is read with pread at the entry's offset, never the whole file.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/atomic_file.hpp"
 #include "core/tensor.hpp"
 
 namespace st {
@@ -77,28 +82,10 @@ class SafetensorsFile {
 
 // Writes tensors (f32, f64, bf16, f16, i32, i64, u8; CPU or device) in the given order with
 // contiguous offsets; the header is padded with spaces to a multiple of 8 bytes and carries
-// "__metadata__" when `metadata` is non-empty. Written through AtomicFile, so a file with the
-// final name is always complete. Throws Error on I/O failure or a duplicate/empty name.
+// "__metadata__" when `metadata` is non-empty. Written through atomic_write_file (temp file,
+// fsync, rename), so a file with the final name is always complete. Throws Error naming `path` on
+// I/O failure (with strerror) or a duplicate/empty name.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
-
-// A file written as "<path>.tmp" and renamed to `path` by commit() after an fsync, so readers see
-// either the old file or the complete new one. Destroyed without commit(), the temp file is removed.
-class AtomicFile {
- public:
-  explicit AtomicFile(const std::string& path);  // throws Error if the temp file cannot be created
-  ~AtomicFile();
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  void write(const void* data, size_t bytes);
-  void commit();  // fsync, close, rename over `path`, fsync the directory
-
- private:
-  std::string path_;
-  std::string tmp_path_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 }  // namespace st

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <numeric>
 
+#include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "io/h5util.hpp"
 
@@ -217,10 +218,7 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
       finals.push_back(final_path);
       write_shard_file(tmp_path, info, rows, s * per, std::min(n, (s + 1) * per), deflate_level);
     }
-    for (size_t i = 0; i < finals.size(); ++i) {
-      fs::rename(tmps[i], finals[i], ec);
-      if (ec) ST_THROW_INPUT(finals[i], ": cannot rename from ", tmps[i], ": ", ec.message());
-    }
+    for (size_t i = 0; i < finals.size(); ++i) durable_rename(tmps[i], finals[i]);  // fsync, rename
   } catch (...) {
     for (const auto& t : tmps) fs::remove(t, ec);
     throw;

@@ -3,10 +3,13 @@
 // the failure paths: bad decks, bad files, out of memory as a result, mpirun launches.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
+#include <vector>
 
 #include "io/h5util.hpp"
 #include "io/safetensors.hpp"
@@ -497,6 +500,67 @@ TEST_F(E2E, HungRankIsEndedByTheWatchdog) {
   EXPECT_NE(out.find("step 2/6 "), std::string::npos) << out;
   EXPECT_EQ(out.find("step 3/6 "), std::string::npos) << "step 3 completed despite the hung rank\n" << out;
   EXPECT_LT(secs, 30.0) << out;
+}
+
+TEST_F(E2E, KilledRunLeavesMetricsReadableUpToTheLastFlush) {
+  // Issue 8 item 4: SIGKILL mid-run (no handler, no destructor, no final flush). Every step the
+  // trainer logged was appended and flushed before its log line, so metrics.h5 must open (C++
+  // reader and h5py through analysis/st_read.py) with at least those steps, in order, and
+  // outcome "running". Killed at three points: early, mid-epoch, and past an epoch boundary
+  // (where /evals and /epochs rows were appended too); the kill lands wherever the polling
+  // lag puts it, inside a step, an append or a flush.
+  const std::string d = *dir;
+  for (const int kill_after : {1, 9, 70}) {
+    SCOPED_TRACE("killed after step " + std::to_string(kill_after));
+    const std::string run_id = "killed" + std::to_string(kill_after);
+    const std::string log = d + "/" + run_id + ".log";
+    const std::string cmd =
+        "OMP_NUM_THREADS=1 " + bin() + " train --deck " + d + "/full.cfg --run_id " + run_id +
+        " --threads 1 --epochs 1000 --max_steps 100000 --log_every 1 --eval_every 0 --save_model false > " + log +
+        " 2>&1 & pid=$!; for i in $(seq 1 1200); do grep -q '^step " + std::to_string(kill_after) +
+        "/' " + log + " && break; kill -0 $pid 2>/dev/null || break; sleep 0.05; done; kill -9 $pid; wait $pid 2>/dev/null; echo \"exit=$?\"";
+    std::string out;
+    test::run_command(cmd, &out);
+    const std::string text = test::read_file(log);
+    ASSERT_NE(out.find("exit=137"), std::string::npos) << "the run was not killed by SIGKILL: " << out << "\n" << text;
+    int64_t last_logged = 0;  // the highest "step N/" line printed before the kill
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);)
+      if (line.rfind("step ", 0) == 0) last_logged = std::max<int64_t>(last_logged, std::atoll(line.c_str() + 5));
+    ASSERT_GE(last_logged, kill_after) << text;
+
+    const std::string m = d + "/runs/" + run_id + "/metrics.h5";
+    h5::Handle f = h5::open_file_read(m);
+    EXPECT_EQ(summary_string(f, "outcome", m), "running");
+    h5::Handle steps = h5::open_group(f, "steps");
+    for (const char* column : {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "step_time", "tokens_per_s", "mfu",
+                               "mem_current", "mem_peak"})
+      EXPECT_GE(static_cast<int64_t>(h5::dataset_dims(steps, column, m).at(0)), last_logged) << column;
+    const auto rows = static_cast<size_t>(h5::dataset_dims(steps, "step", m).at(0));
+    std::vector<int64_t> step(rows);
+    std::vector<double> loss(static_cast<size_t>(h5::dataset_dims(steps, "loss", m).at(0)));
+    h5::read_dataset(steps, "step", H5T_NATIVE_INT64, step.data(), m);
+    h5::read_dataset(steps, "loss", H5T_NATIVE_DOUBLE, loss.data(), m);
+    for (int64_t i = 0; i < last_logged && i < static_cast<int64_t>(std::min(rows, loss.size())); ++i) {
+      EXPECT_EQ(step[static_cast<size_t>(i)], i + 1) << "row " << i;
+      EXPECT_TRUE(std::isfinite(loss[static_cast<size_t>(i)])) << "row " << i;
+    }
+    if (kill_after > 60) {  // past the first epoch's end: its /epochs row was flushed before step 61
+      h5::Handle epochs = h5::open_group(f, "epochs");
+      EXPECT_GE(h5::dataset_dims(epochs, "train_loss", m).at(0), 1u);
+    }
+
+    // The Python reader (report.py's) sees the same rows.
+    const int rc = test::run_command(python() + " -c \"import sys; sys.path.insert(0, '" + test::repo_root() +
+                                         "/analysis'); import st_read; r = st_read.read_run('" + m +
+                                         "'); print('rows', len(r['steps']['step']), r['summary']['outcome'])\"",
+                                     &out);
+    ASSERT_EQ(rc, 0) << out;
+    const size_t at = out.find("rows ");
+    ASSERT_NE(at, std::string::npos) << out;
+    EXPECT_GE(std::atoll(out.c_str() + at + 5), last_logged) << out;
+    EXPECT_NE(out.find("running"), std::string::npos) << out;
+  }
 }
 
 TEST_F(E2E, SeveralRanksAreRefusedWithoutHanging) {

@@ -401,3 +401,106 @@ TEST_F(SafetensorsTest, CheckpointRefusesBadIndex) {
   st::test::write_file(index, R"({"weight_map": )");
   expect_input_error([&] { st::CheckpointReader::open(dir_); }, {index, "not valid JSON"});
 }
+
+// ---------------------------------------------------------------- header rules (issue 8 item 5)
+
+TEST_F(SafetensorsTest, AcceptsEmptyHeaderObjectWithoutData) {
+  const std::string p = path("empty.safetensors");
+  st::test::write_file(p, st_bytes("{}", ""));
+  EXPECT_TRUE(st::SafetensorsFile::open(p).entries().empty());
+  st::test::write_file(p, st_bytes(R"({"__metadata__":{}}   )", ""));  // trailing spaces: padding
+  EXPECT_TRUE(st::SafetensorsFile::open(p).entries().empty());
+}
+
+TEST_F(SafetensorsTest, RefusesUnknownEntryField) {
+  const std::string header = R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2],"scale":1.5}})";
+  expect_open_refused(st_bytes(header, "ab"), {"'w'", "unknown field 'scale'"});
+}
+
+TEST_F(SafetensorsTest, RefusesNonObjectEntryAndEmptyName) {
+  expect_open_refused(st_bytes(R"({"w":[0,2]})", "ab"), {"'w'", "entry must be an object, got array"});
+  expect_open_refused(st_bytes(R"({"":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "ab"), {"empty name"});
+}
+
+TEST_F(SafetensorsTest, RefusesNonObjectMetadata) {
+  expect_open_refused(st_bytes(R"({"__metadata__":["format","pt"]})", ""), {"__metadata__", "must be an object"});
+}
+
+TEST_F(SafetensorsTest, RefusesMalformedDataOffsets) {
+  for (const char* offsets : {"[0,2,4]", "[0]", "[\"0\",\"2\"]", "[-2,0]", "[0.0,2.0]", "{\"begin\":0}", "null"}) {
+    const std::string header = std::string(R"({"w":{"dtype":"U8","shape":[2],"data_offsets":)") + offsets + "}}";
+    expect_open_refused(st_bytes(header, "ab"), {"'w'", "'data_offsets' must be [begin, end]"});
+  }
+}
+
+TEST_F(SafetensorsTest, RefusesShapeDimensionAbove63Bits) {
+  // 2^63 does not fit an int64 dimension.
+  expect_open_refused(st_bytes(R"({"w":{"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,0]}})", ""),
+                      {"'w'", "'shape' must hold non-negative integers"});
+}
+
+TEST_F(SafetensorsTest, RefusesGapBetweenTensors) {
+  const std::string header =
+      R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},)"
+      R"("b":{"dtype":"U8","shape":[2],"data_offsets":[3,5]}})";
+  expect_open_refused(st_bytes(header, "abcde"), {"gap in the data buffer", "'b' starts at 3", "'a' ends at 2"});
+}
+
+TEST_F(SafetensorsTest, RefusesDataNotStartingAtZero) {
+  const std::string header = R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})";
+  expect_open_refused(st_bytes(header, "abc"), {"gap in the data buffer", "'a' starts at 1"});
+}
+
+TEST_F(SafetensorsTest, RefusesTrailingBytesAfterLastTensor) {
+  const std::string header = R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
+  expect_open_refused(st_bytes(header, "abc"), {"holds 3 bytes but the tensors cover 2", "trailing"});
+  expect_open_refused(st_bytes("{}", "x"), {"holds 1 bytes but the tensors cover 0"});
+}
+
+TEST_F(SafetensorsTest, RefusesEmptyTensorInsideAnother) {
+  // An empty tensor must sit at the running offset, not inside another tensor's bytes.
+  const std::string header =
+      R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+      R"("e":{"dtype":"U8","shape":[0],"data_offsets":[2,2]}})";
+  expect_open_refused(st_bytes(header, "abcd"), {"'a'", "'e'", "overlap"});
+}
+
+TEST_F(SafetensorsTest, RefusesDeeplyNestedHeader) {
+  // Nesting is refused while parsing (a valid header nests 3 deep), before it costs memory.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_open_refused(st_bytes(deep, ""), {"nests JSON deeper than"});
+  expect_open_refused(st_bytes(R"({"w":{"dtype":"U8","shape":)" + deep + R"(,"data_offsets":[0,0]}})", ""),
+                      {"nests JSON deeper than"});
+}
+
+TEST_F(SafetensorsTest, RefusesInvalidUtf8AndTrailingText) {
+  expect_open_refused(st_bytes("{\"\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", "x"),
+                      {"not valid JSON"});
+  expect_open_refused(st_bytes("{} {}", ""), {"not valid JSON"});
+}
+
+TEST_F(SafetensorsTest, RefusesLongDtypeWithShortMessage) {
+  const std::string dtype(100000, 'F');
+  const std::string header = R"({"w":{"dtype":")" + dtype + R"(","shape":[1],"data_offsets":[0,1]}})";
+  const std::string p = path("bad.safetensors");
+  st::test::write_file(p, st_bytes(header, "x"));
+  const std::string msg = st::test::error_of([&] { st::SafetensorsFile::open(p); });
+  EXPECT_NE(msg.find("unsupported dtype 'FFFF"), std::string::npos) << msg.substr(0, 200);
+  EXPECT_LT(msg.size(), 300u);
+}
+
+TEST_F(SafetensorsTest, HugeEmptyTensorIsEmptyAndReadFloatRefusesOverflowingShape) {
+  // [2^62, 2^62, 0] holds no bytes (valid), but its leading dimensions overflow an element count
+  // when multiplied in order: numel() is 0 and read_float refuses it instead of overflowing.
+  const std::string header =
+      R"({"e":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],"data_offsets":[0,0]},)"
+      R"("z":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})";
+  const std::string p = path("huge_empty.safetensors");
+  st::test::write_file(p, st_bytes(header, ""));
+  const auto f = st::SafetensorsFile::open(p);
+  EXPECT_EQ(f.find("e")->numel(), 0);
+  EXPECT_TRUE(f.read_raw("e").empty());
+  expect_input_error([&] { f.read_float("e", DType::f32, Device::cpu, MemCategory::weights); },
+                     {p, "'e'", "overflow a 64-bit element count"});
+  EXPECT_EQ(f.read_float("z", DType::f32, Device::cpu, MemCategory::weights).numel(), 0);
+}
