@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.hpp"
 #include "core/log.hpp"
 #include "core/profile.hpp"
 #include "core/rng.hpp"
@@ -118,7 +119,8 @@ void check_tokenizers(const RunConfig& c, const ShardDataset& train, const Shard
 
 // Test hook: SHARDTUNE_FAULT="<rank>:<step>" makes that rank fail at that step (before the
 // gradient all-reduce), so the tests can check that one failing rank ends the whole job;
-// "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job).
+// "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job), and
+// "<rank>:<step>:oom" makes it run out of memory (outcome oom, exit 3).
 void maybe_inject_fault(int64_t step) {
   static const char* spec = std::getenv("SHARDTUNE_FAULT");
   if (!spec) return;
@@ -128,6 +130,9 @@ void maybe_inject_fault(int64_t step) {
   if (std::sscanf(spec, "%d:%lld:%7s", &rank, &at, mode) < 2) return;
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "hang") == 0)
     for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "oom") == 0)
+    throw OutOfMemory(str("injected out of memory (SHARDTUNE_FAULT=", spec, ") at step ", step), __FILE__, __LINE__,
+                      0, "activations", memory_phase());
   if (rank == runtime().world_rank && at == step)
     ST_THROW("injected fault (SHARDTUNE_FAULT=", spec, ") at step ", step);
 }
@@ -563,14 +568,7 @@ void Run::record_failure(const std::string& outcome, const std::string& message,
         j["oom_category"] = oom->category();
       }
       fs::create_directories(run_dir_);
-      const fs::path final_path = fs::path(run_dir_) / str("outcome-rank", process_rank(), ".json");
-      const fs::path tmp = final_path.string() + ".tmp";
-      {
-        std::ofstream o(tmp);
-        o << j.dump(1) << "\n";
-        if (!o) throw std::runtime_error(str(tmp.string(), ": write failed"));
-      }
-      fs::rename(tmp, final_path);
+      atomic_write_file((fs::path(run_dir_) / str("outcome-rank", process_rank(), ".json")).string(), j.dump(1) + "\n");
     } catch (const std::exception& e) {
       ST_WARN("could not record outcome '", outcome, "' of rank ", process_rank(), ": ", e.what());
     }
