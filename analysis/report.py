@@ -673,7 +673,7 @@ def write_plots(runs, out_dir, title=None):
     save(fig, "epoch_time.png")
 
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 5))
-    categories = ["weights", "gradients", "optimizer", "activations", "workspace"]
+    categories = ["weights", "gradients", "optimizer", "activations", "communication", "workspace"]
     for run in runs:
         for column in run.data["ranks"]:
             if column.startswith("peak_") and column != "peak_memory" and column[5:] not in categories:

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "io/h5util.hpp"
 #include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
@@ -214,6 +216,115 @@ TEST_F(E2E, OutOfMemoryIsAResult) {
   EXPECT_GT(h5::read_attr_int(s, "oom_bytes", m), 0);
   EXPECT_FALSE(h5::read_attr_string(s, "oom_phase", m).empty());
   EXPECT_EQ(h5::read_attr_int(s, "memory_limit", m), 2 * 1024 * 1024);
+}
+
+std::vector<int64_t> read_i64_column(hid_t g, const std::string& name, const std::string& where) {
+  std::vector<int64_t> v(static_cast<size_t>(h5::dataset_dims(g, name, where).at(0)));
+  h5::read_dataset(g, name, H5T_NATIVE_INT64, v.data(), where);
+  return v;
+}
+
+// The planner's predicted peak (a dry run of the same code) beside the measured one, per rank.
+void expect_prediction_matches(const std::string& m, double rel_tol) {
+  h5::Handle f = h5::open_file_read(m);
+  h5::Handle r = h5::open_group(f, "ranks");
+  const std::vector<int64_t> meas = read_i64_column(r, "peak_memory", m);
+  const std::vector<int64_t> pred = read_i64_column(r, "predicted_peak", m);
+  ASSERT_EQ(meas.size(), pred.size());
+  for (size_t i = 0; i < meas.size(); ++i) {
+    ASSERT_GT(pred[i], 0) << m << " rank " << i;
+    EXPECT_NEAR(static_cast<double>(pred[i]) / static_cast<double>(meas[i]), 1.0, rel_tol)
+        << m << " rank " << i << ": predicted " << pred[i] << " measured " << meas[i];
+  }
+  h5::Handle s = h5::open_group(f, "summary");
+  EXPECT_EQ(h5::read_attr_int(s, "predicted_peak", m), *std::max_element(pred.begin(), pred.end()));
+}
+
+TEST_F(E2E, PlannerPredictsEveryRanksPeak) {
+  // On CPU the prediction counts the same allocations as the run: equal to within a few hundred
+  // bytes (host-side buffers that depend on the rank), checked at 0.1%.
+  const std::string d = *dir;
+  struct Case { const char* id; int np; const char* args; const char* deck; };
+  for (const Case& c : {Case{"plan_one", 1, "--method lora", "full.cfg"},
+                        Case{"plan_zero3", 2, "--parallel zero3 --method qlora --activation_checkpointing true", "full.cfg"},
+                        Case{"plan_tp", 2, "--parallel tp --tp_size 2", "full.cfg"},
+                        Case{"plan_t5_ddp", 2, "--parallel ddp --method lora", "t5.cfg"}}) {
+    std::string out;
+    const int rc = test::run_command(mpirun() + " -np " + std::to_string(c.np) + " " + bin() + " train --deck " + d + "/" +
+                                         c.deck + " --run_id " + c.id + " --max_steps 3 --threads 1 --save_model false " + c.args,
+                                     &out);
+    ASSERT_EQ(rc, 0) << out;
+    expect_prediction_matches(d + "/runs/" + c.id + "/metrics.h5", 1e-3);
+  }
+}
+
+TEST_F(E2E, PlanCommandTablesEveryLayoutAndAutoPicksOne) {
+  const std::string d = *dir;
+  std::string out;
+  ASSERT_EQ(test::run_command(bin() + " plan --deck " + d + "/full.cfg --ranks 2 --json " + d + "/plan.json", &out), 0) << out;
+  for (const char* s : {"| ddp | 1 | 2 | full |", "| zero3 | 1 | 2 | lora |", "| tp | 2 | 1 | qlora |",
+                        "recommended for full: parallel = ", "activations (ckpt / none)"})
+    EXPECT_NE(out.find(s), std::string::npos) << s << "\n" << out;
+  const nlohmann::json j = nlohmann::json::parse(test::read_file(d + "/plan.json"));
+  ASSERT_EQ(j.at("layouts").size(), 9u);  // {ddp, zero3, tp 2} x {full, lora, qlora}
+  for (const auto& l : j.at("layouts")) {
+    ASSERT_TRUE(l.at("applies").get<bool>()) << l.dump();
+    EXPECT_GT(l.at("peak").get<int64_t>(), 0);
+    EXPECT_GE(l.at("activations_no_checkpointing").get<int64_t>(), l.at("activations_checkpointing").get<int64_t>());
+    EXPECT_TRUE(l.at("fits").get<bool>());  // no memory limit given
+  }
+  // A cap below every layout: nothing fits, and parallel = auto refuses to start.
+  ASSERT_EQ(test::run_command(bin() + " plan --deck " + d + "/full.cfg --ranks 2 --gpu-memory 64KiB", &out), 0) << out;
+  EXPECT_NE(out.find("recommended for full: none fits"), std::string::npos) << out;
+  EXPECT_EQ(test::run_command(mpirun() + " -np 2 " + bin() + " train --deck " + d +
+                                  "/full.cfg --run_id auto_none --parallel auto --memory_limit 64KiB --max_steps 2",
+                              &out),
+            2)
+      << out;
+  EXPECT_NE(out.find("parallel = auto: no strategy fits"), std::string::npos) << out;
+  // parallel = auto runs with the strategy the planner names, recorded in metrics.h5.
+  ASSERT_EQ(test::run_command(mpirun() + " -np 2 " + bin() + " train --deck " + d +
+                                  "/full.cfg --run_id auto_pick --parallel auto --max_steps 2 --threads 1 --save_model false",
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("plan: parallel = auto chose "), std::string::npos) << out;
+  const std::string m = d + "/runs/auto_pick/metrics.h5";
+  h5::Handle f = h5::open_file_read(m);
+  const std::string chosen = summary_string(f, "strategy", m);
+  EXPECT_NE(out.find("chose " + chosen), std::string::npos) << chosen << "\n" << out;
+  // Without shards the plan takes the lengths from the command line (a T5 needs both).
+  ASSERT_NE(test::run_command(bin() + " plan --deck " + d + "/t5.cfg --data " + d + "/none --ranks 1", &out), 0);
+  EXPECT_NE(out.find("--seq-len"), std::string::npos) << out;
+  ASSERT_EQ(test::run_command(bin() + " plan --deck " + d + "/t5.cfg --data " + d +
+                                  "/none --ranks 1 --seq-len 48 --target-len 4 --vocab_size 300",
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("| none | 1 | 1 | full |"), std::string::npos) << out;
+}
+
+TEST_F(E2E, OutOfMemoryOnAnotherRankIsRecorded) {
+  // Rank 1 runs out of memory; the job ends (exit 3) before rank 0 can record it, so rank 1
+  // leaves outcome-rank1.json, which analysis/st_read.py merges into the run's outcome.
+  const std::string d = *dir;
+  std::string out;
+  const int rc = test::run_command("SHARDTUNE_FAULT=1:2:oom timeout 120 " + mpirun() + " -x SHARDTUNE_FAULT -np 2 " + bin() +
+                                       " train --deck " + d + "/full.cfg --run_id oom_rank1 --parallel ddp --threads 1 --max_steps 4",
+                                   &out);
+  EXPECT_EQ(rc, 3) << out;
+  const std::string run = d + "/runs/oom_rank1";
+  ASSERT_TRUE(fs::exists(run + "/outcome-rank1.json")) << out;
+  const nlohmann::json j = nlohmann::json::parse(test::read_file(run + "/outcome-rank1.json"));
+  EXPECT_EQ(j.at("outcome"), "oom");
+  EXPECT_EQ(j.at("rank"), 1);
+  ASSERT_EQ(test::run_command(python() + " -c \"import sys; sys.path.insert(0, '" + test::repo_root() +
+                                  "/analysis'); import st_read; r = st_read.read_run('" + run +
+                                  "'); print('OUTCOME', r['summary']['outcome'])\"",
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("OUTCOME oom"), std::string::npos) << out;
 }
 
 TEST_F(E2E, BadInputsAreRefusedWithClearMessages) {

@@ -1,0 +1,205 @@
+// The memory planner: dry runs (counting allocators, no compute, dry collectives) and its
+// per-category figures on hand-computed cases.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+
+#include "core/dryrun.hpp"
+#include "ops/matmul.hpp"
+#include "parallel/comm.hpp"
+#include "train/plan.hpp"
+
+namespace st {
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+
+TEST(DryRun, CountsWithoutMemoryAndLeavesTheRealAllocatorAlone) {
+  const MemoryStats real_before = allocator_for(Device::cpu).stats();
+  {
+    DryRun dry;
+    Allocator& a = allocator_for(Device::cpu);
+    EXPECT_EQ(&a, &dry.allocator(Device::cpu));
+    Tensor small = Tensor::empty({1000}, DType::f32, Device::cpu, MemCategory::activations);
+    // 64 GiB on a "GPU", in a build with or without CUDA: reserved address space only.
+    Tensor huge = Tensor::empty({int64_t{16} << 30}, DType::f32, Device::cuda, MemCategory::weights);
+    EXPECT_EQ(a.stats().total_current, 4000u);
+    EXPECT_EQ(allocator_for(Device::cuda).stats().current[static_cast<size_t>(MemCategory::weights)], size_t{64} << 30);
+    huge.zero_();  // no kernel runs: nothing touches the (unbacked) pages
+    small = Tensor();
+    EXPECT_EQ(a.stats().total_current, 0u);
+    EXPECT_EQ(a.stats().total_peak, 4000u);
+  }
+  EXPECT_EQ(allocator_for(Device::cpu).stats().total_current, real_before.total_current);
+  EXPECT_EQ(allocator_for(Device::cpu).stats().num_allocs, real_before.num_allocs);
+}
+
+TEST(DryRun, BackendScratchGrowsLikeTheBackend) {
+  DryRun dry;
+  Allocator& a = allocator_for(Device::cuda);
+  dry.scratch("s", 100, Device::cuda, MemCategory::workspace);
+  dry.scratch("s", 50, Device::cuda, MemCategory::workspace);  // never shrinks
+  EXPECT_EQ(a.stats().total_current, 100u);
+  dry.scratch("s", 300, Device::cuda, MemCategory::workspace);  // the larger one exists before the old is freed
+  EXPECT_EQ(a.stats().total_current, 300u);
+  EXPECT_EQ(a.stats().total_peak, 400u);
+}
+
+TEST(DryRun, MatmulCountsFlopsAndTheCublasWorkspaceOnce) {
+  DryRun dry;
+  const int64_t M = 6, K = 5, N = 7;
+  Tensor A = Tensor::empty({M, K}, DType::bf16, Device::cuda, MemCategory::activations);
+  Tensor B = Tensor::empty({N, K}, DType::bf16, Device::cuda, MemCategory::weights);
+  Tensor C = Tensor::empty({M, N}, DType::bf16, Device::cuda, MemCategory::activations);
+  const size_t before = allocator_for(Device::cuda).stats().total_current;
+  matmul(C, A, false, B, true);
+  matmul(C, A, false, B, true);
+  EXPECT_DOUBLE_EQ(dry_run_counters().flops, 2.0 * 2 * M * N * K);
+  EXPECT_EQ(allocator_for(Device::cuda).stats().total_current - before, kCublasLtWorkspaceBytes);
+  // Shapes are still checked.
+  Tensor bad = Tensor::empty({M, N + 1}, DType::bf16, Device::cuda, MemCategory::activations);
+  EXPECT_THROW(matmul(bad, A, false, B, true), Error);
+}
+
+TEST(DryRun, CollectivesCountRingBusBytes) {
+  DryRun dry;
+  const std::unique_ptr<Comm> c4 = make_dry_comm(4, 1, Device::cpu, "dp");
+  Tensor t = Tensor::empty({1024}, DType::f32, Device::cpu, MemCategory::communication);   // 4 KiB
+  Tensor all = Tensor::empty({4096}, DType::f32, Device::cpu, MemCategory::communication); // 16 KiB
+  c4->all_reduce_sum(t);                       // 2 (n-1)/n x 4 KiB = 6 KiB
+  c4->all_gather(t, all);                      // (n-1)/n x 16 KiB = 12 KiB
+  c4->reduce_scatter_sum(all, t);              // (n-1)/n x 16 KiB = 12 KiB
+  EXPECT_DOUBLE_EQ(dry_run_counters().comm_bus_bytes, (6 + 12 + 12) * 1024.0);
+  EXPECT_EQ(c4->all_reduce_sum(2.5), 2.5);
+  const std::unique_ptr<Comm> c1 = make_dry_comm(1, 0, Device::cpu, "tp");
+  c1->all_reduce_sum(t);
+  EXPECT_DOUBLE_EQ(dry_run_counters().comm_bus_bytes, (6 + 12 + 12) * 1024.0);
+  EXPECT_THROW(c4->all_gather(t, t), Error);  // arguments checked as on every backend
+}
+
+// A small Llama on CPU in f32: every byte of weights, gradients and AdamW state is countable.
+struct Tiny {
+  int64_t V = 128, H = 64, I = 160, L = 2, heads = 4, kv = 2, r = 8;
+  int64_t hd() const { return H / heads; }
+  int64_t kvd() const { return kv * hd(); }
+  int64_t norms() const { return L * 2 * H + H; }
+  int64_t matrices() const { return 2 * V * H + L * (2 * H * H + 2 * H * kvd() + 3 * H * I); }
+  int64_t params() const { return norms() + matrices(); }
+  // LoRA on q, k, v, o, gate, up, down: r (in + out) each.
+  int64_t lora() const {
+    return L * r * ((H + H) + 2 * (H + kvd()) + (H + H) + 2 * (H + I) + (I + H));
+  }
+  // NF4 (block 64, double quantization): 4-bit codes, u8 absmax per block, f32 per 256 blocks.
+  static int64_t nf4(int64_t n) { return (n + 1) / 2 + n / 64 + 4 * ((n / 64 + 255) / 256); }
+  int64_t adapted_dense() const { return L * (2 * H * H + 2 * H * kvd() + 3 * H * I); }
+  int64_t adapted_nf4() const {
+    return L * (2 * nf4(H * H) + 2 * nf4(H * kvd()) + 3 * nf4(H * I));
+  }
+  RunConfig config() const {
+    RunConfig c;
+    c.vocab_size = V;
+    c.hidden_size = H;
+    c.intermediate_size = I;
+    c.num_layers = L;
+    c.num_heads = heads;
+    c.num_kv_heads = kv;
+    c.lora_r = r;
+    c.micro_batch_size = 2;
+    c.val_split = "";
+    c.origin["dtype"] = "test";
+    return c;
+  }
+};
+
+size_t at(const RankPlan& p, MemCategory c) { return p.at_peak[static_cast<size_t>(c)]; }
+
+RankPlan plan(const Tiny& m, const std::string& parallel, const std::string& method, int world, int tp) {
+  const RunConfig c = m.config();
+  PlanLayout l;
+  l.parallel = parallel;
+  l.method = method;
+  l.world_size = world;
+  l.tp_size = tp;
+  return predict_memory(c, plan_data_synthetic(c, 16, 0), l);
+}
+
+TEST(Planner, FullFineTuningOnOneRankByHand) {
+  const Tiny m;
+  const RankPlan p = plan(m, "none", "full", 1, 1);
+  const size_t P = static_cast<size_t>(m.params());
+  EXPECT_EQ(at(p, MemCategory::weights), 4 * P);
+  EXPECT_EQ(at(p, MemCategory::gradients), 4 * P);
+  EXPECT_EQ(at(p, MemCategory::optimizer), 8 * P);  // AdamW m and v in f32 (f32 weights are their own masters)
+  EXPECT_EQ(at(p, MemCategory::communication), 0u);
+  EXPECT_GT(at(p, MemCategory::activations), 0u);
+  EXPECT_GE(p.peak, p.persistent);
+}
+
+TEST(Planner, LoraAndQloraByHand) {
+  const Tiny m;
+  const RankPlan lora = plan(m, "none", "lora", 1, 1);
+  const RankPlan qlora = plan(m, "none", "qlora", 1, 1);
+  const size_t P = static_cast<size_t>(m.params()), T = static_cast<size_t>(m.lora());
+  EXPECT_EQ(at(lora, MemCategory::weights), 4 * (P + T));
+  EXPECT_EQ(at(lora, MemCategory::gradients), 4 * T);
+  EXPECT_EQ(at(lora, MemCategory::optimizer), 8 * T);
+  // QLoRA: the adapted bases in NF4 instead of f32, everything else the same.
+  EXPECT_EQ(at(lora, MemCategory::weights) - at(qlora, MemCategory::weights),
+            static_cast<size_t>(4 * m.adapted_dense() - m.adapted_nf4()));
+  EXPECT_EQ(at(qlora, MemCategory::gradients), 4 * T);
+}
+
+TEST(Planner, StrategiesSplitWhatTheyShouldByHand) {
+  const Tiny m;
+  const size_t P = static_cast<size_t>(m.params());
+  // DDP: everything replicated, plus the gradient buckets (a flat copy of every gradient).
+  const RankPlan ddp = plan(m, "ddp", "full", 2, 1);
+  EXPECT_EQ(at(ddp, MemCategory::weights), 4 * P);
+  EXPECT_EQ(at(ddp, MemCategory::communication), 4 * P);
+  // TP 2: every matrix (vocabulary-parallel embedding and head included) halved, norms replicated.
+  const RankPlan tp = plan(m, "tp", "full", 2, 2);
+  EXPECT_EQ(at(tp, MemCategory::weights), static_cast<size_t>(4 * (m.matrices() / 2 + m.norms())));
+  EXPECT_EQ(at(tp, MemCategory::optimizer), static_cast<size_t>(8 * (m.matrices() / 2 + m.norms())));
+  // ZeRO-3 over 2: each rank keeps half of every unit's flat buffer (padded to 64 elements per
+  // tensor and per shard), with masters, gradients and AdamW state of its half.
+  const RankPlan z = plan(m, "zero3", "full", 2, 1);
+  const double half = 4.0 * static_cast<double>(P) / 2;
+  EXPECT_GE(static_cast<double>(at(z, MemCategory::weights)), half);
+  EXPECT_LT(static_cast<double>(at(z, MemCategory::weights)), half * 1.02);
+  EXPECT_EQ(at(z, MemCategory::optimizer), 2 * at(z, MemCategory::gradients));
+  const RankPlan one = plan(m, "none", "full", 1, 1);
+  auto state = [](const RankPlan& p) {
+    return at(p, MemCategory::weights) + at(p, MemCategory::gradients) + at(p, MemCategory::optimizer);
+  };
+  EXPECT_LT(static_cast<double>(state(z)), 0.51 * static_cast<double>(state(one)));
+}
+
+TEST(Planner, CheckpointingShrinksActivationsAndLayoutsThatDoNotApplyAreExplained) {
+  const Tiny m;
+  RunConfig c = m.config();
+  PlanRequest req;
+  req.ranks = 8;
+  req.methods = {"lora"};
+  req.strategies = {"tp"};
+  req.speed = default_speed_model("cpu");
+  const std::vector<LayoutEstimate> all = plan_layouts(c, plan_data_synthetic(c, 16, 0), req);
+  ASSERT_EQ(all.size(), 3u);  // tp 2, 4, 8
+  for (const LayoutEstimate& e : all) {
+    if (e.layout.tp_size != 2) {  // 2 KV heads: not divisible by 4 or 8
+      EXPECT_FALSE(e.applies);
+      EXPECT_NE(e.reason.find("divisible"), std::string::npos) << e.reason;
+    } else {
+      EXPECT_TRUE(e.applies) << e.reason;
+      EXPECT_LT(e.activations_ckpt, e.activations_full);
+      EXPECT_TRUE(e.fits);
+    }
+  }
+  // A cap below every layout: none fits, nothing recommended.
+  req.device_memory = 64 * 1024;
+  EXPECT_EQ(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), "lora"), nullptr);
+  req.device_memory = 512 * kMiB;
+  EXPECT_NE(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), "lora"), nullptr);
+}
+
+}  // namespace
+}  // namespace st
