@@ -93,7 +93,7 @@ const char* kPlanHelp =
     "  --ranks N            ranks (GPUs) of the run (default 1)\n"
     "  --gpu-memory SIZE    memory per GPU, e.g. 80GiB, 40GB (default: memory_limit of the deck; 0 = no limit)\n"
     "  --reserve SIZE       bytes a rank uses outside shardtune's allocator: CUDA context, cuBLAS, NCCL\n"
-    "                       (default 0.5 GiB on cuda, 1 GiB with several ranks; 0 on cpu)\n"
+    "                       (default on cuda 1 GiB, 3 GiB for layouts with communicators; 0 on cpu)\n"
     "  --methods LIST       methods to plan, comma-separated (default full,lora,qlora)\n"
     "  --strategies LIST    strategies to plan (default all that apply)\n"
     "  --seq-len L          row length when the deck's shards do not exist (and --target-len for T5)\n"
@@ -138,7 +138,7 @@ int cmd_plan(int argc, char** argv) {
     PlanRequest req;
     req.ranks = f.ranks;
     req.device_memory = parse_bytes(f.gpu_memory.empty() ? cfg.memory_limit : f.gpu_memory, "--gpu-memory");
-    req.reserve = f.reserve.empty() ? default_runtime_reserve(cfg.device, f.ranks) : parse_bytes(f.reserve, "--reserve");
+    if (!f.reserve.empty()) req.reserve = static_cast<int64_t>(parse_bytes(f.reserve, "--reserve"));
     req.methods = f.methods;
     req.strategies = f.strategies;
     req.speed = default_speed_model(cfg.device);
@@ -153,7 +153,10 @@ int cmd_plan(int argc, char** argv) {
               << ", activation checkpointing " << (cfg.activation_checkpointing ? "on" : "off") << "\n";
     std::cout << "memory per GPU: "
               << (req.device_memory ? format_bytes(static_cast<double>(req.device_memory)) : std::string("no limit"))
-              << "; reserve outside the allocator " << format_bytes(static_cast<double>(req.reserve)) << "\n";
+              << "; reserve outside the allocator "
+              << (req.reserve >= 0 ? format_bytes(static_cast<double>(req.reserve))
+                                   : cfg.device == "cuda" ? std::string("1 GiB, 3 GiB with NCCL communicators") : std::string("0"))
+              << "\n";
     std::cout << "per-rank " << unit << " at the training peak (largest rank); activations with / without checkpointing\n\n";
     std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | est. step | est. rows/s |\n";
     std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -186,6 +189,7 @@ int cmd_plan(int argc, char** argv) {
       j["peak"] = e.memory.peak;
       j["load_peak"] = e.memory.setup_peak;
       j["fits"] = e.fits;
+      j["reserve"] = e.reserve;
       j["step_seconds"] = e.step_seconds;
       j["rows_per_second"] = e.rows_per_second;
       j["compute_seconds"] = e.compute_seconds;
@@ -215,7 +219,7 @@ int cmd_plan(int argc, char** argv) {
               << "estimate for ranking, not a promise).\n";
     if (!f.json_path.empty()) {
       nlohmann::json out = {{"run_id", cfg.run_id}, {"ranks", f.ranks}, {"device", cfg.device},
-                            {"device_memory", req.device_memory}, {"reserve", req.reserve},
+                            {"device_memory", req.device_memory},
                             {"layouts", js}, {"recommended", rec}};
       std::ofstream o(f.json_path);
       if (!o) ST_THROW_INPUT(f.json_path, ": cannot write the plan");

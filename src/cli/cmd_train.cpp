@@ -21,7 +21,6 @@ void choose_strategy(RunConfig& cfg, int world_size) {
   req.methods = {cfg.method};
   req.device_memory = parse_bytes(cfg.memory_limit, "memory_limit");
   if (req.device_memory == 0 && cfg.device == "cuda") req.device_memory = cuda_total_memory();
-  req.reserve = default_runtime_reserve(cfg.device, world_size);
   req.speed = default_speed_model(cfg.device);
   const std::vector<LayoutEstimate> all = plan_layouts(cfg, plan_data_from_shards(cfg), req);
   const LayoutEstimate* best = recommend(all, cfg.method);

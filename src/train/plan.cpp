@@ -158,10 +158,9 @@ SpeedModel default_speed_model(const std::string& device) {
   return m;
 }
 
-size_t default_runtime_reserve(const std::string& device, int ranks) {
+size_t default_runtime_reserve(const std::string& device, bool communicators) {
   if (device != "cuda") return 0;
-  // CUDA context + cuBLASLt handle (~0.5 GiB) and NCCL's buffers when communicators exist.
-  return (size_t{512} << 20) + (ranks > 1 ? (size_t{512} << 20) : 0);
+  return (communicators ? size_t{3} : size_t{1}) << 30;
 }
 
 std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req) {
@@ -207,7 +206,9 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       const size_t act_other = alt.at_peak[static_cast<size_t>(MemCategory::activations)];
       e.activations_ckpt = l.checkpointing ? act : act_other;
       e.activations_full = l.checkpointing ? act_other : act;
-      e.fits = req.device_memory == 0 || mem.max_peak() + req.reserve <= req.device_memory;
+      e.reserve = req.reserve >= 0 ? static_cast<size_t>(req.reserve)
+                                   : default_runtime_reserve(c.device, l.parallel != "none");
+      e.fits = req.device_memory == 0 || mem.max_peak() + e.reserve <= req.device_memory;
       // Time: this rank's counted FLOPs at the achieved rate, its collectives over the link,
       // and the optimizer's and NF4 dequantization's memory traffic.
       const SpeedModel& sm = req.speed;

@@ -73,6 +73,7 @@ struct LayoutEstimate {
   RankPlan memory;              // with layout.checkpointing
   size_t activations_ckpt = 0;  // activations at the peak with checkpointing
   size_t activations_full = 0;  // and without
+  size_t reserve = 0;           // what was added for memory outside the allocator
   bool fits = false;            // max_peak + reserve <= device memory (always true without a limit)
   double step_seconds = 0;      // SpeedModel estimate of one optimizer step
   double rows_per_second = 0;   // global batch rows / step_seconds: what the ranking compares
@@ -82,7 +83,9 @@ struct LayoutEstimate {
 struct PlanRequest {
   int ranks = 1;
   size_t device_memory = 0;  // per GPU; 0 = no limit
-  size_t reserve = 0;        // bytes outside our allocator (CUDA context, NCCL, cuBLAS)
+  // Bytes outside our allocator (CUDA context, cuBLAS, NCCL); negative: default_runtime_reserve
+  // of each layout.
+  int64_t reserve = -1;
   std::vector<std::string> methods;     // empty: full, lora, qlora
   std::vector<std::string> strategies;  // empty: every strategy that applies to `ranks`
   SpeedModel speed;
@@ -94,7 +97,9 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
 // The estimate with the most rows per second that fits for `method`, or nullptr.
 const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, const std::string& method);
 
-// CUDA context + cuBLAS + NCCL bytes outside our allocator, measured on the H100 host (docs/NOTES.md).
-size_t default_runtime_reserve(const std::string& device, int ranks);
+// CUDA context + cuBLAS (+ NCCL when the layout has communicators) outside our allocator,
+// from the H100 measurements in docs/bench/h100-2026-11-24-planner.md: 0.52-1.19 GiB without
+// NCCL, 1.85-2.47 GiB with it (one rank); rounded up to 1 and 3 GiB. 0 on CPU.
+size_t default_runtime_reserve(const std::string& device, bool communicators);
 
 }  // namespace st
