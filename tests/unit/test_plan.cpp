@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "core/dryrun.hpp"
 #include "ops/matmul.hpp"
 #include "parallel/comm.hpp"
+#include "tests/common/paths.hpp"
 #include "train/plan.hpp"
 
 namespace st {
@@ -199,6 +203,51 @@ TEST(Planner, CheckpointingShrinksActivationsAndLayoutsThatDoNotApplyAreExplaine
   EXPECT_EQ(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), "lora"), nullptr);
   req.device_memory = 512 * kMiB;
   EXPECT_NE(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), "lora"), nullptr);
+}
+
+RunConfig deck(const std::string& path, std::vector<std::string> extra) {
+  std::vector<std::string> args = {"train", "--deck", test::repo_root() + "/" + path};
+  args.insert(args.end(), extra.begin(), extra.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  RunConfig c;
+  EXPECT_TRUE(parse_run_config(static_cast<int>(argv.size()), argv.data(), "train", c));
+  return c;
+}
+
+// The reference experiments' GPU-size decks, planned on this machine (no GPU needed): the
+// figures the multi-GPU runs of issue 9 will be compared with.
+TEST(Planner, ReferenceExperimentDecksOnFortyGigabyteGpus) {
+  // exp2: FlanT5-XL on 2 GPUs capped at 40 GiB: unsharded full fine-tuning does not fit (16
+  // bytes per parameter of f32 weights, gradients and AdamW state: 45 GB, plus the DDP buckets),
+  // ZeRO-3 full and ZeRO-3 + LoRA do.
+  const RunConfig t5 = deck("inputs/exp2/flant5_xl_full.cfg", {"--vocab_size", "32128"});
+  PlanRequest req;
+  req.ranks = 2;
+  req.device_memory = parse_bytes(t5.memory_limit, "memory_limit");
+  ASSERT_EQ(req.device_memory, size_t{40} << 30);
+  req.methods = {"full", "lora"};
+  req.strategies = {"ddp", "zero3"};
+  req.speed = default_speed_model("cuda");
+  std::map<std::string, const LayoutEstimate*> by;
+  const std::vector<LayoutEstimate> t5_plan = plan_layouts(t5, plan_data_synthetic(t5, 128, 4), req);
+  for (const LayoutEstimate& e : t5_plan) by[e.layout.parallel + "/" + e.layout.method] = &e;
+  ASSERT_EQ(by.size(), 4u);
+  EXPECT_FALSE(by["ddp/full"]->fits);
+  EXPECT_GT(by["ddp/full"]->memory.peak, size_t{45} << 30);
+  EXPECT_TRUE(by["zero3/full"]->fits);
+  EXPECT_TRUE(by["zero3/lora"]->fits);
+  EXPECT_LT(by["zero3/lora"]->memory.max_peak(), by["zero3/full"]->memory.max_peak() / 3);
+  // exp3: Llama-7B, ZeRO-3 over 2 GPUs: QLoRA needs well under LoRA's memory (the reference
+  // saw about 40% less); full fine-tuning does not fit 40 GiB.
+  const RunConfig ll = deck("inputs/exp3/llama7b_lora.cfg", {"--vocab_size", "32000"});
+  req.methods = {"full", "lora", "qlora"};
+  req.strategies = {"zero3"};
+  const std::vector<LayoutEstimate> ll_plan = plan_layouts(ll, plan_data_synthetic(ll, 128, 0), req);
+  ASSERT_EQ(ll_plan.size(), 3u);
+  EXPECT_FALSE(ll_plan[0].fits);
+  EXPECT_TRUE(ll_plan[1].fits && ll_plan[2].fits);
+  EXPECT_LT(static_cast<double>(ll_plan[2].memory.peak), 0.6 * static_cast<double>(ll_plan[1].memory.peak));
 }
 
 }  // namespace
