@@ -177,8 +177,10 @@ run: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) build
 	@MPIRUN="$(MPIRUN) $(MPIRUN_FLAGS)" NP=$(NP) PYTHON=$(PYTHON) BIN=$(BIN) jobs/default_run.sh
 
+# Tables and plots of every run under $(RUNS) (e.g. make report RUNS=runs/cpu-repro).
+RUNS ?= runs
 report:
-	$(PYTHON) analysis/report.py runs/*
+	$(PYTHON) analysis/report.py $(RUNS)/* --plots $(RUNS)/plots
 
 # The benchmark (issue #3): random-token shards, each inputs/bench deck under mpirun, the
 # PyTorch reference of each in its own process, one table (runs/bench/bench.{txt,md,json}).
