@@ -121,6 +121,7 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(par, t, "watchdog_timeout", &c.watchdog_timeout,
       "abort the whole job when a rank makes no progress (a step, a collective) for this many seconds (0: off)");
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
+  add_string(par, t, "gpu_memory_limit", &c.gpu_memory_limit, "the same as memory_limit (set one of them)");
 
   for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par}) t.all.add(*g);
 }
@@ -249,6 +250,14 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   cfg.deck = deck;
   for (const auto& k : table.order)
     if (!cfg.origin.count(k)) cfg.origin[k] = "default";
+  if (!cfg.gpu_memory_limit.empty()) {  // the other name of memory_limit
+    if (cfg.origin.at("memory_limit") != "default" && cfg.memory_limit != cfg.gpu_memory_limit)
+      ST_THROW_INPUT(cfg.origin.at("gpu_memory_limit"), ": gpu_memory_limit = ", cfg.gpu_memory_limit, " and ",
+                     cfg.origin.at("memory_limit"), ": memory_limit = ", cfg.memory_limit,
+                     " disagree (they are one setting: set one of them)");
+    cfg.memory_limit = cfg.gpu_memory_limit;
+    cfg.origin["memory_limit"] = cfg.origin.at("gpu_memory_limit");
+  }
   if (cfg.run_id.empty()) cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
   validate_run_config(cfg);
   return true;

@@ -71,6 +71,7 @@ struct RunConfig {
   double watchdog_timeout = 600;  // seconds without progress before the job is aborted; 0 = off
   // memory
   std::string memory_limit = "0";  // cap on the device allocator: "40GiB", "0" = none
+  std::string gpu_memory_limit;    // another name for memory_limit (set at most one of them)
 
   // Where each key's value came from: "default", "command line" or a deck path.
   std::map<std::string, std::string> origin;

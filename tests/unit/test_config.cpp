@@ -125,5 +125,16 @@ TEST_F(ConfigTest, MissingDeckAndIncludeCycle) {
   EXPECT_NE(e.find("cycle"), std::string::npos) << e;
 }
 
+TEST_F(ConfigTest, GpuMemoryLimitIsAnotherNameForMemoryLimit) {
+  RunConfig c = parse({"--deck", dir + "/run.cfg", "--gpu_memory_limit", "40GiB"});
+  EXPECT_EQ(c.memory_limit, "40GiB");
+  EXPECT_EQ(c.origin.at("memory_limit"), "command line");
+  test::write_file(dir + "/cap.cfg", "include = run.cfg\nmemory_limit = 20GiB\n");
+  EXPECT_EQ(parse({"--deck", dir + "/cap.cfg", "--gpu_memory_limit", "20GiB"}).memory_limit, "20GiB");
+  const std::string e = error_of({"--deck", dir + "/cap.cfg", "--gpu_memory_limit", "40GiB"});
+  EXPECT_NE(e.find("disagree"), std::string::npos) << e;
+  EXPECT_NE(e.find(dir + "/cap.cfg"), std::string::npos) << e;
+}
+
 }  // namespace
 }  // namespace st
