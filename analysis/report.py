@@ -76,7 +76,7 @@ _EXP_PREFIX = re.compile(r"^(?P<exp>exp\d+)[-_](?P<rest>.+)$", re.I)
 EXPERIMENTS = {
     "exp1": "Experiment 1: full fine-tuning, Megatron tensor parallelism (tp = GPUs)",
     "exp2": "Experiment 2: FlanT5, ZeRO-3 + LoRA against full fine-tuning (ZeRO-3 and unsharded DDP), "
-            "40 GiB per GPU",
+            "memory capped per GPU (memory_limit: 40 GiB, 40 MiB at CPU size)",
     "exp3": "Experiment 3: Llama, ZeRO-3 with QLoRA, LoRA and full fine-tuning",
 }
 METHOD_ORDER = {"qlora": 0, "lora": 1, "full": 2}

@@ -579,6 +579,7 @@ void Run::record_failure(const std::string& outcome, const std::string& message,
   s.strings["error"] = message;
   s.reals["total_time"] = total_.seconds();
   s.ints["peak_memory"] = static_cast<int64_t>(allocator_for(device_).stats().total_peak);
+  if (predicted_peak_ > 0) s.ints["predicted_peak"] = static_cast<int64_t>(predicted_peak_);  // rank 0's
   if (oom) {
     s.ints["oom_bytes"] = static_cast<int64_t>(oom->requested());
     s.strings["oom_phase"] = oom->phase();
