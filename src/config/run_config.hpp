@@ -71,6 +71,11 @@ struct RunConfig {
   double watchdog_timeout = 600;  // seconds without progress before the job is aborted; 0 = off
   // memory
   std::string memory_limit = "0";  // cap on the device allocator: "40GiB", "0" = none
+  // checkpoints (exact resume: train/checkpoint.hpp)
+  int64_t checkpoint_every = 0;      // steps; 0 = no periodic checkpoints (preemption still writes one)
+  std::string checkpoint_dir;        // "" = <output_dir>/<run_id>/checkpoints
+  std::string resume = "none";       // none | auto (newest complete checkpoint, if any) | a step-<N> directory
+  int64_t keep_checkpoints = 2;      // complete checkpoints kept (older ones removed); >= 1
 
   // Where each key's value came from: "default", "command line" or a deck path.
   std::map<std::string, std::string> origin;
