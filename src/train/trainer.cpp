@@ -288,6 +288,16 @@ void Run::begin(const char* what, bool training) {
   }
   if (training) {
     resume_dir_ = find_resume_checkpoint(cfg_);
+    Runtime& rtr = runtime();
+    if (rtr.world_size > 1) {
+      // Every rank must continue from the same step (a file system that shows ranks different
+      // directories would otherwise mix checkpoints).
+      const double mine = resume_dir_.empty() ? -1.0 : static_cast<double>(checkpoint_dir_step(fs::path(resume_dir_).filename().string()));
+      const double hi = rtr.world->all_reduce_max(mine), lo = -rtr.world->all_reduce_max(-mine);
+      if (hi != lo)
+        ST_THROW_INPUT("resume = ", cfg_.resume, ": the ranks see different checkpoints (steps ", lo, " to ", hi,
+                       "): checkpoint_dir must be one directory every rank sees (a shared file system)");
+    }
     // Refused before anything is written (metrics.h5 would be cut back to the checkpoint).
     if (!resume_dir_.empty()) check_checkpoint(cfg_, layout(), resume_dir_);
   }
