@@ -41,7 +41,11 @@ class Resume : public ::testing::Test {
           bin() + " prepare --input " + d + "/synth/instruct_train.jsonl --tokenizer " + tok + " --output " + d +
               "/data --split train --loss-on all --template plain --max-seq-len 64",
           bin() + " prepare --input " + d + "/synth/instruct_val.jsonl --tokenizer " + tok + " --output " + d +
-              "/data --split validation --loss-on all --template plain --max-seq-len 64"}) {
+              "/data --split validation --loss-on all --template plain --max-seq-len 64",
+          bin() + " prepare --input " + d + "/synth/sentiment_train.tsv --tokenizer " + tok + " --output " + d +
+              "/t5data --split train --arch seq2seq --max-seq-len 48 --max-target-len 4",
+          bin() + " prepare --input " + d + "/synth/sentiment_dev.tsv --tokenizer " + tok + " --output " + d +
+              "/t5data --split validation --arch seq2seq --max-seq-len 48 --max-target-len 4"}) {
       const int rc = test::run_command(cmd, &out);
       if (rc != 0) {
         setup_error = new std::string("`" + cmd + "` exited " + std::to_string(rc) + ":\n" + out);
@@ -54,6 +58,12 @@ class Resume : public ::testing::Test {
                                             "max_steps = 12\nlr = 3e-3\nwarmup_steps = 3\neval_every = 3\nmax_val_rows = 16\n"
                                             "threads = 1\nlog_every = 1\nsave_model = true\nlora_r = 4\nlora_alpha = 8\n"
                                             "qlora_quantize = all\n");
+    test::write_file(d + "/t5.cfg", "include = " + test::repo_root() + "/inputs/base/tiny_t5.cfg\ndata = " + d +
+                                        "/t5data\noutput_dir = " + d + "/runs\nhidden_size = 64\nhead_dim = 16\n"
+                                        "intermediate_size = 128\nmicro_batch_size = 4\nmax_train_rows = 32\nepochs = 2\n"
+                                        "max_steps = 12\nlr = 3e-3\nwarmup_steps = 3\neval_every = 3\nmax_val_rows = 16\n"
+                                        "threads = 1\nlog_every = 1\nsave_model = true\nlora_r = 4\nlora_alpha = 8\n"
+                                        "weight_decay = 0.01\n");
   }
   static void TearDownTestSuite() {
     if (dir && !std::getenv("SHARDTUNE_KEEP_TMP")) fs::remove_all(*dir);
@@ -117,6 +127,7 @@ TEST_F(Resume, OneRankStoppedAndResumedIsBitIdentical) {
   const std::string d = *dir;
   std::string out;
   struct Case {
+    const char* deck;
     const char* method;
     std::string extra;  // options of both runs
     int every;          // checkpoint_every of the interrupted run
@@ -126,16 +137,18 @@ TEST_F(Resume, OneRankStoppedAndResumedIsBitIdentical) {
   };
   const std::vector<Case> cases = {
       // killed at step 7 (an error: no checkpoint of its own): resumes from step 5, drops row 6
-      {"full", "", 5, "0:7", 1, 5},
+      {"resume", "full", "", 5, "0:7", 1, 5},
       // SIGTERM during step 8, the last of epoch 1: checkpoint after the epoch's evaluation
-      {"lora", " --lora_dropout 0.1", 4, "0:8:sigterm", 4, 8},
+      {"resume", "lora", " --lora_dropout 0.1", 4, "0:8:sigterm", 4, 8},
       // SIGUSR1 during step 3
-      {"qlora", "", 5, "0:3:sigusr1", 4, 3},
+      {"resume", "qlora", "", 5, "0:3:sigusr1", 4, 3},
+      // T5 (encoder-decoder), LoRA with weight decay, SIGTERM in epoch 2
+      {"t5", "lora", "", 5, "0:9:sigterm", 4, 9},
   };
   for (const Case& c : cases) {
-    SCOPED_TRACE(c.method);
-    const std::string base = bin() + " train --deck " + d + "/resume.cfg --method " + c.method + c.extra;
-    const std::string ref = std::string("ref_") + c.method, id = std::string("stop_") + c.method;
+    SCOPED_TRACE(std::string(c.deck) + " " + c.method);
+    const std::string base = bin() + " train --deck " + d + "/" + c.deck + ".cfg --method " + c.method + c.extra;
+    const std::string ref = std::string("ref_") + c.deck + "_" + c.method, id = std::string("stop_") + c.deck + "_" + c.method;
     ASSERT_EQ(run(base + " --run_id " + ref, &out), 0) << out;
     const std::string every = " --checkpoint_every " + std::to_string(c.every);
     const int rc = run("SHARDTUNE_FAULT=" + c.fault + " " + base + " --run_id " + id + every, &out);
@@ -167,15 +180,18 @@ TEST_F(Resume, OneRankStoppedAndResumedIsBitIdentical) {
 TEST_F(Resume, TwoRanksStoppedAndResumedIsBitIdentical) {
   const std::string d = *dir;
   std::string out;
-  for (const char* p : {"zero3", "ddp", "tp"}) {
-    const std::string par = p;
-    for (const char* method : {"full", "lora"}) {
-      SCOPED_TRACE(par + " " + method);
-      if (par == "tp" && std::string(method) == "lora") continue;
-      const std::string base = mpirun() + " -np 2 -x SHARDTUNE_FAULT " + bin() + " train --deck " + d +
-                               "/resume.cfg --parallel " + par + (par == "tp" ? " --tp_size 2" : " --max_train_rows 64") +
+  struct Case {
+    const char *deck, *parallel, *method;
+  };
+  for (const Case& c : std::vector<Case>{{"resume", "zero3", "full"}, {"resume", "zero3", "lora"}, {"resume", "ddp", "full"},
+                                         {"resume", "ddp", "lora"}, {"resume", "tp", "full"}, {"t5", "zero3", "lora"}}) {
+    {
+      const std::string par = c.parallel, method = c.method, deck = c.deck;
+      SCOPED_TRACE(deck + " " + par + " " + method);
+      const std::string base = mpirun() + " -np 2 -x SHARDTUNE_FAULT " + bin() + " train --deck " + d + "/" + deck +
+                               ".cfg --parallel " + par + (par == "tp" ? " --tp_size 2" : " --max_train_rows 64") +
                                " --method " + method;
-      const std::string ref = "ref2_" + par + "_" + method, id = "stop2_" + par + "_" + method;
+      const std::string ref = "ref2_" + deck + par + "_" + method, id = "stop2_" + deck + par + "_" + method;
       ASSERT_EQ(run("SHARDTUNE_FAULT=none " + base + " --run_id " + ref, &out), 0) << out;
       const int rc = run("SHARDTUNE_FAULT=1:6:sigterm " + base + " --run_id " + id + " --checkpoint_every 5", &out);
       ASSERT_EQ(rc, 4) << out;
