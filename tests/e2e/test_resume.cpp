@@ -207,6 +207,35 @@ TEST_F(Resume, TwoRanksStoppedAndResumedIsBitIdentical) {
   }
 }
 
+// A real SIGTERM from outside (as Slurm or `kill` sends it) at whatever step the run has
+// reached: it checkpoints after that step, ends with outcome preempted (exit 4), and resumes to
+// the uninterrupted run's losses.
+TEST_F(Resume, ExternalSigtermCheckpointsAndResumes) {
+  const std::string d = *dir;
+  std::string out;
+  const std::string base = bin() + " train --deck " + d + "/resume.cfg --method lora --max_train_rows 0 --epochs 1 "
+                           "--max_steps 40 --eval_every 0 --save_model false";
+  ASSERT_EQ(run(base + " --run_id ext_ref", &out), 0) << out;
+  const std::string log = d + "/ext.log";
+  const std::string cmd = "bash -c '" + base + " --run_id ext > " + log + " 2>&1 & p=$!; "
+                          "for i in $(seq 1 2000); do grep -q \"step 2/40\" " + log + " && break; sleep 0.01; done; "
+                          "kill -TERM $p; wait $p'";
+  const int rc = run(cmd, &out);
+  const std::string log_text = test::read_file(log);
+  ASSERT_EQ(rc, 4) << log_text;
+  EXPECT_NE(log_text.find("signal SIGTERM: writing a checkpoint"), std::string::npos) << log_text;
+  const std::string m = d + "/runs/ext/metrics.h5";
+  EXPECT_EQ(outcome(m), "preempted");
+  const size_t stopped = column(m, "steps", "step").size();
+  EXPECT_GE(stopped, 2u);
+  EXPECT_LT(stopped, 40u);
+  ASSERT_EQ(run(base + " --run_id ext --resume auto", &out), 0) << out;
+  EXPECT_EQ(outcome(m), "ok");
+  const std::vector<double> a = column(d + "/runs/ext_ref/metrics.h5", "steps", "loss"), b = column(m, "steps", "loss");
+  ASSERT_EQ(b.size(), 40u);
+  EXPECT_EQ(a, b) << "stopped after step " << stopped << ": losses must be bit-identical";
+}
+
 TEST_F(Resume, IncompleteCheckpointsAreIgnoredAndOtherLayoutsRefused) {
   const std::string d = *dir;
   std::string out;
