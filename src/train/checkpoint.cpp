@@ -232,6 +232,8 @@ nlohmann::json load_checkpoint(const RunConfig& c, const CheckpointLayout& layou
     const SafetensorsEntry* e = f.find(name);
     if (!e) ST_THROW_INPUT(f.path(), ": no tensor '", name, "' (written by another model or method?)");
     if (e->numel() != t->numel()) ST_THROW_INPUT(f.path(), ": '", name, "' has shape ", shape_str(e->shape), ", this run's is ", t->shape().str());
+    if (safetensors_dtype_size(e->dtype) != dtype_size(t->dtype()))
+      ST_THROW_INPUT(f.path(), ": '", name, "' is ", e->dtype, ", this run's is ", dtype_name(t->dtype()));
     const Tensor host = f.read_float(name, t->dtype(), Device::cpu, MemCategory::other);
     t->copy_from(host);
   }
