@@ -123,7 +123,16 @@ void build_table(RunConfig& c, OptionTable& t) {
   add_string(par, t, "memory_limit", &c.memory_limit, "refuse device allocations beyond this (e.g. 40GiB; 0: no cap); a run over it ends with outcome oom");
   add_string(par, t, "gpu_memory_limit", &c.gpu_memory_limit, "the same as memory_limit (set one of them)");
 
-  for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par}) t.all.add(*g);
+  po::options_description ckpt("Checkpoints and resume");
+  add(ckpt, t, "checkpoint_every", &c.checkpoint_every,
+      "write a checkpoint every N optimizer steps and at the end (0: only when stopped by SIGTERM/SIGUSR1)");
+  add_string(ckpt, t, "checkpoint_dir", &c.checkpoint_dir, "where checkpoints go (empty: <output_dir>/<run_id>/checkpoints)");
+  add_string(ckpt, t, "resume", &c.resume,
+             "none | auto (continue from the newest complete checkpoint in checkpoint_dir; start afresh if there is none) | "
+             "a checkpoint directory (.../step-<N>)");
+  add(ckpt, t, "keep_checkpoints", &c.keep_checkpoints, "complete checkpoints to keep (older ones are removed)");
+
+  for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par, &ckpt}) t.all.add(*g);
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -376,6 +385,9 @@ void validate_run_config(const RunConfig& c) {
   if (c.tp_size < 1) fail("tp_size", "must be >= 1");
   if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3" && c.parallel != "auto")
     fail("tp_size", str("= ", c.tp_size, " needs parallel = tp or tp+zero3 (parallel is ", c.parallel, ")"));
+  if (c.checkpoint_every < 0) fail("checkpoint_every", "must be >= 0 (steps; 0: off)");
+  if (c.keep_checkpoints < 1) fail("keep_checkpoints", "must be >= 1");
+  if (c.resume.empty()) fail("resume", "must be none, auto or a checkpoint directory");
   try {
     (void)parse_bytes(c.memory_limit, "memory_limit");
   } catch (const InputError& e) {

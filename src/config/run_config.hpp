@@ -72,6 +72,11 @@ struct RunConfig {
   // memory
   std::string memory_limit = "0";  // cap on the device allocator: "40GiB", "0" = none
   std::string gpu_memory_limit;    // another name for memory_limit (set at most one of them)
+  // checkpoints (exact resume: train/checkpoint.hpp)
+  int64_t checkpoint_every = 0;      // steps; 0 = no periodic checkpoints (preemption still writes one)
+  std::string checkpoint_dir;        // "" = <output_dir>/<run_id>/checkpoints
+  std::string resume = "none";       // none | auto (newest complete checkpoint, if any) | a step-<N> directory
+  int64_t keep_checkpoints = 2;      // complete checkpoints kept (older ones removed); >= 1
 
   // Where each key's value came from: "default", "command line" or a deck path.
   std::map<std::string, std::string> origin;

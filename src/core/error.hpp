@@ -6,6 +6,8 @@
 //   Error        internal or runtime failure      exit 1
 //   InputError   bad input (deck, file, shape)    exit 2
 //   OutOfMemory  an allocation over the cap        exit 3 (recorded as outcome "oom")
+// A training run stopped by SIGTERM / SIGUSR1 after writing a checkpoint exits 4 (outcome
+// "preempted"; train/checkpoint.hpp).
 #pragma once
 
 #include <cstddef>
@@ -16,7 +18,7 @@
 
 namespace st {
 
-enum ExitStatus : int { kExitOk = 0, kExitError = 1, kExitInput = 2, kExitOom = 3 };
+enum ExitStatus : int { kExitOk = 0, kExitError = 1, kExitInput = 2, kExitOom = 3, kExitPreempted = 4 };
 
 // str(a, b, c): concatenate anything streamable (libstdc++ 12 has no <format>).
 template <typename... Args>

@@ -13,7 +13,9 @@
 // (analysis/st_read.py) keep the rows every column has.
 #include "io/metrics.hpp"
 
+#include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "core/error.hpp"
@@ -35,6 +37,53 @@ h5::Handle create_unlocked_file(const std::string& path) {
   hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   if (f < 0) ST_THROW_INPUT(path, ": cannot create the metrics file (is the directory writable?)");
   return h5::Handle(f, h5::Handle::Kind::file);
+}
+
+h5::Handle open_unlocked_file_rw(const std::string& path) {
+  h5::quiet_errors();
+  h5::Handle fapl(H5Pcreate(H5P_FILE_ACCESS), h5::Handle::Kind::plist);
+#if H5_VERSION_GE(1, 10, 7)
+  H5Pset_file_locking(fapl, false, true);
+#endif
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl);
+  if (f < 0) ST_THROW_INPUT(path, ": cannot reopen the metrics file to continue it (resume)");
+  return h5::Handle(f, h5::Handle::Kind::file);
+}
+
+// The names of a group's members.
+std::vector<std::string> member_names(hid_t g) {
+  H5G_info_t info;
+  if (H5Gget_info(g, &info) < 0) return {};
+  std::vector<std::string> out;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t n = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    if (n < 0) continue;
+    std::string name(static_cast<size_t>(n), '\0');
+    H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), static_cast<size_t>(n) + 1, H5P_DEFAULT);
+    out.push_back(name);
+  }
+  return out;
+}
+
+// Keep the leading rows of a table whose `key` column is <= last (rows are in increasing
+// order), cutting every column to that length (and to its shortest column: a crash mid-row).
+void truncate_table(hid_t f, const std::string& table, const std::string& key, int64_t last, const std::string& path) {
+  h5::Handle g = h5::open_group(f, table);
+  const std::vector<std::string> cols = member_names(g);
+  hsize_t keep = std::numeric_limits<hsize_t>::max();
+  for (const std::string& c : cols) keep = std::min(keep, h5::dataset_dims(g, c, path).at(0));
+  if (cols.empty()) return;
+  {
+    std::vector<int64_t> k(static_cast<size_t>(h5::dataset_dims(g, key, path).at(0)));
+    if (!k.empty()) h5::read_dataset(g, key, H5T_NATIVE_INT64, k.data(), path);
+    hsize_t n = 0;
+    while (n < k.size() && k[n] <= last) ++n;
+    keep = std::min(keep, n);
+  }
+  for (const std::string& c : cols) {
+    h5::Handle ds(H5Dopen2(g, c.c_str(), H5P_DEFAULT), h5::Handle::Kind::dataset);
+    if (!ds.valid() || H5Dset_extent(ds, &keep) < 0) ST_THROW(path, ": cannot truncate /", table, "/", c);
+  }
 }
 
 void create_parent_directories(const std::string& path) {
@@ -103,6 +152,36 @@ MetricsWriter::MetricsWriter(const std::string& path, const std::map<std::string
   h5::create_extendible(p, "steps", H5T_NATIVE_INT64, 64);
 
   flush();
+}
+
+std::unique_ptr<MetricsWriter> MetricsWriter::reopen(const std::string& path,
+                                                     const std::map<std::string, std::string>& config,
+                                                     int64_t last_step, int64_t last_epoch) {
+  if (!std::filesystem::exists(path)) return std::make_unique<MetricsWriter>(path, config);
+  std::unique_ptr<MetricsWriter> w(new MetricsWriter());
+  w->path_ = path;
+  w->impl_ = std::make_unique<Impl>();
+  w->impl_->file = open_unlocked_file_rw(path);
+  const hid_t f = w->impl_->file;
+  for (const char* g : {"steps", "evals", "epochs"})
+    if (!h5::exists(f, g)) ST_THROW_INPUT(path, ": no /", g, " table: not a metrics file this version wrote");
+  // /config: this run's options; /summary: afresh (outcome running), the end of the run rewrites it.
+  for (const char* g : {"config", "summary", "ranks"})
+    if (h5::exists(f, g) && H5Ldelete(f, g, H5P_DEFAULT) < 0) ST_THROW(path, ": cannot replace /", g);
+  {
+    h5::Handle cfg = h5::create_group(f, "config");
+    for (const auto& [key, value] : config) h5::write_attr(cfg, key, value);
+  }
+  w->impl_->summary = h5::create_group(f, "summary");
+  h5::write_attr(w->impl_->summary, "outcome", std::string("running"));
+  truncate_table(f, "steps", "step", last_step, path);
+  truncate_table(f, "evals", "step", last_step, path);
+  truncate_table(f, "epochs", "epoch", last_epoch, path);
+  w->impl_->steps = h5::open_group(f, "steps");
+  w->impl_->evals = h5::open_group(f, "evals");
+  w->impl_->epochs = h5::open_group(f, "epochs");
+  w->flush();
+  return w;
 }
 
 MetricsWriter::~MetricsWriter() {

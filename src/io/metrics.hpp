@@ -14,13 +14,15 @@
 //   /ranks     one row per rank: rank (i32), host (string), peak_memory (i64) and
 //              peak_<category> (i64) for weights, gradients, optimizer, activations, workspace,
 //              comm_time (f64, s)
-//   /summary   attributes: outcome ("running" | "ok" | "oom" | "error"), error (string),
+//   /summary   attributes: outcome ("running" | "ok" | "oom" | "error" | "preempted"), error (string),
 //              oom_bytes (i64), oom_phase (string), oom_category (string), total_time (f64),
 //              mean_epoch_time (f64), epochs_completed (i64), steps_completed (i64),
 //              peak_memory (i64), tokens_per_s (f64), train_tokens (i64), initial_val_loss,
 //              final_val_loss, initial_val_accuracy, final_val_accuracy (f64),
 //              world_size, tp, dp (i64), strategy, method, device, run_id (string),
 //              num_parameters, trainable_parameters (i64), memory_limit (i64, 0 = none)
+// A resumed run (resume = ...) reopens the file and continues it (MetricsWriter::reopen);
+// /summary outcome "preempted": stopped by SIGTERM/SIGUSR1 after writing a checkpoint.
 // The file is created as "<path>" directly (it is a log, readable up to its last flush);
 // outcome "running" marks a run that has not finished (or was killed).
 #pragma once
@@ -76,6 +78,12 @@ class MetricsWriter {
  public:
   // Creates the file (and parent directories), writes /config and /summary outcome=running.
   MetricsWriter(const std::string& path, const std::map<std::string, std::string>& config);
+  // Resume: reopens an existing file (created by the constructor above) and drops the rows a
+  // run went beyond `last_step` to (/steps and /evals rows with step > last_step, /epochs rows
+  // beyond `last_epoch` complete epochs); /config is rewritten, /summary outcome set to
+  // "running". Creates the file as above when it does not exist.
+  static std::unique_ptr<MetricsWriter> reopen(const std::string& path, const std::map<std::string, std::string>& config,
+                                               int64_t last_step, int64_t last_epoch);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -90,6 +98,7 @@ class MetricsWriter {
   const std::string& path() const { return path_; }
 
  private:
+  MetricsWriter() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::string path_;

@@ -56,6 +56,19 @@ void AdamW::step(double lr) {
   }
 }
 
+std::vector<std::pair<std::string, Tensor*>> AdamW::state_tensors() {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const std::string base = str(i, ".", params_[i].name, ".");
+    out.emplace_back(base + "value", params_[i].value);
+    if (params_[i].working) out.emplace_back(base + "working", params_[i].working);
+    if (master_[i].defined()) out.emplace_back(base + "master", &master_[i]);
+    out.emplace_back(base + "m", &m_[i]);
+    out.emplace_back(base + "v", &v_[i]);
+  }
+  return out;
+}
+
 int64_t AdamW::num_parameters() const {
   int64_t n = 0;
   for (const ParamRef& p : params_) n += p.value->numel();

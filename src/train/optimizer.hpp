@@ -4,6 +4,8 @@
 // Decoupled weight decay on matrices only; global-norm clipping.
 #pragma once
 
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/linear.hpp"
@@ -27,6 +29,12 @@ class AdamW {
   int64_t steps_taken() const { return step_; }
   const std::vector<ParamRef>& params() const { return params_; }
   int64_t num_parameters() const;
+
+  // Checkpoints (train/checkpoint.hpp): every tensor of the optimizer's state that changes as
+  // it steps, named "<i>.<param name>.<part>" (part: value, working, master, m, v), in the
+  // parameters' order; restoring copies into them in place (handles that alias them stay valid).
+  std::vector<std::pair<std::string, Tensor*>> state_tensors();
+  void set_steps_taken(int64_t n) { step_ = n; }
 
  private:
   std::vector<ParamRef> params_;

@@ -3,7 +3,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -29,6 +31,7 @@
 #include "parallel/watchdog.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
+#include "train/checkpoint.hpp"
 #include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
 #include "train/plan.hpp"
@@ -40,6 +43,26 @@ namespace fs = std::filesystem;
 namespace st {
 
 namespace {
+
+// SIGTERM / SIGUSR1 (Slurm's warning before the time limit, or a scheduler's preemption): the
+// handler only records the signal; the step loop checks it after each step, agrees on it over
+// every rank, writes a checkpoint and ends the run with outcome "preempted" (exit kExitPreempted).
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+// Doubles in checkpoint JSON by their bits: exact, NaN included.
+uint64_t dbits(double v) { return std::bit_cast<uint64_t>(v); }
+double from_bits(const nlohmann::json& j) { return std::bit_cast<double>(j.get<uint64_t>()); }
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int64_t kProfileWarmupSteps = 2;
@@ -120,7 +143,8 @@ void check_tokenizers(const RunConfig& c, const ShardDataset& train, const Shard
 // Test hook: SHARDTUNE_FAULT="<rank>:<step>" makes that rank fail at that step (before the
 // gradient all-reduce), so the tests can check that one failing rank ends the whole job;
 // "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job), and
-// "<rank>:<step>:oom" makes it run out of memory (outcome oom, exit 3).
+// "<rank>:<step>:oom" makes it run out of memory (outcome oom, exit 3); "<rank>:<step>:sigterm"
+// (or sigusr1) sends that rank the signal during the step (checkpoint, outcome preempted, exit 4).
 void maybe_inject_fault(int64_t step) {
   static const char* spec = std::getenv("SHARDTUNE_FAULT");
   if (!spec) return;
@@ -130,6 +154,14 @@ void maybe_inject_fault(int64_t step) {
   if (std::sscanf(spec, "%d:%lld:%7s", &rank, &at, mode) < 2) return;
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "hang") == 0)
     for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "sigterm") == 0) {
+    std::raise(SIGTERM);  // as from Slurm or kill: the run checkpoints after this step and stops
+    return;
+  }
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "sigusr1") == 0) {
+    std::raise(SIGUSR1);
+    return;
+  }
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "oom") == 0)
     throw OutOfMemory(str("injected out of memory (SHARDTUNE_FAULT=", spec, ") at step ", step), __FILE__, __LINE__,
                       0, "activations", memory_phase());
@@ -190,7 +222,7 @@ class Run {
   int evaluate_only();
 
  private:
-  void begin(const char* what);
+  void begin(const char* what, bool training = false);
   void open_data(bool need_train);
   RankComms comms() const;
   void build_model(bool training);
@@ -198,6 +230,7 @@ class Run {
   void log_step(const StepRecord& r, int64_t total_steps, double mean_step_time);
   void finish_summary(const char* outcome);
   std::string tokenizer_for_export() const;
+  CheckpointLayout layout() const;
 
   RunConfig cfg_;
   Device device_ = Device::cpu;
@@ -216,13 +249,26 @@ class Run {
   bool have_initial_eval_ = false;
   int64_t last_eval_step_ = -1;
   EvalResult last_eval_;
+  std::string resume_dir_;  // the checkpoint this training run continues ("" = none)
 
  public:
   // Record a failed run's outcome with everything gathered so far (the error then propagates).
   void record_failure(const std::string& outcome, const std::string& message, const OutOfMemory* oom);
 };
 
-void Run::begin(const char* what) {
+CheckpointLayout Run::layout() const {
+  const Runtime& rt = runtime();
+  CheckpointLayout l;
+  l.world_size = rt.world_size;
+  l.tp = rt.tp;
+  l.dp = rt.dp;
+  l.parallel = cfg_.parallel;
+  l.method = cfg_.method;
+  l.rank = rt.world_rank;
+  return l;
+}
+
+void Run::begin(const char* what, bool training) {
   device_ = run_device(cfg_);
   dtype_ = run_dtype(cfg_, device_);
   if (device_ == Device::cuda) select_cuda_device(runtime().local_rank);
@@ -239,7 +285,32 @@ void Run::begin(const char* what) {
     for (const auto& e : fs::directory_iterator(run_dir_, ec))
       if (e.path().filename().string().rfind("outcome-rank", 0) == 0) fs::remove(e.path(), ec);
     print_config(cfg_);
-    metrics_ = std::make_unique<MetricsWriter>((fs::path(run_dir_) / "metrics.h5").string(), config_map(cfg_));
+  }
+  if (training) {
+    resume_dir_ = find_resume_checkpoint(cfg_);
+    Runtime& rtr = runtime();
+    if (rtr.world_size > 1) {
+      // Every rank must continue from the same step (a file system that shows ranks different
+      // directories would otherwise mix checkpoints).
+      const double mine = resume_dir_.empty() ? -1.0 : static_cast<double>(checkpoint_dir_step(fs::path(resume_dir_).filename().string()));
+      const double hi = rtr.world->all_reduce_max(mine), lo = -rtr.world->all_reduce_max(-mine);
+      if (hi != lo)
+        ST_THROW_INPUT("resume = ", cfg_.resume, ": the ranks see different checkpoints (steps ", lo, " to ", hi,
+                       "): checkpoint_dir must be one directory every rank sees (a shared file system)");
+    }
+    // Refused before anything is written (metrics.h5 would be cut back to the checkpoint).
+    if (!resume_dir_.empty()) check_checkpoint(cfg_, layout(), resume_dir_);
+  }
+  if (process_rank() == 0) {
+    const std::string mpath = (fs::path(run_dir_) / "metrics.h5").string();
+    if (!resume_dir_.empty()) {
+      // Continue the file: keep the rows up to the checkpoint, drop those of a run that got further.
+      const nlohmann::json t = checkpoint_trainer_state(resume_dir_, 0);
+      metrics_ = MetricsWriter::reopen(mpath, config_map(cfg_), t.at("step").get<int64_t>(),
+                                       t.at("epochs_done").get<int64_t>());
+    } else {
+      metrics_ = std::make_unique<MetricsWriter>(mpath, config_map(cfg_));
+    }
     ST_LOG("shardtune ", what, ": run ", cfg_.run_id, " -> ", metrics_->path(), " (", omp_get_max_threads(),
            " threads, ", device_name(device_), ", ", dtype_name(dtype_), ")");
   }
@@ -407,7 +478,8 @@ void Run::finish_summary(const char* outcome) {
 }
 
 int Run::train() {
-  begin("train");
+  install_stop_handlers();
+  begin("train", true);
   open_data(true);
   build_model(true);
   Runtime& rt = runtime();
@@ -428,21 +500,122 @@ int Run::train() {
   ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch, " rows = ",
          micro, " x ", accum, " accumulation x ", rt.dp, " ranks), ", cfg_.epochs, " epoch", cfg_.epochs == 1 ? "" : "s");
 
-  if (val_ && cfg_.eval_at_start) run_eval(0, 0.0);
+  // Where the loop starts: the beginning, or a checkpoint's position (train/checkpoint.hpp).
+  const CheckpointLayout layout = this->layout();
+  int64_t step = 0, train_tokens = 0;
+  double step_time_sum = 0;
+  int64_t start_epoch = 1, start_s = 0, last_checkpoint = -1;
+  bool done = false, preempted = false;
+  // The running figures of the current epoch (restored with a checkpoint taken inside it).
+  struct EpochSums {
+    double loss_sum = 0, elapsed = 0, eval_time = 0;
+    int64_t targets = 0, steps = 0;
+  } resumed_sums;
+  if (!resume_dir_.empty()) {
+    MemoryPhase phase("load");
+    const nlohmann::json t = load_checkpoint(cfg_, layout, resume_dir_, *state_.opt);
+    try {
+      step = t.at("step").get<int64_t>();
+      start_epoch = t.at("epoch").get<int64_t>();
+      start_s = t.at("step_in_epoch").get<int64_t>();
+      done = t.at("finished").get<bool>();
+      train_tokens = t.at("train_tokens").get<int64_t>();
+      step_time_sum = from_bits(t.at("step_time_sum"));
+      resumed_sums.loss_sum = from_bits(t.at("epoch_loss_sum"));
+      resumed_sums.elapsed = from_bits(t.at("epoch_elapsed"));
+      resumed_sums.eval_time = from_bits(t.at("epoch_eval_time"));
+      resumed_sums.targets = t.at("epoch_targets").get<int64_t>();
+      resumed_sums.steps = t.at("epoch_steps").get<int64_t>();
+      for (const auto& e : t.at("epoch_times")) epoch_times_.push_back(from_bits(e));
+      have_initial_eval_ = t.at("have_initial_eval").get<bool>();
+      for (const char* k : {"initial_val_loss", "initial_val_accuracy", "final_val_loss", "final_val_accuracy"})
+        if (t.contains(k)) summary_.reals[k] = from_bits(t.at(k));
+      last_eval_step_ = t.at("last_eval_step").get<int64_t>();
+      const nlohmann::json& le = t.at("last_eval");
+      last_eval_.loss = from_bits(le.at("loss"));
+      last_eval_.accuracy = from_bits(le.at("accuracy"));
+      last_eval_.tokens = le.at("tokens").get<int64_t>();
+      last_eval_.rows = le.at("rows").get<int64_t>();
+      last_eval_.seconds = from_bits(le.at("seconds"));
+    } catch (const nlohmann::json::exception& e) {
+      ST_THROW_INPUT(resume_dir_, ": trainer state: ", e.what());
+    }
+    last_checkpoint = step;
+    ST_LOG("resume: continuing at step ", step + 1, " (epoch ", start_epoch, ", step ", start_s + 1, " of ",
+           steps_per_epoch, ")");
+  }
+  rt.world->barrier();  // every rank has read its checkpoint before rank 0 tidies the directory
+  if (rt.world_rank == 0) prune_checkpoints(cfg_, resume_dir_.empty() ? -1 : step);
+
+  if (val_ && cfg_.eval_at_start && resume_dir_.empty()) run_eval(0, 0.0);
   allocator_for(device_).reset_peak();  // peak of training itself (setup and eval are below it anyway)
+
+  // A checkpoint of the state after `step`, continuing at step `pos_s` of epoch `pos_epoch`.
+  auto checkpoint = [&](int64_t pos_epoch, int64_t pos_s, bool finished, const EpochSums& es) {
+    MemoryPhase phase("checkpoint");
+    watchdog_beat(str("checkpoint at step ", step));
+    nlohmann::json t = {{"step", step},
+                        {"epoch", pos_epoch},
+                        {"step_in_epoch", pos_s},
+                        {"epochs_done", finished ? cfg_.epochs : pos_epoch - 1},
+                        {"finished", finished},
+                        {"train_tokens", train_tokens},
+                        {"step_time_sum", dbits(step_time_sum)},
+                        {"epoch_loss_sum", dbits(es.loss_sum)},
+                        {"epoch_elapsed", dbits(es.elapsed)},
+                        {"epoch_eval_time", dbits(es.eval_time)},
+                        {"epoch_targets", es.targets},
+                        {"epoch_steps", es.steps},
+                        {"have_initial_eval", have_initial_eval_},
+                        {"last_eval_step", last_eval_step_},
+                        {"last_eval",
+                         {{"loss", dbits(last_eval_.loss)},
+                          {"accuracy", dbits(last_eval_.accuracy)},
+                          {"tokens", last_eval_.tokens},
+                          {"rows", last_eval_.rows},
+                          {"seconds", dbits(last_eval_.seconds)}}}};
+    nlohmann::json times = nlohmann::json::array();
+    for (double x : epoch_times_) times.push_back(dbits(x));
+    t["epoch_times"] = times;
+    for (const char* k : {"initial_val_loss", "initial_val_accuracy", "final_val_loss", "final_val_accuracy"})
+      if (summary_.reals.count(k)) t[k] = dbits(summary_.reals.at(k));
+    write_checkpoint(cfg_, layout, step, *state_.opt, t, *rt.world);
+    last_checkpoint = step;
+    watchdog_beat(str("checkpoint at step ", step, " written"));
+  };
+  // After each step (for an epoch's last step, after the epoch's evaluation): a stop signal on
+  // any rank, or a periodic checkpoint. Returns true when the run must stop (preempted). The
+  // last step of the run continues to the end (its checkpoint is the final one).
+  auto after_step = [&](int64_t pos_epoch, int64_t pos_s, const EpochSums& es) {
+    if (step >= total_steps) return false;
+    double stop = g_stop_signal != 0 ? 1.0 : 0.0;
+    if (rt.world_size > 1) stop = rt.world->all_reduce_max(stop);
+    if (stop > 0) {
+      ST_LOG("signal ", g_stop_signal != 0 ? (g_stop_signal == SIGTERM ? "SIGTERM" : "SIGUSR1") : "on another rank",
+             ": writing a checkpoint at step ", step, " and stopping (preempted)");
+      checkpoint(pos_epoch, pos_s, false, es);
+      preempted = true;
+      return true;
+    }
+    if (cfg_.checkpoint_every > 0 && step % cfg_.checkpoint_every == 0) checkpoint(pos_epoch, pos_s, false, es);
+    return false;
+  };
 
   const std::vector<int32_t>& row_targets = train_->loss_tokens();
   const std::vector<int32_t> row_lengths = model_->row_tokens(*train_);
   const RankComms step_comms = comms();
-  int64_t step = 0, train_tokens = 0;
-  double step_time_sum = 0;
-  bool done = false;
-  for (int64_t epoch = 1; epoch <= cfg_.epochs && !done; ++epoch) {
+  for (int64_t epoch = start_epoch; epoch <= cfg_.epochs && !done; ++epoch) {
     const std::vector<int64_t> order = epoch_order(n_train, cfg_.seed, epoch, cfg_.shuffle);
     Stopwatch epoch_clock;
-    double eval_time_in_epoch = 0, epoch_loss_sum = 0;
-    int64_t epoch_targets = 0, epoch_steps = 0;
-    for (int64_t s = 0; s < steps_per_epoch; ++s) {
+    const bool resumed_epoch = !resume_dir_.empty() && epoch == start_epoch;
+    const EpochSums before = resumed_epoch ? resumed_sums : EpochSums{};
+    double eval_time_in_epoch = before.eval_time, epoch_loss_sum = before.loss_sum;
+    int64_t epoch_targets = before.targets, epoch_steps = before.steps;
+    auto sums_now = [&] {
+      return EpochSums{epoch_loss_sum, before.elapsed + epoch_clock.seconds() - (eval_time_in_epoch - before.eval_time),
+                       eval_time_in_epoch, epoch_targets, epoch_steps};
+    };
+    for (int64_t s = resumed_epoch ? start_s : 0; s < steps_per_epoch; ++s) {
       if (cfg_.max_steps > 0 && step >= cfg_.max_steps) { done = true; break; }
       Stopwatch step_clock;
       ++step;
@@ -494,9 +667,13 @@ int Run::train() {
         const EvalResult r = run_eval(step, static_cast<double>(epoch - 1) + static_cast<double>(s + 1) / steps_per_epoch);
         eval_time_in_epoch += r.seconds;
       }
+      if (s + 1 < steps_per_epoch && after_step(epoch, s + 1, sums_now())) {
+        done = true;
+        break;
+      }
     }
-    if (epoch_steps == 0) break;
-    const double epoch_time = epoch_clock.seconds() - eval_time_in_epoch;
+    if (preempted || epoch_steps == 0) break;
+    const double epoch_time = before.elapsed + epoch_clock.seconds() - (eval_time_in_epoch - before.eval_time);
     const bool full_epoch = epoch_steps == steps_per_epoch;
     EpochRecord er;
     er.epoch = static_cast<int32_t>(epoch);
@@ -516,7 +693,10 @@ int Run::train() {
     }
     ST_LOG("epoch ", epoch, (full_epoch ? "" : " (partial)"), " | ", epoch_steps, " steps in ", fmt_duration(epoch_time),
            " | train loss ", fmt_fixed(er.train_loss, 4));
+    if (full_epoch && after_step(epoch + 1, 0, EpochSums{})) break;
   }
+  // The final checkpoint: the state at the end, after the last evaluation.
+  if (!preempted && cfg_.checkpoint_every > 0 && step > last_checkpoint) checkpoint(cfg_.epochs + 1, 0, true, EpochSums{});
   profile_report(step - std::min<int64_t>(step, kProfileWarmupSteps));
   summary_.ints["steps_completed"] = step;
   summary_.ints["train_tokens"] = train_tokens;
@@ -528,6 +708,12 @@ int Run::train() {
     // What the GPU holds beyond our allocator (CUDA context, cuBLAS, NCCL): the planner's reserve.
     summary_.ints["device_used_memory"] = static_cast<int64_t>(cuda_used_memory());
     summary_.ints["allocator_current_memory"] = static_cast<int64_t>(train_stats_->total_current);
+  }
+  if (preempted) {
+    finish_summary("preempted");
+    ST_LOG("preempted: stopped after step ", step, " of ", total_steps, " with a checkpoint in ",
+           checkpoint_root(cfg_), " (resume = auto continues it) | ", run_dir_, "/metrics.h5");
+    return kExitPreempted;
   }
   if (cfg_.save_model && state_.zero) state_.zero->gather_all_for_save();  // collective over the data-parallel group
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)

@@ -436,5 +436,50 @@ TEST_F(MetricsWriterTest, DiskFullThrowsNamingThePath) {
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
 }
 
+// Resume: the reopened file keeps the rows up to the checkpoint's step (and complete epochs),
+// drops those of the run that got further, and continues; /summary starts afresh.
+TEST(MetricsWriter, ReopenCutsBackToTheCheckpointAndContinues) {
+  const std::string dir = test::make_temp_dir("metrics-reopen"), path = dir + "/metrics.h5";
+  {
+    MetricsWriter w(path, {{"lr", "0.1"}});
+    for (int64_t s = 1; s <= 7; ++s) {
+      StepRecord r;
+      r.step = s;
+      r.epoch = s <= 4 ? 1 : 2;
+      r.loss = 10.0 - static_cast<double>(s);
+      w.append_step(r);
+      if (s % 3 == 0) w.append_eval({s, 0.0, 1.0 / static_cast<double>(s), 0.5, 10, 0.1});
+      if (s == 4) w.append_epoch({1, 1.0, 7.5, 1.0, 0.5, 4});
+    }
+    SummaryRecord sr;
+    sr.strings["outcome"] = "error";
+    sr.strings["error"] = "killed";
+    w.write_summary(sr);
+  }
+  {
+    std::unique_ptr<MetricsWriter> w = MetricsWriter::reopen(path, {{"lr", "0.1"}, {"resume", "auto"}}, 5, 1);
+    StepRecord r;
+    r.step = 6;
+    r.epoch = 2;
+    r.loss = 4.0;
+    w->append_step(r);
+  }
+  h5::Handle f = h5::open_file_read(path);
+  h5::Handle steps = h5::open_group(f, "steps");
+  EXPECT_EQ(read_i64(steps, "step"), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(read_f64(steps, "loss"), (std::vector<double>{9, 8, 7, 6, 5, 4}));
+  EXPECT_EQ(read_i32(steps, "epoch").size(), 6u);
+  h5::Handle evals = h5::open_group(f, "evals");
+  EXPECT_EQ(read_i64(evals, "step"), (std::vector<int64_t>{3}));
+  EXPECT_EQ(read_f64(evals, "val_loss").size(), 1u);
+  h5::Handle epochs = h5::open_group(f, "epochs");
+  EXPECT_EQ(read_i32(epochs, "epoch"), (std::vector<int32_t>{1}));
+  h5::Handle summary = h5::open_group(f, "summary");
+  EXPECT_EQ(h5::read_attr_string(summary, "outcome", path), "running");
+  EXPECT_FALSE(h5::has_attr(summary, "error"));
+  EXPECT_EQ(h5::read_attr_string(h5::open_group(f, "config"), "resume", path), "auto");
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace st
