@@ -96,6 +96,7 @@ class LlamaRunner final : public ModelRunner {
     return st::attach_lora(m_, lc, micro_batch_ * shape_.seq_len, seed);
   }
   int64_t num_trainable() override { return llama_num_trainable(m_); }
+  std::vector<Linear*> linears() override { return llama_linears(m_); }
   WeightBytes weight_bytes() override { return llama_weight_bytes(m_); }
   double flops_per_token() const override { return llama_flops_per_token(m_, shape_.seq_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override { return data.lengths(); }

@@ -93,6 +93,7 @@ class T5Runner final : public ModelRunner {
     return st::attach_lora(m_, lc, micro_batch_ * std::max(shape_.seq_len, shape_.target_len), seed);
   }
   int64_t num_trainable() override { return t5_num_trainable(m_); }
+  std::vector<Linear*> linears() override { return t5_linears(m_); }
   WeightBytes weight_bytes() override { return t5_weight_bytes(m_); }
   double flops_per_token() const override { return t5_flops_per_token(m_, shape_.seq_len, shape_.target_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override {
