@@ -8,7 +8,7 @@ Run where PyTorch, transformers and peft exist (the GPU host's torch environment
 
 For each family (a tiny random LlamaForCausalLM, a tiny gated-GELU T5ForConditionalGeneration):
   (a) transformers builds the model and saves it (f32, safetensors);
-  (b) shardtune trains LoRA on it for a few steps on random-token shards (`prepare --random`)
+  (b) shardtune trains LoRA on it for 10 steps on random-token shards (`prepare --random`)
       with save_adapter = true; PEFT loads <run>/adapter onto the transformers model
       (PeftModel.from_pretrained) and its logits must equal shardtune's for the same inputs
       (`shardtune export --logits-input/--logits-output`, the adapter applied unmerged);
@@ -161,7 +161,7 @@ def family(args, fam, work):
     run([args.bin, "train", "--model", base, "--data", data, "--val_split", "", "--method", "lora", "--lora_r", "4",
          "--lora_alpha", "8", "--lora_targets", ",".join(["q", "k", "v", "o"] + (["gate", "up", "down"] if fam == "llama"
                                                                                     else ["wi_0", "wi_1", "wo"])),
-         "--max_steps", "5", "--micro_batch_size", "4", "--lr", "1e-2", "--warmup_steps", "0", "--device", args.device,
+         "--max_steps", "10", "--micro_batch_size", "4", "--lr", "3e-2", "--warmup_steps", "0", "--device", args.device,
          "--output_dir", os.path.join(work, "runs"), "--run_id", fam, "--save_adapter", "true", "--log_every", "1"])
     adapter = os.path.join(work, "runs", fam, "adapter")
     with open(os.path.join(adapter, "adapter_config.json")) as f:
