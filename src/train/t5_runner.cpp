@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "adapters/apply.hpp"
+#include "adapters/peft.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
@@ -166,6 +167,7 @@ class T5Runner final : public ModelRunner {
     T5Quant q;
     if (!training || c.method != "qlora") return q;
     q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
+                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, "t5"), "t5").targets
                 : default_targets_        ? present(c.lora_target_list("t5"))
                                           : c.lora_target_list("t5");
     q.nf4.block = c.qlora_block_size;

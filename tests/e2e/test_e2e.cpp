@@ -732,6 +732,13 @@ TEST_F(E2E, PeftAdapterSavedUnderEveryLayoutExportedMergedAndLoaded) {
   EXPECT_NEAR(val_loss_of(d + "/runs/peft_continue/metrics.h5", "initial_val_loss"), vb, 1e-5 * vb)
       << "training continues from the loaded adapter (sliced for TP 2)";
   std::printf("[peft] val loss: run %.7f, eval with adapter %.7f, merged export (sharded) %.7f\n", vb, va, vm);
+  // QLoRA from the adapter: qlora_quantize = adapted quantizes the adapter's modules (every
+  // projection here, while the deck's lora_targets names only q and v).
+  ASSERT_TRUE(run(bin() + " train --deck " + d + "/full.cfg --model " + base + " --run_id peft_qlora --method qlora"
+                  " --lora_targets q,v --adapter " + ref + "/adapter --micro_batch_size 4 --max_steps 1 --eval_every 0"
+                  " --eval_at_start false --save_model false --save_adapter true"));
+  EXPECT_NE(out.find("14 linear layers in NF4"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(d + "/runs/peft_qlora/adapter/adapter_model.safetensors"));
 
   // T5: one rank against TP 2 (f64), export --merged against save_model.
   const std::string t5 = " train " + t5_splittable(d) + " --method lora --lora_r 4 --lora_alpha 8 --threads 1"
