@@ -17,6 +17,7 @@ const Subcommand kSubcommands[] = {
     {"prepare", st::cmd_prepare, "turn SST-2 TSV or Alpaca JSON/JSONL into tokenized HDF5 shards; or make the synthetic set"},
     {"train", st::cmd_train, "fine-tune a model (full or LoRA) from an input deck; launch with mpirun"},
     {"eval", st::cmd_eval, "validation loss and accuracy of a model on a split"},
+    {"export", st::cmd_export, "a PEFT LoRA adapter on its base: normalized PEFT copy and/or the merged model in HF layout"},
     {"plan", st::cmd_plan, "per-rank memory of each strategy and method for N GPUs: what fits, what is fastest"},
 };
 

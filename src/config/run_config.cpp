@@ -100,6 +100,12 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(lora, t, "lora_alpha", &c.lora_alpha, "adapter scale numerator: scale = alpha / r");
   add(lora, t, "lora_dropout", &c.lora_dropout, "dropout on the adapter input");
   add_string(lora, t, "lora_targets", &c.lora_targets, "comma-separated modules: q,k,v,o,gate,up,down");
+  add_string(lora, t, "adapter", &c.adapter,
+             "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) loaded at start instead of a "
+             "fresh init: train continues it (its r, lora_alpha and target_modules replace lora_r, lora_alpha and "
+             "lora_targets), eval applies it");
+  add(lora, t, "save_adapter", &c.save_adapter,
+      "write <run dir>/adapter in PEFT format (adapter_config.json + adapter_model.safetensors) at the end (lora, qlora)");
 
   po::options_description qlora("QLoRA (method = qlora; the LoRA keys above apply too)");
   add_string(qlora, t, "qlora_quantize", &c.qlora_quantize,
@@ -381,6 +387,8 @@ void validate_run_config(const RunConfig& c) {
           t != "wi_1" && t != "wi" && t != "wo")
         fail("lora_targets", str("names unknown module '", t, "' (llama: q, k, v, o, gate, up, down; t5: q, k, v, o, wi_0, wi_1, wi, wo)"));
   }
+  if (c.save_adapter && c.method == "full")
+    fail("save_adapter", "= true needs method = lora or qlora (full fine-tuning trains no adapter; use save_model)");
   if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
   if (c.tp_size < 1) fail("tp_size", "must be >= 1");
   if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3" && c.parallel != "auto")

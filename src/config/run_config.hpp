@@ -60,6 +60,8 @@ struct RunConfig {
   int64_t lora_r = 8;
   double lora_alpha = 16, lora_dropout = 0.0;
   std::string lora_targets = "q,k,v,o,gate,up,down";
+  std::string adapter;          // PEFT adapter dir loaded at start (train: continue it; eval: apply it)
+  bool save_adapter = false;    // write runs/<id>/adapter (PEFT format) at the end of a LoRA/QLoRA run
   // qlora
   std::string qlora_quantize = "adapted";  // adapted | all
   int64_t qlora_block_size = 64;

@@ -1,6 +1,7 @@
 #include "io/hf_checkpoint.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -118,6 +119,56 @@ std::vector<std::string> CheckpointReader::unused_names() const {
   for (const auto& kv : file_of_)
     if (!used_.count(kv.first)) out.push_back(kv.first);
   return out;
+}
+
+size_t write_hf_weights(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        uint64_t max_shard_bytes) {
+  const fs::path root(dir);
+  uint64_t total = 0;
+  for (const auto& [name, t] : tensors) total += static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype());
+  std::set<std::string> keep;  // weight files of this save
+  if (max_shard_bytes == 0 || total <= max_shard_bytes) {
+    write_safetensors((root / "model.safetensors").string(), tensors, {{"format", "pt"}});
+    keep.insert("model.safetensors");
+  } else {
+    std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
+    uint64_t cur = 0;
+    for (const auto& nt : tensors) {
+      const uint64_t b = static_cast<uint64_t>(nt.second.numel()) * dtype_size(nt.second.dtype());
+      if (!shards.back().empty() && cur + b > max_shard_bytes) {
+        shards.emplace_back();
+        cur = 0;
+      }
+      shards.back().push_back(nt);
+      cur += b;
+    }
+    const size_t n = shards.size();
+    if (n > 99999) ST_THROW_INPUT(dir, ": ", n, " shards exceed the 5-digit shard names; raise the maximum shard size");
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total}};
+    nlohmann::ordered_json map = nlohmann::ordered_json::object();
+    for (size_t i = 0; i < n; ++i) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, n);
+      write_safetensors((root / name).string(), shards[i], {{"format", "pt"}});
+      for (const auto& nt : shards[i]) map[nt.first] = name;
+      keep.insert(name);
+    }
+    index["weight_map"] = map;
+    write_text_file_atomic((root / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    keep.insert("model.safetensors.index.json");
+  }
+  // Leftovers of an earlier save in another layout: the reader prefers an index, so a stale one
+  // would shadow the new single file.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string f = e.path().filename().string();
+    const bool weights = f == "model.safetensors" || f == "model.safetensors.index.json" ||
+                         (f.rfind("model-", 0) == 0 && f.find("-of-") != std::string::npos &&
+                          f.size() > 12 && f.compare(f.size() - 12, 12, ".safetensors") == 0);
+    if (weights && !keep.count(f)) fs::remove(e.path(), ec);
+  }
+  return keep.size() - (keep.count("model.safetensors.index.json") ? 1 : 0);
 }
 
 void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {

@@ -49,6 +49,20 @@ class CheckpointReader {
   std::set<std::string> used_;
 };
 
+// transformers' default max_shard_size ("5GB", decimal).
+inline constexpr uint64_t kHfDefaultMaxShardBytes = 5000000000ull;
+
+// Writes a checkpoint's weights into `dir` (which must exist) as transformers does: one
+// model.safetensors when their total size is at most max_shard_bytes (0: no limit), else
+// model-00001-of-0000N.safetensors ... (tensors in order, a new shard when the next tensor would
+// pass the limit; a tensor larger than the limit gets a shard of its own) and
+// model.safetensors.index.json {"metadata": {"total_size": bytes}, "weight_map": {name: shard}}.
+// Every file is written atomically, the index after its shards; weight files of an earlier save
+// in the other layout (a single file, an index, shards of another count) are removed after.
+// Returns the number of files holding weights.
+size_t write_hf_weights(const std::string& dir, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                        uint64_t max_shard_bytes);
+
 // Copy a SentencePiece model into a saved checkpoint directory as <dir>/tokenizer.model, atomically
 // (InputError naming the source if it cannot be read, Error naming the destination if it cannot be
 // written).

@@ -36,7 +36,7 @@ LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const 
   return m;
 }
 
-void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path) {
+void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) {
   for (Linear* lin : llama_linears(m))
     if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
   std::error_code ec;
@@ -48,7 +48,7 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
     tensors.emplace_back(slot.name, llama_gather_full(m, slot));
   }
   if (m.tp.size > 1 && m.tp.rank != 0) return;
-  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_hf_weights(dir, tensors, max_shard_bytes);
   write_llama_config(dir, m.cfg);
   if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, dir);
 }

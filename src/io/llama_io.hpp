@@ -14,11 +14,13 @@ namespace st {
 // With tp.size > 1 every rank reads each full tensor and keeps its shard (see llama_build).
 LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant = {},
                       const TpGroup& tp = {});
-// Write config.json + model.safetensors (f32) into dir (created). The model must carry no
+// Write config.json + model.safetensors (f32) into dir (created), sharded with an index above
+// max_shard_bytes (write_hf_weights in io/hf_checkpoint.hpp; 0: never). The model must carry no
 // adapters (merge them first). tokenizer_path, if non-empty, is copied as tokenizer.model.
 // Under tensor parallelism this is collective over the TP group: the shards are gathered and
 // the group's rank 0 writes.
-void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path);
+void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path,
+                uint64_t max_shard_bytes = 5000000000ull);
 // The full (unsharded) tensor of a slot as an f32 CPU tensor, gathered over the TP group when
 // the slot is split (collective then); every rank gets it.
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot);

@@ -58,7 +58,7 @@ void write_t5_config(const std::string& dir, const T5Config& cfg) {
   write_text_file_atomic(path, j.dump(2) + "\n");
 }
 
-void save_t5(T5Model& m, const std::string& dir) {
+void save_t5(T5Model& m, const std::string& dir, uint64_t max_shard_bytes) {
   for (Linear* lin : t5_linears(m))
     if (lin->adapter) ST_THROW("save_t5: ", lin->name, " still has an adapter; merge adapters first");
   const bool writer = m.tp.size == 1 || m.tp.rank == 0;
@@ -71,7 +71,7 @@ void save_t5(T5Model& m, const std::string& dir) {
     tensors.emplace_back(slot.name, t5_gather_full(m, slot, DType::f32));  // collective when split
   }
   if (!writer) return;
-  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_hf_weights(dir, tensors, max_shard_bytes);
   write_t5_config(dir, m.cfg);
 }
 

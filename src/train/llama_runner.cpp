@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "adapters/apply.hpp"
+#include "adapters/peft.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/llama_io.hpp"
@@ -44,7 +45,10 @@ LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
 LlamaQuant quant_from_options(const RunConfig& c, bool training) {
   LlamaQuant q;
   if (!training || c.method != "qlora") return q;
-  q.modules = c.qlora_quantize == "all" ? llama_module_names() : c.lora_target_list();
+  // "adapted": the modules of the loaded adapter when there is one (deck key adapter).
+  q.modules = c.qlora_quantize == "all"  ? llama_module_names()
+              : !c.adapter.empty()       ? lora_config_from_peft(read_peft_config(c.adapter, "llama"), "llama").targets
+                                         : c.lora_target_list();
   q.nf4.block = c.qlora_block_size;
   q.nf4.double_quant = c.qlora_double_quant;
   return q;
@@ -96,6 +100,7 @@ class LlamaRunner final : public ModelRunner {
     return st::attach_lora(m_, lc, micro_batch_ * shape_.seq_len, seed);
   }
   int64_t num_trainable() override { return llama_num_trainable(m_); }
+  std::vector<Linear*> linears() override { return llama_linears(m_); }
   WeightBytes weight_bytes() override { return llama_weight_bytes(m_); }
   double flops_per_token() const override { return llama_flops_per_token(m_, shape_.seq_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override { return data.lengths(); }

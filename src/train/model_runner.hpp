@@ -47,6 +47,8 @@ class ModelRunner {
   virtual void enable_base_training() = 0;
   virtual int64_t attach_lora(const LoraConfig& lc, uint64_t seed) = 0;
   virtual int64_t num_trainable() = 0;
+  // Every linear layer (adapters hang on them): for reading and writing PEFT adapters.
+  virtual std::vector<Linear*> linears() = 0;
   virtual WeightBytes weight_bytes() = 0;  // base weights as stored and dense
   // Model FLOPs per training token (forward + backward) at the training shape.
   virtual double flops_per_token() const = 0;

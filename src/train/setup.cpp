@@ -1,6 +1,8 @@
 #include "train/setup.hpp"
 
+#include "adapters/peft.hpp"
 #include "core/allocator.hpp"
+#include "core/log.hpp"
 
 namespace st {
 
@@ -21,16 +23,29 @@ TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, co
   s.model = s.arch == "t5" ? make_t5_runner(c, info, shape, dtype, device, comms.tp, training)
                            : make_llama_runner(c, info, shape, dtype, device, comms.tp, training);
   MemoryPhase phase("setup");
-  if (training) {
-    if (c.method == "full") {
-      s.model->enable_base_training();
-    } else {
-      LoraConfig lc;
-      lc.r = c.lora_r;
-      lc.alpha = c.lora_alpha;
-      lc.dropout = c.lora_dropout;
-      lc.targets = c.lora_target_list(s.arch);
-      s.lora_adapters = s.model->attach_lora(lc, c.seed);
+  const bool adapter_in = !c.adapter.empty();
+  if (training && adapter_in && c.method == "full")
+    ST_THROW_INPUT(c.origin.at("adapter"), ": adapter = ", c.adapter, " needs method = lora or qlora (method is full)");
+  if (training && c.method == "full") {
+    s.model->enable_base_training();
+  } else if (training || adapter_in) {
+    LoraConfig lc;
+    lc.r = c.lora_r;
+    lc.alpha = c.lora_alpha;
+    lc.dropout = c.lora_dropout;
+    lc.targets = c.lora_target_list(s.arch);
+    if (adapter_in) {
+      // The adapter's own r, alpha and modules; the deck's dropout when it sets one.
+      const PeftConfig p = read_peft_config(c.adapter, s.arch);
+      lc = lora_config_from_peft(p, s.arch);
+      const auto it = c.origin.find("lora_dropout");
+      if (it != c.origin.end() && it->second != "default") lc.dropout = c.lora_dropout;
+    }
+    s.lora_adapters = s.model->attach_lora(lc, c.seed);
+    if (adapter_in) {
+      load_peft_adapter(s.model->linears(), c.adapter);
+      ST_LOG("adapter: loaded ", c.adapter, " (PEFT LoRA, r=", lc.r, " alpha=", lc.alpha, ", ", s.lora_adapters,
+             " modules)");
     }
   }
   s.num_parameters = s.model->num_parameters();

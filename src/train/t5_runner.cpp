@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "adapters/apply.hpp"
+#include "adapters/peft.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
@@ -93,6 +94,7 @@ class T5Runner final : public ModelRunner {
     return st::attach_lora(m_, lc, micro_batch_ * std::max(shape_.seq_len, shape_.target_len), seed);
   }
   int64_t num_trainable() override { return t5_num_trainable(m_); }
+  std::vector<Linear*> linears() override { return t5_linears(m_); }
   WeightBytes weight_bytes() override { return t5_weight_bytes(m_); }
   double flops_per_token() const override { return t5_flops_per_token(m_, shape_.seq_len, shape_.target_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override {
@@ -165,6 +167,7 @@ class T5Runner final : public ModelRunner {
     T5Quant q;
     if (!training || c.method != "qlora") return q;
     q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
+                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, "t5"), "t5").targets
                 : default_targets_        ? present(c.lora_target_list("t5"))
                                           : c.lora_target_list("t5");
     q.nf4.block = c.qlora_block_size;

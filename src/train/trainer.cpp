@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "adapters/peft.hpp"
 #include "core/atomic_file.hpp"
 #include "core/log.hpp"
 #include "core/profile.hpp"
@@ -377,7 +378,7 @@ void Run::build_model(bool training) {
   state_ = build_training_state(cfg_, ref.info(), shape, dtype_, device_, comms(), training);
   model_ = state_.model.get();
   summary_.strings["arch"] = state_.arch;
-  if (state_.lora_adapters > 0) {
+  if (state_.lora_adapters > 0 && cfg_.adapter.empty()) {
     const std::vector<std::string> targets = cfg_.lora_target_list(state_.arch);
     ST_LOG("lora: ", state_.lora_adapters, " adapters, r=", cfg_.lora_r, " alpha=", cfg_.lora_alpha,
            " dropout=", cfg_.lora_dropout, " on ", join(targets, ","));
@@ -715,7 +716,14 @@ int Run::train() {
            checkpoint_root(cfg_), " (resume = auto continues it) | ", run_dir_, "/metrics.h5");
     return kExitPreempted;
   }
-  if (cfg_.save_model && state_.zero) state_.zero->gather_all_for_save();  // collective over the data-parallel group
+  const bool save_adapter = cfg_.save_adapter && state_.lora_adapters > 0;
+  if ((cfg_.save_model || save_adapter) && state_.zero) state_.zero->gather_all_for_save();  // collective over the data-parallel group
+  if (save_adapter && rt.dp_rank == 0) {  // before save_model, which merges the adapters away
+    MemoryPhase phase("save");
+    const std::string dir = (fs::path(run_dir_) / "adapter").string();
+    save_peft_adapter(model_->linears(), state_.arch, cfg_.model, dir);  // collective within the TP group
+    ST_LOG("saved adapter (PEFT format) to ", dir);
+  }
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
     const std::string dir = (fs::path(run_dir_) / "model").string();

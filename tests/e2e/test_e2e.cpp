@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <vector>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/h5util.hpp"
+#include "io/hf_checkpoint.hpp"
 #include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
 
@@ -752,6 +754,156 @@ TEST_F(E2E, T5FullThenLoraOnTheSavedCheckpointThenEval) {
   EXPECT_NE(test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id llama_bad --data " + d + "/sentiment_t5",
                               &out), 0);
   EXPECT_NE(out.find("these are seq2seq shards"), std::string::npos) << out;
+}
+
+// PEFT adapters end to end (issue 8): LoRA on a saved base with save_adapter under one rank,
+// TP 2 and ZeRO-3 2 writes the same adapter (1e-5, as the layouts' weights above); `export
+// --merged` of that adapter equals the run's own merged save_model output; a sharded export reads
+// back equal through the index; `eval` with `adapter` equals eval of the merged model, and
+// training continues from a loaded adapter where the saved run ended. Then the same for T5 (one
+// rank against TP 2, f64), and the refusals.
+double val_loss_of(const std::string& metrics, const char* key) {
+  return summary_real(h5::open_file_read(metrics), key, metrics);
+}
+
+void expect_same_checkpoint(const std::string& single_file, const std::string& dir) {
+  SafetensorsFile a = SafetensorsFile::open(single_file);
+  CheckpointReader b = CheckpointReader::open(dir);
+  EXPECT_EQ(a.entries().size(), b.names().size());
+  for (const auto& e : a.entries()) {
+    Tensor x = a.read_float(e.name, DType::f32, Device::cpu, MemCategory::other);
+    Tensor y = b.read(e.name, x.shape(), DType::f32, Device::cpu, MemCategory::other);
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.nbytes()), 0) << e.name;
+  }
+}
+
+TEST_F(E2E, PeftAdapterSavedUnderEveryLayoutExportedMergedAndLoaded) {
+  const std::string d = *dir;
+  std::string out;
+  auto run = [&](const std::string& cmd) {
+    const int rc = test::run_command(cmd, &out);
+    EXPECT_EQ(rc, 0) << cmd << "\n" << out;
+    return rc == 0;
+  };
+  // A base checkpoint: 2 steps of full fine-tuning from random init.
+  ASSERT_TRUE(run(bin() + " train --deck " + d + "/full.cfg --run_id peft_base --method full --max_steps 2 --eval_at_start false"
+                  " --val_split '' --save_model true"));
+  const std::string base = d + "/runs/peft_base/model";
+  const std::string common = " train --deck " + d + "/full.cfg --model " + base +
+                             " --method lora --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4 --eval_every 0 --log_every 3";
+  const std::string saved = " --max_steps 6 --eval_at_start false --save_model true --save_adapter true";
+  ASSERT_TRUE(run(mpirun() + " -np 1 " + bin() + common + saved + " --run_id peft_ref --grad_accum 4"));
+  const std::string ref = d + "/runs/peft_ref";
+  ASSERT_TRUE(fs::exists(ref + "/adapter/adapter_config.json")) << out;
+  EXPECT_NE(out.find("saved adapter (PEFT format)"), std::string::npos) << out;
+  for (const auto& [id, flags] : {std::pair<std::string, std::string>{"peft_tp2", " --grad_accum 4 --parallel tp --tp_size 2"},
+                                  {"peft_zero3", " --grad_accum 2 --parallel zero3"}}) {
+    ASSERT_TRUE(run(mpirun() + " -np 2 " + bin() + common + saved + " --run_id " + id + flags));
+    std::string worst;
+    const double w = max_weight_rel_diff(ref + "/adapter/adapter_model.safetensors",
+                                         d + "/runs/" + id + "/adapter/adapter_model.safetensors", &worst);
+    EXPECT_LT(w, 1e-5) << id << ": adapters differ, worst " << worst;
+    EXPECT_EQ(SafetensorsFile::open(d + "/runs/" + id + "/adapter/adapter_model.safetensors").entries().size(),
+              SafetensorsFile::open(ref + "/adapter/adapter_model.safetensors").entries().size());
+    std::printf("[peft] %s: adapter max rel diff to one rank %.1e (%s)\n", id.c_str(), w, worst.c_str());
+  }
+
+  // export --merged of the one-rank adapter = the run's own merged model (same f64 merge of the
+  // same f32 values); --peft of the TP run's adapter = the adapter itself.
+  const std::string exp = bin() + " export --deck " + d + "/full.cfg --model " + base + " --adapter " + ref + "/adapter";
+  ASSERT_TRUE(run(exp + " --merged " + d + "/exp_merged --peft " + d + "/exp_peft"));
+  std::string worst;
+  double w = max_weight_rel_diff(ref + "/model/model.safetensors", d + "/exp_merged/model.safetensors", &worst);
+  EXPECT_EQ(w, 0.0) << "export --merged differs from save_model, worst " << worst;
+  EXPECT_TRUE(fs::exists(d + "/exp_merged/config.json"));
+  EXPECT_TRUE(fs::exists(d + "/exp_merged/tokenizer.model"));
+  w = max_weight_rel_diff(ref + "/adapter/adapter_model.safetensors", d + "/exp_peft/adapter_model.safetensors", &worst);
+  EXPECT_EQ(w, 0.0) << worst;
+  ASSERT_TRUE(run(exp + " --merged " + d + "/exp_sharded --max-shard-size 100KB"));
+  EXPECT_TRUE(fs::exists(d + "/exp_sharded/model.safetensors.index.json"));
+  int shards = 0;
+  for (const auto& e : fs::directory_iterator(d + "/exp_sharded"))
+    shards += e.path().filename().string().rfind("model-0000", 0) == 0;
+  EXPECT_GE(shards, 2) << "~470 KB of weights in shards of at most 100 KB";
+  EXPECT_FALSE(fs::exists(d + "/exp_sharded/model.safetensors"));
+  expect_same_checkpoint(d + "/exp_merged/model.safetensors", d + "/exp_sharded");
+
+  // eval with the adapter applied = eval of the merged model; training from the adapter starts there.
+  ASSERT_TRUE(run(bin() + " eval --deck " + d + "/full.cfg --run_id peft_eval_adapter --model " + base + " --adapter " +
+                  ref + "/adapter"));
+  EXPECT_NE(out.find("adapter: loaded"), std::string::npos) << out;
+  ASSERT_TRUE(run(bin() + " eval --deck " + d + "/full.cfg --run_id peft_eval_merged --model " + d + "/exp_sharded"));
+  const double va = val_loss_of(d + "/runs/peft_eval_adapter/metrics.h5", "final_val_loss");
+  const double vm = val_loss_of(d + "/runs/peft_eval_merged/metrics.h5", "final_val_loss");
+  const double vb = val_loss_of(ref + "/metrics.h5", "final_val_loss");
+  EXPECT_NEAR(va, vm, 1e-5 * vm);
+  EXPECT_NEAR(va, vb, 1e-5 * vb) << "the adapter evaluates as at the end of its run";
+  ASSERT_TRUE(run(mpirun() + " -np 2 " + bin() + common + " --run_id peft_continue --grad_accum 4 --parallel tp --tp_size 2"
+                  " --adapter " + ref + "/adapter --max_steps 2 --eval_at_start true --save_model false"));
+  EXPECT_NEAR(val_loss_of(d + "/runs/peft_continue/metrics.h5", "initial_val_loss"), vb, 1e-5 * vb)
+      << "training continues from the loaded adapter (sliced for TP 2)";
+  std::printf("[peft] val loss: run %.7f, eval with adapter %.7f, merged export (sharded) %.7f\n", vb, va, vm);
+  // QLoRA from the adapter: qlora_quantize = adapted quantizes the adapter's modules (every
+  // projection here, while the deck's lora_targets names only q and v).
+  ASSERT_TRUE(run(bin() + " train --deck " + d + "/full.cfg --model " + base + " --run_id peft_qlora --method qlora"
+                  " --lora_targets q,v --adapter " + ref + "/adapter --micro_batch_size 4 --max_steps 1 --eval_every 0"
+                  " --eval_at_start false --save_model false --save_adapter true"));
+  EXPECT_NE(out.find("14 linear layers in NF4"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(d + "/runs/peft_qlora/adapter/adapter_model.safetensors"));
+
+  // T5: one rank against TP 2 (f64), export --merged against save_model.
+  const std::string t5 = " train " + t5_splittable(d) + " --method lora --lora_r 4 --lora_alpha 8 --threads 1"
+                         " --micro_batch_size 4 --grad_accum 4 --max_steps 4 --eval_every 0 --eval_at_start false"
+                         " --save_model true --save_adapter true --val_split ''";
+  ASSERT_TRUE(run(mpirun() + " -np 1 " + bin() + t5 + " --run_id peft_t5_ref"));
+  ASSERT_TRUE(run(mpirun() + " -np 2 " + bin() + t5 + " --run_id peft_t5_tp2 --parallel tp --tp_size 2"));
+  w = max_weight_rel_diff(d + "/runs/peft_t5_ref/adapter/adapter_model.safetensors",
+                          d + "/runs/peft_t5_tp2/adapter/adapter_model.safetensors", &worst);
+  EXPECT_LT(w, 1e-6) << "T5 adapters differ (f64), worst " << worst;
+  std::printf("[peft] t5 tp2: adapter max rel diff to one rank %.1e (%s)\n", w, worst.c_str());
+  ASSERT_TRUE(run(bin() + " export " + t5_splittable(d) + " --model " + d + "/runs/peft_t5_ref/model --adapter " + d +
+                  "/runs/peft_t5_tp2/adapter --peft " + d + "/exp_t5_peft"));
+  w = max_weight_rel_diff(d + "/runs/peft_t5_tp2/adapter/adapter_model.safetensors",
+                          d + "/exp_t5_peft/adapter_model.safetensors", &worst);
+  EXPECT_EQ(w, 0.0) << "T5 adapter through export --peft (f64), worst " << worst;
+  const std::string cfg_text = test::read_file(d + "/runs/peft_t5_ref/adapter/adapter_config.json");
+  EXPECT_NE(cfg_text.find("\"SEQ_2_SEQ_LM\""), std::string::npos) << cfg_text;
+  EXPECT_NE(cfg_text.find("\"wi_0\""), std::string::npos) << cfg_text;
+
+  // The logits hook of the interop script (tests/gpu/peft_interop.py): the PEFT fixture on its
+  // base, over the golden inputs, gives transformers + PEFT's logits.
+  const std::string g = test::repo_root() + "/tests/golden";
+  ASSERT_TRUE(run(bin() + " export --model " + g + "/llama_tiny --adapter " + g + "/llama_tiny_lora_adapter --logits-input " +
+                  g + "/llama_tiny_golden.h5 --logits-output " + d + "/golden_logits.h5"));
+  {
+    h5::Handle got = h5::open_file_read(d + "/golden_logits.h5"), gold = h5::open_file_read(g + "/llama_tiny_golden.h5");
+    const auto dims = h5::dataset_dims(got, "logits", "logits");
+    ASSERT_EQ(dims.size(), 3u);
+    std::vector<float> x(dims[0] * dims[1] * dims[2]);
+    std::vector<double> y(x.size());
+    h5::read_dataset(got, "logits", H5T_NATIVE_FLOAT, x.data(), "logits");
+    h5::Handle lora = h5::open_group(gold, "lora");
+    h5::read_dataset(lora, "logits", H5T_NATIVE_DOUBLE, y.data(), "golden");
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      num = std::max(num, std::fabs(x[i] - y[i]));
+      den = std::max(den, std::fabs(y[i]));
+    }
+    EXPECT_LT(num / den, 1e-5) << "export --logits-output of the PEFT fixture";
+    std::printf("[peft] fixture logits through export --logits-output: max rel diff %.1e\n", num / den);
+  }
+
+  // Refusals.
+  EXPECT_NE(test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id peft_bad --method full --adapter " + ref +
+                                  "/adapter --max_steps 1", &out), 0);
+  EXPECT_NE(out.find("needs method = lora or qlora"), std::string::npos) << out;
+  EXPECT_NE(test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id peft_bad --save_adapter true", &out), 0);
+  EXPECT_NE(out.find("save_adapter = true needs method = lora or qlora"), std::string::npos) << out;
+  EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --model " + base + " --merged " + d + "/x", &out), 0);
+  EXPECT_NE(out.find("export needs --adapter"), std::string::npos) << out;
+  EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + ref + "/adapter --merged " + d + "/x",
+                              &out), 0);
+  EXPECT_NE(out.find("export needs model ="), std::string::npos) << out;
 }
 
 TEST_F(E2E, HelpDocumentsEveryOption) {

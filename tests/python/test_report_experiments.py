@@ -316,9 +316,11 @@ class ExperimentReportTest(unittest.TestCase):
         self.assertEqual(r.stdout, "")
 
     def test_make_report_target(self):
-        with open(os.path.join(REPO, "Makefile")) as f:
-            text = f.read()
-        self.assertIn("\t$(PYTHON) analysis/report.py runs/*\n", text)
+        # make -n prints the command without running it: runs/* by default, RUNS=DIR otherwise.
+        for extra, runs in (([], "runs"), (["RUNS=runs/cpu-repro"], "runs/cpu-repro")):
+            out = subprocess.run(["make", "-s", "-n", "-C", REPO, "report"] + extra, capture_output=True,
+                                 text=True, check=True).stdout
+            self.assertIn(f"analysis/report.py {runs}/* --plots {runs}/plots", out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 #include <map>
 
 #include "adapters/apply.hpp"
+#include "adapters/peft.hpp"
 #include "io/h5util.hpp"
 #include "io/llama_io.hpp"
 #include "tests/common/gradcheck.hpp"
@@ -181,6 +182,38 @@ TEST_P(GoldenTiny, LoraModelWithNonZeroB) {
     EXPECT_LT(eb, bound(dt)) << lin->name;
   }
   w.report();
+}
+
+// The PEFT adapter make_golden.py saved with save_pretrained (tests/golden/llama_tiny_lora_adapter,
+// F64 tensors, peft 0.21's full adapter_config.json) loads through shardtune's PEFT reader and
+// reproduces the LoRA logits and loss of the golden file.
+TEST_P(GoldenTiny, PeftAdapterFixtureReproducesLoraLogits) {
+  const DType dt = GetParam();
+  const std::string adapter = golden_dir() + "/llama_tiny_lora_adapter";
+  LlamaModel m = load_llama(golden_dir() + "/llama_tiny", dt, Device::cpu);
+  const PeftConfig p = read_peft_config(adapter, "llama");
+  EXPECT_EQ(p.r, 4);
+  EXPECT_EQ(p.alpha, 8);
+  const LoraConfig lc = lora_config_from_peft(p, "llama");
+  ASSERT_EQ(attach_lora(m, lc, in.B * in.T, 1), 2 * 7);
+  ASSERT_EQ(load_peft_adapter(llama_linears(m), adapter), 2 * 7);
+  h5::Handle g = h5::open_group(file, "lora");
+  h5::Handle weights = h5::open_group(g, "weights");
+  const double exact = dt == DType::f64 ? 0.0 : 1e-7;  // f32: the F64 values rounded once
+  for (Linear* lin : llama_linears(m)) {  // the very values make_golden.py recorded
+    if (!lin->adapter) continue;
+    auto* a = static_cast<LoraAdapter*>(lin->adapter.get());
+    EXPECT_LE(test::rel_error(a->A, read_f64(weights, lin->name + ".lora_A", a->A.shape(), path)), exact) << lin->name;
+    EXPECT_LE(test::rel_error(a->B, read_f64(weights, lin->name + ".lora_B", a->B.shape(), path)), exact) << lin->name;
+  }
+  LlamaBatch batch = make_batch(in);
+  LlamaActivations acts = llama_activations(m, in.B, in.T, false, false);
+  const double loss = llama_forward(m, acts, batch, LayerContext{}, false);
+  const double e = test::rel_error(logits_of(acts, in.B * in.T), read_f64(g, "logits", {in.B * in.T, m.cfg.vocab_size}, path));
+  EXPECT_LT(e, bound(dt));
+  const double ref_loss = h5::read_attr_double(g, "loss", path);
+  EXPECT_LT(std::fabs(loss - ref_loss) / std::fabs(ref_loss), bound(dt));
+  std::printf("[golden] peft adapter fixture %s: logits rel error %.2e\n", dtype_name(dt), e);
 }
 
 INSTANTIATE_TEST_SUITE_P(Precision, GoldenTiny, ::testing::Values(DType::f64, DType::f32),

@@ -1,0 +1,280 @@
+#include "adapters/peft.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/dryrun.hpp"
+#include "io/hf_checkpoint.hpp"
+#include "io/safetensors.hpp"
+#include "model/llama.hpp"
+#include "model/t5.hpp"
+#include "parallel/tp_ops.hpp"
+
+namespace fs = std::filesystem;
+
+namespace st {
+
+namespace {
+
+using json = nlohmann::json;
+
+const std::pair<const char*, const char*> kLlamaTargets[] = {
+    {"q", "q_proj"}, {"k", "k_proj"}, {"v", "v_proj"}, {"o", "o_proj"},
+    {"gate", "gate_proj"}, {"up", "up_proj"}, {"down", "down_proj"}};
+const char* const kT5Targets[] = {"q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"};
+
+void check_arch(const std::string& arch) {
+  if (arch != "llama" && arch != "t5") ST_THROW("PEFT adapters: unknown model family '", arch, "'");
+}
+
+LoraAdapter* lora_of(const Linear& lin) { return dynamic_cast<LoraAdapter*>(lin.adapter.get()); }
+
+// A's and B's split over the TP group: row-parallel layers split A's input columns (the last
+// dimension: TpMode::row in tp_ops' terms), column-parallel layers split B's output rows.
+TpMode split_of_a(const LoraAdapter& a) { return a.tp_mode == TpMode::row ? TpMode::row : TpMode::none; }
+TpMode split_of_b(const LoraAdapter& a) { return a.tp_mode == TpMode::column ? TpMode::column : TpMode::none; }
+
+// lora_alpha as the adapter holds it (scale = alpha / r), an integer when it was one.
+double alpha_of(const LoraAdapter& a) {
+  const double v = a.scale * static_cast<double>(a.r), k = std::round(v);
+  return std::fabs(v - k) <= 1e-9 * std::fabs(v) ? k : v;
+}
+
+json number_json(double v) {
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15) return json(static_cast<int64_t>(v));
+  return json(v);
+}
+
+}  // namespace
+
+std::string peft_task_type(const std::string& arch) {
+  check_arch(arch);
+  return arch == "t5" ? "SEQ_2_SEQ_LM" : "CAUSAL_LM";
+}
+
+std::string peft_target_name(const std::string& arch, const std::string& short_name) {
+  check_arch(arch);
+  if (arch == "llama") {
+    for (const auto& [s, hf] : kLlamaTargets)
+      if (short_name == s) return hf;
+  } else {
+    for (const char* s : kT5Targets)
+      if (short_name == s) return s;
+  }
+  ST_THROW("PEFT adapters: no ", arch, " module '", short_name, "'");
+}
+
+std::string short_target_name(const std::string& arch, const std::string& peft_name, const std::string& where) {
+  check_arch(arch);
+  std::string known;
+  if (arch == "llama") {
+    for (const auto& [s, hf] : kLlamaTargets) {
+      if (peft_name == hf) return s;
+      known += (known.empty() ? "" : ", ") + std::string(hf);
+    }
+  } else {
+    for (const char* s : kT5Targets) {
+      if (peft_name == s) return s;
+      known += (known.empty() ? "" : ", ") + std::string(s);
+    }
+  }
+  ST_THROW_INPUT(where, ": field 'target_modules' names '", peft_name, "', which is not a ", arch,
+                 " projection shardtune adapts (", known, ")");
+}
+
+std::string peft_tensor_name(const std::string& module, bool a) {
+  return str("base_model.model.", module, a ? ".lora_A.weight" : ".lora_B.weight");
+}
+
+PeftConfig read_peft_config(const std::string& dir, const std::string& arch) {
+  check_arch(arch);
+  const std::string path = (fs::path(dir) / kPeftConfigFile).string();
+  if (!fs::exists(path)) ST_THROW_INPUT(dir, ": not a PEFT adapter directory (no ", kPeftConfigFile, ")");
+  const json j = read_json_file(path);
+  if (!j.is_object()) ST_THROW_INPUT(path, ": must be a JSON object");
+  auto get = [&](const char* key) -> const json* {
+    const auto it = j.find(key);
+    return (it == j.end() || it->is_null()) ? nullptr : &*it;
+  };
+  auto refuse = [&](const char* key, const std::string& why) { ST_THROW_INPUT(path, ": field '", key, "' ", why); };
+  auto flag = [&](const char* key) {
+    const json* v = get(key);
+    if (!v) return false;
+    if (!v->is_boolean()) refuse(key, str("must be true or false, got ", v->dump()));
+    return v->get<bool>();
+  };
+  auto nonempty = [&](const char* key) {
+    const json* v = get(key);
+    return v && !((v->is_object() || v->is_array() || v->is_string()) && v->empty());
+  };
+
+  const json* type = get("peft_type");
+  if (!type || !type->is_string() || type->get<std::string>() != "LORA")
+    refuse("peft_type", str("is ", type ? type->dump() : "missing", "; only \"LORA\" adapters are supported"));
+  // What shardtune's LoRA does not compute: refused rather than silently dropped.
+  if (flag("use_rslora")) refuse("use_rslora", "is true: rank-stabilized LoRA (scale alpha / sqrt(r)) is not supported");
+  if (flag("use_dora")) refuse("use_dora", "is true: DoRA is not supported");
+  if (flag("fan_in_fan_out")) refuse("fan_in_fan_out", "is true: only [out, in] linear layers are supported");
+  if (flag("lora_bias")) refuse("lora_bias", "is true: LoRA biases are not supported");
+  if (flag("use_qalora")) refuse("use_qalora", "is true: QA-LoRA is not supported");
+  if (const json* b = get("bias"); b && (!b->is_string() || b->get<std::string>() != "none"))
+    refuse("bias", str("is ", b->dump(), "; only \"none\" is supported (no trained biases)"));
+  if (nonempty("modules_to_save"))
+    refuse("modules_to_save", str("is ", get("modules_to_save")->dump(), "; fully trained extra modules are not supported"));
+  if (nonempty("rank_pattern")) refuse("rank_pattern", "is set; per-module ranks are not supported");
+  if (nonempty("alpha_pattern")) refuse("alpha_pattern", "is set; per-module alphas are not supported");
+  if (nonempty("layers_to_transform")) refuse("layers_to_transform", "is set; adapters on a subset of layers are not supported");
+  if (nonempty("layer_replication")) refuse("layer_replication", "is set; layer replication is not supported");
+  if (nonempty("exclude_modules")) refuse("exclude_modules", "is set; list the adapted modules in target_modules instead");
+  if (nonempty("target_parameters")) refuse("target_parameters", "is set; only linear modules are supported");
+  if (nonempty("trainable_token_indices")) refuse("trainable_token_indices", "is set; trainable tokens are not supported");
+
+  PeftConfig p;
+  const json* r = get("r");
+  if (!r || !r->is_number_integer() || r->get<int64_t>() < 1) refuse("r", "must be a positive integer");
+  p.r = r->get<int64_t>();
+  const json* alpha = get("lora_alpha");
+  if (!alpha) {
+    p.alpha = 8;  // PEFT's default
+  } else {
+    if (!alpha->is_number() || !(alpha->get<double>() > 0)) refuse("lora_alpha", "must be a positive number");
+    p.alpha = alpha->get<double>();
+  }
+  if (const json* d = get("lora_dropout")) {
+    if (!d->is_number() || d->get<double>() < 0 || d->get<double>() >= 1) refuse("lora_dropout", "must be a number in [0, 1)");
+    p.dropout = d->get<double>();
+  }
+  const json* targets = get("target_modules");
+  if (!targets) refuse("target_modules", "is missing");
+  if (targets->is_string())
+    refuse("target_modules", str("is the pattern ", targets->dump(), "; list the module names (",
+                                 arch == "t5" ? "q, k, v, o, wi_0, wi_1, wi, wo" : "q_proj, k_proj, ..., down_proj", ")"));
+  if (!targets->is_array() || targets->empty()) refuse("target_modules", "must be a non-empty list of module names");
+  std::set<std::string> names;
+  for (const json& t : *targets) {
+    if (!t.is_string()) refuse("target_modules", str("must hold strings, got ", t.dump()));
+    short_target_name(arch, t.get<std::string>(), path);  // validates
+    names.insert(t.get<std::string>());
+  }
+  p.target_modules.assign(names.begin(), names.end());
+  if (const json* t = get("task_type")) {
+    if (!t->is_string()) refuse("task_type", "must be a string");
+    p.task_type = t->get<std::string>();
+    if (p.task_type != peft_task_type(arch))
+      refuse("task_type", str("is \"", p.task_type, "\", but the model is a ", arch, " (expected \"", peft_task_type(arch), "\")"));
+  }
+  if (const json* b = get("base_model_name_or_path"); b && b->is_string()) p.base_model = b->get<std::string>();
+  return p;
+}
+
+LoraConfig lora_config_from_peft(const PeftConfig& p, const std::string& arch) {
+  LoraConfig lc;
+  lc.r = p.r;
+  lc.alpha = p.alpha;
+  lc.dropout = p.dropout;
+  lc.targets.clear();
+  for (const std::string& t : p.target_modules) lc.targets.push_back(short_target_name(arch, t, "adapter"));
+  return lc;
+}
+
+int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string& arch, const std::string& base_model,
+                          const std::string& dir) {
+  check_arch(arch);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::set<std::string> targets;
+  const LoraAdapter* first = nullptr;
+  bool writer = true;
+  for (Linear* lin : linears) {
+    const LoraAdapter* a = lora_of(*lin);
+    if (!a) continue;
+    if (!first) first = a;
+    if (a->r != first->r || a->scale != first->scale || a->dropout != first->dropout)
+      ST_THROW("save_peft_adapter: adapters of different r, alpha or dropout (", lin->name, ")");
+    const std::string short_name = arch == "t5" ? t5_module_short_name(lin->name) : llama_module_short_name(lin->name);
+    targets.insert(peft_target_name(arch, short_name));
+    // Collective over the layer's TP group when the factor is split.
+    const DType dt = a->A.dtype() == DType::f64 ? DType::f64 : DType::f32;
+    tensors.emplace_back(peft_tensor_name(lin->name, true), tp_gather_full(a->A, split_of_a(*a), a->tp, dt));
+    tensors.emplace_back(peft_tensor_name(lin->name, false), tp_gather_full(a->B, split_of_b(*a), a->tp, dt));
+    writer = !a->tp.active() || a->tp.rank == 0;
+  }
+  if (!first) ST_THROW_INPUT("save_peft_adapter: the model carries no LoRA adapters (method = lora or qlora)");
+  const int64_t n = static_cast<int64_t>(tensors.size() / 2);
+  if (!writer || dry_run_active()) return n;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
+  write_safetensors((fs::path(dir) / kPeftWeightsFile).string(), tensors, {{"format", "pt"}});
+  nlohmann::ordered_json j;
+  j["alpha_pattern"] = json::object();
+  j["base_model_name_or_path"] = base_model.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(base_model);
+  j["bias"] = "none";
+  j["exclude_modules"] = nullptr;
+  j["fan_in_fan_out"] = false;
+  j["inference_mode"] = true;
+  j["init_lora_weights"] = true;
+  j["layer_replication"] = nullptr;
+  j["layers_pattern"] = nullptr;
+  j["layers_to_transform"] = nullptr;
+  j["lora_alpha"] = number_json(alpha_of(*first));
+  j["lora_bias"] = false;
+  j["lora_dropout"] = first->dropout;
+  j["modules_to_save"] = nullptr;
+  j["peft_type"] = "LORA";
+  j["r"] = first->r;
+  j["rank_pattern"] = json::object();
+  j["revision"] = nullptr;
+  j["target_modules"] = std::vector<std::string>(targets.begin(), targets.end());
+  j["task_type"] = peft_task_type(arch);
+  j["use_dora"] = false;
+  j["use_rslora"] = false;
+  write_text_file_atomic((fs::path(dir) / kPeftConfigFile).string(), j.dump(2) + "\n");
+  return n;
+}
+
+int64_t load_peft_adapter(const std::vector<Linear*>& linears, const std::string& dir) {
+  const std::string path = (fs::path(dir) / kPeftWeightsFile).string();
+  if (!fs::exists(path)) {
+    if (fs::exists(fs::path(dir) / "adapter_model.bin"))
+      ST_THROW_INPUT(dir, ": holds adapter_model.bin (a pickle); save the adapter with safe_serialization=True "
+                     "(adapter_model.safetensors)");
+    ST_THROW_INPUT(dir, ": no ", kPeftWeightsFile);
+  }
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  std::set<std::string> used;
+  int64_t n = 0;
+  for (Linear* lin : linears) {
+    LoraAdapter* a = lora_of(*lin);
+    if (!a) continue;
+    const Shape fa{a->r, lin->full_in()}, fb{lin->full_out(), a->r};
+    for (bool is_a : {true, false}) {
+      const std::string name = peft_tensor_name(lin->name, is_a);
+      const SafetensorsEntry* e = f.find(name);
+      if (!e) ST_THROW_INPUT(path, ": no tensor '", name, "' (the adapter does not cover ", lin->name, ")");
+      const Shape& want = is_a ? fa : fb;
+      const bool same = e->shape.size() == static_cast<size_t>(want.ndim) &&
+                        std::equal(e->shape.begin(), e->shape.end(), want.d.begin());
+      if (!same)
+        ST_THROW_INPUT(path, ": tensor '", name, "' has shape ", shape_str(e->shape), ", expected ", want.str(),
+                       is_a ? " ([r, in])" : " ([out, r])");
+      used.insert(name);
+      Tensor& dst = is_a ? a->A : a->B;
+      if (dry_run_active()) continue;
+      const Tensor full = f.read_float(name, dst.dtype(), Device::cpu, MemCategory::workspace);
+      dst.copy_from(tp_shard_of(full, is_a ? split_of_a(*a) : split_of_b(*a), a->tp));
+    }
+    if (!dry_run_active()) a->sync_working();
+    ++n;
+  }
+  for (const SafetensorsEntry& e : f.entries())
+    if (!used.count(e.name))
+      ST_THROW_INPUT(path, ": tensor '", e.name, "' is not a LoRA factor of an adapted module of this model "
+                     "(target_modules and the tensors disagree, or the adapter is for another model)");
+  return n;
+}
+
+}  // namespace st

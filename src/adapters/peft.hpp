@@ -1,0 +1,66 @@
+// LoRA adapters in Hugging Face PEFT's format, read and written by shardtune.
+//
+// A PEFT adapter directory holds
+//   adapter_config.json        {"peft_type": "LORA", "r", "lora_alpha", "lora_dropout",
+//                               "target_modules": [HF module names], "task_type", "bias": "none", ...}
+//   adapter_model.safetensors  base_model.model.<module>.lora_A.weight [r, in]
+//                              base_model.model.<module>.lora_B.weight [out, r]
+// where <module> is the Hugging Face module name, which is shardtune's Linear::name
+// ("model.layers.0.self_attn.q_proj", "encoder.block.0.layer.0.SelfAttention.q"). Target names
+// are the modules' last parts: Llama q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+// down_proj (shardtune's lora_targets q, k, v, o, gate, up, down); T5 q, k, v, o, wi_0, wi_1,
+// wi, wo (the same in both). The scale is lora_alpha / r (plain LoRA).
+//
+// Only what shardtune's LoRA computes is accepted: rsLoRA, DoRA, biases, modules_to_save,
+// fan_in_fan_out, per-module rank/alpha patterns, layer subsets and other PEFT types are refused
+// with an InputError naming the file and the field.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "adapters/lora.hpp"
+#include "model/linear.hpp"
+
+namespace st {
+
+inline constexpr const char* kPeftConfigFile = "adapter_config.json";
+inline constexpr const char* kPeftWeightsFile = "adapter_model.safetensors";
+
+struct PeftConfig {
+  int64_t r = 0;
+  double alpha = 0, dropout = 0;
+  std::vector<std::string> target_modules;  // PEFT's (Hugging Face) names, sorted
+  std::string task_type;                    // CAUSAL_LM, SEQ_2_SEQ_LM (may be empty)
+  std::string base_model;                   // base_model_name_or_path (may be empty)
+};
+
+// PEFT's task type of a model family: llama -> CAUSAL_LM, t5 -> SEQ_2_SEQ_LM.
+std::string peft_task_type(const std::string& arch);
+// shardtune's short module name -> PEFT's target name (llama q -> q_proj; t5: the same), and back
+// (InputError naming `where` for a name the family does not have).
+std::string peft_target_name(const std::string& arch, const std::string& short_name);
+std::string short_target_name(const std::string& arch, const std::string& peft_name, const std::string& where);
+// "base_model.model.<module>.lora_A.weight" / lora_B.
+std::string peft_tensor_name(const std::string& module, bool a);
+
+// Reads and validates <dir>/adapter_config.json for a model of family `arch`.
+PeftConfig read_peft_config(const std::string& dir, const std::string& arch);
+// The LoraConfig the adapter describes (targets as shardtune's short names).
+LoraConfig lora_config_from_peft(const PeftConfig& p, const std::string& arch);
+
+// Writes the adapters attached to `linears` as a PEFT directory `dir` (created): the factors are
+// gathered over their TP group (A is split by input columns in a row-parallel layer, B by output
+// rows in a column-parallel one), so this is collective over that group, whose rank 0 writes.
+// Tensors are stored in the adapters' master dtype (f32; f64 in f64 runs). Files are written
+// atomically. Returns the number of adapters written; InputError when there are none.
+int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string& arch, const std::string& base_model,
+                          const std::string& dir);
+// Loads <dir>/adapter_model.safetensors into the adapters already attached to `linears` (every
+// rank reads the full factors and keeps its TP part), then refreshes their working copies.
+// InputError naming the file for a missing tensor, a wrong shape, or a tensor no attached adapter
+// takes. Returns the number of adapters loaded.
+int64_t load_peft_adapter(const std::vector<Linear*>& linears, const std::string& dir);
+
+}  // namespace st
