@@ -1,5 +1,7 @@
 // AdamW (PyTorch semantics) on f32 master weights with the bf16 working copy written in the same
 // pass; gradient-norm reduction and scaling.
+#include <algorithm>
+
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
 
@@ -25,16 +27,19 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
   }
 }
 
-__global__ void sum_squares_kernel(const float* __restrict__ x, int64_t n, double* __restrict__ out) {
+// Sums of squares, deterministic: each block writes its partial sum to its own slot, and one
+// block adds the slots in a fixed order (no atomics, so the gradient norm and with it the
+// clipping are the same bits in every run: exact resume and repeatable runs need that).
+__global__ void sum_squares_kernel(const float* __restrict__ x, int64_t n, double* __restrict__ partial) {
   float s = 0.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     s += x[i] * x[i];
   s = dev::block_sum(s);
-  if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(s));
+  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(s);
 }
 
-__global__ void sum_squares_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t n, double* __restrict__ out) {
+__global__ void sum_squares_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t n, double* __restrict__ partial) {
   float s = 0.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -42,7 +47,22 @@ __global__ void sum_squares_bf16_kernel(const __nv_bfloat16* __restrict__ x, int
     s += v * v;
   }
   s = dev::block_sum(s);
-  if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(s));
+  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(s);
+}
+
+constexpr int kSumThreads = 1024;
+// One block: thread t adds slots t, t + 1024, ... in order; thread 0 adds the 1024 results in order.
+__global__ void sum_partials_kernel(const double* __restrict__ partial, int64_t n, double* __restrict__ out) {
+  __shared__ double lane[kSumThreads];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += kSumThreads) s += partial[i];
+  lane[threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int i = 0; i < kSumThreads; ++i) t += lane[i];
+    *out = t;
+  }
 }
 
 template <typename T>
@@ -86,30 +106,48 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tenso
 }
 
 namespace {
-double* accumulator() {
-  static double* d_acc = nullptr;
-  if (!d_acc) ST_CUDA_CHECK(cudaMalloc(&d_acc, sizeof(double)));
-  return d_acc;
+// Raw device scratch (a few KiB: one double per block of the sums of squares), outside the
+// allocator like the CUDA context's own memory.
+double* partials(int64_t n) {
+  static double* d = nullptr;
+  static int64_t cap = 0;
+  if (n > cap) {
+    if (d) ST_CUDA_CHECK(cudaFree(d));
+    cap = std::max<int64_t>(n, 2 * cap);
+    ST_CUDA_CHECK(cudaMalloc(&d, static_cast<size_t>(cap + 1) * sizeof(double)));
+  }
+  return d;
 }
 
-void add_sum_squares(const Tensor& x, double* d_acc) {
+unsigned sum_blocks(int64_t n) { return std::min<unsigned>(grid_1d(n, 512), 1024u); }
+
+void add_sum_squares(const Tensor& x, double* slots) {
   const int64_t n = x.numel();
-  if (n == 0) return;
-  const unsigned g = std::min<unsigned>(grid_1d(n, 512), 1024u);
-  if (x.dtype() == DType::f32) sum_squares_kernel<<<g, 512, 0, stream()>>>(x.ptr<float>(), n, d_acc);
+  const unsigned g = sum_blocks(n);
+  if (x.dtype() == DType::f32) sum_squares_kernel<<<g, 512, 0, stream()>>>(x.ptr<float>(), n, slots);
   else if (x.dtype() == DType::bf16)
-    sum_squares_bf16_kernel<<<g, 512, 0, stream()>>>(static_cast<const __nv_bfloat16*>(x.data()), n, d_acc);
+    sum_squares_bf16_kernel<<<g, 512, 0, stream()>>>(static_cast<const __nv_bfloat16*>(x.data()), n, slots);
   else ST_THROW("sum_squares on CUDA: unsupported ", x.str());
   ST_CUDA_LAUNCH_CHECK("sum_squares");
 }
 }  // namespace
 
 double sum_squares_total(const std::vector<const Tensor*>& xs) {
-  double* d_acc = accumulator();
-  ST_CUDA_CHECK(cudaMemsetAsync(d_acc, 0, sizeof(double), stream()));
-  for (const Tensor* x : xs) add_sum_squares(*x, d_acc);
+  int64_t slots = 0;
+  for (const Tensor* x : xs)
+    if (x->numel() > 0) slots += sum_blocks(x->numel());
+  if (slots == 0) return 0.0;
+  double* d = partials(slots);
+  int64_t at = 0;
+  for (const Tensor* x : xs) {
+    if (x->numel() == 0) continue;
+    add_sum_squares(*x, d + at);
+    at += sum_blocks(x->numel());
+  }
+  sum_partials_kernel<<<1, kSumThreads, 0, stream()>>>(d, slots, d + slots);
+  ST_CUDA_LAUNCH_CHECK("sum_partials");
   double h = 0;
-  ST_CUDA_CHECK(cudaMemcpy(&h, d_acc, sizeof(double), cudaMemcpyDeviceToHost));
+  ST_CUDA_CHECK(cudaMemcpy(&h, d + slots, sizeof(double), cudaMemcpyDeviceToHost));
   return h;
 }
 

@@ -16,8 +16,9 @@ For each family (a tiny random LlamaForCausalLM, a tiny gated-GELU T5ForConditio
       save_pretrained); shardtune imports it: equal logits again, and `shardtune export --merged`
       loaded by transformers gives PEFT's logits too.
 Reference logits are computed by transformers in float32 (TF32 off, eager attention). shardtune
-computes in bf16 on cuda (tolerance: max |difference| <= 3e-2 * max |reference|) and in f32 on
-cpu (1e-4). Only real (unpadded) positions are compared. Exit status 0 when every check passes.
+computes in bf16 on cuda (tolerance: max |difference| <= 3e-2 * max |reference|, or 2.5x the
+model's own bf16 floor, transformers bf16 vs f32, where that is larger: the tiny T5) and in f32
+on cpu (1e-4). Only real (unpadded) positions are compared. Exit status 0 when every check passes.
 """
 import argparse
 import json
@@ -58,7 +59,7 @@ def check(what, got, ref, mask, tol):
     g, r = got[sel].astype(np.float64), ref[sel].astype(np.float64)
     err = float(np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-30))
     ok = err <= tol
-    print(f"{'ok  ' if ok else 'FAIL'} {what}: max |diff| / max |ref| = {err:.2e} (tolerance {tol:.0e})", flush=True)
+    print(f"{'ok  ' if ok else 'FAIL'} {what}: max |diff| / max |ref| = {err:.2e} (tolerance {tol:.1e})", flush=True)
     if not ok:
         failures.append(what)
 
@@ -92,13 +93,14 @@ def make_inputs(fam, path):
             f.create_dataset("decoder_input_ids", data=dec)
 
 
-def hf_logits(fam, base_dir, adapter_dir, inputs, device):
-    """Logits of transformers (+ PEFT adapter when given) in float32 on `device`, and the mask."""
+def hf_logits(fam, base_dir, adapter_dir, inputs, device, bf16=False):
+    """Logits of transformers (+ PEFT adapter when given) in float32 (or bf16) on `device`, and the mask."""
     import h5py
     import torch
     from transformers import LlamaForCausalLM, T5ForConditionalGeneration
     cls = LlamaForCausalLM if fam == "llama" else T5ForConditionalGeneration
-    model = cls.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").to(device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = cls.from_pretrained(base_dir, dtype=dtype, attn_implementation="eager").to(device)
     if adapter_dir:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter_dir).to(device)
@@ -154,6 +156,14 @@ def family(args, fam, work):
     inputs = os.path.join(work, f"{fam}_inputs.h5")
     make_inputs(fam, inputs)
     base_ref, mask = hf_logits(fam, base, None, inputs, args.device)
+    if args.device == "cuda":
+        # The bf16 floor of this model: transformers itself in bf16 against its f32 logits. A tiny
+        # random T5 is ill-conditioned in bf16 (its relative-bias attention and unscaled logits),
+        # so its tolerance is 2.5x its own floor where that exceeds 3e-2 (as the T5 golden GPU test).
+        bf16_ref, _ = hf_logits(fam, base, None, inputs, args.device, bf16=True)
+        floor = float(np.max(np.abs(bf16_ref - base_ref) * mask[..., None]) / np.max(np.abs(base_ref)))
+        tol = max(tol, 2.5 * floor)
+        print(f"{fam}: bf16 floor (transformers bf16 vs f32) {floor:.2e}; tolerance {tol:.1e}")
     got = st_logits(args, base, None, inputs, os.path.join(work, f"{fam}_st_base.h5"))
     check(f"{fam} (a) base model: shardtune vs transformers", got, base_ref, mask, tol)
 
