@@ -101,6 +101,8 @@ $(BUILD)/obj/%.o: %.cpp
 
 # NF4 quantization must round every product and sum on its own, as the CUDA kernels do (bit-equal codes).
 $(BUILD)/obj/src/quant/nf4.o: CXXFLAGS += -ffp-contract=off
+# RoPE frequencies (llama3 scaling) round every f32 operation on its own, as torch does.
+$(BUILD)/obj/src/ops/rope.o: CXXFLAGS += -ffp-contract=off
 
 $(BUILD)/boost_po/%.o: $(BOOST_PO_SRC)/%.cpp
 	@mkdir -p $(dir $@)

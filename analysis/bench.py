@@ -26,7 +26,9 @@ issue #3's reference figures and targets marked met / NOT met) and writes it as 
 Markdown under runs/bench/ (and into $OUT when that variable is set).
 
 MFU uses one bf16 GEMM peak for every row: measured once at the start by the reference script
-(--gemm-peak-only: 8192^3 torch.matmul, median of 10), or --gemm-peak. FLOPs per token: see
+(--gemm-peak-only: 8192^3 torch.matmul, median of 10), or --gemm-peak. Beside it, "st MFU/dev"
+is the MFU shardtune itself records (/steps/mfu, median over the same steps) against its GPU's
+datasheet dense bf16 peak (src/train/mfu.cpp: H100 SXM and H200 989.4 TFLOP/s, A100 312). FLOPs per token: see
 analysis/peers/hf_llama_reference.py FLOPS_FORMULA (the same as shardtune's
 llama_flops_per_token) and hf_t5_reference.py T5_FLOPS_FORMULA (t5_flops_per_token); the driver
 checks shardtune's own figure against them.
@@ -302,6 +304,7 @@ def summarize_shardtune(run, warmup=WARMUP_STEPS, tokens_per_step=None):
     tokens = list(steps.get("tokens", []))
     keep = [i for i, s in enumerate(step_no) if s > warmup] or list(range(len(step_no)))
     out["step_times"] = [float(t) for t in times]
+    mfus = list(steps.get("mfu", []))
     out["losses"] = [float(x) for x in steps.get("loss", [])]
     if keep and times:
         med = statistics.median(float(times[i]) for i in keep)
@@ -313,6 +316,9 @@ def summarize_shardtune(run, warmup=WARMUP_STEPS, tokens_per_step=None):
         out["tokens_per_step"] = int(tok)
         out["tokens_per_s"] = tok / med if med > 0 else None
         out["median_over_steps"] = [int(step_no[i]) for i in keep]
+        recorded = [float(mfus[i]) for i in keep if i < len(mfus) and _finite(float(mfus[i]))]
+        if recorded:
+            out["mfu_device_peak"] = statistics.median(recorded)
     if out["outcome"] == "ok" and "tokens_per_s" not in out:
         out["outcome"] = "error"
         out["error"] = "no training steps recorded"
@@ -337,6 +343,7 @@ def row_figures(st, rf, peak_tflops, flops):
         "st_peak_gib": st_mem / GIB if st_mem else None, "ref_peak_gib": rf_mem / GIB if rf_mem else None,
         "mem_ratio": ratio(st_mem, rf_mem),
         "st_mfu": mfu(flops, st_tps, peak_tflops), "ref_mfu": mfu(flops, rf_tps, peak_tflops),
+        "st_mfu_device": st.get("mfu_device_peak") if st_ok else None,
         "st_outcome": st.get("outcome", "skipped"), "ref_outcome": rf.get("outcome", "skipped"),
     }
 
@@ -479,6 +486,7 @@ COLUMNS = [
     ("ref_gib", "ref GiB", 7),
     ("mem_ratio", "mem ratio", 9),
     ("st_mfu", "st MFU", 6),
+    ("st_mfu_device", "st MFU/dev", 10),
     ("ref_mfu", "ref MFU", 7),
     ("issue_tps", "issue tok/s", 11),
     ("issue_gib", "issue GiB", 9),
@@ -511,6 +519,7 @@ def row_cells(row):
         "ref_gib": outcome_or(_num(f["ref_peak_gib"], "{:.1f}"), rf),
         "mem_ratio": _num(f["mem_ratio"], "{:.2f}x") or "-",
         "st_mfu": _num(f["st_mfu"] and 100 * f["st_mfu"], "{:.1f}%") or "-",
+        "st_mfu_device": _num(f.get("st_mfu_device") and 100 * f["st_mfu_device"], "{:.1f}%") or "-",
         "ref_mfu": _num(f["ref_mfu"] and 100 * f["ref_mfu"], "{:.1f}%") or "-",
         "issue_tps": _num(issue.get("tokens_per_s"), "{:,.0f}") or "-",
         "issue_gib": _num(issue.get("peak_gib"), "{:.1f}") or "-",

@@ -43,6 +43,16 @@ size_t cuda_total_memory() {
   return p.totalGlobalMem;
 }
 
+std::string cuda_device_name() {
+  int dev = 0;
+  cudaDeviceProp p{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "";
+  }
+  return p.name;
+}
+
 size_t cuda_used_memory() {
   size_t free_b = 0, total_b = 0;
   if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {

@@ -31,6 +31,9 @@ void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t key, bool ac
 void embedding_forward(int64_t N, int64_t C, int64_t V, const Tensor& ids, const Tensor& table, Tensor& out, int64_t offset);
 void embedding_backward(int64_t N, int64_t C, int64_t V, const Tensor& ids, const Tensor& dout, Tensor& dtable,
                         int64_t offset);
+// bias.cu: y [M, N] += b [N] (same dtype); db [N] (f32) += column sums of dy [M, N].
+void bias_add(int64_t M, int64_t N, Tensor& y, const Tensor& b);
+void bias_backward(int64_t M, int64_t N, const Tensor& dy, Tensor& db);
 // loss.cu
 // Pass 0: mx[n] = max of the row's local logits; 1: st[n] = sum exp(x - mx[n]), st[N+n] = the
 // target logit where owned; 2: losses[n] (f32) and, with grad, dlogits in place. mx/st are f32

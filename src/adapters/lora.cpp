@@ -7,8 +7,7 @@
 #include "ops/activation.hpp"
 #include "ops/init.hpp"
 #include "ops/matmul.hpp"
-#include "parallel/comm.hpp"
-#include "parallel/tp_ops.hpp"
+#include "ops/shard.hpp"
 
 namespace st {
 
@@ -70,7 +69,7 @@ void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
     const Tensor xd = dropped_input(x, ctx);
     matmul(xa_m, xd, false, A_work, true);            // xa = dropout(x) A^T     [M, r]
     // Row-parallel: x and A hold this rank's input columns, so xa is a partial sum.
-    if (tp_mode == TpMode::row) tp.comm->all_reduce_sum(xa_m);
+    if (tp_mode == TpMode::row) tp.comm->sum_partials(xa_m);
   }
   // Row-parallel: y is a partial sum the caller all-reduces; the replicated B adds once.
   if (tp_mode == TpMode::row && tp.rank != 0) return;
@@ -96,7 +95,7 @@ void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const 
   }
   // Column-parallel: the replicated A needs the full dxa = sum over ranks of dy_i B_i, which
   // also keeps dA identical on every rank.
-  if (tp_mode == TpMode::column) tp.comm->all_reduce_sum(dxa_m);
+  if (tp_mode == TpMode::column) tp.comm->sum_partials(dxa_m);
   // dropout(x) regenerated from the same seed (after dx: both use ctx.scratch).
   const Tensor xd = dropped_input(x, ctx);
   matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);         // dA += dxa^T dropout(x)       [r, in]

@@ -10,9 +10,6 @@
 #include "core/dryrun.hpp"
 #include "io/hf_checkpoint.hpp"
 #include "io/safetensors.hpp"
-#include "model/llama.hpp"
-#include "model/t5.hpp"
-#include "parallel/tp_ops.hpp"
 
 namespace fs = std::filesystem;
 
@@ -21,15 +18,6 @@ namespace st {
 namespace {
 
 using json = nlohmann::json;
-
-const std::pair<const char*, const char*> kLlamaTargets[] = {
-    {"q", "q_proj"}, {"k", "k_proj"}, {"v", "v_proj"}, {"o", "o_proj"},
-    {"gate", "gate_proj"}, {"up", "up_proj"}, {"down", "down_proj"}};
-const char* const kT5Targets[] = {"q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"};
-
-void check_arch(const std::string& arch) {
-  if (arch != "llama" && arch != "t5") ST_THROW("PEFT adapters: unknown model family '", arch, "'");
-}
 
 LoraAdapter* lora_of(const Linear& lin) { return dynamic_cast<LoraAdapter*>(lin.adapter.get()); }
 
@@ -51,38 +39,19 @@ json number_json(double v) {
 
 }  // namespace
 
-std::string peft_task_type(const std::string& arch) {
-  check_arch(arch);
-  return arch == "t5" ? "SEQ_2_SEQ_LM" : "CAUSAL_LM";
+std::string peft_target_name(const PeftNames& names, const std::string& short_name) {
+  for (const auto& [s, hf] : names.targets)
+    if (short_name == s) return hf;
+  ST_THROW("PEFT adapters: no ", names.family, " module '", short_name, "'");
 }
 
-std::string peft_target_name(const std::string& arch, const std::string& short_name) {
-  check_arch(arch);
-  if (arch == "llama") {
-    for (const auto& [s, hf] : kLlamaTargets)
-      if (short_name == s) return hf;
-  } else {
-    for (const char* s : kT5Targets)
-      if (short_name == s) return s;
-  }
-  ST_THROW("PEFT adapters: no ", arch, " module '", short_name, "'");
-}
-
-std::string short_target_name(const std::string& arch, const std::string& peft_name, const std::string& where) {
-  check_arch(arch);
+std::string short_target_name(const PeftNames& names, const std::string& peft_name, const std::string& where) {
   std::string known;
-  if (arch == "llama") {
-    for (const auto& [s, hf] : kLlamaTargets) {
-      if (peft_name == hf) return s;
-      known += (known.empty() ? "" : ", ") + std::string(hf);
-    }
-  } else {
-    for (const char* s : kT5Targets) {
-      if (peft_name == s) return s;
-      known += (known.empty() ? "" : ", ") + std::string(s);
-    }
+  for (const auto& [s, hf] : names.targets) {
+    if (peft_name == hf) return s;
+    known += (known.empty() ? "" : ", ") + hf;
   }
-  ST_THROW_INPUT(where, ": field 'target_modules' names '", peft_name, "', which is not a ", arch,
+  ST_THROW_INPUT(where, ": field 'target_modules' names '", peft_name, "', which is not a ", names.family,
                  " projection shardtune adapts (", known, ")");
 }
 
@@ -90,8 +59,7 @@ std::string peft_tensor_name(const std::string& module, bool a) {
   return str("base_model.model.", module, a ? ".lora_A.weight" : ".lora_B.weight");
 }
 
-PeftConfig read_peft_config(const std::string& dir, const std::string& arch) {
-  check_arch(arch);
+PeftConfig read_peft_config(const std::string& dir, const PeftNames& names) {
   const std::string path = (fs::path(dir) / kPeftConfigFile).string();
   if (!fs::exists(path)) ST_THROW_INPUT(dir, ": not a PEFT adapter directory (no ", kPeftConfigFile, ")");
   const json j = read_json_file(path);
@@ -150,40 +118,42 @@ PeftConfig read_peft_config(const std::string& dir, const std::string& arch) {
   }
   const json* targets = get("target_modules");
   if (!targets) refuse("target_modules", "is missing");
-  if (targets->is_string())
-    refuse("target_modules", str("is the pattern ", targets->dump(), "; list the module names (",
-                                 arch == "t5" ? "q, k, v, o, wi_0, wi_1, wi, wo" : "q_proj, k_proj, ..., down_proj", ")"));
+  if (targets->is_string()) {
+    std::string list;
+    for (const auto& [s, hf] : names.targets) list += (list.empty() ? "" : ", ") + hf;
+    refuse("target_modules", str("is the pattern ", targets->dump(), "; list the module names (", list, ")"));
+  }
   if (!targets->is_array() || targets->empty()) refuse("target_modules", "must be a non-empty list of module names");
-  std::set<std::string> names;
+  std::set<std::string> listed;
   for (const json& t : *targets) {
     if (!t.is_string()) refuse("target_modules", str("must hold strings, got ", t.dump()));
-    short_target_name(arch, t.get<std::string>(), path);  // validates
-    names.insert(t.get<std::string>());
+    short_target_name(names, t.get<std::string>(), path);  // validates
+    listed.insert(t.get<std::string>());
   }
-  p.target_modules.assign(names.begin(), names.end());
+  p.target_modules.assign(listed.begin(), listed.end());
   if (const json* t = get("task_type")) {
     if (!t->is_string()) refuse("task_type", "must be a string");
     p.task_type = t->get<std::string>();
-    if (p.task_type != peft_task_type(arch))
-      refuse("task_type", str("is \"", p.task_type, "\", but the model is a ", arch, " (expected \"", peft_task_type(arch), "\")"));
+    if (p.task_type != names.task_type)
+      refuse("task_type", str("is \"", p.task_type, "\", but the model is a ", names.family, " (expected \"",
+                              names.task_type, "\")"));
   }
   if (const json* b = get("base_model_name_or_path"); b && b->is_string()) p.base_model = b->get<std::string>();
   return p;
 }
 
-LoraConfig lora_config_from_peft(const PeftConfig& p, const std::string& arch) {
+LoraConfig lora_config_from_peft(const PeftConfig& p, const PeftNames& names) {
   LoraConfig lc;
   lc.r = p.r;
   lc.alpha = p.alpha;
   lc.dropout = p.dropout;
   lc.targets.clear();
-  for (const std::string& t : p.target_modules) lc.targets.push_back(short_target_name(arch, t, "adapter"));
+  for (const std::string& t : p.target_modules) lc.targets.push_back(short_target_name(names, t, "adapter"));
   return lc;
 }
 
-int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string& arch, const std::string& base_model,
+int64_t save_peft_adapter(const std::vector<Linear*>& linears, const PeftNames& names, const std::string& base_model,
                           const std::string& dir) {
-  check_arch(arch);
   std::vector<std::pair<std::string, Tensor>> tensors;
   std::set<std::string> targets;
   const LoraAdapter* first = nullptr;
@@ -194,8 +164,7 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string
     if (!first) first = a;
     if (a->r != first->r || a->scale != first->scale || a->dropout != first->dropout)
       ST_THROW("save_peft_adapter: adapters of different r, alpha or dropout (", lin->name, ")");
-    const std::string short_name = arch == "t5" ? t5_module_short_name(lin->name) : llama_module_short_name(lin->name);
-    targets.insert(peft_target_name(arch, short_name));
+    targets.insert(peft_target_name(names, names.short_name(lin->name)));
     // Collective over the layer's TP group when the factor is split.
     const DType dt = a->A.dtype() == DType::f64 ? DType::f64 : DType::f32;
     tensors.emplace_back(peft_tensor_name(lin->name, true), tp_gather_full(a->A, split_of_a(*a), a->tp, dt));
@@ -229,7 +198,7 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string
   j["rank_pattern"] = json::object();
   j["revision"] = nullptr;
   j["target_modules"] = std::vector<std::string>(targets.begin(), targets.end());
-  j["task_type"] = peft_task_type(arch);
+  j["task_type"] = names.task_type;
   j["use_dora"] = false;
   j["use_rslora"] = false;
   write_text_file_atomic((fs::path(dir) / kPeftConfigFile).string(), j.dump(2) + "\n");

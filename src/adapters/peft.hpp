@@ -7,9 +7,10 @@
 //                              base_model.model.<module>.lora_B.weight [out, r]
 // where <module> is the Hugging Face module name, which is shardtune's Linear::name
 // ("model.layers.0.self_attn.q_proj", "encoder.block.0.layer.0.SelfAttention.q"). Target names
-// are the modules' last parts: Llama q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
-// down_proj (shardtune's lora_targets q, k, v, o, gate, up, down); T5 q, k, v, o, wi_0, wi_1,
-// wi, wo (the same in both). The scale is lora_alpha / r (plain LoRA).
+// are the modules' last parts, and a model family's registry entry (train/families.hpp) says how
+// they map to shardtune's lora_targets (PeftNames): Llama, Mistral, Qwen2 q_proj, ..., down_proj
+// (q, k, v, o, gate, up, down); T5 q, k, v, o, wi_0, wi_1, wi, wo (the same in both). The scale is
+// lora_alpha / r (plain LoRA).
 //
 // Only what shardtune's LoRA computes is accepted: rsLoRA, DoRA, biases, modules_to_save,
 // fan_in_fan_out, per-module rank/alpha patterns, layer subsets and other PEFT types are refused
@@ -18,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "adapters/lora.hpp"
@@ -36,26 +38,33 @@ struct PeftConfig {
   std::string base_model;                   // base_model_name_or_path (may be empty)
 };
 
-// PEFT's task type of a model family: llama -> CAUSAL_LM, t5 -> SEQ_2_SEQ_LM.
-std::string peft_task_type(const std::string& arch);
+// How a model family names its adaptable modules in PEFT (its registry entry holds one).
+struct PeftNames {
+  std::string family;     // "llama" (for messages)
+  std::string task_type;  // PEFT's task type: CAUSAL_LM, SEQ_2_SEQ_LM
+  std::vector<std::pair<std::string, std::string>> targets;  // shardtune's short name -> PEFT target name
+  // The short name of a module ("model.layers.3.mlp.up_proj" -> "up"; "" for none).
+  std::string (*short_name)(const std::string& module) = nullptr;
+};
+
 // shardtune's short module name -> PEFT's target name (llama q -> q_proj; t5: the same), and back
 // (InputError naming `where` for a name the family does not have).
-std::string peft_target_name(const std::string& arch, const std::string& short_name);
-std::string short_target_name(const std::string& arch, const std::string& peft_name, const std::string& where);
+std::string peft_target_name(const PeftNames& names, const std::string& short_name);
+std::string short_target_name(const PeftNames& names, const std::string& peft_name, const std::string& where);
 // "base_model.model.<module>.lora_A.weight" / lora_B.
 std::string peft_tensor_name(const std::string& module, bool a);
 
-// Reads and validates <dir>/adapter_config.json for a model of family `arch`.
-PeftConfig read_peft_config(const std::string& dir, const std::string& arch);
+// Reads and validates <dir>/adapter_config.json for a model of the family `names` describes.
+PeftConfig read_peft_config(const std::string& dir, const PeftNames& names);
 // The LoraConfig the adapter describes (targets as shardtune's short names).
-LoraConfig lora_config_from_peft(const PeftConfig& p, const std::string& arch);
+LoraConfig lora_config_from_peft(const PeftConfig& p, const PeftNames& names);
 
 // Writes the adapters attached to `linears` as a PEFT directory `dir` (created): the factors are
 // gathered over their TP group (A is split by input columns in a row-parallel layer, B by output
 // rows in a column-parallel one), so this is collective over that group, whose rank 0 writes.
 // Tensors are stored in the adapters' master dtype (f32; f64 in f64 runs). Files are written
 // atomically. Returns the number of adapters written; InputError when there are none.
-int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string& arch, const std::string& base_model,
+int64_t save_peft_adapter(const std::vector<Linear*>& linears, const PeftNames& names, const std::string& base_model,
                           const std::string& dir);
 // Loads <dir>/adapter_model.safetensors into the adapters already attached to `linears` (every
 // rank reads the full factors and keeps its TP part), then refreshes their working copies.

@@ -16,7 +16,6 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "adapters/apply.hpp"
@@ -28,8 +27,7 @@
 #include "core/log.hpp"
 #include "io/h5util.hpp"
 #include "io/hf_checkpoint.hpp"
-#include "io/llama_io.hpp"
-#include "io/t5_io.hpp"
+#include "train/families.hpp"
 #include "train/model_runner.hpp"
 #include "train/setup.hpp"
 
@@ -137,107 +135,55 @@ std::vector<int32_t> lengths_of(const Inputs& in) {
   return len;
 }
 
-Tensor i32_tensor(const std::vector<int64_t>& v, Device d) {
-  Tensor h = Tensor::empty({static_cast<int64_t>(v.size())}, DType::i32);
-  for (size_t i = 0; i < v.size(); ++i) h.ptr<int32_t>()[i] = static_cast<int32_t>(v[i]);
-  if (d == Device::cpu) return h;
-  Tensor t = Tensor::empty(h.shape(), DType::i32, d, MemCategory::workspace);
-  t.copy_from(h);
-  return t;
-}
-
-Tensor filled(int64_t n, DType dt, Device d, double value) {
-  Tensor h = Tensor::empty({n}, dt);
-  for (int64_t i = 0; i < n; ++i) {
-    if (dt == DType::i32) h.ptr<int32_t>()[i] = static_cast<int32_t>(value);
-    else h.ptr<float>()[i] = static_cast<float>(value);
-  }
-  if (d == Device::cpu) return h;
-  Tensor t = Tensor::empty(h.shape(), dt, d, MemCategory::workspace);
-  t.copy_from(h);
-  return t;
-}
-
-void write_logits(const std::string& path, const Tensor& logits, int64_t B, int64_t T, int64_t V) {
-  const Tensor h = logits.slice(0, B * T).to_cpu(DType::f32);
+void write_logits(const std::string& path, const Tensor& logits) {
   const std::string tmp = path + ".tmp";
   {
     h5::Handle f = h5::create_file(tmp);
-    h5::write_dataset(f, "logits", H5T_NATIVE_FLOAT, h.data(),
-                      {static_cast<hsize_t>(B), static_cast<hsize_t>(T), static_cast<hsize_t>(V)});
+    h5::write_dataset(f, "logits", H5T_NATIVE_FLOAT, logits.data(),
+                      {static_cast<hsize_t>(logits.dim(0)), static_cast<hsize_t>(logits.dim(1)),
+                       static_cast<hsize_t>(logits.dim(2))});
   }
   durable_rename(tmp, path);
 }
 
-// Builds the model on `device` in `dtype` with the adapter attached and loaded.
-// (None when `adapter` is empty: the base model's logits.)
-template <typename Model>
-void attach_and_load(Model& m, const RunConfig& c, const std::string& arch, const std::vector<Linear*>& linears,
-                     int64_t max_rows) {
-  if (c.adapter.empty()) return;
-  const LoraConfig lc = lora_config_from_peft(read_peft_config(c.adapter, arch), arch);
-  attach_lora(m, lc, max_rows, c.seed);
-  const int64_t n = load_peft_adapter(linears, c.adapter);
-  ST_LOG("export: ", c.adapter, ": ", n, " LoRA modules, r=", lc.r, " alpha=", lc.alpha);
+std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
+
+// The base model through its family's runner (no shards: a synthetic description of rows of up to
+// seq_len / target_len tokens), with the adapter attached and loaded when there is one.
+std::unique_ptr<ModelRunner> load_for_export(RunConfig& c, const ModelFamily& fam, DType dtype, Device device,
+                                             int64_t rows, int64_t seq_len, int64_t target_len) {
+  ShardInfo info;
+  info.arch = fam.seq2seq ? "seq2seq" : "causal";
+  info.task = "export";
+  info.decoder_start_id = -1;  // unknown: the model's own is used
+  c.micro_batch_size = rows;
+  const DataShape shape{seq_len, fam.seq2seq ? target_len : 0, {}};
+  std::unique_ptr<ModelRunner> m =
+      fam.make_runner(RunnerSpec{c, info, shape, dtype, device, TpGroup{}, Method::lora, false, fam});
+  if (!c.adapter.empty()) {
+    const LoraConfig lc = lora_config_from_peft(read_peft_config(c.adapter, fam.peft), fam.peft);
+    m->attach_lora(lc, c.seed);
+    const int64_t n = load_peft_adapter(m->linears(), c.adapter);
+    ST_LOG("export: ", c.adapter, ": ", n, " LoRA modules, r=", lc.r, " alpha=", lc.alpha);
+  }
+  return m;
 }
 
-void dump_logits(const RunConfig& c, const std::string& arch, const ExportArgs& a) {
+void dump_logits(RunConfig c, const ModelFamily& fam, const ExportArgs& a) {
   const Device dev = run_device(c);
   const DType dt = run_dtype(c, dev);
   if (dev == Device::cuda) select_cuda_device(0);
-  const Inputs in = read_inputs(a.logits_in, arch == "t5");
-  const std::vector<int32_t> len = lengths_of(in);
-  std::vector<int64_t> len64(len.begin(), len.end());
-  if (arch == "llama") {
-    LlamaModel m = load_llama(c.model, dt, dev);
-    attach_and_load(m, c, arch, llama_linears(m), in.B * in.T);
-    LlamaActivations acts = llama_activations(m, in.B, in.T, false, false);
-    LlamaBatch b;
-    b.B = in.B;
-    b.T = in.T;
-    b.ids = i32_tensor(in.ids, dev);
-    b.targets = filled(in.B * in.T, DType::i32, dev, -1);
-    b.weight = filled(in.B * in.T, DType::f32, dev, 0);
-    b.lengths = i32_tensor(len64, dev);
-    llama_forward(m, acts, b, LayerContext{}, false);
-    write_logits(a.logits_out, acts.logits, in.B, in.T, m.cfg.vocab_size);
-  } else {
-    T5Model m = load_t5(c.model, dt, dev);
-    attach_and_load(m, c, arch, t5_linears(m), in.B * std::max(in.T, in.Td));
-    T5Activations acts = t5_activations(m, in.B, in.T, in.Td, false, false);
-    T5Batch b;
-    b.B = in.B;
-    b.Te = in.T;
-    b.Td = in.Td;
-    b.enc_ids = i32_tensor(in.ids, dev);
-    b.enc_lengths = i32_tensor(len64, dev);
-    b.dec_ids = i32_tensor(in.dec_ids, dev);
-    b.dec_targets = filled(in.B * in.Td, DType::i32, dev, -1);
-    b.dec_weight = filled(in.B * in.Td, DType::f32, dev, 0);
-    b.dec_lengths = filled(in.B, DType::i32, dev, static_cast<double>(in.Td));
-    t5_forward(m, acts, b, false, LayerContext{});
-    write_logits(a.logits_out, acts.logits, in.B, in.Td, m.cfg.vocab_size);
-  }
+  const Inputs in = read_inputs(a.logits_in, fam.seq2seq);
+  LogitsInput li;
+  li.B = in.B;
+  li.T = in.T;
+  li.Td = in.Td;
+  li.ids = to_i32(in.ids);
+  li.lengths = lengths_of(in);
+  li.dec_ids = to_i32(in.dec_ids);
+  std::unique_ptr<ModelRunner> m = load_for_export(c, fam, dt, dev, in.B, in.T, std::max<int64_t>(1, in.Td));
+  write_logits(a.logits_out, m->logits(li));
   ST_LOG("export: logits of ", in.B, " rows -> ", a.logits_out, " (", device_name(dev), ", ", dtype_name(dt), ")");
-}
-
-template <typename Model, typename Load, typename Save>
-void export_adapter(const RunConfig& c, const std::string& arch, const ExportArgs& a, Load load, Save save) {
-  const DType dt = c.dtype == "f64" ? DType::f64 : DType::f32;
-  Model m = load(dt);
-  std::vector<Linear*> linears;
-  if constexpr (std::is_same_v<Model, LlamaModel>) linears = llama_linears(m);
-  else linears = t5_linears(m);
-  attach_and_load(m, c, arch, linears, 1);
-  if (!a.peft.empty()) {
-    save_peft_adapter(linears, arch, c.model, a.peft);
-    ST_LOG("export: adapter (PEFT format) -> ", a.peft);
-  }
-  if (!a.merged.empty()) {
-    merge_adapters(m);
-    save(m);
-    ST_LOG("export: merged model (Hugging Face layout) -> ", a.merged);
-  }
 }
 
 int run_export(int argc, char** argv) {
@@ -246,7 +192,7 @@ int run_export(int argc, char** argv) {
   std::vector<char*> rest = take_export_flags(argc, argv, a, help);
   if (help) std::cout << kExportHelp;
   RunConfig cfg;
-  cfg.data = "-";  // export reads no data; `data` stays optional
+  cfg.data.assign(1, '-');  // export reads no data; `data` stays optional
   if (!parse_run_config(static_cast<int>(rest.size()), rest.data(), "export", cfg)) return kExitOk;
   if (cfg.model.empty())
     ST_THROW_INPUT(cfg.origin.at("model"), ": export needs model = <the base model's Hugging Face checkpoint directory>");
@@ -256,20 +202,21 @@ int run_export(int argc, char** argv) {
     ST_THROW_INPUT("command line: export needs --peft OUT and/or --merged OUT");
   if (a.logits_in.empty() != a.logits_out.empty())
     ST_THROW_INPUT("command line: --logits-input and --logits-output go together");
-  const std::string arch = model_arch(cfg);
-  if (!a.logits_out.empty()) dump_logits(cfg, arch, a);
+  const ModelFamily& fam = model_family(cfg);
+  if (!a.logits_out.empty()) dump_logits(cfg, fam, a);
   if (a.peft.empty() && a.merged.empty()) return kExitOk;
-  if (arch == "llama") {
-    export_adapter<LlamaModel>(
-        cfg, arch, a, [&](DType dt) { return load_llama(cfg.model, dt, Device::cpu); },
-        [&](LlamaModel& m) { save_llama(m, a.merged, tokenizer_of(cfg), a.max_shard); });
-  } else {
-    export_adapter<T5Model>(
-        cfg, arch, a, [&](DType dt) { return load_t5(cfg.model, dt, Device::cpu); },
-        [&](T5Model& m) {
-          save_t5(m, a.merged, a.max_shard);
-          if (const std::string tok = tokenizer_of(cfg); !tok.empty()) copy_tokenizer(tok, a.merged);
-        });
+  // On the CPU in f32 (f64 with dtype = f64), one rank: the factors and the merge exactly.
+  RunConfig c = cfg;
+  c.device = "cpu";
+  c.dtype = cfg.dtype == "f64" ? "f64" : "f32";
+  std::unique_ptr<ModelRunner> m = load_for_export(c, fam, run_dtype(c, Device::cpu), Device::cpu, 1, 1, 1);
+  if (!a.peft.empty()) {
+    save_peft_adapter(m->linears(), fam.peft, cfg.model, a.peft);
+    ST_LOG("export: adapter (PEFT format) -> ", a.peft);
+  }
+  if (!a.merged.empty()) {
+    m->save(a.merged, tokenizer_of(cfg), a.max_shard);
+    ST_LOG("export: merged model (Hugging Face layout) -> ", a.merged);
   }
   return kExitOk;
 }

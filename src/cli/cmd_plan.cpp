@@ -26,7 +26,8 @@ namespace {
 struct PlanFlags {
   int ranks = 1;
   std::string gpu_memory, reserve, json_path;
-  std::vector<std::string> methods, strategies;
+  std::vector<Method> methods;
+  std::vector<Strategy> strategies;
   int64_t seq_len = 0, target_len = 0;
 };
 
@@ -65,8 +66,14 @@ std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& he
     if (is("--ranks")) f.ranks = static_cast<int>(parse_int("--ranks", value()));
     else if (is("--gpu-memory")) f.gpu_memory = value();
     else if (is("--reserve")) f.reserve = value();
-    else if (is("--methods")) f.methods = split_list(value());
-    else if (is("--strategies")) f.strategies = split_list(value());
+    else if (is("--methods"))
+      for (const std::string& m : split_list(value())) f.methods.push_back(parse_method(m, "command line: --methods"));
+    else if (is("--strategies"))
+      for (const std::string& s : split_list(value())) {
+        const Strategy x = parse_strategy(s, "command line: --strategies");
+        if (x == Strategy::automatic) ST_THROW_INPUT("command line: --strategies: 'auto' is what the plan decides; list strategies (none, ddp, tp, zero3, tp+zero3)");
+        f.strategies.push_back(x);
+      }
     else if (is("--seq-len")) f.seq_len = parse_int("--seq-len", value());
     else if (is("--target-len")) f.target_len = parse_int("--target-len", value());
     else if (is("--json")) f.json_path = value();
@@ -76,11 +83,6 @@ std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& he
     }
   }
   if (f.ranks < 1) ST_THROW_INPUT("command line: --ranks must be >= 1");
-  for (const std::string& m : f.methods)
-    if (m != "full" && m != "lora" && m != "qlora") ST_THROW_INPUT("command line: --methods: unknown method '", m, "' (full, lora, qlora)");
-  for (const std::string& s : f.strategies)
-    if (s != "none" && s != "ddp" && s != "tp" && s != "zero3" && s != "tp+zero3")
-      ST_THROW_INPUT("command line: --strategies: unknown strategy '", s, "' (none, ddp, tp, zero3, tp+zero3)");
   return rest;
 }
 
@@ -163,10 +165,10 @@ int cmd_plan(int argc, char** argv) {
     nlohmann::json js = nlohmann::json::array();
     for (const LayoutEstimate& e : all) {
       const PlanLayout& l = e.layout;
-      const int tp = (l.parallel == "tp" || l.parallel == "tp+zero3") ? l.tp_size : 1;
-      const int dp = l.world_size / tp;
-      std::cout << "| " << l.parallel << " | " << tp << " | " << dp << " | " << l.method << " | ";
-      nlohmann::json j = {{"strategy", l.parallel}, {"tp", tp}, {"dp", dp}, {"method", l.method}, {"applies", e.applies}};
+      const int tp = l.parallel.tp, dp = l.parallel.dp;
+      std::cout << "| " << l.parallel.name() << " | " << tp << " | " << dp << " | " << method_name(l.method) << " | ";
+      nlohmann::json j = {{"strategy", l.parallel.name()}, {"tp", tp}, {"dp", dp}, {"method", method_name(l.method)},
+                          {"applies", e.applies}};
       if (!e.applies) {
         std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | - | - |\n";
         j["reason"] = e.reason;
@@ -197,21 +199,22 @@ int cmd_plan(int argc, char** argv) {
       js.push_back(j);
     }
     std::cout << "\n";
-    std::vector<std::string> methods = f.methods.empty() ? std::vector<std::string>{"full", "lora", "qlora"} : f.methods;
+    const std::vector<Method>& methods = f.methods.empty() ? all_methods() : f.methods;
+    const Method deck_method = run_method(cfg);
     nlohmann::json rec = nlohmann::json::object();
-    for (const std::string& m : methods) {
+    for (Method m : methods) {
       const LayoutEstimate* best = recommend(all, m);
-      std::cout << "recommended for " << m << ": ";
+      std::cout << "recommended for " << method_name(m) << ": ";
       if (!best) {
         std::cout << "none fits" << (req.device_memory ? " in " + format_bytes(static_cast<double>(req.device_memory)) : "") << "\n";
-        rec[m] = nullptr;
+        rec[method_name(m)] = nullptr;
         continue;
       }
-      const int tp = (best->layout.parallel == "tp" || best->layout.parallel == "tp+zero3") ? best->layout.tp_size : 1;
-      std::cout << "parallel = " << best->layout.parallel << (tp > 1 ? ", tp_size = " + std::to_string(tp) : std::string())
+      const int tp = best->layout.parallel.tp;
+      std::cout << "parallel = " << best->layout.parallel.name() << (tp > 1 ? ", tp_size = " + std::to_string(tp) : std::string())
                 << " (peak " << format_bytes(static_cast<double>(best->memory.max_peak())) << " per rank)"
-                << (m == cfg.method ? "   <- the deck's method" : "") << "\n";
-      rec[m] = {{"strategy", best->layout.parallel}, {"tp", tp}};
+                << (m == deck_method ? "   <- the deck's method" : "") << "\n";
+      rec[method_name(m)] = {{"strategy", best->layout.parallel.name()}, {"tp", tp}};
     }
     std::cout << "\nest. step: this rank's counted GEMM/attention FLOPs at " << static_cast<int>(req.speed.efficiency * 100)
               << "% of the device peak + its collective bytes over the link + optimizer and NF4 memory traffic;\n"

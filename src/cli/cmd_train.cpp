@@ -18,24 +18,25 @@ namespace {
 void choose_strategy(RunConfig& cfg, int world_size) {
   PlanRequest req;
   req.ranks = world_size;
-  req.methods = {cfg.method};
+  const Method method = run_method(cfg);
+  req.methods = {method};
   req.device_memory = parse_bytes(cfg.memory_limit, "memory_limit");
   if (req.device_memory == 0 && cfg.device == "cuda") req.device_memory = cuda_total_memory();
   req.speed = default_speed_model(cfg.device);
   const std::vector<LayoutEstimate> all = plan_layouts(cfg, plan_data_from_shards(cfg), req);
-  const LayoutEstimate* best = recommend(all, cfg.method);
+  const LayoutEstimate* best = recommend(all, method);
   if (!best)
     ST_THROW_INPUT(cfg.origin.at("parallel"), ": parallel = auto: no strategy fits ", cfg.method, " on ", world_size,
                    " rank", world_size == 1 ? "" : "s", " in ", format_bytes(static_cast<double>(req.device_memory)),
                    " per device (see `shardtune plan --deck ... --ranks ", world_size, "`)");
-  cfg.parallel = best->layout.parallel;
-  cfg.tp_size = (cfg.parallel == "tp" || cfg.parallel == "tp+zero3") ? best->layout.tp_size : 1;
+  cfg.parallel = best->layout.parallel.name();
+  cfg.tp_size = best->layout.parallel.tp;
   cfg.origin["parallel"] = cfg.origin["tp_size"] = "planner (parallel = auto)";
   ST_LOG("plan: parallel = auto chose ", cfg.parallel, cfg.tp_size > 1 ? str(", tp_size = ", cfg.tp_size) : std::string(),
          " (predicted peak ", format_bytes(static_cast<double>(best->memory.max_peak())), " per rank)");
 }
 
-int run_subcommand(int argc, char** argv, const char* name, int (*body)(const RunConfig&)) {
+int run_subcommand(int argc, char** argv, const char* name, int (*body)(const RunConfig&, const ParallelLayout&)) {
   try {
     Runtime& rt = runtime_init(&argc, &argv);
     RunConfig cfg;
@@ -43,15 +44,14 @@ int run_subcommand(int argc, char** argv, const char* name, int (*body)(const Ru
       runtime_finalize();
       return kExitOk;
     }
-    if (cfg.parallel == "auto") choose_strategy(cfg, rt.world_size);
-    runtime_make_grid(rt, static_cast<int>(cfg.tp_size));
-    if (rt.world_size > 1 && cfg.parallel == "none")
-      ST_THROW_INPUT("launched with ", rt.world_size, " ranks, but parallel = none trains on one rank: "
-                     "run with mpirun -np 1, or set parallel = ddp, tp, zero3 or tp+zero3");
+    if (run_strategy(cfg) == Strategy::automatic) choose_strategy(cfg, rt.world_size);
+    // The layout, validated once; the rank grid is its tp x dp.
+    const ParallelLayout layout = ParallelLayout::make(run_strategy(cfg), cfg.tp_size, rt.world_size, cfg.origin.at("tp_size"));
+    runtime_make_grid(rt, layout.tp);
     // From here on a rank without progress for watchdog_timeout seconds ends the job.
     watchdog_start(cfg.watchdog_timeout);
     watchdog_beat(str(name, " set-up"));
-    const int status = body(cfg);
+    const int status = body(cfg, layout);
     if (status == kExitOom && rt.world_size > 1) rt.world->abort(kExitOom);  // no rank may wait on a lost peer
     watchdog_stop();
     runtime_finalize();

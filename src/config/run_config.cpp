@@ -48,7 +48,7 @@ void build_table(RunConfig& c, OptionTable& t) {
 
   po::options_description model("Model");
   add_string(model, t, "model", &c.model, "Hugging Face checkpoint directory (config.json + model.safetensors); empty: random init from the keys below");
-  add_string(model, t, "arch", &c.arch, "model family for random init: llama | t5 (with model set, the checkpoint's model_type decides)");
+  add_string(model, t, "arch", &c.arch, "model family for random init: llama | mistral | qwen2 | t5 (with model set, the checkpoint's model_type decides)");
   add(model, t, "vocab_size", &c.vocab_size, "random init: vocabulary size (0: the shards' tokenizer size)");
   add(model, t, "hidden_size", &c.hidden_size, "random init: hidden size C");
   add(model, t, "intermediate_size", &c.intermediate_size, "random init: MLP size I");
@@ -278,10 +278,8 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   return true;
 }
 
-std::vector<std::string> RunConfig::lora_target_list(const std::string& for_arch) const {
+std::vector<std::string> RunConfig::lora_target_list() const {
   std::vector<std::string> out;
-  const auto it = origin.find("lora_targets");
-  if (for_arch == "t5" && (it == origin.end() || it->second == "default")) return {"q", "k", "v", "o", "wi_0", "wi_1", "wi", "wo"};
   std::stringstream ss(lora_targets);
   std::string item;
   while (std::getline(ss, item, ',')) {
@@ -331,7 +329,7 @@ void validate_run_config(const RunConfig& c) {
   };
   one_of("device", c.device, {"cpu", "cuda"});
   one_of("dtype", c.dtype, {"auto", "f32", "f64", "bf16"});
-  one_of("arch", c.arch, {"llama", "t5"});
+  if (c.arch.empty()) fail("arch", "must name a model family (llama, mistral, qwen2, t5)");
   one_of("feed_forward_proj", c.feed_forward_proj, {"gated-gelu", "relu"});
   one_of("method", c.method, {"full", "lora", "qlora"});
   one_of("qlora_quantize", c.qlora_quantize, {"adapted", "all"});

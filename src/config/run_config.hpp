@@ -23,7 +23,7 @@ struct RunConfig {
   int log_every = 10;
   // model
   std::string model;            // Hugging Face checkpoint dir; empty = random init from below
-  std::string arch = "llama";   // llama | t5 (random init; a checkpoint's model_type decides otherwise)
+  std::string arch = "llama";   // a model family (train/families.hpp; random init; a checkpoint's model_type decides otherwise)
   int64_t vocab_size = 0;       // 0: take it from the dataset's tokenizer
   int64_t hidden_size = 256, intermediate_size = 688, num_layers = 4, num_heads = 4;
   int64_t num_kv_heads = 0;     // 0 = num_heads
@@ -87,9 +87,9 @@ struct RunConfig {
 
   // All options as key -> value strings in declaration order (for printing and metrics).
   std::vector<std::pair<std::string, std::string>> resolved() const;
-  // The modules named by lora_targets; for arch "t5" the default (not set by the user) is every
-  // T5 projection: q, k, v, o, wi_0, wi_1, wi, wo.
-  std::vector<std::string> lora_target_list(const std::string& for_arch = "llama") const;
+  // The modules named by lora_targets (a family's default when the deck leaves it unset:
+  // lora_targets_for in train/families.hpp).
+  std::vector<std::string> lora_target_list() const;
 };
 
 // Parse `shardtune <subcommand> [--deck FILE] [--key value ...]`. Prints help and returns false

@@ -97,6 +97,7 @@ Allocator& allocator_for(Device d) {
 Allocator* cuda_allocator() { return nullptr; }
 size_t cuda_total_memory() { return 0; }
 size_t cuda_used_memory() { return 0; }
+std::string cuda_device_name() { return ""; }
 void select_cuda_device(int) {
   ST_THROW_INPUT("device = cuda but this shardtune was built without CUDA (rebuild with CUDA=1 where nvcc exists)");
 }

@@ -62,6 +62,9 @@ Allocator& allocator_for(Device d);
 size_t cuda_total_memory();
 // Memory in use on this process's GPU by every process (total - free); 0 without CUDA.
 size_t cuda_used_memory();
+// This process's GPU as cudaGetDeviceProperties names it ("NVIDIA H100 80GB HBM3"); "" without
+// CUDA or a GPU.
+std::string cuda_device_name();
 // Bind this process to a GPU (local rank modulo the visible devices) before any CUDA memory is
 // used. InputError when the build has no CUDA or no usable GPU is visible.
 void select_cuda_device(int local_rank);

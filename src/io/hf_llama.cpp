@@ -14,18 +14,48 @@ using json = nlohmann::json;
 
 namespace {
 
-// rope_scaling / rope_parameters: only the plain ("default") rotary embedding is implemented.
-// Returns the rope_theta it carries, or `theta` when it has none.
-double check_rope_block(const ConfigFields& f, const char* key, double theta, bool theta_given) {
+// rope_scaling / rope_parameters (transformers 5's name; both may appear): the plain ("default")
+// rotary embedding, or Llama 3.1's frequency scaling ("llama3"). Anything else is refused by
+// name. Returns the rope_theta the block carries (or `theta`), and fills `scaling`.
+double read_rope_block(const ConfigFields& f, const char* key, double theta, bool theta_given, int64_t max_positions,
+                       int64_t top_original, RopeScaling& scaling) {
   const json* block = f.get(key);
   if (!block) return theta;
   if (!block->is_object()) ST_THROW_INPUT(f.path(), ": field '", key, "' must be an object or null");
   const char* type_key = block->contains("rope_type") ? "rope_type" : "type";  // "type": older transformers
   const auto type = block->find(type_key);
+  std::string kind = "default";
   if (type != block->end() && !type->is_null()) {
-    if (!type->is_string() || type->get<std::string>() != "default")
+    if (type->is_string()) kind = type->get<std::string>();
+    if (!type->is_string() || (kind != "default" && kind != "llama3"))
       ST_THROW_INPUT(f.path(), ": field '", key, ".", type_key, "' is ", type->dump(),
-                     "; only \"default\" rotary embeddings are implemented");
+                     "; only \"default\" and \"llama3\" rotary embeddings are implemented");
+  }
+  if (const auto prf = block->find("partial_rotary_factor"); prf != block->end() && !prf->is_null())
+    if (!prf->is_number() || prf->get<double>() != 1.0)
+      ST_THROW_INPUT(f.path(), ": field '", key, ".partial_rotary_factor' is ", prf->dump(),
+                     "; only rotary embeddings over the whole head are implemented");
+  if (kind == "llama3") {
+    // transformers' _compute_llama3_parameters: factor, low_freq_factor and high_freq_factor are
+    // required; original_max_position_embeddings falls back to the top-level field, then to
+    // max_position_embeddings (RotaryEmbeddingConfigMixin.standardize_rope_params).
+    auto number = [&](const char* name) {
+      const auto it = block->find(name);
+      if (it == block->end() || it->is_null())
+        ST_THROW_INPUT(f.path(), ": field '", key, ".", type_key, "' is \"llama3\", which needs '", key, ".", name,
+                       "' (missing)");
+      if (!it->is_number()) ST_THROW_INPUT(f.path(), ": field '", key, ".", name, "' must be a number, got ", it->dump());
+      return it->get<double>();
+    };
+    scaling.type = RopeScaling::Type::llama3;
+    scaling.factor = number("factor");
+    scaling.low_freq_factor = number("low_freq_factor");
+    scaling.high_freq_factor = number("high_freq_factor");
+    const auto orig = block->find("original_max_position_embeddings");
+    scaling.original_max_position_embeddings =
+        orig != block->end() && !orig->is_null() ? f.as_int(*orig, str(key, ".original_max_position_embeddings"))
+        : top_original > 0                       ? top_original
+                                                 : max_positions;
   }
   const auto t = block->find("rope_theta");
   if (t == block->end() || t->is_null()) return theta;
@@ -38,22 +68,23 @@ double check_rope_block(const ConfigFields& f, const char* key, double theta, bo
 
 }  // namespace
 
-LlamaConfig read_llama_config(const std::string& dir) {
-  const std::string path = (fs::path(dir) / "config.json").string();
-  const json j = read_json_file(path);
-  if (!j.is_object()) ST_THROW_INPUT(path, ": must be a JSON object");
-  const ConfigFields f(j, path);
-
-  if (!f.get("model_type")) ST_THROW_INPUT(path, ": field 'model_type' is missing (expected \"llama\")");
-  const std::string model_type = f.optional_string("model_type", "");
-  if (model_type != "llama")
-    ST_THROW_INPUT(path, ": field 'model_type' is \"", model_type, "\", expected \"llama\"");
+HfConfigFile open_hf_config(const std::string& dir, const char* model_type) {
+  HfConfigFile file;
+  file.path = (fs::path(dir) / "config.json").string();
+  file.j = read_json_file(file.path);
+  if (!file.j.is_object()) ST_THROW_INPUT(file.path, ": must be a JSON object");
+  const ConfigFields f(file.j, file.path);
+  if (!f.get("model_type")) ST_THROW_INPUT(file.path, ": field 'model_type' is missing (expected \"", model_type, "\")");
+  const std::string type = f.optional_string("model_type", "");
+  if (type != model_type)
+    ST_THROW_INPUT(file.path, ": field 'model_type' is \"", type, "\", expected \"", model_type, "\"");
   const std::string act = f.optional_string("hidden_act", "silu");
-  if (act != "silu") ST_THROW_INPUT(path, ": field 'hidden_act' is \"", act, "\"; only \"silu\" is implemented");
-  if (f.optional_bool("attention_bias", false))
-    ST_THROW_INPUT(path, ": field 'attention_bias' is true; biases are not implemented");
-  if (f.optional_bool("mlp_bias", false)) ST_THROW_INPUT(path, ": field 'mlp_bias' is true; biases are not implemented");
+  if (act != "silu") ST_THROW_INPUT(file.path, ": field 'hidden_act' is \"", act, "\"; only \"silu\" is implemented");
+  return file;
+}
 
+LlamaConfig read_decoder_fields(const HfConfigFile& file) {
+  const ConfigFields f(file.j, file.path);
   LlamaConfig c;
   c.vocab_size = f.required_int("vocab_size");
   c.hidden_size = f.required_int("hidden_size");
@@ -65,7 +96,7 @@ LlamaConfig read_llama_config(const std::string& dir) {
     c.head_dim = f.required_int("head_dim");
   } else if (c.num_heads > 0) {  // validate() reports a non-positive head count
     if (c.hidden_size % c.num_heads != 0)
-      ST_THROW_INPUT(path, ": field 'head_dim' is absent and hidden_size (", c.hidden_size,
+      ST_THROW_INPUT(file.path, ": field 'head_dim' is absent and hidden_size (", c.hidden_size,
                      ") is not a multiple of num_attention_heads (", c.num_heads, ")");
     c.head_dim = c.hidden_size / c.num_heads;
   }
@@ -73,22 +104,35 @@ LlamaConfig read_llama_config(const std::string& dir) {
   c.rms_norm_eps = f.optional_number("rms_norm_eps", 1e-6);
   const bool theta_given = f.get("rope_theta") != nullptr;
   c.rope_theta = f.optional_number("rope_theta", 10000.0);
-  c.rope_theta = check_rope_block(f, "rope_parameters", c.rope_theta, theta_given);
-  c.rope_theta = check_rope_block(f, "rope_scaling", c.rope_theta, theta_given);
+  const int64_t top_original = f.optional_int("original_max_position_embeddings", 0);
+  for (const char* key : {"rope_parameters", "rope_scaling"})
+    c.rope_theta = read_rope_block(f, key, c.rope_theta, theta_given, c.max_position_embeddings, top_original,
+                                   c.rope_scaling);
   c.tie_word_embeddings = f.optional_bool("tie_word_embeddings", false);
-  c.bos_token_id = read_token_id(j, f, "bos_token_id", 1);
-  c.eos_token_id = read_token_id(j, f, "eos_token_id", 2);
-  c.validate(path);
+  c.bos_token_id = read_token_id(file.j, f, "bos_token_id", 1);
+  c.eos_token_id = read_token_id(file.j, f, "eos_token_id", 2);
   return c;
 }
 
-void write_llama_config(const std::string& dir, const LlamaConfig& cfg) {
-  const std::string path = (fs::path(dir) / "config.json").string();
-  cfg.validate(path);
+LlamaConfig read_llama_config(const std::string& dir) {
+  const HfConfigFile file = open_hf_config(dir, "llama");
+  const ConfigFields f(file.j, file.path);
+  if (f.optional_bool("attention_bias", false))
+    ST_THROW_INPUT(file.path, ": field 'attention_bias' is true; biases are not implemented");
+  if (f.optional_bool("mlp_bias", false)) ST_THROW_INPUT(file.path, ": field 'mlp_bias' is true; biases are not implemented");
+  if (f.optional_int("pretraining_tp", 1) != 1)
+    ST_THROW_INPUT(file.path, ": field 'pretraining_tp' is ", f.optional_int("pretraining_tp", 1),
+                   "; only 1 (unsliced projections) is implemented");
+  LlamaConfig c = read_decoder_fields(file);
+  c.validate(file.path);
+  return c;
+}
+
+nlohmann::ordered_json decoder_config_json(const LlamaConfig& cfg, const char* architecture, const char* model_type) {
   auto token = [](int64_t id) { return id < 0 ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(id); };
   nlohmann::ordered_json j;
-  j["architectures"] = {"LlamaForCausalLM"};
-  j["model_type"] = "llama";
+  j["architectures"] = {architecture};
+  j["model_type"] = model_type;
   j["vocab_size"] = cfg.vocab_size;
   j["hidden_size"] = cfg.hidden_size;
   j["intermediate_size"] = cfg.intermediate_size;
@@ -99,19 +143,41 @@ void write_llama_config(const std::string& dir, const LlamaConfig& cfg) {
   j["max_position_embeddings"] = cfg.max_position_embeddings;
   j["rms_norm_eps"] = cfg.rms_norm_eps;
   j["rope_theta"] = cfg.rope_theta;
-  j["rope_scaling"] = nullptr;
+  if (cfg.rope_scaling.type == RopeScaling::Type::llama3) {
+    const RopeScaling& r = cfg.rope_scaling;
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", r.factor},
+                         {"low_freq_factor", r.low_freq_factor},
+                         {"high_freq_factor", r.high_freq_factor},
+                         {"original_max_position_embeddings", r.original_max_position_embeddings}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
   j["hidden_act"] = "silu";
-  j["attention_bias"] = false;
   j["attention_dropout"] = 0.0;
-  j["mlp_bias"] = false;
   j["tie_word_embeddings"] = cfg.tie_word_embeddings;
   j["bos_token_id"] = token(cfg.bos_token_id);
   j["eos_token_id"] = token(cfg.eos_token_id);
   j["torch_dtype"] = "float32";
+  return j;
+}
+
+void write_config_json(const std::string& dir, const LlamaConfig& cfg, const nlohmann::ordered_json& j) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  cfg.validate(path);
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) ST_THROW("cannot create directory ", dir, ": ", ec.message());
   write_text_file_atomic(path, j.dump(2) + "\n");
+}
+
+void write_llama_config(const std::string& dir, const LlamaConfig& cfg) {
+  if (cfg.qkv_bias || cfg.sliding_window > 0)
+    ST_THROW("write_llama_config: a Llama has no ", cfg.qkv_bias ? "q, k, v biases" : "sliding window");
+  nlohmann::ordered_json j = decoder_config_json(cfg, "LlamaForCausalLM", "llama");
+  j["attention_bias"] = false;
+  j["mlp_bias"] = false;
+  write_config_json(dir, cfg, j);
 }
 
 std::string hf_llama_layer_name(int64_t layer, const std::string& suffix) {
@@ -127,8 +193,11 @@ std::vector<HfWeightSpec> hf_llama_weights(const LlamaConfig& cfg) {
     auto add = [&](const char* suffix, Shape s) { w.push_back({hf_llama_layer_name(l, suffix), s}); };
     add(kHfLlamaInputNorm, {C});
     add(kHfLlamaQ, {Q, C});
+    if (cfg.qkv_bias) add("self_attn.q_proj.bias", {Q});
     add(kHfLlamaK, {KV, C});
+    if (cfg.qkv_bias) add("self_attn.k_proj.bias", {KV});
     add(kHfLlamaV, {KV, C});
+    if (cfg.qkv_bias) add("self_attn.v_proj.bias", {KV});
     add(kHfLlamaO, {C, Q});
     add(kHfLlamaPostAttnNorm, {C});
     add(kHfLlamaGate, {I, C});

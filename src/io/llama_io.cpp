@@ -7,8 +7,6 @@
 #include "io/hf_checkpoint.hpp"
 #include "io/hf_llama.hpp"
 #include "io/safetensors.hpp"
-#include "parallel/comm.hpp"
-#include "parallel/tp_ops.hpp"
 
 namespace fs = std::filesystem;
 
@@ -16,7 +14,11 @@ namespace st {
 
 LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant,
                       const TpGroup& tp) {
-  const LlamaConfig cfg = read_llama_config(dir);
+  return load_decoder(dir, read_llama_config(dir), dtype, device, quant, tp);
+}
+
+LlamaModel load_decoder(const std::string& dir, const LlamaConfig& cfg, DType dtype, Device device,
+                        const LlamaQuant& quant, const TpGroup& tp) {
   LlamaModel m = llama_build(cfg, dtype, device, quant, tp);
   CheckpointReader ckpt = CheckpointReader::open(dir);
   // One tensor at a time: NF4 layers are quantized as they arrive, so the dense model never
@@ -31,12 +33,18 @@ LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const 
       ST_WARN(dir, ": ignoring lm_head.weight (config ties it to the embedding)");
       continue;
     }
-    ST_THROW_INPUT(dir, ": unexpected tensor '", extra, "' in the checkpoint (not part of a Llama with this config)");
+    ST_THROW_INPUT(dir, ": unexpected tensor '", extra, "' in the checkpoint (not part of a ",
+                   cfg.qkv_bias ? "decoder with q, k, v biases" : "Llama-style decoder", " with this config)");
   }
   return m;
 }
 
 void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) {
+  save_decoder(m, dir, tokenizer_path, max_shard_bytes, write_llama_config);
+}
+
+void save_decoder(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes,
+                  void (*write_config)(const std::string& dir, const LlamaConfig& cfg)) {
   for (Linear* lin : llama_linears(m))
     if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
   std::error_code ec;
@@ -49,7 +57,7 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
   }
   if (m.tp.size > 1 && m.tp.rank != 0) return;
   write_hf_weights(dir, tensors, max_shard_bytes);
-  write_llama_config(dir, m.cfg);
+  write_config(dir, m.cfg);
   if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, dir);
 }
 

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "ops/bias.hpp"
+#include "ops/embedding.hpp"
+#include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "quant/nf4.hpp"
 
@@ -42,15 +45,54 @@ void dequantize_linears(const std::vector<Linear*>& linears, DType dtype) {
 
 void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
                           const Tensor* residual) {
-  linear_forward(x, l.dense_weight(), y, accumulate, residual);
+  // A row-parallel layer's ranks each hold a partial sum: what enters once (y's prior content,
+  // the residual, the bias) is added on TP rank 0 only, and the sum over the group completes it
+  // (Megatron's g).
+  const bool row = l.tp_mode == TpMode::row && l.tp.active();
+  const bool once_here = !row || l.tp.rank == 0;
+  linear_forward(x, l.dense_weight(), y, accumulate && once_here, once_here ? residual : nullptr);
+  if (l.bias.defined() && once_here) bias_add(y, l.bias);
   if (l.adapter) l.adapter->forward(x, y, ctx);
+  if (row) l.tp.comm->sum_partials(y);
 }
 
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate) {
   if (dx || l.grad.defined())
     linear_backward(x, l.dense_weight(), dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
+  if (l.bias_grad.defined()) bias_backward(dy, l.bias_grad);
   if (l.adapter) l.adapter->backward(x, dy, dx, ctx);
+}
+
+void embedding_layer_forward(const Tensor& ids, const Tensor& table, const TpGroup& tp, Tensor& out) {
+  if (!tp.active()) {
+    embedding_forward(ids, table, out);
+    return;
+  }
+  // Vocabulary-parallel: each rank looks up its own rows, zeros elsewhere, then the sum.
+  embedding_forward_shard(ids, table, table.dim(0) * tp.rank, out);
+  tp.comm->sum_partials(out);
+}
+
+void embedding_layer_backward(const Tensor& ids, const Tensor& dout, const TpGroup& tp, Tensor& dtable) {
+  if (tp.active()) embedding_backward_shard(ids, dout, dtable.dim(0) * tp.rank, dtable);
+  else embedding_backward(ids, dout, dtable);
+}
+
+double lm_cross_entropy(Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses, bool grad,
+                        const TpGroup& tp) {
+  // No rank holds the [N, V] logits under TP: each has its vocabulary columns.
+  if (tp.active()) return tp.comm->vocab_cross_entropy(logits, targets, weight, &losses, grad);
+  cross_entropy(logits, targets, weight, losses, grad);
+  // Objective = sum_n weight_n * loss_n, reduced on the host in double.
+  const int64_t N = losses.numel();
+  const Tensor lh = losses.to_cpu(DType::f64);
+  const Tensor wh = weight.device() == Device::cpu ? weight : weight.to_cpu(DType::f32);
+  const double* lp = lh.ptr<double>();
+  const float* wp = wh.ptr<float>();
+  double total = 0;
+  for (int64_t i = 0; i < N; ++i) total += static_cast<double>(wp[i]) * lp[i];
+  return total;
 }
 
 }  // namespace st

@@ -1,8 +1,13 @@
-// A linear layer y = x W^T with an extension point for adapters.
+// A linear layer y = x W^T (+ b) with an extension point for adapters, and the layers around it
+// that tensor parallelism splits (the vocabulary-parallel embedding and loss).
 //
 // The model code calls linear_layer_forward/backward and never knows whether an adapter (LoRA,
 // QLoRA) is attached: adapters implement LinearAdapter (src/adapters/) and are attached from
-// outside, after the model is built. The same holds for the parallel wrappers later.
+// outside, after the model is built. Nor does it know the layer's place in a TP plan: a
+// row-parallel layer completes its sum over the group inside linear_layer_forward (Megatron's
+// g); the one collective the model calls itself is f, tp_sum_partials on the input gradient of a
+// column-parallel region (after every layer reading that input has added its part, so q, k and v
+// share one all-reduce).
 #pragma once
 
 #include <memory>
@@ -10,25 +15,11 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "model/tp_plan.hpp"
 
 namespace st {
 
 struct Nf4Tensor;
-class Comm;
-
-// Tensor parallelism (Megatron): the group a sharded layer belongs to (size 1: not sharded).
-struct TpGroup {
-  Comm* comm = nullptr;
-  int size = 1, rank = 0;
-  bool active() const { return comm != nullptr && size > 1; }
-};
-
-// How a linear layer's weight is split across its TP group:
-//   column: W [out, in] by output rows, rank i holds W_i [out/p, in]; x is replicated, y is this
-//           rank's columns of the output (q, k, v, gate, up, lm_head).
-//   row:    by input columns, rank i holds W_i [out, in/p]; x is this rank's columns of the
-//           input, y is a partial sum the caller all-reduces (o, down).
-enum class TpMode { none, column, row };
 
 // A trainable parameter as the optimizer sees it.
 // `value` is what the optimizer updates and `grad` its gradient (same dtype, or f32 for a bf16
@@ -73,12 +64,19 @@ class LinearAdapter {
 struct Linear {
   std::string name;  // Hugging Face module name, e.g. "model.layers.0.self_attn.q_proj"
   int64_t in = 0, out = 0;  // this rank's shape (the full one divided by the TP size along the split)
+  // Its style in the family's TP plan (none on one rank):
+  //   column: W [out, in] by output rows, rank i holds W_i [out/p, in] (and its bias rows); x is
+  //           replicated, y is this rank's columns of the output (q, k, v, gate, up, lm_head).
+  //   row:    by input columns, rank i holds W_i [out, in/p]; x is this rank's columns of the
+  //           input; the forward sums the partial outputs over the group (o, down).
   TpMode tp_mode = TpMode::none;
   TpGroup tp;
   int64_t full_in() const { return tp_mode == TpMode::row ? in * tp.size : in; }
   int64_t full_out() const { return tp_mode == TpMode::column ? out * tp.size : out; }
   Tensor weight;     // [out, in]; undefined when the base is stored quantized (nf4)
   Tensor grad;       // [out, in]; defined only when the base weight trains
+  Tensor bias;       // [out] (this rank's rows); undefined for a layer without bias
+  Tensor bias_grad;  // [out]; defined only when the base trains
   std::unique_ptr<LinearAdapter> adapter;
   // QLoRA: the frozen base in NF4. Every forward and backward dequantizes it into `dequant`, a
   // buffer of one layer's worth shared by all quantized layers of the model, right before the GEMM.
@@ -94,44 +92,42 @@ struct Linear {
 };
 
 // Bytes of a model's base weights as stored (NF4 layers at their packed size) and as they would
-// be dense in the compute dtype, from its weight slots (anything with `shape` and, for NF4
-// layers, `linear`).
+// be dense in the compute dtype (param_bytes in model/param_table.hpp).
 struct WeightBytes {
   size_t stored = 0, dense = 0, quantized_layers = 0;
 };
-template <typename Slots>
-WeightBytes weight_bytes_of(const Slots& slots, DType dtype);
 // One dequantize buffer (of the largest NF4 layer) shared by every NF4 layer among `linears`;
 // null when none is quantized.
 std::shared_ptr<Tensor> share_dequant_buffer(const std::vector<Linear*>& linears, DType dtype, Device device);
 // Replace every NF4 base among `linears` by its dequantized dense weight in `dtype`.
 void dequantize_linears(const std::vector<Linear*>& linears, DType dtype);
 
-// y (+)= x W^T + adapter; with residual, y = residual + x W^T + adapter.
+// y (+)= x W^T + b + adapter; with residual, y = residual + x W^T + b + adapter. A row-parallel
+// layer adds y's prior content, the residual and the bias once (on TP rank 0) and leaves the sum
+// over the group in y on every rank.
 void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
                           const Tensor* residual = nullptr);
 // dx may be null (no input gradient wanted); dx accumulates, or is overwritten when
-// dx_accumulate is false (the first contribution, saving the zeroing of dx).
+// dx_accumulate is false (the first contribution, saving the zeroing of dx). For a
+// column-parallel layer dx is this rank's partial sum: the caller completes it with
+// tp_sum_partials once every layer reading the same input has added to it. The bias gradient is
+// the column sum of dy (accumulated when it trains).
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate = true);
 
 size_t nf4_stored_bytes(const Linear& l);  // the NF4 base's packed bytes
 
-template <typename Slots>
-WeightBytes weight_bytes_of(const Slots& slots, DType dtype) {
-  WeightBytes r;
-  const size_t es = dtype_size(dtype);
-  for (const auto& s : slots) {
-    const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
-    r.dense += dense;
-    if (s.linear) {
-      r.stored += nf4_stored_bytes(*s.linear);
-      ++r.quantized_layers;
-    } else {
-      r.stored += dense;
-    }
-  }
-  return r;
-}
+// out [N, C] = table[ids]: with the table split by vocabulary rows over tp (this rank holds rows
+// [rank V/p, (rank+1) V/p)), each rank looks up its own ids (zeros elsewhere) and the rows are
+// summed over the group.
+void embedding_layer_forward(const Tensor& ids, const Tensor& table, const TpGroup& tp, Tensor& out);
+// dtable += scatter of dout [N, C] by ids (this rank's rows only under TP).
+void embedding_layer_backward(const Tensor& ids, const Tensor& dout, const TpGroup& tp, Tensor& dtable);
+// The language-model objective sum_n weight_n * loss_n over logits [N, V] (this rank's
+// vocabulary columns under TP: the vocabulary-parallel cross-entropy), per-position losses into
+// `losses`; with grad the logits become d(objective)/d(logits). Summed on the host in double in
+// row order; the same value on every TP rank.
+double lm_cross_entropy(Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses, bool grad,
+                        const TpGroup& tp);
 
 }  // namespace st

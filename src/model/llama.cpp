@@ -1,56 +1,36 @@
 #include "model/llama.hpp"
 
-
 #include <algorithm>
 #include <cmath>
 
-#include "model/init_slots.hpp"
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
-#include "ops/init.hpp"
 #include "ops/attention.hpp"
-#include "ops/embedding.hpp"
-#include "ops/loss.hpp"
+#include "ops/init.hpp"
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
-#include "parallel/comm.hpp"
-#include "parallel/tp_ops.hpp"
 
 namespace st {
 
 namespace {
 
-Tensor alloc(const Shape& s, const LlamaModel& m, MemCategory cat) {
-  return Tensor::zeros(s, m.dtype, m.device, cat);
-}
-
-// in/out are the full layer's; the layer holds this rank's part under `mode`.
-Linear make_linear(const std::string& name, int64_t in, int64_t out, const LlamaModel& m, const LlamaQuant& quant,
-                   TpMode mode) {
-  Linear l;
-  l.name = name;
-  l.tp = m.tp;
-  l.tp_mode = m.tp.size > 1 ? mode : TpMode::none;
-  l.in = l.tp_mode == TpMode::row ? in / m.tp.size : in;
-  l.out = l.tp_mode == TpMode::column ? out / m.tp.size : out;
-  in = l.in;
-  out = l.out;
-  const std::string s = llama_module_short_name(name);
-  if (!s.empty() && std::find(quant.modules.begin(), quant.modules.end(), s) != quant.modules.end())
-    l.nf4 = std::make_shared<Nf4Tensor>(nf4_allocate(out, in, quant.nf4, m.device));  // no dense weight
-  else
-    l.weight = alloc({out, in}, m, MemCategory::weights);
-  return l;
-}
-
 std::string layer_prefix(int64_t l) { return str("model.layers.", l, "."); }
+
+Tensor alloc(const Shape& s, const LlamaModel& m, MemCategory cat) { return Tensor::zeros(s, m.dtype, m.device, cat); }
 
 // First `rows` rows of a [max_rows, cols] buffer.
 Tensor rows_of(const Tensor& buf, int64_t rows) { return buf.slice(0, rows); }
 
-// Sum of a partial result over the TP group (no-op without tensor parallelism).
-void tp_all_reduce(const LlamaModel& m, Tensor& t) {
-  if (m.tp.active()) m.tp.comm->all_reduce_sum(t);
+bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+
+// A linear layer's structure before its storage exists: name and full shape (materialize_params
+// gives it this rank's shape).
+Linear declare_linear(const std::string& name, int64_t in, int64_t out) {
+  Linear l;
+  l.name = name;
+  l.in = in;
+  l.out = out;
+  return l;
 }
 
 }  // namespace
@@ -75,10 +55,115 @@ LlamaLocalDims llama_local_dims(const LlamaModel& m) {
   return d;
 }
 
-Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full) {
-  if (full.shape() != slot.full_shape)
-    ST_THROW(slot.name, ": value ", full.str(), " does not match the full shape ", slot.full_shape.str());
-  return tp_shard_of(full, slot.split, m.tp);
+const TpPlan& llama_tp_plan() {
+  static const TpPlan plan{{{"embed", TpMode::column},
+                            {"q", TpMode::column},
+                            {"k", TpMode::column},
+                            {"v", TpMode::column},
+                            {"o", TpMode::row},
+                            {"gate", TpMode::column},
+                            {"up", TpMode::column},
+                            {"down", TpMode::row},
+                            {"lm_head", TpMode::column}}};
+  return plan;
+}
+
+ParamTable llama_param_table(LlamaModel& m) {
+  const LlamaConfig& c = m.cfg;
+  const TpPlan& plan = llama_tp_plan();
+  const int L = static_cast<int>(m.blocks.size());
+  ParamTable t;
+  t.num_units = L + 2;
+  t.unit_names.push_back("embed");
+  for (int l = 0; l < L; ++l) t.unit_names.push_back(str("layers.", l));
+  t.unit_names.push_back("head");
+  t.embed_unit = 0;
+  t.head_unit = L + 1;
+  t.tied = c.tie_word_embeddings;
+  t.base_trainable = m.base_trainable;
+  t.hooks = &m.hooks;
+  t.dtype = m.dtype;
+  t.device = m.device;
+  t.tp = m.tp;
+  auto split_of = [&](const std::string& key) { return tp_effective(plan.style_of(key), m.tp); };
+  auto norm = [&](const std::string& name, Tensor* w, Tensor* g, int unit) {
+    ParamEntry e;
+    e.name = name;
+    e.tensor = w;
+    e.grad = g;
+    e.full_shape = Shape{c.hidden_size};
+    e.unit = unit;
+    e.decay = false;
+    e.init = ParamInit::ones;
+    t.params.push_back(std::move(e));
+  };
+  // A linear's weight [out, in] (and bias [out]) with the plan's style of its short name.
+  auto linear = [&](Linear& lin, int64_t in, int64_t out, int unit, bool bias) {
+    const std::string key = lin.name == "lm_head" ? "lm_head" : llama_module_short_name(lin.name);
+    const TpMode split = split_of(key);
+    ParamEntry w;
+    w.name = lin.name + ".weight";
+    w.tensor = &lin.weight;
+    w.grad = &lin.grad;
+    w.linear = &lin;
+    w.full_shape = Shape{out, in};
+    w.split = split;
+    w.unit = unit;
+    w.quantizable = key != "lm_head";
+    t.params.push_back(std::move(w));
+    if (bias) {
+      ParamEntry b;
+      b.name = lin.name + ".bias";
+      b.tensor = &lin.bias;
+      b.grad = &lin.bias_grad;
+      b.linear = &lin;
+      b.bias = true;
+      b.full_shape = Shape{out};
+      b.split = split == TpMode::column ? TpMode::column : TpMode::none;  // with the output rows
+      b.unit = unit;
+      b.decay = false;
+      b.init = ParamInit::zeros;
+      t.params.push_back(std::move(b));
+    }
+  };
+  {
+    ParamEntry e;
+    e.name = "model.embed_tokens.weight";
+    e.tensor = &m.embed;
+    e.grad = &m.embed_grad;
+    if (c.tie_word_embeddings) {  // lm_head reads (and its gradient adds into) the embedding's buffers
+      e.aliases = {&m.lm_head.weight};
+      e.grad_aliases = {&m.lm_head.grad};
+    }
+    e.full_shape = Shape{c.vocab_size, c.hidden_size};
+    e.split = split_of("embed");
+    e.unit = 0;
+    t.params.push_back(std::move(e));
+  }
+  const int64_t C = c.hidden_size, I = c.intermediate_size;
+  for (int l = 0; l < L; ++l) {
+    LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
+    const std::string p = layer_prefix(l);
+    const int u = l + 1;
+    norm(p + "input_layernorm.weight", &b.attn_norm, &b.attn_norm_grad, u);
+    linear(b.q, C, c.q_dim(), u, c.qkv_bias);
+    linear(b.k, C, c.kv_dim(), u, c.qkv_bias);
+    linear(b.v, C, c.kv_dim(), u, c.qkv_bias);
+    linear(b.o, c.q_dim(), C, u, false);
+    norm(p + "post_attention_layernorm.weight", &b.mlp_norm, &b.mlp_norm_grad, u);
+    linear(b.gate, C, I, u, false);
+    linear(b.up, C, I, u, false);
+    linear(b.down, I, C, u, false);
+    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) {
+      t.linears.push_back(lin);
+      t.linear_units.push_back(u);
+    }
+  }
+  norm("model.norm.weight", &m.final_norm, &m.final_norm_grad, L + 1);
+  if (!c.tie_word_embeddings) linear(m.lm_head, C, c.vocab_size, L + 1, false);
+  t.linears.push_back(&m.lm_head);
+  t.linear_units.push_back(L + 1);
+  return t;
 }
 
 LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant,
@@ -89,87 +174,51 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
   if (quant.any()) {
     quant.nf4.validate("qlora");
     for (const std::string& t : quant.modules)
-      if (std::find(llama_module_names().begin(), llama_module_names().end(), t) == llama_module_names().end())
-        ST_THROW_INPUT("qlora: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
+      if (!contains(llama_module_names(), t)) ST_THROW_INPUT("qlora: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
   }
   LlamaModel m;
   m.cfg = cfg;
   m.dtype = dtype;
   m.device = device;
   m.tp = tp.size > 1 ? tp : TpGroup{};
-  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
-  m.embed = alloc({V / m.tp.size, C}, m, MemCategory::weights);
+  // The structure at full shapes; materialize_params allocates this rank's part of each tensor.
+  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size;
   m.blocks.resize(static_cast<size_t>(cfg.num_layers));
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
     const std::string p = layer_prefix(l);
-    b.attn_norm = alloc({C}, m, MemCategory::weights);
-    b.q = make_linear(p + "self_attn.q_proj", C, cfg.q_dim(), m, quant, TpMode::column);
-    b.k = make_linear(p + "self_attn.k_proj", C, cfg.kv_dim(), m, quant, TpMode::column);
-    b.v = make_linear(p + "self_attn.v_proj", C, cfg.kv_dim(), m, quant, TpMode::column);
-    b.o = make_linear(p + "self_attn.o_proj", cfg.q_dim(), C, m, quant, TpMode::row);
-    b.mlp_norm = alloc({C}, m, MemCategory::weights);
-    b.gate = make_linear(p + "mlp.gate_proj", C, I, m, quant, TpMode::column);
-    b.up = make_linear(p + "mlp.up_proj", C, I, m, quant, TpMode::column);
-    b.down = make_linear(p + "mlp.down_proj", I, C, m, quant, TpMode::row);
+    b.q = declare_linear(p + "self_attn.q_proj", C, cfg.q_dim());
+    b.k = declare_linear(p + "self_attn.k_proj", C, cfg.kv_dim());
+    b.v = declare_linear(p + "self_attn.v_proj", C, cfg.kv_dim());
+    b.o = declare_linear(p + "self_attn.o_proj", cfg.q_dim(), C);
+    b.gate = declare_linear(p + "mlp.gate_proj", C, I);
+    b.up = declare_linear(p + "mlp.up_proj", C, I);
+    b.down = declare_linear(p + "mlp.down_proj", I, C);
   }
-  m.final_norm = alloc({C}, m, MemCategory::weights);
-  if (cfg.tie_word_embeddings) {
-    m.lm_head.name = "lm_head";
+  m.lm_head = declare_linear("lm_head", C, cfg.vocab_size);
+  ParamTable t = llama_param_table(m);
+  materialize_params(
+      t, [&](const Linear& l) { return contains(quant.modules, llama_module_short_name(l.name)); }, quant.nf4);
+  if (cfg.tie_word_embeddings) {  // the head is the embedding's buffer (the same vocabulary rows under TP)
+    m.lm_head.out = m.embed.dim(0);
     m.lm_head.in = C;
-    m.lm_head.out = V / m.tp.size;
     m.lm_head.tp = m.tp;
-    m.lm_head.tp_mode = m.tp.size > 1 ? TpMode::column : TpMode::none;
-    m.lm_head.weight = m.embed;  // shared buffer (the same vocabulary rows under TP)
-  } else {
-    m.lm_head = make_linear("lm_head", C, V, m, quant, TpMode::column);
+    m.lm_head.tp_mode = tp_effective(llama_tp_plan().style_of("lm_head"), m.tp);
   }
-  m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device);
+  m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device, cfg.rope_scaling);
   if (quant.any()) m.dequant = share_dequant_buffer(llama_linears(m), dtype, device);
   return m;
 }
 
-std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m) {
-  std::vector<LlamaWeightSlot> out;
-  auto dense = [&](const std::string& name, Tensor* t) {
-    out.push_back({name, t, nullptr, t->shape(), t->shape(), TpMode::none});
-  };
-  auto linear = [&](Linear* lin) {
-    out.push_back({lin->name + ".weight", &lin->weight, lin->quantized() ? lin : nullptr, Shape{lin->out, lin->in},
-                   Shape{lin->full_out(), lin->full_in()}, lin->tp_mode});
-  };
-  out.push_back({"model.embed_tokens.weight", &m.embed, nullptr, m.embed.shape(), Shape{m.cfg.vocab_size, m.cfg.hidden_size},
-                 m.tp.size > 1 ? TpMode::column : TpMode::none});
-  for (size_t l = 0; l < m.blocks.size(); ++l) {
-    LlamaBlock& b = m.blocks[l];
-    const std::string p = layer_prefix(static_cast<int64_t>(l));
-    dense(p + "input_layernorm.weight", &b.attn_norm);
-    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o}) linear(lin);
-    dense(p + "post_attention_layernorm.weight", &b.mlp_norm);
-    for (Linear* lin : {&b.gate, &b.up, &b.down}) linear(lin);
-  }
-  dense("model.norm.weight", &m.final_norm);
-  if (!m.cfg.tie_word_embeddings) linear(&m.lm_head);
-  return out;
-}
-
+std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m) { return weight_slots(llama_param_table(m)); }
 std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m) {
-  std::vector<std::pair<std::string, Tensor*>> out;
-  for (const LlamaWeightSlot& s : llama_weight_slots(m)) {
-    if (s.linear) ST_THROW(s.name, " is stored in NF4: dequantize the model first");
-    out.emplace_back(s.name, s.tensor);
-  }
-  return out;
+  return named_weights(llama_param_table(m));
 }
-
-void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value) {
-  if (value.shape() != slot.shape) ST_THROW(slot.name, ": value ", value.str(), " does not match ", slot.shape.str());
-  if (slot.linear) nf4_quantize(value, *slot.linear->nf4);
-  else if (value.dtype() == slot.tensor->dtype()) slot.tensor->copy_from(value);
-  else convert_copy(*slot.tensor, value);
+Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full) {
+  return slot_shard_of(m.tp, slot, full);
 }
-
-LlamaWeightBytes llama_weight_bytes(LlamaModel& m) { return weight_bytes_of(llama_weight_slots(m), m.dtype); }
+void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value) { set_weight(slot, value); }
+LlamaWeightBytes llama_weight_bytes(LlamaModel& m) { return param_bytes(llama_param_table(m)); }
 
 void llama_dequantize(LlamaModel& m) {
   dequantize_linears(llama_linears(m), m.dtype);
@@ -177,28 +226,14 @@ void llama_dequantize(LlamaModel& m) {
 }
 
 void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
-  init_slots_random(llama_weight_slots(m), seed, std, m.dtype, m.device, llama_set_weight,
-                    [&](const auto& s, const Tensor& full) { return llama_shard_of(m, s, full); });
+  ParamTable t = llama_param_table(m);
+  init_params_random(t, seed, std);
 }
 
 void llama_enable_base_training(LlamaModel& m) {
-  if (m.base_trainable) return;
-  for (Linear* lin : llama_linears(m))
-    if (lin->quantized()) ST_THROW_INPUT(lin->name, " is stored in NF4 and cannot train (NF4 bases are frozen)");
+  ParamTable t = llama_param_table(m);
+  enable_base_training(t);
   m.base_trainable = true;
-  // Gradients in the master precision (f32 when the weights are bf16).
-  auto grad = [&](const Tensor& w) {
-    return Tensor::zeros(w.shape(), master_dtype(m.dtype), m.device, MemCategory::gradients);
-  };
-  m.embed_grad = grad(m.embed);
-  for (auto& b : m.blocks) {
-    b.attn_norm_grad = grad(b.attn_norm);
-    b.mlp_norm_grad = grad(b.mlp_norm);
-    for (Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) lin->grad = grad(lin->weight);
-  }
-  m.final_norm_grad = grad(m.final_norm);
-  if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.embed_grad;  // both paths add into one buffer
-  else m.lm_head.grad = grad(m.lm_head.weight);
 }
 
 std::vector<Linear*> llama_linears(LlamaModel& m) {
@@ -209,52 +244,9 @@ std::vector<Linear*> llama_linears(LlamaModel& m) {
   return out;
 }
 
-std::vector<ParamRef> llama_trainable_params(LlamaModel& m) {
-  std::vector<ParamRef> out;
-  if (m.base_trainable) {
-    const bool tp = m.tp.size > 1;  // under TP every matrix is sharded, the norms replicated
-    out.push_back({"model.embed_tokens.weight", &m.embed, &m.embed_grad, true, nullptr, tp});
-    for (size_t l = 0; l < m.blocks.size(); ++l) {
-      LlamaBlock& b = m.blocks[l];
-      const std::string p = layer_prefix(static_cast<int64_t>(l));
-      out.push_back({p + "input_layernorm.weight", &b.attn_norm, &b.attn_norm_grad, false});
-      for (Linear* lin : {&b.q, &b.k, &b.v, &b.o})
-        out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true, nullptr, tp});
-      out.push_back({p + "post_attention_layernorm.weight", &b.mlp_norm, &b.mlp_norm_grad, false});
-      for (Linear* lin : {&b.gate, &b.up, &b.down})
-        out.push_back({lin->name + ".weight", &lin->weight, &lin->grad, true, nullptr, tp});
-    }
-    out.push_back({"model.norm.weight", &m.final_norm, &m.final_norm_grad, false});
-    if (!m.cfg.tie_word_embeddings)
-      out.push_back({"lm_head.weight", &m.lm_head.weight, &m.lm_head.grad, true, nullptr, tp});
-  }
-  for (Linear* lin : llama_linears(m))
-    if (lin->adapter) lin->adapter->collect_params(out);
-  return out;
-}
-
-std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m) {
-  const size_t L = m.blocks.size();
-  std::vector<std::vector<ParamRef>> out(L + 2);
-  const std::string layers = "model.layers.";
-  for (ParamRef& p : llama_trainable_params(m)) {
-    size_t u = L + 1;  // model.norm, lm_head (and its adapter)
-    if (p.name.rfind("model.embed_tokens.", 0) == 0) {
-      u = 0;
-    } else if (p.name.rfind(layers, 0) == 0) {
-      u = std::stoul(p.name.substr(layers.size())) + 1;
-      if (u > L) ST_THROW("llama_params_by_unit: ", p.name, " names a layer beyond ", L);
-    }
-    out[u].push_back(p);
-  }
-  return out;
-}
-
-int64_t llama_num_trainable(LlamaModel& m) {
-  int64_t n = 0;
-  for (const ParamRef& p : llama_trainable_params(m)) n += p.value->numel();
-  return n;
-}
+std::vector<ParamRef> llama_trainable_params(LlamaModel& m) { return trainable_params(llama_param_table(m)); }
+std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m) { return params_by_unit(llama_param_table(m)); }
+int64_t llama_num_trainable(LlamaModel& m) { return num_trainable(llama_param_table(m)); }
 
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    bool checkpointing, bool trainable) {
@@ -360,18 +352,15 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   rope_forward(s.q, batch.B, batch.T, m.rope);
   rope_forward(s.k, batch.B, batch.T, m.rope);
   attention_forward(attention_shape(m, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
-  // x_mid = x_in + o(att): residual in the GEMM. Under TP o is row-parallel: each rank has a
-  // partial sum, the residual is added on rank 0 only, and one all-reduce completes it
-  // (Megatron's "g"); q, k, v, gate and up need no communication (x is replicated).
-  const bool resid_here = m.tp.rank == 0;
-  linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, resid_here ? &x_in : nullptr);
-  tp_all_reduce(m, s.x_mid);
+  // x_mid = x_in + o(att): residual in the GEMM. Under TP o is row-parallel: linear_layer_forward
+  // adds the residual once and completes the sum over the group (Megatron's "g"); q, k, v, gate
+  // and up need no communication (x is replicated).
+  linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, &x_in);
   rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
   linear_layer_forward(blk.gate, s.xn2, s.gate, false, ctx);
   linear_layer_forward(blk.up, s.xn2, s.up, false, ctx);
   swiglu_forward(s.gate, s.up, s.h);
-  linear_layer_forward(blk.down, s.h, x_out, false, ctx, resid_here ? &s.x_mid : nullptr);  // x_out = x_mid + down(h)
-  tp_all_reduce(m, x_out);
+  linear_layer_forward(blk.down, s.h, x_out, false, ctx, &s.x_mid);  // x_out = x_mid + down(h)
 }
 
 // On entry dresid = dL/dx_out; on exit dL/dx_in.
@@ -389,7 +378,7 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
   linear_layer_backward(blk.gate, s.xn2, dgate, &dxn, ctx, false);
   linear_layer_backward(blk.up, s.xn2, dup, &dxn, ctx);
-  tp_all_reduce(m, dxn);  // column-parallel gate/up: partial input gradients (Megatron's "f")
+  tp_sum_partials(m.tp, dxn);  // column-parallel gate/up: partial input gradients (Megatron's "f")
   rmsnorm_backward(dxn, s.x_mid, blk.mlp_norm, s.rstd2, dresid, grad_or_null(blk.mlp_norm_grad));
 
   // Attention branch: x_mid = x_in + o(att)
@@ -401,7 +390,7 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx, false);
   linear_layer_backward(blk.k, s.xn1, dk, &dxn, ctx);
   linear_layer_backward(blk.v, s.xn1, dv, &dxn, ctx);
-  tp_all_reduce(m, dxn);
+  tp_sum_partials(m.tp, dxn);
   rmsnorm_backward(dxn, x_in, blk.attn_norm, s.rstd1, dresid, grad_or_null(blk.attn_norm_grad));
 }
 
@@ -411,6 +400,10 @@ void check_batch(const LlamaModel& m, const LlamaActivations& a, const LlamaBatc
   if (batch.T > m.cfg.max_position_embeddings)
     ST_THROW_INPUT("sequence length ", batch.T, " exceeds the model's max_position_embeddings ",
                    m.cfg.max_position_embeddings);
+  if (m.cfg.sliding_window > 0 && batch.T > m.cfg.sliding_window)
+    ST_THROW_INPUT("sequence length ", batch.T, " exceeds the model's sliding_window ", m.cfg.sliding_window,
+                   ": sliding-window attention is not implemented (rows within the window attend to every earlier "
+                   "position, as plain causal attention does)");
   const int64_t BT = batch.B * batch.T;
   if (batch.ids.numel() != BT || batch.targets.numel() != BT || batch.weight.numel() != BT ||
       batch.lengths.numel() != batch.B)
@@ -428,12 +421,7 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   Tensor x0 = resid_at(a, 0, BT);
   {
     UnitScope unit(m.hooks, 0, false);
-    if (m.tp.active()) {  // vocabulary-parallel: each rank looks up its own rows, zeros elsewhere
-      embedding_forward_shard(batch.ids, m.embed, llama_local_dims(m).vocab_offset, x0);
-      tp_all_reduce(m, x0);
-    } else {
-      embedding_forward(batch.ids, m.embed, x0);
-    }
+    embedding_layer_forward(batch.ids, m.embed, m.tp, x0);  // vocabulary-parallel under TP
   }
   const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = 0; l < L; ++l) {
@@ -447,17 +435,7 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
   linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
   Tensor losses = rows_of(a.losses, BT);
-  if (m.tp.active())  // no rank holds the [BT, V] logits: each has its vocabulary columns
-    return vocab_parallel_cross_entropy(logits, batch.targets, batch.weight, &losses, grad, *m.tp.comm);
-  cross_entropy(logits, batch.targets, batch.weight, losses, grad);
-  // Objective = sum_n weight_n * loss_n, reduced on the host in double.
-  const Tensor lh = losses.to_cpu(DType::f64);
-  const Tensor wh = batch.weight.device() == Device::cpu ? batch.weight : batch.weight.to_cpu(DType::f32);
-  const double* lp = lh.ptr<double>();
-  const float* wp = wh.ptr<float>();
-  double total = 0;
-  for (int64_t i = 0; i < BT; ++i) total += static_cast<double>(wp[i]) * lp[i];
-  return total;
+  return lm_cross_entropy(logits, batch.targets, batch.weight, losses, grad, m.tp);
 }
 
 void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch, const LayerContext& ctx_in) {
@@ -470,7 +448,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   {
     UnitScope head(m.hooks, static_cast<int>(L) + 1, true);
     linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
-    tp_all_reduce(m, dxn);  // vocabulary-parallel lm_head: partial input gradients
+    tp_sum_partials(m.tp, dxn);  // vocabulary-parallel lm_head: partial input gradients
     dresid.zero_();
     rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
                      m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
@@ -493,8 +471,7 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   }
   UnitScope embed(m.hooks, 0, true);
   if (m.embed_grad.defined()) {
-    if (m.tp.active()) embedding_backward_shard(batch.ids, dresid, llama_local_dims(m).vocab_offset, m.embed_grad);
-    else embedding_backward(batch.ids, dresid, m.embed_grad);
+    embedding_layer_backward(batch.ids, dresid, m.tp, m.embed_grad);
   }
 }
 

@@ -4,8 +4,12 @@
 //                        x_out = x_mid + down(silu(gate(n2(x_mid))) * up(n2(x_mid)))
 // then logits = lm_head(norm(x_L)). Shapes: C hidden, I intermediate, Hq/Hkv heads, D head dim,
 // V vocabulary, B batch rows, T sequence length (the batch's longest row), BT = B*T.
+// The same decoder is Llama 2 / 3.x (rotary scaling llama3 in the inv_freq table), Mistral, and
+// Qwen2 (biases on q, k, v): the families differ in their config readers (io/hf_*.cpp).
 //
-// No parallel code here: the same model runs on one rank or many (parallel/ attaches hooks).
+// No parallel code here: the same model runs on one rank or many. Its tensors are listed once
+// (llama_param_table) with the TP plan's split of each (llama_tp_plan); ZeRO-3 and DDP attach
+// through `hooks`, tensor parallelism through the TP group's collectives (model/tp_plan.hpp).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +21,7 @@
 #include "model/hooks.hpp"
 #include "model/linear.hpp"
 #include "model/llama_config.hpp"
+#include "model/param_table.hpp"
 #include "ops/rope.hpp"
 #include "quant/nf4.hpp"
 
@@ -25,9 +30,9 @@ namespace st {
 struct LlamaBlock {
   Tensor attn_norm;       // [C]   input_layernorm
   Tensor attn_norm_grad;  // [C]   defined when the base trains
-  Linear q;               // [Hq*D, C]
-  Linear k;               // [Hkv*D, C]
-  Linear v;               // [Hkv*D, C]
+  Linear q;               // [Hq*D, C]   (+ bias [Hq*D] with qkv_bias)
+  Linear k;               // [Hkv*D, C]  (+ bias [Hkv*D])
+  Linear v;               // [Hkv*D, C]  (+ bias [Hkv*D])
   Linear o;               // [C, Hq*D]
   Tensor mlp_norm;        // [C]   post_attention_layernorm
   Tensor mlp_norm_grad;   // [C]
@@ -80,40 +85,37 @@ LlamaLocalDims llama_local_dims(const LlamaModel& m);
 // Throws InputError unless heads, KV heads, FFN size and vocabulary divide by tp_size.
 void llama_check_tp(const LlamaConfig& cfg, int tp_size);
 
-// Allocates every weight (zero-filled) in `dtype` on `device`; linears named in `quant` get NF4
-// storage instead (filled by llama_init_random, load_llama or llama_set_weight).
-// With tp.size = p > 1 (Megatron): q, k, v, gate, up and lm_head are column-parallel (rank i
-// holds rows [i out/p, (i+1) out/p) of W), o and down row-parallel (columns of W), the embedding
-// vocabulary-parallel (rows [i V/p, (i+1) V/p)), norms replicated; NF4 layers quantize their shard.
+// The TP plan (Megatron): q, k, v, gate, up and lm_head column-parallel (rank i holds rows
+// [i out/p, (i+1) out/p) of W, and of a bias), o and down row-parallel (columns of W), the
+// embedding vocabulary-parallel ("embed": rows [i V/p, (i+1) V/p)), norms replicated.
+const TpPlan& llama_tp_plan();
+// Every tensor of the model once: embedding (unit 0), per block its norms, projections and
+// biases (unit l+1), the final norm and an untied lm_head (unit L+1); in Hugging Face's order.
+ParamTable llama_param_table(LlamaModel& m);
+
+// Allocates this rank's part of every weight (zero-filled) in `dtype` on `device` as the TP plan
+// splits it over `tp`; linears named in `quant` get NF4 storage instead (filled by
+// llama_init_random, load_llama or set_weight); NF4 layers quantize their shard.
 LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant = {},
                        const TpGroup& tp = {});
-// Normal(0, std) for embeddings and projections, ones for norms; each tensor seeded from
-// (seed, its name), so the result does not depend on the order of initialisation.
+// Normal(0, std) for embeddings and projections, ones for norms, zeros for biases; each tensor
+// seeded from (seed, its name), so the result does not depend on the order of initialisation.
 void llama_init_random(LlamaModel& m, uint64_t seed, double std);
 // Allocate gradients for every base parameter (full fine-tuning).
 void llama_enable_base_training(LlamaModel& m);
-// Every base weight with its Hugging Face name (lm_head omitted when tied). Refused for a model
-// with NF4 layers (their dense weights do not exist): use llama_weight_slots.
+
+// The views of the parameter table under the names the loaders, tests and runner use.
+using LlamaWeightSlot = WeightSlot;
+using LlamaWeightBytes = WeightBytes;
+// Every base weight with its Hugging Face name (lm_head omitted when tied); `linear` is set (and
+// `tensor` undefined) for NF4-stored weights.
+std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m);
+// The dense weights as (name, tensor); refused for a model with NF4 layers.
 std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m);
-// The same list for any model: `linear` is set (and `tensor` undefined) for NF4-stored weights.
-struct LlamaWeightSlot {
-  std::string name;
-  Tensor* tensor = nullptr;
-  Linear* linear = nullptr;
-  Shape shape;       // this rank's part
-  Shape full_shape;  // the unsharded tensor
-  // How the full tensor is split over the TP group: column = by rows (leading dimension), row =
-  // by columns (last dimension), none = replicated.
-  TpMode split = TpMode::none;
-};
 // This rank's part of a full tensor of `slot` (any device; a copy).
 Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full);
-std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m);
-// Store `value` (this rank's shape; any float dtype on the model's device) into the slot: a copy,
-// or NF4 quantization for a quantized linear.
+// Store `value` (this rank's shape) into the slot: a converted copy, or NF4 quantization.
 void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value);
-// Bytes of the base weights as stored, and as they would be in the compute dtype.
-using LlamaWeightBytes = WeightBytes;
 LlamaWeightBytes llama_weight_bytes(LlamaModel& m);
 // Replace every NF4 base by its dequantized dense weight (before merging or saving).
 void llama_dequantize(LlamaModel& m);
@@ -128,7 +130,9 @@ std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m);
 
 // One micro-batch on the model's device. ids/targets/weight hold B*T entries (row-major [B, T]);
 // targets[b,t] is the token predicted at position t (-1: none), weight[b,t] its factor in the
-// objective; lengths[b] is the row's real length (keys beyond it are masked).
+// objective; lengths[b] is the row's real length (keys beyond it are masked). T may not pass a
+// sliding window (InputError: sliding-window attention is not implemented, and within the
+// window it is plain causal attention).
 struct LlamaBatch {
   int64_t B = 0, T = 0;
   Tensor ids;      // i32 [B*T]

@@ -4,19 +4,14 @@
 #include <algorithm>
 #include <cmath>
 
-#include "model/init_slots.hpp"
 #include "core/rng.hpp"
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
-#include "ops/embedding.hpp"
 #include "ops/init.hpp"
-#include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
 #include "ops/optim.hpp"
 #include "ops/relbias.hpp"
-#include "parallel/comm.hpp"
-#include "parallel/tp_ops.hpp"
 
 namespace st {
 
@@ -30,49 +25,35 @@ Tensor layer(const Tensor& stream, int64_t l, int64_t n) {
   return s.view({stream.dim(1), stream.dim(2)}).slice(0, n);
 }
 
-// Sum of a partial result over the TP group (no-op without tensor parallelism).
-void tp_all_reduce(const T5Model& m, Tensor& t) {
-  if (m.tp.active()) m.tp.comm->all_reduce_sum(t);
-}
-
 bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
 
-// in/out are the full layer's; the layer holds this rank's part under `mode`.
-Linear make_linear(const std::string& name, int64_t in, int64_t out, const T5Model& m, const T5Quant& quant, TpMode mode) {
+// A linear layer's structure before its storage exists (materialize_params gives it this rank's
+// shape).
+Linear declare_linear(const std::string& name, int64_t in, int64_t out) {
   Linear l;
   l.name = name;
-  l.tp = m.tp;
-  l.tp_mode = m.tp.size > 1 ? mode : TpMode::none;
-  l.in = l.tp_mode == TpMode::row ? in / m.tp.size : in;
-  l.out = l.tp_mode == TpMode::column ? out / m.tp.size : out;
-  const std::string s = t5_module_short_name(name);
-  if (!s.empty() && contains(quant.modules, s))
-    l.nf4 = std::make_shared<Nf4Tensor>(nf4_allocate(l.out, l.in, quant.nf4, m.device));  // no dense weight
-  else
-    l.weight = Tensor::zeros({l.out, l.in}, m.dtype, m.device, MemCategory::weights);
+  l.in = in;
+  l.out = out;
   return l;
 }
 
-T5Attn make_attn(const std::string& p, const T5Model& m, const T5Quant& q) {
-  const int64_t C = m.cfg.d_model, HD = m.cfg.inner_dim();
-  return {make_linear(p + "q", C, HD, m, q, TpMode::column), make_linear(p + "k", C, HD, m, q, TpMode::column),
-          make_linear(p + "v", C, HD, m, q, TpMode::column), make_linear(p + "o", HD, C, m, q, TpMode::row)};
+T5Attn declare_attn(const std::string& p, const T5Config& c) {
+  const int64_t C = c.d_model, HD = c.inner_dim();
+  return {declare_linear(p + "q", C, HD), declare_linear(p + "k", C, HD), declare_linear(p + "v", C, HD),
+          declare_linear(p + "o", HD, C)};
 }
 
-T5Ffn make_ffn(const std::string& p, const T5Model& m, const T5Quant& q) {
-  const int64_t C = m.cfg.d_model, F = m.cfg.d_ff;
+T5Ffn declare_ffn(const std::string& p, const T5Config& c) {
   T5Ffn f;
-  if (m.cfg.gated) {
-    f.wi_0 = make_linear(p + "wi_0", C, F, m, q, TpMode::column);
-    f.wi_1 = make_linear(p + "wi_1", C, F, m, q, TpMode::column);
+  if (c.gated) {
+    f.wi_0 = declare_linear(p + "wi_0", c.d_model, c.d_ff);
+    f.wi_1 = declare_linear(p + "wi_1", c.d_model, c.d_ff);
   } else {
-    f.wi_0 = make_linear(p + "wi", C, F, m, q, TpMode::column);
+    f.wi_0 = declare_linear(p + "wi", c.d_model, c.d_ff);
   }
-  f.wo = make_linear(p + "wo", F, C, m, q, TpMode::row);
+  f.wo = declare_linear(p + "wo", c.d_ff, c.d_model);
   return f;
 }
-
-Tensor norm_weight(const T5Model& m) { return Tensor::zeros({m.cfg.d_model}, m.dtype, m.device, MemCategory::weights); }
 
 AttentionShape shape_of(const T5Model& m, int64_t B, int64_t T, int64_t Tk, bool causal) {
   AttentionShape s;
@@ -126,6 +107,125 @@ void t5_check_tp(const T5Config& cfg, int p) {
                          {cfg.vocab_size, "the vocabulary", "vocab_size"}});
 }
 
+const TpPlan& t5_tp_plan() {
+  static const TpPlan plan{{{"shared", TpMode::column},
+                            {"relative_attention_bias", TpMode::row},
+                            {"q", TpMode::column},
+                            {"k", TpMode::column},
+                            {"v", TpMode::column},
+                            {"o", TpMode::row},
+                            {"wi_0", TpMode::column},
+                            {"wi_1", TpMode::column},
+                            {"wi", TpMode::column},
+                            {"wo", TpMode::row},
+                            {"lm_head", TpMode::column}}};
+  return plan;
+}
+
+ParamTable t5_param_table(T5Model& m) {
+  const T5Config& c = m.cfg;
+  const TpPlan& plan = t5_tp_plan();
+  const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
+  ParamTable t;
+  t.num_units = t5_num_units(m);
+  t.unit_names.push_back("embed");
+  for (int l = 0; l < Le; ++l) t.unit_names.push_back(str("encoder.block.", l));
+  t.unit_names.push_back("encoder.final");
+  for (int l = 0; l < Ld; ++l) t.unit_names.push_back(str("decoder.block.", l));
+  t.unit_names.push_back("head");
+  t.embed_unit = 0;
+  t.head_unit = Le + Ld + 2;
+  t.tied = c.tie_word_embeddings;
+  t.base_trainable = m.base_trainable;
+  t.hooks = &m.hooks;
+  t.dtype = m.dtype;
+  t.device = m.device;
+  t.tp = m.tp;
+  auto split_of = [&](const std::string& key) { return tp_effective(plan.style_of(key), m.tp); };
+  auto plain = [&](const std::string& name, Tensor* w, Tensor* g, Shape full, const std::string& key, int unit, bool decay,
+                   ParamInit init) {
+    ParamEntry e;
+    e.name = name;
+    e.tensor = w;
+    e.grad = g;
+    e.full_shape = full;
+    e.split = key.empty() ? TpMode::none : split_of(key);
+    e.unit = unit;
+    e.decay = decay;
+    e.init = init;
+    t.params.push_back(std::move(e));
+    return &t.params.back();
+  };
+  auto norm = [&](const std::string& name, Tensor* w, Tensor* g, int unit) {
+    plain(name, w, g, Shape{c.d_model}, "", unit, false, ParamInit::ones);
+  };
+  auto linear = [&](Linear& lin, int64_t in, int64_t out, int unit) {
+    const std::string key = lin.name == "lm_head" ? "lm_head" : t5_module_short_name(lin.name);
+    ParamEntry e;
+    e.name = lin.name + ".weight";
+    e.tensor = &lin.weight;
+    e.grad = &lin.grad;
+    e.linear = &lin;
+    e.full_shape = Shape{out, in};
+    e.split = split_of(key);
+    e.unit = unit;
+    e.quantizable = key != "lm_head";
+    t.params.push_back(std::move(e));
+    t.linears.push_back(&lin);
+    t.linear_units.push_back(unit);
+  };
+  const int64_t C = c.d_model, HD = c.inner_dim(), F = c.d_ff, NB = c.relative_attention_num_buckets;
+  auto attn = [&](T5Attn& a, int unit, Tensor* rel, Tensor* rel_grad) {
+    for (Linear* l : {&a.q, &a.k, &a.v}) linear(*l, C, HD, unit);
+    linear(a.o, HD, C, unit);
+    // The stack's relative-bias table (block 0) serves every block: it belongs to unit 0.
+    if (rel)
+      plain(a.q.name.substr(0, a.q.name.size() - 1) + "relative_attention_bias.weight", rel, rel_grad,
+            Shape{NB, c.num_heads}, "relative_attention_bias", 0, false, ParamInit::normal);
+  };
+  auto ffn = [&](T5Ffn& f, int unit) {
+    linear(f.wi_0, C, F, unit);
+    if (c.gated) linear(f.wi_1, C, F, unit);
+    linear(f.wo, F, C, unit);
+  };
+  {
+    ParamEntry* e = plain("shared.weight", &m.shared, &m.shared_grad, Shape{c.vocab_size, C}, "shared", 0, true,
+                          ParamInit::normal);
+    if (c.tie_word_embeddings) {  // lm_head reads (and its gradient adds into) `shared`'s buffers
+      e->aliases = {&m.lm_head.weight};
+      e->grad_aliases = {&m.lm_head.grad};
+    }
+  }
+  for (int l = 0; l < Le; ++l) {
+    T5EncBlock& e = m.enc[static_cast<size_t>(l)];
+    const std::string b = str("encoder.block.", l, ".");
+    attn(e.self, 1 + l, l == 0 ? &m.enc_rel : nullptr, &m.enc_rel_grad);
+    norm(b + "layer.0.layer_norm.weight", &e.ln0, &e.ln0_grad, 1 + l);
+    ffn(e.ffn, 1 + l);
+    norm(b + "layer.1.layer_norm.weight", &e.ln1, &e.ln1_grad, 1 + l);
+  }
+  norm("encoder.final_layer_norm.weight", &m.enc_final, &m.enc_final_grad, Le + 1);
+  for (int l = 0; l < Ld; ++l) {
+    T5DecBlock& d = m.dec[static_cast<size_t>(l)];
+    const std::string b = str("decoder.block.", l, ".");
+    const int u = Le + 2 + l;
+    attn(d.self, u, l == 0 ? &m.dec_rel : nullptr, &m.dec_rel_grad);
+    norm(b + "layer.0.layer_norm.weight", &d.ln0, &d.ln0_grad, u);
+    attn(d.cross, u, nullptr, nullptr);
+    norm(b + "layer.1.layer_norm.weight", &d.ln1, &d.ln1_grad, u);
+    ffn(d.ffn, u);
+    norm(b + "layer.2.layer_norm.weight", &d.ln2, &d.ln2_grad, u);
+  }
+  norm("decoder.final_layer_norm.weight", &m.dec_final, &m.dec_final_grad, Le + Ld + 2);
+  if (!c.tie_word_embeddings) {
+    linear(m.lm_head, C, c.vocab_size, Le + Ld + 2);
+  } else {
+    t.linears.push_back(&m.lm_head);
+    t.linear_units.push_back(Le + Ld + 2);
+  }
+  return t;
+}
+
 T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant& quant, const TpGroup& tp) {
   cfg.validate("T5 config");
   t5_check_tp(cfg, tp.size);
@@ -144,210 +244,64 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
   m.dtype = dtype;
   m.device = device;
   m.tp = tp.size > 1 ? tp : TpGroup{};
-  const int64_t V = cfg.vocab_size, C = cfg.d_model, NB = cfg.relative_attention_num_buckets, H = cfg.num_heads;
-  const int64_t p = m.tp.size;
-  m.shared = Tensor::zeros({V / p, C}, dtype, device, MemCategory::weights);
-  m.enc_rel = Tensor::zeros({NB, H / p}, dtype, device, MemCategory::weights);
-  m.dec_rel = Tensor::zeros({NB, H / p}, dtype, device, MemCategory::weights);
+  // The structure at full shapes; materialize_params allocates this rank's part of each tensor.
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     const std::string b = str("encoder.block.", l, ".");
     T5EncBlock e;
-    e.ln0 = norm_weight(m);
-    e.self = make_attn(b + "layer.0.SelfAttention.", m, quant);
-    e.ln1 = norm_weight(m);
-    e.ffn = make_ffn(b + "layer.1.DenseReluDense.", m, quant);
+    e.self = declare_attn(b + "layer.0.SelfAttention.", cfg);
+    e.ffn = declare_ffn(b + "layer.1.DenseReluDense.", cfg);
     m.enc.push_back(std::move(e));
   }
-  m.enc_final = norm_weight(m);
   for (int64_t l = 0; l < cfg.num_decoder_layers; ++l) {
     const std::string b = str("decoder.block.", l, ".");
     T5DecBlock d;
-    d.ln0 = norm_weight(m);
-    d.self = make_attn(b + "layer.0.SelfAttention.", m, quant);
-    d.ln1 = norm_weight(m);
-    d.cross = make_attn(b + "layer.1.EncDecAttention.", m, quant);
-    d.ln2 = norm_weight(m);
-    d.ffn = make_ffn(b + "layer.2.DenseReluDense.", m, quant);
+    d.self = declare_attn(b + "layer.0.SelfAttention.", cfg);
+    d.cross = declare_attn(b + "layer.1.EncDecAttention.", cfg);
+    d.ffn = declare_ffn(b + "layer.2.DenseReluDense.", cfg);
     m.dec.push_back(std::move(d));
   }
-  m.dec_final = norm_weight(m);
-  if (cfg.tie_word_embeddings) {
-    m.lm_head.name = "lm_head";
-    m.lm_head.in = C;
-    m.lm_head.out = V / p;
+  m.lm_head = declare_linear("lm_head", cfg.d_model, cfg.vocab_size);
+  ParamTable t = t5_param_table(m);
+  materialize_params(
+      t, [&](const Linear& l) { return contains(quant.modules, t5_module_short_name(l.name)); }, quant.nf4);
+  if (cfg.tie_word_embeddings) {  // the head is `shared`'s buffer (the same vocabulary rows under TP)
+    m.lm_head.out = m.shared.dim(0);
+    m.lm_head.in = cfg.d_model;
     m.lm_head.tp = m.tp;
-    m.lm_head.tp_mode = p > 1 ? TpMode::column : TpMode::none;
-    m.lm_head.weight = m.shared;  // shared buffer (the same vocabulary rows under TP)
-  } else {
-    m.lm_head = make_linear("lm_head", C, V, m, quant, TpMode::column);
+    m.lm_head.tp_mode = tp_effective(t5_tp_plan().style_of("lm_head"), m.tp);
   }
   if (quant.any()) m.dequant = share_dequant_buffer(t5_linears(m), dtype, device);
   return m;
 }
 
-std::vector<T5WeightSlot> t5_weight_slots(T5Model& m) {
-  std::vector<T5WeightSlot> out;
-  const int64_t p = m.tp.size;
-  const TpMode split = p > 1 ? TpMode::column : TpMode::none, heads = p > 1 ? TpMode::row : TpMode::none;
-  auto dense = [&](const std::string& name, Tensor* t, Tensor* g) {
-    out.push_back({name, t, g, nullptr, t->shape(), t->shape(), TpMode::none});
-  };
-  out.push_back({"shared.weight", &m.shared, &m.shared_grad, nullptr, Shape{m.cfg.vocab_size / p, m.cfg.d_model},
-                 Shape{m.cfg.vocab_size, m.cfg.d_model}, split});
-  auto lin = [&](Linear& l) {
-    out.push_back({l.name + ".weight", &l.weight, &l.grad, l.quantized() ? &l : nullptr, Shape{l.out, l.in},
-                   Shape{l.full_out(), l.full_in()}, l.tp_mode});
-  };
-  const int64_t NB = m.cfg.relative_attention_num_buckets, H = m.cfg.num_heads;
-  auto attn = [&](T5Attn& a, Tensor* rel, Tensor* rel_grad) {
-    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) lin(*l);
-    if (rel)
-      out.push_back({a.q.name.substr(0, a.q.name.size() - 1) + "relative_attention_bias.weight", rel, rel_grad, nullptr,
-                     Shape{NB, H / p}, Shape{NB, H}, heads});
-  };
-  auto ffn = [&](T5Ffn& f) {
-    lin(f.wi_0);
-    if (m.cfg.gated) lin(f.wi_1);
-    lin(f.wo);
-  };
-  for (size_t l = 0; l < m.enc.size(); ++l) {
-    T5EncBlock& e = m.enc[l];
-    const std::string b = str("encoder.block.", l, ".");
-    attn(e.self, l == 0 ? &m.enc_rel : nullptr, &m.enc_rel_grad);
-    dense(b + "layer.0.layer_norm.weight", &e.ln0, &e.ln0_grad);
-    ffn(e.ffn);
-    dense(b + "layer.1.layer_norm.weight", &e.ln1, &e.ln1_grad);
-  }
-  dense("encoder.final_layer_norm.weight", &m.enc_final, &m.enc_final_grad);
-  for (size_t l = 0; l < m.dec.size(); ++l) {
-    T5DecBlock& d = m.dec[l];
-    const std::string b = str("decoder.block.", l, ".");
-    attn(d.self, l == 0 ? &m.dec_rel : nullptr, &m.dec_rel_grad);
-    dense(b + "layer.0.layer_norm.weight", &d.ln0, &d.ln0_grad);
-    attn(d.cross, nullptr, nullptr);
-    dense(b + "layer.1.layer_norm.weight", &d.ln1, &d.ln1_grad);
-    ffn(d.ffn);
-    dense(b + "layer.2.layer_norm.weight", &d.ln2, &d.ln2_grad);
-  }
-  dense("decoder.final_layer_norm.weight", &m.dec_final, &m.dec_final_grad);
-  if (!m.cfg.tie_word_embeddings) lin(m.lm_head);
-  return out;
-}
-
-Tensor t5_shard_of(const T5Model& m, const T5WeightSlot& slot, const Tensor& full) {
-  if (full.shape() != slot.full_shape)
-    ST_THROW(slot.name, ": value ", full.str(), " does not match the full shape ", slot.full_shape.str());
-  return tp_shard_of(full, slot.split, m.tp);
-}
-
-void t5_set_weight(const T5WeightSlot& slot, const Tensor& value) {
-  if (value.shape() != slot.shape) ST_THROW(slot.name, ": value ", value.str(), " does not match ", slot.shape.str());
-  if (slot.linear) nf4_quantize(value, *slot.linear->nf4);
-  else if (value.dtype() == slot.tensor->dtype()) slot.tensor->copy_from(value);
-  else convert_copy(*slot.tensor, value);
-}
-
-Tensor t5_gather_full(const T5Model& m, const T5WeightSlot& slot, DType dtype) {
-  if (!slot.tensor || !slot.tensor->defined()) ST_THROW(slot.name, ": no dense tensor to gather");
-  return tp_gather_full(*slot.tensor, slot.split, m.tp, dtype);
-}
-
-std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m) {
-  std::vector<std::pair<std::string, Tensor*>> out;
-  for (const T5WeightSlot& s : t5_weight_slots(m)) {
-    if (s.linear) ST_THROW(s.name, " is stored in NF4: dequantize the model first");
-    out.emplace_back(s.name, s.tensor);
-  }
-  return out;
-}
+std::vector<T5WeightSlot> t5_weight_slots(T5Model& m) { return weight_slots(t5_param_table(m)); }
+Tensor t5_shard_of(const T5Model& m, const T5WeightSlot& slot, const Tensor& full) { return slot_shard_of(m.tp, slot, full); }
+void t5_set_weight(const T5WeightSlot& slot, const Tensor& value) { set_weight(slot, value); }
+Tensor t5_gather_full(const T5Model& m, const T5WeightSlot& slot, DType dtype) { return gather_full(m.tp, slot, dtype); }
+std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m) { return named_weights(t5_param_table(m)); }
 
 void t5_init_random(T5Model& m, uint64_t seed, double std) {
-  init_slots_random(t5_weight_slots(m), seed, std, m.dtype, m.device, t5_set_weight,
-                    [&](const auto& s, const Tensor& full) { return t5_shard_of(m, s, full); });
+  ParamTable t = t5_param_table(m);
+  init_params_random(t, seed, std);
 }
 
 void t5_enable_base_training(T5Model& m) {
-  if (m.base_trainable) return;
-  for (Linear* lin : t5_linears(m))
-    if (lin->quantized()) ST_THROW_INPUT(lin->name, " is stored in NF4 and cannot train (NF4 bases are frozen)");
+  ParamTable t = t5_param_table(m);
+  enable_base_training(t);
   m.base_trainable = true;
-  // Gradients in the master precision (f32 when the weights are bf16).
-  for (const T5WeightSlot& s : t5_weight_slots(m))
-    *s.grad = Tensor::zeros(s.shape, master_dtype(m.dtype), m.device, MemCategory::gradients);
-  if (m.cfg.tie_word_embeddings) m.lm_head.grad = m.shared_grad;  // both paths add into one buffer
 }
 
-T5WeightBytes t5_weight_bytes(T5Model& m) { return weight_bytes_of(t5_weight_slots(m), m.dtype); }
+T5WeightBytes t5_weight_bytes(T5Model& m) { return param_bytes(t5_param_table(m)); }
 
 void t5_dequantize(T5Model& m) {
   dequantize_linears(t5_linears(m), m.dtype);
   m.dequant.reset();
 }
 
-std::vector<Linear*> t5_linears(T5Model& m) {
-  std::vector<Linear*> out;
-  auto attn = [&](T5Attn& a) {
-    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) out.push_back(l);
-  };
-  auto ffn = [&](T5Ffn& f) {
-    out.push_back(&f.wi_0);
-    if (m.cfg.gated) out.push_back(&f.wi_1);
-    out.push_back(&f.wo);
-  };
-  for (T5EncBlock& e : m.enc) {
-    attn(e.self);
-    ffn(e.ffn);
-  }
-  for (T5DecBlock& d : m.dec) {
-    attn(d.self);
-    attn(d.cross);
-    ffn(d.ffn);
-  }
-  out.push_back(&m.lm_head);
-  return out;
-}
-
-std::vector<ParamRef> t5_trainable_params(T5Model& m) {
-  std::vector<ParamRef> out;
-  if (m.base_trainable)
-    for (const T5WeightSlot& s : t5_weight_slots(m))  // weight decay on the projection matrices only
-      out.push_back({s.name, s.tensor, s.grad,
-                     s.shape.ndim == 2 && s.name.find("relative_attention_bias") == std::string::npos, nullptr,
-                     s.split != TpMode::none && m.tp.size > 1});
-  for (Linear* lin : t5_linears(m))
-    if (lin->adapter) lin->adapter->collect_params(out);
-  return out;
-}
-
-int64_t t5_num_trainable(T5Model& m) {
-  int64_t n = 0;
-  for (const ParamRef& p : t5_trainable_params(m)) n += p.value->numel();
-  return n;
-}
-
-namespace {
-// The unit of a parameter, from its (transformers or adapter) name.
-size_t t5_unit_of(const T5Model& m, const std::string& name) {
-  const size_t Le = m.enc.size(), Ld = m.dec.size();
-  auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
-  if (starts("shared.") || name.find("relative_attention_bias") != std::string::npos) return 0;
-  auto block = [&](const char* prefix, size_t n) {
-    const size_t l = std::stoul(name.substr(std::string(prefix).size()));
-    if (l >= n) ST_THROW("t5_params_by_unit: ", name, " names a block beyond ", n);
-    return l;
-  };
-  if (starts("encoder.block.")) return 1 + block("encoder.block.", Le);
-  if (starts("encoder.")) return Le + 1;  // the final norm
-  if (starts("decoder.block.")) return Le + 2 + block("decoder.block.", Ld);
-  return Le + Ld + 2;  // decoder final norm, lm_head (and its adapter)
-}
-}  // namespace
-
-std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m) {
-  std::vector<std::vector<ParamRef>> out(static_cast<size_t>(t5_num_units(m)));
-  for (ParamRef& p : t5_trainable_params(m)) out[t5_unit_of(m, p.name)].push_back(p);
-  return out;
-}
+std::vector<Linear*> t5_linears(T5Model& m) { return t5_param_table(m).linears; }
+std::vector<ParamRef> t5_trainable_params(T5Model& m) { return trainable_params(t5_param_table(m)); }
+int64_t t5_num_trainable(T5Model& m) { return num_trainable(t5_param_table(m)); }
+std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m) { return params_by_unit(t5_param_table(m)); }
 
 double t5_flops_per_token(const T5Model& m_in, int64_t Te, int64_t Td) {
   T5Model& m = const_cast<T5Model&>(m_in);
@@ -452,17 +406,16 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
 namespace {
 
 // out = resid + o(attn(q(n), k(kv), v(kv))): self-attention with kv = n, cross-attention with
-// kv = the encoder output. Under TP q, k, v hold this rank's heads and o is row-parallel: each
-// rank has a partial sum, rank 0 adds the residual, one all-reduce completes it.
-void attn_forward(const T5Model& m, const T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape,
+// kv = the encoder output. Under TP q, k, v hold this rank's heads and o is row-parallel (its
+// linear layer adds the residual once and completes the sum over the group).
+void attn_forward(const T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape,
                   const Tensor& lengths, const Tensor& bias, Tensor q, Tensor k, Tensor v, Tensor att, Tensor lse,
                   Tensor& out, const Tensor& resid, const LayerContext& ctx) {
   linear_layer_forward(w.q, n, q, false, ctx);
   linear_layer_forward(w.k, kv, k, false, ctx);
   linear_layer_forward(w.v, kv, v, false, ctx);
   attention_forward(shape, q, k, v, lengths, att, lse, bias);
-  linear_layer_forward(w.o, att, out, false, ctx, m.tp.rank == 0 ? &resid : nullptr);
-  tp_all_reduce(m, out);
+  linear_layer_forward(w.o, att, out, false, ctx, &resid);  // row-parallel: the sum over the group
 }
 
 // dout: gradient of the block output (replicated). dn (overwritten) gets d(n), all-reduced over
@@ -478,7 +431,7 @@ void attn_backward(const T5Model& m, T5Attn& w, const Tensor& n, const Tensor& k
   Tensor& dkv_into = dkv ? *dkv : dn;
   linear_layer_backward(w.k, kv, dk, &dkv_into, ctx);
   linear_layer_backward(w.v, kv, dv, &dkv_into, ctx);
-  tp_all_reduce(m, dn);  // column-parallel q (k, v): partial input gradients (Megatron's "f")
+  tp_sum_partials(m.tp, dn);  // column-parallel q (k, v): partial input gradients (Megatron's "f")
 }
 
 // ffn(n) into out (overwritten) with the residual added: out = resid + wo(act(n)); wi column-
@@ -492,8 +445,7 @@ void ffn_forward(const T5Model& m, const T5Ffn& f, const Tensor& n, Tensor g, Te
   } else {
     relu_forward(g, h);
   }
-  linear_layer_forward(f.wo, h, out, false, ctx, m.tp.rank == 0 ? &resid : nullptr);
-  tp_all_reduce(m, out);
+  linear_layer_forward(f.wo, h, out, false, ctx, &resid);  // row-parallel: the sum over the group
 }
 
 // dout: gradient of the FFN output; dn (overwritten) gets the gradient of its input n.
@@ -508,23 +460,14 @@ void ffn_backward(const T5Model& m, T5Ffn& f, const Tensor& n, const Tensor& g, 
     relu_backward(dh, g, dg, false);
     linear_layer_backward(f.wi_0, n, dg, &dn, ctx, false);
   }
-  tp_all_reduce(m, dn);
+  tp_sum_partials(m.tp, dn);  // column-parallel wi: partial input gradients (Megatron's "f")
 }
 
 // out = shared[ids]; vocabulary-parallel under TP (each rank its rows, zeros elsewhere, summed).
-void embed(const T5Model& m, const Tensor& ids, Tensor& out) {
-  if (m.tp.active()) {
-    embedding_forward_shard(ids, m.shared, t5_local_dims(m).vocab_offset, out);
-    tp_all_reduce(m, out);
-  } else {
-    embedding_forward(ids, m.shared, out);
-  }
-}
+void embed(const T5Model& m, const Tensor& ids, Tensor& out) { embedding_layer_forward(ids, m.shared, m.tp, out); }
 
 void embed_backward(T5Model& m, const Tensor& ids, const Tensor& dout) {
-  if (!m.shared_grad.defined()) return;
-  if (m.tp.active()) embedding_backward_shard(ids, dout, t5_local_dims(m).vocab_offset, m.shared_grad);
-  else embedding_backward(ids, dout, m.shared_grad);
+  if (m.shared_grad.defined()) embedding_layer_backward(ids, dout, m.tp, m.shared_grad);
 }
 
 LayerContext with_scratch(const LayerContext& ctx, T5Activations& a) {
@@ -601,7 +544,7 @@ void enc_block_forward(const T5Model& m, const T5EncBlock& w, T5Activations::Enc
   const double eps = m.cfg.layer_norm_epsilon;
   const AttentionShape es = shape_of(m, batch.B, batch.Te, batch.Te, false);
   rmsnorm_forward(xin, w.ln0, eps, s.n0, s.r0);
-  attn_forward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin, ctx);
+  attn_forward(w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, s.q, s.k, s.v, s.att, s.lse, s.mid, xin, ctx);
   rmsnorm_forward(s.mid, w.ln1, eps, s.n1, s.r1);
   ffn_forward(m, w.ffn, s.n1, s.g, s.u, s.h, xout, s.mid, ctx);
 }
@@ -613,9 +556,9 @@ void dec_block_forward(const T5Model& m, const T5DecBlock& w, T5Activations::Dec
   const double eps = m.cfg.layer_norm_epsilon;
   const AttentionShape ds = shape_of(m, batch.B, batch.Td, batch.Td, true), cs = shape_of(m, batch.B, batch.Td, batch.Te, false);
   rmsnorm_forward(yin, w.ln0, eps, s.n0, s.r0);
-  attn_forward(m, w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin, ctx);
+  attn_forward(w.self, s.n0, s.n0, ds, batch.dec_lengths, a.dec_bias, s.q, s.k, s.v, s.att, s.lse, s.mid1, yin, ctx);
   rmsnorm_forward(s.mid1, w.ln1, eps, s.n1, s.r1);
-  attn_forward(m, w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1, ctx);
+  attn_forward(w.cross, s.n1, a.e, cs, batch.enc_lengths, Tensor(), s.cq, s.ck, s.cv, s.catt, s.clse, s.mid2, s.mid1, ctx);
   rmsnorm_forward(s.mid2, w.ln2, eps, s.n2, s.r2);
   ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2, ctx);
 }
@@ -675,13 +618,7 @@ double t5_forward(T5Model& m, T5Activations& full, const T5Batch& batch, bool gr
   // The head sees the decoder output scaled by d_model^-0.5 (T5's tied head).
   if (c.scale_decoder_outputs) scale_inplace(a.yf, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
   linear_layer_forward(m.lm_head, a.yf, a.logits, false, ctx);
-  if (m.tp.active())  // no rank holds the [B*Td, V] logits: each has its vocabulary columns
-    return vocab_parallel_cross_entropy(a.logits, batch.dec_targets, batch.dec_weight, &a.losses, grad, *m.tp.comm);
-  cross_entropy(a.logits, batch.dec_targets, batch.dec_weight, a.losses, grad);
-  const Tensor lh = a.losses.to_cpu(DType::f64), wh = batch.dec_weight.to_cpu(DType::f64);
-  double total = 0;
-  for (int64_t i = 0; i < ND; ++i) total += wh.ptr<double>()[i] * lh.ptr<double>()[i];
-  return total;
+  return lm_cross_entropy(a.logits, batch.dec_targets, batch.dec_weight, a.losses, grad, m.tp);
 }
 
 void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const LayerContext& ctx_in) {
@@ -697,7 +634,7 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   {
     UnitScope head(m.hooks, Le + Ld + 2, true);
     linear_layer_backward(m.lm_head, a.yf, a.logits, &dn, ctx, false);
-    tp_all_reduce(m, dn);  // vocabulary-parallel lm_head: partial input gradients
+    tp_sum_partials(m.tp, dn);  // vocabulary-parallel lm_head: partial input gradients
     if (c.scale_decoder_outputs) scale_inplace(dn, 1.0 / std::sqrt(static_cast<double>(c.d_model)));
     dy.zero_();
     rmsnorm_backward(dn, layer(a.y, Ld, ND), m.dec_final, a.yrstd, dy, g(m.dec_final_grad));
@@ -734,7 +671,7 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   Tensor dx = rows(a.dx, NE), dne = rows(a.dn, NE);
   {
     UnitScope unit(m.hooks, Le + 1, true);
-    tp_all_reduce(m, de);  // the cross-attention k', v' of every decoder block, summed once
+    tp_sum_partials(m.tp, de);  // the cross-attention k', v' of every decoder block, summed once
     dx.zero_();
     rmsnorm_backward(de, layer(a.x, Le, NE), m.enc_final, a.erstd, dx, g(m.enc_final_grad));
   }

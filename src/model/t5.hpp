@@ -13,8 +13,9 @@
 //              y += ffn(n2 y)
 //   logits = lm_head(final_norm(y) [* d_model^-0.5 with scale_decoder_outputs])
 // The relative bias tables live in block 0 of each stack and serve every block of it.
-// No parallel code beyond Megatron's all-reduces (a no-op on one rank): ZeRO-3 and DDP attach
-// through `hooks` (see the units below).
+// No parallel code: its tensors are listed once (t5_param_table) with the TP plan's split of each
+// (t5_tp_plan); ZeRO-3 and DDP attach through `hooks` (see the units below), tensor parallelism
+// through the TP group's collectives (model/tp_plan.hpp).
 // Decoder inputs are the labels shifted right with decoder_start_token_id (t5_shift_right).
 #pragma once
 
@@ -26,6 +27,7 @@
 #include "core/tensor.hpp"
 #include "model/hooks.hpp"
 #include "model/linear.hpp"
+#include "model/param_table.hpp"
 #include "model/t5_config.hpp"
 #include "quant/nf4.hpp"
 
@@ -101,6 +103,13 @@ T5LocalDims t5_local_dims(const T5Model& m);
 // Throws InputError naming the config key unless num_heads, d_ff and vocab_size divide by p.
 void t5_check_tp(const T5Config& cfg, int p);
 
+// The TP plan (Megatron): q, k, v, wi_0, wi_1 (wi) column-parallel and o, wo row-parallel, the
+// relative-bias tables split by heads, `shared` vocabulary-parallel, lm_head column-parallel.
+const TpPlan& t5_tp_plan();
+// Every tensor once, in t5_weight_names' order, with its unit (the relative-bias tables in unit
+// 0, whichever block stores them).
+ParamTable t5_param_table(T5Model& m);
+
 // Allocates every weight (zero-filled); linears named in `quant` get NF4 storage instead.
 // With tp.size = p > 1 (Megatron): q, k, v, wi_0, wi_1 (wi) column-parallel and o, wo
 // row-parallel in self-attention, cross-attention and FFN; the relative-bias tables split by
@@ -114,16 +123,9 @@ void t5_init_random(T5Model& m, uint64_t seed, double std);
 // Allocate gradients for every base parameter (refused with NF4 layers).
 void t5_enable_base_training(T5Model& m);
 
-// Every weight with its transformers name, in t5_weight_names' order (lm_head omitted when tied).
-struct T5WeightSlot {
-  std::string name;
-  Tensor* tensor = nullptr;  // the dense tensor (undefined for an NF4 linear)
-  Tensor* grad = nullptr;    // its gradient slot (undefined until base training)
-  Linear* linear = nullptr;  // set for an NF4-stored linear
-  Shape shape;               // this rank's part
-  Shape full_shape;          // the unsharded tensor
-  TpMode split = TpMode::none;  // column: by rows (leading dim), row: by columns (last dim)
-};
+// Every weight with its transformers name, in t5_weight_names' order (lm_head omitted when tied);
+// `linear` is set (and `tensor` undefined) for an NF4-stored linear.
+using T5WeightSlot = WeightSlot;
 std::vector<T5WeightSlot> t5_weight_slots(T5Model& m);
 // This rank's part of a full tensor of `slot` (any device; a copy).
 Tensor t5_shard_of(const T5Model& m, const T5WeightSlot& slot, const Tensor& full);

@@ -1,6 +1,7 @@
 #include "ops/rope.hpp"
 
 #include <cmath>
+#include <vector>
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
@@ -12,16 +13,47 @@
 
 namespace st {
 
-RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, Device device) {
+// This file is compiled with -ffp-contract=off (Makefile): every f32 operation below rounds on its
+// own, as torch's element-wise kernels do.
+std::vector<float> rope_inv_freq(int64_t head_dim, double theta, const RopeScaling& scaling) {
+  const int64_t half = head_dim / 2;
+  std::vector<float> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    // _compute_default_rope_parameters: exponent in f32, power, reciprocal.
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv[static_cast<size_t>(i)] = 1.0f / std::pow(static_cast<float>(theta), expo);
+  }
+  if (scaling.type == RopeScaling::Type::none) return inv;
+  // _compute_llama3_parameters, with torch's f32 semantics for tensor-scalar operations (the
+  // Python scalars are rounded to f32; `scalar / tensor` is tensor.reciprocal() * scalar).
+  const float factor = static_cast<float>(scaling.factor);
+  const double old_len = static_cast<double>(scaling.original_max_position_embeddings);
+  const float low_freq_wavelen = static_cast<float>(old_len / scaling.low_freq_factor);
+  const float high_freq_wavelen = static_cast<float>(old_len / scaling.high_freq_factor);
+  const float two_pi = static_cast<float>(2.0 * M_PI), old_len_f = static_cast<float>(old_len);
+  const float low = static_cast<float>(scaling.low_freq_factor);
+  const float band = static_cast<float>(scaling.high_freq_factor - scaling.low_freq_factor);
+  for (float& f : inv) {
+    const float wavelen = (1.0f / f) * two_pi;
+    const float llama = wavelen > low_freq_wavelen ? f / factor : f;
+    const float smooth = ((1.0f / wavelen) * old_len_f - low) / band;
+    const float a = (1.0f - smooth) * llama;
+    const float smoothed = a / factor + smooth * llama;
+    const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+    f = medium ? smoothed : llama;
+  }
+  return inv;
+}
+
+RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, Device device, const RopeScaling& scaling) {
   const int64_t half = head_dim / 2;
   Tensor c = Tensor::empty({max_positions, half}, DType::f32, Device::cpu, MemCategory::workspace);
   Tensor s = Tensor::empty({max_positions, half}, DType::f32, Device::cpu, MemCategory::workspace);
   float* cp = c.ptr<float>();
   float* sp = s.ptr<float>();
+  const std::vector<float> freqs = rope_inv_freq(head_dim, theta, scaling);
   for (int64_t i = 0; i < half; ++i) {
-    // Same arithmetic as transformers: exponent in f32, power, reciprocal, f32 product.
-    const float expo = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float inv_freq = 1.0f / std::pow(static_cast<float>(theta), expo);
+    const float inv_freq = freqs[static_cast<size_t>(i)];
     for (int64_t p = 0; p < max_positions; ++p) {
       const float angle = static_cast<float>(p) * inv_freq;
       cp[p * half + i] = std::cos(angle);

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "core/tensor.hpp"
+#include "model/tp_plan.hpp"
 
 namespace st {
 
@@ -45,11 +46,13 @@ class CommRequest {
   bool done_ = false;
 };
 
-class Comm {
+// Every communicator is also the collectives of a tensor-parallel model (model/tp_plan.hpp's
+// TpCollectives): the model code reaches its TP group through that interface alone.
+class Comm : public TpCollectives {
  public:
-  virtual ~Comm() = default;
-  virtual int rank() const = 0;
-  virtual int size() const = 0;
+  ~Comm() override = default;
+  int rank() const override = 0;
+  int size() const override = 0;
   virtual const std::string& name() const = 0;  // "world", "tp", "dp"
   virtual const char* backend() const = 0;      // "mpi", "nccl"
   // Where the backend works without staging: MPI the CPU, NCCL the GPU (callers that keep
@@ -75,6 +78,13 @@ class Comm {
   void barrier();
   // Abort every rank of the job (used by the fatal path; does not return).
   [[noreturn]] virtual void abort(int exit_status) = 0;
+
+  // TpCollectives (parallel/tp_ops.cpp): the all-reduce sum, vocab_parallel_cross_entropy and
+  // the gather of a split tensor over this group.
+  void sum_partials(Tensor& t) override { all_reduce_sum(t); }
+  double vocab_cross_entropy(Tensor& logits_shard, const Tensor& targets, const Tensor& weight, Tensor* losses,
+                             bool grad) override;
+  Tensor gather_full(const Tensor& local, TpMode split, DType dtype) override;
 
   // Seconds spent inside collectives since creation (waiting for peers included). MPI: host
   // time around each call. NCCL: device time between CUDA events recorded around each

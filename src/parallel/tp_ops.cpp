@@ -15,128 +15,31 @@
 
 namespace st {
 
-// ---------------------------------------------------------------- shards of full tensors
+// ---------------------------------------------------------------- gather of split tensors
 
-namespace {
-
-// p, i and the divisibility of dimension `dim` (size n) of W by p; throws InputError naming them.
-int64_t shard_extent(const char* fn, const Tensor& W, int dim, int p, int i) {
-  if (!W.defined()) ST_THROW_INPUT(fn, ": undefined tensor");
-  if (W.device() != Device::cpu) ST_THROW_INPUT(fn, ": CPU tensors only (got ", W.str(), ")");
-  if (W.ndim() < 1) ST_THROW_INPUT(fn, ": ", W.str(), " has no dimension to shard");
-  if (p < 1) ST_THROW_INPUT(fn, ": number of shards p = ", p, " must be at least 1");
-  if (i < 0 || i >= p) ST_THROW_INPUT(fn, ": shard index ", i, " outside [0, ", p, ")");
-  const int64_t n = W.dim(dim);
-  if (n % p != 0)
-    ST_THROW_INPUT(fn, ": dimension ", dim < 0 ? W.ndim() + dim : dim, " (size ", n, ") of ", W.str(),
-                   " is not divisible by p = ", p);
-  return n / p;
-}
-
-}  // namespace
-
-Tensor shard_rows(const Tensor& W, int p, int i) {
-  const int64_t r = shard_extent("shard_rows", W, 0, p, i);
-  return W.slice(i * r, (i + 1) * r).clone(W.category());
-}
-
-Tensor shard_cols(const Tensor& W, int p, int i) {
-  const int64_t c = shard_extent("shard_cols", W, -1, p, i);
-  const int64_t n = W.dim(-1), rows = n == 0 ? 0 : W.numel() / n;
-  Shape s = W.shape();
-  s.d[static_cast<size_t>(s.ndim - 1)] = c;
-  Tensor out = Tensor::empty(s, W.dtype(), Device::cpu, W.category());
-  if (dry_run_active()) return out;  // the planner: sizes only
-  const size_t es = dtype_size(W.dtype());
-  const auto* src = static_cast<const unsigned char*>(W.data());
-  auto* dst = static_cast<unsigned char*>(out.data());
-  for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(dst + static_cast<size_t>(r * c) * es, src + static_cast<size_t>(r * n + i * c) * es,
-                static_cast<size_t>(c) * es);
-  return out;
-}
-
-void check_tp_divisible(int p, std::initializer_list<TpDimension> dims) {
-  if (p < 1) ST_THROW_INPUT("tp_size must be at least 1 (got ", p, ")");
-  for (const TpDimension& d : dims)
-    if (d.size % p != 0)
-      ST_THROW_INPUT("tensor parallelism: ", d.what, " (", d.key, " = ", d.size, ") is not divisible by tp_size = ", p,
-                     ": choose a tp_size that divides it");
-}
-
-Tensor tp_shard_of(const Tensor& full, TpMode split, const TpGroup& tp) {
-  if (split == TpMode::none || tp.size == 1) return full.clone(MemCategory::workspace);
-  if (split == TpMode::column) {
-    const int64_t rows = full.dim(0) / tp.size;
-    if (rows * tp.size != full.dim(0))
-      ST_THROW_INPUT("tp_shard_of: ", full.str(), " has ", full.dim(0), " rows, not divisible by tp_size ", tp.size);
-    return full.slice(rows * tp.rank, rows * (tp.rank + 1)).clone(MemCategory::workspace);
-  }
-  // Columns: a strided copy, done on the host (in f32/f64), then back to the device.
-  if (full.device() == Device::cpu) return shard_cols(full, tp.size, tp.rank);
-  const Tensor part = shard_cols(full.to_cpu(full.dtype() == DType::f64 ? DType::f64 : DType::f32), tp.size, tp.rank);
-  Tensor staged = Tensor::empty(part.shape(), part.dtype(), full.device(), MemCategory::workspace);
-  staged.copy_from(part);
-  if (staged.dtype() == full.dtype()) return staged;
-  Tensor out = Tensor::empty(part.shape(), full.dtype(), full.device(), MemCategory::workspace);
-  convert_copy(out, staged);
-  return out;
-}
-
-Tensor tp_gather_full(const Tensor& local_in, TpMode split, const TpGroup& tp, DType dtype) {
-  if (dtype != DType::f32 && dtype != DType::f64) ST_THROW("tp_gather_full: f32 or f64 output, not ", dtype_name(dtype));
+Tensor gather_split_tensor(const Tensor& local_in, TpMode split, Comm& comm, DType dtype) {
+  if (dtype != DType::f32 && dtype != DType::f64) ST_THROW("gather_split_tensor: f32 or f64 output, not ", dtype_name(dtype));
   const Tensor local = local_in.to_cpu(dtype);
-  if (split == TpMode::none || tp.size == 1) return local;
-  if (!tp.comm) ST_THROW("tp_gather_full: TP size ", tp.size, " without a communicator");
-  const int p = tp.size;
+  const int p = comm.size();
+  if (split == TpMode::none || p == 1) return local;
   Shape full_shape = local.shape();
-  const size_t d = split == TpMode::column ? 0 : static_cast<size_t>(full_shape.ndim - 1);
-  full_shape.d[d] *= p;
+  full_shape.d[split == TpMode::column ? 0 : static_cast<size_t>(full_shape.ndim - 1)] *= p;
   Tensor all = Tensor::empty({p * local.numel()}, dtype, Device::cpu, MemCategory::workspace);
-  tp.comm->all_gather(local.view({local.numel()}), all);
+  comm.all_gather(local.view({local.numel()}), all);
   if (split == TpMode::column) return all.view(full_shape);  // row blocks in rank order
-  // Column blocks: rank r holds columns [r c, (r+1) c) of every row.
-  Tensor full = Tensor::empty(full_shape, dtype, Device::cpu, MemCategory::workspace);
-  const int64_t c = local.dim(-1), rows = c == 0 ? 0 : local.numel() / c, n = c * p;
-  const size_t es = dtype_size(dtype);
-  const auto* src = static_cast<const unsigned char*>(all.data());
-  auto* dst = static_cast<unsigned char*>(full.data());
-  for (int r = 0; r < p; ++r)
-    for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(dst + static_cast<size_t>(i * n + r * c) * es, src + static_cast<size_t>((r * rows + i) * c) * es,
-                  static_cast<size_t>(c) * es);
-  return full;
+  // Column blocks: rank r's part holds columns [r c, (r+1) c) of every row.
+  std::vector<Tensor> parts;
+  for (int r = 0; r < p; ++r) parts.push_back(all.slice(r * local.numel(), (r + 1) * local.numel()).view(local.shape()));
+  return concat_cols(parts);
 }
 
-// ---------------------------------------------------------------- column-parallel linear
-
-void column_parallel_forward(const Tensor& x, const Tensor& W_i, Tensor& y_i, bool accumulate) {
-  linear_forward(x, W_i, y_i, accumulate);
+Tensor Comm::gather_full(const Tensor& local, TpMode split, DType dtype) {
+  return gather_split_tensor(local, split, *this, dtype);
 }
 
-void column_parallel_backward(const Tensor& x, const Tensor& W_i, const Tensor& dy_i, Tensor* dx, Tensor* dW_i,
-                              Comm& comm, bool dx_accumulate) {
-  const bool want_dx = dx && dx->defined();
-  // Rank 0 keeps dx's (replicated) prior content when accumulating; the others contribute
-  // only their partial product, so the sum holds the prior exactly once.
-  linear_backward(x, W_i, dy_i, want_dx ? dx : nullptr, dW_i, dx_accumulate && comm.rank() == 0);
-  if (want_dx) comm.all_reduce_sum(*dx);
-}
-
-// ---------------------------------------------------------------- row-parallel linear
-
-void row_parallel_forward(const Tensor& x_i, const Tensor& W_i, Tensor& y, Comm& comm, const Tensor* residual) {
-  if (residual && !residual->defined()) residual = nullptr;
-  if (residual && (residual->numel() != y.numel() || residual->dtype() != y.dtype() || residual->device() != y.device()))
-    ST_THROW("row_parallel_forward: residual ", residual->str(), " does not match y ", y.str());
-  // The residual enters once: on rank 0, inside its GEMM (y = residual + x_0 W_0^T).
-  linear_forward(x_i, W_i, y, false, comm.rank() == 0 ? residual : nullptr);
-  comm.all_reduce_sum(y);
-}
-
-void row_parallel_backward(const Tensor& x_i, const Tensor& W_i, const Tensor& dy, Tensor* dx_i, Tensor* dW_i,
-                           bool dx_accumulate) {
-  linear_backward(x_i, W_i, dy, dx_i, dW_i, dx_accumulate);
+double Comm::vocab_cross_entropy(Tensor& logits_shard, const Tensor& targets, const Tensor& weight, Tensor* losses,
+                                 bool grad) {
+  return vocab_parallel_cross_entropy(logits_shard, targets, weight, losses, grad, *this);
 }
 
 // ---------------------------------------------------------------- vocab-parallel cross-entropy

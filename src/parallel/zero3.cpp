@@ -4,8 +4,6 @@
 
 #include "core/dryrun.hpp"
 #include "core/profile.hpp"
-#include "model/llama.hpp"
-#include "model/t5.hpp"
 #include "ops/init.hpp"
 #include "ops/optim.hpp"
 #include "quant/nf4.hpp"
@@ -53,135 +51,13 @@ struct Zero3::Unit {
   }
 };
 
-namespace {
-Zero3Item plain_item(const std::string& name, std::vector<Tensor*> values, std::vector<Tensor*> grads, bool decay,
-                     bool tp_sharded) {
-  Zero3Item it;
-  it.name = name;
-  it.values = std::move(values);
-  it.grads = std::move(grads);
-  it.decay = decay;
-  it.tp_sharded = tp_sharded;
-  return it;
-}
-Zero3Item linear_item(Linear* l) {
-  Zero3Item it;
-  it.linear = l;
-  return it;
-}
-}  // namespace
-
-Zero3Units llama_zero3_units(LlamaModel& m) {
-  Zero3Units z;
-  const int L = static_cast<int>(m.blocks.size());
-  z.embed_unit = 0;
-  z.head_unit = L + 1;
-  z.tied = m.cfg.tie_word_embeddings;
-  z.base_trainable = m.base_trainable;
-  z.tp = m.tp;
-  z.dtype = m.dtype;
-  z.device = m.device;
-  z.hooks = &m.hooks;
-  const bool tp = m.tp.size > 1;
-  const auto plain = plain_item;
-  const auto lin = linear_item;
-  Zero3UnitSpec ue{"embed", {}};
-  if (z.tied) {
-    ue.items.push_back(plain("model.embed_tokens.weight", {&m.embed, &m.lm_head.weight}, {&m.embed_grad, &m.lm_head.grad},
-                             true, tp));
-  } else {
-    ue.items.push_back(plain("model.embed_tokens.weight", {&m.embed}, {&m.embed_grad}, true, tp));
-  }
-  z.units.push_back(std::move(ue));
-  for (int l = 0; l < L; ++l) {
-    LlamaBlock& b = m.blocks[static_cast<size_t>(l)];
-    const std::string p = str("model.layers.", l, ".");
-    Zero3UnitSpec ub{str("layers.", l), {}};
-    ub.items.push_back(plain(p + "input_layernorm.weight", {&b.attn_norm}, {&b.attn_norm_grad}, false, false));
-    for (Linear* x : {&b.q, &b.k, &b.v, &b.o}) ub.items.push_back(lin(x));
-    ub.items.push_back(plain(p + "post_attention_layernorm.weight", {&b.mlp_norm}, {&b.mlp_norm_grad}, false, false));
-    for (Linear* x : {&b.gate, &b.up, &b.down}) ub.items.push_back(lin(x));
-    z.units.push_back(std::move(ub));
-  }
-  Zero3UnitSpec uh{"head", {}};
-  uh.items.push_back(plain("model.norm.weight", {&m.final_norm}, {&m.final_norm_grad}, false, false));
-  if (!z.tied) uh.items.push_back(lin(&m.lm_head));
-  else if (m.lm_head.adapter) ST_THROW("Zero3: an adapter on a tied lm_head is not supported");
-  z.units.push_back(std::move(uh));
-  return z;
-}
-
-Zero3Units t5_zero3_units(T5Model& m) {
-  Zero3Units z;
-  const int Le = static_cast<int>(m.enc.size()), Ld = static_cast<int>(m.dec.size());
-  z.embed_unit = 0;
-  z.head_unit = Le + Ld + 2;
-  z.tied = m.cfg.tie_word_embeddings;
-  z.base_trainable = m.base_trainable;
-  z.tp = m.tp;
-  z.dtype = m.dtype;
-  z.device = m.device;
-  z.hooks = &m.hooks;
-  const bool tp = m.tp.size > 1;
-  // Unit 0: `shared` (with the tied head's handles) and both relative-bias tables (split by heads).
-  Zero3UnitSpec u0{"embed", {}};
-  if (z.tied)
-    u0.items.push_back(plain_item("shared.weight", {&m.shared, &m.lm_head.weight}, {&m.shared_grad, &m.lm_head.grad}, true, tp));
-  else
-    u0.items.push_back(plain_item("shared.weight", {&m.shared}, {&m.shared_grad}, true, tp));
-  u0.items.push_back(plain_item("encoder.relative_attention_bias.weight", {&m.enc_rel}, {&m.enc_rel_grad}, false, tp));
-  u0.items.push_back(plain_item("decoder.relative_attention_bias.weight", {&m.dec_rel}, {&m.dec_rel_grad}, false, tp));
-  z.units.push_back(std::move(u0));
-  auto attn = [](Zero3UnitSpec& u, T5Attn& a) {
-    for (Linear* l : {&a.q, &a.k, &a.v, &a.o}) u.items.push_back(linear_item(l));
-  };
-  auto ffn = [&](Zero3UnitSpec& u, T5Ffn& f) {
-    u.items.push_back(linear_item(&f.wi_0));
-    if (m.cfg.gated) u.items.push_back(linear_item(&f.wi_1));
-    u.items.push_back(linear_item(&f.wo));
-  };
-  for (int l = 0; l < Le; ++l) {
-    T5EncBlock& b = m.enc[static_cast<size_t>(l)];
-    const std::string p = str("encoder.block.", l, ".");
-    Zero3UnitSpec u{str("encoder.block.", l), {}};
-    attn(u, b.self);
-    u.items.push_back(plain_item(p + "layer.0.layer_norm.weight", {&b.ln0}, {&b.ln0_grad}, false, false));
-    ffn(u, b.ffn);
-    u.items.push_back(plain_item(p + "layer.1.layer_norm.weight", {&b.ln1}, {&b.ln1_grad}, false, false));
-    z.units.push_back(std::move(u));
-  }
-  z.units.push_back({"encoder.final", {plain_item("encoder.final_layer_norm.weight", {&m.enc_final}, {&m.enc_final_grad}, false, false)}});
-  for (int l = 0; l < Ld; ++l) {
-    T5DecBlock& b = m.dec[static_cast<size_t>(l)];
-    const std::string p = str("decoder.block.", l, ".");
-    Zero3UnitSpec u{str("decoder.block.", l), {}};
-    attn(u, b.self);
-    u.items.push_back(plain_item(p + "layer.0.layer_norm.weight", {&b.ln0}, {&b.ln0_grad}, false, false));
-    attn(u, b.cross);
-    u.items.push_back(plain_item(p + "layer.1.layer_norm.weight", {&b.ln1}, {&b.ln1_grad}, false, false));
-    ffn(u, b.ffn);
-    u.items.push_back(plain_item(p + "layer.2.layer_norm.weight", {&b.ln2}, {&b.ln2_grad}, false, false));
-    z.units.push_back(std::move(u));
-  }
-  Zero3UnitSpec uh{"head", {}};
-  uh.items.push_back(plain_item("decoder.final_layer_norm.weight", {&m.dec_final}, {&m.dec_final_grad}, false, false));
-  if (!z.tied) uh.items.push_back(linear_item(&m.lm_head));
-  else if (m.lm_head.adapter) ST_THROW("Zero3: an adapter on a tied lm_head is not supported");
-  z.units.push_back(std::move(uh));
-  if (static_cast<int>(z.units.size()) != t5_num_units(m)) ST_THROW("t5_zero3_units: ", z.units.size(), " units");
-  return z;
-}
-
-Zero3::Zero3(LlamaModel& m, Comm& dp, bool prefetch) : Zero3(llama_zero3_units(m), dp, prefetch) {}
-Zero3::Zero3(T5Model& m, Comm& dp, bool prefetch) : Zero3(t5_zero3_units(m), dp, prefetch) {}
-
-Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
+Zero3::Zero3(const ParamTable& spec, Comm& dp, bool prefetch)
     : hooks_(spec.hooks), device_(spec.device), dp_(dp), prefetch_(prefetch) {
   if (!hooks_) ST_THROW("Zero3: no hook slot to install into");
   if (*hooks_) ST_THROW("Zero3: the model already has hooks");
-  if (spec.units.empty() || spec.head_unit != static_cast<int>(spec.units.size()) - 1 || spec.embed_unit < 0 ||
-      spec.embed_unit >= spec.head_unit)
-    ST_THROW("Zero3: bad unit description (", spec.units.size(), " units, embed ", spec.embed_unit, ", head ",
+  if (spec.num_units < 2 || spec.head_unit != spec.num_units - 1 || spec.embed_unit < 0 ||
+      spec.embed_unit >= spec.head_unit || spec.unit_names.size() != static_cast<size_t>(spec.num_units))
+    ST_THROW("Zero3: bad unit description (", spec.num_units, " units, embed ", spec.embed_unit, ", head ",
              spec.head_unit, ")");
   const int P = dp.size(), R = dp.rank();
   const DType compute = spec.dtype, master = master_dtype(spec.dtype);
@@ -190,9 +66,9 @@ Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
   tied_ = spec.tied;
 
   // ---- collect each unit's tensors
-  for (const Zero3UnitSpec& us : spec.units) {
+  for (int u = 0; u < spec.num_units; ++u) {
     units_.push_back(std::make_unique<Unit>());
-    units_.back()->name = us.name;
+    units_.back()->name = spec.unit_names[static_cast<size_t>(u)];
   }
   auto group_for = [&](Unit& unit, bool trainable, bool decay, bool tp_sharded) -> Group& {
     for (Group& g : unit.groups)
@@ -229,8 +105,10 @@ Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
     e.master = master_copy;
     group_for(unit, true, decay, tp_sharded).entries.push_back(std::move(e));
   };
-  const bool base = spec.base_trainable, tp = spec.tp.size > 1;
-  auto add_linear = [&](Unit& unit, Linear& lin) {
+  const bool base = spec.base_trainable;
+  // A linear's weight, its adapter's parameters after it.
+  auto add_linear = [&](Unit& unit, const ParamEntry& e) {
+    Linear& lin = *e.linear;
     if (lin.quantized()) {
       Nf4Tensor& q = *lin.nf4;
       add_frozen(unit, lin.name + ".nf4.codes", {&q.codes});
@@ -238,9 +116,9 @@ Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
       add_frozen(unit, lin.name + ".nf4.qabsmax", {&q.qabsmax});
       add_frozen(unit, lin.name + ".nf4.absmax2", {&q.absmax2});
     } else if (base) {
-      add_trainable(unit, lin.name + ".weight", {&lin.weight}, {&lin.grad}, nullptr, true, tp);
+      add_trainable(unit, e.name, {e.tensor}, {e.grad}, nullptr, e.decay, e.split != TpMode::none);
     } else {
-      add_frozen(unit, lin.name + ".weight", {&lin.weight});
+      add_frozen(unit, e.name, {e.tensor});
     }
     if (lin.adapter) {
       std::vector<ParamRef> ps;
@@ -252,14 +130,26 @@ Zero3::Zero3(const Zero3Units& spec, Comm& dp, bool prefetch)
       }
     }
   };
-  for (size_t u = 0; u < spec.units.size(); ++u) {
-    Unit& unit = *units_[u];
-    for (const Zero3Item& it : spec.units[u].items) {
-      if (it.linear) add_linear(unit, *it.linear);
-      else if (base) add_trainable(unit, it.name, it.values, it.grads, nullptr, it.decay, it.tp_sharded);
-      else add_frozen(unit, it.name, it.values);
+  // Every entry in table order into its unit: a linear's weight with its adapter, and plain
+  // tensors (embeddings, norms, tables, biases) with every handle of their buffers.
+  std::vector<const Linear*> with_weight;
+  for (const ParamEntry& e : spec.params) {
+    if (e.unit < 0 || e.unit >= spec.num_units) ST_THROW("Zero3: ", e.name, " in unit ", e.unit, " of ", spec.num_units);
+    Unit& unit = *units_[static_cast<size_t>(e.unit)];
+    if (e.linear && !e.bias) {
+      add_linear(unit, e);
+      with_weight.push_back(e.linear);
+      continue;
     }
+    std::vector<Tensor*> values{e.tensor}, grads{e.grad};
+    values.insert(values.end(), e.aliases.begin(), e.aliases.end());
+    grads.insert(grads.end(), e.grad_aliases.begin(), e.grad_aliases.end());
+    if (base) add_trainable(unit, e.name, values, grads, nullptr, e.decay, e.split != TpMode::none);
+    else add_frozen(unit, e.name, values);
   }
+  for (const Linear* lin : spec.linears)
+    if (lin->adapter && std::find(with_weight.begin(), with_weight.end(), lin) == with_weight.end())
+      ST_THROW("Zero3: an adapter on ", lin->name, ", whose weight is tied to another tensor, is not supported");
 
   // ---- lay out, shard, and drop the full tensors
   for (auto& up : units_) {

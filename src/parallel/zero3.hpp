@@ -1,10 +1,10 @@
 // ZeRO-3 (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion
 // Parameter Models", stage 3): every parameter is sharded across the data-parallel group.
 //
-// The model is cut into units (Llama: the embedding, each block, the head; T5: see t5.hpp), given
-// to the engine as a model-independent Zero3Units description (llama_zero3_units,
-// t5_zero3_units). Each unit's
-// tensors are packed into padded flat buffers, one per group:
+// The model is cut into units (Llama: the embedding, each block, the head; T5: see t5.hpp), and
+// the engine reads them from the model's parameter table (model/param_table.hpp): it knows no
+// model family. Each unit's tensors are packed, in table order, into padded flat buffers, one
+// per group:
 //   - frozen: every tensor that does not train (bf16/f32 base weights, NF4 codes and absmax
 //     bytes), packed as bytes;
 //   - trainable, by (weight decay, TP-sharded): the working values in the compute dtype, with
@@ -32,56 +32,19 @@
 
 #include "model/hooks.hpp"
 #include "model/linear.hpp"
+#include "model/param_table.hpp"
 #include "parallel/comm.hpp"
 
 namespace st {
 
-struct LlamaModel;
-struct T5Model;
-
-// One item of a unit, in layout order: a linear layer (its base, dense or NF4, and its adapter's
-// parameters), or a plain named tensor (embedding, norm, relative-bias table).
-struct Zero3Item {
-  Linear* linear = nullptr;
-  // Plain tensor (linear == null): every handle of it (a tied head's weight shares the
-  // embedding's buffer) and of its gradient (used when the base trains).
-  std::string name;
-  std::vector<Tensor*> values, grads;
-  bool decay = false;       // AdamW weight decay (matrices and embeddings, not norms)
-  bool tp_sharded = false;  // each TP rank holds its own part
-};
-
-struct Zero3UnitSpec {
-  std::string name;  // "embed", "layers.3", "head" ...: names the optimizer's groups
-  std::vector<Zero3Item> items;
-};
-
-// What the engine needs to know of a model: its units in hook order and where to install itself.
-struct Zero3Units {
-  std::vector<Zero3UnitSpec> units;
-  int embed_unit = 0;      // its backward needs no values (it only scatters gradients)
-  int head_unit = 0;       // the last unit
-  bool tied = false;       // the head reads the embedding unit's table (gathered with it)
-  bool base_trainable = false;
-  TpGroup tp;              // base linears are TP-sharded when tp.size > 1
-  DType dtype = DType::f32;  // compute dtype
-  Device device = Device::cpu;
-  ModelHooks** hooks = nullptr;  // the model's hook slot
-};
-
-// Units as the models define them (Llama: llama.hpp; T5: t5.hpp).
-Zero3Units llama_zero3_units(LlamaModel& m);
-Zero3Units t5_zero3_units(T5Model& m);
-
 class Zero3 final : public ModelHooks {
  public:
-  // Takes over the parameters of the described model (already carrying its adapters and base
-  // gradients as the method needs) and installs itself in *units.hooks. `dp` is the
+  // Takes over the parameters of the model whose table this is (already carrying its adapters
+  // and base gradients as the method needs) and installs itself in *table.hooks. `dp` is the
   // data-parallel group. prefetch: start the next unit's all-gather (all_gather_async) before
-  // the current one runs.
-  Zero3(const Zero3Units& units, Comm& dp, bool prefetch = true);
-  Zero3(LlamaModel& m, Comm& dp, bool prefetch = true);
-  Zero3(T5Model& m, Comm& dp, bool prefetch = true);
+  // the current one runs. An adapter on a linear whose weight belongs to another entry (a tied
+  // head) is refused.
+  Zero3(const ParamTable& table, Comm& dp, bool prefetch = true);
   ~Zero3() override;
 
   // The optimizer's view: one entry per trainable group per unit (this rank's shard).

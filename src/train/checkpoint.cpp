@@ -75,7 +75,8 @@ void remove_dir(const std::string& dir, const char* why) {
 }  // namespace
 
 std::string CheckpointLayout::str() const {
-  return st::str("world_size ", world_size, ", tp ", tp, ", dp ", dp, ", parallel ", parallel, ", method ", method);
+  return st::str("world_size ", parallel.world, ", tp ", parallel.tp, ", dp ", parallel.dp, ", parallel ", parallel.name(),
+                 ", method ", method_name(method));
 }
 
 std::string checkpoint_root(const RunConfig& c) {
@@ -150,11 +151,11 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
   nlohmann::json j = {{"format", kFormat},
                       {"step", step},
                       {"rank", rank},
-                      {"world_size", layout.world_size},
-                      {"tp", layout.tp},
-                      {"dp", layout.dp},
-                      {"parallel", layout.parallel},
-                      {"method", layout.method},
+                      {"world_size", layout.parallel.world},
+                      {"tp", layout.parallel.tp},
+                      {"dp", layout.parallel.dp},
+                      {"parallel", layout.parallel.name()},
+                      {"method", method_name(layout.method)},
                       {"optimizer_steps", opt.steps_taken()},
                       {"options_sha256", options_hash(opts)},
                       {"options", opts},
@@ -162,8 +163,12 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
   atomic_write_file(rank_file(dir, rank, ".json"), j.dump(1) + "\n");
   world.barrier();  // every rank's files are durable
   if (rank == 0) {
-    const nlohmann::json marker = {{"step", step}, {"world_size", layout.world_size}, {"tp", layout.tp}, {"dp", layout.dp},
-                                   {"parallel", layout.parallel}, {"method", layout.method}};
+    const nlohmann::json marker = {{"step", step},
+                                   {"world_size", layout.parallel.world},
+                                   {"tp", layout.parallel.tp},
+                                   {"dp", layout.parallel.dp},
+                                   {"parallel", layout.parallel.name()},
+                                   {"method", method_name(layout.method)}};
     atomic_write_file((fs::path(dir) / "COMPLETE").string(), marker.dump(1) + "\n");
     prune_checkpoints(c, step);
   }
@@ -173,18 +178,18 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
 void check_checkpoint(const RunConfig& c, const CheckpointLayout& layout, const std::string& dir) {
   // The layout first, from the marker (every rank reads the same file: the same answer everywhere).
   const nlohmann::json marker = read_json((fs::path(dir) / "COMPLETE").string());
+  const std::string marker_path = (fs::path(dir) / "COMPLETE").string();
   CheckpointLayout was;
   try {
-    was.world_size = marker.at("world_size").get<int>();
-    was.tp = marker.at("tp").get<int>();
-    was.dp = marker.at("dp").get<int>();
-    was.parallel = marker.at("parallel").get<std::string>();
-    was.method = marker.at("method").get<std::string>();
-  } catch (const std::exception& e) {
-    ST_THROW_INPUT(dir, "/COMPLETE: ", e.what());
+    was.parallel.world = marker.at("world_size").get<int>();
+    was.parallel.tp = marker.at("tp").get<int>();
+    was.parallel.dp = marker.at("dp").get<int>();
+    was.parallel.strategy = parse_strategy(marker.at("parallel").get<std::string>(), marker_path);
+    was.method = parse_method(marker.at("method").get<std::string>(), marker_path);
+  } catch (const nlohmann::json::exception& e) {
+    ST_THROW_INPUT(marker_path, ": ", e.what());
   }
-  if (was.world_size != layout.world_size || was.tp != layout.tp || was.dp != layout.dp ||
-      was.parallel != layout.parallel || was.method != layout.method)
+  if (!(was.parallel == layout.parallel) || was.method != layout.method)
     ST_THROW_INPUT("resume: checkpoint ", dir, " was written by a run of layout (", was.str(),
                    "), this run's layout is (", layout.str(), "): resuming needs the same world size, tp_size, "
                    "parallel and method (re-sharding is not supported); relaunch with the checkpoint's layout, "

@@ -31,15 +31,19 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/choices.hpp"
 #include "config/run_config.hpp"
+#include "parallel/layout.hpp"
 #include "parallel/comm.hpp"
 #include "train/optimizer.hpp"
 
 namespace st {
 
+// The run's layout as a checkpoint records it (rank-<r>.json and COMPLETE keep the fields
+// world_size, tp, dp, parallel and method).
 struct CheckpointLayout {
-  int world_size = 1, tp = 1, dp = 1;
-  std::string parallel, method;
+  ParallelLayout parallel;
+  Method method = Method::full;
   int rank = 0;  // this process's world rank (not part of the layout)
   std::string str() const;
 };

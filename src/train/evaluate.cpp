@@ -31,7 +31,7 @@ std::vector<float> label_scores_at(const Tensor& logits, int64_t T, const std::v
       if (col >= 0 && col < vocab_local) lv[b * nlabels + c] = row.ptr<float>()[col];
     }
   }
-  if (tp.active()) tp.comm->all_reduce_sum(lab);
+  tp_sum_partials(tp, lab);
   std::vector<float> out(lv, lv + rows * nlabels);
   for (int64_t b = 0; b < rows; ++b) {
     const int64_t p = pos[static_cast<size_t>(b)];

@@ -1,28 +1,23 @@
-// The Llama-family decoder behind ModelRunner: causal shards, LlamaModel with its adapters,
-// activations (with optional checkpointing) and batch buffers.
+// The decoder families (Llama 2/3.x, Mistral, Qwen2) behind ModelRunner: causal shards,
+// LlamaModel with its adapters, activations (with optional checkpointing) and batch buffers. The
+// families differ only in their config.json reader and writer (DecoderConfigIo).
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/llama_io.hpp"
-#include "parallel/zero3.hpp"
 #include "train/evaluate.hpp"
+#include "train/families.hpp"
 #include "train/loader.hpp"
 #include "train/model_runner.hpp"
-
-namespace fs = std::filesystem;
 
 namespace st {
 
 namespace {
 
-LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
+LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info, const DecoderConfigIo& io) {
   LlamaConfig m;
   m.vocab_size = c.vocab_size > 0 ? c.vocab_size : info.tokenizer_vocab_size;
   m.hidden_size = c.hidden_size;
@@ -37,41 +32,29 @@ LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
   m.tie_word_embeddings = c.tie_embeddings;
   m.bos_token_id = info.bos_id;
   m.eos_token_id = info.eos_id;
+  if (io.random_defaults) io.random_defaults(m);
   m.validate(str("options of ", c.deck.empty() ? std::string("the command line") : c.deck));
   return m;
 }
 
-// The NF4 layers of a QLoRA run (none for other methods, and none when only evaluating).
-LlamaQuant quant_from_options(const RunConfig& c, bool training) {
-  LlamaQuant q;
-  if (!training || c.method != "qlora") return q;
-  // "adapted": the modules of the loaded adapter when there is one (deck key adapter).
-  q.modules = c.qlora_quantize == "all"  ? llama_module_names()
-              : !c.adapter.empty()       ? lora_config_from_peft(read_peft_config(c.adapter, "llama"), "llama").targets
-                                         : c.lora_target_list();
-  q.nf4.block = c.qlora_block_size;
-  q.nf4.double_quant = c.qlora_double_quant;
-  return q;
-}
-
-class LlamaRunner final : public ModelRunner {
+class DecoderRunner final : public ModelRunner {
  public:
-  LlamaRunner(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
-              const TpGroup& tp, bool training)
-      : shape_(shape), device_(device), micro_batch_(c.micro_batch_size) {
+  DecoderRunner(const RunnerSpec& s, const DecoderConfigIo& io)
+      : family_(s.family), io_(io), shape_(s.shape), device_(s.device), micro_batch_(s.c.micro_batch_size) {
+    const RunConfig& c = s.c;
     MemoryPhase phase("load");
-    const LlamaQuant quant = quant_from_options(c, training);
+    const LlamaQuant quant = quant_of(s);
     if (!c.model.empty()) {
-      m_ = load_llama(c.model, dtype, device, quant, tp);
-      ST_LOG("model: loaded ", c.model, " (", m_.cfg.summary(), ")");
+      m_ = load_decoder(c.model, io.read(c.model), s.dtype, s.device, quant, s.tp);
+      ST_LOG("model: loaded ", c.model, " (", family_.name, " ", m_.cfg.summary(), ")");
     } else {
-      m_ = llama_build(config_from_options(c, info), dtype, device, quant, tp);
+      m_ = llama_build(config_from_options(c, s.info, io), s.dtype, s.device, quant, s.tp);
       llama_init_random(m_, c.seed, c.init_std);
-      ST_LOG("model: random init, seed ", c.seed, " (", m_.cfg.summary(), ")");
+      ST_LOG("model: random init, seed ", c.seed, " (", family_.name, " ", m_.cfg.summary(), ")");
     }
-    if (tp.size > 1) {
+    if (s.tp.size > 1) {
       const LlamaLocalDims d = llama_local_dims(m_);
-      ST_LOG("tp: ", tp.size, " ranks per tensor-parallel group; this rank holds ", d.heads, " of ", m_.cfg.num_heads,
+      ST_LOG("tp: ", s.tp.size, " ranks per tensor-parallel group; this rank holds ", d.heads, " of ", m_.cfg.num_heads,
              " heads, ", d.kv_heads, " of ", m_.cfg.num_kv_heads, " KV heads, ", d.intermediate, " of ",
              m_.cfg.intermediate_size, " FFN columns, vocabulary rows [", d.vocab_offset, ", ", d.vocab_offset + d.vocab,
              ")");
@@ -81,37 +64,35 @@ class LlamaRunner final : public ModelRunner {
       ST_LOG("qlora: ", wb.quantized_layers, " linear layers in NF4 (block ", quant.nf4.block,
              quant.nf4.double_quant ? ", double quantization" : "", "): base weights ",
              format_bytes(static_cast<double>(wb.stored)), " instead of ", format_bytes(static_cast<double>(wb.dense)),
-             " in ", dtype_name(dtype), " (", format_bytes(static_cast<double>(wb.dense - wb.stored)), " saved)");
+             " in ", dtype_name(s.dtype), " (", format_bytes(static_cast<double>(wb.dense - wb.stored)), " saved)");
     }
-    if (info.tokenizer_vocab_size > m_.cfg.vocab_size)
-      ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", info.tokenizer_vocab_size,
+    if (s.info.tokenizer_vocab_size > m_.cfg.vocab_size)
+      ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", s.info.tokenizer_vocab_size,
                      " pieces but the model's vocabulary has only ", m_.cfg.vocab_size);
-    if (shape.seq_len > m_.cfg.max_position_embeddings)
-      ST_WARN("shards hold rows of up to ", shape.seq_len, " tokens but the model's max_position_embeddings is ",
+    // Sliding-window attention is not implemented: a window the rows fit in is plain causal
+    // attention, a shorter one is refused here rather than silently trained as full attention.
+    if (m_.cfg.sliding_window > 0 && shape_.seq_len > m_.cfg.sliding_window)
+      ST_THROW_INPUT(c.model.empty() ? std::string("options") : c.model + "/config.json", ": sliding_window = ",
+                     m_.cfg.sliding_window, " is shorter than the run's sequence length ", shape_.seq_len,
+                     ": sliding-window attention is not implemented (shorten the rows to at most ",
+                     m_.cfg.sliding_window, " tokens)");
+    if (shape_.seq_len > m_.cfg.max_position_embeddings)
+      ST_WARN("shards hold rows of up to ", shape_.seq_len, " tokens but the model's max_position_embeddings is ",
               m_.cfg.max_position_embeddings, "; longer batches will be refused");
   }
 
-  std::string describe() const override { return "llama " + m_.cfg.summary(); }
+  std::string describe() const override { return family_.name + " " + m_.cfg.summary(); }
   int64_t num_parameters() const override { return m_.cfg.num_parameters(); }
   int tp_size() const override { return m_.tp.size; }
+  ParamTable param_table() override { return llama_param_table(m_); }
 
   void enable_base_training() override { llama_enable_base_training(m_); }
   int64_t attach_lora(const LoraConfig& lc, uint64_t seed) override {
     return st::attach_lora(m_, lc, micro_batch_ * shape_.seq_len, seed);
   }
-  int64_t num_trainable() override { return llama_num_trainable(m_); }
-  std::vector<Linear*> linears() override { return llama_linears(m_); }
-  WeightBytes weight_bytes() override { return llama_weight_bytes(m_); }
   double flops_per_token() const override { return llama_flops_per_token(m_, shape_.seq_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override { return data.lengths(); }
-
-  std::vector<ParamRef> trainable_params() override { return llama_trainable_params(m_); }
-  std::vector<std::vector<ParamRef>> params_by_unit() override { return llama_params_by_unit(m_); }
-  void set_hooks(ModelHooks* hooks) override { m_.hooks = hooks; }
   bool has_hooks() const override { return m_.hooks != nullptr; }
-  std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) override {
-    return std::make_unique<Zero3>(m_, dp, prefetch);
-  }
 
   void allocate(int64_t B, bool checkpointing, bool training) override {
     acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.seq_len, checkpointing, training));
@@ -135,14 +116,43 @@ class LlamaRunner final : public ModelRunner {
     s.label_scores = label_scores_at(acts_->logits, batch_.T, pos, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
     return s;
   }
+  Tensor logits(const LogitsInput& in) override {
+    LlamaActivations acts = llama_activations(m_, in.B, in.T, false, false);
+    LlamaBatch b;
+    b.B = in.B;
+    b.T = in.T;
+    b.ids = tensor_on(in.ids, DType::i32, device_);
+    b.targets = tensor_on(std::vector<int32_t>(static_cast<size_t>(in.B * in.T), -1), DType::i32, device_);
+    b.weight = tensor_on(std::vector<int32_t>(static_cast<size_t>(in.B * in.T), 0), DType::f32, device_);
+    b.lengths = tensor_on(in.lengths, DType::i32, device_);
+    llama_forward(m_, acts, b, LayerContext{}, false);
+    return acts.logits.slice(0, in.B * in.T).to_cpu(DType::f32).view({in.B, in.T, m_.cfg.vocab_size});
+  }
 
-  void save(const std::string& dir, const std::string& tokenizer_path) override {
+  void save(const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) override {
     llama_dequantize(m_);  // a QLoRA base merges in its dequantized form
     merge_adapters(m_);
-    save_llama(m_, dir, tokenizer_path);
+    save_decoder(m_, dir, tokenizer_path, max_shard_bytes, io_.write);
   }
 
  private:
+  // The NF4 layers of a QLoRA run (none for other methods, and none when only evaluating):
+  // "adapted" quantizes the modules of the loaded adapter when there is one (deck key adapter),
+  // else lora_targets; "all" every block projection.
+  LlamaQuant quant_of(const RunnerSpec& s) const {
+    const RunConfig& c = s.c;
+    LlamaQuant q;
+    if (!s.training || s.method != Method::qlora) return q;
+    q.modules = c.qlora_quantize == "all" ? llama_module_names()
+                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
+                                          : lora_targets_for(c, family_);
+    q.nf4.block = c.qlora_block_size;
+    q.nf4.double_quant = c.qlora_double_quant;
+    return q;
+  }
+
+  const ModelFamily& family_;
+  DecoderConfigIo io_;
   LlamaModel m_;
   DataShape shape_;
   Device device_;
@@ -154,42 +164,27 @@ class LlamaRunner final : public ModelRunner {
 
 }  // namespace
 
-std::unique_ptr<ModelRunner> make_llama_runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape,
-                                               DType dtype, Device device, const TpGroup& tp, bool training) {
-  return std::make_unique<LlamaRunner>(c, info, shape, dtype, device, tp, training);
+std::unique_ptr<ModelRunner> make_decoder_runner(const RunnerSpec& spec, const DecoderConfigIo& io) {
+  return std::make_unique<DecoderRunner>(spec, io);
 }
 
-std::string model_arch(const RunConfig& c) {
-  if (c.model.empty()) return c.arch;
-  const fs::path p = fs::path(c.model) / "config.json";
-  std::ifstream f(p);
-  if (!f) ST_THROW_INPUT(c.origin.count("model") ? c.origin.at("model") : std::string("options"), ": model = ",
-                         c.model, ": cannot read ", p.string());
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    ST_THROW_INPUT(p.string(), ": not valid JSON: ", e.what());
-  }
-  const std::string type = j.value("model_type", std::string());
-  if (type != "llama" && type != "t5")
-    ST_THROW_INPUT(p.string(), ": model_type \"", type, "\" is not supported (llama or t5)");
-  const auto it = c.origin.find("arch");
-  if (it != c.origin.end() && it->second != "default" && c.arch != type)
-    ST_THROW_INPUT(it->second, ": arch = ", c.arch, " but the checkpoint ", c.model, " is a ", type);
-  return type;
-}
-
-std::string resolve_arch(const RunConfig& c, const ShardInfo& info) {
-  const std::string arch = model_arch(c);
-  const bool seq2seq = info.arch == "seq2seq";
-  if (arch == "t5" && !seq2seq)
-    ST_THROW_INPUT(c.data, ": a T5 (encoder-decoder) model needs seq2seq shards, but these are '", info.arch,
-                   "' (write them with `shardtune prepare --arch seq2seq`)");
-  if (arch == "llama" && seq2seq)
-    ST_THROW_INPUT(c.data, ": these are seq2seq shards (encoder-decoder); a Llama decoder needs causal shards "
-                   "(`shardtune prepare` without --arch seq2seq), or set arch = t5");
-  return arch;
+ModelFamily decoder_family(std::string name, std::vector<std::string> model_types, DecoderConfigIo io,
+                           std::string refuses) {
+  ModelFamily f;
+  f.name = std::move(name);
+  f.model_types = std::move(model_types);
+  f.seq2seq = false;
+  f.module_names = llama_module_names();
+  f.default_lora_targets = llama_module_names();
+  f.peft.family = f.name;
+  f.peft.task_type = "CAUSAL_LM";
+  f.peft.targets = {{"q", "q_proj"},       {"k", "k_proj"},   {"v", "v_proj"},    {"o", "o_proj"},
+                    {"gate", "gate_proj"}, {"up", "up_proj"}, {"down", "down_proj"}};
+  f.peft.short_name = llama_module_short_name;
+  f.read_config = [read = io.read](const std::string& dir) { return read(dir).summary(); };
+  f.make_runner = [io](const RunnerSpec& spec) { return make_decoder_runner(spec, io); };
+  f.refuses = std::move(refuses);
+  return f;
 }
 
 }  // namespace st

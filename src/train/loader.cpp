@@ -32,6 +32,19 @@ BatchBuffers::BatchBuffers(int64_t B_max, int64_t T_max, Device device)
   both(lengths_, h_lengths_, {B_max}, DType::i32);
 }
 
+Tensor tensor_on(const std::vector<int32_t>& values, DType dtype, Device device) {
+  Tensor h = Tensor::empty({static_cast<int64_t>(values.size())}, dtype);
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (dtype == DType::i32) h.ptr<int32_t>()[i] = values[i];
+    else if (dtype == DType::f32) h.ptr<float>()[i] = static_cast<float>(values[i]);
+    else ST_THROW("tensor_on: i32 or f32, not ", dtype_name(dtype));
+  }
+  if (device == Device::cpu) return h;
+  Tensor t = Tensor::empty(h.shape(), dtype, device, MemCategory::workspace);
+  t.copy_from(h);
+  return t;
+}
+
 LlamaBatch BatchBuffers::make(const Batch& host, double token_weight) {
   const int64_t B = host.rows, L = host.seq_len;
   const int64_t T = std::max<int64_t>(2, std::min(L, host.max_length()));

@@ -15,6 +15,9 @@ namespace st {
 // (seed, epoch).
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
 
+// Host values (i32 ids, or f32 numbers) as a new tensor of `dtype` on `device`.
+Tensor tensor_on(const std::vector<int32_t>& values, DType dtype, Device device);
+
 // Device buffers for micro-batches of up to B_max rows of up to T_max tokens.
 class BatchBuffers {
  public:

@@ -1,8 +1,9 @@
 // What the training loop needs from a model family (Llama-style decoders, T5 encoder-decoders):
-// the model with its method (full, LoRA, QLoRA) and tensor-parallel sharding, its activation and
-// batch buffers, one micro-batch's forward and backward from host rows, validation scores, and
-// saving. The trainer (train/trainer.cpp) owns the step loop, the optimizer, DDP and ZeRO-3 and
-// never sees the model type.
+// the model with its method (full, LoRA, QLoRA) and tensor-parallel sharding, its parameter
+// table, its activation and batch buffers, one micro-batch's forward and backward from host rows,
+// validation scores, and saving. The trainer (train/trainer.cpp) owns the step loop, the
+// optimizer, DDP and ZeRO-3 and never sees the model type; families are registered in
+// train/families.hpp.
 #pragma once
 
 #include <cstdint>
@@ -11,15 +12,14 @@
 #include <vector>
 
 #include "adapters/lora.hpp"
+#include "config/choices.hpp"
 #include "config/run_config.hpp"
 #include "io/shards.hpp"
 #include "model/linear.hpp"
 #include "model/llama.hpp"
-#include "parallel/comm.hpp"
+#include "model/param_table.hpp"
 
 namespace st {
-
-class Zero3;
 
 // Sizes of the shards a run reads: the longest rows the buffers must hold.
 struct DataShape {
@@ -35,6 +35,14 @@ struct EvalScores {
   std::vector<float> label_scores;
 };
 
+// Inputs of a logits request (`shardtune export --logits-input`): rows of token ids with right
+// padding, and for an encoder-decoder the decoder inputs.
+struct LogitsInput {
+  int64_t B = 0, T = 0, Td = 0;
+  std::vector<int32_t> ids, lengths;  // [B, T], [B]
+  std::vector<int32_t> dec_ids;       // [B, Td] (seq2seq)
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -43,25 +51,18 @@ class ModelRunner {
   virtual int64_t num_parameters() const = 0;      // of the whole model
   virtual int tp_size() const = 0;
 
+  // Every tensor of the model once (model/param_table.hpp): what trains, its units, its linears,
+  // what ZeRO-3 shards and DDP sums (parallel/parallelize.hpp).
+  virtual ParamTable param_table() = 0;
+
   // The method (before allocate). attach_lora returns the number of adapters.
   virtual void enable_base_training() = 0;
   virtual int64_t attach_lora(const LoraConfig& lc, uint64_t seed) = 0;
-  virtual int64_t num_trainable() = 0;
-  // Every linear layer (adapters hang on them): for reading and writing PEFT adapters.
-  virtual std::vector<Linear*> linears() = 0;
-  virtual WeightBytes weight_bytes() = 0;  // base weights as stored and dense
   // Model FLOPs per training token (forward + backward) at the training shape.
   virtual double flops_per_token() const = 0;
   // Tokens a row contributes to throughput figures (encoder + decoder for seq2seq).
   virtual std::vector<int32_t> row_tokens(const ShardDataset& data) const = 0;
-
-  // Parameters for the optimizer (base when trainable, then adapters), and the same grouped by
-  // unit in forward order (DDP buckets).
-  virtual std::vector<ParamRef> trainable_params() = 0;
-  virtual std::vector<std::vector<ParamRef>> params_by_unit() = 0;
-  virtual void set_hooks(ModelHooks* hooks) = 0;
   virtual bool has_hooks() const = 0;
-  virtual std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) = 0;
 
   // Activation and batch buffers for micro-batches of up to B rows of the data's shape.
   virtual void allocate(int64_t B, bool checkpointing, bool training) = 0;
@@ -69,22 +70,43 @@ class ModelRunner {
   virtual double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) = 0;
   virtual void backward(const LayerContext& ctx) = 0;  // after forward(..., grad = true)
   virtual EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) = 0;
+  // The logits [B, T (decoder: Td), V] of one forward on `in` (no TP), as an f32 CPU tensor.
+  virtual Tensor logits(const LogitsInput& in) = 0;
 
-  // Dequantize NF4 bases, merge adapters and write a Hugging Face directory (collective within
-  // the TP group; the TP group's rank 0 writes).
-  virtual void save(const std::string& dir, const std::string& tokenizer_path) = 0;
+  // Dequantize NF4 bases, merge adapters and write a Hugging Face directory, sharded above
+  // max_shard_bytes (collective within the TP group; the TP group's rank 0 writes).
+  virtual void save(const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) = 0;
+
+  // Derived from the parameter table.
+  std::vector<Linear*> linears() { return param_table().linears; }
+  int64_t num_trainable() { return st::num_trainable(param_table()); }
+  WeightBytes weight_bytes() { return param_bytes(param_table()); }
 };
 
-// The model family the options name: the checkpoint's model_type when `model` is set (InputError
-// when it contradicts an explicit `arch`), else `arch`.
-std::string model_arch(const RunConfig& c);
-// The model family of a run: model_arch(c), checked against the shards.
-// InputError when they disagree or the shards are of the other kind (causal vs seq2seq).
-std::string resolve_arch(const RunConfig& c, const ShardInfo& info);
+struct ModelFamily;
 
-std::unique_ptr<ModelRunner> make_llama_runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape,
-                                               DType dtype, Device device, const TpGroup& tp, bool training);
-std::unique_ptr<ModelRunner> make_t5_runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape,
-                                            DType dtype, Device device, const TpGroup& tp, bool training);
+// What a family's runner factory is given (train/families.hpp).
+struct RunnerSpec {
+  const RunConfig& c;
+  const ShardInfo& info;   // the shards' metadata (a synthetic one for the planner and export)
+  DataShape shape;         // the longest rows the buffers hold
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+  TpGroup tp;              // this rank's TP group (size 1: none)
+  Method method = Method::full;
+  bool training = false;
+  const ModelFamily& family;
+};
+
+// The decoder families (Llama, Mistral, Qwen2): one runner over LlamaModel, with the family's
+// config reader and writer (train/llama_runner.cpp).
+struct DecoderConfigIo {
+  LlamaConfig (*read)(const std::string& dir) = nullptr;
+  void (*write)(const std::string& dir, const LlamaConfig& cfg) = nullptr;
+  // Random init from the deck: the family's fixed features (Qwen2: q, k, v biases).
+  void (*random_defaults)(LlamaConfig& cfg) = nullptr;
+};
+std::unique_ptr<ModelRunner> make_decoder_runner(const RunnerSpec& spec, const DecoderConfigIo& io);
+std::unique_ptr<ModelRunner> make_t5_runner(const RunnerSpec& spec);
 
 }  // namespace st

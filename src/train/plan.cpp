@@ -6,13 +6,13 @@
 #include "core/dryrun.hpp"
 #include "core/log.hpp"
 #include "io/shards.hpp"
+#include "parallel/parallelize.hpp"
+#include "train/families.hpp"
 #include "train/setup.hpp"
 
 namespace st {
 
 namespace {
-
-bool is_tp(const std::string& parallel) { return parallel == "tp" || parallel == "tp+zero3"; }
 
 // B rows at the full lengths of the data: the largest micro-batch a run can meet.
 Batch full_batch(int64_t B, const PlanData& d) {
@@ -43,25 +43,24 @@ struct DryOutcome {
 };
 
 DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& L, int rank) {
+  // The deck with the layout's choices (echoed as the run would echo them).
   RunConfig c = c0;
-  c.parallel = L.parallel;
-  c.tp_size = is_tp(L.parallel) ? L.tp_size : 1;
-  c.method = L.method;
+  const ParallelLayout& P = L.parallel;
+  c.parallel = P.name();
+  c.tp_size = P.tp;
+  c.method = method_name(L.method);
   c.activation_checkpointing = L.checkpointing;
-  if (L.world_size < 1 || L.tp_size < 1 || L.world_size % L.tp_size != 0)
-    ST_THROW_INPUT("tp_size ", L.tp_size, " does not divide the world size ", L.world_size);
-  if (L.world_size > 1 && L.parallel == "none") ST_THROW_INPUT("parallel = none runs on one rank");
   const Device device = run_device(c);
   const DType dtype = run_dtype(c, device);
-  const int tp = static_cast<int>(c.tp_size), dp = L.world_size / tp;
+  const int tp = P.tp, dp = P.dp;
   const int tp_rank = rank % tp, dp_rank = rank / tp;
 
   DryRun dry;
-  const std::unique_ptr<Comm> world = make_dry_comm(L.world_size, rank, device, "world");
+  const std::unique_ptr<Comm> world = make_dry_comm(P.world, rank, device, "world");
   const std::unique_ptr<Comm> tpc = make_dry_comm(tp, tp_rank, device, "tp");
   const std::unique_ptr<Comm> dpc = make_dry_comm(dp, dp_rank, device, "dp");
   RankComms comms;
-  if (tp > 1) comms.tp = TpGroup{tpc.get(), tp, tp_rank};
+  comms.tp = tp_group_for(P, tpc.get());
   comms.dp = dpc.get();
   comms.dp_host = dpc.get();
   comms.tp_host = tpc.get();
@@ -70,7 +69,7 @@ DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& 
   Allocator& a = allocator_for(device);
   DryOutcome out;
   out.memory.rank = rank;
-  TrainingState s = build_training_state(c, data.info, data.shape, dtype, device, comms, true);
+  TrainingState s = build_training_state(c, P, L.method, data.info, data.shape, dtype, device, comms, true);
   out.memory.setup_peak = a.stats().total_peak;
   out.memory.persistent = a.stats().total_current;
   out.flops_per_token = s.model->flops_per_token();
@@ -114,19 +113,20 @@ PlanData plan_data_from_shards(const RunConfig& c) {
 
 PlanData plan_data_synthetic(const RunConfig& c, int64_t seq_len, int64_t target_len) {
   PlanData d;
-  const std::string arch = model_arch(c);
+  const ModelFamily& fam = model_family(c);
   if (seq_len < 2) ST_THROW_INPUT("plan: --seq-len must be at least 2 (got ", seq_len, ")");
-  if (arch == "t5" && target_len < 1) ST_THROW_INPUT("plan: a T5 model needs --target-len (the decoder length)");
+  if (fam.seq2seq && target_len < 1)
+    ST_THROW_INPUT("plan: a ", fam.name, " (encoder-decoder) model needs --target-len (the decoder length)");
   if (c.model.empty() && c.vocab_size < 1)
     ST_THROW_INPUT("plan: without shards, set vocab_size (there is no tokenizer to take it from)");
-  d.info.arch = arch == "t5" ? "seq2seq" : "causal";
+  d.info.arch = fam.seq2seq ? "seq2seq" : "causal";
   d.info.task = "random";
   d.info.tokenizer_vocab_size = c.vocab_size;
   d.info.bos_id = 1;
   d.info.eos_id = 2;
   d.info.pad_id = 0;
   d.info.seq_len = seq_len;
-  d.info.target_len = arch == "t5" ? target_len : 0;
+  d.info.target_len = fam.seq2seq ? target_len : 0;
   d.shape.seq_len = seq_len;
   d.shape.target_len = d.info.target_len;
   return d;
@@ -138,7 +138,7 @@ RankPlan predict_rank_memory(const RunConfig& c, const PlanData& data, const Pla
 
 RankPlan predict_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout) {
   RankPlan p = predict_rank_memory(c, data, layout, 0);
-  if (layout.world_size > 1) p = max_of(p, predict_rank_memory(c, data, layout, layout.world_size - 1));
+  if (layout.parallel.world > 1) p = max_of(p, predict_rank_memory(c, data, layout, layout.parallel.world - 1));
   return p;
 }
 
@@ -164,30 +164,28 @@ size_t default_runtime_reserve(const std::string& device, bool communicators) {
 }
 
 std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req) {
-  std::vector<std::string> methods = req.methods.empty() ? std::vector<std::string>{"full", "lora", "qlora"} : req.methods;
+  const std::vector<Method>& methods = req.methods.empty() ? all_methods() : req.methods;
   std::vector<PlanLayout> layouts;
   const int n = req.ranks;
-  auto wanted = [&](const std::string& s) {
+  auto wanted = [&](Strategy s) {
     return req.strategies.empty() || std::find(req.strategies.begin(), req.strategies.end(), s) != req.strategies.end();
   };
-  for (const std::string& m : methods) {
-    auto add = [&](const std::string& par, int tp) {
+  for (Method m : methods) {
+    auto add = [&](Strategy par, int tp) {
       if (!wanted(par)) return;
       PlanLayout l;
-      l.parallel = par;
+      l.parallel = ParallelLayout::make(par, tp, n, "planner");
       l.method = m;
-      l.world_size = n;
-      l.tp_size = tp;
       l.checkpointing = c.activation_checkpointing;
       layouts.push_back(l);
     };
-    if (n == 1) add("none", 1);
-    if (n > 1) add("ddp", 1);
-    add("zero3", 1);
+    if (n == 1) add(Strategy::none, 1);
+    if (n > 1) add(Strategy::ddp, 1);
+    add(Strategy::zero3, 1);
     for (int tp = 2; tp <= n; ++tp) {
       if (n % tp != 0) continue;
-      add("tp", tp);
-      if (tp < n) add("tp+zero3", tp);
+      add(Strategy::tp, tp);
+      if (tp < n) add(Strategy::tp_zero3, tp);
     }
   }
   std::vector<LayoutEstimate> out;
@@ -207,20 +205,19 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       e.activations_ckpt = l.checkpointing ? act : act_other;
       e.activations_full = l.checkpointing ? act_other : act;
       e.reserve = req.reserve >= 0 ? static_cast<size_t>(req.reserve)
-                                   : default_runtime_reserve(c.device, l.parallel != "none");
+                                   : default_runtime_reserve(c.device, l.parallel.has_communicators());
       e.fits = req.device_memory == 0 || mem.max_peak() + e.reserve <= req.device_memory;
       // Time: this rank's counted FLOPs at the achieved rate, its collectives over the link,
       // and the optimizer's and NF4 dequantization's memory traffic.
       const SpeedModel& sm = req.speed;
       e.compute_seconds = main0.step_flops / std::max(1.0, sm.device_flops * sm.efficiency);
       e.comm_seconds = main0.step_comm_bytes / std::max(1.0, sm.link_bytes_per_s);
-      const double dp = l.parallel == "zero3" || l.parallel == "tp+zero3" ? n / (is_tp(l.parallel) ? l.tp_size : 1) : 1;
-      const double opt_bytes = 16.0 * 3 * static_cast<double>(main0.trainable) / dp;
+      const double shards = l.parallel.zero3() ? l.parallel.dp : 1;
+      const double opt_bytes = 16.0 * 3 * static_cast<double>(main0.trainable) / shards;
       const double nf4_bytes = static_cast<double>(main0.weight_bytes.dense) * (l.checkpointing ? 3 : 2) *
                                (main0.weight_bytes.quantized_layers > 0 ? 1 : 0);
       e.step_seconds = e.compute_seconds + e.comm_seconds + (opt_bytes + nf4_bytes) / std::max(1.0, sm.memory_bytes_per_s);
-      const int dp_ranks = n / (is_tp(l.parallel) ? l.tp_size : 1);
-      e.rows_per_second = static_cast<double>(c.micro_batch_size * c.grad_accum * dp_ranks) / e.step_seconds;
+      e.rows_per_second = static_cast<double>(c.micro_batch_size * c.grad_accum * l.parallel.dp) / e.step_seconds;
     } catch (const InputError& err) {
       e.applies = false;
       e.reason = err.what();
@@ -230,7 +227,7 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
   return out;
 }
 
-const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, const std::string& method) {
+const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, Method method) {
   const LayoutEstimate* best = nullptr;
   for (const LayoutEstimate& e : all) {
     if (!e.applies || !e.fits || e.layout.method != method) continue;

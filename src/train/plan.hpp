@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "config/run_config.hpp"
+#include "config/choices.hpp"
 #include "core/allocator.hpp"
+#include "parallel/layout.hpp"
 #include "train/model_runner.hpp"
 
 namespace st {
@@ -31,11 +33,11 @@ struct RankPlan {
   size_t max_peak() const { return peak > setup_peak ? peak : setup_peak; }
 };
 
-// A layout of a run: world size and TP size (dp = world / tp), strategy and method.
+// A layout of a run: the parallel layout (world, tp, dp, strategy), the method and activation
+// checkpointing.
 struct PlanLayout {
-  std::string parallel = "none";  // none | ddp | tp | zero3 | tp+zero3
-  std::string method = "full";
-  int world_size = 1, tp_size = 1;
+  ParallelLayout parallel;
+  Method method = Method::full;
   bool checkpointing = false;
 };
 
@@ -50,7 +52,7 @@ PlanData plan_data_from_shards(const RunConfig& c);
 PlanData plan_data_synthetic(const RunConfig& c, int64_t seq_len, int64_t target_len);
 
 // The dry run of rank `rank` of `layout` (the deck `c` supplies model, data, batch and method
-// options; layout overrides parallel, tp_size, method, activation_checkpointing). InputError
+// options; layout replaces parallel, tp_size, method, activation_checkpointing). InputError
 // when the layout does not apply (e.g. heads not divisible by tp), with the reason.
 RankPlan predict_rank_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout, int rank);
 // The largest over the ranks that differ (rank 0 and the last rank).
@@ -86,8 +88,8 @@ struct PlanRequest {
   // Bytes outside our allocator (CUDA context, cuBLAS, NCCL); negative: default_runtime_reserve
   // of each layout.
   int64_t reserve = -1;
-  std::vector<std::string> methods;     // empty: full, lora, qlora
-  std::vector<std::string> strategies;  // empty: every strategy that applies to `ranks`
+  std::vector<Method> methods;        // empty: full, lora, qlora
+  std::vector<Strategy> strategies;   // empty: every strategy that applies to `ranks`
   SpeedModel speed;
 };
 
@@ -95,7 +97,7 @@ struct PlanRequest {
 // activations and the deck's checkpointing setting for its totals.
 std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req);
 // The estimate with the most rows per second that fits for `method`, or nullptr.
-const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, const std::string& method);
+const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, Method method);
 
 // CUDA context + cuBLAS (+ NCCL when the layout has communicators) outside our allocator,
 // from the H100 measurements in docs/bench/h100-2026-11-24-planner.md: 0.52-1.19 GiB without

@@ -3,6 +3,7 @@
 #include "adapters/peft.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
+#include "parallel/parallelize.hpp"
 
 namespace st {
 
@@ -16,28 +17,31 @@ DType run_dtype(const RunConfig& c, Device d) {
   return DType::bf16;
 }
 
-TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype,
-                                   Device device, const RankComms& comms, bool training) {
+TrainingState build_training_state(const RunConfig& c, const ParallelLayout& layout, Method method,
+                                   const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
+                                   const RankComms& comms, bool training) {
   TrainingState s;
-  s.arch = resolve_arch(c, info);
-  s.model = s.arch == "t5" ? make_t5_runner(c, info, shape, dtype, device, comms.tp, training)
-                           : make_llama_runner(c, info, shape, dtype, device, comms.tp, training);
+  s.family = &resolve_family(c, info);
+  const ModelFamily& fam = *s.family;
+  // 1. The model, as this rank's shard of the family's TP plan.
+  s.model = fam.make_runner(RunnerSpec{c, info, shape, dtype, device, comms.tp, method, training, fam});
   MemoryPhase phase("setup");
+  // 2. The method.
   const bool adapter_in = !c.adapter.empty();
-  if (training && adapter_in && c.method == "full")
+  if (training && adapter_in && method == Method::full)
     ST_THROW_INPUT(c.origin.at("adapter"), ": adapter = ", c.adapter, " needs method = lora or qlora (method is full)");
-  if (training && c.method == "full") {
+  if (training && method == Method::full) {
     s.model->enable_base_training();
   } else if (training || adapter_in) {
     LoraConfig lc;
     lc.r = c.lora_r;
     lc.alpha = c.lora_alpha;
     lc.dropout = c.lora_dropout;
-    lc.targets = c.lora_target_list(s.arch);
+    lc.targets = lora_targets_for(c, fam);
     if (adapter_in) {
       // The adapter's own r, alpha and modules; the deck's dropout when it sets one.
-      const PeftConfig p = read_peft_config(c.adapter, s.arch);
-      lc = lora_config_from_peft(p, s.arch);
+      const PeftConfig p = read_peft_config(c.adapter, fam.peft);
+      lc = lora_config_from_peft(p, fam.peft);
       const auto it = c.origin.find("lora_dropout");
       if (it != c.origin.end() && it->second != "default") lc.dropout = c.lora_dropout;
     }
@@ -51,18 +55,14 @@ TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, co
   s.num_parameters = s.model->num_parameters();
   s.num_trainable = training ? s.model->num_trainable() : 0;
   s.weight_bytes = s.model->weight_bytes();
-  if (c.parallel == "zero3" || c.parallel == "tp+zero3") {
-    if (!comms.dp) ST_THROW("parallel = ", c.parallel, " without a data-parallel communicator");
-    s.zero = s.model->make_zero3(*comms.dp, c.zero3_prefetch);
-  }
-  if (training) {
-    s.opt = std::make_unique<AdamW>(s.zero ? s.zero->params() : s.model->trainable_params(), c.adam_beta1,
-                                    c.adam_beta2, c.adam_eps, c.weight_decay);
-    if (comms.dp_size() > 1 && (c.parallel == "ddp" || c.parallel == "tp")) {
-      s.grad_sync = std::make_unique<GradAllReduce>(s.model->params_by_unit(), *comms.dp);
-      s.model->set_hooks(s.grad_sync.get());  // buckets reduced as the last micro-batch's backward finishes them
-    }
-  }
+  // 3. ZeRO-3 or DDP over the data-parallel group.
+  const ParamTable table = s.model->param_table();
+  DataParallel data_parallel = apply_data_parallel(table, layout, comms.dp, training, c.zero3_prefetch);
+  s.zero = std::move(data_parallel.zero);
+  s.grad_sync = std::move(data_parallel.grad_sync);
+  if (training)
+    s.opt = std::make_unique<AdamW>(s.zero ? s.zero->params() : trainable_params(table), c.adam_beta1, c.adam_beta2,
+                                    c.adam_eps, c.weight_decay);
   s.model->allocate(c.micro_batch_size, c.activation_checkpointing, training);
   return s;
 }

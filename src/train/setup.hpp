@@ -8,9 +8,12 @@
 #include <memory>
 #include <string>
 
+#include "config/choices.hpp"
 #include "config/run_config.hpp"
+#include "parallel/layout.hpp"
 #include "parallel/ddp.hpp"
 #include "parallel/zero3.hpp"
+#include "train/families.hpp"
 #include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
 
@@ -23,7 +26,7 @@ DType run_dtype(const RunConfig& c, Device d);
 // The communicators of one rank. The device ones carry tensors (NCCL on GPUs); the host ones
 // reduce scalars (the loss, the gradient norm), as the trainer always has.
 struct RankComms {
-  TpGroup tp;                // the model's TP group (size 1 unless parallel is tp or tp+zero3)
+  TpGroup tp;                // the model's TP group (size 1 unless the layout is tensor-parallel)
   Comm* dp = nullptr;        // data-parallel group, device: ZeRO-3 and DDP
   Comm* dp_host = nullptr;   // data-parallel group, host scalars
   Comm* tp_host = nullptr;   // TP group, host scalars
@@ -32,7 +35,7 @@ struct RankComms {
 };
 
 struct TrainingState {
-  std::string arch;
+  const ModelFamily* family = nullptr;
   std::unique_ptr<ModelRunner> model;
   std::unique_ptr<Zero3> zero;                // ZeRO-3: parameters sharded over the data-parallel group
   std::unique_ptr<AdamW> opt;                 // training only
@@ -42,10 +45,12 @@ struct TrainingState {
   WeightBytes weight_bytes;
 };
 
-// Build everything a run holds in memory, in the trainer's order: model (loaded or random), the
-// method (full or adapters), ZeRO-3, the optimizer, DDP buckets, activations and batch buffers.
-TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype,
-                                   Device device, const RankComms& comms, bool training);
+// Build everything a run holds in memory, in the trainer's order: model (loaded or random, this
+// rank's TP shard), the method (full or adapters), ZeRO-3 or DDP (parallel/parallelize.hpp), the
+// optimizer, activations and batch buffers.
+TrainingState build_training_state(const RunConfig& c, const ParallelLayout& layout, Method method,
+                                   const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
+                                   const RankComms& comms, bool training);
 
 struct StepOutcome {
   double loss = 0;       // the data-parallel group's summed objective

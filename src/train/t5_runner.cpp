@@ -10,8 +10,9 @@
 #include "io/hf_checkpoint.hpp"
 #include "io/t5_io.hpp"
 #include "model/t5.hpp"
-#include "parallel/zero3.hpp"
 #include "train/evaluate.hpp"
+#include "train/families.hpp"
+#include "train/loader.hpp"
 #include "train/model_runner.hpp"
 
 namespace st {
@@ -42,15 +43,20 @@ T5Config t5_config_from_options(const RunConfig& c, const ShardInfo& info) {
 
 class T5Runner final : public ModelRunner {
  public:
-  T5Runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
-           const TpGroup& tp, bool training)
-      : shape_(shape), device_(device), micro_batch_(c.micro_batch_size) {
+  explicit T5Runner(const RunnerSpec& s)
+      : family_(s.family), shape_(s.shape), device_(s.device), micro_batch_(s.c.micro_batch_size) {
+    const RunConfig& c = s.c;
+    const ShardInfo& info = s.info;
+    const DataShape& shape = s.shape;
+    const DType dtype = s.dtype;
+    const Device device = s.device;
+    const TpGroup& tp = s.tp;
     MemoryPhase phase("load");
     if (shape.target_len < 1) ST_THROW_INPUT(c.data, ": the shards have no decoder targets (target_len 0)");
     const auto origin = c.origin.find("lora_targets");
     default_targets_ = origin == c.origin.end() || origin->second == "default";
     gated_ = c.model.empty() ? c.feed_forward_proj != "relu" : read_t5_config(c.model).gated;
-    const T5Quant quant = quant_from_options(c, training);
+    const T5Quant quant = quant_from_options(c, s.method, s.training);
     if (!c.model.empty()) {
       m_ = load_t5(c.model, dtype, device, quant, tp);
       ST_LOG("model: loaded ", c.model, " (t5 ", m_.cfg.summary(), ")");
@@ -74,7 +80,7 @@ class T5Runner final : public ModelRunner {
     if (info.tokenizer_vocab_size > m_.cfg.vocab_size)
       ST_THROW_INPUT(c.data, ": the shards' tokenizer has ", info.tokenizer_vocab_size,
                      " pieces but the model's vocabulary has only ", m_.cfg.vocab_size);
-    if (info.decoder_start_id != m_.cfg.decoder_start_token_id)
+    if (info.decoder_start_id >= 0 && info.decoder_start_id != m_.cfg.decoder_start_token_id)
       ST_WARN("shards were written with decoder_start_id ", info.decoder_start_id, " but the model's is ",
               m_.cfg.decoder_start_token_id, "; the model's is used");
   }
@@ -93,9 +99,7 @@ class T5Runner final : public ModelRunner {
                        gated_ ? "wi_0, wi_1, wo" : "wi, wo", ")");
     return st::attach_lora(m_, lc, micro_batch_ * std::max(shape_.seq_len, shape_.target_len), seed);
   }
-  int64_t num_trainable() override { return t5_num_trainable(m_); }
-  std::vector<Linear*> linears() override { return t5_linears(m_); }
-  WeightBytes weight_bytes() override { return t5_weight_bytes(m_); }
+  ParamTable param_table() override { return t5_param_table(m_); }
   double flops_per_token() const override { return t5_flops_per_token(m_, shape_.seq_len, shape_.target_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override {
     std::vector<int32_t> out = data.lengths();
@@ -104,13 +108,7 @@ class T5Runner final : public ModelRunner {
     return out;
   }
 
-  std::vector<ParamRef> trainable_params() override { return t5_trainable_params(m_); }
-  std::vector<std::vector<ParamRef>> params_by_unit() override { return t5_params_by_unit(m_); }
-  void set_hooks(ModelHooks* hooks) override { m_.hooks = hooks; }
   bool has_hooks() const override { return m_.hooks != nullptr; }
-  std::unique_ptr<Zero3> make_zero3(Comm& dp, bool prefetch) override {
-    return std::make_unique<Zero3>(m_, dp, prefetch);
-  }
 
   void allocate(int64_t B, bool checkpointing, bool training) override {
     B_ = B;
@@ -145,10 +143,27 @@ class T5Runner final : public ModelRunner {
     return s;
   }
 
-  void save(const std::string& dir, const std::string& tokenizer_path) override {
+  Tensor logits(const LogitsInput& in) override {
+    T5Activations acts = t5_activations(m_, in.B, in.T, in.Td, false, false);
+    T5Batch b;
+    b.B = in.B;
+    b.Te = in.T;
+    b.Td = in.Td;
+    const std::vector<int32_t> none(static_cast<size_t>(in.B * in.Td), -1), zero(none.size(), 0);
+    b.enc_ids = tensor_on(in.ids, DType::i32, device_);
+    b.enc_lengths = tensor_on(in.lengths, DType::i32, device_);
+    b.dec_ids = tensor_on(in.dec_ids, DType::i32, device_);
+    b.dec_targets = tensor_on(none, DType::i32, device_);
+    b.dec_weight = tensor_on(zero, DType::f32, device_);
+    b.dec_lengths = tensor_on(std::vector<int32_t>(static_cast<size_t>(in.B), static_cast<int32_t>(in.Td)), DType::i32, device_);
+    t5_forward(m_, acts, b, false, LayerContext{});
+    return acts.logits.slice(0, in.B * in.Td).to_cpu(DType::f32).view({in.B, in.Td, m_.cfg.vocab_size});
+  }
+
+  void save(const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) override {
     t5_dequantize(m_);
     merge_adapters(m_);
-    save_t5(m_, dir);
+    save_t5(m_, dir, max_shard_bytes);
     if (!tokenizer_path.empty() && m_.tp.rank == 0) copy_tokenizer(tokenizer_path, dir);
   }
 
@@ -163,13 +178,13 @@ class T5Runner final : public ModelRunner {
 
   // The NF4 layers: every projection of this variant (all), or the LoRA targets (the default
   // targets filtered to the variant; names given in the deck are taken as they are).
-  T5Quant quant_from_options(const RunConfig& c, bool training) const {
+  T5Quant quant_from_options(const RunConfig& c, Method method, bool training) const {
     T5Quant q;
-    if (!training || c.method != "qlora") return q;
+    if (!training || method != Method::qlora) return q;
     q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
-                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, "t5"), "t5").targets
-                : default_targets_        ? present(c.lora_target_list("t5"))
-                                          : c.lora_target_list("t5");
+                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
+                : default_targets_        ? present(lora_targets_for(c, family_))
+                                          : lora_targets_for(c, family_);
     q.nf4.block = c.qlora_block_size;
     q.nf4.double_quant = c.qlora_double_quant;
     return q;
@@ -230,6 +245,7 @@ class T5Runner final : public ModelRunner {
     }
   }
 
+  const ModelFamily& family_;
   T5Model m_;
   DataShape shape_;
   Device device_;
@@ -243,9 +259,6 @@ class T5Runner final : public ModelRunner {
 
 }  // namespace
 
-std::unique_ptr<ModelRunner> make_t5_runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape,
-                                            DType dtype, Device device, const TpGroup& tp, bool training) {
-  return std::make_unique<T5Runner>(c, info, shape, dtype, device, tp, training);
-}
+std::unique_ptr<ModelRunner> make_t5_runner(const RunnerSpec& spec) { return std::make_unique<T5Runner>(spec); }
 
 }  // namespace st

@@ -26,12 +26,15 @@
 #include "core/timer.hpp"
 #include "io/metrics.hpp"
 #include "io/shards.hpp"
+#include "io/hf_checkpoint.hpp"
 #include "parallel/ddp.hpp"
+#include "parallel/parallelize.hpp"
 #include "parallel/runtime.hpp"
 #include "parallel/zero3.hpp"
 #include "parallel/watchdog.hpp"
 #include "train/evaluate.hpp"
 #include "train/loader.hpp"
+#include "train/mfu.hpp"
 #include "train/checkpoint.hpp"
 #include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
@@ -170,12 +173,6 @@ void maybe_inject_fault(int64_t step) {
     ST_THROW("injected fault (SHARDTUNE_FAULT=", spec, ") at step ", step);
 }
 
-// The TP group of this rank (size 1 unless parallel = tp or tp+zero3).
-TpGroup tp_group(const RunConfig& c, Device device) {
-  Runtime& rt = runtime();
-  if ((c.parallel != "tp" && c.parallel != "tp+zero3") || rt.tp == 1) return {};
-  return TpGroup{&runtime_comm(rt, CommGroup::tp, device), rt.tp, rt.tp_rank};
-}
 
 struct RankMemory {
   MemoryStats stats;
@@ -218,7 +215,7 @@ std::vector<RankRecord> gather_rank_records(const RankMemory& mine) {
 
 class Run {
  public:
-  explicit Run(const RunConfig& c) : cfg_(c) {}
+  Run(const RunConfig& c, const ParallelLayout& layout) : cfg_(c), layout_(layout), method_(run_method(c)) {}
   int train();
   int evaluate_only();
 
@@ -234,6 +231,8 @@ class Run {
   CheckpointLayout layout() const;
 
   RunConfig cfg_;
+  ParallelLayout layout_;
+  Method method_;
   Device device_ = Device::cpu;
   DType dtype_ = DType::f32;
   std::string run_dir_;
@@ -243,6 +242,7 @@ class Run {
   TrainingState state_;          // model, ZeRO-3, optimizer, DDP
   ModelRunner* model_ = nullptr;  // state_.model
   double flops_per_token_ = 0;
+  double peak_flops_ = 0;  // dense bf16 peak of this GPU (train/mfu.hpp); 0 on CPUs and unknown GPUs
   size_t predicted_peak_ = 0;  // the planner's dry run of this rank (training runs)
   std::optional<MemoryStats> train_stats_;  // memory statistics at the end of training
   SummaryRecord summary_;
@@ -258,14 +258,10 @@ class Run {
 };
 
 CheckpointLayout Run::layout() const {
-  const Runtime& rt = runtime();
   CheckpointLayout l;
-  l.world_size = rt.world_size;
-  l.tp = rt.tp;
-  l.dp = rt.dp;
-  l.parallel = cfg_.parallel;
-  l.method = cfg_.method;
-  l.rank = rt.world_rank;
+  l.parallel = layout_;
+  l.method = method_;
+  l.rank = runtime().world_rank;
   return l;
 }
 
@@ -275,7 +271,7 @@ void Run::begin(const char* what, bool training) {
   if (device_ == Device::cuda) select_cuda_device(runtime().local_rank);
   // NCCL communicators for GPU runs with several ranks, and for a strategy's one-rank run (whose
   // collectives then go through NCCL too).
-  if (device_ == Device::cuda && (runtime().world_size > 1 || cfg_.parallel != "none"))
+  if (device_ == Device::cuda && layout_.has_communicators())
     runtime_enable_device_comms(runtime());  // NCCL
   setup_threads(cfg_);
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
@@ -315,15 +311,20 @@ void Run::begin(const char* what, bool training) {
     ST_LOG("shardtune ", what, ": run ", cfg_.run_id, " -> ", metrics_->path(), " (", omp_get_max_threads(),
            " threads, ", device_name(device_), ", ", dtype_name(dtype_), ")");
   }
-  Runtime& rt = runtime();
   summary_.strings["run_id"] = cfg_.run_id;
-  summary_.strings["method"] = cfg_.method;
-  summary_.strings["strategy"] = cfg_.parallel == "none" ? "single" : cfg_.parallel;
+  summary_.strings["method"] = method_name(method_);
+  summary_.strings["strategy"] = layout_.summary_name();
   summary_.strings["device"] = device_name(device_);
+  if (device_ == Device::cuda) {
+    const std::string gpu = cuda_device_name();
+    peak_flops_ = gpu_bf16_peak_flops(gpu);
+    summary_.strings["gpu"] = gpu;
+    summary_.reals["gpu_peak_flops"] = peak_flops_ > 0 ? peak_flops_ : kNaN;
+  }
   summary_.strings["dtype"] = dtype_name(dtype_);
-  summary_.ints["world_size"] = rt.world_size;
-  summary_.ints["tp"] = rt.tp;
-  summary_.ints["dp"] = rt.dp;
+  summary_.ints["world_size"] = layout_.world;
+  summary_.ints["tp"] = layout_.tp;
+  summary_.ints["dp"] = layout_.dp;
   summary_.ints["memory_limit"] = static_cast<int64_t>(allocator_for(device_).limit());
 }
 
@@ -349,7 +350,7 @@ void Run::open_data(bool need_train) {
 RankComms Run::comms() const {
   Runtime& rt = runtime();
   RankComms c;
-  c.tp = tp_group(cfg_, device_);
+  c.tp = tp_group_for(layout_, &runtime_comm(rt, CommGroup::tp, device_));
   c.dp = &runtime_comm(rt, CommGroup::dp, device_);
   c.dp_host = rt.dp_comm.get();
   c.tp_host = rt.tp_comm.get();
@@ -367,19 +368,17 @@ void Run::build_model(bool training) {
   if (training) {
     // The planner's prediction of this rank's peak: a dry run of what follows (train/plan.hpp).
     PlanLayout layout;
-    layout.parallel = cfg_.parallel;
-    layout.method = cfg_.method;
-    layout.world_size = rt0.world_size;
-    layout.tp_size = rt0.tp;
+    layout.parallel = layout_;
+    layout.method = method_;
     layout.checkpointing = cfg_.activation_checkpointing;
     predicted_peak_ = predict_rank_memory(cfg_, PlanData{ref.info(), shape}, layout, rt0.world_rank).peak;
     ST_LOG("plan: predicted peak ", format_bytes(static_cast<double>(predicted_peak_)), " on this rank");
   }
-  state_ = build_training_state(cfg_, ref.info(), shape, dtype_, device_, comms(), training);
+  state_ = build_training_state(cfg_, layout_, method_, ref.info(), shape, dtype_, device_, comms(), training);
   model_ = state_.model.get();
-  summary_.strings["arch"] = state_.arch;
+  summary_.strings["arch"] = state_.family->name;
   if (state_.lora_adapters > 0 && cfg_.adapter.empty()) {
-    const std::vector<std::string> targets = cfg_.lora_target_list(state_.arch);
+    const std::vector<std::string> targets = lora_targets_for(cfg_, *state_.family);
     ST_LOG("lora: ", state_.lora_adapters, " adapters, r=", cfg_.lora_r, " alpha=", cfg_.lora_alpha,
            " dropout=", cfg_.lora_dropout, " on ", join(targets, ","));
   }
@@ -657,7 +656,8 @@ int Run::train() {
       rec.tokens = step_tokens;
       rec.step_time = dt;
       rec.tokens_per_s = static_cast<double>(step_tokens) / dt;
-      rec.mfu = kNaN;  // no peak-FLOP table entry for CPUs
+      // NaN on CPUs and GPUs without a peak in the table.
+      rec.mfu = model_flops_utilization(flops_per_token, static_cast<double>(step_tokens), dt, layout_.world, peak_flops_);
       rec.mem_current = static_cast<int64_t>(ms.total_current);
       rec.mem_peak = static_cast<int64_t>(ms.total_peak);
       if (metrics_) metrics_->append_step(rec);
@@ -704,6 +704,8 @@ int Run::train() {
   summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
+  summary_.reals["mfu"] =
+      model_flops_utilization(flops_per_token, static_cast<double>(train_tokens), step_time_sum, layout_.world, peak_flops_);
   train_stats_ = allocator_for(device_).stats();
   if (device_ == Device::cuda) {
     // What the GPU holds beyond our allocator (CUDA context, cuBLAS, NCCL): the planner's reserve.
@@ -721,13 +723,13 @@ int Run::train() {
   if (save_adapter && rt.dp_rank == 0) {  // before save_model, which merges the adapters away
     MemoryPhase phase("save");
     const std::string dir = (fs::path(run_dir_) / "adapter").string();
-    save_peft_adapter(model_->linears(), state_.arch, cfg_.model, dir);  // collective within the TP group
+    save_peft_adapter(model_->linears(), state_.family->peft, cfg_.model, dir);  // collective within the TP group
     ST_LOG("saved adapter (PEFT format) to ", dir);
   }
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
     const std::string dir = (fs::path(run_dir_) / "model").string();
-    model_->save(dir, tokenizer_for_export());
+    model_->save(dir, tokenizer_for_export(), kHfDefaultMaxShardBytes);
     ST_LOG("saved model (adapters merged) to ", dir);
   }
   finish_summary("ok");
@@ -808,13 +810,13 @@ static int run_guarded(Run& run, F body) {
   }
 }
 
-int run_training(const RunConfig& cfg) {
-  Run run(cfg);
+int run_training(const RunConfig& cfg, const ParallelLayout& layout) {
+  Run run(cfg, layout);
   return run_guarded(run, [&] { return run.train(); });
 }
 
-int run_evaluation(const RunConfig& cfg) {
-  Run run(cfg);
+int run_evaluation(const RunConfig& cfg, const ParallelLayout& layout) {
+  Run run(cfg, layout);
   return run_guarded(run, [&] { return run.evaluate_only(); });
 }
 

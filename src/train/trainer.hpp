@@ -2,16 +2,18 @@
 #pragma once
 
 #include "config/run_config.hpp"
+#include "parallel/layout.hpp"
 
 namespace st {
 
-// Runs `shardtune train` with a validated configuration on the current runtime. Returns the
-// process exit status: 0 ok, 3 out of memory (recorded as outcome "oom"). Other errors are
-// recorded as outcome "error" in metrics.h5 and rethrown.
-int run_training(const RunConfig& cfg);
+// Runs `shardtune train` with a validated configuration and its parallel layout on the current
+// runtime (whose rank grid is the layout's). Returns the process exit status: 0 ok, 3 out of
+// memory (recorded as outcome "oom"). Other errors are recorded as outcome "error" in metrics.h5
+// and rethrown.
+int run_training(const RunConfig& cfg, const ParallelLayout& layout);
 
 // Runs `shardtune eval`: validation loss and accuracy of the configured model (no training),
 // printed and written to <run dir>/metrics.h5.
-int run_evaluation(const RunConfig& cfg);
+int run_evaluation(const RunConfig& cfg, const ParallelLayout& layout);
 
 }  // namespace st

@@ -10,6 +10,8 @@
 #include "data/synthetic.hpp"
 #include "tests/common/paths.hpp"
 
+#include "train/families.hpp"
+
 namespace st::test {
 
 TempDir::TempDir(const std::string& tag) : path(make_temp_dir(tag)) {}
@@ -57,5 +59,7 @@ std::string error_of(const std::function<void()>& fn) {
   }
   return "NO EXCEPTION";
 }
+
+const PeftNames& peft_names(const std::string& arch) { return family_by_name(arch, "test").peft; }
 
 }  // namespace st::test

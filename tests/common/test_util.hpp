@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+namespace st {
+struct PeftNames;
+}
+
 namespace st::test {
 
 // A temporary directory removed when the object goes out of scope.
@@ -29,5 +33,8 @@ inline bool contains(const std::string& s, const std::string& part) { return s.f
 
 // Runs fn and expects an st::InputError whose message contains every one of `parts`.
 void expect_input_error(const std::function<void()>& fn, const std::vector<std::string>& parts);
+
+// The PEFT names of the model family `arch` (its registry entry, train/families.hpp).
+const PeftNames& peft_names(const std::string& arch);
 
 }  // namespace st::test

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""PEFT interop of shardtune's LoRA adapters, both ways, for Llama and T5 (issue 8).
+"""PEFT interop of shardtune's LoRA adapters, both ways, for Llama, T5 (issue 8) and the decoder
+families of issue 18 (Llama 3.x with rotary scaling llama3, Qwen2 with q/k/v biases, Mistral).
 
 Run where PyTorch, transformers and peft exist (the GPU host's torch environment):
 
   python3 tests/gpu/peft_interop.py --bin build/shardtune --device cuda
   python3 tests/gpu/peft_interop.py --bin build/shardtune --device cpu     # f32 everywhere
 
-For each family (a tiny random LlamaForCausalLM, a tiny gated-GELU T5ForConditionalGeneration):
+For each family (a tiny random LlamaForCausalLM, a tiny gated-GELU T5ForConditionalGeneration, and
+with --families llama3,qwen2,mistral (in the default list) a tiny LlamaForCausalLM with
+rope_type llama3 and a tied head, a Qwen2ForCausalLM with non-zero q/k/v biases and a tied head,
+a MistralForCausalLM with head_dim != hidden / heads and a sliding window longer than the rows):
   (a) transformers builds the model and saves it (f32, safetensors);
   (b) shardtune trains LoRA on it for 10 steps on random-token shards (`prepare --random`)
       with save_adapter = true; PEFT loads <run>/adapter onto the transformers model
@@ -37,9 +41,46 @@ T5 = dict(vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder
           relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
           layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-           "t5": ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]}
-TASK = {"llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM"}
+LLAMA3 = dict(LLAMA, tie_word_embeddings=True, rope_theta=500000.0,
+              rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                original_max_position_embeddings=16))
+QWEN2 = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
+             tie_word_embeddings=True, hidden_act="silu", use_sliding_window=False, bos_token_id=1, eos_token_id=2)
+MISTRAL = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=24, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+               sliding_window=32, tie_word_embeddings=False, hidden_act="silu", bos_token_id=1, eos_token_id=2)
+# The decoder families: (transformers class prefix, config).
+DECODERS = {"llama": ("Llama", LLAMA), "llama3": ("Llama", LLAMA3), "qwen2": ("Qwen2", QWEN2),
+            "mistral": ("Mistral", MISTRAL)}
+DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = dict({f: DECODER_TARGETS for f in DECODERS}, t5=["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+TASK = dict({f: "CAUSAL_LM" for f in DECODERS}, t5="SEQ_2_SEQ_LM")
+
+
+def model_class(fam):
+    import transformers
+    if fam == "t5":
+        return transformers.T5ForConditionalGeneration
+    return getattr(transformers, DECODERS[fam][0] + "ForCausalLM")
+
+
+def make_config(fam):
+    """The family's transformers config (transformers 5 takes the rotary scaling as rope_parameters)."""
+    import transformers
+    if fam == "t5":
+        return transformers.T5Config(**T5)
+    prefix, kw = DECODERS[fam]
+    cls = getattr(transformers, prefix + "Config")
+    kw = dict(kw)
+    scaling = kw.pop("rope_scaling", None)
+    if scaling is None:
+        return cls(**kw)
+    try:
+        return cls(**{k: v for k, v in kw.items() if k != "rope_theta"},
+                   rope_parameters=dict(scaling, rope_theta=kw["rope_theta"]))
+    except TypeError:
+        return cls(**kw, rope_scaling=scaling)
 
 failures = []
 
@@ -66,9 +107,8 @@ def check(what, got, ref, mask, tol):
 
 def build_base(fam, out_dir):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
-    torch.manual_seed(0 if fam == "llama" else 1)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA)) if fam == "llama" else T5ForConditionalGeneration(T5Config(**T5))
+    torch.manual_seed({"llama": 0, "t5": 1, "llama3": 2, "qwen2": 3, "mistral": 4}[fam])
+    model = model_class(fam)(make_config(fam))
     with torch.no_grad():  # larger than the default init, so every path carries signal
         for n, p in model.named_parameters():
             p.copy_(1.0 + 0.1 * torch.randn_like(p) if p.dim() == 1 else 0.15 * torch.randn_like(p))
@@ -97,8 +137,7 @@ def hf_logits(fam, base_dir, adapter_dir, inputs, device, bf16=False):
     """Logits of transformers (+ PEFT adapter when given) in float32 (or bf16) on `device`, and the mask."""
     import h5py
     import torch
-    from transformers import LlamaForCausalLM, T5ForConditionalGeneration
-    cls = LlamaForCausalLM if fam == "llama" else T5ForConditionalGeneration
+    cls = model_class(fam)
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = cls.from_pretrained(base_dir, dtype=dtype, attn_implementation="eager").to(device)
     if adapter_dir:
@@ -110,7 +149,7 @@ def hf_logits(fam, base_dir, adapter_dir, inputs, device, bf16=False):
         mask = torch.tensor(f["attention_mask"][()], device=device)
         dec = torch.tensor(f["decoder_input_ids"][()], device=device) if fam == "t5" else None
     with torch.no_grad():
-        if fam == "llama":
+        if fam != "t5":
             out = model(input_ids=ids, attention_mask=mask).logits
             m = mask
         else:
@@ -132,9 +171,7 @@ def peft_written_adapter(fam, base_dir, out_dir):
     """An adapter written by PEFT itself: r=4, alpha=8, random non-zero lora_B."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM, T5ForConditionalGeneration
-    cls = LlamaForCausalLM if fam == "llama" else T5ForConditionalGeneration
-    model = cls.from_pretrained(base_dir, dtype=torch.float32)
+    model = model_class(fam).from_pretrained(base_dir, dtype=torch.float32)
     pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS[fam],
                                           bias="none", task_type=TASK[fam]))
     g = torch.Generator().manual_seed(99)
@@ -169,7 +206,7 @@ def family(args, fam, work):
 
     # (b) shardtune trains the adapter; PEFT loads it.
     run([args.bin, "train", "--model", base, "--data", data, "--val_split", "", "--method", "lora", "--lora_r", "4",
-         "--lora_alpha", "8", "--lora_targets", ",".join(["q", "k", "v", "o"] + (["gate", "up", "down"] if fam == "llama"
+         "--lora_alpha", "8", "--lora_targets", ",".join(["q", "k", "v", "o"] + (["gate", "up", "down"] if fam != "t5"
                                                                                     else ["wi_0", "wi_1", "wo"])),
          "--max_steps", "10", "--micro_batch_size", "4", "--lr", "3e-2", "--warmup_steps", "0", "--device", args.device,
          "--output_dir", os.path.join(work, "runs"), "--run_id", fam, "--save_adapter", "true", "--log_every", "1"])
@@ -206,7 +243,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="build/shardtune", help="the shardtune binary")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--families", default="llama,t5")
+    ap.add_argument("--families", default="llama,t5,llama3,qwen2,mistral")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one, removed)")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)

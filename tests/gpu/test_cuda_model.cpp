@@ -19,6 +19,7 @@
 #include "io/h5util.hpp"
 #include "io/llama_io.hpp"
 #include "ops/init.hpp"
+#include "tests/common/family_golden.hpp"
 #include "tests/common/paths.hpp"
 #include "tests/common/t5_golden.hpp"
 #include "tests/gpu/gpu_util.hpp"
@@ -344,6 +345,51 @@ TEST(CudaModel, T5FlanStyleGoldenTransformersInBf16) {
 TEST(CudaModel, T5OriginalStyleGoldenTransformersInBf16) {
   ST_REQUIRE_GPU();
   check_t5_golden_bf16("t5");
+}
+
+// The decoder families of issue 18 (Llama 3.x rotary scaling, Qwen2's biases and tied head,
+// Mistral) on their transformers fixtures in bf16 (tests/golden/make_family_golden.py), bounded
+// by the fixture's own bf16 floor as the T5 fixture above: rounding the weights to bf16 and
+// computing in f32 on the CPU moves logits and gradients by the floor; the GPU (bf16 activations
+// too) must stay within 1.5x the floor of that CPU run and 2.5x the floor of transformers. The
+// q, k, v biases go through the bias kernels (cuda/bias.cu) in both directions.
+void check_family_golden_bf16(const std::string& family, test::GoldenMode mode) {
+  SCOPED_TRACE(family + (mode == test::GoldenMode::lora ? " lora" : " full"));
+  const test::FamilyGoldenRun cpu = test::run_family_golden(family, mode, DType::f32, Device::cpu, true);
+  const test::FamilyGoldenRun r = test::run_family_golden(family, mode, DType::bf16, Device::cuda);
+  ASSERT_EQ(r.grads.size(), cpu.grads.size());
+  // A floor no smaller than one bf16 rounding's RMS relative error (1.1e-3): a fixture whose
+  // weights happen to round gently still gets bf16 activations.
+  const double floor_logits = std::max(cpu.logits_rel, 1.1e-3), floor_grad = std::max(cpu.worst_grad(), 1.1e-3);
+  const double le = rel_l2(r.logits, cpu.logits);
+  EXPECT_LT(le, 1.5 * floor_logits) << "logits against the CPU on the same weights";
+  EXPECT_NEAR(r.loss, cpu.loss, 1.5 * floor_logits * cpu.loss);
+  double worst = 0;
+  for (size_t i = 0; i < r.grads.size(); ++i) {
+    const double e = rel_l2(r.grads[i], cpu.grads[i]);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, 1.5 * floor_grad) << r.grad_rel[i].first << " against the CPU on the same weights";
+    EXPECT_LT(r.grad_rel[i].second, 2.5 * floor_grad) << r.grad_rel[i].first << " against transformers";
+  }
+  EXPECT_LT(r.logits_rel, 2.5 * floor_logits) << "logits against transformers";
+  EXPECT_TRUE(r.same_parameter_set);
+  std::printf("[golden %s %s bf16] vs CPU f32 on bf16 weights: logits %.2e, loss %.6f vs %.6f, %zu gradients, worst "
+              "%.2e; vs transformers: logits %.2e (floor %.2e), worst gradient %.2e (floor %.2e)\n",
+              family.c_str(), mode == test::GoldenMode::lora ? "lora" : "full", le, r.loss, cpu.loss, r.grads.size(),
+              worst, r.logits_rel, floor_logits, r.worst_grad(), floor_grad);
+}
+
+TEST(CudaModel, DecoderFamiliesGoldenTransformersInBf16) {
+  ST_REQUIRE_GPU();
+  for (const std::string& family : test::golden_families()) {
+    const std::string missing = test::family_golden_missing(family);
+    if (!missing.empty()) {
+      std::printf("[golden %s bf16] skipped: %s\n", family.c_str(), missing.c_str());
+      continue;
+    }
+    check_family_golden_bf16(family, test::GoldenMode::full);
+    check_family_golden_bf16(family, test::GoldenMode::lora);
+  }
 }
 
 // The real binary on the GPU for 40 steps; returns (initial, final) validation loss. Llama on

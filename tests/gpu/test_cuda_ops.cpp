@@ -7,6 +7,7 @@
 
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
+#include "ops/bias.hpp"
 #include "ops/embedding.hpp"
 #include "ops/init.hpp"
 #include "ops/loss.hpp"
@@ -48,6 +49,29 @@ TEST(CudaOps, MatmulAllTransposesAndShapes) {
         matmul(dCf, dA, ta, dB, tb, 0.5, 1.0);
         EXPECT_LT(rel_l2(dCf, ref), 1e-5) << "f32 output " << c.M << "x" << c.N << "x" << c.K;
       }
+}
+
+// Linear biases (Qwen2's q, k, v): the add rounds each bf16 output once; the gradient sums the
+// rows of dy in f32 (exact products of bf16 values: only the f32 rounding of the sums).
+TEST(CudaOps, BiasAddAndGradient) {
+  ST_REQUIRE_GPU();
+  Rng rng(12);
+  for (auto [M, N] : {std::pair<int64_t, int64_t>{37, 53}, {4096, 896}, {3, 1}}) {
+    Tensor y = random_bf16_values({M, N}, rng), b = random_bf16_values({N}, rng), dy = random_bf16_values({M, N}, rng);
+    Tensor ref = y.clone(MemCategory::other), db = random_bf16_values({N}, rng);
+    Tensor db_ref = db.clone(MemCategory::other);
+    bias_add(ref, b);
+    bias_backward(dy, db_ref);
+    Tensor gy = to_device(y, DType::bf16), gb = to_device(b, DType::bf16), gdy = to_device(dy, DType::bf16);
+    Tensor gdb = to_device(db, DType::f32);
+    bias_add(gy, gb);
+    bias_backward(gdy, gdb);
+    EXPECT_LT(rel_l2(gy, ref), kBf16Tol) << M << "x" << N;
+    EXPECT_LT(rel_l2(gdb, db_ref), 1e-5) << M << "x" << N;
+    Tensor fy = to_device(y, DType::f32), fb = to_device(b, DType::f32);
+    bias_add(fy, fb);
+    EXPECT_LT(rel_l2(fy, ref), 1e-6) << "f32 " << M << "x" << N;
+  }
 }
 
 TEST(CudaOps, RmsNormForwardBackward) {

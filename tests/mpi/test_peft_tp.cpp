@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "tests/common/test_util.hpp"
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
 #include "io/safetensors.hpp"
@@ -52,7 +53,7 @@ void check_family(const char* arch, const std::function<std::vector<Linear*>(con
       fill_uniform(a->B, ++k, -0.5, 0.5);
       a->sync_working();
     }
-  if (world.rank() == 0) save_peft_adapter(full, arch, "", ref_dir);
+  if (world.rank() == 0) save_peft_adapter(full, test::peft_names(arch), "", ref_dir);
   world.barrier();
 
   std::vector<Linear*> part = build(tp);
@@ -73,7 +74,7 @@ void check_family(const char* arch, const std::function<std::vector<Linear*>(con
   EXPECT_GT(row, 0);
   EXPECT_GT(column, 0);
 
-  save_peft_adapter(part, arch, "", tp_dir);  // collective: gathers, rank 0 writes
+  save_peft_adapter(part, test::peft_names(arch), "", tp_dir);  // collective: gathers, rank 0 writes
   world.barrier();
   if (world.rank() == 0) {
     const SafetensorsFile x = SafetensorsFile::open(ref_dir + "/adapter_model.safetensors");
@@ -83,7 +84,7 @@ void check_family(const char* arch, const std::function<std::vector<Linear*>(con
       ASSERT_NE(y.find(e.name), nullptr) << e.name;
       EXPECT_EQ(x.read_raw(e.name), y.read_raw(e.name)) << e.name;
     }
-    EXPECT_EQ(read_peft_config(ref_dir, arch).target_modules, read_peft_config(tp_dir, arch).target_modules);
+    EXPECT_EQ(read_peft_config(ref_dir, test::peft_names(arch)).target_modules, read_peft_config(tp_dir, test::peft_names(arch)).target_modules);
     fs::remove_all(ref_dir);
     fs::remove_all(tp_dir);
   }

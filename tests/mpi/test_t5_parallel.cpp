@@ -254,7 +254,7 @@ void check_zero3_steps(const Variant& v, const TpGroup& tp, Comm& dp, bool with_
   AdamW ref_opt(t5_trainable_params(ref), 0.9, 0.999, 1e-8, 0.1);
   T5Model m = make_model(v, tp);
   prepare(m);
-  Zero3 zero(m, dp, true);
+  Zero3 zero(t5_param_table(m), dp, true);
   EXPECT_EQ(zero.num_units(), t5_num_units(m));
   AdamW opt(zero.params(), 0.9, 0.999, 1e-8, 0.1);
   for (int step = 0; step < 2; ++step) {

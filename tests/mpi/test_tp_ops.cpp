@@ -1,6 +1,8 @@
-// Megatron tensor-parallel building blocks (parallel/tp_ops) on the whole world as one TP group,
-// on 2 and 4 ranks: every rank builds the same full tensors from a fixed seed, runs the sharded
-// op on its shard, and compares with the unsharded op computed locally (its slice of it).
+// Megatron tensor-parallel building blocks on the whole world as one TP group, on 2 and 4 ranks:
+// the production layers (model/linear.hpp: a Linear holding its shard under the TP plan's style,
+// tp_sum_partials for f; parallel/tp_ops: the vocab-parallel loss) against the unsharded ops.
+// Every rank builds the same full tensors from a fixed seed, runs the sharded layer on its shard,
+// and compares with the unsharded op computed locally (its slice of it).
 //
 // Checks are non-fatal (EXPECT_*) so that every rank makes the same collective calls whatever
 // fails; mpi_main.cpp fails the job when any rank had a failure.
@@ -13,7 +15,9 @@
 
 #include "ops/activation.hpp"
 #include "ops/loss.hpp"
+#include "model/linear.hpp"
 #include "ops/matmul.hpp"
+#include "ops/optim.hpp"
 #include "parallel/runtime.hpp"
 #include "parallel/tp_ops.hpp"
 #include "tests/common/gradcheck.hpp"
@@ -68,6 +72,21 @@ bool same_on_all_ranks(Comm& comm, const Tensor& t) {
 bool same_on_all_ranks(Comm& comm, double v) {
   const double hi = comm.all_reduce_max(v), lo = -comm.all_reduce_max(-v);  // both calls on every rank
   return hi == v && lo == v;
+}
+
+// A linear layer holding this rank's part of W [out, in] as the TP plan's `mode` splits it
+// (column: rows, row: columns), with a gradient slot holding this rank's part of dW0 when given.
+Linear tp_linear(const Tensor& W, TpMode mode, Comm& tp, const Tensor* dW0 = nullptr) {
+  const int P = tp.size(), me = tp.rank();
+  Linear l;
+  l.name = "test";
+  l.tp_mode = mode;
+  l.tp = TpGroup{&tp, P, me};
+  l.weight = mode == TpMode::column ? shard_rows(W, P, me) : shard_cols(W, P, me);
+  l.out = l.weight.dim(0);
+  l.in = l.weight.dim(1);
+  if (dW0) l.grad = mode == TpMode::column ? shard_rows(*dW0, P, me) : shard_cols(*dW0, P, me);
+  return l;
 }
 
 // ---------------------------------------------------------------- shard helpers
@@ -134,46 +153,46 @@ TEST(TpOps, ColumnParallelMatchesFullLinearF64) {
   const int P = tp->size(), me = tp->rank();
   const int64_t in = 7, out = 3 * P;
   Rng rng(101);
-  const Tensor x = random_f64({2, 3, in}, rng), W = random_f64({out, in}, rng);
-  const Tensor dy = random_f64({2, 3, out}, rng), y0 = random_f64({2, 3, out}, rng);
-  const Tensor dx0 = random_f64({2, 3, in}, rng), dW0 = random_f64({out, in}, rng);
-  const Tensor W_i = shard_rows(W, P, me);
+  const Tensor x = random_f64({2, 3, in}, rng), W = random_f64({out, in}, rng), W2 = random_f64({out, in}, rng);
+  const Tensor dy = random_f64({2, 3, out}, rng), dy2 = random_f64({2, 3, out}, rng), y0 = random_f64({2, 3, out}, rng);
+  const Tensor dW0 = random_f64({out, in}, rng);
+  const LayerContext ctx;
 
-  // Forward, overwriting junk and accumulating onto y0.
+  // Forward, overwriting junk and accumulating onto y0: this rank's columns, no communication.
+  Linear l = tp_linear(W, TpMode::column, *tp, &dW0);
   Tensor y = Tensor::empty({2, 3, out}, DType::f64);
   linear_forward(x, W, y, false);
   Tensor y_i = junk_like(shard_cols(y, P, me), me);
-  column_parallel_forward(x, W_i, y_i);
+  linear_layer_forward(l, x, y_i, false, ctx);
   EXPECT_LT(max_rel_diff(y_i, shard_cols(y, P, me)), kTol64);
   Tensor y_acc = clone(y0);
   linear_forward(x, W, y_acc, true);
   Tensor y_acc_i = shard_cols(y0, P, me);
-  column_parallel_forward(x, W_i, y_acc_i, true);
+  linear_layer_forward(l, x, y_acc_i, true, ctx);
   EXPECT_LT(max_rel_diff(y_acc_i, shard_cols(y_acc, P, me)), kTol64);
 
-  // Backward, accumulating: dx = dx0 + dy W (all-reduced), dW_i = rows of dW0 + dy^T x.
-  Tensor dx_ref = clone(dx0), dW_ref = clone(dW0);
-  linear_backward(x, W, dy, &dx_ref, &dW_ref, true);
-  const Tensor dy_i = shard_cols(dy, P, me);
-  Tensor dx = clone(dx0), dW_i = shard_rows(dW0, P, me);
-  column_parallel_backward(x, W_i, dy_i, &dx, &dW_i, *tp, true);
-  EXPECT_LT(max_rel_diff(dx, dx_ref), kTol64) << "dx (accumulate) on rank " << me;
-  EXPECT_LT(max_rel_diff(dW_i, shard_rows(dW_ref, P, me)), kTol64) << "dW_i on rank " << me;
+  // Backward of a column-parallel region (two layers reading x, as q and k do): each adds its
+  // partial input gradient (the first overwrites junk), one sum over the group (Megatron's f)
+  // completes dx = dy W + dy2 W2; dW_i accumulates onto this rank's rows of dW0.
+  Tensor dx_ref = Tensor::empty(x.shape(), DType::f64), dW_ref = clone(dW0);
+  linear_backward(x, W, dy, &dx_ref, &dW_ref, false);
+  linear_backward(x, W2, dy2, &dx_ref, nullptr, true);
+  Linear l2 = tp_linear(W2, TpMode::column, *tp);
+  Tensor dx = junk_like(x, me);
+  linear_layer_backward(l, x, shard_cols(dy, P, me), &dx, ctx, false);
+  linear_layer_backward(l2, x, shard_cols(dy2, P, me), &dx, ctx, true);
+  tp_sum_partials(l.tp, dx);
+  EXPECT_LT(max_rel_diff(dx, dx_ref), kTol64) << "dx on rank " << me;
+  EXPECT_LT(max_rel_diff(l.grad, shard_rows(dW_ref, P, me)), kTol64) << "dW_i on rank " << me;
   EXPECT_TRUE(same_on_all_ranks(*tp, dx));
 
-  // Overwrite: dx = dy W whatever each rank's dx held; no dW (frozen weight).
-  Tensor dx_ow_ref = Tensor::empty(x.shape(), DType::f64);
-  linear_backward(x, W, dy, &dx_ow_ref, nullptr, false);
-  Tensor dx_ow = junk_like(x, me);
-  column_parallel_backward(x, W_i, dy_i, &dx_ow, nullptr, *tp, false);
-  EXPECT_LT(max_rel_diff(dx_ow, dx_ow_ref), kTol64) << "dx (overwrite) on rank " << me;
-  EXPECT_TRUE(same_on_all_ranks(*tp, dx_ow));
-
   // No dx wanted: dW only, no communication.
-  Tensor dW_only = Tensor::zeros(W_i.shape(), DType::f64), dW_only_ref = Tensor::zeros(W.shape(), DType::f64);
+  Linear l3 = tp_linear(W, TpMode::column, *tp);
+  l3.grad = Tensor::zeros(l3.weight.shape(), DType::f64);
+  Tensor dW_only_ref = Tensor::zeros(W.shape(), DType::f64);
   linear_backward(x, W, dy, nullptr, &dW_only_ref);
-  column_parallel_backward(x, W_i, dy_i, nullptr, &dW_only, *tp);
-  EXPECT_LT(max_rel_diff(dW_only, shard_rows(dW_only_ref, P, me)), kTol64);
+  linear_layer_backward(l3, x, shard_cols(dy, P, me), nullptr, ctx);
+  EXPECT_LT(max_rel_diff(l3.grad, shard_rows(dW_only_ref, P, me)), kTol64);
 }
 
 // ---------------------------------------------------------------- row-parallel linear
@@ -185,40 +204,48 @@ TEST(TpOps, RowParallelMatchesFullLinearF64) {
   Rng rng(202);
   const Tensor x = random_f64({M, in}, rng), W = random_f64({out, in}, rng), res = random_f64({M, out}, rng);
   const Tensor dy = random_f64({M, out}, rng), dx0 = random_f64({M, in}, rng), dW0 = random_f64({out, in}, rng);
-  const Tensor x_i = shard_cols(x, P, me), W_i = shard_cols(W, P, me);
+  const Tensor x_i = shard_cols(x, P, me);
+  const LayerContext ctx;
+  Linear l = tp_linear(W, TpMode::row, *tp, &dW0);
 
   Tensor y_ref = Tensor::empty({M, out}, DType::f64), y_res_ref = Tensor::empty({M, out}, DType::f64);
   linear_forward(x, W, y_ref, false);
   linear_forward(x, W, y_res_ref, false, &res);
 
+  // The forward completes the sum over the group (Megatron's g): the same y on every rank.
   Tensor y = junk_like(y_ref, me);  // overwritten, never read
-  row_parallel_forward(x_i, W_i, y, *tp);
+  linear_layer_forward(l, x_i, y, false, ctx);
   EXPECT_LT(max_rel_diff(y, y_ref), kTol64) << "y on rank " << me;
   EXPECT_TRUE(same_on_all_ranks(*tp, y));
 
-  // The residual is added exactly once, whether every rank passes it, only rank 0 does, or it is y.
+  // The residual (and y's prior content when accumulating) is added exactly once, whether every
+  // rank passes it, only rank 0 does, or it is y.
   Tensor y_res = junk_like(y_ref, me);
-  row_parallel_forward(x_i, W_i, y_res, *tp, &res);
+  linear_layer_forward(l, x_i, y_res, false, ctx, &res);
   EXPECT_LT(max_rel_diff(y_res, y_res_ref), kTol64) << "y + residual (all ranks pass it) on rank " << me;
   Tensor y_res0 = junk_like(y_ref, me);
-  row_parallel_forward(x_i, W_i, y_res0, *tp, me == 0 ? &res : nullptr);
+  linear_layer_forward(l, x_i, y_res0, false, ctx, me == 0 ? &res : nullptr);
   EXPECT_LT(max_rel_diff(y_res0, y_res_ref), kTol64) << "y + residual (rank 0 passes it) on rank " << me;
   Tensor y_alias = clone(res);
-  row_parallel_forward(x_i, W_i, y_alias, *tp, &y_alias);
+  linear_layer_forward(l, x_i, y_alias, false, ctx, &y_alias);
   EXPECT_LT(max_rel_diff(y_alias, y_res_ref), kTol64) << "y += (residual aliasing y) on rank " << me;
+  Tensor y_acc = clone(res);
+  linear_layer_forward(l, x_i, y_acc, true, ctx);
+  EXPECT_LT(max_rel_diff(y_acc, y_res_ref), kTol64) << "y += x W^T (accumulate) on rank " << me;
   EXPECT_TRUE(same_on_all_ranks(*tp, y_res));
 
-  // Backward, accumulating into shards of dx0 and dW0, then overwriting dx_i.
+  // Backward: no communication; dx_i accumulates into this rank's columns of dx0, dW_i into dW0's.
   Tensor dx_ref = clone(dx0), dW_ref = clone(dW0);
   linear_backward(x, W, dy, &dx_ref, &dW_ref, true);
-  Tensor dx_i = shard_cols(dx0, P, me), dW_i = shard_cols(dW0, P, me);
-  row_parallel_backward(x_i, W_i, dy, &dx_i, &dW_i, true);
+  Tensor dx_i = shard_cols(dx0, P, me);
+  linear_layer_backward(l, x_i, dy, &dx_i, ctx, true);
   EXPECT_LT(max_rel_diff(dx_i, shard_cols(dx_ref, P, me)), kTol64) << "dx_i on rank " << me;
-  EXPECT_LT(max_rel_diff(dW_i, shard_cols(dW_ref, P, me)), kTol64) << "dW_i on rank " << me;
+  EXPECT_LT(max_rel_diff(l.grad, shard_cols(dW_ref, P, me)), kTol64) << "dW_i on rank " << me;
   Tensor dx_ow_ref = Tensor::empty({M, in}, DType::f64);
   linear_backward(x, W, dy, &dx_ow_ref, nullptr, false);
   Tensor dx_ow = junk_like(x_i, me);
-  row_parallel_backward(x_i, W_i, dy, &dx_ow, nullptr, false);
+  Linear frozen = tp_linear(W, TpMode::row, *tp);
+  linear_layer_backward(frozen, x_i, dy, &dx_ow, ctx, false);
   EXPECT_LT(max_rel_diff(dx_ow, shard_cols(dx_ow_ref, P, me)), kTol64) << "dx_i (overwrite) on rank " << me;
 }
 
@@ -231,6 +258,7 @@ TEST(TpOps, SwiGluMlpColumnThenRowMatchesFullF64) {
   Rng rng(303);
   const Tensor x = random_f64({M, C}, rng), Wg = random_f64({F, C}, rng), Wu = random_f64({F, C}, rng);
   const Tensor Wd = random_f64({C, F}, rng), dy = random_f64({M, C}, rng);
+  const LayerContext ctx;
 
   // Full reference: y = x + swiglu(x Wg^T, x Wu^T) Wd^T and its gradients.
   Tensor g = Tensor::empty({M, F}, DType::f64), u = Tensor::empty({M, F}, DType::f64), h = Tensor::empty({M, F}, DType::f64);
@@ -248,29 +276,75 @@ TEST(TpOps, SwiGluMlpColumnThenRowMatchesFullF64) {
   linear_backward(x, Wu, du, &dx_ref, &dWu, true);
 
   // Sharded.
-  const Tensor Wg_i = shard_rows(Wg, P, me), Wu_i = shard_rows(Wu, P, me), Wd_i = shard_cols(Wd, P, me);
+  const Tensor zg = Tensor::zeros(Wg.shape(), DType::f64), zd = Tensor::zeros(Wd.shape(), DType::f64);
+  Linear gate = tp_linear(Wg, TpMode::column, *tp, &zg), up = tp_linear(Wu, TpMode::column, *tp, &zg);
+  Linear down = tp_linear(Wd, TpMode::row, *tp, &zd);
   const int64_t Fl = F / P;
   Tensor g_i = Tensor::empty({M, Fl}, DType::f64), u_i = Tensor::empty({M, Fl}, DType::f64), h_i = Tensor::empty({M, Fl}, DType::f64);
   Tensor y = Tensor::empty({M, C}, DType::f64);
-  column_parallel_forward(x, Wg_i, g_i);
-  column_parallel_forward(x, Wu_i, u_i);
+  linear_layer_forward(gate, x, g_i, false, ctx);
+  linear_layer_forward(up, x, u_i, false, ctx);
   swiglu_forward(g_i, u_i, h_i);
-  row_parallel_forward(h_i, Wd_i, y, *tp, &x);
+  linear_layer_forward(down, h_i, y, false, ctx, &x);
   EXPECT_LT(max_rel_diff(y, y_ref), kTol64) << "y on rank " << me;
 
   Tensor dh_i = Tensor::empty({M, Fl}, DType::f64), dg_i = Tensor::empty({M, Fl}, DType::f64), du_i = Tensor::empty({M, Fl}, DType::f64);
-  Tensor dWg_i = Tensor::zeros(Wg_i.shape(), DType::f64), dWu_i = Tensor::zeros(Wu_i.shape(), DType::f64);
-  Tensor dWd_i = Tensor::zeros(Wd_i.shape(), DType::f64);
-  Tensor dx = clone(dy);
-  row_parallel_backward(h_i, Wd_i, dy, &dh_i, &dWd_i, false);
+  Tensor dx = Tensor::empty({M, C}, DType::f64);
+  linear_layer_backward(down, h_i, dy, &dh_i, ctx, false);
   swiglu_backward(dh_i, g_i, u_i, dg_i, du_i, false);
-  column_parallel_backward(x, Wg_i, dg_i, &dx, &dWg_i, *tp, true);
-  column_parallel_backward(x, Wu_i, du_i, &dx, &dWu_i, *tp, true);
+  linear_layer_backward(gate, x, dg_i, &dx, ctx, false);
+  linear_layer_backward(up, x, du_i, &dx, ctx, true);
+  tp_sum_partials(gate.tp, dx);
+  axpy(1.0, dy, dx);  // the residual's gradient, added once the region's sum is complete
   EXPECT_LT(max_rel_diff(dx, dx_ref), kTol64) << "dx on rank " << me;
-  EXPECT_LT(max_rel_diff(dWg_i, shard_rows(dWg, P, me)), kTol64) << "dWg_i on rank " << me;
-  EXPECT_LT(max_rel_diff(dWu_i, shard_rows(dWu, P, me)), kTol64) << "dWu_i on rank " << me;
-  EXPECT_LT(max_rel_diff(dWd_i, shard_cols(dWd, P, me)), kTol64) << "dWd_i on rank " << me;
+  EXPECT_LT(max_rel_diff(gate.grad, shard_rows(dWg, P, me)), kTol64) << "dWg_i on rank " << me;
+  EXPECT_LT(max_rel_diff(up.grad, shard_rows(dWu, P, me)), kTol64) << "dWu_i on rank " << me;
+  EXPECT_LT(max_rel_diff(down.grad, shard_cols(dWd, P, me)), kTol64) << "dWd_i on rank " << me;
   EXPECT_TRUE(same_on_all_ranks(*tp, dx));
+}
+
+// Biases (Qwen2's q, k, v): a column-parallel layer's bias is split with its output rows and
+// trains from this rank's columns of dy; a row-parallel layer's bias is replicated, added once.
+TEST(TpOps, LinearBiasesUnderTensorParallelismMatchFullF64) {
+  auto tp = tp_group();
+  const int P = tp->size(), me = tp->rank();
+  const int64_t in = 2 * P + 2, out = 3 * P, M = 7;
+  Rng rng(909);
+  const Tensor x = random_f64({M, in}, rng), W = random_f64({out, in}, rng), b = random_f64({out}, rng);
+  const Tensor dy = random_f64({M, out}, rng);
+  const LayerContext ctx;
+  // Reference: y = x W^T + b, db = column sums of dy.
+  Tensor y_ref = Tensor::empty({M, out}, DType::f64);
+  linear_forward(x, W, y_ref, false);
+  Tensor db_ref = Tensor::zeros({out}, DType::f64);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < out; ++n) {
+      y_ref.ptr<double>()[m * out + n] += b.ptr<double>()[n];
+      db_ref.ptr<double>()[n] += dy.ptr<double>()[m * out + n];
+    }
+  Linear col = tp_linear(W, TpMode::column, *tp);
+  col.bias = shard_rows(b, P, me);
+  col.bias_grad = Tensor::zeros(col.bias.shape(), DType::f64);
+  Tensor y_i = junk_like(shard_cols(y_ref, P, me), me);
+  linear_layer_forward(col, x, y_i, false, ctx);
+  EXPECT_LT(max_rel_diff(y_i, shard_cols(y_ref, P, me)), kTol64) << "column y_i on rank " << me;
+  linear_layer_backward(col, x, shard_cols(dy, P, me), nullptr, ctx);
+  EXPECT_LT(max_rel_diff(col.bias_grad, shard_rows(db_ref, P, me)), kTol64) << "column db_i on rank " << me;
+  // Row-parallel: W [out, in] split by input columns, the full bias on every rank.
+  const Tensor Wr = random_f64({out, 4 * P}, rng), xr = random_f64({M, 4 * P}, rng);
+  Tensor yr_ref = Tensor::empty({M, out}, DType::f64);
+  linear_forward(xr, Wr, yr_ref, false);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < out; ++n) yr_ref.ptr<double>()[m * out + n] += b.ptr<double>()[n];
+  Linear row = tp_linear(Wr, TpMode::row, *tp);
+  row.bias = clone(b);
+  row.bias_grad = Tensor::zeros({out}, DType::f64);
+  Tensor yr = junk_like(yr_ref, me);
+  linear_layer_forward(row, shard_cols(xr, P, me), yr, false, ctx);
+  EXPECT_LT(max_rel_diff(yr, yr_ref), kTol64) << "row y on rank " << me;
+  linear_layer_backward(row, shard_cols(xr, P, me), dy, nullptr, ctx);
+  EXPECT_LT(max_rel_diff(row.bias_grad, db_ref), kTol64) << "row db on rank " << me;
+  EXPECT_TRUE(same_on_all_ranks(*tp, row.bias_grad));
 }
 
 // ---------------------------------------------------------------- f32: within rounding bounds
@@ -313,11 +387,14 @@ TEST(TpOps, LinearF32WithinRoundingBound) {
   Tensor dW_ref = Tensor::zeros({out, in}, DType::f32);
   linear_forward(x, W, y, false);
   linear_backward(x, W, dy, &dx_ref, &dW_ref, false);
-  const Tensor W_i = shard_rows(W, P, me), dy_i = shard_cols(dy, P, me);
+  const Tensor dy_i = shard_cols(dy, P, me), zW = Tensor::zeros({out, in}, DType::f32);
+  const LayerContext ctx;
+  Linear col = tp_linear(W, TpMode::column, *tp, &zW);
   Tensor y_i = Tensor::empty({M, out / P}, DType::f32), dx = Tensor::empty({M, in}, DType::f32);
-  Tensor dW_i = Tensor::zeros(W_i.shape(), DType::f32);
-  column_parallel_forward(x, W_i, y_i);
-  column_parallel_backward(x, W_i, dy_i, &dx, &dW_i, *tp, false);
+  linear_layer_forward(col, x, y_i, false, ctx);
+  linear_layer_backward(col, x, dy_i, &dx, ctx, false);
+  tp_sum_partials(col.tp, dx);
+  const Tensor& dW_i = col.grad;
   const Tensor y_bound = abs_product(x, false, W, true, {M, out});
   const Tensor dx_bound = abs_product(dy, false, W, false, {M, in});
   const Tensor dW_bound = abs_product(dy, true, x, false, {out, in});
@@ -331,11 +408,12 @@ TEST(TpOps, LinearF32WithinRoundingBound) {
   Tensor dW2_ref = Tensor::zeros({in, out}, DType::f32);
   linear_forward(y, W2, z_ref, false);
   linear_backward(y, W2, dz, &dyr_ref, &dW2_ref, false);
-  const Tensor W2_i = shard_cols(W2, P, me);
+  const Tensor zW2 = Tensor::zeros({in, out}, DType::f32);
+  Linear row = tp_linear(W2, TpMode::row, *tp, &zW2);
   Tensor z = Tensor::empty({M, in}, DType::f32), dyr_i = Tensor::empty({M, out / P}, DType::f32);
-  Tensor dW2_i = Tensor::zeros(W2_i.shape(), DType::f32);
-  row_parallel_forward(y_i, W2_i, z, *tp);
-  row_parallel_backward(y_i, W2_i, dz, &dyr_i, &dW2_i, false);
+  linear_layer_forward(row, y_i, z, false, ctx);
+  linear_layer_backward(row, y_i, dz, &dyr_i, ctx, false);
+  const Tensor& dW2_i = row.grad;
   // The reference takes the same input as the sharded chain: the y_i of every rank gathered
   // (y_i and y's columns may differ by rounding, already bounded above).
   Tensor y_gathered = Tensor::empty({M, out}, DType::f32);
@@ -498,12 +576,16 @@ TEST(TpOps, VocabParallelLmHeadMatchesFullF64) {
   Tensor dx_ref = Tensor::empty({c.N, C}, DType::f64), dW_ref = Tensor::zeros(W.shape(), DType::f64);
   linear_backward(x, W, logits, &dx_ref, &dW_ref, false);
 
-  const Tensor W_i = shard_rows(W, P, me);
+  const Tensor zW = Tensor::zeros(W.shape(), DType::f64);
+  const LayerContext ctx;
+  Linear head = tp_linear(W, TpMode::column, *tp, &zW);
   Tensor logits_i = Tensor::empty({c.N, c.V / P}, DType::f64);
-  column_parallel_forward(x, W_i, logits_i);
+  linear_layer_forward(head, x, logits_i, false, ctx);
   const double total = vocab_parallel_cross_entropy(logits_i, c.targets, c.weight, nullptr, true, *tp);
-  Tensor dx = Tensor::empty({c.N, C}, DType::f64), dW_i = Tensor::zeros(W_i.shape(), DType::f64);
-  column_parallel_backward(x, W_i, logits_i, &dx, &dW_i, *tp, false);
+  Tensor dx = Tensor::empty({c.N, C}, DType::f64);
+  linear_layer_backward(head, x, logits_i, &dx, ctx, false);
+  tp_sum_partials(head.tp, dx);
+  const Tensor& dW_i = head.grad;
   EXPECT_NEAR(total, total_ref, kTol64 * std::fabs(total_ref)) << "rank " << me;
   EXPECT_LT(max_rel_diff(dx, dx_ref), kTol64) << "dx on rank " << me;
   EXPECT_LT(max_rel_diff(dW_i, shard_rows(dW_ref, P, me)), kTol64) << "dW_i on rank " << me;

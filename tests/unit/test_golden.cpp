@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <map>
 
+#include "tests/common/test_util.hpp"
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
 #include "io/h5util.hpp"
@@ -191,10 +192,10 @@ TEST_P(GoldenTiny, PeftAdapterFixtureReproducesLoraLogits) {
   const DType dt = GetParam();
   const std::string adapter = golden_dir() + "/llama_tiny_lora_adapter";
   LlamaModel m = load_llama(golden_dir() + "/llama_tiny", dt, Device::cpu);
-  const PeftConfig p = read_peft_config(adapter, "llama");
+  const PeftConfig p = read_peft_config(adapter, test::peft_names("llama"));
   EXPECT_EQ(p.r, 4);
   EXPECT_EQ(p.alpha, 8);
-  const LoraConfig lc = lora_config_from_peft(p, "llama");
+  const LoraConfig lc = lora_config_from_peft(p, test::peft_names("llama"));
   ASSERT_EQ(attach_lora(m, lc, in.B * in.T, 1), 2 * 7);
   ASSERT_EQ(load_peft_adapter(llama_linears(m), adapter), 2 * 7);
   h5::Handle g = h5::open_group(file, "lora");

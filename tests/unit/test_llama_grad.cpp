@@ -85,6 +85,31 @@ TEST(LlamaGrad, FullFineTuningTiedWithCheckpointing) {
   check_model_gradients(m, true, LayerContext{});
 }
 
+// Qwen2's q, k, v biases (non-zero, trained in full fine-tuning) with Llama 3's rotary scaling
+// (original 16 positions over D = 4: one frequency in the smoothed band, one divided) and a tied
+// head: every gradient, the biases' included, against finite differences.
+TEST(LlamaGrad, QkvBiasesAndLlama3RopeFullFineTuningTied) {
+  LlamaConfig c = tiny_config(true);
+  c.qkv_bias = true;
+  c.rope_scaling.type = RopeScaling::Type::llama3;
+  c.rope_scaling.factor = 4.0;
+  c.rope_scaling.low_freq_factor = 1.0;
+  c.rope_scaling.high_freq_factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 16;
+  LlamaModel m = llama_build(c, DType::f64, Device::cpu);
+  llama_init_random(m, 12, 0.5);
+  for (LlamaBlock& b : m.blocks)
+    for (Linear* l : {&b.q, &b.k, &b.v}) {
+      ASSERT_TRUE(l->bias.defined()) << l->name;
+      randomize(l->bias, 200 + l->out, 0.5);
+    }
+  llama_enable_base_training(m);
+  int biases = 0;
+  for (const ParamRef& p : llama_trainable_params(m)) biases += p.name.find(".bias") != std::string::npos;
+  EXPECT_EQ(biases, 6);
+  check_model_gradients(m, false, LayerContext{});
+}
+
 TEST(LlamaGrad, LoraWithDropout) {
   LlamaModel m = llama_build(tiny_config(false), DType::f64, Device::cpu);
   llama_init_random(m, 9, 0.5);

@@ -8,6 +8,7 @@
 #include <set>
 #include <nlohmann/json.hpp>
 
+#include "tests/common/test_util.hpp"
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
 #include "io/hf_checkpoint.hpp"
@@ -68,7 +69,7 @@ TEST(Peft, LlamaRoundTripIsBitExactWithPeftNamesAndConfig) {
     lc.targets = {"q", "v", "down"};
     ASSERT_EQ(attach_lora(m, lc, 8, 7), 2 * 3);
     randomize_b(llama_linears(m), 11);
-    EXPECT_EQ(save_peft_adapter(llama_linears(m), "llama", "some/base", dir), 6);
+    EXPECT_EQ(save_peft_adapter(llama_linears(m), test::peft_names("llama"), "some/base", dir), 6);
 
     const nlohmann::json j = read_json(dir + "/adapter_config.json");
     EXPECT_EQ(j.at("peft_type"), "LORA");
@@ -93,8 +94,8 @@ TEST(Peft, LlamaRoundTripIsBitExactWithPeftNamesAndConfig) {
     EXPECT_EQ(b->shape, (std::vector<int64_t>{16, 4}));  // [out, r]
     EXPECT_EQ(a->dtype, dt == DType::f64 ? "F64" : "F32");
 
-    const PeftConfig p = read_peft_config(dir, "llama");
-    const LoraConfig back = lora_config_from_peft(p, "llama");
+    const PeftConfig p = read_peft_config(dir, test::peft_names("llama"));
+    const LoraConfig back = lora_config_from_peft(p, test::peft_names("llama"));
     EXPECT_EQ(back.r, 4);
     EXPECT_EQ(back.alpha, 8);
     EXPECT_EQ(back.targets, (std::vector<std::string>{"down", "q", "v"}));
@@ -118,7 +119,7 @@ TEST(Peft, T5RoundTripIsBitExactWithPeftNames) {
                              : std::vector<std::string>{"q", "k", "v", "o", "wi", "wo"};
     const int64_t n = attach_lora(m, lc, 8, 3);
     randomize_b(t5_linears(m), 5);
-    EXPECT_EQ(save_peft_adapter(t5_linears(m), "t5", "", dir), n);
+    EXPECT_EQ(save_peft_adapter(t5_linears(m), test::peft_names("t5"), "", dir), n);
     const nlohmann::json j = read_json(dir + "/adapter_config.json");
     EXPECT_EQ(j.at("task_type"), "SEQ_2_SEQ_LM");
     EXPECT_TRUE(j.at("base_model_name_or_path").is_null());
@@ -128,7 +129,7 @@ TEST(Peft, T5RoundTripIsBitExactWithPeftNames) {
     EXPECT_NE(f.find(str("base_model.model.decoder.block.0.layer.2.DenseReluDense.",
                          m.cfg.gated ? "wi_1" : "wi", ".lora_A.weight")), nullptr);
     T5Model m2 = load_t5(golden() + "/" + variant, DType::f32, Device::cpu);
-    attach_lora(m2, lora_config_from_peft(read_peft_config(dir, "t5"), "t5"), 8, 4);
+    attach_lora(m2, lora_config_from_peft(read_peft_config(dir, test::peft_names("t5")), test::peft_names("t5")), 8, 4);
     EXPECT_EQ(load_peft_adapter(t5_linears(m2), dir), n);
     expect_same_adapters(t5_linears(m), t5_linears(m2));
     fs::remove_all(dir);
@@ -144,7 +145,7 @@ struct BadAdapter : ::testing::Test {
     lc.r = 4;
     lc.targets = {"q", "v"};
     attach_lora(m, lc, 8, 1);
-    save_peft_adapter(llama_linears(m), "llama", "", dir);
+    save_peft_adapter(llama_linears(m), test::peft_names("llama"), "", dir);
     base = read_json(dir + "/adapter_config.json");
   }
   void TearDown() override { fs::remove_all(dir); }
@@ -154,7 +155,7 @@ struct BadAdapter : ::testing::Test {
     j[key] = value;
     test::write_file(dir + "/adapter_config.json", j.dump());
     try {
-      read_peft_config(dir, arch);
+      read_peft_config(dir, test::peft_names(arch));
     } catch (const InputError& e) {
       return e.what();
     }
@@ -163,7 +164,7 @@ struct BadAdapter : ::testing::Test {
   std::string load_refusal() {
     try {
       LlamaModel m = load_llama(golden() + "/llama_tiny", DType::f32, Device::cpu);
-      attach_lora(m, lora_config_from_peft(read_peft_config(dir, "llama"), "llama"), 8, 1);
+      attach_lora(m, lora_config_from_peft(read_peft_config(dir, test::peft_names("llama")), test::peft_names("llama")), 8, 1);
       load_peft_adapter(llama_linears(m), dir);
     } catch (const InputError& e) {
       return e.what();

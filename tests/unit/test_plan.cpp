@@ -120,10 +120,8 @@ size_t at(const RankPlan& p, MemCategory c) { return p.at_peak[static_cast<size_
 RankPlan plan(const Tiny& m, const std::string& parallel, const std::string& method, int world, int tp) {
   const RunConfig c = m.config();
   PlanLayout l;
-  l.parallel = parallel;
-  l.method = method;
-  l.world_size = world;
-  l.tp_size = tp;
+  l.parallel = ParallelLayout::make(parse_strategy(parallel, "test"), tp, world);
+  l.method = parse_method(method, "test");
   return predict_memory(c, plan_data_synthetic(c, 16, 0), l);
 }
 
@@ -183,13 +181,13 @@ TEST(Planner, CheckpointingShrinksActivationsAndLayoutsThatDoNotApplyAreExplaine
   RunConfig c = m.config();
   PlanRequest req;
   req.ranks = 8;
-  req.methods = {"lora"};
-  req.strategies = {"tp"};
+  req.methods = {Method::lora};
+  req.strategies = {Strategy::tp};
   req.speed = default_speed_model("cpu");
   const std::vector<LayoutEstimate> all = plan_layouts(c, plan_data_synthetic(c, 16, 0), req);
   ASSERT_EQ(all.size(), 3u);  // tp 2, 4, 8
   for (const LayoutEstimate& e : all) {
-    if (e.layout.tp_size != 2) {  // 2 KV heads: not divisible by 4 or 8
+    if (e.layout.parallel.tp != 2) {  // 2 KV heads: not divisible by 4 or 8
       EXPECT_FALSE(e.applies);
       EXPECT_NE(e.reason.find("divisible"), std::string::npos) << e.reason;
     } else {
@@ -200,9 +198,9 @@ TEST(Planner, CheckpointingShrinksActivationsAndLayoutsThatDoNotApplyAreExplaine
   }
   // A cap below every layout: none fits, nothing recommended.
   req.device_memory = 64 * 1024;
-  EXPECT_EQ(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), "lora"), nullptr);
+  EXPECT_EQ(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), Method::lora), nullptr);
   req.device_memory = 512 * kMiB;
-  EXPECT_NE(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), "lora"), nullptr);
+  EXPECT_NE(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), Method::lora), nullptr);
 }
 
 RunConfig deck(const std::string& path, std::vector<std::string> extra) {
@@ -226,12 +224,12 @@ TEST(Planner, ReferenceExperimentDecksOnFortyGigabyteGpus) {
   req.ranks = 2;
   req.device_memory = parse_bytes(t5.memory_limit, "memory_limit");
   ASSERT_EQ(req.device_memory, size_t{40} << 30);
-  req.methods = {"full", "lora"};
-  req.strategies = {"ddp", "zero3"};
+  req.methods = {Method::full, Method::lora};
+  req.strategies = {Strategy::ddp, Strategy::zero3};
   req.speed = default_speed_model("cuda");
   std::map<std::string, const LayoutEstimate*> by;
   const std::vector<LayoutEstimate> t5_plan = plan_layouts(t5, plan_data_synthetic(t5, 128, 4), req);
-  for (const LayoutEstimate& e : t5_plan) by[e.layout.parallel + "/" + e.layout.method] = &e;
+  for (const LayoutEstimate& e : t5_plan) by[str(e.layout.parallel.name(), "/", method_name(e.layout.method))] = &e;
   ASSERT_EQ(by.size(), 4u);
   EXPECT_FALSE(by["ddp/full"]->fits);
   EXPECT_GT(by["ddp/full"]->memory.peak, size_t{45} << 30);
@@ -241,8 +239,8 @@ TEST(Planner, ReferenceExperimentDecksOnFortyGigabyteGpus) {
   // exp3: Llama-7B, ZeRO-3 over 2 GPUs: QLoRA needs well under LoRA's memory (the reference
   // saw about 40% less); full fine-tuning does not fit 40 GiB.
   const RunConfig ll = deck("inputs/exp3/llama7b_lora.cfg", {"--vocab_size", "32000"});
-  req.methods = {"full", "lora", "qlora"};
-  req.strategies = {"zero3"};
+  req.methods = {Method::full, Method::lora, Method::qlora};
+  req.strategies = {Strategy::zero3};
   const std::vector<LayoutEstimate> ll_plan = plan_layouts(ll, plan_data_synthetic(ll, 128, 0), req);
   ASSERT_EQ(ll_plan.size(), 3u);
   EXPECT_FALSE(ll_plan[0].fits);

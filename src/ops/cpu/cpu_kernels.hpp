@@ -47,6 +47,12 @@ void attention_backward(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t H
                         const T* k, const T* v, const T* out, const T* lse, const T* dout, const T* bias,
                         const int32_t* lengths, bool causal, T scale, T* dq, T* dk, T* dv, T* dbias);
 
+// y[m,n] += b[n] (y: [M,N], b: [N]); db[n] += sum over m of dy[m,n], summed in double.
+template <typename T>
+void bias_add(int64_t M, int64_t N, T* y, const T* b);
+template <typename T>
+void bias_backward(int64_t M, int64_t N, const T* dy, T* db);
+
 // h = silu(g) * u.  g,u,h: [N]
 template <typename T>
 void swiglu_forward(int64_t N, const T* g, const T* u, T* h);

@@ -1,0 +1,62 @@
+#include "config/choices.hpp"
+
+#include "config/run_config.hpp"
+#include "core/error.hpp"
+
+namespace st {
+
+namespace {
+
+template <typename E, size_t N>
+E parse_choice(const std::string& s, const std::string& where, const char* what, const std::pair<E, const char*> (&table)[N]) {
+  std::string list;
+  for (const auto& [e, name] : table) {
+    if (s == name) return e;
+    list += (list.empty() ? "" : " | ") + std::string(name);
+  }
+  ST_THROW_INPUT(where, ": ", what, " '", s, "' is not one of: ", list);
+}
+
+const std::pair<Method, const char*> kMethods[] = {
+    {Method::full, "full"}, {Method::lora, "lora"}, {Method::qlora, "qlora"}};
+const std::pair<Strategy, const char*> kStrategies[] = {
+    {Strategy::none, "none"},   {Strategy::ddp, "ddp"},           {Strategy::tp, "tp"},
+    {Strategy::zero3, "zero3"}, {Strategy::tp_zero3, "tp+zero3"}, {Strategy::automatic, "auto"}};
+
+template <typename E, size_t N>
+const char* name_of(E e, const std::pair<E, const char*> (&table)[N]) {
+  for (const auto& [x, name] : table)
+    if (x == e) return name;
+  ST_THROW("unknown choice ", static_cast<int>(e));
+}
+
+}  // namespace
+
+const char* method_name(Method m) { return name_of(m, kMethods); }
+const char* strategy_name(Strategy s) { return name_of(s, kStrategies); }
+
+Method parse_method(const std::string& s, const std::string& where) { return parse_choice(s, where, "method", kMethods); }
+Strategy parse_strategy(const std::string& s, const std::string& where) {
+  return parse_choice(s, where, "strategy", kStrategies);
+}
+
+const std::vector<Method>& all_methods() {
+  static const std::vector<Method> v{Method::full, Method::lora, Method::qlora};
+  return v;
+}
+const std::vector<Strategy>& all_strategies() {
+  static const std::vector<Strategy> v{Strategy::none, Strategy::ddp, Strategy::tp, Strategy::zero3, Strategy::tp_zero3};
+  return v;
+}
+
+namespace {
+std::string origin_of(const RunConfig& c, const char* key) {
+  const auto it = c.origin.find(key);
+  return it == c.origin.end() ? std::string("options") : it->second;
+}
+}  // namespace
+
+Method run_method(const RunConfig& c) { return parse_method(c.method, origin_of(c, "method")); }
+Strategy run_strategy(const RunConfig& c) { return parse_strategy(c.parallel, origin_of(c, "parallel")); }
+
+}  // namespace st

@@ -1,0 +1,35 @@
+// The enumerated choices of a run, parsed from their option strings once (deck key `method`,
+// `parallel`; the planner's --methods / --strategies). Everything after config parsing works with
+// these values, never with the strings.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace st {
+
+struct RunConfig;
+
+// Fine-tuning method: every weight trains (full), LoRA adapters on a frozen base (lora), or
+// LoRA on a frozen base stored in NF4 (qlora).
+enum class Method { full, lora, qlora };
+// Parallel strategy (deck key `parallel`); `automatic` is `auto`, resolved by the planner before
+// a run starts.
+enum class Strategy { none, ddp, tp, zero3, tp_zero3, automatic };
+
+const char* method_name(Method m);      // "full", "lora", "qlora"
+const char* strategy_name(Strategy s);  // "none", "ddp", "tp", "zero3", "tp+zero3", "auto"
+// InputError naming `where` and listing the choices for anything else.
+Method parse_method(const std::string& s, const std::string& where);
+Strategy parse_strategy(const std::string& s, const std::string& where);
+// Every method / every strategy a run can use (auto excluded), in the order plans list them.
+const std::vector<Method>& all_methods();
+const std::vector<Strategy>& all_strategies();
+
+// The run's method and strategy (the deck's `method` and `parallel`, already validated).
+Method run_method(const RunConfig& c);
+Strategy run_strategy(const RunConfig& c);
+// Adapters train (lora, qlora) rather than the base (full).
+inline bool trains_adapters(Method m) { return m != Method::full; }
+
+}  // namespace st
