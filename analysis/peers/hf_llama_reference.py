@@ -66,7 +66,8 @@ timed AdamW loop, the memory cap, the GEMM peak, the JSON and exit statuses) are
 build_on_gpu, finish_model, train_model, run_reference (analysis/peers/hf_t5_reference.py uses them).
 
 Exit status: 0 ok, 3 out of memory (JSON outcome "oom"; also when the allocation failure surfaces
-wrapped in a compiler error), 1 any other failure (outcome "error"), 2 bad arguments. torch, transformers and peft are imported only in main(), so --help and the
+wrapped in a compiler error), 1 any other failure (outcome "error"), 2 bad arguments. torch,
+transformers and peft are imported only in main(), so --help and the
 pure functions work without them.
 """
 
@@ -379,8 +380,11 @@ def compile_layers(torch, model, result):
     for name, floor in (("recompile_limit", 8 * len(layers)), ("cache_size_limit", 8 * len(layers)),
                         ("accumulated_recompile_limit", 64 * len(layers)),
                         ("accumulated_cache_size_limit", 64 * len(layers))):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(int(getattr(cfg, name)), floor))
+        try:  # the names changed across torch versions (cache_size_limit -> recompile_limit)
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(int(getattr(cfg, name)), floor))
+        except (AttributeError, TypeError, ValueError) as e:
+            log(f"could not raise torch._dynamo.config.{name}: {e}", tool=result["tool"])
     for layer in layers:
         layer.compile()
     result["compile"] = {"what": "nn.Module.compile() on each decoder layer, after PEFT", "layers": len(layers),
