@@ -554,7 +554,8 @@ def issue20_target(t, row, peak_source, dense_source):
         entry["target"] = (f"#20 at equal memory (memory_limit = the faster peer's checkpointed peak): "
                            f"tokens/s >= {t['min_ratio']:.1f}x that peer's")
         if not equal:
-            return dict(entry, status=NA, value="not measured (no checkpointed peer result)")
+            return dict(entry, status=NA,
+                        value="not measured (shardtune skipped, --skip-equal-memory or no checkpointed peer)")
         st = equal["shardtune"]
         value = (f"{equal['ratio']:.2f}x under {equal['limit_gib']:.2f} GiB (shardtune {st.get('setting')}: "
                  f"{st.get('tokens_per_s', 0):,.0f}; {equal['peer']}: {equal['peer_figures']['tokens_per_s']:,.0f} tok/s)"
