@@ -209,23 +209,6 @@ class ShardtuneSummary(unittest.TestCase):
             self.assertEqual(s["peak_memory_bytes"], 9 * GIB)
             self.assertEqual(s["flops_per_token"], 2.5e10)
 
-    def test_recorded_mfu_is_the_median_of_the_same_steps(self):
-        """shardtune's own MFU (/steps/mfu, against its GPU's datasheet peak) beside the GEMM-peak one."""
-        with tempfile.TemporaryDirectory() as d:
-            rows = steps([5.0, 3.0, 0.5, 0.6, 0.4])
-            for r, m in zip(rows, [0.01, 0.02, 0.40, 0.36, 0.44]):
-                r["mfu"] = m
-            run = write_run(d, "llama7b_lora", {"outcome": "ok", "flops_per_token": 2.5e10}, steps=rows)
-            s = bench.summarize_shardtune(st_read.read_run(run))
-            self.assertAlmostEqual(s["mfu_device_peak"], 0.40)  # steps 3-5 only
-            f = bench.row_figures(s, {"outcome": "skipped"}, 790.0, 2.5e10)
-            self.assertAlmostEqual(f["st_mfu_device"], 0.40)
-            rows = steps([5.0, 3.0, 0.5])
-            for r in rows:
-                r["mfu"] = float("nan")  # a CPU run, or a GPU not in the table
-            s = bench.summarize_shardtune(st_read.read_run(write_run(d, "cpu", {"outcome": "ok"}, steps=rows)))
-            self.assertNotIn("mfu_device_peak", s)
-
     def test_oom(self):
         with tempfile.TemporaryDirectory() as d:
             run = write_run(d, "llama13b_lora", {"outcome": "oom", "peak_memory": 70 * GIB, "oom_bytes": 2 * GIB,

@@ -6,6 +6,9 @@
 
 #include "adapters/apply.hpp"
 #include "model/llama.hpp"
+#include "train/mfu.hpp"
+
+#include <cmath>
 
 namespace {
 
@@ -42,3 +45,18 @@ TEST(Flops, LoraIs4NPlus6AdapterPlusAttention) {
 }
 
 }  // namespace
+
+// MFU's denominator: the GPU's dense bf16 peak by the name cudaGetDeviceProperties reports (the
+// same table as analysis/bench.py's DENSE_BF16_PEAKS), NaN where none is known (CPUs).
+TEST(Flops, MfuUsesTheDeviceDenseBf16PeakTable) {
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops("NVIDIA H100 80GB HBM3"), 989.4e12);
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops("NVIDIA H100 PCIe"), 756e12);
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops("NVIDIA H100 NVL"), 0.0);
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops("NVIDIA H200"), 989.4e12);
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops("NVIDIA GH200 480GB"), 989.4e12);
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops("NVIDIA A100-SXM4-40GB"), 312e12);
+  EXPECT_DOUBLE_EQ(st::gpu_bf16_peak_flops(""), 0.0);
+  // 2 GPUs at 6e10 FLOPs per token, 1e4 tokens in 1.5 ms: 4e17 FLOP/s of 2 x 989.4e12.
+  EXPECT_DOUBLE_EQ(st::model_flops_utilization(6e10, 1e4, 1.5e-3, 2, 989.4e12), 6e10 * 1e4 / 1.5e-3 / (2 * 989.4e12));
+  EXPECT_TRUE(std::isnan(st::model_flops_utilization(6e10, 1e4, 1.5e-3, 1, 0.0)));
+}
