@@ -2,8 +2,9 @@
 // added in issue 18, through the real binary: tiny hand-made checkpoints (written here with the
 // families' own config writers, the Qwen2 one sharded) of Llama 3.x (rotary scaling llama3, tied),
 // Qwen2 (q, k, v biases, tied) and Mistral (a sliding window), each trained with LoRA for a few
-// steps (adapter and merged model saved); Qwen2 also fully fine-tuned under tensor parallelism on
-// two ranks; and a Mistral window shorter than the rows refused with a message naming it.
+// steps (adapter and merged model saved); Qwen2 also fully fine-tuned under tensor parallelism and
+// with QLoRA under ZeRO-3, on two ranks; and a Mistral window shorter than the rows refused with a
+// message naming it.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -150,6 +151,18 @@ TEST_F(Families, Qwen2FullFineTuningUnderTensorParallelismAndItsAdapterExported)
   EXPECT_EQ(read_json_file(d + "/qwen2-merged/config.json").at("model_type"), "qwen2");
   EXPECT_TRUE(CheckpointReader::open(d + "/qwen2-merged").has("model.layers.1.self_attn.v_proj.bias"));
   EXPECT_TRUE(fs::exists(d + "/qwen2-peft/adapter_model.safetensors"));
+}
+
+TEST_F(Families, Qwen2QloraUnderZero3OnTwoRanks) {
+  // NF4 bases with dense frozen biases, both packed in ZeRO-3's frozen buffers.
+  std::string out;
+  const int rc = train("qwen2", "qwen2-qlora-z3", "--method qlora --qlora_quantize all --parallel zero3", &out,
+                       mpirun() + " -np 2 ");
+  ASSERT_EQ(rc, 0) << out;
+  const std::string m = *dir + "/runs/qwen2-qlora-z3/metrics.h5";
+  EXPECT_EQ(summary_string(m, "outcome"), "ok");
+  EXPECT_EQ(summary_string(m, "method"), "qlora");
+  EXPECT_NE(out.find("qlora: 14 linear layers in NF4"), std::string::npos) << out;
 }
 
 TEST_F(Families, MistralWindowShorterThanTheRowsIsRefusedByName) {
