@@ -105,6 +105,24 @@ double attention_flops(const AttentionShape& s) {
   return s.causal ? f / 2 : f;
 }
 
+// The backward's gradient buffers hold nq (dout, dq) and nkv (dk, dv) elements.
+void check_gradient_buffers(const char* op, int64_t nq, int64_t nkv, const Tensor& dout, const Tensor& dq,
+                            const Tensor& dk, const Tensor& dv) {
+  if (dout.numel() < nq || dq.numel() < nq || dk.numel() < nkv || dv.numel() < nkv)
+    ST_THROW(op, ": gradient buffers too small (dout ", dout.str(), ", dq ", dq.str(), ", dk ", dk.str(), ", dv ",
+             dv.str(), ")");
+}
+
+// The planner's backward: 2.5 x the forward's FLOPs (dQ, dK, dV and the recomputed scores) and
+// the CUDA backend's scratch (delta and the f32 dQ accumulator).
+void dry_run_backward(const AttentionShape& s, Device device, double forward_flops) {
+  dry_run_add_flops(2.5 * forward_flops);
+  if (device == Device::cuda) {
+    dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
+    dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
+  }
+}
+
 }  // namespace
 
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -140,18 +158,10 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
   check_float_args("attention_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
   check_stat_dtype("attention_backward", q, lse);
   check_attention("attention_backward", s, q, k, v, out, lse, lengths, bias, dbias);
-  {
-    const int64_t nq = s.B * s.T * s.Hq * s.D, nkv = s.B * s.kv_len() * s.Hkv * s.D;
-    if (dout.numel() < nq || dq.numel() < nq || dk.numel() < nkv || dv.numel() < nkv)
-      ST_THROW("attention_backward: gradient buffers too small (dout ", dout.str(), ", dq ", dq.str(), ", dk ",
-               dk.str(), ", dv ", dv.str(), ")");
-  }
-  if (dry_run_active()) {  // the planner: the backend's scratch (delta and the f32 dQ accumulator)
-    dry_run_add_flops(2.5 * attention_flops(s));  // dQ, dK, dV and the recomputed scores
-    if (q.device() == Device::cuda) {
-      dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
-      dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
-    }
+  check_gradient_buffers("attention_backward", s.B * s.T * s.Hq * s.D, s.B * s.kv_len() * s.Hkv * s.D, dout, dq, dk,
+                         dv);
+  if (dry_run_active()) {  // the planner
+    dry_run_backward(s, q.device(), attention_flops(s));
     return;
   }
   if (q.device() == Device::cuda) {
@@ -192,6 +202,11 @@ void check_varlen(const char* op, const AttentionShape& s, const Tensor& q, cons
   if (q.numel() < N * s.Hq * s.D || k.numel() < N * s.Hkv * s.D || v.numel() < N * s.Hkv * s.D ||
       out.numel() < N * s.Hq * s.D || lse.numel() < N * s.Hq)
     ST_THROW(op, ": buffers too small for N=", N, " Hq=", s.Hq, " Hkv=", s.Hkv, " D=", s.D);
+}
+
+// QK^T and PV over the visible (query, key) pairs.
+double varlen_flops(const AttentionShape& s, const AttentionSegments& seg) {
+  return 4.0 * seg.pairs * static_cast<double>(s.Hq) * static_cast<double>(s.D);
 }
 
 }  // namespace
@@ -245,7 +260,7 @@ void attention_varlen_forward(const AttentionShape& s, const Tensor& q, const Te
   check_stat_dtype("attention_varlen_forward", q, lse);
   check_varlen("attention_varlen_forward", s, q, k, v, out, lse, seg);
   if (dry_run_active()) {
-    dry_run_add_flops(4.0 * seg.pairs * static_cast<double>(s.Hq) * static_cast<double>(s.D));
+    dry_run_add_flops(varlen_flops(s, seg));
     return;
   }
   if (q.device() == Device::cuda) {
@@ -269,18 +284,10 @@ void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const T
   check_float_args("attention_varlen_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
   check_stat_dtype("attention_varlen_backward", q, lse);
   check_varlen("attention_varlen_backward", s, q, k, v, out, lse, seg);
-  {
-    const int64_t nq = seg.tokens * s.Hq * s.D, nkv = seg.tokens * s.Hkv * s.D;
-    if (dout.numel() < nq || dq.numel() < nq || dk.numel() < nkv || dv.numel() < nkv)
-      ST_THROW("attention_varlen_backward: gradient buffers too small (dout ", dout.str(), ", dq ", dq.str(), ", dk ",
-               dk.str(), ", dv ", dv.str(), ")");
-  }
-  if (dry_run_active()) {  // as attention_backward: FLOPs and the CUDA backend's scratch
-    dry_run_add_flops(2.5 * 4.0 * seg.pairs * static_cast<double>(s.Hq) * static_cast<double>(s.D));
-    if (q.device() == Device::cuda) {
-      dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
-      dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
-    }
+  check_gradient_buffers("attention_varlen_backward", seg.tokens * s.Hq * s.D, seg.tokens * s.Hkv * s.D, dout, dq,
+                         dk, dv);
+  if (dry_run_active()) {  // the planner, as attention_backward
+    dry_run_backward(s, q.device(), varlen_flops(s, seg));
     return;
   }
   if (q.device() == Device::cuda) {
