@@ -85,6 +85,8 @@ def train_command(mpirun, binary, deck, data, run_id, output_dir, mode, micro, s
         cmd += ["-np", "1"]
     if cmd and not any(a.startswith("--bind-to") for a in cmd):
         cmd += ["--bind-to", "none"]
+    if cmd and hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-run-as-root" not in cmd:
+        cmd += ["--allow-run-as-root"]  # containers run as root
     return cmd + [binary, "train", "--deck", deck, "--data", data, "--run_id", run_id, "--output_dir", output_dir,
                   "--micro_batch_size", str(micro), "--max_steps", str(steps)] + list(MODES[mode]) + list(extra)
 

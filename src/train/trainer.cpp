@@ -510,7 +510,7 @@ int Run::train() {
   const int64_t n_rows = epoch_rows(row_lengths, batching, 1).size();
   const int64_t steps_per_epoch = n_rows / global_batch;
   if (steps_per_epoch == 0)
-    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows", 
+    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows",
                    batching.pack_length > 0 ? str(" (", n_rows, " packed rows)") : std::string(),
                    ", fewer than one global batch of ", global_batch,
                    " (micro_batch_size x grad_accum x data-parallel ranks)");

@@ -37,6 +37,7 @@ class Commands(unittest.TestCase):
         cmds = {m: bp.train_command("mpirun --oversubscribe", "st", "deck.cfg", "data", "r", "out", m, 16, 200,
                                     ["--memory_limit", "40GiB"]) for m in bp.MODES}
         self.assertEqual(cmds["padded"][:4], ["mpirun", "--oversubscribe", "-np", "1"])
+        self.assertEqual(os.geteuid() == 0, "--allow-run-as-root" in cmds["padded"])
         for m, c in cmds.items():
             self.assertEqual(c[c.index("--micro_batch_size") + 1], "16")
             self.assertEqual(c[c.index("--max_steps") + 1], "200")
