@@ -435,7 +435,9 @@ TEST(CudaModel, TrainBinaryOnGpuLossFalls) {
 
 TEST(CudaModel, TrainBinaryPackedOnGpuLossFalls) {
   ST_REQUIRE_GPU();
-  const auto [v0, v1] = train_binary_on_gpu("--lr 3e-3 --packing true", "gpu-packed");
+  // 800 documents pack into about 360 rows: 22 steps an epoch of 16 packed rows, so 2 epochs for
+  // the 40 steps (CPU f32, same run: val loss 6.24 -> 1.85).
+  const auto [v0, v1] = train_binary_on_gpu("--lr 3e-3 --packing true --epochs 2", "gpu-packed");
   EXPECT_LT(v1, v0 - 1.0) << v0 << " -> " << v1;
   std::printf("[gpu-train] 40 packed steps on the GPU: val loss %.3f -> %.3f\n", v0, v1);
 }
