@@ -25,6 +25,22 @@ then prints a fixed-width table (shardtune vs reference tokens/s, ratio, peak me
 issue #3's reference figures and targets marked met / NOT met) and writes it as JSON and
 Markdown under runs/bench/ (and into $OUT when that variable is set).
 
+Issue #20 (the Llama rows with a same-run reference: 1b_full, 1b_lora, 7b_lora, 13b_lora):
+  * two peers, each with activation checkpointing on and off (--peers, --peer-checkpointing):
+    "eager" (the plain transformers + PEFT loop above) and "compiled" (the same script with
+    --compile: torch.compile on each decoder layer after PEFT, fused AdamW). An OOM is a result
+    (a peer without checkpointing is not run where its checkpointed run already ran out of
+    memory). The "reference" of the main table and of issue #3's targets is the faster of the
+    two at the deck's checkpointing setting; the table shows both.
+  * shardtune at each activation_checkpointing value of --st-checkpointing (default true,false;
+    any value shardtune takes, e.g. auto or a number of blocks, is passed as is), and again
+    with --memory_limit set to the faster peer's checkpointed peak (equal memory).
+  * "fastest setting that fits": each system's fastest ok run; the ratio against the faster
+    peer. "Equal memory": shardtune's fastest run under the peer's checkpointed peak against
+    that peer's checkpointed tokens/s. Issue #20's targets are judged on these.
+  * every table shows MFU against the device's dense bf16 tensor-core peak (DENSE_BF16_PEAKS,
+    from NVIDIA's documents; --dense-peak overrides) beside MFU against the measured GEMM peak.
+
 MFU uses one bf16 GEMM peak for every row: measured once at the start by the reference script
 (--gemm-peak-only: 8192^3 torch.matmul, median of 10), or --gemm-peak. FLOPs per token: see
 analysis/peers/hf_llama_reference.py FLOPS_FORMULA (the same as shardtune's
@@ -33,6 +49,7 @@ checks shardtune's own figure against them.
 
     python3 analysis/bench.py --bin build/shardtune [--configs 7b_lora,13b_lora] [--skip-reference]
     python3 analysis/bench.py --bin build/shardtune --configs t5xl_full_40g,t5xl_lora_40g
+    python3 analysis/bench.py --bin build/shardtune --configs 7b_lora --st-checkpointing auto,true,false
 """
 
 import argparse
@@ -94,6 +111,10 @@ for _size in ("large", "xl"):
 for _method in ("full", "lora"):
     CONFIGS[f"t5xl_{_method}_40g"] = dict(CONFIGS[f"t5xl_{_method}"], args=["--memory_limit", "40GiB"],
                                           ref_args=["--memory-cap-gib", "40"], vs=f"t5xl_{_method}")
+# Issue #20: shardtune with its frozen bases in FP8 (base_precision = fp8, once that deck key
+# exists), judged against the peers of the plain LoRA row of the same run (reused, not re-run).
+for _base in ("7b_lora", "13b_lora"):
+    CONFIGS[f"{_base}_fp8"] = dict(CONFIGS[_base], args=["--base_precision", "fp8"], peers_from=_base, issue_no=20)
 DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora")
 T5_CONFIGS = ("t5large_full", "t5large_lora", "t5xl_full", "t5xl_lora", "t5xl_full_40g", "t5xl_lora_40g")
 
@@ -111,6 +132,48 @@ TARGETS = {
     # Issue #6 on a 40 GB GPU: shardtune's LoRA fits where its full fine-tuning runs out of memory.
     "t5xl_lora_40g": [{"kind": "fits_where_oom", "row": "t5xl_full_40g"}],
 }
+
+# Issue #20's targets, on the rows' "fastest setting that fits" and "equal memory" figures (and,
+# for QLoRA, against shardtune's LoRA row of the same run at the same recompute setting).
+TARGETS_20 = {
+    "7b_lora": [{"kind": "fastest_vs_peer", "min_ratio": 2.0}, {"kind": "equal_memory", "min_ratio": 1.4},
+                {"kind": "mfu_dense", "min_mfu": 0.52}],
+    "13b_lora": [{"kind": "fastest_vs_peer", "min_ratio": 2.0}, {"kind": "equal_memory", "min_ratio": 1.4}],
+    "1b_full": [{"kind": "mfu_dense", "min_mfu": 0.55}],
+    "7b_qlora": [{"kind": "vs_row", "row": "7b_lora", "min_speed_ratio": 0.9},
+                 {"kind": "vs_row", "row": "7b_lora", "max_mem_ratio": 0.55}],
+    "7b_lora_fp8": [{"kind": "fastest_vs_peer", "min_ratio": 2.7}],
+    "13b_lora_fp8": [{"kind": "fastest_vs_peer", "min_ratio": 2.7}],
+}
+PEER_KINDS = ("eager", "compiled")
+
+# Dense (no sparsity) bf16 tensor-core peaks with f32 accumulation, TFLOP/s, by device name as
+# torch / nvidia-smi report it (case-insensitive; every word must occur; first match wins). None:
+# a variant whose figure is not in this table (pass --dense-peak).
+DENSE_BF16_PEAKS = [
+    (("H100", "PCIe"), 756.0, "NVIDIA H100 Tensor Core GPU Architecture whitepaper: H100 PCIe, 756 TFLOPS dense BF16"),
+    (("H100", "NVL"), None, "H100 NVL: not in this table"),
+    (("H200", "NVL"), None, "H200 NVL: not in this table"),
+    (("GH200",), 989.4, "NVIDIA GH200 datasheet: its Hopper GPU is the H100 SXM5's, 989.4 TFLOPS dense BF16"),
+    (("H100",), 989.4, "NVIDIA H100 Tensor Core GPU Architecture whitepaper: H100 SXM5, 989.4 TFLOPS dense BF16 "
+                       "(1,979 with sparsity)"),
+    (("H200",), 989.4, "NVIDIA H200 datasheet: H200 SXM, 1,979 TFLOPS BF16 with sparsity = 989.4 dense "
+                       "(the H100 SXM5's tensor cores)"),
+    (("A100",), 312.0, "NVIDIA A100 datasheet: 312 TFLOPS dense BF16 (624 with sparsity)"),
+    (("L40S",), 362.05, "NVIDIA L40S datasheet: 362.05 TFLOPS dense BF16 (733 with sparsity)"),
+]
+
+
+def dense_peak_of(device):
+    """(TFLOP/s, source) of a device name from DENSE_BF16_PEAKS; (None, why) when unknown."""
+    if not device:
+        return None, "device unknown"
+    name = device.lower()
+    for words, tflops, source in DENSE_BF16_PEAKS:
+        if all(w.lower() in name for w in words):
+            return tflops, source if tflops else f"{device}: {source} (pass --dense-peak)"
+    return None, f"{device}: not in the dense-peak table (pass --dense-peak)"
+
 
 MET, NOT_MET, NA = "met", "NOT met", "n/a"
 
@@ -151,6 +214,31 @@ def deck_bool(value):
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def checkpointing_value(value):
+    """A deck's or the command line's activation_checkpointing in one spelling: "true" / "false",
+    or what else shardtune takes ("auto", a number of checkpointed blocks), lower-cased."""
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return "true"
+    if v in ("0", "false", "no", "off", ""):
+        return "false"
+    return v
+
+
+def checkpointing_on(value):
+    """Whether an activation_checkpointing value recomputes anything: true, auto (it may), or a
+    positive number of blocks. The peers' counterpart of a deck's setting."""
+    v = checkpointing_value(value)
+    if v in ("true", "auto"):
+        return True
+    if v == "false":
+        return False
+    try:
+        return int(v) > 0
+    except ValueError:
+        return True
+
+
 def deck_shape(keys, deck_path):
     """Model and run shape of a bench deck, with shardtune's defaults for absent keys. T5 decks
     (arch = t5) add decoder_layers, feed_forward_proj and the relative-attention settings."""
@@ -172,7 +260,8 @@ def deck_shape(keys, deck_path):
         "lora_alpha": float(keys.get("lora_alpha", 16)),
         "lora_targets": keys.get("lora_targets", "q,k,v,o,gate,up,down"),
         "batch": int(keys.get("micro_batch_size", 8)) * int(keys.get("grad_accum", 1)),
-        "checkpointing": deck_bool(keys.get("activation_checkpointing", "false")),
+        "checkpointing": checkpointing_on(keys.get("activation_checkpointing", "false")),
+        "checkpointing_value": checkpointing_value(keys.get("activation_checkpointing", "false")),
         "steps": int(keys.get("max_steps", 0)),
         "lr": float(keys.get("lr", 3e-4)),
         "grad_clip": float(keys.get("grad_clip", 1.0)),
@@ -226,10 +315,12 @@ def reference_script(shape):
     return os.path.join(HERE, "peers", "hf_t5_reference.py" if is_t5(shape) else "hf_llama_reference.py")
 
 
-def reference_args(shape, seq, warmup=WARMUP_STEPS, gemm_peak=None, target_len=None, extra=()):
+def reference_args(shape, seq, warmup=WARMUP_STEPS, gemm_peak=None, target_len=None, extra=(), checkpointing=None,
+                   compiled=False):
     """Command-line arguments of the deck's reference script (reference_script) for its shape
     (T5: seq encoder and target_len target tokens per row); `extra` is appended (e.g.
-    --memory-cap-gib 40)."""
+    --memory-cap-gib 40). checkpointing: None for the deck's setting, else True / False
+    (--checkpointing / --no-checkpointing); compiled: the compiled peer (--compile; Llama)."""
     if is_t5(shape):
         t5 = t5_shape_args(shape)
         args = ["--d-model", t5["d_model"], "--d-kv", t5["d_kv"], "--d-ff", t5["d_ff"], "--layers", t5["layers"],
@@ -247,8 +338,12 @@ def reference_args(shape, seq, warmup=WARMUP_STEPS, gemm_peak=None, target_len=N
              "--grad-clip", repr(shape["grad_clip"])]
     if shape["method"] == "lora":
         args += ["--lora-r", shape["lora_r"], "--lora-alpha", repr(shape["lora_alpha"])]
-    if shape["checkpointing"]:
-        args += ["--checkpointing"]
+    if checkpointing is None:
+        args += ["--checkpointing"] if shape["checkpointing"] else []
+    else:
+        args += ["--checkpointing" if checkpointing else "--no-checkpointing"]
+    if compiled:
+        args += ["--compile"]
     if gemm_peak is not None:
         args += ["--gemm-peak", repr(float(gemm_peak))]
     return [str(a) for a in list(args) + list(extra)]
@@ -323,8 +418,9 @@ def ratio(a, b):
     return a / b if _finite(a) and _finite(b) and b > 0 else None
 
 
-def row_figures(st, rf, peak_tflops, flops):
-    """Tokens/s, peak GiB, MFU of both sides, and their ratios (None where unknown)."""
+def row_figures(st, rf, peak_tflops, flops, dense_peak=None):
+    """Tokens/s, peak GiB, MFU of both sides (st_mfu / ref_mfu against the measured GEMM peak,
+    *_mfu_dense against the device's dense bf16 peak), and their ratios (None where unknown)."""
     st_ok, rf_ok = st.get("outcome") == "ok", rf.get("outcome") == "ok"
     st_tps = st.get("tokens_per_s") if st_ok else None
     rf_tps = rf.get("tokens_per_s") if rf_ok else None
@@ -337,11 +433,153 @@ def row_figures(st, rf, peak_tflops, flops):
         "st_peak_gib": st_mem / GIB if st_mem else None, "ref_peak_gib": rf_mem / GIB if rf_mem else None,
         "mem_ratio": ratio(st_mem, rf_mem),
         "st_mfu": mfu(flops, st_tps, peak_tflops), "ref_mfu": mfu(flops, rf_tps, peak_tflops),
+        "st_mfu_dense": mfu(flops, st_tps, dense_peak), "ref_mfu_dense": mfu(flops, rf_tps, dense_peak),
         "st_outcome": st.get("outcome", "skipped"), "ref_outcome": rf.get("outcome", "skipped"),
+        "ref_peer": rf.get("peer"),
     }
 
 
-def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, others=None, issue_no=3):
+def run_figures(run, flops, peak_tflops, dense_peak):
+    """One run's outcome, tokens/s, ms/step, peak GiB and MFU (dense and against the GEMM peak)."""
+    ok_ = run.get("outcome") == "ok"
+    tps = run.get("tokens_per_s") if ok_ else None
+    mem = run.get("peak_memory_bytes") if ok_ else None
+    step = run.get("median_step_time") if ok_ else None
+    return {"outcome": run.get("outcome", "skipped"), "tokens_per_s": tps, "step_ms": step * 1e3 if _finite(step) else None,
+            "peak_gib": mem / GIB if mem else None, "mfu_dense": mfu(flops, tps, dense_peak),
+            "mfu_gemm": mfu(flops, tps, peak_tflops), "compile_time_s": run.get("compile_time_s")}
+
+
+def fastest_ok(runs):
+    """(label, run) of the run with the most tokens/s among {label: run} that finished ok;
+    (None, None) when none did."""
+    best = (None, None)
+    for label, run in runs.items():
+        if run.get("outcome") == "ok" and _finite(run.get("tokens_per_s")):
+            if best[1] is None or run["tokens_per_s"] > best[1]["tokens_per_s"]:
+                best = (label, run)
+    return best
+
+
+def summary_outcome(runs):
+    """What a system's runs came to when none was ok: "oom" when any ran out of memory, else
+    the first outcome (error, timeout, skipped), or "not run"."""
+    outcomes = [r.get("outcome", "skipped") for r in runs.values()]
+    if not outcomes:
+        return "not run"
+    return "oom" if "oom" in outcomes else outcomes[0]
+
+
+def peer_setting(on):
+    return "on" if on else "off"
+
+
+def faster_peer(peers, setting):
+    """The faster peer at one checkpointing setting ("on" / "off"): a copy of its run with "peer"
+    (its kind) and "checkpointing" added. Where no peer finished ok: the eager one's result (OOM,
+    error, ...) if it ran, else the compiled one's, else skipped."""
+    at = {kind: runs[setting] for kind, runs in peers.items() if setting in runs}
+    kind, run = fastest_ok(at)
+    if run is None:
+        kind = next((k for k in PEER_KINDS if k in at), None)
+        run = at.get(kind, {"outcome": "skipped"})
+    return dict(run, peer=kind, checkpointing=setting)
+
+
+def judge_fastest(row, flops, peak_tflops, dense_peak):
+    """Issue #20's "fastest setting that fits": each system's fastest ok run (shardtune over its
+    activation_checkpointing values, each peer over checkpointing on / off), and shardtune
+    against the faster peer."""
+    out = {}
+    systems = {"shardtune": row.get("st_runs") or {"deck": row.get("shardtune", {"outcome": "skipped"})}}
+    systems.update(row.get("peers", {}))
+    for system, runs in systems.items():
+        label, run = fastest_ok(runs)
+        out[system] = (dict(run_figures(run, flops, peak_tflops, dense_peak), setting=label) if run
+                       else {"outcome": summary_outcome(runs), "setting": None})
+    peers_ok = {k: out[k] for k in row.get("peers", {}) if out[k].get("tokens_per_s")}
+    out["peer"] = max(peers_ok, key=lambda k: peers_ok[k]["tokens_per_s"]) if peers_ok else None
+    best = out.get(out["peer"], {}) if out["peer"] else {}
+    out["ratio"] = ratio(out["shardtune"].get("tokens_per_s"), best.get("tokens_per_s"))
+    out["mem_ratio"] = ratio(out["shardtune"].get("peak_gib"), best.get("peak_gib"))
+    return out
+
+
+def judge_equal_memory(row, flops, peak_tflops, dense_peak):
+    """Issue #20's "equal memory": shardtune's fastest run under memory_limit = the faster
+    peer's checkpointed peak, against that peer's checkpointed tokens/s. None when not measured."""
+    eq = row.get("equal_memory")
+    if not eq:
+        return None
+    peer = run_figures(eq["peer_run"], flops, peak_tflops, dense_peak)
+    label, run = fastest_ok(eq["runs"])
+    st = (dict(run_figures(run, flops, peak_tflops, dense_peak), setting=label) if run
+          else {"outcome": summary_outcome(eq["runs"]), "setting": None})
+    return {"limit_gib": eq["limit_bytes"] / GIB, "peer": eq["peer"], "peer_figures": peer, "shardtune": st,
+            "ratio": ratio(st.get("tokens_per_s"), peer.get("tokens_per_s"))}
+
+
+def _ratio_target(entry, st_outcome, ratio_value, peer_missing, min_ratio, value):
+    """Status of a "shardtune tokens/s >= min_ratio x a peer's" target."""
+    if st_outcome == "skipped":
+        return dict(entry, status=NA, value="shardtune skipped")
+    if ratio_value is None and st_outcome == "oom":
+        return dict(entry, status=NOT_MET, value="shardtune out of memory at every setting")
+    if peer_missing == "oom" and st_outcome == "ok":
+        return dict(entry, status=MET, value="every peer setting ran out of memory")
+    if ratio_value is None:
+        return dict(entry, status=NA if st_outcome == "ok" else NOT_MET,
+                    value=f"no ratio (shardtune {st_outcome}, peer {peer_missing})")
+    return dict(entry, status=MET if ratio_value >= min_ratio else NOT_MET, value=value)
+
+
+def issue20_target(t, row, peak_source, dense_source):
+    """One of issue #20's row-level targets (fastest_vs_peer, equal_memory, mfu_dense) on
+    row["fastest"] / row["equal"]."""
+    entry = {"kind": t["kind"], "issue": 20, "same_run": True, "basis": "this run"}
+    fastest, equal = row.get("fastest"), row.get("equal")
+    if t["kind"] == "fastest_vs_peer":
+        entry["target"] = (f"#20 each at its fastest setting that fits: tokens/s >= {t['min_ratio']:.1f}x "
+                           "the faster peer's")
+        if not fastest:
+            return dict(entry, status=NA, value="no peer runs in this run")
+        st, peer = fastest["shardtune"], fastest.get(fastest["peer"]) if fastest["peer"] else None
+        peer_missing = None if peer else ("oom" if all(fastest.get(k, {}).get("outcome") == "oom"
+                                                         for k in PEER_KINDS if k in fastest) else "not ok")
+        value = (f"{fastest['ratio']:.2f}x (shardtune {st.get('setting')}: {st.get('tokens_per_s', 0):,.0f}; "
+                 f"{fastest['peer']} {peer.get('setting') if peer else '?'}: "
+                 f"{peer.get('tokens_per_s', 0) if peer else 0:,.0f} tok/s)") if fastest["ratio"] else None
+        return _ratio_target(entry, st.get("outcome"), fastest["ratio"], peer_missing, t["min_ratio"], value)
+    if t["kind"] == "equal_memory":
+        entry["target"] = (f"#20 at equal memory (memory_limit = the faster peer's checkpointed peak): "
+                           f"tokens/s >= {t['min_ratio']:.1f}x that peer's")
+        if not equal:
+            return dict(entry, status=NA,
+                        value="not measured (shardtune skipped, --skip-equal-memory or no checkpointed peer)")
+        st = equal["shardtune"]
+        value = (f"{equal['ratio']:.2f}x under {equal['limit_gib']:.2f} GiB (shardtune {st.get('setting')}: "
+                 f"{st.get('tokens_per_s', 0):,.0f}; {equal['peer']}: {equal['peer_figures']['tokens_per_s']:,.0f} tok/s)"
+                 if equal["ratio"] else None)
+        return _ratio_target(entry, st.get("outcome"), equal["ratio"], None, t["min_ratio"], value)
+    # mfu_dense
+    entry["target"] = f"#20 model-FLOPs utilisation >= {100 * t['min_mfu']:.0f}% of the dense bf16 peak"
+    entry["basis"] = dense_source
+    st = (fastest or {}).get("shardtune") or row.get("fastest_st")
+    if st is None:  # rows without peers: the deck's own run
+        f = row.get("figures", {})
+        st = {"outcome": f.get("st_outcome"), "mfu_dense": f.get("st_mfu_dense"), "setting": "deck"}
+    if st.get("outcome") == "skipped":
+        return dict(entry, status=NA, value="shardtune skipped")
+    if st.get("outcome") != "ok" and st.get("mfu_dense") is None:
+        return dict(entry, status=NOT_MET, value=f"shardtune {st.get('outcome')}")
+    if st.get("mfu_dense") is None:
+        return dict(entry, status=NA, value="no dense peak known for this device")
+    return dict(entry, status=MET if st["mfu_dense"] >= t["min_mfu"] else NOT_MET,
+                value=f"{100 * st['mfu_dense']:.1f}% (checkpointing {st.get('setting')})")
+
+
+def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, others=None, issue_no=3, targets=None,
+                     row=None, dense_source=""):
     """The issues' targets for one configuration: a list of {target, value, status, basis}.
     `others` maps the names of the rows measured in this run to their figures (for targets
     relative to another row: QLoRA against LoRA, T5 LoRA fitting where full runs out of memory).
@@ -352,8 +590,13 @@ def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, oth
     out = []
     st_ok = st.get("outcome") == "ok"
     rf_outcome = rf.get("outcome", "skipped")
-    for t in TARGETS.get(name, []):
+    for t in TARGETS.get(name, []) if targets is None else targets:
+        if t["kind"] in ("fastest_vs_peer", "equal_memory", "mfu_dense"):
+            out.append(issue20_target(t, row or {}, peak_source, dense_source))
+            continue
         entry = {"kind": t["kind"]}
+        if issue_no == 20:
+            entry["issue"] = 20
         if t["kind"] in ("speedup", "speedup_at_memory"):
             entry["target"] = f"tokens/s >= {t['min_ratio']:.1f}x reference"
             if t["kind"] == "speedup_at_memory":
@@ -389,6 +632,8 @@ def evaluate_targets(name, st, rf, figures, issue, peak_tflops, peak_source, oth
                 entry["target"] = f"tokens/s >= {t['min_speed_ratio']:.2f}x shardtune's {t['row']}"
                 mine, theirs, fmt = figures["st_tokens_per_s"], other and other["st_tokens_per_s"], "{:.2f}x tokens/s"
                 passes = lambda r: r >= t["min_speed_ratio"]  # noqa: E731
+            if issue_no == 20:
+                entry["target"] = "#20 " + entry["target"] + " (same recompute setting)"
             r = ratio(mine, theirs)
             if st.get("outcome") == "skipped":
                 entry.update(status=NA, value="shardtune skipped", basis="this run")
@@ -468,10 +713,13 @@ FOOTNOTE = "* judged against the issue's figures: no reference result or measure
 # ------------------------------------------------------------------------------ formatting
 
 COLUMNS = [
-    # (key, header, width)
+    # (key, header, width). ref = the reference: the faster of issue #20's peers at the deck's
+    # checkpointing where they ran (eager and compiled shown too), else the one reference.
     ("config", "config", 9),
     ("st_step", "st ms/step", 10),
     ("st_tps", "st tok/s", 9),
+    ("eager_tps", "eager tok/s", 11),
+    ("compiled_tps", "compiled tok/s", 14),
     ("ref_step", "ref ms/step", 11),
     ("ref_tps", "ref tok/s", 9),
     ("ratio", "ratio", 6),
@@ -479,7 +727,9 @@ COLUMNS = [
     ("ref_gib", "ref GiB", 7),
     ("mem_ratio", "mem ratio", 9),
     ("st_mfu", "st MFU", 6),
+    ("st_mfu_gemm", "st MFU/gemm", 11),
     ("ref_mfu", "ref MFU", 7),
+    ("ref_mfu_gemm", "ref MFU/gemm", 12),
     ("issue_tps", "issue tok/s", 11),
     ("issue_gib", "issue GiB", 9),
     ("target", "target", 8),
@@ -488,6 +738,22 @@ COLUMNS = [
 
 def _num(x, fmt):
     return fmt.format(x) if _finite(x) else None
+
+
+def _pct(x):
+    return _num(x and 100 * x, "{:.1f}%") or "-"
+
+
+def _outcome_cell(run):
+    return {"oom": "OOM", "ok": "-"}.get(run.get("outcome", "skipped"), run.get("outcome", "skipped"))
+
+
+def peer_cell(row, kind):
+    """tokens/s of one peer at the deck's checkpointing setting ("-" where it did not run)."""
+    run = row.get("peers", {}).get(kind, {}).get(peer_setting(row.get("shape", {}).get("checkpointing")))
+    if run is None:
+        return "-"
+    return _num(run.get("tokens_per_s"), "{:,.0f}") if run.get("outcome") == "ok" else _outcome_cell(run)
 
 
 def row_cells(row):
@@ -510,12 +776,123 @@ def row_cells(row):
         "st_gib": outcome_or(_num(f["st_peak_gib"], "{:.1f}"), st),
         "ref_gib": outcome_or(_num(f["ref_peak_gib"], "{:.1f}"), rf),
         "mem_ratio": _num(f["mem_ratio"], "{:.2f}x") or "-",
-        "st_mfu": _num(f["st_mfu"] and 100 * f["st_mfu"], "{:.1f}%") or "-",
-        "ref_mfu": _num(f["ref_mfu"] and 100 * f["ref_mfu"], "{:.1f}%") or "-",
+        "eager_tps": peer_cell(row, "eager"),
+        "compiled_tps": peer_cell(row, "compiled"),
+        "st_mfu": _pct(f.get("st_mfu_dense")),
+        "st_mfu_gemm": _pct(f["st_mfu"]),
+        "ref_mfu": _pct(f.get("ref_mfu_dense")),
+        "ref_mfu_gemm": _pct(f["ref_mfu"]),
         "issue_tps": _num(issue.get("tokens_per_s"), "{:,.0f}") or "-",
         "issue_gib": _num(issue.get("peak_gib"), "{:.1f}") or "-",
         "target": row["status"],
     }
+
+
+# Issue #20's tables: (key, header) columns; rows only for configurations with peer runs.
+FASTEST_COLUMNS = [("config", "config"), ("st", "shardtune tok/s (ckpt, GiB)"), ("eager", "eager tok/s (ckpt, GiB)"),
+                   ("compiled", "compiled tok/s (ckpt, GiB)"), ("ratio", "vs faster peer"), ("st_mfu", "st MFU"),
+                   ("st_mfu_gemm", "st MFU/gemm"), ("peer_mfu", "peer MFU"), ("peer_mfu_gemm", "peer MFU/gemm")]
+EQUAL_COLUMNS = [("config", "config"), ("limit", "limit GiB"), ("peer", "peer (ckpt on) tok/s"),
+                 ("st", "shardtune tok/s (ckpt, GiB)"), ("ratio", "ratio"), ("st_mfu", "st MFU"),
+                 ("st_mfu_gemm", "st MFU/gemm"), ("peer_mfu", "peer MFU"), ("peer_mfu_gemm", "peer MFU/gemm")]
+RUN_COLUMNS = [("config", "config"), ("system", "system"), ("ckpt", "ckpt"), ("limit", "memory limit"),
+               ("outcome", "outcome"), ("tps", "tok/s"), ("ms", "ms/step"), ("gib", "peak GiB"), ("mfu", "MFU"),
+               ("mfu_gemm", "MFU/gemm"), ("compile", "compile s")]
+
+
+def _system_cell(fig):
+    """ "tok/s (setting, GiB)" of a judged system, or its outcome."""
+    if not fig or not fig.get("tokens_per_s"):
+        return {"oom": "OOM"}.get((fig or {}).get("outcome"), (fig or {}).get("outcome") or "-")
+    return f"{fig['tokens_per_s']:,.0f} ({fig.get('setting')}, {fig['peak_gib']:.1f})"
+
+
+def fastest_cells(row):
+    f = row["fastest"]
+    peer = f.get(f["peer"]) if f["peer"] else {}
+    return {"config": row["name"], "st": _system_cell(f["shardtune"]), "eager": _system_cell(f.get("eager")),
+            "compiled": _system_cell(f.get("compiled")),
+            "ratio": f"{f['ratio']:.2f}x ({f['peer']})" if f["ratio"] else "-",
+            "st_mfu": _pct(f["shardtune"].get("mfu_dense")), "st_mfu_gemm": _pct(f["shardtune"].get("mfu_gemm")),
+            "peer_mfu": _pct(peer.get("mfu_dense")), "peer_mfu_gemm": _pct(peer.get("mfu_gemm"))}
+
+
+def equal_cells(row):
+    e = row["equal"]
+    peer = e["peer_figures"]
+    return {"config": row["name"], "limit": f"{e['limit_gib']:.2f}",
+            "peer": f"{peer['tokens_per_s']:,.0f} ({e['peer']})" if peer.get("tokens_per_s") else "-",
+            "st": _system_cell(e["shardtune"]), "ratio": f"{e['ratio']:.2f}x" if e["ratio"] else "-",
+            "st_mfu": _pct(e["shardtune"].get("mfu_dense")), "st_mfu_gemm": _pct(e["shardtune"].get("mfu_gemm")),
+            "peer_mfu": _pct(peer.get("mfu_dense")), "peer_mfu_gemm": _pct(peer.get("mfu_gemm"))}
+
+
+def run_rows(row, peak_tflops, dense_peak):
+    """Every run of a configuration with peers: shardtune at each setting (and under the memory
+    limit), each peer at each setting."""
+    flops = row["flops_per_token"]
+    runs = [("shardtune", value, "-", run) for value, run in row.get("st_runs", {}).items()]
+    eq = row.get("equal_memory")
+    if eq:
+        runs += [("shardtune", value, f"{eq['limit_bytes'] / GIB:.2f} GiB", run) for value, run in eq["runs"].items()]
+    for kind, settings in row.get("peers", {}).items():
+        runs += [(kind + (" (reused)" if row.get("peers_from") else ""), setting, "-", run)
+                 for setting, run in settings.items()]
+    out = []
+    for system, setting, limit, run in runs:
+        f = run_figures(run, flops, peak_tflops, dense_peak)
+        outcome = f["outcome"] + (" (inferred)" if run.get("inferred") else "")
+        out.append({"config": row["name"], "system": system, "ckpt": setting, "limit": limit, "outcome": outcome,
+                    "tps": _num(f["tokens_per_s"], "{:,.0f}") or "-", "ms": _num(f["step_ms"], "{:.1f}") or "-",
+                    "gib": _num(f["peak_gib"], "{:.2f}") or "-", "mfu": _pct(f["mfu_dense"]),
+                    "mfu_gemm": _pct(f["mfu_gemm"]), "compile": _num(f["compile_time_s"], "{:.0f}") or "-"})
+    return out
+
+
+def issue20_tables(report):
+    """(title, columns, rows of cells) of issue #20's tables, for the configurations that have them."""
+    results = report["results"]
+    peak, dense = report.get("gemm_peak_tflops"), report.get("dense_peak_tflops")
+    tables = []
+    fastest = [fastest_cells(r) for r in results if r.get("fastest")]
+    if fastest:
+        tables.append(("each system at its fastest setting that fits (issue #20)", FASTEST_COLUMNS, fastest))
+    equal = [equal_cells(r) for r in results if r.get("equal")]
+    if equal:
+        tables.append(("at equal memory: shardtune under memory_limit = the faster peer's checkpointed peak "
+                       "(issue #20)", EQUAL_COLUMNS, equal))
+    runs = [cells for r in results if r.get("peers") for cells in run_rows(r, peak, dense)]
+    if runs:
+        tables.append(("every run", RUN_COLUMNS, runs))
+    return tables
+
+
+def text_table(columns, rows):
+    widths = [max([len(h)] + [len(str(cells[k])) for cells in rows]) for k, h in columns]
+    lines = ["# " + "  ".join(h.rjust(w) for (_, h), w in zip(columns, widths))]
+    lines += ["  " + "  ".join(str(cells[k]).rjust(w) for (k, _), w in zip(columns, widths)) for cells in rows]
+    return lines
+
+
+def markdown_table(columns, rows):
+    out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    return out + ["| " + " | ".join(str(cells[k]) for k, _ in columns) + " |" for cells in rows]
+
+
+def peak_lines(report):
+    """The two peaks every MFU figure is against."""
+    lines = []
+    if _finite(report.get("dense_peak_tflops")):
+        lines.append(f"MFU: against the dense bf16 peak, {report['dense_peak_tflops']:.1f} TFLOP/s "
+                     f"({report.get('dense_peak_source')})")
+    else:
+        lines.append(f"MFU: no dense bf16 peak known ({report.get('dense_peak_source', 'device unknown')})")
+    if _finite(report.get("gemm_peak_tflops")):
+        lines.append(f"MFU/gemm: against the bf16 GEMM peak, {report['gemm_peak_tflops']:.1f} TFLOP/s "
+                     f"({report['gemm_peak_source']})")
+    else:
+        lines.append("MFU/gemm: bf16 GEMM peak unknown (not computed)")
+    return lines
 
 
 def target_lines(results):
@@ -545,13 +922,16 @@ def format_text(report):
     widths = [max([w, len(h)] + [len(str(cells[k])) for cells in rows]) for k, h, w in COLUMNS]
     lines = [f"# shardtune benchmark vs PyTorch reference ({report['meta'].get('device') or 'unknown device'})",
              f"# bf16 GEMM peak: {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']})"
-             if _finite(report.get("gemm_peak_tflops")) else "# bf16 GEMM peak: unknown (MFU not computed)",
-             f"# {TOKENS_LINE}; peak = training peak incl. weights; st = shardtune, ref = transformers + PEFT",
-             "#"]
+             if _finite(report.get("gemm_peak_tflops")) else "# bf16 GEMM peak: unknown (MFU not computed)"]
+    lines += [f"# {line}" for line in peak_lines(report)]
+    lines += [f"# {TOKENS_LINE}; peak = training peak incl. weights; st = shardtune, ref = transformers + PEFT "
+              "(where eager and compiled peers ran: the faster of the two at the deck's checkpointing)", "#"]
     lines.append("# " + "  ".join(h.rjust(w) for (_, h, _), w in zip(COLUMNS, widths)))
     for cells in rows:
         lines.append("  " + "  ".join(str(cells[k]).rjust(w) for (k, _, _), w in zip(COLUMNS, widths)))
     lines.append("#")
+    for title, columns, cells in issue20_tables(report):
+        lines += [f"# --- {title}", "#"] + text_table(columns, cells) + ["#"]
     lines += ["# target  " + line for line in target_lines(report["results"])] or ["# no targets evaluated"]
     if any(r["status"].endswith("*") for r in report["results"]):
         lines.append("# " + FOOTNOTE)
@@ -568,11 +948,14 @@ def format_markdown(report):
            f"commit {meta.get('commit', '?')}", ""]
     if _finite(report.get("gemm_peak_tflops")):
         out.append(f"bf16 GEMM peak {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']}).")
+    out += [""] + [line + "." for line in peak_lines(report)]
     out += ["", "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in report["results"]:
         cells = row_cells(row)
         out.append("| " + " | ".join(str(cells[k]) for k, _, _ in COLUMNS) + " |")
-    out += ["", "Targets and checks (issues #3, #4 and #6):", ""]
+    for title, columns, cells in issue20_tables(report):
+        out += ["", f"{title[0].upper()}{title[1:]}:", ""] + markdown_table(columns, cells)
+    out += ["", "Targets and checks (issues #3, #4, #6 and #20; #20's are marked so):", ""]
     out += [f"- {line}" for line in target_lines(report["results"])] or ["- none evaluated"]
     if any(r["status"].endswith("*") for r in report["results"]):
         out += ["", FOOTNOTE.replace("*", "\\*", 1)]
@@ -756,6 +1139,17 @@ def parse_args(argv=None):
     p.add_argument("--t5-vocab", type=int, default=32128, help="T5 rows: vocabulary of the shards (default 32128)")
     p.add_argument("--gemm-peak", type=float, default=None, metavar="TFLOPS",
                    help="bf16 GEMM peak for MFU (default: measured by the reference script)")
+    p.add_argument("--dense-peak", type=float, default=None, metavar="TFLOPS",
+                   help="the device's dense bf16 peak for MFU (default: from the device name, DENSE_BF16_PEAKS)")
+    p.add_argument("--peers", default=",".join(PEER_KINDS),
+                   help="issue #20 peers to run for the Llama rows: eager, compiled or both (default eager,compiled)")
+    p.add_argument("--peer-checkpointing", default="on,off",
+                   help="the peers' activation checkpointing settings (default on,off)")
+    p.add_argument("--st-checkpointing", default="true,false",
+                   help="shardtune's activation_checkpointing values for the Llama rows with peers, passed as is "
+                        "(e.g. auto,true,false or a number of blocks; default true,false); the deck's own is always run")
+    p.add_argument("--skip-equal-memory", action="store_true",
+                   help="no shardtune runs under the peer's checkpointed peak")
     p.add_argument("--train-args", default="", help="extra options for shardtune train (e.g. '--threads 8')")
     p.add_argument("--out-dir", default="runs/bench", help="where results and logs go (default runs/bench)")
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
@@ -767,7 +1161,28 @@ def parse_args(argv=None):
         p.error(str(e))
     if args.t5_data_dir is None:
         args.t5_data_dir = f"data/bench/random-t5-{args.t5_seq_len}-{args.t5_target_len}"
+    try:
+        args.peer_kinds, args.peer_settings, args.st_checkpointing = parse_run_settings(
+            args.peers, args.peer_checkpointing, args.st_checkpointing)
+    except ValueError as e:
+        p.error(str(e))
     return args
+
+
+def parse_run_settings(peers, peer_checkpointing, st_checkpointing):
+    """--peers, --peer-checkpointing, --st-checkpointing as (kinds, [True/False, ...] checkpointing on
+    first, [activation_checkpointing values])."""
+    kinds = [k.strip() for k in peers.split(",") if k.strip()]
+    if not kinds or any(k not in PEER_KINDS for k in kinds):
+        raise ValueError(f"--peers: expected some of {', '.join(PEER_KINDS)}, got '{peers}'")
+    settings = [s.strip().lower() for s in peer_checkpointing.split(",") if s.strip()]
+    if not settings or any(s not in ("on", "off") for s in settings):
+        raise ValueError(f"--peer-checkpointing: expected on, off or on,off, got '{peer_checkpointing}'")
+    values = [checkpointing_value(v) for v in st_checkpointing.split(",") if v.strip()]
+    for v in values:
+        if v not in ("true", "false", "auto") and not v.isdigit():
+            raise ValueError(f"--st-checkpointing: '{v}' is not true, false, auto or a number of blocks")
+    return list(dict.fromkeys(kinds)), [s == "on" for s in ("on", "off") if s in settings], list(dict.fromkeys(values))
 
 
 def ensure_shards(binary, data, logs, commands, echo):
@@ -785,21 +1200,39 @@ def ensure_shards(binary, data, logs, commands, echo):
     return True
 
 
-def run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, notes, echo):
-    """One row's shardtune run (mpirun ... train --deck) and its summary from metrics.h5."""
+def shardtune_variant(name, checkpointing=None, memory_limit=None):
+    """(run id suffix, extra train options) of a shardtune run of a row at another
+    activation_checkpointing value and / or under a memory limit (bytes)."""
+    suffix, extra = "", []
+    if memory_limit is not None:
+        suffix += "_mem"
+        extra += ["--memory_limit", str(int(memory_limit))]
+    if checkpointing is not None:
+        suffix += f"_ckpt-{checkpointing}"
+        extra += ["--activation_checkpointing", checkpointing]
+    return suffix, extra
+
+
+def run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, notes, echo, variant=None):
+    """One row's shardtune run (mpirun ... train --deck) and its summary from metrics.h5. variant:
+    shardtune_variant()'s (suffix, options) for a run at another setting, with its own run id."""
     extra = shlex.split(args.train_args) + list(spec.get("args", []))
-    if spec.get("args"):
+    run_id = shape["run_id"]
+    if variant and variant[0]:
+        run_id = name + variant[0]
+        extra += list(variant[1]) + ["--run_id", run_id]
+    elif spec.get("args"):
         extra += ["--run_id", name]
     if os.path.normpath(shape["data"]) != os.path.normpath(data["dir"]):
         extra += ["--data", data["dir"]]
-    run_dir = os.path.join(shape["output_dir"], shape["run_id"])
+    run_dir = os.path.join(shape["output_dir"], run_id)
     metrics = os.path.join(run_dir, "metrics.h5")
     if os.path.exists(metrics):
         os.remove(metrics)
     cmd = mpirun_command(args.mpirun, args.bin, spec["deck"], os.geteuid() == 0, extra)
     commands.append(" ".join(shlex.quote(c) for c in cmd))
-    log_path = os.path.join(logs, f"{name}-shardtune.log")
-    status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} shardtune", echo)
+    log_path = os.path.join(logs, f"{run_id if variant else name}-shardtune.log")
+    status, timed_out = run_logged(cmd, log_path, args.timeout, f"{run_id if variant else name} shardtune", echo)
     # T5: tokens/s counts batch x (input + target), as the reference does, whatever the column says.
     tokens = shape["batch"] * (data["seq_len"] + data["target_len"]) if data["target_len"] is not None else None
     st = {"outcome": "error"}
@@ -828,8 +1261,10 @@ def run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, note
     return st
 
 
-def run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo):
-    """One row's PyTorch reference in its own process (or why there is none)."""
+def run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo, kind=None, checkpointing=None):
+    """One row's PyTorch reference in its own process (or why there is none). kind ("eager" /
+    "compiled") and checkpointing (True / False) select one of issue #20's peer runs; without
+    them, the deck's reference as issue #3 ran it."""
     if spec.get("reference") == "none":
         return {"outcome": "n/a", "error": f"strategy row: compare with the {spec['vs']} row"}
     if spec.get("reference") == "bitsandbytes":
@@ -840,16 +1275,17 @@ def run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes
         return {"outcome": "n/a (bnb)", "error": "the reference needs bitsandbytes, which this host does not have"}
     if args.skip_reference:
         return {"outcome": "skipped"}
-    out_json = os.path.join(args.out_dir, f"reference-{name}.json")
+    tag = f"-{kind}-{peer_setting(checkpointing)}" if kind else ""
+    out_json = os.path.join(args.out_dir, f"reference-{name}{tag}.json")
     if os.path.exists(out_json):
         os.remove(out_json)
     cmd = ([args.python, reference_script(shape)]
            + reference_args(shape, data["seq_len"], gemm_peak=peak, target_len=data["target_len"],
-                            extra=spec.get("ref_args", ()))
+                            extra=spec.get("ref_args", ()), checkpointing=checkpointing, compiled=kind == "compiled")
            + ["--json", out_json])
     commands.append(" ".join(shlex.quote(c) for c in cmd))
-    log_path = os.path.join(logs, f"{name}-reference.log")
-    status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name} reference", echo)
+    log_path = os.path.join(logs, f"{name}{tag}-reference.log")
+    status, timed_out = run_logged(cmd, log_path, args.timeout, f"{name}{tag} reference", echo)
     try:
         with open(out_json) as f:
             rf = json.load(f)
@@ -860,6 +1296,61 @@ def run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes
     rf["exit_status"] = status
     rf["log"] = log_path
     return rf
+
+
+def has_peers(spec, shape):
+    """Rows measured against issue #20's two peers: Llama decks with a same-run reference."""
+    return not is_t5(shape) and spec.get("reference") is None and shape["method"] in ("full", "lora")
+
+
+def run_peers(args, name, spec, shape, data, peak, logs, commands, notes, echo):
+    """Issue #20's peer runs of a row: {kind: {"on": result, "off": result}}. Checkpointing on runs
+    first; where it ran out of memory, off (which needs more) is recorded as OOM without running."""
+    peers = {}
+    for kind in args.peer_kinds:
+        runs = peers.setdefault(kind, {})
+        for on in args.peer_settings:
+            if not on and runs.get("on", {}).get("outcome") == "oom":
+                runs["off"] = {"outcome": "oom", "inferred": True,
+                               "error": "not run: the checkpointed run already ran out of memory"}
+                continue
+            runs[peer_setting(on)] = run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo,
+                                                       kind=kind, checkpointing=on)
+        for setting, run in runs.items():
+            late = (run.get("compile") or {}).get("compiled_during_timed_steps")
+            if late:
+                notes.append(f"{name}: the compiled peer (checkpointing {setting}) compiled {late} graph(s) during "
+                             "the timed steps: the warm-up did not cover compilation")
+    for kind, runs in peers.items():
+        if all(r.get("outcome") not in ("ok", "oom") for r in runs.values()):
+            notes.append(f"{name}: the {kind} peer did not run ({', '.join(r.get('outcome', '?') for r in runs.values())}"
+                         f"; see its logs): judged against the other peer only")
+    return peers
+
+
+def run_shardtune_settings(args, name, spec, shape, data, flops, logs, commands, notes, echo, deck_run, peers):
+    """shardtune at each --st-checkpointing value (the deck's own run reused for its value), then
+    at each under memory_limit = the faster peer's checkpointed peak. Returns (st_runs, equal_memory)."""
+    deck_value = shape["checkpointing_value"]
+    st_runs = {deck_value: deck_run}
+    for value in args.st_checkpointing:
+        if value not in st_runs:
+            st_runs[value] = run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, notes, echo,
+                                               variant=shardtune_variant(name, checkpointing=value))
+    equal = None
+    peer_on = faster_peer(peers, "on")
+    if args.skip_equal_memory:
+        pass
+    elif peer_on.get("outcome") != "ok" or not peer_on.get("peak_memory_bytes"):
+        notes.append(f"{name}: no equal-memory comparison (no checkpointed peer finished)")
+    else:
+        limit = int(peer_on["peak_memory_bytes"])
+        runs = {}
+        for value in dict.fromkeys([deck_value] + list(args.st_checkpointing)):
+            runs[value] = run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, notes, echo,
+                                            variant=shardtune_variant(name, checkpointing=value, memory_limit=limit))
+        equal = {"limit_bytes": limit, "peer": peer_on["peer"], "peer_run": peer_on, "runs": runs}
+    return st_runs, equal
 
 
 def main(argv=None):
@@ -922,7 +1413,7 @@ def main(argv=None):
             peak, peak_source = ISSUE_GEMM_PEAK_TFLOPS, "issue #3's figure (could not measure here)"
             notes.append("the bf16 GEMM peak could not be measured (no torch/GPU?); MFU uses issue #3's 797 TFLOP/s")
 
-    results, measured = [], {}
+    results, measured, by_name = [], {}, {}
     for name, spec, shape, data in plans:
         flops = shape_flops(shape, data["seq_len"], data["target_len"])
         row = {"name": name, "deck": spec["deck"], "arch": shape["arch"], "shape": shape, "seq": data["seq_len"],
@@ -934,18 +1425,44 @@ def main(argv=None):
         if not args.skip_shardtune:
             st = run_shardtune_row(args, name, spec, shape, data, flops["total"], logs, commands, notes, echo)
         row["shardtune"] = st
-        row["reference"] = run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo)
-        row["figures"] = row_figures(st, row["reference"], peak, flops["total"])
+        if has_peers(spec, shape) and not args.skip_reference:
+            source = by_name.get(spec.get("peers_from"))
+            if source and "peers" in source:  # the same peers: reused, not re-run
+                row["peers"] = source["peers"]
+                row["peers_from"] = source["name"]
+            else:
+                row["peers"] = run_peers(args, name, spec, shape, data, peak, logs, commands, notes, echo)
+            row["reference"] = faster_peer(row["peers"], peer_setting(shape["checkpointing"]))
+            if not args.skip_shardtune:
+                row["st_runs"], equal = run_shardtune_settings(args, name, spec, shape, data, flops["total"], logs,
+                                                               commands, notes, echo, st, row["peers"])
+                if equal:
+                    row["equal_memory"] = equal
+        else:
+            row["reference"] = run_reference_row(args, name, spec, shape, data, peak, logs, commands, notes, echo)
         results.append(row)
-        measured[name] = row["figures"]
-    # Targets once every row is measured: some compare two rows of the run.
+        by_name[name] = row
+
+    device = next((r["reference"].get("device") for r in results if r["reference"].get("device")), None) or gpu_name()
+    dense, dense_source = (args.dense_peak, "given (--dense-peak)") if args.dense_peak else dense_peak_of(device)
+    if dense is None:
+        notes.append(f"no dense bf16 peak for MFU ({dense_source})")
+    # Figures, then targets once every row is measured: some compare two rows of the run.
+    for row in results:
+        flops = row["flops_per_token"]
+        row["figures"] = row_figures(row["shardtune"], row["reference"], peak, flops, dense)
+        if "peers" in row:
+            row["fastest"] = judge_fastest(row, flops, peak, dense)
+            row["equal"] = judge_equal_memory(row, flops, peak, dense)
+        measured[row["name"]] = row["figures"]
     for row in results:
         spec = CONFIGS[row["name"]]
         row["targets"] = evaluate_targets(row["name"], row["shardtune"], row["reference"], row["figures"],
                                           spec["issue"], peak, peak_source, measured, spec.get("issue_no", 3))
+        row["targets"] += evaluate_targets(row["name"], row["shardtune"], row["reference"], row["figures"],
+                                           spec["issue"], peak, peak_source, measured, 20,
+                                           targets=TARGETS_20.get(row["name"], []), row=row, dense_source=dense_source)
         row["status"] = overall_status(row["targets"])
-
-    device = next((r["reference"].get("device") for r in results if r["reference"].get("device")), None) or gpu_name()
     report = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -955,6 +1472,7 @@ def main(argv=None):
             "commands": [portable(c, repo, args.python if os.sep in args.python else None) for c in commands], "warmup_steps": WARMUP_STEPS,
         },
         "gemm_peak_tflops": peak, "gemm_peak_source": peak_source,
+        "dense_peak_tflops": dense, "dense_peak_source": dense_source,
         "flops_formula": ref.FLOPS_FORMULA, "t5_flops_formula": t5ref.T5_FLOPS_FORMULA,
         "issue_gemm_peak_tflops": ISSUE_GEMM_PEAK_TFLOPS,
         "results": results, "notes": notes,

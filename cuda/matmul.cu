@@ -4,19 +4,13 @@
 #include <unordered_map>
 
 #include "cuda/common.cuh"
+#include "cuda/cublaslt.cuh"
 #include "cuda/matmul.cuh"
 #include "ops/matmul.hpp"
 
 namespace st::cuda {
 
 namespace {
-
-#define ST_CUBLAS_CHECK(call)                                                                  \
-  do {                                                                                         \
-    cublasStatus_t st_s_ = (call);                                                             \
-    if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                        \
-      ST_THROW("cuBLASLt error ", cublasGetStatusName(st_s_), " (", cublasGetStatusString(st_s_), ") in ", #call); \
-  } while (0)
 
 constexpr size_t kWorkspaceBytes = kCublasLtWorkspaceBytes;  // shared with the planner (ops/matmul.hpp)
 
@@ -30,19 +24,10 @@ struct Key {
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    uint64_t h = 1469598103934665603ull;
-    for (int64_t v : {k.m, k.n, k.k, static_cast<int64_t>(k.opa), static_cast<int64_t>(k.opb),
-                      static_cast<int64_t>(k.atype), static_cast<int64_t>(k.ctype), static_cast<int64_t>(k.align_a),
-                      static_cast<int64_t>(k.align_b), static_cast<int64_t>(k.align_c)})
-      h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
-    return h;
+    return hash_ints({k.m, k.n, k.k, k.opa, k.opb, k.atype, k.ctype, k.align_a, k.align_b, k.align_c});
   }
 };
-struct Plan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-};
+using Plan = CublasLtPlan;
 
 struct Context {
   cublasLtHandle_t handle = nullptr;
@@ -57,13 +42,6 @@ struct Context {
 Context& ctx() {
   static Context c;
   return c;
-}
-
-int alignment(const void* p) {
-  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
-  int a = 256;
-  while (a > 1 && (v % static_cast<uintptr_t>(a)) != 0) a /= 2;
-  return a;
 }
 
 cudaDataType_t cuda_type(DType t) {
@@ -86,28 +64,47 @@ Plan make_plan(const Key& key) {
   ST_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, at, ta ? key.k : key.m, ta ? key.m : key.k, ta ? key.k : key.m));
   ST_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, at, tb ? key.n : key.k, tb ? key.k : key.n, tb ? key.n : key.k));
   ST_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, ct, key.m, key.n, key.m));
+  const cublasStatus_t st = find_algo(p, key.align_a, key.align_b, key.align_c);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED)
+    ST_THROW("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k, " (alignment ", key.align_a, "/",
+             key.align_b, "/", key.align_c, ")");
+  ST_CUBLAS_CHECK(st);
+  return p;
+}
+
+}  // namespace
+
+cublasLtHandle_t cublaslt_handle() { return ctx().handle; }
+void* cublaslt_workspace() { return ctx().workspace.data(); }
+
+int pointer_alignment(const void* p) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  int a = 256;
+  while (a > 1 && (v % static_cast<uintptr_t>(a)) != 0) a /= 2;
+  return a;
+}
+
+cublasStatus_t find_algo(CublasLtPlan& plan, int align_a, int align_b, int align_c) {
   cublasLtMatmulPreference_t pref;
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const size_t ws = kWorkspaceBytes;
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  const uint32_t aa = static_cast<uint32_t>(key.align_a), ab = static_cast<uint32_t>(key.align_b),
-                 ac = static_cast<uint32_t>(key.align_c);
+  const uint32_t aa = static_cast<uint32_t>(align_a), ab = static_cast<uint32_t>(align_b),
+                 ac = static_cast<uint32_t>(align_c);
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof(aa)));
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac)));
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  ST_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx().handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx().handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (found == 0)
-    ST_THROW("cuBLASLt has no algorithm for m=", key.m, " n=", key.n, " k=", key.k, " (alignment ", key.align_a, "/",
-             key.align_b, "/", key.align_c, ")");
-  p.algo = result.algo;
-  return p;
+  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  if (found == 0) return CUBLAS_STATUS_NOT_SUPPORTED;
+  plan.algo = result.algo;
+  return CUBLAS_STATUS_SUCCESS;
 }
-
-}  // namespace
 
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
             int64_t M, int64_t N, int64_t K, const Tensor* C_in) {
@@ -123,7 +120,8 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS "A" is our B.
   Key key{N, M, K, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
           static_cast<int>(cuda_type(A.dtype())), static_cast<int>(cuda_type(C.dtype())),
-          alignment(B.data()), alignment(A.data()), std::min(alignment(C.data()), alignment(c_in))};
+          pointer_alignment(B.data()), pointer_alignment(A.data()),
+          std::min(pointer_alignment(C.data()), pointer_alignment(c_in))};
   Context& c = ctx();
   auto it = c.plans.find(key);
   if (it == c.plans.end()) it = c.plans.emplace(key, make_plan(key)).first;

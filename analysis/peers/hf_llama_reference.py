@@ -9,6 +9,7 @@ median step time, tokens/s, peak GPU memory and MFU against a measured bf16 GEMM
     python3 analysis/peers/hf_llama_reference.py --hidden 4096 --layers 32 --intermediate 11008 \\
         --heads 32 --kv-heads 32 --vocab 32000 --method lora --lora-r 16 --lora-alpha 32 \\
         --batch 8 --seq 1024 --checkpointing --steps 12 --warmup 2 --json ref.json
+    python3 analysis/peers/hf_llama_reference.py ... --compile --no-checkpointing   # the compiled peer
     python3 analysis/peers/hf_llama_reference.py --gemm-peak-only
 
 What it does, precisely (so that shardtune is compared with what people actually run):
@@ -24,11 +25,21 @@ What it does, precisely (so that shardtune is compared with what people actually
   True, upcasts them to fp32; in forward PEFT casts the layer input to fp32 for the adapter path
   and the result back to bf16. So adapters, their gradients and AdamW moments are fp32 (the
   JSON field adapter_dtype reports what the run actually had).
-- Activation checkpointing: model.gradient_checkpointing_enable() (transformers' defaults), plus
+- Activation checkpointing (--checkpointing; --no-checkpointing, the default, trains without):
+  model.gradient_checkpointing_enable() (transformers' defaults), plus
   enable_input_require_grads() for LoRA (the frozen embedding would otherwise cut the graph).
 - Optimizer: torch.optim.AdamW(trainable parameters, lr, betas (0.9, 0.999), eps 1e-8,
   weight_decay 0) with PyTorch's default implementation choice (foreach on CUDA, fused=False);
   torch.nn.utils.clip_grad_norm_ to --grad-clip (1.0, as shardtune's bench decks; 0 = off).
+- --compile (issue 20: the stronger peer, what torchtune's recipes and most current users run):
+  after PEFT has wrapped the model (and checkpointing is set up), every decoder layer is compiled
+  on its own with nn.Module.compile() (torch.compile, inductor, default mode: torchtune's per-layer
+  compile), and the optimizer is torch.optim.AdamW(..., fused=True); everything else as above.
+  Dynamo's recompile limits are raised above the number of layers so that no layer silently
+  falls back to eager. Compilation happens in the first (warm-up) step (forward and backward;
+  with checkpointing also the recompute's grad-mode variant): the JSON reports compile_time_s
+  (the warm-up steps' time beyond --warmup x the median step) and the graphs Dynamo compiled, and
+  compiled_during_timed_steps, which must be 0 (else the warm-up did not cover compilation).
 - Data: uniform random ids in [3, vocab) with BOS (1) first, labels = ids (transformers shifts
   them: seq-1 targets per row, as shardtune's loss mask), a new batch every step, all generated
   on the GPU before the first step.
@@ -54,8 +65,9 @@ The GPU parts other references share (build in bf16 on the GPU, checkpointing + 
 timed AdamW loop, the memory cap, the GEMM peak, the JSON and exit statuses) are the functions
 build_on_gpu, finish_model, train_model, run_reference (analysis/peers/hf_t5_reference.py uses them).
 
-Exit status: 0 ok, 3 out of memory (JSON outcome "oom"), 1 any other failure (outcome "error"),
-2 bad arguments. torch, transformers and peft are imported only in main(), so --help and the
+Exit status: 0 ok, 3 out of memory (JSON outcome "oom"; also when the allocation failure surfaces
+wrapped in a compiler error), 1 any other failure (outcome "error"), 2 bad arguments. torch,
+transformers and peft are imported only in main(), so --help and the
 pure functions work without them.
 """
 
@@ -143,6 +155,12 @@ def median_after_warmup(step_times, warmup):
     return statistics.median(rest) if rest else float("nan")
 
 
+def warmup_excess(step_times, warmup, median):
+    """Time of the first `warmup` steps beyond warmup x the median step: what compilation (and the
+    first step's allocations) cost, reported as the compiled peer's compile time."""
+    return max(0.0, sum(step_times[:warmup]) - warmup * median)
+
+
 def add_training_arguments(p, vocab_default):
     """Options every reference script shares (what is trained and how, not the model's shape):
     vocabulary, method, LoRA, batch, checkpointing, steps, optimizer, GEMM peak, memory cap, output."""
@@ -151,7 +169,8 @@ def add_training_arguments(p, vocab_default):
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--batch", type=int, default=8, help="rows per step (default 8)")
-    p.add_argument("--checkpointing", action="store_true", help="activation (gradient) checkpointing")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="activation (gradient) checkpointing (default: off)")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median (default 2)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -204,6 +223,8 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=None, help="head dimension (default hidden/heads)")
     p.add_argument("--max-position-embeddings", type=int, default=2048)
     p.add_argument("--seq", type=int, default=1024, help="tokens per row (default 1024)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder layer (after PEFT) and use fused AdamW: the compiled peer")
     add_training_arguments(p, vocab_default=32000)
     args = p.parse_args(argv)
     if args.kv_heads is None:
@@ -215,6 +236,8 @@ def parse_args(argv=None):
         p.error("--hidden must be a multiple of --heads (or give --head-dim)")
     if args.heads % args.kv_heads:
         p.error("--heads must be a multiple of --kv-heads")
+    if args.compile and args.warmup < 1:
+        p.error("--compile needs --warmup >= 1 (the first step compiles)")
     return args
 
 
@@ -222,18 +245,26 @@ def config_of(args):
     return dict({
         "hidden": args.hidden, "layers": args.layers, "intermediate": args.intermediate,
         "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim or args.hidden // args.heads,
-        "vocab": args.vocab, "seq": args.seq,
+        "vocab": args.vocab, "seq": args.seq, "compile": args.compile,
     }, **training_config_of(args))
 
 
 def is_out_of_memory(torch, error):
     """torch.cuda.OutOfMemoryError, or an allocation failure PyTorch reports as RuntimeError
-    (cuBLAS workspace, for example)."""
+    (cuBLAS workspace, for example), here or anywhere in the exception's chain (__cause__,
+    __context__): torch.compile re-raises an OOM met while compiling or autotuning wrapped in its
+    own error types."""
     oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if oom_type is not None and isinstance(error, oom_type):
+            return True
+        text = str(error)
+        if isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def log(*parts, tool="hf_llama_reference"):
@@ -323,6 +354,43 @@ def finish_model(model, args, result, target_modules, task_type):
     return model
 
 
+def decoder_layers(model):
+    """The decoder-layer modules of a LlamaForCausalLM, PEFT-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(base.model.layers)
+
+
+def dynamo_graph_count(torch):
+    """Graphs Dynamo has compiled so far in this process (its unique_graphs counter)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_layers(torch, model, result):
+    """torchtune's per-layer compile: nn.Module.compile() on every decoder layer, in place (so the
+    checkpointing wrapper and PEFT's modules stay as they are). Dynamo's recompile limits are raised
+    above the layer count so that no layer falls back to eager after the cache fills."""
+    import torch._dynamo
+
+    layers = decoder_layers(model)
+    cfg = torch._dynamo.config
+    for name, floor in (("recompile_limit", 8 * len(layers)), ("cache_size_limit", 8 * len(layers)),
+                        ("accumulated_recompile_limit", 64 * len(layers)),
+                        ("accumulated_cache_size_limit", 64 * len(layers))):
+        try:  # the names changed across torch versions (cache_size_limit -> recompile_limit)
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(int(getattr(cfg, name)), floor))
+        except (AttributeError, TypeError, ValueError) as e:
+            log(f"could not raise torch._dynamo.config.{name}: {e}", tool=result["tool"])
+    for layer in layers:
+        layer.compile()
+    result["compile"] = {"what": "nn.Module.compile() on each decoder layer, after PEFT", "layers": len(layers),
+                         "backend": "inductor", "mode": "default"}
+
+
 def build_model(torch, args, result):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -334,7 +402,10 @@ def build_model(torch, args, result):
         tie_word_embeddings=False, attention_dropout=0.0, use_cache=False, bos_token_id=BOS_ID, eos_token_id=2,
         pad_token_id=0, initializer_range=0.02, attn_implementation="sdpa")
     model = build_on_gpu(torch, LlamaForCausalLM, cfg, result)
-    return finish_model(model, args, result, LORA_MODULES, "CAUSAL_LM")
+    model = finish_model(model, args, result, LORA_MODULES, "CAUSAL_LM")
+    if args.compile:
+        compile_layers(torch, model, result)
+    return model
 
 
 def train_model(torch, model, args, result, make_batches, base_expected, adapter_expected, tokens_per_step):
@@ -356,7 +427,10 @@ def train_model(torch, model, args, result, make_batches, base_expected, adapter
         "adapter_actual": result["trainable_parameters"] if args.method == "lora" else 0,
     }
 
-    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    fused = bool(getattr(args, "compile", False))
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                            **({"fused": True} if fused else {}))
+    result["optimizer"] = "torch.optim.AdamW(fused=True)" if fused else "torch.optim.AdamW (default: foreach)"
     gen = torch.Generator(device="cuda")
     gen.manual_seed(args.seed)
     batches = make_batches(gen)
@@ -366,7 +440,10 @@ def train_model(torch, model, args, result, make_batches, base_expected, adapter
 
     result["phase"] = "train"
     step_times, losses = [], []
+    graphs_after_warmup = None
     for step, batch in enumerate(batches, 1):
+        if step == args.warmup + 1:
+            graphs_after_warmup = dynamo_graph_count(torch)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss = model(**batch).loss
@@ -384,6 +461,16 @@ def train_model(torch, model, args, result, make_batches, base_expected, adapter
             tool=result["tool"])
     result["step_times"] = step_times
     result["losses"] = losses
+    if getattr(args, "compile", False):
+        graphs = dynamo_graph_count(torch)
+        result["compile"]["graphs"] = graphs
+        result["compile"]["compiled_during_timed_steps"] = (
+            graphs - graphs_after_warmup if graphs is not None and graphs_after_warmup is not None else None)
+        try:
+            from torch._dynamo.utils import counters
+            result["compile"]["graph_breaks"] = int(sum(counters["graph_break"].values()))
+        except ImportError:
+            pass
 
 
 def train(torch, args, result):
@@ -463,6 +550,8 @@ def run_reference(args, tool, config, flops_of, train_fn, tokens_per_step):
         train_fn(torch, args, result)
         med = median_after_warmup(result["step_times"], args.warmup)
         result["median_step_time"] = med
+        if "compile" in result:
+            result["compile_time_s"] = warmup_excess(result["step_times"], args.warmup, med)
         result["tokens_per_step"] = tokens_per_step
         result["tokens_per_s"] = tokens_per_step / med
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()

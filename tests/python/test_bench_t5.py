@@ -519,7 +519,11 @@ class WholeDriverRun(unittest.TestCase):
         self.assertEqual(len(references), 3)
         self.assertTrue(all("--target-len 128" in c for c in references))
         self.assertEqual(sum("--memory-cap-gib 40" in c for c in references), 2)
-        self.assertEqual(sum(c.startswith("python hf_llama_reference.py --hidden") for c in calls), 1)
+        # The Llama row: issue #20's two peers (eager, compiled), each with checkpointing on and off.
+        llama_refs = [c for c in calls if c.startswith("python hf_llama_reference.py --hidden")]
+        self.assertEqual(len(llama_refs), 4)
+        self.assertEqual(sum("--compile" in c for c in llama_refs), 2)
+        self.assertEqual(sum("--no-checkpointing" in c for c in llama_refs), 2)
         full, lora = rows["t5xl_full_40g"], rows["t5xl_lora_40g"]
         self.assertEqual((full["shardtune"]["outcome"], full["reference"]["outcome"]), ("oom", "oom"))
         self.assertEqual(lora["status"], "met")
