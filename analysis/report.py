@@ -35,6 +35,12 @@ prediction check:
    - Where QLoRA and LoRA of one model and strategy both completed at a GPU count: a table of
      both peaks and QLoRA's reduction, 100 * (1 - QLoRA peak / LoRA peak) percent, with the
      mean per model (the reference: about 40% less).
+   - Sequence packing (issue 19): a run is packed when its method token ends in "-packed"
+     (jobs/matrix.sh: exp3_llama7b_lora-packed_zero3_4) or its /config says packing = true; its
+     row reads "<method>, packed". Where a configuration completed both unpacked and packed at a
+     GPU count: "Packing, <model> <method> <strategy>, G GPUs: per-epoch time A -> B (S x);
+     padding P% -> Q% of computed tokens; val loss V -> W" (padding from /summary
+     padding_fraction where the files have it).
 2. Other runs (run_ids outside the experiments): the generic table, one row per run:
      | config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |
    config is the run_id with a trailing rank-count token dropped ("llama7b-tp-np4" ->
@@ -210,6 +216,7 @@ class Run:
         if not self.predicted or self.predicted <= 0:
             self.predicted = max(self.rank_predicted) if self.rank_predicted else None
         self.matrix_note = None
+        self.packed = str(_config_value(c, "packing") or "").lower() in ("true", "1", "yes", "on")
         self._parse_experiment(c)
 
     def _parse_experiment(self, config):
@@ -220,6 +227,8 @@ class Run:
         if m:  # the matrix scheme, exp<N>_<model>_<method>_<strategy>_<ranks>: the row it stands for
             self.experiment, self.model = m.group("exp").lower(), m.group("model")
             self.method, self.strategy = m.group("method"), m.group("strategy")
+            if self.method.lower().endswith("-packed"):  # the matrix's packing = true twin
+                self.method, self.packed = self.method[: -len("-packed")], True
             self.gpus = self.world or int(m.group("ranks"))
             return
         m = _EXP_PREFIX.match(str(self.run_id))
@@ -242,8 +251,11 @@ class Run:
             self.outcome = "error"
             self.matrix_note = f"metrics.h5 still says 'running'; jobs/run_matrix.sh recorded {result}"
 
+    def method_cell(self):
+        return f"{self.method}, packed" if self.packed else str(self.method)
+
     def config_name(self):
-        return " ".join(str(x) for x in (self.model, self.method, self.strategy))
+        return " ".join(str(x) for x in (self.model, self.method_cell(), self.strategy))
 
     def final_val_loss(self):
         v = _num(self.summary.get("final_val_loss"))
@@ -418,7 +430,7 @@ def _natural_key(text):
 
 def experiment_key(run):
     """Matrix order: model, method (qlora, lora, full), strategy, GPU count."""
-    return (_natural_key(run.model), METHOD_ORDER.get(str(run.method).lower(), 9), str(run.method),
+    return (_natural_key(run.model), METHOD_ORDER.get(str(run.method).lower(), 9), str(run.method), run.packed,
             STRATEGY_ORDER.get(str(run.strategy).lower(), 9), str(run.strategy),
             run.gpus if run.gpus is not None else 1 << 30, str(run.run_id))
 
@@ -445,7 +457,7 @@ def experiment_row(run, notes):
     else:
         word = "error" if run.outcome == "error" else "incomplete"
         cells = [word + mark, word, "-", "-", predicted, "-"]
-    return "| " + " | ".join([str(run.model), str(run.method), str(run.strategy), gpus] + cells) + " |"
+    return "| " + " | ".join([str(run.model), run.method_cell(), str(run.strategy), gpus] + cells) + " |"
 
 
 def experiment_section(exp, runs, notes):
@@ -462,7 +474,36 @@ def experiment_section(exp, runs, notes):
     qlora = qlora_lines(runs)
     if qlora:
         lines += [""] + qlora
+    packing = packing_lines(runs)
+    if packing:
+        lines += [""] + packing
     return lines + notes.flush()
+
+
+def packing_lines(runs):
+    """Per (model, method, strategy, GPUs) completed both unpacked and packed: the per-epoch
+    times side by side, the padding fractions and the final validation losses."""
+    pairs = {}
+    for run in runs:
+        if run.outcome == "ok" and run.epoch_time and run.gpus is not None:
+            pairs.setdefault((str(run.model), str(run.method), str(run.strategy), run.gpus), {})[run.packed] = run
+    lines = []
+    for (model, method, strategy, gpus), pair in sorted(pairs.items(), key=lambda kv: (
+            _natural_key(kv[0][0]), METHOD_ORDER.get(kv[0][1].lower(), 9), kv[0][2], kv[0][3])):
+        if False not in pair or True not in pair:
+            continue
+        plain, packed = pair[False], pair[True]
+        text = (f"Packing, {model} {method} {strategy}, {gpus} GPUs: per-epoch time "
+                f"{format_seconds(plain.epoch_time)} -> {format_seconds(packed.epoch_time)} "
+                f"({plain.epoch_time / packed.epoch_time:.2f}x)")
+        pads = [_num(r.summary.get("padding_fraction")) for r in (plain, packed)]
+        if all(p is not None for p in pads):
+            text += f"; padding {100 * pads[0]:.1f}% -> {100 * pads[1]:.1f}% of computed tokens"
+        vals = [r.final_val_loss() for r in (plain, packed)]
+        if all(v is not None for v in vals):
+            text += f"; val loss {vals[0]:.3f} -> {vals[1]:.3f}"
+        lines.append(text)
+    return lines
 
 
 def _mean(values):

@@ -92,6 +92,12 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(train, t, "grad_clip", &c.grad_clip, "clip the global gradient norm to this (0: off)");
   add(train, t, "activation_checkpointing", &c.activation_checkpointing, "keep only block inputs; recompute each block in backward");
   add(train, t, "shuffle", &c.shuffle, "shuffle training rows each epoch (seeded)");
+  add(train, t, "packing", &c.packing,
+      "sequence packing: whole documents packed first-fit-decreasing into training rows of pack_length tokens, each "
+      "with its own positions, causal attention and loss (micro_batch_size counts packed rows; Llama only)");
+  add(train, t, "pack_length", &c.pack_length, "tokens per packed training row (0: the training shards' max_seq_len)");
+  add(train, t, "group_by_length", &c.group_by_length,
+      "unpacked runs: global batches of rows of similar lengths, in a seeded random order (less padding)");
   add(train, t, "eval_every", &c.eval_every, "also evaluate every N steps (0: at the end of each epoch only)");
   add(train, t, "eval_at_start", &c.eval_at_start, "evaluate before the first step (the untrained baseline)");
 
@@ -367,6 +373,10 @@ void validate_run_config(const RunConfig& c) {
   if (c.max_steps < 0) fail("max_steps", "must be >= 0");
   if (c.micro_batch_size < 1) fail("micro_batch_size", "must be >= 1");
   if (c.grad_accum < 1) fail("grad_accum", "must be >= 1");
+  if (c.pack_length < 0) fail("pack_length", "must be >= 0 (0: the shards' max_seq_len)");
+  if (c.pack_length > 0 && !c.packing) fail("pack_length", str("= ", c.pack_length, " needs packing = true"));
+  if (c.packing && c.group_by_length)
+    fail("group_by_length", "= true is for unpacked runs (packing = true already leaves next to no padding)");
   if (!(c.lr > 0) || c.lr > 10) fail("lr", "must be in (0, 10]");
   if (c.min_lr_ratio < 0 || c.min_lr_ratio > 1) fail("min_lr_ratio", "must be in [0, 1]");
   if (c.warmup_steps < 0) fail("warmup_steps", "must be >= 0");

@@ -54,6 +54,9 @@ struct RunConfig {
   double grad_clip = 1.0;       // 0 = off
   bool activation_checkpointing = false;
   bool shuffle = true;
+  bool packing = false;          // pack documents into training rows of pack_length tokens (train/packing.hpp)
+  int64_t pack_length = 0;       // 0: the training shards' max_seq_len
+  bool group_by_length = false;  // unpacked runs: global batches of rows of similar lengths
   int64_t eval_every = 0;       // steps; 0 = once per epoch
   bool eval_at_start = true;
   // lora

@@ -134,6 +134,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const std::map<std::string
   h5::create_extendible(s, "epoch", H5T_NATIVE_INT32, 1024);
   for (const char* c : {"loss", "lr", "grad_norm"}) h5::create_extendible(s, c, H5T_NATIVE_DOUBLE, 1024);
   h5::create_extendible(s, "tokens", H5T_NATIVE_INT64, 1024);
+  h5::create_extendible(s, "computed_tokens", H5T_NATIVE_INT64, 1024);
   for (const char* c : {"step_time", "tokens_per_s", "mfu"}) h5::create_extendible(s, c, H5T_NATIVE_DOUBLE, 1024);
   for (const char* c : {"mem_current", "mem_peak"}) h5::create_extendible(s, c, H5T_NATIVE_INT64, 1024);
 
@@ -202,6 +203,7 @@ void MetricsWriter::append_step(const StepRecord& r) {
   h5::append_value(g, "lr", H5T_NATIVE_DOUBLE, &r.lr);
   h5::append_value(g, "grad_norm", H5T_NATIVE_DOUBLE, &r.grad_norm);
   h5::append_value(g, "tokens", H5T_NATIVE_INT64, &r.tokens);
+  h5::append_value(g, "computed_tokens", H5T_NATIVE_INT64, &r.computed_tokens);
   h5::append_value(g, "step_time", H5T_NATIVE_DOUBLE, &r.step_time);
   h5::append_value(g, "tokens_per_s", H5T_NATIVE_DOUBLE, &r.tokens_per_s);
   h5::append_value(g, "mfu", H5T_NATIVE_DOUBLE, &r.mfu);

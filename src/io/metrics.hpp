@@ -3,9 +3,10 @@
 //   /config    attributes: every resolved option as a string (key -> value), plus
 //              attribute "deck" (the deck path) and "command_line"
 //   /steps     1-D extendible datasets, one row per optimizer step:
-//              step (i64), epoch (i32), loss (f64), lr (f64), grad_norm (f64), tokens (i64),
-//              step_time (f64, s), tokens_per_s (f64), mfu (f64, NaN where no peak is known),
-//              mem_current (i64, bytes), mem_peak (i64, bytes)
+//              step (i64), epoch (i32), loss (f64), lr (f64), grad_norm (f64), tokens (i64:
+//              real tokens of the global batch), computed_tokens (i64: positions computed,
+//              padding included), step_time (f64, s), tokens_per_s (f64, real tokens),
+//              mfu (f64, NaN where no peak is known), mem_current (i64, bytes), mem_peak (i64, bytes)
 //   /evals     one row per evaluation: step (i64), epoch (f64, fractional), val_loss (f64),
 //              val_accuracy (f64, NaN without labels), val_tokens (i64), eval_time (f64)
 //   /epochs    one row per completed epoch: epoch (i32), epoch_time (f64), train_loss (f64,
@@ -17,7 +18,8 @@
 //   /summary   attributes: outcome ("running" | "ok" | "oom" | "error" | "preempted"), error (string),
 //              oom_bytes (i64), oom_phase (string), oom_category (string), total_time (f64),
 //              mean_epoch_time (f64), epochs_completed (i64), steps_completed (i64),
-//              peak_memory (i64), tokens_per_s (f64), train_tokens (i64), initial_val_loss,
+//              peak_memory (i64), tokens_per_s (f64), train_tokens (i64), computed_tokens (i64),
+//              padding_fraction (f64: 1 - train_tokens / computed_tokens), initial_val_loss,
 //              final_val_loss, initial_val_accuracy, final_val_accuracy (f64),
 //              world_size, tp, dp (i64), strategy, method, device, run_id (string),
 //              num_parameters, trainable_parameters (i64), memory_limit (i64, 0 = none)
@@ -39,7 +41,8 @@ struct StepRecord {
   int64_t step = 0;
   int32_t epoch = 0;
   double loss = 0, lr = 0, grad_norm = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0;           // real tokens
+  int64_t computed_tokens = 0;  // positions computed (padding included)
   double step_time = 0, tokens_per_s = 0, mfu = 0;
   int64_t mem_current = 0, mem_peak = 0;
 };

@@ -490,6 +490,7 @@ void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const
   out.lengths.resize(n);
   out.answer_start.resize(n);
   out.labels.resize(n);
+  out.pack_rows.clear();
 
   // Group the requests by file: (local row, position in the output).
   const size_t nfiles = files_.size();

@@ -122,6 +122,10 @@ struct Batch {
   int64_t target_len = 0;               // Lt of a seq2seq shard, 0 for causal
   std::vector<int32_t> targets;         // [rows, target_len]
   std::vector<int32_t> target_lengths;  // [rows]
+  // Sequence packing (train/packing.hpp): the rows above are documents, and training row p is
+  // the next pack_rows[p] of them laid end to end (empty: each row is a training row of its own).
+  // read_rows leaves it empty.
+  std::vector<int32_t> pack_rows;
   int64_t max_length() const;        // longest row (encoder input) in the batch
   int64_t max_target_length() const; // longest target in the batch (0 for causal)
   // Number of loss targets: causal, mask ones at positions >= 1; seq2seq, the sum of

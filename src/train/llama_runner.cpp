@@ -97,7 +97,7 @@ class LlamaRunner final : public ModelRunner {
 
   void enable_base_training() override { llama_enable_base_training(m_); }
   int64_t attach_lora(const LoraConfig& lc, uint64_t seed) override {
-    return st::attach_lora(m_, lc, micro_batch_ * shape_.seq_len, seed);
+    return st::attach_lora(m_, lc, micro_batch_ * shape_.row_len(), seed);
   }
   int64_t num_trainable() override { return llama_num_trainable(m_); }
   std::vector<Linear*> linears() override { return llama_linears(m_); }
@@ -114,14 +114,15 @@ class LlamaRunner final : public ModelRunner {
   }
 
   void allocate(int64_t B, bool checkpointing, bool training) override {
-    acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.seq_len, checkpointing, training));
-    buffers_ = std::make_unique<BatchBuffers>(B, shape_.seq_len, device_);
+    acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.row_len(), checkpointing, training));
+    buffers_ = std::make_unique<BatchBuffers>(B, shape_.row_len(), device_);
   }
   double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) override {
     batch_ = buffers_->make(host, token_weight);
     return llama_forward(m_, *acts_, batch_, ctx, grad);
   }
   void backward(const LayerContext& ctx) override { llama_backward(m_, *acts_, batch_, ctx); }
+  int64_t computed_tokens() const override { return batch_.B * batch_.T; }
   EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
     EvalScores s;
     // Weight 1 per target: the forward returns the plain sum of token losses.

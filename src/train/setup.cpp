@@ -20,6 +20,10 @@ TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, co
                                    Device device, const RankComms& comms, bool training) {
   TrainingState s;
   s.arch = resolve_arch(c, info);
+  if (training && c.packing && s.arch == "t5")
+    ST_THROW_INPUT(c.origin.at("packing"), ": packing = true is for decoder-only models (Llama): a T5 row is an "
+                   "encoder input and a decoder target, whose packing would need matching document boundaries on "
+                   "both sides and in the cross-attention (use group_by_length = true to cut padding instead)");
   s.model = s.arch == "t5" ? make_t5_runner(c, info, shape, dtype, device, comms.tp, training)
                            : make_llama_runner(c, info, shape, dtype, device, comms.tp, training);
   MemoryPhase phase("setup");
@@ -81,6 +85,7 @@ StepOutcome training_step(TrainingState& s, const RunConfig& c, const RankComms&
     {
       MemoryPhase phase("forward");
       out.loss += s.model->forward(host, token_weight, ctx, true);
+      out.computed_tokens += s.model->computed_tokens();
     }
     MemoryPhase phase("backward");
     if (s.grad_sync && a + 1 == accum) s.grad_sync->arm();
@@ -91,8 +96,16 @@ StepOutcome training_step(TrainingState& s, const RunConfig& c, const RankComms&
     MemoryPhase phase("gradient all-reduce");
     s.grad_sync->sync();
   }
-  // Each data-parallel group's objective (the same on every rank of a TP group), summed.
-  if (comms.dp_size() > 1) out.loss = comms.dp_host->all_reduce_sum(out.loss);
+  // Each data-parallel group's objective (the same on every rank of a TP group) and computed
+  // positions, summed.
+  if (comms.dp_size() > 1) {
+    Tensor sums = Tensor::empty({2}, DType::f64, Device::cpu, MemCategory::other);
+    sums.ptr<double>()[0] = out.loss;
+    sums.ptr<double>()[1] = static_cast<double>(out.computed_tokens);
+    comms.dp_host->all_reduce_sum(sums);
+    out.loss = sums.ptr<double>()[0];
+    out.computed_tokens = static_cast<int64_t>(sums.ptr<double>()[1]);
+  }
   MemoryPhase phase("optimizer");
   // Under TP the sharded gradients' squared norms are summed over the group; replicated ones
   // (norms, one LoRA factor) are counted once, on TP rank 0. Under ZeRO-3 every rank holds its

@@ -133,6 +133,7 @@ class T5Runner final : public ModelRunner {
     return t5_forward(m_, *acts_, batch_, grad, ctx);
   }
   void backward(const LayerContext& ctx) override { t5_backward(m_, *acts_, batch_, ctx); }
+  int64_t computed_tokens() const override { return batch_.B * (batch_.Te + batch_.Td); }
 
   EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
     EvalScores s;
@@ -181,6 +182,7 @@ class T5Runner final : public ModelRunner {
   // length are masked), decoder inputs shifted right from the targets, targets beyond a row's
   // target length ignored.
   void fill_batch(const Batch& host, double token_weight) {
+    if (!host.pack_rows.empty()) ST_THROW("t5: packed batches are not supported (packing = true is refused for T5)");
     const int64_t B = host.rows, L = host.seq_len, Lt = host.target_len;
     if (B < 1 || B > B_) ST_THROW("t5 batch of ", B, " rows for buffers of ", B_);
     if (L > shape_.seq_len || Lt > shape_.target_len)

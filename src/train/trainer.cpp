@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <thread>
 
@@ -35,6 +36,7 @@
 #include "train/checkpoint.hpp"
 #include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
+#include "train/packing.hpp"
 #include "train/plan.hpp"
 #include "train/schedule.hpp"
 #include "train/setup.hpp"
@@ -363,6 +365,7 @@ void Run::build_model(bool training) {
   shape.seq_len = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
   shape.target_len = std::max(train_ ? train_->target_len() : 0, val_ ? val_->target_len() : 0);
   shape.label_token_ids = ref.info().label_token_ids;
+  if (training) shape.pack_length = resolved_pack_length(cfg_, train_->seq_len());
   Runtime& rt0 = runtime();
   if (training) {
     // The planner's prediction of this rank's peak: a dry run of what follows (train/plan.hpp).
@@ -487,10 +490,37 @@ int Run::train() {
   const int64_t micro = cfg_.micro_batch_size, accum = cfg_.grad_accum;
   const int64_t global_batch = micro * accum * rt.dp;
   const int64_t n_train = cfg_.max_train_rows > 0 ? std::min(cfg_.max_train_rows, train_->size()) : train_->size();
-  const int64_t steps_per_epoch = n_train / global_batch;
+  // The training rows of each epoch (train/packing.hpp): shard rows, length-grouped, or packed.
+  const std::vector<int32_t>& row_targets = train_->loss_tokens();
+  const std::vector<int32_t> all_row_lengths = model_->row_tokens(*train_);
+  const std::vector<int32_t> row_lengths(all_row_lengths.begin(), all_row_lengths.begin() + n_train);
+  BatchingOptions batching;
+  batching.seed = cfg_.seed;
+  batching.shuffle = cfg_.shuffle;
+  batching.group_by_length = cfg_.group_by_length;
+  batching.pack_length = resolved_pack_length(cfg_, train_->seq_len());
+  batching.global_batch = global_batch;
+  if (batching.pack_length > 0) {
+    const int32_t longest = *std::max_element(row_lengths.begin(), row_lengths.end());
+    if (longest > batching.pack_length)
+      ST_THROW_INPUT(cfg_.origin.at("pack_length"), ": pack_length = ", batching.pack_length,
+                     " is shorter than the longest training row (", longest,
+                     " tokens); documents are never split: set pack_length >= ", longest);
+  }
+  const int64_t n_rows = epoch_rows(row_lengths, batching, 1).size();
+  const int64_t steps_per_epoch = n_rows / global_batch;
   if (steps_per_epoch == 0)
-    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows, fewer than one global batch of ",
-                   global_batch, " (micro_batch_size x grad_accum x data-parallel ranks)");
+    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows",
+                   batching.pack_length > 0 ? str(" (", n_rows, " packed rows)") : std::string(),
+                   ", fewer than one global batch of ", global_batch,
+                   " (micro_batch_size x grad_accum x data-parallel ranks)");
+  if (batching.pack_length > 0) {
+    const double real = std::accumulate(row_lengths.begin(), row_lengths.end(), 0.0);
+    ST_LOG("packing: ", n_train, " documents into ", n_rows, " rows of up to ", batching.pack_length, " tokens (",
+           fmt_fixed(100.0 * real / (static_cast<double>(n_rows) * static_cast<double>(batching.pack_length)), 1),
+           "% filled); each epoch trains ", steps_per_epoch * global_batch, " rows, leaving out the last ",
+           n_rows - steps_per_epoch * global_batch);
+  }
   int64_t total_steps = steps_per_epoch * cfg_.epochs;
   if (cfg_.max_steps > 0) total_steps = std::min(total_steps, cfg_.max_steps);
   const LrSchedule sched{cfg_.lr, cfg_.min_lr_ratio, cfg_.warmup_steps, total_steps, cfg_.lr_schedule};
@@ -498,12 +528,14 @@ int Run::train() {
   summary_.reals["flops_per_token"] = flops_per_token;
   summary_.ints["global_batch"] = global_batch;
   summary_.ints["steps_per_epoch"] = steps_per_epoch;
-  ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch, " rows = ",
+  summary_.ints["rows_per_epoch"] = n_rows;
+  ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch,
+         batching.pack_length > 0 ? " packed rows = " : " rows = ",
          micro, " x ", accum, " accumulation x ", rt.dp, " ranks), ", cfg_.epochs, " epoch", cfg_.epochs == 1 ? "" : "s");
 
   // Where the loop starts: the beginning, or a checkpoint's position (train/checkpoint.hpp).
   const CheckpointLayout layout = this->layout();
-  int64_t step = 0, train_tokens = 0;
+  int64_t step = 0, train_tokens = 0, computed_tokens = 0;
   double step_time_sum = 0;
   int64_t start_epoch = 1, start_s = 0, last_checkpoint = -1;
   bool done = false, preempted = false;
@@ -521,6 +553,7 @@ int Run::train() {
       start_s = t.at("step_in_epoch").get<int64_t>();
       done = t.at("finished").get<bool>();
       train_tokens = t.at("train_tokens").get<int64_t>();
+      computed_tokens = t.value("computed_tokens", int64_t{0});
       step_time_sum = from_bits(t.at("step_time_sum"));
       resumed_sums.loss_sum = from_bits(t.at("epoch_loss_sum"));
       resumed_sums.elapsed = from_bits(t.at("epoch_elapsed"));
@@ -561,6 +594,7 @@ int Run::train() {
                         {"epochs_done", finished ? cfg_.epochs : pos_epoch - 1},
                         {"finished", finished},
                         {"train_tokens", train_tokens},
+                        {"computed_tokens", computed_tokens},
                         {"step_time_sum", dbits(step_time_sum)},
                         {"epoch_loss_sum", dbits(es.loss_sum)},
                         {"epoch_elapsed", dbits(es.elapsed)},
@@ -602,11 +636,10 @@ int Run::train() {
     return false;
   };
 
-  const std::vector<int32_t>& row_targets = train_->loss_tokens();
-  const std::vector<int32_t> row_lengths = model_->row_tokens(*train_);
   const RankComms step_comms = comms();
   for (int64_t epoch = start_epoch; epoch <= cfg_.epochs && !done; ++epoch) {
-    const std::vector<int64_t> order = epoch_order(n_train, cfg_.seed, epoch, cfg_.shuffle);
+    const EpochRows rows = epoch_rows(row_lengths, batching, epoch);
+    if (rows.size() != n_rows) ST_THROW("epoch ", epoch, " has ", rows.size(), " training rows, epoch 1 had ", n_rows);
     Stopwatch epoch_clock;
     const bool resumed_epoch = !resume_dir_.empty() && epoch == start_epoch;
     const EpochSums before = resumed_epoch ? resumed_sums : EpochSums{};
@@ -621,11 +654,12 @@ int Run::train() {
       Stopwatch step_clock;
       ++step;
       watchdog_beat(str("train step ", step));
-      // This step's rows for this data-parallel rank.
+      // This step's training rows for this data-parallel rank.
       const int64_t first = s * global_batch + rt.dp_rank * micro * accum;
       int64_t step_targets = 0, step_tokens = 0;
-      for (int64_t i = 0; i < global_batch; ++i) {
-        const int64_t row = order[static_cast<size_t>(s * global_batch + i)];
+      for (int64_t d = rows.row_begin[static_cast<size_t>(s * global_batch)];
+           d < rows.row_begin[static_cast<size_t>((s + 1) * global_batch)]; ++d) {
+        const int64_t row = rows.docs[static_cast<size_t>(d)];
         step_targets += row_targets[static_cast<size_t>(row)];
         step_tokens += row_lengths[static_cast<size_t>(row)];
       }
@@ -634,9 +668,12 @@ int Run::train() {
       const StepOutcome out = training_step(
           state_, cfg_, step_comms, accum, token_weight, lr,
           [&](int64_t a, Batch& host, LayerContext& ctx) {
-            std::vector<int64_t> rows(static_cast<size_t>(micro));
-            for (int64_t i = 0; i < micro; ++i) rows[static_cast<size_t>(i)] = order[static_cast<size_t>(first + a * micro + i)];
-            train_->read_rows(rows, host);
+            const int64_t p0 = first + a * micro;  // training rows [p0, p0 + micro)
+            const auto d0 = rows.docs.begin() + rows.row_begin[static_cast<size_t>(p0)];
+            const auto d1 = rows.docs.begin() + rows.row_begin[static_cast<size_t>(p0 + micro)];
+            train_->read_rows(std::vector<int64_t>(d0, d1), host);
+            if (batching.pack_length > 0)
+              for (int64_t p = p0; p < p0 + micro; ++p) host.pack_rows.push_back(static_cast<int32_t>(rows.docs_in(p)));
             ctx.dropout_seed = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ull + static_cast<uint64_t>(a)));
           },
           [&] { maybe_inject_fault(step); });
@@ -644,6 +681,7 @@ int Run::train() {
       const double dt = step_clock.seconds();
       step_time_sum += dt;
       train_tokens += step_tokens;
+      computed_tokens += out.computed_tokens;
       epoch_loss_sum += loss * static_cast<double>(step_targets);
       epoch_targets += step_targets;
       ++epoch_steps;
@@ -655,6 +693,7 @@ int Run::train() {
       rec.lr = lr;
       rec.grad_norm = gnorm;
       rec.tokens = step_tokens;
+      rec.computed_tokens = out.computed_tokens;
       rec.step_time = dt;
       rec.tokens_per_s = static_cast<double>(step_tokens) / dt;
       rec.mfu = kNaN;  // no peak-FLOP table entry for CPUs
@@ -701,6 +740,9 @@ int Run::train() {
   profile_report(step - std::min<int64_t>(step, kProfileWarmupSteps));
   summary_.ints["steps_completed"] = step;
   summary_.ints["train_tokens"] = train_tokens;
+  summary_.ints["computed_tokens"] = computed_tokens;
+  summary_.reals["padding_fraction"] =
+      computed_tokens > 0 ? 1.0 - static_cast<double>(train_tokens) / static_cast<double>(computed_tokens) : kNaN;
   summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;

@@ -27,12 +27,12 @@ RANKS = (2, 4, 8)
 
 # What each experiment must run (issue 7): (deck, ranks, parallel, tp_size) per array index.
 EXPECTED = {
-    "exp1": {("inputs/exp1/llama7b_tp.cfg", r, "tp", r) for r in RANKS},
+    "exp1": {(f"inputs/exp1/llama7b_tp{packed}.cfg", r, "tp", r) for packed, r in itertools.product(("", "_packed"), RANKS)},
     "exp2": {(f"inputs/exp2/flant5_{size}_{method}.cfg", r, par, 1)
              for size, (method, par), r in itertools.product(
                  ("large", "xl"), (("lora", "zero3"), ("full", "zero3"), ("full", "ddp")), RANKS)},
     "exp3": {(f"inputs/exp3/llama{size}_{method}.cfg", r, "zero3", 1)
-             for size, method, r in itertools.product(("7b", "13b"), ("qlora", "lora", "full"), RANKS)},
+             for size, method, r in itertools.product(("7b", "13b"), ("qlora", "lora", "full", "lora_packed"), RANKS)},
 }
 
 
@@ -119,7 +119,7 @@ class SlurmArrays(unittest.TestCase):
         self.assertEqual(shlex.split(out.stdout.strip())[-2:], ["--model", "/m"])
 
     def test_index_outside_the_matrix_fails(self):
-        for index in ("3", "-1", "x"):
+        for index in (str(len(EXPECTED["exp1"])), "-1", "x"):
             out = _dry_run(os.path.join(JOBS, "exp1.sbatch"), index)
             self.assertNotEqual(out.returncode, 0, index)
             self.assertEqual(out.stdout, "")

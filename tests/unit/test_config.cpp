@@ -138,3 +138,24 @@ TEST_F(ConfigTest, GpuMemoryLimitIsAnotherNameForMemoryLimit) {
 
 }  // namespace
 }  // namespace st
+
+namespace st {
+namespace {
+
+TEST(ConfigPacking, KeysParseAndContradictionsAreRefused) {
+  const RunConfig c = parse({"--data", "d", "--packing", "true", "--pack_length", "512"});
+  EXPECT_TRUE(c.packing);
+  EXPECT_EQ(c.pack_length, 512);
+  EXPECT_FALSE(c.group_by_length);
+  EXPECT_TRUE(parse({"--data", "d", "--group_by_length", "true"}).group_by_length);
+  auto has = [](const std::string& e, const std::string& part) { return e.find(part) != std::string::npos; };
+  const std::string both = error_of({"--data", "d", "--packing", "true", "--group_by_length", "true"});
+  EXPECT_TRUE(has(both, "group_by_length") && has(both, "unpacked")) << both;
+  const std::string lonely = error_of({"--data", "d", "--pack_length", "64"});
+  EXPECT_TRUE(has(lonely, "pack_length") && has(lonely, "packing = true")) << lonely;
+  const std::string negative = error_of({"--data", "d", "--packing", "true", "--pack_length", "-1"});
+  EXPECT_TRUE(has(negative, "pack_length")) << negative;
+}
+
+}  // namespace
+}  // namespace st

@@ -88,6 +88,7 @@ StepRecord make_step(int64_t i) {
   r.lr = 1e-4 * static_cast<double>(i + 1);
   r.grad_norm = 0.5 + static_cast<double>(i);
   r.tokens = 1000 + i;
+  r.computed_tokens = 1600 + 3 * i;
   r.step_time = 0.125 * static_cast<double>(i + 1);
   r.tokens_per_s = 8000.0 / static_cast<double>(i + 1);
   r.mfu = i == 0 ? std::numeric_limits<double>::quiet_NaN() : 0.3;
@@ -202,7 +203,7 @@ TEST_F(MetricsWriterTest, WritesEveryTableAndAttribute) {
   h5::Handle steps = h5::open_group(f, "steps");
   const std::map<std::string, std::string> step_types = {
       {"step", "i64"}, {"epoch", "i32"}, {"loss", "f64"}, {"lr", "f64"}, {"grad_norm", "f64"},
-      {"tokens", "i64"}, {"step_time", "f64"}, {"tokens_per_s", "f64"}, {"mfu", "f64"},
+      {"tokens", "i64"}, {"computed_tokens", "i64"}, {"step_time", "f64"}, {"tokens_per_s", "f64"}, {"mfu", "f64"},
       {"mem_current", "i64"}, {"mem_peak", "i64"}};
   H5G_info_t ginfo;
   H5Gget_info(steps, &ginfo);
@@ -212,7 +213,7 @@ TEST_F(MetricsWriterTest, WritesEveryTableAndAttribute) {
     EXPECT_EQ(h5::dataset_dims(steps, name, path), std::vector<hsize_t>{4}) << name;
   }
   const std::vector<int64_t> step = read_i64(steps, "step"), tokens = read_i64(steps, "tokens"),
-                             mem_current = read_i64(steps, "mem_current"), mem_peak = read_i64(steps, "mem_peak");
+                             computed = read_i64(steps, "computed_tokens"), mem_current = read_i64(steps, "mem_current"), mem_peak = read_i64(steps, "mem_peak");
   const std::vector<int32_t> epoch = read_i32(steps, "epoch");
   const std::vector<double> loss = read_f64(steps, "loss"), lr = read_f64(steps, "lr"),
                             grad_norm = read_f64(steps, "grad_norm"), step_time = read_f64(steps, "step_time"),
@@ -225,6 +226,7 @@ TEST_F(MetricsWriterTest, WritesEveryTableAndAttribute) {
     EXPECT_EQ(lr[i], r.lr);
     EXPECT_EQ(grad_norm[i], r.grad_norm);
     EXPECT_EQ(tokens[i], r.tokens);
+    EXPECT_EQ(computed[i], r.computed_tokens);
     EXPECT_EQ(step_time[i], r.step_time);
     EXPECT_EQ(tps[i], r.tokens_per_s);
     if (i == 0) EXPECT_TRUE(std::isnan(mfu[i]));
@@ -305,7 +307,7 @@ TEST_F(MetricsWriterTest, FreshFileHasEmptyTablesAndOutcomeRunning) {
     h5::Handle group = h5::open_group(f, g);
     H5G_info_t info;
     H5Gget_info(group, &info);
-    EXPECT_EQ(info.nlinks, std::string(g) == "steps" ? 11u : 6u) << g;
+    EXPECT_EQ(info.nlinks, std::string(g) == "steps" ? 12u : 6u) << g;
     EXPECT_EQ(h5::dataset_dims(group, "epoch", path), std::vector<hsize_t>{0}) << g;
   }
   EXPECT_FALSE(h5::exists(f, "ranks"));
