@@ -161,12 +161,17 @@ Tensor filled(int64_t n, DType dt, Device d, double value) {
 void write_logits(const std::string& path, const Tensor& logits, int64_t B, int64_t T, int64_t V) {
   const Tensor h = logits.slice(0, B * T).to_cpu(DType::f32);
   const std::string tmp = path + ".tmp";
-  {
+  try {
     h5::Handle f = h5::create_file(tmp);
     h5::write_dataset(f, "logits", H5T_NATIVE_FLOAT, h.data(),
                       {static_cast<hsize_t>(B), static_cast<hsize_t>(T), static_cast<hsize_t>(V)});
+    h5::close_file_checked(f, tmp);
+    durable_rename(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
   }
-  durable_rename(tmp, path);
 }
 
 // Builds the model on `device` in `dtype` with the adapter attached and loaded.
