@@ -385,7 +385,10 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
     cfg.memory_limit = cfg.gpu_memory_limit;
     cfg.origin["memory_limit"] = cfg.origin.at("gpu_memory_limit");
   }
-  if (cfg.run_id.empty()) cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+  if (cfg.run_id.empty()) {
+    cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+    cfg.origin["run_id"] = deck.empty() ? "default (the subcommand's name)" : "default (the deck's file name)";
+  }
   validate_run_config(cfg);
   return true;
 }

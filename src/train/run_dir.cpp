@@ -192,6 +192,9 @@ void check_run_replacement(const RunConfig& c, const std::string& run_dir, const
     } else if (c.resume == "auto" && have_metrics && checkpoints == 0 && before.readable && before.outcome != "ok") {
       // A requeued job that died before its first checkpoint: it starts again.
       ST_WARN("resume = auto found no checkpoint: starting run ", c.run_id, " again over its unfinished attempt (", what, ")");
+    } else if (have_metrics && checkpoints == 0 && before.readable && before.outcome != "ok" && before.steps == 0) {
+      // An attempt refused or failed during set-up, before its first step: nothing to keep.
+      ST_WARN("replacing run ", c.run_id, ", which ended before its first step (", what, ")");
     } else {
       ST_THROW_INPUT(origin_of(c, "run_id"), ": run_id = ", c.run_id, ": ", what,
                      ": a finished run is not replaced; choose another run_id, set overwrite = true to replace it",

@@ -32,8 +32,8 @@ std::string claim_run_directory(const RunConfig& c, bool training, Comm& world);
 // Rank 0 of a training run, before metrics.h5 is created: a run directory holding an earlier
 // run's metrics.h5 (or complete checkpoints) is only replaced with overwrite = true or continued
 // with a resume; resume = auto that found no checkpoint replaces an unfinished run (outcome other
-// than ok) with a warning. Otherwise InputError naming the file, its outcome and steps, and the
-// ways out. Then removes the earlier run's outcome-rank<r>.json files (they belong to it).
+// than ok) with a warning, and any run replaces an attempt that ended (not ok) before its first
+// step. Otherwise InputError naming the file, its outcome and steps, and the ways out. Then removes the earlier run's outcome-rank<r>.json files (they belong to it).
 void check_run_replacement(const RunConfig& c, const std::string& run_dir, const std::string& resume_dir);
 
 // Takes the lock of `dir` for this process (see above); InputError naming the holder when
