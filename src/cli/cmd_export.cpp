@@ -31,6 +31,7 @@
 #include "io/llama_io.hpp"
 #include "io/t5_io.hpp"
 #include "train/model_runner.hpp"
+#include "train/preflight.hpp"
 #include "train/setup.hpp"
 
 namespace fs = std::filesystem;
@@ -262,6 +263,10 @@ int run_export(int argc, char** argv) {
   if (a.logits_in.empty() != a.logits_out.empty())
     ST_THROW_INPUT("command line: --logits-input and --logits-output go together");
   const std::string arch = model_arch(cfg);
+  // The base's sizes (its config.json) before anything is allocated for it.
+  DataShape one_row;
+  one_row.seq_len = one_row.target_len = 1;
+  check_buffer_sizes(cfg, ShardInfo{}, one_row);
   if (!a.logits_out.empty()) dump_logits(cfg, arch, a);
   if (a.peft.empty() && a.merged.empty()) return kExitOk;
   if (arch == "llama") {

@@ -502,6 +502,14 @@ TEST(Robustness, AFinishedRunIsNotReplaced) {
   EXPECT_NO_THROW(check_run_replacement(run_config(dir.path), run, run + "/checkpoints/step-00000002"));  // a resume
   write_run("error");  // a requeued job that died before its first checkpoint starts again
   EXPECT_NO_THROW(check_run_replacement(run_config(dir.path, {"--resume", "auto"}), run, ""));
+  expect_refused("failed after steps", [&] { check_run_replacement(run_config(dir.path), run, ""); }, {"outcome error"});
+  {
+    MetricsWriter w(metrics, {});  // an attempt refused during set-up: no step logged
+    SummaryRecord sum;
+    sum.strings["outcome"] = "error";
+    w.write_summary(sum);
+  }
+  EXPECT_NO_THROW(check_run_replacement(run_config(dir.path), run, ""));
   // Complete checkpoints of an earlier run, without its metrics: a fresh start would delete them.
   fs::remove(metrics);
   fs::create_directories(run + "/checkpoints/step-00000004");
