@@ -65,6 +65,27 @@ ifeq ($(CUDA),1)
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl
 endif
 
+# ---------------------------------------------------------------- build prerequisites
+# On a machine without the packages, one line that says what to do, before any compiler error
+# ("mpi.h: No such file or directory"). Checked once per make, with __has_include (no header is
+# compiled); the test binaries also need GoogleTest.
+DEPS_HEADERS ?= mpi.h hdf5.h boost/program_options.hpp sentencepiece_processor.h nlohmann/json.hpp
+TEST_DEPS_HEADERS ?= gtest/gtest.h
+define check_headers
+	@missing=$$(for h in $(1); do printf '#if !__has_include(<%s>)\nmissing %s\n#endif\n' $$h $$h; done | \
+	  $(CXX) -std=c++20 $(MPI_CFLAGS) $(HDF5_CFLAGS) -E -P -x c++ - 2>/dev/null | sed -n 's/^missing //p' | tr '\n' ' '); \
+	command -v mpicc >/dev/null 2>&1 || missing="$$missing(mpicc) "; \
+	command -v $(lastword $(CXX)) >/dev/null 2>&1 || missing="$$missing($(lastword $(CXX))) "; \
+	if [ -n "$$missing" ]; then \
+	  echo "shardtune: cannot build: $${missing}not found: run \`make deps\` (it installs the missing Debian/Ubuntu packages)" >&2; \
+	  exit 1; fi
+endef
+.PHONY: check-deps check-test-deps
+check-deps:
+	$(call check_headers,$(DEPS_HEADERS))
+check-test-deps:
+	$(call check_headers,$(DEPS_HEADERS) $(TEST_DEPS_HEADERS))
+
 # ---------------------------------------------------------------- sources
 SRC_CPP := $(shell find src -name '*.cpp' ! -name main.cpp | sort)
 SRC_CU := $(if $(filter 1,$(CUDA)),$(shell find cuda -name '*.cu' 2>/dev/null | sort),)
@@ -94,6 +115,10 @@ export OMPI_MCA_rmaps_base_oversubscribe := 1
 all: build tests
 build: $(BIN)
 tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN)
+
+$(LIB_OBJ) $(BUILD)/obj/src/main.o: | check-deps
+$(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(MPI_SRC:%.cpp=$(BUILD)/obj/%.o) $(E2E_SRC:%.cpp=$(BUILD)/obj/%.o) \
+  $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ): | check-test-deps
 
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)

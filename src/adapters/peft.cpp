@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/atomic_file.hpp"
 #include "core/dryrun.hpp"
 #include "io/hf_checkpoint.hpp"
 #include "io/safetensors.hpp"
@@ -205,10 +206,6 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string
   if (!first) ST_THROW_INPUT("save_peft_adapter: the model carries no LoRA adapters (method = lora or qlora)");
   const int64_t n = static_cast<int64_t>(tensors.size() / 2);
   if (!writer || dry_run_active()) return n;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
-  write_safetensors((fs::path(dir) / kPeftWeightsFile).string(), tensors, {{"format", "pt"}});
   nlohmann::ordered_json j;
   j["alpha_pattern"] = json::object();
   j["base_model_name_or_path"] = base_model.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(base_model);
@@ -232,7 +229,17 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const std::string
   j["task_type"] = peft_task_type(arch);
   j["use_dora"] = false;
   j["use_rslora"] = false;
-  write_text_file_atomic((fs::path(dir) / kPeftConfigFile).string(), j.dump(2) + "\n");
+  // Both files in one directory swap: a failed save never pairs a new config with old weights.
+  replace_directory(
+      dir,
+      [&](const std::string& out) {
+        write_safetensors((fs::path(out) / kPeftWeightsFile).string(), tensors, {{"format", "pt"}});
+        write_text_file_atomic((fs::path(out) / kPeftConfigFile).string(), j.dump(2) + "\n");
+      },
+      [](const std::string& name) {
+        return name == kPeftWeightsFile || name == kPeftConfigFile || name == std::string(kPeftWeightsFile) + ".tmp" ||
+               name == std::string(kPeftConfigFile) + ".tmp";
+      });
   return n;
 }
 

@@ -31,6 +31,7 @@
 #include "io/llama_io.hpp"
 #include "io/t5_io.hpp"
 #include "train/model_runner.hpp"
+#include "train/preflight.hpp"
 #include "train/setup.hpp"
 
 namespace fs = std::filesystem;
@@ -161,12 +162,17 @@ Tensor filled(int64_t n, DType dt, Device d, double value) {
 void write_logits(const std::string& path, const Tensor& logits, int64_t B, int64_t T, int64_t V) {
   const Tensor h = logits.slice(0, B * T).to_cpu(DType::f32);
   const std::string tmp = path + ".tmp";
-  {
+  try {
     h5::Handle f = h5::create_file(tmp);
     h5::write_dataset(f, "logits", H5T_NATIVE_FLOAT, h.data(),
                       {static_cast<hsize_t>(B), static_cast<hsize_t>(T), static_cast<hsize_t>(V)});
+    h5::close_file_checked(f, tmp);
+    durable_rename(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
   }
-  durable_rename(tmp, path);
 }
 
 // Builds the model on `device` in `dtype` with the adapter attached and loaded.
@@ -257,6 +263,10 @@ int run_export(int argc, char** argv) {
   if (a.logits_in.empty() != a.logits_out.empty())
     ST_THROW_INPUT("command line: --logits-input and --logits-output go together");
   const std::string arch = model_arch(cfg);
+  // The base's sizes (its config.json) before anything is allocated for it.
+  DataShape one_row;
+  one_row.seq_len = one_row.target_len = 1;
+  check_buffer_sizes(cfg, ShardInfo{}, one_row);
   if (!a.logits_out.empty()) dump_logits(cfg, arch, a);
   if (a.peft.empty() && a.merged.empty()) return kExitOk;
   if (arch == "llama") {

@@ -14,6 +14,7 @@
 #include "cli/commands.hpp"
 #include "config/run_config.hpp"
 #include "core/allocator.hpp"
+#include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "train/plan.hpp"
 
@@ -62,7 +63,11 @@ std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& he
       return argv[++i];
     };
     auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
-    if (is("--ranks")) f.ranks = static_cast<int>(parse_int("--ranks", value()));
+    if (is("--ranks")) {
+      const int64_t r = parse_int("--ranks", value());
+      if (r < 1 || r > kMaxRanks) ST_THROW_INPUT("command line: --ranks ", r, " must be in [1, ", kMaxRanks, "]");
+      f.ranks = static_cast<int>(r);
+    }
     else if (is("--gpu-memory")) f.gpu_memory = value();
     else if (is("--reserve")) f.reserve = value();
     else if (is("--methods")) f.methods = split_list(value());
@@ -75,7 +80,10 @@ std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& he
       rest.push_back(argv[i]);
     }
   }
-  if (f.ranks < 1) ST_THROW_INPUT("command line: --ranks must be >= 1");
+  if (f.seq_len < 0 || f.seq_len > kMaxPositions)
+    ST_THROW_INPUT("command line: --seq-len ", f.seq_len, " must be in [0, ", kMaxPositions, "] (0: from the shards)");
+  if (f.target_len < 0 || f.target_len > kMaxPositions)
+    ST_THROW_INPUT("command line: --target-len ", f.target_len, " must be in [0, ", kMaxPositions, "]");
   for (const std::string& m : f.methods)
     if (m != "full" && m != "lora" && m != "qlora") ST_THROW_INPUT("command line: --methods: unknown method '", m, "' (full, lora, qlora)");
   for (const std::string& s : f.strategies)
@@ -221,10 +229,7 @@ int cmd_plan(int argc, char** argv) {
       nlohmann::json out = {{"run_id", cfg.run_id}, {"ranks", f.ranks}, {"device", cfg.device},
                             {"device_memory", req.device_memory},
                             {"layouts", js}, {"recommended", rec}};
-      std::ofstream o(f.json_path);
-      if (!o) ST_THROW_INPUT(f.json_path, ": cannot write the plan");
-      o << out.dump(1) << "\n";
-      if (!o) ST_THROW_INPUT(f.json_path, ": write failed");
+      atomic_write_file(f.json_path, out.dump(1) + "\n");  // errors name the path and the cause
     }
     return kExitOk;
   } catch (const Error& e) {

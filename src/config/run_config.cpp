@@ -2,11 +2,16 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "core/allocator.hpp"
 #include "core/error.hpp"
@@ -25,9 +30,59 @@ struct OptionTable {
   std::vector<std::pair<std::string, po::options_description>> groups;
 };
 
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// A number option parsed strictly: the whole value must be a number of the field's type, a
+// negative value for an unsigned field is refused (not wrapped around), an integer outside the
+// type is refused (not clamped), and a real must be finite (nan and inf are refused here, before
+// any range check could let them through).
+template <typename T>
+class strict_value : public po::typed_value<T> {
+ public:
+  strict_value(T* field, std::string key) : po::typed_value<T>(field), key_(std::move(key)) {}
+  void xparse(boost::any& store, const std::vector<std::string>& tokens) const override {
+    if (!store.empty()) throw po::multiple_occurrences();
+    if (tokens.size() != 1) throw po::error(str(key_, " needs one value"));
+    store = boost::any(parse_number(tokens[0]));
+  }
+
+ private:
+  T parse_number(const std::string& raw) const {
+    const std::string v = trim(raw);
+    auto bad = [&](const std::string& why) { return po::error(str(key_, " = '", raw, "': ", why)); };
+    if (v.empty()) throw bad("needs a value");
+    if constexpr (std::is_floating_point_v<T>) {
+      char* end = nullptr;
+      errno = 0;
+      const double x = std::strtod(v.c_str(), &end);
+      if (end != v.c_str() + v.size()) throw bad("is not a number");
+      if (!std::isfinite(x)) throw bad("must be a finite number");
+      if (errno == ERANGE && x != 0) throw bad("is out of range");
+      return static_cast<T>(x);
+    } else {
+      const char* b = v.c_str();
+      const char* e = b + v.size();
+      if (*b == '+') ++b;
+      if (std::is_unsigned_v<T> && *b == '-') throw bad("must be a non-negative integer");
+      T x{};
+      const auto [ptr, ec] = std::from_chars(b, e, x);
+      if (ec == std::errc::result_out_of_range)
+        throw bad(str("is out of range (", std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")"));
+      if (ec != std::errc() || ptr != e) throw bad("is not an integer");
+      return x;
+    }
+  }
+  std::string key_;
+};
+
 template <typename T>
 void add(po::options_description& g, OptionTable& t, const char* key, T* field, const char* help) {
-  g.add_options()(key, po::value<T>(field)->default_value(*field), help);
+  if constexpr (std::is_same_v<T, bool>) g.add_options()(key, po::value<T>(field)->default_value(*field), help);
+  else g.add_options()(key, (new strict_value<T>(field, key))->default_value(*field), help);
   t.order.push_back(key);
 }
 
@@ -45,6 +100,9 @@ void build_table(RunConfig& c, OptionTable& t) {
   add_string(run, t, "dtype", &c.dtype, "compute dtype: auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16");
   add(run, t, "threads", &c.threads, "OpenMP threads per rank (0: the node's cores divided among its ranks)");
   add(run, t, "log_every", &c.log_every, "print a progress line every N optimizer steps");
+  add(run, t, "overwrite", &c.overwrite,
+      "replace an existing run of this run_id (its metrics.h5 and checkpoints); without it such a run is refused "
+      "(resume = auto continues one instead)");
 
   po::options_description model("Model");
   add_string(model, t, "model", &c.model, "Hugging Face checkpoint directory (config.json + model.safetensors); empty: random init from the keys below");
@@ -187,39 +245,93 @@ void store_layer(const po::parsed_options& parsed, po::variables_map& vm, const 
     if (!cfg.origin.count(o.string_key)) cfg.origin[o.string_key] = source;
 }
 
+// One `key = value` line of a deck.
+struct DeckEntry {
+  std::string key, value;
+  int line = 0;
+};
+
+constexpr size_t kMaxDeckBytes = size_t{1} << 20;
+
+// The lines of a deck: "key = value", comments from '#' to the end of the line, blank lines. A
+// UTF-8 byte-order mark and CRLF line endings are accepted; anything else odd (a directory, a
+// device, a binary or huge file, a line without '=', a [section], a key set twice) is refused
+// naming the deck and the line.
+std::vector<DeckEntry> read_deck(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) ST_THROW_INPUT(path, ": deck not found");
+  if (fs::is_directory(st)) ST_THROW_INPUT(path, ": is a directory, not a deck (a text file of key = value lines)");
+  if (!fs::is_regular_file(st)) ST_THROW_INPUT(path, ": not a regular file (a deck is a text file of key = value lines)");
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec) ST_THROW_INPUT(path, ": cannot read deck: ", ec.message());
+  if (size > kMaxDeckBytes) ST_THROW_INPUT(path, ": ", size, " bytes is not a deck (decks are text files under 1 MiB)");
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in && !in.eof()) ST_THROW_INPUT(path, ": cannot read deck");
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // UTF-8 byte-order mark
+  std::vector<DeckEntry> out;
+  std::map<std::string, int> first_line;
+  std::istringstream lines(text);
+  std::string raw;
+  for (int n = 1; std::getline(lines, raw); ++n) {
+    const std::string at = str(path, ":", n);
+    if (raw.find('\0') != std::string::npos) ST_THROW_INPUT(at, ": binary data (a deck is a text file)");
+    if (!raw.empty() && raw.back() == '\r') raw.pop_back();  // CRLF
+    const std::string line = trim(raw.substr(0, raw.find('#')));
+    if (line.empty()) continue;
+    if (line.front() == '[') ST_THROW_INPUT(at, ": sections ('", line, "') are not used in decks: write key = value");
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) ST_THROW_INPUT(at, ": '", line, "' is not a 'key = value' line");
+    DeckEntry e{trim(line.substr(0, eq)), trim(line.substr(eq + 1)), n};
+    if (e.key.empty()) ST_THROW_INPUT(at, ": '", line, "' has no key before '='");
+    const auto [it, fresh] = first_line.emplace(e.key, n);
+    if (!fresh)
+      ST_THROW_INPUT(at, ": key '", e.key, "' is set twice in this deck (first on line ", it->second,
+                     "); set it once (a deck overrides its base deck's keys)");
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 // Parse a deck and the chain of decks it includes (each deck's keys override its base's).
 void load_deck(const std::string& path, po::variables_map& vm, RunConfig& cfg, const OptionTable& table,
                std::set<std::string>& seen) {
   std::error_code ec;
   const fs::path canon = fs::weakly_canonical(path, ec);
-  if (!fs::exists(path)) ST_THROW_INPUT(path, ": deck not found");
+  const std::vector<DeckEntry> entries = read_deck(path);
   if (!seen.insert(canon.string()).second) ST_THROW_INPUT(path, ": include cycle");
-  std::ifstream in(path);
-  if (!in) ST_THROW_INPUT(path, ": cannot read deck");
-  po::options_description file_desc;
-  file_desc.add(table.all);
-  file_desc.add_options()("include", po::value<std::vector<std::string>>(), "base deck");
-  po::parsed_options parsed(&file_desc);
-  try {
-    parsed = po::parse_config_file(in, file_desc, false);
-  } catch (const po::unknown_option& e) {
-    const std::string key = e.get_option_name();
-    ST_THROW_INPUT(path, ": unknown key '", key, "'", suggestion(key, table.order));
-  } catch (const po::error& e) {
-    ST_THROW_INPUT(path, ": ", e.what());
+  const DeckEntry* include = nullptr;
+  for (const DeckEntry& e : entries) {
+    const std::string at = str(path, ":", e.line);
+    if (e.key == "include") {
+      if (include)
+        ST_THROW_INPUT(at, ": more than one 'include' (first on line ", include->line, "; a deck layers on one base deck)");
+      if (e.value.empty()) ST_THROW_INPUT(at, ": include needs the path of a base deck (include = base.cfg)");
+      include = &e;
+      continue;
+    }
+    const po::option_description* d = table.all.find_nothrow(e.key, false);
+    if (!d) ST_THROW_INPUT(at, ": unknown key '", e.key, "'", suggestion(e.key, table.order));
+    // Every value is checked, also one a later layer (the command line) overrides.
+    try {
+      boost::any probe;
+      d->semantic()->parse(probe, {e.value}, true);
+    } catch (const po::error& err) {
+      ST_THROW_INPUT(at, ": ", err.what());
+    }
+    po::parsed_options one(&table.all);
+    one.options.emplace_back(e.key, std::vector<std::string>{e.value});
+    store_layer(one, vm, at, cfg, table);
   }
-  std::vector<std::string> includes;
-  po::parsed_options own(&file_desc);
-  for (const auto& o : parsed.options) {
-    if (o.string_key == "include") includes.insert(includes.end(), o.value.begin(), o.value.end());
-    else own.options.push_back(o);
-  }
-  if (includes.size() > 1) ST_THROW_INPUT(path, ": more than one 'include' (a deck layers on one base deck)");
-  store_layer(own, vm, path, cfg, table);
-  if (!includes.empty()) {
-    fs::path base = fs::path(includes[0]);
+  if (include) {
+    fs::path base = fs::path(include->value);
     if (base.is_relative()) base = fs::path(path).parent_path() / base;
-    load_deck(base.string(), vm, cfg, table, seen);
+    try {
+      load_deck(base.string(), vm, cfg, table, seen);
+    } catch (const InputError& e) {
+      ST_THROW_INPUT(e.what(), " (included from ", path, ":", include->line, ")");
+    }
   }
 }
 
@@ -279,7 +391,10 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
     cfg.memory_limit = cfg.gpu_memory_limit;
     cfg.origin["memory_limit"] = cfg.origin.at("gpu_memory_limit");
   }
-  if (cfg.run_id.empty()) cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+  if (cfg.run_id.empty()) {
+    cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+    cfg.origin["run_id"] = deck.empty() ? "default (the subcommand's name)" : "default (the deck's file name)";
+  }
   validate_run_config(cfg);
   return true;
 }
@@ -345,50 +460,67 @@ void validate_run_config(const RunConfig& c) {
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
   one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3", "auto"});
+  // Integers in [lo, hi]; reals finite and in their range (NaN fails every comparison, so each
+  // check is written as "inside", never as "not outside").
+  auto int_in = [&](const char* key, int64_t v, int64_t lo, int64_t hi) {
+    if (!(v >= lo && v <= hi)) fail(key, str("= ", v, " must be in [", lo, ", ", hi, "]"));
+  };
+  auto real_in = [&](const char* key, double v, double lo, double hi, bool lo_open, bool hi_open) {
+    const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (!ok) fail(key, str("= ", v, " must be a finite number in ", lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]"));
+  };
+  constexpr double kInf = std::numeric_limits<double>::max();  // "no upper bound" (still finite)
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
     fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
-  if (c.threads < 0) fail("threads", "must be >= 0");
-  if (c.log_every < 1) fail("log_every", "must be >= 1");
+  if (c.output_dir.empty()) fail("output_dir", "must not be empty");
+  int_in("threads", c.threads, 0, kMaxThreads);
+  int_in("log_every", c.log_every, 1, std::numeric_limits<int>::max());
   if (c.model.empty()) {
-    if (c.vocab_size < 0) fail("vocab_size", "must be >= 0");
-    for (auto [k, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
-                        {"intermediate_size", c.intermediate_size}, {"num_layers", c.num_layers},
-                        {"num_heads", c.num_heads}, {"max_position_embeddings", c.max_position_embeddings}})
-      if (v < 1) fail(k, "must be >= 1");
-    if (c.num_kv_heads < 0) fail("num_kv_heads", "must be >= 0");
-    if (c.head_dim < 0) fail("head_dim", "must be >= 0");
+    int_in("vocab_size", c.vocab_size, 0, kMaxVocab);
+    int_in("hidden_size", c.hidden_size, 1, kMaxWidth);
+    int_in("intermediate_size", c.intermediate_size, 1, kMaxWidth);
+    int_in("num_layers", c.num_layers, 1, kMaxLayers);
+    int_in("num_heads", c.num_heads, 1, kMaxHeads);
+    int_in("num_kv_heads", c.num_kv_heads, 0, c.num_heads);
+    if (c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads != 0)
+      fail("num_kv_heads", str("= ", c.num_kv_heads, " must divide num_heads (", c.num_heads, ")"));
+    int_in("head_dim", c.head_dim, 0, kMaxHeadDim);
+    int_in("max_position_embeddings", c.max_position_embeddings, 1, kMaxPositions);
     if (c.head_dim == 0 && c.hidden_size % c.num_heads != 0) fail("hidden_size", "must be a multiple of num_heads (or set head_dim)");
-    if (!(c.init_std > 0)) fail("init_std", "must be positive");
-    if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
-    if (!(c.rope_theta > 0)) fail("rope_theta", "must be positive");
-    if (c.num_decoder_layers < 0) fail("num_decoder_layers", "must be >= 0");
-    if (c.relative_attention_num_buckets < 2) fail("relative_attention_num_buckets", "must be >= 2");
-    if (c.relative_attention_max_distance < 1) fail("relative_attention_max_distance", "must be >= 1");
+    real_in("init_std", c.init_std, 0, 10, true, false);
+    real_in("rms_norm_eps", c.rms_norm_eps, 0, 1, true, false);
+    real_in("rope_theta", c.rope_theta, 0, 1e12, true, false);
+    int_in("num_decoder_layers", c.num_decoder_layers, 0, kMaxLayers);
+    int_in("relative_attention_num_buckets", c.relative_attention_num_buckets, 2, kMaxPositions);
+    int_in("relative_attention_max_distance", c.relative_attention_max_distance, 1, kMaxPositions);
   }
   if (c.data.empty()) fail("data", "is required (a directory of shards from `shardtune prepare`)");
   if (c.train_split.empty()) fail("train_split", "must not be empty");
-  if (c.max_train_rows < 0) fail("max_train_rows", "must be >= 0");
-  if (c.max_val_rows < 0) fail("max_val_rows", "must be >= 0");
-  if (c.epochs < 1) fail("epochs", "must be >= 1");
-  if (c.max_steps < 0) fail("max_steps", "must be >= 0");
-  if (c.micro_batch_size < 1) fail("micro_batch_size", "must be >= 1");
-  if (c.grad_accum < 1) fail("grad_accum", "must be >= 1");
-  if (c.pack_length < 0) fail("pack_length", "must be >= 0 (0: the shards' max_seq_len)");
+  int_in("max_train_rows", c.max_train_rows, 0, std::numeric_limits<int64_t>::max());
+  int_in("max_val_rows", c.max_val_rows, 0, std::numeric_limits<int64_t>::max());
+  int_in("epochs", c.epochs, 1, kMaxEpochs);
+  int_in("max_steps", c.max_steps, 0, std::numeric_limits<int64_t>::max());
+  int_in("micro_batch_size", c.micro_batch_size, 1, kMaxBatch);
+  int_in("grad_accum", c.grad_accum, 1, kMaxBatch);
+  int_in("pack_length", c.pack_length, 0, kMaxPositions);
   if (c.pack_length > 0 && !c.packing) fail("pack_length", str("= ", c.pack_length, " needs packing = true"));
   if (c.packing && c.group_by_length)
     fail("group_by_length", "= true is for unpacked runs (packing = true already leaves next to no padding)");
-  if (!(c.lr > 0) || c.lr > 10) fail("lr", "must be in (0, 10]");
-  if (c.min_lr_ratio < 0 || c.min_lr_ratio > 1) fail("min_lr_ratio", "must be in [0, 1]");
-  if (c.warmup_steps < 0) fail("warmup_steps", "must be >= 0");
-  if (c.weight_decay < 0) fail("weight_decay", "must be >= 0");
-  if (c.adam_beta1 < 0 || c.adam_beta1 >= 1) fail("adam_beta1", "must be in [0, 1)");
-  if (c.adam_beta2 < 0 || c.adam_beta2 >= 1) fail("adam_beta2", "must be in [0, 1)");
-  if (!(c.adam_eps > 0)) fail("adam_eps", "must be positive");
-  if (c.grad_clip < 0) fail("grad_clip", "must be >= 0");
-  if (c.eval_every < 0) fail("eval_every", "must be >= 0");
-  if (c.lora_r < 1) fail("lora_r", "must be >= 1");
-  if (!(c.lora_alpha > 0)) fail("lora_alpha", "must be positive");
-  if (c.lora_dropout < 0 || c.lora_dropout >= 1) fail("lora_dropout", "must be in [0, 1)");
+  real_in("lr", c.lr, 0, 10, true, false);
+  real_in("min_lr_ratio", c.min_lr_ratio, 0, 1, false, false);
+  int_in("warmup_steps", c.warmup_steps, 0, std::numeric_limits<int64_t>::max());
+  real_in("weight_decay", c.weight_decay, 0, kInf, false, false);
+  if (c.lr * c.weight_decay > 1)
+    fail("weight_decay", str("= ", c.weight_decay, " with lr = ", c.lr, ": lr x weight_decay must be <= 1 (AdamW scales "
+                             "each weight by 1 - lr x weight_decay per step)"));
+  real_in("adam_beta1", c.adam_beta1, 0, 1, false, true);
+  real_in("adam_beta2", c.adam_beta2, 0, 1, false, true);
+  real_in("adam_eps", c.adam_eps, 0, 1, true, false);
+  real_in("grad_clip", c.grad_clip, 0, kInf, false, false);
+  int_in("eval_every", c.eval_every, 0, std::numeric_limits<int64_t>::max());
+  int_in("lora_r", c.lora_r, 1, kMaxWidth);
+  real_in("lora_alpha", c.lora_alpha, 0, 1e6, true, false);
+  real_in("lora_dropout", c.lora_dropout, 0, 1, false, true);
   {
     const auto targets = c.lora_target_list();
     if (targets.empty()) fail("lora_targets", "must name at least one module");
@@ -399,12 +531,12 @@ void validate_run_config(const RunConfig& c) {
   }
   if (c.save_adapter && c.method == "full")
     fail("save_adapter", "= true needs method = lora or qlora (full fine-tuning trains no adapter; use save_model)");
-  if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
-  if (c.tp_size < 1) fail("tp_size", "must be >= 1");
+  real_in("watchdog_timeout", c.watchdog_timeout, 0, kMaxWatchdogSeconds, false, false);
+  int_in("tp_size", c.tp_size, 1, kMaxRanks);
   if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3" && c.parallel != "auto")
     fail("tp_size", str("= ", c.tp_size, " needs parallel = tp or tp+zero3 (parallel is ", c.parallel, ")"));
-  if (c.checkpoint_every < 0) fail("checkpoint_every", "must be >= 0 (steps; 0: off)");
-  if (c.keep_checkpoints < 1) fail("keep_checkpoints", "must be >= 1");
+  int_in("checkpoint_every", c.checkpoint_every, 0, std::numeric_limits<int64_t>::max());
+  int_in("keep_checkpoints", c.keep_checkpoints, 1, kMaxEpochs);
   if (c.resume.empty()) fail("resume", "must be none, auto or a checkpoint directory");
   try {
     (void)parse_bytes(c.memory_limit, "memory_limit");

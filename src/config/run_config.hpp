@@ -12,6 +12,21 @@
 
 namespace st {
 
+// Upper bounds of the integer options (README "Errors and exit statuses"). They sit far above
+// any real model; their purpose is that no option can make a size product overflow int64 before
+// the products themselves are checked (train/preflight.hpp).
+constexpr int64_t kMaxVocab = 2147483647;      // vocab_size: token ids are int32
+constexpr int64_t kMaxWidth = 1 << 20;         // hidden_size, intermediate_size, lora_r
+constexpr int64_t kMaxHeadDim = 1 << 16;       // head_dim
+constexpr int64_t kMaxHeads = 1 << 16;         // num_heads
+constexpr int64_t kMaxLayers = 1 << 12;        // num_layers, num_decoder_layers
+constexpr int64_t kMaxPositions = 1 << 24;     // max_position_embeddings, T5 relative buckets / distance
+constexpr int64_t kMaxBatch = 1 << 20;         // micro_batch_size, grad_accum
+constexpr int64_t kMaxEpochs = 1000000;        // epochs, keep_checkpoints
+constexpr int64_t kMaxRanks = 1 << 16;         // tp_size (and plan --ranks)
+constexpr int64_t kMaxThreads = 4096;          // threads
+constexpr double kMaxWatchdogSeconds = 1e7;    // watchdog_timeout (~116 days)
+
 struct RunConfig {
   // run
   std::string run_id;           // names runs/<run_id>/; default: the deck's file name
@@ -21,6 +36,7 @@ struct RunConfig {
   std::string dtype = "auto";   // auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16
   int threads = 0;              // OpenMP threads per rank; 0 = cores / ranks on the node
   int log_every = 10;
+  bool overwrite = false;       // replace an existing run of this run_id (its metrics.h5, checkpoints)
   // model
   std::string model;            // Hugging Face checkpoint dir; empty = random init from below
   std::string arch = "llama";   // llama | t5 (random init; a checkpoint's model_type decides otherwise)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "core/atomic_file.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
 #include "io/hf_llama.hpp"
@@ -39,18 +40,21 @@ LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const 
 void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) {
   for (Linear* lin : llama_linears(m))
     if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
-  std::error_code ec;
-  if (m.tp.size == 1 || m.tp.rank == 0) fs::create_directories(dir, ec);
-  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
     if (slot.linear) ST_THROW(slot.name, " is stored in NF4: dequantize the model first");
     tensors.emplace_back(slot.name, llama_gather_full(m, slot));
   }
   if (m.tp.size > 1 && m.tp.rank != 0) return;
-  write_hf_weights(dir, tensors, max_shard_bytes);
-  write_llama_config(dir, m.cfg);
-  if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, dir);
+  // The whole directory at once: a failed save leaves the earlier one (or none), never a mix.
+  replace_directory(
+      dir,
+      [&](const std::string& out) {
+        write_hf_weights(out, tensors, max_shard_bytes);
+        write_llama_config(out, m.cfg);
+        if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, out);
+      },
+      hf_save_file);
 }
 
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {

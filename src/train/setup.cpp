@@ -3,6 +3,7 @@
 #include "adapters/peft.hpp"
 #include "core/allocator.hpp"
 #include "core/log.hpp"
+#include "train/preflight.hpp"
 
 namespace st {
 
@@ -19,6 +20,7 @@ DType run_dtype(const RunConfig& c, Device d) {
 TrainingState build_training_state(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype,
                                    Device device, const RankComms& comms, bool training) {
   TrainingState s;
+  check_buffer_sizes(c, info, shape);  // before any allocation (train/preflight.hpp)
   s.arch = resolve_arch(c, info);
   if (training && c.packing && s.arch == "t5")
     ST_THROW_INPUT(c.origin.at("packing"), ": packing = true is for decoder-only models (Llama): a T5 row is an "

@@ -38,6 +38,8 @@
 #include "train/optimizer.hpp"
 #include "train/packing.hpp"
 #include "train/plan.hpp"
+#include "train/preflight.hpp"
+#include "train/run_dir.hpp"
 #include "train/schedule.hpp"
 #include "train/setup.hpp"
 
@@ -281,14 +283,8 @@ void Run::begin(const char* what, bool training) {
     runtime_enable_device_comms(runtime());  // NCCL
   setup_threads(cfg_);
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
-  run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();
-  if (process_rank() == 0) {
-    // Outcomes other ranks left here in an earlier run of this run_id (record_failure).
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(run_dir_, ec))
-      if (e.path().filename().string().rfind("outcome-rank", 0) == 0) fs::remove(e.path(), ec);
-    print_config(cfg_);
-  }
+  run_dir_ = claim_run_directory(cfg_, training, *runtime().world);  // locked; eval: <run>/eval-<n>
+  if (process_rank() == 0) print_config(cfg_);
   if (training) {
     resume_dir_ = find_resume_checkpoint(cfg_);
     Runtime& rtr = runtime();
@@ -305,6 +301,7 @@ void Run::begin(const char* what, bool training) {
     if (!resume_dir_.empty()) check_checkpoint(cfg_, layout(), resume_dir_);
   }
   if (process_rank() == 0) {
+    if (training) check_run_replacement(cfg_, run_dir_, resume_dir_);  // a finished run is not replaced
     const std::string mpath = (fs::path(run_dir_) / "metrics.h5").string();
     if (!resume_dir_.empty()) {
       // Continue the file: keep the rows up to the checkpoint, drop those of a run that got further.
@@ -360,6 +357,7 @@ RankComms Run::comms() const {
 }
 
 void Run::build_model(bool training) {
+  check_data_against_model(cfg_, train_.get(), val_.get());  // token ids inside the model's vocabulary
   const ShardDataset& ref = train_ ? *train_ : *val_;
   DataShape shape;
   shape.seq_len = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);

@@ -362,8 +362,11 @@ TEST_F(E2E, BadInputsAreRefusedWithClearMessages) {
       {"train --deck " + d + "/full.cfg --packing true --pack_length 20", "pack_length = 20 is shorter", 2},
       {"train --deck " + d + "/t5.cfg --packing true", "packing = true is for decoder-only", 2},
   };
-  for (const Case& c : cases) {
-    const int rc = test::run_command(bin() + " " + c.args, &out);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    // A run id of its own (the deck's, "full", is a finished run that is never replaced).
+    const std::string id = c.args.rfind("train", 0) == 0 ? " --run_id bad" + std::to_string(i) : "";
+    const int rc = test::run_command(bin() + " " + c.args + id, &out);
     EXPECT_EQ(rc, c.status) << c.args << "\n" << out;
     EXPECT_NE(out.find(c.expect), std::string::npos) << c.args << "\n" << out;
     if (c.args.rfind("frobnicate", 0) != 0) {
@@ -799,7 +802,7 @@ TEST_F(E2E, T5FullThenLoraOnTheSavedCheckpointThenEval) {
 
   const std::string ev = bin() + " eval --deck " + d + "/t5.cfg --run_id t5_eval --model " + d + "/runs/t5_full/model";
   ASSERT_EQ(test::run_command(ev, &out), 0) << ev << "\n" << out;
-  const std::string me = d + "/runs/t5_eval/metrics.h5";
+  const std::string me = d + "/runs/t5_eval/eval-1/metrics.h5";  // eval writes a directory of its own
   EXPECT_NEAR(summary_real(h5::open_file_read(me), "final_val_loss", me), v1, 1e-4 * v1);
 
   // A T5 on causal shards, and a Llama on seq2seq shards: refused, naming the fix.
@@ -887,8 +890,8 @@ TEST_F(E2E, PeftAdapterSavedUnderEveryLayoutExportedMergedAndLoaded) {
                   ref + "/adapter"));
   EXPECT_NE(out.find("adapter: loaded"), std::string::npos) << out;
   ASSERT_TRUE(run(bin() + " eval --deck " + d + "/full.cfg --run_id peft_eval_merged --model " + d + "/exp_sharded"));
-  const double va = val_loss_of(d + "/runs/peft_eval_adapter/metrics.h5", "final_val_loss");
-  const double vm = val_loss_of(d + "/runs/peft_eval_merged/metrics.h5", "final_val_loss");
+  const double va = val_loss_of(d + "/runs/peft_eval_adapter/eval-1/metrics.h5", "final_val_loss");
+  const double vm = val_loss_of(d + "/runs/peft_eval_merged/eval-1/metrics.h5", "final_val_loss");
   const double vb = val_loss_of(ref + "/metrics.h5", "final_val_loss");
   EXPECT_NEAR(va, vm, 1e-5 * vm);
   EXPECT_NEAR(va, vb, 1e-5 * vb) << "the adapter evaluates as at the end of its run";

@@ -236,6 +236,10 @@ class RunMatrix(unittest.TestCase):
             row = next(r for r in _matrix("exp2", "cpu") if r[0] == _option(argv, "--run_id"))
             self.assertEqual(argv[:2], ["-np", row[1]])
             self.assertEqual((_option(argv, "--deck"), _option(argv, "--parallel")), (row[2], row[3]))
+            # the earlier OOM attempt is replaced on purpose; a new run replaces nothing
+            self.assertEqual("--overwrite" in argv, row[0] == oom_id, c)
+            if row[0] == oom_id:
+                self.assertEqual(_option(argv, "--overwrite"), "true")
 
         # second pass: everything that finished ok is skipped; the OOM row runs again and stays OOM
         os.remove(self.log)

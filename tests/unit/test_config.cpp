@@ -61,8 +61,8 @@ TEST_F(ConfigTest, LayeringAndOrigins) {
   EXPECT_EQ(c.method, "lora");
   EXPECT_EQ(c.lora_r, 4);
   EXPECT_EQ(c.micro_batch_size, 8);      // built-in default
-  EXPECT_EQ(c.origin.at("data"), dir + "/base/base.cfg");
-  EXPECT_EQ(c.origin.at("lr"), dir + "/run.cfg");
+  EXPECT_EQ(c.origin.at("data"), dir + "/base/base.cfg:2");  // the deck and the line
+  EXPECT_EQ(c.origin.at("lr"), dir + "/run.cfg:3");
   EXPECT_EQ(c.origin.at("epochs"), "command line");
   EXPECT_EQ(c.origin.at("seed"), "default");
   EXPECT_EQ(c.run_id, "run");            // from the deck's file name
