@@ -5,6 +5,7 @@
 
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/hf_tokenizer.hpp"
 #include "io/hf_llama.hpp"
 #include "io/safetensors.hpp"
 #include "parallel/comm.hpp"
@@ -50,7 +51,7 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
   if (m.tp.size > 1 && m.tp.rank != 0) return;
   write_hf_weights(dir, tensors, max_shard_bytes);
   write_llama_config(dir, m.cfg);
-  if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, dir);
+  if (!tokenizer_path.empty()) save_hf_tokenizer(tokenizer_path, dir, "llama", m.cfg.max_position_embeddings, m.cfg.vocab_size);
 }
 
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {
