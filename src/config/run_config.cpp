@@ -305,7 +305,8 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   cli.add(cli_only).add(table.all);
 
   std::ostringstream cmd;
-  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+  cmd << "shardtune";  // argv[0] is the subcommand
+  for (int i = 0; i < argc; ++i) cmd << " " << argv[i];
   cfg.command_line = cmd.str();
 
   po::variables_map vm;

@@ -28,6 +28,14 @@ ojson piece_or_null(const Tokenizer& t, int32_t id) {
 void save_hf_tokenizer(const std::string& tokenizer_path, const std::string& dir, const std::string& family,
                        int64_t model_max_length, int64_t model_vocab) {
   copy_tokenizer(tokenizer_path, dir);
+  // A tokenizer that comes with its Hugging Face files (a checkpoint's own tokenizer.model): theirs.
+  const fs::path src = fs::path(tokenizer_path).parent_path();
+  std::error_code ec;
+  const bool own_config = fs::is_regular_file(src / "tokenizer_config.json", ec);
+  const bool own_map = fs::is_regular_file(src / "special_tokens_map.json", ec);
+  for (const char* f : {"tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"})
+    if (fs::is_regular_file(src / f, ec)) atomic_copy_file((src / f).string(), (fs::path(dir) / f).string());
+  if (own_config && own_map) return;
   const Tokenizer tok = Tokenizer::load(tokenizer_path);
   ojson special = ojson::object();
   ojson cfg = ojson::object();
@@ -59,7 +67,7 @@ void save_hf_tokenizer(const std::string& tokenizer_path, const std::string& dir
     cfg["pad_token"] = pad;
     cfg["add_bos_token"] = !bos.is_null();  // as `shardtune prepare` writes rows (--add-bos)
     cfg["add_eos_token"] = false;           // prompts end without EOS; prepare adds it after answers
-    cfg["legacy"] = false;
+    cfg["legacy"] = true;  // SentencePiece's own encoding, as `shardtune prepare` tokenizes
     cfg["sp_model_kwargs"] = ojson::object();
     special["bos_token"] = bos;
     special["eos_token"] = eos;
@@ -72,8 +80,8 @@ void save_hf_tokenizer(const std::string& tokenizer_path, const std::string& dir
   cfg["clean_up_tokenization_spaces"] = false;
   for (auto it = special.begin(); it != special.end();)  // absent roles are left out
     it = it.value().is_null() ? special.erase(it) : std::next(it);
-  atomic_write_file((fs::path(dir) / "tokenizer_config.json").string(), cfg.dump(2) + "\n");
-  atomic_write_file((fs::path(dir) / "special_tokens_map.json").string(), special.dump(2) + "\n");
+  if (!own_config) atomic_write_file((fs::path(dir) / "tokenizer_config.json").string(), cfg.dump(2) + "\n");
+  if (!own_map) atomic_write_file((fs::path(dir) / "special_tokens_map.json").string(), special.dump(2) + "\n");
 }
 
 }  // namespace st

@@ -5,7 +5,9 @@
 //                            add_bos_token / add_eos_token as shardtune's prepare adds them,
 //                            model_max_length (and T5's extra_ids)
 //   special_tokens_map.json  the special tokens by role
-// The special tokens are the SentencePiece model's own pieces (bos, eos, unk, pad ids).
+// The special tokens are the SentencePiece model's own pieces (bos, eos, unk, pad ids). A
+// tokenizer.model that sits beside its own tokenizer_config.json / special_tokens_map.json /
+// tokenizer.json (a Hugging Face checkpoint's) brings those instead.
 #pragma once
 
 #include <cstdint>

@@ -594,6 +594,13 @@ int Run::train() {
   summary_.reals["flops_per_token"] = flops_per_token;
   summary_.ints["global_batch"] = global_batch;
   summary_.ints["steps_per_epoch"] = steps_per_epoch;
+  summary_.ints["total_steps"] = total_steps;
+  if (metrics_) {  // for analysis/watch.py while the run goes (outcome stays "running")
+    SummaryRecord early;
+    early.ints = {{"total_steps", total_steps}, {"steps_per_epoch", steps_per_epoch}, {"global_batch", global_batch}};
+    early.strings = {{"run_id", cfg_.run_id}, {"method", cfg_.method}, {"strategy", summary_.strings["strategy"]}};
+    metrics_->write_summary(early);
+  }
   ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch, " rows = ",
          micro, " x ", accum, " accumulation x ", rt.dp, " ranks), ", cfg_.epochs, " epoch", cfg_.epochs == 1 ? "" : "s");
 
