@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -18,8 +19,12 @@ namespace fs = std::filesystem;
 namespace st {
 
 std::string format_real(double v) {
-  char buf[64];
-  const auto r = std::to_chars(buf, buf + sizeof(buf), v);  // shortest text that reads back as v
+  // The shortest digits that read back as v, positioned as Python's repr does: plain notation for
+  // decimal exponents -4..15 (0.0003, 10000), scientific beyond (1e-05, 1e+20).
+  char buf[400];
+  const int exp10 = v == 0 || !std::isfinite(v) ? 0 : static_cast<int>(std::floor(std::log10(std::fabs(v))));
+  const auto fmt = exp10 >= -4 && exp10 < 16 ? std::chars_format::fixed : std::chars_format::scientific;
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v, fmt);
   return std::string(buf, r.ptr);
 }
 

@@ -196,7 +196,8 @@ void check_tokenizers(const RunConfig& c, const ShardDataset& train, const Shard
 // gradient all-reduce), so the tests can check that one failing rank ends the whole job;
 // "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job), and
 // "<rank>:<step>:oom" makes it run out of memory (outcome oom, exit 3); "<rank>:<step>:sigterm"
-// (or sigusr1) sends that rank the signal during the step (checkpoint, outcome preempted, exit 4).
+// (or sigusr1) sends that rank the signal during the step (checkpoint, outcome preempted, exit 4);
+// "<rank>:<step>:sigint" as Ctrl-C (outcome interrupted, exit 130).
 void maybe_inject_fault(int64_t step) {
   static const char* spec = std::getenv("SHARDTUNE_FAULT");
   if (!spec) return;
@@ -212,6 +213,10 @@ void maybe_inject_fault(int64_t step) {
   }
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "sigusr1") == 0) {
     std::raise(SIGUSR1);
+    return;
+  }
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "sigint") == 0) {
+    std::raise(SIGINT);  // as Ctrl-C: outcome interrupted, a checkpoint only with checkpoint_every
     return;
   }
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "oom") == 0)
@@ -697,7 +702,7 @@ int Run::train() {
     double stop = local_stop_request();
     if (rt.world_size > 1) stop = rt.world->all_reduce_max(stop);
     if (stop > 0) {
-      const std::string who = g_stop_signal != 0 ? signal_name(g_stop_signal) : "a signal on another rank";
+      const std::string who = g_stop_signal != 0 ? str("signal ", signal_name(g_stop_signal)) : "signal on another rank";
       preempted = stop > 1.5;
       interrupted = !preempted;
       // The outcome first: a launcher that kills the ranks soon after its signal (mpirun) must
