@@ -953,9 +953,19 @@ TEST_F(E2E, PeftAdapterSavedUnderEveryLayoutExportedMergedAndLoaded) {
   EXPECT_NE(out.find("save_adapter = true needs method = lora or qlora"), std::string::npos) << out;
   EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --model " + base + " --merged " + d + "/x", &out), 0);
   EXPECT_NE(out.find("export needs --adapter"), std::string::npos) << out;
-  EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + ref + "/adapter --merged " + d + "/x",
+  // Without --model the adapter's own base (base_model_name_or_path) is used; an adapter that
+  // names none (a random-init base) is refused with the fix named.
+  EXPECT_EQ(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + ref + "/adapter --merged " + d + "/x",
+                              &out), 0) << out;
+  EXPECT_NE(out.find("(base_model_name_or_path)"), std::string::npos) << out;
+  fs::create_directories(d + "/nobase");
+  fs::copy(ref + "/adapter", d + "/nobase", fs::copy_options::overwrite_existing | fs::copy_options::recursive);
+  nlohmann::json ac = nlohmann::json::parse(test::read_file(d + "/nobase/adapter_config.json"));
+  ac["base_model_name_or_path"] = nullptr;
+  test::write_file(d + "/nobase/adapter_config.json", ac.dump());
+  EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + d + "/nobase --merged " + d + "/x",
                               &out), 0);
-  EXPECT_NE(out.find("export needs model ="), std::string::npos) << out;
+  EXPECT_NE(out.find("base_model_name_or_path is not set: name the base model with --model"), std::string::npos) << out;
 }
 
 TEST_F(E2E, HelpDocumentsEveryOption) {
