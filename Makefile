@@ -105,6 +105,24 @@ E2E_BIN := $(BUILD)/tests/e2e_tests
 GPU_BIN := $(BUILD)/tests/gpu_tests
 TEST_LIBS := -lgtest -lpthread
 
+# ---------------------------------------------------------------- version (shardtune --version, metrics.h5)
+# A generated header, rewritten only when its text changes: a new commit recompiles one file.
+SHARDTUNE_VERSION := 0.6.0
+comma := ,
+space := $(subst ,, )
+GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet HEAD -- 2>/dev/null && echo -dirty)
+BUILD_FLAGS := cuda=$(CUDA) $(if $(filter 1,$(CUDA)),archs=$(subst $(space),$(comma),$(strip $(CUDA_ARCHS))) nvcc=$(shell $(NVCC) --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p') ,)debug=$(if $(filter 1,$(DEBUG)),1,0) march=$(MARCH) cxx=$(notdir $(lastword $(CXX)))-$(shell $(CXX) -dumpfullversion 2>/dev/null)
+VERSION_H := $(BUILD)/gen/shardtune_version.h
+$(VERSION_H): FORCE
+	@mkdir -p $(dir $@)
+	@printf '#define SHARDTUNE_VERSION "%s"\n#define SHARDTUNE_COMMIT "%s"\n#define SHARDTUNE_BUILD_FLAGS "%s"\n' \
+	  '$(SHARDTUNE_VERSION)' '$(GIT_COMMIT)' '$(BUILD_FLAGS)' > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+$(BUILD)/obj/src/core/version.o: $(VERSION_H)
+$(BUILD)/obj/src/core/version.o: CXXFLAGS += -I$(BUILD)/gen
+.PHONY: FORCE
+FORCE:
+
 # mpirun flags for tests and the default job: root in containers needs these.
 MPIRUN ?= mpirun
 MPIRUN_FLAGS ?= --oversubscribe --bind-to none --mca btl self,vader --mca btl_vader_single_copy_mechanism none \

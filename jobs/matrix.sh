@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The run matrices of the three reference experiments (issue 7), shared by jobs/exp{1,2,3}.sbatch
+# The run matrices of the three reference experiments, shared by jobs/exp{1,2,3}.sbatch
 # and jobs/run_matrix.sh. Source it, then:
 #   matrix_rows EXP [cpu]   one line per run: RUN_ID RANKS DECK PARALLEL TP_SIZE
 #                           (GPU-size decks; with `cpu`, the CPU-size decks on 2 and 4 ranks)

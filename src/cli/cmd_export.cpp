@@ -28,6 +28,7 @@
 #include "core/log.hpp"
 #include "io/h5util.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/hf_tokenizer.hpp"
 #include "io/llama_io.hpp"
 #include "io/t5_io.hpp"
 #include "train/model_runner.hpp"
@@ -46,16 +47,21 @@ struct ExportArgs {
 };
 
 const char* kExportHelp =
-    "Usage: shardtune export --deck FILE --adapter DIR [--peft OUT] [--merged OUT] [--max-shard-size 5GB]\n"
-    "                        [--key value ...]\n\n"
-    "Writes a PEFT LoRA adapter (--adapter, or the deck's `adapter`) for the base model `model`:\n"
-    "  --peft OUT            the adapter in PEFT format (adapter_config.json + adapter_model.safetensors)\n"
-    "  --merged OUT          the base with the adapter merged, in Hugging Face layout (config.json,\n"
-    "                        model.safetensors or shards with model.safetensors.index.json, tokenizer.model)\n"
+    "Usage: shardtune export --adapter DIR [--model BASE] [--peft OUT] [--merged OUT] [--max-shard-size 5GB]\n"
+    "                        [--deck FILE] [--key value ...]\n\n"
+    "Writes a PEFT LoRA adapter (--adapter DIR, or the deck's `adapter`) for its base model: `model` (--model\n"
+    "or the deck), else the adapter's own base_model_name_or_path (absolute, or relative to DIR). One process,\n"
+    "on the CPU, in f32 (dtype f64: f64); nothing is written outside OUT:\n"
+    "  --peft OUT            OUT/adapter_config.json + OUT/adapter_model.safetensors (PEFT format)\n"
+    "  --merged OUT          the base with the adapter merged, in Hugging Face layout: OUT/config.json,\n"
+    "                        OUT/model.safetensors (or shards + model.safetensors.index.json), and with a\n"
+    "                        tokenizer (`tokenizer`, or the base's tokenizer.model) OUT/tokenizer.model,\n"
+    "                        OUT/tokenizer_config.json, OUT/special_tokens_map.json (AutoTokenizer loads them)\n"
     "  --max-shard-size S    shard the merged weights above S bytes (default 5GB; 0: one file)\n"
     "  --logits-input IN.h5 --logits-output OUT.h5\n"
     "                        (testing) logits of the base (+ adapter) on IN's input_ids / attention_mask\n"
-    "                        (T5: and decoder_input_ids), on `device` in `dtype`\n\n";
+    "                        (T5: and decoder_input_ids), on `device` in `dtype`\n"
+    "Prints one line per output written (export: ... -> OUT).\n\n";
 
 // Takes the export flags (--flag VALUE or --flag=VALUE) out of argv; the rest is the run options.
 std::vector<char*> take_export_flags(int argc, char** argv, ExportArgs& a, bool& help) {
@@ -237,6 +243,7 @@ void export_adapter(const RunConfig& c, const std::string& arch, const ExportArg
   attach_and_load(m, c, arch, linears, 1);
   if (!a.peft.empty()) {
     save_peft_adapter(linears, arch, c.model, a.peft);
+    if (const auto t = read_adapter_training(c.adapter)) write_adapter_training(a.peft, *t);
     ST_LOG("export: adapter (PEFT format) -> ", a.peft);
   }
   if (!a.merged.empty()) {
@@ -254,6 +261,11 @@ int run_export(int argc, char** argv) {
   RunConfig cfg;
   cfg.data = "-";  // export reads no data; `data` stays optional
   if (!parse_run_config(static_cast<int>(rest.size()), rest.data(), "export", cfg)) return kExitOk;
+  if (cfg.model.empty() && !cfg.adapter.empty()) {  // the adapter's own base
+    cfg.model = peft_adapter_base(cfg.adapter);
+    cfg.origin["model"] = str(cfg.adapter, "/", kPeftConfigFile, " (base_model_name_or_path)");
+    ST_LOG("export: base model ", cfg.model, " (from ", cfg.origin["model"], ")");
+  }
   if (cfg.model.empty())
     ST_THROW_INPUT(cfg.origin.at("model"), ": export needs model = <the base model's Hugging Face checkpoint directory>");
   if (cfg.adapter.empty() && (!a.peft.empty() || !a.merged.empty() || a.logits_out.empty()))
@@ -278,7 +290,8 @@ int run_export(int argc, char** argv) {
         cfg, arch, a, [&](DType dt) { return load_t5(cfg.model, dt, Device::cpu); },
         [&](T5Model& m) {
           save_t5(m, a.merged, a.max_shard);
-          if (const std::string tok = tokenizer_of(cfg); !tok.empty()) copy_tokenizer(tok, a.merged);
+          if (const std::string tok = tokenizer_of(cfg); !tok.empty())
+            save_hf_tokenizer(tok, a.merged, "t5", kT5ModelMaxLength, m.cfg.vocab_size);
         });
   }
   return kExitOk;

@@ -166,8 +166,10 @@ int cmd_plan(int argc, char** argv) {
                                    : cfg.device == "cuda" ? std::string("1 GiB, 3 GiB with NCCL communicators") : std::string("0"))
               << "\n";
     std::cout << "per-rank " << unit << " at the training peak (largest rank); activations with / without checkpointing\n\n";
-    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | est. step | est. rows/s |\n";
-    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    // Rows per optimizer step of a layout: each data-parallel rank takes micro_batch_size x grad_accum.
+    auto global_batch = [&](int dp) { return cfg.micro_batch_size * cfg.grad_accum * dp; };
+    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | global batch | est. step | est. rows/s |\n";
+    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     nlohmann::json js = nlohmann::json::array();
     for (const LayoutEstimate& e : all) {
       const PlanLayout& l = e.layout;
@@ -176,7 +178,7 @@ int cmd_plan(int argc, char** argv) {
       std::cout << "| " << l.parallel << " | " << tp << " | " << dp << " | " << l.method << " | ";
       nlohmann::json j = {{"strategy", l.parallel}, {"tp", tp}, {"dp", dp}, {"method", l.method}, {"applies", e.applies}};
       if (!e.applies) {
-        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | - | - |\n";
+        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | " << global_batch(dp) << " | - | - |\n";
         j["reason"] = e.reason;
         js.push_back(j);
         continue;
@@ -189,7 +191,8 @@ int cmd_plan(int argc, char** argv) {
                 << fmt(e.memory.setup_peak) << " | " << (e.fits ? "yes" : "OOM") << " | ";
       char t[64];
       std::snprintf(t, sizeof(t), "%.3g s | %.3g", e.step_seconds, e.rows_per_second);
-      std::cout << t << " |\n";
+      std::cout << global_batch(dp) << " | " << t << " |\n";
+      j["global_batch"] = global_batch(dp);
       for (int c = 0; c < kNumMemCategories; ++c)
         j[mem_category_name(static_cast<MemCategory>(c))] = e.memory.at_peak[static_cast<size_t>(c)];
       j["activations_checkpointing"] = e.activations_ckpt;
@@ -216,15 +219,22 @@ int cmd_plan(int argc, char** argv) {
         continue;
       }
       const int tp = (best->layout.parallel == "tp" || best->layout.parallel == "tp+zero3") ? best->layout.tp_size : 1;
+      const int dp = best->layout.world_size / tp;
+      char rate[32];
+      std::snprintf(rate, sizeof(rate), "%.3g", best->rows_per_second);
+      // The same figures as the layout's row: training peak and load peak; the larger decides "fits".
       std::cout << "parallel = " << best->layout.parallel << (tp > 1 ? ", tp_size = " + std::to_string(tp) : std::string())
-                << " (peak " << format_bytes(static_cast<double>(best->memory.max_peak())) << " per rank)"
-                << (m == cfg.method ? "   <- the deck's method" : "") << "\n";
+                << " (" << rate << " est. rows/s at global batch " << global_batch(dp) << "; per rank: training peak "
+                << fmt(best->memory.peak) << " " << unit << ", load peak " << fmt(best->memory.setup_peak) << " " << unit
+                << ")" << (m == cfg.method ? "   <- the deck's method" : "") << "\n";
       rec[m] = {{"strategy", best->layout.parallel}, {"tp", tp}};
     }
     std::cout << "\nest. step: this rank's counted GEMM/attention FLOPs at " << static_cast<int>(req.speed.efficiency * 100)
               << "% of the device peak + its collective bytes over the link + optimizer and NF4 memory traffic;\n"
-              << "est. rows/s = global batch rows per step / est. step, the figure the recommendation ranks by (an\n"
-              << "estimate for ranking, not a promise).\n";
+              << "est. rows/s = global batch rows per step / est. step: layouts with different global batches (more\n"
+              << "data-parallel ranks take more rows per step) are compared per sample by it, and the recommendation\n"
+              << "is the layout with the most est. rows/s whose larger peak (training or load) fits (an estimate for\n"
+              << "ranking, not a promise).\n";
     if (!f.json_path.empty()) {
       nlohmann::json out = {{"run_id", cfg.run_id}, {"ranks", f.ranks}, {"device", cfg.device},
                             {"device_memory", req.device_memory},

@@ -21,6 +21,16 @@ namespace fs = std::filesystem;
 
 namespace st {
 
+std::string format_real(double v) {
+  // The shortest digits that read back as v, positioned as Python's repr does: plain notation for
+  // decimal exponents -4..15 (0.0003, 10000), scientific beyond (1e-05, 1e+20).
+  char buf[400];
+  const int exp10 = v == 0 || !std::isfinite(v) ? 0 : static_cast<int>(std::floor(std::log10(std::fabs(v))));
+  const auto fmt = exp10 >= -4 && exp10 < 16 ? std::chars_format::fixed : std::chars_format::scientific;
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v, fmt);
+  return std::string(buf, r.ptr);
+}
+
 namespace {
 
 // One table of every option: the single place a key, its type, default and help live.
@@ -83,6 +93,19 @@ template <typename T>
 void add(po::options_description& g, OptionTable& t, const char* key, T* field, const char* help) {
   if constexpr (std::is_same_v<T, bool>) g.add_options()(key, po::value<T>(field)->default_value(*field), help);
   else g.add_options()(key, (new strict_value<T>(field, key))->default_value(*field), help);
+  t.order.push_back(key);
+}
+
+// Reals and booleans print as written in a deck (0.0003, not 0.00029999999999999997; true/false).
+template <>
+void add<double>(po::options_description& g, OptionTable& t, const char* key, double* field, const char* help) {
+  g.add_options()(key, po::value<double>(field)->default_value(*field, format_real(*field)), help);
+  t.order.push_back(key);
+}
+
+template <>
+void add<bool>(po::options_description& g, OptionTable& t, const char* key, bool* field, const char* help) {
+  g.add_options()(key, po::value<bool>(field)->default_value(*field, *field ? "true" : "false"), help);
   t.order.push_back(key);
 }
 
@@ -169,7 +192,8 @@ void build_table(RunConfig& c, OptionTable& t) {
              "fresh init: train continues it (its r, lora_alpha and target_modules replace lora_r, lora_alpha and "
              "lora_targets), eval applies it");
   add(lora, t, "save_adapter", &c.save_adapter,
-      "write <run dir>/adapter in PEFT format (adapter_config.json + adapter_model.safetensors) at the end (lora, qlora)");
+      "write <run dir>/adapter in PEFT format (adapter_config.json + adapter_model.safetensors) at the end of a "
+      "lora or qlora run (full fine-tuning has no adapter: the default does nothing there, an explicit true is refused)");
 
   po::options_description qlora("QLoRA (method = qlora; the LoRA keys above apply too)");
   add_string(qlora, t, "qlora_quantize", &c.qlora_quantize,
@@ -202,7 +226,61 @@ void build_table(RunConfig& c, OptionTable& t) {
              "a checkpoint directory (.../step-<N>)");
   add(ckpt, t, "keep_checkpoints", &c.keep_checkpoints, "complete checkpoints to keep (older ones are removed)");
 
-  for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par, &ckpt}) t.all.add(*g);
+  const std::pair<const char*, po::options_description*> groups[] = {
+      {"Run", &run}, {"Model", &model}, {"Data", &data}, {"Training", &train}, {"LoRA", &lora},
+      {"QLoRA (method = qlora; the LoRA keys above apply too)", &qlora}, {"Parallelism and memory", &par},
+      {"Checkpoints and resume", &ckpt}};
+  for (const auto& [caption, g] : groups) {
+    t.all.add(*g);
+    t.groups.emplace_back(caption, *g);
+  }
+}
+
+// The keys each subcommand's --help lists (train: all). eval and export accept the others too,
+// so that a training deck can be passed as it is, but they have no effect there.
+const std::set<std::string>* help_keys(const std::string& subcommand) {
+  static const std::set<std::string> eval = {
+      "run_id", "output_dir", "seed", "device", "dtype", "threads", "model", "arch", "vocab_size", "hidden_size",
+      "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings",
+      "rms_norm_eps", "rope_theta", "num_decoder_layers", "relative_attention_num_buckets",
+      "relative_attention_max_distance", "feed_forward_proj", "tie_embeddings", "init_std", "data", "val_split",
+      "tokenizer", "max_val_rows", "micro_batch_size", "method", "adapter", "qlora_quantize", "qlora_block_size",
+      "qlora_double_quant", "parallel", "tp_size", "zero3_prefetch", "watchdog_timeout", "memory_limit",
+      "gpu_memory_limit"};
+  static const std::set<std::string> exp = {"model", "adapter", "tokenizer", "dtype", "device"};
+  if (subcommand == "eval") return &eval;
+  if (subcommand == "export") return &exp;
+  return nullptr;
+}
+
+void print_help(const std::string& subcommand, const po::options_description& cli_only, const OptionTable& table) {
+  const std::set<std::string>* keys = help_keys(subcommand);
+  if (subcommand == "eval") {
+    std::cout << "Usage: shardtune eval [--deck FILE] [--key value ...]\n\n"
+              << "Validation loss (and accuracy, for classification shards) of `model`, with `adapter` applied when set,\n"
+              << "on `val_split` of `data`; no training. Prints one line,\n"
+              << "  eval  step 0 | val loss L | val acc A% | R rows, N targets, Ts\n"
+              << "and writes <output_dir>/<run_id>/eval-<n>/metrics.h5 (/evals, /summary; n = 1, 2, ...: never the\n"
+              << "training run's metrics). A training deck works as it is:\n"
+              << "keys not listed below are accepted and ignored. An adapter saved by a QLoRA run is evaluated on\n"
+              << "the NF4 base it was trained on (its shardtune_adapter.json says so) unless method is set.\n\n";
+  } else if (subcommand != "export") {
+    std::cout << "Usage: shardtune " << subcommand << " [--deck FILE] [--key value ...]\n\n"
+              << "Options are read from built-in defaults, then the deck's base decks (include = ...),\n"
+              << "then the deck, then the command line; later sources win. Unknown keys are errors.\n\n";
+  }
+  std::cout << cli_only << "\n";
+  if (!keys) {
+    std::cout << table.all << "\n";
+    return;
+  }
+  std::cout << "Options (deck keys; each also settable as --key value):\n";
+  for (const auto& [caption, group] : table.groups) {
+    po::options_description shown(caption);
+    for (const auto& o : group.options())
+      if (keys->count(o->long_name())) shown.add(o);
+    if (!shown.options().empty()) std::cout << shown << "\n";
+  }
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -349,7 +427,8 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   cli.add(cli_only).add(table.all);
 
   std::ostringstream cmd;
-  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+  cmd << "shardtune";  // argv[0] is the subcommand
+  for (int i = 0; i < argc; ++i) cmd << " " << argv[i];
   cfg.command_line = cmd.str();
 
   po::variables_map vm;
@@ -364,10 +443,7 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   }
   store_layer(parsed, vm, "command line", cfg, table);
   if (vm.count("help") && vm["help"].as<bool>()) {
-    std::cout << "Usage: shardtune " << subcommand << " [--deck FILE] [--key value ...]\n\n"
-              << "Options are read from built-in defaults, then the deck's base decks (include = ...),\n"
-              << "then the deck, then the command line; later sources win. Unknown keys are errors.\n\n"
-              << cli_only << "\n" << table.all << "\n";
+    print_help(subcommand, cli_only, table);
     return false;
   }
   if (vm.count("deck")) {
@@ -412,27 +488,43 @@ std::vector<std::string> RunConfig::lora_target_list(const std::string& for_arch
   return out;
 }
 
-std::vector<std::pair<std::string, std::string>> RunConfig::resolved() const {
+std::vector<ResolvedOption> RunConfig::resolved_typed() const {
   RunConfig copy = *this;
   OptionTable table;
   build_table(copy, table);
-  std::vector<std::pair<std::string, std::string>> out;
+  std::vector<ResolvedOption> out;
   for (const auto& key : table.order) {
     const po::option_description& d = table.all.find(key, false);
     // The semantic's default is bound to the field's current value (copied above), so its
     // textual default is the resolved value.
     boost::any v;
     d.semantic()->apply_default(v);
-    std::string s;
-    if (auto p = boost::any_cast<std::string>(&v)) s = *p;
-    else if (auto p = boost::any_cast<int64_t>(&v)) s = std::to_string(*p);
-    else if (auto p = boost::any_cast<uint64_t>(&v)) s = std::to_string(*p);
-    else if (auto p = boost::any_cast<int>(&v)) s = std::to_string(*p);
-    else if (auto p = boost::any_cast<bool>(&v)) s = *p ? "true" : "false";
-    else if (auto p = boost::any_cast<double>(&v)) { std::ostringstream os; os << *p; s = os.str(); }
-    out.emplace_back(key, s);
+    ResolvedOption o{key, "", ResolvedOption::Kind::text};
+    if (auto p = boost::any_cast<std::string>(&v)) o.value = *p;
+    else if (auto p = boost::any_cast<int64_t>(&v)) o = {key, std::to_string(*p), ResolvedOption::Kind::integer};
+    else if (auto p = boost::any_cast<uint64_t>(&v)) o = {key, std::to_string(*p), ResolvedOption::Kind::integer};
+    else if (auto p = boost::any_cast<int>(&v)) o = {key, std::to_string(*p), ResolvedOption::Kind::integer};
+    else if (auto p = boost::any_cast<bool>(&v)) o = {key, *p ? "true" : "false", ResolvedOption::Kind::boolean};
+    else if (auto p = boost::any_cast<double>(&v)) o = {key, format_real(*p), ResolvedOption::Kind::real};
+    out.push_back(o);
   }
   return out;
+}
+
+std::vector<std::pair<std::string, std::string>> RunConfig::resolved() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const ResolvedOption& o : resolved_typed()) out.emplace_back(o.key, o.value);
+  return out;
+}
+
+bool RunConfig::set_by_checkpoint(const std::string& key) const {
+  static const std::set<std::string> shape_keys = {
+      "arch", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+      "max_position_embeddings", "rms_norm_eps", "rope_theta", "num_decoder_layers", "relative_attention_num_buckets",
+      "relative_attention_max_distance", "feed_forward_proj", "tie_embeddings", "init_std"};
+  if (model.empty() || !shape_keys.count(key)) return false;
+  const auto it = origin.find(key);
+  return it == origin.end() || it->second == "default";
 }
 
 void validate_run_config(const RunConfig& c) {
@@ -529,7 +621,9 @@ void validate_run_config(const RunConfig& c) {
           t != "wi_1" && t != "wi" && t != "wo")
         fail("lora_targets", str("names unknown module '", t, "' (llama: q, k, v, o, gate, up, down; t5: q, k, v, o, wi_0, wi_1, wi, wo)"));
   }
-  if (c.save_adapter && c.method == "full")
+  const auto save_adapter_origin = c.origin.find("save_adapter");  // the default (true) is for lora and qlora
+  if (c.save_adapter && c.method == "full" && save_adapter_origin != c.origin.end() &&
+      save_adapter_origin->second != "default")
     fail("save_adapter", "= true needs method = lora or qlora (full fine-tuning trains no adapter; use save_model)");
   real_in("watchdog_timeout", c.watchdog_timeout, 0, kMaxWatchdogSeconds, false, false);
   int_in("tp_size", c.tp_size, 1, kMaxRanks);

@@ -27,6 +27,17 @@ constexpr int64_t kMaxRanks = 1 << 16;         // tp_size (and plan --ranks)
 constexpr int64_t kMaxThreads = 4096;          // threads
 constexpr double kMaxWatchdogSeconds = 1e7;    // watchdog_timeout (~116 days)
 
+// One resolved option: its value as a deck would spell it, and what kind of value it is (so
+// metrics.h5 can store numbers as numbers).
+struct ResolvedOption {
+  enum class Kind { text, integer, real, boolean };
+  std::string key, value;
+  Kind kind = Kind::text;
+};
+
+// The shortest decimal text that reads back as v (0.0003, 1e-08, 10000).
+std::string format_real(double v);
+
 struct RunConfig {
   // run
   std::string run_id;           // names runs/<run_id>/; default: the deck's file name
@@ -80,7 +91,7 @@ struct RunConfig {
   double lora_alpha = 16, lora_dropout = 0.0;
   std::string lora_targets = "q,k,v,o,gate,up,down";
   std::string adapter;          // PEFT adapter dir loaded at start (train: continue it; eval: apply it)
-  bool save_adapter = false;    // write runs/<id>/adapter (PEFT format) at the end of a LoRA/QLoRA run
+  bool save_adapter = true;     // write runs/<id>/adapter (PEFT format) at the end of a LoRA/QLoRA run (full: ignored unless set)
   // qlora
   std::string qlora_quantize = "adapted";  // adapted | all
   int64_t qlora_block_size = 64;
@@ -106,6 +117,10 @@ struct RunConfig {
 
   // All options as key -> value strings in declaration order (for printing and metrics).
   std::vector<std::pair<std::string, std::string>> resolved() const;
+  std::vector<ResolvedOption> resolved_typed() const;
+  // True for a random-init shape key (hidden_size, num_layers, ...) left at its default while
+  // `model` names a checkpoint, whose config.json sets it: the option has no effect.
+  bool set_by_checkpoint(const std::string& key) const;
   // The modules named by lora_targets; for arch "t5" the default (not set by the user) is every
   // T5 projection: q, k, v, o, wi_0, wi_1, wi, wo.
   std::vector<std::string> lora_target_list(const std::string& for_arch = "llama") const;

@@ -124,17 +124,31 @@ static void replace_attr(hid_t obj, const std::string& name) {
   if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
 }
 
+// Variable-length UTF-8: h5py reads it as str (a fixed-length string attribute comes back as bytes).
 void write_attr(hid_t obj, const std::string& name, const std::string& value) {
   replace_attr(obj, name);
   Handle type(H5Tcopy(H5T_C_S1), Handle::Kind::datatype);
-  H5Tset_size(type, value.empty() ? 1 : value.size());
+  H5Tset_size(type, H5T_VARIABLE);
   H5Tset_cset(type, H5T_CSET_UTF8);
-  H5Tset_strpad(type, H5T_STR_NULLPAD);
   Handle space(H5Screate(H5S_SCALAR), Handle::Kind::dataspace);
   Handle attr(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::attribute);
   if (!attr.valid()) ST_THROW(object_name(obj), ": cannot create attribute '", name, "'", error_suffix());
-  const char zero = 0;
-  if (H5Awrite(attr, type, value.empty() ? &zero : value.data()) < 0)
+  const char* p = value.c_str();
+  if (H5Awrite(attr, type, &p) < 0)
+    ST_THROW(object_name(obj), ": cannot write attribute '", name, "'", error_suffix());
+}
+
+// h5py's boolean type: an 8-bit enum {FALSE = 0, TRUE = 1} (read back as numpy.bool_).
+void write_attr_bool(hid_t obj, const std::string& name, bool value) {
+  replace_attr(obj, name);
+  Handle type(H5Tenum_create(H5T_NATIVE_INT8), Handle::Kind::datatype);
+  const int8_t f = 0, t = 1;
+  H5Tenum_insert(type, "FALSE", &f);
+  H5Tenum_insert(type, "TRUE", &t);
+  Handle space(H5Screate(H5S_SCALAR), Handle::Kind::dataspace);
+  Handle attr(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::attribute);
+  const int8_t v = value ? 1 : 0;
+  if (!attr.valid() || H5Awrite(attr, type, &v) < 0)
     ST_THROW(object_name(obj), ": cannot write attribute '", name, "'", error_suffix());
 }
 

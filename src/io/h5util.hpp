@@ -53,8 +53,9 @@ Handle create_group(hid_t parent, const std::string& name);
 Handle open_group(hid_t parent, const std::string& name);
 bool exists(hid_t parent, const std::string& name);
 
-// Attributes (scalar or 1-D) on any object.
+// Attributes (scalar or 1-D) on any object. Strings are variable-length UTF-8.
 void write_attr(hid_t obj, const std::string& name, const std::string& value);
+void write_attr_bool(hid_t obj, const std::string& name, bool value);
 void write_attr(hid_t obj, const std::string& name, int64_t value);
 void write_attr(hid_t obj, const std::string& name, double value);
 void write_attr(hid_t obj, const std::string& name, const std::vector<int32_t>& values);

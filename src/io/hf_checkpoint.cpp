@@ -182,7 +182,8 @@ bool hf_save_file(const std::string& name) {
   };
   if (ends_with(".tmp")) return true;  // an interrupted atomic write of one of these
   return name == "config.json" || name == "model.safetensors" || name == "model.safetensors.index.json" ||
-         name == "tokenizer.model" || (name.rfind("model-", 0) == 0 && name.find("-of-") != std::string::npos && ends_with(".safetensors"));
+         name == "tokenizer.model" || name == "tokenizer_config.json" || name == "special_tokens_map.json" ||
+         name == "tokenizer.json" || (name.rfind("model-", 0) == 0 && name.find("-of-") != std::string::npos && ends_with(".safetensors"));
 }
 
 }  // namespace st

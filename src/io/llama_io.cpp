@@ -6,6 +6,7 @@
 #include "core/atomic_file.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/hf_tokenizer.hpp"
 #include "io/hf_llama.hpp"
 #include "io/safetensors.hpp"
 #include "parallel/comm.hpp"
@@ -52,7 +53,8 @@ void save_llama(LlamaModel& m, const std::string& dir, const std::string& tokeni
       [&](const std::string& out) {
         write_hf_weights(out, tensors, max_shard_bytes);
         write_llama_config(out, m.cfg);
-        if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, out);
+        if (!tokenizer_path.empty())
+          save_hf_tokenizer(tokenizer_path, out, "llama", m.cfg.max_position_embeddings, m.cfg.vocab_size);
       },
       hf_save_file);
 }

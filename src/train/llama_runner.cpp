@@ -41,10 +41,10 @@ LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info) {
   return m;
 }
 
-// The NF4 layers of a QLoRA run (none for other methods, and none when only evaluating).
-LlamaQuant quant_from_options(const RunConfig& c, bool training) {
+// The NF4 layers of a QLoRA run, or of an evaluation with method = qlora (none for other methods).
+LlamaQuant quant_from_options(const RunConfig& c) {
   LlamaQuant q;
-  if (!training || c.method != "qlora") return q;
+  if (c.method != "qlora") return q;  // eval with method = qlora: the NF4 base too
   // "adapted": the modules of the loaded adapter when there is one (deck key adapter).
   q.modules = c.qlora_quantize == "all"  ? llama_module_names()
               : !c.adapter.empty()       ? lora_config_from_peft(read_peft_config(c.adapter, "llama"), "llama").targets
@@ -57,10 +57,10 @@ LlamaQuant quant_from_options(const RunConfig& c, bool training) {
 class LlamaRunner final : public ModelRunner {
  public:
   LlamaRunner(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
-              const TpGroup& tp, bool training)
+              const TpGroup& tp, bool /*training: eval with method = qlora loads the NF4 base too*/)
       : shape_(shape), device_(device), micro_batch_(c.micro_batch_size) {
     MemoryPhase phase("load");
-    const LlamaQuant quant = quant_from_options(c, training);
+    const LlamaQuant quant = quant_from_options(c);
     if (!c.model.empty()) {
       m_ = load_llama(c.model, dtype, device, quant, tp);
       ST_LOG("model: loaded ", c.model, " (", m_.cfg.summary(), ")");

@@ -8,6 +8,7 @@
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/hf_tokenizer.hpp"
 #include "io/t5_io.hpp"
 #include "model/t5.hpp"
 #include "parallel/zero3.hpp"
@@ -43,14 +44,14 @@ T5Config t5_config_from_options(const RunConfig& c, const ShardInfo& info) {
 class T5Runner final : public ModelRunner {
  public:
   T5Runner(const RunConfig& c, const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
-           const TpGroup& tp, bool training)
+           const TpGroup& tp, bool /*training: eval with method = qlora loads the NF4 base too*/)
       : shape_(shape), device_(device), micro_batch_(c.micro_batch_size) {
     MemoryPhase phase("load");
     if (shape.target_len < 1) ST_THROW_INPUT(c.data, ": the shards have no decoder targets (target_len 0)");
     const auto origin = c.origin.find("lora_targets");
     default_targets_ = origin == c.origin.end() || origin->second == "default";
     gated_ = c.model.empty() ? c.feed_forward_proj != "relu" : read_t5_config(c.model).gated;
-    const T5Quant quant = quant_from_options(c, training);
+    const T5Quant quant = quant_from_options(c);
     if (!c.model.empty()) {
       m_ = load_t5(c.model, dtype, device, quant, tp);
       ST_LOG("model: loaded ", c.model, " (t5 ", m_.cfg.summary(), ")");
@@ -150,7 +151,7 @@ class T5Runner final : public ModelRunner {
     t5_dequantize(m_);
     merge_adapters(m_);
     save_t5(m_, dir);
-    if (!tokenizer_path.empty() && m_.tp.rank == 0) copy_tokenizer(tokenizer_path, dir);
+    if (!tokenizer_path.empty() && m_.tp.rank == 0) save_hf_tokenizer(tokenizer_path, dir, "t5", kT5ModelMaxLength, m_.cfg.vocab_size);
   }
 
  private:
@@ -164,9 +165,9 @@ class T5Runner final : public ModelRunner {
 
   // The NF4 layers: every projection of this variant (all), or the LoRA targets (the default
   // targets filtered to the variant; names given in the deck are taken as they are).
-  T5Quant quant_from_options(const RunConfig& c, bool training) const {
+  T5Quant quant_from_options(const RunConfig& c) const {
     T5Quant q;
-    if (!training || c.method != "qlora") return q;
+    if (c.method != "qlora") return q;  // eval with method = qlora: the NF4 base too
     q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
                 : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, "t5"), "t5").targets
                 : default_targets_        ? present(c.lora_target_list("t5"))

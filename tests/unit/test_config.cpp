@@ -2,7 +2,9 @@
 // and every kind of bad input refused with the key and the file named.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <vector>
 
 #include "config/run_config.hpp"
@@ -155,6 +157,53 @@ TEST(ConfigPacking, KeysParseAndContradictionsAreRefused) {
   EXPECT_TRUE(has(lonely, "pack_length") && has(lonely, "packing = true")) << lonely;
   const std::string negative = error_of({"--data", "d", "--packing", "true", "--pack_length", "-1"});
   EXPECT_TRUE(has(negative, "pack_length")) << negative;
+}
+
+// Reals print as a deck would spell them and read back exactly; booleans as true/false.
+TEST(ConfigFormat, RealsAsWrittenAndExact) {
+  EXPECT_EQ(format_real(3e-4), "0.0003");
+  EXPECT_EQ(format_real(2e-3), "0.002");
+  EXPECT_EQ(format_real(0.1), "0.1");
+  EXPECT_EQ(format_real(10000.0), "10000");
+  EXPECT_EQ(format_real(1e-5), "1e-05");
+  EXPECT_EQ(format_real(1e-8), "1e-08");
+  EXPECT_EQ(format_real(0.0), "0");
+  uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 2000; ++i) {  // xorshift doubles over many magnitudes: exact round trips
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    const double v = std::ldexp(static_cast<double>(x >> 11) / 9007199254740992.0, static_cast<int>(x % 80) - 40);
+    EXPECT_EQ(std::stod(format_real(v)), v) << format_real(v);
+  }
+}
+
+TEST(ConfigFormat, ResolvedKindsAndCheckpointShapeKeys) {
+  Args args({"--data", "d", "--model", "/some/checkpoint", "--num_heads", "8"});
+  RunConfig c;
+  ASSERT_TRUE(parse_run_config(args.argc(), args.argv(), "train", c));
+  std::map<std::string, ResolvedOption> by_key;
+  for (const ResolvedOption& o : c.resolved_typed()) by_key[o.key] = o;
+  EXPECT_EQ(by_key.at("lr").kind, ResolvedOption::Kind::real);
+  EXPECT_EQ(by_key.at("lr").value, "0.0003");
+  EXPECT_EQ(by_key.at("seed").kind, ResolvedOption::Kind::integer);
+  EXPECT_EQ(by_key.at("shuffle").kind, ResolvedOption::Kind::boolean);
+  EXPECT_EQ(by_key.at("shuffle").value, "true");
+  EXPECT_EQ(by_key.at("method").kind, ResolvedOption::Kind::text);
+  // With a checkpoint, random-init shape keys left at their defaults mean nothing (not printed);
+  // one set explicitly is still shown.
+  EXPECT_TRUE(c.set_by_checkpoint("hidden_size"));
+  EXPECT_FALSE(c.set_by_checkpoint("num_heads"));
+  EXPECT_FALSE(c.set_by_checkpoint("lr"));
+  c.model.clear();
+  EXPECT_FALSE(c.set_by_checkpoint("hidden_size"));
+}
+
+// save_adapter defaults to true for lora/qlora; full fine-tuning ignores the default and refuses
+// an explicit true.
+TEST(ConfigFormat, SaveAdapterDefaultAndFull) {
+  RunConfig c = parse({"--data", "d"});
+  EXPECT_TRUE(c.save_adapter);
+  EXPECT_EQ(c.method, "full");
+  EXPECT_NE(error_of({"--data", "d", "--save_adapter", "true"}).find("save_adapter"), std::string::npos);
 }
 
 }  // namespace

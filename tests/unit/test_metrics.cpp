@@ -485,3 +485,62 @@ TEST(MetricsWriter, ReopenCutsBackToTheCheckpointAndContinues) {
 
 }  // namespace
 }  // namespace st
+
+namespace st {
+namespace {
+
+// metrics.h5 explains itself: root attributes, typed /config, units and a description on every
+// dataset (also on /ranks columns made per category), and string attributes of variable length
+// (h5py reads them as str, not bytes).
+TEST(MetricsSelfDescription, RootAttributesTypedConfigAndUnits) {
+  const std::string dir = test::make_temp_dir("metrics-desc");
+  const std::string path = dir + "/m.h5";
+  {
+    const std::map<std::string, std::string> cfg = {
+        {"lr", "0.0003"}, {"seed", "1234"}, {"shuffle", "true"}, {"method", "lora"}, {"command_line", "shardtune train x"}};
+    const ConfigKinds kinds = {{"lr", ResolvedOption::Kind::real},
+                               {"seed", ResolvedOption::Kind::integer},
+                               {"shuffle", ResolvedOption::Kind::boolean}};
+    MetricsWriter w(path, cfg, kinds);
+    w.append_step(make_step(0));
+    w.write_ranks(make_ranks(2));
+  }
+  h5::Handle f = h5::open_file_read(path);
+  EXPECT_EQ(h5::read_attr_int(f, "format_version", path), kMetricsFormatVersion);
+  EXPECT_EQ(h5::read_attr_int(f, "segments", path), 1);
+  EXPECT_EQ(h5::read_attr_string(f, "command_line", path), "shardtune train x");
+  for (const char* a : {"shardtune_version", "shardtune_commit", "shardtune_build", "start_time", "host"})
+    EXPECT_FALSE(h5::read_attr_string(f, a, path).empty()) << a;
+  h5::Handle cfg = h5::open_group(f, "config");
+  EXPECT_EQ(h5::read_attr_double(cfg, "lr", path), 0.0003);
+  EXPECT_EQ(h5::read_attr_int(cfg, "seed", path), 1234);
+  EXPECT_EQ(h5::read_attr_string(cfg, "method", path), "lora");
+  {
+    h5::Handle a(H5Aopen(cfg, "shuffle", H5P_DEFAULT), h5::Handle::Kind::attribute);
+    h5::Handle t(H5Aget_type(a), h5::Handle::Kind::datatype);
+    EXPECT_EQ(H5Tget_class(t), H5T_ENUM);  // h5py's bool
+    int8_t v = 0;
+    ASSERT_GE(H5Aread(a, H5T_NATIVE_INT8, &v), 0);
+    EXPECT_EQ(v, 1);
+    h5::Handle m(H5Aopen(cfg, "method", H5P_DEFAULT), h5::Handle::Kind::attribute);
+    h5::Handle mt(H5Aget_type(m), h5::Handle::Kind::datatype);
+    EXPECT_GT(H5Tis_variable_str(mt), 0);
+  }
+  for (const char* g : {"steps", "evals", "epochs", "ranks"}) {
+    h5::Handle grp = h5::open_group(f, g);
+    H5G_info_t info;
+    ASSERT_GE(H5Gget_info(grp, &info), 0);
+    ASSERT_GT(info.nlinks, 0u) << g;
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      char name[128];
+      H5Lget_name_by_idx(grp, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT);
+      h5::Handle ds(H5Dopen2(grp, name, H5P_DEFAULT), h5::Handle::Kind::dataset);
+      EXPECT_TRUE(h5::has_attr(ds, "units")) << g << "/" << name;
+      EXPECT_FALSE(h5::read_attr_string(ds, "description", name).empty()) << g << "/" << name;
+    }
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace st
