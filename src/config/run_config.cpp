@@ -99,7 +99,7 @@ void add(po::options_description& g, OptionTable& t, const char* key, T* field, 
 // Reals and booleans print as written in a deck (0.0003, not 0.00029999999999999997; true/false).
 template <>
 void add<double>(po::options_description& g, OptionTable& t, const char* key, double* field, const char* help) {
-  g.add_options()(key, po::value<double>(field)->default_value(*field, format_real(*field)), help);
+  g.add_options()(key, (new strict_value<double>(field, key))->default_value(*field, format_real(*field)), help);
   t.order.push_back(key);
 }
 
