@@ -65,6 +65,27 @@ ifeq ($(CUDA),1)
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl
 endif
 
+# ---------------------------------------------------------------- build prerequisites
+# On a machine without the packages, one line that says what to do, before any compiler error
+# ("mpi.h: No such file or directory"). Checked once per make, with __has_include (no header is
+# compiled); the test binaries also need GoogleTest.
+DEPS_HEADERS ?= mpi.h hdf5.h boost/program_options.hpp sentencepiece_processor.h nlohmann/json.hpp
+TEST_DEPS_HEADERS ?= gtest/gtest.h
+define check_headers
+	@missing=$$(for h in $(1); do printf '#if !__has_include(<%s>)\nmissing %s\n#endif\n' $$h $$h; done | \
+	  $(CXX) -std=c++20 $(MPI_CFLAGS) $(HDF5_CFLAGS) -E -P -x c++ - 2>/dev/null | sed -n 's/^missing //p' | tr '\n' ' '); \
+	command -v mpicc >/dev/null 2>&1 || missing="$$missing(mpicc) "; \
+	command -v $(lastword $(CXX)) >/dev/null 2>&1 || missing="$$missing($(lastword $(CXX))) "; \
+	if [ -n "$$missing" ]; then \
+	  echo "shardtune: cannot build: $${missing}not found: run \`make deps\` (it installs the missing Debian/Ubuntu packages)" >&2; \
+	  exit 1; fi
+endef
+.PHONY: check-deps check-test-deps
+check-deps:
+	$(call check_headers,$(DEPS_HEADERS))
+check-test-deps:
+	$(call check_headers,$(DEPS_HEADERS) $(TEST_DEPS_HEADERS))
+
 # ---------------------------------------------------------------- sources
 SRC_CPP := $(shell find src -name '*.cpp' ! -name main.cpp | sort)
 SRC_CU := $(if $(filter 1,$(CUDA)),$(shell find cuda -name '*.cu' 2>/dev/null | sort),)
@@ -84,6 +105,24 @@ E2E_BIN := $(BUILD)/tests/e2e_tests
 GPU_BIN := $(BUILD)/tests/gpu_tests
 TEST_LIBS := -lgtest -lpthread
 
+# ---------------------------------------------------------------- version (shardtune --version, metrics.h5)
+# A generated header, rewritten only when its text changes: a new commit recompiles one file.
+SHARDTUNE_VERSION := 0.6.0
+comma := ,
+space := $(subst ,, )
+GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet HEAD -- 2>/dev/null && echo -dirty)
+BUILD_FLAGS := cuda=$(CUDA) $(if $(filter 1,$(CUDA)),archs=$(subst $(space),$(comma),$(strip $(CUDA_ARCHS))) nvcc=$(shell $(NVCC) --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p') ,)debug=$(if $(filter 1,$(DEBUG)),1,0) march=$(MARCH) cxx=$(notdir $(lastword $(CXX)))-$(shell $(CXX) -dumpfullversion 2>/dev/null)
+VERSION_H := $(BUILD)/gen/shardtune_version.h
+$(VERSION_H): FORCE
+	@mkdir -p $(dir $@)
+	@printf '#define SHARDTUNE_VERSION "%s"\n#define SHARDTUNE_COMMIT "%s"\n#define SHARDTUNE_BUILD_FLAGS "%s"\n' \
+	  '$(SHARDTUNE_VERSION)' '$(GIT_COMMIT)' '$(BUILD_FLAGS)' > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+$(BUILD)/obj/src/core/version.o: $(VERSION_H)
+$(BUILD)/obj/src/core/version.o: CXXFLAGS += -I$(BUILD)/gen
+.PHONY: FORCE
+FORCE:
+
 # mpirun flags for tests and the default job: root in containers needs these.
 MPIRUN ?= mpirun
 MPIRUN_FLAGS ?= --oversubscribe --bind-to none --mca btl self,vader --mca btl_vader_single_copy_mechanism none \
@@ -94,6 +133,10 @@ export OMPI_MCA_rmaps_base_oversubscribe := 1
 all: build tests
 build: $(BIN)
 tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN)
+
+$(LIB_OBJ) $(BUILD)/obj/src/main.o: | check-deps
+$(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(MPI_SRC:%.cpp=$(BUILD)/obj/%.o) $(E2E_SRC:%.cpp=$(BUILD)/obj/%.o) \
+  $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ): | check-test-deps
 
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)

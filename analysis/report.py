@@ -35,6 +35,12 @@ prediction check:
    - Where QLoRA and LoRA of one model and strategy both completed at a GPU count: a table of
      both peaks and QLoRA's reduction, 100 * (1 - QLoRA peak / LoRA peak) percent, with the
      mean per model (the reference: about 40% less).
+   - Sequence packing (issue 19): a run is packed when its method token ends in "-packed"
+     (jobs/matrix.sh: exp3_llama7b_lora-packed_zero3_4) or its /config says packing = true; its
+     row reads "<method>, packed". Where a configuration completed both unpacked and packed at a
+     GPU count: "Packing, <model> <method> <strategy>, G GPUs: per-epoch time A -> B (S x);
+     padding P% -> Q% of computed tokens; val loss V -> W" (padding from /summary
+     padding_fraction where the files have it).
 2. Other runs (run_ids outside the experiments): the generic table, one row per run:
      | config | ranks | per-epoch time | total run time | val loss | val acc | peak memory |
    config is the run_id with a trailing rank-count token dropped ("llama7b-tp-np4" ->
@@ -48,12 +54,14 @@ prediction check:
    without a prediction.
 
 Plots (PNG, into --plots DIR; default: "plots" beside the first run's directory, e.g. runs/plots,
-which report.py skips when runs/* names it): over all runs, loss.png (train loss per step, val loss
-per eval), epoch_time.png (mean epoch time per run), memory.png (peak memory per run, by
+which report.py skips when runs/* names it): over all runs, loss.png (train loss per step as a
+line, val loss per evaluation as points, log scale), accuracy.png (validation accuracy per
+evaluation, for labelled shards), epoch_time.png (mean epoch time per run), memory.png (peak memory per run, by
 category, from the rank with the highest peak); per experiment, <exp>_epoch_time.png (per-epoch
 time against GPUs per model/method/strategy, with ideal scaling), <exp>_memory.png (peak memory
 by method, bars per GPU count, a panel per model, predicted peaks and OOMs marked) and
-<exp>_loss.png (train and val loss, a panel per model).
+<exp>_loss.png (train and val loss, a panel per model, log scale). Legends name each run's
+model, method, strategy and ranks and sit beside the axes, not over the data.
 """
 
 import argparse
@@ -154,6 +162,26 @@ def _int(value):
     return int(v) if v is not None else None
 
 
+OUTCOME_WORDS = {"oom": "OOM", "error": "error", "preempted": "preempted", "interrupted": "interrupted"}
+
+
+def outcome_word(outcome):
+    """How a table cell names a run that did not complete: OOM, error, preempted (stopped by
+    SIGTERM/SIGUSR1 with a checkpoint: a resubmission continues it), interrupted (Ctrl-C), or
+    incomplete (still running, or killed)."""
+    return OUTCOME_WORDS.get(outcome, "incomplete")
+
+
+def legend_name(run):
+    """What a plot's legend calls a run: model, method, strategy and ranks (run_id for the rest)."""
+    cfg = run.data.get("config", {})
+    model = str(cfg.get("model") or "")
+    model = os.path.basename(os.path.normpath(model)) if model else f"random-init {cfg.get('arch') or 'model'}"
+    ranks = f"{run.world} rank{'' if run.world == 1 else 's'}" if run.world is not None else "? ranks"
+    tp = f" tp{run.tp}" if run.tp and run.tp > 1 else ""
+    return f"{run.run_id}: {model} {run.method or '?'} {run.strategy or '?'}{tp}, {ranks}"
+
+
 def config_label(run_id, world, tp, dp):
     """run_id without trailing tokens that only restate the rank count."""
     base = run_id
@@ -210,6 +238,7 @@ class Run:
         if not self.predicted or self.predicted <= 0:
             self.predicted = max(self.rank_predicted) if self.rank_predicted else None
         self.matrix_note = None
+        self.packed = str(_config_value(c, "packing") or "").lower() in ("true", "1", "yes", "on")
         self._parse_experiment(c)
 
     def _parse_experiment(self, config):
@@ -220,6 +249,8 @@ class Run:
         if m:  # the matrix scheme, exp<N>_<model>_<method>_<strategy>_<ranks>: the row it stands for
             self.experiment, self.model = m.group("exp").lower(), m.group("model")
             self.method, self.strategy = m.group("method"), m.group("strategy")
+            if self.method.lower().endswith("-packed"):  # the matrix's packing = true twin
+                self.method, self.packed = self.method[: -len("-packed")], True
             self.gpus = self.world or int(m.group("ranks"))
             return
         m = _EXP_PREFIX.match(str(self.run_id))
@@ -242,8 +273,11 @@ class Run:
             self.outcome = "error"
             self.matrix_note = f"metrics.h5 still says 'running'; jobs/run_matrix.sh recorded {result}"
 
+    def method_cell(self):
+        return f"{self.method}, packed" if self.packed else str(self.method)
+
     def config_name(self):
-        return " ".join(str(x) for x in (self.model, self.method, self.strategy))
+        return " ".join(str(x) for x in (self.model, self.method_cell(), self.strategy))
 
     def final_val_loss(self):
         v = _num(self.summary.get("final_val_loss"))
@@ -309,6 +343,12 @@ class Run:
             return text
         if self.outcome == "error":
             return f"failed: {s.get('error') or 'no message recorded'}"
+        if self.outcome in ("preempted", "interrupted"):
+            done, total = s.get("steps_completed"), s.get("total_steps")
+            where = f"after step {done}" + (f" of {total}" if total else "") if done is not None else "early"
+            how = ("by SIGTERM/SIGUSR1 with a checkpoint (resume = auto continues it; jobs/slurm_train.sh requeues "
+                   "itself)" if self.outcome == "preempted" else "by Ctrl-C (SIGINT)")
+            return f"{self.outcome} {where}, {how}; {format_seconds(_num(s.get('total_time')))} so far"
         if self.outcome != "ok":
             steps = len(self.data["steps"].get("step", []))
             epochs = len(self.data["epochs"].get("epoch", []))
@@ -374,7 +414,7 @@ def generic_table(runs, notes):
             cells = [format_seconds(run.epoch_time), format_seconds(run.total_time), run.val_loss_cell(),
                      run.val_acc_cell()]
         else:
-            word = {"oom": "OOM", "error": "error"}.get(run.outcome, "incomplete")
+            word = outcome_word(run.outcome)
             cells = [word + mark] + [word] * 3
         lines.append("| " + " | ".join([run.label, run.ranks_cell()] + cells + [format_bytes(run.peak)]) + " |")
     speedups = speedup_lines(runs)
@@ -418,7 +458,7 @@ def _natural_key(text):
 
 def experiment_key(run):
     """Matrix order: model, method (qlora, lora, full), strategy, GPU count."""
-    return (_natural_key(run.model), METHOD_ORDER.get(str(run.method).lower(), 9), str(run.method),
+    return (_natural_key(run.model), METHOD_ORDER.get(str(run.method).lower(), 9), str(run.method), run.packed,
             STRATEGY_ORDER.get(str(run.strategy).lower(), 9), str(run.strategy),
             run.gpus if run.gpus is not None else 1 << 30, str(run.run_id))
 
@@ -443,9 +483,9 @@ def experiment_row(run, notes):
         cells = [(f"OOM ({phase})" if phase else "OOM") + mark, "OOM", "-",
                  f"OOM (limit {format_bytes(limit)})" if limit else "OOM", predicted, "-"]
     else:
-        word = "error" if run.outcome == "error" else "incomplete"
+        word = outcome_word(run.outcome)
         cells = [word + mark, word, "-", "-", predicted, "-"]
-    return "| " + " | ".join([str(run.model), str(run.method), str(run.strategy), gpus] + cells) + " |"
+    return "| " + " | ".join([str(run.model), run.method_cell(), str(run.strategy), gpus] + cells) + " |"
 
 
 def experiment_section(exp, runs, notes):
@@ -462,7 +502,36 @@ def experiment_section(exp, runs, notes):
     qlora = qlora_lines(runs)
     if qlora:
         lines += [""] + qlora
+    packing = packing_lines(runs)
+    if packing:
+        lines += [""] + packing
     return lines + notes.flush()
+
+
+def packing_lines(runs):
+    """Per (model, method, strategy, GPUs) completed both unpacked and packed: the per-epoch
+    times side by side, the padding fractions and the final validation losses."""
+    pairs = {}
+    for run in runs:
+        if run.outcome == "ok" and run.epoch_time and run.gpus is not None:
+            pairs.setdefault((str(run.model), str(run.method), str(run.strategy), run.gpus), {})[run.packed] = run
+    lines = []
+    for (model, method, strategy, gpus), pair in sorted(pairs.items(), key=lambda kv: (
+            _natural_key(kv[0][0]), METHOD_ORDER.get(kv[0][1].lower(), 9), kv[0][2], kv[0][3])):
+        if False not in pair or True not in pair:
+            continue
+        plain, packed = pair[False], pair[True]
+        text = (f"Packing, {model} {method} {strategy}, {gpus} GPUs: per-epoch time "
+                f"{format_seconds(plain.epoch_time)} -> {format_seconds(packed.epoch_time)} "
+                f"({plain.epoch_time / packed.epoch_time:.2f}x)")
+        pads = [_num(r.summary.get("padding_fraction")) for r in (plain, packed)]
+        if all(p is not None for p in pads):
+            text += f"; padding {100 * pads[0]:.1f}% -> {100 * pads[1]:.1f}% of computed tokens"
+        vals = [r.final_val_loss() for r in (plain, packed)]
+        if all(v is not None for v in vals):
+            text += f"; val loss {vals[0]:.3f} -> {vals[1]:.3f}"
+        lines.append(text)
+    return lines
 
 
 def _mean(values):
@@ -507,7 +576,7 @@ def scaling_lines(runs):
     for e in scaling(runs):
         missing = e["not_completed"]
         missing_text = ("; not completed at " + ", ".join(
-            f"{g} GPUs ({'OOM' if o == 'oom' else o if o == 'error' else 'incomplete'})"
+            f"{g} GPUs ({outcome_word(o)})"
             for g, o in missing.items())) if missing else ""
         if e["speedup"] is None:
             lines.append(f"Speedup, {e['config']}: n/a (completed at fewer than two GPU counts{missing_text})")
@@ -626,10 +695,11 @@ def write_plots(runs, out_dir, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
     runs = sorted(runs, key=Run.sort_key)
     os.makedirs(out_dir, exist_ok=True)
-    names = [f"{r.label} @ {r.world if r.world is not None else '?'}" for r in runs]
+    names = [legend_name(r) for r in runs]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     paths = []
 
@@ -641,22 +711,60 @@ def write_plots(runs, out_dir, title=None):
         plt.close(fig)
         paths.append(path)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    def legend_outside(ax):
+        """The legend right of the axes, never over the data."""
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+    # loss.png: train loss per step (thin line) and val loss per evaluation (points), log scale so
+    # that the later steps are not flattened by the first ones
+    fig, ax = plt.subplots(figsize=(9, 5))
     for i, (run, name) in enumerate(zip(runs, names)):
         color = colors[i % len(colors)]
         steps, evals = run.data["steps"], run.data["evals"]
-        if len(steps.get("loss", [])):
-            ax.plot(steps["step"], steps["loss"], color=color, lw=1, label=f"{name} train")
-        if len(evals.get("val_loss", [])):
-            ax.plot(evals["step"], evals["val_loss"], color=color, ls="--", marker="o", ms=4, label=f"{name} val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("Training and validation loss")
+        loss = np.asarray(steps.get("loss", []), dtype=float)
+        if len(loss):
+            ok = np.isfinite(loss) & (loss > 0)
+            ax.plot(np.asarray(steps["step"])[ok], loss[ok], color=color, lw=0.8, alpha=0.8, label=f"{name}: train")
+        val = np.asarray(evals.get("val_loss", []), dtype=float)
+        if len(val):
+            ok = np.isfinite(val) & (val > 0)
+            ax.plot(np.asarray(evals["step"])[ok], val[ok], color=color, ls="none", marker="o", ms=5,
+                    markeredgecolor="black", markeredgewidth=0.5, label=f"{name}: validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per target token, log scale)")
+    ax.set_title("Training loss per step (line) and validation loss per evaluation (points)")
     if ax.lines:
-        ax.legend(fontsize="small")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, which="both", alpha=0.3)
+        legend_outside(ax)
     else:
         ax.text(0.5, 0.5, "no steps logged", ha="center", transform=ax.transAxes)
     save(fig, "loss.png")
+
+    # accuracy.png: validation accuracy per evaluation (the task's metric, for labelled shards)
+    with_acc = [i for i, r in enumerate(runs)
+                if np.isfinite(np.asarray(r.data["evals"].get("val_accuracy", []), dtype=float)).any()]
+    if with_acc:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for i in with_acc:  # the same colour per run as in loss.png
+            run, name = runs[i], names[i]
+            evals = run.data["evals"]
+            acc = 100.0 * np.asarray(evals["val_accuracy"], dtype=float)
+            ok = np.isfinite(acc)
+            ax.plot(np.asarray(evals["step"])[ok], acc[ok], color=colors[i % len(colors)], ls=":", lw=1,
+                    marker="o", ms=5, markeredgecolor="black", markeredgewidth=0.5, label=name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.set_title("Validation accuracy per evaluation")
+        legend_outside(ax)
+        save(fig, "accuracy.png")
 
     x = np.arange(len(runs))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 5))
@@ -664,12 +772,12 @@ def write_plots(runs, out_dir, title=None):
     ax.set_ylim(0, 1.12 * max([1e-3] + heights))
     ax.bar(x, heights, color=[colors[i % len(colors)] for i in range(len(runs))])
     for i, (run, h) in enumerate(zip(runs, heights)):
-        text = format_seconds(h) if h else {"oom": "OOM", "error": "error"}.get(run.outcome, "incomplete")
+        text = format_seconds(h) if h else "no full epoch" if run.outcome == "ok" else outcome_word(run.outcome)
         ax.text(i, h, text, ha="center", va="bottom", fontsize="small")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize="small")
     ax.set_ylabel("mean epoch time (s)")
-    ax.set_title("Per-epoch training time")
+    ax.set_title("Per-epoch training time (evaluations excluded)")
     save(fig, "epoch_time.png")
 
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 5))
@@ -678,7 +786,9 @@ def write_plots(runs, out_dir, title=None):
         for column in run.data["ranks"]:
             if column.startswith("peak_") and column != "peak_memory" and column[5:] not in categories:
                 categories.append(column[5:])
-    gib = float(1 << 30)
+    # one unit for the axis: GiB, or MiB when every run stays below 1 GiB
+    unit = "GiB" if max([0] + [r.peak or 0 for r in runs]) >= (1 << 30) else "MiB"
+    gib = float(1 << 30) if unit == "GiB" else float(1 << 20)
     bottoms = np.zeros(len(runs))
     for k, cat in enumerate(categories):
         values = np.zeros(len(runs))
@@ -703,10 +813,10 @@ def write_plots(runs, out_dir, title=None):
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize="small")
     ax.set_ylim(0, 1.12 * max([1e-3] + list(bottoms) + [(r.peak or 0) / gib for r in runs]))
-    ax.set_ylabel("GiB (per rank, highest rank)")
+    ax.set_ylabel(f"peak memory ({unit}, per rank: the highest rank)")
     ax.set_title("Peak memory by category (black line: total peak)")
     if ax.patches:
-        ax.legend(fontsize="small")
+        legend_outside(ax)
     save(fig, "memory.png")
     return paths
 
@@ -833,18 +943,19 @@ def write_experiment_plots(runs, out_dir):
                     ax.plot(steps["step"], steps["loss"], color=color, lw=1, label=f"{name} train")
                     drew = True
                 if len(evals.get("val_loss", [])):
-                    ax.plot(evals["step"], evals["val_loss"], color=color, ls="--", marker="o", ms=3,
-                            label=f"{name} val")
+                    ax.plot(evals["step"], evals["val_loss"], color=color, ls="none", marker="o", ms=4,
+                            markeredgecolor="black", markeredgewidth=0.5, label=f"{name} val")
                     drew = True
                 k += drew
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss")
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("loss (nats per target token, log scale)")
             ax.set_title(model)
             if ax.lines:
-                ax.legend(fontsize="x-small", ncol=2)
+                ax.set_yscale("log")
+                ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
             else:
                 ax.text(0.5, 0.5, "no steps logged", ha="center", transform=ax.transAxes)
-        fig.suptitle(f"{title}\ntrain loss per step (solid), val loss per eval (dashed)", fontsize="medium")
+        fig.suptitle(f"{title}\ntrain loss per step (lines), val loss per evaluation (points)", fontsize="medium")
         save(fig, f"{exp}_loss.png")
     return paths
 

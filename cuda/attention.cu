@@ -91,10 +91,11 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// Rows [r0, r0 + 64) of one head of a [B, T, H, D] tensor into a row-major tile [64][DP + 8],
-// zero-filled past T and past D.
+// Rows [r0, r0 + 64) of one head of the sequence that starts at token `base` of a [tokens, H, D]
+// tensor ([B, T, H, D]: base = b T) into a row-major tile [64][DP + 8], zero-filled past the
+// sequence's T rows and past D.
 template <int DP>
-__device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t b, int64_t r0, int64_t T,
+__device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0, int64_t T,
                           int64_t H, int64_t h, int64_t D) {
   constexpr int ld = DP + 8;
   if (D == DP) {  // 16-byte vectors (DP is a multiple of 8)
@@ -103,7 +104,7 @@ __device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src,
       const int r = idx / vpr, v = idx % vpr;
       const int64_t tt = r0 + r;
       uint4 val = make_uint4(0, 0, 0, 0);
-      if (tt < T) val = *reinterpret_cast<const uint4*>(src + ((b * T + tt) * H + h) * D + v * 8);
+      if (tt < T) val = *reinterpret_cast<const uint4*>(src + ((base + tt) * H + h) * D + v * 8);
       *reinterpret_cast<uint4*>(tile + r * ld + v * 8) = val;
     }
     return;
@@ -111,24 +112,24 @@ __device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src,
   for (int idx = threadIdx.x; idx < kTile * DP; idx += blockDim.x) {
     const int r = idx / DP, c = idx % DP;
     const int64_t tt = r0 + r;
-    tile[r * ld + c] = (tt < T && c < D) ? src[((b * T + tt) * H + h) * D + c] : __float2bfloat16(0.0f);
+    tile[r * ld + c] = (tt < T && c < D) ? src[((base + tt) * H + h) * D + c] : __float2bfloat16(0.0f);
   }
 }
 
 // load_rows with cp.async when the head dimension needs no padding (D == DP); otherwise the
 // synchronous, zero-padding load. The caller commits, waits and synchronises.
 template <int DP>
-__device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t b, int64_t r0, int64_t T,
+__device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0, int64_t T,
                                 int64_t H, int64_t h, int64_t D) {
   if (D != DP) {
-    load_rows<DP>(tile, src, b, r0, T, H, h, D);
+    load_rows<DP>(tile, src, base, r0, T, H, h, D);
     return;
   }
   constexpr int ld = DP + 8, vpr = DP / 8;
   for (int idx = threadIdx.x; idx < kTile * vpr; idx += blockDim.x) {
     const int r = idx / vpr, v = idx % vpr;
     const int64_t tt = r0 + r;
-    const bf16* gp = tt < T ? src + ((b * T + tt) * H + h) * D + v * 8 : src;
+    const bf16* gp = tt < T ? src + ((base + tt) * H + h) * D + v * 8 : src;
     cp_async16(tile + r * ld + v * 8, gp, tt < T ? 16 : 0);
   }
 }
@@ -142,12 +143,51 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <int DP, bool kBias, bool kCross>
+// The sequence a block works on. Batched: row b = blockIdx.z of [B, T] queries and [B, Tk]
+// keys. Varlen (kVarlen): the segment of tile blockIdx.x of the tile table, in the stream of
+// T = N tokens (lse [Hq, N]). All positions below are within the sequence.
+struct SeqView {
+  int64_t row0, krow0;  // first query / key token of the sequence in q, out / k, v
+  int64_t Tq, Tk;       // its queries and keys
+  int64_t len;          // keys [0, len) are visible (before the causal mask)
+  int64_t tile0;        // the block's tile: its first query (forward) or key (backward)
+  int64_t lse_row;      // lse / delta index of query 0 of head 0; + h * lse_head for head h
+  int64_t lse_head;
+};
+
+template <bool kCross, bool kVarlen>
+__device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, const int32_t* __restrict__ lengths,
+                                            int64_t T, int64_t Tk_arg, int64_t Hq) {
+  SeqView sv;
+  if constexpr (kVarlen) {
+    const int4 e = reinterpret_cast<const int4*>(tiles)[blockIdx.x];  // begin, end, key end, tile start
+    sv.row0 = sv.krow0 = e.x;
+    sv.Tq = sv.Tk = e.y - e.x;
+    sv.len = e.z - e.x;
+    sv.tile0 = e.w - e.x;
+    sv.lse_row = e.x;
+    sv.lse_head = T;
+  } else {
+    const int64_t b = blockIdx.z;
+    sv.Tq = T;
+    sv.Tk = kCross ? Tk_arg : T;
+    sv.row0 = b * T;
+    sv.krow0 = b * sv.Tk;
+    sv.len = lengths ? lengths[b] : sv.Tk;
+    sv.tile0 = static_cast<int64_t>(blockIdx.x) * kTile;
+    sv.lse_row = b * Hq * T;
+    sv.lse_head = T;
+  }
+  return sv;
+}
+
+template <int DP, bool kBias, bool kCross, bool kVarlen>
 __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
-    const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, int64_t T, int64_t Tk_arg, int64_t Hq,
-    int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
-  const int64_t Tk = kCross ? Tk_arg : T;  // key/value positions
+    const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
+    int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
+  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
+  const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
@@ -155,14 +195,14 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
   auto k_stage = [&](int st) { return base + st * 2 * kTile * LDH; };
   auto v_stage = [&](int st) { return base + st * 2 * kTile * LDH + kTile * LDH; };
 
-  const int64_t b = blockIdx.z, h = blockIdx.y, q0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t h = blockIdx.y, q0 = sv.tile0;
   const int64_t hk = h / (Hq / Hkv);
-  const int64_t len = lengths ? lengths[b] : Tk;
+  const int64_t len = sv.len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int r0 = warp * 16;
   const int64_t i0 = q0 + r0 + g, i1 = i0 + 8;
 
-  load_rows<DP>(k_stage(0), q, b, q0, T, Hq, h, D);
+  load_rows<DP>(k_stage(0), q, sv.row0, q0, T, Hq, h, D);
   __syncthreads();
   uint32_t qa[DP / 16][4];
 #pragma unroll
@@ -177,8 +217,8 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
   if (causal) kv_end = min(kv_end, q0 + kTile);  // causal implies Tk == T
 
   if (kv_end > 0) {
-    load_rows_async<DP>(k_stage(0), k, b, 0, Tk, Hkv, hk, D);
-    load_rows_async<DP>(v_stage(0), v, b, 0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(k_stage(0), k, sv.krow0, 0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(v_stage(0), v, sv.krow0, 0, Tk, Hkv, hk, D);
     cp_async_commit();
   }
   int stage = 0;
@@ -186,8 +226,8 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     cp_async_wait_all();
     __syncthreads();  // tile j0 is in this stage; everyone is done with the other stage
     if (j0 + kTile < kv_end) {  // prefetch the next tile while this one is computed
-      load_rows_async<DP>(k_stage(stage ^ 1), k, b, j0 + kTile, Tk, Hkv, hk, D);
-      load_rows_async<DP>(v_stage(stage ^ 1), v, b, j0 + kTile, Tk, Hkv, hk, D);
+      load_rows_async<DP>(k_stage(stage ^ 1), k, sv.krow0, j0 + kTile, Tk, Hkv, hk, D);
+      load_rows_async<DP>(v_stage(stage ^ 1), v, sv.krow0, j0 + kTile, Tk, Hkv, hk, D);
       cp_async_commit();
     }
     const bf16* Ks = k_stage(stage);
@@ -278,12 +318,13 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     for (int e = 0; e < 2; ++e) {
       const int64_t c = nd * 8 + 2 * t + e;
       if (c >= D) continue;
-      if (i0 < T) out[((b * T + i0) * Hq + h) * D + c] = __float2bfloat16(o[nd][e] * inv0);
-      if (i1 < T) out[((b * T + i1) * Hq + h) * D + c] = __float2bfloat16(o[nd][2 + e] * inv1);
+      if (i0 < T) out[((sv.row0 + i0) * Hq + h) * D + c] = __float2bfloat16(o[nd][e] * inv0);
+      if (i1 < T) out[((sv.row0 + i1) * Hq + h) * D + c] = __float2bfloat16(o[nd][2 + e] * inv1);
     }
   if (t == 0) {
-    if (i0 < T) lse[(b * Hq + h) * T + i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
-    if (i1 < T) lse[(b * Hq + h) * T + i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
+    float* lse_h = lse + sv.lse_row + h * sv.lse_head;
+    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
+    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
   }
 }
 
@@ -303,14 +344,15 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
 }
 
 // kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
-template <int DP, bool kBias, bool kCross>
+template <int DP, bool kBias, bool kCross, bool kVarlen>
 __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
-    bf16* __restrict__ dv, int64_t T, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale,
-    bool causal, bool accumulate) {
-  const int64_t Tk = kCross ? Tk_arg : T;  // key/value positions
+    bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
+    int64_t D, float scale, float inv_scale, bool causal, bool accumulate) {
+  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
+  const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [64 keys][LDH]
@@ -321,16 +363,16 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
   float* lse_s = reinterpret_cast<float*>(dSs + kTile * kLdT);
   float* dl_s = lse_s + kTile;
 
-  const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t hk = blockIdx.y, j0 = sv.tile0;
   const int64_t group = Hq / Hkv;
-  const int64_t len = lengths ? lengths[b] : Tk;  // keys j < min(len, Tk) are visible (before the causal mask)
+  const int64_t len = sv.len;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
     if (!accumulate)
       for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
         const int64_t j = j0 + idx / D;
         if (j < Tk) {
-          const int64_t off = ((b * Tk + j) * Hkv + hk) * D + idx % D;
+          const int64_t off = ((sv.krow0 + j) * Hkv + hk) * D + idx % D;
           dk[off] = __float2bfloat16(0.0f);
           dv[off] = __float2bfloat16(0.0f);
         }
@@ -340,25 +382,26 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
 
-  load_rows<DP>(Ks, k, b, j0, Tk, Hkv, hk, D);
-  load_rows<DP>(Vs, v, b, j0, Tk, Hkv, hk, D);
+  load_rows<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
+  load_rows<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
   float dkr[DP / 8][4], dvr[DP / 8][4];
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dkr[nd][e] = dvr[nd][e] = 0.0f;
-  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T
+  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
 
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
     for (int64_t q0 = i_start; q0 < T; q0 += kTile) {
       __syncthreads();  // the previous tile's shared data is consumed
-      load_rows_async<DP>(Qs, q, b, q0, T, Hq, h, D);
-      load_rows_async<DP>(dOs, dout, b, q0, T, Hq, h, D);
+      load_rows_async<DP>(Qs, q, sv.row0, q0, T, Hq, h, D);
+      load_rows_async<DP>(dOs, dout, sv.row0, q0, T, Hq, h, D);
       cp_async_commit();
+      const int64_t lse_h = sv.lse_row + h * sv.lse_head;
       for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
         const int64_t i = q0 + r;
-        lse_s[r] = i < T ? lse[(b * Hq + h) * T + i] : -INFINITY;
-        dl_s[r] = i < T ? delta[(b * Hq + h) * T + i] : 0.0f;
+        lse_s[r] = i < T ? lse[lse_h + i] : -INFINITY;
+        dl_s[r] = i < T ? delta[lse_h + i] : 0.0f;
       }
       cp_async_wait_all();
       __syncthreads();
@@ -468,8 +511,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
           for (int e = 0; e < 2; ++e) {
             const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
             if (c >= D) continue;
-            if (qi0 < T) atomicAdd(dq_acc + ((b * T + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
-            if (qi1 < T) atomicAdd(dq_acc + ((b * T + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+            if (qi0 < T) atomicAdd(dq_acc + ((sv.row0 + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
+            if (qi1 < T) atomicAdd(dq_acc + ((sv.row0 + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
           }
       }
     }
@@ -482,12 +525,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
       const int64_t c = nd * 8 + 2 * t + e;
       if (c >= D) continue;
       if (kj0 < Tk) {
-        const int64_t off = ((b * Tk + kj0) * Hkv + hk) * D + c;
+        const int64_t off = ((sv.krow0 + kj0) * Hkv + hk) * D + c;
         dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][e]);
         dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][e]);
       }
       if (kj1 < Tk) {
-        const int64_t off = ((b * Tk + kj1) * Hkv + hk) * D + c;
+        const int64_t off = ((sv.krow0 + kj1) * Hkv + hk) * D + c;
         dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][2 + e]);
         dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][2 + e]);
       }
@@ -524,19 +567,23 @@ void allow_dynamic_smem(Kernel kernel, size_t smem, bool& configured) {
   configured = true;
 }
 
-template <int DP, bool kBias, bool kCross>
+// Batched: one block per 64 queries of one head and batch row. Varlen: one per tile-table entry and head.
+template <int DP, bool kBias, bool kCross, bool kVarlen = false>
 void launch_forward(const AttentionArgs& a) {
   const size_t smem = forward_smem<DP>();
   static bool configured = false;
-  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross>, smem, configured);
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
-  attention_forward_kernel<DP, kBias, kCross><<<grid, kThreads, smem, stream()>>>(
+  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
+  const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hq), 1u)
+                            : dim3(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq),
+                                   static_cast<unsigned>(a.B));
+  attention_forward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
-      static_cast<bf16*>(a.out), a.lse, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal);
+      static_cast<bf16*>(a.out), a.lse, a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f,
+      a.causal);
   ST_CUDA_LAUNCH_CHECK("attention_forward");
 }
 
-template <int DP, bool kBias, bool kCross>
+template <int DP, bool kBias, bool kCross, bool kVarlen = false>
 void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
                      float* dbias) {
   const int64_t rows = a.B * a.T * a.Hq;
@@ -548,13 +595,16 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   ST_CUDA_LAUNCH_CHECK("attention_delta");
   const size_t smem = backward_smem<DP>();
   static bool configured = false;
-  allow_dynamic_smem(attention_backward_kernel<DP, kBias, kCross>, smem, configured);
-  // One block per 64 keys (Tk positions) of one KV head and batch row.
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
-  attention_backward_kernel<DP, kBias, kCross><<<grid, kThreads, smem, stream()>>>(
+  allow_dynamic_smem(attention_backward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
+  // One block per 64 keys (Tk positions) of one KV head and batch row; varlen: per tile-table
+  // entry and KV head.
+  const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hkv), 1u)
+                            : dim3(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv),
+                                   static_cast<unsigned>(a.B));
+  attention_backward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
-      static_cast<bf16*>(dv), a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
+      static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
       accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
   const int64_t n = rows * a.D;
@@ -570,16 +620,20 @@ AttentionArgs resolved(const AttentionArgs& in) {
 }
 void check_args(const AttentionArgs& a, bool has_bias) {
   if (a.causal && a.Tk != a.T) ST_THROW("causal attention on CUDA needs Tk == T (T=", a.T, ", Tk=", a.Tk, ")");
+  if (a.tiles && (a.B != 1 || !a.causal || has_bias || a.lengths))
+    ST_THROW("varlen attention on CUDA is causal self-attention over B = 1 stream, without lengths or bias");
   if (a.D > 128) ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
   if (has_bias && a.scale == 0.0f) ST_THROW("attention with a bias on CUDA needs a nonzero scale");
 }
 
-// variant = 2 * bias + cross (Tk != T): the kernels without either are the self-attention ones
-// of before, compiled without a trace of the bias or of a separate key count.
+// variant = 2 * bias + cross (Tk != T), or 4 for varlen (a tile table; no bias, no cross): the
+// kernels without any are the self-attention ones of before, compiled without a trace of the
+// bias, of a separate key count or of the tile table.
 template <int DP>
 void forward_variant(const AttentionArgs& a, int variant) {
   switch (variant) {
     case 0: launch_forward<DP, false, false>(a); break;
+    case 4: launch_forward<DP, false, false, true>(a); break;
     case 1: launch_forward<DP, false, true>(a); break;
     case 2: launch_forward<DP, true, false>(a); break;
     default: launch_forward<DP, true, true>(a); break;
@@ -590,6 +644,7 @@ void backward_variant(const AttentionArgs& a, int variant, const void* dout, voi
                       bool accumulate, float* dbias) {
   switch (variant) {
     case 0: launch_backward<DP, false, false>(a, dout, dq, dk, dv, accumulate, dbias); break;
+    case 4: launch_backward<DP, false, false, true>(a, dout, dq, dk, dv, accumulate, dbias); break;
     case 1: launch_backward<DP, false, true>(a, dout, dq, dk, dv, accumulate, dbias); break;
     case 2: launch_backward<DP, true, false>(a, dout, dq, dk, dv, accumulate, dbias); break;
     default: launch_backward<DP, true, true>(a, dout, dq, dk, dv, accumulate, dbias); break;
@@ -602,7 +657,8 @@ void attention_forward(const AttentionArgs& args) {
   const AttentionArgs a = resolved(args);
   if (a.B == 0 || a.T == 0) return;
   check_args(a, a.bias != nullptr);
-  const int variant = (a.bias != nullptr ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
+  if (a.tiles && a.n_tiles == 0) return;
+  const int variant = a.tiles ? 4 : (a.bias != nullptr ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
   if (a.D <= 16) forward_variant<16>(a, variant);
   else if (a.D <= 32) forward_variant<32>(a, variant);
   else if (a.D <= 64) forward_variant<64>(a, variant);
@@ -615,7 +671,8 @@ void attention_backward(const AttentionArgs& args, const void* dout, void* dq, v
   if (a.B == 0 || a.T == 0) return;
   const bool bias = a.bias != nullptr || dbias != nullptr;
   check_args(a, bias);
-  const int variant = (bias ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
+  if (a.tiles && a.n_tiles == 0) return;
+  const int variant = a.tiles ? 4 : (bias ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
   if (a.D <= 16) backward_variant<16>(a, variant, dout, dq, dk, dv, accumulate, dbias);
   else if (a.D <= 32) backward_variant<32>(a, variant, dout, dq, dk, dv, accumulate, dbias);
   else if (a.D <= 64) backward_variant<64>(a, variant, dout, dq, dk, dv, accumulate, dbias);

@@ -19,6 +19,12 @@ struct AttentionArgs {
   const float* bias = nullptr;
   void* out = nullptr;  // written by the forward, read by the backward
   float* lse = nullptr;
+  // Variable-length causal self-attention (ops/attention.hpp): with `tiles` (device i32
+  // [n_tiles, 4]: segment begin, segment end, key end, the tile's first token; tiles of 64
+  // tokens) the B = 1, T = Tk = N tokens are cut into segments that attend only to themselves;
+  // lengths and bias must be null.
+  const int32_t* tiles = nullptr;
+  int64_t n_tiles = 0;
 };
 
 void attention_forward(const AttentionArgs& a);

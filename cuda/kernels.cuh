@@ -15,7 +15,9 @@ void rmsnorm_forward(int64_t N, int64_t C, const Tensor& x, const Tensor& w, flo
 void rmsnorm_backward(int64_t N, int64_t C, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor& dx, Tensor* dw);
 // rope.cu
-void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse);
+// pos: i32 [B*T] device positions of the tokens (null: t within each row).
+void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse,
+                const int32_t* pos = nullptr);
 // activation.cu
 void swiglu_forward(const Tensor& g, const Tensor& u, Tensor& h);
 void swiglu_backward(const Tensor& dh, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du, bool accumulate);

@@ -1,7 +1,8 @@
 // NF4 kernels. Quantize: one warp per block of `blk` values (blk/32 per lane, in pairs, so a lane
 // writes whole bytes), warp max for the absmax, the reciprocal, then the NF4 decision by the
-// midpoints. Double quantization: the mean of the absmax values in double in the fixed order of
-// nf4_fixed_order_mean (one block of kMeanLanes threads), then one block of 256 threads per 256
+// midpoints. Double quantization: the mean of the absmax values (an f32 sum times the f32
+// reciprocal of n, as bitsandbytes' torch.mean) in the fixed order of nf4_fixed_order_mean (one
+// block of kMeanLanes threads), then one block of 256 threads per 256
 // absmax values for the 8-bit dynamic codes. Dequantize: 16 values per thread (8 code bytes in,
 // two 16-byte bf16 stores out), the block's absmax rebuilt from its 8-bit code on the fly.
 #include "cuda/common.cuh"
@@ -67,19 +68,20 @@ __global__ void nf4_quantize_kernel(const T* __restrict__ w, int64_t n, int blk,
   }
 }
 
-// The fixed-order mean of nf4_fixed_order_mean: one block of kMeanLanes threads.
+// The mean of nf4_fixed_order_mean (f32 lanes, a binary tree, times the f32 reciprocal of n):
+// one block of kMeanLanes threads, every operation rounded on its own as on the CPU.
 __global__ void fixed_order_mean_kernel(const float* __restrict__ x, int64_t n, float* __restrict__ out) {
-  __shared__ double lane[kMeanLanes];
+  __shared__ float lane[kMeanLanes];
   const int t = threadIdx.x;
-  double s = 0;
-  for (int64_t i = t; i < n; i += kMeanLanes) s = __dadd_rn(s, static_cast<double>(x[i]));
+  float s = 0.0f;
+  for (int64_t i = t; i < n; i += kMeanLanes) s = __fadd_rn(s, x[i]);
   lane[t] = s;
   __syncthreads();
   for (int h = kMeanLanes / 2; h > 0; h >>= 1) {
-    if (t < h) lane[t] = __dadd_rn(lane[t], lane[t + h]);
+    if (t < h) lane[t] = __fadd_rn(lane[t], lane[t + h]);
     __syncthreads();
   }
-  if (t == 0) *out = __double2float_rn(__ddiv_rn(lane[0], static_cast<double>(n)));
+  if (t == 0) *out = __fmul_rn(lane[0], __fdiv_rn(1.0f, static_cast<float>(n)));
 }
 
 // (absmax - offset) quantized blockwise (256) with the dynamic map: one block per 256 values.

@@ -1,4 +1,5 @@
 // Rotary embedding in place, Hugging Face rotate-half layout: one thread per (row, head, pair).
+// Token n = b*T + t is at position t, or at pos[n] when pos is given (sequence packing).
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
 
@@ -7,14 +8,14 @@ namespace st::cuda {
 namespace {
 template <typename T>
 __global__ void rope_kernel(T* __restrict__ x, const float* __restrict__ cos_t, const float* __restrict__ sin_t,
-                            int64_t B, int64_t T_, int64_t H, int64_t D, float sign) {
+                            const int32_t* __restrict__ pos, int64_t B, int64_t T_, int64_t H, int64_t D, float sign) {
   const int64_t half = D / 2;
   const int64_t total = B * T_ * H * half;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx % half;
     const int64_t bth = idx / half;  // (b*T + t)*H + h
-    const int64_t t = (bth / H) % T_;
+    const int64_t t = pos ? pos[bth / H] : (bth / H) % T_;
     T* v = x + bth * D;
     const float c = cos_t[t * half + i], s = sign * sin_t[t * half + i];
     const float a = dev::to_f(v[i]), b = dev::to_f(v[i + half]);
@@ -30,12 +31,13 @@ union Vec8 {
 };
 
 __global__ void rope_vec8_kernel(__nv_bfloat16* __restrict__ x, const float* __restrict__ cos_t,
-                                 const float* __restrict__ sin_t, int64_t B, int64_t T_, int64_t H, int64_t D, float sign) {
+                                 const float* __restrict__ sin_t, const int32_t* __restrict__ pos, int64_t B, int64_t T_,
+                                 int64_t H, int64_t D, float sign) {
   const int64_t half = D / 2, chunks = half / 8;
   const int64_t total = B * T_ * H * chunks;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = idx % chunks, bth = idx / chunks, t = (bth / H) % T_;
+    const int64_t c = idx % chunks, bth = idx / chunks, t = pos ? pos[bth / H] : (bth / H) % T_;
     __nv_bfloat16* v = x + bth * D + c * 8;
     Vec8 a, b;
     a.u = *reinterpret_cast<const uint4*>(v);
@@ -60,19 +62,20 @@ __global__ void rope_vec8_kernel(__nv_bfloat16* __restrict__ x, const float* __r
 }  // namespace
 
 void rope_apply(int64_t B, int64_t T, int64_t H, int64_t D, Tensor& x, const Tensor& cos, const Tensor& sin,
-                bool inverse) {
+                bool inverse, const int32_t* pos) {
   const int64_t n = B * T * H * (D / 2);
   if (n == 0) return;
   const float sign = inverse ? -1.0f : 1.0f;
   if (x.dtype() == DType::bf16 && (D / 2) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data()) % 16 == 0) {
     const int64_t nv = B * T * H * (D / 16);
     rope_vec8_kernel<<<grid_1d(nv, 256), 256, 0, stream()>>>(static_cast<__nv_bfloat16*>(x.data()), cos.ptr<float>(),
-                                                             sin.ptr<float>(), B, T, H, D, sign);
+                                                             sin.ptr<float>(), pos, B, T, H, D, sign);
   } else if (x.dtype() == DType::bf16)
     rope_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(static_cast<__nv_bfloat16*>(x.data()), cos.ptr<float>(),
-                                                         sin.ptr<float>(), B, T, H, D, sign);
+                                                         sin.ptr<float>(), pos, B, T, H, D, sign);
   else
-    rope_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(x.ptr<float>(), cos.ptr<float>(), sin.ptr<float>(), B, T, H, D, sign);
+    rope_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(x.ptr<float>(), cos.ptr<float>(), sin.ptr<float>(), pos, B, T, H, D,
+                                                       sign);
   ST_CUDA_LAUNCH_CHECK("rope");
 }
 

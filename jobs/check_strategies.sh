@@ -37,7 +37,7 @@ run() {  # ranks parallel tp_size grad_accum method run_id
   $MPIRUN -np "$1" "$BIN" train --device "$DEVICE" --data "$WORK/data" --tokenizer "$WORK/synth/tokenizer.model" \
     --output_dir "$WORK/runs" --run_id "$6" $SHAPE --micro_batch_size 4 --grad_accum "$4" --max_steps 20 --lr 2e-3 --warmup_steps 3 --eval_every 0 \
     --log_every 10 --method "$5" --qlora_quantize all --qlora_double_quant false --parallel "$2" --tp_size "$3" \
-    --threads 2 > "$WORK/$6.log" 2>&1 || { echo "FAILED: $6 (see $WORK/$6.log)"; return 1; }
+    --threads 2 --overwrite true > "$WORK/$6.log" 2>&1 || { echo "FAILED: $6 (see $WORK/$6.log)"; return 1; }
 }
 for m in full lora qlora; do
   echo "== $m"

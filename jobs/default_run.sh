@@ -23,8 +23,9 @@ echo "== 2/4 tokenized HDF5 shards"
   --output "$DATA/sentiment" --split validation --loss-on answer --max-seq-len 64
 
 echo "== 3/4 training (mpirun -np $NP)"
-$MPIRUN -np "$NP" "$BIN" train --deck inputs/default/pretrain_full.cfg
-$MPIRUN -np "$NP" "$BIN" train --deck inputs/default/sentiment_lora.cfg
+# The default job makes its runs again each time: --overwrite true replaces the last ones.
+$MPIRUN -np "$NP" "$BIN" train --deck inputs/default/pretrain_full.cfg --overwrite true
+$MPIRUN -np "$NP" "$BIN" train --deck inputs/default/sentiment_lora.cfg --overwrite true
 
 echo "== 4/4 results"
 "$PYTHON" analysis/report.py runs/default_full runs/default_lora --title "shardtune default job (CPU)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The run matrices of the three reference experiments (issue 7), shared by jobs/exp{1,2,3}.sbatch
+# The run matrices of the three reference experiments, shared by jobs/exp{1,2,3}.sbatch
 # and jobs/run_matrix.sh. Source it, then:
 #   matrix_rows EXP [cpu]   one line per run: RUN_ID RANKS DECK PARALLEL TP_SIZE
 #                           (GPU-size decks; with `cpu`, the CPU-size decks on 2 and 4 ranks)
@@ -7,10 +7,11 @@
 #   matrix_indices EXP RANKS [cpu]   the indices with RANKS ranks, comma-separated (for --array)
 # run_id = exp<N>_<model>_<method>_<strategy>_<ranks>; every run writes runs/<run_id>/.
 # Matrices (GPU size; ranks 2, 4, 8):
-#   exp1: llama7b full, tp with tp_size = ranks                                     ( 3 runs)
+#   exp1: llama7b {full, full-packed}, tp with tp_size = ranks                      ( 6 runs)
 #   exp2: {t5large, t5xl} x {lora+zero3, full+zero3, full+ddp}, cap 40GiB           (18 runs)
-#   exp3: {llama7b, llama13b} x {qlora, lora, full}, zero3                          (18 runs)
+#   exp3: {llama7b, llama13b} x {qlora, lora, full, lora-packed}, zero3             (24 runs)
 # CPU size: the same methods and strategies on the tiny models, ranks 2 and 4.
+# "-packed" methods run the deck's *_packed.cfg twin (packing = true, issue 19).
 
 # _matrix_line RUN_ID RANKS DECK PARALLEL TP_SIZE
 _matrix_line() { printf '%s %s %s %s %s\n' "$@"; }
@@ -21,9 +22,11 @@ matrix_rows() {
   [ "$cpu" = cpu ] && rank_list="2 4"
   case $exp in
     exp1)
-      for ranks in $rank_list; do
-        if [ "$cpu" = cpu ]; then _matrix_line "exp1_cpu_full_tp_$ranks" "$ranks" inputs/exp1/cpu_tp.cfg tp "$ranks"
-        else _matrix_line "exp1_llama7b_full_tp_$ranks" "$ranks" inputs/exp1/llama7b_tp.cfg tp "$ranks"; fi
+      for packed in "" _packed; do
+        for ranks in $rank_list; do
+          if [ "$cpu" = cpu ]; then _matrix_line "exp1_cpu_full${packed/_/-}_tp_$ranks" "$ranks" inputs/exp1/cpu_tp$packed.cfg tp "$ranks"
+          else _matrix_line "exp1_llama7b_full${packed/_/-}_tp_$ranks" "$ranks" inputs/exp1/llama7b_tp$packed.cfg tp "$ranks"; fi
+        done
       done ;;
     exp2)
       local models="t5large t5xl"
@@ -42,9 +45,9 @@ matrix_rows() {
       local models="llama7b llama13b"
       [ "$cpu" = cpu ] && models="cpu"
       for model in $models; do
-        for method in qlora lora full; do
+        for method in qlora lora full lora-packed; do
           for ranks in $rank_list; do
-            local deck=inputs/exp3/${model}_$method.cfg
+            local deck=inputs/exp3/${model}_${method/-/_}.cfg
             _matrix_line "exp3_${model}_${method}_zero3_$ranks" "$ranks" "$deck" zero3 1
           done
         done

@@ -3,7 +3,8 @@
 #   jobs/run_matrix.sh exp1|exp2|exp3 [--cpu] [shardtune train options...]
 # --cpu uses the CPU-size decks (inputs/exp*/cpu_*.cfg, 2 and 4 ranks; needs data/synthetic from
 # `make run`, and data/synthetic/sentiment_t5 for exp2). Other arguments go to every run.
-# A run whose runs/<run_id>/metrics.h5 has /summary outcome "ok" is skipped. Exit 3 from
+# A run whose runs/<run_id>/metrics.h5 has /summary outcome "ok" is skipped; one with another
+# outcome (an earlier OOM or failure) runs again with --overwrite true. Exit 3 from
 # shardtune (out of memory; it records outcome "oom" itself) is a result, listed as OOM, and the
 # matrix goes on; any other failure is listed as FAILED, the matrix goes on, and the script
 # exits 1 at the end. The table is also written to runs/matrix_<exp>[_cpu].tsv.
@@ -55,10 +56,13 @@ while read -r run_id ranks deck parallel tp_size; do
     result=skipped secs=0
   else
     echo "== $run_id: $MPIRUN -np $ranks $BIN train --deck $deck --parallel $parallel --tp_size $tp_size"
+    # An earlier attempt that did not end ok (OOM, failed, killed) is replaced on purpose.
+    again=()
+    [ -f "$RUNS/$run_id/metrics.h5" ] && again=(--overwrite true)
     mkdir -p "$RUNS/$run_id"
     start=$SECONDS
     $MPIRUN -np "$ranks" "$BIN" train --deck "$deck" --parallel "$parallel" --tp_size "$tp_size" \
-      --output_dir "$RUNS" --run_id "$run_id" "$@" < /dev/null > "$RUNS/$run_id/run.log" 2>&1
+      --output_dir "$RUNS" --run_id "$run_id" "${again[@]}" "$@" < /dev/null > "$RUNS/$run_id/run.log" 2>&1
     rc=$?
     secs=$((SECONDS - start))
     case $rc in

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/commands.hpp"
+#include "core/version.hpp"
 
 namespace {
 
@@ -22,7 +23,8 @@ const Subcommand kSubcommands[] = {
 };
 
 void usage(FILE* out) {
-  std::fprintf(out, "Usage: shardtune <subcommand> [options]   (shardtune <subcommand> --help for its options)\n\n");
+  std::fprintf(out, "Usage: shardtune <subcommand> [options]   (shardtune <subcommand> --help for its options)\n"
+                   "       shardtune --version\n\n");
   for (const Subcommand& s : kSubcommands) std::fprintf(out, "  %-8s %s\n", s.name, s.help);
 }
 
@@ -32,6 +34,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "-V")) {
+    std::printf("%s\n", st::version_line().c_str());
+    return 0;
   }
   for (const Subcommand& s : kSubcommands)
     if (std::string(argv[1]) == s.name) return s.run(argc - 1, argv + 1);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/atomic_file.hpp"
 #include "core/dryrun.hpp"
 #include "io/hf_checkpoint.hpp"
 #include "io/safetensors.hpp"
@@ -174,13 +175,9 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const PeftNames& 
   if (!first) ST_THROW_INPUT("save_peft_adapter: the model carries no LoRA adapters (method = lora or qlora)");
   const int64_t n = static_cast<int64_t>(tensors.size() / 2);
   if (!writer || dry_run_active()) return n;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
-  write_safetensors((fs::path(dir) / kPeftWeightsFile).string(), tensors, {{"format", "pt"}});
   nlohmann::ordered_json j;
   j["alpha_pattern"] = json::object();
-  j["base_model_name_or_path"] = base_model.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(base_model);
+  j["base_model_name_or_path"] = base_model.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(peft_base_path(base_model));
   j["bias"] = "none";
   j["exclude_modules"] = nullptr;
   j["fan_in_fan_out"] = false;
@@ -201,7 +198,17 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const PeftNames& 
   j["task_type"] = names.task_type;
   j["use_dora"] = false;
   j["use_rslora"] = false;
-  write_text_file_atomic((fs::path(dir) / kPeftConfigFile).string(), j.dump(2) + "\n");
+  // Both files in one directory swap: a failed save never pairs a new config with old weights.
+  replace_directory(
+      dir,
+      [&](const std::string& out) {
+        write_safetensors((fs::path(out) / kPeftWeightsFile).string(), tensors, {{"format", "pt"}});
+        write_text_file_atomic((fs::path(out) / kPeftConfigFile).string(), j.dump(2) + "\n");
+      },
+      [](const std::string& name) {
+        return name == kPeftWeightsFile || name == kPeftConfigFile || name == std::string(kPeftWeightsFile) + ".tmp" ||
+               name == std::string(kPeftConfigFile) + ".tmp";
+      });
   return n;
 }
 
@@ -244,6 +251,72 @@ int64_t load_peft_adapter(const std::vector<Linear*>& linears, const std::string
       ST_THROW_INPUT(path, ": tensor '", e.name, "' is not a LoRA factor of an adapted module of this model "
                      "(target_modules and the tensors disagree, or the adapter is for another model)");
   return n;
+}
+
+std::string peft_base_path(const std::string& base_model) {
+  std::error_code ec;
+  if (base_model.empty() || !fs::is_directory(base_model, ec)) return base_model;  // e.g. a hub id
+  const fs::path p = fs::weakly_canonical(fs::absolute(base_model, ec), ec);
+  return ec ? base_model : p.string();
+}
+
+std::string peft_adapter_base(const std::string& adapter_dir) {
+  const std::string path = (fs::path(adapter_dir) / kPeftConfigFile).string();
+  if (!fs::exists(path)) ST_THROW_INPUT(adapter_dir, ": not a PEFT adapter directory (no ", kPeftConfigFile, ")");
+  const json j = read_json_file(path);
+  if (!j.is_object()) ST_THROW_INPUT(path, ": must be a JSON object");
+  const auto it = j.find("base_model_name_or_path");
+  if (it == j.end() || !it->is_string() || it->get<std::string>().empty())
+    ST_THROW_INPUT(path, ": base_model_name_or_path is not set: name the base model with --model DIR");
+  const fs::path base = it->get<std::string>();
+  std::error_code ec;
+  if (base.is_absolute()) {
+    if (fs::is_directory(base, ec)) return base.string();
+    ST_THROW_INPUT(path, ": base_model_name_or_path = ", base.string(),
+                   " is not a directory here: name the base model with --model DIR");
+  }
+  const fs::path beside = fs::path(adapter_dir) / base;  // relative to the adapter directory
+  if (fs::is_directory(beside, ec)) return beside.lexically_normal().string();
+  if (fs::is_directory(base, ec)) return base.string();  // relative to the working directory (PEFT's reading)
+  ST_THROW_INPUT(path, ": base_model_name_or_path = ", base.string(), " is neither a directory relative to the adapter (",
+                 beside.string(), ") nor to the working directory (a Hugging Face hub id?): name the base model with --model DIR");
+}
+
+void write_adapter_training(const std::string& dir, const AdapterTraining& t) {
+  nlohmann::ordered_json j;
+  j["method"] = method_name(t.method);
+  if (t.method == Method::qlora) {
+    j["qlora_quantize"] = t.qlora_quantize;
+    j["qlora_block_size"] = t.qlora_block_size;
+    j["qlora_double_quant"] = t.qlora_double_quant;
+  }
+  j["run_id"] = t.run_id;
+  j["steps"] = t.steps;
+  if (dry_run_active()) return;
+  write_text_file_atomic((fs::path(dir) / kShardtuneAdapterFile).string(), j.dump(2) + "\n");
+}
+
+std::optional<AdapterTraining> read_adapter_training(const std::string& dir) {
+  const fs::path path = fs::path(dir) / kShardtuneAdapterFile;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return std::nullopt;
+  AdapterTraining t;
+  try {
+    const json j = read_json_file(path.string());
+    t.method = parse_method(j.at("method").get<std::string>(), path.string());
+    if (t.method == Method::qlora) {
+      t.qlora_quantize = j.at("qlora_quantize").get<std::string>();
+      t.qlora_block_size = j.at("qlora_block_size").get<int64_t>();
+      t.qlora_double_quant = j.at("qlora_double_quant").get<bool>();
+    }
+    t.run_id = j.value("run_id", std::string());
+    t.steps = j.value("steps", int64_t{0});
+  } catch (const json::exception& e) {
+    ST_THROW_INPUT(path.string(), ": ", e.what());
+  }
+  if (t.method == Method::full)
+    ST_THROW_INPUT(path.string(), ": method = 'full' (expected lora or qlora)");
+  return t;
 }
 
 }  // namespace st

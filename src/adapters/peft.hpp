@@ -18,17 +18,22 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "adapters/lora.hpp"
+#include "config/choices.hpp"
 #include "model/linear.hpp"
 
 namespace st {
 
 inline constexpr const char* kPeftConfigFile = "adapter_config.json";
 inline constexpr const char* kPeftWeightsFile = "adapter_model.safetensors";
+// Beside PEFT's files (PEFT ignores it): how shardtune trained the adapter, so that `eval` can
+// rebuild the base it was trained on (a QLoRA adapter on the NF4 base).
+inline constexpr const char* kShardtuneAdapterFile = "shardtune_adapter.json";
 
 struct PeftConfig {
   int64_t r = 0;
@@ -71,5 +76,26 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const PeftNames& 
 // InputError naming the file for a missing tensor, a wrong shape, or a tensor no attached adapter
 // takes. Returns the number of adapters loaded.
 int64_t load_peft_adapter(const std::vector<Linear*>& linears, const std::string& dir);
+
+// base_model_name_or_path as save_peft_adapter writes it: a local directory as an absolute path
+// (usable from anywhere, by PEFT too); anything else (a hub id) as given.
+std::string peft_base_path(const std::string& base_model);
+// The base model directory an adapter names (<dir>/adapter_config.json base_model_name_or_path):
+// absolute, or relative to the adapter directory, or (as PEFT reads it) to the working directory.
+// InputError naming the file when it is unset or names no directory here.
+std::string peft_adapter_base(const std::string& adapter_dir);
+
+// <dir>/shardtune_adapter.json: the method (lora | qlora) and NF4 settings of the run that trained it.
+struct AdapterTraining {
+  Method method = Method::lora;  // lora or qlora
+  std::string qlora_quantize = "adapted";
+  int64_t qlora_block_size = 64;
+  bool qlora_double_quant = true;
+  std::string run_id;
+  int64_t steps = 0;
+};
+void write_adapter_training(const std::string& dir, const AdapterTraining& t);
+// None when the directory has no such file (a PEFT adapter, or one written before it existed).
+std::optional<AdapterTraining> read_adapter_training(const std::string& dir);
 
 }  // namespace st

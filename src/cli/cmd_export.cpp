@@ -29,6 +29,7 @@
 #include "io/hf_checkpoint.hpp"
 #include "train/families.hpp"
 #include "train/model_runner.hpp"
+#include "train/preflight.hpp"
 #include "train/setup.hpp"
 
 namespace fs = std::filesystem;
@@ -43,16 +44,21 @@ struct ExportArgs {
 };
 
 const char* kExportHelp =
-    "Usage: shardtune export --deck FILE --adapter DIR [--peft OUT] [--merged OUT] [--max-shard-size 5GB]\n"
-    "                        [--key value ...]\n\n"
-    "Writes a PEFT LoRA adapter (--adapter, or the deck's `adapter`) for the base model `model`:\n"
-    "  --peft OUT            the adapter in PEFT format (adapter_config.json + adapter_model.safetensors)\n"
-    "  --merged OUT          the base with the adapter merged, in Hugging Face layout (config.json,\n"
-    "                        model.safetensors or shards with model.safetensors.index.json, tokenizer.model)\n"
+    "Usage: shardtune export --adapter DIR [--model BASE] [--peft OUT] [--merged OUT] [--max-shard-size 5GB]\n"
+    "                        [--deck FILE] [--key value ...]\n\n"
+    "Writes a PEFT LoRA adapter (--adapter DIR, or the deck's `adapter`) for its base model: `model` (--model\n"
+    "or the deck), else the adapter's own base_model_name_or_path (absolute, or relative to DIR). One process,\n"
+    "on the CPU, in f32 (dtype f64: f64); nothing is written outside OUT:\n"
+    "  --peft OUT            OUT/adapter_config.json + OUT/adapter_model.safetensors (PEFT format)\n"
+    "  --merged OUT          the base with the adapter merged, in Hugging Face layout: OUT/config.json,\n"
+    "                        OUT/model.safetensors (or shards + model.safetensors.index.json), and with a\n"
+    "                        tokenizer (`tokenizer`, or the base's tokenizer.model) OUT/tokenizer.model,\n"
+    "                        OUT/tokenizer_config.json, OUT/special_tokens_map.json (AutoTokenizer loads them)\n"
     "  --max-shard-size S    shard the merged weights above S bytes (default 5GB; 0: one file)\n"
     "  --logits-input IN.h5 --logits-output OUT.h5\n"
     "                        (testing) logits of the base (+ adapter) on IN's input_ids / attention_mask\n"
-    "                        (T5: and decoder_input_ids), on `device` in `dtype`\n\n";
+    "                        (T5: and decoder_input_ids), on `device` in `dtype`\n"
+    "Prints one line per output written (export: ... -> OUT).\n\n";
 
 // Takes the export flags (--flag VALUE or --flag=VALUE) out of argv; the rest is the run options.
 std::vector<char*> take_export_flags(int argc, char** argv, ExportArgs& a, bool& help) {
@@ -137,13 +143,18 @@ std::vector<int32_t> lengths_of(const Inputs& in) {
 
 void write_logits(const std::string& path, const Tensor& logits) {
   const std::string tmp = path + ".tmp";
-  {
+  try {
     h5::Handle f = h5::create_file(tmp);
     h5::write_dataset(f, "logits", H5T_NATIVE_FLOAT, logits.data(),
                       {static_cast<hsize_t>(logits.dim(0)), static_cast<hsize_t>(logits.dim(1)),
                        static_cast<hsize_t>(logits.dim(2))});
+    h5::close_file_checked(f, tmp);
+    durable_rename(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
   }
-  durable_rename(tmp, path);
 }
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
@@ -157,7 +168,9 @@ std::unique_ptr<ModelRunner> load_for_export(RunConfig& c, const ModelFamily& fa
   info.task = "export";
   info.decoder_start_id = -1;  // unknown: the model's own is used
   c.micro_batch_size = rows;
-  const DataShape shape{seq_len, fam.seq2seq ? target_len : 0, {}};
+  DataShape shape;
+  shape.seq_len = seq_len;
+  shape.target_len = fam.seq2seq ? target_len : 0;
   std::unique_ptr<ModelRunner> m =
       fam.make_runner(RunnerSpec{c, info, shape, dtype, device, TpGroup{}, Method::lora, false, fam});
   if (!c.adapter.empty()) {
@@ -194,6 +207,11 @@ int run_export(int argc, char** argv) {
   RunConfig cfg;
   cfg.data.assign(1, '-');  // export reads no data; `data` stays optional
   if (!parse_run_config(static_cast<int>(rest.size()), rest.data(), "export", cfg)) return kExitOk;
+  if (cfg.model.empty() && !cfg.adapter.empty()) {  // the adapter's own base
+    cfg.model = peft_adapter_base(cfg.adapter);
+    cfg.origin["model"] = str(cfg.adapter, "/", kPeftConfigFile, " (base_model_name_or_path)");
+    ST_LOG("export: base model ", cfg.model, " (from ", cfg.origin["model"], ")");
+  }
   if (cfg.model.empty())
     ST_THROW_INPUT(cfg.origin.at("model"), ": export needs model = <the base model's Hugging Face checkpoint directory>");
   if (cfg.adapter.empty() && (!a.peft.empty() || !a.merged.empty() || a.logits_out.empty()))
@@ -203,6 +221,10 @@ int run_export(int argc, char** argv) {
   if (a.logits_in.empty() != a.logits_out.empty())
     ST_THROW_INPUT("command line: --logits-input and --logits-output go together");
   const ModelFamily& fam = model_family(cfg);
+  // The base's sizes (its config.json) before anything is allocated for it.
+  DataShape one_row;
+  one_row.seq_len = one_row.target_len = 1;
+  check_buffer_sizes(cfg, ShardInfo{}, one_row);
   if (!a.logits_out.empty()) dump_logits(cfg, fam, a);
   if (a.peft.empty() && a.merged.empty()) return kExitOk;
   // On the CPU in f32 (f64 with dtype = f64), one rank: the factors and the merge exactly.
@@ -212,6 +234,7 @@ int run_export(int argc, char** argv) {
   std::unique_ptr<ModelRunner> m = load_for_export(c, fam, run_dtype(c, Device::cpu), Device::cpu, 1, 1, 1);
   if (!a.peft.empty()) {
     save_peft_adapter(m->linears(), fam.peft, cfg.model, a.peft);
+    if (const auto t = read_adapter_training(cfg.adapter)) write_adapter_training(a.peft, *t);
     ST_LOG("export: adapter (PEFT format) -> ", a.peft);
   }
   if (!a.merged.empty()) {

@@ -14,6 +14,7 @@
 #include "cli/commands.hpp"
 #include "config/run_config.hpp"
 #include "core/allocator.hpp"
+#include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "train/plan.hpp"
 
@@ -63,7 +64,11 @@ std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& he
       return argv[++i];
     };
     auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
-    if (is("--ranks")) f.ranks = static_cast<int>(parse_int("--ranks", value()));
+    if (is("--ranks")) {
+      const int64_t r = parse_int("--ranks", value());
+      if (r < 1 || r > kMaxRanks) ST_THROW_INPUT("command line: --ranks ", r, " must be in [1, ", kMaxRanks, "]");
+      f.ranks = static_cast<int>(r);
+    }
     else if (is("--gpu-memory")) f.gpu_memory = value();
     else if (is("--reserve")) f.reserve = value();
     else if (is("--methods"))
@@ -83,6 +88,10 @@ std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& he
     }
   }
   if (f.ranks < 1) ST_THROW_INPUT("command line: --ranks must be >= 1");
+  if (f.seq_len < 0 || f.seq_len > kMaxPositions)
+    ST_THROW_INPUT("command line: --seq-len ", f.seq_len, " must be in [0, ", kMaxPositions, "] (0: from the shards)");
+  if (f.target_len < 0 || f.target_len > kMaxPositions)
+    ST_THROW_INPUT("command line: --target-len ", f.target_len, " must be in [0, ", kMaxPositions, "]");
   return rest;
 }
 
@@ -160,8 +169,10 @@ int cmd_plan(int argc, char** argv) {
                                    : cfg.device == "cuda" ? std::string("1 GiB, 3 GiB with NCCL communicators") : std::string("0"))
               << "\n";
     std::cout << "per-rank " << unit << " at the training peak (largest rank); activations with / without checkpointing\n\n";
-    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | est. step | est. rows/s |\n";
-    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    // Rows per optimizer step of a layout: each data-parallel rank takes micro_batch_size x grad_accum.
+    auto global_batch = [&](int dp) { return cfg.micro_batch_size * cfg.grad_accum * dp; };
+    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | global batch | est. step | est. rows/s |\n";
+    std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     nlohmann::json js = nlohmann::json::array();
     for (const LayoutEstimate& e : all) {
       const PlanLayout& l = e.layout;
@@ -170,7 +181,7 @@ int cmd_plan(int argc, char** argv) {
       nlohmann::json j = {{"strategy", l.parallel.name()}, {"tp", tp}, {"dp", dp}, {"method", method_name(l.method)},
                           {"applies", e.applies}};
       if (!e.applies) {
-        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | - | - |\n";
+        std::cout << "- | - | - | - | - | - | - | - | no: " << e.reason << " | " << global_batch(dp) << " | - | - |\n";
         j["reason"] = e.reason;
         js.push_back(j);
         continue;
@@ -183,7 +194,8 @@ int cmd_plan(int argc, char** argv) {
                 << fmt(e.memory.setup_peak) << " | " << (e.fits ? "yes" : "OOM") << " | ";
       char t[64];
       std::snprintf(t, sizeof(t), "%.3g s | %.3g", e.step_seconds, e.rows_per_second);
-      std::cout << t << " |\n";
+      std::cout << global_batch(dp) << " | " << t << " |\n";
+      j["global_batch"] = global_batch(dp);
       for (int c = 0; c < kNumMemCategories; ++c)
         j[mem_category_name(static_cast<MemCategory>(c))] = e.memory.at_peak[static_cast<size_t>(c)];
       j["activations_checkpointing"] = e.activations_ckpt;
@@ -210,24 +222,27 @@ int cmd_plan(int argc, char** argv) {
         rec[method_name(m)] = nullptr;
         continue;
       }
-      const int tp = best->layout.parallel.tp;
+      const int tp = best->layout.parallel.tp, dp = best->layout.parallel.dp;
+      char rate[32];
+      std::snprintf(rate, sizeof(rate), "%.3g", best->rows_per_second);
+      // The same figures as the layout's row: training peak and load peak; the larger decides "fits".
       std::cout << "parallel = " << best->layout.parallel.name() << (tp > 1 ? ", tp_size = " + std::to_string(tp) : std::string())
-                << " (peak " << format_bytes(static_cast<double>(best->memory.max_peak())) << " per rank)"
-                << (m == deck_method ? "   <- the deck's method" : "") << "\n";
+                << " (" << rate << " est. rows/s at global batch " << global_batch(dp) << "; per rank: training peak "
+                << fmt(best->memory.peak) << " " << unit << ", load peak " << fmt(best->memory.setup_peak) << " " << unit
+                << ")" << (m == deck_method ? "   <- the deck's method" : "") << "\n";
       rec[method_name(m)] = {{"strategy", best->layout.parallel.name()}, {"tp", tp}};
     }
     std::cout << "\nest. step: this rank's counted GEMM/attention FLOPs at " << static_cast<int>(req.speed.efficiency * 100)
               << "% of the device peak + its collective bytes over the link + optimizer and NF4 memory traffic;\n"
-              << "est. rows/s = global batch rows per step / est. step, the figure the recommendation ranks by (an\n"
-              << "estimate for ranking, not a promise).\n";
+              << "est. rows/s = global batch rows per step / est. step: layouts with different global batches (more\n"
+              << "data-parallel ranks take more rows per step) are compared per sample by it, and the recommendation\n"
+              << "is the layout with the most est. rows/s whose larger peak (training or load) fits (an estimate for\n"
+              << "ranking, not a promise).\n";
     if (!f.json_path.empty()) {
       nlohmann::json out = {{"run_id", cfg.run_id}, {"ranks", f.ranks}, {"device", cfg.device},
                             {"device_memory", req.device_memory},
                             {"layouts", js}, {"recommended", rec}};
-      std::ofstream o(f.json_path);
-      if (!o) ST_THROW_INPUT(f.json_path, ": cannot write the plan");
-      o << out.dump(1) << "\n";
-      if (!o) ST_THROW_INPUT(f.json_path, ": write failed");
+      atomic_write_file(f.json_path, out.dump(1) + "\n");  // errors name the path and the cause
     }
     return kExitOk;
   } catch (const Error& e) {

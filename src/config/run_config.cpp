@@ -2,11 +2,16 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "core/allocator.hpp"
 #include "core/error.hpp"
@@ -15,6 +20,16 @@ namespace po = boost::program_options;
 namespace fs = std::filesystem;
 
 namespace st {
+
+std::string format_real(double v) {
+  // The shortest digits that read back as v, positioned as Python's repr does: plain notation for
+  // decimal exponents -4..15 (0.0003, 10000), scientific beyond (1e-05, 1e+20).
+  char buf[400];
+  const int exp10 = v == 0 || !std::isfinite(v) ? 0 : static_cast<int>(std::floor(std::log10(std::fabs(v))));
+  const auto fmt = exp10 >= -4 && exp10 < 16 ? std::chars_format::fixed : std::chars_format::scientific;
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v, fmt);
+  return std::string(buf, r.ptr);
+}
 
 namespace {
 
@@ -25,9 +40,72 @@ struct OptionTable {
   std::vector<std::pair<std::string, po::options_description>> groups;
 };
 
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// A number option parsed strictly: the whole value must be a number of the field's type, a
+// negative value for an unsigned field is refused (not wrapped around), an integer outside the
+// type is refused (not clamped), and a real must be finite (nan and inf are refused here, before
+// any range check could let them through).
+template <typename T>
+class strict_value : public po::typed_value<T> {
+ public:
+  strict_value(T* field, std::string key) : po::typed_value<T>(field), key_(std::move(key)) {}
+  void xparse(boost::any& store, const std::vector<std::string>& tokens) const override {
+    if (!store.empty()) throw po::multiple_occurrences();
+    if (tokens.size() != 1) throw po::error(str(key_, " needs one value"));
+    store = boost::any(parse_number(tokens[0]));
+  }
+
+ private:
+  T parse_number(const std::string& raw) const {
+    const std::string v = trim(raw);
+    auto bad = [&](const std::string& why) { return po::error(str(key_, " = '", raw, "': ", why)); };
+    if (v.empty()) throw bad("needs a value");
+    if constexpr (std::is_floating_point_v<T>) {
+      char* end = nullptr;
+      errno = 0;
+      const double x = std::strtod(v.c_str(), &end);
+      if (end != v.c_str() + v.size()) throw bad("is not a number");
+      if (!std::isfinite(x)) throw bad("must be a finite number");
+      if (errno == ERANGE && x != 0) throw bad("is out of range");
+      return static_cast<T>(x);
+    } else {
+      const char* b = v.c_str();
+      const char* e = b + v.size();
+      if (*b == '+') ++b;
+      if (std::is_unsigned_v<T> && *b == '-') throw bad("must be a non-negative integer");
+      T x{};
+      const auto [ptr, ec] = std::from_chars(b, e, x);
+      if (ec == std::errc::result_out_of_range)
+        throw bad(str("is out of range (", std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")"));
+      if (ec != std::errc() || ptr != e) throw bad("is not an integer");
+      return x;
+    }
+  }
+  std::string key_;
+};
+
 template <typename T>
 void add(po::options_description& g, OptionTable& t, const char* key, T* field, const char* help) {
-  g.add_options()(key, po::value<T>(field)->default_value(*field), help);
+  if constexpr (std::is_same_v<T, bool>) g.add_options()(key, po::value<T>(field)->default_value(*field), help);
+  else g.add_options()(key, (new strict_value<T>(field, key))->default_value(*field), help);
+  t.order.push_back(key);
+}
+
+// Reals and booleans print as written in a deck (0.0003, not 0.00029999999999999997; true/false).
+template <>
+void add<double>(po::options_description& g, OptionTable& t, const char* key, double* field, const char* help) {
+  g.add_options()(key, (new strict_value<double>(field, key))->default_value(*field, format_real(*field)), help);
+  t.order.push_back(key);
+}
+
+template <>
+void add<bool>(po::options_description& g, OptionTable& t, const char* key, bool* field, const char* help) {
+  g.add_options()(key, po::value<bool>(field)->default_value(*field, *field ? "true" : "false"), help);
   t.order.push_back(key);
 }
 
@@ -45,6 +123,9 @@ void build_table(RunConfig& c, OptionTable& t) {
   add_string(run, t, "dtype", &c.dtype, "compute dtype: auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16");
   add(run, t, "threads", &c.threads, "OpenMP threads per rank (0: the node's cores divided among its ranks)");
   add(run, t, "log_every", &c.log_every, "print a progress line every N optimizer steps");
+  add(run, t, "overwrite", &c.overwrite,
+      "replace an existing run of this run_id (its metrics.h5 and checkpoints); without it such a run is refused "
+      "(resume = auto continues one instead)");
 
   po::options_description model("Model");
   add_string(model, t, "model", &c.model, "Hugging Face checkpoint directory (config.json + model.safetensors); empty: random init from the keys below");
@@ -92,6 +173,12 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(train, t, "grad_clip", &c.grad_clip, "clip the global gradient norm to this (0: off)");
   add(train, t, "activation_checkpointing", &c.activation_checkpointing, "keep only block inputs; recompute each block in backward");
   add(train, t, "shuffle", &c.shuffle, "shuffle training rows each epoch (seeded)");
+  add(train, t, "packing", &c.packing,
+      "sequence packing: whole documents packed first-fit-decreasing into training rows of pack_length tokens, each "
+      "with its own positions, causal attention and loss (micro_batch_size counts packed rows; Llama only)");
+  add(train, t, "pack_length", &c.pack_length, "tokens per packed training row (0: the training shards' max_seq_len)");
+  add(train, t, "group_by_length", &c.group_by_length,
+      "unpacked runs: global batches of rows of similar lengths, in a seeded random order (less padding)");
   add(train, t, "eval_every", &c.eval_every, "also evaluate every N steps (0: at the end of each epoch only)");
   add(train, t, "eval_at_start", &c.eval_at_start, "evaluate before the first step (the untrained baseline)");
 
@@ -105,7 +192,8 @@ void build_table(RunConfig& c, OptionTable& t) {
              "fresh init: train continues it (its r, lora_alpha and target_modules replace lora_r, lora_alpha and "
              "lora_targets), eval applies it");
   add(lora, t, "save_adapter", &c.save_adapter,
-      "write <run dir>/adapter in PEFT format (adapter_config.json + adapter_model.safetensors) at the end (lora, qlora)");
+      "write <run dir>/adapter in PEFT format (adapter_config.json + adapter_model.safetensors) at the end of a "
+      "lora or qlora run (full fine-tuning has no adapter: the default does nothing there, an explicit true is refused)");
 
   po::options_description qlora("QLoRA (method = qlora; the LoRA keys above apply too)");
   add_string(qlora, t, "qlora_quantize", &c.qlora_quantize,
@@ -138,7 +226,61 @@ void build_table(RunConfig& c, OptionTable& t) {
              "a checkpoint directory (.../step-<N>)");
   add(ckpt, t, "keep_checkpoints", &c.keep_checkpoints, "complete checkpoints to keep (older ones are removed)");
 
-  for (auto* g : {&run, &model, &data, &train, &lora, &qlora, &par, &ckpt}) t.all.add(*g);
+  const std::pair<const char*, po::options_description*> groups[] = {
+      {"Run", &run}, {"Model", &model}, {"Data", &data}, {"Training", &train}, {"LoRA", &lora},
+      {"QLoRA (method = qlora; the LoRA keys above apply too)", &qlora}, {"Parallelism and memory", &par},
+      {"Checkpoints and resume", &ckpt}};
+  for (const auto& [caption, g] : groups) {
+    t.all.add(*g);
+    t.groups.emplace_back(caption, *g);
+  }
+}
+
+// The keys each subcommand's --help lists (train: all). eval and export accept the others too,
+// so that a training deck can be passed as it is, but they have no effect there.
+const std::set<std::string>* help_keys(const std::string& subcommand) {
+  static const std::set<std::string> eval = {
+      "run_id", "output_dir", "seed", "device", "dtype", "threads", "model", "arch", "vocab_size", "hidden_size",
+      "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings",
+      "rms_norm_eps", "rope_theta", "num_decoder_layers", "relative_attention_num_buckets",
+      "relative_attention_max_distance", "feed_forward_proj", "tie_embeddings", "init_std", "data", "val_split",
+      "tokenizer", "max_val_rows", "micro_batch_size", "method", "adapter", "qlora_quantize", "qlora_block_size",
+      "qlora_double_quant", "parallel", "tp_size", "zero3_prefetch", "watchdog_timeout", "memory_limit",
+      "gpu_memory_limit"};
+  static const std::set<std::string> exp = {"model", "adapter", "tokenizer", "dtype", "device"};
+  if (subcommand == "eval") return &eval;
+  if (subcommand == "export") return &exp;
+  return nullptr;
+}
+
+void print_help(const std::string& subcommand, const po::options_description& cli_only, const OptionTable& table) {
+  const std::set<std::string>* keys = help_keys(subcommand);
+  if (subcommand == "eval") {
+    std::cout << "Usage: shardtune eval [--deck FILE] [--key value ...]\n\n"
+              << "Validation loss (and accuracy, for classification shards) of `model`, with `adapter` applied when set,\n"
+              << "on `val_split` of `data`; no training. Prints one line,\n"
+              << "  eval  step 0 | val loss L | val acc A% | R rows, N targets, Ts\n"
+              << "and writes <output_dir>/<run_id>/eval-<n>/metrics.h5 (/evals, /summary; n = 1, 2, ...: never the\n"
+              << "training run's metrics). A training deck works as it is:\n"
+              << "keys not listed below are accepted and ignored. An adapter saved by a QLoRA run is evaluated on\n"
+              << "the NF4 base it was trained on (its shardtune_adapter.json says so) unless method is set.\n\n";
+  } else if (subcommand != "export") {
+    std::cout << "Usage: shardtune " << subcommand << " [--deck FILE] [--key value ...]\n\n"
+              << "Options are read from built-in defaults, then the deck's base decks (include = ...),\n"
+              << "then the deck, then the command line; later sources win. Unknown keys are errors.\n\n";
+  }
+  std::cout << cli_only << "\n";
+  if (!keys) {
+    std::cout << table.all << "\n";
+    return;
+  }
+  std::cout << "Options (deck keys; each also settable as --key value):\n";
+  for (const auto& [caption, group] : table.groups) {
+    po::options_description shown(caption);
+    for (const auto& o : group.options())
+      if (keys->count(o->long_name())) shown.add(o);
+    if (!shown.options().empty()) std::cout << shown << "\n";
+  }
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -181,39 +323,93 @@ void store_layer(const po::parsed_options& parsed, po::variables_map& vm, const 
     if (!cfg.origin.count(o.string_key)) cfg.origin[o.string_key] = source;
 }
 
+// One `key = value` line of a deck.
+struct DeckEntry {
+  std::string key, value;
+  int line = 0;
+};
+
+constexpr size_t kMaxDeckBytes = size_t{1} << 20;
+
+// The lines of a deck: "key = value", comments from '#' to the end of the line, blank lines. A
+// UTF-8 byte-order mark and CRLF line endings are accepted; anything else odd (a directory, a
+// device, a binary or huge file, a line without '=', a [section], a key set twice) is refused
+// naming the deck and the line.
+std::vector<DeckEntry> read_deck(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) ST_THROW_INPUT(path, ": deck not found");
+  if (fs::is_directory(st)) ST_THROW_INPUT(path, ": is a directory, not a deck (a text file of key = value lines)");
+  if (!fs::is_regular_file(st)) ST_THROW_INPUT(path, ": not a regular file (a deck is a text file of key = value lines)");
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec) ST_THROW_INPUT(path, ": cannot read deck: ", ec.message());
+  if (size > kMaxDeckBytes) ST_THROW_INPUT(path, ": ", size, " bytes is not a deck (decks are text files under 1 MiB)");
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in && !in.eof()) ST_THROW_INPUT(path, ": cannot read deck");
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // UTF-8 byte-order mark
+  std::vector<DeckEntry> out;
+  std::map<std::string, int> first_line;
+  std::istringstream lines(text);
+  std::string raw;
+  for (int n = 1; std::getline(lines, raw); ++n) {
+    const std::string at = str(path, ":", n);
+    if (raw.find('\0') != std::string::npos) ST_THROW_INPUT(at, ": binary data (a deck is a text file)");
+    if (!raw.empty() && raw.back() == '\r') raw.pop_back();  // CRLF
+    const std::string line = trim(raw.substr(0, raw.find('#')));
+    if (line.empty()) continue;
+    if (line.front() == '[') ST_THROW_INPUT(at, ": sections ('", line, "') are not used in decks: write key = value");
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) ST_THROW_INPUT(at, ": '", line, "' is not a 'key = value' line");
+    DeckEntry e{trim(line.substr(0, eq)), trim(line.substr(eq + 1)), n};
+    if (e.key.empty()) ST_THROW_INPUT(at, ": '", line, "' has no key before '='");
+    const auto [it, fresh] = first_line.emplace(e.key, n);
+    if (!fresh)
+      ST_THROW_INPUT(at, ": key '", e.key, "' is set twice in this deck (first on line ", it->second,
+                     "); set it once (a deck overrides its base deck's keys)");
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 // Parse a deck and the chain of decks it includes (each deck's keys override its base's).
 void load_deck(const std::string& path, po::variables_map& vm, RunConfig& cfg, const OptionTable& table,
                std::set<std::string>& seen) {
   std::error_code ec;
   const fs::path canon = fs::weakly_canonical(path, ec);
-  if (!fs::exists(path)) ST_THROW_INPUT(path, ": deck not found");
+  const std::vector<DeckEntry> entries = read_deck(path);
   if (!seen.insert(canon.string()).second) ST_THROW_INPUT(path, ": include cycle");
-  std::ifstream in(path);
-  if (!in) ST_THROW_INPUT(path, ": cannot read deck");
-  po::options_description file_desc;
-  file_desc.add(table.all);
-  file_desc.add_options()("include", po::value<std::vector<std::string>>(), "base deck");
-  po::parsed_options parsed(&file_desc);
-  try {
-    parsed = po::parse_config_file(in, file_desc, false);
-  } catch (const po::unknown_option& e) {
-    const std::string key = e.get_option_name();
-    ST_THROW_INPUT(path, ": unknown key '", key, "'", suggestion(key, table.order));
-  } catch (const po::error& e) {
-    ST_THROW_INPUT(path, ": ", e.what());
+  const DeckEntry* include = nullptr;
+  for (const DeckEntry& e : entries) {
+    const std::string at = str(path, ":", e.line);
+    if (e.key == "include") {
+      if (include)
+        ST_THROW_INPUT(at, ": more than one 'include' (first on line ", include->line, "; a deck layers on one base deck)");
+      if (e.value.empty()) ST_THROW_INPUT(at, ": include needs the path of a base deck (include = base.cfg)");
+      include = &e;
+      continue;
+    }
+    const po::option_description* d = table.all.find_nothrow(e.key, false);
+    if (!d) ST_THROW_INPUT(at, ": unknown key '", e.key, "'", suggestion(e.key, table.order));
+    // Every value is checked, also one a later layer (the command line) overrides.
+    try {
+      boost::any probe;
+      d->semantic()->parse(probe, {e.value}, true);
+    } catch (const po::error& err) {
+      ST_THROW_INPUT(at, ": ", err.what());
+    }
+    po::parsed_options one(&table.all);
+    one.options.emplace_back(e.key, std::vector<std::string>{e.value});
+    store_layer(one, vm, at, cfg, table);
   }
-  std::vector<std::string> includes;
-  po::parsed_options own(&file_desc);
-  for (const auto& o : parsed.options) {
-    if (o.string_key == "include") includes.insert(includes.end(), o.value.begin(), o.value.end());
-    else own.options.push_back(o);
-  }
-  if (includes.size() > 1) ST_THROW_INPUT(path, ": more than one 'include' (a deck layers on one base deck)");
-  store_layer(own, vm, path, cfg, table);
-  if (!includes.empty()) {
-    fs::path base = fs::path(includes[0]);
+  if (include) {
+    fs::path base = fs::path(include->value);
     if (base.is_relative()) base = fs::path(path).parent_path() / base;
-    load_deck(base.string(), vm, cfg, table, seen);
+    try {
+      load_deck(base.string(), vm, cfg, table, seen);
+    } catch (const InputError& e) {
+      ST_THROW_INPUT(e.what(), " (included from ", path, ":", include->line, ")");
+    }
   }
 }
 
@@ -231,7 +427,8 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   cli.add(cli_only).add(table.all);
 
   std::ostringstream cmd;
-  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+  cmd << "shardtune";  // argv[0] is the subcommand
+  for (int i = 0; i < argc; ++i) cmd << " " << argv[i];
   cfg.command_line = cmd.str();
 
   po::variables_map vm;
@@ -246,10 +443,7 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
   }
   store_layer(parsed, vm, "command line", cfg, table);
   if (vm.count("help") && vm["help"].as<bool>()) {
-    std::cout << "Usage: shardtune " << subcommand << " [--deck FILE] [--key value ...]\n\n"
-              << "Options are read from built-in defaults, then the deck's base decks (include = ...),\n"
-              << "then the deck, then the command line; later sources win. Unknown keys are errors.\n\n"
-              << cli_only << "\n" << table.all << "\n";
+    print_help(subcommand, cli_only, table);
     return false;
   }
   if (vm.count("deck")) {
@@ -273,7 +467,10 @@ bool parse_run_config(int argc, char** argv, const std::string& subcommand, RunC
     cfg.memory_limit = cfg.gpu_memory_limit;
     cfg.origin["memory_limit"] = cfg.origin.at("gpu_memory_limit");
   }
-  if (cfg.run_id.empty()) cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+  if (cfg.run_id.empty()) {
+    cfg.run_id = deck.empty() ? subcommand : fs::path(deck).stem().string();
+    cfg.origin["run_id"] = deck.empty() ? "default (the subcommand's name)" : "default (the deck's file name)";
+  }
   validate_run_config(cfg);
   return true;
 }
@@ -289,27 +486,43 @@ std::vector<std::string> RunConfig::lora_target_list() const {
   return out;
 }
 
-std::vector<std::pair<std::string, std::string>> RunConfig::resolved() const {
+std::vector<ResolvedOption> RunConfig::resolved_typed() const {
   RunConfig copy = *this;
   OptionTable table;
   build_table(copy, table);
-  std::vector<std::pair<std::string, std::string>> out;
+  std::vector<ResolvedOption> out;
   for (const auto& key : table.order) {
     const po::option_description& d = table.all.find(key, false);
     // The semantic's default is bound to the field's current value (copied above), so its
     // textual default is the resolved value.
     boost::any v;
     d.semantic()->apply_default(v);
-    std::string s;
-    if (auto p = boost::any_cast<std::string>(&v)) s = *p;
-    else if (auto p = boost::any_cast<int64_t>(&v)) s = std::to_string(*p);
-    else if (auto p = boost::any_cast<uint64_t>(&v)) s = std::to_string(*p);
-    else if (auto p = boost::any_cast<int>(&v)) s = std::to_string(*p);
-    else if (auto p = boost::any_cast<bool>(&v)) s = *p ? "true" : "false";
-    else if (auto p = boost::any_cast<double>(&v)) { std::ostringstream os; os << *p; s = os.str(); }
-    out.emplace_back(key, s);
+    ResolvedOption o{key, "", ResolvedOption::Kind::text};
+    if (auto p = boost::any_cast<std::string>(&v)) o.value = *p;
+    else if (auto p = boost::any_cast<int64_t>(&v)) o = {key, std::to_string(*p), ResolvedOption::Kind::integer};
+    else if (auto p = boost::any_cast<uint64_t>(&v)) o = {key, std::to_string(*p), ResolvedOption::Kind::integer};
+    else if (auto p = boost::any_cast<int>(&v)) o = {key, std::to_string(*p), ResolvedOption::Kind::integer};
+    else if (auto p = boost::any_cast<bool>(&v)) o = {key, *p ? "true" : "false", ResolvedOption::Kind::boolean};
+    else if (auto p = boost::any_cast<double>(&v)) o = {key, format_real(*p), ResolvedOption::Kind::real};
+    out.push_back(o);
   }
   return out;
+}
+
+std::vector<std::pair<std::string, std::string>> RunConfig::resolved() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const ResolvedOption& o : resolved_typed()) out.emplace_back(o.key, o.value);
+  return out;
+}
+
+bool RunConfig::set_by_checkpoint(const std::string& key) const {
+  static const std::set<std::string> shape_keys = {
+      "arch", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+      "max_position_embeddings", "rms_norm_eps", "rope_theta", "num_decoder_layers", "relative_attention_num_buckets",
+      "relative_attention_max_distance", "feed_forward_proj", "tie_embeddings", "init_std"};
+  if (model.empty() || !shape_keys.count(key)) return false;
+  const auto it = origin.find(key);
+  return it == origin.end() || it->second == "default";
 }
 
 void validate_run_config(const RunConfig& c) {
@@ -337,46 +550,67 @@ void validate_run_config(const RunConfig& c) {
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
   one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3", "auto"});
+  // Integers in [lo, hi]; reals finite and in their range (NaN fails every comparison, so each
+  // check is written as "inside", never as "not outside").
+  auto int_in = [&](const char* key, int64_t v, int64_t lo, int64_t hi) {
+    if (!(v >= lo && v <= hi)) fail(key, str("= ", v, " must be in [", lo, ", ", hi, "]"));
+  };
+  auto real_in = [&](const char* key, double v, double lo, double hi, bool lo_open, bool hi_open) {
+    const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (!ok) fail(key, str("= ", v, " must be a finite number in ", lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]"));
+  };
+  constexpr double kInf = std::numeric_limits<double>::max();  // "no upper bound" (still finite)
   if (c.run_id.empty() || c.run_id.find('/') != std::string::npos || c.run_id == "." || c.run_id == "..")
     fail("run_id", str("= '", c.run_id, "' must be a plain name (no '/')"));
-  if (c.threads < 0) fail("threads", "must be >= 0");
-  if (c.log_every < 1) fail("log_every", "must be >= 1");
+  if (c.output_dir.empty()) fail("output_dir", "must not be empty");
+  int_in("threads", c.threads, 0, kMaxThreads);
+  int_in("log_every", c.log_every, 1, std::numeric_limits<int>::max());
   if (c.model.empty()) {
-    if (c.vocab_size < 0) fail("vocab_size", "must be >= 0");
-    for (auto [k, v] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
-                        {"intermediate_size", c.intermediate_size}, {"num_layers", c.num_layers},
-                        {"num_heads", c.num_heads}, {"max_position_embeddings", c.max_position_embeddings}})
-      if (v < 1) fail(k, "must be >= 1");
-    if (c.num_kv_heads < 0) fail("num_kv_heads", "must be >= 0");
-    if (c.head_dim < 0) fail("head_dim", "must be >= 0");
+    int_in("vocab_size", c.vocab_size, 0, kMaxVocab);
+    int_in("hidden_size", c.hidden_size, 1, kMaxWidth);
+    int_in("intermediate_size", c.intermediate_size, 1, kMaxWidth);
+    int_in("num_layers", c.num_layers, 1, kMaxLayers);
+    int_in("num_heads", c.num_heads, 1, kMaxHeads);
+    int_in("num_kv_heads", c.num_kv_heads, 0, c.num_heads);
+    if (c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads != 0)
+      fail("num_kv_heads", str("= ", c.num_kv_heads, " must divide num_heads (", c.num_heads, ")"));
+    int_in("head_dim", c.head_dim, 0, kMaxHeadDim);
+    int_in("max_position_embeddings", c.max_position_embeddings, 1, kMaxPositions);
     if (c.head_dim == 0 && c.hidden_size % c.num_heads != 0) fail("hidden_size", "must be a multiple of num_heads (or set head_dim)");
-    if (!(c.init_std > 0)) fail("init_std", "must be positive");
-    if (!(c.rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
-    if (!(c.rope_theta > 0)) fail("rope_theta", "must be positive");
-    if (c.num_decoder_layers < 0) fail("num_decoder_layers", "must be >= 0");
-    if (c.relative_attention_num_buckets < 2) fail("relative_attention_num_buckets", "must be >= 2");
-    if (c.relative_attention_max_distance < 1) fail("relative_attention_max_distance", "must be >= 1");
+    real_in("init_std", c.init_std, 0, 10, true, false);
+    real_in("rms_norm_eps", c.rms_norm_eps, 0, 1, true, false);
+    real_in("rope_theta", c.rope_theta, 0, 1e12, true, false);
+    int_in("num_decoder_layers", c.num_decoder_layers, 0, kMaxLayers);
+    int_in("relative_attention_num_buckets", c.relative_attention_num_buckets, 2, kMaxPositions);
+    int_in("relative_attention_max_distance", c.relative_attention_max_distance, 1, kMaxPositions);
   }
   if (c.data.empty()) fail("data", "is required (a directory of shards from `shardtune prepare`)");
   if (c.train_split.empty()) fail("train_split", "must not be empty");
-  if (c.max_train_rows < 0) fail("max_train_rows", "must be >= 0");
-  if (c.max_val_rows < 0) fail("max_val_rows", "must be >= 0");
-  if (c.epochs < 1) fail("epochs", "must be >= 1");
-  if (c.max_steps < 0) fail("max_steps", "must be >= 0");
-  if (c.micro_batch_size < 1) fail("micro_batch_size", "must be >= 1");
-  if (c.grad_accum < 1) fail("grad_accum", "must be >= 1");
-  if (!(c.lr > 0) || c.lr > 10) fail("lr", "must be in (0, 10]");
-  if (c.min_lr_ratio < 0 || c.min_lr_ratio > 1) fail("min_lr_ratio", "must be in [0, 1]");
-  if (c.warmup_steps < 0) fail("warmup_steps", "must be >= 0");
-  if (c.weight_decay < 0) fail("weight_decay", "must be >= 0");
-  if (c.adam_beta1 < 0 || c.adam_beta1 >= 1) fail("adam_beta1", "must be in [0, 1)");
-  if (c.adam_beta2 < 0 || c.adam_beta2 >= 1) fail("adam_beta2", "must be in [0, 1)");
-  if (!(c.adam_eps > 0)) fail("adam_eps", "must be positive");
-  if (c.grad_clip < 0) fail("grad_clip", "must be >= 0");
-  if (c.eval_every < 0) fail("eval_every", "must be >= 0");
-  if (c.lora_r < 1) fail("lora_r", "must be >= 1");
-  if (!(c.lora_alpha > 0)) fail("lora_alpha", "must be positive");
-  if (c.lora_dropout < 0 || c.lora_dropout >= 1) fail("lora_dropout", "must be in [0, 1)");
+  int_in("max_train_rows", c.max_train_rows, 0, std::numeric_limits<int64_t>::max());
+  int_in("max_val_rows", c.max_val_rows, 0, std::numeric_limits<int64_t>::max());
+  int_in("epochs", c.epochs, 1, kMaxEpochs);
+  int_in("max_steps", c.max_steps, 0, std::numeric_limits<int64_t>::max());
+  int_in("micro_batch_size", c.micro_batch_size, 1, kMaxBatch);
+  int_in("grad_accum", c.grad_accum, 1, kMaxBatch);
+  int_in("pack_length", c.pack_length, 0, kMaxPositions);
+  if (c.pack_length > 0 && !c.packing) fail("pack_length", str("= ", c.pack_length, " needs packing = true"));
+  if (c.packing && c.group_by_length)
+    fail("group_by_length", "= true is for unpacked runs (packing = true already leaves next to no padding)");
+  real_in("lr", c.lr, 0, 10, true, false);
+  real_in("min_lr_ratio", c.min_lr_ratio, 0, 1, false, false);
+  int_in("warmup_steps", c.warmup_steps, 0, std::numeric_limits<int64_t>::max());
+  real_in("weight_decay", c.weight_decay, 0, kInf, false, false);
+  if (c.lr * c.weight_decay > 1)
+    fail("weight_decay", str("= ", c.weight_decay, " with lr = ", c.lr, ": lr x weight_decay must be <= 1 (AdamW scales "
+                             "each weight by 1 - lr x weight_decay per step)"));
+  real_in("adam_beta1", c.adam_beta1, 0, 1, false, true);
+  real_in("adam_beta2", c.adam_beta2, 0, 1, false, true);
+  real_in("adam_eps", c.adam_eps, 0, 1, true, false);
+  real_in("grad_clip", c.grad_clip, 0, kInf, false, false);
+  int_in("eval_every", c.eval_every, 0, std::numeric_limits<int64_t>::max());
+  int_in("lora_r", c.lora_r, 1, kMaxWidth);
+  real_in("lora_alpha", c.lora_alpha, 0, 1e6, true, false);
+  real_in("lora_dropout", c.lora_dropout, 0, 1, false, true);
   {
     const auto targets = c.lora_target_list();
     if (targets.empty()) fail("lora_targets", "must name at least one module");
@@ -385,14 +619,16 @@ void validate_run_config(const RunConfig& c) {
           t != "wi_1" && t != "wi" && t != "wo")
         fail("lora_targets", str("names unknown module '", t, "' (llama: q, k, v, o, gate, up, down; t5: q, k, v, o, wi_0, wi_1, wi, wo)"));
   }
-  if (c.save_adapter && c.method == "full")
+  const auto save_adapter_origin = c.origin.find("save_adapter");  // the default (true) is for lora and qlora
+  if (c.save_adapter && c.method == "full" && save_adapter_origin != c.origin.end() &&
+      save_adapter_origin->second != "default")
     fail("save_adapter", "= true needs method = lora or qlora (full fine-tuning trains no adapter; use save_model)");
-  if (!(c.watchdog_timeout >= 0)) fail("watchdog_timeout", "must be >= 0 (seconds; 0: off)");
-  if (c.tp_size < 1) fail("tp_size", "must be >= 1");
+  real_in("watchdog_timeout", c.watchdog_timeout, 0, kMaxWatchdogSeconds, false, false);
+  int_in("tp_size", c.tp_size, 1, kMaxRanks);
   if (c.tp_size != 1 && c.parallel != "tp" && c.parallel != "tp+zero3" && c.parallel != "auto")
     fail("tp_size", str("= ", c.tp_size, " needs parallel = tp or tp+zero3 (parallel is ", c.parallel, ")"));
-  if (c.checkpoint_every < 0) fail("checkpoint_every", "must be >= 0 (steps; 0: off)");
-  if (c.keep_checkpoints < 1) fail("keep_checkpoints", "must be >= 1");
+  int_in("checkpoint_every", c.checkpoint_every, 0, std::numeric_limits<int64_t>::max());
+  int_in("keep_checkpoints", c.keep_checkpoints, 1, kMaxEpochs);
   if (c.resume.empty()) fail("resume", "must be none, auto or a checkpoint directory");
   try {
     (void)parse_bytes(c.memory_limit, "memory_limit");

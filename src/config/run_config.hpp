@@ -12,6 +12,32 @@
 
 namespace st {
 
+// Upper bounds of the integer options (README "Errors and exit statuses"). They sit far above
+// any real model; their purpose is that no option can make a size product overflow int64 before
+// the products themselves are checked (train/preflight.hpp).
+constexpr int64_t kMaxVocab = 2147483647;      // vocab_size: token ids are int32
+constexpr int64_t kMaxWidth = 1 << 20;         // hidden_size, intermediate_size, lora_r
+constexpr int64_t kMaxHeadDim = 1 << 16;       // head_dim
+constexpr int64_t kMaxHeads = 1 << 16;         // num_heads
+constexpr int64_t kMaxLayers = 1 << 12;        // num_layers, num_decoder_layers
+constexpr int64_t kMaxPositions = 1 << 24;     // max_position_embeddings, T5 relative buckets / distance
+constexpr int64_t kMaxBatch = 1 << 20;         // micro_batch_size, grad_accum
+constexpr int64_t kMaxEpochs = 1000000;        // epochs, keep_checkpoints
+constexpr int64_t kMaxRanks = 1 << 16;         // tp_size (and plan --ranks)
+constexpr int64_t kMaxThreads = 4096;          // threads
+constexpr double kMaxWatchdogSeconds = 1e7;    // watchdog_timeout (~116 days)
+
+// One resolved option: its value as a deck would spell it, and what kind of value it is (so
+// metrics.h5 can store numbers as numbers).
+struct ResolvedOption {
+  enum class Kind { text, integer, real, boolean };
+  std::string key, value;
+  Kind kind = Kind::text;
+};
+
+// The shortest decimal text that reads back as v (0.0003, 1e-08, 10000).
+std::string format_real(double v);
+
 struct RunConfig {
   // run
   std::string run_id;           // names runs/<run_id>/; default: the deck's file name
@@ -21,6 +47,7 @@ struct RunConfig {
   std::string dtype = "auto";   // auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16
   int threads = 0;              // OpenMP threads per rank; 0 = cores / ranks on the node
   int log_every = 10;
+  bool overwrite = false;       // replace an existing run of this run_id (its metrics.h5, checkpoints)
   // model
   std::string model;            // Hugging Face checkpoint dir; empty = random init from below
   std::string arch = "llama";   // a model family (train/families.hpp; random init; a checkpoint's model_type decides otherwise)
@@ -54,6 +81,9 @@ struct RunConfig {
   double grad_clip = 1.0;       // 0 = off
   bool activation_checkpointing = false;
   bool shuffle = true;
+  bool packing = false;          // pack documents into training rows of pack_length tokens (train/packing.hpp)
+  int64_t pack_length = 0;       // 0: the training shards' max_seq_len
+  bool group_by_length = false;  // unpacked runs: global batches of rows of similar lengths
   int64_t eval_every = 0;       // steps; 0 = once per epoch
   bool eval_at_start = true;
   // lora
@@ -61,7 +91,7 @@ struct RunConfig {
   double lora_alpha = 16, lora_dropout = 0.0;
   std::string lora_targets = "q,k,v,o,gate,up,down";
   std::string adapter;          // PEFT adapter dir loaded at start (train: continue it; eval: apply it)
-  bool save_adapter = false;    // write runs/<id>/adapter (PEFT format) at the end of a LoRA/QLoRA run
+  bool save_adapter = true;     // write runs/<id>/adapter (PEFT format) at the end of a LoRA/QLoRA run (full: ignored unless set)
   // qlora
   std::string qlora_quantize = "adapted";  // adapted | all
   int64_t qlora_block_size = 64;
@@ -87,6 +117,10 @@ struct RunConfig {
 
   // All options as key -> value strings in declaration order (for printing and metrics).
   std::vector<std::pair<std::string, std::string>> resolved() const;
+  std::vector<ResolvedOption> resolved_typed() const;
+  // True for a random-init shape key (hidden_size, num_layers, ...) left at its default while
+  // `model` names a checkpoint, whose config.json sets it: the option has no effect.
+  bool set_by_checkpoint(const std::string& key) const;
   // The modules named by lora_targets (a family's default when the deck leaves it unset:
   // lora_targets_for in train/families.hpp).
   std::vector<std::string> lora_target_list() const;

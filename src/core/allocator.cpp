@@ -146,6 +146,9 @@ size_t parse_bytes(const std::string& text, const std::string& what) {
   else if (unit == "GB") mult = 1e9;
   else if (unit == "TB") mult = 1e12;
   else ST_THROW_INPUT(what, ": unknown unit '", unit, "' in '", text, "' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)");
+  // Beyond 2^62 bytes (4 EiB) a size is a typo, and llround would overflow.
+  if (!(v * mult <= 4.611686018427387904e18))
+    ST_THROW_INPUT(what, ": '", text, "' is more than 4 EiB (examples: 40GiB, 512MiB, 8e9, 0)");
   return static_cast<size_t>(std::llround(v * mult));
 }
 

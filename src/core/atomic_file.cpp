@@ -1,6 +1,7 @@
 #include "core/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -97,6 +98,79 @@ void durable_rename(const std::string& tmp, const std::string& path) {
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     ST_THROW("cannot write ", path, ": rename failed from ", tmp, ": ", std::strerror(errno));
   fsync_parent_dir(path);
+}
+
+void durable_sync(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) ST_THROW("cannot write ", path, ": cannot open it to sync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) ST_THROW("cannot write ", path, ": fsync failed: ", std::strerror(err));
+}
+
+void durable_sync_dir(const std::string& dir) {
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+void replace_directory(const std::string& dir_in, const std::function<void(const std::string& staging)>& writer,
+                       const std::function<bool(const std::string& name)>& owned) {
+  namespace fs = std::filesystem;
+  std::string dir = fs::path(dir_in).lexically_normal().string();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  ST_CHECK(!dir.empty() && dir != "." && dir != "/", "replace_directory: bad directory '", dir_in, "'");
+  std::error_code ec;
+  const bool exists = fs::exists(dir, ec);
+  if (exists) {
+    if (!fs::is_directory(dir, ec)) ST_THROW_INPUT(dir, ": exists and is not a directory (refusing to replace it)");
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!owned(name))
+        ST_THROW_INPUT(dir, ": holds '", name, "', which this save does not write: refusing to replace the directory "
+                       "(choose an empty or new directory)");
+    }
+  }
+  const fs::path parent = fs::path(dir).parent_path();
+  if (!parent.empty()) {
+    fs::create_directories(parent, ec);
+    if (ec) ST_THROW_INPUT(parent.string(), ": cannot create directory: ", ec.message());
+  }
+  const std::string staging = dir + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(staging, ec);
+  if (::mkdir(staging.c_str(), 0755) != 0)
+    ST_THROW("cannot write ", dir, ": cannot create ", staging, ": ", std::strerror(errno));
+  try {
+    writer(staging);
+    durable_sync_dir(staging);
+  } catch (...) {
+    fs::remove_all(staging, ec);
+    throw;
+  }
+  auto fail = [&](const char* what, int err) {
+    fs::remove_all(staging, ec);
+    ST_THROW("cannot write ", dir, ": ", what, ": ", std::strerror(err), " (", dir, " is unchanged)");
+  };
+  if (!exists) {
+    if (::rename(staging.c_str(), dir.c_str()) != 0) fail("rename of the new directory failed", errno);
+  } else if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) != 0) {
+    // No atomic exchange here (an older kernel or a network file system): two renames.
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) fail("exchange with the new directory failed", errno);
+    const std::string old = dir + ".old-" + std::to_string(::getpid());
+    fs::remove_all(old, ec);
+    if (::rename(dir.c_str(), old.c_str()) != 0) fail("moving the old directory aside failed", errno);
+    if (::rename(staging.c_str(), dir.c_str()) != 0) {
+      const int err = errno;
+      (void)::rename(old.c_str(), dir.c_str());
+      fail("rename of the new directory failed", err);
+    }
+    fs::rename(old, staging, ec);  // removed below with the staging name
+  }
+  durable_sync_dir(parent.string());
+  fs::remove_all(staging, ec);  // after an exchange: the old contents
 }
 
 void atomic_write_file(const std::string& path, const std::function<void(AtomicFile&)>& writer) {

@@ -50,6 +50,22 @@ void atomic_copy_file(const std::string& src, const std::string& dst);
 // left for the caller to remove).
 void durable_rename(const std::string& tmp, const std::string& path);
 
+// fsync a file another library wrote (throws Error naming it and strerror), and a directory
+// (best effort: some file systems refuse it, which is harmless).
+void durable_sync(const std::string& path);
+void durable_sync_dir(const std::string& dir);
+
+// Writes the directory `dir` as a whole (a saved model, an adapter, an export): `writer` fills a
+// new sibling directory "<dir>.tmp-<pid>", which then takes the place of `dir` (one atomic
+// exchange of the two where the file system supports it, else two renames), and the old
+// contents are removed. If `writer` throws, the staging directory is removed and `dir` is left
+// as it was: a failed save (disk full) never leaves a half-written directory in its place.
+// An existing `dir` holding anything `owned(name)` does not recognise (a file that is not one
+// this save writes) is refused before anything is written (InputError naming it): pointing an
+// output at the wrong directory must not delete it.
+void replace_directory(const std::string& dir, const std::function<void(const std::string& staging)>& writer,
+                       const std::function<bool(const std::string& name)>& owned);
+
 // Writes all `bytes` to an open descriptor, retrying short writes and EINTR; throws Error
 // "<what>: write failed after K of N bytes: <strerror>" (used by AtomicFile; exposed for tests
 // that need a descriptor such as /dev/full).

@@ -18,7 +18,7 @@
 
 namespace st {
 
-enum ExitStatus : int { kExitOk = 0, kExitError = 1, kExitInput = 2, kExitOom = 3, kExitPreempted = 4 };
+enum ExitStatus : int { kExitOk = 0, kExitError = 1, kExitInput = 2, kExitOom = 3, kExitPreempted = 4, kExitInterrupted = 130 };
 
 // str(a, b, c): concatenate anything streamable (libstdc++ 12 has no <format>).
 template <typename... Args>

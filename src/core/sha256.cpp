@@ -2,11 +2,17 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #include "core/error.hpp"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 namespace st {
 
@@ -37,9 +43,67 @@ inline uint32_t big_sigma1(uint32_t x) { return rotr(x, 6) ^ rotr(x, 11) ^ rotr(
 inline uint32_t small_sigma0(uint32_t x) { return rotr(x, 7) ^ rotr(x, 18) ^ (x >> 3); }
 inline uint32_t small_sigma1(uint32_t x) { return rotr(x, 17) ^ rotr(x, 19) ^ (x >> 10); }
 
+#if defined(__x86_64__)
+// The same compression with the x86 SHA extensions (SHA-NI: Intel since Ice Lake / Goldmont,
+// AMD since Zen): about 2 GB/s instead of ~250 MB/s, which is what makes checksumming every
+// checkpoint file cheap. State order as in Intel's reference: ABEF and CDGH in two registers.
+__attribute__((target("sha,sse4.1,ssse3"))) void compress_blocks_shani(uint32_t* state, const uint8_t* data,
+                                                                       size_t nblocks) {
+  const __m128i kMask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(state)), 0xB1);  // CDAB
+  __m128i state1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(state + 4)), 0x1B);  // EFGH
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);  // ABEF
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);       // CDGH
+  for (; nblocks > 0; --nblocks, data += 64) {
+    const __m128i abef = state0, cdgh = state1;
+    __m128i m[4];
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; ++q) {  // rounds 4q .. 4q+3
+      if (q < 4) m[q] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(data + 16 * q)), kMask);
+      __m128i msg = _mm_add_epi32(m[q & 3], _mm_loadu_si128(reinterpret_cast<const __m128i*>(kRound + 4 * q)));
+      state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
+      if (q >= 3 && q <= 14) {  // the schedule's words for quad q + 1
+        const __m128i t = _mm_alignr_epi8(m[q & 3], m[(q + 3) & 3], 4);
+        m[(q + 1) & 3] = _mm_sha256msg2_epu32(_mm_add_epi32(m[(q + 1) & 3], t), m[q & 3]);
+      }
+      msg = _mm_shuffle_epi32(msg, 0x0E);
+      state0 = _mm_sha256rnds2_epu32(state0, state1, msg);
+      if (q >= 1 && q <= 12) m[(q + 3) & 3] = _mm_sha256msg1_epu32(m[(q + 3) & 3], m[q & 3]);
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(state0, 0x1B);        // FEBA
+  state1 = _mm_shuffle_epi32(state1, 0xB1);     // DCHG
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);  // DCBA
+  state1 = _mm_alignr_epi8(state1, tmp, 8);     // ABEF
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(state), state0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(state + 4), state1);
+}
+
+bool have_shani() {
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool sha = (b >> 29) & 1u;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    return sha && ((c >> 19) & 1u) && ((c >> 9) & 1u);  // SSE4.1, SSSE3
+  }();
+  return yes;
+}
+#endif
+
 }  // namespace
 
 Sha256::Sha256() : h_(kInitial) {}
+
+bool sha256_uses_cpu_extensions() {
+#if defined(__x86_64__)
+  return have_shani() && !std::getenv("SHARDTUNE_SHA256_PORTABLE");
+#else
+  return false;
+#endif
+}
 
 // Section 6.2.2: one 512-bit block.
 void Sha256::compress(const uint8_t block[64]) {
@@ -81,6 +145,14 @@ void Sha256::update(const void* data, size_t n) {
     compress(buf_.data());
     buf_len_ = 0;
   }
+#if defined(__x86_64__)
+  static const bool fast = sha256_uses_cpu_extensions();
+  if (fast && n >= 64) {
+    compress_blocks_shani(h_.data(), p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
+  }
+#endif
   for (; n >= 64; n -= 64, p += 64) compress(p);
   if (n > 0) {
     std::memcpy(buf_.data(), p, n);

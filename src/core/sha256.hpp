@@ -31,6 +31,9 @@ class Sha256 {
 };
 
 std::string sha256_hex(std::string_view bytes);
+// True when whole blocks go through the CPU's SHA instructions (x86 SHA-NI); the environment
+// variable SHARDTUNE_SHA256_PORTABLE forces the portable code (tests compare the two).
+bool sha256_uses_cpu_extensions();
 // Streams the file; throws InputError naming the path if it cannot be read.
 std::string sha256_file_hex(const std::string& path);
 

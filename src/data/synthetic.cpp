@@ -384,8 +384,11 @@ std::string instruct_jsonl(const std::vector<InstructRow>& rows) {
 
 SyntheticResult write_synthetic_dataset(const SyntheticOptions& opt) {
   ST_CHECK_INPUT(!opt.dir.empty(), "--synthetic: empty output directory");
-  ST_CHECK_INPUT(opt.sentiment_rows >= 1, "--sentiment-rows must be >= 1 (got ", opt.sentiment_rows, ")");
-  ST_CHECK_INPUT(opt.instruct_rows >= 1, "--instruct-rows must be >= 1 (got ", opt.instruct_rows, ")");
+  constexpr int64_t kMaxRows = 10000000;  // the generator holds every row in memory
+  ST_CHECK_INPUT(opt.sentiment_rows >= 1 && opt.sentiment_rows <= kMaxRows, "--sentiment-rows must be in [1, ", kMaxRows,
+                 "] (got ", opt.sentiment_rows, ")");
+  ST_CHECK_INPUT(opt.instruct_rows >= 1 && opt.instruct_rows <= kMaxRows, "--instruct-rows must be in [1, ", kMaxRows,
+                 "] (got ", opt.instruct_rows, ")");
   ST_CHECK_INPUT(opt.vocab_size >= 300, "--vocab-size must be >= 300 (256 byte pieces, 3 specials and the "
                                         "characters of the text; got ", opt.vocab_size, ")");
   std::error_code ec;

@@ -36,6 +36,43 @@ void quiet_errors() {
   }
 }
 
+namespace {
+herr_t collect_error(unsigned n, const H5E_error2_t* e, void* out) {
+  auto* v = static_cast<std::vector<std::string>*>(out);
+  (void)n;
+  if (e && e->desc) v->push_back(e->desc);
+  return 0;
+}
+}  // namespace
+
+std::string error_cause() {
+  std::vector<std::string> descs;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &descs);  // outermost first
+  for (auto it = descs.rbegin(); it != descs.rend(); ++it) {
+    // The file drivers put strerror() in the innermost entry: "..., errno = 28, error message =
+    // 'No space left on device', ...".
+    const size_t at = it->find("error message = '");
+    if (at != std::string::npos) {
+      const size_t b = at + 17, e = it->find('\'', b);
+      return it->substr(b, e == std::string::npos ? std::string::npos : e - b);
+    }
+  }
+  return descs.empty() ? std::string() : descs.back();
+}
+
+std::string error_suffix() {
+  const std::string c = error_cause();
+  return c.empty() ? std::string() : ": " + c;
+}
+
+void close_file_checked(Handle& f, const std::string& path) {
+  if (!f.valid()) return;
+  if (H5Fflush(f, H5F_SCOPE_LOCAL) < 0) ST_THROW("cannot write ", path, ": flushing failed", error_suffix());
+  const hid_t id = f.get();
+  f.release();
+  if (H5Fclose(id) < 0) ST_THROW("cannot write ", path, ": closing failed", error_suffix());
+}
+
 static std::string object_name(hid_t obj) {
   char buf[512] = {0};
   ssize_t n = H5Iget_name(obj, buf, sizeof(buf));
@@ -49,7 +86,7 @@ static std::string object_name(hid_t obj) {
 Handle create_file(const std::string& path) {
   quiet_errors();
   hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  if (f < 0) ST_THROW_INPUT(path, ": cannot create HDF5 file (check the directory exists and is writable)");
+  if (f < 0) ST_THROW_INPUT(path, ": cannot create HDF5 file", error_suffix());
   return Handle(f, Handle::Kind::file);
 }
 
@@ -87,18 +124,32 @@ static void replace_attr(hid_t obj, const std::string& name) {
   if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
 }
 
+// Variable-length UTF-8: h5py reads it as str (a fixed-length string attribute comes back as bytes).
 void write_attr(hid_t obj, const std::string& name, const std::string& value) {
   replace_attr(obj, name);
   Handle type(H5Tcopy(H5T_C_S1), Handle::Kind::datatype);
-  H5Tset_size(type, value.empty() ? 1 : value.size());
+  H5Tset_size(type, H5T_VARIABLE);
   H5Tset_cset(type, H5T_CSET_UTF8);
-  H5Tset_strpad(type, H5T_STR_NULLPAD);
   Handle space(H5Screate(H5S_SCALAR), Handle::Kind::dataspace);
   Handle attr(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::attribute);
-  if (!attr.valid()) ST_THROW(object_name(obj), ": cannot create attribute '", name, "'");
-  const char zero = 0;
-  if (H5Awrite(attr, type, value.empty() ? &zero : value.data()) < 0)
-    ST_THROW(object_name(obj), ": cannot write attribute '", name, "'");
+  if (!attr.valid()) ST_THROW(object_name(obj), ": cannot create attribute '", name, "'", error_suffix());
+  const char* p = value.c_str();
+  if (H5Awrite(attr, type, &p) < 0)
+    ST_THROW(object_name(obj), ": cannot write attribute '", name, "'", error_suffix());
+}
+
+// h5py's boolean type: an 8-bit enum {FALSE = 0, TRUE = 1} (read back as numpy.bool_).
+void write_attr_bool(hid_t obj, const std::string& name, bool value) {
+  replace_attr(obj, name);
+  Handle type(H5Tenum_create(H5T_NATIVE_INT8), Handle::Kind::datatype);
+  const int8_t f = 0, t = 1;
+  H5Tenum_insert(type, "FALSE", &f);
+  H5Tenum_insert(type, "TRUE", &t);
+  Handle space(H5Screate(H5S_SCALAR), Handle::Kind::dataspace);
+  Handle attr(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), Handle::Kind::attribute);
+  const int8_t v = value ? 1 : 0;
+  if (!attr.valid() || H5Awrite(attr, type, &v) < 0)
+    ST_THROW(object_name(obj), ": cannot write attribute '", name, "'", error_suffix());
 }
 
 template <typename T>
@@ -206,9 +257,9 @@ void write_dataset(hid_t parent, const std::string& name, hid_t native_type, con
   }
   Handle ds(H5Dcreate2(parent, name.c_str(), native_type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
             Handle::Kind::dataset);
-  if (!ds.valid()) ST_THROW(object_name(parent), ": cannot create dataset '", name, "'");
+  if (!ds.valid()) ST_THROW(object_name(parent), ": cannot create dataset '", name, "'", error_suffix());
   if (nonempty && H5Dwrite(ds, native_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-    ST_THROW(object_name(parent), ": cannot write dataset '", name, "'");
+    ST_THROW(object_name(parent), ": cannot write dataset '", name, "'", error_suffix());
 }
 
 std::vector<hsize_t> dataset_dims(hid_t parent, const std::string& name, const std::string& where) {

@@ -25,6 +25,7 @@ class Handle {
   operator hid_t() const { return id_; }
   bool valid() const { return id_ >= 0; }
   void reset();
+  void release() { id_ = H5I_INVALID_HID; }  // forget the id without closing it
 
  private:
   hid_t id_ = H5I_INVALID_HID;
@@ -34,6 +35,17 @@ class Handle {
 // Silence HDF5's own error stack printing (we report errors ourselves). Idempotent.
 void quiet_errors();
 
+// The cause of the HDF5 call that just failed, from HDF5's error stack: strerror() of the system
+// call when a file read or write failed (e.g. "No space left on device"), else HDF5's innermost
+// description; "" when the stack is empty. error_suffix(): ": <cause>" or "".
+std::string error_cause();
+std::string error_suffix();
+
+// Flushes and closes a file written to, throwing (with the cause) when either fails: closing
+// through ~Handle ignores errors, so a write that only fails when the cache is flushed (disk
+// full) would go unnoticed.
+void close_file_checked(Handle& f, const std::string& path);
+
 Handle create_file(const std::string& path);     // truncates
 Handle open_file_read(const std::string& path);  // throws InputError naming the path
 Handle open_file_rw(const std::string& path);
@@ -41,8 +53,9 @@ Handle create_group(hid_t parent, const std::string& name);
 Handle open_group(hid_t parent, const std::string& name);
 bool exists(hid_t parent, const std::string& name);
 
-// Attributes (scalar or 1-D) on any object.
+// Attributes (scalar or 1-D) on any object. Strings are variable-length UTF-8.
 void write_attr(hid_t obj, const std::string& name, const std::string& value);
+void write_attr_bool(hid_t obj, const std::string& name, bool value);
 void write_attr(hid_t obj, const std::string& name, int64_t value);
 void write_attr(hid_t obj, const std::string& name, double value);
 void write_attr(hid_t obj, const std::string& name, const std::vector<int32_t>& values);

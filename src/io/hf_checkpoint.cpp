@@ -175,4 +175,15 @@ void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {
   atomic_copy_file(tokenizer_path, (fs::path(dir) / "tokenizer.model").string());
 }
 
+bool hf_save_file(const std::string& name) {
+  auto ends_with = [&](const char* suffix) {
+    const std::string x(suffix);
+    return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
+  };
+  if (ends_with(".tmp")) return true;  // an interrupted atomic write of one of these
+  return name == "config.json" || name == "model.safetensors" || name == "model.safetensors.index.json" ||
+         name == "tokenizer.model" || name == "tokenizer_config.json" || name == "special_tokens_map.json" ||
+         name == "tokenizer.json" || (name.rfind("model-", 0) == 0 && name.find("-of-") != std::string::npos && ends_with(".safetensors"));
+}
+
 }  // namespace st

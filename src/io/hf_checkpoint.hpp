@@ -68,4 +68,9 @@ size_t write_hf_weights(const std::string& dir, const std::vector<std::pair<std:
 // written).
 void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir);
 
+// The files a saved Hugging Face checkpoint directory of ours holds (config.json, weights,
+// index, tokenizer.model, and .tmp leftovers of them): the only ones replace_directory may
+// replace when a save goes over an existing directory.
+bool hf_save_file(const std::string& name);
+
 }  // namespace st

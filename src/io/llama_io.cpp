@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "core/atomic_file.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/hf_tokenizer.hpp"
 #include "io/hf_llama.hpp"
 #include "io/safetensors.hpp"
 
@@ -47,18 +49,22 @@ void save_decoder(LlamaModel& m, const std::string& dir, const std::string& toke
                   void (*write_config)(const std::string& dir, const LlamaConfig& cfg)) {
   for (Linear* lin : llama_linears(m))
     if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
-  std::error_code ec;
-  if (m.tp.size == 1 || m.tp.rank == 0) fs::create_directories(dir, ec);
-  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
     if (slot.linear) ST_THROW(slot.name, " is stored in NF4: dequantize the model first");
     tensors.emplace_back(slot.name, llama_gather_full(m, slot));
   }
   if (m.tp.size > 1 && m.tp.rank != 0) return;
-  write_hf_weights(dir, tensors, max_shard_bytes);
-  write_config(dir, m.cfg);
-  if (!tokenizer_path.empty()) copy_tokenizer(tokenizer_path, dir);
+  // The whole directory at once: a failed save leaves the earlier one (or none), never a mix.
+  replace_directory(
+      dir,
+      [&](const std::string& out) {
+        write_hf_weights(out, tensors, max_shard_bytes);
+        write_config(out, m.cfg);
+        if (!tokenizer_path.empty())
+          save_hf_tokenizer(tokenizer_path, out, HfTokenizerKind::llama, m.cfg.max_position_embeddings, m.cfg.vocab_size);
+      },
+      hf_save_file);
 }
 
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {

@@ -13,12 +13,17 @@
 // (analysis/st_read.py) keep the rows every column has.
 #include "io/metrics.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cmath>
+#include <ctime>
 #include <filesystem>
 #include <limits>
 #include <set>
 
 #include "core/error.hpp"
+#include "core/version.hpp"
 #include "io/h5util.hpp"
 
 namespace st {
@@ -27,6 +32,122 @@ namespace {
 
 // Categories every /ranks table has (zero where a rank reported none), in this order.
 const char* const kRankCategories[] = {"weights", "gradients", "optimizer", "activations", "communication", "workspace"};
+
+// Units and meaning of every column, written as the datasets' "units" and "description"
+// attributes (the layout comment in metrics.hpp says the same).
+struct ColumnInfo {
+  const char* name;
+  const char* units;
+  const char* description;
+};
+
+const ColumnInfo kStepColumns[] = {
+    {"step", "1", "optimizer step (1-based, counted over the whole run)"},
+    {"epoch", "1", "epoch the step belongs to (1-based)"},
+    {"loss", "nats per target token", "training loss of the step: mean cross-entropy over every target token of the global batch"},
+    {"lr", "1", "learning rate used by the step"},
+    {"grad_norm", "1", "global L2 norm of the gradients before clipping"},
+    {"tokens", "tokens", "real tokens processed by the step over every rank (input + target for seq2seq; padding not counted)"},
+    {"computed_tokens", "tokens", "tokens the step computed over every rank, padding included (packed rows: their full length)"},
+    {"step_time", "s", "wall time of the step on rank 0"},
+    {"tokens_per_s", "tokens/s", "real tokens / step_time"},
+    {"mfu", "1", "model FLOPs utilization (fraction of the device's peak; NaN where no peak is known)"},
+    {"mem_current", "bytes", "rank 0's allocator bytes in use after the step"},
+    {"mem_peak", "bytes", "rank 0's allocator peak so far"},
+};
+const ColumnInfo kEvalColumns[] = {
+    {"step", "1", "optimizer steps completed when evaluated (0: the untrained model)"},
+    {"epoch", "epochs", "fractional epoch when evaluated"},
+    {"val_loss", "nats per target token", "validation loss: mean cross-entropy over every target token of the split"},
+    {"val_accuracy", "1", "fraction of labelled rows whose label word scores highest (NaN without labels)"},
+    {"val_tokens", "tokens", "target tokens evaluated"},
+    {"eval_time", "s", "wall time of the evaluation"},
+};
+const ColumnInfo kEpochColumns[] = {
+    {"epoch", "1", "epoch (1-based)"},
+    {"epoch_time", "s", "training wall time of the epoch (evaluations excluded; summed over resumed segments)"},
+    {"train_loss", "nats per target token", "token-weighted mean training loss over the epoch"},
+    {"val_loss", "nats per target token", "validation loss at the end of the epoch"},
+    {"val_accuracy", "1", "validation accuracy at the end of the epoch (NaN without labels)"},
+    {"steps", "1", "optimizer steps in the epoch"},
+};
+const ColumnInfo kRankColumns[] = {
+    {"rank", "1", "MPI rank"},
+    {"host", "text", "host name of the rank"},
+    {"peak_memory", "bytes", "the rank's allocator peak during training"},
+    {"predicted_peak", "bytes", "the planner's prediction of peak_memory (0: none made)"},
+    {"comm_time", "s", "time the rank spent in collectives"},
+};
+
+template <size_t N>
+void describe_columns(hid_t group, const ColumnInfo (&cols)[N]) {
+  for (const ColumnInfo& c : cols) {
+    if (!h5::exists(group, c.name)) continue;
+    h5::Handle ds(H5Dopen2(group, c.name, H5P_DEFAULT), h5::Handle::Kind::dataset);
+    if (!ds.valid()) continue;
+    h5::write_attr(ds, "units", std::string(c.units));
+    h5::write_attr(ds, "description", std::string(c.description));
+  }
+}
+
+std::string utc_now_iso8601() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string host_name() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  return buf;
+}
+
+// /config: numbers as numbers, booleans as booleans, the rest as strings.
+void write_config(hid_t f, const std::map<std::string, std::string>& config, const ConfigKinds& kinds,
+                  const std::string& path) {
+  h5::Handle cfg = h5::create_group(f, "config");
+  for (const auto& [key, value] : config) {
+    ST_CHECK(!key.empty(), path, ": empty /config key");
+    const auto it = kinds.find(key);
+    const ResolvedOption::Kind kind = it == kinds.end() ? ResolvedOption::Kind::text : it->second;
+    try {
+      if (kind == ResolvedOption::Kind::integer) {
+        h5::write_attr(cfg, key, static_cast<int64_t>(std::stoll(value)));
+        continue;
+      }
+      if (kind == ResolvedOption::Kind::real) {
+        h5::write_attr(cfg, key, std::stod(value));
+        continue;
+      }
+    } catch (const std::logic_error&) {
+      // not a number after all (should not happen): stored as text below
+    }
+    if (kind == ResolvedOption::Kind::boolean && (value == "true" || value == "false"))
+      h5::write_attr_bool(cfg, key, value == "true");
+    else
+      h5::write_attr(cfg, key, value);
+  }
+}
+
+// Root attributes: what wrote the file, when, where and how it was started.
+void write_root_attrs(hid_t f, const std::map<std::string, std::string>& config, bool resumed) {
+  const std::string now = utc_now_iso8601();
+  h5::write_attr(f, "format_version", kMetricsFormatVersion);
+  h5::write_attr(f, "shardtune_version", std::string(shardtune_version()));
+  h5::write_attr(f, "shardtune_commit", std::string(shardtune_commit()));
+  h5::write_attr(f, "shardtune_build", std::string(shardtune_build_flags()));
+  h5::write_attr(f, "host", host_name());
+  const auto cl = config.find("command_line");
+  h5::write_attr(f, "command_line", cl == config.end() ? std::string() : cl->second);
+  int64_t segments = 1;
+  if (resumed && h5::has_attr(f, "segments")) segments = h5::read_attr_int(f, "segments", "/") + 1;
+  if (!resumed || !h5::has_attr(f, "start_time")) h5::write_attr(f, "start_time", now);
+  h5::write_attr(f, "segments", segments);
+  h5::write_attr(f, "last_start_time", now);
+}
 
 h5::Handle create_unlocked_file(const std::string& path) {
   h5::quiet_errors();
@@ -111,19 +232,16 @@ struct MetricsWriter::Impl {
   h5::Handle steps, evals, epochs, summary;
 };
 
-MetricsWriter::MetricsWriter(const std::string& path, const std::map<std::string, std::string>& config)
+MetricsWriter::MetricsWriter(const std::string& path, const std::map<std::string, std::string>& config,
+                             const ConfigKinds& kinds)
     : path_(path) {
   ST_CHECK(!path.empty(), "metrics path is empty");
   create_parent_directories(path);
   impl_ = std::make_unique<Impl>();
   impl_->file = create_unlocked_file(path);
   const hid_t f = impl_->file;
-
-  h5::Handle cfg = h5::create_group(f, "config");
-  for (const auto& [key, value] : config) {
-    ST_CHECK(!key.empty(), path, ": empty /config key");
-    h5::write_attr(cfg, key, value);
-  }
+  write_root_attrs(f, config, false);
+  write_config(f, config, kinds, path);
 
   impl_->summary = h5::create_group(f, "summary");
   h5::write_attr(impl_->summary, "outcome", std::string("running"));
@@ -134,6 +252,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const std::map<std::string
   h5::create_extendible(s, "epoch", H5T_NATIVE_INT32, 1024);
   for (const char* c : {"loss", "lr", "grad_norm"}) h5::create_extendible(s, c, H5T_NATIVE_DOUBLE, 1024);
   h5::create_extendible(s, "tokens", H5T_NATIVE_INT64, 1024);
+  h5::create_extendible(s, "computed_tokens", H5T_NATIVE_INT64, 1024);
   for (const char* c : {"step_time", "tokens_per_s", "mfu"}) h5::create_extendible(s, c, H5T_NATIVE_DOUBLE, 1024);
   for (const char* c : {"mem_current", "mem_peak"}) h5::create_extendible(s, c, H5T_NATIVE_INT64, 1024);
 
@@ -150,14 +269,17 @@ MetricsWriter::MetricsWriter(const std::string& path, const std::map<std::string
   for (const char* c : {"epoch_time", "train_loss", "val_loss", "val_accuracy"})
     h5::create_extendible(p, c, H5T_NATIVE_DOUBLE, 64);
   h5::create_extendible(p, "steps", H5T_NATIVE_INT64, 64);
+  describe_columns(s, kStepColumns);
+  describe_columns(e, kEvalColumns);
+  describe_columns(p, kEpochColumns);
 
   flush();
 }
 
 std::unique_ptr<MetricsWriter> MetricsWriter::reopen(const std::string& path,
                                                      const std::map<std::string, std::string>& config,
-                                                     int64_t last_step, int64_t last_epoch) {
-  if (!std::filesystem::exists(path)) return std::make_unique<MetricsWriter>(path, config);
+                                                     int64_t last_step, int64_t last_epoch, const ConfigKinds& kinds) {
+  if (!std::filesystem::exists(path)) return std::make_unique<MetricsWriter>(path, config, kinds);
   std::unique_ptr<MetricsWriter> w(new MetricsWriter());
   w->path_ = path;
   w->impl_ = std::make_unique<Impl>();
@@ -165,13 +287,16 @@ std::unique_ptr<MetricsWriter> MetricsWriter::reopen(const std::string& path,
   const hid_t f = w->impl_->file;
   for (const char* g : {"steps", "evals", "epochs"})
     if (!h5::exists(f, g)) ST_THROW_INPUT(path, ": no /", g, " table: not a metrics file this version wrote");
+  // The earlier segments' wall time, before /summary is replaced.
+  if (h5::exists(f, "summary")) {
+    h5::Handle old = h5::open_group(f, "summary");
+    if (h5::has_attr(old, "total_time")) w->previous_total_time_ = h5::read_attr_double(old, "total_time", path);
+  }
+  write_root_attrs(f, config, true);
   // /config: this run's options; /summary: afresh (outcome running), the end of the run rewrites it.
   for (const char* g : {"config", "summary", "ranks"})
     if (h5::exists(f, g) && H5Ldelete(f, g, H5P_DEFAULT) < 0) ST_THROW(path, ": cannot replace /", g);
-  {
-    h5::Handle cfg = h5::create_group(f, "config");
-    for (const auto& [key, value] : config) h5::write_attr(cfg, key, value);
-  }
+  write_config(f, config, kinds, path);
   w->impl_->summary = h5::create_group(f, "summary");
   h5::write_attr(w->impl_->summary, "outcome", std::string("running"));
   truncate_table(f, "steps", "step", last_step, path);
@@ -180,6 +305,9 @@ std::unique_ptr<MetricsWriter> MetricsWriter::reopen(const std::string& path,
   w->impl_->steps = h5::open_group(f, "steps");
   w->impl_->evals = h5::open_group(f, "evals");
   w->impl_->epochs = h5::open_group(f, "epochs");
+  describe_columns(w->impl_->steps, kStepColumns);  // files written before the descriptions existed
+  describe_columns(w->impl_->evals, kEvalColumns);
+  describe_columns(w->impl_->epochs, kEpochColumns);
   w->flush();
   return w;
 }
@@ -202,6 +330,7 @@ void MetricsWriter::append_step(const StepRecord& r) {
   h5::append_value(g, "lr", H5T_NATIVE_DOUBLE, &r.lr);
   h5::append_value(g, "grad_norm", H5T_NATIVE_DOUBLE, &r.grad_norm);
   h5::append_value(g, "tokens", H5T_NATIVE_INT64, &r.tokens);
+  h5::append_value(g, "computed_tokens", H5T_NATIVE_INT64, &r.computed_tokens);
   h5::append_value(g, "step_time", H5T_NATIVE_DOUBLE, &r.step_time);
   h5::append_value(g, "tokens_per_s", H5T_NATIVE_DOUBLE, &r.tokens_per_s);
   h5::append_value(g, "mfu", H5T_NATIVE_DOUBLE, &r.mfu);
@@ -270,6 +399,12 @@ void MetricsWriter::write_ranks(const std::vector<RankRecord>& ranks) {
     h5::write_dataset(g, "peak_" + cat, H5T_NATIVE_INT64, column.data(), {n});
   }
   h5::write_dataset(g, "comm_time", H5T_NATIVE_DOUBLE, comm.data(), {n});
+  describe_columns(g, kRankColumns);
+  for (const std::string& cat : categories) {
+    h5::Handle ds(H5Dopen2(g, ("peak_" + cat).c_str(), H5P_DEFAULT), h5::Handle::Kind::dataset);
+    h5::write_attr(ds, "units", std::string("bytes"));
+    h5::write_attr(ds, "description", "the rank's peak bytes of category " + cat);
+  }
   flush();
 }
 

@@ -1,7 +1,10 @@
 #include "io/shards.hpp"
 
 #include <algorithm>
+#include <unistd.h>
+
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +13,7 @@
 
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
+#include "core/sha256.hpp"
 #include "io/h5util.hpp"
 
 namespace st {
@@ -49,10 +53,10 @@ bool valid_split_name(const std::string& s) {
   return true;
 }
 
-// "<split>-NNNNN.h5" (or with ".tmp" when `tmp`): returns the shard index, or -1.
-int64_t shard_index(const std::string& filename, const std::string& split, bool tmp) {
+// "<split>-NNNNN<suffix>" (suffix ".h5", or ".h5.tmp" / ".h5.old" while a split is replaced):
+// returns the shard index, or -1.
+int64_t shard_index(const std::string& filename, const std::string& split, const std::string& suffix = ".h5") {
   const std::string prefix = split + "-";
-  const std::string suffix = tmp ? ".h5.tmp" : ".h5";
   if (filename.size() <= prefix.size() + suffix.size()) return -1;
   if (filename.compare(0, prefix.size(), prefix) != 0) return -1;
   if (filename.compare(filename.size() - suffix.size(), suffix.size(), suffix) != 0) return -1;
@@ -90,8 +94,101 @@ std::vector<std::string> split_commas(const std::string& s) {
   }
 }
 
+// Replaces the split's shards in `dir` with the complete, synced `tmps` (to be renamed to
+// `finals`): the old shards are first renamed to "<name>.old", the new ones renamed into place,
+// then the old ones removed. If a rename fails, what was moved is moved back and the old split
+// is left as it was. (A crash inside this window, a few renames long, can leave old shards as
+// .old files: ShardDataset::open names them when the split is incomplete.)
+void swap_in_shards(const std::string& dir, const std::string& split, const std::vector<std::string>& tmps,
+                    const std::vector<std::string>& finals) {
+  std::error_code ec;
+  std::vector<std::string> old;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (shard_index(name, split, ".h5.old") >= 0) fs::remove(entry.path(), ec);  // an earlier crash's
+    else if (shard_index(name, split) >= 0) old.push_back(entry.path().string());
+  }
+  std::vector<std::string> moved_old, placed;
+  auto undo = [&] {
+    for (const auto& p : placed) ::unlink(p.c_str());
+    for (const auto& p : moved_old) (void)::rename((p + ".old").c_str(), p.c_str());
+    for (const auto& t : tmps) ::unlink(t.c_str());
+  };
+  for (const auto& p : old) {
+    if (::rename(p.c_str(), (p + ".old").c_str()) != 0) {
+      const int err = errno;
+      undo();
+      ST_THROW("cannot replace the shards of split '", split, "' in ", dir, ": rename of ", p, " failed: ",
+               std::strerror(err), " (the old shards are unchanged)");
+    }
+    moved_old.push_back(p);
+  }
+  for (size_t i = 0; i < tmps.size(); ++i) {
+    if (::rename(tmps[i].c_str(), finals[i].c_str()) != 0) {
+      const int err = errno;
+      undo();
+      ST_THROW("cannot replace the shards of split '", split, "' in ", dir, ": rename of ", tmps[i], " failed: ",
+               std::strerror(err), " (the old shards are unchanged)");
+    }
+    placed.push_back(finals[i]);
+  }
+  durable_sync_dir(dir);
+  for (const auto& p : moved_old) fs::remove(p + ".old", ec);
+}
+
+// SHA-256 of rows [begin, end) of a split, over the bytes of its datasets in a fixed order
+// (little-endian, as stored): "shardtune-shards-v1", N, L and Lt as int64, then ids, loss_mask
+// (causal) or targets and target_lengths (seq2seq), lengths, answer_start, labels. write_shards
+// stores it as the shard's content_sha256; ShardDataset::open recomputes it from what it reads.
+class ContentHash {
+ public:
+  ContentHash(int64_t n, int64_t L, int64_t Lt) {
+    h_.update("shardtune-shards-v1");
+    for (int64_t v : {n, L, Lt}) h_.update(&v, sizeof(v));
+  }
+  template <typename T>
+  void add(const T* p, size_t count) { h_.update(p, count * sizeof(T)); }
+  std::string hex() { return h_.hex_digest(); }
+
+ private:
+  Sha256 h_;
+};
+
+std::string rows_content_sha256(const ShardRows& rows, bool seq2seq, int64_t begin, int64_t end) {
+  const auto b = static_cast<size_t>(begin), n = static_cast<size_t>(end - begin);
+  const auto L = static_cast<size_t>(rows.seq_len), Lt = static_cast<size_t>(seq2seq ? rows.target_len : 0);
+  ContentHash h(end - begin, rows.seq_len, seq2seq ? rows.target_len : 0);
+  h.add(rows.ids.data() + b * L, n * L);
+  if (seq2seq) {
+    h.add(rows.targets.data() + b * Lt, n * Lt);
+    h.add(rows.target_lengths.data() + b, n);
+  } else {
+    h.add(rows.loss_mask.data() + b * L, n * L);
+  }
+  h.add(rows.lengths.data() + b, n);
+  h.add(rows.answer_start.data() + b, n);
+  h.add(rows.labels.data() + b, n);
+  return h.hex();
+}
+
+// The split's identity: its shards' content checksums and row counts, in shard order.
+std::string split_sha256_of(const std::vector<std::string>& content, const std::vector<int64_t>& rows) {
+  Sha256 h;
+  h.update("shardtune-split-v1");
+  for (size_t i = 0; i < content.size(); ++i) {
+    h.update(content[i]);
+    h.update(&rows[i], sizeof(int64_t));
+  }
+  return h.hex_digest();
+}
+
+struct ShardSetAttrs {
+  std::string content_sha256, split_sha256;
+  int64_t index = 0, count = 1;
+};
+
 void write_shard_file(const std::string& path, const ShardInfo& info, const ShardRows& rows,
-                      int64_t begin, int64_t end, int deflate) {
+                      int64_t begin, int64_t end, int deflate, const ShardSetAttrs& set) {
   const int64_t n = end - begin;
   const hsize_t N = static_cast<hsize_t>(n), L = static_cast<hsize_t>(rows.seq_len);
   const auto b = static_cast<size_t>(begin);
@@ -141,7 +238,11 @@ void write_shard_file(const std::string& path, const ShardInfo& info, const Shar
     h5::write_attr(f, "target_len", info.target_len);
     h5::write_attr(f, "decoder_start_id", int64_t{info.decoder_start_id});
   }
-  if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) ST_THROW(path, ": flush failed");
+  h5::write_attr(f, "content_sha256", set.content_sha256);
+  h5::write_attr(f, "split_sha256", set.split_sha256);
+  h5::write_attr(f, "shard_index", set.index);
+  h5::write_attr(f, "num_shards", set.count);
+  h5::close_file_checked(f, path);  // a write that fails only when flushed (disk full) is an error
 }
 
 }  // namespace
@@ -151,7 +252,7 @@ std::vector<std::string> list_shard_files(const std::string& dir, const std::str
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    const int64_t idx = shard_index(name, split, false);
+    const int64_t idx = shard_index(name, split);
     if (idx >= 0 && entry.is_regular_file(ec)) found.emplace_back(idx, entry.path().string());
   }
   std::sort(found.begin(), found.end());
@@ -197,33 +298,71 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
   fs::create_directories(out_dir, ec);
   if (ec || !fs::is_directory(out_dir)) ST_THROW_INPUT(out_dir, ": cannot create the output directory (", ec.message(), ")");
 
-  std::lock_guard<std::mutex> lock(h5_mutex());
-  // Old shards of this split (and leftovers of an interrupted run) must not mix in.
-  for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (shard_index(name, info.split, false) >= 0 || shard_index(name, info.split, true) >= 0) {
-      fs::remove(entry.path(), ec);
-      if (ec) ST_THROW_INPUT(entry.path().string(), ": cannot delete stale shard: ", ec.message());
-    }
-  }
-
   const int64_t per = shard_rows > 0 ? shard_rows : std::max<int64_t>(n, 1);
   const int64_t num_shards = std::max<int64_t>(1, (n + per - 1) / per);
+  const bool seq2seq = info.arch == "seq2seq";
+  std::vector<std::string> content;
+  std::vector<int64_t> counts;
+  for (int64_t s = 0; s < num_shards; ++s) {
+    const int64_t b = s * per, e = std::min(n, (s + 1) * per);
+    content.push_back(rows_content_sha256(rows, seq2seq, b, e));
+    counts.push_back(e - b);
+  }
+  const std::string split_sha = split_sha256_of(content, counts);
+
+  std::lock_guard<std::mutex> lock(h5_mutex());
+  // Leftovers of an interrupted run of this split (never valid data) go first.
+  for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (shard_index(name, info.split, ".h5.tmp") >= 0) fs::remove(entry.path(), ec);
+  }
+
+  // The new set is written beside the old one, under temporary names; the old shards are
+  // replaced only once every new one is complete and durable, so a failure (disk full) leaves
+  // the old split as it was.
   std::vector<std::string> finals, tmps;
   try {
     for (int64_t s = 0; s < num_shards; ++s) {
       const std::string final_path = (fs::path(out_dir) / shard_name(info.split, s)).string();
-      const std::string tmp_path = final_path + ".tmp";
-      tmps.push_back(tmp_path);
+      tmps.push_back(final_path + ".tmp");
       finals.push_back(final_path);
-      write_shard_file(tmp_path, info, rows, s * per, std::min(n, (s + 1) * per), deflate_level);
+      write_shard_file(tmps.back(), info, rows, s * per, std::min(n, (s + 1) * per), deflate_level,
+                       ShardSetAttrs{content[static_cast<size_t>(s)], split_sha, s, num_shards});
     }
-    for (size_t i = 0; i < finals.size(); ++i) durable_rename(tmps[i], finals[i]);  // fsync, rename
+    for (const auto& t : tmps) durable_sync(t);
   } catch (...) {
     for (const auto& t : tmps) fs::remove(t, ec);
     throw;
   }
+  swap_in_shards(out_dir, info.split, tmps, finals);
   return finals;
+}
+
+std::string SplitIdentity::str() const { return st::str(rows, " rows, sha256 ", sha256); }
+
+SplitIdentity split_identity(const std::string& dir_or_file, const std::string& split) {
+  std::error_code ec;
+  std::vector<std::string> files;
+  if (fs::is_regular_file(dir_or_file, ec)) files = {dir_or_file};
+  else if (fs::is_directory(dir_or_file, ec)) files = list_shard_files(dir_or_file, split);
+  if (files.empty()) ST_THROW_INPUT(dir_or_file, ": no shards of split '", split, "'");
+  SplitIdentity id;
+  std::string legacy;  // files without split_sha256: their bytes
+  std::lock_guard<std::mutex> lock(h5_mutex());
+  for (const std::string& path : files) {
+    h5::Handle f = h5::open_file_read(path);
+    id.rows += h5::read_attr_int(f, "num_rows", path);
+    if (h5::has_attr(f, "split_sha256")) {
+      const std::string s = h5::read_attr_string(f, "split_sha256", path);
+      if (!id.sha256.empty() && s != id.sha256)
+        ST_THROW_INPUT(path, ": attribute 'split_sha256' differs from ", files.front(), "'s (shards of two prepare runs)");
+      id.sha256 = s;
+    } else {
+      legacy += sha256_file_hex(path);
+    }
+  }
+  if (!legacy.empty()) id.sha256 = sha256_hex(id.sha256 + legacy);
+  return id;
 }
 
 // ------------------------------------------------------------------------------------ reading
@@ -292,6 +431,7 @@ ShardInfo read_shard_info(hid_t f, const std::string& where) {
   if (h5::has_attr(f, "add_bos")) info.add_bos = h5::read_attr_int(f, "add_bos", where) != 0;
   if (h5::has_attr(f, "add_eos")) info.add_eos = h5::read_attr_int(f, "add_eos", where) != 0;
   if (h5::has_attr(f, "target_len")) info.target_len = h5::read_attr_int(f, "target_len", where);
+  if (h5::has_attr(f, "split_sha256")) info.split_sha256 = h5::read_attr_string(f, "split_sha256", where);
   if (h5::has_attr(f, "decoder_start_id"))
     info.decoder_start_id = static_cast<int32_t>(h5::read_attr_int(f, "decoder_start_id", where));
   if (info.arch == "seq2seq" && info.target_len <= 0)
@@ -324,26 +464,84 @@ void require_dims(hid_t f, const char* name, const std::vector<hsize_t>& want, c
   }
 }
 
-// Loss targets per row of a causal shard (mask ones at positions >= 1), streamed in blocks so
-// memory stays small for large shards.
-void count_mask_targets(hid_t loss_mask, hsize_t N, hsize_t L, int32_t* out, const std::string& where) {
-  const hsize_t block = std::max<hsize_t>(1, (8u << 20) / L);
-  std::vector<uint8_t> buf;
-  h5::Handle fspace(H5Dget_space(loss_mask), h5::Handle::Kind::dataspace);
+// "int32", "float64", ... of a stored datatype.
+std::string type_name(hid_t type) {
+  const size_t bits = H5Tget_size(type) * 8;
+  switch (H5Tget_class(type)) {
+    case H5T_INTEGER: return str(H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int", bits);
+    case H5T_FLOAT: return str("float", bits);
+    case H5T_STRING: return "string";
+    default: return "a non-numeric type";
+  }
+}
+
+// The stored datatype must be the integer type the layout names (a float64 or int64 dataset
+// would be converted silently on reading: values rounded or clamped).
+void require_type(hid_t f, const char* name, size_t bytes, bool is_signed, const std::string& where) {
+  h5::Handle ds(H5Dopen2(f, name, H5P_DEFAULT), h5::Handle::Kind::dataset);
+  if (!ds.valid()) ST_THROW_INPUT(where, ": cannot open dataset '", name, "'");
+  h5::Handle type(H5Dget_type(ds), h5::Handle::Kind::datatype);
+  const bool ok = H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == bytes &&
+                  (H5Tget_sign(type) == H5T_SGN_2) == is_signed;
+  if (!ok)
+    ST_THROW_INPUT(where, ": dataset '", name, "' is stored as ", type_name(type), ", but shards hold ",
+                   is_signed ? "int" : "uint", bytes * 8, " (write shards with `shardtune prepare`)");
+}
+
+// Reads a [N, W] dataset in blocks of whole chunks (64 rows), so memory stays small for large
+// shards, and hands each block to fn(first_row, rows, values).
+template <typename T, typename F>
+void scan_rows(hid_t ds, hid_t mem_type, hsize_t N, hsize_t W, const char* name, const std::string& where, F fn) {
+  const hsize_t block = std::max<hsize_t>(64, (hsize_t{8} << 20) / (W * sizeof(T)) / 64 * 64);
+  std::vector<T> buf;
+  h5::Handle fspace(H5Dget_space(ds), h5::Handle::Kind::dataspace);
   for (hsize_t r0 = 0; r0 < N; r0 += block) {
-    const hsize_t cnt[2] = {std::min(block, N - r0), L};
+    const hsize_t cnt[2] = {std::min(block, N - r0), W};
     const hsize_t start[2] = {r0, 0};
     buf.resize(cnt[0] * cnt[1]);
     H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
     h5::Handle mspace(H5Screate_simple(2, cnt, nullptr), h5::Handle::Kind::dataspace);
-    if (H5Dread(loss_mask, H5T_NATIVE_UINT8, mspace, fspace, H5P_DEFAULT, buf.data()) < 0)
-      ST_THROW_INPUT(where, ": cannot read dataset 'loss_mask' (truncated or corrupt file?)");
-    for (hsize_t i = 0; i < cnt[0]; ++i) {
+    if (H5Dread(ds, mem_type, mspace, fspace, H5P_DEFAULT, buf.data()) < 0)
+      ST_THROW_INPUT(where, ": cannot read dataset '", name, "' (truncated or corrupt file?)");
+    fn(r0, cnt[0], buf.data());
+  }
+}
+
+// Token ids of a [N, W] dataset: none negative (first bad row named), and the largest id of
+// each row kept for the vocabulary check (ShardDataset::check_token_ids).
+void scan_token_ids(hid_t ds, hsize_t N, hsize_t W, const char* name, const std::string& where, int32_t* row_max,
+                    ContentHash& hash) {
+  scan_rows<int32_t>(ds, H5T_NATIVE_INT32, N, W, name, where, [&](hsize_t r0, hsize_t rows, const int32_t* v) {
+    hash.add(v, rows * W);
+    for (hsize_t i = 0; i < rows; ++i) {
+      const int32_t* row = v + i * W;
+      const auto [lo, hi] = std::minmax_element(row, row + W);
+      if (*lo < 0)
+        ST_THROW_INPUT(where, ": dataset '", name, "' row ", r0 + i, " holds token id ", *lo, " at position ", lo - row,
+                       " (token ids are >= 0)");
+      row_max[r0 + i] = *hi;
+    }
+  });
+}
+
+// Loss targets per row of a causal shard (mask ones at positions >= 1); the mask is 0 or 1,
+// and 0 from the row's length on (padding is never a target).
+void count_mask_targets(hid_t loss_mask, hsize_t N, hsize_t L, const int32_t* lengths, int32_t* out,
+                        const std::string& where, ContentHash& hash) {
+  scan_rows<uint8_t>(loss_mask, H5T_NATIVE_UINT8, N, L, "loss_mask", where, [&](hsize_t r0, hsize_t rows, const uint8_t* v) {
+    hash.add(v, rows * L);
+    for (hsize_t i = 0; i < rows; ++i) {
+      const uint8_t* m = v + i * L;
       int32_t c = 0;
-      for (hsize_t t = 1; t < L; ++t) c += buf[i * L + t] != 0;
+      for (hsize_t t = 0; t < L; ++t) {
+        if (m[t] > 1 || (m[t] && t >= static_cast<hsize_t>(lengths[r0 + i])))
+          ST_THROW_INPUT(where, ": dataset 'loss_mask' row ", r0 + i, " is ", int(m[t]), " at position ", t,
+                         m[t] > 1 ? " (a mask is 0 or 1)" : str(", at or beyond the row's length ", lengths[r0 + i]));
+        c += t >= 1 && m[t];
+      }
       out[r0 + i] = c;
     }
-  }
+  });
 }
 
 }  // namespace
@@ -355,9 +553,16 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
     ds.files_ = {dir_or_file};
   } else if (fs::is_directory(dir_or_file, ec)) {
     ds.files_ = list_shard_files(dir_or_file, split);
-    if (ds.files_.empty())
+    if (ds.files_.empty()) {
+      bool left_old = false;
+      for (const auto& e : fs::directory_iterator(dir_or_file, ec))
+        left_old = left_old || shard_index(e.path().filename().string(), split, ".h5.old") >= 0;
       ST_THROW_INPUT(dir_or_file, ": no shards of split '", split, "' (expected ",
-                     (fs::path(dir_or_file) / shard_name(split, 0)).string(), ", ...; run shardtune prepare)");
+                     (fs::path(dir_or_file) / shard_name(split, 0)).string(), ", ...; run shardtune prepare)",
+                     left_old ? str("; ", split, "-*.h5.old files are the shards an interrupted prepare was replacing: "
+                                    "rename them back to .h5 or prepare the split again")
+                              : std::string());
+    }
   } else {
     ST_THROW_INPUT(dir_or_file, ": no such shard file or directory (split '", split, "')");
   }
@@ -365,6 +570,9 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
   std::lock_guard<std::mutex> lock(h5_mutex());
   auto open_files = std::make_shared<OpenFiles>();
   ds.file_row_begin_ = {0};
+  std::vector<std::string> contents;
+  std::vector<int64_t> counts;
+  int64_t num_shards = -1;
   for (const auto& path : ds.files_) {
     OpenFiles::File of;
     of.file = h5::open_file_read(path);
@@ -383,11 +591,14 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
       differ("arch", info.arch, ds.info_.arch);
       differ("max_seq_len", info.seq_len, ds.info_.seq_len);
       differ("target_len", info.target_len, ds.info_.target_len);
+      differ("split_sha256", info.split_sha256, ds.info_.split_sha256);
     }
     const bool seq2seq = info.arch == "seq2seq";
     const int64_t n = h5::read_attr_int(of.file, "num_rows", path);
     const int64_t L = info.seq_len, Lt = info.target_len;
     if (n < 0 || L <= 0) ST_THROW_INPUT(path, ": bad num_rows ", n, " or max_seq_len ", L);
+    if (L > (int64_t{1} << 24) || Lt > (int64_t{1} << 24))
+      ST_THROW_INPUT(path, ": max_seq_len ", L, " / target_len ", Lt, " beyond 2^24 tokens is not a shard row length");
     const hsize_t N = static_cast<hsize_t>(n), HL = static_cast<hsize_t>(L), HLt = static_cast<hsize_t>(Lt);
     require_dims(of.file, "ids", {N, HL}, path);
     if (seq2seq) {
@@ -399,13 +610,36 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
     require_dims(of.file, "lengths", {N}, path);
     require_dims(of.file, "answer_start", {N}, path);
     require_dims(of.file, "labels", {N}, path);
+    for (const char* name : {"ids", "lengths", "answer_start", "labels"}) require_type(of.file, name, 4, true, path);
+    if (seq2seq) {
+      require_type(of.file, "targets", 4, true, path);
+      require_type(of.file, "target_lengths", 4, true, path);
+    } else {
+      require_type(of.file, "loss_mask", 1, false, path);
+    }
+    if (h5::has_attr(of.file, "num_shards")) {
+      const int64_t count = h5::read_attr_int(of.file, "num_shards", path);
+      const int64_t index = h5::read_attr_int(of.file, "shard_index", path);
+      const int64_t expect = static_cast<int64_t>(ds.file_row_begin_.size()) - 1;
+      if (num_shards >= 0 && count != num_shards)
+        ST_THROW_INPUT(path, ": attribute 'num_shards' is ", count, " but ", num_shards, " in ", ds.files_.front(),
+                       " (shards of one split must come from one prepare run)");
+      num_shards = count;
+      if (ds.files_.size() > 1 && index != expect)
+        ST_THROW_INPUT(path, ": attribute 'shard_index' is ", index, " but the file is shard ", expect,
+                       " of the split (a shard is missing or renamed)");
+    }
 
     const size_t begin = ds.lengths_.size();
     ds.lengths_.resize(begin + N);
     ds.answer_start_.resize(begin + N);
     ds.labels_.resize(begin + N);
     ds.loss_tokens_.resize(begin + N, 0);
-    if (seq2seq) ds.target_lengths_.resize(begin + N);
+    ds.max_id_.resize(begin + N, 0);
+    if (seq2seq) {
+      ds.target_lengths_.resize(begin + N);
+      ds.max_target_id_.resize(begin + N, 0);
+    }
     if (n > 0) {
       h5::read_dataset(of.file, "lengths", H5T_NATIVE_INT32, ds.lengths_.data() + begin, path);
       h5::read_dataset(of.file, "answer_start", H5T_NATIVE_INT32, ds.answer_start_.data() + begin, path);
@@ -413,6 +647,7 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
       if (seq2seq)
         h5::read_dataset(of.file, "target_lengths", H5T_NATIVE_INT32, ds.target_lengths_.data() + begin, path);
     }
+    const int64_t num_labels = static_cast<int64_t>(info.label_names.size());
     for (size_t r = begin; r < begin + N; ++r) {
       if (ds.lengths_[r] < 0 || ds.lengths_[r] > L || ds.answer_start_[r] < 0 || ds.answer_start_[r] > ds.lengths_[r])
         ST_THROW_INPUT(path, ": row ", r - begin, " has length ", ds.lengths_[r], " and answer_start ",
@@ -420,6 +655,11 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
       if (seq2seq && (ds.target_lengths_[r] < 0 || ds.target_lengths_[r] > Lt))
         ST_THROW_INPUT(path, ": row ", r - begin, " has target length ", ds.target_lengths_[r], " (target_len ", Lt,
                        ")");
+      if (ds.labels_[r] < -1 || ds.labels_[r] >= num_labels)
+        ST_THROW_INPUT(path, ": dataset 'labels' row ", r - begin, " is ", ds.labels_[r],
+                       num_labels ? str(", outside -1 (none) and 0..", num_labels - 1, " (label_names '",
+                                        join(info.label_names, ','), "')")
+                                  : std::string(": this split has no label_names, so every label is -1"));
     }
 
     // Whole chunks (the last one is stored full size too), plus one chunk of slack. The file's
@@ -435,18 +675,69 @@ ShardDataset ShardDataset::open(const std::string& dir_or_file, const std::strin
     h5::Handle& other = seq2seq ? of.targets : of.loss_mask;
     other = open_cached_dataset(of.file, seq2seq ? "targets" : "loss_mask", stored_rows * other_row,
                                 chunk_rows * other_row, per_file - ids_budget, path);
+    // Every value is read once here (the validation, which also reads the file's content back
+    // into its checksum); the reads prime the chunk cache the training reads then use.
+    ContentHash hash(n, L, seq2seq ? Lt : 0);
+    scan_token_ids(of.ids, N, HL, "ids", path, ds.max_id_.data() + begin, hash);
     if (seq2seq) {
+      scan_token_ids(of.targets, N, HLt, "targets", path, ds.max_target_id_.data() + begin, hash);
+      hash.add(ds.target_lengths_.data() + begin, N);
       std::copy(ds.target_lengths_.begin() + static_cast<std::ptrdiff_t>(begin), ds.target_lengths_.end(),
                 ds.loss_tokens_.begin() + static_cast<std::ptrdiff_t>(begin));
     } else {
-      count_mask_targets(of.loss_mask, N, HL, ds.loss_tokens_.data() + begin, path);
+      count_mask_targets(of.loss_mask, N, HL, ds.lengths_.data() + begin, ds.loss_tokens_.data() + begin, path, hash);
     }
+    hash.add(ds.lengths_.data() + begin, N);
+    hash.add(ds.answer_start_.data() + begin, N);
+    hash.add(ds.labels_.data() + begin, N);
+    const std::string content = hash.hex();
+    if (h5::has_attr(of.file, "content_sha256")) {
+      const std::string stored = h5::read_attr_string(of.file, "content_sha256", path);
+      if (stored != content)
+        ST_THROW_INPUT(path, ": the rows do not match the file's content_sha256 (", stored.substr(0, 12), "... stored, ",
+                       content.substr(0, 12), "... read): the shard was modified or damaged after prepare; prepare it again");
+    }
+    contents.push_back(content);
+    counts.push_back(n);
     ds.file_row_begin_.push_back(ds.file_row_begin_.back() + n);
     open_files->files.push_back(std::move(of));
   }
+  if (num_shards >= 0 && num_shards != static_cast<int64_t>(ds.files_.size()) && ds.files_.size() > 1)
+    ST_THROW_INPUT(ds.files_.front(), ": the split was written as ", num_shards, " shards, ", ds.files_.size(),
+                   " are here (a shard is missing, or shards of two prepare runs are mixed)");
+  if (!ds.info_.split_sha256.empty() && ds.files_.size() > 1 &&
+      split_sha256_of(contents, counts) != ds.info_.split_sha256)
+    ST_THROW_INPUT(ds.files_.front(), ": the shards' content does not add up to the split's split_sha256 (shards of "
+                   "two prepare runs are mixed); prepare the split again");
   ds.num_rows_ = ds.file_row_begin_.back();
   ds.open_files_ = std::move(open_files);
   return ds;
+}
+
+void ShardDataset::check_token_ids(int64_t vocab, const std::string& whose) const {
+  auto where = [&](size_t r) {
+    const size_t f = static_cast<size_t>(std::upper_bound(file_row_begin_.begin(), file_row_begin_.end(),
+                                                          static_cast<int64_t>(r)) - file_row_begin_.begin() - 1);
+    return std::pair<std::string, int64_t>(files_[f], static_cast<int64_t>(r) - file_row_begin_[f]);
+  };
+  for (const auto* v : {&max_id_, &max_target_id_})
+    for (size_t r = 0; r < v->size(); ++r)
+      if ((*v)[r] >= vocab) {
+        const auto [file, row] = where(r);
+        ST_THROW_INPUT(file, ": dataset '", v == &max_id_ ? "ids" : "targets", "' row ", row, " holds token id ",
+                       (*v)[r], ", outside ", whose, "'s vocabulary of ", vocab,
+                       " (shards written with another tokenizer, or a damaged file)");
+      }
+  auto attr = [&](const char* name, int64_t id, bool optional) {
+    if (optional && id == -1) return;
+    if (id < 0 || id >= vocab)
+      ST_THROW_INPUT(files_.front(), ": attribute '", name, "' is ", id, ", outside ", whose, "'s vocabulary of ", vocab);
+  };
+  for (int32_t id : info_.label_token_ids) attr("label_token_ids", id, false);
+  attr("pad_id", info_.pad_id, false);
+  attr("bos_id", info_.bos_id, true);
+  attr("eos_id", info_.eos_id, true);
+  if (seq2seq()) attr("decoder_start_id", info_.decoder_start_id, false);
 }
 
 namespace {
@@ -490,6 +781,7 @@ void ShardDataset::read_rows(const std::vector<int64_t>& rows, Batch& out) const
   out.lengths.resize(n);
   out.answer_start.resize(n);
   out.labels.resize(n);
+  out.pack_rows.clear();
 
   // Group the requests by file: (local row, position in the output).
   const size_t nfiles = files_.size();

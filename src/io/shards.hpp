@@ -75,6 +75,9 @@ struct ShardInfo {
   std::string created_by;
   bool add_bos = true, add_eos = true;
   int64_t rows_read = 0, rows_written = 0, rows_truncated = 0, rows_dropped = 0;
+  // The split's content identity (write_shards: a SHA-256 over every shard's content_sha256 and
+  // row count); "" for shards written before it existed.
+  std::string split_sha256;
 };
 
 // Rows to write, in memory: the datasets of one split before it is cut into shards.
@@ -96,9 +99,12 @@ struct ShardRows {
 // Writes `rows` as "<out_dir>/<split>-00000.h5", ... with at most `shard_rows` rows each
 // (0 = one shard); info.split names the files and info.seq_len must equal rows.seq_len (and,
 // for info.arch "seq2seq", info.target_len rows.target_len: the seq2seq layout). Creates
-// out_dir if needed and first deletes that split's existing shards (and stale .tmp files), so
-// old shards never mix in. Every shard is written as "<name>.tmp"; all are renamed at the end,
-// so an interrupted run leaves no file with a final name. Returns the final paths in order.
+// out_dir if needed. The new set is written beside the split's existing shards as
+// "<name>.tmp" files and fsynced; only then are the old shards moved aside ("<name>.old"), the
+// new ones renamed into place and the old ones deleted, so a failure while writing (disk full:
+// the message names the cause) leaves the old split untouched, and old and new shards never mix.
+// Every shard also records content_sha256 (its rows), split_sha256 (the whole split), its
+// shard_index and num_shards, which ShardDataset::open checks. Returns the final paths in order.
 // deflate_level: 1-9 compresses every dataset (with the shuffle filter), 0 leaves them chunked
 // but uncompressed.
 std::vector<std::string> write_shards(const std::string& out_dir, const ShardInfo& info,
@@ -107,6 +113,17 @@ std::vector<std::string> write_shards(const std::string& out_dir, const ShardInf
 
 // Paths of "<dir>/<split>-NNNNN.h5" in shard order (empty when none).
 std::vector<std::string> list_shard_files(const std::string& dir, const std::string& split);
+
+// What identifies a split's content for checkpoints (train/checkpoint.hpp): its row count and
+// its split_sha256 attribute, read from the shards' attributes only (fast); for shards written
+// before split_sha256 existed, a SHA-256 over the files' bytes. InputError as ShardDataset::open
+// when there are no shards.
+struct SplitIdentity {
+  int64_t rows = 0;
+  std::string sha256;
+  std::string str() const;  // "<rows> rows, sha256 <hex>"
+};
+SplitIdentity split_identity(const std::string& dir_or_file, const std::string& split);
 
 // Host-side batch of rows, filled by ShardDataset::read_rows. Causal shards fill loss_mask
 // (target fields empty, target_len 0); seq2seq shards fill targets and target_lengths (loss_mask
@@ -122,6 +139,10 @@ struct Batch {
   int64_t target_len = 0;               // Lt of a seq2seq shard, 0 for causal
   std::vector<int32_t> targets;         // [rows, target_len]
   std::vector<int32_t> target_lengths;  // [rows]
+  // Sequence packing (train/packing.hpp): the rows above are documents, and training row p is
+  // the next pack_rows[p] of them laid end to end (empty: each row is a training row of its own).
+  // read_rows leaves it empty.
+  std::vector<int32_t> pack_rows;
   int64_t max_length() const;        // longest row (encoder input) in the batch
   int64_t max_target_length() const; // longest target in the batch (0 for causal)
   // Number of loss targets: causal, mask ones at positions >= 1; seq2seq, the sum of
@@ -130,10 +151,15 @@ struct Batch {
 };
 
 // All shards of one split: "<dir>/<split>-NNNNN.h5" in shard order, or a single .h5 file path.
-// Every shard must agree on format version, tokenizer checksum, task, arch, sequence length and
-// target length;
-// a shard that disagrees is refused naming the file and the field. The metadata of the split
-// (info()) is that of its first shard.
+// Every shard must agree on format version, tokenizer checksum, task, arch, sequence length,
+// target length and split identity (split_sha256, num_shards, each shard_index); a shard that
+// disagrees is refused naming the file and the field. Opening validates every value once: the
+// stored dtypes (int32; loss_mask uint8), shapes, token ids >= 0, lengths, answer_start and
+// target lengths within the row, masks 0/1 and 0 from the row's length on, labels -1 or an
+// index into label_names, and the rows against the file's content_sha256; a refusal names the
+// file, the dataset and the first bad row. Token ids against a model's vocabulary are checked
+// by check_token_ids once the model is known. The metadata of the split (info()) is that of its
+// first shard.
 class ShardDataset {
  public:
   // InputError when nothing matches (naming the dir and split), when a file is not a shard of
@@ -146,6 +172,12 @@ class ShardDataset {
   bool seq2seq() const { return info_.arch == "seq2seq"; }
   const ShardInfo& info() const { return info_; }
   const std::vector<std::string>& files() const { return files_; }
+
+  // InputError naming the file, dataset and first row holding a token id >= vocab (ids, and
+  // targets of seq2seq shards), or the attribute (label_token_ids, pad_id, bos_id, eos_id,
+  // decoder_start_id) outside it; `whose` names the vocabulary's owner in the message
+  // ("the model config.json"). Uses the row maxima kept at open: no file is read.
+  void check_token_ids(int64_t vocab, const std::string& whose) const;
 
   // Read the given global row indices (any order, duplicates allowed) into `out`, in that
   // order, with hyperslab reads of only those rows.
@@ -168,6 +200,7 @@ class ShardDataset {
   std::vector<int64_t> file_row_begin_;  // global index of each file's first row; size files+1
   int64_t num_rows_ = 0;
   std::vector<int32_t> lengths_, loss_tokens_, labels_, answer_start_, target_lengths_;
+  std::vector<int32_t> max_id_, max_target_id_;  // largest token id of each row (ids; seq2seq targets)
 };
 
 }  // namespace st

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.hpp"
 #include "io/hf_checkpoint.hpp"
 #include "io/safetensors.hpp"
 
@@ -62,17 +63,20 @@ void save_t5(T5Model& m, const std::string& dir, uint64_t max_shard_bytes) {
   for (Linear* lin : t5_linears(m))
     if (lin->adapter) ST_THROW("save_t5: ", lin->name, " still has an adapter; merge adapters first");
   const bool writer = m.tp.size == 1 || m.tp.rank == 0;
-  std::error_code ec;
-  if (writer) fs::create_directories(dir, ec);
-  if (ec) ST_THROW_INPUT(dir, ": cannot create directory: ", ec.message());
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const T5WeightSlot& slot : t5_weight_slots(m)) {
     if (slot.linear) ST_THROW(slot.name, " is stored in NF4: dequantize the model first");
     tensors.emplace_back(slot.name, t5_gather_full(m, slot, DType::f32));  // collective when split
   }
   if (!writer) return;
-  write_hf_weights(dir, tensors, max_shard_bytes);
-  write_t5_config(dir, m.cfg);
+  // The whole directory at once: a failed save leaves the earlier one (or none), never a mix.
+  replace_directory(
+      dir,
+      [&](const std::string& out) {
+        write_hf_weights(out, tensors, max_shard_bytes);
+        write_t5_config(out, m.cfg);
+      },
+      hf_save_file);
 }
 
 }  // namespace st

@@ -335,6 +335,22 @@ AttentionShape attention_shape(const LlamaModel& m, const LlamaBatch& batch) {
   return s;
 }
 
+// Attention over the batch's documents when it has them (packing), else over its rows.
+void attend_forward(const LlamaModel& m, const LlamaBatch& batch, BlockView& s) {
+  if (batch.segments.defined())
+    attention_varlen_forward(attention_shape(m, batch), s.q, s.k, s.v, batch.segments, s.att, s.lse);
+  else
+    attention_forward(attention_shape(m, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
+}
+void attend_backward(const LlamaModel& m, const LlamaBatch& batch, const BlockView& s, const Tensor& datt, Tensor& dq,
+                     Tensor& dk, Tensor& dv) {
+  if (batch.segments.defined())
+    attention_varlen_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.segments, dq, dk, dv,
+                              false);
+  else
+    attention_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv, false);
+}
+
 LayerContext with_scratch(const LayerContext& ctx, LlamaActivations& a) {
   LayerContext c = ctx;
   if (a.scratch.defined()) c.scratch = &a.scratch;
@@ -349,9 +365,9 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   linear_layer_forward(blk.q, s.xn1, s.q, false, ctx);
   linear_layer_forward(blk.k, s.xn1, s.k, false, ctx);
   linear_layer_forward(blk.v, s.xn1, s.v, false, ctx);
-  rope_forward(s.q, batch.B, batch.T, m.rope);
-  rope_forward(s.k, batch.B, batch.T, m.rope);
-  attention_forward(attention_shape(m, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
+  rope_forward(s.q, batch.B, batch.T, m.rope, batch.positions);
+  rope_forward(s.k, batch.B, batch.T, m.rope, batch.positions);
+  attend_forward(m, batch, s);
   // x_mid = x_in + o(att): residual in the GEMM. Under TP o is row-parallel: linear_layer_forward
   // adds the residual once and completes the sum over the group (Megatron's "g"); q, k, v, gate
   // and up need no communication (x is replicated).
@@ -383,10 +399,9 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
 
   // Attention branch: x_mid = x_in + o(att)
   linear_layer_backward(blk.o, s.att, dresid, &datt, ctx, false);
-  attention_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv,
-                     false);
-  rope_backward(dq, batch.B, batch.T, m.rope);
-  rope_backward(dk, batch.B, batch.T, m.rope);
+  attend_backward(m, batch, s, datt, dq, dk, dv);
+  rope_backward(dq, batch.B, batch.T, m.rope, batch.positions);
+  rope_backward(dk, batch.B, batch.T, m.rope, batch.positions);
   linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx, false);
   linear_layer_backward(blk.k, s.xn1, dk, &dxn, ctx);
   linear_layer_backward(blk.v, s.xn1, dv, &dxn, ctx);
@@ -397,16 +412,18 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
 void check_batch(const LlamaModel& m, const LlamaActivations& a, const LlamaBatch& batch) {
   if (batch.B <= 0 || batch.T <= 0 || batch.B > a.B_max || batch.T > a.T_max)
     ST_THROW("batch [", batch.B, ", ", batch.T, "] exceeds the activation buffers [", a.B_max, ", ", a.T_max, "]");
-  if (batch.T > m.cfg.max_position_embeddings)
-    ST_THROW_INPUT("sequence length ", batch.T, " exceeds the model's max_position_embeddings ",
+  const int64_t longest = batch.positions.defined() ? batch.max_position + 1 : batch.T;  // positions used
+  if (longest > m.cfg.max_position_embeddings)
+    ST_THROW_INPUT("sequence length ", longest, " exceeds the model's max_position_embeddings ",
                    m.cfg.max_position_embeddings);
-  if (m.cfg.sliding_window > 0 && batch.T > m.cfg.sliding_window)
-    ST_THROW_INPUT("sequence length ", batch.T, " exceeds the model's sliding_window ", m.cfg.sliding_window,
+  if (m.cfg.sliding_window > 0 && longest > m.cfg.sliding_window)
+    ST_THROW_INPUT("sequence length ", longest, " exceeds the model's sliding_window ", m.cfg.sliding_window,
                    ": sliding-window attention is not implemented (rows within the window attend to every earlier "
                    "position, as plain causal attention does)");
   const int64_t BT = batch.B * batch.T;
   if (batch.ids.numel() != BT || batch.targets.numel() != BT || batch.weight.numel() != BT ||
-      batch.lengths.numel() != batch.B)
+      batch.lengths.numel() != batch.B || (batch.positions.defined() && batch.positions.numel() != BT) ||
+      (batch.segments.defined() && batch.segments.tokens != BT))
     ST_THROW("batch tensors do not match B=", batch.B, " T=", batch.T);
 }
 

@@ -22,6 +22,7 @@
 #include "model/linear.hpp"
 #include "model/llama_config.hpp"
 #include "model/param_table.hpp"
+#include "ops/attention.hpp"
 #include "ops/rope.hpp"
 #include "quant/nf4.hpp"
 
@@ -133,12 +134,20 @@ std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m);
 // objective; lengths[b] is the row's real length (keys beyond it are masked). T may not pass a
 // sliding window (InputError: sliding-window attention is not implemented, and within the
 // window it is plain causal attention).
+// With `segments` defined (train/loader.hpp fills them for every batch), attention runs over
+// the documents of the flattened [B*T] stream instead (ops/attention.hpp: each document attends
+// only to itself, padding to nothing; sequence packing puts several documents in a row), and
+// `positions` gives each token's RoPE position (a document's restart at 0; max_position is the
+// largest). Without them row b is one sequence at positions 0..T-1 with keys >= lengths[b] masked.
 struct LlamaBatch {
   int64_t B = 0, T = 0;
   Tensor ids;      // i32 [B*T]
   Tensor targets;  // i32 [B*T]
   Tensor weight;   // f32 [B*T]
   Tensor lengths;  // i32 [B]
+  Tensor positions;             // i32 [B*T] or undefined
+  int64_t max_position = 0;     // the largest of positions
+  AttentionSegments segments;   // or undefined (count 0)
 };
 
 struct LlamaBlockActs {

@@ -1,5 +1,7 @@
 #include "ops/attention.hpp"
 
+#include <algorithm>
+
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
@@ -32,6 +34,25 @@ cuda::AttentionArgs cuda_args(const AttentionShape& s, const Tensor& q, const Te
   a.bias = bias.defined() ? bias.ptr<float>() : nullptr;
   a.out = out.data();
   a.lse = lse.ptr<float>();
+  return a;
+}
+
+// Varlen: the flattened stream as one sequence of N tokens (B = 1, T = Tk = N; lse [Hq, N]) cut
+// by the tile table.
+cuda::AttentionArgs cuda_varlen_args(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const AttentionSegments& seg, const Tensor& out, const Tensor& lse) {
+  AttentionShape one = s;
+  one.B = 1;
+  one.T = seg.tokens;
+  one.Tk = 0;
+  one.causal = true;
+  cuda::AttentionArgs a = cuda_args(one, q, k, v, Tensor(), out, lse, Tensor());
+  if (!seg.tiles.defined() || seg.tiles.device() != Device::cuda || seg.tiles.numel() < 4 * seg.n_tiles)
+    ST_THROW("attention (varlen) on CUDA needs the segments' tile table on the device (attention_segments_finish)");
+  if (reinterpret_cast<uintptr_t>(seg.tiles.data()) % 16 != 0)
+    ST_THROW("attention (varlen): the tile table must be 16-byte aligned (its entries are read as int4)");
+  a.tiles = seg.tiles.ptr<int32_t>();
+  a.n_tiles = seg.n_tiles;
   return a;
 }
 #endif
@@ -84,6 +105,24 @@ double attention_flops(const AttentionShape& s) {
   return s.causal ? f / 2 : f;
 }
 
+// The backward's gradient buffers hold nq (dout, dq) and nkv (dk, dv) elements.
+void check_gradient_buffers(const char* op, int64_t nq, int64_t nkv, const Tensor& dout, const Tensor& dq,
+                            const Tensor& dk, const Tensor& dv) {
+  if (dout.numel() < nq || dq.numel() < nq || dk.numel() < nkv || dv.numel() < nkv)
+    ST_THROW(op, ": gradient buffers too small (dout ", dout.str(), ", dq ", dq.str(), ", dk ", dk.str(), ", dv ",
+             dv.str(), ")");
+}
+
+// The planner's backward: 2.5 x the forward's FLOPs (dQ, dK, dV and the recomputed scores) and
+// the CUDA backend's scratch (delta and the f32 dQ accumulator).
+void dry_run_backward(const AttentionShape& s, Device device, double forward_flops) {
+  dry_run_add_flops(2.5 * forward_flops);
+  if (device == Device::cuda) {
+    dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
+    dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
+  }
+}
+
 }  // namespace
 
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -119,18 +158,10 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
   check_float_args("attention_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
   check_stat_dtype("attention_backward", q, lse);
   check_attention("attention_backward", s, q, k, v, out, lse, lengths, bias, dbias);
-  {
-    const int64_t nq = s.B * s.T * s.Hq * s.D, nkv = s.B * s.kv_len() * s.Hkv * s.D;
-    if (dout.numel() < nq || dq.numel() < nq || dk.numel() < nkv || dv.numel() < nkv)
-      ST_THROW("attention_backward: gradient buffers too small (dout ", dout.str(), ", dq ", dq.str(), ", dk ",
-               dk.str(), ", dv ", dv.str(), ")");
-  }
-  if (dry_run_active()) {  // the planner: the backend's scratch (delta and the f32 dQ accumulator)
-    dry_run_add_flops(2.5 * attention_flops(s));  // dQ, dK, dV and the recomputed scores
-    if (q.device() == Device::cuda) {
-      dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
-      dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
-    }
+  check_gradient_buffers("attention_backward", s.B * s.T * s.Hq * s.D, s.B * s.kv_len() * s.Hkv * s.D, dout, dq, dk,
+                         dv);
+  if (dry_run_active()) {  // the planner
+    dry_run_backward(s, q.device(), attention_flops(s));
     return;
   }
   if (q.device() == Device::cuda) {
@@ -154,6 +185,131 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
                                                    bias.defined() ? bias.ptr<T>() : nullptr, len, s.causal,
                                                    static_cast<T>(s.scale), dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(),
                                                    has(dbias) ? dbias->ptr<T>() : nullptr));
+}
+
+namespace {
+
+// Shapes of a varlen call: N = B*T tokens in the segments, buffers large enough, causal, no bias.
+void check_varlen(const char* op, const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const Tensor& out, const Tensor& lse, const AttentionSegments& seg) {
+  if (s.Hkv <= 0 || s.Hq % s.Hkv != 0) ST_THROW(op, ": Hq=", s.Hq, " is not a multiple of Hkv=", s.Hkv);
+  if (!s.causal || s.Tk != 0) ST_THROW(op, ": variable-length attention is causal self-attention");
+  const int64_t N = seg.tokens;
+  if (N != s.B * s.T) ST_THROW(op, ": the segments hold ", N, " tokens, the batch [", s.B, ", ", s.T, "] ", s.B * s.T);
+  if (!seg.cu_seqlens.defined() || seg.cu_seqlens.device() != Device::cpu || seg.cu_seqlens.numel() < seg.count + 1 ||
+      !seg.keys.defined() || seg.keys.numel() < seg.count)
+    ST_THROW(op, ": segments without host cu_seqlens [S + 1] and keys [S] (attention_segments_finish)");
+  if (q.numel() < N * s.Hq * s.D || k.numel() < N * s.Hkv * s.D || v.numel() < N * s.Hkv * s.D ||
+      out.numel() < N * s.Hq * s.D || lse.numel() < N * s.Hq)
+    ST_THROW(op, ": buffers too small for N=", N, " Hq=", s.Hq, " Hkv=", s.Hkv, " D=", s.D);
+}
+
+// QK^T and PV over the visible (query, key) pairs.
+double varlen_flops(const AttentionShape& s, const AttentionSegments& seg) {
+  return 4.0 * seg.pairs * static_cast<double>(s.Hq) * static_cast<double>(s.D);
+}
+
+}  // namespace
+
+void attention_segments_finish(AttentionSegments& s, const Tensor& cu_seqlens, const Tensor& keys,
+                               const Tensor& tiles_host) {
+  if (cu_seqlens.dtype() != DType::i32 || keys.dtype() != DType::i32 || cu_seqlens.device() != Device::cpu ||
+      keys.device() != Device::cpu || cu_seqlens.numel() < 1 || keys.numel() != cu_seqlens.numel() - 1)
+    ST_THROW("attention segments: cu_seqlens must be i32 [S + 1] and keys i32 [S] on the CPU, got ", cu_seqlens.str(),
+             " and ", keys.str());
+  const int64_t S = keys.numel();
+  const int32_t* cu = cu_seqlens.ptr<int32_t>();
+  const int32_t* kv = keys.ptr<int32_t>();
+  if (cu[0] != 0) ST_THROW("attention segments: cu_seqlens[0] = ", cu[0], ", not 0");
+  s.cu_seqlens = cu_seqlens;
+  s.keys = keys;
+  s.count = S;
+  s.tokens = cu[S];
+  s.max_len = 0;
+  s.pairs = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t len = cu[i + 1] - cu[i], nk = kv[i];
+    if (len < 0) ST_THROW("attention segments: cu_seqlens decreases at segment ", i, " (", cu[i], " then ", cu[i + 1], ")");
+    if (nk < 0 || nk > len)
+      ST_THROW("attention segments: keys[", i, "] = ", nk, " is outside [0, the segment's length ", len, "]");
+    s.max_len = std::max(s.max_len, len);
+    // Query i sees min(i + 1, nk) keys: nk (nk + 1) / 2 for the first nk queries, nk for the rest.
+    s.pairs += static_cast<double>(nk) * static_cast<double>(nk + 1) / 2 + static_cast<double>(nk) * static_cast<double>(len - nk);
+  }
+  s.n_tiles = 0;
+  if (!tiles_host.defined()) return;
+  if (tiles_host.dtype() != DType::i32 || tiles_host.device() != Device::cpu ||
+      tiles_host.numel() < 4 * attention_max_tiles(s.tokens, S))
+    ST_THROW("attention segments: the tile table buffer ", tiles_host.str(), " is not i32 [>= ",
+             4 * attention_max_tiles(s.tokens, S), "] on the CPU");
+  int32_t* t = tiles_host.ptr<int32_t>();
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t r = cu[i]; r < cu[i + 1]; r += kAttentionTile) {
+      int32_t* e = t + 4 * s.n_tiles++;
+      e[0] = cu[i];
+      e[1] = cu[i + 1];
+      e[2] = cu[i] + kv[i];
+      e[3] = static_cast<int32_t>(r);
+    }
+}
+
+void attention_varlen_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const AttentionSegments& seg, Tensor& out, Tensor& lse) {
+  ProfileScope prof("attention_forward", q.device());
+  check_float_args("attention_varlen_forward", {&q, &k, &v, &out});
+  check_stat_dtype("attention_varlen_forward", q, lse);
+  check_varlen("attention_varlen_forward", s, q, k, v, out, lse, seg);
+  if (dry_run_active()) {
+    dry_run_add_flops(varlen_flops(s, seg));
+    return;
+  }
+  if (q.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::attention_forward(cuda_varlen_args(s, q, k, v, seg, out, lse));
+    return;
+#else
+    no_cuda_kernel("attention_varlen_forward");
+#endif
+  }
+  ST_DISPATCH_CPU_FLOAT(q.dtype(), T,
+                        cpu::attention_varlen_forward<T>(seg.count, seg.cu_seqlens.ptr<int32_t>(), seg.keys.ptr<int32_t>(),
+                                                         seg.tokens, seg.max_len, s.Hq, s.Hkv, s.D, q.ptr<T>(), k.ptr<T>(),
+                                                         v.ptr<T>(), static_cast<T>(s.scale), out.ptr<T>(), lse.ptr<T>()));
+}
+
+void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out, const Tensor& lse, const Tensor& dout, const AttentionSegments& seg,
+                               Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate) {
+  ProfileScope prof("attention_backward", q.device());
+  check_float_args("attention_varlen_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
+  check_stat_dtype("attention_varlen_backward", q, lse);
+  check_varlen("attention_varlen_backward", s, q, k, v, out, lse, seg);
+  check_gradient_buffers("attention_varlen_backward", seg.tokens * s.Hq * s.D, seg.tokens * s.Hkv * s.D, dout, dq,
+                         dk, dv);
+  if (dry_run_active()) {  // the planner, as attention_backward
+    dry_run_backward(s, q.device(), varlen_flops(s, seg));
+    return;
+  }
+  if (q.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::attention_backward(cuda_varlen_args(s, q, k, v, seg, out, lse), dout.data(), dq.data(), dk.data(), dv.data(),
+                             accumulate);
+    return;
+#else
+    no_cuda_kernel("attention_varlen_backward");
+#endif
+  }
+  if (!accumulate) {
+    dq.zero_();
+    dk.zero_();
+    dv.zero_();
+  }
+  ST_DISPATCH_CPU_FLOAT(q.dtype(), T,
+                        cpu::attention_varlen_backward<T>(seg.count, seg.cu_seqlens.ptr<int32_t>(), seg.keys.ptr<int32_t>(),
+                                                          seg.tokens, seg.max_len, s.Hq, s.Hkv, s.D, q.ptr<T>(),
+                                                          k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(),
+                                                          dout.ptr<T>(), static_cast<T>(s.scale), dq.ptr<T>(),
+                                                          dk.ptr<T>(), dv.ptr<T>()));
 }
 
 }  // namespace st

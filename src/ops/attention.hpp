@@ -46,4 +46,52 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
                         const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate = true,
                         const Tensor& bias = Tensor(), Tensor* dbias = nullptr);
 
+// ---- Variable-length causal self-attention (sequence packing), as flash-attn's varlen API.
+// The N = B*T tokens of q, k, v ([N, H*D], the flattened batch) are cut into S consecutive
+// segments: segment s is tokens [cu_seqlens[s], cu_seqlens[s+1]), and its query at offset i from
+// the segment's start sees the segment's keys at offsets [0, min(i + 1, keys[s])), nothing of
+// any other segment. A document is a segment with keys = its length (its own causal attention,
+// RoPE positions restarting at 0 are the caller's); padding is a segment with keys = 0 (out 0,
+// lse -inf, no gradient). A packed row is several documents and its padding; a padded batch row
+// is one document and its padding; a row [b T, b T + T) with keys = lengths[b] is exactly the
+// batched path's causal + key-padding mask. lse: [Hq, N] (f32 on CUDA).
+//
+// The CUDA kernels run over a tile table: one entry per kAttentionTile tokens of each segment
+// (segment begin, segment end, key end, the tile's first token), so that a block never visits a
+// tile that its segment masks completely and a short document costs what it should.
+constexpr int64_t kAttentionTile = 64;
+
+struct AttentionSegments {
+  int64_t tokens = 0;   // N
+  int64_t count = 0;    // S
+  int64_t max_len = 0;  // longest segment
+  int64_t n_tiles = 0;
+  double pairs = 0;     // visible (query, key) pairs: the basis of the FLOP count
+  Tensor cu_seqlens;    // i32 [S + 1], host
+  Tensor keys;          // i32 [S], host
+  Tensor tiles;         // i32 [n_tiles, 4] on the compute device (CUDA; undefined on the CPU)
+  bool defined() const { return count > 0; }
+};
+
+// Most tile-table entries N tokens in S segments can need.
+inline int64_t attention_max_tiles(int64_t tokens, int64_t segments) {
+  return segments + tokens / kAttentionTile;
+}
+// Checks cu_seqlens and keys (host tensors of S + 1 and S entries: cu_seqlens[0] = 0,
+// nondecreasing, cu_seqlens[S] = N, 0 <= keys[s] <= the segment's length; empty segments are
+// allowed) and sets tokens, count, max_len and pairs. With `tiles_host` (i32, at least
+// 4 * attention_max_tiles(N, S) entries) it also writes the tile table there and sets n_tiles;
+// the caller copies it to the device and sets s.tiles.
+void attention_segments_finish(AttentionSegments& s, const Tensor& cu_seqlens, const Tensor& keys,
+                               const Tensor& tiles_host = Tensor());
+
+// q: [N, Hq*D], k, v: [N, Hkv*D], out: [N, Hq*D], lse: [Hq, N]; shape supplies Hq, Hkv, D and
+// scale (shape.B * shape.T must be N; causal only, no bias).
+void attention_varlen_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const AttentionSegments& seg, Tensor& out, Tensor& lse);
+// dq, dk, dv accumulate (+=), or are overwritten with accumulate = false.
+void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out, const Tensor& lse, const Tensor& dout, const AttentionSegments& seg,
+                               Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate = true);
+
 }  // namespace st

@@ -75,33 +75,53 @@ RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, De
   return t;
 }
 
-static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, bool inverse) {
+static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, const Tensor& positions,
+                       bool inverse) {
   ProfileScope prof("rope", x.device());
   const int64_t D = tables.head_dim;
-  if (T_ > tables.max_positions)
+  if (T_ > tables.max_positions && !positions.defined())
     ST_THROW("rope: sequence length ", T_, " exceeds max_position_embeddings ", tables.max_positions);
   const int64_t H = x.numel() / (B * T_ * D);
   if (H * B * T_ * D != x.numel() || x.dim(-1) % D != 0)
     ST_THROW("rope: tensor ", x.str(), " is not [B=", B, ", T=", T_, ", H, D=", D, "]");
+  if (positions.defined()) {
+    if (positions.dtype() != DType::i32 || positions.numel() != B * T_ || positions.device() != x.device())
+      ST_THROW("rope: positions must be i32 [B*T = ", B * T_, "] on ", device_name(x.device()), ", got ",
+               positions.str());
+    if (positions.device() == Device::cpu && !dry_run_active())
+      for (int64_t n = 0; n < B * T_; ++n) {
+        const int32_t p = positions.ptr<int32_t>()[n];
+        if (p < 0 || p >= tables.max_positions)
+          ST_THROW("rope: position ", p, " of token ", n, " is outside [0, max_position_embeddings = ",
+                   tables.max_positions, ")");
+      }
+  }
   if (dry_run_active()) return;  // the planner: no compute
+  const int32_t* pos = positions.defined() ? positions.ptr<int32_t>() : nullptr;
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::rope_apply(B, T_, H, D, x, tables.cos, tables.sin, inverse);
+    cuda::rope_apply(B, T_, H, D, x, tables.cos, tables.sin, inverse, pos);
     return;
 #else
     no_cuda_kernel("rope");
 #endif
   }
-  ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
-                        cpu::rope_apply<T>(B, T_, H, D, x.ptr<T>(), tables.cos.ptr<float>(),
-                                           tables.sin.ptr<float>(), inverse));
+  if (pos) {
+    ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
+                          cpu::rope_apply_at<T>(B * T_, H, D, x.ptr<T>(), pos, tables.cos.ptr<float>(),
+                                                tables.sin.ptr<float>(), inverse));
+  } else {
+    ST_DISPATCH_CPU_FLOAT(x.dtype(), T,
+                          cpu::rope_apply<T>(B, T_, H, D, x.ptr<T>(), tables.cos.ptr<float>(),
+                                             tables.sin.ptr<float>(), inverse));
+  }
 }
 
-void rope_forward(Tensor& x, int64_t B, int64_t T, const RopeTables& tables) {
-  rope_apply(x, B, T, tables, false);
+void rope_forward(Tensor& x, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions) {
+  rope_apply(x, B, T, tables, positions, false);
 }
-void rope_backward(Tensor& dx, int64_t B, int64_t T, const RopeTables& tables) {
-  rope_apply(dx, B, T, tables, true);
+void rope_backward(Tensor& dx, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions) {
+  rope_apply(dx, B, T, tables, positions, true);
 }
 
 }  // namespace st

@@ -1,11 +1,11 @@
 // Rotary position embedding (Hugging Face rotate-half layout).
 #pragma once
 
+#include <vector>
+
 #include "core/tensor.hpp"
 
 namespace st {
-
-#include <vector>
 
 // Frequency scaling of the rotary embedding (transformers' rope_type); none = "default".
 // llama3 (Llama 3.1+): wavelengths longer than original_max_position_embeddings /
@@ -32,8 +32,11 @@ struct RopeTables {
 RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, Device device,
                        const RopeScaling& scaling = {});
 
-// In place on x: [B, T, H, D] (positions 0..T-1). inverse = the backward (transpose).
-void rope_forward(Tensor& x, int64_t B, int64_t T, const RopeTables& tables);
-void rope_backward(Tensor& dx, int64_t B, int64_t T, const RopeTables& tables);
+// In place on x: [B, T, H, D] at positions 0..T-1 of each row, or, with `positions` (i32 [B*T]
+// on x's device, each in [0, max_positions): checked on the CPU, the caller's duty on CUDA), at
+// positions[b*T + t] (sequence packing: each document's positions restart at 0).
+// rope_backward applies the inverse rotation (the transpose).
+void rope_forward(Tensor& x, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions = Tensor());
+void rope_backward(Tensor& dx, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions = Tensor());
 
 }  // namespace st

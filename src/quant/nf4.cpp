@@ -115,17 +115,23 @@ uint8_t nf4_encode(float x) { return nf4::encode(nf4_midpoints().data(), x); }
 uint8_t dynamic_encode(const float* code, float x) { return nf4::dynamic_encode(code, x); }
 
 float nf4_fixed_order_mean(const float* x, int64_t n) {
-  // Lane t sums x[t], x[t + L], x[t + 2L], ... in order; then the lanes are added as a binary
-  // tree (lane t += lane t + s for s = L/2, L/4, ..., 1). The CUDA kernel does the same.
-  std::array<double, kMeanLanes> lane{};
+  // bitsandbytes' offset is torch.mean of the f32 absmax on the GPU: an f32 sum, times the f32
+  // reciprocal of n (torch's MeanOps factor). The sum here is f32 too, in a fixed order the CUDA
+  // kernel repeats: lane t sums x[t], x[t + L], x[t + 2L], ... in order, then the lanes are added
+  // as a binary tree (lane t += lane t + s for s = L/2, L/4, ..., 1). torch orders its sum its own
+  // way (per-thread vectorised partials, a block tree), so the two differ by rounding only: for n
+  // values >= 0 each sum is within d u of the exact one (u = 2^-24, d = its depth; here
+  // ceil(n / L) + log2 L): docs/NOTES.md "Robustness" derives the test tolerance from it.
+  std::array<float, kMeanLanes> lane{};
   for (int64_t t = 0; t < kMeanLanes; ++t) {
-    double s = 0;
-    for (int64_t i = t; i < n; i += kMeanLanes) s += static_cast<double>(x[i]);
+    float s = 0.0f;
+    for (int64_t i = t; i < n; i += kMeanLanes) s += x[i];
     lane[static_cast<size_t>(t)] = s;
   }
   for (int s = kMeanLanes / 2; s > 0; s >>= 1)
     for (int t = 0; t < s; ++t) lane[static_cast<size_t>(t)] += lane[static_cast<size_t>(t + s)];
-  return static_cast<float>(lane[0] / static_cast<double>(n));
+  const float inv_n = 1.0f / static_cast<float>(n);
+  return lane[0] * inv_n;
 }
 
 size_t Nf4Tensor::nbytes() const {
@@ -200,8 +206,7 @@ void quantize_cpu(const T* w, Nf4Tensor& q) {
     return;
   }
   q.offset = nf4_fixed_order_mean(amax.data(), nb);
-  for (float& a : amax) a = a - q.offset;
-  quantize_dynamic_cpu(amax.data(), nb, q.qabsmax.ptr<uint8_t>(), q.absmax2.ptr<float>());
+  nf4_double_quantize(amax.data(), nb, q.offset, q.qabsmax.ptr<uint8_t>(), q.absmax2.ptr<float>());
 }
 
 void effective_absmax_cpu(const Nf4Tensor& q, float* out) {
@@ -305,6 +310,12 @@ Tensor nf4_effective_absmax(const Nf4Tensor& q) {
   }
   effective_absmax_cpu(h, out.ptr<float>());
   return out;
+}
+
+void nf4_double_quantize(const float* absmax, int64_t nb, float offset, uint8_t* qabsmax, float* absmax2) {
+  std::vector<float> centered(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) centered[static_cast<size_t>(b)] = absmax[b] - offset;
+  quantize_dynamic_cpu(centered.data(), nb, qabsmax, absmax2);
 }
 
 }  // namespace st

@@ -71,8 +71,13 @@ Tensor nf4_effective_absmax(const Nf4Tensor& q);
 // Scalar pieces, exposed for the tests and shared by the CPU kernels.
 uint8_t nf4_encode(float x);                             // x already scaled to [-1, 1]
 uint8_t dynamic_encode(const float* code256, float x);   // bitsandbytes' dQuantize<0>
-// Mean of n f32 values summed in double in the fixed order the CUDA kernel uses, rounded to f32.
+// The double-quantization offset: the mean of n f32 values as bitsandbytes computes it (an f32
+// sum times the f32 reciprocal of n, as torch.mean on the GPU), the sum in a fixed order the
+// CUDA kernel repeats bit for bit (torch's own order differs by rounding; see nf4.cpp).
 float nf4_fixed_order_mean(const float* x, int64_t n);
+// The second level of double quantization (CPU): absmax - offset quantized blockwise (256) with
+// the signed dynamic map into qabsmax [nb] and absmax2 [ceil(nb / 256)].
+void nf4_double_quantize(const float* absmax, int64_t nb, float offset, uint8_t* qabsmax, float* absmax2);
 constexpr int kMeanLanes = 256;
 
 }  // namespace st

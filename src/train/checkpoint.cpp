@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
@@ -12,29 +14,13 @@
 #include "core/log.hpp"
 #include "core/sha256.hpp"
 #include "io/safetensors.hpp"
+#include "io/shards.hpp"
 
 namespace fs = std::filesystem;
 
 namespace st {
 
 namespace {
-
-constexpr int kFormat = 1;
-
-// Options that do not change the numbers a run computes: they may differ on resume.
-const std::set<std::string>& free_options() {
-  static const std::set<std::string> s = {
-      "run_id", "output_dir", "threads", "log_every", "save_model", "val_split", "max_val_rows", "eval_every",
-      "eval_at_start", "tokenizer", "watchdog_timeout", "memory_limit", "gpu_memory_limit", "zero3_prefetch", "parallel", "tp_size",
-      "checkpoint_every", "checkpoint_dir", "resume", "keep_checkpoints"};
-  return s;
-}
-
-std::string options_hash(const std::map<std::string, std::string>& opts) {
-  std::string all;
-  for (const auto& [k, v] : opts) all += k + "=" + v + "\n";
-  return sha256_hex(all);
-}
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
@@ -45,6 +31,135 @@ nlohmann::json read_json(const std::string& path) {
     ST_THROW_INPUT(path, ": not valid JSON: ", e.what());
   }
 }
+
+constexpr int kFormat = 2;  // 2: checksums of every file; the training data by content, not by path
+
+// Options that do not change the numbers a run computes: they may differ on resume. (`data` is
+// a path: the training data is identified by its content instead, as "train_data".)
+const std::set<std::string>& free_options() {
+  static const std::set<std::string> s = {
+      "run_id", "output_dir", "threads", "log_every", "save_model", "val_split", "max_val_rows", "eval_every",
+      "eval_at_start", "tokenizer", "watchdog_timeout", "memory_limit", "gpu_memory_limit", "zero3_prefetch", "parallel", "tp_size",
+      "checkpoint_every", "checkpoint_dir", "resume", "keep_checkpoints", "data", "overwrite"};
+  return s;
+}
+
+// The training split's content identity, computed once per process (the shards do not change
+// under a running run; a resume is a new process).
+std::string train_data_identity(const RunConfig& c) {
+  static std::mutex m;
+  static std::map<std::string, std::string> cache;
+  const std::string key = c.data + "\n" + c.train_split;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, split_identity(c.data, c.train_split).str()).first;
+  return it->second;
+}
+
+// A JSON document carrying its own checksum: "sha256" is the SHA-256 of the document's dump(1)
+// without that field (numbers are integers and strings here, so parse and dump round-trip).
+std::string dump_with_checksum(nlohmann::json j) {
+  j.erase("sha256");
+  j["sha256"] = sha256_hex(j.dump(1));
+  return j.dump(1) + "\n";
+}
+
+void verify_checksum(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object() || !j.contains("sha256") || !j["sha256"].is_string())
+    ST_THROW_INPUT(path, ": field 'sha256' is missing (not a checkpoint file of this format)");
+  nlohmann::json copy = j;
+  copy.erase("sha256");
+  if (sha256_hex(copy.dump(1)) != j["sha256"].get<std::string>())
+    ST_THROW_INPUT(path, ": its content does not match its field 'sha256': the file was modified or damaged after it "
+                   "was written (resume from another checkpoint, or set resume = none)");
+}
+
+// Field checks of a checkpoint's JSON: present and of the type the reader takes (InputError
+// naming the file and the field, before any value is used).
+enum class Kind { integer, natural, bits, boolean, string, object, array };
+
+const nlohmann::json& field(const nlohmann::json& j, const std::string& path, const std::string& prefix, const char* key,
+                            Kind kind) {
+  const std::string name = prefix + key;
+  if (!j.is_object() || !j.contains(key)) ST_THROW_INPUT(path, ": field '", name, "' is missing");
+  const nlohmann::json& v = j.at(key);
+  bool ok = false;
+  const char* want = "";
+  switch (kind) {
+    case Kind::integer: ok = v.is_number_integer(); want = "an integer"; break;
+    case Kind::natural: ok = v.is_number_integer() && (v.is_number_unsigned() || v.get<int64_t>() >= 0); want = "an integer >= 0"; break;
+    case Kind::bits: ok = v.is_number_unsigned(); want = "an unsigned integer (a double's bit pattern)"; break;
+    case Kind::boolean: ok = v.is_boolean(); want = "true or false"; break;
+    case Kind::string: ok = v.is_string(); want = "a string"; break;
+    case Kind::object: ok = v.is_object(); want = "an object"; break;
+    case Kind::array: ok = v.is_array(); want = "an array"; break;
+  }
+  if (!ok) ST_THROW_INPUT(path, ": field '", name, "' must be ", want, ", got ", v.dump());
+  return v;
+}
+
+// rank-<r>.json: the fields write_checkpoint writes and the trainer reads back.
+void check_rank_json_fields(const nlohmann::json& j, const std::string& path) {
+  for (const char* k : {"format", "step", "rank", "world_size", "tp", "dp", "optimizer_steps"}) field(j, path, "", k, Kind::natural);
+  for (const char* k : {"parallel", "method", "options_sha256"}) field(j, path, "", k, Kind::string);
+  for (const auto& [k, v] : field(j, path, "", "options", Kind::object).items())
+    if (!v.is_string()) ST_THROW_INPUT(path, ": field 'options.", k, "' must be a string, got ", v.dump());
+  for (const auto& [k, v] : field(j, path, "", "files", Kind::object).items()) {
+    field(v, path, "files." + k + ".", "bytes", Kind::natural);
+    field(v, path, "files." + k + ".", "sha256", Kind::string);
+  }
+  const nlohmann::json& t = field(j, path, "", "trainer", Kind::object);
+  for (const char* k : {"step", "step_in_epoch", "epochs_done", "train_tokens", "epoch_targets", "epoch_steps"})
+    field(t, path, "trainer.", k, Kind::natural);
+  if (field(t, path, "trainer.", "epoch", Kind::natural).get<int64_t>() < 1)
+    ST_THROW_INPUT(path, ": field 'trainer.epoch' must be >= 1");
+  if (t.at("step") != j.at("step"))
+    ST_THROW_INPUT(path, ": field 'trainer.step' (", t.at("step").dump(), ") differs from 'step' (", j.at("step").dump(), ")");
+  field(t, path, "trainer.", "last_eval_step", Kind::integer);
+  for (const char* k : {"step_time_sum", "epoch_loss_sum", "epoch_elapsed", "epoch_eval_time"}) field(t, path, "trainer.", k, Kind::bits);
+  for (const char* k : {"finished", "have_initial_eval"}) field(t, path, "trainer.", k, Kind::boolean);
+  for (const auto& e : field(t, path, "trainer.", "epoch_times", Kind::array))
+    if (!e.is_number_unsigned()) ST_THROW_INPUT(path, ": field 'trainer.epoch_times' must hold unsigned integers, got ", e.dump());
+  for (const char* k : {"initial_val_loss", "initial_val_accuracy", "final_val_loss", "final_val_accuracy"})
+    if (t.contains(k)) field(t, path, "trainer.", k, Kind::bits);
+  const nlohmann::json& le = field(t, path, "trainer.", "last_eval", Kind::object);
+  for (const char* k : {"loss", "accuracy", "seconds"}) field(le, path, "trainer.last_eval.", k, Kind::bits);
+  for (const char* k : {"tokens", "rows"}) field(le, path, "trainer.last_eval.", k, Kind::natural);
+}
+
+// The data file of a rank against the size and checksum its JSON records (each file once per
+// process: loading after the early check does not hash it again).
+void verify_rank_file(const nlohmann::json& j, const std::string& jpath, const std::string& file) {
+  static std::mutex m;
+  static std::set<std::string> verified;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    if (verified.count(file)) return;
+  }
+  const std::string name = fs::path(file).filename().string();
+  const nlohmann::json& files = j.at("files");
+  if (!files.contains(name)) ST_THROW_INPUT(jpath, ": field 'files' does not list ", name);
+  const int64_t bytes = files[name].at("bytes").get<int64_t>();
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(file, ec);
+  if (ec) ST_THROW_INPUT(file, ": cannot read the checkpoint file: ", ec.message());
+  if (static_cast<int64_t>(size) != bytes)
+    ST_THROW_INPUT(file, ": ", size, " bytes, but ", jpath, " field 'files.", name, ".bytes' records ", bytes,
+                   " (a truncated or replaced file)");
+  const std::string sha = sha256_file_hex(file);
+  if (sha != files[name].at("sha256").get<std::string>())
+    ST_THROW_INPUT(file, ": its SHA-256 does not match ", jpath, " field 'files.", name, ".sha256': the file was "
+                   "modified or damaged after it was written (resume from another checkpoint, or set resume = none)");
+  std::lock_guard<std::mutex> lock(m);
+  verified.insert(file);
+}
+
+std::string options_hash(const std::map<std::string, std::string>& opts) {
+  std::string all;
+  for (const auto& [k, v] : opts) all += k + "=" + v + "\n";
+  return sha256_hex(all);
+}
+
 
 std::string rank_file(const std::string& dir, int rank, const char* ext) {
   return (fs::path(dir) / str("rank-", rank, ext)).string();
@@ -109,6 +224,7 @@ std::map<std::string, std::string> checkpoint_options(const RunConfig& c) {
   std::map<std::string, std::string> m;
   for (const auto& [k, v] : c.resolved())
     if (!free_options().count(k)) m[k] = v;
+  m["train_data"] = train_data_identity(c);
   return m;
 }
 
@@ -146,7 +262,11 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
   if (!fs::is_directory(dir)) ST_THROW_INPUT(dir, ": cannot create the checkpoint directory", ec ? ": " + ec.message() : "");
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const auto& [name, t] : opt.state_tensors()) tensors.emplace_back(name, *t);
-  write_safetensors(rank_file(dir, rank, ".safetensors"), tensors, {{"step", std::to_string(step)}});
+  const std::string data_file = rank_file(dir, rank, ".safetensors");
+  write_safetensors(data_file, tensors, {{"step", std::to_string(step)}});
+  std::error_code size_ec;
+  const nlohmann::json files = {{fs::path(data_file).filename().string(),
+                                 {{"bytes", fs::file_size(data_file, size_ec)}, {"sha256", sha256_file_hex(data_file)}}}};
   const std::map<std::string, std::string> opts = checkpoint_options(c);
   nlohmann::json j = {{"format", kFormat},
                       {"step", step},
@@ -159,8 +279,9 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
                       {"optimizer_steps", opt.steps_taken()},
                       {"options_sha256", options_hash(opts)},
                       {"options", opts},
+                      {"files", files},
                       {"trainer", trainer}};
-  atomic_write_file(rank_file(dir, rank, ".json"), j.dump(1) + "\n");
+  atomic_write_file(rank_file(dir, rank, ".json"), dump_with_checksum(j));
   world.barrier();  // every rank's files are durable
   if (rank == 0) {
     const nlohmann::json marker = {{"step", step},
@@ -169,7 +290,7 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
                                    {"dp", layout.parallel.dp},
                                    {"parallel", layout.parallel.name()},
                                    {"method", method_name(layout.method)}};
-    atomic_write_file((fs::path(dir) / "COMPLETE").string(), marker.dump(1) + "\n");
+    atomic_write_file((fs::path(dir) / "COMPLETE").string(), dump_with_checksum(marker));
     prune_checkpoints(c, step);
   }
   ST_LOG("checkpoint: step ", step, " -> ", dir);
@@ -177,18 +298,20 @@ void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_
 
 void check_checkpoint(const RunConfig& c, const CheckpointLayout& layout, const std::string& dir) {
   // The layout first, from the marker (every rank reads the same file: the same answer everywhere).
-  const nlohmann::json marker = read_json((fs::path(dir) / "COMPLETE").string());
-  const std::string marker_path = (fs::path(dir) / "COMPLETE").string();
+  const std::string mpath = (fs::path(dir) / "COMPLETE").string();
+  const nlohmann::json marker = read_json(mpath);
+  if (marker.is_object() && !marker.contains("sha256"))
+    ST_THROW_INPUT(mpath, ": no field 'sha256': a checkpoint of an older format (1, without checksums); this build "
+                   "resumes format ", kFormat, " only: set resume = none to start afresh");
+  verify_checksum(marker, mpath);
+  for (const char* k : {"step", "world_size", "tp", "dp"}) field(marker, mpath, "", k, Kind::natural);
+  for (const char* k : {"parallel", "method"}) field(marker, mpath, "", k, Kind::string);
   CheckpointLayout was;
-  try {
-    was.parallel.world = marker.at("world_size").get<int>();
-    was.parallel.tp = marker.at("tp").get<int>();
-    was.parallel.dp = marker.at("dp").get<int>();
-    was.parallel.strategy = parse_strategy(marker.at("parallel").get<std::string>(), marker_path);
-    was.method = parse_method(marker.at("method").get<std::string>(), marker_path);
-  } catch (const nlohmann::json::exception& e) {
-    ST_THROW_INPUT(marker_path, ": ", e.what());
-  }
+  was.parallel.world = marker.at("world_size").get<int>();
+  was.parallel.tp = marker.at("tp").get<int>();
+  was.parallel.dp = marker.at("dp").get<int>();
+  was.parallel.strategy = parse_strategy(marker.at("parallel").get<std::string>(), mpath);
+  was.method = parse_method(marker.at("method").get<std::string>(), mpath);
   if (!(was.parallel == layout.parallel) || was.method != layout.method)
     ST_THROW_INPUT("resume: checkpoint ", dir, " was written by a run of layout (", was.str(),
                    "), this run's layout is (", layout.str(), "): resuming needs the same world size, tp_size, "
@@ -197,15 +320,22 @@ void check_checkpoint(const RunConfig& c, const CheckpointLayout& layout, const 
   const int rank = layout.rank;
   const std::string jpath = rank_file(dir, rank, ".json");
   const nlohmann::json j = read_json(jpath);
-  if (j.value("format", 0) != kFormat) ST_THROW_INPUT(jpath, ": checkpoint format ", j.value("format", 0), ", expected ", kFormat);
-  // The options that shape the numbers.
+  verify_checksum(j, jpath);
+  check_rank_json_fields(j, jpath);
+  if (j.at("format").get<int64_t>() != kFormat)
+    ST_THROW_INPUT(jpath, ": field 'format' is ", j.at("format").dump(), ", this build reads ", kFormat);
+  if (j.at("rank").get<int64_t>() != rank || j.at("step") != marker.at("step"))
+    ST_THROW_INPUT(jpath, ": fields 'rank' ", j.at("rank").dump(), " and 'step' ", j.at("step").dump(),
+                   " do not match the file's place (rank ", rank, ", step ", marker.at("step").dump(), " of ", mpath, ")");
+  verify_rank_file(j, jpath, rank_file(dir, rank, ".safetensors"));
+  // The options that shape the numbers, and the training data by content.
   const std::map<std::string, std::string> now = checkpoint_options(c);
-  std::map<std::string, std::string> then;
-  try {
-    then = j.at("options").get<std::map<std::string, std::string>>();
-  } catch (const std::exception& e) {
-    ST_THROW_INPUT(jpath, ": options: ", e.what());
-  }
+  const std::map<std::string, std::string> then = j.at("options").get<std::map<std::string, std::string>>();
+  const auto was_data = then.find("train_data");
+  if (was_data != then.end() && was_data->second != now.at("train_data"))
+    ST_THROW_INPUT("resume: checkpoint ", dir, " was written while training on other data: train_data = ",
+                   was_data->second, " then, ", now.at("train_data"), " now (data = ", c.data, ", split ",
+                   c.train_split, "; were the shards prepared again?): restore that data, or set resume = none to start afresh");
   if (then != now) {
     std::string diff;
     std::set<std::string> keys;
@@ -250,7 +380,8 @@ nlohmann::json load_checkpoint(const RunConfig& c, const CheckpointLayout& layou
 nlohmann::json checkpoint_trainer_state(const std::string& dir, int rank) {
   const std::string path = rank_file(dir, rank, ".json");
   const nlohmann::json j = read_json(path);
-  if (!j.contains("trainer") || !j["trainer"].is_object()) ST_THROW_INPUT(path, ": no trainer state");
+  verify_checksum(j, path);
+  check_rank_json_fields(j, path);
   return j["trainer"];
 }
 
@@ -260,8 +391,11 @@ void prune_checkpoints(const RunConfig& c, int64_t step) {
   std::vector<std::string> complete;  // at or before step, oldest first
   for (const auto& [s, dir] : all) {
     if (step < 0) {
-      ST_WARN("checkpoint: removing ", dir, " of an earlier run (this run starts afresh: resume = none)");
-      remove_dir(dir, "earlier run");
+      if (checkpoint_complete(dir))
+        ST_WARN("checkpoint: removing ", dir, " of an earlier run (this run starts afresh: ",
+                c.resume == "none" ? std::string("resume = none") : str("resume = ", c.resume, " found no complete checkpoint"),
+                c.overwrite ? ", overwrite = true" : "", ")");
+      remove_dir(dir, checkpoint_complete(dir) ? "earlier run" : "incomplete");
     } else if (s > step) {
       remove_dir(dir, "after the resumed step");
     } else if (!checkpoint_complete(dir)) {

@@ -40,7 +40,8 @@ std::vector<float> label_scores_at(const Tensor& logits, int64_t T, const std::v
   return out;
 }
 
-EvalResult evaluate(ModelRunner& model, const ShardDataset& data, int64_t max_rows, int64_t batch_size, Comm* dp) {
+EvalResult evaluate(ModelRunner& model, const ShardDataset& data, int64_t max_rows, int64_t batch_size, Comm* dp,
+                    const EvalProgress& progress) {
   MemoryPhase phase("eval");
   Stopwatch sw;
   const int64_t n = max_rows > 0 ? std::min(max_rows, data.size()) : data.size();
@@ -65,6 +66,7 @@ EvalResult evaluate(ModelRunner& model, const ShardDataset& data, int64_t max_ro
     std::iota(idx.begin(), idx.end(), idle ? 0 : start);
     data.read_rows(idx, host);
     const EvalScores s = model.eval_batch(host, label_ids);
+    if (progress) progress(k + 1, rounds, sw.seconds());
     if (idle) continue;
     loss_sum += s.loss_sum;
     r.tokens += host.loss_tokens();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "io/shards.hpp"
@@ -22,9 +23,11 @@ struct EvalResult {
 };
 
 // With a data-parallel group `dp`, rank r evaluates batches r, r + dp, ... and the sums are
-// added over the group (every rank gets the same result).
+// added over the group (every rank gets the same result). `progress(done, total, seconds)` is
+// called after each round of batches (for progress lines of a long evaluation).
+using EvalProgress = std::function<void(int64_t done, int64_t total, double seconds)>;
 EvalResult evaluate(ModelRunner& model, const ShardDataset& data, int64_t max_rows, int64_t batch_size,
-                    Comm* dp = nullptr);
+                    Comm* dp = nullptr, const EvalProgress& progress = {});
 
 // The label tokens' logits [rows, labels] at row b's position pos[b] of logits [rows * T, V_local]
 // (NaN where pos[b] is outside [0, T)). Under TP each rank holds the vocabulary rows

@@ -19,6 +19,13 @@
 
 namespace st {
 
+// What a checkpoint's config.json says of the model (the family's reader validates it): the
+// sizes that size buffers, for the checks made before anything is allocated (train/preflight.hpp).
+struct ModelShape {
+  std::string summary;  // one line ("L=16 C=2048 ...")
+  int64_t vocab = 0, hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+};
+
 struct ModelFamily {
   std::string name;                      // the deck's `arch` ("llama", "mistral", "qwen2", "t5")
   std::vector<std::string> model_types;  // config.json model_type values it reads
@@ -26,9 +33,9 @@ struct ModelFamily {
   std::vector<std::string> module_names;          // short names of the linear layers LoRA adapts
   std::vector<std::string> default_lora_targets;  // lora_targets when the deck does not set it
   PeftNames peft;                                 // PEFT task type and target names
-  // Reads and validates <dir>/config.json (InputError naming the file and field); a one-line
-  // summary of the model it describes.
-  std::function<std::string(const std::string& dir)> read_config;
+  // Reads and validates <dir>/config.json (InputError naming the file and field): the model's
+  // sizes and a one-line summary.
+  std::function<ModelShape(const std::string& dir)> read_config;
   // The family's ModelRunner (model loaded from c.model or built randomly from the deck).
   std::function<std::unique_ptr<ModelRunner>(const RunnerSpec& spec)> make_runner;
   // A one-line description of what the family refuses (README, --help).

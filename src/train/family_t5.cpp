@@ -18,7 +18,11 @@ const ModelFamily& t5_family() {
     x.peft.task_type = "SEQ_2_SEQ_LM";
     for (const std::string& n : t5_module_names()) x.peft.targets.emplace_back(n, n);
     x.peft.short_name = t5_module_short_name;
-    x.read_config = [](const std::string& dir) { return read_t5_config(dir).summary(); };
+    x.read_config = [](const std::string& dir) {
+      const T5Config c = read_t5_config(dir);
+      return ModelShape{c.summary(), c.vocab_size, c.d_model, c.d_ff, c.num_layers + c.num_decoder_layers,
+                        c.num_heads,  c.num_heads,  c.d_kv};
+    };
     x.make_runner = make_t5_runner;
     x.refuses = "a feed_forward_proj other than relu / gated-gelu, is_encoder_decoder false, other model_types (mt5, "
                 "umt5, longt5)";

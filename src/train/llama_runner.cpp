@@ -88,21 +88,22 @@ class DecoderRunner final : public ModelRunner {
 
   void enable_base_training() override { llama_enable_base_training(m_); }
   int64_t attach_lora(const LoraConfig& lc, uint64_t seed) override {
-    return st::attach_lora(m_, lc, micro_batch_ * shape_.seq_len, seed);
+    return st::attach_lora(m_, lc, micro_batch_ * shape_.row_len(), seed);
   }
   double flops_per_token() const override { return llama_flops_per_token(m_, shape_.seq_len); }
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override { return data.lengths(); }
   bool has_hooks() const override { return m_.hooks != nullptr; }
 
   void allocate(int64_t B, bool checkpointing, bool training) override {
-    acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.seq_len, checkpointing, training));
-    buffers_ = std::make_unique<BatchBuffers>(B, shape_.seq_len, device_);
+    acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.row_len(), checkpointing, training));
+    buffers_ = std::make_unique<BatchBuffers>(B, shape_.row_len(), device_);
   }
   double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) override {
     batch_ = buffers_->make(host, token_weight);
     return llama_forward(m_, *acts_, batch_, ctx, grad);
   }
   void backward(const LayerContext& ctx) override { llama_backward(m_, *acts_, batch_, ctx); }
+  int64_t computed_tokens() const override { return batch_.B * batch_.T; }
   EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
     EvalScores s;
     // Weight 1 per target: the forward returns the plain sum of token losses.
@@ -136,13 +137,13 @@ class DecoderRunner final : public ModelRunner {
   }
 
  private:
-  // The NF4 layers of a QLoRA run (none for other methods, and none when only evaluating):
-  // "adapted" quantizes the modules of the loaded adapter when there is one (deck key adapter),
-  // else lora_targets; "all" every block projection.
+  // The NF4 layers of a QLoRA run, or of an evaluation with method = qlora (none for other
+  // methods): "adapted" quantizes the modules of the loaded adapter when there is one (deck key
+  // adapter), else lora_targets; "all" every block projection.
   LlamaQuant quant_of(const RunnerSpec& s) const {
     const RunConfig& c = s.c;
     LlamaQuant q;
-    if (!s.training || s.method != Method::qlora) return q;
+    if (s.method != Method::qlora) return q;  // eval with method = qlora: the NF4 base too
     q.modules = c.qlora_quantize == "all" ? llama_module_names()
                 : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
                                           : lora_targets_for(c, family_);
@@ -181,7 +182,11 @@ ModelFamily decoder_family(std::string name, std::vector<std::string> model_type
   f.peft.targets = {{"q", "q_proj"},       {"k", "k_proj"},   {"v", "v_proj"},    {"o", "o_proj"},
                     {"gate", "gate_proj"}, {"up", "up_proj"}, {"down", "down_proj"}};
   f.peft.short_name = llama_module_short_name;
-  f.read_config = [read = io.read](const std::string& dir) { return read(dir).summary(); };
+  f.read_config = [read = io.read](const std::string& dir) {
+    const LlamaConfig c = read(dir);
+    return ModelShape{c.summary(), c.vocab_size, c.hidden_size, c.intermediate_size, c.num_layers,
+                      c.num_heads,   c.num_kv_heads, c.head_dim};
+  };
   f.make_runner = [io](const RunnerSpec& spec) { return make_decoder_runner(spec, io); };
   f.refuses = std::move(refuses);
   return f;

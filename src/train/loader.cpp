@@ -19,8 +19,10 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
   return order;
 }
 
+int64_t batch_length(int64_t longest, int64_t T_max) { return std::max<int64_t>(2, std::min(T_max, longest)); }
+
 BatchBuffers::BatchBuffers(int64_t B_max, int64_t T_max, Device device)
-    : B_max_(B_max), T_max_(T_max), device_(device) {
+    : B_max_(B_max), T_max_(T_max), S_max_(B_max * (T_max + 1)), device_(device) {
   const int64_t n = B_max * T_max;
   auto both = [&](Tensor& dev, Tensor& host, const Shape& s, DType dt) {
     host = Tensor::empty(s, dt, Device::cpu, MemCategory::workspace);
@@ -30,6 +32,11 @@ BatchBuffers::BatchBuffers(int64_t B_max, int64_t T_max, Device device)
   both(targets_, h_targets_, {n}, DType::i32);
   both(weight_, h_weight_, {n}, DType::f32);
   both(lengths_, h_lengths_, {B_max}, DType::i32);
+  both(positions_, h_positions_, {n}, DType::i32);
+  cu_ = Tensor::empty({S_max_ + 1}, DType::i32, Device::cpu, MemCategory::workspace);
+  keys_ = Tensor::empty({S_max_}, DType::i32, Device::cpu, MemCategory::workspace);
+  if (device != Device::cpu)  // the CUDA kernels' tile table
+    both(tiles_, h_tiles_, {4 * attention_max_tiles(n, S_max_)}, DType::i32);
 }
 
 Tensor tensor_on(const std::vector<int32_t>& values, DType dtype, Device device) {
@@ -46,23 +53,68 @@ Tensor tensor_on(const std::vector<int32_t>& values, DType dtype, Device device)
 }
 
 LlamaBatch BatchBuffers::make(const Batch& host, double token_weight) {
-  const int64_t B = host.rows, L = host.seq_len;
-  const int64_t T = std::max<int64_t>(2, std::min(L, host.max_length()));
-  if (B > B_max_ || T > T_max_) ST_THROW("batch [", B, ", ", T, "] exceeds buffers [", B_max_, ", ", T_max_, "]");
+  const int64_t L = host.seq_len;
+  const bool packed = !host.pack_rows.empty();
+  const int64_t B = packed ? static_cast<int64_t>(host.pack_rows.size()) : host.rows;
+  // Training row b is documents [first[b], first[b + 1]) of the host rows.
+  std::vector<int64_t> first(static_cast<size_t>(B) + 1, 0);
+  for (int64_t b = 0; b < B; ++b)
+    first[static_cast<size_t>(b) + 1] = first[static_cast<size_t>(b)] + (packed ? host.pack_rows[static_cast<size_t>(b)] : 1);
+  if (first.back() != host.rows)
+    ST_THROW("packed batch: pack_rows add up to ", first.back(), " documents, the batch has ", host.rows);
+  std::vector<int64_t> fill(static_cast<size_t>(B), 0);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t d = first[static_cast<size_t>(b)]; d < first[static_cast<size_t>(b) + 1]; ++d)
+      fill[static_cast<size_t>(b)] += std::min<int64_t>(L, host.lengths[static_cast<size_t>(d)]);
+    longest = std::max(longest, fill[static_cast<size_t>(b)]);
+  }
+  const int64_t T = batch_length(longest, packed ? T_max_ : std::min(L, T_max_));
+  if (B > B_max_ || longest > T_max_ || B < 1)
+    ST_THROW("batch [", B, ", ", longest, "] exceeds buffers [", B_max_, ", ", T_max_, "]");
   int32_t* ids = h_ids_.ptr<int32_t>();
   int32_t* tg = h_targets_.ptr<int32_t>();
   float* w = h_weight_.ptr<float>();
+  int32_t* pos = h_positions_.ptr<int32_t>();
+  int32_t* cu = cu_.ptr<int32_t>();
+  int32_t* keys = keys_.ptr<int32_t>();
+  int64_t S = 0, max_position = 0;
+  cu[0] = 0;
+  auto segment = [&](int64_t end, int64_t nkeys) {  // the next segment ends at token `end`
+    if (end == cu[S]) return;
+    keys[S] = static_cast<int32_t>(nkeys);
+    cu[++S] = static_cast<int32_t>(end);
+  };
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t len = host.lengths[static_cast<size_t>(b)];
-    h_lengths_.ptr<int32_t>()[b] = static_cast<int32_t>(len);
-    for (int64_t t = 0; t < T; ++t) {
-      const size_t src = static_cast<size_t>(b * L + t);
-      ids[b * T + t] = t < L ? host.ids[src] : 0;
-      // Position t predicts token t+1 when that token is a target.
-      const bool target = t + 1 < len && host.loss_mask[src + 1] != 0;
-      tg[b * T + t] = target ? host.ids[src + 1] : -1;
-      w[b * T + t] = target ? static_cast<float>(token_weight) : 0.0f;
+    int64_t t0 = 0;  // where the next document starts in the row
+    for (int64_t d = first[static_cast<size_t>(b)]; d < first[static_cast<size_t>(b) + 1]; ++d) {
+      const int64_t len = std::min<int64_t>(L, host.lengths[static_cast<size_t>(d)]);
+      for (int64_t t = 0; t < len; ++t) {
+        const size_t src = static_cast<size_t>(d * L + t);
+        const int64_t o = b * T + t0 + t;
+        ids[o] = host.ids[src];
+        pos[o] = static_cast<int32_t>(t);
+        // Position t predicts token t+1 of the same document when that token is a target.
+        const bool target = t + 1 < len && host.loss_mask[src + 1] != 0;
+        tg[o] = target ? host.ids[src + 1] : -1;
+        w[o] = target ? static_cast<float>(token_weight) : 0.0f;
+      }
+      max_position = std::max(max_position, len - 1);
+      segment(b * T + t0 + len, len);
+      t0 += len;
     }
+    // Padding (a segment that sees no key; no targets): an unpacked row keeps its shard padding
+    // and positions t, a packed row pads with id 0 at position 0.
+    for (int64_t t = t0; t < T; ++t) {
+      const int64_t o = b * T + t;
+      ids[o] = !packed && t < L ? host.ids[static_cast<size_t>(b * L + t)] : 0;
+      pos[o] = static_cast<int32_t>(packed ? 0 : t);
+      tg[o] = -1;
+      w[o] = 0.0f;
+    }
+    if (!packed) max_position = std::max(max_position, T - 1);
+    segment((b + 1) * T, 0);
+    h_lengths_.ptr<int32_t>()[b] = static_cast<int32_t>(fill[static_cast<size_t>(b)]);
   }
   LlamaBatch out;
   out.B = B;
@@ -71,11 +123,18 @@ LlamaBatch BatchBuffers::make(const Batch& host, double token_weight) {
   out.targets = targets_.slice(0, B * T);
   out.weight = weight_.slice(0, B * T);
   out.lengths = lengths_.slice(0, B);
+  out.positions = positions_.slice(0, B * T);
+  out.max_position = max_position;
+  const Tensor tiles_host = h_tiles_.defined() ? h_tiles_ : Tensor();
+  attention_segments_finish(out.segments, cu_.slice(0, S + 1), keys_.slice(0, S), tiles_host);
   if (device_ != Device::cpu) {
     out.ids.copy_from(h_ids_.slice(0, B * T));
     out.targets.copy_from(h_targets_.slice(0, B * T));
     out.weight.copy_from(h_weight_.slice(0, B * T));
     out.lengths.copy_from(h_lengths_.slice(0, B));
+    out.positions.copy_from(h_positions_.slice(0, B * T));
+    out.segments.tiles = tiles_.slice(0, 4 * out.segments.n_tiles);
+    if (out.segments.n_tiles > 0) out.segments.tiles.copy_from(h_tiles_.slice(0, 4 * out.segments.n_tiles));
   }
   return out;
 }

@@ -25,7 +25,9 @@ namespace st {
 struct DataShape {
   int64_t seq_len = 0;     // encoder (or only) sequence length L
   int64_t target_len = 0;  // seq2seq: decoder length Lt (0 for causal shards)
+  int64_t pack_length = 0; // sequence packing: training rows of this many tokens (0: none)
   std::vector<int32_t> label_token_ids;
+  int64_t row_len() const { return pack_length > seq_len ? pack_length : seq_len; }  // the buffers' rows
 };
 
 // One evaluation batch: the summed token losses, and for classification shards the scores of
@@ -69,6 +71,8 @@ class ModelRunner {
   // One micro-batch: every target token weighs token_weight; returns the weighted loss sum.
   virtual double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) = 0;
   virtual void backward(const LayerContext& ctx) = 0;  // after forward(..., grad = true)
+  // Token positions the last forward computed, padding included: B x T (T5: encoder + decoder).
+  virtual int64_t computed_tokens() const = 0;
   virtual EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) = 0;
   // The logits [B, T (decoder: Td), V] of one forward on `in` (no TP), as an f32 CPU tensor.
   virtual Tensor logits(const LogitsInput& in) = 0;

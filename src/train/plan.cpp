@@ -8,16 +8,28 @@
 #include "io/shards.hpp"
 #include "parallel/parallelize.hpp"
 #include "train/families.hpp"
+#include "train/packing.hpp"
 #include "train/setup.hpp"
 
 namespace st {
 
 namespace {
 
-// B rows at the full lengths of the data: the largest micro-batch a run can meet.
+// B rows at the full lengths of the data: the largest micro-batch a run can meet. Packing: B
+// training rows of pack_length tokens, each filled with documents of the shards' full length
+// (the last one shorter where pack_length is not a multiple of it).
 Batch full_batch(int64_t B, const PlanData& d) {
   Batch b;
-  const int64_t L = d.shape.seq_len, Lt = d.shape.target_len;
+  const int64_t L = d.shape.seq_len, Lt = d.shape.target_len, P = d.shape.pack_length;
+  if (P > 0 && Lt == 0) {
+    const int64_t per_row = (P + L - 1) / L;
+    b = full_batch(B * per_row, PlanData{d.info, DataShape{L, 0, 0, d.shape.label_token_ids}});
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t i = 0; i < per_row; ++i)
+        b.lengths[static_cast<size_t>(r * per_row + i)] = static_cast<int32_t>(std::min(L, P - i * L));
+    b.pack_rows.assign(static_cast<size_t>(B), static_cast<int32_t>(per_row));
+    return b;
+  }
   b.rows = B;
   b.seq_len = L;
   b.ids.assign(static_cast<size_t>(B * L), 0);
@@ -86,7 +98,11 @@ DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& 
   const DryRunCounters after = dry_run_counters();
   out.step_flops = after.flops - before.flops;
   out.step_comm_bytes = after.comm_bus_bytes - before.comm_bus_bytes;
-  if (!c.val_split.empty()) (void)s.model->eval_batch(batch, data.shape.label_token_ids);
+  if (!c.val_split.empty()) {  // evaluation reads unpacked rows
+    PlanData unpacked = data;
+    unpacked.shape.pack_length = 0;
+    (void)s.model->eval_batch(full_batch(c.micro_batch_size, unpacked), data.shape.label_token_ids);
+  }
   out.memory.peak = a.stats().total_peak;
   out.memory.at_peak = a.stats().at_total_peak;
   return out;
@@ -103,6 +119,7 @@ PlanData plan_data_from_shards(const RunConfig& c) {
   d.shape.seq_len = train.seq_len();
   d.shape.target_len = train.target_len();
   d.shape.label_token_ids = train.info().label_token_ids;
+  d.shape.pack_length = resolved_pack_length(c, train.seq_len());
   if (!c.val_split.empty()) {
     const ShardDataset val = ShardDataset::open(c.data, c.val_split);
     d.shape.seq_len = std::max(d.shape.seq_len, val.seq_len());
@@ -129,6 +146,7 @@ PlanData plan_data_synthetic(const RunConfig& c, int64_t seq_len, int64_t target
   d.info.target_len = fam.seq2seq ? target_len : 0;
   d.shape.seq_len = seq_len;
   d.shape.target_len = d.info.target_len;
+  d.shape.pack_length = resolved_pack_length(c, seq_len);
   return d;
 }
 

@@ -4,6 +4,7 @@
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "parallel/parallelize.hpp"
+#include "train/preflight.hpp"
 
 namespace st {
 
@@ -21,8 +22,14 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
                                    const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
                                    const RankComms& comms, bool training) {
   TrainingState s;
+  check_buffer_sizes(c, info, shape);  // before any allocation (train/preflight.hpp)
   s.family = &resolve_family(c, info);
   const ModelFamily& fam = *s.family;
+  if (training && c.packing && fam.seq2seq)
+    ST_THROW_INPUT(c.origin.at("packing"), ": packing = true is for decoder-only models: a ", fam.name,
+                   " row is an encoder input and a decoder target, whose packing would need matching document "
+                   "boundaries on both sides and in the cross-attention (use group_by_length = true to cut padding "
+                   "instead)");
   // 1. The model, as this rank's shard of the family's TP plan.
   s.model = fam.make_runner(RunnerSpec{c, info, shape, dtype, device, comms.tp, method, training, fam});
   MemoryPhase phase("setup");
@@ -81,6 +88,7 @@ StepOutcome training_step(TrainingState& s, const RunConfig& c, const RankComms&
     {
       MemoryPhase phase("forward");
       out.loss += s.model->forward(host, token_weight, ctx, true);
+      out.computed_tokens += s.model->computed_tokens();
     }
     MemoryPhase phase("backward");
     if (s.grad_sync && a + 1 == accum) s.grad_sync->arm();
@@ -91,8 +99,16 @@ StepOutcome training_step(TrainingState& s, const RunConfig& c, const RankComms&
     MemoryPhase phase("gradient all-reduce");
     s.grad_sync->sync();
   }
-  // Each data-parallel group's objective (the same on every rank of a TP group), summed.
-  if (comms.dp_size() > 1) out.loss = comms.dp_host->all_reduce_sum(out.loss);
+  // Each data-parallel group's objective (the same on every rank of a TP group) and computed
+  // positions, summed.
+  if (comms.dp_size() > 1) {
+    Tensor sums = Tensor::empty({2}, DType::f64, Device::cpu, MemCategory::other);
+    sums.ptr<double>()[0] = out.loss;
+    sums.ptr<double>()[1] = static_cast<double>(out.computed_tokens);
+    comms.dp_host->all_reduce_sum(sums);
+    out.loss = sums.ptr<double>()[0];
+    out.computed_tokens = static_cast<int64_t>(sums.ptr<double>()[1]);
+  }
   MemoryPhase phase("optimizer");
   // Under TP the sharded gradients' squared norms are summed over the group; replicated ones
   // (norms, one LoRA factor) are counted once, on TP rank 0. Under ZeRO-3 every rank holds its

@@ -55,6 +55,7 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
 struct StepOutcome {
   double loss = 0;       // the data-parallel group's summed objective
   double grad_norm = 0;  // before clipping
+  int64_t computed_tokens = 0;  // positions the data-parallel group computed, padding included
 };
 
 // One optimizer step over `accum` micro-batches: read(a, host, ctx) fills micro-batch a and its

@@ -8,6 +8,7 @@
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/hf_tokenizer.hpp"
 #include "io/t5_io.hpp"
 #include "model/t5.hpp"
 #include "train/evaluate.hpp"
@@ -56,7 +57,7 @@ class T5Runner final : public ModelRunner {
     const auto origin = c.origin.find("lora_targets");
     default_targets_ = origin == c.origin.end() || origin->second == "default";
     gated_ = c.model.empty() ? c.feed_forward_proj != "relu" : read_t5_config(c.model).gated;
-    const T5Quant quant = quant_from_options(c, s.method, s.training);
+    const T5Quant quant = quant_from_options(c, s.method);
     if (!c.model.empty()) {
       m_ = load_t5(c.model, dtype, device, quant, tp);
       ST_LOG("model: loaded ", c.model, " (t5 ", m_.cfg.summary(), ")");
@@ -131,6 +132,7 @@ class T5Runner final : public ModelRunner {
     return t5_forward(m_, *acts_, batch_, grad, ctx);
   }
   void backward(const LayerContext& ctx) override { t5_backward(m_, *acts_, batch_, ctx); }
+  int64_t computed_tokens() const override { return batch_.B * (batch_.Te + batch_.Td); }
 
   EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
     EvalScores s;
@@ -164,7 +166,8 @@ class T5Runner final : public ModelRunner {
     t5_dequantize(m_);
     merge_adapters(m_);
     save_t5(m_, dir, max_shard_bytes);
-    if (!tokenizer_path.empty() && m_.tp.rank == 0) copy_tokenizer(tokenizer_path, dir);
+    if (!tokenizer_path.empty() && m_.tp.rank == 0)
+      save_hf_tokenizer(tokenizer_path, dir, HfTokenizerKind::t5, kT5ModelMaxLength, m_.cfg.vocab_size);
   }
 
  private:
@@ -178,9 +181,9 @@ class T5Runner final : public ModelRunner {
 
   // The NF4 layers: every projection of this variant (all), or the LoRA targets (the default
   // targets filtered to the variant; names given in the deck are taken as they are).
-  T5Quant quant_from_options(const RunConfig& c, Method method, bool training) const {
+  T5Quant quant_from_options(const RunConfig& c, Method method) const {
     T5Quant q;
-    if (!training || method != Method::qlora) return q;
+    if (method != Method::qlora) return q;  // eval with method = qlora: the NF4 base too
     q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
                 : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
                 : default_targets_        ? present(lora_targets_for(c, family_))
@@ -196,6 +199,7 @@ class T5Runner final : public ModelRunner {
   // length are masked), decoder inputs shifted right from the targets, targets beyond a row's
   // target length ignored.
   void fill_batch(const Batch& host, double token_weight) {
+    if (!host.pack_rows.empty()) ST_THROW("t5: packed batches are not supported (packing = true is refused for T5)");
     const int64_t B = host.rows, L = host.seq_len, Lt = host.target_len;
     if (B < 1 || B > B_) ST_THROW("t5 batch of ", B, " rows for buffers of ", B_);
     if (L > shape_.seq_len || Lt > shape_.target_len)

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <thread>
 
@@ -24,6 +25,7 @@
 #include "core/rng.hpp"
 #include "core/sha256.hpp"
 #include "core/timer.hpp"
+#include "core/version.hpp"
 #include "io/metrics.hpp"
 #include "io/shards.hpp"
 #include "io/hf_checkpoint.hpp"
@@ -38,7 +40,10 @@
 #include "train/checkpoint.hpp"
 #include "train/model_runner.hpp"
 #include "train/optimizer.hpp"
+#include "train/packing.hpp"
 #include "train/plan.hpp"
+#include "train/preflight.hpp"
+#include "train/run_dir.hpp"
 #include "train/schedule.hpp"
 #include "train/setup.hpp"
 
@@ -51,9 +56,13 @@ namespace {
 // SIGTERM / SIGUSR1 (Slurm's warning before the time limit, or a scheduler's preemption): the
 // handler only records the signal; the step loop checks it after each step, agrees on it over
 // every rank, writes a checkpoint and ends the run with outcome "preempted" (exit kExitPreempted).
+// SIGINT (Ctrl-C) likewise ends the run after the step, with outcome "interrupted" (exit 130),
+// writing a checkpoint when checkpoint_every is set; a second Ctrl-C kills the process at once.
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal == 0 || sig != SIGINT) g_stop_signal = sig;  // a preemption signal wins
+}
 
 void install_stop_handlers() {
   struct sigaction sa {};
@@ -62,6 +71,27 @@ void install_stop_handlers() {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGUSR1, &sa, nullptr);
+  sa.sa_flags = SA_RESTART | SA_RESETHAND;  // the second Ctrl-C takes the default action
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+// The stop request agreed over every rank: 0 none, 1 interrupt (SIGINT), 2 preemption.
+double local_stop_request() {
+  if (g_stop_signal == 0) return 0;
+  return g_stop_signal == SIGINT ? 1.0 : 2.0;
+}
+
+const char* signal_name(int sig) {
+  return sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : sig == SIGINT ? "SIGINT" : "a stop signal";
+}
+
+// Seconds between progress lines of a long evaluation (SHARDTUNE_PROGRESS_SECONDS, default 10).
+double progress_interval() {
+  static const double s = [] {
+    const char* e = std::getenv("SHARDTUNE_PROGRESS_SECONDS");
+    return e && *e ? std::max(0.0, std::atof(e)) : 10.0;
+  }();
+  return s;
 }
 
 // Doubles in checkpoint JSON by their bits: exact, NaN included.
@@ -115,13 +145,37 @@ std::map<std::string, std::string> config_map(const RunConfig& c) {
   return m;
 }
 
+ConfigKinds config_kinds(const RunConfig& c) {
+  ConfigKinds k;
+  for (const ResolvedOption& o : c.resolved_typed()) k[o.key] = o.kind;
+  return k;
+}
+
 void print_config(const RunConfig& c) {
+  ST_LOG(version_line());
   ST_LOG("shardtune: resolved options (source in brackets)");
+  bool omitted = false;
   for (const auto& [k, v] : c.resolved()) {
+    if (c.set_by_checkpoint(k)) {  // hidden_size = 256 means nothing when model = DIR sets it
+      omitted = true;
+      continue;
+    }
     const auto it = c.origin.find(k);
     const std::string src = it == c.origin.end() ? "default" : it->second;
     ST_LOG(str("  ", k, " = ", v, src == "default" ? "" : str("   [", src, "]")));
   }
+  if (omitted) ST_LOG("  (random-init shape keys omitted: ", c.model, "/config.json sets them)");
+}
+
+// Evaluations the training loop still runs after step `k` of `total` (eval_every steps inside an
+// epoch, each epoch's end, and the end of a run cut short by max_steps).
+int64_t evaluations_after(int64_t k, int64_t total, int64_t per_epoch, int64_t every) {
+  if (k >= total) return 0;
+  auto multiples = [&](int64_t m) { return m > 0 ? total / m - k / m : 0; };
+  int64_t n = multiples(per_epoch);
+  if (every > 0) n += multiples(every) - multiples(std::lcm(every, per_epoch));
+  if (total % per_epoch != 0 && (every <= 0 || total % every != 0)) ++n;
+  return n;
 }
 
 // Shards of one split, with the checks that tie them to the tokenizer and to each other.
@@ -148,7 +202,8 @@ void check_tokenizers(const RunConfig& c, const ShardDataset& train, const Shard
 // gradient all-reduce), so the tests can check that one failing rank ends the whole job;
 // "<rank>:<step>:hang" makes it hang there instead (the watchdog must end the job), and
 // "<rank>:<step>:oom" makes it run out of memory (outcome oom, exit 3); "<rank>:<step>:sigterm"
-// (or sigusr1) sends that rank the signal during the step (checkpoint, outcome preempted, exit 4).
+// (or sigusr1) sends that rank the signal during the step (checkpoint, outcome preempted, exit 4);
+// "<rank>:<step>:sigint" as Ctrl-C (outcome interrupted, exit 130).
 void maybe_inject_fault(int64_t step) {
   static const char* spec = std::getenv("SHARDTUNE_FAULT");
   if (!spec) return;
@@ -164,6 +219,10 @@ void maybe_inject_fault(int64_t step) {
   }
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "sigusr1") == 0) {
     std::raise(SIGUSR1);
+    return;
+  }
+  if (rank == runtime().world_rank && at == step && std::strcmp(mode, "sigint") == 0) {
+    std::raise(SIGINT);  // as Ctrl-C: outcome interrupted, a checkpoint only with checkpoint_every
     return;
   }
   if (rank == runtime().world_rank && at == step && std::strcmp(mode, "oom") == 0)
@@ -225,8 +284,14 @@ class Run {
   RankComms comms() const;
   void build_model(bool training);
   EvalResult run_eval(int64_t step, double epoch);
-  void log_step(const StepRecord& r, int64_t total_steps, double mean_step_time);
+  // The progress line's figures since the last one (the logging window).
+  struct LogWindow {
+    int64_t steps = 0, targets = 0, tokens = 0;
+    double loss_sum = 0, time = 0, gnorm_sum = 0;
+  };
+  void log_step(const StepRecord& r, int64_t step_targets, int64_t total_steps, int64_t steps_per_epoch);
   void finish_summary(const char* outcome);
+  double run_time() const { return prior_time_ + total_.seconds(); }  // every segment of the run
   std::string tokenizer_for_export() const;
   CheckpointLayout layout() const;
 
@@ -251,6 +316,10 @@ class Run {
   int64_t last_eval_step_ = -1;
   EvalResult last_eval_;
   std::string resume_dir_;  // the checkpoint this training run continues ("" = none)
+  double prior_time_ = 0;   // wall time of the earlier segments of a resumed run
+  LogWindow window_;
+  double eval_seconds_sum_ = 0;  // this segment's evaluations (for the ETA)
+  int64_t evals_timed_ = 0;
 
  public:
   // Record a failed run's outcome with everything gathered so far (the error then propagates).
@@ -275,14 +344,8 @@ void Run::begin(const char* what, bool training) {
     runtime_enable_device_comms(runtime());  // NCCL
   setup_threads(cfg_);
   allocator_for(device_).set_limit(parse_bytes(cfg_.memory_limit, "memory_limit"));
-  run_dir_ = (fs::path(cfg_.output_dir) / cfg_.run_id).string();
-  if (process_rank() == 0) {
-    // Outcomes other ranks left here in an earlier run of this run_id (record_failure).
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(run_dir_, ec))
-      if (e.path().filename().string().rfind("outcome-rank", 0) == 0) fs::remove(e.path(), ec);
-    print_config(cfg_);
-  }
+  run_dir_ = claim_run_directory(cfg_, training, *runtime().world);  // locked; eval: <run>/eval-<n>
+  if (process_rank() == 0) print_config(cfg_);
   if (training) {
     resume_dir_ = find_resume_checkpoint(cfg_);
     Runtime& rtr = runtime();
@@ -299,14 +362,16 @@ void Run::begin(const char* what, bool training) {
     if (!resume_dir_.empty()) check_checkpoint(cfg_, layout(), resume_dir_);
   }
   if (process_rank() == 0) {
+    if (training) check_run_replacement(cfg_, run_dir_, resume_dir_);  // a finished run is not replaced
     const std::string mpath = (fs::path(run_dir_) / "metrics.h5").string();
     if (!resume_dir_.empty()) {
       // Continue the file: keep the rows up to the checkpoint, drop those of a run that got further.
       const nlohmann::json t = checkpoint_trainer_state(resume_dir_, 0);
       metrics_ = MetricsWriter::reopen(mpath, config_map(cfg_), t.at("step").get<int64_t>(),
-                                       t.at("epochs_done").get<int64_t>());
+                                       t.at("epochs_done").get<int64_t>(), config_kinds(cfg_));
+      if (std::isfinite(metrics_->previous_total_time())) prior_time_ = metrics_->previous_total_time();
     } else {
-      metrics_ = std::make_unique<MetricsWriter>(mpath, config_map(cfg_));
+      metrics_ = std::make_unique<MetricsWriter>(mpath, config_map(cfg_), config_kinds(cfg_));
     }
     ST_LOG("shardtune ", what, ": run ", cfg_.run_id, " -> ", metrics_->path(), " (", omp_get_max_threads(),
            " threads, ", device_name(device_), ", ", dtype_name(dtype_), ")");
@@ -359,11 +424,13 @@ RankComms Run::comms() const {
 }
 
 void Run::build_model(bool training) {
+  check_data_against_model(cfg_, train_.get(), val_.get());  // token ids inside the model's vocabulary
   const ShardDataset& ref = train_ ? *train_ : *val_;
   DataShape shape;
   shape.seq_len = std::max(train_ ? train_->seq_len() : 0, val_ ? val_->seq_len() : 0);
   shape.target_len = std::max(train_ ? train_->target_len() : 0, val_ ? val_->target_len() : 0);
   shape.label_token_ids = ref.info().label_token_ids;
+  if (training) shape.pack_length = resolved_pack_length(cfg_, train_->seq_len());
   Runtime& rt0 = runtime();
   if (training) {
     // The planner's prediction of this rank's peak: a dry run of what follows (train/plan.hpp).
@@ -412,8 +479,17 @@ void Run::build_model(bool training) {
 
 EvalResult Run::run_eval(int64_t step, double epoch) {
   if (step == last_eval_step_) return last_eval_;  // already evaluated at this step
+  Stopwatch since_line;
+  const auto progress = [&](int64_t done, int64_t total, double elapsed) {
+    if (done >= total || since_line.seconds() < progress_interval()) return;
+    since_line = Stopwatch();
+    ST_LOG("eval  step ", step, " | batch ", done, "/", total, " | ", fmt_duration(elapsed), " elapsed, ETA ",
+           fmt_duration(elapsed / static_cast<double>(done) * static_cast<double>(total - done)));
+  };
   EvalResult r = evaluate(*model_, *val_, cfg_.max_val_rows, cfg_.micro_batch_size,
-                          runtime().dp > 1 ? runtime().dp_comm.get() : nullptr);
+                          runtime().dp > 1 ? runtime().dp_comm.get() : nullptr, progress);
+  eval_seconds_sum_ += r.seconds;
+  ++evals_timed_;
   ST_LOG("eval  step ", step, " | val loss ", fmt_fixed(r.loss, 4),
          std::isnan(r.accuracy) ? std::string() : str(" | val acc ", fmt_fixed(100 * r.accuracy, 2), "%"), " | ",
          r.rows, " rows, ", r.tokens, " targets, ", fmt_fixed(r.seconds, 2), "s");
@@ -430,13 +506,38 @@ EvalResult Run::run_eval(int64_t step, double epoch) {
   return r;
 }
 
-void Run::log_step(const StepRecord& r, int64_t total_steps, double mean_step_time) {
+// One line per log_every steps (and the first and last): loss (token-weighted), gradient norm,
+// tokens/s and s/step are means over the steps since the previous line; the ETA is the window's
+// s/step times the steps left plus the evaluations left at this segment's mean evaluation time
+// (or the last one's, restored from a checkpoint).
+void Run::log_step(const StepRecord& r, int64_t step_targets, int64_t total_steps, int64_t steps_per_epoch) {
+  LogWindow& w = window_;
+  ++w.steps;
+  w.targets += step_targets;
+  w.tokens += r.tokens;
+  w.loss_sum += r.loss * static_cast<double>(step_targets);
+  w.time += r.step_time;
+  w.gnorm_sum += r.grad_norm;
   const bool tty_line = r.step % cfg_.log_every == 0 || r.step == total_steps || r.step == 1;
   if (!tty_line) return;
-  ST_LOG("step ", r.step, "/", total_steps, " | epoch ", r.epoch, " | loss ", fmt_fixed(r.loss, 4), " | lr ",
-         fmt_sci(r.lr), " | gnorm ", fmt_fixed(r.grad_norm, 3), " | ", static_cast<int64_t>(r.tokens_per_s),
-         " tok/s | ", fmt_fixed(r.step_time, 3), " s/step | ETA ",
-         fmt_duration(mean_step_time * static_cast<double>(total_steps - r.step)));
+  const double n = static_cast<double>(w.steps);
+  const double loss = w.targets > 0 ? w.loss_sum / static_cast<double>(w.targets) : r.loss;
+  const double step_time = w.time / n;
+  std::string eta = fmt_duration(step_time * static_cast<double>(total_steps - r.step));
+  const int64_t evals_left =
+      val_ ? evaluations_after(r.step, total_steps, steps_per_epoch, cfg_.eval_every) : 0;
+  if (evals_left > 0) {
+    const double per_eval = evals_timed_ > 0 ? eval_seconds_sum_ / static_cast<double>(evals_timed_)
+                                             : (last_eval_step_ >= 0 ? last_eval_.seconds : kNaN);
+    eta = std::isfinite(per_eval)
+              ? fmt_duration(step_time * static_cast<double>(total_steps - r.step) + per_eval * static_cast<double>(evals_left))
+              : eta + " + " + std::to_string(evals_left) + " evaluations";
+  }
+  ST_LOG("step ", r.step, "/", total_steps, " | epoch ", r.epoch, " | loss ", fmt_fixed(loss, 4), " | lr ",
+         fmt_sci(r.lr), " | gnorm ", fmt_fixed(w.gnorm_sum / n, 3), " | ",
+         static_cast<int64_t>(static_cast<double>(w.tokens) / w.time), " tok/s | ", fmt_fixed(step_time, 3),
+         " s/step | ETA ", eta);
+  w = LogWindow{};
 }
 
 std::string Run::tokenizer_for_export() const {
@@ -451,7 +552,7 @@ void Run::finish_summary(const char* outcome) {
   // gathering for the save is not training).
   const MemoryStats ms = train_stats_ ? *train_stats_ : allocator_for(device_).stats();
   summary_.strings["outcome"] = outcome;
-  summary_.reals["total_time"] = total_.seconds();
+  summary_.reals["total_time"] = run_time();
   summary_.ints["peak_memory"] = static_cast<int64_t>(ms.total_peak);
   for (int i = 0; i < kNumMemCategories; ++i)
     summary_.ints[str("peak_", mem_category_name(static_cast<MemCategory>(i)))] =
@@ -486,10 +587,37 @@ int Run::train() {
   const int64_t micro = cfg_.micro_batch_size, accum = cfg_.grad_accum;
   const int64_t global_batch = micro * accum * rt.dp;
   const int64_t n_train = cfg_.max_train_rows > 0 ? std::min(cfg_.max_train_rows, train_->size()) : train_->size();
-  const int64_t steps_per_epoch = n_train / global_batch;
+  // The training rows of each epoch (train/packing.hpp): shard rows, length-grouped, or packed.
+  const std::vector<int32_t>& row_targets = train_->loss_tokens();
+  const std::vector<int32_t> all_row_lengths = model_->row_tokens(*train_);
+  const std::vector<int32_t> row_lengths(all_row_lengths.begin(), all_row_lengths.begin() + n_train);
+  BatchingOptions batching;
+  batching.seed = cfg_.seed;
+  batching.shuffle = cfg_.shuffle;
+  batching.group_by_length = cfg_.group_by_length;
+  batching.pack_length = resolved_pack_length(cfg_, train_->seq_len());
+  batching.global_batch = global_batch;
+  if (batching.pack_length > 0) {
+    const int32_t longest = *std::max_element(row_lengths.begin(), row_lengths.end());
+    if (longest > batching.pack_length)
+      ST_THROW_INPUT(cfg_.origin.at("pack_length"), ": pack_length = ", batching.pack_length,
+                     " is shorter than the longest training row (", longest,
+                     " tokens); documents are never split: set pack_length >= ", longest);
+  }
+  const int64_t n_rows = epoch_rows(row_lengths, batching, 1).size();
+  const int64_t steps_per_epoch = n_rows / global_batch;
   if (steps_per_epoch == 0)
-    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows, fewer than one global batch of ",
-                   global_batch, " (micro_batch_size x grad_accum x data-parallel ranks)");
+    ST_THROW_INPUT(cfg_.data, ": the training split has ", n_train, " rows",
+                   batching.pack_length > 0 ? str(" (", n_rows, " packed rows)") : std::string(),
+                   ", fewer than one global batch of ", global_batch,
+                   " (micro_batch_size x grad_accum x data-parallel ranks)");
+  if (batching.pack_length > 0) {
+    const double real = std::accumulate(row_lengths.begin(), row_lengths.end(), 0.0);
+    ST_LOG("packing: ", n_train, " documents into ", n_rows, " rows of up to ", batching.pack_length, " tokens (",
+           fmt_fixed(100.0 * real / (static_cast<double>(n_rows) * static_cast<double>(batching.pack_length)), 1),
+           "% filled); each epoch trains ", steps_per_epoch * global_batch, " rows, leaving out the last ",
+           n_rows - steps_per_epoch * global_batch);
+  }
   int64_t total_steps = steps_per_epoch * cfg_.epochs;
   if (cfg_.max_steps > 0) total_steps = std::min(total_steps, cfg_.max_steps);
   const LrSchedule sched{cfg_.lr, cfg_.min_lr_ratio, cfg_.warmup_steps, total_steps, cfg_.lr_schedule};
@@ -497,15 +625,24 @@ int Run::train() {
   summary_.reals["flops_per_token"] = flops_per_token;
   summary_.ints["global_batch"] = global_batch;
   summary_.ints["steps_per_epoch"] = steps_per_epoch;
-  ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch, " rows = ",
+  summary_.ints["rows_per_epoch"] = n_rows;
+  summary_.ints["total_steps"] = total_steps;
+  if (metrics_) {  // for analysis/watch.py while the run goes (outcome stays "running")
+    SummaryRecord early;
+    early.ints = {{"total_steps", total_steps}, {"steps_per_epoch", steps_per_epoch}, {"global_batch", global_batch}};
+    early.strings = {{"run_id", cfg_.run_id}, {"method", method_name(method_)}, {"strategy", summary_.strings["strategy"]}};
+    metrics_->write_summary(early);
+  }
+  ST_LOG("train: ", total_steps, " steps (", steps_per_epoch, " per epoch, global batch ", global_batch,
+         batching.pack_length > 0 ? " packed rows = " : " rows = ",
          micro, " x ", accum, " accumulation x ", rt.dp, " ranks), ", cfg_.epochs, " epoch", cfg_.epochs == 1 ? "" : "s");
 
   // Where the loop starts: the beginning, or a checkpoint's position (train/checkpoint.hpp).
   const CheckpointLayout layout = this->layout();
-  int64_t step = 0, train_tokens = 0;
+  int64_t step = 0, train_tokens = 0, computed_tokens = 0;
   double step_time_sum = 0;
   int64_t start_epoch = 1, start_s = 0, last_checkpoint = -1;
-  bool done = false, preempted = false;
+  bool done = false, preempted = false, interrupted = false;
   // The running figures of the current epoch (restored with a checkpoint taken inside it).
   struct EpochSums {
     double loss_sum = 0, elapsed = 0, eval_time = 0;
@@ -520,7 +657,9 @@ int Run::train() {
       start_s = t.at("step_in_epoch").get<int64_t>();
       done = t.at("finished").get<bool>();
       train_tokens = t.at("train_tokens").get<int64_t>();
+      computed_tokens = t.value("computed_tokens", int64_t{0});
       step_time_sum = from_bits(t.at("step_time_sum"));
+      if (t.contains("run_time")) prior_time_ = std::max(prior_time_, from_bits(t.at("run_time")));
       resumed_sums.loss_sum = from_bits(t.at("epoch_loss_sum"));
       resumed_sums.elapsed = from_bits(t.at("epoch_elapsed"));
       resumed_sums.eval_time = from_bits(t.at("epoch_eval_time"));
@@ -560,7 +699,9 @@ int Run::train() {
                         {"epochs_done", finished ? cfg_.epochs : pos_epoch - 1},
                         {"finished", finished},
                         {"train_tokens", train_tokens},
+                        {"computed_tokens", computed_tokens},
                         {"step_time_sum", dbits(step_time_sum)},
+                        {"run_time", dbits(run_time())},
                         {"epoch_loss_sum", dbits(es.loss_sum)},
                         {"epoch_elapsed", dbits(es.elapsed)},
                         {"epoch_eval_time", dbits(es.eval_time)},
@@ -588,24 +729,37 @@ int Run::train() {
   // last step of the run continues to the end (its checkpoint is the final one).
   auto after_step = [&](int64_t pos_epoch, int64_t pos_s, const EpochSums& es) {
     if (step >= total_steps) return false;
-    double stop = g_stop_signal != 0 ? 1.0 : 0.0;
+    double stop = local_stop_request();
     if (rt.world_size > 1) stop = rt.world->all_reduce_max(stop);
     if (stop > 0) {
-      ST_LOG("signal ", g_stop_signal != 0 ? (g_stop_signal == SIGTERM ? "SIGTERM" : "SIGUSR1") : "on another rank",
-             ": writing a checkpoint at step ", step, " and stopping (preempted)");
-      checkpoint(pos_epoch, pos_s, false, es);
-      preempted = true;
+      const std::string who = g_stop_signal != 0 ? str("signal ", signal_name(g_stop_signal)) : "signal on another rank";
+      preempted = stop > 1.5;
+      interrupted = !preempted;
+      // The outcome first: a launcher that kills the ranks soon after its signal (mpirun) must
+      // not leave the run looking "running".
+      if (metrics_) {
+        SummaryRecord s = summary_;
+        s.strings["outcome"] = preempted ? "preempted" : "interrupted";
+        s.reals["total_time"] = run_time();
+        s.ints["steps_completed"] = step;
+        metrics_->write_summary(s);
+      }
+      if (preempted || cfg_.checkpoint_every > 0) {
+        ST_LOG(who, ": writing a checkpoint at step ", step, " and stopping (", preempted ? "preempted" : "interrupted", ")");
+        checkpoint(pos_epoch, pos_s, false, es);
+      } else {
+        ST_LOG(who, ": stopping after step ", step, " (interrupted; no checkpoint: checkpoint_every = 0)");
+      }
       return true;
     }
     if (cfg_.checkpoint_every > 0 && step % cfg_.checkpoint_every == 0) checkpoint(pos_epoch, pos_s, false, es);
     return false;
   };
 
-  const std::vector<int32_t>& row_targets = train_->loss_tokens();
-  const std::vector<int32_t> row_lengths = model_->row_tokens(*train_);
   const RankComms step_comms = comms();
   for (int64_t epoch = start_epoch; epoch <= cfg_.epochs && !done; ++epoch) {
-    const std::vector<int64_t> order = epoch_order(n_train, cfg_.seed, epoch, cfg_.shuffle);
+    const EpochRows rows = epoch_rows(row_lengths, batching, epoch);
+    if (rows.size() != n_rows) ST_THROW("epoch ", epoch, " has ", rows.size(), " training rows, epoch 1 had ", n_rows);
     Stopwatch epoch_clock;
     const bool resumed_epoch = !resume_dir_.empty() && epoch == start_epoch;
     const EpochSums before = resumed_epoch ? resumed_sums : EpochSums{};
@@ -620,11 +774,12 @@ int Run::train() {
       Stopwatch step_clock;
       ++step;
       watchdog_beat(str("train step ", step));
-      // This step's rows for this data-parallel rank.
+      // This step's training rows for this data-parallel rank.
       const int64_t first = s * global_batch + rt.dp_rank * micro * accum;
       int64_t step_targets = 0, step_tokens = 0;
-      for (int64_t i = 0; i < global_batch; ++i) {
-        const int64_t row = order[static_cast<size_t>(s * global_batch + i)];
+      for (int64_t d = rows.row_begin[static_cast<size_t>(s * global_batch)];
+           d < rows.row_begin[static_cast<size_t>((s + 1) * global_batch)]; ++d) {
+        const int64_t row = rows.docs[static_cast<size_t>(d)];
         step_targets += row_targets[static_cast<size_t>(row)];
         step_tokens += row_lengths[static_cast<size_t>(row)];
       }
@@ -633,9 +788,12 @@ int Run::train() {
       const StepOutcome out = training_step(
           state_, cfg_, step_comms, accum, token_weight, lr,
           [&](int64_t a, Batch& host, LayerContext& ctx) {
-            std::vector<int64_t> rows(static_cast<size_t>(micro));
-            for (int64_t i = 0; i < micro; ++i) rows[static_cast<size_t>(i)] = order[static_cast<size_t>(first + a * micro + i)];
-            train_->read_rows(rows, host);
+            const int64_t p0 = first + a * micro;  // training rows [p0, p0 + micro)
+            const auto d0 = rows.docs.begin() + rows.row_begin[static_cast<size_t>(p0)];
+            const auto d1 = rows.docs.begin() + rows.row_begin[static_cast<size_t>(p0 + micro)];
+            train_->read_rows(std::vector<int64_t>(d0, d1), host);
+            if (batching.pack_length > 0)
+              for (int64_t p = p0; p < p0 + micro; ++p) host.pack_rows.push_back(static_cast<int32_t>(rows.docs_in(p)));
             ctx.dropout_seed = splitmix64(cfg_.seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ull + static_cast<uint64_t>(a)));
           },
           [&] { maybe_inject_fault(step); });
@@ -643,6 +801,7 @@ int Run::train() {
       const double dt = step_clock.seconds();
       step_time_sum += dt;
       train_tokens += step_tokens;
+      computed_tokens += out.computed_tokens;
       epoch_loss_sum += loss * static_cast<double>(step_targets);
       epoch_targets += step_targets;
       ++epoch_steps;
@@ -654,6 +813,7 @@ int Run::train() {
       rec.lr = lr;
       rec.grad_norm = gnorm;
       rec.tokens = step_tokens;
+      rec.computed_tokens = out.computed_tokens;
       rec.step_time = dt;
       rec.tokens_per_s = static_cast<double>(step_tokens) / dt;
       // NaN on CPUs and GPUs without a peak in the table.
@@ -662,7 +822,7 @@ int Run::train() {
       rec.mem_peak = static_cast<int64_t>(ms.total_peak);
       if (metrics_) metrics_->append_step(rec);
       if (step == kProfileWarmupSteps) profile_reset();  // the profile covers steady-state steps
-      log_step(rec, total_steps, step_time_sum / static_cast<double>(step));
+      log_step(rec, step_targets, total_steps, steps_per_epoch);
       if (!std::isfinite(loss)) ST_THROW("loss is ", loss, " at step ", step, " (diverged: lower lr or enable grad_clip)");
       if (val_ && cfg_.eval_every > 0 && step % cfg_.eval_every == 0 && s + 1 < steps_per_epoch) {
         const EvalResult r = run_eval(step, static_cast<double>(epoch - 1) + static_cast<double>(s + 1) / steps_per_epoch);
@@ -673,7 +833,7 @@ int Run::train() {
         break;
       }
     }
-    if (preempted || epoch_steps == 0) break;
+    if (preempted || interrupted || epoch_steps == 0) break;
     const double epoch_time = before.elapsed + epoch_clock.seconds() - (eval_time_in_epoch - before.eval_time);
     const bool full_epoch = epoch_steps == steps_per_epoch;
     EpochRecord er;
@@ -697,10 +857,14 @@ int Run::train() {
     if (full_epoch && after_step(epoch + 1, 0, EpochSums{})) break;
   }
   // The final checkpoint: the state at the end, after the last evaluation.
-  if (!preempted && cfg_.checkpoint_every > 0 && step > last_checkpoint) checkpoint(cfg_.epochs + 1, 0, true, EpochSums{});
+  if (!preempted && !interrupted && cfg_.checkpoint_every > 0 && step > last_checkpoint)
+    checkpoint(cfg_.epochs + 1, 0, true, EpochSums{});
   profile_report(step - std::min<int64_t>(step, kProfileWarmupSteps));
   summary_.ints["steps_completed"] = step;
   summary_.ints["train_tokens"] = train_tokens;
+  summary_.ints["computed_tokens"] = computed_tokens;
+  summary_.reals["padding_fraction"] =
+      computed_tokens > 0 ? 1.0 - static_cast<double>(train_tokens) / static_cast<double>(computed_tokens) : kNaN;
   summary_.reals["tokens_per_s"] = step_time_sum > 0 ? static_cast<double>(train_tokens) / step_time_sum : kNaN;
   summary_.reals["model_tflops"] =
       step_time_sum > 0 ? flops_per_token * static_cast<double>(train_tokens) / step_time_sum / 1e12 : kNaN;
@@ -712,11 +876,14 @@ int Run::train() {
     summary_.ints["device_used_memory"] = static_cast<int64_t>(cuda_used_memory());
     summary_.ints["allocator_current_memory"] = static_cast<int64_t>(train_stats_->total_current);
   }
-  if (preempted) {
-    finish_summary("preempted");
-    ST_LOG("preempted: stopped after step ", step, " of ", total_steps, " with a checkpoint in ",
-           checkpoint_root(cfg_), " (resume = auto continues it) | ", run_dir_, "/metrics.h5");
-    return kExitPreempted;
+  if (preempted || interrupted) {
+    finish_summary(preempted ? "preempted" : "interrupted");
+    const bool saved = preempted || cfg_.checkpoint_every > 0;
+    ST_LOG(preempted ? "preempted" : "interrupted", ": stopped after step ", step, " of ", total_steps, " in ",
+           fmt_duration(run_time()),
+           saved ? str(" with a checkpoint in ", checkpoint_root(cfg_), " (resume = auto continues it)") : std::string(),
+           " | ", run_dir_, "/metrics.h5");
+    return preempted ? kExitPreempted : kExitInterrupted;
   }
   const bool save_adapter = cfg_.save_adapter && state_.lora_adapters > 0;
   if ((cfg_.save_model || save_adapter) && state_.zero) state_.zero->gather_all_for_save();  // collective over the data-parallel group
@@ -724,7 +891,10 @@ int Run::train() {
     MemoryPhase phase("save");
     const std::string dir = (fs::path(run_dir_) / "adapter").string();
     save_peft_adapter(model_->linears(), state_.family->peft, cfg_.model, dir);  // collective within the TP group
-    ST_LOG("saved adapter (PEFT format) to ", dir);
+    if (rt.tp_rank == 0)
+      write_adapter_training(dir, {method_, cfg_.qlora_quantize, cfg_.qlora_block_size, cfg_.qlora_double_quant,
+                                   cfg_.run_id, step});
+    ST_LOG("saved adapter (PEFT format) to ", dir, cfg_.model.empty() ? " (random-init base: export needs --model)" : "");
   }
   if (cfg_.save_model && rt.dp_rank == 0) {  // the TP group of data-parallel rank 0 (collective within it)
     MemoryPhase phase("save");
@@ -733,7 +903,8 @@ int Run::train() {
     ST_LOG("saved model (adapters merged) to ", dir);
   }
   finish_summary("ok");
-  ST_LOG("done: ", step, " steps in ", fmt_duration(total_.seconds()), " | peak memory ",
+  ST_LOG("done: ", step, " steps in ", fmt_duration(run_time()),
+         prior_time_ > 0 ? str(" (", fmt_duration(total_.seconds()), " in this segment)") : std::string(), " | peak memory ",
          format_bytes(static_cast<double>(allocator_for(device_).stats().total_peak)), " | ",
          run_dir_, "/metrics.h5");
   return kExitOk;
@@ -773,7 +944,7 @@ void Run::record_failure(const std::string& outcome, const std::string& message,
   SummaryRecord s = summary_;
   s.strings["outcome"] = outcome;
   s.strings["error"] = message;
-  s.reals["total_time"] = total_.seconds();
+  s.reals["total_time"] = run_time();
   s.ints["peak_memory"] = static_cast<int64_t>(allocator_for(device_).stats().total_peak);
   if (predicted_peak_ > 0) s.ints["predicted_peak"] = static_cast<int64_t>(predicted_peak_);  // rank 0's
   if (oom) {
@@ -815,7 +986,31 @@ int run_training(const RunConfig& cfg, const ParallelLayout& layout) {
   return run_guarded(run, [&] { return run.train(); });
 }
 
-int run_evaluation(const RunConfig& cfg, const ParallelLayout& layout) {
+// eval of an adapter a QLoRA run saved: on the NF4 base it was trained on (its
+// shardtune_adapter.json), unless method is set; a dense evaluation of it is warned about.
+RunConfig with_adapter_method(const RunConfig& cfg) {
+  RunConfig c = cfg;
+  if (c.adapter.empty()) return c;
+  const std::optional<AdapterTraining> t = read_adapter_training(c.adapter);
+  if (!t || t->method != Method::qlora) return c;
+  const auto set = [&](const char* key) { return c.origin.count(key) && c.origin.at(key) != "default"; };
+  if (!set("method")) {
+    const std::string src = str("adapter ", c.adapter, " (trained with qlora)");
+    c.method = method_name(Method::qlora);
+    c.origin["method"] = src;
+    if (!set("qlora_quantize")) c.qlora_quantize = t->qlora_quantize, c.origin["qlora_quantize"] = src;
+    if (!set("qlora_block_size")) c.qlora_block_size = t->qlora_block_size, c.origin["qlora_block_size"] = src;
+    if (!set("qlora_double_quant")) c.qlora_double_quant = t->qlora_double_quant, c.origin["qlora_double_quant"] = src;
+  } else if (run_method(c) != Method::qlora && process_rank() == 0) {
+    ST_WARN("adapter ", c.adapter, " was trained on an NF4 base (QLoRA); method = ", c.method,
+            " evaluates it on the dense base, which gives other figures than the run's own evaluations "
+            "(leave method unset, or set method = qlora, to evaluate it as trained)");
+  }
+  return c;
+}
+
+int run_evaluation(const RunConfig& cfg_in, const ParallelLayout& layout) {
+  const RunConfig cfg = with_adapter_method(cfg_in);
   Run run(cfg, layout);
   return run_guarded(run, [&] { return run.evaluate_only(); });
 }

@@ -31,7 +31,14 @@ struct Nf4Golden {
 std::string nf4_golden_path();
 Nf4Golden load_nf4_golden();
 // Quantize the case's bf16 weight on `device` (input dtype bf16, as bitsandbytes quantizes a
-// bf16 checkpoint), dequantize to bf16, and EXPECT every byte and float equal to the fixture.
+// bf16 checkpoint) and EXPECT: the codes (and absmax without double quantization) bit-equal to
+// the fixture; with double quantization, the offset within nf4_offset_tolerance of the fixture's
+// and of the exact mean (two f32 sums in different orders), the second level bit-equal to the
+// fixture's given the fixture's offset, and to the CPU's given this device's; the dequantized
+// bf16 weight of the fixture's quantized state bit-equal to the fixture's.
 void check_nf4_golden_case(const Nf4GoldenCase& c, Device device);
+// The largest difference between two f32 means of n values >= 0 (summed in any of the orders
+// described in nf4_golden.cpp) and the exact mean `mean`.
+double nf4_offset_tolerance(int64_t n, double mean);
 
 }  // namespace st::test

@@ -69,4 +69,14 @@ void write_file(const std::string& path, const std::string& content) {
   f << content;
 }
 
+std::string shardtune_bin() {
+  if (const char* b = std::getenv("SHARDTUNE_BIN")) return b;
+  return repo_root() + "/build/shardtune";
+}
+
+std::string shardtune_mpirun() {
+  if (const char* m = std::getenv("SHARDTUNE_MPIRUN")) return m;
+  return "mpirun --oversubscribe";
+}
+
 }  // namespace st::test

@@ -8,6 +8,10 @@
 namespace st::test {
 
 std::string repo_root();
+// The binary under test ($SHARDTUNE_BIN, else <repo>/build/shardtune) and the launcher with its
+// flags ($SHARDTUNE_MPIRUN, else "mpirun --oversubscribe"), as the Makefile's test-e2e sets them.
+std::string shardtune_bin();
+std::string shardtune_mpirun();
 // "<repo>/../shared/data" if it exists, else "" (tests then GTEST_SKIP with a message).
 std::string shared_data_dir();
 // A new empty directory under $TMPDIR (or /tmp), removed by the caller if wanted.

@@ -16,6 +16,7 @@
 
 #include "io/h5util.hpp"
 #include "io/hf_checkpoint.hpp"
+#include "io/metrics.hpp"
 #include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
 
@@ -121,7 +122,11 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
     EXPECT_GT(summary_real(f, "total_time", m1), 0);
     h5::Handle cfg = h5::open_group(f, "config");
     EXPECT_EQ(h5::read_attr_string(cfg, "method", m1), "full");
-    EXPECT_EQ(h5::read_attr_string(cfg, "lr", m1), "0.003");
+    EXPECT_EQ(h5::read_attr_double(cfg, "lr", m1), 0.003);  // numbers stored as numbers
+    EXPECT_EQ(h5::read_attr_int(cfg, "max_steps", m1), 40);
+    EXPECT_EQ(h5::read_attr_int(f, "format_version", m1), kMetricsFormatVersion);
+    EXPECT_FALSE(h5::read_attr_string(f, "shardtune_commit", m1).empty());
+    EXPECT_NE(h5::read_attr_string(f, "command_line", m1).find("shardtune train --deck"), std::string::npos);
     h5::Handle s = h5::open_group(f, "summary");
     EXPECT_GT(h5::read_attr_int(s, "peak_memory", m1), 0);
     EXPECT_EQ(h5::read_attr_int(s, "world_size", m1), 1);
@@ -169,6 +174,37 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
                              d + "/sentiment",
                          &out);
   ASSERT_EQ(rc, 0) << out;
+  // The adapter the QLoRA run saved by default, evaluated as it was trained (on the NF4 base, from
+  // its shardtune_adapter.json; method left unset): the run's own last figures, bit for bit.
+  const std::string adapter = d + "/runs/qlora/adapter";
+  ASSERT_TRUE(fs::exists(adapter + "/shardtune_adapter.json"));
+  auto last_eval = [](const std::string& m) {
+    h5::Handle f = h5::open_file_read(m);
+    h5::Handle g = h5::open_group(f, "evals");
+    const size_t n = h5::dataset_dims(g, "val_loss", m).at(0);
+    std::vector<double> loss(n), acc(n);
+    h5::read_dataset(g, "val_loss", H5T_NATIVE_DOUBLE, loss.data(), m);
+    h5::read_dataset(g, "val_accuracy", H5T_NATIVE_DOUBLE, acc.data(), m);
+    return std::make_pair(loss.back(), acc.back());
+  };
+  const std::string eval_base = bin() + " eval --deck " + d + "/full.cfg --model " + d + "/runs/full/model --data " + d +
+                                "/sentiment --adapter " + adapter;
+  ASSERT_EQ(test::run_command(eval_base + " --run_id qlora_adapter_eval", &out), 0) << out;
+  EXPECT_NE(out.find("linear layers in NF4"), std::string::npos) << out;
+  EXPECT_EQ(last_eval(d + "/runs/qlora_adapter_eval/metrics.h5"), last_eval(m3));
+  ASSERT_EQ(test::run_command(eval_base + " --run_id qlora_adapter_dense --method lora", &out), 0) << out;
+  EXPECT_NE(out.find("was trained on an NF4 base"), std::string::npos) << out;
+  EXPECT_NE(last_eval(d + "/runs/qlora_adapter_dense/metrics.h5").first, last_eval(m3).first);
+  // export without --model: the adapter's own base (base_model_name_or_path, stored absolute),
+  // merged with the tokenizer files a transformers user loads.
+  ASSERT_EQ(test::run_command(bin() + " export --adapter " + adapter + " --merged " + d + "/qlora_merged", &out), 0) << out;
+  EXPECT_NE(out.find("(base_model_name_or_path)"), std::string::npos) << out;
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
+                        "special_tokens_map.json"})
+    EXPECT_TRUE(fs::exists(d + "/qlora_merged/" + f)) << f;
+  const nlohmann::json tc = nlohmann::json::parse(test::read_file(d + "/qlora_merged/tokenizer_config.json"));
+  EXPECT_EQ(tc.at("tokenizer_class"), "LlamaTokenizer");
+  EXPECT_EQ(tc.at("bos_token"), "<s>");
 
   // 3. eval of the saved model
   rc = test::run_command(bin() + " eval --deck " + d + "/full.cfg --run_id evalrun --model " + d + "/runs/full/model", &out);
@@ -274,6 +310,22 @@ TEST_F(E2E, PlanCommandTablesEveryLayoutAndAutoPicksOne) {
     EXPECT_GT(l.at("peak").get<int64_t>(), 0);
     EXPECT_GE(l.at("activations_no_checkpointing").get<int64_t>(), l.at("activations_checkpointing").get<int64_t>());
     EXPECT_TRUE(l.at("fits").get<bool>());  // no memory limit given
+    // Layouts with more data-parallel ranks take more rows per step: the batch is shown per layout.
+    EXPECT_EQ(l.at("global_batch").get<int64_t>(), l.at("dp").get<int64_t>() * j.at("layouts")[0].at("global_batch").get<int64_t>() /
+                                                       j.at("layouts")[0].at("dp").get<int64_t>());
+  }
+  // The recommendation quotes its own row's figures (training and load peak, in the table's unit).
+  for (const auto& [method, rec] : j.at("recommended").items()) {
+    for (const auto& l : j.at("layouts")) {
+      if (l.at("method") != method || l.at("strategy") != rec.at("strategy") || l.at("tp") != rec.at("tp")) continue;
+      char peaks[128];
+      std::snprintf(peaks, sizeof(peaks), "at global batch %lld; per rank: training peak %.1f MiB, load peak %.1f MiB)",
+                    static_cast<long long>(l.at("global_batch").get<int64_t>()), l.at("peak").get<double>() / (1 << 20),
+                    l.at("load_peak").get<double>() / (1 << 20));
+      EXPECT_NE(out.find(st::str("recommended for ", method, ": parallel = ", rec.at("strategy").get<std::string>())),
+                std::string::npos) << out;
+      EXPECT_NE(out.find(peaks), std::string::npos) << peaks << "\n" << out;
+    }
   }
   // A cap below every layout: nothing fits, and parallel = auto refuses to start.
   ASSERT_EQ(test::run_command(bin() + " plan --deck " + d + "/full.cfg --ranks 2 --gpu-memory 64KiB", &out), 0) << out;
@@ -358,9 +410,15 @@ TEST_F(E2E, BadInputsAreRefusedWithClearMessages) {
       {"prepare --input " + d + "/missing.tsv --tokenizer " + d + "/synth/tokenizer.model --output " + d + "/x --split train",
        "missing.tsv", 2},
       {"frobnicate", "unknown subcommand", 2},
+      {"train --deck " + d + "/full.cfg --packing true --group_by_length true", "group_by_length", 2},
+      {"train --deck " + d + "/full.cfg --packing true --pack_length 20", "pack_length = 20 is shorter", 2},
+      {"train --deck " + d + "/t5.cfg --packing true", "packing = true is for decoder-only", 2},
   };
-  for (const Case& c : cases) {
-    const int rc = test::run_command(bin() + " " + c.args, &out);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    // A run id of its own (the deck's, "full", is a finished run that is never replaced).
+    const std::string id = c.args.rfind("train", 0) == 0 ? " --run_id bad" + std::to_string(i) : "";
+    const int rc = test::run_command(bin() + " " + c.args + id, &out);
     EXPECT_EQ(rc, c.status) << c.args << "\n" << out;
     EXPECT_NE(out.find(c.expect), std::string::npos) << c.args << "\n" << out;
     if (c.args.rfind("frobnicate", 0) != 0) {
@@ -710,6 +768,57 @@ TEST_F(E2E, Stories260KLoraOnSst2LossFalls) {
               100 * summary_real(f, "initial_val_accuracy", m), 100 * summary_real(f, "final_val_accuracy", m));
 }
 
+// Sequence packing (issue 19) on the sentiment shards (short rows): a packed LoRA run gives the
+// same losses under ZeRO-3 and TP on 2 ranks as on one (every rank computes the same packing
+// plan and reads its own packed rows), computes far less padding than the unpacked run, and its
+// evaluation (unpacked) is the unpacked run's to the bit.
+TEST_F(E2E, PackedRunsEqualOneRankUnderZeroThreeAndTp) {
+  const std::string d = *dir;
+  std::string out;
+  const std::string common = " train --deck " + d + "/full.cfg --data " + d + "/sentiment --method lora --lora_r 4"
+                             " --threads 1 --micro_batch_size 4 --max_steps 4 --eval_every 0 --log_every 4"
+                             " --save_model false --max_val_rows 64";
+  struct Run {
+    std::string id, args;
+    int np;
+  };
+  const std::string no_eval = " --val_split \"\" --eval_at_start false";
+  const std::vector<Run> runs = {{"pack_ref", " --packing true --grad_accum 2", 1},
+                                 {"pack_zero3", " --packing true --grad_accum 1 --parallel zero3" + no_eval, 2},
+                                 {"pack_tp", " --packing true --grad_accum 2 --parallel tp --tp_size 2" + no_eval, 2},
+                                 {"pack_none", " --grad_accum 2", 1}};
+  std::vector<double> ref;
+  for (const Run& r : runs) {
+    const std::string cmd = mpirun() + " -np " + std::to_string(r.np) + " " + bin() + common + r.args + " --run_id " + r.id;
+    ASSERT_EQ(test::run_command(cmd, &out), 0) << cmd << "\n" << out;
+    const std::vector<double> losses = step_losses(d + "/runs/" + r.id + "/metrics.h5");
+    ASSERT_EQ(losses.size(), 4u) << r.id;
+    if (r.id == "pack_none") continue;
+    EXPECT_NE(out.find("packing: "), std::string::npos) << out;
+    if (r.id == "pack_ref") {
+      ref = losses;
+      continue;
+    }
+    for (size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], ref[i], 1e-5 * std::fabs(ref[i])) << r.id << " step " << i + 1;
+  }
+  const std::string mp = d + "/runs/pack_ref/metrics.h5", mu = d + "/runs/pack_none/metrics.h5";
+  h5::Handle fp = h5::open_file_read(mp), fu = h5::open_file_read(mu);
+  const double pad_packed = summary_real(fp, "padding_fraction", mp), pad_plain = summary_real(fu, "padding_fraction", mu);
+  EXPECT_GT(pad_plain, 0.1);
+  EXPECT_LT(pad_packed, 0.5 * pad_plain);
+  // /steps: real tokens never exceed the computed ones.
+  for (const auto& [f, m] : {std::pair<const h5::Handle*, std::string>{&fp, mp}, {&fu, mu}}) {
+    h5::Handle g = h5::open_group(*f, "steps");
+    const std::vector<int64_t> tok = read_i64_column(g, "tokens", m), comp = read_i64_column(g, "computed_tokens", m);
+    for (size_t i = 0; i < tok.size(); ++i) EXPECT_LE(tok[i], comp[i]) << m;
+  }
+  EXPECT_EQ(summary_real(fp, "initial_val_loss", mp), summary_real(fu, "initial_val_loss", mu));
+  EXPECT_EQ(summary_real(fp, "initial_val_accuracy", mp), summary_real(fu, "initial_val_accuracy", mu));
+  std::printf("[packing] sentiment LoRA: padding %.1f%% packed vs %.1f%% unpacked; zero3 and tp on 2 ranks equal one rank\n",
+              100 * pad_packed, 100 * pad_plain);
+}
+
 // T5 end to end: full training from random init on text-to-text sentiment (the validation loss
 // falls and the first-token accuracy of "positive" vs "negative" is measured), the model saved
 // in transformers' layout, then LoRA on that checkpoint (loaded by `model`, arch from its
@@ -745,7 +854,7 @@ TEST_F(E2E, T5FullThenLoraOnTheSavedCheckpointThenEval) {
 
   const std::string ev = bin() + " eval --deck " + d + "/t5.cfg --run_id t5_eval --model " + d + "/runs/t5_full/model";
   ASSERT_EQ(test::run_command(ev, &out), 0) << ev << "\n" << out;
-  const std::string me = d + "/runs/t5_eval/metrics.h5";
+  const std::string me = d + "/runs/t5_eval/eval-1/metrics.h5";  // eval writes a directory of its own
   EXPECT_NEAR(summary_real(h5::open_file_read(me), "final_val_loss", me), v1, 1e-4 * v1);
 
   // A T5 on causal shards, and a Llama on seq2seq shards: refused, naming the fix.
@@ -833,8 +942,8 @@ TEST_F(E2E, PeftAdapterSavedUnderEveryLayoutExportedMergedAndLoaded) {
                   ref + "/adapter"));
   EXPECT_NE(out.find("adapter: loaded"), std::string::npos) << out;
   ASSERT_TRUE(run(bin() + " eval --deck " + d + "/full.cfg --run_id peft_eval_merged --model " + d + "/exp_sharded"));
-  const double va = val_loss_of(d + "/runs/peft_eval_adapter/metrics.h5", "final_val_loss");
-  const double vm = val_loss_of(d + "/runs/peft_eval_merged/metrics.h5", "final_val_loss");
+  const double va = val_loss_of(d + "/runs/peft_eval_adapter/eval-1/metrics.h5", "final_val_loss");
+  const double vm = val_loss_of(d + "/runs/peft_eval_merged/eval-1/metrics.h5", "final_val_loss");
   const double vb = val_loss_of(ref + "/metrics.h5", "final_val_loss");
   EXPECT_NEAR(va, vm, 1e-5 * vm);
   EXPECT_NEAR(va, vb, 1e-5 * vb) << "the adapter evaluates as at the end of its run";
@@ -901,9 +1010,19 @@ TEST_F(E2E, PeftAdapterSavedUnderEveryLayoutExportedMergedAndLoaded) {
   EXPECT_NE(out.find("save_adapter = true needs method = lora or qlora"), std::string::npos) << out;
   EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --model " + base + " --merged " + d + "/x", &out), 0);
   EXPECT_NE(out.find("export needs --adapter"), std::string::npos) << out;
-  EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + ref + "/adapter --merged " + d + "/x",
+  // Without --model the adapter's own base (base_model_name_or_path) is used; an adapter that
+  // names none (a random-init base) is refused with the fix named.
+  EXPECT_EQ(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + ref + "/adapter --merged " + d + "/x",
+                              &out), 0) << out;
+  EXPECT_NE(out.find("(base_model_name_or_path)"), std::string::npos) << out;
+  fs::create_directories(d + "/nobase");
+  fs::copy(ref + "/adapter", d + "/nobase", fs::copy_options::overwrite_existing | fs::copy_options::recursive);
+  nlohmann::json ac = nlohmann::json::parse(test::read_file(d + "/nobase/adapter_config.json"));
+  ac["base_model_name_or_path"] = nullptr;
+  test::write_file(d + "/nobase/adapter_config.json", ac.dump());
+  EXPECT_NE(test::run_command(bin() + " export --deck " + d + "/full.cfg --adapter " + d + "/nobase --merged " + d + "/x",
                               &out), 0);
-  EXPECT_NE(out.find("export needs model ="), std::string::npos) << out;
+  EXPECT_NE(out.find("base_model_name_or_path is not set: name the base model with --model"), std::string::npos) << out;
 }
 
 TEST_F(E2E, HelpDocumentsEveryOption) {
@@ -911,8 +1030,25 @@ TEST_F(E2E, HelpDocumentsEveryOption) {
   ASSERT_EQ(test::run_command(bin() + " train --help", &out), 0) << out;
   for (const char* key : {"--lr", "--method", "--lora_r", "--activation_checkpointing", "--memory_limit", "--deck"})
     EXPECT_NE(out.find(key), std::string::npos) << key;
+  // Defaults as a deck spells them: 0.0003, not 0.00029999999999999997; booleans true / false.
+  EXPECT_NE(out.find("--lr arg (=0.0003)"), std::string::npos) << out;
+  EXPECT_NE(out.find("--shuffle arg (=true)"), std::string::npos) << out;
+  EXPECT_NE(out.find("--save_model arg (=false)"), std::string::npos) << out;
+  EXPECT_EQ(out.find("0.00029999"), std::string::npos) << out;
   ASSERT_EQ(test::run_command(bin() + " prepare --help", &out), 0) << out;
   EXPECT_NE(out.find("--max-seq-len"), std::string::npos) << out;
+  // eval and export list their own options and say where the output goes.
+  ASSERT_EQ(test::run_command(bin() + " eval --help", &out), 0) << out;
+  for (const char* s : {"Usage: shardtune eval", "metrics.h5", "--adapter", "--val_split", "--max_val_rows", "--method"})
+    EXPECT_NE(out.find(s), std::string::npos) << s << "\n" << out;
+  for (const char* s : {"--lr ", "--checkpoint_every", "--warmup_steps"}) EXPECT_EQ(out.find(s), std::string::npos) << s;
+  ASSERT_EQ(test::run_command(bin() + " export --help", &out), 0) << out;
+  for (const char* s : {"--merged OUT", "--peft OUT", "tokenizer_config.json", "base_model_name_or_path", "--adapter"})
+    EXPECT_NE(out.find(s), std::string::npos) << s << "\n" << out;
+  EXPECT_EQ(out.find("--lr "), std::string::npos) << out;
+  ASSERT_EQ(test::run_command(bin() + " --version", &out), 0) << out;
+  EXPECT_EQ(out.rfind("shardtune ", 0), 0u) << out;
+  EXPECT_NE(out.find("commit "), std::string::npos) << out;
 }
 
 }  // namespace

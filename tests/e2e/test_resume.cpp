@@ -236,6 +236,38 @@ TEST_F(Resume, ExternalSigtermCheckpointsAndResumes) {
   EXPECT_EQ(a, b) << "stopped after step " << stopped << ": losses must be bit-identical";
 }
 
+// Ctrl-C (SIGINT): the run stops after the step with outcome "interrupted" and exit 130, a
+// checkpoint only when checkpoint_every is set; the resumed run's total_time and the progress
+// line's "done:" add both segments.
+TEST_F(Resume, SigintInterruptsAndTotalTimeSpansTheSegments) {
+  const std::string d = *dir;
+  std::string out;
+  const std::string base = bin() + " train --deck " + d + "/resume.cfg --method lora --save_model false";
+  ASSERT_EQ(run("SHARDTUNE_FAULT=0:3:sigint " + base + " --run_id int_nockpt", &out), 130) << out;
+  EXPECT_NE(out.find("interrupted; no checkpoint"), std::string::npos) << out;
+  EXPECT_EQ(outcome(d + "/runs/int_nockpt/metrics.h5"), "interrupted");
+  EXPECT_FALSE(fs::exists(d + "/runs/int_nockpt/checkpoints"));
+
+  ASSERT_EQ(run("SHARDTUNE_FAULT=0:3:sigint " + base + " --run_id int --checkpoint_every 100", &out), 130) << out;
+  const std::string m = d + "/runs/int/metrics.h5";
+  EXPECT_EQ(outcome(m), "interrupted");
+  EXPECT_EQ(column(m, "steps", "step").size(), 3u);
+  EXPECT_TRUE(fs::exists(d + "/runs/int/checkpoints/step-00000003/COMPLETE"));
+  double first = 0;
+  {
+    h5::Handle f = h5::open_file_read(m);
+    first = h5::read_attr_double(h5::open_group(f, "summary"), "total_time", m);
+  }
+  ASSERT_EQ(run(base + " --run_id int --checkpoint_every 100 --resume auto", &out), 0) << out;
+  EXPECT_NE(out.find("in this segment)"), std::string::npos) << out;
+  h5::Handle f = h5::open_file_read(m);
+  EXPECT_EQ(h5::read_attr_string(h5::open_group(f, "summary"), "outcome", m), "ok");
+  EXPECT_EQ(h5::read_attr_int(f, "segments", m), 2);
+  const double total = h5::read_attr_double(h5::open_group(f, "summary"), "total_time", m);
+  EXPECT_GT(total, first) << "total_time must add the first segment's " << first << " s";
+  EXPECT_EQ(column(m, "steps", "step").size(), 12u);
+}
+
 TEST_F(Resume, IncompleteCheckpointsAreIgnoredAndOtherLayoutsRefused) {
   const std::string d = *dir;
   std::string out;

@@ -8,8 +8,9 @@ in torch ops (each op rounds on its own, like the kernels):
     1/absmax, x * (1/absmax), and the NF4 code = the number of midpoints between neighbouring
     NF4 values that lie strictly below it (dQuantizeNF4's decision tree; NaN -> 0);
   * two codes per byte, the first value in the high nibble;
-  * double quantization: offset = mean of the absmax values (here in double, rounded to f32, as
-    shardtune does; bitsandbytes takes an f32 mean), then blockwise 8-bit (block 256) with
+  * double quantization: offset = absmax.mean(), torch's f32 mean on the device, exactly as
+    bitsandbytes' quantize_4bit(compress_statistics=True) takes it (run with --device cuda, as
+    bitsandbytes runs); then blockwise 8-bit (block 256) of absmax - offset with
     create_dynamic_map(signed=True) and dQuantize<0>'s binary search with midpoint rounding;
   * dequantization: code[q] * absmax2 + offset, then nf4[c] * absmax, rounded to bf16.
 
@@ -104,7 +105,7 @@ def quantize_nf4(w, block, double_quant, dev):
     out = {"codes": packed.cpu().numpy(), "absmax_raw": absmax.cpu().numpy()}
     if double_quant:
         code = create_dynamic_map().to(dev)
-        offset = absmax.double().mean().float()
+        offset = absmax.mean()  # bitsandbytes: torch.mean of the f32 absmax, on the device
         a = absmax - offset
         nb2 = (nb + 255) // 256
         ap = torch.zeros(nb2 * 256, dtype=torch.float32, device=dev)

@@ -18,7 +18,12 @@ a MistralForCausalLM with head_dim != hidden / heads and a sliding window longer
       (`shardtune export --logits-input/--logits-output`, the adapter applied unmerged);
   (c) PEFT writes an adapter of its own (get_peft_model, random non-zero lora_B,
       save_pretrained); shardtune imports it: equal logits again, and `shardtune export --merged`
-      loaded by transformers gives PEFT's logits too.
+      loaded by transformers gives PEFT's logits too;
+  (d) `shardtune export --merged --tokenizer T` with a SentencePiece model that has no Hugging Face
+      files of its own (the synthetic set's): AutoTokenizer loads the merged directory
+      (tokenizer.model, tokenizer_config.json, special_tokens_map.json written by shardtune), its
+      special tokens are the model's, and it encodes text to SentencePiece's ids (Llama: BOS first;
+      T5: EOS last).
 Reference logits are computed by transformers in float32 (TF32 off, eager attention). shardtune
 computes in bf16 on cuda (tolerance: max |difference| <= 3e-2 * max |reference|, or 2.5x the
 model's own bf16 floor, transformers bf16 vs f32, where that is larger: the tiny T5) and in f32
@@ -237,6 +242,47 @@ def family(args, fam, work):
         print(f"FAIL {fam}: export --max-shard-size 100KB wrote no index")
     got, _ = hf_logits(fam, merged, None, inputs, args.device)
     check(f"{fam} (c) shardtune's merged export loaded by transformers vs PEFT", got, ref, mask, 1e-4)
+    tokenizer_check(args, fam, base, padapter, work)
+
+
+def tokenizer_check(args, fam, base, adapter, work):
+    """(d) the merged export's tokenizer files, as transformers reads them."""
+    from transformers import AutoTokenizer
+    syn = os.path.join(work, "synthetic")
+    if not os.path.exists(os.path.join(syn, "tokenizer.model")):
+        run([args.bin, "prepare", "--synthetic", syn, "--sentiment-rows", "200", "--instruct-rows", "100"])
+    spm_path = os.path.join(syn, "tokenizer.model")
+    merged = os.path.join(work, f"{fam}_merged_tok")
+    run([args.bin, "export", "--model", base, "--adapter", adapter, "--merged", merged, "--tokenizer", spm_path])
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        if not os.path.exists(os.path.join(merged, f)):
+            failures.append(f"{fam} tokenizer file {f}")
+            print(f"FAIL {fam} (d): export --merged wrote no {f}")
+            return
+    tok = AutoTokenizer.from_pretrained(merged)
+    try:
+        import sentencepiece
+        sp = sentencepiece.SentencePieceProcessor(model_file=spm_path)
+    except ImportError:
+        print(f"SKIP {fam} (d): AutoTokenizer loaded {type(tok).__name__}; no sentencepiece module to compare ids with")
+        return
+    texts = ["Once upon a time", "Review: a gripping, funny film\nSentiment:", "positive"]
+    for text in texts:
+        want = sp.encode(text)
+        want = ([sp.bos_id()] + want) if fam == "llama" else (want + [sp.eos_id()])
+        got = tok(text).input_ids
+        ok = list(got) == want
+        print(f"{'ok  ' if ok else 'FAIL'} {fam} (d) AutoTokenizer ({type(tok).__name__}) on {text!r}: {got} "
+              f"{'==' if ok else '!='} SentencePiece {want}", flush=True)
+        if not ok:
+            failures.append(f"{fam} (d) tokenizer ids for {text!r}")
+    special = {"eos_token": sp.id_to_piece(sp.eos_id()), "unk_token": sp.id_to_piece(sp.unk_id())}
+    if fam == "llama":
+        special["bos_token"] = sp.id_to_piece(sp.bos_id())
+    for role, piece in special.items():
+        if getattr(tok, role) != piece:
+            failures.append(f"{fam} (d) {role}")
+            print(f"FAIL {fam} (d): {role} is {getattr(tok, role)!r}, the SentencePiece model's is {piece!r}")
 
 
 def main():

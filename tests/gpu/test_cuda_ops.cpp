@@ -228,6 +228,157 @@ TEST(CudaOps, AttentionBiasGradientWithoutBias) {
   EXPECT_LT(attention_case({2, 50, 2, 2, 32, false, true, 70, true, true}, 23), 1.0);
 }
 
+// ---- Variable-length (packed) attention: segments of the flattened stream, as
+// ops/attention.hpp. (length, keys) per segment; keys 0 is padding.
+using Segs = std::vector<std::pair<int32_t, int32_t>>;
+
+// The segments on the CPU (host tables) and on the GPU (plus the tile table on the device).
+struct SegPair {
+  Tensor cu, keys, tiles_host;
+  AttentionSegments cpu, gpu;
+};
+SegPair make_segments(const Segs& parts) {
+  SegPair p;
+  const int64_t S = static_cast<int64_t>(parts.size());
+  p.cu = Tensor::empty({S + 1}, DType::i32);
+  p.keys = Tensor::empty({S}, DType::i32);
+  p.cu.ptr<int32_t>()[0] = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    p.cu.ptr<int32_t>()[i + 1] = p.cu.ptr<int32_t>()[i] + parts[i].first;
+    p.keys.ptr<int32_t>()[i] = parts[i].second;
+  }
+  p.tiles_host = Tensor::empty({4 * attention_max_tiles(p.cu.ptr<int32_t>()[S], S)}, DType::i32);
+  attention_segments_finish(p.cpu, p.cu, p.keys);
+  attention_segments_finish(p.gpu, p.cu, p.keys, p.tiles_host);
+  p.gpu.tiles = Tensor::empty({std::max<int64_t>(4, 4 * p.gpu.n_tiles)}, DType::i32, Device::cuda);
+  if (p.gpu.n_tiles > 0) p.gpu.tiles.slice(0, 4 * p.gpu.n_tiles).copy_from(p.tiles_host.slice(0, 4 * p.gpu.n_tiles));
+  return p;
+}
+
+// The GPU kernels (bf16) against the CPU reference (f64) on the same bf16-representable inputs;
+// returns the worst error as a fraction of its tolerance. The bounds are attention_case's.
+double varlen_case(const Segs& parts, int64_t Hq, int64_t Hkv, int64_t D, uint64_t seed) {
+  Rng rng(seed);
+  const SegPair seg = make_segments(parts);
+  const int64_t N = seg.cpu.tokens;
+  AttentionShape s{1, N, Hq, Hkv, D, true, 1.0 / std::sqrt(static_cast<double>(D))};
+  Tensor q = random_bf16_values({N, Hq * D}, rng, 2.0), k = random_bf16_values({N, Hkv * D}, rng, 2.0);
+  Tensor v = random_bf16_values({N, Hkv * D}, rng), dout = random_bf16_values({N, Hq * D}, rng);
+  Tensor out = Tensor::empty({N, Hq * D}, DType::f64), lse = Tensor::empty({Hq, N}, DType::f64);
+  attention_varlen_forward(s, q, k, v, seg.cpu, out, lse);
+  Tensor dq = Tensor::zeros(q.shape(), DType::f64), dk = Tensor::zeros(k.shape(), DType::f64);
+  Tensor dv = Tensor::zeros(v.shape(), DType::f64);
+  attention_varlen_backward(s, q, k, v, out, lse, dout, seg.cpu, dq, dk, dv, true);
+
+  Tensor gq = to_device(q, DType::bf16), gk = to_device(k, DType::bf16), gv = to_device(v, DType::bf16);
+  Tensor gdout = to_device(dout, DType::bf16);
+  // Outputs and gradients start as garbage: the kernels must write every token (padding: 0).
+  Tensor gout = to_device(random_bf16_values(out.shape(), rng), DType::bf16);
+  Tensor glse = Tensor::empty(lse.shape(), DType::f32, Device::cuda);
+  attention_varlen_forward(s, gq, gk, gv, seg.gpu, gout, glse);
+  Tensor gdq = to_device(random_bf16_values(q.shape(), rng), DType::bf16);
+  Tensor gdk = to_device(random_bf16_values(k.shape(), rng), DType::bf16);
+  Tensor gdv = to_device(random_bf16_values(v.shape(), rng), DType::bf16);
+  attention_varlen_backward(s, gq, gk, gv, gout, glse, gdout, seg.gpu, gdq, gdk, gdv, false);
+  std::string tag = str("N=", N, " Hq=", Hq, " Hkv=", Hkv, " D=", D, " segments");
+  for (const auto& [len, nk] : parts) tag += str(" ", len, "/", nk);
+  double worst = 0;
+  auto check = [&](double err, double tol, const char* what) {
+    EXPECT_LT(err, tol) << what << " " << tag;
+    worst = std::max(worst, err / tol);
+  };
+  check(rel_l2(gout, out), kBf16Tol, "out");
+  // lse: finite where the row saw keys, -inf (padding) where it saw none.
+  const Tensor hl = glse.to_cpu(DType::f64);
+  Tensor finite_ref = lse.clone(MemCategory::other), finite_gpu = hl.clone(MemCategory::other);
+  for (int64_t i = 0; i < lse.numel(); ++i) {
+    const bool ref_inf = std::isinf(lse.ptr<double>()[i]);
+    EXPECT_EQ(ref_inf, std::isinf(hl.ptr<double>()[i])) << "lse " << i << " " << tag;
+    if (ref_inf) finite_ref.ptr<double>()[i] = finite_gpu.ptr<double>()[i] = 0;
+  }
+  check(rel_l2(finite_gpu, finite_ref), 1e-3, "lse");
+  check(rel_l2(gdq, dq), 2 * kBf16Tol, "dq");
+  check(rel_l2(gdk, dk), 2 * kBf16Tol, "dk");
+  check(rel_l2(gdv, dv), 2 * kBf16Tol, "dv");
+  return worst;
+}
+
+TEST(CudaOps, AttentionVarlenPackedDocuments) {
+  ST_REQUIRE_GPU();
+  // Packed rows: odd lengths, 1-token documents, a document across tile boundaries, padding.
+  EXPECT_LT(varlen_case({{37, 37}, {1, 1}, {70, 70}, {5, 5}, {1, 1}, {14, 0}}, 4, 2, 64, 31), 1.0);
+  EXPECT_LT(varlen_case({{3, 3}, {129, 129}, {1, 1}, {1, 1}, {2, 2}}, 8, 8, 128, 32), 1.0);
+  // Head dims that need padding in shared memory.
+  EXPECT_LT(varlen_case({{9, 9}, {1, 1}, {60, 60}, {30, 0}, {77, 77}}, 2, 1, 24, 33), 1.0);
+  EXPECT_LT(varlen_case({{5, 5}, {11, 11}, {4, 0}}, 2, 1, 8, 34), 1.0);
+}
+TEST(CudaOps, AttentionVarlenOneTokenDocumentsAndFullRows) {
+  ST_REQUIRE_GPU();
+  // A row of 128 one-token documents (each sees only itself), then rows of one full-length
+  // document each (as an unpacked row without padding).
+  Segs ones(128, {1, 1});
+  EXPECT_LT(varlen_case(ones, 4, 2, 64, 35), 1.0);
+  EXPECT_LT(varlen_case({{256, 256}, {256, 256}}, 4, 2, 64, 36), 1.0);
+  EXPECT_LT(varlen_case({{1, 1}}, 2, 2, 32, 37), 1.0);
+}
+TEST(CudaOps, AttentionVarlenRowsAreTheBatchedKernelBitForBit) {
+  ST_REQUIRE_GPU();
+  // Segment b = row b with keys = lengths[b]: the batched kernel's causal + key-padding mask,
+  // computed by the same instructions in the same order.
+  const int64_t B = 3, T = 77, Hq = 4, Hkv = 2, D = 64;
+  const int32_t lens[B] = {77, 40, 1};
+  const SegPair seg = make_segments({{77, lens[0]}, {77, lens[1]}, {77, lens[2]}});
+  Rng rng(38);
+  Tensor q = to_device(random_bf16_values({B * T, Hq * D}, rng, 2.0), DType::bf16);
+  Tensor k = to_device(random_bf16_values({B * T, Hkv * D}, rng, 2.0), DType::bf16);
+  Tensor v = to_device(random_bf16_values({B * T, Hkv * D}, rng), DType::bf16);
+  Tensor dout = to_device(random_bf16_values({B * T, Hq * D}, rng), DType::bf16);
+  Tensor hlen = Tensor::empty({B}, DType::i32);
+  std::copy(lens, lens + B, hlen.ptr<int32_t>());
+  Tensor glen = Tensor::empty({B}, DType::i32, Device::cuda);
+  glen.copy_from(hlen);
+  AttentionShape s{B, T, Hq, Hkv, D, true, 0.125};
+  auto run = [&](bool varlen) {
+    Tensor out = Tensor::empty({B * T, Hq * D}, DType::bf16, Device::cuda), lse = Tensor::empty({B * T, Hq}, DType::f32, Device::cuda);
+    Tensor dq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), dk = Tensor::zeros(k.shape(), DType::bf16, Device::cuda);
+    Tensor dv = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
+    if (varlen) {
+      attention_varlen_forward(s, q, k, v, seg.gpu, out, lse);
+      attention_varlen_backward(s, q, k, v, out, lse, dout, seg.gpu, dq, dk, dv, false);
+    } else {
+      attention_forward(s, q, k, v, glen, out, lse);
+      attention_backward(s, q, k, v, out, lse, dout, glen, dq, dk, dv, false);
+    }
+    return std::vector<Tensor>{out.to_cpu(DType::f64), dk.to_cpu(DType::f64), dv.to_cpu(DType::f64), dq.to_cpu(DType::f64)};
+  };
+  const auto a = run(false), b = run(true);
+  const char* names[] = {"out", "dk", "dv", "dq"};
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rel_l2(b[i], a[i]), 0.0) << names[i];
+  // dq sums key tiles with f32 atomics in a launch-dependent order: equal to rounding.
+  EXPECT_LT(rel_l2(b[3], a[3]), 1e-5) << names[3];
+}
+
+TEST(CudaOps, RopeAtPositions) {
+  ST_REQUIRE_GPU();
+  Rng rng(39);
+  const int64_t N = 45, H = 3;
+  Tensor pos = Tensor::empty({N}, DType::i32);
+  for (int64_t n = 0; n < N; ++n) pos.ptr<int32_t>()[n] = static_cast<int32_t>((n * 7) % 23);  // restarts, repeats
+  Tensor gpos = Tensor::empty({N}, DType::i32, Device::cuda);
+  gpos.copy_from(pos);
+  for (const int64_t d : {int64_t{64}, int64_t{24}}) {  // the 16-byte vector kernel and the scalar one
+    Tensor x = random_bf16_values({N, H * d}, rng);
+    RopeTables ct = rope_tables(128, d, 10000.0, Device::cpu), gt = rope_tables(128, d, 10000.0, Device::cuda);
+    Tensor ref = x.clone(MemCategory::other);
+    rope_forward(ref, 1, N, ct, pos);
+    Tensor g = to_device(x, DType::bf16);
+    rope_forward(g, 1, N, gt, gpos);
+    EXPECT_LT(rel_l2(g, ref), kBf16Tol) << "D=" << d;
+    rope_backward(g, 1, N, gt, gpos);
+    EXPECT_LT(rel_l2(g, x), kBf16Tol) << "D=" << d;
+  }
+}
+
 TEST(CudaOps, SwiGLUAndDropout) {
   ST_REQUIRE_GPU();
   Rng rng(9);

@@ -27,12 +27,12 @@ RANKS = (2, 4, 8)
 
 # What each experiment must run (issue 7): (deck, ranks, parallel, tp_size) per array index.
 EXPECTED = {
-    "exp1": {("inputs/exp1/llama7b_tp.cfg", r, "tp", r) for r in RANKS},
+    "exp1": {(f"inputs/exp1/llama7b_tp{packed}.cfg", r, "tp", r) for packed, r in itertools.product(("", "_packed"), RANKS)},
     "exp2": {(f"inputs/exp2/flant5_{size}_{method}.cfg", r, par, 1)
              for size, (method, par), r in itertools.product(
                  ("large", "xl"), (("lora", "zero3"), ("full", "zero3"), ("full", "ddp")), RANKS)},
     "exp3": {(f"inputs/exp3/llama{size}_{method}.cfg", r, "zero3", 1)
-             for size, method, r in itertools.product(("7b", "13b"), ("qlora", "lora", "full"), RANKS)},
+             for size, method, r in itertools.product(("7b", "13b"), ("qlora", "lora", "full", "lora_packed"), RANKS)},
 }
 
 
@@ -119,7 +119,7 @@ class SlurmArrays(unittest.TestCase):
         self.assertEqual(shlex.split(out.stdout.strip())[-2:], ["--model", "/m"])
 
     def test_index_outside_the_matrix_fails(self):
-        for index in ("3", "-1", "x"):
+        for index in (str(len(EXPECTED["exp1"])), "-1", "x"):
             out = _dry_run(os.path.join(JOBS, "exp1.sbatch"), index)
             self.assertNotEqual(out.returncode, 0, index)
             self.assertEqual(out.stdout, "")
@@ -236,6 +236,10 @@ class RunMatrix(unittest.TestCase):
             row = next(r for r in _matrix("exp2", "cpu") if r[0] == _option(argv, "--run_id"))
             self.assertEqual(argv[:2], ["-np", row[1]])
             self.assertEqual((_option(argv, "--deck"), _option(argv, "--parallel")), (row[2], row[3]))
+            # the earlier OOM attempt is replaced on purpose; a new run replaces nothing
+            self.assertEqual("--overwrite" in argv, row[0] == oom_id, c)
+            if row[0] == oom_id:
+                self.assertEqual(_option(argv, "--overwrite"), "true")
 
         # second pass: everything that finished ok is skipped; the OOM row runs again and stays OOM
         os.remove(self.log)
@@ -256,3 +260,91 @@ class RunMatrix(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SlurmTrain(unittest.TestCase):
+    """jobs/slurm_train.sh: sized from the environment (no hard-coded GPU or CPU counts), DRY_RUN,
+    and the requeue on exit 4 (preempted) with fake srun / scontrol on PATH."""
+
+    SCRIPT = os.path.join(JOBS, "slurm_train.sh")
+
+    def _run(self, args=(), **env):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        e.update(env)
+        return subprocess.run([self.SCRIPT, *args], cwd=REPO, env=e, capture_output=True, text=True)
+
+    def test_no_hard_coded_sizes(self):
+        with open(self.SCRIPT) as f:
+            directives = [l for l in f.read().splitlines() if l.startswith("#SBATCH")]
+        for d in directives:
+            for opt in ("--gpus", "--cpus-per-task", "--ntasks", "--nodes"):
+                self.assertNotIn(opt, d)
+        self.assertIn("#SBATCH --requeue", directives)
+        self.assertIn("#SBATCH --signal=USR1@120", directives)
+
+    def test_submit_defaults_and_environment(self):
+        out = self._run(["--deck", "D.cfg"], DRY_RUN="1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        argv = shlex.split(out.stdout.strip())
+        self.assertEqual(argv[0], "sbatch")
+        for opt, want in (("--nodes", "1"), ("--ntasks-per-node", "4"), ("--gpus-per-node", "4"),
+                          ("--cpus-per-task", "8"), ("--time", "04:00:00")):
+            self.assertEqual(_option(argv, opt), want, opt)
+        self.assertEqual(argv[-3:], [self.SCRIPT, "--deck", "D.cfg"])
+        out = self._run(["--deck", "D.cfg"], DRY_RUN="1", NODES="2", GPUS_PER_NODE="8", CPUS_PER_TASK="12",
+                        TIME="1:00:00", SBATCH_ARGS="--partition=gpu --account=x")
+        argv = shlex.split(out.stdout.strip())
+        for opt, want in (("--nodes", "2"), ("--ntasks-per-node", "8"), ("--gpus-per-node", "8"),
+                          ("--cpus-per-task", "12"), ("--time", "1:00:00"), ("--partition", "gpu"), ("--account", "x")):
+            self.assertEqual(_option(argv, opt), want, opt)
+        out = self._run([], DRY_RUN="1", GPUS_PER_NODE="0", TASKS_PER_NODE="2")
+        argv = shlex.split(out.stdout.strip())
+        self.assertIsNone(_option(argv, "--gpus-per-node"))
+        self.assertEqual(_option(argv, "--ntasks-per-node"), "2")
+
+    def test_in_job_launch_line(self):
+        out = self._run(["--deck", "D.cfg", "--checkpoint_every", "50"], DRY_RUN="1", SLURM_JOB_ID="77")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        argv = shlex.split(out.stdout.strip())
+        self.assertEqual(argv[:3], ["srun", "--mpi=pmix", "--cpu-bind=cores"])
+        self.assertEqual(argv[3:5], ["build/shardtune", "train"])
+        self.assertEqual(_option(argv, "--run_id"), "slurm-77")
+        self.assertEqual(_option(argv, "--resume"), "auto")
+        self.assertEqual(_option(argv, "--checkpoint_every"), "50")
+        out = self._run(["--deck", "D.cfg", "--resume=none"], DRY_RUN="1", SLURM_JOB_ID="77", RUN_ID="mine")
+        argv = shlex.split(out.stdout.strip())
+        self.assertEqual(_option(argv, "--run_id"), "mine")
+        self.assertEqual([a for a in argv if a.startswith("--resume")], ["--resume=none"])
+
+    def _fake_slurm(self, tmp, srun_exit):
+        for name, body in (("srun", f"echo srun \"$@\" >> {tmp}/calls; exit {srun_exit}"),
+                           ("scontrol", f"echo scontrol \"$@\" >> {tmp}/calls")):
+            path = os.path.join(tmp, name)
+            with open(path, "w") as f:
+                f.write(f"#!/bin/bash\n{body}\n")
+            os.chmod(path, 0o755)
+        return dict(PATH=f"{tmp}:{os.environ['PATH']}", SLURM_JOB_ID="91")
+
+    def _calls(self, tmp):
+        path = os.path.join(tmp, "calls")
+        return open(path).read().splitlines() if os.path.exists(path) else []
+
+    def test_requeue_on_preemption(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = self._run(["--deck", "D.cfg"], **self._fake_slurm(tmp, 4))
+            self.assertEqual(out.returncode, 0, out.stderr)
+            calls = self._calls(tmp)
+            self.assertEqual(len(calls), 2, calls)
+            self.assertTrue(calls[0].startswith("srun "))
+            self.assertEqual(calls[1], "scontrol requeue 91")
+        with tempfile.TemporaryDirectory() as tmp:  # REQUEUE=0, or the requeue budget spent: exit 4
+            for extra in ({"REQUEUE": "0"}, {"SLURM_RESTART_COUNT": "3", "MAX_REQUEUES": "3"}):
+                open(os.path.join(tmp, "calls"), "w").close()
+                out = self._run(["--deck", "D.cfg"], **self._fake_slurm(tmp, 4), **extra)
+                self.assertEqual(out.returncode, 4, extra)
+                self.assertEqual([c for c in self._calls(tmp) if c.startswith("scontrol")], [], extra)
+        for rc in (0, 1, 3):  # finished, failed, out of memory: no requeue, the status passes through
+            with tempfile.TemporaryDirectory() as tmp:
+                out = self._run(["--deck", "D.cfg"], **self._fake_slurm(tmp, rc))
+                self.assertEqual(out.returncode, rc)
+                self.assertEqual([c for c in self._calls(tmp) if c.startswith("scontrol")], [])

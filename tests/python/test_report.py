@@ -289,7 +289,7 @@ class ReadRunTest(unittest.TestCase):
         run = st_read.read_run(self.dirs["tiny-llama-full"])
         self.assertEqual(run["path"], os.path.join(self.dirs["tiny-llama-full"], "metrics.h5"))
         self.assertEqual(run["config"], {"run_id": "tiny-llama-full", "deck": "inputs/test/tiny-llama-full.cfg",
-                                         "model.name": "tiny-llama", "train.epochs": "2"})
+                                         "model.name": "tiny-llama", "train.epochs": 2})  # an old string number, converted
         self.assertEqual(set(run["steps"]), set(STEP_COLUMNS))
         self.assertEqual(set(run["evals"]), set(EVAL_COLUMNS))
         self.assertEqual(set(run["epochs"]), set(EPOCH_COLUMNS))

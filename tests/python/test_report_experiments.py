@@ -325,3 +325,32 @@ class ExperimentReportTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PackingReportTest(unittest.TestCase):
+    """Sequence packing (issue 19): the matrix's "-packed" twins beside the unpacked runs."""
+
+    def test_packed_rows_and_the_per_epoch_comparison(self):
+        g = GIB
+        with tempfile.TemporaryDirectory(prefix="shardtune-pack-report-") as tmp:
+            # lora at 2 GPUs: 240 s unpacked (61.5% padding), 96 s packed (1.2%): 2.50x.
+            exp_run(tmp, "exp3_llama7b_lora_zero3_2", world=2, epoch_time=240, val_loss=0.44, peaks=[20 * g] * 2,
+                    padding_fraction=0.615)
+            exp_run(tmp, "exp3_llama7b_lora-packed_zero3_2", world=2, epoch_time=96, val_loss=0.43,
+                    peaks=[20 * g] * 2, padding_fraction=0.012)
+            exp_run(tmp, "exp3_llama7b_lora-packed_zero3_4", world=4, epoch_time=50, val_loss=0.43, peaks=[15 * g] * 4)
+            exp_run(tmp, "exp3_llama7b_qlora_zero3_2", world=2, epoch_time=300, val_loss=0.45, peaks=[12 * g] * 2)
+            r = run_report(*sorted(os.path.join(tmp, n) for n in os.listdir(tmp)))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = section(r.stdout, "exp3")
+            self.assertEqual([row[1] + "@" + row[3] for row in rows(lines, "| model |")],
+                             ["qlora@2", "lora@2", "lora, packed@2", "lora, packed@4"])
+            packing = [l for l in lines if l.startswith("Packing")]
+            self.assertEqual(packing, ["Packing, llama7b lora zero3, 2 GPUs: per-epoch time 4m 00s -> 1m 36s (2.50x); "
+                                       "padding 61.5% -> 1.2% of computed tokens; val loss 0.440 -> 0.430"])
+            speedup = [l for l in lines if l.startswith("Speedup")]
+            self.assertEqual(len(speedup), 1)
+            self.assertTrue(speedup[0].startswith("Speedup, llama7b lora, packed zero3: 1.92x from 2 to 4 GPUs"), speedup)
+            # A run named by hand is packed when its /config says so.
+            d = write_run(tmp, "plain-run", {"outcome": "ok"}, config={"packing": "true"})
+            self.assertTrue(report.Run(st_read.read_run(d), d).packed)

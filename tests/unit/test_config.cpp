@@ -2,7 +2,9 @@
 // and every kind of bad input refused with the key and the file named.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <vector>
 
 #include "config/run_config.hpp"
@@ -61,8 +63,8 @@ TEST_F(ConfigTest, LayeringAndOrigins) {
   EXPECT_EQ(c.method, "lora");
   EXPECT_EQ(c.lora_r, 4);
   EXPECT_EQ(c.micro_batch_size, 8);      // built-in default
-  EXPECT_EQ(c.origin.at("data"), dir + "/base/base.cfg");
-  EXPECT_EQ(c.origin.at("lr"), dir + "/run.cfg");
+  EXPECT_EQ(c.origin.at("data"), dir + "/base/base.cfg:2");  // the deck and the line
+  EXPECT_EQ(c.origin.at("lr"), dir + "/run.cfg:3");
   EXPECT_EQ(c.origin.at("epochs"), "command line");
   EXPECT_EQ(c.origin.at("seed"), "default");
   EXPECT_EQ(c.run_id, "run");            // from the deck's file name
@@ -134,6 +136,74 @@ TEST_F(ConfigTest, GpuMemoryLimitIsAnotherNameForMemoryLimit) {
   const std::string e = error_of({"--deck", dir + "/cap.cfg", "--gpu_memory_limit", "40GiB"});
   EXPECT_NE(e.find("disagree"), std::string::npos) << e;
   EXPECT_NE(e.find(dir + "/cap.cfg"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace st
+
+namespace st {
+namespace {
+
+TEST(ConfigPacking, KeysParseAndContradictionsAreRefused) {
+  const RunConfig c = parse({"--data", "d", "--packing", "true", "--pack_length", "512"});
+  EXPECT_TRUE(c.packing);
+  EXPECT_EQ(c.pack_length, 512);
+  EXPECT_FALSE(c.group_by_length);
+  EXPECT_TRUE(parse({"--data", "d", "--group_by_length", "true"}).group_by_length);
+  auto has = [](const std::string& e, const std::string& part) { return e.find(part) != std::string::npos; };
+  const std::string both = error_of({"--data", "d", "--packing", "true", "--group_by_length", "true"});
+  EXPECT_TRUE(has(both, "group_by_length") && has(both, "unpacked")) << both;
+  const std::string lonely = error_of({"--data", "d", "--pack_length", "64"});
+  EXPECT_TRUE(has(lonely, "pack_length") && has(lonely, "packing = true")) << lonely;
+  const std::string negative = error_of({"--data", "d", "--packing", "true", "--pack_length", "-1"});
+  EXPECT_TRUE(has(negative, "pack_length")) << negative;
+}
+
+// Reals print as a deck would spell them and read back exactly; booleans as true/false.
+TEST(ConfigFormat, RealsAsWrittenAndExact) {
+  EXPECT_EQ(format_real(3e-4), "0.0003");
+  EXPECT_EQ(format_real(2e-3), "0.002");
+  EXPECT_EQ(format_real(0.1), "0.1");
+  EXPECT_EQ(format_real(10000.0), "10000");
+  EXPECT_EQ(format_real(1e-5), "1e-05");
+  EXPECT_EQ(format_real(1e-8), "1e-08");
+  EXPECT_EQ(format_real(0.0), "0");
+  uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 2000; ++i) {  // xorshift doubles over many magnitudes: exact round trips
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    const double v = std::ldexp(static_cast<double>(x >> 11) / 9007199254740992.0, static_cast<int>(x % 80) - 40);
+    EXPECT_EQ(std::stod(format_real(v)), v) << format_real(v);
+  }
+}
+
+TEST(ConfigFormat, ResolvedKindsAndCheckpointShapeKeys) {
+  Args args({"--data", "d", "--model", "/some/checkpoint", "--num_heads", "8"});
+  RunConfig c;
+  ASSERT_TRUE(parse_run_config(args.argc(), args.argv(), "train", c));
+  std::map<std::string, ResolvedOption> by_key;
+  for (const ResolvedOption& o : c.resolved_typed()) by_key[o.key] = o;
+  EXPECT_EQ(by_key.at("lr").kind, ResolvedOption::Kind::real);
+  EXPECT_EQ(by_key.at("lr").value, "0.0003");
+  EXPECT_EQ(by_key.at("seed").kind, ResolvedOption::Kind::integer);
+  EXPECT_EQ(by_key.at("shuffle").kind, ResolvedOption::Kind::boolean);
+  EXPECT_EQ(by_key.at("shuffle").value, "true");
+  EXPECT_EQ(by_key.at("method").kind, ResolvedOption::Kind::text);
+  // With a checkpoint, random-init shape keys left at their defaults mean nothing (not printed);
+  // one set explicitly is still shown.
+  EXPECT_TRUE(c.set_by_checkpoint("hidden_size"));
+  EXPECT_FALSE(c.set_by_checkpoint("num_heads"));
+  EXPECT_FALSE(c.set_by_checkpoint("lr"));
+  c.model.clear();
+  EXPECT_FALSE(c.set_by_checkpoint("hidden_size"));
+}
+
+// save_adapter defaults to true for lora/qlora; full fine-tuning ignores the default and refuses
+// an explicit true.
+TEST(ConfigFormat, SaveAdapterDefaultAndFull) {
+  RunConfig c = parse({"--data", "d"});
+  EXPECT_TRUE(c.save_adapter);
+  EXPECT_EQ(c.method, "full");
+  EXPECT_NE(error_of({"--data", "d", "--save_adapter", "true"}).find("save_adapter"), std::string::npos);
 }
 
 }  // namespace

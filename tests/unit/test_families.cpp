@@ -266,7 +266,10 @@ TEST_F(HfFamilies, EachDecoderFamilyWritesAndReadsItsCheckpointShardedThroughIts
     save_decoder(m, dir, "", 2000, io.write);  // 2 kB shards: several files and an index
     EXPECT_TRUE(fs::exists(dir + "/model.safetensors.index.json")) << name;
     EXPECT_EQ(read_json_file(dir + "/config.json").at("model_type"), fam.model_types.front());
-    EXPECT_FALSE(fam.read_config(dir).empty());
+    const ModelShape shape = fam.read_config(dir);
+    EXPECT_FALSE(shape.summary.empty());
+    EXPECT_EQ(shape.vocab, 24);
+    EXPECT_EQ(shape.head_dim, 6);
     const LlamaConfig back_cfg = io.read(dir);
     EXPECT_EQ(back_cfg.qkv_bias, m.cfg.qkv_bias) << name;
     EXPECT_EQ(back_cfg.rope_scaling, m.cfg.rope_scaling) << name;
@@ -287,7 +290,7 @@ TEST_F(HfFamilies, EachDecoderFamilyWritesAndReadsItsCheckpointShardedThroughIts
     info.tokenizer_vocab_size = 24;
     for (const int64_t seq_len : {16, 24}) {
       auto make = [&] {
-        return fam.make_runner(RunnerSpec{c, info, DataShape{seq_len, 0, {}}, DType::f32, Device::cpu, TpGroup{},
+        return fam.make_runner(RunnerSpec{c, info, DataShape{seq_len, 0, 0, {}}, DType::f32, Device::cpu, TpGroup{},
                                           Method::lora, true, fam});
       };
       if (m.cfg.sliding_window > 0 && seq_len > m.cfg.sliding_window) {

@@ -88,6 +88,7 @@ StepRecord make_step(int64_t i) {
   r.lr = 1e-4 * static_cast<double>(i + 1);
   r.grad_norm = 0.5 + static_cast<double>(i);
   r.tokens = 1000 + i;
+  r.computed_tokens = 1600 + 3 * i;
   r.step_time = 0.125 * static_cast<double>(i + 1);
   r.tokens_per_s = 8000.0 / static_cast<double>(i + 1);
   r.mfu = i == 0 ? std::numeric_limits<double>::quiet_NaN() : 0.3;
@@ -202,7 +203,7 @@ TEST_F(MetricsWriterTest, WritesEveryTableAndAttribute) {
   h5::Handle steps = h5::open_group(f, "steps");
   const std::map<std::string, std::string> step_types = {
       {"step", "i64"}, {"epoch", "i32"}, {"loss", "f64"}, {"lr", "f64"}, {"grad_norm", "f64"},
-      {"tokens", "i64"}, {"step_time", "f64"}, {"tokens_per_s", "f64"}, {"mfu", "f64"},
+      {"tokens", "i64"}, {"computed_tokens", "i64"}, {"step_time", "f64"}, {"tokens_per_s", "f64"}, {"mfu", "f64"},
       {"mem_current", "i64"}, {"mem_peak", "i64"}};
   H5G_info_t ginfo;
   H5Gget_info(steps, &ginfo);
@@ -212,7 +213,7 @@ TEST_F(MetricsWriterTest, WritesEveryTableAndAttribute) {
     EXPECT_EQ(h5::dataset_dims(steps, name, path), std::vector<hsize_t>{4}) << name;
   }
   const std::vector<int64_t> step = read_i64(steps, "step"), tokens = read_i64(steps, "tokens"),
-                             mem_current = read_i64(steps, "mem_current"), mem_peak = read_i64(steps, "mem_peak");
+                             computed = read_i64(steps, "computed_tokens"), mem_current = read_i64(steps, "mem_current"), mem_peak = read_i64(steps, "mem_peak");
   const std::vector<int32_t> epoch = read_i32(steps, "epoch");
   const std::vector<double> loss = read_f64(steps, "loss"), lr = read_f64(steps, "lr"),
                             grad_norm = read_f64(steps, "grad_norm"), step_time = read_f64(steps, "step_time"),
@@ -225,6 +226,7 @@ TEST_F(MetricsWriterTest, WritesEveryTableAndAttribute) {
     EXPECT_EQ(lr[i], r.lr);
     EXPECT_EQ(grad_norm[i], r.grad_norm);
     EXPECT_EQ(tokens[i], r.tokens);
+    EXPECT_EQ(computed[i], r.computed_tokens);
     EXPECT_EQ(step_time[i], r.step_time);
     EXPECT_EQ(tps[i], r.tokens_per_s);
     if (i == 0) EXPECT_TRUE(std::isnan(mfu[i]));
@@ -305,7 +307,7 @@ TEST_F(MetricsWriterTest, FreshFileHasEmptyTablesAndOutcomeRunning) {
     h5::Handle group = h5::open_group(f, g);
     H5G_info_t info;
     H5Gget_info(group, &info);
-    EXPECT_EQ(info.nlinks, std::string(g) == "steps" ? 11u : 6u) << g;
+    EXPECT_EQ(info.nlinks, std::string(g) == "steps" ? 12u : 6u) << g;
     EXPECT_EQ(h5::dataset_dims(group, "epoch", path), std::vector<hsize_t>{0}) << g;
   }
   EXPECT_FALSE(h5::exists(f, "ranks"));
@@ -478,6 +480,65 @@ TEST(MetricsWriter, ReopenCutsBackToTheCheckpointAndContinues) {
   EXPECT_EQ(h5::read_attr_string(summary, "outcome", path), "running");
   EXPECT_FALSE(h5::has_attr(summary, "error"));
   EXPECT_EQ(h5::read_attr_string(h5::open_group(f, "config"), "resume", path), "auto");
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace st
+
+namespace st {
+namespace {
+
+// metrics.h5 explains itself: root attributes, typed /config, units and a description on every
+// dataset (also on /ranks columns made per category), and string attributes of variable length
+// (h5py reads them as str, not bytes).
+TEST(MetricsSelfDescription, RootAttributesTypedConfigAndUnits) {
+  const std::string dir = test::make_temp_dir("metrics-desc");
+  const std::string path = dir + "/m.h5";
+  {
+    const std::map<std::string, std::string> cfg = {
+        {"lr", "0.0003"}, {"seed", "1234"}, {"shuffle", "true"}, {"method", "lora"}, {"command_line", "shardtune train x"}};
+    const ConfigKinds kinds = {{"lr", ResolvedOption::Kind::real},
+                               {"seed", ResolvedOption::Kind::integer},
+                               {"shuffle", ResolvedOption::Kind::boolean}};
+    MetricsWriter w(path, cfg, kinds);
+    w.append_step(make_step(0));
+    w.write_ranks(make_ranks(2));
+  }
+  h5::Handle f = h5::open_file_read(path);
+  EXPECT_EQ(h5::read_attr_int(f, "format_version", path), kMetricsFormatVersion);
+  EXPECT_EQ(h5::read_attr_int(f, "segments", path), 1);
+  EXPECT_EQ(h5::read_attr_string(f, "command_line", path), "shardtune train x");
+  for (const char* a : {"shardtune_version", "shardtune_commit", "shardtune_build", "start_time", "host"})
+    EXPECT_FALSE(h5::read_attr_string(f, a, path).empty()) << a;
+  h5::Handle cfg = h5::open_group(f, "config");
+  EXPECT_EQ(h5::read_attr_double(cfg, "lr", path), 0.0003);
+  EXPECT_EQ(h5::read_attr_int(cfg, "seed", path), 1234);
+  EXPECT_EQ(h5::read_attr_string(cfg, "method", path), "lora");
+  {
+    h5::Handle a(H5Aopen(cfg, "shuffle", H5P_DEFAULT), h5::Handle::Kind::attribute);
+    h5::Handle t(H5Aget_type(a), h5::Handle::Kind::datatype);
+    EXPECT_EQ(H5Tget_class(t), H5T_ENUM);  // h5py's bool
+    int8_t v = 0;
+    ASSERT_GE(H5Aread(a, H5T_NATIVE_INT8, &v), 0);
+    EXPECT_EQ(v, 1);
+    h5::Handle m(H5Aopen(cfg, "method", H5P_DEFAULT), h5::Handle::Kind::attribute);
+    h5::Handle mt(H5Aget_type(m), h5::Handle::Kind::datatype);
+    EXPECT_GT(H5Tis_variable_str(mt), 0);
+  }
+  for (const char* g : {"steps", "evals", "epochs", "ranks"}) {
+    h5::Handle grp = h5::open_group(f, g);
+    H5G_info_t info;
+    ASSERT_GE(H5Gget_info(grp, &info), 0);
+    ASSERT_GT(info.nlinks, 0u) << g;
+    for (hsize_t i = 0; i < info.nlinks; ++i) {
+      char name[128];
+      H5Lget_name_by_idx(grp, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT);
+      h5::Handle ds(H5Dopen2(grp, name, H5P_DEFAULT), h5::Handle::Kind::dataset);
+      EXPECT_TRUE(h5::has_attr(ds, "units")) << g << "/" << name;
+      EXPECT_FALSE(h5::read_attr_string(ds, "description", name).empty()) << g << "/" << name;
+    }
+  }
   fs::remove_all(dir);
 }
 

@@ -137,6 +137,25 @@ TEST(Planner, FullFineTuningOnOneRankByHand) {
   EXPECT_GE(p.peak, p.persistent);
 }
 
+TEST(Planner, PackingSizesTheBuffersForPackedRows) {
+  // Packed rows of 32 tokens from shards of 16: the buffers of unpacked rows of 32.
+  const Tiny m;
+  RunConfig packed = m.config();
+  packed.packing = true;
+  packed.pack_length = 32;
+  PlanLayout l;
+  l.parallel = ParallelLayout::make(Strategy::none, 1, 1);
+  l.method = Method::lora;
+  const PlanData pd = plan_data_synthetic(packed, 16, 0);
+  EXPECT_EQ(pd.shape.pack_length, 32);
+  const RankPlan p = predict_memory(packed, pd, l);
+  const RankPlan long_rows = predict_memory(m.config(), plan_data_synthetic(m.config(), 32, 0), l);
+  const RankPlan short_rows = predict_memory(m.config(), plan_data_synthetic(m.config(), 16, 0), l);
+  EXPECT_EQ(at(p, MemCategory::activations), at(long_rows, MemCategory::activations));
+  EXPECT_EQ(p.peak, long_rows.peak);
+  EXPECT_GT(at(p, MemCategory::activations), at(short_rows, MemCategory::activations));
+}
+
 TEST(Planner, LoraAndQloraByHand) {
   const Tiny m;
   const RankPlan lora = plan(m, "none", "lora", 1, 1);

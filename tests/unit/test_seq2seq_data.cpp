@@ -91,6 +91,8 @@ st::PreparedRows handmade_rows(int64_t n = kRows, int64_t L = kL, int64_t Lt = k
   info.loss_on = "target";
   info.prompt_template = "alpaca";
   info.add_bos = false;
+  info.label_names = {"negative", "positive"};  // the rows' labels 0 and 1 name these
+  info.label_token_ids = {100000, 100001};
   return p;
 }
 

@@ -30,6 +30,11 @@ void rmsnorm_backward(int64_t N, int64_t C, const T* dy, const T* x, const T* w,
 template <typename T>
 void rope_apply(int64_t B, int64_t T_, int64_t H, int64_t D, T* x, const float* cos_table,
                 const float* sin_table, bool inverse);
+// The same for N tokens [N, H, D] at positions pos[n] (sequence packing: each document's
+// positions restart at 0).
+template <typename T>
+void rope_apply_at(int64_t N, int64_t H, int64_t D, T* x, const int32_t* pos, const float* cos_table,
+                   const float* sin_table, bool inverse);
 
 // Attention with causal and key-padding masks, grouped-query heads and an additive score bias.
 // q: [B,Tq,Hq,D], k,v: [B,Tk,Hkv,D], out: [B,Tq,Hq,D], lse: [B,Hq,Tq] (log-sum-exp of the
@@ -46,6 +51,17 @@ template <typename T>
 void attention_backward(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
                         const T* k, const T* v, const T* out, const T* lse, const T* dout, const T* bias,
                         const int32_t* lengths, bool causal, T scale, T* dq, T* dk, T* dv, T* dbias);
+// Variable-length causal self-attention (ops/attention.hpp): S segments, segment s is tokens
+// [cu[s], cu[s+1]) of q, k, v, out ([N, H, D]), seeing its own keys [0, min(i + 1, keys[s]));
+// lse: [Hq, N]; max_len: the longest segment. The backward accumulates into dq, dk, dv.
+template <typename T>
+void attention_varlen_forward(int64_t S, const int32_t* cu, const int32_t* keys, int64_t N, int64_t max_len,
+                              int64_t Hq, int64_t Hkv, int64_t D, const T* q, const T* k, const T* v, T scale, T* out,
+                              T* lse);
+template <typename T>
+void attention_varlen_backward(int64_t S, const int32_t* cu, const int32_t* keys, int64_t N, int64_t max_len,
+                               int64_t Hq, int64_t Hkv, int64_t D, const T* q, const T* k, const T* v, const T* out,
+                               const T* lse, const T* dout, T scale, T* dq, T* dk, T* dv);
 
 // y[m,n] += b[n] (y: [M,N], b: [N]); db[n] += sum over m of dy[m,n], summed in double.
 template <typename T>
