@@ -206,8 +206,10 @@ int64_t save_peft_adapter(const std::vector<Linear*>& linears, const PeftNames& 
         write_text_file_atomic((fs::path(out) / kPeftConfigFile).string(), j.dump(2) + "\n");
       },
       [](const std::string& name) {
-        return name == kPeftWeightsFile || name == kPeftConfigFile || name == std::string(kPeftWeightsFile) + ".tmp" ||
-               name == std::string(kPeftConfigFile) + ".tmp";
+        // shardtune_adapter.json is rewritten by the trainer right after this save.
+        for (const char* f : {kPeftWeightsFile, kPeftConfigFile, kShardtuneAdapterFile})
+          if (name == f || name == std::string(f) + ".tmp") return true;
+        return false;
       });
   return n;
 }

@@ -191,10 +191,10 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
                                 "/sentiment --adapter " + adapter;
   ASSERT_EQ(test::run_command(eval_base + " --run_id qlora_adapter_eval", &out), 0) << out;
   EXPECT_NE(out.find("linear layers in NF4"), std::string::npos) << out;
-  EXPECT_EQ(last_eval(d + "/runs/qlora_adapter_eval/metrics.h5"), last_eval(m3));
+  EXPECT_EQ(last_eval(d + "/runs/qlora_adapter_eval/eval-1/metrics.h5"), last_eval(m3));
   ASSERT_EQ(test::run_command(eval_base + " --run_id qlora_adapter_dense --method lora", &out), 0) << out;
   EXPECT_NE(out.find("was trained on an NF4 base"), std::string::npos) << out;
-  EXPECT_NE(last_eval(d + "/runs/qlora_adapter_dense/metrics.h5").first, last_eval(m3).first);
+  EXPECT_NE(last_eval(d + "/runs/qlora_adapter_dense/eval-1/metrics.h5").first, last_eval(m3).first);
   // export without --model: the adapter's own base (base_model_name_or_path, stored absolute),
   // merged with the tokenizer files a transformers user loads.
   ASSERT_EQ(test::run_command(bin() + " export --adapter " + adapter + " --merged " + d + "/qlora_merged", &out), 0) << out;
