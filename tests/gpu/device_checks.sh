@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Everything a session checks on the GPU host, in one call (the host is scarce): build, golden
+# fixtures from transformers, the GPU test binary, PEFT interop, and optionally benchmarks.
+# Each step logs to $OUT/<step>.log and the run goes on after a failing step; $OUT/summary.txt
+# lists each step's exit status and seconds. Regenerated fixtures are copied into the tree
+# (so the tests of this call use them) and to $OUT/golden/ (to commit).
+#
+#   tests/gpu/device_checks.sh [STEP ...]     (default: build goldens test-gpu golden-cpu peft)
+#
+# Steps: build, goldens, test-gpu, golden-cpu (the CPU golden tests against fresh fixtures),
+# peft, bench-packing, bench (BENCH_ARGS), generate-check. Needs BOOST_PO_SRC for the image's
+# missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
+set -u
+OUT=${OUT:-/tmp/device_out}
+mkdir -p "$OUT/golden"
+JOBS=${JOBS:-16}
+BOOST_PO_SRC=${BOOST_PO_SRC:-.boost_po/src}
+MK="make -j$JOBS BOOST_PO_SRC=$BOOST_PO_SRC CUDA_ARCHS=90"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(build goldens test-gpu golden-cpu peft)
+
+run_step() {
+  local name=$1; shift
+  local t0=$(date +%s)
+  echo "== $name: $*" | tee -a "$OUT/summary.txt"
+  ( "$@" ) > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "   $name rc=$rc $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
+  tail -n 5 "$OUT/$name.log"
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+for s in "${steps[@]}"; do
+  case $s in
+    build)
+      run_step build bash -c "rm -rf build && $MK build build/tests/gpu_tests build/tests/unit_tests" ;;
+    goldens)
+      run_step golden-nf4 python3 tests/golden/make_nf4_golden.py --device cuda --out "$OUT/golden"
+      run_step golden-families python3 tests/golden/make_family_golden.py --out "$OUT/golden"
+      run_step golden-generate python3 tests/golden/make_generate_golden.py --out "$OUT/golden"
+      cp -r "$OUT/golden/." tests/golden/ ;;
+    test-gpu)
+      run_step test-gpu build/tests/gpu_tests --gtest_brief=1 ;;
+    golden-cpu)
+      run_step golden-cpu build/tests/unit_tests --gtest_brief=1 \
+        --gtest_filter='*Golden*:*Nf4*:*NF4*:*Generate*' ;;
+    peft)
+      run_step peft python3 tests/gpu/peft_interop.py --bin build/shardtune --device cuda ;;
+    bench-packing)
+      run_step bench-packing python3 analysis/bench_packing.py --bin build/shardtune --data-dir data/bench \
+        --out "$OUT/packing" ;;
+    bench)
+      run_step bench $MK bench BENCH_ARGS="${BENCH_ARGS:-} --out $OUT/bench" ;;
+    *)
+      echo "unknown step $s" | tee -a "$OUT/summary.txt" ;;
+  esac
+done
+cat "$OUT/summary.txt"
