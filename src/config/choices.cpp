@@ -1,5 +1,7 @@
 #include "config/choices.hpp"
 
+#include <charconv>
+
 #include "config/run_config.hpp"
 #include "core/error.hpp"
 
@@ -58,5 +60,27 @@ std::string origin_of(const RunConfig& c, const char* key) {
 
 Method run_method(const RunConfig& c) { return parse_method(c.method, origin_of(c, "method")); }
 Strategy run_strategy(const RunConfig& c) { return parse_strategy(c.parallel, origin_of(c, "parallel")); }
+
+bool checkpointing_is_auto(const RunConfig& c) { return c.activation_checkpointing == "auto"; }
+
+Checkpointed run_checkpointing(const RunConfig& c) {
+  const std::string& v = c.activation_checkpointing;
+  if (v == "true") return Checkpointed::all();
+  if (v == "false") return Checkpointed::none();
+  int64_t n = -1;
+  const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec == std::errc() && ptr == v.data() + v.size() && n >= 0) return Checkpointed{n};
+  if (v == "auto")
+    ST_THROW_INPUT(origin_of(c, "activation_checkpointing"),
+                   ": activation_checkpointing = auto must be resolved by the planner before the model is built");
+  ST_THROW_INPUT(origin_of(c, "activation_checkpointing"), ": activation_checkpointing = '", v,
+                 "' is not one of: auto | true | false | a number of blocks (0 or more)");
+}
+
+std::string checkpointing_value(int64_t n, int64_t blocks) {
+  if (n <= 0) return "false";
+  if (n >= blocks) return "true";
+  return std::to_string(n);
+}
 
 }  // namespace st
