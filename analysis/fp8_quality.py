@@ -106,6 +106,7 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--skip", type=int, default=20, help="steps not judged at the start (default 20)")
     p.add_argument("--print-every", type=int, default=10)
     p.add_argument("--compare", nargs=2, metavar=("BF16_RUN", "FP8_RUN"), help="only compare two finished runs")
@@ -131,8 +132,8 @@ def main(argv=None):
             run_id = f"stories260K_lora_{precision}"
             run([args.bin, "train", "--model", args.model, "--data", data, "--tokenizer", tok, "--method", "lora",
                  "--lora_targets", "q,k,v,o", "--lora_r", "8", "--lora_alpha", "16", "--base_precision", precision,
-                 "--device", args.device, "--max_steps", str(args.steps), "--micro_batch_size", str(args.batch),
-                 "--lr", str(args.lr), "--warmup_steps", "10", "--log_every", "20", "--eval_every", "100",
+                 "--device", args.device, "--max_steps", str(args.steps), "--epochs", "1000", "--micro_batch_size", str(args.batch),
+                 "--lr", str(args.lr), "--warmup_steps", "10", "--log_every", "20", "--eval_every", str(args.eval_every),
                  "--seed", "1", "--output_dir", args.out, "--run_id", run_id, "--overwrite", "true",
                  "--save_adapter", "false"])
             dirs.append(os.path.join(args.out, run_id))
