@@ -226,9 +226,10 @@ def deck_bool(value):
 
 def checkpointing_value(value):
     """A deck's or the command line's activation_checkpointing in one spelling: "true" / "false",
-    or what else shardtune takes ("auto", a number of checkpointed blocks), lower-cased."""
+    or what else shardtune takes ("auto", a number of checkpointed blocks: "1" is one block, as
+    shardtune reads it), lower-cased."""
     v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "on"):
+    if v in ("true", "yes", "on"):
         return "true"
     if v in ("0", "false", "no", "off", ""):
         return "false"

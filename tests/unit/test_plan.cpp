@@ -272,11 +272,12 @@ TEST(Planner, PartialCheckpointingAndAutoPicksTheFewestBlocksThatFit) {
     EXPECT_NE(msg.find("deck.cfg: activation_checkpointing = auto: nothing fits: with all 5 blocks"), std::string::npos) << msg;
   }
   // The deck's values.
-  for (const auto& [v, n] : std::vector<std::pair<std::string, int64_t>>{{"true", Checkpointed::kAll}, {"false", 0}, {"3", 3}, {"0", 0}}) {
+  for (const auto& [v, n] : std::vector<std::pair<std::string, int64_t>>{{"true", Checkpointed::kAll}, {"false", 0}, {"3", 3}, {"0", 0}, {"1", 1}, {"on", Checkpointed::kAll},
+                                                                               {"no", 0}, {"True", Checkpointed::kAll}}) {
     c.activation_checkpointing = v;
     EXPECT_EQ(run_checkpointing(c).blocks, n) << v;
   }
-  for (const char* bad : {"-1", "yes", "2.5", "", "auto"}) {
+  for (const char* bad : {"-1", "yes please", "2.5", "", "auto", "+2"}) {
     c.activation_checkpointing = bad;
     EXPECT_THROW(run_checkpointing(c), InputError) << bad;
   }
