@@ -94,7 +94,8 @@ class DecoderRunner final : public ModelRunner {
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override { return data.lengths(); }
   bool has_hooks() const override { return m_.hooks != nullptr; }
 
-  void allocate(int64_t B, bool checkpointing, bool training) override {
+  int64_t num_blocks() const override { return m_.cfg.num_layers; }
+  void allocate(int64_t B, Checkpointed checkpointing, bool training) override {
     acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.row_len(), checkpointing, training));
     buffers_ = std::make_unique<BatchBuffers>(B, shape_.row_len(), device_);
   }

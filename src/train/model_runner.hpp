@@ -67,7 +67,10 @@ class ModelRunner {
   virtual bool has_hooks() const = 0;
 
   // Activation and batch buffers for micro-batches of up to B rows of the data's shape.
-  virtual void allocate(int64_t B, bool checkpointing, bool training) = 0;
+  // checkpointing: the first blocks that recompute their forward in backward (training only).
+  virtual void allocate(int64_t B, Checkpointed checkpointing, bool training) = 0;
+  // Blocks activation checkpointing counts (T5: encoder + decoder blocks).
+  virtual int64_t num_blocks() const = 0;
   // One micro-batch: every target token weighs token_weight; returns the weighted loss sum.
   virtual double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) = 0;
   virtual void backward(const LayerContext& ctx) = 0;  // after forward(..., grad = true)

@@ -111,7 +111,8 @@ class T5Runner final : public ModelRunner {
 
   bool has_hooks() const override { return m_.hooks != nullptr; }
 
-  void allocate(int64_t B, bool checkpointing, bool training) override {
+  int64_t num_blocks() const override { return m_.cfg.num_layers + m_.cfg.num_decoder_layers; }
+  void allocate(int64_t B, Checkpointed checkpointing, bool training) override {
     B_ = B;
     acts_ = std::make_unique<T5Activations>(t5_activations(m_, B, shape_.seq_len, shape_.target_len, training, checkpointing));
     const int64_t NE = B * shape_.seq_len, ND = B * shape_.target_len;
