@@ -24,6 +24,7 @@
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/log_redirect.hpp"
 #include "data/tokenizer.hpp"
 #include "train/families.hpp"
 #include "train/generate.hpp"
@@ -179,6 +180,7 @@ bool parse_generate_options(int argc, char** argv, GenerateFlags& f, RunConfig& 
 namespace {
 
 int run_generate(int argc, char** argv) {
+  set_info_log_to_stderr(true);  // stdout is the generated text (or JSON lines)
   GenerateFlags f;
   RunConfig cfg;
   if (!parse_generate_options(argc, argv, f, cfg)) return kExitOk;
