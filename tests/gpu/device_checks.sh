@@ -54,6 +54,13 @@ for s in "${steps[@]}"; do
         --out "$OUT/packing" ;;
     bench)
       run_step bench $MK bench BENCH_ARGS="${BENCH_ARGS:-} --out $OUT/bench" ;;
+    generate-check)
+      # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
+      # and the cached vs uncached rate.
+      run_step generate-check bash -c "for dt in f32 bf16; do for c in true false; do \
+        build/shardtune generate --model ../shared/data/models/stories260K --prompt 'Once upon a time' \
+          --prompt 'The little dog' --max-new-tokens 256 --stop-at-eos false --device cuda --dtype \$dt \
+          --kv-cache \$c --output $OUT/generate_\${dt}_cache_\$c.jsonl || exit 1; done; done" ;;
     *)
       echo "unknown step $s" | tee -a "$OUT/summary.txt" ;;
   esac
