@@ -45,6 +45,17 @@ struct LogitsInput {
   std::vector<int32_t> dec_ids;       // [B, Td] (seq2seq)
 };
 
+// Incremental decoding of one sequence with a key/value cache (`shardtune generate`).
+class TokenDecoder {
+ public:
+  virtual ~TokenDecoder() = default;
+  virtual void reset() = 0;              // start a new sequence (the cache empties)
+  virtual int64_t length() const = 0;    // positions in the cache
+  virtual int64_t capacity() const = 0;  // the most positions it holds
+  // Feeds ids (1 <= n <= the step limit) at the next positions; the logits [V] of the last, f32.
+  virtual std::vector<float> step(const std::vector<int32_t>& ids) = 0;
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -79,6 +90,14 @@ class ModelRunner {
   virtual EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) = 0;
   // The logits [B, T (decoder: Td), V] of one forward on `in` (no TP), as an f32 CPU tensor.
   virtual Tensor logits(const LogitsInput& in) = 0;
+
+  // A decoder for sequences of up to `capacity` positions fed at most `max_step` tokens per step
+  // (one rank). InputError for a family that cannot decode incrementally (T5, for now).
+  virtual std::unique_ptr<TokenDecoder> decoder(int64_t capacity, int64_t max_step) = 0;
+  // The model's BOS and EOS token ids (its config.json; -1: none).
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+  virtual int64_t vocab_size() const = 0;
 
   // Dequantize NF4 bases, merge adapters and write a Hugging Face directory, sharded above
   // max_shard_bytes (collective within the TP group; the TP group's rank 0 writes).

@@ -146,6 +146,14 @@ class T5Runner final : public ModelRunner {
     return s;
   }
 
+  std::unique_ptr<TokenDecoder> decoder(int64_t, int64_t) override {
+    ST_THROW_INPUT("generate: the t5 family (encoder-decoder) has no incremental decoder yet; generate samples from "
+                   "the decoder families (llama, mistral, qwen2)");
+  }
+  int64_t bos_id() const override { return -1; }
+  int64_t eos_id() const override { return m_.cfg.eos_token_id; }
+  int64_t vocab_size() const override { return m_.cfg.vocab_size; }
+
   Tensor logits(const LogitsInput& in) override {
     T5Activations acts = t5_activations(m_, in.B, in.T, in.Td, false, false);
     T5Batch b;

@@ -206,6 +206,42 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
   EXPECT_EQ(tc.at("tokenizer_class"), "LlamaTokenizer");
   EXPECT_EQ(tc.at("bos_token"), "<s>");
 
+  // generate with the QLoRA adapter (its base from base_model_name_or_path, in NF4 as trained):
+  // JSON lines with the prompt's ids and up to 6 new ones; the same seed samples the same text.
+  test::write_file(d + "/prompts.txt", "the film is\n\na movie\n");
+  const std::string gen = bin() + " generate --adapter " + adapter + " --prompt-file " + d + "/prompts.txt --max-new-tokens 6";
+  ASSERT_EQ(test::run_command(gen + " --output " + d + "/greedy.jsonl", &out), 0) << out;
+  EXPECT_NE(out.find("linear layers in NF4"), std::string::npos) << out;
+  EXPECT_NE(out.find("tokens/s"), std::string::npos) << out;
+  {
+    std::istringstream lines(test::read_file(d + "/greedy.jsonl"));
+    std::string line;
+    int n = 0;
+    for (; std::getline(lines, line); ++n) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      EXPECT_EQ(j.at("prompt"), n == 0 ? "the film is" : "a movie");
+      EXPECT_EQ(j.at("prompt_ids").at(0), 1);  // BOS
+      const size_t k = j.at("new_ids").size();
+      EXPECT_TRUE(k == 6 || (k >= 1 && j.at("finish") == "eos")) << line;
+      EXPECT_GT(j.at("tokens_per_second").get<double>(), 0) << line;
+    }
+    EXPECT_EQ(n, 2);
+  }
+  const std::string sample = "(" + gen + " --temperature 0.9 --top-k 50 --top-p 0.95 --seed 7 --output - 2>/dev/null)";
+  auto sampled_ids = [&]() {
+    std::string o;
+    EXPECT_EQ(test::run_command(sample, &o), 0) << o;
+    std::istringstream lines(o);
+    std::vector<std::vector<int>> ids;
+    for (std::string line; std::getline(lines, line);) ids.push_back(nlohmann::json::parse(line).at("new_ids"));
+    return ids;
+  };
+  const std::vector<std::vector<int>> s1 = sampled_ids();
+  EXPECT_EQ(s1.size(), 2u);
+  EXPECT_EQ(sampled_ids(), s1) << "sampling with one seed must repeat";
+  ASSERT_EQ(test::run_command(bin() + " generate --adapter " + adapter + " --prompt x --top-p 0.5", &out), 2) << out;
+  EXPECT_NE(out.find("--top-p applies to sampling"), std::string::npos) << out;
+
   // 3. eval of the saved model
   rc = test::run_command(bin() + " eval --deck " + d + "/full.cfg --run_id evalrun --model " + d + "/runs/full/model", &out);
   ASSERT_EQ(rc, 0) << out;

@@ -9,7 +9,7 @@
 #
 # Steps: build, goldens, test-gpu, golden-cpu (the CPU golden tests against fresh fixtures),
 # peft, bench-packing, bench (BENCH_ARGS), bench-regress (.bench_before vs this tree, twice,
-# interleaved: REGRESS_CONFIGS). Needs BOOST_PO_SRC for the image's
+# interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -69,6 +69,13 @@ for s in "${steps[@]}"; do
             --out-dir $OUT/bench-$tree-$round --quiet"
         done
       done ;;
+    generate-check)
+      # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
+      # and the cached vs uncached rate.
+      run_step generate-check bash -c "for dt in f32 bf16; do for c in true false; do \
+        build/shardtune generate --model ../shared/data/models/stories260K --prompt 'Once upon a time' \
+          --prompt 'The little dog' --max-new-tokens 256 --stop-at-eos false --device cuda --dtype \$dt \
+          --kv-cache \$c --output $OUT/generate_\${dt}_cache_\$c.jsonl || exit 1; done; done" ;;
     *)
       echo "unknown step $s" | tee -a "$OUT/summary.txt" ;;
   esac
