@@ -32,6 +32,11 @@ run_step() {
   return $rc
 }
 
+# ../shared/data does not travel to the GPU host: a session copies what the checks read
+# (models/stories260K, tokenizers/llama2) into the ignored .device_data and carries it.
+if [ ! -d ../shared/data ] && [ -d .device_data ]; then
+  mkdir -p ../shared && ln -sfn "$PWD/.device_data" ../shared/data
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
