@@ -13,7 +13,7 @@
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
-mkdir -p "$OUT/golden"
+mkdir -p "$OUT"
 JOBS=${JOBS:-16}
 BOOST_PO_SRC=${BOOST_PO_SRC:-.boost_po/src}
 MPI="mpirun --allow-run-as-root --bind-to none"
@@ -45,17 +45,20 @@ for s in "${steps[@]}"; do
     build)
       run_step build bash -c "rm -rf build && $MK build build/tests/gpu_tests build/tests/unit_tests" ;;
     goldens)
+      mkdir -p "$OUT/golden"
       run_step golden-nf4 python3 tests/golden/make_nf4_golden.py --device cuda --out "$OUT/golden"
       run_step golden-families python3 tests/golden/make_family_golden.py --out "$OUT/golden"
       run_step golden-generate python3 tests/golden/make_generate_golden.py --out "$OUT/golden"
-      cp -r "$OUT/golden/." tests/golden/ ;;
+      cp -r "$OUT/golden/." tests/golden/
+      # one file back (the tool returns a bounded number of files)
+      tar czf "$OUT/golden.tgz" -C "$OUT" golden && rm -rf "$OUT/golden" ;;
     test-gpu)
       run_step test-gpu build/tests/gpu_tests --gtest_brief=1 ;;
     golden-cpu)
       run_step golden-cpu build/tests/unit_tests --gtest_brief=1 \
         --gtest_filter='*Golden*:*Nf4*:*NF4*:*Generate*' ;;
     peft)
-      run_step peft python3 tests/gpu/peft_interop.py --bin build/shardtune --device cuda ;;
+      run_step peft python3 tests/gpu/peft_interop.py --bin build/shardtune --device cuda ${PEFT_ARGS:-} ;;
     bench-packing)
       run_step bench-packing python3 analysis/bench_packing.py --bin build/shardtune --data-dir data/bench \
         --mpirun "$MPI" --out "$OUT/packing" ${PACKING_ARGS:-} ;;
@@ -66,7 +69,7 @@ for s in "${steps[@]}"; do
       # (carried as an ignored folder); each tree runs its own bench.py and decks on shared shards.
       root=$PWD
       run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build"
-      for round in 1 2; do
+      for round in $(seq 1 ${REGRESS_ROUNDS:-2}); do
         for tree in after before; do
           dir=$root; [ $tree = before ] && dir=$root/.bench_before
           run_step bench-$tree-$round bash -c "cd $dir && env -u OUT python3 analysis/bench.py --bin build/shardtune \
@@ -77,7 +80,7 @@ for s in "${steps[@]}"; do
     generate-check)
       # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
       # and the cached vs uncached rate.
-      run_step generate-check bash -c "for dt in f32 bf16; do for c in true false; do \
+      run_step generate-check bash -c "for dt in ${GEN_DTYPES:-bf16}; do for c in true false; do \
         build/shardtune generate --model ../shared/data/models/stories260K --prompt 'Once upon a time' \
           --prompt 'The little dog' --max-new-tokens 256 --stop-at-eos false --device cuda --dtype \$dt \
           --kv-cache \$c --output $OUT/generate_\${dt}_cache_\$c.jsonl || exit 1; done; done" ;;

@@ -269,7 +269,7 @@ def tokenizer_check(args, fam, base, adapter, work):
     texts = ["Once upon a time", "Review: a gripping, funny film\nSentiment:", "positive"]
     for text in texts:
         want = sp.encode(text)
-        want = ([sp.bos_id()] + want) if fam == "llama" else (want + [sp.eos_id()])
+        want = (want + [sp.eos_id()]) if fam == "t5" else ([sp.bos_id()] + want)  # decoders: BOS first
         got = tok(text).input_ids
         ok = list(got) == want
         print(f"{'ok  ' if ok else 'FAIL'} {fam} (d) AutoTokenizer ({type(tok).__name__}) on {text!r}: {got} "
@@ -277,7 +277,7 @@ def tokenizer_check(args, fam, base, adapter, work):
         if not ok:
             failures.append(f"{fam} (d) tokenizer ids for {text!r}")
     special = {"eos_token": sp.id_to_piece(sp.eos_id()), "unk_token": sp.id_to_piece(sp.unk_id())}
-    if fam == "llama":
+    if fam != "t5":
         special["bos_token"] = sp.id_to_piece(sp.bos_id())
     for role, piece in special.items():
         if getattr(tok, role) != piece:

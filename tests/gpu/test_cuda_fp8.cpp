@@ -302,7 +302,10 @@ TEST(CudaFp8Gemm, AgreesWithTheCpuReferenceOnTheSameFp8Inputs) {
       matmul_fp8(Cr, A, B, 1.0);
       Tensor ref_r, abs_r;
       cpu_reference(A, B, &res, ref_r, abs_r);
-      expect_close(Cr, ref_r, abs_sum, kBf16Out, acc, "bf16 output with residual");
+      // With a bf16 C, the GPU's results behave as A B rounded to bf16 before beta C is added
+      // and the sum rounded again (H100, cuBLASLt 13.0: errors up to 1.2 half-ulps of the
+      // result, never beyond the two roundings): one more bf16 rounding of sum |a b|.
+      expect_close(Cr, ref_r, abs_sum, kBf16Out, acc + kBf16Out, "bf16 output with residual");
     }
   }
 }
@@ -376,6 +379,7 @@ TEST(CudaFp8Gemm, ReportsThroughputAgainstBf16AtLlama7bShapes) {
       return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
     };
     const double flop = 2.0 * static_cast<double>(s.M) * static_cast<double>(s.N) * static_cast<double>(s.K);
+    fp8_quantize(x, X);  // before the FP8 GEMM is timed: its last run leaves the c8 compared below
     const double t16 = time_ms([&] { matmul(c16, x, false, w, true); });
     const double t8 = time_ms([&] { matmul_fp8(c8, X, W); });
     const double tq = time_ms([&] { fp8_quantize(x, X); });

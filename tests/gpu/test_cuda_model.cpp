@@ -112,13 +112,16 @@ LlamaModel quantized_copy(LlamaModel& dense) {
 }
 
 // base_precision = fp8 (model/fp8_base.hpp) on both sides: the GPU's cuBLASLt FP8 GEMMs against
-// the CPU's FP8 reference in f64. The GPU quantizes bf16 activations, the CPU f64 ones: an
-// activation within bf16's 2^-9 of an E4M3 rounding boundary (E4M3's steps are 2^-3 relative, so
-// about 2 x 2^-9 / 2^-3 = 3% of them) lands one E4M3 step (<= 2^-3) apart, an RMS relative
-// difference of about sqrt(0.03) x 2^-3 / sqrt(3) ~ 1.3e-2 per GEMM input; 7 GEMMs per block, 2
-// blocks, in quadrature: ~5e-2 on the logits, on top of the bf16 figure: bound 1e-1 for logits,
-// and twice the gradient bound for the gradients.
-constexpr double kFp8LogitTol = 1e-1, kFp8GradTol = 2e-1;
+// the CPU's FP8 reference in f64. The GPU quantizes bf16 activations, the CPU f64 ones, each with
+// its own current scale (448 / amax): the amaxes differ by bf16 rounding, so the two E4M3 grids
+// are shifted against each other and the two quantizations are independent rather than mostly
+// equal. Each GEMM input then carries E4M3's RMS relative noise 2^-4 / sqrt(3) = 3.6e-2 (measured
+// 3.62e-2 by StaysWithinFp8PrecisionOfTheBf16Gemm) on both sides, sqrt(2) x that between them;
+// 14 FP8 GEMMs (2 blocks x 7) in quadrature: 3.6e-2 x sqrt(2 x 14) = 0.19 on the logits: bound
+// 0.2 (measured on H100: 0.116 LoRA, 0.135 QLoRA). The gradients add the 14 input-gradient GEMMs
+// (dy quantized too): sqrt(2 x 28) x 3.6e-2 = 0.27 (measured: up to 0.41, beyond this model of
+// the error: docs/NOTES.md "FP8 on the GPU", open).
+constexpr double kFp8LogitTol = 2e-1, kFp8GradTol = 2.7e-1;
 
 // Sets *worst_out to the worst relative gradient error (left at infinity if a check aborts).
 void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
@@ -440,14 +443,20 @@ void check_family_golden_bf16(const std::string& family, test::GoldenMode mode) 
   // A floor no smaller than one bf16 rounding's RMS relative error (1.1e-3): a fixture whose
   // weights happen to round gently still gets bf16 activations.
   const double floor_logits = std::max(cpu.logits_rel, 1.1e-3), floor_grad = std::max(cpu.worst_grad(), 1.1e-3);
+  // Against the CPU on the same bf16 weights only the activations' roundings remain: each GEMM
+  // rounds its input and its output (and norms, attention and the activation function round
+  // theirs) where the floor rounds each weight once, about three independent roundings per
+  // weight rounding: sqrt(3) x the floor, bound 2x (measured on H100: up to 1.7x, Qwen2 and
+  // Mistral LoRA; their tiny odd widths have fewer terms per sum than T5's fixtures, which hold
+  // 1.5x).
   const double le = rel_l2(r.logits, cpu.logits);
-  EXPECT_LT(le, 1.5 * floor_logits) << "logits against the CPU on the same weights";
-  EXPECT_NEAR(r.loss, cpu.loss, 1.5 * floor_logits * cpu.loss);
+  EXPECT_LT(le, 2.0 * floor_logits) << "logits against the CPU on the same weights";
+  EXPECT_NEAR(r.loss, cpu.loss, 2.0 * floor_logits * cpu.loss);
   double worst = 0;
   for (size_t i = 0; i < r.grads.size(); ++i) {
     const double e = rel_l2(r.grads[i], cpu.grads[i]);
     worst = std::max(worst, e);
-    EXPECT_LT(e, 1.5 * floor_grad) << r.grad_rel[i].first << " against the CPU on the same weights";
+    EXPECT_LT(e, 2.0 * floor_grad) << r.grad_rel[i].first << " against the CPU on the same weights";
     EXPECT_LT(r.grad_rel[i].second, 2.5 * floor_grad) << r.grad_rel[i].first << " against transformers";
   }
   EXPECT_LT(r.logits_rel, 2.5 * floor_logits) << "logits against transformers";

@@ -13,7 +13,10 @@ namespace {
 // max |x| over n values; NaN ignored (fmax returns the other operand), so a group of NaN gives 0.
 float group_amax(const float* x, int64_t n) {
   float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) m = std::fmax(m, std::fabs(x[i]));
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (a > m) m = a;  // false for NaN (quiet or signalling: glibc's fmax returns NaN for a signalling one)
+  }
   return m;
 }
 
