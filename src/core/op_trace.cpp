@@ -1,6 +1,7 @@
 #include "core/op_trace.hpp"
 
 #include <sstream>
+#include <unordered_set>
 
 #include "core/dryrun.hpp"
 #include "core/error.hpp"
@@ -53,13 +54,23 @@ OpTraceRecorder::OpTraceRecorder() {
 OpTraceRecorder::~OpTraceRecorder() { g_recorder = nullptr; }
 
 OpTraceCounts OpTraceRecorder::counts() const {
+  return count_events(events_);
+}
+
+OpTraceCounts count_events(const std::vector<TraceEvent>& events) {
   OpTraceCounts c;
-  for (const TraceEvent& e : events_) {
-    if (e.kind == TraceEvent::Kind::op) ++c.ops[static_cast<size_t>(e.family)];
-    else if (e.kind == TraceEvent::Kind::collective) {
+  std::unordered_set<int64_t> alone;  // requests of collectives over one rank
+  for (const TraceEvent& e : events) {
+    if (e.kind == TraceEvent::Kind::op) {
+      ++c.ops[static_cast<size_t>(e.family)];
+    } else if (e.kind == TraceEvent::Kind::collective) {
+      if (e.group_size <= 1) {
+        alone.insert(e.request);
+        continue;
+      }
       ++c.collectives[static_cast<size_t>(e.collective)];
       if (e.async) ++c.async_collectives;
-    } else {
+    } else if (!alone.count(e.request)) {
       ++c.waits;
     }
   }
@@ -116,7 +127,7 @@ int64_t op_trace_next_request() { return g_next_request++; }
 
 void op_trace_collective(CollectiveKind kind, double bytes, const std::string& group, int group_size, bool async,
                          bool scalar, int64_t request) {
-  if (!g_recorder || group_size <= 1) return;
+  if (!g_recorder) return;
   TraceEvent e;
   e.kind = TraceEvent::Kind::collective;
   e.collective = kind;

@@ -47,7 +47,7 @@ struct TraceEvent {
   // the input: nccl-tests' "size"), and the request a wait completes
   CollectiveKind collective = CollectiveKind::all_reduce;
   std::string group;                    // the communicator's name: "tp", "dp", "world"
-  int group_size = 1;
+  int group_size = 1;                   // 1: a group of one (NCCL: a local copy, or nothing)
   bool async = false;                   // on the communication stream (completed by a wait)
   bool scalar = false;                  // a host scalar all-reduce (the host waits for the result)
   int64_t request = -1;                 // async collectives and waits: the request's id
@@ -71,7 +71,7 @@ class OpTraceRecorder {
   OpTraceRecorder& operator=(const OpTraceRecorder&) = delete;
   const std::vector<TraceEvent>& events() const { return events_; }
   void clear() { events_.clear(); }
-  // Collectives over groups of one rank move nothing and are not counted.
+  // Collectives over groups of one rank (and their waits) are recorded but not counted.
   OpTraceCounts counts() const;
 
  private:
@@ -81,6 +81,8 @@ class OpTraceRecorder {
   std::vector<TraceEvent> events_;
   int depth_ = 0;
 };
+
+OpTraceCounts count_events(const std::vector<TraceEvent>& events);
 
 // One op: recorded when a recorder is active and no enclosing TracedOp is alive. dry(): a dry
 // run is active (the op must skip its compute).

@@ -123,7 +123,7 @@ std::unique_ptr<CommRequest> Comm::all_gather_async(const Tensor& in, Tensor& ou
   const std::string l = label("all_gather_async");
   check_gather(in, out, size(), l);
   WatchdogScope wd(l);
-  const int64_t id = size() > 1 ? op_trace_next_request() : -1;
+  const int64_t id = op_trace_next_request();
   op_trace_collective(CollectiveKind::all_gather, static_cast<double>(out.nbytes()), name(), size(), true, false, id);
   std::unique_ptr<CommRequest> r = all_gather_async_impl(in, out, l);
   r->trace_id = id;
@@ -134,7 +134,7 @@ std::unique_ptr<CommRequest> Comm::reduce_scatter_sum_async(const Tensor& in, Te
   const std::string l = label("reduce_scatter_sum_async");
   check_scatter(in, out, size(), l);
   WatchdogScope wd(l);
-  const int64_t id = size() > 1 ? op_trace_next_request() : -1;
+  const int64_t id = op_trace_next_request();
   op_trace_collective(CollectiveKind::reduce_scatter, static_cast<double>(in.nbytes()), name(), size(), true, false, id);
   std::unique_ptr<CommRequest> r = reduce_scatter_sum_async_impl(in, out, l);
   r->trace_id = id;
@@ -145,7 +145,7 @@ std::unique_ptr<CommRequest> Comm::all_reduce_sum_async(Tensor& t) {
   const std::string l = label("all_reduce_sum_async");
   check_tensor(t, l);
   WatchdogScope wd(l);
-  const int64_t id = size() > 1 ? op_trace_next_request() : -1;
+  const int64_t id = op_trace_next_request();
   op_trace_collective(CollectiveKind::all_reduce, static_cast<double>(t.nbytes()), name(), size(), true, false, id);
   std::unique_ptr<CommRequest> r = all_reduce_sum_async_impl(t, l);
   r->trace_id = id;

@@ -118,7 +118,9 @@ MeasuredCollective fit_collective(CollectiveKind kind, int ranks, int nodes,
     a = 0;
     b = sxx > 0 ? sxy / sxx : 0;
   }
-  if (!(b > 0)) ST_THROW("fit_collective: the times do not grow with the size");
+  if (!(b > 0))
+    ST_THROW_INPUT("fit_collective: ", collective_kind_name(kind), " over ", ranks,
+                   " ranks: the times do not grow with the size (a busy machine?): measure again");
   MeasuredCollective m;
   m.kind = kind;
   m.ranks = ranks;

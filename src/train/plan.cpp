@@ -164,11 +164,13 @@ RankPlan predict_rank_memory(const RunConfig& c, const PlanData& data, const Pla
   return dry_run(c, data, layout, rank).memory;
 }
 
-std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data, const PlanLayout& layout) {
+Batch plan_full_batch(int64_t B, const PlanData& data) { return full_batch(B, data); }
+
+std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data, const PlanLayout& layout, int rank) {
   PlanData d = data;
   d.shape.seq_len = epoch_shape(c, data, layout.parallel.dp).typical_len;
   if (d.shape.pack_length > 0 || data.shape.target_len > 0) d.shape.seq_len = data.shape.seq_len;
-  return dry_run(c, d, layout, 0).trace;
+  return dry_run(c, d, layout, rank).trace;
 }
 
 RankPlan predict_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout) {
@@ -240,9 +242,15 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       l.checkpointing = c.activation_checkpointing;
       layouts.push_back(l);
     };
+    // On one rank a strategy's machinery still runs (groups of one): planned when asked for.
+    auto asked = [&](Strategy s) {
+      return std::find(req.strategies.begin(), req.strategies.end(), s) != req.strategies.end();
+    };
     if (n == 1) add(Strategy::none, 1);
-    if (n > 1) add(Strategy::ddp, 1);
+    if (n > 1 || asked(Strategy::ddp)) add(Strategy::ddp, 1);
     add(Strategy::zero3, 1);
+    if (n == 1 && asked(Strategy::tp)) add(Strategy::tp, 1);
+    if (n == 1 && asked(Strategy::tp_zero3)) add(Strategy::tp_zero3, 1);
     for (int tp = 2; tp <= n; ++tp) {
       if (n % tp != 0) continue;
       add(Strategy::tp, tp);

@@ -112,7 +112,10 @@ struct PlanRequest {
 
 // Rank 0's op trace of one training step of `layout` at the epoch's typical length (what the
 // step-time model replays; `shardtune calibrate --deck` times its GEMM shapes).
-std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data, const PlanLayout& layout);
+std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data, const PlanLayout& layout, int rank = 0);
+// The micro-batch the dry run takes: B rows at the data's full lengths (packed: B rows of
+// pack_length filled with full-length documents).
+Batch plan_full_batch(int64_t B, const PlanData& data);
 
 // Every (strategy, tp, method) for the request, each with both checkpointing settings'
 // activations and the deck's checkpointing setting for its totals.

@@ -23,6 +23,12 @@ StepTime schedule_step(const std::vector<TraceEvent>& events, const DeviceProfil
   std::map<std::string, double> comm_free;   // when each communicator's last operation ends
   std::unordered_map<int64_t, double> ends;  // async request -> its completion
   auto collective_seconds = [&](const TraceEvent& e) {
+    // A group of one: NCCL copies the input to the output of an out-of-place collective (the
+    // gathers and scatters) and has nothing to do in place; a kernel's latency either way.
+    if (e.group_size <= 1) {
+      const bool copies = e.collective == CollectiveKind::all_gather || e.collective == CollectiveKind::reduce_scatter;
+      return device.family(OpFamily::copy).seconds(copies ? 2 * e.bytes : 0);
+    }
     return comm.collective_seconds(e.collective, e.bytes, e.group_size,
                                    group_nodes(layout, e.group, e.group_size, comm.gpus_per_node));
   };

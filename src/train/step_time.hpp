@@ -8,7 +8,8 @@
 //    reached its issue point and the communicator's previous operation has finished (NCCL
 //    serialises the operations of one communicator), and the compute stream waits for it at the
 //    request's wait().
-// Exposed communication is what the step takes beyond its ops' time.
+// Exposed communication is what the step takes beyond its ops' time. A collective over a group of
+// one rank (a strategy on one GPU) costs the copy NCCL makes, if any.
 #pragma once
 
 #include <vector>
