@@ -212,7 +212,7 @@ Baseline scaling_baseline(const RunConfig& cfg, const PlanData& data, const Plan
     Baseline b;
     b.ranks = n;
     b.name = best->layout.parallel.name() +
-             (best->layout.parallel.tp > 1 ? " tp " + std::to_string(best->layout.parallel.tp) : std::string());
+             (best->layout.parallel.tp > 1 ? " (tp_size " + std::to_string(best->layout.parallel.tp) + ")" : std::string());
     b.rows_per_second = best->rows_per_second;
     return b;
   }
@@ -337,6 +337,11 @@ int cmd_plan(int argc, char** argv) {
       j["epoch_steps"] = e.epoch.steps;
       j["epoch_seconds"] = e.epoch_seconds;
       j["scaling_efficiency"] = eff;
+      nlohmann::json fam = nlohmann::json::object();
+      for (int k = 0; k < kNumOpFamilies; ++k)
+        if (e.step.by_family[static_cast<size_t>(k)] > 0)
+          fam[op_family_name(static_cast<OpFamily>(k))] = e.step.by_family[static_cast<size_t>(k)];
+      j["compute_seconds_by_family"] = fam;
       js.push_back(j);
     }
     std::cout << "\n";

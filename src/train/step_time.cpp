@@ -38,6 +38,7 @@ StepTime schedule_step(const std::vector<TraceEvent>& events, const DeviceProfil
         const double d = device.op_seconds(e);
         compute_t += d;
         st.compute += d;
+        st.by_family[static_cast<size_t>(e.family)] += d;
         ++st.ops;
         break;
       }

@@ -12,6 +12,7 @@
 // one rank (a strategy on one GPU) costs the copy NCCL makes, if any.
 #pragma once
 
+#include <array>
 #include <vector>
 
 #include "core/op_trace.hpp"
@@ -27,6 +28,7 @@ struct StepTime {
   double comm = 0;          // sum of the collectives' times (overlapped or not)
   double exposed_comm = 0;  // total - compute
   int64_t ops = 0, collectives = 0;
+  std::array<double, kNumOpFamilies> by_family{};  // compute seconds per op family
 };
 
 // Nodes a group of the layout spans (TP innermost: tp ranks are consecutive; the dp group takes
