@@ -230,7 +230,7 @@ int cmd_calibrate(int argc, char** argv) {
                    o.gemm_shapes.empty() ? std::string() : str(" (+ ", p.gemm_shapes.size(), " GEMM shapes of the deck)"),
                    p.source.empty() ? std::string() : "; " + p.source);
     write_device_profile(f.out, p);
-    std::printf("%s: GEMM peak %.1f TFLOP/s, copy %.1f GB/s, %zu exact GEMM shapes; wrote %s\n", p.device.c_str(),
+    std::printf("%s: GEMM peak %.4g TFLOP/s, copy %.1f GB/s, %zu exact GEMM shapes; wrote %s\n", p.device.c_str(),
                 p.gemm_peak_flops / 1e12, p.memory_bytes_per_s / 1e9, p.gemm_shapes.size(), f.out.c_str());
     return kExitOk;
   } catch (const Error& e) {
