@@ -115,7 +115,17 @@ for _method in ("full", "lora"):
 # exists), judged against the peers of the plain LoRA row of the same run (reused, not re-run).
 for _base in ("7b_lora", "13b_lora"):
     CONFIGS[f"{_base}_fp8"] = dict(CONFIGS[_base], args=["--base_precision", "fp8"], peers_from=_base, issue_no=20)
+# QLoRA (no same-run peers, so the setting is in the row): the planner's checkpointing choice, and
+# the NF4 base dequantized to FP8 instead of bf16 (judged against the LoRA rows of the same run).
+CONFIGS["7b_qlora_auto"] = dict(CONFIGS["7b_qlora"], args=["--activation_checkpointing", "auto"], issue_no=20)
+CONFIGS["7b_qlora_fp8"] = dict(CONFIGS["7b_qlora"], args=["--activation_checkpointing", "auto", "--base_precision", "fp8"],
+                               issue_no=20)
 DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora")
+# `--configs issue20`: issue #20's rows. Run with --st-checkpointing auto,true,false so each LoRA
+# row has shardtune at the planner's choice (auto), all and none, each again under memory_limit =
+# the faster peer's checkpointed peak (the equal-memory comparison).
+CONFIG_GROUPS = {"issue20": ("7b_lora", "13b_lora", "7b_lora_fp8", "13b_lora_fp8", "7b_qlora", "7b_qlora_auto",
+                             "7b_qlora_fp8", "1b_full")}
 T5_CONFIGS = ("t5large_full", "t5large_lora", "t5xl_full", "t5xl_lora", "t5xl_full_40g", "t5xl_lora_40g")
 
 # Issue #3's targets.
@@ -216,9 +226,10 @@ def deck_bool(value):
 
 def checkpointing_value(value):
     """A deck's or the command line's activation_checkpointing in one spelling: "true" / "false",
-    or what else shardtune takes ("auto", a number of checkpointed blocks), lower-cased."""
+    or what else shardtune takes ("auto", a number of checkpointed blocks: "1" is one block, as
+    shardtune reads it), lower-cased."""
     v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "on"):
+    if v in ("true", "yes", "on"):
         return "true"
     if v in ("0", "false", "no", "off", ""):
         return "false"
@@ -1109,9 +1120,12 @@ def select_configs(text):
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
+        if item in CONFIG_GROUPS:
+            names += [n for n in CONFIG_GROUPS[item] if n not in names]
+            continue
         key = item[len("llama"):] if item.startswith("llama") and item[len("llama"):] in CONFIGS else item
         if key not in CONFIGS:
-            raise ValueError(f"unknown config '{item}' (known: {', '.join(CONFIGS)})")
+            raise ValueError(f"unknown config '{item}' (known: {', '.join(list(CONFIGS) + list(CONFIG_GROUPS))})")
         names.append(key)
     if not names:
         raise ValueError("--configs names no configuration")

@@ -36,6 +36,10 @@ void embedding_backward(int64_t N, int64_t C, int64_t V, const Tensor& ids, cons
 // bias.cu: y [M, N] += b [N] (same dtype); db [N] (f32) += column sums of dy [M, N].
 void bias_add(int64_t M, int64_t N, Tensor& y, const Tensor& b);
 void bias_backward(int64_t M, int64_t N, const Tensor& dy, Tensor& db);
+// decode_attention.cu: n queries [n, Hq*D] at positions past.. over the caches [capacity, Hkv*D]
+// (ops/decode_attention.hpp); bf16 or f32, f32 scores; D <= kDecodeMaxHeadDim.
+void decode_attention(int64_t n, int64_t past, int64_t Hq, int64_t Hkv, int64_t D, float scale, const Tensor& q,
+                      const Tensor& k, const Tensor& v, Tensor& out);
 // loss.cu
 // Pass 0: mx[n] = max of the row's local logits; 1: st[n] = sum exp(x - mx[n]), st[N+n] = the
 // target logit where owned; 2: losses[n] (f32) and, with grad, dlogits in place. mx/st are f32

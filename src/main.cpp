@@ -19,6 +19,7 @@ const Subcommand kSubcommands[] = {
     {"train", st::cmd_train, "fine-tune a model (full or LoRA) from an input deck; launch with mpirun"},
     {"eval", st::cmd_eval, "validation loss and accuracy of a model on a split"},
     {"export", st::cmd_export, "a PEFT LoRA adapter on its base: normalized PEFT copy and/or the merged model in HF layout"},
+    {"generate", st::cmd_generate, "sample text from a model (optionally with a LoRA adapter): greedy, temperature, top-k, top-p; KV cache"},
     {"plan", st::cmd_plan, "per-rank memory of each strategy and method for N GPUs: what fits, how fast (predicted)"},
     {"calibrate", st::cmd_calibrate, "measure this GPU's (or CPU's) op times, or the collectives' (--comm), for plan"},
 };

@@ -109,7 +109,7 @@ std::vector<TraceEvent> deck_gemms(std::vector<char*> rest, const CalibrateFlags
   PlanLayout l;
   l.parallel = ParallelLayout::make(Strategy::none, 1, 1, "calibrate");
   l.method = run_method(cfg);
-  l.checkpointing = cfg.activation_checkpointing;
+  l.checkpointing = checkpointing_is_auto(cfg) ? Checkpointed::all() : run_checkpointing(cfg);
   std::vector<TraceEvent> gemms;
   for (const TraceEvent& e : plan_step_trace(cfg, data, l))
     if (e.kind == TraceEvent::Kind::op && e.family == OpFamily::gemm) gemms.push_back(e);

@@ -21,6 +21,7 @@
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
 #include "cli/commands.hpp"
+#include "cli/inference_model.hpp"
 #include "config/run_config.hpp"
 #include "core/allocator.hpp"
 #include "core/error.hpp"
@@ -159,29 +160,6 @@ void write_logits(const std::string& path, const Tensor& logits) {
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return std::vector<int32_t>(v.begin(), v.end()); }
 
-// The base model through its family's runner (no shards: a synthetic description of rows of up to
-// seq_len / target_len tokens), with the adapter attached and loaded when there is one.
-std::unique_ptr<ModelRunner> load_for_export(RunConfig& c, const ModelFamily& fam, DType dtype, Device device,
-                                             int64_t rows, int64_t seq_len, int64_t target_len) {
-  ShardInfo info;
-  info.arch = fam.seq2seq ? "seq2seq" : "causal";
-  info.task = "export";
-  info.decoder_start_id = -1;  // unknown: the model's own is used
-  c.micro_batch_size = rows;
-  DataShape shape;
-  shape.seq_len = seq_len;
-  shape.target_len = fam.seq2seq ? target_len : 0;
-  std::unique_ptr<ModelRunner> m =
-      fam.make_runner(RunnerSpec{c, info, shape, dtype, device, TpGroup{}, Method::lora, false, fam});
-  if (!c.adapter.empty()) {
-    const LoraConfig lc = lora_config_from_peft(read_peft_config(c.adapter, fam.peft), fam.peft);
-    m->attach_lora(lc, c.seed);
-    const int64_t n = load_peft_adapter(m->linears(), c.adapter);
-    ST_LOG("export: ", c.adapter, ": ", n, " LoRA modules, r=", lc.r, " alpha=", lc.alpha);
-  }
-  return m;
-}
-
 void dump_logits(RunConfig c, const ModelFamily& fam, const ExportArgs& a) {
   const Device dev = run_device(c);
   const DType dt = run_dtype(c, dev);
@@ -194,7 +172,8 @@ void dump_logits(RunConfig c, const ModelFamily& fam, const ExportArgs& a) {
   li.ids = to_i32(in.ids);
   li.lengths = lengths_of(in);
   li.dec_ids = to_i32(in.dec_ids);
-  std::unique_ptr<ModelRunner> m = load_for_export(c, fam, dt, dev, in.B, in.T, std::max<int64_t>(1, in.Td));
+  std::unique_ptr<ModelRunner> m = load_inference_model(c, fam, dt, dev, in.B, in.T, std::max<int64_t>(1, in.Td), Method::lora,
+                                                                "export");
   write_logits(a.logits_out, m->logits(li));
   ST_LOG("export: logits of ", in.B, " rows -> ", a.logits_out, " (", device_name(dev), ", ", dtype_name(dt), ")");
 }
@@ -231,7 +210,8 @@ int run_export(int argc, char** argv) {
   RunConfig c = cfg;
   c.device = "cpu";
   c.dtype = cfg.dtype == "f64" ? "f64" : "f32";
-  std::unique_ptr<ModelRunner> m = load_for_export(c, fam, run_dtype(c, Device::cpu), Device::cpu, 1, 1, 1);
+  std::unique_ptr<ModelRunner> m = load_inference_model(c, fam, run_dtype(c, Device::cpu), Device::cpu, 1, 1, 1,
+                                                                Method::lora, "export");
   if (!a.peft.empty()) {
     save_peft_adapter(m->linears(), fam.peft, cfg.model, a.peft);
     if (const auto t = read_adapter_training(cfg.adapter)) write_adapter_training(a.peft, *t);

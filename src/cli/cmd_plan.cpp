@@ -280,7 +280,8 @@ int cmd_plan(int argc, char** argv) {
     std::cout << "shardtune plan: " << cfg.run_id << " on " << f.ranks << " rank" << (f.ranks == 1 ? "" : "s") << " ("
               << cfg.device << "), micro-batch " << cfg.micro_batch_size << " x " << data.shape.seq_len
               << (data.shape.target_len ? " + " + std::to_string(data.shape.target_len) : std::string()) << " tokens"
-              << ", activation checkpointing " << (cfg.activation_checkpointing ? "on" : "off") << "\n";
+              << ", activation_checkpointing = " << cfg.activation_checkpointing
+              << (checkpointing_is_auto(cfg) ? " (planned with every block checkpointed)" : "") << "\n";
     std::cout << "memory per GPU: "
               << (req.device_memory ? format_bytes(static_cast<double>(req.device_memory)) : std::string("no limit"))
               << "; reserve outside the allocator "

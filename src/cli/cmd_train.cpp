@@ -45,6 +45,24 @@ void choose_strategy(RunConfig& cfg, int world_size) {
          " (predicted peak ", format_bytes(static_cast<double>(best->memory.max_peak())), " per rank)");
 }
 
+// activation_checkpointing = auto: the planner's fewest checkpointed blocks (the first ones) that
+// fit memory_limit or the GPU's memory for this layout; the choice replaces auto in the options
+// (so the resolved options, metrics.h5 and checkpoints record it). Every rank computes the same.
+void choose_checkpointing_blocks(RunConfig& cfg, const ParallelLayout& layout) {
+  size_t limit = parse_bytes(cfg.memory_limit, "memory_limit");
+  if (limit == 0 && cfg.device == "cuda") limit = cuda_total_memory();
+  const size_t reserve = default_runtime_reserve(cfg.device, layout.has_communicators());
+  const CheckpointChoice ch = choose_checkpointing(cfg, plan_data_from_shards(cfg), layout, run_method(cfg), limit,
+                                                   reserve, cfg.origin.at("activation_checkpointing"));
+  cfg.activation_checkpointing = checkpointing_value(ch.blocks, ch.total);
+  cfg.origin["activation_checkpointing"] = "planner (activation_checkpointing = auto)";
+  ST_LOG("plan: activation_checkpointing = auto chose ", ch.blocks, " of ", ch.total, " blocks checkpointed (predicted peak ",
+         format_bytes(static_cast<double>(ch.memory.max_peak())), " per rank",
+         limit ? str(" + ", format_bytes(static_cast<double>(reserve)), " reserve, limit ", format_bytes(static_cast<double>(limit)))
+               : std::string(", no memory limit"),
+         "; ", ch.dry_runs, " dry run", ch.dry_runs == 1 ? "" : "s", ")");
+}
+
 int run_subcommand(int argc, char** argv, const char* name, int (*body)(const RunConfig&, const ParallelLayout&)) {
   try {
     // The options first, before MPI starts: a refused command costs milliseconds (the same
@@ -57,6 +75,7 @@ int run_subcommand(int argc, char** argv, const char* name, int (*body)(const Ru
     // The layout, validated once; the rank grid is its tp x dp.
     const ParallelLayout layout = ParallelLayout::make(run_strategy(cfg), cfg.tp_size, rt.world_size, cfg.origin.at("tp_size"));
     runtime_make_grid(rt, layout.tp);
+    if (checkpointing_is_auto(cfg) && std::string(name) == "train") choose_checkpointing_blocks(cfg, layout);
     // From here on a rank without progress for watchdog_timeout seconds ends the job.
     watchdog_start(cfg.watchdog_timeout);
     watchdog_beat(str(name, " set-up"));

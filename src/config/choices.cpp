@@ -1,5 +1,9 @@
 #include "config/choices.hpp"
 
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+
 #include "config/run_config.hpp"
 #include "core/error.hpp"
 
@@ -58,5 +62,37 @@ std::string origin_of(const RunConfig& c, const char* key) {
 
 Method run_method(const RunConfig& c) { return parse_method(c.method, origin_of(c, "method")); }
 Strategy run_strategy(const RunConfig& c) { return parse_strategy(c.parallel, origin_of(c, "parallel")); }
+
+bool checkpointing_is_auto(const RunConfig& c) {
+  const std::string& v = c.activation_checkpointing;
+  return v.size() == 4 && std::equal(v.begin(), v.end(), "auto", [](char a, char b) {
+           return std::tolower(static_cast<unsigned char>(a)) == b;
+         });
+}
+
+Checkpointed run_checkpointing(const RunConfig& c) {
+  std::string v = c.activation_checkpointing;
+  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  // The boolean spellings the key took when it was a boolean, in any case (a number is a block
+  // count: 1 is one block, not "true").
+  for (const char* t : {"true", "yes", "on"})
+    if (v == t) return Checkpointed::all();
+  for (const char* f : {"false", "no", "off"})
+    if (v == f) return Checkpointed::none();
+  int64_t n = -1;
+  const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec == std::errc() && ptr == v.data() + v.size() && n >= 0) return Checkpointed{n};
+  if (v == "auto")
+    ST_THROW_INPUT(origin_of(c, "activation_checkpointing"),
+                   ": activation_checkpointing = auto must be resolved by the planner before the model is built");
+  ST_THROW_INPUT(origin_of(c, "activation_checkpointing"), ": activation_checkpointing = '", c.activation_checkpointing,
+                 "' is not one of: auto | true | false | a number of blocks (0 or more)");
+}
+
+std::string checkpointing_value(int64_t n, int64_t blocks) {
+  if (n <= 0) return "false";
+  if (n >= blocks) return "true";
+  return std::to_string(n);
+}
 
 }  // namespace st

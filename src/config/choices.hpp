@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "model/checkpointing.hpp"
+
 namespace st {
 
 struct RunConfig;
@@ -29,6 +31,15 @@ const std::vector<Strategy>& all_strategies();
 // The run's method and strategy (the deck's `method` and `parallel`, already validated).
 Method run_method(const RunConfig& c);
 Strategy run_strategy(const RunConfig& c);
+// activation_checkpointing (auto | true | false | N): true = every block, false = none, N = the
+// first N blocks (model/checkpointing.hpp; N >= the model's blocks = every block). `auto` is
+// resolved by the planner before a run starts (train/plan.hpp choose_checkpointing); here it is
+// an error. InputError naming the key's origin for anything else.
+Checkpointed run_checkpointing(const RunConfig& c);
+bool checkpointing_is_auto(const RunConfig& c);
+// The deck spelling of n checkpointed blocks out of `blocks`: "false", "true" or "n".
+std::string checkpointing_value(int64_t n, int64_t blocks);
+
 // Adapters train (lora, qlora) rather than the base (full).
 inline bool trains_adapters(Method m) { return m != Method::full; }
 

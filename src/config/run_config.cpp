@@ -13,7 +13,9 @@
 #include <sstream>
 #include <type_traits>
 
+#include "config/choices.hpp"
 #include "core/allocator.hpp"
+#include "config/strict_value.hpp"
 #include "core/error.hpp"
 
 namespace po = boost::program_options;
@@ -40,54 +42,7 @@ struct OptionTable {
   std::vector<std::pair<std::string, po::options_description>> groups;
 };
 
-std::string trim(const std::string& s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
-
-// A number option parsed strictly: the whole value must be a number of the field's type, a
-// negative value for an unsigned field is refused (not wrapped around), an integer outside the
-// type is refused (not clamped), and a real must be finite (nan and inf are refused here, before
-// any range check could let them through).
-template <typename T>
-class strict_value : public po::typed_value<T> {
- public:
-  strict_value(T* field, std::string key) : po::typed_value<T>(field), key_(std::move(key)) {}
-  void xparse(boost::any& store, const std::vector<std::string>& tokens) const override {
-    if (!store.empty()) throw po::multiple_occurrences();
-    if (tokens.size() != 1) throw po::error(str(key_, " needs one value"));
-    store = boost::any(parse_number(tokens[0]));
-  }
-
- private:
-  T parse_number(const std::string& raw) const {
-    const std::string v = trim(raw);
-    auto bad = [&](const std::string& why) { return po::error(str(key_, " = '", raw, "': ", why)); };
-    if (v.empty()) throw bad("needs a value");
-    if constexpr (std::is_floating_point_v<T>) {
-      char* end = nullptr;
-      errno = 0;
-      const double x = std::strtod(v.c_str(), &end);
-      if (end != v.c_str() + v.size()) throw bad("is not a number");
-      if (!std::isfinite(x)) throw bad("must be a finite number");
-      if (errno == ERANGE && x != 0) throw bad("is out of range");
-      return static_cast<T>(x);
-    } else {
-      const char* b = v.c_str();
-      const char* e = b + v.size();
-      if (*b == '+') ++b;
-      if (std::is_unsigned_v<T> && *b == '-') throw bad("must be a non-negative integer");
-      T x{};
-      const auto [ptr, ec] = std::from_chars(b, e, x);
-      if (ec == std::errc::result_out_of_range)
-        throw bad(str("is out of range (", std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")"));
-      if (ec != std::errc() || ptr != e) throw bad("is not an integer");
-      return x;
-    }
-  }
-  std::string key_;
-};
+std::string trim(const std::string& s) { return trim_blanks(s); }
 
 template <typename T>
 void add(po::options_description& g, OptionTable& t, const char* key, T* field, const char* help) {
@@ -171,7 +126,9 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(train, t, "adam_beta2", &c.adam_beta2, "AdamW beta2");
   add(train, t, "adam_eps", &c.adam_eps, "AdamW epsilon");
   add(train, t, "grad_clip", &c.grad_clip, "clip the global gradient norm to this (0: off)");
-  add(train, t, "activation_checkpointing", &c.activation_checkpointing, "keep only block inputs; recompute each block in backward");
+  add_string(train, t, "activation_checkpointing", &c.activation_checkpointing,
+             "true | false | N | auto: blocks that keep only their input and recompute their forward in backward "
+             "(true: all; N: the first N; auto: the fewest that fit memory_limit or the GPU's memory, chosen by the planner)");
   add(train, t, "shuffle", &c.shuffle, "shuffle training rows each epoch (seeded)");
   add(train, t, "packing", &c.packing,
       "sequence packing: whole documents packed first-fit-decreasing into training rows of pack_length tokens, each "
@@ -200,6 +157,10 @@ void build_table(RunConfig& c, OptionTable& t) {
              "which linear layers store their frozen base in NF4: adapted (those in lora_targets) | all (every block projection)");
   add(qlora, t, "qlora_block_size", &c.qlora_block_size, "NF4 values per absmax: 64, 128 or 256");
   add(qlora, t, "qlora_double_quant", &c.qlora_double_quant, "8-bit absmax values around their mean (block 256)");
+  add_string(lora, t, "base_precision", &c.base_precision,
+             "bf16 | fp8: the frozen base of adapted layers in the compute dtype, or in FP8 E4M3 (per-tensor scales, "
+             "activations quantized with current scaling; forward and input-gradient GEMMs in FP8 with f32 accumulation; "
+             "CUDA needs compute capability 8.9+); lora and qlora only");
 
   po::options_description par("Parallelism and memory");
   add_string(par, t, "parallel", &c.parallel,
@@ -245,7 +206,7 @@ const std::set<std::string>* help_keys(const std::string& subcommand) {
       "rms_norm_eps", "rope_theta", "num_decoder_layers", "relative_attention_num_buckets",
       "relative_attention_max_distance", "feed_forward_proj", "tie_embeddings", "init_std", "data", "val_split",
       "tokenizer", "max_val_rows", "micro_batch_size", "method", "adapter", "qlora_quantize", "qlora_block_size",
-      "qlora_double_quant", "parallel", "tp_size", "zero3_prefetch", "watchdog_timeout", "memory_limit",
+      "qlora_double_quant", "base_precision", "parallel", "tp_size", "zero3_prefetch", "watchdog_timeout", "memory_limit",
       "gpu_memory_limit"};
   static const std::set<std::string> exp = {"model", "adapter", "tokenizer", "dtype", "device"};
   if (subcommand == "eval") return &eval;
@@ -546,10 +507,22 @@ void validate_run_config(const RunConfig& c) {
   one_of("feed_forward_proj", c.feed_forward_proj, {"gated-gelu", "relu"});
   one_of("method", c.method, {"full", "lora", "qlora"});
   one_of("qlora_quantize", c.qlora_quantize, {"adapted", "all"});
+  one_of("base_precision", c.base_precision, {"bf16", "fp8"});
+  if (c.base_precision == "fp8") {
+    if (c.method == "full")
+      fail("base_precision", "= fp8 needs method = lora or qlora (full fine-tuning trains the base weights, which FP8 holds frozen)");
+    if (c.parallel == "zero3" || c.parallel == "tp+zero3")
+      fail("base_precision", str("= fp8 with parallel = ", c.parallel, ": ZeRO-3 shards the frozen base, which FP8 does not "
+                                 "support yet (use none, ddp or tp)"));
+    if (c.save_model && c.method == "lora")
+      fail("base_precision", "= fp8 with save_model = true and method = lora: the bf16 base is not kept (save the adapter "
+                             "and merge it into the original model instead)");
+  }
   if (c.qlora_block_size != 64 && c.qlora_block_size != 128 && c.qlora_block_size != 256)
     fail("qlora_block_size", str("= ", c.qlora_block_size, " must be 64, 128 or 256"));
   one_of("lr_schedule", c.lr_schedule, {"cosine", "linear", "constant"});
   one_of("parallel", c.parallel, {"none", "ddp", "tp", "zero3", "tp+zero3", "auto"});
+  if (!checkpointing_is_auto(c)) (void)run_checkpointing(c);  // true | false | N >= 0
   // Integers in [lo, hi]; reals finite and in their range (NaN fails every comparison, so each
   // check is written as "inside", never as "not outside").
   auto int_in = [&](const char* key, int64_t v, int64_t lo, int64_t hi) {

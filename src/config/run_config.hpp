@@ -79,7 +79,9 @@ struct RunConfig {
   std::string lr_schedule = "cosine";  // cosine | linear | constant
   double weight_decay = 0.0, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   double grad_clip = 1.0;       // 0 = off
-  bool activation_checkpointing = false;
+  // auto | true | false | N: the first N blocks keep only their input and recompute in backward
+  // (model/checkpointing.hpp); auto: the fewest that fit memory_limit or the GPU (the planner)
+  std::string activation_checkpointing = "false";
   bool shuffle = true;
   bool packing = false;          // pack documents into training rows of pack_length tokens (train/packing.hpp)
   int64_t pack_length = 0;       // 0: the training shards' max_seq_len
@@ -95,6 +97,9 @@ struct RunConfig {
   // qlora
   std::string qlora_quantize = "adapted";  // adapted | all
   int64_t qlora_block_size = 64;
+  // lora, qlora: the frozen base's forward and input-gradient GEMMs in bf16 (the compute dtype) or
+  // FP8 E4M3 (model/fp8_base.hpp)
+  std::string base_precision = "bf16";
   bool qlora_double_quant = true;
   // parallel
   std::string parallel = "none";

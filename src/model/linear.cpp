@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "model/fp8_base.hpp"
 #include "ops/bias.hpp"
 #include "ops/embedding.hpp"
 #include "ops/loss.hpp"
@@ -10,8 +11,14 @@
 
 namespace st {
 
-DType Linear::dtype() const { return quantized() ? dequant->dtype() : weight.dtype(); }
-Device Linear::device() const { return quantized() ? dequant->device() : weight.device(); }
+DType Linear::dtype() const {
+  if (fp8 && !quantized()) return fp8->dtype;
+  return quantized() ? dequant->dtype() : weight.dtype();
+}
+Device Linear::device() const {
+  if (fp8 && !quantized()) return fp8->w.device();
+  return quantized() ? dequant->device() : weight.device();
+}
 
 Tensor Linear::dense_weight() const {
   if (!quantized()) return weight;
@@ -50,7 +57,9 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
   // (Megatron's g).
   const bool row = l.tp_mode == TpMode::row && l.tp.active();
   const bool once_here = !row || l.tp.rank == 0;
-  linear_forward(x, l.dense_weight(), y, accumulate && once_here, once_here ? residual : nullptr);
+  if (l.fp8) fp8_linear_forward(l, x, y, (accumulate && once_here) || (once_here && residual) ? 1.0 : 0.0,
+                                once_here ? residual : nullptr);
+  else linear_forward(x, l.dense_weight(), y, accumulate && once_here, once_here ? residual : nullptr);
   if (l.bias.defined() && once_here) bias_add(y, l.bias);
   if (l.adapter) l.adapter->forward(x, y, ctx);
   if (row) l.tp.comm->sum_partials(y);
@@ -58,8 +67,11 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
 
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate) {
-  if (dx || l.grad.defined())
+  if (l.fp8) {
+    if (dx && dx->defined()) fp8_linear_backward_input(l, dy, *dx, dx_accumulate);
+  } else if (dx || l.grad.defined()) {
     linear_backward(x, l.dense_weight(), dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
+  }
   if (l.bias_grad.defined()) bias_backward(dy, l.bias_grad);
   if (l.adapter) l.adapter->backward(x, dy, dx, ctx);
 }

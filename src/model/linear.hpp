@@ -20,6 +20,7 @@
 namespace st {
 
 struct Nf4Tensor;
+struct Fp8Base;
 
 // A trainable parameter as the optimizer sees it.
 // `value` is what the optimizer updates and `grad` its gradient (same dtype, or f32 for a bf16
@@ -82,6 +83,9 @@ struct Linear {
   // buffer of one layer's worth shared by all quantized layers of the model, right before the GEMM.
   std::shared_ptr<Nf4Tensor> nf4;
   std::shared_ptr<Tensor> dequant;
+  // base_precision = fp8 (model/fp8_base.hpp): the frozen base's forward and input-gradient GEMMs
+  // in FP8; `weight` is then undefined unless the base is NF4.
+  std::shared_ptr<Fp8Base> fp8;
 
   bool quantized() const { return nf4 != nullptr; }
   DType dtype() const;    // the compute dtype (of weight, or of the dequantized weight)

@@ -250,13 +250,18 @@ int64_t llama_num_trainable(LlamaModel& m) { return num_trainable(llama_param_ta
 
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    bool checkpointing, bool trainable) {
+  return llama_activations(m, B_max, T_max, checkpointing ? Checkpointed::all() : Checkpointed::none(), trainable);
+}
+
+LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
+                                   Checkpointed checkpointing, bool trainable) {
   const LlamaConfig& c = m.cfg;
   const LlamaLocalDims ld = llama_local_dims(m);
   const int64_t BT = B_max * T_max, C = c.hidden_size, I = ld.intermediate;
   LlamaActivations a;
   a.B_max = B_max;
   a.T_max = T_max;
-  a.checkpointing = checkpointing;
+  a.checkpointed = trainable ? checkpointing.of(c.num_layers) : 0;
   a.trainable = trainable;
   auto act = [&](const Shape& s) { return alloc(s, m, MemCategory::activations); };
   // Statistics (norm rstd, attention lse, losses) in the master precision.
@@ -264,7 +269,7 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
     return Tensor::zeros(s, master_dtype(m.dtype), m.device, MemCategory::activations);
   };
   a.resid = act({c.num_layers + 1, BT, C});
-  const size_t nsets = (trainable && !checkpointing) ? static_cast<size_t>(c.num_layers) : 1;
+  const size_t nsets = trainable ? static_cast<size_t>(checkpoint_sets(c.num_layers, a.checkpointed)) : 1;
   a.blocks.resize(nsets);
   for (auto& b : a.blocks) {
     b.xn1 = act({BT, C});
@@ -440,10 +445,9 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
     UnitScope unit(m.hooks, 0, false);
     embedding_layer_forward(batch.ids, m.embed, m.tp, x0);  // vocabulary-parallel under TP
   }
-  const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = 0; l < L; ++l) {
     UnitScope unit(m.hooks, static_cast<int>(l) + 1, false);
-    const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
+    const BlockView s = view_block(a.blocks[checkpoint_set(l, a.checkpointed, a.blocks.size())], BT);
     Tensor x_out = resid_at(a, l + 1, BT);
     block_forward(m, m.blocks[static_cast<size_t>(l)], s, resid_at(a, l, BT), x_out, batch, ctx);
   }
@@ -470,13 +474,12 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
     rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
                      m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);
   }
-  const bool per_block = a.blocks.size() == static_cast<size_t>(L) && L > 1;
   for (int64_t l = L - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, static_cast<int>(l) + 1, true);
     LlamaBlock& blk = m.blocks[static_cast<size_t>(l)];
-    const BlockView s = view_block(a.blocks[per_block ? static_cast<size_t>(l) : 0], BT);
+    const BlockView s = view_block(a.blocks[checkpoint_set(l, a.checkpointed, a.blocks.size())], BT);
     const Tensor x_in = resid_at(a, l, BT);
-    if (!per_block && L > 1) {
+    if (checkpoint_recomputes(l, a.checkpointed)) {
       // Activation checkpointing: recompute this block's forward from its saved input. The
       // output lands in a scratch copy so the saved block outputs stay intact.
       Tensor x_out = rows_of(a.dxn, BT);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "model/checkpointing.hpp"
 #include "model/hooks.hpp"
 #include "model/linear.hpp"
 #include "model/llama_config.hpp"
@@ -161,10 +162,10 @@ struct LlamaBlockActs {
 
 struct LlamaActivations {
   int64_t B_max = 0, T_max = 0;
-  bool checkpointing = false;
+  int64_t checkpointed = 0;        // the first blocks checkpointed (model/checkpointing.hpp)
   bool trainable = false;          // backward buffers allocated
   Tensor resid;                    // [L+1, B_max*T_max, C]: input of each block, then the output
-  std::vector<LlamaBlockActs> blocks;  // L sets, or 1 shared set (checkpointing, eval)
+  std::vector<LlamaBlockActs> blocks;  // training: checkpoint_sets(L, checkpointed); eval: 1
   Tensor xnf, rstdf;               // [BT, C], [BT]
   Tensor logits;                   // [BT, V] (holds dlogits after a training forward)
   Tensor losses;                   // [BT]  per-position loss
@@ -172,6 +173,9 @@ struct LlamaActivations {
   Tensor scratch;                  // adapters' workspace: [BT, max(C, I, Hq*D)]
 };
 
+LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
+                                   Checkpointed checkpointing, bool trainable);
+// Every block checkpointed or none.
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    bool checkpointing, bool trainable);
 

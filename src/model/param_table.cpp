@@ -1,6 +1,7 @@
 #include "model/param_table.hpp"
 
 #include "core/rng.hpp"
+#include "model/fp8_base.hpp"
 #include "ops/init.hpp"
 
 namespace st {
@@ -105,12 +106,15 @@ std::vector<std::pair<std::string, Tensor*>> named_weights(const ParamTable& t) 
 WeightBytes param_bytes(const ParamTable& t) {
   WeightBytes r;
   const size_t es = dtype_size(t.dtype);
-  for (const WeightSlot& s : weight_slots(t)) {
+  for (const ParamEntry& e : t.params) {
+    const WeightSlot s = slot_of(e);
     const size_t dense = static_cast<size_t>(s.shape.numel()) * es;
     r.dense += dense;
     if (s.linear) {
       r.stored += nf4_stored_bytes(*s.linear);
       ++r.quantized_layers;
+    } else if (e.linear && !e.bias && e.linear->fp8) {
+      r.stored += fp8_stored_bytes(*e.linear);  // W8 and W8^T (model/fp8_base.hpp)
     } else {
       r.stored += dense;
     }

@@ -343,6 +343,11 @@ std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t 
 }
 
 T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable, bool checkpointing) {
+  return t5_activations(m, B, Te, Td, trainable, checkpointing ? Checkpointed::all() : Checkpointed::none());
+}
+
+T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable,
+                             Checkpointed checkpointing) {
   const T5Config& c = m.cfg;
   const T5LocalDims ld = t5_local_dims(m);
   const int64_t C = c.d_model, HD = ld.inner, F = ld.d_ff, H = ld.heads, V = ld.vocab;
@@ -355,11 +360,14 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
   a.Te = Te;
   a.Td = Td;
   a.trainable = trainable;
-  a.checkpointing = trainable && checkpointing;
-  // Every block's internals for training; one shared set with checkpointing (block inputs are
-  // the residual stream; each block is recomputed before its backward) and for evaluation.
-  const int64_t enc_sets = trainable && !checkpointing ? c.num_layers : 1;
-  const int64_t dec_sets = trainable && !checkpointing ? c.num_decoder_layers : 1;
+  // Every block's internals for training, the checkpointed blocks of a stack sharing one set
+  // (block inputs are the residual stream; each is recomputed before its backward); one set
+  // per stack for evaluation.
+  const int64_t n = trainable ? checkpointing.of(c.num_layers + c.num_decoder_layers) : 0;
+  a.enc_checkpointed = std::min(n, c.num_layers);
+  a.dec_checkpointed = n - a.enc_checkpointed;
+  const int64_t enc_sets = trainable ? checkpoint_sets(c.num_layers, a.enc_checkpointed) : 1;
+  const int64_t dec_sets = trainable ? checkpoint_sets(c.num_decoder_layers, a.dec_checkpointed) : 1;
   a.enc_buckets = Tensor::zeros({Te * Te}, DType::i32, m.device, MemCategory::activations);
   a.dec_buckets = Tensor::zeros({Td * Td}, DType::i32, m.device, MemCategory::activations);
   a.enc_bias = stat({H, Te, Te});
@@ -563,10 +571,10 @@ void dec_block_forward(const T5Model& m, const T5DecBlock& w, T5Activations::Dec
   ffn_forward(m, w.ffn, s.n2, s.g, s.u, s.h, yout, s.mid2, ctx);
 }
 
-// The activation set of block l: its own, or the one shared set (checkpointing, eval).
+// The activation set of block l: its own, or the one shared set (checkpointed blocks, eval).
 template <typename Set>
-Set& set_of(std::vector<Set>& sets, int l) {
-  return sets[sets.size() == 1 ? 0 : static_cast<size_t>(l)];
+Set& set_of(std::vector<Set>& sets, int l, int64_t checkpointed) {
+  return sets[checkpoint_set(l, checkpointed, sets.size())];
 }
 
 // Activation checkpointing: recompute block l's forward from its saved input before its
@@ -601,7 +609,7 @@ double t5_forward(T5Model& m, T5Activations& full, const T5Batch& batch, bool gr
   for (int l = 0; l < Le; ++l) {
     UnitScope unit(m.hooks, 1 + l, false);
     Tensor xout = layer(a.x, l + 1, NE);
-    enc_block_forward(m, m.enc[static_cast<size_t>(l)], set_of(a.enc, l), layer(a.x, l, NE), xout, a, batch, ctx);
+    enc_block_forward(m, m.enc[static_cast<size_t>(l)], set_of(a.enc, l, a.enc_checkpointed), layer(a.x, l, NE), xout, a, batch, ctx);
   }
   {
     UnitScope unit(m.hooks, Le + 1, false);
@@ -611,7 +619,7 @@ double t5_forward(T5Model& m, T5Activations& full, const T5Batch& batch, bool gr
   for (int l = 0; l < Ld; ++l) {
     UnitScope unit(m.hooks, Le + 2 + l, false);
     Tensor yout = layer(a.y, l + 1, ND);
-    dec_block_forward(m, m.dec[static_cast<size_t>(l)], set_of(a.dec, l), layer(a.y, l, ND), yout, a, batch, ctx);
+    dec_block_forward(m, m.dec[static_cast<size_t>(l)], set_of(a.dec, l, a.dec_checkpointed), layer(a.y, l, ND), yout, a, batch, ctx);
   }
   UnitScope head(m.hooks, Le + Ld + 2, false);
   rmsnorm_forward(layer(a.y, Ld, ND), m.dec_final, eps, a.yf, a.yrstd);
@@ -651,9 +659,9 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   for (int l = Ld - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, Le + 2 + l, true);
     T5DecBlock& w = m.dec[static_cast<size_t>(l)];
-    T5Activations::Dec& s = set_of(a.dec, l);
+    T5Activations::Dec& s = set_of(a.dec, l, a.dec_checkpointed);
     const Tensor yin = layer(a.y, l, ND);
-    if (a.checkpointing) dec_block_forward(m, w, s, yin, dn, a, batch, recompute_ctx(ctx));
+    if (checkpoint_recomputes(l, a.dec_checkpointed)) dec_block_forward(m, w, s, yin, dn, a, batch, recompute_ctx(ctx));
     // FFN: y_out = mid2 + ffn(n2 mid2)
     ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, dgt, du, ctx);
     rmsnorm_backward(dn, s.mid2, w.ln2, s.r2, dy, g(w.ln2_grad));
@@ -681,9 +689,9 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   for (int l = Le - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, 1 + l, true);
     T5EncBlock& w = m.enc[static_cast<size_t>(l)];
-    T5Activations::Enc& s = set_of(a.enc, l);
+    T5Activations::Enc& s = set_of(a.enc, l, a.enc_checkpointed);
     const Tensor xin = layer(a.x, l, NE);
-    if (a.checkpointing) enc_block_forward(m, w, s, xin, dne, a, batch, recompute_ctx(ctx));
+    if (checkpoint_recomputes(l, a.enc_checkpointed)) enc_block_forward(m, w, s, xin, dne, a, batch, recompute_ctx(ctx));
     ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, edg, edu, ctx);
     rmsnorm_backward(dne, s.mid, w.ln1, s.r1, dx, g(w.ln1_grad));
     attn_backward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, g(a.enc_dbias), s.q, s.k, s.v, s.att, s.lse,

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "model/checkpointing.hpp"
 #include "model/hooks.hpp"
 #include "model/linear.hpp"
 #include "model/param_table.hpp"
@@ -172,7 +173,9 @@ std::vector<int32_t> t5_shift_right(const std::vector<int32_t>& labels, int64_t 
 struct T5Activations {
   int64_t B = 0, Te = 0, Td = 0;
   bool trainable = false;
-  bool checkpointing = false;  // one shared set of block internals, recomputed in backward
+  // Checkpointed blocks of each stack (model/checkpointing.hpp): the first n of the encoder,
+  // then of the decoder.
+  int64_t enc_checkpointed = 0, dec_checkpointed = 0;
   Tensor enc_bias, dec_bias, enc_dbias, dec_dbias;  // [H/p, T, T] (master dtype)
   Tensor enc_buckets, dec_buckets;                  // i32 [T * T] of the current lengths
   int64_t enc_buckets_T = -1, dec_buckets_T = -1;   // the lengths the bucket tables hold
@@ -196,8 +199,11 @@ struct T5Activations {
 
 // Buffers for micro-batches of up to B rows of up to Te encoder and Td decoder positions; a
 // smaller batch is laid out compactly at its own [B, Te] / [B, Td] and uses the first rows.
-// checkpointing: keep only the block inputs (the residual streams) and recompute each block's
-// forward before its backward (one set of block internals instead of Le + Ld).
+// checkpointing: keep only the block inputs (the residual streams) of the first blocks (encoder
+// blocks first, then decoder blocks) and recompute their forward before their backward
+// (model/checkpointing.hpp; every block: one set of block internals per stack instead of Le, Ld).
+T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable,
+                             Checkpointed checkpointing);
 T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td, bool trainable,
                              bool checkpointing = false);
 // Returns sum over decoder positions of weight * loss (the same on every TP rank); with grad,

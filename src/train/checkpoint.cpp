@@ -40,7 +40,8 @@ const std::set<std::string>& free_options() {
   static const std::set<std::string> s = {
       "run_id", "output_dir", "threads", "log_every", "save_model", "val_split", "max_val_rows", "eval_every",
       "eval_at_start", "tokenizer", "watchdog_timeout", "memory_limit", "gpu_memory_limit", "zero3_prefetch", "parallel", "tp_size",
-      "checkpoint_every", "checkpoint_dir", "resume", "keep_checkpoints", "data", "overwrite"};
+      "checkpoint_every", "checkpoint_dir", "resume", "keep_checkpoints", "data", "overwrite",
+      "activation_checkpointing"};  // recomputation gives identical gradients
   return s;
 }
 

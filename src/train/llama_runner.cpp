@@ -8,6 +8,7 @@
 #include "core/allocator.hpp"
 #include "core/log.hpp"
 #include "io/llama_io.hpp"
+#include "model/llama_cache.hpp"
 #include "train/evaluate.hpp"
 #include "train/families.hpp"
 #include "train/loader.hpp"
@@ -36,6 +37,24 @@ LlamaConfig config_from_options(const RunConfig& c, const ShardInfo& info, const
   m.validate(str("options of ", c.deck.empty() ? std::string("the command line") : c.deck));
   return m;
 }
+
+// The KV-cached decoder over the runner's model (model/llama_cache.hpp).
+class Decoder final : public TokenDecoder {
+ public:
+  Decoder(LlamaModel& m, int64_t capacity, int64_t max_step) : m_(m), cache_(llama_kv_cache(m, capacity, max_step)) {}
+  void reset() override { cache_.reset(); }
+  int64_t length() const override { return cache_.length; }
+  int64_t capacity() const override { return cache_.capacity; }
+  std::vector<float> step(const std::vector<int32_t>& ids) override {
+    const Tensor logits = llama_decode(m_, cache_, ids).to_cpu(DType::f32);
+    const float* p = logits.ptr<float>();
+    return std::vector<float>(p, p + logits.numel());
+  }
+
+ private:
+  LlamaModel& m_;
+  LlamaKvCache cache_;
+};
 
 class DecoderRunner final : public ModelRunner {
  public:
@@ -94,7 +113,8 @@ class DecoderRunner final : public ModelRunner {
   std::vector<int32_t> row_tokens(const ShardDataset& data) const override { return data.lengths(); }
   bool has_hooks() const override { return m_.hooks != nullptr; }
 
-  void allocate(int64_t B, bool checkpointing, bool training) override {
+  int64_t num_blocks() const override { return m_.cfg.num_layers; }
+  void allocate(int64_t B, Checkpointed checkpointing, bool training) override {
     acts_ = std::make_unique<LlamaActivations>(llama_activations(m_, B, shape_.row_len(), checkpointing, training));
     buffers_ = std::make_unique<BatchBuffers>(B, shape_.row_len(), device_);
   }
@@ -129,6 +149,13 @@ class DecoderRunner final : public ModelRunner {
     llama_forward(m_, acts, b, LayerContext{}, false);
     return acts.logits.slice(0, in.B * in.T).to_cpu(DType::f32).view({in.B, in.T, m_.cfg.vocab_size});
   }
+
+  std::unique_ptr<TokenDecoder> decoder(int64_t capacity, int64_t max_step) override {
+    return std::make_unique<Decoder>(m_, capacity, max_step);
+  }
+  int64_t bos_id() const override { return m_.cfg.bos_token_id; }
+  int64_t eos_id() const override { return m_.cfg.eos_token_id; }
+  int64_t vocab_size() const override { return m_.cfg.vocab_size; }
 
   void save(const std::string& dir, const std::string& tokenizer_path, uint64_t max_shard_bytes) override {
     llama_dequantize(m_);  // a QLoRA base merges in its dequantized form

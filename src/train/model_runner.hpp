@@ -45,6 +45,17 @@ struct LogitsInput {
   std::vector<int32_t> dec_ids;       // [B, Td] (seq2seq)
 };
 
+// Incremental decoding of one sequence with a key/value cache (`shardtune generate`).
+class TokenDecoder {
+ public:
+  virtual ~TokenDecoder() = default;
+  virtual void reset() = 0;              // start a new sequence (the cache empties)
+  virtual int64_t length() const = 0;    // positions in the cache
+  virtual int64_t capacity() const = 0;  // the most positions it holds
+  // Feeds ids (1 <= n <= the step limit) at the next positions; the logits [V] of the last, f32.
+  virtual std::vector<float> step(const std::vector<int32_t>& ids) = 0;
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -67,7 +78,10 @@ class ModelRunner {
   virtual bool has_hooks() const = 0;
 
   // Activation and batch buffers for micro-batches of up to B rows of the data's shape.
-  virtual void allocate(int64_t B, bool checkpointing, bool training) = 0;
+  // checkpointing: the first blocks that recompute their forward in backward (training only).
+  virtual void allocate(int64_t B, Checkpointed checkpointing, bool training) = 0;
+  // Blocks activation checkpointing counts (T5: encoder + decoder blocks).
+  virtual int64_t num_blocks() const = 0;
   // One micro-batch: every target token weighs token_weight; returns the weighted loss sum.
   virtual double forward(const Batch& host, double token_weight, const LayerContext& ctx, bool grad) = 0;
   virtual void backward(const LayerContext& ctx) = 0;  // after forward(..., grad = true)
@@ -76,6 +90,14 @@ class ModelRunner {
   virtual EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) = 0;
   // The logits [B, T (decoder: Td), V] of one forward on `in` (no TP), as an f32 CPU tensor.
   virtual Tensor logits(const LogitsInput& in) = 0;
+
+  // A decoder for sequences of up to `capacity` positions fed at most `max_step` tokens per step
+  // (one rank). InputError for a family that cannot decode incrementally (T5, for now).
+  virtual std::unique_ptr<TokenDecoder> decoder(int64_t capacity, int64_t max_step) = 0;
+  // The model's BOS and EOS token ids (its config.json; -1: none).
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+  virtual int64_t vocab_size() const = 0;
 
   // Dequantize NF4 bases, merge adapters and write a Hugging Face directory, sharded above
   // max_shard_bytes (collective within the TP group; the TP group's rank 0 writes).

@@ -64,7 +64,7 @@ DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& 
   c.parallel = P.name();
   c.tp_size = P.tp;
   c.method = method_name(L.method);
-  c.activation_checkpointing = L.checkpointing;
+  c.activation_checkpointing = checkpointing_value(L.checkpointing.blocks, Checkpointed::kAll);
   const Device device = run_device(c);
   const DType dtype = run_dtype(c, device);
   const int tp = P.tp, dp = P.dp;
@@ -87,6 +87,7 @@ DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& 
   TrainingState s = build_training_state(c, P, L.method, data.info, data.shape, dtype, device, comms, true);
   out.memory.setup_peak = a.stats().total_peak;
   out.memory.persistent = a.stats().total_current;
+  out.memory.blocks = s.model->num_blocks();
   out.flops_per_token = s.model->flops_per_token();
   out.trainable = s.num_trainable;
   out.num_parameters = s.num_parameters;
@@ -239,7 +240,7 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       PlanLayout l;
       l.parallel = ParallelLayout::make(par, tp, n, "planner");
       l.method = m;
-      l.checkpointing = c.activation_checkpointing;
+      l.checkpointing = checkpointing_is_auto(c) ? Checkpointed::all() : run_checkpointing(c);
       layouts.push_back(l);
     };
     // On one rank a strategy's machinery still runs (groups of one): planned when asked for.
@@ -262,17 +263,20 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
     LayoutEstimate e;
     e.layout = l;
     try {
-      PlanLayout other = l;
-      other.checkpointing = !l.checkpointing;
       DryOutcome main0 = dry_run(c, data, l, 0);
       RankPlan mem = main0.memory;
       if (n > 1) mem = max_of(mem, dry_run(c, data, l, n - 1).memory);
-      const RankPlan alt = dry_run(c, data, other, 0).memory;
       e.memory = mem;
-      const size_t act = mem.at_peak[static_cast<size_t>(MemCategory::activations)];
-      const size_t act_other = alt.at_peak[static_cast<size_t>(MemCategory::activations)];
-      e.activations_ckpt = l.checkpointing ? act : act_other;
-      e.activations_full = l.checkpointing ? act_other : act;
+      // Activations with every block checkpointed and with none (rank 0).
+      const int64_t k = l.checkpointing.of(main0.memory.blocks);
+      auto activations = [&](Checkpointed ck) {
+        if (ck.of(main0.memory.blocks) == k) return mem.at_peak[static_cast<size_t>(MemCategory::activations)];
+        PlanLayout other = l;
+        other.checkpointing = ck;
+        return dry_run(c, data, other, 0).memory.at_peak[static_cast<size_t>(MemCategory::activations)];
+      };
+      e.activations_ckpt = activations(Checkpointed::all());
+      e.activations_full = activations(Checkpointed::none());
       e.reserve = req.reserve >= 0 ? static_cast<size_t>(req.reserve)
                                    : default_runtime_reserve(c.device, l.parallel.has_communicators());
       e.fits = req.device_memory == 0 || mem.max_peak() + e.reserve <= req.device_memory;
@@ -300,6 +304,43 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
     }
     out.push_back(e);
   }
+  return out;
+}
+
+CheckpointChoice choose_checkpointing(const RunConfig& c, const PlanData& data, const ParallelLayout& parallel,
+                                      Method method, size_t device_memory, size_t reserve, const std::string& where) {
+  CheckpointChoice out;
+  auto predict = [&](int64_t n) {
+    ++out.dry_runs;
+    return predict_memory(c, data, PlanLayout{parallel, method, Checkpointed{n}});
+  };
+  auto fits = [&](const RankPlan& p) { return device_memory == 0 || p.max_peak() + reserve <= device_memory; };
+  RankPlan none = predict(0);
+  out.total = none.blocks;
+  if (fits(none)) {
+    out.memory = none;
+    return out;
+  }
+  RankPlan all = predict(out.total);
+  if (!fits(all))
+    ST_THROW_INPUT(where, ": activation_checkpointing = auto: nothing fits: with all ", out.total,
+                   " blocks checkpointed the predicted peak is ", format_bytes(static_cast<double>(all.max_peak())), " + ",
+                   format_bytes(static_cast<double>(reserve)), " reserved outside the allocator, over ",
+                   format_bytes(static_cast<double>(device_memory)), " (see `shardtune plan`)");
+  // fits(hi), !fits(lo); n = 1 costs what n = 0 does (model/checkpointing.hpp), so start at 1.
+  int64_t lo = 1, hi = out.total;
+  out.memory = all;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    RankPlan p = predict(mid);
+    if (fits(p)) {
+      hi = mid;
+      out.memory = p;
+    } else {
+      lo = mid;
+    }
+  }
+  out.blocks = hi;
   return out;
 }
 

@@ -29,17 +29,18 @@ struct RankPlan {
   size_t peak = 0;        // training peak: what metrics.h5 records as peak_memory
   std::array<size_t, kNumMemCategories> at_peak{};  // its breakdown by category
   size_t setup_peak = 0;  // while loading and setting up (before training)
+  int64_t blocks = 0;     // the model's blocks (what activation checkpointing counts)
   size_t persistent = 0;  // held after set-up
   size_t load_peak() const { return setup_peak; }
   size_t max_peak() const { return peak > setup_peak ? peak : setup_peak; }
 };
 
 // A layout of a run: the parallel layout (world, tp, dp, strategy), the method and activation
-// checkpointing.
+// checkpointing (how many of the first blocks).
 struct PlanLayout {
   ParallelLayout parallel;
   Method method = Method::full;
-  bool checkpointing = false;
+  Checkpointed checkpointing;
 };
 
 // The shapes the buffers are sized for: from the shards when they exist, else given.
@@ -86,8 +87,8 @@ struct LayoutEstimate {
   bool applies = true;
   std::string reason;           // why it does not apply
   RankPlan memory;              // with layout.checkpointing
-  size_t activations_ckpt = 0;  // activations at the peak with checkpointing
-  size_t activations_full = 0;  // and without
+  size_t activations_ckpt = 0;  // activations at the peak with every block checkpointed
+  size_t activations_full = 0;  // and with none
   size_t reserve = 0;           // what was added for memory outside the allocator
   bool fits = false;            // max_peak + reserve <= device memory (always true without a limit)
   StepTime step;                // of one optimizer step at the epoch's typical length
@@ -118,10 +119,24 @@ std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data
 Batch plan_full_batch(int64_t B, const PlanData& data);
 
 // Every (strategy, tp, method) for the request, each with both checkpointing settings'
-// activations and the deck's checkpointing setting for its totals.
+// activations and the deck's checkpointing setting for its totals (auto: every block, the
+// setting most likely to fit; the run then resolves auto with choose_checkpointing).
 std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req);
 // The estimate with the most rows per second that fits for `method`, or nullptr.
 const LayoutEstimate* recommend(const std::vector<LayoutEstimate>& all, Method method);
+
+// activation_checkpointing = auto: the fewest checkpointed blocks (the first n) whose predicted
+// peak (the larger of the set-up and training peaks, on the largest rank) plus `reserve` fits
+// `device_memory` (0: no limit, so none). The peak does not grow with n, so a binary search over
+// 0..blocks. InputError naming `where` when even every block checkpointed does not fit.
+struct CheckpointChoice {
+  int64_t blocks = 0;   // checkpointed
+  int64_t total = 0;    // the model's blocks
+  RankPlan memory;      // the prediction at the choice
+  int dry_runs = 0;
+};
+CheckpointChoice choose_checkpointing(const RunConfig& c, const PlanData& data, const ParallelLayout& parallel,
+                                      Method method, size_t device_memory, size_t reserve, const std::string& where);
 
 // CUDA context + cuBLAS (+ NCCL when the layout has communicators) outside our allocator,
 // from the H100 measurements in docs/bench/h100-2026-11-24-planner.md: 0.52-1.19 GiB without

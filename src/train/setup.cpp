@@ -2,7 +2,9 @@
 
 #include "adapters/peft.hpp"
 #include "core/allocator.hpp"
+#include "core/dryrun.hpp"
 #include "core/log.hpp"
+#include "model/fp8_base.hpp"
 #include "parallel/parallelize.hpp"
 #include "train/preflight.hpp"
 
@@ -17,6 +19,26 @@ DType run_dtype(const RunConfig& c, Device d) {
   if (d == Device::cpu) ST_THROW_INPUT(c.origin.at("dtype"), ": dtype bf16 needs device = cuda (the CPU path computes in f32)");
   return DType::bf16;
 }
+
+namespace {
+
+// base_precision = fp8: the adapted layers' frozen base in FP8 E4M3 (model/fp8_base.hpp).
+void hold_base_in_fp8(const RunConfig& c, TrainingState& s, const DataShape& shape, Device device) {
+  const std::string where = c.origin.count("base_precision") ? c.origin.at("base_precision") : std::string("options");
+  if (device == Device::cuda && !dry_run_active()) {  // the planner plans for any GPU; the run checks its own
+    const Fp8Support sup = fp8_support(Device::cuda);
+    if (!sup.gemm)
+      ST_THROW_INPUT(where, ": base_precision = fp8 needs FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, "
+                     "Blackwell): ", sup.reason, " (use base_precision = bf16)");
+  }
+  const int64_t rows = c.micro_batch_size * std::max(shape.row_len(), shape.target_len);
+  const int64_t n = fp8_convert_base(s.model->linears(), rows, where);
+  if (!dry_run_active())
+    ST_LOG("fp8: the frozen base of ", n, " adapted linear layers in FP8 E4M3 (per-tensor scales; activations quantized "
+         "with current scaling)");
+}
+
+}  // namespace
 
 TrainingState build_training_state(const RunConfig& c, const ParallelLayout& layout, Method method,
                                    const ShardInfo& info, const DataShape& shape, DType dtype, Device device,
@@ -59,6 +81,12 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
              " modules)");
     }
   }
+  if (c.base_precision == "fp8" && s.lora_adapters > 0) {
+    if (layout.zero3())  // parallel = auto may have chosen it
+      ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
+                     "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
+    hold_base_in_fp8(c, s, shape, device);
+  }
   s.num_parameters = s.model->num_parameters();
   s.num_trainable = training ? s.model->num_trainable() : 0;
   s.weight_bytes = s.model->weight_bytes();
@@ -70,7 +98,7 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
   if (training)
     s.opt = std::make_unique<AdamW>(s.zero ? s.zero->params() : trainable_params(table), c.adam_beta1, c.adam_beta2,
                                     c.adam_eps, c.weight_decay);
-  s.model->allocate(c.micro_batch_size, c.activation_checkpointing, training);
+  s.model->allocate(c.micro_batch_size, training ? run_checkpointing(c) : Checkpointed::none(), training);
   return s;
 }
 

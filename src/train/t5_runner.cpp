@@ -111,7 +111,8 @@ class T5Runner final : public ModelRunner {
 
   bool has_hooks() const override { return m_.hooks != nullptr; }
 
-  void allocate(int64_t B, bool checkpointing, bool training) override {
+  int64_t num_blocks() const override { return m_.cfg.num_layers + m_.cfg.num_decoder_layers; }
+  void allocate(int64_t B, Checkpointed checkpointing, bool training) override {
     B_ = B;
     acts_ = std::make_unique<T5Activations>(t5_activations(m_, B, shape_.seq_len, shape_.target_len, training, checkpointing));
     const int64_t NE = B * shape_.seq_len, ND = B * shape_.target_len;
@@ -144,6 +145,14 @@ class T5Runner final : public ModelRunner {
     s.label_scores = label_scores_at(acts_->logits, batch_.Td, pos, label_ids, d.vocab_offset, d.vocab, m_.tp);
     return s;
   }
+
+  std::unique_ptr<TokenDecoder> decoder(int64_t, int64_t) override {
+    ST_THROW_INPUT("generate: the t5 family (encoder-decoder) has no incremental decoder yet; generate samples from "
+                   "the decoder families (llama, mistral, qwen2)");
+  }
+  int64_t bos_id() const override { return -1; }
+  int64_t eos_id() const override { return m_.cfg.eos_token_id; }
+  int64_t vocab_size() const override { return m_.cfg.vocab_size; }
 
   Tensor logits(const LogitsInput& in) override {
     T5Activations acts = t5_activations(m_, in.B, in.T, in.Td, false, false);

@@ -437,7 +437,7 @@ void Run::build_model(bool training) {
     PlanLayout layout;
     layout.parallel = layout_;
     layout.method = method_;
-    layout.checkpointing = cfg_.activation_checkpointing;
+    layout.checkpointing = run_checkpointing(cfg_);
     predicted_peak_ = predict_rank_memory(cfg_, PlanData{ref.info(), shape}, layout, rt0.world_rank).peak;
     ST_LOG("plan: predicted peak ", format_bytes(static_cast<double>(predicted_peak_)), " on this rank");
   }

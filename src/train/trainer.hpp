@@ -16,4 +16,9 @@ int run_training(const RunConfig& cfg, const ParallelLayout& layout);
 // printed and written to <run dir>/metrics.h5.
 int run_evaluation(const RunConfig& cfg, const ParallelLayout& layout);
 
+// The options of a model use with `adapter` set (eval, generate): an adapter a QLoRA run saved
+// (its shardtune_adapter.json) runs on the NF4 base it was trained on unless the deck sets
+// `method`; a dense use of it is warned about.
+RunConfig with_adapter_method(const RunConfig& cfg);
+
 }  // namespace st

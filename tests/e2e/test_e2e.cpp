@@ -206,6 +206,42 @@ TEST_F(E2E, FullThenLoraThenEvalThenReport) {
   EXPECT_EQ(tc.at("tokenizer_class"), "LlamaTokenizer");
   EXPECT_EQ(tc.at("bos_token"), "<s>");
 
+  // generate with the QLoRA adapter (its base from base_model_name_or_path, in NF4 as trained):
+  // JSON lines with the prompt's ids and up to 6 new ones; the same seed samples the same text.
+  test::write_file(d + "/prompts.txt", "the film is\n\na movie\n");
+  const std::string gen = bin() + " generate --adapter " + adapter + " --prompt-file " + d + "/prompts.txt --max-new-tokens 6";
+  ASSERT_EQ(test::run_command(gen + " --output " + d + "/greedy.jsonl", &out), 0) << out;
+  EXPECT_NE(out.find("linear layers in NF4"), std::string::npos) << out;
+  EXPECT_NE(out.find("tokens/s"), std::string::npos) << out;
+  {
+    std::istringstream lines(test::read_file(d + "/greedy.jsonl"));
+    std::string line;
+    int n = 0;
+    for (; std::getline(lines, line); ++n) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      EXPECT_EQ(j.at("prompt"), n == 0 ? "the film is" : "a movie");
+      EXPECT_EQ(j.at("prompt_ids").at(0), 1);  // BOS
+      const size_t k = j.at("new_ids").size();
+      EXPECT_TRUE(k == 6 || (k >= 1 && j.at("finish") == "eos")) << line;
+      EXPECT_GT(j.at("tokens_per_second").get<double>(), 0) << line;
+    }
+    EXPECT_EQ(n, 2);
+  }
+  const std::string sample = "(" + gen + " --temperature 0.9 --top-k 50 --top-p 0.95 --seed 7 --output - 2>/dev/null)";
+  auto sampled_ids = [&]() {
+    std::string o;
+    EXPECT_EQ(test::run_command(sample, &o), 0) << o;
+    std::istringstream lines(o);
+    std::vector<std::vector<int>> ids;
+    for (std::string line; std::getline(lines, line);) ids.push_back(nlohmann::json::parse(line).at("new_ids"));
+    return ids;
+  };
+  const std::vector<std::vector<int>> s1 = sampled_ids();
+  EXPECT_EQ(s1.size(), 2u);
+  EXPECT_EQ(sampled_ids(), s1) << "sampling with one seed must repeat";
+  ASSERT_EQ(test::run_command(bin() + " generate --adapter " + adapter + " --prompt x --top-p 0.5", &out), 2) << out;
+  EXPECT_NE(out.find("--top-p applies to sampling"), std::string::npos) << out;
+
   // 3. eval of the saved model
   rc = test::run_command(bin() + " eval --deck " + d + "/full.cfg --run_id evalrun --model " + d + "/runs/full/model", &out);
   ASSERT_EQ(rc, 0) << out;
@@ -283,10 +319,12 @@ TEST_F(E2E, PlannerPredictsEveryRanksPeak) {
   // bytes (host-side buffers that depend on the rank), checked at 0.1%.
   const std::string d = *dir;
   struct Case { const char* id; int np; const char* args; const char* deck; };
-  for (const Case& c : {Case{"plan_one", 1, "--method lora", "full.cfg"},
+  for (const Case& c : {Case{"plan_one", 1, "--method lora --num_layers 4 --activation_checkpointing 3", "full.cfg"},
                         Case{"plan_zero3", 2, "--parallel zero3 --method qlora --activation_checkpointing true", "full.cfg"},
                         Case{"plan_tp", 2, "--parallel tp --tp_size 2", "full.cfg"},
-                        Case{"plan_t5_ddp", 2, "--parallel ddp --method lora", "t5.cfg"}}) {
+                        Case{"plan_fp8", 1, "--method lora --base_precision fp8", "full.cfg"},
+                        Case{"plan_fp8_qlora", 2, "--parallel ddp --method qlora --base_precision fp8", "full.cfg"},
+                        Case{"plan_t5_ddp", 2, "--parallel ddp --method lora --activation_checkpointing 3", "t5.cfg"}}) {
     std::string out;
     const int rc = test::run_command(mpirun() + " -np " + std::to_string(c.np) + " " + bin() + " train --deck " + d + "/" +
                                          c.deck + " --run_id " + c.id + " --max_steps 3 --threads 1 --save_model false " + c.args,
@@ -294,6 +332,22 @@ TEST_F(E2E, PlannerPredictsEveryRanksPeak) {
     ASSERT_EQ(rc, 0) << out;
     expect_prediction_matches(d + "/runs/" + c.id + "/metrics.h5", 1e-3);
   }
+  // activation_checkpointing = auto under plan_one's own peak (3 of 4 blocks checkpointed): the
+  // planner picks those 3 (2 would need one more set of block internals), and the run fits. (No
+  // adapter saved: writing it allocates beyond the training peak, which the planner does not count.)
+  const std::string m1 = d + "/runs/plan_one/metrics.h5";
+  const int64_t peak = h5::read_attr_int(h5::open_group(h5::open_file_read(m1), "summary"), "predicted_peak", m1);
+  std::string out;
+  ASSERT_EQ(test::run_command(bin() + " train --deck " + d + "/full.cfg --run_id plan_auto --max_steps 3 --threads 1 "
+                                  "--save_model false --save_adapter false --method lora --num_layers 4 --activation_checkpointing auto "
+                                  "--memory_limit " + std::to_string(peak),
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("plan: activation_checkpointing = auto chose 3 of 4 blocks checkpointed"), std::string::npos) << out;
+  const std::string m2 = d + "/runs/plan_auto/metrics.h5";
+  EXPECT_EQ(h5::read_attr_string(h5::open_group(h5::open_file_read(m2), "config"), "activation_checkpointing", m2), "3");
+  expect_prediction_matches(m2, 1e-3);
 }
 
 TEST_F(E2E, PlanCommandTablesEveryLayoutAndAutoPicksOne) {
@@ -338,7 +392,8 @@ TEST_F(E2E, PlanCommandTablesEveryLayoutAndAutoPicksOne) {
   EXPECT_NE(out.find("parallel = auto: no strategy fits"), std::string::npos) << out;
   // parallel = auto runs with the strategy the planner names, recorded in metrics.h5.
   ASSERT_EQ(test::run_command(mpirun() + " -np 2 " + bin() + " train --deck " + d +
-                                  "/full.cfg --run_id auto_pick --parallel auto --max_steps 2 --threads 1 --save_model false",
+                                  "/full.cfg --run_id auto_pick --parallel auto --activation_checkpointing auto --max_steps 2 --threads 1 "
+                                  "--save_model false",
                               &out),
             0)
       << out;
@@ -347,6 +402,9 @@ TEST_F(E2E, PlanCommandTablesEveryLayoutAndAutoPicksOne) {
   h5::Handle f = h5::open_file_read(m);
   const std::string chosen = summary_string(f, "strategy", m);
   EXPECT_NE(out.find("chose " + chosen), std::string::npos) << chosen << "\n" << out;
+  // activation_checkpointing = auto without a memory limit on CPU: none, recorded as resolved.
+  EXPECT_NE(out.find("plan: activation_checkpointing = auto chose 0 of 2 blocks checkpointed"), std::string::npos) << out;
+  EXPECT_EQ(h5::read_attr_string(h5::open_group(f, "config"), "activation_checkpointing", m), "false");
   // Without shards the plan takes the lengths from the command line (a T5 needs both).
   ASSERT_NE(test::run_command(bin() + " plan --deck " + d + "/t5.cfg --data " + d + "/none --ranks 1", &out), 0);
   EXPECT_NE(out.find("--seq-len"), std::string::npos) << out;

@@ -103,6 +103,7 @@ TEST_F(RobustE2E, BadOptionsOfEverySubcommandAreRefusedBeforeStartUp) {
       {"plan" + deck + " --lr inf", {"lr", "finite"}},
       {"export" + deck + " --model " + d + " --adapter " + d + " --peft " + d + "/p --max-shard-size nan", {"--max-shard-size"}},
       {"export" + deck + " --lora_alpha nan --model " + d + " --adapter " + d + " --peft " + d + "/p", {"lora_alpha", "finite"}},
+      {"generate --prompt a --max-new-tokens 99999999999999999999 --output " + d + "/p", {"--max-new-tokens", "out of range"}},
   };
   const auto t0 = std::chrono::steady_clock::now();
   for (const Case& c : cases) expect_exit(bin() + " " + c.args, kExitInput, c.expect);

@@ -8,13 +8,15 @@
 #   tests/gpu/device_checks.sh [STEP ...]     (default: build goldens test-gpu golden-cpu peft)
 #
 # Steps: build, goldens, test-gpu, golden-cpu (the CPU golden tests against fresh fixtures),
-# peft, bench-packing, bench (BENCH_ARGS), generate-check. Needs BOOST_PO_SRC for the image's
+# peft, bench-packing, bench (BENCH_ARGS), bench-regress (.bench_before vs this tree, twice,
+# interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT/golden"
 JOBS=${JOBS:-16}
 BOOST_PO_SRC=${BOOST_PO_SRC:-.boost_po/src}
+MPI="mpirun --allow-run-as-root --bind-to none"
 MK="make -j$JOBS BOOST_PO_SRC=$BOOST_PO_SRC CUDA_ARCHS=90"
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(build goldens test-gpu golden-cpu peft)
@@ -51,9 +53,29 @@ for s in "${steps[@]}"; do
       run_step peft python3 tests/gpu/peft_interop.py --bin build/shardtune --device cuda ;;
     bench-packing)
       run_step bench-packing python3 analysis/bench_packing.py --bin build/shardtune --data-dir data/bench \
-        --out "$OUT/packing" ;;
+        --mpirun "$MPI" --out "$OUT/packing" ${PACKING_ARGS:-} ;;
     bench)
-      run_step bench $MK bench BENCH_ARGS="${BENCH_ARGS:-} --out $OUT/bench" ;;
+      run_step bench $MK bench BENCH_ARGS="${BENCH_ARGS:-}" ;;
+    bench-regress)
+      # Before/after a structural change: the old tree is a `git archive` in .bench_before
+      # (carried as an ignored folder); each tree runs its own bench.py and decks on shared shards.
+      root=$PWD
+      run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build"
+      for round in 1 2; do
+        for tree in after before; do
+          dir=$root; [ $tree = before ] && dir=$root/.bench_before
+          run_step bench-$tree-$round bash -c "cd $dir && env -u OUT python3 analysis/bench.py --bin build/shardtune \
+            --configs ${REGRESS_CONFIGS:-7b_lora,1b_full} --skip-reference --mpirun \"$MPI\" --data-dir $root/data/bench/random-1024 \
+            --out-dir $OUT/bench-$tree-$round --quiet"
+        done
+      done ;;
+    generate-check)
+      # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
+      # and the cached vs uncached rate.
+      run_step generate-check bash -c "for dt in f32 bf16; do for c in true false; do \
+        build/shardtune generate --model ../shared/data/models/stories260K --prompt 'Once upon a time' \
+          --prompt 'The little dog' --max-new-tokens 256 --stop-at-eos false --device cuda --dtype \$dt \
+          --kv-cache \$c --output $OUT/generate_\${dt}_cache_\$c.jsonl || exit 1; done; done" ;;
     *)
       echo "unknown step $s" | tee -a "$OUT/summary.txt" ;;
   esac

@@ -171,6 +171,11 @@ class Decks(unittest.TestCase):
 
     def test_select_configs(self):
         self.assertEqual(bench.select_configs("7b_lora, llama13b_lora"), ["7b_lora", "13b_lora"])
+        group = bench.select_configs("7b_lora,issue20")
+        self.assertEqual(group[0], "7b_lora")
+        self.assertEqual(len(group), len(set(group)))
+        self.assertIn("7b_lora_fp8", group)
+        self.assertEqual(bench.CONFIGS["7b_qlora_fp8"]["args"], ["--activation_checkpointing", "auto", "--base_precision", "fp8"])
         with self.assertRaisesRegex(ValueError, "unknown config 'llama70b'"):
             bench.select_configs("llama70b")
 

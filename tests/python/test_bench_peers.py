@@ -81,7 +81,7 @@ class CompiledPeerOptions(unittest.TestCase):
 class Settings(unittest.TestCase):
     def test_checkpointing_values(self):
         self.assertEqual([bench.checkpointing_value(v) for v in ("True", "1", "off", "", "auto", "12")],
-                         ["true", "true", "false", "false", "auto", "12"])
+                         ["true", "1", "false", "false", "auto", "12"])
         self.assertEqual([bench.checkpointing_on(v) for v in ("true", "false", "auto", "0", "8")],
                          [True, False, True, False, True])
         self.assertEqual(deck_shape("7b_lora")["checkpointing_value"], "true")

@@ -109,7 +109,7 @@ TEST(Decks, BenchmarkDecksHoldTheIssueShapes) {
     EXPECT_EQ(c.num_heads, w.heads);
     EXPECT_EQ(c.num_kv_heads, w.kv_heads);
     EXPECT_EQ(c.method, w.method);
-    EXPECT_EQ(c.activation_checkpointing, w.checkpointing);
+    EXPECT_EQ(c.activation_checkpointing, w.checkpointing ? "true" : "false");
     EXPECT_EQ(c.vocab_size, 32000);
     EXPECT_EQ(c.max_position_embeddings, 2048);
     EXPECT_FALSE(c.tie_embeddings);

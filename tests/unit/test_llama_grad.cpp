@@ -140,23 +140,52 @@ TEST(LlamaGrad, LoraWithDropout) {
   check_model_gradients(m, true, ctx);
 }
 
+// Checkpointing any number of the first blocks (model/checkpointing.hpp) gives exactly the
+// gradients of checkpointing none: full fine-tuning, and LoRA with dropout (the recompute reuses
+// the adapters' saved state and the seed), on 4 blocks for every n = 0..4 (and "all").
 TEST(LlamaGrad, CheckpointingGivesIdenticalGradients) {
-  auto grads = [](bool ckpt) {
-    LlamaModel m = llama_build(tiny_config(false), DType::f64, Device::cpu);
-    llama_init_random(m, 10, 0.5);
-    llama_enable_base_training(m);
-    LlamaBatch batch = tiny_batch(2, 6, 43);
-    LlamaActivations acts = llama_activations(m, 2, 6, ckpt, true);
-    llama_forward(m, acts, batch, LayerContext{}, true);
-    llama_backward(m, acts, batch, LayerContext{});
-    std::vector<Tensor> out;
-    for (auto& p : llama_trainable_params(m)) out.push_back(p.grad->clone(MemCategory::other));
-    return out;
-  };
-  auto a = grads(false), b = grads(true);
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    for (int64_t j = 0; j < a[i].numel(); ++j) ASSERT_EQ(a[i].ptr<double>()[j], b[i].ptr<double>()[j]) << i << "/" << j;
+  for (bool lora : {false, true}) {
+    SCOPED_TRACE(lora ? "lora + dropout" : "full");
+    auto grads = [&](Checkpointed ck, size_t* sets) {
+      LlamaConfig cfg = tiny_config(false);
+      cfg.num_layers = 4;
+      LlamaModel m = llama_build(cfg, DType::f64, Device::cpu);
+      llama_init_random(m, 10, 0.5);
+      LayerContext ctx;
+      if (lora) {
+        LoraConfig lc;
+        lc.r = 2;
+        lc.dropout = 0.25;
+        attach_lora(m, lc, 12, 5);
+        for (Linear* lin : llama_linears(m))
+          if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.3);
+        ctx.training = true;
+        ctx.dropout_seed = 99;
+      } else {
+        llama_enable_base_training(m);
+      }
+      LlamaBatch batch = tiny_batch(2, 6, 43);
+      LlamaActivations acts = llama_activations(m, 2, 6, ck, true);
+      *sets = acts.blocks.size();
+      llama_forward(m, acts, batch, ctx, true);
+      llama_backward(m, acts, batch, ctx);
+      std::vector<Tensor> out;
+      for (auto& p : llama_trainable_params(m)) out.push_back(p.grad->clone(MemCategory::other));
+      return out;
+    };
+    size_t sets = 0;
+    const auto ref = grads(Checkpointed::none(), &sets);
+    EXPECT_EQ(sets, 4u);
+    for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, Checkpointed::kAll}) {
+      SCOPED_TRACE(n);
+      const auto b = grads(Checkpointed{n}, &sets);
+      EXPECT_EQ(sets, static_cast<size_t>(n >= 4 ? 1 : 4 - n + 1));  // the first n share one set
+      ASSERT_EQ(ref.size(), b.size());
+      for (size_t i = 0; i < ref.size(); ++i)
+        for (int64_t j = 0; j < ref[i].numel(); ++j)
+          ASSERT_EQ(ref[i].ptr<double>()[j], b[i].ptr<double>()[j]) << i << "/" << j;
+    }
+  }
 }
 
 TEST(LlamaGrad, LoraWithZeroBEqualsBase) {

@@ -222,6 +222,70 @@ TEST(Planner, CheckpointingShrinksActivationsAndLayoutsThatDoNotApplyAreExplaine
   EXPECT_NE(recommend(plan_layouts(c, plan_data_synthetic(c, 16, 0), req), Method::lora), nullptr);
 }
 
+// activation_checkpointing = N and auto: the first N blocks share one set of internals, so the
+// activations fall by one set per block beyond the first; auto picks the fewest that fit.
+TEST(Planner, PartialCheckpointingAndAutoPicksTheFewestBlocksThatFit) {
+  Tiny m;
+  m.L = 5;
+  RunConfig c = m.config();
+  c.method = "lora";
+  const PlanData data = plan_data_synthetic(c, 16, 0);
+  const ParallelLayout one = ParallelLayout::make(Strategy::none, 1, 1);
+  std::vector<RankPlan> by_n;
+  for (int64_t n = 0; n <= m.L; ++n) by_n.push_back(predict_memory(c, data, PlanLayout{one, Method::lora, Checkpointed{n}}));
+  EXPECT_EQ(by_n[0].blocks, m.L);
+  EXPECT_EQ(by_n[1].peak, by_n[0].peak);  // one checkpointed block shares its set with nobody
+  const size_t act0 = at(by_n[0], MemCategory::activations);
+  const size_t set = act0 - at(by_n[2], MemCategory::activations);  // one block's internals
+  EXPECT_GT(set, 0u);
+  for (int64_t n = 2; n <= m.L; ++n) {
+    EXPECT_EQ(at(by_n[static_cast<size_t>(n)], MemCategory::activations), act0 - static_cast<size_t>(n - 1) * set) << n;
+    EXPECT_EQ(by_n[static_cast<size_t>(n)].at_peak[static_cast<size_t>(MemCategory::weights)],
+              by_n[0].at_peak[static_cast<size_t>(MemCategory::weights)]);
+  }
+  EXPECT_EQ(predict_memory(c, data, PlanLayout{one, Method::lora, Checkpointed::all()}).peak, by_n.back().peak);
+  // auto: for a limit between the peaks of n - 1 and n blocks, n (never a larger n).
+  for (int64_t want = 2; want <= m.L; ++want) {
+    SCOPED_TRACE(want);
+    const size_t limit = by_n[static_cast<size_t>(want)].max_peak() + set / 2;
+    ASSERT_GT(by_n[static_cast<size_t>(want - 1)].max_peak(), limit);
+    const CheckpointChoice ch = choose_checkpointing(c, data, one, Method::lora, limit, 0, "test");
+    EXPECT_EQ(ch.blocks, want);
+    EXPECT_EQ(ch.total, m.L);
+    EXPECT_EQ(ch.memory.peak, by_n[static_cast<size_t>(want)].peak);
+    EXPECT_LE(ch.dry_runs, 2 + 3);  // n = 0, n = L, then a binary search over 1..5
+  }
+  // The reserve counts against the limit.
+  EXPECT_EQ(choose_checkpointing(c, data, one, Method::lora, by_n[3].max_peak() + 100, 100, "test").blocks, 3);
+  EXPECT_EQ(choose_checkpointing(c, data, one, Method::lora, by_n[3].max_peak() + 100, 101, "test").blocks, 4);
+  // No limit, or one everything fits: nothing checkpointed, one dry run.
+  EXPECT_EQ(choose_checkpointing(c, data, one, Method::lora, 0, 0, "test").blocks, 0);
+  const CheckpointChoice roomy = choose_checkpointing(c, data, one, Method::lora, by_n[0].max_peak(), 0, "test");
+  EXPECT_EQ(roomy.blocks, 0);
+  EXPECT_EQ(roomy.dry_runs, 1);
+  // Nothing fits: refused, naming the origin and the figures.
+  try {
+    (void)choose_checkpointing(c, data, one, Method::lora, by_n.back().max_peak() - 1, 0, "deck.cfg");
+    ADD_FAILURE() << "no refusal";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("deck.cfg: activation_checkpointing = auto: nothing fits: with all 5 blocks"), std::string::npos) << msg;
+  }
+  // The deck's values.
+  for (const auto& [v, n] : std::vector<std::pair<std::string, int64_t>>{{"true", Checkpointed::kAll}, {"false", 0}, {"3", 3}, {"0", 0}, {"1", 1}, {"on", Checkpointed::kAll},
+                                                                               {"no", 0}, {"True", Checkpointed::kAll}}) {
+    c.activation_checkpointing = v;
+    EXPECT_EQ(run_checkpointing(c).blocks, n) << v;
+  }
+  for (const char* bad : {"-1", "yes please", "2.5", "", "auto", "+2"}) {
+    c.activation_checkpointing = bad;
+    EXPECT_THROW(run_checkpointing(c), InputError) << bad;
+  }
+  EXPECT_EQ(checkpointing_value(0, 5), "false");
+  EXPECT_EQ(checkpointing_value(3, 5), "3");
+  EXPECT_EQ(checkpointing_value(5, 5), "true");
+}
+
 RunConfig deck(const std::string& path, std::vector<std::string> extra) {
   std::vector<std::string> args = {"train", "--deck", test::repo_root() + "/" + path};
   args.insert(args.end(), extra.begin(), extra.end());

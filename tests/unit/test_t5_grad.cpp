@@ -129,11 +129,14 @@ TEST(T5Grad, CheckpointingGivesExactlyTheSameGradients) {
     LayerContext ctx;
     ctx.training = true;
     ctx.dropout_seed = 77;
-    std::vector<std::vector<double>> grads[2];
-    double loss[2];
-    for (int ck = 0; ck < 2; ++ck) {
-      T5Activations a = t5_activations(m, 2, 6, 5, true, ck == 1);
-      EXPECT_EQ(a.enc.size(), ck == 1 ? 1u : 2u);
+    std::vector<std::vector<double>> grads[5];
+    double loss[5];
+    // ck: 0 none, 1 every block, 2..4: the first 1..3 of the 2 encoder + 2 decoder blocks.
+    for (int ck = 0; ck < 5; ++ck) {
+      T5Activations a = ck < 2 ? t5_activations(m, 2, 6, 5, true, ck == 1) : t5_activations(m, 2, 6, 5, true, Checkpointed{ck - 1});
+      const size_t n = ck == 0 ? 0 : ck == 1 ? 4 : static_cast<size_t>(ck - 1);
+      EXPECT_EQ(a.enc.size(), n >= 2 ? 1u : 2u);
+      EXPECT_EQ(a.dec.size(), n >= 4 ? 1u : 2u);
       for (const ParamRef& p : t5_trainable_params(m)) p.grad->zero_();
       loss[ck] = t5_forward(m, a, batch, true, ctx);
       t5_backward(m, a, batch, ctx);
@@ -142,9 +145,12 @@ TEST(T5Grad, CheckpointingGivesExactlyTheSameGradients) {
         grads[ck].emplace_back(g.ptr<double>(), g.ptr<double>() + g.numel());
       }
     }
-    EXPECT_EQ(loss[0], loss[1]);
-    ASSERT_EQ(grads[0].size(), grads[1].size());
-    for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[1][i]) << t5_trainable_params(m)[i].name;
+    for (int ck = 1; ck < 5; ++ck) {
+      SCOPED_TRACE(ck);
+      EXPECT_EQ(loss[0], loss[ck]);
+      ASSERT_EQ(grads[0].size(), grads[ck].size());
+      for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[ck][i]) << t5_trainable_params(m)[i].name;
+    }
   }
 }
 

@@ -63,6 +63,12 @@ void attention_varlen_backward(int64_t S, const int32_t* cu, const int32_t* keys
                                int64_t Hq, int64_t Hkv, int64_t D, const T* q, const T* k, const T* v, const T* out,
                                const T* lse, const T* dout, T scale, T* dq, T* dk, T* dv);
 
+// Attention of n queries at positions past..past+n-1 over a key/value cache (ops/decode_attention.hpp):
+// q, out: [n, Hq, D]; k, v: [capacity, Hkv, D]; query i sees keys 0..past+i.
+template <typename T>
+void decode_attention(int64_t n, int64_t past, int64_t Hq, int64_t Hkv, int64_t D, const T* q, const T* k,
+                      const T* v, T scale, T* out);
+
 // y[m,n] += b[n] (y: [M,N], b: [N]); db[n] += sum over m of dy[m,n], summed in double.
 template <typename T>
 void bias_add(int64_t M, int64_t N, T* y, const T* b);

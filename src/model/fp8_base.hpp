@@ -1,0 +1,64 @@
+// FP8 frozen base weights (issue 20; deck key base_precision = fp8, LoRA and QLoRA).
+//
+// The frozen base of an adapted linear enters two GEMMs only: the forward y = x W^T and the
+// input gradient dx = dy W. With base_precision = fp8 both run in FP8 E4M3 (ops/fp8.hpp:
+// cuBLASLt on sm_89+, f32 accumulation, output in the compute dtype; the CPU reference does the
+// same quantize / dequantize arithmetic in f32):
+//   * weights: per-tensor scale (current scaling of W: 448 / amax). LoRA keeps W8 [out, in] and
+//     its transpose W8^T [in, out] (fp8_transpose moves the codes, so the backward multiplies by
+//     exactly the forward's weight values) and drops the dense weight: 2 bytes per parameter,
+//     as bf16. QLoRA keeps NF4 and, before each GEMM, dequantizes into the shared dense buffer and
+//     quantizes that into shared W8 (and W8^T) buffers of the largest layer.
+//   * activations: current scaling per tensor (x before the forward GEMM, dy before the
+//     input-gradient GEMM), into one shared code buffer of rows x the widest input or output.
+//     Current scaling rather than delayed (amax history): exact for each tensor, no state to
+//     checkpoint, and no saturation on a step whose activations outgrow the history; it costs one
+//     extra read of the activation.
+// Adapters (in the compute dtype, reading the unquantized x), norms, attention, the loss and the
+// optimizer are unchanged; so are linears without an adapter (lm_head).
+// Error: each E4M3 value carries a relative error <= 2^-4 (normal range); a dot product of K
+// terms of x and W therefore has |error| <= (2 * 2^-4 + 2^-8) sum_k |x_k w_k| (+ the f32
+// accumulation's K 2^-24 sum |x w|), for the forward and (with dy) the input gradient alike.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.hpp"
+#include "ops/fp8.hpp"
+
+namespace st {
+
+struct Linear;
+
+// Buffers every FP8 linear of a model shares.
+struct Fp8Shared {
+  int64_t act_capacity = 0;  // elements of act_codes
+  Tensor act_codes;          // u8 [rows x widest in/out]: x or dy quantized
+  Tensor act_scale_inv, act_amax;  // f32 [1]
+  Fp8Tensor w_tmp, wt_tmp;   // QLoRA: the current layer's W8 and W8^T (largest layer's size)
+};
+
+struct Fp8Base {
+  Fp8Tensor w, wt;  // W8 [out, in], W8^T [in, out]; undefined when from_nf4
+  bool from_nf4 = false;
+  DType dtype = DType::f32;  // the compute dtype (of x, y and the adapters)
+  std::shared_ptr<Fp8Shared> shared;
+};
+
+// Hold the frozen base of every linear with an adapter among `linears` in FP8, for batches of up
+// to `rows` rows; returns how many. InputError (naming `where`) when a layer's in or out is not a
+// multiple of 16 (cuBLASLt's FP8 GEMM needs 16-byte aligned rows; the CPU refuses the same) or a
+// base weight trains.
+int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where);
+// Bytes a linear's FP8 base holds (W8 + W8^T with their scales; 0 for an NF4 base).
+size_t fp8_stored_bytes(const Linear& l);
+
+// y = x W^T (beta 0) or y = c_in + x W^T (beta 1; c_in null: y itself), W the FP8 base.
+void fp8_linear_forward(const Linear& l, const Tensor& x, Tensor& y, double beta, const Tensor* c_in);
+// dx (+)= dy W with the FP8 base.
+void fp8_linear_backward_input(const Linear& l, const Tensor& dy, Tensor& dx, bool accumulate);
+
+}  // namespace st
