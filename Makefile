@@ -184,7 +184,7 @@ $(GPU_BIN): $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
 # reader and the core files it needs (no MPI, HDF5 or CUDA), so it adds ~10 small compiles.
 FUZZ_BUILD := $(BUILD)/fuzz-asan
 FUZZ_SRC := src/io/safetensors.cpp src/core/atomic_file.cpp src/core/tensor.cpp src/core/allocator.cpp \
-            src/core/dtype.cpp src/core/error.cpp src/core/profile.cpp src/core/log.cpp src/core/dryrun.cpp \
+            src/core/dtype.cpp src/core/error.cpp src/core/profile.cpp src/core/log.cpp src/core/dryrun.cpp src/core/op_trace.cpp \
             tests/common/paths.cpp tests/unit/test_safetensors_fuzz.cpp
 FUZZ_OBJ := $(FUZZ_SRC:%.cpp=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_BIN := $(FUZZ_BUILD)/safetensors_fuzz

@@ -20,7 +20,8 @@ const Subcommand kSubcommands[] = {
     {"eval", st::cmd_eval, "validation loss and accuracy of a model on a split"},
     {"export", st::cmd_export, "a PEFT LoRA adapter on its base: normalized PEFT copy and/or the merged model in HF layout"},
     {"generate", st::cmd_generate, "sample text from a model (optionally with a LoRA adapter): greedy, temperature, top-k, top-p; KV cache"},
-    {"plan", st::cmd_plan, "per-rank memory of each strategy and method for N GPUs: what fits, what is fastest"},
+    {"plan", st::cmd_plan, "per-rank memory of each strategy and method for N GPUs: what fits, how fast (predicted)"},
+    {"calibrate", st::cmd_calibrate, "measure this GPU's (or CPU's) op times, or the collectives' (--comm), for plan"},
 };
 
 void usage(FILE* out) {

@@ -11,5 +11,6 @@ int cmd_eval(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
+int cmd_calibrate(int argc, char** argv);
 
 }  // namespace st

@@ -32,6 +32,9 @@ bool profiling_enabled() {
 }
 
 void set_profile_sync_hook(void (*sync)()) { g_sync = sync; }
+void device_synchronize(Device d) {
+  if (d == Device::cuda && g_sync) g_sync();
+}
 
 ProfileScope::ProfileScope(const char* name, Device device) : name_(name), device_(device) {
   if (!profiling_enabled() || g_depth++ > 0) return;

@@ -12,6 +12,8 @@ namespace st {
 bool profiling_enabled();
 // Hook set by the CUDA build: synchronise the device (the timing of asynchronous kernels).
 void set_profile_sync_hook(void (*sync)());
+// Wait for the device's queued work (through that hook; nothing on the CPU): for timing.
+void device_synchronize(Device d);
 
 class ProfileScope {
  public:

@@ -1,6 +1,7 @@
 #include "core/tensor.hpp"
 
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "core/profile.hpp"
 
 #include <cstring>
@@ -103,7 +104,9 @@ Tensor Tensor::view_as(DType dtype, size_t byte_offset, const Shape& shape) cons
 }
 
 void Tensor::zero_() {
-  if (numel() == 0 || dry_run_active()) return;
+  if (numel() == 0) return;
+  const TracedOp traced(OpFamily::copy, {this});
+  if (traced.dry()) return;
   ProfileScope prof("zero (memset)", device_);
   device_memset_zero(data(), nbytes(), device_);
 }
@@ -122,7 +125,9 @@ void Tensor::fill_(double value) {
 void Tensor::copy_from(const Tensor& src) {
   if (src.dtype_ != dtype_ || src.numel() != numel())
     ST_THROW("copy from ", src.str(), " into ", str(), ": dtype or size differs");
-  if (numel() == 0 || dry_run_active()) return;
+  if (numel() == 0) return;
+  const TracedOp traced(OpFamily::copy, {this, &src});
+  if (traced.dry()) return;
   ProfileScope prof(device_ == src.device_ ? "copy (same device)" : "copy (host<->device)", device_ == Device::cuda ? device_ : src.device_);
   device_memcpy(data(), device_, src.data(), src.device_, nbytes());
 }
@@ -134,7 +139,8 @@ Tensor Tensor::clone(MemCategory cat) const {
 }
 
 Tensor Tensor::to_cpu(DType dtype) const {
-  if (dry_run_active()) return empty(shape_, dtype, Device::cpu, MemCategory::other);  // the planner: sizes only
+  const TracedOp traced(OpFamily::copy, {this, this});
+  if (traced.dry()) return empty(shape_, dtype, Device::cpu, MemCategory::other);  // the planner: sizes only
   Tensor host = *this;
   if (device_ != Device::cpu) {
     host = empty(shape_, dtype_, Device::cpu, MemCategory::other);

@@ -4,6 +4,7 @@
 #include "core/rng.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -16,6 +17,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {
   check_float_args("swiglu_forward", {&gate, &up, &h});
   const int64_t n = h.numel();
   if (gate.numel() != n || up.numel() != n) ST_THROW("swiglu_forward: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&gate, &up, &h});
   if (dry_run_active()) return;  // the planner: no compute
   if (h.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -35,6 +37,7 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
   const int64_t n = dh.numel();
   if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
     ST_THROW("swiglu_backward: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&dh, &gate, &up, &dgate, &dup});
   if (dry_run_active()) return;  // the planner: no compute
   if (dh.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -54,6 +57,7 @@ void geglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {
   check_float_args("geglu_forward", {&gate, &up, &h});
   const int64_t n = h.numel();
   if (gate.numel() != n || up.numel() != n) ST_THROW("geglu_forward: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&gate, &up, &h});
   if (dry_run_active()) return;  // the planner: no compute
   if (h.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -73,6 +77,7 @@ void geglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Tens
   const int64_t n = dh.numel();
   if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
     ST_THROW("geglu_backward: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&dh, &gate, &up, &dgate, &dup});
   if (dry_run_active()) return;  // the planner: no compute
   if (dh.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -91,6 +96,7 @@ void relu_forward(const Tensor& x, Tensor& h) {
   ProfileScope prof("relu_forward", h.device());
   check_float_args("relu_forward", {&x, &h});
   if (x.numel() != h.numel()) ST_THROW("relu_forward: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&x, &h});
   if (dry_run_active()) return;  // the planner: no compute
   if (h.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -107,6 +113,7 @@ void relu_backward(const Tensor& dh, const Tensor& x, Tensor& dx, bool accumulat
   ProfileScope prof("relu_backward", dh.device());
   check_float_args("relu_backward", {&dh, &x, &dx});
   if (x.numel() != dh.numel() || dx.numel() != dh.numel()) ST_THROW("relu_backward: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&dh, &x, &dx});
   if (dry_run_active()) return;  // the planner: no compute
   if (dh.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -126,6 +133,7 @@ void dropout_apply(const Tensor& x, Tensor& out, double p, uint64_t seed, uint64
   ProfileScope prof("dropout", x.device());
   check_float_args("dropout_apply", {&x, &out});
   if (x.numel() != out.numel()) ST_THROW("dropout_apply: sizes differ");
+  const TracedOp traced(OpFamily::activation, {&x, &out});
   if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

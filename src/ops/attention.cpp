@@ -5,6 +5,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/attention.cuh"
@@ -131,7 +132,8 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
   check_float_args("attention_forward", {&q, &k, &v, &out});
   check_stat_dtype("attention_forward", q, lse);
   check_attention("attention_forward", s, q, k, v, out, lse, lengths, bias, nullptr);
-  if (dry_run_active()) {  // the planner: no compute
+  const TracedOp traced(OpFamily::attention, {&q, &k, &v, &out, &lse}, attention_flops(s));
+  if (traced.dry()) {  // the planner: no compute
     dry_run_add_flops(attention_flops(s));
     return;
   }
@@ -160,7 +162,8 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
   check_attention("attention_backward", s, q, k, v, out, lse, lengths, bias, dbias);
   check_gradient_buffers("attention_backward", s.B * s.T * s.Hq * s.D, s.B * s.kv_len() * s.Hkv * s.D, dout, dq, dk,
                          dv);
-  if (dry_run_active()) {  // the planner
+  const TracedOp traced(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv}, 2.5 * attention_flops(s));
+  if (traced.dry()) {  // the planner
     dry_run_backward(s, q.device(), attention_flops(s));
     return;
   }
@@ -259,7 +262,8 @@ void attention_varlen_forward(const AttentionShape& s, const Tensor& q, const Te
   check_float_args("attention_varlen_forward", {&q, &k, &v, &out});
   check_stat_dtype("attention_varlen_forward", q, lse);
   check_varlen("attention_varlen_forward", s, q, k, v, out, lse, seg);
-  if (dry_run_active()) {
+  const TracedOp traced(OpFamily::attention, {&q, &k, &v, &out, &lse}, varlen_flops(s, seg));
+  if (traced.dry()) {
     dry_run_add_flops(varlen_flops(s, seg));
     return;
   }
@@ -286,7 +290,8 @@ void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const T
   check_varlen("attention_varlen_backward", s, q, k, v, out, lse, seg);
   check_gradient_buffers("attention_varlen_backward", seg.tokens * s.Hq * s.D, seg.tokens * s.Hkv * s.D, dout, dq,
                          dk, dv);
-  if (dry_run_active()) {  // the planner, as attention_backward
+  const TracedOp traced(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv}, 2.5 * varlen_flops(s, seg));
+  if (traced.dry()) {  // the planner, as attention_backward
     dry_run_backward(s, q.device(), varlen_flops(s, seg));
     return;
   }

@@ -1,6 +1,7 @@
 #include "ops/bias.hpp"
 
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "core/profile.hpp"
 #include "ops/cpu/cpu_kernels.hpp"
 #include "ops/dispatch.hpp"
@@ -24,6 +25,7 @@ void bias_add(Tensor& y, const Tensor& b) {
   ProfileScope prof("bias", y.device());
   check_float_args("bias_add", {&y, &b});
   const int64_t N = columns_of("bias_add", y, b), M = y.numel() / N;
+  const TracedOp traced(OpFamily::elementwise, {&y, &y, &b});
   if (dry_run_active()) return;  // the planner: no compute
   if (y.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -40,6 +42,7 @@ void bias_backward(const Tensor& dy, Tensor& db) {
   ProfileScope prof("bias", dy.device());
   check_stat_dtype("bias_backward (bias gradient)", dy, db);
   const int64_t N = columns_of("bias_backward", dy, db), M = dy.numel() / N;
+  const TracedOp traced(OpFamily::elementwise, {&dy, &db});
   if (dry_run_active()) return;
   if (dy.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

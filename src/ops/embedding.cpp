@@ -3,6 +3,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -17,6 +18,7 @@ void forward_impl(const Tensor& ids, const Tensor& table, Tensor& out, int64_t o
   check_float_args("embedding_forward", {&table, &out});
   const int64_t V = table.dim(0), C = table.dim(-1), N = ids.numel();
   if (ids.dtype() != DType::i32 || out.numel() < N * C) ST_THROW("embedding_forward: ids ", ids.str(), " out ", out.str());
+  const TracedOp traced(OpFamily::embedding, {&ids, &out, &out});
   if (dry_run_active()) return;  // the planner: no compute
   if (table.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -35,6 +37,7 @@ void backward_impl(const Tensor& ids, const Tensor& dout, Tensor& dtable, int64_
   check_stat_dtype("embedding_backward (table gradient)", dout, dtable);
   const int64_t V = dtable.dim(0), C = dtable.dim(-1), N = ids.numel();
   if (ids.dtype() != DType::i32 || dout.numel() < N * C) ST_THROW("embedding_backward: ids ", ids.str(), " dout ", dout.str());
+  const TracedOp traced(OpFamily::embedding, {&ids, &dout, &dout});
   if (dry_run_active()) return;  // the planner: no compute
   if (dtable.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "core/profile.hpp"
 #include "ops/cpu/fp8_cpu.hpp"
 #include "ops/dispatch.hpp"
@@ -68,6 +69,7 @@ void quantize(const Tensor& x, const Tensor* scale, Fp8Tensor& q, const char* op
   check_source(x, q, op);
   if (scale && (scale->dtype() != DType::f32 || scale->numel() != q.num_scales() || scale->device() != q.device()))
     ST_THROW(op, ": scale ", scale->str(), " must be f32 [", q.num_scales(), "] on ", device_name(q.device()));
+  const TracedOp traced(OpFamily::fp8_quant, {&x, &q.codes, &x});
   if (dry_run_active()) return;  // the planner: no compute
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -99,6 +101,7 @@ void fp8_dequantize(const Fp8Tensor& q, Tensor& out) {
   if (out.numel() != q.rows * q.cols || out.device() != q.device() || !(out.device() == Device::cuda ? cuda_ok : cpu_ok))
     ST_THROW("fp8_dequantize: output ", out.str(), " must have ", q.rows * q.cols, " f32 or bf16 elements (CPU: or f64) on ",
              device_name(q.device()));
+  const TracedOp traced(OpFamily::fp8_quant, {&q.codes, &out});
   if (dry_run_active()) return;
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -130,6 +133,7 @@ void fp8_transpose(const Fp8Tensor& q, Fp8Tensor& qt) {
              "): a per-row scale of q would be a per-column scale of its transpose");
   if (qt.rows != q.cols || qt.cols != q.rows || qt.device() != q.device())
     ST_THROW("fp8_transpose: ", qt.str(), " is not the transpose of ", q.str());
+  const TracedOp traced(OpFamily::fp8_quant, {&q.codes, &qt.codes});
   if (dry_run_active()) return;
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -155,6 +159,7 @@ void fp8_update_scale(Tensor& history, const Tensor& amax, int64_t step, int mar
              scale.str());
   if (step < 0 || margin < 0 || margin > 64)
     ST_THROW("fp8_update_scale: step ", step, " must be >= 0 and margin ", margin, " in [0, 64]");
+  const TracedOp traced(OpFamily::fp8_quant, {&history, &amax, &scale});
   if (dry_run_active()) return;
   if (history.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -191,7 +196,8 @@ void matmul_fp8(Tensor& C, const Fp8Tensor& A, const Fp8Tensor& B, double beta, 
   else if (!C_in) C_in = &C;
   if (C_in && (C_in->numel() != C.numel() || C_in->dtype() != C.dtype() || C_in->device() != C.device()))
     ST_THROW("matmul_fp8: residual input ", C_in->str(), " does not match ", C.str());
-  if (dry_run_active()) {  // the planner: the cuBLASLt workspace shared with the bf16 GEMMs, no compute
+  const TracedOp traced = TracedOp::gemm(M, N, K, A.codes, B.codes, C);
+  if (traced.dry()) {  // the planner: the cuBLASLt workspace shared with the bf16 GEMMs, no compute
     dry_run_add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
     if (C.device() == Device::cuda)
       dry_run_scratch("cublaslt workspace", kCublasLtWorkspaceBytes, Device::cuda, MemCategory::workspace);

@@ -5,6 +5,7 @@
 #include "core/rng.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/init.cuh"
@@ -42,6 +43,7 @@ void fill_cpu(Tensor& t, F value_of) {
 }  // namespace
 
 void fill_normal(Tensor& t, uint64_t key, double mean, double std) {
+  const TracedOp traced(OpFamily::elementwise, {&t});
   if (dry_run_active()) return;  // the planner: no compute
   if (t.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -59,6 +61,7 @@ void fill_normal(Tensor& t, uint64_t key, double mean, double std) {
 }
 
 void fill_uniform(Tensor& t, uint64_t key, double lo, double hi) {
+  const TracedOp traced(OpFamily::elementwise, {&t});
   if (dry_run_active()) return;  // the planner: no compute
   if (t.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -72,6 +75,7 @@ void fill_uniform(Tensor& t, uint64_t key, double lo, double hi) {
 }
 
 void fill_constant(Tensor& t, double value) {
+  const TracedOp traced(OpFamily::elementwise, {&t});
   if (dry_run_active()) return;  // the planner: no compute
   if (t.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -92,6 +96,7 @@ void convert_copy(Tensor& dst, const Tensor& src) {
     dst.copy_from(src);
     return;
   }
+  const TracedOp traced(OpFamily::copy, {&dst, &src});
   if (dry_run_active()) return;  // the planner: no compute
   if (dst.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

@@ -3,6 +3,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -18,6 +19,7 @@ void cross_entropy(Tensor& logits, const Tensor& targets, const Tensor& weight, 
       weight.numel() < N || losses.numel() < N)
     ST_THROW("cross_entropy: logits ", logits.str(), " targets ", targets.str(), " weight ", weight.str(),
              " losses ", losses.str());
+  const TracedOp traced(OpFamily::loss, {&logits, &targets, &weight, &losses});
   if (dry_run_active()) return;  // the planner: no compute
   if (logits.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

@@ -5,6 +5,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/matmul.cuh"
@@ -35,7 +36,8 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
   if (C_in && (C_in->numel() != C.numel() || C_in->dtype() != C.dtype() || C_in->device() != C.device()))
     ST_THROW("matmul: residual input ", C_in->str(), " does not match ", C.str());
   if (C_in && C_in->data() == C.data()) C_in = nullptr;
-  if (dry_run_active()) {  // the planner: the cuBLASLt workspace the backend keeps, no compute
+  const TracedOp traced = TracedOp::gemm(M, N, K, A, B, C);
+  if (traced.dry()) {  // the planner: the cuBLASLt workspace the backend keeps, no compute
     dry_run_add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
     if (C.device() == Device::cuda) dry_run_scratch("cublaslt workspace", kCublasLtWorkspaceBytes, Device::cuda, MemCategory::workspace);
     return;

@@ -3,6 +3,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -17,6 +18,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   const int64_t C = w.numel(), N = x.numel() / C;
   if (x.dim(-1) != C || y.numel() != x.numel() || rstd.numel() < N)
     ST_THROW("rmsnorm_forward: x ", x.str(), " w ", w.str(), " y ", y.str(), " rstd ", rstd.str());
+  const TracedOp traced(OpFamily::norm, {&x, &w, &y, &rstd});
   if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -41,6 +43,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const int64_t C = w.numel(), N = x.numel() / C;
   if (dy.numel() != x.numel() || dx.numel() != x.numel() || (dwp && dwp->numel() != C))
     ST_THROW("rmsnorm_backward: shapes disagree (x ", x.str(), ", dy ", dy.str(), ", dx ", dx.str(), ")");
+  const TracedOp traced(OpFamily::norm, {&dy, &x, &w, &rstd, &dx, &dx});
   if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

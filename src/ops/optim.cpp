@@ -3,6 +3,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/init.hpp"
 #ifdef SHARDTUNE_CUDA
@@ -17,6 +18,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   const int64_t n = param.numel();
   if (grad.numel() != n || m.numel() != n || v.numel() != n || (working && working->numel() != n))
     ST_THROW("adamw_update: sizes differ");
+  const TracedOp traced(OpFamily::optimizer, {&param, &grad, &m, &v, &param, &m, &v, working});
   if (dry_run_active()) return;  // the planner: no compute
   if (param.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -34,6 +36,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
 
 double sum_squares(const Tensor& x) {
   ProfileScope prof("grad_norm", x.device());
+  const TracedOp traced(OpFamily::optimizer, {&x});
   if (dry_run_active()) return 0.0;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -50,6 +53,7 @@ double sum_squares(const Tensor& x) {
 double sum_squares_total(const std::vector<const Tensor*>& xs) {
   if (xs.empty()) return 0.0;
   ProfileScope prof("grad_norm", xs.front()->device());
+  const TracedOp traced(OpFamily::optimizer, [&] { double b = 0; for (const Tensor* x : xs) b += tensor_bytes({x}); return b; }(), 0.0);
   if (dry_run_active()) return 0.0;  // the planner: no compute
   if (xs.front()->device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -65,6 +69,7 @@ double sum_squares_total(const std::vector<const Tensor*>& xs) {
 
 void scale_inplace(Tensor& x, double s) {
   ProfileScope prof("grad_clip_scale", x.device());
+  const TracedOp traced(OpFamily::optimizer, {&x, &x});
   if (dry_run_active()) return;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -80,6 +85,7 @@ void scale_inplace(Tensor& x, double s) {
 void axpy(double a, const Tensor& x, Tensor& y) {
   check_float_args("axpy", {&x, &y});
   if (x.numel() != y.numel()) ST_THROW("axpy: sizes differ");
+  const TracedOp traced(OpFamily::optimizer, {&x, &y, &y});
   if (dry_run_active()) return;  // the planner: no compute
   if (y.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

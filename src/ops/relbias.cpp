@@ -5,6 +5,7 @@
 
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -76,6 +77,7 @@ void relative_bias_forward(const Tensor& table, const Tensor& buckets, int64_t T
   // The bias is an attention statistic: f32 on CUDA whatever the table's dtype (bf16 or f32),
   // the table's dtype on the CPU.
   check_stat_dtype("relative_bias_forward (bias)", table, bias);
+  const TracedOp traced(OpFamily::elementwise, {&table, &buckets, &bias});
   if (dry_run_active()) return;  // the planner: no compute
   if (table.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -96,6 +98,7 @@ void relative_bias_backward(const Tensor& dbias, const Tensor& buckets, int64_t 
   ProfileScope prof("relative_bias_backward", dtable.device());
   check("relative_bias_backward", dtable, buckets, Tq, Tk, dbias);
   check_stat_dtype("relative_bias_backward (table gradient)", dbias, dtable);
+  const TracedOp traced(OpFamily::elementwise, {&dbias, &buckets, &dtable});
   if (dry_run_active()) return;  // the planner: no compute
   if (dtable.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

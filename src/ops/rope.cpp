@@ -6,6 +6,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
@@ -96,7 +97,8 @@ static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& table
                    tables.max_positions, ")");
       }
   }
-  if (dry_run_active()) return;  // the planner: no compute
+  const TracedOp traced(OpFamily::rope, {&x, &x});
+  if (traced.dry()) return;  // the planner: no compute
   const int32_t* pos = positions.defined() ? positions.ptr<int32_t>() : nullptr;
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "parallel/watchdog.hpp"
 
 namespace st {
@@ -46,6 +47,7 @@ class CompletedRequest final : public CommRequest {
 
 void CommRequest::wait() {
   if (done_) return;
+  op_trace_wait(trace_id);
   WatchdogScope wd("wait for " + label_);
   wait_impl();
   done_ = true;
@@ -68,6 +70,7 @@ void Comm::all_reduce_sum(Tensor& t) {
   const std::string l = label("all_reduce_sum");
   check_tensor(t, l);
   WatchdogScope wd(l);
+  op_trace_collective(CollectiveKind::all_reduce, static_cast<double>(t.nbytes()), name(), size(), false, false, -1);
   all_reduce_impl(t, ReduceOp::sum);
 }
 
@@ -75,16 +78,19 @@ void Comm::all_reduce_max(Tensor& t) {
   const std::string l = label("all_reduce_max");
   check_tensor(t, l);
   WatchdogScope wd(l);
+  op_trace_collective(CollectiveKind::all_reduce, static_cast<double>(t.nbytes()), name(), size(), false, false, -1);
   all_reduce_impl(t, ReduceOp::max);
 }
 
 double Comm::all_reduce_sum(double v) {
   WatchdogScope wd(label("all_reduce_sum(scalar)"));
+  op_trace_collective(CollectiveKind::all_reduce, 8.0, name(), size(), false, true, -1);
   return all_reduce_scalar_impl(v, ReduceOp::sum);
 }
 
 double Comm::all_reduce_max(double v) {
   WatchdogScope wd(label("all_reduce_max(scalar)"));
+  op_trace_collective(CollectiveKind::all_reduce, 8.0, name(), size(), false, true, -1);
   return all_reduce_scalar_impl(v, ReduceOp::max);
 }
 
@@ -93,6 +99,7 @@ void Comm::broadcast(Tensor& t, int root) {
   check_tensor(t, l);
   if (root < 0 || root >= size()) ST_THROW(l, ": root ", root, " is not a rank of a group of ", size());
   WatchdogScope wd(l);
+  op_trace_collective(CollectiveKind::broadcast, static_cast<double>(t.nbytes()), name(), size(), false, false, -1);
   broadcast_impl(t, root);
 }
 
@@ -100,6 +107,7 @@ void Comm::all_gather(const Tensor& in, Tensor& out) {
   const std::string l = label("all_gather");
   check_gather(in, out, size(), l);
   WatchdogScope wd(l);
+  op_trace_collective(CollectiveKind::all_gather, static_cast<double>(out.nbytes()), name(), size(), false, false, -1);
   all_gather_impl(in, out);
 }
 
@@ -107,6 +115,7 @@ void Comm::reduce_scatter_sum(const Tensor& in, Tensor& out) {
   const std::string l = label("reduce_scatter_sum");
   check_scatter(in, out, size(), l);
   WatchdogScope wd(l);
+  op_trace_collective(CollectiveKind::reduce_scatter, static_cast<double>(in.nbytes()), name(), size(), false, false, -1);
   reduce_scatter_sum_impl(in, out);
 }
 
@@ -114,21 +123,33 @@ std::unique_ptr<CommRequest> Comm::all_gather_async(const Tensor& in, Tensor& ou
   const std::string l = label("all_gather_async");
   check_gather(in, out, size(), l);
   WatchdogScope wd(l);
-  return all_gather_async_impl(in, out, l);
+  const int64_t id = op_trace_next_request();
+  op_trace_collective(CollectiveKind::all_gather, static_cast<double>(out.nbytes()), name(), size(), true, false, id);
+  std::unique_ptr<CommRequest> r = all_gather_async_impl(in, out, l);
+  r->trace_id = id;
+  return r;
 }
 
 std::unique_ptr<CommRequest> Comm::reduce_scatter_sum_async(const Tensor& in, Tensor& out) {
   const std::string l = label("reduce_scatter_sum_async");
   check_scatter(in, out, size(), l);
   WatchdogScope wd(l);
-  return reduce_scatter_sum_async_impl(in, out, l);
+  const int64_t id = op_trace_next_request();
+  op_trace_collective(CollectiveKind::reduce_scatter, static_cast<double>(in.nbytes()), name(), size(), true, false, id);
+  std::unique_ptr<CommRequest> r = reduce_scatter_sum_async_impl(in, out, l);
+  r->trace_id = id;
+  return r;
 }
 
 std::unique_ptr<CommRequest> Comm::all_reduce_sum_async(Tensor& t) {
   const std::string l = label("all_reduce_sum_async");
   check_tensor(t, l);
   WatchdogScope wd(l);
-  return all_reduce_sum_async_impl(t, l);
+  const int64_t id = op_trace_next_request();
+  op_trace_collective(CollectiveKind::all_reduce, static_cast<double>(t.nbytes()), name(), size(), true, false, id);
+  std::unique_ptr<CommRequest> r = all_reduce_sum_async_impl(t, l);
+  r->trace_id = id;
+  return r;
 }
 
 void Comm::barrier() {

@@ -34,6 +34,7 @@ class CommRequest {
   virtual ~CommRequest() = default;
   void wait();  // idempotent
   bool done() const { return done_; }
+  int64_t trace_id = -1;  // the op trace's id of the collective (core/op_trace.hpp); -1: not traced
 
  protected:
   explicit CommRequest(std::string label) : label_(std::move(label)) {}

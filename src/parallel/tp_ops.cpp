@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "core/profile.hpp"
 #include "ops/dispatch.hpp"
 #include "ops/init.hpp"
@@ -123,13 +124,16 @@ double vocab_parallel_cross_entropy(Tensor& logits_shard, const Tensor& targets,
                                     Tensor* losses, bool grad, Comm& comm) {
   ProfileScope prof("vocab_parallel_cross_entropy", logits_shard.device());
   if (losses && !losses->defined()) losses = nullptr;
-  if (dry_run_active()) {  // the planner: the row statistics both paths allocate, no compute
+  const TracedOp traced(OpFamily::loss, {&logits_shard, &logits_shard, &targets, &weight});
+  if (traced.dry()) {  // the planner: the row statistics both paths allocate, no compute
     const bool cuda = logits_shard.device() == Device::cuda;
     const int64_t Vl = logits_shard.dim(-1), N = logits_shard.numel() / Vl;
     const DType stat = cuda ? DType::f32 : DType::f64;
     Tensor mx = Tensor::empty({N}, stat, logits_shard.device(), MemCategory::workspace);
     Tensor st = Tensor::empty({2 * N}, stat, logits_shard.device(), MemCategory::workspace);
     Tensor own = cuda && !losses ? Tensor::empty({N}, DType::f32, Device::cuda, MemCategory::workspace) : Tensor();
+    comm.all_reduce_max(mx);  // the same two all-reduces as both paths (they move nothing here)
+    comm.all_reduce_sum(st);
     return 0.0;
   }
   if (logits_shard.device() == Device::cuda) {

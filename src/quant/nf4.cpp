@@ -13,6 +13,7 @@
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "core/profile.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/nf4.cuh"
@@ -255,6 +256,7 @@ void check_pair(const char* op, const Tensor& w, const Nf4Tensor& q) {
 void nf4_quantize(const Tensor& w, Nf4Tensor& q) {
   ProfileScope prof("nf4 quantize", w.device());
   check_pair("nf4_quantize", w, q);
+  const TracedOp traced(OpFamily::nf4_dequant, {&w, &q.codes, &q.absmax, &q.qabsmax});
   if (dry_run_active()) return;  // the planner: no compute
   if (w.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -274,6 +276,7 @@ void nf4_quantize(const Tensor& w, Nf4Tensor& q) {
 void nf4_dequantize(const Nf4Tensor& q, Tensor& out) {
   ProfileScope prof("nf4 dequantize", out.device());
   check_pair("nf4_dequantize", out, q);
+  const TracedOp traced(OpFamily::nf4_dequant, {&out, &q.codes, &q.absmax, &q.qabsmax, &q.absmax2});
   if (dry_run_active()) return;  // the planner: no compute
   if (out.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

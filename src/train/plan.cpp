@@ -1,10 +1,12 @@
 #include "train/plan.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "core/dryrun.hpp"
 #include "core/log.hpp"
+#include "core/op_trace.hpp"
 #include "io/shards.hpp"
 #include "parallel/parallelize.hpp"
 #include "train/families.hpp"
@@ -52,6 +54,7 @@ struct DryOutcome {
   double flops_per_token = 0;
   int64_t trainable = 0, num_parameters = 0;
   WeightBytes weight_bytes;
+  std::vector<TraceEvent> trace;  // every op and collective of the second training step
 };
 
 DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& L, int rank) {
@@ -95,7 +98,11 @@ DryOutcome dry_run(const RunConfig& c0, const PlanData& data, const PlanLayout& 
   // Two steps: whatever the first step creates lazily is held during the second.
   training_step(s, c, comms, c.grad_accum, 1.0, c.lr, read);
   const DryRunCounters before = dry_run_counters();
-  training_step(s, c, comms, c.grad_accum, 1.0, c.lr, read);
+  {
+    OpTraceRecorder recorder;
+    training_step(s, c, comms, c.grad_accum, 1.0, c.lr, read);
+    out.trace = recorder.events();
+  }
   const DryRunCounters after = dry_run_counters();
   out.step_flops = after.flops - before.flops;
   out.step_comm_bytes = after.comm_bus_bytes - before.comm_bus_bytes;
@@ -121,6 +128,9 @@ PlanData plan_data_from_shards(const RunConfig& c) {
   d.shape.target_len = train.target_len();
   d.shape.label_token_ids = train.info().label_token_ids;
   d.shape.pack_length = resolved_pack_length(c, train.seq_len());
+  d.train_lengths = train.lengths();
+  if (c.max_train_rows > 0 && static_cast<int64_t>(d.train_lengths.size()) > c.max_train_rows)
+    d.train_lengths.resize(static_cast<size_t>(c.max_train_rows));
   if (!c.val_split.empty()) {
     const ShardDataset val = ShardDataset::open(c.data, c.val_split);
     d.shape.seq_len = std::max(d.shape.seq_len, val.seq_len());
@@ -155,6 +165,15 @@ RankPlan predict_rank_memory(const RunConfig& c, const PlanData& data, const Pla
   return dry_run(c, data, layout, rank).memory;
 }
 
+Batch plan_full_batch(int64_t B, const PlanData& data) { return full_batch(B, data); }
+
+std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data, const PlanLayout& layout, int rank) {
+  PlanData d = data;
+  d.shape.seq_len = epoch_shape(c, data, layout.parallel.dp).typical_len;
+  if (d.shape.pack_length > 0 || data.shape.target_len > 0) d.shape.seq_len = data.shape.seq_len;
+  return dry_run(c, d, layout, rank).trace;
+}
+
 RankPlan predict_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout) {
   RankPlan p = predict_rank_memory(c, data, layout, 0);
   if (layout.parallel.world > 1) p = max_of(p, predict_rank_memory(c, data, layout, layout.parallel.world - 1));
@@ -164,17 +183,43 @@ RankPlan predict_memory(const RunConfig& c, const PlanData& data, const PlanLayo
 SpeedModel default_speed_model(const std::string& device) {
   SpeedModel m;
   if (device == "cuda") {
-    m.device_flops = 989e12;       // H100 SXM dense bf16
-    m.efficiency = 0.40;           // the MFU our 7B rows reach (docs/NOTES.md, CUDA backend)
-    m.link_bytes_per_s = 300e9;    // NVLink bus bandwidth of NCCL ring collectives, per GPU
-    m.memory_bytes_per_s = 3.0e12; // HBM3
+    m.device = builtin_device_profile(GpuKind::h100);
+    m.comm.link = LinkKind::nvlink4;
   } else {
-    m.device_flops = 100e9;        // a few AVX-512 cores in f32
-    m.efficiency = 0.3;
-    m.link_bytes_per_s = 5e9;      // shared-memory MPI
-    m.memory_bytes_per_s = 20e9;
+    m.device = builtin_cpu_profile();
+    m.comm.link = LinkKind::pcie4;  // shared-memory MPI: of that order
   }
+  m.comm.gpus_per_node = 8;
   return m;
+}
+
+EpochShape epoch_shape(const RunConfig& c, const PlanData& d, int dp) {
+  EpochShape e;
+  e.typical_len = d.shape.row_len();
+  if (d.train_lengths.empty() || d.shape.target_len > 0) return e;
+  const int64_t B = c.micro_batch_size, A = c.grad_accum, G = B * A * dp;
+  BatchingOptions o;
+  o.seed = c.seed;
+  o.shuffle = c.shuffle;
+  o.group_by_length = c.group_by_length;
+  o.pack_length = d.shape.pack_length;
+  o.global_batch = G;
+  const EpochRows rows = epoch_rows(d.train_lengths, o, 1);
+  e.steps = rows.size() / G;
+  if (o.pack_length > 0 || e.steps == 0) return e;
+  // Row p of the epoch: step s = p / G, rank r, micro-batch a at [s G + r B A + a B, + B).
+  auto len = [&](int64_t p) { return d.train_lengths[static_cast<size_t>(rows.docs[static_cast<size_t>(rows.row_begin[static_cast<size_t>(p)])])]; };
+  double sum = 0;
+  for (int64_t s = 0; s < e.steps; ++s)
+    for (int64_t a = 0; a < A; ++a) {
+      int64_t longest = 0;
+      for (int64_t r = 0; r < dp; ++r)
+        for (int64_t i = 0; i < B; ++i) longest = std::max<int64_t>(longest, len(s * G + r * B * A + a * B + i));
+      sum += static_cast<double>(longest);
+    }
+  e.typical_len = std::clamp<int64_t>(static_cast<int64_t>(std::llround(sum / static_cast<double>(e.steps * A))), 2,
+                                      d.shape.seq_len);
+  return e;
 }
 
 size_t default_runtime_reserve(const std::string& device, bool communicators) {
@@ -198,9 +243,15 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       l.checkpointing = checkpointing_is_auto(c) ? Checkpointed::all() : run_checkpointing(c);
       layouts.push_back(l);
     };
+    // On one rank a strategy's machinery still runs (groups of one): planned when asked for.
+    auto asked = [&](Strategy s) {
+      return std::find(req.strategies.begin(), req.strategies.end(), s) != req.strategies.end();
+    };
     if (n == 1) add(Strategy::none, 1);
-    if (n > 1) add(Strategy::ddp, 1);
+    if (n > 1 || asked(Strategy::ddp)) add(Strategy::ddp, 1);
     add(Strategy::zero3, 1);
+    if (n == 1 && asked(Strategy::tp)) add(Strategy::tp, 1);
+    if (n == 1 && asked(Strategy::tp_zero3)) add(Strategy::tp_zero3, 1);
     for (int tp = 2; tp <= n; ++tp) {
       if (n % tp != 0) continue;
       add(Strategy::tp, tp);
@@ -229,17 +280,24 @@ std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& dat
       e.reserve = req.reserve >= 0 ? static_cast<size_t>(req.reserve)
                                    : default_runtime_reserve(c.device, l.parallel.has_communicators());
       e.fits = req.device_memory == 0 || mem.max_peak() + e.reserve <= req.device_memory;
-      // Time: this rank's counted FLOPs at the achieved rate, its collectives over the link,
-      // and the optimizer's and NF4 dequantization's memory traffic.
-      const SpeedModel& sm = req.speed;
-      e.compute_seconds = main0.step_flops / std::max(1.0, sm.device_flops * sm.efficiency);
-      e.comm_seconds = main0.step_comm_bytes / std::max(1.0, sm.link_bytes_per_s);
-      const double shards = l.parallel.zero3() ? l.parallel.dp : 1;
-      const double opt_bytes = 16.0 * 3 * static_cast<double>(main0.trainable) / shards;
-      const double nf4_bytes = static_cast<double>(main0.weight_bytes.dense) * (l.checkpointing.blocks > 0 ? 3 : 2) *
-                               (main0.weight_bytes.quantized_layers > 0 ? 1 : 0);
-      e.step_seconds = e.compute_seconds + e.comm_seconds + (opt_bytes + nf4_bytes) / std::max(1.0, sm.memory_bytes_per_s);
-      e.rows_per_second = static_cast<double>(c.micro_batch_size * c.grad_accum * l.parallel.dp) / e.step_seconds;
+      // Time: rank 0's step replayed on the model's streams (train/step_time.hpp), at the
+      // length the epoch's micro-batches are trimmed to on average.
+      e.epoch = epoch_shape(c, data, l.parallel.dp);
+      std::vector<TraceEvent> trace = std::move(main0.trace);
+      if (e.epoch.typical_len != data.shape.row_len()) {
+        PlanData shorter = data;
+        shorter.shape.seq_len = e.epoch.typical_len;
+        trace = dry_run(c, shorter, l, 0).trace;
+      }
+      e.step = schedule_step(trace, req.speed.device, req.speed.comm, l.parallel);
+      e.step_seconds = e.step.total;
+      e.compute_seconds = e.step.compute;
+      e.comm_seconds = e.step.exposed_comm;
+      const double rows = static_cast<double>(c.micro_batch_size * c.grad_accum * l.parallel.dp);
+      e.rows_per_second = rows / e.step_seconds;
+      e.tokens_per_second_per_gpu = rows * static_cast<double>(e.epoch.typical_len + data.shape.target_len) /
+                                    e.step_seconds / l.parallel.world;
+      e.epoch_seconds = static_cast<double>(e.epoch.steps) * e.step_seconds;
     } catch (const InputError& err) {
       e.applies = false;
       e.reason = err.what();

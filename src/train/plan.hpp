@@ -19,6 +19,7 @@
 #include "core/allocator.hpp"
 #include "parallel/layout.hpp"
 #include "train/model_runner.hpp"
+#include "train/step_time.hpp"
 
 namespace st {
 
@@ -46,6 +47,9 @@ struct PlanLayout {
 struct PlanData {
   ShardInfo info;
   DataShape shape;
+  // The training split's row lengths in tokens (from the shards; empty without them): the
+  // epoch's steps and the lengths its batches are trimmed to (train/loader.cpp).
+  std::vector<int32_t> train_lengths = {};
 };
 // Read the shards' metadata (InputError when absent, naming the path).
 PlanData plan_data_from_shards(const RunConfig& c);
@@ -59,15 +63,24 @@ RankPlan predict_rank_memory(const RunConfig& c, const PlanData& data, const Pla
 // The largest over the ranks that differ (rank 0 and the last rank).
 RankPlan predict_memory(const RunConfig& c, const PlanData& data, const PlanLayout& layout);
 
-// An estimate of one optimizer step's time, for ranking layouts (not a promise): compute at a
-// fraction of the device's peak plus the collectives' bytes over the link bandwidth.
+// The step-time model (train/step_time.hpp): every op of a step's dry run at its device-profile
+// time, every collective by the communication model, overlapped as the code overlaps them.
 struct SpeedModel {
-  double device_flops = 0;       // FLOP/s at the precision used (peak)
-  double efficiency = 0.4;       // fraction of peak a step achieves
-  double link_bytes_per_s = 0;   // per-GPU collective bandwidth (bus bandwidth)
-  double memory_bytes_per_s = 0; // device memory bandwidth (optimizer, NF4 dequantization)
+  DeviceProfile device;
+  CommModel comm;
 };
+// Built in: cuda -> H100 SXM with NVLink4, 8 GPUs per node; cpu -> builtin_cpu_profile.
 SpeedModel default_speed_model(const std::string& device);
+
+// The epoch of a layout: optimizer steps, and the token length its micro-batches are trimmed to
+// on average (the longest row of each micro-batch, the step's largest over the data-parallel
+// ranks), from the shards' row lengths. Packed: every row is pack_length. Without lengths
+// (no shards, or seq2seq): the full length and steps = 0 (unknown).
+struct EpochShape {
+  int64_t steps = 0;
+  int64_t typical_len = 0;
+};
+EpochShape epoch_shape(const RunConfig& c, const PlanData& data, int dp);
 
 struct LayoutEstimate {
   PlanLayout layout;
@@ -78,9 +91,13 @@ struct LayoutEstimate {
   size_t activations_full = 0;  // and with none
   size_t reserve = 0;           // what was added for memory outside the allocator
   bool fits = false;            // max_peak + reserve <= device memory (always true without a limit)
-  double step_seconds = 0;      // SpeedModel estimate of one optimizer step
+  StepTime step;                // of one optimizer step at the epoch's typical length
+  EpochShape epoch;
+  double step_seconds = 0;      // step.total
   double rows_per_second = 0;   // global batch rows / step_seconds: what the ranking compares
-  double compute_seconds = 0, comm_seconds = 0;
+  double tokens_per_second_per_gpu = 0;  // tokens of the step (typical length) / step / world
+  double epoch_seconds = 0;     // epoch.steps x step_seconds (0: unknown)
+  double compute_seconds = 0, comm_seconds = 0;  // step.compute, step.exposed_comm
 };
 
 struct PlanRequest {
@@ -93,6 +110,13 @@ struct PlanRequest {
   std::vector<Strategy> strategies;   // empty: every strategy that applies to `ranks`
   SpeedModel speed;
 };
+
+// Rank 0's op trace of one training step of `layout` at the epoch's typical length (what the
+// step-time model replays; `shardtune calibrate --deck` times its GEMM shapes).
+std::vector<TraceEvent> plan_step_trace(const RunConfig& c, const PlanData& data, const PlanLayout& layout, int rank = 0);
+// The micro-batch the dry run takes: B rows at the data's full lengths (packed: B rows of
+// pack_length filled with full-length documents).
+Batch plan_full_batch(int64_t B, const PlanData& data);
 
 // Every (strategy, tp, method) for the request, each with both checkpointing settings'
 // activations and the deck's checkpointing setting for its totals (auto: every block, the

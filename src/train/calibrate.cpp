@@ -1,0 +1,198 @@
+#include "train/calibrate.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <tuple>
+
+#include "core/error.hpp"
+#include "core/profile.hpp"
+#include "ops/activation.hpp"
+#include "ops/attention.hpp"
+#include "ops/bias.hpp"
+#include "ops/embedding.hpp"
+#include "ops/fp8.hpp"
+#include "ops/loss.hpp"
+#include "ops/matmul.hpp"
+#include "ops/norm.hpp"
+#include "ops/optim.hpp"
+#include "ops/rope.hpp"
+#include "quant/nf4.hpp"
+
+namespace st {
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// One op of a sweep: its work as the op trace records it, and its mean time.
+struct Sample {
+  OpFamily family;
+  double work = 0, seconds = 0;
+};
+
+class Sweep {
+ public:
+  Sweep(Device d, double budget_per_point) : device_(d), budget_(budget_per_point) {}
+
+  // Run `op` once under a trace (its work), once more to warm up, then as many times as fit the
+  // budget (at least 3) between two synchronisations.
+  Sample time(const std::function<void()>& op) {
+    Sample s;
+    {
+      OpTraceRecorder rec;
+      op();
+      if (rec.events().empty() || rec.events().front().kind != TraceEvent::Kind::op)
+        ST_THROW("calibrate: the op recorded no traced op");
+      const TraceEvent& e = rec.events().front();
+      s.family = e.family;
+      s.work = op_family_by_flops(e.family) ? e.flops : e.bytes;
+    }
+    device_synchronize(device_);
+    double t0 = now();
+    op();
+    device_synchronize(device_);
+    const double once = std::max(now() - t0, 1e-7);
+    const int reps = static_cast<int>(std::clamp(budget_ / once, 3.0, 1000.0));
+    t0 = now();
+    for (int r = 0; r < reps; ++r) op();
+    device_synchronize(device_);
+    s.seconds = (now() - t0) / reps;
+    return s;
+  }
+
+ private:
+  Device device_;
+  double budget_;
+};
+
+// Strictly increasing work, the faster time where two samples have the same work.
+std::vector<std::pair<double, double>> as_points(std::vector<Sample> ss) {
+  std::sort(ss.begin(), ss.end(), [](const Sample& a, const Sample& b) { return a.work < b.work; });
+  std::vector<std::pair<double, double>> pts;
+  for (const Sample& s : ss) {
+    if (!(s.work > 0) || !(s.seconds > 0)) continue;
+    if (!pts.empty() && pts.back().first == s.work) pts.back().second = std::min(pts.back().second, s.seconds);
+    else pts.emplace_back(s.work, s.seconds);
+  }
+  return pts;
+}
+
+DType dtype_of_bytes(int bytes, Device d) {
+  if (bytes == 2 && d == Device::cuda) return DType::bf16;
+  if (bytes == 8) return DType::f64;
+  return DType::f32;
+}
+
+}  // namespace
+
+DeviceProfile calibrate_device(const CalibrateOptions& o) {
+  const Device d = o.device;
+  const bool cuda = d == Device::cuda;
+  const DType act = cuda ? DType::bf16 : DType::f32;
+  // Sweeps: square GEMMs, attention lengths, and element counts of the memory-bound ops.
+  std::vector<int64_t> gemm_sizes = cuda ? std::vector<int64_t>{256, 512, 1024, 2048, 4096, 8192}
+                                         : std::vector<int64_t>{32, 64, 128, 256};
+  std::vector<int64_t> seq_lens = cuda ? std::vector<int64_t>{128, 256, 512, 1024, 2048} : std::vector<int64_t>{16, 32, 64};
+  std::vector<int64_t> rows = cuda ? std::vector<int64_t>{16, 64, 256, 1024, 4096, 16384} : std::vector<int64_t>{4, 16, 64, 256};
+  const int64_t C = cuda ? 4096 : 256;  // row width of the memory-bound ops
+  const int64_t H = cuda ? 32 : 4, D = cuda ? 128 : 16;
+  if (o.small) {
+    gemm_sizes = {16, 32, 64};
+    seq_lens = {8, 16};
+    rows = {4, 16, 64};
+  }
+  const size_t points = gemm_sizes.size() + 2 * seq_lens.size() + 10 * rows.size() + o.gemm_shapes.size();
+  Sweep sw(d, o.seconds / static_cast<double>(std::max<size_t>(1, points)));
+  std::map<OpFamily, std::vector<Sample>> by;
+  auto add = [&](const Sample& s) { by[s.family].push_back(s); };
+
+  DeviceProfile p;
+  p.device = cuda ? "cuda" : "cpu";
+  // GEMMs: y [m, n] = x [m, k] W^T (W [n, k]), the linear layers' forward.
+  auto gemm = [&](int64_t m, int64_t n, int64_t k, DType dt) {
+    Tensor A = Tensor::zeros({m, k}, dt, d), B = Tensor::zeros({n, k}, dt, d), Cc = Tensor::zeros({m, n}, dt, d);
+    return sw.time([&] { matmul(Cc, A, false, B, true, 1.0, 0.0); });
+  };
+  for (int64_t s : gemm_sizes) add(gemm(s, s, s, act));
+  // The deck's own GEMM shapes, each timed once.
+  std::map<std::tuple<int64_t, int64_t, int64_t, int>, double> exact;
+  for (const TraceEvent& e : o.gemm_shapes) {
+    if (e.family != OpFamily::gemm || e.dtype_bytes == 1) continue;  // FP8 GEMMs: not timed here
+    const auto key = std::make_tuple(e.m, e.n, e.k, e.dtype_bytes);
+    if (exact.count(key)) continue;
+    const Sample s = gemm(e.m, e.n, e.k, dtype_of_bytes(e.dtype_bytes, d));
+    exact[key] = s.seconds;
+    add(s);
+  }
+  for (const auto& [key, secs] : exact) {
+    GemmShapeTime g;
+    std::tie(g.m, g.n, g.k, g.dtype_bytes) = key;
+    g.seconds = secs;
+    p.gemm_shapes.push_back(g);
+  }
+  // Attention: causal self-attention, batch 1, H heads of D; forward and backward.
+  for (int64_t T : seq_lens) {
+    AttentionShape s;
+    s.B = 1;
+    s.T = T;
+    s.Hq = s.Hkv = H;
+    s.D = D;
+    s.scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const DType stat_dt = cuda ? DType::f32 : act;
+    Tensor q = Tensor::zeros({T, H * D}, act, d), k = q.clone(MemCategory::other), v = q.clone(MemCategory::other), out = q.clone(MemCategory::other), dout = q.clone(MemCategory::other);
+    Tensor dq = q.clone(MemCategory::other), dk = q.clone(MemCategory::other), dv = q.clone(MemCategory::other), lse = Tensor::zeros({H * T}, stat_dt, d);
+    add(sw.time([&] { attention_forward(s, q, k, v, Tensor(), out, lse); }));
+    add(sw.time([&] { attention_backward(s, q, k, v, out, lse, dout, Tensor(), dq, dk, dv, false); }));
+  }
+  // Memory-bound ops over [rows, C].
+  const RopeTables rope = rope_tables(cuda ? 16384 : 256, D, 10000.0, d);
+  for (int64_t N : rows) {
+    Tensor x = Tensor::zeros({N, C}, act, d), y = x.clone(MemCategory::other), z = x.clone(MemCategory::other), w = Tensor::zeros({C}, act, d);
+    Tensor rstd = Tensor::zeros({N}, cuda ? DType::f32 : act, d);
+    add(sw.time([&] { rmsnorm_forward(x, w, 1e-5, y, rstd); }));
+    add(sw.time([&] { swiglu_forward(x, y, z); }));
+    add(sw.time([&] { rope_forward(y, 1, N, rope, Tensor()); }));
+    Tensor ids = Tensor::zeros({N}, DType::i32, d), table = Tensor::zeros({1024, C}, act, d);
+    add(sw.time([&] { embedding_forward(ids, table, y); }));
+    Tensor logits = Tensor::zeros({N, C}, act, d), targets = Tensor::zeros({N}, DType::i32, d);
+    Tensor weight = Tensor::zeros({N}, DType::f32, d), losses = Tensor::zeros({N}, cuda ? DType::f32 : act, d);
+    add(sw.time([&] { cross_entropy(logits, targets, weight, losses, true); }));
+    add(sw.time([&] { bias_add(y, w); }));
+    add(sw.time([&] { y.copy_from(x); }));
+    Tensor master = Tensor::zeros({N * C}, DType::f32, d), grad = master.clone(MemCategory::other), m = master.clone(MemCategory::other), v = master.clone(MemCategory::other);
+    AdamWHyper h;
+    h.lr = 1e-5;
+    add(sw.time([&] { adamw_update(master, grad, m, v, h); }));
+    Nf4Config nf;
+    Nf4Tensor q = nf4_allocate(N, C, nf, d);
+    add(sw.time([&] { nf4_dequantize(q, y); }));
+    try {  // a GPU without FP8 kernels: the family takes the element-wise curve (below)
+      Fp8Tensor f8 = fp8_allocate(N, C, Fp8Scaling::per_tensor, d);
+      add(sw.time([&] { fp8_quantize(x, f8); }));
+    } catch (const Error& e) {
+      p.source = str("fp8_quant not measured (", e.what(), "): the element-wise curve");
+    }
+  }
+
+  for (int i = 0; i < kNumOpFamilies; ++i) {
+    const OpFamily f = static_cast<OpFamily>(i);
+    FamilyProfile& fp = p.family(f);
+    // Families not timed on their own (element-wise fills, relative bias, ...) take the
+    // element-wise bias add's curve; attention_backward has its own sweep.
+    const OpFamily src = by.count(f) ? f : OpFamily::elementwise;
+    fp.points = as_points(by[src]);
+    if (fp.points.empty()) ST_THROW("calibrate: no sample of ", op_family_name(f));
+    fp.latency_s = fp.points.front().second;
+    for (const auto& [w, t] : fp.points) fp.latency_s = std::min(fp.latency_s, t);
+  }
+  for (const auto& [w, t] : p.family(OpFamily::gemm).points) p.gemm_peak_flops = std::max(p.gemm_peak_flops, w / t);
+  for (const auto& [w, t] : p.family(OpFamily::copy).points) p.memory_bytes_per_s = std::max(p.memory_bytes_per_s, w / t);
+  return p;
+}
+
+}  // namespace st
