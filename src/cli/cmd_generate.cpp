@@ -61,7 +61,7 @@ const char* kRunKeysHelp =
     "  --tokenizer FILE      SentencePiece model (default: DIR/tokenizer.model of --model)\n"
     "  --seed N              seed of the sampling draws (default 1234)\n"
     "  --device cpu|cuda     (default cpu)\n"
-    "  --dtype auto|f32|f64|bf16   compute dtype (default auto: f32 on cpu, bf16 on cuda)\n"
+    "  --dtype auto|f32|f64|bf16   compute dtype (default auto: f32 on cpu, bf16 on cuda; f32/f64 on cpu only)\n"
     "  --threads N           OpenMP threads (default 0: every core)\n"
     "  --deck FILE           read these keys from an input deck\n";
 

@@ -75,7 +75,7 @@ void build_table(RunConfig& c, OptionTable& t) {
   add_string(run, t, "output_dir", &c.output_dir, "directory holding the run directories");
   add(run, t, "seed", &c.seed, "seed of every random choice (init, shuffling, dropout)");
   add_string(run, t, "device", &c.device, "cpu | cuda");
-  add_string(run, t, "dtype", &c.dtype, "compute dtype: auto (f32 on cpu, bf16 on cuda) | f32 | f64 | bf16");
+  add_string(run, t, "dtype", &c.dtype, "compute dtype: auto (f32 on cpu, bf16 on cuda) | f32 | f64 (cpu) | bf16 (cuda)");
   add(run, t, "threads", &c.threads, "OpenMP threads per rank (0: the node's cores divided among its ranks)");
   add(run, t, "log_every", &c.log_every, "print a progress line every N optimizer steps");
   add(run, t, "overwrite", &c.overwrite,

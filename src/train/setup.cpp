@@ -14,8 +14,13 @@ Device run_device(const RunConfig& c) { return c.device == "cuda" ? Device::cuda
 
 DType run_dtype(const RunConfig& c, Device d) {
   if (c.dtype == "auto") return d == Device::cuda ? DType::bf16 : DType::f32;
-  if (c.dtype == "f32") return DType::f32;
-  if (c.dtype == "f64") return DType::f64;
+  if (c.dtype == "f32" || c.dtype == "f64") {
+    if (d == Device::cuda)
+      ST_THROW_INPUT(c.origin.at("dtype"), ": dtype ", c.dtype,
+                     " needs device = cpu (the CUDA path computes in bf16 with f32 master weights and optimizer "
+                     "state; use dtype = bf16 or auto)");
+    return c.dtype == "f32" ? DType::f32 : DType::f64;
+  }
   if (d == Device::cpu) ST_THROW_INPUT(c.origin.at("dtype"), ": dtype bf16 needs device = cuda (the CPU path computes in f32)");
   return DType::bf16;
 }

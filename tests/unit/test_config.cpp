@@ -9,6 +9,7 @@
 
 #include "config/run_config.hpp"
 #include "core/error.hpp"
+#include "train/setup.hpp"
 #include "tests/common/paths.hpp"
 
 namespace st {
@@ -204,6 +205,37 @@ TEST(ConfigFormat, SaveAdapterDefaultAndFull) {
   EXPECT_TRUE(c.save_adapter);
   EXPECT_EQ(c.method, "full");
   EXPECT_NE(error_of({"--data", "d", "--save_adapter", "true"}).find("save_adapter"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace st
+
+namespace st {
+namespace {
+
+// The CUDA path computes in bf16 and the CPU path in f32/f64: the other pairings are refused
+// where the dtype is resolved, naming where the value came from.
+TEST(RunDtype, EachDeviceTakesOnlyItsOwnComputeDtypes) {
+  RunConfig c;
+  c.origin["dtype"] = "run.cfg:3";
+  c.dtype = "auto";
+  EXPECT_EQ(run_dtype(c, Device::cpu), DType::f32);
+  EXPECT_EQ(run_dtype(c, Device::cuda), DType::bf16);
+  c.dtype = "f64";
+  EXPECT_EQ(run_dtype(c, Device::cpu), DType::f64);
+  for (const char* dt : {"f32", "f64"}) {
+    c.dtype = dt;
+    try {
+      run_dtype(c, Device::cuda);
+      ADD_FAILURE() << dt << " on cuda accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("run.cfg:3"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("device = cpu"), std::string::npos) << e.what();
+    }
+  }
+  c.dtype = "bf16";
+  EXPECT_EQ(run_dtype(c, Device::cuda), DType::bf16);
+  EXPECT_THROW(run_dtype(c, Device::cpu), InputError);
 }
 
 }  // namespace
