@@ -52,18 +52,29 @@ void write_all_fd(int fd, const void* data, size_t bytes, const std::string& wha
 
 AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_path_(path + ".tmp") {
   ST_CHECK(!path.empty(), "AtomicFile: empty path");
+  struct stat sb;
+  if (::stat(path.c_str(), &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
+    // A device, FIFO or socket (e.g. /dev/null, /dev/stdout, a named pipe): written in place. A
+    // rename over it would replace the node itself with a regular file (as root: /dev/null). A
+    // directory takes the usual path: its rename fails and names it.
+    in_place_ = true;
+    tmp_path_ = path;
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd_ < 0) fail("cannot open", errno);
+    return;
+  }
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("cannot create the temporary file", errno);
 }
 
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(tmp_path_.c_str());
+  if (!committed_ && !in_place_) ::unlink(tmp_path_.c_str());
 }
 
 void AtomicFile::fail(const char* what, int err) {
   if (fd_ >= 0) ::close(std::exchange(fd_, -1));
-  ::unlink(tmp_path_.c_str());  // no-op if it was never created
+  if (!in_place_) ::unlink(tmp_path_.c_str());  // no-op if it was never created
   ST_THROW("cannot write ", path_, ": ", what, " ", tmp_path_, ": ", std::strerror(err));
 }
 
@@ -73,13 +84,18 @@ void AtomicFile::write(const void* data, size_t bytes) {
     write_all_fd(fd_, data, bytes, str("cannot write ", path_, " (temporary file ", tmp_path_, ")"));
   } catch (...) {
     ::close(std::exchange(fd_, -1));
-    ::unlink(tmp_path_.c_str());
+    if (!in_place_) ::unlink(tmp_path_.c_str());
     throw;
   }
 }
 
 void AtomicFile::commit() {
   ST_CHECK(fd_ >= 0, "commit of ", tmp_path_, " twice or after a failure");
+  if (in_place_) {  // nothing to rename; fsync does not apply to devices and pipes
+    if (::close(std::exchange(fd_, -1)) != 0) fail("close failed on", errno);
+    committed_ = true;
+    return;
+  }
   if (::fsync(fd_) != 0) fail("fsync failed on", errno);
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) fail("close failed on", errno);

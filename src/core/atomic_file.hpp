@@ -22,7 +22,7 @@ class AtomicFile {
 
   void write(const void* data, size_t bytes);
   void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
-  void commit();  // fsync, close, rename over `path`, fsync the directory
+  void commit();  // fsync, close, rename over `path`, fsync the directory (a device or FIFO: close)
 
   const std::string& path() const { return path_; }
   const std::string& tmp_path() const { return tmp_path_; }
@@ -34,6 +34,7 @@ class AtomicFile {
   std::string tmp_path_;
   int fd_ = -1;
   bool committed_ = false;
+  bool in_place_ = false;  // `path` is a device, FIFO or socket: written directly, never renamed over
 };
 
 // Writes `path` atomically: `writer` fills the AtomicFile, then it is committed. If `writer`

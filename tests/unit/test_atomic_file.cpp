@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstring>
 #include <functional>
 #include <filesystem>
 
@@ -59,6 +60,26 @@ TEST(AtomicFile, WritesAndReplacesWithoutLeavingATempFile) {
   });
   EXPECT_EQ(st::test::read_file(p), "second");
   EXPECT_EQ(names_in(d.path), (std::vector<std::string>{"out.txt"}));
+}
+
+// A FIFO (as /dev/null or /dev/stdout, a node that is not a regular file) is written in place:
+// the reader gets the bytes and the node stays a FIFO, with no temp file beside it. A rename
+// would have replaced the node itself with a regular file (as root, /dev/null: seen once).
+TEST(AtomicFile, DevicesAndPipesAreWrittenInPlaceNeverReplaced) {
+  st::test::TempDir d("atomic");
+  const std::string p = d.path + "/pipe";
+  ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0) << std::strerror(errno);
+  const int rd = ::open(p.c_str(), O_RDONLY | O_NONBLOCK);  // a reader, so the writer's open returns
+  ASSERT_GE(rd, 0) << std::strerror(errno);
+  st::atomic_write_file(p, "through the pipe");
+  char buf[64] = {};
+  const ssize_t n = ::read(rd, buf, sizeof(buf));
+  ::close(rd);
+  EXPECT_EQ(std::string(buf, n > 0 ? static_cast<size_t>(n) : 0), "through the pipe");
+  struct stat sb;
+  ASSERT_EQ(::lstat(p.c_str(), &sb), 0);
+  EXPECT_TRUE(S_ISFIFO(sb.st_mode)) << "the FIFO was replaced";
+  EXPECT_EQ(names_in(d.path), (std::vector<std::string>{"pipe"}));
 }
 
 TEST(AtomicFile, WriterFailureKeepsTheOldFileAndRemovesTheTemp) {
