@@ -9,7 +9,8 @@
 #
 # Steps: build, goldens, test-gpu, golden-cpu (the CPU golden tests against fresh fixtures),
 # peft, bench-packing, bench (BENCH_ARGS), bench-regress (.bench_before vs this tree, twice,
-# interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not). Needs BOOST_PO_SRC for the image's
+# interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not), calibrate (a
+# device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -77,6 +78,15 @@ for s in "${steps[@]}"; do
             --out-dir $OUT/bench-$tree-$round --quiet"
         done
       done ;;
+    calibrate)
+      # The device profile of this GPU over the generic shape sweep (issue 21), kept in $OUT.
+      run_step calibrate build/shardtune calibrate --device cuda --seconds ${CALIBRATE_SECONDS:-30} \
+        --out "$OUT/calibrated-profile.json" ;;
+    predict)
+      # Predicted vs measured step time on this GPU (issue 21): PREDICT_CONFIGS, PREDICT_SECONDS.
+      run_step predict python3 analysis/predict_vs_measured.py --bin build/shardtune \
+        --configs ${PREDICT_CONFIGS:-7b_lora,1b_full} --seconds ${PREDICT_SECONDS:-10} --mpirun "$MPI" \
+        --out-dir "$OUT/predict" ${PREDICT_ARGS:-} ;;
     generate-check)
       # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
       # and the cached vs uncached rate.

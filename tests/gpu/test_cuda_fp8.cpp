@@ -20,6 +20,9 @@
 #include "ops/fp8.hpp"
 #include "ops/fp8_codec.hpp"
 #include "ops/matmul.hpp"
+#include "adapters/lora.hpp"
+#include "model/fp8_base.hpp"
+#include "model/linear.hpp"
 #include "tests/gpu/gpu_util.hpp"
 
 #ifdef SHARDTUNE_CUDA
@@ -245,6 +248,69 @@ void expect_close(const Tensor& gpu, const Tensor& ref, const Tensor& abs_sum, d
   }
   EXPECT_EQ(bad, 0) << what;
   std::printf("[fp8] %s: worst |gpu - ref| / sum|a b| = %.3g\n", what, worst);
+}
+
+// base_precision = fp8 at the level of one adapted linear (model/fp8_base.cpp): with x, dy and W
+// exactly representable in bf16, the GPU (bf16) and the CPU (f64, rounded to f32 before
+// quantizing) find the same amaxes and so the same FP8 codes; the forward y = x W^T (W8) and the
+// input gradient dx = dy W (W8^T, the transposed codes) must then agree with the CPU reference on
+// those codes within the bf16 output rounding and the tensor cores' accumulation, as the plain
+// GEMM above. This pins the GPU's W8^T and dy scaling independently of the model-level test.
+TEST(CudaFp8Base, LinearForwardAndInputGradientEqualTheCpuOnTheSameCodes) {
+  ST_REQUIRE_FP8_GEMM(false);
+  Rng rng(53);
+  const int64_t M = 70, in = 64, out = 160;  // a non-square layer: a transposition mix-up shows
+  const Tensor w = random_bf16_values({out, in}, rng, 0.2);
+  const Tensor x = random_bf16_values({M, in}, rng, 3.0), dy = random_bf16_values({M, out}, rng, 1e-3);
+  Linear gl, cl;
+  for (Linear* l : {&gl, &cl}) {
+    l->name = "model.layers.0.mlp.up_proj";
+    l->in = in;
+    l->out = out;
+  }
+  gl.weight = to_device(w, DType::bf16);
+  cl.weight = w.to_cpu(DType::f64);
+  LoraConfig lc;
+  lc.r = 4;
+  gl.adapter = std::make_unique<LoraAdapter>(gl, lc, M, 5);  // B = 0: the adapter adds nothing
+  cl.adapter = std::make_unique<LoraAdapter>(cl, lc, M, 5);
+  ASSERT_EQ(fp8_convert_base({&gl}, M, "test"), 1);
+  ASSERT_EQ(fp8_convert_base({&cl}, M, "test"), 1);
+  ASSERT_TRUE(gl.fp8 && cl.fp8);
+  expect_same_codes(gl.fp8->w, cl.fp8->w);
+  expect_same_codes(gl.fp8->wt, cl.fp8->wt);
+  // The operands as the CPU quantizes them (the GPU's x and dy are the same bf16 values).
+  Fp8Tensor X8 = fp8_allocate(M, in, Fp8Scaling::per_tensor, Device::cpu);
+  Fp8Tensor DY8 = fp8_allocate(M, out, Fp8Scaling::per_tensor, Device::cpu);
+  fp8_quantize(x, X8);
+  fp8_quantize(dy, DY8);
+  const double acc_f = kTensorCoreAcc + static_cast<double>(in) * kF32, acc_b = kTensorCoreAcc + static_cast<double>(out) * kF32;
+  const Tensor xg = to_device(x, DType::bf16), dyg = to_device(dy, DType::bf16);
+  // Forward, overwrite.
+  Tensor y = Tensor::empty({M, out}, DType::bf16, Device::cuda);
+  fp8_linear_forward(gl, xg, y, 0.0, nullptr);
+  Tensor ref, abs_sum;
+  cpu_reference(X8, cl.fp8->w, nullptr, ref, abs_sum);
+  expect_close(y, ref, abs_sum, kBf16Out, acc_f, "fp8 linear forward");
+  // The CPU's own FP8 linear gives the same reference (its arithmetic is cpu_reference's).
+  Tensor yc = Tensor::empty({M, out}, DType::f64);
+  fp8_linear_forward(cl, x, yc, 0.0, nullptr);
+  expect_close(yc, ref, abs_sum, 2 * kF32, static_cast<double>(in) * kF32, "cpu fp8 linear forward");
+  // Input gradient, overwrite then accumulate.
+  Tensor dx = Tensor::empty({M, in}, DType::bf16, Device::cuda);
+  fp8_linear_backward_input(gl, dyg, dx, false);
+  Tensor dref, dabs;
+  cpu_reference(DY8, cl.fp8->wt, nullptr, dref, dabs);
+  expect_close(dx, dref, dabs, kBf16Out, acc_b, "fp8 linear input gradient");
+  const Tensor dx0 = dx.to_cpu(DType::f64);
+  fp8_linear_backward_input(gl, dyg, dx, true);
+  Tensor dref2, dabs2;
+  cpu_reference(DY8, cl.fp8->wt, &dx0, dref2, dabs2);
+  expect_close(dx, dref2, dabs2, kBf16Out, acc_b + kBf16Out, "fp8 linear input gradient, accumulated");
+  // And through the layer's own backward (adapter included, B = 0 so it adds nothing to dx).
+  Tensor dx3 = Tensor::empty({M, in}, DType::bf16, Device::cuda);
+  linear_layer_backward(gl, xg, dyg, &dx3, LayerContext{}, false);
+  expect_close(dx3, dref, dabs, kBf16Out, acc_b, "fp8 linear_layer_backward input gradient");
 }
 
 TEST(CudaFp8Gemm, ExactWhereEverySumIsExact) {

@@ -111,36 +111,72 @@ LlamaModel quantized_copy(LlamaModel& dense) {
   return q;
 }
 
-// base_precision = fp8 (model/fp8_base.hpp) on both sides: the GPU's cuBLASLt FP8 GEMMs against
-// the CPU's FP8 reference in f64. The GPU quantizes bf16 activations, the CPU f64 ones, each with
-// its own current scale (448 / amax): the amaxes differ by bf16 rounding, so the two E4M3 grids
-// are shifted against each other and the two quantizations are independent rather than mostly
-// equal. Each GEMM input then carries E4M3's RMS relative noise 2^-4 / sqrt(3) = 3.6e-2 (measured
-// 3.62e-2 by StaysWithinFp8PrecisionOfTheBf16Gemm) on both sides, sqrt(2) x that between them;
-// 14 FP8 GEMMs (2 blocks x 7) in quadrature: 3.6e-2 x sqrt(2 x 14) = 0.19 on the logits: bound
-// 0.2 (measured on H100: 0.116 LoRA, 0.135 QLoRA). The gradients add the 14 input-gradient GEMMs
-// (dy quantized too): sqrt(2 x 28) x 3.6e-2 = 0.27 (measured: up to 0.41, beyond this model of
-// the error: docs/NOTES.md "FP8 on the GPU", open).
-constexpr double kFp8LogitTol = 2e-1, kFp8GradTol = 2.7e-1;
+// base_precision = fp8 (model/fp8_base.hpp). The GPU quantizes bf16 activations, the CPU f64
+// ones, each with its own current scale (448 / amax): the amaxes differ by bf16 rounding, so the
+// two E4M3 grids are shifted against each other and the two quantizations are independent rather
+// than mostly equal. A GPU-vs-CPU-FP8 difference is then the difference of two independent FP8
+// errors, which the backward amplifies through the softmax and the q/k cancellation (H100,
+// 2026-12-07: gradients up to 0.41 relative between the two FP8 steps, logits 0.12-0.14); a bound
+// on it could only restate a measurement. What the step test asserts instead:
+//  * the GPU FP8 step is as close to the exact step (f64, unquantized base) as the CPU's FP8
+//    arithmetic is: err(GPU fp8, exact) <= 1.5 err(CPU fp8, exact) + the bf16 step's own bound,
+//    for the logits and per gradient tensor. A wrong scale, a transposed W8^T or an unscaled dy
+//    gives errors of order 1, far beyond it;
+//  * FP8 is really used: err(CPU fp8, exact) on the logits is at least E4M3's single-GEMM noise
+//    (3.6e-2 RMS, StaysWithinFp8PrecisionOfTheBf16Gemm) divided by 4.
+// The exact operand-level check (the same FP8 codes on both sides, so only the accumulation and
+// the bf16 output may differ) is CudaFp8Base.LinearForwardAndInputGradientEqualTheCpuOnTheSameCodes.
+constexpr double kFp8ExcessFactor = 1.5, kFp8MinLogitEffect = 3.6e-2 / 4;
 
-// Sets *worst_out to the worst relative gradient error (left at infinity if a check aborts).
+struct StepResult {
+  double loss0 = 0;
+  Tensor logits;  // CPU f64 [3 * 70, V] (forward without targets)
+  std::vector<std::pair<std::string, Tensor>> grads;  // CPU f64, trainable parameters in order
+};
+
+StepResult run_step(LlamaModel& m, const HostBatch& hb) {
+  StepResult r;
+  LlamaBatch b = to_batch(hb, m.device);
+  LlamaActivations a = llama_activations(m, 3, 70, true, true);
+  r.loss0 = llama_forward(m, a, b, LayerContext{}, false);
+  r.logits = a.logits.slice(0, 3 * 70).to_cpu(DType::f64);
+  llama_forward(m, a, b, LayerContext{}, true);
+  llama_backward(m, a, b, LayerContext{});
+  for (auto& p : llama_trainable_params(m)) {
+    EXPECT_EQ(p.grad->dtype(), m.device == Device::cuda ? DType::f32 : DType::f64) << p.name;
+    r.grads.emplace_back(p.name, p.grad->to_cpu(DType::f64));
+  }
+  return r;
+}
+
+// One LoRA / QLoRA / full training step of the small Llama on the GPU (bf16) against the CPU
+// (f64) on identical bf16 weights and adapters. fp8: both hold the adapted bases in FP8, and a
+// third, exact model (CPU f64, base unquantized) is the reference both are measured against.
+// Sets *worst_out to the worst relative gradient error of the GPU against its reference (left at
+// infinity if a check aborts).
 void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
   LlamaModel gpu = llama_build(small_config(), DType::bf16, Device::cuda);
   llama_init_random(gpu, 5, 0.2);
-  LlamaModel cpu = llama_build(small_config(), DType::f64, Device::cpu);
-  copy_weights(gpu, cpu);  // the CPU reference runs on exactly the bf16 weights
+  std::vector<LlamaModel> cpus;  // [0]: the CPU step like the GPU's; [1] (fp8): the exact step
+  cpus.reserve(2);
+  for (int i = 0; i < (fp8 ? 2 : 1); ++i) {
+    cpus.push_back(llama_build(small_config(), DType::f64, Device::cpu));
+    copy_weights(gpu, cpus.back());  // the CPU reference runs on exactly the bf16 weights
+  }
   if (qlora) {
     gpu = quantized_copy(gpu);
-    cpu = quantized_copy(cpu);
-    for (size_t i = 0; i < llama_linears(gpu).size(); ++i) {
-      Linear* g = llama_linears(gpu)[i];
-      Linear* c = llama_linears(cpu)[i];
-      ASSERT_EQ(g->quantized(), c->quantized());
-      if (!g->quantized()) continue;
-      ASSERT_EQ(g->nf4->codes.to_cpu(DType::u8).nbytes(), c->nf4->codes.nbytes());
-      ASSERT_EQ(std::memcmp(g->nf4->codes.to_cpu(DType::u8).data(), c->nf4->codes.data(), c->nf4->codes.nbytes()), 0)
-          << g->name << ": GPU and CPU NF4 codes differ";
-      ASSERT_EQ(g->nf4->offset, c->nf4->offset) << g->name;
+    for (auto& cpu : cpus) {
+      cpu = quantized_copy(cpu);
+      for (size_t i = 0; i < llama_linears(gpu).size(); ++i) {
+        Linear* g = llama_linears(gpu)[i];
+        Linear* c = llama_linears(cpu)[i];
+        ASSERT_EQ(g->quantized(), c->quantized());
+        if (!g->quantized()) continue;
+        ASSERT_EQ(g->nf4->codes.to_cpu(DType::u8).nbytes(), c->nf4->codes.nbytes());
+        ASSERT_EQ(std::memcmp(g->nf4->codes.to_cpu(DType::u8).data(), c->nf4->codes.data(), c->nf4->codes.nbytes()), 0)
+            << g->name << ": GPU and CPU NF4 codes differ";
+        ASSERT_EQ(g->nf4->offset, c->nf4->offset) << g->name;
+      }
     }
   }
   if (lora) {
@@ -148,48 +184,62 @@ void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
     lc.r = 4;
     lc.alpha = 8;
     attach_lora(gpu, lc, 3 * 70, 9);
-    attach_lora(cpu, lc, 3 * 70, 9);
+    for (auto& cpu : cpus) attach_lora(cpu, lc, 3 * 70, 9);
     for (size_t i = 0; i < llama_linears(gpu).size(); ++i) {
       auto* ga = dynamic_cast<LoraAdapter*>(llama_linears(gpu)[i]->adapter.get());
-      auto* ca = dynamic_cast<LoraAdapter*>(llama_linears(cpu)[i]->adapter.get());
       if (!ga) continue;
       fill_normal(ga->B, 1000 + i, 0.0, 0.2);  // non-zero B, bf16-representable after sync below
       ga->sync_working();
-      ca->A.copy_from(ga->A_work.to_cpu(DType::f64));  // the CPU runs on the GPU's bf16 working copies
-      ca->B.copy_from(ga->B_work.to_cpu(DType::f64));
+      for (auto& cpu : cpus) {
+        auto* ca = dynamic_cast<LoraAdapter*>(llama_linears(cpu)[i]->adapter.get());
+        ca->A.copy_from(ga->A_work.to_cpu(DType::f64));  // the CPU runs on the GPU's bf16 working copies
+        ca->B.copy_from(ga->B_work.to_cpu(DType::f64));
+      }
     }
   } else {
     llama_enable_base_training(gpu);
-    llama_enable_base_training(cpu);
+    for (auto& cpu : cpus) llama_enable_base_training(cpu);
   }
   if (fp8) {
     ASSERT_EQ(fp8_convert_base(llama_linears(gpu), 3 * 70, "test"), 14);
-    ASSERT_EQ(fp8_convert_base(llama_linears(cpu), 3 * 70, "test"), 14);
+    ASSERT_EQ(fp8_convert_base(llama_linears(cpus[0]), 3 * 70, "test"), 14);  // cpus[1] stays exact
   }
-  const double logit_tol = fp8 ? kFp8LogitTol : kLogitTol, grad_tol = fp8 ? kFp8GradTol : kGradTol;
   const HostBatch hb = make_host_batch(3, 96);
-  LlamaBatch gb = to_batch(hb, Device::cuda), cb = to_batch(hb, Device::cpu);
-  LlamaActivations ga = llama_activations(gpu, 3, 70, true, true), ca = llama_activations(cpu, 3, 70, true, true);
-  const double gl0 = llama_forward(gpu, ga, gb, LayerContext{}, false);
-  const double cl0 = llama_forward(cpu, ca, cb, LayerContext{}, false);
-  const double logit_err = rel_l2(ga.logits.slice(0, 3 * 70), ca.logits.slice(0, 3 * 70));
-  EXPECT_LT(logit_err, logit_tol);
-  EXPECT_NEAR(gl0, cl0, logit_tol * std::fabs(cl0));
-  llama_forward(gpu, ga, gb, LayerContext{}, true);
-  llama_backward(gpu, ga, gb, LayerContext{});
-  llama_forward(cpu, ca, cb, LayerContext{}, true);
-  llama_backward(cpu, ca, cb, LayerContext{});
-  auto gp = llama_trainable_params(gpu), cp = llama_trainable_params(cpu);
-  ASSERT_EQ(gp.size(), cp.size());
+  const StepResult g = run_step(gpu, hb);
+  std::vector<StepResult> c;
+  for (auto& cpu : cpus) c.push_back(run_step(cpu, hb));
+  ASSERT_EQ(g.grads.size(), c[0].grads.size());
+  const char* what = qlora ? "qlora" : lora ? "lora" : "full";
   double worst = 0;
-  for (size_t i = 0; i < gp.size(); ++i) {
-    EXPECT_EQ(gp[i].grad->dtype(), DType::f32) << gp[i].name;
-    const double e = rel_l2(*gp[i].grad, *cp[i].grad);
-    worst = std::max(worst, e);
-    EXPECT_LT(e, grad_tol) << gp[i].name;
+  if (!fp8) {
+    const double logit_err = rel_l2(g.logits, c[0].logits);
+    EXPECT_LT(logit_err, kLogitTol);
+    EXPECT_NEAR(g.loss0, c[0].loss0, kLogitTol * std::fabs(c[0].loss0));
+    for (size_t i = 0; i < g.grads.size(); ++i) {
+      const double e = rel_l2(g.grads[i].second, c[0].grads[i].second);
+      worst = std::max(worst, e);
+      EXPECT_LT(e, kGradTol) << g.grads[i].first;
+    }
+    std::printf("[gpu-vs-cpu] %s step: loss %.6f vs %.6f, logits rel error %.2e, worst gradient rel error %.2e over %zu tensors\n",
+                what, g.loss0, c[0].loss0, logit_err, worst, g.grads.size());
+  } else {
+    const StepResult& exact = c[1];
+    const double lg = rel_l2(g.logits, exact.logits), lc = rel_l2(c[0].logits, exact.logits);
+    EXPECT_GT(lc, kFp8MinLogitEffect) << "the CPU FP8 step barely differs from the exact one: is FP8 used?";
+    EXPECT_LT(lg, kFp8ExcessFactor * lc + kLogitTol);
+    double worst_cpu = 0, worst_between = 0;
+    for (size_t i = 0; i < g.grads.size(); ++i) {
+      const double eg = rel_l2(g.grads[i].second, exact.grads[i].second);
+      const double ec = rel_l2(c[0].grads[i].second, exact.grads[i].second);
+      worst = std::max(worst, eg);
+      worst_cpu = std::max(worst_cpu, ec);
+      worst_between = std::max(worst_between, rel_l2(g.grads[i].second, c[0].grads[i].second));
+      EXPECT_LT(eg, kFp8ExcessFactor * ec + kGradTol) << g.grads[i].first << " (CPU FP8 vs exact: " << ec << ")";
+    }
+    std::printf("[gpu-vs-cpu] %s fp8-base step against the exact f64 step: logits GPU %.2e, CPU FP8 %.2e; worst "
+                "gradient GPU %.2e, CPU FP8 %.2e (GPU vs CPU FP8 %.2e) over %zu tensors\n",
+                what, lg, lc, worst, worst_cpu, worst_between, g.grads.size());
   }
-  std::printf("[gpu-vs-cpu] %s%s step: loss %.6f vs %.6f, logits rel error %.2e, worst gradient rel error %.2e over %zu tensors\n",
-              qlora ? "qlora" : lora ? "lora" : "full", fp8 ? " fp8-base" : "", gl0, cl0, logit_err, worst, gp.size());
   *worst_out = worst;
 }
 
@@ -214,9 +264,10 @@ TEST(CudaModel, QloraTrainingStepMatchesCpu) {
   EXPECT_LT(worst, kGradTol);
 }
 
-// base_precision = fp8: LoRA and QLoRA steps with the frozen base in FP8 on both sides (skipped
-// on GPUs without FP8 tensor cores, where the run refuses base_precision = fp8).
-TEST(CudaModel, Fp8BaseLoraAndQloraStepsMatchCpuFp8Reference) {
+// base_precision = fp8: LoRA and QLoRA steps with the frozen base in FP8, measured against the
+// exact step beside the CPU's FP8 arithmetic (skipped on GPUs without FP8 tensor cores, where the
+// run refuses base_precision = fp8).
+TEST(CudaModel, Fp8BaseLoraAndQloraStepsAreAsCloseToTheExactStepAsTheCpuFp8Reference) {
   ST_REQUIRE_GPU();
   const Fp8Support sup = fp8_support(Device::cuda);
   if (!sup.gemm) GTEST_SKIP() << "no FP8 GEMM here: " << sup.reason;
@@ -224,7 +275,7 @@ TEST(CudaModel, Fp8BaseLoraAndQloraStepsMatchCpuFp8Reference) {
     SCOPED_TRACE(qlora ? "qlora" : "lora");
     double worst = std::numeric_limits<double>::infinity();
     compare_step(true, qlora, &worst, true);
-    EXPECT_LT(worst, kFp8GradTol);
+    EXPECT_LT(worst, 1.0);  // finite and below order 1 (the per-tensor bounds are in compare_step)
   }
 }
 
