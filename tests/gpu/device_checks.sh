@@ -10,7 +10,7 @@
 # Steps: build, goldens, test-gpu, golden-cpu (the CPU golden tests against fresh fixtures),
 # peft, bench-packing, bench (BENCH_ARGS), bench-regress (.bench_before vs this tree, twice,
 # interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not), calibrate (a
-# device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS). Needs BOOST_PO_SRC for the image's
+# device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS), fp8-quality (FP8Q_ARGS). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -87,6 +87,10 @@ for s in "${steps[@]}"; do
       run_step predict python3 analysis/predict_vs_measured.py --bin build/shardtune \
         --configs ${PREDICT_CONFIGS:-7b_lora,1b_full} --seconds ${PREDICT_SECONDS:-10} --mpirun "$MPI" \
         --out-dir "$OUT/predict" ${PREDICT_ARGS:-} ;;
+    fp8-quality)
+      # Issue 20's FP8 quality run (stories260K LoRA on TinyStories, bf16 vs fp8 base); carry
+      # .device_data with corpus/tinystories_subset.
+      run_step fp8-quality python3 analysis/fp8_quality.py --bin build/shardtune --out "$OUT/fp8_quality" ${FP8Q_ARGS:-} ;;
     generate-check)
       # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
       # and the cached vs uncached rate.
