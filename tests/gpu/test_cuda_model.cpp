@@ -143,7 +143,9 @@ StepResult run_step(LlamaModel& m, const HostBatch& hb) {
   llama_forward(m, a, b, LayerContext{}, true);
   llama_backward(m, a, b, LayerContext{});
   for (auto& p : llama_trainable_params(m)) {
-    if (m.device == Device::cuda) EXPECT_EQ(p.grad->dtype(), DType::f32) << p.name;
+    if (m.device == Device::cuda) {
+      EXPECT_EQ(p.grad->dtype(), DType::f32) << p.name;
+    }
     r.grads.emplace_back(p.name, p.grad->to_cpu(DType::f64));
   }
   return r;
