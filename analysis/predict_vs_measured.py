@@ -66,6 +66,14 @@ def run(cmd, log):
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
+def write_json(args, rows, notes, commands, partial):
+    path = os.path.join(args.out_dir, "predict_vs_measured.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"rows": rows, "notes": notes, "commands": commands, "device": bench.gpu_name(), "partial": partial},
+                  f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.bin = os.path.abspath(args.bin)
@@ -126,6 +134,8 @@ def main(argv=None):
             row["ratio"] = predicted / measured
             row["within_target"] = abs(row["ratio"] - 1) <= TARGET
         rows.append(row)
+        print(f"predict_vs_measured: {name}: predicted {predicted}, measured {measured}", flush=True)
+        write_json(args, rows, notes, commands, partial=True)  # what is done so far survives a kill
 
     print(f"\n{'row':<18} {'strategy':<9} {'method':<6} {'predicted s':>12} {'measured s':>11} {'pred/meas':>10}  within 10%")
     for r in rows:
@@ -139,8 +149,7 @@ def main(argv=None):
         print(f"{r['name']:<18} {r['strategy']:<9} {r['method']:<6} {pred:>12} {meas:>11} {ratio:>10}  {ok}")
     for n in notes:
         print("note:", n)
-    with open(os.path.join(args.out_dir, "predict_vs_measured.json"), "w") as f:
-        json.dump({"rows": rows, "notes": notes, "commands": commands, "device": bench.gpu_name()}, f, indent=1)
+    write_json(args, rows, notes, commands, partial=False)
     judged = [r for r in rows if "ratio" in r]
     return 0 if judged and all(r["within_target"] for r in judged) else 1
 
