@@ -2,9 +2,10 @@
 """The planner's predicted step time against the measured one, on the GPU host (issue #21).
 
 For every single-GPU benchmark row of analysis/bench.py (default: the Llama rows 1b_full,
-1b_lora, 7b_lora, 13b_lora, 7b_qlora, 13b_qlora, and each strategy at world size 1 on 7b_lora
-and 1b_full: ddp, tp, zero3, tp+zero3) it
-  1. makes bench.py's random-token shards (once),
+1b_lora, 7b_lora, 13b_lora, 7b_qlora, 13b_qlora, the T5 rows t5large_full, t5large_lora,
+t5xl_full, t5xl_lora, and each strategy at world size 1 on 7b_lora and 1b_full: ddp, tp, zero3,
+tp+zero3) it
+  1. makes bench.py's random-token shards (once; seq2seq ones for the T5 rows),
   2. calibrates this GPU with the deck's own GEMM shapes, in the same invocation:
        shardtune calibrate --device cuda --deck DECK --data DIR --seconds S --out PROFILE
      (one profile per deck),
@@ -30,6 +31,7 @@ sys.path.insert(0, HERE)
 import bench  # noqa: E402  (the benchmark's decks, shards and run helpers)
 
 DEFAULT = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora",
+           "t5large_full", "t5large_lora", "t5xl_full", "t5xl_lora",
            "7b_lora_ddp", "7b_lora_tp", "7b_lora_zero3", "7b_lora_tpzero3",
            "1b_full_ddp", "1b_full_tp", "1b_full_zero3", "1b_full_tpzero3")
 TARGET = 0.10
@@ -46,6 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--t5-data-dir", default=None, help="seq2seq shards of the T5 rows (default data/bench/random-t5-S-T)")
+    p.add_argument("--t5-seq-len", type=int, default=512)
+    p.add_argument("--t5-target-len", type=int, default=128)
+    p.add_argument("--t5-vocab", type=int, default=32128)
     p.add_argument("--train-args", default="")
     p.add_argument("--out-dir", default="runs/speed")
     p.add_argument("--skip-runs", action="store_true", help="predict only (no training runs)")
@@ -85,25 +91,27 @@ def main(argv=None):
         if n not in bench.CONFIGS:
             print(f"predict_vs_measured: unknown configuration {n}", file=sys.stderr)
             return 2
-    data = {"dir": args.data_dir, "rows": args.rows, "seq_len": args.seq_len, "target_len": None, "vocab": args.vocab}
+    if args.t5_data_dir is None:
+        args.t5_data_dir = f"data/bench/random-t5-{args.t5_seq_len}-{args.t5_target_len}"
     commands, notes = [], []
-    if not bench.ensure_shards(args.bin, data, logs, commands, True):
-        return 1
-    profiles, rows = {}, []
+    profiles, rows, made = {}, [], set()
     for name in names:
         spec = bench.CONFIGS[name]
         keys = bench.read_deck(spec["deck"])
         shape = bench.deck_shape(keys, spec["deck"])
-        if bench.is_t5(shape):
-            notes.append(f"{name}: T5 rows need seq2seq shards; skipped")
-            continue
+        # Causal rows train on the random-token shards, T5 rows on seq2seq ones (bench.py's data).
+        data = bench.data_spec(shape, args)
+        if data["dir"] not in made:
+            if not bench.ensure_shards(args.bin, data, logs, commands, True):
+                return 1
+            made.add(data["dir"])
         if spec.get("args"):
             shape["run_id"] = name
         deck = spec["deck"]
         extra = [a for a in spec.get("args", []) if a]  # e.g. --parallel tp
         if deck not in profiles:
             prof = os.path.join(args.out_dir, f"profile-{os.path.basename(deck)[:-4]}.json")
-            cmd = [args.bin, "calibrate", "--device", "cuda", "--deck", deck, "--data", args.data_dir,
+            cmd = [args.bin, "calibrate", "--device", "cuda", "--deck", deck, "--data", data["dir"],
                    "--seconds", str(args.seconds), "--out", prof]
             if run(cmd, os.path.join(logs, f"calibrate-{os.path.basename(deck)[:-4]}.log")) != 0:
                 print(f"predict_vs_measured: calibrate failed for {deck}; see {logs}", file=sys.stderr)
@@ -112,7 +120,7 @@ def main(argv=None):
         strategy = strategy_of(spec, keys)
         method = keys.get("method", "full")
         plan_json = os.path.join(args.out_dir, f"plan-{name}.json")
-        cmd = [args.bin, "plan", "--deck", deck, "--data", args.data_dir, "--ranks", "1", "--strategies",
+        cmd = [args.bin, "plan", "--deck", deck, "--data", data["dir"], "--ranks", "1", "--strategies",
                strategy, "--methods", method, "--profile", profiles[deck], "--json", plan_json] + extra
         if run(cmd, os.path.join(logs, f"plan-{name}.log")) != 0:
             rows.append({"name": name, "error": "plan failed"})
@@ -122,7 +130,8 @@ def main(argv=None):
         predicted = layouts[0]["step_seconds"] if layouts else None
         measured = None
         if not args.skip_runs:
-            st = bench.run_shardtune_row(args, name, spec, shape, data, bench.shape_flops(shape, args.seq_len), logs,
+            st = bench.run_shardtune_row(args, name, spec, shape, data,
+                                         bench.shape_flops(shape, data["seq_len"], data["target_len"]), logs,
                                          commands, notes, True)
             measured = st.get("median_step_time") if st.get("outcome") == "ok" else None
             if measured is None:
