@@ -131,7 +131,7 @@ def main(argv=None):
         measured = None
         if not args.skip_runs:
             st = bench.run_shardtune_row(args, name, spec, shape, data,
-                                         bench.shape_flops(shape, data["seq_len"], data["target_len"]), logs,
+                                         bench.shape_flops(shape, data["seq_len"], data["target_len"])["total"], logs,
                                          commands, notes, True)
             measured = st.get("median_step_time") if st.get("outcome") == "ok" else None
             if measured is None:
