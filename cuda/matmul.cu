@@ -1,6 +1,9 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
 #include <unordered_map>
 
 #include "cuda/common.cuh"
@@ -84,7 +87,12 @@ int pointer_alignment(const void* p) {
   return a;
 }
 
-cublasStatus_t find_algo(CublasLtPlan& plan, int align_a, int align_b, int align_c) {
+namespace {
+
+// Up to n of the heuristic's algorithms for plan's descriptor and layouts, best first; *found
+// gets how many.
+cublasStatus_t heuristic_algos(const CublasLtPlan& plan, int align_a, int align_b, int align_c,
+                               cublasLtMatmulHeuristicResult_t* results, int n, int* found) {
   cublasLtMatmulPreference_t pref;
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const size_t ws = kWorkspaceBytes;
@@ -95,11 +103,84 @@ cublasStatus_t find_algo(CublasLtPlan& plan, int align_a, int align_b, int align
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac)));
   ST_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
+  *found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx().handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, n, results, found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  return st;
+}
+
+bool autotune_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("SHARDTUNE_GEMM_AUTOTUNE");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+// Skinny GEMMs (LoRA's rank-r products: a dimension <= 64, e.g. x A^T = [8192, 4096] x [4096, 16]
+// or dA = dxa^T x with K = 8192 and a [16, 4096] output) are where the heuristic's first choice
+// is weakest: the first call of such a shape times up to kCandidates of the heuristic's
+// algorithms on the call's own operands (one untimed run, then kRuns timed) and keeps the
+// fastest, unless it is within 10% of the heuristic's first (fewer flips between runs of the same
+// job). C's content, when the call reads it (accumulate into C itself), is kept on the host
+// meanwhile and put back. SHARDTUNE_GEMM_AUTOTUNE=0 keeps the heuristic's first choice.
+// (The GPU's results were never bitwise reproducible: attention's dQ sums with atomics.)
+void tune(CublasLtPlan& p, const Key& key, const void* a, const void* b, void* d, const void* c_in, size_t d_bytes,
+          float alpha, float beta) {
+  constexpr int kCandidates = 8, kRuns = 5;
+  cublasLtMatmulHeuristicResult_t res[kCandidates];
+  int found = 0;
+  if (heuristic_algos(p, key.align_a, key.align_b, key.align_c, res, kCandidates, &found) != CUBLAS_STATUS_SUCCESS ||
+      found <= 1)
+    return;
+  Context& c = ctx();
+  cudaStream_t s = stream();
+  std::vector<unsigned char> saved;
+  const bool keep = beta != 0.0f && c_in == d;
+  if (keep) {
+    saved.resize(d_bytes);
+    ST_CUDA_CHECK(cudaMemcpyAsync(saved.data(), d, d_bytes, cudaMemcpyDeviceToHost, s));
+  }
+  cudaEvent_t e0, e1;
+  ST_CUDA_CHECK(cudaEventCreate(&e0));
+  ST_CUDA_CHECK(cudaEventCreate(&e1));
+  float first = -1, best = 0;
+  int best_i = -1;
+  for (int i = 0; i < found; ++i) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto run = [&] {
+      return cublasLtMatmul(c.handle, p.desc, &alpha, a, p.a, b, p.b, &beta, c_in, p.c, d, p.c, &res[i].algo,
+                            c.workspace.data(), kWorkspaceBytes, s);
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // an algorithm that does not launch here
+    ST_CUDA_CHECK(cudaEventRecord(e0, s));
+    for (int r = 0; r < kRuns; ++r) ST_CUBLAS_CHECK(run());
+    ST_CUDA_CHECK(cudaEventRecord(e1, s));
+    ST_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    ST_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (i == 0) first = ms;
+    if (best_i < 0 || ms < best) {
+      best = ms;
+      best_i = i;
+    }
+  }
+  ST_CUDA_CHECK(cudaEventDestroy(e0));
+  ST_CUDA_CHECK(cudaEventDestroy(e1));
+  if (best_i > 0 && (first < 0 || best < 0.9f * first)) p.algo = res[best_i].algo;
+  if (keep) {
+    ST_CUDA_CHECK(cudaMemcpyAsync(d, saved.data(), d_bytes, cudaMemcpyHostToDevice, s));
+    ST_CUDA_CHECK(cudaStreamSynchronize(s));  // `saved` leaves scope
+  }
+}
+
+}  // namespace
+
+cublasStatus_t find_algo(CublasLtPlan& plan, int align_a, int align_b, int align_c) {
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(ctx().handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
+  const cublasStatus_t st = heuristic_algos(plan, align_a, align_b, align_c, &result, 1, &found);
   if (st != CUBLAS_STATUS_SUCCESS) return st;
   if (found == 0) return CUBLAS_STATUS_NOT_SUPPORTED;
   plan.algo = result.algo;
@@ -123,10 +204,15 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
           pointer_alignment(B.data()), pointer_alignment(A.data()),
           std::min(pointer_alignment(C.data()), pointer_alignment(c_in))};
   Context& c = ctx();
-  auto it = c.plans.find(key);
-  if (it == c.plans.end()) it = c.plans.emplace(key, make_plan(key)).first;
-  const Plan& p = it->second;
   const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
+  auto it = c.plans.find(key);
+  if (it == c.plans.end()) {
+    Plan p = make_plan(key);
+    if (autotune_enabled() && std::min({M, N, K}) <= 64)
+      tune(p, key, B.data(), A.data(), C.data(), c_in, C.nbytes(), a, b);
+    it = c.plans.emplace(key, p).first;
+  }
+  const Plan& p = it->second;
   ST_CUBLAS_CHECK(cublasLtMatmul(c.handle, p.desc, &a, B.data(), p.a, A.data(), p.b, &b, c_in, p.c, C.data(), p.c,
                                  &p.algo, c.workspace.data(), kWorkspaceBytes, stream()));
   if (debug_sync()) ST_CUDA_CHECK(cudaDeviceSynchronize());

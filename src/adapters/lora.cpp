@@ -59,7 +59,8 @@ Tensor LoraAdapter::dropped_input(const Tensor& x, const LayerContext& ctx) cons
 }
 
 void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
-  ProfileScope prof("lora adapters (forward)", x.device());
+  // SHARDTUNE_PROFILE=2 times LoRA's GEMMs one by one (by shape) rather than per adapter.
+  ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (forward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
   if (M > xa.dim(0)) ST_THROW("LoRA ", name, ": ", M, " rows exceed the buffer of ", xa.dim(0));
   Tensor xa_m = xa.slice(0, M);
@@ -77,7 +78,7 @@ void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
 }
 
 void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) {
-  ProfileScope prof("lora adapters (backward)", x.device());
+  ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (backward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
   Tensor xa_m = xa.slice(0, M), dxa_m = dxa.slice(0, M);
   matmul(dB, dy, true, xa_m, false, scale, 1.0);        // dB += scale * dy^T xa        [out, r]

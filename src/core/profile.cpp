@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "core/log.hpp"
@@ -23,28 +24,41 @@ void (*g_sync)() = nullptr;
 int g_depth = 0;  // only the outermost scope is timed (ops calling ops are not double-counted)
 }  // namespace
 
-bool profiling_enabled() {
-  static const bool on = [] {
+int profile_level() {
+  static const int level = [] {
     const char* e = std::getenv("SHARDTUNE_PROFILE");
-    return e && e[0] == '1';
+    return e && (e[0] == '1' || e[0] == '2') && e[1] == '\0' ? e[0] - '0' : 0;
   }();
-  return on;
+  return level;
 }
+bool profiling_enabled() { return profile_level() > 0; }
 
 void set_profile_sync_hook(void (*sync)()) { g_sync = sync; }
 void device_synchronize(Device d) {
   if (d == Device::cuda && g_sync) g_sync();
 }
 
-ProfileScope::ProfileScope(const char* name, Device device) : name_(name), device_(device) {
-  if (!profiling_enabled() || g_depth++ > 0) return;
+ProfileScope::ProfileScope(const char* name, Device device) : device_(device) {
+  if (!profiling_enabled() || !name) return;  // off: no string is built
+  name_ = name;
+  enter();
+}
+
+ProfileScope::ProfileScope(std::string name, Device device) : name_(std::move(name)), device_(device) {
+  if (!profiling_enabled() || name_.empty()) return;
+  enter();
+}
+
+void ProfileScope::enter() {
+  counted_ = true;
+  if (g_depth++ > 0) return;
   active_ = true;
   if (device_ == Device::cuda && g_sync) g_sync();
   start_ = now_seconds();
 }
 
 ProfileScope::~ProfileScope() {
-  if (!profiling_enabled()) return;
+  if (!counted_) return;
   --g_depth;
   if (!active_) return;
   if (device_ == Device::cuda && g_sync) g_sync();

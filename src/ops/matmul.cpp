@@ -1,8 +1,10 @@
 #include "ops/matmul.hpp"
 
 #include <algorithm>
+#include <string>
 
 #include "ops/cpu/cpu_kernels.hpp"
+#include "core/error.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
 #include "core/op_trace.hpp"
@@ -15,11 +17,22 @@ namespace st {
 
 namespace {
 int64_t rows_of(const Tensor& t) { return t.numel() / t.dim(-1); }
+
+// SHARDTUNE_PROFILE=2: "matmul M x N x K (A^T, B^T, +=)" with C's and A's dtypes.
+std::string gemm_profile_name(const char* kind, const Tensor& C, const Tensor& A, bool ta, const Tensor& B, bool tb,
+                              double beta) {
+  const int64_t M = ta ? A.dim(-1) : rows_of(A), K = ta ? rows_of(A) : A.dim(-1), N = tb ? rows_of(B) : B.dim(-1);
+  return str(kind, " ", M, "x", N, "x", K, ta ? " A^T" : "", tb ? " B^T" : "", beta != 0.0 ? " +=" : "", " ",
+             dtype_name(A.dtype()), "->", dtype_name(C.dtype()));
+}
 }  // namespace
 
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
             double beta, const Tensor* C_in) {
-  ProfileScope prof(std::min({A.dim(-1), B.dim(-1), C.dim(-1)}) <= 64 ? "matmul (skinny: LoRA)" : "matmul", C.device());
+  const char* kind = std::min({A.dim(-1), B.dim(-1), C.dim(-1)}) <= 64 ? "matmul (skinny: LoRA)" : "matmul";
+  std::string shaped;  // built only at SHARDTUNE_PROFILE=2
+  if (profile_level() >= 2) shaped = gemm_profile_name(kind, C, A, trans_a, B, trans_b, beta);
+  ProfileScope prof(shaped.empty() ? kind : shaped.c_str(), C.device());
   // CUDA: A and B share a dtype; C may be f32 (gradients accumulate in f32 from bf16 inputs).
   if (C.device() == Device::cuda) check_float_args("matmul", {&A, &B});
   else check_float_args("matmul", {&C, &A, &B});
