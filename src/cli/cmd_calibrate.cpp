@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/own_flags.hpp"
 #include "config/run_config.hpp"
 #include "core/allocator.hpp"
 #include "core/atomic_file.hpp"
@@ -66,29 +67,21 @@ double parse_double(const std::string& flag, const std::string& v) {
 }
 
 std::vector<char*> take_flags(int argc, char** argv, CalibrateFlags& f, bool& help, bool& deck) {
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      const size_t eq = a.find('=');
-      if (eq != std::string::npos) return a.substr(eq + 1);
-      if (i + 1 >= argc) ST_THROW_INPUT("command line: ", a, " needs a value");
-      return argv[++i];
-    };
-    auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
-    if (i > 0 && is("--device")) f.device = value();
-    else if (is("--out")) f.out = value();
-    else if (is("--seconds")) f.seconds = parse_double("--seconds", value());
-    else if (a == "--comm") f.comm = true;
-    else if (a == "--append") f.append = true;
-    else if (a == "--small") f.small = true;
-    else if (is("--seq-len")) f.seq_len = static_cast<int64_t>(parse_double("--seq-len", value()));
+  std::vector<char*> rest = take_own_flags(argc, argv, [&](FlagArg& a) {
+    if (a.is("--device")) f.device = a.value();
+    else if (a.is("--out")) f.out = a.value();
+    else if (a.is("--seconds")) f.seconds = parse_double("--seconds", a.value());
+    else if (a.arg() == "--comm") f.comm = true;
+    else if (a.arg() == "--append") f.append = true;
+    else if (a.arg() == "--small") f.small = true;
+    else if (a.is("--seq-len")) f.seq_len = static_cast<int64_t>(parse_double("--seq-len", a.value()));
     else {
-      if (a == "--help" || a == "-h") help = true;
-      if (is("--deck")) deck = true;
-      rest.push_back(argv[i]);
+      if (a.arg() == "--help" || a.arg() == "-h") help = true;
+      if (a.is("--deck")) deck = true;
+      return false;
     }
-  }
+    return true;
+  });
   if (f.device != "cuda" && f.device != "cpu") ST_THROW_INPUT("command line: --device '", f.device, "' must be cuda or cpu");
   if (f.seconds == -1) f.seconds = f.device == "cuda" ? 20 : 5;
   if (!(f.seconds > 0) || f.seconds > 3600) ST_THROW_INPUT("command line: --seconds ", f.seconds, " must be in (0, 3600]");

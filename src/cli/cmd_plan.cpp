@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
+#include "cli/own_flags.hpp"
 #include "config/run_config.hpp"
 #include "core/allocator.hpp"
 #include "core/atomic_file.hpp"
@@ -59,49 +60,41 @@ int64_t parse_int(const std::string& flag, const std::string& v) {
 
 // Take the planner's own flags out of argv; the rest are run options (deck and --key value).
 std::vector<char*> take_plan_flags(int argc, char** argv, PlanFlags& f, bool& help) {
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      const size_t eq = a.find('=');
-      if (eq != std::string::npos) return a.substr(eq + 1);
-      if (i + 1 >= argc) ST_THROW_INPUT("command line: ", a, " needs a value");
-      return argv[++i];
-    };
-    auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
-    if (is("--ranks") || is("--gpus")) {
-      const int64_t r = parse_int(is("--ranks") ? "--ranks" : "--gpus", value());
+  std::vector<char*> rest = take_own_flags(argc, argv, [&](FlagArg& a) {
+    if (a.is("--ranks") || a.is("--gpus")) {
+      const int64_t r = parse_int(a.is("--ranks") ? "--ranks" : "--gpus", a.value());
       if (r < 1 || r > kMaxRanks) ST_THROW_INPUT("command line: --ranks/--gpus ", r, " must be in [1, ", kMaxRanks, "]");
       f.ranks = static_cast<int>(r);
     }
-    else if (is("--gpus-per-node")) {
-      const int64_t g = parse_int("--gpus-per-node", value());
+    else if (a.is("--gpus-per-node")) {
+      const int64_t g = parse_int("--gpus-per-node", a.value());
       if (g < 1 || g > 64) ST_THROW_INPUT("command line: --gpus-per-node ", g, " must be in [1, 64]");
       f.gpus_per_node = static_cast<int>(g);
     }
-    else if (is("--gpu")) f.gpu = value();
-    else if (is("--link")) f.link = value();
-    else if (is("--net")) f.net = value();
-    else if (is("--profile")) f.profile = value();
-    else if (is("--comm-profile")) f.comm_profile = value();
-    else if (is("--gpu-memory")) f.gpu_memory = value();
-    else if (is("--reserve")) f.reserve = value();
-    else if (is("--methods"))
-      for (const std::string& m : split_list(value())) f.methods.push_back(parse_method(m, "command line: --methods"));
-    else if (is("--strategies"))
-      for (const std::string& s : split_list(value())) {
+    else if (a.is("--gpu")) f.gpu = a.value();
+    else if (a.is("--link")) f.link = a.value();
+    else if (a.is("--net")) f.net = a.value();
+    else if (a.is("--profile")) f.profile = a.value();
+    else if (a.is("--comm-profile")) f.comm_profile = a.value();
+    else if (a.is("--gpu-memory")) f.gpu_memory = a.value();
+    else if (a.is("--reserve")) f.reserve = a.value();
+    else if (a.is("--methods"))
+      for (const std::string& m : split_list(a.value())) f.methods.push_back(parse_method(m, "command line: --methods"));
+    else if (a.is("--strategies"))
+      for (const std::string& s : split_list(a.value())) {
         const Strategy x = parse_strategy(s, "command line: --strategies");
         if (x == Strategy::automatic) ST_THROW_INPUT("command line: --strategies: 'auto' is what the plan decides; list strategies (none, ddp, tp, zero3, tp+zero3)");
         f.strategies.push_back(x);
       }
-    else if (is("--seq-len")) f.seq_len = parse_int("--seq-len", value());
-    else if (is("--target-len")) f.target_len = parse_int("--target-len", value());
-    else if (is("--json")) f.json_path = value();
+    else if (a.is("--seq-len")) f.seq_len = parse_int("--seq-len", a.value());
+    else if (a.is("--target-len")) f.target_len = parse_int("--target-len", a.value());
+    else if (a.is("--json")) f.json_path = a.value();
     else {
-      if (a == "--help" || a == "-h") help = true;
-      rest.push_back(argv[i]);
+      if (a.arg() == "--help" || a.arg() == "-h") help = true;
+      return false;
     }
-  }
+    return true;
+  });
   if (f.ranks < 1) ST_THROW_INPUT("command line: --ranks must be >= 1");
   if (f.seq_len < 0 || f.seq_len > kMaxPositions)
     ST_THROW_INPUT("command line: --seq-len ", f.seq_len, " must be in [0, ", kMaxPositions, "] (0: from the shards)");

@@ -1,7 +1,6 @@
 #include "tests/common/family_golden.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
 
 #include "adapters/apply.hpp"
@@ -11,7 +10,6 @@
 #include "io/hf_mistral.hpp"
 #include "io/hf_qwen2.hpp"
 #include "io/llama_io.hpp"
-#include "ops/init.hpp"
 #include "tests/common/paths.hpp"
 #include "tests/common/test_util.hpp"
 
@@ -27,32 +25,6 @@ LlamaConfig read_config(const std::string& family, const std::string& dir) {
   if (family == "qwen2") return read_qwen2_config(dir);
   if (family == "mistral") return read_mistral_config(dir);
   return read_llama_config(dir);
-}
-
-double rel_to(const Tensor& a, const std::vector<float>& ref) {
-  const Tensor h = a.to_cpu(DType::f64);
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = h.ptr<double>()[i] - ref[i];
-    num += d * d;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
-
-std::vector<float> read_floats(hid_t g, const std::string& name, const std::string& where) {
-  int64_t n = 1;
-  for (auto d : h5::dataset_dims(g, name, where)) n *= static_cast<int64_t>(d);
-  std::vector<float> v(static_cast<size_t>(n));
-  h5::read_dataset(g, name, H5T_NATIVE_FLOAT, v.data(), where);
-  return v;
-}
-
-Tensor on(const Tensor& host, Device device) {
-  if (device == Device::cpu) return host;
-  Tensor d = Tensor::empty(host.shape(), host.dtype(), device);
-  d.copy_from(host);
-  return d;
 }
 
 // transformers' causal-LM batch: position t predicts labels[t+1]; the loss is the mean over targets.
@@ -77,10 +49,10 @@ LlamaBatch batch_of(hid_t f, const std::string& path, Device device) {
   LlamaBatch b;
   b.B = B;
   b.T = T;
-  b.ids = on(tid, device);
-  b.targets = on(tt, device);
-  b.weight = on(tw, device);
-  b.lengths = on(tl, device);
+  b.ids = golden_on(tid, device);
+  b.targets = golden_on(tt, device);
+  b.weight = golden_on(tw, device);
+  b.lengths = golden_on(tl, device);
   return b;
 }
 
@@ -100,33 +72,11 @@ std::string family_golden_missing(const std::string& family) {
   return "";
 }
 
-double FamilyGoldenRun::worst_grad() const {
-  double w = 0;
-  for (const auto& [n, e] : grad_rel) w = std::max(w, e);
-  return w;
-}
-
-std::string FamilyGoldenRun::worst_grad_name() const {
-  double w = -1;
-  std::string name;
-  for (const auto& [n, e] : grad_rel)
-    if (e > w) {
-      w = e;
-      name = n;
-    }
-  return name;
-}
-
 FamilyGoldenRun run_family_golden(const std::string& family, GoldenMode mode, DType dtype, Device device,
                                   bool round_weights_to_bf16) {
   const std::string dir = root() + "/" + family + "_tiny", path = dir + "_golden.h5";
   LlamaModel m = load_decoder(dir, read_config(family, dir), dtype, device);
-  if (round_weights_to_bf16)
-    for (auto& [n, w] : llama_named_weights(m)) {
-      Tensor r = Tensor::empty(w->shape(), DType::bf16, w->device());
-      convert_copy(r, *w);
-      convert_copy(*w, r);
-    }
+  if (round_weights_to_bf16) bf16_round_in_place(llama_named_weights(m));
   h5::Handle f = h5::open_file_read(path);
   FamilyGoldenRun r;
   r.rope_scaling = m.cfg.rope_scaling;
@@ -165,23 +115,18 @@ FamilyGoldenRun run_family_golden(const std::string& family, GoldenMode mode, DT
   const LlamaBatch b = batch_of(f, path, device);
   LlamaActivations a = llama_activations(m, b.B, b.T, false, true);
   llama_forward(m, a, b, LayerContext{}, false);
-  r.logits_rel = rel_to(a.logits.slice(0, b.B * b.T), read_floats(g, "logits", path));
+  r.logits_rel = golden_rel_l2(a.logits.slice(0, b.B * b.T), read_golden_floats(g, "logits", path));
   r.logits = a.logits.slice(0, b.B * b.T).to_cpu(DType::f64);
   r.ref_loss = h5::read_attr_double(g, "loss", path);
   r.loss = llama_forward(m, a, b, LayerContext{}, true);
   if (mode == GoldenMode::peft_adapter) return r;
   llama_backward(m, a, b, LayerContext{});
   h5::Handle gg = h5::open_group(g, "grads");
-  for (const ParamRef& p : llama_trainable_params(m)) {
-    // PEFT's adapter tensors are named <module>.lora_A / lora_B in the fixture.
-    std::string name = p.name;
-    if (lora) name = name.substr(0, name.size() - std::string(".weight").size());
-    r.grad_rel.emplace_back(p.name, rel_to(*p.grad, read_floats(gg, name, path)));
-    r.grads.push_back(p.grad->to_cpu(DType::f64));
-  }
-  H5G_info_t info;
-  H5Gget_info(gg, &info);
-  r.same_parameter_set = static_cast<hsize_t>(r.grad_rel.size()) == info.nlinks;
+  // PEFT's adapter tensors are named <module>.lora_A / lora_B in the fixture.
+  const auto fixture_name = [&](const std::string& name) {
+    return lora ? name.substr(0, name.size() - std::string(".weight").size()) : name;
+  };
+  compare_golden_grads(gg, llama_trainable_params(m), fixture_name, path, r);
   return r;
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/tensor.hpp"
 #include "ops/rope.hpp"
+#include "tests/common/golden_run.hpp"
 
 namespace st::test {
 
@@ -22,21 +23,14 @@ std::string family_golden_missing(const std::string& family);
 
 enum class GoldenMode { full, lora, peft_adapter };
 
-struct FamilyGoldenRun {
-  double logits_rel = 0;          // relative L2 of the logits (eval forward)
-  double loss = 0, ref_loss = 0;  // the training forward's loss and transformers'
-  std::vector<std::pair<std::string, double>> grad_rel;  // per trainable tensor, relative L2
-  bool same_parameter_set = false;  // exactly the tensors transformers has gradients for
-  Tensor logits;                    // this run's logits and gradients (f64, CPU), to compare two
-  std::vector<Tensor> grads;        // runs with each other; grads in grad_rel's order
+// The run's measures (tests/common/golden_run.hpp) and the rotary tables.
+struct FamilyGoldenRun : GoldenRun {
   // The rotary table: shardtune's (from the config it read) and transformers' (the fixture).
   std::vector<float> inv_freq;
   std::vector<double> ref_inv_freq;
   RopeScaling rope_scaling;
   int64_t head_dim = 0;
   double rope_theta = 0;
-  double worst_grad() const;
-  std::string worst_grad_name() const;
 };
 
 // round_weights_to_bf16: round every base weight to bf16 after loading (the bf16 floor of the

@@ -1,10 +1,8 @@
 #include "tests/common/t5_golden.hpp"
 
 #include <algorithm>
-#include <cmath>
 
 #include "io/h5util.hpp"
-#include "ops/init.hpp"
 #include "tests/common/paths.hpp"
 
 namespace st::test {
@@ -17,28 +15,10 @@ std::vector<int32_t> read_i32(hid_t g, const char* name, const std::string& wher
   return v;
 }
 
-double rel_to(const Tensor& a, const std::vector<float>& ref) {
-  const Tensor h = a.to_cpu(DType::f64);
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = h.ptr<double>()[i] - ref[i];
-    num += d * d;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
-
-Tensor on(const Tensor& host, Device device) {
-  if (device == Device::cpu) return host;
-  Tensor d = Tensor::empty(host.shape(), host.dtype(), device);
-  d.copy_from(host);
-  return d;
-}
-
 Tensor i32_tensor(const std::vector<int32_t>& v, Device device) {
   Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::i32);
   std::copy(v.begin(), v.end(), t.ptr<int32_t>());
-  return on(t, device);
+  return golden_on(t, device);
 }
 
 }  // namespace
@@ -60,37 +40,15 @@ T5Batch t5_batch_of(int64_t B, int64_t Te, int64_t Td, const std::vector<int32_t
   Tensor w = Tensor::empty({B * Td}, DType::f32);
   for (int64_t i = 0; i < B * Td; ++i)
     w.ptr<float>()[i] = labels[static_cast<size_t>(i)] >= 0 ? 1.0f / static_cast<float>(count) : 0.0f;
-  b.dec_weight = on(w, device);
+  b.dec_weight = golden_on(w, device);
   return b;
-}
-
-double T5GoldenRun::worst_grad() const {
-  double w = 0;
-  for (const auto& [n, e] : grad_rel) w = std::max(w, e);
-  return w;
-}
-
-std::string T5GoldenRun::worst_grad_name() const {
-  double w = -1;
-  std::string name;
-  for (const auto& [n, e] : grad_rel)
-    if (e > w) {
-      w = e;
-      name = n;
-    }
-  return name;
 }
 
 T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device, bool round_weights_to_bf16) {
   const std::string root = repo_root() + "/tests/golden";
   const std::string path = root + "/t5_golden.h5";
   T5Model m = load_t5(root + "/t5_" + name, dtype, device);
-  if (round_weights_to_bf16)
-    for (auto& [n, w] : t5_named_weights(m)) {
-      Tensor r = Tensor::empty(w->shape(), DType::bf16, w->device());
-      convert_copy(r, *w);
-      convert_copy(*w, r);
-    }
+  if (round_weights_to_bf16) bf16_round_in_place(t5_named_weights(m));
   t5_enable_base_training(m);
   h5::Handle f = h5::open_file_read(path);
   h5::Handle g = h5::open_group(f, name);
@@ -106,24 +64,14 @@ T5GoldenRun run_t5_golden(const std::string& name, DType dtype, Device device, b
   T5GoldenRun r;
   T5Activations a = t5_activations(m, B, Te, Td, false);
   t5_forward(m, a, b, false);
-  std::vector<float> ref_logits(static_cast<size_t>(B * Td * m.cfg.vocab_size));
-  h5::read_dataset(g, "logits", H5T_NATIVE_FLOAT, ref_logits.data(), path);
-  r.logits_rel = rel_to(a.logits, ref_logits);
+  r.logits_rel = golden_rel_l2(a.logits, read_golden_floats(g, "logits", path));
   r.logits = a.logits.to_cpu(DType::f64);
   T5Activations t = t5_activations(m, B, Te, Td, true);
   r.loss = t5_forward(m, t, b, true);
   h5::read_dataset(g, "loss", H5T_NATIVE_DOUBLE, &r.ref_loss, path);
   t5_backward(m, t, b);
   h5::Handle gg = h5::open_group(g, "grads");
-  for (const ParamRef& p : t5_trainable_params(m)) {
-    std::vector<float> ref(static_cast<size_t>(p.grad->numel()));
-    h5::read_dataset(gg, p.name, H5T_NATIVE_FLOAT, ref.data(), path);
-    r.grad_rel.emplace_back(p.name, rel_to(*p.grad, ref));
-    r.grads.push_back(p.grad->to_cpu(DType::f64));
-  }
-  H5G_info_t info;
-  H5Gget_info(gg, &info);
-  r.same_parameter_set = static_cast<hsize_t>(r.grad_rel.size()) == info.nlinks;
+  compare_golden_grads(gg, t5_trainable_params(m), [](const std::string& n) { return n; }, path, r);
   return r;
 }
 

@@ -12,6 +12,7 @@
 #include "core/tensor.hpp"
 #include "io/t5_io.hpp"
 #include "model/t5.hpp"
+#include "tests/common/golden_run.hpp"
 
 namespace st::test {
 
@@ -21,16 +22,8 @@ T5Batch t5_batch_of(int64_t B, int64_t Te, int64_t Td, const std::vector<int32_t
                     const std::vector<int32_t>& lengths, const std::vector<int32_t>& labels, int64_t start, int64_t pad,
                     Device device = Device::cpu);
 
-struct T5GoldenRun {
-  double logits_rel = 0;         // relative L2 of the logits (eval forward)
-  double loss = 0, ref_loss = 0;
-  std::vector<std::pair<std::string, double>> grad_rel;  // per parameter, relative L2
-  bool same_parameter_set = false;  // every parameter transformers has, and no other
-  Tensor logits;                    // this run's logits and gradients (f64, CPU), for comparing
-  std::vector<Tensor> grads;        // two runs with each other; grads in grad_rel's order
-  double worst_grad() const;
-  std::string worst_grad_name() const;
-};
+// The run's measures (tests/common/golden_run.hpp).
+struct T5GoldenRun : GoldenRun {};
 
 // name: "flan" (gated-gelu) or "t5" (relu). round_weights_to_bf16: round every weight to bf16
 // after loading (and compute in `dtype`): how much of a bf16 run's difference from the f32

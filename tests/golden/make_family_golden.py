@@ -24,11 +24,10 @@ The families, each with odd (non-power-of-two) sizes and grouped-query attention
   mistral  MistralForCausalLM: head_dim 6 (not hidden / heads), a sliding window of 32 (longer than
            the 12-token rows: plain causal attention, which shardtune accepts), untied head
 
-Conventions match make_golden.py: right padding, attention_mask 0 on pads, labels -100 where a
-token is not a target; the loss is the mean over targets.
+Conventions match make_golden.py (both use golden_common.py): right padding, attention_mask 0 on
+pads, labels -100 where a token is not a target; the loss is the mean over targets.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -36,6 +35,8 @@ import h5py
 import numpy as np
 import torch
 import transformers
+
+from golden_common import save_adapter, tiny_batch, write_full, write_inputs, write_lora
 
 BASE = dict(vocab_size=48, num_hidden_layers=2, max_position_embeddings=64, rms_norm_eps=1e-5, hidden_act="silu",
             bos_token_id=1, eos_token_id=2)
@@ -53,7 +54,6 @@ FAMILIES = {
                                                sliding_window=32),
                     rope=dict(rope_type="default", rope_theta=10000.0)),
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def classes(name):
@@ -73,44 +73,8 @@ def make_config(spec):
     return cfg
 
 
-def tiny_batch(vocab):
-    """Three rows of lengths 12, 9, 5 (right-padded), row 0 with its first 4 tokens masked."""
-    g = torch.Generator().manual_seed(1234)
-    B, T = 3, 12
-    ids = torch.randint(3, vocab, (B, T), generator=g)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    labels = ids.clone()
-    for b, n in enumerate([12, 9, 5]):
-        mask[b, :n] = 1
-        ids[b, n:] = 0
-        labels[b, n:] = -100
-    labels[0, :4] = -100
-    return ids, mask, labels
-
-
-def forward_backward(model, ids, mask, labels):
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    out.loss.backward()
-    return out.logits.detach(), out.loss.detach()
-
-
 def f32(group, name, tensor):
     group.create_dataset(name, data=tensor.detach().cpu().numpy().astype(np.float32), compression="gzip", shuffle=True)
-
-
-def clean_adapter_dir(adapter_dir, base_rel):
-    """Keep the committed files free of this machine's paths (and PEFT's model card)."""
-    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
-    with open(cfg_path) as f:
-        acfg = json.load(f)
-    acfg["base_model_name_or_path"] = base_rel
-    with open(cfg_path, "w") as f:
-        json.dump(acfg, f, indent=2)
-        f.write("\n")
-    readme = os.path.join(adapter_dir, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
 
 
 def make_family(name, spec, out_dir):
@@ -127,57 +91,18 @@ def make_family(name, spec, out_dir):
 
     model = model_cls.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float64)
     model.train()  # no dropout in these models; train() only for PEFT's lora_dropout (0 here)
-    ids, mask, labels = tiny_batch(cfg.vocab_size)
+    batch = tiny_batch(cfg.vocab_size)
     path = os.path.join(out_dir, f"{name}_tiny_golden.h5")
     with h5py.File(path + ".tmp", "w") as f:
-        f.attrs["torch"] = str(torch.__version__)
-        f.attrs["transformers"] = str(transformers.__version__)
+        write_inputs(f, *batch)
         f.attrs["family"] = name
-        f.create_dataset("input_ids", data=ids.numpy())
-        f.create_dataset("attention_mask", data=mask.numpy())
-        f.create_dataset("labels", data=labels.numpy())
         inv = model.model.rotary_emb.inv_freq
         f.create_dataset("rope_inv_freq", data=inv.detach().cpu().numpy().astype(np.float64))
-        logits, loss = forward_backward(model, ids, mask, labels)
-        g = f.create_group("full")
-        f32(g, "logits", logits)
-        g.attrs["loss"] = float(loss)
-        gg = g.create_group("grads")
-        for pname, p in model.named_parameters():
-            if p.grad is not None:
-                f32(gg, pname, p.grad)
-
-        import peft
-        from peft import LoraConfig, get_peft_model
-        f.attrs["peft"] = str(peft.__version__)
-        pmodel = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS,
-                                                  bias="none", task_type="CAUSAL_LM"))
-        with torch.no_grad():  # non-zero B so the adapters change the output and get gradients
-            gen = torch.Generator().manual_seed(99)
-            for pname, p in pmodel.named_parameters():
-                if "lora_B" in pname:
-                    p.copy_(0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        logits, loss = forward_backward(pmodel, ids, mask, labels)
-        g = f.create_group("lora")
-        g.attrs["r"] = 4
-        g.attrs["alpha"] = 8.0
-        f32(g, "logits", logits)
-        g.attrs["loss"] = float(loss)
-        wg, gg = g.create_group("weights"), g.create_group("grads")
-        for pname, p in pmodel.named_parameters():
-            if "lora_" not in pname:
-                continue
-            # base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight
-            #   -> model.layers.0.self_attn.q_proj.lora_A
-            short = pname.replace("base_model.model.", "", 1).replace(".default.weight", "")
-            wg.create_dataset(short, data=p.detach().numpy())  # float64: the adapter's exact values
-            f32(gg, short, p.grad)
-        frozen = [n for n, p in pmodel.named_parameters() if "lora_" not in n and p.grad is not None]
-        assert not frozen, f"the base (biases included) must be frozen under LoRA: {frozen}"
+        write_full(f, model, batch, f32)
+        pmodel, loss = write_lora(f, model, batch, f32)
     os.replace(path + ".tmp", path)
     adapter_dir = os.path.join(out_dir, f"{name}_tiny_lora_adapter")
-    pmodel.save_pretrained(adapter_dir)
-    clean_adapter_dir(adapter_dir, f"tests/golden/{name}_tiny")
+    save_adapter(pmodel, adapter_dir, f"tests/golden/{name}_tiny")
     sizes = {p: os.path.getsize(p) for p in [path]}
     print(f"wrote {model_dir}, {adapter_dir}, {path} ({sizes[path] // 1024} KiB): lora loss {float(loss):.6f}, "
           f"inv_freq {inv.tolist()}")

@@ -28,40 +28,17 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from golden_common import save_adapter, tiny_batch, write_full, write_inputs, write_lora
+
 TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
             rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, hidden_act="silu",
             attention_bias=False, mlp_bias=False, bos_token_id=1, eos_token_id=2)
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def tiny_batch(vocab):
-    """Three rows of lengths 12, 9, 5 (right-padded), row 0 with its first 4 tokens masked."""
-    g = torch.Generator().manual_seed(1234)
-    B, T = 3, 12
-    lengths = [12, 9, 5]
-    ids = torch.randint(3, vocab, (B, T), generator=g)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    labels = ids.clone()
-    for b, n in enumerate(lengths):
-        mask[b, :n] = 1
-        ids[b, n:] = 0
-        labels[b, n:] = -100
-    labels[0, :4] = -100  # a prompt that is not trained on
-    return ids, mask, labels
-
-
-def forward_backward(model, ids, mask, labels):
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    out.loss.backward()
-    return out.logits.detach(), out.loss.detach()
-
-
-def write_grads(group, named_params):
-    for name, p in named_params:
-        if p.grad is not None:
-            group.create_dataset(name, data=p.grad.detach().cpu().numpy(), compression="gzip")
+def store_f64(group, name, tensor):
+    """This fixture's tensors as computed (float64)."""
+    group.create_dataset(name, data=tensor.detach().cpu().numpy(), compression="gzip")
 
 
 def make_tiny(out_dir):
@@ -80,63 +57,14 @@ def make_tiny(out_dir):
 
     model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float64)
     model.train()  # no dropout in Llama; train() only for PEFT's lora_dropout (0 here)
-    ids, mask, labels = tiny_batch(cfg.vocab_size)
+    batch = tiny_batch(cfg.vocab_size)
     path = os.path.join(out_dir, "llama_tiny_golden.h5")
     with h5py.File(path + ".tmp", "w") as f:
-        f.attrs["torch"] = str(torch.__version__)
-        f.attrs["transformers"] = str(transformers.__version__)
-        f.create_dataset("input_ids", data=ids.numpy())
-        f.create_dataset("attention_mask", data=mask.numpy())
-        f.create_dataset("labels", data=labels.numpy())
-        logits, loss = forward_backward(model, ids, mask, labels)
-        g = f.create_group("full")
-        g.create_dataset("logits", data=logits.numpy(), compression="gzip")
-        g.attrs["loss"] = float(loss)
-        write_grads(g.create_group("grads"), model.named_parameters())
-
-        import peft
-        from peft import LoraConfig, get_peft_model
-        f.attrs["peft"] = str(peft.__version__)
-        lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS, bias="none",
-                          task_type="CAUSAL_LM")
-        pmodel = get_peft_model(model, lcfg)
-        with torch.no_grad():  # non-zero B so the adapters change the output and get gradients
-            gen = torch.Generator().manual_seed(99)
-            for name, p in pmodel.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        logits, loss = forward_backward(pmodel, ids, mask, labels)
-        g = f.create_group("lora")
-        g.attrs["r"] = 4
-        g.attrs["alpha"] = 8.0
-        g.create_dataset("logits", data=logits.numpy(), compression="gzip")
-        g.attrs["loss"] = float(loss)
-        wg, gg = g.create_group("weights"), g.create_group("grads")
-        for name, p in pmodel.named_parameters():
-            if "lora_" not in name:
-                continue
-            # base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight
-            #   -> model.layers.0.self_attn.q_proj.lora_A
-            short = name.replace("base_model.model.", "", 1).replace(".default.weight", "")
-            wg.create_dataset(short, data=p.detach().numpy())
-            gg.create_dataset(short, data=p.grad.detach().numpy())
-        n_base = sum(1 for n, p in pmodel.named_parameters() if "lora_" not in n and p.grad is not None)
-        assert n_base == 0, "the base must be frozen under LoRA"
+        write_inputs(f, *batch)
+        write_full(f, model, batch, store_f64)
+        pmodel, _ = write_lora(f, model, batch, store_f64)
     os.replace(path + ".tmp", path)
-    adapter_dir = os.path.join(out_dir, "llama_tiny_lora_adapter")
-    pmodel.save_pretrained(adapter_dir)
-    # Keep the committed files free of this machine's paths: the base model is named relative to
-    # the repository root, and PEFT's generated model card is dropped.
-    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
-    with open(cfg_path) as f:
-        acfg = json.load(f)
-    acfg["base_model_name_or_path"] = "tests/golden/llama_tiny"
-    with open(cfg_path, "w") as f:
-        json.dump(acfg, f, indent=2)
-        f.write("\n")
-    readme = os.path.join(adapter_dir, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
+    save_adapter(pmodel, os.path.join(out_dir, "llama_tiny_lora_adapter"), "tests/golden/llama_tiny")
     print(f"wrote {model_dir}, {path} (full loss {float(f_loss(path, 'full')):.6f}, "
           f"lora loss {float(f_loss(path, 'lora')):.6f})")
 

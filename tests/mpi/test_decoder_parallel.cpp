@@ -18,7 +18,7 @@
 #include "model/llama.hpp"
 #include "parallel/runtime.hpp"
 #include "parallel/zero3.hpp"
-#include "train/optimizer.hpp"
+#include "tests/common/layout_compare.hpp"
 
 namespace st {
 namespace {
@@ -107,24 +107,8 @@ double forward_backward(LlamaModel& m, const LlamaBatch& b) {
   return loss;
 }
 
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return INFINITY;
-  const Tensor a64 = a.to_cpu(DType::f64), b64 = b.to_cpu(DType::f64);
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < a64.numel(); ++i) {
-    diff = std::max(diff, std::fabs(a64.ptr<double>()[i] - b64.ptr<double>()[i]));
-    ref = std::max(ref, std::fabs(b64.ptr<double>()[i]));
-  }
-  return ref == 0 ? diff : diff / ref;
-}
-
-TpGroup world_tp() {
-  Runtime& rt = runtime();
-  return TpGroup{rt.world.get(), rt.world_size, rt.world_rank};
-}
-
 TEST(DecoderParallel, TensorParallelBiasesTiedHeadAndLlama3RopeEqualOneRank) {
-  const TpGroup tp = world_tp();
+  const TpGroup tp = test::world_tp();
   const LlamaBatch batch = batch_of(3, 7, 0, 3, 11);
   for (const Variant& v : {kQwen2, kLlama3}) {
     SCOPED_TRACE(v.str() + ", tp " + std::to_string(tp.size));
@@ -138,16 +122,7 @@ TEST(DecoderParallel, TensorParallelBiasesTiedHeadAndLlama3RopeEqualOneRank) {
     }
     const double got = forward_backward(m, batch);
     EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << got << " vs " << want;
-    const std::vector<LlamaWeightSlot> rs = llama_weight_slots(ref), ms = llama_weight_slots(m);
-    ASSERT_EQ(rs.size(), ms.size());
-    double worst = 0;
-    for (size_t i = 0; i < rs.size(); ++i) {
-      EXPECT_EQ(ms[i].name, rs[i].name);
-      EXPECT_EQ(max_rel_diff(gather_full(m.tp, ms[i], DType::f64), *rs[i].tensor), 0.0) << rs[i].name;
-      const double e = max_rel_diff(tp_gather_full(*ms[i].grad, ms[i].split, m.tp, DType::f64), *rs[i].grad);
-      EXPECT_LT(e, kTol) << rs[i].name;
-      worst = std::max(worst, e);
-    }
+    const double worst = test::expect_gathered_grads_match(llama_weight_slots(ref), llama_weight_slots(m), m.tp, kTol);
     for (const ParamRef& p : llama_trainable_params(m)) {  // biases split with their columns
       const bool norm = p.name.find("layernorm") != std::string::npos || p.name.find("model.norm") != std::string::npos;
       EXPECT_EQ(p.tp_sharded, !norm) << p.name;
@@ -163,56 +138,22 @@ void check_zero3_steps(const Variant& v, const TpGroup& tp, Comm& dp, bool with_
                (with_lora ? ", LoRA (biases frozen)" : ", full fine-tuning"));
   const int64_t per_rank = 2, B = per_rank * dp.size(), T = 6;
   auto prepare = [&](LlamaModel& m) {
-    if (!with_lora) {
-      llama_enable_base_training(m);
-      return;
-    }
-    LoraConfig lc;
-    lc.r = 2;
-    lc.alpha = 4;
-    for (Linear* lin : llama_linears(m))
-      if (lin->name != "lm_head") lin->adapter = std::make_unique<LoraAdapter>(*lin, lc, 64, 3);
+    if (with_lora) test::attach_test_lora(llama_linears(m));
+    else llama_enable_base_training(m);
   };
   LlamaModel ref = make_model(v);
   prepare(ref);
-  AdamW ref_opt(llama_trainable_params(ref), 0.9, 0.999, 1e-8, 0.1);
   LlamaModel m = make_model(v, tp);
   prepare(m);
   Zero3 zero(llama_param_table(m), dp, true);
-  AdamW opt(zero.params(), 0.9, 0.999, 1e-8, 0.1);
-  for (int step = 0; step < 2; ++step) {
-    ref_opt.zero_grad();
-    const double want = forward_backward(ref, batch_of(B, T, 0, B, 23 + step));
-    ref_opt.step(1e-2);
-    opt.zero_grad();
-    const double got = dp.all_reduce_sum(forward_backward(m, batch_of(B, T, per_rank * dp.rank(), per_rank, 23 + step)));
-    opt.step(1e-2);
-    EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << "step " << step << ": " << got << " vs " << want;
-  }
+  test::expect_adamw_steps_match(
+      llama_trainable_params(ref), zero.params(), dp,
+      [&](int step) { return forward_backward(ref, batch_of(B, T, 0, B, 23 + step)); },
+      [&](int step) { return forward_backward(m, batch_of(B, T, per_rank * dp.rank(), per_rank, 23 + step)); }, kTol);
   zero.gather_all_for_save();
-  const std::vector<LlamaWeightSlot> rs = llama_weight_slots(ref), ms = llama_weight_slots(m);
-  double worst = 0;
-  for (size_t i = 0; i < rs.size(); ++i) {
-    const double e = max_rel_diff(gather_full(m.tp, ms[i], DType::f64), *rs[i].tensor);
-    EXPECT_LT(e, kTol) << rs[i].name;
-    worst = std::max(worst, e);
-  }
-  if (with_lora) {  // the adapters' masters, gathered over TP by their sharding
-    const std::vector<Linear*> rl = llama_linears(ref), ml = llama_linears(m);
-    for (size_t i = 0; i < rl.size(); ++i) {
-      if (!rl[i]->adapter) continue;
-      auto* ra = dynamic_cast<LoraAdapter*>(rl[i]->adapter.get());
-      auto* ma = dynamic_cast<LoraAdapter*>(ml[i]->adapter.get());
-      const TpMode a_split = ml[i]->tp_mode == TpMode::row ? TpMode::row : TpMode::none;
-      const TpMode b_split = ml[i]->tp_mode == TpMode::column ? TpMode::column : TpMode::none;
-      const double ea = max_rel_diff(tp_gather_full(ma->A, a_split, m.tp, DType::f64), ra->A);
-      const double eb = max_rel_diff(tp_gather_full(ma->B, b_split, m.tp, DType::f64), ra->B);
-      EXPECT_LT(ea, kTol) << rl[i]->name << " lora_A";
-      EXPECT_LT(eb, kTol) << rl[i]->name << " lora_B";
-      EXPECT_GT(max_rel_diff(ra->B, Tensor::zeros(ra->B.shape(), DType::f64)), 0.0) << "B trained";
-      worst = std::max({worst, ea, eb});
-    }
-  }
+  double worst = test::expect_weights_match(llama_weight_slots(ref), llama_weight_slots(m), m.tp, kTol);
+  if (with_lora)
+    worst = std::max(worst, test::expect_lora_match(llama_linears(ref), llama_linears(m), m.tp, test::LoraPart::masters, kTol));
   if (runtime().world_rank == 0)
     std::printf("[decoder zero3 tp %d x dp %d %s%s] worst final weight %.1e\n", tp.size, dp.size(), v.str().c_str(),
                 with_lora ? " lora" : "", worst);
@@ -227,11 +168,8 @@ TEST(DecoderParallel, Zero3WithBiasesAndATiedHeadEqualsOneRank) {
 TEST(DecoderParallel, TensorParallelTimesZero3WithBiasesEqualsOneRank) {
   Runtime& rt = runtime();
   if (rt.world_size < 4 || rt.world_size % 2 != 0) GTEST_SKIP() << "needs 4 ranks or more (tp 2 x dp 2)";
-  Runtime grid;
-  grid.world_rank = rt.world_rank;
-  grid.world_size = rt.world_size;
-  runtime_make_grid(grid, 2);
-  const TpGroup tp{grid.tp_comm.get(), grid.tp, grid.tp_rank};
+  const Runtime grid = test::world_grid(2);
+  const TpGroup tp = test::grid_tp(grid);
   check_zero3_steps(kQwen2, tp, *grid.dp_comm, false);
   check_zero3_steps(kBoth, tp, *grid.dp_comm, true);
 }

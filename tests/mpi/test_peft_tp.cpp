@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "tests/common/layout_compare.hpp"
 #include "tests/common/test_util.hpp"
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
@@ -24,10 +25,7 @@ namespace fs = std::filesystem;
 namespace st {
 namespace {
 
-TpGroup world_tp() {
-  Runtime& rt = runtime();
-  return TpGroup{rt.world.get(), rt.world_size, rt.world_rank};
-}
+using test::world_tp;
 
 std::string shared_dir(const char* tag) {
   Comm& world = *runtime().world;

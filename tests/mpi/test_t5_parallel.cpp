@@ -27,10 +27,12 @@
 #include "parallel/runtime.hpp"
 #include "parallel/tp_ops.hpp"
 #include "parallel/zero3.hpp"
-#include "train/optimizer.hpp"
+#include "tests/common/layout_compare.hpp"
 
 namespace st {
 namespace {
+
+using test::max_rel_diff;
 
 constexpr double kTol = 1e-10;
 
@@ -108,20 +110,6 @@ T5Batch batch_of(const Rows& r, int64_t first, int64_t count) {
   return b;
 }
 
-// max |a - b| / max |b| over f64 copies (infinite when the shapes differ).
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return INFINITY;
-  const Tensor a64 = a.to_cpu(DType::f64), b64 = b.to_cpu(DType::f64);
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < a64.numel(); ++i) {
-    const double x = a64.ptr<double>()[i], y = b64.ptr<double>()[i];
-    if (std::isnan(x) != std::isnan(y)) return INFINITY;
-    diff = std::max(diff, std::fabs(x - y));
-    ref = std::max(ref, std::fabs(y));
-  }
-  return ref == 0 ? diff : diff / ref;
-}
-
 T5Model make_model(const Variant& v, const TpGroup& tp = {}, const T5Quant& quant = {}) {
   T5Model m = t5_build(tiny(v.gated, v.tied), DType::f64, Device::cpu, quant, tp);
   t5_init_random(m, 5, 0.5);
@@ -136,18 +124,10 @@ double forward_backward(T5Model& m, const T5Batch& b) {
   return loss;
 }
 
-// A slot's gradient, gathered over the TP group.
-Tensor gathered_grad(const T5Model& m, const T5WeightSlot& s) { return tp_gather_full(*s.grad, s.split, m.tp, DType::f64); }
-
-TpGroup world_tp() {
-  Runtime& rt = runtime();
-  return TpGroup{rt.world.get(), rt.world_size, rt.world_rank};
-}
-
 // ---------------------------------------------------------------- (a) tensor parallelism
 
 TEST(T5Parallel, TensorParallelLossAndEveryGradientEqualOneRank) {
-  const TpGroup tp = world_tp();
+  const TpGroup tp = test::world_tp();
   const Rows rows = make_rows(3, 6, 5, 24, 11);
   const T5Batch batch = batch_of(rows, 0, rows.B);
   for (const Variant& v : kVariants) {
@@ -164,17 +144,8 @@ TEST(T5Parallel, TensorParallelLossAndEveryGradientEqualOneRank) {
     EXPECT_EQ(m.enc_rel.dim(1), m.cfg.num_heads / tp.size);
     const double got = forward_backward(m, batch);
     EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << got << " vs " << want;
-    const std::vector<T5WeightSlot> rs = t5_weight_slots(ref), ms = t5_weight_slots(m);
-    ASSERT_EQ(rs.size(), ms.size());
-    double worst = 0;
-    for (size_t i = 0; i < rs.size(); ++i) {
-      EXPECT_EQ(ms[i].name, rs[i].name);
-      // The same full weights for any p, and every gradient once gathered.
-      EXPECT_EQ(max_rel_diff(t5_gather_full(m, ms[i], DType::f64), *rs[i].tensor), 0.0) << rs[i].name;
-      const double e = max_rel_diff(gathered_grad(m, ms[i]), *rs[i].grad);
-      EXPECT_LT(e, kTol) << rs[i].name;
-      worst = std::max(worst, e);
-    }
+    // The same full weights for any p, and every gradient once gathered.
+    const double worst = test::expect_gathered_grads_match(t5_weight_slots(ref), t5_weight_slots(m), m.tp, kTol);
     // Trainable parameters flag exactly the split tensors as TP-sharded.
     for (const ParamRef& p : t5_trainable_params(m)) {
       const bool split = tp.size > 1 && p.name.find("layer_norm") == std::string::npos;
@@ -204,7 +175,7 @@ TEST(T5Parallel, CheckTpNamesTheConfigKey) {
 
 // save_t5 under TP gathers the shards (rank 0 writes); load_t5 slices them again.
 TEST(T5Parallel, SaveGathersAndLoadShardsUnderTensorParallelism) {
-  const TpGroup tp = world_tp();
+  const TpGroup tp = test::world_tp();
   Comm& world = *runtime().world;
   const Variant v{true, false};
   T5Model m = make_model(v, tp);
@@ -236,61 +207,24 @@ void check_zero3_steps(const Variant& v, const TpGroup& tp, Comm& dp, bool with_
   const int P = dp.size();
   const int64_t per_rank = 2;
   const Rows rows = make_rows(per_rank * P, 5, 4, 24, 23);
-  LoraConfig lc;
-  lc.r = 2;
-  lc.alpha = 4;
-  lc.targets = {};
   auto prepare = [&](T5Model& m) {
-    if (!with_lora) {
-      t5_enable_base_training(m);
-      return;
-    }
-    for (Linear* lin : t5_linears(m))
-      if (lin->name != "lm_head") lin->adapter = std::make_unique<LoraAdapter>(*lin, lc, 64, 3);
+    if (with_lora) test::attach_test_lora(t5_linears(m));
+    else t5_enable_base_training(m);
   };
-  const double lr = 1e-2;
   T5Model ref = make_model(v);
   prepare(ref);
-  AdamW ref_opt(t5_trainable_params(ref), 0.9, 0.999, 1e-8, 0.1);
   T5Model m = make_model(v, tp);
   prepare(m);
   Zero3 zero(t5_param_table(m), dp, true);
   EXPECT_EQ(zero.num_units(), t5_num_units(m));
-  AdamW opt(zero.params(), 0.9, 0.999, 1e-8, 0.1);
-  for (int step = 0; step < 2; ++step) {
-    const T5Batch all = batch_of(rows, 0, rows.B), mine = batch_of(rows, per_rank * dp.rank(), per_rank);
-    ref_opt.zero_grad();
-    const double want = forward_backward(ref, all);
-    ref_opt.step(lr);
-    opt.zero_grad();
-    const double got = dp.all_reduce_sum(forward_backward(m, mine));
-    opt.step(lr);
-    EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << "step " << step << ": " << got << " vs " << want;
-  }
+  const T5Batch all = batch_of(rows, 0, rows.B), mine = batch_of(rows, per_rank * dp.rank(), per_rank);
+  test::expect_adamw_steps_match(
+      t5_trainable_params(ref), zero.params(), dp, [&](int) { return forward_backward(ref, all); },
+      [&](int) { return forward_backward(m, mine); }, kTol);
   zero.gather_all_for_save();
-  const std::vector<T5WeightSlot> rs = t5_weight_slots(ref), ms = t5_weight_slots(m);
-  double worst = 0;
-  for (size_t i = 0; i < rs.size(); ++i) {
-    const double e = max_rel_diff(t5_gather_full(m, ms[i], DType::f64), *rs[i].tensor);
-    EXPECT_LT(e, kTol) << rs[i].name;
-    worst = std::max(worst, e);
-  }
-  if (with_lora) {  // the adapters' masters, gathered over TP by their sharding
-    const std::vector<Linear*> rl = t5_linears(ref), ml = t5_linears(m);
-    for (size_t i = 0; i < rl.size(); ++i) {
-      if (!rl[i]->adapter) continue;
-      auto* ra = dynamic_cast<LoraAdapter*>(rl[i]->adapter.get());
-      auto* ma = dynamic_cast<LoraAdapter*>(ml[i]->adapter.get());
-      const TpMode a_split = ml[i]->tp_mode == TpMode::row ? TpMode::row : TpMode::none;
-      const TpMode b_split = ml[i]->tp_mode == TpMode::column ? TpMode::column : TpMode::none;
-      const double ea = max_rel_diff(tp_gather_full(ma->A, a_split, m.tp, DType::f64), ra->A);
-      const double eb = max_rel_diff(tp_gather_full(ma->B, b_split, m.tp, DType::f64), ra->B);
-      EXPECT_LT(ea, kTol) << rl[i]->name << " lora_A";
-      EXPECT_LT(eb, kTol) << rl[i]->name << " lora_B";
-      EXPECT_GT(max_rel_diff(ra->B, Tensor::zeros(ra->B.shape(), DType::f64)), 0.0) << "B trained";
-      worst = std::max({worst, ea, eb});
-    }
-  }
+  double worst = test::expect_weights_match(t5_weight_slots(ref), t5_weight_slots(m), m.tp, kTol);
+  if (with_lora)
+    worst = std::max(worst, test::expect_lora_match(t5_linears(ref), t5_linears(m), m.tp, test::LoraPart::masters, kTol));
   if (runtime().world_rank == 0)
     std::printf("[t5 zero3 tp %d x dp %d %s%s] worst final weight %.1e\n", tp.size, P, v.str().c_str(),
                 with_lora ? " lora" : "", worst);
@@ -305,11 +239,8 @@ TEST(T5Parallel, Zero3TwoStepsEqualOneRankWithTheBatchSplit) {
 TEST(T5Parallel, TensorParallelTimesZero3EqualsOneRank) {
   Runtime& rt = runtime();
   if (rt.world_size < 4 || rt.world_size % 2 != 0) GTEST_SKIP() << "needs 4 ranks or more (tp 2 x dp 2)";
-  Runtime grid;
-  grid.world_rank = rt.world_rank;
-  grid.world_size = rt.world_size;
-  runtime_make_grid(grid, 2);
-  const TpGroup tp{grid.tp_comm.get(), grid.tp, grid.tp_rank};
+  const Runtime grid = test::world_grid(2);
+  const TpGroup tp = test::grid_tp(grid);
   for (const Variant& v : {Variant{true, false}, Variant{false, true}}) check_zero3_steps(v, tp, *grid.dp_comm, false);
   check_zero3_steps({true, true}, tp, *grid.dp_comm, true);
 }
@@ -322,7 +253,7 @@ TEST(T5Parallel, TensorParallelTimesZero3EqualsOneRank) {
 // reference is built from those (gathered) weights; LoRA adapters (B made non-zero) train on the
 // frozen NF4 base, and the loss and every adapter gradient must agree to 1e-10.
 TEST(T5Parallel, Nf4UnderTensorParallelismComputesTheDequantizedShards) {
-  const TpGroup tp = world_tp();
+  const TpGroup tp = test::world_tp();
   const Rows rows = make_rows(3, 6, 5, 24, 31);
   const T5Batch batch = batch_of(rows, 0, rows.B);
   for (const Variant& v : {Variant{true, false}, Variant{false, true}}) {
@@ -370,19 +301,7 @@ TEST(T5Parallel, Nf4UnderTensorParallelismComputesTheDequantizedShards) {
     }
     const double want = forward_backward(ref, batch), got = forward_backward(m, batch);
     EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << got << " vs " << want;
-    double worst = 0;
-    for (size_t i = 0; i < rl.size(); ++i) {
-      if (!rl[i]->adapter) continue;
-      auto* ra = dynamic_cast<LoraAdapter*>(rl[i]->adapter.get());
-      auto* ma = dynamic_cast<LoraAdapter*>(ml[i]->adapter.get());
-      const TpMode a_split = ml[i]->tp_mode == TpMode::row ? TpMode::row : TpMode::none;
-      const TpMode b_split = ml[i]->tp_mode == TpMode::column ? TpMode::column : TpMode::none;
-      const double ea = max_rel_diff(tp_gather_full(ma->dA, a_split, tp, DType::f64), ra->dA);
-      const double eb = max_rel_diff(tp_gather_full(ma->dB, b_split, tp, DType::f64), ra->dB);
-      EXPECT_LT(ea, kTol) << rl[i]->name << " lora_A grad";
-      EXPECT_LT(eb, kTol) << rl[i]->name << " lora_B grad";
-      worst = std::max({worst, ea, eb});
-    }
+    const double worst = test::expect_lora_match(rl, ml, tp, test::LoraPart::gradients, kTol);
     if (tp.rank == 0)
       std::printf("[t5 nf4 tp %d %s] loss %.12f, %d NF4 layers (weights moved by up to %.2f), worst adapter gradient %.1e\n",
                   tp.size, v.str().c_str(), got, quantized, nf4_change, worst);

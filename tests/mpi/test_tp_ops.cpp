@@ -21,11 +21,13 @@
 #include "parallel/runtime.hpp"
 #include "parallel/tp_ops.hpp"
 #include "tests/common/gradcheck.hpp"
+#include "tests/common/layout_compare.hpp"
 #include "tests/common/test_util.hpp"
 
 namespace st {
 namespace {
 
+using test::max_rel_diff;
 using test::random_f32;
 using test::random_f64;
 
@@ -34,20 +36,6 @@ const double kEps32 = std::numeric_limits<float>::epsilon();
 const double kEps64 = std::numeric_limits<double>::epsilon();
 
 std::unique_ptr<Comm> tp_group() { return make_mpi_comm(MPI_COMM_WORLD, "tp"); }
-
-// max |a - b| / max |b| (infinite when the shapes differ), over any float dtypes.
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return INFINITY;
-  const Tensor a64 = a.to_cpu(DType::f64), b64 = b.to_cpu(DType::f64);
-  double diff = 0, ref = 0;
-  for (int64_t i = 0; i < a64.numel(); ++i) {
-    const double x = a64.ptr<double>()[i], y = b64.ptr<double>()[i];
-    if (std::isnan(x) != std::isnan(y)) return INFINITY;
-    diff = std::max(diff, std::fabs(x - y));
-    ref = std::max(ref, std::fabs(y));
-  }
-  return ref == 0 ? diff : diff / ref;
-}
 
 Tensor clone(const Tensor& t) { return t.clone(MemCategory::other); }
 
