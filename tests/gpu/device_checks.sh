@@ -11,7 +11,7 @@
 # peft, bench-packing, bench (BENCH_ARGS), bench-regress (.bench_before vs this tree, twice,
 # interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not), calibrate (a
 # device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS), fp8-quality (FP8Q_ARGS),
-# profile (per-op tables: PROFILE_DECK, PROFILE_CKPT). Needs BOOST_PO_SRC for the image's
+# profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -89,14 +89,23 @@ for s in "${steps[@]}"; do
         --configs ${PREDICT_CONFIGS:-7b_lora,1b_full} --seconds ${PREDICT_SECONDS:-10} --mpirun "$MPI" \
         --out-dir "$OUT/predict" ${PREDICT_ARGS:-} ;;
     profile)
-      # Per-op GPU time tables (SHARDTUNE_PROFILE=1) of PROFILE_DECK (default the 7B LoRA bench deck)
-      # for each activation_checkpointing value in PROFILE_CKPT (default "true false"); needs the
-      # bench's random shards (data/bench/random-1024: the bench or predict step makes them).
-      for ck in ${PROFILE_CKPT:-true false}; do
-        run_step profile-ckpt-$ck env SHARDTUNE_PROFILE=1 build/shardtune train \
-          --deck ${PROFILE_DECK:-inputs/bench/llama7b_lora.cfg} --activation_checkpointing $ck \
-          --output_dir "$OUT/profile-runs" --run_id prof-ckpt-$ck --max_steps ${PROFILE_STEPS:-8} ${PROFILE_ARGS:-}
-      done ;;
+      # Per-op GPU time tables (SHARDTUNE_PROFILE=$PROFILE_LEVEL, default 1) of each deck in
+      # PROFILE_DECKS (default the 7B LoRA bench deck) for each activation_checkpointing value in
+      # PROFILE_CKPT (default "true false"; PROFILE_TAG suffixes the log names), then the same runs unprofiled (their s/step lines are
+      # the undisturbed step times); needs the bench's random shards (the bench or predict step
+      # makes them).
+      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${PROFILE_CKPT:-true false}; do
+          name=$(basename $deck .cfg)-ckpt-$ck${PROFILE_TAG:-}
+          run_step profile-$name env SHARDTUNE_PROFILE=${PROFILE_LEVEL:-1} build/shardtune train --deck $deck \
+            --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id prof-$name --save_adapter false \
+            --max_steps ${PROFILE_STEPS:-8} ${PROFILE_ARGS:-}
+          run_step plain-$name build/shardtune train --deck $deck --activation_checkpointing $ck \
+            --output_dir "$OUT/profile-runs" --run_id plain-$name --save_adapter false --max_steps ${PROFILE_STEPS:-8} \
+            ${PROFILE_ARGS:-}
+        done
+      done
+      rm -rf "$OUT/profile-runs" ;;
     fp8-quality)
       # Issue 20's FP8 quality run (stories260K LoRA on TinyStories, bf16 vs fp8 base); carry
       # .device_data with corpus/tinystories_subset.
