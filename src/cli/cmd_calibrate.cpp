@@ -36,7 +36,7 @@ namespace {
 
 struct CalibrateFlags {
   std::string device = "cpu", out, deck_method;
-  double seconds = -1;
+  double seconds = -1, sustain = -1;
   bool comm = false, append = false, small = false;
   int64_t seq_len = 0;
 };
@@ -50,6 +50,9 @@ const char* kCalibrateHelp =
     "  --seconds N    the op sweep's time budget (default 20 on cuda, 5 on cpu)\n"
     "  --deck FILE    also time every GEMM shape of this deck's training step (method and shapes from\n"
     "                 the deck; parallel none; --seq-len L when its shards do not exist)\n"
+    "  --sustain-seconds S  after the sweep, S seconds of back-to-back GEMMs: how much slower the\n"
+    "                 FLOP-bound ops run under a training step's continuous load (lower clocks) than in\n"
+    "                 the sweep's short runs (default 4 on cuda, 0 on cpu; 0: not measured)\n"
     "  --small        the smallest sweep (tests)\n"
     "  --comm         time all-reduce, all-gather, reduce-scatter and broadcast over every rank of the\n"
     "                 job (run it under mpirun with N ranks) and write the fitted latency and bus bandwidth\n"
@@ -71,6 +74,7 @@ std::vector<char*> take_flags(int argc, char** argv, CalibrateFlags& f, bool& he
     if (a.is("--device")) f.device = a.value();
     else if (a.is("--out")) f.out = a.value();
     else if (a.is("--seconds")) f.seconds = parse_double("--seconds", a.value());
+    else if (a.is("--sustain-seconds")) f.sustain = parse_double("--sustain-seconds", a.value());
     else if (a.arg() == "--comm") f.comm = true;
     else if (a.arg() == "--append") f.append = true;
     else if (a.arg() == "--small") f.small = true;
@@ -85,6 +89,8 @@ std::vector<char*> take_flags(int argc, char** argv, CalibrateFlags& f, bool& he
   if (f.device != "cuda" && f.device != "cpu") ST_THROW_INPUT("command line: --device '", f.device, "' must be cuda or cpu");
   if (f.seconds == -1) f.seconds = f.device == "cuda" ? 20 : 5;
   if (!(f.seconds > 0) || f.seconds > 3600) ST_THROW_INPUT("command line: --seconds ", f.seconds, " must be in (0, 3600]");
+  if (f.sustain == -1) f.sustain = f.device == "cuda" && !f.small ? 4 : 0;
+  if (!(f.sustain >= 0) || f.sustain > 600) ST_THROW_INPUT("command line: --sustain-seconds ", f.sustain, " must be in [0, 600]");
   if (f.seq_len < 0) ST_THROW_INPUT("command line: --seq-len must be >= 2");
   if (f.out.empty()) f.out = f.comm ? "comm_profile.json" : "device_profile.json";
   return rest;
@@ -215,6 +221,7 @@ int cmd_calibrate(int argc, char** argv) {
     o.device = f.device == "cuda" ? Device::cuda : Device::cpu;
     o.seconds = f.seconds;
     o.small = f.small;
+    o.sustain_seconds = f.sustain;
     if (deck) o.gemm_shapes = deck_gemms(std::vector<char*>(rest.begin() + 1, rest.end()), f);
     if (o.device == Device::cuda) select_cuda_device(0);
     DeviceProfile p = calibrate_device(o);
@@ -223,8 +230,9 @@ int cmd_calibrate(int argc, char** argv) {
                    o.gemm_shapes.empty() ? std::string() : str(" (+ ", p.gemm_shapes.size(), " GEMM shapes of the deck)"),
                    p.source.empty() ? std::string() : "; " + p.source);
     write_device_profile(f.out, p);
-    std::printf("%s: GEMM peak %.4g TFLOP/s, copy %.1f GB/s, %zu exact GEMM shapes; wrote %s\n", p.device.c_str(),
-                p.gemm_peak_flops / 1e12, p.memory_bytes_per_s / 1e9, p.gemm_shapes.size(), f.out.c_str());
+    std::printf("%s: GEMM peak %.4g TFLOP/s, copy %.1f GB/s, %zu exact GEMM shapes, sustained compute factor %.3f; "
+                "wrote %s\n", p.device.c_str(), p.gemm_peak_flops / 1e12, p.memory_bytes_per_s / 1e9,
+                p.gemm_shapes.size(), p.sustained_compute_factor, f.out.c_str());
     return kExitOk;
   } catch (const Error& e) {
     fatal(e);

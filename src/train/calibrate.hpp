@@ -18,6 +18,9 @@ struct CalibrateOptions {
   double seconds = 20;               // the whole sweep's time budget (roughly)
   std::vector<TraceEvent> gemm_shapes;  // GEMM events to time at their exact shapes (m, n, k, dtype_bytes)
   bool small = false;                // CPU tests: the smallest sweep
+  // Seconds of back-to-back GEMMs after the sweep, to measure sustained_compute_factor
+  // (DeviceProfile); 0: not measured (factor 1).
+  double sustain_seconds = 0;
 };
 
 DeviceProfile calibrate_device(const CalibrateOptions& o);

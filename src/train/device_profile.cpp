@@ -38,11 +38,12 @@ double DeviceProfile::op_seconds(const TraceEvent& e) const {
   const FamilyProfile& fp = family(e.family);
   if (e.family == OpFamily::gemm) {
     for (const GemmShapeTime& g : gemm_shapes)
-      if (g.m == e.m && g.n == e.n && g.k == e.k && g.dtype_bytes == e.dtype_bytes) return g.seconds;
+      if (g.m == e.m && g.n == e.n && g.k == e.k && g.dtype_bytes == e.dtype_bytes) return sustained_compute_factor * g.seconds;
     // Skinny GEMMs (LoRA's rank-r products) are bound by their operands' traffic, not FLOPs.
-    return std::max(fp.seconds(e.flops), e.bytes / memory_bytes_per_s + fp.latency_s);
+    return sustained_compute_factor * std::max(fp.seconds(e.flops), e.bytes / memory_bytes_per_s + fp.latency_s);
   }
-  return fp.seconds(op_family_by_flops(e.family) ? e.flops : e.bytes);
+  const bool by_flops = op_family_by_flops(e.family);
+  return (by_flops ? sustained_compute_factor : 1.0) * fp.seconds(by_flops ? e.flops : e.bytes);
 }
 
 // ---- built-in profiles
@@ -170,7 +171,8 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
     ST_THROW_INPUT(what, ": not JSON (", e.what(), ")");
   }
   if (!j.is_object()) ST_THROW_INPUT(what, ": a device profile is a JSON object");
-  only_keys(j, {"format", "version", "device", "source", "gemm_peak_flops", "memory_bytes_per_s", "families", "gemm_shapes"},
+  only_keys(j, {"format", "version", "device", "source", "gemm_peak_flops", "memory_bytes_per_s", "families", "gemm_shapes",
+               "sustained_compute_factor"},
             what, "");
   if (need_string(j, "format", what, "") != "shardtune-device-profile")
     bad(what, "format", "must be \"shardtune-device-profile\"");
@@ -209,6 +211,11 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
       fp.points.emplace_back(w, t);
     }
     if (fp.points.empty() && fp.rate == 0) bad(what, path + "rate", "must be positive when there are no points");
+  }
+  if (j.contains("sustained_compute_factor")) {
+    p.sustained_compute_factor = need_number(j, "sustained_compute_factor", what, "", true);
+    if (!(p.sustained_compute_factor >= 0.5 && p.sustained_compute_factor <= 2.0))
+      bad(what, "sustained_compute_factor", str("must be in [0.5, 2] (got ", p.sustained_compute_factor, ")"));
   }
   if (j.contains("gemm_shapes")) {
     const json& gs = j["gemm_shapes"];
@@ -267,6 +274,7 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   for (const GemmShapeTime& g : p.gemm_shapes)
     gs.push_back({{"m", g.m}, {"n", g.n}, {"k", g.k}, {"dtype_bytes", g.dtype_bytes}, {"seconds", g.seconds}});
   j["gemm_shapes"] = gs;
+  j["sustained_compute_factor"] = p.sustained_compute_factor;
   return j.dump(1) + "\n";
 }
 

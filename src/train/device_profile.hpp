@@ -12,7 +12,8 @@
 //     "memory_bytes_per_s": 3.0e12,       // the best copy rate measured (or datasheet x fraction)
 //     "families": { "<family>": { "metric": "flops" | "bytes", "latency_s": 4e-6, "rate": 7e14,
 //                                 "points": [[work, seconds], ...] }, ... },
-//     "gemm_shapes": [ { "m": 8192, "n": 4096, "k": 4096, "dtype_bytes": 2, "seconds": 3.1e-4 }, ... ] }
+//     "gemm_shapes": [ { "m": 8192, "n": 4096, "k": 4096, "dtype_bytes": 2, "seconds": 3.1e-4 }, ... ],
+//     "sustained_compute_factor": 1.1 }   // optional (default 1), in [0.5, 2]
 // Families are those of core/op_trace.hpp (gemm, attention, norm, ...); gemm and attention are
 // measured in FLOPs, the rest in bytes read + written. Every family must be present.
 #pragma once
@@ -49,6 +50,12 @@ struct DeviceProfile {
   double memory_bytes_per_s = 0;
   std::array<FamilyProfile, kNumOpFamilies> families;
   std::vector<GemmShapeTime> gemm_shapes;  // exact GEMM shapes measured (looked up first)
+  // Sustained load: a GPU running a training step's continuous tensor-core load settles at lower
+  // clocks than during the sweep's short runs (power and thermal limits). calibrate measures the
+  // largest GEMM of its sweep again after seconds of back-to-back GEMMs; the ratio of the two
+  // times multiplies every FLOP-bound op (gemm, attention). 1 for built-in profiles (their
+  // fractions come from whole training steps) and the CPU.
+  double sustained_compute_factor = 1.0;
 
   FamilyProfile& family(OpFamily f) { return families[static_cast<size_t>(f)]; }
   const FamilyProfile& family(OpFamily f) const { return families[static_cast<size_t>(f)]; }

@@ -25,6 +25,7 @@ void expect_same_profile(const DeviceProfile& a, const DeviceProfile& b) {
   EXPECT_EQ(a.source, b.source);
   EXPECT_EQ(a.gemm_peak_flops, b.gemm_peak_flops);
   EXPECT_EQ(a.memory_bytes_per_s, b.memory_bytes_per_s);
+  EXPECT_EQ(a.sustained_compute_factor, b.sustained_compute_factor);
   for (int i = 0; i < kNumOpFamilies; ++i) {
     const FamilyProfile &x = a.families[static_cast<size_t>(i)], &y = b.families[static_cast<size_t>(i)];
     EXPECT_EQ(x.points, y.points) << op_family_name(static_cast<OpFamily>(i));
@@ -89,6 +90,16 @@ TEST(DeviceProfile, MeasuredPointsInterpolateTheRateInLogWork) {
   EXPECT_EQ(p.op_seconds(e), 0.25);
   e.dtype_bytes = 4;
   EXPECT_LT(p.op_seconds(e), 1e-4);
+  // The sustained-load factor scales the FLOP-bound ops (exact shapes included), not the
+  // memory-bound ones.
+  e.dtype_bytes = 2;
+  TraceEvent n;
+  n.family = OpFamily::norm;
+  n.bytes = 1e8;
+  const double norm_before = p.op_seconds(n);
+  p.sustained_compute_factor = 1.25;
+  EXPECT_DOUBLE_EQ(p.op_seconds(e), 0.3125);
+  EXPECT_EQ(p.op_seconds(n), norm_before);
 }
 
 TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
@@ -106,6 +117,7 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   g.k = 8;
   g.dtype_bytes = 4;
   o.gemm_shapes = {g, g};
+  o.sustain_seconds = 0.2;  // the sustained phase runs on the CPU too (its factor is whatever it measures)
   DeviceProfile p = calibrate_device(o);
   omp_set_num_threads(threads);
   EXPECT_GT(p.gemm_peak_flops, 0);
@@ -141,6 +153,10 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   refused([](nlohmann::json& j) { j["version"] = 2; }, {"version", "1"});
   refused([](nlohmann::json& j) { j["gemm_peak"] = 1; }, {"gemm_peak", "not a field"});
   refused([](nlohmann::json& j) { j["gemm_shapes"][0]["k"] = 0; }, {"gemm_shapes[0].k", "positive integer"});
+  refused([](nlohmann::json& j) { j["sustained_compute_factor"] = 3.0; }, {"sustained_compute_factor", "[0.5, 2]"});
+  EXPECT_EQ(parse_device_profile(broken([](nlohmann::json& j) { j.erase("sustained_compute_factor"); }), "test")
+                .sustained_compute_factor,
+            1.0);
   test::expect_input_error([] { parse_device_profile("{", "device profile x.json"); }, {"x.json", "not JSON"});
   test::expect_input_error([] { read_device_profile("/nonexistent/p.json"); }, {"/nonexistent/p.json"});
 }
