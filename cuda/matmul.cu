@@ -113,7 +113,7 @@ cublasStatus_t heuristic_algos(const CublasLtPlan& plan, int align_a, int align_
 bool autotune_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("SHARDTUNE_GEMM_AUTOTUNE");
-    return !(e && std::string(e) == "0");
+    return e && std::string(e) == "1";
   }();
   return on;
 }
@@ -124,7 +124,7 @@ bool autotune_enabled() {
 // algorithms on the call's own operands (one untimed run, then kRuns timed) and keeps the
 // fastest, unless it is within 10% of the heuristic's first (fewer flips between runs of the same
 // job). C's content, when the call reads it (accumulate into C itself), is kept on the host
-// meanwhile and put back. SHARDTUNE_GEMM_AUTOTUNE=0 keeps the heuristic's first choice.
+// meanwhile and put back. Opt-in (SHARDTUNE_GEMM_AUTOTUNE=1) until measured on a GPU.
 // (The GPU's results were never bitwise reproducible: attention's dQ sums with atomics.)
 void tune(CublasLtPlan& p, const Key& key, const void* a, const void* b, void* d, const void* c_in, size_t d_bytes,
           float alpha, float beta) {
