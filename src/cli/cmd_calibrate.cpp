@@ -48,7 +48,7 @@ const char* kCalibrateHelp =
     "  --device D     cuda (the real CUDA kernels) or cpu (the CPU kernels)\n"
     "  --out FILE     where to write (default device_profile.json, with --comm comm_profile.json)\n"
     "  --seconds N    the op sweep's time budget (default 20 on cuda, 5 on cpu)\n"
-    "  --deck FILE    also time every GEMM shape of this deck's training step (method and shapes from\n"
+    "  --deck FILE    also time every GEMM and attention shape of this deck's training step (method and shapes from\n"
     "                 the deck; parallel none; --seq-len L when its shards do not exist)\n"
     "  --sustain-seconds S  after the sweep, S seconds of back-to-back GEMMs: how much slower the\n"
     "                 FLOP-bound ops run under a training step's continuous load (lower clocks) than in\n"
@@ -96,8 +96,11 @@ std::vector<char*> take_flags(int argc, char** argv, CalibrateFlags& f, bool& he
   return rest;
 }
 
-// The deck's training-step GEMMs (a dry run: no GPU needed for this part).
-std::vector<TraceEvent> deck_gemms(std::vector<char*> rest, const CalibrateFlags& f) {
+// The deck's training-step GEMMs and batched attention ops (a dry run: no GPU needed for this part).
+struct DeckOps {
+  std::vector<TraceEvent> gemms, attention;
+};
+DeckOps deck_ops(std::vector<char*> rest, const CalibrateFlags& f) {
   RunConfig cfg;
   rest.insert(rest.begin(), const_cast<char*>("calibrate"));
   if (!parse_run_config(static_cast<int>(rest.size()), rest.data(), "calibrate", cfg)) return {};
@@ -109,10 +112,14 @@ std::vector<TraceEvent> deck_gemms(std::vector<char*> rest, const CalibrateFlags
   l.parallel = ParallelLayout::make(Strategy::none, 1, 1, "calibrate");
   l.method = run_method(cfg);
   l.checkpointing = checkpointing_is_auto(cfg) ? Checkpointed::all() : run_checkpointing(cfg);
-  std::vector<TraceEvent> gemms;
-  for (const TraceEvent& e : plan_step_trace(cfg, data, l))
-    if (e.kind == TraceEvent::Kind::op && e.family == OpFamily::gemm) gemms.push_back(e);
-  return gemms;
+  DeckOps ops;
+  for (const TraceEvent& e : plan_step_trace(cfg, data, l)) {
+    if (e.kind != TraceEvent::Kind::op) continue;
+    if (e.family == OpFamily::gemm) ops.gemms.push_back(e);
+    if ((e.family == OpFamily::attention || e.family == OpFamily::attention_backward) && e.attention.B > 0)
+      ops.attention.push_back(e);
+  }
+  return ops;
 }
 
 double now() {
@@ -222,17 +229,24 @@ int cmd_calibrate(int argc, char** argv) {
     o.seconds = f.seconds;
     o.small = f.small;
     o.sustain_seconds = f.sustain;
-    if (deck) o.gemm_shapes = deck_gemms(std::vector<char*>(rest.begin() + 1, rest.end()), f);
+    if (deck) {
+      DeckOps ops = deck_ops(std::vector<char*>(rest.begin() + 1, rest.end()), f);
+      o.gemm_shapes = std::move(ops.gemms);
+      o.attention_shapes = std::move(ops.attention);
+    }
     if (o.device == Device::cuda) select_cuda_device(0);
     DeviceProfile p = calibrate_device(o);
     p.device = o.device == Device::cuda ? cuda_device_name() : std::string("cpu");
     p.source = str("shardtune calibrate --device ", f.device, " --seconds ", f.seconds,
-                   o.gemm_shapes.empty() ? std::string() : str(" (+ ", p.gemm_shapes.size(), " GEMM shapes of the deck)"),
+                   o.gemm_shapes.empty() ? std::string()
+                                         : str(" (+ ", p.gemm_shapes.size(), " GEMM and ", p.attention_shapes.size(),
+                                               " attention shapes of the deck)"),
                    p.source.empty() ? std::string() : "; " + p.source);
     write_device_profile(f.out, p);
-    std::printf("%s: GEMM peak %.4g TFLOP/s, copy %.1f GB/s, %zu exact GEMM shapes, sustained compute factor %.3f; "
-                "wrote %s\n", p.device.c_str(), p.gemm_peak_flops / 1e12, p.memory_bytes_per_s / 1e9,
-                p.gemm_shapes.size(), p.sustained_compute_factor, f.out.c_str());
+    std::printf("%s: GEMM peak %.4g TFLOP/s, copy %.1f GB/s, %zu exact GEMM and %zu attention shapes, sustained "
+                "compute factor %.3f; wrote %s\n", p.device.c_str(), p.gemm_peak_flops / 1e12,
+                p.memory_bytes_per_s / 1e9, p.gemm_shapes.size(), p.attention_shapes.size(),
+                p.sustained_compute_factor, f.out.c_str());
     return kExitOk;
   } catch (const Error& e) {
     fatal(e);

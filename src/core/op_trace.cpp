@@ -117,6 +117,19 @@ TracedOp TracedOp::gemm(int64_t m, int64_t n, int64_t k, const Tensor& A, const 
   return op;
 }
 
+TracedOp TracedOp::attention(OpFamily f, std::initializer_list<const Tensor*> tensors, double flops,
+                             const TraceEvent::AttentionKey& key) {
+  TracedOp op;
+  if (!g_recorder) return op;
+  TraceEvent e;
+  e.family = f;
+  e.bytes = tensor_bytes(tensors);
+  e.flops = flops;
+  e.attention = key;
+  op.record(e);
+  return op;
+}
+
 TracedOp::~TracedOp() {
   if (recorded_ && g_recorder) --g_recorder->depth_;
 }

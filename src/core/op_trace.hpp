@@ -43,6 +43,17 @@ struct TraceEvent {
   double flops = 0, bytes = 0;          // bytes: read + written (ops); the buffer's size (collectives)
   int64_t m = 0, n = 0, k = 0;          // GEMM: op(A) [m, k] x op(B) [k, n]
   int dtype_bytes = 0;                  // GEMM: element size of A and B
+  // Batched attention (forward or backward; not the varlen kind): its shape, so that a device
+  // profile can hold the time of the exact shapes a deck runs (T5's bias and cross-attention
+  // kernels included). B == 0: not an attention op, or a varlen one.
+  struct AttentionKey {
+    int64_t B = 0, T = 0, Tk = 0, Hq = 0, Hkv = 0, D = 0;
+    bool causal = false, bias = false, dbias = false;  // dbias: the backward also sums the bias gradient
+    bool operator==(const AttentionKey& o) const {
+      return B == o.B && T == o.T && Tk == o.Tk && Hq == o.Hq && Hkv == o.Hkv && D == o.D && causal == o.causal &&
+             bias == o.bias && dbias == o.dbias;
+    }
+  } attention;
   // collective (bytes: all-reduce and broadcast the tensor, all-gather the output, reduce-scatter
   // the input: nccl-tests' "size"), and the request a wait completes
   CollectiveKind collective = CollectiveKind::all_reduce;
@@ -92,6 +103,9 @@ class TracedOp {
   TracedOp(OpFamily f, double bytes, double flops);
   // A GEMM op(A) [m, k] x op(B) [k, n] -> C.
   static TracedOp gemm(int64_t m, int64_t n, int64_t k, const Tensor& A, const Tensor& B, const Tensor& C);
+  // A batched attention op (forward or backward) of the given shape.
+  static TracedOp attention(OpFamily f, std::initializer_list<const Tensor*> tensors, double flops,
+                            const TraceEvent::AttentionKey& key);
   ~TracedOp();
   TracedOp(TracedOp&& o) noexcept : recorded_(o.recorded_) { o.recorded_ = false; }
   TracedOp(const TracedOp&) = delete;

@@ -60,6 +60,21 @@ cuda::AttentionArgs cuda_varlen_args(const AttentionShape& s, const Tensor& q, c
 
 bool has(const Tensor* t) { return t && t->defined(); }
 
+// The op trace's key of a batched attention call (its exact shape, for device profiles).
+TraceEvent::AttentionKey trace_key(const AttentionShape& s, const Tensor& bias, const Tensor* dbias) {
+  TraceEvent::AttentionKey k;
+  k.B = s.B;
+  k.T = s.T;
+  k.Tk = s.kv_len();
+  k.Hq = s.Hq;
+  k.Hkv = s.Hkv;
+  k.D = s.D;
+  k.causal = s.causal;
+  k.bias = bias.defined();
+  k.dbias = has(dbias);
+  return k;
+}
+
 // Shapes, the optional bias/dbias ([Hq, T, Tk], the dtype of the statistics) and the lengths.
 void check_attention(const char* op, const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& out, const Tensor& lse, const Tensor& lengths, const Tensor& bias,
@@ -132,7 +147,8 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
   check_float_args("attention_forward", {&q, &k, &v, &out});
   check_stat_dtype("attention_forward", q, lse);
   check_attention("attention_forward", s, q, k, v, out, lse, lengths, bias, nullptr);
-  const TracedOp traced(OpFamily::attention, {&q, &k, &v, &out, &lse}, attention_flops(s));
+  const TracedOp traced =
+      TracedOp::attention(OpFamily::attention, {&q, &k, &v, &out, &lse}, attention_flops(s), trace_key(s, bias, nullptr));
   if (traced.dry()) {  // the planner: no compute
     dry_run_add_flops(attention_flops(s));
     return;
@@ -162,7 +178,8 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
   check_attention("attention_backward", s, q, k, v, out, lse, lengths, bias, dbias);
   check_gradient_buffers("attention_backward", s.B * s.T * s.Hq * s.D, s.B * s.kv_len() * s.Hkv * s.D, dout, dq, dk,
                          dv);
-  const TracedOp traced(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv}, 2.5 * attention_flops(s));
+  const TracedOp traced = TracedOp::attention(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv},
+                                              2.5 * attention_flops(s), trace_key(s, bias, dbias));
   if (traced.dry()) {  // the planner
     dry_run_backward(s, q.device(), attention_flops(s));
     return;

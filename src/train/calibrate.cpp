@@ -108,7 +108,8 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     seq_lens = {8, 16};
     rows = {4, 16, 64};
   }
-  const size_t points = gemm_sizes.size() + 2 * seq_lens.size() + 10 * rows.size() + o.gemm_shapes.size();
+  const size_t points =
+      gemm_sizes.size() + 2 * seq_lens.size() + 10 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
   Sweep sw(d, o.seconds / static_cast<double>(std::max<size_t>(1, points)));
   std::map<OpFamily, std::vector<Sample>> by;
   auto add = [&](const Sample& s) { by[s.family].push_back(s); };
@@ -158,6 +159,43 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     Tensor dq = q.clone(MemCategory::other), dk = q.clone(MemCategory::other), dv = q.clone(MemCategory::other), lse = Tensor::zeros({H * T}, stat_dt, d);
     add(sw.time([&] { attention_forward(s, q, k, v, Tensor(), out, lse); }));
     add(sw.time([&] { attention_backward(s, q, k, v, out, lse, dout, Tensor(), dq, dk, dv, false); }));
+  }
+  // The deck's own attention shapes (T5: relative-position bias, cross-attention), each timed once.
+  const DType stat_dt = cuda ? DType::f32 : act;
+  for (const TraceEvent& e : o.attention_shapes) {
+    const TraceEvent::AttentionKey& k = e.attention;
+    if (k.B <= 0 || (e.family != OpFamily::attention && e.family != OpFamily::attention_backward)) continue;
+    const bool backward = e.family == OpFamily::attention_backward;
+    if (std::any_of(p.attention_shapes.begin(), p.attention_shapes.end(),
+                    [&](const AttentionShapeTime& a) { return a.backward == backward && a.key == k; }))
+      continue;
+    AttentionShape s;
+    s.B = k.B;
+    s.T = k.T;
+    s.Tk = k.Tk == k.T ? 0 : k.Tk;
+    s.Hq = k.Hq;
+    s.Hkv = k.Hkv;
+    s.D = k.D;
+    s.causal = k.causal;
+    s.scale = k.bias ? 1.0 : 1.0 / std::sqrt(static_cast<double>(k.D));  // T5 (bias) uses 1
+    Tensor q = Tensor::zeros({k.B * k.T, k.Hq * k.D}, act, d), out = q.clone(MemCategory::other);
+    Tensor dout = q.clone(MemCategory::other), dq = q.clone(MemCategory::other);
+    Tensor kk = Tensor::zeros({k.B * k.Tk, k.Hkv * k.D}, act, d), v = kk.clone(MemCategory::other);
+    Tensor dk = kk.clone(MemCategory::other), dv = kk.clone(MemCategory::other);
+    Tensor lse = Tensor::zeros({k.B * k.Hq * k.T}, stat_dt, d);
+    Tensor bias = k.bias ? Tensor::zeros({k.Hq, k.T, k.Tk}, stat_dt, d) : Tensor();
+    Tensor dbias = k.dbias ? Tensor::zeros({k.Hq, k.T, k.Tk}, stat_dt, d) : Tensor();
+    const Sample smp =
+        backward ? sw.time([&] {
+          attention_backward(s, q, kk, v, out, lse, dout, Tensor(), dq, dk, dv, false, bias, k.dbias ? &dbias : nullptr);
+        })
+                 : sw.time([&] { attention_forward(s, q, kk, v, Tensor(), out, lse, bias); });
+    add(smp);
+    AttentionShapeTime t;
+    t.backward = backward;
+    t.key = k;
+    t.seconds = smp.seconds;
+    p.attention_shapes.push_back(t);
   }
   // Memory-bound ops over [rows, C].
   const RopeTables rope = rope_tables(cuda ? 16384 : 256, D, 10000.0, d);

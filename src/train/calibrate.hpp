@@ -17,6 +17,8 @@ struct CalibrateOptions {
   Device device = Device::cpu;
   double seconds = 20;               // the whole sweep's time budget (roughly)
   std::vector<TraceEvent> gemm_shapes;  // GEMM events to time at their exact shapes (m, n, k, dtype_bytes)
+  // Attention events (forward and backward, batched: attention.B > 0) to time at their exact shapes.
+  std::vector<TraceEvent> attention_shapes;
   bool small = false;                // CPU tests: the smallest sweep
   // Seconds of back-to-back GEMMs after the sweep, to measure sustained_compute_factor
   // (DeviceProfile); 0: not measured (factor 1).

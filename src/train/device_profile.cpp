@@ -42,6 +42,11 @@ double DeviceProfile::op_seconds(const TraceEvent& e) const {
     // Skinny GEMMs (LoRA's rank-r products) are bound by their operands' traffic, not FLOPs.
     return sustained_compute_factor * std::max(fp.seconds(e.flops), e.bytes / memory_bytes_per_s + fp.latency_s);
   }
+  if ((e.family == OpFamily::attention || e.family == OpFamily::attention_backward) && e.attention.B > 0) {
+    const bool backward = e.family == OpFamily::attention_backward;
+    for (const AttentionShapeTime& a : attention_shapes)
+      if (a.backward == backward && a.key == e.attention) return sustained_compute_factor * a.seconds;
+  }
   const bool by_flops = op_family_by_flops(e.family);
   return (by_flops ? sustained_compute_factor : 1.0) * fp.seconds(by_flops ? e.flops : e.bytes);
 }
@@ -172,7 +177,7 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
   }
   if (!j.is_object()) ST_THROW_INPUT(what, ": a device profile is a JSON object");
   only_keys(j, {"format", "version", "device", "source", "gemm_peak_flops", "memory_bytes_per_s", "families", "gemm_shapes",
-               "sustained_compute_factor"},
+               "sustained_compute_factor", "attention_shapes"},
             what, "");
   if (need_string(j, "format", what, "") != "shardtune-device-profile")
     bad(what, "format", "must be \"shardtune-device-profile\"");
@@ -216,6 +221,32 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
     p.sustained_compute_factor = need_number(j, "sustained_compute_factor", what, "", true);
     if (!(p.sustained_compute_factor >= 0.5 && p.sustained_compute_factor <= 2.0))
       bad(what, "sustained_compute_factor", str("must be in [0.5, 2] (got ", p.sustained_compute_factor, ")"));
+  }
+  if (j.contains("attention_shapes")) {
+    const json& as = j["attention_shapes"];
+    if (!as.is_array()) bad(what, "attention_shapes", "must be an array");
+    for (size_t k = 0; k < as.size(); ++k) {
+      const std::string path = str("attention_shapes[", k, "].");
+      const json& a = as[k];
+      if (!a.is_object()) bad(what, str("attention_shapes[", k, "]"), "must be an object");
+      only_keys(a, {"backward", "B", "T", "Tk", "Hq", "Hkv", "D", "causal", "bias", "dbias", "seconds"}, what, path);
+      AttentionShapeTime t;
+      TraceEvent::AttentionKey& key = t.key;
+      for (auto [name, dst] : {std::pair<const char*, int64_t*>{"B", &key.B}, {"T", &key.T}, {"Tk", &key.Tk},
+                               {"Hq", &key.Hq}, {"Hkv", &key.Hkv}, {"D", &key.D}}) {
+        const json& v = need(a, name, what, path);
+        if (!v.is_number_integer() || v.get<int64_t>() < 1) bad(what, path + name, "must be a positive integer");
+        *dst = v.get<int64_t>();
+      }
+      for (auto [name, dst] : {std::pair<const char*, bool*>{"backward", &t.backward}, {"causal", &key.causal},
+                               {"bias", &key.bias}, {"dbias", &key.dbias}}) {
+        const json& v = need(a, name, what, path);
+        if (!v.is_boolean()) bad(what, path + name, "must be true or false");
+        *dst = v.get<bool>();
+      }
+      t.seconds = need_number(a, "seconds", what, path, true);
+      p.attention_shapes.push_back(t);
+    }
   }
   if (j.contains("gemm_shapes")) {
     const json& gs = j["gemm_shapes"];
@@ -274,6 +305,12 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   for (const GemmShapeTime& g : p.gemm_shapes)
     gs.push_back({{"m", g.m}, {"n", g.n}, {"k", g.k}, {"dtype_bytes", g.dtype_bytes}, {"seconds", g.seconds}});
   j["gemm_shapes"] = gs;
+  json as = json::array();
+  for (const AttentionShapeTime& a : p.attention_shapes)
+    as.push_back({{"backward", a.backward}, {"B", a.key.B}, {"T", a.key.T}, {"Tk", a.key.Tk}, {"Hq", a.key.Hq},
+                  {"Hkv", a.key.Hkv}, {"D", a.key.D}, {"causal", a.key.causal}, {"bias", a.key.bias},
+                  {"dbias", a.key.dbias}, {"seconds", a.seconds}});
+  j["attention_shapes"] = as;
   j["sustained_compute_factor"] = p.sustained_compute_factor;
   return j.dump(1) + "\n";
 }

@@ -13,6 +13,9 @@
 //     "families": { "<family>": { "metric": "flops" | "bytes", "latency_s": 4e-6, "rate": 7e14,
 //                                 "points": [[work, seconds], ...] }, ... },
 //     "gemm_shapes": [ { "m": 8192, "n": 4096, "k": 4096, "dtype_bytes": 2, "seconds": 3.1e-4 }, ... ],
+//     "attention_shapes": [ { "backward": false, "B": 8, "T": 512, "Tk": 128, "Hq": 16, "Hkv": 16,
+//                             "D": 64, "causal": false, "bias": true, "dbias": false,
+//                             "seconds": 2e-4 }, ... ],   // optional
 //     "sustained_compute_factor": 1.1 }   // optional (default 1), in [0.5, 2]
 // Families are those of core/op_trace.hpp (gemm, attention, norm, ...); gemm and attention are
 // measured in FLOPs, the rest in bytes read + written. Every family must be present.
@@ -43,6 +46,14 @@ struct GemmShapeTime {
   double seconds = 0;
 };
 
+// One attention shape measured exactly (forward or backward): T5's biased and cross-attention
+// kernels and each deck's own lengths are not on the sweep's plain self-attention curve.
+struct AttentionShapeTime {
+  bool backward = false;
+  TraceEvent::AttentionKey key;
+  double seconds = 0;
+};
+
 struct DeviceProfile {
   std::string device;   // e.g. "NVIDIA H100 80GB HBM3", "h100 (built in)", "cpu"
   std::string source;   // how it was made
@@ -50,6 +61,7 @@ struct DeviceProfile {
   double memory_bytes_per_s = 0;
   std::array<FamilyProfile, kNumOpFamilies> families;
   std::vector<GemmShapeTime> gemm_shapes;  // exact GEMM shapes measured (looked up first)
+  std::vector<AttentionShapeTime> attention_shapes;  // exact attention shapes (looked up first)
   // Sustained load: a GPU running a training step's continuous tensor-core load settles at lower
   // clocks than during the sweep's short runs (power and thermal limits). calibrate measures the
   // largest GEMM of its sweep again after seconds of back-to-back GEMMs; the ratio of the two

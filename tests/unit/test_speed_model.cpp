@@ -26,6 +26,12 @@ void expect_same_profile(const DeviceProfile& a, const DeviceProfile& b) {
   EXPECT_EQ(a.gemm_peak_flops, b.gemm_peak_flops);
   EXPECT_EQ(a.memory_bytes_per_s, b.memory_bytes_per_s);
   EXPECT_EQ(a.sustained_compute_factor, b.sustained_compute_factor);
+  ASSERT_EQ(a.attention_shapes.size(), b.attention_shapes.size());
+  for (size_t k = 0; k < a.attention_shapes.size(); ++k) {
+    EXPECT_EQ(a.attention_shapes[k].backward, b.attention_shapes[k].backward);
+    EXPECT_TRUE(a.attention_shapes[k].key == b.attention_shapes[k].key);
+    EXPECT_EQ(a.attention_shapes[k].seconds, b.attention_shapes[k].seconds);
+  }
   for (int i = 0; i < kNumOpFamilies; ++i) {
     const FamilyProfile &x = a.families[static_cast<size_t>(i)], &y = b.families[static_cast<size_t>(i)];
     EXPECT_EQ(x.points, y.points) << op_family_name(static_cast<OpFamily>(i));
@@ -117,6 +123,20 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   g.k = 8;
   g.dtype_bytes = 4;
   o.gemm_shapes = {g, g};
+  // Two "deck" attention ops: T5-like cross-attention with a bias, forward and backward (dbias).
+  TraceEvent af;
+  af.family = OpFamily::attention;
+  af.attention.B = 2;
+  af.attention.T = 8;
+  af.attention.Tk = 12;
+  af.attention.Hq = 2;
+  af.attention.Hkv = 2;
+  af.attention.D = 8;
+  af.attention.bias = true;
+  TraceEvent ab = af;
+  ab.family = OpFamily::attention_backward;
+  ab.attention.dbias = true;
+  o.attention_shapes = {af, ab, af};
   o.sustain_seconds = 0.2;  // the sustained phase runs on the CPU too (its factor is whatever it measures)
   DeviceProfile p = calibrate_device(o);
   omp_set_num_threads(threads);
@@ -124,6 +144,17 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   EXPECT_GT(p.memory_bytes_per_s, 0);
   ASSERT_EQ(p.gemm_shapes.size(), 1u);
   EXPECT_EQ(p.gemm_shapes[0].m, 24);
+  ASSERT_EQ(p.attention_shapes.size(), 2u);  // the repeated forward is timed once
+  EXPECT_FALSE(p.attention_shapes[0].backward);
+  EXPECT_TRUE(p.attention_shapes[1].backward);
+  EXPECT_TRUE(p.attention_shapes[1].key == ab.attention);
+  EXPECT_GT(p.attention_shapes[1].seconds, 0);
+  // The planner looks the exact shape up (times the sustained factor); another shape takes the curve.
+  EXPECT_DOUBLE_EQ(p.op_seconds(ab), p.sustained_compute_factor * p.attention_shapes[1].seconds);
+  TraceEvent other = af;
+  other.attention.T = 16;
+  other.flops = 1e3;
+  EXPECT_EQ(p.op_seconds(other), p.sustained_compute_factor * p.family(OpFamily::attention).seconds(1e3));
   for (int i = 0; i < kNumOpFamilies; ++i) {
     const FamilyProfile& f = p.families[static_cast<size_t>(i)];
     EXPECT_FALSE(f.points.empty()) << op_family_name(static_cast<OpFamily>(i));
@@ -154,6 +185,9 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   refused([](nlohmann::json& j) { j["gemm_peak"] = 1; }, {"gemm_peak", "not a field"});
   refused([](nlohmann::json& j) { j["gemm_shapes"][0]["k"] = 0; }, {"gemm_shapes[0].k", "positive integer"});
   refused([](nlohmann::json& j) { j["sustained_compute_factor"] = 3.0; }, {"sustained_compute_factor", "[0.5, 2]"});
+  refused([](nlohmann::json& j) { j["attention_shapes"][0]["Tk"] = 0; }, {"attention_shapes[0].Tk", "positive integer"});
+  refused([](nlohmann::json& j) { j["attention_shapes"][1]["bias"] = 1; }, {"attention_shapes[1].bias", "true or false"});
+  refused([](nlohmann::json& j) { j["attention_shapes"][0].erase("seconds"); }, {"attention_shapes[0].seconds", "missing"});
   EXPECT_EQ(parse_device_profile(broken([](nlohmann::json& j) { j.erase("sustained_compute_factor"); }), "test")
                 .sustained_compute_factor,
             1.0);
