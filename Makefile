@@ -62,7 +62,9 @@ ifeq ($(CUDA),1)
   CXXFLAGS += -DSHARDTUNE_CUDA -I$(CUDA_HOME)/include
   NVCCFLAGS := -std=c++20 -O3 -Isrc -I. -DSHARDTUNE_CUDA $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a)) \
                -Xcompiler -fopenmp,-Wall,-Wextra $(MPI_CFLAGS) $(HDF5_CFLAGS) -MMD -MP
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl
+  # cuBLASLt is not linked: cuda/cublaslt_lazy.cpp opens it on the first GEMM (its load-time
+  # initialisation would cost every process ~0.35 s of CPU).
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lnccl -ldl
 endif
 
 # ---------------------------------------------------------------- build prerequisites
@@ -89,7 +91,10 @@ check-test-deps:
 # ---------------------------------------------------------------- sources
 SRC_CPP := $(shell find src -name '*.cpp' ! -name main.cpp | sort)
 SRC_CU := $(if $(filter 1,$(CUDA)),$(shell find cuda -name '*.cu' 2>/dev/null | sort),)
-LIB_OBJ := $(SRC_CPP:%.cpp=$(BUILD)/obj/%.o) $(SRC_CU:%.cu=$(BUILD)/obj/%.cu.o) $(BOOST_PO_OBJ)
+# Host-only CUDA-build sources (no kernels): the C++ compiler, not nvcc.
+SRC_CU_CPP := $(if $(filter 1,$(CUDA)),$(shell find cuda -name '*.cpp' 2>/dev/null | sort),)
+LIB_OBJ := $(SRC_CPP:%.cpp=$(BUILD)/obj/%.o) $(SRC_CU_CPP:%.cpp=$(BUILD)/obj/%.o) $(SRC_CU:%.cu=$(BUILD)/obj/%.cu.o) \
+           $(BOOST_PO_OBJ)
 LIB := $(BUILD)/libshardtune.a
 BIN := $(BUILD)/shardtune
 
