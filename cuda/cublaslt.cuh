@@ -10,11 +10,12 @@
 
 #include "core/error.hpp"
 
-#define ST_CUBLAS_CHECK(call)                                                                  \
-  do {                                                                                         \
-    cublasStatus_t st_s_ = (call);                                                             \
-    if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                        \
-      ST_THROW("cuBLASLt error ", cublasGetStatusName(st_s_), " (", cublasGetStatusString(st_s_), ") in ", #call); \
+#define ST_CUBLAS_CHECK(call)                                                                   \
+  do {                                                                                          \
+    cublasStatus_t st_s_ = (call);                                                              \
+    if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                         \
+      ST_THROW("cuBLASLt error ", cublasLtGetStatusName(st_s_), " (", cublasLtGetStatusString(st_s_), \
+               ") in ", #call);                                                                 \
   } while (0)
 
 namespace st::cuda {

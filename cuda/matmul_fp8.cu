@@ -65,7 +65,7 @@ Plan make_plan(const Key& key, const void* a_scale, const void* b_scale) {
   if (st != CUBLAS_STATUS_SUCCESS)
     ST_THROW("cuBLASLt has no FP8 algorithm for m=", key.m, " n=", key.n, " k=", key.k,
              (key.per_row ? " with per-row" : " with per-tensor"), " scales and ", key.ctype == CUDA_R_16BF ? "bf16" : "f32",
-             " output (alignment ", key.align_a, "/", key.align_b, "/", key.align_c, "; status ", cublasGetStatusName(st), ")");
+             " output (alignment ", key.align_a, "/", key.align_b, "/", key.align_c, "; status ", cublasLtGetStatusName(st), ")");
   return p;
 }
 

@@ -44,11 +44,6 @@ ProfileScope::ProfileScope(const char* name, Device device) : device_(device) {
   enter();
 }
 
-ProfileScope::ProfileScope(std::string name, Device device) : name_(std::move(name)), device_(device) {
-  if (!profiling_enabled() || name_.empty()) return;
-  enter();
-}
-
 void ProfileScope::enter() {
   counted_ = true;
   if (g_depth++ > 0) return;

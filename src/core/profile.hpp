@@ -22,7 +22,6 @@ class ProfileScope {
  public:
   // A null name: no scope (the enclosed ops are timed on their own).
   ProfileScope(const char* name, Device device);
-  ProfileScope(std::string name, Device device);
   ~ProfileScope();
   ProfileScope(const ProfileScope&) = delete;
   ProfileScope& operator=(const ProfileScope&) = delete;

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <sstream>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "io/metrics.hpp"
 #include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/e2e/e2e_util.hpp"
 
 namespace fs = std::filesystem;
 
@@ -520,19 +522,26 @@ double max_weight_rel_diff(const std::string& a, const std::string& b, std::stri
 
 TEST_F(E2E, DdpOnTwoAndFourRanksEqualsOneRank) {
   const std::string d = *dir;
-  std::string out;
+  // Every run side by side where cores allow (the one-rank ones pair up), then the checks in turn.
+  std::vector<test::Job> jobs;
+  for (const char* method : {"full", "lora", "qlora"})
+    for (int np : {1, 2, 4})
+      jobs.push_back({mpirun() + " -np " + std::to_string(np) + " " + bin() + " train --deck " + d + "/full.cfg --run_id " +
+                          "ddp_" + method + "_" + std::to_string(np) + " --method " + method +
+                          " --qlora_quantize all --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4"
+                          " --grad_accum " + std::to_string(4 / np) + (np > 1 ? " --parallel ddp" : "") +
+                          " --max_steps 10 --eval_every 0 --eval_at_start false --save_model true --log_every 5",
+                      np});
+  const std::vector<test::JobResult> results = test::run_jobs(jobs);
+  size_t job = 0;
   for (const char* method : {"full", "lora", "qlora"}) {
     SCOPED_TRACE(method);
     std::vector<double> ref_losses;
     double ref_val = 0;
     for (int np : {1, 2, 4}) {
       const std::string id = std::string("ddp_") + method + "_" + std::to_string(np);
-      const std::string cmd = mpirun() + " -np " + std::to_string(np) + " " + bin() + " train --deck " + d +
-                              "/full.cfg --run_id " + id + " --method " + method +
-                              " --qlora_quantize all --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4"
-                              " --grad_accum " + std::to_string(4 / np) + (np > 1 ? " --parallel ddp" : "") +
-                              " --max_steps 10 --eval_every 0 --eval_at_start false --save_model true --log_every 5";
-      ASSERT_EQ(test::run_command(cmd, &out), 0) << cmd << "\n" << out;
+      ASSERT_EQ(results[job].status, 0) << jobs[job].cmd << "\n" << results[job].output;
+      ++job;
       const std::string m = d + "/runs/" + id + "/metrics.h5";
       const std::vector<double> losses = step_losses(m);
       ASSERT_EQ(losses.size(), 10u);
@@ -583,30 +592,80 @@ double rank0_persistent_bytes(const std::string& metrics) {
   return sum;
 }
 
-// `model` holds the deck and the model-shape options of the runs.
+constexpr const char* kLayoutMethods[] = {"full", "lora", "qlora"};
+
+// The options of every run of a layout test; `model` holds the deck and the model-shape options.
+std::string layout_common(const std::string& model, const std::string& method) {
+  return " train " + model + " --method " + method +
+         " --qlora_quantize all --qlora_double_quant false --qlora_block_size 64"
+         " --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4 --max_steps 10"
+         " --eval_every 0 --eval_at_start false --save_model true --log_every 5";
+}
+std::string reference_command(const std::string& model, const std::string& method) {
+  return mpirun() + " -np 1 " + bin() + layout_common(model, method) + " --grad_accum 4";
+}
+
+// The one-rank reference runs of the layout tests: the run id of each finished one by its command
+// (without the run id). A reference is run once per test program: the tests on one model share
+// them (Llama TP and ZeRO-3 run the same ones).
+std::map<std::string, std::string>& reference_runs() {
+  static std::map<std::string, std::string> runs;
+  return runs;
+}
+
+// Runs, side by side (one core each), the references of every (model, tag) pair not yet run.
+void run_references(const std::vector<std::pair<std::string, std::string>>& models) {
+  std::vector<test::Job> jobs;
+  std::vector<std::string> keys, ids;
+  for (const auto& [model, tag] : models)
+    for (const char* method : kLayoutMethods) {
+      const std::string key = reference_command(model, method);
+      if (reference_runs().count(key) || std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
+      keys.push_back(key);
+      ids.push_back(tag + "_" + method + "_ref");
+      jobs.push_back({key + " --run_id " + ids.back(), 1});
+    }
+  const std::vector<test::JobResult> results = test::run_jobs(jobs);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    ASSERT_EQ(results[i].status, 0) << jobs[i].cmd << "\n" << results[i].output;
+    reference_runs()[keys[i]] = ids[i];
+  }
+}
+
+// Every layout against the one-rank reference, for full fine-tuning, LoRA and QLoRA. The
+// references of `also` (other tests' (model, tag) pairs) are run beside this test's own.
 void expect_layouts_equal_one_rank(const std::string& d, const std::string& model, const std::vector<Layout>& layouts,
-                                   const char* tag) {
-  std::string out;
-  for (const char* method : {"full", "lora", "qlora"}) {
+                                   const char* tag, const std::vector<std::pair<std::string, std::string>>& also = {}) {
+  std::vector<std::pair<std::string, std::string>> models = {{model, tag}};
+  models.insert(models.end(), also.begin(), also.end());
+  run_references(models);
+  if (::testing::Test::HasFatalFailure()) return;
+  // Every layout run (each of 2 or 4 ranks, one thread each) of every method, in turn.
+  std::vector<test::Job> jobs;
+  std::vector<std::string> ids;
+  for (const char* method : kLayoutMethods)
+    for (const Layout& L : layouts) {
+      const int dp = L.np / L.tp;
+      ids.push_back(std::string(tag) + "_" + method + "_np" + std::to_string(L.np) + "_tp" + std::to_string(L.tp));
+      jobs.push_back({mpirun() + " -np " + std::to_string(L.np) + " " + bin() + layout_common(model, method) + " --run_id " +
+                          ids.back() + " --grad_accum " + std::to_string(4 / dp) + " --parallel " + L.parallel +
+                          " --tp_size " + std::to_string(L.tp),
+                      L.np});
+    }
+  const std::vector<test::JobResult> results = test::run_jobs(jobs);
+  size_t job = 0;
+  for (const char* method : kLayoutMethods) {
     SCOPED_TRACE(method);
-    const std::string common = std::string(" train ") + model + " --method " + method +
-                               " --qlora_quantize all --qlora_double_quant false --qlora_block_size 64"
-                               " --lora_r 4 --lora_alpha 8 --threads 1 --micro_batch_size 4 --max_steps 10"
-                               " --eval_every 0 --eval_at_start false --save_model true --log_every 5";
-    const std::string ref_id = std::string(tag) + "_" + method + "_ref";
-    const std::string ref_cmd = mpirun() + " -np 1 " + bin() + common + " --run_id " + ref_id + " --grad_accum 4";
-    ASSERT_EQ(test::run_command(ref_cmd, &out), 0) << ref_cmd << "\n" << out;
+    const std::string ref_id = reference_runs().at(reference_command(model, method));
     const std::string ref_m = d + "/runs/" + ref_id + "/metrics.h5";
     const std::vector<double> ref_losses = step_losses(ref_m);
     ASSERT_EQ(ref_losses.size(), 10u);
     const double ref_val = summary_real(h5::open_file_read(ref_m), "final_val_loss", ref_m);
     for (const Layout& L : layouts) {
       const int dp = L.np / L.tp;
-      const std::string id = std::string(tag) + "_" + method + "_np" + std::to_string(L.np) + "_tp" + std::to_string(L.tp);
-      const std::string cmd = mpirun() + " -np " + std::to_string(L.np) + " " + bin() + common + " --run_id " + id +
-                              " --grad_accum " + std::to_string(4 / dp) + " --parallel " + L.parallel +
-                              " --tp_size " + std::to_string(L.tp);
-      ASSERT_EQ(test::run_command(cmd, &out), 0) << cmd << "\n" << out;
+      const std::string& id = ids[job];
+      const test::JobResult& r = results[job++];
+      ASSERT_EQ(r.status, 0) << jobs[job - 1].cmd << "\n" << r.output;
       const std::string m = d + "/runs/" + id + "/metrics.h5";
       const std::vector<double> losses = step_losses(m);
       ASSERT_EQ(losses.size(), 10u);
@@ -627,7 +686,7 @@ void expect_layouts_equal_one_rank(const std::string& d, const std::string& mode
       // ZeRO-3: the persistent parts (weights, gradients, optimizer state) of each rank fall as
       // 1 / (tp x dp) of the one-rank run's (up to padding and the replicated norms).
       if (std::string(L.parallel).find("zero3") != std::string::npos) {
-        const double ref_sharded = rank0_persistent_bytes(d + "/runs/" + ref_id + "/metrics.h5");
+        const double ref_sharded = rank0_persistent_bytes(ref_m);
         const double z = rank0_persistent_bytes(m);
         EXPECT_LT(z, ref_sharded / L.np * 1.1 + 256 * 1024) << id << ": " << z << " vs " << ref_sharded << " bytes";
         EXPECT_GT(z, ref_sharded / L.np * 0.9) << id;
@@ -665,15 +724,18 @@ std::string t5_splittable(const std::string& d) {
          " --vocab_size 512 --dtype f64";
 }
 
+// With activation checkpointing: each block is recomputed inside its backward unit, while
+// ZeRO-3 holds that unit's gathered parameters.
+std::string t5_checkpointed(const std::string& d) { return t5_splittable(d) + " --activation_checkpointing true"; }
+
 TEST_F(E2E, T5TensorParallelAndDdpEqualOneRank) {
-  expect_layouts_equal_one_rank(*dir, t5_splittable(*dir), {{"tp", 2, 2}, {"tp", 4, 4}, {"ddp", 2, 1}}, "t5tp");
+  // The next test's references run beside this test's own (six one-core runs: three rounds).
+  expect_layouts_equal_one_rank(*dir, t5_splittable(*dir), {{"tp", 2, 2}, {"tp", 4, 4}, {"ddp", 2, 1}}, "t5tp",
+                                {{t5_checkpointed(*dir), "t5zero3"}});
 }
 
 TEST_F(E2E, T5ZeroThreeAndTpTimesZeroThreeEqualOneRank) {
-  // With activation checkpointing: each block is recomputed inside its backward unit, while
-  // ZeRO-3 holds that unit's gathered parameters.
-  expect_layouts_equal_one_rank(*dir, t5_splittable(*dir) + " --activation_checkpointing true",
-                                {{"zero3", 2, 1}, {"tp+zero3", 4, 2}}, "t5zero3");
+  expect_layouts_equal_one_rank(*dir, t5_checkpointed(*dir), {{"zero3", 2, 1}, {"tp+zero3", 4, 2}}, "t5zero3");
 }
 
 TEST_F(E2E, TensorParallelRefusesIndivisibleShapes) {

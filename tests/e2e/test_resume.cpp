@@ -13,6 +13,7 @@
 #include "io/h5util.hpp"
 #include "io/safetensors.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/e2e/e2e_util.hpp"
 
 namespace fs = std::filesystem;
 
@@ -125,7 +126,6 @@ int run(const std::string& cmd, std::string* out) { return test::run_command(cmd
 
 TEST_F(Resume, OneRankStoppedAndResumedIsBitIdentical) {
   const std::string d = *dir;
-  std::string out;
   struct Case {
     const char* deck;
     const char* method;
@@ -145,15 +145,27 @@ TEST_F(Resume, OneRankStoppedAndResumedIsBitIdentical) {
       // T5 (encoder-decoder), LoRA with weight decay, SIGTERM in epoch 2
       {"t5", "lora", "", 5, "0:9:sigterm", 4, 9},
   };
+  // Each case's uninterrupted run and its interrupted one (one thread each) side by side, then
+  // the resumed runs side by side, then every case's checks in turn.
+  auto base = [&](const Case& c) {
+    return bin() + " train --deck " + d + "/" + c.deck + ".cfg --method " + c.method + c.extra;
+  };
+  auto ref = [](const Case& c) { return std::string("ref_") + c.deck + "_" + c.method; };
+  auto id = [](const Case& c) { return std::string("stop_") + c.deck + "_" + c.method; };
+  auto every = [](const Case& c) { return " --checkpoint_every " + std::to_string(c.every); };
+  std::vector<test::Job> first;
   for (const Case& c : cases) {
+    first.push_back({base(c) + " --run_id " + ref(c), 1});
+    first.push_back({"SHARDTUNE_FAULT=" + c.fault + " " + base(c) + " --run_id " + id(c) + every(c), 1});
+  }
+  const std::vector<test::JobResult> stopped = test::run_jobs(first);
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case& c = cases[k];
     SCOPED_TRACE(std::string(c.deck) + " " + c.method);
-    const std::string base = bin() + " train --deck " + d + "/" + c.deck + ".cfg --method " + c.method + c.extra;
-    const std::string ref = std::string("ref_") + c.deck + "_" + c.method, id = std::string("stop_") + c.deck + "_" + c.method;
-    ASSERT_EQ(run(base + " --run_id " + ref, &out), 0) << out;
-    const std::string every = " --checkpoint_every " + std::to_string(c.every);
-    const int rc = run("SHARDTUNE_FAULT=" + c.fault + " " + base + " --run_id " + id + every, &out);
-    ASSERT_EQ(rc, c.status) << out;
-    const std::string m = d + "/runs/" + id + "/metrics.h5", ck = d + "/runs/" + id + "/checkpoints";
+    ASSERT_EQ(stopped[2 * k].status, 0) << stopped[2 * k].output;
+    const std::string& out = stopped[2 * k + 1].output;
+    ASSERT_EQ(stopped[2 * k + 1].status, c.status) << out;
+    const std::string m = d + "/runs/" + id(c) + "/metrics.h5", ck = d + "/runs/" + id(c) + "/checkpoints";
     char name[32];
     std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(c.resumed_from));
     ASSERT_TRUE(fs::exists(ck + "/" + name + "/COMPLETE")) << out;
@@ -164,9 +176,20 @@ TEST_F(Resume, OneRankStoppedAndResumedIsBitIdentical) {
       EXPECT_NE(out.find("preempted"), std::string::npos) << out;
       EXPECT_EQ(column(m, "steps", "step").size(), static_cast<size_t>(c.resumed_from));
     }
-    ASSERT_EQ(run(base + " --run_id " + id + every + " --resume auto", &out), 0) << out;
+  }
+  std::vector<test::Job> resumes;
+  for (const Case& c : cases) resumes.push_back({base(c) + " --run_id " + id(c) + every(c) + " --resume auto", 1});
+  const std::vector<test::JobResult> resumed = test::run_jobs(resumes);
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case& c = cases[k];
+    SCOPED_TRACE(std::string(c.deck) + " " + c.method);
+    const std::string& out = resumed[k].output;
+    ASSERT_EQ(resumed[k].status, 0) << out;
+    const std::string ck = d + "/runs/" + id(c) + "/checkpoints";
+    char name[32];
+    std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(c.resumed_from));
     EXPECT_NE(out.find(std::string("resume: from ") + ck + "/" + name), std::string::npos) << out;
-    expect_identical_runs(d, ref, id);
+    expect_identical_runs(d, ref(c), id(c));
     // keep_checkpoints = 2: the last two complete ones (the final one at step 12 included)
     EXPECT_TRUE(fs::exists(ck + "/step-00000012/COMPLETE"));
     int n = 0;
@@ -215,12 +238,14 @@ TEST_F(Resume, ExternalSigtermCheckpointsAndResumes) {
   std::string out;
   const std::string base = bin() + " train --deck " + d + "/resume.cfg --method lora --max_train_rows 0 --epochs 1 "
                            "--max_steps 40 --eval_every 0 --save_model false";
-  ASSERT_EQ(run(base + " --run_id ext_ref", &out), 0) << out;
   const std::string log = d + "/ext.log";
   const std::string cmd = "bash -c '" + base + " --run_id ext > " + log + " 2>&1 & p=$!; "
                           "for i in $(seq 1 2000); do grep -q \"step 2/40\" " + log + " && break; sleep 0.01; done; "
                           "kill -TERM $p; wait $p'";
-  const int rc = run(cmd, &out);
+  // The uninterrupted run beside the one stopped (one thread each).
+  const std::vector<test::JobResult> r = test::run_jobs({{base + " --run_id ext_ref", 1}, {cmd, 1}});
+  ASSERT_EQ(r[0].status, 0) << r[0].output;
+  const int rc = r[1].status;
   const std::string log_text = test::read_file(log);
   ASSERT_EQ(rc, 4) << log_text;
   EXPECT_NE(log_text.find("signal SIGTERM: writing a checkpoint"), std::string::npos) << log_text;
@@ -243,12 +268,18 @@ TEST_F(Resume, SigintInterruptsAndTotalTimeSpansTheSegments) {
   const std::string d = *dir;
   std::string out;
   const std::string base = bin() + " train --deck " + d + "/resume.cfg --method lora --save_model false";
-  ASSERT_EQ(run("SHARDTUNE_FAULT=0:3:sigint " + base + " --run_id int_nockpt", &out), 130) << out;
+  // Interrupted without and with checkpoint_every, side by side (one thread each).
+  const std::vector<test::JobResult> r =
+      test::run_jobs({{"SHARDTUNE_FAULT=0:3:sigint " + base + " --run_id int_nockpt", 1},
+                      {"SHARDTUNE_FAULT=0:3:sigint " + base + " --run_id int --checkpoint_every 100", 1}});
+  out = r[0].output;
+  ASSERT_EQ(r[0].status, 130) << out;
   EXPECT_NE(out.find("interrupted; no checkpoint"), std::string::npos) << out;
   EXPECT_EQ(outcome(d + "/runs/int_nockpt/metrics.h5"), "interrupted");
   EXPECT_FALSE(fs::exists(d + "/runs/int_nockpt/checkpoints"));
 
-  ASSERT_EQ(run("SHARDTUNE_FAULT=0:3:sigint " + base + " --run_id int --checkpoint_every 100", &out), 130) << out;
+  out = r[1].output;
+  ASSERT_EQ(r[1].status, 130) << out;
   const std::string m = d + "/runs/int/metrics.h5";
   EXPECT_EQ(outcome(m), "interrupted");
   EXPECT_EQ(column(m, "steps", "step").size(), 3u);
