@@ -58,7 +58,8 @@ Tensor LoraAdapter::dropped_input(const Tensor& x, const LayerContext& ctx) cons
   return xd;
 }
 
-void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
+bool LoraAdapter::forward(const Tensor& x, Tensor& y, bool accumulate, const Tensor* residual,
+                          const LayerContext& ctx) {
   // SHARDTUNE_PROFILE=2 times LoRA's GEMMs one by one (by shape) rather than per adapter.
   ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (forward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
@@ -73,25 +74,29 @@ void LoraAdapter::forward(const Tensor& x, Tensor& y, const LayerContext& ctx) {
     if (tp_mode == TpMode::row) tp.comm->sum_partials(xa_m);
   }
   // Row-parallel: y is a partial sum the caller all-reduces; the replicated B adds once.
-  if (tp_mode == TpMode::row && tp.rank != 0) return;
-  matmul(y, xa_m, false, B_work, true, scale, 1.0);   // y += scale * xa B^T     [M, out]
+  if (tp_mode == TpMode::row && tp.rank != 0) return false;
+  // y = scale * xa B^T [M, out]: a write only, unless y's content or a residual comes along.
+  matmul(y, xa_m, false, B_work, true, scale, accumulate || residual ? 1.0 : 0.0, residual);
+  return true;
 }
 
-void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) {
+bool LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate,
+                           const LayerContext& ctx) {
   ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (backward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
   Tensor xa_m = xa.slice(0, M), dxa_m = dxa.slice(0, M);
   matmul(dB, dy, true, xa_m, false, scale, 1.0);        // dB += scale * dy^T xa        [out, r]
   matmul(dxa_m, dy, false, B_work, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
-  if (dx && dx->defined()) {
+  const bool writes_dx = dx && dx->defined();
+  if (writes_dx) {
     // Column-parallel: dxa is this rank's partial sum, and so is dx (the caller all-reduces it).
     if (dropout <= 0 || !ctx.training) {
-      matmul(*dx, dxa_m, false, A_work, false, 1.0, 1.0);  // dx += dxa A
+      matmul(*dx, dxa_m, false, A_work, false, 1.0, dx_accumulate ? 1.0 : 0.0);  // dx (+)= dxa A
     } else {
-      // dx += dropout'(dxa A): the same mask and scale applied to the gradient.
+      // dx (+)= dropout'(dxa A): the same mask and scale applied to the gradient.
       Tensor tmp = ctx.scratch->view({ctx.scratch->numel()}).slice(0, dx->numel()).view(dx->shape());
       matmul(tmp, dxa_m, false, A_work, false, 1.0, 0.0);
-      dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, true);
+      dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, dx_accumulate);
     }
   }
   // Column-parallel: the replicated A needs the full dxa = sum over ranks of dy_i B_i, which
@@ -100,6 +105,7 @@ void LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, const 
   // dropout(x) regenerated from the same seed (after dx: both use ctx.scratch).
   const Tensor xd = dropped_input(x, ctx);
   matmul(dA, dxa_m, true, xd, false, 1.0, 1.0);         // dA += dxa^T dropout(x)       [r, in]
+  return writes_dx;
 }
 
 void LoraAdapter::collect_params(std::vector<ParamRef>& out) {

@@ -28,8 +28,8 @@ class LoraAdapter final : public LinearAdapter {
   // max_rows: the most rows (B*T) one forward will see; sizes the saved x A^T buffer.
   LoraAdapter(const Linear& base, const LoraConfig& cfg, int64_t max_rows, uint64_t seed);
 
-  void forward(const Tensor& x, Tensor& y, const LayerContext& ctx) override;
-  void backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) override;
+  bool forward(const Tensor& x, Tensor& y, bool accumulate, const Tensor* residual, const LayerContext& ctx) override;
+  bool backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate, const LayerContext& ctx) override;
   void collect_params(std::vector<ParamRef>& out) override;
   int64_t num_parameters() const override { return A.numel() + B.numel(); }
   void add_delta_to(Tensor& W) const override;

@@ -57,23 +57,30 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
   // (Megatron's g).
   const bool row = l.tp_mode == TpMode::row && l.tp.active();
   const bool once_here = !row || l.tp.rank == 0;
-  if (l.fp8) fp8_linear_forward(l, x, y, (accumulate && once_here) || (once_here && residual) ? 1.0 : 0.0,
-                                once_here ? residual : nullptr);
-  else linear_forward(x, l.dense_weight(), y, accumulate && once_here, once_here ? residual : nullptr);
+  const Tensor* res = once_here ? residual : nullptr;
+  bool acc = accumulate && once_here;
+  // The adapter first (its rank-r update writes y, taking y's prior content or the residual
+  // along), then the base GEMM adds into y in its epilogue.
+  if (l.adapter && l.adapter->forward(x, y, acc, res, ctx)) {
+    acc = true;
+    res = nullptr;
+  }
+  if (l.fp8) fp8_linear_forward(l, x, y, acc || res ? 1.0 : 0.0, res);
+  else linear_forward(x, l.dense_weight(), y, acc, res);
   if (l.bias.defined() && once_here) bias_add(y, l.bias);
-  if (l.adapter) l.adapter->forward(x, y, ctx);
   if (row) l.tp.comm->sum_partials(y);
 }
 
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate) {
+  // As in the forward: the adapter's input gradient first, the base GEMM then adds into dx.
+  if (l.adapter && l.adapter->backward(x, dy, dx, dx_accumulate, ctx)) dx_accumulate = true;
   if (l.fp8) {
     if (dx && dx->defined()) fp8_linear_backward_input(l, dy, *dx, dx_accumulate);
   } else if (dx || l.grad.defined()) {
     linear_backward(x, l.dense_weight(), dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
   }
   if (l.bias_grad.defined()) bias_backward(dy, l.bias_grad);
-  if (l.adapter) l.adapter->backward(x, dy, dx, ctx);
 }
 
 void embedding_layer_forward(const Tensor& ids, const Tensor& table, const TpGroup& tp, Tensor& out) {

@@ -52,10 +52,18 @@ struct LayerContext {
 class LinearAdapter {
  public:
   virtual ~LinearAdapter() = default;
-  // y [M, out] += adapter's contribution for x [M, in]; saves what backward needs.
-  virtual void forward(const Tensor& x, Tensor& y, const LayerContext& ctx) = 0;
-  // dx [M, in] += its input gradient (dx may be null); accumulates its own parameter gradients.
-  virtual void backward(const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx) = 0;
+  // Adapters run before the base GEMM, which then adds into what they wrote (beta = 1, read in
+  // the epilogue of a compute-bound GEMM): a rank-r update writes its output once rather than
+  // reading and rewriting the base's output afterwards.
+  // y [M, out] = adapter's contribution for x [M, in] (+ y's prior content when accumulate; with
+  // residual, + residual instead); saves what backward needs. Returns false when it left y
+  // untouched (the base GEMM then writes y as if there were no adapter).
+  virtual bool forward(const Tensor& x, Tensor& y, bool accumulate, const Tensor* residual,
+                       const LayerContext& ctx) = 0;
+  // dx [M, in] (+)= its input gradient (overwritten when dx_accumulate is false; dx may be null);
+  // accumulates its own parameter gradients. Returns whether it wrote dx.
+  virtual bool backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate,
+                        const LayerContext& ctx) = 0;
   virtual void collect_params(std::vector<ParamRef>& out) = 0;
   virtual int64_t num_parameters() const = 0;
   // The dense update this adapter represents (for merging into W): W += delta. f32/f64 CPU.
