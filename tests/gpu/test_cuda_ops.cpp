@@ -18,6 +18,10 @@
 #include "ops/rope.hpp"
 #include "parallel/tp_ops.hpp"
 #include "tests/gpu/gpu_util.hpp"
+#include "train/calibrate.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/timing.cuh"
+#endif
 
 namespace st {
 namespace {
@@ -538,6 +542,33 @@ TEST(CudaOps, CounterBasedInitMatchesCpu) {
   convert_copy(gb, gc);
   const Tensor back = gb.to_cpu(DType::bf16), cpu_b = gc.to_cpu(DType::bf16);
   EXPECT_EQ(std::memcmp(back.data(), cpu_b.data(), back.nbytes()), 0);
+}
+
+TEST(CudaCalibrate, GpuTimeIsMeasuredBehindASpinAndTheHostsLaunchApart) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  // 200 small GEMMs enqueued behind the spin: the host finishes before the GPU starts them, and
+  // both parts are measured (structure only: no speed is asserted).
+  Tensor A = Tensor::zeros({64, 64}, DType::bf16, Device::cuda), B = A.clone(MemCategory::other), C = A.clone(MemCategory::other);
+  matmul(C, A, false, B, true, 1.0, 0.0);
+  const cuda::BlockedTiming t = cuda::time_blocked([&] { matmul(C, A, false, B, true, 1.0, 0.0); }, 200);
+  EXPECT_TRUE(t.hidden);
+  EXPECT_GT(t.gpu_seconds, 0);
+  EXPECT_GT(t.host_seconds, 0);
+  EXPECT_TRUE(std::isfinite(t.gpu_seconds) && std::isfinite(t.host_seconds));
+  // calibrate on the GPU writes each family's host time.
+  CalibrateOptions o;
+  o.device = Device::cuda;
+  o.seconds = 0.5;
+  o.small = true;
+  o.sustain_seconds = 0;
+  const DeviceProfile p = calibrate_device(o);
+  for (int i = 0; i < kNumOpFamilies; ++i) {
+    const FamilyProfile& f = p.families[static_cast<size_t>(i)];
+    EXPECT_GT(f.host_s, 0) << op_family_name(static_cast<OpFamily>(i));
+    EXPECT_LT(f.host_s, 1e-3) << op_family_name(static_cast<OpFamily>(i));
+  }
+#endif
 }
 
 }  // namespace
