@@ -125,7 +125,7 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     rows = {4, 16, 64};
   }
   const size_t points =
-      gemm_sizes.size() + 2 * seq_lens.size() + 10 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
+      gemm_sizes.size() + 2 * seq_lens.size() + 11 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
   Sweep sw(d, o.seconds / static_cast<double>(std::max<size_t>(1, points)));
   std::map<OpFamily, std::vector<Sample>> by;
   auto add = [&](const Sample& s) { by[s.family].push_back(s); };
@@ -219,6 +219,9 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     Tensor x = Tensor::zeros({N, C}, act, d), y = x.clone(MemCategory::other), z = x.clone(MemCategory::other), w = Tensor::zeros({C}, act, d);
     Tensor rstd = Tensor::zeros({N}, cuda ? DType::f32 : act, d);
     add(sw.time([&] { rmsnorm_forward(x, w, 1e-5, y, rstd); }));
+    // The backward too (the same family; its weight-gradient reduction runs at its own rate).
+    Tensor dw = Tensor::zeros({C}, cuda ? DType::f32 : act, d);
+    add(sw.time([&] { rmsnorm_backward(x, x, w, rstd, z, &dw); }));
     add(sw.time([&] { swiglu_forward(x, y, z); }));
     add(sw.time([&] { rope_forward(y, 1, N, rope, Tensor()); }));
     Tensor ids = Tensor::zeros({N}, DType::i32, d), table = Tensor::zeros({1024, C}, act, d);
