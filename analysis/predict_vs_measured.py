@@ -138,7 +138,8 @@ def main(argv=None):
                 notes.append(f"{name}: the run's outcome is {st.get('outcome')} ({st.get('error', '')})")
         row = {"name": name, "strategy": strategy, "method": method, "predicted_s": predicted, "measured_s": measured,
                "compute_s": layouts[0]["compute_seconds"] if layouts else None,
-               "exposed_comm_s": layouts[0]["exposed_comm_seconds"] if layouts else None}
+               "exposed_comm_s": layouts[0]["exposed_comm_seconds"] if layouts else None,
+               "host_bound_s": layouts[0].get("host_bound_seconds") if layouts else None}
         if predicted and measured:
             row["ratio"] = predicted / measured
             row["within_target"] = abs(row["ratio"] - 1) <= TARGET

@@ -22,6 +22,15 @@ inline cudaStream_t stream() { return 0; }
 void check_launch(const char* kernel, const char* file, int line);
 bool debug_sync();
 
+// Streaming multiprocessors of the current device (queried once), for sizing reduction grids.
+int sm_count();
+// Raw device scratch for the two-stage reductions (per-block partial sums): `slot` names one
+// buffer, grown on demand and kept for the process. A few MiB at most, outside the allocator
+// like the CUDA context's own memory. The caller's kernels must be done with the previous
+// contents (one stream: any later launch is ordered after them).
+void* raw_scratch(int slot, size_t bytes);
+enum ScratchSlot { kScratchRmsnorm = 0, kScratchRelbias = 1, kScratchSlots = 2 };
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline unsigned grid_1d(int64_t n, int threads) {
   const int64_t blocks = ceil_div(n, threads);

@@ -117,9 +117,34 @@ void select_cuda_device(int local_rank) { cuda::select_device(local_rank); }
 }  // namespace st
 
 // ---------------------------------------------------------------------------- launch checks
+#include <algorithm>
 #include <cstdlib>
 
+#include "cuda/common.cuh"
+
 namespace st::cuda {
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    ST_CUDA_CHECK(cudaGetDevice(&dev));
+    ST_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+  }();
+  return n;
+}
+
+void* raw_scratch(int slot, size_t bytes) {
+  static void* buf[kScratchSlots] = {};
+  static size_t cap[kScratchSlots] = {};
+  if (slot < 0 || slot >= kScratchSlots) ST_THROW("raw_scratch: slot ", slot);
+  if (bytes > cap[slot]) {
+    if (buf[slot]) ST_CUDA_CHECK(cudaFree(buf[slot]));  // synchronises: earlier users are done
+    cap[slot] = std::max(bytes, 2 * cap[slot]);
+    ST_CUDA_CHECK(cudaMalloc(&buf[slot], cap[slot]));
+  }
+  return buf[slot];
+}
 
 bool debug_sync() {
   static const bool on = [] {

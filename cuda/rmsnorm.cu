@@ -1,5 +1,7 @@
 // RMSNorm with the Hugging Face rounding: xhat = x * rstd in fp32, rounded to the activation
 // type, then multiplied by the weight (as LlamaRMSNorm does in bf16).
+#include <algorithm>
+
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
 
@@ -29,21 +31,21 @@ __global__ void rmsnorm_forward_kernel(const T* __restrict__ x, const T* __restr
   }
 }
 
-// Each block takes kRows rows: per row a block reduction gives mean(g * xhat); each thread keeps
-// its columns' dw partial sums in registers over the rows and adds them once per block.
-constexpr int kRows = 16;
+// Each block takes rows_per_block rows: per row a block reduction gives mean(g * xhat); each
+// thread keeps its columns' dw partial sums in registers over the rows and writes them once to
+// the block's row of partial [blocks, C] (no atomics: column_sum_kernel adds the rows in order).
 constexpr int kBackwardThreads = 256;
 constexpr int kMaxCols = 32;  // columns per thread held in registers: C <= 32 * 256 = 8192
 
 template <typename T>
 __global__ void __launch_bounds__(kBackwardThreads) rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
-                                        const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw,
-                                        int64_t N, int64_t C) {
+                                        const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ partial,
+                                        int64_t N, int64_t C, int64_t rows_per_block) {
   float acc[kMaxCols];
 #pragma unroll
   for (int k = 0; k < kMaxCols; ++k) acc[k] = 0.0f;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  for (int64_t row = row0; row < row0 + kRows && row < N; ++row) {
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  for (int64_t row = row0; row < row0 + rows_per_block && row < N; ++row) {
     const T* xr = x + row * C;
     const T* dyr = dy + row * C;
     T* dxr = dx + row * C;
@@ -63,12 +65,45 @@ __global__ void __launch_bounds__(kBackwardThreads) rmsnorm_backward_kernel(cons
       }
     }
   }
-  if (!dw) return;
+  if (!partial) return;
 #pragma unroll
   for (int k = 0; k < kMaxCols; ++k) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-    if (c < C) atomicAdd(dw + c, acc[k]);
+    if (c < C) partial[blockIdx.x * C + c] = acc[k];
   }
+}
+
+// dw[c] += sum over b of partial[b, c], b in a fixed order (deterministic): 32 columns per block,
+// 32 threads down each column, then one thread adds the 32 sums in order.
+__global__ void column_sum_kernel(const float* __restrict__ partial, float* __restrict__ dw, int64_t B, int64_t C) {
+  __shared__ float s[32][33];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  float a = 0.0f;
+  if (c < C)
+    for (int64_t b = threadIdx.y; b < B; b += 32) a += partial[b * C + c];
+  s[threadIdx.y][threadIdx.x] = a;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.0f;
+    for (int k = 0; k < 32; ++k) t += s[k][threadIdx.x];
+    dw[c] += t;
+  }
+}
+
+// Block sums of K values at once (one pair of barriers for K rows); every thread gets them.
+template <int K>
+__device__ __forceinline__ void block_sum_n(float (&v)[K]) {
+  __shared__ float part[K][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = dev::warp_sum(v[k]);
+  __syncthreads();  // part may still be read by a previous call
+  if (lane == 0)
+#pragma unroll
+    for (int k = 0; k < K; ++k) part[k][warp] = v[k];
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = dev::warp_sum(lane < nw ? part[k][lane] : 0.0f);  // same order in every warp
 }
 
 // bf16 rows with C % 8 == 0: 16-byte vectors; in the backward each thread owns up to kMaxVec
@@ -77,7 +112,7 @@ union Vec8 {
   uint4 u;
   __nv_bfloat162 h[4];
 };
-constexpr int kMaxVec = 4;
+constexpr int kMaxVec = 4;  // C8 <= kMaxVec * kBackwardThreads
 
 __global__ void rmsnorm_forward_vec8(const uint4* __restrict__ x, const uint4* __restrict__ w, uint4* __restrict__ y,
                                      float* __restrict__ rstd, int64_t C8, float eps) {
@@ -111,63 +146,87 @@ __global__ void rmsnorm_forward_vec8(const uint4* __restrict__ x, const uint4* _
   }
 }
 
+// Each thread owns V vectors of 8 columns (C8 <= V * blockDim.x, every thread busy) and takes
+// RU rows at a time (RU * V = 4: 4 vectors each of dy and x in flight per thread, one block
+// reduction for the RU rows); dy and x stay in registers between the dot and the update. The
+// dw sums stay in registers over the block's rows and go to its row of partial [blocks, C].
+template <int V, int RU>
 __global__ void __launch_bounds__(kBackwardThreads) rmsnorm_backward_vec8(
     const uint4* __restrict__ dy, const uint4* __restrict__ x, const uint4* __restrict__ w, const float* __restrict__ rstd,
-    uint4* __restrict__ dx, float* __restrict__ dw, int64_t N, int64_t C8) {
-  float acc[kMaxVec][8];
+    uint4* __restrict__ dx, float* __restrict__ partial, int64_t N, int64_t C8, int64_t rows_per_block) {
+  float acc[V][8];
+  Vec8 wv[V];
 #pragma unroll
-  for (int k = 0; k < kMaxVec; ++k)
+  for (int k = 0; k < V; ++k) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+    wv[k].u = c < C8 ? w[c] : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[k][e] = 0.0f;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  }
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t row_end = row0 + rows_per_block < N ? row0 + rows_per_block : N;
   const float inv_c = 1.0f / static_cast<float>(C8 * 8);
-  for (int64_t row = row0; row < row0 + kRows && row < N; ++row) {
-    const float r = rstd[row];
-    float dot = 0.0f;
+  for (int64_t row = row0; row < row_end; row += RU) {
+    Vec8 dv[RU][V], xv[RU][V];
+    float r[RU], dot[RU];
 #pragma unroll
-    for (int k = 0; k < kMaxVec; ++k) {
-      const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-      if (c < C8) {
-        Vec8 dv, xv, wv;
-        dv.u = dy[row * C8 + c];
-        xv.u = x[row * C8 + c];
-        wv.u = w[c];
+    for (int u = 0; u < RU; ++u) {
+      const int64_t rr = row + u;
+      r[u] = rr < row_end ? rstd[rr] : 0.0f;
+      dot[u] = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 d = __bfloat1622float2(dv.h[e]), xf = __bfloat1622float2(xv.h[e]), wf = __bfloat1622float2(wv.h[e]);
-          dot += d.x * wf.x * xf.x + d.y * wf.y * xf.y;
-        }
+      for (int k = 0; k < V; ++k) {
+        const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+        const bool ok = rr < row_end && c < C8;
+        dv[u][k].u = ok ? dy[rr * C8 + c] : make_uint4(0, 0, 0, 0);
+        xv[u][k].u = ok ? x[rr * C8 + c] : make_uint4(0, 0, 0, 0);
       }
     }
-    const float mean = dev::block_sum(dot) * r * inv_c;
 #pragma unroll
-    for (int k = 0; k < kMaxVec; ++k) {
-      const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-      if (c < C8) {
-        Vec8 dv, xv, wv, ov;
-        dv.u = dy[row * C8 + c];
-        xv.u = x[row * C8 + c];
-        wv.u = w[c];
-        ov.u = dx[row * C8 + c];
+    for (int u = 0; u < RU; ++u)
+#pragma unroll
+      for (int k = 0; k < V; ++k)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float2 d = __bfloat1622float2(dv.h[e]), xf = __bfloat1622float2(xv.h[e]), wf = __bfloat1622float2(wv.h[e]);
-          const float2 o = __bfloat1622float2(ov.h[e]);
-          ov.h[e] = __floats2bfloat162_rn(o.x + r * (d.x * wf.x - xf.x * r * mean), o.y + r * (d.y * wf.y - xf.y * r * mean));
-          acc[k][2 * e] += d.x * xf.x * r;
-          acc[k][2 * e + 1] += d.y * xf.y * r;
+          const float2 d = __bfloat1622float2(dv[u][k].h[e]), xf = __bfloat1622float2(xv[u][k].h[e]),
+                       wf = __bfloat1622float2(wv[k].h[e]);
+          dot[u] += d.x * wf.x * xf.x + d.y * wf.y * xf.y;
         }
-        dx[row * C8 + c] = ov.u;
+    block_sum_n<RU>(dot);
+#pragma unroll
+    for (int u = 0; u < RU; ++u) {
+      const int64_t rr = row + u;
+      const float mean = dot[u] * r[u] * inv_c;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
+        if (rr < row_end && c < C8) {
+          Vec8 ov;
+          ov.u = dx[rr * C8 + c];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 d = __bfloat1622float2(dv[u][k].h[e]), xf = __bfloat1622float2(xv[u][k].h[e]),
+                         wf = __bfloat1622float2(wv[k].h[e]);
+            const float2 o = __bfloat1622float2(ov.h[e]);
+            ov.h[e] = __floats2bfloat162_rn(o.x + r[u] * (d.x * wf.x - xf.x * r[u] * mean),
+                                            o.y + r[u] * (d.y * wf.y - xf.y * r[u] * mean));
+            acc[k][2 * e] += d.x * xf.x * r[u];
+            acc[k][2 * e + 1] += d.y * xf.y * r[u];
+          }
+          dx[rr * C8 + c] = ov.u;
+        }
       }
     }
   }
-  if (!dw) return;
+  if (!partial) return;
 #pragma unroll
-  for (int k = 0; k < kMaxVec; ++k) {
+  for (int k = 0; k < V; ++k) {
     const int64_t c = threadIdx.x + static_cast<int64_t>(k) * blockDim.x;
-    if (c < C8)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) atomicAdd(dw + c * 8 + e, acc[k][e]);
+    if (c < C8) {
+      float4* out = reinterpret_cast<float4*>(partial + (blockIdx.x * C8 + c) * 8);
+      out[0] = make_float4(acc[k][0], acc[k][1], acc[k][2], acc[k][3]);
+      out[1] = make_float4(acc[k][4], acc[k][5], acc[k][6], acc[k][7]);
+    }
   }
 }
 
@@ -196,25 +255,58 @@ void rmsnorm_forward(int64_t N, int64_t C, const Tensor& x, const Tensor& w, flo
   ST_CUDA_LAUNCH_CHECK("rmsnorm_forward");
 }
 
+namespace {
+// Rows per block of the backward: enough blocks for about 16 resident warps per SM (memory
+// parallelism), and no more (each block adds a row of C partial dw sums to read back).
+int64_t backward_rows_per_block(int64_t N, int threads, int64_t multiple) {
+  const int64_t warps = threads / 32;
+  const int64_t target = static_cast<int64_t>(sm_count()) * std::max<int64_t>(1, 16 / warps);
+  return ceil_div(std::max<int64_t>(1, ceil_div(N, target)), multiple) * multiple;
+}
+
+template <int V>
+void launch_backward_vec8(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
+                          float* dwp, int64_t N, int64_t C8) {
+  constexpr int RU = 4 / V;
+  const int threads = static_cast<int>(ceil_div(ceil_div(C8, V), 32) * 32);
+  const int64_t rows = backward_rows_per_block(N, threads, RU);
+  const int64_t blocks = ceil_div(N, rows);
+  float* partial = dwp ? static_cast<float*>(raw_scratch(kScratchRmsnorm, static_cast<size_t>(blocks * C8 * 8) * sizeof(float)))
+                       : nullptr;
+  rmsnorm_backward_vec8<V, RU><<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(
+      static_cast<const uint4*>(dy.data()), static_cast<const uint4*>(x.data()), static_cast<const uint4*>(w.data()),
+      rstd.ptr<float>(), static_cast<uint4*>(dx.data()), partial, N, C8, rows);
+  if (dwp) column_sum_kernel<<<static_cast<unsigned>(ceil_div(C8 * 8, 32)), dim3(32, 32), 0, stream()>>>(partial, dwp, blocks, C8 * 8);
+}
+
+template <typename T>
+void launch_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx, float* dwp, int64_t N, int64_t C) {
+  const int64_t rows = backward_rows_per_block(N, kBackwardThreads, 1);
+  const int64_t blocks = ceil_div(N, rows);
+  float* partial = dwp ? static_cast<float*>(raw_scratch(kScratchRmsnorm, static_cast<size_t>(blocks * C) * sizeof(float))) : nullptr;
+  rmsnorm_backward_kernel<<<static_cast<unsigned>(blocks), kBackwardThreads, 0, stream()>>>(dy, x, w, rstd, dx, partial, N, C, rows);
+  if (dwp) column_sum_kernel<<<static_cast<unsigned>(ceil_div(C, 32)), dim3(32, 32), 0, stream()>>>(partial, dwp, blocks, C);
+}
+}  // namespace
+
 void rmsnorm_backward(int64_t N, int64_t C, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor& dx, Tensor* dw) {
   if (N == 0) return;
-  const int threads = kBackwardThreads;
-  if (C > static_cast<int64_t>(kMaxCols) * threads) ST_THROW("rmsnorm_backward on CUDA: C=", C, " above ", kMaxCols * threads);
-  const unsigned blocks = static_cast<unsigned>(ceil_div(N, kRows));
+  if (C > static_cast<int64_t>(kMaxCols) * kBackwardThreads)
+    ST_THROW("rmsnorm_backward on CUDA: C=", C, " above ", kMaxCols * kBackwardThreads);
   float* dwp = (dw && dw->defined()) ? dw->ptr<float>() : nullptr;
-  if (x.dtype() == DType::bf16 && C % 8 == 0 && C <= 8 * kMaxVec * threads &&
-      aligned16({dy.data(), x.data(), w.data(), dx.data()}))
-    rmsnorm_backward_vec8<<<blocks, threads, 0, stream()>>>(
-        static_cast<const uint4*>(dy.data()), static_cast<const uint4*>(x.data()), static_cast<const uint4*>(w.data()),
-        rstd.ptr<float>(), static_cast<uint4*>(dx.data()), dwp, N, C / 8);
-  else if (x.dtype() == DType::bf16)
-    rmsnorm_backward_kernel<<<blocks, threads, 0, stream()>>>(
-        static_cast<const bf16*>(dy.data()), static_cast<const bf16*>(x.data()), static_cast<const bf16*>(w.data()),
-        rstd.ptr<float>(), static_cast<bf16*>(dx.data()), dwp, N, C);
-  else
-    rmsnorm_backward_kernel<<<blocks, threads, 0, stream()>>>(dy.ptr<float>(), x.ptr<float>(), w.ptr<float>(),
-                                                              rstd.ptr<float>(), dx.ptr<float>(), dwp, N, C);
+  const int64_t C8 = C / 8;
+  if (x.dtype() == DType::bf16 && C % 8 == 0 && C8 <= kMaxVec * kBackwardThreads &&
+      aligned16({dy.data(), x.data(), w.data(), dx.data()})) {
+    if (C8 <= kBackwardThreads) launch_backward_vec8<1>(dy, x, w, rstd, dx, dwp, N, C8);
+    else if (C8 <= 2 * kBackwardThreads) launch_backward_vec8<2>(dy, x, w, rstd, dx, dwp, N, C8);
+    else launch_backward_vec8<4>(dy, x, w, rstd, dx, dwp, N, C8);
+  } else if (x.dtype() == DType::bf16) {
+    launch_backward(static_cast<const bf16*>(dy.data()), static_cast<const bf16*>(x.data()),
+                    static_cast<const bf16*>(w.data()), rstd.ptr<float>(), static_cast<bf16*>(dx.data()), dwp, N, C);
+  } else {
+    launch_backward(dy.ptr<float>(), x.ptr<float>(), w.ptr<float>(), rstd.ptr<float>(), dx.ptr<float>(), dwp, N, C);
+  }
   ST_CUDA_LAUNCH_CHECK("rmsnorm_backward");
 }
 

@@ -289,7 +289,7 @@ int cmd_plan(int argc, char** argv) {
     std::cout << "per-rank " << unit << " at the training peak (largest rank); activations with / without checkpointing\n\n";
     // Rows per optimizer step of a layout: each data-parallel rank takes micro_batch_size x grad_accum.
     auto global_batch = [&](int dp) { return cfg.micro_batch_size * cfg.grad_accum * dp; };
-    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | global batch | pred. step (compute + exposed comm) | tokens/s per GPU | epoch | scaling eff. |\n";
+    std::cout << "| strategy | tp | dp | method | weights | grads | optimizer | activations (ckpt / none) | comm | workspace | peak | load peak | fits | global batch | pred. step (compute + host-bound + exposed comm) | tokens/s per GPU | epoch | scaling eff. |\n";
     std::cout << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     nlohmann::json js = nlohmann::json::array();
     for (const LayoutEstimate& e : all) {
@@ -312,7 +312,7 @@ int cmd_plan(int argc, char** argv) {
                 << fmt(e.memory.setup_peak) << " | " << (e.fits ? "yes" : "OOM") << " | ";
       const double eff = scaling_efficiency(e, base[l.method]);
       std::cout << global_batch(dp) << " | " << seconds_text(e.step_seconds) << " (" << seconds_text(e.compute_seconds) << " + "
-                << seconds_text(e.comm_seconds) << ") | " << number_text(e.tokens_per_second_per_gpu) << " | "
+                << seconds_text(e.step.host_idle) << " + " << seconds_text(e.comm_seconds) << ") | " << number_text(e.tokens_per_second_per_gpu) << " | "
                 << (e.epoch.steps > 0 ? seconds_text(e.epoch_seconds) : std::string("-")) << " | "
                 << (eff > 0 ? number_text(100 * eff) + "%" : std::string("-")) << " |\n";
       j["global_batch"] = global_batch(dp);
@@ -330,6 +330,7 @@ int cmd_plan(int argc, char** argv) {
       j["compute_seconds"] = e.compute_seconds;
       j["exposed_comm_seconds"] = e.comm_seconds;
       j["comm_seconds"] = e.step.comm;
+      j["host_bound_seconds"] = e.step.host_idle;
       j["typical_len"] = e.epoch.typical_len;
       j["epoch_steps"] = e.epoch.steps;
       j["epoch_seconds"] = e.epoch_seconds;

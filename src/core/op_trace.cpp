@@ -86,8 +86,16 @@ double tensor_bytes(std::initializer_list<const Tensor*> ts) {
 
 void TracedOp::record(const TraceEvent& e) {
   if (!g_recorder) return;
-  if (g_recorder->depth_++ == 0) g_recorder->events_.push_back(e);
+  if (g_recorder->depth_++ == 0) {
+    index_ = static_cast<int64_t>(g_recorder->events_.size());
+    g_recorder->events_.push_back(e);
+  }
   recorded_ = true;
+}
+
+void TracedOp::host_waits() {
+  if (g_recorder && index_ >= 0 && index_ < static_cast<int64_t>(g_recorder->events_.size()))
+    g_recorder->events_[static_cast<size_t>(index_)].host_waits = true;
 }
 
 TracedOp::TracedOp(OpFamily f, std::initializer_list<const Tensor*> tensors, double flops)

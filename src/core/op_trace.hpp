@@ -61,6 +61,9 @@ struct TraceEvent {
   int group_size = 1;                   // 1: a group of one (NCCL: a local copy, or nothing)
   bool async = false;                   // on the communication stream (completed by a wait)
   bool scalar = false;                  // a host scalar all-reduce (the host waits for the result)
+  // op: the host waits for it to finish (a copy between host and device, a reduction read back
+  // to the host): the host cannot run ahead of the GPU past it (train/step_time.cpp).
+  bool host_waits = false;
   int64_t request = -1;                 // async collectives and waits: the request's id
 };
 
@@ -107,15 +110,18 @@ class TracedOp {
   static TracedOp attention(OpFamily f, std::initializer_list<const Tensor*> tensors, double flops,
                             const TraceEvent::AttentionKey& key);
   ~TracedOp();
-  TracedOp(TracedOp&& o) noexcept : recorded_(o.recorded_) { o.recorded_ = false; }
+  TracedOp(TracedOp&& o) noexcept : recorded_(o.recorded_), index_(o.index_) { o.recorded_ = false; o.index_ = -1; }
   TracedOp(const TracedOp&) = delete;
   TracedOp& operator=(const TracedOp&) = delete;
   bool dry() const;
+  // The host waits for this op's result (marks the recorded event, if this op was recorded).
+  void host_waits();
 
  private:
   TracedOp() = default;
   void record(const TraceEvent& e);
   bool recorded_ = false;
+  int64_t index_ = -1;  // the recorded event's position in the trace
 };
 
 // Bytes of the defined tensors among `ts`.

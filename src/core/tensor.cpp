@@ -126,7 +126,8 @@ void Tensor::copy_from(const Tensor& src) {
   if (src.dtype_ != dtype_ || src.numel() != numel())
     ST_THROW("copy from ", src.str(), " into ", str(), ": dtype or size differs");
   if (numel() == 0) return;
-  const TracedOp traced(OpFamily::copy, {this, &src});
+  TracedOp traced(OpFamily::copy, {this, &src});
+  if (device_ != src.device_) traced.host_waits();  // cudaMemcpy between host and device
   if (traced.dry()) return;
   ProfileScope prof(device_ == src.device_ ? "copy (same device)" : "copy (host<->device)", device_ == Device::cuda ? device_ : src.device_);
   device_memcpy(data(), device_, src.data(), src.device_, nbytes());
@@ -139,7 +140,8 @@ Tensor Tensor::clone(MemCategory cat) const {
 }
 
 Tensor Tensor::to_cpu(DType dtype) const {
-  const TracedOp traced(OpFamily::copy, {this, this});
+  TracedOp traced(OpFamily::copy, {this, this});
+  if (device_ != Device::cpu) traced.host_waits();
   if (traced.dry()) return empty(shape_, dtype, Device::cpu, MemCategory::other);  // the planner: sizes only
   Tensor host = *this;
   if (device_ != Device::cpu) {

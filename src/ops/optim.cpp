@@ -36,7 +36,8 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
 
 double sum_squares(const Tensor& x) {
   ProfileScope prof("grad_norm", x.device());
-  const TracedOp traced(OpFamily::optimizer, {&x});
+  TracedOp traced(OpFamily::optimizer, {&x});
+  traced.host_waits();  // the result is read on the host
   if (dry_run_active()) return 0.0;  // the planner: no compute
   if (x.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
@@ -53,7 +54,8 @@ double sum_squares(const Tensor& x) {
 double sum_squares_total(const std::vector<const Tensor*>& xs) {
   if (xs.empty()) return 0.0;
   ProfileScope prof("grad_norm", xs.front()->device());
-  const TracedOp traced(OpFamily::optimizer, [&] { double b = 0; for (const Tensor* x : xs) b += tensor_bytes({x}); return b; }(), 0.0);
+  TracedOp traced(OpFamily::optimizer, [&] { double b = 0; for (const Tensor* x : xs) b += tensor_bytes({x}); return b; }(), 0.0);
+  traced.host_waits();  // the result is read on the host
   if (dry_run_active()) return 0.0;  // the planner: no compute
   if (xs.front()->device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA

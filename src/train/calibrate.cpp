@@ -23,6 +23,10 @@
 #include "ops/rope.hpp"
 #include "quant/nf4.hpp"
 
+#ifdef SHARDTUNE_CUDA
+#include "cuda/timing.cuh"
+#endif
+
 namespace st {
 
 namespace {
@@ -31,10 +35,11 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// One op of a sweep: its work as the op trace records it, and its mean time.
+// One op of a sweep: its work as the op trace records it, its mean time on the device and the
+// host's time to issue it (0 on the CPU, where the op is the host's own work).
 struct Sample {
   OpFamily family;
-  double work = 0, seconds = 0;
+  double work = 0, seconds = 0, host = 0;
 };
 
 class Sweep {
@@ -42,7 +47,9 @@ class Sweep {
   Sweep(Device d, double budget_per_point) : device_(d), budget_(budget_per_point) {}
 
   // Run `op` once under a trace (its work), once more to warm up, then as many times as fit the
-  // budget (at least 3) between two synchronisations.
+  // budget (at least 3) between two synchronisations. On a GPU the calls are enqueued behind a
+  // spinning kernel, so the time is the GPU's alone and the host's launch cost is measured apart
+  // (cuda/timing.cuh): a tiny op timed back to back would measure its launch on this host's CPU.
   Sample time(const std::function<void()>& op) {
     Sample s;
     {
@@ -60,6 +67,15 @@ class Sweep {
     device_synchronize(device_);
     const double once = std::max(now() - t0, 1e-7);
     const int reps = static_cast<int>(std::clamp(budget_ / once, 3.0, 1000.0));
+#ifdef SHARDTUNE_CUDA
+    if (device_ == Device::cuda) {
+      // At most 200 calls queued: the launch queue holds ~1000 kernels and an op may launch several.
+      const cuda::BlockedTiming bt = cuda::time_blocked(op, std::min(reps, 200));
+      s.seconds = bt.gpu_seconds;
+      s.host = bt.host_seconds;
+      return s;
+    }
+#endif
     t0 = now();
     for (int r = 0; r < reps; ++r) op();
     device_synchronize(device_);
@@ -109,7 +125,7 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     rows = {4, 16, 64};
   }
   const size_t points =
-      gemm_sizes.size() + 2 * seq_lens.size() + 10 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
+      gemm_sizes.size() + 2 * seq_lens.size() + 11 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
   Sweep sw(d, o.seconds / static_cast<double>(std::max<size_t>(1, points)));
   std::map<OpFamily, std::vector<Sample>> by;
   auto add = [&](const Sample& s) { by[s.family].push_back(s); };
@@ -203,6 +219,9 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     Tensor x = Tensor::zeros({N, C}, act, d), y = x.clone(MemCategory::other), z = x.clone(MemCategory::other), w = Tensor::zeros({C}, act, d);
     Tensor rstd = Tensor::zeros({N}, cuda ? DType::f32 : act, d);
     add(sw.time([&] { rmsnorm_forward(x, w, 1e-5, y, rstd); }));
+    // The backward too (the same family; its weight-gradient reduction runs at its own rate).
+    Tensor dw = Tensor::zeros({C}, cuda ? DType::f32 : act, d);
+    add(sw.time([&] { rmsnorm_backward(x, x, w, rstd, z, &dw); }));
     add(sw.time([&] { swiglu_forward(x, y, z); }));
     add(sw.time([&] { rope_forward(y, 1, N, rope, Tensor()); }));
     Tensor ids = Tensor::zeros({N}, DType::i32, d), table = Tensor::zeros({1024, C}, act, d);
@@ -237,6 +256,11 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     if (fp.points.empty()) ST_THROW("calibrate: no sample of ", op_family_name(f));
     fp.latency_s = fp.points.front().second;
     for (const auto& [w, t] : fp.points) fp.latency_s = std::min(fp.latency_s, t);
+    // The host's time per op: the family's median (its launch cost hardly depends on the shape).
+    std::vector<double> hosts;
+    for (const Sample& smp : by[src]) hosts.push_back(smp.host);
+    std::nth_element(hosts.begin(), hosts.begin() + static_cast<std::ptrdiff_t>(hosts.size() / 2), hosts.end());
+    fp.host_s = hosts[hosts.size() / 2];
   }
   for (const auto& [w, t] : p.family(OpFamily::gemm).points) p.gemm_peak_flops = std::max(p.gemm_peak_flops, w / t);
   if (o.sustain_seconds > 0 && largest.seconds > 0) {

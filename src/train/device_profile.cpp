@@ -196,13 +196,14 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
     const std::string name = op_family_name(f), path = "families." + name + ".";
     const json& fj = need(fams, name, what, "families.");
     if (!fj.is_object()) bad(what, "families." + name, "must be an object");
-    only_keys(fj, {"metric", "latency_s", "rate", "points"}, what, path);
+    only_keys(fj, {"metric", "latency_s", "rate", "points", "host_s"}, what, path);
     const std::string metric = need_string(fj, "metric", what, path);
     const char* want = op_family_by_flops(f) ? "flops" : "bytes";
     if (metric != want) bad(what, path + "metric", str("must be \"", want, "\" (got \"", metric, "\")"));
     FamilyProfile& fp = p.family(f);
     fp.latency_s = need_number(fj, "latency_s", what, path, false);
     fp.rate = need_number(fj, "rate", what, path, false);
+    if (fj.contains("host_s")) fp.host_s = need_number(fj, "host_s", what, path, false);
     const json& pts = need(fj, "points", what, path);
     if (!pts.is_array()) bad(what, path + "points", "must be an array of [work, seconds]");
     for (size_t k = 0; k < pts.size(); ++k) {
@@ -298,7 +299,8 @@ std::string device_profile_to_json(const DeviceProfile& p) {
     fams[op_family_name(f)] = {{"metric", op_family_by_flops(f) ? "flops" : "bytes"},
                                {"latency_s", fp.latency_s},
                                {"rate", fp.rate},
-                               {"points", pts}};
+                               {"points", pts},
+                               {"host_s", fp.host_s}};
   }
   j["families"] = fams;
   json gs = json::array();

@@ -11,7 +11,8 @@
 //     "gemm_peak_flops": 7.6e14,          // the best GEMM rate measured (or datasheet x fraction)
 //     "memory_bytes_per_s": 3.0e12,       // the best copy rate measured (or datasheet x fraction)
 //     "families": { "<family>": { "metric": "flops" | "bytes", "latency_s": 4e-6, "rate": 7e14,
-//                                 "points": [[work, seconds], ...] }, ... },
+//                                 "points": [[work, seconds], ...],
+//                                 "host_s": 5e-6 }, ... },   // host_s optional (default 0)
 //     "gemm_shapes": [ { "m": 8192, "n": 4096, "k": 4096, "dtype_bytes": 2, "seconds": 3.1e-4 }, ... ],
 //     "attention_shapes": [ { "backward": false, "B": 8, "T": 512, "Tk": 128, "Hq": 16, "Hkv": 16,
 //                             "D": 64, "causal": false, "bias": true, "dbias": false,
@@ -37,6 +38,10 @@ struct FamilyProfile {
   std::vector<std::pair<double, double>> points;  // (work, seconds), work ascending
   double rate = 0;                                // work per second without points
   double latency_s = 0;
+  // The host's time to issue one op of the family (launch, cuBLASLt's host work): the GPU times
+  // above are measured with it hidden (calibrate enqueues behind a spinning kernel); the step's
+  // schedule (train/step_time.hpp) runs a host timeline beside the GPU's. 0: not modelled.
+  double host_s = 0;
   double seconds(double work) const;
 };
 
@@ -71,8 +76,9 @@ struct DeviceProfile {
 
   FamilyProfile& family(OpFamily f) { return families[static_cast<size_t>(f)]; }
   const FamilyProfile& family(OpFamily f) const { return families[static_cast<size_t>(f)]; }
-  // Seconds of one traced op (an op event of core/op_trace.hpp).
+  // Seconds of one traced op (an op event of core/op_trace.hpp) on the device, and on the host.
   double op_seconds(const TraceEvent& e) const;
+  double op_host_seconds(const TraceEvent& e) const { return family(e.family).host_s; }
 };
 
 // The GPU kinds the planner knows (`plan --gpu`).

@@ -20,6 +20,7 @@ StepTime schedule_step(const std::vector<TraceEvent>& events, const DeviceProfil
                        const ParallelLayout& layout) {
   StepTime st;
   double compute_t = 0;                      // where the compute stream is
+  double host_t = 0;                         // where the host is (it issues ops and collectives)
   std::map<std::string, double> comm_free;   // when each communicator's last operation ends
   std::unordered_map<int64_t, double> ends;  // async request -> its completion
   auto collective_seconds = [&](const TraceEvent& e) {
@@ -36,7 +37,13 @@ StepTime schedule_step(const std::vector<TraceEvent>& events, const DeviceProfil
     switch (e.kind) {
       case TraceEvent::Kind::op: {
         const double d = device.op_seconds(e);
+        host_t += device.op_host_seconds(e);
+        if (host_t > compute_t) {
+          st.host_idle += host_t - compute_t;
+          compute_t = host_t;
+        }
         compute_t += d;
+        if (e.host_waits) host_t = compute_t;
         st.compute += d;
         st.by_family[static_cast<size_t>(e.family)] += d;
         ++st.ops;
@@ -47,10 +54,11 @@ StepTime schedule_step(const std::vector<TraceEvent>& events, const DeviceProfil
         st.comm += d;
         ++st.collectives;
         double& free_at = comm_free[e.group];
-        const double start = std::max(compute_t, free_at);
+        const double start = std::max({compute_t, free_at, host_t});
         free_at = start + d;
         if (e.async) ends[e.request] = free_at;
         else compute_t = free_at;
+        if (e.scalar) host_t = std::max(host_t, free_at);
         break;
       }
       case TraceEvent::Kind::wait: {
@@ -62,7 +70,7 @@ StepTime schedule_step(const std::vector<TraceEvent>& events, const DeviceProfil
   }
   st.total = compute_t;
   for (const auto& [g, t] : comm_free) st.total = std::max(st.total, t);
-  st.exposed_comm = std::max(0.0, st.total - st.compute);
+  st.exposed_comm = std::max(0.0, st.total - st.compute - st.host_idle);
   return st;
 }
 

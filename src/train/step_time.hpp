@@ -8,8 +8,14 @@
 //    reached its issue point and the communicator's previous operation has finished (NCCL
 //    serialises the operations of one communicator), and the compute stream waits for it at the
 //    request's wait().
-// Exposed communication is what the step takes beyond its ops' time. A collective over a group of
-// one rank (a strategy on one GPU) costs the copy NCCL makes, if any.
+//  - the host issues every op and collective in order, each costing its family's host time (the
+//    launch: a device profile's host_s); an op cannot start before the host has issued it, so a
+//    stretch of ops shorter on the GPU than their launches is host-bound. The host waits for the
+//    GPU where it reads a result (host_waits: host<->device copies, the gradient norm) and for a
+//    scalar all-reduce, and runs ahead of the GPU everywhere else.
+// Exposed communication is what the step takes beyond its ops' time and the GPU's waits for the
+// host. A collective over a group of one rank (a strategy on one GPU) costs the copy NCCL makes,
+// if any.
 #pragma once
 
 #include <array>
@@ -26,7 +32,8 @@ struct StepTime {
   double total = 0;         // seconds from the first op to the last completion
   double compute = 0;       // sum of the ops' times
   double comm = 0;          // sum of the collectives' times (overlapped or not)
-  double exposed_comm = 0;  // total - compute
+  double host_idle = 0;     // the compute stream idle, waiting for the host to issue its next op
+  double exposed_comm = 0;  // total - compute - host_idle
   int64_t ops = 0, collectives = 0;
   std::array<double, kNumOpFamilies> by_family{};  // compute seconds per op family
 };

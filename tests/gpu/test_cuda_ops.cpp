@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
@@ -18,6 +21,10 @@
 #include "ops/rope.hpp"
 #include "parallel/tp_ops.hpp"
 #include "tests/gpu/gpu_util.hpp"
+#include "train/calibrate.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/timing.cuh"
+#endif
 
 namespace st {
 namespace {
@@ -93,6 +100,44 @@ TEST(CudaOps, RmsNormForwardBackward) {
     EXPECT_LT(rel_l2(grstd, rstd), 1e-5) << N << "x" << C;
     EXPECT_LT(rel_l2(gdx, dx), kBf16Tol) << N << "x" << C;
     EXPECT_LT(rel_l2(gdw, dw), 1e-4) << N << "x" << C;  // f32 accumulation of exact products
+  }
+}
+
+// The backward's two-stage weight gradient (per-block partial sums, then a column sum in a fixed
+// order) on shapes that take every path: one, two and four 8-column vectors per thread (C = 1024,
+// 4096, 8192), the scalar bf16 kernel (C % 8 != 0), f32 rows, many blocks with a ragged last one,
+// no weight gradient; dx accumulates into what it held. dw: f32 sums of exact bf16 products
+// times the f32 rstd (1e-4 as above; a lost or doubled block would be ~1e-2); twice the same
+// bits (no atomics).
+TEST(CudaOps, RmsNormBackwardTwoStageWeightGradient) {
+  ST_REQUIRE_GPU();
+  Rng rng(21);
+  struct Case { int64_t N, C; DType dt; bool with_dw; };
+  for (const Case c : {Case{4133, 1024, DType::bf16, true}, Case{301, 4096, DType::bf16, true}, Case{67, 8192, DType::bf16, true},
+                       Case{1029, 1001, DType::bf16, true}, Case{515, 768, DType::f32, true}, Case{999, 1024, DType::bf16, false},
+                       Case{3, 8, DType::bf16, true}}) {
+    const int64_t N = c.N, C = c.C;
+    Tensor x = random_bf16_values({N, C}, rng, 2.0), w = random_bf16_values({C}, rng), dy = random_bf16_values({N, C}, rng);
+    Tensor dx0 = random_bf16_values({N, C}, rng);
+    Tensor y = Tensor::empty({N, C}, DType::f64), rstd = Tensor::empty({N}, DType::f64);
+    rmsnorm_forward(x, w, 1e-5, y, rstd);
+    Tensor dx = dx0.clone(MemCategory::other), dw = Tensor::zeros({C}, DType::f64);
+    rmsnorm_backward(dy, x, w, rstd, dx, &dw);
+
+    Tensor gx = to_device(x, c.dt), gw = to_device(w, c.dt), gdy = to_device(dy, c.dt);
+    Tensor gy = Tensor::empty({N, C}, c.dt, Device::cuda), grstd = Tensor::empty({N}, DType::f32, Device::cuda);
+    rmsnorm_forward(gx, gw, 1e-5, gy, grstd);
+    Tensor gdx = to_device(dx0, c.dt), gdw = Tensor::zeros({C}, DType::f32, Device::cuda);
+    Tensor none;
+    rmsnorm_backward(gdy, gx, gw, grstd, gdx, c.with_dw ? &gdw : &none);
+    const std::string what = std::to_string(N) + "x" + std::to_string(C) + (c.dt == DType::f32 ? " f32" : " bf16");
+    EXPECT_LT(rel_l2(gdx, dx), c.dt == DType::f32 ? 1e-5 : kBf16Tol) << what;
+    if (!c.with_dw) continue;
+    EXPECT_LT(rel_l2(gdw, dw), 1e-4) << what;
+    Tensor gdx2 = to_device(dx0, c.dt), gdw2 = Tensor::zeros({C}, DType::f32, Device::cuda);
+    rmsnorm_backward(gdy, gx, gw, grstd, gdx2, &gdw2);
+    const Tensor a = gdw.to_cpu(DType::f32), b = gdw2.to_cpu(DType::f32);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << what << ": dw not deterministic";
   }
 }
 
@@ -457,6 +502,40 @@ TEST(CudaOps, T5GatedGeluReluAndRelativeBias) {
   }
 }
 
+// The relative-bias gradient as a per-block bucket histogram + ordered sum of the chunks: T5's
+// encoder (bidirectional) and decoder (causal) buckets at the FlanT5 shape (16 heads, 512 and
+// 128 positions: many chunks per head, long runs of one bucket), rectangular and odd shapes, a
+// taller table (fewer threads per block) and one too tall for the shared histogram (the atomic
+// fallback); f32 and bf16 gradients; accumulating into a non-zero table. Tolerance: the f32 sums
+// run in chains of at most a few thousand additions, so the relative L2 error is about
+// 2^-24 * sqrt(4096) = 4e-6 (a lost element would be ~1e-4 at the largest shape); the two-stage
+// path gives the same bits twice.
+TEST(CudaOps, RelativeBiasGradientTwoStage) {
+  ST_REQUIRE_GPU();
+  Rng rng(22);
+  struct Case { int64_t NB, H, Tq, Tk; bool bidirectional; DType dt; };
+  for (const Case c : {Case{32, 16, 512, 512, true, DType::f32}, Case{32, 16, 128, 128, false, DType::f32},
+                       Case{32, 6, 45, 131, true, DType::bf16}, Case{32, 5, 131, 45, false, DType::f32},
+                       Case{100, 3, 77, 200, true, DType::f32}, Case{500, 2, 33, 65, true, DType::bf16},
+                       Case{32, 1, 1, 1, false, DType::f32}}) {
+    const Tensor cb = t5_relative_buckets(c.Tq, c.Tk, c.bidirectional, c.NB, 128, Device::cpu);
+    const Tensor gb = t5_relative_buckets(c.Tq, c.Tk, c.bidirectional, c.NB, 128, Device::cuda);
+    Tensor dbias = random_bf16_values({c.H, c.Tq, c.Tk}, rng), dt0 = random_bf16_values({c.NB, c.H}, rng);
+    Tensor dt = dt0.clone(MemCategory::other);
+    relative_bias_backward(dbias, cb, c.Tq, c.Tk, dt);
+    Tensor gdbias = to_device(dbias, c.dt), gdt = to_device(dt0, DType::f32);
+    relative_bias_backward(gdbias, gb, c.Tq, c.Tk, gdt);
+    const std::string what = std::to_string(c.NB) + " buckets, " + std::to_string(c.H) + "x" + std::to_string(c.Tq) + "x" +
+                             std::to_string(c.Tk) + (c.bidirectional ? " bidirectional" : " causal");
+    EXPECT_LT(rel_l2(gdt, dt), 4e-6) << what;
+    if (c.NB > 384) continue;  // the atomic fallback: order not fixed
+    Tensor gdt2 = to_device(dt0, DType::f32);
+    relative_bias_backward(gdbias, gb, c.Tq, c.Tk, gdt2);
+    const Tensor a = gdt.to_cpu(DType::f32), b = gdt2.to_cpu(DType::f32);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << what << ": not deterministic";
+  }
+}
+
 TEST(CudaOps, EmbeddingGatherAndScatter) {
   ST_REQUIRE_GPU();
   Rng rng(10);
@@ -503,7 +582,8 @@ TEST(CudaOps, CrossEntropyFused) {
 TEST(CudaOps, AdamWWithWorkingCopyAndNorms) {
   ST_REQUIRE_GPU();
   Rng rng(12);
-  const int64_t n = 4099;
+  for (const int64_t n : {int64_t{4099}, int64_t{4096}}) {  // the scalar kernel and the 4-wide one
+  SCOPED_TRACE("n = " + std::to_string(n));
   Tensor p = random_bf16_values({n}, rng), g = random_bf16_values({n}, rng, 0.1);
   Tensor m = Tensor::zeros({n}, DType::f64), v = Tensor::zeros({n}, DType::f64);
   Tensor gp = to_device(p, DType::f32), gg = to_device(g, DType::f32);
@@ -521,6 +601,52 @@ TEST(CudaOps, AdamWWithWorkingCopyAndNorms) {
   EXPECT_NEAR(sum_squares(gg), ss, 1e-5 * ss);
   scale_inplace(gg, 0.5);
   EXPECT_NEAR(sum_squares(gg), 0.25 * ss, 1e-5 * ss);
+  }
+}
+
+// The gradient norm's one-launch sum over many tensors: f32 and bf16, empty, one-element, exactly
+// one chunk (32768), one more, unaligned views (the scalar loop), a tensor dominating the sum (a
+// skipped chunk or tensor would show); the cached tensor table must follow a changed list.
+// Every term is positive, so the relative error is at most the f32 chain length (64 per thread
+// + 5 + 5 additions) * 2^-24 = 4.4e-6 per chunk: 1e-5.
+TEST(CudaOps, SumSquaresTotalManyTensors) {
+  ST_REQUIRE_GPU();
+  Rng rng(23);
+  std::vector<Tensor> host, dev;
+  for (const int64_t n : {int64_t{0}, int64_t{1}, int64_t{3}, int64_t{4095}, int64_t{32768}, int64_t{32769},
+                          int64_t{100001}, int64_t{65536 * 3 + 5}, int64_t{7}})
+    for (const DType dt : {DType::f32, DType::bf16}) {
+      host.push_back(random_bf16_values({n}, rng));
+      dev.push_back(to_device(host.back(), dt));
+    }
+  Tensor big = Tensor::empty({1}, DType::f64);
+  big.ptr<double>()[0] = 512.0;
+  host.push_back(big);
+  dev.push_back(to_device(big, DType::f32));
+  Tensor wide = random_bf16_values({70001}, rng);
+  Tensor gwide = to_device(wide, DType::f32);
+  host.push_back(wide.slice(1, 70001).clone(MemCategory::other));
+  dev.push_back(gwide.slice(1, 70001));  // 4-byte offset: not 16-byte aligned
+  const auto cpu_sum = [](const std::vector<Tensor>& ts) {
+    double s = 0;
+    for (const Tensor& t : ts)
+      for (int64_t i = 0; i < t.numel(); ++i) s += t.ptr<double>()[i] * t.ptr<double>()[i];
+    return s;
+  };
+  const auto gpu_sum = [](const std::vector<Tensor>& ts) {
+    std::vector<const Tensor*> ps;
+    for (const Tensor& t : ts) ps.push_back(&t);
+    return sum_squares_total(ps);
+  };
+  const double ref = cpu_sum(host), got = gpu_sum(dev);
+  EXPECT_NEAR(got, ref, 1e-5 * ref);
+  EXPECT_EQ(gpu_sum(dev), got);  // the same bits again (cached table, fixed order)
+  // A shorter list (the big element dropped) and then the full one again.
+  std::vector<Tensor> host2(host.begin(), host.end() - 2), dev2(dev.begin(), dev.end() - 2);
+  const double ref2 = cpu_sum(host2);
+  EXPECT_NEAR(gpu_sum(dev2), ref2, 1e-5 * ref2);
+  EXPECT_EQ(gpu_sum(dev), got);
+  EXPECT_EQ(gpu_sum({}), 0.0);
 }
 
 TEST(CudaOps, CounterBasedInitMatchesCpu) {
@@ -538,6 +664,33 @@ TEST(CudaOps, CounterBasedInitMatchesCpu) {
   convert_copy(gb, gc);
   const Tensor back = gb.to_cpu(DType::bf16), cpu_b = gc.to_cpu(DType::bf16);
   EXPECT_EQ(std::memcmp(back.data(), cpu_b.data(), back.nbytes()), 0);
+}
+
+TEST(CudaCalibrate, GpuTimeIsMeasuredBehindASpinAndTheHostsLaunchApart) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  // 200 small GEMMs enqueued behind the spin: the host finishes before the GPU starts them, and
+  // both parts are measured (structure only: no speed is asserted).
+  Tensor A = Tensor::zeros({64, 64}, DType::bf16, Device::cuda), B = A.clone(MemCategory::other), C = A.clone(MemCategory::other);
+  matmul(C, A, false, B, true, 1.0, 0.0);
+  const cuda::BlockedTiming t = cuda::time_blocked([&] { matmul(C, A, false, B, true, 1.0, 0.0); }, 200);
+  EXPECT_TRUE(t.hidden);
+  EXPECT_GT(t.gpu_seconds, 0);
+  EXPECT_GT(t.host_seconds, 0);
+  EXPECT_TRUE(std::isfinite(t.gpu_seconds) && std::isfinite(t.host_seconds));
+  // calibrate on the GPU writes each family's host time.
+  CalibrateOptions o;
+  o.device = Device::cuda;
+  o.seconds = 0.5;
+  o.small = true;
+  o.sustain_seconds = 0;
+  const DeviceProfile p = calibrate_device(o);
+  for (int i = 0; i < kNumOpFamilies; ++i) {
+    const FamilyProfile& f = p.families[static_cast<size_t>(i)];
+    EXPECT_GT(f.host_s, 0) << op_family_name(static_cast<OpFamily>(i));
+    EXPECT_LT(f.host_s, 1e-3) << op_family_name(static_cast<OpFamily>(i));
+  }
+#endif
 }
 
 }  // namespace

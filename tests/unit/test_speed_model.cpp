@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ops/optim.hpp"
 #include "tests/common/test_util.hpp"
 #include "train/calibrate.hpp"
 #include "train/comm_model.hpp"
@@ -36,6 +37,7 @@ void expect_same_profile(const DeviceProfile& a, const DeviceProfile& b) {
     const FamilyProfile &x = a.families[static_cast<size_t>(i)], &y = b.families[static_cast<size_t>(i)];
     EXPECT_EQ(x.points, y.points) << op_family_name(static_cast<OpFamily>(i));
     EXPECT_EQ(x.rate, y.rate);
+    EXPECT_EQ(x.host_s, y.host_s);
     EXPECT_EQ(x.latency_s, y.latency_s);
   }
   ASSERT_EQ(a.gemm_shapes.size(), b.gemm_shapes.size());
@@ -191,6 +193,17 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   EXPECT_EQ(parse_device_profile(broken([](nlohmann::json& j) { j.erase("sustained_compute_factor"); }), "test")
                 .sustained_compute_factor,
             1.0);
+  // The host's launch time per family: optional (a profile of an earlier version has none), never negative.
+  for (const FamilyProfile& f : p.families) EXPECT_EQ(f.host_s, 0.0);  // the CPU: ops are the host's own work
+  refused([](nlohmann::json& j) { j["families"]["gemm"]["host_s"] = -1e-6; }, {"families.gemm.host_s", "non-negative"});
+  EXPECT_EQ(parse_device_profile(broken([](nlohmann::json& j) { j["families"]["gemm"]["host_s"] = 5e-6; }), "test")
+                .family(OpFamily::gemm)
+                .host_s,
+            5e-6);
+  EXPECT_EQ(parse_device_profile(broken([](nlohmann::json& j) { j["families"]["gemm"].erase("host_s"); }), "test")
+                .family(OpFamily::gemm)
+                .host_s,
+            0.0);
   test::expect_input_error([] { parse_device_profile("{", "device profile x.json"); }, {"x.json", "not JSON"});
   test::expect_input_error([] { read_device_profile("/nonexistent/p.json"); }, {"/nonexistent/p.json"});
 }
@@ -300,6 +313,55 @@ TEST(StepSchedule, AsyncCollectivesOverlapComputeAndSerialisePerCommunicator) {
   // Never waited for: the step still ends when it does.
   t = schedule_step({op(one), collective(2 * gather, true, 1)}, d, cm, P);
   EXPECT_NEAR(t.total, 3 * ms, 1e-12);
+}
+
+TEST(StepSchedule, TheHostIssuesOpsAndWaitsWhereItReadsAResult) {
+  // Ops of 1 us on the GPU; launches of 5 us on the host.
+  DeviceProfile d = builtin_device_profile(GpuKind::h100);
+  for (FamilyProfile& f : d.families) {
+    f.points.clear();
+    f.rate = 1e12;
+    f.latency_s = 0;
+    f.host_s = 5e-6;
+  }
+  const CommModel cm;
+  const ParallelLayout P = ParallelLayout::make(Strategy::none, 1, 1, "test");
+  const double us = 1e-6, small = 1e6, big = 1e8;  // bytes for 1 us and 100 us
+  // Host-bound: ten tiny ops take ten launches, each op running right after its launch.
+  std::vector<TraceEvent> tiny(10, op(small));
+  StepTime t = schedule_step(tiny, d, cm, P);
+  EXPECT_NEAR(t.total, 10 * 5 * us + us, 1e-12);
+  EXPECT_NEAR(t.compute, 10 * us, 1e-12);
+  EXPECT_NEAR(t.host_idle, 10 * 5 * us - 9 * us, 1e-12);
+  EXPECT_NEAR(t.exposed_comm, 0, 1e-12);
+  // GPU-bound: after a long op the host is ahead, and the tiny ops run back to back.
+  std::vector<TraceEvent> ahead = {op(big)};
+  ahead.insert(ahead.end(), tiny.begin(), tiny.end());
+  t = schedule_step(ahead, d, cm, P);
+  EXPECT_NEAR(t.total, 5 * us + 100 * us + 10 * us, 1e-12);
+  // The host reads a result after the long op: it waits for the GPU, and the tiny ops after it
+  // are host-bound again.
+  std::vector<TraceEvent> synced = {op(big)};
+  synced.back().host_waits = true;
+  synced.insert(synced.end(), tiny.begin(), tiny.end());
+  t = schedule_step(synced, d, cm, P);
+  EXPECT_NEAR(t.total, 5 * us + 100 * us + 10 * 5 * us + us, 1e-12);
+  // Without host times (built-in profiles, the CPU) the schedule is the ops' sum.
+  for (FamilyProfile& f : d.families) f.host_s = 0;
+  t = schedule_step(synced, d, cm, P);
+  EXPECT_NEAR(t.total, 110 * us, 1e-12);
+  EXPECT_EQ(t.host_idle, 0.0);
+}
+
+TEST(StepSchedule, OpsWhoseResultTheHostReadsAreMarkedInTheTrace) {
+  Tensor a = Tensor::zeros({4, 3}, DType::f32, Device::cpu), b = Tensor::zeros({4, 3}, DType::f32, Device::cpu);
+  OpTraceRecorder rec;
+  b.copy_from(a);  // host to host: no wait
+  (void)sum_squares_total({&a, &b});  // read on the host
+  ASSERT_EQ(rec.events().size(), 2u);
+  EXPECT_FALSE(rec.events()[0].host_waits);
+  EXPECT_TRUE(rec.events()[1].host_waits);
+  EXPECT_EQ(rec.events()[1].family, OpFamily::optimizer);
 }
 
 TEST(StepSchedule, GroupsSpanNodesAsTheRankGridPlacesThem) {
