@@ -444,9 +444,9 @@ TEST(CudaModel, T5TrainingStepMatchesCpu) {
 // A golden run in bf16 on the GPU (`r`) against the CPU in f32 on the same bf16-rounded weights
 // (`cpu`, whose distance from transformers is the fixture's bf16 "floor") and against
 // transformers: logits, loss and every gradient within `vs_cpu` x the floor of the CPU run and
-// 2.5x the floor (the floor plus the GPU's own roundings) of transformers.
+// `vs_hf` x the floor (the floor plus the GPU's own roundings) of transformers.
 void expect_golden_bf16(const std::string& label, const test::GoldenRun& cpu, const test::GoldenRun& r,
-                        double floor_logits, double floor_grad, double vs_cpu) {
+                        double floor_logits, double floor_grad, double vs_cpu, double vs_hf = 2.5) {
   ASSERT_EQ(r.grads.size(), cpu.grads.size());
   const double le = rel_l2(r.logits, cpu.logits);
   EXPECT_LT(le, vs_cpu * floor_logits) << "logits against the CPU on the same weights";
@@ -456,9 +456,9 @@ void expect_golden_bf16(const std::string& label, const test::GoldenRun& cpu, co
     const double e = rel_l2(r.grads[i], cpu.grads[i]);
     worst = std::max(worst, e);
     EXPECT_LT(e, vs_cpu * floor_grad) << r.grad_rel[i].first << " against the CPU on the same weights";
-    EXPECT_LT(r.grad_rel[i].second, 2.5 * floor_grad) << r.grad_rel[i].first << " against transformers";
+    EXPECT_LT(r.grad_rel[i].second, vs_hf * floor_grad) << r.grad_rel[i].first << " against transformers";
   }
-  EXPECT_LT(r.logits_rel, 2.5 * floor_logits) << "logits against transformers";
+  EXPECT_LT(r.logits_rel, vs_hf * floor_logits) << "logits against transformers";
   EXPECT_TRUE(r.same_parameter_set);
   std::printf("[golden %s bf16] vs CPU f32 on bf16 weights: logits %.2e, loss %.6f vs %.6f, gradients of %zu tensors, "
               "worst %.2e; vs transformers f32: logits %.2e (rounding floor %.2e), worst gradient %.2e (floor %.2e)\n",
@@ -507,10 +507,15 @@ void check_family_golden_bf16(const std::string& family, test::GoldenMode mode) 
   // Against the CPU on the same bf16 weights only the activations' roundings remain: each GEMM
   // rounds its input and its output (and norms, attention and the activation function round
   // theirs) where the floor rounds each weight once, about three independent roundings per
-  // weight rounding: sqrt(3) x the floor, bound 2x (measured on H100: up to 1.7x, Qwen2 and
-  // Mistral LoRA; their tiny odd widths have fewer terms per sum than T5's fixtures, which hold
-  // 1.5x).
-  expect_golden_bf16(label, cpu, r, floor_logits, floor_grad, 2.0);
+  // weight rounding: sqrt(3) x the floor, bound 2x (measured on H100: up to 1.7x; their tiny odd
+  // widths have fewer terms per sum than T5's fixtures, which hold 1.5x). LoRA adds, per adapted
+  // projection and direction, two more rounded GEMM outputs on the activations' path (x A^T and
+  // the rank-r term; dy B and its product with A): about five roundings per weight rounding,
+  // sqrt(5) = 2.2, bound 2.5x, and against transformers the floor plus that, 3.5x (measured on
+  // H100 with the rank-r term before the base GEMM: Qwen2 LoRA 2.3x against the CPU, 2.9x against
+  // transformers; with it after: 1.6x and 1.9x: the same roundings in another order).
+  const bool lora = mode == test::GoldenMode::lora;
+  expect_golden_bf16(label, cpu, r, floor_logits, floor_grad, lora ? 2.5 : 2.0, lora ? 3.5 : 2.5);
 }
 
 TEST(CudaModel, DecoderFamiliesGoldenTransformersInBf16) {
