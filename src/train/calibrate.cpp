@@ -128,7 +128,7 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     rows = {4, 16, 64};
   }
   const size_t points =
-      gemm_sizes.size() + 2 * seq_lens.size() + 11 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
+      gemm_sizes.size() + 4 * seq_lens.size() + 11 * rows.size() + o.gemm_shapes.size() + o.attention_shapes.size();
   Sweep sw(d, o.seconds / static_cast<double>(std::max<size_t>(1, points)));
   std::map<OpFamily, std::vector<Sample>> by;
   auto add = [&](const Sample& s) { by[s.family].push_back(s); };
@@ -178,6 +178,35 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     Tensor dq = q.clone(MemCategory::other), dk = q.clone(MemCategory::other), dv = q.clone(MemCategory::other), lse = Tensor::zeros({H * T}, stat_dt, d);
     add(sw.time([&] { attention_forward(s, q, k, v, Tensor(), out, lse); }));
     add(sw.time([&] { attention_backward(s, q, k, v, out, lse, dout, Tensor(), dq, dk, dv, false); }));
+  }
+  // Variable-length causal self-attention, the decoder decks' path (the loader hands every batch
+  // over as segments): S documents of T tokens filling a training batch's N tokens, for each T of
+  // the sweep. A batch-1 op above keeps few blocks busy; the decks' ops run at this occupancy.
+  const int64_t Nv = cuda ? 8192 : 4 * seq_lens.back();
+  for (int64_t T : seq_lens) {
+    const int64_t S = Nv / T;
+    Tensor cu = Tensor::empty({S + 1}, DType::i32), keys = Tensor::empty({S}, DType::i32);
+    for (int64_t i = 0; i <= S; ++i) cu.ptr<int32_t>()[i] = static_cast<int32_t>(i * T);
+    for (int64_t i = 0; i < S; ++i) keys.ptr<int32_t>()[i] = static_cast<int32_t>(T);
+    const Tensor tiles_host = cuda ? Tensor::empty({4 * attention_max_tiles(S * T, S)}, DType::i32) : Tensor();
+    AttentionSegments seg;
+    attention_segments_finish(seg, cu, keys, tiles_host);
+    if (cuda) {
+      seg.tiles = Tensor::empty({4 * seg.n_tiles}, DType::i32, d);
+      seg.tiles.copy_from(tiles_host.slice(0, 4 * seg.n_tiles));
+    }
+    AttentionShape s;
+    s.B = S;
+    s.T = T;
+    s.Hq = s.Hkv = H;
+    s.D = D;
+    s.scale = 1.0 / std::sqrt(static_cast<double>(D));
+    const DType stat_dt = cuda ? DType::f32 : act;
+    Tensor q = Tensor::zeros({S * T, H * D}, act, d), k = q.clone(MemCategory::other), v = q.clone(MemCategory::other);
+    Tensor out = q.clone(MemCategory::other), dout = q.clone(MemCategory::other), dq = q.clone(MemCategory::other);
+    Tensor dk = q.clone(MemCategory::other), dv = q.clone(MemCategory::other), lse = Tensor::zeros({H, S * T}, stat_dt, d);
+    add(sw.time([&] { attention_varlen_forward(s, q, k, v, seg, out, lse); }));
+    add(sw.time([&] { attention_varlen_backward(s, q, k, v, out, lse, dout, seg, dq, dk, dv, false); }));
   }
   // The deck's own attention shapes (T5: relative-position bias, cross-attention), each timed once.
   const DType stat_dt = cuda ? DType::f32 : act;
