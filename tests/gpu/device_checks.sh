@@ -11,7 +11,8 @@
 # peft, bench-packing, bench (BENCH_ARGS), bench-regress (.bench_before vs this tree, twice,
 # interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not), calibrate (a
 # device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS), fp8-quality (FP8Q_ARGS),
-# profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL). Needs BOOST_PO_SRC for the image's
+# profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL), profile-ab (the same for this
+# tree and .bench_before in one call: before/after per-op tables). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -109,6 +110,29 @@ for s in "${steps[@]}"; do
           run_step plain-$name build/shardtune train --deck $deck --activation_checkpointing $ck \
             --output_dir "$OUT/profile-runs" --run_id plain-$name --save_adapter false --max_steps ${PROFILE_STEPS:-8} \
             ${PROFILE_ARGS:-}
+        done
+      done
+      rm -rf "$OUT/profile-runs" ;;
+    profile-ab)
+      # Per-op tables and plain step times of this tree and of .bench_before (a `git archive` of
+      # the tree before a change, carried as an ignored folder) in one call, interleaved per
+      # deck: PROFILE_DECKS (default the 7B LoRA bench deck), PROFILE_CKPT (default false),
+      # PROFILE_LEVEL (default 2), PROFILE_STEPS (default 10). Makes the bench's random shards.
+      root=$PWD
+      run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build"
+      run_step shards python3 -c "import sys; sys.path.insert(0, 'analysis'); import bench
+for d, t, v in (('data/bench/random-1024', None, 32000), ('data/bench/random-t5-512-128', 128, 32128)):
+    bench.ensure_shards('build/shardtune', {'dir': d, 'rows': 256, 'seq_len': 1024 if t is None else 512, 'target_len': t, 'vocab': v}, '$OUT', [], True)"
+      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${PROFILE_CKPT:-false}; do
+          for tree in after before; do
+            bin=build/shardtune; [ $tree = before ] && bin=.bench_before/build/shardtune
+            name=$(basename $deck .cfg)-ckpt-$ck-$tree
+            for lvl in ${PROFILE_LEVEL:-2} 0; do
+              run_step prof$lvl-$name env SHARDTUNE_PROFILE=$lvl $bin train --deck $deck --activation_checkpointing $ck \
+                --output_dir "$OUT/profile-runs" --run_id p$lvl-$name --save_adapter false --max_steps ${PROFILE_STEPS:-10}
+            done
+          done
         done
       done
       rm -rf "$OUT/profile-runs" ;;
