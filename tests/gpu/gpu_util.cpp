@@ -59,4 +59,14 @@ double rel_l2(const Tensor& a, const Tensor& ref) {
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
+void make_linear_pair(const Tensor& w, Linear& gpu, Linear& cpu) {
+  for (Linear* l : {&gpu, &cpu}) {
+    l->name = "model.layers.0.mlp.up_proj";
+    l->out = w.dim(0);
+    l->in = w.dim(1);
+  }
+  gpu.weight = to_device(w, DType::bf16);
+  cpu.weight = w.to_cpu(DType::f64);
+}
+
 }  // namespace st::test

@@ -7,6 +7,7 @@
 
 #include "core/rng.hpp"
 #include "core/tensor.hpp"
+#include "model/linear.hpp"
 
 namespace st::test {
 
@@ -20,6 +21,9 @@ bool gpu_available();
 Tensor random_bf16_values(const Shape& shape, Rng& rng, double scale = 1.0);
 // Copy a CPU tensor to the device in dtype dt.
 Tensor to_device(const Tensor& cpu, DType dt);
+// The same frozen [out, in] layer (an MLP up projection) on the GPU in bf16 (`gpu`) and on the
+// CPU in f64 (`cpu`) from one CPU tensor of bf16 values `w`: the two sides of a layer test.
+void make_linear_pair(const Tensor& w, Linear& gpu, Linear& cpu);
 // Relative L2 error of a (any device/dtype) against ref.
 double rel_l2(const Tensor& a, const Tensor& ref);
 

@@ -263,13 +263,7 @@ TEST(CudaFp8Base, LinearForwardAndInputGradientEqualTheCpuOnTheSameCodes) {
   const Tensor w = random_bf16_values({out, in}, rng, 0.2);
   const Tensor x = random_bf16_values({M, in}, rng, 3.0), dy = random_bf16_values({M, out}, rng, 1e-3);
   Linear gl, cl;
-  for (Linear* l : {&gl, &cl}) {
-    l->name = "model.layers.0.mlp.up_proj";
-    l->in = in;
-    l->out = out;
-  }
-  gl.weight = to_device(w, DType::bf16);
-  cl.weight = w.to_cpu(DType::f64);
+  test::make_linear_pair(w, gl, cl);
   LoraConfig lc;
   lc.r = 4;
   gl.adapter = std::make_unique<LoraAdapter>(gl, lc, M, 5);  // B = 0: the adapter adds nothing

@@ -41,13 +41,7 @@ TEST(CudaLora, AdaptedLinearInEveryOutputModeMatchesTheCpu) {
     const Tensor res = random_bf16_values({M, out}, rng), dy = random_bf16_values({M, out}, rng, 0.1);
     const Tensor dx_prior = random_bf16_values({M, in}, rng);
     Linear gl, cl;
-    for (Linear* l : {&gl, &cl}) {
-      l->name = "model.layers.0.mlp.up_proj";
-      l->in = in;
-      l->out = out;
-    }
-    gl.weight = to_device(w, DType::bf16);
-    cl.weight = w.to_cpu(DType::f64);
+    test::make_linear_pair(w, gl, cl);
     LoraConfig lc;
     lc.r = 16;
     lc.alpha = 32;
