@@ -8,7 +8,7 @@ needed) and prints a Markdown table per experiment: GPUs | strategy | predicted 
 tokens/s per GPU | predicted epoch time | fits | measured epoch time | predicted / measured.
 
     python3 analysis/predicted_tables.py --bin build/shardtune [--experiments exp1] \
-        [--gpu a100-40gb] [--link nvlink3] [--gpus-per-node 8] [--profile P] [--runs runs]
+        [--gpu a100-40gb] [--link nvlink3] [--gpus-per-node 8] [--profile P] [--runs runs] [--seq-len L]
 """
 
 import argparse
@@ -61,6 +61,8 @@ def predict(args, row):
         cmd += ["--profile", args.profile] if args.profile else ["--gpu", args.gpu]
         if args.link:
             cmd += ["--link", args.link]
+        if args.seq_len and not os.path.exists(keys.get("data", "")):
+            cmd += ["--seq-len", str(args.seq_len)]  # no shards: rows of this length, no epoch
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             last = (p.stderr.strip().splitlines() or ["plan failed"])[-1]
@@ -90,34 +92,48 @@ def main(argv=None):
     p.add_argument("--link", default=None, help="link inside a node (default: the GPU kind's)")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--runs", default="runs", help="where measured runs are (runs/<run_id>/metrics.h5)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="row length to plan with where a deck's shards do not exist (no epoch time then)")
     args = p.parse_args(argv)
-    repo = os.path.dirname(HERE)
-    args.bin = os.path.abspath(args.bin)
-    args.runs = os.path.abspath(args.runs)
-    if args.profile:
-        args.profile = os.path.abspath(args.profile)
-    os.chdir(repo)
-    for exp in [e for e in args.experiments.split(",") if e]:
-        print(f"\n### {exp}: predicted on {args.profile or args.gpu}, {args.gpus_per_node} GPUs per node\n")
-        print("| run | GPUs | strategy | tp | pred. step | tokens/s per GPU | pred. epoch | fits | measured epoch | pred./meas. |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for row in matrix_rows(exp, repo):
-            pred = predict(args, row)
-            meas = measured_epoch(args.runs, row["run_id"])
-            cells = [row["run_id"], str(row["ranks"]), row["strategy"], str(row["tp"])]
-            if "error" in pred:
-                cells += [f"plan: {pred['error']}", "-", "-", "-"]
-            else:
-                epoch = pred.get("epoch_seconds") or None
-                cells += [fmt_s(pred["step_seconds"]), f"{pred['tokens_per_second_per_gpu']:.0f}", fmt_s(epoch),
-                          "yes" if pred["fits"] else "OOM"]
-            ratio = "-"
-            if "error" not in pred and isinstance(meas, float) and pred.get("epoch_seconds"):
-                ratio = f"{pred['epoch_seconds'] / meas:.2f}"
-            cells += [fmt_s(meas), ratio]
-            print("| " + " | ".join(cells) + " |")
+    print("\n".join(tables(args.bin, [e for e in args.experiments.split(",") if e], gpu=args.gpu,
+                           profile=args.profile, link=args.link, gpus_per_node=args.gpus_per_node, runs=args.runs,
+                           seq_len=args.seq_len)))
     return 0
 
+
+def tables(bin_path, experiments, gpu="a100-40gb", profile=None, link=None, gpus_per_node=8, runs="runs", seq_len=None):
+    """Markdown lines: one predicted table per experiment (the decks and matrix rows are the
+    repository's; bin_path, profile and runs may be relative to the current directory)."""
+    repo = os.path.dirname(HERE)
+    args = argparse.Namespace(bin=os.path.abspath(bin_path), gpu=gpu, link=link, gpus_per_node=gpus_per_node,
+                              profile=os.path.abspath(profile) if profile else None, runs=os.path.abspath(runs),
+                              seq_len=seq_len)
+    lines = []
+    cwd = os.getcwd()
+    os.chdir(repo)  # the decks name their includes relative to the repository
+    try:
+        for exp in experiments:
+            lines += ["", f"### {exp}: predicted on {args.profile or args.gpu}, {args.gpus_per_node} GPUs per node", "",
+                      "| run | GPUs | strategy | tp | pred. step | tokens/s per GPU | pred. epoch | fits | measured epoch "
+                      "| pred./meas. |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for row in matrix_rows(exp, repo):
+                pred = predict(args, row)
+                meas = measured_epoch(args.runs, row["run_id"])
+                cells = [row["run_id"], str(row["ranks"]), row["strategy"], str(row["tp"])]
+                if "error" in pred:
+                    cells += [f"plan: {pred['error']}", "-", "-", "-"]
+                else:
+                    epoch = pred.get("epoch_seconds") or None
+                    cells += [fmt_s(pred["step_seconds"]), f"{pred['tokens_per_second_per_gpu']:.0f}", fmt_s(epoch),
+                              "yes" if pred["fits"] else "OOM"]
+                ratio = "-"
+                if "error" not in pred and isinstance(meas, float) and pred.get("epoch_seconds"):
+                    ratio = f"{pred['epoch_seconds'] / meas:.2f}"
+                cells += [fmt_s(meas), ratio]
+                lines.append("| " + " | ".join(cells) + " |")
+    finally:
+        os.chdir(cwd)
+    return lines
 
 if __name__ == "__main__":
     sys.exit(main())

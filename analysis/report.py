@@ -1000,6 +1000,13 @@ def main(argv=None):
     parser.add_argument("--no-plots", action="store_true", help="print the table only")
     parser.add_argument("--strict", action="store_true",
                         help="exit 2 when any path is not a readable run (default: skip it with a message)")
+    parser.add_argument("--predicted", metavar="BIN",
+                        help="also print the planner's predicted 1-8 GPU tables (analysis/predicted_tables.py) of the "
+                             "experiments among the runs, beside their measured epoch times, using this shardtune binary")
+    parser.add_argument("--predicted-gpu", default="a100-40gb",
+                        help="GPU kind of the predicted tables (default a100-40gb, the reference experiments')")
+    parser.add_argument("--predicted-seq-len", type=int, default=None, metavar="L",
+                        help="row length for decks whose shards do not exist here (default: such rows show plan's error)")
     args = parser.parse_args(argv)
 
     runs, bad, tables = [], [], []
@@ -1039,6 +1046,17 @@ def main(argv=None):
         run.apply_matrix_result(matrix.get(str(run.run_id)))
 
     print("\n".join(build_report(runs, args.title)))
+    if args.predicted:
+        import predicted_tables
+
+        exps = sorted({r.experiment for r in runs if r.experiment}, key=_natural_key)
+        if not exps:
+            print("\n(--predicted: no experiment runs (exp<N>_... run ids) among the runs)")
+        for exp in exps:
+            members = [r for r in runs if r.experiment == exp]
+            runs_dir = os.path.dirname(os.path.dirname(os.path.abspath(members[0].data["path"])))
+            print("\n".join(predicted_tables.tables(args.predicted, [exp], gpu=args.predicted_gpu, runs=runs_dir,
+                                                     seq_len=args.predicted_seq_len)))
     if not args.no_plots:
         paths = write_plots(runs, plot_dir, args.title) + write_experiment_plots(runs, plot_dir)
         print()

@@ -354,3 +354,51 @@ class PackingReportTest(unittest.TestCase):
             # A run named by hand is packed when its /config says so.
             d = write_run(tmp, "plain-run", {"outcome": "ok"}, config={"packing": "true"})
             self.assertTrue(report.Run(st_read.read_run(d), d).packed)
+
+
+class PredictedTablesBesideRuns(unittest.TestCase):
+    """report.py --predicted BIN: the planner's tables of the experiments among the runs (issue 21),
+    each matrix row with the measured epoch of the run of that id where one exists."""
+
+    def test_predicted_table_of_the_experiment_present(self):
+        binary = os.path.join(REPO, "build", "shardtune")
+        if not os.path.exists(binary):
+            self.skipTest(f"{binary} not built (make build)")
+        with tempfile.TemporaryDirectory() as t:
+            d = exp_run(t, "exp1_llama7b_full_tp_4", world=4, epoch_time=400, peaks=[20 * GIB] * 4)
+            # Rows of 128 tokens where the deck's shards (data/sst2-llama) were not prepared.
+            p = run_report(d, "--no-plots", "--predicted", binary, "--predicted-seq-len", "128")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            lines = p.stdout.splitlines()
+            self.assertIn("### exp1: predicted on a100-40gb, 8 GPUs per node", lines)
+            self.assertFalse(any(l.startswith("### exp2: predicted") for l in lines))  # no exp2 run given
+            start = lines.index("### exp1: predicted on a100-40gb, 8 GPUs per node")
+            table = [l.strip("|").split("|") for l in lines[start + 1:] if l.startswith("| exp1_")]
+            table = [[c.strip() for c in row] for row in table]
+            # jobs/matrix.sh's exp1 rows: tp 2, 4, 8, unpacked and packed.
+            self.assertEqual([(r[0], r[1], r[2], r[3]) for r in table], [
+                ("exp1_llama7b_full_tp_2", "2", "tp", "2"), ("exp1_llama7b_full_tp_4", "4", "tp", "4"),
+                ("exp1_llama7b_full_tp_8", "8", "tp", "8"), ("exp1_llama7b_full-packed_tp_2", "2", "tp", "2"),
+                ("exp1_llama7b_full-packed_tp_4", "4", "tp", "4"), ("exp1_llama7b_full-packed_tp_8", "8", "tp", "8")])
+            for r in table:
+                self.assertRegex(r[4], r"^[0-9.]+ (ms|s)$", r)  # a predicted step time, not a plan error
+                self.assertGreater(float(r[5]), 0, r)  # tokens/s per GPU
+            # Only the run given has a measured epoch; its ratio is predicted epoch / 400 s when the
+            # plan has an epoch (the deck's shards exist), "-" otherwise.
+            measured = {r[0]: (r[8], r[9]) for r in table}
+            self.assertEqual(measured["exp1_llama7b_full_tp_4"][0], "400 s")
+            self.assertTrue(all(m == ("-", "-") for k, m in measured.items() if k != "exp1_llama7b_full_tp_4"))
+            row4 = next(r for r in table if r[0] == "exp1_llama7b_full_tp_4")
+            if row4[6] != "-":
+                pred_epoch = float(row4[6].split()[0]) / (1e3 if row4[6].endswith("ms") else 1)
+                self.assertAlmostEqual(float(row4[9]), pred_epoch / 400, delta=0.006)
+            else:
+                self.assertEqual(row4[9], "-")
+
+    def test_no_experiment_runs(self):
+        binary = os.path.join(REPO, "build", "shardtune")
+        with tempfile.TemporaryDirectory() as t:
+            d = write_run(t, "plain_run", {"outcome": "ok", "method": "full"}, steps=_steps(4, 3.0))
+            p = run_report(d, "--no-plots", "--predicted", binary)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("(--predicted: no experiment runs (exp<N>_... run ids) among the runs)", p.stdout)
