@@ -197,8 +197,8 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
     else if (C_in) C.copy_from(*C_in);
     return;
   }
-  if (std::min({M, N, K}) <= 64 && skinny_mode() == SkinnyMode::custom &&
-      skinny_matmul(C, A, trans_a, B, trans_b, alpha, beta, M, N, K, C_in)) {
+  if (std::min({M, N, K}) <= 64 && skinny_kinds() != 0 &&
+      skinny_matmul(C, A, trans_a, B, trans_b, alpha, beta, M, N, K, C_in, skinny_kinds())) {
     if (debug_sync()) ST_CUDA_CHECK(cudaDeviceSynchronize());
     return;
   }

@@ -1,5 +1,6 @@
 // Skinny GEMMs: shardtune's own kernels for LoRA's rank-r products (one of M, N, K is r <= 64, a
-// multiple of 8), as an alternative to cuBLASLt behind SHARDTUNE_SKINNY=custom (cuda/matmul.cu).
+// multiple of 8), as an alternative to cuBLASLt behind SHARDTUNE_SKINNY=custom, or a comma list
+// of the kinds below (cuda/matmul.cu; default cuBLASLt).
 // These products move tens of MB per call for a few GFLOP: they are memory-bound, and the
 // kernels are built to stream their large operand at HBM speed (cp.async multi-stage pipelines or
 // many resident blocks) while bf16 tensor cores (mma.sync m16n8k16, f32 accumulation) do the
@@ -609,27 +610,39 @@ void expand(const ExpandArgs& a, bool p_rm, bool w_nr) {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 bool rank_like(int64_t d) { return d >= 8 && d <= 64 && d % 8 == 0; }
 
-std::atomic<int> g_mode_override{-1};
+std::atomic<int> g_kinds_override{-1};  // -1: the environment's
 
 }  // namespace
 
-SkinnyMode skinny_mode() {
-  const int o = g_mode_override.load(std::memory_order_relaxed);
-  if (o >= 0) return static_cast<SkinnyMode>(o);
-  static const SkinnyMode env = [] {
+unsigned skinny_kinds() {
+  const int o = g_kinds_override.load(std::memory_order_relaxed);
+  if (o >= 0) return static_cast<unsigned>(o);
+  static const unsigned env = [] {
     const char* e = std::getenv("SHARDTUNE_SKINNY");
-    if (!e || !*e || std::string(e) == "cublaslt") return SkinnyMode::cublaslt;
-    if (std::string(e) == "custom") return SkinnyMode::custom;
-    ST_THROW("SHARDTUNE_SKINNY=", e, ": expected custom or cublaslt");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "cublaslt") return 0u;
+    if (v == "custom") return static_cast<unsigned>(kSkinnyAll);
+    unsigned kinds = 0;
+    size_t pos = 0;
+    while (pos <= v.size()) {
+      const size_t end = std::min(v.find(',', pos), v.size());
+      const std::string k = v.substr(pos, end - pos);
+      if (k == "thin") kinds |= kSkinnyThin;
+      else if (k == "reduce") kinds |= kSkinnyReduce;
+      else if (k == "expand") kinds |= kSkinnyExpand;
+      else ST_THROW("SHARDTUNE_SKINNY=", v, ": expected custom, cublaslt or a comma list of thin, reduce, expand");
+      pos = end + 1;
+    }
+    return kinds;
   }();
   return env;
 }
 
-void set_skinny_mode(SkinnyMode mode) { g_mode_override.store(static_cast<int>(mode), std::memory_order_relaxed); }
-void clear_skinny_mode() { g_mode_override.store(-1, std::memory_order_relaxed); }
+void set_skinny_kinds(unsigned kinds) { g_kinds_override.store(static_cast<int>(kinds & kSkinnyAll), std::memory_order_relaxed); }
+void clear_skinny_kinds() { g_kinds_override.store(-1, std::memory_order_relaxed); }
 
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
-                   int64_t M, int64_t N, int64_t K, const Tensor* C_in) {
+                   int64_t M, int64_t N, int64_t K, const Tensor* C_in, unsigned kinds) {
   if (M <= 0 || N <= 0 || K <= 0) return false;
   if (A.dtype() != DType::bf16 || B.dtype() != DType::bf16) return false;
   const bool c_f32 = C.dtype() == DType::f32;
@@ -641,6 +654,9 @@ bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bo
   if (rank_like(N) && N < r) kind = Kind::n_small, r = N;
   if (rank_like(M) && M < r) kind = Kind::m_small, r = M;
   if (kind == Kind::none) return false;
+  const bool thin_kind = kind == Kind::n_small ? !trans_a : kind == Kind::m_small && trans_b;
+  const unsigned bit = kind == Kind::expand ? kSkinnyExpand : thin_kind ? kSkinnyThin : kSkinnyReduce;
+  if (!(kinds & bit)) return false;
   const void* cin = beta != 0.0 ? (C_in ? C_in->data() : C.data()) : nullptr;
   const auto* a = static_cast<const bf16*>(A.data());
   const auto* b = static_cast<const bf16*>(B.data());
@@ -657,7 +673,6 @@ bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bo
     else expand<bf16>(e, trans_a, trans_b);
     return true;
   }
-  const bool thin_kind = kind == Kind::n_small ? !trans_a : trans_b;
   if (thin_kind) {
     ThinArgs t{};
     if (kind == Kind::n_small) {  // C[M, r] = A[M, K] op(B): W = B [K, r] or, tb, [r, K]

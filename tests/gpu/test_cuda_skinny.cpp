@@ -135,10 +135,10 @@ void check_cases(const std::vector<Case>& cases, uint64_t seed) {
   }
 }
 
-// Forces a skinny mode for a scope.
-struct ModeGuard {
-  explicit ModeGuard(cuda::SkinnyMode m) { cuda::set_skinny_mode(m); }
-  ~ModeGuard() { cuda::clear_skinny_mode(); }
+// Forces the custom kinds for a scope.
+struct KindsGuard {
+  explicit KindsGuard(unsigned kinds) { cuda::set_skinny_kinds(kinds); }
+  ~KindsGuard() { cuda::clear_skinny_kinds(); }
 };
 #endif
 
@@ -204,7 +204,7 @@ TEST(CudaOps, SkinnyReduceIsDeterministic) {
 TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
   ST_REQUIRE_GPU();
 #ifdef SHARDTUNE_CUDA
-  ModeGuard guard(cuda::SkinnyMode::custom);
+  KindsGuard guard(cuda::kSkinnyAll);
   const int64_t T = 296, in = 264, out = 392, r = 16;
   const std::vector<Case> lora = {
       {T, r, in, false, true},    // xa = x A^T
@@ -235,6 +235,16 @@ TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
     const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
     EXPECT_FALSE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K)) << case_name(c);
     check_all_modes(o, 0.5, true);
+  }
+  // A kind left out of the mask (SHARDTUNE_SKINNY=thin,reduce) is declined: expand here.
+  {
+    const Case c{T, out, r, false, true};
+    const Operands o(c, rng);
+    Tensor dC = Tensor::empty({c.M, c.N}, DType::bf16, Device::cuda);
+    const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
+    EXPECT_FALSE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K, nullptr,
+                                     cuda::kSkinnyThin | cuda::kSkinnyReduce));
+    EXPECT_TRUE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K, nullptr, cuda::kSkinnyExpand));
   }
 #endif
 }
