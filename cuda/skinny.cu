@@ -325,7 +325,7 @@ struct ReduceArgs {
 // columns 32 w .. 32 w + 31 (two m16 tiles) and every token of each stage. Tokens past the slice's
 // end are zero-filled in both tiles (the next slice counts them).
 template <int R, bool P_RM>
-__global__ void __launch_bounds__(kThreads) reduce_kernel(const ReduceArgs p) {
+__global__ void __launch_bounds__(kThreads, 2) reduce_kernel(const ReduceArgs p) {
   constexpr int LDP = red_ldp<R, P_RM>(), XS = kRedBT * kRedLDX, SS = red_stage_elems<R, P_RM>();
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* const tiles = reinterpret_cast<bf16*>(smem);
