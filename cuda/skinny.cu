@@ -172,6 +172,15 @@ __device__ __forceinline__ float4 load4(const bf16* p) {
   return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+// Pairs (an even element offset from a 16-byte aligned base: 4- or 8-byte aligned).
+__device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load2(const bf16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ void store2(float* p, float2 v) { *reinterpret_cast<float2*>(p) = v; }
+__device__ __forceinline__ void store2(bf16* p, float2 v) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v.x, v.y);
+}
 __device__ __forceinline__ void store4(bf16* p, float4 v) {
   const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
   uint2 u;
@@ -500,13 +509,13 @@ __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandArgs p) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         TC* e = cs + (wm * 32 + mt * 16 + g + h * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
-        float v0 = p.alpha * acc[mt][i][2 * h], v1 = p.alpha * acc[mt][i][2 * h + 1];
+        float2 v = make_float2(p.alpha * acc[mt][i][2 * h], p.alpha * acc[mt][i][2 * h + 1]);
         if (Cin) {
-          v0 += p.beta * dev::to_f(e[0]);
-          v1 += p.beta * dev::to_f(e[1]);
+          const float2 c = load2(e);
+          v.x += p.beta * c.x;
+          v.y += p.beta * c.y;
         }
-        e[0] = dev::from_f<TC>(v0);
-        e[1] = dev::from_f<TC>(v1);
+        store2(e, v);
       }
   __syncthreads();
   constexpr int V = 16 / sizeof(TC), VPR = kExpBN / V;

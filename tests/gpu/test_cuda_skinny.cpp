@@ -33,6 +33,7 @@
 namespace st {
 namespace {
 
+#ifdef SHARDTUNE_CUDA
 using test::random_bf16_values;
 using test::to_device;
 
@@ -99,7 +100,6 @@ int64_t count_outside(const Operands& o, const Tensor& got, double alpha, double
   return bad;
 }
 
-#ifdef SHARDTUNE_CUDA
 // Every output mode of one shape: bf16 and f32 C; beta 0 (C NaN), 1 (C read), 1 with a residual
 // C_in (C NaN). via_matmul: through ops/matmul with SHARDTUNE_SKINNY=custom forced; else the kernels'
 // entry point, which must take the call.
@@ -255,7 +255,7 @@ TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
 // r = 16: cuBLASLt and the custom kernels, each call timed alone with cudaEvents after an L2
 // flush (median of SKINNY_BENCH_RUNS, default 20, after 3 untimed), effective TB/s over the
 // operands read and C written (C read too when beta != 0), and the two results' relative L2
-// difference (same inputs, same initial C).
+// difference (same inputs, same initial C). ratio = cuBLASLt time / custom time (> 1: custom faster).
 TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   ST_REQUIRE_GPU();
 #ifdef SHARDTUNE_CUDA
