@@ -34,8 +34,8 @@ void clear_skinny_kinds();
 // bound; needs N % 8 == 0); r = N with A not transposed or r = M with B transposed: thin (C's
 // r columns or rows from a stream of X's rows along K); r = M with B not transposed or r = N with
 // A transposed: reduce (a sum over K, the tokens). Expand and reduce also need C (and C_in) 16-byte
-// aligned. Returns false, having done nothing, when the call is not one they take or its kind is
-// not in `kinds`. Same arguments and result as matmul, up to the order of the f32 sums.
+// aligned. Returns false, having done nothing, when the call is not one they take, its kind is
+// not in `kinds` or the device has too little shared memory per block for the kernel. Same arguments and result as matmul, up to the order of the f32 sums.
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
                    int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr, unsigned kinds = kSkinnyAll);
 
