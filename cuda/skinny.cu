@@ -27,6 +27,13 @@
 // i.e. stored rows 2(t%4), 2(t%4)+1 at column t/4. frag_a / frag_b2 below map each operand's
 // stored orientation onto these fragments (their comments give the per-lane addresses).
 //
+// Coverage (each output element written once, each k summed once): thin block b owns rows
+// [BM b, BM b + BM) and all r columns; its stages cover k in [0, 128 nk) >= [0, K), and within a
+// stage each warp takes a disjoint (16-row group, column slice). reduce block (x, y) owns wide
+// columns [128 x, 128 x + 128) and tokens [y S, min(T, y S + S)): the slices partition [0, T), and
+// slice y's partial is added once, in order y = 0, 1, ... expand: one block per 64 x 128 output
+// tile, k = 0..RK-1 once.
+//
 // Zero fill: every tile is copied in 16-byte vectors; a vector outside its matrix (a row past the
 // end, a column past the end, or a token past the block's slice) is written as zeros (cp.async
 // with source size 0). Both operands of a product are zero-filled past K, so stale shared memory
