@@ -29,7 +29,7 @@ int sm_count();
 // like the CUDA context's own memory. The caller's kernels must be done with the previous
 // contents (one stream: any later launch is ordered after them).
 void* raw_scratch(int slot, size_t bytes);
-enum ScratchSlot { kScratchRmsnorm = 0, kScratchRelbias = 1, kScratchSlots = 2 };
+enum ScratchSlot { kScratchRmsnorm = 0, kScratchRelbias = 1, kScratchSkinny = 2, kScratchSlots = 3 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline unsigned grid_1d(int64_t n, int threads) {

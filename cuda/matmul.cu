@@ -197,6 +197,16 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
     else if (C_in) C.copy_from(*C_in);
     return;
   }
+  if (std::min({M, N, K}) <= 64 && skinny_kinds() != 0 &&
+      skinny_matmul(C, A, trans_a, B, trans_b, alpha, beta, M, N, K, C_in, skinny_kinds())) {
+    if (debug_sync()) ST_CUDA_CHECK(cudaDeviceSynchronize());
+    return;
+  }
+  matmul_cublaslt(C, A, trans_a, B, trans_b, alpha, beta, M, N, K, C_in);
+}
+
+void matmul_cublaslt(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+                     double beta, int64_t M, int64_t N, int64_t K, const Tensor* C_in) {
   const void* c_in = C_in ? C_in->data() : C.data();
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLAS "A" is our B.
   Key key{N, M, K, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,

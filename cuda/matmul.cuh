@@ -14,4 +14,29 @@ namespace st::cuda {
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
             int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr);
 
+// The same through cuBLASLt only (K > 0), whatever SHARDTUNE_SKINNY says: the skinny benchmark's
+// baseline.
+void matmul_cublaslt(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+                     double beta, int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr);
+
+// Skinny GEMMs (LoRA's rank-r products) by shardtune's kernels (cuda/skinny.cu) instead of
+// cuBLASLt, by kind (see skinny_matmul): SHARDTUNE_SKINNY=custom (all kinds), a comma list of
+// thin, reduce, expand (those kinds), or cublaslt (the default; also when unset). Read once.
+enum SkinnyKind : unsigned { kSkinnyThin = 1, kSkinnyReduce = 2, kSkinnyExpand = 4, kSkinnyAll = 7 };
+unsigned skinny_kinds();
+// Tests and benchmarks: force the kinds for this process; clear_skinny_kinds returns to the environment's.
+void set_skinny_kinds(unsigned kinds);
+void clear_skinny_kinds();
+
+// The custom kernels, when they take the call: bf16 A and B, bf16 or f32 C, one of K, N, M (the
+// smallest such, ties in that order) a multiple of 8 in [8, 64] (r), A and B 16-byte aligned
+// with row lengths (ta ? M : K, tb ? K : N) multiples of 8. Kinds: r = K: expand (C = P W, output-
+// bound; needs N % 8 == 0); r = N with A not transposed or r = M with B transposed: thin (C's
+// r columns or rows from a stream of X's rows along K); r = M with B not transposed or r = N with
+// A transposed: reduce (a sum over K, the tokens). Expand and reduce also need C (and C_in) 16-byte
+// aligned. Returns false, having done nothing, when the call is not one they take, its kind is
+// not in `kinds` or the device has too little shared memory per block for the kernel. Same arguments and result as matmul, up to the order of the f32 sums.
+bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
+                   int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr, unsigned kinds = kSkinnyAll);
+
 }  // namespace st::cuda

@@ -12,7 +12,8 @@
 # interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not), calibrate (a
 # device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS), fp8-quality (FP8Q_ARGS),
 # profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL), profile-ab (the same for this
-# tree and .bench_before in one call: before/after per-op tables). Needs BOOST_PO_SRC for the image's
+# tree and .bench_before in one call: before/after per-op tables), skinny-ab (SHARDTUNE_SKINNY
+# cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
 OUT=${OUT:-/tmp/device_out}
@@ -46,6 +47,13 @@ run_step() {
 if [ ! -d ../shared/data ] && [ -d .device_data ]; then
   mkdir -p ../shared && ln -sfn "$PWD/.device_data" ../shared/data
 fi
+# The bench's random shards (the profile decks read them).
+make_shards() {
+  run_step shards python3 -c "import sys; sys.path.insert(0, 'analysis'); import bench
+for d, t, v in (('data/bench/random-1024', None, 32000), ('data/bench/random-t5-512-128', 128, 32128)):
+    bench.ensure_shards('build/shardtune', {'dir': d, 'rows': 256, 'seq_len': 1024 if t is None else 512, 'target_len': t, 'vocab': v}, '$OUT', [], True)"
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
@@ -120,9 +128,7 @@ for s in "${steps[@]}"; do
       # PROFILE_LEVEL (default 2), PROFILE_STEPS (default 10). Makes the bench's random shards.
       root=$PWD
       run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build"
-      run_step shards python3 -c "import sys; sys.path.insert(0, 'analysis'); import bench
-for d, t, v in (('data/bench/random-1024', None, 32000), ('data/bench/random-t5-512-128', 128, 32128)):
-    bench.ensure_shards('build/shardtune', {'dir': d, 'rows': 256, 'seq_len': 1024 if t is None else 512, 'target_len': t, 'vocab': v}, '$OUT', [], True)"
+      make_shards
       for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
         for ck in ${PROFILE_CKPT:-false}; do
           for tree in after before; do
@@ -131,6 +137,32 @@ for d, t, v in (('data/bench/random-1024', None, 32000), ('data/bench/random-t5-
             for lvl in ${PROFILE_LEVEL:-2} 0; do
               run_step prof$lvl-$name env SHARDTUNE_PROFILE=$lvl $bin train --deck $deck --activation_checkpointing $ck \
                 --output_dir "$OUT/profile-runs" --run_id p$lvl-$name --save_adapter false --max_steps ${PROFILE_STEPS:-10}
+            done
+          done
+        done
+      done
+      rm -rf "$OUT/profile-runs" ;;
+    skinny-ab)
+      # The skinny-GEMM kernels (cuda/skinny.cu) against cuBLASLt on this tree: their tests, the
+      # per-call benchmark, the LoRA and model tests with SHARDTUNE_SKINNY=custom, then per-op
+      # tables (SHARDTUNE_PROFILE=2) and plain step times of PROFILE_DECKS (default the 7B LoRA
+      # bench deck; PROFILE_CKPT default false, PROFILE_STEPS default 10) with SHARDTUNE_SKINNY
+      # = cublaslt and = SKINNY_CUSTOM (default custom; e.g. thin,reduce), interleaved;
+      # SKINNY_ROUNDS (default 1) plain rounds after the profiled one.
+      run_step skinny-tests build/tests/gpu_tests --gtest_brief=1 --gtest_filter='CudaOps.Skinny*:CudaOps.Matmul*'
+      run_step skinny-bench build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
+      run_step skinny-lora env SHARDTUNE_SKINNY=${SKINNY_CUSTOM:-custom} build/tests/gpu_tests --gtest_brief=1 \
+        --gtest_filter='CudaLora.*:CudaModel.*'
+      make_shards
+      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${PROFILE_CKPT:-false}; do
+          for round in prof $(seq 1 ${SKINNY_ROUNDS:-1}); do
+            for mode in cublaslt ${SKINNY_CUSTOM:-custom}; do
+              lvl=0; [ $round = prof ] && lvl=2
+              name=$(basename $deck .cfg)-ckpt-$ck-$(echo $mode | tr , +)-$round
+              run_step skinny-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
+                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id s-$name --save_adapter false \
+                --max_steps ${PROFILE_STEPS:-10}
             done
           done
         done

@@ -1,0 +1,388 @@
+// The skinny-GEMM kernels (cuda/skinny.cu: LoRA's rank-r products) against the CPU f64 reference
+// on bf16-representable inputs, element by element, in every transposition of the three kinds,
+// with tails (rows, columns and tokens that are not multiples of the tiles or token slices),
+// beta = 0 (C filled with NaN: never read), beta = 1 and a residual C_in, bf16 and f32 outputs.
+// Then the dispatch (SHARDTUNE_SKINNY=custom through ops/matmul) on LoRA's calls, and a
+// benchmark against cuBLASLt (disabled: run with --gtest_also_run_disabled_tests).
+//
+// Bound per element (products of bf16 values are exact in f32; each f32 addition rounds once,
+// the tensor cores' accumulation at most one f32 ulp per addition): with P = alpha sum_k a_k b_k,
+// mag = |alpha| sum_k |a_k b_k| + |beta| |cin| and at most K + 64 additions (the products, the
+// token slices, beta cin),
+//   |gpu - ref| <= u |ref| + (1 + u) (K + 64) 2^-23 mag
+// where u is the output's rounding (2^-8 for bf16: 8 significant bits, round to nearest; 2^-24
+// for f32). The first term is the output rounding, the second the f32 accumulation.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "ops/init.hpp"
+#include "ops/matmul.hpp"
+#include "tests/gpu/gpu_util.hpp"
+#ifdef SHARDTUNE_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/matmul.cuh"
+#endif
+
+namespace st {
+namespace {
+
+#ifdef SHARDTUNE_CUDA
+using test::random_bf16_values;
+using test::to_device;
+
+struct Case {
+  int64_t M, N, K;
+  bool ta, tb;
+};
+
+std::string case_name(const Case& c) {
+  return str(c.M, "x", c.N, "x", c.K, c.ta ? " A^T" : "", c.tb ? " B^T" : "");
+}
+
+Tensor abs_of(const Tensor& t) {
+  Tensor a = t.clone(MemCategory::other);
+  for (int64_t i = 0; i < a.numel(); ++i) a.ptr<double>()[i] = std::fabs(a.ptr<double>()[i]);
+  return a;
+}
+
+Tensor nan_like(const Shape& s, DType dt) {
+  Tensor t = Tensor::empty(s, DType::f64);
+  for (int64_t i = 0; i < t.numel(); ++i) t.ptr<double>()[i] = std::numeric_limits<double>::quiet_NaN();
+  return to_device(t, dt);
+}
+
+// One shape's operands, its exact product P = op(A) op(B) and magnitude |op(A)| |op(B)| (f64).
+struct Operands {
+  Case c;
+  Tensor A, B, C0, R0, prod, absprod;
+  Operands(const Case& cs, Rng& rng) : c(cs) {
+    A = random_bf16_values(c.ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, rng);
+    B = random_bf16_values(c.tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, rng);
+    C0 = random_bf16_values({c.M, c.N}, rng);
+    R0 = random_bf16_values({c.M, c.N}, rng);
+    prod = Tensor::empty({c.M, c.N}, DType::f64);
+    absprod = Tensor::empty({c.M, c.N}, DType::f64);
+    matmul(prod, A, c.ta, B, c.tb, 1.0, 0.0);
+    matmul(absprod, abs_of(A), c.ta, abs_of(B), c.tb, 1.0, 0.0);
+  }
+};
+
+// Elements of the GPU result `got` outside the bound; the first few are described in `why`.
+int64_t count_outside(const Operands& o, const Tensor& got, double alpha, double beta, bool residual, DType cdt,
+                      std::string* why, double* worst) {
+  const Tensor g = got.to_cpu(DType::f64);
+  const Tensor& cin = residual ? o.R0 : o.C0;
+  const double u = cdt == DType::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -24);
+  const double gamma = static_cast<double>(o.c.K + 64) * std::ldexp(1.0, -23);
+  int64_t bad = 0;
+  *worst = 0;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    const double c = beta != 0.0 ? cin.ptr<double>()[i] : 0.0;
+    const double ref = alpha * o.prod.ptr<double>()[i] + beta * c;
+    const double mag = std::fabs(alpha) * o.absprod.ptr<double>()[i] + std::fabs(beta) * std::fabs(c);
+    const double bound = u * std::fabs(ref) + (1 + u) * gamma * mag + 1e-300;
+    const double err = std::fabs(g.ptr<double>()[i] - ref);
+    if (!(err <= bound)) {
+      if (++bad <= 3)
+        *why += str(" [", i / o.c.N, ",", i % o.c.N, "] got ", g.ptr<double>()[i], " want ", ref, " bound ", bound, ";");
+      *worst = INFINITY;
+    } else {
+      *worst = std::max(*worst, err / bound);
+    }
+  }
+  return bad;
+}
+
+// Every output mode of one shape: bf16 and f32 C; beta 0 (C NaN), 1 (C read), 1 with a residual
+// C_in (C NaN). via_matmul: through ops/matmul with SHARDTUNE_SKINNY=custom forced; else the kernels'
+// entry point, which must take the call.
+void check_all_modes(const Operands& o, double alpha, bool via_matmul) {
+  const Case& c = o.c;
+  const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
+  for (DType cdt : {DType::bf16, DType::f32})
+    for (int mode = 0; mode < 3; ++mode) {
+      const double beta = mode == 0 ? 0.0 : 1.0;
+      const bool residual = mode == 2;
+      Tensor dC = mode == 1 ? to_device(o.C0, cdt) : nan_like({c.M, c.N}, cdt);
+      Tensor dR = residual ? to_device(o.R0, cdt) : Tensor();
+      const std::string name =
+          str(case_name(c), " ", dtype_name(cdt), mode == 0 ? " beta=0" : mode == 1 ? " beta=1" : " residual");
+      if (via_matmul) {
+        matmul(dC, dA, c.ta, dB, c.tb, alpha, beta, residual ? &dR : nullptr);
+      } else {
+        ASSERT_TRUE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, alpha, beta, c.M, c.N, c.K, residual ? &dR : nullptr))
+            << name << ": the skinny kernels did not take the call";
+      }
+      std::string why;
+      double worst = 0;
+      EXPECT_EQ(count_outside(o, dC, alpha, beta, residual, cdt, &why, &worst), 0) << name << ":" << why;
+      if (worst > 0.25) std::printf("[skinny] %s: worst error %.2f of the bound\n", name.c_str(), worst);
+    }
+}
+
+void check_cases(const std::vector<Case>& cases, uint64_t seed) {
+  Rng rng(seed);
+  for (const Case& c : cases) {
+    const Operands o(c, rng);
+    check_all_modes(o, 2.0, false);
+  }
+}
+
+// Forces the custom kinds for a scope.
+struct KindsGuard {
+  explicit KindsGuard(unsigned kinds) { cuda::set_skinny_kinds(kinds); }
+  ~KindsGuard() { cuda::clear_skinny_kinds(); }
+};
+#endif
+
+// expand: K = r (y = s xa B^T, dx = dxa A). Tails: M not a multiple of 64, N not of 128; r = 8, 24,
+// 40 padded with zeros to 16, 32, 64; ta needs M % 8 == 0 (A is [r, M]).
+TEST(CudaOps, SkinnyExpandEveryTransposeAndTail) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  check_cases({{1000, 1000, 16, false, false}, {77, 136, 8, false, true}, {1000, 264, 24, true, false},
+               {200, 4104, 64, true, true}, {9, 8, 8, false, false}, {136, 392, 40, true, true},
+               {64, 128, 48, false, false}, {1, 72, 32, false, true}},
+              101);
+#endif
+}
+
+// thin: C[rows, r] with rows along the streamed operand's rows. N = r with A not transposed
+// (xa = x A^T, dxa = dy B), M = r with B transposed (xa^T = A x^T, dxa^T = B^T dy^T). Tails: rows
+// not a multiple of 32 / 64, K not a multiple of the 128-column stage (K = 8: one vector).
+TEST(CudaOps, SkinnyThinEveryTransposeAndTail) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  check_cases({{1000, 16, 1000, false, true}, {77, 8, 4104, false, false}, {1000, 24, 264, false, true},
+               {130, 64, 2056, false, false}, {1, 16, 72, false, true}, {33, 40, 136, false, false},
+               {16, 1000, 1000, false, true}, {8, 77, 4104, true, true}, {40, 1000, 264, false, true},
+               {64, 130, 2056, true, true}, {32, 65, 72, true, true}},
+              102);
+#endif
+}
+
+// reduce: a sum over K (tokens) into C[r, wide] (dA = dxa^T x; dA = dxa^T-layout x) or C[wide, r]
+// (dB = dy^T xa). Tails: wide not a multiple of 128, tokens not a multiple of the 64-token stage
+// or of the slices (K = 8200 over few column tiles: many slices, the last one short).
+TEST(CudaOps, SkinnyReduceEveryTransposeAndTail) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  check_cases({{1000, 16, 1000, true, false}, {136, 8, 77, true, false}, {4104, 24, 264, true, true},
+               {1000, 64, 2056, true, false}, {264, 40, 8200, true, true}, {8, 16, 3, true, false},
+               {16, 1000, 1000, true, false}, {8, 136, 77, true, false}, {24, 4104, 264, false, false},
+               {64, 1000, 2056, false, false}, {40, 264, 8200, true, false}, {32, 8, 1, true, false}},
+              103);
+#endif
+}
+
+// The split sums run in a fixed order: two runs give the same bits.
+TEST(CudaOps, SkinnyReduceIsDeterministic) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  Rng rng(104);
+  const int64_t T = 4000, D = 1000, r = 16;
+  const Tensor x = to_device(random_bf16_values({T, D}, rng), DType::bf16);
+  const Tensor p = to_device(random_bf16_values({T, r}, rng), DType::bf16);
+  Tensor c1 = Tensor::zeros({r, D}, DType::f32, Device::cuda), c2 = Tensor::zeros({r, D}, DType::f32, Device::cuda);
+  ASSERT_TRUE(cuda::skinny_matmul(c1, p, true, x, false, 1.0, 1.0, r, D, T));
+  ASSERT_TRUE(cuda::skinny_matmul(c2, p, true, x, false, 1.0, 1.0, r, D, T));
+  const Tensor h1 = c1.to_cpu(DType::f32), h2 = c2.to_cpu(DType::f32);
+  for (int64_t i = 0; i < h1.numel(); ++i) ASSERT_EQ(h1.ptr<float>()[i], h2.ptr<float>()[i]) << i;
+#endif
+}
+
+// ops/matmul with SHARDTUNE_SKINNY=custom on LoRA's calls (src/adapters/lora.cpp), in the [M, r]
+// xa layout and the transposed [r, M] one, plus calls the kernels decline (K or a row length not
+// a multiple of 8, r > 64): those go to cuBLASLt and must still be right.
+TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  KindsGuard guard(cuda::kSkinnyAll);
+  const int64_t T = 296, in = 264, out = 392, r = 16;
+  const std::vector<Case> lora = {
+      {T, r, in, false, true},    // xa = x A^T
+      {T, out, r, false, true},   // y (+)= s xa B^T
+      {out, r, T, true, false},   // dB += s dy^T xa
+      {T, r, out, false, false},  // dxa = s dy B
+      {T, in, r, false, false},   // dx (+)= dxa A
+      {r, in, T, true, false},    // dA += dxa^T x
+      {out, in, r, false, false}, // merge: W += s B A
+      {r, T, in, false, true},    // xa^T = A x^T
+      {T, out, r, true, true},    // y += s (xa^T)^T B^T
+      {out, r, T, true, true},    // dB += s dy^T (xa^T)^T
+      {r, T, out, true, true},    // dxa^T = s B^T dy^T
+      {T, in, r, true, false},    // dx += (dxa^T)^T A
+      {r, in, T, false, false},   // dA += dxa^T x
+  };
+  Rng rng(105);
+  for (const Case& c : lora) {
+    const Operands o(c, rng);
+    check_all_modes(o, 2.0, true);
+  }
+  // Declined by the kernels (cuBLASLt runs them): K % 8 != 0 for thin, r = 12, r = 72, N % 8 != 0 for expand.
+  const std::vector<Case> declined = {{T, 16, 261, false, true}, {T, 12, in, false, true}, {T, 72, in, false, true},
+                                      {T, 261, 16, false, false}};
+  for (const Case& c : declined) {
+    const Operands o(c, rng);
+    Tensor dC = Tensor::empty({c.M, c.N}, DType::bf16, Device::cuda);
+    const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
+    EXPECT_FALSE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K)) << case_name(c);
+    check_all_modes(o, 0.5, true);
+  }
+  // A kind left out of the mask (SHARDTUNE_SKINNY=thin,reduce) is declined: expand here.
+  {
+    const Case c{T, out, r, false, true};
+    const Operands o(c, rng);
+    Tensor dC = Tensor::empty({c.M, c.N}, DType::bf16, Device::cuda);
+    const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
+    EXPECT_FALSE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K, nullptr,
+                                     cuda::kSkinnyThin | cuda::kSkinnyReduce));
+    EXPECT_TRUE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K, nullptr, cuda::kSkinnyExpand));
+  }
+#endif
+}
+
+// ---------------------------------------------------------------- benchmark
+// build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
+// LoRA's 7B calls (8192 tokens, hidden 4096, MLP 11008) at r = 16, 8, 64, in both xa layouts at
+// r = 16: cuBLASLt and the custom kernels, each call timed alone with cudaEvents after an L2
+// flush (median of SKINNY_BENCH_RUNS, default 20, after 3 untimed), effective TB/s over the
+// operands read and C written (C read too when beta != 0), and the two results' relative L2
+// difference (same inputs, same initial C). ratio = cuBLASLt time / custom time (> 1: custom faster).
+TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  struct BenchCase {
+    const char* role;
+    int64_t M, N, K;
+    bool ta, tb;
+    DType c;
+    double alpha, beta;
+  };
+  const int64_t T = 8192;
+  std::vector<BenchCase> cases;
+  auto lora_calls = [&](int64_t r, int64_t D, int64_t O, bool transposed_xa) {
+    const DType b = DType::bf16, f = DType::f32;
+    if (!transposed_xa) {
+      cases.push_back({"xa = x A^T", T, r, D, false, true, b, 1.0, 0.0});
+      cases.push_back({"y += s xa B^T", T, O, r, false, true, b, 2.0, 1.0});
+      cases.push_back({"y = s xa B^T", T, O, r, false, true, b, 2.0, 0.0});
+      cases.push_back({"dB += s dy^T xa", O, r, T, true, false, f, 2.0, 1.0});
+      cases.push_back({"dxa = s dy B", T, r, O, false, false, b, 2.0, 0.0});
+      cases.push_back({"dx += dxa A", T, D, r, false, false, b, 1.0, 1.0});
+      cases.push_back({"dA += dxa^T x", r, D, T, true, false, f, 1.0, 1.0});
+    } else {
+      cases.push_back({"xaT = A x^T", r, T, D, false, true, b, 1.0, 0.0});
+      cases.push_back({"y += s xaT^T B^T", T, O, r, true, true, b, 2.0, 1.0});
+      cases.push_back({"dB += s dy^T xaT^T", O, r, T, true, true, f, 2.0, 1.0});
+      cases.push_back({"dxaT = s B^T dy^T", r, T, O, true, true, b, 2.0, 0.0});
+      cases.push_back({"dx += dxaT^T A", T, D, r, true, false, b, 1.0, 1.0});
+      cases.push_back({"dA += dxaT x", r, D, T, false, false, f, 1.0, 1.0});
+    }
+  };
+  lora_calls(16, 4096, 4096, false);   // q, k, v, o
+  lora_calls(16, 4096, 11008, false);  // gate, up (in 4096, out 11008)
+  lora_calls(16, 11008, 4096, false);  // down
+  lora_calls(16, 4096, 4096, true);
+  lora_calls(8, 4096, 4096, false);
+  lora_calls(64, 4096, 4096, false);
+  lora_calls(64, 4096, 11008, false);
+
+  const char* runs_env = std::getenv("SKINNY_BENCH_RUNS");
+  const int runs = runs_env ? std::max(1, std::atoi(runs_env)) : 20;
+  cudaDeviceProp prop{};
+  int dev = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, dev), cudaSuccess);
+  Tensor flush = Tensor::empty({2 * static_cast<int64_t>(prop.l2CacheSize)}, DType::u8, Device::cuda);
+  cudaEvent_t e0, e1;
+  ASSERT_EQ(cudaEventCreate(&e0), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&e1), cudaSuccess);
+  std::printf("[skinny] %s, %d SMs, L2 %d MiB; median of %d runs after an L2 flush each\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, runs);
+  std::printf("[skinny] %-20s %-34s %8s %10s %7s %10s %7s %7s %9s\n", "call", "shape (profile label)", "MB",
+              "cublaslt", "TB/s", "custom", "TB/s", "ratio", "rel diff");
+  double total_lt = 0, total_custom = 0;
+  uint64_t key = 1;
+  for (const BenchCase& b : cases) {
+    Tensor A = Tensor::empty(b.ta ? Shape{b.K, b.M} : Shape{b.M, b.K}, DType::bf16, Device::cuda);
+    Tensor B = Tensor::empty(b.tb ? Shape{b.N, b.K} : Shape{b.K, b.N}, DType::bf16, Device::cuda);
+    Tensor C0 = Tensor::empty({b.M, b.N}, b.c, Device::cuda);
+    fill_uniform(A, key++, -1.0, 1.0);
+    fill_uniform(B, key++, -1.0, 1.0);
+    fill_uniform(C0, key++, -1.0, 1.0);
+    Tensor C = C0.clone(MemCategory::other);
+    const double bytes = static_cast<double>(A.nbytes() + B.nbytes()) +
+                         static_cast<double>(C.nbytes()) * (b.beta != 0.0 ? 2.0 : 1.0);
+    auto call = [&](bool custom, Tensor& out) {
+      if (custom) {
+        if (!cuda::skinny_matmul(out, A, b.ta, B, b.tb, b.alpha, b.beta, b.M, b.N, b.K)) return false;
+      } else {
+        cuda::matmul_cublaslt(out, A, b.ta, B, b.tb, b.alpha, b.beta, b.M, b.N, b.K);
+      }
+      return true;
+    };
+    auto time_us = [&](bool custom) {
+      std::vector<float> ms;
+      for (int i = 0; i < runs + 3; ++i) {
+        EXPECT_EQ(cudaMemsetAsync(flush.data(), i & 0xff, flush.nbytes(), 0), cudaSuccess);
+        EXPECT_EQ(cudaEventRecord(e0, 0), cudaSuccess);
+        if (!call(custom, C)) return -1.0;
+        EXPECT_EQ(cudaEventRecord(e1, 0), cudaSuccess);
+        EXPECT_EQ(cudaEventSynchronize(e1), cudaSuccess);
+        float t = 0;
+        EXPECT_EQ(cudaEventElapsedTime(&t, e0, e1), cudaSuccess);
+        if (i >= 3) ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      return 1e3 * static_cast<double>(ms[ms.size() / 2]);
+    };
+    // The two results from the same C0.
+    Tensor c_lt = C0.clone(MemCategory::other), c_cu = C0.clone(MemCategory::other);
+    call(false, c_lt);
+    const bool took = call(true, c_cu);
+    double diff = NAN;
+    if (took) {
+      const Tensor x = c_cu.to_cpu(DType::f32), y = c_lt.to_cpu(DType::f32);
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const double d = static_cast<double>(x.ptr<float>()[i]) - y.ptr<float>()[i];
+        num += d * d;
+        den += static_cast<double>(y.ptr<float>()[i]) * y.ptr<float>()[i];
+      }
+      diff = std::sqrt(num / std::max(den, 1e-300));
+    }
+    const double lt = time_us(false), cu = took ? time_us(true) : -1.0;
+    const std::string shape = str(b.M, "x", b.N, "x", b.K, b.ta ? " A^T" : "", b.tb ? " B^T" : "",
+                                  b.beta != 0.0 ? " +=" : "", " bf16->", dtype_name(b.c));
+    const int64_t r = std::min({b.M, b.N, b.K});
+    const std::string role = str(b.role, " r=", r);
+    if (cu > 0) {
+      std::printf("[skinny] %-20s %-34s %8.1f %8.1fus %7.2f %8.1fus %7.2f %7.2f %9.2e\n", role.c_str(), shape.c_str(),
+                  bytes / 1e6, lt, bytes / lt / 1e6, cu, bytes / cu / 1e6, lt / cu, diff);
+      total_lt += lt;
+      total_custom += cu;
+    } else {
+      std::printf("[skinny] %-20s %-34s %8.1f %8.1fus %7.2f   (custom kernels decline)\n", role.c_str(), shape.c_str(),
+                  bytes / 1e6, lt, bytes / lt / 1e6);
+    }
+    if (took) {
+      EXPECT_LT(diff, b.c == DType::f32 ? 1e-5 : 1e-2) << role << " " << shape;
+    }
+  }
+  std::printf("[skinny] sum over the calls above: cublaslt %.1f us, custom %.1f us (ratio %.2f)\n", total_lt,
+              total_custom, total_lt / std::max(total_custom, 1e-9));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+#endif
+}
+
+}  // namespace
+}  // namespace st
