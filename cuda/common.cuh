@@ -30,6 +30,14 @@ int sm_count();
 // contents (one stream: any later launch is ordered after them).
 void* raw_scratch(int slot, size_t bytes);
 enum ScratchSlot { kScratchRmsnorm = 0, kScratchRelbias = 1, kScratchSkinny = 2, kScratchSlots = 3 };
+// The device copy of a table of per-tensor descriptors for a kernel that takes a list of tensors
+// in one launch (the gradient norm, AdamW, zeroing). `kind` names the user; each keeps its last
+// few distinct tables on the device, found again by their bytes, so a list that comes back every
+// step (the gradients, the parameters) is uploaded once and a step of the same list costs a
+// comparison on the host. A new table goes up with one cudaMemcpyAsync on stream() (ordered
+// after the kernels that read the buffer it reuses); `host` may be freed once this returns.
+const void* device_table(int kind, const void* host, size_t bytes);
+enum TableKind { kTableSumSquares = 0, kTableAdamW = 1, kTableZero = 2, kTableKinds = 3 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline unsigned grid_1d(int64_t n, int threads) {
@@ -94,6 +102,20 @@ __device__ __forceinline__ float block_max(float v) {
   }
   __syncthreads();
   return total;
+}
+
+// Tables of per-tensor chunks (kernels over a list of tensors in one launch, one chunk per
+// block): the index of the entry that holds chunk b, the last of the nt entries (sorted by
+// first_block, the first at 0) with first_block <= b.
+template <typename E>
+__device__ __forceinline__ int chunk_owner(const E* __restrict__ ts, int nt, unsigned b) {
+  int lo = 0, hi = nt - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (ts[mid].first_block <= static_cast<int64_t>(b)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
 
 // SplitMix64 and the counter-based uniform of core/rng.hpp, bit-identical on the device.

@@ -119,6 +119,8 @@ void select_cuda_device(int local_rank) { cuda::select_device(local_rank); }
 // ---------------------------------------------------------------------------- launch checks
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "cuda/common.cuh"
 
@@ -144,6 +146,41 @@ void* raw_scratch(int slot, size_t bytes) {
     ST_CUDA_CHECK(cudaMalloc(&buf[slot], cap[slot]));
   }
   return buf[slot];
+}
+
+const void* device_table(int kind, const void* host, size_t bytes) {
+  constexpr int kKept = 8;  // distinct tables kept per kind
+  struct Entry {
+    std::vector<unsigned char> bytes;  // the host copy the device copy was made from
+    void* dev = nullptr;
+    size_t cap = 0;
+    uint64_t used = 0;  // when last returned (0: never)
+  };
+  static Entry kept[kTableKinds][kKept];
+  static uint64_t clock = 0;
+  if (kind < 0 || kind >= kTableKinds) ST_THROW("device_table: kind ", kind);
+  if (bytes == 0) ST_THROW("device_table: empty table");
+  ++clock;
+  Entry* victim = &kept[kind][0];
+  for (Entry& e : kept[kind]) {
+    if (e.dev && e.bytes.size() == bytes && std::memcmp(e.bytes.data(), host, bytes) == 0) {
+      e.used = clock;
+      return e.dev;
+    }
+    if (e.used < victim->used) victim = &e;
+  }
+  // The least recently used entry (an unused one first) takes the new table.
+  if (bytes > victim->cap) {
+    if (victim->dev) ST_CUDA_CHECK(cudaFree(victim->dev));  // synchronises: earlier readers are done
+    victim->cap = std::max(bytes, 2 * victim->cap);
+    ST_CUDA_CHECK(cudaMalloc(&victim->dev, victim->cap));
+  }
+  // Pageable source: returns once the bytes are staged, so `host` may go out of scope.
+  ST_CUDA_CHECK(cudaMemcpyAsync(victim->dev, host, bytes, cudaMemcpyHostToDevice, stream()));
+  const unsigned char* h = static_cast<const unsigned char*>(host);
+  victim->bytes.assign(h, h + bytes);
+  victim->used = clock;
+  return victim->dev;
 }
 
 bool debug_sync() {

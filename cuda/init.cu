@@ -91,4 +91,58 @@ void convert_copy(Tensor& dst, const Tensor& src) {
   ST_CUDA_LAUNCH_CHECK("convert_copy");
 }
 
+namespace {
+
+// Zeroing many tensors in one launch: block b clears chunk b of the table (kZeroChunk bytes of
+// one tensor) with 16-byte stores over its 16-byte aligned middle and byte stores before and
+// after it (views and odd sizes: at most 15 bytes at each end).
+struct ZeroRange {
+  unsigned char* ptr;
+  int64_t bytes;
+  int64_t first_block;  // index of this range's first chunk
+};
+constexpr int kZeroThreads = 256;
+constexpr int64_t kZeroChunk = 16 * 16 * kZeroThreads;  // bytes per block: 16 16-byte stores per thread
+
+__global__ void __launch_bounds__(kZeroThreads) zero_multi_kernel(const ZeroRange* __restrict__ ts, int nt) {
+  const ZeroRange t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - t.first_block) * kZeroChunk;
+  const int64_t end = begin + kZeroChunk < t.bytes ? begin + kZeroChunk : t.bytes;
+  unsigned char* const a = t.ptr + begin;
+  unsigned char* const b = t.ptr + end;
+  const uintptr_t mid0 = (reinterpret_cast<uintptr_t>(a) + 15) & ~uintptr_t{15};
+  const uintptr_t mid1 = reinterpret_cast<uintptr_t>(b) & ~uintptr_t{15};
+  if (mid0 >= mid1) {  // no whole aligned 16 bytes inside
+    for (int64_t i = threadIdx.x; i < end - begin; i += kZeroThreads) a[i] = 0;
+    return;
+  }
+  const int64_t head = static_cast<int64_t>(mid0 - reinterpret_cast<uintptr_t>(a));
+  const int64_t tail = static_cast<int64_t>(reinterpret_cast<uintptr_t>(b) - mid1);
+  if (threadIdx.x < head) a[threadIdx.x] = 0;
+  if (threadIdx.x < tail) reinterpret_cast<unsigned char*>(mid1)[threadIdx.x] = 0;
+  uint4* const q = reinterpret_cast<uint4*>(mid0);
+  const int64_t n16 = static_cast<int64_t>((mid1 - mid0) / 16);
+  for (int64_t i = threadIdx.x; i < n16; i += kZeroThreads) q[i] = make_uint4(0u, 0u, 0u, 0u);
+}
+
+}  // namespace
+
+void zero_tensors(const std::vector<Tensor*>& ts) {
+  std::vector<ZeroRange> table;
+  table.reserve(ts.size());
+  int64_t blocks = 0;
+  for (const Tensor* t : ts) {
+    const int64_t bytes = static_cast<int64_t>(t->nbytes());
+    if (bytes == 0) continue;
+    table.push_back(ZeroRange{static_cast<unsigned char*>(t->data()), bytes, blocks});
+    blocks += ceil_div(bytes, kZeroChunk);
+  }
+  if (blocks == 0) return;
+  if (blocks > 0x7fffffff) ST_THROW("zero_tensors on CUDA: ", blocks, " chunks");
+  const void* d = device_table(kTableZero, table.data(), table.size() * sizeof(ZeroRange));
+  zero_multi_kernel<<<static_cast<unsigned>(blocks), kZeroThreads, 0, stream()>>>(static_cast<const ZeroRange*>(d),
+                                                                                  static_cast<int>(table.size()));
+  ST_CUDA_LAUNCH_CHECK("zero_tensors");
+}
+
 }  // namespace st::cuda

@@ -8,6 +8,11 @@
 
 #include "core/tensor.hpp"
 
+namespace st {
+struct AdamWHyper;
+struct AdamWTensors;
+}  // namespace st
+
 namespace st::cuda {
 
 // rmsnorm.cu
@@ -49,8 +54,10 @@ void vocab_parallel_ce_pass(int pass, int64_t N, int64_t Vl, int64_t off, Tensor
 void cross_entropy(int64_t N, int64_t V, Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses,
                    bool grad);
 // optim.cu
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tensor* working, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
+// f32 master, gradient and moments; a bf16 working copy is written in the same pass.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tensor* working, const AdamWHyper& h);
+// Every tensor of the list in one launch (a table of them uploaded once per distinct list).
+void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h);
 double sum_squares(const Tensor& x);
 double sum_squares_total(const std::vector<const Tensor*>& xs);
 void scale_inplace(Tensor& x, double s);

@@ -1,75 +1,99 @@
 // AdamW (PyTorch semantics) on f32 master weights with the bf16 working copy written in the same
-// pass; gradient-norm reduction and scaling.
+// pass, one tensor or a list of them per launch; gradient-norm reduction and scaling.
 #include <algorithm>
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
+#include "ops/adamw_element.hpp"
+#include "ops/optim.hpp"
 
 namespace st::cuda {
 
 namespace {
 
-template <typename W>
-__global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                             float* __restrict__ v, W* __restrict__ working, int64_t n, float decay, float step_size,
-                             float b1, float b2, float inv_bc2_sqrt, float eps, float grad_scale) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float gi = g[i] * grad_scale;
-    float pi = p[i] * decay;
-    const float mi = b1 * m[i] + (1.0f - b1) * gi;
-    const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-    pi -= step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
-    p[i] = pi;
-    m[i] = mi;
-    v[i] = vi;
-    if (working) working[i] = dev::from_f<W>(pi);
+using Coef = adamw::Coef<float>;
+
+// Element i of one tensor (the scalar path): adamw::update, then the bf16 working copy.
+__device__ __forceinline__ void adamw_one(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                                          float* __restrict__ v, __nv_bfloat16* __restrict__ working, int64_t i,
+                                          float decay, const Coef& c) {
+  float mi = m[i], vi = v[i];
+  const float pi = adamw::update(p[i], g[i], mi, vi, decay, c);
+  p[i] = pi;
+  m[i] = mi;
+  v[i] = vi;
+  if (working) working[i] = __float2bfloat16(pi);
+}
+
+// Elements 4i .. 4i+3 (16-byte loads and stores of p, g, m, v; one 8-byte store of the bf16
+// working copy): the same adamw::update per element, the same rounding of the copy.
+__device__ __forceinline__ void adamw_four(float4* __restrict__ p, const float4* __restrict__ g, float4* __restrict__ m,
+                                           float4* __restrict__ v, __nv_bfloat16* __restrict__ working, int64_t i,
+                                           float decay, const Coef& c) {
+  const float4 g4 = g[i];
+  float4 p4 = p[i], m4 = m[i], v4 = v[i];
+  p4.x = adamw::update(p4.x, g4.x, m4.x, v4.x, decay, c);
+  p4.y = adamw::update(p4.y, g4.y, m4.y, v4.y, decay, c);
+  p4.z = adamw::update(p4.z, g4.z, m4.z, v4.z, decay, c);
+  p4.w = adamw::update(p4.w, g4.w, m4.w, v4.w, decay, c);
+  p[i] = p4;
+  m[i] = m4;
+  v[i] = v4;
+  if (working) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(p4.x, p4.y), hi = __floats2bfloat162_rn(p4.z, p4.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(working + 4 * i) = packed;
   }
 }
 
-// The same update four elements at a time (16-byte loads and stores), for n % 4 == 0 and
-// 16-byte aligned f32 arrays (8-byte aligned bf16 working copy); element for element the same
-// arithmetic as adamw_kernel.
-template <typename W>
+__global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                             float* __restrict__ v, __nv_bfloat16* __restrict__ working, int64_t n, Coef c) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    adamw_one(p, g, m, v, working, i, c.decay, c);
+}
+
+// For n % 4 == 0 and 16-byte aligned f32 arrays (8-byte aligned bf16 working copy).
 __global__ void adamw_vec4_kernel(float4* __restrict__ p, const float4* __restrict__ g, float4* __restrict__ m,
-                                  float4* __restrict__ v, W* __restrict__ working, int64_t n4, float decay,
-                                  float step_size, float b1, float b2, float inv_bc2_sqrt, float eps, float grad_scale) {
+                                  float4* __restrict__ v, __nv_bfloat16* __restrict__ working, int64_t n4, Coef c) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float4 g4 = g[i];
-    float4 p4 = p[i], m4 = m[i], v4 = v[i];
-    float* pe = &p4.x;
-    float* me = &m4.x;
-    float* ve = &v4.x;
-    const float* ge = &g4.x;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float gi = ge[e] * grad_scale;
-      float pi = pe[e] * decay;
-      const float mi = b1 * me[e] + (1.0f - b1) * gi;
-      const float vi = b2 * ve[e] + (1.0f - b2) * gi * gi;
-      pi -= step_size * mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
-      pe[e] = pi;
-      me[e] = mi;
-      ve[e] = vi;
-    }
-    p[i] = p4;
-    m[i] = m4;
-    v[i] = v4;
-    if (working) {
-      W* wk = working + 4 * i;
-      if constexpr (sizeof(W) == 2) {
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(p4.x, p4.y), hi = __floats2bfloat162_rn(p4.z, p4.w);
-        uint2 packed;
-        packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-        packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-        *reinterpret_cast<uint2*>(wk) = packed;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) wk[e] = dev::from_f<W>(pe[e]);
-      }
-    }
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    adamw_four(p, g, m, v, working, i, c.decay, c);
+}
+
+// Many tensors in one launch: block b updates chunk b of the table (kAdamChunk elements of one
+// tensor), 4-wide where the tensor's arrays are aligned (chunks start at multiples of 4), the
+// last n % 4 elements of such a tensor and all of an unaligned one element by element.
+struct AdamWTensor {
+  float* p;
+  const float* g;
+  float* m;
+  float* v;
+  __nv_bfloat16* working;  // null: no bf16 copy
+  int64_t n;
+  int64_t first_block;     // index of this tensor's first chunk
+  int32_t decay;           // 1: weight decay applies (Coef::decay), 0: decay 1
+  int32_t vec4;            // 1: p, g, m, v 16-byte and working 8-byte aligned
+};
+constexpr int kAdamThreads = 256;
+constexpr int64_t kAdamChunk = 4 * 8 * kAdamThreads;  // elements per block: 8 float4 per thread
+
+__global__ void __launch_bounds__(kAdamThreads) adamw_multi_kernel(const AdamWTensor* __restrict__ ts, int nt, Coef c) {
+  const AdamWTensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - t.first_block) * kAdamChunk;
+  const int64_t end = begin + kAdamChunk < t.n ? begin + kAdamChunk : t.n;
+  const float decay = t.decay ? c.decay : 1.0f;
+  int64_t scalar_from = begin;
+  if (t.vec4) {
+    const int64_t end4 = end / 4;  // begin is a multiple of 4
+    for (int64_t i = begin / 4 + threadIdx.x; i < end4; i += kAdamThreads)
+      adamw_four(reinterpret_cast<float4*>(t.p), reinterpret_cast<const float4*>(t.g), reinterpret_cast<float4*>(t.m),
+                 reinterpret_cast<float4*>(t.v), t.working, i, decay, c);
+    scalar_from = 4 * end4;
   }
+  for (int64_t i = scalar_from + threadIdx.x; i < end; i += kAdamThreads) adamw_one(t.p, t.g, t.m, t.v, t.working, i, decay, c);
 }
 
 // Sums of squares over many tensors in one launch, deterministic: block i takes chunk i of the
@@ -89,14 +113,7 @@ constexpr int64_t kSumChunk = 64 * kSumSqThreads;  // elements per block: 64 per
 
 __global__ void __launch_bounds__(kSumSqThreads) sum_squares_multi_kernel(const SumTensor* __restrict__ ts, int nt,
                                                                          double* __restrict__ partial) {
-  // The tensor holding this block's chunk: the last with first_block <= blockIdx.x.
-  int lo = 0, hi = nt - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (ts[mid].first_block <= static_cast<int64_t>(blockIdx.x)) lo = mid;
-    else hi = mid - 1;
-  }
-  const SumTensor t = ts[lo];
+  const SumTensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) - t.first_block) * kSumChunk;
   const int64_t end = begin + kSumChunk < t.n ? begin + kSumChunk : t.n;
   float s = 0.0f;
@@ -157,47 +174,64 @@ __global__ void axpy_kernel(float a, const T* x, T* y, int64_t n) {
 
 }  // namespace
 
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tensor* working, double lr, double beta1,
-                  double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
-  const int64_t n = param.numel();
-  if (n == 0) return;
+namespace {
+bool aligned(const void* q, uintptr_t to) { return reinterpret_cast<uintptr_t>(q) % to == 0; }
+void check_f32(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v) {
   if (param.dtype() != DType::f32 || grad.dtype() != DType::f32 || m.dtype() != DType::f32 || v.dtype() != DType::f32)
     ST_THROW("adamw_update on CUDA: master, gradient and moments must be f32 (", param.str(), ", ", grad.str(), ")");
-  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
-  const float decay = static_cast<float>(1.0 - lr * weight_decay), step_size = static_cast<float>(lr / bc1);
-  const bool bf16_copy = working && working->defined() && working->dtype() == DType::bf16;
-  const auto a16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
-  if (n % 4 == 0 && a16(param.data()) && a16(grad.data()) && a16(m.data()) && a16(v.data()) &&
-      (!bf16_copy || reinterpret_cast<uintptr_t>(working->data()) % 8 == 0)) {
-    const int64_t n4 = n / 4;
-    const unsigned g4 = grid_1d(n4, 256);
-    adamw_vec4_kernel<<<g4, 256, 0, stream()>>>(
+}
+// The bf16 working copy a kernel writes (null: none; another dtype is the op layer's to copy).
+__nv_bfloat16* bf16_copy(Tensor* working) {
+  return working && working->defined() && working->dtype() == DType::bf16 ? static_cast<__nv_bfloat16*>(working->data())
+                                                                          : nullptr;
+}
+Coef coef(const AdamWHyper& h, double weight_decay) {
+  return adamw::coefficients<float>(h.lr, h.beta1, h.beta2, h.eps, weight_decay, h.step, h.grad_scale);
+}
+}  // namespace
+
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tensor* working, const AdamWHyper& h) {
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  check_f32(param, grad, m, v);
+  const Coef c = coef(h, h.weight_decay);
+  __nv_bfloat16* w = bf16_copy(working);
+  if (n % 4 == 0 && aligned(param.data(), 16) && aligned(grad.data(), 16) && aligned(m.data(), 16) &&
+      aligned(v.data(), 16) && aligned(w, 8)) {
+    adamw_vec4_kernel<<<grid_1d(n / 4, 256), 256, 0, stream()>>>(
         static_cast<float4*>(param.data()), static_cast<const float4*>(grad.data()), static_cast<float4*>(m.data()),
-        static_cast<float4*>(v.data()), bf16_copy ? static_cast<__nv_bfloat16*>(working->data()) : nullptr, n4, decay,
-        step_size, static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(1.0 / bc2_sqrt),
-        static_cast<float>(eps), static_cast<float>(grad_scale));
-    ST_CUDA_LAUNCH_CHECK("adamw_update");
-    return;
+        static_cast<float4*>(v.data()), w, n / 4, c);
+  } else {
+    adamw_kernel<<<grid_1d(n, 256), 256, 0, stream()>>>(param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(),
+                                                         v.ptr<float>(), w, n, c);
   }
-  const unsigned g = grid_1d(n, 256);
-  if (bf16_copy)
-    adamw_kernel<<<g, 256, 0, stream()>>>(param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(), v.ptr<float>(),
-                                          static_cast<__nv_bfloat16*>(working->data()), n, decay, step_size,
-                                          static_cast<float>(beta1), static_cast<float>(beta2),
-                                          static_cast<float>(1.0 / bc2_sqrt), static_cast<float>(eps),
-                                          static_cast<float>(grad_scale));
-  else
-    adamw_kernel<<<g, 256, 0, stream()>>>(param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(), v.ptr<float>(),
-                                          static_cast<float*>(nullptr), n, decay, step_size, static_cast<float>(beta1),
-                                          static_cast<float>(beta2), static_cast<float>(1.0 / bc2_sqrt),
-                                          static_cast<float>(eps), static_cast<float>(grad_scale));
   ST_CUDA_LAUNCH_CHECK("adamw_update");
 }
 
+void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h) {
+  std::vector<AdamWTensor> table;
+  table.reserve(ts.size());
+  int64_t blocks = 0;
+  for (const AdamWTensors& t : ts) {
+    const int64_t n = t.param->numel();
+    if (n == 0) continue;
+    check_f32(*t.param, *t.grad, *t.m, *t.v);
+    AdamWTensor e{t.param->ptr<float>(), t.grad->ptr<float>(), t.m->ptr<float>(), t.v->ptr<float>(), bf16_copy(t.working),
+                  n, blocks, t.weight_decay ? 1 : 0, 0};
+    e.vec4 = aligned(e.p, 16) && aligned(e.g, 16) && aligned(e.m, 16) && aligned(e.v, 16) && aligned(e.working, 8);
+    table.push_back(e);
+    blocks += ceil_div(n, kAdamChunk);
+  }
+  if (blocks == 0) return;
+  if (blocks > 0x7fffffff) ST_THROW("adamw_update on CUDA: ", blocks, " chunks");
+  const void* d = device_table(kTableAdamW, table.data(), table.size() * sizeof(AdamWTensor));
+  adamw_multi_kernel<<<static_cast<unsigned>(blocks), kAdamThreads, 0, stream()>>>(
+      static_cast<const AdamWTensor*>(d), static_cast<int>(table.size()), coef(h, h.weight_decay));
+  ST_CUDA_LAUNCH_CHECK("adamw_update_multi");
+}
+
 namespace {
-// Raw device scratch (one double per chunk of the sums of squares, and the tensor table),
-// outside the allocator like the CUDA context's own memory.
+// Raw device scratch (one double per chunk of the sums of squares), outside the allocator like the CUDA context's own memory.
 template <typename E>
 E* device_array(E*& d, int64_t& cap, int64_t n) {
   if (n > cap) {
@@ -210,13 +244,10 @@ E* device_array(E*& d, int64_t& cap, int64_t n) {
 }  // namespace
 
 double sum_squares_total(const std::vector<const Tensor*>& xs) {
-  // The table of (pointer, size, first chunk): uploaded only when it differs from the last call's
-  // (the gradient list is the same every step).
-  static std::vector<SumTensor> last;
-  static SumTensor* d_table = nullptr;
-  static int64_t table_cap = 0;
   static double* d_partial = nullptr;
   static int64_t partial_cap = 0;
+  // The table of (pointer, size, first chunk): the gradient list is the same every step, so
+  // device_table uploads it once.
   std::vector<SumTensor> table;
   table.reserve(xs.size());
   int64_t blocks = 0;
@@ -228,18 +259,8 @@ double sum_squares_total(const std::vector<const Tensor*>& xs) {
   }
   if (blocks == 0) return 0.0;
   if (blocks > 0x7fffffff) ST_THROW("sum_squares on CUDA: ", blocks, " chunks");
-  const auto same = [&] {
-    if (last.size() != table.size()) return false;
-    for (size_t i = 0; i < table.size(); ++i)
-      if (last[i].ptr != table[i].ptr || last[i].n != table[i].n || last[i].bf16 != table[i].bf16) return false;
-    return true;
-  };
-  if (!same() || table_cap < static_cast<int64_t>(table.size())) {
-    SumTensor* d = device_array(d_table, table_cap, static_cast<int64_t>(table.size()));
-    // Pageable source: returns once the table is read, so `table` may go out of scope.
-    ST_CUDA_CHECK(cudaMemcpyAsync(d, table.data(), table.size() * sizeof(SumTensor), cudaMemcpyHostToDevice, stream()));
-    last = table;
-  }
+  const SumTensor* d_table =
+      static_cast<const SumTensor*>(device_table(kTableSumSquares, table.data(), table.size() * sizeof(SumTensor)));
   double* d = device_array(d_partial, partial_cap, blocks + 1);
   sum_squares_multi_kernel<<<static_cast<unsigned>(blocks), kSumSqThreads, 0, stream()>>>(
       d_table, static_cast<int>(table.size()), d);

@@ -109,4 +109,28 @@ void convert_copy(Tensor& dst, const Tensor& src) {
   dst.copy_from(src.to_cpu(dst.dtype()));
 }
 
+void zero_tensors(const std::vector<Tensor*>& ts) {
+  if (ts.empty()) return;
+  const Device device = ts.front()->device();
+  double bytes = 0;
+  for (const Tensor* t : ts) {
+    if (t->device() != device) ST_THROW("zero_tensors: tensors on ", device_name(device), " and ", t->str());
+    bytes += static_cast<double>(t->nbytes());
+  }
+  if (bytes == 0) return;  // as Tensor::zero_: nothing to do, no op
+  const TracedOp traced(OpFamily::copy, bytes, 0.0);
+  if (dry_run_active()) return;  // the planner: no compute
+  ProfileScope prof("zero_tensors", device);
+  if (device == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::zero_tensors(ts);
+    return;
+#else
+    no_cuda_kernel("zero_tensors");
+#endif
+  }
+  for (Tensor* t : ts)
+    if (t->numel() > 0) device_memset_zero(t->data(), t->nbytes(), device);
+}
+
 }  // namespace st

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.hpp"
 
@@ -16,5 +17,9 @@ void fill_uniform(Tensor& t, uint64_t key, double lo, double hi);
 void fill_constant(Tensor& t, double value);
 // dst = src converted (f64, f32, bf16 in any combination; same element count and device).
 void convert_copy(Tensor& dst, const Tensor& src);
+// Every tensor of the list set to zero bytes (one device, any dtypes, views included), as one
+// op: one launch on CUDA (a table of the ranges uploaded once per distinct list), a memset per
+// tensor on the CPU; traced as one copy op of the bytes written, as Tensor::zero_ is.
+void zero_tensors(const std::vector<Tensor*>& ts);
 
 }  // namespace st

@@ -12,26 +12,77 @@
 
 namespace st {
 
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
-  ProfileScope prof("adamw", param.device());
-  check_float_args("adamw_update", {&param, &grad, &m, &v});
+namespace {
+
+// adamw_update's checks; returns the bytes it reads and writes.
+double check_adamw(const char* op, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                   const Tensor* working) {
+  check_float_args(op, {&param, &grad, &m, &v});
   const int64_t n = param.numel();
   if (grad.numel() != n || m.numel() != n || v.numel() != n || (working && working->numel() != n))
-    ST_THROW("adamw_update: sizes differ");
-  const TracedOp traced(OpFamily::optimizer, {&param, &grad, &m, &v, &param, &m, &v, working});
+    ST_THROW(op, ": sizes differ");
+  return tensor_bytes({&param, &grad, &m, &v, &param, &m, &v, working});
+}
+
+// The working copy, where the update's kernel did not write it (the CUDA kernels write bf16
+// copies, the CPU kernel none).
+void copy_working(const Tensor& param, Tensor* working) {
+  if (!working || !working->defined() || working->data() == param.data()) return;
+  if (param.device() == Device::cuda && working->dtype() == DType::bf16) return;
+  convert_copy(*working, param);
+}
+
+void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
+  ST_DISPATCH_CPU_FLOAT(param.dtype(), T,
+                        cpu::adamw_update<T>(param.numel(), param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(),
+                                             h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale));
+  copy_working(param, working);
+}
+
+}  // namespace
+
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
+  ProfileScope prof("adamw", param.device());
+  const TracedOp traced(OpFamily::optimizer, check_adamw("adamw_update", param, grad, m, v, working), 0.0);
   if (dry_run_active()) return;  // the planner: no compute
   if (param.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::adamw_update(param, grad, m, v, working, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale);
+    cuda::adamw_update(param, grad, m, v, working, h);
+    copy_working(param, working);
     return;
 #else
     no_cuda_kernel("adamw_update");
 #endif
   }
-  ST_DISPATCH_CPU_FLOAT(param.dtype(), T,
-                        cpu::adamw_update<T>(n, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), h.lr,
-                                             h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale));
-  if (working && working->defined() && working->data() != param.data()) convert_copy(*working, param);
+  adamw_cpu(param, grad, m, v, h, working);
+}
+
+void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h) {
+  if (ts.empty()) return;
+  const Device device = ts.front().param->device();
+  ProfileScope prof("adamw", device);
+  double bytes = 0;
+  for (const AdamWTensors& t : ts) {
+    if (t.param->device() != device) ST_THROW("adamw_update_multi: tensors on ", device_name(device), " and ", t.param->str());
+    bytes += check_adamw("adamw_update_multi", *t.param, *t.grad, *t.m, *t.v, t.working);
+  }
+  const TracedOp traced(OpFamily::optimizer, bytes, 0.0);
+  if (dry_run_active()) return;  // the planner: no compute
+  const auto hyper = [&](const AdamWTensors& t) {
+    AdamWHyper ht = h;
+    if (!t.weight_decay) ht.weight_decay = 0;
+    return ht;
+  };
+  if (device == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    cuda::adamw_update_multi(ts, h);
+    for (const AdamWTensors& t : ts) copy_working(*t.param, t.working);
+    return;
+#else
+    no_cuda_kernel("adamw_update_multi");
+#endif
+  }
+  for (const AdamWTensors& t : ts) adamw_cpu(*t.param, *t.grad, *t.m, *t.v, hyper(t), t.working);
 }
 
 double sum_squares(const Tensor& x) {

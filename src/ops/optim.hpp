@@ -18,6 +18,20 @@ struct AdamWHyper {
 // kernels read) in the same pass.
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h,
                   Tensor* working = nullptr);
+// One entry of adamw_update_multi: adamw_update's arguments for one tensor; weight_decay: whether
+// h.weight_decay applies to it (else 0).
+struct AdamWTensors {
+  Tensor* param = nullptr;
+  const Tensor* grad = nullptr;
+  Tensor* m = nullptr;
+  Tensor* v = nullptr;
+  Tensor* working = nullptr;
+  bool weight_decay = true;
+};
+// adamw_update on every entry, the same arithmetic element for element (the same bits on CUDA),
+// as one op: one launch on CUDA (a loop over the entries on the CPU), traced as one optimizer op
+// whose bytes are the entries' sum.
+void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h);
 double sum_squares(const Tensor& x);      // accumulated in double (f32 partial sums on CUDA)
 // Sum of squares over many tensors with one device synchronisation (the global gradient norm).
 double sum_squares_total(const std::vector<const Tensor*>& xs);

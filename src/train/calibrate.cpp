@@ -263,10 +263,17 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     add(sw.time([&] { cross_entropy(logits, targets, weight, losses, true); }));
     add(sw.time([&] { bias_add(y, w); }));
     add(sw.time([&] { y.copy_from(x); }));
+    // AdamW as a training step runs it: one op over a list of tensors (here the N * C elements as
+    // four tensors), traced with the bytes of all of them.
     Tensor master = Tensor::zeros({N * C}, DType::f32, d), grad = master.clone(MemCategory::other), m = master.clone(MemCategory::other), v = master.clone(MemCategory::other);
+    std::vector<Tensor> parts;
+    std::vector<AdamWTensors> list;
+    for (int64_t i = 0; i < 4; ++i)
+      for (Tensor* t : {&master, &grad, &m, &v}) parts.push_back(t->slice(i * N * C / 4, (i + 1) * N * C / 4));
+    for (size_t i = 0; i < parts.size(); i += 4) list.push_back(AdamWTensors{&parts[i], &parts[i + 1], &parts[i + 2], &parts[i + 3]});
     AdamWHyper h;
     h.lr = 1e-5;
-    add(sw.time([&] { adamw_update(master, grad, m, v, h); }));
+    add(sw.time([&] { adamw_update_multi(list, h); }));
     Nf4Config nf;
     Nf4Tensor q = nf4_allocate(N, C, nf, d);
     add(sw.time([&] { nf4_dequantize(q, y); }));

@@ -24,7 +24,10 @@ AdamW::AdamW(std::vector<ParamRef> params, double beta1, double beta2, double ep
 
 void AdamW::zero_grad() {
   grad_scale_ = 1.0;
-  for (ParamRef& p : params_) p.grad->zero_();
+  std::vector<Tensor*> grads;
+  grads.reserve(params_.size());
+  for (ParamRef& p : params_) grads.push_back(p.grad);
+  zero_tensors(grads);  // one op (one launch on CUDA)
 }
 
 double AdamW::clip_grad_norm(double max_norm, Comm* group, bool count_replicated) {
@@ -41,19 +44,18 @@ double AdamW::clip_grad_norm(double max_norm, Comm* group, bool count_replicated
 
 void AdamW::step(double lr) {
   ++step_;
+  const AdamWHyper h{lr, beta1_, beta2_, eps_, weight_decay_, step_, grad_scale_};
+  // One op over every parameter (one launch on CUDA). A bf16 value's f32 master is updated and
+  // the value rewritten from it; otherwise the value is the master and its working copy (if any)
+  // is rewritten.
+  std::vector<AdamWTensors> ts(params_.size());
   for (size_t i = 0; i < params_.size(); ++i) {
-    AdamWHyper h;
-    h.lr = lr;
-    h.beta1 = beta1_;
-    h.beta2 = beta2_;
-    h.eps = eps_;
-    h.weight_decay = params_[i].weight_decay ? weight_decay_ : 0.0;
-    h.step = step_;
-    h.grad_scale = grad_scale_;
     ParamRef& p = params_[i];
-    if (master_[i].defined()) adamw_update(master_[i], *p.grad, m_[i], v_[i], h, p.value);
-    else adamw_update(*p.value, *p.grad, m_[i], v_[i], h, p.working);
+    const bool master = master_[i].defined();
+    ts[i] = AdamWTensors{master ? &master_[i] : p.value, p.grad, &m_[i], &v_[i], master ? p.value : p.working,
+                         p.weight_decay};
   }
+  adamw_update_multi(ts, h);
 }
 
 std::vector<std::pair<std::string, Tensor*>> AdamW::state_tensors() {

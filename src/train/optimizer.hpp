@@ -1,7 +1,8 @@
 // AdamW over a list of trainable parameters: moments and master weights in f32 (f64 in reference
 // checks). A bf16 parameter gets an f32 master copy here, updated in place of it, with the bf16
 // value rewritten in the same kernel; adapters bring their own masters (ParamRef::working).
-// Decoupled weight decay on matrices only; global-norm clipping.
+// Decoupled weight decay on matrices only; global-norm clipping. zero_grad and step are one op
+// each over all parameters (zero_tensors, adamw_update_multi: one launch each on CUDA).
 #pragma once
 
 #include <string>

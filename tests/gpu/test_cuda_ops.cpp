@@ -3,6 +3,7 @@
 // dims that need padding). Tolerance: kBf16Tol (gpu_util.hpp) unless the result is exact.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -647,6 +648,138 @@ TEST(CudaOps, SumSquaresTotalManyTensors) {
   EXPECT_NEAR(gpu_sum(dev2), ref2, 1e-5 * ref2);
   EXPECT_EQ(gpu_sum(dev), got);
   EXPECT_EQ(gpu_sum({}), 0.0);
+}
+
+// The multi-tensor AdamW (one launch over a table of tensors) against the per-tensor kernels,
+// bit for bit: sizes around the 4-wide path and the 8192-element chunk, views at a 4-byte offset
+// (the scalar path), bf16 working copies aligned, at a 2-byte offset (the scalar path) and
+// absent, with and without weight decay; three steps, one with a clip factor, the list reversed
+// in the middle one (a second table, then the first again). The multi kernel runs the 4-wide
+// path with a scalar tail where the per-tensor one runs the scalar kernel throughout (n % 4 != 0),
+// so equal bits also show that the two paths do the same arithmetic. Guard elements on either
+// side of each view must keep their values; the masters must match the f64 CPU update.
+TEST(CudaOps, AdamWMultiEqualsPerTensorKernelBitwise) {
+  ST_REQUIRE_GPU();
+  Rng rng(31);
+  struct Case { int64_t n, offset; int work; bool decay; };  // work: 0 none, 1 bf16, 2 bf16 at a 2-byte offset
+  const std::vector<Case> cases = {{1, 0, 0, true},     {3, 0, 1, false},    {4, 0, 1, true},     {4097, 0, 1, true},
+                                   {4097, 0, 0, false}, {8192, 0, 1, true},  {8193, 0, 2, true},  {65539, 0, 1, false},
+                                   {4096, 1, 1, true},  {4099, 1, 0, true},  {1, 1, 2, false},    {70000, 0, 2, true},
+                                   {16, 0, 0, true}};
+  struct Arrays { Tensor p, g, m, v, w; };  // whole buffers: [offset guard] view [guard]
+  struct Views { Tensor p, g, m, v, w; };
+  std::vector<Tensor> host_p, host_g, host_m, host_v;
+  std::vector<Arrays> bufs[2];
+  std::vector<Views> views[2];
+  for (const Case& c : cases) {
+    const int64_t len = c.offset + c.n + 1;
+    host_p.push_back(random_bf16_values({len}, rng));
+    host_g.push_back(random_bf16_values({len}, rng, 0.1));
+    host_m.push_back(random_bf16_values({len}, rng, 0.01));
+    Tensor v = random_bf16_values({len}, rng, 0.01);
+    for (int64_t i = 0; i < len; ++i) v.ptr<double>()[i] *= v.ptr<double>()[i];
+    host_v.push_back(v);
+    for (int side = 0; side < 2; ++side) {
+      Arrays a{to_device(host_p.back(), DType::f32), to_device(host_g.back(), DType::f32),
+               to_device(host_m.back(), DType::f32), to_device(host_v.back(), DType::f32), Tensor()};
+      const int64_t wo = c.work == 2 ? 1 : 0;
+      if (c.work) a.w = to_device(random_bf16_values({wo + c.n + 1}, rng), DType::bf16);
+      const auto view = [&](const Tensor& t) { return t.slice(c.offset, c.offset + c.n); };
+      views[side].push_back(Views{view(a.p), view(a.g), view(a.m), view(a.v), c.work ? a.w.slice(wo, wo + c.n) : Tensor()});
+      bufs[side].push_back(std::move(a));
+    }
+    // Both sides' working copies start equal.
+    if (c.work) bufs[1].back().w.copy_from(bufs[0].back().w);
+  }
+  std::vector<Tensor> cpu_p, cpu_m, cpu_v;  // the f64 reference on the views' elements
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto view = [&](const Tensor& t) { return t.slice(cases[i].offset, cases[i].offset + cases[i].n).clone(MemCategory::other); };
+    cpu_p.push_back(view(host_p[i]));
+    cpu_m.push_back(view(host_m[i]));
+    cpu_v.push_back(view(host_v[i]));
+  }
+  for (int64_t step = 1; step <= 3; ++step) {
+    AdamWHyper h{1e-3, 0.9, 0.999, 1e-8, 0.01, step};
+    h.grad_scale = step == 2 ? 0.5 : 1.0;
+    std::vector<AdamWTensors> list;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      AdamWHyper hi = h;
+      if (!cases[i].decay) hi.weight_decay = 0;
+      Views& r = views[0][i];
+      adamw_update(r.p, r.g, r.m, r.v, hi, cases[i].work ? &r.w : nullptr);
+      Views& g = views[1][i];
+      list.push_back(AdamWTensors{&g.p, &g.g, &g.m, &g.v, cases[i].work ? &g.w : nullptr, cases[i].decay});
+      const Tensor cg = host_g[i].slice(cases[i].offset, cases[i].offset + cases[i].n).clone(MemCategory::other);
+      adamw_update(cpu_p[i], cg, cpu_m[i], cpu_v[i], hi);
+    }
+    if (step == 2) std::reverse(list.begin(), list.end());
+    adamw_update_multi(list, h);
+  }
+  const auto same_bits = [](const Tensor& a, const Tensor& b) {
+    const Tensor ha = a.to_cpu(a.dtype()), hb = b.to_cpu(b.dtype());
+    return ha.nbytes() == hb.nbytes() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    SCOPED_TRACE("n = " + std::to_string(c.n) + ", offset " + std::to_string(c.offset) + ", work " +
+                 std::to_string(c.work) + ", decay " + std::to_string(c.decay));
+    const Arrays& r = bufs[0][i];
+    const Arrays& g = bufs[1][i];
+    // Whole buffers: the views' bits and the untouched guards.
+    EXPECT_TRUE(same_bits(r.p, g.p));
+    EXPECT_TRUE(same_bits(r.m, g.m));
+    EXPECT_TRUE(same_bits(r.v, g.v));
+    if (c.work) {
+      EXPECT_TRUE(same_bits(r.w, g.w));
+      // The working copy is the master rounded to bf16.
+      const Tensor wb = views[1][i].w.to_cpu(DType::bf16), pb = views[1][i].p.to_cpu(DType::bf16);
+      EXPECT_EQ(std::memcmp(wb.data(), pb.data(), wb.nbytes()), 0);
+    }
+    const Tensor gp = g.p.to_cpu(DType::f64);
+    for (int64_t k = 0; k < c.offset; ++k) EXPECT_EQ(gp.ptr<double>()[k], host_p[i].ptr<double>()[k]) << "guard " << k;
+    EXPECT_EQ(gp.ptr<double>()[c.offset + c.n], host_p[i].ptr<double>()[c.offset + c.n]) << "guard after";
+    EXPECT_LT(rel_l2(views[1][i].p, cpu_p[i]), 1e-6);
+  }
+}
+
+// zero_tensors over views of one byte buffer: u8, bf16 and f32 ranges at odd, even, 4-byte and
+// 16-byte aligned offsets, of 1 to ~200000 bytes (inside one 64 KiB chunk, across chunks, with
+// head and tail bytes around the 16-byte aligned middle), an empty view: every listed byte
+// becomes 0 and every other byte keeps its value. Then another list (a second table) and the
+// first again.
+TEST(CudaOps, ZeroTensorsZeroesExactlyTheListedRanges) {
+  ST_REQUIRE_GPU();
+  const int64_t total = 700000;
+  Tensor host = Tensor::empty({total}, DType::u8);
+  for (int64_t i = 0; i < total; ++i) host.ptr<uint8_t>()[i] = static_cast<uint8_t>(1 + (i * 7919) % 255);  // never 0
+  Tensor buf = Tensor::empty({total}, DType::u8, Device::cuda);
+  struct Range { int64_t offset, bytes; DType dt; };
+  const std::vector<Range> first = {{1, 1, DType::u8},          {5, 15, DType::u8},           {33, 17, DType::u8},
+                                    {64, 16, DType::u8},        {99, 31, DType::u8},          {200, 6, DType::bf16},
+                                    {1024, 65536, DType::u8},   {70001, 65539, DType::u8},    {140002, 100002, DType::bf16},
+                                    {260000, 120004, DType::f32}, {400004, 200000, DType::f32}, {650000, 0, DType::u8},
+                                    {650001, 2, DType::u8}};
+  const std::vector<Range> second = {{0, 3, DType::u8}, {5, 15, DType::u8}, {300, 4096, DType::f32}, {610003, 70001, DType::u8}};
+  const auto check = [&](const std::vector<Range>& ranges) {
+    buf.copy_from(host);
+    std::vector<Tensor> views;
+    for (const Range& r : ranges)
+      views.push_back(buf.view_as(r.dt, static_cast<size_t>(r.offset), Shape{r.bytes / static_cast<int64_t>(dtype_size(r.dt))}));
+    std::vector<Tensor*> list;
+    for (Tensor& v : views) list.push_back(&v);
+    zero_tensors(list);
+    Tensor want = host.clone(MemCategory::other), back = Tensor::empty({total}, DType::u8);
+    for (const Range& r : ranges) std::memset(want.ptr<uint8_t>() + r.offset, 0, static_cast<size_t>(r.bytes));
+    back.copy_from(buf);
+    int64_t wrong = 0, first_wrong = -1;
+    for (int64_t i = 0; i < total; ++i)
+      if (back.ptr<uint8_t>()[i] != want.ptr<uint8_t>()[i] && wrong++ == 0) first_wrong = i;
+    EXPECT_EQ(wrong, 0) << "first wrong byte " << first_wrong;
+  };
+  check(first);
+  check(second);
+  check(first);
+  zero_tensors({});  // nothing, no launch
 }
 
 TEST(CudaOps, CounterBasedInitMatchesCpu) {

@@ -4,17 +4,21 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
+#include "core/op_trace.hpp"
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
 #include "ops/embedding.hpp"
+#include "ops/init.hpp"
 #include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
 #include "ops/optim.hpp"
 #include "ops/rope.hpp"
 #include "tests/common/gradcheck.hpp"
+#include "train/optimizer.hpp"
 
 namespace st {
 namespace {
@@ -451,6 +455,112 @@ TEST(OpsGrad, AdamWMatchesPyTorchFormula) {
     }
     EXPECT_NEAR(p.ptr<double>()[i], pp, 1e-15);
   }
+}
+
+// adamw_update_multi is adamw_update on each entry, bit for bit (weight decay per entry, the
+// working copy written), and one traced optimizer op whose bytes are the entries' sum.
+TEST(OpsGrad, AdamWMultiEqualsPerTensorAndIsOneTracedOp) {
+  Rng rng(41);
+  const std::vector<int64_t> sizes = {1, 3, 4097, 64};
+  struct Set { std::vector<Tensor> p, g, m, v, w; };
+  Set a, b;
+  for (const int64_t n : sizes) {
+    const Tensor p = random_f64({n}, rng).to_cpu(DType::f32), g = random_f64({n}, rng, 0.1).to_cpu(DType::f32);
+    for (Set* s : {&a, &b}) {
+      s->p.push_back(p.clone(MemCategory::other));
+      s->g.push_back(g.clone(MemCategory::other));
+      s->m.push_back(Tensor::zeros({n}, DType::f32));
+      s->v.push_back(Tensor::zeros({n}, DType::f32));
+      s->w.push_back(Tensor::zeros({n}, DType::bf16));
+    }
+  }
+  const auto working = [](Set& s, size_t i) { return i % 2 ? &s.w[i] : nullptr; };
+  double bytes = 0;
+  for (int64_t step = 1; step <= 2; ++step) {
+    AdamWHyper h{1e-2, 0.9, 0.999, 1e-8, 0.1, step};
+    h.grad_scale = step == 2 ? 0.25 : 1.0;
+    std::vector<AdamWTensors> list;
+    bytes = 0;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const bool decay = i != 2;
+      AdamWHyper hi = h;
+      if (!decay) hi.weight_decay = 0;
+      adamw_update(a.p[i], a.g[i], a.m[i], a.v[i], hi, working(a, i));
+      list.push_back(AdamWTensors{&b.p[i], &b.g[i], &b.m[i], &b.v[i], working(b, i), decay});
+      bytes += 7.0 * 4 * static_cast<double>(sizes[i]) + (i % 2 ? 2.0 * static_cast<double>(sizes[i]) : 0.0);
+    }
+    OpTraceRecorder rec;
+    adamw_update_multi(list, h);
+    ASSERT_EQ(rec.events().size(), 1u);
+    EXPECT_EQ(rec.events()[0].family, OpFamily::optimizer);
+    EXPECT_EQ(rec.events()[0].bytes, bytes);
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::pair<const Tensor*, const Tensor*> pairs[] = {{&a.p[i], &b.p[i]}, {&a.m[i], &b.m[i]}, {&a.v[i], &b.v[i]},
+                                                             {&a.w[i], &b.w[i]}};
+    for (const auto& [x, y] : pairs) EXPECT_EQ(std::memcmp(x->data(), y->data(), x->nbytes()), 0) << "tensor " << i;
+  }
+  EXPECT_NE(static_cast<const uint16_t*>(a.w[1].data())[0], 0);  // the working copies were written
+}
+
+// zero_tensors clears exactly the listed views (any dtype, empty ones too) as one traced copy op
+// of the bytes written.
+TEST(OpsGrad, ZeroTensorsClearsTheListedViewsAsOneOp) {
+  Tensor buf = Tensor::empty({1000}, DType::u8);
+  for (int64_t i = 0; i < 1000; ++i) buf.ptr<uint8_t>()[i] = static_cast<uint8_t>(1 + i % 200);
+  const Tensor before = buf.clone(MemCategory::other);
+  Tensor v1 = buf.view_as(DType::u8, 3, Shape{5}), v2 = buf.view_as(DType::bf16, 20, Shape{7});
+  Tensor v3 = buf.view_as(DType::f32, 100, Shape{50}), v4 = buf.view_as(DType::u8, 500, Shape{0});
+  OpTraceRecorder rec;
+  zero_tensors({&v1, &v2, &v3, &v4});
+  ASSERT_EQ(rec.events().size(), 1u);
+  EXPECT_EQ(rec.events()[0].family, OpFamily::copy);
+  EXPECT_EQ(rec.events()[0].bytes, 5.0 + 14 + 200);
+  for (int64_t i = 0; i < 1000; ++i) {
+    const bool listed = (i >= 3 && i < 8) || (i >= 20 && i < 34) || (i >= 100 && i < 300);
+    EXPECT_EQ(buf.ptr<uint8_t>()[i], listed ? 0 : before.ptr<uint8_t>()[i]) << i;
+  }
+  zero_tensors({&v4});  // nothing to write: no op
+  zero_tensors({});
+  EXPECT_EQ(rec.events().size(), 1u);
+}
+
+// AdamW issues one zero op and one update op per step whatever its parameter count, and the
+// update is adamw_update per parameter: a bf16 value through its f32 master (the value rewritten
+// from it), an f32 value with its own bf16 working copy, weight decay per parameter.
+TEST(OpsGrad, AdamWStepIsOneOpAndUpdatesMastersAndWorkingCopies) {
+  Rng rng(43);
+  Tensor w16 = random_f64({5, 3}, rng).to_cpu(DType::bf16), g16 = random_f64({5, 3}, rng, 0.1).to_cpu(DType::f32);
+  Tensor w32 = random_f64({7}, rng).to_cpu(DType::f32), g32 = random_f64({7}, rng, 0.1).to_cpu(DType::f32);
+  Tensor work = Tensor::zeros({7}, DType::bf16);
+  ParamRef p16{"w16", &w16, &g16, true};
+  ParamRef p32{"w32", &w32, &g32, false};
+  p32.working = &work;
+  // The expected result, op by op.
+  Tensor m16 = Tensor::zeros({5, 3}, DType::f32), v16 = m16.clone(MemCategory::other), master = w16.to_cpu(DType::f32);
+  Tensor m32 = Tensor::zeros({7}, DType::f32), v32 = m32.clone(MemCategory::other), e32 = w32.clone(MemCategory::other);
+  Tensor e16 = Tensor::zeros({5, 3}, DType::bf16), ework = Tensor::zeros({7}, DType::bf16);
+  const Tensor gg16 = g16.clone(MemCategory::other), gg32 = g32.clone(MemCategory::other);
+  AdamWHyper h{1e-2, 0.9, 0.95, 1e-8, 0.1, 1};
+  adamw_update(master, gg16, m16, v16, h, &e16);
+  h.weight_decay = 0;
+  adamw_update(e32, gg32, m32, v32, h, &ework);
+
+  AdamW opt({p16, p32}, 0.9, 0.95, 1e-8, 0.1);
+  OpTraceRecorder rec;
+  opt.zero_grad();
+  ASSERT_EQ(rec.events().size(), 1u);
+  EXPECT_EQ(rec.events()[0].family, OpFamily::copy);
+  EXPECT_EQ(g16.ptr<float>()[4], 0.0f);
+  g16.copy_from(gg16);
+  g32.copy_from(gg32);
+  rec.clear();
+  opt.step(1e-2);
+  ASSERT_EQ(rec.events().size(), 1u);
+  EXPECT_EQ(rec.events()[0].family, OpFamily::optimizer);
+  EXPECT_EQ(std::memcmp(w16.data(), e16.data(), w16.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(w32.data(), e32.data(), w32.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(work.data(), ework.data(), work.nbytes()), 0);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "ops/adamw_element.hpp"
 #include "ops/cpu/cpu_kernels.hpp"
 
 namespace st::cpu {
@@ -115,22 +116,9 @@ void embedding_backward(int64_t N, int64_t C, int64_t V, const int32_t* ids, con
 template <typename T>
 void adamw_update(int64_t n, T* param, const T* grad, T* m, T* v, double lr, double beta1,
                   double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
-  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-  const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
-  const T decay = static_cast<T>(1.0 - lr * weight_decay);
-  const T step_size = static_cast<T>(lr / bc1);
-  const T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2);
-  const T inv_bc2_sqrt = static_cast<T>(1.0 / bc2_sqrt), e = static_cast<T>(eps);
-  const T gs = static_cast<T>(grad_scale);
+  const adamw::Coef<T> c = adamw::coefficients<T>(lr, beta1, beta2, eps, weight_decay, step, grad_scale);
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = grad[i] * gs;
-    param[i] *= decay;
-    m[i] = b1 * m[i] + (T(1) - b1) * g;
-    v[i] = b2 * v[i] + (T(1) - b2) * g * g;
-    const T denom = std::sqrt(v[i]) * inv_bc2_sqrt + e;
-    param[i] -= step_size * m[i] / denom;
-  }
+  for (int64_t i = 0; i < n; ++i) param[i] = adamw::update(param[i], grad[i], m[i], v[i], c.decay, c);
 }
 
 template <typename T>
