@@ -15,7 +15,8 @@
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
 // tiles that see those keys; each warp owns 16 keys and accumulates their dK, dV in registers
 // (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which is added to an
-// f32 buffer with atomics and folded into the bf16 dq at the end. D = rowsum(dO * O) first.
+// f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous columns a thread,
+// when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O) first.
 // Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
 // padded with zeros to DP in {16, 32, 64, 128} in shared memory.
 // Cross-attention (kCross): queries (q, out, lse, dq) have T positions per batch row, keys and
@@ -85,6 +86,20 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// p[0..3] += v0..v3 (f32, global memory, p 16-byte aligned). sm_90 has a 16-byte vector
+// reduction (one instruction, each element added atomically on its own, as four atomicAdds).
+__device__ __forceinline__ void red_add_f32x4(float* p, float v0, float v1, float v2, float v3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
+               : "memory");
+#else
+  atomicAdd(p, v0);
+  atomicAdd(p + 1, v1);
+  atomicAdd(p + 2, v2);
+  atomicAdd(p + 3, v3);
+#endif
+}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -379,6 +394,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
       }
     return;
   }
+  // dQ tiles are added 4 columns at a time on sm_90 (16-byte reductions; rows of D floats keep
+  // the 16-byte alignment of the cudaMalloc'd buffer when D % 4 == 0); elsewhere one by one.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const bool vec_dq = D % 4 == 0;
+#else
+  constexpr bool vec_dq = false;
+#endif
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
 
@@ -505,15 +527,35 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
             mma16816(acc[nd + 1], sa, b2, b3);
           }
         }
+        if (vec_dq) {
+          // 4 contiguous columns per thread: the quad's lanes t and t ^ 1 swap halves, so the even
+          // lane holds row qi0, columns 2t..2t+3 (its own 2t, 2t+1 and the odd lane's) and the odd
+          // lane row qi1, columns 2t-2..2t+1 (the even lane's and its own). Every element of the
+          // 16 x 8 n-tile is added once, with the same f32 value as the scalar path.
+          const bool odd = t & 1;
+          const int64_t qi = odd ? qi1 : qi0;
 #pragma unroll
-        for (int nd = 0; nd < kCols / 8; ++nd)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
-            if (c >= D) continue;
-            if (qi0 < T) atomicAdd(dq_acc + ((sv.row0 + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
-            if (qi1 < T) atomicAdd(dq_acc + ((sv.row0 + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+          for (int nd = 0; nd < kCols / 8; ++nd) {
+            const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][0] : acc[nd][2], 1);
+            const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][1] : acc[nd][3], 1);
+            const int64_t c = dh * kCols + nd * 8 + 4 * (t >> 1);  // D % 4 == 0: c < D means c + 3 < D
+            if (c >= D || qi >= T) continue;
+            // even lane {own c0, c1, received c0, c1}; odd lane {received c2, c3, own c2, c3}
+            red_add_f32x4(dq_acc + ((sv.row0 + qi) * Hq + h) * D + c, scale * (odd ? r0 : acc[nd][0]),
+                          scale * (odd ? r1 : acc[nd][1]), scale * (odd ? acc[nd][2] : r0),
+                          scale * (odd ? acc[nd][3] : r1));
           }
+        } else {
+#pragma unroll
+          for (int nd = 0; nd < kCols / 8; ++nd)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
+              if (c >= D) continue;
+              if (qi0 < T) atomicAdd(dq_acc + ((sv.row0 + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
+              if (qi1 < T) atomicAdd(dq_acc + ((sv.row0 + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+            }
+        }
       }
     }
   }
