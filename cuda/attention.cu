@@ -13,10 +13,12 @@
 // the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
 // Writes O / l (bf16) and lse = m + log l (f32).
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
-// tiles that see those keys; each warp owns 16 keys and accumulates their dK, dV in registers
-// (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which is added to an
-// f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous columns a thread,
-// when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O) first.
+// tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
+// second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
+// dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which
+// is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
+// columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
+// first.
 // Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
 // padded with zeros to DP in {16, 32, 64, 128} in shared memory.
 // Cross-attention (kCross): queries (q, out, lse, dq) have T positions per batch row, keys and
@@ -83,6 +85,11 @@ __device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld,
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(src_bytes));
+}
+// 4-byte asynchronous copy (through L1: .ca is the only kind below 16 bytes); src_bytes = 0 writes 0.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(addr), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
@@ -358,25 +365,59 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
   }
 }
 
+// Backward shared memory: lse and D of two stages, K, V, dS and `stages` stages of Q and dO.
+// DP = 128: 1024 + 2 * 17408 + 9216 + 2 * 2 * 17408 = 114688 bytes (112 KiB) double-buffered
+// (79872 single), under the 227 KiB opt-in limit of sm_90. Blocks an H100 SM (228 KiB, 1 KiB
+// reserved a block; 64K registers) holds, by shared memory / by registers (ptxas -v, sm_90):
+//   DP = 128: 114688 B -> 2 / ~240 regs -> 2     DP = 64: 65536 B -> 3 / ~180 regs -> 2
+//   DP = 32:   40960 B -> 5 / <= 128 regs -> 4   DP = 16: 28672 B -> 7 / ~90 regs -> 5
+// so double buffering leaves the occupancy as it was (registers bound it). An A100 SM (164 KiB)
+// would hold 1 double-buffered block at DP = 128 but 2 single-buffered: double buffers on sm_90
+// only (kBackwardDoubleBuffer).
+template <int DP> __host__ __device__ constexpr size_t backward_smem(int stages) {
+  return sizeof(float) * 4 * kTile + sizeof(bf16) * ((2 + 2 * stages) * kTile * (DP + 8) + kTile * kLdT);
+}
+static_assert(backward_smem<128>(2) == 114688 && backward_smem<128>(1) == 79872);
+
+// The backward's query tiles are double-buffered on sm_90 (the host side tells by the device's
+// compute capability: backward_double_buffer).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kBackwardDoubleBuffer = false;
+#else
+constexpr bool kBackwardDoubleBuffer = true;
+#endif
+
 // kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
+// DP <= 32: at most 128 registers, 4 blocks an SM (ptxas would otherwise take ~155 for the bias
+// variants: 3 blocks); larger DP: as many as ptxas likes (DP = 128 ~240: 2 blocks).
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
+__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
     int64_t D, float scale, float inv_scale, bool causal, bool accumulate) {
+  constexpr bool dbuf = kBackwardDoubleBuffer;
+  if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
+    uint32_t smem_bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
+    if (smem_bytes < backward_smem<DP>(2)) __trap();
+  }
   const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [64 keys][LDH]
-  bf16* Vs = Ks + kTile * LDH;                    // [64 keys][LDH]
-  bf16* Qs = Vs + kTile * LDH;                    // [64 queries][LDH]
-  bf16* dOs = Qs + kTile * LDH;                   // [64 queries][LDH]
-  bf16* dSs = dOs + kTile * LDH;                  // [64 queries][kLdT] keys contiguous
-  float* lse_s = reinterpret_cast<float*>(dSs + kTile * kLdT);
-  float* dl_s = lse_s + kTile;
+  // Layout (backward_smem): lse and D of two query tiles [2][64] f32 each, K and V [64 keys][LDH],
+  // dS [64 queries][kLdT] (keys contiguous), then stage 0 (and with dbuf stage 1) of the query
+  // tile: Q and dO [64 queries][LDH] each.
+  float* const lse_s = reinterpret_cast<float*>(smem_raw);  // [stage][64]
+  float* const dl_s = lse_s + 2 * kTile;                      // [stage][64]
+  bf16* const Ks = reinterpret_cast<bf16*>(dl_s + 2 * kTile);
+  bf16* const Vs = Ks + kTile * LDH;
+  bf16* const dSs = Vs + kTile * LDH;
+  bf16* const q_stages = dSs + kTile * kLdT;
+  auto Qs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH; };
+  auto dOs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH + kTile * LDH; };
 
   const int64_t hk = blockIdx.y, j0 = sv.tile0;
   const int64_t group = Hq / Hkv;
@@ -404,160 +445,192 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
 
-  load_rows<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
-  load_rows<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
+  const bool any_tile = i_start < T;  // (always: causal i_start = j0 < T, else 0 < T)
+  // Query tile (h, q0) into stage st: Q, dO (16-byte cp.async when D == DP), lse and D (4-byte
+  // cp.async; rows past T get 0, which the i < T test masks), one commit group.
+  auto load_tile = [&](int64_t th, int64_t tq0, int st) {
+    load_rows_async<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
+    load_rows_async<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
+    for (int idx = threadIdx.x; idx < 2 * kTile; idx += blockDim.x) {
+      const int r = idx % kTile;
+      const int64_t i = tq0 + r;
+      const float* src = (idx < kTile ? lse : delta) + sv.lse_row + th * sv.lse_head + (i < T ? i : 0);
+      cp_async4((idx < kTile ? lse_s : dl_s) + st * kTile + r, src, i < T ? 4 : 0);
+    }
+    cp_async_commit();
+  };
+  // K and V join the first tile's group (double-buffered) or are waited for with it (single).
+  if (any_tile) {
+    load_rows_async<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+    if (dbuf) load_tile(hk * group, i_start, 0);
+    else cp_async_commit();
+  }
   float dkr[DP / 8][4], dvr[DP / 8][4];
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dkr[nd][e] = dvr[nd][e] = 0.0f;
-  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
 
-  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    for (int64_t q0 = i_start; q0 < T; q0 += kTile) {
-      __syncthreads();  // the previous tile's shared data is consumed
-      load_rows_async<DP>(Qs, q, sv.row0, q0, T, Hq, h, D);
-      load_rows_async<DP>(dOs, dout, sv.row0, q0, T, Hq, h, D);
-      cp_async_commit();
-      const int64_t lse_h = sv.lse_row + h * sv.lse_head;
-      for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
-        const int64_t i = q0 + r;
-        lse_s[r] = i < T ? lse[lse_h + i] : -INFINITY;
-        dl_s[r] = i < T ? delta[lse_h + i] : 0.0f;
-      }
-      cp_async_wait_all();
-      __syncthreads();
+  // Query tiles in the order of the group's heads h, then q0 = i_start, i_start + 64, ... < T.
+  // dbuf: the next tile's loads are issued into the other stage right after the barrier that
+  // starts this tile, so they run under this tile's MMAs; that stage was last read in the
+  // previous tile, before the same barrier. Single stage: each tile loads after the barrier.
+  int64_t h = hk * group, q0 = i_start;
+  int stage = 0;
+  for (bool more = any_tile; more;) {
+    int64_t nh = h, nq0 = q0 + kTile;  // the next tile
+    if (nq0 >= T) {
+      nq0 = i_start;
+      ++nh;
+    }
+    const bool has_next = nh < (hk + 1) * group;
+    if (!dbuf) {
+      __syncthreads();  // the previous tile's shared data (Q, dO, lse, D, dS) is consumed
+      load_tile(h, q0, 0);
+    }
+    cp_async_wait_all();  // this thread's copies of this tile (and of K, V) have landed
+    __syncthreads();      // everyone's have; everyone is done with the previous tile
+    if (dbuf && has_next) load_tile(nh, nq0, stage ^ 1);
+    const bf16* Qs = Qs_of(stage);
+    const bf16* dOs = dOs_of(stage);
+    const float* lse_t = lse_s + stage * kTile;
+    const float* dl_t = dl_s + stage * kTile;
 #pragma unroll 1
-      for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
-        float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
+    for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
+      float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+      for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
-        if constexpr (kBias) {  // S^T starts at bias / scale, as in the forward
-          if (bias != nullptr)
+        for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+      if constexpr (kBias) {  // S^T starts at bias / scale, as in the forward
+        if (bias != nullptr)
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int64_t i = q0 + part * 16 + nt * 8 + 2 * t + e;
-                if (i >= T) continue;
-                const int64_t row = (h * T + i) * Tk;
-                if (kj0 < Tk && kj0 < len && !(causal && kj0 > i)) st[nt][e] = __ldg(bias + row + kj0) * inv_scale;
-                if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
-              }
-        }
-#pragma unroll
-        for (int kt = 0; kt < DP / 16; ++kt) {
-          uint32_t ka[4], va[4];
-          ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
-          ldsm_a(va, Vs, LDH, kr0, kt * 16, lane);
-          uint32_t fb[4];
-          ldsm_b2(fb, Qs, LDH, part * 16, kt * 16, lane);
-          mma16816(st[0], ka, fb[0], fb[1]);
-          mma16816(st[1], ka, fb[2], fb[3]);
-          ldsm_b2(fb, dOs, LDH, part * 16, kt * 16, lane);
-          mma16816(dpt[0], va, fb[0], fb[1]);
-          mma16816(dpt[1], va, fb[2], fb[3]);
-        }
-        // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int qi = part * 16 + nt * 8 + 2 * t + e;
-            const int64_t i = q0 + qi;
-            const float l = lse_s[qi], dl = dl_s[qi];
-            const bool row_ok = i < T && l != -INFINITY;
-            const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
-            const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
-            const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
-            const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
-            st[nt][e] = p0;
-            st[nt][2 + e] = p1;
-            dpt[nt][e] = p0 * (dpt[nt][e] - dl);
-            dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
-            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
-            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
-            if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
-              if (dbias != nullptr) {
-                if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
-                if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
-              }
-            }
-          }
-        // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
-        {
-          const uint32_t pa[4] = {pack_bf16(st[0][0], st[0][1]), pack_bf16(st[0][2], st[0][3]),
-                                  pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
-          const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
-                                  pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
-          const int qk0 = part * 16;  // k-step: these 16 queries
-#pragma unroll
-          for (int nd = 0; nd < DP / 8; nd += 2) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4_trans(b0, b1, b2, b3, dOs, LDH, qk0, nd * 8, lane);
-            mma16816(dvr[nd], pa, b0, b1);
-            mma16816(dvr[nd + 1], pa, b2, b3);
-            ldsm_x4_trans(b0, b1, b2, b3, Qs, LDH, qk0, nd * 8, lane);
-            mma16816(dkr[nd], da, b0, b1);
-            mma16816(dkr[nd + 1], da, b2, b3);
-          }
-        }
-      }
-      __syncthreads();  // dS of all 64 keys is in shared memory
-      // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
-      // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
-      const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
-      constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
-#pragma unroll
-      for (int dh = 0; dh < kPasses; ++dh) {
-        float acc[kCols / 8][4];
-#pragma unroll
-        for (int nd = 0; nd < kCols / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          uint32_t sa[4];
-          ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
-#pragma unroll
-          for (int nd = 0; nd < kCols / 8; nd += 2) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4_trans(b0, b1, b2, b3, Ks, LDH, kk * 16, dh * kCols + nd * 8, lane);
-            mma16816(acc[nd], sa, b0, b1);
-            mma16816(acc[nd + 1], sa, b2, b3);
-          }
-        }
-        if (vec_dq) {
-          // 4 contiguous columns per thread: the quad's lanes t and t ^ 1 swap halves, so the even
-          // lane holds row qi0, columns 2t..2t+3 (its own 2t, 2t+1 and the odd lane's) and the odd
-          // lane row qi1, columns 2t-2..2t+1 (the even lane's and its own). Every element of the
-          // 16 x 8 n-tile is added once, with the same f32 value as the scalar path.
-          const bool odd = t & 1;
-          const int64_t qi = odd ? qi1 : qi0;
-#pragma unroll
-          for (int nd = 0; nd < kCols / 8; ++nd) {
-            const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][0] : acc[nd][2], 1);
-            const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][1] : acc[nd][3], 1);
-            const int64_t c = dh * kCols + nd * 8 + 4 * (t >> 1);  // D % 4 == 0: c < D means c + 3 < D
-            if (c >= D || qi >= T) continue;
-            // even lane {own c0, c1, received c0, c1}; odd lane {received c2, c3, own c2, c3}
-            red_add_f32x4(dq_acc + ((sv.row0 + qi) * Hq + h) * D + c, scale * (odd ? r0 : acc[nd][0]),
-                          scale * (odd ? r1 : acc[nd][1]), scale * (odd ? acc[nd][2] : r0),
-                          scale * (odd ? acc[nd][3] : r1));
-          }
-        } else {
-#pragma unroll
-          for (int nd = 0; nd < kCols / 8; ++nd)
+          for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
-              if (c >= D) continue;
-              if (qi0 < T) atomicAdd(dq_acc + ((sv.row0 + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
-              if (qi1 < T) atomicAdd(dq_acc + ((sv.row0 + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+              const int64_t i = q0 + part * 16 + nt * 8 + 2 * t + e;
+              if (i >= T) continue;
+              const int64_t row = (h * T + i) * Tk;
+              if (kj0 < Tk && kj0 < len && !(causal && kj0 > i)) st[nt][e] = __ldg(bias + row + kj0) * inv_scale;
+              if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
             }
+      }
+#pragma unroll
+      for (int kt = 0; kt < DP / 16; ++kt) {
+        uint32_t ka[4], va[4];
+        ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
+        ldsm_a(va, Vs, LDH, kr0, kt * 16, lane);
+        uint32_t fb[4];
+        ldsm_b2(fb, Qs, LDH, part * 16, kt * 16, lane);
+        mma16816(st[0], ka, fb[0], fb[1]);
+        mma16816(st[1], ka, fb[2], fb[3]);
+        ldsm_b2(fb, dOs, LDH, part * 16, kt * 16, lane);
+        mma16816(dpt[0], va, fb[0], fb[1]);
+        mma16816(dpt[1], va, fb[2], fb[3]);
+      }
+      // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int qi = part * 16 + nt * 8 + 2 * t + e;
+          const int64_t i = q0 + qi;
+          const float l = lse_t[qi], dl = dl_t[qi];
+          const bool row_ok = i < T && l != -INFINITY;
+          const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
+          const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
+          const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
+          const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
+          st[nt][e] = p0;
+          st[nt][2 + e] = p1;
+          dpt[nt][e] = p0 * (dpt[nt][e] - dl);
+          dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
+          dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
+          dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
+          if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
+            if (dbias != nullptr) {
+              if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
+              if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
+            }
+          }
+        }
+      // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
+      {
+        const uint32_t pa[4] = {pack_bf16(st[0][0], st[0][1]), pack_bf16(st[0][2], st[0][3]),
+                                pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
+        const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
+                                pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
+        const int qk0 = part * 16;  // k-step: these 16 queries
+#pragma unroll
+        for (int nd = 0; nd < DP / 8; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_trans(b0, b1, b2, b3, dOs, LDH, qk0, nd * 8, lane);
+          mma16816(dvr[nd], pa, b0, b1);
+          mma16816(dvr[nd + 1], pa, b2, b3);
+          ldsm_x4_trans(b0, b1, b2, b3, Qs, LDH, qk0, nd * 8, lane);
+          mma16816(dkr[nd], da, b0, b1);
+          mma16816(dkr[nd + 1], da, b2, b3);
         }
       }
     }
+    __syncthreads();  // dS of all 64 keys is in shared memory
+    // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
+    // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
+    const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
+    constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
+#pragma unroll
+    for (int dh = 0; dh < kPasses; ++dh) {
+      float acc[kCols / 8][4];
+#pragma unroll
+      for (int nd = 0; nd < kCols / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t sa[4];
+        ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
+#pragma unroll
+        for (int nd = 0; nd < kCols / 8; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_trans(b0, b1, b2, b3, Ks, LDH, kk * 16, dh * kCols + nd * 8, lane);
+          mma16816(acc[nd], sa, b0, b1);
+          mma16816(acc[nd + 1], sa, b2, b3);
+        }
+      }
+      if (vec_dq) {
+        // 4 contiguous columns per thread: the quad's lanes t and t ^ 1 swap halves, so the even
+        // lane holds row qi0, columns 2t..2t+3 (its own 2t, 2t+1 and the odd lane's) and the odd
+        // lane row qi1, columns 2t-2..2t+1 (the even lane's and its own). Every element of the
+        // 16 x 8 n-tile is added once, with the same f32 value as the scalar path.
+        const bool odd = t & 1;
+        const int64_t qi = odd ? qi1 : qi0;
+#pragma unroll
+        for (int nd = 0; nd < kCols / 8; ++nd) {
+          const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][0] : acc[nd][2], 1);
+          const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][1] : acc[nd][3], 1);
+          const int64_t c = dh * kCols + nd * 8 + 4 * (t >> 1);  // D % 4 == 0: c < D means c + 3 < D
+          if (c >= D || qi >= T) continue;
+          // even lane {own c0, c1, received c0, c1}; odd lane {received c2, c3, own c2, c3}
+          red_add_f32x4(dq_acc + ((sv.row0 + qi) * Hq + h) * D + c, scale * (odd ? r0 : acc[nd][0]),
+                        scale * (odd ? r1 : acc[nd][1]), scale * (odd ? acc[nd][2] : r0),
+                        scale * (odd ? acc[nd][3] : r1));
+        }
+      } else {
+#pragma unroll
+        for (int nd = 0; nd < kCols / 8; ++nd)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
+            if (c >= D) continue;
+            if (qi0 < T) atomicAdd(dq_acc + ((sv.row0 + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
+            if (qi1 < T) atomicAdd(dq_acc + ((sv.row0 + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+          }
+      }
+    }
+    more = has_next;
+    h = nh;
+    q0 = nq0;
+    if (dbuf) stage ^= 1;
   }
   // dK (scaled) and dV of this warp's keys, added to the bf16 outputs.
 #pragma unroll
@@ -588,8 +661,17 @@ __global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __
 template <int DP> constexpr size_t forward_smem() {
   return sizeof(bf16) * 4 * kTile * (DP + 8);  // two stages of K and V
 }
-template <int DP> constexpr size_t backward_smem() {
-  return sizeof(bf16) * (4 * kTile * (DP + 8) + kTile * kLdT) + sizeof(float) * 2 * kTile;
+
+// Whether the device runs the sm_90 code of the backward (kBackwardDoubleBuffer: the binary holds
+// sm_80 and sm_90 code, and a device of compute capability 9.x runs the latter).
+bool backward_double_buffer() {
+  static const bool yes = [] {
+    int dev = 0, major = 0;
+    ST_CUDA_CHECK(cudaGetDevice(&dev));
+    ST_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9;
+  }();
+  return yes;
 }
 
 // Scratch kept between calls (D and the f32 dQ accumulator), grown on demand, counted as workspace.
@@ -635,15 +717,21 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
       static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
   ST_CUDA_LAUNCH_CHECK("attention_delta");
-  const size_t smem = backward_smem<DP>();
+  auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen>;
+  const size_t smem = backward_smem<DP>(backward_double_buffer() ? 2 : 1);
   static bool configured = false;
-  allow_dynamic_smem(attention_backward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
+  if (!configured) {
+    // The blocks of an SM want all of its shared memory (2 of 112 KiB at DP = 128 on an H100).
+    ST_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+    allow_dynamic_smem(kernel, smem, configured);
+  }
   // One block per 64 keys (Tk positions) of one KV head and batch row; varlen: per tile-table
   // entry and KV head.
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hkv), 1u)
                             : dim3(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv),
                                    static_cast<unsigned>(a.B));
-  attention_backward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
+  kernel<<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
       static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
