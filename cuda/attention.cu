@@ -517,7 +517,9 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
               if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
             }
       }
-#pragma unroll
+      // DP = 128: unrolled by 2, not 8 (fully unrolled, ptxas schedules the fragment loads of
+      // many steps ahead and spills next to the 128 dK, dV accumulators: 255 registers + spills).
+#pragma unroll(DP >= 128 ? 2 : DP / 16)
       for (int kt = 0; kt < DP / 16; ++kt) {
         uint32_t ka[4], va[4];
         ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
