@@ -8,14 +8,18 @@
 // so a thread's C values of two adjacent n-tiles are exactly its A values of one k-step: the
 // probabilities P go from the S accumulators to the A operand of P V without shared memory.
 //
-// Forward: block = 4 warps x 16 query rows; key/value tiles of 64 stream through shared memory,
-// double-buffered with cp.async (the next tile loads while this one is computed); V is read as
-// the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
-// Writes O / l (bf16) and lse = m + log l (f32).
+// Forward: block = 4 warps x 16 query rows (sm_90, DP = 128 without bias: 4 warps x 32 rows,
+// Q kept in shared memory); key/value tiles of 64 stream through shared memory, double-buffered
+// with cp.async (the next tile loads while this one is computed); V is read as the col operand
+// with ldmatrix.trans; running max, sum and the output stay in registers. Writes O / l (bf16)
+// and lse = m + log l (f32).
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
-// tiles that see those keys; each warp owns 16 keys and accumulates their dK, dV in registers
-// (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which is added to an
-// f32 buffer with atomics and folded into the bf16 dq at the end. D = rowsum(dO * O) first.
+// tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
+// second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
+// dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which
+// is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
+// columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
+// first.
 // Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
 // padded with zeros to DP in {16, 32, 64, 128} in shared memory.
 // Cross-attention (kCross): queries (q, out, lse, dq) have T positions per batch row, keys and
@@ -83,8 +87,27 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(src_bytes));
 }
+// 4-byte asynchronous copy (through L1: .ca is the only kind below 16 bytes); src_bytes = 0 writes 0.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(addr), "l"(src), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// p[0..3] += v0..v3 (f32, global memory, p 16-byte aligned). sm_90 has a 16-byte vector
+// reduction (one instruction, each element added atomically on its own, as four atomicAdds).
+__device__ __forceinline__ void red_add_f32x4(float* p, float v0, float v1, float v2, float v3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
+               : "memory");
+#else
+  atomicAdd(p, v0);
+  atomicAdd(p + 1, v1);
+  atomicAdd(p + 2, v2);
+  atomicAdd(p + 3, v3);
+#endif
+}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -157,7 +180,7 @@ struct SeqView {
 
 template <bool kCross, bool kVarlen>
 __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, const int32_t* __restrict__ lengths,
-                                            int64_t T, int64_t Tk_arg, int64_t Hq) {
+                                            int64_t T, int64_t Tk_arg, int64_t Hq, int rows = kTile) {
   SeqView sv;
   if constexpr (kVarlen) {
     const int4 e = reinterpret_cast<const int4*>(tiles)[blockIdx.x];  // begin, end, key end, tile start
@@ -174,49 +197,99 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
     sv.row0 = b * T;
     sv.krow0 = b * sv.Tk;
     sv.len = lengths ? lengths[b] : sv.Tk;
-    sv.tile0 = static_cast<int64_t>(blockIdx.x) * kTile;
+    sv.tile0 = static_cast<int64_t>(blockIdx.x) * rows;
     sv.lse_row = b * Hq * T;
     sv.lse_head = T;
   }
   return sv;
 }
 
+// Code for sm_90 or later (a device of compute capability 9.x runs the sm_90 code of the binary;
+// the host side asks the device: sm90_code()).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kSm90 = false;
+#else
+constexpr bool kSm90 = true;
+#endif
+
+// Forward: m-tiles of 16 query rows a warp owns. 2 at DP = 128 without a bias on sm_90 (128
+// queries a block): every K and V fragment read from shared memory then feeds 2 MMAs instead of
+// 1, and each K, V tile serves twice the queries (Q is read from shared memory for each key tile
+// instead of held in registers: the 64 more f32 accumulators of S and O take its place).
+// Shared memory: Q [128][136] + 2 stages of K, V [64][136] = 104448 bytes: 2 blocks an H100 SM,
+// as the registers allow (255 a thread, ptxas -v: no spills); an A100 SM would hold 1. With a
+// bias the S initialisation needs more registers: 1 m-tile (236 registers, none spilled).
+template <int DP, bool kBias> __host__ __device__ constexpr int forward_m_tiles(bool sm90) {
+  return sm90 && DP == 128 && !kBias ? 2 : 1;
+}
+template <int DP, bool kBias> __host__ __device__ constexpr size_t forward_smem(bool sm90) {
+  const int m = forward_m_tiles<DP, kBias>(sm90);
+  return sizeof(bf16) * ((m > 1 ? m * kTile : 0) + 4 * kTile) * (DP + 8);  // Q (m > 1), two stages of K and V
+}
+static_assert(forward_smem<128, false>(true) == 104448 && forward_smem<128, false>(false) == 69632);
+// Blocks an SM the registers are held to: 2 at DP = 128 (up to 255 registers; at 168, for 3,
+// the 1-m-tile kernel spilled, and shared memory allows an A100 SM 2 of them anyway), else 3.
+template <int DP> constexpr int forward_min_blocks() { return DP == 128 ? 2 : 3; }
+
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
+__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP>()) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
-    int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
-  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
+    int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal,
+    int block_rows) {
+  constexpr int kM = forward_m_tiles<DP, kBias>(kSm90);
+  constexpr int kRows = kM * kTile;  // queries of the block
+  if (block_rows != kRows) __trap();  // the launch sized the grid and shared memory for another kM
+  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq, kRows);
+  // Varlen: the tile table has 64-query tiles; the block of a segment's tile 2 m takes tiles
+  // 2 m and 2 m + 1 (the next table entry, same segment), the block of tile 2 m + 1 has nothing.
+  if (kVarlen && kM > 1 && sv.tile0 % kRows != 0) return;
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  // Two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
-  bf16* const base = reinterpret_cast<bf16*>(smem_raw);
-  auto k_stage = [&](int st) { return base + st * 2 * kTile * LDH; };
-  auto v_stage = [&](int st) { return base + st * 2 * kTile * LDH + kTile * LDH; };
+  // kM = 1: two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
+  // kM > 1: Q [kRows][LDH], then the two stages.
+  bf16* const Qs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* const kv_base = Qs + (kM > 1 ? kRows * LDH : 0);
+  auto k_stage = [&](int st) { return kv_base + st * 2 * kTile * LDH; };
+  auto v_stage = [&](int st) { return kv_base + st * 2 * kTile * LDH + kTile * LDH; };
 
   const int64_t h = blockIdx.y, q0 = sv.tile0;
   const int64_t hk = h / (Hq / Hkv);
   const int64_t len = sv.len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int r0 = warp * 16;
-  const int64_t i0 = q0 + r0 + g, i1 = i0 + 8;
+  const int r0 = warp * 16 * kM;  // the warp's rows: m-tile mt is rows r0 + 16 mt .. + 15
+  // Query rows of the thread: i0 + 16 mt (values 0, 1 of the accumulators) and + 8 (values 2, 3).
+  const int64_t i0 = q0 + r0 + g;
 
-  load_rows<DP>(k_stage(0), q, sv.row0, q0, T, Hq, h, D);
-  __syncthreads();
-  uint32_t qa[DP / 16][4];
-#pragma unroll
-  for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], k_stage(0), LDH, r0, kt * 16, lane);
-  __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
-
-  float o[DP / 8][4];
-#pragma unroll
-  for (int nd = 0; nd < DP / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
   int64_t kv_end = len < Tk ? len : Tk;
-  if (causal) kv_end = min(kv_end, q0 + kTile);  // causal implies Tk == T
+  if (causal) kv_end = min(kv_end, q0 + kRows);  // causal implies Tk == T
+
+  uint32_t qa[kM == 1 ? DP / 16 : 1][4];  // kM = 1: the warp's Q fragments, in registers
+  if constexpr (kM == 1) {
+    load_rows<DP>(k_stage(0), q, sv.row0, q0, T, Hq, h, D);
+    __syncthreads();
+#pragma unroll
+    for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], k_stage(0), LDH, r0, kt * 16, lane);
+    __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
+  }
+
+  float o[kM][DP / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int nd = 0; nd < DP / 8; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.0f;
+  float m0[kM], m1[kM], l0[kM], l1[kM];
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt) {
+    m0[mt] = m1[mt] = -INFINITY;
+    l0[mt] = l1[mt] = 0.0f;
+  }
 
   if (kv_end > 0) {
+    if constexpr (kM > 1)  // Q joins the first K, V tile's group
+#pragma unroll
+      for (int mh = 0; mh < kM; ++mh) load_rows_async<DP>(Qs + mh * kTile * LDH, q, sv.row0, q0 + mh * kTile, T, Hq, h, D);
     load_rows_async<DP>(k_stage(0), k, sv.krow0, 0, Tk, Hkv, hk, D);
     load_rows_async<DP>(v_stage(0), v, sv.krow0, 0, Tk, Hkv, hk, D);
     cp_async_commit();
@@ -232,99 +305,150 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     }
     const bf16* Ks = k_stage(stage);
     const bf16* Vs = v_stage(stage);
-    float s[8][4];
-    if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
-      // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
-      const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
-      const float* b1 = b0 + 8 * Tk;
+    // kM > 1: an m-tile whose rows all lie past T, or (causal) all before key j0, gets nothing
+    // from this tile: its MMAs are skipped (warp-uniform); the masks below zero its P anyway.
+    bool live[kM];
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt) {
+      const int64_t first = q0 + r0 + 16 * mt;
+      live[mt] = kM == 1 || (first < T && !(causal && j0 > first + 15));
+    }
+    float s[kM][8][4];
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt) {
+      const int64_t ia = i0 + 16 * mt, ib = ia + 8;
+      if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
+        // Rows ia, ib from column j0 + 2t on (only dereferenced for valid rows and columns).
+        const float* b0 = bias + (h * T + ia) * Tk + j0 + 2 * t;
+        const float* b1 = b0 + 8 * Tk;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t j = j0 + nt * 8 + 2 * t + e;
+            s[mt][nt][e] = (ia < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
+            s[mt][nt][2 + e] = (ib < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+      }
+    }
+    if constexpr (kM == 1) {
+#pragma unroll
+      for (int nt = 0; nt < 8; nt += 2)
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t kb[4];
+          ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
+          mma16816(s[0][nt], qa[kt], kb[0], kb[1]);
+          mma16816(s[0][nt + 1], qa[kt], kb[2], kb[3]);
+        }
+    } else {  // Q fragments from shared memory, one k-step at a time; each K fragment feeds kM m-tiles
+#pragma unroll
+      for (int kt = 0; kt < DP / 16; ++kt) {
+        uint32_t qf[kM][4];
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) ldsm_a(qf[mt], Qs, LDH, r0 + 16 * mt, kt * 16, lane);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2) {
+          uint32_t kb[4];
+          ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
+#pragma unroll
+          for (int mt = 0; mt < kM; ++mt)
+            if (live[mt]) {
+              mma16816(s[mt][nt], qf[mt], kb[0], kb[1]);
+              mma16816(s[mt][nt + 1], qf[mt], kb[2], kb[3]);
+            }
+        }
+      }
+    }
+    // Scale (+ bias), mask, online softmax on the registers: rows ia (values 0, 1) and ib (values 2, 3).
+#pragma unroll
+    for (int mt = 0; mt < kM; ++mt) {
+      const int64_t ia = i0 + 16 * mt, ib = ia + 8;
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int64_t j = j0 + nt * 8 + 2 * t + e;
-          s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
-          s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+          const bool key_ok = j < kv_end;
+          s[mt][nt][e] = (key_ok && !(causal && j > ia)) ? s[mt][nt][e] * scale : -INFINITY;
+          s[mt][nt][2 + e] = (key_ok && !(causal && j > ib)) ? s[mt][nt][2 + e] * scale : -INFINITY;
+          mx0 = fmaxf(mx0, s[mt][nt][e]);
+          mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
         }
-    } else {
+      mx0 = quad_max(mx0);
+      mx1 = quad_max(mx1);
+      const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+      const float a0 = m0[mt] == -INFINITY ? 0.0f : __expf(m0[mt] - mn0);
+      const float a1 = m1[mt] == -INFINITY ? 0.0f : __expf(m1[mt] - mn1);
+      float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-    }
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < 8; nt += 2)
+        for (int e = 0; e < 2; ++e) {
+          s[mt][nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[mt][nt][e] - mn0);
+          s[mt][nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[mt][nt][2 + e] - mn1);
+          sum0 += s[mt][nt][e];
+          sum1 += s[mt][nt][2 + e];
+        }
+      l0[mt] = l0[mt] * a0 + quad_sum(sum0);
+      l1[mt] = l1[mt] * a1 + quad_sum(sum1);
+      m0[mt] = mn0;
+      m1[mt] = mn1;
 #pragma unroll
-      for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t kb[4];
-        ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
-        mma16816(s[nt], qa[kt], kb[0], kb[1]);
-        mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
+      for (int nd = 0; nd < DP / 8; ++nd) {
+        o[mt][nd][0] *= a0;
+        o[mt][nd][1] *= a0;
+        o[mt][nd][2] *= a1;
+        o[mt][nd][3] *= a1;
       }
-    // Scale (+ bias), mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t j = j0 + nt * 8 + 2 * t + e;
-        const bool key_ok = j < kv_end;
-        s[nt][e] = (key_ok && !(causal && j > i0)) ? s[nt][e] * scale : -INFINITY;
-        s[nt][2 + e] = (key_ok && !(causal && j > i1)) ? s[nt][2 + e] * scale : -INFINITY;
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
-      }
-    mx0 = quad_max(mx0);
-    mx1 = quad_max(mx1);
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float a0 = m0 == -INFINITY ? 0.0f : __expf(m0 - mn0), a1 = m1 == -INFINITY ? 0.0f : __expf(m1 - mn1);
-    float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[nt][e] - mn0);
-        s[nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[nt][2 + e] - mn1);
-        sum0 += s[nt][e];
-        sum1 += s[nt][2 + e];
-      }
-    l0 = l0 * a0 + quad_sum(sum0);
-    l1 = l1 * a1 + quad_sum(sum1);
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int nd = 0; nd < DP / 8; ++nd) {
-      o[nd][0] *= a0;
-      o[nd][1] *= a0;
-      o[nd][2] *= a1;
-      o[nd][3] *= a1;
     }
     // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
-    // col operand read transposed from its row-major tile.
+    // col operand read transposed from its row-major tile (each fragment feeds kM m-tiles).
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+        pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int nd = 0; nd < DP / 8; nd += 2) {
         uint32_t b0, b1, b2, b3;
         ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
-        mma16816(o[nd], pa, b0, b1);
-        mma16816(o[nd + 1], pa, b2, b3);
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt)
+          if (live[mt]) {
+            mma16816(o[mt][nd], pa[mt], b0, b1);
+            mma16816(o[mt][nd + 1], pa[mt], b2, b3);
+          }
       }
     }
   }
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
 #pragma unroll
-  for (int nd = 0; nd < DP / 8; ++nd)
+  for (int mt = 0; mt < kM; ++mt) {
+    const int64_t ia = i0 + 16 * mt, ib = ia + 8;
+    const float inv0 = l0[mt] > 0.0f ? 1.0f / l0[mt] : 0.0f, inv1 = l1[mt] > 0.0f ? 1.0f / l1[mt] : 0.0f;
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int64_t c = nd * 8 + 2 * t + e;
-      if (c >= D) continue;
-      if (i0 < T) out[((sv.row0 + i0) * Hq + h) * D + c] = __float2bfloat16(o[nd][e] * inv0);
-      if (i1 < T) out[((sv.row0 + i1) * Hq + h) * D + c] = __float2bfloat16(o[nd][2 + e] * inv1);
+    for (int nd = 0; nd < DP / 8; ++nd)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = nd * 8 + 2 * t + e;
+        if (c >= D) continue;
+        if (ia < T) out[((sv.row0 + ia) * Hq + h) * D + c] = __float2bfloat16(o[mt][nd][e] * inv0);
+        if (ib < T) out[((sv.row0 + ib) * Hq + h) * D + c] = __float2bfloat16(o[mt][nd][2 + e] * inv1);
+      }
+    if (t == 0) {
+      float* lse_h = lse + sv.lse_row + h * sv.lse_head;
+      if (ia < T) lse_h[ia] = l0[mt] > 0.0f ? m0[mt] + logf(l0[mt]) : -INFINITY;
+      if (ib < T) lse_h[ib] = l1[mt] > 0.0f ? m1[mt] + logf(l1[mt]) : -INFINITY;
     }
-  if (t == 0) {
-    float* lse_h = lse + sv.lse_row + h * sv.lse_head;
-    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
-    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
   }
 }
 
@@ -343,25 +467,54 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
   }
 }
 
+// Backward shared memory: lse and D of two stages, K, V, dS and `stages` stages of Q and dO.
+// DP = 128: 1024 + 2 * 17408 + 9216 + 2 * 2 * 17408 = 114688 bytes (112 KiB) double-buffered
+// (79872 single), under the 227 KiB opt-in limit of sm_90. Blocks an H100 SM (228 KiB, 1 KiB
+// reserved a block; 64K registers) holds, by shared memory / by registers (ptxas -v, sm_90):
+//   DP = 128: 114688 B -> 2 / ~240 regs -> 2     DP = 64: 65536 B -> 3 / ~180 regs -> 2
+//   DP = 32:   40960 B -> 5 / <= 128 regs -> 4   DP = 16: 28672 B -> 7 / ~90 regs -> 5
+// so double buffering leaves the occupancy as it was (registers bound it). An A100 SM (164 KiB)
+// would hold 1 double-buffered block at DP = 128 but 2 single-buffered: double buffers on sm_90
+// only (kBackwardDoubleBuffer).
+template <int DP> __host__ __device__ constexpr size_t backward_smem(int stages) {
+  return sizeof(float) * 4 * kTile + sizeof(bf16) * ((2 + 2 * stages) * kTile * (DP + 8) + kTile * kLdT);
+}
+static_assert(backward_smem<128>(2) == 114688 && backward_smem<128>(1) == 79872);
+
+// The backward's query tiles are double-buffered on sm_90 (sm90_code on the host).
+constexpr bool kBackwardDoubleBuffer = kSm90;
+
 // kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
+// DP <= 32: at most 128 registers, 4 blocks an SM (ptxas would otherwise take ~155 for the bias
+// variants: 3 blocks); larger DP: as many as ptxas likes (DP = 128 ~240: 2 blocks).
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
+__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
     int64_t D, float scale, float inv_scale, bool causal, bool accumulate) {
+  constexpr bool dbuf = kBackwardDoubleBuffer;
+  if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
+    uint32_t smem_bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
+    if (smem_bytes < backward_smem<DP>(2)) __trap();
+  }
   const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [64 keys][LDH]
-  bf16* Vs = Ks + kTile * LDH;                    // [64 keys][LDH]
-  bf16* Qs = Vs + kTile * LDH;                    // [64 queries][LDH]
-  bf16* dOs = Qs + kTile * LDH;                   // [64 queries][LDH]
-  bf16* dSs = dOs + kTile * LDH;                  // [64 queries][kLdT] keys contiguous
-  float* lse_s = reinterpret_cast<float*>(dSs + kTile * kLdT);
-  float* dl_s = lse_s + kTile;
+  // Layout (backward_smem): lse and D of two query tiles [2][64] f32 each, K and V [64 keys][LDH],
+  // dS [64 queries][kLdT] (keys contiguous), then stage 0 (and with dbuf stage 1) of the query
+  // tile: Q and dO [64 queries][LDH] each.
+  float* const lse_s = reinterpret_cast<float*>(smem_raw);  // [stage][64]
+  float* const dl_s = lse_s + 2 * kTile;                      // [stage][64]
+  bf16* const Ks = reinterpret_cast<bf16*>(dl_s + 2 * kTile);
+  bf16* const Vs = Ks + kTile * LDH;
+  bf16* const dSs = Vs + kTile * LDH;
+  bf16* const q_stages = dSs + kTile * kLdT;
+  auto Qs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH; };
+  auto dOs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH + kTile * LDH; };
 
   const int64_t hk = blockIdx.y, j0 = sv.tile0;
   const int64_t group = Hq / Hkv;
@@ -379,132 +532,189 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
       }
     return;
   }
+  // dQ tiles are added 4 columns at a time on sm_90 (16-byte reductions; rows of D floats keep
+  // the 16-byte alignment of the cudaMalloc'd buffer when D % 4 == 0); elsewhere one by one.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const bool vec_dq = D % 4 == 0;
+#else
+  constexpr bool vec_dq = false;
+#endif
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
 
-  load_rows<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
-  load_rows<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
+  const bool any_tile = i_start < T;  // (always: causal i_start = j0 < T, else 0 < T)
+  // Query tile (h, q0) into stage st: Q, dO (16-byte cp.async when D == DP), lse and D (4-byte
+  // cp.async; rows past T get 0, which the i < T test masks), one commit group.
+  auto load_tile = [&](int64_t th, int64_t tq0, int st) {
+    load_rows_async<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
+    load_rows_async<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
+    for (int idx = threadIdx.x; idx < 2 * kTile; idx += blockDim.x) {
+      const int r = idx % kTile;
+      const int64_t i = tq0 + r;
+      const float* src = (idx < kTile ? lse : delta) + sv.lse_row + th * sv.lse_head + (i < T ? i : 0);
+      cp_async4((idx < kTile ? lse_s : dl_s) + st * kTile + r, src, i < T ? 4 : 0);
+    }
+    cp_async_commit();
+  };
+  // K and V join the first tile's group (double-buffered) or are waited for with it (single).
+  if (any_tile) {
+    load_rows_async<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+    if (dbuf) load_tile(hk * group, i_start, 0);
+    else cp_async_commit();
+  }
   float dkr[DP / 8][4], dvr[DP / 8][4];
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dkr[nd][e] = dvr[nd][e] = 0.0f;
-  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
 
-  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    for (int64_t q0 = i_start; q0 < T; q0 += kTile) {
-      __syncthreads();  // the previous tile's shared data is consumed
-      load_rows_async<DP>(Qs, q, sv.row0, q0, T, Hq, h, D);
-      load_rows_async<DP>(dOs, dout, sv.row0, q0, T, Hq, h, D);
-      cp_async_commit();
-      const int64_t lse_h = sv.lse_row + h * sv.lse_head;
-      for (int r = threadIdx.x; r < kTile; r += blockDim.x) {
-        const int64_t i = q0 + r;
-        lse_s[r] = i < T ? lse[lse_h + i] : -INFINITY;
-        dl_s[r] = i < T ? delta[lse_h + i] : 0.0f;
-      }
-      cp_async_wait_all();
-      __syncthreads();
+  // Query tiles in the order of the group's heads h, then q0 = i_start, i_start + 64, ... < T.
+  // dbuf: the next tile's loads are issued into the other stage right after the barrier that
+  // starts this tile, so they run under this tile's MMAs; that stage was last read in the
+  // previous tile, before the same barrier. Single stage: each tile loads after the barrier.
+  int64_t h = hk * group, q0 = i_start;
+  int stage = 0;
+  for (bool more = any_tile; more;) {
+    int64_t nh = h, nq0 = q0 + kTile;  // the next tile
+    if (nq0 >= T) {
+      nq0 = i_start;
+      ++nh;
+    }
+    const bool has_next = nh < (hk + 1) * group;
+    if (!dbuf) {
+      __syncthreads();  // the previous tile's shared data (Q, dO, lse, D, dS) is consumed
+      load_tile(h, q0, 0);
+    }
+    cp_async_wait_all();  // this thread's copies of this tile (and of K, V) have landed
+    __syncthreads();      // everyone's have; everyone is done with the previous tile
+    if (dbuf && has_next) load_tile(nh, nq0, stage ^ 1);
+    const bf16* Qs = Qs_of(stage);
+    const bf16* dOs = dOs_of(stage);
+    const float* lse_t = lse_s + stage * kTile;
+    const float* dl_t = dl_s + stage * kTile;
 #pragma unroll 1
-      for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
-        float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
+    for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
+      float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+      for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
-        if constexpr (kBias) {  // S^T starts at bias / scale, as in the forward
-          if (bias != nullptr)
+        for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+      if constexpr (kBias) {  // S^T starts at bias / scale, as in the forward
+        if (bias != nullptr)
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
+          for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int64_t i = q0 + part * 16 + nt * 8 + 2 * t + e;
-                if (i >= T) continue;
-                const int64_t row = (h * T + i) * Tk;
-                if (kj0 < Tk && kj0 < len && !(causal && kj0 > i)) st[nt][e] = __ldg(bias + row + kj0) * inv_scale;
-                if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
-              }
-        }
+            for (int e = 0; e < 2; ++e) {
+              const int64_t i = q0 + part * 16 + nt * 8 + 2 * t + e;
+              if (i >= T) continue;
+              const int64_t row = (h * T + i) * Tk;
+              if (kj0 < Tk && kj0 < len && !(causal && kj0 > i)) st[nt][e] = __ldg(bias + row + kj0) * inv_scale;
+              if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
+            }
+      }
+      // DP = 128: unrolled by 2, not 8 (fully unrolled, ptxas schedules the fragment loads of
+      // many steps ahead and spills next to the 128 dK, dV accumulators: 255 registers + spills).
+#pragma unroll(DP >= 128 ? 2 : DP / 16)
+      for (int kt = 0; kt < DP / 16; ++kt) {
+        uint32_t ka[4], va[4];
+        ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
+        ldsm_a(va, Vs, LDH, kr0, kt * 16, lane);
+        uint32_t fb[4];
+        ldsm_b2(fb, Qs, LDH, part * 16, kt * 16, lane);
+        mma16816(st[0], ka, fb[0], fb[1]);
+        mma16816(st[1], ka, fb[2], fb[3]);
+        ldsm_b2(fb, dOs, LDH, part * 16, kt * 16, lane);
+        mma16816(dpt[0], va, fb[0], fb[1]);
+        mma16816(dpt[1], va, fb[2], fb[3]);
+      }
+      // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
 #pragma unroll
-        for (int kt = 0; kt < DP / 16; ++kt) {
-          uint32_t ka[4], va[4];
-          ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
-          ldsm_a(va, Vs, LDH, kr0, kt * 16, lane);
-          uint32_t fb[4];
-          ldsm_b2(fb, Qs, LDH, part * 16, kt * 16, lane);
-          mma16816(st[0], ka, fb[0], fb[1]);
-          mma16816(st[1], ka, fb[2], fb[3]);
-          ldsm_b2(fb, dOs, LDH, part * 16, kt * 16, lane);
-          mma16816(dpt[0], va, fb[0], fb[1]);
-          mma16816(dpt[1], va, fb[2], fb[3]);
-        }
-        // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
+      for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int qi = part * 16 + nt * 8 + 2 * t + e;
-            const int64_t i = q0 + qi;
-            const float l = lse_s[qi], dl = dl_s[qi];
-            const bool row_ok = i < T && l != -INFINITY;
-            const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
-            const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
-            const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
-            const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
-            st[nt][e] = p0;
-            st[nt][2 + e] = p1;
-            dpt[nt][e] = p0 * (dpt[nt][e] - dl);
-            dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
-            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
-            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
-            if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
-              if (dbias != nullptr) {
-                if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
-                if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
-              }
+        for (int e = 0; e < 2; ++e) {
+          const int qi = part * 16 + nt * 8 + 2 * t + e;
+          const int64_t i = q0 + qi;
+          const float l = lse_t[qi], dl = dl_t[qi];
+          const bool row_ok = i < T && l != -INFINITY;
+          const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
+          const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
+          const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
+          const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
+          st[nt][e] = p0;
+          st[nt][2 + e] = p1;
+          dpt[nt][e] = p0 * (dpt[nt][e] - dl);
+          dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
+          dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
+          dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
+          if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
+            if (dbias != nullptr) {
+              if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
+              if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
             }
           }
-        // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
-        {
-          const uint32_t pa[4] = {pack_bf16(st[0][0], st[0][1]), pack_bf16(st[0][2], st[0][3]),
-                                  pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
-          const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
-                                  pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
-          const int qk0 = part * 16;  // k-step: these 16 queries
+        }
+      // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
+      {
+        const uint32_t pa[4] = {pack_bf16(st[0][0], st[0][1]), pack_bf16(st[0][2], st[0][3]),
+                                pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
+        const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
+                                pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
+        const int qk0 = part * 16;  // k-step: these 16 queries
 #pragma unroll
-          for (int nd = 0; nd < DP / 8; nd += 2) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4_trans(b0, b1, b2, b3, dOs, LDH, qk0, nd * 8, lane);
-            mma16816(dvr[nd], pa, b0, b1);
-            mma16816(dvr[nd + 1], pa, b2, b3);
-            ldsm_x4_trans(b0, b1, b2, b3, Qs, LDH, qk0, nd * 8, lane);
-            mma16816(dkr[nd], da, b0, b1);
-            mma16816(dkr[nd + 1], da, b2, b3);
-          }
+        for (int nd = 0; nd < DP / 8; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_trans(b0, b1, b2, b3, dOs, LDH, qk0, nd * 8, lane);
+          mma16816(dvr[nd], pa, b0, b1);
+          mma16816(dvr[nd + 1], pa, b2, b3);
+          ldsm_x4_trans(b0, b1, b2, b3, Qs, LDH, qk0, nd * 8, lane);
+          mma16816(dkr[nd], da, b0, b1);
+          mma16816(dkr[nd + 1], da, b2, b3);
         }
       }
-      __syncthreads();  // dS of all 64 keys is in shared memory
-      // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
-      // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
-      const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
-      constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
+    }
+    __syncthreads();  // dS of all 64 keys is in shared memory
+    // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
+    // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
+    const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
+    constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
 #pragma unroll
-      for (int dh = 0; dh < kPasses; ++dh) {
-        float acc[kCols / 8][4];
+    for (int dh = 0; dh < kPasses; ++dh) {
+      float acc[kCols / 8][4];
 #pragma unroll
-        for (int nd = 0; nd < kCols / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+      for (int nd = 0; nd < kCols / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          uint32_t sa[4];
-          ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t sa[4];
+        ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
 #pragma unroll
-          for (int nd = 0; nd < kCols / 8; nd += 2) {
-            uint32_t b0, b1, b2, b3;
-            ldsm_x4_trans(b0, b1, b2, b3, Ks, LDH, kk * 16, dh * kCols + nd * 8, lane);
-            mma16816(acc[nd], sa, b0, b1);
-            mma16816(acc[nd + 1], sa, b2, b3);
-          }
+        for (int nd = 0; nd < kCols / 8; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_trans(b0, b1, b2, b3, Ks, LDH, kk * 16, dh * kCols + nd * 8, lane);
+          mma16816(acc[nd], sa, b0, b1);
+          mma16816(acc[nd + 1], sa, b2, b3);
         }
+      }
+      if (vec_dq) {
+        // 4 contiguous columns per thread: the quad's lanes t and t ^ 1 swap halves, so the even
+        // lane holds row qi0, columns 2t..2t+3 (its own 2t, 2t+1 and the odd lane's) and the odd
+        // lane row qi1, columns 2t-2..2t+1 (the even lane's and its own). Every element of the
+        // 16 x 8 n-tile is added once, with the same f32 value as the scalar path.
+        const bool odd = t & 1;
+        const int64_t qi = odd ? qi1 : qi0;
+#pragma unroll
+        for (int nd = 0; nd < kCols / 8; ++nd) {
+          const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][0] : acc[nd][2], 1);
+          const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][1] : acc[nd][3], 1);
+          const int64_t c = dh * kCols + nd * 8 + 4 * (t >> 1);  // D % 4 == 0: c < D means c + 3 < D
+          if (c >= D || qi >= T) continue;
+          // even lane {own c0, c1, received c0, c1}; odd lane {received c2, c3, own c2, c3}
+          red_add_f32x4(dq_acc + ((sv.row0 + qi) * Hq + h) * D + c, scale * (odd ? r0 : acc[nd][0]),
+                        scale * (odd ? r1 : acc[nd][1]), scale * (odd ? acc[nd][2] : r0),
+                        scale * (odd ? acc[nd][3] : r1));
+        }
+      } else {
 #pragma unroll
         for (int nd = 0; nd < kCols / 8; ++nd)
 #pragma unroll
@@ -516,6 +726,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_backward_kernel(
           }
       }
     }
+    more = has_next;
+    h = nh;
+    q0 = nq0;
+    if (dbuf) stage ^= 1;
   }
   // dK (scaled) and dV of this warp's keys, added to the bf16 outputs.
 #pragma unroll
@@ -543,11 +757,16 @@ __global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __
     dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + src[i]);
 }
 
-template <int DP> constexpr size_t forward_smem() {
-  return sizeof(bf16) * 4 * kTile * (DP + 8);  // two stages of K and V
-}
-template <int DP> constexpr size_t backward_smem() {
-  return sizeof(bf16) * (4 * kTile * (DP + 8) + kTile * kLdT) + sizeof(float) * 2 * kTile;
+// Whether the device runs the sm_90 code of the kernels (kSm90: the binary holds sm_80 and sm_90
+// code, and a device of compute capability 9.x runs the latter).
+bool sm90_code() {
+  static const bool yes = [] {
+    int dev = 0, major = 0;
+    ST_CUDA_CHECK(cudaGetDevice(&dev));
+    ST_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9;
+  }();
+  return yes;
 }
 
 // Scratch kept between calls (D and the f32 dQ accumulator), grown on demand, counted as workspace.
@@ -567,19 +786,25 @@ void allow_dynamic_smem(Kernel kernel, size_t smem, bool& configured) {
   configured = true;
 }
 
-// Batched: one block per 64 queries of one head and batch row. Varlen: one per tile-table entry and head.
+// Batched: one block per 64 (kM = 2: 128) queries of one head and batch row. Varlen: one per
+// tile-table entry (64 queries) and head.
 template <int DP, bool kBias, bool kCross, bool kVarlen = false>
 void launch_forward(const AttentionArgs& a) {
-  const size_t smem = forward_smem<DP>();
+  const bool sm90 = sm90_code();
+  const size_t smem = forward_smem<DP, kBias>(sm90);
+  const int64_t rows = forward_m_tiles<DP, kBias>(sm90) * kTile;
   static bool configured = false;
+  if (!configured && DP == 128)  // 2 blocks of 68 or 102 KiB an SM want the largest carveout
+    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DP, kBias, kCross, kVarlen>,
+                                       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hq), 1u)
-                            : dim3(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq),
+                            : dim3(static_cast<unsigned>(ceil_div(a.T, rows)), static_cast<unsigned>(a.Hq),
                                    static_cast<unsigned>(a.B));
   attention_forward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
       static_cast<bf16*>(a.out), a.lse, a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f,
-      a.causal);
+      a.causal, static_cast<int>(rows));
   ST_CUDA_LAUNCH_CHECK("attention_forward");
 }
 
@@ -593,15 +818,21 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
       static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
   ST_CUDA_LAUNCH_CHECK("attention_delta");
-  const size_t smem = backward_smem<DP>();
+  auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen>;
+  const size_t smem = backward_smem<DP>(sm90_code() ? 2 : 1);
   static bool configured = false;
-  allow_dynamic_smem(attention_backward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
+  if (!configured) {
+    // The blocks of an SM want all of its shared memory (2 of 112 KiB at DP = 128 on an H100).
+    ST_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+    allow_dynamic_smem(kernel, smem, configured);
+  }
   // One block per 64 keys (Tk positions) of one KV head and batch row; varlen: per tile-table
   // entry and KV head.
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hkv), 1u)
                             : dim3(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv),
                                    static_cast<unsigned>(a.B));
-  attention_backward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
+  kernel<<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
       static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,

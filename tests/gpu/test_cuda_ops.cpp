@@ -235,10 +235,27 @@ TEST(CudaOps, AttentionHead128TwoTiles) {
   ST_REQUIRE_GPU();
   EXPECT_LT(attention_case({1, 130, 8, 8, 128, true, false}, 5), 1.0);
 }
+TEST(CudaOps, AttentionHead128ManyTiles) {
+  ST_REQUIRE_GPU();
+  // Several 128-query forward blocks (sm_90) and query tiles a key block loops over, GQA groups
+  // of 4 (the backward's tile sequence crosses heads), key padding; D = 96 pads Q in shared memory.
+  EXPECT_LT(attention_case({2, 300, 8, 2, 128, true, true}, 44), 1.0);
+  EXPECT_LT(attention_case({1, 200, 4, 4, 128, false, true}, 45), 1.0);
+  EXPECT_LT(attention_case({2, 150, 4, 1, 96, true, false}, 46), 1.0);
+}
 TEST(CudaOps, AttentionTinyHeadsNeedPadding) {
   ST_REQUIRE_GPU();
   EXPECT_LT(attention_case({3, 5, 2, 1, 8, true, true}, 6), 1.0);
   EXPECT_LT(attention_case({2, 70, 4, 4, 24, true, true}, 7), 1.0);
+}
+TEST(CudaOps, AttentionHeadDimsOffTheMmaTiles) {
+  ST_REQUIRE_GPU();
+  // D = 100: 16-byte dQ reductions on sm_90 with the last 8-column n-tile half inside D; D = 6
+  // and 30 (D % 4 != 0): the one-by-one dQ atomics. Causal with GQA and padding, and cross-attention.
+  EXPECT_LT(attention_case({2, 77, 4, 2, 100, true, true}, 40), 1.0);
+  EXPECT_LT(attention_case({2, 70, 2, 1, 6, true, true}, 41), 1.0);
+  EXPECT_LT(attention_case({2, 45, 4, 2, 100, false, true, 131, true}, 42), 1.0);
+  EXPECT_LT(attention_case({3, 66, 2, 2, 30, false, false}, 43), 1.0);
 }
 TEST(CudaOps, AttentionBidirectionalPadded) {
   ST_REQUIRE_GPU();
