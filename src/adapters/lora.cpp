@@ -125,6 +125,12 @@ struct LoraStage {
 };
 
 struct LoraGroup {
+  // A call runs as a group only when its row count M is a multiple of this: the group's products
+  // are stored transposed, [R, M], and GPU GEMM kernels read rows starting on 16-byte boundaries
+  // (8 bf16 elements) at full speed. Other calls run member by member (both layouts use the
+  // same elements of the saved-products buffer; forward, recompute and backward of one
+  // micro-batch have the same M, so they agree).
+  static constexpr int64_t kRowMultiple = 8;
   std::vector<LoraAdapter*> members;  // in the order of the model's group
   int64_t rows = 0, in = 0;           // the stacked [R, in]
   std::shared_ptr<LoraStage> stage;
@@ -179,9 +185,10 @@ struct LoraGroup {
 void LoraAdapter::group_forward(const std::vector<const Linear*>& layers, const Tensor& x,
                                 const std::vector<Tensor*>& ys, const LayerContext& ctx, std::vector<bool>& covered) {
   std::vector<size_t> at;
-  if (!group || !group->find(layers, at)) return;
+  const int64_t M = x.numel() / x.dim(-1);
+  if (!group || M % LoraGroup::kRowMultiple != 0 || !group->find(layers, at)) return;
   ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (forward)", x.device());
-  const int64_t M = x.numel() / x.dim(-1), R = group->rows;
+  const int64_t R = group->rows;
   if (M > max_rows) ST_THROW("LoRA ", name, ": ", M, " rows exceed the buffer of ", max_rows);
   // The saved x A^T is still valid in a checkpoint recompute (same input, no dropout).
   if (!ctx.recompute) {
@@ -201,9 +208,10 @@ bool LoraAdapter::group_backward(const std::vector<Linear*>& layers, const Tenso
                                  const LayerContext& ctx, std::vector<bool>& covered) {
   (void)ctx;
   std::vector<size_t> at;
-  if (!group || !group->find(layers, at)) return false;
+  const int64_t M = x.numel() / x.dim(-1);
+  if (!group || M % LoraGroup::kRowMultiple != 0 || !group->find(layers, at)) return false;
   ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (backward)", x.device());
-  const int64_t M = x.numel() / x.dim(-1), R = group->rows;
+  const int64_t R = group->rows;
   if (M > max_rows) ST_THROW("LoRA ", name, ": ", M, " rows exceed the buffer of ", max_rows);
   for (size_t j = 0; j < at.size(); ++j) {
     LoraAdapter& a = *group->members[j];

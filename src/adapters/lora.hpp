@@ -85,7 +85,8 @@ class LoraAdapter final : public LinearAdapter {
 // gate and up: a model family's input groups): their A factors become row blocks of one [R, in]
 // tensor (R = the sum of their ranks; A_work and dA likewise) and their saved products one
 // buffer, so that linear_group_forward/backward compute x A^T once as A_cat x^T, dx once as
-// dxa_cat^T A_cat and dA once as dxa_cat x. Each adapter keeps its own tensors (views now), with
+// dxa_cat^T A_cat and dA once as dxa_cat x (for calls whose row count is a multiple of 8; others
+// run adapter by adapter). Each adapter keeps its own tensors (views now), with
 // the same values and names for the optimizer, checkpoints and PEFT files. Joined: at least two
 // LoRA adapters of a group with lora_dropout 0 (each module draws its own dropout mask
 // otherwise), the same dtypes, device, input width and TP style, not row-parallel (x A^T would

@@ -22,6 +22,7 @@
 
 #include "adapters/apply.hpp"
 #include "adapters/peft.hpp"
+#include "core/op_trace.hpp"
 #include "core/rng.hpp"
 #include "model/llama.hpp"
 #include "model/t5.hpp"
@@ -115,7 +116,17 @@ struct Result {
   std::vector<std::string> names;
   std::vector<Tensor> values, grads;  // f64 CPU copies
   int64_t grouped = 0;
+  int64_t stacked_gemms = 0;  // GEMMs A_cat x^T of a q, k, v group: the grouped path ran
 };
+
+// The x A^T GEMMs of stacked q, k, v adapters (R = 3 r rows, K = the model width) in a trace.
+int64_t stacked_gemms(const OpTraceRecorder& rec, int64_t r, int64_t width) {
+  int64_t n = 0;
+  for (const TraceEvent& e : rec.events())
+    n += e.kind == TraceEvent::Kind::op && e.family == OpFamily::gemm && !e.trans_a && e.trans_b && e.m == 3 * r &&
+         e.k == width;
+  return n;
+}
 
 void collect(Result& r, const std::vector<ParamRef>& ps) {
   for (const ParamRef& p : ps) {
@@ -132,8 +143,8 @@ struct Options {
   Checkpointed ck = Checkpointed::none();
 };
 
-// Two micro-batches (the second shorter: fewer rows in the saved products' buffers), gradients
-// accumulated, of a tiny Llama with LoRA r 3 (4 on v: members of unequal rank).
+// Two micro-batches, gradients accumulated, of a tiny Llama with LoRA r 3: 24 rows (grouped
+// calls) then 15 (not a multiple of 8: the members run one by one, on the same buffers).
 Result run_llama(const Options& o) {
   LlamaQuant quant;
   if (o.qlora) quant.modules = llama_module_names();
@@ -154,11 +165,13 @@ Result run_llama(const Options& o) {
   LayerContext ctx;
   ctx.training = true;
   ctx.dropout_seed = 3;
+  OpTraceRecorder rec;
   for (int64_t t : {T, T - 3}) {
     const LlamaBatch batch = llama_batch(B, t, 40 + static_cast<uint64_t>(t));
     r.losses.push_back(llama_forward(m, acts, batch, ctx, true));
     llama_backward(m, acts, batch, ctx);
   }
+  r.stacked_gemms = stacked_gemms(rec, lc.r, m.cfg.hidden_size);
   collect(r, llama_trainable_params(m));
   return r;
 }
@@ -268,6 +281,8 @@ TEST(LoraGroup, LlamaGroupedEqualsPerModule) {
       const Result got = run_llama(o);
       EXPECT_EQ(ref.grouped, 0);
       EXPECT_EQ(got.grouped, targets.size() == 7 ? 10 : 4);
+      EXPECT_EQ(ref.stacked_gemms, 0);
+      EXPECT_EQ(got.stacked_gemms, targets.size() == 7 ? 2 : 0);  // each block's q, k, v, first micro-batch only
       expect_same(ref, got, tol_of(dt));
     }
   }
@@ -284,6 +299,7 @@ TEST(LoraGroup, QloraGroupedEqualsPerModule) {
     o.share = true;
     const Result got = run_llama(o);
     EXPECT_EQ(got.grouped, 10);
+    EXPECT_EQ(got.stacked_gemms, 2);
     expect_same(ref, got, tol_of(dt));
   }
 }
@@ -350,17 +366,19 @@ Result run_t5(bool gated, bool share, bool apart) {
   lc.targets = gated ? std::vector<std::string>{"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
                      : std::vector<std::string>{"q", "k", "v", "o", "wi", "wo"};
   lc.share_inputs = share;
-  attach_lora(m, lc, 2 * 6, 3);
+  attach_lora(m, lc, 2 * 8, 3);
   randomize_b(t5_linears(m));
   if (apart) move_apart(t5_linears(m));
   Result r;
   r.grouped = grouped_adapters(t5_linears(m));
-  T5Activations a = t5_activations(m, 2, 6, 5, true);
-  const T5Batch batch = t5_batch(2, 6, 5, m.cfg.vocab_size);
+  T5Activations a = t5_activations(m, 2, 8, 4, true);
+  const T5Batch batch = t5_batch(2, 8, 4, m.cfg.vocab_size);  // 16 and 8 rows: grouped calls
   LayerContext ctx;
   ctx.training = true;
+  OpTraceRecorder rec;
   r.losses.push_back(t5_forward(m, a, batch, true, ctx));
   t5_backward(m, a, batch, ctx);
+  r.stacked_gemms = stacked_gemms(rec, lc.r, m.cfg.d_model);
   collect(r, t5_trainable_params(m));
   return r;
 }
@@ -371,6 +389,7 @@ TEST(LoraGroup, T5GroupedEqualsPerModule) {
     const Result ref = run_t5(gated, false, false), got = run_t5(gated, true, false);
     // Encoder: self q, k, v (+ wi_0, wi_1); decoder: self q, k, v, cross k, v (+ wi_0, wi_1).
     EXPECT_EQ(got.grouped, 2 * (3 + (gated ? 2 : 0)) + 2 * (3 + 2 + (gated ? 2 : 0)));
+    EXPECT_EQ(got.stacked_gemms, 4);  // self-attention q, k, v of 2 encoder and 2 decoder blocks
     expect_same(ref, got, tol_of(DType::f64));
     expect_same(got, run_t5(gated, true, true), 0.0);
   }
