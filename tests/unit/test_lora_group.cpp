@@ -2,14 +2,15 @@
 // linear_group_forward/backward: one x A^T, one dx and one dA GEMM per group), against the same
 // adapters run one by one (LoraConfig::share_inputs off), on the CPU.
 //
-// What may differ and why: every product element the group computes is the same sum in the same
-// order as one by one (the CPU GEMM sums each element's K terms in order, in blocks of 256, and
-// the group's x A^T, dxa and dB GEMMs have the same K as the per-module ones), except dx: the
-// group adds the adapters' terms of all members in one GEMM (K = r_q + r_k + r_v) before the
-// base GEMMs, where one by one each adapter's term and base term alternate. So the loss, the
-// adapters' values and the last block's adapter gradients are bitwise equal, and every gradient
-// upstream of a group's dx differs by the rounding of sums taken in another order: a few ulp of
-// the tensor's largest element (checked at 1e-12 in f64, 1e-5 in f32, i.e. ~100 ulp).
+// What may differ and why: the CPU GEMM sums each element's K terms in order (in one pass, or in
+// blocks of 256 for products above 16384 multiply-adds: the same for K <= 256, as in these
+// tests), and the group's x A^T, dxa, dB and dA products have the per-module products' K, so
+// their elements are the same sums in the same order. dx is not: the group adds all members'
+// adapter terms in one GEMM (K = the summed rank) before the base GEMMs, where one by one each
+// adapter's term and base term alternate. So the loss and the adapters' values are bitwise equal
+// (checked), and every gradient upstream of a group's dx differs by the rounding of sums taken in
+// another order: a few ulp of the tensor's largest element (checked at 1e-12 in f64, 1e-5 in f32,
+// i.e. ~100 ulp).
 #include <gtest/gtest.h>
 
 #include <algorithm>
