@@ -4,9 +4,9 @@
 // The model code calls linear_layer_forward/backward (linear_group_forward/backward for layers
 // that read the same input) and never knows whether an adapter (LoRA, QLoRA) is attached:
 // adapters implement LinearAdapter (src/adapters/) and are attached from outside, after the
-// model is built. Nor does it know the layer's place in a TP plan: a
-// row-parallel layer completes its sum over the group inside linear_layer_forward (Megatron's
-// g); the one collective the model calls itself is f, tp_sum_partials on the input gradient of a
+// model is built. Nor does it know the layer's place in a TP plan: a row-parallel layer
+// completes its sum over the group inside linear_layer_forward (Megatron's g); the one
+// collective the model calls itself is f, tp_sum_partials on the input gradient of a
 // column-parallel region (after every layer reading that input has added its part, so q, k and v
 // share one all-reduce).
 #pragma once
