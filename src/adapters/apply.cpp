@@ -15,8 +15,9 @@ std::string listed(const std::vector<std::string>& v) {
 }
 
 template <typename ShortName>
-int64_t attach_to(const std::vector<Linear*>& linears, const std::vector<std::string>& known, const char* family,
-                  const LoraConfig& cfg, int64_t max_rows, uint64_t seed, ShortName short_name) {
+int64_t attach_to(const std::vector<Linear*>& linears, const std::vector<std::vector<Linear*>>& input_groups,
+                  const std::vector<std::string>& known, const char* family, const LoraConfig& cfg, int64_t max_rows,
+                  uint64_t seed, ShortName short_name) {
   for (const std::string& t : cfg.targets)
     if (!contains(known, t))
       ST_THROW_INPUT("lora_targets: a ", family, " model has no module '", t, "' (use ", listed(known), ")");
@@ -28,6 +29,7 @@ int64_t attach_to(const std::vector<Linear*>& linears, const std::vector<std::st
     ++n;
   }
   if (n == 0) ST_THROW_INPUT("lora_targets: none of ", listed(cfg.targets), " exists in this ", family, " model");
+  if (cfg.share_inputs) lora_join_groups(input_groups);
   return n;
 }
 
@@ -43,11 +45,13 @@ void merge_all(const std::vector<Linear*>& linears, const char* dequantize) {
 }  // namespace
 
 int64_t attach_lora(LlamaModel& m, const LoraConfig& cfg, int64_t max_rows, uint64_t seed) {
-  return attach_to(llama_linears(m), llama_module_names(), "llama", cfg, max_rows, seed, llama_module_short_name);
+  return attach_to(llama_linears(m), llama_input_groups(m), llama_module_names(), "llama", cfg, max_rows, seed,
+                   llama_module_short_name);
 }
 
 int64_t attach_lora(T5Model& m, const LoraConfig& cfg, int64_t max_rows, uint64_t seed) {
-  return attach_to(t5_linears(m), t5_module_names(), "t5", cfg, max_rows, seed, t5_module_short_name);
+  return attach_to(t5_linears(m), t5_input_groups(m), t5_module_names(), "t5", cfg, max_rows, seed,
+                   t5_module_short_name);
 }
 
 void merge_adapters(LlamaModel& m) { merge_all(llama_linears(m), "llama_dequantize"); }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,8 +21,14 @@ struct LoraConfig {
   double alpha = 16;
   double dropout = 0;
   std::vector<std::string> targets{"q", "k", "v", "o", "gate", "up", "down"};
+  // Run the adapters of layers that read the same input (the model's input groups: q, k, v;
+  // gate, up) together, one pass over x for all of them (lora_join_groups). Off: each on its own
+  // (the reference the grouped path is tested against).
+  bool share_inputs = true;
   double scale() const { return alpha / static_cast<double>(r); }
 };
+
+struct LoraGroup;
 
 class LoraAdapter final : public LinearAdapter {
  public:
@@ -30,6 +37,10 @@ class LoraAdapter final : public LinearAdapter {
 
   bool forward(const Tensor& x, Tensor& y, bool accumulate, const Tensor* residual, const LayerContext& ctx) override;
   bool backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate, const LayerContext& ctx) override;
+  void group_forward(const std::vector<const Linear*>& layers, const Tensor& x, const std::vector<Tensor*>& ys,
+                     const LayerContext& ctx, std::vector<bool>& covered) override;
+  bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
+                      Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) override;
   void collect_params(std::vector<ParamRef>& out) override;
   int64_t num_parameters() const override { return A.numel() + B.numel(); }
   void add_delta_to(Tensor& W) const override;
@@ -51,12 +62,35 @@ class LoraAdapter final : public LinearAdapter {
   Tensor A, B;          // [r, in], [out, r]  masters (f32, or f64 in reference checks)
   Tensor A_work, B_work;  // the same in the base's dtype (alias A, B when the dtypes agree)
   Tensor dA, dB;        // gradients, master dtype
-  Tensor xa;            // [max_rows, r] saved dropout(x) A^T, base dtype
-  Tensor dxa;           // [max_rows, r] workspace, base dtype
+  int64_t max_rows = 0;
+  // The saved dropout(x) A^T and the workspace of its gradient, base dtype: flat buffers of
+  // max_rows * r elements, or of max_rows * R shared by a group of R rows in all, of which this
+  // adapter has rows [group_row, group_row + r). A call of M rows uses this adapter's elements
+  // [group_row M, (group_row + r) M): as xa [M, r] on its own, as xa^T [r, M] in a group call
+  // (the group's x A^T is then one [R, M] product, each member's part contiguous).
+  Tensor xa, dxa;
+  // Set by lora_join_groups: the group (A, A_work and dA are then row blocks of one [R, in]
+  // buffer each, unless a layout such as ZeRO-3's moved them apart) and this adapter's first row.
+  std::shared_ptr<LoraGroup> group;
+  int64_t group_row = 0;
 
  private:
   // dropout(x) for this call: x itself without dropout, else written into ctx.scratch.
   Tensor dropped_input(const Tensor& x, const LayerContext& ctx) const;
+  // This adapter's part of a flat xa / dxa buffer for a call of M rows ([M * r] elements).
+  Tensor part_of(const Tensor& buf, int64_t M) const;
 };
+
+// Join the LoRA adapters of each group of layers that read the same input (q, k, v of a block;
+// gate and up: a model family's input groups): their A factors become row blocks of one [R, in]
+// tensor (R = the sum of their ranks; A_work and dA likewise) and their saved products one
+// buffer, so that linear_group_forward/backward compute x A^T once as A_cat x^T, dx once as
+// dxa_cat^T A_cat and dA once as dxa_cat x (for calls whose row count is a multiple of 8; others
+// run adapter by adapter). Each adapter keeps its own tensors (views now), with
+// the same values and names for the optimizer, checkpoints and PEFT files. Joined: at least two
+// LoRA adapters of a group with lora_dropout 0 (each module draws its own dropout mask
+// otherwise), the same dtypes, device, input width and TP style, not row-parallel (x A^T would
+// be a partial sum). Returns the number of groups formed.
+int64_t lora_join_groups(const std::vector<std::vector<Linear*>>& groups);
 
 }  // namespace st

@@ -110,7 +110,8 @@ TracedOp::TracedOp(OpFamily f, double bytes, double flops) {
   record(e);
 }
 
-TracedOp TracedOp::gemm(int64_t m, int64_t n, int64_t k, const Tensor& A, const Tensor& B, const Tensor& C) {
+TracedOp TracedOp::gemm(int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b, const Tensor& A, const Tensor& B,
+                        const Tensor& C) {
   TracedOp op;
   if (!g_recorder) return op;
   TraceEvent e;
@@ -118,6 +119,8 @@ TracedOp TracedOp::gemm(int64_t m, int64_t n, int64_t k, const Tensor& A, const 
   e.m = m;
   e.n = n;
   e.k = k;
+  e.trans_a = trans_a;
+  e.trans_b = trans_b;
   e.dtype_bytes = static_cast<int>(dtype_size(A.dtype()));
   e.flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   e.bytes = tensor_bytes({&A, &B, &C});

@@ -42,6 +42,7 @@ struct TraceEvent {
   OpFamily family = OpFamily::elementwise;
   double flops = 0, bytes = 0;          // bytes: read + written (ops); the buffer's size (collectives)
   int64_t m = 0, n = 0, k = 0;          // GEMM: op(A) [m, k] x op(B) [k, n]
+  bool trans_a = false, trans_b = false;  // GEMM: op(A) = A^T (A stored [k, m]), op(B) = B^T ([n, k])
   int dtype_bytes = 0;                  // GEMM: element size of A and B
   // Batched attention (forward or backward; not the varlen kind): its shape, so that a device
   // profile can hold the time of the exact shapes a deck runs (T5's bias and cross-attention
@@ -105,7 +106,8 @@ class TracedOp {
   TracedOp(OpFamily f, std::initializer_list<const Tensor*> tensors, double flops = 0);
   TracedOp(OpFamily f, double bytes, double flops);
   // A GEMM op(A) [m, k] x op(B) [k, n] -> C.
-  static TracedOp gemm(int64_t m, int64_t n, int64_t k, const Tensor& A, const Tensor& B, const Tensor& C);
+  static TracedOp gemm(int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b, const Tensor& A, const Tensor& B,
+                       const Tensor& C);
   // A batched attention op (forward or backward) of the given shape.
   static TracedOp attention(OpFamily f, std::initializer_list<const Tensor*> tensors, double flops,
                             const TraceEvent::AttentionKey& key);

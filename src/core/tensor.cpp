@@ -103,6 +103,23 @@ Tensor Tensor::view_as(DType dtype, size_t byte_offset, const Shape& shape) cons
   return t;
 }
 
+Tensor Tensor::adjacent_rows(const std::vector<const Tensor*>& parts) {
+  if (parts.empty() || !parts.front()->defined() || parts.front()->ndim() < 1) return Tensor();
+  const Tensor& first = *parts.front();
+  Tensor t = first;
+  size_t next = first.offset_ + first.nbytes();
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const Tensor& p = *parts[i];
+    if (p.storage_ != first.storage_ || p.dtype_ != first.dtype_ || p.ndim() != first.ndim() || p.offset_ != next)
+      return Tensor();
+    for (int d = 1; d < first.ndim(); ++d)
+      if (p.shape_[d] != first.shape_[d]) return Tensor();
+    t.shape_.d[0] += p.shape_[0];
+    next += p.nbytes();
+  }
+  return t;
+}
+
 void Tensor::zero_() {
   if (numel() == 0) return;
   const TracedOp traced(OpFamily::copy, {this});

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "core/allocator.hpp"
 #include "core/dtype.hpp"
@@ -86,6 +87,10 @@ class Tensor {
   // reinterpreted as a `dtype` tensor of `shape` (a view; e.g. typed tensors inside a flat byte
   // buffer). The range must lie inside this tensor and be aligned for `dtype`.
   Tensor view_as(DType dtype, size_t byte_offset, const Shape& shape) const;
+  // The rows of `parts` stacked as one tensor, when they are consecutive views of one buffer
+  // (each part's rows start where the previous part's end; same dtype and trailing dimensions):
+  // a view of that buffer. Otherwise (separate buffers, a gap, a mismatch) an undefined tensor.
+  static Tensor adjacent_rows(const std::vector<const Tensor*>& parts);
 
   void zero_();
   void fill_(double value);            // CPU float tensors only

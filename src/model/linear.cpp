@@ -50,13 +50,39 @@ void dequantize_linears(const std::vector<Linear*>& linears, DType dtype) {
   }
 }
 
+namespace {
+
+bool row_parallel(const Linear& l) { return l.tp_mode == TpMode::row && l.tp.active(); }
+
+// The base part of a layer's forward, after its adapter: y (+)= x W^T (+ b), then the sum over
+// the group of a row-parallel layer. acc and res: what the GEMM adds (y's content, a residual).
+void base_forward(const Linear& l, const Tensor& x, Tensor& y, bool acc, const Tensor* res) {
+  const bool row = row_parallel(l);
+  if (l.fp8) fp8_linear_forward(l, x, y, acc || res ? 1.0 : 0.0, res);
+  else linear_forward(x, l.dense_weight(), y, acc, res);
+  if (l.bias.defined() && (!row || l.tp.rank == 0)) bias_add(y, l.bias);
+  if (row) l.tp.comm->sum_partials(y);
+}
+
+// The base part of a layer's backward, after its adapter: dx (+)= dy W, dW += dy^T x, the bias
+// gradient.
+void base_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate) {
+  if (l.fp8) {
+    if (dx && dx->defined()) fp8_linear_backward_input(l, dy, *dx, dx_accumulate);
+  } else if (dx || l.grad.defined()) {
+    linear_backward(x, l.dense_weight(), dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
+  }
+  if (l.bias_grad.defined()) bias_backward(dy, l.bias_grad);
+}
+
+}  // namespace
+
 void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accumulate, const LayerContext& ctx,
                           const Tensor* residual) {
   // A row-parallel layer's ranks each hold a partial sum: what enters once (y's prior content,
   // the residual, the bias) is added on TP rank 0 only, and the sum over the group completes it
   // (Megatron's g).
-  const bool row = l.tp_mode == TpMode::row && l.tp.active();
-  const bool once_here = !row || l.tp.rank == 0;
+  const bool once_here = !row_parallel(l) || l.tp.rank == 0;
   const Tensor* res = once_here ? residual : nullptr;
   bool acc = accumulate && once_here;
   // The adapter first (its rank-r update writes y, taking y's prior content or the residual
@@ -65,22 +91,55 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
     acc = true;
     res = nullptr;
   }
-  if (l.fp8) fp8_linear_forward(l, x, y, acc || res ? 1.0 : 0.0, res);
-  else linear_forward(x, l.dense_weight(), y, acc, res);
-  if (l.bias.defined() && once_here) bias_add(y, l.bias);
-  if (row) l.tp.comm->sum_partials(y);
+  base_forward(l, x, y, acc, res);
 }
 
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate) {
   // As in the forward: the adapter's input gradient first, the base GEMM then adds into dx.
   if (l.adapter && l.adapter->backward(x, dy, dx, dx_accumulate, ctx)) dx_accumulate = true;
-  if (l.fp8) {
-    if (dx && dx->defined()) fp8_linear_backward_input(l, dy, *dx, dx_accumulate);
-  } else if (dx || l.grad.defined()) {
-    linear_backward(x, l.dense_weight(), dy, dx, l.grad.defined() ? &l.grad : nullptr, dx_accumulate);
+  base_backward(l, x, dy, dx, dx_accumulate);
+}
+
+void linear_group_forward(std::initializer_list<const Linear*> layers_in, const Tensor& x,
+                          std::initializer_list<Tensor*> ys_in, const LayerContext& ctx) {
+  const std::vector<const Linear*> layers(layers_in);
+  const std::vector<Tensor*> ys(ys_in);
+  if (layers.size() != ys.size()) ST_THROW("linear_group_forward: ", layers.size(), " layers, ", ys.size(), " outputs");
+  // The adapters that run together first, each writing its layer's output; then every base GEMM
+  // adds into what its adapter wrote. A layer no group hook took on runs on its own.
+  std::vector<bool> covered(layers.size(), false);
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (!covered[i] && layers[i]->adapter) layers[i]->adapter->group_forward(layers, x, ys, ctx, covered);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!covered[i]) {
+      linear_layer_forward(*layers[i], x, *ys[i], false, ctx);
+      continue;
+    }
+    if (row_parallel(*layers[i]))  // its adapter term would enter once per rank
+      ST_THROW("linear_group_forward: ", layers[i]->name, " is row-parallel; a group hook cannot take it on");
+    base_forward(*layers[i], x, *ys[i], true, nullptr);
   }
-  if (l.bias_grad.defined()) bias_backward(dy, l.bias_grad);
+}
+
+void linear_group_backward(std::initializer_list<Linear*> layers_in, const Tensor& x,
+                           std::initializer_list<const Tensor*> dys_in, Tensor* dx, const LayerContext& ctx,
+                           bool dx_accumulate) {
+  const std::vector<Linear*> layers(layers_in);
+  const std::vector<const Tensor*> dys(dys_in);
+  if (layers.size() != dys.size()) ST_THROW("linear_group_backward: ", layers.size(), " layers, ", dys.size(), " gradients");
+  const bool writes_dx = dx && dx->defined();
+  bool acc = dx_accumulate;
+  std::vector<bool> covered(layers.size(), false);
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (!covered[i] && layers[i]->adapter &&
+        layers[i]->adapter->group_backward(layers, x, dys, dx, acc, ctx, covered))
+      acc = true;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (covered[i]) base_backward(*layers[i], x, *dys[i], dx, acc);
+    else linear_layer_backward(*layers[i], x, *dys[i], dx, ctx, acc);
+    if (writes_dx) acc = true;
+  }
 }
 
 void embedding_layer_forward(const Tensor& ids, const Tensor& table, const TpGroup& tp, Tensor& out) {

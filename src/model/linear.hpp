@@ -1,15 +1,17 @@
 // A linear layer y = x W^T (+ b) with an extension point for adapters, and the layers around it
 // that tensor parallelism splits (the vocabulary-parallel embedding and loss).
 //
-// The model code calls linear_layer_forward/backward and never knows whether an adapter (LoRA,
-// QLoRA) is attached: adapters implement LinearAdapter (src/adapters/) and are attached from
-// outside, after the model is built. Nor does it know the layer's place in a TP plan: a
-// row-parallel layer completes its sum over the group inside linear_layer_forward (Megatron's
-// g); the one collective the model calls itself is f, tp_sum_partials on the input gradient of a
+// The model code calls linear_layer_forward/backward (linear_group_forward/backward for layers
+// that read the same input) and never knows whether an adapter (LoRA, QLoRA) is attached:
+// adapters implement LinearAdapter (src/adapters/) and are attached from outside, after the
+// model is built. Nor does it know the layer's place in a TP plan: a row-parallel layer
+// completes its sum over the group inside linear_layer_forward (Megatron's g); the one
+// collective the model calls itself is f, tp_sum_partials on the input gradient of a
 // column-parallel region (after every layer reading that input has added its part, so q, k and v
 // share one all-reduce).
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +23,7 @@ namespace st {
 
 struct Nf4Tensor;
 struct Fp8Base;
+struct Linear;
 
 // A trainable parameter as the optimizer sees it.
 // `value` is what the optimizer updates and `grad` its gradient (same dtype, or f32 for a bf16
@@ -64,6 +67,22 @@ class LinearAdapter {
   // accumulates its own parameter gradients. Returns whether it wrote dx.
   virtual bool backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate,
                         const LayerContext& ctx) = 0;
+  // Optional group hooks, for layers that read the same input (linear_group_forward/backward):
+  // an adapter that shares work with the adapters of other layers of `layers` (e.g. one pass
+  // over x for all of them) does the adapter part of each layer it takes on and sets covered[i]
+  // for it; the default takes on none (each layer then runs as linear_layer_forward/backward
+  // would run it). Forward: ys[i] = layer i's adapter term for x, overwritten, on every TP rank.
+  // Backward: dx (+)= the covered layers' input gradients (overwritten when dx_accumulate is
+  // false; dx may be null), and their parameter gradients; returns whether it wrote dx.
+  virtual void group_forward(const std::vector<const Linear*>& layers, const Tensor& x, const std::vector<Tensor*>& ys,
+                             const LayerContext& ctx, std::vector<bool>& covered) {
+    (void)layers, (void)x, (void)ys, (void)ctx, (void)covered;
+  }
+  virtual bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
+                              Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) {
+    (void)layers, (void)x, (void)dys, (void)dx, (void)dx_accumulate, (void)ctx, (void)covered;
+    return false;
+  }
   virtual void collect_params(std::vector<ParamRef>& out) = 0;
   virtual int64_t num_parameters() const = 0;
   // The dense update this adapter represents (for merging into W): W += delta. f32/f64 CPU.
@@ -125,6 +144,19 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
 // tp_sum_partials once every layer reading the same input has added to it. The bias gradient is
 // the column sum of dy (accumulated when it trains).
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
+                           bool dx_accumulate = true);
+
+// A group of layers that read the same input x (q, k and v of a block; gate and up), each with
+// its own output: ys[i] = x W_i^T + b_i + adapter_i, overwritten. The same results as one
+// linear_layer_forward per layer (accumulate false, no residual); adapters that implement the
+// group hooks run together (LoRA: one pass over x for all of them).
+void linear_group_forward(std::initializer_list<const Linear*> layers, const Tensor& x,
+                          std::initializer_list<Tensor*> ys, const LayerContext& ctx);
+// Its backward: dx (+)= sum_i dys[i] W_i + the adapters' input gradients (overwritten first when
+// dx_accumulate is false; dx may be null), as linear_layer_backward on each layer in turn would
+// leave it; for a column-parallel group dx is this rank's partial sum (tp_sum_partials after).
+void linear_group_backward(std::initializer_list<Linear*> layers, const Tensor& x,
+                           std::initializer_list<const Tensor*> dys, Tensor* dx, const LayerContext& ctx,
                            bool dx_accumulate = true);
 
 size_t nf4_stored_bytes(const Linear& l);  // the NF4 base's packed bytes

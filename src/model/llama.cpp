@@ -244,6 +244,15 @@ std::vector<Linear*> llama_linears(LlamaModel& m) {
   return out;
 }
 
+std::vector<std::vector<Linear*>> llama_input_groups(LlamaModel& m) {
+  std::vector<std::vector<Linear*>> out;
+  for (auto& b : m.blocks) {
+    out.push_back({&b.q, &b.k, &b.v});
+    out.push_back({&b.gate, &b.up});
+  }
+  return out;
+}
+
 std::vector<ParamRef> llama_trainable_params(LlamaModel& m) { return trainable_params(llama_param_table(m)); }
 std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m) { return params_by_unit(llama_param_table(m)); }
 int64_t llama_num_trainable(LlamaModel& m) { return num_trainable(llama_param_table(m)); }
@@ -367,9 +376,7 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
                    Tensor& x_out, const LlamaBatch& batch, const LayerContext& ctx) {
   const LlamaConfig& c = m.cfg;
   rmsnorm_forward(x_in, blk.attn_norm, c.rms_norm_eps, s.xn1, s.rstd1);
-  linear_layer_forward(blk.q, s.xn1, s.q, false, ctx);
-  linear_layer_forward(blk.k, s.xn1, s.k, false, ctx);
-  linear_layer_forward(blk.v, s.xn1, s.v, false, ctx);
+  linear_group_forward({&blk.q, &blk.k, &blk.v}, s.xn1, {&s.q, &s.k, &s.v}, ctx);  // llama_input_groups
   rope_forward(s.q, batch.B, batch.T, m.rope, batch.positions);
   rope_forward(s.k, batch.B, batch.T, m.rope, batch.positions);
   attend_forward(m, batch, s);
@@ -378,8 +385,7 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   // and up need no communication (x is replicated).
   linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, &x_in);
   rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
-  linear_layer_forward(blk.gate, s.xn2, s.gate, false, ctx);
-  linear_layer_forward(blk.up, s.xn2, s.up, false, ctx);
+  linear_group_forward({&blk.gate, &blk.up}, s.xn2, {&s.gate, &s.up}, ctx);
   swiglu_forward(s.gate, s.up, s.h);
   linear_layer_forward(blk.down, s.h, x_out, false, ctx, &s.x_mid);  // x_out = x_mid + down(h)
 }
@@ -397,8 +403,7 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   // MLP branch: x_out = x_mid + down(h)
   linear_layer_backward(blk.down, s.h, dresid, &dh, ctx, false);
   swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
-  linear_layer_backward(blk.gate, s.xn2, dgate, &dxn, ctx, false);
-  linear_layer_backward(blk.up, s.xn2, dup, &dxn, ctx);
+  linear_group_backward({&blk.gate, &blk.up}, s.xn2, {&dgate, &dup}, &dxn, ctx, false);
   tp_sum_partials(m.tp, dxn);  // column-parallel gate/up: partial input gradients (Megatron's "f")
   rmsnorm_backward(dxn, s.x_mid, blk.mlp_norm, s.rstd2, dresid, grad_or_null(blk.mlp_norm_grad));
 
@@ -407,9 +412,7 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   attend_backward(m, batch, s, datt, dq, dk, dv);
   rope_backward(dq, batch.B, batch.T, m.rope, batch.positions);
   rope_backward(dk, batch.B, batch.T, m.rope, batch.positions);
-  linear_layer_backward(blk.q, s.xn1, dq, &dxn, ctx, false);
-  linear_layer_backward(blk.k, s.xn1, dk, &dxn, ctx);
-  linear_layer_backward(blk.v, s.xn1, dv, &dxn, ctx);
+  linear_group_backward({&blk.q, &blk.k, &blk.v}, s.xn1, {&dq, &dk, &dv}, &dxn, ctx, false);
   tp_sum_partials(m.tp, dxn);
   rmsnorm_backward(dxn, x_in, blk.attn_norm, s.rstd1, dresid, grad_or_null(blk.attn_norm_grad));
 }

@@ -123,6 +123,9 @@ LlamaWeightBytes llama_weight_bytes(LlamaModel& m);
 void llama_dequantize(LlamaModel& m);
 // Every linear layer (adapters attach here), in block order then lm_head.
 std::vector<Linear*> llama_linears(LlamaModel& m);
+// The layers that read the same input, which the blocks run through linear_group_forward /
+// backward: q, k, v and gate, up of every block.
+std::vector<std::vector<Linear*>> llama_input_groups(LlamaModel& m);
 // Trainable parameters (base when trainable, then adapters), in a fixed order.
 std::vector<ParamRef> llama_trainable_params(LlamaModel& m);
 int64_t llama_num_trainable(LlamaModel& m);

@@ -299,6 +299,23 @@ void t5_dequantize(T5Model& m) {
 }
 
 std::vector<Linear*> t5_linears(T5Model& m) { return t5_param_table(m).linears; }
+
+std::vector<std::vector<Linear*>> t5_input_groups(T5Model& m) {
+  std::vector<std::vector<Linear*>> out;
+  auto ffn = [&](T5Ffn& f) {
+    if (m.cfg.gated) out.push_back({&f.wi_0, &f.wi_1});
+  };
+  for (T5EncBlock& b : m.enc) {
+    out.push_back({&b.self.q, &b.self.k, &b.self.v});
+    ffn(b.ffn);
+  }
+  for (T5DecBlock& b : m.dec) {
+    out.push_back({&b.self.q, &b.self.k, &b.self.v});
+    out.push_back({&b.cross.k, &b.cross.v});
+    ffn(b.ffn);
+  }
+  return out;
+}
 std::vector<ParamRef> t5_trainable_params(T5Model& m) { return trainable_params(t5_param_table(m)); }
 int64_t t5_num_trainable(T5Model& m) { return num_trainable(t5_param_table(m)); }
 std::vector<std::vector<ParamRef>> t5_params_by_unit(T5Model& m) { return params_by_unit(t5_param_table(m)); }
@@ -419,9 +436,12 @@ namespace {
 void attn_forward(const T5Attn& w, const Tensor& n, const Tensor& kv, const AttentionShape& shape,
                   const Tensor& lengths, const Tensor& bias, Tensor q, Tensor k, Tensor v, Tensor att, Tensor lse,
                   Tensor& out, const Tensor& resid, const LayerContext& ctx) {
-  linear_layer_forward(w.q, n, q, false, ctx);
-  linear_layer_forward(w.k, kv, k, false, ctx);
-  linear_layer_forward(w.v, kv, v, false, ctx);
+  if (n.data() == kv.data()) {  // self-attention: q, k and v read n (t5_input_groups)
+    linear_group_forward({&w.q, &w.k, &w.v}, n, {&q, &k, &v}, ctx);
+  } else {  // cross-attention: k and v read the encoder output
+    linear_layer_forward(w.q, n, q, false, ctx);
+    linear_group_forward({&w.k, &w.v}, kv, {&k, &v}, ctx);
+  }
   attention_forward(shape, q, k, v, lengths, att, lse, bias);
   linear_layer_forward(w.o, att, out, false, ctx, &resid);  // row-parallel: the sum over the group
 }
@@ -435,10 +455,12 @@ void attn_backward(const T5Model& m, T5Attn& w, const Tensor& n, const Tensor& k
                    Tensor dk, Tensor dv, Tensor& dn, Tensor* dkv, const LayerContext& ctx) {
   linear_layer_backward(w.o, att, dout, &datt, ctx, false);
   attention_backward(shape, q, k, v, att, lse, datt, lengths, dq, dk, dv, false, bias, dbias);
-  linear_layer_backward(w.q, n, dq, &dn, ctx, false);
-  Tensor& dkv_into = dkv ? *dkv : dn;
-  linear_layer_backward(w.k, kv, dk, &dkv_into, ctx);
-  linear_layer_backward(w.v, kv, dv, &dkv_into, ctx);
+  if (dkv) {  // cross-attention: d(kv) into dkv (+=)
+    linear_layer_backward(w.q, n, dq, &dn, ctx, false);
+    linear_group_backward({&w.k, &w.v}, kv, {&dk, &dv}, dkv, ctx);
+  } else {
+    linear_group_backward({&w.q, &w.k, &w.v}, n, {&dq, &dk, &dv}, &dn, ctx, false);
+  }
   tp_sum_partials(m.tp, dn);  // column-parallel q (k, v): partial input gradients (Megatron's "f")
 }
 
@@ -446,11 +468,11 @@ void attn_backward(const T5Model& m, T5Attn& w, const Tensor& n, const Tensor& k
 // and wo row-parallel under TP.
 void ffn_forward(const T5Model& m, const T5Ffn& f, const Tensor& n, Tensor g, Tensor u, Tensor h, Tensor& out,
                  const Tensor& resid, const LayerContext& ctx) {
-  linear_layer_forward(f.wi_0, n, g, false, ctx);
   if (m.cfg.gated) {
-    linear_layer_forward(f.wi_1, n, u, false, ctx);
+    linear_group_forward({&f.wi_0, &f.wi_1}, n, {&g, &u}, ctx);
     geglu_forward(g, u, h);
   } else {
+    linear_layer_forward(f.wi_0, n, g, false, ctx);
     relu_forward(g, h);
   }
   linear_layer_forward(f.wo, h, out, false, ctx, &resid);  // row-parallel: the sum over the group
@@ -462,8 +484,7 @@ void ffn_backward(const T5Model& m, T5Ffn& f, const Tensor& n, const Tensor& g, 
   linear_layer_backward(f.wo, h, dout, &dh, ctx, false);
   if (m.cfg.gated) {
     geglu_backward(dh, g, u, dg, du, false);
-    linear_layer_backward(f.wi_0, n, dg, &dn, ctx, false);
-    linear_layer_backward(f.wi_1, n, du, &dn, ctx);
+    linear_group_backward({&f.wi_0, &f.wi_1}, n, {&dg, &du}, &dn, ctx, false);
   } else {
     relu_backward(dh, g, dg, false);
     linear_layer_backward(f.wi_0, n, dg, &dn, ctx, false);

@@ -145,6 +145,9 @@ void t5_dequantize(T5Model& m);
 // Every linear layer (adapters attach here): encoder blocks (q, k, v, o, wi_0, [wi_1], wo),
 // decoder blocks (self q, k, v, o, cross q, k, v, o, FFN), then lm_head.
 std::vector<Linear*> t5_linears(T5Model& m);
+// The layers that read the same input, which the blocks run through linear_group_forward /
+// backward: self-attention q, k, v; cross-attention k, v (the encoder output); wi_0, wi_1 (gated).
+std::vector<std::vector<Linear*>> t5_input_groups(T5Model& m);
 // Trainable parameters: the base (when trainable, in t5_weight_slots' order; TP-split tensors
 // flagged tp_sharded), then the adapters of t5_linears in order.
 std::vector<ParamRef> t5_trainable_params(T5Model& m);

@@ -196,7 +196,7 @@ void matmul_fp8(Tensor& C, const Fp8Tensor& A, const Fp8Tensor& B, double beta, 
   else if (!C_in) C_in = &C;
   if (C_in && (C_in->numel() != C.numel() || C_in->dtype() != C.dtype() || C_in->device() != C.device()))
     ST_THROW("matmul_fp8: residual input ", C_in->str(), " does not match ", C.str());
-  const TracedOp traced = TracedOp::gemm(M, N, K, A.codes, B.codes, C);
+  const TracedOp traced = TracedOp::gemm(M, N, K, false, true, A.codes, B.codes, C);
   if (traced.dry()) {  // the planner: the cuBLASLt workspace shared with the bf16 GEMMs, no compute
     dry_run_add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
     if (C.device() == Device::cuda)

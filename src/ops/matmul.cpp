@@ -49,7 +49,7 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
   if (C_in && (C_in->numel() != C.numel() || C_in->dtype() != C.dtype() || C_in->device() != C.device()))
     ST_THROW("matmul: residual input ", C_in->str(), " does not match ", C.str());
   if (C_in && C_in->data() == C.data()) C_in = nullptr;
-  const TracedOp traced = TracedOp::gemm(M, N, K, A, B, C);
+  const TracedOp traced = TracedOp::gemm(M, N, K, trans_a, trans_b, A, B, C);
   if (traced.dry()) {  // the planner: the cuBLASLt workspace the backend keeps, no compute
     dry_run_add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
     if (C.device() == Device::cuda) dry_run_scratch("cublaslt workspace", kCublasLtWorkspaceBytes, Device::cuda, MemCategory::workspace);

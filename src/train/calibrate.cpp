@@ -135,33 +135,34 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
 
   DeviceProfile p;
   p.device = cuda ? "cuda" : "cpu";
-  // GEMMs: y [m, n] = x [m, k] W^T (W [n, k]), the linear layers' forward.
-  auto gemm = [&](int64_t m, int64_t n, int64_t k, DType dt) {
+  // GEMMs: C [m, n] = op(A) op(B); the sweep's y = x W^T (W [n, k]), the linear layers' forward.
+  auto gemm = [&](int64_t m, int64_t n, int64_t k, DType dt, bool ta = false, bool tb = true) {
     // Random operands: tensor cores multiplying zeros draw less power and run at higher clocks
     // than on real data, which would make every prediction optimistic.
-    Tensor A = Tensor::zeros({m, k}, dt, d), B = Tensor::zeros({n, k}, dt, d), Cc = Tensor::zeros({m, n}, dt, d);
+    Tensor A = Tensor::zeros(ta ? Shape{k, m} : Shape{m, k}, dt, d), B = Tensor::zeros(tb ? Shape{n, k} : Shape{k, n}, dt, d);
+    Tensor Cc = Tensor::zeros({m, n}, dt, d);
     fill_normal(A, 11, 0.0, 1.0);
     fill_normal(B, 12, 0.0, 0.02);
-    return sw.time([&] { matmul(Cc, A, false, B, true, 1.0, 0.0); });
+    return sw.time([&] { matmul(Cc, A, ta, B, tb, 1.0, 0.0); });
   };
   Sample largest;  // the sweep's time of its largest square GEMM (for the sustained factor)
   for (int64_t s : gemm_sizes) {
     largest = gemm(s, s, s, act);
     add(largest);
   }
-  // The deck's own GEMM shapes, each timed once.
-  std::map<std::tuple<int64_t, int64_t, int64_t, int>, double> exact;
+  // The deck's own GEMM shapes, each timed once in its operands' layout.
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, bool, bool>, double> exact;
   for (const TraceEvent& e : o.gemm_shapes) {
     if (e.family != OpFamily::gemm || e.dtype_bytes == 1) continue;  // FP8 GEMMs: not timed here
-    const auto key = std::make_tuple(e.m, e.n, e.k, e.dtype_bytes);
+    const auto key = std::make_tuple(e.m, e.n, e.k, e.dtype_bytes, e.trans_a, e.trans_b);
     if (exact.count(key)) continue;
-    const Sample s = gemm(e.m, e.n, e.k, dtype_of_bytes(e.dtype_bytes, d));
+    const Sample s = gemm(e.m, e.n, e.k, dtype_of_bytes(e.dtype_bytes, d), e.trans_a, e.trans_b);
     exact[key] = s.seconds;
     add(s);
   }
   for (const auto& [key, secs] : exact) {
     GemmShapeTime g;
-    std::tie(g.m, g.n, g.k, g.dtype_bytes) = key;
+    std::tie(g.m, g.n, g.k, g.dtype_bytes, g.trans_a, g.trans_b) = key;
     g.seconds = secs;
     p.gemm_shapes.push_back(g);
   }

@@ -38,7 +38,9 @@ double DeviceProfile::op_seconds(const TraceEvent& e) const {
   const FamilyProfile& fp = family(e.family);
   if (e.family == OpFamily::gemm) {
     for (const GemmShapeTime& g : gemm_shapes)
-      if (g.m == e.m && g.n == e.n && g.k == e.k && g.dtype_bytes == e.dtype_bytes) return sustained_compute_factor * g.seconds;
+      if (g.m == e.m && g.n == e.n && g.k == e.k && g.dtype_bytes == e.dtype_bytes && g.trans_a == e.trans_a &&
+          g.trans_b == e.trans_b)
+        return sustained_compute_factor * g.seconds;
     // Skinny GEMMs (LoRA's rank-r products) are bound by their operands' traffic, not FLOPs.
     return sustained_compute_factor * std::max(fp.seconds(e.flops), e.bytes / memory_bytes_per_s + fp.latency_s);
   }
@@ -256,7 +258,7 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
       const std::string path = str("gemm_shapes[", k, "].");
       const json& g = gs[k];
       if (!g.is_object()) bad(what, str("gemm_shapes[", k, "]"), "must be an object");
-      only_keys(g, {"m", "n", "k", "dtype_bytes", "seconds"}, what, path);
+      only_keys(g, {"m", "n", "k", "dtype_bytes", "trans_a", "trans_b", "seconds"}, what, path);
       GemmShapeTime s;
       for (auto [key, dst] : {std::pair<const char*, int64_t*>{"m", &s.m}, {"n", &s.n}, {"k", &s.k}}) {
         const json& v = need(g, key, what, path);
@@ -268,6 +270,12 @@ DeviceProfile parse_device_profile(const std::string& text, const std::string& w
         bad(what, path + "dtype_bytes", "must be 1, 2, 4 or 8");
       s.dtype_bytes = db.get<int>();
       s.seconds = need_number(g, "seconds", what, path, true);
+      s.trans_b = true;  // without the fields: the layout calibrate timed before it recorded one
+      for (auto [key, dst] : {std::pair<const char*, bool*>{"trans_a", &s.trans_a}, {"trans_b", &s.trans_b}}) {
+        if (!g.contains(key)) continue;
+        if (!g[key].is_boolean()) bad(what, path + key, "must be true or false");
+        *dst = g[key].get<bool>();
+      }
       p.gemm_shapes.push_back(s);
     }
   }
@@ -305,7 +313,8 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   j["families"] = fams;
   json gs = json::array();
   for (const GemmShapeTime& g : p.gemm_shapes)
-    gs.push_back({{"m", g.m}, {"n", g.n}, {"k", g.k}, {"dtype_bytes", g.dtype_bytes}, {"seconds", g.seconds}});
+    gs.push_back({{"m", g.m}, {"n", g.n}, {"k", g.k}, {"dtype_bytes", g.dtype_bytes}, {"trans_a", g.trans_a},
+                  {"trans_b", g.trans_b}, {"seconds", g.seconds}});
   j["gemm_shapes"] = gs;
   json as = json::array();
   for (const AttentionShapeTime& a : p.attention_shapes)

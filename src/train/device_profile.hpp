@@ -13,7 +13,8 @@
 //     "families": { "<family>": { "metric": "flops" | "bytes", "latency_s": 4e-6, "rate": 7e14,
 //                                 "points": [[work, seconds], ...],
 //                                 "host_s": 5e-6 }, ... },   // host_s optional (default 0)
-//     "gemm_shapes": [ { "m": 8192, "n": 4096, "k": 4096, "dtype_bytes": 2, "seconds": 3.1e-4 }, ... ],
+//     "gemm_shapes": [ { "m": 8192, "n": 4096, "k": 4096, "dtype_bytes": 2, "trans_a": false, "trans_b": true,
+//                        "seconds": 3.1e-4 }, ... ],   // trans_a / trans_b optional (default false / true)
 //     "attention_shapes": [ { "backward": false, "B": 8, "T": 512, "Tk": 128, "Hq": 16, "Hkv": 16,
 //                             "D": 64, "causal": false, "bias": true, "dbias": false,
 //                             "seconds": 2e-4 }, ... ],   // optional
@@ -45,10 +46,15 @@ struct FamilyProfile {
   double seconds(double work) const;
 };
 
+// One GEMM shape measured exactly: op(A) [m, k] x op(B) [k, n] with its operands' layout (the
+// transposes of core/op_trace.hpp's GEMM events: a skinny product's speed depends on which of its
+// operands is read along rows or columns). Profiles written before the layout was recorded timed
+// A [m, k] x B [n, k]^T.
 struct GemmShapeTime {
   int64_t m = 0, n = 0, k = 0;
   int dtype_bytes = 2;
   double seconds = 0;
+  bool trans_a = false, trans_b = false;
 };
 
 // One attention shape measured exactly (forward or backward): T5's biased and cross-attention

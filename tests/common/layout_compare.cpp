@@ -81,12 +81,13 @@ double expect_weights_match(const std::vector<WeightSlot>& ref, const std::vecto
   return worst;
 }
 
-void attach_test_lora(const std::vector<Linear*>& linears) {
+void attach_test_lora(const std::vector<Linear*>& linears, const std::vector<std::vector<Linear*>>& input_groups) {
   LoraConfig lc;
   lc.r = 2;
   lc.alpha = 4;
   for (Linear* lin : linears)
     if (lin->name != "lm_head") lin->adapter = std::make_unique<LoraAdapter>(*lin, lc, 64, 3);
+  lora_join_groups(input_groups);
 }
 
 double expect_lora_match(const std::vector<Linear*>& ref, const std::vector<Linear*>& got, const TpGroup& tp,

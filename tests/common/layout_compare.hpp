@@ -41,8 +41,10 @@ double expect_gathered_grads_match(const std::vector<WeightSlot>& ref, const std
 double expect_weights_match(const std::vector<WeightSlot>& ref, const std::vector<WeightSlot>& got, const TpGroup& tp,
                             double tol);
 
-// LoRA adapters (r 2, alpha 4, the same seed on every rank) on every linear but the head.
-void attach_test_lora(const std::vector<Linear*>& linears);
+// LoRA adapters (r 2, alpha 4, the same seed on every rank) on every linear but the head; those
+// of each of `input_groups` (the family's layers that read the same input) joined into a group
+// (lora_join_groups), the others each on its own.
+void attach_test_lora(const std::vector<Linear*>& linears, const std::vector<std::vector<Linear*>>& input_groups = {});
 
 enum class LoraPart {
   masters,   // A and B (B trained away from zero)

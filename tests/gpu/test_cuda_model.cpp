@@ -54,8 +54,9 @@ struct HostBatch {
   std::vector<float> weight;
 };
 
-HostBatch make_host_batch(uint64_t seed, int64_t V) {
+HostBatch make_host_batch(uint64_t seed, int64_t V, int64_t T = 70) {
   HostBatch h;
+  h.T = T;
   Rng rng(seed);
   h.ids.resize(static_cast<size_t>(h.B * h.T));
   h.targets.resize(h.ids.size());
@@ -130,16 +131,16 @@ constexpr double kFp8ExcessFactor = 1.5, kFp8MinLogitEffect = 3.6e-2 / 4;
 
 struct StepResult {
   double loss0 = 0;
-  Tensor logits;  // CPU f64 [3 * 70, V] (forward without targets)
+  Tensor logits;  // CPU f64 [B * T, V] (forward without targets)
   std::vector<std::pair<std::string, Tensor>> grads;  // CPU f64, trainable parameters in order
 };
 
 StepResult run_step(LlamaModel& m, const HostBatch& hb) {
   StepResult r;
   LlamaBatch b = to_batch(hb, m.device);
-  LlamaActivations a = llama_activations(m, 3, 70, true, true);
+  LlamaActivations a = llama_activations(m, hb.B, hb.T, true, true);
   r.loss0 = llama_forward(m, a, b, LayerContext{}, false);
-  r.logits = a.logits.slice(0, 3 * 70).to_cpu(DType::f64);
+  r.logits = a.logits.slice(0, hb.B * hb.T).to_cpu(DType::f64);
   llama_forward(m, a, b, LayerContext{}, true);
   llama_backward(m, a, b, LayerContext{});
   for (auto& p : llama_trainable_params(m)) {
@@ -155,8 +156,10 @@ StepResult run_step(LlamaModel& m, const HostBatch& hb) {
 // (f64) on identical bf16 weights and adapters. fp8: both hold the adapted bases in FP8, and a
 // third, exact model (CPU f64, base unquantized) is the reference both are measured against.
 // Sets *worst_out to the worst relative gradient error of the GPU against its reference (left at
-// infinity if a check aborts).
-void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
+// infinity if a check aborts). T: the batch's row length (3 rows); with T a multiple of 8 the
+// LoRA adapters of q, k, v and of gate, up run as groups (a multiple of 8 rows per call).
+void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false, int64_t T = 70) {
+  const int64_t rows = 3 * T;
   LlamaModel gpu = llama_build(small_config(), DType::bf16, Device::cuda);
   llama_init_random(gpu, 5, 0.2);
   std::vector<LlamaModel> cpus;  // [0]: the CPU step like the GPU's; [1] (fp8): the exact step
@@ -185,8 +188,9 @@ void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
     LoraConfig lc;
     lc.r = 4;
     lc.alpha = 8;
-    attach_lora(gpu, lc, 3 * 70, 9);
-    for (auto& cpu : cpus) attach_lora(cpu, lc, 3 * 70, 9);
+    attach_lora(gpu, lc, rows, 9);
+    for (auto& cpu : cpus) attach_lora(cpu, lc, rows, 9);
+    EXPECT_TRUE(dynamic_cast<LoraAdapter*>(gpu.blocks[0].k.adapter.get())->group);  // q, k, v joined
     for (size_t i = 0; i < llama_linears(gpu).size(); ++i) {
       auto* ga = dynamic_cast<LoraAdapter*>(llama_linears(gpu)[i]->adapter.get());
       if (!ga) continue;
@@ -203,15 +207,15 @@ void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
     for (auto& cpu : cpus) llama_enable_base_training(cpu);
   }
   if (fp8) {
-    ASSERT_EQ(fp8_convert_base(llama_linears(gpu), 3 * 70, "test"), 14);
-    ASSERT_EQ(fp8_convert_base(llama_linears(cpus[0]), 3 * 70, "test"), 14);  // cpus[1] stays exact
+    ASSERT_EQ(fp8_convert_base(llama_linears(gpu), rows, "test"), 14);
+    ASSERT_EQ(fp8_convert_base(llama_linears(cpus[0]), rows, "test"), 14);  // cpus[1] stays exact
   }
-  const HostBatch hb = make_host_batch(3, 96);
+  const HostBatch hb = make_host_batch(3, 96, T);
   const StepResult g = run_step(gpu, hb);
   std::vector<StepResult> c;
   for (auto& cpu : cpus) c.push_back(run_step(cpu, hb));
   ASSERT_EQ(g.grads.size(), c[0].grads.size());
-  const char* what = qlora ? "qlora" : lora ? "lora" : "full";
+  const std::string what = str(qlora ? "qlora" : lora ? "lora" : "full", T % 8 == 0 && lora ? " (grouped)" : "");
   double worst = 0;
   if (!fp8) {
     const double logit_err = rel_l2(g.logits, c[0].logits);
@@ -223,7 +227,7 @@ void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
       EXPECT_LT(e, kGradTol) << g.grads[i].first;
     }
     std::printf("[gpu-vs-cpu] %s step: loss %.6f vs %.6f, logits rel error %.2e, worst gradient rel error %.2e over %zu tensors\n",
-                what, g.loss0, c[0].loss0, logit_err, worst, g.grads.size());
+                what.c_str(), g.loss0, c[0].loss0, logit_err, worst, g.grads.size());
   } else {
     const StepResult& exact = c[1];
     const double lg = rel_l2(g.logits, exact.logits), lc = rel_l2(c[0].logits, exact.logits);
@@ -240,7 +244,7 @@ void compare_step(bool lora, bool qlora, double* worst_out, bool fp8 = false) {
     }
     std::printf("[gpu-vs-cpu] %s fp8-base step against the exact f64 step: logits GPU %.2e, CPU FP8 %.2e; worst "
                 "gradient GPU %.2e, CPU FP8 %.2e (GPU vs CPU FP8 %.2e) over %zu tensors\n",
-                what, lg, lc, worst, worst_cpu, worst_between, g.grads.size());
+                what.c_str(), lg, lc, worst, worst_cpu, worst_between, g.grads.size());
   }
   *worst_out = worst;
 }
@@ -264,6 +268,24 @@ TEST(CudaModel, QloraTrainingStepMatchesCpu) {
   double worst = std::numeric_limits<double>::infinity();
   compare_step(true, true, &worst);
   EXPECT_LT(worst, kGradTol);
+}
+
+// LoRA and QLoRA with the adapters of q, k, v and of gate, up run as groups (3 rows of 72 tokens:
+// 216 rows per call, a multiple of 8; the 70-token steps above run them one by one), against the
+// CPU's grouped step; and on an FP8 base where the GPU has FP8 GEMMs. (Grouped against one by one
+// on the CPU: tests/unit/test_lora_group.cpp.)
+TEST(CudaModel, GroupedLoraAndQloraTrainingStepsMatchCpu) {
+  ST_REQUIRE_GPU();
+  for (bool qlora : {false, true}) {
+    SCOPED_TRACE(qlora ? "qlora" : "lora");
+    double worst = std::numeric_limits<double>::infinity();
+    compare_step(true, qlora, &worst, false, 72);
+    EXPECT_LT(worst, kGradTol);
+  }
+  if (!fp8_support(Device::cuda).gemm) return;
+  double worst = std::numeric_limits<double>::infinity();
+  compare_step(true, false, &worst, true, 72);
+  EXPECT_LT(worst, 1.0);
 }
 
 // base_precision = fp8: LoRA and QLoRA steps with the frozen base in FP8, measured against the

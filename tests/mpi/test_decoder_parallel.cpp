@@ -16,6 +16,8 @@
 #include "adapters/lora.hpp"
 #include "core/rng.hpp"
 #include "model/llama.hpp"
+#include "ops/init.hpp"
+#include "parallel/tp_ops.hpp"
 #include "parallel/runtime.hpp"
 #include "parallel/zero3.hpp"
 #include "tests/common/layout_compare.hpp"
@@ -131,20 +133,52 @@ TEST(DecoderParallel, TensorParallelBiasesTiedHeadAndLlama3RopeEqualOneRank) {
   }
 }
 
+// LoRA with non-zero B (drawn whole from each module's name, then cut) under TP over the world,
+// the adapters of q, k, v and gate, up grouped (one sum of dxa over the TP group per group),
+// against the one-rank model with every adapter on its own: loss and every adapter gradient.
+TEST(DecoderParallel, TensorParallelGroupedLoraEqualsOneRankPerModule) {
+  const TpGroup tp = test::world_tp();
+  const LlamaBatch batch = batch_of(4, 6, 0, 4, 13);  // 24 rows: a multiple of 8, so the groups run as groups
+  for (const Variant& v : {kQwen2, kLlama3}) {
+    SCOPED_TRACE(v.str() + ", tp " + std::to_string(tp.size));
+    LlamaModel ref = make_model(v), m = make_model(v, tp);
+    test::attach_test_lora(llama_linears(ref));
+    test::attach_test_lora(llama_linears(m), llama_input_groups(m));
+    const std::vector<Linear*> rl = llama_linears(ref), ml = llama_linears(m);
+    for (size_t i = 0; i < rl.size(); ++i) {
+      auto* ra = dynamic_cast<LoraAdapter*>(rl[i]->adapter.get());
+      auto* ma = dynamic_cast<LoraAdapter*>(ml[i]->adapter.get());
+      if (!ra) continue;
+      fill_normal(ra->B, counter_key(9, name_hash(rl[i]->name)), 0.0, 0.3);
+      ma->B.copy_from(tp_shard_of(ra->B, ml[i]->tp_mode == TpMode::column ? TpMode::column : TpMode::none, tp));
+      ra->sync_working();
+      ma->sync_working();
+    }
+    EXPECT_TRUE(dynamic_cast<LoraAdapter*>(m.blocks[0].v.adapter.get())->group);
+    const double want = forward_backward(ref, batch), got = forward_backward(m, batch);
+    EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << got << " vs " << want;
+    const double worst = test::expect_lora_match(rl, ml, tp, test::LoraPart::gradients, kTol);
+    if (tp.rank == 0)
+      std::printf("[decoder tp %d %s grouped lora] loss %.12f, worst adapter gradient %.1e\n", tp.size, v.str().c_str(),
+                  got, worst);
+  }
+}
+
 // Two AdamW steps of the one-rank model on the whole batch and of ZeRO-3 (over `dp`, with TP
 // `tp` inside) on this rank's rows: losses and final weights (biases included) compared.
 void check_zero3_steps(const Variant& v, const TpGroup& tp, Comm& dp, bool with_lora) {
   SCOPED_TRACE(v.str() + ", tp " + std::to_string(tp.size) + " x dp " + std::to_string(dp.size()) +
                (with_lora ? ", LoRA (biases frozen)" : ", full fine-tuning"));
-  const int64_t per_rank = 2, B = per_rank * dp.size(), T = 6;
-  auto prepare = [&](LlamaModel& m) {
-    if (with_lora) test::attach_test_lora(llama_linears(m));
+  const int64_t per_rank = 2, B = per_rank * dp.size(), T = 8;  // 16 rows per rank: grouped LoRA calls
+  // LoRA: the layout's adapters grouped by input, the one-rank model's each on its own.
+  auto prepare = [&](LlamaModel& m, bool grouped) {
+    if (with_lora) test::attach_test_lora(llama_linears(m), grouped ? llama_input_groups(m) : std::vector<std::vector<Linear*>>{});
     else llama_enable_base_training(m);
   };
   LlamaModel ref = make_model(v);
-  prepare(ref);
+  prepare(ref, false);
   LlamaModel m = make_model(v, tp);
-  prepare(m);
+  prepare(m, true);
   Zero3 zero(llama_param_table(m), dp, true);
   test::expect_adamw_steps_match(
       llama_trainable_params(ref), zero.params(), dp,

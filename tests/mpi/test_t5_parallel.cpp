@@ -206,15 +206,16 @@ void check_zero3_steps(const Variant& v, const TpGroup& tp, Comm& dp, bool with_
                (with_lora ? ", LoRA on a frozen base" : ", full fine-tuning"));
   const int P = dp.size();
   const int64_t per_rank = 2;
-  const Rows rows = make_rows(per_rank * P, 5, 4, 24, 23);
-  auto prepare = [&](T5Model& m) {
-    if (with_lora) test::attach_test_lora(t5_linears(m));
+  const Rows rows = make_rows(per_rank * P, 8, 4, 24, 23);  // 16 and 8 rows per rank: grouped LoRA calls
+  // LoRA: the layout's adapters grouped by input, the one-rank model's each on its own.
+  auto prepare = [&](T5Model& m, bool grouped) {
+    if (with_lora) test::attach_test_lora(t5_linears(m), grouped ? t5_input_groups(m) : std::vector<std::vector<Linear*>>{});
     else t5_enable_base_training(m);
   };
   T5Model ref = make_model(v);
-  prepare(ref);
+  prepare(ref, false);
   T5Model m = make_model(v, tp);
-  prepare(m);
+  prepare(m, true);
   Zero3 zero(t5_param_table(m), dp, true);
   EXPECT_EQ(zero.num_units(), t5_num_units(m));
   const T5Batch all = batch_of(rows, 0, rows.B), mine = batch_of(rows, per_rank * dp.rank(), per_rank);
@@ -254,7 +255,7 @@ TEST(T5Parallel, TensorParallelTimesZero3EqualsOneRank) {
 // frozen NF4 base, and the loss and every adapter gradient must agree to 1e-10.
 TEST(T5Parallel, Nf4UnderTensorParallelismComputesTheDequantizedShards) {
   const TpGroup tp = test::world_tp();
-  const Rows rows = make_rows(3, 6, 5, 24, 31);
+  const Rows rows = make_rows(4, 6, 4, 24, 31);  // 24 and 16 rows: grouped LoRA calls (multiples of 8)
   const T5Batch batch = batch_of(rows, 0, rows.B);
   for (const Variant& v : {Variant{true, false}, Variant{false, true}}) {
     SCOPED_TRACE(v.str());
@@ -299,6 +300,7 @@ TEST(T5Parallel, Nf4UnderTensorParallelismComputesTheDequantizedShards) {
       rl[i]->adapter = std::move(ra);
       ml[i]->adapter = std::move(ma);
     }
+    lora_join_groups(t5_input_groups(m));  // the layout's adapters grouped by input, the reference's not
     const double want = forward_backward(ref, batch), got = forward_backward(m, batch);
     EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << got << " vs " << want;
     const double worst = test::expect_lora_match(rl, ml, tp, test::LoraPart::gradients, kTol);

@@ -1,7 +1,7 @@
 // Whole-model gradients against finite differences on a tiny Llama in f64: full fine-tuning
 // (tied and untied embeddings, GQA, a padded row) and LoRA (with dropout: its mask is a pure
-// function of the seed, so the objective stays deterministic), and activation checkpointing
-// giving the same gradients as keeping every activation.
+// function of the seed, so the objective stays deterministic; without: adapters grouped by
+// input), and activation checkpointing giving the same gradients as keeping every activation.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -58,9 +58,9 @@ void randomize(Tensor& t, uint64_t seed, double scale) {
 
 // Checks every trainable parameter tensor of m (those `which` accepts) against finite differences.
 void check_model_gradients(LlamaModel& m, bool checkpointing, const LayerContext& ctx,
-                           const std::function<bool(const std::string&)>& which = nullptr) {
-  LlamaBatch batch = tiny_batch(2, 6, 42);
-  LlamaActivations acts = llama_activations(m, 2, 6, checkpointing, true);
+                           const std::function<bool(const std::string&)>& which = nullptr, int64_t T = 6) {
+  LlamaBatch batch = tiny_batch(2, T, 42);
+  LlamaActivations acts = llama_activations(m, 2, T, checkpointing, true);
   std::vector<ParamRef> params = llama_trainable_params(m);
   ASSERT_FALSE(params.empty());
   for (auto& p : params) p.grad->zero_();
@@ -138,6 +138,24 @@ TEST(LlamaGrad, LoraWithDropout) {
   ctx.dropout_seed = 1234;
   check_model_gradients(m, false, ctx);
   check_model_gradients(m, true, ctx);
+}
+
+// LoRA without dropout: the adapters of q, k, v and of gate, up run as groups (one x A^T, dx and
+// dA GEMM per group, each A a row block of the group's stacked A).
+TEST(LlamaGrad, LoraGroupedByInput) {
+  LlamaModel m = llama_build(tiny_config(false), DType::f64, Device::cpu);
+  llama_init_random(m, 12, 0.5);
+  LoraConfig lc;
+  lc.r = 3;
+  lc.alpha = 6;
+  EXPECT_EQ(attach_lora(m, lc, 16, 5), 2 * 7);
+  for (Linear* lin : llama_linears(m))
+    if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.3);
+  EXPECT_TRUE(static_cast<LoraAdapter*>(m.blocks[0].k.adapter.get())->group);
+  LayerContext ctx;
+  ctx.training = true;
+  check_model_gradients(m, false, ctx, nullptr, 8);  // 16 rows: grouped calls need a multiple of 8
+  check_model_gradients(m, true, ctx, nullptr, 8);
 }
 
 // Checkpointing any number of the first blocks (model/checkpointing.hpp) gives exactly the

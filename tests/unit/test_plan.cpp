@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dryrun.hpp"
+#include "core/op_trace.hpp"
 #include "ops/matmul.hpp"
 #include "parallel/comm.hpp"
 #include "tests/common/paths.hpp"
@@ -168,6 +169,34 @@ TEST(Planner, LoraAndQloraByHand) {
   EXPECT_EQ(at(lora, MemCategory::weights) - at(qlora, MemCategory::weights),
             static_cast<size_t>(4 * m.adapted_dense() - m.adapted_nf4()));
   EXPECT_EQ(at(qlora, MemCategory::gradients), 4 * T);
+}
+
+// The planner's step (what the step-time model replays and `calibrate --deck` times) runs the
+// LoRA adapters of q, k, v and of gate, up as groups: one x A^T GEMM per group, [R, M] = A_cat
+// x^T with R the group's summed rank, one dx and one dA GEMM; o and down keep their own.
+TEST(Planner, LoraStepTracesTheGroupedAdapterGemms) {
+  const Tiny m;
+  const RunConfig c = m.config();
+  PlanLayout l;
+  l.parallel = ParallelLayout::make(Strategy::none, 1, 1);
+  l.method = Method::lora;
+  const int64_t M = c.micro_batch_size * 16, r = m.r;
+  int xa_qkv = 0, xa_gate_up = 0, xa_single = 0, dx_qkv = 0, da_qkv = 0;
+  for (const TraceEvent& e : plan_step_trace(c, plan_data_synthetic(c, 16, 0), l)) {
+    if (e.kind != TraceEvent::Kind::op || e.family != OpFamily::gemm) continue;
+    const bool nt = !e.trans_a && e.trans_b;
+    xa_qkv += nt && e.m == 3 * r && e.n == M && e.k == m.H;
+    xa_gate_up += nt && e.m == 2 * r && e.n == M && e.k == m.H;
+    xa_single += nt && e.m == M && e.n == r;  // x A^T of a module on its own: o and down
+    dx_qkv += e.trans_a && !e.trans_b && e.m == M && e.n == m.H && e.k == 3 * r;
+    da_qkv += !e.trans_a && !e.trans_b && e.m == 3 * r && e.n == m.H && e.k == M;
+  }
+  const int steps = static_cast<int>(c.grad_accum);  // micro-batches in the traced step
+  EXPECT_EQ(xa_qkv, m.L * steps);
+  EXPECT_EQ(xa_gate_up, m.L * steps);
+  EXPECT_EQ(xa_single, 2 * m.L * steps);
+  EXPECT_EQ(dx_qkv, m.L * steps);
+  EXPECT_EQ(da_qkv, m.L * steps);
 }
 
 TEST(Planner, StrategiesSplitWhatTheyShouldByHand) {

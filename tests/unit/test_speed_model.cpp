@@ -43,6 +43,8 @@ void expect_same_profile(const DeviceProfile& a, const DeviceProfile& b) {
   ASSERT_EQ(a.gemm_shapes.size(), b.gemm_shapes.size());
   for (size_t k = 0; k < a.gemm_shapes.size(); ++k) {
     EXPECT_EQ(a.gemm_shapes[k].m, b.gemm_shapes[k].m);
+    EXPECT_EQ(a.gemm_shapes[k].trans_a, b.gemm_shapes[k].trans_a);
+    EXPECT_EQ(a.gemm_shapes[k].trans_b, b.gemm_shapes[k].trans_b);
     EXPECT_EQ(a.gemm_shapes[k].seconds, b.gemm_shapes[k].seconds);
   }
 }
@@ -96,6 +98,9 @@ TEST(DeviceProfile, MeasuredPointsInterpolateTheRateInLogWork) {
   e.dtype_bytes = 2;
   e.flops = 2.0 * 8 * 16 * 32;
   EXPECT_EQ(p.op_seconds(e), 0.25);
+  e.trans_a = true;  // the same shape in another layout: not that measurement
+  EXPECT_LT(p.op_seconds(e), 1e-4);
+  e.trans_a = false;
   e.dtype_bytes = 4;
   EXPECT_LT(p.op_seconds(e), 1e-4);
   // The sustained-load factor scales the FLOP-bound ops (exact shapes included), not the
@@ -118,13 +123,15 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   o.device = Device::cpu;
   o.seconds = 0.3;
   o.small = true;
-  TraceEvent g;  // one "deck" GEMM shape
+  TraceEvent g;  // one "deck" GEMM shape, and the same shape in another layout (A^T B^T)
   g.family = OpFamily::gemm;
   g.m = 24;
   g.n = 40;
   g.k = 8;
   g.dtype_bytes = 4;
-  o.gemm_shapes = {g, g};
+  TraceEvent gt = g;
+  gt.trans_a = gt.trans_b = true;
+  o.gemm_shapes = {g, g, gt};
   // Two "deck" attention ops: T5-like cross-attention with a bias, forward and backward (dbias).
   TraceEvent af;
   af.family = OpFamily::attention;
@@ -144,8 +151,11 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   omp_set_num_threads(threads);
   EXPECT_GT(p.gemm_peak_flops, 0);
   EXPECT_GT(p.memory_bytes_per_s, 0);
-  ASSERT_EQ(p.gemm_shapes.size(), 1u);
+  ASSERT_EQ(p.gemm_shapes.size(), 2u);  // the repeated one is timed once
   EXPECT_EQ(p.gemm_shapes[0].m, 24);
+  EXPECT_FALSE(p.gemm_shapes[0].trans_a || p.gemm_shapes[0].trans_b);
+  EXPECT_TRUE(p.gemm_shapes[1].trans_a && p.gemm_shapes[1].trans_b);
+  EXPECT_DOUBLE_EQ(p.op_seconds(gt), p.sustained_compute_factor * p.gemm_shapes[1].seconds);
   ASSERT_EQ(p.attention_shapes.size(), 2u);  // the repeated forward is timed once
   EXPECT_FALSE(p.attention_shapes[0].backward);
   EXPECT_TRUE(p.attention_shapes[1].backward);
@@ -186,6 +196,17 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
   refused([](nlohmann::json& j) { j["version"] = 2; }, {"version", "1"});
   refused([](nlohmann::json& j) { j["gemm_peak"] = 1; }, {"gemm_peak", "not a field"});
   refused([](nlohmann::json& j) { j["gemm_shapes"][0]["k"] = 0; }, {"gemm_shapes[0].k", "positive integer"});
+  refused([](nlohmann::json& j) { j["gemm_shapes"][0]["trans_a"] = 1; }, {"gemm_shapes[0].trans_a", "true or false"});
+  {  // a profile written before the layout was recorded: its shapes were timed as A B^T
+    const DeviceProfile old = parse_device_profile(broken([](nlohmann::json& j) {
+      for (auto& g : j["gemm_shapes"]) {
+        g.erase("trans_a");
+        g.erase("trans_b");
+      }
+    }), "test");
+    EXPECT_FALSE(old.gemm_shapes[0].trans_a);
+    EXPECT_TRUE(old.gemm_shapes[0].trans_b);
+  }
   refused([](nlohmann::json& j) { j["sustained_compute_factor"] = 3.0; }, {"sustained_compute_factor", "[0.5, 2]"});
   refused([](nlohmann::json& j) { j["attention_shapes"][0]["Tk"] = 0; }, {"attention_shapes[0].Tk", "positive integer"});
   refused([](nlohmann::json& j) { j["attention_shapes"][1]["bias"] = 1; }, {"attention_shapes[1].bias", "true or false"});
