@@ -8,11 +8,10 @@
 // so a thread's C values of two adjacent n-tiles are exactly its A values of one k-step: the
 // probabilities P go from the S accumulators to the A operand of P V without shared memory.
 //
-// Forward: block = 4 warps x 16 query rows (sm_90, DP = 128 without bias: 4 warps x 32 rows,
-// Q kept in shared memory); key/value tiles of 64 stream through shared memory, double-buffered
-// with cp.async (the next tile loads while this one is computed); V is read as the col operand
-// with ldmatrix.trans; running max, sum and the output stay in registers. Writes O / l (bf16)
-// and lse = m + log l (f32).
+// Forward: block = 4 warps x 16 query rows; key/value tiles of 64 stream through shared memory,
+// double-buffered with cp.async (the next tile loads while this one is computed); V is read as
+// the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
+// Writes O / l (bf16) and lse = m + log l (f32).
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
 // tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
 // second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
@@ -180,7 +179,7 @@ struct SeqView {
 
 template <bool kCross, bool kVarlen>
 __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, const int32_t* __restrict__ lengths,
-                                            int64_t T, int64_t Tk_arg, int64_t Hq, int rows = kTile) {
+                                            int64_t T, int64_t Tk_arg, int64_t Hq) {
   SeqView sv;
   if constexpr (kVarlen) {
     const int4 e = reinterpret_cast<const int4*>(tiles)[blockIdx.x];  // begin, end, key end, tile start
@@ -197,99 +196,49 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
     sv.row0 = b * T;
     sv.krow0 = b * sv.Tk;
     sv.len = lengths ? lengths[b] : sv.Tk;
-    sv.tile0 = static_cast<int64_t>(blockIdx.x) * rows;
+    sv.tile0 = static_cast<int64_t>(blockIdx.x) * kTile;
     sv.lse_row = b * Hq * T;
     sv.lse_head = T;
   }
   return sv;
 }
 
-// Code for sm_90 or later (a device of compute capability 9.x runs the sm_90 code of the binary;
-// the host side asks the device: sm90_code()).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-constexpr bool kSm90 = false;
-#else
-constexpr bool kSm90 = true;
-#endif
-
-// Forward: m-tiles of 16 query rows a warp owns. 2 at DP = 128 without a bias on sm_90 (128
-// queries a block): every K and V fragment read from shared memory then feeds 2 MMAs instead of
-// 1, and each K, V tile serves twice the queries (Q is read from shared memory for each key tile
-// instead of held in registers: the 64 more f32 accumulators of S and O take its place).
-// Shared memory: Q [128][136] + 2 stages of K, V [64][136] = 104448 bytes: 2 blocks an H100 SM,
-// as the registers allow (255 a thread, ptxas -v: no spills); an A100 SM would hold 1. With a
-// bias the S initialisation needs more registers: 1 m-tile (236 registers, none spilled).
-template <int DP, bool kBias> __host__ __device__ constexpr int forward_m_tiles(bool sm90) {
-  return sm90 && DP == 128 && !kBias ? 2 : 1;
-}
-template <int DP, bool kBias> __host__ __device__ constexpr size_t forward_smem(bool sm90) {
-  const int m = forward_m_tiles<DP, kBias>(sm90);
-  return sizeof(bf16) * ((m > 1 ? m * kTile : 0) + 4 * kTile) * (DP + 8);  // Q (m > 1), two stages of K and V
-}
-static_assert(forward_smem<128, false>(true) == 104448 && forward_smem<128, false>(false) == 69632);
-// Blocks an SM the registers are held to: 2 at DP = 128 (up to 255 registers; at 168, for 3,
-// the 1-m-tile kernel spilled, and shared memory allows an A100 SM 2 of them anyway), else 3.
-template <int DP> constexpr int forward_min_blocks() { return DP == 128 ? 2 : 3; }
-
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP>()) attention_forward_kernel(
+__global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
-    int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal,
-    int block_rows) {
-  constexpr int kM = forward_m_tiles<DP, kBias>(kSm90);
-  constexpr int kRows = kM * kTile;  // queries of the block
-  if (block_rows != kRows) __trap();  // the launch sized the grid and shared memory for another kM
-  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq, kRows);
-  // Varlen: the tile table has 64-query tiles; the block of a segment's tile 2 m takes tiles
-  // 2 m and 2 m + 1 (the next table entry, same segment), the block of tile 2 m + 1 has nothing.
-  if (kVarlen && kM > 1 && sv.tile0 % kRows != 0) return;
+    int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
+  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  // kM = 1: two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
-  // kM > 1: Q [kRows][LDH], then the two stages.
-  bf16* const Qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* const kv_base = Qs + (kM > 1 ? kRows * LDH : 0);
-  auto k_stage = [&](int st) { return kv_base + st * 2 * kTile * LDH; };
-  auto v_stage = [&](int st) { return kv_base + st * 2 * kTile * LDH + kTile * LDH; };
+  // Two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
+  bf16* const base = reinterpret_cast<bf16*>(smem_raw);
+  auto k_stage = [&](int st) { return base + st * 2 * kTile * LDH; };
+  auto v_stage = [&](int st) { return base + st * 2 * kTile * LDH + kTile * LDH; };
 
   const int64_t h = blockIdx.y, q0 = sv.tile0;
   const int64_t hk = h / (Hq / Hkv);
   const int64_t len = sv.len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int r0 = warp * 16 * kM;  // the warp's rows: m-tile mt is rows r0 + 16 mt .. + 15
-  // Query rows of the thread: i0 + 16 mt (values 0, 1 of the accumulators) and + 8 (values 2, 3).
-  const int64_t i0 = q0 + r0 + g;
+  const int r0 = warp * 16;
+  const int64_t i0 = q0 + r0 + g, i1 = i0 + 8;
 
+  load_rows<DP>(k_stage(0), q, sv.row0, q0, T, Hq, h, D);
+  __syncthreads();
+  uint32_t qa[DP / 16][4];
+#pragma unroll
+  for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], k_stage(0), LDH, r0, kt * 16, lane);
+  __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
+
+  float o[DP / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < DP / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
   int64_t kv_end = len < Tk ? len : Tk;
-  if (causal) kv_end = min(kv_end, q0 + kRows);  // causal implies Tk == T
-
-  uint32_t qa[kM == 1 ? DP / 16 : 1][4];  // kM = 1: the warp's Q fragments, in registers
-  if constexpr (kM == 1) {
-    load_rows<DP>(k_stage(0), q, sv.row0, q0, T, Hq, h, D);
-    __syncthreads();
-#pragma unroll
-    for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], k_stage(0), LDH, r0, kt * 16, lane);
-    __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
-  }
-
-  float o[kM][DP / 8][4];
-#pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-    for (int nd = 0; nd < DP / 8; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.0f;
-  float m0[kM], m1[kM], l0[kM], l1[kM];
-#pragma unroll
-  for (int mt = 0; mt < kM; ++mt) {
-    m0[mt] = m1[mt] = -INFINITY;
-    l0[mt] = l1[mt] = 0.0f;
-  }
+  if (causal) kv_end = min(kv_end, q0 + kTile);  // causal implies Tk == T
 
   if (kv_end > 0) {
-    if constexpr (kM > 1)  // Q joins the first K, V tile's group
-#pragma unroll
-      for (int mh = 0; mh < kM; ++mh) load_rows_async<DP>(Qs + mh * kTile * LDH, q, sv.row0, q0 + mh * kTile, T, Hq, h, D);
     load_rows_async<DP>(k_stage(0), k, sv.krow0, 0, Tk, Hkv, hk, D);
     load_rows_async<DP>(v_stage(0), v, sv.krow0, 0, Tk, Hkv, hk, D);
     cp_async_commit();
@@ -305,150 +254,99 @@ __global__ void __launch_bounds__(kThreads, forward_min_blocks<DP>()) attention_
     }
     const bf16* Ks = k_stage(stage);
     const bf16* Vs = v_stage(stage);
-    // kM > 1: an m-tile whose rows all lie past T, or (causal) all before key j0, gets nothing
-    // from this tile: its MMAs are skipped (warp-uniform); the masks below zero its P anyway.
-    bool live[kM];
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt) {
-      const int64_t first = q0 + r0 + 16 * mt;
-      live[mt] = kM == 1 || (first < T && !(causal && j0 > first + 15));
-    }
-    float s[kM][8][4];
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt) {
-      const int64_t ia = i0 + 16 * mt, ib = ia + 8;
-      if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
-        // Rows ia, ib from column j0 + 2t on (only dereferenced for valid rows and columns).
-        const float* b0 = bias + (h * T + ia) * Tk + j0 + 2 * t;
-        const float* b1 = b0 + 8 * Tk;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t j = j0 + nt * 8 + 2 * t + e;
-            s[mt][nt][e] = (ia < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
-            s[mt][nt][2 + e] = (ib < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
-          }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
-      }
-    }
-    if constexpr (kM == 1) {
-#pragma unroll
-      for (int nt = 0; nt < 8; nt += 2)
-#pragma unroll
-        for (int kt = 0; kt < DP / 16; ++kt) {
-          uint32_t kb[4];
-          ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
-          mma16816(s[0][nt], qa[kt], kb[0], kb[1]);
-          mma16816(s[0][nt + 1], qa[kt], kb[2], kb[3]);
-        }
-    } else {  // Q fragments from shared memory, one k-step at a time; each K fragment feeds kM m-tiles
-#pragma unroll
-      for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t qf[kM][4];
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt) ldsm_a(qf[mt], Qs, LDH, r0 + 16 * mt, kt * 16, lane);
-#pragma unroll
-        for (int nt = 0; nt < 8; nt += 2) {
-          uint32_t kb[4];
-          ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
-#pragma unroll
-          for (int mt = 0; mt < kM; ++mt)
-            if (live[mt]) {
-              mma16816(s[mt][nt], qf[mt], kb[0], kb[1]);
-              mma16816(s[mt][nt + 1], qf[mt], kb[2], kb[3]);
-            }
-        }
-      }
-    }
-    // Scale (+ bias), mask, online softmax on the registers: rows ia (values 0, 1) and ib (values 2, 3).
-#pragma unroll
-    for (int mt = 0; mt < kM; ++mt) {
-      const int64_t ia = i0 + 16 * mt, ib = ia + 8;
-      float mx0 = -INFINITY, mx1 = -INFINITY;
+    float s[8][4];
+    if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
+      // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
+      const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
+      const float* b1 = b0 + 8 * Tk;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int64_t j = j0 + nt * 8 + 2 * t + e;
-          const bool key_ok = j < kv_end;
-          s[mt][nt][e] = (key_ok && !(causal && j > ia)) ? s[mt][nt][e] * scale : -INFINITY;
-          s[mt][nt][2 + e] = (key_ok && !(causal && j > ib)) ? s[mt][nt][2 + e] * scale : -INFINITY;
-          mx0 = fmaxf(mx0, s[mt][nt][e]);
-          mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
+          s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
+          s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
         }
-      mx0 = quad_max(mx0);
-      mx1 = quad_max(mx1);
-      const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
-      const float a0 = m0[mt] == -INFINITY ? 0.0f : __expf(m0[mt] - mn0);
-      const float a1 = m1[mt] == -INFINITY ? 0.0f : __expf(m1[mt] - mn1);
-      float sum0 = 0.0f, sum1 = 0.0f;
+    } else {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    }
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[mt][nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[mt][nt][e] - mn0);
-          s[mt][nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[mt][nt][2 + e] - mn1);
-          sum0 += s[mt][nt][e];
-          sum1 += s[mt][nt][2 + e];
-        }
-      l0[mt] = l0[mt] * a0 + quad_sum(sum0);
-      l1[mt] = l1[mt] * a1 + quad_sum(sum1);
-      m0[mt] = mn0;
-      m1[mt] = mn1;
+    for (int nt = 0; nt < 8; nt += 2)
 #pragma unroll
-      for (int nd = 0; nd < DP / 8; ++nd) {
-        o[mt][nd][0] *= a0;
-        o[mt][nd][1] *= a0;
-        o[mt][nd][2] *= a1;
-        o[mt][nd][3] *= a1;
+      for (int kt = 0; kt < DP / 16; ++kt) {
+        uint32_t kb[4];
+        ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
+        mma16816(s[nt], qa[kt], kb[0], kb[1]);
+        mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
       }
+    // Scale (+ bias), mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t j = j0 + nt * 8 + 2 * t + e;
+        const bool key_ok = j < kv_end;
+        s[nt][e] = (key_ok && !(causal && j > i0)) ? s[nt][e] * scale : -INFINITY;
+        s[nt][2 + e] = (key_ok && !(causal && j > i1)) ? s[nt][2 + e] * scale : -INFINITY;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    mx0 = quad_max(mx0);
+    mx1 = quad_max(mx1);
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float a0 = m0 == -INFINITY ? 0.0f : __expf(m0 - mn0), a1 = m1 == -INFINITY ? 0.0f : __expf(m1 - mn1);
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[nt][e] - mn0);
+        s[nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[nt][2 + e] - mn1);
+        sum0 += s[nt][e];
+        sum1 += s[nt][2 + e];
+      }
+    l0 = l0 * a0 + quad_sum(sum0);
+    l1 = l1 * a1 + quad_sum(sum1);
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int nd = 0; nd < DP / 8; ++nd) {
+      o[nd][0] *= a0;
+      o[nd][1] *= a0;
+      o[nd][2] *= a1;
+      o[nd][3] *= a1;
     }
     // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
-    // col operand read transposed from its row-major tile (each fragment feeds kM m-tiles).
+    // col operand read transposed from its row-major tile.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[kM][4];
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-        pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int nd = 0; nd < DP / 8; nd += 2) {
         uint32_t b0, b1, b2, b3;
         ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
-#pragma unroll
-        for (int mt = 0; mt < kM; ++mt)
-          if (live[mt]) {
-            mma16816(o[mt][nd], pa[mt], b0, b1);
-            mma16816(o[mt][nd + 1], pa[mt], b2, b3);
-          }
+        mma16816(o[nd], pa, b0, b1);
+        mma16816(o[nd + 1], pa, b2, b3);
       }
     }
   }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
 #pragma unroll
-  for (int mt = 0; mt < kM; ++mt) {
-    const int64_t ia = i0 + 16 * mt, ib = ia + 8;
-    const float inv0 = l0[mt] > 0.0f ? 1.0f / l0[mt] : 0.0f, inv1 = l1[mt] > 0.0f ? 1.0f / l1[mt] : 0.0f;
+  for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
-    for (int nd = 0; nd < DP / 8; ++nd)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = nd * 8 + 2 * t + e;
-        if (c >= D) continue;
-        if (ia < T) out[((sv.row0 + ia) * Hq + h) * D + c] = __float2bfloat16(o[mt][nd][e] * inv0);
-        if (ib < T) out[((sv.row0 + ib) * Hq + h) * D + c] = __float2bfloat16(o[mt][nd][2 + e] * inv1);
-      }
-    if (t == 0) {
-      float* lse_h = lse + sv.lse_row + h * sv.lse_head;
-      if (ia < T) lse_h[ia] = l0[mt] > 0.0f ? m0[mt] + logf(l0[mt]) : -INFINITY;
-      if (ib < T) lse_h[ib] = l1[mt] > 0.0f ? m1[mt] + logf(l1[mt]) : -INFINITY;
+    for (int e = 0; e < 2; ++e) {
+      const int64_t c = nd * 8 + 2 * t + e;
+      if (c >= D) continue;
+      if (i0 < T) out[((sv.row0 + i0) * Hq + h) * D + c] = __float2bfloat16(o[nd][e] * inv0);
+      if (i1 < T) out[((sv.row0 + i1) * Hq + h) * D + c] = __float2bfloat16(o[nd][2 + e] * inv1);
     }
+  if (t == 0) {
+    float* lse_h = lse + sv.lse_row + h * sv.lse_head;
+    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
+    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
   }
 }
 
@@ -481,8 +379,13 @@ template <int DP> __host__ __device__ constexpr size_t backward_smem(int stages)
 }
 static_assert(backward_smem<128>(2) == 114688 && backward_smem<128>(1) == 79872);
 
-// The backward's query tiles are double-buffered on sm_90 (sm90_code on the host).
-constexpr bool kBackwardDoubleBuffer = kSm90;
+// The backward's query tiles are double-buffered on sm_90 (the host side tells by the device's
+// compute capability: backward_double_buffer).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kBackwardDoubleBuffer = false;
+#else
+constexpr bool kBackwardDoubleBuffer = true;
+#endif
 
 // kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
 // DP <= 32: at most 128 registers, 4 blocks an SM (ptxas would otherwise take ~155 for the bias
@@ -757,9 +660,13 @@ __global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __
     dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + src[i]);
 }
 
-// Whether the device runs the sm_90 code of the kernels (kSm90: the binary holds sm_80 and sm_90
-// code, and a device of compute capability 9.x runs the latter).
-bool sm90_code() {
+template <int DP> constexpr size_t forward_smem() {
+  return sizeof(bf16) * 4 * kTile * (DP + 8);  // two stages of K and V
+}
+
+// Whether the device runs the sm_90 code of the backward (kBackwardDoubleBuffer: the binary holds
+// sm_80 and sm_90 code, and a device of compute capability 9.x runs the latter).
+bool backward_double_buffer() {
   static const bool yes = [] {
     int dev = 0, major = 0;
     ST_CUDA_CHECK(cudaGetDevice(&dev));
@@ -786,25 +693,19 @@ void allow_dynamic_smem(Kernel kernel, size_t smem, bool& configured) {
   configured = true;
 }
 
-// Batched: one block per 64 (kM = 2: 128) queries of one head and batch row. Varlen: one per
-// tile-table entry (64 queries) and head.
+// Batched: one block per 64 queries of one head and batch row. Varlen: one per tile-table entry and head.
 template <int DP, bool kBias, bool kCross, bool kVarlen = false>
 void launch_forward(const AttentionArgs& a) {
-  const bool sm90 = sm90_code();
-  const size_t smem = forward_smem<DP, kBias>(sm90);
-  const int64_t rows = forward_m_tiles<DP, kBias>(sm90) * kTile;
+  const size_t smem = forward_smem<DP>();
   static bool configured = false;
-  if (!configured && DP == 128)  // 2 blocks of 68 or 102 KiB an SM want the largest carveout
-    ST_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DP, kBias, kCross, kVarlen>,
-                                       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hq), 1u)
-                            : dim3(static_cast<unsigned>(ceil_div(a.T, rows)), static_cast<unsigned>(a.Hq),
+                            : dim3(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq),
                                    static_cast<unsigned>(a.B));
   attention_forward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
       static_cast<bf16*>(a.out), a.lse, a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f,
-      a.causal, static_cast<int>(rows));
+      a.causal);
   ST_CUDA_LAUNCH_CHECK("attention_forward");
 }
 
@@ -819,7 +720,7 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
       static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
   ST_CUDA_LAUNCH_CHECK("attention_delta");
   auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen>;
-  const size_t smem = backward_smem<DP>(sm90_code() ? 2 : 1);
+  const size_t smem = backward_smem<DP>(backward_double_buffer() ? 2 : 1);
   static bool configured = false;
   if (!configured) {
     // The blocks of an SM want all of its shared memory (2 of 112 KiB at DP = 128 on an H100).
