@@ -235,6 +235,14 @@ TEST(CudaOps, AttentionHead128TwoTiles) {
   ST_REQUIRE_GPU();
   EXPECT_LT(attention_case({1, 130, 8, 8, 128, true, false}, 5), 1.0);
 }
+TEST(CudaOps, AttentionHead128ManyTiles) {
+  ST_REQUIRE_GPU();
+  // Several query tiles a key block loops over, GQA groups of 4 (the backward's double-buffered
+  // tile sequence crosses heads), key padding; D = 96 pads the head dimension in shared memory.
+  EXPECT_LT(attention_case({2, 300, 8, 2, 128, true, true}, 44), 1.0);
+  EXPECT_LT(attention_case({1, 200, 4, 4, 128, false, true}, 45), 1.0);
+  EXPECT_LT(attention_case({2, 150, 4, 1, 96, true, false}, 46), 1.0);
+}
 TEST(CudaOps, AttentionTinyHeadsNeedPadding) {
   ST_REQUIRE_GPU();
   EXPECT_LT(attention_case({3, 5, 2, 1, 8, true, true}, 6), 1.0);

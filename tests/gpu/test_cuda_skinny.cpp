@@ -75,8 +75,11 @@ struct Operands {
 };
 
 // Elements of the GPU result `got` outside the bound; the first few are described in `why`.
+// product_rounding: the result may also carry a rounding of alpha op(A) op(B) to C's type before
+// beta C is added (cuBLASLt does so with a bf16 C: measured on the H100, 296x72x264 B^T beta = 1 came
+// out 1.02x over the one-rounding bound), so the bound gains u |alpha P|.
 int64_t count_outside(const Operands& o, const Tensor& got, double alpha, double beta, bool residual, DType cdt,
-                      std::string* why, double* worst) {
+                      std::string* why, double* worst, bool product_rounding = false) {
   const Tensor g = got.to_cpu(DType::f64);
   const Tensor& cin = residual ? o.R0 : o.C0;
   const double u = cdt == DType::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -24);
@@ -87,7 +90,8 @@ int64_t count_outside(const Operands& o, const Tensor& got, double alpha, double
     const double c = beta != 0.0 ? cin.ptr<double>()[i] : 0.0;
     const double ref = alpha * o.prod.ptr<double>()[i] + beta * c;
     const double mag = std::fabs(alpha) * o.absprod.ptr<double>()[i] + std::fabs(beta) * std::fabs(c);
-    const double bound = u * std::fabs(ref) + (1 + u) * gamma * mag + 1e-300;
+    const double bound = u * std::fabs(ref) + (1 + u) * gamma * mag +
+                         (product_rounding ? u * std::fabs(alpha * o.prod.ptr<double>()[i]) : 0.0) + 1e-300;
     const double err = std::fabs(g.ptr<double>()[i] - ref);
     if (!(err <= bound)) {
       if (++bad <= 3)
@@ -102,8 +106,8 @@ int64_t count_outside(const Operands& o, const Tensor& got, double alpha, double
 
 // Every output mode of one shape: bf16 and f32 C; beta 0 (C NaN), 1 (C read), 1 with a residual
 // C_in (C NaN). via_matmul: through ops/matmul with SHARDTUNE_SKINNY=custom forced; else the kernels'
-// entry point, which must take the call.
-void check_all_modes(const Operands& o, double alpha, bool via_matmul) {
+// entry point, which must take the call. by_cublaslt: a declined call (cuBLASLt's rounding bound).
+void check_all_modes(const Operands& o, double alpha, bool via_matmul, bool by_cublaslt = false) {
   const Case& c = o.c;
   const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
   for (DType cdt : {DType::bf16, DType::f32})
@@ -122,7 +126,7 @@ void check_all_modes(const Operands& o, double alpha, bool via_matmul) {
       }
       std::string why;
       double worst = 0;
-      EXPECT_EQ(count_outside(o, dC, alpha, beta, residual, cdt, &why, &worst), 0) << name << ":" << why;
+      EXPECT_EQ(count_outside(o, dC, alpha, beta, residual, cdt, &why, &worst, by_cublaslt), 0) << name << ":" << why;
       if (worst > 0.25) std::printf("[skinny] %s: worst error %.2f of the bound\n", name.c_str(), worst);
     }
 }
@@ -234,7 +238,7 @@ TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
     Tensor dC = Tensor::empty({c.M, c.N}, DType::bf16, Device::cuda);
     const Tensor dA = to_device(o.A, DType::bf16), dB = to_device(o.B, DType::bf16);
     EXPECT_FALSE(cuda::skinny_matmul(dC, dA, c.ta, dB, c.tb, 1.0, 0.0, c.M, c.N, c.K)) << case_name(c);
-    check_all_modes(o, 0.5, true);
+    check_all_modes(o, 0.5, true, true);
   }
   // A kind left out of the mask (SHARDTUNE_SKINNY=thin,reduce) is declined: expand here.
   {
