@@ -677,7 +677,7 @@ unsigned skinny_kinds() {
       if (k == "thin") kinds |= kSkinnyThin;
       else if (k == "reduce") kinds |= kSkinnyReduce;
       else if (k == "expand") kinds |= kSkinnyExpand;
-      else ST_THROW("SHARDTUNE_SKINNY=", v, ": expected custom, cublaslt or a comma list of thin, reduce, expand");
+      else ST_THROW_INPUT("SHARDTUNE_SKINNY=", v, ": expected custom, cublaslt or a comma list (no spaces) of thin, reduce, expand");
       pos = end + 1;
     }
     return kinds;
