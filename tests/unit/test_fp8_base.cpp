@@ -19,6 +19,7 @@
 #include "model/llama.hpp"
 #include "ops/init.hpp"
 #include "quant/nf4.hpp"
+#include "tests/common/llama_batch.hpp"
 
 namespace st {
 namespace {
@@ -173,23 +174,7 @@ LlamaConfig small_config() {
 }
 
 LlamaBatch batch_of(int64_t B, int64_t T, uint64_t seed) {
-  Rng rng(seed);
-  LlamaBatch b;
-  b.B = B;
-  b.T = T;
-  b.ids = Tensor::empty({B * T}, DType::i32);
-  b.targets = Tensor::empty({B * T}, DType::i32);
-  b.weight = Tensor::empty({B * T}, DType::f32);
-  b.lengths = Tensor::empty({B}, DType::i32);
-  for (int64_t r = 0; r < B; ++r) {
-    b.lengths.ptr<int32_t>()[r] = static_cast<int32_t>(T);
-    for (int64_t t = 0; t < T; ++t) b.ids.ptr<int32_t>()[r * T + t] = static_cast<int32_t>(rng.below(40));
-    for (int64_t t = 0; t < T; ++t) {
-      b.targets.ptr<int32_t>()[r * T + t] = t + 1 < T ? b.ids.ptr<int32_t>()[r * T + t + 1] : -1;
-      b.weight.ptr<float>()[r * T + t] = t + 1 < T ? 1.0f : 0.0f;
-    }
-  }
-  return b;
+  return test::random_llama_batch(B, T, seed, 40, 1.0f, /*padded_row=*/-1);
 }
 
 // One LoRA forward + backward of a small Llama (every block projection adapted, B non-zero)

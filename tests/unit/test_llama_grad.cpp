@@ -10,6 +10,7 @@
 #include "adapters/apply.hpp"
 #include "model/llama.hpp"
 #include "tests/common/gradcheck.hpp"
+#include "tests/common/llama_batch.hpp"
 
 namespace st {
 namespace {
@@ -30,25 +31,7 @@ LlamaConfig tiny_config(bool tied) {
 }
 
 LlamaBatch tiny_batch(int64_t B, int64_t T, uint64_t seed) {
-  Rng rng(seed);
-  LlamaBatch b;
-  b.B = B;
-  b.T = T;
-  b.ids = Tensor::empty({B * T}, DType::i32);
-  b.targets = Tensor::empty({B * T}, DType::i32);
-  b.weight = Tensor::empty({B * T}, DType::f32);
-  b.lengths = Tensor::empty({B}, DType::i32);
-  for (int64_t r = 0; r < B; ++r) {
-    const int64_t len = r == 1 ? T - 2 : T;  // row 1 is padded
-    b.lengths.ptr<int32_t>()[r] = static_cast<int32_t>(len);
-    for (int64_t t = 0; t < T; ++t) b.ids.ptr<int32_t>()[r * T + t] = static_cast<int32_t>(t < len ? rng.below(13) : 0);
-    for (int64_t t = 0; t < T; ++t) {
-      const bool target = t + 1 < len;
-      b.targets.ptr<int32_t>()[r * T + t] = target ? b.ids.ptr<int32_t>()[r * T + t + 1] : -1;
-      b.weight.ptr<float>()[r * T + t] = target ? 0.125f : 0.0f;
-    }
-  }
-  return b;
+  return test::random_llama_batch(B, T, seed, 13, 0.125f);
 }
 
 void randomize(Tensor& t, uint64_t seed, double scale) {

@@ -29,6 +29,7 @@
 #include "model/llama.hpp"
 #include "model/t5.hpp"
 #include "ops/init.hpp"
+#include "tests/common/llama_batch.hpp"
 #include "tests/common/paths.hpp"
 #include "tests/common/t5_golden.hpp"
 #include "tests/common/test_util.hpp"
@@ -53,25 +54,7 @@ LlamaConfig llama_cfg() {
 }
 
 LlamaBatch llama_batch(int64_t B, int64_t T, uint64_t seed) {
-  Rng rng(seed);
-  LlamaBatch b;
-  b.B = B;
-  b.T = T;
-  b.ids = Tensor::empty({B * T}, DType::i32);
-  b.targets = Tensor::empty({B * T}, DType::i32);
-  b.weight = Tensor::empty({B * T}, DType::f32);
-  b.lengths = Tensor::empty({B}, DType::i32);
-  for (int64_t r = 0; r < B; ++r) {
-    const int64_t len = r == 1 ? T - 2 : T;  // row 1 is padded
-    b.lengths.ptr<int32_t>()[r] = static_cast<int32_t>(len);
-    for (int64_t t = 0; t < T; ++t) b.ids.ptr<int32_t>()[r * T + t] = static_cast<int32_t>(t < len ? rng.below(29) : 0);
-    for (int64_t t = 0; t < T; ++t) {
-      const bool target = t + 1 < len;
-      b.targets.ptr<int32_t>()[r * T + t] = target ? b.ids.ptr<int32_t>()[r * T + t + 1] : -1;
-      b.weight.ptr<float>()[r * T + t] = target ? 0.05f : 0.0f;
-    }
-  }
-  return b;
+  return test::random_llama_batch(B, T, seed, 29, 0.05f);
 }
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
