@@ -21,7 +21,7 @@ void matmul_cublaslt(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, 
 
 // Skinny GEMMs (LoRA's rank-r products) by shardtune's kernels (cuda/skinny.cu) instead of
 // cuBLASLt, by kind (see skinny_matmul): SHARDTUNE_SKINNY=custom (all kinds), a comma list of
-// thin, reduce, expand (those kinds), or cublaslt (none; also when unset). Read once.
+// thin, reduce, expand (those kinds), or cublaslt (none); unset: expand. Read once.
 enum SkinnyKind : unsigned { kSkinnyThin = 1, kSkinnyReduce = 2, kSkinnyExpand = 4, kSkinnyAll = 7 };
 unsigned skinny_kinds();
 // Tests and benchmarks: force the kinds for this process; clear_skinny_kinds returns to the environment's.

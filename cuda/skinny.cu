@@ -1,6 +1,6 @@
 // Skinny GEMMs: shardtune's own kernels for LoRA's rank-r products (one of M, N, K is r <= 64, a
-// multiple of 8), as an alternative to cuBLASLt behind SHARDTUNE_SKINNY=custom, or a comma list
-// of the kinds below (cuda/matmul.cu; default cuBLASLt).
+// multiple of 8), as an alternative to cuBLASLt, by kind (cuda/matmul.cu): SHARDTUNE_SKINNY=custom,
+// cublaslt or a comma list of the kinds below; unset: expand only.
 // These products move tens of MB per call for a few GFLOP: they are memory-bound, and the
 // kernels are built to stream their large operand at HBM speed (cp.async multi-stage pipelines or
 // many resident blocks) while bf16 tensor cores (mma.sync m16n8k16, f32 accumulation) do the
@@ -664,10 +664,13 @@ unsigned skinny_kinds() {
   static const unsigned env = [] {
     const char* e = std::getenv("SHARDTUNE_SKINNY");
     const std::string v = e ? e : "";
-    // Unset: cuBLASLt for every kind. The expand kind measured 1.35-1.52x cuBLASLt per call on
-    // the H100 (session 10's CudaSkinnyBench; thin and reduce 0.89-0.98x), but its end-to-end
-    // effect and the GPU suite with it on are not measured yet: `SHARDTUNE_SKINNY=expand` until then.
-    if (v.empty() || v == "cublaslt") return 0u;
+    // Unset: the expand kind on shardtune's kernel, thin and reduce on cuBLASLt. Expand measured
+    // 1.35-1.52x cuBLASLt per call on the H100 (session 10's CudaSkinnyBench) and 7B LoRA without
+    // checkpointing 0.466-0.467 s/step against 0.468-0.469 with cuBLASLt (session 11, two
+    // interleaved rounds in one call, the GPU suite green with it); thin and reduce were
+    // 0.89-0.98x cuBLASLt. `cublaslt`: cuBLASLt for every kind.
+    if (v.empty()) return static_cast<unsigned>(kSkinnyExpand);
+    if (v == "cublaslt") return 0u;
     if (v == "custom") return static_cast<unsigned>(kSkinnyAll);
     unsigned kinds = 0;
     size_t pos = 0;
