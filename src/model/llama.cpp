@@ -387,6 +387,10 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
   linear_group_forward({&blk.gate, &blk.up}, s.xn2, {&s.gate, &s.up}, ctx);
   swiglu_forward(s.gate, s.up, s.h);
+  // A checkpoint recompute rebuilds what the block's backward reads (h, gate, up, xn2, x_mid,
+  // att, q, k, v, lse, xn1, the rstds), never x_out: the down projection, a fifth of the block's
+  // GEMM FLOPs (and under TP its all-reduce), is not redone.
+  if (ctx.recompute) return;
   linear_layer_forward(blk.down, s.h, x_out, false, ctx, &s.x_mid);  // x_out = x_mid + down(h)
 }
 

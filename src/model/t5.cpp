@@ -475,6 +475,9 @@ void ffn_forward(const T5Model& m, const T5Ffn& f, const Tensor& n, Tensor g, Te
     linear_layer_forward(f.wi_0, n, g, false, ctx);
     relu_forward(g, h);
   }
+  // A checkpoint recompute needs g, u and h for the backward, not the block's output: wo (and
+  // under TP its all-reduce) is not redone.
+  if (ctx.recompute) return;
   linear_layer_forward(f.wo, h, out, false, ctx, &resid);  // row-parallel: the sum over the group
 }
 

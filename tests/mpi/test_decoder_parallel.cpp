@@ -102,8 +102,8 @@ LlamaBatch batch_of(int64_t B, int64_t T, int64_t first, int64_t count, uint64_t
   return out;
 }
 
-double forward_backward(LlamaModel& m, const LlamaBatch& b) {
-  LlamaActivations a = llama_activations(m, b.B, b.T, false, true);
+double forward_backward(LlamaModel& m, const LlamaBatch& b, bool checkpointing = false) {
+  LlamaActivations a = llama_activations(m, b.B, b.T, checkpointing, true);
   const double loss = llama_forward(m, a, b, LayerContext{}, true);
   llama_backward(m, a, b, LayerContext{});
   return loss;
@@ -131,6 +131,24 @@ TEST(DecoderParallel, TensorParallelBiasesTiedHeadAndLlama3RopeEqualOneRank) {
     }
     if (tp.rank == 0) std::printf("[decoder tp %d %s] loss %.12f, worst gathered gradient %.1e\n", tp.size, v.str().c_str(), got, worst);
   }
+}
+
+// Activation checkpointing under TP: block 0's recompute redoes its forward up to the MLP's
+// activation (the row-parallel down projection and its all-reduce are not redone: the backward
+// does not read the block output), so loss and gathered gradients equal the one-rank run that
+// keeps every activation.
+TEST(DecoderParallel, TensorParallelCheckpointedEqualsOneRankWithoutCheckpointing) {
+  const TpGroup tp = test::world_tp();
+  const LlamaBatch batch = batch_of(3, 7, 0, 3, 13);
+  LlamaModel ref = make_model(kBoth);
+  llama_enable_base_training(ref);
+  const double want = forward_backward(ref, batch);
+  LlamaModel m = make_model(kBoth, tp);
+  llama_enable_base_training(m);
+  const double got = forward_backward(m, batch, true);
+  EXPECT_LT(std::fabs(got - want), kTol * std::fabs(want)) << got << " vs " << want;
+  const double worst = test::expect_gathered_grads_match(llama_weight_slots(ref), llama_weight_slots(m), m.tp, kTol);
+  if (tp.rank == 0) std::printf("[decoder tp %d checkpointed] loss %.12f, worst gathered gradient %.1e\n", tp.size, got, worst);
 }
 
 // LoRA with non-zero B (drawn whole from each module's name, then cut) under TP over the world,
