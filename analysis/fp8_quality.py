@@ -9,7 +9,15 @@ bases) are on the attention projections q, k, v, o (64 x 64 and 32 x 64). Data: 
 subset (../shared/data/corpus/tinystories_subset/tinystories.txt), one story per row (blank-line
 separated), loss on every token, the last 10% of the stories for validation.
 
+With --pretrain the base is a random-init Llama of the --hidden/--layers/--heads/--intermediate
+shape (multiples of 16, so the adapters and FP8 bases are on all seven projections q, k, v, o,
+gate, up, down) first trained in full on the same training rows for --pretrain-steps steps
+(cosine schedule, saved with save_model), the fairer test the issue allows; its untrained and
+final losses are printed before the comparison. Tokenizer: --tokenizer (default stories260K's,
+a 512-token vocabulary trained on TinyStories).
+
     python3 analysis/fp8_quality.py                       # prepare, both runs, comparison
+    python3 analysis/fp8_quality.py --pretrain            # prepare, pretraining, both runs, comparison
     python3 analysis/fp8_quality.py --compare A B         # compare two finished runs only
 
 Prints the per-step comparison (every step after --skip, every --print-every-th in full) and one
@@ -81,13 +89,19 @@ def compare(loss_a, loss_b, val_a, val_b, skip=20, step_tol=0.01, val_tol=0.005,
     return lines, ok
 
 
-def read_losses(run_dir):
+def read_run_losses(run_dir):
+    """(training loss per step, validation losses in order) of a finished run."""
     import st_read
     run = st_read.read_run(run_dir)
     if run["summary"].get("outcome") != "ok":
         raise RuntimeError(f"{run_dir}: outcome {run['summary'].get('outcome')}")
     val = run["evals"].get("val_loss")
-    return list(run["steps"]["loss"]), (float(val[-1]) if val is not None and len(val) else None)
+    return list(run["steps"]["loss"]), ([float(v) for v in val] if val is not None else [])
+
+
+def read_losses(run_dir):
+    loss, val = read_run_losses(run_dir)
+    return loss, (val[-1] if val else None)
 
 
 def run(cmd):
@@ -95,10 +109,82 @@ def run(cmd):
     subprocess.run(cmd, check=True)
 
 
+def prepare(args, tok):
+    """Train/validation shards of the corpus's stories (the last 10% validate) in <out>/data."""
+    with open(args.corpus, encoding="utf-8") as f:
+        rows = stories(f.read())
+    n_val = max(1, len(rows) // 10)
+    data = os.path.join(args.out, "data")
+    os.makedirs(data, exist_ok=True)
+    for split, part in (("train", rows[:-n_val]), ("validation", rows[-n_val:])):
+        src = os.path.join(args.out, f"{split}.jsonl")
+        write_jsonl(src, part)
+        run([args.bin, "prepare", "--input", src, "--tokenizer", tok, "--output", data, "--split", split,
+             "--loss-on", "all", "--template", "plain", "--max-seq-len", str(args.seq_len)])
+    return data
+
+
+def train_cmd(args, run_id, data, tok, steps, lr, keys):
+    """`shardtune train` on the shards with the settings every run here shares, then `keys`
+    (flag, value pairs: the method, model and schedule of this run)."""
+    cmd = [args.bin, "train", "--data", data, "--tokenizer", tok, "--device", args.device,
+           "--max_steps", str(steps), "--epochs", "1000", "--micro_batch_size", str(args.batch),
+           "--lr", str(lr), "--log_every", "20", "--eval_every", str(args.eval_every), "--seed", "1",
+           "--output_dir", args.out, "--run_id", run_id, "--overwrite", "true"]
+    for k, v in keys:
+        cmd += ["--" + k, str(v)]
+    return cmd
+
+
+def lora_cmd(args, model, data, tok, targets, precision, run_id):
+    return train_cmd(args, run_id, data, tok, args.steps, args.lr, [
+        ("model", model), ("method", "lora"), ("lora_targets", targets), ("lora_r", 8), ("lora_alpha", 16),
+        ("base_precision", precision), ("warmup_steps", 10), ("save_adapter", "false")])
+
+
+def pretrain_cmd(args, data, tok, run_id):
+    """Full fine-tuning of a random-init Llama of the --pretrain shape; saves <run>/model."""
+    return train_cmd(args, run_id, data, tok, args.pretrain_steps, args.pretrain_lr, [
+        ("method", "full"), ("arch", "llama"), ("hidden_size", args.hidden), ("num_layers", args.layers),
+        ("num_heads", args.heads), ("intermediate_size", args.intermediate),
+        ("max_position_embeddings", max(2048, args.seq_len)), ("lr_schedule", "cosine"),
+        ("warmup_steps", args.pretrain_warmup), ("min_lr_ratio", 0.1), ("weight_decay", 0.1),
+        ("save_model", "true")])
+
+
+def check_shape(args):
+    """Errors of the --pretrain shape: FP8 GEMMs need in/out widths that are multiples of 16."""
+    errs = []
+    for name in ("hidden", "intermediate"):
+        v = getattr(args, name)
+        if v <= 0 or v % 16:
+            errs.append(f"--{name} {v}: must be a positive multiple of 16")
+    if args.heads <= 0 or args.hidden % max(args.heads, 1):
+        errs.append(f"--heads {args.heads}: must divide --hidden {args.hidden}")
+    if args.layers <= 0 or args.pretrain_steps <= 0:
+        errs.append("--layers and --pretrain-steps must be positive")
+    return errs
+
+
+def pretrain(args, data, tok):
+    """Trains the base in full, prints its losses, returns its model directory."""
+    run_id = "pretrain_full"
+    run(pretrain_cmd(args, data, tok, run_id))
+    run_dir = os.path.join(args.out, run_id)
+    loss, val = read_run_losses(run_dir)
+    tail = loss[-10:]
+    print(f"pretraining: {len(loss)} steps, {args.hidden} x {args.layers} layers ({args.heads} heads, "
+          f"intermediate {args.intermediate}); training loss step 1 {loss[0]:.5f}, last {loss[-1]:.5f} "
+          f"(mean of the last {len(tail)}: {sum(tail) / len(tail):.5f}); validation loss "
+          + (f"untrained {val[0]:.5f}, final {val[-1]:.5f}" if val else "missing"), flush=True)
+    return os.path.join(run_dir, "model")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bin", default=os.path.join(REPO, "build", "shardtune"))
     p.add_argument("--model", default=os.path.join(SHARED, "models", "stories260K"))
+    p.add_argument("--tokenizer", help="SentencePiece model (default: --model's tokenizer.model)")
     p.add_argument("--corpus", default=os.path.join(SHARED, "corpus", "tinystories_subset", "tinystories.txt"))
     p.add_argument("--out", default=os.path.join(REPO, "runs", "fp8_quality"))
     p.add_argument("--device", default="cuda")
@@ -106,36 +192,38 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-targets", help="adapted projections (default: q,k,v,o; with --pretrain all seven)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--skip", type=int, default=20, help="steps not judged at the start (default 20)")
     p.add_argument("--print-every", type=int, default=10)
     p.add_argument("--compare", nargs=2, metavar=("BF16_RUN", "FP8_RUN"), help="only compare two finished runs")
+    g = p.add_argument_group("--pretrain: the base is a random-init Llama trained in full on the corpus first")
+    g.add_argument("--pretrain", action="store_true")
+    g.add_argument("--hidden", type=int, default=1024)
+    g.add_argument("--layers", type=int, default=8)
+    g.add_argument("--heads", type=int, default=16)
+    g.add_argument("--intermediate", type=int, default=2816)
+    g.add_argument("--pretrain-steps", type=int, default=300)
+    g.add_argument("--pretrain-lr", type=float, default=6e-4)
+    g.add_argument("--pretrain-warmup", type=int, default=30)
     args = p.parse_args(argv)
+    if args.pretrain and not args.compare:
+        errs = check_shape(args)
+        if errs:
+            p.error("; ".join(errs))
 
     if args.compare:
         dirs = args.compare
     else:
         os.makedirs(args.out, exist_ok=True)
-        with open(args.corpus, encoding="utf-8") as f:
-            rows = stories(f.read())
-        n_val = max(1, len(rows) // 10)
-        data = os.path.join(args.out, "data")
-        os.makedirs(data, exist_ok=True)
-        tok = os.path.join(args.model, "tokenizer.model")
-        for split, part in (("train", rows[:-n_val]), ("validation", rows[-n_val:])):
-            src = os.path.join(args.out, f"{split}.jsonl")
-            write_jsonl(src, part)
-            run([args.bin, "prepare", "--input", src, "--tokenizer", tok, "--output", data, "--split", split,
-                 "--loss-on", "all", "--template", "plain", "--max-seq-len", str(args.seq_len)])
+        tok = args.tokenizer or os.path.join(args.model, "tokenizer.model")
+        data = prepare(args, tok)
+        model, name = (pretrain(args, data, tok), "pretrained") if args.pretrain else (args.model, "stories260K")
+        targets = args.lora_targets or ("q,k,v,o,gate,up,down" if args.pretrain else "q,k,v,o")
         dirs = []
         for precision in ("bf16", "fp8"):
-            run_id = f"stories260K_lora_{precision}"
-            run([args.bin, "train", "--model", args.model, "--data", data, "--tokenizer", tok, "--method", "lora",
-                 "--lora_targets", "q,k,v,o", "--lora_r", "8", "--lora_alpha", "16", "--base_precision", precision,
-                 "--device", args.device, "--max_steps", str(args.steps), "--epochs", "1000", "--micro_batch_size", str(args.batch),
-                 "--lr", str(args.lr), "--warmup_steps", "10", "--log_every", "20", "--eval_every", str(args.eval_every),
-                 "--seed", "1", "--output_dir", args.out, "--run_id", run_id, "--overwrite", "true",
-                 "--save_adapter", "false"])
+            run_id = f"{name}_lora_{precision}"
+            run(lora_cmd(args, model, data, tok, targets, precision, run_id))
             dirs.append(os.path.join(args.out, run_id))
     (la, va), (lb, vb) = read_losses(dirs[0]), read_losses(dirs[1])
     lines, ok = compare(la, lb, va, vb, skip=args.skip, print_every=args.print_every)

@@ -170,7 +170,8 @@ for s in "${steps[@]}"; do
       rm -rf "$OUT/profile-runs" ;;
     fp8-quality)
       # Issue 20's FP8 quality run (stories260K LoRA on TinyStories, bf16 vs fp8 base); carry
-      # .device_data with corpus/tinystories_subset.
+      # .device_data with corpus/tinystories_subset and models/stories260K (its tokenizer). FP8Q_ARGS=--pretrain:
+      # a random-init 1024 x 8 Llama trained in full on the corpus first, LoRA on all seven projections.
       run_step fp8-quality python3 analysis/fp8_quality.py --bin build/shardtune --out "$OUT/fp8_quality" ${FP8Q_ARGS:-} ;;
     generate-check)
       # The CLI on the GPU: stories260K greedy in f32 and bf16 (text and tokens/s in the JSON lines),
