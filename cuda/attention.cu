@@ -11,7 +11,9 @@
 // Forward: block = 4 warps x 16 query rows; key/value tiles of 64 stream through shared memory,
 // double-buffered with cp.async (the next tile loads while this one is computed); V is read as
 // the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
-// Writes O / l (bf16) and lse = m + log l (f32).
+// Softmax in base 2: exp(scale s - scale m) = exp2(s scale log2 e - m scale log2 e), one FFMA and
+// one ex2.approx a score (m, the running max, in units of s: hence scale > 0). Writes O / l (bf16)
+// and lse = scale m + log l (f32, natural log); the backward's P = exp2(s scale log2 e - lse log2 e).
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
 // tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
 // second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
@@ -156,6 +158,14 @@ __device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict_
   }
 }
 
+constexpr float kLog2e = 1.4426950408889634f;
+// 2^x on the SFU (ex2.approx.ftz: 2^-inf = 0; what __expf uses after its multiplication by log2 e).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -219,6 +229,7 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
 
   const int64_t h = blockIdx.y, q0 = sv.tile0;
   const int64_t hk = h / (Hq / Hkv);
+  const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int r0 = warp * 16;
@@ -280,7 +291,9 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
         mma16816(s[nt], qa[kt], kb[0], kb[1]);
         mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
       }
-    // Scale (+ bias), mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
+    // Mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3). The
+    // running max m is kept in units of S (scale > 0: the max of scale S is scale m), and
+    // exp(scale S - scale m) = exp2(S scale_log2 - m scale_log2), one FFMA and one ex2 a value.
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -288,27 +301,36 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
       for (int e = 0; e < 2; ++e) {
         const int64_t j = j0 + nt * 8 + 2 * t + e;
         const bool key_ok = j < kv_end;
-        s[nt][e] = (key_ok && !(causal && j > i0)) ? s[nt][e] * scale : -INFINITY;
-        s[nt][2 + e] = (key_ok && !(causal && j > i1)) ? s[nt][2 + e] * scale : -INFINITY;
+        if (!(key_ok && !(causal && j > i0))) s[nt][e] = -INFINITY;
+        if (!(key_ok && !(causal && j > i1))) s[nt][2 + e] = -INFINITY;
         mx0 = fmaxf(mx0, s[nt][e]);
         mx1 = fmaxf(mx1, s[nt][2 + e]);
       }
     mx0 = quad_max(mx0);
     mx1 = quad_max(mx1);
     const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float a0 = m0 == -INFINITY ? 0.0f : __expf(m0 - mn0), a1 = m1 == -INFINITY ? 0.0f : __expf(m1 - mn1);
-    float sum0 = 0.0f, sum1 = 0.0f;
+    // The subtrahend of the exponents (0 for a row without any visible key so far: its values
+    // are all -inf and give 0); a0, a1 rescale the old sums and outputs (1 exactly where the max
+    // stayed).
+    const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
+    const float a0 = m0 == -INFINITY ? 0.0f : fast_exp2((m0 - mn0) * scale_log2);
+    const float a1 = m1 == -INFINITY ? 0.0f : fast_exp2((m1 - mn1) * scale_log2);
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[nt][e] - mn0);
-        s[nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[nt][2 + e] - mn1);
-        sum0 += s[nt][e];
-        sum1 += s[nt][2 + e];
+        s[nt][e] = fast_exp2(__fmaf_rn(s[nt][e], scale_log2, -ms0));
+        s[nt][2 + e] = fast_exp2(__fmaf_rn(s[nt][2 + e], scale_log2, -ms1));
       }
-    l0 = l0 * a0 + quad_sum(sum0);
-    l1 = l1 * a1 + quad_sum(sum1);
+    // l0, l1: this thread's part of the row sums (its 16 columns of each tile); the quad's four
+    // parts are added once, after the last tile.
+    l0 *= a0;
+    l1 *= a1;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      l0 += s[nt][0] + s[nt][1];
+      l1 += s[nt][2] + s[nt][3];
+    }
     m0 = mn0;
     m1 = mn1;
 #pragma unroll
@@ -333,6 +355,8 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
       }
     }
   }
+  l0 = quad_sum(l0);
+  l1 = quad_sum(l1);
   const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
@@ -345,8 +369,9 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     }
   if (t == 0) {
     float* lse_h = lse + sv.lse_row + h * sv.lse_head;
-    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
-    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
+    // lse in natural-log units: scale m + log l.
+    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 * scale + logf(l0) : -INFINITY;
+    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 * scale + logf(l1) : -INFINITY;
   }
 }
 
@@ -421,6 +446,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
 
   const int64_t hk = blockIdx.y, j0 = sv.tile0;
   const int64_t group = Hq / Hkv;
+  const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
@@ -532,7 +558,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
         mma16816(dpt[0], va, fb[0], fb[1]);
         mma16816(dpt[1], va, fb[2], fb[3]);
       }
-      // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
+      // P^T = exp(S^T scale - lse) = exp2(S^T scale_log2 - lse log2 e), dS^T = P^T (dP^T - D);
+      // keys kj0 (values 0, 1), kj1 (2, 3).
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -543,8 +570,9 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
           const bool row_ok = i < T && l != -INFINITY;
           const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
           const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
-          const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
-          const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
+          const float l2 = l * kLog2e;
+          const float p0 = ok0 ? fast_exp2(__fmaf_rn(st[nt][e], scale_log2, -l2)) : 0.0f;
+          const float p1 = ok1 ? fast_exp2(__fmaf_rn(st[nt][2 + e], scale_log2, -l2)) : 0.0f;
           st[nt][e] = p0;
           st[nt][2 + e] = p1;
           dpt[nt][e] = p0 * (dpt[nt][e] - dl);
@@ -755,7 +783,8 @@ void check_args(const AttentionArgs& a, bool has_bias) {
   if (a.tiles && (a.B != 1 || !a.causal || has_bias || a.lengths))
     ST_THROW("varlen attention on CUDA is causal self-attention over B = 1 stream, without lengths or bias");
   if (a.D > 128) ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
-  if (has_bias && a.scale == 0.0f) ST_THROW("attention with a bias on CUDA needs a nonzero scale");
+  // The kernels take the row max of the unscaled scores (the max of scale S is scale max S).
+  if (!(a.scale > 0.0f)) ST_THROW("attention on CUDA needs a positive scale, got ", a.scale);
 }
 
 // variant = 2 * bias + cross (Tk != T), or 4 for varlen (a tile table; no bias, no cross): the
