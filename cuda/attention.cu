@@ -21,8 +21,12 @@
 // is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
 // columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
 // first.
-// Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
-// padded with zeros to DP in {16, 32, 64, 128} in shared memory.
+// Masks: causal (key j > query i) and key padding (j >= lengths[b]), applied per element only
+// where a warp's tile needs them (the causal diagonal, the last key tile): the forward runs a
+// masked and an unmasked copy of its tile step, which also skips the MMAs of fully masked
+// n-tiles; the backward skips the (16 keys, 16 queries) parts that the causal mask hides
+// entirely, and masks rows past T or without any visible key through their exponent offset.
+// The head dimension is padded with zeros to DP in {16, 32, 64, 128} in shared memory.
 // Cross-attention (kCross): queries (q, out, lse, dq) have T positions per batch row, keys and
 // values (k, v, dk, dv) Tk; the forward's grid runs over query tiles, the backward's over key
 // tiles. Additive bias (kBias, T5's relative position bias) bias[h, i, j] (f32 [Hq, T, Tk]): the
@@ -31,6 +35,8 @@
 // dS = P (dP - D) of every unmasked (i, j) to dbias[h, i, j] with f32 atomics (the batch rows are
 // different blocks, so the sum order is not deterministic). With kBias = kCross = false the
 // kernels are the plain self-attention ones: their PTX is the same as before both features.
+#include <type_traits>
+
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "core/tensor.hpp"
@@ -265,95 +271,130 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     }
     const bf16* Ks = k_stage(stage);
     const bf16* Vs = v_stage(stage);
-    float s[8][4];
-    if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
-      // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
-      const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
-      const float* b1 = b0 + 8 * Tk;
+    // This warp needs no mask on this tile when all its keys are visible (below kv_end) to all its
+    // rows (causal: the tile's last key is at most the warp's first row). Masked tiles (the
+    // causal diagonal, the key-padding edge) run a second copy of the code with the masks and
+    // without the MMAs of fully masked n-tiles; both copies compute every visible score, its
+    // exponential and its products with the same instructions.
+    const bool full = j0 + kTile <= kv_end && !(causal && j0 + kTile - 1 > q0 + r0);
+    auto tile = [&](auto masked_tag) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+      // Masked: keys jr = j - j0 of row i0 (i1) are visible iff jr < lim0 (lim1); n-tiles nt >=
+      // nt_end (pairs of them in the MMA loops) have no visible key in any row of the warp.
+      int lim0 = kTile, lim1 = kTile, nt_end = 8;
+      if constexpr (kMasked) {
+        const int64_t key_lim = kv_end - j0;  // > 0
+        const int64_t vis0 = causal ? min(key_lim, i0 - j0 + 1) : key_lim;
+        const int64_t vis1 = causal ? min(key_lim, i1 - j0 + 1) : key_lim;
+        const int64_t vis_last = causal ? min(key_lim, q0 + r0 + 16 - j0) : key_lim;  // row q0 + r0 + 15
+        lim0 = static_cast<int>(min(vis0, static_cast<int64_t>(kTile)));
+        lim1 = static_cast<int>(min(vis1, static_cast<int64_t>(kTile)));
+        nt_end = static_cast<int>(min((vis_last + 7) / 8, static_cast<int64_t>(8)));
+      }
+      float s[8][4];
+      if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
+        // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
+        const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
+        const float* b1 = b0 + 8 * Tk;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t j = j0 + nt * 8 + 2 * t + e;
+            s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
+            s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; nt += 2) {
+        if constexpr (kMasked) {
+          if (nt >= nt_end) continue;  // n-tiles nt, nt + 1 fully masked: S stays, -inf below
+        }
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t kb[4];
+          ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
+          mma16816(s[nt], qa[kt], kb[0], kb[1]);
+          mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
+        }
+      }
+      // Mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3). The
+      // running max m is kept in units of S (scale > 0: the max of scale S is scale m), and
+      // exp(scale S - scale m) = exp2(S scale_log2 - m scale_log2), one FFMA and one ex2 a value.
+      if constexpr (kMasked) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int jr = nt * 8 + 2 * t + e;
+            if (jr >= lim0) s[nt][e] = -INFINITY;
+            if (jr >= lim1) s[nt][2 + e] = -INFINITY;
+          }
+      }
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+      }
+      mx0 = quad_max(mx0);
+      mx1 = quad_max(mx1);
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      // The subtrahend of the exponents (0 for a row without any visible key so far: its values
+      // are all -inf and give 0); a0, a1 rescale the old sums and outputs (1 exactly where the max
+      // stayed).
+      const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
+      const float a0 = m0 == -INFINITY ? 0.0f : fast_exp2((m0 - mn0) * scale_log2);
+      const float a1 = m1 == -INFINITY ? 0.0f : fast_exp2((m1 - mn1) * scale_log2);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t j = j0 + nt * 8 + 2 * t + e;
-          s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
-          s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+          s[nt][e] = fast_exp2(__fmaf_rn(s[nt][e], scale_log2, -ms0));
+          s[nt][2 + e] = fast_exp2(__fmaf_rn(s[nt][2 + e], scale_log2, -ms1));
         }
-    } else {
+      // l0, l1: this thread's part of the row sums (its 16 columns of each tile); the quad's four
+      // parts are added once, after the last tile.
+      l0 *= a0;
+      l1 *= a1;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; nt += 2)
-#pragma unroll
-      for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t kb[4];
-        ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
-        mma16816(s[nt], qa[kt], kb[0], kb[1]);
-        mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
+      for (int nt = 0; nt < 8; ++nt) {
+        l0 += s[nt][0] + s[nt][1];
+        l1 += s[nt][2] + s[nt][3];
       }
-    // Mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3). The
-    // running max m is kept in units of S (scale > 0: the max of scale S is scale m), and
-    // exp(scale S - scale m) = exp2(S scale_log2 - m scale_log2), one FFMA and one ex2 a value.
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+      m0 = mn0;
+      m1 = mn1;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t j = j0 + nt * 8 + 2 * t + e;
-        const bool key_ok = j < kv_end;
-        if (!(key_ok && !(causal && j > i0))) s[nt][e] = -INFINITY;
-        if (!(key_ok && !(causal && j > i1))) s[nt][2 + e] = -INFINITY;
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      for (int nd = 0; nd < DP / 8; ++nd) {
+        o[nd][0] *= a0;
+        o[nd][1] *= a0;
+        o[nd][2] *= a1;
+        o[nd][3] *= a1;
       }
-    mx0 = quad_max(mx0);
-    mx1 = quad_max(mx1);
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    // The subtrahend of the exponents (0 for a row without any visible key so far: its values
-    // are all -inf and give 0); a0, a1 rescale the old sums and outputs (1 exactly where the max
-    // stayed).
-    const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
-    const float a0 = m0 == -INFINITY ? 0.0f : fast_exp2((m0 - mn0) * scale_log2);
-    const float a1 = m1 == -INFINITY ? 0.0f : fast_exp2((m1 - mn1) * scale_log2);
+      // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
+      // col operand read transposed from its row-major tile.
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+      for (int kk = 0; kk < 4; ++kk) {
+        if constexpr (kMasked) {
+          if (2 * kk >= nt_end) continue;  // P is 0 on this k-step: nothing to add
+        }
+        const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[nt][e] = fast_exp2(__fmaf_rn(s[nt][e], scale_log2, -ms0));
-        s[nt][2 + e] = fast_exp2(__fmaf_rn(s[nt][2 + e], scale_log2, -ms1));
+        for (int nd = 0; nd < DP / 8; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
+          mma16816(o[nd], pa, b0, b1);
+          mma16816(o[nd + 1], pa, b2, b3);
+        }
       }
-    // l0, l1: this thread's part of the row sums (its 16 columns of each tile); the quad's four
-    // parts are added once, after the last tile.
-    l0 *= a0;
-    l1 *= a1;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      l0 += s[nt][0] + s[nt][1];
-      l1 += s[nt][2] + s[nt][3];
-    }
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int nd = 0; nd < DP / 8; ++nd) {
-      o[nd][0] *= a0;
-      o[nd][1] *= a0;
-      o[nd][2] *= a1;
-      o[nd][3] *= a1;
-    }
-    // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
-    // col operand read transposed from its row-major tile.
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int nd = 0; nd < DP / 8; nd += 2) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
-        mma16816(o[nd], pa, b0, b1);
-        mma16816(o[nd + 1], pa, b2, b3);
-      }
-    }
+    };
+    if (full) tile(std::false_type{});
+    else tile(std::true_type{});
   }
   l0 = quad_sum(l0);
   l1 = quad_sum(l1);
@@ -470,6 +511,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
 #endif
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
+  const int64_t key_end = min(Tk, len);  // keys j < key_end are visible (before the causal mask)
+  const bool key_ok0 = kj0 < key_end, key_ok1 = kj1 < key_end, warp_keys_ok = j0 + kr0 + 16 <= key_end;
 
   const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
   const bool any_tile = i_start < T;  // (always: causal i_start = j0 < T, else 0 < T)
@@ -525,6 +568,24 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
     const float* dl_t = dl_s + stage * kTile;
 #pragma unroll 1
     for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
+      const int64_t iq = q0 + part * 16;  // the part's first query
+      if (causal && j0 + kr0 > iq + 15) {
+        // Every key of this warp comes after every query of the part (causal diagonal tile):
+        // P = dS = 0, nothing to add to dK, dV (or dbias); dS = 0 goes to shared memory for dQ.
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int qi = part * 16 + nt * 8 + 2 * t + e;
+            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(0.0f);
+            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(0.0f);
+          }
+        continue;
+      }
+      // Per-element masks only where some key of the warp is invisible (past the keys) or after
+      // some query of the part (causal); rows past T and rows without any visible key (lse =
+      // -inf) get P = 0 through an exponent offset of +inf instead.
+      const bool masked = !warp_keys_ok || (causal && j0 + kr0 + 15 > iq);
       float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
@@ -567,12 +628,13 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
           const int qi = part * 16 + nt * 8 + 2 * t + e;
           const int64_t i = q0 + qi;
           const float l = lse_t[qi], dl = dl_t[qi];
-          const bool row_ok = i < T && l != -INFINITY;
-          const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
-          const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
-          const float l2 = l * kLog2e;
-          const float p0 = ok0 ? fast_exp2(__fmaf_rn(st[nt][e], scale_log2, -l2)) : 0.0f;
-          const float p1 = ok1 ? fast_exp2(__fmaf_rn(st[nt][2 + e], scale_log2, -l2)) : 0.0f;
+          const float l2 = i < T && l != -INFINITY ? l * kLog2e : INFINITY;
+          if (masked) {
+            if (!(key_ok0 && !(causal && kj0 > i))) st[nt][e] = -INFINITY;
+            if (!(key_ok1 && !(causal && kj1 > i))) st[nt][2 + e] = -INFINITY;
+          }
+          const float p0 = fast_exp2(__fmaf_rn(st[nt][e], scale_log2, -l2));
+          const float p1 = fast_exp2(__fmaf_rn(st[nt][2 + e], scale_log2, -l2));
           st[nt][e] = p0;
           st[nt][2 + e] = p1;
           dpt[nt][e] = p0 * (dpt[nt][e] - dl);
@@ -581,6 +643,9 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
           dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
           if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
             if (dbias != nullptr) {
+              const bool row_ok = i < T && l != -INFINITY;
+              const bool ok0 = row_ok && key_ok0 && !(causal && kj0 > i);
+              const bool ok1 = row_ok && key_ok1 && !(causal && kj1 > i);
               if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
               if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
             }
