@@ -183,7 +183,11 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // The sequence a block works on. Batched: row b = blockIdx.z of [B, T] queries and [B, Tk]
 // keys. Varlen (kVarlen): the segment of tile blockIdx.x of the tile table, in the stream of
-// T = N tokens (lse [Hq, N]). All positions below are within the sequence.
+// T = N tokens (lse [Hq, N]). All positions below are within the sequence. With last_first,
+// block x takes tile gridDim.x - 1 - x of the row (batched) or of the table (varlen, whose
+// tiles ascend within each segment): the causal forward's blocks then start roughly in the order
+// of their work, longest first (blocks are dispatched in the order of their index, so the light
+// ones fill the last wave).
 struct SeqView {
   int64_t row0, krow0;  // first query / key token of the sequence in q, out / k, v
   int64_t Tq, Tk;       // its queries and keys
@@ -195,10 +199,11 @@ struct SeqView {
 
 template <bool kCross, bool kVarlen>
 __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, const int32_t* __restrict__ lengths,
-                                            int64_t T, int64_t Tk_arg, int64_t Hq) {
+                                            int64_t T, int64_t Tk_arg, int64_t Hq, bool last_first = false) {
   SeqView sv;
   if constexpr (kVarlen) {
-    const int4 e = reinterpret_cast<const int4*>(tiles)[blockIdx.x];  // begin, end, key end, tile start
+    const unsigned entry = last_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const int4 e = reinterpret_cast<const int4*>(tiles)[entry];  // begin, end, key end, tile start
     sv.row0 = sv.krow0 = e.x;
     sv.Tq = sv.Tk = e.y - e.x;
     sv.len = e.z - e.x;
@@ -212,7 +217,7 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
     sv.row0 = b * T;
     sv.krow0 = b * sv.Tk;
     sv.len = lengths ? lengths[b] : sv.Tk;
-    sv.tile0 = static_cast<int64_t>(blockIdx.x) * kTile;
+    sv.tile0 = static_cast<int64_t>(last_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * kTile;
     sv.lse_row = b * Hq * T;
     sv.lse_head = T;
   }
@@ -224,7 +229,8 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
     int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
-  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
+  // Causal: query tile m sees m + 1 key tiles, so the last tiles go first.
+  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq, causal);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
