@@ -441,7 +441,7 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
 // DP = 128: 1024 + 2 * 17408 + 9216 + 2 * 2 * 17408 = 114688 bytes (112 KiB) double-buffered
 // (79872 single), under the 227 KiB opt-in limit of sm_90. Blocks an H100 SM (228 KiB, 1 KiB
 // reserved a block; 64K registers) holds, by shared memory / by registers (ptxas -v, sm_90):
-//   DP = 128: 114688 B -> 2 / ~240 regs -> 2     DP = 64: 65536 B -> 3 / ~180 regs -> 2
+//   DP = 128: 114688 B -> 2 / ~240 regs -> 2     DP = 64: 65536 B -> 3 / <= 168 regs -> 3
 //   DP = 32:   40960 B -> 5 / <= 128 regs -> 4   DP = 16: 28672 B -> 7 / ~90 regs -> 5
 // so double buffering leaves the occupancy as it was (registers bound it). An A100 SM (164 KiB)
 // would hold 1 double-buffered block at DP = 128 but 2 single-buffered: double buffers on sm_90
@@ -461,9 +461,11 @@ constexpr bool kBackwardDoubleBuffer = true;
 
 // kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
 // DP <= 32: at most 128 registers, 4 blocks an SM (ptxas would otherwise take ~155 for the bias
-// variants: 3 blocks); larger DP: as many as ptxas likes (DP = 128 ~240: 2 blocks).
+// variants: 3 blocks); DP = 64: at most 168, 3 blocks, as many as its shared memory allows (ptxas
+// takes 162-168 without a bound since the masks are per tile; 180 before: 2 blocks); DP = 128:
+// as many as ptxas likes (~240: 2 blocks, the shared-memory limit too).
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward_kernel(
+__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
