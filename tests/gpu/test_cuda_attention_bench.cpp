@@ -1,7 +1,8 @@
 // Benchmark of the flash-attention kernels (cuda/attention.cu) through ops/attention, disabled:
 //   build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaAttentionBench.*'
 // Causal bf16 self-attention at the training shapes of Llama 7B (Hq = Hkv = 32, D = 128) and 1B
-// (Hq = 32, Hkv = 4, D = 64), batch 8 x 1024 tokens. Each call is timed alone with cudaEvents
+// (Hq = 32, Hkv = 4, D = 64), batch 8 x 1024 tokens, batched and as 8 packed documents of 1024
+// (varlen, the kernels of packed training). Each call is timed alone with cudaEvents
 // (median of ATTN_BENCH_RUNS, default 20, after 3 untimed); the backward includes its D =
 // rowsum(dO O) kernel, the dQ accumulator's zeroing and its fold into bf16. TFLOP/s count the
 // causal half: forward 4 B T T / 2 Hq D, backward 2.5 times that (as ops/attention counts
@@ -81,12 +82,29 @@ TEST(CudaAttentionBench, DISABLED_TrainingShapes) {
     };
     const double f_ms = time_ms(fwd);
     const double b_ms = time_ms(bwd);
+    // The same tokens as B documents of T in one packed stream (the varlen kernels training runs
+    // when the loader hands segments over).
+    const int64_t N = BT;
+    Tensor cu = Tensor::empty({c.B + 1}, DType::i32), keys = Tensor::empty({c.B}, DType::i32);
+    for (int64_t b = 0; b <= c.B; ++b) cu.ptr<int32_t>()[b] = static_cast<int32_t>(b * c.T);
+    for (int64_t b = 0; b < c.B; ++b) keys.ptr<int32_t>()[b] = static_cast<int32_t>(c.T);
+    Tensor tiles_host = Tensor::empty({4 * attention_max_tiles(N, c.B)}, DType::i32);
+    AttentionSegments seg;
+    attention_segments_finish(seg, cu, keys, tiles_host);
+    seg.tiles = Tensor::empty({4 * seg.n_tiles}, DType::i32, Device::cuda);
+    seg.tiles.copy_from(tiles_host.slice(0, 4 * seg.n_tiles));
+    AttentionShape vs{1, N, c.Hq, c.Hkv, c.D, true, s.scale};
+    Tensor vlse = Tensor::empty({c.Hq, N}, DType::f32, Device::cuda);
+    const double vf_ms = time_ms([&] { attention_varlen_forward(vs, q, k, v, seg, out, vlse); });
+    const double vb_ms = time_ms([&] { attention_varlen_backward(vs, q, k, v, out, vlse, dout, seg, dq, dk, dv, false); });
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     const double flops = 4.0 * static_cast<double>(c.B) * static_cast<double>(c.T) * static_cast<double>(c.T) / 2.0 *
                          static_cast<double>(c.Hq) * static_cast<double>(c.D);  // causal: half of 4 B T T Hq D
     const std::string shape = str("B=", c.B, " T=", c.T, " Hq=", c.Hq, " Hkv=", c.Hkv, " D=", c.D);
     std::printf("[attn] %-4s %-32s %10.3f %8.1f %10.3f %8.1f\n", c.name, shape.c_str(), f_ms, flops / f_ms / 1e9, b_ms,
                 2.5 * flops / b_ms / 1e9);
+    std::printf("[attn] %-4s %-32s %10.3f %8.1f %10.3f %8.1f\n", c.name, "  varlen: the same as B documents", vf_ms,
+                flops / vf_ms / 1e9, vb_ms, 2.5 * flops / vb_ms / 1e9);
     // Sanity: finite results (a crashed or mis-launched kernel would leave garbage or NaN).
     for (const Tensor* t : {&out, &dq, &dk, &dv}) {
       const Tensor h = t->to_cpu(DType::f32);
