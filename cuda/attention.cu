@@ -11,7 +11,9 @@
 // Forward: block = 4 warps x 16 query rows; key/value tiles of 64 stream through shared memory,
 // double-buffered with cp.async (the next tile loads while this one is computed); V is read as
 // the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
-// Writes O / l (bf16) and lse = m + log l (f32).
+// Softmax in base 2: exp(scale s - scale m) = exp2(s scale log2 e - m scale log2 e), one FFMA and
+// one ex2.approx a score (m, the running max, in units of s: hence scale > 0). Writes O / l (bf16)
+// and lse = scale m + log l (f32, natural log); the backward's P = exp2(s scale log2 e - lse log2 e).
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
 // tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
 // second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
@@ -19,8 +21,12 @@
 // is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
 // columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
 // first.
-// Masks: causal (key j > query i) and key padding (j >= lengths[b]). The head dimension is
-// padded with zeros to DP in {16, 32, 64, 128} in shared memory.
+// Masks: causal (key j > query i) and key padding (j >= lengths[b]), applied per element only
+// where a warp's tile needs them (the causal diagonal, the last key tile): the forward runs a
+// masked and an unmasked copy of its tile step, which also skips the MMAs of fully masked
+// n-tiles; the backward skips the (16 keys, 16 queries) parts that the causal mask hides
+// entirely, and masks rows past T or without any visible key through their exponent offset.
+// The head dimension is padded with zeros to DP in {16, 32, 64, 128} in shared memory.
 // Cross-attention (kCross): queries (q, out, lse, dq) have T positions per batch row, keys and
 // values (k, v, dk, dv) Tk; the forward's grid runs over query tiles, the backward's over key
 // tiles. Additive bias (kBias, T5's relative position bias) bias[h, i, j] (f32 [Hq, T, Tk]): the
@@ -29,6 +35,8 @@
 // dS = P (dP - D) of every unmasked (i, j) to dbias[h, i, j] with f32 atomics (the batch rows are
 // different blocks, so the sum order is not deterministic). With kBias = kCross = false the
 // kernels are the plain self-attention ones: their PTX is the same as before both features.
+#include <type_traits>
+
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "core/tensor.hpp"
@@ -156,6 +164,14 @@ __device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict_
   }
 }
 
+constexpr float kLog2e = 1.4426950408889634f;
+// 2^x on the SFU (ex2.approx.ftz: 2^-inf = 0; what __expf uses after its multiplication by log2 e).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -167,7 +183,11 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // The sequence a block works on. Batched: row b = blockIdx.z of [B, T] queries and [B, Tk]
 // keys. Varlen (kVarlen): the segment of tile blockIdx.x of the tile table, in the stream of
-// T = N tokens (lse [Hq, N]). All positions below are within the sequence.
+// T = N tokens (lse [Hq, N]). All positions below are within the sequence. With last_first,
+// block x takes tile gridDim.x - 1 - x of the row (batched) or of the table (varlen, whose
+// tiles ascend within each segment): the causal forward's blocks then start roughly in the order
+// of their work, longest first (blocks are dispatched in the order of their index, so the light
+// ones fill the last wave).
 struct SeqView {
   int64_t row0, krow0;  // first query / key token of the sequence in q, out / k, v
   int64_t Tq, Tk;       // its queries and keys
@@ -179,10 +199,11 @@ struct SeqView {
 
 template <bool kCross, bool kVarlen>
 __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, const int32_t* __restrict__ lengths,
-                                            int64_t T, int64_t Tk_arg, int64_t Hq) {
+                                            int64_t T, int64_t Tk_arg, int64_t Hq, bool last_first = false) {
   SeqView sv;
   if constexpr (kVarlen) {
-    const int4 e = reinterpret_cast<const int4*>(tiles)[blockIdx.x];  // begin, end, key end, tile start
+    const unsigned entry = last_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const int4 e = reinterpret_cast<const int4*>(tiles)[entry];  // begin, end, key end, tile start
     sv.row0 = sv.krow0 = e.x;
     sv.Tq = sv.Tk = e.y - e.x;
     sv.len = e.z - e.x;
@@ -196,7 +217,7 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
     sv.row0 = b * T;
     sv.krow0 = b * sv.Tk;
     sv.len = lengths ? lengths[b] : sv.Tk;
-    sv.tile0 = static_cast<int64_t>(blockIdx.x) * kTile;
+    sv.tile0 = static_cast<int64_t>(last_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * kTile;
     sv.lse_row = b * Hq * T;
     sv.lse_head = T;
   }
@@ -208,7 +229,8 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
     int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
-  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
+  // Causal: query tile m sees m + 1 key tiles, so the last tiles go first.
+  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq, causal);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -219,6 +241,7 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
 
   const int64_t h = blockIdx.y, q0 = sv.tile0;
   const int64_t hk = h / (Hq / Hkv);
+  const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int r0 = warp * 16;
@@ -254,85 +277,133 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     }
     const bf16* Ks = k_stage(stage);
     const bf16* Vs = v_stage(stage);
-    float s[8][4];
-    if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
-      // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
-      const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
-      const float* b1 = b0 + 8 * Tk;
+    // This warp needs no mask on this tile when all its keys are visible (below kv_end) to all its
+    // rows (causal: the tile's last key is at most the warp's first row). Masked tiles (the
+    // causal diagonal, the key-padding edge) run a second copy of the code with the masks and
+    // without the MMAs of fully masked n-tiles; both copies compute every visible score, its
+    // exponential and its products with the same instructions.
+    const bool full = j0 + kTile <= kv_end && !(causal && j0 + kTile - 1 > q0 + r0);
+    auto tile = [&](auto masked_tag) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+      // Masked: keys jr = j - j0 of row i0 (i1) are visible iff jr < lim0 (lim1); n-tiles nt >=
+      // nt_end (pairs of them in the MMA loops) have no visible key in any row of the warp.
+      int lim0 = kTile, lim1 = kTile, nt_end = 8;
+      if constexpr (kMasked) {
+        const int64_t key_lim = kv_end - j0;  // > 0
+        const int64_t vis0 = causal ? min(key_lim, i0 - j0 + 1) : key_lim;
+        const int64_t vis1 = causal ? min(key_lim, i1 - j0 + 1) : key_lim;
+        const int64_t vis_last = causal ? min(key_lim, q0 + r0 + 16 - j0) : key_lim;  // row q0 + r0 + 15
+        lim0 = static_cast<int>(min(vis0, static_cast<int64_t>(kTile)));
+        lim1 = static_cast<int>(min(vis1, static_cast<int64_t>(kTile)));
+        nt_end = static_cast<int>(min((vis_last + 7) / 8, static_cast<int64_t>(8)));
+      }
+      float s[8][4];
+      if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
+        // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
+        const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
+        const float* b1 = b0 + 8 * Tk;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t j = j0 + nt * 8 + 2 * t + e;
+            s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
+            s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+          }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; nt += 2) {
+        if constexpr (kMasked) {
+          if (nt >= nt_end) continue;  // n-tiles nt, nt + 1 fully masked: S stays, -inf below
+        }
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t kb[4];
+          ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
+          mma16816(s[nt], qa[kt], kb[0], kb[1]);
+          mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
+        }
+      }
+      // Mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3). The
+      // running max m is kept in units of S (scale > 0: the max of scale S is scale m), and
+      // exp(scale S - scale m) = exp2(S scale_log2 - m scale_log2), one FFMA and one ex2 a value.
+      if constexpr (kMasked) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int jr = nt * 8 + 2 * t + e;
+            if (jr >= lim0) s[nt][e] = -INFINITY;
+            if (jr >= lim1) s[nt][2 + e] = -INFINITY;
+          }
+      }
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+      }
+      mx0 = quad_max(mx0);
+      mx1 = quad_max(mx1);
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      // The subtrahend of the exponents (0 for a row without any visible key so far: its values
+      // are all -inf and give 0); a0, a1 rescale the old sums and outputs (1 exactly where the max
+      // stayed).
+      const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
+      const float a0 = m0 == -INFINITY ? 0.0f : fast_exp2((m0 - mn0) * scale_log2);
+      const float a1 = m1 == -INFINITY ? 0.0f : fast_exp2((m1 - mn1) * scale_log2);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t j = j0 + nt * 8 + 2 * t + e;
-          s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
-          s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+          s[nt][e] = fast_exp2(__fmaf_rn(s[nt][e], scale_log2, -ms0));
+          s[nt][2 + e] = fast_exp2(__fmaf_rn(s[nt][2 + e], scale_log2, -ms1));
         }
-    } else {
+      // l0, l1: this thread's part of the row sums (its 16 columns of each tile); the quad's four
+      // parts are added once, after the last tile.
+      l0 *= a0;
+      l1 *= a1;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; nt += 2)
-#pragma unroll
-      for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t kb[4];
-        ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
-        mma16816(s[nt], qa[kt], kb[0], kb[1]);
-        mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
+      for (int nt = 0; nt < 8; ++nt) {
+        l0 += s[nt][0] + s[nt][1];
+        l1 += s[nt][2] + s[nt][3];
       }
-    // Scale (+ bias), mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3).
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+      m0 = mn0;
+      m1 = mn1;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t j = j0 + nt * 8 + 2 * t + e;
-        const bool key_ok = j < kv_end;
-        s[nt][e] = (key_ok && !(causal && j > i0)) ? s[nt][e] * scale : -INFINITY;
-        s[nt][2 + e] = (key_ok && !(causal && j > i1)) ? s[nt][2 + e] * scale : -INFINITY;
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      for (int nd = 0; nd < DP / 8; ++nd) {
+        o[nd][0] *= a0;
+        o[nd][1] *= a0;
+        o[nd][2] *= a1;
+        o[nd][3] *= a1;
       }
-    mx0 = quad_max(mx0);
-    mx1 = quad_max(mx1);
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float a0 = m0 == -INFINITY ? 0.0f : __expf(m0 - mn0), a1 = m1 == -INFINITY ? 0.0f : __expf(m1 - mn1);
-    float sum0 = 0.0f, sum1 = 0.0f;
+      // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
+      // col operand read transposed from its row-major tile.
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+      for (int kk = 0; kk < 4; ++kk) {
+        if constexpr (kMasked) {
+          if (2 * kk >= nt_end) continue;  // P is 0 on this k-step: nothing to add
+        }
+        const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[nt][e] = mn0 == -INFINITY ? 0.0f : __expf(s[nt][e] - mn0);
-        s[nt][2 + e] = mn1 == -INFINITY ? 0.0f : __expf(s[nt][2 + e] - mn1);
-        sum0 += s[nt][e];
-        sum1 += s[nt][2 + e];
+        for (int nd = 0; nd < DP / 8; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
+          mma16816(o[nd], pa, b0, b1);
+          mma16816(o[nd + 1], pa, b2, b3);
+        }
       }
-    l0 = l0 * a0 + quad_sum(sum0);
-    l1 = l1 * a1 + quad_sum(sum1);
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int nd = 0; nd < DP / 8; ++nd) {
-      o[nd][0] *= a0;
-      o[nd][1] *= a0;
-      o[nd][2] *= a1;
-      o[nd][3] *= a1;
-    }
-    // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
-    // col operand read transposed from its row-major tile.
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int nd = 0; nd < DP / 8; nd += 2) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
-        mma16816(o[nd], pa, b0, b1);
-        mma16816(o[nd + 1], pa, b2, b3);
-      }
-    }
+    };
+    if (full) tile(std::false_type{});
+    else tile(std::true_type{});
   }
+  l0 = quad_sum(l0);
+  l1 = quad_sum(l1);
   const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
@@ -345,8 +416,9 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
     }
   if (t == 0) {
     float* lse_h = lse + sv.lse_row + h * sv.lse_head;
-    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 + logf(l0) : -INFINITY;
-    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 + logf(l1) : -INFINITY;
+    // lse in natural-log units: scale m + log l.
+    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 * scale + logf(l0) : -INFINITY;
+    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 * scale + logf(l1) : -INFINITY;
   }
 }
 
@@ -369,7 +441,7 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
 // DP = 128: 1024 + 2 * 17408 + 9216 + 2 * 2 * 17408 = 114688 bytes (112 KiB) double-buffered
 // (79872 single), under the 227 KiB opt-in limit of sm_90. Blocks an H100 SM (228 KiB, 1 KiB
 // reserved a block; 64K registers) holds, by shared memory / by registers (ptxas -v, sm_90):
-//   DP = 128: 114688 B -> 2 / ~240 regs -> 2     DP = 64: 65536 B -> 3 / ~180 regs -> 2
+//   DP = 128: 114688 B -> 2 / ~240 regs -> 2     DP = 64: 65536 B -> 3 / <= 168 regs -> 3
 //   DP = 32:   40960 B -> 5 / <= 128 regs -> 4   DP = 16: 28672 B -> 7 / ~90 regs -> 5
 // so double buffering leaves the occupancy as it was (registers bound it). An A100 SM (164 KiB)
 // would hold 1 double-buffered block at DP = 128 but 2 single-buffered: double buffers on sm_90
@@ -389,9 +461,11 @@ constexpr bool kBackwardDoubleBuffer = true;
 
 // kBias: bias (may be null: a zero bias) is added to the scores and dbias (may be null) gets dS.
 // DP <= 32: at most 128 registers, 4 blocks an SM (ptxas would otherwise take ~155 for the bias
-// variants: 3 blocks); larger DP: as many as ptxas likes (DP = 128 ~240: 2 blocks).
+// variants: 3 blocks); DP = 64: at most 168, 3 blocks, as many as its shared memory allows (ptxas
+// takes 162-168 without a bound since the masks are per tile; 180 before: 2 blocks); DP = 128:
+// as many as ptxas likes (~240: 2 blocks, the shared-memory limit too).
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward_kernel(
+__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
@@ -421,6 +495,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
 
   const int64_t hk = blockIdx.y, j0 = sv.tile0;
   const int64_t group = Hq / Hkv;
+  const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
@@ -444,6 +519,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
 #endif
   const int kr0 = warp * 16;                    // this warp's keys within the tile
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
+  const int64_t key_end = min(Tk, len);  // keys j < key_end are visible (before the causal mask)
+  const bool key_ok0 = kj0 < key_end, key_ok1 = kj1 < key_end, warp_keys_ok = j0 + kr0 + 16 <= key_end;
 
   const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
   const bool any_tile = i_start < T;  // (always: causal i_start = j0 < T, else 0 < T)
@@ -499,6 +576,24 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
     const float* dl_t = dl_s + stage * kTile;
 #pragma unroll 1
     for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
+      const int64_t iq = q0 + part * 16;  // the part's first query
+      if (causal && j0 + kr0 > iq + 15) {
+        // Every key of this warp comes after every query of the part (causal diagonal tile):
+        // P = dS = 0, nothing to add to dK, dV (or dbias); dS = 0 goes to shared memory for dQ.
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int qi = part * 16 + nt * 8 + 2 * t + e;
+            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(0.0f);
+            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(0.0f);
+          }
+        continue;
+      }
+      // Per-element masks only where some key of the warp is invisible (past the keys) or after
+      // some query of the part (causal); rows past T and rows without any visible key (lse =
+      // -inf) get P = 0 through an exponent offset of +inf instead.
+      const bool masked = !warp_keys_ok || (causal && j0 + kr0 + 15 > iq);
       float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
@@ -532,7 +627,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
         mma16816(dpt[0], va, fb[0], fb[1]);
         mma16816(dpt[1], va, fb[2], fb[3]);
       }
-      // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); keys kj0 (values 0, 1), kj1 (2, 3).
+      // P^T = exp(S^T scale - lse) = exp2(S^T scale_log2 - lse log2 e), dS^T = P^T (dP^T - D);
+      // keys kj0 (values 0, 1), kj1 (2, 3).
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -540,11 +636,13 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
           const int qi = part * 16 + nt * 8 + 2 * t + e;
           const int64_t i = q0 + qi;
           const float l = lse_t[qi], dl = dl_t[qi];
-          const bool row_ok = i < T && l != -INFINITY;
-          const bool ok0 = row_ok && kj0 < Tk && kj0 < len && !(causal && kj0 > i);
-          const bool ok1 = row_ok && kj1 < Tk && kj1 < len && !(causal && kj1 > i);
-          const float p0 = ok0 ? __expf(st[nt][e] * scale - l) : 0.0f;
-          const float p1 = ok1 ? __expf(st[nt][2 + e] * scale - l) : 0.0f;
+          const float l2 = i < T && l != -INFINITY ? l * kLog2e : INFINITY;
+          if (masked) {
+            if (!(key_ok0 && !(causal && kj0 > i))) st[nt][e] = -INFINITY;
+            if (!(key_ok1 && !(causal && kj1 > i))) st[nt][2 + e] = -INFINITY;
+          }
+          const float p0 = fast_exp2(__fmaf_rn(st[nt][e], scale_log2, -l2));
+          const float p1 = fast_exp2(__fmaf_rn(st[nt][2 + e], scale_log2, -l2));
           st[nt][e] = p0;
           st[nt][2 + e] = p1;
           dpt[nt][e] = p0 * (dpt[nt][e] - dl);
@@ -553,6 +651,9 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : 1) attention_backward
           dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
           if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
             if (dbias != nullptr) {
+              const bool row_ok = i < T && l != -INFINITY;
+              const bool ok0 = row_ok && key_ok0 && !(causal && kj0 > i);
+              const bool ok1 = row_ok && key_ok1 && !(causal && kj1 > i);
               if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
               if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
             }
@@ -755,7 +856,8 @@ void check_args(const AttentionArgs& a, bool has_bias) {
   if (a.tiles && (a.B != 1 || !a.causal || has_bias || a.lengths))
     ST_THROW("varlen attention on CUDA is causal self-attention over B = 1 stream, without lengths or bias");
   if (a.D > 128) ST_THROW("attention on CUDA supports head_dim <= 128, got ", a.D);
-  if (has_bias && a.scale == 0.0f) ST_THROW("attention with a bias on CUDA needs a nonzero scale");
+  // The kernels take the row max of the unscaled scores (the max of scale S is scale max S).
+  if (!(a.scale > 0.0f)) ST_THROW("attention on CUDA needs a positive scale, got ", a.scale);
 }
 
 // variant = 2 * bias + cross (Tk != T), or 4 for varlen (a tile table; no bias, no cross): the

@@ -11,7 +11,7 @@ struct AttentionArgs {
   int64_t B = 0, T = 0, Hq = 0, Hkv = 0, D = 0;
   int64_t Tk = 0;  // key/value positions per batch row; 0 means Tk = T
   bool causal = true;  // needs Tk == T
-  float scale = 1.0f;  // nonzero when there is a bias (the kernels fold bias / scale into q.k)
+  float scale = 1.0f;  // positive (the kernels take row maxima of q.k and fold bias / scale into it)
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;

@@ -110,8 +110,8 @@ void check_attention(const char* op, const AttentionShape& s, const Tensor& q, c
         if (len < 0 || len > Tk) ST_THROW(op, ": lengths[", b, "] = ", len, " is outside [0, Tk=", Tk, "]");
       }
   }
-  if (q.device() == Device::cuda && (bias.defined() || has(dbias)) && s.scale == 0)
-    ST_THROW(op, ": attention with a bias on CUDA needs a nonzero scale");
+  if (q.device() == Device::cuda && !(s.scale > 0))
+    ST_THROW(op, ": attention on CUDA needs a positive scale, got ", s.scale);
 }
 
 // QK^T and PV: 4 B T Tk Hq D, halved when causal (the masked half is skipped).

@@ -34,7 +34,7 @@ inline size_t attention_scratch_bytes(const AttentionShape& s, bool dq_accumulat
 // compute dtype). lengths: i32 [B] (keys at j >= lengths[b] are masked; 0 <= lengths[b] <= Tk,
 // checked on CPU, clamped to Tk on CUDA) or undefined for no padding mask.
 // bias: [Hq, T, Tk] (Hq*T*Tk elements, shared by the batch rows; f32 on CUDA, else the compute
-// dtype) added to the scaled scores, or undefined for none. On CUDA a bias needs scale != 0.
+// dtype) added to the scaled scores, or undefined for none. On CUDA the scale must be positive.
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& lengths, Tensor& out, Tensor& lse, const Tensor& bias = Tensor());
 // dq, dk, dv accumulate (+=); with accumulate = false they are overwritten (no zeroing needed).
