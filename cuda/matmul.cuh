@@ -49,8 +49,9 @@ bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bo
 // and B are 16-byte aligned and the device has the shared memory for the kernel.
 bool lora_backward_fused(Tensor& dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
                          const Tensor& B, double alpha);
-// Whether LoRA's backward uses it: on unless SHARDTUNE_LORA_FUSED=0 (read once). Tests and
-// benchmarks: set_lora_fused forces it for this process; clear_lora_fused returns to the environment's.
+// Whether LoRA's backward uses it: on unless SHARDTUNE_LORA_FUSED=0 (read once; `shallow`: on, with
+// the kernel's A100-sized cp.async ring on any GPU, for comparisons). Tests and benchmarks:
+// set_lora_fused forces it on or off for this process; clear_lora_fused returns to the environment's.
 bool lora_fused_enabled();
 void set_lora_fused(bool on);
 void clear_lora_fused();

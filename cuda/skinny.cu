@@ -787,7 +787,10 @@ template <int R>
 struct FusedCfg {
   static constexpr int WN = R >= 64 ? 32 : 64;  // dy columns per warp (dB accumulators: WN R / 32 registers)
   static constexpr int BN = 8 * WN;             // columns per block
-  static constexpr int STAGES = R >= 64 ? 4 : 3;  // within an A100's 163 KiB
+  // Ring depths: SHALLOW within an A100's 163 KiB of shared memory per block, DEEP within an
+  // H100's 227 KiB (the launcher takes the deepest that fits; SHARDTUNE_LORA_FUSED=shallow forces
+  // the shallow one, for comparisons).
+  static constexpr int SHALLOW = R >= 64 ? 4 : 3, DEEP = R >= 64 ? 6 : R >= 32 ? 4 : 5;
   static constexpr int LDY = pad_ld(BN), LDB = pad_ld(R);
 };
 template <int R, bool XA_T>
@@ -796,13 +799,13 @@ template <int R, bool XA_T>
 __host__ __device__ constexpr int fused_stage_elems() {
   return kFusedBM * FusedCfg<R>::LDY + (XA_T ? R : kFusedBM) * fused_ldx<R, XA_T>();
 }
-template <int R, bool XA_T>
+template <int R, bool XA_T, int S>
 __host__ __device__ constexpr size_t fused_tiles_bytes() {
-  return sizeof(bf16) * (FusedCfg<R>::STAGES * fused_stage_elems<R, XA_T>() + FusedCfg<R>::BN * FusedCfg<R>::LDB);
+  return sizeof(bf16) * (S * fused_stage_elems<R, XA_T>() + FusedCfg<R>::BN * FusedCfg<R>::LDB);
 }
-template <int R, bool XA_T>
+template <int R, bool XA_T, int S>
 __host__ __device__ constexpr size_t fused_smem() {
-  return fused_tiles_bytes<R, XA_T>() + sizeof(float) * 8 * 16 * R;
+  return fused_tiles_bytes<R, XA_T, S>() + sizeof(float) * 8 * 16 * R;
 }
 
 struct FusedArgs {
@@ -818,18 +821,18 @@ struct FusedArgs {
   float alpha;
 };
 
-template <int R, bool XA_T>
+template <int R, bool XA_T, int S>
 __global__ void __launch_bounds__(kFusedThreads, 1) lora_backward_kernel(const FusedArgs p) {
   using Cfg = FusedCfg<R>;
-  constexpr int BM = kFusedBM, BN = Cfg::BN, WN = Cfg::WN, S = Cfg::STAGES;
+  constexpr int BM = kFusedBM, BN = Cfg::BN, WN = Cfg::WN;
   constexpr int LDY = Cfg::LDY, LDB = Cfg::LDB, LDX = fused_ldx<R, XA_T>();
   constexpr int YS = BM * LDY, SS = fused_stage_elems<R, XA_T>();
-  static_assert(fused_tiles_bytes<R, XA_T>() % 16 == 0, "slot alignment");
+  static_assert(fused_tiles_bytes<R, XA_T, S>() % 16 == 0, "partials' alignment");
   static_assert(sizeof(float) * BN * R <= sizeof(bf16) * S * SS, "dB's staging fits in the ring");
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* const tiles = reinterpret_cast<bf16*>(smem);  // stage s: dy at s * SS, xa at s * SS + YS
   bf16* const bs = tiles + S * SS;                     // B's chunk [BN][LDB]
-  float* const part = reinterpret_cast<float*>(smem + fused_tiles_bytes<R, XA_T>());  // [warp][16][R]
+  float* const part = reinterpret_cast<float*>(smem + fused_tiles_bytes<R, XA_T, S>());  // [warp][16][R]
   __shared__ int last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, q = lane & 3;
@@ -950,24 +953,30 @@ __global__ void __launch_bounds__(kFusedThreads, 1) lora_backward_kernel(const F
   if (tid == 0) p.count[blockIdx.y] = 0;
 }
 
-template <int R, bool XA_T>
+template <int R, bool XA_T, int S>
 bool run_lora_backward(const FusedArgs& a, int64_t chunks, int64_t ranges) {
-  constexpr size_t smem = fused_smem<R, XA_T>();
+  constexpr size_t smem = fused_smem<R, XA_T, S>();
   if (smem > smem_limit()) return false;
-  static const bool once = (allow_smem(lora_backward_kernel<R, XA_T>, smem), true);
+  static const bool once = (allow_smem(lora_backward_kernel<R, XA_T, S>, smem), true);
   (void)once;
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(ranges));
-  lora_backward_kernel<R, XA_T><<<grid, kFusedThreads, smem, stream()>>>(a);
+  lora_backward_kernel<R, XA_T, S><<<grid, kFusedThreads, smem, stream()>>>(a);
   ST_CUDA_LAUNCH_CHECK("skinny lora_backward_kernel");
   return true;
 }
+// The deep ring where it fits (unless `shallow`), else the shallow one; false if neither fits.
+template <int R, bool XA_T>
+bool lora_backward_r(const FusedArgs& a, int64_t chunks, int64_t ranges, bool shallow) {
+  if (!shallow && run_lora_backward<R, XA_T, FusedCfg<R>::DEEP>(a, chunks, ranges)) return true;
+  return run_lora_backward<R, XA_T, FusedCfg<R>::SHALLOW>(a, chunks, ranges);
+}
 
 template <bool XA_T>
-size_t fused_smem_of(int r_inst) {
-  return r_inst == 8    ? fused_smem<8, XA_T>()
-         : r_inst == 16 ? fused_smem<16, XA_T>()
-         : r_inst == 32 ? fused_smem<32, XA_T>()
-                        : fused_smem<64, XA_T>();
+size_t fused_smem_of(int r_inst) {  // the shallow ring's
+  return r_inst == 8    ? fused_smem<8, XA_T, FusedCfg<8>::SHALLOW>()
+         : r_inst == 16 ? fused_smem<16, XA_T, FusedCfg<16>::SHALLOW>()
+         : r_inst == 32 ? fused_smem<32, XA_T, FusedCfg<32>::SHALLOW>()
+                        : fused_smem<64, XA_T, FusedCfg<64>::SHALLOW>();
 }
 int fused_bn(int r_inst) { return r_inst == 8 ? FusedCfg<8>::BN : r_inst == 16 ? FusedCfg<16>::BN : r_inst == 32 ? FusedCfg<32>::BN : FusedCfg<64>::BN; }
 
@@ -988,16 +997,25 @@ void* zeroed_scratch(FusedScratch& s, size_t bytes) {
 
 std::atomic<int> g_fused_override{-1};  // -1: the environment's
 
+// SHARDTUNE_LORA_FUSED: 0 (off), 1 or unset (on), shallow (on, with the shallow ring). Read once.
+int lora_fused_env() {
+  static const int env = [] {
+    const char* e = std::getenv("SHARDTUNE_LORA_FUSED");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "1") return 1;
+    if (v == "0") return 0;
+    if (v == "shallow") return 2;
+    ST_THROW_INPUT("SHARDTUNE_LORA_FUSED=", v, ": expected 0, 1 or shallow");
+  }();
+  return env;
+}
+
 }  // namespace
 
 bool lora_fused_enabled() {
   const int o = g_fused_override.load(std::memory_order_relaxed);
   if (o >= 0) return o != 0;
-  static const bool env = [] {
-    const char* e = std::getenv("SHARDTUNE_LORA_FUSED");
-    return !(e && std::string(e) == "0");
-  }();
-  return env;
+  return lora_fused_env() != 0;
 }
 void set_lora_fused(bool on) { g_fused_override.store(on ? 1 : 0, std::memory_order_relaxed); }
 void clear_lora_fused() { g_fused_override.store(-1, std::memory_order_relaxed); }
@@ -1040,11 +1058,12 @@ bool lora_backward_fused(Tensor& dB, Tensor& dxa, bool dxa_t, const Tensor& dy, 
   a.dxa_t = dxa_t ? 1 : 0;
   a.alpha = static_cast<float>(alpha);
   bool ok = false;
+  const bool sh = lora_fused_env() == 2;
   switch (ri) {
-    case 8: ok = xa_t ? run_lora_backward<8, true>(a, chunks, ranges) : run_lora_backward<8, false>(a, chunks, ranges); break;
-    case 16: ok = xa_t ? run_lora_backward<16, true>(a, chunks, ranges) : run_lora_backward<16, false>(a, chunks, ranges); break;
-    case 32: ok = xa_t ? run_lora_backward<32, true>(a, chunks, ranges) : run_lora_backward<32, false>(a, chunks, ranges); break;
-    default: ok = xa_t ? run_lora_backward<64, true>(a, chunks, ranges) : run_lora_backward<64, false>(a, chunks, ranges); break;
+    case 8: ok = xa_t ? lora_backward_r<8, true>(a, chunks, ranges, sh) : lora_backward_r<8, false>(a, chunks, ranges, sh); break;
+    case 16: ok = xa_t ? lora_backward_r<16, true>(a, chunks, ranges, sh) : lora_backward_r<16, false>(a, chunks, ranges, sh); break;
+    case 32: ok = xa_t ? lora_backward_r<32, true>(a, chunks, ranges, sh) : lora_backward_r<32, false>(a, chunks, ranges, sh); break;
+    default: ok = xa_t ? lora_backward_r<64, true>(a, chunks, ranges, sh) : lora_backward_r<64, false>(a, chunks, ranges, sh); break;
   }
   if (ok && debug_sync()) ST_CUDA_CHECK(cudaDeviceSynchronize());
   return ok;
