@@ -748,3 +748,325 @@ bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bo
 }
 
 }  // namespace st::cuda
+
+namespace st::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------- fused LoRA backward
+// LoRA's two backward products from one read of dy [M, N] (N = out):
+//   dB[N, r] += alpha dy^T xa     (f32; a sum over the M tokens)
+//   dxa      = alpha dy B         (bf16 [M, r] or [r, M]; a sum over the N outputs)
+// with xa [M, r] (XA_T false) or [r, M] (XA_T true) and B [N, r]. cuBLASLt streams dy once per
+// product; this kernel streams it once for both.
+//
+// Grid (chunks, ranges): block (x, y) owns dy's columns [BN x, BN x + BN) (a chunk) and rows
+// [y L, min(M, y L + L)) (a range, L a multiple of BM), streamed in stages of BM = 32 rows x BN
+// columns through a STAGES-deep cp.async ring; B's chunk [BN, r] is loaded once beside the first
+// stage. Warp w owns the chunk's columns [WN w, WN w + WN) for both products:
+//  dB:  m = dy column, n = j, k = token: dy's tile [token][column] is A stored [k][m] (ldmatrix
+//       .trans), xa's tile B stored [k][n] ([M, r]) or [n][k] ([r, M]). The warp's [WN, r] sum
+//       stays in registers over the whole range; at the end it goes through shared memory and
+//       is added to dB with f32 atomics (coalesced rows of dB; alpha applied there).
+//  dxa: m = token, n = j, k = dy column: dy's tile is A stored [m][k], B's chunk is B stored
+//       [k][n]. Here warp w takes the stage's 16 rows 16 (w % 2).. over the chunk's columns
+//       [BN/4 (w / 2), BN/4 (w / 2 + 1)) and writes its [16, R] partial to its own shared f32
+//       region; after a second barrier the block sums the four partials of each row (in warp
+//       order) and adds the stage's [BM, r] to a device f32 accumulator acc [M, r] with f32 atomics.
+//       (Shared-memory f32 atomics would do without the barrier, but they are compare-and-swap
+//       loops on these GPUs.)
+// When the last of a range's `chunks` blocks has added its rows (a counter per range, after
+// __threadfence), that block writes alpha acc as bf16 dxa in the requested layout and zeroes its
+// rows of acc and the counter: acc and the counters are zero between calls (made zero once).
+// Coverage: the chunks partition [0, N), the ranges [0, M); stages cover a range's rows once;
+// within a stage each warp's columns are disjoint; every (row, column) of dy meets each product
+// once. Zero fill as above: rows past the range's end, columns past N and j >= r read as zeros.
+// The sums' order depends on the atomics' order: dB and dxa are not bitwise reproducible.
+constexpr int kFusedThreads = 256, kFusedBM = 32;
+template <int R>
+struct FusedCfg {
+  static constexpr int WN = R >= 64 ? 32 : 64;  // dy columns per warp (dB accumulators: WN R / 32 registers)
+  static constexpr int BN = 8 * WN;             // columns per block
+  // Ring depths: SHALLOW within an A100's 163 KiB of shared memory per block, DEEP within an
+  // H100's 227 KiB (the launcher takes the deepest that fits; SHARDTUNE_LORA_FUSED=shallow forces
+  // the shallow one, for comparisons).
+  static constexpr int SHALLOW = R >= 64 ? 4 : 3, DEEP = R >= 64 ? 6 : R >= 32 ? 4 : 5;
+  static constexpr int LDY = pad_ld(BN), LDB = pad_ld(R);
+};
+template <int R, bool XA_T>
+__host__ __device__ constexpr int fused_ldx() { return XA_T ? pad_ld(kFusedBM) : pad_ld(R); }
+template <int R, bool XA_T>
+__host__ __device__ constexpr int fused_stage_elems() {
+  return kFusedBM * FusedCfg<R>::LDY + (XA_T ? R : kFusedBM) * fused_ldx<R, XA_T>();
+}
+template <int R, bool XA_T, int S>
+__host__ __device__ constexpr size_t fused_tiles_bytes() {
+  return sizeof(bf16) * (S * fused_stage_elems<R, XA_T>() + FusedCfg<R>::BN * FusedCfg<R>::LDB);
+}
+template <int R, bool XA_T, int S>
+__host__ __device__ constexpr size_t fused_smem() {
+  return fused_tiles_bytes<R, XA_T, S>() + sizeof(float) * 8 * 16 * R;
+}
+
+struct FusedArgs {
+  const bf16* dy;  // [M, N]
+  const bf16* xa;  // [M, r] or (XA_T) [r, M]
+  const bf16* b;   // [N, r]
+  float* db;       // [N, r], added to
+  bf16* dxa;       // [M, r] or (dxa_t) [r, M]
+  float* acc;      // [M, r]: zero on entry, left zero
+  int* count;      // [ranges]: zero on entry, left zero
+  int64_t M, N, range_rows;
+  int r, dxa_t;
+  float alpha;
+};
+
+template <int R, bool XA_T, int S>
+__global__ void __launch_bounds__(kFusedThreads, 1) lora_backward_kernel(const FusedArgs p) {
+  using Cfg = FusedCfg<R>;
+  constexpr int BM = kFusedBM, BN = Cfg::BN, WN = Cfg::WN;
+  constexpr int LDY = Cfg::LDY, LDB = Cfg::LDB, LDX = fused_ldx<R, XA_T>();
+  constexpr int YS = BM * LDY, SS = fused_stage_elems<R, XA_T>();
+  static_assert(fused_tiles_bytes<R, XA_T, S>() % 16 == 0, "partials' alignment");
+  static_assert(sizeof(float) * BN * R <= sizeof(bf16) * S * SS, "dB's staging fits in the ring");
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* const tiles = reinterpret_cast<bf16*>(smem);  // stage s: dy at s * SS, xa at s * SS + YS
+  bf16* const bs = tiles + S * SS;                     // B's chunk [BN][LDB]
+  float* const part = reinterpret_cast<float*>(smem + fused_tiles_bytes<R, XA_T, S>());  // [warp][16][R]
+  __shared__ int last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  const int64_t t_begin = static_cast<int64_t>(blockIdx.y) * p.range_rows;
+  const int64_t t_end = t_begin + p.range_rows < p.M ? t_begin + p.range_rows : p.M;
+  const int nk = static_cast<int>((t_end - t_begin + BM - 1) / BM);
+
+  load_tile<bf16, BN, R, LDB>(bs, p.b, p.r, p.N, p.r, n0, 0, tid);  // joins stage 0's group
+  auto load = [&](int slot, int kt) {
+    bf16* ys = tiles + slot * SS;
+    const int64_t t0 = t_begin + static_cast<int64_t>(kt) * BM;
+    load_tile<bf16, BM, BN, LDY>(ys, p.dy, p.N, t_end, p.N, t0, n0, tid);
+    if constexpr (XA_T) load_tile<bf16, R, BM, LDX>(ys + YS, p.xa, p.M, p.r, t_end, 0, t0, tid);
+    else load_tile<bf16, BM, R, LDX>(ys + YS, p.xa, p.r, t_end, p.r, t0, 0, tid);
+  };
+  // Adds the warps' partials of the stage at token t0 to acc (after the barrier that follows their writes).
+  auto flush = [&](int64_t t0) {
+    static_assert(BM == 32, "two 16-row groups of four warps each");
+    for (int i = tid; i < BM * R; i += kFusedThreads) {
+      const int row = i / R, j = i % R, rg = row / 16, e = (row % 16) * R + j;
+      const int64_t m = t0 + row;
+      const float v = part[rg * 16 * R + e] + part[(rg + 2) * 16 * R + e] + part[(rg + 4) * 16 * R + e] +
+                      part[(rg + 6) * 16 * R + e];
+      if (m < t_end && j < p.r) atomicAdd(p.acc + m * p.r + j, v);
+    }
+  };
+
+  float accb[WN / 16][R / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < WN / 16; ++mt)
+#pragma unroll
+    for (int i = 0; i < R / 8; ++i) accb[mt][i][0] = accb[mt][i][1] = accb[mt][i][2] = accb[mt][i][3] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < nk) load(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_async_wait<S - 2>();  // as in thin_kernel: stage kt has landed, slot (kt - 1) % S is free
+    __syncthreads();         // ... and stage kt - 1's partials have been summed
+    if (kt + S - 1 < nk) load((kt + S - 1) % S, kt + S - 1);
+    cp_async_commit();
+    const bf16* ys = tiles + (kt % S) * SS;
+    const bf16* xs = ys + YS;
+    // dB: this warp's WN columns over the stage's BM tokens.
+#pragma unroll
+    for (int kk = 0; kk < BM; kk += 16)
+#pragma unroll
+      for (int mt = 0; mt < WN / 16; ++mt) {
+        uint32_t a[4];
+        frag_a<true>(a, ys, LDY, warp * WN + mt * 16, kk, lane);
+        mma_row<R, !XA_T>(accb[mt], a, xs, LDX, kk, lane);
+      }
+    // dxa: rows 16 (warp % 2).. over a quarter of the chunk's columns, into this warp's region.
+    float accx[R / 8][4];
+#pragma unroll
+    for (int i = 0; i < R / 8; ++i) accx[i][0] = accx[i][1] = accx[i][2] = accx[i][3] = 0.0f;
+    const int kc = (warp >> 1) * (BN / 4);
+#pragma unroll
+    for (int kk = 0; kk < BN / 4; kk += 16) {
+      uint32_t a[4];
+      frag_a<false>(a, ys, LDY, (warp & 1) * 16, kc + kk, lane);
+      mma_row<R, true>(accx, a, bs, LDB, kc + kk, lane);
+    }
+    float* pw = part + warp * 16 * R;
+#pragma unroll
+    for (int i = 0; i < R / 8; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<float2*>(pw + (g + 8 * h) * R + i * 8 + 2 * q) = make_float2(accx[i][2 * h], accx[i][2 * h + 1]);
+    __syncthreads();
+    flush(t_begin + static_cast<int64_t>(kt) * BM);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the ring: dB's staging below takes it
+
+  // dB += alpha * this block's [BN, r] sum: through shared memory, then row-contiguous atomics.
+  float* sb = reinterpret_cast<float*>(smem);  // [BN][R]
+#pragma unroll
+  for (int mt = 0; mt < WN / 16; ++mt)
+#pragma unroll
+    for (int i = 0; i < R / 8; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) sb[(warp * WN + mt * 16 + g + (c >> 1) * 8) * R + i * 8 + 2 * q + (c & 1)] = accb[mt][i][c];
+  __syncthreads();
+  for (int i = tid; i < BN * R; i += kFusedThreads) {
+    const int64_t n = n0 + i / R;
+    const int j = i % R;
+    if (n < p.N && j < p.r) atomicAdd(p.db + n * p.r + j, p.alpha * sb[i]);
+  }
+
+  // The range's last block writes dxa and leaves acc and the counter zero.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(p.count + blockIdx.y, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int64_t rows = t_end - t_begin, n_el = rows * p.r;
+  if (!p.dxa_t) {
+    for (int64_t i = tid; i < n_el; i += kFusedThreads) {
+      float* a = p.acc + t_begin * p.r + i;
+      const float v = __ldcg(a);
+      __stcg(a, 0.0f);
+      p.dxa[t_begin * p.r + i] = __float2bfloat16(p.alpha * v);
+    }
+  } else {
+    for (int64_t i = tid; i < n_el; i += kFusedThreads) {  // dxa [r, M]: consecutive threads, consecutive tokens
+      const int64_t j = i / rows, m = t_begin + i % rows;
+      float* a = p.acc + m * p.r + j;
+      const float v = __ldcg(a);
+      __stcg(a, 0.0f);
+      p.dxa[j * p.M + m] = __float2bfloat16(p.alpha * v);
+    }
+  }
+  if (tid == 0) p.count[blockIdx.y] = 0;
+}
+
+template <int R, bool XA_T, int S>
+bool run_lora_backward(const FusedArgs& a, int64_t chunks, int64_t ranges) {
+  constexpr size_t smem = fused_smem<R, XA_T, S>();
+  if (smem > smem_limit()) return false;
+  static const bool once = (allow_smem(lora_backward_kernel<R, XA_T, S>, smem), true);
+  (void)once;
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(ranges));
+  lora_backward_kernel<R, XA_T, S><<<grid, kFusedThreads, smem, stream()>>>(a);
+  ST_CUDA_LAUNCH_CHECK("skinny lora_backward_kernel");
+  return true;
+}
+// The deep ring where it fits (unless `shallow`), else the shallow one; false if neither fits.
+template <int R, bool XA_T>
+bool lora_backward_r(const FusedArgs& a, int64_t chunks, int64_t ranges, bool shallow) {
+  if (!shallow && run_lora_backward<R, XA_T, FusedCfg<R>::DEEP>(a, chunks, ranges)) return true;
+  return run_lora_backward<R, XA_T, FusedCfg<R>::SHALLOW>(a, chunks, ranges);
+}
+
+template <bool XA_T>
+size_t fused_smem_of(int r_inst) {  // the shallow ring's
+  return r_inst == 8    ? fused_smem<8, XA_T, FusedCfg<8>::SHALLOW>()
+         : r_inst == 16 ? fused_smem<16, XA_T, FusedCfg<16>::SHALLOW>()
+         : r_inst == 32 ? fused_smem<32, XA_T, FusedCfg<32>::SHALLOW>()
+                        : fused_smem<64, XA_T, FusedCfg<64>::SHALLOW>();
+}
+int fused_bn(int r_inst) { return r_inst == 8 ? FusedCfg<8>::BN : r_inst == 16 ? FusedCfg<16>::BN : r_inst == 32 ? FusedCfg<32>::BN : FusedCfg<64>::BN; }
+
+// acc [M, r] f32 and the range counters: zero between calls. Grown (made zero) on demand.
+struct FusedScratch {
+  void* p = nullptr;
+  size_t cap = 0;
+};
+void* zeroed_scratch(FusedScratch& s, size_t bytes) {
+  if (bytes > s.cap) {
+    if (s.p) ST_CUDA_CHECK(cudaFree(s.p));  // synchronises: earlier users are done
+    s.cap = std::max(bytes, 2 * s.cap);
+    ST_CUDA_CHECK(cudaMalloc(&s.p, s.cap));
+    ST_CUDA_CHECK(cudaMemsetAsync(s.p, 0, s.cap, stream()));
+  }
+  return s.p;
+}
+
+std::atomic<int> g_fused_override{-1};  // -1: the environment's
+
+// SHARDTUNE_LORA_FUSED: 0 (off), 1 or unset (on), shallow (on, with the shallow ring). Read once.
+int lora_fused_env() {
+  static const int env = [] {
+    const char* e = std::getenv("SHARDTUNE_LORA_FUSED");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "1") return 1;
+    if (v == "0") return 0;
+    if (v == "shallow") return 2;
+    ST_THROW_INPUT("SHARDTUNE_LORA_FUSED=", v, ": expected 0, 1 or shallow");
+  }();
+  return env;
+}
+
+}  // namespace
+
+bool lora_fused_enabled() {
+  const int o = g_fused_override.load(std::memory_order_relaxed);
+  if (o >= 0) return o != 0;
+  return lora_fused_env() != 0;
+}
+void set_lora_fused(bool on) { g_fused_override.store(on ? 1 : 0, std::memory_order_relaxed); }
+void clear_lora_fused() { g_fused_override.store(-1, std::memory_order_relaxed); }
+
+bool lora_backward_fused(Tensor& dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
+                         const Tensor& B, double alpha) {
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&dB, &dxa, &dy, &xa, &B})
+    if (!t->defined() || t->device() != Device::cuda) return false;
+  if (dy.dtype() != DType::bf16 || xa.dtype() != DType::bf16 || B.dtype() != DType::bf16 ||
+      dxa.dtype() != DType::bf16 || dB.dtype() != DType::f32)
+    return false;
+  const int64_t N = dy.dim(-1), M = N > 0 ? dy.numel() / N : 0, r = B.dim(-1);
+  if (M <= 0 || N <= 0 || !rank_like(r) || B.numel() != N * r || dB.numel() != N * r || dxa.numel() != M * r ||
+      xa.numel() != M * r)
+    return false;
+  // 16-byte tile vectors: dy's rows (N % 8), xa's rows (r, or M when transposed), B's rows (r).
+  if (N % 8 != 0 || (xa_t && M % 8 != 0) || !aligned16(dy.data()) || !aligned16(xa.data()) || !aligned16(B.data()))
+    return false;
+  const int ri = inst_r(static_cast<int>(r));
+  if ((xa_t ? fused_smem_of<true>(ri) : fused_smem_of<false>(ri)) > smem_limit()) return false;
+  // One resident block per SM (the ring takes most of the shared memory): about one wave of
+  // chunks x ranges blocks, ranges of whole 32-row stages.
+  const int64_t chunks = ceil_div(N, fused_bn(ri)), stages = ceil_div(M, kFusedBM);
+  const int64_t want = std::clamp<int64_t>((sm_count() + chunks / 2) / chunks, 1, stages);
+  const int64_t range_rows = ceil_div(stages, want) * kFusedBM, ranges = ceil_div(M, range_rows);
+  if (chunks > 0x7fffffff || ranges > 65535) return false;
+  static FusedScratch acc_s, count_s;
+  FusedArgs a{};
+  a.dy = static_cast<const bf16*>(dy.data());
+  a.xa = static_cast<const bf16*>(xa.data());
+  a.b = static_cast<const bf16*>(B.data());
+  a.db = static_cast<float*>(dB.data());
+  a.dxa = static_cast<bf16*>(dxa.data());
+  a.acc = static_cast<float*>(zeroed_scratch(acc_s, static_cast<size_t>(M * r) * sizeof(float)));
+  a.count = static_cast<int*>(zeroed_scratch(count_s, static_cast<size_t>(ranges) * sizeof(int)));
+  a.M = M;
+  a.N = N;
+  a.range_rows = range_rows;
+  a.r = static_cast<int>(r);
+  a.dxa_t = dxa_t ? 1 : 0;
+  a.alpha = static_cast<float>(alpha);
+  bool ok = false;
+  const bool sh = lora_fused_env() == 2;
+  switch (ri) {
+    case 8: ok = xa_t ? lora_backward_r<8, true>(a, chunks, ranges, sh) : lora_backward_r<8, false>(a, chunks, ranges, sh); break;
+    case 16: ok = xa_t ? lora_backward_r<16, true>(a, chunks, ranges, sh) : lora_backward_r<16, false>(a, chunks, ranges, sh); break;
+    case 32: ok = xa_t ? lora_backward_r<32, true>(a, chunks, ranges, sh) : lora_backward_r<32, false>(a, chunks, ranges, sh); break;
+    default: ok = xa_t ? lora_backward_r<64, true>(a, chunks, ranges, sh) : lora_backward_r<64, false>(a, chunks, ranges, sh); break;
+  }
+  if (ok && debug_sync()) ST_CUDA_CHECK(cudaDeviceSynchronize());
+  return ok;
+}
+
+}  // namespace st::cuda
