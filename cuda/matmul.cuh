@@ -39,21 +39,4 @@ void clear_skinny_kinds();
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
                    int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr, unsigned kinds = kSkinnyAll);
 
-// LoRA's backward pair from one read of dy (cuda/skinny.cu, "fused LoRA backward"):
-//   dB [N, r] += alpha dy^T xa (f32)   and   dxa = alpha dy B (bf16 [M, r], or [r, M] when dxa_t)
-// for dy [M, N] bf16 (leading dims flattened), xa bf16 [M, r] (or [r, M] when xa_t), B bf16
-// [N, r]. The same results as matmul(dB, dy, true, xa, xa_t, alpha, 1) and matmul(dxa, dy, false,
-// B, false, alpha, 0) (dxa_t: matmul(dxa, B, true, dy, true, alpha, 0)) up to the order of the f32
-// sums, which here follows f32 atomics (not bitwise reproducible). Returns false, having done
-// nothing, unless r is a multiple of 8 in [8, 64], N % 8 == 0 (and M % 8 == 0 when xa_t), dy, xa
-// and B are 16-byte aligned and the device has the shared memory for the kernel.
-bool lora_backward_fused(Tensor& dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
-                         const Tensor& B, double alpha);
-// Whether LoRA's backward uses it: on unless SHARDTUNE_LORA_FUSED=0 (read once; `shallow`: on, with
-// the kernel's A100-sized cp.async ring on any GPU, for comparisons). Tests and benchmarks:
-// set_lora_fused forces it on or off for this process; clear_lora_fused returns to the environment's.
-bool lora_fused_enabled();
-void set_lora_fused(bool on);
-void clear_lora_fused();
-
 }  // namespace st::cuda

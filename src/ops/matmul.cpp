@@ -78,36 +78,4 @@ void linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, Tensor*
   if (dW && dW->defined()) matmul(*dW, dy, true, x, false, 1.0, 1.0);
 }
 
-void lora_backward_pair(Tensor& dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
-                        const Tensor& B, double alpha) {
-#ifdef SHARDTUNE_CUDA
-  if (dy.device() == Device::cuda && !dry_run_active() && cuda::lora_fused_enabled()) {
-    bool took = false;
-    {
-      const int64_t M = rows_of(dy), N = dy.dim(-1), r = B.dim(-1);
-      std::string shaped;  // built only at SHARDTUNE_PROFILE=2
-      if (profile_level() >= 2)
-        shaped = str("matmul (skinny: LoRA, dB and dxa fused) ", M, "x", N, "x", r, xa_t ? " xa^T" : "",
-                     dxa_t ? " dxa^T" : "", " ", dtype_name(dy.dtype()));
-      ProfileScope prof(shaped.empty() ? "matmul (skinny: LoRA, dB and dxa fused)" : shaped.c_str(), dy.device());
-      took = cuda::lora_backward_fused(dB, dxa, dxa_t, dy, xa, xa_t, B, alpha);
-    }
-    if (took) {
-      // The trace (the planner's step model, calibrate) keeps the two GEMMs this replaces.
-      const int64_t M = rows_of(dy), N = dy.dim(-1), r = B.dim(-1);
-      { const TracedOp t = TracedOp::gemm(N, r, M, true, xa_t, dy, xa, dB); }
-      if (dxa_t) {
-        const TracedOp t = TracedOp::gemm(r, M, N, true, true, B, dy, dxa);
-      } else {
-        const TracedOp t = TracedOp::gemm(M, r, N, false, false, dy, B, dxa);
-      }
-      return;
-    }
-  }
-#endif
-  matmul(dB, dy, true, xa, xa_t, alpha, 1.0);
-  if (dxa_t) matmul(dxa, B, true, dy, true, alpha, 0.0);
-  else matmul(dxa, dy, false, B, false, alpha, 0.0);
-}
-
 }  // namespace st

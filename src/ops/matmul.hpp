@@ -23,13 +23,4 @@ void linear_forward(const Tensor& x, const Tensor& W, Tensor& y, bool accumulate
 void linear_backward(const Tensor& x, const Tensor& W, const Tensor& dy, Tensor* dx, Tensor* dW,
                      bool dx_accumulate = true);
 
-// LoRA's backward pair: dB [N, r] += alpha dy^T xa and dxa = alpha dy B, for dy [M, N], B [N, r],
-// xa [M, r] (or [r, M] when xa_t) and dxa [M, r] (or [r, M] when dxa_t). The two matmuls
-// (matmul(dB, dy, true, xa, xa_t, alpha, 1), then matmul(dxa, dy, false, B, false, alpha, 0) or,
-// transposed, matmul(dxa, B, true, dy, true, alpha, 0)), except on CUDA where one kernel reads dy
-// once for both (cuda/skinny.cu; SHARDTUNE_LORA_FUSED=0 turns it off; shapes it does not take
-// fall back to the two). The op trace records the two GEMMs either way.
-void lora_backward_pair(Tensor& dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
-                        const Tensor& B, double alpha);
-
 }  // namespace st

@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -36,7 +35,6 @@ namespace {
 
 #ifdef SHARDTUNE_CUDA
 using test::random_bf16_values;
-using test::rel_l2;
 using test::to_device;
 
 struct Case {
@@ -255,139 +253,6 @@ TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
 #endif
 }
 
-// ---------------------------------------------------------------- fused LoRA backward
-#ifdef SHARDTUNE_CUDA
-// cuda::lora_backward_fused (dB += alpha dy^T xa in f32 onto non-zero content, dxa = alpha dy B
-// in bf16 over NaN) against the f64 reference, element by element, with the bound above: K is
-// the sum's length (M for dB, N for dxa) plus slack for the kernel's extra additions (the f32
-// atomics of the blocks' partial sums: at most one per token range or column chunk, at most one
-// per SM, and alpha's product); u is 2^-24 for dB (f32) and 2^-8 for dxa (bf16). Then the same
-// call through cuBLASLt (the two GEMMs LoRA ran before): relative L2 difference within 1e-5 (dB)
-// and 1e-2 (dxa).
-int cuda_sm_count() {
-  int dev = 0, sms = 0;
-  EXPECT_EQ(cudaGetDevice(&dev), cudaSuccess);
-  EXPECT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
-  return sms;
-}
-
-void check_fused(int64_t M, int64_t N, int64_t r, bool xa_t, bool dxa_t, Rng& rng) {
-  const std::string name = str("M=", M, " N=", N, " r=", r, xa_t ? " xa^T" : "", dxa_t ? " dxa^T" : "");
-  const double alpha = 2.0;
-  const Tensor dy = random_bf16_values({M, N}, rng), B = random_bf16_values({N, r}, rng);
-  const Tensor xa = random_bf16_values(xa_t ? Shape{r, M} : Shape{M, r}, rng), dB0 = random_bf16_values({N, r}, rng);
-  Tensor pb = Tensor::empty({N, r}, DType::f64), ab = Tensor::empty({N, r}, DType::f64);
-  Tensor px = Tensor::empty({M, r}, DType::f64), ax = Tensor::empty({M, r}, DType::f64);
-  matmul(pb, dy, true, xa, xa_t, 1.0, 0.0);
-  matmul(ab, abs_of(dy), true, abs_of(xa), xa_t, 1.0, 0.0);
-  matmul(px, dy, false, B, false, 1.0, 0.0);
-  matmul(ax, abs_of(dy), false, abs_of(B), false, 1.0, 0.0);
-  const Tensor gdy = to_device(dy, DType::bf16), gxa = to_device(xa, DType::bf16), gB = to_device(B, DType::bf16);
-  Tensor gdB = to_device(dB0, DType::f32), gdxa = nan_like(dxa_t ? Shape{r, M} : Shape{M, r}, DType::bf16);
-  ASSERT_TRUE(cuda::lora_backward_fused(gdB, gdxa, dxa_t, gdy, gxa, xa_t, gB, alpha)) << name << ": declined";
-  const Tensor hb = gdB.to_cpu(DType::f64), hx = gdxa.to_cpu(DType::f64);
-  const int64_t slack = 2 * cuda_sm_count() + 64;
-  int64_t bad = 0;
-  std::string why;
-  auto check = [&](double got, double ref, double mag, double u, int64_t K, const char* what, int64_t i, int64_t j) {
-    const double bound = u * std::fabs(ref) + (1 + u) * static_cast<double>(K + slack) * std::ldexp(1.0, -23) * mag + 1e-300;
-    if (!(std::fabs(got - ref) <= bound) && ++bad <= 4) why += str(" ", what, "[", i, ",", j, "] got ", got, " want ", ref, ";");
-  };
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < r; ++j) {
-      const int64_t e = n * r + j;
-      const double c = dB0.ptr<double>()[e];
-      check(hb.ptr<double>()[e], alpha * pb.ptr<double>()[e] + c, alpha * ab.ptr<double>()[e] + std::fabs(c),
-            std::ldexp(1.0, -24), M, "dB", n, j);
-    }
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t j = 0; j < r; ++j) {
-      const double got = hx.ptr<double>()[dxa_t ? j * M + m : m * r + j];
-      check(got, alpha * px.ptr<double>()[m * r + j], alpha * ax.ptr<double>()[m * r + j], std::ldexp(1.0, -8), N,
-            "dxa", m, j);
-    }
-  EXPECT_EQ(bad, 0) << name << ":" << why;
-  // The two GEMMs (cuBLASLt) on the same inputs.
-  Tensor lb = to_device(dB0, DType::f32), lx = nan_like(dxa_t ? Shape{r, M} : Shape{M, r}, DType::bf16);
-  cuda::matmul_cublaslt(lb, gdy, true, gxa, xa_t, alpha, 1.0, N, r, M);
-  if (dxa_t) cuda::matmul_cublaslt(lx, gB, true, gdy, true, alpha, 0.0, r, M, N);
-  else cuda::matmul_cublaslt(lx, gdy, false, gB, false, alpha, 0.0, M, r, N);
-  EXPECT_LT(rel_l2(gdB, lb.to_cpu(DType::f64)), 1e-5) << name << ": dB against cuBLASLt";
-  EXPECT_LT(rel_l2(gdxa, lx.to_cpu(DType::f64)), 1e-2) << name << ": dxa against cuBLASLt";
-}
-#endif
-
-// Every instantiated r (8, 16, 32, 64) and padded ones (24, 40: run as 32 and 64 with zero
-// columns); both xa layouts and both dxa layouts; M not a multiple of the 32-row stage (xa^T
-// needs M % 8 == 0), N not a multiple of the 512- or 256-column chunk, one chunk (N = 136: many
-// token ranges) and many chunks (N = 4104); a second call on the same shape (the accumulator and
-// counters must be left zero).
-TEST(CudaOps, LoraFusedBackwardMatchesTheReference) {
-  ST_REQUIRE_GPU();
-#ifdef SHARDTUNE_CUDA
-  Rng rng(106);
-  for (int64_t r : {8, 16, 32, 64, 24, 40}) {
-    check_fused(1000, 1000, r, false, false, rng);
-    check_fused(1000, 1000, r, true, true, rng);
-  }
-  check_fused(77, 4104, 16, false, false, rng);
-  check_fused(77, 4104, 16, false, true, rng);
-  check_fused(2056, 136, 16, true, false, rng);
-  check_fused(2056, 136, 64, true, true, rng);
-  check_fused(8, 8, 8, false, false, rng);
-  check_fused(1, 520, 32, false, true, rng);
-  check_fused(4104, 264, 64, false, false, rng);
-  check_fused(4104, 264, 64, false, false, rng);
-#endif
-}
-
-// Calls it declines (the caller then runs the two GEMMs): r not a multiple of 8 or above 64, N %
-// 8 != 0, xa^T with M % 8 != 0, an f32 dy, a bf16 dB.
-TEST(CudaOps, LoraFusedBackwardDeclines) {
-  ST_REQUIRE_GPU();
-#ifdef SHARDTUNE_CUDA
-  auto declines = [](int64_t M, int64_t N, int64_t r, bool xa_t, DType dy_dt, DType db_dt) {
-    Tensor dy = Tensor::zeros({M, N}, dy_dt, Device::cuda), B = Tensor::zeros({N, r}, dy_dt, Device::cuda);
-    Tensor xa = Tensor::zeros(xa_t ? Shape{r, M} : Shape{M, r}, dy_dt, Device::cuda);
-    Tensor dB = Tensor::zeros({N, r}, db_dt, Device::cuda), dxa = Tensor::zeros({M, r}, dy_dt, Device::cuda);
-    return !cuda::lora_backward_fused(dB, dxa, false, dy, xa, xa_t, B, 1.0);
-  };
-  const DType b = DType::bf16, f = DType::f32;
-  EXPECT_TRUE(declines(64, 128, 12, false, b, f));
-  EXPECT_TRUE(declines(64, 128, 72, false, b, f));
-  EXPECT_TRUE(declines(64, 130, 16, false, b, f));
-  EXPECT_TRUE(declines(66, 128, 16, true, b, f));
-  EXPECT_TRUE(declines(64, 128, 16, false, f, f));
-  EXPECT_TRUE(declines(64, 128, 16, false, b, b));
-  EXPECT_FALSE(declines(66, 128, 16, false, b, f));
-#endif
-}
-
-// ops::lora_backward_pair with the fused kernel on and off gives the same results within the
-// tolerances above, and a declined shape (r = 12) still gives the two GEMMs' results.
-TEST(CudaOps, LoraBackwardPairDispatch) {
-  ST_REQUIRE_GPU();
-#ifdef SHARDTUNE_CUDA
-  Rng rng(107);
-  for (int64_t r : {16, 12}) {
-    const int64_t M = 296, N = 392;
-    const Tensor dy = to_device(random_bf16_values({M, N}, rng), DType::bf16);
-    const Tensor B = to_device(random_bf16_values({N, r}, rng), DType::bf16);
-    const Tensor xaT = to_device(random_bf16_values({r, M}, rng), DType::bf16);
-    const Tensor dB0 = random_bf16_values({N, r}, rng);
-    Tensor on_b = to_device(dB0, DType::f32), off_b = to_device(dB0, DType::f32);
-    Tensor on_x = Tensor::empty({r, M}, DType::bf16, Device::cuda), off_x = Tensor::empty({r, M}, DType::bf16, Device::cuda);
-    cuda::set_lora_fused(true);
-    lora_backward_pair(on_b, on_x, true, dy, xaT, true, B, 0.5);
-    cuda::set_lora_fused(false);
-    lora_backward_pair(off_b, off_x, true, dy, xaT, true, B, 0.5);
-    cuda::clear_lora_fused();
-    EXPECT_LT(rel_l2(on_b, off_b.to_cpu(DType::f64)), 1e-5) << "r=" << r;
-    EXPECT_LT(rel_l2(on_x, off_x.to_cpu(DType::f64)), 1e-2) << "r=" << r;
-  }
-#endif
-}
-
 // ---------------------------------------------------------------- benchmark
 // build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
 // LoRA's 7B calls (8192 tokens, hidden 4096, MLP 11008) at r = 16, 8, 64, in both xa layouts at
@@ -518,103 +383,6 @@ TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   }
   std::printf("[skinny] sum over the calls above: cublaslt %.1f us, custom %.1f us (ratio %.2f)\n", total_lt,
               total_custom, total_lt / std::max(total_custom, 1e-9));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-#endif
-}
-
-// build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
-// LoRA's backward pair at the 7B shapes (8192 tokens; out 4096 or 11008): the two cuBLASLt GEMMs
-// (dB += s dy^T xa, then dxa = s dy B, as LoRA ran them before) against the fused kernel, timed as
-// above (median after an L2 flush). TB/s: the bytes one pass needs (dy, xa, B and dxa once, dB
-// read and written) over the time, for both; ratio = pair time / fused time. rel diff: the fused
-// results against the pair's (dB f32, dxa bf16).
-TEST(CudaSkinnyBench, DISABLED_LoraFusedBackward) {
-  ST_REQUIRE_GPU();
-#ifdef SHARDTUNE_CUDA
-  struct FusedCase {
-    int64_t r, out;
-    bool transposed;  // xa and dxa stored [r, M] (the grouped path)
-  };
-  const std::vector<FusedCase> cases = {{16, 4096, false}, {16, 11008, false}, {16, 4096, true}, {16, 11008, true},
-                                        {8, 4096, false},  {32, 4096, false},  {64, 4096, false}, {64, 11008, false}};
-  const int64_t T = 8192;
-  const char* runs_env = std::getenv("SKINNY_BENCH_RUNS");
-  const int runs = runs_env ? std::max(1, std::atoi(runs_env)) : 20;
-  cudaDeviceProp prop{};
-  int dev = 0;
-  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
-  ASSERT_EQ(cudaGetDeviceProperties(&prop, dev), cudaSuccess);
-  Tensor flush = Tensor::empty({2 * static_cast<int64_t>(prop.l2CacheSize)}, DType::u8, Device::cuda);
-  cudaEvent_t e0, e1;
-  ASSERT_EQ(cudaEventCreate(&e0), cudaSuccess);
-  ASSERT_EQ(cudaEventCreate(&e1), cudaSuccess);
-  std::printf("[lora-bwd] %s, %d SMs; median of %d runs after an L2 flush each\n", prop.name, prop.multiProcessorCount,
-              runs);
-  std::printf("[lora-bwd] %-26s %8s %10s %10s %7s %10s %7s %7s %9s %9s\n", "shape", "MB", "dB (lt)", "dxa (lt)", "TB/s",
-              "fused", "TB/s", "ratio", "dB diff", "dxa diff");
-  double total_lt = 0, total_fused = 0;
-  uint64_t key = 1000;
-  for (const FusedCase& c : cases) {
-    const int64_t r = c.r, N = c.out;
-    const bool t = c.transposed;
-    Tensor dy = Tensor::empty({T, N}, DType::bf16, Device::cuda), B = Tensor::empty({N, r}, DType::bf16, Device::cuda);
-    Tensor xa = Tensor::empty(t ? Shape{r, T} : Shape{T, r}, DType::bf16, Device::cuda);
-    Tensor dB0 = Tensor::empty({N, r}, DType::f32, Device::cuda);
-    fill_uniform(dy, key++, -1.0, 1.0);
-    fill_uniform(B, key++, -1.0, 1.0);
-    fill_uniform(xa, key++, -1.0, 1.0);
-    fill_uniform(dB0, key++, -1.0, 1.0);
-    Tensor dB = dB0.clone(MemCategory::other), dxa = Tensor::empty(xa.shape(), DType::bf16, Device::cuda);
-    const double alpha = 2.0;
-    auto pair_db = [&](Tensor& db) { cuda::matmul_cublaslt(db, dy, true, xa, t, alpha, 1.0, N, r, T); };
-    auto pair_dxa = [&](Tensor& x) {
-      if (t) cuda::matmul_cublaslt(x, B, true, dy, true, alpha, 0.0, r, T, N);
-      else cuda::matmul_cublaslt(x, dy, false, B, false, alpha, 0.0, T, r, N);
-    };
-    auto fused = [&](Tensor& db, Tensor& x) { return cuda::lora_backward_fused(db, x, t, dy, xa, t, B, alpha); };
-    auto time_us = [&](const std::function<void()>& f) {
-      std::vector<float> ms;
-      for (int i = 0; i < runs + 3; ++i) {
-        EXPECT_EQ(cudaMemsetAsync(flush.data(), i & 0xff, flush.nbytes(), 0), cudaSuccess);
-        EXPECT_EQ(cudaEventRecord(e0, 0), cudaSuccess);
-        f();
-        EXPECT_EQ(cudaEventRecord(e1, 0), cudaSuccess);
-        EXPECT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-        float v = 0;
-        EXPECT_EQ(cudaEventElapsedTime(&v, e0, e1), cudaSuccess);
-        if (i >= 3) ms.push_back(v);
-      }
-      std::sort(ms.begin(), ms.end());
-      return 1e3 * static_cast<double>(ms[ms.size() / 2]);
-    };
-    // The results from the same dB0.
-    Tensor lb = dB0.clone(MemCategory::other), lx = Tensor::empty(xa.shape(), DType::bf16, Device::cuda);
-    Tensor fb = dB0.clone(MemCategory::other), fx = Tensor::empty(xa.shape(), DType::bf16, Device::cuda);
-    pair_db(lb);
-    pair_dxa(lx);
-    const bool took = fused(fb, fx);
-    const double bytes = static_cast<double>(dy.nbytes() + xa.nbytes() + B.nbytes() + 2 * dB.nbytes() + dxa.nbytes());
-    const double t_db = time_us([&] { pair_db(dB); }), t_dxa = time_us([&] { pair_dxa(dxa); });
-    const double lt = t_db + t_dxa;
-    const std::string shape = str(T, "x", N, " r=", r, t ? " (xa^T, dxa^T)" : "");
-    if (!took) {
-      std::printf("[lora-bwd] %-26s %8.1f %8.1fus %8.1fus %7.2f   (the fused kernel declines)\n", shape.c_str(),
-                  bytes / 1e6, t_db, t_dxa, bytes / lt / 1e6);
-      ADD_FAILURE() << shape << ": the fused kernel declined";
-      continue;
-    }
-    const double fu = time_us([&] { fused(dB, dxa); });
-    const double db_diff = rel_l2(fb, lb.to_cpu(DType::f64)), dx_diff = rel_l2(fx, lx.to_cpu(DType::f64));
-    std::printf("[lora-bwd] %-26s %8.1f %8.1fus %8.1fus %7.2f %8.1fus %7.2f %7.2f %9.2e %9.2e\n", shape.c_str(),
-                bytes / 1e6, t_db, t_dxa, bytes / lt / 1e6, fu, bytes / fu / 1e6, lt / fu, db_diff, dx_diff);
-    total_lt += lt;
-    total_fused += fu;
-    EXPECT_LT(db_diff, 1e-5) << shape;
-    EXPECT_LT(dx_diff, 1e-2) << shape;
-  }
-  std::printf("[lora-bwd] sum over the shapes above: cublaslt pair %.1f us, fused %.1f us (ratio %.2f)\n", total_lt,
-              total_fused, total_lt / std::max(total_fused, 1e-9));
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
 #endif
