@@ -4,7 +4,7 @@
 // (Hq = 32, Hkv = 4, D = 64), batch 8 x 1024 tokens, batched and as 8 packed documents of 1024
 // (varlen, the kernels of packed training). Each call is timed alone with cudaEvents
 // (median of ATTN_BENCH_RUNS, default 20, after 3 untimed); the backward includes its D =
-// rowsum(dO O) kernel and the dQ accumulator's fold into bf16. TFLOP/s count the
+// rowsum(dO O) kernel, the dQ accumulator's zeroing and its fold into bf16. TFLOP/s count the
 // causal half: forward 4 B T T / 2 Hq D, backward 2.5 times that (as ops/attention counts
 // them). The numbers are printed; the test fails only on a CUDA error or a result
 // that is not finite.
