@@ -20,8 +20,8 @@
 // dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K (stored
 // transposed: the dK MMA's packed A fragment, 4 32-bit stores a part; read with ldmatrix.trans), which
 // is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
-// columns a thread, when D % 4 == 0); the last block to add to a query tile (a counter per tile)
-// folds it into the bf16 dq and zeroes it again. D = rowsum(dO * O) first.
+// columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
+// first.
 // Masks: causal (key j > query i) and key padding (j >= lengths[b]), applied per element only
 // where a warp's tile needs them (the causal diagonal, the last key tile): the forward runs a
 // masked and an unmasked copy of its tile step, which also skips the MMAs of fully masked
@@ -512,10 +512,9 @@ template <int DP, bool kBias, bool kCross, bool kVarlen>
 __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
-    const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc,
-    unsigned* __restrict__ dq_count, bf16* __restrict__ dq, bf16* __restrict__ dk, bf16* __restrict__ dv,
-    const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale,
-    float inv_scale, bool causal, bool accumulate) {
+    const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
+    bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
+    int64_t D, float scale, float inv_scale, bool causal, bool accumulate) {
   constexpr bool dbuf = kBackwardDoubleBuffer;
   if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
     uint32_t smem_bytes;
@@ -543,76 +542,6 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
-
-  // dQ of query tile (th, tq0) [64 rows, D] is the sum of the parts its key tiles (causal: the
-  // m + 1 tiles j0 <= tq0 = 64 m of the sequence; else all of them) add to dq_acc. Each
-  // contributor, once its additions are fenced, increments the tile's counter; the last one
-  // folds the f32 sums into dq (bf16) and sets them and the counter back to 0, so dq_acc and
-  // dq_count are all zero between calls (no memset, no separate fold pass). In the main loop the
-  // last contributor only marks the counter with its block id and folds after its loop (where
-  // dK and dV no longer hold registers, so the fold can have many loads in flight).
-  auto count_index = [&](int th, int tq0) -> int64_t {
-    if constexpr (kVarlen)  // tile-table entries: a segment's tiles are consecutive
-      return th * static_cast<int64_t>(gridDim.x) + (blockIdx.x - sv.tile0 / kTile) + tq0 / kTile;
-    else
-      return (blockIdx.z * Hq + th) * ((T + kTile - 1) / kTile) + tq0 / kTile;
-  };
-  const unsigned marker = 0x80000000u | (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
-  // Thread 0 counts tile (th, tq0); where it was the last, it marks the counter (mark) or resets
-  // it to 0, and returns 1 (every other thread 0).
-  auto count_tile = [&](int th, int tq0, bool mark) -> int {
-    if (threadIdx.x != 0) return 0;
-    const int64_t idx = count_index(th, tq0);
-    const unsigned want = static_cast<unsigned>(causal ? tq0 / kTile + 1 : (Tk + kTile - 1) / kTile);
-    if (atomicAdd(dq_count + idx, 1u) + 1 != want) return 0;
-    atomicExch(dq_count + idx, mark ? marker : 0u);  // every contributor has counted
-    __threadfence();  // the others' additions (fenced before their counts) are seen by the fold
-    return 1;
-  };
-  // kUnroll float4 a thread loaded before any is stored: that many L2 reads in flight.
-  auto fold_tile = [&](int th, int tq0) {
-    constexpr int kUnroll = 4;
-    const int64_t nrows = min(static_cast<int64_t>(kTile), T - tq0);
-    if (D % 4 == 0 && reinterpret_cast<uintptr_t>(dq) % 8 == 0) {
-      const int64_t per = D / 4, n = nrows * per;
-      for (int64_t idx0 = threadIdx.x; idx0 < n; idx0 += kUnroll * blockDim.x) {
-        float4 sum[kUnroll];
-        uint2 old[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t idx = idx0 + u * blockDim.x;
-          if (idx >= n) continue;
-          const int64_t off = ((sv.row0 + tq0 + idx / per) * Hq + th) * D + (idx % per) * 4;
-          sum[u] = __ldcg(reinterpret_cast<const float4*>(dq_acc + off));
-          if (accumulate) old[u] = *reinterpret_cast<const uint2*>(dq + off);
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t idx = idx0 + u * blockDim.x;
-          if (idx >= n) continue;
-          const int64_t off = ((sv.row0 + tq0 + idx / per) * Hq + th) * D + (idx % per) * 4;
-          __stcg(reinterpret_cast<float4*>(dq_acc + off), make_float4(0.0f, 0.0f, 0.0f, 0.0f));
-          float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-          if (accumulate) {
-            const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&old[u].x));
-            const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&old[u].y));
-            o0 = lo.x, o1 = lo.y, o2 = hi.x, o3 = hi.y;
-          }
-          *reinterpret_cast<uint2*>(dq + off) =
-              make_uint2(pack_bf16(o0 + sum[u].x, o1 + sum[u].y), pack_bf16(o2 + sum[u].z, o3 + sum[u].w));
-        }
-      }
-    } else {
-      for (int64_t idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
-        const int64_t off = ((sv.row0 + tq0 + idx / D) * Hq + th) * D + idx % D;
-        const float sum = __ldcg(dq_acc + off);
-        __stcg(dq_acc + off, 0.0f);
-        dq[off] = __float2bfloat16((accumulate ? __bfloat162float(dq[off]) : 0.0f) + sum);
-      }
-    }
-  };
-
   if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
     if (!accumulate)
       for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
@@ -623,10 +552,6 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
           dv[off] = __float2bfloat16(0.0f);
         }
       }
-    // Nothing to add to dQ, but the block is one of the contributors its query tiles count.
-    for (int th = static_cast<int>(hk * group); th < (hk + 1) * group; ++th)
-      for (int64_t tq0 = i_start; tq0 < T; tq0 += kTile)
-        if (__syncthreads_or(count_tile(th, static_cast<int>(tq0), false))) fold_tile(th, static_cast<int>(tq0));
     return;
   }
   // dQ tiles are added 4 columns at a time on sm_90 (16-byte reductions; rows of D floats keep
@@ -650,6 +575,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   const int64_t key_end = min(Tk, len);  // keys j < key_end are visible (before the causal mask)
   const bool key_ok0 = kj0 < key_end, key_ok1 = kj1 < key_end, warp_keys_ok = j0 + kr0 + 16 <= key_end;
 
+  const int64_t i_start = causal ? (j0 / kTile) * kTile : 0;  // causal implies Tk == T (varlen: j0 = 64 m)
   const bool any_tile = i_start < T;  // (always: causal i_start = j0 < T, else 0 < T)
   // Query tile (h, q0) into stage st: Q, dO (16-byte cp.async when D == DP), lse and D (4-byte
   // cp.async; rows past T get 0, which the i < T test masks), one commit group.
@@ -683,10 +609,6 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   // previous tile, before the same barrier. Single stage: each tile loads after the barrier.
   int64_t h = hk * group, q0 = i_start;
   int stage = 0;
-  // dQ counting, one tile behind: tile (uh, uq0)'s additions are fenced and counted at the dS
-  // barrier of the next tile (by then they have long landed: the fence costs little); the last
-  // tile's after the loop.
-  int uh = -1, uq0 = 0;
   for (bool more = any_tile; more;) {
     int64_t nh = h, nq0 = q0 + kTile;  // the next tile
     if (nq0 >= T) {
@@ -802,9 +724,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
         }
       }
     }
-    if (uh >= 0) __threadfence();  // this thread's dQ additions to tile (uh, uq0) are visible
-    __syncthreads();               // dS of all 64 keys is in shared memory; all of them are
-    if (uh >= 0) count_tile(uh, uq0, true);
+    __syncthreads();  // dS of all 64 keys is in shared memory
     // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
     // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
     const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
@@ -856,17 +776,10 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
           }
       }
     }
-    uh = static_cast<int>(h);
-    uq0 = static_cast<int>(q0);
     more = has_next;
     h = nh;
     q0 = nq0;
     if (dbuf) stage ^= 1;
-  }
-  if (uh >= 0) {  // count the last tile
-    __threadfence();
-    __syncthreads();
-    count_tile(uh, uq0, true);
   }
   // dK (scaled) and dV of this warp's keys, added to the bf16 outputs.
 #pragma unroll
@@ -886,25 +799,12 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
         dv[off] = __float2bfloat16((accumulate ? __bfloat162float(dv[off]) : 0.0f) + dvr[nd][2 + e]);
       }
     }
-  // Fold the query tiles this block was the last contributor to (their counters hold its marker),
-  // kThreads tiles at a time: each thread looks up one, flags in shared memory (lse_s, unused now).
-  // Tile n of the loop: head hk group + n / n_q, first query i_start + 64 (n % n_q).
-  int* const fold_s = reinterpret_cast<int*>(lse_s);
-  const int n_q = static_cast<int>((T - i_start + kTile - 1) / kTile), n_all = static_cast<int>(group) * n_q;
-  const int h_first = static_cast<int>(hk * group), q_first = static_cast<int>(i_start);
-  for (int base = 0; base < n_all; base += kThreads) {
-    __syncthreads();  // the marks are set (thread 0, before); fold_s is free
-    const int n = base + static_cast<int>(threadIdx.x);
-    fold_s[threadIdx.x] =
-        n < n_all && __ldcg(dq_count + count_index(h_first + n / n_q, q_first + n % n_q * kTile)) == marker;
-    __syncthreads();
-    for (int u = 0; u < kThreads && base + u < n_all; ++u)
-      if (fold_s[u]) {
-        const int th = h_first + (base + u) / n_q, tq0 = q_first + (base + u) % n_q * kTile;
-        fold_tile(th, tq0);
-        if (threadIdx.x == 0) dq_count[count_index(th, tq0)] = 0;
-      }
-  }
+}
+
+__global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n, bool accumulate) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + src[i]);
 }
 
 template <int DP> constexpr size_t forward_smem() {
@@ -923,18 +823,12 @@ bool backward_double_buffer() {
   return yes;
 }
 
-// Scratch kept between calls (D, the f32 dQ accumulator and the dQ tile counters), grown on
-// demand, counted as workspace. The planner reserves the sizes of the first two
-// (attention_scratch_bytes in ops/attention.hpp); the counters are 4 bytes a (query tile, head).
-// zeroed: the buffer is zeroed when (re)allocated; the backward leaves the accumulator and the
-// counters zero after each call.
-Tensor& scratch(int which, int64_t n, bool zeroed = false) {
-  static Tensor bufs[3];
-  if (!bufs[which].defined() || bufs[which].numel() < n) {
+// Scratch kept between calls (D and the f32 dQ accumulator), grown on demand, counted as workspace.
+// The planner reserves the same sizes (attention_scratch_bytes in ops/attention.hpp).
+Tensor& scratch(int which, int64_t n) {
+  static Tensor bufs[2];
+  if (!bufs[which].defined() || bufs[which].numel() < n)
     bufs[which] = Tensor::empty({n}, DType::f32, Device::cuda, MemCategory::workspace);
-    if (zeroed)
-      ST_CUDA_CHECK(cudaMemsetAsync(bufs[which].ptr<float>(), 0, static_cast<size_t>(n) * sizeof(float), stream()));
-  }
   return bufs[which];
 }
 
@@ -967,9 +861,8 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
                      float* dbias) {
   const int64_t rows = a.B * a.T * a.Hq;
   float* delta = scratch(0, rows).ptr<float>();
-  float* dq_acc = scratch(1, rows * a.D, true).ptr<float>();  // zero (see attention_backward_kernel)
-  const int64_t n_count = kVarlen ? a.Hq * a.n_tiles : a.B * a.Hq * ceil_div(a.T, kTile);
-  unsigned* dq_count = reinterpret_cast<unsigned*>(scratch(2, n_count, true).ptr<float>());
+  float* dq_acc = scratch(1, rows * a.D).ptr<float>();
+  ST_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(rows * a.D) * sizeof(float), stream()));
   const bool aligned16 = (reinterpret_cast<uintptr_t>(dout) | reinterpret_cast<uintptr_t>(a.out)) % 16 == 0;
   if (a.D % 8 == 0 && aligned16) {
     int lanes = 1;
@@ -997,10 +890,13 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
                                    static_cast<unsigned>(a.B));
   kernel<<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
-      static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, dq_count, static_cast<bf16*>(dq),
-      static_cast<bf16*>(dk), static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale,
-      kBias ? 1.0f / a.scale : 0.0f, a.causal, accumulate);
+      static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
+      static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
+      accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
+  const int64_t n = rows * a.D;
+  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, accumulate);
+  ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
 }
 
 // Tk resolved (0 means T).
