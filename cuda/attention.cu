@@ -17,8 +17,7 @@
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
 // tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
 // second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
-// dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K (stored
-// transposed: the dK MMA's packed A fragment, 4 32-bit stores a part; read with ldmatrix.trans), which
+// dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which
 // is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
 // columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
 // first.
@@ -89,18 +88,6 @@ __device__ __forceinline__ void ldsm_a(uint32_t a[4], const bf16* tile, int ld, 
 __device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld, int n0, int k0, int lane) {
   const int blk = lane >> 3;
   ldsm_x4(b, tile + (n0 + (lane & 7) + (blk >> 1) * 8) * ld + k0 + (blk & 1) * 8);
-}
-
-// A fragment of the 16x16 block at (r0, c0) of A from its transpose At[c][r] (row-major, rows
-// 16-byte aligned): ldmatrix.trans hands thread (g, t) At[2t..2t+1][g] = A[g][2t..2t+1] of each
-// 8x8 block; lanes 8i..8i+7 address block i = (rows +8 (i & 1), cols +8 (i >> 1)) of A.
-__device__ __forceinline__ void ldsm_a_trans(uint32_t a[4], const bf16* tile_t, int ld, int r0, int c0, int lane) {
-  const int blk = lane >> 3;
-  const bf16* p = tile_t + (c0 + (lane & 7) + (blk >> 1) * 8) * ld + r0 + (blk & 1) * 8;
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-               : "r"(addr));
 }
 
 // 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.
@@ -526,14 +513,14 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Layout (backward_smem): lse and D of two query tiles [2][64] f32 each, K and V [64 keys][LDH],
-  // dS^T [64 keys][kLdT] (queries contiguous), then stage 0 (and with dbuf stage 1) of the query
+  // dS [64 queries][kLdT] (keys contiguous), then stage 0 (and with dbuf stage 1) of the query
   // tile: Q and dO [64 queries][LDH] each.
   float* const lse_s = reinterpret_cast<float*>(smem_raw);  // [stage][64]
   float* const dl_s = lse_s + 2 * kTile;                      // [stage][64]
   bf16* const Ks = reinterpret_cast<bf16*>(dl_s + 2 * kTile);
   bf16* const Vs = Ks + kTile * LDH;
-  bf16* const dSt = Vs + kTile * LDH;
-  bf16* const q_stages = dSt + kTile * kLdT;
+  bf16* const dSs = Vs + kTile * LDH;
+  bf16* const q_stages = dSs + kTile * kLdT;
   auto Qs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH; };
   auto dOs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH + kTile * LDH; };
 
@@ -562,15 +549,6 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   constexpr bool vec_dq = false;
 #endif
   const int kr0 = warp * 16;                    // this warp's keys within the tile
-  // This thread's dS^T values of a part (16 keys x 16 queries of the warp) go to shared memory as
-  // the dK MMA's A fragment (4 packed pairs: keys g, g + 8 x queries 2t, 2t + 1 and 8 + 2t, 9 + 2t).
-  uint32_t* const dst_row = reinterpret_cast<uint32_t*>(dSt + (kr0 + g) * kLdT + 2 * t);
-  auto store_dst = [&](int part, const uint32_t da[4]) {
-    dst_row[part * 8] = da[0];
-    dst_row[part * 8 + 4 * kLdT] = da[1];
-    dst_row[part * 8 + 4] = da[2];
-    dst_row[part * 8 + 4 * kLdT + 4] = da[3];
-  };
   const int64_t kj0 = j0 + kr0 + g, kj1 = kj0 + 8;
   const int64_t key_end = min(Tk, len);  // keys j < key_end are visible (before the causal mask)
   const bool key_ok0 = kj0 < key_end, key_ok1 = kj1 < key_end, warp_keys_ok = j0 + kr0 + 16 <= key_end;
@@ -633,8 +611,14 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
       if (causal && j0 + kr0 > iq + 15) {
         // Every key of this warp comes after every query of the part (causal diagonal tile):
         // P = dS = 0, nothing to add to dK, dV (or dbias); dS = 0 goes to shared memory for dQ.
-        const uint32_t zero[4] = {0u, 0u, 0u, 0u};
-        store_dst(part, zero);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int qi = part * 16 + nt * 8 + 2 * t + e;
+            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(0.0f);
+            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(0.0f);
+          }
         continue;
       }
       // Per-element masks only where some key of the warp is invisible (past the keys) or after
@@ -694,6 +678,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
           st[nt][2 + e] = p1;
           dpt[nt][e] = p0 * (dpt[nt][e] - dl);
           dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
+          dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
+          dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
           if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
             if (dbias != nullptr) {
               const bool row_ok = i < T && l != -INFINITY;
@@ -710,7 +696,6 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
                                 pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
         const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
                                 pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
-        store_dst(part, da);  // the same bf16 values dQ = dS K reads
         const int qk0 = part * 16;  // k-step: these 16 queries
 #pragma unroll
         for (int nd = 0; nd < DP / 8; nd += 2) {
@@ -737,7 +722,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         uint32_t sa[4];
-        ldsm_a_trans(sa, dSt, kLdT, warp * 16, kk * 16, lane);
+        ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
 #pragma unroll
         for (int nd = 0; nd < kCols / 8; nd += 2) {
           uint32_t b0, b1, b2, b3;
