@@ -35,7 +35,6 @@
 // dS = P (dP - D) of every unmasked (i, j) to dbias[h, i, j] with f32 atomics (the batch rows are
 // different blocks, so the sum order is not deterministic). With kBias = kCross = false the
 // kernels are the plain self-attention ones: their PTX is the same as before both features.
-#include <cstdint>
 #include <type_traits>
 
 #include "cuda/attention.cuh"
@@ -438,36 +437,6 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
   }
 }
 
-// The same with 16-byte loads (D % 8 == 0, dout and out 16-byte aligned): `lanes` (a power of
-// two >= D / 8, <= 32) lanes per row, 8 elements each; lanes past D / 8 add 0. A warp reads
-// 32 x 16 bytes of each tensor per load instead of 32 x 2.
-__global__ void attention_delta_vec_kernel(const bf16* __restrict__ dout, const bf16* __restrict__ out,
-                                           float* __restrict__ delta, int64_t B, int64_t T, int64_t Hq, int64_t D,
-                                           int lanes) {
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t row = tid / lanes;  // (b*T + i)*Hq + h
-  const int v = static_cast<int>(tid % lanes);
-  const bool ok = row < B * T * Hq;
-  float s = 0.0f;
-  if (ok && v * 8 < D) {
-    const uint4 a = *reinterpret_cast<const uint4*>(dout + row * D + v * 8);
-    const uint4 b = *reinterpret_cast<const uint4*>(out + row * D + v * 8);
-    const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
-    const __nv_bfloat162* b2 = reinterpret_cast<const __nv_bfloat162*>(&b);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 fa = __bfloat1622float2(a2[e]), fb = __bfloat1622float2(b2[e]);
-      s = __fmaf_rn(fa.x, fb.x, s);
-      s = __fmaf_rn(fa.y, fb.y, s);
-    }
-  }
-  for (int o = lanes / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);  // within aligned groups of `lanes`
-  if (ok && v == 0) {
-    const int64_t hh = row % Hq, bt = row / Hq, i = bt % T, bb = bt / T;
-    delta[(bb * Hq + hh) * T + i] = s;
-  }
-}
-
 // Backward shared memory: lse and D of two stages, K, V, dS and `stages` stages of Q and dO.
 // DP = 128: 1024 + 2 * 17408 + 9216 + 2 * 2 * 17408 = 114688 bytes (112 KiB) double-buffered
 // (79872 single), under the 227 KiB opt-in limit of sm_90. Blocks an H100 SM (228 KiB, 1 KiB
@@ -848,16 +817,8 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   float* delta = scratch(0, rows).ptr<float>();
   float* dq_acc = scratch(1, rows * a.D).ptr<float>();
   ST_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(rows * a.D) * sizeof(float), stream()));
-  const bool aligned16 = (reinterpret_cast<uintptr_t>(dout) | reinterpret_cast<uintptr_t>(a.out)) % 16 == 0;
-  if (a.D % 8 == 0 && aligned16) {
-    int lanes = 1;
-    while (lanes * 8 < a.D) lanes *= 2;  // D <= 128: at most 16
-    attention_delta_vec_kernel<<<static_cast<unsigned>(ceil_div(rows * lanes, 256)), 256, 0, stream()>>>(
-        static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D, lanes);
-  } else {
-    attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
-        static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
-  }
+  attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
+      static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
   ST_CUDA_LAUNCH_CHECK("attention_delta");
   auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen>;
   const size_t smem = backward_smem<DP>(backward_double_buffer() ? 2 : 1);
