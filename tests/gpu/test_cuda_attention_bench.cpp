@@ -19,6 +19,7 @@
 
 #include "ops/attention.hpp"
 #include "ops/init.hpp"
+#include "tests/gpu/event_timing.hpp"
 #include "tests/gpu/gpu_util.hpp"
 #ifdef SHARDTUNE_CUDA
 #include <cuda_runtime.h>
@@ -35,15 +36,11 @@ TEST(CudaAttentionBench, DISABLED_TrainingShapes) {
     int64_t B, T, Hq, Hkv, D;
   };
   const BenchCase cases[] = {{"7B", 8, 1024, 32, 32, 128}, {"1B", 8, 1024, 32, 4, 64}};
-  const char* runs_env = std::getenv("ATTN_BENCH_RUNS");
-  const int runs = runs_env ? std::max(1, std::atoi(runs_env)) : 20;
+  const int runs = test::bench_runs("ATTN_BENCH_RUNS", 20);
   cudaDeviceProp prop{};
   int dev = 0;
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
   ASSERT_EQ(cudaGetDeviceProperties(&prop, dev), cudaSuccess);
-  cudaEvent_t e0, e1;
-  ASSERT_EQ(cudaEventCreate(&e0), cudaSuccess);
-  ASSERT_EQ(cudaEventCreate(&e1), cudaSuccess);
   std::printf("[attn] %s, %d SMs; causal bf16, median of %d runs after 3 untimed\n", prop.name,
               prop.multiProcessorCount, runs);
   std::printf("[attn] %-4s %-32s %10s %8s %10s %8s\n", "case", "shape", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s");
@@ -67,18 +64,7 @@ TEST(CudaAttentionBench, DISABLED_TrainingShapes) {
     auto fwd = [&] { attention_forward(s, q, k, v, no_lengths, out, lse); };
     auto bwd = [&] { attention_backward(s, q, k, v, out, lse, dout, no_lengths, dq, dk, dv, false); };
     auto time_ms = [&](auto&& call) {
-      std::vector<float> ms;
-      for (int i = 0; i < runs + 3; ++i) {
-        EXPECT_EQ(cudaEventRecord(e0, 0), cudaSuccess);
-        call();
-        EXPECT_EQ(cudaEventRecord(e1, 0), cudaSuccess);
-        EXPECT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-        float t = 0;
-        EXPECT_EQ(cudaEventElapsedTime(&t, e0, e1), cudaSuccess);
-        if (i >= 3) ms.push_back(t);
-      }
-      std::sort(ms.begin(), ms.end());
-      return static_cast<double>(ms[ms.size() / 2]);
+      return test::median_event_ms(runs, [](int) {}, [&] { call(); return true; });
     };
     const double f_ms = time_ms(fwd);
     const double b_ms = time_ms(bwd);
@@ -113,8 +99,6 @@ TEST(CudaAttentionBench, DISABLED_TrainingShapes) {
       EXPECT_TRUE(finite) << c.name;
     }
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 #endif
 }
 

@@ -23,6 +23,7 @@
 
 #include "ops/init.hpp"
 #include "ops/matmul.hpp"
+#include "tests/gpu/event_timing.hpp"
 #include "tests/gpu/gpu_util.hpp"
 #ifdef SHARDTUNE_CUDA
 #include <cuda_runtime.h>
@@ -299,16 +300,12 @@ TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   lora_calls(64, 4096, 4096, false);
   lora_calls(64, 4096, 11008, false);
 
-  const char* runs_env = std::getenv("SKINNY_BENCH_RUNS");
-  const int runs = runs_env ? std::max(1, std::atoi(runs_env)) : 20;
+  const int runs = test::bench_runs("SKINNY_BENCH_RUNS", 20);
   cudaDeviceProp prop{};
   int dev = 0;
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
   ASSERT_EQ(cudaGetDeviceProperties(&prop, dev), cudaSuccess);
   Tensor flush = Tensor::empty({2 * static_cast<int64_t>(prop.l2CacheSize)}, DType::u8, Device::cuda);
-  cudaEvent_t e0, e1;
-  ASSERT_EQ(cudaEventCreate(&e0), cudaSuccess);
-  ASSERT_EQ(cudaEventCreate(&e1), cudaSuccess);
   std::printf("[skinny] %s, %d SMs, L2 %d MiB; median of %d runs after an L2 flush each\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, runs);
   std::printf("[skinny] %-20s %-34s %8s %10s %7s %10s %7s %7s %9s\n", "call", "shape (profile label)", "MB",
@@ -334,19 +331,10 @@ TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
       return true;
     };
     auto time_us = [&](bool custom) {
-      std::vector<float> ms;
-      for (int i = 0; i < runs + 3; ++i) {
-        EXPECT_EQ(cudaMemsetAsync(flush.data(), i & 0xff, flush.nbytes(), 0), cudaSuccess);
-        EXPECT_EQ(cudaEventRecord(e0, 0), cudaSuccess);
-        if (!call(custom, C)) return -1.0;
-        EXPECT_EQ(cudaEventRecord(e1, 0), cudaSuccess);
-        EXPECT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-        float t = 0;
-        EXPECT_EQ(cudaEventElapsedTime(&t, e0, e1), cudaSuccess);
-        if (i >= 3) ms.push_back(t);
-      }
-      std::sort(ms.begin(), ms.end());
-      return 1e3 * static_cast<double>(ms[ms.size() / 2]);
+      const double ms = test::median_event_ms(
+          runs, [&](int i) { EXPECT_EQ(cudaMemsetAsync(flush.data(), i & 0xff, flush.nbytes(), 0), cudaSuccess); },
+          [&] { return call(custom, C); });
+      return ms < 0 ? -1.0 : 1e3 * ms;
     };
     // The two results from the same C0.
     Tensor c_lt = C0.clone(MemCategory::other), c_cu = C0.clone(MemCategory::other);
@@ -383,8 +371,6 @@ TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   }
   std::printf("[skinny] sum over the calls above: cublaslt %.1f us, custom %.1f us (ratio %.2f)\n", total_lt,
               total_custom, total_lt / std::max(total_custom, 1e-9));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 #endif
 }
 
