@@ -17,10 +17,13 @@
 // Backward: block = 64 keys of one KV head; loops over the group's query heads and the query
 // tiles that see those keys (sm_90: Q, dO, lse and D of the next tile load with cp.async into a
 // second buffer while this one is computed); each warp owns 16 keys and accumulates their dK,
-// dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K, which
-// is added to an f32 buffer with atomics (sm_90: 16-byte red.global.add.v4.f32, 4 contiguous
-// columns a thread, when D % 4 == 0) and folded into the bf16 dq at the end. D = rowsum(dO * O)
-// first.
+// dV in registers (no atomics, GQA included); dS goes through shared memory for dQ = dS K (stored
+// transposed, [key][query]: the dK MMA's packed A fragment, 4 32-bit stores a part; read back
+// with ldmatrix.trans), which is added to an f32 buffer with atomics (sm_90: 16-byte
+// red.global.add.v4.f32, 4 contiguous columns a thread, when D % 4 == 0) and folded, times the
+// scale, into the bf16 dq at the end. D = rowsum(dO * O) first. The hot loops address shared
+// memory through 32-bit byte addresses set up once per lane (constant offsets a step), and the
+// per-element masks run only in the masked copy of the softmax-gradient step.
 // Masks: causal (key j > query i) and key padding (j >= lengths[b]), applied per element only
 // where a warp's tile needs them (the causal diagonal, the last key tile): the forward runs a
 // masked and an unmasked copy of its tile step, which also skips the MMAs of fully masked
@@ -89,6 +92,22 @@ __device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld,
   ldsm_x4(b, tile + (n0 + (lane & 7) + (blk >> 1) * 8) * ld + k0 + (blk & 1) * 8);
 }
 
+// The same loads from a shared-memory byte address the caller computed (lane part + constants):
+// the kernels' hot loops set the lane parts up once and add compile-time offsets.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4_at(uint32_t r[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans_at(uint32_t r[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 // 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
@@ -147,7 +166,8 @@ __device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src,
 }
 
 // load_rows with cp.async when the head dimension needs no padding (D == DP); otherwise the
-// synchronous, zero-padding load. The caller commits, waits and synchronises.
+// synchronous, zero-padding load. The caller commits, waits and synchronises. (The forward's
+// loader: at DP = 128 it has no registers to spare for load_rows_async_fixed's addresses.)
 template <int DP>
 __device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0, int64_t T,
                                 int64_t H, int64_t h, int64_t D) {
@@ -161,6 +181,30 @@ __device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict_
     const int64_t tt = r0 + r;
     const bf16* gp = tt < T ? src + ((base + tt) * H + h) * D + v * 8 : src;
     cp_async16(tile + r * ld + v * 8, gp, tt < T ? 16 : 0);
+  }
+}
+
+// load_rows_async for a block of kThreads threads: thread x copies column vector x % vpr of rows
+// x / vpr + i * kRows (i < kTile / kRows), so the address arithmetic is one 64-bit product a
+// call and constant offsets after it (the backward's loader).
+template <int DP>
+__device__ void load_rows_async_fixed(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0,
+                                      int64_t T, int64_t H, int64_t h, int64_t D) {
+  if (D != DP) {
+    load_rows<DP>(tile, src, base, r0, T, H, h, D);
+    return;
+  }
+  constexpr int ld = DP + 8, vpr = DP / 8, kRows = kThreads / vpr;
+  static_assert(kThreads % vpr == 0 && kTile % kRows == 0);
+  const int r = static_cast<int>(threadIdx.x) / vpr, v = static_cast<int>(threadIdx.x) % vpr;
+  const int64_t stride = H * D;  // elements between consecutive tokens
+  const bf16* g = src + ((base + r0 + r) * H + h) * D + v * 8;
+  bf16* s = tile + r * ld + v * 8;
+  const int left = static_cast<int>(min(T - r0 - r, static_cast<int64_t>(kTile)));  // rows r + i kRows < left exist
+#pragma unroll
+  for (int i = 0; i < kTile / kRows; ++i) {
+    const bool ok = i * kRows < left;
+    cp_async16(s + i * kRows * ld, ok ? g + i * kRows * stride : src, ok ? 16 : 0);
   }
 }
 
@@ -482,14 +526,14 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   // Layout (backward_smem): lse and D of two query tiles [2][64] f32 each, K and V [64 keys][LDH],
-  // dS [64 queries][kLdT] (keys contiguous), then stage 0 (and with dbuf stage 1) of the query
+  // dS^T [64 keys][kLdT] (queries contiguous), then stage 0 (and with dbuf stage 1) of the query
   // tile: Q and dO [64 queries][LDH] each.
   float* const lse_s = reinterpret_cast<float*>(smem_raw);  // [stage][64]
   float* const dl_s = lse_s + 2 * kTile;                      // [stage][64]
   bf16* const Ks = reinterpret_cast<bf16*>(dl_s + 2 * kTile);
   bf16* const Vs = Ks + kTile * LDH;
-  bf16* const dSs = Vs + kTile * LDH;
-  bf16* const q_stages = dSs + kTile * kLdT;
+  bf16* const dSt = Vs + kTile * LDH;
+  bf16* const q_stages = dSt + kTile * kLdT;
   auto Qs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH; };
   auto dOs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH + kTile * LDH; };
 
@@ -527,10 +571,11 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   // Query tile (h, q0) into stage st: Q, dO (16-byte cp.async when D == DP), lse and D (4-byte
   // cp.async; rows past T get 0, which the i < T test masks), one commit group.
   auto load_tile = [&](int64_t th, int64_t tq0, int st) {
-    load_rows_async<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
-    load_rows_async<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
-    for (int idx = threadIdx.x; idx < 2 * kTile; idx += blockDim.x) {
-      const int r = idx % kTile;
+    load_rows_async_fixed<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
+    load_rows_async_fixed<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
+    {  // kThreads == 2 kTile: thread x copies lse (x < 64) or D (x >= 64) of query x % 64
+      static_assert(kThreads == 2 * kTile);
+      const int idx = static_cast<int>(threadIdx.x), r = idx % kTile;
       const int64_t i = tq0 + r;
       const float* src = (idx < kTile ? lse : delta) + sv.lse_row + th * sv.lse_head + (i < T ? i : 0);
       cp_async4((idx < kTile ? lse_s : dl_s) + st * kTile + r, src, i < T ? 4 : 0);
@@ -539,8 +584,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   };
   // K and V join the first tile's group (double-buffered) or are waited for with it (single).
   if (any_tile) {
-    load_rows_async<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
-    load_rows_async<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+    load_rows_async_fixed<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
+    load_rows_async_fixed<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
     if (dbuf) load_tile(hk * group, i_start, 0);
     else cp_async_commit();
   }
@@ -549,6 +594,36 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dkr[nd][e] = dvr[nd][e] = 0.0f;
+  // Shared-memory byte addresses of this lane's fragment loads (ldsm_x4_at and ldsm_x4_trans_at
+  // take them as they are; every step adds a constant): A fragments of K and V (this warp's 16
+  // keys, rows kr0..), B fragments of Q and dO (stage 0; + 16 rows a part), their transposed
+  // reads for dV and dK (rows: the part's queries), the transposed read of dS^T as dQ's A
+  // operand (rows: this warp's 16 queries) and of K as dQ's B operand.
+  uint32_t k_a, v_a, q_base_b, do_base_b, q_base_t, do_base_t, ds_a, k_t;
+  {
+    const int blk = lane >> 3;
+    const uint32_t off_a = static_cast<uint32_t>(((lane & 7) + (blk & 1) * 8) * LDH + (blk >> 1) * 8) * 2;
+    const uint32_t off_b = static_cast<uint32_t>(((lane & 7) + (blk >> 1) * 8) * LDH + (blk & 1) * 8) * 2;
+    const uint32_t off_t = static_cast<uint32_t>((lane & 15) * LDH + (lane >> 4) * 8) * 2;
+    k_a = smem_addr(Ks) + off_a + kr0 * LDH * 2;
+    v_a = smem_addr(Vs) + off_a + kr0 * LDH * 2;
+    q_base_b = smem_addr(Qs_of(0)) + off_b;
+    do_base_b = smem_addr(dOs_of(0)) + off_b;
+    q_base_t = smem_addr(Qs_of(0)) + off_t;
+    do_base_t = smem_addr(dOs_of(0)) + off_t;
+    // ldsm_a_trans pattern: lanes 8i..8i+7 read rows (keys) +8 (i >> 1), columns (queries) +8 (i & 1).
+    ds_a = smem_addr(dSt) + static_cast<uint32_t>(((lane & 7) + (blk >> 1) * 8) * kLdT + (blk & 1) * 8 + warp * 16) * 2;
+    k_t = smem_addr(Ks) + off_t;
+  }
+  // This thread's dS^T values of a part (16 keys x 16 queries of the warp) go to shared memory as
+  // the dK MMA's A fragment (4 packed pairs: keys g, g + 8 x queries 2t, 2t + 1 and 8 + 2t, 9 + 2t).
+  uint32_t* const dst_row = reinterpret_cast<uint32_t*>(dSt + (kr0 + g) * kLdT + 2 * t);
+  auto store_dst = [&](int part, const uint32_t da[4]) {
+    dst_row[part * 8] = da[0];
+    dst_row[part * 8 + 4 * kLdT] = da[1];
+    dst_row[part * 8 + 4] = da[2];
+    dst_row[part * 8 + 4 * kLdT + 4] = da[3];
+  };
 
   // Query tiles in the order of the group's heads h, then q0 = i_start, i_start + 64, ... < T.
   // dbuf: the next tile's loads are issued into the other stage right after the barrier that
@@ -570,30 +645,41 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     cp_async_wait_all();  // this thread's copies of this tile (and of K, V) have landed
     __syncthreads();      // everyone's have; everyone is done with the previous tile
     if (dbuf && has_next) load_tile(nh, nq0, stage ^ 1);
-    const bf16* Qs = Qs_of(stage);
-    const bf16* dOs = dOs_of(stage);
+    // Shared-memory addresses of this stage (bytes; the lane parts were set up before the loop).
+    const uint32_t st_off = static_cast<uint32_t>(stage) * 2 * kTile * LDH * 2;
+    const uint32_t q_b = q_base_b + st_off, do_b = do_base_b + st_off;  // B fragments of Q, dO
+    const uint32_t q_t = q_base_t + st_off, do_t = do_base_t + st_off;  // their transposed reads
     const float* lse_t = lse_s + stage * kTile;
     const float* dl_t = dl_s + stage * kTile;
+    // Queries qi < rows_left of the tile exist (rows past T get P = dS = 0 through their exponent).
+    const int rows_left = static_cast<int>(min(T - q0, static_cast<int64_t>(kTile)));
 #pragma unroll 1
     for (int part = 0; part < 4; ++part) {  // queries [16 part, 16 part + 16) of the tile
       const int64_t iq = q0 + part * 16;  // the part's first query
       if (causal && j0 + kr0 > iq + 15) {
         // Every key of this warp comes after every query of the part (causal diagonal tile):
         // P = dS = 0, nothing to add to dK, dV (or dbias); dS = 0 goes to shared memory for dQ.
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int qi = part * 16 + nt * 8 + 2 * t + e;
-            dSs[qi * kLdT + kr0 + g] = __float2bfloat16(0.0f);
-            dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(0.0f);
-          }
+        const uint32_t zero[4] = {0u, 0u, 0u, 0u};
+        store_dst(part, zero);
         continue;
       }
       // Per-element masks only where some key of the warp is invisible (past the keys) or after
       // some query of the part (causal); rows past T and rows without any visible key (lse =
       // -inf) get P = 0 through an exponent offset of +inf instead.
       const bool masked = !warp_keys_ok || (causal && j0 + kr0 + 15 > iq);
+      // This thread's four queries qi = 16 part + 8 nt + 2t + e: lse in log2 units (+inf: P = 0)
+      // and D.
+      float l2[2][2], dl[2][2];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int qi = part * 16 + nt * 8 + 2 * t;
+        const float2 lv = *reinterpret_cast<const float2*>(lse_t + qi);
+        const float2 dv2 = *reinterpret_cast<const float2*>(dl_t + qi);
+        l2[nt][0] = qi < rows_left && lv.x != -INFINITY ? lv.x * kLog2e : INFINITY;
+        l2[nt][1] = qi + 1 < rows_left && lv.y != -INFINITY ? lv.y * kLog2e : INFINITY;
+        dl[nt][0] = dv2.x;
+        dl[nt][1] = dv2.y;
+      }
       float st[2][4], dpt[2][4];  // S^T and dP^T: this warp's 16 keys x 16 queries
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt)
@@ -612,76 +698,90 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
               if (kj1 < Tk && kj1 < len && !(causal && kj1 > i)) st[nt][2 + e] = __ldg(bias + row + kj1) * inv_scale;
             }
       }
-      // DP = 128: unrolled by 2, not 8 (fully unrolled, ptxas schedules the fragment loads of
-      // many steps ahead and spills next to the 128 dK, dV accumulators: 255 registers + spills).
+      // S^T = K Q^T and dP^T = V dO^T over the head dimension. DP = 128: unrolled by 2, not 8
+      // (fully unrolled, ptxas schedules the fragment loads of many steps ahead and spills next
+      // to the 128 dK, dV accumulators).
+      const uint32_t qb = q_b + part * 16 * LDH * 2, dob = do_b + part * 16 * LDH * 2;
 #pragma unroll(DP >= 128 ? 2 : DP / 16)
       for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t ka[4], va[4];
-        ldsm_a(ka, Ks, LDH, kr0, kt * 16, lane);
-        ldsm_a(va, Vs, LDH, kr0, kt * 16, lane);
-        uint32_t fb[4];
-        ldsm_b2(fb, Qs, LDH, part * 16, kt * 16, lane);
+        uint32_t ka[4], va[4], fb[4];
+        ldsm_x4_at(ka, k_a + kt * 32);
+        ldsm_x4_at(va, v_a + kt * 32);
+        ldsm_x4_at(fb, qb + kt * 32);
         mma16816(st[0], ka, fb[0], fb[1]);
         mma16816(st[1], ka, fb[2], fb[3]);
-        ldsm_b2(fb, dOs, LDH, part * 16, kt * 16, lane);
+        ldsm_x4_at(fb, dob + kt * 32);
         mma16816(dpt[0], va, fb[0], fb[1]);
         mma16816(dpt[1], va, fb[2], fb[3]);
       }
       // P^T = exp(S^T scale - lse) = exp2(S^T scale_log2 - lse log2 e), dS^T = P^T (dP^T - D);
-      // keys kj0 (values 0, 1), kj1 (2, 3).
+      // keys kj0 (values 0, 1), kj1 (2, 3). The masked copy sets invisible scores to -inf first.
+      auto softmax_grad = [&](auto masked_tag) {
+        constexpr bool kMasked = decltype(masked_tag)::value;
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int qi = part * 16 + nt * 8 + 2 * t + e;
-          const int64_t i = q0 + qi;
-          const float l = lse_t[qi], dl = dl_t[qi];
-          const float l2 = i < T && l != -INFINITY ? l * kLog2e : INFINITY;
-          if (masked) {
-            if (!(key_ok0 && !(causal && kj0 > i))) st[nt][e] = -INFINITY;
-            if (!(key_ok1 && !(causal && kj1 > i))) st[nt][2 + e] = -INFINITY;
+          for (int e = 0; e < 2; ++e) {
+            if constexpr (kMasked) {
+              const int64_t i = q0 + part * 16 + nt * 8 + 2 * t + e;
+              if (!(key_ok0 && !(causal && kj0 > i))) st[nt][e] = -INFINITY;
+              if (!(key_ok1 && !(causal && kj1 > i))) st[nt][2 + e] = -INFINITY;
+            }
+            const float p0 = fast_exp2(__fmaf_rn(st[nt][e], scale_log2, -l2[nt][e]));
+            const float p1 = fast_exp2(__fmaf_rn(st[nt][2 + e], scale_log2, -l2[nt][e]));
+            st[nt][e] = p0;
+            st[nt][2 + e] = p1;
+            dpt[nt][e] = p0 * (dpt[nt][e] - dl[nt][e]);
+            dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl[nt][e]);
           }
-          const float p0 = fast_exp2(__fmaf_rn(st[nt][e], scale_log2, -l2));
-          const float p1 = fast_exp2(__fmaf_rn(st[nt][2 + e], scale_log2, -l2));
-          st[nt][e] = p0;
-          st[nt][2 + e] = p1;
-          dpt[nt][e] = p0 * (dpt[nt][e] - dl);
-          dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - dl);
-          dSs[qi * kLdT + kr0 + g] = __float2bfloat16(dpt[nt][e]);
-          dSs[qi * kLdT + kr0 + g + 8] = __float2bfloat16(dpt[nt][2 + e]);
-          if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
-            if (dbias != nullptr) {
-              const bool row_ok = i < T && l != -INFINITY;
+      };
+      if (masked) softmax_grad(std::true_type{});
+      else softmax_grad(std::false_type{});
+      if constexpr (kBias) {  // dbias[h, i, j] += dS (f32, before the bf16 rounding)
+        if (dbias != nullptr)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int qi = part * 16 + nt * 8 + 2 * t + e;
+              const int64_t i = q0 + qi;
+              const bool row_ok = i < T && lse_t[qi] != -INFINITY;
               const bool ok0 = row_ok && key_ok0 && !(causal && kj0 > i);
               const bool ok1 = row_ok && key_ok1 && !(causal && kj1 > i);
               if (ok0) atomicAdd(dbias + (h * T + i) * Tk + kj0, dpt[nt][e]);
               if (ok1) atomicAdd(dbias + (h * T + i) * Tk + kj1, dpt[nt][2 + e]);
             }
-          }
-        }
-      // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step).
+      }
+      // dV += P^T dO and dK += dS^T Q over these 16 queries (one k-step); dS^T also goes to
+      // shared memory (the same bf16 values) for dQ.
       {
         const uint32_t pa[4] = {pack_bf16(st[0][0], st[0][1]), pack_bf16(st[0][2], st[0][3]),
                                 pack_bf16(st[1][0], st[1][1]), pack_bf16(st[1][2], st[1][3])};
         const uint32_t da[4] = {pack_bf16(dpt[0][0], dpt[0][1]), pack_bf16(dpt[0][2], dpt[0][3]),
                                 pack_bf16(dpt[1][0], dpt[1][1]), pack_bf16(dpt[1][2], dpt[1][3])};
-        const int qk0 = part * 16;  // k-step: these 16 queries
+        store_dst(part, da);
+        const uint32_t dot = do_t + part * 16 * LDH * 2, qt = q_t + part * 16 * LDH * 2;  // k-step: these 16 queries
 #pragma unroll
         for (int nd = 0; nd < DP / 8; nd += 2) {
-          uint32_t b0, b1, b2, b3;
-          ldsm_x4_trans(b0, b1, b2, b3, dOs, LDH, qk0, nd * 8, lane);
-          mma16816(dvr[nd], pa, b0, b1);
-          mma16816(dvr[nd + 1], pa, b2, b3);
-          ldsm_x4_trans(b0, b1, b2, b3, Qs, LDH, qk0, nd * 8, lane);
-          mma16816(dkr[nd], da, b0, b1);
-          mma16816(dkr[nd + 1], da, b2, b3);
+          uint32_t b[4];
+          ldsm_x4_trans_at(b, dot + nd * 16);
+          mma16816(dvr[nd], pa, b[0], b[1]);
+          mma16816(dvr[nd + 1], pa, b[2], b[3]);
+          ldsm_x4_trans_at(b, qt + nd * 16);
+          mma16816(dkr[nd], da, b[0], b[1]);
+          mma16816(dkr[nd + 1], da, b[2], b[3]);
         }
       }
     }
-    __syncthreads();  // dS of all 64 keys is in shared memory
+    __syncthreads();  // dS^T of all 64 keys is in shared memory
     // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
     // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
     const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
+    // vec_dq: the even lane of a quad adds row qi0, the odd lane row qi1 (see below).
+    const int64_t qv = (t & 1) ? qi1 : qi0;
+    float* const dq_v = dq_acc + ((sv.row0 + (qv < T ? qv : 0)) * Hq + h) * D + 4 * (t >> 1);
+    float* const dq_r0 = dq_acc + ((sv.row0 + (qi0 < T ? qi0 : 0)) * Hq + h) * D + 2 * t;
+    float* const dq_r1 = dq_acc + ((sv.row0 + (qi1 < T ? qi1 : 0)) * Hq + h) * D + 2 * t;
     constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
 #pragma unroll
     for (int dh = 0; dh < kPasses; ++dh) {
@@ -691,13 +791,13 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         uint32_t sa[4];
-        ldsm_a(sa, dSs, kLdT, warp * 16, kk * 16, lane);
+        ldsm_x4_trans_at(sa, ds_a + kk * 16 * kLdT * 2);
 #pragma unroll
         for (int nd = 0; nd < kCols / 8; nd += 2) {
-          uint32_t b0, b1, b2, b3;
-          ldsm_x4_trans(b0, b1, b2, b3, Ks, LDH, kk * 16, dh * kCols + nd * 8, lane);
-          mma16816(acc[nd], sa, b0, b1);
-          mma16816(acc[nd + 1], sa, b2, b3);
+          uint32_t b[4];
+          ldsm_x4_trans_at(b, k_t + (kk * 16 * LDH + dh * kCols + nd * 8) * 2);
+          mma16816(acc[nd], sa, b[0], b[1]);
+          mma16816(acc[nd + 1], sa, b[2], b[3]);
         }
       }
       if (vec_dq) {
@@ -705,28 +805,27 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
         // lane holds row qi0, columns 2t..2t+3 (its own 2t, 2t+1 and the odd lane's) and the odd
         // lane row qi1, columns 2t-2..2t+1 (the even lane's and its own). Every element of the
         // 16 x 8 n-tile is added once, with the same f32 value as the scalar path.
-        const bool odd = t & 1;
-        const int64_t qi = odd ? qi1 : qi0;
+        // (The scale multiplies the sums when they are folded into dq.)
+        const bool odd = t & 1, row_ok = qv < T, all_cols = D == DP;
 #pragma unroll
         for (int nd = 0; nd < kCols / 8; ++nd) {
           const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][0] : acc[nd][2], 1);
           const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][1] : acc[nd][3], 1);
-          const int64_t c = dh * kCols + nd * 8 + 4 * (t >> 1);  // D % 4 == 0: c < D means c + 3 < D
-          if (c >= D || qi >= T) continue;
+          const int c = dh * kCols + nd * 8;  // + 4 (t >> 1) in dq_v; D % 4 == 0: c + 4 (t >> 1) < D covers all 4
           // even lane {own c0, c1, received c0, c1}; odd lane {received c2, c3, own c2, c3}
-          red_add_f32x4(dq_acc + ((sv.row0 + qi) * Hq + h) * D + c, scale * (odd ? r0 : acc[nd][0]),
-                        scale * (odd ? r1 : acc[nd][1]), scale * (odd ? acc[nd][2] : r0),
-                        scale * (odd ? acc[nd][3] : r1));
+          if (row_ok && (all_cols || c + 4 * (t >> 1) < D))
+            red_add_f32x4(dq_v + c, odd ? r0 : acc[nd][0], odd ? r1 : acc[nd][1], odd ? acc[nd][2] : r0,
+                          odd ? acc[nd][3] : r1);
         }
       } else {
 #pragma unroll
         for (int nd = 0; nd < kCols / 8; ++nd)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int64_t c = dh * kCols + nd * 8 + 2 * t + e;
-            if (c >= D) continue;
-            if (qi0 < T) atomicAdd(dq_acc + ((sv.row0 + qi0) * Hq + h) * D + c, scale * acc[nd][e]);
-            if (qi1 < T) atomicAdd(dq_acc + ((sv.row0 + qi1) * Hq + h) * D + c, scale * acc[nd][2 + e]);
+            const int c = dh * kCols + nd * 8 + e;  // + 2t in dq_r0, dq_r1
+            if (c + 2 * t >= D) continue;
+            if (qi0 < T) atomicAdd(dq_r0 + c, acc[nd][e]);
+            if (qi1 < T) atomicAdd(dq_r1 + c, acc[nd][2 + e]);
           }
       }
     }
@@ -755,10 +854,12 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     }
 }
 
-__global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n, bool accumulate) {
+// dst (+)= scale * src: the backward's f32 dQ sums (of dS K, unscaled) into the bf16 dq.
+__global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n, float scale,
+                                         bool accumulate) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + src[i]);
+    dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + scale * src[i]);
 }
 
 template <int DP> constexpr size_t forward_smem() {
@@ -841,7 +942,8 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
       accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
   const int64_t n = rows * a.D;
-  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, accumulate);
+  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, a.scale,
+                                                                   accumulate);
   ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
 }
 
