@@ -161,6 +161,10 @@ void build_table(RunConfig& c, OptionTable& t) {
              "bf16 | fp8: the frozen base of adapted layers in the compute dtype, or in FP8 E4M3 (per-tensor scales, "
              "activations quantized with current scaling; forward and input-gradient GEMMs in FP8 with f32 accumulation; "
              "CUDA needs compute capability 8.9+); lora and qlora only");
+  add_string(lora, t, "fp8_transpose", &c.fp8_transpose,
+             "stored | per_step: with base_precision = fp8, keep W8^T (the input gradient's operand) beside W8 (2 bytes a "
+             "base parameter, as bf16), or transpose W8 into one shared buffer before each input-gradient GEMM (1 byte a "
+             "parameter; one extra pass over the FP8 weights a backward)");
 
   po::options_description par("Parallelism and memory");
   add_string(par, t, "parallel", &c.parallel,
@@ -206,7 +210,7 @@ const std::set<std::string>* help_keys(const std::string& subcommand) {
       "rms_norm_eps", "rope_theta", "num_decoder_layers", "relative_attention_num_buckets",
       "relative_attention_max_distance", "feed_forward_proj", "tie_embeddings", "init_std", "data", "val_split",
       "tokenizer", "max_val_rows", "micro_batch_size", "method", "adapter", "qlora_quantize", "qlora_block_size",
-      "qlora_double_quant", "base_precision", "parallel", "tp_size", "zero3_prefetch", "watchdog_timeout", "memory_limit",
+      "qlora_double_quant", "base_precision", "fp8_transpose", "parallel", "tp_size", "zero3_prefetch", "watchdog_timeout", "memory_limit",
       "gpu_memory_limit"};
   static const std::set<std::string> exp = {"model", "adapter", "tokenizer", "dtype", "device"};
   if (subcommand == "eval") return &eval;
@@ -508,6 +512,9 @@ void validate_run_config(const RunConfig& c) {
   one_of("method", c.method, {"full", "lora", "qlora"});
   one_of("qlora_quantize", c.qlora_quantize, {"adapted", "all"});
   one_of("base_precision", c.base_precision, {"bf16", "fp8"});
+  one_of("fp8_transpose", c.fp8_transpose, {"stored", "per_step"});
+  if (c.fp8_transpose != "stored" && c.base_precision != "fp8")
+    fail("fp8_transpose", str("= ", c.fp8_transpose, " needs base_precision = fp8 (there is no FP8 base to transpose)"));
   if (c.base_precision == "fp8") {
     if (c.method == "full")
       fail("base_precision", "= fp8 needs method = lora or qlora (full fine-tuning trains the base weights, which FP8 holds frozen)");

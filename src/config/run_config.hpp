@@ -100,6 +100,9 @@ struct RunConfig {
   // lora, qlora: the frozen base's forward and input-gradient GEMMs in bf16 (the compute dtype) or
   // FP8 E4M3 (model/fp8_base.hpp)
   std::string base_precision = "bf16";
+  // base_precision = fp8: W8^T (the input gradient's operand) kept beside W8 (stored: 2 bytes a
+  // parameter) or transposed from W8 before each input-gradient GEMM (per_step: 1 byte a parameter)
+  std::string fp8_transpose = "stored";
   bool qlora_double_quant = true;
   // parallel
   std::string parallel = "none";

@@ -40,9 +40,10 @@ const Fp8Base& base_of(const Linear& l, const char* op) {
 
 }  // namespace
 
-int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where) {
+int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where,
+                         bool keep_transpose) {
   std::vector<Linear*> todo;
-  int64_t widest = 0, largest = 0;
+  int64_t widest = 0, largest = 0, largest_t = 0;  // largest: NF4 layers (W8 and W8^T); largest_t: per_step too
   for (Linear* l : linears) {
     if (!l->adapter) continue;
     if (l->grad.defined()) ST_THROW_INPUT(where, ": ", l->name, ": an FP8 base cannot train (base_precision = fp8 is for lora and qlora)");
@@ -52,6 +53,7 @@ int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, cons
     todo.push_back(l);
     widest = std::max({widest, l->in, l->out});
     if (l->quantized()) largest = std::max(largest, l->in * l->out);
+    if (l->quantized() || !keep_transpose) largest_t = std::max(largest_t, l->in * l->out);
   }
   if (todo.empty()) return 0;
   const Device d = todo.front()->device();
@@ -60,10 +62,8 @@ int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, cons
   shared->act_codes = Tensor::empty({shared->act_capacity}, DType::u8, d, MemCategory::workspace);
   shared->act_scale_inv = Tensor::zeros({1}, DType::f32, d, MemCategory::workspace);
   shared->act_amax = Tensor::zeros({1}, DType::f32, d, MemCategory::workspace);
-  if (largest > 0) {
-    shared->w_tmp = fp8_allocate(1, largest, Fp8Scaling::per_tensor, d, MemCategory::workspace);
-    shared->wt_tmp = fp8_allocate(1, largest, Fp8Scaling::per_tensor, d, MemCategory::workspace);
-  }
+  if (largest > 0) shared->w_tmp = fp8_allocate(1, largest, Fp8Scaling::per_tensor, d, MemCategory::workspace);
+  if (largest_t > 0) shared->wt_tmp = fp8_allocate(1, largest_t, Fp8Scaling::per_tensor, d, MemCategory::workspace);
   for (Linear* l : todo) {
     auto b = std::make_shared<Fp8Base>();
     b->shared = shared;
@@ -71,10 +71,12 @@ int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, cons
     b->dtype = l->dtype();
     if (!b->from_nf4) {
       b->w = fp8_allocate(l->out, l->in, Fp8Scaling::per_tensor, d, MemCategory::weights);
-      b->wt = fp8_allocate(l->in, l->out, Fp8Scaling::per_tensor, d, MemCategory::weights);
       fp8_quantize(l->weight, b->w);
-      fp8_transpose(b->w, b->wt);
-      l->weight = Tensor();  // the dense base is gone: W8 and W8^T take its 2 bytes per parameter
+      if (keep_transpose) {
+        b->wt = fp8_allocate(l->in, l->out, Fp8Scaling::per_tensor, d, MemCategory::weights);
+        fp8_transpose(b->w, b->wt);
+      }
+      l->weight = Tensor();  // the dense base is gone: W8 (and W8^T) take its 2 bytes per parameter (or 1)
     }
     l->fp8 = std::move(b);
   }
@@ -83,7 +85,7 @@ int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, cons
 
 size_t fp8_stored_bytes(const Linear& l) {
   if (!l.fp8 || l.fp8->from_nf4) return 0;
-  return l.fp8->w.nbytes() + l.fp8->wt.nbytes();
+  return l.fp8->w.nbytes() + (l.fp8->wt.codes.defined() ? l.fp8->wt.nbytes() : 0);
 }
 
 void fp8_linear_forward(const Linear& l, const Tensor& x, Tensor& y, double beta, const Tensor* c_in) {
@@ -110,6 +112,9 @@ void fp8_linear_backward_input(const Linear& l, const Tensor& dy, Tensor& dx, bo
     fp8_quantize(l.dense_weight(), w8);
     wt8 = weight_view(s.wt_tmp, l.in, l.out);
     fp8_transpose(w8, wt8);
+  } else if (!b.wt.codes.defined()) {  // fp8_transpose = per_step
+    wt8 = weight_view(s.wt_tmp, l.in, l.out);
+    fp8_transpose(b.w, wt8);
   }
   Fp8Tensor dy8 = act_view(s, M, l.out);
   fp8_quantize(dy, dy8);

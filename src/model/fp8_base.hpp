@@ -38,11 +38,12 @@ struct Fp8Shared {
   int64_t act_capacity = 0;  // elements of act_codes
   Tensor act_codes;          // u8 [rows x widest in/out]: x or dy quantized
   Tensor act_scale_inv, act_amax;  // f32 [1]
-  Fp8Tensor w_tmp, wt_tmp;   // QLoRA: the current layer's W8 and W8^T (largest layer's size)
+  Fp8Tensor w_tmp;   // QLoRA: the current layer's W8 (largest NF4 layer's size)
+  Fp8Tensor wt_tmp;  // QLoRA or fp8_transpose = per_step: the current layer's W8^T (largest layer's size)
 };
 
 struct Fp8Base {
-  Fp8Tensor w, wt;  // W8 [out, in], W8^T [in, out]; undefined when from_nf4
+  Fp8Tensor w, wt;  // W8 [out, in], W8^T [in, out]; undefined when from_nf4 (wt: also per_step)
   bool from_nf4 = false;
   DType dtype = DType::f32;  // the compute dtype (of x, y and the adapters)
   std::shared_ptr<Fp8Shared> shared;
@@ -51,9 +52,12 @@ struct Fp8Base {
 // Hold the frozen base of every linear with an adapter among `linears` in FP8, for batches of up
 // to `rows` rows; returns how many. InputError (naming `where`) when a layer's in or out is not a
 // multiple of 16 (cuBLASLt's FP8 GEMM needs 16-byte aligned rows; the CPU refuses the same) or a
-// base weight trains.
-int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where);
-// Bytes a linear's FP8 base holds (W8 + W8^T with their scales; 0 for an NF4 base).
+// base weight trains. keep_transpose = false (deck key fp8_transpose = per_step): no stored
+// W8^T; each input-gradient GEMM first transposes W8 into the shared buffer of the largest layer
+// (the same codes and scale, so the same products).
+int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where,
+                         bool keep_transpose = true);
+// Bytes a linear's FP8 base holds (W8, and W8^T where stored, with their scales; 0 for an NF4 base).
 size_t fp8_stored_bytes(const Linear& l);
 
 // y = x W^T (beta 0) or y = c_in + x W^T (beta 1; c_in null: y itself), W the FP8 base.

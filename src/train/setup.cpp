@@ -37,10 +37,11 @@ void hold_base_in_fp8(const RunConfig& c, TrainingState& s, const DataShape& sha
                      "Blackwell): ", sup.reason, " (use base_precision = bf16)");
   }
   const int64_t rows = c.micro_batch_size * std::max(shape.row_len(), shape.target_len);
-  const int64_t n = fp8_convert_base(s.model->linears(), rows, where);
+  const bool keep_transpose = c.fp8_transpose == "stored";
+  const int64_t n = fp8_convert_base(s.model->linears(), rows, where, keep_transpose);
   if (!dry_run_active())
     ST_LOG("fp8: the frozen base of ", n, " adapted linear layers in FP8 E4M3 (per-tensor scales; activations quantized "
-         "with current scaling)");
+         "with current scaling; W8^T ", keep_transpose ? "stored" : "transposed before each input-gradient GEMM", ")");
 }
 
 }  // namespace

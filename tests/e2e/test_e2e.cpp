@@ -325,6 +325,7 @@ TEST_F(E2E, PlannerPredictsEveryRanksPeak) {
                         Case{"plan_zero3", 2, "--parallel zero3 --method qlora --activation_checkpointing true", "full.cfg"},
                         Case{"plan_tp", 2, "--parallel tp --tp_size 2", "full.cfg"},
                         Case{"plan_fp8", 1, "--method lora --base_precision fp8", "full.cfg"},
+                        Case{"plan_fp8_per_step", 1, "--method lora --base_precision fp8 --fp8_transpose per_step", "full.cfg"},
                         Case{"plan_fp8_qlora", 2, "--parallel ddp --method qlora --base_precision fp8", "full.cfg"},
                         Case{"plan_t5_ddp", 2, "--parallel ddp --method lora --activation_checkpointing 3", "t5.cfg"}}) {
     std::string out;

@@ -305,6 +305,19 @@ TEST(CudaFp8Base, LinearForwardAndInputGradientEqualTheCpuOnTheSameCodes) {
   Tensor dx3 = Tensor::empty({M, in}, DType::bf16, Device::cuda);
   linear_layer_backward(gl, xg, dyg, &dx3, LayerContext{}, false);
   expect_close(dx3, dref, dabs, kBf16Out, acc_b, "fp8 linear_layer_backward input gradient");
+  // fp8_transpose = per_step: no stored W8^T; the backward transposes W8 into the shared buffer
+  // first: the same codes and scale, so the same input gradient to the bit.
+  Linear pl, pl_cpu;
+  test::make_linear_pair(w, pl, pl_cpu);
+  pl.adapter = std::make_unique<LoraAdapter>(pl, lc, M, 5);
+  ASSERT_EQ(fp8_convert_base({&pl}, M, "test", false), 1);
+  ASSERT_FALSE(pl.fp8->wt.codes.defined());
+  EXPECT_EQ(fp8_stored_bytes(pl) * 2, fp8_stored_bytes(gl));  // W8 alone: half the codes, one scale pair of two
+  Tensor dxp = Tensor::empty({M, in}, DType::bf16, Device::cuda);
+  fp8_linear_backward_input(pl, dyg, dxp, false);
+  const Tensor a = dx3.to_cpu(DType::f64), b = dxp.to_cpu(DType::f64);
+  for (int64_t i = 0; i < a.numel(); ++i)
+    ASSERT_EQ(a.ptr<double>()[i], b.ptr<double>()[i]) << "per_step input gradient element " << i;
 }
 
 TEST(CudaFp8Gemm, ExactWhereEverySumIsExact) {

@@ -175,6 +175,10 @@ class Decks(unittest.TestCase):
         self.assertEqual(group[0], "7b_lora")
         self.assertEqual(len(group), len(set(group)))
         self.assertIn("7b_lora_fp8", group)
+        self.assertIn("7b_lora_fp8_lean", group)
+        self.assertEqual(bench.CONFIGS["7b_lora_fp8_lean"]["args"],
+                         ["--base_precision", "fp8", "--fp8_transpose", "per_step"])
+        self.assertEqual(bench.CONFIGS["13b_lora_fp8_lean"]["peers_from"], "13b_lora")
         self.assertEqual(bench.CONFIGS["7b_qlora_fp8"]["args"], ["--activation_checkpointing", "auto", "--base_precision", "fp8"])
         with self.assertRaisesRegex(ValueError, "unknown config 'llama70b'"):
             bench.select_configs("llama70b")

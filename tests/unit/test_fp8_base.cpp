@@ -223,6 +223,45 @@ TEST(Fp8Base, LoraStepWithAnFp8BaseFollowsTheF32Base) {
   std::printf("[fp8 step] worst adapter gradient relative difference %.3e\n", worst);
 }
 
+// fp8_transpose = per_step: the input gradient's W8^T is transposed from W8 before each GEMM
+// instead of stored: the same codes and scale, so the same step to the bit, with half the bytes.
+TEST(Fp8Base, PerStepTransposeEqualsTheStoredOne) {
+  double loss[2];
+  std::vector<std::vector<double>> grads[2];
+  size_t stored[2] = {0, 0}, dense = 0;
+  for (int per_step = 0; per_step < 2; ++per_step) {
+    LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu);
+    llama_init_random(m, 23, 0.05);
+    LoraConfig lc;
+    lc.r = 4;
+    lc.alpha = 8;
+    const int64_t B = 2, T = 8;
+    EXPECT_EQ(attach_lora(m, lc, B * T, 5), 2 * 7);
+    for (Linear* lin : llama_linears(m))
+      if (lin->adapter) {
+        fill_normal(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.0, 0.2);
+        if (per_step == 0) dense += static_cast<size_t>(lin->out * lin->in);
+      }
+    EXPECT_EQ(fp8_convert_base(llama_linears(m), B * T, "test", per_step == 0), 2 * 7);
+    for (Linear* lin : llama_linears(m))
+      if (lin->fp8) {
+        EXPECT_EQ(lin->fp8->wt.codes.defined(), per_step == 0) << lin->name;
+        stored[per_step] += fp8_stored_bytes(*lin);
+      }
+    LlamaActivations acts = llama_activations(m, B, T, false, true);
+    const LlamaBatch batch = batch_of(B, T, 4);
+    loss[per_step] = llama_forward(m, acts, batch, LayerContext{}, true);
+    llama_backward(m, acts, batch, LayerContext{});
+    for (const ParamRef& p : llama_trainable_params(m)) grads[per_step].push_back(host(*p.grad));
+  }
+  EXPECT_EQ(loss[0], loss[1]);
+  ASSERT_EQ(grads[0].size(), grads[1].size());
+  for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[1][i]) << "parameter " << i;
+  // W8 and W8^T: 2 bytes a parameter plus 8 bytes of scales each; W8 alone: 1 byte a parameter.
+  EXPECT_EQ(stored[0], 2 * dense + 14 * 16);
+  EXPECT_EQ(stored[1], dense + 14 * 8);
+}
+
 RunConfig parse(std::vector<std::string> args) {
   args.insert(args.begin(), {"train", "--data", "placeholder"});
   std::vector<char*> argv;
@@ -235,11 +274,15 @@ RunConfig parse(std::vector<std::string> args) {
 TEST(Fp8Base, DeckRefusals) {
   EXPECT_EQ(parse({"--method", "lora", "--base_precision", "fp8"}).base_precision, "fp8");
   EXPECT_EQ(parse({"--method", "qlora", "--base_precision", "fp8"}).base_precision, "fp8");
+  EXPECT_EQ(parse({"--method", "lora", "--base_precision", "fp8", "--fp8_transpose", "per_step"}).fp8_transpose, "per_step");
   const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
       {{"--method", "full", "--base_precision", "fp8"}, "needs method = lora or qlora"},
       {{"--method", "lora", "--base_precision", "fp16"}, "base_precision = 'fp16' is not one of: bf16 | fp8"},
       {{"--method", "lora", "--base_precision", "fp8", "--parallel", "zero3"}, "ZeRO-3"},
-      {{"--method", "lora", "--base_precision", "fp8", "--save_model", "true"}, "the bf16 base is not kept"}};
+      {{"--method", "lora", "--base_precision", "fp8", "--save_model", "true"}, "the bf16 base is not kept"},
+      {{"--method", "lora", "--fp8_transpose", "per_step"}, "fp8_transpose = per_step needs base_precision = fp8"},
+      {{"--method", "lora", "--base_precision", "fp8", "--fp8_transpose", "never"},
+       "fp8_transpose = 'never' is not one of: stored | per_step"}};
   for (const auto& [args, want] : bad) {
     try {
       parse(args);
