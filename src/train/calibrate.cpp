@@ -150,6 +150,26 @@ DeviceProfile calibrate_device(const CalibrateOptions& o) {
     largest = gemm(s, s, s, act);
     add(largest);
   }
+  // FP8 (base_precision = fp8): the largest square GEMM again with both operands in E4M3
+  // (per-tensor scales, bf16 output: the FP8 base's GEMM); its speed over bf16 stands for every
+  // FP8 GEMM (DeviceProfile::fp8_gemm_speedup). Not a point of the gemm curve.
+  if (cuda && largest.seconds > 0) {
+    try {
+      const int64_t s = gemm_sizes.back();
+      Tensor A = Tensor::zeros({s, s}, act, d), B = Tensor::zeros({s, s}, act, d), Cc = Tensor::zeros({s, s}, act, d);
+      fill_normal(A, 15, 0.0, 1.0);
+      fill_normal(B, 16, 0.0, 0.02);
+      Fp8Tensor A8 = fp8_allocate(s, s, Fp8Scaling::per_tensor, d), B8 = fp8_allocate(s, s, Fp8Scaling::per_tensor, d);
+      fp8_quantize(A, A8);
+      fp8_quantize(B, B8);
+      const Sample f8 = sw.time([&] { matmul_fp8(Cc, A8, B8, 0.0, nullptr); });
+      p.fp8_gemm_speedup = std::clamp(largest.seconds / f8.seconds, 1.0, 4.0);
+      p.source = str(p.source.empty() ? "" : p.source + "; ", "FP8 ", s, "^3 GEMM ", f8.seconds * 1e3, " ms vs bf16 ",
+                     largest.seconds * 1e3, " ms");
+    } catch (const Error& e) {
+      p.source = str(p.source.empty() ? "" : p.source + "; ", "FP8 GEMM not measured (", e.what(), ")");
+    }
+  }
   // The deck's own GEMM shapes, each timed once in its operands' layout.
   std::map<std::tuple<int64_t, int64_t, int64_t, int, bool, bool>, double> exact;
   for (const TraceEvent& e : o.gemm_shapes) {

@@ -18,7 +18,8 @@
 //     "attention_shapes": [ { "backward": false, "B": 8, "T": 512, "Tk": 128, "Hq": 16, "Hkv": 16,
 //                             "D": 64, "causal": false, "bias": true, "dbias": false,
 //                             "seconds": 2e-4 }, ... ],   // optional
-//     "sustained_compute_factor": 1.1 }   // optional (default 1), in [0.5, 2]
+//     "sustained_compute_factor": 1.1,    // optional (default 1), in [0.5, 2]
+//     "fp8_gemm_speedup": 1.9 }           // optional (default 1), in [1, 4]
 // Families are those of core/op_trace.hpp (gemm, attention, norm, ...); gemm and attention are
 // measured in FLOPs, the rest in bytes read + written. Every family must be present.
 #pragma once
@@ -79,6 +80,11 @@ struct DeviceProfile {
   // times multiplies every FLOP-bound op (gemm, attention). 1 for built-in profiles (their
   // fractions come from whole training steps) and the CPU.
   double sustained_compute_factor = 1.0;
+  // FP8 GEMMs (GEMM events with 1-byte operands, base_precision = fp8) without an exact shape run
+  // at the gemm curve's rate times this (their FLOPs divided by it). calibrate measures it on the
+  // largest square GEMM where the device has FP8 kernels; built in: 1.9 on h100 / h200 (cuBLASLt
+  // 8192 x 4096 x 4096: 1501 vs 791 TFLOP/s, docs/NOTES.md), 1 elsewhere (no FP8 tensor cores).
+  double fp8_gemm_speedup = 1.0;
 
   FamilyProfile& family(OpFamily f) { return families[static_cast<size_t>(f)]; }
   const FamilyProfile& family(OpFamily f) const { return families[static_cast<size_t>(f)]; }

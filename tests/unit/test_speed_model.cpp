@@ -27,6 +27,7 @@ void expect_same_profile(const DeviceProfile& a, const DeviceProfile& b) {
   EXPECT_EQ(a.gemm_peak_flops, b.gemm_peak_flops);
   EXPECT_EQ(a.memory_bytes_per_s, b.memory_bytes_per_s);
   EXPECT_EQ(a.sustained_compute_factor, b.sustained_compute_factor);
+  EXPECT_EQ(a.fp8_gemm_speedup, b.fp8_gemm_speedup);
   ASSERT_EQ(a.attention_shapes.size(), b.attention_shapes.size());
   for (size_t k = 0; k < a.attention_shapes.size(); ++k) {
     EXPECT_EQ(a.attention_shapes[k].backward, b.attention_shapes[k].backward);
@@ -64,6 +65,15 @@ TEST(DeviceProfile, BuiltInProfilesFollowTheDatasheetsAndRoundTripThroughJson) {
   g.flops = 2.0 * 4096 * 4096 * 4096;
   g.bytes = 3.0 * 4096 * 4096 * 2;
   EXPECT_NEAR(h100.op_seconds(g), g.flops / (989.4e12 * 0.77), 1e-15);
+  // The same GEMM with FP8 operands (base_precision = fp8): 1.9x the rate on Hopper, none on A100.
+  TraceEvent g8 = g;
+  g8.dtype_bytes = 1;
+  g8.bytes = 2.0 * 4096 * 4096 + 4096.0 * 4096 * 2;
+  EXPECT_NEAR(h100.op_seconds(g8), g.flops / (989.4e12 * 0.77 * 1.9), 1e-15);
+  EXPECT_EQ(builtin_device_profile(GpuKind::h200).fp8_gemm_speedup, 1.9);
+  const DeviceProfile a100 = builtin_device_profile(GpuKind::a100_80gb);
+  EXPECT_EQ(a100.fp8_gemm_speedup, 1.0);
+  EXPECT_DOUBLE_EQ(a100.op_seconds(g8), a100.op_seconds(g));
   TraceEvent n;
   n.family = OpFamily::norm;
   n.bytes = 64.0 * (1 << 20);
@@ -208,6 +218,7 @@ TEST(DeviceProfile, CalibratedOnTheCpuAndRefusedWhenMalformed) {
     EXPECT_TRUE(old.gemm_shapes[0].trans_b);
   }
   refused([](nlohmann::json& j) { j["sustained_compute_factor"] = 3.0; }, {"sustained_compute_factor", "[0.5, 2]"});
+  refused([](nlohmann::json& j) { j["fp8_gemm_speedup"] = 0.5; }, {"fp8_gemm_speedup", "[1, 4]"});
   refused([](nlohmann::json& j) { j["attention_shapes"][0]["Tk"] = 0; }, {"attention_shapes[0].Tk", "positive integer"});
   refused([](nlohmann::json& j) { j["attention_shapes"][1]["bias"] = 1; }, {"attention_shapes[1].bias", "true or false"});
   refused([](nlohmann::json& j) { j["attention_shapes"][0].erase("seconds"); }, {"attention_shapes[0].seconds", "missing"});
