@@ -12,7 +12,8 @@
 # interleaved: REGRESS_CONFIGS), generate-check (the CLI on CUDA, cached and not), calibrate (a
 # device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS), fp8-quality (FP8Q_ARGS),
 # profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL), profile-ab (the same for this
-# tree and .bench_before in one call: before/after per-op tables), skinny-ab (SHARDTUNE_SKINNY
+# tree and .bench_before in one call: before/after per-op tables), attn-ab (attention tests, kernel
+# bench and step times of this tree and .bench_before in one short call), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
@@ -142,6 +143,36 @@ for s in "${steps[@]}"; do
         done
       done
       rm -rf "$OUT/profile-runs" ;;
+    attn-ab)
+      # A kernel change against .bench_before in one short call (session 12): both trees built
+      # side by side, the attention tests, CudaAttentionBench interleaved (after, before, twice),
+      # the whole GPU suite, then plain step times (AB_DECKS, default the 7B LoRA bench deck; AB_CKPT,
+      # default "false true"; 12 steps each) of both trees, interleaved. Needs nothing else built.
+      root=$PWD
+      ( cd .bench_before && make -j8 BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build build/tests/gpu_tests \
+          > "$OUT/build-before.log" 2>&1; echo "   build-before rc=$?" >> "$OUT/summary.txt" ) &
+      run_step build-after make -j8 BOOST_PO_SRC=$BOOST_PO_SRC CUDA_ARCHS=90 build build/tests/gpu_tests
+      wait
+      run_step attn-tests build/tests/gpu_tests --gtest_brief=1 --gtest_filter='*ttention*'
+      for round in 1 2; do
+        for tree in after before; do
+          bin=build/tests/gpu_tests; [ $tree = before ] && bin=.bench_before/build/tests/gpu_tests
+          run_step attn-bench-$tree-$round $bin --gtest_also_run_disabled_tests --gtest_filter='CudaAttentionBench.*'
+        done
+      done
+      run_step test-gpu build/tests/gpu_tests --gtest_brief=1
+      make_shards
+      for deck in ${AB_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${AB_CKPT:-false true}; do
+          for tree in after before; do
+            bin=build/shardtune; [ $tree = before ] && bin=.bench_before/build/shardtune
+            name=$(basename $deck .cfg)-ckpt-$ck-$tree
+            run_step step-$name $bin train --deck $deck --activation_checkpointing $ck --output_dir "$OUT/ab-runs" \
+              --run_id $name --save_adapter false --max_steps 12
+          done
+        done
+      done
+      rm -rf "$OUT/ab-runs" ;;
     skinny-ab)
       # The skinny-GEMM kernels (cuda/skinny.cu) against cuBLASLt on this tree: their tests, the
       # per-call benchmark, the LoRA and model tests with SHARDTUNE_SKINNY=custom, then per-op
