@@ -61,39 +61,9 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// B fragments of two adjacent n-tiles (n0 and n0 + 8) from a row-major tile X[k][n] (k = the
-// contraction index, rows 16-byte aligned): ldmatrix.trans hands every thread X[2t..2t+1][g]
-// of each 8x8 block, which is the col-operand layout of mma.m16n8k16.
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const bf16* tile,
-                                              int ld, int k0, int n0, int lane) {
-  const bf16* p = tile + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8;
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
-               : "r"(addr));
-}
-
-// Non-transposed ldmatrix.x4: four 8x8 blocks, lane l addressing row (l % 8) of block l / 8.
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-// A fragment of the 16x16 block at (r0, c0) of a row-major tile (blocks: rows +0/+8 x cols +0/+8).
-__device__ __forceinline__ void ldsm_a(uint32_t a[4], const bf16* tile, int ld, int r0, int c0, int lane) {
-  const int blk = lane >> 3;
-  ldsm_x4(a, tile + (r0 + (lane & 7) + (blk & 1) * 8) * ld + c0 + (blk >> 1) * 8);
-}
-// B fragments (col operand) of n-tiles n0 and n0 + 8 at k-step k0 from Bt[n][k] row-major:
-// b[0], b[1] for n0; b[2], b[3] for n0 + 8.
-__device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld, int n0, int k0, int lane) {
-  const int blk = lane >> 3;
-  ldsm_x4(b, tile + (n0 + (lane & 7) + (blk >> 1) * 8) * ld + k0 + (blk & 1) * 8);
-}
-
-// The same loads from a shared-memory byte address the caller computed (lane part + constants):
-// the kernels' hot loops set the lane parts up once and add compile-time offsets.
+// ldmatrix.x4 from a shared-memory byte address (the backward's hot loops set a lane's part up
+// once and add compile-time offsets): four 8x8 blocks, lane l addressing row (l % 8) of block
+// l / 8; .trans hands each thread the transposed pairs.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -106,6 +76,33 @@ __device__ __forceinline__ void ldsm_x4_trans_at(uint32_t r[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+
+// B fragments of two adjacent n-tiles (n0 and n0 + 8) from a row-major tile X[k][n] (k = the
+// contraction index, rows 16-byte aligned): ldmatrix.trans hands every thread X[2t..2t+1][g]
+// of each 8x8 block, which is the col-operand layout of mma.m16n8k16.
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const bf16* tile,
+                                              int ld, int k0, int n0, int lane) {
+  uint32_t r[4];
+  ldsm_x4_trans_at(r, smem_addr(tile + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8));
+  b0 = r[0];
+  b1 = r[1];
+  b2 = r[2];
+  b3 = r[3];
+}
+
+// Non-transposed ldmatrix.x4 at a generic pointer into shared memory.
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) { ldsm_x4_at(r, smem_addr(p)); }
+// A fragment of the 16x16 block at (r0, c0) of a row-major tile (blocks: rows +0/+8 x cols +0/+8).
+__device__ __forceinline__ void ldsm_a(uint32_t a[4], const bf16* tile, int ld, int r0, int c0, int lane) {
+  const int blk = lane >> 3;
+  ldsm_x4(a, tile + (r0 + (lane & 7) + (blk & 1) * 8) * ld + c0 + (blk >> 1) * 8);
+}
+// B fragments (col operand) of n-tiles n0 and n0 + 8 at k-step k0 from Bt[n][k] row-major:
+// b[0], b[1] for n0; b[2], b[3] for n0 + 8.
+__device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld, int n0, int k0, int lane) {
+  const int blk = lane >> 3;
+  ldsm_x4(b, tile + (n0 + (lane & 7) + (blk >> 1) * 8) * ld + k0 + (blk & 1) * 8);
 }
 
 // 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -177,6 +178,33 @@ LlamaBatch batch_of(int64_t B, int64_t T, uint64_t seed) {
   return test::random_llama_batch(B, T, seed, 40, 1.0f, /*padded_row=*/-1);
 }
 
+// One LoRA forward + backward of the small Llama (init seed `seed`, std 0.05; every block
+// projection adapted with r 4, B drawn non-zero), batch 2 x 8; `prepare` runs on the model after
+// the adapters are attached (e.g. to hold the base in FP8). The loss and every trainable gradient.
+struct LoraStep {
+  double loss = 0;
+  std::vector<std::vector<double>> grads;
+};
+constexpr int64_t kStepRows = 2 * 8;
+LoraStep small_lora_step(uint64_t seed, const std::function<void(LlamaModel&)>& prepare) {
+  LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu);
+  llama_init_random(m, seed, 0.05);
+  LoraConfig lc;
+  lc.r = 4;
+  lc.alpha = 8;
+  EXPECT_EQ(attach_lora(m, lc, kStepRows, 5), 2 * 7);
+  for (Linear* lin : llama_linears(m))
+    if (lin->adapter) fill_normal(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.0, 0.2);
+  prepare(m);
+  LlamaActivations acts = llama_activations(m, 2, 8, false, true);
+  const LlamaBatch batch = batch_of(2, 8, 4);
+  LoraStep out;
+  out.loss = llama_forward(m, acts, batch, LayerContext{}, true);
+  llama_backward(m, acts, batch, LayerContext{});
+  for (const ParamRef& p : llama_trainable_params(m)) out.grads.push_back(host(*p.grad));
+  return out;
+}
+
 // One LoRA forward + backward of a small Llama (every block projection adapted, B non-zero)
 // with the FP8 base against the f32 base. Each base GEMM's output is within
 // (2 2^-4 + 2^-8) sum |x w| of the exact one (above); through a network in its ordinary regime
@@ -188,23 +216,13 @@ TEST(Fp8Base, LoraStepWithAnFp8BaseFollowsTheF32Base) {
   double loss[2];
   std::vector<std::vector<double>> grads[2];
   for (int fp8 = 0; fp8 < 2; ++fp8) {
-    LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu);
-    llama_init_random(m, 21, 0.05);
-    LoraConfig lc;
-    lc.r = 4;
-    lc.alpha = 8;
-    const int64_t B = 2, T = 8;
-    EXPECT_EQ(attach_lora(m, lc, B * T, 5), 2 * 7);
-    for (Linear* lin : llama_linears(m))
-      if (lin->adapter) fill_normal(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.0, 0.2);
-    if (fp8) {
-      EXPECT_EQ(fp8_convert_base(llama_linears(m), B * T, "test"), 2 * 7);
-    }
-    LlamaActivations acts = llama_activations(m, B, T, false, true);
-    const LlamaBatch batch = batch_of(B, T, 4);
-    loss[fp8] = llama_forward(m, acts, batch, LayerContext{}, true);
-    llama_backward(m, acts, batch, LayerContext{});
-    for (const ParamRef& p : llama_trainable_params(m)) grads[fp8].push_back(host(*p.grad));
+    LoraStep step = small_lora_step(21, [&](LlamaModel& m) {
+      if (fp8) {
+        EXPECT_EQ(fp8_convert_base(llama_linears(m), kStepRows, "test"), 2 * 7);
+      }
+    });
+    loss[fp8] = step.loss;
+    grads[fp8] = std::move(step.grads);
   }
   std::printf("[fp8 step] loss f32 %.8f fp8 %.8f (relative %.2e)\n", loss[0], loss[1], std::fabs(loss[1] / loss[0] - 1));
   EXPECT_NE(loss[0], loss[1]);
@@ -230,29 +248,19 @@ TEST(Fp8Base, PerStepTransposeEqualsTheStoredOne) {
   std::vector<std::vector<double>> grads[2];
   size_t stored[2] = {0, 0}, dense = 0;
   for (int per_step = 0; per_step < 2; ++per_step) {
-    LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu);
-    llama_init_random(m, 23, 0.05);
-    LoraConfig lc;
-    lc.r = 4;
-    lc.alpha = 8;
-    const int64_t B = 2, T = 8;
-    EXPECT_EQ(attach_lora(m, lc, B * T, 5), 2 * 7);
-    for (Linear* lin : llama_linears(m))
-      if (lin->adapter) {
-        fill_normal(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.0, 0.2);
-        if (per_step == 0) dense += static_cast<size_t>(lin->out * lin->in);
-      }
-    EXPECT_EQ(fp8_convert_base(llama_linears(m), B * T, "test", per_step == 0), 2 * 7);
-    for (Linear* lin : llama_linears(m))
-      if (lin->fp8) {
-        EXPECT_EQ(lin->fp8->wt.codes.defined(), per_step == 0) << lin->name;
-        stored[per_step] += fp8_stored_bytes(*lin);
-      }
-    LlamaActivations acts = llama_activations(m, B, T, false, true);
-    const LlamaBatch batch = batch_of(B, T, 4);
-    loss[per_step] = llama_forward(m, acts, batch, LayerContext{}, true);
-    llama_backward(m, acts, batch, LayerContext{});
-    for (const ParamRef& p : llama_trainable_params(m)) grads[per_step].push_back(host(*p.grad));
+    LoraStep step = small_lora_step(23, [&](LlamaModel& m) {
+      if (per_step == 0)
+        for (Linear* lin : llama_linears(m))
+          if (lin->adapter) dense += static_cast<size_t>(lin->out * lin->in);
+      EXPECT_EQ(fp8_convert_base(llama_linears(m), kStepRows, "test", per_step == 0), 2 * 7);
+      for (Linear* lin : llama_linears(m))
+        if (lin->fp8) {
+          EXPECT_EQ(lin->fp8->wt.codes.defined(), per_step == 0) << lin->name;
+          stored[per_step] += fp8_stored_bytes(*lin);
+        }
+    });
+    loss[per_step] = step.loss;
+    grads[per_step] = std::move(step.grads);
   }
   EXPECT_EQ(loss[0], loss[1]);
   ASSERT_EQ(grads[0].size(), grads[1].size());
