@@ -37,6 +37,9 @@ void merge_all(const std::vector<Linear*>& linears, const char* dequantize) {
   for (Linear* lin : linears) {
     if (!lin->adapter) continue;
     if (lin->quantized()) ST_THROW("merge_adapters: ", lin->name, " is stored in NF4; call ", dequantize, " first");
+    if (lin->fp8_stored())
+      ST_THROW("merge_adapters: ", lin->name, " holds its base in FP8 (base_precision = fp8), which keeps no dense "
+               "weight to merge into; merge the saved adapter into the original model instead");
     lin->adapter->add_delta_to(lin->weight);
     lin->adapter.reset();
   }

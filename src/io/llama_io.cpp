@@ -23,8 +23,8 @@ LlamaModel load_decoder(const std::string& dir, const LlamaConfig& cfg, DType dt
                         const LlamaQuant& quant, const TpGroup& tp) {
   LlamaModel m = llama_build(cfg, dtype, device, quant, tp);
   CheckpointReader ckpt = CheckpointReader::open(dir);
-  // One tensor at a time: NF4 layers are quantized as they arrive, so the dense model never
-  // exists in device memory as a whole.
+  // One tensor at a time: NF4 and FP8 layers are quantized as they arrive, so the dense model
+  // never exists in device memory as a whole.
   for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
     Tensor t = ckpt.read(slot.name, slot.full_shape, dtype, device, MemCategory::workspace);
     llama_set_weight(slot, slot.split == TpMode::none ? t : llama_shard_of(m, slot, t));
@@ -51,7 +51,7 @@ void save_decoder(LlamaModel& m, const std::string& dir, const std::string& toke
     if (lin->adapter) ST_THROW("save_llama: ", lin->name, " still has an adapter; merge adapters first");
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const LlamaWeightSlot& slot : llama_weight_slots(m)) {
-    if (slot.linear) ST_THROW(slot.name, " is stored in NF4: dequantize the model first");
+    if (slot.linear) ST_THROW(slot.not_dense());
     tensors.emplace_back(slot.name, llama_gather_full(m, slot));
   }
   if (m.tp.size > 1 && m.tp.rank != 0) return;
@@ -68,8 +68,7 @@ void save_decoder(LlamaModel& m, const std::string& dir, const std::string& toke
 }
 
 Tensor llama_gather_full(const LlamaModel& m, const LlamaWeightSlot& slot) {
-  if (!slot.tensor || !slot.tensor->defined()) ST_THROW(slot.name, ": no dense tensor to gather");
-  return tp_gather_full(*slot.tensor, slot.split, m.tp, DType::f32);
+  return gather_full(m.tp, slot, DType::f32);
 }
 
 }  // namespace st

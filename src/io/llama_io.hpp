@@ -10,7 +10,7 @@ namespace st {
 // Read config.json of a checkpoint directory and load every weight, validating names, shapes
 // and dtypes (f32/bf16/f16 on disk, converted to the model's dtype). Unexpected tensors in the
 // checkpoint are refused, except the known-harmless rotary inv_freq buffers. Linears named in
-// `quant` are quantized to NF4 as they are read (QLoRA).
+// `quant` are quantized to NF4 (QLoRA) or FP8 (base_precision = fp8) as they are read.
 // With tp.size > 1 every rank reads each full tensor and keeps its shard (see llama_build).
 LlamaModel load_llama(const std::string& dir, DType dtype, Device device, const LlamaQuant& quant = {},
                       const TpGroup& tp = {});

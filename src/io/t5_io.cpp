@@ -14,7 +14,7 @@ namespace st {
 T5Model load_t5(const std::string& dir, DType dtype, Device device, const T5Quant& quant, const TpGroup& tp) {
   T5Model m = t5_build(read_t5_config(dir), dtype, device, quant, tp);
   CheckpointReader ckpt = CheckpointReader::open(dir);
-  // One tensor at a time: NF4 layers are quantized as they arrive.
+  // One tensor at a time: NF4 and FP8 layers are quantized as they arrive.
   for (const T5WeightSlot& slot : t5_weight_slots(m)) {
     Tensor t = ckpt.read(slot.name, slot.full_shape, dtype, device, MemCategory::workspace);
     t5_set_weight(slot, slot.split == TpMode::none ? t : t5_shard_of(m, slot, t));
@@ -65,7 +65,7 @@ void save_t5(T5Model& m, const std::string& dir, uint64_t max_shard_bytes) {
   const bool writer = m.tp.size == 1 || m.tp.rank == 0;
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const T5WeightSlot& slot : t5_weight_slots(m)) {
-    if (slot.linear) ST_THROW(slot.name, " is stored in NF4: dequantize the model first");
+    if (slot.linear) ST_THROW(slot.not_dense());
     tensors.emplace_back(slot.name, t5_gather_full(m, slot, DType::f32));  // collective when split
   }
   if (!writer) return;

@@ -38,18 +38,48 @@ const Fp8Base& base_of(const Linear& l, const char* op) {
   return *l.fp8;
 }
 
+void check_fp8_shape(const Linear& l, const std::string& where) {
+  if (l.in % 16 != 0 || l.out % 16 != 0)
+    ST_THROW_INPUT(where, ": base_precision = fp8: ", l.name, " is [", l.out, ", ", l.in,
+                   "] on this rank; FP8 GEMMs need both dimensions to be multiples of 16");
+}
+
 }  // namespace
+
+std::shared_ptr<Fp8Base> fp8_allocate_base(const Linear& l, DType dtype, Device device, bool keep_transpose,
+                                           const std::string& where) {
+  check_fp8_shape(l, where);
+  auto b = std::make_shared<Fp8Base>();
+  b->dtype = dtype;
+  b->w = fp8_allocate(l.out, l.in, Fp8Scaling::per_tensor, device, MemCategory::weights);
+  if (keep_transpose) b->wt = fp8_allocate(l.in, l.out, Fp8Scaling::per_tensor, device, MemCategory::weights);
+  return b;
+}
+
+void fp8_set_base(Fp8Base& b, const Tensor& w) {
+  if (b.from_nf4) ST_THROW("fp8_set_base: an NF4 base is quantized before each GEMM, not stored");
+  if (w.dtype() != b.dtype) ST_THROW("fp8_set_base: ", w.str(), " is not in the compute dtype ", dtype_name(b.dtype));
+  fp8_quantize(w, b.w);
+  if (b.wt.codes.defined()) fp8_transpose(b.w, b.wt);
+}
 
 int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where,
                          bool keep_transpose) {
   std::vector<Linear*> todo;
   int64_t widest = 0, largest = 0, largest_t = 0;  // largest: NF4 layers (W8 and W8^T); largest_t: per_step too
   for (Linear* l : linears) {
-    if (!l->adapter) continue;
+    const bool held = l->fp8_stored();  // FP8 since the build (materialize_params)
+    if (!l->adapter) {
+      // The build chose the layers the adapters were to attach to: one without is a mismatch
+      // of the two lists (its base would be in FP8 and nothing would use it in a LoRA run).
+      if (held) ST_THROW("fp8_convert_base: ", l->name, " holds an FP8 base but has no adapter");
+      continue;
+    }
     if (l->grad.defined()) ST_THROW_INPUT(where, ": ", l->name, ": an FP8 base cannot train (base_precision = fp8 is for lora and qlora)");
-    if (l->in % 16 != 0 || l->out % 16 != 0)
-      ST_THROW_INPUT(where, ": base_precision = fp8: ", l->name, " is [", l->out, ", ", l->in,
-                     "] on this rank; FP8 GEMMs need both dimensions to be multiples of 16");
+    check_fp8_shape(*l, where);
+    if (held && l->fp8->wt.codes.defined() != keep_transpose)
+      ST_THROW("fp8_convert_base: ", l->name, " was built ", keep_transpose ? "without" : "with",
+               " W8^T, but fp8_transpose is ", keep_transpose ? "stored" : "per_step");
     todo.push_back(l);
     widest = std::max({widest, l->in, l->out});
     if (l->quantized()) largest = std::max(largest, l->in * l->out);
@@ -65,19 +95,21 @@ int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, cons
   if (largest > 0) shared->w_tmp = fp8_allocate(1, largest, Fp8Scaling::per_tensor, d, MemCategory::workspace);
   if (largest_t > 0) shared->wt_tmp = fp8_allocate(1, largest_t, Fp8Scaling::per_tensor, d, MemCategory::workspace);
   for (Linear* l : todo) {
-    auto b = std::make_shared<Fp8Base>();
-    b->shared = shared;
-    b->from_nf4 = l->quantized();
-    b->dtype = l->dtype();
-    if (!b->from_nf4) {
-      b->w = fp8_allocate(l->out, l->in, Fp8Scaling::per_tensor, d, MemCategory::weights);
-      fp8_quantize(l->weight, b->w);
-      if (keep_transpose) {
-        b->wt = fp8_allocate(l->in, l->out, Fp8Scaling::per_tensor, d, MemCategory::weights);
-        fp8_transpose(b->w, b->wt);
-      }
+    if (l->fp8_stored()) {  // W8 (and W8^T) filled as the model was loaded
+      l->fp8->shared = shared;
+      continue;
+    }
+    std::shared_ptr<Fp8Base> b;
+    if (l->quantized()) {
+      b = std::make_shared<Fp8Base>();
+      b->from_nf4 = true;
+      b->dtype = l->dtype();
+    } else {
+      b = fp8_allocate_base(*l, l->dtype(), d, keep_transpose, where);
+      fp8_set_base(*b, l->weight);
       l->weight = Tensor();  // the dense base is gone: W8 (and W8^T) take its 2 bytes per parameter (or 1)
     }
+    b->shared = shared;
     l->fp8 = std::move(b);
   }
   return static_cast<int64_t>(todo.size());

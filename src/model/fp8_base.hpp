@@ -42,6 +42,10 @@ struct Fp8Shared {
   Fp8Tensor wt_tmp;  // QLoRA or fp8_transpose = per_step: the current layer's W8^T (largest layer's size)
 };
 
+// A LoRA base is allocated when the model is built (fp8_allocate_base from materialize_params,
+// filled by set_weight as each tensor is loaded or drawn) or, for a model built dense, by
+// fp8_convert_base from the dense weight; fp8_convert_base gives it `shared` in both cases. A
+// QLoRA base (from_nf4) is made by fp8_convert_base.
 struct Fp8Base {
   Fp8Tensor w, wt;  // W8 [out, in], W8^T [in, out]; undefined when from_nf4 (wt: also per_step)
   bool from_nf4 = false;
@@ -49,12 +53,25 @@ struct Fp8Base {
   std::shared_ptr<Fp8Shared> shared;
 };
 
+// A LoRA base for `l` (this rank's in and out) before its values exist: W8 [out, in] and, when
+// keep_transpose, W8^T [in, out], per-tensor scales, MemCategory::weights; no dense weight.
+// InputError (naming `where`) when in or out is not a multiple of 16.
+std::shared_ptr<Fp8Base> fp8_allocate_base(const Linear& l, DType dtype, Device device, bool keep_transpose,
+                                           const std::string& where);
+// W8 = quantize(w) (w [out, in] in the compute dtype; current scaling per tensor), then W8^T =
+// its transpose where stored.
+void fp8_set_base(Fp8Base& b, const Tensor& w);
+
 // Hold the frozen base of every linear with an adapter among `linears` in FP8, for batches of up
-// to `rows` rows; returns how many. InputError (naming `where`) when a layer's in or out is not a
-// multiple of 16 (cuBLASLt's FP8 GEMM needs 16-byte aligned rows; the CPU refuses the same) or a
-// base weight trains. keep_transpose = false (deck key fp8_transpose = per_step): no stored
-// W8^T; each input-gradient GEMM first transposes W8 into the shared buffer of the largest layer
-// (the same codes and scale, so the same products).
+// to `rows` rows; returns how many. A dense base is quantized (and its dense weight dropped); one
+// that holds its FP8 base since the build keeps it (the same codes: set_weight quantized the
+// same values); an NF4 one is quantized before each GEMM. Every one gets the shared buffers.
+// InputError (naming `where`) when a layer's in or out is not a multiple of 16 (cuBLASLt's FP8
+// GEMM needs 16-byte aligned rows; the CPU refuses the same) or a base weight trains; Error when
+// a linear holds an FP8 base but has no adapter, or was built with (without) W8^T against
+// keep_transpose. keep_transpose = false (deck key fp8_transpose = per_step): no stored W8^T;
+// each input-gradient GEMM first transposes W8 into the shared buffer of the largest layer (the
+// same codes and scale, so the same products).
 int64_t fp8_convert_base(const std::vector<Linear*>& linears, int64_t rows, const std::string& where,
                          bool keep_transpose = true);
 // Bytes a linear's FP8 base holds (W8, and W8^T where stored, with their scales; 0 for an NF4 base).

@@ -11,12 +11,13 @@
 
 namespace st {
 
+bool Linear::fp8_stored() const { return fp8 && !fp8->from_nf4; }
 DType Linear::dtype() const {
-  if (fp8 && !quantized()) return fp8->dtype;
+  if (fp8_stored()) return fp8->dtype;
   return quantized() ? dequant->dtype() : weight.dtype();
 }
 Device Linear::device() const {
-  if (fp8 && !quantized()) return fp8->w.device();
+  if (fp8_stored()) return fp8->w.device();
   return quantized() ? dequant->device() : weight.device();
 }
 

@@ -101,7 +101,7 @@ struct Linear {
   TpGroup tp;
   int64_t full_in() const { return tp_mode == TpMode::row ? in * tp.size : in; }
   int64_t full_out() const { return tp_mode == TpMode::column ? out * tp.size : out; }
-  Tensor weight;     // [out, in]; undefined when the base is stored quantized (nf4)
+  Tensor weight;     // [out, in]; undefined when the base is stored quantized (nf4, or fp8 without nf4)
   Tensor grad;       // [out, in]; defined only when the base weight trains
   Tensor bias;       // [out] (this rank's rows); undefined for a layer without bias
   Tensor bias_grad;  // [out]; defined only when the base trains
@@ -111,10 +111,14 @@ struct Linear {
   std::shared_ptr<Nf4Tensor> nf4;
   std::shared_ptr<Tensor> dequant;
   // base_precision = fp8 (model/fp8_base.hpp): the frozen base's forward and input-gradient GEMMs
-  // in FP8; `weight` is then undefined unless the base is NF4.
+  // in FP8; `weight` is then undefined unless the base is NF4. Under LoRA it holds W8 (and W8^T)
+  // from the build on (materialize_params) or from fp8_convert_base.
   std::shared_ptr<Fp8Base> fp8;
 
   bool quantized() const { return nf4 != nullptr; }
+  // LoRA's FP8 base: W8 (and W8^T) in place of the dense weight (not a QLoRA one, which is NF4 or,
+  // once dequantized, dense again).
+  bool fp8_stored() const;
   DType dtype() const;    // the compute dtype (of weight, or of the dequantized weight)
   Device device() const;
   // The dense [out, in] weight: `weight` itself, or the NF4 base dequantized into the shared

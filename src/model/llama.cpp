@@ -171,11 +171,14 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
   cfg.validate("model config");
   llama_check_tp(cfg, tp.size);
   if (tp.size > 1 && !tp.comm) ST_THROW("llama_build: tp.size ", tp.size, " without a communicator");
-  if (quant.any()) {
+  if (quant.nf4_any()) {
     quant.nf4.validate("qlora");
     for (const std::string& t : quant.modules)
       if (!contains(llama_module_names(), t)) ST_THROW_INPUT("qlora: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
   }
+  for (const std::string& t : quant.fp8_modules)
+    if (!contains(llama_module_names(), t))
+      ST_THROW_INPUT(quant.fp8_where, ": base_precision = fp8: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
   LlamaModel m;
   m.cfg = cfg;
   m.dtype = dtype;
@@ -197,8 +200,7 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
   }
   m.lm_head = declare_linear("lm_head", C, cfg.vocab_size);
   ParamTable t = llama_param_table(m);
-  materialize_params(
-      t, [&](const Linear& l) { return contains(quant.modules, llama_module_short_name(l.name)); }, quant.nf4);
+  materialize_params(t, quant, llama_module_short_name);
   if (cfg.tie_word_embeddings) {  // the head is the embedding's buffer (the same vocabulary rows under TP)
     m.lm_head.out = m.embed.dim(0);
     m.lm_head.in = C;
@@ -206,7 +208,7 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
     m.lm_head.tp_mode = tp_effective(llama_tp_plan().style_of("lm_head"), m.tp);
   }
   m.rope = rope_tables(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, device, cfg.rope_scaling);
-  if (quant.any()) m.dequant = share_dequant_buffer(llama_linears(m), dtype, device);
+  if (quant.nf4_any()) m.dequant = share_dequant_buffer(llama_linears(m), dtype, device);
   return m;
 }
 

@@ -48,13 +48,10 @@ struct LlamaBlock {
 const std::vector<std::string>& llama_module_names();
 std::string llama_module_short_name(const std::string& module);
 
-// Which linear layers keep their frozen base in NF4 (QLoRA): short names (q, k, v, o, gate,
-// up, down; lm_head and the embedding stay in the compute dtype).
-struct LlamaQuant {
-  std::vector<std::string> modules;
-  Nf4Config nf4;
-  bool any() const { return !modules.empty(); }
-};
+// Which linear layers keep their frozen base in NF4 (QLoRA) or FP8 (base_precision = fp8 with
+// LoRA): short names (q, k, v, o, gate, up, down; lm_head and the embedding stay in the compute
+// dtype). BaseQuant in model/param_table.hpp.
+using LlamaQuant = BaseQuant;
 
 // This rank's share of the model's dimensions: under tensor parallelism (tp.size = p) the heads,
 // KV heads, FFN width and vocabulary are split p ways; otherwise the full ones.
@@ -96,8 +93,9 @@ const TpPlan& llama_tp_plan();
 ParamTable llama_param_table(LlamaModel& m);
 
 // Allocates this rank's part of every weight (zero-filled) in `dtype` on `device` as the TP plan
-// splits it over `tp`; linears named in `quant` get NF4 storage instead (filled by
-// llama_init_random, load_llama or set_weight); NF4 layers quantize their shard.
+// splits it over `tp`; linears named in `quant` get NF4 or FP8 storage instead (filled by
+// llama_init_random, load_llama or set_weight); those layers quantize their shard (an FP8 one
+// with its shard's per-tensor scale).
 LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const LlamaQuant& quant = {},
                        const TpGroup& tp = {});
 // Normal(0, std) for embeddings and projections, ones for norms, zeros for biases; each tensor
@@ -110,13 +108,13 @@ void llama_enable_base_training(LlamaModel& m);
 using LlamaWeightSlot = WeightSlot;
 using LlamaWeightBytes = WeightBytes;
 // Every base weight with its Hugging Face name (lm_head omitted when tied); `linear` is set (and
-// `tensor` undefined) for NF4-stored weights.
+// `tensor` undefined) for NF4- or FP8-stored weights.
 std::vector<LlamaWeightSlot> llama_weight_slots(LlamaModel& m);
-// The dense weights as (name, tensor); refused for a model with NF4 layers.
+// The dense weights as (name, tensor); refused for a model with NF4 or FP8 layers.
 std::vector<std::pair<std::string, Tensor*>> llama_named_weights(LlamaModel& m);
 // This rank's part of a full tensor of `slot` (any device; a copy).
 Tensor llama_shard_of(const LlamaModel& m, const LlamaWeightSlot& slot, const Tensor& full);
-// Store `value` (this rank's shape) into the slot: a converted copy, or NF4 quantization.
+// Store `value` (this rank's shape) into the slot: a converted copy, or NF4 or FP8 quantization.
 void llama_set_weight(const LlamaWeightSlot& slot, const Tensor& value);
 LlamaWeightBytes llama_weight_bytes(LlamaModel& m);
 // Replace every NF4 base by its dequantized dense weight (before merging or saving).

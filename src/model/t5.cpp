@@ -230,7 +230,7 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
   cfg.validate("T5 config");
   t5_check_tp(cfg, tp.size);
   if (tp.size > 1 && !tp.comm) ST_THROW("t5_build: tp.size ", tp.size, " without a communicator");
-  if (quant.any()) {
+  if (quant.nf4_any()) {
     quant.nf4.validate("qlora");
     for (const std::string& t : quant.modules) {
       if (!contains(t5_module_names(), t))
@@ -239,6 +239,10 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
       if (!cfg.gated && (t == "wi_0" || t == "wi_1")) ST_THROW_INPUT("qlora: module '", t, "' does not exist in a relu T5 (use wi)");
     }
   }
+  // FP8 modules are the LoRA targets: one this variant lacks is refused by attach_lora, by name.
+  for (const std::string& t : quant.fp8_modules)
+    if (!contains(t5_module_names(), t))
+      ST_THROW_INPUT(quant.fp8_where, ": base_precision = fp8: unknown T5 module '", t, "' (use q, k, v, o, wi_0, wi_1, wi, wo)");
   T5Model m;
   m.cfg = cfg;
   m.dtype = dtype;
@@ -262,15 +266,14 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
   }
   m.lm_head = declare_linear("lm_head", cfg.d_model, cfg.vocab_size);
   ParamTable t = t5_param_table(m);
-  materialize_params(
-      t, [&](const Linear& l) { return contains(quant.modules, t5_module_short_name(l.name)); }, quant.nf4);
+  materialize_params(t, quant, t5_module_short_name);
   if (cfg.tie_word_embeddings) {  // the head is `shared`'s buffer (the same vocabulary rows under TP)
     m.lm_head.out = m.shared.dim(0);
     m.lm_head.in = cfg.d_model;
     m.lm_head.tp = m.tp;
     m.lm_head.tp_mode = tp_effective(t5_tp_plan().style_of("lm_head"), m.tp);
   }
-  if (quant.any()) m.dequant = share_dequant_buffer(t5_linears(m), dtype, device);
+  if (quant.nf4_any()) m.dequant = share_dequant_buffer(t5_linears(m), dtype, device);
   return m;
 }
 

@@ -54,14 +54,11 @@ struct T5DecBlock {
   T5Ffn ffn;
 };
 
-// Which linear layers keep their frozen base in NF4 (QLoRA): short names (t5_module_names: q, k,
-// v, o (self- and cross-attention alike), wi_0, wi_1 (gated FFN), wi (ReLU FFN), wo); `shared`,
-// the relative-bias tables and lm_head stay in the compute dtype.
-struct T5Quant {
-  std::vector<std::string> modules;
-  Nf4Config nf4;
-  bool any() const { return !modules.empty(); }
-};
+// Which linear layers keep their frozen base in NF4 (QLoRA) or FP8 (base_precision = fp8 with
+// LoRA): short names (t5_module_names: q, k, v, o (self- and cross-attention alike), wi_0, wi_1
+// (gated FFN), wi (ReLU FFN), wo); `shared`, the relative-bias tables and lm_head stay in the
+// compute dtype. BaseQuant in model/param_table.hpp.
+using T5Quant = BaseQuant;
 const std::vector<std::string>& t5_module_names();
 // "decoder.block.1.layer.1.EncDecAttention.k" -> "k", "...DenseReluDense.wi" -> "wi"; "" for
 // anything else (lm_head).
@@ -111,31 +108,32 @@ const TpPlan& t5_tp_plan();
 // 0, whichever block stores them).
 ParamTable t5_param_table(T5Model& m);
 
-// Allocates every weight (zero-filled); linears named in `quant` get NF4 storage instead.
+// Allocates every weight (zero-filled); linears named in `quant` get NF4 or FP8 storage instead.
 // With tp.size = p > 1 (Megatron): q, k, v, wi_0, wi_1 (wi) column-parallel and o, wo
 // row-parallel in self-attention, cross-attention and FFN; the relative-bias tables split by
 // heads (columns: rank i holds heads [i H/p, (i+1) H/p)); `shared` vocabulary-parallel (rows);
-// lm_head column-parallel over the vocabulary; norms replicated. NF4 layers quantize their shard.
+// lm_head column-parallel over the vocabulary; norms replicated. NF4 and FP8 layers quantize
+// their shard.
 T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant& quant = {}, const TpGroup& tp = {});
 // Normal(0, std) for matrices and tables, ones for norms, seeded per full tensor name; under TP
-// each rank draws the full tensor and keeps its part (the same model for any p); NF4 layers are
-// drawn densely and quantized.
+// each rank draws the full tensor and keeps its part (the same model for any p); NF4 and FP8
+// layers are drawn densely and quantized.
 void t5_init_random(T5Model& m, uint64_t seed, double std);
-// Allocate gradients for every base parameter (refused with NF4 layers).
+// Allocate gradients for every base parameter (refused with NF4 or FP8 layers).
 void t5_enable_base_training(T5Model& m);
 
 // Every weight with its transformers name, in t5_weight_names' order (lm_head omitted when tied);
-// `linear` is set (and `tensor` undefined) for an NF4-stored linear.
+// `linear` is set (and `tensor` undefined) for an NF4- or FP8-stored linear.
 using T5WeightSlot = WeightSlot;
 std::vector<T5WeightSlot> t5_weight_slots(T5Model& m);
 // This rank's part of a full tensor of `slot` (any device; a copy).
 Tensor t5_shard_of(const T5Model& m, const T5WeightSlot& slot, const Tensor& full);
-// Store `value` (this rank's shape) into the slot: a copy (converted), or NF4 quantization.
+// Store `value` (this rank's shape) into the slot: a copy (converted), or NF4 or FP8 quantization.
 void t5_set_weight(const T5WeightSlot& slot, const Tensor& value);
 // The full tensor of a slot as a CPU tensor of `dtype` (f32 or f64), gathered over the TP group
 // when the slot is split (collective then); every rank gets it. Dense slots only.
 Tensor t5_gather_full(const T5Model& m, const T5WeightSlot& slot, DType dtype = DType::f32);
-// The dense slots as (name, tensor); refused when a layer is stored in NF4.
+// The dense slots as (name, tensor); refused when a layer is stored in NF4 or FP8.
 std::vector<std::pair<std::string, Tensor*>> t5_named_weights(T5Model& m);
 // Bytes of the base weights as stored, and as they would be in the compute dtype (this rank).
 using T5WeightBytes = WeightBytes;

@@ -109,6 +109,8 @@ Zero3::Zero3(const ParamTable& spec, Comm& dp, bool prefetch)
   // A linear's weight, its adapter's parameters after it.
   auto add_linear = [&](Unit& unit, const ParamEntry& e) {
     Linear& lin = *e.linear;
+    if (lin.fp8_stored())  // setup refuses the layout first (train/setup.cpp); this keeps it so
+      ST_THROW("Zero3: ", lin.name, " holds its base in FP8 (base_precision = fp8), which ZeRO-3 does not shard");
     if (lin.quantized()) {
       Nf4Tensor& q = *lin.nf4;
       add_frozen(unit, lin.name + ".nf4.codes", {&q.codes});

@@ -78,7 +78,7 @@ class DecoderRunner final : public ModelRunner {
              m_.cfg.intermediate_size, " FFN columns, vocabulary rows [", d.vocab_offset, ", ", d.vocab_offset + d.vocab,
              ")");
     }
-    if (quant.any()) {
+    if (quant.nf4_any()) {
       const LlamaWeightBytes wb = llama_weight_bytes(m_);
       ST_LOG("qlora: ", wb.quantized_layers, " linear layers in NF4 (block ", quant.nf4.block,
              quant.nf4.double_quant ? ", double quantization" : "", "): base weights ",
@@ -166,14 +166,23 @@ class DecoderRunner final : public ModelRunner {
  private:
   // The NF4 layers of a QLoRA run, or of an evaluation with method = qlora (none for other
   // methods): "adapted" quantizes the modules of the loaded adapter when there is one (deck key
-  // adapter), else lora_targets; "all" every block projection.
+  // adapter), else lora_targets; "all" every block projection. The FP8 layers of a LoRA run with
+  // base_precision = fp8: the adapted modules (the same list, as attach_lora will use it).
   LlamaQuant quant_of(const RunnerSpec& s) const {
     const RunConfig& c = s.c;
     LlamaQuant q;
+    const auto adapted = [&] {
+      return !c.adapter.empty() ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
+                                : lora_targets_for(c, family_);
+    };
+    if (s.fp8_base) {
+      if (s.method != Method::lora) ST_THROW("fp8_base at the build is for method = lora, not ", method_name(s.method));
+      q.fp8_modules = adapted();
+      q.fp8_keep_transpose = c.fp8_transpose == "stored";
+      q.fp8_where = s.fp8_where;
+    }
     if (s.method != Method::qlora) return q;  // eval with method = qlora: the NF4 base too
-    q.modules = c.qlora_quantize == "all" ? llama_module_names()
-                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
-                                          : lora_targets_for(c, family_);
+    q.modules = c.qlora_quantize == "all" ? llama_module_names() : adapted();
     q.nf4.block = c.qlora_block_size;
     q.nf4.double_quant = c.qlora_double_quant;
     return q;

@@ -122,6 +122,12 @@ struct RunnerSpec {
   Method method = Method::full;
   bool training = false;
   const ModelFamily& family;
+  // base_precision = fp8 with method = lora, when the adapters will be attached (set by
+  // build_training_state only): the adapted modules get their FP8 base at the build (W8, and W8^T
+  // with fp8_transpose = stored), so the dense model is never held whole. fp8_where names the
+  // deck key in refusals.
+  bool fp8_base = false;
+  std::string fp8_where = "options";
 };
 
 // The decoder families (Llama, Mistral, Qwen2): one runner over LlamaModel, with the family's

@@ -27,21 +27,30 @@ DType run_dtype(const RunConfig& c, Device d) {
 
 namespace {
 
-// base_precision = fp8: the adapted layers' frozen base in FP8 E4M3 (model/fp8_base.hpp).
+std::string fp8_where(const RunConfig& c) {
+  return c.origin.count("base_precision") ? c.origin.at("base_precision") : std::string("options");
+}
+
+// base_precision = fp8: the adapted layers' frozen base in FP8 E4M3 (model/fp8_base.hpp). Under
+// LoRA the build already holds it (RunnerSpec::fp8_base): this adds the GEMMs' shared buffers.
 void hold_base_in_fp8(const RunConfig& c, TrainingState& s, const DataShape& shape, Device device) {
-  const std::string where = c.origin.count("base_precision") ? c.origin.at("base_precision") : std::string("options");
+  // The probe runs after the load, as it always has (it opens cuBLASLt and its workspace, which
+  // the planner's load phase does not hold).
   if (device == Device::cuda && !dry_run_active()) {  // the planner plans for any GPU; the run checks its own
     const Fp8Support sup = fp8_support(Device::cuda);
     if (!sup.gemm)
-      ST_THROW_INPUT(where, ": base_precision = fp8 needs FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, "
-                     "Blackwell): ", sup.reason, " (use base_precision = bf16)");
+      ST_THROW_INPUT(fp8_where(c), ": base_precision = fp8 needs FP8 tensor cores (compute capability 8.9 or newer: Ada, "
+                     "Hopper, Blackwell): ", sup.reason, " (use base_precision = bf16)");
   }
   const int64_t rows = c.micro_batch_size * std::max(shape.row_len(), shape.target_len);
   const bool keep_transpose = c.fp8_transpose == "stored";
-  const int64_t n = fp8_convert_base(s.model->linears(), rows, where, keep_transpose);
+  int64_t at_load = 0;
+  for (const Linear* l : s.model->linears()) at_load += l->fp8_stored() ? 1 : 0;
+  const int64_t n = fp8_convert_base(s.model->linears(), rows, fp8_where(c), keep_transpose);
   if (!dry_run_active())
-    ST_LOG("fp8: the frozen base of ", n, " adapted linear layers in FP8 E4M3 (per-tensor scales; activations quantized "
-         "with current scaling; W8^T ", keep_transpose ? "stored" : "transposed before each input-gradient GEMM", ")");
+    ST_LOG("fp8: the frozen base of ", n, " adapted linear layers in FP8 E4M3 (", at_load == n ? "quantized as loaded; " : "",
+           "per-tensor scales; activations quantized with current scaling; W8^T ",
+           keep_transpose ? "stored" : "transposed before each input-gradient GEMM", ")");
 }
 
 }  // namespace
@@ -58,13 +67,26 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
                    " row is an encoder input and a decoder target, whose packing would need matching document "
                    "boundaries on both sides and in the cross-attention (use group_by_length = true to cut padding "
                    "instead)");
-  // 1. The model, as this rank's shard of the family's TP plan.
-  s.model = fam.make_runner(RunnerSpec{c, info, shape, dtype, device, comms.tp, method, training, fam});
-  MemoryPhase phase("setup");
-  // 2. The method.
   const bool adapter_in = !c.adapter.empty();
   if (training && adapter_in && method == Method::full)
     ST_THROW_INPUT(c.origin.at("adapter"), ": adapter = ", c.adapter, " needs method = lora or qlora (method is full)");
+  // base_precision = fp8 applies where adapters are attached (below); ZeRO-3 is refused before
+  // anything is loaded.
+  const bool fp8 = c.base_precision == "fp8" && (training ? method != Method::full : adapter_in);
+  if (fp8) {
+    if (layout.zero3())  // parallel = auto may have chosen it
+      ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
+                     "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
+  }
+  // 1. The model, as this rank's shard of the family's TP plan. Under LoRA with base_precision =
+  // fp8 the adapted layers are quantized to FP8 as they are loaded (or drawn), as QLoRA's NF4
+  // layers are: the load peak is the FP8 model and one dense tensor, not the dense model.
+  RunnerSpec spec{c, info, shape, dtype, device, comms.tp, method, training, fam};
+  spec.fp8_base = fp8 && method == Method::lora;
+  spec.fp8_where = fp8_where(c);
+  s.model = fam.make_runner(spec);
+  MemoryPhase phase("setup");
+  // 2. The method.
   if (training && method == Method::full) {
     s.model->enable_base_training();
   } else if (training || adapter_in) {
@@ -87,10 +109,8 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
              " modules)");
     }
   }
-  if (c.base_precision == "fp8" && s.lora_adapters > 0) {
-    if (layout.zero3())  // parallel = auto may have chosen it
-      ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
-                     "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
+  if (fp8) {
+    if (s.lora_adapters == 0) ST_THROW("base_precision = fp8: no adapters were attached");
     hold_base_in_fp8(c, s, shape, device);
   }
   s.num_parameters = s.model->num_parameters();

@@ -57,7 +57,7 @@ class T5Runner final : public ModelRunner {
     const auto origin = c.origin.find("lora_targets");
     default_targets_ = origin == c.origin.end() || origin->second == "default";
     gated_ = c.model.empty() ? c.feed_forward_proj != "relu" : read_t5_config(c.model).gated;
-    const T5Quant quant = quant_from_options(c, s.method);
+    const T5Quant quant = quant_from_options(s);
     if (!c.model.empty()) {
       m_ = load_t5(c.model, dtype, device, quant, tp);
       ST_LOG("model: loaded ", c.model, " (t5 ", m_.cfg.summary(), ")");
@@ -72,7 +72,7 @@ class T5Runner final : public ModelRunner {
              " heads, ", d.d_ff, " of ", m_.cfg.d_ff, " FFN columns, vocabulary rows [", d.vocab_offset, ", ",
              d.vocab_offset + d.vocab, ")");
     }
-    if (quant.any()) {
+    if (quant.nf4_any()) {
       const T5WeightBytes wb = t5_weight_bytes(m_);
       ST_LOG("qlora: ", wb.quantized_layers, " linear layers in NF4 (block ", quant.nf4.block,
              quant.nf4.double_quant ? ", double quantization" : "", "): base weights ",
@@ -189,14 +189,24 @@ class T5Runner final : public ModelRunner {
   }
 
   // The NF4 layers: every projection of this variant (all), or the LoRA targets (the default
-  // targets filtered to the variant; names given in the deck are taken as they are).
-  T5Quant quant_from_options(const RunConfig& c, Method method) const {
+  // targets filtered to the variant; names given in the deck are taken as they are). The FP8
+  // layers of a LoRA run with base_precision = fp8: the LoRA targets, as attach_lora takes them.
+  T5Quant quant_from_options(const RunnerSpec& s) const {
+    const RunConfig& c = s.c;
     T5Quant q;
-    if (method != Method::qlora) return q;  // eval with method = qlora: the NF4 base too
-    q.modules = c.qlora_quantize == "all" ? present(t5_module_names())
-                : !c.adapter.empty()      ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
-                : default_targets_        ? present(lora_targets_for(c, family_))
-                                          : lora_targets_for(c, family_);
+    const auto adapted = [&] {
+      return !c.adapter.empty() ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
+             : default_targets_ ? present(lora_targets_for(c, family_))
+                                : lora_targets_for(c, family_);
+    };
+    if (s.fp8_base) {
+      if (s.method != Method::lora) ST_THROW("fp8_base at the build is for method = lora, not ", method_name(s.method));
+      q.fp8_modules = adapted();
+      q.fp8_keep_transpose = c.fp8_transpose == "stored";
+      q.fp8_where = s.fp8_where;
+    }
+    if (s.method != Method::qlora) return q;  // eval with method = qlora: the NF4 base too
+    q.modules = c.qlora_quantize == "all" ? present(t5_module_names()) : adapted();
     q.nf4.block = c.qlora_block_size;
     q.nf4.double_quant = c.qlora_double_quant;
     return q;
