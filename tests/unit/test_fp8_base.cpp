@@ -2,22 +2,29 @@
 // held in FP8 E4M3 (LoRA: W8 and W8^T; QLoRA: NF4 -> FP8 before each GEMM), activations quantized
 // with current scaling. The forward and input-gradient GEMMs are checked against f64 on the
 // exact inputs within the bound E4M3's rounding gives; a LoRA step of a small Llama with an FP8
-// base against the same step with the f32 base; and the refusals.
+// base against the same step with the f32 base; the FP8 base held from the build (quantized as
+// each tensor is loaded or drawn) against the conversion of the dense model: the same codes,
+// the same step, and a load peak of the FP8 model plus one dense layer; and the refusals.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "adapters/apply.hpp"
 #include "adapters/lora.hpp"
 #include "config/run_config.hpp"
+#include "core/allocator.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "model/fp8_base.hpp"
 #include "model/linear.hpp"
 #include "model/llama.hpp"
+#include "model/t5.hpp"
 #include "ops/init.hpp"
 #include "quant/nf4.hpp"
 #include "tests/common/llama_batch.hpp"
@@ -180,14 +187,15 @@ LlamaBatch batch_of(int64_t B, int64_t T, uint64_t seed) {
 
 // One LoRA forward + backward of the small Llama (init seed `seed`, std 0.05; every block
 // projection adapted with r 4, B drawn non-zero), batch 2 x 8; `prepare` runs on the model after
-// the adapters are attached (e.g. to hold the base in FP8). The loss and every trainable gradient.
+// the adapters are attached (e.g. to hold the base in FP8); `quant`: the model's build (e.g. the
+// FP8 base from the build on). The loss and every trainable gradient.
 struct LoraStep {
   double loss = 0;
   std::vector<std::vector<double>> grads;
 };
 constexpr int64_t kStepRows = 2 * 8;
-LoraStep small_lora_step(uint64_t seed, const std::function<void(LlamaModel&)>& prepare) {
-  LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu);
+LoraStep small_lora_step(uint64_t seed, const std::function<void(LlamaModel&)>& prepare, const LlamaQuant& quant = {}) {
+  LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu, quant);
   llama_init_random(m, seed, 0.05);
   LoraConfig lc;
   lc.r = 4;
@@ -268,6 +276,277 @@ TEST(Fp8Base, PerStepTransposeEqualsTheStoredOne) {
   // W8 and W8^T: 2 bytes a parameter plus 8 bytes of scales each; W8 alone: 1 byte a parameter.
   EXPECT_EQ(stored[0], 2 * dense + 14 * 16);
   EXPECT_EQ(stored[1], dense + 14 * 8);
+}
+
+// ---------------------------------------------------------------- the FP8 base from the build on
+// base_precision = fp8 with method = lora: materialize_params gives the adapted layers W8 (and
+// W8^T) instead of a dense weight, and set_weight (a load, or init's dense draw) quantizes each
+// value as it arrives. The codes must be those fp8_convert_base makes of the dense model.
+
+LlamaQuant fp8_at_build(std::vector<std::string> modules, bool keep_transpose) {
+  LlamaQuant q;
+  q.fp8_modules = std::move(modules);
+  q.fp8_keep_transpose = keep_transpose;
+  q.fp8_where = "deck.cfg:7";
+  return q;
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.defined() && b.defined() && a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// Codes, scale and amax bit for bit.
+void expect_same_fp8(const Fp8Tensor& got, const Fp8Tensor& want, const std::string& what) {
+  EXPECT_EQ(got.rows, want.rows) << what;
+  EXPECT_EQ(got.cols, want.cols) << what;
+  EXPECT_TRUE(same_bytes(got.codes, want.codes)) << what << ": codes";
+  EXPECT_TRUE(same_bytes(got.scale_inv, want.scale_inv)) << what << ": scale_inv";
+  EXPECT_TRUE(same_bytes(got.amax, want.amax)) << what << ": amax";
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+
+// Some projections adapted (q, v, gate, down), the others (k, o, up) and lm_head dense: the held
+// model's adapted layers have no dense weight, the others theirs; after the adapters and
+// fp8_convert_base both models hold the same W8 (and W8^T) to the bit and the same dense tensors.
+TEST(Fp8Base, HeldFromTheBuildEqualsTheConvertedDenseModel) {
+  const std::vector<std::string> targets = {"q", "v", "gate", "down"};
+  for (bool keep : {true, false}) {
+    SCOPED_TRACE(keep ? "fp8_transpose = stored" : "fp8_transpose = per_step");
+    LlamaModel dense = llama_build(small_config(), DType::f32, Device::cpu);
+    llama_init_random(dense, 31, 0.05);
+    LlamaModel held = llama_build(small_config(), DType::f32, Device::cpu, fp8_at_build(targets, keep));
+    llama_init_random(held, 31, 0.05);
+    const std::vector<Linear*> dl = llama_linears(dense), hl = llama_linears(held);
+    ASSERT_EQ(dl.size(), hl.size());
+    int64_t adapted = 0;
+    for (const Linear* l : hl) {
+      const bool target = contains(targets, llama_module_short_name(l->name));
+      EXPECT_EQ(l->weight.defined(), !target) << l->name;
+      EXPECT_EQ(l->fp8_stored(), target) << l->name;
+      if (target) {
+        EXPECT_EQ(l->fp8->wt.codes.defined(), keep) << l->name;
+      }
+      adapted += target;
+    }
+    EXPECT_EQ(adapted, 2 * 4);
+    EXPECT_TRUE(held.lm_head.weight.defined());
+    EXPECT_FALSE(held.lm_head.fp8);
+    // Until fp8_convert_base the held layers have their codes but no shared buffers.
+    EXPECT_FALSE(held.blocks[0].q.fp8->shared);
+    LoraConfig lc;
+    lc.r = 4;
+    lc.targets = targets;
+    EXPECT_EQ(attach_lora(dense, lc, kStepRows, 5), adapted);
+    EXPECT_EQ(attach_lora(held, lc, kStepRows, 5), adapted);
+    EXPECT_EQ(fp8_convert_base(dl, kStepRows, "test", keep), adapted);
+    EXPECT_EQ(fp8_convert_base(hl, kStepRows, "test", keep), adapted);
+    for (size_t i = 0; i < dl.size(); ++i) {
+      ASSERT_EQ(dl[i]->fp8_stored(), hl[i]->fp8_stored()) << hl[i]->name;
+      if (!hl[i]->fp8_stored()) {
+        EXPECT_TRUE(same_bytes(hl[i]->weight, dl[i]->weight)) << hl[i]->name;
+        continue;
+      }
+      ASSERT_TRUE(hl[i]->fp8->shared);
+      EXPECT_EQ(hl[i]->fp8->shared, hl[0]->fp8->shared);  // one set of buffers for the model
+      EXPECT_EQ(hl[i]->fp8->dtype, DType::f32);
+      expect_same_fp8(hl[i]->fp8->w, dl[i]->fp8->w, hl[i]->name + " W8");
+      if (keep) expect_same_fp8(hl[i]->fp8->wt, dl[i]->fp8->wt, hl[i]->name + " W8^T");
+    }
+    for (const auto& [name, t] : std::vector<std::pair<std::string, const Tensor*>>{
+             {"embed", &held.embed}, {"final_norm", &held.final_norm}}) {
+      const Tensor& d = name == "embed" ? dense.embed : dense.final_norm;
+      EXPECT_TRUE(same_bytes(*t, d)) << name;
+    }
+    // Stored bytes: W8 (+ W8^T) with 8 bytes of scale and amax each, the rest dense; the same
+    // figures as the converted model's. Not NF4 layers.
+    const LlamaWeightBytes hb = llama_weight_bytes(held), db = llama_weight_bytes(dense);
+    EXPECT_EQ(hb.stored, db.stored);
+    EXPECT_EQ(hb.dense, db.dense);
+    EXPECT_EQ(hb.quantized_layers, 0u);
+    const LlamaConfig c = small_config();
+    const size_t C = 32, I = 64, q = 2 * 16, kv = 16, per_block_fp8 = q * C + kv * C + I * C + C * I;
+    const size_t dense_rest = 4 * (2 * 40 * C + (2 * 2 + 1) * C + 2 * (kv * C + C * q + I * C));
+    ASSERT_EQ(c.hidden_size, 32);
+    EXPECT_EQ(hb.stored, dense_rest + 2 * ((keep ? 2 : 1) * per_block_fp8 + (keep ? 16 : 8) * 4));
+    // Savers see the FP8 slots as what they are.
+    try {
+      llama_named_weights(held);
+      ADD_FAILURE() << "no refusal";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.q_proj.weight is stored in FP8 (base_precision = fp8)"),
+                std::string::npos) << e.what();
+    }
+    int fp8_slots = 0;
+    for (const LlamaWeightSlot& s : llama_weight_slots(held)) {
+      EXPECT_FALSE(s.nf4()) << s.name;
+      fp8_slots += s.fp8();
+    }
+    EXPECT_EQ(fp8_slots, adapted);
+  }
+}
+
+// A LoRA step on the held model is the step on the converted one, to the bit (the same codes, the
+// same kernels), with W8^T stored or transposed per step.
+TEST(Fp8Base, LoraStepWithTheBaseHeldFromTheBuildEqualsTheConvertedOne) {
+  for (bool keep : {true, false}) {
+    SCOPED_TRACE(keep ? "fp8_transpose = stored" : "fp8_transpose = per_step");
+    const auto convert = [&](LlamaModel& m) { EXPECT_EQ(fp8_convert_base(llama_linears(m), kStepRows, "test", keep), 2 * 7); };
+    const LoraStep converted = small_lora_step(29, convert);
+    const LoraStep held = small_lora_step(29, convert, fp8_at_build(llama_module_names(), keep));
+    EXPECT_EQ(held.loss, converted.loss);
+    ASSERT_EQ(held.grads.size(), converted.grads.size());
+    ASSERT_EQ(held.grads.size(), 2u * 7 * 2);  // A and B of 14 adapters
+    for (size_t i = 0; i < held.grads.size(); ++i) EXPECT_EQ(held.grads[i], converted.grads[i]) << "parameter " << i;
+  }
+}
+
+// set_weight rounds a value to the compute dtype before quantizing it, as storing it in the
+// dense model did: f32 values loaded into a bf16 model give the codes of the bf16 weight, not
+// those of the f32 values (which differ here: the scale comes from a rounded amax).
+TEST(Fp8Base, SetWeightQuantizesTheValueRoundedToTheComputeDtype) {
+  LlamaModel dense = llama_build(small_config(), DType::bf16, Device::cpu);
+  LlamaModel held = llama_build(small_config(), DType::bf16, Device::cpu, fp8_at_build({"up"}, true));
+  const std::vector<LlamaWeightSlot> ds = llama_weight_slots(dense), hs = llama_weight_slots(held);
+  ASSERT_EQ(ds.size(), hs.size());
+  int checked = 0, differs = 0;
+  for (size_t i = 0; i < hs.size(); ++i) {
+    Tensor v = Tensor::empty(hs[i].shape, DType::f32);
+    fill_normal(v, counter_key(17, name_hash(hs[i].name)), 0.0, 0.05);
+    llama_set_weight(ds[i], v);
+    llama_set_weight(hs[i], v);
+    if (!hs[i].fp8()) continue;
+    ASSERT_FALSE(ds[i].linear);
+    const Linear& l = *hs[i].linear;
+    std::shared_ptr<Fp8Base> want = fp8_allocate_base(l, DType::bf16, Device::cpu, true, "test");
+    fp8_set_base(*want, *ds[i].tensor);  // what fp8_convert_base does with the dense bf16 weight
+    expect_same_fp8(l.fp8->w, want->w, hs[i].name + " W8");
+    expect_same_fp8(l.fp8->wt, want->wt, hs[i].name + " W8^T");
+    Fp8Tensor direct = fp8_allocate(l.out, l.in, Fp8Scaling::per_tensor, Device::cpu);
+    fp8_quantize(v, direct);
+    differs += !same_bytes(direct.codes, want->w.codes) || !same_bytes(direct.scale_inv, want->w.scale_inv);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+  EXPECT_EQ(differs, checked) << "quantizing the f32 values directly gives the same codes: the test cannot tell";
+}
+
+// The load with the FP8 base held from the build, on the CPU allocator by bytes. llama_build
+// allocates every tensor (the adapted layers' W8 and W8^T, everything else dense), then
+// llama_init_random draws each adapted layer densely into a temporary of its shape and quantizes
+// it, one at a time: the peak is the held model plus the largest adapted layer in f32, and the
+// dense base never exists. The dense build's peak is the dense model.
+TEST(Fp8Base, LoadPeakIsTheFp8ModelPlusOneDenseLayer) {
+  Allocator& a = allocator_for(Device::cpu);
+  const LlamaConfig c = small_config();
+  const size_t V = 40, C = 32, I = 64, L = 2, q = 2 * 16, kv = 16;
+  ASSERT_EQ(static_cast<size_t>(c.vocab_size * c.hidden_size * c.intermediate_size * c.num_layers * c.q_dim() * c.kv_dim()),
+            V * C * I * L * q * kv);
+  const size_t adapted = L * (q * C + 2 * kv * C + C * q + 3 * I * C);  // every block projection
+  const size_t rest = 4 * (2 * V * C + (2 * L + 1) * C);                 // embedding, lm_head, norms (f32)
+  const size_t largest = 4 * I * C;                                      // gate, up, down in f32
+  auto load = [&](const LlamaQuant& quant, size_t* held, size_t* peak, size_t* rope) {
+    const size_t base = a.stats().total_current;
+    a.reset_peak();
+    LlamaModel m = llama_build(c, DType::f32, Device::cpu, quant);
+    llama_init_random(m, 3, 0.05);
+    *held = a.stats().total_current - base;
+    *peak = a.stats().total_peak - base;
+    *rope = m.rope.cos.nbytes() + m.rope.sin.nbytes();
+  };
+  size_t held = 0, peak = 0, rope = 0;
+  load(LlamaQuant{}, &held, &peak, &rope);
+  EXPECT_EQ(held, rest + 4 * adapted + rope);
+  EXPECT_EQ(peak, held);
+  const size_t dense_peak = peak;
+  for (bool keep : {true, false}) {
+    SCOPED_TRACE(keep ? "fp8_transpose = stored" : "fp8_transpose = per_step");
+    load(fp8_at_build(llama_module_names(), keep), &held, &peak, &rope);
+    const size_t fp8 = (keep ? 2 : 1) * (adapted + 8 * 7 * L);  // codes + 4-byte scale_inv and amax per tensor
+    EXPECT_EQ(held, rest + fp8 + rope);
+    EXPECT_EQ(peak, held + largest);
+    EXPECT_LT(peak, dense_peak);
+  }
+}
+
+// T5 takes the same path (materialize_params, set_weight): the held encoder-decoder's codes are
+// those of its converted dense twin.
+TEST(Fp8Base, T5HeldFromTheBuildEqualsTheConvertedDenseModel) {
+  T5Config c;
+  c.vocab_size = 40;
+  c.d_model = 32;
+  c.d_kv = 16;
+  c.num_heads = 2;
+  c.d_ff = 64;
+  c.num_layers = 1;
+  c.num_decoder_layers = 1;
+  c.relative_attention_num_buckets = 8;
+  c.relative_attention_max_distance = 10;
+  c.gated = true;
+  const std::vector<std::string> targets = {"q", "k", "v", "o", "wi_0", "wi_1", "wo"};
+  T5Quant quant;
+  quant.fp8_modules = targets;
+  T5Model dense = t5_build(c, DType::f32, Device::cpu), held = t5_build(c, DType::f32, Device::cpu, quant);
+  t5_init_random(dense, 41, 0.05);
+  t5_init_random(held, 41, 0.05);
+  LoraConfig lc;
+  lc.r = 4;
+  lc.targets = targets;
+  const int64_t n = 7 + 4 + 4 + 3;  // encoder q k v o wi_0 wi_1 wo; decoder self- and cross-attention q k v o, FFN
+  EXPECT_EQ(attach_lora(dense, lc, 16, 5), n);
+  EXPECT_EQ(attach_lora(held, lc, 16, 5), n);
+  const std::vector<Linear*> dl = t5_linears(dense), hl = t5_linears(held);
+  for (const Linear* l : hl) EXPECT_EQ(l->weight.defined(), !l->fp8_stored()) << l->name;
+  EXPECT_EQ(fp8_convert_base(dl, 16, "test"), n);
+  EXPECT_EQ(fp8_convert_base(hl, 16, "test"), n);
+  int compared = 0;
+  for (size_t i = 0; i < dl.size(); ++i) {
+    if (!hl[i]->fp8_stored()) continue;
+    expect_same_fp8(hl[i]->fp8->w, dl[i]->fp8->w, hl[i]->name + " W8");
+    expect_same_fp8(hl[i]->fp8->wt, dl[i]->fp8->wt, hl[i]->name + " W8^T");
+    ++compared;
+  }
+  EXPECT_EQ(compared, n);
+  EXPECT_EQ(t5_weight_bytes(held).stored, t5_weight_bytes(dense).stored);
+}
+
+// What the build and the conversion refuse: a layer that is not a multiple of 16 before anything
+// is loaded (naming the deck key), a held base without an adapter, and a held base whose W8^T
+// disagrees with fp8_transpose.
+TEST(Fp8Base, HeldBaseRefusals) {
+  LlamaConfig odd = small_config();
+  odd.intermediate_size = 40;
+  try {
+    llama_build(odd, DType::f32, Device::cpu, fp8_at_build({"up"}, true));
+    ADD_FAILURE() << "no refusal";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("deck.cfg:7: base_precision = fp8: model.layers.0.mlp.up_proj is [40, 32] on this "
+                                         "rank; FP8 GEMMs need both dimensions to be multiples of 16"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_THROW(llama_build(small_config(), DType::f32, Device::cpu, fp8_at_build({"lm_head"}, true)), InputError);
+  {
+    LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu, fp8_at_build({"q", "k"}, true));
+    LoraConfig lc;
+    lc.targets = {"q"};  // k holds an FP8 base nothing adapts
+    attach_lora(m, lc, 4, 1);
+    try {
+      fp8_convert_base(llama_linears(m), 4, "test");
+      ADD_FAILURE() << "no refusal";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.k_proj holds an FP8 base but has no adapter"),
+                std::string::npos) << e.what();
+    }
+  }
+  {
+    LlamaModel m = llama_build(small_config(), DType::f32, Device::cpu, fp8_at_build({"q"}, true));
+    LoraConfig lc;
+    lc.targets = {"q"};
+    attach_lora(m, lc, 4, 1);
+    EXPECT_THROW(fp8_convert_base(llama_linears(m), 4, "test", /*keep_transpose=*/false), Error);
+    EXPECT_FALSE(m.blocks[0].q.fp8->shared);
+    EXPECT_THROW(llama_enable_base_training(m), InputError);
+  }
 }
 
 RunConfig parse(std::vector<std::string> args) {

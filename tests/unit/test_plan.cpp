@@ -171,6 +171,49 @@ TEST(Planner, LoraAndQloraByHand) {
   EXPECT_EQ(at(qlora, MemCategory::gradients), 4 * T);
 }
 
+// base_precision = fp8 with LoRA: the adapted bases as W8 (and W8^T with fp8_transpose = stored)
+// with 8 bytes of scale and amax each, instead of f32; and held so from the load (each layer
+// quantized as it is drawn): the set-up's peak is what the run keeps after it, where converting
+// a dense model would have held the f32 base beside the codes. The same for a T5 (its runner
+// chooses the FP8 layers too).
+TEST(Planner, Fp8LoraHoldsTheBaseInFp8FromTheLoad) {
+  // A wide FFN, one row per micro-batch and checkpointed blocks: the dense base outweighs what
+  // the set-up adds after the load (adapters, optimizer state, activations), so a dense load
+  // would show as a set-up peak above what is kept.
+  Tiny m;
+  m.I = 512;
+  const auto config = [&] {
+    RunConfig c = m.config();
+    c.micro_batch_size = 1;
+    c.activation_checkpointing = "true";
+    return c;
+  };
+  PlanLayout l;
+  l.parallel = ParallelLayout::make(Strategy::none, 1, 1);
+  l.method = Method::lora;
+  l.checkpointing = Checkpointed::all();
+  const RankPlan bf16 = predict_memory(config(), plan_data_synthetic(config(), 16, 0), l);
+  const size_t A = static_cast<size_t>(m.adapted_dense()), layers = static_cast<size_t>(7 * m.L);
+  for (const char* transpose : {"stored", "per_step"}) {
+    SCOPED_TRACE(transpose);
+    RunConfig c = config();
+    c.base_precision = "fp8";
+    c.fp8_transpose = transpose;
+    const size_t k = std::string(transpose) == "stored" ? 2 : 1;  // W8^T beside W8, or W8 alone
+    const RankPlan p = predict_memory(c, plan_data_synthetic(c, 16, 0), l);
+    EXPECT_EQ(at(bf16, MemCategory::weights) - at(p, MemCategory::weights), 4 * A - k * (A + 8 * layers));
+    EXPECT_EQ(p.setup_peak, p.persistent);
+    EXPECT_LT(p.setup_peak, p.peak);
+  }
+  RunConfig t5 = config();
+  t5.arch = "t5";
+  t5.head_dim = 16;
+  t5.base_precision = "fp8";
+  t5.fp8_transpose = "per_step";
+  const RankPlan p = predict_memory(t5, plan_data_synthetic(t5, 16, 8), l);
+  EXPECT_EQ(p.setup_peak, p.persistent);
+}
+
 // The planner's step (what the step-time model replays and `calibrate --deck` times) runs the
 // LoRA adapters of q, k, v and of gate, up as groups: one x A^T GEMM per group, [R, M] = A_cat
 // x^T with R the group's summed rank, one dx and one dA GEMM; o and down keep their own.
