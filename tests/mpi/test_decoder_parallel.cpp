@@ -3,7 +3,8 @@
 // with their output rows under TP, trained in full fine-tuning, frozen in ZeRO-3's frozen buffers
 // under LoRA), a tied head (vocabulary-parallel with the embedding), and Llama 3's rotary
 // scaling. Layouts change only the order of floating-point sums: 1e-10 relative, as in
-// test_t5_parallel.cpp.
+// test_t5_parallel.cpp. And the FP8 base (base_precision = fp8) of a TP rank, held from the
+// build, against its converted dense shard: bit for bit.
 //
 // Checks are non-fatal (EXPECT_*) so that every rank makes the same collective calls whatever
 // fails; mpi_main.cpp fails the job when any rank had a failure.
@@ -11,10 +12,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
+#include "adapters/apply.hpp"
 #include "adapters/lora.hpp"
 #include "core/rng.hpp"
+#include "model/fp8_base.hpp"
 #include "model/llama.hpp"
 #include "ops/init.hpp"
 #include "parallel/tp_ops.hpp"
@@ -224,6 +228,53 @@ TEST(DecoderParallel, TensorParallelTimesZero3WithBiasesEqualsOneRank) {
   const TpGroup tp = test::grid_tp(grid);
   check_zero3_steps(kQwen2, tp, *grid.dp_comm, false);
   check_zero3_steps(kBoth, tp, *grid.dp_comm, true);
+}
+
+// base_precision = fp8 under TP: each rank quantizes its own shard of an adapted layer with the
+// shard's per-tensor scale. Held from the build, init draws the full tensor, cuts this rank's
+// shard and quantizes it (set_weight); converted, the dense shard is quantized after the
+// adapters are attached: the same W8 and W8^T, codes, scale and amax, on every rank.
+TEST(DecoderParallel, TensorParallelFp8BaseHeldFromTheBuildEqualsTheConvertedShard) {
+  const TpGroup tp = test::world_tp();
+  LlamaConfig c;  // every projection's shard a multiple of 16 for up to 4 ranks
+  c.vocab_size = 32;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 4;
+  c.head_dim = 16;
+  c.max_position_embeddings = 16;
+  if (64 % (16 * tp.size) != 0) GTEST_SKIP() << "needs shards of a multiple of 16 rows and columns (1, 2 or 4 ranks)";
+  LlamaQuant q;
+  q.fp8_modules = llama_module_names();
+  LlamaModel dense = llama_build(c, DType::f32, Device::cpu, {}, tp), held = llama_build(c, DType::f32, Device::cpu, q, tp);
+  llama_init_random(dense, 7, 0.05);
+  llama_init_random(held, 7, 0.05);
+  LoraConfig lc;
+  lc.r = 4;
+  EXPECT_EQ(attach_lora(dense, lc, 8, 3), 2 * 7);
+  EXPECT_EQ(attach_lora(held, lc, 8, 3), 2 * 7);
+  const std::vector<Linear*> dl = llama_linears(dense), hl = llama_linears(held);
+  EXPECT_EQ(fp8_convert_base(dl, 8, "test"), 2 * 7);
+  EXPECT_EQ(fp8_convert_base(hl, 8, "test"), 2 * 7);
+  const auto same = [](const Tensor& a, const Tensor& b) {
+    return a.defined() && b.defined() && a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+  };
+  int compared = 0;
+  for (size_t i = 0; i < hl.size(); ++i) {
+    if (!hl[i]->fp8_stored()) continue;
+    const Fp8Base &h = *hl[i]->fp8, &d = *dl[i]->fp8;
+    EXPECT_EQ(h.w.rows * h.w.cols * tp.size, hl[i]->full_out() * hl[i]->full_in()) << hl[i]->name;  // this rank's shard
+    for (const auto& [got, want] : {std::pair{&h.w, &d.w}, std::pair{&h.wt, &d.wt}}) {
+      EXPECT_TRUE(same(got->codes, want->codes)) << hl[i]->name;
+      EXPECT_TRUE(same(got->scale_inv, want->scale_inv)) << hl[i]->name;
+      EXPECT_TRUE(same(got->amax, want->amax)) << hl[i]->name;
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 2 * 7);
+  EXPECT_TRUE(held.lm_head.weight.defined());
 }
 
 }  // namespace
