@@ -6,9 +6,12 @@
 // same quantize / dequantize arithmetic in f32):
 //   * weights: per-tensor scale (current scaling of W: 448 / amax). LoRA keeps W8 [out, in] and
 //     its transpose W8^T [in, out] (fp8_transpose moves the codes, so the backward multiplies by
-//     exactly the forward's weight values) and drops the dense weight: 2 bytes per parameter,
-//     as bf16. QLoRA keeps NF4 and, before each GEMM, dequantizes into the shared dense buffer and
-//     quantizes that into shared W8 (and W8^T) buffers of the largest layer.
+//     exactly the forward's weight values) and no dense weight: 2 bytes per parameter, as bf16
+//     (fp8_transpose = per_step: W8 only, 1 byte). A run quantizes each layer as it is loaded or
+//     drawn (materialize_params, set_weight), so the dense model is never held whole; a model
+//     built dense is converted by fp8_convert_base. QLoRA keeps NF4 and, before each GEMM,
+//     dequantizes into the shared dense buffer and quantizes that into shared W8 (and W8^T)
+//     buffers of the largest layer.
 //   * activations: current scaling per tensor (x before the forward GEMM, dy before the
 //     input-gradient GEMM), into one shared code buffer of rows x the widest input or output.
 //     Current scaling rather than delayed (amax history): exact for each tensor, no state to

@@ -122,8 +122,11 @@ void set_weight(const WeightSlot& slot, const Tensor& value) {
       convert_copy(w, value);
       fp8_set_base(b, w);
     }
-  } else if (value.dtype() == slot.tensor->dtype()) slot.tensor->copy_from(value);
-  else convert_copy(*slot.tensor, value);
+  } else if (value.dtype() == slot.tensor->dtype()) {
+    slot.tensor->copy_from(value);
+  } else {
+    convert_copy(*slot.tensor, value);
+  }
 }
 
 Tensor gather_full(const TpGroup& tp, const WeightSlot& slot, DType dtype) {

@@ -38,7 +38,7 @@ struct ParamEntry {
   int unit = 0;                   // ModelHooks unit whose forward reads it
   bool decay = true;              // AdamW weight decay (matrices, embeddings; not norms, biases, tables)
   ParamInit init = ParamInit::normal;
-  bool quantizable = false;       // a linear weight QLoRA may store in NF4
+  bool quantizable = false;       // a linear weight QLoRA may store in NF4 (or base_precision = fp8 in FP8)
 
   bool stored_nf4() const { return linear && !bias && linear->quantized(); }
   // base_precision = fp8: the weight is the linear's FP8 base (W8, and W8^T where stored).
@@ -79,7 +79,6 @@ struct BaseQuant {
   bool fp8_keep_transpose = true;        // fp8_transpose = stored: W8^T beside W8
   std::string fp8_where = "base_precision";  // names the deck key in refusals (a layer not a multiple of 16)
   bool nf4_any() const { return !modules.empty(); }
-  bool fp8_any() const { return !fp8_modules.empty(); }
 };
 // Allocate this rank's part of every tensor (zero-filled, in the table's dtype and device) by its
 // full shape and split; linears take their local in/out and TP group from their weight's entry,
@@ -95,7 +94,7 @@ void materialize_params(ParamTable& t, const BaseQuant& q,
 // and quantized.
 void init_params_random(ParamTable& t, uint64_t seed, double std);
 // Gradients (master dtype, zero) for every base tensor: full fine-tuning. InputError naming an
-// NF4 layer (NF4 bases are frozen).
+// NF4 or FP8 layer (those bases are frozen).
 void enable_base_training(ParamTable& t);
 
 // ---------------------------------------------------------------- weights

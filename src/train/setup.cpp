@@ -73,11 +73,9 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
   // base_precision = fp8 applies where adapters are attached (below); ZeRO-3 is refused before
   // anything is loaded.
   const bool fp8 = c.base_precision == "fp8" && (training ? method != Method::full : adapter_in);
-  if (fp8) {
-    if (layout.zero3())  // parallel = auto may have chosen it
-      ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
-                     "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
-  }
+  if (fp8 && layout.zero3())  // parallel = auto may have chosen it
+    ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
+                   "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
   // 1. The model, as this rank's shard of the family's TP plan. Under LoRA with base_precision =
   // fp8 the adapted layers are quantized to FP8 as they are loaded (or drawn), as QLoRA's NF4
   // layers are: the load peak is the FP8 model and one dense tensor, not the dense model.
