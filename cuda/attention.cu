@@ -163,29 +163,12 @@ __device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src,
 }
 
 // load_rows with cp.async when the head dimension needs no padding (D == DP); otherwise the
-// synchronous, zero-padding load. The caller commits, waits and synchronises. (The forward's
-// loader: at DP = 128 it has no registers to spare for load_rows_async_fixed's addresses.)
+// synchronous, zero-padding load. The caller commits, waits and synchronises. For a block of
+// kThreads threads: thread x copies column vector x % vpr of rows x / vpr + i * kRows (i <
+// kTile / kRows), so the address arithmetic is one 64-bit product a call and constant offsets
+// after it (a loop over blockDim.x cost the forward 40% of its instructions).
 template <int DP>
-__device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0, int64_t T,
-                                int64_t H, int64_t h, int64_t D) {
-  if (D != DP) {
-    load_rows<DP>(tile, src, base, r0, T, H, h, D);
-    return;
-  }
-  constexpr int ld = DP + 8, vpr = DP / 8;
-  for (int idx = threadIdx.x; idx < kTile * vpr; idx += blockDim.x) {
-    const int r = idx / vpr, v = idx % vpr;
-    const int64_t tt = r0 + r;
-    const bf16* gp = tt < T ? src + ((base + tt) * H + h) * D + v * 8 : src;
-    cp_async16(tile + r * ld + v * 8, gp, tt < T ? 16 : 0);
-  }
-}
-
-// load_rows_async for a block of kThreads threads: thread x copies column vector x % vpr of rows
-// x / vpr + i * kRows (i < kTile / kRows), so the address arithmetic is one 64-bit product a
-// call and constant offsets after it (the backward's loader).
-template <int DP>
-__device__ void load_rows_async_fixed(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0,
+__device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0,
                                       int64_t T, int64_t H, int64_t h, int64_t D) {
   if (D != DP) {
     load_rows<DP>(tile, src, base, r0, T, H, h, D);
@@ -356,12 +339,14 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
         for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
       }
 #pragma unroll
-      for (int nt = 0; nt < 8; nt += 2) {
-        if constexpr (kMasked) {
-          if (nt >= nt_end) continue;  // n-tiles nt, nt + 1 fully masked: S stays, -inf below
-        }
+      // k-steps outside, n-tiles inside: 8 independent accumulators between dependent MMAs.
 #pragma unroll
-        for (int kt = 0; kt < DP / 16; ++kt) {
+      for (int kt = 0; kt < DP / 16; ++kt) {
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2) {
+          if constexpr (kMasked) {
+            if (nt >= nt_end) continue;  // n-tiles nt, nt + 1 fully masked: S stays, -inf below
+          }
           uint32_t kb[4];
           ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
           mma16816(s[nt], qa[kt], kb[0], kb[1]);
@@ -568,8 +553,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   // Query tile (h, q0) into stage st: Q, dO (16-byte cp.async when D == DP), lse and D (4-byte
   // cp.async; rows past T get 0, which the i < T test masks), one commit group.
   auto load_tile = [&](int64_t th, int64_t tq0, int st) {
-    load_rows_async_fixed<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
-    load_rows_async_fixed<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
+    load_rows_async<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
+    load_rows_async<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
     {  // kThreads == 2 kTile: thread x copies lse (x < 64) or D (x >= 64) of query x % 64
       static_assert(kThreads == 2 * kTile);
       const int idx = static_cast<int>(threadIdx.x), r = idx % kTile;
@@ -581,8 +566,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   };
   // K and V join the first tile's group (double-buffered) or are waited for with it (single).
   if (any_tile) {
-    load_rows_async_fixed<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
-    load_rows_async_fixed<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
+    load_rows_async<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
     if (dbuf) load_tile(hk * group, i_start, 0);
     else cp_async_commit();
   }
@@ -779,7 +764,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     float* const dq_v = dq_acc + ((sv.row0 + (qv < T ? qv : 0)) * Hq + h) * D + 4 * (t >> 1);
     float* const dq_r0 = dq_acc + ((sv.row0 + (qi0 < T ? qi0 : 0)) * Hq + h) * D + 2 * t;
     float* const dq_r1 = dq_acc + ((sv.row0 + (qi1 < T ? qi1 : 0)) * Hq + h) * D + 2 * t;
-    constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
+    constexpr int kPasses = DP >= 64 ? DP / 64 : 1, kCols = DP / kPasses;
 #pragma unroll
     for (int dh = 0; dh < kPasses; ++dh) {
       float acc[kCols / 8][4];
