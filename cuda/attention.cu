@@ -496,7 +496,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
-    int64_t D, float scale, float inv_scale, bool causal, bool accumulate) {
+    int64_t D, float scale, float inv_scale, bool causal, bool accumulate, const float* __restrict__ rope_cos,
+    const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos) {
   constexpr bool dbuf = kBackwardDoubleBuffer;
   if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
     uint32_t smem_bytes;
@@ -816,13 +817,45 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     q0 = nq0;
     if (dbuf) stage ^= 1;
   }
-  // dK (scaled) and dV of this warp's keys, added to the bf16 outputs.
+  // dK (scaled) and dV of this warp's keys, added to the bf16 outputs. With rope_cos (D == DP,
+  // accumulate false: the host sees to both) dK leaves through the inverse rotary embedding:
+  // column c < D / 2 pairs with c + D / 2, which this thread holds too (n-tile nd + DP / 16), so
+  // the rotation needs no exchange: dk[c] = a cos + b sin, dk[c + D/2] = b cos - a sin (a, b the
+  // scaled sums of c and c + D / 2; rope_backward's arithmetic, in f32 before the one rounding).
+  if (rope_cos != nullptr) {
+    constexpr int kHalf = DP / 2, kHalfTiles = DP / 16;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t kj = r ? kj1 : kj0;
+      if (kj >= Tk) continue;
+      const int64_t tok = sv.krow0 + kj;
+      const int64_t p = rope_pos ? rope_pos[tok] : kj;
+      const float* cs = rope_cos + p * kHalf;
+      const float* sn = rope_sin + p * kHalf;
+      bf16* const dk_row = dk + (tok * Hkv + hk) * DP;
+#pragma unroll
+      for (int nd = 0; nd < kHalfTiles; ++nd) {
+        const int c = nd * 8 + 2 * t;
+        const float2 co = *reinterpret_cast<const float2*>(cs + c), si = *reinterpret_cast<const float2*>(sn + c);
+        const float a0 = scale * dkr[nd][2 * r], a1 = scale * dkr[nd][2 * r + 1];
+        const float b0 = scale * dkr[nd + kHalfTiles][2 * r], b1 = scale * dkr[nd + kHalfTiles][2 * r + 1];
+        *reinterpret_cast<__nv_bfloat162*>(dk_row + c) = __floats2bfloat162_rn(a0 * co.x + b0 * si.x, a1 * co.y + b1 * si.y);
+        *reinterpret_cast<__nv_bfloat162*>(dk_row + c + kHalf) =
+            __floats2bfloat162_rn(b0 * co.x - a0 * si.x, b1 * co.y - a1 * si.y);
+      }
+    }
+  }
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int64_t c = nd * 8 + 2 * t + e;
       if (c >= D) continue;
+      if (rope_cos != nullptr) {
+        if (kj0 < Tk) dv[((sv.krow0 + kj0) * Hkv + hk) * D + c] = __float2bfloat16(dvr[nd][e]);
+        if (kj1 < Tk) dv[((sv.krow0 + kj1) * Hkv + hk) * D + c] = __float2bfloat16(dvr[nd][2 + e]);
+        continue;
+      }
       if (kj0 < Tk) {
         const int64_t off = ((sv.krow0 + kj0) * Hkv + hk) * D + c;
         dk[off] = __float2bfloat16((accumulate ? __bfloat162float(dk[off]) : 0.0f) + scale * dkr[nd][e]);
@@ -842,6 +875,36 @@ __global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + scale * src[i]);
+}
+
+// dq = rope_backward(scale * src) in bf16 (AttentionRope): one thread per 4 pairs (c, c + D / 2)
+// of one (token, head) row; D / 2 % 4 == 0. Token n = row / Hq sits at position pos[n], or n % T.
+__global__ void fold_dq_rope(const float* __restrict__ src, bf16* __restrict__ dst, int64_t rows, int64_t Hq, int64_t T,
+                             int D, float scale, const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                             const int32_t* __restrict__ pos) {
+  const int half = D / 2, quads = half / 4;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < rows * quads;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / quads, n = row / Hq;
+    const int c = static_cast<int>(idx % quads) * 4;
+    const int64_t p = pos ? pos[n] : n % T;
+    const float4 a = *reinterpret_cast<const float4*>(src + row * D + c);
+    const float4 b = *reinterpret_cast<const float4*>(src + row * D + c + half);
+    const float4 co = *reinterpret_cast<const float4*>(cos_t + p * half + c);
+    const float4 si = *reinterpret_cast<const float4*>(sin_t + p * half + c);
+    const float av[4] = {scale * a.x, scale * a.y, scale * a.z, scale * a.w};
+    const float bv[4] = {scale * b.x, scale * b.y, scale * b.z, scale * b.w};
+    const float cv[4] = {co.x, co.y, co.z, co.w}, sv[4] = {si.x, si.y, si.z, si.w};
+    __nv_bfloat162 lo[2], hi[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int i = 2 * e, j = 2 * e + 1;
+      lo[e] = __floats2bfloat162_rn(av[i] * cv[i] + bv[i] * sv[i], av[j] * cv[j] + bv[j] * sv[j]);
+      hi[e] = __floats2bfloat162_rn(bv[i] * cv[i] - av[i] * sv[i], bv[j] * cv[j] - av[j] * sv[j]);
+    }
+    *reinterpret_cast<uint2*>(dst + row * D + c) = *reinterpret_cast<const uint2*>(lo);
+    *reinterpret_cast<uint2*>(dst + row * D + c + half) = *reinterpret_cast<const uint2*>(hi);
+  }
 }
 
 template <int DP> constexpr size_t forward_smem() {
@@ -921,8 +984,16 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
       static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
-      accumulate);
+      accumulate, a.rope_cos, a.rope_sin, a.rope_pos);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
+  if (a.rope_cos != nullptr) {
+    const int64_t n = rows * (a.D / 8);
+    fold_dq_rope<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), rows, a.Hq, a.T,
+                                                        static_cast<int>(a.D), a.scale, a.rope_cos, a.rope_sin,
+                                                        a.rope_pos);
+    ST_CUDA_LAUNCH_CHECK("attention_dq_rope");
+    return;
+  }
   const int64_t n = rows * a.D;
   accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, a.scale,
                                                                    accumulate);
@@ -989,6 +1060,9 @@ void attention_backward(const AttentionArgs& args, const void* dout, void* dq, v
   if (a.B == 0 || a.T == 0) return;
   const bool bias = a.bias != nullptr || dbias != nullptr;
   check_args(a, bias);
+  if (a.rope_cos != nullptr && (accumulate || a.Tk != a.T || !(a.D == 16 || a.D == 32 || a.D == 64 || a.D == 128)))
+    ST_THROW("attention backward with rope needs accumulate = false, self-attention and head_dim 16, 32, 64 or 128 "
+             "(accumulate=", accumulate, ", T=", a.T, ", Tk=", a.Tk, ", D=", a.D, ")");
   if (a.tiles && a.n_tiles == 0) return;
   const int variant = a.tiles ? 4 : (bias ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
   if (a.D <= 16) backward_variant<16>(a, variant, dout, dq, dk, dv, accumulate, dbias);

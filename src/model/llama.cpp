@@ -358,13 +358,16 @@ void attend_forward(const LlamaModel& m, const LlamaBatch& batch, BlockView& s) 
   else
     attention_forward(attention_shape(m, batch), s.q, s.k, s.v, batch.lengths, s.att, s.lse);
 }
+// dq and dk come out through RoPE's backward (inside the CUDA kernels where they can take it).
 void attend_backward(const LlamaModel& m, const LlamaBatch& batch, const BlockView& s, const Tensor& datt, Tensor& dq,
                      Tensor& dk, Tensor& dv) {
+  const AttentionRope rope{&m.rope, batch.positions};
   if (batch.segments.defined())
     attention_varlen_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.segments, dq, dk, dv,
-                              false);
+                              false, &rope);
   else
-    attention_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv, false);
+    attention_backward(attention_shape(m, batch), s.q, s.k, s.v, s.att, s.lse, datt, batch.lengths, dq, dk, dv, false,
+                       Tensor(), nullptr, &rope);
 }
 
 LayerContext with_scratch(const LayerContext& ctx, LlamaActivations& a) {
@@ -416,8 +419,6 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   // Attention branch: x_mid = x_in + o(att)
   linear_layer_backward(blk.o, s.att, dresid, &datt, ctx, false);
   attend_backward(m, batch, s, datt, dq, dk, dv);
-  rope_backward(dq, batch.B, batch.T, m.rope, batch.positions);
-  rope_backward(dk, batch.B, batch.T, m.rope, batch.positions);
   linear_group_backward({&blk.q, &blk.k, &blk.v}, s.xn1, {&dq, &dk, &dv}, &dxn, ctx, false);
   tp_sum_partials(m.tp, dxn);
   rmsnorm_backward(dxn, x_in, blk.attn_norm, s.rstd1, dresid, grad_or_null(blk.attn_norm_grad));

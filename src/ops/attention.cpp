@@ -168,11 +168,34 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
                                                   s.causal, static_cast<T>(s.scale), out.ptr<T>(), lse.ptr<T>()));
 }
 
-void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& out, const Tensor& lse, const Tensor& dout,
-                        const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate,
-                        const Tensor& bias, Tensor* dbias) {
-  ProfileScope prof("attention_backward", q.device());
+namespace {
+
+// Whether the CUDA kernels rotate dq and dk themselves (AttentionRope; checked by check_rope).
+bool rope_fused(const AttentionShape& s, const Tensor& q, bool accumulate, const AttentionRope* rope) {
+  return rope && q.device() == Device::cuda && !accumulate && (s.D == 16 || s.D == 32 || s.D == 64 || s.D == 128);
+}
+
+void check_rope(const char* op, const AttentionShape& s, const Tensor& dq, const Tensor& dk, const AttentionRope& rope) {
+  if (!rope.tables) ST_THROW(op, ": rope without tables");
+  if (rope.tables->head_dim != s.D)
+    ST_THROW(op, ": rope tables of head_dim ", rope.tables->head_dim, " for attention of head_dim ", s.D);
+  if (s.kv_len() != s.T) ST_THROW(op, ": rope needs self-attention (T = ", s.T, ", Tk = ", s.kv_len(), ")");
+  rope_check(dq, s.B, s.T, *rope.tables, rope.positions);
+  rope_check(dk, s.B, s.T, *rope.tables, rope.positions);
+}
+
+#ifdef SHARDTUNE_CUDA
+void set_rope_args(cuda::AttentionArgs& a, const AttentionRope& rope) {
+  a.rope_cos = rope.tables->cos.ptr<float>();
+  a.rope_sin = rope.tables->sin.ptr<float>();
+  a.rope_pos = rope.positions.defined() ? rope.positions.ptr<int32_t>() : nullptr;
+}
+#endif
+
+// The attention backward; with `fused` (rope_fused) the CUDA kernels also rotate dq and dk.
+void backward_impl(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                   const Tensor& lse, const Tensor& dout, const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv,
+                   bool accumulate, const Tensor& bias, Tensor* dbias, const AttentionRope* fused) {
   check_float_args("attention_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
   check_stat_dtype("attention_backward", q, lse);
   check_attention("attention_backward", s, q, k, v, out, lse, lengths, bias, dbias);
@@ -186,8 +209,10 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
   }
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::attention_backward(cuda_args(s, q, k, v, lengths, out, lse, bias), dout.data(), dq.data(), dk.data(),
-                             dv.data(), accumulate, has(dbias) ? dbias->ptr<float>() : nullptr);
+    cuda::AttentionArgs a = cuda_args(s, q, k, v, lengths, out, lse, bias);
+    if (fused) set_rope_args(a, *fused);
+    cuda::attention_backward(a, dout.data(), dq.data(), dk.data(), dv.data(), accumulate,
+                             has(dbias) ? dbias->ptr<float>() : nullptr);
     return;
 #else
     no_cuda_kernel("attention_backward");
@@ -205,6 +230,23 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
                                                    bias.defined() ? bias.ptr<T>() : nullptr, len, s.causal,
                                                    static_cast<T>(s.scale), dq.ptr<T>(), dk.ptr<T>(), dv.ptr<T>(),
                                                    has(dbias) ? dbias->ptr<T>() : nullptr));
+}
+
+}  // namespace
+
+void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, const Tensor& dout,
+                        const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate,
+                        const Tensor& bias, Tensor* dbias, const AttentionRope* rope) {
+  {
+    ProfileScope prof("attention_backward", q.device());
+    if (rope) check_rope("attention_backward", s, dq, dk, *rope);
+    const bool fused = rope_fused(s, q, accumulate, rope);
+    backward_impl(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, accumulate, bias, dbias, fused ? rope : nullptr);
+    if (fused || !rope) return;
+  }
+  rope_backward(dq, s.B, s.T, *rope->tables, rope->positions);
+  rope_backward(dk, s.B, s.T, *rope->tables, rope->positions);
 }
 
 namespace {
@@ -298,10 +340,11 @@ void attention_varlen_forward(const AttentionShape& s, const Tensor& q, const Te
                                                          v.ptr<T>(), static_cast<T>(s.scale), out.ptr<T>(), lse.ptr<T>()));
 }
 
-void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                               const Tensor& out, const Tensor& lse, const Tensor& dout, const AttentionSegments& seg,
-                               Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate) {
-  ProfileScope prof("attention_backward", q.device());
+namespace {
+
+void varlen_backward_impl(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse, const Tensor& dout, const AttentionSegments& seg, Tensor& dq, Tensor& dk,
+                          Tensor& dv, bool accumulate, const AttentionRope* fused) {
   check_float_args("attention_varlen_backward", {&q, &k, &v, &out, &dout, &dq, &dk, &dv});
   check_stat_dtype("attention_varlen_backward", q, lse);
   check_varlen("attention_varlen_backward", s, q, k, v, out, lse, seg);
@@ -314,8 +357,9 @@ void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const T
   }
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::attention_backward(cuda_varlen_args(s, q, k, v, seg, out, lse), dout.data(), dq.data(), dk.data(), dv.data(),
-                             accumulate);
+    cuda::AttentionArgs a = cuda_varlen_args(s, q, k, v, seg, out, lse);
+    if (fused) set_rope_args(a, *fused);
+    cuda::attention_backward(a, dout.data(), dq.data(), dk.data(), dv.data(), accumulate);
     return;
 #else
     no_cuda_kernel("attention_varlen_backward");
@@ -332,6 +376,22 @@ void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const T
                                                           k.ptr<T>(), v.ptr<T>(), out.ptr<T>(), lse.ptr<T>(),
                                                           dout.ptr<T>(), static_cast<T>(s.scale), dq.ptr<T>(),
                                                           dk.ptr<T>(), dv.ptr<T>()));
+}
+
+}  // namespace
+
+void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out, const Tensor& lse, const Tensor& dout, const AttentionSegments& seg,
+                               Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate, const AttentionRope* rope) {
+  {
+    ProfileScope prof("attention_backward", q.device());
+    if (rope) check_rope("attention_varlen_backward", s, dq, dk, *rope);
+    const bool fused = rope_fused(s, q, accumulate, rope);
+    varlen_backward_impl(s, q, k, v, out, lse, dout, seg, dq, dk, dv, accumulate, fused ? rope : nullptr);
+    if (fused || !rope) return;
+  }
+  rope_backward(dq, s.B, s.T, *rope->tables, rope->positions);
+  rope_backward(dk, s.B, s.T, *rope->tables, rope->positions);
 }
 
 }  // namespace st

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "core/tensor.hpp"
+#include "ops/rope.hpp"
 
 namespace st {
 
@@ -37,6 +38,17 @@ inline size_t attention_scratch_bytes(const AttentionShape& s, bool dq_accumulat
 // dtype) added to the scaled scores, or undefined for none. On CUDA the scale must be positive.
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& lengths, Tensor& out, Tensor& lse, const Tensor& bias = Tensor());
+// The rotary embedding's backward on the query and key gradients, as part of the attention
+// backward: dq and dk come out as rope_backward(tables, positions) would leave them after the
+// call (q and k were rotated before the forward). On CUDA the rotation runs inside the kernels
+// that store dq and dk (one pass over each fewer, and one bf16 rounding instead of two) when the
+// head dimension is 16, 32, 64 or 128 and accumulate is false; otherwise, and on the CPU, it is
+// rope_backward after the attention backward.
+struct AttentionRope {
+  const RopeTables* tables = nullptr;
+  Tensor positions;  // i32 [B*T] (sequence packing), or undefined: positions 0..T-1 of each row
+};
+
 // dq, dk, dv accumulate (+=); with accumulate = false they are overwritten (no zeroing needed).
 // bias: the forward's bias (or undefined). dbias: [Hq, T, Tk] like bias, ALWAYS accumulated
 // (+=, whatever `accumulate` says) with sum over the batch of dL/d(s_ij) (no `scale` factor;
@@ -44,7 +56,7 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
 void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse, const Tensor& dout,
                         const Tensor& lengths, Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate = true,
-                        const Tensor& bias = Tensor(), Tensor* dbias = nullptr);
+                        const Tensor& bias = Tensor(), Tensor* dbias = nullptr, const AttentionRope* rope = nullptr);
 
 // ---- Variable-length causal self-attention (sequence packing), as flash-attn's varlen API.
 // The N = B*T tokens of q, k, v ([N, H*D], the flattened batch) are cut into S consecutive
@@ -89,9 +101,11 @@ void attention_segments_finish(AttentionSegments& s, const Tensor& cu_seqlens, c
 // scale (shape.B * shape.T must be N; causal only, no bias).
 void attention_varlen_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                               const AttentionSegments& seg, Tensor& out, Tensor& lse);
-// dq, dk, dv accumulate (+=), or are overwritten with accumulate = false.
+// dq, dk, dv accumulate (+=), or are overwritten with accumulate = false; rope as for
+// attention_backward (its positions are the stream's: [N]).
 void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& out, const Tensor& lse, const Tensor& dout, const AttentionSegments& seg,
-                               Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate = true);
+                               Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate = true,
+                               const AttentionRope* rope = nullptr);
 
 }  // namespace st

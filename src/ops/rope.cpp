@@ -76,9 +76,7 @@ RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, De
   return t;
 }
 
-static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, const Tensor& positions,
-                       bool inverse) {
-  ProfileScope prof("rope", x.device());
+int64_t rope_check(const Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, const Tensor& positions) {
   const int64_t D = tables.head_dim;
   if (T_ > tables.max_positions && !positions.defined())
     ST_THROW("rope: sequence length ", T_, " exceeds max_position_embeddings ", tables.max_positions);
@@ -97,6 +95,14 @@ static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& table
                    tables.max_positions, ")");
       }
   }
+  return H;
+}
+
+static void rope_apply(Tensor& x, int64_t B, int64_t T_, const RopeTables& tables, const Tensor& positions,
+                       bool inverse) {
+  ProfileScope prof("rope", x.device());
+  const int64_t D = tables.head_dim;
+  const int64_t H = rope_check(x, B, T_, tables, positions);
   const TracedOp traced(OpFamily::rope, {&x, &x});
   if (traced.dry()) return;  // the planner: no compute
   const int32_t* pos = positions.defined() ? positions.ptr<int32_t>() : nullptr;

@@ -38,5 +38,8 @@ RopeTables rope_tables(int64_t max_positions, int64_t head_dim, double theta, De
 // rope_backward applies the inverse rotation (the transpose).
 void rope_forward(Tensor& x, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions = Tensor());
 void rope_backward(Tensor& dx, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions = Tensor());
+// The checks of rope_forward / rope_backward on x (shape, positions, their range on the CPU),
+// for kernels that apply the rotation inside another op; returns x's heads H.
+int64_t rope_check(const Tensor& x, int64_t B, int64_t T, const RopeTables& tables, const Tensor& positions);
 
 }  // namespace st

@@ -442,6 +442,107 @@ TEST(CudaOps, RopeAtPositions) {
   }
 }
 
+// attention_backward with AttentionRope (RoPE's backward on dq and dk inside the kernels that
+// store them, for head dims 16-128; the separate pass for others) against the CPU reference
+// (f64) of the attention backward followed by rope_backward; batched (padded rows, positions
+// 0..T-1 or given) and varlen (packed documents, positions restarting at 0). Tolerances as
+// attention_case: the fused path rounds once, the separate one twice.
+double rope_backward_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool varlen, bool given_positions,
+                          uint64_t seed) {
+  Rng rng(seed);
+  const int64_t N = B * T;
+  AttentionShape s{B, T, Hq, Hkv, D, true, 1.0 / std::sqrt(static_cast<double>(D))};
+  Tensor q = random_bf16_values({N, Hq * D}, rng, 2.0), k = random_bf16_values({N, Hkv * D}, rng, 2.0);
+  Tensor v = random_bf16_values({N, Hkv * D}, rng), dout = random_bf16_values({N, Hq * D}, rng);
+  Tensor lengths, glengths, pos, gpos;
+  SegPair seg;
+  if (varlen) {  // documents of 37, 1, 70 and T - 108 tokens per row (B rows), positions restarting
+    Segs parts;
+    for (int64_t b = 0; b < B; ++b)
+      for (const int64_t len : {int64_t{37}, int64_t{1}, int64_t{70}, T - 108})
+        parts.push_back({static_cast<int32_t>(len), static_cast<int32_t>(len)});
+    seg = make_segments(parts);
+    given_positions = true;
+  } else {
+    lengths = Tensor::empty({B}, DType::i32);
+    for (int64_t b = 0; b < B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(std::max<int64_t>(1, T - 13 * b));
+    glengths = Tensor::empty({B}, DType::i32, Device::cuda);
+    glengths.copy_from(lengths);
+  }
+  if (given_positions) {
+    pos = Tensor::empty({N}, DType::i32);
+    int64_t n = 0;
+    if (varlen) {
+      for (int64_t i = 0; i < seg.cpu.count; ++i)
+        for (int32_t p = 0; p < seg.cu.ptr<int32_t>()[i + 1] - seg.cu.ptr<int32_t>()[i]; ++p) pos.ptr<int32_t>()[n++] = p;
+    } else {
+      for (; n < N; ++n) pos.ptr<int32_t>()[n] = static_cast<int32_t>((n * 7) % 301);
+    }
+    gpos = Tensor::empty({N}, DType::i32, Device::cuda);
+    gpos.copy_from(pos);
+  }
+  const RopeTables ct = rope_tables(512, D, 10000.0, Device::cpu), gt = rope_tables(512, D, 10000.0, Device::cuda);
+  Tensor out = Tensor::empty({N, Hq * D}, DType::f64), lse = Tensor::empty(varlen ? Shape{Hq, N} : Shape{N, Hq}, DType::f64);
+  Tensor dq = Tensor::zeros(q.shape(), DType::f64), dk = Tensor::zeros(k.shape(), DType::f64), dv = Tensor::zeros(v.shape(), DType::f64);
+  if (varlen) {
+    attention_varlen_forward(s, q, k, v, seg.cpu, out, lse);
+    attention_varlen_backward(s, q, k, v, out, lse, dout, seg.cpu, dq, dk, dv, false);
+  } else {
+    attention_forward(s, q, k, v, lengths, out, lse);
+    attention_backward(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, false);
+  }
+  rope_backward(dq, B, T, ct, pos);
+  rope_backward(dk, B, T, ct, pos);
+
+  Tensor gq = to_device(q, DType::bf16), gk = to_device(k, DType::bf16), gv = to_device(v, DType::bf16);
+  Tensor gdout = to_device(dout, DType::bf16);
+  Tensor gout = Tensor::empty(out.shape(), DType::bf16, Device::cuda), glse = Tensor::empty(lse.shape(), DType::f32, Device::cuda);
+  // Gradients start as garbage: the fused path writes every element.
+  Tensor gdq = to_device(random_bf16_values(q.shape(), rng), DType::bf16);
+  Tensor gdk = to_device(random_bf16_values(k.shape(), rng), DType::bf16);
+  Tensor gdv = to_device(random_bf16_values(v.shape(), rng), DType::bf16);
+  const AttentionRope rope{&gt, gpos};
+  if (varlen) {
+    attention_varlen_forward(s, gq, gk, gv, seg.gpu, gout, glse);
+    attention_varlen_backward(s, gq, gk, gv, gout, glse, gdout, seg.gpu, gdq, gdk, gdv, false, &rope);
+  } else {
+    attention_forward(s, gq, gk, gv, glengths, gout, glse);
+    attention_backward(s, gq, gk, gv, gout, glse, gdout, glengths, gdq, gdk, gdv, false, Tensor(), nullptr, &rope);
+  }
+  const std::string tag = str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D, varlen ? " varlen" : " batched",
+                              given_positions ? " positions" : "");
+  double worst = 0;
+  auto check = [&](double err, double tol, const char* what) {
+    EXPECT_LT(err, tol) << what << " " << tag;
+    worst = std::max(worst, err / tol);
+  };
+  check(rel_l2(gdq, dq), 2 * kBf16Tol, "dq");
+  check(rel_l2(gdk, dk), 2 * kBf16Tol, "dk");
+  check(rel_l2(gdv, dv), 2 * kBf16Tol, "dv");
+  // The same call without rope, then rope_backward on the GPU: within one more bf16 rounding.
+  Tensor sdq = Tensor::zeros(q.shape(), DType::bf16, Device::cuda), sdk = Tensor::zeros(k.shape(), DType::bf16, Device::cuda);
+  Tensor sdv = Tensor::zeros(v.shape(), DType::bf16, Device::cuda);
+  if (varlen) attention_varlen_backward(s, gq, gk, gv, gout, glse, gdout, seg.gpu, sdq, sdk, sdv, false);
+  else attention_backward(s, gq, gk, gv, gout, glse, gdout, glengths, sdq, sdk, sdv, false);
+  rope_backward(sdq, B, T, gt, gpos);
+  rope_backward(sdk, B, T, gt, gpos);
+  check(rel_l2(gdq, sdq.to_cpu(DType::f64)), kBf16Tol, "dq vs separate rope");
+  check(rel_l2(gdk, sdk.to_cpu(DType::f64)), kBf16Tol, "dk vs separate rope");
+  EXPECT_EQ(rel_l2(gdv, sdv.to_cpu(DType::f64)), 0.0) << "dv " << tag;
+  return worst;
+}
+
+TEST(CudaOps, AttentionBackwardWithRope) {
+  ST_REQUIRE_GPU();
+  EXPECT_LT(rope_backward_case(2, 150, 8, 2, 128, false, false, 41), 1.0);  // the 7B path (GQA here), padded rows
+  EXPECT_LT(rope_backward_case(2, 150, 4, 4, 64, false, true, 42), 1.0);    // given positions
+  EXPECT_LT(rope_backward_case(1, 130, 4, 2, 32, false, false, 43), 1.0);
+  EXPECT_LT(rope_backward_case(1, 70, 2, 1, 16, false, false, 44), 1.0);
+  EXPECT_LT(rope_backward_case(1, 90, 2, 1, 24, false, true, 45), 1.0);     // not fused: rope_backward after
+  EXPECT_LT(rope_backward_case(2, 200, 4, 2, 128, true, true, 46), 1.0);    // packed documents
+  EXPECT_LT(rope_backward_case(1, 180, 4, 2, 64, true, true, 47), 1.0);
+}
+
 TEST(CudaOps, SwiGLUAndDropout) {
   ST_REQUIRE_GPU();
   Rng rng(9);

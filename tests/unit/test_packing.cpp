@@ -292,6 +292,57 @@ TEST(PackedRope, PositionsRestartAtZeroInEachDocument) {
   EXPECT_THROW(rope_forward(packed, 1, 8, tab, pos), Error);
 }
 
+TEST(PackedRope, AttentionBackwardTakesRopeBackwardAlong) {
+  // AttentionRope: dq and dk come out as rope_backward leaves them after the plain backward
+  // (batched without positions, varlen with positions restarting); a wrong table or a
+  // position out of range is refused.
+  const int64_t Hq = 4, Hkv = 2, D = 8;
+  const RopeTables tab = rope_tables(16, D, 10000.0, Device::cpu);
+  Tensor cu, keys;
+  const AttentionSegments seg = segments_of({{5, 5}, {1, 1}, {6, 6}, {2, 0}}, cu, keys);
+  const int64_t N = seg.tokens;
+  Tensor pos = Tensor::empty({N}, DType::i32);
+  const int32_t p[14] = {0, 1, 2, 3, 4, 0, 0, 1, 2, 3, 4, 5, 0, 1};
+  std::copy(p, p + N, pos.ptr<int32_t>());
+  Rng rng(14);
+  Tensor q = test::random_f64({N, Hq * D}, rng), k = test::random_f64({N, Hkv * D}, rng);
+  Tensor v = test::random_f64({N, Hkv * D}, rng), dout = test::random_f64({N, Hq * D}, rng);
+  for (const bool varlen : {false, true}) {
+    SCOPED_TRACE(varlen ? "varlen" : "batched");
+    const int64_t B = varlen ? 1 : 2, T = N / B;
+    AttentionShape s{B, T, Hq, Hkv, D, true, 0.25};
+    const AttentionRope rope{&tab, varlen ? pos : Tensor()};
+    Tensor out = Tensor::empty({N, Hq * D}, DType::f64), lse = Tensor::empty({Hq, N}, DType::f64);
+    Tensor g[2][3];
+    for (int r = 0; r < 2; ++r)
+      for (int i = 0; i < 3; ++i) g[r][i] = test::random_f64(i == 0 ? q.shape() : k.shape(), rng);
+    if (varlen) {
+      attention_varlen_forward(s, q, k, v, seg, out, lse);
+      attention_varlen_backward(s, q, k, v, out, lse, dout, seg, g[0][0], g[0][1], g[0][2], false);
+      attention_varlen_backward(s, q, k, v, out, lse, dout, seg, g[1][0], g[1][1], g[1][2], false, &rope);
+    } else {
+      attention_forward(s, q, k, v, Tensor(), out, lse);
+      attention_backward(s, q, k, v, out, lse, dout, Tensor(), g[0][0], g[0][1], g[0][2], false);
+      attention_backward(s, q, k, v, out, lse, dout, Tensor(), g[1][0], g[1][1], g[1][2], false, Tensor(), nullptr, &rope);
+    }
+    EXPECT_GT(test::rel_error(g[1][0], g[0][0]), 1e-3);  // the rotation did something
+    rope_backward(g[0][0], B, T, tab, rope.positions);
+    rope_backward(g[0][1], B, T, tab, rope.positions);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(test::rel_error(g[1][i], g[0][i]), 0.0) << i;
+  }
+  AttentionShape s{1, N, Hq, Hkv, D, true, 0.25};
+  Tensor out = Tensor::empty({N, Hq * D}, DType::f64), lse = Tensor::empty({Hq, N}, DType::f64);
+  attention_varlen_forward(s, q, k, v, seg, out, lse);
+  Tensor dq = Tensor::zeros(q.shape(), DType::f64), dk = Tensor::zeros(k.shape(), DType::f64);
+  Tensor dv = Tensor::zeros(k.shape(), DType::f64);
+  const RopeTables wide = rope_tables(16, 2 * D, 10000.0, Device::cpu);
+  const AttentionRope wrong{&wide, pos};
+  EXPECT_THROW(attention_varlen_backward(s, q, k, v, out, lse, dout, seg, dq, dk, dv, false, &wrong), Error);
+  pos.ptr<int32_t>()[3] = 16;  // past the table
+  const AttentionRope far{&tab, pos};
+  EXPECT_THROW(attention_varlen_backward(s, q, k, v, out, lse, dout, seg, dq, dk, dv, false, &far), Error);
+}
+
 // ---------------------------------------------------------------- the loader and the model
 
 // Documents (host rows of a shard with sequence length L): ids, loss masks (position 0 never a
