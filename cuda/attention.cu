@@ -448,14 +448,34 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
   }
 }
 
-// D[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]: one warp per row.
+// D[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d]: one warp per row; the row of the f32 dQ
+// accumulator (the same index) is zeroed on the way (no separate memset pass). vec (D % 4 == 0,
+// dout and out 8-byte aligned: every head dim the models use): 8-byte loads of 4 elements a lane
+// (D <= 128: one each) and 16-byte zero stores.
 __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16* __restrict__ out,
-                                       float* __restrict__ delta, int64_t B, int64_t T, int64_t Hq, int64_t D) {
+                                       float* __restrict__ delta, float* __restrict__ dq_acc, int64_t B, int64_t T,
+                                       int64_t Hq, int64_t D, bool vec) {
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // (b*T + i)*Hq + h
   const int lane = threadIdx.x % 32;
   if (row >= B * T * Hq) return;
   float s = 0.0f;
-  for (int64_t d = lane; d < D; d += 32) s += __bfloat162float(dout[row * D + d]) * __bfloat162float(out[row * D + d]);
+  if (vec) {
+    for (int64_t d = 4 * lane; d < D; d += 128) {
+      const uint2 a = *reinterpret_cast<const uint2*>(dout + row * D + d);
+      const uint2 b = *reinterpret_cast<const uint2*>(out + row * D + d);
+      const float2 a0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a.x));
+      const float2 a1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a.y));
+      const float2 b0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b.x));
+      const float2 b1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b.y));
+      s += a0.x * b0.x + a0.y * b0.y + a1.x * b1.x + a1.y * b1.y;
+      *reinterpret_cast<float4*>(dq_acc + row * D + d) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  } else {
+    for (int64_t d = lane; d < D; d += 32) {
+      s += __bfloat162float(dout[row * D + d]) * __bfloat162float(out[row * D + d]);
+      dq_acc[row * D + d] = 0.0f;
+    }
+  }
   s = dev::warp_sum(s);
   if (lane == 0) {
     const int64_t hh = row % Hq, bt = row / Hq, i = bt % T, bb = bt / T;
@@ -869,11 +889,33 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     }
 }
 
-// dst (+)= scale * src: the backward's f32 dQ sums (of dS K, unscaled) into the bf16 dq.
+// dst (+)= scale * src: the backward's f32 dQ sums (of dS K, unscaled) into the bf16 dq; with
+// vec (n % 4 == 0, dst 8-byte aligned; src is the scratch allocation) 4 elements a thread
+// (16-byte loads, 8-byte stores).
 __global__ void accumulate_f32_into_bf16(const float* __restrict__ src, bf16* __restrict__ dst, int64_t n, float scale,
-                                         bool accumulate) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+                                         bool accumulate, bool vec) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (vec) {
+    for (; i < n / 4; i += stride) {
+      const float4 v = reinterpret_cast<const float4*>(src)[i];
+      float2 lo = make_float2(scale * v.x, scale * v.y), hi = make_float2(scale * v.z, scale * v.w);
+      uint2* d = reinterpret_cast<uint2*>(dst) + i;
+      if (accumulate) {
+        const uint2 old = *d;
+        const float2 o0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&old.x));
+        const float2 o1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&old.y));
+        lo.x += o0.x;
+        lo.y += o0.y;
+        hi.x += o1.x;
+        hi.y += o1.y;
+      }
+      __nv_bfloat162 r[2] = {__float22bfloat162_rn(lo), __float22bfloat162_rn(hi)};
+      *d = *reinterpret_cast<const uint2*>(r);
+    }
+    return;
+  }
+  for (; i < n; i += stride)
     dst[i] = __float2bfloat16((accumulate ? __bfloat162float(dst[i]) : 0.0f) + scale * src[i]);
 }
 
@@ -962,9 +1004,10 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   const int64_t rows = a.B * a.T * a.Hq;
   float* delta = scratch(0, rows).ptr<float>();
   float* dq_acc = scratch(1, rows * a.D).ptr<float>();
-  ST_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(rows * a.D) * sizeof(float), stream()));
+  auto aligned8 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; };
   attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
-      static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, a.B, a.T, a.Hq, a.D);
+      static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, dq_acc, a.B, a.T, a.Hq, a.D,
+      a.D % 4 == 0 && aligned8(dout) && aligned8(a.out));
   ST_CUDA_LAUNCH_CHECK("attention_delta");
   auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen>;
   const size_t smem = backward_smem<DP>(backward_double_buffer() ? 2 : 1);
@@ -995,8 +1038,9 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
     return;
   }
   const int64_t n = rows * a.D;
-  accumulate_f32_into_bf16<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n, a.scale,
-                                                                   accumulate);
+  const bool vec = n % 4 == 0 && aligned8(dq);
+  accumulate_f32_into_bf16<<<grid_1d(vec ? n / 4 : n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n,
+                                                                                 a.scale, accumulate, vec);
   ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
 }
 
@@ -1060,9 +1104,10 @@ void attention_backward(const AttentionArgs& args, const void* dout, void* dq, v
   if (a.B == 0 || a.T == 0) return;
   const bool bias = a.bias != nullptr || dbias != nullptr;
   check_args(a, bias);
-  if (a.rope_cos != nullptr && (accumulate || a.Tk != a.T || !(a.D == 16 || a.D == 32 || a.D == 64 || a.D == 128)))
-    ST_THROW("attention backward with rope needs accumulate = false, self-attention and head_dim 16, 32, 64 or 128 "
-             "(accumulate=", accumulate, ", T=", a.T, ", Tk=", a.Tk, ", D=", a.D, ")");
+  if (a.rope_cos != nullptr && (accumulate || a.Tk != a.T || !(a.D == 16 || a.D == 32 || a.D == 64 || a.D == 128) ||
+                                reinterpret_cast<uintptr_t>(dq) % 8 != 0 || reinterpret_cast<uintptr_t>(dk) % 4 != 0))
+    ST_THROW("attention backward with rope needs accumulate = false, self-attention, head_dim 16, 32, 64 or 128 and "
+             "dq / dk aligned to 8 / 4 bytes (accumulate=", accumulate, ", T=", a.T, ", Tk=", a.Tk, ", D=", a.D, ")");
   if (a.tiles && a.n_tiles == 0) return;
   const int variant = a.tiles ? 4 : (bias ? 2 : 0) + (a.Tk != a.T ? 1 : 0);
   if (a.D <= 16) backward_variant<16>(a, variant, dout, dq, dk, dv, accumulate, dbias);

@@ -170,9 +170,13 @@ void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k
 
 namespace {
 
-// Whether the CUDA kernels rotate dq and dk themselves (AttentionRope; checked by check_rope).
-bool rope_fused(const AttentionShape& s, const Tensor& q, bool accumulate, const AttentionRope* rope) {
-  return rope && q.device() == Device::cuda && !accumulate && (s.D == 16 || s.D == 32 || s.D == 64 || s.D == 128);
+// Whether the CUDA kernels rotate dq and dk themselves (AttentionRope; checked by check_rope):
+// head dims of the kernels' own sizes, overwritten gradients, and dq / dk aligned for their 8- /
+// 4-byte stores.
+bool rope_fused(const AttentionShape& s, const Tensor& q, const Tensor& dq, const Tensor& dk, bool accumulate,
+                const AttentionRope* rope) {
+  return rope && q.device() == Device::cuda && !accumulate && (s.D == 16 || s.D == 32 || s.D == 64 || s.D == 128) &&
+         reinterpret_cast<uintptr_t>(dq.data()) % 8 == 0 && reinterpret_cast<uintptr_t>(dk.data()) % 4 == 0;
 }
 
 void check_rope(const char* op, const AttentionShape& s, const Tensor& dq, const Tensor& dk, const AttentionRope& rope) {
@@ -241,7 +245,7 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
   {
     ProfileScope prof("attention_backward", q.device());
     if (rope) check_rope("attention_backward", s, dq, dk, *rope);
-    const bool fused = rope_fused(s, q, accumulate, rope);
+    const bool fused = rope_fused(s, q, dq, dk, accumulate, rope);
     backward_impl(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, accumulate, bias, dbias, fused ? rope : nullptr);
     if (fused || !rope) return;
   }
@@ -386,7 +390,7 @@ void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const T
   {
     ProfileScope prof("attention_backward", q.device());
     if (rope) check_rope("attention_varlen_backward", s, dq, dk, *rope);
-    const bool fused = rope_fused(s, q, accumulate, rope);
+    const bool fused = rope_fused(s, q, dq, dk, accumulate, rope);
     varlen_backward_impl(s, q, k, v, out, lse, dout, seg, dq, dk, dv, accumulate, fused ? rope : nullptr);
     if (fused || !rope) return;
   }
