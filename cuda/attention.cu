@@ -517,7 +517,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
     int64_t D, float scale, float inv_scale, bool causal, bool accumulate, const float* __restrict__ rope_cos,
-    const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos) {
+    const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos, int64_t rope_T) {
   constexpr bool dbuf = kBackwardDoubleBuffer;
   if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
     uint32_t smem_bytes;
@@ -849,7 +849,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
       const int64_t kj = r ? kj1 : kj0;
       if (kj >= Tk) continue;
       const int64_t tok = sv.krow0 + kj;
-      const int64_t p = rope_pos ? rope_pos[tok] : kj;
+      const int64_t p = rope_pos ? rope_pos[tok] : tok % rope_T;  // rope_forward's position of token tok
       const float* cs = rope_cos + p * kHalf;
       const float* sn = rope_sin + p * kHalf;
       bf16* const dk_row = dk + (tok * Hkv + hk) * DP;
@@ -1027,11 +1027,11 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
       static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
-      accumulate, a.rope_cos, a.rope_sin, a.rope_pos);
+      accumulate, a.rope_cos, a.rope_sin, a.rope_pos, a.rope_T);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
   if (a.rope_cos != nullptr) {
     const int64_t n = rows * (a.D / 8);
-    fold_dq_rope<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), rows, a.Hq, a.T,
+    fold_dq_rope<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), rows, a.Hq, a.rope_T,
                                                         static_cast<int>(a.D), a.scale, a.rope_cos, a.rope_sin,
                                                         a.rope_pos);
     ST_CUDA_LAUNCH_CHECK("attention_dq_rope");
@@ -1104,7 +1104,7 @@ void attention_backward(const AttentionArgs& args, const void* dout, void* dq, v
   if (a.B == 0 || a.T == 0) return;
   const bool bias = a.bias != nullptr || dbias != nullptr;
   check_args(a, bias);
-  if (a.rope_cos != nullptr && (accumulate || a.Tk != a.T || !(a.D == 16 || a.D == 32 || a.D == 64 || a.D == 128) ||
+  if (a.rope_cos != nullptr && (accumulate || a.Tk != a.T || a.rope_T <= 0 || !(a.D == 16 || a.D == 32 || a.D == 64 || a.D == 128) ||
                                 reinterpret_cast<uintptr_t>(dq) % 8 != 0 || reinterpret_cast<uintptr_t>(dk) % 4 != 0))
     ST_THROW("attention backward with rope needs accumulate = false, self-attention, head_dim 16, 32, 64 or 128 and "
              "dq / dk aligned to 8 / 4 bytes (accumulate=", accumulate, ", T=", a.T, ", Tk=", a.Tk, ", D=", a.D, ")");

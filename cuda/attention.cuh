@@ -27,11 +27,12 @@ struct AttentionArgs {
   int64_t n_tiles = 0;
   // The backward's fused inverse rotary embedding of dq and dk (ops/attention.hpp AttentionRope):
   // cos / sin tables f32 [positions, D / 2] and the tokens' positions (i32, one per token of q;
-  // null: the token's index within its batch row). Needs D in {16, 32, 64, 128} and accumulate =
-  // false; null rope_cos: none.
+  // null: token n is at position n % rope_T, its index within a batch row of rope_T tokens).
+  // Needs D in {16, 32, 64, 128} and accumulate = false; null rope_cos: none.
   const float* rope_cos = nullptr;
   const float* rope_sin = nullptr;
   const int32_t* rope_pos = nullptr;
+  int64_t rope_T = 0;
 };
 
 void attention_forward(const AttentionArgs& a);

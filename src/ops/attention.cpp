@@ -189,7 +189,8 @@ void check_rope(const char* op, const AttentionShape& s, const Tensor& dq, const
 }
 
 #ifdef SHARDTUNE_CUDA
-void set_rope_args(cuda::AttentionArgs& a, const AttentionRope& rope) {
+void set_rope_args(cuda::AttentionArgs& a, const AttentionShape& s, const AttentionRope& rope) {
+  a.rope_T = s.T;  // the rows' length (varlen's arguments make the stream one row)
   a.rope_cos = rope.tables->cos.ptr<float>();
   a.rope_sin = rope.tables->sin.ptr<float>();
   a.rope_pos = rope.positions.defined() ? rope.positions.ptr<int32_t>() : nullptr;
@@ -214,7 +215,7 @@ void backward_impl(const AttentionShape& s, const Tensor& q, const Tensor& k, co
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::AttentionArgs a = cuda_args(s, q, k, v, lengths, out, lse, bias);
-    if (fused) set_rope_args(a, *fused);
+    if (fused) set_rope_args(a, s, *fused);
     cuda::attention_backward(a, dout.data(), dq.data(), dk.data(), dv.data(), accumulate,
                              has(dbias) ? dbias->ptr<float>() : nullptr);
     return;
@@ -362,7 +363,7 @@ void varlen_backward_impl(const AttentionShape& s, const Tensor& q, const Tensor
   if (q.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
     cuda::AttentionArgs a = cuda_varlen_args(s, q, k, v, seg, out, lse);
-    if (fused) set_rope_args(a, *fused);
+    if (fused) set_rope_args(a, s, *fused);
     cuda::attention_backward(a, dout.data(), dq.data(), dk.data(), dv.data(), accumulate);
     return;
 #else

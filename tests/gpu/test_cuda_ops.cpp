@@ -445,7 +445,7 @@ TEST(CudaOps, RopeAtPositions) {
 // attention_backward with AttentionRope (RoPE's backward on dq and dk inside the kernels that
 // store them, for head dims 16-128; the separate pass for others) against the CPU reference
 // (f64) of the attention backward followed by rope_backward; batched (padded rows, positions
-// 0..T-1 or given) and varlen (packed documents, positions restarting at 0). Tolerances as
+// 0..T-1 or given) and varlen (packed documents, positions restarting at 0, or the stream's). Tolerances as
 // attention_case: the fused path rounds once, the separate one twice.
 double rope_backward_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, bool varlen, bool given_positions,
                           uint64_t seed) {
@@ -462,7 +462,6 @@ double rope_backward_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t
       for (const int64_t len : {int64_t{37}, int64_t{1}, int64_t{70}, T - 108})
         parts.push_back({static_cast<int32_t>(len), static_cast<int32_t>(len)});
     seg = make_segments(parts);
-    given_positions = true;
   } else {
     lengths = Tensor::empty({B}, DType::i32);
     for (int64_t b = 0; b < B; ++b) lengths.ptr<int32_t>()[b] = static_cast<int32_t>(std::max<int64_t>(1, T - 13 * b));
@@ -541,6 +540,7 @@ TEST(CudaOps, AttentionBackwardWithRope) {
   EXPECT_LT(rope_backward_case(1, 90, 2, 1, 24, false, true, 45), 1.0);     // not fused: rope_backward after
   EXPECT_LT(rope_backward_case(2, 200, 4, 2, 128, true, true, 46), 1.0);    // packed documents
   EXPECT_LT(rope_backward_case(1, 180, 4, 2, 64, true, true, 47), 1.0);
+  EXPECT_LT(rope_backward_case(2, 150, 4, 2, 64, true, false, 48), 1.0);  // varlen, stream positions 0..N-1
 }
 
 TEST(CudaOps, SwiGLUAndDropout) {
