@@ -21,6 +21,9 @@ OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
 JOBS=${JOBS:-16}
 BOOST_PO_SRC=${BOOST_PO_SRC:-.boost_po/src}
+# The same as an absolute path, for builds of .bench_before (session 13 lost a call's "before"
+# tree to a relative-only join).
+case $BOOST_PO_SRC in /*) BOOST_PO_ABS=$BOOST_PO_SRC ;; *) BOOST_PO_ABS=$PWD/$BOOST_PO_SRC ;; esac
 MPI="mpirun --allow-run-as-root --bind-to none"
 MK="make -j$JOBS BOOST_PO_SRC=$BOOST_PO_SRC CUDA_ARCHS=90"
 steps=("$@")
@@ -86,7 +89,7 @@ for s in "${steps[@]}"; do
       # Before/after a structural change: the old tree is a `git archive` in .bench_before
       # (carried as an ignored folder); each tree runs its own bench.py and decks on shared shards.
       root=$PWD
-      run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build"
+      run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$BOOST_PO_ABS CUDA_ARCHS=90 build"
       for round in $(seq 1 ${REGRESS_ROUNDS:-2}); do
         for tree in after before; do
           dir=$root; [ $tree = before ] && dir=$root/.bench_before
@@ -128,7 +131,7 @@ for s in "${steps[@]}"; do
       # deck: PROFILE_DECKS (default the 7B LoRA bench deck), PROFILE_CKPT (default false),
       # PROFILE_LEVEL (default 2), PROFILE_STEPS (default 10). Makes the bench's random shards.
       root=$PWD
-      run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build"
+      run_step build-before bash -c "cd .bench_before && rm -rf build && make -j$JOBS BOOST_PO_SRC=$BOOST_PO_ABS CUDA_ARCHS=90 build"
       make_shards
       for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
         for ck in ${PROFILE_CKPT:-false}; do
@@ -149,7 +152,7 @@ for s in "${steps[@]}"; do
       # the whole GPU suite, then plain step times (AB_DECKS, default the 7B LoRA bench deck; AB_CKPT,
       # default "false true"; 12 steps each) of both trees, interleaved. Needs nothing else built.
       root=$PWD
-      ( cd .bench_before && make -j8 BOOST_PO_SRC=$root/$BOOST_PO_SRC CUDA_ARCHS=90 build build/tests/gpu_tests \
+      ( cd .bench_before && make -j8 BOOST_PO_SRC=$BOOST_PO_ABS CUDA_ARCHS=90 build build/tests/gpu_tests \
           > "$OUT/build-before.log" 2>&1; echo "   build-before rc=$?" >> "$OUT/summary.txt" ) &
       run_step build-after make -j8 BOOST_PO_SRC=$BOOST_PO_SRC CUDA_ARCHS=90 build build/tests/gpu_tests
       wait
