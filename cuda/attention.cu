@@ -37,7 +37,7 @@
 // out of the same scaling with no extra registers (hence scale != 0); the backward adds
 // dS = P (dP - D) of every unmasked (i, j) to dbias[h, i, j] with f32 atomics (the batch rows are
 // different blocks, so the sum order is not deterministic). With kBias = kCross = false the
-// kernels are the plain self-attention ones: their PTX is the same as before both features.
+// kernels are the plain self-attention ones, compiled without a trace of either feature.
 #include <type_traits>
 
 #include "cuda/attention.cuh"
@@ -248,8 +248,13 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
   return sv;
 }
 
+// Three blocks an SM (at most 168 registers), except the bias variants at DP = 128 (T5 with
+// d_kv = 128): two, as their bias loads spilled 92 bytes under the bound of three on sm_90.
+template <int DP, bool kBias>
+constexpr int forward_min_blocks() { return kBias && DP >= 128 ? 2 : 3; }
+
 template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
+__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP, kBias>()) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
     int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
@@ -338,7 +343,6 @@ __global__ void __launch_bounds__(kThreads, 3) attention_forward_kernel(
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
       }
-#pragma unroll
       // k-steps outside, n-tiles inside: 8 independent accumulators between dependent MMAs.
 #pragma unroll
       for (int kt = 0; kt < DP / 16; ++kt) {
@@ -777,15 +781,21 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
       }
     }
     __syncthreads();  // dS^T of all 64 keys is in shared memory
-    // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension
-    // (passes of 32 columns, to bound the registers next to the dK and dV accumulators).
+    // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension, to
+    // bound the registers next to the dK and dV accumulators: 64 columns a pass on sm_90 (half
+    // the dS fragment reloads; 250 registers at DP = 128, no spills), 32 elsewhere (64 spilled
+    // 8-20 bytes on sm_80).
     const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
     // vec_dq: the even lane of a quad adds row qi0, the odd lane row qi1 (see below).
     const int64_t qv = (t & 1) ? qi1 : qi0;
     float* const dq_v = dq_acc + ((sv.row0 + (qv < T ? qv : 0)) * Hq + h) * D + 4 * (t >> 1);
     float* const dq_r0 = dq_acc + ((sv.row0 + (qi0 < T ? qi0 : 0)) * Hq + h) * D + 2 * t;
     float* const dq_r1 = dq_acc + ((sv.row0 + (qi1 < T ? qi1 : 0)) * Hq + h) * D + 2 * t;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
+#else
     constexpr int kPasses = DP >= 64 ? DP / 64 : 1, kCols = DP / kPasses;
+#endif
 #pragma unroll
     for (int dh = 0; dh < kPasses; ++dh) {
       float acc[kCols / 8][4];

@@ -178,7 +178,8 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
   }
   for (const std::string& t : quant.fp8_modules)
     if (!contains(llama_module_names(), t))
-      ST_THROW_INPUT(quant.fp8_where, ": base_precision = fp8: unknown module '", t, "' (use q, k, v, o, gate, up, down)");
+      ST_THROW_INPUT("lora_targets: a llama model has no module '", t, "' (use q, k, v, o, gate, up, down; with ",
+                     quant.fp8_where, ": base_precision = fp8 their base is held in FP8)");
   LlamaModel m;
   m.cfg = cfg;
   m.dtype = dtype;

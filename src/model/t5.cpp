@@ -242,7 +242,8 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
   // FP8 modules are the LoRA targets: one this variant lacks is refused by attach_lora, by name.
   for (const std::string& t : quant.fp8_modules)
     if (!contains(t5_module_names(), t))
-      ST_THROW_INPUT(quant.fp8_where, ": base_precision = fp8: unknown T5 module '", t, "' (use q, k, v, o, wi_0, wi_1, wi, wo)");
+      ST_THROW_INPUT("lora_targets: a T5 model has no module '", t, "' (use q, k, v, o, wi_0, wi_1, wi, wo; with ",
+                     quant.fp8_where, ": base_precision = fp8 their base is held in FP8)");
   T5Model m;
   m.cfg = cfg;
   m.dtype = dtype;

@@ -245,6 +245,7 @@ void attention_backward(const AttentionShape& s, const Tensor& q, const Tensor& 
                         const Tensor& bias, Tensor* dbias, const AttentionRope* rope) {
   {
     ProfileScope prof("attention_backward", q.device());
+    if (s.B * s.T == 0) rope = nullptr;  // nothing to rotate (and no rows to check)
     if (rope) check_rope("attention_backward", s, dq, dk, *rope);
     const bool fused = rope_fused(s, q, dq, dk, accumulate, rope);
     backward_impl(s, q, k, v, out, lse, dout, lengths, dq, dk, dv, accumulate, bias, dbias, fused ? rope : nullptr);
@@ -390,6 +391,7 @@ void attention_varlen_backward(const AttentionShape& s, const Tensor& q, const T
                                Tensor& dq, Tensor& dk, Tensor& dv, bool accumulate, const AttentionRope* rope) {
   {
     ProfileScope prof("attention_backward", q.device());
+    if (s.B * s.T == 0) rope = nullptr;  // nothing to rotate (and no rows to check)
     if (rope) check_rope("attention_varlen_backward", s, dq, dk, *rope);
     const bool fused = rope_fused(s, q, dq, dk, accumulate, rope);
     varlen_backward_impl(s, q, k, v, out, lse, dout, seg, dq, dk, dv, accumulate, fused ? rope : nullptr);
