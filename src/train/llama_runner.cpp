@@ -175,12 +175,7 @@ class DecoderRunner final : public ModelRunner {
       return !c.adapter.empty() ? lora_config_from_peft(read_peft_config(c.adapter, family_.peft), family_.peft).targets
                                 : lora_targets_for(c, family_);
     };
-    if (s.fp8_base) {
-      if (s.method != Method::lora) ST_THROW("fp8_base at the build is for method = lora, not ", method_name(s.method));
-      q.fp8_modules = adapted();
-      q.fp8_keep_transpose = c.fp8_transpose == "stored";
-      q.fp8_where = s.fp8_where;
-    }
+    if (s.fp8_base) set_fp8_quant(q, s, adapted());
     if (s.method != Method::qlora) return q;  // eval with method = qlora: the NF4 base too
     q.modules = c.qlora_quantize == "all" ? llama_module_names() : adapted();
     q.nf4.block = c.qlora_block_size;

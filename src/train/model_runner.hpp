@@ -130,6 +130,16 @@ struct RunnerSpec {
   std::string fp8_where = "options";
 };
 
+// The FP8 part of a runner's BaseQuant: with spec.fp8_base, the adapted modules (`adapted`, the
+// list attach_lora will use) get their FP8 base at the build; nothing otherwise.
+inline void set_fp8_quant(BaseQuant& q, const RunnerSpec& s, const std::vector<std::string>& adapted) {
+  if (!s.fp8_base) return;
+  if (s.method != Method::lora) ST_THROW("fp8_base at the build is for method = lora, not ", method_name(s.method));
+  q.fp8_modules = adapted;
+  q.fp8_keep_transpose = s.c.fp8_transpose == "stored";
+  q.fp8_where = s.fp8_where;
+}
+
 // The decoder families (Llama, Mistral, Qwen2): one runner over LlamaModel, with the family's
 // config reader and writer (train/llama_runner.cpp).
 struct DecoderConfigIo {
