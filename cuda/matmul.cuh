@@ -21,8 +21,18 @@ void matmul_cublaslt(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, 
 
 // Skinny GEMMs (LoRA's rank-r products) by shardtune's kernels (cuda/skinny.cu) instead of
 // cuBLASLt, by kind (see skinny_matmul): SHARDTUNE_SKINNY=custom (all kinds), a comma list of
-// thin, reduce, expand (those kinds), or cublaslt (none); unset: expand. Read once.
-enum SkinnyKind : unsigned { kSkinnyThin = 1, kSkinnyReduce = 2, kSkinnyExpand = 4, kSkinnyAll = 7 };
+// thin, reduce, expand, rope, pair (those kinds), or cublaslt (none); unset: expand. Read once.
+// rope: LoRA's q / k update and RoPE in one pass (skinny_expand_rope; LoRA groups then run the
+// base GEMM first); pair: dB and dxa from one pass over dy (skinny_lora_dy_pair). Both are opt-in
+// until measured on a GPU (docs/NOTES.md).
+enum SkinnyKind : unsigned {
+  kSkinnyThin = 1,
+  kSkinnyReduce = 2,
+  kSkinnyExpand = 4,
+  kSkinnyRope = 8,
+  kSkinnyPair = 16,
+  kSkinnyAll = 31
+};
 unsigned skinny_kinds();
 // Tests and benchmarks: force the kinds for this process; clear_skinny_kinds returns to the environment's.
 void set_skinny_kinds(unsigned kinds);
@@ -38,5 +48,17 @@ void clear_skinny_kinds();
 // not in `kinds` or the device has too little shared memory per block for the kernel. Same arguments and result as matmul, up to the order of the f32 sums.
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
                    int64_t M, int64_t N, int64_t K, const Tensor* C_in = nullptr, unsigned kinds = kSkinnyAll);
+
+// C = rope(alpha op(A) op(B) + beta C) by the expand kernel with RoPE in its epilogue (LoRA's
+// y += s xa B^T on the q / k outputs before attention; ops/rope.hpp lora_expand_rope): bf16
+// A, B, C, K = r a multiple of 8 in [8, 64], head dim D in {16, 32, 64, 128} dividing N; row m of
+// C is token m, at position pos[m] (pos may be null: m % T); cos / sin f32 [positions, D/2].
+// Returns false, having done nothing, when it does not take the call (the rope kind off in
+// SHARDTUNE_SKINNY, shapes, alignment); skinny_expand_rope_takes is the same test without the
+// pointers (the planner's).
+bool skinny_expand_rope_takes(DType a, DType b, DType c, int64_t M, int64_t N, int64_t K, int D);
+bool skinny_expand_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+                        double beta, int64_t M, int64_t N, int64_t K, const float* cos, const float* sin,
+                        const int32_t* pos, int64_t T, int D);
 
 }  // namespace st::cuda

@@ -43,6 +43,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "cuda/common.cuh"
@@ -458,6 +459,14 @@ struct ExpandArgs {
   int64_t M, N, tiles_n;
   int r;
   float alpha, beta;
+  // RoPE on the result (skinny_expand_rope; bf16 C only): rope_D > 0 is the head dim (16, 32,
+  // 64 or 128, dividing N), row m of C is token m at position rope_pos[m] or m % rope_T, and
+  // each head's columns (c, c + D/2) rotate by cos / sin [positions, D/2] (f32).
+  const float* rope_cos = nullptr;
+  const float* rope_sin = nullptr;
+  const int32_t* rope_pos = nullptr;
+  int64_t rope_T = 0;
+  int rope_D = 0;
 };
 
 // Block b: the 64 x 128 tile (b / tiles_n, b % tiles_n) of C. One cp.async group brings P's rows,
@@ -468,7 +477,7 @@ struct ExpandArgs {
 // block writes the tile out in 16-byte rows. In place (cin == c) is safe: a block reads only its
 // own tile, before it writes it. Row stride kExpLDC = 136: the fragment accesses (rows g, columns
 // 2q) hit 32 different banks for 4-byte bf16 pairs and per half warp for 8-byte f32 pairs.
-template <int RK, bool P_RM, bool W_NR, typename TC>
+template <int RK, bool P_RM, bool W_NR, typename TC, bool kRope = false>
 __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandArgs p) {
   constexpr int LDP = exp_ldp<RK, P_RM>(), LDW = exp_ldw<RK, W_NR>();
   extern __shared__ __align__(16) unsigned char smem[];
@@ -530,6 +539,41 @@ __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandArgs p) {
         store2(e, v);
       }
   __syncthreads();
+  if constexpr (kRope && std::is_same_v<TC, bf16>) {
+    if (p.rope_D > 0) {
+      // RoPE on the way out: a tile of 128 columns holds whole heads (n0 is a multiple of 128,
+      // D divides 128), so each thread takes 8 pairs (c, c + D/2) of one row and head: 16-byte
+      // reads of both halves from the shared tile and of cos / sin, rotated in f32 (rope_forward's
+      // arithmetic), one bf16 rounding.
+      const int D = p.rope_D, half = D / 2, vph = half / 8, per_row = (kExpBN / D) * vph;
+      for (int it = tid; it < kExpBM * per_row; it += kThreads) {
+        const int row = it / per_row, rem = it % per_row, col = (rem / vph) * D + (rem % vph) * 8;
+        const int64_t gm = m0 + row, gn = n0 + col;
+        if (gm >= p.M || gn >= p.N) continue;  // N % D == 0: the partner half is inside too
+        const int64_t pos = p.rope_pos ? p.rope_pos[gm] : gm % p.rope_T;
+        const int c8 = (rem % vph) * 8;
+        const float4* cp = reinterpret_cast<const float4*>(p.rope_cos + pos * half + c8);
+        const float4* sp = reinterpret_cast<const float4*>(p.rope_sin + pos * half + c8);
+        const float4 c0 = cp[0], c1 = cp[1], s0 = sp[0], s1 = sp[1];
+        const float cs8[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+        const float sn8[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+        uint4 av = *reinterpret_cast<const uint4*>(cs + row * kExpLDC + col);
+        uint4 bv = *reinterpret_cast<const uint4*>(cs + row * kExpLDC + col + half);
+        __nv_bfloat162* ah = reinterpret_cast<__nv_bfloat162*>(&av);
+        __nv_bfloat162* bh = reinterpret_cast<__nv_bfloat162*>(&bv);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 a = __bfloat1622float2(ah[k]), b = __bfloat1622float2(bh[k]);
+          const float ca = cs8[2 * k], cb = cs8[2 * k + 1], sa = sn8[2 * k], sb = sn8[2 * k + 1];
+          ah[k] = __floats2bfloat162_rn(a.x * ca - b.x * sa, a.y * cb - b.y * sb);
+          bh[k] = __floats2bfloat162_rn(b.x * ca + a.x * sa, b.y * cb + a.y * sb);
+        }
+        *reinterpret_cast<uint4*>(C + gm * p.N + gn) = av;
+        *reinterpret_cast<uint4*>(C + gm * p.N + gn + half) = bv;
+      }
+      return;
+    }
+  }
   constexpr int V = 16 / sizeof(TC), VPR = kExpBN / V;
 #pragma unroll
   for (int it = 0; it < kExpBM * VPR / kThreads; ++it) {
@@ -582,15 +626,15 @@ void run_reduce(const ReduceArgs& a, int splits) {
   ST_CUDA_LAUNCH_CHECK("skinny reduce_kernel");
 }
 
-template <int RK, bool P_RM, bool W_NR, typename TC>
+template <int RK, bool P_RM, bool W_NR, typename TC, bool kRope = false>
 bool run_expand(const ExpandArgs& a) {
   constexpr size_t smem = exp_smem<RK, P_RM, W_NR, TC>();
   if (smem > smem_limit()) return false;
-  static const bool once = (allow_smem(expand_kernel<RK, P_RM, W_NR, TC>, smem), true);
+  static const bool once = (allow_smem(expand_kernel<RK, P_RM, W_NR, TC, kRope>, smem), true);
   (void)once;
   const int64_t blocks = ceil_div(a.M, kExpBM) * a.tiles_n;
   if (blocks > 0x7fffffff) return false;
-  expand_kernel<RK, P_RM, W_NR, TC><<<static_cast<unsigned>(blocks), kThreads, smem, stream()>>>(a);
+  expand_kernel<RK, P_RM, W_NR, TC, kRope><<<static_cast<unsigned>(blocks), kThreads, smem, stream()>>>(a);
   ST_CUDA_LAUNCH_CHECK("skinny expand_kernel");
   return true;
 }
@@ -639,16 +683,18 @@ bool reduce(ReduceArgs a, bool p_rm, TC* C, const TC* Cin, float alpha, float be
   return true;
 }
 
-template <int RK, typename TC>
+template <int RK, typename TC, bool kRope>
 bool expand_r(const ExpandArgs& a, bool p_rm, bool w_nr) {
-  if (p_rm) return w_nr ? run_expand<RK, true, true, TC>(a) : run_expand<RK, true, false, TC>(a);
-  return w_nr ? run_expand<RK, false, true, TC>(a) : run_expand<RK, false, false, TC>(a);
+  if (p_rm) return w_nr ? run_expand<RK, true, true, TC, kRope>(a) : run_expand<RK, true, false, TC, kRope>(a);
+  return w_nr ? run_expand<RK, false, true, TC, kRope>(a) : run_expand<RK, false, false, TC, kRope>(a);
 }
-template <typename TC>
+// kRope: the instantiations with the RoPE epilogue (a.rope_D > 0, bf16 C), apart so that the
+// plain ones keep their registers.
+template <typename TC, bool kRope = false>
 bool expand(const ExpandArgs& a, bool p_rm, bool w_nr) {
-  if (a.r <= 16) return expand_r<16, TC>(a, p_rm, w_nr);
-  if (a.r <= 32) return expand_r<32, TC>(a, p_rm, w_nr);
-  return expand_r<64, TC>(a, p_rm, w_nr);
+  if (a.r <= 16) return expand_r<16, TC, kRope>(a, p_rm, w_nr);
+  if (a.r <= 32) return expand_r<32, TC, kRope>(a, p_rm, w_nr);
+  return expand_r<64, TC, kRope>(a, p_rm, w_nr);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -680,7 +726,11 @@ unsigned skinny_kinds() {
       if (k == "thin") kinds |= kSkinnyThin;
       else if (k == "reduce") kinds |= kSkinnyReduce;
       else if (k == "expand") kinds |= kSkinnyExpand;
-      else ST_THROW_INPUT("SHARDTUNE_SKINNY=", v, ": expected custom, cublaslt or a comma list (no spaces) of thin, reduce, expand");
+      else if (k == "rope") kinds |= kSkinnyRope;
+      else if (k == "pair") kinds |= kSkinnyPair;
+      else
+        ST_THROW_INPUT("SHARDTUNE_SKINNY=", v,
+                       ": expected custom, cublaslt or a comma list (no spaces) of thin, reduce, expand, rope, pair");
       pos = end + 1;
     }
     return kinds;
@@ -690,6 +740,30 @@ unsigned skinny_kinds() {
 
 void set_skinny_kinds(unsigned kinds) { g_kinds_override.store(static_cast<int>(kinds & kSkinnyAll), std::memory_order_relaxed); }
 void clear_skinny_kinds() { g_kinds_override.store(-1, std::memory_order_relaxed); }
+
+bool skinny_expand_rope_takes(DType a, DType b, DType c, int64_t M, int64_t N, int64_t K, int D) {
+  return (skinny_kinds() & kSkinnyRope) && a == DType::bf16 && b == DType::bf16 && c == DType::bf16 && M > 0 &&
+         rank_like(K) && N % 8 == 0 && (D == 16 || D == 32 || D == 64 || D == 128) && N % D == 0;
+}
+
+bool skinny_expand_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+                        double beta, int64_t M, int64_t N, int64_t K, const float* cos, const float* sin,
+                        const int32_t* pos, int64_t T, int D) {
+  if (!skinny_expand_rope_takes(A.dtype(), B.dtype(), C.dtype(), M, N, K, D) || T <= 0) return false;
+  const auto* a = static_cast<const bf16*>(A.data());
+  const auto* b = static_cast<const bf16*>(B.data());
+  if (!aligned16(a) || !aligned16(b) || !aligned16(C.data()) || (trans_a ? M : K) % 8 != 0 ||
+      (trans_b ? K : N) % 8 != 0)
+    return false;
+  ExpandArgs e{a, b, C.data(), beta != 0.0 ? C.data() : nullptr, M, N, ceil_div(N, kExpBN), static_cast<int>(K),
+               static_cast<float>(alpha), static_cast<float>(beta)};
+  e.rope_cos = cos;
+  e.rope_sin = sin;
+  e.rope_pos = pos;
+  e.rope_T = T;
+  e.rope_D = D;
+  return expand<bf16, true>(e, trans_a, trans_b);
+}
 
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,
                    int64_t M, int64_t N, int64_t K, const Tensor* C_in, unsigned kinds) {

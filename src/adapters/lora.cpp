@@ -183,7 +183,8 @@ struct LoraGroup {
 };
 
 void LoraAdapter::group_forward(const std::vector<const Linear*>& layers, const Tensor& x,
-                                const std::vector<Tensor*>& ys, const LayerContext& ctx, std::vector<bool>& covered) {
+                                const std::vector<Tensor*>& ys, const LayerContext& ctx, std::vector<bool>& covered,
+                                std::vector<bool>* deferred) {
   std::vector<size_t> at;
   const int64_t M = x.numel() / x.dim(-1);
   if (!group || M % LoraGroup::kRowMultiple != 0 || !group->find(layers, at)) return;
@@ -195,12 +196,35 @@ void LoraAdapter::group_forward(const std::vector<const Linear*>& layers, const 
     Tensor xaT = xa.slice(0, R * M).view({R, M});
     matmul(xaT, group->stacked_work(), false, x, true);  // xa^T = A_cat x^T    [R, M]
   }
+  // Rotated outputs go base first where the expand kernel then adds the term and rotates in one
+  // pass over y (CUDA with SHARDTUNE_SKINNY's rope kind); elsewhere the adapter-first order (and
+  // its exact sums) stays, unless a test asks for the deferred order on the CPU.
+  const bool defer_here =
+      deferred && (matmul_add_rope_one_pass(x.device()) || (x.device() == Device::cpu && lora_rotated_after_base_on_cpu()));
   for (size_t j = 0; j < at.size(); ++j) {
+    covered[at[j]] = true;
+    if (deferred && (*deferred)[at[j]]) {
+      if (defer_here) continue;  // add_rotated after the base GEMM
+      (*deferred)[at[j]] = false;
+    }
     LoraAdapter& a = *group->members[j];
     const Tensor xaT = a.part_of(xa, M).view({a.r, M});
     matmul(*ys[at[j]], xaT, true, a.B_work, true, a.scale, 0.0);  // y = scale * xa B^T   [M, out]
-    covered[at[j]] = true;
   }
+}
+
+bool& lora_rotated_after_base_on_cpu() {
+  static bool on = false;
+  return on;
+}
+
+void LoraAdapter::add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope) {
+  // A deferred member of a group: its x A^T is in the group's transposed buffer [r, M].
+  ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (forward)", x.device());
+  const int64_t M = x.numel() / x.dim(-1);
+  if (!group) ST_THROW("LoRA ", name, ": add_rotated outside a group");
+  const Tensor xaT = part_of(xa, M).view({r, M});
+  matmul_add_rope(y, xaT, true, B_work, true, scale, rope.B, rope.T, *rope.tables, rope.positions);
 }
 
 bool LoraAdapter::group_backward(const std::vector<Linear*>& layers, const Tensor& x,

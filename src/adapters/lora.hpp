@@ -30,6 +30,10 @@ struct LoraConfig {
 
 struct LoraGroup;
 
+// Tests: run the CUDA order of RoPE-rotated group outputs (base GEMM first, then the adapter's
+// term and the rotation: linear_group_forward with OutputRope) on the CPU too. Off by default.
+bool& lora_rotated_after_base_on_cpu();
+
 class LoraAdapter final : public LinearAdapter {
  public:
   // max_rows: the most rows (B*T) one forward will see; sizes the saved x A^T buffer.
@@ -38,7 +42,8 @@ class LoraAdapter final : public LinearAdapter {
   bool forward(const Tensor& x, Tensor& y, bool accumulate, const Tensor* residual, const LayerContext& ctx) override;
   bool backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_accumulate, const LayerContext& ctx) override;
   void group_forward(const std::vector<const Linear*>& layers, const Tensor& x, const std::vector<Tensor*>& ys,
-                     const LayerContext& ctx, std::vector<bool>& covered) override;
+                     const LayerContext& ctx, std::vector<bool>& covered, std::vector<bool>* deferred) override;
+  void add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope) override;
   bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
                       Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) override;
   void collect_params(std::vector<ParamRef>& out) override;

@@ -102,24 +102,43 @@ void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor*
   base_backward(l, x, dy, dx, dx_accumulate);
 }
 
+void LinearAdapter::add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope) {
+  (void)x, (void)y, (void)rope;
+  ST_THROW("add_rotated: this adapter defers no layer");
+}
+
 void linear_group_forward(std::initializer_list<const Linear*> layers_in, const Tensor& x,
-                          std::initializer_list<Tensor*> ys_in, const LayerContext& ctx) {
+                          std::initializer_list<Tensor*> ys_in, const LayerContext& ctx, const OutputRope* rope) {
   const std::vector<const Linear*> layers(layers_in);
   const std::vector<Tensor*> ys(ys_in);
   if (layers.size() != ys.size()) ST_THROW("linear_group_forward: ", layers.size(), " layers, ", ys.size(), " outputs");
+  if (rope && (rope->rotate.size() != layers.size() || !rope->tables))
+    ST_THROW("linear_group_forward: RoPE for ", rope->rotate.size(), " of ", layers.size(), " outputs");
+  auto rotates = [&](size_t i) { return rope && rope->rotate[i]; };
   // The adapters that run together first, each writing its layer's output; then every base GEMM
-  // adds into what its adapter wrote. A layer no group hook took on runs on its own.
-  std::vector<bool> covered(layers.size(), false);
+  // adds into what its adapter wrote. A layer no group hook took on runs on its own. Outputs that
+  // RoPE rotates may be deferred instead: base GEMM first, then the adapter's term and the
+  // rotation in one pass.
+  std::vector<bool> covered(layers.size(), false), deferred(layers.size(), false);
+  for (size_t i = 0; i < layers.size(); ++i) deferred[i] = rotates(i);
   for (size_t i = 0; i < layers.size(); ++i)
-    if (!covered[i] && layers[i]->adapter) layers[i]->adapter->group_forward(layers, x, ys, ctx, covered);
+    if (!covered[i] && layers[i]->adapter)
+      layers[i]->adapter->group_forward(layers, x, ys, ctx, covered, rope ? &deferred : nullptr);
   for (size_t i = 0; i < layers.size(); ++i) {
     if (!covered[i]) {
       linear_layer_forward(*layers[i], x, *ys[i], false, ctx);
+      if (rotates(i)) rope_forward(*ys[i], rope->B, rope->T, *rope->tables, rope->positions);
       continue;
     }
     if (row_parallel(*layers[i]))  // its adapter term would enter once per rank
       ST_THROW("linear_group_forward: ", layers[i]->name, " is row-parallel; a group hook cannot take it on");
+    if (deferred[i]) {
+      base_forward(*layers[i], x, *ys[i], false, nullptr);
+      layers[i]->adapter->add_rotated(x, *ys[i], *rope);
+      continue;
+    }
     base_forward(*layers[i], x, *ys[i], true, nullptr);
+    if (rotates(i)) rope_forward(*ys[i], rope->B, rope->T, *rope->tables, rope->positions);
   }
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "ops/rope.hpp"
 #include "model/tp_plan.hpp"
 
 namespace st {
@@ -52,6 +53,8 @@ struct LayerContext {
   Tensor* scratch = nullptr;   // workspace of at least rows * max(in, out) elements
 };
 
+struct OutputRope;
+
 class LinearAdapter {
  public:
   virtual ~LinearAdapter() = default;
@@ -74,10 +77,17 @@ class LinearAdapter {
   // would run it). Forward: ys[i] = layer i's adapter term for x, overwritten, on every TP rank.
   // Backward: dx (+)= the covered layers' input gradients (overwritten when dx_accumulate is
   // false; dx may be null), and their parameter gradients; returns whether it wrote dx.
+  // deferred (may be null): on entry, the layers whose adapter term may come after their base
+  // GEMM (outputs that RoPE rotates next, see OutputRope); the adapter sets covered[i] for such a
+  // layer it takes on without writing ys[i] and leaves deferred[i] set, and clears deferred[i]
+  // where it wrote ys[i] as usual. add_rotated then adds the term into the base's output.
   virtual void group_forward(const std::vector<const Linear*>& layers, const Tensor& x, const std::vector<Tensor*>& ys,
-                             const LayerContext& ctx, std::vector<bool>& covered) {
-    (void)layers, (void)x, (void)ys, (void)ctx, (void)covered;
+                             const LayerContext& ctx, std::vector<bool>& covered, std::vector<bool>* deferred) {
+    (void)layers, (void)x, (void)ys, (void)ctx, (void)covered, (void)deferred;
   }
+  // A deferred layer's term after its base GEMM wrote y: y = rope_forward(y + term) (see
+  // matmul_add_rope). Only called where group_forward deferred this adapter's layer.
+  virtual void add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope);
   virtual bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
                               Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) {
     (void)layers, (void)x, (void)dys, (void)dx, (void)dx_accumulate, (void)ctx, (void)covered;
@@ -154,8 +164,18 @@ void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor*
 // its own output: ys[i] = x W_i^T + b_i + adapter_i, overwritten. The same results as one
 // linear_layer_forward per layer (accumulate false, no residual); adapters that implement the
 // group hooks run together (LoRA: one pass over x for all of them).
+// RoPE on some outputs of a group (Llama's q and k): rope_forward(ys[i], B, T, *tables,
+// positions) for each i with rotate[i], after the layer's forward. A LoRA group runs those
+// layers base first, then adds its rank-r term and rotates in one pass (matmul_add_rope).
+struct OutputRope {
+  const RopeTables* tables = nullptr;
+  int64_t B = 0, T = 0;
+  Tensor positions;
+  std::vector<bool> rotate;  // one flag per layer of the group
+};
 void linear_group_forward(std::initializer_list<const Linear*> layers, const Tensor& x,
-                          std::initializer_list<Tensor*> ys, const LayerContext& ctx);
+                          std::initializer_list<Tensor*> ys, const LayerContext& ctx,
+                          const OutputRope* rope = nullptr);
 // Its backward: dx (+)= sum_i dys[i] W_i + the adapters' input gradients (overwritten first when
 // dx_accumulate is false; dx may be null), as linear_layer_backward on each layer in turn would
 // leave it; for a column-parallel group dx is this rank's partial sum (tp_sum_partials after).

@@ -382,9 +382,10 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
                    Tensor& x_out, const LlamaBatch& batch, const LayerContext& ctx) {
   const LlamaConfig& c = m.cfg;
   rmsnorm_forward(x_in, blk.attn_norm, c.rms_norm_eps, s.xn1, s.rstd1);
-  linear_group_forward({&blk.q, &blk.k, &blk.v}, s.xn1, {&s.q, &s.k, &s.v}, ctx);  // llama_input_groups
-  rope_forward(s.q, batch.B, batch.T, m.rope, batch.positions);
-  rope_forward(s.k, batch.B, batch.T, m.rope, batch.positions);
+  // q and k leave through RoPE (with LoRA: base GEMM, then the adapter term and the rotation in
+  // one pass).
+  const OutputRope qk_rope{&m.rope, batch.B, batch.T, batch.positions, {true, true, false}};
+  linear_group_forward({&blk.q, &blk.k, &blk.v}, s.xn1, {&s.q, &s.k, &s.v}, ctx, &qk_rope);  // llama_input_groups
   attend_forward(m, batch, s);
   // x_mid = x_in + o(att): residual in the GEMM. Under TP o is row-parallel: linear_layer_forward
   // adds the residual once and completes the sum over the group (Megatron's "g"); q, k, v, gate

@@ -69,6 +69,45 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
                                      trans_b, static_cast<T>(beta), C.ptr<T>()));
 }
 
+void matmul_add_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+                     int64_t batch, int64_t T, const RopeTables& tables, const Tensor& positions) {
+  rope_check(C, batch, T, tables, positions);
+  if (C.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    const int64_t M = trans_a ? A.dim(-1) : rows_of(A), K = trans_a ? rows_of(A) : A.dim(-1);
+    const int64_t N = trans_b ? rows_of(B) : B.dim(-1);
+    const int D = static_cast<int>(tables.head_dim);
+    if (M == rows_of(C) && N == C.dim(-1) && (trans_b ? B.dim(-1) : rows_of(B)) == K &&
+        cuda::skinny_expand_rope_takes(A.dtype(), B.dtype(), C.dtype(), M, N, K, D)) {
+      ProfileScope prof("lora expand + rope", C.device());
+      check_same_device(A, C, "matmul_add_rope");
+      check_same_device(B, C, "matmul_add_rope");
+      const TracedOp traced = TracedOp::gemm(M, N, K, trans_a, trans_b, A, B, C);
+      if (traced.dry()) {
+        dry_run_add_flops(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
+        return;
+      }
+      if (cuda::skinny_expand_rope(C, A, trans_a, B, trans_b, alpha, 1.0, M, N, K, tables.cos.ptr<float>(),
+                                   tables.sin.ptr<float>(), positions.defined() ? positions.ptr<int32_t>() : nullptr,
+                                   T, D))
+        return;
+      // Not taken after all (alignment): the two passes below, outside this op's trace.
+    }
+#endif
+  }
+  matmul(C, A, trans_a, B, trans_b, alpha, 1.0);
+  rope_forward(C, batch, T, tables, positions);
+}
+
+bool matmul_add_rope_one_pass(Device device) {
+#ifdef SHARDTUNE_CUDA
+  return device == Device::cuda && (cuda::skinny_kinds() & cuda::kSkinnyRope) != 0;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
 void linear_forward(const Tensor& x, const Tensor& W, Tensor& y, bool accumulate, const Tensor* residual) {
   matmul(y, x, false, W, true, 1.0, (accumulate || residual) ? 1.0 : 0.0, residual);
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/tensor.hpp"
+#include "ops/rope.hpp"
 
 namespace st {
 
@@ -14,6 +15,17 @@ constexpr size_t kCublasLtWorkspaceBytes = size_t{32} << 20;
 // op(A) is [M, K], op(B) is [K, N], C is [M, N] (as 2-D views with the given last dims).
 void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
             double alpha = 1.0, double beta = 0.0, const Tensor* C_in = nullptr);
+
+// C = rope_forward(C + alpha op(A) op(B)) on C = [B*T, H*D] (tables.head_dim = D; positions as
+// rope_forward's): LoRA's rank-r update of q or k added after the base GEMM wrote C, with the
+// rotation that follows it. On CUDA the skinny expand kernel does both in one pass over C
+// (cuda/matmul.cuh skinny_expand_rope) where it takes the call; elsewhere, and on the CPU, it is
+// matmul (beta 1) then rope_forward.
+void matmul_add_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
+                     int64_t batch, int64_t T, const RopeTables& tables, const Tensor& positions = Tensor());
+// Whether matmul_add_rope is one pass on this device: CUDA with the rope kind of SHARDTUNE_SKINNY
+// (opt-in until measured). LoRA groups defer their rotated outputs (base GEMM first) only then.
+bool matmul_add_rope_one_pass(Device device);
 
 // y [M, out] (+)= x [M, in] W^T   (W: [out, in]); accumulate adds into y. With residual,
 // y = residual + x W^T.

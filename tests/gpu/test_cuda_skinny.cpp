@@ -261,6 +261,79 @@ TEST(CudaOps, SkinnyDispatchLoraCallsAndFallbacks) {
 // flush (median of SKINNY_BENCH_RUNS, default 20, after 3 untimed), effective TB/s over the
 // operands read and C written (C read too when beta != 0), and the two results' relative L2
 // difference (same inputs, same initial C). ratio = cuBLASLt time / custom time (> 1: custom faster).
+// matmul_add_rope: C = rope(C + s xa B^T) with the expand kernel's RoPE epilogue (q and k of a
+// LoRA group, after the base GEMM wrote C) against the CPU f64 reference of matmul then
+// rope_forward. One bf16 rounding of the rotated sum: the bound is u |ref| + the f32 sums'
+// gamma |terms| (as count_outside) with the rotation's two products counted in the magnitude.
+// Head dims 128 and 64 (two heads a 128-column tile), M not a multiple of 64, positions given
+// or not, r = 16 and 8 (padded), xa as [r, M] (the group's layout) and [M, r]; and the same
+// through the fallback (the expand kind off): matmul then rope_forward on the GPU.
+TEST(CudaOps, SkinnyExpandWithRope) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  struct RopeCase {
+    int64_t M, heads, D, r;
+    bool ta, positions;
+  };
+  Rng rng(71);
+  for (const RopeCase& rc : {RopeCase{200, 3, 128, 16, true, false}, RopeCase{136, 5, 64, 16, true, true},
+                             RopeCase{72, 4, 32, 8, false, false}, RopeCase{64, 8, 16, 16, true, true}}) {
+    // Rows [B, T] of T = 40 tokens (RoPE's positions t of each row, or the given ones).
+    const int64_t N = rc.heads * rc.D, K = rc.r, T = 40, B = (rc.M + T - 1) / T, Mr = B * T;
+    const RopeTables ct = rope_tables(128, rc.D, 10000.0, Device::cpu), gt = rope_tables(128, rc.D, 10000.0, Device::cuda);
+    Tensor A = random_bf16_values(rc.ta ? Shape{K, Mr} : Shape{Mr, K}, rng);
+    Tensor Bw = random_bf16_values({N, K}, rng);
+    Tensor C0 = random_bf16_values({Mr, N}, rng, 4.0);
+    Tensor pos, gpos;
+    if (rc.positions) {
+      pos = Tensor::empty({Mr}, DType::i32);
+      for (int64_t m = 0; m < Mr; ++m) pos.ptr<int32_t>()[m] = static_cast<int32_t>((m * 5) % 97);
+      gpos = Tensor::empty({Mr}, DType::i32, Device::cuda);
+      gpos.copy_from(pos);
+    }
+    const double s = 2.0;
+    // Reference in f64, and the magnitude bound's terms.
+    Tensor ref = C0.clone(MemCategory::other), mag = Tensor::empty({Mr, N}, DType::f64);
+    matmul(ref, A, rc.ta, Bw, true, s, 1.0);
+    Tensor absA = A.clone(MemCategory::other), absB = Bw.clone(MemCategory::other);
+    for (int64_t i = 0; i < absA.numel(); ++i) absA.ptr<double>()[i] = std::fabs(absA.ptr<double>()[i]);
+    for (int64_t i = 0; i < absB.numel(); ++i) absB.ptr<double>()[i] = std::fabs(absB.ptr<double>()[i]);
+    matmul(mag, absA, rc.ta, absB, true, s, 0.0);
+    for (int64_t i = 0; i < mag.numel(); ++i) mag.ptr<double>()[i] += std::fabs(C0.ptr<double>()[i]);
+    rope_forward(ref, B, T, ct, pos);
+    // |rope(v)| terms: |a c| + |b s| <= |a| + |b|: each output's magnitude is its pair's sum.
+    Tensor pmag = mag.clone(MemCategory::other);
+    const int64_t half = rc.D / 2;
+    for (int64_t m = 0; m < Mr; ++m)
+      for (int64_t h = 0; h < rc.heads; ++h)
+        for (int64_t c = 0; c < half; ++c) {
+          double* row = mag.ptr<double>() + m * N + h * rc.D;
+          double* out = pmag.ptr<double>() + m * N + h * rc.D;
+          out[c] = out[c + half] = row[c] + row[c + half];
+        }
+    for (bool fused : {true, false}) {
+      SCOPED_TRACE(str("M=", Mr, " heads=", rc.heads, " D=", rc.D, " r=", K, rc.ta ? " xa^T" : " xa",
+                       rc.positions ? " positions" : "", fused ? " fused" : " fallback"));
+      KindsGuard kinds(fused ? static_cast<unsigned>(cuda::kSkinnyExpand | cuda::kSkinnyRope) : 0u);
+      Tensor dA = to_device(A, DType::bf16), dB = to_device(Bw, DType::bf16), dC = to_device(C0, DType::bf16);
+      matmul_add_rope(dC, dA, rc.ta, dB, true, s, B, T, gt, gpos);
+      const Tensor g = dC.to_cpu(DType::f64);
+      const double u = std::ldexp(1.0, -8), gamma = static_cast<double>(K + 64) * std::ldexp(1.0, -23);
+      int64_t bad = 0;
+      for (int64_t i = 0; i < g.numel(); ++i) {
+        const double r = ref.ptr<double>()[i];
+        // fallback: the sum is rounded to bf16 before the rotation too (two roundings).
+        const double bound = (fused ? 1 : 2) * u * pmag.ptr<double>()[i] + u * std::fabs(r) +
+                             (1 + u) * gamma * pmag.ptr<double>()[i] + 1e-30;
+        if (!(std::fabs(g.ptr<double>()[i] - r) <= bound) && ++bad <= 3)
+          ADD_FAILURE() << "[" << i / N << "," << i % N << "] got " << g.ptr<double>()[i] << " want " << r;
+      }
+      EXPECT_EQ(bad, 0);
+    }
+  }
+#endif
+}
+
 TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   ST_REQUIRE_GPU();
 #ifdef SHARDTUNE_CUDA
