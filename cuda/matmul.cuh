@@ -61,4 +61,33 @@ bool skinny_expand_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& 
                         double beta, int64_t M, int64_t N, int64_t K, const float* cos, const float* sin,
                         const int32_t* pos, int64_t T, int D);
 
+// The pair kind: LoRA's two products of the output gradient dy [tokens, wide] from one pass over
+// it (the reduce and thin kinds read dy once each):
+//   dB  (+)= alpha dy^T xa      dB [wide, r] (f32 or bf16), beta_dB 0 or 1
+//   dxa   = alpha dy B          dxa [tokens, r] or, dxa_t, [r, tokens] (bf16 or f32)
+// xa [tokens, r] or, xa_t, [r, tokens]; B [wide, r]; dy, xa, B bf16. Block (x, y) streams dy's
+// tile of cols_per_split columns x tokens_per_split tokens once and writes f32 partial sums: of dB
+// over its tokens (splits_t of them) and of dxa over its columns (splits_n); two passes add them
+// in a fixed order (deterministic, as the reduce kind). The split is a function of the shape only,
+// so that the planner's dry run reserves the same scratch (scratch_bytes).
+struct SkinnyPairTiling {
+  int64_t tokens_per_split = 0, cols_per_split = 0, splits_t = 0, splits_n = 0, scratch_bytes = 0;
+};
+inline SkinnyPairTiling skinny_pair_tiling(int64_t tokens, int64_t wide, int64_t r) {
+  SkinnyPairTiling t;
+  t.tokens_per_split = 512;                    // 8 stages of 64 tokens
+  t.cols_per_split = (r <= 16 ? 4 : 2) * 128;  // 4 (r <= 16) or 2 (r <= 32) chunks of 128 columns
+  t.splits_t = (tokens + t.tokens_per_split - 1) / t.tokens_per_split;
+  t.splits_n = (wide + t.cols_per_split - 1) / t.cols_per_split;
+  t.scratch_bytes = static_cast<int64_t>(sizeof(float)) * r * (t.splits_t * wide + t.splits_n * tokens);
+  return t;
+}
+// Whether skinny_lora_dy_pair takes a call of these types and shape (the pair kind on in
+// SHARDTUNE_SKINNY, r a multiple of 8 in [8, 32], wide and tokens multiples of 8); it may still
+// decline an unaligned one.
+bool skinny_pair_takes(DType dy, DType xa, DType B, DType dB, DType dxa, int64_t tokens, int64_t wide, int64_t r);
+// Returns false, having done nothing, when it does not take the call.
+bool skinny_lora_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa,
+                         bool xa_t, const Tensor& B, double alpha, int64_t tokens, int64_t wide, int64_t r);
+
 }  // namespace st::cuda

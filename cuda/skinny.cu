@@ -584,6 +584,152 @@ __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandArgs p) {
   }
 }
 
+// ---------------------------------------------------------------- pair: dB and dxa from one pass over dy
+// dB(n, j) = sum_t X[t, n] P(t, j)   (the reduce kind's product: m = column n, n = j, k = token)
+// D(t, j)  = sum_n X[t, n] W[n, j]   (the thin kind's, W [K, r]: m = token, n = j, k = column)
+// X = dy [tokens, wide], P = xa ([tokens, r] or [r, tokens]), W = B [wide, r]. A stage is one 64
+// token x 128 column tile of X with P's 64 tokens and W's 128 rows; the two products read it from
+// shared memory in their own fragment layouts (X^T through ldmatrix .trans for dB, X for D).
+constexpr int kPairBT = 64, kPairBN = 128;
+constexpr int kPairLDX = pad_ld(kPairBN);
+template <int R>
+__host__ __device__ constexpr int pair_stages() { return R >= 32 ? 3 : 4; }  // <= 100 KiB: 2 blocks an H100 SM
+template <int R, bool P_RM>
+__host__ __device__ constexpr int pair_ldp() { return P_RM ? pad_ld(kPairBT) : pad_ld(R); }
+template <int R, bool P_RM>
+__host__ __device__ constexpr int pair_p_elems() { return (P_RM ? R : kPairBT) * pair_ldp<R, P_RM>(); }
+template <int R, bool P_RM>
+__host__ __device__ constexpr int pair_stage_elems() {
+  return kPairBT * kPairLDX + pair_p_elems<R, P_RM>() + kPairBN * pad_ld(R);
+}
+template <int R, bool P_RM>
+__host__ __device__ constexpr size_t pair_smem() {
+  return sizeof(bf16) * pair_stages<R>() * pair_stage_elems<R, P_RM>();
+}
+// Column chunks of 128 a block spans: its dB accumulators take NC R registers a thread.
+template <int R>
+__host__ __device__ constexpr int pair_nc() { return R <= 16 ? 4 : 2; }
+
+struct PairArgs {
+  const bf16* x;  // dy [tokens, wide]
+  const bf16* p;  // xa [tokens, r] (PM) or [r, tokens] (PR)
+  const bf16* w;  // B [wide, r]
+  float* part_d;  // [splits_n][tokens * r]: D's partial sums, element (t, j) at t * d_cs_t + j * d_cs_j
+  float* part_b;  // [splits_t][wide * r]: dB's, element (n, j) at n * r + j
+  int64_t tokens, wide, tokens_per_split, d_cs_t, d_cs_j;
+  int r;
+};
+
+// Block (x, y): columns [NC 128 x, NC 128 (x + 1)) and tokens [y S, min(tokens, (y + 1) S)), S =
+// tokens_per_split; stages run token chunk by token chunk, each over the block's column chunks
+// (the same cp.async ring as thin_kernel: one group and one barrier a stage). Warp w takes, of
+// every stage, columns 32 w .. 32 w + 31 (two m16 tiles) over the 64 tokens for dB, whose sums
+// stay in registers (one set per column chunk) until the end, and tokens 16 w .. 16 w + 15 over
+// the 128 columns for D, whose sums are complete for the block's columns after the token chunk's
+// last stage and go to part_d then. Tokens past the split's end are zero-filled and not stored
+// (the next split's block owns them); columns past `wide` are never loaded as chunks or stored.
+template <int R, bool P_RM>
+__global__ void __launch_bounds__(kThreads, 2) pair_kernel(const PairArgs p) {
+  constexpr int NC = pair_nc<R>(), S = pair_stages<R>();
+  constexpr int LDP = pair_ldp<R, P_RM>(), LDW = pad_ld(R), XS = kPairBT * kPairLDX, PS = pair_p_elems<R, P_RM>();
+  constexpr int SS = pair_stage_elems<R, P_RM>();
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* const tiles = reinterpret_cast<bf16*>(smem);  // stage s: X at s SS, P at + XS, W at + XS + PS
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * (NC * kPairBN);
+  const int64_t t_begin = static_cast<int64_t>(blockIdx.y) * p.tokens_per_split;
+  const int64_t t_end = t_begin + p.tokens_per_split < p.tokens ? t_begin + p.tokens_per_split : p.tokens;
+  const int nt = static_cast<int>((t_end - t_begin + kPairBT - 1) / kPairBT);
+  const int64_t chunks_left = (p.wide - n0 + kPairBN - 1) / kPairBN;
+  const int nc = chunks_left < NC ? static_cast<int>(chunks_left) : NC;  // column chunks inside `wide`
+  const int steps = nt * nc;
+
+  auto load = [&](int slot, int it) {
+    bf16* xs = tiles + slot * SS;
+    const int64_t t0 = t_begin + static_cast<int64_t>(it / nc) * kPairBT;
+    const int64_t c0 = n0 + static_cast<int64_t>(it % nc) * kPairBN;
+    load_tile<bf16, kPairBT, kPairBN, kPairLDX>(xs, p.x, p.wide, t_end, p.wide, t0, c0, tid);
+    if constexpr (P_RM) load_tile<bf16, R, kPairBT, LDP>(xs + XS, p.p, p.tokens, p.r, t_end, 0, t0, tid);
+    else load_tile<bf16, kPairBT, R, LDP>(xs + XS, p.p, p.r, t_end, p.r, t0, 0, tid);
+    load_tile<bf16, kPairBN, R, LDW>(xs + XS + PS, p.w, p.r, p.wide, p.r, c0, 0, tid);
+  };
+
+  float accB[NC][2][R / 8][4];
+  float accD[R / 8][4];
+#pragma unroll
+  for (int cc = 0; cc < NC; ++cc)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < R / 8; ++i) accB[cc][mt][i][0] = accB[cc][mt][i][1] = accB[cc][mt][i][2] = accB[cc][mt][i][3] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < R / 8; ++i) accD[i][0] = accD[i][1] = accD[i][2] = accD[i][3] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < steps) load(s, s);
+    cp_async_commit();
+  }
+  int it = 0;
+  float* const part_d = p.part_d + static_cast<int64_t>(blockIdx.x) * (p.tokens * p.r);
+  for (int tc = 0; tc < nt; ++tc) {
+#pragma unroll
+    for (int cc = 0; cc < NC; ++cc) {
+      if (cc < nc) {  // uniform over the block
+        cp_async_wait<S - 2>();  // as in thin_kernel
+        __syncthreads();
+        if (it + S - 1 < steps) load((it + S - 1) % S, it + S - 1);
+        cp_async_commit();
+        const bf16* xs = tiles + (it % S) * SS;
+#pragma unroll
+        for (int kk = 0; kk < kPairBT; kk += 16)
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            uint32_t a[4];
+            frag_a<true>(a, xs, kPairLDX, warp * 32 + mt * 16, kk, lane);
+            mma_row<R, !P_RM>(accB[cc][mt], a, xs + XS, LDP, kk, lane);
+          }
+#pragma unroll
+        for (int kk = 0; kk < kPairBN; kk += 16) {
+          uint32_t a[4];
+          frag_a<false>(a, xs, kPairLDX, warp * 16, kk, lane);
+          mma_row<R, true>(accD, a, xs + XS + PS, LDW, kk, lane);
+        }
+        ++it;
+      }
+    }
+    // D of this token chunk's 64 tokens over the block's columns is complete: to part_d.
+    const int64_t t0 = t_begin + static_cast<int64_t>(tc) * kPairBT;
+#pragma unroll
+    for (int i = 0; i < R / 8; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t t = t0 + warp * 16 + g + (c >> 1) * 8;
+        const int j = i * 8 + 2 * q + (c & 1);
+        if (t < t_end && j < p.r) part_d[t * p.d_cs_t + j * p.d_cs_j] = accD[i][c];
+        accD[i][c] = 0.0f;
+      }
+  }
+  cp_async_wait<0>();
+
+  float* const part_b = p.part_b + static_cast<int64_t>(blockIdx.y) * (p.wide * p.r);
+#pragma unroll
+  for (int cc = 0; cc < NC; ++cc) {
+    if (cc >= nc) break;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < R / 8; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int64_t n = n0 + cc * kPairBN + warp * 32 + mt * 16 + g + (c >> 1) * 8;
+          const int j = i * 8 + 2 * q + (c & 1);
+          if (n < p.wide && j < p.r) part_b[n * p.r + j] = accB[cc][mt][i][c];
+        }
+  }
+}
+
 // ---------------------------------------------------------------- launchers
 // The device's shared memory per block with opt-in (A100 163 KiB, H100 227 KiB, sm_86 99 KiB).
 size_t smem_limit() {
@@ -652,6 +798,27 @@ bool thin(const ThinArgs& a, bool w_kr) {
   }
 }
 
+template <int R, bool P_RM>
+bool run_pair(const PairArgs& a, dim3 grid) {
+  constexpr size_t smem = pair_smem<R, P_RM>();
+  if (smem > smem_limit()) return false;
+  static const bool once = (allow_smem(pair_kernel<R, P_RM>, smem), true);
+  (void)once;
+  pair_kernel<R, P_RM><<<grid, kThreads, smem, stream()>>>(a);
+  ST_CUDA_LAUNCH_CHECK("skinny pair_kernel");
+  return true;
+}
+
+// C[i] = alpha sum_s part[s][i] + beta Cin[i] (sum_splits_kernel) over count elements.
+template <typename TC>
+void sum_splits(const float* part, int64_t splits, int64_t count, TC* C, const TC* Cin, float alpha, float beta) {
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>(ceil_div(count / 4, threads), 8 * sm_count());
+  sum_splits_kernel<TC><<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(part, static_cast<int>(splits), count,
+                                                                              C, Cin, alpha, beta);
+  ST_CUDA_LAUNCH_CHECK("skinny sum_splits_kernel");
+}
+
 template <bool P_RM>
 size_t red_smem_of(int r_inst) {
   return r_inst == 8 ? red_smem<8, P_RM>() : r_inst == 16 ? red_smem<16, P_RM>() : r_inst == 32 ? red_smem<32, P_RM>() : red_smem<64, P_RM>();
@@ -675,11 +842,7 @@ bool reduce(ReduceArgs a, bool p_rm, TC* C, const TC* Cin, float alpha, float be
     case 32: p_rm ? run_reduce<32, true>(a, splits) : run_reduce<32, false>(a, splits); break;
     default: p_rm ? run_reduce<64, true>(a, splits) : run_reduce<64, false>(a, splits); break;
   }
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>(ceil_div(a.part_stride / 4, threads), 8 * sm_count());
-  sum_splits_kernel<TC><<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(
-      a.part, static_cast<int>(splits), a.part_stride, C, Cin, alpha, beta);
-  ST_CUDA_LAUNCH_CHECK("skinny sum_splits_kernel");
+  sum_splits<TC>(a.part, splits, a.part_stride, C, Cin, alpha, beta);
   return true;
 }
 
@@ -763,6 +926,49 @@ bool skinny_expand_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& 
   e.rope_T = T;
   e.rope_D = D;
   return expand<bf16, true>(e, trans_a, trans_b);
+}
+
+bool skinny_pair_takes(DType dy, DType xa, DType B, DType dB, DType dxa, int64_t tokens, int64_t wide, int64_t r) {
+  return (skinny_kinds() & kSkinnyPair) && dy == DType::bf16 && xa == DType::bf16 && B == DType::bf16 &&
+         (dB == DType::f32 || dB == DType::bf16) && (dxa == DType::bf16 || dxa == DType::f32) && tokens > 0 &&
+         tokens % 8 == 0 && wide > 0 && wide % 8 == 0 && r >= 8 && r <= 32 && r % 8 == 0;
+}
+
+bool skinny_lora_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa,
+                         bool xa_t, const Tensor& B, double alpha, int64_t tokens, int64_t wide, int64_t r) {
+  if (!skinny_pair_takes(dy.dtype(), xa.dtype(), B.dtype(), dB.dtype(), dxa.dtype(), tokens, wide, r)) return false;
+  if (!aligned16(dy.data()) || !aligned16(xa.data()) || !aligned16(B.data()) || !aligned16(dB.data()) ||
+      !aligned16(dxa.data()))
+    return false;
+  const int ri = inst_r(static_cast<int>(r));
+  const size_t smem = ri == 8    ? (xa_t ? pair_smem<8, true>() : pair_smem<8, false>())
+                      : ri == 16 ? (xa_t ? pair_smem<16, true>() : pair_smem<16, false>())
+                                 : (xa_t ? pair_smem<32, true>() : pair_smem<32, false>());
+  if (smem > smem_limit()) return false;
+  const SkinnyPairTiling tl = skinny_pair_tiling(tokens, wide, r);
+  if (tl.cols_per_split != (ri <= 16 ? pair_nc<16>() : pair_nc<32>()) * kPairBN || tl.tokens_per_split % kPairBT != 0 ||
+      tl.splits_t > 65535)
+    return false;
+  float* const part_b = static_cast<float*>(raw_scratch(kScratchSkinny, static_cast<size_t>(tl.scratch_bytes)));
+  float* const part_d = part_b + tl.splits_t * wide * r;
+  const PairArgs a{static_cast<const bf16*>(dy.data()), static_cast<const bf16*>(xa.data()),
+                   static_cast<const bf16*>(B.data()), part_d, part_b, tokens, wide, tl.tokens_per_split,
+                   dxa_t ? 1 : r, dxa_t ? tokens : 1, static_cast<int>(r)};
+  const dim3 grid(static_cast<unsigned>(tl.splits_n), static_cast<unsigned>(tl.splits_t));
+  const bool launched = ri == 8    ? (xa_t ? run_pair<8, true>(a, grid) : run_pair<8, false>(a, grid))
+                        : ri == 16 ? (xa_t ? run_pair<16, true>(a, grid) : run_pair<16, false>(a, grid))
+                                   : (xa_t ? run_pair<32, true>(a, grid) : run_pair<32, false>(a, grid));
+  if (!launched) return false;
+  const float fa = static_cast<float>(alpha), fb = static_cast<float>(beta_dB);
+  if (dB.dtype() == DType::f32)
+    sum_splits<float>(part_b, tl.splits_t, wide * r, static_cast<float*>(dB.data()),
+                      fb != 0.0f ? static_cast<const float*>(dB.data()) : nullptr, fa, fb);
+  else
+    sum_splits<bf16>(part_b, tl.splits_t, wide * r, static_cast<bf16*>(dB.data()),
+                     fb != 0.0f ? static_cast<const bf16*>(dB.data()) : nullptr, fa, fb);
+  if (dxa.dtype() == DType::f32) sum_splits<float>(part_d, tl.splits_n, tokens * r, static_cast<float*>(dxa.data()), nullptr, fa, 0.0f);
+  else sum_splits<bf16>(part_d, tl.splits_n, tokens * r, static_cast<bf16*>(dxa.data()), nullptr, fa, 0.0f);
+  return true;
 }
 
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,

@@ -91,8 +91,8 @@ bool LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool d
   ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (backward)", x.device());
   const int64_t M = x.numel() / x.dim(-1);
   Tensor xa_m = part_of(xa, M).view({M, r}), dxa_m = part_of(dxa, M).view({M, r});
-  matmul(dB, dy, true, xa_m, false, scale, 1.0);        // dB += scale * dy^T xa        [out, r]
-  matmul(dxa_m, dy, false, B_work, false, scale, 0.0);  // dxa = scale * dy B           [M, r]
+  // dB += scale * dy^T xa [out, r] and dxa = scale * dy B [M, r] (one pass over dy where it can)
+  matmul_dy_pair(dB, 1.0, dxa_m, false, dy, xa_m, false, B_work, scale);
   const bool writes_dx = dx && dx->defined();
   if (writes_dx) {
     // Column-parallel: dxa is this rank's partial sum, and so is dx (the caller all-reduces it).
@@ -242,8 +242,8 @@ bool LoraAdapter::group_backward(const std::vector<Linear*>& layers, const Tenso
     const Tensor& dy = *dys[at[j]];
     const Tensor xaT = a.part_of(xa, M).view({a.r, M});
     Tensor dxaT = a.part_of(dxa, M).view({a.r, M});
-    matmul(a.dB, dy, true, xaT, true, a.scale, 1.0);         // dB += scale * dy^T xa    [out, r]
-    matmul(dxaT, a.B_work, true, dy, true, a.scale, 0.0);    // dxa^T = scale * B^T dy^T [r, M]
+    // dB += scale * dy^T xa [out, r] and dxa^T = scale * B^T dy^T [r, M] (one pass over dy where it can)
+    matmul_dy_pair(a.dB, 1.0, dxaT, true, dy, xaT, true, a.B_work, a.scale);
     covered[at[j]] = true;
   }
   const Tensor dxaT = dxa.slice(0, R * M).view({R, M});

@@ -99,6 +99,46 @@ void matmul_add_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, 
   rope_forward(C, batch, T, tables, positions);
 }
 
+void matmul_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
+                    const Tensor& B, double alpha) {
+  const int64_t M = rows_of(dy), out = dy.dim(-1), r = B.dim(-1);
+  if (rows_of(B) != out || dB.numel() != out * r || dB.dim(-1) != r || xa.numel() != M * r ||
+      xa.dim(-1) != (xa_t ? M : r) || dxa.numel() != M * r || dxa.dim(-1) != (dxa_t ? M : r))
+    ST_THROW("matmul_dy_pair: shapes dy ", dy.shape().str(), ", xa ", xa.shape().str(), (xa_t ? "^T" : ""), ", B ",
+             B.shape().str(), " -> dB ", dB.shape().str(), ", dxa ", dxa.shape().str(), (dxa_t ? "^T" : ""),
+             " do not agree");
+  if (dy.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    if (cuda::skinny_pair_takes(dy.dtype(), xa.dtype(), B.dtype(), dB.dtype(), dxa.dtype(), M, out, r)) {
+      std::string shaped;
+      if (profile_level() >= 2)
+        shaped = str("matmul (skinny: LoRA dB + dxa) ", M, "x", out, "x", r, xa_t ? " xa^T" : "", dxa_t ? " dxa^T" : "", " ",
+                     dtype_name(dy.dtype()), "->", dtype_name(dB.dtype()), ",", dtype_name(dxa.dtype()));
+      ProfileScope prof(shaped.empty() ? "matmul (skinny: LoRA)" : shaped.c_str(), dy.device());
+      for (const Tensor* t : {static_cast<const Tensor*>(&dB), static_cast<const Tensor*>(&dxa), &xa, &B})
+        check_same_device(*t, dy, "matmul_dy_pair");
+      // One pass over dy (timed by its bytes) doing the two GEMMs' FLOPs.
+      const double flops = 4.0 * static_cast<double>(M) * static_cast<double>(out) * static_cast<double>(r);
+      const cuda::SkinnyPairTiling tl = cuda::skinny_pair_tiling(M, out, r);
+      const TracedOp traced(OpFamily::elementwise,
+                            tensor_bytes({&dy, &xa, &B, &dB, &dxa}) + 2.0 * static_cast<double>(tl.scratch_bytes) +
+                                (beta_dB != 0.0 ? tensor_bytes({&dB}) : 0.0),
+                            flops);
+      if (traced.dry()) {
+        dry_run_add_flops(flops);
+        dry_run_scratch("skinny partial sums", static_cast<size_t>(tl.scratch_bytes), Device::cuda, MemCategory::workspace);
+        return;
+      }
+      if (cuda::skinny_lora_dy_pair(dB, beta_dB, dxa, dxa_t, dy, xa, xa_t, B, alpha, M, out, r)) return;
+      // Not taken after all (alignment, shared memory): the two matmuls, outside this op's trace.
+    }
+#endif
+  }
+  matmul(dB, dy, true, xa, xa_t, alpha, beta_dB);
+  if (dxa_t) matmul(dxa, B, true, dy, true, alpha, 0.0);  // dxa^T = alpha B^T dy^T
+  else matmul(dxa, dy, false, B, false, alpha, 0.0);
+}
+
 bool matmul_add_rope_one_pass(Device device) {
 #ifdef SHARDTUNE_CUDA
   return device == Device::cuda && (cuda::skinny_kinds() & cuda::kSkinnyRope) != 0;

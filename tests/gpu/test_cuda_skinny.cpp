@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -334,6 +335,93 @@ TEST(CudaOps, SkinnyExpandWithRope) {
 #endif
 }
 
+// pair: dB (+)= alpha dy^T xa and dxa = alpha dy B from one pass over dy (skinny_lora_dy_pair),
+// against f64 references with the bound above (K = tokens for dB, wide for dxa). Tails: tokens
+// not a multiple of the 64-token stage or the 512-token split, columns not a multiple of the 128
+// chunk or the block's 512 (256 at r > 16); r = 24 in the r = 32 instantiation; both layouts of
+// xa and dxa; dB f32 with beta 1 and bf16 with beta 0 (NaN-filled: never read); dxa NaN-filled.
+TEST(CudaOps, SkinnyLoraDyPair) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  struct PairCase {
+    int64_t T, W, r;
+    bool xa_t, dxa_t;
+  };
+  Rng rng(515);
+  const double alpha = 2.0;
+  for (const PairCase& pc : {PairCase{1000, 1032, 16, true, true}, PairCase{520, 4096, 8, false, false},
+                             PairCase{1536, 640, 24, true, false}, PairCase{64, 128, 32, true, true},
+                             PairCase{1096, 2056, 32, false, true}, PairCase{2048, 1152, 16, false, false}}) {
+    const int64_t T = pc.T, W = pc.W, r = pc.r;
+    const Shape xs = pc.xa_t ? Shape{r, T} : Shape{T, r}, ds = pc.dxa_t ? Shape{r, T} : Shape{T, r};
+    const Tensor dy = random_bf16_values({T, W}, rng), xa = random_bf16_values(xs, rng);
+    const Tensor Bw = random_bf16_values({W, r}, rng), dB0 = random_bf16_values({W, r}, rng);
+    // f64 references (the CPU op is the two matmuls) and the magnitudes of their terms.
+    Tensor refB = dB0.clone(MemCategory::other), refD = Tensor::empty(ds, DType::f64);
+    matmul_dy_pair(refB, 1.0, refD, pc.dxa_t, dy, xa, pc.xa_t, Bw, alpha);
+    Tensor refB0 = Tensor::empty({W, r}, DType::f64), magB = Tensor::empty({W, r}, DType::f64);
+    Tensor magD = Tensor::empty(ds, DType::f64);
+    matmul(refB0, dy, true, xa, pc.xa_t, alpha, 0.0);
+    matmul_dy_pair(magB, 0.0, magD, pc.dxa_t, abs_of(dy), abs_of(xa), pc.xa_t, abs_of(Bw), alpha);
+    for (bool f32_db : {true, false}) {
+      SCOPED_TRACE(str("T=", T, " W=", W, " r=", r, pc.xa_t ? " xa^T" : " xa", pc.dxa_t ? " dxa^T" : " dxa",
+                       f32_db ? " dB f32 +=" : " dB bf16 ="));
+      KindsGuard kinds(cuda::kSkinnyPair);
+      const DType bdt = f32_db ? DType::f32 : DType::bf16;
+      const double beta = f32_db ? 1.0 : 0.0;
+      Tensor gB = f32_db ? to_device(dB0, bdt) : nan_like({W, r}, bdt);
+      Tensor gD = nan_like(ds, DType::bf16);
+      const Tensor gdy = to_device(dy, DType::bf16), gxa = to_device(xa, DType::bf16), gBw = to_device(Bw, DType::bf16);
+      ASSERT_TRUE(cuda::skinny_lora_dy_pair(gB, beta, gD, pc.dxa_t, gdy, gxa, pc.xa_t, gBw, alpha, T, W, r))
+          << "the pair kernel did not take the call";
+      const Tensor hB = gB.to_cpu(DType::f64), hD = gD.to_cpu(DType::f64);
+      auto check = [&](const Tensor& got, const Tensor& ref, const Tensor& mag, const Tensor* cin, int64_t K, double u,
+                       const char* what) {
+        const double gamma = static_cast<double>(K + 64) * std::ldexp(1.0, -23);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < got.numel(); ++i) {
+          const double c = cin ? std::fabs(cin->ptr<double>()[i]) : 0.0;
+          const double bound = u * std::fabs(ref.ptr<double>()[i]) + (1 + u) * gamma * (mag.ptr<double>()[i] + c) + 1e-300;
+          if (!(std::fabs(got.ptr<double>()[i] - ref.ptr<double>()[i]) <= bound) && ++bad <= 3)
+            ADD_FAILURE() << what << "[" << i << "] got " << got.ptr<double>()[i] << " want " << ref.ptr<double>()[i];
+        }
+        EXPECT_EQ(bad, 0) << what;
+      };
+      check(hB, f32_db ? refB : refB0, magB, f32_db ? &dB0 : nullptr, T,
+            f32_db ? std::ldexp(1.0, -24) : std::ldexp(1.0, -8), "dB");
+      check(hD, refD, magD, nullptr, W, std::ldexp(1.0, -8), "dxa");
+    }
+  }
+  // The op layer takes the kernel with the pair kind on, and the two matmuls without it.
+  {
+    const int64_t T = 512, W = 384, r = 16;
+    const Tensor dy = random_bf16_values({T, W}, rng), xa = random_bf16_values({r, T}, rng);
+    const Tensor Bw = random_bf16_values({W, r}, rng);
+    Tensor ref_b = Tensor::zeros({W, r}, DType::f64), ref_d = Tensor::empty({r, T}, DType::f64);
+    matmul_dy_pair(ref_b, 1.0, ref_d, true, dy, xa, true, Bw, 0.5);
+    for (unsigned kinds : {static_cast<unsigned>(cuda::kSkinnyPair), 0u}) {
+      KindsGuard guard(kinds);
+      Tensor gB = Tensor::zeros({W, r}, DType::f32, Device::cuda), gD = nan_like({r, T}, DType::bf16);
+      matmul_dy_pair(gB, 1.0, gD, true, to_device(dy, DType::bf16), to_device(xa, DType::bf16), true,
+                     to_device(Bw, DType::bf16), 0.5);
+      const Tensor hB = gB.to_cpu(DType::f64), hD = gD.to_cpu(DType::f64);
+      double worst_b = 0, worst_d = 0, scale_b = 0, scale_d = 0;
+      for (int64_t i = 0; i < hB.numel(); ++i) {
+        worst_b = std::max(worst_b, std::fabs(hB.ptr<double>()[i] - ref_b.ptr<double>()[i]));
+        scale_b = std::max(scale_b, std::fabs(ref_b.ptr<double>()[i]));
+      }
+      for (int64_t i = 0; i < hD.numel(); ++i) {
+        worst_d = std::max(worst_d, std::fabs(hD.ptr<double>()[i] - ref_d.ptr<double>()[i]));
+        scale_d = std::max(scale_d, std::fabs(ref_d.ptr<double>()[i]));
+      }
+      // f32 dB: sums of 512 products (< 1e-5 of the largest); bf16 dxa: one rounding of each sum.
+      EXPECT_LE(worst_b, 1e-5 * scale_b) << "kinds " << kinds;
+      EXPECT_LE(worst_d, (std::ldexp(1.0, -8) + 1e-5) * scale_d) << "kinds " << kinds;
+    }
+  }
+#endif
+}
+
 TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   ST_REQUIRE_GPU();
 #ifdef SHARDTUNE_CUDA
@@ -444,6 +532,40 @@ TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
   }
   std::printf("[skinny] sum over the calls above: cublaslt %.1f us, custom %.1f us (ratio %.2f)\n", total_lt,
               total_custom, total_lt / std::max(total_custom, 1e-9));
+  // The pair kind against the two calls it replaces (dB += s dy^T xa, dxa = s dy B), each by
+  // cuBLASLt and by the custom thin and reduce kernels; the ratio is the faster of those over pair.
+  std::printf("[skinny] pair: dB += s dy^T xa and dxa = s dy B from one pass over dy\n");
+  std::printf("[skinny] %-30s %8s %12s %12s %12s %9s %7s\n", "tokens x wide x r", "dy MB", "2x cublaslt",
+              "thin+reduce", "pair", "dy TB/s", "ratio");
+  for (const auto& pc : {std::array<int64_t, 2>{4096, 16}, std::array<int64_t, 2>{11008, 16},
+                         std::array<int64_t, 2>{4096, 8}, std::array<int64_t, 2>{4096, 32}}) {
+    const int64_t W = pc[0], r = pc[1];
+    for (bool transposed : {true, false}) {
+      const Shape rs = transposed ? Shape{r, T} : Shape{T, r};
+      Tensor dy = Tensor::empty({T, W}, DType::bf16, Device::cuda), Bw = Tensor::empty({W, r}, DType::bf16, Device::cuda);
+      Tensor xa = Tensor::empty(rs, DType::bf16, Device::cuda), dxa = Tensor::empty(rs, DType::bf16, Device::cuda);
+      Tensor dB = Tensor::zeros({W, r}, DType::f32, Device::cuda);
+      fill_uniform(dy, key++, -1.0, 1.0);
+      fill_uniform(Bw, key++, -1.0, 1.0);
+      fill_uniform(xa, key++, -1.0, 1.0);
+      auto median_us = [&](unsigned kinds) {
+        KindsGuard guard(kinds);
+        const double ms = test::median_event_ms(
+            runs, [&](int i) { EXPECT_EQ(cudaMemsetAsync(flush.data(), i & 0xff, flush.nbytes(), 0), cudaSuccess); },
+            [&] {
+              matmul_dy_pair(dB, 1.0, dxa, transposed, dy, xa, transposed, Bw, 2.0);
+              return true;
+            });
+        return 1e3 * ms;
+      };
+      const double lt = median_us(0u), cu = median_us(cuda::kSkinnyThin | cuda::kSkinnyReduce);
+      const double pr = median_us(cuda::kSkinnyPair);
+      const double mb = static_cast<double>(dy.nbytes()) / 1e6;
+      const std::string shape = str(T, "x", W, "x", r, transposed ? " xa^T dxa^T" : " xa dxa");
+      std::printf("[skinny] %-30s %8.1f %10.1fus %10.1fus %10.1fus %9.2f %7.2f\n", shape.c_str(), mb, lt, cu, pr,
+                  mb / pr, std::min(lt, cu) / pr);
+    }
+  }
 #endif
 }
 
