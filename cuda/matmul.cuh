@@ -21,17 +21,20 @@ void matmul_cublaslt(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, 
 
 // Skinny GEMMs (LoRA's rank-r products) by shardtune's kernels (cuda/skinny.cu) instead of
 // cuBLASLt, by kind (see skinny_matmul): SHARDTUNE_SKINNY=custom (all kinds), a comma list of
-// thin, reduce, expand, rope, pair (those kinds), or cublaslt (none); unset: expand. Read once.
-// rope: LoRA's q / k update and RoPE in one pass (skinny_expand_rope; LoRA groups then run the
-// base GEMM first); pair: dB and dxa from one pass over dy (skinny_lora_dy_pair). Both are opt-in
-// until measured on a GPU (docs/NOTES.md).
+// thin, reduce, expand, rope, pair, swiglu (those kinds), or cublaslt (none); unset: expand. Read
+// once. rope: LoRA's q / k update and RoPE in one pass (skinny_expand_rope; LoRA groups then run
+// the base GEMM first); pair: dB and dxa from one pass over dy (skinny_lora_dy_pair); swiglu: the
+// gate and up LoRA terms made inside SwiGLU's forward and backward instead of added to the
+// projections' outputs (skinny_swiglu_lora). The last three are opt-in until measured on a GPU
+// (docs/NOTES.md).
 enum SkinnyKind : unsigned {
   kSkinnyThin = 1,
   kSkinnyReduce = 2,
   kSkinnyExpand = 4,
   kSkinnyRope = 8,
   kSkinnyPair = 16,
-  kSkinnyAll = 31
+  kSkinnySwiglu = 32,
+  kSkinnyAll = 63
 };
 unsigned skinny_kinds();
 // Tests and benchmarks: force the kinds for this process; clear_skinny_kinds returns to the environment's.
@@ -89,5 +92,16 @@ bool skinny_pair_takes(DType dy, DType xa, DType B, DType dB, DType dxa, int64_t
 // Returns false, having done nothing, when it does not take the call.
 bool skinny_lora_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa,
                          bool xa_t, const Tensor& B, double alpha, int64_t tokens, int64_t wide, int64_t r);
+
+// The swiglu kind: h = silu(g + sg xg^T bg^T) (u + su xu^T bu^T) (forward, out0 = h) or the
+// gradients of those two sums from dh (backward: out0 = dg, out1 = du), g and u the base GEMMs'
+// outputs [M, N], x* the transposed xa [r*, M], b* LoRA's B [N, r*], all bf16; a rank r* of 0: no
+// such term (its tensors are not read). skinny_swiglu_takes: the kind on, M and N multiples of 8,
+// each rank 0 or a multiple of 8 in [8, 64], not both 0. Returns false, having done nothing, when
+// it does not take the call (also: a tensor not bf16 or not 16-byte aligned).
+bool skinny_swiglu_takes(int64_t M, int64_t N, int64_t rg, int64_t ru);
+bool skinny_swiglu_lora(bool backward, const Tensor* dh, const Tensor& g, const Tensor& u, const Tensor& xg,
+                        const Tensor& bg, double sg, const Tensor& xu, const Tensor& bu, double su, Tensor& out0,
+                        Tensor* out1, int64_t M, int64_t N, int64_t rg, int64_t ru);
 
 }  // namespace st::cuda

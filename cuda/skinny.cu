@@ -730,6 +730,136 @@ __global__ void __launch_bounds__(kThreads, 2) pair_kernel(const PairArgs p) {
   }
 }
 
+// ---------------------------------------------------------------- swiglu with the LoRA terms of gate and up
+// h = silu(g') u' (forward) or dg', du' from dh (backward), g' = g + sg xg Bg^T, u' = u + su xu Bu^T:
+// the gate and up projections' rank-r terms are made in the tile (two expand products) and never
+// stored; g and u are the base GEMMs' outputs. x* are the group's transposed xa [r, M], B* [N, r].
+// Block b: the 64 x 128 tile (b / tiles_n, b % tiles_n), warps as in expand_kernel (rows 32 (w % 2)
+// .., columns 64 (w / 2) ..). One cp.async group brings the four factor tiles and the g, u (and dh)
+// tiles; each thread turns its fragments into results in place in the g (and u) tiles' shared
+// copies, then the block writes them out in 16-byte rows. The arithmetic per element is
+// swiglu_forward_kernel's / swiglu_backward_kernel's on g', u' in f32.
+struct SwigluLoraArgs {
+  const bf16* g;
+  const bf16* u;
+  const bf16* dh;  // backward only
+  const bf16* xg;  // [r, M]
+  const bf16* xu;
+  const bf16* bg;  // [N, r]
+  const bf16* bu;
+  bf16* out0;  // h (forward) or dg
+  bf16* out1;  // du (backward)
+  int64_t M, N, tiles_n;
+  int rg, ru;  // the terms' ranks (0: no term: its factors are not read)
+  float sg, su;
+};
+template <int RK, bool kBackward>
+__host__ __device__ constexpr size_t swiglu_lora_smem() {
+  return sizeof(bf16) * (2 * exp_p_elems<RK, true>() + 2 * exp_w_elems<RK, true>() +
+                         (kBackward ? 3 : 2) * kExpBM * kExpLDC);
+}
+
+template <int RK, bool kBackward>
+__global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraArgs p) {
+  constexpr int LDP = exp_ldp<RK, true>(), LDW = exp_ldw<RK, true>();
+  constexpr int PE = exp_p_elems<RK, true>(), WE = exp_w_elems<RK, true>(), TE = kExpBM * kExpLDC;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* const pg = reinterpret_cast<bf16*>(smem);
+  bf16* const pu = pg + PE;
+  bf16* const wg = pu + PE;
+  bf16* const wu = wg + WE;
+  bf16* const gs = wu + WE;
+  bf16* const us = gs + TE;
+  bf16* const ds = us + TE;  // dh (backward)
+  static_assert((2 * PE + 2 * WE) % 8 == 0 && TE % 8 == 0, "16-byte tile alignment");
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x / p.tiles_n) * kExpBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x % p.tiles_n) * kExpBN;
+
+  // Factor rows past a term's rank are zero-filled (it is instantiated at the larger one).
+  if (p.rg > 0) {
+    load_tile<bf16, RK, kExpBM, LDP>(pg, p.xg, p.M, p.rg, p.M, 0, m0, tid);
+    load_tile<bf16, kExpBN, RK, LDW>(wg, p.bg, p.rg, p.N, p.rg, n0, 0, tid);
+  }
+  if (p.ru > 0) {
+    load_tile<bf16, RK, kExpBM, LDP>(pu, p.xu, p.M, p.ru, p.M, 0, m0, tid);
+    load_tile<bf16, kExpBN, RK, LDW>(wu, p.bu, p.ru, p.N, p.ru, n0, 0, tid);
+  }
+  load_tile<bf16, kExpBM, kExpBN, kExpLDC>(gs, p.g, p.N, p.M, p.N, m0, n0, tid);
+  load_tile<bf16, kExpBM, kExpBN, kExpLDC>(us, p.u, p.N, p.M, p.N, m0, n0, tid);
+  if constexpr (kBackward) load_tile<bf16, kExpBM, kExpBN, kExpLDC>(ds, p.dh, p.N, p.M, p.N, m0, n0, tid);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int wm = warp & 1, wn = warp >> 1;
+  float ag[2][8][4], au[2][8][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) ag[mt][i][c] = au[mt][i][c] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < RK; kk += 16) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      uint32_t a[4], b[4];
+      if (p.rg > kk) {  // uniform over the block
+        frag_a<true>(a, pg, LDP, wm * 32 + mt * 16, kk, lane);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          frag_b2<false>(b, wg, LDW, wn * 64 + np * 16, kk, lane);
+          mma_bf16(ag[mt][2 * np], a, b[0], b[1]);
+          mma_bf16(ag[mt][2 * np + 1], a, b[2], b[3]);
+        }
+      }
+      if (p.ru > kk) {
+        frag_a<true>(a, pu, LDP, wm * 32 + mt * 16, kk, lane);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          frag_b2<false>(b, wu, LDW, wn * 64 + np * 16, kk, lane);
+          mma_bf16(au[mt][2 * np], a, b[0], b[1]);
+          mma_bf16(au[mt][2 * np + 1], a, b[2], b[3]);
+        }
+      }
+    }
+  }
+
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int off = (wm * 32 + mt * 16 + g + hh * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
+        const float2 gb = load2(gs + off), ub = load2(us + off);
+        const float g0 = gb.x + p.sg * ag[mt][i][2 * hh], g1 = gb.y + p.sg * ag[mt][i][2 * hh + 1];
+        const float u0 = ub.x + p.su * au[mt][i][2 * hh], u1 = ub.y + p.su * au[mt][i][2 * hh + 1];
+        if constexpr (!kBackward) {
+          store2(gs + off, make_float2(g0 / (1.0f + __expf(-g0)) * u0, g1 / (1.0f + __expf(-g1)) * u1));
+        } else {
+          const float2 d = load2(ds + off);
+          const float s0 = 1.0f / (1.0f + __expf(-g0)), s1 = 1.0f / (1.0f + __expf(-g1));
+          store2(gs + off, make_float2(d.x * u0 * (s0 + g0 * s0 * (1.0f - s0)), d.y * u1 * (s1 + g1 * s1 * (1.0f - s1))));
+          store2(us + off, make_float2(d.x * g0 * s0, d.y * g1 * s1));
+        }
+      }
+  __syncthreads();
+  constexpr int V = 8, VPR = kExpBN / V;
+#pragma unroll
+  for (int it = 0; it < kExpBM * VPR / kThreads; ++it) {
+    const int v = tid + it * kThreads, row = v / VPR, col = (v % VPR) * V;
+    const int64_t gm = m0 + row, gn = n0 + col;
+    if (gm < p.M && gn < p.N) {  // N is a multiple of 8: the vector is whole
+      *reinterpret_cast<uint4*>(p.out0 + gm * p.N + gn) = *reinterpret_cast<const uint4*>(gs + row * kExpLDC + col);
+      if constexpr (kBackward)
+        *reinterpret_cast<uint4*>(p.out1 + gm * p.N + gn) = *reinterpret_cast<const uint4*>(us + row * kExpLDC + col);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- launchers
 // The device's shared memory per block with opt-in (A100 163 KiB, H100 227 KiB, sm_86 99 KiB).
 size_t smem_limit() {
@@ -819,6 +949,19 @@ void sum_splits(const float* part, int64_t splits, int64_t count, TC* C, const T
   ST_CUDA_LAUNCH_CHECK("skinny sum_splits_kernel");
 }
 
+template <int RK, bool kBackward>
+bool run_swiglu_lora(const SwigluLoraArgs& a) {
+  constexpr size_t smem = swiglu_lora_smem<RK, kBackward>();
+  if (smem > smem_limit()) return false;
+  static const bool once = (allow_smem(swiglu_lora_kernel<RK, kBackward>, smem), true);
+  (void)once;
+  const int64_t blocks = ceil_div(a.M, kExpBM) * a.tiles_n;
+  if (blocks > 0x7fffffff) return false;
+  swiglu_lora_kernel<RK, kBackward><<<static_cast<unsigned>(blocks), kThreads, smem, stream()>>>(a);
+  ST_CUDA_LAUNCH_CHECK("skinny swiglu_lora_kernel");
+  return true;
+}
+
 template <bool P_RM>
 size_t red_smem_of(int r_inst) {
   return r_inst == 8 ? red_smem<8, P_RM>() : r_inst == 16 ? red_smem<16, P_RM>() : r_inst == 32 ? red_smem<32, P_RM>() : red_smem<64, P_RM>();
@@ -891,9 +1034,10 @@ unsigned skinny_kinds() {
       else if (k == "expand") kinds |= kSkinnyExpand;
       else if (k == "rope") kinds |= kSkinnyRope;
       else if (k == "pair") kinds |= kSkinnyPair;
+      else if (k == "swiglu") kinds |= kSkinnySwiglu;
       else
         ST_THROW_INPUT("SHARDTUNE_SKINNY=", v,
-                       ": expected custom, cublaslt or a comma list (no spaces) of thin, reduce, expand, rope, pair");
+                       ": expected custom, cublaslt or a comma list (no spaces) of thin, reduce, expand, rope, pair, swiglu");
       pos = end + 1;
     }
     return kinds;
@@ -969,6 +1113,42 @@ bool skinny_lora_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, co
   if (dxa.dtype() == DType::f32) sum_splits<float>(part_d, tl.splits_n, tokens * r, static_cast<float*>(dxa.data()), nullptr, fa, 0.0f);
   else sum_splits<bf16>(part_d, tl.splits_n, tokens * r, static_cast<bf16*>(dxa.data()), nullptr, fa, 0.0f);
   return true;
+}
+
+bool skinny_swiglu_takes(int64_t M, int64_t N, int64_t rg, int64_t ru) {
+  return (skinny_kinds() & kSkinnySwiglu) && M > 0 && M % 8 == 0 && N > 0 && N % 8 == 0 && (rg > 0 || ru > 0) &&
+         (rg == 0 || rank_like(rg)) && (ru == 0 || rank_like(ru));
+}
+
+bool skinny_swiglu_lora(bool backward, const Tensor* dh, const Tensor& g, const Tensor& u, const Tensor& xg,
+                        const Tensor& bg, double sg, const Tensor& xu, const Tensor& bu, double su, Tensor& out0,
+                        Tensor* out1, int64_t M, int64_t N, int64_t rg, int64_t ru) {
+  if (!skinny_swiglu_takes(M, N, rg, ru)) return false;
+  for (const Tensor* t : {dh, &g, &u, rg ? &xg : nullptr, rg ? &bg : nullptr, ru ? &xu : nullptr, ru ? &bu : nullptr,
+                          static_cast<const Tensor*>(&out0), static_cast<const Tensor*>(out1)})
+    if (t && (t->dtype() != DType::bf16 || !aligned16(t->data()))) return false;
+  if (backward && (!dh || !out1)) return false;
+  SwigluLoraArgs a{};
+  a.g = static_cast<const bf16*>(g.data());
+  a.u = static_cast<const bf16*>(u.data());
+  a.dh = dh ? static_cast<const bf16*>(dh->data()) : nullptr;
+  a.xg = rg ? static_cast<const bf16*>(xg.data()) : nullptr;
+  a.xu = ru ? static_cast<const bf16*>(xu.data()) : nullptr;
+  a.bg = rg ? static_cast<const bf16*>(bg.data()) : nullptr;
+  a.bu = ru ? static_cast<const bf16*>(bu.data()) : nullptr;
+  a.out0 = static_cast<bf16*>(out0.data());
+  a.out1 = out1 ? static_cast<bf16*>(out1->data()) : nullptr;
+  a.M = M;
+  a.N = N;
+  a.tiles_n = ceil_div(N, kExpBN);
+  a.rg = static_cast<int>(rg);
+  a.ru = static_cast<int>(ru);
+  const int64_t r = std::max(rg, ru);
+  a.sg = static_cast<float>(sg);
+  a.su = static_cast<float>(su);
+  if (r <= 16) return backward ? run_swiglu_lora<16, true>(a) : run_swiglu_lora<16, false>(a);
+  if (r <= 32) return backward ? run_swiglu_lora<32, true>(a) : run_swiglu_lora<32, false>(a);
+  return backward ? run_swiglu_lora<64, true>(a) : run_swiglu_lora<64, false>(a);
 }
 
 bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha, double beta,

@@ -69,6 +69,7 @@ bool LoraAdapter::forward(const Tensor& x, Tensor& y, bool accumulate, const Ten
                           const LayerContext& ctx) {
   // SHARDTUNE_PROFILE=2 times LoRA's GEMMs one by one (by shape) rather than per adapter.
   ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (forward)", x.device());
+  term_left_out = false;  // this call adds its term into y
   const int64_t M = x.numel() / x.dim(-1);
   Tensor xa_m = part_of(xa, M).view({M, r});
   // In a checkpoint recompute xa still holds dropout(x) A^T of this very micro-batch: the input
@@ -196,26 +197,29 @@ void LoraAdapter::group_forward(const std::vector<const Linear*>& layers, const 
     Tensor xaT = xa.slice(0, R * M).view({R, M});
     matmul(xaT, group->stacked_work(), false, x, true);  // xa^T = A_cat x^T    [R, M]
   }
-  // Rotated outputs go base first where the expand kernel then adds the term and rotates in one
-  // pass over y (CUDA with SHARDTUNE_SKINNY's rope kind); elsewhere the adapter-first order (and
-  // its exact sums) stays, unless a test asks for the deferred order on the CPU.
-  const bool defer_here =
-      deferred && (matmul_add_rope_one_pass(x.device()) || (x.device() == Device::cpu && lora_rotated_after_base_on_cpu()));
+  // Deferred members (linear_group_forward's choice) get their term after the base GEMM
+  // (add_rotated) or leave it to the consumer (low_rank_term).
   for (size_t j = 0; j < at.size(); ++j) {
     covered[at[j]] = true;
-    if (deferred && (*deferred)[at[j]]) {
-      if (defer_here) continue;  // add_rotated after the base GEMM
-      (*deferred)[at[j]] = false;
-    }
     LoraAdapter& a = *group->members[j];
+    a.term_left_out = false;
+    if (deferred && (*deferred)[at[j]]) continue;
     const Tensor xaT = a.part_of(xa, M).view({a.r, M});
     matmul(*ys[at[j]], xaT, true, a.B_work, true, a.scale, 0.0);  // y = scale * xa B^T   [M, out]
   }
 }
 
-bool& lora_rotated_after_base_on_cpu() {
-  static bool on = false;
-  return on;
+LowRankTerm LoraAdapter::low_rank_term(const Tensor& x) {
+  // A deferred member of a group: its x A^T is in the group's transposed buffer [r, M].
+  if (!group) ST_THROW("LoRA ", name, ": low_rank_term outside a group");
+  term_left_out = true;
+  return left_out_term(x);
+}
+
+LowRankTerm LoraAdapter::left_out_term(const Tensor& x) const {
+  if (!term_left_out) return LowRankTerm{};
+  const int64_t M = x.numel() / x.dim(-1);
+  return LowRankTerm{part_of(xa, M).view({r, M}), true, B_work, scale};
 }
 
 void LoraAdapter::add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope) {

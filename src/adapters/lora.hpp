@@ -30,9 +30,6 @@ struct LoraConfig {
 
 struct LoraGroup;
 
-// Tests: run the CUDA order of RoPE-rotated group outputs (base GEMM first, then the adapter's
-// term and the rotation: linear_group_forward with OutputRope) on the CPU too. Off by default.
-bool& lora_rotated_after_base_on_cpu();
 
 class LoraAdapter final : public LinearAdapter {
  public:
@@ -44,6 +41,8 @@ class LoraAdapter final : public LinearAdapter {
   void group_forward(const std::vector<const Linear*>& layers, const Tensor& x, const std::vector<Tensor*>& ys,
                      const LayerContext& ctx, std::vector<bool>& covered, std::vector<bool>* deferred) override;
   void add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope) override;
+  LowRankTerm low_rank_term(const Tensor& x) override;
+  LowRankTerm left_out_term(const Tensor& x) const override;
   bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
                       Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) override;
   void collect_params(std::vector<ParamRef>& out) override;
@@ -78,6 +77,9 @@ class LoraAdapter final : public LinearAdapter {
   // buffer each, unless a layout such as ZeRO-3's moved them apart) and this adapter's first row.
   std::shared_ptr<LoraGroup> group;
   int64_t group_row = 0;
+  // Whether the last group forward left this adapter's term out of its layer's output (for the
+  // consumer to add: low_rank_term); the backward's left_out_term reads it.
+  bool term_left_out = false;
 
  private:
   // dropout(x) for this call: x itself without dropout, else written into ctx.scratch.

@@ -107,23 +107,41 @@ void LinearAdapter::add_rotated(const Tensor& x, Tensor& y, const OutputRope& ro
   ST_THROW("add_rotated: this adapter defers no layer");
 }
 
+LowRankTerm LinearAdapter::low_rank_term(const Tensor& x) {
+  (void)x;
+  ST_THROW("low_rank_term: this adapter defers no layer");
+}
+LowRankTerm LinearAdapter::left_out_term(const Tensor& x) const {
+  (void)x;
+  return LowRankTerm{};
+}
+
+bool& lora_rotated_after_base_on_cpu() {
+  static bool on = false;
+  return on;
+}
+
 void linear_group_forward(std::initializer_list<const Linear*> layers_in, const Tensor& x,
-                          std::initializer_list<Tensor*> ys_in, const LayerContext& ctx, const OutputRope* rope) {
+                          std::initializer_list<Tensor*> ys_in, const LayerContext& ctx, const OutputRope* rope,
+                          std::vector<LowRankTerm>* terms) {
   const std::vector<const Linear*> layers(layers_in);
   const std::vector<Tensor*> ys(ys_in);
   if (layers.size() != ys.size()) ST_THROW("linear_group_forward: ", layers.size(), " layers, ", ys.size(), " outputs");
   if (rope && (rope->rotate.size() != layers.size() || !rope->tables))
     ST_THROW("linear_group_forward: RoPE for ", rope->rotate.size(), " of ", layers.size(), " outputs");
   auto rotates = [&](size_t i) { return rope && rope->rotate[i]; };
+  if (terms) terms->assign(layers.size(), LowRankTerm{});
   // The adapters that run together first, each writing its layer's output; then every base GEMM
-  // adds into what its adapter wrote. A layer no group hook took on runs on its own. Outputs that
-  // RoPE rotates may be deferred instead: base GEMM first, then the adapter's term and the
-  // rotation in one pass.
+  // adds into what its adapter wrote. A layer no group hook took on runs on its own. Deferred
+  // outputs go base first instead: RoPE-rotated ones where the adapter's term and the rotation
+  // are one pass (CUDA with SHARDTUNE_SKINNY's rope kind; the CPU in tests), then add_rotated;
+  // with `terms`, the others, whose terms the consumer adds.
+  const bool rope_after = matmul_add_rope_one_pass(x.device()) ||
+                          (x.device() == Device::cpu && lora_rotated_after_base_on_cpu());
   std::vector<bool> covered(layers.size(), false), deferred(layers.size(), false);
-  for (size_t i = 0; i < layers.size(); ++i) deferred[i] = rotates(i);
+  for (size_t i = 0; i < layers.size(); ++i) deferred[i] = rotates(i) ? rope_after : terms != nullptr;
   for (size_t i = 0; i < layers.size(); ++i)
-    if (!covered[i] && layers[i]->adapter)
-      layers[i]->adapter->group_forward(layers, x, ys, ctx, covered, rope ? &deferred : nullptr);
+    if (!covered[i] && layers[i]->adapter) layers[i]->adapter->group_forward(layers, x, ys, ctx, covered, &deferred);
   for (size_t i = 0; i < layers.size(); ++i) {
     if (!covered[i]) {
       linear_layer_forward(*layers[i], x, *ys[i], false, ctx);
@@ -134,12 +152,19 @@ void linear_group_forward(std::initializer_list<const Linear*> layers_in, const 
       ST_THROW("linear_group_forward: ", layers[i]->name, " is row-parallel; a group hook cannot take it on");
     if (deferred[i]) {
       base_forward(*layers[i], x, *ys[i], false, nullptr);
-      layers[i]->adapter->add_rotated(x, *ys[i], *rope);
+      if (rotates(i)) layers[i]->adapter->add_rotated(x, *ys[i], *rope);
+      else (*terms)[i] = layers[i]->adapter->low_rank_term(x);
       continue;
     }
     base_forward(*layers[i], x, *ys[i], true, nullptr);
     if (rotates(i)) rope_forward(*ys[i], rope->B, rope->T, *rope->tables, rope->positions);
   }
+}
+
+std::vector<LowRankTerm> linear_left_out_terms(std::initializer_list<const Linear*> layers, const Tensor& x) {
+  std::vector<LowRankTerm> out;
+  for (const Linear* l : layers) out.push_back(l->adapter ? l->adapter->left_out_term(x) : LowRankTerm{});
+  return out;
 }
 
 void linear_group_backward(std::initializer_list<Linear*> layers_in, const Tensor& x,

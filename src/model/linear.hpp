@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "ops/activation.hpp"
 #include "ops/rope.hpp"
 #include "model/tp_plan.hpp"
 
@@ -77,10 +78,10 @@ class LinearAdapter {
   // would run it). Forward: ys[i] = layer i's adapter term for x, overwritten, on every TP rank.
   // Backward: dx (+)= the covered layers' input gradients (overwritten when dx_accumulate is
   // false; dx may be null), and their parameter gradients; returns whether it wrote dx.
-  // deferred (may be null): on entry, the layers whose adapter term may come after their base
-  // GEMM (outputs that RoPE rotates next, see OutputRope); the adapter sets covered[i] for such a
-  // layer it takes on without writing ys[i] and leaves deferred[i] set, and clears deferred[i]
-  // where it wrote ys[i] as usual. add_rotated then adds the term into the base's output.
+  // deferred (may be null): the layers whose adapter term comes after their base GEMM (outputs
+  // that RoPE rotates next, see OutputRope) or is left out for the consumer (low_rank_term); the
+  // adapter sets covered[i] for such a layer it takes on without writing ys[i]. add_rotated or
+  // low_rank_term then give the term.
   virtual void group_forward(const std::vector<const Linear*>& layers, const Tensor& x, const std::vector<Tensor*>& ys,
                              const LayerContext& ctx, std::vector<bool>& covered, std::vector<bool>* deferred) {
     (void)layers, (void)x, (void)ys, (void)ctx, (void)covered, (void)deferred;
@@ -88,6 +89,11 @@ class LinearAdapter {
   // A deferred layer's term after its base GEMM wrote y: y = rope_forward(y + term) (see
   // matmul_add_rope). Only called where group_forward deferred this adapter's layer.
   virtual void add_rotated(const Tensor& x, Tensor& y, const OutputRope& rope);
+  // A deferred layer's term itself, left out of its output (valid until the adapter's next
+  // forward); the same term again from its backward's side (left_out_term): undefined unless this
+  // adapter's last forward left it out.
+  virtual LowRankTerm low_rank_term(const Tensor& x);
+  virtual LowRankTerm left_out_term(const Tensor& x) const;
   virtual bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
                               Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) {
     (void)layers, (void)x, (void)dys, (void)dx, (void)dx_accumulate, (void)ctx, (void)covered;
@@ -173,9 +179,18 @@ struct OutputRope {
   Tensor positions;
   std::vector<bool> rotate;  // one flag per layer of the group
 };
+// terms (may be null; one entry per layer): adapter terms are left out of the outputs of the
+// layers a group hook takes on (base GEMM only) and returned there for the consumer to add
+// (swiglu_lora_forward); the other entries stay undefined (their outputs are complete).
 void linear_group_forward(std::initializer_list<const Linear*> layers, const Tensor& x,
                           std::initializer_list<Tensor*> ys, const LayerContext& ctx,
-                          const OutputRope* rope = nullptr);
+                          const OutputRope* rope = nullptr, std::vector<LowRankTerm>* terms = nullptr);
+// The terms the layers' last group forward left out (undefined where it did not): for the
+// backward of the consumer that added them.
+std::vector<LowRankTerm> linear_left_out_terms(std::initializer_list<const Linear*> layers, const Tensor& x);
+// Tests: run RoPE-rotated group outputs in the deferred order (base GEMM first, then the adapter's
+// term and the rotation) on the CPU too. Off by default.
+bool& lora_rotated_after_base_on_cpu();
 // Its backward: dx (+)= sum_i dys[i] W_i + the adapters' input gradients (overwritten first when
 // dx_accumulate is false; dx may be null), as linear_layer_backward on each layer in turn would
 // leave it; for a column-parallel group dx is this rank's partial sum (tp_sum_partials after).

@@ -318,6 +318,11 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
   return a;
 }
 
+bool& lora_terms_to_swiglu_on_cpu() {
+  static bool on = false;
+  return on;
+}
+
 namespace {
 
 // Views of one activation set for the current batch (BT rows).
@@ -392,8 +397,14 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   // and up need no communication (x is replicated).
   linear_layer_forward(blk.o, s.att, s.x_mid, false, ctx, &x_in);
   rmsnorm_forward(s.x_mid, blk.mlp_norm, c.rms_norm_eps, s.xn2, s.rstd2);
-  linear_group_forward({&blk.gate, &blk.up}, s.xn2, {&s.gate, &s.up}, ctx);
-  swiglu_forward(s.gate, s.up, s.h);
+  // gate and up: with SHARDTUNE_SKINNY's swiglu kind on CUDA (or a test's CPU switch) their LoRA
+  // terms stay out of s.gate and s.up, and SwiGLU's forward and backward make them in the tile.
+  std::vector<LowRankTerm> gu_terms;
+  const bool terms_to_swiglu =
+      swiglu_lora_one_pass(s.xn2.device()) || (s.xn2.device() == Device::cpu && lora_terms_to_swiglu_on_cpu());
+  linear_group_forward({&blk.gate, &blk.up}, s.xn2, {&s.gate, &s.up}, ctx, nullptr, terms_to_swiglu ? &gu_terms : nullptr);
+  if (terms_to_swiglu) swiglu_lora_forward(s.gate, s.up, gu_terms[0], gu_terms[1], s.h);
+  else swiglu_forward(s.gate, s.up, s.h);
   // A checkpoint recompute rebuilds what the block's backward reads (h, gate, up, xn2, x_mid,
   // att, q, k, v, lse, xn1, the rstds), never x_out: the down projection, a fifth of the block's
   // GEMM FLOPs (and under TP its all-reduce), is not redone.
@@ -413,7 +424,11 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   // The first contribution to each scratch gradient overwrites it (no zeroing pass).
   // MLP branch: x_out = x_mid + down(h)
   linear_layer_backward(blk.down, s.h, dresid, &dh, ctx, false);
-  swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
+  const std::vector<LowRankTerm> gu_terms = linear_left_out_terms({&blk.gate, &blk.up}, s.xn2);
+  if (gu_terms[0].defined() || gu_terms[1].defined())
+    swiglu_lora_backward(dh, s.gate, s.up, gu_terms[0], gu_terms[1], dgate, dup);
+  else
+    swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
   linear_group_backward({&blk.gate, &blk.up}, s.xn2, {&dgate, &dup}, &dxn, ctx, false);
   tp_sum_partials(m.tp, dxn);  // column-parallel gate/up: partial input gradients (Megatron's "f")
   rmsnorm_backward(dxn, s.x_mid, blk.mlp_norm, s.rstd2, dresid, grad_or_null(blk.mlp_norm_grad));

@@ -82,6 +82,10 @@ struct LlamaModel {
 
 LlamaLocalDims llama_local_dims(const LlamaModel& m);
 // Throws InputError unless heads, KV heads, FFN size and vocabulary divide by tp_size.
+// Tests: leave the gate and up LoRA terms to SwiGLU on the CPU too (swiglu_lora_forward /
+// backward: the order CUDA takes with SHARDTUNE_SKINNY's swiglu kind). Off by default.
+bool& lora_terms_to_swiglu_on_cpu();
+
 void llama_check_tp(const LlamaConfig& cfg, int tp_size);
 
 // The TP plan (Megatron): q, k, v, gate, up and lm_head column-parallel (rank i holds rows

@@ -6,8 +6,10 @@
 #include "core/dryrun.hpp"
 #include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
+#include "ops/matmul.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
+#include "cuda/matmul.cuh"
 #endif
 
 namespace st {
@@ -50,6 +52,100 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
   ST_DISPATCH_CPU_FLOAT(dh.dtype(), T,
                         cpu::swiglu_backward<T>(n, dh.ptr<T>(), gate.ptr<T>(), up.ptr<T>(),
                                                 dgate.ptr<T>(), dup.ptr<T>(), accumulate));
+}
+
+bool swiglu_lora_one_pass(Device device) {
+#ifdef SHARDTUNE_CUDA
+  return device == Device::cuda && (cuda::skinny_kinds() & cuda::kSkinnySwiglu) != 0;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+namespace {
+// y + the term, formed (the CPU reference and the fallback): a new tensor.
+Tensor with_term(const Tensor& y, const LowRankTerm& t) {
+  Tensor out = y.clone(MemCategory::activations);
+  if (t.defined()) matmul(out, t.xa, t.xa_t, t.B, true, t.scale, 1.0);
+  return out;
+}
+void check_term(const LowRankTerm& t, const Tensor& y, const char* what) {
+  if (!t.defined()) return;
+  const int64_t M = y.numel() / y.dim(-1), N = y.dim(-1), r = t.B.dim(-1);
+  if (t.B.numel() != N * r || t.xa.numel() != M * r || t.xa.dim(-1) != (t.xa_t ? M : r))
+    ST_THROW(what, ": a LoRA term of xa ", t.xa.shape().str(), (t.xa_t ? "^T" : ""), " and B ", t.B.shape().str(),
+             " does not fit an output ", y.shape().str());
+}
+#ifdef SHARDTUNE_CUDA
+int64_t rank_of(const LowRankTerm& t) { return t.defined() ? t.B.dim(-1) : 0; }
+// The CUDA kernel's call: a term or two, each with a transposed xa.
+bool kernel_shape(const Tensor& y, const LowRankTerm& tg, const LowRankTerm& tu) {
+  if ((tg.defined() && !tg.xa_t) || (tu.defined() && !tu.xa_t)) return false;
+  return cuda::skinny_swiglu_takes(y.numel() / y.dim(-1), y.dim(-1), rank_of(tg), rank_of(tu));
+}
+#endif
+}  // namespace
+
+void swiglu_lora_forward(const Tensor& gate, const Tensor& up, const LowRankTerm& tg, const LowRankTerm& tu, Tensor& h) {
+  check_term(tg, gate, "swiglu_lora_forward");
+  check_term(tu, up, "swiglu_lora_forward");
+  if (h.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    if (kernel_shape(h, tg, tu)) {
+      ProfileScope prof("swiglu_forward (+ LoRA terms)", h.device());
+      check_float_args("swiglu_lora_forward", {&gate, &up, &h});
+      if (gate.numel() != h.numel() || up.numel() != h.numel()) ST_THROW("swiglu_lora_forward: sizes differ");
+      const int64_t M = h.numel() / h.dim(-1), N = h.dim(-1), rg = rank_of(tg), ru = rank_of(tu);
+      const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(rg + ru);
+      const TracedOp traced(OpFamily::activation, tensor_bytes({&gate, &up, &h, &tg.xa, &tu.xa, &tg.B, &tu.B}), flops);
+      if (dry_run_active()) return;
+      if (cuda::skinny_swiglu_lora(false, nullptr, gate, up, tg.xa, tg.B, tg.scale, tu.xa, tu.B, tu.scale, h, nullptr, M,
+                                   N, rg, ru))
+        return;
+      // Not taken after all (alignment): formed below, outside this op's trace.
+    }
+#endif
+  }
+  if (!tg.defined() && !tu.defined()) return swiglu_forward(gate, up, h);
+  if (dry_run_active()) {  // the fallback's two formed copies
+    const Tensor g2 = Tensor::empty(gate.shape(), gate.dtype(), gate.device(), MemCategory::activations);
+    const Tensor u2 = Tensor::empty(up.shape(), up.dtype(), up.device(), MemCategory::activations);
+    return swiglu_forward(g2, u2, h);
+  }
+  swiglu_forward(with_term(gate, tg), with_term(up, tu), h);
+}
+
+void swiglu_lora_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, const LowRankTerm& tg,
+                          const LowRankTerm& tu, Tensor& dgate, Tensor& dup) {
+  check_term(tg, gate, "swiglu_lora_backward");
+  check_term(tu, up, "swiglu_lora_backward");
+  if (dh.device() == Device::cuda) {
+#ifdef SHARDTUNE_CUDA
+    if (kernel_shape(dh, tg, tu)) {
+      ProfileScope prof("swiglu_backward (+ LoRA terms)", dh.device());
+      check_float_args("swiglu_lora_backward", {&dh, &gate, &up, &dgate, &dup});
+      const int64_t n = dh.numel();
+      if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
+        ST_THROW("swiglu_lora_backward: sizes differ");
+      const int64_t M = dh.numel() / dh.dim(-1), N = dh.dim(-1), rg = rank_of(tg), ru = rank_of(tu);
+      const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(rg + ru);
+      const TracedOp traced(OpFamily::activation,
+                            tensor_bytes({&dh, &gate, &up, &dgate, &dup, &tg.xa, &tu.xa, &tg.B, &tu.B}), flops);
+      if (dry_run_active()) return;
+      if (cuda::skinny_swiglu_lora(true, &dh, gate, up, tg.xa, tg.B, tg.scale, tu.xa, tu.B, tu.scale, dgate, &dup, M, N,
+                                   rg, ru))
+        return;
+    }
+#endif
+  }
+  if (!tg.defined() && !tu.defined()) return swiglu_backward(dh, gate, up, dgate, dup, false);
+  if (dry_run_active()) {
+    const Tensor g2 = Tensor::empty(gate.shape(), gate.dtype(), gate.device(), MemCategory::activations);
+    const Tensor u2 = Tensor::empty(up.shape(), up.dtype(), up.device(), MemCategory::activations);
+    return swiglu_backward(dh, g2, u2, dgate, dup, false);
+  }
+  swiglu_backward(dh, with_term(gate, tg), with_term(up, tu), dgate, dup, false);
 }
 
 void geglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {

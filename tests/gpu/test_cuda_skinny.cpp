@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/activation.hpp"
 #include "ops/init.hpp"
 #include "ops/matmul.hpp"
 #include "tests/gpu/event_timing.hpp"
@@ -418,6 +419,91 @@ TEST(CudaOps, SkinnyLoraDyPair) {
       EXPECT_LE(worst_b, 1e-5 * scale_b) << "kinds " << kinds;
       EXPECT_LE(worst_d, (std::ldexp(1.0, -8) + 1e-5) * scale_d) << "kinds " << kinds;
     }
+  }
+#endif
+}
+
+// swiglu kind: SwiGLU with the gate and up LoRA terms made in the tile (skinny_swiglu_lora, through
+// swiglu_lora_forward / backward) against f64: g' = g + sg xg^T bg^T, u' likewise, h = silu(g') u',
+// dg = dh u' silu'(g'), du = dh silu(g'). Bound per element: the bf16 output rounding plus f32 sums
+// and __expf (relative 1e-5 of the terms' magnitudes). Tails: M not a multiple of 64, N not of
+// 128; ranks 8 (in the 16 instantiation), 16, 24 with 32, 64; one term absent.
+TEST(CudaOps, SkinnySwigluLora) {
+  ST_REQUIRE_GPU();
+#ifdef SHARDTUNE_CUDA
+  struct SwCase {
+    int64_t M, N, rg, ru;
+  };
+  Rng rng(616);
+  for (const SwCase& sc : {SwCase{200, 392, 16, 16}, SwCase{64, 128, 8, 8}, SwCase{136, 264, 24, 32},
+                           SwCase{72, 136, 64, 64}, SwCase{128, 256, 16, 0}, SwCase{96, 520, 0, 8}}) {
+    const int64_t M = sc.M, N = sc.N;
+    SCOPED_TRACE(str("M=", M, " N=", N, " rg=", sc.rg, " ru=", sc.ru));
+    const Tensor g = random_bf16_values({M, N}, rng, 2.0), u = random_bf16_values({M, N}, rng, 2.0);
+    const Tensor dh = random_bf16_values({M, N}, rng);
+    auto term = [&](int64_t r, double scale) {
+      LowRankTerm t;
+      if (r == 0) return t;
+      t.xa = random_bf16_values({r, M}, rng);
+      t.xa_t = true;
+      t.B = random_bf16_values({N, r}, rng);
+      t.scale = scale;
+      return t;
+    };
+    const LowRankTerm tg = term(sc.rg, 2.0), tu = term(sc.ru, 0.5);
+    // f64 references through the CPU op (g' and u' formed in f64), and |term| magnitudes.
+    Tensor h_ref = Tensor::empty({M, N}, DType::f64), dg_ref = Tensor::empty({M, N}, DType::f64);
+    Tensor du_ref = Tensor::empty({M, N}, DType::f64);
+    swiglu_lora_forward(g, u, tg, tu, h_ref);
+    swiglu_lora_backward(dh, g, u, tg, tu, dg_ref, du_ref);
+    auto mag_of = [&](const LowRankTerm& t) {
+      Tensor m = Tensor::zeros({M, N}, DType::f64);
+      if (t.defined()) matmul(m, abs_of(t.xa), true, abs_of(t.B), true, std::fabs(t.scale), 0.0);
+      return m;
+    };
+    const Tensor mg = mag_of(tg), mu = mag_of(tu);
+    auto dev_term = [&](const LowRankTerm& t) {
+      LowRankTerm d = t;
+      if (t.defined()) {
+        d.xa = to_device(t.xa, DType::bf16);
+        d.B = to_device(t.B, DType::bf16);
+      }
+      return d;
+    };
+    const LowRankTerm gtg = dev_term(tg), gtu = dev_term(tu);
+    KindsGuard kinds(cuda::kSkinnySwiglu);
+    const Tensor gg = to_device(g, DType::bf16), gu = to_device(u, DType::bf16), gdh = to_device(dh, DType::bf16);
+    Tensor gh = nan_like({M, N}, DType::bf16), gdg = nan_like({M, N}, DType::bf16), gdu = nan_like({M, N}, DType::bf16);
+    ASSERT_TRUE(cuda::skinny_swiglu_lora(false, nullptr, gg, gu, gtg.xa, gtg.B, tg.scale, gtu.xa, gtu.B, tu.scale, gh,
+                                         nullptr, M, N, sc.rg, sc.ru))
+        << "the kernel did not take the forward";
+    ASSERT_TRUE(cuda::skinny_swiglu_lora(true, &gdh, gg, gu, gtg.xa, gtg.B, tg.scale, gtu.xa, gtu.B, tu.scale, gdg, &gdu,
+                                         M, N, sc.rg, sc.ru))
+        << "the kernel did not take the backward";
+    const Tensor hh = gh.to_cpu(DType::f64), hdg = gdg.to_cpu(DType::f64), hdu = gdu.to_cpu(DType::f64);
+    auto check = [&](const Tensor& got, const Tensor& ref, const char* what) {
+      int64_t bad = 0;
+      for (int64_t i = 0; i < got.numel(); ++i) {
+        const double gp = std::fabs(g.ptr<double>()[i]) + mg.ptr<double>()[i];
+        const double up = std::fabs(u.ptr<double>()[i]) + mu.ptr<double>()[i];
+        const double d = std::fabs(dh.ptr<double>()[i]);
+        const double bound = std::ldexp(1.0, -8) * std::fabs(ref.ptr<double>()[i]) + 1e-5 * (1 + d) * (1 + gp) * (1 + up);
+        if (!(std::fabs(got.ptr<double>()[i] - ref.ptr<double>()[i]) <= bound) && ++bad <= 3)
+          ADD_FAILURE() << what << "[" << i / N << "," << i % N << "] got " << got.ptr<double>()[i] << " want "
+                        << ref.ptr<double>()[i];
+      }
+      EXPECT_EQ(bad, 0) << what;
+    };
+    check(hh, h_ref, "h");
+    check(hdg, dg_ref, "dgate");
+    check(hdu, du_ref, "dup");
+    // The op layer takes the same kernel (the same bits).
+    Tensor gh2 = nan_like({M, N}, DType::bf16);
+    swiglu_lora_forward(gg, gu, gtg, gtu, gh2);
+    const Tensor hh2 = gh2.to_cpu(DType::f64);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < hh.numel(); ++i) differ += hh.ptr<double>()[i] != hh2.ptr<double>()[i];
+    EXPECT_EQ(differ, 0);
   }
 #endif
 }

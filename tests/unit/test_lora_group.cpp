@@ -103,7 +103,19 @@ struct Result {
   int64_t grouped = 0;
   int64_t stacked_gemms = 0;  // GEMMs A_cat x^T of a q, k, v group: the grouped path ran
   int64_t rotated_after_term = 0;  // RoPE right after a rank-r GEMM: an output rotated after its LoRA term
+  int64_t swiglu_after_term = 0;   // SwiGLU (forward or backward) right after a rank-r GEMM: terms formed for it
 };
+
+int64_t activations_after_rank_gemm(const OpTraceRecorder& rec, int64_t r) {
+  int64_t n = 0;
+  const TraceEvent* prev = nullptr;
+  for (const TraceEvent& e : rec.events()) {
+    if (e.kind != TraceEvent::Kind::op || e.family == OpFamily::copy) continue;
+    n += e.family == OpFamily::activation && prev && prev->family == OpFamily::gemm && prev->k == r;
+    prev = &e;
+  }
+  return n;
+}
 
 int64_t rotations_after_rank_gemm(const OpTraceRecorder& rec, int64_t r) {
   int64_t n = 0;
@@ -173,6 +185,7 @@ Result run_llama(const Options& o) {
   }
   r.stacked_gemms = stacked_gemms(rec, lc.r, m.cfg.hidden_size);
   r.rotated_after_term = rotations_after_rank_gemm(rec, lc.r);
+  r.swiglu_after_term = activations_after_rank_gemm(rec, lc.r);
   collect(r, llama_trainable_params(m));
   return r;
 }
@@ -350,6 +363,39 @@ TEST(LoraGroup, RotatedOutputsAfterTheBaseGiveTheSameStep) {
       EXPECT_EQ(ref.rotated_after_term, 0);
       EXPECT_EQ(got.rotated_after_term, variant == 3 ? 6 : 4);
       expect_same(ref, got, 0.0);
+    }
+}
+
+// gate and up in the order CUDA takes with SHARDTUNE_SKINNY's swiglu kind: base GEMMs only into
+// gate and up, their LoRA terms returned by linear_group_forward and added by swiglu_lora_forward
+// and again by swiglu_lora_backward (on the CPU: g + term formed, then SwiGLU). The same step up
+// to the rounding of the two terms' sum (each element's two terms are added in the other order
+// and rounded once more); LoRA, QLoRA and the FP8 base, with and without checkpointing.
+TEST(LoraGroup, TermsLeftToSwigluGiveTheSameStep) {
+  struct Flag {
+    Flag() { lora_terms_to_swiglu_on_cpu() = true; }
+    ~Flag() { lora_terms_to_swiglu_on_cpu() = false; }
+  };
+  for (DType dt : {DType::f64, DType::f32})
+    for (int variant = 0; variant < 4; ++variant) {
+      SCOPED_TRACE(str(dtype_name(dt), " variant ", variant));
+      Options o;
+      o.dtype = dt;
+      o.qlora = variant == 1;
+      o.fp8 = variant == 2 && dt == DType::f64;
+      if (variant == 3) o.ck = Checkpointed::all();
+      const Result ref = run_llama(o);
+      Result got;
+      {
+        Flag on;
+        got = run_llama(o);
+      }
+      EXPECT_EQ(got.stacked_gemms, 2);
+      // Both blocks' forward and backward in the grouped micro-batch (and the recompute of the
+      // first block with checkpointing); none by default, nor in the 15-row micro-batch.
+      EXPECT_EQ(ref.swiglu_after_term, 0);
+      EXPECT_EQ(got.swiglu_after_term, variant == 3 ? 5 : 4);
+      expect_same(ref, got, tol_of(dt));
     }
 }
 
