@@ -94,14 +94,16 @@ bool skinny_lora_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, co
                          bool xa_t, const Tensor& B, double alpha, int64_t tokens, int64_t wide, int64_t r);
 
 // The swiglu kind: h = silu(g + sg xg^T bg^T) (u + su xu^T bu^T) (forward, out0 = h) or the
-// gradients of those two sums from dh (backward: out0 = dg, out1 = du), g and u the base GEMMs'
-// outputs [M, N], x* the transposed xa [r*, M], b* LoRA's B [N, r*], all bf16; a rank r* of 0: no
-// such term (its tensors are not read). skinny_swiglu_takes: the kind on, M and N multiples of 8,
-// each rank 0 or a multiple of 8 in [8, 64], not both 0. Returns false, having done nothing, when
-// it does not take the call (also: a tensor not bf16 or not 16-byte aligned).
-bool skinny_swiglu_takes(int64_t M, int64_t N, int64_t rg, int64_t ru);
+// gradients of those two sums from dh + sd xd bd (backward: out0 = dg, out1 = du), g and u the
+// base GEMMs' outputs [M, N], xg, xu the transposed xa [r*, M], bg, bu LoRA's B [N, r*]; xd [M, rd]
+// and bd [rd, N] the down projection's dxa and A (backward only); all bf16. A rank of 0: no such
+// term (its tensors are not read). skinny_swiglu_takes: the kind on, M and N multiples of 8, each
+// rank 0 or a multiple of 8 in [8, 64], rg and ru not both 0. Returns false, having done nothing,
+// when it does not take the call (also: a tensor not bf16 or not 16-byte aligned).
+bool skinny_swiglu_takes(int64_t M, int64_t N, int64_t rg, int64_t ru, int64_t rd = 0);
 bool skinny_swiglu_lora(bool backward, const Tensor* dh, const Tensor& g, const Tensor& u, const Tensor& xg,
-                        const Tensor& bg, double sg, const Tensor& xu, const Tensor& bu, double su, Tensor& out0,
-                        Tensor* out1, int64_t M, int64_t N, int64_t rg, int64_t ru);
+                        const Tensor& bg, double sg, const Tensor& xu, const Tensor& bu, double su, const Tensor* xd,
+                        const Tensor* bd, double sd, Tensor& out0, Tensor* out1, int64_t M, int64_t N, int64_t rg,
+                        int64_t ru, int64_t rd);
 
 }  // namespace st::cuda

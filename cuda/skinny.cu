@@ -731,8 +731,9 @@ __global__ void __launch_bounds__(kThreads, 2) pair_kernel(const PairArgs p) {
 }
 
 // ---------------------------------------------------------------- swiglu with the LoRA terms of gate and up
-// h = silu(g') u' (forward) or dg', du' from dh (backward), g' = g + sg xg Bg^T, u' = u + su xu Bu^T:
-// the gate and up projections' rank-r terms are made in the tile (two expand products) and never
+// h = silu(g') u' (forward) or dg', du' from dh' (backward), g' = g + sg xg Bg^T, u' = u + su xu Bu^T,
+// dh' = dh + sd xd Bd (the down projection's input-gradient term dxa A, xd [M, r], Bd [r, N];
+// optional): the gate and up projections' rank-r terms are made in the tile (two expand products) and never
 // stored; g and u are the base GEMMs' outputs. x* are the group's transposed xa [r, M], B* [N, r].
 // Block b: the 64 x 128 tile (b / tiles_n, b % tiles_n), warps as in expand_kernel (rows 32 (w % 2)
 // .., columns 64 (w / 2) ..). One cp.async group brings the four factor tiles and the g, u (and dh)
@@ -747,15 +748,18 @@ struct SwigluLoraArgs {
   const bf16* xu;
   const bf16* bg;  // [N, r]
   const bf16* bu;
+  const bf16* xd;  // [M, r] (backward, rd > 0)
+  const bf16* bd;  // [r, N]
   bf16* out0;  // h (forward) or dg
   bf16* out1;  // du (backward)
   int64_t M, N, tiles_n;
-  int rg, ru;  // the terms' ranks (0: no term: its factors are not read)
-  float sg, su;
+  int rg, ru, rd;  // the terms' ranks (0: no term: its factors are not read)
+  float sg, su, sd;
 };
 template <int RK, bool kBackward>
 __host__ __device__ constexpr size_t swiglu_lora_smem() {
   return sizeof(bf16) * (2 * exp_p_elems<RK, true>() + 2 * exp_w_elems<RK, true>() +
+                         (kBackward ? exp_p_elems<RK, false>() + exp_w_elems<RK, false>() : 0) +
                          (kBackward ? 3 : 2) * kExpBM * kExpLDC);
 }
 
@@ -771,7 +775,10 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
   bf16* const gs = wu + WE;
   bf16* const us = gs + TE;
   bf16* const ds = us + TE;  // dh (backward)
-  static_assert((2 * PE + 2 * WE) % 8 == 0 && TE % 8 == 0, "16-byte tile alignment");
+  bf16* const pd = ds + TE;   // backward: xd [64 tokens][RK], then Bd [RK][128 columns]
+  bf16* const wd = pd + exp_p_elems<RK, false>();
+  constexpr int LDPD = exp_ldp<RK, false>(), LDWD = exp_ldw<RK, false>();
+  static_assert((2 * PE + 2 * WE) % 8 == 0 && TE % 8 == 0 && exp_p_elems<RK, false>() % 8 == 0, "16-byte tile alignment");
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x / p.tiles_n) * kExpBM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x % p.tiles_n) * kExpBN;
@@ -787,12 +794,58 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
   }
   load_tile<bf16, kExpBM, kExpBN, kExpLDC>(gs, p.g, p.N, p.M, p.N, m0, n0, tid);
   load_tile<bf16, kExpBM, kExpBN, kExpLDC>(us, p.u, p.N, p.M, p.N, m0, n0, tid);
-  if constexpr (kBackward) load_tile<bf16, kExpBM, kExpBN, kExpLDC>(ds, p.dh, p.N, p.M, p.N, m0, n0, tid);
+  if constexpr (kBackward) {
+    load_tile<bf16, kExpBM, kExpBN, kExpLDC>(ds, p.dh, p.N, p.M, p.N, m0, n0, tid);
+    if (p.rd > 0) {
+      load_tile<bf16, kExpBM, RK, LDPD>(pd, p.xd, p.rd, p.M, p.rd, m0, 0, tid);
+      load_tile<bf16, RK, kExpBN, LDWD>(wd, p.bd, p.N, p.rd, p.N, 0, n0, tid);
+    }
+  }
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
 
   const int wm = warp & 1, wn = warp >> 1;
+  const int g = lane >> 2, q = lane & 3;
+  if constexpr (kBackward) {
+    // dh' = dh + sd xd Bd, into dh's tile (rounded to bf16 there, as the unfused path rounds dh):
+    // each thread rewrites only its own fragment elements, which it alone reads below.
+    if (p.rd > 0) {
+      float ad[2][8][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) ad[mt][i][c] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < RK; kk += 16) {
+        if (p.rd > kk) {  // uniform over the block
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            uint32_t a[4], b[4];
+            frag_a<false>(a, pd, LDPD, wm * 32 + mt * 16, kk, lane);
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+              frag_b2<true>(b, wd, LDWD, wn * 64 + np * 16, kk, lane);
+              mma_bf16(ad[mt][2 * np], a, b[0], b[1]);
+              mma_bf16(ad[mt][2 * np + 1], a, b[2], b[3]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int off = (wm * 32 + mt * 16 + g + hh * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
+            const float2 d = load2(ds + off);
+            store2(ds + off, make_float2(d.x + p.sd * ad[mt][i][2 * hh], d.y + p.sd * ad[mt][i][2 * hh + 1]));
+          }
+    }
+  }
   float ag[2][8][4], au[2][8][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
@@ -826,7 +879,6 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
     }
   }
 
-  const int g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -1115,17 +1167,20 @@ bool skinny_lora_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, co
   return true;
 }
 
-bool skinny_swiglu_takes(int64_t M, int64_t N, int64_t rg, int64_t ru) {
+bool skinny_swiglu_takes(int64_t M, int64_t N, int64_t rg, int64_t ru, int64_t rd) {
   return (skinny_kinds() & kSkinnySwiglu) && M > 0 && M % 8 == 0 && N > 0 && N % 8 == 0 && (rg > 0 || ru > 0) &&
-         (rg == 0 || rank_like(rg)) && (ru == 0 || rank_like(ru));
+         (rg == 0 || rank_like(rg)) && (ru == 0 || rank_like(ru)) && (rd == 0 || rank_like(rd));
 }
 
 bool skinny_swiglu_lora(bool backward, const Tensor* dh, const Tensor& g, const Tensor& u, const Tensor& xg,
-                        const Tensor& bg, double sg, const Tensor& xu, const Tensor& bu, double su, Tensor& out0,
-                        Tensor* out1, int64_t M, int64_t N, int64_t rg, int64_t ru) {
-  if (!skinny_swiglu_takes(M, N, rg, ru)) return false;
+                        const Tensor& bg, double sg, const Tensor& xu, const Tensor& bu, double su, const Tensor* xd,
+                        const Tensor* bd, double sd, Tensor& out0, Tensor* out1, int64_t M, int64_t N, int64_t rg,
+                        int64_t ru, int64_t rd) {
+  if (!skinny_swiglu_takes(M, N, rg, ru, rd)) return false;
+  if (rd > 0 && (!backward || !xd || !bd)) return false;
   for (const Tensor* t : {dh, &g, &u, rg ? &xg : nullptr, rg ? &bg : nullptr, ru ? &xu : nullptr, ru ? &bu : nullptr,
-                          static_cast<const Tensor*>(&out0), static_cast<const Tensor*>(out1)})
+                          rd ? xd : nullptr, rd ? bd : nullptr, static_cast<const Tensor*>(&out0),
+                          static_cast<const Tensor*>(out1)})
     if (t && (t->dtype() != DType::bf16 || !aligned16(t->data()))) return false;
   if (backward && (!dh || !out1)) return false;
   SwigluLoraArgs a{};
@@ -1136,6 +1191,8 @@ bool skinny_swiglu_lora(bool backward, const Tensor* dh, const Tensor& g, const 
   a.xu = ru ? static_cast<const bf16*>(xu.data()) : nullptr;
   a.bg = rg ? static_cast<const bf16*>(bg.data()) : nullptr;
   a.bu = ru ? static_cast<const bf16*>(bu.data()) : nullptr;
+  a.xd = rd ? static_cast<const bf16*>(xd->data()) : nullptr;
+  a.bd = rd ? static_cast<const bf16*>(bd->data()) : nullptr;
   a.out0 = static_cast<bf16*>(out0.data());
   a.out1 = out1 ? static_cast<bf16*>(out1->data()) : nullptr;
   a.M = M;
@@ -1143,7 +1200,9 @@ bool skinny_swiglu_lora(bool backward, const Tensor* dh, const Tensor& g, const 
   a.tiles_n = ceil_div(N, kExpBN);
   a.rg = static_cast<int>(rg);
   a.ru = static_cast<int>(ru);
-  const int64_t r = std::max(rg, ru);
+  a.rd = static_cast<int>(rd);
+  a.sd = static_cast<float>(sd);
+  const int64_t r = std::max({rg, ru, rd});
   a.sg = static_cast<float>(sg);
   a.su = static_cast<float>(su);
   if (r <= 16) return backward ? run_swiglu_lora<16, true>(a) : run_swiglu_lora<16, false>(a);

@@ -115,6 +115,24 @@ bool LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool d
   return writes_dx;
 }
 
+LowRankTerm LoraAdapter::backward_leaving_dx_term(const Tensor& x, const Tensor& dy, const LayerContext& ctx) {
+  // Not with dropout (dx's term goes through the mask) nor column-parallel (dx's term is made of
+  // this rank's partial dxa, which the sum below would replace).
+  if ((dropout > 0 && ctx.training) || tp_mode == TpMode::column) return LowRankTerm{};
+  ProfileScope prof(profile_level() >= 2 ? nullptr : "lora adapters (backward)", x.device());
+  const int64_t M = x.numel() / x.dim(-1);
+  Tensor xa_m = part_of(xa, M).view({M, r}), dxa_m = part_of(dxa, M).view({M, r});
+  matmul_dy_pair(dB, 1.0, dxa_m, false, dy, xa_m, false, B_work, scale);
+  matmul(dA, dxa_m, true, x, false, 1.0, 1.0);  // dA += dxa^T x      [r, in]
+  // dx's term dxa A [M, in], for the consumer of dx (valid until this adapter's next backward).
+  LowRankTerm t;
+  t.xa = dxa_m;
+  t.B = A_work;
+  t.scale = 1.0;
+  t.b_t = true;
+  return t;
+}
+
 // Staging buffers shared by all groups of a model: A_work and dA stacked, for layouts that keep
 // the members' factors apart (ZeRO-3 gathers each parameter into its own place). Made on first
 // use, at the size of the largest group.

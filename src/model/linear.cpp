@@ -96,7 +96,14 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
 }
 
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
-                           bool dx_accumulate) {
+                           bool dx_accumulate, LowRankTerm* dx_term) {
+  if (dx_term) {
+    *dx_term = LowRankTerm{};
+    if (l.adapter && dx && dx->defined()) {
+      *dx_term = l.adapter->backward_leaving_dx_term(x, dy, ctx);
+      if (dx_term->defined()) return base_backward(l, x, dy, dx, dx_accumulate);
+    }
+  }
   // As in the forward: the adapter's input gradient first, the base GEMM then adds into dx.
   if (l.adapter && l.adapter->backward(x, dy, dx, dx_accumulate, ctx)) dx_accumulate = true;
   base_backward(l, x, dy, dx, dx_accumulate);
@@ -113,6 +120,10 @@ LowRankTerm LinearAdapter::low_rank_term(const Tensor& x) {
 }
 LowRankTerm LinearAdapter::left_out_term(const Tensor& x) const {
   (void)x;
+  return LowRankTerm{};
+}
+LowRankTerm LinearAdapter::backward_leaving_dx_term(const Tensor& x, const Tensor& dy, const LayerContext& ctx) {
+  (void)x, (void)dy, (void)ctx;
   return LowRankTerm{};
 }
 

@@ -94,6 +94,10 @@ class LinearAdapter {
   // adapter's last forward left it out.
   virtual LowRankTerm low_rank_term(const Tensor& x);
   virtual LowRankTerm left_out_term(const Tensor& x) const;
+  // backward without the input gradient: the parameter gradients as backward's, and the term it
+  // would have added into dx returned instead (for dx's consumer to add). Undefined, with nothing
+  // done, where the adapter cannot leave it out (the caller then runs backward).
+  virtual LowRankTerm backward_leaving_dx_term(const Tensor& x, const Tensor& dy, const LayerContext& ctx);
   virtual bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
                               Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) {
     (void)layers, (void)x, (void)dys, (void)dx, (void)dx_accumulate, (void)ctx, (void)covered;
@@ -163,8 +167,10 @@ void linear_layer_forward(const Linear& l, const Tensor& x, Tensor& y, bool accu
 // column-parallel layer dx is this rank's partial sum: the caller completes it with
 // tp_sum_partials once every layer reading the same input has added to it. The bias gradient is
 // the column sum of dy (accumulated when it trains).
+// dx_term (may be null): the adapter's input-gradient term is left out of dx where the adapter
+// can (backward_leaving_dx_term) and returned there for dx's consumer to add; else undefined.
 void linear_layer_backward(Linear& l, const Tensor& x, const Tensor& dy, Tensor* dx, const LayerContext& ctx,
-                           bool dx_accumulate = true);
+                           bool dx_accumulate = true, LowRankTerm* dx_term = nullptr);
 
 // A group of layers that read the same input x (q, k and v of a block; gate and up), each with
 // its own output: ys[i] = x W_i^T + b_i + adapter_i, overwritten. The same results as one

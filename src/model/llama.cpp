@@ -423,10 +423,14 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
 
   // The first contribution to each scratch gradient overwrites it (no zeroing pass).
   // MLP branch: x_out = x_mid + down(h)
-  linear_layer_backward(blk.down, s.h, dresid, &dh, ctx, false);
+  // Where the forward left gate's and up's LoRA terms to SwiGLU, down's input-gradient term
+  // (dxa A) is left to it too: SwiGLU's backward adds all three in the tile.
   const std::vector<LowRankTerm> gu_terms = linear_left_out_terms({&blk.gate, &blk.up}, s.xn2);
-  if (gu_terms[0].defined() || gu_terms[1].defined())
-    swiglu_lora_backward(dh, s.gate, s.up, gu_terms[0], gu_terms[1], dgate, dup);
+  const bool terms_to_swiglu = gu_terms[0].defined() || gu_terms[1].defined();
+  LowRankTerm dh_term;
+  linear_layer_backward(blk.down, s.h, dresid, &dh, ctx, false, terms_to_swiglu ? &dh_term : nullptr);
+  if (terms_to_swiglu)
+    swiglu_lora_backward(dh, s.gate, s.up, gu_terms[0], gu_terms[1], dgate, dup, &dh_term);
   else
     swiglu_backward(dh, s.gate, s.up, dgate, dup, false);
   linear_group_backward({&blk.gate, &blk.up}, s.xn2, {&dgate, &dup}, &dxn, ctx, false);

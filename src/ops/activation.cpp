@@ -67,22 +67,25 @@ namespace {
 // y + the term, formed (the CPU reference and the fallback): a new tensor.
 Tensor with_term(const Tensor& y, const LowRankTerm& t) {
   Tensor out = y.clone(MemCategory::activations);
-  if (t.defined()) matmul(out, t.xa, t.xa_t, t.B, true, t.scale, 1.0);
+  if (t.defined()) matmul(out, t.xa, t.xa_t, t.B, !t.b_t, t.scale, 1.0);
   return out;
 }
 void check_term(const LowRankTerm& t, const Tensor& y, const char* what) {
   if (!t.defined()) return;
-  const int64_t M = y.numel() / y.dim(-1), N = y.dim(-1), r = t.B.dim(-1);
-  if (t.B.numel() != N * r || t.xa.numel() != M * r || t.xa.dim(-1) != (t.xa_t ? M : r))
+  const int64_t M = y.numel() / y.dim(-1), N = y.dim(-1), r = t.rank();
+  if (t.B.numel() != N * r || t.B.dim(-1) != (t.b_t ? N : r) || t.xa.numel() != M * r || t.xa.dim(-1) != (t.xa_t ? M : r))
     ST_THROW(what, ": a LoRA term of xa ", t.xa.shape().str(), (t.xa_t ? "^T" : ""), " and B ", t.B.shape().str(),
              " does not fit an output ", y.shape().str());
 }
 #ifdef SHARDTUNE_CUDA
-int64_t rank_of(const LowRankTerm& t) { return t.defined() ? t.B.dim(-1) : 0; }
-// The CUDA kernel's call: a term or two, each with a transposed xa.
-bool kernel_shape(const Tensor& y, const LowRankTerm& tg, const LowRankTerm& tu) {
-  if ((tg.defined() && !tg.xa_t) || (tu.defined() && !tu.xa_t)) return false;
-  return cuda::skinny_swiglu_takes(y.numel() / y.dim(-1), y.dim(-1), rank_of(tg), rank_of(tu));
+int64_t rank_of(const LowRankTerm& t) { return t.rank(); }
+// The CUDA kernel's call: a term or two for gate and up, each with a transposed xa and B [N, r];
+// dh's term (backward) with xa [M, r] and B [r, N].
+bool kernel_shape(const Tensor& y, const LowRankTerm& tg, const LowRankTerm& tu, const LowRankTerm* td = nullptr) {
+  if ((tg.defined() && (!tg.xa_t || tg.b_t)) || (tu.defined() && (!tu.xa_t || tu.b_t))) return false;
+  const bool d = td && td->defined();
+  if (d && (td->xa_t || !td->b_t)) return false;
+  return cuda::skinny_swiglu_takes(y.numel() / y.dim(-1), y.dim(-1), rank_of(tg), rank_of(tu), d ? td->rank() : 0);
 }
 #endif
 }  // namespace
@@ -100,8 +103,8 @@ void swiglu_lora_forward(const Tensor& gate, const Tensor& up, const LowRankTerm
       const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(rg + ru);
       const TracedOp traced(OpFamily::activation, tensor_bytes({&gate, &up, &h, &tg.xa, &tu.xa, &tg.B, &tu.B}), flops);
       if (dry_run_active()) return;
-      if (cuda::skinny_swiglu_lora(false, nullptr, gate, up, tg.xa, tg.B, tg.scale, tu.xa, tu.B, tu.scale, h, nullptr, M,
-                                   N, rg, ru))
+      if (cuda::skinny_swiglu_lora(false, nullptr, gate, up, tg.xa, tg.B, tg.scale, tu.xa, tu.B, tu.scale, nullptr, nullptr,
+                                   0.0, h, nullptr, M, N, rg, ru, 0))
         return;
       // Not taken after all (alignment): formed below, outside this op's trace.
     }
@@ -117,35 +120,43 @@ void swiglu_lora_forward(const Tensor& gate, const Tensor& up, const LowRankTerm
 }
 
 void swiglu_lora_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, const LowRankTerm& tg,
-                          const LowRankTerm& tu, Tensor& dgate, Tensor& dup) {
+                          const LowRankTerm& tu, Tensor& dgate, Tensor& dup, const LowRankTerm* tdh) {
   check_term(tg, gate, "swiglu_lora_backward");
   check_term(tu, up, "swiglu_lora_backward");
+  if (tdh && !tdh->defined()) tdh = nullptr;
+  if (tdh) check_term(*tdh, dh, "swiglu_lora_backward");
   if (dh.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    if (kernel_shape(dh, tg, tu)) {
+    if (kernel_shape(dh, tg, tu, tdh)) {
       ProfileScope prof("swiglu_backward (+ LoRA terms)", dh.device());
       check_float_args("swiglu_lora_backward", {&dh, &gate, &up, &dgate, &dup});
       const int64_t n = dh.numel();
       if (gate.numel() != n || up.numel() != n || dgate.numel() != n || dup.numel() != n)
         ST_THROW("swiglu_lora_backward: sizes differ");
       const int64_t M = dh.numel() / dh.dim(-1), N = dh.dim(-1), rg = rank_of(tg), ru = rank_of(tu);
-      const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(rg + ru);
+      const int64_t rd = tdh ? tdh->rank() : 0;
+      const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(rg + ru + rd);
       const TracedOp traced(OpFamily::activation,
-                            tensor_bytes({&dh, &gate, &up, &dgate, &dup, &tg.xa, &tu.xa, &tg.B, &tu.B}), flops);
+                            tensor_bytes({&dh, &gate, &up, &dgate, &dup, &tg.xa, &tu.xa, &tg.B, &tu.B}) +
+                                (tdh ? tensor_bytes({&tdh->xa, &tdh->B}) : 0.0),
+                            flops);
       if (dry_run_active()) return;
-      if (cuda::skinny_swiglu_lora(true, &dh, gate, up, tg.xa, tg.B, tg.scale, tu.xa, tu.B, tu.scale, dgate, &dup, M, N,
-                                   rg, ru))
+      if (cuda::skinny_swiglu_lora(true, &dh, gate, up, tg.xa, tg.B, tg.scale, tu.xa, tu.B, tu.scale,
+                                   tdh ? &tdh->xa : nullptr, tdh ? &tdh->B : nullptr, tdh ? tdh->scale : 0.0, dgate,
+                                   &dup, M, N, rg, ru, rd))
         return;
     }
 #endif
   }
-  if (!tg.defined() && !tu.defined()) return swiglu_backward(dh, gate, up, dgate, dup, false);
-  if (dry_run_active()) {
+  if (dry_run_active()) {  // the fallback's formed copies
     const Tensor g2 = Tensor::empty(gate.shape(), gate.dtype(), gate.device(), MemCategory::activations);
     const Tensor u2 = Tensor::empty(up.shape(), up.dtype(), up.device(), MemCategory::activations);
-    return swiglu_backward(dh, g2, u2, dgate, dup, false);
+    const Tensor d2 = Tensor::empty(dh.shape(), dh.dtype(), dh.device(), MemCategory::activations);
+    return swiglu_backward(tdh ? d2 : dh, tg.defined() ? g2 : gate, tu.defined() ? u2 : up, dgate, dup, false);
   }
-  swiglu_backward(dh, with_term(gate, tg), with_term(up, tu), dgate, dup, false);
+  const Tensor dh2 = tdh ? with_term(dh, *tdh) : dh;
+  if (!tg.defined() && !tu.defined()) return swiglu_backward(dh2, gate, up, dgate, dup, false);
+  swiglu_backward(dh2, with_term(gate, tg), with_term(up, tu), dgate, dup, false);
 }
 
 void geglu_forward(const Tensor& gate, const Tensor& up, Tensor& h) {

@@ -11,24 +11,28 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
                      bool accumulate = true);
 
 // A LoRA layer's rank-r term scale xa B^T, left out of the layer's output for a consumer that adds
-// it itself: xa [M, r] or, xa_t, [r, M]; B [N, r]. Undefined xa: no term.
+// it itself: xa [M, r] or, xa_t, [r, M]; B [N, r] or, b_t, [r, N] (the term is then scale xa B:
+// an input-gradient term dxa A). Undefined xa: no term.
 struct LowRankTerm {
   Tensor xa;
   bool xa_t = false;
   Tensor B;
   double scale = 0;
+  bool b_t = false;
   bool defined() const { return xa.defined(); }
+  int64_t rank() const { return defined() ? (b_t ? B.numel() / B.dim(-1) : B.dim(-1)) : 0; }
 };
 
 // SwiGLU on projections whose LoRA terms were left out: g' = gate + tg, u' = up + tu (tg, tu the
 // terms; either may be undefined), h = silu(g') up'; the backward writes dgate = dL/dg' and dup =
-// dL/du' (the gradients the projections and their adapters take) and adds the terms again. gate
-// and up stay as the base GEMMs wrote them. On CUDA with SHARDTUNE_SKINNY's swiglu kind (opt-in
+// dL/du' (the gradients the projections and their adapters take) and adds the terms again; tdh
+// (may be null or undefined): the down projection's input-gradient term left out of dh (dh' = dh
+// + tdh is the gradient SwiGLU's output gets). gate and up stay as the base GEMMs wrote them. On CUDA with SHARDTUNE_SKINNY's swiglu kind (opt-in
 // until measured) the terms are made inside the tile and never stored (cuda/matmul.cuh
 // skinny_swiglu_lora); elsewhere, and on the CPU, g' and u' are formed (matmul) and swiglu runs.
 void swiglu_lora_forward(const Tensor& gate, const Tensor& up, const LowRankTerm& tg, const LowRankTerm& tu, Tensor& h);
 void swiglu_lora_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, const LowRankTerm& tg,
-                          const LowRankTerm& tu, Tensor& dgate, Tensor& dup);
+                          const LowRankTerm& tu, Tensor& dgate, Tensor& dup, const LowRankTerm* tdh = nullptr);
 // Whether swiglu_lora_* makes the terms in one pass on this device (the CUDA kernel's kind is on):
 // the Llama MLP leaves gate's and up's LoRA terms out of their outputs only then.
 bool swiglu_lora_one_pass(Device device);

@@ -432,13 +432,13 @@ TEST(CudaOps, SkinnySwigluLora) {
   ST_REQUIRE_GPU();
 #ifdef SHARDTUNE_CUDA
   struct SwCase {
-    int64_t M, N, rg, ru;
+    int64_t M, N, rg, ru, rd;
   };
   Rng rng(616);
-  for (const SwCase& sc : {SwCase{200, 392, 16, 16}, SwCase{64, 128, 8, 8}, SwCase{136, 264, 24, 32},
-                           SwCase{72, 136, 64, 64}, SwCase{128, 256, 16, 0}, SwCase{96, 520, 0, 8}}) {
+  for (const SwCase& sc : {SwCase{200, 392, 16, 16, 16}, SwCase{64, 128, 8, 8, 0}, SwCase{136, 264, 24, 32, 8},
+                           SwCase{72, 136, 64, 64, 64}, SwCase{128, 256, 16, 0, 16}, SwCase{96, 520, 0, 8, 0}}) {
     const int64_t M = sc.M, N = sc.N;
-    SCOPED_TRACE(str("M=", M, " N=", N, " rg=", sc.rg, " ru=", sc.ru));
+    SCOPED_TRACE(str("M=", M, " N=", N, " rg=", sc.rg, " ru=", sc.ru, " rd=", sc.rd));
     const Tensor g = random_bf16_values({M, N}, rng, 2.0), u = random_bf16_values({M, N}, rng, 2.0);
     const Tensor dh = random_bf16_values({M, N}, rng);
     auto term = [&](int64_t r, double scale) {
@@ -451,17 +451,24 @@ TEST(CudaOps, SkinnySwigluLora) {
       return t;
     };
     const LowRankTerm tg = term(sc.rg, 2.0), tu = term(sc.ru, 0.5);
+    LowRankTerm td;  // dh's term dxa A: xa [M, r], B [r, N]
+    if (sc.rd > 0) {
+      td.xa = random_bf16_values({M, sc.rd}, rng, 0.25);
+      td.B = random_bf16_values({sc.rd, N}, rng);
+      td.scale = 1.0;
+      td.b_t = true;
+    }
     // f64 references through the CPU op (g' and u' formed in f64), and |term| magnitudes.
     Tensor h_ref = Tensor::empty({M, N}, DType::f64), dg_ref = Tensor::empty({M, N}, DType::f64);
     Tensor du_ref = Tensor::empty({M, N}, DType::f64);
     swiglu_lora_forward(g, u, tg, tu, h_ref);
-    swiglu_lora_backward(dh, g, u, tg, tu, dg_ref, du_ref);
+    swiglu_lora_backward(dh, g, u, tg, tu, dg_ref, du_ref, &td);
     auto mag_of = [&](const LowRankTerm& t) {
       Tensor m = Tensor::zeros({M, N}, DType::f64);
-      if (t.defined()) matmul(m, abs_of(t.xa), true, abs_of(t.B), true, std::fabs(t.scale), 0.0);
+      if (t.defined()) matmul(m, abs_of(t.xa), t.xa_t, abs_of(t.B), !t.b_t, std::fabs(t.scale), 0.0);
       return m;
     };
-    const Tensor mg = mag_of(tg), mu = mag_of(tu);
+    const Tensor mg = mag_of(tg), mu = mag_of(tu), md = mag_of(td);
     auto dev_term = [&](const LowRankTerm& t) {
       LowRankTerm d = t;
       if (t.defined()) {
@@ -470,15 +477,16 @@ TEST(CudaOps, SkinnySwigluLora) {
       }
       return d;
     };
-    const LowRankTerm gtg = dev_term(tg), gtu = dev_term(tu);
+    const LowRankTerm gtg = dev_term(tg), gtu = dev_term(tu), gtd = dev_term(td);
     KindsGuard kinds(cuda::kSkinnySwiglu);
     const Tensor gg = to_device(g, DType::bf16), gu = to_device(u, DType::bf16), gdh = to_device(dh, DType::bf16);
     Tensor gh = nan_like({M, N}, DType::bf16), gdg = nan_like({M, N}, DType::bf16), gdu = nan_like({M, N}, DType::bf16);
-    ASSERT_TRUE(cuda::skinny_swiglu_lora(false, nullptr, gg, gu, gtg.xa, gtg.B, tg.scale, gtu.xa, gtu.B, tu.scale, gh,
-                                         nullptr, M, N, sc.rg, sc.ru))
+    ASSERT_TRUE(cuda::skinny_swiglu_lora(false, nullptr, gg, gu, gtg.xa, gtg.B, tg.scale, gtu.xa, gtu.B, tu.scale,
+                                         nullptr, nullptr, 0.0, gh, nullptr, M, N, sc.rg, sc.ru, 0))
         << "the kernel did not take the forward";
-    ASSERT_TRUE(cuda::skinny_swiglu_lora(true, &gdh, gg, gu, gtg.xa, gtg.B, tg.scale, gtu.xa, gtu.B, tu.scale, gdg, &gdu,
-                                         M, N, sc.rg, sc.ru))
+    ASSERT_TRUE(cuda::skinny_swiglu_lora(true, &gdh, gg, gu, gtg.xa, gtg.B, tg.scale, gtu.xa, gtu.B, tu.scale,
+                                         sc.rd ? &gtd.xa : nullptr, sc.rd ? &gtd.B : nullptr, 1.0, gdg, &gdu, M, N, sc.rg,
+                                         sc.ru, sc.rd))
         << "the kernel did not take the backward";
     const Tensor hh = gh.to_cpu(DType::f64), hdg = gdg.to_cpu(DType::f64), hdu = gdu.to_cpu(DType::f64);
     auto check = [&](const Tensor& got, const Tensor& ref, const char* what) {
@@ -486,7 +494,7 @@ TEST(CudaOps, SkinnySwigluLora) {
       for (int64_t i = 0; i < got.numel(); ++i) {
         const double gp = std::fabs(g.ptr<double>()[i]) + mg.ptr<double>()[i];
         const double up = std::fabs(u.ptr<double>()[i]) + mu.ptr<double>()[i];
-        const double d = std::fabs(dh.ptr<double>()[i]);
+        const double d = std::fabs(dh.ptr<double>()[i]) + md.ptr<double>()[i];
         const double bound = std::ldexp(1.0, -8) * std::fabs(ref.ptr<double>()[i]) + 1e-5 * (1 + d) * (1 + gp) * (1 + up);
         if (!(std::fabs(got.ptr<double>()[i] - ref.ptr<double>()[i]) <= bound) && ++bad <= 3)
           ADD_FAILURE() << what << "[" << i / N << "," << i % N << "] got " << got.ptr<double>()[i] << " want "

@@ -104,15 +104,17 @@ struct Result {
   int64_t stacked_gemms = 0;  // GEMMs A_cat x^T of a q, k, v group: the grouped path ran
   int64_t rotated_after_term = 0;  // RoPE right after a rank-r GEMM: an output rotated after its LoRA term
   int64_t swiglu_after_term = 0;   // SwiGLU (forward or backward) right after a rank-r GEMM: terms formed for it
+  int64_t swiglu_after_3_terms = 0;  // ... after three: gate's, up's and down's dx term (backward)
 };
 
-int64_t activations_after_rank_gemm(const OpTraceRecorder& rec, int64_t r) {
+// Activations right after at least `run` rank-r GEMMs in a row (copies between them ignored).
+int64_t activations_after_rank_gemms(const OpTraceRecorder& rec, int64_t r, int run = 1) {
   int64_t n = 0;
-  const TraceEvent* prev = nullptr;
+  int streak = 0;
   for (const TraceEvent& e : rec.events()) {
     if (e.kind != TraceEvent::Kind::op || e.family == OpFamily::copy) continue;
-    n += e.family == OpFamily::activation && prev && prev->family == OpFamily::gemm && prev->k == r;
-    prev = &e;
+    n += e.family == OpFamily::activation && streak >= run;
+    streak = e.family == OpFamily::gemm && e.k == r ? streak + 1 : 0;
   }
   return n;
 }
@@ -185,7 +187,8 @@ Result run_llama(const Options& o) {
   }
   r.stacked_gemms = stacked_gemms(rec, lc.r, m.cfg.hidden_size);
   r.rotated_after_term = rotations_after_rank_gemm(rec, lc.r);
-  r.swiglu_after_term = activations_after_rank_gemm(rec, lc.r);
+  r.swiglu_after_term = activations_after_rank_gemms(rec, lc.r);
+  r.swiglu_after_3_terms = activations_after_rank_gemms(rec, lc.r, 3);
   collect(r, llama_trainable_params(m));
   return r;
 }
@@ -368,7 +371,8 @@ TEST(LoraGroup, RotatedOutputsAfterTheBaseGiveTheSameStep) {
 
 // gate and up in the order CUDA takes with SHARDTUNE_SKINNY's swiglu kind: base GEMMs only into
 // gate and up, their LoRA terms returned by linear_group_forward and added by swiglu_lora_forward
-// and again by swiglu_lora_backward (on the CPU: g + term formed, then SwiGLU). The same step up
+// and again by swiglu_lora_backward, which also adds down's input-gradient term dxa A left out
+// of dh (on the CPU: each sum formed, then SwiGLU). The same step up
 // to the rounding of the two terms' sum (each element's two terms are added in the other order
 // and rounded once more); LoRA, QLoRA and the FP8 base, with and without checkpointing.
 TEST(LoraGroup, TermsLeftToSwigluGiveTheSameStep) {
@@ -395,6 +399,7 @@ TEST(LoraGroup, TermsLeftToSwigluGiveTheSameStep) {
       // first block with checkpointing); none by default, nor in the 15-row micro-batch.
       EXPECT_EQ(ref.swiglu_after_term, 0);
       EXPECT_EQ(got.swiglu_after_term, variant == 3 ? 5 : 4);
+      EXPECT_EQ(got.swiglu_after_3_terms, 2);  // both blocks' backward took down's dx term too
       expect_same(ref, got, tol_of(dt));
     }
 }
