@@ -660,6 +660,61 @@ TEST(CudaSkinnyBench, DISABLED_LoraShapes) {
                   mb / pr, std::min(lt, cu) / pr);
     }
   }
+  // The swiglu kind against what it replaces, 8192 x 11008, r 16: forward, the two updates of
+  // gate and up (y += s xa B^T, expand kind) then swiglu_forward, against swiglu_lora_forward;
+  // backward, dh += dxa A then swiglu_backward, against swiglu_lora_backward with the dh term.
+  {
+    const int64_t N = 11008, r = 16;
+    Tensor g = Tensor::empty({T, N}, DType::bf16, Device::cuda), u = Tensor::empty({T, N}, DType::bf16, Device::cuda);
+    Tensor dh = Tensor::empty({T, N}, DType::bf16, Device::cuda), h = Tensor::empty({T, N}, DType::bf16, Device::cuda);
+    Tensor dg = Tensor::empty({T, N}, DType::bf16, Device::cuda), du = Tensor::empty({T, N}, DType::bf16, Device::cuda);
+    LowRankTerm tg, tu, td;
+    for (LowRankTerm* t : {&tg, &tu}) {
+      t->xa = Tensor::empty({r, T}, DType::bf16, Device::cuda);
+      t->xa_t = true;
+      t->B = Tensor::empty({N, r}, DType::bf16, Device::cuda);
+      t->scale = 2.0;
+    }
+    td.xa = Tensor::empty({T, r}, DType::bf16, Device::cuda);
+    td.B = Tensor::empty({r, N}, DType::bf16, Device::cuda);
+    td.scale = 1.0;
+    td.b_t = true;
+    for (Tensor* t : {&g, &u, &dh, &tg.xa, &tg.B, &tu.xa, &tu.B, &td.xa, &td.B}) fill_uniform(*t, key++, -0.5, 0.5);
+    auto median_us = [&](auto&& fn) {
+      const double ms = test::median_event_ms(
+          runs, [&](int i) { EXPECT_EQ(cudaMemsetAsync(flush.data(), i & 0xff, flush.nbytes(), 0), cudaSuccess); },
+          [&] {
+            fn();
+            return true;
+          });
+      return 1e3 * ms;
+    };
+    const double fwd_unfused = median_us([&] {
+      KindsGuard guard(cuda::kSkinnyExpand);
+      matmul(g, tg.xa, true, tg.B, true, 2.0, 1.0);
+      matmul(u, tu.xa, true, tu.B, true, 2.0, 1.0);
+      swiglu_forward(g, u, h);
+    });
+    const double fwd_fused = median_us([&] {
+      KindsGuard guard(cuda::kSkinnySwiglu);
+      swiglu_lora_forward(g, u, tg, tu, h);
+    });
+    const double bwd_unfused = median_us([&] {
+      KindsGuard guard(cuda::kSkinnyExpand);
+      matmul(dh, td.xa, false, td.B, false, 1.0, 1.0);
+      swiglu_backward(dh, g, u, dg, du, false);
+    });
+    const double bwd_fused = median_us([&] {
+      KindsGuard guard(cuda::kSkinnySwiglu);
+      swiglu_lora_backward(dh, g, u, tg, tu, dg, du, &td);
+    });
+    const double mb = static_cast<double>(g.nbytes()) / 1e6;
+    std::printf("[skinny] swiglu %ldx%ld r=%ld: forward %.1f us (unfused) vs %.1f us (fused, %.2f TB/s over g, u, h), "
+                "ratio %.2f; backward %.1f vs %.1f us (%.2f TB/s over dh, g, u, dg, du), ratio %.2f\n",
+                static_cast<long>(T), static_cast<long>(N), static_cast<long>(r), fwd_unfused, fwd_fused,
+                3 * mb / fwd_fused, fwd_unfused / fwd_fused, bwd_unfused, bwd_fused, 5 * mb / bwd_fused,
+                bwd_unfused / bwd_fused);
+  }
 #endif
 }
 
