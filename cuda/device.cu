@@ -142,7 +142,9 @@ void* raw_scratch(int slot, size_t bytes) {
   if (slot < 0 || slot >= kScratchSlots) ST_THROW("raw_scratch: slot ", slot);
   if (bytes > cap[slot]) {
     if (buf[slot]) ST_CUDA_CHECK(cudaFree(buf[slot]));  // synchronises: earlier users are done
-    cap[slot] = std::max(bytes, 2 * cap[slot]);
+    // The skinny slot grows to the request exactly (its sizes are few and the planner's dry run
+    // reserves the largest of them); the others by doubling.
+    cap[slot] = slot == kScratchSkinny ? bytes : std::max(bytes, 2 * cap[slot]);
     ST_CUDA_CHECK(cudaMalloc(&buf[slot], cap[slot]));
   }
   return buf[slot];

@@ -72,16 +72,18 @@ bool skinny_expand_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& 
 // tile of cols_per_split columns x tokens_per_split tokens once and writes f32 partial sums: of dB
 // over its tokens (splits_t of them) and of dxa over its columns (splits_n); two passes add them
 // in a fixed order (deterministic, as the reduce kind). The split is a function of the shape only,
-// so that the planner's dry run reserves the same scratch (scratch_bytes).
+// so that the planner's dry run reserves the same scratch (scratch_bytes): about 256 blocks (two
+// an SM on an H100), token splits a multiple of the 64-token stage.
 struct SkinnyPairTiling {
   int64_t tokens_per_split = 0, cols_per_split = 0, splits_t = 0, splits_n = 0, scratch_bytes = 0;
 };
 inline SkinnyPairTiling skinny_pair_tiling(int64_t tokens, int64_t wide, int64_t r) {
   SkinnyPairTiling t;
-  t.tokens_per_split = 512;                    // 8 stages of 64 tokens
   t.cols_per_split = (r <= 16 ? 4 : 2) * 128;  // 4 (r <= 16) or 2 (r <= 32) chunks of 128 columns
-  t.splits_t = (tokens + t.tokens_per_split - 1) / t.tokens_per_split;
   t.splits_n = (wide + t.cols_per_split - 1) / t.cols_per_split;
+  const int64_t want = (tokens * t.splits_n + 255) / 256;  // tokens a split for ~256 blocks
+  t.tokens_per_split = want <= 64 ? 64 : (want + 63) / 64 * 64;
+  t.splits_t = (tokens + t.tokens_per_split - 1) / t.tokens_per_split;
   t.scratch_bytes = static_cast<int64_t>(sizeof(float)) * r * (t.splits_t * wide + t.splits_n * tokens);
   return t;
 }

@@ -544,7 +544,8 @@ __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandArgs p) {
       // RoPE on the way out: a tile of 128 columns holds whole heads (n0 is a multiple of 128,
       // D divides 128), so each thread takes 8 pairs (c, c + D/2) of one row and head: 16-byte
       // reads of both halves from the shared tile and of cos / sin, rotated in f32 (rope_forward's
-      // arithmetic), one bf16 rounding.
+      // arithmetic) and rounded to bf16: the second rounding, after the tile's (the unfused
+      // path's two as well).
       const int D = p.rope_D, half = D / 2, vph = half / 8, per_row = (kExpBN / D) * vph;
       for (int it = tid; it < kExpBM * per_row; it += kThreads) {
         const int row = it / per_row, rem = it % per_row, col = (rem / vph) * D + (rem % vph) * 8;
@@ -593,7 +594,7 @@ __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandArgs p) {
 constexpr int kPairBT = 64, kPairBN = 128;
 constexpr int kPairLDX = pad_ld(kPairBN);
 template <int R>
-__host__ __device__ constexpr int pair_stages() { return R >= 32 ? 3 : 4; }  // <= 100 KiB: 2 blocks an H100 SM
+__host__ __device__ constexpr int pair_stages() { return R >= 32 ? 3 : 4; }  // <= 104 KiB: 2 blocks an H100 SM, 1 an A100's
 template <int R, bool P_RM>
 __host__ __device__ constexpr int pair_ldp() { return P_RM ? pad_ld(kPairBT) : pad_ld(R); }
 template <int R, bool P_RM>
@@ -1111,8 +1112,8 @@ bool skinny_expand_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& 
   if (!skinny_expand_rope_takes(A.dtype(), B.dtype(), C.dtype(), M, N, K, D) || T <= 0) return false;
   const auto* a = static_cast<const bf16*>(A.data());
   const auto* b = static_cast<const bf16*>(B.data());
-  if (!aligned16(a) || !aligned16(b) || !aligned16(C.data()) || (trans_a ? M : K) % 8 != 0 ||
-      (trans_b ? K : N) % 8 != 0)
+  if (!aligned16(a) || !aligned16(b) || !aligned16(C.data()) || !aligned16(cos) || !aligned16(sin) ||
+      (trans_a ? M : K) % 8 != 0 || (trans_b ? K : N) % 8 != 0)
     return false;
   ExpandArgs e{a, b, C.data(), beta != 0.0 ? C.data() : nullptr, M, N, ceil_div(N, kExpBN), static_cast<int>(K),
                static_cast<float>(alpha), static_cast<float>(beta)};

@@ -93,6 +93,8 @@ class LinearAdapter {
   // forward); the same term again from its backward's side (left_out_term): undefined unless this
   // adapter's last forward left it out.
   virtual LowRankTerm low_rank_term(const Tensor& x);
+  // The rank of the terms it can leave out (0: none).
+  virtual int64_t term_rank() const { return 0; }
   virtual LowRankTerm left_out_term(const Tensor& x) const;
   // backward without the input gradient: the parameter gradients as backward's, and the term it
   // would have added into dx returned instead (for dx's consumer to add). Undefined, with nothing

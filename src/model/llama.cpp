@@ -400,8 +400,10 @@ void block_forward(LlamaModel& m, LlamaBlock& blk, BlockView s, const Tensor& x_
   // gate and up: with SHARDTUNE_SKINNY's swiglu kind on CUDA (or a test's CPU switch) their LoRA
   // terms stay out of s.gate and s.up, and SwiGLU's forward and backward make them in the tile.
   std::vector<LowRankTerm> gu_terms;
-  const bool terms_to_swiglu =
-      swiglu_lora_one_pass(s.xn2.device()) || (s.xn2.device() == Device::cpu && lora_terms_to_swiglu_on_cpu());
+  auto rank = [](const Linear& l) { return l.adapter ? l.adapter->term_rank() : int64_t{0}; };
+  const bool terms_to_swiglu = s.gate.device() == Device::cpu
+                                   ? lora_terms_to_swiglu_on_cpu()
+                                   : swiglu_lora_one_pass(s.gate, rank(blk.gate), rank(blk.up), rank(blk.down));
   linear_group_forward({&blk.gate, &blk.up}, s.xn2, {&s.gate, &s.up}, ctx, nullptr, terms_to_swiglu ? &gu_terms : nullptr);
   if (terms_to_swiglu) swiglu_lora_forward(s.gate, s.up, gu_terms[0], gu_terms[1], s.h);
   else swiglu_forward(s.gate, s.up, s.h);

@@ -54,11 +54,12 @@ void swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, Ten
                                                 dgate.ptr<T>(), dup.ptr<T>(), accumulate));
 }
 
-bool swiglu_lora_one_pass(Device device) {
+bool swiglu_lora_one_pass(const Tensor& gate, int64_t rg, int64_t ru, int64_t rd) {
 #ifdef SHARDTUNE_CUDA
-  return device == Device::cuda && (cuda::skinny_kinds() & cuda::kSkinnySwiglu) != 0;
+  return gate.device() == Device::cuda && gate.dtype() == DType::bf16 && gate.numel() > 0 &&
+         cuda::skinny_swiglu_takes(gate.numel() / gate.dim(-1), gate.dim(-1), rg, ru, rd);
 #else
-  (void)device;
+  (void)gate, (void)rg, (void)ru, (void)rd;
   return false;
 #endif
 }

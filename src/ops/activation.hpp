@@ -33,9 +33,10 @@ struct LowRankTerm {
 void swiglu_lora_forward(const Tensor& gate, const Tensor& up, const LowRankTerm& tg, const LowRankTerm& tu, Tensor& h);
 void swiglu_lora_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, const LowRankTerm& tg,
                           const LowRankTerm& tu, Tensor& dgate, Tensor& dup, const LowRankTerm* tdh = nullptr);
-// Whether swiglu_lora_* makes the terms in one pass on this device (the CUDA kernel's kind is on):
-// the Llama MLP leaves gate's and up's LoRA terms out of their outputs only then.
-bool swiglu_lora_one_pass(Device device);
+// Whether swiglu_lora_* makes terms of these ranks (0: none) in one pass for outputs like `gate`
+// (CUDA, bf16, the swiglu kind on, shapes and ranks the kernel takes): the Llama MLP leaves
+// gate's and up's LoRA terms (rg, ru) and down's input-gradient term (rd) to SwiGLU only then.
+bool swiglu_lora_one_pass(const Tensor& gate, int64_t rg, int64_t ru, int64_t rd);
 
 // T5 v1.1 / FlanT5 gated-GELU feed-forward: h = gelu_tanh(gate) * up, with the tanh
 // approximation of transformers' "gelu_new": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

@@ -181,18 +181,18 @@ for s in "${steps[@]}"; do
       # per-call benchmark, the LoRA and model tests with SHARDTUNE_SKINNY=custom, then per-op
       # tables (SHARDTUNE_PROFILE=2) and plain step times of PROFILE_DECKS (default the 7B LoRA
       # bench deck; PROFILE_CKPT default false, PROFILE_STEPS default 10) with SHARDTUNE_SKINNY
-      # = cublaslt and = SKINNY_CUSTOM (default custom; e.g. thin,reduce), interleaved;
+      # = cublaslt and = SKINNY_CUSTOM (default thin,reduce,expand; e.g. thin,reduce), interleaved;
       # SKINNY_ROUNDS (default 1) plain rounds after the profiled one. SKINNY_BASE (default cublaslt)
       # is the setting compared against (e.g. expand, the default, against expand,rope,pair).
       run_step skinny-tests build/tests/gpu_tests --gtest_brief=1 --gtest_filter='CudaOps.Skinny*:CudaOps.Matmul*'
       run_step skinny-bench build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
-      run_step skinny-lora env SHARDTUNE_SKINNY=${SKINNY_CUSTOM:-custom} build/tests/gpu_tests --gtest_brief=1 \
+      run_step skinny-lora env SHARDTUNE_SKINNY=${SKINNY_CUSTOM:-thin,reduce,expand} build/tests/gpu_tests --gtest_brief=1 \
         --gtest_filter='CudaLora.*:CudaModel.*'
       make_shards
       for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
         for ck in ${PROFILE_CKPT:-false}; do
           for round in prof $(seq 1 ${SKINNY_ROUNDS:-1}); do
-            for mode in ${SKINNY_BASE:-cublaslt} ${SKINNY_CUSTOM:-custom}; do
+            for mode in ${SKINNY_BASE:-cublaslt} ${SKINNY_CUSTOM:-thin,reduce,expand}; do
               lvl=0; [ $round = prof ] && lvl=2
               name=$(basename $deck .cfg)-ckpt-$ck-$(echo $mode | tr , +)-$round
               run_step skinny-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
