@@ -13,7 +13,8 @@
 # device profile, CALIBRATE_SECONDS), predict (predicted vs measured step time: PREDICT_CONFIGS), fp8-quality (FP8Q_ARGS),
 # profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL), profile-ab (the same for this
 # tree and .bench_before in one call: before/after per-op tables), attn-ab (attention tests, kernel
-# bench and step times of this tree and .bench_before in one short call), skinny-ab (SHARDTUNE_SKINNY
+# bench and step times of this tree and .bench_before in one short call), kinds-ab (the opt-in
+# SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
@@ -176,6 +177,44 @@ for s in "${steps[@]}"; do
         done
       done
       rm -rf "$OUT/ab-runs" ;;
+    kinds-ab)
+      # Opt-in SHARDTUNE_SKINNY kinds (KINDS_NEW, default "rope pair swiglu") in one call: each
+      # kind's kernel test, then the LoRA and model GPU tests with `expand,<kind>`; the kinds that
+      # pass both are kept (kinds-kept.txt) and A/B'd together against KINDS_BASE (default
+      # expand, the default setting): the skinny benchmark, then per-op tables and plain step times
+      # of PROFILE_DECKS (default the 7B LoRA bench deck) for PROFILE_CKPT (default "false true"),
+      # a profiled round and KINDS_ROUNDS (default 2) plain rounds, interleaved.
+      declare -A kind_test=([rope]='CudaOps.SkinnyExpandWithRope' [pair]='CudaOps.SkinnyLoraDyPair'
+                            [swiglu]='CudaOps.SkinnySwigluLora')
+      kept=""
+      for k in ${KINDS_NEW:-rope pair swiglu}; do
+        run_step kind-test-$k build/tests/gpu_tests --gtest_brief=1 --gtest_filter="${kind_test[$k]:-none}" || continue
+        run_step kind-model-$k env SHARDTUNE_SKINNY=${KINDS_BASE:-expand},$k build/tests/gpu_tests --gtest_brief=1 \
+          --gtest_filter='CudaLora.*:CudaModel.*' || continue
+        kept="$kept,$k"
+      done
+      base=${KINDS_BASE:-expand}
+      new=$base$kept
+      echo "$new" > "$OUT/kinds-kept.txt"
+      echo "== kinds kept: $new" | tee -a "$OUT/summary.txt"
+      [ -z "$kept" ] && continue
+      run_step kinds-all-tests env SHARDTUNE_SKINNY=$new build/tests/gpu_tests --gtest_brief=1
+      run_step kinds-bench build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
+      make_shards
+      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${PROFILE_CKPT:-false true}; do
+          for round in prof $(seq 1 ${KINDS_ROUNDS:-2}); do
+            for mode in $base $new; do
+              lvl=0; [ $round = prof ] && lvl=2
+              name=$(basename $deck .cfg)-ckpt-$ck-$(echo $mode | tr , +)-$round
+              run_step kinds-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
+                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id k-$name --save_adapter false \
+                --max_steps ${PROFILE_STEPS:-10}
+            done
+          done
+        done
+      done
+      rm -rf "$OUT/profile-runs" ;;
     skinny-ab)
       # The skinny-GEMM kernels (cuda/skinny.cu) against cuBLASLt on this tree: their tests, the
       # per-call benchmark, the LoRA and model tests with SHARDTUNE_SKINNY=custom, then per-op
