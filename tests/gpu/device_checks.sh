@@ -14,7 +14,8 @@
 # profile (per-op tables: PROFILE_DECKS, PROFILE_CKPT, PROFILE_LEVEL), profile-ab (the same for this
 # tree and .bench_before in one call: before/after per-op tables), attn-ab (attention tests, kernel
 # bench and step times of this tree and .bench_before in one short call), kinds-ab (the opt-in
-# SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default), skinny-ab (SHARDTUNE_SKINNY
+# SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default),
+# autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
@@ -210,6 +211,25 @@ for s in "${steps[@]}"; do
               run_step kinds-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
                 --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id k-$name --save_adapter false \
                 --max_steps ${PROFILE_STEPS:-10}
+            done
+          done
+        done
+      done
+      rm -rf "$OUT/profile-runs" ;;
+    autotune-ab)
+      # SHARDTUNE_GEMM_AUTOTUNE=all (every GEMM shape timed over cuBLASLt's candidates on its first
+      # call) against the heuristic's first choice: plain step times of PROFILE_DECKS (default the
+      # 7B LoRA bench deck), PROFILE_CKPT (default false), AUTOTUNE_ROUNDS (default 2) interleaved;
+      # the first steps carry the tuning, the median of the later ones does not.
+      make_shards
+      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${PROFILE_CKPT:-false}; do
+          for round in $(seq 1 ${AUTOTUNE_ROUNDS:-2}); do
+            for mode in 0 all; do
+              name=$(basename $deck .cfg)-ckpt-$ck-autotune-$mode-$round
+              run_step $name env SHARDTUNE_GEMM_AUTOTUNE=$mode build/shardtune train --deck $deck \
+                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id a-$name --save_adapter false \
+                --max_steps ${PROFILE_STEPS:-12}
             done
           done
         done
