@@ -103,13 +103,16 @@ MPI_SRC := $(sort $(wildcard tests/mpi/*.cpp))
 E2E_SRC := $(sort $(wildcard tests/e2e/*.cpp))
 TESTLIB_SRC := $(sort $(wildcard tests/common/*.cpp))
 GPU_SRC := $(sort $(wildcard tests/gpu/*.cpp))
+# CUDA kernels run on the CPU emulator (tests/emu/cuda_emu.hpp): needs the CUDA headers only.
+EMU_SRC := $(if $(filter 1,$(CUDA)),$(sort $(wildcard tests/emu/*.cpp)),)
 TESTLIB_OBJ := $(TESTLIB_SRC:%.cpp=$(BUILD)/obj/%.o)
 TEST_OBJ := $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(MPI_SRC:%.cpp=$(BUILD)/obj/%.o) $(E2E_SRC:%.cpp=$(BUILD)/obj/%.o) \
-            $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ)
+            $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(EMU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ)
 UNIT_BIN := $(BUILD)/tests/unit_tests
 MPI_BIN := $(BUILD)/tests/mpi_tests
 E2E_BIN := $(BUILD)/tests/e2e_tests
 GPU_BIN := $(BUILD)/tests/gpu_tests
+EMU_BIN := $(if $(EMU_SRC),$(BUILD)/tests/emu_tests,)
 TEST_LIBS := -lgtest -lpthread
 
 # ---------------------------------------------------------------- version (shardtune --version, metrics.h5)
@@ -136,10 +139,10 @@ MPIRUN_FLAGS ?= --oversubscribe --bind-to none --mca btl self,vader --mca btl_va
                 $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
-.PHONY: all build tests deps run test test-unit test-mpi test-e2e test-python test-fuzz test-gpu clean bench report
+.PHONY: all build tests deps run test test-unit test-mpi test-e2e test-python test-fuzz test-emu test-gpu clean bench report
 all: build tests
 build: $(BIN)
-tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN)
+tests: $(UNIT_BIN) $(MPI_BIN) $(E2E_BIN) $(EMU_BIN)
 
 $(LIB_OBJ) $(BUILD)/obj/src/main.o: | check-deps
 $(TEST_OBJ): | check-test-deps
@@ -187,6 +190,16 @@ $(MPI_BIN): $(MPI_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
 $(E2E_BIN): $(E2E_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB) | $(BIN)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $(filter-out $(BIN),$^) -o $@ -lgtest_main $(TEST_LIBS) $(LDLIBS)
+
+# The emulator's sources compile CUDA kernel code as host C++: type punning as on the device
+# (no strict aliasing), and the kernels' #pragma unroll means nothing to g++.
+$(EMU_SRC:%.cpp=$(BUILD)/obj/%.o): CXXFLAGS += -fno-strict-aliasing -Wno-unknown-pragmas
+
+ifneq ($(EMU_BIN),)
+$(EMU_BIN): $(EMU_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) $^ -o $@ -lgtest_main $(TEST_LIBS) $(LDLIBS)
+endif
 
 $(GPU_BIN): $(GPU_SRC:%.cpp=$(BUILD)/obj/%.o) $(TESTLIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -254,7 +267,7 @@ bench: build
 # idle much of the time (process starts, one-rank runs). Each suite's output comes as one block.
 test: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) $(FUZZ_BIN) build tests
-	@$(MAKE) --no-print-directory -j$(NPROC) --output-sync=target test-e2e test-unit test-fuzz test-mpi test-python
+	@$(MAKE) --no-print-directory -j$(NPROC) --output-sync=target test-e2e test-unit test-fuzz test-mpi test-python test-emu
 
 test-unit: $(UNIT_BIN)
 	OMP_NUM_THREADS=2 $(UNIT_BIN) --gtest_brief=1
@@ -269,6 +282,9 @@ test-e2e: $(E2E_BIN) $(BIN)
 
 test-python:
 	$(PYTHON) -m unittest discover -s tests/python -p 'test_*.py'
+
+test-emu: $(EMU_BIN)
+	$(if $(EMU_BIN),$(EMU_BIN) --gtest_brief=1,@echo "test-emu: skipped (no CUDA headers: CUDA=0)")
 
 test-gpu: $(GPU_BIN)
 	$(GPU_BIN) --gtest_brief=1

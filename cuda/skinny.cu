@@ -62,6 +62,21 @@ constexpr int kThreads = 128;  // every kernel: 4 warps
 __host__ __device__ constexpr int pad_ld(int cols) { return (cols / 8) % 2 == 1 ? cols : cols + 8; }
 
 // ---------------------------------------------------------------- PTX wrappers
+#ifdef ST_CUDA_EMU
+// The CPU emulator's versions (tests/emu/cuda_emu.hpp): the same operations, run on std::threads.
+alignas(128) unsigned char smem[emu::kSharedBytes];  // the kernels' dynamic shared memory
+const bool smem_registered = (emu::set_shared(smem), true);
+inline uint32_t smem_addr(const void* p) { return emu::to_shared(p); }
+inline void cp_async16(uint32_t dst, const void* src, bool valid) { emu::cp_async(dst, src, 16, valid ? 16 : 0); }
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
+inline void ldsm_x4(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(r, 4, false, smem_addr(p)); }
+inline void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(r, 4, true, smem_addr(p)); }
+inline void ldsm_x2(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(r, 2, false, smem_addr(p)); }
+inline void ldsm_x2_t(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(r, 2, true, smem_addr(p)); }
+inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu::mma_m16n8k16(d, a, b0, b1); }
+#else
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -101,6 +116,8 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+#endif  // ST_CUDA_EMU
 
 // ---------------------------------------------------------------- tiles and fragments
 // Copies rows [r0, r0 + ROWS) x columns [c0, c0 + COLS) of the row-major matrix g (leading
@@ -913,6 +930,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
   }
 }
 
+#ifndef ST_CUDA_EMU  // the host side: launchers and the public functions
 // ---------------------------------------------------------------- launchers
 // The device's shared memory per block with opt-in (A100 163 KiB, H100 227 KiB, sm_86 99 KiB).
 size_t smem_limit() {
@@ -1266,5 +1284,9 @@ bool skinny_matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bo
   return c_f32 ? reduce<float>(d, p_rm, static_cast<float*>(C.data()), static_cast<const float*>(cin), fa, fb)
                : reduce<bf16>(d, p_rm, static_cast<bf16*>(C.data()), static_cast<const bf16*>(cin), fa, fb);
 }
+
+#else
+}  // namespace (the emulator's build: its kernels only)
+#endif  // ST_CUDA_EMU
 
 }  // namespace st::cuda
