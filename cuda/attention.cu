@@ -53,6 +53,15 @@ using bf16 = __nv_bfloat16;
 constexpr int kTile = 64, kWarps = 4, kThreads = kWarps * 32;
 constexpr int kLdT = kTile + 8;  // row stride (bf16) of transposed tiles [d][64]
 
+#ifdef ST_CUDA_EMU
+// The CPU emulator's versions (tests/emu/cuda_emu.hpp).
+alignas(128) unsigned char smem_raw[emu::kSharedBytes];  // the kernels' dynamic shared memory
+const bool smem_registered = (emu::set_shared(smem_raw), true);
+inline void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) { emu::mma_m16n8k16(c, a, b0, b1); }
+inline uint32_t smem_addr(const void* p) { return emu::to_shared(smem_raw, p); }
+inline void ldsm_x4_at(uint32_t r[4], uint32_t addr) { emu::ldmatrix(smem_raw, r, 4, false, addr); }
+inline void ldsm_x4_trans_at(uint32_t r[4], uint32_t addr) { emu::ldmatrix(smem_raw, r, 4, true, addr); }
+#else
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -77,6 +86,8 @@ __device__ __forceinline__ void ldsm_x4_trans_at(uint32_t r[4], uint32_t addr) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 }
+
+#endif  // ST_CUDA_EMU
 
 // B fragments of two adjacent n-tiles (n0 and n0 + 8) from a row-major tile X[k][n] (k = the
 // contraction index, rows 16-byte aligned): ldmatrix.trans hands every thread X[2t..2t+1][g]
@@ -105,6 +116,16 @@ __device__ __forceinline__ void ldsm_b2(uint32_t b[4], const bf16* tile, int ld,
   ldsm_x4(b, tile + (n0 + (lane & 7) + (blk >> 1) * 8) * ld + k0 + (blk & 1) * 8);
 }
 
+#ifdef ST_CUDA_EMU
+inline void cp_async16(void* dst, const void* src, int src_bytes) {
+  emu::cp_async(smem_raw, emu::to_shared(smem_raw, dst), src, 16, src_bytes);
+}
+inline void cp_async4(void* dst, const void* src, int src_bytes) {
+  emu::cp_async(smem_raw, emu::to_shared(smem_raw, dst), src, 4, src_bytes);
+}
+inline void cp_async_commit() {}
+inline void cp_async_wait_all() {}
+#else
 // 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
@@ -118,10 +139,17 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_by
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
+#endif  // ST_CUDA_EMU
+
 // p[0..3] += v0..v3 (f32, global memory, p 16-byte aligned). sm_90 has a 16-byte vector
 // reduction (one instruction, each element added atomically on its own, as four atomicAdds).
 __device__ __forceinline__ void red_add_f32x4(float* p, float v0, float v1, float v2, float v3) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(ST_CUDA_EMU)
+  emu::atomic_add(p, v0);
+  emu::atomic_add(p + 1, v1);
+  emu::atomic_add(p + 2, v2);
+  emu::atomic_add(p + 3, v3);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(v0), "f"(v1), "f"(v2), "f"(v3)
                : "memory");
 #else
@@ -191,9 +219,13 @@ __device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict_
 constexpr float kLog2e = 1.4426950408889634f;
 // 2^x on the SFU (ex2.approx.ftz: 2^-inf = 0; what __expf uses after its multiplication by log2 e).
 __device__ __forceinline__ float fast_exp2(float x) {
+#ifdef ST_CUDA_EMU
+  return std::exp2(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -525,7 +557,11 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   constexpr bool dbuf = kBackwardDoubleBuffer;
   if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
     uint32_t smem_bytes;
+#ifdef ST_CUDA_EMU
+    smem_bytes = static_cast<uint32_t>(emu::kSharedBytes);
+#else
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
+#endif
     if (smem_bytes < backward_smem<DP>(2)) __trap();
   }
   const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
@@ -563,7 +599,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   }
   // dQ tiles are added 4 columns at a time on sm_90 (16-byte reductions; rows of D floats keep
   // the 16-byte alignment of the cudaMalloc'd buffer when D % 4 == 0); elsewhere one by one.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(ST_CUDA_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)  // (the emulator: sm_90's code)
   const bool vec_dq = D % 4 == 0;
 #else
   constexpr bool vec_dq = false;
@@ -963,6 +999,7 @@ template <int DP> constexpr size_t forward_smem() {
   return sizeof(bf16) * 4 * kTile * (DP + 8);  // two stages of K and V
 }
 
+#ifndef ST_CUDA_EMU  // the host side: launchers and the public functions
 // Whether the device runs the sm_90 code of the backward (kBackwardDoubleBuffer: the binary holds
 // sm_80 and sm_90 code, and a device of compute capability 9.x runs the latter).
 bool backward_double_buffer() {
@@ -1125,5 +1162,9 @@ void attention_backward(const AttentionArgs& args, const void* dout, void* dq, v
   else if (a.D <= 64) backward_variant<64>(a, variant, dout, dq, dk, dv, accumulate, dbias);
   else backward_variant<128>(a, variant, dout, dq, dk, dv, accumulate, dbias);
 }
+
+#else
+}  // namespace (the emulator's build: its kernels only)
+#endif  // ST_CUDA_EMU
 
 }  // namespace st::cuda

@@ -66,15 +66,15 @@ __host__ __device__ constexpr int pad_ld(int cols) { return (cols / 8) % 2 == 1 
 // The CPU emulator's versions (tests/emu/cuda_emu.hpp): the same operations, run on std::threads.
 alignas(128) unsigned char smem[emu::kSharedBytes];  // the kernels' dynamic shared memory
 const bool smem_registered = (emu::set_shared(smem), true);
-inline uint32_t smem_addr(const void* p) { return emu::to_shared(p); }
-inline void cp_async16(uint32_t dst, const void* src, bool valid) { emu::cp_async(dst, src, 16, valid ? 16 : 0); }
+inline uint32_t smem_addr(const void* p) { return emu::to_shared(smem, p); }
+inline void cp_async16(uint32_t dst, const void* src, bool valid) { emu::cp_async(smem, dst, src, 16, valid ? 16 : 0); }
 inline void cp_async_commit() {}
 template <int N>
 inline void cp_async_wait() {}
-inline void ldsm_x4(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(r, 4, false, smem_addr(p)); }
-inline void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(r, 4, true, smem_addr(p)); }
-inline void ldsm_x2(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(r, 2, false, smem_addr(p)); }
-inline void ldsm_x2_t(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(r, 2, true, smem_addr(p)); }
+inline void ldsm_x4(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(smem, r, 4, false, smem_addr(p)); }
+inline void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(smem, r, 4, true, smem_addr(p)); }
+inline void ldsm_x2(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(smem, r, 2, false, smem_addr(p)); }
+inline void ldsm_x2_t(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(smem, r, 2, true, smem_addr(p)); }
 inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu::mma_m16n8k16(d, a, b0, b1); }
 #else
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {

@@ -15,6 +15,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -43,14 +45,15 @@ inline Launch& launch_dims() {
   return l;
 }
 
-// The block's dynamic shared memory (one block at a time): the kernel source's own array (its
-// kernels declare `extern __shared__ ... smem[]` in their namespace), registered with set_shared.
+// The block's dynamic shared memory (one block at a time): each kernel source's own array (its
+// kernels declare `extern __shared__ ... smem[]` in their namespace), registered with set_shared
+// (launch fills every registered array with NaN bits before a block) and named by its wrappers.
 constexpr size_t kSharedBytes = 256 * 1024;
-inline unsigned char*& shared_ptr() {
-  static unsigned char* p = nullptr;
-  return p;
+inline std::vector<unsigned char*>& shared_arrays() {
+  static std::vector<unsigned char*> v;
+  return v;
 }
-inline void set_shared(unsigned char* p) { shared_ptr() = p; }
+inline void set_shared(unsigned char* p) { shared_arrays().push_back(p); }
 
 struct Warp {
   std::barrier<> bar{32};
@@ -69,29 +72,28 @@ inline Warp& warp() { return *block().warps[static_cast<size_t>(tls().warp)]; }
 
 inline void sync_block() { block().bar->arrive_and_wait(); }
 
-inline uint32_t to_shared(const void* p) {
+inline uint32_t to_shared(const unsigned char* base, const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
-  unsigned char* base = shared_ptr();
-  if (!base || c < base || c >= base + kSharedBytes) throw std::runtime_error("emu: not a shared-memory address");
+  if (c < base || c >= base + kSharedBytes) throw std::runtime_error("emu: not a shared-memory address");
   return static_cast<uint32_t>(c - base);
 }
-inline const uint16_t* at_shared(uint32_t a) {
+inline const uint16_t* at_shared(const unsigned char* base, uint32_t a) {
   if (a >= kSharedBytes || a % 2) throw std::runtime_error("emu: bad shared-memory address");
-  return reinterpret_cast<const uint16_t*>(shared_ptr() + a);
+  return reinterpret_cast<const uint16_t*>(base + a);
 }
 
 // cp.async of 16 bytes (4 in the attention kernels): now; src_bytes 0 writes zeros.
-inline void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
+inline void cp_async(unsigned char* base, uint32_t dst, const void* src, int bytes, int src_bytes) {
   if (dst + static_cast<uint32_t>(bytes) > kSharedBytes || dst % static_cast<uint32_t>(bytes))
     throw std::runtime_error("emu: cp.async destination out of range or unaligned");
-  if (src_bytes == 0) std::memset(shared_ptr() + dst, 0, static_cast<size_t>(bytes));
-  else std::memcpy(shared_ptr() + dst, src, static_cast<size_t>(bytes));
+  if (src_bytes == 0) std::memset(base + dst, 0, static_cast<size_t>(bytes));
+  else std::memcpy(base + dst, src, static_cast<size_t>(bytes));
 }
 
 // ldmatrix .m8n8 .x1/.x2/.x4 (.trans): matrix i's 8 row addresses come from lanes 8i .. 8i + 7;
 // thread t receives, of each matrix, row t / 4, elements 2 (t % 4), 2 (t % 4) + 1 (trans: of
 // the transpose: stored rows 2 (t % 4), 2 (t % 4) + 1 at column t / 4).
-inline void ldmatrix(uint32_t* r, int nmat, bool trans, uint32_t addr) {
+inline void ldmatrix(const unsigned char* base, uint32_t* r, int nmat, bool trans, uint32_t addr) {
   Warp& w = warp();
   const int lane = tls().lane;
   w.u[lane][0] = addr;
@@ -102,9 +104,9 @@ inline void ldmatrix(uint32_t* r, int nmat, bool trans, uint32_t addr) {
     for (int k = 0; k < 2; ++k) {
       if (!trans) {
         if (w.u[8 * i + row][0] % 16) throw std::runtime_error("emu: ldmatrix row address not 16-byte aligned");
-        e[k] = at_shared(w.u[8 * i + row][0])[col + k];
+        e[k] = at_shared(base, w.u[8 * i + row][0])[col + k];
       } else {
-        e[k] = at_shared(w.u[8 * i + col + k][0])[row];
+        e[k] = at_shared(base, w.u[8 * i + col + k][0])[row];
       }
     }
     r[i] = static_cast<uint32_t>(e[0]) | (static_cast<uint32_t>(e[1]) << 16);
@@ -152,6 +154,9 @@ inline void mma_m16n8k16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) 
   }
 }
 
+// atomicAdd / red.global.add on f32 in global memory (the attention backward's dQ sums).
+inline void atomic_add(float* p, float v) { std::atomic_ref<float>(*p).fetch_add(v); }
+
 inline float shfl_xor(float v, int mask) {
   Warp& w = warp();
   const int lane = tls().lane;
@@ -175,8 +180,7 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body) {
         b.bar = std::make_unique<std::barrier<>>(nthreads);
         b.warps.clear();
         for (int i = 0; i < nthreads / 32; ++i) b.warps.push_back(std::make_unique<Warp>());
-        if (!shared_ptr()) throw std::runtime_error("emu: no shared memory registered");
-        std::memset(shared_ptr(), 0xff, kSharedBytes);  // stale shared memory: NaN bits
+        for (unsigned char* sm : shared_arrays()) std::memset(sm, 0xff, kSharedBytes);  // stale: NaN bits
         std::vector<std::thread> threads;
         std::vector<std::exception_ptr> errors(static_cast<size_t>(nthreads));
         for (int t = 0; t < nthreads; ++t)
@@ -204,13 +208,18 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body) {
 }  // namespace emu
 
 // The CUDA names the kernels use.
+using std::max;  // CUDA's device min / max overloads
+using std::min;
 #undef __launch_bounds__
 #define threadIdx (::emu::tls().thread_idx)
 #define blockIdx (::emu::tls().block_idx)
 #define blockDim (::emu::launch_dims().block)
 #define gridDim (::emu::launch_dims().grid)
 #define __syncthreads() ::emu::sync_block()
-#define __cvta_generic_to_shared(p) ::emu::to_shared(p)
 #define __expf(x) std::exp(x)
 #define __shfl_xor_sync(mask, v, o) ::emu::shfl_xor((v), (o))
 #define __launch_bounds__(...)
+#define __fmaf_rn(a, b, c) std::fma((a), (b), (c))
+#define __ldg(p) (*(p))
+#define __trap() throw std::runtime_error("emu: __trap")
+#define atomicAdd(p, v) ::emu::atomic_add((p), (v))
