@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ops/attention.hpp"
+#include "ops/rope.hpp"
 
 namespace st::cuda {
 namespace {
@@ -47,9 +48,11 @@ double rel_err(const std::vector<bf16>& got, const Tensor& ref) {
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
+// rope: the backward's fused inverse rotary embedding (dK in the kernel's epilogue, dQ in
+// fold_dq_rope) against the CPU op's rope_backward after the attention backward.
 template <int DP>
-void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t seed) {
-  SCOPED_TRACE(str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D));
+void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t seed, bool rope = false) {
+  SCOPED_TRACE(str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D, rope ? " rope" : ""));
   std::mt19937 rng(seed);
   const Buf q({B, T, Hq, D}, rng, 1.0), k({B, T, Hkv, D}, rng, 1.0), v({B, T, Hkv, D}, rng, 1.0);
   const Buf dout({B, T, Hq, D}, rng, 1.0);
@@ -67,7 +70,12 @@ void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t
   st::attention_forward(s, q.f64, k.f64, v.f64, Tensor(), out_ref, lse_ref);
   Tensor dq_ref = Tensor::zeros({B, T, Hq, D}, DType::f64), dk_ref = Tensor::zeros({B, T, Hkv, D}, DType::f64);
   Tensor dv_ref = Tensor::zeros({B, T, Hkv, D}, DType::f64);
-  st::attention_backward(s, q.f64, k.f64, v.f64, out_ref, lse_ref, dout.f64, Tensor(), dq_ref, dk_ref, dv_ref, false);
+  const RopeTables tables = rope_tables(T, D, 10000.0, Device::cpu);
+  const AttentionRope arope{&tables, Tensor()};
+  st::attention_backward(s, q.f64, k.f64, v.f64, out_ref, lse_ref, dout.f64, Tensor(), dq_ref, dk_ref, dv_ref, false,
+                         Tensor(), nullptr, rope ? &arope : nullptr);
+  const float* rope_cos = rope ? tables.cos.ptr<float>() : nullptr;
+  const float* rope_sin = rope ? tables.sin.ptr<float>() : nullptr;
 
   // Forward on the emulator.
   std::vector<bf16> out(q.b.size(), __float2bfloat16(NAN));
@@ -95,11 +103,16 @@ void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t
                 attention_backward_kernel<DP, false, false, false>(
                     q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(), delta.data(), nullptr, nullptr,
                     nullptr, dq_acc.data(), dk.data(), dv.data(), nullptr, T, T, Hq, Hkv, D, scale, 0.0f, true, false,
-                    nullptr, nullptr, nullptr, 0);
+                    rope_cos, rope_sin, nullptr, rope ? T : 0);
               });
   const int64_t n = rows * D;
-  emu::launch(dim3(4), dim3(256),
-              [&] { accumulate_f32_into_bf16(dq_acc.data(), dq.data(), n, scale, false, n % 4 == 0); });
+  if (rope)
+    emu::launch(dim3(4), dim3(256), [&] {
+      fold_dq_rope(dq_acc.data(), dq.data(), rows, Hq, T, static_cast<int>(D), scale, rope_cos, rope_sin, nullptr);
+    });
+  else
+    emu::launch(dim3(4), dim3(256),
+                [&] { accumulate_f32_into_bf16(dq_acc.data(), dq.data(), n, scale, false, n % 4 == 0); });
   // bf16 outputs and bf16 P and dS for the MMAs: about 2^-9 relative in the norm (2.5e-3 seen).
   EXPECT_LT(rel_err(dq, dq_ref), 6e-3) << "dq";
   EXPECT_LT(rel_err(dk, dk_ref), 6e-3) << "dk";
@@ -112,6 +125,11 @@ void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t
 TEST(EmuAttention, BatchedCausalMatchesTheCpuOp) {
   run_case<64>(2, 80, 4, 2, 64, 11);
   run_case<128>(1, 80, 2, 2, 128, 12);
+}
+
+TEST(EmuAttention, BackwardWithRopeMatchesTheCpuOp) {
+  run_case<64>(1, 72, 2, 1, 64, 13, true);
+  run_case<128>(1, 64, 2, 2, 128, 14, true);
 }
 
 }  // namespace
