@@ -38,6 +38,8 @@
 // dS = P (dP - D) of every unmasked (i, j) to dbias[h, i, j] with f32 atomics (the batch rows are
 // different blocks, so the sum order is not deterministic). With kBias = kCross = false the
 // kernels are the plain self-attention ones, compiled without a trace of either feature.
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "cuda/attention.cuh"
@@ -192,18 +194,18 @@ __device__ void load_rows(bf16* __restrict__ tile, const bf16* __restrict__ src,
 
 // load_rows with cp.async when the head dimension needs no padding (D == DP); otherwise the
 // synchronous, zero-padding load. The caller commits, waits and synchronises. For a block of
-// kThreads threads: thread x copies column vector x % vpr of rows x / vpr + i * kRows (i <
+// NT threads: thread x copies column vector x % vpr of rows x / vpr + i * kRows (i <
 // kTile / kRows), so the address arithmetic is one 64-bit product a call and constant offsets
 // after it (a loop over blockDim.x cost the forward 40% of its instructions).
-template <int DP>
+template <int DP, int NT = kThreads>
 __device__ void load_rows_async(bf16* __restrict__ tile, const bf16* __restrict__ src, int64_t base, int64_t r0,
                                       int64_t T, int64_t H, int64_t h, int64_t D) {
   if (D != DP) {
     load_rows<DP>(tile, src, base, r0, T, H, h, D);
     return;
   }
-  constexpr int ld = DP + 8, vpr = DP / 8, kRows = kThreads / vpr;
-  static_assert(kThreads % vpr == 0 && kTile % kRows == 0);
+  constexpr int ld = DP + 8, vpr = DP / 8, kRows = NT / vpr;
+  static_assert(NT % vpr == 0 && kTile % kRows == 0);
   const int r = static_cast<int>(threadIdx.x) / vpr, v = static_cast<int>(threadIdx.x) % vpr;
   const int64_t stride = H * D;  // elements between consecutive tokens
   const bf16* g = src + ((base + r0 + r) * H + h) * D + v * 8;
@@ -528,10 +530,15 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
 // so double buffering leaves the occupancy as it was (registers bound it). An A100 SM (164 KiB)
 // would hold 1 double-buffered block at DP = 128 but 2 single-buffered: double buffers on sm_90
 // only (kBackwardDoubleBuffer).
-template <int DP> __host__ __device__ constexpr size_t backward_smem(int stages) {
-  return sizeof(float) * 4 * kTile + sizeof(bf16) * ((2 + 2 * stages) * kTile * (DP + 8) + kTile * kLdT);
+// KW: warps of 16 keys a block (4: 64 keys; 8: 128 keys, DP = 128 only: SHARDTUNE_ATTN_BWD_KEYS=128).
+// DP = 128, KW = 8: 1024 + 2 * 34816 + 18432 + 2 * 2 * 17408 = 158720 bytes (155 KiB), 1 block of
+// 8 warps an H100 SM (as many warps as 2 blocks of 4); 124 KiB single-buffered.
+template <int DP, int KW = 4> __host__ __device__ constexpr size_t backward_smem(int stages) {
+  return sizeof(float) * 4 * kTile +
+         sizeof(bf16) * (2 * KW * 16 * (DP + 8) + 2 * stages * kTile * (DP + 8) + KW * 16 * kLdT);
 }
 static_assert(backward_smem<128>(2) == 114688 && backward_smem<128>(1) == 79872);
+static_assert(backward_smem<128, 8>(2) == 158720);
 
 // The backward's query tiles are double-buffered on sm_90 (the host side tells by the device's
 // compute capability: backward_double_buffer).
@@ -546,14 +553,20 @@ constexpr bool kBackwardDoubleBuffer = true;
 // variants: 3 blocks); DP = 64: at most 168, 3 blocks, as many as its shared memory allows (ptxas
 // takes 162-168 without a bound since the masks are per tile; 180 before: 2 blocks); DP = 128:
 // as many as ptxas likes (~240: 2 blocks, the shared-memory limit too).
-template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) attention_backward_kernel(
+// KW = 8 (128 keys, 8 warps, DP = 128, plain batched self-attention only): each warp as with KW = 4
+// (16 keys, all 64 queries of a tile); dQ = dS K of a tile is shared as 4 query groups x 2 column
+// halves, over all 128 keys, so each dQ element gets one f32 reduction per 128 keys (not per 64),
+// and each Q / dO tile is loaded once per 128 keys.
+template <int DP, bool kBias, bool kCross, bool kVarlen, int KW = 4>
+__global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 64 ? 3 : 1))) attention_backward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ dout,
     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
     int64_t D, float scale, float inv_scale, bool causal, bool accumulate, const float* __restrict__ rope_cos,
     const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos, int64_t rope_T) {
+  static_assert(KW == 4 || (KW == 8 && DP == 128 && !kBias && !kCross && !kVarlen), "128-key blocks: DP 128, plain");
+  constexpr int kThr = KW * 32, kKeys = KW * 16;  // threads, keys a block
   constexpr bool dbuf = kBackwardDoubleBuffer;
   if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
     uint32_t smem_bytes;
@@ -562,32 +575,33 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
 #else
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem_bytes));
 #endif
-    if (smem_bytes < backward_smem<DP>(2)) __trap();
+    if (smem_bytes < backward_smem<DP, KW>(2)) __trap();
   }
   const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  // Layout (backward_smem): lse and D of two query tiles [2][64] f32 each, K and V [64 keys][LDH],
-  // dS^T [64 keys][kLdT] (queries contiguous), then stage 0 (and with dbuf stage 1) of the query
+  // Layout (backward_smem): lse and D of two query tiles [2][64] f32 each, K and V [kKeys][LDH],
+  // dS^T [kKeys][kLdT] (queries contiguous), then stage 0 (and with dbuf stage 1) of the query
   // tile: Q and dO [64 queries][LDH] each.
   float* const lse_s = reinterpret_cast<float*>(smem_raw);  // [stage][64]
   float* const dl_s = lse_s + 2 * kTile;                      // [stage][64]
   bf16* const Ks = reinterpret_cast<bf16*>(dl_s + 2 * kTile);
-  bf16* const Vs = Ks + kTile * LDH;
-  bf16* const dSt = Vs + kTile * LDH;
-  bf16* const q_stages = dSt + kTile * kLdT;
+  bf16* const Vs = Ks + kKeys * LDH;
+  bf16* const dSt = Vs + kKeys * LDH;
+  bf16* const q_stages = dSt + kKeys * kLdT;
   auto Qs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH; };
   auto dOs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH + kTile * LDH; };
 
-  const int64_t hk = blockIdx.y, j0 = sv.tile0;
+  // The block's first key (KW = 8: blocks of 128 keys; seq_view's tiles are 64).
+  const int64_t hk = blockIdx.y, j0 = KW == 4 ? sv.tile0 : static_cast<int64_t>(blockIdx.x) * kKeys;
   const int64_t group = Hq / Hkv;
   const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
     if (!accumulate)
-      for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+      for (int idx = threadIdx.x; idx < kKeys * D; idx += blockDim.x) {
         const int64_t j = j0 + idx / D;
         if (j < Tk) {
           const int64_t off = ((sv.krow0 + j) * Hkv + hk) * D + idx % D;
@@ -614,10 +628,10 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   // Query tile (h, q0) into stage st: Q, dO (16-byte cp.async when D == DP), lse and D (4-byte
   // cp.async; rows past T get 0, which the i < T test masks), one commit group.
   auto load_tile = [&](int64_t th, int64_t tq0, int st) {
-    load_rows_async<DP>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
-    load_rows_async<DP>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
-    {  // kThreads == 2 kTile: thread x copies lse (x < 64) or D (x >= 64) of query x % 64
-      static_assert(kThreads == 2 * kTile);
+    load_rows_async<DP, kThr>(Qs_of(st), q, sv.row0, tq0, T, Hq, th, D);
+    load_rows_async<DP, kThr>(dOs_of(st), dout, sv.row0, tq0, T, Hq, th, D);
+    if (kThr == 2 * kTile || threadIdx.x < 2 * kTile) {  // thread x < 128 copies lse (x < 64) or D of query x % 64
+      static_assert(kThr >= 2 * kTile);
       const int idx = static_cast<int>(threadIdx.x), r = idx % kTile;
       const int64_t i = tq0 + r;
       const float* src = (idx < kTile ? lse : delta) + sv.lse_row + th * sv.lse_head + (i < T ? i : 0);
@@ -627,8 +641,11 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
   };
   // K and V join the first tile's group (double-buffered) or are waited for with it (single).
   if (any_tile) {
-    load_rows_async<DP>(Ks, k, sv.krow0, j0, Tk, Hkv, hk, D);
-    load_rows_async<DP>(Vs, v, sv.krow0, j0, Tk, Hkv, hk, D);
+#pragma unroll
+    for (int kb = 0; kb < kKeys; kb += kTile) {  // K and V in row blocks of 64
+      load_rows_async<DP, kThr>(Ks + kb * LDH, k, sv.krow0, j0 + kb, Tk, Hkv, hk, D);
+      load_rows_async<DP, kThr>(Vs + kb * LDH, v, sv.krow0, j0 + kb, Tk, Hkv, hk, D);
+    }
     if (dbuf) load_tile(hk * group, i_start, 0);
     else cp_async_commit();
   }
@@ -655,7 +672,8 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
     q_base_t = smem_addr(Qs_of(0)) + off_t;
     do_base_t = smem_addr(dOs_of(0)) + off_t;
     // ldsm_a_trans pattern: lanes 8i..8i+7 read rows (keys) +8 (i >> 1), columns (queries) +8 (i & 1).
-    ds_a = smem_addr(dSt) + static_cast<uint32_t>(((lane & 7) + (blk >> 1) * 8) * kLdT + (blk & 1) * 8 + warp * 16) * 2;
+    ds_a = smem_addr(dSt) +
+           static_cast<uint32_t>(((lane & 7) + (blk >> 1) * 8) * kLdT + (blk & 1) * 8 + (KW == 4 ? warp : warp % 4) * 16) * 2;
     k_t = smem_addr(Ks) + off_t;
   }
   // This thread's dS^T values of a part (16 keys x 16 queries of the warp) go to shared memory as
@@ -816,21 +834,24 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
         }
       }
     }
-    __syncthreads();  // dS^T of all 64 keys is in shared memory
-    // dQ rows [16 warp, 16 warp + 16) of this tile = dS K, in passes over the head dimension, to
-    // bound the registers next to the dK and dV accumulators: 64 columns a pass on sm_90 (half
-    // the dS fragment reloads; 250 registers at DP = 128, no spills), 32 elsewhere (64 spilled
-    // 8-20 bytes on sm_80).
-    const int64_t qi0 = q0 + warp * 16 + g, qi1 = qi0 + 8;
+    __syncthreads();  // dS^T of all the block's keys is in shared memory
+    // dQ rows [16 w, 16 w + 16) of this tile (w = warp % 4) = dS K over the block's keys, in
+    // passes over the head dimension, to bound the registers next to the dK and dV accumulators:
+    // 64 columns a pass on sm_90 (half the dS fragment reloads; 250 registers at DP = 128, no
+    // spills), 32 elsewhere (64 spilled 8-20 bytes on sm_80). KW = 8: warps w and w + 4 take the
+    // two column halves of the same rows.
+    const int64_t qi0 = q0 + (KW == 4 ? warp : warp % 4) * 16 + g, qi1 = qi0 + 8;
+    constexpr int kColSplit = KW / 4, kWCols = DP / kColSplit;  // columns a warp
+    const int cbase = KW == 4 ? 0 : (warp / 4) * kWCols;
     // vec_dq: the even lane of a quad adds row qi0, the odd lane row qi1 (see below).
     const int64_t qv = (t & 1) ? qi1 : qi0;
     float* const dq_v = dq_acc + ((sv.row0 + (qv < T ? qv : 0)) * Hq + h) * D + 4 * (t >> 1);
     float* const dq_r0 = dq_acc + ((sv.row0 + (qi0 < T ? qi0 : 0)) * Hq + h) * D + 2 * t;
     float* const dq_r1 = dq_acc + ((sv.row0 + (qi1 < T ? qi1 : 0)) * Hq + h) * D + 2 * t;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-    constexpr int kPasses = DP >= 32 ? DP / 32 : 1, kCols = DP / kPasses;
+    constexpr int kPasses = kWCols >= 32 ? kWCols / 32 : 1, kCols = kWCols / kPasses;
 #else
-    constexpr int kPasses = DP >= 64 ? DP / 64 : 1, kCols = DP / kPasses;
+    constexpr int kPasses = kWCols >= 64 ? kWCols / 64 : 1, kCols = kWCols / kPasses;
 #endif
 #pragma unroll
     for (int dh = 0; dh < kPasses; ++dh) {
@@ -838,13 +859,13 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
 #pragma unroll
       for (int nd = 0; nd < kCols / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
+      for (int kk = 0; kk < KW; ++kk) {  // the block's keys, 16 a step
         uint32_t sa[4];
         ldsm_x4_trans_at(sa, ds_a + kk * 16 * kLdT * 2);
 #pragma unroll
         for (int nd = 0; nd < kCols / 8; nd += 2) {
           uint32_t b[4];
-          ldsm_x4_trans_at(b, k_t + (kk * 16 * LDH + dh * kCols + nd * 8) * 2);
+          ldsm_x4_trans_at(b, k_t + (kk * 16 * LDH + cbase + dh * kCols + nd * 8) * 2);
           mma16816(acc[nd], sa, b[0], b[1]);
           mma16816(acc[nd + 1], sa, b[2], b[3]);
         }
@@ -860,7 +881,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
         for (int nd = 0; nd < kCols / 8; ++nd) {
           const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][0] : acc[nd][2], 1);
           const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[nd][1] : acc[nd][3], 1);
-          const int c = dh * kCols + nd * 8;  // + 4 (t >> 1) in dq_v; D % 4 == 0: c + 4 (t >> 1) < D covers all 4
+          const int c = cbase + dh * kCols + nd * 8;  // + 4 (t >> 1) in dq_v; D % 4 == 0: c + 4 (t >> 1) < D covers all 4
           // even lane {own c0, c1, received c0, c1}; odd lane {received c2, c3, own c2, c3}
           if (row_ok && (all_cols || c + 4 * (t >> 1) < D))
             red_add_f32x4(dq_v + c, odd ? r0 : acc[nd][0], odd ? r1 : acc[nd][1], odd ? acc[nd][2] : r0,
@@ -871,7 +892,7 @@ __global__ void __launch_bounds__(kThreads, DP <= 32 ? 4 : (DP == 64 ? 3 : 1)) a
         for (int nd = 0; nd < kCols / 8; ++nd)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int c = dh * kCols + nd * 8 + e;  // + 2t in dq_r0, dq_r1
+            const int c = cbase + dh * kCols + nd * 8 + e;  // + 2t in dq_r0, dq_r1
             if (c + 2 * t >= D) continue;
             if (qi0 < T) atomicAdd(dq_r0 + c, acc[nd][e]);
             if (qi1 < T) atomicAdd(dq_r1 + c, acc[nd][2 + e]);
@@ -1045,7 +1066,7 @@ void launch_forward(const AttentionArgs& a) {
   ST_CUDA_LAUNCH_CHECK("attention_forward");
 }
 
-template <int DP, bool kBias, bool kCross, bool kVarlen = false>
+template <int DP, bool kBias, bool kCross, bool kVarlen = false, int KW = 4>
 void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
                      float* dbias) {
   const int64_t rows = a.B * a.T * a.Hq;
@@ -1056,8 +1077,8 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
       static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, dq_acc, a.B, a.T, a.Hq, a.D,
       a.D % 4 == 0 && aligned8(dout) && aligned8(a.out));
   ST_CUDA_LAUNCH_CHECK("attention_delta");
-  auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen>;
-  const size_t smem = backward_smem<DP>(backward_double_buffer() ? 2 : 1);
+  auto* kernel = attention_backward_kernel<DP, kBias, kCross, kVarlen, KW>;
+  const size_t smem = backward_smem<DP, KW>(backward_double_buffer() ? 2 : 1);
   static bool configured = false;
   if (!configured) {
     // The blocks of an SM want all of its shared memory (2 of 112 KiB at DP = 128 on an H100).
@@ -1065,12 +1086,12 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
                                        cudaSharedmemCarveoutMaxShared));
     allow_dynamic_smem(kernel, smem, configured);
   }
-  // One block per 64 keys (Tk positions) of one KV head and batch row; varlen: per tile-table
+  // One block per 64 keys (KW = 8: 128) of one KV head and batch row; varlen: per tile-table
   // entry and KV head.
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hkv), 1u)
-                            : dim3(static_cast<unsigned>(ceil_div(a.Tk, kTile)), static_cast<unsigned>(a.Hkv),
+                            : dim3(static_cast<unsigned>(ceil_div(a.Tk, KW * 16)), static_cast<unsigned>(a.Hkv),
                                    static_cast<unsigned>(a.B));
-  kernel<<<grid, kThreads, smem, stream()>>>(
+  kernel<<<grid, KW * 32, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
       static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
@@ -1119,9 +1140,26 @@ void forward_variant(const AttentionArgs& a, int variant) {
     default: launch_forward<DP, true, true>(a); break;
   }
 }
+// SHARDTUNE_ATTN_BWD_KEYS=128: the backward of plain batched self-attention at head dim 128 in
+// blocks of 128 keys and 8 warps (half the dQ reductions and Q / dO tile loads); opt-in until
+// measured on a GPU. Unset or 64: blocks of 64 keys.
+bool backward_128_keys() {
+  static const bool on = [] {
+    const char* e = std::getenv("SHARDTUNE_ATTN_BWD_KEYS");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "64") return false;
+    if (v == "128") return true;
+    ST_THROW_INPUT("SHARDTUNE_ATTN_BWD_KEYS=", v, ": expected 64 or 128");
+  }();
+  return on;
+}
+
 template <int DP>
 void backward_variant(const AttentionArgs& a, int variant, const void* dout, void* dq, void* dk, void* dv,
                       bool accumulate, float* dbias) {
+  if constexpr (DP == 128) {
+    if (variant == 0 && backward_128_keys()) return launch_backward<DP, false, false, false, 8>(a, dout, dq, dk, dv, accumulate, dbias);
+  }
   switch (variant) {
     case 0: launch_backward<DP, false, false>(a, dout, dq, dk, dv, accumulate, dbias); break;
     case 4: launch_backward<DP, false, false, true>(a, dout, dq, dk, dv, accumulate, dbias); break;

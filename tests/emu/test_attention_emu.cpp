@@ -50,9 +50,10 @@ double rel_err(const std::vector<bf16>& got, const Tensor& ref) {
 
 // rope: the backward's fused inverse rotary embedding (dK in the kernel's epilogue, dQ in
 // fold_dq_rope) against the CPU op's rope_backward after the attention backward.
-template <int DP>
+// KW: the backward's key warps (8: blocks of 128 keys, SHARDTUNE_ATTN_BWD_KEYS=128).
+template <int DP, int KW = 4>
 void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t seed, bool rope = false) {
-  SCOPED_TRACE(str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D, rope ? " rope" : ""));
+  SCOPED_TRACE(str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D, rope ? " rope" : "", " keys a block ", KW * 16));
   std::mt19937 rng(seed);
   const Buf q({B, T, Hq, D}, rng, 1.0), k({B, T, Hkv, D}, rng, 1.0), v({B, T, Hkv, D}, rng, 1.0);
   const Buf dout({B, T, Hq, D}, rng, 1.0);
@@ -98,9 +99,9 @@ void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t
     attention_delta_kernel(dout.b.data(), out.data(), delta.data(), dq_acc.data(), B, T, Hq, D, D % 4 == 0);
   });
   std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
-  emu::launch(dim3(static_cast<unsigned>(ceil_div(T, kTile)), static_cast<unsigned>(Hkv), static_cast<unsigned>(B)),
-              dim3(kThreads), [&] {
-                attention_backward_kernel<DP, false, false, false>(
+  emu::launch(dim3(static_cast<unsigned>(ceil_div(T, KW * 16)), static_cast<unsigned>(Hkv), static_cast<unsigned>(B)),
+              dim3(KW * 32), [&] {
+                attention_backward_kernel<DP, false, false, false, KW>(
                     q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(), delta.data(), nullptr, nullptr,
                     nullptr, dq_acc.data(), dk.data(), dv.data(), nullptr, T, T, Hq, Hkv, D, scale, 0.0f, true, false,
                     rope_cos, rope_sin, nullptr, rope ? T : 0);
@@ -125,6 +126,13 @@ void run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t
 TEST(EmuAttention, BatchedCausalMatchesTheCpuOp) {
   run_case<64>(2, 80, 4, 2, 64, 11);
   run_case<128>(1, 80, 2, 2, 128, 12);
+}
+
+// The 128-key backward (opt-in): T = 200 gives a full and a partial block of 128 keys, and
+// query tiles that see only part of a block (the causal diagonal over two 64-query tiles).
+TEST(EmuAttention, Backward128KeysMatchesTheCpuOp) {
+  run_case<128, 8>(1, 200, 4, 2, 128, 15);
+  run_case<128, 8>(2, 136, 2, 2, 128, 16, true);
 }
 
 TEST(EmuAttention, BackwardWithRopeMatchesTheCpuOp) {

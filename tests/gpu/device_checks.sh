@@ -15,7 +15,8 @@
 # tree and .bench_before in one call: before/after per-op tables), attn-ab (attention tests, kernel
 # bench and step times of this tree and .bench_before in one short call), kinds-ab (the opt-in
 # SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default),
-# autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), skinny-ab (SHARDTUNE_SKINNY
+# autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), attn-keys-ab (the 128-key attention
+# backward against the 64-key one), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
@@ -211,6 +212,32 @@ for s in "${steps[@]}"; do
               run_step kinds-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
                 --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id k-$name --save_adapter false \
                 --max_steps ${PROFILE_STEPS:-10}
+            done
+          done
+        done
+      done
+      rm -rf "$OUT/profile-runs" ;;
+    attn-keys-ab)
+      # SHARDTUNE_ATTN_BWD_KEYS=128 (the attention backward in blocks of 128 keys, head dim 128)
+      # against the default 64: the attention tests with it, CudaAttentionBench both ways
+      # interleaved, then plain step times of PROFILE_DECKS (default the 7B LoRA bench deck) for
+      # PROFILE_CKPT (default "false true"), AB_ROUNDS (default 2) interleaved.
+      run_step attn128-tests env SHARDTUNE_ATTN_BWD_KEYS=128 build/tests/gpu_tests --gtest_brief=1 --gtest_filter='*ttention*'
+      for round in 1 2; do
+        for keys in 64 128; do
+          run_step attn128-bench-$keys-$round env SHARDTUNE_ATTN_BWD_KEYS=$keys build/tests/gpu_tests \
+            --gtest_also_run_disabled_tests --gtest_filter='CudaAttentionBench.*'
+        done
+      done
+      make_shards
+      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+        for ck in ${PROFILE_CKPT:-false true}; do
+          for round in $(seq 1 ${AB_ROUNDS:-2}); do
+            for keys in 64 128; do
+              name=$(basename $deck .cfg)-ckpt-$ck-keys$keys-$round
+              run_step $name env SHARDTUNE_ATTN_BWD_KEYS=$keys build/shardtune train --deck $deck \
+                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id a-$name --save_adapter false \
+                --max_steps ${PROFILE_STEPS:-12}
             done
           done
         done
