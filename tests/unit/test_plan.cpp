@@ -13,6 +13,9 @@
 #include "parallel/comm.hpp"
 #include "tests/common/paths.hpp"
 #include "train/plan.hpp"
+#ifdef SHARDTUNE_CUDA
+#include "cuda/matmul.cuh"
+#endif
 
 namespace st {
 namespace {
@@ -64,6 +67,44 @@ TEST(DryRun, MatmulCountsFlopsAndTheCublasWorkspaceOnce) {
   // Shapes are still checked.
   Tensor bad = Tensor::empty({M, N + 1}, DType::bf16, Device::cuda, MemCategory::activations);
   EXPECT_THROW(matmul(bad, A, false, B, true), Error);
+}
+
+// LoRA's dB / dxa pair on CUDA with the pair kind (opt-in): the dry run counts the two GEMMs'
+// FLOPs and reserves the kernel's f32 partial sums as the real call allocates them
+// (skinny_pair_tiling, a function of the shape); without the kind, the two matmuls. The split
+// gives about 256 blocks in 64-token multiples.
+TEST(DryRun, LoraPairReservesItsPartialSums) {
+#ifdef SHARDTUNE_CUDA
+  const int64_t M = 8192, out = 4096, r = 16;
+  const cuda::SkinnyPairTiling t = cuda::skinny_pair_tiling(M, out, r);
+  EXPECT_EQ(t.cols_per_split, 512);
+  EXPECT_EQ(t.tokens_per_split % 64, 0);
+  EXPECT_EQ(t.splits_n * t.splits_t, 256);
+  EXPECT_EQ(t.scratch_bytes, 4 * r * (t.splits_t * out + t.splits_n * M));
+  const cuda::SkinnyPairTiling wide = cuda::skinny_pair_tiling(M, 11008, r), narrow = cuda::skinny_pair_tiling(M, 1024, 32);
+  EXPECT_GE(wide.splits_n * wide.splits_t, 256);
+  EXPECT_LT(wide.splits_n * wide.splits_t, 300);
+  EXPECT_EQ(narrow.cols_per_split, 256);
+  EXPECT_EQ(narrow.splits_n * narrow.splits_t, 256);
+  for (unsigned kinds : {static_cast<unsigned>(cuda::kSkinnyPair), 0u}) {
+    SCOPED_TRACE(kinds ? "pair" : "two matmuls");
+    cuda::set_skinny_kinds(kinds);
+    DryRun dry;
+    Tensor dy = Tensor::empty({M, out}, DType::bf16, Device::cuda, MemCategory::activations);
+    Tensor xaT = Tensor::empty({r, M}, DType::bf16, Device::cuda, MemCategory::activations);
+    Tensor dxaT = Tensor::empty({r, M}, DType::bf16, Device::cuda, MemCategory::activations);
+    Tensor B = Tensor::empty({out, r}, DType::bf16, Device::cuda, MemCategory::weights);
+    Tensor dB = Tensor::empty({out, r}, DType::f32, Device::cuda, MemCategory::gradients);
+    const size_t before = allocator_for(Device::cuda).stats().total_current;
+    matmul_dy_pair(dB, 1.0, dxaT, true, dy, xaT, true, B, 2.0);
+    EXPECT_DOUBLE_EQ(dry_run_counters().flops, 4.0 * M * out * r);
+    EXPECT_EQ(allocator_for(Device::cuda).stats().total_current - before,
+              kinds ? static_cast<size_t>(t.scratch_bytes) : kCublasLtWorkspaceBytes);
+    cuda::clear_skinny_kinds();
+  }
+#else
+  GTEST_SKIP() << "a build without CUDA";
+#endif
 }
 
 TEST(DryRun, CollectivesCountRingBusBytes) {
