@@ -530,7 +530,7 @@ __global__ void attention_delta_kernel(const bf16* __restrict__ dout, const bf16
 // so double buffering leaves the occupancy as it was (registers bound it). An A100 SM (164 KiB)
 // would hold 1 double-buffered block at DP = 128 but 2 single-buffered: double buffers on sm_90
 // only (kBackwardDoubleBuffer).
-// KW: warps of 16 keys a block (4: 64 keys; 8: 128 keys, DP = 128 only: SHARDTUNE_ATTN_BWD_KEYS=128).
+// KW: warps of 16 keys a block (4: 64 keys; 8: 128 keys, DP 64 or 128: SHARDTUNE_ATTN_BWD_KEYS=128).
 // DP = 128, KW = 8: 1024 + 2 * 34816 + 18432 + 2 * 2 * 17408 = 158720 bytes (155 KiB), 1 block of
 // 8 warps an H100 SM (as many warps as 2 blocks of 4); 124 KiB single-buffered.
 template <int DP, int KW = 4> __host__ __device__ constexpr size_t backward_smem(int stages) {
@@ -553,7 +553,7 @@ constexpr bool kBackwardDoubleBuffer = true;
 // variants: 3 blocks); DP = 64: at most 168, 3 blocks, as many as its shared memory allows (ptxas
 // takes 162-168 without a bound since the masks are per tile; 180 before: 2 blocks); DP = 128:
 // as many as ptxas likes (~240: 2 blocks, the shared-memory limit too).
-// KW = 8 (128 keys, 8 warps, DP = 128, plain batched self-attention only): each warp as with KW = 4
+// KW = 8 (128 keys, 8 warps, DP 64 or 128, plain batched self-attention only): each warp as with KW = 4
 // (16 keys, all 64 queries of a tile); dQ = dS K of a tile is shared as 4 query groups x 2 column
 // halves, over all 128 keys, so each dQ element gets one f32 reduction per 128 keys (not per 64),
 // and each Q / dO tile is loaded once per 128 keys.
@@ -565,7 +565,7 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
     int64_t D, float scale, float inv_scale, bool causal, bool accumulate, const float* __restrict__ rope_cos,
     const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos, int64_t rope_T) {
-  static_assert(KW == 4 || (KW == 8 && DP == 128 && !kBias && !kCross && !kVarlen), "128-key blocks: DP 128, plain");
+  static_assert(KW == 4 || (KW == 8 && DP >= 64 && !kBias && !kCross && !kVarlen), "128-key blocks: DP 64 or 128, plain");
   constexpr int kThr = KW * 32, kKeys = KW * 16;  // threads, keys a block
   constexpr bool dbuf = kBackwardDoubleBuffer;
   if constexpr (dbuf) {  // the launch sized the shared memory for two stages (not for one)
@@ -1140,8 +1140,8 @@ void forward_variant(const AttentionArgs& a, int variant) {
     default: launch_forward<DP, true, true>(a); break;
   }
 }
-// SHARDTUNE_ATTN_BWD_KEYS=128: the backward of plain batched self-attention at head dim 128 in
-// blocks of 128 keys and 8 warps (half the dQ reductions and Q / dO tile loads); opt-in until
+// SHARDTUNE_ATTN_BWD_KEYS=128: the backward of plain batched self-attention at head dim 64 or 128
+// in blocks of 128 keys and 8 warps (half the dQ reductions and Q / dO tile loads); opt-in until
 // measured on a GPU. Unset or 64: blocks of 64 keys.
 bool backward_128_keys() {
   static const bool on = [] {
@@ -1157,7 +1157,7 @@ bool backward_128_keys() {
 template <int DP>
 void backward_variant(const AttentionArgs& a, int variant, const void* dout, void* dq, void* dk, void* dv,
                       bool accumulate, float* dbias) {
-  if constexpr (DP == 128) {
+  if constexpr (DP >= 64) {
     if (variant == 0 && backward_128_keys()) return launch_backward<DP, false, false, false, 8>(a, dout, dq, dk, dv, accumulate, dbias);
   }
   switch (variant) {

@@ -128,10 +128,11 @@ TEST(EmuAttention, BatchedCausalMatchesTheCpuOp) {
   run_case<128>(1, 80, 2, 2, 128, 12);
 }
 
-// The 128-key backward (opt-in): T = 200 gives a full and a partial block of 128 keys, and
+// The 128-key backward (opt-in, D 64 or 128): T = 200 gives a full and a partial block of 128 keys, and
 // query tiles that see only part of a block (the causal diagonal over two 64-query tiles).
 TEST(EmuAttention, Backward128KeysMatchesTheCpuOp) {
   run_case<128, 8>(1, 200, 4, 2, 128, 15);
+  run_case<64, 8>(1, 200, 8, 1, 64, 17);  // the 1B's GQA (a group of 8) at D 64
   run_case<128, 8>(2, 136, 2, 2, 128, 16, true);
 }
 
