@@ -125,8 +125,8 @@ inline void cp_async16(void* dst, const void* src, int src_bytes) {
 inline void cp_async4(void* dst, const void* src, int src_bytes) {
   emu::cp_async(smem_raw, emu::to_shared(smem_raw, dst), src, 4, src_bytes);
 }
-inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
+inline void cp_async_commit() { emu::cp_async_commit(); }
+inline void cp_async_wait_all() { emu::cp_async_wait(0); }
 #else
 // 16-byte asynchronous copy global -> shared; src_bytes = 0 fills the 16 bytes with zeros.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {

@@ -68,9 +68,11 @@ alignas(128) unsigned char smem[emu::kSharedBytes];  // the kernels' dynamic sha
 const bool smem_registered = (emu::set_shared(smem), true);
 inline uint32_t smem_addr(const void* p) { return emu::to_shared(smem, p); }
 inline void cp_async16(uint32_t dst, const void* src, bool valid) { emu::cp_async(smem, dst, src, 16, valid ? 16 : 0); }
-inline void cp_async_commit() {}
+inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
-inline void cp_async_wait() {}
+inline void cp_async_wait() {
+  emu::cp_async_wait(N);
+}
 inline void ldsm_x4(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(smem, r, 4, false, smem_addr(p)); }
 inline void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) { emu::ldmatrix(smem, r, 4, true, smem_addr(p)); }
 inline void ldsm_x2(uint32_t (&r)[2], const bf16* p) { emu::ldmatrix(smem, r, 2, false, smem_addr(p)); }

@@ -5,7 +5,7 @@
 // and every warp-collective instruction (ldmatrix, mma.sync, shfl) a rendezvous of the warp's 32
 // threads, after which each thread computes its own result from what all lanes posted, by the
 // PTX ISA's definitions (fragment layouts as documented at the top of cuda/skinny.cu). cp.async
-// copies at once (its commit and wait are no-ops). Arithmetic: mma's products of bf16 are exact
+// copies land when a wait_group covers their group (a missing or short wait reads stale bits). Arithmetic: mma's products of bf16 are exact
 // in f32 and summed in k order in f32 (the tensor cores' order may differ: tests use bounds).
 //
 // Include it before the kernel source with ST_CUDA_EMU defined; the kernel source replaces its
@@ -82,12 +82,42 @@ inline const uint16_t* at_shared(const unsigned char* base, uint32_t a) {
   return reinterpret_cast<const uint16_t*>(base + a);
 }
 
-// cp.async of 16 bytes (4 in the attention kernels): now; src_bytes 0 writes zeros.
+// cp.async of 16 bytes (4 in the attention kernels), src_bytes 0 writing zeros, as the PTX ISA
+// orders it: a thread's copies join its open group, commit_group closes it, and wait_group N
+// completes all but the N most recent groups (the copies land then, not before: a kernel that
+// reads shared memory before the wait that covers it reads the stale NaN bits).
+struct CpAsync {
+  unsigned char* dst;
+  const void* src;
+  int bytes, src_bytes;
+};
+struct CpAsyncState {
+  std::vector<CpAsync> open;
+  std::vector<std::vector<CpAsync>> committed;  // oldest first
+};
+inline CpAsyncState& cp_state() {
+  thread_local CpAsyncState s;
+  return s;
+}
 inline void cp_async(unsigned char* base, uint32_t dst, const void* src, int bytes, int src_bytes) {
   if (dst + static_cast<uint32_t>(bytes) > kSharedBytes || dst % static_cast<uint32_t>(bytes))
     throw std::runtime_error("emu: cp.async destination out of range or unaligned");
-  if (src_bytes == 0) std::memset(base + dst, 0, static_cast<size_t>(bytes));
-  else std::memcpy(base + dst, src, static_cast<size_t>(bytes));
+  cp_state().open.push_back(CpAsync{base + dst, src, bytes, src_bytes});
+}
+inline void cp_async_commit() {
+  CpAsyncState& s = cp_state();
+  s.committed.push_back(std::move(s.open));
+  s.open.clear();
+}
+inline void cp_async_wait(int n) {
+  CpAsyncState& s = cp_state();
+  while (static_cast<int>(s.committed.size()) > n) {
+    for (const CpAsync& c : s.committed.front()) {
+      if (c.src_bytes == 0) std::memset(c.dst, 0, static_cast<size_t>(c.bytes));
+      else std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+    }
+    s.committed.erase(s.committed.begin());
+  }
 }
 
 // ldmatrix .m8n8 .x1/.x2/.x4 (.trans): matrix i's 8 row addresses come from lanes 8i .. 8i + 7;
@@ -191,6 +221,7 @@ inline void launch(dim3 grid, dim3 blk, const std::function<void()>& body) {
             s.block_idx = dim3(bx, by, bz);
             s.lane = t % 32;
             s.warp = t / 32;
+            cp_state() = CpAsyncState{};
             try {
               body();
             } catch (...) {

@@ -132,7 +132,7 @@ TEST(EmuAttention, BatchedCausalMatchesTheCpuOp) {
 // query tiles that see only part of a block (the causal diagonal over two 64-query tiles).
 TEST(EmuAttention, Backward128KeysMatchesTheCpuOp) {
   run_case<128, 8>(1, 200, 4, 2, 128, 15);
-  run_case<64, 8>(1, 200, 8, 1, 64, 17);  // the 1B's GQA (a group of 8) at D 64
+  run_case<64, 8>(1, 136, 4, 1, 64, 17);  // GQA (a group of 4) at D 64, as the 1B
   run_case<128, 8>(2, 136, 2, 2, 128, 16, true);
 }
 
