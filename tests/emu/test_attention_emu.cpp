@@ -141,5 +141,139 @@ TEST(EmuAttention, BackwardWithRopeMatchesTheCpuOp) {
   run_case<128>(1, 64, 2, 2, 128, 14, true);
 }
 
+
+// Varlen (sequence packing): one stream of N tokens cut into segments (one of them with fewer
+// keys than queries), the tile table as attention_segments_finish writes it, against the CPU op.
+TEST(EmuAttention, VarlenMatchesTheCpuOp) {
+  const int64_t Hq = 4, Hkv = 2, D = 64;
+  const std::vector<int32_t> cu = {0, 70, 75, 200}, nk = {70, 3, 125};
+  const int64_t N = cu.back(), S = static_cast<int64_t>(nk.size());
+  std::mt19937 rng(21);
+  const Buf q({N, Hq * D}, rng, 1.0), k({N, Hkv * D}, rng, 1.0), v({N, Hkv * D}, rng, 1.0), dout({N, Hq * D}, rng, 1.0);
+  Tensor cu_t = Tensor::empty({S + 1}, DType::i32), nk_t = Tensor::empty({S}, DType::i32);
+  for (int64_t i = 0; i <= S; ++i) cu_t.ptr<int32_t>()[i] = cu[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < S; ++i) nk_t.ptr<int32_t>()[i] = nk[static_cast<size_t>(i)];
+  Tensor tiles = Tensor::empty({4 * attention_max_tiles(N, S)}, DType::i32);
+  AttentionSegments seg;
+  attention_segments_finish(seg, cu_t, nk_t, tiles);
+  AttentionShape s;
+  s.B = 1;
+  s.T = N;
+  s.Hq = Hq;
+  s.Hkv = Hkv;
+  s.D = D;
+  s.causal = true;
+  const float scale = 0.125f;
+  s.scale = scale;
+  Tensor out_ref = Tensor::empty({N, Hq * D}, DType::f64), lse_ref = Tensor::empty({Hq, N}, DType::f64);
+  st::attention_varlen_forward(s, q.f64, k.f64, v.f64, seg, out_ref, lse_ref);
+  Tensor dq_ref = Tensor::zeros({N, Hq * D}, DType::f64), dk_ref = Tensor::zeros({N, Hkv * D}, DType::f64);
+  Tensor dv_ref = Tensor::zeros({N, Hkv * D}, DType::f64);
+  st::attention_varlen_backward(s, q.f64, k.f64, v.f64, out_ref, lse_ref, dout.f64, seg, dq_ref, dk_ref, dv_ref, false);
+
+  const int32_t* tt = tiles.ptr<int32_t>();
+  std::vector<bf16> out(q.b.size(), __float2bfloat16(NAN));
+  std::vector<float> lse(static_cast<size_t>(Hq * N), NAN);
+  emu::launch(dim3(static_cast<unsigned>(seg.n_tiles), static_cast<unsigned>(Hq)), dim3(kThreads), [&] {
+    attention_forward_kernel<64, false, false, true>(q.b.data(), k.b.data(), v.b.data(), nullptr, nullptr, out.data(),
+                                                     lse.data(), tt, N, N, Hq, Hkv, D, scale, 0.0f, true);
+  });
+  EXPECT_LT(rel_err(out, out_ref), 6e-3) << "out";
+  const int64_t rows = N * Hq;
+  std::vector<float> delta(static_cast<size_t>(rows), NAN), dq_acc(static_cast<size_t>(rows * D), NAN);
+  emu::launch(dim3(static_cast<unsigned>(ceil_div(rows * 32, 256))), dim3(256), [&] {
+    attention_delta_kernel(dout.b.data(), out.data(), delta.data(), dq_acc.data(), 1, N, Hq, D, true);
+  });
+  std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
+  emu::launch(dim3(static_cast<unsigned>(seg.n_tiles), static_cast<unsigned>(Hkv)), dim3(kThreads), [&] {
+    attention_backward_kernel<64, false, false, true>(q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(),
+                                                      delta.data(), nullptr, nullptr, nullptr, dq_acc.data(), dk.data(),
+                                                      dv.data(), tt, N, N, Hq, Hkv, D, scale, 0.0f, true, false, nullptr,
+                                                      nullptr, nullptr, 0);
+  });
+  emu::launch(dim3(4), dim3(256), [&] { accumulate_f32_into_bf16(dq_acc.data(), dq.data(), rows * D, scale, false, true); });
+  EXPECT_LT(rel_err(dq, dq_ref), 6e-3) << "dq";
+  EXPECT_LT(rel_err(dk, dk_ref), 6e-3) << "dk";
+  EXPECT_LT(rel_err(dv, dv_ref), 6e-3) << "dv";
+}
+
+// T5's kinds: an additive bias (f32 [Hq, T, Tk]) with its gradient (f32 atomics), not causal, in
+// self-attention (key padding by lengths) and in cross-attention (Tk != T).
+TEST(EmuAttention, BiasAndCrossMatchTheCpuOp) {
+  for (const bool cross : {false, true}) {
+    const int64_t B = 2, T = 72, Tk = cross ? 40 : T, H = 2, D = 64;
+    SCOPED_TRACE(cross ? "cross" : "self");
+    std::mt19937 rng(cross ? 31 : 32);
+    const Buf q({B, T, H, D}, rng, 1.0), k({B, Tk, H, D}, rng, 1.0), v({B, Tk, H, D}, rng, 1.0), dout({B, T, H, D}, rng, 1.0);
+    Tensor bias = Tensor::empty({H, T, Tk}, DType::f64);
+    std::vector<float> bias_f(static_cast<size_t>(H * T * Tk));
+    std::uniform_real_distribution<float> ub(-1.0f, 1.0f);
+    for (size_t i = 0; i < bias_f.size(); ++i) bias.ptr<double>()[i] = bias_f[i] = ub(rng);
+    std::vector<int32_t> lengths = {static_cast<int32_t>(Tk), static_cast<int32_t>(Tk - 9)};
+    Tensor len_t = Tensor::empty({B}, DType::i32);
+    for (int64_t b = 0; b < B; ++b) len_t.ptr<int32_t>()[b] = lengths[static_cast<size_t>(b)];
+    AttentionShape s;
+    s.B = B;
+    s.T = T;
+    s.Hq = H;
+    s.Hkv = H;
+    s.D = D;
+    s.causal = false;
+    s.scale = 1.0;
+    s.Tk = cross ? Tk : 0;
+    Tensor out_ref = Tensor::empty({B, T, H, D}, DType::f64), lse_ref = Tensor::empty({B, H, T}, DType::f64);
+    st::attention_forward(s, q.f64, k.f64, v.f64, len_t, out_ref, lse_ref, bias);
+    Tensor dq_ref = Tensor::zeros({B, T, H, D}, DType::f64), dk_ref = Tensor::zeros({B, Tk, H, D}, DType::f64);
+    Tensor dv_ref = Tensor::zeros({B, Tk, H, D}, DType::f64), db_ref = Tensor::zeros({H, T, Tk}, DType::f64);
+    st::attention_backward(s, q.f64, k.f64, v.f64, out_ref, lse_ref, dout.f64, len_t, dq_ref, dk_ref, dv_ref, false, bias,
+                           &db_ref);
+    std::vector<bf16> out(q.b.size(), __float2bfloat16(NAN));
+    std::vector<float> lse(static_cast<size_t>(B * H * T), NAN);
+    auto fwd = [&] {
+      if (cross)
+        attention_forward_kernel<64, true, true, false>(q.b.data(), k.b.data(), v.b.data(), lengths.data(), bias_f.data(),
+                                                        out.data(), lse.data(), nullptr, T, Tk, H, H, D, 1.0f, 1.0f, false);
+      else
+        attention_forward_kernel<64, true, false, false>(q.b.data(), k.b.data(), v.b.data(), lengths.data(), bias_f.data(),
+                                                         out.data(), lse.data(), nullptr, T, Tk, H, H, D, 1.0f, 1.0f, false);
+    };
+    emu::launch(dim3(static_cast<unsigned>(ceil_div(T, kTile)), static_cast<unsigned>(H), static_cast<unsigned>(B)),
+                dim3(kThreads), fwd);
+    EXPECT_LT(rel_err(out, out_ref), 6e-3) << "out";
+    const int64_t rows = B * T * H;
+    std::vector<float> delta(static_cast<size_t>(rows), NAN), dq_acc(static_cast<size_t>(rows * D), NAN);
+    std::vector<float> dbias(bias_f.size(), 0.0f);
+    emu::launch(dim3(static_cast<unsigned>(ceil_div(rows * 32, 256))), dim3(256), [&] {
+      attention_delta_kernel(dout.b.data(), out.data(), delta.data(), dq_acc.data(), B, T, H, D, true);
+    });
+    std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
+    auto bwd = [&] {
+      if (cross)
+        attention_backward_kernel<64, true, true, false>(q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(),
+                                                         delta.data(), lengths.data(), bias_f.data(), dbias.data(),
+                                                         dq_acc.data(), dk.data(), dv.data(), nullptr, T, Tk, H, H, D, 1.0f,
+                                                         1.0f, false, false, nullptr, nullptr, nullptr, 0);
+      else
+        attention_backward_kernel<64, true, false, false>(q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(),
+                                                          delta.data(), lengths.data(), bias_f.data(), dbias.data(),
+                                                          dq_acc.data(), dk.data(), dv.data(), nullptr, T, Tk, H, H, D, 1.0f,
+                                                          1.0f, false, false, nullptr, nullptr, nullptr, 0);
+    };
+    emu::launch(dim3(static_cast<unsigned>(ceil_div(Tk, kTile)), static_cast<unsigned>(H), static_cast<unsigned>(B)),
+                dim3(kThreads), bwd);
+    emu::launch(dim3(4), dim3(256), [&] { accumulate_f32_into_bf16(dq_acc.data(), dq.data(), rows * D, 1.0f, false, true); });
+    EXPECT_LT(rel_err(dq, dq_ref), 6e-3) << "dq";
+    EXPECT_LT(rel_err(dk, dk_ref), 6e-3) << "dk";
+    EXPECT_LT(rel_err(dv, dv_ref), 6e-3) << "dv";
+    double num = 0, den = 0;
+    for (size_t i = 0; i < dbias.size(); ++i) {
+      const double d = dbias[i] - db_ref.ptr<double>()[i];
+      num += d * d;
+      den += db_ref.ptr<double>()[i] * db_ref.ptr<double>()[i];
+    }
+    EXPECT_LT(std::sqrt(num / std::max(den, 1e-300)), 6e-3) << "dbias";
+  }
+}
+
 }  // namespace
 }  // namespace st::cuda
