@@ -783,6 +783,35 @@ __host__ __device__ constexpr size_t swiglu_lora_smem() {
                          (kBackward ? 3 : 2) * kExpBM * kExpLDC);
 }
 
+// acc = P W (k < r, 16 a step; steps at or past r skipped: uniform over the block) for this warp's
+// 32 x 64 part (rows 32 wm.., columns 64 wn..) of a 64 x 128 tile, as in expand_kernel: P stored
+// [k][m] (P_KMAJ) or [m][k], W stored [k][n] (W_KMAJ) or [n][k].
+template <int RK, bool P_KMAJ, bool W_KMAJ>
+__device__ __forceinline__ void tile_product(float (&acc)[2][8][4], const bf16* ps, int ldp, const bf16* ws, int ldw,
+                                             int r, int wm, int wn, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mt][i][c] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < RK; kk += 16) {
+    if (r <= kk) break;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      uint32_t a[4], b[4];
+      frag_a<P_KMAJ>(a, ps, ldp, wm * 32 + mt * 16, kk, lane);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        frag_b2<W_KMAJ>(b, ws, ldw, wn * 64 + np * 16, kk, lane);
+        mma_bf16(acc[mt][2 * np], a, b[0], b[1]);
+        mma_bf16(acc[mt][2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
 template <int RK, bool kBackward>
 __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraArgs p) {
   constexpr int LDP = exp_ldp<RK, true>(), LDW = exp_ldw<RK, true>();
@@ -832,28 +861,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
     // each thread rewrites only its own fragment elements, which it alone reads below.
     if (p.rd > 0) {
       float ad[2][8][4];
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) ad[mt][i][c] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < RK; kk += 16) {
-        if (p.rd > kk) {  // uniform over the block
-#pragma unroll
-          for (int mt = 0; mt < 2; ++mt) {
-            uint32_t a[4], b[4];
-            frag_a<false>(a, pd, LDPD, wm * 32 + mt * 16, kk, lane);
-#pragma unroll
-            for (int np = 0; np < 4; ++np) {
-              frag_b2<true>(b, wd, LDWD, wn * 64 + np * 16, kk, lane);
-              mma_bf16(ad[mt][2 * np], a, b[0], b[1]);
-              mma_bf16(ad[mt][2 * np + 1], a, b[2], b[3]);
-            }
-          }
-        }
-      }
+      tile_product<RK, false, true>(ad, pd, LDPD, wd, LDWD, p.rd, wm, wn, lane);
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -867,37 +875,8 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
     }
   }
   float ag[2][8][4], au[2][8][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) ag[mt][i][c] = au[mt][i][c] = 0.0f;
-#pragma unroll
-  for (int kk = 0; kk < RK; kk += 16) {
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      uint32_t a[4], b[4];
-      if (p.rg > kk) {  // uniform over the block
-        frag_a<true>(a, pg, LDP, wm * 32 + mt * 16, kk, lane);
-#pragma unroll
-        for (int np = 0; np < 4; ++np) {
-          frag_b2<false>(b, wg, LDW, wn * 64 + np * 16, kk, lane);
-          mma_bf16(ag[mt][2 * np], a, b[0], b[1]);
-          mma_bf16(ag[mt][2 * np + 1], a, b[2], b[3]);
-        }
-      }
-      if (p.ru > kk) {
-        frag_a<true>(a, pu, LDP, wm * 32 + mt * 16, kk, lane);
-#pragma unroll
-        for (int np = 0; np < 4; ++np) {
-          frag_b2<false>(b, wu, LDW, wn * 64 + np * 16, kk, lane);
-          mma_bf16(au[mt][2 * np], a, b[0], b[1]);
-          mma_bf16(au[mt][2 * np + 1], a, b[2], b[3]);
-        }
-      }
-    }
-  }
+  tile_product<RK, true, false>(ag, pg, LDP, wg, LDW, p.rg, wm, wn, lane);
+  tile_product<RK, true, false>(au, pu, LDP, wu, LDW, p.ru, wm, wn, lane);
 
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
