@@ -49,6 +49,28 @@ run_step() {
   return $rc
 }
 
+# Step times of PROFILE_DECKS (default the 7B LoRA bench deck) for each checkpointing setting in
+# CKPTS, each round in ROUNDS (a round named prof runs with SHARDTUNE_PROFILE=2: per-op tables) and
+# each value of the environment variable VAR in VALUES, interleaved, STEPS steps a run:
+#   ab_runs TAG VAR "VALUES" "ROUNDS" "CKPTS" STEPS
+ab_runs() {
+  local tag=$1 var=$2 values=$3 rounds=$4 ckpts=$5 steps=$6 deck ck round val lvl name
+  for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
+    for ck in $ckpts; do
+      for round in $rounds; do
+        for val in $values; do
+          lvl=0; [ $round = prof ] && lvl=2
+          name=$tag-$(basename $deck .cfg)-ckpt-$ck-$(echo $val | tr , +)-$round
+          run_step $name env $var=$val SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
+            --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id r-$name --save_adapter false \
+            --max_steps $steps
+        done
+      done
+    done
+  done
+  rm -rf "$OUT/profile-runs"
+}
+
 # ../shared/data does not travel to the GPU host: a session copies what the checks read
 # (models/stories260K, tokenizers/llama2) into the ignored .device_data and carries it.
 if [ ! -d ../shared/data ] && [ -d .device_data ]; then
@@ -203,22 +225,10 @@ for s in "${steps[@]}"; do
       run_step kinds-all-tests env SHARDTUNE_SKINNY=$new build/tests/gpu_tests --gtest_brief=1
       run_step kinds-bench build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
       make_shards
-      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
-        for ck in ${PROFILE_CKPT:-false true}; do
-          for round in prof $(seq 1 ${KINDS_ROUNDS:-2}); do
-            for mode in $base $new; do
-              lvl=0; [ $round = prof ] && lvl=2
-              name=$(basename $deck .cfg)-ckpt-$ck-$(echo $mode | tr , +)-$round
-              run_step kinds-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
-                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id k-$name --save_adapter false \
-                --max_steps ${PROFILE_STEPS:-10}
-            done
-          done
-        done
-      done
-      rm -rf "$OUT/profile-runs" ;;
+      ab_runs kinds SHARDTUNE_SKINNY "$base $new" "prof $(seq 1 ${KINDS_ROUNDS:-2})" "${PROFILE_CKPT:-false true}" \
+        ${PROFILE_STEPS:-10} ;;
     attn-keys-ab)
-      # SHARDTUNE_ATTN_BWD_KEYS=128 (the attention backward in blocks of 128 keys, head dim 128)
+      # SHARDTUNE_ATTN_BWD_KEYS=128 (the attention backward in blocks of 128 keys, head dim 64, 128)
       # against the default 64: the attention tests with it, CudaAttentionBench both ways
       # interleaved, then plain step times of PROFILE_DECKS (default the 7B LoRA bench deck) for
       # PROFILE_CKPT (default "false true"), AB_ROUNDS (default 2) interleaved.
@@ -230,38 +240,16 @@ for s in "${steps[@]}"; do
         done
       done
       make_shards
-      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
-        for ck in ${PROFILE_CKPT:-false true}; do
-          for round in $(seq 1 ${AB_ROUNDS:-2}); do
-            for keys in 64 128; do
-              name=$(basename $deck .cfg)-ckpt-$ck-keys$keys-$round
-              run_step $name env SHARDTUNE_ATTN_BWD_KEYS=$keys build/shardtune train --deck $deck \
-                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id a-$name --save_adapter false \
-                --max_steps ${PROFILE_STEPS:-12}
-            done
-          done
-        done
-      done
-      rm -rf "$OUT/profile-runs" ;;
+      ab_runs keys SHARDTUNE_ATTN_BWD_KEYS "64 128" "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false true}" \
+        ${PROFILE_STEPS:-12} ;;
     autotune-ab)
       # SHARDTUNE_GEMM_AUTOTUNE=all (every GEMM shape timed over cuBLASLt's candidates on its first
       # call) against the heuristic's first choice: plain step times of PROFILE_DECKS (default the
       # 7B LoRA bench deck), PROFILE_CKPT (default false), AUTOTUNE_ROUNDS (default 2) interleaved;
       # the first steps carry the tuning, the median of the later ones does not.
       make_shards
-      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
-        for ck in ${PROFILE_CKPT:-false}; do
-          for round in $(seq 1 ${AUTOTUNE_ROUNDS:-2}); do
-            for mode in 0 all; do
-              name=$(basename $deck .cfg)-ckpt-$ck-autotune-$mode-$round
-              run_step $name env SHARDTUNE_GEMM_AUTOTUNE=$mode build/shardtune train --deck $deck \
-                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id a-$name --save_adapter false \
-                --max_steps ${PROFILE_STEPS:-12}
-            done
-          done
-        done
-      done
-      rm -rf "$OUT/profile-runs" ;;
+      ab_runs autotune SHARDTUNE_GEMM_AUTOTUNE "0 all" "$(seq 1 ${AUTOTUNE_ROUNDS:-2})" "${PROFILE_CKPT:-false}" \
+        ${PROFILE_STEPS:-12} ;;
     skinny-ab)
       # The skinny-GEMM kernels (cuda/skinny.cu) against cuBLASLt on this tree: their tests, the
       # per-call benchmark, the LoRA and model tests with SHARDTUNE_SKINNY=custom, then per-op
@@ -275,20 +263,8 @@ for s in "${steps[@]}"; do
       run_step skinny-lora env SHARDTUNE_SKINNY=${SKINNY_CUSTOM:-thin,reduce,expand} build/tests/gpu_tests --gtest_brief=1 \
         --gtest_filter='CudaLora.*:CudaModel.*'
       make_shards
-      for deck in ${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg}; do
-        for ck in ${PROFILE_CKPT:-false}; do
-          for round in prof $(seq 1 ${SKINNY_ROUNDS:-1}); do
-            for mode in ${SKINNY_BASE:-cublaslt} ${SKINNY_CUSTOM:-thin,reduce,expand}; do
-              lvl=0; [ $round = prof ] && lvl=2
-              name=$(basename $deck .cfg)-ckpt-$ck-$(echo $mode | tr , +)-$round
-              run_step skinny-$name env SHARDTUNE_SKINNY=$mode SHARDTUNE_PROFILE=$lvl build/shardtune train --deck $deck \
-                --activation_checkpointing $ck --output_dir "$OUT/profile-runs" --run_id s-$name --save_adapter false \
-                --max_steps ${PROFILE_STEPS:-10}
-            done
-          done
-        done
-      done
-      rm -rf "$OUT/profile-runs" ;;
+      ab_runs skinny SHARDTUNE_SKINNY "${SKINNY_BASE:-cublaslt} ${SKINNY_CUSTOM:-thin,reduce,expand}" \
+        "prof $(seq 1 ${SKINNY_ROUNDS:-1})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-10} ;;
     fp8-quality)
       # Issue 20's FP8 quality run (stories260K LoRA on TinyStories, bf16 vs fp8 base); carry
       # .device_data with corpus/tinystories_subset and models/stories260K (its tokenizer). FP8Q_ARGS=--pretrain:
