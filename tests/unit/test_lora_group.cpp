@@ -335,30 +335,39 @@ TEST(LoraGroup, Fp8BaseGroupedEqualsPerModule) {
   expect_same(ref, got, tol_of(DType::f64));
 }
 
+// The variants the CPU-order tests below run: f64 and f32 with LoRA, QLoRA, the FP8 base (f64)
+// and checkpointing (variant 0..3).
+Options order_variant(DType dt, int variant) {
+  Options o;
+  o.dtype = dt;
+  o.qlora = variant == 1;
+  o.fp8 = variant == 2 && dt == DType::f64;
+  if (variant == 3) o.ck = Checkpointed::all();
+  return o;
+}
+
+// run_llama with a CPU test switch set for the call (cleared after, also on a failure).
+Result run_with_switch(bool& on, const Options& o) {
+  struct Switch {
+    bool& b;
+    explicit Switch(bool& v) : b(v) { b = true; }
+    ~Switch() { b = false; }
+  } sw(on);
+  return run_llama(o);
+}
+
 // q and k in the CUDA order (linear_group_forward with OutputRope: base GEMM first, then the
 // LoRA term added and RoPE applied by matmul_add_rope), run on the CPU: the two terms of each
 // element are the same rounded values added in the other order, so the step is the same to the
 // bit (f64 and f32, with and without checkpointing, LoRA, QLoRA and the FP8 base); the second
 // micro-batch (15 rows) runs member by member in either order.
 TEST(LoraGroup, RotatedOutputsAfterTheBaseGiveTheSameStep) {
-  struct Flag {
-    Flag() { lora_rotated_after_base_on_cpu() = true; }
-    ~Flag() { lora_rotated_after_base_on_cpu() = false; }
-  };
   for (DType dt : {DType::f64, DType::f32})
     for (int variant = 0; variant < 4; ++variant) {
       SCOPED_TRACE(str(dtype_name(dt), " variant ", variant));
-      Options o;
-      o.dtype = dt;
-      o.qlora = variant == 1;
-      o.fp8 = variant == 2 && dt == DType::f64;
-      if (variant == 3) o.ck = Checkpointed::all();
+      const Options o = order_variant(dt, variant);
       const Result ref = run_llama(o);
-      Result got;
-      {
-        Flag on;
-        got = run_llama(o);
-      }
+      const Result got = run_with_switch(lora_rotated_after_base_on_cpu(), o);
       EXPECT_EQ(got.stacked_gemms, 2);
       // q and k of both blocks in the grouped micro-batch took the other order (and again in the
       // recompute of the first block with checkpointing: the last checkpointed block keeps its
@@ -376,24 +385,12 @@ TEST(LoraGroup, RotatedOutputsAfterTheBaseGiveTheSameStep) {
 // to the rounding of the two terms' sum (each element's two terms are added in the other order
 // and rounded once more); LoRA, QLoRA and the FP8 base, with and without checkpointing.
 TEST(LoraGroup, TermsLeftToSwigluGiveTheSameStep) {
-  struct Flag {
-    Flag() { lora_terms_to_swiglu_on_cpu() = true; }
-    ~Flag() { lora_terms_to_swiglu_on_cpu() = false; }
-  };
   for (DType dt : {DType::f64, DType::f32})
     for (int variant = 0; variant < 4; ++variant) {
       SCOPED_TRACE(str(dtype_name(dt), " variant ", variant));
-      Options o;
-      o.dtype = dt;
-      o.qlora = variant == 1;
-      o.fp8 = variant == 2 && dt == DType::f64;
-      if (variant == 3) o.ck = Checkpointed::all();
+      const Options o = order_variant(dt, variant);
       const Result ref = run_llama(o);
-      Result got;
-      {
-        Flag on;
-        got = run_llama(o);
-      }
+      const Result got = run_with_switch(lora_terms_to_swiglu_on_cpu(), o);
       EXPECT_EQ(got.stacked_gemms, 2);
       // Both blocks' forward and backward in the grouped micro-batch (and the recompute of the
       // first block with checkpointing); none by default, nor in the 15-row micro-batch.
