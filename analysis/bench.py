@@ -931,6 +931,11 @@ TOKENS_LINE = ("tokens/s = batch x tokens per row (T5: input + target) / median 
                f"{WARMUP_STEPS + 1} and later")
 
 
+def shardtune_environment():
+    """The SHARDTUNE_* variables of this run (they select opt-in kernels; a table must say so)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("SHARDTUNE_")}
+
+
 def format_text(report):
     """nccl-tests-style fixed-width table with '#' comment lines around it."""
     rows = [row_cells(row) for row in report["results"]]
@@ -939,6 +944,9 @@ def format_text(report):
              f"# bf16 GEMM peak: {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']})"
              if _finite(report.get("gemm_peak_tflops")) else "# bf16 GEMM peak: unknown (MFU not computed)"]
     lines += [f"# {line}" for line in peak_lines(report)]
+    env = report["meta"].get("environment") or {}
+    if env:
+        lines.append("# environment: " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
     lines += [f"# {TOKENS_LINE}; peak = training peak incl. weights; st = shardtune, ref = transformers + PEFT "
               "(where eager and compiled peers ran: the faster of the two at the deck's checkpointing)", "#"]
     lines.append("# " + "  ".join(h.rjust(w) for (_, h, _), w in zip(COLUMNS, widths)))
@@ -961,6 +969,8 @@ def format_markdown(report):
     out = [f"# shardtune benchmark vs PyTorch reference", "",
            f"{meta.get('date', '')}, {meta.get('host', '')}, {meta.get('device') or 'unknown device'}, "
            f"commit {meta.get('commit', '?')}", ""]
+    if meta.get("environment"):
+        out += ["Environment: " + " ".join(f"`{k}={v}`" for k, v in sorted(meta["environment"].items())) + ".", ""]
     if _finite(report.get("gemm_peak_tflops")):
         out.append(f"bf16 GEMM peak {report['gemm_peak_tflops']:.1f} TFLOP/s ({report['gemm_peak_source']}).")
     out += [""] + [line + "." for line in peak_lines(report)]
@@ -1488,6 +1498,8 @@ def main(argv=None):
             "bench_command": portable(" ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), repo,
                                       sys.executable),
             "commands": [portable(c, repo, args.python if os.sep in args.python else None) for c in commands], "warmup_steps": WARMUP_STEPS,
+            # Opt-in code paths (SHARDTUNE_SKINNY, SHARDTUNE_ATTN_BWD_KEYS, ...) that the rows ran with.
+            "environment": shardtune_environment(),
         },
         "gemm_peak_tflops": peak, "gemm_peak_source": peak_source,
         "dense_peak_tflops": dense, "dense_peak_source": dense_source,

@@ -405,6 +405,23 @@ class Formatting(unittest.TestCase):
         self.assertIn("# note: a note", text)
         self.assertIn("50,000", rows[0])  # the reference figure
 
+    def test_the_opt_in_environment_is_shown(self):
+        report = self.report()
+        self.assertNotIn("environment", bench.format_text(report))
+        report["meta"]["environment"] = {"SHARDTUNE_SKINNY": "expand,pair", "SHARDTUNE_ATTN_BWD_KEYS": "128"}
+        self.assertIn("# environment: SHARDTUNE_ATTN_BWD_KEYS=128 SHARDTUNE_SKINNY=expand,pair",
+                      bench.format_text(report))
+        self.assertIn("`SHARDTUNE_SKINNY=expand,pair`", bench.format_markdown(report))
+        old = os.environ.get("SHARDTUNE_SKINNY")
+        os.environ["SHARDTUNE_SKINNY"] = "expand"
+        try:
+            self.assertEqual(bench.shardtune_environment().get("SHARDTUNE_SKINNY"), "expand")
+        finally:
+            if old is None:
+                del os.environ["SHARDTUNE_SKINNY"]
+            else:
+                os.environ["SHARDTUNE_SKINNY"] = old
+
     def test_markdown(self):
         md = bench.format_markdown(self.report())
         table = [line for line in md.splitlines() if line.startswith("|")]
