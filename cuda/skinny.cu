@@ -784,36 +784,33 @@ __host__ __device__ constexpr size_t swiglu_lora_smem() {
 }
 
 // acc = P W (k < r, 16 a step; steps at or past r skipped: uniform over the block) for this warp's
-// 32 x 64 part (rows 32 wm.., columns 64 wn..) of a 64 x 128 tile, as in expand_kernel: P stored
-// [k][m] (P_KMAJ) or [m][k], W stored [k][n] (W_KMAJ) or [n][k].
+// 16 x 64 part (rows m.., columns 64 wn..) of a 64 x 128 tile, as in expand_kernel: P stored [k][m]
+// (P_KMAJ) or [m][k], W stored [k][n] (W_KMAJ) or [n][k]. One 16-row slice at a time keeps a
+// term's accumulators at 32 registers (the whole 32 x 64 part took 64 a term and capped the
+// kernel at 2 blocks an SM: session 15 measured it 2.3x slower than swiglu_forward_kernel).
 template <int RK, bool P_KMAJ, bool W_KMAJ>
-__device__ __forceinline__ void tile_product(float (&acc)[2][8][4], const bf16* ps, int ldp, const bf16* ws, int ldw,
-                                             int r, int wm, int wn, int lane) {
+__device__ __forceinline__ void tile_product(float (&acc)[8][4], const bf16* ps, int ldp, const bf16* ws, int ldw,
+                                             int r, int m, int wn, int lane) {
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int i = 0; i < 8; ++i)
 #pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[mt][i][c] = 0.0f;
+    for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < RK; kk += 16) {
     if (r <= kk) break;
+    uint32_t a[4], b[4];
+    frag_a<P_KMAJ>(a, ps, ldp, m, kk, lane);
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      uint32_t a[4], b[4];
-      frag_a<P_KMAJ>(a, ps, ldp, wm * 32 + mt * 16, kk, lane);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        frag_b2<W_KMAJ>(b, ws, ldw, wn * 64 + np * 16, kk, lane);
-        mma_bf16(acc[mt][2 * np], a, b[0], b[1]);
-        mma_bf16(acc[mt][2 * np + 1], a, b[2], b[3]);
-      }
+    for (int np = 0; np < 4; ++np) {
+      frag_b2<W_KMAJ>(b, ws, ldw, wn * 64 + np * 16, kk, lane);
+      mma_bf16(acc[2 * np], a, b[0], b[1]);
+      mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
     }
   }
 }
 
 template <int RK, bool kBackward>
-__global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraArgs p) {
+__global__ void __launch_bounds__(kThreads, kBackward ? 3 : 4) swiglu_lora_kernel(const SwigluLoraArgs p) {
   constexpr int LDP = exp_ldp<RK, true>(), LDW = exp_ldw<RK, true>();
   constexpr int PE = exp_p_elems<RK, true>(), WE = exp_w_elems<RK, true>(), TE = kExpBM * kExpLDC;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -856,38 +853,36 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
 
   const int wm = warp & 1, wn = warp >> 1;
   const int g = lane >> 2, q = lane & 3;
-  if constexpr (kBackward) {
-    // dh' = dh + sd xd Bd, into dh's tile (rounded to bf16 there, as the unfused path rounds dh):
-    // each thread rewrites only its own fragment elements, which it alone reads below.
-    if (p.rd > 0) {
-      float ad[2][8][4];
-      tile_product<RK, false, true>(ad, pd, LDPD, wd, LDWD, p.rd, wm, wn, lane);
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll 1
+  for (int mt = 0; mt < 2; ++mt) {  // the warp's two 16-row slices, one after the other
+    const int m = wm * 32 + mt * 16;
+    if constexpr (kBackward) {
+      // dh' = dh + sd xd Bd, into dh's tile (rounded to bf16 there, as the unfused path rounds dh):
+      // each thread rewrites only its own fragment elements, which it alone reads below.
+      if (p.rd > 0) {
+        float ad[8][4];
+        tile_product<RK, false, true>(ad, pd, LDPD, wd, LDWD, p.rd, m, wn, lane);
 #pragma unroll
         for (int i = 0; i < 8; ++i)
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
-            const int off = (wm * 32 + mt * 16 + g + hh * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
+            const int off = (m + g + hh * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
             const float2 d = load2(ds + off);
-            store2(ds + off, make_float2(d.x + p.sd * ad[mt][i][2 * hh], d.y + p.sd * ad[mt][i][2 * hh + 1]));
+            store2(ds + off, make_float2(d.x + p.sd * ad[i][2 * hh], d.y + p.sd * ad[i][2 * hh + 1]));
           }
+      }
     }
-  }
-  float ag[2][8][4], au[2][8][4];
-  tile_product<RK, true, false>(ag, pg, LDP, wg, LDW, p.rg, wm, wn, lane);
-  tile_product<RK, true, false>(au, pu, LDP, wu, LDW, p.ru, wm, wn, lane);
-
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+    float ag[8][4], au[8][4];
+    tile_product<RK, true, false>(ag, pg, LDP, wg, LDW, p.rg, m, wn, lane);
+    tile_product<RK, true, false>(au, pu, LDP, wu, LDW, p.ru, m, wn, lane);
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int off = (wm * 32 + mt * 16 + g + hh * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
+        const int off = (m + g + hh * 8) * kExpLDC + wn * 64 + i * 8 + 2 * q;
         const float2 gb = load2(gs + off), ub = load2(us + off);
-        const float g0 = gb.x + p.sg * ag[mt][i][2 * hh], g1 = gb.y + p.sg * ag[mt][i][2 * hh + 1];
-        const float u0 = ub.x + p.su * au[mt][i][2 * hh], u1 = ub.y + p.su * au[mt][i][2 * hh + 1];
+        const float g0 = gb.x + p.sg * ag[i][2 * hh], g1 = gb.y + p.sg * ag[i][2 * hh + 1];
+        const float u0 = ub.x + p.su * au[i][2 * hh], u1 = ub.y + p.su * au[i][2 * hh + 1];
         if constexpr (!kBackward) {
           store2(gs + off, make_float2(g0 / (1.0f + __expf(-g0)) * u0, g1 / (1.0f + __expf(-g1)) * u1));
         } else {
@@ -897,6 +892,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_lora_kernel(const SwigluLoraA
           store2(us + off, make_float2(d.x * g0 * s0, d.y * g1 * s1));
         }
       }
+  }
   __syncthreads();
   constexpr int V = 8, VPR = kExpBN / V;
 #pragma unroll
@@ -1068,12 +1064,15 @@ unsigned skinny_kinds() {
   static const unsigned env = [] {
     const char* e = std::getenv("SHARDTUNE_SKINNY");
     const std::string v = e ? e : "";
-    // Unset: the expand kind on shardtune's kernel, thin and reduce on cuBLASLt. Expand measured
-    // 1.35-1.52x cuBLASLt per call on the H100 (session 10's CudaSkinnyBench) and 7B LoRA without
-    // checkpointing 0.466-0.467 s/step against 0.468-0.469 with cuBLASLt (session 11, two
-    // interleaved rounds in one call, the GPU suite green with it); thin and reduce were
-    // 0.89-0.98x cuBLASLt. `cublaslt`: cuBLASLt for every kind.
-    if (v.empty()) return static_cast<unsigned>(kSkinnyExpand);
+    // Unset: expand, rope and pair on shardtune's kernels, thin and reduce on cuBLASLt. Expand
+    // measured 1.35-1.52x cuBLASLt per call on the H100 (session 10's CudaSkinnyBench) and 7B LoRA
+    // without checkpointing 0.466-0.467 s/step against 0.468-0.469 with cuBLASLt (session 11);
+    // thin and reduce were 0.89-0.98x cuBLASLt. Session 15 (H100, 7B LoRA per-op profile without
+    // checkpointing, docs/bench/h100-2026-12-07-s15/): pair 16.6 ms/step against 23.3 for the
+    // dB and dxa GEMMs it replaces, rope's expand + RoPE 5.8 against 6.6; swiglu's fused kernels
+    // 30.1 against 23.6 for what they replace, so swiglu stays opt-in. `cublaslt`: cuBLASLt for
+    // every kind.
+    if (v.empty()) return static_cast<unsigned>(kSkinnyExpand | kSkinnyRope | kSkinnyPair);
     if (v == "cublaslt") return 0u;
     if (v == "custom") return static_cast<unsigned>(kSkinnyAll);
     unsigned kinds = 0;

@@ -44,6 +44,7 @@ class LoraAdapter final : public LinearAdapter {
   LowRankTerm low_rank_term(const Tensor& x) override;
   LowRankTerm left_out_term(const Tensor& x) const override;
   int64_t term_rank() const override { return r; }
+  bool needs_scratch() const override { return dropout > 0; }
   LowRankTerm backward_leaving_dx_term(const Tensor& x, const Tensor& dy, const LayerContext& ctx) override;
   bool group_backward(const std::vector<Linear*>& layers, const Tensor& x, const std::vector<const Tensor*>& dys,
                       Tensor* dx, bool dx_accumulate, const LayerContext& ctx, std::vector<bool>& covered) override;

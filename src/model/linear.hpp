@@ -95,6 +95,8 @@ class LinearAdapter {
   virtual LowRankTerm low_rank_term(const Tensor& x);
   // The rank of the terms it can leave out (0: none).
   virtual int64_t term_rank() const { return 0; }
+  // Whether its training calls use LayerContext::scratch (LoRA dropout).
+  virtual bool needs_scratch() const { return false; }
   virtual LowRankTerm left_out_term(const Tensor& x) const;
   // backward without the input gradient: the parameter gradients as backward's, and the term it
   // would have added into dx returned instead (for dx's consumer to add). Undefined, with nothing

@@ -260,6 +260,13 @@ std::vector<ParamRef> llama_trainable_params(LlamaModel& m) { return trainable_p
 std::vector<std::vector<ParamRef>> llama_params_by_unit(LlamaModel& m) { return params_by_unit(llama_param_table(m)); }
 int64_t llama_num_trainable(LlamaModel& m) { return num_trainable(llama_param_table(m)); }
 
+bool llama_adapters_need_scratch(const LlamaModel& m) {
+  for (const LlamaBlock& blk : m.blocks)
+    for (const Linear* l : {&blk.q, &blk.k, &blk.v, &blk.o, &blk.gate, &blk.up, &blk.down})
+      if (l->adapter && l->adapter->needs_scratch()) return true;
+  return false;
+}
+
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    bool checkpointing, bool trainable) {
   return llama_activations(m, B_max, T_max, checkpointing ? Checkpointed::all() : Checkpointed::none(), trainable);
@@ -306,14 +313,15 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
     auto ws = [&](const Shape& s) { return alloc(s, m, MemCategory::workspace); };
     a.dresid = ws({BT, C});
     a.dxn = ws({BT, C});
-    a.datt = ws({BT, ld.q_dim});
+    // datt (o's input gradient, read by the attention backward) lives between the MLP's use of
+    // dxn and the q/k/v backward's write of it: one buffer where the shapes agree.
+    a.datt = ld.q_dim == C ? a.dxn : ws({BT, ld.q_dim});
     a.dq = ws({BT, ld.q_dim});
     a.dk = ws({BT, ld.kv_dim});
     a.dv = ws({BT, ld.kv_dim});
     a.dh = ws({BT, I});
-    a.dgate = ws({BT, I});
     a.dup = ws({BT, I});
-    a.scratch = ws({BT, std::max({C, I, ld.q_dim})});
+    if (llama_adapters_need_scratch(m)) a.scratch = ws({BT, std::max({C, I, ld.q_dim})});
   }
   return a;
 }
@@ -420,7 +428,8 @@ void block_backward(LlamaModel& m, LlamaBlock& blk, const BlockView& s, const Te
   const int64_t BT = batch.B * batch.T;
   Tensor dresid = rows_of(a.dresid, BT), dxn = rows_of(a.dxn, BT), datt = rows_of(a.datt, BT);
   Tensor dq = rows_of(a.dq, BT), dk = rows_of(a.dk, BT), dv = rows_of(a.dv, BT);
-  Tensor dh = rows_of(a.dh, BT), dgate = rows_of(a.dgate, BT), dup = rows_of(a.dup, BT);
+  // dgate is dh's buffer: SwiGLU's backward reads each element of dh before it writes dgate's.
+  Tensor dh = rows_of(a.dh, BT), dgate = dh, dup = rows_of(a.dup, BT);
   auto grad_or_null = [](Tensor& g) { return g.defined() ? &g : nullptr; };
 
   // The first contribution to each scratch gradient overwrites it (no zeroing pass).

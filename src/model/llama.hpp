@@ -174,10 +174,16 @@ struct LlamaActivations {
   Tensor xnf, rstdf;               // [BT, C], [BT]
   Tensor logits;                   // [BT, V] (holds dlogits after a training forward)
   Tensor losses;                   // [BT]  per-position loss
-  Tensor dresid, dxn, datt, dq, dk, dv, dh, dgate, dup;  // backward scratch
-  Tensor scratch;                  // adapters' workspace: [BT, max(C, I, Hq*D)]
+  // Backward scratch. dh holds dL/dh, then SwiGLU's backward writes dL/dgate over it (in place:
+  // one [BT, I] buffer fewer, 0.21 GiB at 13B's shape); datt shares dxn's buffer where
+  // Hq*D = C (their uses do not overlap in a block's backward).
+  Tensor dresid, dxn, datt, dq, dk, dv, dh, dup;
+  Tensor scratch;  // adapters' workspace [BT, max(C, I, Hq*D)]: only where an adapter needs one (LoRA dropout)
 };
 
+// Whether any adapter of the model needs the activations' scratch buffer (LoRA dropout): it is
+// allocated only then, so adapters attach before the activations are allocated.
+bool llama_adapters_need_scratch(const LlamaModel& m);
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    Checkpointed checkpointing, bool trainable);
 // Every block checkpointed or none.

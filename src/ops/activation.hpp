@@ -27,8 +27,8 @@ struct LowRankTerm {
 // terms; either may be undefined), h = silu(g') up'; the backward writes dgate = dL/dg' and dup =
 // dL/du' (the gradients the projections and their adapters take) and adds the terms again; tdh
 // (may be null or undefined): the down projection's input-gradient term left out of dh (dh' = dh
-// + tdh is the gradient SwiGLU's output gets). gate and up stay as the base GEMMs wrote them. On CUDA with SHARDTUNE_SKINNY's swiglu kind (opt-in
-// until measured) the terms are made inside the tile and never stored (cuda/matmul.cuh
+// + tdh is the gradient SwiGLU's output gets). gate and up stay as the base GEMMs wrote them. On CUDA with SHARDTUNE_SKINNY's swiglu kind (opt-in:
+// slower than the separate passes in session 15) the terms are made inside the tile and never stored (cuda/matmul.cuh
 // skinny_swiglu_lora); elsewhere, and on the CPU, g' and u' are formed (matmul) and swiglu runs.
 void swiglu_lora_forward(const Tensor& gate, const Tensor& up, const LowRankTerm& tg, const LowRankTerm& tu, Tensor& h);
 void swiglu_lora_backward(const Tensor& dh, const Tensor& gate, const Tensor& up, const LowRankTerm& tg,

@@ -24,14 +24,14 @@ void matmul(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool tran
 void matmul_add_rope(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, double alpha,
                      int64_t batch, int64_t T, const RopeTables& tables, const Tensor& positions = Tensor());
 // Whether matmul_add_rope is one pass on this device: CUDA with the rope kind of SHARDTUNE_SKINNY
-// (opt-in until measured). LoRA groups defer their rotated outputs (base GEMM first) only then.
+// (on by default). LoRA groups defer their rotated outputs (base GEMM first) only then.
 bool matmul_add_rope_one_pass(Device device);
 
 // LoRA's two products of the output gradient dy [M, out], in this order:
 //   dB (+)= alpha dy^T xa    dB [out, r]; beta_dB 0 (=) or 1 (+=)
 //   dxa   = alpha dy B       dxa [M, r] or, dxa_t, its transpose [r, M]
 // with xa [M, r] or, xa_t, [r, M] and B [out, r]. On CUDA the skinny pair kernel reads dy once for
-// both where it takes the call (SHARDTUNE_SKINNY's pair kind, opt-in until measured; f32 partial
+// both where it takes the call (SHARDTUNE_SKINNY's pair kind, on by default; f32 partial
 // sums added in a fixed order); elsewhere, and on the CPU, the two matmuls (the same arithmetic
 // up to the order of the f32 sums).
 void matmul_dy_pair(Tensor& dB, double beta_dB, Tensor& dxa, bool dxa_t, const Tensor& dy, const Tensor& xa, bool xa_t,
