@@ -45,6 +45,7 @@
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "core/tensor.hpp"
+#include "ops/attention.hpp"
 
 namespace st::cuda {
 
@@ -564,7 +565,8 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
     const float* __restrict__ bias, float* __restrict__ dbias, float* __restrict__ dq_acc, bf16* __restrict__ dk,
     bf16* __restrict__ dv, const int32_t* __restrict__ tiles, int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv,
     int64_t D, float scale, float inv_scale, bool causal, bool accumulate, const float* __restrict__ rope_cos,
-    const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos, int64_t rope_T) {
+    const float* __restrict__ rope_sin, const int32_t* __restrict__ rope_pos, int64_t rope_T,
+    float* __restrict__ dk_acc, float* __restrict__ dv_acc, int hsplit) {
   static_assert(KW == 4 || (KW == 8 && DP >= 64 && !kBias && !kCross && !kVarlen), "128-key blocks: DP 64 or 128, plain");
   constexpr int kThr = KW * 32, kKeys = KW * 16;  // threads, keys a block
   constexpr bool dbuf = kBackwardDoubleBuffer;
@@ -593,14 +595,18 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
   auto Qs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH; };
   auto dOs_of = [&](int st) { return q_stages + st * 2 * kTile * LDH + kTile * LDH; };
 
-  // The block's first key (KW = 8: blocks of 128 keys; seq_view's tiles are 64).
-  const int64_t hk = blockIdx.y, j0 = KW == 4 ? sv.tile0 : static_cast<int64_t>(blockIdx.x) * kKeys;
-  const int64_t group = Hq / Hkv;
+  // The block's first key (KW = 8: blocks of 128 keys; seq_view's tiles are 64). With hsplit = 2
+  // (GQA, attention_head_split) blocks y = 2 hk and 2 hk + 1 take each half of KV head hk's query
+  // heads and add their dK (scaled, rotated) and dV sums to dk_acc, dv_acc (f32 [rows, Hkv, D],
+  // zeroed): two addends onto zero, so the result does not depend on their order.
+  const int64_t hk = blockIdx.y / hsplit, j0 = KW == 4 ? sv.tile0 : static_cast<int64_t>(blockIdx.x) * kKeys;
+  const int64_t group = Hq / Hkv, heads = group / hsplit;
+  const int64_t h_first = hk * group + static_cast<int64_t>(blockIdx.y % hsplit) * heads, h_end = h_first + heads;
   const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;  // keys j < min(len, Tk) are visible (before the causal mask)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if (j0 >= len || j0 >= Tk) {  // no query sees these keys: zero gradient (and nothing for dbias)
-    if (!accumulate)
+    if (!accumulate && dk_acc == nullptr)  // (with dk_acc the fold writes the zero sums)
       for (int idx = threadIdx.x; idx < kKeys * D; idx += blockDim.x) {
         const int64_t j = j0 + idx / D;
         if (j < Tk) {
@@ -646,7 +652,7 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
       load_rows_async<DP, kThr>(Ks + kb * LDH, k, sv.krow0, j0 + kb, Tk, Hkv, hk, D);
       load_rows_async<DP, kThr>(Vs + kb * LDH, v, sv.krow0, j0 + kb, Tk, Hkv, hk, D);
     }
-    if (dbuf) load_tile(hk * group, i_start, 0);
+    if (dbuf) load_tile(h_first, i_start, 0);
     else cp_async_commit();
   }
   float dkr[DP / 8][4], dvr[DP / 8][4];
@@ -690,7 +696,7 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
   // dbuf: the next tile's loads are issued into the other stage right after the barrier that
   // starts this tile, so they run under this tile's MMAs; that stage was last read in the
   // previous tile, before the same barrier. Single stage: each tile loads after the barrier.
-  int64_t h = hk * group, q0 = i_start;
+  int64_t h = h_first, q0 = i_start;
   int stage = 0;
   for (bool more = any_tile; more;) {
     int64_t nh = h, nq0 = q0 + kTile;  // the next tile
@@ -698,7 +704,7 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
       nq0 = i_start;
       ++nh;
     }
-    const bool has_next = nh < (hk + 1) * group;
+    const bool has_next = nh < h_end;
     if (!dbuf) {
       __syncthreads();  // the previous tile's shared data (Q, dO, lse, D, dS) is consumed
       load_tile(h, q0, 0);
@@ -920,12 +926,20 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
       const float* cs = rope_cos + p * kHalf;
       const float* sn = rope_sin + p * kHalf;
       bf16* const dk_row = dk + (tok * Hkv + hk) * DP;
+      float* const acc_row = dk_acc ? dk_acc + (tok * Hkv + hk) * DP : nullptr;
 #pragma unroll
       for (int nd = 0; nd < kHalfTiles; ++nd) {
         const int c = nd * 8 + 2 * t;
         const float2 co = *reinterpret_cast<const float2*>(cs + c), si = *reinterpret_cast<const float2*>(sn + c);
         const float a0 = scale * dkr[nd][2 * r], a1 = scale * dkr[nd][2 * r + 1];
         const float b0 = scale * dkr[nd + kHalfTiles][2 * r], b1 = scale * dkr[nd + kHalfTiles][2 * r + 1];
+        if (acc_row) {  // the rotation is linear: the two halves' rotated sums add up to the rotated sum
+          atomicAdd(acc_row + c, a0 * co.x + b0 * si.x);
+          atomicAdd(acc_row + c + 1, a1 * co.y + b1 * si.y);
+          atomicAdd(acc_row + c + kHalf, b0 * co.x - a0 * si.x);
+          atomicAdd(acc_row + c + kHalf + 1, b1 * co.y - a1 * si.y);
+          continue;
+        }
         *reinterpret_cast<__nv_bfloat162*>(dk_row + c) = __floats2bfloat162_rn(a0 * co.x + b0 * si.x, a1 * co.y + b1 * si.y);
         *reinterpret_cast<__nv_bfloat162*>(dk_row + c + kHalf) =
             __floats2bfloat162_rn(b0 * co.x - a0 * si.x, b1 * co.y - a1 * si.y);
@@ -938,6 +952,17 @@ __global__ void __launch_bounds__(KW * 32, KW == 8 ? 1 : (DP <= 32 ? 4 : (DP == 
     for (int e = 0; e < 2; ++e) {
       const int64_t c = nd * 8 + 2 * t + e;
       if (c >= D) continue;
+      if (dk_acc != nullptr) {  // dK (unless rotated above) and dV to the f32 sums
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int64_t kj = r ? kj1 : kj0;
+          if (kj >= Tk) continue;
+          const int64_t off = ((sv.krow0 + kj) * Hkv + hk) * D + c;
+          if (rope_cos == nullptr) atomicAdd(dk_acc + off, scale * dkr[nd][2 * r + e]);
+          atomicAdd(dv_acc + off, dvr[nd][2 * r + e]);
+        }
+        continue;
+      }
       if (rope_cos != nullptr) {
         if (kj0 < Tk) dv[((sv.krow0 + kj0) * Hkv + hk) * D + c] = __float2bfloat16(dvr[nd][e]);
         if (kj1 < Tk) dv[((sv.krow0 + kj1) * Hkv + hk) * D + c] = __float2bfloat16(dvr[nd][2 + e]);
@@ -1070,8 +1095,21 @@ template <int DP, bool kBias, bool kCross, bool kVarlen = false, int KW = 4>
 void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
                      float* dbias) {
   const int64_t rows = a.B * a.T * a.Hq;
+  AttentionShape shape;
+  shape.B = a.B;
+  shape.T = a.T;
+  shape.Tk = a.Tk;
+  shape.Hq = a.Hq;
+  shape.Hkv = a.Hkv;
+  shape.D = a.D;
+  const int hsplit = attention_head_split(shape, kBias);
+  const int64_t kv_n = a.B * a.Tk * a.Hkv * a.D;  // dK, dV elements
   float* delta = scratch(0, rows).ptr<float>();
-  float* dq_acc = scratch(1, rows * a.D).ptr<float>();
+  // The dQ sums, then (split) the dK and dV sums: attention_scratch_bytes' layout.
+  float* dq_acc = scratch(1, static_cast<int64_t>(attention_scratch_bytes(shape, true, kBias) / sizeof(float))).ptr<float>();
+  float* dk_acc = hsplit > 1 ? dq_acc + rows * a.D : nullptr;
+  float* dv_acc = hsplit > 1 ? dk_acc + kv_n : nullptr;
+  if (hsplit > 1) ST_CUDA_CHECK(cudaMemsetAsync(dk_acc, 0, 2 * static_cast<size_t>(kv_n) * sizeof(float), stream()));
   auto aligned8 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; };
   attention_delta_kernel<<<static_cast<unsigned>(ceil_div(rows * 32, 256)), 256, 0, stream()>>>(
       static_cast<const bf16*>(dout), static_cast<const bf16*>(a.out), delta, dq_acc, a.B, a.T, a.Hq, a.D,
@@ -1088,15 +1126,23 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   }
   // One block per 64 keys (KW = 8: 128) of one KV head and batch row; varlen: per tile-table
   // entry and KV head.
-  const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hkv), 1u)
-                            : dim3(static_cast<unsigned>(ceil_div(a.Tk, KW * 16)), static_cast<unsigned>(a.Hkv),
-                                   static_cast<unsigned>(a.B));
+  const unsigned gy = static_cast<unsigned>(a.Hkv * hsplit);
+  const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), gy, 1u)
+                            : dim3(static_cast<unsigned>(ceil_div(a.Tk, KW * 16)), gy, static_cast<unsigned>(a.B));
   kernel<<<grid, KW * 32, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v),
       static_cast<const bf16*>(dout), a.lse, delta, a.lengths, a.bias, dbias, dq_acc, static_cast<bf16*>(dk),
       static_cast<bf16*>(dv), a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f, a.causal,
-      accumulate, a.rope_cos, a.rope_sin, a.rope_pos, a.rope_T);
+      accumulate, a.rope_cos, a.rope_sin, a.rope_pos, a.rope_T, dk_acc, dv_acc, hsplit);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
+  if (hsplit > 1) {  // dk, dv (+)= the f32 sums (scaled, and rotated, in the kernel)
+    const bool vec = kv_n % 4 == 0 && aligned8(dk) && aligned8(dv);
+    for (int which = 0; which < 2; ++which) {
+      accumulate_f32_into_bf16<<<grid_1d(vec ? kv_n / 4 : kv_n, 256), 256, 0, stream()>>>(
+          which ? dv_acc : dk_acc, static_cast<bf16*>(which ? dv : dk), kv_n, 1.0f, accumulate, vec);
+      ST_CUDA_LAUNCH_CHECK("attention_dkv_accumulate");
+    }
+  }
   if (a.rope_cos != nullptr) {
     const int64_t n = rows * (a.D / 8);
     fold_dq_rope<<<grid_1d(n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), rows, a.Hq, a.rope_T,

@@ -130,12 +130,12 @@ void check_gradient_buffers(const char* op, int64_t nq, int64_t nkv, const Tenso
 }
 
 // The planner's backward: 2.5 x the forward's FLOPs (dQ, dK, dV and the recomputed scores) and
-// the CUDA backend's scratch (delta and the f32 dQ accumulator).
-void dry_run_backward(const AttentionShape& s, Device device, double forward_flops) {
+// the CUDA backend's scratch (delta, the f32 dQ accumulator and, split, the dK and dV sums).
+void dry_run_backward(const AttentionShape& s, Device device, double forward_flops, bool bias) {
   dry_run_add_flops(2.5 * forward_flops);
   if (device == Device::cuda) {
     dry_run_scratch("attention delta", attention_scratch_bytes(s, false), Device::cuda, MemCategory::workspace);
-    dry_run_scratch("attention dq", attention_scratch_bytes(s, true), Device::cuda, MemCategory::workspace);
+    dry_run_scratch("attention dq", attention_scratch_bytes(s, true, bias), Device::cuda, MemCategory::workspace);
   }
 }
 
@@ -209,7 +209,7 @@ void backward_impl(const AttentionShape& s, const Tensor& q, const Tensor& k, co
   const TracedOp traced = TracedOp::attention(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv},
                                               2.5 * attention_flops(s), trace_key(s, bias, dbias));
   if (traced.dry()) {  // the planner
-    dry_run_backward(s, q.device(), attention_flops(s));
+    dry_run_backward(s, q.device(), attention_flops(s), bias.defined());
     return;
   }
   if (q.device() == Device::cuda) {
@@ -358,7 +358,7 @@ void varlen_backward_impl(const AttentionShape& s, const Tensor& q, const Tensor
                          dk, dv);
   const TracedOp traced(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv}, 2.5 * varlen_flops(s, seg));
   if (traced.dry()) {  // the planner, as attention_backward
-    dry_run_backward(s, q.device(), varlen_flops(s, seg));
+    dry_run_backward(s, q.device(), varlen_flops(s, seg), false);
     return;
   }
   if (q.device() == Device::cuda) {

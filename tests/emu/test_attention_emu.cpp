@@ -58,6 +58,22 @@ struct Errors {
   std::string what;  // the case and each tensor's error
 };
 
+// The split backward's f32 dK and dV sums (zeroed, as launch_backward's memset) and their fold
+// into the bf16 outputs (accumulate_f32_into_bf16, scale 1: the kernel scaled them); hsplit 1: none.
+struct SplitSums {
+  int hsplit;
+  std::vector<float> k, v;
+  SplitSums(int split, size_t n) : hsplit(split), k(split > 1 ? n : 0, 0.0f), v(split > 1 ? n : 0, 0.0f) {}
+  float* dk() { return hsplit > 1 ? k.data() : nullptr; }
+  float* dv() { return hsplit > 1 ? v.data() : nullptr; }
+  void fold(std::vector<bf16>& dk_out, std::vector<bf16>& dv_out) {
+    if (hsplit <= 1) return;
+    const int64_t n = static_cast<int64_t>(k.size());
+    emu::launch(dim3(4), dim3(256), [&] { accumulate_f32_into_bf16(k.data(), dk_out.data(), n, 1.0f, false, n % 4 == 0); });
+    emu::launch(dim3(4), dim3(256), [&] { accumulate_f32_into_bf16(v.data(), dv_out.data(), n, 1.0f, false, n % 4 == 0); });
+  }
+};
+
 // KW: the backward's key warps (8: blocks of 128 keys, SHARDTUNE_ATTN_BWD_KEYS=128).
 template <int DP, int KW = 4>
 Errors run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t seed, bool rope = false) {
@@ -104,13 +120,18 @@ Errors run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32
     attention_delta_kernel(dout.b.data(), out.data(), delta.data(), dq_acc.data(), B, T, Hq, D, D % 4 == 0);
   });
   std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
-  emu::launch(dim3(static_cast<unsigned>(ceil_div(T, KW * 16)), static_cast<unsigned>(Hkv), static_cast<unsigned>(B)),
+  // GQA with an even group: two blocks a KV head, each over half its query heads (as launch_backward).
+  const int hsplit = attention_head_split(s, false);
+  SplitSums sums(hsplit, k.b.size());
+  emu::launch(dim3(static_cast<unsigned>(ceil_div(T, KW * 16)), static_cast<unsigned>(Hkv * hsplit),
+                   static_cast<unsigned>(B)),
               dim3(KW * 32), [&] {
                 attention_backward_kernel<DP, false, false, false, KW>(
                     q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(), delta.data(), nullptr, nullptr,
                     nullptr, dq_acc.data(), dk.data(), dv.data(), nullptr, T, T, Hq, Hkv, D, scale, 0.0f, true, false,
-                    rope_cos, rope_sin, nullptr, rope ? T : 0);
+                    rope_cos, rope_sin, nullptr, rope ? T : 0, sums.dk(), sums.dv(), hsplit);
               });
+  sums.fold(dk, dv);
   const int64_t n = rows * D;
   if (rope)
     emu::launch(dim3(4), dim3(256), [&] {
@@ -197,12 +218,16 @@ TEST(EmuAttention, VarlenMatchesTheCpuOp) {
     attention_delta_kernel(dout.b.data(), out.data(), delta.data(), dq_acc.data(), 1, N, Hq, D, true);
   });
   std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
-  emu::launch(dim3(static_cast<unsigned>(seg.n_tiles), static_cast<unsigned>(Hkv)), dim3(kThreads), [&] {
+  const int hsplit = attention_head_split(s, false);
+  EXPECT_EQ(hsplit, 2);  // a group of 2: the split path
+  SplitSums sums(hsplit, k.b.size());
+  emu::launch(dim3(static_cast<unsigned>(seg.n_tiles), static_cast<unsigned>(Hkv * hsplit)), dim3(kThreads), [&] {
     attention_backward_kernel<64, false, false, true>(q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(),
                                                       delta.data(), nullptr, nullptr, nullptr, dq_acc.data(), dk.data(),
                                                       dv.data(), tt, N, N, Hq, Hkv, D, scale, 0.0f, true, false, nullptr,
-                                                      nullptr, nullptr, 0);
+                                                      nullptr, nullptr, 0, sums.dk(), sums.dv(), hsplit);
   });
+  sums.fold(dk, dv);
   emu::launch(dim3(4), dim3(256), [&] { accumulate_f32_into_bf16(dq_acc.data(), dq.data(), rows * D, scale, false, true); });
   EXPECT_LT(rel_err(dq, dq_ref), 6e-3) << "dq";
   EXPECT_LT(rel_err(dk, dk_ref), 6e-3) << "dk";
@@ -264,12 +289,12 @@ TEST(EmuAttention, BiasAndCrossMatchTheCpuOp) {
         attention_backward_kernel<64, true, true, false>(q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(),
                                                          delta.data(), lengths.data(), bias_f.data(), dbias.data(),
                                                          dq_acc.data(), dk.data(), dv.data(), nullptr, T, Tk, H, H, D, 1.0f,
-                                                         1.0f, false, false, nullptr, nullptr, nullptr, 0);
+                                                         1.0f, false, false, nullptr, nullptr, nullptr, 0, nullptr, nullptr, 1);
       else
         attention_backward_kernel<64, true, false, false>(q.b.data(), k.b.data(), v.b.data(), dout.b.data(), lse.data(),
                                                           delta.data(), lengths.data(), bias_f.data(), dbias.data(),
                                                           dq_acc.data(), dk.data(), dv.data(), nullptr, T, Tk, H, H, D, 1.0f,
-                                                          1.0f, false, false, nullptr, nullptr, nullptr, 0);
+                                                          1.0f, false, false, nullptr, nullptr, nullptr, 0, nullptr, nullptr, 1);
     };
     emu::launch(dim3(static_cast<unsigned>(ceil_div(Tk, kTile)), static_cast<unsigned>(H), static_cast<unsigned>(B)),
                 dim3(kThreads), bwd);
