@@ -16,7 +16,8 @@
 # bench and step times of this tree and .bench_before in one short call), kinds-ab (the opt-in
 # SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default),
 # autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), attn-keys-ab (the 128-key attention
-# backward against the 64-key one), skinny-ab (SHARDTUNE_SKINNY
+# backward against the 64-key one), split-ab (the attention backward's GQA head split against none),
+# ab (any environment variable: AB_VAR, AB_VALUES), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
 set -u
@@ -242,6 +243,26 @@ for s in "${steps[@]}"; do
       make_shards
       ab_runs keys SHARDTUNE_ATTN_BWD_KEYS "64 128" "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false true}" \
         ${PROFILE_STEPS:-12} ;;
+    ab)
+      # Any environment variable's values A/B'd on plain step times (and per-op tables in a round
+      # named prof): AB_VAR, AB_VALUES (space-separated), AB_ROUNDS (default "prof 1"), PROFILE_DECKS,
+      # PROFILE_CKPT (default false), PROFILE_STEPS (default 10), interleaved.
+      make_shards
+      ab_runs ab-${AB_VAR:?AB_VAR} $AB_VAR "${AB_VALUES:?AB_VALUES}" "${AB_ROUNDS:-prof 1}" "${PROFILE_CKPT:-false}" \
+        ${PROFILE_STEPS:-10} ;;
+    split-ab)
+      # The attention backward's GQA head split (attention_head_split) against none
+      # (SHARDTUNE_ATTN_HEAD_SPLIT=0): CudaAttentionBench both ways, twice, interleaved, then plain
+      # 1B full steps (PROFILE_DECKS default the 1B full deck), AB_ROUNDS (default 2) rounds.
+      for round in 1 2; do
+        for sp in 0 1; do
+          run_step split-bench-$sp-$round env SHARDTUNE_ATTN_HEAD_SPLIT=$sp build/tests/gpu_tests \
+            --gtest_also_run_disabled_tests --gtest_filter='CudaAttentionBench.*'
+        done
+      done
+      make_shards
+      PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama1b_full.cfg} ab_runs split SHARDTUNE_ATTN_HEAD_SPLIT "0 1" \
+        "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-12} ;;
     autotune-ab)
       # SHARDTUNE_GEMM_AUTOTUNE=all (every GEMM shape timed over cuBLASLt's candidates on its first
       # call) against the heuristic's first choice: plain step times of PROFILE_DECKS (default the
