@@ -1058,19 +1058,6 @@ bool backward_double_buffer() {
   return yes;
 }
 
-// SHARDTUNE_ATTN_HEAD_SPLIT=0 turns attention_head_split off (an A/B switch for the GPU host; the
-// planner still reserves the split's scratch). Unset or 1: on.
-bool head_split_allowed() {
-  static const bool on = [] {
-    const char* e = std::getenv("SHARDTUNE_ATTN_HEAD_SPLIT");
-    const std::string v = e ? e : "";
-    if (v.empty() || v == "1") return true;
-    if (v == "0") return false;
-    ST_THROW_INPUT("SHARDTUNE_ATTN_HEAD_SPLIT=", v, ": expected 0 or 1");
-  }();
-  return on;
-}
-
 // Scratch kept between calls (D and the f32 dQ accumulator), grown on demand, counted as workspace.
 // The planner reserves the same sizes (attention_scratch_bytes in ops/attention.hpp).
 Tensor& scratch(int which, int64_t n) {
@@ -1115,7 +1102,7 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
   shape.Hq = a.Hq;
   shape.Hkv = a.Hkv;
   shape.D = a.D;
-  const int hsplit = head_split_allowed() ? attention_head_split(shape, kBias) : 1;
+  const int hsplit = attention_head_split(shape, kBias);  // SHARDTUNE_ATTN_HEAD_SPLIT
   const int64_t kv_n = a.B * a.Tk * a.Hkv * a.D;  // dK, dV elements
   float* delta = scratch(0, rows).ptr<float>();
   // The dQ sums, then (split) the dK and dV sums: attention_scratch_bytes' layout.

@@ -1,6 +1,8 @@
 #include "ops/attention.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
@@ -140,6 +142,17 @@ void dry_run_backward(const AttentionShape& s, Device device, double forward_flo
 }
 
 }  // namespace
+
+bool attention_head_split_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("SHARDTUNE_ATTN_HEAD_SPLIT");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "0") return false;
+    if (v == "1") return true;
+    ST_THROW_INPUT("SHARDTUNE_ATTN_HEAD_SPLIT=", v, ": expected 0 or 1");
+  }();
+  return on;
+}
 
 void attention_forward(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& lengths, Tensor& out, Tensor& lse, const Tensor& bias) {

@@ -25,14 +25,22 @@ struct AttentionShape {
 };
 
 // The CUDA backward's split of a KV head's query heads: self-attention without bias whose GQA
-// group is even runs two blocks for each block of keys and KV head, each over half the group's
+// group is even can run two blocks for each block of keys and KV head, each over half the group's
 // query heads, their dK and dV sums added in f32 (two addends onto zero: the same result in either
 // order). The 1B shape (32 query heads, 4 KV heads) otherwise has 512 blocks of 8 heads each at
-// batch 8 x 1024, 1.3 waves of an H100 with the heaviest block 1.45x an even share. A function
-// of the shape only, so that the planner reserves the scratch the GPU takes.
-inline int attention_head_split(const AttentionShape& s, bool bias) {
+// batch 8 x 1024, 1.3 waves of an H100 with the heaviest block 1.45x an even share. Where the
+// shape allows it (2) or not (1):
+inline int attention_head_split_shape(const AttentionShape& s, bool bias) {
   const int64_t group = s.Hkv > 0 ? s.Hq / s.Hkv : 1;
   return !bias && s.kv_len() == s.T && group >= 2 && group % 2 == 0 ? 2 : 1;
+}
+// Whether the split is on: SHARDTUNE_ATTN_HEAD_SPLIT=1 (opt-in until measured on a GPU; unset or 0:
+// off). Read once.
+bool attention_head_split_on();
+// The split the CUDA backward takes (and the planner reserves the scratch of): a function of the
+// shape and the switch only.
+inline int attention_head_split(const AttentionShape& s, bool bias) {
+  return attention_head_split_on() ? attention_head_split_shape(s, bias) : 1;
 }
 
 // The f32 scratch the CUDA backward keeps between calls (grown on demand): delta [B*T*Hq] and,

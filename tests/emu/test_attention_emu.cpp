@@ -121,7 +121,7 @@ Errors run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32
   });
   std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
   // GQA with an even group: two blocks a KV head, each over half its query heads (as launch_backward).
-  const int hsplit = attention_head_split(s, false);
+  const int hsplit = attention_head_split_shape(s, false);
   SplitSums sums(hsplit, k.b.size());
   emu::launch(dim3(static_cast<unsigned>(ceil_div(T, KW * 16)), static_cast<unsigned>(Hkv * hsplit),
                    static_cast<unsigned>(B)),
@@ -218,7 +218,7 @@ TEST(EmuAttention, VarlenMatchesTheCpuOp) {
     attention_delta_kernel(dout.b.data(), out.data(), delta.data(), dq_acc.data(), 1, N, Hq, D, true);
   });
   std::vector<bf16> dq(q.b.size(), __float2bfloat16(NAN)), dk(k.b.size(), __float2bfloat16(NAN)), dv = dk;
-  const int hsplit = attention_head_split(s, false);
+  const int hsplit = attention_head_split_shape(s, false);
   EXPECT_EQ(hsplit, 2);  // a group of 2: the split path
   SplitSums sums(hsplit, k.b.size());
   emu::launch(dim3(static_cast<unsigned>(seg.n_tiles), static_cast<unsigned>(Hkv * hsplit)), dim3(kThreads), [&] {

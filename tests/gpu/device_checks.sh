@@ -251,8 +251,8 @@ for s in "${steps[@]}"; do
       ab_runs ab-${AB_VAR:?AB_VAR} $AB_VAR "${AB_VALUES:?AB_VALUES}" "${AB_ROUNDS:-prof 1}" "${PROFILE_CKPT:-false}" \
         ${PROFILE_STEPS:-10} ;;
     split-ab)
-      # The attention backward's GQA head split (attention_head_split) against none
-      # (SHARDTUNE_ATTN_HEAD_SPLIT=0): CudaAttentionBench both ways, twice, interleaved, then plain
+      # The attention backward's GQA head split (SHARDTUNE_ATTN_HEAD_SPLIT=1, opt-in) against none
+      # (0): CudaAttentionBench both ways, twice, interleaved, then plain
       # 1B full steps (PROFILE_DECKS default the 1B full deck), AB_ROUNDS (default 2) rounds.
       for round in 1 2; do
         for sp in 0 1; do

@@ -9,6 +9,7 @@
 
 #include "core/dryrun.hpp"
 #include "core/op_trace.hpp"
+#include "ops/attention.hpp"
 #include "ops/matmul.hpp"
 #include "parallel/comm.hpp"
 #include "tests/common/paths.hpp"
@@ -69,7 +70,7 @@ TEST(DryRun, MatmulCountsFlopsAndTheCublasWorkspaceOnce) {
   EXPECT_THROW(matmul(bad, A, false, B, true), Error);
 }
 
-// LoRA's dB / dxa pair on CUDA with the pair kind (opt-in): the dry run counts the two GEMMs'
+// LoRA's dB / dxa pair on CUDA with the pair kind (on by default): the dry run counts the two GEMMs'
 // FLOPs and reserves the kernel's f32 partial sums as the real call allocates them
 // (skinny_pair_tiling, a function of the shape); without the kind, the two matmuls. The split
 // gives about 256 blocks in 64-token multiples.
@@ -104,6 +105,47 @@ TEST(DryRun, LoraPairReservesItsPartialSums) {
   }
 #else
   GTEST_SKIP() << "a build without CUDA";
+#endif
+}
+
+// The attention backward's GQA head split: where the shape allows it (self-attention, no bias, an
+// even group) and what the dry run reserves for it on CUDA: delta, then the dQ sums and, with the
+// split on (SHARDTUNE_ATTN_HEAD_SPLIT=1), the dK and dV sums after them.
+TEST(DryRun, AttentionBackwardReservesTheHeadSplitSums) {
+  AttentionShape s;
+  s.B = 2;
+  s.T = 128;
+  s.Hq = 8;
+  s.Hkv = 2;
+  s.D = 64;
+  s.scale = 0.125;
+  EXPECT_EQ(attention_head_split_shape(s, false), 2);
+  EXPECT_EQ(attention_head_split_shape(s, true), 1);  // a bias (T5): never
+  AttentionShape mha = s, odd = s, cross = s;
+  mha.Hkv = 8;
+  odd.Hq = 6;
+  odd.Hkv = 2;
+  cross.Tk = 64;
+  cross.causal = false;
+  EXPECT_EQ(attention_head_split_shape(mha, false), 1);
+  EXPECT_EQ(attention_head_split_shape(odd, false), 1);
+  EXPECT_EQ(attention_head_split_shape(cross, false), 1);
+  const size_t rows = 2 * 128 * 8, kv = 2 * 2 * 128 * 2 * 64;
+  const bool on = attention_head_split_on();
+  EXPECT_EQ(attention_head_split(s, false), on ? 2 : 1);
+  EXPECT_EQ(attention_scratch_bytes(s, false), rows * 4);
+  EXPECT_EQ(attention_scratch_bytes(s, true), (rows * 64 + (on ? kv : 0)) * 4);
+  EXPECT_EQ(attention_scratch_bytes(mha, true), rows * 64 * 4);
+#ifdef SHARDTUNE_CUDA
+  DryRun dry;
+  auto t = [](Shape sh) { return Tensor::empty(sh, DType::bf16, Device::cuda, MemCategory::activations); };
+  Tensor q = t({2 * 128, 8 * 64}), k = t({2 * 128, 2 * 64}), v = t({2 * 128, 2 * 64}), out = t({2 * 128, 8 * 64});
+  Tensor dq = t({2 * 128, 8 * 64}), dk = t({2 * 128, 2 * 64}), dv = t({2 * 128, 2 * 64}), dout = t({2 * 128, 8 * 64});
+  Tensor lse = Tensor::empty({2 * 8 * 128}, DType::f32, Device::cuda, MemCategory::activations);
+  const size_t before = allocator_for(Device::cuda).stats().total_current;
+  attention_backward(s, q, k, v, out, lse, dout, Tensor(), dq, dk, dv, false);
+  EXPECT_EQ(allocator_for(Device::cuda).stats().total_current - before,
+            attention_scratch_bytes(s, false) + attention_scratch_bytes(s, true));
 #endif
 }
 
