@@ -253,7 +253,10 @@ for s in "${steps[@]}"; do
     split-ab)
       # The attention backward's GQA head split (SHARDTUNE_ATTN_HEAD_SPLIT=1, opt-in) against none
       # (0): CudaAttentionBench both ways, twice, interleaved, then plain
-      # 1B full steps (PROFILE_DECKS default the 1B full deck), AB_ROUNDS (default 2) rounds.
+      # 1B full steps (PROFILE_DECKS default the 1B full deck), AB_ROUNDS (default 2) rounds; first the
+      # attention and model tests with the split on.
+      run_step split-tests env SHARDTUNE_ATTN_HEAD_SPLIT=1 build/tests/gpu_tests --gtest_brief=1 \
+        --gtest_filter='*ttention*:CudaModel.*'
       for round in 1 2; do
         for sp in 0 1; do
           run_step split-bench-$sp-$round env SHARDTUNE_ATTN_HEAD_SPLIT=$sp build/tests/gpu_tests \
