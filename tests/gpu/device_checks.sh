@@ -17,6 +17,7 @@
 # SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default),
 # autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), attn-keys-ab (the 128-key attention
 # backward against the 64-key one), split-ab (the attention backward's GQA head split against none),
+# ncu-skinny (Nsight Compute sections of the pair and swiglu kernels),
 # ab (any environment variable: AB_VAR, AB_VALUES), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
@@ -266,6 +267,15 @@ for s in "${steps[@]}"; do
       make_shards
       PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama1b_full.cfg} ab_runs split SHARDTUNE_ATTN_HEAD_SPLIT "0 1" \
         "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-12} ;;
+    ncu-skinny)
+      # Nsight Compute on the pair and swiglu kernels (CudaSkinnyBench's calls; SHARDTUNE_SKINNY=custom
+      # so every kind runs): throughput, memory, occupancy and warp-stall sections of NCU_COUNT
+      # (default 8) launches, as text in ncu-skinny.log (why pair reads dy at 1.3-1.75 TB/s, session 15).
+      run_step ncu-skinny env SHARDTUNE_SKINNY=custom /usr/local/cuda/bin/ncu --target-processes all \
+        -k 'regex:pair_kernel|swiglu_lora_kernel|sum_splits_kernel' -c ${NCU_COUNT:-8} \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        --section WarpStateStats build/tests/gpu_tests --gtest_also_run_disabled_tests \
+        --gtest_filter='CudaSkinnyBench.*' ;;
     autotune-ab)
       # SHARDTUNE_GEMM_AUTOTUNE=all (every GEMM shape timed over cuBLASLt's candidates on its first
       # call) against the heuristic's first choice: plain step times of PROFILE_DECKS (default the
