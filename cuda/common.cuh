@@ -25,8 +25,10 @@ bool debug_sync();
 // Streaming multiprocessors of the current device (queried once), for sizing reduction grids.
 int sm_count();
 // Raw device scratch for the two-stage reductions (per-block partial sums): `slot` names one
-// buffer, grown on demand and kept for the process. A few MiB at most, outside the allocator
-// like the CUDA context's own memory. The caller's kernels must be done with the previous
+// buffer, grown on demand and kept for the process, outside the allocator like the CUDA
+// context's own memory. A few MiB, except the skinny slot: the pair kernel's f32 partial sums,
+// 12-23 MB at the 7B / 13B shapes, which the planner's dry run counts as workspace (so its peak
+// is above the allocator's measured one by that much). The caller's kernels must be done with the previous
 // contents (one stream: any later launch is ordered after them).
 void* raw_scratch(int slot, size_t bytes);
 enum ScratchSlot { kScratchRmsnorm = 0, kScratchRelbias = 1, kScratchSkinny = 2, kScratchSlots = 3 };

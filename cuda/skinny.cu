@@ -809,8 +809,18 @@ __device__ __forceinline__ void tile_product(float (&acc)[8][4], const bf16* ps,
   }
 }
 
+// Blocks an H100 SM holds by shared memory (227 KiB, 1 KiB reserved a block), at most 4 forward
+// and 3 backward (r 16: 50.5 / 74.8 KiB, 4 / 3 blocks; r 32: 3 / 2; r 64: 2 / 1): the register
+// bound asked of ptxas.
 template <int RK, bool kBackward>
-__global__ void __launch_bounds__(kThreads, kBackward ? 3 : 4) swiglu_lora_kernel(const SwigluLoraArgs p) {
+constexpr int swiglu_lora_min_blocks() {
+  constexpr size_t fit = (227 * 1024) / (swiglu_lora_smem<RK, kBackward>() + 1024);
+  constexpr size_t most = kBackward ? 3 : 4;
+  return static_cast<int>(fit < 1 ? 1 : fit > most ? most : fit);
+}
+
+template <int RK, bool kBackward>
+__global__ void __launch_bounds__(kThreads, swiglu_lora_min_blocks<RK, kBackward>()) swiglu_lora_kernel(const SwigluLoraArgs p) {
   constexpr int LDP = exp_ldp<RK, true>(), LDW = exp_ldw<RK, true>();
   constexpr int PE = exp_p_elems<RK, true>(), WE = exp_w_elems<RK, true>(), TE = kExpBM * kExpLDC;
   extern __shared__ __align__(16) unsigned char smem[];

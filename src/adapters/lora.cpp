@@ -101,6 +101,8 @@ bool LoraAdapter::backward(const Tensor& x, const Tensor& dy, Tensor* dx, bool d
       matmul(*dx, dxa_m, false, A_work, false, 1.0, dx_accumulate ? 1.0 : 0.0);  // dx (+)= dxa A
     } else {
       // dx (+)= dropout'(dxa A): the same mask and scale applied to the gradient.
+      if (!ctx.scratch || ctx.scratch->numel() < dx->numel())
+        ST_THROW("LoRA dropout needs a scratch buffer of ", dx->numel(), " elements");
       Tensor tmp = ctx.scratch->view({ctx.scratch->numel()}).slice(0, dx->numel()).view(dx->shape());
       matmul(tmp, dxa_m, false, A_work, false, 1.0, 0.0);
       dropout_apply(tmp, *dx, dropout, ctx.dropout_seed, stream, dx_accumulate);

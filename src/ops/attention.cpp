@@ -222,7 +222,8 @@ void backward_impl(const AttentionShape& s, const Tensor& q, const Tensor& k, co
   const TracedOp traced = TracedOp::attention(OpFamily::attention_backward, {&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv},
                                               2.5 * attention_flops(s), trace_key(s, bias, dbias));
   if (traced.dry()) {  // the planner
-    dry_run_backward(s, q.device(), attention_flops(s), bias.defined());
+    // (CUDA takes the bias kernels, which never split, for a bias or a requested dbias.)
+    dry_run_backward(s, q.device(), attention_flops(s), bias.defined() || has(dbias));
     return;
   }
   if (q.device() == Device::cuda) {

@@ -161,14 +161,16 @@ TEST(EmuAttention, BatchedCausalMatchesTheCpuOp) {
 TEST(EmuAttention, Backward128KeysMatchesTheCpuOp) {
   for (const Errors& e : {run_case<128, 8>(1, 200, 4, 2, 128, 15),
                           run_case<64, 8>(1, 136, 4, 1, 64, 17),  // GQA (a group of 4) at D 64, as the 1B
-                          run_case<128, 8>(2, 136, 2, 2, 128, 16, true)}) {
+                          run_case<128, 8>(2, 136, 2, 2, 128, 16, true),
+                          run_case<64, 8>(2, 136, 4, 2, 64, 19, true)}) {  // split with RoPE, batch 2
     EXPECT_LT(e.worst, 6e-3) << e.what;
     EXPECT_LT(e.lse, 1e-4) << e.what;
   }
 }
 
 TEST(EmuAttention, BackwardWithRopeMatchesTheCpuOp) {
-  for (const Errors& e : {run_case<64>(1, 72, 2, 1, 64, 13, true), run_case<128>(1, 64, 2, 2, 128, 14, true)}) {
+  for (const Errors& e : {run_case<64>(1, 72, 2, 1, 64, 13, true), run_case<128>(1, 64, 2, 2, 128, 14, true),
+                          run_case<128>(2, 72, 8, 2, 128, 18, true)}) {  // a group of 4 (split) with RoPE
     EXPECT_LT(e.worst, 6e-3) << e.what;
     EXPECT_LT(e.lse, 1e-4) << e.what;
   }

@@ -216,12 +216,16 @@ TEST(EmuSkinny, SwigluLoraMatchesTheReference) {
       else swiglu_lora_kernel<32, false>(a);
     });
     a.rd = static_cast<int>(c.rd);
-    a.out0 = dg.data();
+    // dgate written over dh, as the Llama backward does (one buffer).
+    std::vector<bf16> dh_dg(dh.b.begin(), dh.b.end());
+    a.dh = dh_dg.data();
+    a.out0 = dh_dg.data();
     a.out1 = du.data();
     emu::launch(grid, dim3(kThreads), [&] {
       if (rmax <= 16) swiglu_lora_kernel<16, true>(a);
       else swiglu_lora_kernel<32, true>(a);
     });
+    dg = dh_dg;
     std::vector<double> gh(h.size()), rh(h.size()), gdg(h.size()), rdg(h.size()), gdu(h.size()), rdu(h.size()),
         bound(h.size());
     for (int64_t m = 0; m < M; ++m)

@@ -204,22 +204,22 @@ for s in "${steps[@]}"; do
       done
       rm -rf "$OUT/ab-runs" ;;
     kinds-ab)
-      # Opt-in SHARDTUNE_SKINNY kinds (KINDS_NEW, default "rope pair swiglu") in one call: each
-      # kind's kernel test, then the LoRA and model GPU tests with `expand,<kind>`; the kinds that
-      # pass both are kept (kinds-kept.txt) and A/B'd together against KINDS_BASE (default
-      # expand, the default setting): the skinny benchmark, then per-op tables and plain step times
+      # Opt-in SHARDTUNE_SKINNY kinds (KINDS_NEW, default "swiglu") in one call: each kind's kernel
+      # test, then the LoRA and model GPU tests with `<KINDS_BASE>,<kind>`; the kinds that pass both
+      # are kept (kinds-kept.txt) and A/B'd together against KINDS_BASE (default expand,rope,pair,
+      # the default setting since session 15): the skinny benchmark, then per-op tables and plain step times
       # of PROFILE_DECKS (default the 7B LoRA bench deck) for PROFILE_CKPT (default "false true"),
       # a profiled round and KINDS_ROUNDS (default 2) plain rounds, interleaved.
       declare -A kind_test=([rope]='CudaOps.SkinnyExpandWithRope' [pair]='CudaOps.SkinnyLoraDyPair'
                             [swiglu]='CudaOps.SkinnySwigluLora')
       kept=""
-      for k in ${KINDS_NEW:-rope pair swiglu}; do
+      for k in ${KINDS_NEW:-swiglu}; do
         run_step kind-test-$k build/tests/gpu_tests --gtest_brief=1 --gtest_filter="${kind_test[$k]:-none}" || continue
-        run_step kind-model-$k env SHARDTUNE_SKINNY=${KINDS_BASE:-expand},$k build/tests/gpu_tests --gtest_brief=1 \
+        run_step kind-model-$k env SHARDTUNE_SKINNY=${KINDS_BASE:-expand,rope,pair},$k build/tests/gpu_tests --gtest_brief=1 \
           --gtest_filter='CudaLora.*:CudaModel.*' || continue
         kept="$kept,$k"
       done
-      base=${KINDS_BASE:-expand}
+      base=${KINDS_BASE:-expand,rope,pair}
       new=$base$kept
       echo "$new" > "$OUT/kinds-kept.txt"
       echo "== kinds kept: $new" | tee -a "$OUT/summary.txt"
@@ -289,15 +289,15 @@ for s in "${steps[@]}"; do
       # per-call benchmark, the LoRA and model tests with SHARDTUNE_SKINNY=custom, then per-op
       # tables (SHARDTUNE_PROFILE=2) and plain step times of PROFILE_DECKS (default the 7B LoRA
       # bench deck; PROFILE_CKPT default false, PROFILE_STEPS default 10) with SHARDTUNE_SKINNY
-      # = cublaslt and = SKINNY_CUSTOM (default thin,reduce,expand; e.g. thin,reduce), interleaved;
+      # = cublaslt and = SKINNY_CUSTOM (default thin,reduce,expand,rope,pair: the default plus thin and reduce), interleaved;
       # SKINNY_ROUNDS (default 1) plain rounds after the profiled one. SKINNY_BASE (default cublaslt)
       # is the setting compared against (e.g. expand, the default, against expand,rope,pair).
       run_step skinny-tests build/tests/gpu_tests --gtest_brief=1 --gtest_filter='CudaOps.Skinny*:CudaOps.Matmul*'
       run_step skinny-bench build/tests/gpu_tests --gtest_also_run_disabled_tests --gtest_filter='CudaSkinnyBench.*'
-      run_step skinny-lora env SHARDTUNE_SKINNY=${SKINNY_CUSTOM:-thin,reduce,expand} build/tests/gpu_tests --gtest_brief=1 \
+      run_step skinny-lora env SHARDTUNE_SKINNY=${SKINNY_CUSTOM:-thin,reduce,expand,rope,pair} build/tests/gpu_tests --gtest_brief=1 \
         --gtest_filter='CudaLora.*:CudaModel.*'
       make_shards
-      ab_runs skinny SHARDTUNE_SKINNY "${SKINNY_BASE:-cublaslt} ${SKINNY_CUSTOM:-thin,reduce,expand}" \
+      ab_runs skinny SHARDTUNE_SKINNY "${SKINNY_BASE:-cublaslt} ${SKINNY_CUSTOM:-thin,reduce,expand,rope,pair}" \
         "prof $(seq 1 ${SKINNY_ROUNDS:-1})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-10} ;;
     fp8-quality)
       # Issue 20's FP8 quality run (stories260K LoRA on TinyStories, bf16 vs fp8 base); carry

@@ -123,6 +123,40 @@ TEST(LlamaGrad, LoraWithDropout) {
   check_model_gradients(m, true, ctx);
 }
 
+// Where the heads span the hidden size (Hq D = C, as in Llama 7B/13B), the backward keeps o's input
+// gradient in dxn's buffer and SwiGLU's dgate over dh (session 15's smaller scratch): full
+// fine-tuning and LoRA with dropout (the scratch buffer allocated for it), with and without
+// checkpointing, against finite differences.
+TEST(LlamaGrad, SharedBackwardBuffersWhereHeadsSpanTheHiddenSize) {
+  LlamaConfig c = tiny_config(false);
+  c.hidden_size = 16;  // 4 heads x 4 = C
+  {
+    LlamaModel m = llama_build(c, DType::f64, Device::cpu);
+    llama_init_random(m, 21, 0.5);
+    llama_enable_base_training(m);
+    const LlamaActivations acts = llama_activations(m, 2, 6, false, true);
+    EXPECT_EQ(acts.datt.data(), acts.dxn.data());
+    EXPECT_FALSE(acts.scratch.defined());  // no adapter needs it
+    check_model_gradients(m, false, LayerContext{});
+    check_model_gradients(m, true, LayerContext{});
+  }
+  LlamaModel m = llama_build(c, DType::f64, Device::cpu);
+  llama_init_random(m, 22, 0.5);
+  LoraConfig lc;
+  lc.r = 2;
+  lc.alpha = 4;
+  lc.dropout = 0.25;
+  EXPECT_EQ(attach_lora(m, lc, 12, 6), 2 * 7);
+  for (Linear* lin : llama_linears(m))
+    if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 300 + lin->out, 0.3);
+  EXPECT_TRUE(llama_activations(m, 2, 6, false, true).scratch.defined());
+  LayerContext ctx;
+  ctx.training = true;
+  ctx.dropout_seed = 77;
+  check_model_gradients(m, false, ctx);
+  check_model_gradients(m, true, ctx);
+}
+
 // LoRA without dropout: the adapters of q, k, v and of gate, up run as groups (one x A^T, dx and
 // dA GEMM per group, each A a row block of the group's stacked A).
 TEST(LlamaGrad, LoraGroupedByInput) {
