@@ -1,6 +1,6 @@
 // Skinny GEMMs: shardtune's own kernels for LoRA's rank-r products (one of M, N, K is r <= 64, a
 // multiple of 8), as an alternative to cuBLASLt, by kind (cuda/matmul.cu): SHARDTUNE_SKINNY=custom,
-// cublaslt or a comma list of the kinds below; unset: expand only.
+// cublaslt or a comma list of the kinds below; unset: expand, rope and pair.
 // These products move tens of MB per call for a few GFLOP: they are memory-bound, and the
 // kernels are built to stream their large operand at HBM speed (cp.async multi-stage pipelines or
 // many resident blocks) while bf16 tensor cores (mma.sync m16n8k16, f32 accumulation) do the
