@@ -45,7 +45,6 @@
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "core/tensor.hpp"
-#include "ops/attention.hpp"
 
 namespace st::cuda {
 
@@ -1095,18 +1094,11 @@ template <int DP, bool kBias, bool kCross, bool kVarlen = false, int KW = 4>
 void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* dk, void* dv, bool accumulate,
                      float* dbias) {
   const int64_t rows = a.B * a.T * a.Hq;
-  AttentionShape shape;
-  shape.B = a.B;
-  shape.T = a.T;
-  shape.Tk = a.Tk;
-  shape.Hq = a.Hq;
-  shape.Hkv = a.Hkv;
-  shape.D = a.D;
-  const int hsplit = attention_head_split(shape, kBias);  // SHARDTUNE_ATTN_HEAD_SPLIT
+  const int hsplit = kBias || kCross ? 1 : a.head_split;
   const int64_t kv_n = a.B * a.Tk * a.Hkv * a.D;  // dK, dV elements
   float* delta = scratch(0, rows).ptr<float>();
   // The dQ sums, then (split) the dK and dV sums: attention_scratch_bytes' layout.
-  float* dq_acc = scratch(1, static_cast<int64_t>(attention_scratch_bytes(shape, true, kBias) / sizeof(float))).ptr<float>();
+  float* dq_acc = scratch(1, rows * a.D + (hsplit > 1 ? 2 * kv_n : 0)).ptr<float>();
   float* dk_acc = hsplit > 1 ? dq_acc + rows * a.D : nullptr;
   float* dv_acc = hsplit > 1 ? dk_acc + kv_n : nullptr;
   if (hsplit > 1) ST_CUDA_CHECK(cudaMemsetAsync(dk_acc, 0, 2 * static_cast<size_t>(kv_n) * sizeof(float), stream()));

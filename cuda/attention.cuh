@@ -33,6 +33,9 @@ struct AttentionArgs {
   const float* rope_sin = nullptr;
   const int32_t* rope_pos = nullptr;
   int64_t rope_T = 0;
+  // The backward's query-head split (ops/attention.hpp attention_head_split: 1 or 2, decided by
+  // the op layer, whose dry run reserves the matching scratch); the bias kernels never split.
+  int head_split = 1;
 };
 
 void attention_forward(const AttentionArgs& a);

@@ -230,6 +230,7 @@ void backward_impl(const AttentionShape& s, const Tensor& q, const Tensor& k, co
 #ifdef SHARDTUNE_CUDA
     cuda::AttentionArgs a = cuda_args(s, q, k, v, lengths, out, lse, bias);
     if (fused) set_rope_args(a, s, *fused);
+    a.head_split = attention_head_split(s, bias.defined() || has(dbias));
     cuda::attention_backward(a, dout.data(), dq.data(), dk.data(), dv.data(), accumulate,
                              has(dbias) ? dbias->ptr<float>() : nullptr);
     return;
@@ -379,6 +380,7 @@ void varlen_backward_impl(const AttentionShape& s, const Tensor& q, const Tensor
 #ifdef SHARDTUNE_CUDA
     cuda::AttentionArgs a = cuda_varlen_args(s, q, k, v, seg, out, lse);
     if (fused) set_rope_args(a, s, *fused);
+    a.head_split = attention_head_split(s, false);
     cuda::attention_backward(a, dout.data(), dq.data(), dk.data(), dv.data(), accumulate);
     return;
 #else

@@ -73,6 +73,18 @@ ab_runs() {
   rm -rf "$OUT/profile-runs"
 }
 
+# CudaAttentionBench with each value of the environment variable VAR, two rounds, interleaved:
+#   attn_bench_ab TAG VAR "VALUES"
+attn_bench_ab() {
+  local tag=$1 var=$2 values=$3 round val
+  for round in 1 2; do
+    for val in $values; do
+      run_step $tag-$val-$round env $var=$val build/tests/gpu_tests --gtest_also_run_disabled_tests \
+        --gtest_filter='CudaAttentionBench.*'
+    done
+  done
+}
+
 # ../shared/data does not travel to the GPU host: a session copies what the checks read
 # (models/stories260K, tokenizers/llama2) into the ignored .device_data and carries it.
 if [ ! -d ../shared/data ] && [ -d .device_data ]; then
@@ -235,12 +247,7 @@ for s in "${steps[@]}"; do
       # interleaved, then plain step times of PROFILE_DECKS (default the 7B LoRA bench deck) for
       # PROFILE_CKPT (default "false true"), AB_ROUNDS (default 2) interleaved.
       run_step attn128-tests env SHARDTUNE_ATTN_BWD_KEYS=128 build/tests/gpu_tests --gtest_brief=1 --gtest_filter='*ttention*'
-      for round in 1 2; do
-        for keys in 64 128; do
-          run_step attn128-bench-$keys-$round env SHARDTUNE_ATTN_BWD_KEYS=$keys build/tests/gpu_tests \
-            --gtest_also_run_disabled_tests --gtest_filter='CudaAttentionBench.*'
-        done
-      done
+      attn_bench_ab attn128-bench SHARDTUNE_ATTN_BWD_KEYS "64 128"
       make_shards
       ab_runs keys SHARDTUNE_ATTN_BWD_KEYS "64 128" "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false true}" \
         ${PROFILE_STEPS:-12} ;;
@@ -258,12 +265,7 @@ for s in "${steps[@]}"; do
       # attention and model tests with the split on.
       run_step split-tests env SHARDTUNE_ATTN_HEAD_SPLIT=1 build/tests/gpu_tests --gtest_brief=1 \
         --gtest_filter='*ttention*:CudaModel.*'
-      for round in 1 2; do
-        for sp in 0 1; do
-          run_step split-bench-$sp-$round env SHARDTUNE_ATTN_HEAD_SPLIT=$sp build/tests/gpu_tests \
-            --gtest_also_run_disabled_tests --gtest_filter='CudaAttentionBench.*'
-        done
-      done
+      attn_bench_ab split-bench SHARDTUNE_ATTN_HEAD_SPLIT "0 1"
       make_shards
       PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama1b_full.cfg} ab_runs split SHARDTUNE_ATTN_HEAD_SPLIT "0 1" \
         "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-12} ;;

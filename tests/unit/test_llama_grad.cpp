@@ -39,6 +39,12 @@ void randomize(Tensor& t, uint64_t seed, double scale) {
   for (int64_t i = 0; i < t.numel(); ++i) t.ptr<double>()[i] = rng.uniform(-scale, scale);
 }
 
+// Non-zero LoRA B (seeded by seed + the layer's output width) so every adapter path carries gradient.
+void randomize_lora_b(LlamaModel& m, uint64_t seed) {
+  for (Linear* lin : llama_linears(m))
+    if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, seed + lin->out, 0.3);
+}
+
 // Checks every trainable parameter tensor of m (those `which` accepts) against finite differences.
 void check_model_gradients(LlamaModel& m, bool checkpointing, const LayerContext& ctx,
                            const std::function<bool(const std::string&)>& which = nullptr, int64_t T = 6) {
@@ -110,9 +116,7 @@ TEST(LlamaGrad, LoraWithDropout) {
   lc.alpha = 6;
   lc.dropout = 0.2;
   EXPECT_EQ(attach_lora(m, lc, 12, 5), 2 * 7);
-  // Non-zero B so every adapter path carries gradient.
-  for (Linear* lin : llama_linears(m))
-    if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.3);
+  randomize_lora_b(m, 100);
   std::vector<ParamRef> params = llama_trainable_params(m);
   EXPECT_EQ(params.size(), 28u);  // A and B of 14 adapters; the base is frozen
   for (auto& b : m.blocks) EXPECT_FALSE(b.q.grad.defined());
@@ -147,8 +151,7 @@ TEST(LlamaGrad, SharedBackwardBuffersWhereHeadsSpanTheHiddenSize) {
   lc.alpha = 4;
   lc.dropout = 0.25;
   EXPECT_EQ(attach_lora(m, lc, 12, 6), 2 * 7);
-  for (Linear* lin : llama_linears(m))
-    if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 300 + lin->out, 0.3);
+  randomize_lora_b(m, 300);
   EXPECT_TRUE(llama_activations(m, 2, 6, false, true).scratch.defined());
   LayerContext ctx;
   ctx.training = true;
@@ -166,8 +169,7 @@ TEST(LlamaGrad, LoraGroupedByInput) {
   lc.r = 3;
   lc.alpha = 6;
   EXPECT_EQ(attach_lora(m, lc, 16, 5), 2 * 7);
-  for (Linear* lin : llama_linears(m))
-    if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.3);
+  randomize_lora_b(m, 100);
   EXPECT_TRUE(static_cast<LoraAdapter*>(m.blocks[0].k.adapter.get())->group);
   LayerContext ctx;
   ctx.training = true;
@@ -192,8 +194,7 @@ TEST(LlamaGrad, CheckpointingGivesIdenticalGradients) {
         lc.r = 2;
         lc.dropout = 0.25;
         attach_lora(m, lc, 12, 5);
-        for (Linear* lin : llama_linears(m))
-          if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, 100 + lin->out, 0.3);
+        randomize_lora_b(m, 100);
         ctx.training = true;
         ctx.dropout_seed = 99;
       } else {
