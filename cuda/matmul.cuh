@@ -21,11 +21,11 @@ void matmul_cublaslt(Tensor& C, const Tensor& A, bool trans_a, const Tensor& B, 
 
 // Skinny GEMMs (LoRA's rank-r products) by shardtune's kernels (cuda/skinny.cu) instead of
 // cuBLASLt, by kind (see skinny_matmul): SHARDTUNE_SKINNY=custom (all kinds), a comma list of
-// thin, reduce, expand, rope, pair, swiglu (those kinds), or cublaslt (none); unset: expand,rope,pair. Read
+// thin, reduce, expand, rope, pair, swiglu (those kinds), or cublaslt (none); unset: expand,rope,pair,swiglu. Read
 // once. rope: LoRA's q / k update and RoPE in one pass (skinny_expand_rope; LoRA groups then run
 // the base GEMM first); pair: dB and dxa from one pass over dy (skinny_lora_dy_pair); swiglu: the
 // gate and up LoRA terms made inside SwiGLU's forward and backward instead of added to the
-// projections' outputs (skinny_swiglu_lora): opt-in, as it measured slower (docs/NOTES.md, session 15).
+// projections' outputs (skinny_swiglu_lora; docs/NOTES.md, sessions 15 and 16).
 enum SkinnyKind : unsigned {
   kSkinnyThin = 1,
   kSkinnyReduce = 2,

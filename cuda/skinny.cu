@@ -1080,9 +1080,12 @@ unsigned skinny_kinds() {
     // thin and reduce were 0.89-0.98x cuBLASLt. Session 15 (H100, 7B LoRA per-op profile without
     // checkpointing, docs/bench/h100-2026-12-07-s15/): pair 16.6 ms/step against 23.3 for the
     // dB and dxa GEMMs it replaces, rope's expand + RoPE 5.8 against 6.6; swiglu's fused kernels
-    // 30.1 against 23.6 for what they replace, so swiglu stays opt-in. `cublaslt`: cuBLASLt for
-    // every kind.
-    if (v.empty()) return static_cast<unsigned>(kSkinnyExpand | kSkinnyRope | kSkinnyPair);
+    // 30.1 against 23.6 for what they replace. Session 16 (H100, the same profile, after the
+    // swiglu kernel went to 16-row slices: 119-164 registers): swiglu's kernels 21.1 ms against
+    // 22.7 for the SwiGLU kernels and LoRA expands they replace, the profiled step 450.3 against
+    // 454.1 ms, plain steps 0.4455 against 0.4465 s (docs/bench/h100-2026-12-08-s16/): on.
+    // `cublaslt`: cuBLASLt for every kind.
+    if (v.empty()) return static_cast<unsigned>(kSkinnyExpand | kSkinnyRope | kSkinnyPair | kSkinnySwiglu);
     if (v == "cublaslt") return 0u;
     if (v == "custom") return static_cast<unsigned>(kSkinnyAll);
     unsigned kinds = 0;

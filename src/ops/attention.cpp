@@ -147,8 +147,8 @@ bool attention_head_split_on() {
   static const bool on = [] {
     const char* e = std::getenv("SHARDTUNE_ATTN_HEAD_SPLIT");
     const std::string v = e ? e : "";
-    if (v.empty() || v == "0") return false;
-    if (v == "1") return true;
+    if (v.empty() || v == "1") return true;
+    if (v == "0") return false;
     ST_THROW_INPUT("SHARDTUNE_ATTN_HEAD_SPLIT=", v, ": expected 0 or 1");
   }();
   return on;

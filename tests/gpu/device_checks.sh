@@ -219,7 +219,7 @@ for s in "${steps[@]}"; do
       # Opt-in SHARDTUNE_SKINNY kinds (KINDS_NEW, default "swiglu") in one call: each kind's kernel
       # test, then the LoRA and model GPU tests with `<KINDS_BASE>,<kind>`; the kinds that pass both
       # are kept (kinds-kept.txt) and A/B'd together against KINDS_BASE (default expand,rope,pair,
-      # the default setting since session 15): the skinny benchmark, then per-op tables and plain step times
+      # session 15's default): the skinny benchmark, then per-op tables and plain step times
       # of PROFILE_DECKS (default the 7B LoRA bench deck) for PROFILE_CKPT (default "false true"),
       # a profiled round and KINDS_ROUNDS (default 2) plain rounds, interleaved.
       declare -A kind_test=([rope]='CudaOps.SkinnyExpandWithRope' [pair]='CudaOps.SkinnyLoraDyPair'
@@ -259,7 +259,7 @@ for s in "${steps[@]}"; do
       ab_runs ab-${AB_VAR:?AB_VAR} $AB_VAR "${AB_VALUES:?AB_VALUES}" "${AB_ROUNDS:-prof 1}" "${PROFILE_CKPT:-false}" \
         ${PROFILE_STEPS:-10} ;;
     split-ab)
-      # The attention backward's GQA head split (SHARDTUNE_ATTN_HEAD_SPLIT=1, opt-in) against none
+      # The attention backward's GQA head split (SHARDTUNE_ATTN_HEAD_SPLIT=1, the default) against none
       # (0): CudaAttentionBench both ways, twice, interleaved, then plain
       # 1B full steps (PROFILE_DECKS default the 1B full deck), AB_ROUNDS (default 2) rounds; first the
       # attention and model tests with the split on.
@@ -272,12 +272,16 @@ for s in "${steps[@]}"; do
     ncu-skinny)
       # Nsight Compute on the pair and swiglu kernels (CudaSkinnyBench's calls; SHARDTUNE_SKINNY=custom
       # so every kind runs): throughput, memory, occupancy and warp-stall sections of NCU_COUNT
-      # (default 8) launches, as text in ncu-skinny.log (why pair reads dy at 1.3-1.75 TB/s, session 15).
-      run_step ncu-skinny env SHARDTUNE_SKINNY=custom /usr/local/cuda/bin/ncu --target-processes all \
-        -k 'regex:pair_kernel|swiglu_lora_kernel|sum_splits_kernel' -c ${NCU_COUNT:-8} \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-        --section WarpStateStats build/tests/gpu_tests --gtest_also_run_disabled_tests \
-        --gtest_filter='CudaSkinnyBench.*' ;;
+      # (default 4) launches of each kernel in NCU_KERNELS (default pair_kernel swiglu_lora_kernel),
+      # NCU_SKIP (default 2) skipped first, one ncu run per kernel (session 16's one run with all
+      # three names spent its count on the small sum_splits launches), as text in ncu-<kernel>.log.
+      for kern in ${NCU_KERNELS:-pair_kernel swiglu_lora_kernel}; do
+        run_step ncu-$kern env SHARDTUNE_SKINNY=custom /usr/local/cuda/bin/ncu --target-processes all \
+          -k "regex:$kern" -s ${NCU_SKIP:-2} -c ${NCU_COUNT:-4} \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+          --section WarpStateStats --section SchedulerStats build/tests/gpu_tests --gtest_also_run_disabled_tests \
+          --gtest_filter='CudaSkinnyBench.*'
+      done ;;
     autotune-ab)
       # SHARDTUNE_GEMM_AUTOTUNE=all (every GEMM shape timed over cuBLASLt's candidates on its first
       # call) against the heuristic's first choice: plain step times of PROFILE_DECKS (default the

@@ -110,7 +110,7 @@ TEST(DryRun, LoraPairReservesItsPartialSums) {
 
 // The attention backward's GQA head split: where the shape allows it (self-attention, no bias, an
 // even group) and what the dry run reserves for it on CUDA: delta, then the dQ sums and, with the
-// split on (SHARDTUNE_ATTN_HEAD_SPLIT=1), the dK and dV sums after them.
+// split on (the default; SHARDTUNE_ATTN_HEAD_SPLIT=0 turns it off), the dK and dV sums after them.
 TEST(DryRun, AttentionBackwardReservesTheHeadSplitSums) {
   AttentionShape s;
   s.B = 2;
