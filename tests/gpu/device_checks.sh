@@ -17,7 +17,7 @@
 # SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default),
 # autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), attn-keys-ab (the 128-key attention
 # backward against the 64-key one), split-ab (the attention backward's GQA head split against none),
-# ncu-skinny (Nsight Compute sections of the pair and swiglu kernels),
+# ncu (Nsight Compute sections of chosen kernels: NCU_KERNELS, NCU_FILTER),
 # ab (any environment variable: AB_VAR, AB_VALUES), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
 # missing Boost.Program_options (docs/NOTES.md "Device notes"); carry .boost_po.
@@ -269,18 +269,20 @@ for s in "${steps[@]}"; do
       make_shards
       PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama1b_full.cfg} ab_runs split SHARDTUNE_ATTN_HEAD_SPLIT "0 1" \
         "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-12} ;;
-    ncu-skinny)
-      # Nsight Compute on the pair and swiglu kernels (CudaSkinnyBench's calls; SHARDTUNE_SKINNY=custom
-      # so every kind runs): throughput, memory, occupancy and warp-stall sections of NCU_COUNT
-      # (default 4) launches of each kernel in NCU_KERNELS (default pair_kernel swiglu_lora_kernel),
-      # NCU_SKIP (default 2) skipped first, one ncu run per kernel (session 16's one run with all
-      # three names spent its count on the small sum_splits launches), as text in ncu-<kernel>.log.
+    ncu)
+      # Nsight Compute on kernels of a GPU benchmark test: throughput, memory, occupancy, scheduler
+      # and warp-stall sections of NCU_COUNT (default 4) launches of each kernel in NCU_KERNELS
+      # (default pair_kernel swiglu_lora_kernel), NCU_SKIP (default 2) skipped first, one ncu run
+      # per kernel (session 16's one run over three names spent its count on the small sum_splits
+      # launches), of NCU_FILTER (default CudaSkinnyBench.*, with SHARDTUNE_SKINNY=custom so every
+      # kind runs; CudaAttentionBench.* for attention_forward_kernel / attention_backward_kernel),
+      # as text in ncu-<kernel>.log.
       for kern in ${NCU_KERNELS:-pair_kernel swiglu_lora_kernel}; do
         run_step ncu-$kern env SHARDTUNE_SKINNY=custom /usr/local/cuda/bin/ncu --target-processes all \
           -k "regex:$kern" -s ${NCU_SKIP:-2} -c ${NCU_COUNT:-4} \
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
           --section WarpStateStats --section SchedulerStats build/tests/gpu_tests --gtest_also_run_disabled_tests \
-          --gtest_filter='CudaSkinnyBench.*'
+          --gtest_filter="${NCU_FILTER:-CudaSkinnyBench.*}"
       done ;;
     autotune-ab)
       # SHARDTUNE_GEMM_AUTOTUNE=all (every GEMM shape timed over cuBLASLt's candidates on its first
