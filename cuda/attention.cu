@@ -245,7 +245,8 @@ __device__ __forceinline__ float quad_sum(float v) {
 // block x takes tile gridDim.x - 1 - x of the row (batched) or of the table (varlen, whose
 // tiles ascend within each segment): the causal forward's blocks then start roughly in the order
 // of their work, longest first (blocks are dispatched in the order of their index, so the light
-// ones fill the last wave).
+// ones fill the last wave). A batched block's tile spans kRows positions (the forward with MT = 2:
+// 128 queries); varlen tiles are 64.
 struct SeqView {
   int64_t row0, krow0;  // first query / key token of the sequence in q, out / k, v
   int64_t Tq, Tk;       // its queries and keys
@@ -255,7 +256,7 @@ struct SeqView {
   int64_t lse_head;
 };
 
-template <bool kCross, bool kVarlen>
+template <bool kCross, bool kVarlen, int kRows = kTile>
 __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, const int32_t* __restrict__ lengths,
                                             int64_t T, int64_t Tk_arg, int64_t Hq, bool last_first = false) {
   SeqView sv;
@@ -275,7 +276,7 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
     sv.row0 = b * T;
     sv.krow0 = b * sv.Tk;
     sv.len = lengths ? lengths[b] : sv.Tk;
-    sv.tile0 = static_cast<int64_t>(last_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * kTile;
+    sv.tile0 = static_cast<int64_t>(last_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * kRows;
     sv.lse_row = b * Hq * T;
     sv.lse_head = T;
   }
@@ -283,46 +284,68 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
 }
 
 // Three blocks an SM (at most 168 registers), except the bias variants at DP = 128 (T5 with
-// d_kv = 128): two, as their bias loads spilled 92 bytes under the bound of three on sm_90.
-template <int DP, bool kBias>
-constexpr int forward_min_blocks() { return kBias && DP >= 128 ? 2 : 3; }
+// d_kv = 128): two, as their bias loads spilled 92 bytes under the bound of three on sm_90. MT = 2
+// (two m16 tiles a warp, blocks of 128 queries): two at DP = 128 (104 KiB of shared memory a
+// block), three below.
+template <int DP, bool kBias, int MT = 1>
+constexpr int forward_min_blocks() { return MT == 2 ? (DP >= 128 ? 2 : 3) : (kBias && DP >= 128 ? 2 : 3); }
 
-template <int DP, bool kBias, bool kCross, bool kVarlen>
-__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP, kBias>()) attention_forward_kernel(
+// MT: m16 tiles of queries a warp (1 or 2; 2 only for plain batched self-attention): a block
+// takes 64 MT queries; warp w owns rows 16 w + 64 mt (mt < MT), so that on the causal diagonal
+// every warp has as much work as the others. MT = 1 holds the warp's Q fragments in registers;
+// MT = 2 reads them from a shared copy of the block's Q at each k-step, and each K and V fragment
+// it loads feeds two MMAs instead of one (ldmatrix per MMA 0.31 instead of 0.5: FlashAttention-2's
+// 128-query blocks of four warps), at 2 blocks an SM instead of 3.
+template <int DP, bool kBias, bool kCross, bool kVarlen, int MT = 1>
+__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP, kBias, MT>()) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
     int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
+  static_assert(MT == 1 || (MT == 2 && !kBias && !kCross && !kVarlen), "MT = 2: plain batched self-attention only");
+  constexpr int BM = kTile * MT;  // queries a block
   // Causal: query tile m sees m + 1 key tiles, so the last tiles go first.
-  const SeqView sv = seq_view<kCross, kVarlen>(tiles, lengths, T_arg, Tk_arg, Hq, causal);
+  const SeqView sv = seq_view<kCross, kVarlen, BM>(tiles, lengths, T_arg, Tk_arg, Hq, causal);
   const int64_t T = sv.Tq, Tk = sv.Tk;  // query and key/value positions of this sequence
   constexpr int LDH = DP + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  // Two stages, each K then V tiles [64][LDH], row-major; stage 0's K first holds Q.
+  // Two stages, each K then V tiles [64][LDH], row-major; MT = 1: stage 0's K first holds Q;
+  // MT = 2: Q [BM][LDH] after the stages, for the whole kernel.
   bf16* const base = reinterpret_cast<bf16*>(smem_raw);
   auto k_stage = [&](int st) { return base + st * 2 * kTile * LDH; };
   auto v_stage = [&](int st) { return base + st * 2 * kTile * LDH + kTile * LDH; };
+  bf16* const q_tile = MT == 1 ? base : base + 4 * kTile * LDH;
 
   const int64_t h = blockIdx.y, q0 = sv.tile0;
   const int64_t hk = h / (Hq / Hkv);
   const float scale_log2 = scale * kLog2e;
   const int64_t len = sv.len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int r0 = warp * 16;
-  const int64_t i0 = q0 + r0 + g, i1 = i0 + 8;
+  auto row_of = [&](int mt) { return warp * 16 + mt * kTile; };  // the m-tile's first row in the block
+  // The thread's rows of m-tile mt: i0 = q0 + row_of(mt) + g and i1 = i0 + 8 (values 0, 1 and 2, 3
+  // of its accumulators), made where needed (64-bit arrays of them cost MT = 2 spills).
+  auto i0_of = [&](int mt) { return q0 + row_of(mt) + g; };
 
-  load_rows<DP>(k_stage(0), q, sv.row0, q0, T, Hq, h, D);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) load_rows<DP>(q_tile + mt * kTile * LDH, q, sv.row0, q0 + mt * kTile, T, Hq, h, D);
   __syncthreads();
-  uint32_t qa[DP / 16][4];
+  uint32_t qa[MT == 1 ? DP / 16 : 1][4];
+  if constexpr (MT == 1) {
 #pragma unroll
-  for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], k_stage(0), LDH, r0, kt * 16, lane);
-  __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
+    for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(qa[kt], q_tile, LDH, row_of(0), kt * 16, lane);
+    __syncthreads();  // Q fragments are in registers: stage 0 may be overwritten
+  }
 
-  float o[DP / 8][4];
+  float o[MT][DP / 8][4];
+  float m0[MT], m1[MT], l0[MT], l1[MT];
 #pragma unroll
-  for (int nd = 0; nd < DP / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nd = 0; nd < DP / 8; ++nd) o[mt][nd][0] = o[mt][nd][1] = o[mt][nd][2] = o[mt][nd][3] = 0.0f;
+    m0[mt] = m1[mt] = -INFINITY;
+    l0[mt] = l1[mt] = 0.0f;
+  }
   int64_t kv_end = len < Tk ? len : Tk;
-  if (causal) kv_end = min(kv_end, q0 + kTile);  // causal implies Tk == T
+  if (causal) kv_end = min(kv_end, q0 + BM);  // causal implies Tk == T
 
   if (kv_end > 0) {
     load_rows_async<DP>(k_stage(0), k, sv.krow0, 0, Tk, Hkv, hk, D);
@@ -345,144 +368,188 @@ __global__ void __launch_bounds__(kThreads, forward_min_blocks<DP, kBias>()) att
     // causal diagonal, the key-padding edge) run a second copy of the code with the masks and
     // without the MMAs of fully masked n-tiles; both copies compute every visible score, its
     // exponential and its products with the same instructions.
-    const bool full = j0 + kTile <= kv_end && !(causal && j0 + kTile - 1 > q0 + r0);
+    const bool full = j0 + kTile <= kv_end && !(causal && j0 + kTile - 1 > q0 + row_of(0));
     auto tile = [&](auto masked_tag) {
       constexpr bool kMasked = decltype(masked_tag)::value;
-      // Masked: keys jr = j - j0 of row i0 (i1) are visible iff jr < lim0 (lim1); n-tiles nt >=
-      // nt_end (pairs of them in the MMA loops) have no visible key in any row of the warp.
-      int lim0 = kTile, lim1 = kTile, nt_end = 8;
-      if constexpr (kMasked) {
-        const int64_t key_lim = kv_end - j0;  // > 0
-        const int64_t vis0 = causal ? min(key_lim, i0 - j0 + 1) : key_lim;
-        const int64_t vis1 = causal ? min(key_lim, i1 - j0 + 1) : key_lim;
-        const int64_t vis_last = causal ? min(key_lim, q0 + r0 + 16 - j0) : key_lim;  // row q0 + r0 + 15
-        lim0 = static_cast<int>(min(vis0, static_cast<int64_t>(kTile)));
-        lim1 = static_cast<int>(min(vis1, static_cast<int64_t>(kTile)));
-        nt_end = static_cast<int>(min((vis_last + 7) / 8, static_cast<int64_t>(8)));
+      // Masked: keys jr = j - j0 of row i0 (i1) of m-tile mt are visible iff jr < lim0 (lim1); its
+      // n-tiles nt >= nt_end (pairs of them in the MMA loops) have no visible key in any of its
+      // rows (<= 0: none at all, which MT = 2 meets above the diagonal).
+      int lim0[MT], lim1[MT], nt_end[MT];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        lim0[mt] = lim1[mt] = kTile;
+        nt_end[mt] = 8;
+        if constexpr (kMasked) {
+          const int64_t key_lim = kv_end - j0;  // > 0
+          const int64_t vis0 = causal ? min(key_lim, i0_of(mt) - j0 + 1) : key_lim;
+          const int64_t vis1 = causal ? min(key_lim, i0_of(mt) + 8 - j0 + 1) : key_lim;
+          const int64_t vis_last = causal ? min(key_lim, q0 + row_of(mt) + 16 - j0) : key_lim;  // its row 15
+          lim0[mt] = static_cast<int>(max(min(vis0, static_cast<int64_t>(kTile)), static_cast<int64_t>(0)));
+          lim1[mt] = static_cast<int>(max(min(vis1, static_cast<int64_t>(kTile)), static_cast<int64_t>(0)));
+          nt_end[mt] = static_cast<int>(max(min((vis_last + 7) / 8, static_cast<int64_t>(8)), static_cast<int64_t>(0)));
+        }
       }
-      float s[8][4];
-      if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows)
-        // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
-        const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
-        const float* b1 = b0 + 8 * Tk;
+      float s[MT][8][4];
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (kBias) {  // S starts at bias / scale (0 where masked or past the rows); MT = 1
+          // Rows i0, i1 from column j0 + 2t on (only dereferenced for valid rows and columns).
+          const int64_t i0 = i0_of(mt), i1 = i0 + 8;
+          const float* b0 = bias + (h * T + i0) * Tk + j0 + 2 * t;
+          const float* b1 = b0 + 8 * Tk;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t j = j0 + nt * 8 + 2 * t + e;
-            s[nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
-            s[nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
-          }
-      } else {
+          for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            for (int e = 0; e < 2; ++e) {
+              const int64_t j = j0 + nt * 8 + 2 * t + e;
+              s[mt][nt][e] = (i0 < T && j < kv_end) ? __ldg(b0 + nt * 8 + e) * inv_scale : 0.0f;  // causal: masked below
+              s[mt][nt][2 + e] = (i1 < T && j < kv_end) ? __ldg(b1 + nt * 8 + e) * inv_scale : 0.0f;
+            }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+        }
       }
-      // k-steps outside, n-tiles inside: 8 independent accumulators between dependent MMAs.
+      // k-steps outside, n-tiles inside: 8 MT independent accumulators between dependent MMAs;
+      // each K fragment serves the warp's MT m-tiles.
 #pragma unroll
       for (int kt = 0; kt < DP / 16; ++kt) {
+        uint32_t qf[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (MT == 1) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) qf[mt][c] = qa[kt][c];
+          } else {
+            ldsm_a(qf[mt], q_tile, LDH, row_of(mt), kt * 16, lane);
+          }
+        }
 #pragma unroll
         for (int nt = 0; nt < 8; nt += 2) {
           if constexpr (kMasked) {
-            if (nt >= nt_end) continue;  // n-tiles nt, nt + 1 fully masked: S stays, -inf below
+            if (nt >= nt_end[MT - 1]) continue;  // n-tiles nt, nt + 1 fully masked in every m-tile
           }
           uint32_t kb[4];
           ldsm_b2(kb, Ks, LDH, nt * 8, kt * 16, lane);
-          mma16816(s[nt], qa[kt], kb[0], kb[1]);
-          mma16816(s[nt + 1], qa[kt], kb[2], kb[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if constexpr (kMasked) {
+              if (nt >= nt_end[mt]) continue;  // S stays, -inf below
+            }
+            mma16816(s[mt][nt], qf[mt], kb[0], kb[1]);
+            mma16816(s[mt][nt + 1], qf[mt], kb[2], kb[3]);
+          }
         }
       }
       // Mask, online softmax on the registers: rows i0 (values 0, 1) and i1 (values 2, 3). The
       // running max m is kept in units of S (scale > 0: the max of scale S is scale m), and
       // exp(scale S - scale m) = exp2(S scale_log2 - m scale_log2), one FFMA and one ex2 a value.
-      if constexpr (kMasked) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (kMasked) {
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int jr = nt * 8 + 2 * t + e;
+              if (jr >= lim0[mt]) s[mt][nt][e] = -INFINITY;
+              if (jr >= lim1[mt]) s[mt][nt][2 + e] = -INFINITY;
+            }
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+        }
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
+        const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+        // The subtrahend of the exponents (0 for a row without any visible key so far: its values
+        // are all -inf and give 0); a0, a1 rescale the old sums and outputs (1 exactly where the max
+        // stayed).
+        const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
+        const float a0 = m0[mt] == -INFINITY ? 0.0f : fast_exp2((m0[mt] - mn0) * scale_log2);
+        const float a1 = m1[mt] == -INFINITY ? 0.0f : fast_exp2((m1[mt] - mn1) * scale_log2);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int jr = nt * 8 + 2 * t + e;
-            if (jr >= lim0) s[nt][e] = -INFINITY;
-            if (jr >= lim1) s[nt][2 + e] = -INFINITY;
+            s[mt][nt][e] = fast_exp2(__fmaf_rn(s[mt][nt][e], scale_log2, -ms0));
+            s[mt][nt][2 + e] = fast_exp2(__fmaf_rn(s[mt][nt][2 + e], scale_log2, -ms1));
           }
-      }
-      float mx0 = -INFINITY, mx1 = -INFINITY;
+        // l0, l1: this thread's part of the row sums (its 16 columns of each tile); the quad's four
+        // parts are added once, after the last tile.
+        l0[mt] *= a0;
+        l1[mt] *= a1;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-      }
-      mx0 = quad_max(mx0);
-      mx1 = quad_max(mx1);
-      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-      // The subtrahend of the exponents (0 for a row without any visible key so far: its values
-      // are all -inf and give 0); a0, a1 rescale the old sums and outputs (1 exactly where the max
-      // stayed).
-      const float ms0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, ms1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
-      const float a0 = m0 == -INFINITY ? 0.0f : fast_exp2((m0 - mn0) * scale_log2);
-      const float a1 = m1 == -INFINITY ? 0.0f : fast_exp2((m1 - mn1) * scale_log2);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[nt][e] = fast_exp2(__fmaf_rn(s[nt][e], scale_log2, -ms0));
-          s[nt][2 + e] = fast_exp2(__fmaf_rn(s[nt][2 + e], scale_log2, -ms1));
+        for (int nt = 0; nt < 8; ++nt) {
+          l0[mt] += s[mt][nt][0] + s[mt][nt][1];
+          l1[mt] += s[mt][nt][2] + s[mt][nt][3];
         }
-      // l0, l1: this thread's part of the row sums (its 16 columns of each tile); the quad's four
-      // parts are added once, after the last tile.
-      l0 *= a0;
-      l1 *= a1;
+        m0[mt] = mn0;
+        m1[mt] = mn1;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        l0 += s[nt][0] + s[nt][1];
-        l1 += s[nt][2] + s[nt][3];
-      }
-      m0 = mn0;
-      m1 = mn1;
-#pragma unroll
-      for (int nd = 0; nd < DP / 8; ++nd) {
-        o[nd][0] *= a0;
-        o[nd][1] *= a0;
-        o[nd][2] *= a1;
-        o[nd][3] *= a1;
+        for (int nd = 0; nd < DP / 8; ++nd) {
+          o[mt][nd][0] *= a0;
+          o[mt][nd][1] *= a0;
+          o[mt][nd][2] *= a1;
+          o[mt][nd][3] *= a1;
+        }
       }
       // O += P V, P straight from the registers (two n-tiles of S = one k-step of A), V as the
-      // col operand read transposed from its row-major tile.
+      // col operand read transposed from its row-major tile; each V fragment serves the MT m-tiles.
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         if constexpr (kMasked) {
-          if (2 * kk >= nt_end) continue;  // P is 0 on this k-step: nothing to add
+          if (2 * kk >= nt_end[MT - 1]) continue;  // P is 0 on this k-step in every m-tile
         }
-        const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                                pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int nd = 0; nd < DP / 8; nd += 2) {
           uint32_t b0, b1, b2, b3;
           ldsm_x4_trans(b0, b1, b2, b3, Vs, LDH, kk * 16, nd * 8, lane);
-          mma16816(o[nd], pa, b0, b1);
-          mma16816(o[nd + 1], pa, b2, b3);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if constexpr (kMasked) {
+              if (2 * kk >= nt_end[mt]) continue;  // P is 0 on this k-step of this m-tile
+            }
+            mma16816(o[mt][nd], pa[mt], b0, b1);
+            mma16816(o[mt][nd + 1], pa[mt], b2, b3);
+          }
         }
       }
     };
     if (full) tile(std::false_type{});
     else tile(std::true_type{});
   }
-  l0 = quad_sum(l0);
-  l1 = quad_sum(l1);
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
 #pragma unroll
-  for (int nd = 0; nd < DP / 8; ++nd)
+  for (int mt = 0; mt < MT; ++mt) {
+    const int64_t i0 = i0_of(mt), i1 = i0 + 8;
+    const float s0 = quad_sum(l0[mt]), s1 = quad_sum(l1[mt]);
+    const float inv0 = s0 > 0.0f ? 1.0f / s0 : 0.0f, inv1 = s1 > 0.0f ? 1.0f / s1 : 0.0f;
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int64_t c = nd * 8 + 2 * t + e;
-      if (c >= D) continue;
-      if (i0 < T) out[((sv.row0 + i0) * Hq + h) * D + c] = __float2bfloat16(o[nd][e] * inv0);
-      if (i1 < T) out[((sv.row0 + i1) * Hq + h) * D + c] = __float2bfloat16(o[nd][2 + e] * inv1);
+    for (int nd = 0; nd < DP / 8; ++nd)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = nd * 8 + 2 * t + e;
+        if (c >= D) continue;
+        if (i0 < T) out[((sv.row0 + i0) * Hq + h) * D + c] = __float2bfloat16(o[mt][nd][e] * inv0);
+        if (i1 < T) out[((sv.row0 + i1) * Hq + h) * D + c] = __float2bfloat16(o[mt][nd][2 + e] * inv1);
+      }
+    if (t == 0) {
+      float* lse_h = lse + sv.lse_row + h * sv.lse_head;
+      // lse in natural-log units: scale m + log l.
+      if (i0 < T) lse_h[i0] = s0 > 0.0f ? m0[mt] * scale + logf(s0) : -INFINITY;
+      if (i1 < T) lse_h[i1] = s1 > 0.0f ? m1[mt] * scale + logf(s1) : -INFINITY;
     }
-  if (t == 0) {
-    float* lse_h = lse + sv.lse_row + h * sv.lse_head;
-    // lse in natural-log units: scale m + log l.
-    if (i0 < T) lse_h[i0] = l0 > 0.0f ? m0 * scale + logf(l0) : -INFINITY;
-    if (i1 < T) lse_h[i1] = l1 > 0.0f ? m1 * scale + logf(l1) : -INFINITY;
   }
 }
 
@@ -1040,9 +1107,10 @@ __global__ void fold_dq_rope(const float* __restrict__ src, bf16* __restrict__ d
   }
 }
 
-template <int DP> constexpr size_t forward_smem() {
-  return sizeof(bf16) * 4 * kTile * (DP + 8);  // two stages of K and V
+template <int DP, int MT = 1> constexpr size_t forward_smem() {
+  return sizeof(bf16) * (4 + (MT == 2 ? 2 : 0)) * kTile * (DP + 8);  // two stages of K and V (MT = 2: and Q)
 }
+static_assert(forward_smem<128, 2>() == 104448);
 
 #ifndef ST_CUDA_EMU  // the host side: launchers and the public functions
 // Whether the device runs the sm_90 code of the backward (kBackwardDoubleBuffer: the binary holds
@@ -1074,16 +1142,16 @@ void allow_dynamic_smem(Kernel kernel, size_t smem, bool& configured) {
   configured = true;
 }
 
-// Batched: one block per 64 queries of one head and batch row. Varlen: one per tile-table entry and head.
-template <int DP, bool kBias, bool kCross, bool kVarlen = false>
+// Batched: one block per 64 MT queries of one head and batch row. Varlen: one per tile-table entry and head.
+template <int DP, bool kBias, bool kCross, bool kVarlen = false, int MT = 1>
 void launch_forward(const AttentionArgs& a) {
-  const size_t smem = forward_smem<DP>();
+  const size_t smem = forward_smem<DP, MT>();
   static bool configured = false;
-  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen>, smem, configured);
+  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen, MT>, smem, configured);
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hq), 1u)
-                            : dim3(static_cast<unsigned>(ceil_div(a.T, kTile)), static_cast<unsigned>(a.Hq),
+                            : dim3(static_cast<unsigned>(ceil_div(a.T, kTile * MT)), static_cast<unsigned>(a.Hq),
                                    static_cast<unsigned>(a.B));
-  attention_forward_kernel<DP, kBias, kCross, kVarlen><<<grid, kThreads, smem, stream()>>>(
+  attention_forward_kernel<DP, kBias, kCross, kVarlen, MT><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
       static_cast<bf16*>(a.out), a.lse, a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f,
       a.causal);
@@ -1168,8 +1236,25 @@ void check_args(const AttentionArgs& a, bool has_bias) {
 // variant = 2 * bias + cross (Tk != T), or 4 for varlen (a tile table; no bias, no cross): the
 // kernels without any are the self-attention ones of before, compiled without a trace of the
 // bias, of a separate key count or of the tile table.
+// SHARDTUNE_ATTN_FWD_ROWS=128: the forward of plain batched self-attention at head dim 64 or 128
+// in blocks of 128 queries (two m16 tiles a warp: MT = 2); opt-in until measured on a GPU. Unset
+// or 64: blocks of 64.
+bool forward_128_rows() {
+  static const bool on = [] {
+    const char* e = std::getenv("SHARDTUNE_ATTN_FWD_ROWS");
+    const std::string v = e ? e : "";
+    if (v.empty() || v == "64") return false;
+    if (v == "128") return true;
+    ST_THROW_INPUT("SHARDTUNE_ATTN_FWD_ROWS=", v, ": expected 64 or 128");
+  }();
+  return on;
+}
+
 template <int DP>
 void forward_variant(const AttentionArgs& a, int variant) {
+  if constexpr (DP >= 64) {
+    if (variant == 0 && forward_128_rows()) return launch_forward<DP, false, false, false, 2>(a);
+  }
   switch (variant) {
     case 0: launch_forward<DP, false, false>(a); break;
     case 4: launch_forward<DP, false, false, true>(a); break;

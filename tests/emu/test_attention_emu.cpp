@@ -74,8 +74,9 @@ struct SplitSums {
   }
 };
 
-// KW: the backward's key warps (8: blocks of 128 keys, SHARDTUNE_ATTN_BWD_KEYS=128).
-template <int DP, int KW = 4>
+// KW: the backward's key warps (8: blocks of 128 keys, SHARDTUNE_ATTN_BWD_KEYS=128); MT: the
+// forward's m16 tiles a warp (2: blocks of 128 queries, SHARDTUNE_ATTN_FWD_ROWS=128).
+template <int DP, int KW = 4, int MT = 1>
 Errors run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32_t seed, bool rope = false) {
   std::mt19937 rng(seed);
   const Buf q({B, T, Hq, D}, rng, 1.0), k({B, T, Hkv, D}, rng, 1.0), v({B, T, Hkv, D}, rng, 1.0);
@@ -104,11 +105,11 @@ Errors run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32
   // Forward on the emulator.
   std::vector<bf16> out(q.b.size(), __float2bfloat16(NAN));
   std::vector<float> lse(static_cast<size_t>(B * Hq * T), NAN);
-  emu::launch(dim3(static_cast<unsigned>(ceil_div(T, kTile)), static_cast<unsigned>(Hq), static_cast<unsigned>(B)),
+  emu::launch(dim3(static_cast<unsigned>(ceil_div(T, kTile * MT)), static_cast<unsigned>(Hq), static_cast<unsigned>(B)),
               dim3(kThreads), [&] {
-                attention_forward_kernel<DP, false, false, false>(q.b.data(), k.b.data(), v.b.data(), nullptr, nullptr,
-                                                                  out.data(), lse.data(), nullptr, T, T, Hq, Hkv, D,
-                                                                  scale, 0.0f, true);
+                attention_forward_kernel<DP, false, false, false, MT>(q.b.data(), k.b.data(), v.b.data(), nullptr,
+                                                                      nullptr, out.data(), lse.data(), nullptr, T, T,
+                                                                      Hq, Hkv, D, scale, 0.0f, true);
               });
   Errors e;
   for (size_t i = 0; i < lse.size(); ++i) e.lse = std::max(e.lse, std::fabs(lse[i] - lse_ref.ptr<double>()[i]));
@@ -143,7 +144,8 @@ Errors run_case(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, uint32
   // bf16 outputs and bf16 P and dS for the MMAs: about 2^-9 relative in the norm (2.5e-3 seen).
   const double eo = rel_err(out, out_ref), eq = rel_err(dq, dq_ref), ek = rel_err(dk, dk_ref), ev = rel_err(dv, dv_ref);
   e.worst = std::max({eo, eq, ek, ev});
-  e.what = str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D, rope ? " rope" : "", " keys a block ", KW * 16,
+  e.what = str("B=", B, " T=", T, " Hq=", Hq, " Hkv=", Hkv, " D=", D, rope ? " rope" : "", " queries a forward block ",
+               kTile * MT, " keys a backward block ", KW * 16,
                ": out ", eo, ", dq ", eq, ", dk ", ek, ", dv ", ev, ", lse ", e.lse);
   std::printf("[attention emu] %s (relative to the f64 op)\n", e.what.c_str());
   return e;
@@ -163,6 +165,17 @@ TEST(EmuAttention, Backward128KeysMatchesTheCpuOp) {
                           run_case<64, 8>(1, 136, 4, 1, 64, 17),  // GQA (a group of 4) at D 64, as the 1B
                           run_case<128, 8>(2, 136, 2, 2, 128, 16, true),
                           run_case<64, 8>(2, 136, 4, 2, 64, 19, true)}) {  // split with RoPE, batch 2
+    EXPECT_LT(e.worst, 6e-3) << e.what;
+    EXPECT_LT(e.lse, 1e-4) << e.what;
+  }
+}
+
+// The forward in blocks of 128 queries (opt-in, D 64 or 128), its out and lse then through the
+// backward: T = 80 (one block, rows past T), T = 200 (a second block whose upper half of rows is
+// past T, and whose warps' first m-tiles see none of the last key tile), GQA at D 64 as the 1B.
+TEST(EmuAttention, Forward128RowsMatchesTheCpuOp) {
+  for (const Errors& e : {run_case<64, 4, 2>(2, 80, 4, 2, 64, 31), run_case<128, 4, 2>(1, 200, 2, 2, 128, 32),
+                          run_case<64, 4, 2>(1, 200, 8, 2, 64, 33)}) {
     EXPECT_LT(e.worst, 6e-3) << e.what;
     EXPECT_LT(e.lse, 1e-4) << e.what;
   }

@@ -17,6 +17,7 @@
 # SHARDTUNE_SKINNY kinds: tested one by one, the passing ones A/B'd against the default),
 # autotune-ab (SHARDTUNE_GEMM_AUTOTUNE=all against off), attn-keys-ab (the 128-key attention
 # backward against the 64-key one), split-ab (the attention backward's GQA head split against none),
+# fwd-rows-ab (the attention forward in blocks of 128 queries against 64),
 # ncu (Nsight Compute sections of chosen kernels: NCU_KERNELS, NCU_FILTER),
 # ab (any environment variable: AB_VAR, AB_VALUES), skinny-ab (SHARDTUNE_SKINNY
 # cublaslt vs custom: tests, benchmark, per-op tables, step times). Needs BOOST_PO_SRC for the image's
@@ -269,6 +270,18 @@ for s in "${steps[@]}"; do
       make_shards
       PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama1b_full.cfg} ab_runs split SHARDTUNE_ATTN_HEAD_SPLIT "0 1" \
         "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-12} ;;
+    fwd-rows-ab)
+      # The attention forward in blocks of 128 queries (SHARDTUNE_ATTN_FWD_ROWS=128, opt-in) against
+      # 64: the attention and model GPU tests with it on, CudaAttentionBench both ways, twice,
+      # interleaved, then plain steps of PROFILE_DECKS (default the 7B LoRA and 1B full bench decks)
+      # with PROFILE_CKPT (default "false true"), AB_ROUNDS (default 1) rounds.
+      run_step fwd-rows-tests env SHARDTUNE_ATTN_FWD_ROWS=128 build/tests/gpu_tests --gtest_brief=1 \
+        --gtest_filter='*ttention*:CudaModel.*'
+      attn_bench_ab fwd-rows-bench SHARDTUNE_ATTN_FWD_ROWS "64 128"
+      make_shards
+      PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg inputs/bench/llama1b_full.cfg} \
+        ab_runs fwd-rows SHARDTUNE_ATTN_FWD_ROWS "64 128" "$(seq 1 ${AB_ROUNDS:-1})" "${PROFILE_CKPT:-false true}" \
+        ${PROFILE_STEPS:-10} ;;
     ncu)
       # Nsight Compute on kernels of a GPU benchmark test: throughput, memory, occupancy, scheduler
       # and warp-stall sections of NCU_COUNT (default 4) launches of each kernel in NCU_KERNELS
