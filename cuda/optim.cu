@@ -234,6 +234,33 @@ __global__ void axpy_kernel(float a, const T* x, T* y, int64_t n) {
 
 namespace {
 bool aligned(const void* q, uintptr_t to) { return reinterpret_cast<uintptr_t>(q) % to == 0; }
+Coef coef(const AdamWHyper& h, double weight_decay) {
+  return adamw::coefficients<float>(h.lr, h.beta1, h.beta2, h.eps, weight_decay, h.step, h.grad_scale);
+}
+
+// adamw_bf16_multi_kernel's table for the pure-bf16 entries (empty tensors left out); `blocks`:
+// its grid, one block per kAdamChunk elements of a tensor.
+std::vector<AdamWBf16Tensor> adamw_bf16_table(const std::vector<const AdamWTensors*>& ts, const AdamWHyper& h,
+                                              int64_t& blocks) {
+  std::vector<AdamWBf16Tensor> table;
+  table.reserve(ts.size());
+  blocks = 0;
+  for (const AdamWTensors* t : ts) {
+    const int64_t n = t->param->numel();
+    if (n == 0) continue;
+    const auto bits = [](const Tensor& x) { return static_cast<uint16_t*>(x.data()); };
+    AdamWBf16Tensor e{bits(*t->param), bits(*t->grad), bits(*t->m), bits(*t->v), n, blocks,
+                      adamw::stochastic_key(h.seed, h.step, t->index), t->weight_decay ? 1 : 0, 0};
+    e.vec4 = aligned(e.p, 8) && aligned(e.g, 8) && aligned(e.m, 8) && aligned(e.v, 8);
+    table.push_back(e);
+    blocks += ceil_div(n, kAdamChunk);
+  }
+  return table;
+}
+}  // namespace
+
+#ifndef ST_CUDA_EMU  // the host side: launchers and the public functions (the emulator runs the kernels)
+namespace {
 void check_f32(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v) {
   if (param.dtype() != DType::f32 || grad.dtype() != DType::f32 || m.dtype() != DType::f32 || v.dtype() != DType::f32)
     ST_THROW("adamw_update on CUDA: master, gradient and moments must be f32 (", param.str(), ", ", grad.str(), ")");
@@ -242,9 +269,6 @@ void check_f32(const Tensor& param, const Tensor& grad, const Tensor& m, const T
 __nv_bfloat16* bf16_copy(Tensor* working) {
   return working && working->defined() && working->dtype() == DType::bf16 ? static_cast<__nv_bfloat16*>(working->data())
                                                                           : nullptr;
-}
-Coef coef(const AdamWHyper& h, double weight_decay) {
-  return adamw::coefficients<float>(h.lr, h.beta1, h.beta2, h.eps, weight_decay, h.step, h.grad_scale);
 }
 }  // namespace
 
@@ -269,19 +293,8 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tenso
 namespace {
 // The pure-bf16 entries of adamw_update_multi (one launch).
 void adamw_bf16_multi(const std::vector<const AdamWTensors*>& ts, const AdamWHyper& h) {
-  std::vector<AdamWBf16Tensor> table;
-  table.reserve(ts.size());
   int64_t blocks = 0;
-  for (const AdamWTensors* t : ts) {
-    const int64_t n = t->param->numel();
-    if (n == 0) continue;
-    const auto bits = [](const Tensor& x) { return static_cast<uint16_t*>(x.data()); };
-    AdamWBf16Tensor e{bits(*t->param), bits(*t->grad), bits(*t->m), bits(*t->v), n, blocks,
-                      adamw::stochastic_key(h.seed, h.step, t->index), t->weight_decay ? 1 : 0, 0};
-    e.vec4 = aligned(e.p, 8) && aligned(e.g, 8) && aligned(e.m, 8) && aligned(e.v, 8);
-    table.push_back(e);
-    blocks += ceil_div(n, kAdamChunk);
-  }
+  const std::vector<AdamWBf16Tensor> table = adamw_bf16_table(ts, h, blocks);
   if (blocks == 0) return;
   if (blocks > 0x7fffffff) ST_THROW("adamw_update (pure bf16) on CUDA: ", blocks, " chunks");
   const void* d = device_table(kTableAdamWBf16, table.data(), table.size() * sizeof(AdamWBf16Tensor));
@@ -383,5 +396,7 @@ void axpy(double a, const Tensor& x, Tensor& y) {
   else ST_THROW("axpy on CUDA: unsupported ", y.str());
   ST_CUDA_LAUNCH_CHECK("axpy");
 }
+
+#endif  // ST_CUDA_EMU
 
 }  // namespace st::cuda
