@@ -161,6 +161,9 @@ endif
 $(BUILD)/obj/src/quant/nf4.o: CXXFLAGS += -ffp-contract=off
 # RoPE frequencies (llama3 scaling) round every f32 operation on its own, as torch does.
 $(BUILD)/obj/src/ops/rope.o: CXXFLAGS += -ffp-contract=off
+# The pure-bf16 AdamW update rounds every f32 operation as the CUDA kernel does (its stochastic
+# rounding then gives the same bits).
+$(BUILD)/obj/src/ops/cpu/adamw_bf16_cpu.o: CXXFLAGS += -ffp-contract=off
 
 $(BUILD)/boost_po/%.o: $(BOOST_PO_SRC)/%.cpp
 	@mkdir -p $(dir $@)

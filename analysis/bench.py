@@ -124,12 +124,16 @@ for _base in ("7b_lora", "13b_lora"):
 CONFIGS["7b_qlora_auto"] = dict(CONFIGS["7b_qlora"], args=["--activation_checkpointing", "auto"], issue_no=20)
 CONFIGS["7b_qlora_fp8"] = dict(CONFIGS["7b_qlora"], args=["--activation_checkpointing", "auto", "--base_precision", "fp8"],
                                issue_no=20)
+# Issue #20, "1B full": the same deck in pure bf16 (master_weights = none: bf16 gradients and AdamW
+# moments, no f32 master, stochastic rounding), as its pure-bf16 peers train; judged against the
+# peers of the 1b_full row of the same run (reused, not re-run).
+CONFIGS["1b_full_bf16"] = dict(CONFIGS["1b_full"], args=["--master_weights", "none"], peers_from="1b_full", issue_no=20)
 DEFAULT_CONFIGS = ("1b_full", "1b_lora", "7b_lora", "13b_lora", "7b_qlora", "13b_qlora")
 # `--configs issue20`: issue #20's rows. Run with --st-checkpointing auto,true,false so each LoRA
 # row has shardtune at the planner's choice (auto), all and none, each again under memory_limit =
 # the faster peer's checkpointed peak (the equal-memory comparison).
 CONFIG_GROUPS = {"issue20": ("7b_lora", "13b_lora", "7b_lora_fp8", "13b_lora_fp8", "7b_lora_fp8_lean", "13b_lora_fp8_lean",
-                             "7b_qlora", "7b_qlora_auto", "7b_qlora_fp8", "1b_full")}
+                             "7b_qlora", "7b_qlora_auto", "7b_qlora_fp8", "1b_full", "1b_full_bf16")}
 T5_CONFIGS = ("t5large_full", "t5large_lora", "t5xl_full", "t5xl_lora", "t5xl_full_40g", "t5xl_lora_40g")
 
 # Issue #3's targets.
@@ -154,6 +158,7 @@ TARGETS_20 = {
                 {"kind": "mfu_dense", "min_mfu": 0.52}],
     "13b_lora": [{"kind": "fastest_vs_peer", "min_ratio": 2.0}, {"kind": "equal_memory", "min_ratio": 1.4}],
     "1b_full": [{"kind": "mfu_dense", "min_mfu": 0.55}],
+    "1b_full_bf16": [{"kind": "mfu_dense", "min_mfu": 0.55}],
     "7b_qlora": [{"kind": "vs_row", "row": "7b_lora", "min_speed_ratio": 0.9},
                  {"kind": "vs_row", "row": "7b_lora", "max_mem_ratio": 0.55}],
     "7b_lora_fp8": [{"kind": "fastest_vs_peer", "min_ratio": 2.7}],

@@ -44,6 +44,7 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
+#include "cuda/kernels.cuh"
 #include "core/tensor.hpp"
 
 namespace st::cuda {
@@ -1196,12 +1197,8 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
       accumulate, a.rope_cos, a.rope_sin, a.rope_pos, a.rope_T, dk_acc, dv_acc, hsplit);
   ST_CUDA_LAUNCH_CHECK("attention_backward");
   if (hsplit > 1) {  // dk, dv (+)= the f32 sums (scaled, and rotated, in the kernel)
-    const bool vec = kv_n % 4 == 0 && aligned8(dk) && aligned8(dv);
-    for (int which = 0; which < 2; ++which) {
-      accumulate_f32_into_bf16<<<grid_1d(vec ? kv_n / 4 : kv_n, 256), 256, 0, stream()>>>(
-          which ? dv_acc : dk_acc, static_cast<bf16*>(which ? dv : dk), kv_n, 1.0f, accumulate, vec);
-      ST_CUDA_LAUNCH_CHECK("attention_dkv_accumulate");
-    }
+    fold_f32_into_bf16(dk_acc, dk, kv_n, 1.0f, accumulate);
+    fold_f32_into_bf16(dv_acc, dv, kv_n, 1.0f, accumulate);
   }
   if (a.rope_cos != nullptr) {
     const int64_t n = rows * (a.D / 8);
@@ -1211,11 +1208,7 @@ void launch_backward(const AttentionArgs& a, const void* dout, void* dq, void* d
     ST_CUDA_LAUNCH_CHECK("attention_dq_rope");
     return;
   }
-  const int64_t n = rows * a.D;
-  const bool vec = n % 4 == 0 && aligned8(dq);
-  accumulate_f32_into_bf16<<<grid_1d(vec ? n / 4 : n, 256), 256, 0, stream()>>>(dq_acc, static_cast<bf16*>(dq), n,
-                                                                                 a.scale, accumulate, vec);
-  ST_CUDA_LAUNCH_CHECK("attention_dq_accumulate");
+  fold_f32_into_bf16(dq_acc, dq, rows * a.D, a.scale, accumulate);
 }
 
 // Tk resolved (0 means T).
@@ -1293,6 +1286,14 @@ void backward_variant(const AttentionArgs& a, int variant, const void* dout, voi
 }
 
 }  // namespace
+
+void fold_f32_into_bf16(const float* src, void* dst, int64_t n, float scale, bool accumulate) {
+  if (n == 0) return;
+  const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  accumulate_f32_into_bf16<<<grid_1d(vec ? n / 4 : n, 256), 256, 0, stream()>>>(src, static_cast<bf16*>(dst), n, scale,
+                                                                                 accumulate, vec);
+  ST_CUDA_LAUNCH_CHECK("fold_f32_into_bf16");
+}
 
 void attention_forward(const AttentionArgs& args) {
   const AttentionArgs a = resolved(args);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "core/rng.hpp"
 #include "cuda/device.cuh"
 
 namespace st::cuda {
@@ -39,7 +40,7 @@ enum ScratchSlot { kScratchRmsnorm = 0, kScratchRelbias = 1, kScratchSkinny = 2,
 // comparison on the host. A new table goes up with one cudaMemcpyAsync on stream() (ordered
 // after the kernels that read the buffer it reuses); `host` may be freed once this returns.
 const void* device_table(int kind, const void* host, size_t bytes);
-enum TableKind { kTableSumSquares = 0, kTableAdamW = 1, kTableZero = 2, kTableKinds = 3 };
+enum TableKind { kTableSumSquares = 0, kTableAdamW = 1, kTableZero = 2, kTableAdamWBf16 = 3, kTableKinds = 4 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline unsigned grid_1d(int64_t n, int threads) {
@@ -120,13 +121,8 @@ __device__ __forceinline__ int chunk_owner(const E* __restrict__ ts, int nt, uns
   return lo;
 }
 
-// SplitMix64 and the counter-based uniform of core/rng.hpp, bit-identical on the device.
-__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+// SplitMix64 (core/rng.hpp's, host and device) and its counter-based uniform on the device.
+using st::splitmix64;
 __device__ __forceinline__ float counter_uniform_keyed(uint64_t key, uint64_t index) {
   return static_cast<float>(splitmix64(key + index) >> 40) * (1.0f / 16777216.0f);
 }

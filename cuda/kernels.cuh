@@ -1,6 +1,7 @@
 // Launchers of the CUDA kernel families behind the op interface (src/ops/*.cpp). Tensors are
 // validated by the op layer; these take the shapes as arguments. Element types: activations and
-// weights bf16, statistics, losses and trainable gradients f32 (see common.cuh).
+// weights bf16, statistics, losses and trainable gradients f32 (see common.cuh; with
+// master_weights = none trainable gradients are bf16: the op layer folds them, ops/init.hpp).
 #pragma once
 
 #include <cstdint>
@@ -62,5 +63,10 @@ double sum_squares(const Tensor& x);
 double sum_squares_total(const std::vector<const Tensor*>& xs);
 void scale_inplace(Tensor& x, double s);
 void axpy(double a, const Tensor& x, Tensor& y);
+
+// attention.cu (the backward's folds of its f32 sums; also pure-bf16 parameter gradients that a
+// kernel accumulates in f32, ops/init.cpp): dst[i] (+)= scale * src[i] in f32, rounded once to
+// bf16. src f32, dst bf16, n elements each, on the device.
+void fold_f32_into_bf16(const float* src, void* dst, int64_t n, float scale, bool accumulate);
 
 }  // namespace st::cuda

@@ -1,5 +1,6 @@
 // AdamW (PyTorch semantics) on f32 master weights with the bf16 working copy written in the same
-// pass, one tensor or a list of them per launch; gradient-norm reduction and scaling.
+// pass, one tensor or a list of them per launch; pure bf16 (no master, bf16 moments, stochastic
+// rounding) for a list; gradient-norm reduction and scaling.
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -96,6 +97,63 @@ __global__ void __launch_bounds__(kAdamThreads) adamw_multi_kernel(const AdamWTe
   for (int64_t i = scalar_from + threadIdx.x; i < end; i += kAdamThreads) adamw_one(t.p, t.g, t.m, t.v, t.working, i, decay, c);
 }
 
+// Pure bf16 (master_weights = none), many tensors in one launch, chunked as adamw_multi_kernel:
+// value, gradient and moments are bf16, no master; adamw::update_bf16 per element (the f32
+// update, then stochastic rounding with splitmix64(key + element)), 4-wide (8-byte loads and
+// stores) where the tensor's four arrays are 8-byte aligned.
+struct AdamWBf16Tensor {
+  uint16_t* p;  // bf16 bits
+  const uint16_t* g;
+  uint16_t* m;
+  uint16_t* v;
+  int64_t n;
+  int64_t first_block;  // index of this tensor's first chunk
+  uint64_t key;         // adamw::stochastic_key(seed, step, its index)
+  int32_t decay;        // 1: weight decay applies (Coef::decay), 0: decay 1
+  int32_t vec4;         // 1: p, g, m, v 8-byte aligned
+};
+
+__device__ __forceinline__ void adamw_bf16_one(const AdamWBf16Tensor& t, int64_t i, float decay, const Coef& c) {
+  uint16_t p = t.p[i], m = t.m[i], v = t.v[i];
+  adamw::update_bf16(p, t.g[i], m, v, decay, c, splitmix64(t.key + static_cast<uint64_t>(i)));
+  t.p[i] = p;
+  t.m[i] = m;
+  t.v[i] = v;
+}
+
+__device__ __forceinline__ void adamw_bf16_four(const AdamWBf16Tensor& t, int64_t i4, float decay, const Coef& c) {
+  union Four {
+    uint2 u;
+    uint16_t h[4];
+  };
+  Four p, g, m, v;
+  p.u = reinterpret_cast<const uint2*>(t.p)[i4];
+  g.u = reinterpret_cast<const uint2*>(t.g)[i4];
+  m.u = reinterpret_cast<const uint2*>(t.m)[i4];
+  v.u = reinterpret_cast<const uint2*>(t.v)[i4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+    adamw::update_bf16(p.h[k], g.h[k], m.h[k], v.h[k], decay, c, splitmix64(t.key + static_cast<uint64_t>(4 * i4 + k)));
+  reinterpret_cast<uint2*>(t.p)[i4] = p.u;
+  reinterpret_cast<uint2*>(t.m)[i4] = m.u;
+  reinterpret_cast<uint2*>(t.v)[i4] = v.u;
+}
+
+__global__ void __launch_bounds__(kAdamThreads) adamw_bf16_multi_kernel(const AdamWBf16Tensor* __restrict__ ts, int nt,
+                                                                        Coef c) {
+  const AdamWBf16Tensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - t.first_block) * kAdamChunk;
+  const int64_t end = begin + kAdamChunk < t.n ? begin + kAdamChunk : t.n;
+  const float decay = t.decay ? c.decay : 1.0f;
+  int64_t scalar_from = begin;
+  if (t.vec4) {
+    const int64_t end4 = end / 4;  // begin is a multiple of 4
+    for (int64_t i = begin / 4 + threadIdx.x; i < end4; i += kAdamThreads) adamw_bf16_four(t, i, decay, c);
+    scalar_from = 4 * end4;
+  }
+  for (int64_t i = scalar_from + threadIdx.x; i < end; i += kAdamThreads) adamw_bf16_one(t, i, decay, c);
+}
+
 // Sums of squares over many tensors in one launch, deterministic: block i takes chunk i of the
 // table (one tensor's elements [begin, begin + kSumChunk)), writes its f32 sum (as a double) to
 // its own slot, and sum_partials_kernel adds the slots in a fixed order. No atomics, so the
@@ -176,6 +234,33 @@ __global__ void axpy_kernel(float a, const T* x, T* y, int64_t n) {
 
 namespace {
 bool aligned(const void* q, uintptr_t to) { return reinterpret_cast<uintptr_t>(q) % to == 0; }
+Coef coef(const AdamWHyper& h, double weight_decay) {
+  return adamw::coefficients<float>(h.lr, h.beta1, h.beta2, h.eps, weight_decay, h.step, h.grad_scale);
+}
+
+// adamw_bf16_multi_kernel's table for the pure-bf16 entries (empty tensors left out); `blocks`:
+// its grid, one block per kAdamChunk elements of a tensor.
+std::vector<AdamWBf16Tensor> adamw_bf16_table(const std::vector<const AdamWTensors*>& ts, const AdamWHyper& h,
+                                              int64_t& blocks) {
+  std::vector<AdamWBf16Tensor> table;
+  table.reserve(ts.size());
+  blocks = 0;
+  for (const AdamWTensors* t : ts) {
+    const int64_t n = t->param->numel();
+    if (n == 0) continue;
+    const auto bits = [](const Tensor& x) { return static_cast<uint16_t*>(x.data()); };
+    AdamWBf16Tensor e{bits(*t->param), bits(*t->grad), bits(*t->m), bits(*t->v), n, blocks,
+                      adamw::stochastic_key(h.seed, h.step, t->index), t->weight_decay ? 1 : 0, 0};
+    e.vec4 = aligned(e.p, 8) && aligned(e.g, 8) && aligned(e.m, 8) && aligned(e.v, 8);
+    table.push_back(e);
+    blocks += ceil_div(n, kAdamChunk);
+  }
+  return table;
+}
+}  // namespace
+
+#ifndef ST_CUDA_EMU  // the host side: launchers and the public functions (the emulator runs the kernels)
+namespace {
 void check_f32(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v) {
   if (param.dtype() != DType::f32 || grad.dtype() != DType::f32 || m.dtype() != DType::f32 || v.dtype() != DType::f32)
     ST_THROW("adamw_update on CUDA: master, gradient and moments must be f32 (", param.str(), ", ", grad.str(), ")");
@@ -184,9 +269,6 @@ void check_f32(const Tensor& param, const Tensor& grad, const Tensor& m, const T
 __nv_bfloat16* bf16_copy(Tensor* working) {
   return working && working->defined() && working->dtype() == DType::bf16 ? static_cast<__nv_bfloat16*>(working->data())
                                                                           : nullptr;
-}
-Coef coef(const AdamWHyper& h, double weight_decay) {
-  return adamw::coefficients<float>(h.lr, h.beta1, h.beta2, h.eps, weight_decay, h.step, h.grad_scale);
 }
 }  // namespace
 
@@ -208,13 +290,32 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tenso
   ST_CUDA_LAUNCH_CHECK("adamw_update");
 }
 
+namespace {
+// The pure-bf16 entries of adamw_update_multi (one launch).
+void adamw_bf16_multi(const std::vector<const AdamWTensors*>& ts, const AdamWHyper& h) {
+  int64_t blocks = 0;
+  const std::vector<AdamWBf16Tensor> table = adamw_bf16_table(ts, h, blocks);
+  if (blocks == 0) return;
+  if (blocks > 0x7fffffff) ST_THROW("adamw_update (pure bf16) on CUDA: ", blocks, " chunks");
+  const void* d = device_table(kTableAdamWBf16, table.data(), table.size() * sizeof(AdamWBf16Tensor));
+  adamw_bf16_multi_kernel<<<static_cast<unsigned>(blocks), kAdamThreads, 0, stream()>>>(
+      static_cast<const AdamWBf16Tensor*>(d), static_cast<int>(table.size()), coef(h, h.weight_decay));
+  ST_CUDA_LAUNCH_CHECK("adamw_update_multi (pure bf16)");
+}
+}  // namespace
+
 void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h) {
   std::vector<AdamWTensor> table;
   table.reserve(ts.size());
+  std::vector<const AdamWTensors*> pure;
   int64_t blocks = 0;
   for (const AdamWTensors& t : ts) {
     const int64_t n = t.param->numel();
     if (n == 0) continue;
+    if (t.pure_bf16()) {  // the op layer checked that grad, m and v are bf16 too
+      pure.push_back(&t);
+      continue;
+    }
     check_f32(*t.param, *t.grad, *t.m, *t.v);
     AdamWTensor e{t.param->ptr<float>(), t.grad->ptr<float>(), t.m->ptr<float>(), t.v->ptr<float>(), bf16_copy(t.working),
                   n, blocks, t.weight_decay ? 1 : 0, 0};
@@ -222,6 +323,7 @@ void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h
     table.push_back(e);
     blocks += ceil_div(n, kAdamChunk);
   }
+  if (!pure.empty()) adamw_bf16_multi(pure, h);
   if (blocks == 0) return;
   if (blocks > 0x7fffffff) ST_THROW("adamw_update on CUDA: ", blocks, " chunks");
   const void* d = device_table(kTableAdamW, table.data(), table.size() * sizeof(AdamWTensor));
@@ -294,5 +396,7 @@ void axpy(double a, const Tensor& x, Tensor& y) {
   else ST_THROW("axpy on CUDA: unsupported ", y.str());
   ST_CUDA_LAUNCH_CHECK("axpy");
 }
+
+#endif  // ST_CUDA_EMU
 
 }  // namespace st::cuda

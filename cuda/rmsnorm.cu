@@ -74,8 +74,10 @@ __global__ void __launch_bounds__(kBackwardThreads) rmsnorm_backward_kernel(cons
 }
 
 // dw[c] += sum over b of partial[b, c], b in a fixed order (deterministic): 32 columns per block,
-// 32 threads down each column, then one thread adds the 32 sums in order.
-__global__ void column_sum_kernel(const float* __restrict__ partial, float* __restrict__ dw, int64_t B, int64_t C) {
+// 32 threads down each column, then one thread adds the 32 sums in order. dw is f32, or bf16
+// (master_weights = none: the f32 sum added to it and rounded once).
+template <typename W>
+__global__ void column_sum_kernel(const float* __restrict__ partial, W* __restrict__ dw, int64_t B, int64_t C) {
   __shared__ float s[32][33];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float a = 0.0f;
@@ -86,7 +88,7 @@ __global__ void column_sum_kernel(const float* __restrict__ partial, float* __re
   if (threadIdx.y == 0 && c < C) {
     float t = 0.0f;
     for (int k = 0; k < 32; ++k) t += s[k][threadIdx.x];
-    dw[c] += t;
+    dw[c] = dev::from_f<W>(dev::to_f(dw[c]) + t);
   }
 }
 
@@ -256,6 +258,15 @@ void rmsnorm_forward(int64_t N, int64_t C, const Tensor& x, const Tensor& w, flo
 }
 
 namespace {
+// dw (+)= the column sums of the [B, C] partial sums (dw: f32 or bf16).
+void column_sum(const float* partial, Tensor& dw, int64_t B, int64_t C) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(C, 32))), block(32, 32);
+  if (dw.dtype() == DType::bf16)
+    column_sum_kernel<<<grid, block, 0, stream()>>>(partial, static_cast<bf16*>(dw.data()), B, C);
+  else
+    column_sum_kernel<<<grid, block, 0, stream()>>>(partial, dw.ptr<float>(), B, C);
+}
+
 // Rows per block of the backward: enough blocks for about 16 resident warps per SM (memory
 // parallelism), and no more (each block adds a row of C partial dw sums to read back).
 int64_t backward_rows_per_block(int64_t N, int threads, int64_t multiple) {
@@ -266,7 +277,7 @@ int64_t backward_rows_per_block(int64_t N, int threads, int64_t multiple) {
 
 template <int V>
 void launch_backward_vec8(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
-                          float* dwp, int64_t N, int64_t C8) {
+                          Tensor* dwp, int64_t N, int64_t C8) {
   constexpr int RU = 4 / V;
   const int threads = static_cast<int>(ceil_div(ceil_div(C8, V), 32) * 32);
   const int64_t rows = backward_rows_per_block(N, threads, RU);
@@ -276,16 +287,16 @@ void launch_backward_vec8(const Tensor& dy, const Tensor& x, const Tensor& w, co
   rmsnorm_backward_vec8<V, RU><<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(
       static_cast<const uint4*>(dy.data()), static_cast<const uint4*>(x.data()), static_cast<const uint4*>(w.data()),
       rstd.ptr<float>(), static_cast<uint4*>(dx.data()), partial, N, C8, rows);
-  if (dwp) column_sum_kernel<<<static_cast<unsigned>(ceil_div(C8 * 8, 32)), dim3(32, 32), 0, stream()>>>(partial, dwp, blocks, C8 * 8);
+  if (dwp) column_sum(partial, *dwp, blocks, C8 * 8);
 }
 
 template <typename T>
-void launch_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx, float* dwp, int64_t N, int64_t C) {
+void launch_backward(const T* dy, const T* x, const T* w, const float* rstd, T* dx, Tensor* dwp, int64_t N, int64_t C) {
   const int64_t rows = backward_rows_per_block(N, kBackwardThreads, 1);
   const int64_t blocks = ceil_div(N, rows);
   float* partial = dwp ? static_cast<float*>(raw_scratch(kScratchRmsnorm, static_cast<size_t>(blocks * C) * sizeof(float))) : nullptr;
   rmsnorm_backward_kernel<<<static_cast<unsigned>(blocks), kBackwardThreads, 0, stream()>>>(dy, x, w, rstd, dx, partial, N, C, rows);
-  if (dwp) column_sum_kernel<<<static_cast<unsigned>(ceil_div(C, 32)), dim3(32, 32), 0, stream()>>>(partial, dwp, blocks, C);
+  if (dwp) column_sum(partial, *dwp, blocks, C);
 }
 }  // namespace
 
@@ -294,7 +305,7 @@ void rmsnorm_backward(int64_t N, int64_t C, const Tensor& dy, const Tensor& x, c
   if (N == 0) return;
   if (C > static_cast<int64_t>(kMaxCols) * kBackwardThreads)
     ST_THROW("rmsnorm_backward on CUDA: C=", C, " above ", kMaxCols * kBackwardThreads);
-  float* dwp = (dw && dw->defined()) ? dw->ptr<float>() : nullptr;
+  Tensor* dwp = (dw && dw->defined()) ? dw : nullptr;  // f32 or bf16 (the op layer checked)
   const int64_t C8 = C / 8;
   if (x.dtype() == DType::bf16 && C % 8 == 0 && C8 <= kMaxVec * kBackwardThreads &&
       aligned16({dy.data(), x.data(), w.data(), dx.data()})) {

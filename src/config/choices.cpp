@@ -27,6 +27,9 @@ const std::pair<Strategy, const char*> kStrategies[] = {
     {Strategy::none, "none"},   {Strategy::ddp, "ddp"},           {Strategy::tp, "tp"},
     {Strategy::zero3, "zero3"}, {Strategy::tp_zero3, "tp+zero3"}, {Strategy::automatic, "auto"}};
 
+const std::pair<MasterWeights, const char*> kMasterWeights[] = {{MasterWeights::f32, "f32"},
+                                                                {MasterWeights::none, "none"}};
+
 template <typename E, size_t N>
 const char* name_of(E e, const std::pair<E, const char*> (&table)[N]) {
   for (const auto& [x, name] : table)
@@ -38,10 +41,14 @@ const char* name_of(E e, const std::pair<E, const char*> (&table)[N]) {
 
 const char* method_name(Method m) { return name_of(m, kMethods); }
 const char* strategy_name(Strategy s) { return name_of(s, kStrategies); }
+const char* master_weights_name(MasterWeights m) { return name_of(m, kMasterWeights); }
 
 Method parse_method(const std::string& s, const std::string& where) { return parse_choice(s, where, "method", kMethods); }
 Strategy parse_strategy(const std::string& s, const std::string& where) {
   return parse_choice(s, where, "strategy", kStrategies);
+}
+MasterWeights parse_master_weights(const std::string& s, const std::string& where) {
+  return parse_choice(s, where, "master_weights", kMasterWeights);
 }
 
 const std::vector<Method>& all_methods() {
@@ -62,6 +69,9 @@ std::string origin_of(const RunConfig& c, const char* key) {
 
 Method run_method(const RunConfig& c) { return parse_method(c.method, origin_of(c, "method")); }
 Strategy run_strategy(const RunConfig& c) { return parse_strategy(c.parallel, origin_of(c, "parallel")); }
+MasterWeights run_master_weights(const RunConfig& c) {
+  return parse_master_weights(c.master_weights, origin_of(c, "master_weights"));
+}
 
 bool checkpointing_is_auto(const RunConfig& c) {
   const std::string& v = c.activation_checkpointing;

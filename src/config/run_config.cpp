@@ -126,6 +126,11 @@ void build_table(RunConfig& c, OptionTable& t) {
   add(train, t, "adam_beta2", &c.adam_beta2, "AdamW beta2");
   add(train, t, "adam_eps", &c.adam_eps, "AdamW epsilon");
   add(train, t, "grad_clip", &c.grad_clip, "clip the global gradient norm to this (0: off)");
+  add_string(train, t, "master_weights", &c.master_weights,
+             "f32 | none: bf16 weights train through f32 master copies (f32 gradients and AdamW moments: 16 bytes a "
+             "parameter beside the bf16 value), or in pure bf16 (bf16 gradients and moments, no master, the update "
+             "stochastically rounded: 8 bytes a parameter); none applies to full fine-tuning in bf16 and has no effect "
+             "on adapters or f32 runs; not with zero3 / tp+zero3");
   add_string(train, t, "activation_checkpointing", &c.activation_checkpointing,
              "true | false | N | auto: blocks that keep only their input and recompute their forward in backward "
              "(true: all; N: the first N; auto: the fewest that fit memory_limit or the GPU's memory, chosen by the planner)");
@@ -510,6 +515,7 @@ void validate_run_config(const RunConfig& c) {
   if (c.arch.empty()) fail("arch", "must name a model family (llama, mistral, qwen2, t5)");
   one_of("feed_forward_proj", c.feed_forward_proj, {"gated-gelu", "relu"});
   one_of("method", c.method, {"full", "lora", "qlora"});
+  (void)run_master_weights(c);  // f32 | none (ZeRO-3 refuses none where it applies: train/setup.cpp)
   one_of("qlora_quantize", c.qlora_quantize, {"adapted", "all"});
   one_of("base_precision", c.base_precision, {"bf16", "fp8"});
   one_of("fp8_transpose", c.fp8_transpose, {"stored", "per_step"});

@@ -79,6 +79,9 @@ struct RunConfig {
   std::string lr_schedule = "cosine";  // cosine | linear | constant
   double weight_decay = 0.0, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   double grad_clip = 1.0;       // 0 = off
+  // f32 | none: f32 master weights beside bf16 values, or pure bf16 (bf16 gradients and AdamW
+  // moments, stochastic rounding; full fine-tuning in bf16 only: core/dtype.hpp MasterWeights)
+  std::string master_weights = "f32";
   // auto | true | false | N: the first N blocks keep only their input and recompute in backward
   // (model/checkpointing.hpp); auto: the fewest that fit memory_limit or the GPU (the planner)
   std::string activation_checkpointing = "false";

@@ -21,6 +21,14 @@ size_t dtype_size(DType t);
 inline DType master_dtype(DType compute) {
   return compute == DType::bf16 || compute == DType::f16 ? DType::f32 : compute;
 }
+// master_weights (deck key): f32 master weights beside 16-bit values, or none: a bf16 parameter
+// trains in pure bf16 (no master; gradient and AdamW moments bf16; stochastic rounding of the
+// update: train/optimizer.hpp). Values in f32 or f64 are their own master either way.
+enum class MasterWeights { f32, none };
+// The dtype of a trainable parameter's gradient and AdamW moments for a value of dtype `value`.
+inline DType grad_dtype(DType value, MasterWeights mw) {
+  return mw == MasterWeights::none && value == DType::bf16 ? DType::bf16 : master_dtype(value);
+}
 const char* dtype_name(DType t);
 const char* device_name(Device d);
 bool is_float(DType t);

@@ -233,9 +233,9 @@ void llama_init_random(LlamaModel& m, uint64_t seed, double std) {
   init_params_random(t, seed, std);
 }
 
-void llama_enable_base_training(LlamaModel& m) {
+void llama_enable_base_training(LlamaModel& m, MasterWeights mw) {
   ParamTable t = llama_param_table(m);
-  enable_base_training(t);
+  enable_base_training(t, mw);
   m.base_trainable = true;
 }
 

@@ -105,8 +105,9 @@ LlamaModel llama_build(const LlamaConfig& cfg, DType dtype, Device device, const
 // Normal(0, std) for embeddings and projections, ones for norms, zeros for biases; each tensor
 // seeded from (seed, its name), so the result does not depend on the order of initialisation.
 void llama_init_random(LlamaModel& m, uint64_t seed, double std);
-// Allocate gradients for every base parameter (full fine-tuning).
-void llama_enable_base_training(LlamaModel& m);
+// Allocate gradients for every base parameter (full fine-tuning; bf16 ones with
+// master_weights = none on a bf16 model: model/param_table.hpp).
+void llama_enable_base_training(LlamaModel& m, MasterWeights mw = MasterWeights::f32);
 
 // The views of the parameter table under the names the loaders, tests and runner use.
 using LlamaWeightSlot = WeightSlot;

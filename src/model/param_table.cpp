@@ -79,16 +79,16 @@ void init_params_random(ParamTable& t, uint64_t seed, double std) {
   }
 }
 
-void enable_base_training(ParamTable& t) {
+void enable_base_training(ParamTable& t, MasterWeights mw) {
   if (t.base_trainable) return;
   for (const ParamEntry& e : t.params) {
     if (e.stored_nf4()) ST_THROW_INPUT(e.linear->name, " is stored in NF4 and cannot train (NF4 bases are frozen)");
     if (e.stored_fp8())
       ST_THROW_INPUT(e.linear->name, " is stored in FP8 and cannot train (base_precision = fp8 is for lora and qlora)");
   }
-  // Gradients in the master precision (f32 when the weights are bf16).
+  // Gradients in the master precision (f32 when the weights are bf16), or in bf16 (pure bf16).
   for (ParamEntry& e : t.params) {
-    *e.grad = Tensor::zeros(e.shape(), master_dtype(t.dtype), t.device, MemCategory::gradients);
+    *e.grad = Tensor::zeros(e.shape(), grad_dtype(t.dtype, mw), t.device, MemCategory::gradients);
     for (Tensor* a : e.grad_aliases) *a = *e.grad;  // a tied head adds into the same buffer
   }
   t.base_trainable = true;

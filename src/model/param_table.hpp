@@ -93,9 +93,10 @@ void materialize_params(ParamTable& t, const BaseQuant& q,
 // from the same model; an NF4 or FP8 linear is drawn densely (a temporary in the compute dtype)
 // and quantized.
 void init_params_random(ParamTable& t, uint64_t seed, double std);
-// Gradients (master dtype, zero) for every base tensor: full fine-tuning. InputError naming an
-// NF4 or FP8 layer (those bases are frozen).
-void enable_base_training(ParamTable& t);
+// Gradients (zero; in grad_dtype(t.dtype, mw): f32 beside bf16 values, or bf16 with
+// master_weights = none) for every base tensor: full fine-tuning. InputError naming an NF4 or
+// FP8 layer (those bases are frozen).
+void enable_base_training(ParamTable& t, MasterWeights mw = MasterWeights::f32);
 
 // ---------------------------------------------------------------- weights
 // A weight as the loaders and savers see it; `linear` is set (and `tensor` undefined) for a

@@ -289,9 +289,9 @@ void t5_init_random(T5Model& m, uint64_t seed, double std) {
   init_params_random(t, seed, std);
 }
 
-void t5_enable_base_training(T5Model& m) {
+void t5_enable_base_training(T5Model& m, MasterWeights mw) {
   ParamTable t = t5_param_table(m);
-  enable_base_training(t);
+  enable_base_training(t, mw);
   m.base_trainable = true;
 }
 

@@ -119,8 +119,9 @@ T5Model t5_build(const T5Config& cfg, DType dtype, Device device, const T5Quant&
 // each rank draws the full tensor and keeps its part (the same model for any p); NF4 and FP8
 // layers are drawn densely and quantized.
 void t5_init_random(T5Model& m, uint64_t seed, double std);
-// Allocate gradients for every base parameter (refused with NF4 or FP8 layers).
-void t5_enable_base_training(T5Model& m);
+// Allocate gradients for every base parameter (refused with NF4 or FP8 layers; bf16 ones with
+// master_weights = none on a bf16 model).
+void t5_enable_base_training(T5Model& m, MasterWeights mw = MasterWeights::f32);
 
 // Every weight with its transformers name, in t5_weight_names' order (lm_head omitted when tied);
 // `linear` is set (and `tensor` undefined) for an NF4- or FP8-stored linear.

@@ -7,6 +7,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+
+#include "core/rng.hpp"
 
 #if defined(__CUDACC__)
 #define ST_ADAMW_HD __host__ __device__ __forceinline__
@@ -67,6 +70,76 @@ ST_ADAMW_HD T update(T p, T g, T& m, T& v, T decay, const Coef<T>& c) {
   p -= c.step_size * m / denom;
   return p;
 #endif
+}
+
+// ---------------------------------------------------------------- pure bf16 (master_weights = none)
+// A bf16 parameter without an f32 master: value, gradient and moments are bf16 (raw bits here),
+// the update is computed in f32 and its results rounded stochastically, so that an update below
+// half a bf16 ulp of the value moves it with the right probability instead of never.
+
+// update<float>'s operations with every rounding spelled out on the host too (an fma where the
+// device has __fmaf_rn, plain operations elsewhere): the same f32 bits on the CPU and CUDA, which
+// the stochastic rounding after it needs. The CPU kernel that inlines it is compiled with
+// -ffp-contract=off (Makefile), so that g++ fuses no other product into an fma.
+ST_ADAMW_HD float update_f32_exact(float p, float g, float& m, float& v, float decay, const Coef<float>& c) {
+#if defined(__CUDA_ARCH__)
+  return update<float>(p, g, m, v, decay, c);
+#else
+  const float gs = g * c.grad_scale;
+  const float pd = p * decay;
+  m = std::fma(1.0f - c.b1, gs, m * c.b1);
+  v = std::fma(gs, (1.0f - c.b2) * gs, v * c.b2);
+  const float denom = std::fma(std::sqrt(v), c.inv_bc2_sqrt, c.eps);
+  return pd - (m * c.step_size) / denom;
+#endif
+}
+
+ST_ADAMW_HD float bf16_bits_to_f32(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// x rounded to bf16 stochastically with the uniform 16-bit integer r: r is added to the 16 bits
+// that bf16 drops and the sum truncated, so |x| rounds away from zero with probability exactly
+// (its dropped bits) / 2^16 and the expected result is x (unbiased; x already in bf16: unchanged,
+// r never carries). A carry out of the mantissa moves to the next binade, past bf16's largest
+// finite value to inf (as round-to-nearest does above it). NaN stays a (quiet) NaN, inf stays inf.
+ST_ADAMW_HD uint16_t f32_to_bf16_stochastic(float x, uint32_t r) {
+  uint32_t u;
+#if defined(__CUDA_ARCH__)
+  u = __float_as_uint(x);
+#else
+  std::memcpy(&u, &x, 4);
+#endif
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + (r & 0xffffu)) >> 16);
+}
+
+// The key of one tensor's rounding at one step: counter_key(counter_key(seed, step), tensor),
+// tensor = its index in the optimizer's parameter list. Element e's random bits are then
+// splitmix64(key + e) (the SplitMix64 sequence started at the key, as core/rng.hpp's counter
+// draws): bits 0-15 round the value, 16-31 m, 32-47 v. A pure function of (seed, step, tensor,
+// element): any device, thread order or launch shape gives the same bits.
+ST_ADAMW_HD uint64_t stochastic_key(uint64_t seed, int64_t step, uint64_t tensor) {
+  return counter_key(counter_key(seed, static_cast<uint64_t>(step)), tensor);
+}
+
+// One element: p, g, m, v bf16 bits (p, m, v updated in place) with the element's random bits.
+// m and v are rounded stochastically too: with beta2 = 0.999 a step changes v by 1e-3 of itself,
+// below half a bf16 ulp (2^-9), so round-to-nearest would hold v where it is.
+ST_ADAMW_HD void update_bf16(uint16_t& p, uint16_t g, uint16_t& m, uint16_t& v, float decay, const Coef<float>& c,
+                             uint64_t bits) {
+  float mf = bf16_bits_to_f32(m), vf = bf16_bits_to_f32(v);
+  const float pf = update_f32_exact(bf16_bits_to_f32(p), bf16_bits_to_f32(g), mf, vf, decay, c);
+  p = f32_to_bf16_stochastic(pf, static_cast<uint32_t>(bits));
+  m = f32_to_bf16_stochastic(mf, static_cast<uint32_t>(bits >> 16));
+  v = f32_to_bf16_stochastic(vf, static_cast<uint32_t>(bits >> 32));
 }
 
 }  // namespace st::adamw

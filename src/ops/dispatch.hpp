@@ -34,6 +34,17 @@ inline void check_stat_dtype(const char* op, const Tensor& main, const Tensor& s
     ST_THROW(op, ": ", stat.str(), " must be ", dtype_name(want), " on ", device_name(main.device()), " (with ", main.str(), ")");
 }
 
+// The gradient of a trainable parameter: on CUDA f32 (beside f32 master weights) or bf16
+// (master_weights = none: pure bf16); on the CPU the op's dtype.
+inline void check_grad_dtype(const char* op, const Tensor& main, const Tensor& grad) {
+  const bool cuda = main.device() == Device::cuda;
+  const bool ok = grad.device() == main.device() &&
+                  (cuda ? grad.dtype() == DType::f32 || grad.dtype() == DType::bf16 : grad.dtype() == main.dtype());
+  if (!ok)
+    ST_THROW(op, ": ", grad.str(), " must be ", cuda ? "f32 or bf16" : dtype_name(main.dtype()), " on ",
+             device_name(main.device()), " (with ", main.str(), ")");
+}
+
 [[noreturn]] inline void no_cuda_kernel(const char* op) {
   ST_THROW(op, ": tensors on CUDA but no CUDA kernel is available in this build");
 }

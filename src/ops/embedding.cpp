@@ -5,6 +5,7 @@
 #include "core/dryrun.hpp"
 #include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
+#include "ops/init.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
 #endif
@@ -34,21 +35,25 @@ void forward_impl(const Tensor& ids, const Tensor& table, Tensor& out, int64_t o
 
 void backward_impl(const Tensor& ids, const Tensor& dout, Tensor& dtable, int64_t offset) {
   ProfileScope prof("embedding_backward", dtable.device());
-  check_stat_dtype("embedding_backward (table gradient)", dout, dtable);
+  check_grad_dtype("embedding_backward (table gradient)", dout, dtable);
   const int64_t V = dtable.dim(0), C = dtable.dim(-1), N = ids.numel();
   if (ids.dtype() != DType::i32 || dout.numel() < N * C) ST_THROW("embedding_backward: ids ", ids.str(), " dout ", dout.str());
-  const TracedOp traced(OpFamily::embedding, {&ids, &dout, &dout});
-  if (dry_run_active()) return;  // the planner: no compute
-  if (dtable.device() == Device::cuda) {
+  // The CUDA kernel adds with f32 atomics: a bf16 table gradient goes through an f32 scratch of
+  // the table (master_weights = none).
+  accumulate_grad_in_f32(dtable, [&](Tensor& g) {
+    const TracedOp traced(OpFamily::embedding, {&ids, &dout, &dout});
+    if (dry_run_active()) return;  // the planner: no compute
+    if (g.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-    cuda::embedding_backward(N, C, V, ids, dout, dtable, offset);
-    return;
+      cuda::embedding_backward(N, C, V, ids, dout, g, offset);
+      return;
 #else
-    no_cuda_kernel("embedding_backward");
+      no_cuda_kernel("embedding_backward");
 #endif
-  }
-  ST_DISPATCH_CPU_FLOAT(dtable.dtype(), T,
-                        cpu::embedding_backward<T>(N, C, V, ids.ptr<int32_t>(), dout.ptr<T>(), dtable.ptr<T>(), offset));
+    }
+    ST_DISPATCH_CPU_FLOAT(g.dtype(), T,
+                          cpu::embedding_backward<T>(N, C, V, ids.ptr<int32_t>(), dout.ptr<T>(), g.ptr<T>(), offset));
+  });
 }
 
 }  // namespace

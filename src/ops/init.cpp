@@ -9,6 +9,7 @@
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/init.cuh"
+#include "cuda/kernels.cuh"
 #endif
 
 namespace st {
@@ -131,6 +132,22 @@ void zero_tensors(const std::vector<Tensor*>& ts) {
   }
   for (Tensor* t : ts)
     if (t->numel() > 0) device_memset_zero(t->data(), t->nbytes(), device);
+}
+
+void accumulate_grad_in_f32(Tensor& grad, const std::function<void(Tensor&)>& add) {
+  if (grad.device() != Device::cuda || grad.dtype() != DType::bf16) {
+    add(grad);
+    return;
+  }
+  Tensor sum = Tensor::zeros(grad.shape(), DType::f32, Device::cuda, MemCategory::workspace);
+  add(sum);
+  const TracedOp traced(OpFamily::copy, {&sum, &grad, &grad});
+  if (dry_run_active()) return;  // the planner: no compute
+#ifdef SHARDTUNE_CUDA
+  cuda::fold_f32_into_bf16(sum.ptr<float>(), grad.data(), grad.numel(), 1.0f, true);
+#else
+  no_cuda_kernel("accumulate_grad_in_f32");
+#endif
 }
 
 }  // namespace st

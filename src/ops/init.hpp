@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/tensor.hpp"
@@ -21,5 +22,10 @@ void convert_copy(Tensor& dst, const Tensor& src);
 // op: one launch on CUDA (a table of the ranges uploaded once per distinct list), a memset per
 // tensor on the CPU; traced as one copy op of the bytes written, as Tensor::zero_ is.
 void zero_tensors(const std::vector<Tensor*>& ts);
+// A parameter gradient that an op's CUDA kernel accumulates in f32 (atomics or partial sums: the
+// embedding table, a bias, T5's relative-bias table): add(g) with g = grad itself, or, for a
+// bf16 gradient on CUDA (master_weights = none), a zeroed f32 scratch that is then added into
+// grad with one rounding per element (the scratch is the dry run's workspace too).
+void accumulate_grad_in_f32(Tensor& grad, const std::function<void(Tensor&)>& add);
 
 }  // namespace st

@@ -39,7 +39,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const Tensor* dwp = (dw && dw->defined()) ? dw : nullptr;
   check_float_args("rmsnorm_backward", {&dy, &x, &w, &dx});
   check_stat_dtype("rmsnorm_backward", x, rstd);
-  if (dwp) check_stat_dtype("rmsnorm_backward (weight gradient)", x, *dwp);
+  if (dwp) check_grad_dtype("rmsnorm_backward (weight gradient)", x, *dwp);
   const int64_t C = w.numel(), N = x.numel() / C;
   if (dy.numel() != x.numel() || dx.numel() != x.numel() || (dwp && dwp->numel() != C))
     ST_THROW("rmsnorm_backward: shapes disagree (x ", x.str(), ", dy ", dy.str(), ", dx ", dx.str(), ")");

@@ -2,6 +2,7 @@
 
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
+#include "ops/adamw_element.hpp"
 #include "core/dryrun.hpp"
 #include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
@@ -18,6 +19,8 @@ namespace {
 double check_adamw(const char* op, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                    const Tensor* working) {
   check_float_args(op, {&param, &grad, &m, &v});
+  if (param.dtype() == DType::bf16 && working && working->defined())
+    ST_THROW(op, ": a bf16 parameter (pure bf16) has no working copy, got ", working->str());
   const int64_t n = param.numel();
   if (grad.numel() != n || m.numel() != n || v.numel() != n || (working && working->numel() != n))
     ST_THROW(op, ": sizes differ");
@@ -32,7 +35,17 @@ void copy_working(const Tensor& param, Tensor* working) {
   convert_copy(*working, param);
 }
 
-void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
+uint16_t* bf16_bits(const Tensor& t) { return static_cast<uint16_t*>(t.data()); }
+
+// index: the tensor's stream of the stochastic rounding (pure bf16 only).
+void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working,
+               uint64_t index = 0) {
+  if (param.dtype() == DType::bf16) {
+    cpu::adamw_update_bf16(param.numel(), bf16_bits(param), bf16_bits(grad), bf16_bits(m), bf16_bits(v), h.lr,
+                           h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale,
+                           adamw::stochastic_key(h.seed, h.step, index));
+    return;
+  }
   ST_DISPATCH_CPU_FLOAT(param.dtype(), T,
                         cpu::adamw_update<T>(param.numel(), param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(),
                                              h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale));
@@ -40,6 +53,8 @@ void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const Ad
 }
 
 }  // namespace
+
+bool AdamWTensors::pure_bf16() const { return param->dtype() == DType::bf16; }
 
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
   ProfileScope prof("adamw", param.device());
@@ -82,7 +97,7 @@ void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h
     no_cuda_kernel("adamw_update_multi");
 #endif
   }
-  for (const AdamWTensors& t : ts) adamw_cpu(*t.param, *t.grad, *t.m, *t.v, hyper(t), t.working);
+  for (const AdamWTensors& t : ts) adamw_cpu(*t.param, *t.grad, *t.m, *t.v, hyper(t), t.working, t.index);
 }
 
 double sum_squares(const Tensor& x) {
@@ -97,6 +112,7 @@ double sum_squares(const Tensor& x) {
     no_cuda_kernel("sum_squares");
 #endif
   }
+  if (x.dtype() == DType::bf16) return cpu::sum_squares_bf16(x.numel(), bf16_bits(x));
   double r = 0;
   ST_DISPATCH_CPU_FLOAT(x.dtype(), T, r = cpu::sum_squares<T>(x.numel(), x.ptr<T>()));
   return r;

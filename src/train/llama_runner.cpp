@@ -105,7 +105,7 @@ class DecoderRunner final : public ModelRunner {
   int tp_size() const override { return m_.tp.size; }
   ParamTable param_table() override { return llama_param_table(m_); }
 
-  void enable_base_training() override { llama_enable_base_training(m_); }
+  void enable_base_training(MasterWeights mw) override { llama_enable_base_training(m_, mw); }
   int64_t attach_lora(const LoraConfig& lc, uint64_t seed) override {
     return st::attach_lora(m_, lc, micro_batch_ * shape_.row_len(), seed);
   }

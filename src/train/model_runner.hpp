@@ -69,7 +69,7 @@ class ModelRunner {
   virtual ParamTable param_table() = 0;
 
   // The method (before allocate). attach_lora returns the number of adapters.
-  virtual void enable_base_training() = 0;
+  virtual void enable_base_training(MasterWeights mw) = 0;
   virtual int64_t attach_lora(const LoraConfig& lc, uint64_t seed) = 0;
   // Model FLOPs per training token (forward + backward) at the training shape.
   virtual double flops_per_token() const = 0;

@@ -6,11 +6,13 @@
 
 namespace st {
 
-AdamW::AdamW(std::vector<ParamRef> params, double beta1, double beta2, double eps, double weight_decay)
-    : params_(std::move(params)), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay) {
+AdamW::AdamW(std::vector<ParamRef> params, double beta1, double beta2, double eps, double weight_decay, uint64_t seed)
+    : params_(std::move(params)), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay), seed_(seed) {
   for (const ParamRef& p : params_) {
-    const DType md = master_dtype(p.value->dtype());
-    if (p.grad->dtype() != md) ST_THROW("AdamW: ", p.name, " has gradient ", p.grad->str(), " for value ", p.value->str());
+    // The gradient's dtype says which: the master precision, or bf16 for a bf16 value (pure bf16).
+    const DType md = p.grad->dtype();
+    if (md != master_dtype(p.value->dtype()) && md != grad_dtype(p.value->dtype(), MasterWeights::none))
+      ST_THROW("AdamW: ", p.name, " has gradient ", p.grad->str(), " for value ", p.value->str());
     Tensor master;
     if (md != p.value->dtype()) {
       master = Tensor::empty(p.value->shape(), md, p.value->device(), MemCategory::optimizer);
@@ -44,7 +46,7 @@ double AdamW::clip_grad_norm(double max_norm, Comm* group, bool count_replicated
 
 void AdamW::step(double lr) {
   ++step_;
-  const AdamWHyper h{lr, beta1_, beta2_, eps_, weight_decay_, step_, grad_scale_};
+  const AdamWHyper h{lr, beta1_, beta2_, eps_, weight_decay_, step_, grad_scale_, seed_};
   // One op over every parameter (one launch on CUDA). A bf16 value's f32 master is updated and
   // the value rewritten from it; otherwise the value is the master and its working copy (if any)
   // is rewritten.
@@ -53,7 +55,7 @@ void AdamW::step(double lr) {
     ParamRef& p = params_[i];
     const bool master = master_[i].defined();
     ts[i] = AdamWTensors{master ? &master_[i] : p.value, p.grad, &m_[i], &v_[i], master ? p.value : p.working,
-                         p.weight_decay};
+                         p.weight_decay, i};
   }
   adamw_update_multi(ts, h);
 }

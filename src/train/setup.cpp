@@ -76,6 +76,13 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
   if (fp8 && layout.zero3())  // parallel = auto may have chosen it
     ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
                    "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
+  const MasterWeights mw = run_master_weights(c);
+  // ZeRO-3 is refused before anything is loaded (parallel = auto may have chosen it).
+  if (training && method == Method::full && grad_dtype(dtype, mw) == DType::bf16 && layout.zero3())
+    ST_THROW_INPUT(c.origin.count("master_weights") ? c.origin.at("master_weights") : std::string("options"),
+                   ": master_weights = none with parallel = ", layout.name(), ": ZeRO-3's shards keep f32 gradients and "
+                   "master weights, pure bf16 is not supported there yet (use master_weights = f32, or parallel = none, "
+                   "ddp or tp)");
   // 1. The model, as this rank's shard of the family's TP plan. Under LoRA with base_precision =
   // fp8 the adapted layers are quantized to FP8 as they are loaded (or drawn), as QLoRA's NF4
   // layers are: the load peak is the FP8 model and one dense tensor, not the dense model.
@@ -84,9 +91,10 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
   spec.fp8_where = fp8_where(c);
   s.model = fam.make_runner(spec);
   MemoryPhase phase("setup");
-  // 2. The method.
+  // 2. The method. master_weights = none changes full fine-tuning in bf16 only (bf16 gradients;
+  // AdamW then keeps no master and bf16 moments); adapters and f32 values keep f32 masters.
   if (training && method == Method::full) {
-    s.model->enable_base_training();
+    s.model->enable_base_training(mw);
   } else if (training || adapter_in) {
     LoraConfig lc;
     lc.r = c.lora_r;
@@ -121,7 +129,7 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
   s.grad_sync = std::move(data_parallel.grad_sync);
   if (training)
     s.opt = std::make_unique<AdamW>(s.zero ? s.zero->params() : trainable_params(table), c.adam_beta1, c.adam_beta2,
-                                    c.adam_eps, c.weight_decay);
+                                    c.adam_eps, c.weight_decay, c.seed);
   s.model->allocate(c.micro_batch_size, training ? run_checkpointing(c) : Checkpointed::none(), training);
   return s;
 }

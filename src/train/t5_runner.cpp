@@ -90,7 +90,7 @@ class T5Runner final : public ModelRunner {
   int64_t num_parameters() const override { return m_.cfg.num_parameters(); }
   int tp_size() const override { return m_.tp.size; }
 
-  void enable_base_training() override { t5_enable_base_training(m_); }
+  void enable_base_training(MasterWeights mw) override { t5_enable_base_training(m_, mw); }
   int64_t attach_lora(const LoraConfig& lc_in, uint64_t seed) override {
     LoraConfig lc = lc_in;
     if (default_targets_) lc.targets = present(lc.targets);

@@ -335,6 +335,9 @@ TEST_F(Resume, IncompleteCheckpointsAreIgnoredAndOtherLayoutsRefused) {
   // Other training options: refused, naming the key.
   EXPECT_EQ(run(base + " --run_id layout5 --lr 1e-3 --resume " + ck + "/step-00000008", &out), 2) << out;
   EXPECT_NE(out.find("lr = 0.003 in the checkpoint, 0.001 now"), std::string::npos) << out;
+  // The other master_weights (the optimizer's state has other parts and dtypes): refused, naming it.
+  EXPECT_EQ(run(base + " --run_id layout6 --master_weights none --resume " + ck + "/step-00000008", &out), 2) << out;
+  EXPECT_NE(out.find("master_weights = f32 in the checkpoint, none now"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "tests/common/t5_golden.hpp"
 #include "tests/gpu/gpu_util.hpp"
 #include "train/loader.hpp"
+#include "train/optimizer.hpp"
 
 namespace fs = std::filesystem;
 
@@ -349,6 +350,49 @@ TEST(CudaModel, PackedTrainingStepMatchesCpu) {
   }
   std::printf("[gpu-vs-cpu] packed step: loss %.6f vs %.6f, worst gradient rel error %.2e over %zu tensors\n", gl, cl,
               worst, gp.size());
+}
+
+// master_weights = none: the same bf16 model with bf16 gradients (allocated so by
+// llama_enable_base_training) computes the f32-gradient model's gradients rounded once to bf16
+// (the GEMMs write bf16 C from the same f32 sums; embedding and norm weights fold f32 sums): per
+// tensor within 2^-8 relative plus the f32 reassociation of another GEMM algorithm, bound
+// kBf16Tol. Then 40 AdamW steps on one batch: pure bf16 (stochastic rounding, bf16 moments) and
+// f32 masters both drive the loss down, pure bf16 to within 1.5x of the f32 masters' loss.
+TEST(CudaModel, PureBf16GradientsMatchF32GradientsAndTrain) {
+  ST_REQUIRE_GPU();
+  LlamaModel f32 = llama_build(small_config(), DType::bf16, Device::cuda);
+  llama_init_random(f32, 8, 0.2);
+  LlamaModel pure = llama_build(small_config(), DType::bf16, Device::cuda);
+  copy_weights(f32, pure);
+  llama_enable_base_training(f32, MasterWeights::f32);
+  llama_enable_base_training(pure, MasterWeights::none);
+  const HostBatch hb = make_host_batch(9, 96);
+  const LlamaBatch b = to_batch(hb, Device::cuda);
+  LlamaActivations af = llama_activations(f32, hb.B, hb.T, false, true), ap = llama_activations(pure, hb.B, hb.T, false, true);
+  auto pf = llama_trainable_params(f32), pp = llama_trainable_params(pure);
+  AdamW of(pf, 0.9, 0.999, 1e-8, 0.0, 3), op(pp, 0.9, 0.999, 1e-8, 0.0, 3);
+  std::vector<double> lf, lp;
+  for (int step = 0; step < 40; ++step) {
+    of.zero_grad();
+    op.zero_grad();
+    lf.push_back(llama_forward(f32, af, b, LayerContext{}, true));
+    lp.push_back(llama_forward(pure, ap, b, LayerContext{}, true));
+    llama_backward(f32, af, b, LayerContext{});
+    llama_backward(pure, ap, b, LayerContext{});
+    if (step == 0) {
+      EXPECT_NEAR(lp[0], lf[0], 1e-6 * lf[0]);  // the same bf16 weights, the same forward
+      for (size_t i = 0; i < pp.size(); ++i) {
+        ASSERT_EQ(pf[i].grad->dtype(), DType::f32) << pf[i].name;
+        ASSERT_EQ(pp[i].grad->dtype(), DType::bf16) << pp[i].name;
+        EXPECT_LT(rel_l2(*pp[i].grad, *pf[i].grad), test::kBf16Tol) << pp[i].name;
+      }
+    }
+    of.step(1e-2);
+    op.step(1e-2);
+  }
+  std::printf("[pure bf16] loss %.4f -> %.4f (f32 masters %.4f -> %.4f)\n", lp.front(), lp.back(), lf.front(), lf.back());
+  EXPECT_LT(lp.back(), 0.5 * lp.front());
+  EXPECT_LT(lp.back(), 1.5 * lf.back() + 0.05);
 }
 
 TEST(CudaModel, GoldenTransformersInBf16) {

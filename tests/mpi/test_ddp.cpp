@@ -61,5 +61,43 @@ TEST(Ddp, BucketsStartAsTheirUnitsFinishAndSumOverRanks) {
   EXPECT_NEAR(grads[2][1].ptr<float>()[3], want, 1e-6 * want);
 }
 
+// master_weights = none: bf16 gradients (here beside f32 ones: buckets hold one dtype) are summed
+// in f32 and rounded to bf16 once (the MPI backend widens 16-bit floats; NCCL sums bf16 itself).
+// Values: rank 0 holds 256 and the others 1 + a bf16 step, so that a chain of bf16 additions
+// (256 + 1 rounds back to 256) would differ from the one rounding of the f32 sum at 4 ranks.
+TEST(Ddp, Bf16GradientsSumInF32AndRoundOnce) {
+  Runtime& rt = runtime();
+  Comm& c = *rt.world;
+  const int P = c.size(), me = c.rank();
+  auto x = [](int rank, int64_t i) { return rank == 0 ? 256.0f + 2.0f * static_cast<float>(i) : 1.0f; };
+  std::vector<Tensor> grads, values;
+  std::vector<std::vector<ParamRef>> by_unit(2);
+  for (int k = 0; k < 4; ++k) {
+    const DType dt = k % 2 ? DType::f32 : DType::bf16;
+    grads.push_back(Tensor::zeros({9}, dt));
+    values.push_back(Tensor::zeros({1}, dt));
+  }
+  for (int k = 0; k < 4; ++k) by_unit[static_cast<size_t>(k / 2)].push_back({"g" + std::to_string(k), &values[k], &grads[k]});
+  GradAllReduce ddp(by_unit, c, 1 << 20);
+  EXPECT_EQ(ddp.num_buckets(), 4u);  // dtype changes at every tensor
+  for (Tensor& g : grads)
+    for (int64_t i = 0; i < 9; ++i) {
+      if (g.dtype() == DType::bf16) static_cast<uint16_t*>(g.data())[i] = f32_to_bf16(x(me, i));
+      else g.ptr<float>()[i] = x(me, i);
+    }
+  ddp.arm();
+  for (int u = 1; u >= 0; --u) ddp.after_backward(u);
+  ddp.sync();
+  for (const Tensor& g : grads)
+    for (int64_t i = 0; i < 9; ++i) {
+      float sum = 0;
+      for (int r = 0; r < P; ++r) sum += x(r, i);  // exact in f32
+      if (g.dtype() == DType::bf16)
+        EXPECT_EQ(static_cast<const uint16_t*>(g.data())[i], f32_to_bf16(sum)) << "bf16 [" << i << "] of " << sum;
+      else
+        EXPECT_EQ(g.ptr<float>()[i], sum) << "f32 [" << i << "]";
+    }
+}
+
 }  // namespace
 }  // namespace st

@@ -180,6 +180,12 @@ class Decks(unittest.TestCase):
                          ["--base_precision", "fp8", "--fp8_transpose", "per_step"])
         self.assertEqual(bench.CONFIGS["13b_lora_fp8_lean"]["peers_from"], "13b_lora")
         self.assertEqual(bench.CONFIGS["7b_qlora_fp8"]["args"], ["--activation_checkpointing", "auto", "--base_precision", "fp8"])
+        # The pure-bf16 1B row: the 1b_full deck with master_weights = none, the 1b_full row's peers.
+        self.assertEqual(bench.select_configs("1b_full,1b_full_bf16"), ["1b_full", "1b_full_bf16"])
+        self.assertEqual(bench.CONFIGS["1b_full_bf16"]["deck"], bench.CONFIGS["1b_full"]["deck"])
+        self.assertEqual(bench.CONFIGS["1b_full_bf16"]["args"], ["--master_weights", "none"])
+        self.assertEqual(bench.CONFIGS["1b_full_bf16"]["peers_from"], "1b_full")
+        self.assertIn("1b_full_bf16", group)
         with self.assertRaisesRegex(ValueError, "unknown config 'llama70b'"):
             bench.select_configs("llama70b")
 

@@ -13,6 +13,7 @@
 #include "ops/matmul.hpp"
 #include "parallel/comm.hpp"
 #include "tests/common/paths.hpp"
+#include "tests/common/test_util.hpp"
 #include "train/plan.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/matmul.cuh"
@@ -219,6 +220,47 @@ TEST(Planner, FullFineTuningOnOneRankByHand) {
   EXPECT_EQ(at(p, MemCategory::communication), 0u);
   EXPECT_GT(at(p, MemCategory::activations), 0u);
   EXPECT_GE(p.peak, p.persistent);
+}
+
+// master_weights = none on the GPU (bf16): no f32 master, bf16 gradients and moments: 2 + 2 + 4
+// bytes a parameter where f32 masters take 2 + 4 + 12. LoRA keeps its f32 masters (no effect),
+// as does full fine-tuning in f32 on the CPU; ZeRO-3 refuses it, naming the key.
+TEST(Planner, PureBf16FullFineTuningHalvesGradientsAndThirdsTheOptimizer) {
+  const Tiny m;
+  const size_t P = static_cast<size_t>(m.params()), T = static_cast<size_t>(m.lora());
+  auto gpu_plan = [&](const std::string& mw, const std::string& method, const std::string& parallel = "none") {
+    RunConfig c = m.config();
+    c.device = "cuda";
+    c.dtype = "bf16";
+    c.master_weights = mw;
+    c.origin["master_weights"] = "test deck";
+    PlanLayout l;
+    l.parallel = ParallelLayout::make(parse_strategy(parallel, "test"), 1, 1);
+    l.method = parse_method(method, "test");
+    return predict_memory(c, plan_data_synthetic(c, 16, 0), l);
+  };
+  const RankPlan f32 = gpu_plan("f32", "full"), none = gpu_plan("none", "full");
+  EXPECT_EQ(at(f32, MemCategory::weights), 2 * P);
+  EXPECT_EQ(at(f32, MemCategory::gradients), 4 * P);
+  EXPECT_EQ(at(f32, MemCategory::optimizer), 12 * P);  // f32 master, m, v
+  EXPECT_EQ(at(none, MemCategory::weights), 2 * P);
+  EXPECT_EQ(at(none, MemCategory::gradients), 2 * P);
+  EXPECT_EQ(at(none, MemCategory::optimizer), 4 * P);  // bf16 m, v
+  EXPECT_LT(none.peak, f32.peak);
+  const RankPlan lora_f32 = gpu_plan("f32", "lora"), lora_none = gpu_plan("none", "lora");
+  EXPECT_EQ(at(lora_none, MemCategory::gradients), 4 * T);
+  EXPECT_EQ(at(lora_none, MemCategory::optimizer), at(lora_f32, MemCategory::optimizer));
+  EXPECT_EQ(lora_none.peak, lora_f32.peak);
+  RunConfig cpu = m.config();
+  cpu.master_weights = "none";
+  PlanLayout l;
+  l.parallel = ParallelLayout::make(Strategy::none, 1, 1);
+  const RankPlan cpu_none = predict_memory(cpu, plan_data_synthetic(cpu, 16, 0), l);
+  EXPECT_EQ(at(cpu_none, MemCategory::gradients), 4 * P);
+  EXPECT_EQ(at(cpu_none, MemCategory::optimizer), 8 * P);
+  test::expect_input_error([&] { gpu_plan("none", "full", "zero3"); },
+                           {"test deck", "master_weights = none with parallel = zero3", "master_weights = f32"});
+  EXPECT_NO_THROW(gpu_plan("f32", "full", "zero3"));
 }
 
 TEST(Planner, PackingSizesTheBuffersForPackedRows) {

@@ -109,9 +109,17 @@ template <typename T>
 void adamw_update(int64_t n, T* param, const T* grad, T* m, T* v, double lr, double beta1,
                   double beta2, double eps, double weight_decay, int64_t step, double grad_scale = 1.0);
 
+// master_weights = none: param, grad, m, v are bf16 (raw bits), no master copy; the update in f32
+// and stochastically rounded (ops/adamw_element.hpp update_bf16, keyed by `key`): the same bits
+// as the CUDA kernel.
+void adamw_update_bf16(int64_t n, uint16_t* param, const uint16_t* grad, uint16_t* m, uint16_t* v, double lr,
+                       double beta1, double beta2, double eps, double weight_decay, int64_t step, double grad_scale,
+                       uint64_t key);
+
 // Sum of squares, accumulated in double.
 template <typename T>
 double sum_squares(int64_t n, const T* x);
+double sum_squares_bf16(int64_t n, const uint16_t* x);  // bf16 bits (a pure-bf16 gradient)
 template <typename T>
 void scale_inplace(int64_t n, T* x, T s);
 // y += a * x
