@@ -337,20 +337,32 @@ void check_checkpoint(const RunConfig& c, const CheckpointLayout& layout, const 
     ST_THROW_INPUT("resume: checkpoint ", dir, " was written while training on other data: train_data = ",
                    was_data->second, " then, ", now.at("train_data"), " now (data = ", c.data, ", split ",
                    c.train_split, "; were the shards prepared again?): restore that data, or set resume = none to start afresh");
-  if (then != now) {
-    std::string diff;
-    std::set<std::string> keys;
-    for (const auto& kv : then) keys.insert(kv.first);
-    for (const auto& kv : now) keys.insert(kv.first);
-    for (const std::string& k : keys) {
-      const auto a = then.find(k);
-      const auto b = now.find(k);
-      const std::string va = a == then.end() ? "(unset)" : a->second, vb = b == now.end() ? "(unset)" : b->second;
-      if (va != vb) diff += str(diff.empty() ? "" : ", ", k, " = ", va, " in the checkpoint, ", vb, " now");
-    }
+  const std::string diff = checkpoint_options_diff(then, now);
+  if (!diff.empty())
     ST_THROW_INPUT("resume: checkpoint ", dir, " was written with other training options: ", diff,
                    " (resume with the same options, or set resume = none to start afresh)");
+}
+
+std::string checkpoint_options_diff(const std::map<std::string, std::string>& then,
+                                    const std::map<std::string, std::string>& now) {
+  static const std::map<std::string, std::string> defaults = [] {
+    std::map<std::string, std::string> m;
+    for (const auto& [k, v] : RunConfig().resolved()) m[k] = v;
+    return m;
+  }();
+  std::string diff;
+  std::set<std::string> keys;
+  for (const auto& kv : then) keys.insert(kv.first);
+  for (const auto& kv : now) keys.insert(kv.first);
+  for (const std::string& k : keys) {
+    const auto a = then.find(k);
+    const auto b = now.find(k);
+    const auto d = defaults.find(k);
+    if (a == then.end() && b != now.end() && d != defaults.end() && d->second == b->second) continue;
+    const std::string va = a == then.end() ? "(unset)" : a->second, vb = b == now.end() ? "(unset)" : b->second;
+    if (va != vb) diff += str(diff.empty() ? "" : ", ", k, " = ", va, " in the checkpoint, ", vb, " now");
   }
+  return diff;
 }
 
 nlohmann::json load_checkpoint(const RunConfig& c, const CheckpointLayout& layout, const std::string& dir,

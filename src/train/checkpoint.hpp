@@ -63,6 +63,13 @@ std::string find_resume_checkpoint(const RunConfig& c);
 // those that do not change the trajectory (logging, output, checkpointing, threads, limits).
 std::map<std::string, std::string> checkpoint_options(const RunConfig& c);
 
+// The differences between a checkpoint's options (`then`) and this run's (`now`), as
+// "key = a in the checkpoint, b now, ..." ("" when they agree). A key the checkpoint lacks (one
+// added to shardtune after it was written, e.g. master_weights) agrees when its value now is the
+// key's default: each new key's default keeps the behaviour of the builds before it.
+std::string checkpoint_options_diff(const std::map<std::string, std::string>& then,
+                                    const std::map<std::string, std::string>& now);
+
 // Collective over `world`: every rank writes its files into step-<step>, then rank 0 writes
 // COMPLETE and removes old checkpoints beyond `keep`. `trainer` is the trainer's own state.
 void write_checkpoint(const RunConfig& c, const CheckpointLayout& layout, int64_t step, AdamW& opt,

@@ -329,5 +329,20 @@ TEST(PureBf16, CheckpointRoundTripAndRefusalOfTheOtherSetting) {
   EXPECT_EQ(std::memcmp(w.data(), w_before.data(), w.nbytes()), 0);
 }
 
+// A checkpoint written before a key existed (its options lack master_weights) resumes under the
+// key's default and is refused under another value; a key it has is compared as before.
+TEST(PureBf16, OptionsOfAnOlderCheckpointCompareMissingKeysToTheirDefaults) {
+  const std::map<std::string, std::string> older = {{"lr", "0.001"}};
+  EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.001"}, {"master_weights", "f32"}}), "");
+  EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.001"}, {"master_weights", "none"}}),
+            "master_weights = (unset) in the checkpoint, none now");
+  EXPECT_EQ(checkpoint_options_diff({{"lr", "0.001"}, {"master_weights", "none"}}, {{"lr", "0.001"}, {"master_weights", "f32"}}),
+            "master_weights = none in the checkpoint, f32 now");
+  EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.002"}}), "lr = 0.001 in the checkpoint, 0.002 now");
+  // A key of the checkpoint that this build lacks is a difference, whatever its value.
+  EXPECT_EQ(checkpoint_options_diff({{"lr", "0.001"}, {"old_key", "x"}}, {{"lr", "0.001"}}),
+            "old_key = x in the checkpoint, (unset) now");
+}
+
 }  // namespace
 }  // namespace st
