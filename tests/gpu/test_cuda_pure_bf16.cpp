@@ -131,6 +131,7 @@ TEST(CudaPureBf16, GradientOpsAddIntoBf16Gradients) {
     matmul(ref, dy, true, x, false, 1.0, 1.0);
     matmul(mag, abs_of(dy), true, abs_of(x), false, 1.0, 1.0);
     matmul(gw, to_device(dy, DType::bf16), true, to_device(x, DType::bf16), false, 1.0, 1.0);
+    ASSERT_EQ(gw.dtype(), DType::bf16);  // the destination this test is about
     expect_one_rounding(gw, ref, mag, M, "dW");
   }
   {  // embedding: many repeated ids
