@@ -45,6 +45,7 @@
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
+#include "core/env.hpp"
 #include "core/tensor.hpp"
 
 namespace st::cuda {
@@ -1233,13 +1234,7 @@ void check_args(const AttentionArgs& a, bool has_bias) {
 // in blocks of 128 queries (two m16 tiles a warp: MT = 2); opt-in until measured on a GPU. Unset
 // or 64: blocks of 64.
 bool forward_128_rows() {
-  static const bool on = [] {
-    const char* e = std::getenv("SHARDTUNE_ATTN_FWD_ROWS");
-    const std::string v = e ? e : "";
-    if (v.empty() || v == "64") return false;
-    if (v == "128") return true;
-    ST_THROW_INPUT("SHARDTUNE_ATTN_FWD_ROWS=", v, ": expected 64 or 128");
-  }();
+  static const bool on = env_switch("SHARDTUNE_ATTN_FWD_ROWS", "64", "128", false);
   return on;
 }
 
@@ -1260,13 +1255,7 @@ void forward_variant(const AttentionArgs& a, int variant) {
 // in blocks of 128 keys and 8 warps (half the dQ reductions and Q / dO tile loads); opt-in until
 // measured on a GPU. Unset or 64: blocks of 64 keys.
 bool backward_128_keys() {
-  static const bool on = [] {
-    const char* e = std::getenv("SHARDTUNE_ATTN_BWD_KEYS");
-    const std::string v = e ? e : "";
-    if (v.empty() || v == "64") return false;
-    if (v == "128") return true;
-    ST_THROW_INPUT("SHARDTUNE_ATTN_BWD_KEYS=", v, ": expected 64 or 128");
-  }();
+  static const bool on = env_switch("SHARDTUNE_ATTN_BWD_KEYS", "64", "128", false);
   return on;
 }
 

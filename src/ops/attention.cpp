@@ -7,6 +7,7 @@
 #include "ops/cpu/cpu_kernels.hpp"
 #include "core/profile.hpp"
 #include "core/dryrun.hpp"
+#include "core/env.hpp"
 #include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
 #ifdef SHARDTUNE_CUDA
@@ -144,13 +145,7 @@ void dry_run_backward(const AttentionShape& s, Device device, double forward_flo
 }  // namespace
 
 bool attention_head_split_on() {
-  static const bool on = [] {
-    const char* e = std::getenv("SHARDTUNE_ATTN_HEAD_SPLIT");
-    const std::string v = e ? e : "";
-    if (v.empty() || v == "1") return true;
-    if (v == "0") return false;
-    ST_THROW_INPUT("SHARDTUNE_ATTN_HEAD_SPLIT=", v, ": expected 0 or 1");
-  }();
+  static const bool on = env_switch("SHARDTUNE_ATTN_HEAD_SPLIT", "0", "1", true);
   return on;
 }
 
