@@ -8,7 +8,8 @@
 // so a thread's C values of two adjacent n-tiles are exactly its A values of one k-step: the
 // probabilities P go from the S accumulators to the A operand of P V without shared memory.
 //
-// Forward: block = 4 warps x 16 query rows; key/value tiles of 64 stream through shared memory,
+// Forward: block = 4 warps x 16 query rows (SHARDTUNE_ATTN_FWD_ROWS=128: x 32, two m16 tiles a
+// warp, Q read from shared memory; attention_forward_kernel's MT); key/value tiles of 64 stream through shared memory,
 // double-buffered with cp.async (the next tile loads while this one is computed); V is read as
 // the col operand with ldmatrix.trans; running max, sum and the output stay in registers.
 // Softmax in base 2: exp(scale s - scale m) = exp2(s scale log2 e - m scale log2 e), one FFMA and
@@ -288,9 +289,12 @@ __device__ __forceinline__ SeqView seq_view(const int32_t* __restrict__ tiles, c
 // Three blocks an SM (at most 168 registers), except the bias variants at DP = 128 (T5 with
 // d_kv = 128): two, as their bias loads spilled 92 bytes under the bound of three on sm_90. MT = 2
 // (two m16 tiles a warp, blocks of 128 queries): two at DP = 128 (104 KiB of shared memory a
-// block), three below.
-template <int DP, bool kBias, int MT = 1>
-constexpr int forward_min_blocks() { return MT == 2 ? (DP >= 128 ? 2 : 3) : (kBias && DP >= 128 ? 2 : 3); }
+// block), three below (sm_90 DP = 64: 168 registers, 140 bytes spilled); Blocks > 0 overrides
+// (SHARDTUNE_ATTN_FWD_ROWS=128x2: two at DP = 64 too, 215 registers, no spill).
+template <int DP, bool kBias, int MT = 1, int Blocks = 0>
+constexpr int forward_min_blocks() {
+  return Blocks > 0 ? Blocks : MT == 2 ? (DP >= 128 ? 2 : 3) : (kBias && DP >= 128 ? 2 : 3);
+}
 
 // MT: m16 tiles of queries a warp (1 or 2; 2 only for plain batched self-attention): a block
 // takes 64 MT queries; warp w owns rows 16 w + 64 mt (mt < MT), so that on the causal diagonal
@@ -298,8 +302,8 @@ constexpr int forward_min_blocks() { return MT == 2 ? (DP >= 128 ? 2 : 3) : (kBi
 // MT = 2 reads them from a shared copy of the block's Q at each k-step, and each K and V fragment
 // it loads feeds two MMAs instead of one (ldmatrix per MMA 0.31 instead of 0.5: FlashAttention-2's
 // 128-query blocks of four warps), at 2 blocks an SM instead of 3.
-template <int DP, bool kBias, bool kCross, bool kVarlen, int MT = 1>
-__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP, kBias, MT>()) attention_forward_kernel(
+template <int DP, bool kBias, bool kCross, bool kVarlen, int MT = 1, int Blocks = 0>
+__global__ void __launch_bounds__(kThreads, forward_min_blocks<DP, kBias, MT, Blocks>()) attention_forward_kernel(
     const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ lengths,
     const float* __restrict__ bias, bf16* __restrict__ out, float* __restrict__ lse, const int32_t* __restrict__ tiles,
     int64_t T_arg, int64_t Tk_arg, int64_t Hq, int64_t Hkv, int64_t D, float scale, float inv_scale, bool causal) {
@@ -1145,15 +1149,15 @@ void allow_dynamic_smem(Kernel kernel, size_t smem, bool& configured) {
 }
 
 // Batched: one block per 64 MT queries of one head and batch row. Varlen: one per tile-table entry and head.
-template <int DP, bool kBias, bool kCross, bool kVarlen = false, int MT = 1>
+template <int DP, bool kBias, bool kCross, bool kVarlen = false, int MT = 1, int Blocks = 0>
 void launch_forward(const AttentionArgs& a) {
   const size_t smem = forward_smem<DP, MT>();
   static bool configured = false;
-  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen, MT>, smem, configured);
+  allow_dynamic_smem(attention_forward_kernel<DP, kBias, kCross, kVarlen, MT, Blocks>, smem, configured);
   const dim3 grid = kVarlen ? dim3(static_cast<unsigned>(a.n_tiles), static_cast<unsigned>(a.Hq), 1u)
                             : dim3(static_cast<unsigned>(ceil_div(a.T, kTile * MT)), static_cast<unsigned>(a.Hq),
                                    static_cast<unsigned>(a.B));
-  attention_forward_kernel<DP, kBias, kCross, kVarlen, MT><<<grid, kThreads, smem, stream()>>>(
+  attention_forward_kernel<DP, kBias, kCross, kVarlen, MT, Blocks><<<grid, kThreads, smem, stream()>>>(
       static_cast<const bf16*>(a.q), static_cast<const bf16*>(a.k), static_cast<const bf16*>(a.v), a.lengths, a.bias,
       static_cast<bf16*>(a.out), a.lse, a.tiles, a.T, a.Tk, a.Hq, a.Hkv, a.D, a.scale, kBias ? 1.0f / a.scale : 0.0f,
       a.causal);
@@ -1230,18 +1234,20 @@ void check_args(const AttentionArgs& a, bool has_bias) {
 // variant = 2 * bias + cross (Tk != T), or 4 for varlen (a tile table; no bias, no cross): the
 // kernels without any are the self-attention ones of before, compiled without a trace of the
 // bias, of a separate key count or of the tile table.
-// SHARDTUNE_ATTN_FWD_ROWS=128: the forward of plain batched self-attention at head dim 64 or 128
-// in blocks of 128 queries (two m16 tiles a warp: MT = 2); opt-in until measured on a GPU. Unset
-// or 64: blocks of 64.
-bool forward_128_rows() {
-  static const bool on = env_switch("SHARDTUNE_ATTN_FWD_ROWS", "64", "128", false);
-  return on;
+// SHARDTUNE_ATTN_FWD_ROWS=128: the forward of plain batched self-attention at head dims in
+// (32, 128] (padded to 64 or 128) in blocks of 128 queries (two m16 tiles a warp: MT = 2);
+// 128x2: the same held to two blocks an SM at DP = 64 too (no spill, against three blocks with
+// 140 bytes spilled); opt-in until measured on a GPU. Unset or 64: blocks of 64.
+int forward_rows_choice() {
+  static const int choice = env_choice("SHARDTUNE_ATTN_FWD_ROWS", {"64", "128", "128x2"}, 0);
+  return choice;
 }
 
 template <int DP>
 void forward_variant(const AttentionArgs& a, int variant) {
   if constexpr (DP >= 64) {
-    if (variant == 0 && forward_128_rows()) return launch_forward<DP, false, false, false, 2>(a);
+    if (variant == 0 && forward_rows_choice() == 1) return launch_forward<DP, false, false, false, 2>(a);
+    if (variant == 0 && forward_rows_choice() == 2) return launch_forward<DP, false, false, false, 2, 2>(a);
   }
   switch (variant) {
     case 0: launch_forward<DP, false, false>(a); break;
@@ -1251,8 +1257,8 @@ void forward_variant(const AttentionArgs& a, int variant) {
     default: launch_forward<DP, true, true>(a); break;
   }
 }
-// SHARDTUNE_ATTN_BWD_KEYS=128: the backward of plain batched self-attention at head dim 64 or 128
-// in blocks of 128 keys and 8 warps (half the dQ reductions and Q / dO tile loads); opt-in until
+// SHARDTUNE_ATTN_BWD_KEYS=128: the backward of plain batched self-attention at head dims in
+// (32, 128] in blocks of 128 keys and 8 warps (half the dQ reductions and Q / dO tile loads); opt-in until
 // measured on a GPU. Unset or 64: blocks of 64 keys.
 bool backward_128_keys() {
   static const bool on = env_switch("SHARDTUNE_ATTN_BWD_KEYS", "64", "128", false);

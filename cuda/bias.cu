@@ -1,5 +1,6 @@
 // Linear-layer bias: a broadcast add over rows, and its gradient as per-column sums (one thread
-// per column, rows in order: deterministic, coalesced across the threads of a warp).
+// per column, rows in order: deterministic, coalesced across the threads of a warp), added once
+// into an f32 or a bf16 gradient (master_weights = none: one rounding per call).
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
 
@@ -14,13 +15,22 @@ __global__ void bias_add_kernel(T* __restrict__ y, const T* __restrict__ b, int6
     y[i] = dev::from_f<T>(dev::to_f(y[i]) + dev::to_f(b[i % N]));
 }
 
-template <typename T>
-__global__ void bias_backward_kernel(const T* __restrict__ dy, float* __restrict__ db, int64_t M, int64_t N) {
+template <typename T, typename G>
+__global__ void bias_backward_kernel(const T* __restrict__ dy, G* __restrict__ db, int64_t M, int64_t N) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (n >= N) return;
   float s = 0.f;
   for (int64_t m = 0; m < M; ++m) s += dev::to_f(dy[m * N + n]);
-  db[n] += s;
+  db[n] = dev::from_f<G>(dev::to_f(db[n]) + s);
+}
+
+template <typename G>
+void bias_backward_to(int64_t M, int64_t N, const Tensor& dy, G* db) {
+  const unsigned blocks = static_cast<unsigned>((N + 127) / 128);
+  if (dy.dtype() == DType::bf16)
+    bias_backward_kernel<<<blocks, 128, 0, stream()>>>(static_cast<const __nv_bfloat16*>(dy.data()), db, M, N);
+  else
+    bias_backward_kernel<<<blocks, 128, 0, stream()>>>(dy.ptr<float>(), db, M, N);
 }
 
 unsigned blocks_for(int64_t n, int threads) {
@@ -41,12 +51,12 @@ void bias_add(int64_t M, int64_t N, Tensor& y, const Tensor& b) {
 
 void bias_backward(int64_t M, int64_t N, const Tensor& dy, Tensor& db) {
   if (M == 0 || N == 0) return;
-  if (db.dtype() != DType::f32) ST_THROW("bias_backward on CUDA accumulates into an f32 gradient, got ", db.str());
-  const unsigned blocks = static_cast<unsigned>((N + 127) / 128);
-  if (dy.dtype() == DType::bf16)
-    bias_backward_kernel<<<blocks, 128, 0, stream()>>>(static_cast<const __nv_bfloat16*>(dy.data()), db.ptr<float>(), M, N);
+  if (db.dtype() == DType::bf16)
+    bias_backward_to(M, N, dy, static_cast<__nv_bfloat16*>(db.data()));
+  else if (db.dtype() == DType::f32)
+    bias_backward_to(M, N, dy, db.ptr<float>());
   else
-    bias_backward_kernel<<<blocks, 128, 0, stream()>>>(dy.ptr<float>(), db.ptr<float>(), M, N);
+    ST_THROW("bias_backward on CUDA: the gradient must be f32 or bf16, got ", db.str());
   ST_CUDA_LAUNCH_CHECK("bias_backward");
 }
 

@@ -121,10 +121,8 @@ __device__ __forceinline__ int chunk_owner(const E* __restrict__ ts, int nt, uns
   return lo;
 }
 
-// SplitMix64 (core/rng.hpp's, host and device) and its counter-based uniform on the device.
+// SplitMix64 and its counter-based uniform: core/rng.hpp's, host and device.
+using st::counter_uniform_keyed;
 using st::splitmix64;
-__device__ __forceinline__ float counter_uniform_keyed(uint64_t key, uint64_t index) {
-  return static_cast<float>(splitmix64(key + index) >> 40) * (1.0f / 16777216.0f);
-}
 
 }  // namespace st::cuda::dev

@@ -81,26 +81,39 @@ struct AdamWTensor {
 constexpr int kAdamThreads = 256;
 constexpr int64_t kAdamChunk = 4 * 8 * kAdamThreads;  // elements per block: 8 float4 per thread
 
-__global__ void __launch_bounds__(kAdamThreads) adamw_multi_kernel(const AdamWTensor* __restrict__ ts, int nt, Coef c) {
-  const AdamWTensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
+// Block b's chunk of its tensor t (the table's entry that owns chunk b): four(i4) over its
+// 4-wide elements where t.vec4 (chunks start at multiples of 4), one(i) over the rest.
+template <typename Entry, typename Four, typename One>
+__device__ __forceinline__ void for_chunk(const Entry& t, Four four, One one) {
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) - t.first_block) * kAdamChunk;
   const int64_t end = begin + kAdamChunk < t.n ? begin + kAdamChunk : t.n;
-  const float decay = t.decay ? c.decay : 1.0f;
   int64_t scalar_from = begin;
   if (t.vec4) {
     const int64_t end4 = end / 4;  // begin is a multiple of 4
-    for (int64_t i = begin / 4 + threadIdx.x; i < end4; i += kAdamThreads)
-      adamw_four(reinterpret_cast<float4*>(t.p), reinterpret_cast<const float4*>(t.g), reinterpret_cast<float4*>(t.m),
-                 reinterpret_cast<float4*>(t.v), t.working, i, decay, c);
+    for (int64_t i = begin / 4 + threadIdx.x; i < end4; i += kAdamThreads) four(i);
     scalar_from = 4 * end4;
   }
-  for (int64_t i = scalar_from + threadIdx.x; i < end; i += kAdamThreads) adamw_one(t.p, t.g, t.m, t.v, t.working, i, decay, c);
+  for (int64_t i = scalar_from + threadIdx.x; i < end; i += kAdamThreads) one(i);
+}
+
+__global__ void __launch_bounds__(kAdamThreads) adamw_multi_kernel(const AdamWTensor* __restrict__ ts, int nt, Coef c) {
+  const AdamWTensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
+  const float decay = t.decay ? c.decay : 1.0f;
+  for_chunk(
+      t,
+      [&](int64_t i) {
+        adamw_four(reinterpret_cast<float4*>(t.p), reinterpret_cast<const float4*>(t.g), reinterpret_cast<float4*>(t.m),
+                   reinterpret_cast<float4*>(t.v), t.working, i, decay, c);
+      },
+      [&](int64_t i) { adamw_one(t.p, t.g, t.m, t.v, t.working, i, decay, c); });
 }
 
 // Pure bf16 (master_weights = none), many tensors in one launch, chunked as adamw_multi_kernel:
 // value, gradient and moments are bf16, no master; adamw::update_bf16 per element (the f32
 // update, then stochastic rounding with splitmix64(key + element)), 4-wide (8-byte loads and
-// stores) where the tensor's four arrays are 8-byte aligned.
+// stores) where the tensor's four arrays are 8-byte aligned. The table holds no per-step value
+// (each tensor's key is made from the step's key, a launch argument), so device_table uploads
+// it once for the run.
 struct AdamWBf16Tensor {
   uint16_t* p;  // bf16 bits
   const uint16_t* g;
@@ -108,20 +121,22 @@ struct AdamWBf16Tensor {
   uint16_t* v;
   int64_t n;
   int64_t first_block;  // index of this tensor's first chunk
-  uint64_t key;         // adamw::stochastic_key(seed, step, its index)
+  uint64_t index;       // its place in the optimizer's list (adamw::stochastic_key's tensor)
   int32_t decay;        // 1: weight decay applies (Coef::decay), 0: decay 1
   int32_t vec4;         // 1: p, g, m, v 8-byte aligned
 };
 
-__device__ __forceinline__ void adamw_bf16_one(const AdamWBf16Tensor& t, int64_t i, float decay, const Coef& c) {
+__device__ __forceinline__ void adamw_bf16_one(const AdamWBf16Tensor& t, uint64_t key, int64_t i, float decay,
+                                               const Coef& c) {
   uint16_t p = t.p[i], m = t.m[i], v = t.v[i];
-  adamw::update_bf16(p, t.g[i], m, v, decay, c, splitmix64(t.key + static_cast<uint64_t>(i)));
+  adamw::update_bf16(p, t.g[i], m, v, decay, c, splitmix64(key + static_cast<uint64_t>(i)));
   t.p[i] = p;
   t.m[i] = m;
   t.v[i] = v;
 }
 
-__device__ __forceinline__ void adamw_bf16_four(const AdamWBf16Tensor& t, int64_t i4, float decay, const Coef& c) {
+__device__ __forceinline__ void adamw_bf16_four(const AdamWBf16Tensor& t, uint64_t key, int64_t i4, float decay,
+                                                const Coef& c) {
   union Four {
     uint2 u;
     uint16_t h[4];
@@ -133,25 +148,20 @@ __device__ __forceinline__ void adamw_bf16_four(const AdamWBf16Tensor& t, int64_
   v.u = reinterpret_cast<const uint2*>(t.v)[i4];
 #pragma unroll
   for (int k = 0; k < 4; ++k)
-    adamw::update_bf16(p.h[k], g.h[k], m.h[k], v.h[k], decay, c, splitmix64(t.key + static_cast<uint64_t>(4 * i4 + k)));
+    adamw::update_bf16(p.h[k], g.h[k], m.h[k], v.h[k], decay, c, splitmix64(key + static_cast<uint64_t>(4 * i4 + k)));
   reinterpret_cast<uint2*>(t.p)[i4] = p.u;
   reinterpret_cast<uint2*>(t.m)[i4] = m.u;
   reinterpret_cast<uint2*>(t.v)[i4] = v.u;
 }
 
+// step_key: counter_key(seed, step), the first half of adamw::stochastic_key.
 __global__ void __launch_bounds__(kAdamThreads) adamw_bf16_multi_kernel(const AdamWBf16Tensor* __restrict__ ts, int nt,
-                                                                        Coef c) {
+                                                                        Coef c, uint64_t step_key) {
   const AdamWBf16Tensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
-  const int64_t begin = (static_cast<int64_t>(blockIdx.x) - t.first_block) * kAdamChunk;
-  const int64_t end = begin + kAdamChunk < t.n ? begin + kAdamChunk : t.n;
   const float decay = t.decay ? c.decay : 1.0f;
-  int64_t scalar_from = begin;
-  if (t.vec4) {
-    const int64_t end4 = end / 4;  // begin is a multiple of 4
-    for (int64_t i = begin / 4 + threadIdx.x; i < end4; i += kAdamThreads) adamw_bf16_four(t, i, decay, c);
-    scalar_from = 4 * end4;
-  }
-  for (int64_t i = scalar_from + threadIdx.x; i < end; i += kAdamThreads) adamw_bf16_one(t, i, decay, c);
+  const uint64_t key = counter_key(step_key, t.index);
+  for_chunk(
+      t, [&](int64_t i) { adamw_bf16_four(t, key, i, decay, c); }, [&](int64_t i) { adamw_bf16_one(t, key, i, decay, c); });
 }
 
 // Sums of squares over many tensors in one launch, deterministic: block i takes chunk i of the
@@ -177,10 +187,25 @@ __global__ void __launch_bounds__(kSumSqThreads) sum_squares_multi_kernel(const 
   float s = 0.0f;
   if (t.bf16) {
     const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(t.ptr);
+    if (reinterpret_cast<uintptr_t>(x) % 16 == 0 && end - begin == kSumChunk) {
+      // A whole chunk of an aligned bf16 tensor: 16-byte loads of 8 values (begin is a multiple of 8).
+      const uint4* x8 = reinterpret_cast<const uint4*>(x + begin);
+#pragma unroll
+      for (int k = 0; k < static_cast<int>(kSumChunk / 8 / kSumSqThreads); ++k) {
+        const uint4 u = x8[threadIdx.x + k * kSumSqThreads];
+        const unsigned words[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float lo = bf16_to_f32(static_cast<uint16_t>(words[j])), hi = bf16_to_f32(static_cast<uint16_t>(words[j] >> 16));
+          s += lo * lo + hi * hi;
+        }
+      }
+    } else {
 #pragma unroll 4
-    for (int64_t i = begin + threadIdx.x; i < end; i += kSumSqThreads) {
-      const float v = __bfloat162float(x[i]);
-      s += v * v;
+      for (int64_t i = begin + threadIdx.x; i < end; i += kSumSqThreads) {
+        const float v = __bfloat162float(x[i]);
+        s += v * v;
+      }
     }
   } else {
     const float* x = static_cast<const float*>(t.ptr);
@@ -238,25 +263,33 @@ Coef coef(const AdamWHyper& h, double weight_decay) {
   return adamw::coefficients<float>(h.lr, h.beta1, h.beta2, h.eps, weight_decay, h.step, h.grad_scale);
 }
 
-// adamw_bf16_multi_kernel's table for the pure-bf16 entries (empty tensors left out); `blocks`:
-// its grid, one block per kAdamChunk elements of a tensor.
-std::vector<AdamWBf16Tensor> adamw_bf16_table(const std::vector<const AdamWTensors*>& ts, const AdamWHyper& h,
-                                              int64_t& blocks) {
-  std::vector<AdamWBf16Tensor> table;
+// A multi-tensor kernel's table: one entry per non-empty tensor of `ts`, made by make(t, n,
+// first_block); `blocks` (the grid) counts one block per kAdamChunk elements of each.
+template <typename Entry, typename Make>
+std::vector<Entry> chunk_table(const std::vector<const AdamWTensors*>& ts, int64_t& blocks, Make make) {
+  std::vector<Entry> table;
   table.reserve(ts.size());
   blocks = 0;
   for (const AdamWTensors* t : ts) {
     const int64_t n = t->param->numel();
     if (n == 0) continue;
-    const auto bits = [](const Tensor& x) { return static_cast<uint16_t*>(x.data()); };
-    AdamWBf16Tensor e{bits(*t->param), bits(*t->grad), bits(*t->m), bits(*t->v), n, blocks,
-                      adamw::stochastic_key(h.seed, h.step, t->index), t->weight_decay ? 1 : 0, 0};
-    e.vec4 = aligned(e.p, 8) && aligned(e.g, 8) && aligned(e.m, 8) && aligned(e.v, 8);
-    table.push_back(e);
+    table.push_back(make(*t, n, blocks));
     blocks += ceil_div(n, kAdamChunk);
   }
   return table;
 }
+
+// adamw_bf16_multi_kernel's table for the pure-bf16 entries (the same every step).
+std::vector<AdamWBf16Tensor> adamw_bf16_table(const std::vector<const AdamWTensors*>& ts, int64_t& blocks) {
+  return chunk_table<AdamWBf16Tensor>(ts, blocks, [](const AdamWTensors& t, int64_t n, int64_t first) {
+    const auto bits = [](const Tensor& x) { return static_cast<uint16_t*>(x.data()); };
+    AdamWBf16Tensor e{bits(*t.param), bits(*t.grad), bits(*t.m), bits(*t.v), n, first, t.index, t.weight_decay ? 1 : 0, 0};
+    e.vec4 = aligned(e.p, 8) && aligned(e.g, 8) && aligned(e.m, 8) && aligned(e.v, 8);
+    return e;
+  });
+}
+// The step's half of adamw::stochastic_key, the bf16 kernel's argument.
+uint64_t step_key(const AdamWHyper& h) { return counter_key(h.seed, static_cast<uint64_t>(h.step)); }
 }  // namespace
 
 #ifndef ST_CUDA_EMU  // the host side: launchers and the public functions (the emulator runs the kernels)
@@ -291,45 +324,43 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, Tenso
 }
 
 namespace {
-// The pure-bf16 entries of adamw_update_multi (one launch).
-void adamw_bf16_multi(const std::vector<const AdamWTensors*>& ts, const AdamWHyper& h) {
-  int64_t blocks = 0;
-  const std::vector<AdamWBf16Tensor> table = adamw_bf16_table(ts, h, blocks);
+// One launch of a multi-tensor kernel over its table (uploaded once per distinct table).
+template <typename Entry, typename... Args>
+void launch_multi(void (*kernel)(const Entry*, int, Args...), int kind, const std::vector<Entry>& table, int64_t blocks,
+                  const char* name, Args... args) {
   if (blocks == 0) return;
-  if (blocks > 0x7fffffff) ST_THROW("adamw_update (pure bf16) on CUDA: ", blocks, " chunks");
-  const void* d = device_table(kTableAdamWBf16, table.data(), table.size() * sizeof(AdamWBf16Tensor));
-  adamw_bf16_multi_kernel<<<static_cast<unsigned>(blocks), kAdamThreads, 0, stream()>>>(
-      static_cast<const AdamWBf16Tensor*>(d), static_cast<int>(table.size()), coef(h, h.weight_decay));
-  ST_CUDA_LAUNCH_CHECK("adamw_update_multi (pure bf16)");
+  if (blocks > 0x7fffffff) ST_THROW(name, " on CUDA: ", blocks, " chunks");
+  const void* d = device_table(kind, table.data(), table.size() * sizeof(Entry));
+  kernel<<<static_cast<unsigned>(blocks), kAdamThreads, 0, stream()>>>(static_cast<const Entry*>(d),
+                                                                        static_cast<int>(table.size()), args...);
+  ST_CUDA_LAUNCH_CHECK(name);
 }
 }  // namespace
 
 void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h) {
-  std::vector<AdamWTensor> table;
-  table.reserve(ts.size());
-  std::vector<const AdamWTensors*> pure;
-  int64_t blocks = 0;
+  std::vector<const AdamWTensors*> pure, master;
   for (const AdamWTensors& t : ts) {
-    const int64_t n = t.param->numel();
-    if (n == 0) continue;
     if (t.pure_bf16()) {  // the op layer checked that grad, m and v are bf16 too
       pure.push_back(&t);
-      continue;
+    } else {
+      check_f32(*t.param, *t.grad, *t.m, *t.v);
+      master.push_back(&t);
     }
-    check_f32(*t.param, *t.grad, *t.m, *t.v);
-    AdamWTensor e{t.param->ptr<float>(), t.grad->ptr<float>(), t.m->ptr<float>(), t.v->ptr<float>(), bf16_copy(t.working),
-                  n, blocks, t.weight_decay ? 1 : 0, 0};
-    e.vec4 = aligned(e.p, 16) && aligned(e.g, 16) && aligned(e.m, 16) && aligned(e.v, 16) && aligned(e.working, 8);
-    table.push_back(e);
-    blocks += ceil_div(n, kAdamChunk);
   }
-  if (!pure.empty()) adamw_bf16_multi(pure, h);
-  if (blocks == 0) return;
-  if (blocks > 0x7fffffff) ST_THROW("adamw_update on CUDA: ", blocks, " chunks");
-  const void* d = device_table(kTableAdamW, table.data(), table.size() * sizeof(AdamWTensor));
-  adamw_multi_kernel<<<static_cast<unsigned>(blocks), kAdamThreads, 0, stream()>>>(
-      static_cast<const AdamWTensor*>(d), static_cast<int>(table.size()), coef(h, h.weight_decay));
-  ST_CUDA_LAUNCH_CHECK("adamw_update_multi");
+  const Coef c = coef(h, h.weight_decay);
+  int64_t blocks = 0;
+  if (!pure.empty()) {
+    const std::vector<AdamWBf16Tensor> table = adamw_bf16_table(pure, blocks);
+    launch_multi(adamw_bf16_multi_kernel, kTableAdamWBf16, table, blocks, "adamw_update_multi (pure bf16)", c, step_key(h));
+  }
+  const std::vector<AdamWTensor> table =
+      chunk_table<AdamWTensor>(master, blocks, [](const AdamWTensors& t, int64_t n, int64_t first) {
+        AdamWTensor e{t.param->ptr<float>(), t.grad->ptr<float>(), t.m->ptr<float>(), t.v->ptr<float>(),
+                      bf16_copy(t.working), n, first, t.weight_decay ? 1 : 0, 0};
+        e.vec4 = aligned(e.p, 16) && aligned(e.g, 16) && aligned(e.m, 16) && aligned(e.v, 16) && aligned(e.working, 8);
+        return e;
+      });
+  launch_multi(adamw_multi_kernel, kTableAdamW, table, blocks, "adamw_update_multi", c);
 }
 
 namespace {

@@ -2,6 +2,7 @@
 // back per (bucket, head) by a two-stage reduction (many (q, k) pairs share a bucket: atomics on
 // the num_buckets * H addresses contended; 1.4 ms per call at 16 x 512 x 512 on an H100).
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.cuh"
@@ -72,26 +73,35 @@ __global__ void relbias_backward_partial(const T* __restrict__ dbias, const int3
   }
 }
 
-// dtable[b, h] += sum over chunks of partial[h, chunk, b], chunks in order.
-__global__ void relbias_backward_finish(const float* __restrict__ partial, float* __restrict__ dtable, int64_t H,
+// dtable[b, h] += sum over chunks of partial[h, chunk, b], chunks in order, added once into an
+// f32 or a bf16 gradient (master_weights = none: one rounding per call).
+template <typename G>
+__global__ void relbias_backward_finish(const float* __restrict__ partial, G* __restrict__ dtable, int64_t H,
                                         int NB, int chunks) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= NB * H) return;
   const int64_t b = i / H, h = i % H;
   float s = 0.0f;
   for (int c = 0; c < chunks; ++c) s += partial[(h * chunks + c) * NB + b];
-  dtable[i] += s;
+  dtable[i] = dev::from_f<G>(dev::to_f(dtable[i]) + s);
 }
 
 constexpr int kRelbiasThreads = 256;
 constexpr size_t kRelbiasMaxShared = 48 * 1024;  // without the opt-in to larger dynamic shared memory
 
-template <typename T>
-void relbias_backward_launch(const T* dbias, const int32_t* buckets, float* dtable, int64_t NB, int64_t H, int64_t QK) {
+template <typename T, typename G>
+void relbias_backward_launch(const T* dbias, const int32_t* buckets, G* dtable, int64_t NB, int64_t H, int64_t QK) {
   int nt = kRelbiasThreads;
   while (nt > 32 && static_cast<size_t>(NB) * nt * sizeof(float) > kRelbiasMaxShared) nt /= 2;
   if (static_cast<size_t>(NB) * nt * sizeof(float) > kRelbiasMaxShared) {
-    relbias_backward_atomic_kernel<<<grid_1d(H * QK, 256), 256, 0, stream()>>>(dbias, buckets, dtable, H, QK);
+    if constexpr (std::is_same_v<G, float>) {
+      relbias_backward_atomic_kernel<<<grid_1d(H * QK, 256), 256, 0, stream()>>>(dbias, buckets, dtable, H, QK);
+    } else {  // a bf16 gradient: the atomics add into a zeroed f32 copy, added once into it
+      float* sum = static_cast<float*>(raw_scratch(kScratchRelbias, static_cast<size_t>(NB * H) * sizeof(float)));
+      ST_CUDA_CHECK(cudaMemsetAsync(sum, 0, static_cast<size_t>(NB * H) * sizeof(float), stream()));
+      relbias_backward_atomic_kernel<<<grid_1d(H * QK, 256), 256, 0, stream()>>>(dbias, buckets, sum, H, QK);
+      fold_f32_into_bf16(sum, dtable, NB * H, 1.0f, true);
+    }
     return;
   }
   // About eight blocks per SM over all heads; at least one thread's worth of work per block.
@@ -121,16 +131,26 @@ void relative_bias_forward(const Tensor& table, const Tensor& buckets, int64_t T
   ST_CUDA_LAUNCH_CHECK("relative_bias_forward");
 }
 
+namespace {
+template <typename G>
+void relbias_backward_to(const Tensor& dbias, const Tensor& buckets, G* dtable, int64_t NB, int64_t H, int64_t QK) {
+  if (dbias.dtype() == DType::bf16)
+    relbias_backward_launch(static_cast<const __nv_bfloat16*>(dbias.data()), buckets.ptr<int32_t>(), dtable, NB, H, QK);
+  else
+    relbias_backward_launch(dbias.ptr<float>(), buckets.ptr<int32_t>(), dtable, NB, H, QK);
+}
+}  // namespace
+
 void relative_bias_backward(const Tensor& dbias, const Tensor& buckets, int64_t Tq, int64_t Tk, Tensor& dtable) {
   const int64_t H = dtable.dim(1), QK = Tq * Tk;
   if (H * QK == 0) return;
-  if (dtable.dtype() != DType::f32) ST_THROW("relative_bias_backward on CUDA accumulates into an f32 table gradient");
   const int64_t NB = dtable.dim(0);
-  if (dbias.dtype() == DType::bf16)
-    relbias_backward_launch(static_cast<const __nv_bfloat16*>(dbias.data()), buckets.ptr<int32_t>(), dtable.ptr<float>(),
-                            NB, H, QK);
+  if (dtable.dtype() == DType::bf16)
+    relbias_backward_to(dbias, buckets, static_cast<__nv_bfloat16*>(dtable.data()), NB, H, QK);
+  else if (dtable.dtype() == DType::f32)
+    relbias_backward_to(dbias, buckets, dtable.ptr<float>(), NB, H, QK);
   else
-    relbias_backward_launch(dbias.ptr<float>(), buckets.ptr<int32_t>(), dtable.ptr<float>(), NB, H, QK);
+    ST_THROW("relative_bias_backward on CUDA: the table gradient must be f32 or bf16, got ", dtable.str());
   ST_CUDA_LAUNCH_CHECK("relative_bias_backward");
 }
 

@@ -78,13 +78,14 @@ DryRun::~DryRun() {
 
 Allocator& DryRun::allocator(Device d) { return dry_allocator(d); }
 
-void DryRun::scratch(const std::string& name, size_t bytes, Device d, MemCategory cat) {
+Tensor DryRun::scratch(const std::string& name, size_t bytes, Device d, MemCategory cat) {
   const std::string key = name + "@" + device_name(d);
   auto it = scratch_.find(key);
-  if (it != scratch_.end() && it->second.nbytes() >= bytes) return;
+  if (it != scratch_.end() && it->second.nbytes() >= bytes) return it->second;
   // The larger buffer is made before the smaller one is released, as the backend does.
   Tensor grown = Tensor::empty({static_cast<int64_t>(bytes)}, DType::u8, d, cat);
   scratch_[key] = grown;
+  return grown;
 }
 
 Allocator* dry_run_allocator(Device d) { return g_active ? &dry_allocator(d) : nullptr; }
@@ -97,8 +98,8 @@ void dry_run_add_comm_bytes(double bus_bytes) {
 }
 DryRunCounters dry_run_counters() { return g_active ? g_active->counters_ : DryRunCounters{}; }
 
-void dry_run_scratch(const std::string& name, size_t bytes, Device d, MemCategory cat) {
-  if (g_active) g_active->scratch(name, bytes, d, cat);
+Tensor dry_run_scratch(const std::string& name, size_t bytes, Device d, MemCategory cat) {
+  return g_active ? g_active->scratch(name, bytes, d, cat) : Tensor();
 }
 
 }  // namespace st

@@ -48,8 +48,8 @@ class DryRun {
   // The counting allocator of `d` for this dry run.
   Allocator& allocator(Device d);
   // Grow (never shrink) the backend-owned scratch buffer `name` on `d` to at least `bytes`, as
-  // the backend's grow-on-demand buffers do.
-  void scratch(const std::string& name, size_t bytes, Device d, MemCategory cat);
+  // the backend's grow-on-demand buffers do; returns the buffer (u8, at least `bytes`).
+  Tensor scratch(const std::string& name, size_t bytes, Device d, MemCategory cat);
 
  private:
   friend void dry_run_add_flops(double);
@@ -62,7 +62,7 @@ class DryRun {
 
 // The active DryRun's allocator for `d` (nullptr when none is active): used by allocator_for.
 Allocator* dry_run_allocator(Device d);
-// dry_run_active() ? the active run's scratch(name, ...) : nothing.
-void dry_run_scratch(const std::string& name, size_t bytes, Device d, MemCategory cat);
+// dry_run_active() ? the active run's scratch(name, ...) : an undefined tensor.
+Tensor dry_run_scratch(const std::string& name, size_t bytes, Device d, MemCategory cat);
 
 }  // namespace st

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <string>
 
+#include "core/hd.hpp"
+
 namespace st {
 
 enum class DType : uint8_t { f32, f64, bf16, f16, i32, i64, u8 };
@@ -41,11 +43,15 @@ inline uint16_t f32_to_bf16(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
+ST_HD float bf16_to_f32(uint16_t h) {  // exact; host and device (the pure-bf16 AdamW element)
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
 // IEEE half -> f32 (all cases, subnormals included) and f32 -> half (round to nearest even).
 float f16_to_f32(uint16_t h);

@@ -9,16 +9,12 @@
 #include <cstdint>
 #include <string_view>
 
-#if defined(__CUDACC__)
-#define ST_RNG_HD __host__ __device__ __forceinline__
-#else
-#define ST_RNG_HD inline
-#endif
+#include "core/hd.hpp"
 
 namespace st {
 
 // Host and device (the CUDA kernels draw from the same counters: cuda/common.cuh).
-ST_RNG_HD uint64_t splitmix64(uint64_t x) {
+ST_HD uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
@@ -34,9 +30,9 @@ inline uint64_t name_hash(std::string_view s) {
 
 // Counter-based uniforms: a key from (seed, stream), then element i of the stream is
 // splitmix64(key + i) -- the SplitMix64 sequence started at the key, one hash per element.
-ST_RNG_HD uint64_t counter_key(uint64_t seed, uint64_t stream) { return splitmix64(seed ^ splitmix64(stream)); }
+ST_HD uint64_t counter_key(uint64_t seed, uint64_t stream) { return splitmix64(seed ^ splitmix64(stream)); }
 // Uniform in [0, 1) with 24 bits of resolution (exact in float).
-inline float counter_uniform_keyed(uint64_t key, uint64_t index) {
+ST_HD float counter_uniform_keyed(uint64_t key, uint64_t index) {
   return static_cast<float>(splitmix64(key + index) >> 40) * (1.0f / 16777216.0f);
 }
 inline float counter_uniform(uint64_t seed, uint64_t stream, uint64_t index) {

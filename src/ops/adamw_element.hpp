@@ -2,20 +2,16 @@
 // correction), shared by the CPU loop (ops/cpu/elementwise_cpu.cpp) and every CUDA AdamW kernel
 // (cuda/optim.cu: one tensor, scalar and 4-wide; many tensors in one launch), so that all of
 // them do the same operations in the same order: the single- and multi-tensor CUDA updates give
-// the same bits.
+// the same bits (a NaN's payload aside: which NaN an invalid operation makes is the hardware's).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "core/dtype.hpp"
+#include "core/hd.hpp"
 #include "core/rng.hpp"
-
-#if defined(__CUDACC__)
-#define ST_ADAMW_HD __host__ __device__ __forceinline__
-#else
-#define ST_ADAMW_HD inline
-#endif
 
 namespace st::adamw {
 
@@ -53,7 +49,7 @@ inline Coef<T> coefficients(double lr, double beta1, double beta2, double eps, d
 // they shared this function, so the bits are unchanged. The CPU keeps the plain expressions
 // (the compiler's contraction under -march, unchanged by this function too).
 template <typename T>
-ST_ADAMW_HD T update(T p, T g, T& m, T& v, T decay, const Coef<T>& c) {
+ST_HD T update(T p, T g, T& m, T& v, T decay, const Coef<T>& c) {
 #if defined(__CUDA_ARCH__)
   const float gs = __fmul_rn(g, c.grad_scale);
   const float pd = __fmul_rn(p, decay);
@@ -81,7 +77,7 @@ ST_ADAMW_HD T update(T p, T g, T& m, T& v, T decay, const Coef<T>& c) {
 // device has __fmaf_rn, plain operations elsewhere): the same f32 bits on the CPU and CUDA, which
 // the stochastic rounding after it needs. The CPU kernel that inlines it is compiled with
 // -ffp-contract=off (Makefile), so that g++ fuses no other product into an fma.
-ST_ADAMW_HD float update_f32_exact(float p, float g, float& m, float& v, float decay, const Coef<float>& c) {
+ST_HD float update_f32_exact(float p, float g, float& m, float& v, float decay, const Coef<float>& c) {
 #if defined(__CUDA_ARCH__)
   return update<float>(p, g, m, v, decay, c);
 #else
@@ -94,23 +90,12 @@ ST_ADAMW_HD float update_f32_exact(float p, float g, float& m, float& v, float d
 #endif
 }
 
-ST_ADAMW_HD float bf16_bits_to_f32(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
 // x rounded to bf16 stochastically with the uniform 16-bit integer r: r is added to the 16 bits
 // that bf16 drops and the sum truncated, so |x| rounds away from zero with probability exactly
 // (its dropped bits) / 2^16 and the expected result is x (unbiased; x already in bf16: unchanged,
 // r never carries). A carry out of the mantissa moves to the next binade, past bf16's largest
 // finite value to inf (as round-to-nearest does above it). NaN stays a (quiet) NaN, inf stays inf.
-ST_ADAMW_HD uint16_t f32_to_bf16_stochastic(float x, uint32_t r) {
+ST_HD uint16_t f32_to_bf16_stochastic(float x, uint32_t r) {
   uint32_t u;
 #if defined(__CUDA_ARCH__)
   u = __float_as_uint(x);
@@ -126,17 +111,17 @@ ST_ADAMW_HD uint16_t f32_to_bf16_stochastic(float x, uint32_t r) {
 // splitmix64(key + e) (the SplitMix64 sequence started at the key, as core/rng.hpp's counter
 // draws): bits 0-15 round the value, 16-31 m, 32-47 v. A pure function of (seed, step, tensor,
 // element): any device, thread order or launch shape gives the same bits.
-ST_ADAMW_HD uint64_t stochastic_key(uint64_t seed, int64_t step, uint64_t tensor) {
+ST_HD uint64_t stochastic_key(uint64_t seed, int64_t step, uint64_t tensor) {
   return counter_key(counter_key(seed, static_cast<uint64_t>(step)), tensor);
 }
 
 // One element: p, g, m, v bf16 bits (p, m, v updated in place) with the element's random bits.
 // m and v are rounded stochastically too: with beta2 = 0.999 a step changes v by 1e-3 of itself,
 // below half a bf16 ulp (2^-9), so round-to-nearest would hold v where it is.
-ST_ADAMW_HD void update_bf16(uint16_t& p, uint16_t g, uint16_t& m, uint16_t& v, float decay, const Coef<float>& c,
+ST_HD void update_bf16(uint16_t& p, uint16_t g, uint16_t& m, uint16_t& v, float decay, const Coef<float>& c,
                              uint64_t bits) {
-  float mf = bf16_bits_to_f32(m), vf = bf16_bits_to_f32(v);
-  const float pf = update_f32_exact(bf16_bits_to_f32(p), bf16_bits_to_f32(g), mf, vf, decay, c);
+  float mf = bf16_to_f32(m), vf = bf16_to_f32(v);
+  const float pf = update_f32_exact(bf16_to_f32(p), bf16_to_f32(g), mf, vf, decay, c);
   p = f32_to_bf16_stochastic(pf, static_cast<uint32_t>(bits));
   m = f32_to_bf16_stochastic(mf, static_cast<uint32_t>(bits >> 16));
   v = f32_to_bf16_stochastic(vf, static_cast<uint32_t>(bits >> 32));

@@ -5,7 +5,6 @@
 #include "core/profile.hpp"
 #include "ops/cpu/cpu_kernels.hpp"
 #include "ops/dispatch.hpp"
-#include "ops/init.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
 #endif
@@ -43,19 +42,19 @@ void bias_backward(const Tensor& dy, Tensor& db) {
   ProfileScope prof("bias", dy.device());
   check_grad_dtype("bias_backward (bias gradient)", dy, db);
   const int64_t N = columns_of("bias_backward", dy, db), M = dy.numel() / N;
-  accumulate_grad_in_f32(db, [&](Tensor& g) {  // the CUDA kernel adds into f32
-    const TracedOp traced(OpFamily::elementwise, {&dy, &g});
-    if (dry_run_active()) return;
-    if (dy.device() == Device::cuda) {
+  // The CUDA kernel sums each column in f32 and adds it once into db (f32, or bf16 under
+  // master_weights = none); the CPU's db has dy's dtype.
+  const TracedOp traced(OpFamily::elementwise, {&dy, &db});
+  if (dry_run_active()) return;  // the planner: no compute
+  if (dy.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-      cuda::bias_backward(M, N, dy, g);
-      return;
+    cuda::bias_backward(M, N, dy, db);
+    return;
 #else
-      no_cuda_kernel("bias_backward");
+    no_cuda_kernel("bias_backward");
 #endif
-    }
-    ST_DISPATCH_CPU_FLOAT(dy.dtype(), T, cpu::bias_backward<T>(M, N, dy.ptr<T>(), g.ptr<T>()));
-  });
+  }
+  ST_DISPATCH_CPU_FLOAT(dy.dtype(), T, cpu::bias_backward<T>(M, N, dy.ptr<T>(), db.ptr<T>()));
 }
 
 }  // namespace st

@@ -27,7 +27,8 @@ inline void check_float_args(const char* op, std::initializer_list<const Tensor*
 
 // Precision rules of the op layer. CPU: every float tensor of a call has one dtype (f32, or f64
 // in reference checks). CUDA: activations and weights are bf16 (f32 accepted), while norm
-// statistics, attention log-sum-exp, losses and the gradients of trainable parameters are f32.
+// statistics, attention log-sum-exp and losses are f32, and the gradients of trainable
+// parameters f32 (beside f32 master weights) or bf16 (master_weights = none).
 inline void check_stat_dtype(const char* op, const Tensor& main, const Tensor& stat) {
   const DType want = main.device() == Device::cuda ? DType::f32 : main.dtype();
   if (stat.dtype() != want || stat.device() != main.device())

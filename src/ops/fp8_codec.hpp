@@ -14,11 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define ST_FP8_HD __host__ __device__ __forceinline__
-#else
-#define ST_FP8_HD inline
-#endif
+#include "core/hd.hpp"
 
 namespace st::fp8 {
 
@@ -30,7 +26,7 @@ constexpr uint8_t kE4M3NaNCode = 0x7F;   // S.1111.111
 // (correctly rounded f32 division), 1 when amax is 0, NaN or infinite (nothing to scale by), and
 // FLT_MAX where the quotient overflows (amax below 448 / FLT_MAX). Then divided by 2^margin
 // (delayed scaling's head room; exact).
-ST_FP8_HD float scale_from_amax(float amax, int margin = 0) {
+ST_HD float scale_from_amax(float amax, int margin = 0) {
   if (!(amax > 0.0f) || amax == INFINITY) return 1.0f;
 #if defined(__CUDA_ARCH__)
   float s = __fdiv_rn(kE4M3Max, amax);
@@ -42,7 +38,7 @@ ST_FP8_HD float scale_from_amax(float amax, int margin = 0) {
 }
 
 // The dequantization factor of a scale: 1 / s (correctly rounded f32 division).
-ST_FP8_HD float scale_inv_of(float s) {
+ST_HD float scale_inv_of(float s) {
 #if defined(__CUDA_ARCH__)
   return __fdiv_rn(1.0f, s);
 #else
@@ -95,4 +91,4 @@ inline uint8_t e4m3_from_float(float x) {
 
 }  // namespace st::fp8
 
-#undef ST_FP8_HD
+#undef ST_HD

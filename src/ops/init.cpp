@@ -134,12 +134,34 @@ void zero_tensors(const std::vector<Tensor*>& ts) {
     if (t->numel() > 0) device_memset_zero(t->data(), t->nbytes(), device);
 }
 
+namespace {
+
+// The f32 accumulator of accumulate_grad_in_f32: one buffer kept for the process (grown on
+// demand, as the attention backward's scratch), so a step allocates nothing; in a dry run the
+// planner's scratch of the same name and size.
+Tensor f32_accumulator(const Shape& shape) {
+  const int64_t n = shape.numel();
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  if (dry_run_active())
+    return dry_run_scratch("f32 gradient accumulator", bytes, Device::cuda, MemCategory::workspace)
+        .view_as(DType::f32, 0, shape);
+  static Tensor buf;
+  if (!buf.defined() || buf.numel() < n) {
+    buf = Tensor();  // released before the larger one is made
+    buf = Tensor::empty({n}, DType::f32, Device::cuda, MemCategory::workspace);
+  }
+  return buf.view_as(DType::f32, 0, shape);
+}
+
+}  // namespace
+
 void accumulate_grad_in_f32(Tensor& grad, const std::function<void(Tensor&)>& add) {
   if (grad.device() != Device::cuda || grad.dtype() != DType::bf16) {
     add(grad);
     return;
   }
-  Tensor sum = Tensor::zeros(grad.shape(), DType::f32, Device::cuda, MemCategory::workspace);
+  Tensor sum = f32_accumulator(grad.shape());
+  sum.zero_();
   add(sum);
   const TracedOp traced(OpFamily::copy, {&sum, &grad, &grad});
   if (dry_run_active()) return;  // the planner: no compute

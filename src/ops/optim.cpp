@@ -39,7 +39,7 @@ uint16_t* bf16_bits(const Tensor& t) { return static_cast<uint16_t*>(t.data()); 
 
 // index: the tensor's stream of the stochastic rounding (pure bf16 only).
 void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working,
-               uint64_t index = 0) {
+               uint64_t index) {
   if (param.dtype() == DType::bf16) {
     cpu::adamw_update_bf16(param.numel(), bf16_bits(param), bf16_bits(grad), bf16_bits(m), bf16_bits(v), h.lr,
                            h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale,
@@ -58,6 +58,9 @@ bool AdamWTensors::pure_bf16() const { return param->dtype() == DType::bf16; }
 
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working) {
   ProfileScope prof("adamw", param.device());
+  if (param.dtype() == DType::bf16)  // on either device: its rounding is keyed by the list index
+    ST_THROW("adamw_update: a bf16 parameter (pure bf16) is updated by adamw_update_multi, which keys its stochastic "
+             "rounding by the tensor's index; got ", param.str());
   const TracedOp traced(OpFamily::optimizer, check_adamw("adamw_update", param, grad, m, v, working), 0.0);
   if (dry_run_active()) return;  // the planner: no compute
   if (param.device() == Device::cuda) {
@@ -69,7 +72,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
     no_cuda_kernel("adamw_update");
 #endif
   }
-  adamw_cpu(param, grad, m, v, h, working);
+  adamw_cpu(param, grad, m, v, h, working, 0);
 }
 
 void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h) {

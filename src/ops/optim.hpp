@@ -16,7 +16,7 @@ struct AdamWHyper {
 
 // PyTorch torch.optim.AdamW semantics on the master copy `param` (f32 on CUDA; f32/f64 on CPU).
 // working, if given, receives the updated value in its own dtype (e.g. the bf16 weights the
-// kernels read) in the same pass.
+// kernels read) in the same pass. A bf16 param (pure bf16) is refused: adamw_update_multi's.
 void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h,
                   Tensor* working = nullptr);
 // One entry of adamw_update_multi: adamw_update's arguments for one tensor; weight_decay: whether

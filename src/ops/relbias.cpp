@@ -7,7 +7,6 @@
 #include "core/dryrun.hpp"
 #include "core/op_trace.hpp"
 #include "ops/dispatch.hpp"
-#include "ops/init.hpp"
 #ifdef SHARDTUNE_CUDA
 #include "cuda/kernels.cuh"
 #endif
@@ -99,21 +98,21 @@ void relative_bias_backward(const Tensor& dbias, const Tensor& buckets, int64_t 
   ProfileScope prof("relative_bias_backward", dtable.device());
   check("relative_bias_backward", dtable, buckets, Tq, Tk, dbias);
   check_grad_dtype("relative_bias_backward (table gradient)", dbias, dtable);
-  accumulate_grad_in_f32(dtable, [&](Tensor& g) {  // the CUDA kernel adds into f32
-    const TracedOp traced(OpFamily::elementwise, {&dbias, &buckets, &g});
-    if (dry_run_active()) return;  // the planner: no compute
-    if (g.device() == Device::cuda) {
+  // The CUDA kernels sum in f32 and add once into dtable (f32, or bf16 under master_weights =
+  // none); the CPU's dtable has dbias's dtype.
+  const TracedOp traced(OpFamily::elementwise, {&dbias, &buckets, &dtable});
+  if (dry_run_active()) return;  // the planner: no compute
+  if (dtable.device() == Device::cuda) {
 #ifdef SHARDTUNE_CUDA
-      cuda::relative_bias_backward(dbias, buckets, Tq, Tk, g);
-      return;
+    cuda::relative_bias_backward(dbias, buckets, Tq, Tk, dtable);
+    return;
 #else
-      no_cuda_kernel("relative_bias_backward");
+    no_cuda_kernel("relative_bias_backward");
 #endif
-    }
-    const int64_t H = g.dim(1);
-    const int32_t* b = buckets.ptr<int32_t>();
-    ST_DISPATCH_CPU_FLOAT(g.dtype(), T, scatter_cpu<T>(dbias.ptr<T>(), b, g.ptr<T>(), H, Tq * Tk));
-  });
+  }
+  const int64_t H = dtable.dim(1);
+  const int32_t* b = buckets.ptr<int32_t>();
+  ST_DISPATCH_CPU_FLOAT(dtable.dtype(), T, scatter_cpu<T>(dbias.ptr<T>(), b, dtable.ptr<T>(), H, Tq * Tk));
 }
 
 }  // namespace st

@@ -5,18 +5,14 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define ST_NF4_HD __host__ __device__ __forceinline__
-#else
-#define ST_NF4_HD inline
-#endif
+#include "core/hd.hpp"
 
 namespace st::nf4 {
 
 // The NF4 code of x (already scaled by 1 / absmax): the number of the 15 ascending midpoints
 // `mid` that lie strictly below x. A value on a midpoint goes to the lower code; NaN (a block of
 // zeros: 0 * (1/0)) compares false everywhere and gives code 0, as in bitsandbytes.
-ST_NF4_HD uint8_t encode(const float* mid, float x) {
+ST_HD uint8_t encode(const float* mid, float x) {
   int lo = 0;
   for (int step = 8; step > 0; step >>= 1)
     if (x > mid[lo + step - 1]) lo += step;
@@ -25,7 +21,7 @@ ST_NF4_HD uint8_t encode(const float* mid, float x) {
 
 // bitsandbytes' dQuantize<STOCHASTIC = 0> over a 256-value ascending map: a 7-step binary
 // search from the middle, then the nearer neighbour by the midpoint.
-ST_NF4_HD uint8_t dynamic_encode(const float* code, float x) {
+ST_HD uint8_t dynamic_encode(const float* code, float x) {
   int pivot = 127, upper_pivot = 255, lower_pivot = 0;
   float lower = -1.0f, upper = 1.0f;
   float val = code[pivot];
@@ -53,4 +49,4 @@ ST_NF4_HD uint8_t dynamic_encode(const float* code, float x) {
 
 }  // namespace st::nf4
 
-#undef ST_NF4_HD
+#undef ST_HD

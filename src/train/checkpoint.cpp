@@ -345,11 +345,12 @@ void check_checkpoint(const RunConfig& c, const CheckpointLayout& layout, const 
 
 std::string checkpoint_options_diff(const std::map<std::string, std::string>& then,
                                     const std::map<std::string, std::string>& now) {
-  static const std::map<std::string, std::string> defaults = [] {
-    std::map<std::string, std::string> m;
-    for (const auto& [k, v] : RunConfig().resolved()) m[k] = v;
-    return m;
-  }();
+  // Keys added to the recorded options after checkpoints without them were written, each with
+  // the value that the builds before it behaved as (fixed here: a later change of the key's
+  // default must not change what an old checkpoint means). Any other missing key differs.
+  static const std::map<std::string, std::string> implied_when_absent = {
+      {"master_weights", "f32"},  // session 16: f32 master weights were the only kind before
+  };
   std::string diff;
   std::set<std::string> keys;
   for (const auto& kv : then) keys.insert(kv.first);
@@ -357,9 +358,10 @@ std::string checkpoint_options_diff(const std::map<std::string, std::string>& th
   for (const std::string& k : keys) {
     const auto a = then.find(k);
     const auto b = now.find(k);
-    const auto d = defaults.find(k);
-    if (a == then.end() && b != now.end() && d != defaults.end() && d->second == b->second) continue;
-    const std::string va = a == then.end() ? "(unset)" : a->second, vb = b == now.end() ? "(unset)" : b->second;
+    const auto implied = implied_when_absent.find(k);
+    std::string va = a == then.end() ? "(unset)" : a->second;
+    if (a == then.end() && implied != implied_when_absent.end()) va = implied->second;
+    const std::string vb = b == now.end() ? "(unset)" : b->second;
     if (va != vb) diff += str(diff.empty() ? "" : ", ", k, " = ", va, " in the checkpoint, ", vb, " now");
   }
   return diff;

@@ -64,9 +64,9 @@ std::string find_resume_checkpoint(const RunConfig& c);
 std::map<std::string, std::string> checkpoint_options(const RunConfig& c);
 
 // The differences between a checkpoint's options (`then`) and this run's (`now`), as
-// "key = a in the checkpoint, b now, ..." ("" when they agree). A key the checkpoint lacks (one
-// added to shardtune after it was written, e.g. master_weights) agrees when its value now is the
-// key's default: each new key's default keeps the behaviour of the builds before it.
+// "key = a in the checkpoint, b now, ..." ("" when they agree). A key the checkpoint lacks because
+// it was added to shardtune after the checkpoint was written (master_weights) stands for the value
+// the builds before it behaved as (a fixed table, not today's default); any other missing key differs.
 std::string checkpoint_options_diff(const std::map<std::string, std::string>& then,
                                     const std::map<std::string, std::string>& now);
 

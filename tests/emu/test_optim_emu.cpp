@@ -1,7 +1,7 @@
 // cuda/optim.cu's pure-bf16 AdamW kernel (master_weights = none) on the CPU emulator
 // (tests/emu/cuda_emu.hpp), fed the launcher's own table (adamw_bf16_table): its chunking, the
-// 4-wide path and its alignment test, the tails, each tensor's stochastic-rounding key and decay
-// flag, against the CPU op bit for bit. (The emulator compiles the kernel as host code, so the
+// 4-wide path and its alignment test, the tails, each tensor's stochastic-rounding key (its index
+// in the table, the step's key an argument) and decay flag, against the CPU op bit for bit. (The emulator compiles the kernel as host code, so the
 // element arithmetic is the CPU's here; the device's spelled-out roundings are equal by
 // construction, adamw::update_f32_exact, and checked on a GPU by CudaPureBf16.AdamWMatchesTheCpuBitwise.)
 #define ST_CUDA_EMU 1
@@ -58,19 +58,24 @@ TEST(EmuOptim, PureBf16AdamWKernelEqualsTheCpuOp) {
     return list;
   };
   std::vector<Tensor> keep_k, keep_r;
+  std::vector<AdamWBf16Tensor> first_table;
   for (int64_t step = 1; step <= 2; ++step) {
     AdamWHyper h{1e-3, 0.9, 0.999, 1e-8, 0.01, step, step == 2 ? 0.5 : 1.0, 17};
     const std::vector<AdamWTensors> lk = views(kern, keep_k), lr = views(ref, keep_r);
     std::vector<const AdamWTensors*> pk;
     for (const AdamWTensors& t : lk) pk.push_back(&t);
     int64_t blocks = 0;
-    const std::vector<AdamWBf16Tensor> table = adamw_bf16_table(pk, h, blocks);
+    const std::vector<AdamWBf16Tensor> table = adamw_bf16_table(pk, blocks);
     ASSERT_EQ(table.size(), cases.size() - 1);  // the empty tensor has no entry
     EXPECT_EQ(table[2].vec4, 1);
     EXPECT_EQ(table[4].vec4, 0);  // a 4-byte offset: element by element
+    // Nothing of the step in the table: device_table uploads it once for the run.
+    if (step == 1) first_table = table;
+    ASSERT_EQ(table.size(), first_table.size());
+    EXPECT_EQ(std::memcmp(table.data(), first_table.data(), table.size() * sizeof(AdamWBf16Tensor)), 0);
     const Coef c = coef(h, h.weight_decay);
     emu::launch(dim3(static_cast<unsigned>(blocks)), dim3(kAdamThreads),
-                [&] { adamw_bf16_multi_kernel(table.data(), static_cast<int>(table.size()), c); });
+                [&] { adamw_bf16_multi_kernel(table.data(), static_cast<int>(table.size()), c, step_key(h)); });
     st::adamw_update_multi(lr, h);  // the CPU op
   }
   for (size_t i = 0; i < cases.size(); ++i) {

@@ -271,16 +271,21 @@ for s in "${steps[@]}"; do
       PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama1b_full.cfg} ab_runs split SHARDTUNE_ATTN_HEAD_SPLIT "0 1" \
         "$(seq 1 ${AB_ROUNDS:-2})" "${PROFILE_CKPT:-false}" ${PROFILE_STEPS:-12} ;;
     fwd-rows-ab)
-      # The attention forward in blocks of 128 queries (SHARDTUNE_ATTN_FWD_ROWS=128, opt-in) against
-      # 64: the attention and model GPU tests with it on, CudaAttentionBench both ways, twice,
-      # interleaved, then plain steps of PROFILE_DECKS (default the 7B LoRA and 1B full bench decks)
-      # with PROFILE_CKPT (default "false true"), AB_ROUNDS (default 1) rounds.
-      run_step fwd-rows-tests env SHARDTUNE_ATTN_FWD_ROWS=128 build/tests/gpu_tests --gtest_brief=1 \
-        --gtest_filter='*ttention*:CudaModel.*'
-      attn_bench_ab fwd-rows-bench SHARDTUNE_ATTN_FWD_ROWS "64 128"
+      # The attention forward in blocks of 128 queries (SHARDTUNE_ATTN_FWD_ROWS=128, and 128x2: held
+      # to two blocks an SM at head dim 64 too; both opt-in) against 64: the attention and model GPU
+      # tests with each on, CudaAttentionBench each way, twice, interleaved, then plain steps of
+      # PROFILE_DECKS (default the 7B LoRA and 1B full bench decks) with PROFILE_CKPT (default
+      # "false true"), AB_ROUNDS (default 1) rounds. FWD_ROWS_VALUES (default "64 128 128x2").
+      vals=${FWD_ROWS_VALUES:-64 128 128x2}
+      for v in $vals; do
+        [ "$v" = 64 ] && continue
+        run_step fwd-rows-tests-$v env SHARDTUNE_ATTN_FWD_ROWS=$v build/tests/gpu_tests --gtest_brief=1 \
+          --gtest_filter='*ttention*:CudaModel.*'
+      done
+      attn_bench_ab fwd-rows-bench SHARDTUNE_ATTN_FWD_ROWS "$vals"
       make_shards
       PROFILE_DECKS=${PROFILE_DECKS:-inputs/bench/llama7b_lora.cfg inputs/bench/llama1b_full.cfg} \
-        ab_runs fwd-rows SHARDTUNE_ATTN_FWD_ROWS "64 128" "$(seq 1 ${AB_ROUNDS:-1})" "${PROFILE_CKPT:-false true}" \
+        ab_runs fwd-rows SHARDTUNE_ATTN_FWD_ROWS "$vals" "$(seq 1 ${AB_ROUNDS:-1})" "${PROFILE_CKPT:-false true}" \
         ${PROFILE_STEPS:-10} ;;
     ncu)
       # Nsight Compute on kernels of a GPU benchmark test: throughput, memory, occupancy, scheduler

@@ -187,7 +187,8 @@ TEST(CudaPureBf16, GradientOpsAddIntoBf16Gradients) {
 }
 
 // The gradient norm and the zeroing of bf16 gradients (sum_squares_total, zero_tensors take any
-// float dtype): the norm of bf16 values equals the CPU's f64 sum to the f32 chain's 1e-5.
+// float dtype): the norm of bf16 values equals the CPU's f64 sum to the f32 chain's 1e-5, over
+// whole aligned chunks (16-byte loads), a tail, and a view one element in (2-byte loads).
 TEST(CudaPureBf16, NormAndZeroingOfBf16Gradients) {
   ST_REQUIRE_GPU();
   Rng rng(53);
@@ -195,6 +196,9 @@ TEST(CudaPureBf16, NormAndZeroingOfBf16Gradients) {
   Tensor ga = to_device(a, DType::bf16), gb = to_device(b, DType::bf16);
   const double ref = sum_squares(a.to_cpu(DType::bf16)) + sum_squares(b.to_cpu(DType::bf16));
   EXPECT_NEAR(sum_squares_total({&ga, &gb}), ref, 1e-5 * ref);
+  const Tensor shifted = ga.slice(1, 100001);
+  const double ref_shifted = sum_squares(a.slice(1, 100001).to_cpu(DType::bf16));
+  EXPECT_NEAR(sum_squares_total({&shifted}), ref_shifted, 1e-5 * ref_shifted);
   zero_tensors({&ga, &gb});
   EXPECT_EQ(sum_squares_total({&ga, &gb}), 0.0);
 }

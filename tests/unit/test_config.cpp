@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config/run_config.hpp"
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "train/setup.hpp"
 #include "tests/common/paths.hpp"
@@ -236,6 +237,31 @@ TEST(RunDtype, EachDeviceTakesOnlyItsOwnComputeDtypes) {
   c.dtype = "bf16";
   EXPECT_EQ(run_dtype(c, Device::cuda), DType::bf16);
   EXPECT_THROW(run_dtype(c, Device::cpu), InputError);
+}
+
+// The kernels' SHARDTUNE_* switches: unset or empty gives the default, each listed value its
+// index, anything else an InputError naming the variable and every value.
+TEST(EnvSwitches, ChoicesAndRefusals) {
+  const char* name = "SHARDTUNE_TEST_ENV_CHOICE";
+  unsetenv(name);
+  EXPECT_EQ(env_choice(name, {"64", "128", "128x2"}, 0), 0);
+  EXPECT_TRUE(env_switch(name, "0", "1", true));
+  setenv(name, "", 1);
+  EXPECT_EQ(env_choice(name, {"64", "128", "128x2"}, 1), 1);
+  setenv(name, "128x2", 1);
+  EXPECT_EQ(env_choice(name, {"64", "128", "128x2"}, 0), 2);
+  setenv(name, "0", 1);
+  EXPECT_FALSE(env_switch(name, "0", "1", true));
+  setenv(name, "256", 1);
+  try {
+    env_choice(name, {"64", "128", "128x2"}, 0);
+    ADD_FAILURE() << "256 accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("SHARDTUNE_TEST_ENV_CHOICE=256: expected 64, 128 or 128x2"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(env_switch(name, "0", "1", true), InputError);
+  unsetenv(name);
 }
 
 }  // namespace

@@ -226,6 +226,11 @@ TEST(PureBf16, AdamWKeepsNoMasterAndBf16Moments) {
   names.clear();
   for (const auto& [name, t] : masters.state_tensors()) names.push_back(name + ":" + dtype_name(t->dtype()));
   EXPECT_EQ(names, (std::vector<std::string>{"0.w.value:bf16", "0.w.master:f32", "0.w.m:f32", "0.w.v:f32"}));
+  // The single-tensor op has no list index to key the rounding by: it refuses a bf16 value
+  // (on CUDA too: the check comes before the device's dispatch).
+  const Tensor before = w.clone(MemCategory::other);
+  EXPECT_THROW(adamw_update(w, g, m[0], v[0], h), Error);
+  EXPECT_EQ(std::memcmp(w.data(), before.data(), w.nbytes()), 0);
 }
 
 // Linear regression y = X w* with bf16 weights trained in pure bf16 (gradients rounded to bf16,
@@ -329,13 +334,16 @@ TEST(PureBf16, CheckpointRoundTripAndRefusalOfTheOtherSetting) {
   EXPECT_EQ(std::memcmp(w.data(), w_before.data(), w.nbytes()), 0);
 }
 
-// A checkpoint written before a key existed (its options lack master_weights) resumes under the
-// key's default and is refused under another value; a key it has is compared as before.
-TEST(PureBf16, OptionsOfAnOlderCheckpointCompareMissingKeysToTheirDefaults) {
+// A checkpoint written before a key existed (its options lack master_weights) stands for the
+// value the older builds behaved as (f32): it resumes under it and is refused under another; a
+// key it has is compared as before; any other missing key differs (the rule before the table).
+TEST(PureBf16, OptionsOfAnOlderCheckpointCompareMissingKeysToTheirImpliedValues) {
   const std::map<std::string, std::string> older = {{"lr", "0.001"}};
   EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.001"}, {"master_weights", "f32"}}), "");
   EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.001"}, {"master_weights", "none"}}),
-            "master_weights = (unset) in the checkpoint, none now");
+            "master_weights = f32 in the checkpoint, none now");
+  EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.001"}, {"grad_accum", "1"}}),
+            "grad_accum = (unset) in the checkpoint, 1 now");
   EXPECT_EQ(checkpoint_options_diff({{"lr", "0.001"}, {"master_weights", "none"}}, {{"lr", "0.001"}, {"master_weights", "f32"}}),
             "master_weights = none in the checkpoint, f32 now");
   EXPECT_EQ(checkpoint_options_diff(older, {{"lr", "0.002"}}), "lr = 0.001 in the checkpoint, 0.002 now");
