@@ -122,6 +122,7 @@ struct AdamWBf16Tensor {
   int64_t n;
   int64_t first_block;  // index of this tensor's first chunk
   uint64_t index;       // its place in the optimizer's list (adamw::stochastic_key's tensor)
+  uint64_t first;       // its element 0's place in that stream (AdamWTensors::first_element)
   int32_t decay;        // 1: weight decay applies (Coef::decay), 0: decay 1
   int32_t vec4;         // 1: p, g, m, v 8-byte aligned
 };
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(kAdamThreads) adamw_bf16_multi_kernel(const Ad
                                                                         Coef c, uint64_t step_key) {
   const AdamWBf16Tensor t = ts[dev::chunk_owner(ts, nt, blockIdx.x)];
   const float decay = t.decay ? c.decay : 1.0f;
-  const uint64_t key = counter_key(step_key, t.index);
+  const uint64_t key = counter_key(step_key, t.index) + t.first;  // element e: splitmix64(key + e)
   for_chunk(
       t, [&](int64_t i) { adamw_bf16_four(t, key, i, decay, c); }, [&](int64_t i) { adamw_bf16_one(t, key, i, decay, c); });
 }
@@ -283,7 +284,8 @@ std::vector<Entry> chunk_table(const std::vector<const AdamWTensors*>& ts, int64
 std::vector<AdamWBf16Tensor> adamw_bf16_table(const std::vector<const AdamWTensors*>& ts, int64_t& blocks) {
   return chunk_table<AdamWBf16Tensor>(ts, blocks, [](const AdamWTensors& t, int64_t n, int64_t first) {
     const auto bits = [](const Tensor& x) { return static_cast<uint16_t*>(x.data()); };
-    AdamWBf16Tensor e{bits(*t.param), bits(*t.grad), bits(*t.m), bits(*t.v), n, first, t.index, t.weight_decay ? 1 : 0, 0};
+    AdamWBf16Tensor e{bits(*t.param), bits(*t.grad), bits(*t.m), bits(*t.v), n, first, t.index, t.first_element,
+                      t.weight_decay ? 1 : 0, 0};
     e.vec4 = aligned(e.p, 8) && aligned(e.g, 8) && aligned(e.m, 8) && aligned(e.v, 8);
     return e;
   });

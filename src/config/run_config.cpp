@@ -130,7 +130,7 @@ void build_table(RunConfig& c, OptionTable& t) {
              "f32 | none: bf16 weights train through f32 master copies (f32 gradients and AdamW moments: 16 bytes a "
              "parameter beside the bf16 value), or in pure bf16 (bf16 gradients and moments, no master, the update "
              "stochastically rounded: 8 bytes a parameter); none applies to full fine-tuning in bf16 and has no effect "
-             "on adapters or f32 runs; not with zero3 / tp+zero3");
+             "on adapters or f32 runs");
   add_string(train, t, "activation_checkpointing", &c.activation_checkpointing,
              "true | false | N | auto: blocks that keep only their input and recompute their forward in backward "
              "(true: all; N: the first N; auto: the fewest that fit memory_limit or the GPU's memory, chosen by the planner)");

@@ -44,6 +44,10 @@ struct ParamRef {
   // Another handle of value's own buffer that kernels read (e.g. LoRA's A_work when it aliases
   // A): whoever moves the parameter's storage (ZeRO-3) must repoint it too.
   Tensor* alias = nullptr;
+  // Pure bf16 (master_weights = none): the element number of value's element 0 in its stochastic
+  // rounding's stream. A ZeRO-3 shard starts at rank x shard of its group's buffer, so every
+  // element draws the same bits whatever the number of ranks.
+  uint64_t first_element = 0;
 };
 
 // Per-call context: what changes from step to step.

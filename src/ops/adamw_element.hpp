@@ -108,9 +108,11 @@ ST_HD uint16_t f32_to_bf16_stochastic(float x, uint32_t r) {
 
 // The key of one tensor's rounding at one step: counter_key(counter_key(seed, step), tensor),
 // tensor = its index in the optimizer's parameter list. Element e's random bits are then
-// splitmix64(key + e) (the SplitMix64 sequence started at the key, as core/rng.hpp's counter
-// draws): bits 0-15 round the value, 16-31 m, 32-47 v. A pure function of (seed, step, tensor,
-// element): any device, thread order or launch shape gives the same bits.
+// splitmix64(key + first + e) (the SplitMix64 sequence started at the key, as core/rng.hpp's
+// counter draws; first = 0 but for a ZeRO-3 shard, whose element 0 is element rank x shard of
+// its group: ParamRef::first_element): bits 0-15 round the value, 16-31 m, 32-47 v. A pure
+// function of (seed, step, tensor, element): any device, thread order, launch shape or number
+// of ZeRO-3 ranks gives the same bits.
 ST_HD uint64_t stochastic_key(uint64_t seed, int64_t step, uint64_t tensor) {
   return counter_key(counter_key(seed, static_cast<uint64_t>(step)), tensor);
 }

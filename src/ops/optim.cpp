@@ -37,13 +37,14 @@ void copy_working(const Tensor& param, Tensor* working) {
 
 uint16_t* bf16_bits(const Tensor& t) { return static_cast<uint16_t*>(t.data()); }
 
-// index: the tensor's stream of the stochastic rounding (pure bf16 only).
+// index, first: the tensor's stream of the stochastic rounding and its element 0's place in it
+// (pure bf16 only): element e draws splitmix64(key + first + e), so the key passed is key + first.
 void adamw_cpu(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& h, Tensor* working,
-               uint64_t index) {
+               uint64_t index, uint64_t first) {
   if (param.dtype() == DType::bf16) {
     cpu::adamw_update_bf16(param.numel(), bf16_bits(param), bf16_bits(grad), bf16_bits(m), bf16_bits(v), h.lr,
                            h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale,
-                           adamw::stochastic_key(h.seed, h.step, index));
+                           adamw::stochastic_key(h.seed, h.step, index) + first);
     return;
   }
   ST_DISPATCH_CPU_FLOAT(param.dtype(), T,
@@ -72,7 +73,7 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
     no_cuda_kernel("adamw_update");
 #endif
   }
-  adamw_cpu(param, grad, m, v, h, working, 0);
+  adamw_cpu(param, grad, m, v, h, working, 0, 0);
 }
 
 void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h) {
@@ -100,7 +101,7 @@ void adamw_update_multi(const std::vector<AdamWTensors>& ts, const AdamWHyper& h
     no_cuda_kernel("adamw_update_multi");
 #endif
   }
-  for (const AdamWTensors& t : ts) adamw_cpu(*t.param, *t.grad, *t.m, *t.v, hyper(t), t.working, t.index);
+  for (const AdamWTensors& t : ts) adamw_cpu(*t.param, *t.grad, *t.m, *t.v, hyper(t), t.working, t.index, t.first_element);
 }
 
 double sum_squares(const Tensor& x) {
@@ -166,6 +167,13 @@ void axpy(double a, const Tensor& x, Tensor& y) {
 #else
     no_cuda_kernel("axpy");
 #endif
+  }
+  if (y.dtype() == DType::bf16) {  // pure-bf16 gradients (ZeRO-3's shards): in f32, rounded once
+    const uint16_t* xb = bf16_bits(x);
+    uint16_t* yb = bf16_bits(y);
+    const float af = static_cast<float>(a);
+    for (int64_t i = 0; i < y.numel(); ++i) yb[i] = f32_to_bf16(bf16_to_f32(yb[i]) + af * bf16_to_f32(xb[i]));
+    return;
   }
   ST_DISPATCH_CPU_FLOAT(y.dtype(), T, cpu::axpy<T>(x.numel(), static_cast<T>(a), x.ptr<T>(), y.ptr<T>()));
 }

@@ -22,8 +22,9 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
 // One entry of adamw_update_multi: adamw_update's arguments for one tensor; weight_decay: whether
 // h.weight_decay applies to it (else 0).
 // A pure-bf16 entry (master_weights = none): param, grad, m and v all bf16 and no working copy;
-// the update is computed in f32 and param, m and v are rounded to bf16 stochastically, keyed by
-// (h.seed, h.step, index) (ops/adamw_element.hpp stochastic_key): the same bits on the CPU and CUDA.
+// the update is computed in f32 and param, m and v are rounded to bf16 stochastically, element e
+// with the bits of element first_element + e of the stream (h.seed, h.step, index)
+// (ops/adamw_element.hpp stochastic_key): the same bits on the CPU and CUDA.
 struct AdamWTensors {
   Tensor* param = nullptr;
   const Tensor* grad = nullptr;
@@ -32,6 +33,7 @@ struct AdamWTensors {
   Tensor* working = nullptr;
   bool weight_decay = true;
   uint64_t index = 0;  // its place in the optimizer's list (the stochastic rounding's stream)
+  uint64_t first_element = 0;  // the stream's element number of its element 0 (ParamRef's)
   bool pure_bf16() const;
 };
 // adamw_update on every entry, the same arithmetic element for element (the same bits on CUDA),
@@ -42,6 +44,6 @@ double sum_squares(const Tensor& x);      // accumulated in double (f32 partial 
 // Sum of squares over many tensors with one device synchronisation (the global gradient norm).
 double sum_squares_total(const std::vector<const Tensor*>& xs);
 void scale_inplace(Tensor& x, double s);
-void axpy(double a, const Tensor& x, Tensor& y);  // y += a x
+void axpy(double a, const Tensor& x, Tensor& y);  // y += a x (bf16: in f32, rounded once)
 
 }  // namespace st

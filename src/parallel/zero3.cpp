@@ -29,8 +29,9 @@ struct Zero3::Entry {
 
 struct Zero3::Group {
   bool trainable = false, decay = false, tp_sharded = false;
+  bool pure = false;         // pure bf16 (master_weights = none): bf16 gradient shard, no master
   DType dtype = DType::u8;   // u8 (frozen bytes) or the compute dtype
-  DType master_dtype = DType::f32;
+  DType master_dtype = DType::f32;  // of the master and gradient shards (pure: the compute dtype)
   std::vector<Entry> entries;
   int64_t numel = 0, shard = 0;  // used elements; this rank's share (padded total = shard * dp)
   Tensor work_shard, master_shard, grad_shard;  // persistent, this rank's share
@@ -70,15 +71,18 @@ Zero3::Zero3(const ParamTable& spec, Comm& dp, bool prefetch)
     units_.push_back(std::make_unique<Unit>());
     units_.back()->name = spec.unit_names[static_cast<size_t>(u)];
   }
-  auto group_for = [&](Unit& unit, bool trainable, bool decay, bool tp_sharded) -> Group& {
+  auto group_for = [&](Unit& unit, bool trainable, bool decay, bool tp_sharded, bool pure) -> Group& {
     for (Group& g : unit.groups)
-      if (g.trainable == trainable && (!trainable || (g.decay == decay && g.tp_sharded == tp_sharded))) return g;
+      if (g.trainable == trainable &&
+          (!trainable || (g.decay == decay && g.tp_sharded == tp_sharded && g.pure == pure)))
+        return g;
     Group g;
     g.trainable = trainable;
     g.decay = trainable && decay;
     g.tp_sharded = trainable && tp_sharded;
+    g.pure = trainable && pure;
     g.dtype = trainable ? compute : DType::u8;
-    g.master_dtype = master;
+    g.master_dtype = g.pure ? compute : master;
     unit.groups.push_back(std::move(g));
     return unit.groups.back();
   };
@@ -89,10 +93,12 @@ Zero3::Zero3(const ParamTable& spec, Comm& dp, bool prefetch)
     e.shape = slots.front()->shape();
     e.dtype = slots.front()->dtype();
     e.slots = std::move(slots);
-    group_for(unit, false, false, false).entries.push_back(std::move(e));
+    group_for(unit, false, false, false, false).entries.push_back(std::move(e));
   };
   // A trainable tensor: `value` is what the kernels read; `grad` its gradient; `master` a
-  // separate master copy when there is one.
+  // separate master copy when there is one. A bf16 value with a bf16 gradient and no master
+  // copy trains in pure bf16 (master_weights = none: enable_base_training made the gradient so),
+  // in groups of its own.
   auto add_trainable = [&](Unit& unit, const std::string& name, std::vector<Tensor*> slots,
                            std::vector<Tensor*> grads, Tensor* master_copy, bool decay, bool tp_sharded) {
     Entry e;
@@ -100,10 +106,12 @@ Zero3::Zero3(const ParamTable& spec, Comm& dp, bool prefetch)
     e.shape = slots.front()->shape();
     e.dtype = slots.front()->dtype();
     if (e.dtype != compute) ST_THROW("Zero3: ", name, " is ", dtype_name(e.dtype), ", the model computes in ", dtype_name(compute));
+    const Tensor* g = grads.empty() ? nullptr : grads.front();
+    const bool pure = e.dtype == DType::bf16 && !master_copy && g && g->defined() && g->dtype() == DType::bf16;
     e.slots = std::move(slots);
     e.grad_slots = std::move(grads);
     e.master = master_copy;
-    group_for(unit, true, decay, tp_sharded).entries.push_back(std::move(e));
+    group_for(unit, true, decay, tp_sharded, pure).entries.push_back(std::move(e));
   };
   const bool base = spec.base_trainable;
   // A linear's weight, its adapter's parameters after it.
@@ -203,19 +211,18 @@ Zero3::Zero3(const ParamTable& spec, Comm& dp, bool prefetch)
     }
   }
   // The pools: sized for the largest unit.
-  size_t vmax = 0, gmax = 0;
-  int64_t smax = 0;
+  size_t vmax = 0, gmax = 0, part_bytes = 0;
   for (auto& up : units_) {
     vmax = std::max(vmax, unit_value_bytes(*up));
     gmax = std::max(gmax, unit_grad_bytes(*up));
     for (Group& g : up->groups)
-      if (g.trainable) smax = std::max(smax, g.shard);
+      if (g.trainable) part_bytes = std::max(part_bytes, static_cast<size_t>(g.shard) * dtype_size(g.master_dtype));
   }
   for (int k = 0; k < 3; ++k) value_pool_.push_back(Tensor::empty({static_cast<int64_t>(vmax)}, DType::u8, device_, MemCategory::communication));
   value_owner_.assign(value_pool_.size(), -1);
   if (gmax > 0) {
     for (int k = 0; k < 2; ++k) grad_pool_.push_back(Tensor::empty({static_cast<int64_t>(gmax)}, DType::u8, device_, MemCategory::communication));
-    part_ = Tensor::empty({smax}, master, device_, MemCategory::communication);
+    part_ = Tensor::empty({static_cast<int64_t>(part_bytes)}, DType::u8, device_, MemCategory::communication);
   }
   grad_owner_.assign(grad_pool_.size(), -1);
   *hooks_ = this;
@@ -353,8 +360,9 @@ void Zero3::after_backward(int u) {
       ProfileScope prof("zero3 reduce-scatter", device_);
       for (Group& g : x->groups) {
         if (!g.trainable) continue;
-        // Sum over the data-parallel ranks of this micro-batch's gradient, into the owned shard.
-        Tensor part = part_.slice(0, g.shard);
+        // Sum over the data-parallel ranks of this micro-batch's gradient, into the owned shard
+        // (pure bf16: summed by the backend as DDP's bf16 buckets are, then added with one rounding).
+        Tensor part = part_.view_as(g.master_dtype, 0, {g.shard});
         dp_.reduce_scatter_sum(g.grad_full, part);
         axpy(1.0, part, g.grad_shard);
         for (Entry& e : g.entries)
@@ -381,6 +389,9 @@ std::vector<ParamRef> Zero3::params() {
       p.weight_decay = g.decay;
       p.working = g.separate_master() ? &g.work_shard : nullptr;
       p.tp_sharded = g.tp_sharded;
+      // This shard is elements [rank x shard, ...) of the group's buffer, whose layout does not
+      // depend on the number of ranks: the rounding's bits follow the element.
+      p.first_element = static_cast<uint64_t>(g.shard) * static_cast<uint64_t>(dp_.rank());
       out.push_back(p);
     }
   return out;

@@ -7,8 +7,11 @@
 // per group:
 //   - frozen: every tensor that does not train (bf16/f32 base weights, NF4 codes and absmax
 //     bytes), packed as bytes;
-//   - trainable, by (weight decay, TP-sharded): the working values in the compute dtype, with
-//     f32 masters, f32 gradients and the AdamW moments for this rank's shard only.
+//   - trainable, by (weight decay, TP-sharded, pure bf16): the working values in the compute
+//     dtype, with f32 masters, f32 gradients and the AdamW moments for this rank's shard only;
+//     pure bf16 (master_weights = none) keeps no master, and its gradients and moments are bf16
+//     (reduce-scattered in bf16 as DDP's bf16 buckets are; the stochastic rounding keyed by the
+//     element's place in its group's buffer, so a run's bits do not depend on the rank count).
 // A buffer of n elements is padded to dp * s and rank r owns elements [r s, (r+1) s).
 //
 // Before a unit runs (forward, or backward with its recompute) the engine all-gathers its groups
@@ -92,7 +95,7 @@ class Zero3 final : public ModelHooks {
   bool prefetch_;
   std::vector<Tensor> value_pool_, grad_pool_;
   std::vector<int> value_owner_, grad_owner_;
-  Tensor part_;  // one reduce-scatter result (the largest trainable shard), reused
+  Tensor part_;  // one reduce-scatter result (bytes of the largest trainable shard), reused
   std::vector<std::unique_ptr<Unit>> units_;
   int embed_unit_ = 0, head_unit_ = 0;
   bool tied_ = false;

@@ -55,7 +55,7 @@ void AdamW::step(double lr) {
     ParamRef& p = params_[i];
     const bool master = master_[i].defined();
     ts[i] = AdamWTensors{master ? &master_[i] : p.value, p.grad, &m_[i], &v_[i], master ? p.value : p.working,
-                         p.weight_decay, i};
+                         p.weight_decay, i, p.first_element};
   }
   adamw_update_multi(ts, h);
 }

@@ -77,12 +77,6 @@ TrainingState build_training_state(const RunConfig& c, const ParallelLayout& lay
     ST_THROW_INPUT(c.origin.at("parallel"), ": parallel = ", layout.name(), " with base_precision = fp8: ZeRO-3 shards "
                    "the frozen base, which FP8 does not support yet (use none, ddp or tp)");
   const MasterWeights mw = run_master_weights(c);
-  // ZeRO-3 is refused before anything is loaded (parallel = auto may have chosen it).
-  if (training && method == Method::full && grad_dtype(dtype, mw) == DType::bf16 && layout.zero3())
-    ST_THROW_INPUT(c.origin.count("master_weights") ? c.origin.at("master_weights") : std::string("options"),
-                   ": master_weights = none with parallel = ", layout.name(), ": ZeRO-3's shards keep f32 gradients and "
-                   "master weights, pure bf16 is not supported there yet (use master_weights = f32, or parallel = none, "
-                   "ddp or tp)");
   // 1. The model, as this rank's shard of the family's TP plan. Under LoRA with base_precision =
   // fp8 the adapted layers are quantized to FP8 as they are loaded (or drawn), as QLoRA's NF4
   // layers are: the load peak is the FP8 model and one dense tensor, not the dense model.

@@ -1,7 +1,7 @@
 // cuda/optim.cu's pure-bf16 AdamW kernel (master_weights = none) on the CPU emulator
 // (tests/emu/cuda_emu.hpp), fed the launcher's own table (adamw_bf16_table): its chunking, the
 // 4-wide path and its alignment test, the tails, each tensor's stochastic-rounding key (its index
-// in the table, the step's key an argument) and decay flag, against the CPU op bit for bit. (The emulator compiles the kernel as host code, so the
+// and first element in the table, the step's key an argument) and decay flag, against the CPU op bit for bit. (The emulator compiles the kernel as host code, so the
 // element arithmetic is the CPU's here; the device's spelled-out roundings are equal by
 // construction, adamw::update_f32_exact, and checked on a GPU by CudaPureBf16.AdamWMatchesTheCpuBitwise.)
 #define ST_CUDA_EMU 1
@@ -53,7 +53,7 @@ TEST(EmuOptim, PureBf16AdamWKernelEqualsTheCpuOp) {
       for (Tensor* t : {&side[i].p, &side[i].g, &side[i].m, &side[i].v})
         keep.push_back(t->slice(cases[i].offset, cases[i].offset + cases[i].n));
       Tensor* t = &keep[keep.size() - 4];
-      list.push_back(AdamWTensors{t, t + 1, t + 2, t + 3, nullptr, cases[i].decay, 3 + i});
+      list.push_back(AdamWTensors{t, t + 1, t + 2, t + 3, nullptr, cases[i].decay, 3 + i, (i % 2) * 7919 * i});
     }
     return list;
   };

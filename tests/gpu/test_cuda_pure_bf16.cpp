@@ -32,9 +32,9 @@ bool same_bits(const Tensor& a, const Tensor& b) {
 
 // The multi-tensor kernel on views at 8-byte aligned and 2-byte offsets (4-wide and element by
 // element), sizes around its 8192-element chunks and 4-element groups, with and without weight
-// decay, beside an f32-master entry (its own launch), list order reversed at step 2 (each entry
-// keeps its index): value, m and v are the CPU op's bits, and the guards around each view keep
-// theirs.
+// decay, some with a first element further along the rounding's stream (ZeRO-3 shards), beside
+// an f32-master entry (its own launch), list order reversed at step 2 (each entry keeps its
+// index): value, m and v are the CPU op's bits, and the guards around each view keep theirs.
 TEST(CudaPureBf16, AdamWMatchesTheCpuBitwise) {
   ST_REQUIRE_GPU();
   Rng rng(51);
@@ -77,7 +77,8 @@ TEST(CudaPureBf16, AdamWMatchesTheCpuBitwise) {
         for (const std::vector<Tensor>* part : {&sides[s]->p, &sides[s]->g, &sides[s]->m, &sides[s]->v})
           keep.push_back(view((*part)[i], i));
         Tensor* t = &keep[keep.size() - 4];
-        lists[s].push_back(AdamWTensors{t, t + 1, t + 2, t + 3, nullptr, cases[i].decay, 10 + i});
+        // Odd entries as ZeRO-3 shards: element 0 at a place further along the stream.
+        lists[s].push_back(AdamWTensors{t, t + 1, t + 2, t + 3, nullptr, cases[i].decay, 10 + i, (i % 2) * 12345 * i});
       }
     }
     lists[0].push_back(AdamWTensors{&hp, &hg, &hm, &hv, nullptr, true, 0});
@@ -119,7 +120,8 @@ void expect_one_rounding(const Tensor& got, const Tensor& ref, const Tensor& mag
 
 // The parameter-gradient ops with a bf16 gradient holding earlier values (they add): the weight
 // GEMM (dW += dy^T x: cuBLASLt reads and writes bf16 C), the embedding scatter (f32 atomics into
-// a scratch, then one fold), the bias and T5 relative-bias sums, the RMSNorm weight gradient
+// the process's f32 accumulator, then one fold), the bias and T5 relative-bias sums (each added
+// once into the bf16 gradient), the RMSNorm weight gradient
 // (4-wide and scalar kernels). Every reference is the CPU op in f64 on the same bf16 values.
 TEST(CudaPureBf16, GradientOpsAddIntoBf16Gradients) {
   ST_REQUIRE_GPU();
@@ -156,16 +158,18 @@ TEST(CudaPureBf16, GradientOpsAddIntoBf16Gradients) {
     bias_backward(to_device(dy, DType::bf16), gb);
     expect_one_rounding(gb, ref, mag, M, "bias");
   }
-  {  // T5 relative-bias table
-    const int64_t NB = 32, H = 6, Tq = 45, Tk = 131;
-    const Tensor cb = t5_relative_buckets(Tq, Tk, true, NB, 128, Device::cpu);
-    const Tensor gbk = t5_relative_buckets(Tq, Tk, true, NB, 128, Device::cuda);
+  // T5 relative-bias table: 32 buckets (the shared-memory histograms), 512 (too tall for them:
+  // f32 atomics into a zeroed scratch, then one fold)
+  for (const int64_t NB : {int64_t{32}, int64_t{512}}) {
+    const int64_t H = 6, Tq = 45, Tk = 131;
+    const Tensor cb = t5_relative_buckets(Tq, Tk, true, NB, 4 * NB, Device::cpu);
+    const Tensor gbk = t5_relative_buckets(Tq, Tk, true, NB, 4 * NB, Device::cuda);
     Tensor dbias = random_bf16_values({H, Tq, Tk}, rng), t0 = random_bf16_values({NB, H}, rng, 10.0);
     Tensor ref = t0.clone(MemCategory::other), mag = abs_of(t0), gt = to_device(t0, DType::bf16);
     relative_bias_backward(dbias, cb, Tq, Tk, ref);
     relative_bias_backward(abs_of(dbias), cb, Tq, Tk, mag);
     relative_bias_backward(to_device(dbias, DType::f32), gbk, Tq, Tk, gt);
-    expect_one_rounding(gt, ref, mag, Tq * Tk, "relative bias");
+    expect_one_rounding(gt, ref, mag, Tq * Tk, "relative bias, " + std::to_string(NB) + " buckets");
   }
   for (const int64_t C : {int64_t{1024}, int64_t{4096}, int64_t{1001}}) {  // RMSNorm dw: vec8 x1, x4, scalar
     const int64_t N = 777;

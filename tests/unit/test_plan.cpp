@@ -224,7 +224,7 @@ TEST(Planner, FullFineTuningOnOneRankByHand) {
 
 // master_weights = none on the GPU (bf16): no f32 master, bf16 gradients and moments: 2 + 2 + 4
 // bytes a parameter where f32 masters take 2 + 4 + 12. LoRA keeps its f32 masters (no effect),
-// as does full fine-tuning in f32 on the CPU; ZeRO-3 refuses it, naming the key.
+// as does full fine-tuning in f32 on the CPU; ZeRO-3's shards take the same bytes a parameter.
 TEST(Planner, PureBf16FullFineTuningHalvesGradientsAndThirdsTheOptimizer) {
   const Tiny m;
   const size_t P = static_cast<size_t>(m.params()), T = static_cast<size_t>(m.lora());
@@ -258,9 +258,17 @@ TEST(Planner, PureBf16FullFineTuningHalvesGradientsAndThirdsTheOptimizer) {
   const RankPlan cpu_none = predict_memory(cpu, plan_data_synthetic(cpu, 16, 0), l);
   EXPECT_EQ(at(cpu_none, MemCategory::gradients), 4 * P);
   EXPECT_EQ(at(cpu_none, MemCategory::optimizer), 8 * P);
-  test::expect_input_error([&] { gpu_plan("none", "full", "zero3"); },
-                           {"test deck", "master_weights = none with parallel = zero3", "master_weights = f32"});
-  EXPECT_NO_THROW(gpu_plan("f32", "full", "zero3"));
+  // ZeRO-3 (one rank: the whole model in its shards, padded to 64 elements a tensor): bf16
+  // gradient shards and moments, no master shard.
+  const RankPlan z_f32 = gpu_plan("f32", "full", "zero3"), z_none = gpu_plan("none", "full", "zero3");
+  const size_t zp = at(z_none, MemCategory::weights) / 2;  // elements, padding included
+  EXPECT_GE(zp, P);
+  EXPECT_LT(zp, P + P / 10);
+  EXPECT_EQ(at(z_f32, MemCategory::gradients), 4 * zp);
+  EXPECT_EQ(at(z_none, MemCategory::gradients), 2 * zp);
+  EXPECT_EQ(at(z_f32, MemCategory::optimizer), 12 * zp);
+  EXPECT_EQ(at(z_none, MemCategory::optimizer), 4 * zp);
+  EXPECT_LT(z_none.peak, z_f32.peak);
 }
 
 TEST(Planner, PackingSizesTheBuffersForPackedRows) {

@@ -193,6 +193,31 @@ TEST(PureBf16, RoundingIsKeyedBySeedStepTensorAndElement) {
   EXPECT_FALSE(same(r1[0], r1[1]));  // another parameter index, same data
 }
 
+// A tensor updated in two pieces, the second with first_element = its offset (as ZeRO-3's shards
+// are), gets the bits of the whole tensor updated at once; with first_element 0 it does not.
+TEST(PureBf16, FirstElementContinuesTheTensorsStream) {
+  const int64_t n = 5000, cut = 1931;
+  const Tensor p0 = bf16_random(n, 31, 1.0), g = bf16_random(n, 32, 0.1), m0 = bf16_random(n, 33, 0.01),
+               v0 = bf16_random(n, 34, 0.01, true);
+  auto run = [&](bool pieces, uint64_t second_first) {
+    Tensor p = p0.clone(MemCategory::other), m = m0.clone(MemCategory::other), v = v0.clone(MemCategory::other);
+    AdamWHyper h{1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 1.0, 5};
+    if (!pieces) {
+      adamw_update_multi({AdamWTensors{&p, &g, &m, &v, nullptr, true, 2, 0}}, h);
+      return p;
+    }
+    Tensor pa = p.slice(0, cut), pb = p.slice(cut, n), ga = g.slice(0, cut), gb = g.slice(cut, n);
+    Tensor ma = m.slice(0, cut), mb = m.slice(cut, n), va = v.slice(0, cut), vb = v.slice(cut, n);
+    adamw_update_multi({AdamWTensors{&pa, &ga, &ma, &va, nullptr, true, 2, 0},
+                        AdamWTensors{&pb, &gb, &mb, &vb, nullptr, true, 2, second_first}},
+                       h);
+    return p;
+  };
+  const Tensor whole = run(false, 0), split = run(true, cut), restarted = run(true, 0);
+  EXPECT_EQ(std::memcmp(whole.data(), split.data(), whole.nbytes()), 0);
+  EXPECT_NE(std::memcmp(whole.data(), restarted.data(), whole.nbytes()), 0);
+}
+
 // The optimizer's pure-bf16 state: no master part, m and v bf16 (4 bytes a parameter), one op a
 // step, equal to adamw_update_multi with each parameter's index; a bf16 value with an f32
 // gradient still gets its f32 master (master_weights = f32).
