@@ -175,10 +175,10 @@ struct LlamaActivations {
   Tensor xnf, rstdf;               // [BT, C], [BT]
   Tensor logits;                   // [BT, V] (holds dlogits after a training forward)
   Tensor losses;                   // [BT]  per-position loss
-  // Backward scratch. dh holds dL/dh, then SwiGLU's backward writes dL/dgate over it (in place:
-  // one [BT, I] buffer fewer, 0.21 GiB at 13B's shape); datt shares dxn's buffer where
-  // Hq*D = C (their uses do not overlap in a block's backward).
-  Tensor dresid, dxn, datt, dq, dk, dv, dh, dup;
+  // Backward scratch. dh holds dL/dh, then SwiGLU's backward writes dL/dgate over it and dL/dup
+  // over the block's saved up (in place: two [BT, I] buffers fewer, 0.21 GiB each at 13B's
+  // shape); datt shares dxn's buffer where Hq*D = C (their uses do not overlap in a block's backward).
+  Tensor dresid, dxn, datt, dq, dk, dv, dh;
   Tensor scratch;  // adapters' workspace [BT, max(C, I, Hq*D)]: only where an adapter needs one (LoRA dropout)
 };
 

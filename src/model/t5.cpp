@@ -421,8 +421,6 @@ T5Activations t5_activations(const T5Model& m, int64_t B, int64_t Te, int64_t Td
     a.dk = ws({N, HD});
     a.dv = ws({N, HD});
     a.dh = ws({N, F});
-    a.dg = ws({N, F});
-    a.du = ws({N, F});
     a.de = ws({NE, C});
     a.dy = ws({ND, C});
     a.dck = ws({NE, HD});
@@ -485,10 +483,13 @@ void ffn_forward(const T5Model& m, const T5Ffn& f, const Tensor& n, Tensor g, Te
   linear_layer_forward(f.wo, h, out, false, ctx, &resid);  // row-parallel: the sum over the group
 }
 
-// dout: gradient of the FFN output; dn (overwritten) gets the gradient of its input n.
+// dout: gradient of the FFN output; dn (overwritten) gets the gradient of its input n. The
+// activation's backward writes d(gate) over dh and d(up) over the block's saved u (read before
+// written, element by element; neither is read after): no [N, F] workspaces for them.
 void ffn_backward(const T5Model& m, T5Ffn& f, const Tensor& n, const Tensor& g, const Tensor& u, const Tensor& h,
-                  const Tensor& dout, Tensor& dn, Tensor dh, Tensor dg, Tensor du, const LayerContext& ctx) {
+                  const Tensor& dout, Tensor& dn, Tensor dh, const LayerContext& ctx) {
   linear_layer_backward(f.wo, h, dout, &dh, ctx, false);
+  Tensor dg = dh, du = u;
   if (m.cfg.gated) {
     geglu_backward(dh, g, u, dg, du, false);
     linear_group_backward({&f.wi_0, &f.wi_1}, n, {&dg, &du}, &dn, ctx, false);
@@ -682,7 +683,7 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   }
   const AttentionShape ds = shape_of(m, B, Td, Td, true), cs = shape_of(m, B, Td, Te, false);
   Tensor datt = rows(a.datt, ND), dq = rows(a.dq, ND), dk = rows(a.dk, ND), dv = rows(a.dv, ND);
-  Tensor dh = rows(a.dh, ND), dgt = rows(a.dg, ND), du = rows(a.du, ND);
+  Tensor dh = rows(a.dh, ND);
   Tensor dck = rows(a.dck, NE), dcv = rows(a.dcv, NE);
   for (int l = Ld - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, Le + 2 + l, true);
@@ -691,7 +692,7 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
     const Tensor yin = layer(a.y, l, ND);
     if (checkpoint_recomputes(l, a.dec_checkpointed)) dec_block_forward(m, w, s, yin, dn, a, batch, recompute_ctx(ctx));
     // FFN: y_out = mid2 + ffn(n2 mid2)
-    ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, dgt, du, ctx);
+    ffn_backward(m, w.ffn, s.n2, s.g, s.u, s.h, dy, dn, dh, ctx);
     rmsnorm_backward(dn, s.mid2, w.ln2, s.r2, dy, g(w.ln2_grad));
     // Cross-attention: mid2 = mid1 + o'(attn(q'(n1), k'(e), v'(e))); k', v' feed the encoder
     // (under TP, de collects this rank's partial sums over every decoder block).
@@ -713,14 +714,14 @@ void t5_backward(T5Model& m, T5Activations& full, const T5Batch& batch, const La
   }
   const AttentionShape es = shape_of(m, B, Te, Te, false);
   Tensor edatt = rows(a.datt, NE), edq = rows(a.dq, NE), edk = rows(a.dk, NE), edv = rows(a.dv, NE);
-  Tensor edh = rows(a.dh, NE), edg = rows(a.dg, NE), edu = rows(a.du, NE);
+  Tensor edh = rows(a.dh, NE);
   for (int l = Le - 1; l >= 0; --l) {
     UnitScope unit(m.hooks, 1 + l, true);
     T5EncBlock& w = m.enc[static_cast<size_t>(l)];
     T5Activations::Enc& s = set_of(a.enc, l, a.enc_checkpointed);
     const Tensor xin = layer(a.x, l, NE);
     if (checkpoint_recomputes(l, a.enc_checkpointed)) enc_block_forward(m, w, s, xin, dne, a, batch, recompute_ctx(ctx));
-    ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, edg, edu, ctx);
+    ffn_backward(m, w.ffn, s.n1, s.g, s.u, s.h, dx, dne, edh, ctx);
     rmsnorm_backward(dne, s.mid, w.ln1, s.r1, dx, g(w.ln1_grad));
     attn_backward(m, w.self, s.n0, s.n0, es, batch.enc_lengths, a.enc_bias, g(a.enc_dbias), s.q, s.k, s.v, s.att, s.lse,
                   dx, edatt, edq, edk, edv, dne, nullptr, ctx);

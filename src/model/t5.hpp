@@ -195,7 +195,7 @@ struct T5Activations {
   std::vector<Enc> enc;
   std::vector<Dec> dec;
   // Backward scratch.
-  Tensor dx, dn, datt, dq, dk, dv, dh, dg, du, de, dy, dck, dcv;
+  Tensor dx, dn, datt, dq, dk, dv, dh, de, dy, dck, dcv;  // d(gate) over dh, d(up) over the saved u
   Tensor scratch;  // adapters' workspace (LoRA dropout): [max(B*Te, B*Td), max(C, inner/p, F/p)]
 };
 
