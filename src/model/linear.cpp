@@ -218,6 +218,10 @@ double lm_cross_entropy(Tensor& logits, const Tensor& targets, const Tensor& wei
   // No rank holds the [N, V] logits under TP: each has its vocabulary columns.
   if (tp.active()) return tp.comm->vocab_cross_entropy(logits, targets, weight, &losses, grad);
   cross_entropy(logits, targets, weight, losses, grad);
+  return weighted_loss_sum(losses, weight);
+}
+
+double weighted_loss_sum(const Tensor& losses, const Tensor& weight) {
   // Objective = sum_n weight_n * loss_n, reduced on the host in double.
   const int64_t N = losses.numel();
   const Tensor lh = losses.to_cpu(DType::f64);

@@ -226,5 +226,8 @@ void embedding_layer_backward(const Tensor& ids, const Tensor& dout, const TpGro
 // row order; the same value on every TP rank.
 double lm_cross_entropy(Tensor& logits, const Tensor& targets, const Tensor& weight, Tensor& losses, bool grad,
                         const TpGroup& tp);
+// sum_n weight_n * losses_n on the host in double (one device synchronisation): lm_cross_entropy's
+// objective from the rows' losses.
+double weighted_loss_sum(const Tensor& losses, const Tensor& weight);
 
 }  // namespace st

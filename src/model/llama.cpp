@@ -7,6 +7,7 @@
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
 #include "ops/init.hpp"
+#include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
 
@@ -267,13 +268,31 @@ bool llama_adapters_need_scratch(const LlamaModel& m) {
   return false;
 }
 
-LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
-                                   bool checkpointing, bool trainable) {
-  return llama_activations(m, B_max, T_max, checkpointing ? Checkpointed::all() : Checkpointed::none(), trainable);
+namespace {
+// Whether the LM head can run over chunks of rows in a training forward: no adapter on it (LoRA's
+// saved products are per batch), no TP (the vocabulary-parallel loss is one collective over the
+// batch), and where the base trains its gradient bound (ZeRO-3 binds it only in the backward).
+bool head_chunkable(const LlamaModel& m) {
+  return !m.lm_head.adapter && !m.tp.active() && (!m.base_trainable || m.lm_head.grad.defined());
+}
+}  // namespace
+
+int64_t llama_head_chunk_rows(int64_t rows, int64_t vocab, DType dtype) {
+  constexpr double kWhole = 256.0 * (1 << 20), kChunk = 128.0 * (1 << 20);
+  const double row_bytes = static_cast<double>(vocab) * static_cast<double>(dtype_size(dtype));
+  if (static_cast<double>(rows) * row_bytes <= kWhole) return 0;
+  const int64_t r = std::max<int64_t>(512, static_cast<int64_t>(kChunk / row_bytes) / 128 * 128);
+  return r < rows ? r : 0;
 }
 
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
-                                   Checkpointed checkpointing, bool trainable) {
+                                   bool checkpointing, bool trainable, int64_t head_chunk) {
+  return llama_activations(m, B_max, T_max, checkpointing ? Checkpointed::all() : Checkpointed::none(), trainable,
+                           head_chunk);
+}
+
+LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
+                                   Checkpointed checkpointing, bool trainable, int64_t head_chunk) {
   const LlamaConfig& c = m.cfg;
   const LlamaLocalDims ld = llama_local_dims(m);
   const int64_t BT = B_max * T_max, C = c.hidden_size, I = ld.intermediate;
@@ -307,7 +326,10 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
   }
   a.xnf = act({BT, C});
   a.rstdf = stat({BT});
-  a.logits = act({BT, ld.vocab});
+  if (trainable && head_chunkable(m))
+    a.head_chunk = head_chunk < 0 ? llama_head_chunk_rows(BT, ld.vocab, m.dtype) : head_chunk;
+  if (a.head_chunk >= BT) a.head_chunk = 0;
+  a.logits = act({a.head_chunk > 0 ? a.head_chunk : BT, ld.vocab});
   a.losses = stat({BT});
   if (trainable) {
     auto ws = [&](const Shape& s) { return alloc(s, m, MemCategory::workspace); };
@@ -497,11 +519,67 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
     block_forward(m, m.blocks[static_cast<size_t>(l)], s, resid_at(a, l, BT), x_out, batch, ctx);
   }
   UnitScope head(m.hooks, static_cast<int>(L) + 1, false);
-  Tensor xnf = rows_of(a.xnf, BT), rstdf = rows_of(a.rstdf, BT), logits = rows_of(a.logits, BT);
+  Tensor xnf = rows_of(a.xnf, BT), rstdf = rows_of(a.rstdf, BT);
   rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
-  linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
   Tensor losses = rows_of(a.losses, BT);
-  return lm_cross_entropy(logits, batch.targets, batch.weight, losses, grad, m.tp);
+  a.head_dx_ready = false;
+  if (a.head_chunk == 0 || BT <= a.head_chunk) {
+    Tensor logits = rows_of(a.logits, BT);
+    linear_layer_forward(m.lm_head, xnf, logits, false, ctx);
+    return lm_cross_entropy(logits, batch.targets, batch.weight, losses, grad, m.tp);
+  }
+  if (!head_chunkable(m))
+    ST_THROW("llama_forward: the LM head cannot run in chunks (an adapter on it, TP, or its gradient unbound "
+             "since the activations were made)");
+  // Chunks of head_chunk rows: logits, the loss (and its gradient in place) and, with grad, the
+  // head's backward: dxn (the final norm's output gradient) and, where the head trains, its
+  // weight gradient, added chunk by chunk (a bf16 one through an f32 accumulator: one rounding).
+  Tensor dxn = rows_of(a.dxn, BT);
+  auto chunks = [&] {
+    for (int64_t r0 = 0; r0 < BT; r0 += a.head_chunk) {
+      const int64_t n = std::min(a.head_chunk, BT - r0);
+      const Tensor x = xnf.slice(r0, r0 + n);
+      Tensor logits = rows_of(a.logits, n), lo = losses.slice(r0, r0 + n);
+      linear_layer_forward(m.lm_head, x, logits, false, ctx);
+      cross_entropy(logits, batch.targets.slice(r0, r0 + n), batch.weight.slice(r0, r0 + n), lo, grad);
+      if (!grad) continue;
+      Tensor dx = dxn.slice(r0, r0 + n);
+      linear_layer_backward(m.lm_head, x, logits, &dx, ctx, false);
+    }
+  };
+  if (grad && m.lm_head.grad.defined()) {
+    accumulate_grad_in_f32(m.lm_head.grad, [&](Tensor& g) {
+      // The head's backward adds into g (its gradient, or the f32 accumulator) for the chunks.
+      const Tensor own = m.lm_head.grad;
+      m.lm_head.grad = g;
+      try {
+        chunks();
+      } catch (...) {
+        m.lm_head.grad = own;
+        throw;
+      }
+      m.lm_head.grad = own;
+    });
+  } else {
+    chunks();
+  }
+  a.head_dx_ready = grad;
+  return weighted_loss_sum(losses, batch.weight);
+}
+
+Tensor llama_logits_of_rows(LlamaModel& m, const LlamaActivations& a, const std::vector<int64_t>& rows) {
+  const int64_t n = static_cast<int64_t>(rows.size()), C = m.cfg.hidden_size;
+  Tensor x = Tensor::empty({n, C}, a.xnf.dtype(), a.xnf.device(), MemCategory::workspace);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows[static_cast<size_t>(i)];
+    if (r < 0 || r >= a.xnf.dim(0)) ST_THROW("llama_logits_of_rows: row ", r, " outside [0, ", a.xnf.dim(0), ")");
+    Tensor dst = x.slice(i, i + 1);
+    dst.copy_from(a.xnf.slice(r, r + 1));
+  }
+  Tensor logits = Tensor::empty({n, a.logits.dim(-1)}, a.logits.dtype(), a.logits.device(), MemCategory::workspace);
+  UnitScope head(m.hooks, static_cast<int>(m.cfg.num_layers) + 1, false);  // ZeRO-3 gathers the head
+  linear_layer_forward(m.lm_head, x, logits, false, LayerContext{});
+  return logits;
 }
 
 void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch, const LayerContext& ctx_in) {
@@ -509,12 +587,17 @@ void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
   if (!a.trainable) ST_THROW("llama_backward on eval-only activations");
   const int64_t BT = batch.B * batch.T, L = m.cfg.num_layers;
   const LayerContext ctx = with_scratch(ctx_in, a);
-  Tensor dlogits = rows_of(a.logits, BT), xnf = rows_of(a.xnf, BT);
+  Tensor xnf = rows_of(a.xnf, BT);
   Tensor dxn = rows_of(a.dxn, BT), dresid = rows_of(a.dresid, BT);
   {
     UnitScope head(m.hooks, static_cast<int>(L) + 1, true);
-    linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
-    tp_sum_partials(m.tp, dxn);  // vocabulary-parallel lm_head: partial input gradients
+    // Chunked logits: the forward ran the head's backward already (dxn, and its weight gradient).
+    if (!a.head_dx_ready) {
+      Tensor dlogits = rows_of(a.logits, BT);
+      linear_layer_backward(m.lm_head, xnf, dlogits, &dxn, ctx, false);
+      tp_sum_partials(m.tp, dxn);  // vocabulary-parallel lm_head: partial input gradients
+    }
+    a.head_dx_ready = false;
     dresid.zero_();
     rmsnorm_backward(dxn, resid_at(a, L, BT), m.final_norm, rows_of(a.rstdf, BT), dresid,
                      m.final_norm_grad.defined() ? &m.final_norm_grad : nullptr);

@@ -173,7 +173,12 @@ struct LlamaActivations {
   Tensor resid;                    // [L+1, B_max*T_max, C]: input of each block, then the output
   std::vector<LlamaBlockActs> blocks;  // training: checkpoint_sets(L, checkpointed); eval: 1
   Tensor xnf, rstdf;               // [BT, C], [BT]
-  Tensor logits;                   // [BT, V] (holds dlogits after a training forward)
+  // [BT, V] (holds dlogits after a training forward), or [head_chunk, V]: training activations
+  // of a batch whose logits would pass 256 MiB run the LM head and the loss over chunks of
+  // head_chunk rows (llama_forward), so the whole batch's logits never exist.
+  Tensor logits;
+  int64_t head_chunk = 0;          // rows a chunk (0: the whole batch at once)
+  bool head_dx_ready = false;      // the last forward left the final norm's output gradient in dxn
   Tensor losses;                   // [BT]  per-position loss
   // Backward scratch. dh holds dL/dh, then SwiGLU's backward writes dL/dgate over it and dL/dup
   // over the block's saved up (in place: two [BT, I] buffers fewer, 0.21 GiB each at 13B's
@@ -185,14 +190,27 @@ struct LlamaActivations {
 // Whether any adapter of the model needs the activations' scratch buffer (LoRA dropout): it is
 // allocated only then, so adapters attach before the activations are allocated.
 bool llama_adapters_need_scratch(const LlamaModel& m);
+// head_chunk: rows of the LM head's chunks (training activations only): -1 chooses
+// (llama_head_chunk_rows), 0 none (the whole batch's logits), N > 0 chunks of N rows where the
+// model allows them (no adapter on lm_head, no TP, and under base training its gradient bound:
+// ZeRO-3's full fine-tuning keeps whole logits).
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
-                                   Checkpointed checkpointing, bool trainable);
+                                   Checkpointed checkpointing, bool trainable, int64_t head_chunk = -1);
 // Every block checkpointed or none.
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
-                                   bool checkpointing, bool trainable);
+                                   bool checkpointing, bool trainable, int64_t head_chunk = -1);
+// The chunk the activations choose: none when the batch's logits take at most 256 MiB, else
+// about 128 MiB of logits a chunk (a multiple of 128 rows, at least 512; 2048 rows at a vocabulary
+// of 32000 in bf16, 512 at 128256).
+int64_t llama_head_chunk_rows(int64_t rows, int64_t vocab, DType dtype);
+// The logits of the given rows of the last forward ([rows.size(), V_local], for evaluation's
+// label scores when the logits were made in chunks): the LM head on those rows of the final norm's output.
+Tensor llama_logits_of_rows(LlamaModel& m, const LlamaActivations& a, const std::vector<int64_t>& rows);
 
 // Forward pass. Returns sum over positions of weight * loss. With grad, acts.logits is replaced
-// by d(objective)/d(logits), ready for llama_backward. ctx.training enables dropout.
+// by d(objective)/d(logits), ready for llama_backward; with chunked logits (acts.head_chunk) the
+// head's backward runs here instead, chunk by chunk (its output gradient into acts.dxn, its
+// weight gradient added; what llama_backward's head part then skips). ctx.training enables dropout.
 double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
                      const LayerContext& ctx, bool grad);
 // Backward pass after llama_forward(..., grad=true): accumulates into every trainable gradient.

@@ -134,6 +134,19 @@ class DecoderRunner final : public ModelRunner {
     std::vector<int64_t> pos(static_cast<size_t>(host.rows));
     for (int64_t b = 0; b < host.rows; ++b) pos[static_cast<size_t>(b)] = host.answer_start[static_cast<size_t>(b)] - 1;
     const LlamaLocalDims ld = llama_local_dims(m_);
+    if (acts_->head_chunk > 0 && batch_.B * batch_.T > acts_->head_chunk) {
+      // The logits were made in chunks: the head again on just the rows asked for (NaN as
+      // label_scores_at gives where a position is outside the row).
+      std::vector<int64_t> rows(pos.size()), at(pos.size());
+      for (size_t b = 0; b < pos.size(); ++b) {
+        const bool inside = pos[b] >= 0 && pos[b] < batch_.T;
+        rows[b] = static_cast<int64_t>(b) * batch_.T + (inside ? pos[b] : 0);
+        at[b] = inside ? 0 : -1;
+      }
+      const Tensor sel = llama_logits_of_rows(m_, *acts_, rows);
+      s.label_scores = label_scores_at(sel, 1, at, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
+      return s;
+    }
     s.label_scores = label_scores_at(acts_->logits, batch_.T, pos, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
     return s;
   }

@@ -395,6 +395,37 @@ TEST(CudaModel, PureBf16GradientsMatchF32GradientsAndTrain) {
   EXPECT_LT(lp.back(), 1.5 * lf.back() + 0.05);
 }
 
+// The LM head and the loss over chunks of rows on the GPU (chunks of 100 of the batch's 210 rows,
+// the last one partial) against whole logits: the loss, and every gradient of full fine-tuning
+// with f32 masters and in pure bf16 (the head's chunks through the f32 accumulator), to bf16
+// precision (the chunks' GEMMs may sum in another order).
+TEST(CudaModel, ChunkedHeadMatchesWholeLogits) {
+  ST_REQUIRE_GPU();
+  for (const MasterWeights mw : {MasterWeights::f32, MasterWeights::none}) {
+    SCOPED_TRACE(mw == MasterWeights::f32 ? "f32 masters" : "pure bf16");
+    LlamaModel m = llama_build(small_config(), DType::bf16, Device::cuda);
+    llama_init_random(m, 9, 0.2);
+    llama_enable_base_training(m, mw);
+    const HostBatch hb = make_host_batch(9, 96);
+    const LlamaBatch b = to_batch(hb, Device::cuda);
+    auto params = llama_trainable_params(m);
+    auto run = [&](int64_t chunk, std::vector<Tensor>& grads) {
+      LlamaActivations a = llama_activations(m, hb.B, hb.T, false, true, chunk);
+      EXPECT_EQ(a.head_chunk, chunk);
+      for (auto& p : params) p.grad->zero_();
+      const double loss = llama_forward(m, a, b, LayerContext{}, true);
+      llama_backward(m, a, b, LayerContext{});
+      grads.clear();
+      for (auto& p : params) grads.push_back(p.grad->to_cpu(DType::f32));
+      return loss;
+    };
+    std::vector<Tensor> whole, chunked;
+    const double lw = run(0, whole), lc = run(100, chunked);
+    EXPECT_NEAR(lc, lw, 1e-5 * std::fabs(lw));
+    for (size_t i = 0; i < params.size(); ++i) EXPECT_LT(rel_l2(chunked[i], whole[i]), test::kBf16Tol) << params[i].name;
+  }
+}
+
 TEST(CudaModel, GoldenTransformersInBf16) {
   ST_REQUIRE_GPU();
   const std::string dir = test::repo_root() + "/tests/golden";

@@ -4,7 +4,10 @@
 // input), and activation checkpointing giving the same gradients as keeping every activation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "adapters/apply.hpp"
@@ -222,6 +225,85 @@ TEST(LlamaGrad, CheckpointingGivesIdenticalGradients) {
           ASSERT_EQ(ref[i].ptr<double>()[j], b[i].ptr<double>()[j]) << i << "/" << j;
     }
   }
+}
+
+// The LM head and the loss over chunks of rows (training activations of a batch whose logits are
+// large; forced here with head_chunk = 5 on 12 rows: chunks of 5, 5, 2): the loss, the evaluation
+// loss and every trainable gradient of whole logits, for full fine-tuning (the head's weight
+// gradient added chunk by chunk, tied or not) and LoRA (frozen head; with dropout too), with and
+// without checkpointing; the logits of chosen rows; the chunk the activations choose.
+TEST(LlamaGrad, ChunkedHeadGivesTheGradientsOfWholeLogits) {
+  for (const bool tied : {false, true})
+    for (const bool lora : {false, true})
+      for (const bool ck : {false, true}) {
+        SCOPED_TRACE(std::string(tied ? "tied" : "untied") + (lora ? " lora" : " full") + (ck ? " ckpt" : ""));
+        LlamaModel m = llama_build(tiny_config(tied), DType::f64, Device::cpu);
+        llama_init_random(m, 12, 0.5);
+        LayerContext ctx;
+        if (lora) {
+          LoraConfig lc;
+          lc.r = 2;
+          lc.dropout = tied ? 0.25 : 0.0;
+          attach_lora(m, lc, 12, 6);
+          randomize_lora_b(m, 101);
+          ctx.training = true;
+          ctx.dropout_seed = 98;
+        } else {
+          llama_enable_base_training(m);
+        }
+        const LlamaBatch batch = tiny_batch(2, 6, 45);
+        auto run = [&](int64_t chunk, double* loss, double* eval_loss, std::vector<Tensor>* grads) {
+          LlamaActivations acts = llama_activations(m, 2, 6, ck, true, chunk);
+          EXPECT_EQ(acts.head_chunk, chunk);
+          EXPECT_EQ(acts.logits.dim(0), chunk > 0 ? chunk : 12);
+          std::vector<ParamRef> params = llama_trainable_params(m);
+          for (auto& p : params) p.grad->zero_();
+          *loss = llama_forward(m, acts, batch, ctx, true);
+          EXPECT_EQ(acts.head_dx_ready, chunk > 0);
+          llama_backward(m, acts, batch, ctx);
+          EXPECT_FALSE(acts.head_dx_ready);
+          grads->clear();
+          for (auto& p : params) grads->push_back(p.grad->clone(MemCategory::other));
+          *eval_loss = llama_forward(m, acts, batch, LayerContext{}, false);
+          // The logits of rows 0, 7 and 11 from the final norm's output, as whole logits have them.
+          const Tensor sel = llama_logits_of_rows(m, acts, {0, 7, 11});
+          LlamaActivations whole = llama_activations(m, 2, 6, false, false);
+          llama_forward(m, whole, batch, LayerContext{}, false);
+          for (int64_t i = 0; i < 3; ++i) {
+            const int64_t r = i == 0 ? 0 : i == 1 ? 7 : 11;
+            for (int64_t v = 0; v < 13; ++v)
+              EXPECT_NEAR(sel.ptr<double>()[i * 13 + v], whole.logits.ptr<double>()[r * 13 + v], 1e-12);
+          }
+        };
+        double l0 = 0, e0 = 0, l1 = 0, e1 = 0;
+        std::vector<Tensor> g0, g1;
+        run(0, &l0, &e0, &g0);
+        run(5, &l1, &e1, &g1);
+        EXPECT_NEAR(l1, l0, 1e-12 * std::fabs(l0));
+        EXPECT_NEAR(e1, e0, 1e-12 * std::fabs(e0));
+        ASSERT_EQ(g0.size(), g1.size());
+        for (size_t i = 0; i < g0.size(); ++i) {
+          double worst = 0, scale = 0;
+          for (int64_t j = 0; j < g0[i].numel(); ++j) {
+            worst = std::max(worst, std::fabs(g0[i].ptr<double>()[j] - g1[i].ptr<double>()[j]));
+            scale = std::max(scale, std::fabs(g0[i].ptr<double>()[j]));
+          }
+          EXPECT_LE(worst, 1e-12 * scale) << "gradient " << i;
+          EXPECT_GT(scale, 0.0) << "gradient " << i;
+        }
+      }
+  // An adapter on the head (its saved products are the whole batch's): whole logits.
+  LlamaModel m = llama_build(tiny_config(false), DType::f64, Device::cpu);
+  llama_init_random(m, 13, 0.5);
+  m.lm_head.adapter = std::make_unique<LoraAdapter>(m.lm_head, LoraConfig{}, 12, 7);
+  EXPECT_EQ(llama_activations(m, 2, 6, false, true, 5).head_chunk, 0);
+  // The choice: whole up to 256 MiB of logits, else ~128 MiB a chunk in multiples of 128 rows.
+  EXPECT_EQ(llama_head_chunk_rows(4096, 32000, DType::bf16), 0);
+  EXPECT_EQ(llama_head_chunk_rows(8192, 32000, DType::bf16), 2048);
+  EXPECT_EQ(llama_head_chunk_rows(8192, 128256, DType::bf16), 512);
+  EXPECT_EQ(llama_head_chunk_rows(8192, 32000, DType::f32), 1024);
+  EXPECT_EQ(llama_head_chunk_rows(500, 500000, DType::bf16), 0);  // chunks of at least 512 rows: 500 stay whole
+  EXPECT_EQ(llama_head_chunk_rows(600, 500000, DType::bf16), 512);
 }
 
 TEST(LlamaGrad, LoraWithZeroBEqualsBase) {
