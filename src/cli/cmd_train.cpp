@@ -31,6 +31,8 @@ void choose_strategy(RunConfig& cfg, int world_size) {
   req.methods = {method};
   req.device_memory = parse_bytes(cfg.memory_limit, "memory_limit");
   if (req.device_memory == 0 && cfg.device == "cuda") req.device_memory = cuda_total_memory();
+  // memory_limit caps shardtune's allocator itself: nothing to keep free under it (run_cap_reserve).
+  if (parse_bytes(cfg.memory_limit, "memory_limit") > 0) req.reserve = 0;
   req.speed = default_speed_model(cfg.device);
   const std::vector<LayoutEstimate> all = plan_layouts(cfg, plan_data_from_shards(cfg), req);
   const LayoutEstimate* best = recommend(all, method);
@@ -51,7 +53,7 @@ void choose_strategy(RunConfig& cfg, int world_size) {
 void choose_checkpointing_blocks(RunConfig& cfg, const ParallelLayout& layout) {
   size_t limit = parse_bytes(cfg.memory_limit, "memory_limit");
   if (limit == 0 && cfg.device == "cuda") limit = cuda_total_memory();
-  const size_t reserve = default_runtime_reserve(cfg.device, layout.has_communicators());
+  const size_t reserve = run_cap_reserve(cfg, layout.has_communicators());
   const CheckpointChoice ch = choose_checkpointing(cfg, plan_data_from_shards(cfg), layout, run_method(cfg), limit,
                                                    reserve, cfg.origin.at("activation_checkpointing"));
   cfg.activation_checkpointing = checkpointing_value(ch.blocks, ch.total);

@@ -227,6 +227,10 @@ size_t default_runtime_reserve(const std::string& device, bool communicators) {
   return (communicators ? size_t{3} : size_t{1}) << 30;
 }
 
+size_t run_cap_reserve(const RunConfig& c, bool communicators) {
+  return parse_bytes(c.memory_limit, "memory_limit") > 0 ? 0 : default_runtime_reserve(c.device, communicators);
+}
+
 std::vector<LayoutEstimate> plan_layouts(const RunConfig& c, const PlanData& data, const PlanRequest& req) {
   const std::vector<Method>& methods = req.methods.empty() ? all_methods() : req.methods;
   std::vector<PlanLayout> layouts;

@@ -142,5 +142,10 @@ CheckpointChoice choose_checkpointing(const RunConfig& c, const PlanData& data, 
 // from the H100 measurements in docs/bench/h100-2026-11-24-planner.md: 0.52-1.19 GiB without
 // NCCL, 1.85-2.47 GiB with it (one rank); rounded up to 1 and 3 GiB. 0 on CPU.
 size_t default_runtime_reserve(const std::string& device, bool communicators);
+// What a run's automatic choices (parallel = auto, activation_checkpointing = auto) keep free
+// under the cap they plan against: nothing under memory_limit, which caps shardtune's allocator
+// itself (what the run enforces, and what a peer's peak allocation compares with); under the
+// GPU's memory, default_runtime_reserve (what lives outside the allocator).
+size_t run_cap_reserve(const RunConfig& c, bool communicators);
 
 }  // namespace st

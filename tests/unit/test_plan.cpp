@@ -271,6 +271,22 @@ TEST(Planner, PureBf16FullFineTuningHalvesGradientsAndThirdsTheOptimizer) {
   EXPECT_LT(z_none.peak, z_f32.peak);
 }
 
+// The automatic choices plan against memory_limit as the allocator's own cap (what the run
+// enforces and a peer's peak allocation compares with), without the reserve for memory outside
+// the allocator that the GPU's whole memory needs.
+TEST(Planner, MemoryLimitCapsTheAllocatorWithoutAReserve) {
+  RunConfig c;
+  c.device = "cuda";
+  EXPECT_EQ(run_cap_reserve(c, false), size_t{1} << 30);
+  EXPECT_EQ(run_cap_reserve(c, true), size_t{3} << 30);
+  c.memory_limit = "18GiB";
+  EXPECT_EQ(run_cap_reserve(c, false), 0u);
+  EXPECT_EQ(run_cap_reserve(c, true), 0u);
+  c.device = "cpu";
+  c.memory_limit = "0";
+  EXPECT_EQ(run_cap_reserve(c, true), 0u);
+}
+
 TEST(Planner, PackingSizesTheBuffersForPackedRows) {
   // Packed rows of 32 tokens from shards of 16: the buffers of unpacked rows of 32.
   const Tiny m;
