@@ -278,7 +278,7 @@ bool head_chunkable(const LlamaModel& m) {
 }  // namespace
 
 int64_t llama_head_chunk_rows(int64_t rows, int64_t vocab, DType dtype) {
-  constexpr double kWhole = 256.0 * (1 << 20), kChunk = 128.0 * (1 << 20);
+  constexpr double kWhole = 256.0 * (1 << 20), kChunk = 64.0 * (1 << 20);
   const double row_bytes = static_cast<double>(vocab) * static_cast<double>(dtype_size(dtype));
   if (static_cast<double>(rows) * row_bytes <= kWhole) return 0;
   const int64_t r = std::max<int64_t>(512, static_cast<int64_t>(kChunk / row_bytes) / 128 * 128);

@@ -200,7 +200,7 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
 LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T_max,
                                    bool checkpointing, bool trainable, int64_t head_chunk = -1);
 // The chunk the activations choose: none when the batch's logits take at most 256 MiB, else
-// about 128 MiB of logits a chunk (a multiple of 128 rows, at least 512; 2048 rows at a vocabulary
+// about 64 MiB of logits a chunk (a multiple of 128 rows, at least 512; 1024 rows at a vocabulary
 // of 32000 in bf16, 512 at 128256).
 int64_t llama_head_chunk_rows(int64_t rows, int64_t vocab, DType dtype);
 // The logits of the given rows of the last forward ([rows.size(), V_local], for evaluation's

@@ -297,11 +297,11 @@ TEST(LlamaGrad, ChunkedHeadGivesTheGradientsOfWholeLogits) {
   llama_init_random(m, 13, 0.5);
   m.lm_head.adapter = std::make_unique<LoraAdapter>(m.lm_head, LoraConfig{}, 12, 7);
   EXPECT_EQ(llama_activations(m, 2, 6, false, true, 5).head_chunk, 0);
-  // The choice: whole up to 256 MiB of logits, else ~128 MiB a chunk in multiples of 128 rows.
+  // The choice: whole up to 256 MiB of logits, else ~64 MiB a chunk in multiples of 128 rows.
   EXPECT_EQ(llama_head_chunk_rows(4096, 32000, DType::bf16), 0);
-  EXPECT_EQ(llama_head_chunk_rows(8192, 32000, DType::bf16), 2048);
+  EXPECT_EQ(llama_head_chunk_rows(8192, 32000, DType::bf16), 1024);
   EXPECT_EQ(llama_head_chunk_rows(8192, 128256, DType::bf16), 512);
-  EXPECT_EQ(llama_head_chunk_rows(8192, 32000, DType::f32), 1024);
+  EXPECT_EQ(llama_head_chunk_rows(8192, 32000, DType::f32), 512);
   EXPECT_EQ(llama_head_chunk_rows(500, 500000, DType::bf16), 0);  // chunks of at least 512 rows: 500 stay whole
   EXPECT_EQ(llama_head_chunk_rows(600, 500000, DType::bf16), 512);
 }
