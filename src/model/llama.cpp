@@ -522,6 +522,9 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   Tensor xnf = rows_of(a.xnf, BT), rstdf = rows_of(a.rstdf, BT);
   rmsnorm_forward(resid_at(a, L, BT), m.final_norm, m.cfg.rms_norm_eps, xnf, rstdf);
   Tensor losses = rows_of(a.losses, BT);
+  if (grad && a.head_dx_ready)
+    ST_THROW("llama_forward: the previous forward added the LM head's gradient (chunked logits) but its "
+             "llama_backward never ran");
   a.head_dx_ready = false;
   if (a.head_chunk == 0 || BT <= a.head_chunk) {
     Tensor logits = rows_of(a.logits, BT);
@@ -535,12 +538,24 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   // head's backward: dxn (the final norm's output gradient) and, where the head trains, its
   // weight gradient, added chunk by chunk (a bf16 one through an f32 accumulator: one rounding).
   Tensor dxn = rows_of(a.dxn, BT);
+  const int64_t V = a.logits.dim(-1);
+  if (!a.capture_rows.empty())
+    a.captured = Tensor::empty({static_cast<int64_t>(a.capture_rows.size()), V}, a.logits.dtype(), a.logits.device(),
+                               MemCategory::workspace);
+  for (const int64_t r : a.capture_rows)
+    if (r < 0 || r >= BT) ST_THROW("llama_forward: capture row ", r, " outside [0, ", BT, ")");
   auto chunks = [&] {
     for (int64_t r0 = 0; r0 < BT; r0 += a.head_chunk) {
       const int64_t n = std::min(a.head_chunk, BT - r0);
       const Tensor x = xnf.slice(r0, r0 + n);
       Tensor logits = rows_of(a.logits, n), lo = losses.slice(r0, r0 + n);
       linear_layer_forward(m.lm_head, x, logits, false, ctx);
+      for (size_t i = 0; i < a.capture_rows.size(); ++i) {  // before the loss overwrites them with grad
+        const int64_t r = a.capture_rows[i];
+        if (r < r0 || r >= r0 + n) continue;
+        Tensor dst = a.captured.slice(static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
+        dst.copy_from(logits.slice(r - r0, r - r0 + 1));
+      }
       cross_entropy(logits, batch.targets.slice(r0, r0 + n), batch.weight.slice(r0, r0 + n), lo, grad);
       if (!grad) continue;
       Tensor dx = dxn.slice(r0, r0 + n);
@@ -565,21 +580,6 @@ double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch
   }
   a.head_dx_ready = grad;
   return weighted_loss_sum(losses, batch.weight);
-}
-
-Tensor llama_logits_of_rows(LlamaModel& m, const LlamaActivations& a, const std::vector<int64_t>& rows) {
-  const int64_t n = static_cast<int64_t>(rows.size()), C = m.cfg.hidden_size;
-  Tensor x = Tensor::empty({n, C}, a.xnf.dtype(), a.xnf.device(), MemCategory::workspace);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = rows[static_cast<size_t>(i)];
-    if (r < 0 || r >= a.xnf.dim(0)) ST_THROW("llama_logits_of_rows: row ", r, " outside [0, ", a.xnf.dim(0), ")");
-    Tensor dst = x.slice(i, i + 1);
-    dst.copy_from(a.xnf.slice(r, r + 1));
-  }
-  Tensor logits = Tensor::empty({n, a.logits.dim(-1)}, a.logits.dtype(), a.logits.device(), MemCategory::workspace);
-  UnitScope head(m.hooks, static_cast<int>(m.cfg.num_layers) + 1, false);  // ZeRO-3 gathers the head
-  linear_layer_forward(m.lm_head, x, logits, false, LayerContext{});
-  return logits;
 }
 
 void llama_backward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch, const LayerContext& ctx_in) {

@@ -179,6 +179,10 @@ struct LlamaActivations {
   Tensor logits;
   int64_t head_chunk = 0;          // rows a chunk (0: the whole batch at once)
   bool head_dx_ready = false;      // the last forward left the final norm's output gradient in dxn
+  // Rows whose logits a chunked forward copies out as its chunks pass (evaluation's label scores):
+  // set before llama_forward; `captured` [capture_rows.size(), V_local] holds them after it.
+  std::vector<int64_t> capture_rows;
+  Tensor captured;
   Tensor losses;                   // [BT]  per-position loss
   // Backward scratch. dh holds dL/dh, then SwiGLU's backward writes dL/dgate over it and dL/dup
   // over the block's saved up (in place: two [BT, I] buffers fewer, 0.21 GiB each at 13B's
@@ -203,14 +207,14 @@ LlamaActivations llama_activations(const LlamaModel& m, int64_t B_max, int64_t T
 // about 64 MiB of logits a chunk (a multiple of 128 rows, at least 512; 1024 rows at a vocabulary
 // of 32000 in bf16, 512 at 128256).
 int64_t llama_head_chunk_rows(int64_t rows, int64_t vocab, DType dtype);
-// The logits of the given rows of the last forward ([rows.size(), V_local], for evaluation's
-// label scores when the logits were made in chunks): the LM head on those rows of the final norm's output.
-Tensor llama_logits_of_rows(LlamaModel& m, const LlamaActivations& a, const std::vector<int64_t>& rows);
 
 // Forward pass. Returns sum over positions of weight * loss. With grad, acts.logits is replaced
 // by d(objective)/d(logits), ready for llama_backward; with chunked logits (acts.head_chunk) the
 // head's backward runs here instead, chunk by chunk (its output gradient into acts.dxn, its
-// weight gradient added; what llama_backward's head part then skips). ctx.training enables dropout.
+// weight gradient added; what llama_backward's head part then skips), so such a forward must be
+// followed by llama_backward before the next one with grad (refused otherwise: the head's
+// gradient would hold a micro-batch the rest of the model never saw), and acts.logits holds only
+// the last chunk: acts.capture_rows names rows to keep (acts.captured). ctx.training enables dropout.
 double llama_forward(LlamaModel& m, LlamaActivations& a, const LlamaBatch& batch,
                      const LayerContext& ctx, bool grad);
 // Backward pass after llama_forward(..., grad=true): accumulates into every trainable gradient.

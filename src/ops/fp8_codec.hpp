@@ -91,4 +91,3 @@ inline uint8_t e4m3_from_float(float x) {
 
 }  // namespace st::fp8
 
-#undef ST_HD

@@ -49,4 +49,3 @@ ST_HD uint8_t dynamic_encode(const float* code, float x) {
 
 }  // namespace st::nf4
 
-#undef ST_HD

@@ -126,28 +126,39 @@ class DecoderRunner final : public ModelRunner {
   int64_t computed_tokens() const override { return batch_.B * batch_.T; }
   EvalScores eval_batch(const Batch& host, const std::vector<int32_t>& label_ids) override {
     EvalScores s;
-    // Weight 1 per target: the forward returns the plain sum of token losses.
-    s.loss_sum = forward(host, 1.0, LayerContext{}, false);
-    if (label_ids.empty()) return s;
     // The label tokens' logits at the position predicting the first answer token; under TP each
     // rank holds a vocabulary range, so the owner of each label token contributes it.
     std::vector<int64_t> pos(static_cast<size_t>(host.rows));
     for (int64_t b = 0; b < host.rows; ++b) pos[static_cast<size_t>(b)] = host.answer_start[static_cast<size_t>(b)] - 1;
-    const LlamaLocalDims ld = llama_local_dims(m_);
-    if (acts_->head_chunk > 0 && batch_.B * batch_.T > acts_->head_chunk) {
-      // The logits were made in chunks: the head again on just the rows asked for (NaN as
-      // label_scores_at gives where a position is outside the row).
-      std::vector<int64_t> rows(pos.size()), at(pos.size());
-      for (size_t b = 0; b < pos.size(); ++b) {
-        const bool inside = pos[b] >= 0 && pos[b] < batch_.T;
-        rows[b] = static_cast<int64_t>(b) * batch_.T + (inside ? pos[b] : 0);
-        at[b] = inside ? 0 : -1;
+    // Weight 1 per target: the forward returns the plain sum of token losses.
+    batch_ = buffers_->make(host, 1.0);
+    const int64_t T = batch_.T;
+    // Chunked logits keep only the last chunk: the forward copies row b's asked position out as
+    // its chunk passes (inside the head's own pass: no further collective under ZeRO-3; a
+    // position outside the row copies the row's first and scores as none).
+    const bool chunked = !label_ids.empty() && acts_->head_chunk > 0 && batch_.B * T > acts_->head_chunk;
+    acts_->capture_rows.clear();
+    if (chunked)
+      for (int64_t b = 0; b < host.rows; ++b) {
+        const int64_t p = pos[static_cast<size_t>(b)];
+        acts_->capture_rows.push_back(b * T + (p >= 0 && p < T ? p : 0));
       }
-      const Tensor sel = llama_logits_of_rows(m_, *acts_, rows);
-      s.label_scores = label_scores_at(sel, 1, at, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
+    try {
+      s.loss_sum = llama_forward(m_, *acts_, batch_, LayerContext{}, false);
+    } catch (...) {
+      acts_->capture_rows.clear();
+      throw;
+    }
+    acts_->capture_rows.clear();
+    if (label_ids.empty()) return s;
+    const LlamaLocalDims ld = llama_local_dims(m_);
+    if (chunked) {
+      std::vector<int64_t> at(pos.size());
+      for (size_t b = 0; b < pos.size(); ++b) at[b] = pos[b] >= 0 && pos[b] < T ? 0 : -1;
+      s.label_scores = label_scores_at(acts_->captured, 1, at, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
       return s;
     }
-    s.label_scores = label_scores_at(acts_->logits, batch_.T, pos, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
+    s.label_scores = label_scores_at(acts_->logits, T, pos, label_ids, ld.vocab_offset, ld.vocab, m_.tp);
     return s;
   }
   Tensor logits(const LogitsInput& in) override {

@@ -231,7 +231,8 @@ TEST(LlamaGrad, CheckpointingGivesIdenticalGradients) {
 // large; forced here with head_chunk = 5 on 12 rows: chunks of 5, 5, 2): the loss, the evaluation
 // loss and every trainable gradient of whole logits, for full fine-tuning (the head's weight
 // gradient added chunk by chunk, tied or not) and LoRA (frozen head; with dropout too), with and
-// without checkpointing; the logits of chosen rows; the chunk the activations choose.
+// without checkpointing; the logits of chosen rows kept as the chunks pass; a second forward with
+// grad before the backward refused; the chunk the activations choose.
 TEST(LlamaGrad, ChunkedHeadGivesTheGradientsOfWholeLogits) {
   for (const bool tied : {false, true})
     for (const bool lora : {false, true})
@@ -264,9 +265,11 @@ TEST(LlamaGrad, ChunkedHeadGivesTheGradientsOfWholeLogits) {
           EXPECT_FALSE(acts.head_dx_ready);
           grads->clear();
           for (auto& p : params) grads->push_back(p.grad->clone(MemCategory::other));
+          // The evaluation forward, keeping the logits of rows 0, 7 and 11 as its chunks pass.
+          acts.capture_rows = {0, 7, 11};
           *eval_loss = llama_forward(m, acts, batch, LayerContext{}, false);
-          // The logits of rows 0, 7 and 11 from the final norm's output, as whole logits have them.
-          const Tensor sel = llama_logits_of_rows(m, acts, {0, 7, 11});
+          if (chunk == 0) return;  // whole logits: acts.logits has every row
+          const Tensor& sel = acts.captured;
           LlamaActivations whole = llama_activations(m, 2, 6, false, false);
           llama_forward(m, whole, batch, LayerContext{}, false);
           for (int64_t i = 0; i < 3; ++i) {
@@ -279,6 +282,11 @@ TEST(LlamaGrad, ChunkedHeadGivesTheGradientsOfWholeLogits) {
         std::vector<Tensor> g0, g1;
         run(0, &l0, &e0, &g0);
         run(5, &l1, &e1, &g1);
+        {  // forward with grad twice: the head's gradient of the first would stay added
+          LlamaActivations acts = llama_activations(m, 2, 6, ck, true, 5);
+          llama_forward(m, acts, batch, ctx, true);
+          EXPECT_THROW(llama_forward(m, acts, batch, ctx, true), Error);
+        }
         EXPECT_NEAR(l1, l0, 1e-12 * std::fabs(l0));
         EXPECT_NEAR(e1, e0, 1e-12 * std::fabs(e0));
         ASSERT_EQ(g0.size(), g1.size());
