@@ -33,8 +33,11 @@ Issue #20 (the Llama rows with a same-run reference: 1b_full, 1b_lora, 7b_lora, 
     memory). The "reference" of the main table and of issue #3's targets is the faster of the
     two at the deck's checkpointing setting; the table shows both.
   * shardtune at each activation_checkpointing value of --st-checkpointing (default true,false;
-    any value shardtune takes, e.g. auto or a number of blocks, is passed as is), and again
-    with --memory_limit set to the faster peer's checkpointed peak (equal memory).
+    any value shardtune takes, e.g. auto or a number of blocks, is passed as is), and with
+    --memory_limit set to the faster peer's checkpointed peak (equal memory) at auto (the
+    planner's fewest checkpointed blocks that fit: the fastest setting there) and at each of
+    those values that recomputes something (a fallback should auto's plan miss; "false" only
+    fits where auto checkpoints nothing either, so it is not run there).
   * "fastest setting that fits": each system's fastest ok run; the ratio against the faster
     peer. "Equal memory": shardtune's fastest run under the peer's checkpointed peak against
     that peer's checkpointed tokens/s. Issue #20's targets are judged on these.
@@ -1379,7 +1382,8 @@ def run_shardtune_settings(args, name, spec, shape, data, flops, logs, commands,
     else:
         limit = int(peer_on["peak_memory_bytes"])
         runs = {}
-        for value in dict.fromkeys([deck_value] + list(args.st_checkpointing)):
+        fallbacks = [v for v in [deck_value] + list(args.st_checkpointing) if v != "auto" and checkpointing_on(v)]
+        for value in dict.fromkeys(["auto"] + fallbacks):
             runs[value] = run_shardtune_row(args, name, spec, shape, data, flops, logs, commands, notes, echo,
                                             variant=shardtune_variant(name, checkpointing=value, memory_limit=limit))
         equal = {"limit_bytes": limit, "peer": peer_on["peer"], "peer_run": peer_on, "runs": runs}
