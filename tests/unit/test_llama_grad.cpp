@@ -48,6 +48,25 @@ void randomize_lora_b(LlamaModel& m, uint64_t seed) {
     if (lin->adapter) randomize(static_cast<LoraAdapter*>(lin->adapter.get())->B, seed + lin->out, 0.3);
 }
 
+// Full fine-tuning (base gradients), or LoRA of rank 2 with `dropout` (adapters drawn from
+// lora_seed, non-zero B from b_seed) and a training context whose masks come from dropout_seed.
+LayerContext prepare_training(LlamaModel& m, bool lora, double dropout, uint64_t lora_seed, uint64_t b_seed,
+                              uint64_t dropout_seed) {
+  LayerContext ctx;
+  if (!lora) {
+    llama_enable_base_training(m);
+    return ctx;
+  }
+  LoraConfig lc;
+  lc.r = 2;
+  lc.dropout = dropout;
+  attach_lora(m, lc, 12, lora_seed);
+  randomize_lora_b(m, b_seed);
+  ctx.training = true;
+  ctx.dropout_seed = dropout_seed;
+  return ctx;
+}
+
 // Checks every trainable parameter tensor of m (those `which` accepts) against finite differences.
 void check_model_gradients(LlamaModel& m, bool checkpointing, const LayerContext& ctx,
                            const std::function<bool(const std::string&)>& which = nullptr, int64_t T = 6) {
@@ -191,18 +210,7 @@ TEST(LlamaGrad, CheckpointingGivesIdenticalGradients) {
       cfg.num_layers = 4;
       LlamaModel m = llama_build(cfg, DType::f64, Device::cpu);
       llama_init_random(m, 10, 0.5);
-      LayerContext ctx;
-      if (lora) {
-        LoraConfig lc;
-        lc.r = 2;
-        lc.dropout = 0.25;
-        attach_lora(m, lc, 12, 5);
-        randomize_lora_b(m, 100);
-        ctx.training = true;
-        ctx.dropout_seed = 99;
-      } else {
-        llama_enable_base_training(m);
-      }
+      const LayerContext ctx = prepare_training(m, lora, 0.25, 5, 100, 99);
       LlamaBatch batch = tiny_batch(2, 6, 43);
       LlamaActivations acts = llama_activations(m, 2, 6, ck, true);
       *sets = acts.blocks.size();
@@ -240,18 +248,7 @@ TEST(LlamaGrad, ChunkedHeadGivesTheGradientsOfWholeLogits) {
         SCOPED_TRACE(std::string(tied ? "tied" : "untied") + (lora ? " lora" : " full") + (ck ? " ckpt" : ""));
         LlamaModel m = llama_build(tiny_config(tied), DType::f64, Device::cpu);
         llama_init_random(m, 12, 0.5);
-        LayerContext ctx;
-        if (lora) {
-          LoraConfig lc;
-          lc.r = 2;
-          lc.dropout = tied ? 0.25 : 0.0;
-          attach_lora(m, lc, 12, 6);
-          randomize_lora_b(m, 101);
-          ctx.training = true;
-          ctx.dropout_seed = 98;
-        } else {
-          llama_enable_base_training(m);
-        }
+        const LayerContext ctx = prepare_training(m, lora, tied ? 0.25 : 0.0, 6, 101, 98);
         const LlamaBatch batch = tiny_batch(2, 6, 45);
         auto run = [&](int64_t chunk, double* loss, double* eval_loss, std::vector<Tensor>* grads) {
           LlamaActivations acts = llama_activations(m, 2, 6, ck, true, chunk);
